@@ -1,0 +1,75 @@
+//! The admin listener: `/healthz` (the process is alive), `/readyz` (it should get traffic) and
+//! `/metrics` (Prometheus text). It never shares a port with the public listener, so it cannot
+//! shadow the backend's own `/metrics` or `/health_check`.
+
+use crate::metrics::Metrics;
+use crate::Body;
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// What `/readyz` reports. Components flip their flag; ready means every flag is good.
+#[derive(Default)]
+pub struct Readiness {
+    draining: AtomicBool,
+}
+
+impl Readiness {
+    /// Called at shutdown so load balancers stop sending new requests during the drain.
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// `Ok` when ready, else the reasons.
+    pub fn check(&self) -> Result<(), Vec<&'static str>> {
+        let mut reasons = Vec::new();
+        if self.draining.load(Ordering::SeqCst) {
+            reasons.push("shutting down");
+        }
+        if reasons.is_empty() {
+            Ok(())
+        } else {
+            Err(reasons)
+        }
+    }
+}
+
+pub struct Admin {
+    pub metrics: Arc<Metrics>,
+    pub readiness: Arc<Readiness>,
+}
+
+impl Admin {
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "method not allowed\n".into());
+        }
+        match req.uri().path() {
+            "/healthz" => text(StatusCode::OK, "text/plain", "ok\n".into()),
+            "/readyz" => match self.readiness.check() {
+                Ok(()) => text(StatusCode::OK, "application/json", r#"{"status":"ready"}"#.into()),
+                Err(reasons) => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "application/json",
+                    serde_json::json!({ "status": "not ready", "reasons": reasons }).to_string(),
+                ),
+            },
+            "/metrics" => text(
+                StatusCode::OK,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                self.metrics.encode(),
+            ),
+            _ => text(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+        }
+    }
+}
+
+fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
+    let mut r = Response::new(crate::full(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}

@@ -1,0 +1,182 @@
+//! Configuration: layering, validation, and the typed [`Config`] the rest of the program reads.
+//!
+//! Layers, later wins: built-in defaults < TOML file (`--config` or `SSO_SIDECAR_CONFIG`) <
+//! `.env` file (`SSO_SIDECAR_ENV_FILE`, else `./.env` when present) < process environment.
+//! The sidecar's own settings are `SSO_SIDECAR_*` (nested keys joined with `__`); OpenRag's own
+//! names are read by [`openrag`]. Validation collects every problem before reporting, so an
+//! operator fixes a deployment in one round. This module opens files and nothing else: no
+//! sockets, no clients.
+
+pub mod openrag;
+pub mod settings;
+pub mod sources;
+
+pub use openrag::{AuthMode, ClaimSource, OidcSettings, OpenRagVars};
+pub use settings::{IdentityMode, LogFormat, ProxySettings, Settings, TlsFiles};
+
+use figment::providers::{Format, Serialized, Toml};
+use figment::Figment;
+use sources::{Vars, VarsProvider};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    /// TLS on the public listener, when configured.
+    pub tls: Option<TlsFiles>,
+    pub proxy: ProxySettings,
+    pub identity: IdentityMode,
+    pub redis_url: Option<crate::secret::Secret<String>>,
+    pub log_format: LogFormat,
+    /// Default log filter; `RUST_LOG` overrides it.
+    pub log_level: String,
+    pub shutdown_timeout: Duration,
+    pub openrag: OpenRagVars,
+    /// Non-fatal findings, logged once telemetry is up.
+    pub warnings: Vec<String>,
+    /// The TOML file this configuration was read from, if any.
+    pub source_file: Option<PathBuf>,
+}
+
+impl Config {
+    pub fn auth_mode(&self) -> AuthMode {
+        self.openrag.auth_mode
+    }
+}
+
+/// Every problem found, in the order found. Displayed one per line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<String>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "invalid configuration ({} problem(s)):", self.0.len())?;
+        for p in &self.0 {
+            writeln!(f, "  - {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// What `load` needs from the outside world, passed in so tests never touch the real process.
+pub struct Inputs {
+    /// `--config FILE` from the command line.
+    pub config_file: Option<PathBuf>,
+    /// The process environment.
+    pub env: Vec<(String, String)>,
+    /// Directory in which a default `.env` is looked for.
+    pub cwd: PathBuf,
+}
+
+impl Inputs {
+    /// The real process: its environment and working directory.
+    pub fn from_process(config_file: Option<PathBuf>) -> Self {
+        Inputs {
+            config_file,
+            env: std::env::vars().collect(),
+            cwd: std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
+        }
+    }
+
+    fn env_var(&self, name: &str) -> Option<&str> {
+        self.env
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .filter(|v| !v.trim().is_empty())
+    }
+}
+
+/// Loads and validates the whole configuration, reporting every problem at once.
+pub fn load(inputs: Inputs) -> Result<Config, ConfigErrors> {
+    let mut problems = Vec::new();
+    let mut warnings = Vec::new();
+
+    let config_file = inputs
+        .config_file
+        .clone()
+        .or_else(|| inputs.env_var("SSO_SIDECAR_CONFIG").map(PathBuf::from));
+    if let Some(path) = &config_file {
+        if !path.is_file() {
+            problems.push(format!("config file {} does not exist", path.display()));
+        }
+    }
+
+    let dotenv = match inputs.env_var("SSO_SIDECAR_ENV_FILE") {
+        Some(p) => read_env_file(Path::new(p), true, &mut problems),
+        None => read_env_file(&inputs.cwd.join(".env"), false, &mut problems),
+    };
+    let mut vars = Vars::layer(dotenv, inputs.env.clone());
+    vars.resolve_secret_files(&mut problems);
+
+    let known = settings::top_level_keys();
+    let (sidecar_vars, unknown) = vars.sidecar_vars(&known);
+    for name in unknown {
+        warnings.push(format!("ignoring unknown variable {name}"));
+    }
+
+    let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+    if let Some(path) = config_file.as_ref().filter(|p| p.is_file()) {
+        figment = figment.merge(Toml::file_exact(path));
+    }
+    figment = figment.merge(VarsProvider::new(sidecar_vars));
+    let settings: Option<Settings> = match figment.extract() {
+        Ok(s) => Some(s),
+        Err(errors) => {
+            problems.extend(errors.into_iter().map(|e| e.to_string()));
+            None
+        }
+    };
+
+    let openrag = openrag::parse(&vars, &mut problems);
+    let validated = settings.and_then(|s| s.validate(&mut problems));
+
+    match (validated, openrag) {
+        (Some(v), Some(openrag)) if problems.is_empty() => {
+            if openrag.auth_mode == AuthMode::Oidc && v.redis_url.is_none() {
+                warnings.push(
+                    "sessions are kept in memory: run a single replica, or set SSO_SIDECAR_REDIS_URL"
+                        .to_string(),
+                );
+            }
+            Ok(Config {
+                listen: v.listen,
+                admin_listen: v.admin_listen,
+                tls: v.tls,
+                proxy: v.proxy,
+                identity: v.identity,
+                redis_url: v.redis_url,
+                log_format: v.log_format,
+                log_level: v.log_level,
+                shutdown_timeout: v.shutdown_timeout,
+                openrag,
+                warnings,
+                source_file: config_file,
+            })
+        }
+        _ => Err(ConfigErrors(problems)),
+    }
+}
+
+fn read_env_file(path: &Path, explicit: bool, problems: &mut Vec<String>) -> Vec<(String, String)> {
+    if !path.exists() {
+        if explicit {
+            problems.push(format!("SSO_SIDECAR_ENV_FILE {} does not exist", path.display()));
+        }
+        return Vec::new();
+    }
+    sources::read_dotenv(path).unwrap_or_else(|e| {
+        problems.push(format!("cannot read .env file {e}"));
+        Vec::new()
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,283 @@
+//! The sidecar's own settings (`SSO_SIDECAR_*` and the TOML keys): their names, defaults and
+//! validation into typed values.
+//!
+//! Every key lives here once, with its default; `config/sso-sidecar.example.toml` documents the
+//! same keys and a unit test keeps the two in step. No I/O beyond checking that files exist.
+
+use crate::secret::Secret;
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Raw settings as layered by figment. Unknown keys in a TOML file are refused (typos fail fast).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Public listener (`SSO_SIDECAR_LISTEN`).
+    pub listen: String,
+    /// Backend base URL (`SSO_SIDECAR_UPSTREAM`).
+    pub upstream: String,
+    /// Admin listener for /healthz, /readyz, /metrics (`SSO_SIDECAR_ADMIN_LISTEN`).
+    pub admin_listen: String,
+    /// Redis URL; sessions stay in memory when unset (`SSO_SIDECAR_REDIS_URL`).
+    pub redis_url: Option<String>,
+    /// `openrag` or `headers` (`SSO_SIDECAR_IDENTITY`).
+    pub identity: String,
+    /// `json` or `pretty` (`SSO_SIDECAR_LOG_FORMAT`).
+    pub log_format: String,
+    /// Default log filter when `RUST_LOG` is unset (`SSO_SIDECAR_LOG_LEVEL`).
+    pub log_level: String,
+    /// Proxies (IPs or CIDRs) whose `X-Forwarded-*` headers are believed.
+    pub trusted_proxies: StringList,
+    /// Seconds to wait for in-flight requests on SIGTERM/SIGINT.
+    pub shutdown_timeout_secs: u64,
+    /// Seconds allowed to connect to the upstream.
+    pub upstream_connect_timeout_secs: u64,
+    /// Seconds allowed for the upstream to send its response headers (504 after that).
+    pub upstream_timeout_secs: u64,
+    /// PEM file of CA certificates trusted for an `https://` upstream (system roots otherwise).
+    pub upstream_ca_file: Option<String>,
+    /// Send the client's `Host` upstream instead of the upstream's own authority.
+    pub preserve_host: bool,
+    /// Largest request head accepted (431 above it).
+    pub max_request_header_bytes: usize,
+    /// TLS on the public listener.
+    pub tls: TlsSettings,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsSettings {
+    pub cert_file: Option<String>,
+    pub key_file: Option<String>,
+}
+
+/// A list given either as an array (TOML) or as a comma-separated string (environment).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(from = "ListOrCsv", into = "Vec<String>")]
+pub struct StringList(pub Vec<String>);
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ListOrCsv {
+    List(Vec<String>),
+    Csv(String),
+}
+
+impl From<ListOrCsv> for StringList {
+    fn from(v: ListOrCsv) -> Self {
+        let items = match v {
+            ListOrCsv::List(l) => l,
+            ListOrCsv::Csv(s) => s.split(',').map(str::to_owned).collect(),
+        };
+        StringList(
+            items
+                .into_iter()
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect(),
+        )
+    }
+}
+
+impl From<StringList> for Vec<String> {
+    fn from(l: StringList) -> Self {
+        l.0
+    }
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            listen: "0.0.0.0:8000".into(),
+            upstream: "http://127.0.0.1:8080".into(),
+            admin_listen: "0.0.0.0:9090".into(),
+            redis_url: None,
+            identity: "openrag".into(),
+            log_format: "json".into(),
+            log_level: "info".into(),
+            trusted_proxies: StringList::default(),
+            shutdown_timeout_secs: 30,
+            upstream_connect_timeout_secs: 5,
+            upstream_timeout_secs: 60,
+            upstream_ca_file: None,
+            preserve_host: false,
+            max_request_header_bytes: 32 * 1024,
+            tls: TlsSettings::default(),
+        }
+    }
+}
+
+/// Top-level key names, used to tell our variables from foreign ones under our prefix.
+pub fn top_level_keys() -> Vec<String> {
+    match serde_json::to_value(Settings::default()) {
+        Ok(serde_json::Value::Object(map)) => map.keys().cloned().collect(),
+        _ => Vec::new(),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdentityMode {
+    OpenRag,
+    Headers,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+/// What the proxy needs to know; nothing here is about authentication.
+#[derive(Debug, Clone)]
+pub struct ProxySettings {
+    pub upstream: url::Url,
+    pub upstream_ca_file: Option<PathBuf>,
+    pub trusted_proxies: Vec<IpNet>,
+    pub connect_timeout: Duration,
+    pub upstream_timeout: Duration,
+    pub preserve_host: bool,
+    pub max_request_header_bytes: usize,
+}
+
+/// Settings after validation.
+pub struct Validated {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub tls: Option<TlsFiles>,
+    pub proxy: ProxySettings,
+    pub identity: IdentityMode,
+    pub redis_url: Option<Secret<String>>,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    pub shutdown_timeout: Duration,
+}
+
+impl Settings {
+    /// Checks every setting, pushing one message per problem; `None` if any was found.
+    pub fn validate(self, problems: &mut Vec<String>) -> Option<Validated> {
+        let before = problems.len();
+        let listen = socket_addr("listen", &self.listen, problems);
+        let admin_listen = socket_addr("admin_listen", &self.admin_listen, problems);
+        let upstream = upstream_url(&self.upstream, problems);
+        let identity = match self.identity.trim().to_ascii_lowercase().as_str() {
+            "openrag" => Some(IdentityMode::OpenRag),
+            "headers" => Some(IdentityMode::Headers),
+            other => {
+                problems.push(format!("identity must be 'openrag' or 'headers', got '{other}'"));
+                None
+            }
+        };
+        let log_format = match self.log_format.trim().to_ascii_lowercase().as_str() {
+            "json" => Some(LogFormat::Json),
+            "pretty" => Some(LogFormat::Pretty),
+            other => {
+                problems.push(format!("log_format must be 'json' or 'pretty', got '{other}'"));
+                None
+            }
+        };
+        if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&self.log_level) {
+            problems.push(format!("log_level '{}' is not a valid filter: {e}", self.log_level));
+        }
+        let mut trusted_proxies = Vec::new();
+        for p in &self.trusted_proxies.0 {
+            match p.parse::<IpNet>().or_else(|_| p.parse::<std::net::IpAddr>().map(IpNet::from)) {
+                Ok(net) => trusted_proxies.push(net),
+                Err(_) => problems.push(format!("trusted_proxies: '{p}' is not an IP address or CIDR")),
+            }
+        }
+        let redis_url = self.redis_url.filter(|u| !u.trim().is_empty());
+        if let Some(u) = &redis_url {
+            // Never echo the URL: it may carry a password.
+            if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
+                problems.push("redis_url must start with redis:// or rediss://".to_string());
+            }
+        }
+        let tls = match (&self.tls.cert_file, &self.tls.key_file) {
+            (None, None) => None,
+            (Some(c), Some(k)) => {
+                existing_file("tls.cert_file", c, problems);
+                existing_file("tls.key_file", k, problems);
+                Some(TlsFiles { cert_file: c.into(), key_file: k.into() })
+            }
+            _ => {
+                problems.push("tls.cert_file and tls.key_file must be set together".to_string());
+                None
+            }
+        };
+        let upstream_ca_file = self.upstream_ca_file.as_ref().map(|f| {
+            existing_file("upstream_ca_file", f, problems);
+            PathBuf::from(f)
+        });
+        for (name, v) in [
+            ("upstream_connect_timeout_secs", self.upstream_connect_timeout_secs),
+            ("upstream_timeout_secs", self.upstream_timeout_secs),
+        ] {
+            if v == 0 {
+                problems.push(format!("{name} must be at least 1"));
+            }
+        }
+        if self.max_request_header_bytes < 8192 {
+            problems.push("max_request_header_bytes must be at least 8192".to_string());
+        }
+        if problems.len() > before {
+            return None;
+        }
+        Some(Validated {
+            listen: listen?,
+            admin_listen: admin_listen?,
+            tls,
+            proxy: ProxySettings {
+                upstream: upstream?,
+                upstream_ca_file,
+                trusted_proxies,
+                connect_timeout: Duration::from_secs(self.upstream_connect_timeout_secs),
+                upstream_timeout: Duration::from_secs(self.upstream_timeout_secs),
+                preserve_host: self.preserve_host,
+                max_request_header_bytes: self.max_request_header_bytes,
+            },
+            identity: identity?,
+            redis_url: redis_url.map(Secret::new),
+            log_format: log_format?,
+            log_level: self.log_level,
+            shutdown_timeout: Duration::from_secs(self.shutdown_timeout_secs),
+        })
+    }
+}
+
+fn socket_addr(name: &str, raw: &str, problems: &mut Vec<String>) -> Option<SocketAddr> {
+    raw.trim()
+        .parse()
+        .map_err(|_| problems.push(format!("{name} must be an address like 0.0.0.0:8000, got '{raw}'")))
+        .ok()
+}
+
+fn upstream_url(raw: &str, problems: &mut Vec<String>) -> Option<url::Url> {
+    match url::Url::parse(raw.trim()) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {
+            if u.query().is_some() || u.fragment().is_some() {
+                problems.push(format!("upstream must not have a query or fragment, got '{raw}'"));
+                return None;
+            }
+            Some(u)
+        }
+        _ => {
+            problems.push(format!("upstream must be an http:// or https:// URL, got '{raw}'"));
+            None
+        }
+    }
+}
+
+fn existing_file(name: &str, path: &str, problems: &mut Vec<String>) {
+    if !std::path::Path::new(path).is_file() {
+        problems.push(format!("{name}: file {path} does not exist"));
+    }
+}

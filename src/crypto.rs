@@ -1,0 +1,154 @@
+//! Cryptographic primitives: the Fernet key ring (rotation) and random identifiers.
+//!
+//! Owns key parsing and encryption/decryption of opaque bytes. It knows nothing of sessions,
+//! cookies or HTTP; callers decide what is sealed. Keys are held only inside `fernet::Fernet`
+//! values and are never printed.
+
+use base64::Engine;
+use std::fmt;
+
+/// The keys from `OIDC_TOKEN_ENCRYPTION_KEY`: comma-separated Fernet keys. The first encrypts,
+/// every key decrypts, so an operator rotates by prepending a new key and later dropping the old.
+pub struct KeyRing {
+    ring: fernet::MultiFernet,
+    count: usize,
+}
+
+/// Why a key ring could not be built. Never carries key material.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum KeyError {
+    #[error("OIDC_TOKEN_ENCRYPTION_KEY is empty")]
+    Empty,
+    #[error(
+        "OIDC_TOKEN_ENCRYPTION_KEY entry #{0} is not a valid Fernet key (expected 44 url-safe \
+         base64 characters encoding 32 bytes; generate one with `sso-sidecar gen-key`)"
+    )]
+    Invalid(usize),
+}
+
+impl KeyRing {
+    /// Parses one key or several comma-separated keys (spaces around commas are ignored).
+    pub fn parse(keys: &str) -> Result<Self, KeyError> {
+        let mut fernets = Vec::new();
+        for (i, key) in keys.split(',').map(str::trim).enumerate() {
+            if key.is_empty() {
+                continue;
+            }
+            let f = fernet::Fernet::new(key).ok_or(KeyError::Invalid(i + 1))?;
+            fernets.push(f);
+        }
+        if fernets.is_empty() {
+            return Err(KeyError::Empty);
+        }
+        let count = fernets.len();
+        Ok(KeyRing {
+            ring: fernet::MultiFernet::new(fernets),
+            count,
+        })
+    }
+
+    /// Number of keys in the ring (the first one encrypts).
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Encrypts with the primary key.
+    pub fn seal(&self, plaintext: &[u8]) -> String {
+        self.ring.encrypt(plaintext)
+    }
+
+    /// Decrypts with any key of the ring; `None` when tampered, foreign or malformed.
+    pub fn open(&self, token: &str) -> Option<Vec<u8>> {
+        self.ring.decrypt(token).ok()
+    }
+}
+
+impl fmt::Debug for KeyRing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeyRing({} key(s), [redacted])", self.count)
+    }
+}
+
+/// A fresh Fernet key, formatted like Python's `Fernet.generate_key()`.
+pub fn generate_key() -> String {
+    fernet::Fernet::generate_key()
+}
+
+/// `n` random bytes from the operating system's CSPRNG, url-safe base64 without padding.
+pub fn random_token(n: usize) -> String {
+    let mut buf = vec![0u8; n];
+    fill_random(&mut buf);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&buf)
+}
+
+/// Fills `buf` from the OS CSPRNG. Failure of the OS generator is not recoverable: a proxy
+/// that cannot make unguessable ids must not keep serving, so this aborts the request task.
+pub fn fill_random(buf: &mut [u8]) {
+    if let Err(e) = getrandom::getrandom(buf) {
+        // There is no safe fallback for a broken CSPRNG.
+        panic!("the operating system's random generator failed: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_keys_are_44_urlsafe_chars_and_parse() {
+        let k = generate_key();
+        assert_eq!(k.len(), 44);
+        assert!(k
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'='));
+        assert!(KeyRing::parse(&k).is_ok());
+    }
+
+    #[test]
+    fn rotation_first_key_encrypts_all_decrypt() {
+        let old = generate_key();
+        let new = generate_key();
+        let old_ring = KeyRing::parse(&old).unwrap();
+        let sealed_with_old = old_ring.seal(b"payload");
+        let rotated = KeyRing::parse(&format!("{new}, {old}")).unwrap();
+        assert_eq!(rotated.len(), 2);
+        assert_eq!(rotated.open(&sealed_with_old).unwrap(), b"payload");
+        let sealed_with_new = rotated.seal(b"x");
+        assert!(old_ring.open(&sealed_with_new).is_none());
+        assert_eq!(KeyRing::parse(&new).unwrap().open(&sealed_with_new).unwrap(), b"x");
+    }
+
+    #[test]
+    fn bad_keys_are_named_by_position() {
+        let good = generate_key();
+        assert_eq!(
+            KeyRing::parse(&format!("{good},not-a-key")).unwrap_err(),
+            KeyError::Invalid(2)
+        );
+        assert_eq!(KeyRing::parse(" , ").unwrap_err(), KeyError::Empty);
+        let msg = KeyRing::parse("short").unwrap_err().to_string();
+        assert!(!msg.contains("short"), "error must not echo key material: {msg}");
+    }
+
+    #[test]
+    fn tampered_tokens_do_not_open() {
+        let ring = KeyRing::parse(&generate_key()).unwrap();
+        let mut t = ring.seal(b"abc").into_bytes();
+        let i = t.len() / 2;
+        t[i] = if t[i] == b'A' { b'B' } else { b'A' };
+        assert!(ring.open(&String::from_utf8(t).unwrap()).is_none());
+        assert!(ring.open("garbage").is_none());
+    }
+
+    #[test]
+    fn random_tokens_differ_and_have_the_right_size() {
+        let a = random_token(32);
+        let b = random_token(32);
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 43);
+    }
+}

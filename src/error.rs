@@ -1,0 +1,147 @@
+//! The error type of the request path, and the ONE place errors become HTTP responses.
+//!
+//! Each variant says who is at fault, which decides the status: the client (4xx), the upstream
+//! (502/504) or the sidecar itself (500). The conversion has no side effects and never logs;
+//! the router logs once with the request id. Bodies are short: JSON `{"detail": …}` (OpenRag's
+//! shape) for API clients, a small HTML page for browsers. Internal causes never reach a body.
+
+use crate::Body;
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The upstream refused, reset or closed the connection.
+    #[error("upstream unavailable: {0}")]
+    UpstreamUnavailable(#[source] hyper_util::client::legacy::Error),
+    /// The upstream did not send its response head in time.
+    #[error("upstream timed out")]
+    UpstreamTimeout,
+    /// A request the sidecar will not forward (malformed target, bad header…).
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    /// A bug or an impossible state; details are logged, never shown.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Error::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
+            Error::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Error::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The message shown to the client: short, actionable, never a cause chain.
+    fn public_message(&self) -> &'static str {
+        match self {
+            Error::UpstreamUnavailable(_) => "Upstream unavailable",
+            Error::UpstreamTimeout => "Upstream timed out",
+            Error::BadRequest(m) => m,
+            Error::Internal(_) => "Internal error",
+        }
+    }
+
+    /// A label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::UpstreamUnavailable(e) if e.is_connect() => "connect",
+            Error::UpstreamUnavailable(_) => "reset",
+            Error::UpstreamTimeout => "timeout",
+            Error::BadRequest(_) => "bad_request",
+            Error::Internal(_) => "internal",
+        }
+    }
+
+    /// The response for this error, HTML when the client is a browser.
+    pub fn into_response(self, wants_html: bool) -> Response<Body> {
+        message_response(self.status(), self.public_message(), wants_html)
+    }
+}
+
+/// A synthetic response with a `{"detail": message}` body, or an HTML page for browsers.
+pub fn message_response(status: StatusCode, message: &str, wants_html: bool) -> Response<Body> {
+    let (content_type, body) = if wants_html {
+        let title = status.canonical_reason().unwrap_or("Error");
+        let page = format!(
+            "<!doctype html><html><head><meta charset=\"utf-8\"><title>{code} {title}</title></head>\
+             <body><h1>{code} {title}</h1><p>{msg}</p></body></html>\n",
+            code = status.as_u16(),
+            msg = html_escape(message),
+        );
+        ("text/html; charset=utf-8", page)
+    } else {
+        let json = serde_json::json!({ "detail": message }).to_string();
+        ("application/json", json)
+    };
+    let mut resp = Response::new(crate::full(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// True when the `Accept` header asks for HTML (a browser navigation).
+pub fn wants_html(headers: &http::HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("text/html"))
+}
+
+fn html_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '&' => out.push_str("&amp;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    async fn body_string(r: Response<Body>) -> String {
+        String::from_utf8(r.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn timeout_is_504_json_for_apis_and_html_for_browsers() {
+        let r = Error::UpstreamTimeout.into_response(false);
+        assert_eq!(r.status(), 504);
+        assert_eq!(r.headers()[header::CONTENT_TYPE], "application/json");
+        assert_eq!(body_string(r).await, r#"{"detail":"Upstream timed out"}"#);
+        let r = Error::UpstreamTimeout.into_response(true);
+        assert!(body_string(r).await.contains("<h1>504 Gateway Timeout</h1>"));
+    }
+
+    #[tokio::test]
+    async fn internal_details_never_reach_the_body() {
+        let r = Error::Internal("secret state".into()).into_response(false);
+        assert_eq!(r.status(), 500);
+        assert!(!body_string(r).await.contains("secret"));
+    }
+
+    #[test]
+    fn html_is_escaped_and_accept_is_detected() {
+        assert_eq!(html_escape("<a href='x'>&"), "&lt;a href=&#39;x&#39;&gt;&amp;");
+        let mut h = http::HeaderMap::new();
+        assert!(!wants_html(&h));
+        h.insert(header::ACCEPT, HeaderValue::from_static("text/html,application/xhtml+xml"));
+        assert!(wants_html(&h));
+    }
+}

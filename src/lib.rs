@@ -1,0 +1,143 @@
+//! sso-sidecar: an authenticating reverse proxy that adds OpenID Connect single sign-on in front
+//! of an unmodified OpenRag backend (or any HTTP backend).
+//!
+//! # Layout
+//! - [`config`]: layering (defaults < TOML < .env < environment) and validation → [`config::Config`].
+//! - [`server`]: accept loops (HTTP/1.1, HTTP/2, upgrades, TLS) and graceful drain.
+//! - [`router`]: the public handler; the only module that knows both auth and proxy.
+//! - [`proxy`]: the streaming forwarder; knows nothing of OIDC.
+//! - [`admin`]: `/healthz`, `/readyz`, `/metrics` on their own listener.
+//! - [`error`]: the one place errors become responses.
+//! - [`telemetry`], [`metrics`]: logs and Prometheus instruments.
+//! - [`crypto`], [`secret`]: Fernet key ring, random ids, and values that never print.
+//!
+//! [`run`] is the single entry point that `main` and the tests call.
+
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod config;
+pub mod crypto;
+pub mod error;
+pub mod metrics;
+pub mod proxy;
+pub mod router;
+pub mod secret;
+pub mod server;
+pub mod telemetry;
+
+use bytes::Bytes;
+use config::{AuthMode, Config};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use std::future::Future;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+/// The body of every response the sidecar sends: a streamed upstream body or a small one of
+/// its own. An enum rather than a boxed trait object: the proxied path allocates nothing for it.
+pub type Body = Either<Incoming, Full<Bytes>>;
+
+/// A response body of the sidecar's own.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Either::Right(Full::new(bytes.into()))
+}
+
+/// The listeners, bound by the caller (port 0 in tests) before `run` is called.
+pub struct Listeners {
+    pub public: TcpListener,
+    pub admin: TcpListener,
+}
+
+/// Why the sidecar could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Tls(String),
+    #[error("upstream: {0}")]
+    Upstream(String),
+    #[error("{0}")]
+    Unsupported(&'static str),
+}
+
+/// Runs the sidecar until `shutdown` completes, then drains in-flight requests for at most
+/// `shutdown_timeout` and returns.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), StartError> {
+    // Several crates could enable different rustls providers; pick ring explicitly.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+
+    if config.auth_mode() == AuthMode::Oidc {
+        return Err(StartError::Unsupported(
+            "AUTH_MODE=oidc is not available in this build yet; use AUTH_MODE=token",
+        ));
+    }
+
+    let tls = match &config.tls {
+        Some(t) => Some(Arc::new(
+            server::tls::server_config(&t.cert_file, &t.key_file).map_err(StartError::Tls)?,
+        )),
+        None => None,
+    };
+    let client_tls = server::tls::client_config(config.proxy.upstream_ca_file.as_deref())
+        .map_err(StartError::Upstream)?;
+    let upstream = proxy::Upstream::new(&config.proxy, client_tls).map_err(StartError::Upstream)?;
+
+    let metrics = Arc::new(metrics::Metrics::new());
+    let readiness = Arc::new(admin::Readiness::default());
+    let app = Arc::new(router::App::new(upstream, metrics.clone()));
+    let admin = Arc::new(admin::Admin {
+        metrics: metrics.clone(),
+        readiness: readiness.clone(),
+    });
+
+    for w in &config.warnings {
+        tracing::warn!("{w}");
+    }
+    tracing::info!(
+        listen = %listeners.public.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        admin = %listeners.admin.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        upstream = %config.proxy.upstream,
+        tls = config.tls.is_some(),
+        "sso-sidecar started; AUTH_MODE=token: requests are passed through unchanged"
+    );
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let public_opts = server::ServeOptions {
+        max_header_bytes: config.proxy.max_request_header_bytes,
+        drain_timeout: config.shutdown_timeout,
+        tls,
+        name: "public",
+    };
+    let admin_opts = server::ServeOptions {
+        tls: None,
+        name: "admin",
+        ..public_opts.clone()
+    };
+    let public = tokio::spawn(server::serve(
+        listeners.public,
+        move |req, conn| app.clone().handle(req, conn),
+        public_opts,
+        stop_rx.clone(),
+    ));
+    let admin_task = tokio::spawn(server::serve(
+        listeners.admin,
+        move |req, _conn| admin.clone().handle(req),
+        admin_opts,
+        stop_rx,
+    ));
+
+    shutdown.await;
+    tracing::info!(
+        deadline_secs = config.shutdown_timeout.as_secs(),
+        "shutdown requested; finishing in-flight requests"
+    );
+    readiness.set_draining();
+    let _ = stop_tx.send(true);
+    let _ = tokio::join!(public, admin_task);
+    tracing::info!("stopped");
+    Ok(())
+}

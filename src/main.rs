@@ -1,0 +1,159 @@
+//! The `sso-sidecar` command line: parse arguments, load the configuration, set up logging and
+//! call [`sso_sidecar::run`]. No logic of its own. A bad configuration exits with 78
+//! (`EX_CONFIG`) before any port is bound.
+
+#![forbid(unsafe_code)]
+
+use clap::{Parser, Subcommand};
+use sso_sidecar::config::{self, Config, Inputs};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// sysexits.h `EX_CONFIG`: the configuration is wrong.
+const EX_CONFIG: u8 = 78;
+
+#[derive(Parser)]
+#[command(name = "sso-sidecar", version, about = "OpenID Connect authenticating reverse proxy")]
+struct Cli {
+    /// TOML configuration file (also SSO_SIDECAR_CONFIG).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy (the default).
+    Run,
+    /// Validate the configuration and exit: 0 when valid, else every problem is listed.
+    Check,
+    /// Print a fresh Fernet key for OIDC_TOKEN_ENCRYPTION_KEY.
+    GenKey,
+    /// Probe the admin listener's /healthz (for container exec probes); exit 0 when healthy.
+    Healthcheck,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Run) {
+        Command::GenKey => {
+            println!("{}", sso_sidecar::crypto::generate_key());
+            ExitCode::SUCCESS
+        }
+        Command::Check => match load(cli.config) {
+            Ok(c) => {
+                for w in &c.warnings {
+                    println!("warning: {w}");
+                }
+                println!(
+                    "configuration OK: AUTH_MODE={:?}, listen {}, upstream {}",
+                    c.auth_mode(),
+                    c.listen,
+                    c.proxy.upstream
+                );
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Command::Healthcheck => match load(cli.config) {
+            Ok(c) => healthcheck(&c),
+            Err(code) => code,
+        },
+        Command::Run => match load(cli.config) {
+            Ok(c) => run(c),
+            Err(code) => code,
+        },
+    }
+}
+
+fn load(config_file: Option<PathBuf>) -> Result<Config, ExitCode> {
+    config::load(Inputs::from_process(config_file)).map_err(|e| {
+        eprint!("sso-sidecar: {e}");
+        ExitCode::from(EX_CONFIG)
+    })
+}
+
+fn run(config: Config) -> ExitCode {
+    sso_sidecar::telemetry::init(config.log_format, &config.log_level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("sso-sidecar: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let listeners = match bind(&config).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!("{e}");
+                eprintln!("sso-sidecar: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        match sso_sidecar::run(config, listeners, shutdown_signal()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start");
+                eprintln!("sso-sidecar: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+async fn bind(config: &Config) -> Result<sso_sidecar::Listeners, String> {
+    let public = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    let admin = tokio::net::TcpListener::bind(config.admin_listen)
+        .await
+        .map_err(|e| format!("cannot listen on {} (admin): {e}", config.admin_listen))?;
+    Ok(sso_sidecar::Listeners { public, admin })
+}
+
+/// Completes on SIGTERM (Kubernetes) or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = tokio::signal::ctrl_c() => {},
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 GET of the admin listener's /healthz, with a short deadline.
+fn healthcheck(config: &Config) -> ExitCode {
+    use std::io::{Read, Write};
+    use std::time::Duration;
+    let mut addr = config.admin_listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let probe = || -> std::io::Result<bool> {
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+        let mut buf = [0u8; 32];
+        let n = s.read(&mut buf)?;
+        Ok(buf[..n].starts_with(b"HTTP/1.1 200"))
+    };
+    match probe() {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("sso-sidecar: {addr}/healthz is not healthy");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("sso-sidecar: cannot reach {addr}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

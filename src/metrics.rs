@@ -1,0 +1,145 @@
+//! Prometheus metrics: the registry and the handful of instruments the proxy updates.
+//!
+//! Owns metric names and labels; encoding is the `prometheus-client` crate's. Label values are
+//! `&'static str` so recording a request allocates nothing.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::time::Duration;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    method: &'static str,
+    status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
+}
+
+/// The sidecar's metrics. Cheap to share behind an `Arc`.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    duration: Histogram,
+    in_flight: Gauge,
+    upstream_errors: Family<KindLabel, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("sso_sidecar");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "Requests answered on the public listener, by method and status class",
+            requests.clone(),
+        );
+        // 0.5 ms … ~65 s: proxied latencies on loopback up to long-running backend calls.
+        let duration = Histogram::new(exponential_buckets(0.0005, 2.0, 18));
+        registry.register(
+            "http_request_duration_seconds",
+            "Time from request head received to response head sent",
+            duration.clone(),
+        );
+        let in_flight = Gauge::default();
+        registry.register(
+            "http_requests_in_flight",
+            "Requests being handled",
+            in_flight.clone(),
+        );
+        let upstream_errors = Family::<KindLabel, Counter>::default();
+        registry.register(
+            "upstream_errors",
+            "Failed upstream exchanges, by kind (connect, timeout, reset)",
+            upstream_errors.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            duration,
+            in_flight,
+            upstream_errors,
+        }
+    }
+
+    pub fn request_started(&self) {
+        self.in_flight.inc();
+    }
+
+    pub fn request_finished(&self, method: &http::Method, status: u16, elapsed: Duration) {
+        self.in_flight.dec();
+        self.duration.observe(elapsed.as_secs_f64());
+        self.requests
+            .get_or_create(&RequestLabels {
+                method: method_label(method),
+                status: status_class(status),
+            })
+            .inc();
+    }
+
+    pub fn upstream_error(&self, kind: &'static str) {
+        self.upstream_errors.get_or_create(&KindLabel { kind }).inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+fn method_label(m: &http::Method) -> &'static str {
+    match *m {
+        http::Method::GET => "GET",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::DELETE => "DELETE",
+        http::Method::PATCH => "PATCH",
+        http::Method::HEAD => "HEAD",
+        http::Method::OPTIONS => "OPTIONS",
+        _ => "OTHER",
+    }
+}
+
+fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_requests_by_method_and_status_class() {
+        let m = Metrics::new();
+        m.request_started();
+        m.request_finished(&http::Method::GET, 204, Duration::from_millis(3));
+        m.upstream_error("timeout");
+        let text = m.encode();
+        assert!(text.contains(r#"sso_sidecar_http_requests_total{method="GET",status="2xx"} 1"#), "{text}");
+        assert!(text.contains("sso_sidecar_http_requests_in_flight 0"), "{text}");
+        assert!(text.contains(r#"sso_sidecar_upstream_errors_total{kind="timeout"} 1"#), "{text}");
+        assert!(text.contains("sso_sidecar_http_request_duration_seconds_bucket"), "{text}");
+    }
+}

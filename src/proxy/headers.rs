@@ -1,0 +1,164 @@
+//! Pure header operations of the forwarder: hop-by-hop removal, `X-Forwarded-*`, request ids.
+//!
+//! Nothing here does I/O or knows about authentication; every function takes a `HeaderMap` and
+//! is unit-tested. Security invariants:
+//! - hop-by-hop headers (RFC 9110 §7.6.1), and every header a client names in `Connection`,
+//!   never cross the proxy — a client cannot use `Connection: X-Forwarded-For` to make us
+//!   forward or drop what it likes, because our own headers are written after this removal;
+//! - `X-Forwarded-*` from an untrusted peer are removed in every spelling a backend might fold
+//!   to the same name (`X_Forwarded_For`, `x.forwarded.for`), then written by us.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use std::net::IpAddr;
+
+/// Hop-by-hop headers: RFC 9110 §7.6.1, plus the legacy names of RFC 2616 §13.5.1 that
+/// proxies still see in the wild (`Proxy-Connection`, `Keep-Alive`, `Trailer`, `Proxy-*`).
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("proxy-connection"),
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Client-supplied forwarding headers that only a trusted proxy may set.
+const FORWARDING: [&str; 6] = [
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-real-ip",
+    "forwarded",
+];
+
+/// Removes hop-by-hop headers and every header named in `Connection`.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // Collect first: the names live inside the `Connection` values we are about to remove.
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(&name);
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// The protocol a request asks to switch to (`Connection: upgrade` + `Upgrade: …`), if any.
+pub fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
+    let wants_upgrade = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    if wants_upgrade {
+        headers.get(header::UPGRADE).cloned()
+    } else {
+        None
+    }
+}
+
+/// A header name folded the way lenient backends fold it: lower case, `_` and `.` as `-`.
+pub fn folded_name(name: &str) -> String {
+    name.chars()
+        .map(|c| match c {
+            '_' | '.' => '-',
+            c => c.to_ascii_lowercase(),
+        })
+        .collect()
+}
+
+/// Removes every header whose folded name is in `names` (already folded, lower case).
+pub fn remove_folded(headers: &mut HeaderMap, names: &[&str]) {
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| {
+            let k = k.as_str();
+            // Fast path: most names cannot fold to any of ours.
+            names.iter().any(|n| n.len() == k.len()) && names.contains(&folded_name(k).as_str())
+        })
+        .cloned()
+        .collect();
+    for name in doomed {
+        headers.remove(&name);
+    }
+}
+
+/// What the sidecar knows about the connection a request came in on.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    pub ip: IpAddr,
+    /// Whether `ip` is one of the configured trusted proxies.
+    pub trusted: bool,
+    /// `https` when the public listener has TLS.
+    pub scheme: &'static str,
+}
+
+/// Writes `X-Forwarded-For/-Proto/-Host`. From a trusted proxy the incoming chain is extended
+/// and its proto/host kept; from anyone else all forwarding headers are replaced by ours.
+pub fn set_forwarded(headers: &mut HeaderMap, peer: Peer, host: Option<HeaderValue>) {
+    if !peer.trusted {
+        remove_folded(headers, &FORWARDING);
+    }
+    let ip = peer.ip.to_string();
+    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prior) if peer.trusted && !prior.trim().is_empty() => format!("{prior}, {ip}"),
+        _ => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert(X_FORWARDED_FOR, v);
+    }
+    if !headers.contains_key(&X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(peer.scheme));
+    }
+    if let Some(host) = host {
+        if !headers.contains_key(&X_FORWARDED_HOST) {
+            headers.insert(X_FORWARDED_HOST, host);
+        }
+    }
+}
+
+/// The scheme the client used, as far as we may believe: a trusted proxy's first
+/// `X-Forwarded-Proto` value, else the listener's own scheme.
+pub fn public_scheme(headers: &HeaderMap, peer: Peer) -> &'static str {
+    if peer.trusted {
+        if let Some(v) = headers.get(&X_FORWARDED_PROTO).and_then(|v| v.to_str().ok()) {
+            match v.split(',').next().map(str::trim) {
+                Some(p) if p.eq_ignore_ascii_case("https") => return "https",
+                Some(p) if p.eq_ignore_ascii_case("http") => return "http",
+                _ => {}
+            }
+        }
+    }
+    peer.scheme
+}
+
+/// Keeps a client's `X-Request-Id` when it is a short printable token, else makes one.
+pub fn request_id(headers: &HeaderMap) -> HeaderValue {
+    if let Some(v) = headers.get(&X_REQUEST_ID) {
+        let b = v.as_bytes();
+        if !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic()) {
+            return v.clone();
+        }
+    }
+    let id = crate::crypto::random_token(12);
+    HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,113 @@
+use super::*;
+
+fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (k, v) in pairs {
+        h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+    }
+    h
+}
+
+fn peer(trusted: bool) -> Peer {
+    Peer { ip: "203.0.113.7".parse().unwrap(), trusted, scheme: "http" }
+}
+
+#[test]
+fn hop_by_hop_and_connection_named_headers_are_removed() {
+    let mut h = map(&[
+        ("connection", "keep-alive, X-Secret-Hop"),
+        ("connection", "x-other"),
+        ("keep-alive", "timeout=5"),
+        ("proxy-connection", "keep-alive"),
+        ("te", "trailers"),
+        ("trailer", "x-t"),
+        ("transfer-encoding", "chunked"),
+        ("upgrade", "h2c"),
+        ("proxy-authorization", "Basic abc"),
+        ("x-secret-hop", "1"),
+        ("x-other", "2"),
+        ("x-kept", "3"),
+        ("authorization", "Bearer keep-me"),
+    ]);
+    remove_hop_by_hop(&mut h);
+    let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+    assert_eq!(left, vec!["x-kept", "authorization"]);
+}
+
+#[test]
+fn malformed_connection_tokens_are_ignored() {
+    let mut h = map(&[("connection", "bad header name, x-a"), ("x-a", "1"), ("x-b", "2")]);
+    remove_hop_by_hop(&mut h);
+    assert!(h.get("x-a").is_none());
+    assert!(h.get("x-b").is_some());
+}
+
+#[test]
+fn upgrade_is_detected_only_with_connection_upgrade() {
+    let h = map(&[("connection", "keep-alive, Upgrade"), ("upgrade", "websocket")]);
+    assert_eq!(upgrade_protocol(&h).unwrap(), "websocket");
+    let h = map(&[("upgrade", "websocket")]);
+    assert!(upgrade_protocol(&h).is_none());
+}
+
+#[test]
+fn untrusted_forwarding_headers_are_replaced_in_every_spelling() {
+    let mut h = map(&[
+        ("x-forwarded-for", "1.2.3.4"),
+        ("X_Forwarded_For", "5.6.7.8"),
+        ("x.forwarded.proto", "https"),
+        ("x-forwarded-host", "evil.example"),
+        ("x-real-ip", "9.9.9.9"),
+        ("forwarded", "for=1.2.3.4"),
+    ]);
+    set_forwarded(&mut h, peer(false), Some(HeaderValue::from_static("rag.example")));
+    assert_eq!(h["x-forwarded-for"], "203.0.113.7");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(h["x-forwarded-host"], "rag.example");
+    assert_eq!(h.len(), 3, "{h:?}");
+}
+
+#[test]
+fn trusted_proxy_chain_is_extended_and_its_proto_kept() {
+    let mut h = map(&[
+        ("x-forwarded-for", "198.51.100.1"),
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", "rag.example"),
+    ]);
+    set_forwarded(&mut h, peer(true), Some(HeaderValue::from_static("internal:8000")));
+    assert_eq!(h["x-forwarded-for"], "198.51.100.1, 203.0.113.7");
+    assert_eq!(h["x-forwarded-proto"], "https");
+    assert_eq!(h["x-forwarded-host"], "rag.example");
+    assert_eq!(public_scheme(&h, peer(true)), "https");
+    assert_eq!(public_scheme(&h, peer(false)), "http", "an untrusted claim of https is not believed");
+}
+
+#[test]
+fn trusted_proxy_without_headers_gets_ours() {
+    let mut h = HeaderMap::new();
+    set_forwarded(&mut h, peer(true), None);
+    assert_eq!(h["x-forwarded-for"], "203.0.113.7");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert!(h.get("x-forwarded-host").is_none());
+}
+
+#[test]
+fn request_ids_are_kept_when_sane_and_generated_otherwise() {
+    let h = map(&[("x-request-id", "abc-123")]);
+    assert_eq!(request_id(&h), "abc-123");
+    let h = map(&[("x-request-id", "has space")]);
+    assert_ne!(request_id(&h), "has space");
+    let long = "a".repeat(129);
+    let h = map(&[("x-request-id", &long)]);
+    assert_eq!(request_id(&h).len(), 16);
+    assert_ne!(request_id(&HeaderMap::new()), request_id(&HeaderMap::new()));
+}
+
+#[test]
+fn folding_matches_backend_normalisation() {
+    assert_eq!(folded_name("X_Forwarded.User"), "x-forwarded-user");
+    let mut h = map(&[("x_forwarded_user", "a"), ("x-forwarded-user", "b"), ("x-forwarded-users", "c")]);
+    remove_folded(&mut h, &["x-forwarded-user"]);
+    assert_eq!(h.len(), 1);
+    assert!(h.get("x-forwarded-users").is_some());
+}

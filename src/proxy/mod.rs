@@ -1,0 +1,174 @@
+//! The streaming forwarder: one pooled HTTP/1.1 client to the upstream, bodies streamed both
+//! ways, HTTP upgrades (WebSocket) tunnelled.
+//!
+//! Knows nothing of OIDC, sessions or cookies: callers hand it a request that is already
+//! authorised and carrying whatever identity it should carry. It owns URI rewriting, `Host`,
+//! hop-by-hop removal, `X-Forwarded-*`, the upstream timeouts and error classification.
+//! Bodies are never buffered: the `Incoming` body of the client request becomes the upstream
+//! request body, and the upstream's `Incoming` body becomes the response body.
+
+pub mod headers;
+
+use crate::config::ProxySettings;
+use crate::error::Error;
+use headers::Peer;
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{header, HeaderValue, Request, Response, StatusCode, Uri};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use ipnet::IpNet;
+use std::net::IpAddr;
+use std::time::Duration;
+
+/// The upstream and the pooled client that reaches it.
+pub struct Upstream {
+    client: Client<HttpsConnector<HttpConnector>, Incoming>,
+    scheme: Scheme,
+    authority: Authority,
+    /// `Host` value sent upstream unless `preserve_host` is set.
+    host: HeaderValue,
+    /// Path prefix of the upstream base URL, without trailing slash ("" for none).
+    prefix: String,
+    timeout: Duration,
+    preserve_host: bool,
+    trusted_proxies: Vec<IpNet>,
+}
+
+impl Upstream {
+    pub fn new(settings: &ProxySettings, tls: rustls::ClientConfig) -> Result<Self, String> {
+        let u = &settings.upstream;
+        let scheme: Scheme = u.scheme().parse().map_err(|_| "bad upstream scheme")?;
+        let host = u.host_str().ok_or("upstream has no host")?;
+        let authority_str = match u.port() {
+            Some(p) => format!("{host}:{p}"),
+            None => host.to_owned(),
+        };
+        let authority: Authority = authority_str
+            .parse()
+            .map_err(|_| format!("bad upstream authority {authority_str}"))?;
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(settings.connect_timeout));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(256)
+            .build(connector);
+        Ok(Upstream {
+            client,
+            scheme,
+            host: HeaderValue::from_str(authority.as_str()).map_err(|e| e.to_string())?,
+            authority,
+            prefix: u.path().trim_end_matches('/').to_owned(),
+            timeout: settings.upstream_timeout,
+            preserve_host: settings.preserve_host,
+            trusted_proxies: settings.trusted_proxies.clone(),
+        })
+    }
+
+    /// Describes the peer of a connection: its address and whether it is a trusted proxy.
+    pub fn peer(&self, ip: IpAddr, scheme: &'static str) -> Peer {
+        let ip = ip.to_canonical();
+        Peer {
+            ip,
+            trusted: self.trusted_proxies.iter().any(|n| n.contains(&ip)),
+            scheme,
+        }
+    }
+
+    /// Forwards `req` and returns the upstream's response head with its body still streaming.
+    pub async fn forward(&self, mut req: Request<Incoming>, peer: Peer) -> Result<Response<Incoming>, Error> {
+        let upgrade = headers::upgrade_protocol(req.headers());
+        let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .cloned()
+            .or_else(|| req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+        *req.uri_mut() = self.upstream_uri(req.uri())?;
+        // The upstream connection is HTTP/1.1 whatever the client spoke.
+        *req.version_mut() = http::Version::HTTP_11;
+
+        let h = req.headers_mut();
+        headers::remove_hop_by_hop(h);
+        headers::set_forwarded(h, peer, host.clone());
+        match (self.preserve_host, host) {
+            (true, Some(client_host)) => h.insert(header::HOST, client_host),
+            _ => h.insert(header::HOST, self.host.clone()),
+        };
+        if let Some(proto) = &upgrade {
+            h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            h.insert(header::UPGRADE, proto.clone());
+        }
+
+        let mut resp = match tokio::time::timeout(self.timeout, self.client.request(req)).await {
+            Err(_) => return Err(Error::UpstreamTimeout),
+            Ok(Err(e)) => return Err(Error::UpstreamUnavailable(e)),
+            Ok(Ok(r)) => r,
+        };
+
+        let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        let resp_upgrade = resp.headers().get(header::UPGRADE).cloned();
+        headers::remove_hop_by_hop(resp.headers_mut());
+        if let (true, Some(client_upgrade), Some(proto)) = (switching, client_upgrade, resp_upgrade) {
+            let h = resp.headers_mut();
+            h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            h.insert(header::UPGRADE, proto);
+            let upstream_upgrade = hyper::upgrade::on(&mut resp);
+            tokio::spawn(tunnel(client_upgrade, upstream_upgrade));
+        }
+        Ok(resp)
+    }
+
+    fn upstream_uri(&self, original: &Uri) -> Result<Uri, Error> {
+        let pq = original.path_and_query().map(PathAndQuery::as_str).unwrap_or("/");
+        if !pq.starts_with('/') {
+            // CONNECT-style or absolute-form targets are not ours to forward.
+            return Err(Error::BadRequest("Unsupported request target"));
+        }
+        let path_and_query: PathAndQuery = if self.prefix.is_empty() {
+            original
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/"))
+        } else {
+            format!("{}{pq}", self.prefix)
+                .parse()
+                .map_err(|_| Error::BadRequest("Invalid request target"))?
+        };
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
+            .map_err(|_| Error::BadRequest("Invalid request target"))
+    }
+}
+
+/// Copies bytes both ways between the upgraded client and upstream connections until either
+/// side closes.
+async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::debug!(error = %e, "upgrade failed");
+            return;
+        }
+    };
+    let mut client = TokioIo::new(client);
+    let mut upstream = TokioIo::new(upstream);
+    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        tracing::debug!(error = %e, "upgraded connection closed with an error");
+    }
+}

@@ -1,0 +1,53 @@
+//! Logging set-up (tracing-subscriber) and the access log.
+//!
+//! Owns the subscriber (JSON by default, `pretty` on request; level from `RUST_LOG`, else the
+//! configured `log_level`) and the one access-log line per request. Redaction is by
+//! construction: no code path logs a header map, a query string, a cookie or a body — the access
+//! line carries the path without its query, because OpenRag puts tokens in `?token=`.
+
+use crate::config::LogFormat;
+use std::time::Duration;
+use tracing_subscriber::EnvFilter;
+
+/// Installs the global subscriber. Logs go to stdout, as containers expect.
+pub fn init(format: LogFormat, default_level: &str) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::builder().parse(default_level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(true);
+    // A second init (tests, or a library user) keeps the first subscriber.
+    let _ = match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
+        LogFormat::Pretty => builder.try_init(),
+    };
+}
+
+/// One finished request, as the access log records it.
+pub struct Access<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    pub status: u16,
+    pub upstream_status: Option<u16>,
+    pub latency: Duration,
+    pub request_id: &'a str,
+}
+
+/// Writes the access-log line (target `access`, so it can be filtered on its own).
+pub fn access(a: &Access<'_>) {
+    tracing::info!(
+        target: "access",
+        method = a.method,
+        path = a.path,
+        status = a.status,
+        upstream_status = a.upstream_status,
+        latency_ms = a.latency.as_secs_f64() * 1000.0,
+        request_id = a.request_id,
+        "request"
+    );
+}
