@@ -44,12 +44,20 @@ pub struct Admin {
 impl Admin {
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
         if req.method() != Method::GET && req.method() != Method::HEAD {
-            return text(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "method not allowed\n".into());
+            return text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "text/plain",
+                "method not allowed\n".into(),
+            );
         }
         match req.uri().path() {
             "/healthz" => text(StatusCode::OK, "text/plain", "ok\n".into()),
             "/readyz" => match self.readiness.check() {
-                Ok(()) => text(StatusCode::OK, "application/json", r#"{"status":"ready"}"#.into()),
+                Ok(()) => text(
+                    StatusCode::OK,
+                    "application/json",
+                    r#"{"status":"ready"}"#.into(),
+                ),
                 Err(reasons) => text(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "application/json",

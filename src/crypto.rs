@@ -119,7 +119,13 @@ mod tests {
         assert_eq!(rotated.open(&sealed_with_old).unwrap(), b"payload");
         let sealed_with_new = rotated.seal(b"x");
         assert!(old_ring.open(&sealed_with_new).is_none());
-        assert_eq!(KeyRing::parse(&new).unwrap().open(&sealed_with_new).unwrap(), b"x");
+        assert_eq!(
+            KeyRing::parse(&new)
+                .unwrap()
+                .open(&sealed_with_new)
+                .unwrap(),
+            b"x"
+        );
     }
 
     #[test]
@@ -131,7 +137,10 @@ mod tests {
         );
         assert_eq!(KeyRing::parse(" , ").unwrap_err(), KeyError::Empty);
         let msg = KeyRing::parse("short").unwrap_err().to_string();
-        assert!(!msg.contains("short"), "error must not echo key material: {msg}");
+        assert!(
+            !msg.contains("short"),
+            "error must not echo key material: {msg}"
+        );
     }
 
     #[test]

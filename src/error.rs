@@ -126,7 +126,9 @@ mod tests {
         assert_eq!(r.headers()[header::CONTENT_TYPE], "application/json");
         assert_eq!(body_string(r).await, r#"{"detail":"Upstream timed out"}"#);
         let r = Error::UpstreamTimeout.into_response(true);
-        assert!(body_string(r).await.contains("<h1>504 Gateway Timeout</h1>"));
+        assert!(body_string(r)
+            .await
+            .contains("<h1>504 Gateway Timeout</h1>"));
     }
 
     #[tokio::test]
@@ -138,10 +140,16 @@ mod tests {
 
     #[test]
     fn html_is_escaped_and_accept_is_detected() {
-        assert_eq!(html_escape("<a href='x'>&"), "&lt;a href=&#39;x&#39;&gt;&amp;");
+        assert_eq!(
+            html_escape("<a href='x'>&"),
+            "&lt;a href=&#39;x&#39;&gt;&amp;"
+        );
         let mut h = http::HeaderMap::new();
         assert!(!wants_html(&h));
-        h.insert(header::ACCEPT, HeaderValue::from_static("text/html,application/xhtml+xml"));
+        h.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("text/html,application/xhtml+xml"),
+        );
         assert!(wants_html(&h));
     }
 }

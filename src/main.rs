@@ -13,7 +13,11 @@ use std::process::ExitCode;
 const EX_CONFIG: u8 = 78;
 
 #[derive(Parser)]
-#[command(name = "sso-sidecar", version, about = "OpenID Connect authenticating reverse proxy")]
+#[command(
+    name = "sso-sidecar",
+    version,
+    about = "OpenID Connect authenticating reverse proxy"
+)]
 struct Cli {
     /// TOML configuration file (also SSO_SIDECAR_CONFIG).
     #[arg(long, global = true, value_name = "FILE")]
@@ -76,7 +80,10 @@ fn load(config_file: Option<PathBuf>) -> Result<Config, ExitCode> {
 
 fn run(config: Config) -> ExitCode {
     sso_sidecar::telemetry::init(config.log_format, &config.log_level);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("sso-sidecar: cannot start the async runtime: {e}");

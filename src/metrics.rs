@@ -90,7 +90,9 @@ impl Metrics {
     }
 
     pub fn upstream_error(&self, kind: &'static str) {
-        self.upstream_errors.get_or_create(&KindLabel { kind }).inc();
+        self.upstream_errors
+            .get_or_create(&KindLabel { kind })
+            .inc();
     }
 
     /// The Prometheus text exposition.
@@ -137,9 +139,21 @@ mod tests {
         m.request_finished(&http::Method::GET, 204, Duration::from_millis(3));
         m.upstream_error("timeout");
         let text = m.encode();
-        assert!(text.contains(r#"sso_sidecar_http_requests_total{method="GET",status="2xx"} 1"#), "{text}");
-        assert!(text.contains("sso_sidecar_http_requests_in_flight 0"), "{text}");
-        assert!(text.contains(r#"sso_sidecar_upstream_errors_total{kind="timeout"} 1"#), "{text}");
-        assert!(text.contains("sso_sidecar_http_request_duration_seconds_bucket"), "{text}");
+        assert!(
+            text.contains(r#"sso_sidecar_http_requests_total{method="GET",status="2xx"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains("sso_sidecar_http_requests_in_flight 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"sso_sidecar_upstream_errors_total{kind="timeout"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains("sso_sidecar_http_request_duration_seconds_bucket"),
+            "{text}"
+        );
     }
 }

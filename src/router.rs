@@ -27,14 +27,19 @@ impl App {
         App { upstream, metrics }
     }
 
-    pub async fn handle(self: Arc<Self>, mut req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
+    pub async fn handle(
+        self: Arc<Self>,
+        mut req: Request<Incoming>,
+        conn: ConnInfo,
+    ) -> Response<Body> {
         let start = Instant::now();
         self.metrics.request_started();
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
         let html = wants_html(req.headers());
         let request_id = headers::request_id(req.headers());
-        req.headers_mut().insert(headers::X_REQUEST_ID, request_id.clone());
+        req.headers_mut()
+            .insert(headers::X_REQUEST_ID, request_id.clone());
 
         let peer = self.upstream.peer(conn.peer.ip(), conn.scheme);
         let (mut resp, upstream_status) = match self.upstream.forward(req, peer).await {
@@ -47,7 +52,8 @@ impl App {
                 (e.into_response(html), None)
             }
         };
-        resp.headers_mut().insert(headers::X_REQUEST_ID, request_id.clone());
+        resp.headers_mut()
+            .insert(headers::X_REQUEST_ID, request_id.clone());
 
         let elapsed = start.elapsed();
         let status = resp.status().as_u16();
@@ -70,7 +76,9 @@ impl App {
                 tracing::warn!(request_id, kind = e.kind(), error = %error_chain(e), "upstream failed");
             }
             Error::BadRequest(_) => tracing::debug!(request_id, error = %e, "bad request"),
-            Error::Internal(_) => tracing::error!(request_id, error = %error_chain(e), "internal error"),
+            Error::Internal(_) => {
+                tracing::error!(request_id, error = %error_chain(e), "internal error")
+            }
         }
     }
 }

@@ -168,7 +168,10 @@ pub fn load(inputs: Inputs) -> Result<Config, ConfigErrors> {
 fn read_env_file(path: &Path, explicit: bool, problems: &mut Vec<String>) -> Vec<(String, String)> {
     if !path.exists() {
         if explicit {
-            problems.push(format!("SSO_SIDECAR_ENV_FILE {} does not exist", path.display()));
+            problems.push(format!(
+                "SSO_SIDECAR_ENV_FILE {} does not exist",
+                path.display()
+            ));
         }
         return Vec::new();
     }

@@ -76,7 +76,9 @@ pub fn parse_auth_mode(value: Option<&str>) -> Result<AuthMode, String> {
     match raw.trim().to_ascii_lowercase().as_str() {
         "token" => Ok(AuthMode::Token),
         "oidc" => Ok(AuthMode::Oidc),
-        _ => Err(format!("Invalid AUTH_MODE='{raw}'. Expected 'token' or 'oidc'.")),
+        _ => Err(format!(
+            "Invalid AUTH_MODE='{raw}'. Expected 'token' or 'oidc'."
+        )),
     }
 }
 
@@ -125,11 +127,15 @@ pub fn parse_claim_mapping(value: Option<&str>, problems: &mut Vec<String>) -> V
 
 /// Reads and validates OpenRag's variables, pushing every problem found.
 pub fn parse(vars: &Vars, problems: &mut Vec<String>) -> Option<OpenRagVars> {
-    let auth_mode = parse_auth_mode(vars.get("AUTH_MODE")).map_err(|e| problems.push(e)).ok();
+    let auth_mode = parse_auth_mode(vars.get("AUTH_MODE"))
+        .map_err(|e| problems.push(e))
+        .ok();
     // Checked in both modes, as OpenRag does.
     let claim_mapping = parse_claim_mapping(vars.get("OIDC_CLAIM_MAPPING"), problems);
     let auto_provision = parse_bool(vars.get("OIDC_AUTO_PROVISION_LOGIN"));
-    let auth_token = vars.non_empty("AUTH_TOKEN").map(|t| Secret::new(t.to_owned()));
+    let auth_token = vars
+        .non_empty("AUTH_TOKEN")
+        .map(|t| Secret::new(t.to_owned()));
 
     let oidc = match auth_mode {
         Some(AuthMode::Oidc) => parse_oidc(vars, problems),
@@ -158,7 +164,10 @@ fn parse_oidc(vars: &Vars, problems: &mut Vec<String>) -> Option<OidcSettings> {
     }
     let before = problems.len();
 
-    let issuer = vars.non_empty("OIDC_ENDPOINT").unwrap_or_default().to_owned();
+    let issuer = vars
+        .non_empty("OIDC_ENDPOINT")
+        .unwrap_or_default()
+        .to_owned();
     if !issuer.is_empty() {
         check_http_url("OIDC_ENDPOINT", &issuer, problems);
     }
@@ -179,7 +188,10 @@ fn parse_oidc(vars: &Vars, problems: &mut Vec<String>) -> Option<OidcSettings> {
             .map_err(|e| problems.push(e.to_string()))
             .ok()
     });
-    let scopes = vars.non_empty("OIDC_SCOPES").unwrap_or(DEFAULT_SCOPES).to_owned();
+    let scopes = vars
+        .non_empty("OIDC_SCOPES")
+        .unwrap_or(DEFAULT_SCOPES)
+        .to_owned();
     if !scopes.split_whitespace().any(|s| s == "openid") {
         problems.push(format!("OIDC_SCOPES must include 'openid', got '{scopes}'"));
     }
@@ -210,7 +222,9 @@ fn check_http_url(name: &str, raw: &str, problems: &mut Vec<String>) -> Option<U
     match Url::parse(raw) {
         Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Some(u),
         Ok(_) => {
-            problems.push(format!("{name} must be an absolute http(s) URL, got '{raw}'"));
+            problems.push(format!(
+                "{name} must be an absolute http(s) URL, got '{raw}'"
+            ));
             None
         }
         Err(e) => {
@@ -225,7 +239,10 @@ mod tests {
     use super::*;
 
     fn vars(pairs: &[(&str, &str)]) -> Vars {
-        Vars::layer(Vec::new(), pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+        Vars::layer(
+            Vec::new(),
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
     }
 
     #[test]
@@ -251,7 +268,10 @@ mod tests {
 
     #[test]
     fn claim_source_accepts_two_values() {
-        assert_eq!(parse_claim_source(Some(" UserInfo ")), Ok(ClaimSource::Userinfo));
+        assert_eq!(
+            parse_claim_source(Some(" UserInfo ")),
+            Ok(ClaimSource::Userinfo)
+        );
         assert_eq!(
             parse_claim_source(Some("access_token")).unwrap_err(),
             "Invalid OIDC_CLAIM_SOURCE='access_token'. Expected one of ['id_token', 'userinfo']."
@@ -266,7 +286,13 @@ mod tests {
             &mut p,
         );
         assert_eq!(m.len(), 2);
-        assert_eq!(m[0], ClaimMapping { field: "display_name".into(), claim: "name".into() });
+        assert_eq!(
+            m[0],
+            ClaimMapping {
+                field: "display_name".into(),
+                claim: "name".into()
+            }
+        );
         assert_eq!(
             p,
             vec![
@@ -280,13 +306,22 @@ mod tests {
     #[test]
     fn oidc_mode_names_every_missing_variable_in_one_message() {
         let mut p = Vec::new();
-        let v = parse(&vars(&[("AUTH_MODE", "oidc"), ("OIDC_ENDPOINT", "https://idp"), ("OIDC_CLIENT_SECRET", " ")]), &mut p);
+        let v = parse(
+            &vars(&[
+                ("AUTH_MODE", "oidc"),
+                ("OIDC_ENDPOINT", "https://idp"),
+                ("OIDC_CLIENT_SECRET", " "),
+            ]),
+            &mut p,
+        );
         assert!(v.unwrap().oidc.is_none());
         assert_eq!(
             p,
-            vec!["AUTH_MODE=oidc but the following env vars are missing or empty: OIDC_CLIENT_ID, \
+            vec![
+                "AUTH_MODE=oidc but the following env vars are missing or empty: OIDC_CLIENT_ID, \
                   OIDC_CLIENT_SECRET, OIDC_REDIRECT_URI, OIDC_TOKEN_ENCRYPTION_KEY"
-                .to_string()]
+                    .to_string()
+            ]
         );
     }
 
@@ -308,7 +343,10 @@ mod tests {
         .unwrap();
         assert!(p.is_empty(), "{p:?}");
         let oidc = v.oidc.unwrap();
-        assert_eq!(oidc.issuer, "https://sso.example.com/", "issuer kept byte for byte");
+        assert_eq!(
+            oidc.issuer, "https://sso.example.com/",
+            "issuer kept byte for byte"
+        );
         assert_eq!(oidc.scopes, DEFAULT_SCOPES);
         assert_eq!(oidc.claim_source, ClaimSource::IdToken);
         assert!(!format!("{oidc:?}").contains("s3cret"));
@@ -331,7 +369,9 @@ mod tests {
             &mut p,
         );
         assert_eq!(p.len(), 5, "{p:#?}");
-        assert!(p.iter().any(|m| m.starts_with("OIDC_ENDPOINT is not a valid URL")));
+        assert!(p
+            .iter()
+            .any(|m| m.starts_with("OIDC_ENDPOINT is not a valid URL")));
         assert!(p.iter().any(|m| m.contains("/auth/callback")));
         assert!(p.iter().any(|m| m.contains("not a valid Fernet key")));
         assert!(p.iter().any(|m| m.contains("must include 'openid'")));
@@ -341,7 +381,11 @@ mod tests {
     #[test]
     fn token_mode_ignores_oidc_variables_but_checks_claim_mapping() {
         let mut p = Vec::new();
-        let v = parse(&vars(&[("OIDC_CLAIM_SOURCE", "bogus"), ("OIDC_CLAIM_MAPPING", "x")]), &mut p).unwrap();
+        let v = parse(
+            &vars(&[("OIDC_CLAIM_SOURCE", "bogus"), ("OIDC_CLAIM_MAPPING", "x")]),
+            &mut p,
+        )
+        .unwrap();
         assert_eq!(v.auth_mode, AuthMode::Token);
         assert_eq!(p.len(), 1, "{p:?}");
     }

@@ -172,7 +172,9 @@ impl Settings {
             "openrag" => Some(IdentityMode::OpenRag),
             "headers" => Some(IdentityMode::Headers),
             other => {
-                problems.push(format!("identity must be 'openrag' or 'headers', got '{other}'"));
+                problems.push(format!(
+                    "identity must be 'openrag' or 'headers', got '{other}'"
+                ));
                 None
             }
         };
@@ -180,18 +182,28 @@ impl Settings {
             "json" => Some(LogFormat::Json),
             "pretty" => Some(LogFormat::Pretty),
             other => {
-                problems.push(format!("log_format must be 'json' or 'pretty', got '{other}'"));
+                problems.push(format!(
+                    "log_format must be 'json' or 'pretty', got '{other}'"
+                ));
                 None
             }
         };
         if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&self.log_level) {
-            problems.push(format!("log_level '{}' is not a valid filter: {e}", self.log_level));
+            problems.push(format!(
+                "log_level '{}' is not a valid filter: {e}",
+                self.log_level
+            ));
         }
         let mut trusted_proxies = Vec::new();
         for p in &self.trusted_proxies.0 {
-            match p.parse::<IpNet>().or_else(|_| p.parse::<std::net::IpAddr>().map(IpNet::from)) {
+            match p
+                .parse::<IpNet>()
+                .or_else(|_| p.parse::<std::net::IpAddr>().map(IpNet::from))
+            {
                 Ok(net) => trusted_proxies.push(net),
-                Err(_) => problems.push(format!("trusted_proxies: '{p}' is not an IP address or CIDR")),
+                Err(_) => problems.push(format!(
+                    "trusted_proxies: '{p}' is not an IP address or CIDR"
+                )),
             }
         }
         let redis_url = self.redis_url.filter(|u| !u.trim().is_empty());
@@ -206,7 +218,10 @@ impl Settings {
             (Some(c), Some(k)) => {
                 existing_file("tls.cert_file", c, problems);
                 existing_file("tls.key_file", k, problems);
-                Some(TlsFiles { cert_file: c.into(), key_file: k.into() })
+                Some(TlsFiles {
+                    cert_file: c.into(),
+                    key_file: k.into(),
+                })
             }
             _ => {
                 problems.push("tls.cert_file and tls.key_file must be set together".to_string());
@@ -218,7 +233,10 @@ impl Settings {
             PathBuf::from(f)
         });
         for (name, v) in [
-            ("upstream_connect_timeout_secs", self.upstream_connect_timeout_secs),
+            (
+                "upstream_connect_timeout_secs",
+                self.upstream_connect_timeout_secs,
+            ),
             ("upstream_timeout_secs", self.upstream_timeout_secs),
         ] {
             if v == 0 {
@@ -256,7 +274,11 @@ impl Settings {
 fn socket_addr(name: &str, raw: &str, problems: &mut Vec<String>) -> Option<SocketAddr> {
     raw.trim()
         .parse()
-        .map_err(|_| problems.push(format!("{name} must be an address like 0.0.0.0:8000, got '{raw}'")))
+        .map_err(|_| {
+            problems.push(format!(
+                "{name} must be an address like 0.0.0.0:8000, got '{raw}'"
+            ))
+        })
         .ok()
 }
 
@@ -264,13 +286,17 @@ fn upstream_url(raw: &str, problems: &mut Vec<String>) -> Option<url::Url> {
     match url::Url::parse(raw.trim()) {
         Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {
             if u.query().is_some() || u.fragment().is_some() {
-                problems.push(format!("upstream must not have a query or fragment, got '{raw}'"));
+                problems.push(format!(
+                    "upstream must not have a query or fragment, got '{raw}'"
+                ));
                 return None;
             }
             Some(u)
         }
         _ => {
-            problems.push(format!("upstream must be an http:// or https:// URL, got '{raw}'"));
+            problems.push(format!(
+                "upstream must be an http:// or https:// URL, got '{raw}'"
+            ));
             None
         }
     }

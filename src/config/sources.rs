@@ -35,7 +35,10 @@ pub struct Vars {
 impl Vars {
     /// Layers `process` over the `.env` file's pairs. Values from `.env` have their quotes
     /// stripped by the dotenv parser, as OpenRag's guide expects.
-    pub fn layer(dotenv: Vec<(String, String)>, process: impl IntoIterator<Item = (String, String)>) -> Self {
+    pub fn layer(
+        dotenv: Vec<(String, String)>,
+        process: impl IntoIterator<Item = (String, String)>,
+    ) -> Self {
         let mut map: BTreeMap<String, String> = dotenv.into_iter().collect();
         map.extend(process);
         Vars { map }
@@ -64,7 +67,8 @@ impl Vars {
             }
             match std::fs::read_to_string(&path) {
                 Ok(content) => {
-                    self.map.insert((*name).to_owned(), content.trim_end().to_owned());
+                    self.map
+                        .insert((*name).to_owned(), content.trim_end().to_owned());
                 }
                 Err(e) => problems.push(format!("{file_var}: cannot read {path:?}: {e}")),
             }
@@ -78,8 +82,12 @@ impl Vars {
         let mut keep = Vec::new();
         let mut unknown = Vec::new();
         for (name, value) in &self.map {
-            let Some(rest) = name.strip_prefix(PREFIX) else { continue };
-            let is_secret_file = SECRET_VARS.iter().any(|s| name.strip_suffix("_FILE") == Some(s));
+            let Some(rest) = name.strip_prefix(PREFIX) else {
+                continue;
+            };
+            let is_secret_file = SECRET_VARS
+                .iter()
+                .any(|s| name.strip_suffix("_FILE") == Some(s));
             if BOOTSTRAP_VARS.contains(&name.as_str()) || is_secret_file {
                 continue;
             }
@@ -127,7 +135,10 @@ impl Provider for VarsProvider {
             let value: Value = raw.parse().unwrap_or_else(|_| Value::from(raw.clone()));
             figment = figment.merge(figment::providers::Serialized::default(key, value));
         }
-        let dict = figment.data()?.remove(&Profile::Default).unwrap_or_default();
+        let dict = figment
+            .data()?
+            .remove(&Profile::Default)
+            .unwrap_or_default();
         Ok(Profile::Default.collect(dict))
     }
 }
@@ -175,8 +186,12 @@ mod tests {
         let mut problems = Vec::new();
         v.resolve_secret_files(&mut problems);
         assert_eq!(problems.len(), 2, "{problems:?}");
-        assert!(problems.iter().any(|p| p.contains("either AUTH_TOKEN or AUTH_TOKEN_FILE")));
-        assert!(problems.iter().any(|p| p.contains("OIDC_CLIENT_SECRET_FILE: cannot read")));
+        assert!(problems
+            .iter()
+            .any(|p| p.contains("either AUTH_TOKEN or AUTH_TOKEN_FILE")));
+        assert!(problems
+            .iter()
+            .any(|p| p.contains("OIDC_CLIENT_SECRET_FILE: cannot read")));
     }
 
     #[test]

@@ -10,7 +10,10 @@ fn inputs(dir: &Path, config: Option<&str>, env: &[(&str, &str)]) -> Inputs {
     });
     Inputs {
         config_file,
-        env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        env: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
         cwd: dir.to_path_buf(),
     }
 }
@@ -40,12 +43,23 @@ fn later_layers_win() {
     let c = load(inputs(
         dir.path(),
         Some(toml),
-        &[("SSO_SIDECAR_UPSTREAM", "http://10.0.0.3:82"), ("SSO_SIDECAR_TRUSTED_PROXIES", "10.0.0.0/8, 192.168.1.1")],
+        &[
+            ("SSO_SIDECAR_UPSTREAM", "http://10.0.0.3:82"),
+            ("SSO_SIDECAR_TRUSTED_PROXIES", "10.0.0.0/8, 192.168.1.1"),
+        ],
     ))
     .unwrap();
     assert_eq!(c.listen.to_string(), "127.0.0.1:7001", "from TOML");
-    assert_eq!(c.admin_listen.to_string(), "127.0.0.1:7002", ".env (quotes stripped) beats TOML");
-    assert_eq!(c.proxy.upstream.as_str(), "http://10.0.0.3:82/", "environment beats .env");
+    assert_eq!(
+        c.admin_listen.to_string(),
+        "127.0.0.1:7002",
+        ".env (quotes stripped) beats TOML"
+    );
+    assert_eq!(
+        c.proxy.upstream.as_str(),
+        "http://10.0.0.3:82/",
+        "environment beats .env"
+    );
     assert_eq!(c.log_format, LogFormat::Pretty);
     assert_eq!(c.proxy.trusted_proxies.len(), 2);
 }
@@ -59,7 +73,10 @@ fn nested_keys_come_from_double_underscore_variables() {
     let cfg = load(inputs(
         dir.path(),
         None,
-        &[("SSO_SIDECAR_TLS__CERT_FILE", c), ("SSO_SIDECAR_TLS__KEY_FILE", c)],
+        &[
+            ("SSO_SIDECAR_TLS__CERT_FILE", c),
+            ("SSO_SIDECAR_TLS__KEY_FILE", c),
+        ],
     ))
     .unwrap();
     assert_eq!(cfg.tls.unwrap().cert_file, cert);
@@ -73,8 +90,15 @@ fn a_named_config_file_that_is_missing_is_an_error() {
     let e = load(i).unwrap_err();
     assert!(e.0[0].contains("nope.toml does not exist"), "{e}");
 
-    let i = inputs(dir.path(), None, &[("SSO_SIDECAR_CONFIG", "/nonexistent/x.toml")]);
-    assert!(load(i).unwrap_err().to_string().contains("/nonexistent/x.toml"));
+    let i = inputs(
+        dir.path(),
+        None,
+        &[("SSO_SIDECAR_CONFIG", "/nonexistent/x.toml")],
+    );
+    assert!(load(i)
+        .unwrap_err()
+        .to_string()
+        .contains("/nonexistent/x.toml"));
 }
 
 #[test]
@@ -95,7 +119,10 @@ fn every_problem_is_reported_at_once() {
     // The unknown TOML key stops extraction, so the file's other values are not checked, but the
     // OpenRag variables still are: the operator sees both kinds at once.
     assert!(all.contains("listne"), "{all}");
-    assert!(all.contains("AUTH_MODE=oidc but the following env vars are missing or empty"), "{all}");
+    assert!(
+        all.contains("AUTH_MODE=oidc but the following env vars are missing or empty"),
+        "{all}"
+    );
 
     let e = load(inputs(
         dir.path(),
@@ -110,7 +137,14 @@ fn every_problem_is_reported_at_once() {
     ))
     .unwrap_err();
     let all = e.to_string();
-    for needle in ["listen must be", "upstream must be", "identity must be", "not-an-ip", "missing or empty", "redis_url must start"] {
+    for needle in [
+        "listen must be",
+        "upstream must be",
+        "identity must be",
+        "not-an-ip",
+        "missing or empty",
+        "redis_url must start",
+    ] {
         assert!(all.contains(needle), "{needle} not in {all}");
     }
     assert!(!all.contains("pw@"), "the Redis password leaked into {all}");
@@ -119,8 +153,16 @@ fn every_problem_is_reported_at_once() {
 #[test]
 fn unknown_prefixed_variables_warn_instead_of_failing() {
     let dir = tempfile::tempdir().unwrap();
-    let c = load(inputs(dir.path(), None, &[("SSO_SIDECAR_SERVICE_PORT", "tcp://10.0.0.1:80")])).unwrap();
-    assert_eq!(c.warnings, vec!["ignoring unknown variable SSO_SIDECAR_SERVICE_PORT".to_string()]);
+    let c = load(inputs(
+        dir.path(),
+        None,
+        &[("SSO_SIDECAR_SERVICE_PORT", "tcp://10.0.0.1:80")],
+    ))
+    .unwrap();
+    assert_eq!(
+        c.warnings,
+        vec!["ignoring unknown variable SSO_SIDECAR_SERVICE_PORT".to_string()]
+    );
 }
 
 #[test]
@@ -138,15 +180,26 @@ fn secrets_never_appear_in_debug_output() {
             ("OIDC_CLIENT_SECRET", "client-secret-value"),
             ("OIDC_REDIRECT_URI", "https://rp.example/auth/callback"),
             ("OIDC_TOKEN_ENCRYPTION_KEY", &key),
-            ("SSO_SIDECAR_REDIS_URL", "redis://:redis-password@127.0.0.1:6379"),
+            (
+                "SSO_SIDECAR_REDIS_URL",
+                "redis://:redis-password@127.0.0.1:6379",
+            ),
         ],
     ))
     .unwrap();
     let dump = format!("{c:?}");
-    for secret in ["admin-token-value-123", "client-secret-value", key.as_str(), "redis-password"] {
+    for secret in [
+        "admin-token-value-123",
+        "client-secret-value",
+        key.as_str(),
+        "redis-password",
+    ] {
         assert!(!dump.contains(secret), "{secret} leaked");
     }
-    assert!(c.warnings.is_empty(), "redis configured: no in-memory warning");
+    assert!(
+        c.warnings.is_empty(),
+        "redis configured: no in-memory warning"
+    );
 }
 
 #[test]
@@ -154,9 +207,28 @@ fn the_example_toml_lists_every_key_with_its_default() {
     let example = include_str!("../../config/sso-sidecar.example.toml");
     let parsed: Settings = Figment::from(Toml::string(example)).extract().unwrap();
     let defaults = serde_json::to_value(Settings::default()).unwrap();
-    assert_eq!(serde_json::to_value(&parsed).unwrap(), defaults, "example values must equal the defaults");
+    assert_eq!(
+        serde_json::to_value(&parsed).unwrap(),
+        defaults,
+        "example values must equal the defaults"
+    );
     for key in settings::top_level_keys() {
         let env = format!("SSO_SIDECAR_{}", key.to_ascii_uppercase());
-        assert!(example.contains(&env), "{env} is not documented in the example TOML");
+        assert!(
+            example.contains(&env),
+            "{env} is not documented in the example TOML"
+        );
+    }
+}
+
+#[test]
+fn the_readme_documents_every_key() {
+    let readme = include_str!("../../README.md");
+    for key in settings::top_level_keys() {
+        let env = format!("`SSO_SIDECAR_{}", key.to_ascii_uppercase());
+        assert!(
+            readme.contains(&env),
+            "{env} is missing from the README's configuration table"
+        );
     }
 }

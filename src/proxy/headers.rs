@@ -137,7 +137,10 @@ pub fn set_forwarded(headers: &mut HeaderMap, peer: Peer, host: Option<HeaderVal
 /// `X-Forwarded-Proto` value, else the listener's own scheme.
 pub fn public_scheme(headers: &HeaderMap, peer: Peer) -> &'static str {
     if peer.trusted {
-        if let Some(v) = headers.get(&X_FORWARDED_PROTO).and_then(|v| v.to_str().ok()) {
+        if let Some(v) = headers
+            .get(&X_FORWARDED_PROTO)
+            .and_then(|v| v.to_str().ok())
+        {
             match v.split(',').next().map(str::trim) {
                 Some(p) if p.eq_ignore_ascii_case("https") => return "https",
                 Some(p) if p.eq_ignore_ascii_case("http") => return "http",

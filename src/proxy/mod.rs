@@ -87,15 +87,19 @@ impl Upstream {
     }
 
     /// Forwards `req` and returns the upstream's response head with its body still streaming.
-    pub async fn forward(&self, mut req: Request<Incoming>, peer: Peer) -> Result<Response<Incoming>, Error> {
+    pub async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+        peer: Peer,
+    ) -> Result<Response<Incoming>, Error> {
         let upgrade = headers::upgrade_protocol(req.headers());
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
 
-        let host = req
-            .headers()
-            .get(header::HOST)
-            .cloned()
-            .or_else(|| req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+        let host = req.headers().get(header::HOST).cloned().or_else(|| {
+            req.uri()
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
         *req.uri_mut() = self.upstream_uri(req.uri())?;
         // The upstream connection is HTTP/1.1 whatever the client spoke.
         *req.version_mut() = http::Version::HTTP_11;
@@ -121,7 +125,8 @@ impl Upstream {
         let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
         let resp_upgrade = resp.headers().get(header::UPGRADE).cloned();
         headers::remove_hop_by_hop(resp.headers_mut());
-        if let (true, Some(client_upgrade), Some(proto)) = (switching, client_upgrade, resp_upgrade) {
+        if let (true, Some(client_upgrade), Some(proto)) = (switching, client_upgrade, resp_upgrade)
+        {
             let h = resp.headers_mut();
             h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             h.insert(header::UPGRADE, proto);
@@ -132,7 +137,10 @@ impl Upstream {
     }
 
     fn upstream_uri(&self, original: &Uri) -> Result<Uri, Error> {
-        let pq = original.path_and_query().map(PathAndQuery::as_str).unwrap_or("/");
+        let pq = original
+            .path_and_query()
+            .map(PathAndQuery::as_str)
+            .unwrap_or("/");
         if !pq.starts_with('/') {
             // CONNECT-style or absolute-form targets are not ours to forward.
             return Err(Error::BadRequest("Unsupported request target"));

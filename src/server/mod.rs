@@ -95,18 +95,22 @@ pub async fn serve<H, F>(
         tokio::spawn(async move {
             let result = match acceptor {
                 None => {
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    let conn =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                     watcher.watch(conn.into_owned()).await
                 }
                 Some(acceptor) => {
-                    let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => tls,
-                        Ok(Err(e)) => {
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => return,
-                    };
+                    let tls =
+                        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream))
+                            .await
+                        {
+                            Ok(Ok(tls)) => tls,
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => return,
+                        };
                     let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
                     watcher.watch(conn.into_owned()).await
                 }
@@ -119,8 +123,18 @@ pub async fn serve<H, F>(
 
     // Refuse new connections now; let the in-flight ones finish within the deadline.
     drop(listener);
-    tracing::info!(listener = opts.name, connections = graceful.count(), "draining");
-    if tokio::time::timeout(opts.drain_timeout, graceful.shutdown()).await.is_err() {
-        tracing::warn!(listener = opts.name, "drain deadline reached; closing remaining connections");
+    tracing::info!(
+        listener = opts.name,
+        connections = graceful.count(),
+        "draining"
+    );
+    if tokio::time::timeout(opts.drain_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            listener = opts.name,
+            "drain deadline reached; closing remaining connections"
+        );
     }
 }

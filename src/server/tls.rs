@@ -19,7 +19,10 @@ pub fn server_config(cert_file: &Path, key_file: &Path) -> Result<rustls::Server
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
         .map_err(|e| format!("tls.cert_file {}: {e}", cert_file.display()))?;
     if certs.is_empty() {
-        return Err(format!("tls.cert_file {}: no certificate found", cert_file.display()));
+        return Err(format!(
+            "tls.cert_file {}: no certificate found",
+            cert_file.display()
+        ));
     }
     let key = PrivateKeyDer::from_pem_file(key_file)
         .map_err(|e| format!("tls.key_file {}: {e}", key_file.display()))?;

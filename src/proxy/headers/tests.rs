@@ -3,13 +3,20 @@ use super::*;
 fn map(pairs: &[(&str, &str)]) -> HeaderMap {
     let mut h = HeaderMap::new();
     for (k, v) in pairs {
-        h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+        h.append(
+            HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            HeaderValue::from_str(v).unwrap(),
+        );
     }
     h
 }
 
 fn peer(trusted: bool) -> Peer {
-    Peer { ip: "203.0.113.7".parse().unwrap(), trusted, scheme: "http" }
+    Peer {
+        ip: "203.0.113.7".parse().unwrap(),
+        trusted,
+        scheme: "http",
+    }
 }
 
 #[test]
@@ -36,7 +43,11 @@ fn hop_by_hop_and_connection_named_headers_are_removed() {
 
 #[test]
 fn malformed_connection_tokens_are_ignored() {
-    let mut h = map(&[("connection", "bad header name, x-a"), ("x-a", "1"), ("x-b", "2")]);
+    let mut h = map(&[
+        ("connection", "bad header name, x-a"),
+        ("x-a", "1"),
+        ("x-b", "2"),
+    ]);
     remove_hop_by_hop(&mut h);
     assert!(h.get("x-a").is_none());
     assert!(h.get("x-b").is_some());
@@ -44,7 +55,10 @@ fn malformed_connection_tokens_are_ignored() {
 
 #[test]
 fn upgrade_is_detected_only_with_connection_upgrade() {
-    let h = map(&[("connection", "keep-alive, Upgrade"), ("upgrade", "websocket")]);
+    let h = map(&[
+        ("connection", "keep-alive, Upgrade"),
+        ("upgrade", "websocket"),
+    ]);
     assert_eq!(upgrade_protocol(&h).unwrap(), "websocket");
     let h = map(&[("upgrade", "websocket")]);
     assert!(upgrade_protocol(&h).is_none());
@@ -60,7 +74,11 @@ fn untrusted_forwarding_headers_are_replaced_in_every_spelling() {
         ("x-real-ip", "9.9.9.9"),
         ("forwarded", "for=1.2.3.4"),
     ]);
-    set_forwarded(&mut h, peer(false), Some(HeaderValue::from_static("rag.example")));
+    set_forwarded(
+        &mut h,
+        peer(false),
+        Some(HeaderValue::from_static("rag.example")),
+    );
     assert_eq!(h["x-forwarded-for"], "203.0.113.7");
     assert_eq!(h["x-forwarded-proto"], "http");
     assert_eq!(h["x-forwarded-host"], "rag.example");
@@ -74,12 +92,20 @@ fn trusted_proxy_chain_is_extended_and_its_proto_kept() {
         ("x-forwarded-proto", "https"),
         ("x-forwarded-host", "rag.example"),
     ]);
-    set_forwarded(&mut h, peer(true), Some(HeaderValue::from_static("internal:8000")));
+    set_forwarded(
+        &mut h,
+        peer(true),
+        Some(HeaderValue::from_static("internal:8000")),
+    );
     assert_eq!(h["x-forwarded-for"], "198.51.100.1, 203.0.113.7");
     assert_eq!(h["x-forwarded-proto"], "https");
     assert_eq!(h["x-forwarded-host"], "rag.example");
     assert_eq!(public_scheme(&h, peer(true)), "https");
-    assert_eq!(public_scheme(&h, peer(false)), "http", "an untrusted claim of https is not believed");
+    assert_eq!(
+        public_scheme(&h, peer(false)),
+        "http",
+        "an untrusted claim of https is not believed"
+    );
 }
 
 #[test]
@@ -106,7 +132,11 @@ fn request_ids_are_kept_when_sane_and_generated_otherwise() {
 #[test]
 fn folding_matches_backend_normalisation() {
     assert_eq!(folded_name("X_Forwarded.User"), "x-forwarded-user");
-    let mut h = map(&[("x_forwarded_user", "a"), ("x-forwarded-user", "b"), ("x-forwarded-users", "c")]);
+    let mut h = map(&[
+        ("x_forwarded_user", "a"),
+        ("x-forwarded-user", "b"),
+        ("x-forwarded-users", "c"),
+    ]);
     remove_folded(&mut h, &["x-forwarded-user"]);
     assert_eq!(h.len(), 1);
     assert!(h.get("x-forwarded-users").is_some());

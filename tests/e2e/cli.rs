@@ -1,0 +1,115 @@
+//! The command line: `check`, `gen-key`, and exit code 78 listing every configuration problem
+//! before any port is bound.
+
+use crate::support::*;
+use std::process::Stdio;
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = sidecar_command(dir.path(), env)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn gen_key_prints_a_fernet_key() {
+    let (code, out, _) = run(&["gen-key"], &[]);
+    assert_eq!(code, Some(0));
+    let key = out.trim();
+    assert_eq!(key.len(), 44, "{key}");
+    assert!(sso_sidecar::crypto::KeyRing::parse(key).is_ok());
+    assert_ne!(run(&["gen-key"], &[]).1.trim(), key, "keys are random");
+}
+
+#[test]
+fn bad_configuration_exits_78_listing_every_problem_before_binding() {
+    // Occupy a port: if the sidecar tried to bind before validating it would fail differently.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = taken.local_addr().unwrap().to_string();
+    let (code, out, err) = run(
+        &[],
+        &[
+            ("AUTH_MODE", "oidc"),
+            ("OIDC_ENDPOINT", "https://idp.example.com"),
+            ("OIDC_TOKEN_ENCRYPTION_KEY", "not-a-key"),
+            ("OIDC_CLAIM_MAPPING", "is_admin:admin"),
+            ("SSO_SIDECAR_LISTEN", &taken),
+            ("SSO_SIDECAR_UPSTREAM", "ftp://nope"),
+            ("SSO_SIDECAR_LOG_FORMAT", "xml"),
+        ],
+    );
+    assert_eq!(code, Some(78), "stdout: {out}\nstderr: {err}");
+    for needle in [
+        "AUTH_MODE=oidc but the following env vars are missing or empty: OIDC_CLIENT_ID, OIDC_CLIENT_SECRET, OIDC_REDIRECT_URI",
+        "not a valid Fernet key",
+        "OIDC_CLAIM_MAPPING db_field 'is_admin' is not writable",
+        "upstream must be an http:// or https:// URL",
+        "log_format must be 'json' or 'pretty'",
+    ] {
+        assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
+    }
+    assert!(!err.contains("not-a-key"), "key material echoed:\n{err}");
+    assert!(
+        !err.contains("cannot listen"),
+        "it must fail before binding:\n{err}"
+    );
+}
+
+#[test]
+fn invalid_auth_mode_and_missing_config_file_exit_78() {
+    let (code, _, err) = run(
+        &["--config", "/nonexistent/sso.toml"],
+        &[("AUTH_MODE", "saml")],
+    );
+    assert_eq!(code, Some(78));
+    assert!(
+        err.contains("config file /nonexistent/sso.toml does not exist"),
+        "{err}"
+    );
+    assert!(
+        err.contains("Invalid AUTH_MODE='saml'. Expected 'token' or 'oidc'."),
+        "{err}"
+    );
+}
+
+#[test]
+fn check_accepts_a_valid_configuration_file_and_dotenv() {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = dir.path().join("sso.toml");
+    std::fs::write(&toml, "listen = \"127.0.0.1:18000\"\n").unwrap();
+    let dotenv = dir.path().join("app.env");
+    std::fs::write(
+        &dotenv,
+        "SSO_SIDECAR_UPSTREAM=\"http://backend:8080\"\nAUTH_MODE='  TOKEN '\n",
+    )
+    .unwrap();
+    let (code, out, err) = run(
+        &["check", "--config", toml.to_str().unwrap()],
+        &[("SSO_SIDECAR_ENV_FILE", dotenv.to_str().unwrap())],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("configuration OK: AUTH_MODE=Token, listen 127.0.0.1:18000, upstream http://backend:8080/"), "{out}");
+
+    let (code, _, err) = run(&["check"], &[("SSO_SIDECAR_UPSTREAM", "nope")]);
+    assert_eq!(code, Some(78));
+    assert!(err.contains("upstream must be"), "{err}");
+}
+
+#[tokio::test]
+async fn healthcheck_subcommand_probes_the_admin_listener() {
+    let up = Upstream::start();
+    let sc = Sidecar::start(&[("SSO_SIDECAR_UPSTREAM", &up.url())]).await;
+    let admin = sc.admin.to_string();
+    let (code, _, err) = run(&["healthcheck"], &[("SSO_SIDECAR_ADMIN_LISTEN", &admin)]);
+    assert_eq!(code, Some(0), "{err}");
+    drop(sc);
+    let (code, _, _) = run(&["healthcheck"], &[("SSO_SIDECAR_ADMIN_LISTEN", &admin)]);
+    assert_eq!(code, Some(1));
+}

@@ -1,0 +1,11 @@
+//! End-to-end tests: the real `sso-sidecar` binary against real upstream processes, on free
+//! ports. One test binary with modules (each file in `tests/` would be another binary to link).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod cli;
+mod proxy;
+mod shutdown;
+mod streaming;
+mod support;
+mod tls;

@@ -1,0 +1,310 @@
+//! Plain forwarding, header rules, error mapping, metrics and log redaction.
+
+use crate::support::*;
+
+#[tokio::test]
+async fn get_and_post_are_forwarded_with_forwarding_headers_and_a_request_id() {
+    let up = Upstream::start();
+    let sc = Sidecar::start(&[("SSO_SIDECAR_UPSTREAM", &up.url())]).await;
+
+    let r = get(
+        &sc.url("/echo/a?b=c"),
+        &[("authorization", "Bearer abc"), ("cookie", "x=1")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let rid = r.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert_eq!(rid.len(), 16, "a request id is generated");
+    let j = json(&r);
+    assert_eq!(j["method"], "GET");
+    assert_eq!(j["path"], "/echo/a");
+    assert_eq!(j["query"], "b=c");
+    let h = &j["headers"];
+    assert_eq!(
+        h["x-request-id"][0],
+        rid.as_str(),
+        "the upstream sees the same id"
+    );
+    assert_eq!(
+        h["authorization"][0], "Bearer abc",
+        "token mode passes credentials through"
+    );
+    assert_eq!(h["cookie"][0], "x=1");
+    assert_eq!(h["x-forwarded-for"][0], "127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"][0], "http");
+    assert_eq!(h["x-forwarded-host"][0], sc.addr.to_string());
+    assert_eq!(
+        h["host"][0],
+        format!("127.0.0.1:{}", up.port),
+        "Host is the upstream's"
+    );
+
+    let r = send(request(
+        "POST",
+        &sc.url("/echo/post"),
+        &[
+            ("x-request-id", "client-id-1"),
+            ("content-type", "text/plain"),
+        ],
+        body("hello body"),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["x-request-id"],
+        "client-id-1",
+        "a sane client id is kept"
+    );
+    let j = json(&r);
+    assert_eq!(j["method"], "POST");
+    assert_eq!(j["body"], "hello body");
+
+    let r = get(&sc.url("/status?code=418"), &[]).await.unwrap();
+    assert_eq!(r.status(), 418, "upstream statuses pass through");
+}
+
+#[tokio::test]
+async fn hop_by_hop_and_connection_named_headers_never_reach_the_upstream() {
+    let up = Upstream::start();
+    let sc = Sidecar::start(&[("SSO_SIDECAR_UPSTREAM", &up.url())]).await;
+    let r = get(
+        &sc.url("/echo"),
+        &[
+            ("connection", "keep-alive, X-Drop-Me, x-forwarded-for"),
+            ("x-drop-me", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("proxy-authorization", "Basic Zm9vOmJhcg=="),
+            ("te", "gzip"),
+            ("trailer", "x-t"),
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-kept", "yes"),
+        ],
+    )
+    .await
+    .unwrap();
+    let h = json(&r)["headers"].clone();
+    for gone in [
+        "x-drop-me",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authorization",
+        "te",
+        "trailer",
+    ] {
+        assert!(h.get(gone).is_none(), "{gone} was forwarded: {h}");
+    }
+    assert_eq!(h["x-kept"][0], "yes");
+    // Naming x-forwarded-for in Connection removes the client's copy, but ours is still written.
+    assert_eq!(h["x-forwarded-for"][0], "127.0.0.1");
+}
+
+#[tokio::test]
+async fn forwarding_headers_are_believed_only_from_trusted_proxies() {
+    let up = Upstream::start();
+    let spoof = [
+        ("x-forwarded-for", "198.51.100.9"),
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", "rag.example.com"),
+        ("x_forwarded_for", "6.6.6.6"),
+        ("forwarded", "for=6.6.6.6"),
+    ];
+
+    let untrusted = Sidecar::start(&[("SSO_SIDECAR_UPSTREAM", &up.url())]).await;
+    let h = json(&get(&untrusted.url("/echo"), &spoof).await.unwrap())["headers"].clone();
+    assert_eq!(
+        h["x-forwarded-for"],
+        serde_json::json!(["127.0.0.1"]),
+        "{h}"
+    );
+    assert_eq!(h["x-forwarded-proto"][0], "http");
+    assert_eq!(h["x-forwarded-host"][0], untrusted.addr.to_string());
+    assert!(
+        h.get("x_forwarded_for").is_none() && h.get("forwarded").is_none(),
+        "{h}"
+    );
+
+    let trusted = Sidecar::start(&[
+        ("SSO_SIDECAR_UPSTREAM", &up.url()),
+        ("SSO_SIDECAR_TRUSTED_PROXIES", "10.0.0.0/8, 127.0.0.1/32"),
+    ])
+    .await;
+    let h = json(&get(&trusted.url("/echo"), &spoof).await.unwrap())["headers"].clone();
+    assert_eq!(h["x-forwarded-for"][0], "198.51.100.9, 127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"][0], "https");
+    assert_eq!(h["x-forwarded-host"][0], "rag.example.com");
+}
+
+#[tokio::test]
+async fn upstream_down_is_502_and_slow_upstream_is_504() {
+    // A port that was free a moment ago and has no listener: connection refused.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_url = format!("http://{}", dead.local_addr().unwrap());
+    drop(dead);
+    let sc = Sidecar::start(&[("SSO_SIDECAR_UPSTREAM", &dead_url)]).await;
+    let r = get(&sc.url("/api/x"), &[]).await.unwrap();
+    assert_eq!(r.status(), 502);
+    assert_eq!(
+        json(&r),
+        serde_json::json!({"detail": "Upstream unavailable"})
+    );
+    assert!(r.headers().contains_key("x-request-id"));
+    let r = get(&sc.url("/"), &[("accept", "text/html")]).await.unwrap();
+    assert_eq!(r.status(), 502);
+    assert!(String::from_utf8_lossy(r.body()).contains("<h1>502 Bad Gateway</h1>"));
+
+    let up = Upstream::start();
+    let sc = Sidecar::start(&[
+        ("SSO_SIDECAR_UPSTREAM", &up.url()),
+        ("SSO_SIDECAR_UPSTREAM_TIMEOUT_SECS", "1"),
+    ])
+    .await;
+    let r = get(&sc.url("/slow?ms=3000"), &[]).await.unwrap();
+    assert_eq!(r.status(), 504);
+    assert_eq!(
+        json(&r),
+        serde_json::json!({"detail": "Upstream timed out"})
+    );
+    let r = get(&sc.url("/slow?ms=10"), &[]).await.unwrap();
+    assert_eq!(r.status(), 200, "a fast answer is not affected");
+
+    let metrics = String::from_utf8(
+        get(&sc.admin_url("/metrics"), &[])
+            .await
+            .unwrap()
+            .body()
+            .to_vec(),
+    )
+    .unwrap();
+    assert!(
+        metrics.contains(r#"sso_sidecar_upstream_errors_total{kind="timeout"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"sso_sidecar_http_requests_total{method="GET",status="5xx"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("sso_sidecar_http_requests_in_flight 0"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn oversized_request_headers_get_431() {
+    let up = Upstream::start();
+    let sc = Sidecar::start(&[
+        ("SSO_SIDECAR_UPSTREAM", &up.url()),
+        ("SSO_SIDECAR_MAX_REQUEST_HEADER_BYTES", "16384"),
+    ])
+    .await;
+    let big = "a".repeat(20_000);
+    let r = get(&sc.url("/echo"), &[("x-big", &big)]).await.unwrap();
+    assert_eq!(r.status(), 431);
+    let r = get(&sc.url("/echo"), &[("x-small", &"a".repeat(4000))])
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn http2_prior_knowledge_is_served_and_forwarded_as_http1() {
+    let up = Upstream::start();
+    let sc = Sidecar::start(&[("SSO_SIDECAR_UPSTREAM", &up.url())]).await;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<TestBody>();
+    let resp = client
+        .request(request("GET", &sc.url("/echo/h2"), &[], body("")))
+        .await
+        .unwrap();
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    assert_eq!(resp.status(), 200);
+    use http_body_util::BodyExt;
+    let b = resp.into_body().collect().await.unwrap().to_bytes();
+    let j: serde_json::Value = serde_json::from_slice(&b).unwrap();
+    assert_eq!(j["path"], "/echo/h2");
+    assert_eq!(
+        j["headers"]["x-forwarded-host"][0],
+        sc.addr.to_string(),
+        ":authority becomes X-Forwarded-Host"
+    );
+}
+
+#[tokio::test]
+async fn admin_endpoints_live_on_their_own_listener() {
+    let up = Upstream::start();
+    let sc = Sidecar::start(&[("SSO_SIDECAR_UPSTREAM", &up.url())]).await;
+    assert_eq!(
+        get(&sc.admin_url("/healthz"), &[]).await.unwrap().status(),
+        200
+    );
+    assert_eq!(
+        json(&get(&sc.admin_url("/readyz"), &[]).await.unwrap())["status"],
+        "ready"
+    );
+    // On the public listener /metrics belongs to the backend.
+    let r = get(&sc.url("/metrics"), &[]).await.unwrap();
+    assert_eq!(json(&r)["path"], "/metrics", "proxied, not shadowed");
+    let m = get(&sc.admin_url("/metrics"), &[]).await.unwrap();
+    let text = String::from_utf8_lossy(m.body());
+    assert!(
+        text.contains("sso_sidecar_http_request_duration_seconds_bucket"),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"sso_sidecar_http_requests_total{method="GET",status="2xx"} 1"#),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn no_credential_or_secret_reaches_the_logs() {
+    let up = Upstream::start();
+    let sc = Sidecar::start(&[
+        ("SSO_SIDECAR_UPSTREAM", &up.url()),
+        ("AUTH_TOKEN", "admin-token-SECRET-0001"),
+        ("OIDC_CLIENT_SECRET", "client-secret-SECRET-0002"),
+        ("RUST_LOG", "trace"),
+    ])
+    .await;
+    let r = get(
+        &sc.url("/static/app.js?token=query-token-SECRET-0003"),
+        &[
+            ("authorization", "Bearer bearer-SECRET-0004"),
+            ("cookie", "openrag_session=cookie-SECRET-0005"),
+            ("proxy-authorization", "Basic proxy-SECRET-0006"),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    sc.signal("TERM");
+    let mut child = sc;
+    let status = tokio::task::spawn_blocking(move || {
+        let s = child.child.wait().unwrap();
+        (s, child)
+    })
+    .await
+    .unwrap();
+    let (status, sc) = status;
+    assert!(status.success());
+    let logs = sc.output();
+    assert!(
+        logs.contains(r#""path":"/static/app.js""#),
+        "the access line is there: {logs}"
+    );
+    assert!(logs.contains(r#""status":200"#), "{logs}");
+    for secret in [
+        "SECRET-0001",
+        "SECRET-0002",
+        "SECRET-0003",
+        "SECRET-0004",
+        "SECRET-0005",
+        "SECRET-0006",
+    ] {
+        assert!(!logs.contains(secret), "{secret} reached the logs:\n{logs}");
+    }
+}

@@ -1,0 +1,94 @@
+//! Graceful shutdown: an in-flight request finishes, new connections are refused, exit 0.
+
+use crate::support::*;
+use std::time::Duration;
+
+fn in_flight(metrics: &str) -> Option<i64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with("sso_sidecar_http_requests_in_flight "))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test]
+async fn sigterm_lets_in_flight_requests_finish_then_exits_zero() {
+    let up = Upstream::start();
+    let mut sc = Sidecar::start(&[
+        ("SSO_SIDECAR_UPSTREAM", &up.url()),
+        ("SSO_SIDECAR_SHUTDOWN_TIMEOUT_SECS", "20"),
+    ])
+    .await;
+    let url = sc.url("/slow?ms=1500");
+    let slow = tokio::spawn(async move { get(&url, &[]).await });
+
+    // Readiness poll on the request being in flight, rather than a sleep.
+    let admin = sc.admin_url("/metrics");
+    let start = std::time::Instant::now();
+    loop {
+        let m = get(&admin, &[]).await.unwrap();
+        if in_flight(&String::from_utf8_lossy(m.body())) == Some(1) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the slow request never started"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    sc.signal("TERM");
+    let addr = sc.addr;
+    wait_until("the listener to close", Duration::from_secs(5), || {
+        std::net::TcpStream::connect(addr).is_err()
+    })
+    .await;
+    assert!(
+        !slow.is_finished(),
+        "the slow request must still be running while new connections are refused"
+    );
+
+    let r = slow
+        .await
+        .unwrap()
+        .expect("the in-flight request completes");
+    assert_eq!(r.status(), 200);
+    assert_eq!(json(&r)["slept_ms"], 1500);
+
+    let status = tokio::task::spawn_blocking(move || sc.child.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "exit status after SIGTERM");
+}
+
+#[tokio::test]
+async fn the_drain_deadline_bounds_shutdown() {
+    let up = Upstream::start();
+    let mut sc = Sidecar::start(&[
+        ("SSO_SIDECAR_UPSTREAM", &up.url()),
+        ("SSO_SIDECAR_SHUTDOWN_TIMEOUT_SECS", "1"),
+    ])
+    .await;
+    let url = sc.url("/slow?ms=30000");
+    let _stuck = tokio::spawn(async move { get(&url, &[]).await });
+    let admin = sc.admin_url("/metrics");
+    let start = std::time::Instant::now();
+    while in_flight(&String::from_utf8_lossy(
+        get(&admin, &[]).await.unwrap().body(),
+    )) != Some(1)
+    {
+        assert!(start.elapsed() < Duration::from_secs(5));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let t0 = std::time::Instant::now();
+    sc.signal("INT");
+    let status = tokio::task::spawn_blocking(move || sc.child.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "shutdown took {:?}",
+        t0.elapsed()
+    );
+}

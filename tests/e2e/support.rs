@@ -1,0 +1,279 @@
+//! Test harness: real processes on free ports. The sidecar binary and the Python upstream are
+//! started with port 0 and report the ports they got; nothing is hard-coded. Every process is
+//! killed when its handle drops.
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use std::convert::Infallible;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub type TestBody = BoxBody<Bytes, Infallible>;
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Fails with an install hint when a tool the tests need is missing (never skips silently).
+pub fn require_tool(tool: &str, package: &str) {
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(found, "`{tool}` is required by this test: install it with `apt-get install {package}` (or run .ci/run)");
+}
+
+/// Polls `check` every 20 ms until it is true or `deadline` passes.
+pub async fn wait_until(what: &str, deadline: Duration, mut check: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !check() {
+        assert!(
+            start.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// === the upstream ==========================================================================
+
+pub struct Upstream {
+    child: Child,
+    pub port: u16,
+}
+
+impl Upstream {
+    pub fn start() -> Upstream {
+        Self::start_with(&[])
+    }
+
+    pub fn start_with(args: &[&str]) -> Upstream {
+        require_tool("python3", "python3");
+        let mut child = Command::new("python3")
+            .arg(repo_root().join("tests/support/upstream.py"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start python3 tests/support/upstream.py");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .trim()
+            .strip_prefix("READY ")
+            .unwrap_or_else(|| panic!("upstream did not start: {line:?}"))
+            .parse()
+            .unwrap();
+        Upstream { child, port }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// === the sidecar ===========================================================================
+
+pub struct Sidecar {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    /// Everything the process wrote (stdout and stderr), for log assertions.
+    pub output: Arc<Mutex<String>>,
+    _dir: tempfile::TempDir,
+}
+
+/// A command for the sidecar binary with an empty environment and a fresh working directory
+/// (so no stray `.env` is read).
+pub fn sidecar_command(dir: &Path, env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sso-sidecar"));
+    cmd.env_clear()
+        .current_dir(dir)
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env.iter().copied());
+    cmd
+}
+
+impl Sidecar {
+    /// Starts the sidecar on free ports with `env` on top of test defaults, and waits until
+    /// `/readyz` answers 200.
+    pub async fn start(env: &[(&str, &str)]) -> Sidecar {
+        let dir = tempfile::tempdir().unwrap();
+        let mut all: Vec<(&str, &str)> = vec![
+            ("SSO_SIDECAR_LISTEN", "127.0.0.1:0"),
+            ("SSO_SIDECAR_ADMIN_LISTEN", "127.0.0.1:0"),
+            ("RUST_LOG", "info"),
+        ];
+        all.extend_from_slice(env);
+        let mut child = sidecar_command(dir.path(), &all)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn sso-sidecar");
+        let output = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel::<(SocketAddr, SocketAddr)>();
+        let stdout = child.stdout.take().unwrap();
+        let out = output.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.contains("sso-sidecar started") {
+                    if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                        let a = v["listen"].as_str().unwrap_or_default().parse();
+                        let b = v["admin"].as_str().unwrap_or_default().parse();
+                        if let (Ok(a), Ok(b)) = (a, b) {
+                            let _ = tx.send((a, b));
+                        }
+                    }
+                }
+                let mut o = out.lock().unwrap();
+                o.push_str(&line);
+                o.push('\n');
+            }
+        });
+        let stderr = child.stderr.take().unwrap();
+        let out = output.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut o = out.lock().unwrap();
+                o.push_str(&line);
+                o.push('\n');
+            }
+        });
+        let (addr, admin) =
+            tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(20)))
+                .await
+                .unwrap()
+                .unwrap_or_else(|_| {
+                    panic!("sidecar did not start; output:\n{}", output.lock().unwrap())
+                });
+        let sidecar = Sidecar {
+            child,
+            addr,
+            admin,
+            output,
+            _dir: dir,
+        };
+        let start = Instant::now();
+        loop {
+            if let Ok(r) = get(&sidecar.admin_url("/readyz"), &[]).await {
+                if r.status() == 200 {
+                    break;
+                }
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "sidecar never became ready"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        sidecar
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    pub fn output(&self) -> String {
+        self.output.lock().unwrap().clone()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Peak resident set size (VmHWM) of the process, in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        proc_status_kb(self.child.id(), "VmHWM:") * 1024
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn proc_status_kb(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{field} not in /proc/{pid}/status"))
+}
+
+// === an HTTP client ========================================================================
+
+pub fn client() -> Client<HttpConnector, TestBody> {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+pub fn body(b: impl Into<Bytes>) -> TestBody {
+    Full::new(b.into()).boxed()
+}
+
+pub fn request(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    b: TestBody,
+) -> Request<TestBody> {
+    let mut req = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    req.body(b).unwrap()
+}
+
+/// Sends a request and collects the whole response.
+pub async fn send(
+    req: Request<TestBody>,
+) -> Result<Response<Bytes>, hyper_util::client::legacy::Error> {
+    let resp = client().request(req).await?;
+    let (parts, b) = resp.into_parts();
+    let bytes = b.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+    Ok(Response::from_parts(parts, bytes))
+}
+
+pub async fn get(
+    url: &str,
+    headers: &[(&str, &str)],
+) -> Result<Response<Bytes>, hyper_util::client::legacy::Error> {
+    send(request("GET", url, headers, body(Bytes::new()))).await
+}
+
+pub fn json(resp: &Response<Bytes>) -> serde_json::Value {
+    serde_json::from_slice(resp.body())
+        .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(resp.body())))
+}

@@ -1,0 +1,87 @@
+//! TLS on the public listener, and an `https://` upstream trusted through a private CA.
+//! Certificates are made by the test with the `openssl` command line tool.
+
+use crate::support::*;
+use http_body_util::BodyExt;
+use std::path::Path;
+use std::process::Command;
+
+/// Writes ca.pem, server.pem and server.key (SAN IP:127.0.0.1) into `dir`.
+fn make_certs(dir: &Path) {
+    require_tool("openssl", "openssl");
+    let sh = format!(
+        "set -e; cd {d}
+         openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=test-ca -keyout ca.key -out ca.pem 2>/dev/null
+         openssl req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout server.key -out server.csr 2>/dev/null
+         printf 'subjectAltName=IP:127.0.0.1\\nbasicConstraints=CA:FALSE\\n' > ext.cnf
+         openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile ext.cnf -out server.pem 2>/dev/null",
+        d = dir.display()
+    );
+    assert!(
+        Command::new("sh")
+            .arg("-c")
+            .arg(sh)
+            .status()
+            .unwrap()
+            .success(),
+        "openssl failed"
+    );
+}
+
+#[tokio::test]
+async fn tls_listener_and_https_upstream_with_a_private_ca() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    make_certs(dir.path());
+    let p = |f: &str| dir.path().join(f).to_str().unwrap().to_owned();
+
+    let up = Upstream::start_with(&["--tls", &p("server.pem"), &p("server.key")]);
+    let sc = Sidecar::start(&[
+        (
+            "SSO_SIDECAR_UPSTREAM",
+            &format!("https://127.0.0.1:{}", up.port),
+        ),
+        ("SSO_SIDECAR_UPSTREAM_CA_FILE", &p("ca.pem")),
+        ("SSO_SIDECAR_TLS__CERT_FILE", &p("server.pem")),
+        ("SSO_SIDECAR_TLS__KEY_FILE", &p("server.key")),
+    ])
+    .await;
+
+    let client_tls =
+        sso_sidecar::server::tls::client_config(Some(Path::new(&p("ca.pem")))).unwrap();
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(client_tls)
+        .https_only()
+        .enable_http1()
+        .build();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build::<_, TestBody>(connector);
+    let url = format!("https://127.0.0.1:{}/echo/tls", sc.addr.port());
+    let resp = client
+        .request(request("GET", &url, &[], body("")))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let j: serde_json::Value =
+        serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(j["path"], "/echo/tls");
+    assert_eq!(
+        j["headers"]["x-forwarded-proto"][0], "https",
+        "the listener's scheme is reported"
+    );
+
+    // Plain HTTP to the TLS port gets nothing useful.
+    assert!(get(&format!("http://{}/echo", sc.addr), &[])
+        .await
+        .map(|r| r.status() != 200)
+        .unwrap_or(true));
+
+    // Without the private CA the upstream is not trusted: 502, never a silent downgrade.
+    let untrusting = Sidecar::start(&[(
+        "SSO_SIDECAR_UPSTREAM",
+        &format!("https://127.0.0.1:{}", up.port),
+    )])
+    .await;
+    let r = get(&untrusting.url("/echo"), &[]).await.unwrap();
+    assert_eq!(r.status(), 502);
+}
