@@ -10,10 +10,12 @@ use hyper::body::Incoming;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-/// What `/readyz` reports. Components flip their flag; ready means every flag is good.
+/// What `/readyz` reports: not draining, OIDC discovery loaded, session store reachable.
 #[derive(Default)]
 pub struct Readiness {
     draining: AtomicBool,
+    pub provider: Option<Arc<crate::auth::oidc::Provider>>,
+    pub store: Option<Arc<crate::store::Store>>,
 }
 
 impl Readiness {
@@ -23,10 +25,18 @@ impl Readiness {
     }
 
     /// `Ok` when ready, else the reasons.
-    pub fn check(&self) -> Result<(), Vec<&'static str>> {
+    pub async fn check(&self) -> Result<(), Vec<&'static str>> {
         let mut reasons = Vec::new();
         if self.draining.load(Ordering::SeqCst) {
             reasons.push("shutting down");
+        }
+        if self.provider.as_ref().is_some_and(|p| !p.is_loaded()) {
+            reasons.push("OIDC discovery has not loaded");
+        }
+        if let Some(store) = &self.store {
+            if store.ping().await.is_err() {
+                reasons.push("session store unreachable");
+            }
         }
         if reasons.is_empty() {
             Ok(())
@@ -52,7 +62,7 @@ impl Admin {
         }
         match req.uri().path() {
             "/healthz" => text(StatusCode::OK, "text/plain", "ok\n".into()),
-            "/readyz" => match self.readiness.check() {
+            "/readyz" => match self.readiness.check().await {
                 Ok(()) => text(
                     StatusCode::OK,
                     "application/json",

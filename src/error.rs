@@ -20,6 +20,18 @@ pub enum Error {
     /// A request the sidecar will not forward (malformed target, bad header…).
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    /// No valid session on a path that needs one.
+    #[error("unauthenticated")]
+    Unauthenticated,
+    /// Authenticated, but not allowed (cross-site logout, unregistered user…).
+    #[error("forbidden: {0}")]
+    Forbidden(&'static str),
+    /// Discovery has not loaded (IdP down or misconfigured): logins cannot start.
+    #[error("OIDC discovery has not completed")]
+    IdpUnavailable,
+    /// The session store cannot be reached: fail closed.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
     /// A bug or an impossible state; details are logged, never shown.
     #[error("internal error: {0}")]
     Internal(String),
@@ -31,6 +43,10 @@ impl Error {
             Error::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
             Error::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Error::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Error::Unauthenticated => StatusCode::UNAUTHORIZED,
+            Error::Forbidden(_) => StatusCode::FORBIDDEN,
+            Error::IdpUnavailable => StatusCode::BAD_GATEWAY,
+            Error::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -41,6 +57,10 @@ impl Error {
             Error::UpstreamUnavailable(_) => "Upstream unavailable",
             Error::UpstreamTimeout => "Upstream timed out",
             Error::BadRequest(m) => m,
+            Error::Unauthenticated => "Unauthenticated",
+            Error::Forbidden(m) => m,
+            Error::IdpUnavailable => "OIDC discovery failed — see server logs.",
+            Error::Store(_) => "Session store unavailable, please retry shortly",
             Error::Internal(_) => "Internal error",
         }
     }
@@ -52,6 +72,10 @@ impl Error {
             Error::UpstreamUnavailable(_) => "reset",
             Error::UpstreamTimeout => "timeout",
             Error::BadRequest(_) => "bad_request",
+            Error::Unauthenticated => "unauthenticated",
+            Error::Forbidden(_) => "forbidden",
+            Error::IdpUnavailable => "idp_unavailable",
+            Error::Store(_) => "store_unavailable",
             Error::Internal(_) => "internal",
         }
     }

@@ -16,14 +16,17 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod auth;
 pub mod config;
 pub mod crypto;
 pub mod error;
+pub mod identity;
 pub mod metrics;
 pub mod proxy;
 pub mod router;
 pub mod secret;
 pub mod server;
+pub mod store;
 pub mod telemetry;
 
 use bytes::Bytes;
@@ -58,6 +61,101 @@ pub enum StartError {
     Upstream(String),
     #[error("{0}")]
     Unsupported(&'static str),
+    #[error("session store: {0}")]
+    Store(String),
+}
+
+/// Builds the OIDC side: provider (discovery starts in the background), store, sessions.
+fn build_oidc(
+    config: &Config,
+    readiness: &mut admin::Readiness,
+) -> Result<router::Oidc, StartError> {
+    use config::IdentityMode;
+    let Some(settings) = config.openrag.oidc.clone() else {
+        return Err(StartError::Unsupported(
+            "AUTH_MODE=oidc without OIDC settings",
+        ));
+    };
+    if config.identity == IdentityMode::OpenRag {
+        return Err(StartError::Unsupported(
+            "SSO_SIDECAR_IDENTITY=openrag (the OpenRag identity bridge) is not available in this build yet; \
+             set SSO_SIDECAR_IDENTITY=headers",
+        ));
+    }
+    let a = &config.auth;
+    let idp_tls = server::tls::client_config(a.idp_ca_file.as_deref()).map_err(StartError::Tls)?;
+    let http = auth::idp_http::IdpHttp::new(idp_tls, a.idp_timeout);
+    let provider = Arc::new(auth::oidc::Provider::new(
+        settings.clone(),
+        a.token_endpoint_auth,
+        http,
+    ));
+    provider.clone().spawn_discovery(a.discovery_refresh);
+
+    let store = Arc::new(match &config.redis_url {
+        None => {
+            let memory = store::Store::Memory(store::memory::MemoryStore::new());
+            memory
+        }
+        Some(url) => {
+            let ca_pem = match &a.redis_ca_file {
+                Some(p) => Some(
+                    std::fs::read(p)
+                        .map_err(|e| StartError::Store(format!("{}: {e}", p.display())))?,
+                ),
+                None => None,
+            };
+            store::Store::Redis(
+                store::redis::RedisStore::new(store::redis::RedisOptions {
+                    url: url.expose(),
+                    key_prefix: &a.redis_key_prefix,
+                    ca_pem,
+                    timeout: a.redis_timeout,
+                })
+                .map_err(StartError::Store)?,
+            )
+        }
+    });
+    if let store::Store::Memory(_) = &*store {
+        let s = store.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                if let store::Store::Memory(m) = &*s {
+                    m.purge();
+                }
+            }
+        });
+    }
+    if let Some(p) = &settings.post_logout_redirect_uri {
+        if p.origin() == settings.redirect_uri.origin() {
+            tracing::warn!(
+                post_logout_redirect_uri = %p,
+                "OIDC_POST_LOGOUT_REDIRECT_URI points back at the sidecar: after logout the user \
+                 lands on a protected page and is logged in again at once (re-login loop); \
+                 point it at a page outside the protected application"
+            );
+        }
+    }
+    tracing::info!(
+        issuer = %settings.issuer,
+        session_store = store.kind(),
+        identity = ?config.identity,
+        "OIDC authentication mode enabled"
+    );
+    readiness.provider = Some(provider.clone());
+    readiness.store = Some(store.clone());
+    let sessions = auth::session::Sessions::new(store, settings.keys.clone());
+    Ok(router::Oidc {
+        auth: auth::flow::Auth {
+            provider,
+            sessions,
+            cookies: auth::cookies::CookieJar::new(&a.session_cookie_name),
+            settings: a.clone(),
+        },
+        identity: identity::headers::HeaderIdentity::new(a.headers.clone()),
+    })
 }
 
 /// Runs the sidecar until `shutdown` completes, then drains in-flight requests for at most
@@ -70,12 +168,6 @@ pub async fn run(
     // Several crates could enable different rustls providers; pick ring explicitly.
     let _ = rustls::crypto::ring::default_provider().install_default();
 
-    if config.auth_mode() == AuthMode::Oidc {
-        return Err(StartError::Unsupported(
-            "AUTH_MODE=oidc is not available in this build yet; use AUTH_MODE=token",
-        ));
-    }
-
     let tls = match &config.tls {
         Some(t) => Some(Arc::new(
             server::tls::server_config(&t.cert_file, &t.key_file).map_err(StartError::Tls)?,
@@ -87,8 +179,13 @@ pub async fn run(
     let upstream = proxy::Upstream::new(&config.proxy, client_tls).map_err(StartError::Upstream)?;
 
     let metrics = Arc::new(metrics::Metrics::new());
-    let readiness = Arc::new(admin::Readiness::default());
-    let app = Arc::new(router::App::new(upstream, metrics.clone()));
+    let mut readiness = admin::Readiness::default();
+    let oidc = match config.auth_mode() {
+        AuthMode::Token => None,
+        AuthMode::Oidc => Some(build_oidc(&config, &mut readiness)?),
+    };
+    let readiness = Arc::new(readiness);
+    let app = Arc::new(router::App::new(upstream, metrics.clone(), oidc));
     let admin = Arc::new(admin::Admin {
         metrics: metrics.clone(),
         readiness: readiness.clone(),
@@ -102,7 +199,8 @@ pub async fn run(
         admin = %listeners.admin.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         upstream = %config.proxy.upstream,
         tls = config.tls.is_some(),
-        "sso-sidecar started; AUTH_MODE=token: requests are passed through unchanged"
+        auth_mode = ?config.auth_mode(),
+        "sso-sidecar started"
     );
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

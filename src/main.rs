@@ -46,18 +46,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Check => match load(cli.config) {
-            Ok(c) => {
-                for w in &c.warnings {
-                    println!("warning: {w}");
-                }
-                println!(
-                    "configuration OK: AUTH_MODE={:?}, listen {}, upstream {}",
-                    c.auth_mode(),
-                    c.listen,
-                    c.proxy.upstream
-                );
-                ExitCode::SUCCESS
-            }
+            Ok(c) => check(&c),
             Err(code) => code,
         },
         Command::Healthcheck => match load(cli.config) {
@@ -69,6 +58,58 @@ fn main() -> ExitCode {
             Err(code) => code,
         },
     }
+}
+
+/// `check`: the configuration is valid; with `AUTH_MODE=oidc`, discovery works too.
+fn check(c: &Config) -> ExitCode {
+    for w in &c.warnings {
+        println!("warning: {w}");
+    }
+    if let Some(oidc) = &c.openrag.oidc {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("sso-sidecar: cannot start the async runtime: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let result = runtime.block_on(async {
+            let tls = sso_sidecar::server::tls::client_config(c.auth.idp_ca_file.as_deref())?;
+            let http = sso_sidecar::auth::idp_http::IdpHttp::new(tls, c.auth.idp_timeout);
+            let provider = sso_sidecar::auth::oidc::Provider::new(
+                oidc.clone(),
+                c.auth.token_endpoint_auth,
+                http,
+            );
+            provider.discover().await.map_err(|e| match e {
+                sso_sidecar::auth::oidc::DiscoveryError::IssuerMismatch { .. } => format!("78:{e}"),
+                e => e.to_string(),
+            })?;
+            Ok::<_, String>(provider.discovery_url())
+        });
+        match result {
+            Ok(url) => println!("OIDC discovery OK: {url}"),
+            Err(e) => {
+                let (code, msg) = match e.strip_prefix("78:") {
+                    Some(m) => (EX_CONFIG, m.to_owned()),
+                    None => (1, e),
+                };
+                eprintln!("sso-sidecar: {msg}");
+                return ExitCode::from(code);
+            }
+        }
+    }
+    println!(
+        "configuration OK: AUTH_MODE={:?}, listen {}, upstream {}",
+        c.auth_mode(),
+        c.listen,
+        c.proxy.upstream
+    );
+    ExitCode::SUCCESS
 }
 
 fn load(config_file: Option<PathBuf>) -> Result<Config, ExitCode> {

@@ -1,30 +1,50 @@
 //! The public listener's request handler: the only module that knows both auth and proxy.
 //!
-//! Today every request goes to the proxy (`AUTH_MODE=token`, pure pass-through). Each request
-//! gets a request id (kept from the client when sane, echoed on the response), metrics, and
-//! exactly one access-log line; an error is logged once here, with its cause chain, and turned
-//! into a response by `error.rs`.
+//! `AUTH_MODE=token`: every request goes to the proxy unchanged. `AUTH_MODE=oidc`: `/auth/*`
+//! routes go to the login flows, every other request through the gate, and only then to the
+//! proxy, with the sidecar's cookies and any client-supplied identity header removed and the
+//! user's identity injected. Each request gets a request id (echoed on the response), metrics
+//! and exactly one access-log line; an error is logged once here, with its cause chain, and
+//! turned into a response by `error.rs`.
 
+use crate::auth::flow::Auth;
+use crate::auth::gate::Decision;
 use crate::error::{wants_html, Error};
+use crate::identity::headers::HeaderIdentity;
 use crate::metrics::Metrics;
-use crate::proxy::{headers, Upstream};
+use crate::proxy::headers::{self, Peer};
+use crate::proxy::Upstream;
 use crate::server::ConnInfo;
 use crate::telemetry;
 use crate::Body;
-use http::{Request, Response};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Either;
 use hyper::body::Incoming;
 use std::sync::Arc;
 use std::time::Instant;
 
+/// The OIDC side of the router, present with `AUTH_MODE=oidc`.
+pub struct Oidc {
+    pub auth: Auth,
+    pub identity: HeaderIdentity,
+}
+
 pub struct App {
     upstream: Upstream,
     metrics: Arc<Metrics>,
+    oidc: Option<Oidc>,
 }
 
+/// How a request ended, for the access log.
+type Outcome = (Response<Body>, Option<u16>);
+
 impl App {
-    pub fn new(upstream: Upstream, metrics: Arc<Metrics>) -> Self {
-        App { upstream, metrics }
+    pub fn new(upstream: Upstream, metrics: Arc<Metrics>, oidc: Option<Oidc>) -> Self {
+        App {
+            upstream,
+            metrics,
+            oidc,
+        }
     }
 
     pub async fn handle(
@@ -40,18 +60,16 @@ impl App {
         let request_id = headers::request_id(req.headers());
         req.headers_mut()
             .insert(headers::X_REQUEST_ID, request_id.clone());
-
         let peer = self.upstream.peer(conn.peer.ip(), conn.scheme);
-        let (mut resp, upstream_status) = match self.upstream.forward(req, peer).await {
-            Ok(r) => {
-                let status = r.status().as_u16();
-                (r.map(Either::Left), Some(status))
-            }
-            Err(e) => {
-                self.log_error(&e, request_id.to_str().unwrap_or_default());
-                (e.into_response(html), None)
-            }
+
+        let result = match &self.oidc {
+            None => self.proxy(req, peer, |_| {}).await,
+            Some(oidc) => self.authenticated(oidc, req, peer).await,
         };
+        let (mut resp, upstream_status) = result.unwrap_or_else(|e| {
+            self.log_error(&e, request_id.to_str().unwrap_or_default());
+            (e.into_response(html), None)
+        });
         resp.headers_mut()
             .insert(headers::X_REQUEST_ID, request_id.clone());
 
@@ -69,13 +87,78 @@ impl App {
         resp
     }
 
+    async fn proxy(
+        &self,
+        req: Request<Incoming>,
+        peer: Peer,
+        prepare: impl FnOnce(&mut http::HeaderMap),
+    ) -> Result<Outcome, Error> {
+        let r = self.upstream.forward(req, peer, prepare).await?;
+        let status = r.status().as_u16();
+        Ok((r.map(Either::Left), Some(status)))
+    }
+
+    async fn authenticated(
+        &self,
+        oidc: &Oidc,
+        req: Request<Incoming>,
+        peer: Peer,
+    ) -> Result<Outcome, Error> {
+        let (parts, body) = req.into_parts();
+        let scheme = headers::public_scheme(&parts.headers, peer);
+        let auth = &oidc.auth;
+        let own = |r: Response<Body>| Ok((r, None));
+        match (&parts.method, parts.uri.path()) {
+            (&Method::GET, "/auth/login") => return own(auth.login(&parts, scheme).await?),
+            (&Method::GET, "/auth/callback") => return own(auth.callback(&parts, scheme).await),
+            (&Method::GET, "/auth/logout") => return own(auth.logout(&parts, scheme).await?),
+            (&Method::GET, "/auth/me") => return own(auth.me(&parts).await?),
+            (_, "/auth/login" | "/auth/callback" | "/auth/logout" | "/auth/me") => {
+                return own(crate::error::message_response(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "Method not allowed",
+                    false,
+                ));
+            }
+            _ => {}
+        }
+        let decision = auth.gate(&parts).await?;
+        let session = match decision {
+            Decision::Login(location) => {
+                let mut r = Response::new(crate::full(""));
+                *r.status_mut() = StatusCode::FOUND;
+                r.headers_mut().insert(
+                    header::LOCATION,
+                    HeaderValue::from_str(&location).map_err(|e| Error::Internal(e.to_string()))?,
+                );
+                return own(r);
+            }
+            Decision::Authenticated { session, .. } => Some(session),
+            Decision::Public | Decision::Bearer => None,
+        };
+        let req = Request::from_parts(parts, body);
+        self.proxy(req, peer, |h| {
+            auth.cookies.strip(h);
+            oidc.identity.strip(h);
+            if let Some(s) = &session {
+                oidc.identity.inject(h, s);
+            }
+        })
+        .await
+    }
+
     fn log_error(&self, e: &Error, request_id: &str) {
         match e {
             Error::UpstreamUnavailable(_) | Error::UpstreamTimeout => {
                 self.metrics.upstream_error(e.kind());
                 tracing::warn!(request_id, kind = e.kind(), error = %error_chain(e), "upstream failed");
             }
-            Error::BadRequest(_) => tracing::debug!(request_id, error = %e, "bad request"),
+            Error::BadRequest(_) | Error::Unauthenticated | Error::Forbidden(_) => {
+                tracing::debug!(request_id, error = %e, "request refused");
+            }
+            Error::IdpUnavailable | Error::Store(_) => {
+                tracing::warn!(request_id, error = %error_chain(e), "dependency unavailable");
+            }
             Error::Internal(_) => {
                 tracing::error!(request_id, error = %error_chain(e), "internal error")
             }

@@ -12,7 +12,9 @@ pub mod settings;
 pub mod sources;
 
 pub use openrag::{AuthMode, ClaimSource, OidcSettings, OpenRagVars};
-pub use settings::{IdentityMode, LogFormat, ProxySettings, Settings, TlsFiles};
+pub use settings::{
+    AuthSettings, IdentityField, IdentityMode, LogFormat, ProxySettings, Settings, TlsFiles,
+};
 
 use figment::providers::{Format, Serialized, Toml};
 use figment::Figment;
@@ -37,6 +39,7 @@ pub struct Config {
     pub log_level: String,
     pub shutdown_timeout: Duration,
     pub openrag: OpenRagVars,
+    pub auth: AuthSettings,
     /// Non-fatal findings, logged once telemetry is up.
     pub warnings: Vec<String>,
     /// The TOML file this configuration was read from, if any.
@@ -157,6 +160,7 @@ pub fn load(inputs: Inputs) -> Result<Config, ConfigErrors> {
                 log_level: v.log_level,
                 shutdown_timeout: v.shutdown_timeout,
                 openrag,
+                auth: v.auth,
                 warnings,
                 source_file: config_file,
             })

@@ -87,10 +87,14 @@ impl Upstream {
     }
 
     /// Forwards `req` and returns the upstream's response head with its body still streaming.
+    ///
+    /// `prepare` runs after hop-by-hop removal and `X-Forwarded-*`, so headers it writes (the
+    /// caller's identity) cannot be removed by a client naming them in `Connection`.
     pub async fn forward(
         &self,
         mut req: Request<Incoming>,
         peer: Peer,
+        prepare: impl FnOnce(&mut http::HeaderMap),
     ) -> Result<Response<Incoming>, Error> {
         let upgrade = headers::upgrade_protocol(req.headers());
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
@@ -107,6 +111,7 @@ impl Upstream {
         let h = req.headers_mut();
         headers::remove_hop_by_hop(h);
         headers::set_forwarded(h, peer, host.clone());
+        prepare(h);
         match (self.preserve_host, host) {
             (true, Some(client_host)) => h.insert(header::HOST, client_host),
             _ => h.insert(header::HOST, self.host.clone()),

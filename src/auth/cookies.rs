@@ -1,0 +1,154 @@
+//! The sidecar's cookies: the session cookie (a random id only) and the short-lived, encrypted
+//! login-state cookie. Builds `Set-Cookie` values and reads and strips the `Cookie` header.
+//!
+//! Knows nothing of OIDC or the store. Every cookie is host-only (no `Domain`), `Path=/`,
+//! `HttpOnly`, `SameSite=Lax`, and `Secure` when the public scheme is https.
+
+use cookie::time::{self, Duration as TimeDuration};
+use cookie::{Cookie, SameSite};
+use http::header::{self, HeaderMap, HeaderValue};
+
+/// Seconds a login may take between `/auth/login` and `/auth/callback`.
+pub const STATE_TTL_SECS: i64 = 600;
+
+/// Cookie names and attributes.
+#[derive(Debug, Clone)]
+pub struct CookieJar {
+    pub session: String,
+    pub state: String,
+}
+
+impl CookieJar {
+    pub fn new(session_name: &str) -> Self {
+        CookieJar {
+            session: session_name.to_owned(),
+            state: format!("{session_name}_state"),
+        }
+    }
+
+    pub fn set(&self, name: &str, value: &str, max_age_secs: i64, secure: bool) -> HeaderValue {
+        let c = Cookie::build((name.to_owned(), value.to_owned()))
+            .path("/")
+            .http_only(true)
+            .same_site(SameSite::Lax)
+            .secure(secure)
+            .max_age(TimeDuration::seconds(max_age_secs.max(1)))
+            .build();
+        HeaderValue::from_str(&c.encoded().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static(""))
+    }
+
+    pub fn clear(&self, name: &str, secure: bool) -> HeaderValue {
+        let c = Cookie::build((name.to_owned(), ""))
+            .path("/")
+            .http_only(true)
+            .same_site(SameSite::Lax)
+            .secure(secure)
+            .max_age(TimeDuration::ZERO)
+            .expires(time::OffsetDateTime::UNIX_EPOCH)
+            .build();
+        HeaderValue::from_str(&c.encoded().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static(""))
+    }
+
+    /// The value of cookie `name` in the request, if any (the first one wins).
+    pub fn get(&self, headers: &HeaderMap, name: &str) -> Option<String> {
+        headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(Cookie::split_parse_encoded)
+            .filter_map(Result::ok)
+            .find(|c| c.name() == name)
+            .map(|c| c.value().to_owned())
+    }
+
+    /// Removes the sidecar's own cookies from the `Cookie` header, so the upstream never sees
+    /// them; other cookies are kept byte for byte.
+    pub fn strip(&self, headers: &mut HeaderMap) {
+        if !headers.contains_key(header::COOKIE) {
+            return;
+        }
+        let kept: Vec<String> = headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .map(str::trim)
+            .filter(|pair| !pair.is_empty())
+            .filter(|pair| {
+                let name = pair.split('=').next().unwrap_or("").trim();
+                name != self.session && name != self.state
+            })
+            .map(str::to_owned)
+            .collect();
+        headers.remove(header::COOKIE);
+        if !kept.is_empty() {
+            if let Ok(v) = HeaderValue::from_str(&kept.join("; ")) {
+                headers.insert(header::COOKIE, v);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_cookie_has_the_safe_attributes() {
+        let jar = CookieJar::new("sso_sidecar_session");
+        let v = jar.set("sso_sidecar_session", "abc", 3600, true);
+        let s = v.to_str().unwrap();
+        for attr in [
+            "sso_sidecar_session=abc",
+            "HttpOnly",
+            "SameSite=Lax",
+            "Path=/",
+            "Max-Age=3600",
+            "Secure",
+        ] {
+            assert!(s.contains(attr), "{attr} missing in {s}");
+        }
+        assert!(!s.contains("Domain"), "{s}");
+        assert!(!jar
+            .set("x", "y", 10, false)
+            .to_str()
+            .unwrap()
+            .contains("Secure"));
+        assert!(jar
+            .clear("x", false)
+            .to_str()
+            .unwrap()
+            .contains("Max-Age=0"));
+    }
+
+    #[test]
+    fn own_cookies_are_read_and_stripped_others_kept() {
+        let jar = CookieJar::new("sso_sidecar_session");
+        let mut h = HeaderMap::new();
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; sso_sidecar_session=SID; b=2"),
+        );
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("sso_sidecar_session_state=ST; c=3"),
+        );
+        assert_eq!(jar.get(&h, "sso_sidecar_session").as_deref(), Some("SID"));
+        assert_eq!(
+            jar.get(&h, "sso_sidecar_session_state").as_deref(),
+            Some("ST")
+        );
+        jar.strip(&mut h);
+        assert_eq!(h.get_all(header::COOKIE).iter().count(), 1);
+        assert_eq!(h[header::COOKIE], "a=1; b=2; c=3");
+        let mut only = HeaderMap::new();
+        only.insert(
+            header::COOKIE,
+            HeaderValue::from_static("sso_sidecar_session=SID"),
+        );
+        jar.strip(&mut only);
+        assert!(only.get(header::COOKIE).is_none());
+    }
+}

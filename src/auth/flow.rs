@@ -1,0 +1,379 @@
+//! The login and logout flows: `/auth/login`, `/auth/callback`, `/auth/logout`, `/auth/me`.
+//!
+//! Each handler returns a complete response. Callback failures use OpenRag's exact messages
+//! (reference §2.3) and always delete the state cookie; the details go to the log, never to the
+//! user. Security properties: state and nonce are 256-bit randoms, PKCE S256, the state cookie
+//! is Fernet-encrypted and expires after 600 s, a state is accepted once (replay marker in the
+//! shared store), and every login mints a fresh session id.
+
+use super::cookies::{CookieJar, STATE_TTL_SECS};
+use super::gate::{self, Decision};
+use super::oidc::{now_unix, Provider};
+use super::redirect::sanitize_next;
+use super::session::{digest, Session, Sessions};
+use crate::config::{AuthSettings, ClaimSource};
+use crate::error::{message_response, wants_html, Error};
+use crate::Body;
+use base64::Engine;
+use http::{header, request::Parts, HeaderValue, Response, StatusCode};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The authentication service: the provider, the sessions and the settings.
+pub struct Auth {
+    pub provider: Arc<Provider>,
+    pub sessions: Sessions,
+    pub cookies: CookieJar,
+    pub settings: AuthSettings,
+}
+
+/// What the state cookie holds between login and callback.
+#[derive(Serialize, Deserialize)]
+struct LoginState {
+    state: String,
+    nonce: String,
+    verifier: String,
+    next: String,
+    created: i64,
+}
+
+fn redirect(location: &str) -> Response<Body> {
+    let mut r = Response::new(crate::full(""));
+    *r.status_mut() = StatusCode::FOUND;
+    if let Ok(v) = HeaderValue::from_str(location) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+fn query(parts: &Parts) -> HashMap<String, String> {
+    form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes())
+        .into_owned()
+        .collect()
+}
+
+impl Auth {
+    /// Secure cookies when the public origin is https (the redirect URI's scheme, or the
+    /// scheme a trusted proxy reports).
+    fn secure(&self, public_scheme: &str) -> bool {
+        self.provider.settings.redirect_uri.scheme() == "https" || public_scheme == "https"
+    }
+
+    pub async fn gate(&self, parts: &Parts) -> Result<Decision, Error> {
+        gate::decide(
+            parts,
+            &self.settings.paths,
+            &self.cookies,
+            &self.sessions,
+            now_unix(),
+        )
+        .await
+    }
+
+    /// `GET /auth/login?next=…`
+    pub async fn login(&self, parts: &Parts, public_scheme: &str) -> Result<Response<Body>, Error> {
+        let q = query(parts);
+        let next = sanitize_next(
+            q.get("next").map(String::as_str).unwrap_or("/"),
+            &self.settings.allowed_redirect_origins,
+        );
+        let st = LoginState {
+            state: crate::crypto::random_token(32),
+            nonce: crate::crypto::random_token(32),
+            verifier: crate::crypto::random_token(64),
+            next,
+            created: now_unix(),
+        };
+        let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(
+            ring::digest::digest(&ring::digest::SHA256, st.verifier.as_bytes()),
+        );
+        let location = self
+            .provider
+            .authorize_url(&st.state, &st.nonce, &challenge)
+            .ok_or(Error::IdpUnavailable)?;
+        let plain = serde_json::to_vec(&st).map_err(|e| Error::Internal(e.to_string()))?;
+        let sealed = self.sessions.keys().seal(&plain);
+        let mut r = redirect(&location);
+        r.headers_mut().append(
+            header::SET_COOKIE,
+            self.cookies.set(
+                &self.cookies.state,
+                &sealed,
+                STATE_TTL_SECS,
+                self.secure(public_scheme),
+            ),
+        );
+        Ok(r)
+    }
+
+    /// `GET /auth/callback?code=…&state=…`: every outcome deletes the state cookie.
+    pub async fn callback(&self, parts: &Parts, public_scheme: &str) -> Response<Body> {
+        let secure = self.secure(public_scheme);
+        let html = wants_html(&parts.headers);
+        let mut resp = match self.callback_inner(parts, secure).await {
+            Ok(r) => r,
+            Err(CallbackError::User(status, msg)) => message_response(status, msg, html),
+            Err(CallbackError::Idp(msg)) => message_response(StatusCode::BAD_REQUEST, &msg, html),
+            Err(CallbackError::Other(e)) => e.into_response(html),
+        };
+        resp.headers_mut().append(
+            header::SET_COOKIE,
+            self.cookies.clear(&self.cookies.state, secure),
+        );
+        resp
+    }
+
+    async fn callback_inner(
+        &self,
+        parts: &Parts,
+        secure: bool,
+    ) -> Result<Response<Body>, CallbackError> {
+        use CallbackError::User;
+        let bad = |m: &'static str| User(StatusCode::BAD_REQUEST, m);
+        let q = query(parts);
+        if let Some(err) = q.get("error") {
+            let desc = q.get("error_description").map(String::as_str).unwrap_or("");
+            tracing::warn!(error = %printable(err), description = %printable(desc), "the IdP refused the login");
+            return Err(CallbackError::Idp(format!(
+                "The identity provider did not complete the login: {} {}",
+                printable(err),
+                printable(desc)
+            )));
+        }
+        let (Some(code), Some(state)) = (q.get("code"), q.get("state")) else {
+            return Err(bad("Missing 'code' or 'state' query parameter."));
+        };
+        let sealed = self
+            .cookies
+            .get(&parts.headers, &self.cookies.state)
+            .ok_or(bad("OIDC state cookie missing."))?;
+        let now = now_unix();
+        let st: LoginState = self
+            .sessions
+            .keys()
+            .open(&sealed)
+            .and_then(|p| serde_json::from_slice(&p).ok())
+            .filter(|s: &LoginState| now - s.created <= STATE_TTL_SECS && s.created <= now + 5)
+            .ok_or(bad("Invalid or expired OIDC state cookie."))?;
+        if !crate::crypto::constant_time_eq(st.state.as_bytes(), state.as_bytes()) {
+            return Err(bad("OIDC state mismatch."));
+        }
+        // RFC 9207: when the IdP names itself, it must be our issuer (mix-up defence).
+        if q.get("iss")
+            .is_some_and(|iss| *iss != self.provider.settings.issuer)
+        {
+            tracing::warn!("callback iss parameter is not the configured issuer");
+            return Err(bad("OIDC code exchange failed"));
+        }
+        let marker = format!("state:{{{}}}", digest(&["state", &st.state]));
+        let first_use = self
+            .sessions
+            .store()
+            .put_if_absent(&marker, b"1", Duration::from_secs(STATE_TTL_SECS as u64))
+            .await
+            .map_err(|e| CallbackError::Other(e.into()))?;
+        if !first_use {
+            tracing::warn!("a login state was replayed");
+            return Err(bad("Invalid or expired OIDC state cookie."));
+        }
+
+        let tokens = self
+            .provider
+            .exchange_code(code, &st.verifier)
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "OIDC code exchange failed");
+                bad("OIDC code exchange failed")
+            })?;
+        let id_token = tokens.id_token.clone().ok_or_else(|| {
+            tracing::warn!("token response has no id_token");
+            bad("OIDC code exchange failed")
+        })?;
+        let claims = self
+            .provider
+            .validate_id_token(&id_token, Some(&st.nonce), Some(&tokens.access_token))
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "ID token rejected");
+                bad("OIDC code exchange failed")
+            })?;
+        let sub = claims
+            .get("sub")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .ok_or(bad("ID token missing 'sub' claim."))?
+            .to_owned();
+        let profile = match self.provider.settings.claim_source {
+            ClaimSource::IdToken => claims.clone(),
+            ClaimSource::Userinfo => {
+                let info = self
+                    .provider
+                    .userinfo(&tokens.access_token)
+                    .await
+                    .map_err(|e| {
+                        tracing::warn!(error = %e, "userinfo failed");
+                        bad("Failed to fetch userinfo from IdP.")
+                    })?;
+                if info.get("sub").and_then(Value::as_str) != Some(sub.as_str()) {
+                    return Err(bad("Userinfo sub does not match ID token sub."));
+                }
+                info
+            }
+        };
+
+        let access_expires_at = now + tokens.expires_in.unwrap_or(3600).max(60);
+        let lifetime = self.settings.session_lifetime.as_secs() as i64;
+        let session = Session {
+            iss: self.provider.settings.issuer.clone(),
+            sub: sub.clone(),
+            sid: claims.get("sid").and_then(Value::as_str).map(str::to_owned),
+            email: string_claim(&profile, "email"),
+            name: string_claim(&profile, "name"),
+            preferred_username: string_claim(&profile, "preferred_username"),
+            groups: groups_claim(&profile),
+            access_token: tokens.access_token,
+            expires_at: if tokens.refresh_token.is_some() {
+                now + lifetime
+            } else {
+                access_expires_at
+            },
+            refresh_token: tokens.refresh_token,
+            id_token,
+            access_expires_at,
+            created_at: now,
+        };
+        let id = self
+            .sessions
+            .create(&session, now)
+            .await
+            .map_err(|e| CallbackError::Other(e.into()))?;
+        let next = sanitize_next(&st.next, &self.settings.allowed_redirect_origins);
+        tracing::info!(sub = %sub, next = %next, "OIDC login success");
+        let mut r = redirect(&next);
+        r.headers_mut().append(
+            header::SET_COOKIE,
+            self.cookies
+                .set(&self.cookies.session, &id, session.expires_at - now, secure),
+        );
+        Ok(r)
+    }
+
+    /// `GET /auth/me`
+    pub async fn me(&self, parts: &Parts) -> Result<Response<Body>, Error> {
+        let Some(id) = self.cookies.get(&parts.headers, &self.cookies.session) else {
+            return Err(Error::Unauthenticated);
+        };
+        let s = self
+            .sessions
+            .load(&id, now_unix())
+            .await?
+            .ok_or(Error::Unauthenticated)?;
+        let body = serde_json::json!({
+            "sub": s.sub, "email": s.email, "name": s.name,
+            "auth_method": "oidc", "session_expires_at": s.expires_at,
+        });
+        let mut r = Response::new(crate::full(body.to_string()));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        r.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        Ok(r)
+    }
+
+    /// `GET /auth/logout` (RP-initiated logout).
+    pub async fn logout(
+        &self,
+        parts: &Parts,
+        public_scheme: &str,
+    ) -> Result<Response<Body>, Error> {
+        let h = &parts.headers;
+        let site = h.get("sec-fetch-site").and_then(|v| v.to_str().ok());
+        let mode = h.get("sec-fetch-mode").and_then(|v| v.to_str().ok());
+        if site == Some("cross-site") && mode != Some("navigate") {
+            return Err(Error::Forbidden(
+                "Cross-site logout requests are not allowed",
+            ));
+        }
+        let mut hint = None;
+        if let Some(id) = self.cookies.get(h, &self.cookies.session) {
+            if let Some(s) = self.sessions.load(&id, now_unix()).await? {
+                hint = Some(s.id_token);
+            }
+            self.sessions.delete(&id).await?;
+        }
+        let settings = &self.provider.settings;
+        let post_logout = settings
+            .post_logout_redirect_uri
+            .as_ref()
+            .map(|u| u.to_string());
+        let end_session = self
+            .provider
+            .metadata()
+            .and_then(|m| m.end_session_endpoint);
+        let mut r = match (end_session, &post_logout) {
+            (Some(ep), _) => match url::Url::parse(&ep) {
+                Ok(mut u) => {
+                    {
+                        let mut qp = u.query_pairs_mut();
+                        qp.append_pair("client_id", &settings.client_id);
+                        if let Some(t) = &hint {
+                            qp.append_pair("id_token_hint", t);
+                        }
+                        if let Some(p) = &post_logout {
+                            qp.append_pair("post_logout_redirect_uri", p);
+                        }
+                    }
+                    redirect(u.as_str())
+                }
+                Err(_) => return Err(Error::Internal("end_session_endpoint is not a URL".into())),
+            },
+            (None, Some(p)) => redirect(p),
+            (None, None) => message_response(StatusCode::OK, "Logged out", false),
+        };
+        let secure = self.secure(public_scheme);
+        r.headers_mut().append(
+            header::SET_COOKIE,
+            self.cookies.clear(&self.cookies.session, secure),
+        );
+        r.headers_mut().append(
+            header::SET_COOKIE,
+            self.cookies.clear(&self.cookies.state, secure),
+        );
+        tracing::info!(had_session = hint.is_some(), "RP-initiated logout");
+        Ok(r)
+    }
+}
+
+enum CallbackError {
+    User(StatusCode, &'static str),
+    Idp(String),
+    Other(Error),
+}
+
+fn string_claim(c: &Map<String, Value>, name: &str) -> Option<String> {
+    c.get(name).and_then(Value::as_str).map(str::to_owned)
+}
+
+fn groups_claim(c: &Map<String, Value>) -> Vec<String> {
+    match c.get("groups") {
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect(),
+        Some(Value::String(s)) => vec![s.clone()],
+        _ => Vec::new(),
+    }
+}
+
+/// An IdP-supplied string made safe to show and log: printable, bounded.
+fn printable(s: &str) -> String {
+    s.chars().filter(|c| !c.is_control()).take(200).collect()
+}

@@ -1,0 +1,108 @@
+//! The per-request decision: may this request reach the upstream, and as whom?
+//!
+//! Order (reference §2.1, §10 items 5–7 and 22): public paths pass without identity (HTML loads
+//! of `html_login` paths excepted); a valid session cookie wins over an `Authorization` header;
+//! without one a `Bearer` request passes through untouched for the backend to judge; otherwise
+//! UI paths are redirected to the login and everything else gets 401. Unauthenticated requests
+//! never reach the upstream, whatever the method. Reads the request head only.
+
+use super::cookies::CookieJar;
+use super::redirect::login_location;
+use super::session::{Session, Sessions};
+use crate::config::settings::PathSettings;
+use crate::error::{wants_html, Error};
+use http::{header, request::Parts};
+
+/// What the router should do with the request.
+#[derive(Debug)]
+pub enum Decision {
+    /// Forward without identity.
+    Public,
+    /// Forward as this user; `id` is the session's cookie id.
+    Authenticated { session: Box<Session>, id: String },
+    /// No session, but a bearer credential: forward untouched, the backend decides.
+    Bearer,
+    /// A browser page without a session: redirect to this login URL.
+    Login(String),
+}
+
+/// `*`-suffixed entries are prefixes, others exact paths.
+pub fn path_matches(list: &[String], path: &str) -> bool {
+    list.iter().any(|p| match p.strip_suffix('*') {
+        Some(prefix) => path.starts_with(prefix),
+        None => path == p,
+    })
+}
+
+fn has_bearer(parts: &Parts) -> bool {
+    parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer "))
+}
+
+pub async fn decide(
+    parts: &Parts,
+    paths: &PathSettings,
+    cookies: &CookieJar,
+    sessions: &Sessions,
+    now: i64,
+) -> Result<Decision, Error> {
+    let path = parts.uri.path();
+    let html = wants_html(&parts.headers);
+    let bearer = has_bearer(parts);
+    let html_login = html && !bearer && path_matches(&paths.html_login.0, path);
+    if path_matches(&paths.public.0, path) && !html_login {
+        return Ok(Decision::Public);
+    }
+    if let Some(id) = cookies.get(&parts.headers, &cookies.session) {
+        match sessions.load(&id, now).await {
+            Ok(Some(session)) => {
+                return Ok(Decision::Authenticated {
+                    session: Box::new(session),
+                    id,
+                })
+            }
+            Ok(None) => {}
+            // Fail closed for session users; bearer callers do not need the store.
+            Err(e) if !bearer => return Err(e.into()),
+            Err(_) => {}
+        }
+    }
+    if bearer {
+        return Ok(Decision::Bearer);
+    }
+    if html_login || path_matches(&paths.ui.0, path) {
+        let pq = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or(path);
+        return Ok(Decision::Login(login_location(pq)));
+    }
+    Err(Error::Unauthenticated)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_and_exact_paths() {
+        let list = vec![
+            "/chainlit".to_string(),
+            "/chainlit/*".to_string(),
+            "/static*".to_string(),
+        ];
+        assert!(path_matches(&list, "/chainlit"));
+        assert!(path_matches(&list, "/chainlit/x"));
+        assert!(
+            !path_matches(&list, "/chainlitevil"),
+            "OpenRag does not bypass /chainlitevil"
+        );
+        assert!(path_matches(&list, "/static"));
+        assert!(path_matches(&list, "/staticfoo/a.js"));
+        assert!(!path_matches(&list, "/"));
+    }
+}

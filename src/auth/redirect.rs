@@ -1,0 +1,151 @@
+//! Where a user may be sent after login: the `next` parameter, sanitized against open
+//! redirects (reference §2.6, peers §4).
+//!
+//! Pure functions. A value is kept only when it is a same-site path (`/…`, not `//…` or `/\…`,
+//! no control characters or whitespace in any percent-decoded layer, no scheme or host), or an
+//! absolute http(s) URL whose origin is on the allow-list. Everything else becomes `/`.
+
+use percent_encoding::percent_decode_str;
+
+/// How many layers of percent-encoding are peeled when looking for tricks (`%252F%252F` …).
+const DECODE_LAYERS: usize = 4;
+
+/// Returns a safe post-login target for `next`.
+pub fn sanitize_next(next: &str, allowed_origins: &[String]) -> String {
+    if is_safe_path(next) {
+        return next.to_owned();
+    }
+    if let Ok(u) = url::Url::parse(next) {
+        let origin = u.origin().ascii_serialization();
+        if matches!(u.scheme(), "http" | "https")
+            && u.username().is_empty()
+            && u.password().is_none()
+            && allowed_origins.iter().any(|o| *o == origin)
+            && no_tricks(next)
+        {
+            return u.into();
+        }
+    }
+    "/".to_owned()
+}
+
+fn is_safe_path(next: &str) -> bool {
+    let b = next.as_bytes();
+    if b.first() != Some(&b'/') || matches!(b.get(1), Some(b'/') | Some(b'\\')) {
+        return false;
+    }
+    if !no_tricks(next) {
+        return false;
+    }
+    // Resolved against any origin, a safe path must stay on that origin.
+    let base = url::Url::parse("https://sidecar.invalid/").ok();
+    match base.and_then(|b| b.join(next).ok()) {
+        Some(u) => u.host_str() == Some("sidecar.invalid") && u.scheme() == "https",
+        None => false,
+    }
+}
+
+/// False when any percent-decoded layer has a control character, whitespace, a backslash, or
+/// starts like a protocol-relative URL.
+fn no_tricks(value: &str) -> bool {
+    let mut layer = value.to_owned();
+    for _ in 0..=DECODE_LAYERS {
+        if layer
+            .chars()
+            .any(|c| c.is_control() || c.is_whitespace() || c == '\\')
+        {
+            return false;
+        }
+        if layer.starts_with("//") || layer.starts_with("/\\") {
+            return false;
+        }
+        let decoded = percent_decode_str(&layer).decode_utf8_lossy().into_owned();
+        if decoded == layer {
+            break;
+        }
+        layer = decoded;
+    }
+    true
+}
+
+/// `/auth/login?next=<path and query, every reserved character percent-encoded>`.
+pub fn login_location(path_and_query: &str) -> String {
+    format!(
+        "/auth/login?next={}",
+        percent_encoding::utf8_percent_encode(path_and_query, STRICT)
+    )
+}
+
+/// Everything but RFC 3986 unreserved characters is encoded, `/` included.
+const STRICT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_paths_with_queries_are_kept() {
+        for ok in [
+            "/",
+            "/dashboard?foo=bar",
+            "/static/app.js",
+            "/a/b/../c",
+            "/x?next=//evil.com",
+        ] {
+            // The last one is a query value, not a target: it stays on-site.
+            assert_eq!(sanitize_next(ok, &[]), ok);
+        }
+    }
+
+    #[test]
+    fn the_reference_bad_inputs_fall_back_to_root() {
+        for bad in [
+            "",
+            "//evil.com/phish",
+            "/\\evil.com/phish",
+            "/\\\\evil.com",
+            "/path\r\nLocation: http://evil",
+            "/path\n\nSet-Cookie: stolen=1",
+            "/path\0admin",
+            "//evil.com",
+            "http://evil.com",
+            "/%2F/evil.com",
+            "/%252F%252Fevil.com",
+            "/%5Cevil.com",
+            "/%09/evil.com",
+        ] {
+            assert_eq!(sanitize_next(bad, &[]), "/", "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn allow_listed_origins_are_accepted_exactly() {
+        let allowed = vec!["https://ui.example.com".to_string()];
+        assert_eq!(
+            sanitize_next("https://ui.example.com/x?y=1", &allowed),
+            "https://ui.example.com/x?y=1"
+        );
+        assert_eq!(
+            sanitize_next("https://ui.example.com.evil.com/", &allowed),
+            "/"
+        );
+        assert_eq!(sanitize_next("https://user@ui.example.com/", &allowed), "/");
+        assert_eq!(
+            sanitize_next("http://ui.example.com/", &allowed),
+            "/",
+            "scheme is part of the origin"
+        );
+    }
+
+    #[test]
+    fn login_location_encodes_every_reserved_character() {
+        assert_eq!(
+            login_location("/static/a b?x=1&y=/z"),
+            "/auth/login?next=%2Fstatic%2Fa%20b%3Fx%3D1%26y%3D%2Fz"
+        );
+    }
+}

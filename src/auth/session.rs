@@ -1,0 +1,285 @@
+//! Server-side sessions: the `Session` record and the `Sessions` service that seals it into the
+//! store and finds it again from a cookie id.
+//!
+//! Rules of the house, enforced here: the cookie carries only a random 256-bit id; the store key
+//! is a SHA-256 of that id (hash-tagged for Redis Cluster); the value is Fernet ciphertext; the
+//! `sid` and `sub` indexes are keyed by hashes too, so Redis holds nothing readable. A session's
+//! expiry is fixed at creation and never extended. No HTTP here.
+
+use crate::crypto::KeyRing;
+use crate::store::{Store, StoreError};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// One logged-in user.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Session {
+    pub iss: String,
+    pub sub: String,
+    #[serde(default)]
+    pub sid: Option<String>,
+    #[serde(default)]
+    pub email: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub preferred_username: Option<String>,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    pub access_token: String,
+    #[serde(default)]
+    pub refresh_token: Option<String>,
+    /// The latest ID token: the `id_token_hint` of RP-initiated logout.
+    pub id_token: String,
+    /// Unix seconds.
+    pub access_expires_at: i64,
+    pub created_at: i64,
+    /// Unix seconds; the session is dead after this, whatever happens.
+    pub expires_at: i64,
+}
+
+impl Session {
+    pub fn is_live(&self, now: i64) -> bool {
+        now <= self.expires_at && (self.refresh_token.is_some() || now <= self.access_expires_at)
+    }
+}
+
+/// Seals sessions into the store and opens them again.
+pub struct Sessions {
+    store: Arc<Store>,
+    keys: Arc<KeyRing>,
+}
+
+/// Hex SHA-256 of `parts` joined by NUL: store keys never contain the value they index.
+pub fn digest(parts: &[&str]) -> String {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            ctx.update(b"\0");
+        }
+        ctx.update(p.as_bytes());
+    }
+    ctx.finish()
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A session id as the cookie carries it: 32 random bytes, base64url (43 characters).
+pub fn new_session_id() -> String {
+    crate::crypto::random_token(32)
+}
+
+fn plausible_id(id: &str) -> bool {
+    id.len() == 43
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+impl Sessions {
+    pub fn new(store: Arc<Store>, keys: Arc<KeyRing>) -> Self {
+        Sessions { store, keys }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn keys(&self) -> &KeyRing {
+        &self.keys
+    }
+
+    /// The store key of a session id (public for tests that inspect Redis).
+    pub fn key_of(id: &str) -> String {
+        format!("session:{{{}}}", digest(&["session", id]))
+    }
+
+    fn sid_index(iss: &str, sid: &str) -> String {
+        format!("sid:{{{}}}", digest(&["sid", iss, sid]))
+    }
+
+    fn sub_index(iss: &str, sub: &str) -> String {
+        format!("sub:{{{}}}", digest(&["sub", iss, sub]))
+    }
+
+    /// Stores `session` under a new random id and returns the id for the cookie.
+    pub async fn create(&self, session: &Session, now: i64) -> Result<String, StoreError> {
+        let id = new_session_id();
+        self.save(&id, session, now).await?;
+        let ttl = ttl(session, now);
+        let member = Self::key_of(&id);
+        if let Some(sid) = &session.sid {
+            self.store
+                .index_add(&Self::sid_index(&session.iss, sid), &member, ttl)
+                .await?;
+        }
+        self.store
+            .index_add(&Self::sub_index(&session.iss, &session.sub), &member, ttl)
+            .await?;
+        Ok(id)
+    }
+
+    /// Overwrites the session stored under `id` (after a refresh), keeping its expiry.
+    pub async fn save(&self, id: &str, session: &Session, now: i64) -> Result<(), StoreError> {
+        let plain =
+            serde_json::to_vec(session).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let sealed = self.keys.seal(&plain);
+        self.store
+            .put(&Self::key_of(id), sealed.as_bytes(), ttl(session, now))
+            .await
+    }
+
+    /// The live session for a cookie id, or `None` (unknown, expired, tampered, foreign key).
+    pub async fn load(&self, id: &str, now: i64) -> Result<Option<Session>, StoreError> {
+        if !plausible_id(id) {
+            return Ok(None);
+        }
+        let Some(sealed) = self.store.get(&Self::key_of(id)).await? else {
+            return Ok(None);
+        };
+        let session = std::str::from_utf8(&sealed)
+            .ok()
+            .and_then(|t| self.keys.open(t))
+            .and_then(|p| serde_json::from_slice::<Session>(&p).ok());
+        Ok(session.filter(|s| s.is_live(now)))
+    }
+
+    /// Removes the session with this cookie id.
+    pub async fn delete(&self, id: &str) -> Result<bool, StoreError> {
+        self.store.delete(&Self::key_of(id)).await
+    }
+
+    /// Removes every session of an IdP session (`sid`); returns how many existed.
+    pub async fn revoke_sid(&self, iss: &str, sid: &str) -> Result<usize, StoreError> {
+        self.revoke_index(&Self::sid_index(iss, sid)).await
+    }
+
+    /// Removes every session of a user (`sub`) from an issuer; returns how many existed.
+    pub async fn revoke_sub(&self, iss: &str, sub: &str) -> Result<usize, StoreError> {
+        self.revoke_index(&Self::sub_index(iss, sub)).await
+    }
+
+    async fn revoke_index(&self, index: &str) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for member in self.store.index_members(index).await? {
+            if self.store.delete(&member).await? {
+                n += 1;
+            }
+            self.store.index_remove(index, &member).await?;
+        }
+        Ok(n)
+    }
+}
+
+/// Store TTL of a session: until its expiry (at least one second).
+fn ttl(s: &Session, now: i64) -> Duration {
+    let end = if s.refresh_token.is_some() {
+        s.expires_at
+    } else {
+        s.expires_at.min(s.access_expires_at)
+    };
+    Duration::from_secs(u64::try_from(end - now).unwrap_or(0).max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::memory::MemoryStore;
+
+    fn session(now: i64) -> Session {
+        Session {
+            iss: "https://idp".into(),
+            sub: "alice".into(),
+            sid: Some("sid-1".into()),
+            email: Some("alice@example.test".into()),
+            name: None,
+            preferred_username: None,
+            groups: vec![],
+            access_token: "at".into(),
+            refresh_token: Some("rt".into()),
+            id_token: "it".into(),
+            access_expires_at: now + 60,
+            created_at: now,
+            expires_at: now + 3600,
+        }
+    }
+
+    fn sessions() -> Sessions {
+        let keys = Arc::new(KeyRing::parse(&crate::crypto::generate_key()).unwrap());
+        Sessions::new(Arc::new(Store::Memory(MemoryStore::new())), keys)
+    }
+
+    #[tokio::test]
+    async fn create_load_delete_round_trip() {
+        let s = sessions();
+        let id = s.create(&session(100), 100).await.unwrap();
+        assert_eq!(id.len(), 43);
+        assert_eq!(s.load(&id, 100).await.unwrap().unwrap().sub, "alice");
+        assert!(
+            s.load("x", 100).await.unwrap().is_none(),
+            "implausible ids are not looked up"
+        );
+        assert!(s.load(&new_session_id(), 100).await.unwrap().is_none());
+        assert!(s.delete(&id).await.unwrap());
+        assert!(s.load(&id, 100).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn every_login_gets_a_new_id() {
+        let s = sessions();
+        let a = s.create(&session(100), 100).await.unwrap();
+        let b = s.create(&session(100), 100).await.unwrap();
+        assert_ne!(a, b);
+    }
+
+    #[tokio::test]
+    async fn expiry_is_absolute_and_access_bound_without_refresh_token() {
+        let s = sessions();
+        let id = s.create(&session(100), 100).await.unwrap();
+        assert!(
+            s.load(&id, 3701).await.unwrap().is_none(),
+            "absolute expiry"
+        );
+        let mut no_rt = session(100);
+        no_rt.refresh_token = None;
+        let id = s.create(&no_rt, 100).await.unwrap();
+        assert!(s.load(&id, 150).await.unwrap().is_some());
+        assert!(
+            s.load(&id, 161).await.unwrap().is_none(),
+            "ends with its access token"
+        );
+    }
+
+    #[tokio::test]
+    async fn revocation_by_sid_and_by_sub() {
+        let s = sessions();
+        let a = s.create(&session(100), 100).await.unwrap();
+        let mut other = session(100);
+        other.sid = Some("sid-2".into());
+        let b = s.create(&other, 100).await.unwrap();
+        assert_eq!(s.revoke_sid("https://idp", "sid-1").await.unwrap(), 1);
+        assert!(s.load(&a, 100).await.unwrap().is_none());
+        assert!(s.load(&b, 100).await.unwrap().is_some());
+        assert_eq!(s.revoke_sub("https://idp", "alice").await.unwrap(), 1);
+        assert!(s.load(&b, 100).await.unwrap().is_none());
+        assert_eq!(s.revoke_sub("https://other-idp", "alice").await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn sessions_sealed_with_a_foreign_key_do_not_open() {
+        let store = Arc::new(Store::Memory(MemoryStore::new()));
+        let a = Sessions::new(
+            store.clone(),
+            Arc::new(KeyRing::parse(&crate::crypto::generate_key()).unwrap()),
+        );
+        let b = Sessions::new(
+            store,
+            Arc::new(KeyRing::parse(&crate::crypto::generate_key()).unwrap()),
+        );
+        let id = a.create(&session(100), 100).await.unwrap();
+        assert!(b.load(&id, 100).await.unwrap().is_none());
+    }
+}

@@ -1,0 +1,94 @@
+//! `identity = "headers"`: the user's identity as request headers.
+//!
+//! Security invariant: on every path — authenticated, public, bearer pass-through — every
+//! client-supplied variant of every identity header (any case, `_` or `.` for `-`) is removed
+//! before ours are written, so a client can never speak for a user. The default names are
+//! stripped too when they were renamed, in case the backend still reads them.
+
+use crate::auth::session::Session;
+use crate::config::IdentityField;
+use crate::proxy::headers::{folded_name, remove_folded};
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+const DEFAULT_NAMES: [&str; 5] = [
+    "x-forwarded-user",
+    "x-forwarded-email",
+    "x-forwarded-preferred-username",
+    "x-forwarded-groups",
+    "x-forwarded-access-token",
+];
+
+pub struct HeaderIdentity {
+    names: Vec<(IdentityField, HeaderName)>,
+    /// Folded names removed from every request.
+    strip: Vec<String>,
+}
+
+impl HeaderIdentity {
+    pub fn new(names: Vec<(IdentityField, HeaderName)>) -> Self {
+        let mut strip: Vec<String> = DEFAULT_NAMES.iter().map(|s| s.to_string()).collect();
+        for (_, n) in &names {
+            let f = folded_name(n.as_str());
+            if !strip.contains(&f) {
+                strip.push(f);
+            }
+        }
+        HeaderIdentity { names, strip }
+    }
+
+    /// Removes every client-supplied identity header.
+    pub fn strip(&self, headers: &mut HeaderMap) {
+        let names: Vec<&str> = self.strip.iter().map(String::as_str).collect();
+        remove_folded(headers, &names);
+    }
+
+    /// Writes the session's identity. Values that cannot be a header value (control
+    /// characters from a hostile IdP) are left out rather than mangled.
+    pub fn inject(&self, headers: &mut HeaderMap, s: &Session) {
+        for (field, name) in &self.names {
+            let value = match field {
+                IdentityField::User => Some(s.sub.clone()),
+                IdentityField::Email => s.email.clone(),
+                IdentityField::PreferredUsername => s.preferred_username.clone(),
+                IdentityField::Groups => (!s.groups.is_empty()).then(|| s.groups.join(",")),
+                IdentityField::AccessToken => Some(s.access_token.clone()),
+            };
+            if let Some(v) = value.and_then(|v| HeaderValue::from_str(&v).ok()) {
+                headers.insert(name.clone(), v);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_spelling_of_an_identity_header_is_stripped() {
+        let id = HeaderIdentity::new(vec![(
+            IdentityField::User,
+            HeaderName::from_static("x-remote-user"),
+        )]);
+        let mut h = HeaderMap::new();
+        for n in [
+            "x-forwarded-user",
+            "X_Forwarded_User",
+            "x.forwarded.email",
+            "x-remote-user",
+            "x_remote_user",
+            "x-forwarded-groups",
+            "x-other",
+        ] {
+            h.insert(
+                HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                HeaderValue::from_static("spoof"),
+            );
+        }
+        id.strip(&mut h);
+        assert_eq!(
+            h.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
+            vec!["x-other"]
+        );
+    }
+}

@@ -1,0 +1,101 @@
+//! The one behaviour every store backend must have. Run by the memory backend's unit test and,
+//! against a real `redis-server`, by the end-to-end tests. Public so those tests can call it.
+
+use super::Store;
+use std::time::Duration;
+
+/// Panics on the first behaviour that differs from the contract.
+pub async fn run(store: &Store) {
+    let ns = crate::crypto::random_token(8);
+    let k = |name: &str| format!("conformance:{ns}:{name}");
+    let long = Duration::from_secs(60);
+
+    // get / put / replace / delete
+    assert_eq!(store.get(&k("a")).await.unwrap(), None);
+    store.put(&k("a"), b"one", long).await.unwrap();
+    assert_eq!(
+        store.get(&k("a")).await.unwrap().as_deref(),
+        Some(&b"one"[..])
+    );
+    store.put(&k("a"), b"two", long).await.unwrap();
+    assert_eq!(
+        store.get(&k("a")).await.unwrap().as_deref(),
+        Some(&b"two"[..])
+    );
+    assert!(store.delete(&k("a")).await.unwrap());
+    assert!(!store.delete(&k("a")).await.unwrap());
+    assert_eq!(store.get(&k("a")).await.unwrap(), None);
+
+    // binary values survive untouched
+    let binary: Vec<u8> = (0..=255u8).collect();
+    store.put(&k("bin"), &binary, long).await.unwrap();
+    assert_eq!(store.get(&k("bin")).await.unwrap(), Some(binary));
+
+    // TTL expiry
+    store
+        .put(&k("short"), b"x", Duration::from_millis(150))
+        .await
+        .unwrap();
+    assert!(store.get(&k("short")).await.unwrap().is_some());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        store.get(&k("short")).await.unwrap(),
+        None,
+        "expired values are gone"
+    );
+
+    // put_if_absent: first wins, until expiry
+    assert!(store
+        .put_if_absent(&k("once"), b"1", Duration::from_millis(150))
+        .await
+        .unwrap());
+    assert!(!store.put_if_absent(&k("once"), b"2", long).await.unwrap());
+    assert_eq!(
+        store.get(&k("once")).await.unwrap().as_deref(),
+        Some(&b"1"[..])
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        store.put_if_absent(&k("once"), b"3", long).await.unwrap(),
+        "free again after expiry"
+    );
+
+    // indexes: add, members, remove, the set lives as long as its longest member
+    assert!(store.index_members(&k("idx")).await.unwrap().is_empty());
+    store.index_add(&k("idx"), "m1", long).await.unwrap();
+    store
+        .index_add(&k("idx"), "m2", Duration::from_millis(100))
+        .await
+        .unwrap();
+    store.index_add(&k("idx"), "m1", long).await.unwrap();
+    let mut members = store.index_members(&k("idx")).await.unwrap();
+    members.sort();
+    assert_eq!(members, vec!["m1".to_string(), "m2".to_string()]);
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(
+        store.index_members(&k("idx")).await.unwrap().len(),
+        2,
+        "a shorter TTL does not shorten the set"
+    );
+    store.index_remove(&k("idx"), "m1").await.unwrap();
+    assert_eq!(
+        store.index_members(&k("idx")).await.unwrap(),
+        vec!["m2".to_string()]
+    );
+    store.index_remove(&k("idx"), "m2").await.unwrap();
+    assert!(store.index_members(&k("idx")).await.unwrap().is_empty());
+
+    store
+        .index_add(&k("idx2"), "m", Duration::from_millis(150))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        store.index_members(&k("idx2")).await.unwrap().is_empty(),
+        "index sets expire too"
+    );
+
+    store.ping().await.unwrap();
+    store.delete(&k("bin")).await.unwrap();
+    store.delete(&k("once")).await.unwrap();
+}

@@ -1,0 +1,170 @@
+//! In-memory backend: a map behind a `std::sync::Mutex`, for a single replica.
+//!
+//! A std mutex, not tokio's: no `.await` happens while it is held, and critical sections are a
+//! hash lookup. Expired entries are dropped lazily on access and by [`MemoryStore::purge`],
+//! which the caller runs periodically so abandoned sessions do not accumulate.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+enum Value {
+    Bytes(Vec<u8>),
+    Set(HashSet<String>),
+}
+
+struct Entry {
+    value: Value,
+    expires: Instant,
+}
+
+#[derive(Default)]
+pub struct MemoryStore {
+    map: Mutex<HashMap<String, Entry>>,
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        // A panic while holding the lock cannot leave an entry half-written (each operation is
+        // a single insert/remove), so a poisoned map is still consistent.
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn live<'a>(
+        map: &'a mut HashMap<String, Entry>,
+        key: &str,
+        now: Instant,
+    ) -> Option<&'a mut Entry> {
+        if map.get(key).is_some_and(|e| e.expires <= now) {
+            map.remove(key);
+        }
+        map.get_mut(key)
+    }
+
+    pub fn get(&self, key: &str) -> Option<Vec<u8>> {
+        let mut map = self.lock();
+        match Self::live(&mut map, key, Instant::now()).map(|e| &e.value) {
+            Some(Value::Bytes(b)) => Some(b.clone()),
+            _ => None,
+        }
+    }
+
+    pub fn put(&self, key: &str, value: &[u8], ttl: Duration) {
+        let entry = Entry {
+            value: Value::Bytes(value.to_vec()),
+            expires: Instant::now() + ttl,
+        };
+        self.lock().insert(key.to_owned(), entry);
+    }
+
+    pub fn put_if_absent(&self, key: &str, value: &[u8], ttl: Duration) -> bool {
+        let now = Instant::now();
+        let mut map = self.lock();
+        if Self::live(&mut map, key, now).is_some() {
+            return false;
+        }
+        map.insert(
+            key.to_owned(),
+            Entry {
+                value: Value::Bytes(value.to_vec()),
+                expires: now + ttl,
+            },
+        );
+        true
+    }
+
+    pub fn delete(&self, key: &str) -> bool {
+        let mut map = self.lock();
+        let existed = Self::live(&mut map, key, Instant::now()).is_some();
+        map.remove(key);
+        existed
+    }
+
+    pub fn index_add(&self, index: &str, member: &str, ttl: Duration) {
+        let now = Instant::now();
+        let mut map = self.lock();
+        let expires = now + ttl;
+        match Self::live(&mut map, index, now) {
+            Some(Entry {
+                value: Value::Set(set),
+                expires: e,
+            }) => {
+                set.insert(member.to_owned());
+                *e = (*e).max(expires);
+            }
+            _ => {
+                let set = HashSet::from([member.to_owned()]);
+                map.insert(
+                    index.to_owned(),
+                    Entry {
+                        value: Value::Set(set),
+                        expires,
+                    },
+                );
+            }
+        }
+    }
+
+    pub fn index_members(&self, index: &str) -> Vec<String> {
+        let mut map = self.lock();
+        match Self::live(&mut map, index, Instant::now()).map(|e| &e.value) {
+            Some(Value::Set(s)) => s.iter().cloned().collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    pub fn index_remove(&self, index: &str, member: &str) {
+        let mut map = self.lock();
+        if let Some(Entry {
+            value: Value::Set(s),
+            ..
+        }) = Self::live(&mut map, index, Instant::now())
+        {
+            s.remove(member);
+            if s.is_empty() {
+                map.remove(index);
+            }
+        }
+    }
+
+    /// Drops every expired entry; returns how many were dropped.
+    pub fn purge(&self) -> usize {
+        let now = Instant::now();
+        let mut map = self.lock();
+        let before = map.len();
+        map.retain(|_, e| e.expires > now);
+        before - map.len()
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn memory_store_passes_the_conformance_suite() {
+        let store = crate::store::Store::Memory(MemoryStore::new());
+        crate::store::conformance::run(&store).await;
+    }
+
+    #[test]
+    fn purge_drops_expired_entries() {
+        let s = MemoryStore::new();
+        s.put("a", b"1", Duration::from_millis(0));
+        s.put("b", b"2", Duration::from_secs(60));
+        assert_eq!(s.purge(), 1);
+        assert_eq!(s.len(), 1);
+    }
+}

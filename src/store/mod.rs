@@ -1,0 +1,116 @@
+//! The session store: opaque bytes with a TTL, plus small string sets used as secondary
+//! indexes (sessions by `sid`, by `sub`) and a set-if-absent used for one-time markers.
+//!
+//! Knows nothing of HTTP, cookies or OIDC, and never sees plaintext: callers hand it keys that
+//! are already hashes and values that are already Fernet ciphertext. Two backends, one
+//! behaviour, checked by one conformance suite ([`conformance`]): memory (one replica) and Redis
+//! (any number of replicas). An enum rather than a trait object: two variants, no allocation.
+
+pub mod conformance;
+pub mod memory;
+pub mod redis;
+
+use std::time::Duration;
+
+/// Store failures. Every request that needs the store fails closed on these.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("session store unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// A session store backend.
+pub enum Store {
+    Memory(memory::MemoryStore),
+    Redis(redis::RedisStore),
+}
+
+impl Store {
+    /// A short description for logs ("memory", "redis").
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Store::Memory(_) => "memory",
+            Store::Redis(_) => "redis",
+        }
+    }
+
+    pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        match self {
+            Store::Memory(s) => Ok(s.get(key)),
+            Store::Redis(s) => s.get(key).await,
+        }
+    }
+
+    /// Stores `value` under `key` for `ttl`, replacing any previous value.
+    pub async fn put(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), StoreError> {
+        match self {
+            Store::Memory(s) => {
+                s.put(key, value, ttl);
+                Ok(())
+            }
+            Store::Redis(s) => s.put(key, value, ttl).await,
+        }
+    }
+
+    /// Stores `value` only if `key` is absent; true when it was stored (replay markers, locks).
+    pub async fn put_if_absent(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        match self {
+            Store::Memory(s) => Ok(s.put_if_absent(key, value, ttl)),
+            Store::Redis(s) => s.put_if_absent(key, value, ttl).await,
+        }
+    }
+
+    /// Removes `key`; true when it existed.
+    pub async fn delete(&self, key: &str) -> Result<bool, StoreError> {
+        match self {
+            Store::Memory(s) => Ok(s.delete(key)),
+            Store::Redis(s) => s.delete(key).await,
+        }
+    }
+
+    /// Adds `member` to the set `index`, keeping the set alive at least `ttl`.
+    pub async fn index_add(
+        &self,
+        index: &str,
+        member: &str,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        match self {
+            Store::Memory(s) => {
+                s.index_add(index, member, ttl);
+                Ok(())
+            }
+            Store::Redis(s) => s.index_add(index, member, ttl).await,
+        }
+    }
+
+    pub async fn index_members(&self, index: &str) -> Result<Vec<String>, StoreError> {
+        match self {
+            Store::Memory(s) => Ok(s.index_members(index)),
+            Store::Redis(s) => s.index_members(index).await,
+        }
+    }
+
+    pub async fn index_remove(&self, index: &str, member: &str) -> Result<(), StoreError> {
+        match self {
+            Store::Memory(s) => {
+                s.index_remove(index, member);
+                Ok(())
+            }
+            Store::Redis(s) => s.index_remove(index, member).await,
+        }
+    }
+
+    /// Whether the backend answers (readiness).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Memory(_) => Ok(()),
+            Store::Redis(s) => s.ping().await,
+        }
+    }
+}
