@@ -93,10 +93,7 @@ fn build_oidc(
     provider.clone().spawn_discovery(a.discovery_refresh);
 
     let store = Arc::new(match &config.redis_url {
-        None => {
-            let memory = store::Store::Memory(store::memory::MemoryStore::new());
-            memory
-        }
+        None => store::Store::Memory(store::memory::MemoryStore::new()),
         Some(url) => {
             let ca_pem = match &a.redis_ca_file {
                 Some(p) => Some(

@@ -252,6 +252,13 @@ impl Auth {
             .create(&session, now)
             .await
             .map_err(|e| CallbackError::Other(e.into()))?;
+        // Session fixation: whatever session this browser presented before dies with the login.
+        if let Some(old) = self.cookies.get(&parts.headers, &self.cookies.session) {
+            self.sessions
+                .delete(&old)
+                .await
+                .map_err(|e| CallbackError::Other(e.into()))?;
+        }
         let next = sanitize_next(&st.next, &self.settings.allowed_redirect_origins);
         tracing::info!(sub = %sub, next = %next, "OIDC login success");
         let mut r = redirect(&next);

@@ -261,8 +261,8 @@ impl Provider {
             ClientAuth::Post => false,
             ClientAuth::Auto => {
                 let m = &meta.token_endpoint_auth_methods_supported;
-                !(m.iter().any(|a| a == "client_secret_post")
-                    && !m.iter().any(|a| a == "client_secret_basic"))
+                !m.iter().any(|a| a == "client_secret_post")
+                    || m.iter().any(|a| a == "client_secret_basic")
             }
         };
         if use_basic {

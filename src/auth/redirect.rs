@@ -20,7 +20,7 @@ pub fn sanitize_next(next: &str, allowed_origins: &[String]) -> String {
         if matches!(u.scheme(), "http" | "https")
             && u.username().is_empty()
             && u.password().is_none()
-            && allowed_origins.iter().any(|o| *o == origin)
+            && allowed_origins.contains(&origin)
             && no_tricks(next)
         {
             return u.into();

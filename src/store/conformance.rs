@@ -1,5 +1,8 @@
 //! The one behaviour every store backend must have. Run by the memory backend's unit test and,
 //! against a real `redis-server`, by the end-to-end tests. Public so those tests can call it.
+//! Test code: it panics (unwrap) on the first deviation, by design.
+
+#![allow(clippy::unwrap_used)]
 
 use super::Store;
 use std::time::Duration;

@@ -4,6 +4,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod cli;
+mod oidc;
+mod oidc_support;
 mod proxy;
 mod shutdown;
 mod streaming;

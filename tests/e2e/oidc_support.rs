@@ -1,0 +1,279 @@
+//! Harness for the OIDC tests: the real IdP (oidc-provider, node), a real `redis-server`, an
+//! OIDC-mode sidecar, and a login driven without a browser (tests/idp/flow.py).
+
+use crate::support::*;
+use bytes::Bytes;
+use http::Response;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const CLIENT_ID: &str = "rp";
+pub const CLIENT_SECRET: &str = "rp-secret-0123456789-0123456789-0123";
+
+/// A port that was free a moment ago, for servers whose address must be known before they
+/// start (an IdP's issuer names its port; a sidecar's redirect URI names its own).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+// === the IdP ================================================================================
+
+pub struct Idp {
+    child: Child,
+    pub port: u16,
+}
+
+impl Idp {
+    /// Starts tests/idp/server.mjs with `env`; `port` 0 lets it choose.
+    pub fn start(port: u16, env: &[(&str, &str)]) -> Idp {
+        require_tool("node", "nodejs");
+        let dir = repo_root().join("tests/idp");
+        assert!(
+            dir.join("node_modules/oidc-provider").is_dir(),
+            "the test IdP's packages are missing: run `npm ci --prefix tests/idp` (or .ci/run)"
+        );
+        let mut child = Command::new("node")
+            .arg(dir.join("server.mjs"))
+            .env("PORT", port.to_string())
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start node tests/idp/server.mjs");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .trim()
+            .strip_prefix("READY ")
+            .unwrap_or_else(|| panic!("the IdP did not start: {line:?}"))
+            .parse()
+            .unwrap();
+        Idp { child, port }
+    }
+
+    pub fn issuer(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub async fn events(&self) -> serde_json::Value {
+        json(
+            &get(&format!("{}/__test/events", self.issuer()), &[])
+                .await
+                .unwrap(),
+        )
+    }
+}
+
+impl Drop for Idp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// === Redis ==================================================================================
+
+pub struct Redis {
+    child: Child,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Redis {
+    pub async fn start() -> Redis {
+        require_tool("redis-server", "redis-server");
+        let dir = tempfile::tempdir().unwrap();
+        for _ in 0..5 {
+            let port = free_port();
+            let child = Command::new("redis-server")
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .arg("--dir")
+                .arg(dir.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start redis-server");
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(5) {
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return Redis {
+                        child,
+                        port,
+                        _dir: dir,
+                    };
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let mut c = child;
+            let _ = c.kill();
+        }
+        panic!("redis-server did not start");
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// `redis-cli` output for a command, trimmed.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "--no-raw"])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// Every key with its raw value (strings) or members (sets).
+    pub fn dump(&self) -> String {
+        let mut all = String::new();
+        for key in self.cli(&["--raw", "KEYS", "*"]).lines() {
+            let t = self.cli(&["TYPE", key]);
+            let v = if t.contains("set") {
+                self.cli(&["--raw", "SMEMBERS", key])
+            } else {
+                self.cli(&["--raw", "GET", key])
+            };
+            all.push_str(&format!("{key} => {v}\n"));
+        }
+        all
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// === an OIDC-mode sidecar ==================================================================
+
+pub struct OidcSidecar {
+    pub sidecar: Sidecar,
+    pub key: String,
+}
+
+/// Starts a sidecar in `AUTH_MODE=oidc`, headers identity, on `port`, against `issuer`.
+pub async fn start_oidc_sidecar(
+    port: u16,
+    issuer: &str,
+    upstream: &str,
+    extra: &[(&str, &str)],
+) -> OidcSidecar {
+    let key = sso_sidecar::crypto::generate_key();
+    let listen = format!("127.0.0.1:{port}");
+    let redirect = format!("http://127.0.0.1:{port}/auth/callback");
+    let mut env: Vec<(&str, &str)> = vec![
+        ("AUTH_MODE", "oidc"),
+        ("SSO_SIDECAR_IDENTITY", "headers"),
+        ("SSO_SIDECAR_LISTEN", &listen),
+        ("SSO_SIDECAR_UPSTREAM", upstream),
+        ("OIDC_ENDPOINT", issuer),
+        ("OIDC_CLIENT_ID", CLIENT_ID),
+        ("OIDC_CLIENT_SECRET", CLIENT_SECRET),
+        ("OIDC_REDIRECT_URI", &redirect),
+        ("OIDC_TOKEN_ENCRYPTION_KEY", &key),
+    ];
+    env.extend_from_slice(extra);
+    let sidecar = Sidecar::start(&env).await;
+    OidcSidecar { sidecar, key }
+}
+
+/// The value of cookie `name` in a response's `Set-Cookie` headers.
+pub fn set_cookie(resp: &Response<Bytes>, name: &str) -> Option<String> {
+    resp.headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with(&format!("{name}=")))
+        .map(|v| v.split(';').next().unwrap_or("")[name.len() + 1..].to_owned())
+}
+
+pub fn location(resp: &Response<Bytes>) -> String {
+    resp.headers()
+        .get("location")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default()
+}
+
+/// Runs tests/idp/flow.py: logs `login` in at the IdP from an authorization URL and returns
+/// the callback URL the IdP redirects to.
+pub async fn idp_login(auth_url: &str, login: &str) -> String {
+    let out = tokio::process::Command::new("python3")
+        .arg(repo_root().join("tests/idp/flow.py"))
+        .args(["login", auth_url, login])
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(
+        out.status.success() && text.starts_with("http"),
+        "flow.py failed: {text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+/// The outcome of a full login.
+pub struct Login {
+    pub cookie: String,
+    pub callback: Response<Bytes>,
+}
+
+/// Logs `user` in through the sidecar and returns its session cookie value.
+pub async fn login(sc: &Sidecar, user: &str, next: &str) -> Login {
+    let start = get(
+        &sc.url(&format!("/auth/login?next={}", urlencode(next))),
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(start.status(), 302, "{:?}", start.body());
+    let state_cookie = set_cookie(&start, "sso_sidecar_session_state").expect("state cookie");
+    let callback_url = idp_login(&location(&start), user).await;
+    let cb = get(
+        &callback_url,
+        &[(
+            "cookie",
+            &format!("sso_sidecar_session_state={state_cookie}"),
+        )],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        cb.status(),
+        302,
+        "callback failed: {}",
+        String::from_utf8_lossy(cb.body())
+    );
+    let cookie = set_cookie(&cb, "sso_sidecar_session").expect("session cookie");
+    Login {
+        cookie,
+        callback: cb,
+    }
+}
+
+pub fn urlencode(s: &str) -> String {
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+pub fn session_header(cookie: &str) -> String {
+    format!("sso_sidecar_session={cookie}")
+}
