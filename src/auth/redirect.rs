@@ -141,6 +141,98 @@ mod tests {
         );
     }
 
+    /// ≥200 open-redirect payloads: every prefix trick × every target, raw, percent-encoded and
+    /// double-encoded. Each must resolve, as a browser would resolve the `Location`, on-site.
+    #[test]
+    fn the_open_redirect_corpus_always_ends_on_site() {
+        let prefixes = [
+            "//",
+            "///",
+            "////",
+            "\\\\",
+            "/\\",
+            "\\/",
+            "/\\/",
+            "/%2F",
+            "/%2f/",
+            "%2F%2F",
+            "/%5C",
+            "%5C%5C",
+            "/%09/",
+            "/\t/",
+            "/\n/",
+            "\r\n//",
+            " //",
+            "\t//",
+            "/%0a/",
+            "/%0d/",
+            "/%00/",
+            "http://",
+            "https://",
+            "HtTpS://",
+            "http:/",
+            "https:",
+            "http:\\\\",
+            "javascript:alert(1)//",
+            "data:text/html,",
+            "//user:pass@",
+            "https://good.example@",
+            "/%252F%252F",
+            "/%25252F%25252F",
+            "//%09",
+            "/.%2F/",
+            "\u{3000}//",
+            "\u{00a0}//",
+        ];
+        let targets = [
+            "evil.com",
+            "evil.com/phish?x=1",
+            "127.0.0.1:8080",
+            "[::1]",
+            "xn--80ak6aa92e.com",
+            "\u{0435}vil.com",
+        ];
+        let mut corpus = Vec::new();
+        for p in prefixes {
+            for t in targets {
+                let raw = format!("{p}{t}");
+                corpus.push(raw.clone());
+                let enc =
+                    percent_encoding::utf8_percent_encode(&raw, percent_encoding::NON_ALPHANUMERIC)
+                        .to_string();
+                corpus.push(enc.clone());
+                corpus.push(
+                    percent_encoding::utf8_percent_encode(&enc, percent_encoding::NON_ALPHANUMERIC)
+                        .to_string(),
+                );
+            }
+        }
+        let corpus: Vec<String> = corpus
+            .into_iter()
+            .map(|c| {
+                c.replace("\\t", "\t")
+                    .replace("\\n", "\n")
+                    .replace("\\r", "\r")
+            })
+            .collect();
+        assert!(corpus.len() >= 200, "{}", corpus.len());
+        let base = url::Url::parse("https://rp.example/").unwrap();
+        let allowed = vec!["https://ui.example.com".to_string()];
+        for payload in &corpus {
+            let out = sanitize_next(payload, &allowed);
+            let landed = base.join(&out).unwrap();
+            assert_eq!(
+                landed.host_str(),
+                Some("rp.example"),
+                "{payload:?} escaped to {out:?}"
+            );
+            assert!(
+                out.starts_with('/') && !out.starts_with("//") && !out.starts_with("/\\"),
+                "{payload:?} gave {out:?}"
+            );
+        }
+    }
+
     #[test]
     fn login_location_encodes_every_reserved_character() {
         assert_eq!(

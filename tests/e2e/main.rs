@@ -4,7 +4,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod cli;
+mod mock_idp;
 mod oidc;
+mod oidc_negative;
 mod oidc_support;
 mod proxy;
 mod shutdown;

@@ -117,6 +117,26 @@ impl Sidecar {
     /// Starts the sidecar on free ports with `env` on top of test defaults, and waits until
     /// `/readyz` answers 200.
     pub async fn start(env: &[(&str, &str)]) -> Sidecar {
+        let sidecar = Self::start_without_readiness(env).await;
+        let start = Instant::now();
+        loop {
+            if let Ok(r) = get(&sidecar.admin_url("/readyz"), &[]).await {
+                if r.status() == 200 {
+                    break;
+                }
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "sidecar never became ready:\n{}",
+                sidecar.output()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        sidecar
+    }
+
+    /// Starts the sidecar and returns once it listens, ready or not.
+    pub async fn start_without_readiness(env: &[(&str, &str)]) -> Sidecar {
         let dir = tempfile::tempdir().unwrap();
         let mut all: Vec<(&str, &str)> = vec![
             ("SSO_SIDECAR_LISTEN", "127.0.0.1:0"),
@@ -172,19 +192,6 @@ impl Sidecar {
             output,
             _dir: dir,
         };
-        let start = Instant::now();
-        loop {
-            if let Ok(r) = get(&sidecar.admin_url("/readyz"), &[]).await {
-                if r.status() == 200 {
-                    break;
-                }
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "sidecar never became ready"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
         sidecar
     }
 

@@ -1,0 +1,164 @@
+//! An in-process OpenID Provider for what a real one will not produce: forged, expired and
+//! mis-addressed tokens, key rotation, a lying userinfo. It signs with ES256 keys made by ring.
+//! The test sets the token response before driving the callback.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use ring::rand::SystemRandom;
+use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+pub fn b64(v: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(v)
+}
+
+/// An ES256 signing key with its `kid`.
+pub struct Key {
+    pair: EcdsaKeyPair,
+    pub kid: String,
+}
+
+impl Key {
+    pub fn new(kid: &str) -> Key {
+        let rng = SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
+            .unwrap();
+        Key {
+            pair,
+            kid: kid.into(),
+        }
+    }
+
+    pub fn jwk(&self) -> Value {
+        let p = self.pair.public_key().as_ref();
+        json!({"kty":"EC","crv":"P-256","use":"sig","alg":"ES256","kid":self.kid,"x":b64(&p[1..33]),"y":b64(&p[33..65])})
+    }
+
+    /// A compact JWS over `claims` with this key, `kid` in the header.
+    pub fn sign(&self, claims: &Value) -> String {
+        self.sign_with_header(&json!({"alg":"ES256","typ":"JWT","kid":self.kid}), claims)
+    }
+
+    pub fn sign_with_header(&self, header: &Value, claims: &Value) -> String {
+        let input = format!(
+            "{}.{}",
+            b64(header.to_string().as_bytes()),
+            b64(claims.to_string().as_bytes())
+        );
+        let sig = self
+            .pair
+            .sign(&SystemRandom::new(), input.as_bytes())
+            .unwrap();
+        format!("{input}.{}", b64(sig.as_ref()))
+    }
+}
+
+#[derive(Default)]
+pub struct MockState {
+    /// The `issuer` the discovery document advertises (defaults to the mock's own URL).
+    pub advertised_issuer: Option<String>,
+    pub jwks: Value,
+    pub token_response: Value,
+    pub userinfo: Value,
+    pub jwks_fetches: u32,
+    pub token_requests: Vec<String>,
+}
+
+pub struct MockIdp {
+    pub addr: SocketAddr,
+    pub state: Arc<Mutex<MockState>>,
+}
+
+impl MockIdp {
+    pub async fn start() -> MockIdp {
+        Self::start_on(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()).await
+    }
+
+    pub async fn start_on(listener: tokio::net::TcpListener) -> MockIdp {
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(Mutex::new(MockState::default()));
+        let st = state.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let st = st.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        let st = st.clone();
+                        async move { Ok::<_, std::convert::Infallible>(handle(req, addr, &st).await) }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        MockIdp { addr, state }
+    }
+
+    pub fn issuer(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn set<F: FnOnce(&mut MockState)>(&self, f: F) {
+        f(&mut self.state.lock().unwrap());
+    }
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    addr: SocketAddr,
+    st: &Mutex<MockState>,
+) -> Response<Full<Bytes>> {
+    use http_body_util::BodyExt;
+    let base = format!("http://{addr}");
+    let path = req.uri().path().to_owned();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    let mut s = st.lock().unwrap();
+    let v = match path.as_str() {
+        "/.well-known/openid-configuration" => json!({
+            "issuer": s.advertised_issuer.clone().unwrap_or(base.clone()),
+            "authorization_endpoint": format!("{base}/auth"),
+            "token_endpoint": format!("{base}/token"),
+            "userinfo_endpoint": format!("{base}/userinfo"),
+            "jwks_uri": format!("{base}/jwks"),
+            "end_session_endpoint": format!("{base}/session/end"),
+            "token_endpoint_auth_methods_supported": ["client_secret_post"],
+        }),
+        "/jwks" => {
+            s.jwks_fetches += 1;
+            s.jwks.clone()
+        }
+        "/token" => {
+            s.token_requests
+                .push(String::from_utf8_lossy(&body).into_owned());
+            s.token_response.clone()
+        }
+        "/userinfo" => s.userinfo.clone(),
+        _ => {
+            return Response::builder()
+                .status(404)
+                .body(Full::new(Bytes::from_static(b"{}")))
+                .unwrap();
+        }
+    };
+    Response::builder()
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(v.to_string())))
+        .unwrap()
+}

@@ -1,0 +1,419 @@
+//! Tokens a real IdP will not produce, from the in-process mock IdP: each is refused with the
+//! generic 400 and no session; plus discovery failures (issuer mismatch, IdP down).
+
+use crate::mock_idp::*;
+use crate::oidc_support::*;
+use crate::support::*;
+use serde_json::{json, Value};
+
+struct Setup {
+    idp: MockIdp,
+    key: Key,
+    _up: Upstream,
+    sc: OidcSidecar,
+}
+
+async fn setup(extra: &[(&str, &str)]) -> Setup {
+    let idp = MockIdp::start().await;
+    let key = Key::new("k1");
+    idp.set(|s| s.jwks = json!({"keys": [key.jwk()]}));
+    let up = Upstream::start();
+    let sc = start_oidc_sidecar(free_port(), &idp.issuer(), &up.url(), extra).await;
+    Setup {
+        idp,
+        key,
+        _up: up,
+        sc,
+    }
+}
+
+/// Starts a login and returns (state, nonce, state cookie).
+async fn begin(sc: &Sidecar) -> (String, String, String) {
+    let r = get(&sc.url("/auth/login?next=/done"), &[]).await.unwrap();
+    let loc = url::Url::parse(&location(&r)).unwrap();
+    let q: std::collections::HashMap<_, _> = loc.query_pairs().into_owned().collect();
+    (
+        q["state"].clone(),
+        q["nonce"].clone(),
+        set_cookie(&r, "sso_sidecar_session_state").unwrap(),
+    )
+}
+
+fn claims(issuer: &str, nonce: &str) -> Value {
+    let now = sso_sidecar::auth::oidc::now_unix();
+    json!({"iss": issuer, "sub": "alice", "aud": CLIENT_ID, "exp": now + 300, "iat": now, "nonce": nonce, "email": "alice@example.test"})
+}
+
+/// Completes the login with `id_token` (and `access_token`); returns the callback response.
+async fn finish(
+    s: &Setup,
+    state: &str,
+    cookie: &str,
+    id_token: &str,
+    access_token: &str,
+) -> http::Response<bytes::Bytes> {
+    s.idp.set(|m| {
+        m.token_response = json!({"access_token": access_token, "token_type": "Bearer", "expires_in": 300, "id_token": id_token})
+    });
+    get(
+        &s.sc.sidecar.url(&format!(
+            "/auth/callback?code=code-1&state={}",
+            urlencode(state)
+        )),
+        &[("cookie", &format!("sso_sidecar_session_state={cookie}"))],
+    )
+    .await
+    .unwrap()
+}
+
+fn refused(r: &http::Response<bytes::Bytes>, message: &str, case: &str) {
+    assert_eq!(
+        r.status(),
+        400,
+        "{case}: {}",
+        String::from_utf8_lossy(r.body())
+    );
+    assert_eq!(json(r)["detail"], message, "{case}");
+    assert!(
+        set_cookie(r, "sso_sidecar_session").is_none(),
+        "{case}: no session may be created"
+    );
+}
+
+#[tokio::test]
+async fn forged_and_misaddressed_id_tokens_are_refused() {
+    let s = setup(&[]).await;
+    let iss = s.idp.issuer();
+    let other = Key::new("k1"); // same kid, different key: a forged signature
+    type Forge = Box<dyn Fn(&Key, &Key, Value) -> String>;
+    let cases: Vec<(&str, Forge)> = vec![
+        (
+            "wrong iss",
+            Box::new(|k, _, mut c| {
+                c["iss"] = json!("https://evil.example");
+                k.sign(&c)
+            }),
+        ),
+        (
+            "wrong aud",
+            Box::new(|k, _, mut c| {
+                c["aud"] = json!("someone-else");
+                k.sign(&c)
+            }),
+        ),
+        (
+            "several aud without azp",
+            Box::new(|k, _, mut c| {
+                c["aud"] = json!([CLIENT_ID, "other"]);
+                k.sign(&c)
+            }),
+        ),
+        (
+            "foreign azp",
+            Box::new(|k, _, mut c| {
+                c["azp"] = json!("other");
+                k.sign(&c)
+            }),
+        ),
+        (
+            "expired",
+            Box::new(|k, _, mut c| {
+                c["exp"] = json!(sso_sidecar::auth::oidc::now_unix() - 3600);
+                k.sign(&c)
+            }),
+        ),
+        (
+            "issued in the future",
+            Box::new(|k, _, mut c| {
+                c["iat"] = json!(sso_sidecar::auth::oidc::now_unix() + 3600);
+                k.sign(&c)
+            }),
+        ),
+        (
+            "nonce mismatch",
+            Box::new(|k, _, mut c| {
+                c["nonce"] = json!("another-nonce");
+                k.sign(&c)
+            }),
+        ),
+        ("bad signature", Box::new(|_, o, c| o.sign(&c))),
+        (
+            "alg none",
+            Box::new(|_, _, c| {
+                format!(
+                    "{}.{}.",
+                    b64(br#"{"alg":"none","kid":"k1"}"#),
+                    b64(c.to_string().as_bytes())
+                )
+            }),
+        ),
+        (
+            "HS256 keyed with the public key",
+            Box::new(|k, _, c| {
+                let input = format!(
+                    "{}.{}",
+                    b64(br#"{"alg":"HS256","kid":"k1"}"#),
+                    b64(c.to_string().as_bytes())
+                );
+                let secret = k.jwk().to_string();
+                let tag = ring::hmac::sign(
+                    &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes()),
+                    input.as_bytes(),
+                );
+                format!("{input}.{}", b64(tag.as_ref()))
+            }),
+        ),
+        (
+            "at_hash mismatch",
+            Box::new(|k, _, mut c| {
+                c["at_hash"] = json!("AAAAAAAAAAAAAAAAAAAAAA");
+                k.sign(&c)
+            }),
+        ),
+        ("not a JWT", Box::new(|_, _, _| "garbage".to_string())),
+    ];
+    for (case, forge) in cases {
+        let (state, nonce, cookie) = begin(&s.sc.sidecar).await;
+        let token = forge(&s.key, &other, claims(&iss, &nonce));
+        let r = finish(&s, &state, &cookie, &token, "opaque-access-token").await;
+        refused(&r, "OIDC code exchange failed", case);
+    }
+
+    // Missing sub has its own message.
+    let (state, nonce, cookie) = begin(&s.sc.sidecar).await;
+    let mut c = claims(&iss, &nonce);
+    c.as_object_mut().unwrap().remove("sub");
+    refused(
+        &finish(&s, &state, &cookie, &s.key.sign(&c), "at").await,
+        "ID token missing 'sub' claim.",
+        "missing sub",
+    );
+
+    // And the honest token works, with client_secret_post (the only method this IdP advertises).
+    let (state, nonce, cookie) = begin(&s.sc.sidecar).await;
+    let mut c = claims(&iss, &nonce);
+    c["at_hash"] = json!(sso_sidecar::auth::jwt::half_hash("ES256", "good-access-token").unwrap());
+    let r = finish(&s, &state, &cookie, &s.key.sign(&c), "good-access-token").await;
+    assert_eq!(r.status(), 302, "{}", String::from_utf8_lossy(r.body()));
+    assert_eq!(location(&r), "/done");
+    let last = s
+        .idp
+        .state
+        .lock()
+        .unwrap()
+        .token_requests
+        .last()
+        .cloned()
+        .unwrap();
+    assert!(
+        last.contains("client_secret=") && last.contains("code_verifier="),
+        "{last}"
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_kid_triggers_one_rate_limited_jwks_refetch() {
+    let s = setup(&[]).await;
+    let iss = s.idp.issuer();
+    let fetches = || s.idp.state.lock().unwrap().jwks_fetches;
+    assert_eq!(fetches(), 1, "fetched once at discovery");
+
+    // The IdP rotates to k2; the sidecar still caches k1.
+    let k2 = Key::new("k2");
+    s.idp
+        .set(|m| m.jwks = json!({"keys": [k2.jwk(), s.key.jwk()]}));
+    let (state, nonce, cookie) = begin(&s.sc.sidecar).await;
+    let r = finish(&s, &state, &cookie, &k2.sign(&claims(&iss, &nonce)), "at").await;
+    assert_eq!(
+        r.status(),
+        302,
+        "rotation handled: {}",
+        String::from_utf8_lossy(r.body())
+    );
+    assert_eq!(fetches(), 2);
+
+    // A flood of unknown kids does not turn into a flood of JWKS fetches.
+    let k3 = Key::new("k3");
+    for _ in 0..3 {
+        let (state, nonce, cookie) = begin(&s.sc.sidecar).await;
+        let r = finish(&s, &state, &cookie, &k3.sign(&claims(&iss, &nonce)), "at").await;
+        refused(&r, "OIDC code exchange failed", "unknown kid");
+    }
+    assert_eq!(fetches(), 2, "re-fetches are rate limited");
+}
+
+#[tokio::test]
+async fn userinfo_must_name_the_same_subject() {
+    let s = setup(&[("OIDC_CLAIM_SOURCE", "userinfo")]).await;
+    let iss = s.idp.issuer();
+    s.idp
+        .set(|m| m.userinfo = json!({"sub": "mallory", "email": "mallory@evil"}));
+    let (state, nonce, cookie) = begin(&s.sc.sidecar).await;
+    let r = finish(
+        &s,
+        &state,
+        &cookie,
+        &s.key.sign(&claims(&iss, &nonce)),
+        "at",
+    )
+    .await;
+    refused(
+        &r,
+        "Userinfo sub does not match ID token sub.",
+        "userinfo sub mismatch",
+    );
+
+    s.idp.set(|m| {
+        m.userinfo =
+            json!({"sub": "alice", "email": "alice@userinfo.example", "groups": ["g1", "g2"]})
+    });
+    let (state, nonce, cookie) = begin(&s.sc.sidecar).await;
+    let r = finish(
+        &s,
+        &state,
+        &cookie,
+        &s.key.sign(&claims(&iss, &nonce)),
+        "at",
+    )
+    .await;
+    assert_eq!(r.status(), 302);
+    let session = set_cookie(&r, "sso_sidecar_session").unwrap();
+    let h = json(
+        &get(
+            &s.sc.sidecar.url("/echo"),
+            &[("cookie", &session_header(&session))],
+        )
+        .await
+        .unwrap(),
+    )["headers"]
+        .clone();
+    assert_eq!(
+        h["x-forwarded-email"][0], "alice@userinfo.example",
+        "claims come from userinfo"
+    );
+    assert_eq!(h["x-forwarded-groups"][0], "g1,g2");
+}
+
+#[tokio::test]
+async fn issuer_mismatch_keeps_logins_closed_and_check_explains_it() {
+    let idp = MockIdp::start().await;
+    let key = Key::new("k1");
+    let advertised = format!("{}/", idp.issuer());
+    idp.set(|m| {
+        m.jwks = json!({"keys": [key.jwk()]});
+        m.advertised_issuer = Some(advertised.clone());
+    });
+    let up = Upstream::start();
+    let port = free_port();
+    let env_key = sso_sidecar::crypto::generate_key();
+    let redirect = format!("http://127.0.0.1:{port}/auth/callback");
+    let env = [
+        ("AUTH_MODE", "oidc".to_string()),
+        ("SSO_SIDECAR_IDENTITY", "headers".to_string()),
+        ("OIDC_ENDPOINT", idp.issuer()),
+        ("OIDC_CLIENT_ID", CLIENT_ID.to_string()),
+        ("OIDC_CLIENT_SECRET", CLIENT_SECRET.to_string()),
+        ("OIDC_REDIRECT_URI", redirect),
+        ("OIDC_TOKEN_ENCRYPTION_KEY", env_key),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = sidecar_command(dir.path(), &env);
+    cmd.arg("check");
+    // Off the runtime's thread: the mock IdP is served by this test's runtime.
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{err}");
+    assert!(
+        err.contains(&format!(
+            "Issuer mismatch: configured \"{}\" but the IdP advertises \"{advertised}\"",
+            idp.issuer()
+        )),
+        "{err}"
+    );
+    assert!(err.contains("trailing slash"), "{err}");
+
+    let mut all = env.clone();
+    let listen = format!("127.0.0.1:{port}");
+    let upstream = up.url();
+    all.extend([
+        ("SSO_SIDECAR_LISTEN", listen.as_str()),
+        ("SSO_SIDECAR_UPSTREAM", upstream.as_str()),
+    ]);
+    let sc = start_unready(&all).await;
+    let r = get(&sc.admin_url("/readyz"), &[]).await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(String::from_utf8_lossy(r.body()).contains("OIDC discovery has not loaded"));
+    let r = get(&sc.url("/auth/login"), &[]).await.unwrap();
+    assert_eq!(r.status(), 502);
+    assert_eq!(
+        json(&r)["detail"],
+        "OIDC discovery failed — see server logs."
+    );
+    let r = get(&sc.url("/v1/x"), &[("authorization", "Bearer t")])
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "bearer pass-through keeps working");
+    assert!(sc.output().contains("Issuer mismatch"), "logged");
+}
+
+#[tokio::test]
+async fn an_idp_that_comes_up_late_is_picked_up_with_backoff() {
+    let listener_port = free_port();
+    let up = Upstream::start();
+    let key_env = sso_sidecar::crypto::generate_key();
+    let issuer = format!("http://127.0.0.1:{listener_port}");
+    let port = free_port();
+    let env = [
+        ("AUTH_MODE", "oidc".to_string()),
+        ("SSO_SIDECAR_IDENTITY", "headers".to_string()),
+        ("SSO_SIDECAR_LISTEN", format!("127.0.0.1:{port}")),
+        ("SSO_SIDECAR_UPSTREAM", up.url()),
+        ("OIDC_ENDPOINT", issuer.clone()),
+        ("OIDC_CLIENT_ID", CLIENT_ID.to_string()),
+        ("OIDC_CLIENT_SECRET", CLIENT_SECRET.to_string()),
+        (
+            "OIDC_REDIRECT_URI",
+            format!("http://127.0.0.1:{port}/auth/callback"),
+        ),
+        ("OIDC_TOKEN_ENCRYPTION_KEY", key_env),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let sc = start_unready(&env).await;
+    assert_eq!(
+        get(&sc.url("/auth/login"), &[]).await.unwrap().status(),
+        502
+    );
+
+    let idp = MockIdp::start_on(
+        tokio::net::TcpListener::bind(("127.0.0.1", listener_port))
+            .await
+            .unwrap(),
+    )
+    .await;
+    idp.set(|m| m.jwks = json!({"keys": [Key::new("k").jwk()]}));
+    let admin = sc.admin_url("/readyz");
+    let start = std::time::Instant::now();
+    loop {
+        if get(&admin, &[]).await.unwrap().status() == 200 {
+            break;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "never became ready"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        get(&sc.url("/auth/login"), &[]).await.unwrap().status(),
+        302
+    );
+}
+
+/// Starts a sidecar without waiting for readiness (discovery is expected to fail).
+async fn start_unready(env: &[(&str, &str)]) -> Sidecar {
+    Sidecar::start_without_readiness(env).await
+}
