@@ -185,14 +185,13 @@ impl Sidecar {
                 .unwrap_or_else(|_| {
                     panic!("sidecar did not start; output:\n{}", output.lock().unwrap())
                 });
-        let sidecar = Sidecar {
+        Sidecar {
             child,
             addr,
             admin,
             output,
             _dir: dir,
-        };
-        sidecar
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
