@@ -7,10 +7,23 @@
 
     wrkstats.py report ROUNDS_JSONL --meta META_JSON --json-out PATH
                        [--baseline NAME] [--gate NAME]... [--min-throughput-ratio R]
-                       [--max-p99-ratio R]
+                       [--max-p99-ratio R] [--check SPEC]...
         ROUNDS_JSONL holds one `parse` object per line (with target and round). Print a
         Markdown report on stdout (medians per target, ratios against the baseline, PASS/MISS
-        for each gated target) and write the same results as JSON to PATH.
+        for each check, memory of the processes in meta["rss"]) and write the same results as
+        JSON to PATH.
+
+        --gate NAME is short for the two checks
+            NAME:throughput>=<min-throughput-ratio>*<baseline>
+            NAME:p99<=<max-p99-ratio>*<baseline>
+        --check SPEC is one target, TARGET:METRIC(>=|<=)LIMIT, where METRIC is
+            throughput  median req/s
+            p99         median p99 latency (ms)
+            rss         VmRSS in MB after the run (from meta["rss"][TARGET]["vmrss_mb"])
+        and LIMIT is either a number (absolute) or FACTOR*OTHER (FACTOR times OTHER's same
+        metric), e.g. sidecar-auth-redis:throughput>=10*apache-oidc, sidecar-auth-memory:rss<=30.
+        A throughput or p99 check of a target whose runs had errors is a MISS; a check whose
+        value or reference has no data is reported as "no data" (neither PASS nor MISS).
 """
 
 import argparse
@@ -84,6 +97,70 @@ def _fmt(x, digits):
     return "n/a" if x is None else f"{x:,.{digits}f}"
 
 
+_METRICS = {  # metric -> (summary key or None for rss, label, unit)
+    "throughput": ("req_per_s_median", "throughput", "req/s"),
+    "p99": ("p99_ms_median", "p99", "ms"),
+    "rss": (None, "VmRSS", "MB"),
+}
+_CHECK_RE = re.compile(
+    r"^(?P<target>[^:]+):(?P<metric>\w+)\s*(?P<op>>=|<=)\s*(?P<factor>[0-9]*\.?[0-9]+)"
+    r"(?:\s*\*\s*(?P<other>\S+))?$"
+)
+
+
+def parse_check(spec):
+    m = _CHECK_RE.match(spec.strip())
+    if not m or m.group("metric") not in _METRICS:
+        raise argparse.ArgumentTypeError(
+            f"bad check {spec!r}: expected TARGET:METRIC>=LIMIT or TARGET:METRIC<=LIMIT, "
+            f"METRIC one of {', '.join(_METRICS)}, LIMIT a number or FACTOR*OTHER_TARGET"
+        )
+    if m.group("metric") == "rss" and m.group("other"):
+        raise argparse.ArgumentTypeError(f"bad check {spec!r}: rss limits are absolute (MB)")
+    return {
+        "spec": spec.strip(),
+        "target": m.group("target"),
+        "metric": m.group("metric"),
+        "op": m.group("op"),
+        "factor": float(m.group("factor")),
+        "other": m.group("other"),
+    }
+
+
+def _metric_value(metric, name, summary, rss):
+    key = _METRICS[metric][0]
+    if key is None:
+        return (rss.get(name) or {}).get("vmrss_mb")
+    s = summary.get(name)
+    return s[key] if s else None
+
+
+def evaluate_check(c, summary, rss):
+    """Return the check with value, limit, ratio (if relative) and verdict filled in."""
+    value = _metric_value(c["metric"], c["target"], summary, rss)
+    ref = _metric_value(c["metric"], c["other"], summary, rss) if c["other"] else None
+    res = dict(c)
+    res["value"] = value
+    if c["other"]:
+        res["reference"] = ref
+        res["ratio"] = value / ref if value is not None and ref else None
+        measured = res["ratio"]
+    else:
+        measured = value
+    errors = c["metric"] != "rss" and any(
+        summary.get(n, {}).get("errors_total") for n in (c["target"], c["other"]) if n
+    )
+    if measured is None:
+        res["verdict"] = "no data"
+    elif errors:
+        res["verdict"] = "MISS"
+    else:
+        ok = measured >= c["factor"] if c["op"] == ">=" else measured <= c["factor"]
+        res["verdict"] = "PASS" if ok else "MISS"
+    res["errors"] = bool(errors)
+    return res
+
+
 def cmd_report(args):
     with open(args.meta, encoding="utf-8") as f:
         meta = json.load(f)
@@ -153,29 +230,47 @@ def cmd_report(args):
             ratios[name] = {"throughput_ratio": tr, "p99_ratio": lr}
             p(f"| {name}/{args.baseline} | {_fmt(tr, 3)} | {_fmt(lr, 3)} |")
         p()
-        p(f"### Targets: throughput ratio >= {args.min_throughput_ratio}, "
-          f"p99 ratio <= {args.max_p99_ratio} (vs {args.baseline})")
-        p()
-        for name in args.gate or []:
-            if name not in ratios:
-                p(f"- {name}: no data")
-                continue
-            tr, lr = ratios[name]["throughput_ratio"], ratios[name]["p99_ratio"]
-            tp = tr is not None and tr >= args.min_throughput_ratio and not summary[name]["errors_total"]
-            lp = lr is not None and lr <= args.max_p99_ratio and not summary[name]["errors_total"]
-            verdicts[name] = {"throughput": "PASS" if tp else "MISS", "p99": "PASS" if lp else "MISS"}
-            p(f"- {name} throughput: {_fmt(tr, 3)} (>= {args.min_throughput_ratio}) "
-              f"**{verdicts[name]['throughput']}**")
-            p(f"- {name} p99:        {_fmt(lr, 3)} (<= {args.max_p99_ratio}) **{verdicts[name]['p99']}**")
-        p()
     else:
         p(f"(baseline {args.baseline!r} has no data: no ratios)")
         p()
 
-    rss = meta.get("sidecar_rss")
+    rss = meta.get("rss") or {}
+    checks = []
+    for name in args.gate or []:
+        checks.append(parse_check(f"{name}:throughput>={args.min_throughput_ratio}*{args.baseline}"))
+        checks.append(parse_check(f"{name}:p99<={args.max_p99_ratio}*{args.baseline}"))
+    checks += args.check or []
+    results = [evaluate_check(c, summary, rss) for c in checks]
+    if results:
+        p("### Targets")
+        p()
+        p("| target | check | measured | goal | verdict |")
+        p("|---|---|---:|---|---|")
+        for r in results:
+            label, unit = _METRICS[r["metric"]][1], _METRICS[r["metric"]][2]
+            op = "≥" if r["op"] == ">=" else "≤"
+            if r["other"]:
+                what = f"{label} vs {r['other']}"
+                measured = "n/a" if r["ratio"] is None else f"{r['ratio']:,.3f}×"
+                limit = f"{op} {r['factor']:g}× {r['other']}"
+            else:
+                what = label
+                measured = "n/a" if r["value"] is None else f"{r['value']:,.1f} {unit}"
+                limit = f"{op} {r['factor']:g} {unit}"
+            verdict = r["verdict"] if r["verdict"] == "no data" else f"**{r['verdict']}**"
+            if r["errors"]:
+                verdict += " (errors in the runs)"
+            p(f"| {r['target']} | {what} | {measured} | {limit} | {verdict} |")
+            verdicts.setdefault(r["target"], {})[what] = r["verdict"]
+        p()
+
     if rss:
-        p(f"Sidecar memory after the run: VmRSS {_fmt(rss.get('vmrss_mb'), 1)} MB, "
-          f"VmHWM (peak) {_fmt(rss.get('vmhwm_mb'), 1)} MB")
+        p("### Memory after the run (from /proc/<pid>/status)")
+        p()
+        p("| process | VmRSS MB | VmHWM (peak) MB |")
+        p("|---|---:|---:|")
+        for name, m in rss.items():
+            p(f"| {name} | {_fmt(m.get('vmrss_mb'), 1)} | {_fmt(m.get('vmhwm_mb'), 1)} |")
         p()
 
     result = {
@@ -184,6 +279,7 @@ def cmd_report(args):
         "thresholds": {"min_throughput_ratio": args.min_throughput_ratio, "max_p99_ratio": args.max_p99_ratio},
         "summary": summary,
         "ratios": ratios,
+        "checks": results,
         "verdicts": verdicts,
         "rounds": rows,
     }
@@ -208,6 +304,8 @@ def main(argv=None):
     rp.add_argument("--gate", action="append", help="target judged against the thresholds (repeatable)")
     rp.add_argument("--min-throughput-ratio", type=float, default=0.9)
     rp.add_argument("--max-p99-ratio", type=float, default=1.5)
+    rp.add_argument("--check", action="append", type=parse_check,
+                    help="TARGET:METRIC>=LIMIT or <=LIMIT (repeatable), see above")
     args = ap.parse_args(argv)
     return cmd_parse(args) if args.cmd == "parse" else cmd_report(args)
 

@@ -69,6 +69,7 @@ pub enum StartError {
 fn build_oidc(
     config: &Config,
     readiness: &mut admin::Readiness,
+    metrics: Arc<metrics::Metrics>,
 ) -> Result<router::Oidc, StartError> {
     use config::IdentityMode;
     let Some(settings) = config.openrag.oidc.clone() else {
@@ -150,6 +151,8 @@ fn build_oidc(
             sessions,
             cookies: auth::cookies::CookieJar::new(&a.session_cookie_name),
             settings: a.clone(),
+            metrics,
+            inflight: auth::refresh::InFlight::default(),
         },
         identity: identity::headers::HeaderIdentity::new(a.headers.clone()),
     })
@@ -179,7 +182,7 @@ pub async fn run(
     let mut readiness = admin::Readiness::default();
     let oidc = match config.auth_mode() {
         AuthMode::Token => None,
-        AuthMode::Oidc => Some(build_oidc(&config, &mut readiness)?),
+        AuthMode::Oidc => Some(build_oidc(&config, &mut readiness, metrics.clone())?),
     };
     let readiness = Arc::new(readiness);
     let app = Arc::new(router::App::new(upstream, metrics.clone(), oidc));

@@ -22,9 +22,17 @@ struct KindLabel {
     kind: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
 /// The sidecar's metrics. Cheap to share behind an `Arc`.
 pub struct Metrics {
     registry: Registry,
+    refreshes: Family<ResultLabel, Counter>,
+    logouts: Family<KindLabel, Counter>,
+    revoked: Counter,
     requests: Family<RequestLabels, Counter>,
     duration: Histogram,
     in_flight: Gauge,
@@ -65,8 +73,29 @@ impl Metrics {
             "Failed upstream exchanges, by kind (connect, timeout, reset)",
             upstream_errors.clone(),
         );
+        let refreshes = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "token_refreshes",
+            "Access-token refreshes, by result (ok, refused: session ended, failed: IdP unreachable)",
+            refreshes.clone(),
+        );
+        let logouts = Family::<KindLabel, Counter>::default();
+        registry.register(
+            "logouts",
+            "Logouts, by kind (rp, backchannel)",
+            logouts.clone(),
+        );
+        let revoked = Counter::default();
+        registry.register(
+            "sessions_revoked",
+            "Sessions ended by logout or refused refresh",
+            revoked.clone(),
+        );
         Metrics {
             registry,
+            refreshes,
+            logouts,
+            revoked,
             requests,
             duration,
             in_flight,
@@ -93,6 +122,24 @@ impl Metrics {
         self.upstream_errors
             .get_or_create(&KindLabel { kind })
             .inc();
+    }
+
+    pub fn refresh(&self, r: crate::auth::refresh::RefreshResult) {
+        use crate::auth::refresh::RefreshResult;
+        let result = match r {
+            RefreshResult::Ok => "ok",
+            RefreshResult::Refused => "refused",
+            RefreshResult::Failed => "failed",
+        };
+        self.refreshes.get_or_create(&ResultLabel { result }).inc();
+    }
+
+    pub fn logout(&self, kind: &'static str) {
+        self.logouts.get_or_create(&KindLabel { kind }).inc();
+    }
+
+    pub fn sessions_revoked(&self, n: u64) {
+        self.revoked.inc_by(n);
     }
 
     /// The Prometheus text exposition.

@@ -113,7 +113,17 @@ impl App {
             (&Method::GET, "/auth/callback") => return own(auth.callback(&parts, scheme).await),
             (&Method::GET, "/auth/logout") => return own(auth.logout(&parts, scheme).await?),
             (&Method::GET, "/auth/me") => return own(auth.me(&parts).await?),
-            (_, "/auth/login" | "/auth/callback" | "/auth/logout" | "/auth/me") => {
+            (&Method::POST, "/auth/backchannel-logout") => {
+                return own(backchannel(auth, body).await)
+            }
+            (
+                _,
+                "/auth/login"
+                | "/auth/callback"
+                | "/auth/logout"
+                | "/auth/me"
+                | "/auth/backchannel-logout",
+            ) => {
                 return own(crate::error::message_response(
                     StatusCode::METHOD_NOT_ALLOWED,
                     "Method not allowed",
@@ -164,6 +174,41 @@ impl App {
             }
         }
     }
+}
+
+/// `POST /auth/backchannel-logout`: 200 `no-store` when valid, else 400 with an OAuth-style
+/// error body and nothing revoked.
+async fn backchannel(auth: &Auth, body: Incoming) -> Response<Body> {
+    use http_body_util::{BodyExt, Limited};
+    let form = match Limited::new(body, 64 * 1024).collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(_) => bytes::Bytes::new(),
+    };
+    let (status, body) = match auth.backchannel_logout(&form).await {
+        Ok(_) => (StatusCode::OK, String::new()),
+        Err(crate::auth::backchannel::LogoutError::Store(e)) => {
+            tracing::warn!(error = %e, "back-channel logout could not reach the store");
+            let b = serde_json::json!({"error": "temporarily_unavailable"});
+            (StatusCode::SERVICE_UNAVAILABLE, b.to_string())
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "back-channel logout refused");
+            let b =
+                serde_json::json!({"error": "invalid_request", "error_description": e.to_string()});
+            (StatusCode::BAD_REQUEST, b.to_string())
+        }
+    };
+    let mut r = Response::new(crate::full(body));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if status != StatusCode::OK {
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+    }
+    r
 }
 
 /// `error: cause: cause…`, for logs only.

@@ -28,6 +28,8 @@ pub struct Auth {
     pub sessions: Sessions,
     pub cookies: CookieJar,
     pub settings: AuthSettings,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    pub inflight: super::refresh::InFlight,
 }
 
 /// What the state cookie holds between login and callback.
@@ -64,15 +66,22 @@ impl Auth {
         self.provider.settings.redirect_uri.scheme() == "https" || public_scheme == "https"
     }
 
+    /// The gate's decision, with the session refreshed when its access token is about to expire.
     pub async fn gate(&self, parts: &Parts) -> Result<Decision, Error> {
-        gate::decide(
-            parts,
-            &self.settings.paths,
-            &self.cookies,
-            &self.sessions,
-            now_unix(),
-        )
-        .await
+        let paths = &self.settings.paths;
+        match gate::decide(parts, paths, &self.cookies, &self.sessions, now_unix()).await? {
+            Decision::Authenticated { session, id } => match self.ensure_fresh(&id, *session).await
+            {
+                Ok(Some(s)) => Ok(Decision::Authenticated {
+                    session: Box::new(s),
+                    id,
+                }),
+                Ok(None) => gate::without_session(parts, paths),
+                Err(_) if gate::has_bearer(parts) => Ok(Decision::Bearer),
+                Err(e) => Err(e.into()),
+            },
+            other => Ok(other),
+        }
     }
 
     /// `GET /auth/login?next=…`
@@ -313,8 +322,11 @@ impl Auth {
             if let Some(s) = self.sessions.load(&id, now_unix()).await? {
                 hint = Some(s.id_token);
             }
-            self.sessions.delete(&id).await?;
+            if self.sessions.delete(&id).await? {
+                self.metrics.sessions_revoked(1);
+            }
         }
+        self.metrics.logout("rp");
         let settings = &self.provider.settings;
         let post_logout = settings
             .post_logout_redirect_uri

@@ -34,7 +34,7 @@ pub fn path_matches(list: &[String], path: &str) -> bool {
     })
 }
 
-fn has_bearer(parts: &Parts) -> bool {
+pub fn has_bearer(parts: &Parts) -> bool {
     parts
         .headers
         .get(header::AUTHORIZATION)
@@ -70,9 +70,16 @@ pub async fn decide(
             Err(_) => {}
         }
     }
-    if bearer {
+    without_session(parts, paths)
+}
+
+/// The decision for a request that has no (longer a) valid session.
+pub fn without_session(parts: &Parts, paths: &PathSettings) -> Result<Decision, Error> {
+    let path = parts.uri.path();
+    if has_bearer(parts) {
         return Ok(Decision::Bearer);
     }
+    let html_login = wants_html(&parts.headers) && path_matches(&paths.html_login.0, path);
     if html_login || path_matches(&paths.ui.0, path) {
         let pq = parts
             .uri

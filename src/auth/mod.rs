@@ -6,6 +6,7 @@
 //! - [`oidc`], [`jwt`], [`idp_http`]: the OpenID Provider, token validation, its HTTP client.
 //! - [`session`], [`cookies`], [`redirect`]: sessions in the store, cookies, `next` validation.
 
+pub mod backchannel;
 pub mod cookies;
 pub mod flow;
 pub mod gate;
@@ -13,4 +14,5 @@ pub mod idp_http;
 pub mod jwt;
 pub mod oidc;
 pub mod redirect;
+pub mod refresh;
 pub mod session;

@@ -43,6 +43,11 @@ impl Session {
     pub fn is_live(&self, now: i64) -> bool {
         now <= self.expires_at && (self.refresh_token.is_some() || now <= self.access_expires_at)
     }
+
+    /// Live and its access token still valid (used when a refresh could not happen).
+    pub fn is_live_access(&self, now: i64) -> bool {
+        now <= self.expires_at && now <= self.access_expires_at
+    }
 }
 
 /// Seals sessions into the store and opens them again.

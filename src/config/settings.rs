@@ -59,6 +59,8 @@ pub struct Settings {
     pub idp_timeout_secs: u64,
     /// Seconds between two discovery refreshes once loaded.
     pub discovery_refresh_secs: u64,
+    /// Refresh the access token when it expires within this many seconds.
+    pub refresh_skew_secs: u64,
     /// Prefix of every Redis key.
     pub redis_key_prefix: String,
     /// PEM CA bundle trusted for `rediss://`; system roots when unset.
@@ -193,6 +195,7 @@ impl Default for Settings {
             idp_ca_file: None,
             idp_timeout_secs: 10,
             discovery_refresh_secs: 3600,
+            refresh_skew_secs: 60,
             redis_key_prefix: "sso-sidecar:".into(),
             redis_ca_file: None,
             redis_timeout_ms: 2000,
@@ -250,6 +253,7 @@ pub struct AuthSettings {
     pub idp_ca_file: Option<PathBuf>,
     pub idp_timeout: Duration,
     pub discovery_refresh: Duration,
+    pub refresh_skew: Duration,
     pub redis_key_prefix: String,
     pub redis_ca_file: Option<PathBuf>,
     pub redis_timeout: Duration,
@@ -484,6 +488,7 @@ impl Settings {
             idp_ca_file,
             idp_timeout: Duration::from_secs(self.idp_timeout_secs),
             discovery_refresh: Duration::from_secs(self.discovery_refresh_secs),
+            refresh_skew: Duration::from_secs(self.refresh_skew_secs),
             redis_key_prefix: self.redis_key_prefix.clone(),
             redis_ca_file,
             redis_timeout: Duration::from_millis(self.redis_timeout_ms),

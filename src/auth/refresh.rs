@@ -1,0 +1,217 @@
+//! Refresh without races: one refresh per session at a time, on any number of replicas.
+//!
+//! Within a process, concurrent requests of one session wait on the same async mutex; across
+//! replicas a short lock in the shared store serialises them. After taking each lock the session
+//! is read again, because whoever held it may have refreshed already — so with rotating refresh
+//! tokens a burst of requests at expiry spends exactly one refresh token. A definitive refusal
+//! (`invalid_grant` and other 4xx) ends the session; a network error or 5xx does not: the session
+//! lives on until its access token has really expired.
+
+use super::flow::Auth;
+use super::idp_http::IdpHttpError;
+use super::oidc::{now_unix, TokenError};
+use super::session::{digest, Session, Sessions};
+use crate::store::StoreError;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+/// How long a replica may hold the cross-replica refresh lock (crash guard).
+const LOCK_TTL: Duration = Duration::from_secs(10);
+/// How long a request waits for another replica's refresh before giving up.
+const LOCK_WAIT: Duration = Duration::from_secs(8);
+const LOCK_POLL: Duration = Duration::from_millis(25);
+
+/// Per-process single flight: one async mutex per session being refreshed.
+#[derive(Default)]
+pub struct InFlight {
+    locks: Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
+}
+
+impl InFlight {
+    fn lock_for(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut map = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(existing) = map.get(key).and_then(Weak::upgrade) {
+            return existing;
+        }
+        map.retain(|_, w| w.strong_count() > 0);
+        let lock = Arc::new(tokio::sync::Mutex::new(()));
+        map.insert(key.to_owned(), Arc::downgrade(&lock));
+        lock
+    }
+}
+
+/// The outcome of a refresh attempt, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefreshResult {
+    Ok,
+    Refused,
+    Failed,
+}
+
+fn needs_refresh(s: &Session, now: i64, skew: i64) -> bool {
+    s.refresh_token.is_some() && s.access_expires_at - now <= skew
+}
+
+impl Auth {
+    /// Returns the session to use for this request: as loaded, refreshed, or `None` when it has
+    /// ended (refused refresh, or expired while the IdP is unreachable).
+    pub async fn ensure_fresh(
+        &self,
+        id: &str,
+        session: Session,
+    ) -> Result<Option<Session>, StoreError> {
+        let skew = self.settings.refresh_skew.as_secs() as i64;
+        if !needs_refresh(&session, now_unix(), skew) {
+            return Ok(Some(session));
+        }
+        let key = Sessions::key_of(id);
+        let local = self.inflight.lock_for(&key);
+        let _local = local.lock().await;
+        let Some(current) = self.sessions.load(id, now_unix()).await? else {
+            return Ok(None);
+        };
+        if !needs_refresh(&current, now_unix(), skew) {
+            return Ok(Some(current));
+        }
+
+        let lock_key = format!("lock:{{{}}}", digest(&["refresh", &key]));
+        let waited = Instant::now();
+        loop {
+            if self
+                .sessions
+                .store()
+                .put_if_absent(&lock_key, b"1", LOCK_TTL)
+                .await?
+            {
+                break;
+            }
+            tokio::time::sleep(LOCK_POLL).await;
+            let Some(current) = self.sessions.load(id, now_unix()).await? else {
+                return Ok(None);
+            };
+            if !needs_refresh(&current, now_unix(), skew) {
+                return Ok(Some(current));
+            }
+            if waited.elapsed() > LOCK_WAIT {
+                // The other replica is stuck; serve what is still valid.
+                return Ok(current.is_live_access(now_unix()).then_some(current));
+            }
+        }
+        let result = self.refresh_locked(id, now_unix(), skew).await;
+        let _ = self.sessions.store().delete(&lock_key).await;
+        result
+    }
+
+    async fn refresh_locked(
+        &self,
+        id: &str,
+        now: i64,
+        skew: i64,
+    ) -> Result<Option<Session>, StoreError> {
+        let Some(mut s) = self.sessions.load(id, now).await? else {
+            return Ok(None);
+        };
+        if !needs_refresh(&s, now, skew) {
+            return Ok(Some(s));
+        }
+        let Some(rt) = s.refresh_token.clone() else {
+            return Ok(Some(s));
+        };
+        match self.refresh_tokens(&mut s, &rt, now).await {
+            Ok(()) => {
+                self.sessions.save(id, &s, now).await?;
+                self.metrics.refresh(RefreshResult::Ok);
+                tracing::info!(sub = %s.sub, "access token refreshed");
+                Ok(Some(s))
+            }
+            Err(e) if is_definitive(&e) => {
+                self.metrics.refresh(RefreshResult::Refused);
+                self.metrics.sessions_revoked(1);
+                tracing::info!(sub = %s.sub, error = %e, "refresh refused by the IdP: session ended");
+                self.sessions.delete(id).await?;
+                Ok(None)
+            }
+            Err(e) => {
+                self.metrics.refresh(RefreshResult::Failed);
+                tracing::warn!(sub = %s.sub, error = %e, "refresh failed; the session lives until its access token expires");
+                Ok(s.is_live_access(now).then_some(s))
+            }
+        }
+    }
+
+    async fn refresh_tokens(&self, s: &mut Session, rt: &str, now: i64) -> Result<(), TokenError> {
+        let tokens = self.provider.refresh(rt).await?;
+        if let Some(id_token) = &tokens.id_token {
+            let claims = self
+                .provider
+                .validate_id_token(id_token, None, Some(&tokens.access_token))
+                .await?;
+            if claims.get("sub").and_then(Value::as_str) != Some(s.sub.as_str()) {
+                return Err(TokenError::Claims(
+                    "refreshed ID token names another subject".into(),
+                ));
+            }
+            s.id_token = id_token.clone();
+        }
+        s.access_token = tokens.access_token;
+        s.access_expires_at = now + tokens.expires_in.unwrap_or(3600).max(60);
+        if let Some(new_rt) = tokens.refresh_token {
+            s.refresh_token = Some(new_rt);
+        }
+        Ok(())
+    }
+}
+
+/// `invalid_grant` and every other 4xx answer is the IdP's final word; the rest may pass.
+fn is_definitive(e: &TokenError) -> bool {
+    match e {
+        TokenError::Http(IdpHttpError::Status { status, .. }) => {
+            status.is_client_error() && status.as_u16() != 408 && status.as_u16() != 429
+        }
+        TokenError::Claims(_) | TokenError::Jwt(_) => true,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_end_sessions_outages_do_not() {
+        let status = |s: u16| {
+            TokenError::Http(IdpHttpError::Status {
+                status: http::StatusCode::from_u16(s).unwrap(),
+                body: bytes::Bytes::new(),
+            })
+        };
+        assert!(is_definitive(&status(400)));
+        assert!(is_definitive(&status(401)));
+        assert!(!is_definitive(&status(429)));
+        assert!(!is_definitive(&status(500)));
+        assert!(!is_definitive(&status(503)));
+        assert!(!is_definitive(&TokenError::Http(IdpHttpError::Transport(
+            "refused".into()
+        ))));
+        assert!(!is_definitive(&TokenError::Http(IdpHttpError::Timeout(
+            Duration::from_secs(1)
+        ))));
+    }
+
+    #[test]
+    fn in_flight_locks_are_shared_per_session() {
+        let f = InFlight::default();
+        let a = f.lock_for("s1");
+        let b = f.lock_for("s1");
+        assert!(Arc::ptr_eq(&a, &b));
+        assert!(!Arc::ptr_eq(&a, &f.lock_for("s2")));
+        drop((a, b));
+        let _c = f.lock_for("s3");
+        assert!(
+            f.locks.lock().unwrap().len() <= 2,
+            "dead entries are pruned"
+        );
+    }
+}
