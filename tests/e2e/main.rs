@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod cli;
+mod lifecycle;
 mod mock_idp;
 mod oidc;
 mod oidc_negative;

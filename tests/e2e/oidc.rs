@@ -4,29 +4,34 @@ use crate::oidc_support::*;
 use crate::support::*;
 
 /// IdP + Redis + upstream + an OIDC sidecar wired together.
-struct World {
-    idp: Idp,
-    redis: Redis,
-    _up: Upstream,
-    sc: OidcSidecar,
+pub struct World {
+    pub idp: Idp,
+    pub redis: Redis,
+    pub _up: Upstream,
+    pub sc: OidcSidecar,
 }
 
 async fn world(extra: &[(&str, &str)]) -> World {
+    world_with(&[], extra).await
+}
+
+/// A world whose IdP gets `idp_env` on top of the client registration.
+pub async fn world_with(idp_env: &[(&str, &str)], extra: &[(&str, &str)]) -> World {
     let port = free_port();
-    let idp = Idp::start(
-        0,
-        &[
-            (
-                "RP_REDIRECT_URIS",
-                &format!("http://127.0.0.1:{port}/auth/callback"),
-            ),
-            ("RP_POST_LOGOUT_URIS", "http://127.0.0.1:1/bye"),
-            (
-                "RP_BACKCHANNEL_URI",
-                &format!("http://127.0.0.1:{port}/auth/backchannel-logout"),
-            ),
-        ],
-    );
+    let mut env = vec![
+        (
+            "RP_REDIRECT_URIS",
+            format!("http://127.0.0.1:{port}/auth/callback"),
+        ),
+        ("RP_POST_LOGOUT_URIS", "http://127.0.0.1:1/bye".to_string()),
+        (
+            "RP_BACKCHANNEL_URI",
+            format!("http://127.0.0.1:{port}/auth/backchannel-logout"),
+        ),
+    ];
+    env.extend(idp_env.iter().map(|(k, v)| (*k, v.to_string())));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let idp = Idp::start(0, &env);
     let redis = Redis::start().await;
     let up = Upstream::start();
     let mut env = vec![("SSO_SIDECAR_REDIS_URL", redis.url())];

@@ -178,6 +178,18 @@ pub async fn start_oidc_sidecar(
     extra: &[(&str, &str)],
 ) -> OidcSidecar {
     let key = sso_sidecar::crypto::generate_key();
+    start_oidc_sidecar_with_key(&key, port, issuer, upstream, extra).await
+}
+
+/// The same with a given Fernet key (replicas of one deployment share it).
+pub async fn start_oidc_sidecar_with_key(
+    key: &str,
+    port: u16,
+    issuer: &str,
+    upstream: &str,
+    extra: &[(&str, &str)],
+) -> OidcSidecar {
+    let key = key.to_owned();
     let listen = format!("127.0.0.1:{port}");
     let redirect = format!("http://127.0.0.1:{port}/auth/callback");
     let mut env: Vec<(&str, &str)> = vec![
@@ -216,9 +228,14 @@ pub fn location(resp: &Response<Bytes>) -> String {
 /// Runs tests/idp/flow.py: logs `login` in at the IdP from an authorization URL and returns
 /// the callback URL the IdP redirects to.
 pub async fn idp_login(auth_url: &str, login: &str) -> String {
+    flow(&["login", auth_url, login]).await
+}
+
+/// Runs tests/idp/flow.py with `args`; returns its one-line output (a URL).
+pub async fn flow(args: &[&str]) -> String {
     let out = tokio::process::Command::new("python3")
         .arg(repo_root().join("tests/idp/flow.py"))
-        .args(["login", auth_url, login])
+        .args(args)
         .output()
         .await
         .unwrap();
@@ -239,6 +256,11 @@ pub struct Login {
 
 /// Logs `user` in through the sidecar and returns its session cookie value.
 pub async fn login(sc: &Sidecar, user: &str, next: &str) -> Login {
+    login_with_jar(sc, user, next, None).await
+}
+
+/// The same, keeping the IdP's cookies in `jar` (for a later logout at the IdP).
+pub async fn login_with_jar(sc: &Sidecar, user: &str, next: &str, jar: Option<&str>) -> Login {
     let start = get(
         &sc.url(&format!("/auth/login?next={}", urlencode(next))),
         &[],
@@ -247,7 +269,12 @@ pub async fn login(sc: &Sidecar, user: &str, next: &str) -> Login {
     .unwrap();
     assert_eq!(start.status(), 302, "{:?}", start.body());
     let state_cookie = set_cookie(&start, "sso_sidecar_session_state").expect("state cookie");
-    let callback_url = idp_login(&location(&start), user).await;
+    let auth_url = location(&start);
+    let mut args = vec!["login", auth_url.as_str(), user];
+    if let Some(j) = jar {
+        args.extend(["--jar", j]);
+    }
+    let callback_url = flow(&args).await;
     let cb = get(
         &callback_url,
         &[(

@@ -15,7 +15,8 @@
 
 The exact request sequence is documented in README.md ("Login without a browser").
 """
-import argparse, base64, re, hashlib, html.parser, http.cookiejar, http.server, json, secrets, sys, threading
+import argparse
+import os, base64, re, hashlib, html.parser, http.cookiejar, http.server, json, secrets, sys, threading
 import urllib.error, urllib.parse, urllib.request
 
 DEFAULT_SECRET = 'rp-secret-0123456789-0123456789-0123'
@@ -42,8 +43,12 @@ class Forms(html.parser.HTMLParser):
 
 
 class Client:
-    def __init__(self):
-        self.jar = http.cookiejar.CookieJar()
+    def __init__(self, jar_file=None):
+        # A file-backed jar lets a later `logout` reuse the IdP session of an earlier `login`.
+        self.jar_file = jar_file
+        self.jar = http.cookiejar.MozillaCookieJar(jar_file) if jar_file else http.cookiejar.CookieJar()
+        if jar_file and os.path.exists(jar_file):
+            self.jar.load(ignore_discard=True, ignore_expires=True)
         self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.jar), NoRedirect())
 
     def request(self, method, url, data=None, headers=None):
@@ -59,6 +64,25 @@ class Client:
                 return r.status, r.headers, r.read()
         except urllib.error.HTTPError as e:
             return e.code, e.headers, e.read()
+
+
+    def save(self):
+        if self.jar_file:
+            self.jar.save(ignore_discard=True, ignore_expires=True)
+
+
+def end_session(url, client):
+    """Follows an RP's redirect to end_session_endpoint and confirms the logout (the IdP then
+    POSTs logout tokens to the RPs' back-channel URIs). Returns the final redirect."""
+    st, h, body = client.request('GET', url, headers={'Accept': 'text/html'})
+    f = Forms()
+    f.feed(body.decode('utf-8', 'replace'))
+    if st != 200 or 'xsrf' not in f.fields:
+        raise RuntimeError(f'end_session: HTTP {st}: {text_of(body)}')
+    st, h, body = client.request('POST', urllib.parse.urljoin(url, f.action), {**f.fields, 'logout': 'yes'})
+    if st not in (302, 303):
+        raise RuntimeError(f'end_session confirm: HTTP {st}: {text_of(body)}')
+    return urllib.parse.urljoin(url, h['Location'])
 
 
 def text_of(body):
@@ -213,6 +237,9 @@ def main():
     sub = p.add_subparsers(dest='cmd', required=True)
     lp = sub.add_parser('login')
     lp.add_argument('auth_url'); lp.add_argument('login'); lp.add_argument('--password', default='test')
+    lp.add_argument('--jar', help='cookie file kept for a later logout')
+    op = sub.add_parser('logout')
+    op.add_argument('end_session_url'); op.add_argument('--jar', required=True)
     sp = sub.add_parser('selftest')
     sp.add_argument('issuer'); sp.add_argument('--login', default='alice')
     sp.add_argument('--client-id', default='rp'); sp.add_argument('--client-secret', default=DEFAULT_SECRET)
@@ -222,7 +249,11 @@ def main():
     a = p.parse_args()
     try:
         if a.cmd == 'login':
-            print(login(a.auth_url, a.login, a.password))
+            c = Client(a.jar)
+            print(login(a.auth_url, a.login, a.password, client=c))
+            c.save()
+        elif a.cmd == 'logout':
+            print(end_session(a.end_session_url, Client(a.jar)))
         else:
             selftest(a)
     except Exception as e:  # one readable line for test logs instead of a traceback

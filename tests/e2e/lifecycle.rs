@@ -1,0 +1,538 @@
+//! Session lifecycle across replicas: refresh (and its race), RP-initiated logout, back-channel
+//! logout from the real IdP and from forged tokens.
+
+use crate::mock_idp::*;
+use crate::oidc::world_with;
+use crate::oidc_support::*;
+use crate::support::*;
+use serde_json::json;
+use std::time::Duration;
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+async fn metrics(sc: &Sidecar) -> String {
+    String::from_utf8_lossy(get(&sc.admin_url("/metrics"), &[]).await.unwrap().body()).into_owned()
+}
+
+/// The IdP grants 2-second access tokens; the sidecar records max(expires_in, 60) like OpenRag
+/// and refreshes 59 s before expiry, so a refresh becomes due one second after each refresh.
+const SHORT: [(&str, &str); 1] = [("ACCESS_TOKEN_TTL", "2")];
+const SKEW: [(&str, &str); 1] = [("SSO_SIDECAR_REFRESH_SKEW_SECS", "59")];
+const PAST_DUE: Duration = Duration::from_millis(1300);
+
+#[tokio::test]
+async fn sessions_refresh_across_expiry_and_end_when_the_grant_is_revoked() {
+    let w = world_with(&SHORT, &SKEW).await;
+    let sc = &w.sc.sidecar;
+    let l = login(sc, "alice", "/").await;
+    let cookie = session_header(&l.cookie);
+    assert_eq!(
+        get(&sc.url("/v1/x"), &[("cookie", &cookie)])
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        w.idp.events().await["grants"]["refresh_token"],
+        0,
+        "not due yet"
+    );
+
+    tokio::time::sleep(PAST_DUE).await;
+    let r = get(&sc.url("/v1/x"), &[("cookie", &cookie)]).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(json(&r)["headers"]["x-forwarded-user"][0], "alice");
+    assert_eq!(
+        w.idp.events().await["grants"]["refresh_token"],
+        1,
+        "the IdP saw one refresh_token grant"
+    );
+
+    let revoked = send(request(
+        "POST",
+        &format!("{}/__test/revoke-grants?sub=alice", w.idp.issuer()),
+        &[],
+        body(""),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(revoked.status(), 200);
+    tokio::time::sleep(PAST_DUE).await;
+    let r = get(&sc.url("/v1/x"), &[("cookie", &cookie)]).await.unwrap();
+    assert_eq!(
+        r.status(),
+        401,
+        "refused refresh ends the session (API path)"
+    );
+    let r = get(&sc.url("/"), &[("cookie", &cookie)]).await.unwrap();
+    assert_eq!(r.status(), 302, "UI path goes back to the login");
+    assert_eq!(location(&r), "/auth/login?next=%2F");
+
+    let m = metrics(sc).await;
+    assert_eq!(
+        metric(&m, r#"sso_sidecar_token_refreshes_total{result="ok"}"#),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, r#"sso_sidecar_token_refreshes_total{result="refused"}"#),
+        1.0,
+        "{m}"
+    );
+    assert!(
+        metric(&m, "sso_sidecar_sessions_revoked_total") >= 1.0,
+        "{m}"
+    );
+}
+
+/// Two replicas on one Redis with one Fernet key, behind one IdP client.
+struct Pair {
+    idp: Idp,
+    _redis: Redis,
+    _up: Upstream,
+    a: OidcSidecar,
+    b: OidcSidecar,
+}
+
+async fn pair(idp_env: &[(&str, &str)], extra: &[(&str, &str)]) -> Pair {
+    let (pa, pb) = (free_port(), free_port());
+    let mut env = vec![
+        (
+            "RP_REDIRECT_URIS",
+            format!("http://127.0.0.1:{pa}/auth/callback,http://127.0.0.1:{pb}/auth/callback"),
+        ),
+        (
+            "RP_BACKCHANNEL_URI",
+            format!("http://127.0.0.1:{pa}/auth/backchannel-logout"),
+        ),
+    ];
+    env.extend(idp_env.iter().map(|(k, v)| (*k, v.to_string())));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let idp = Idp::start(0, &env);
+    let redis = Redis::start().await;
+    let up = Upstream::start();
+    let key = sso_sidecar::crypto::generate_key();
+    let mut sc_env = vec![("SSO_SIDECAR_REDIS_URL", redis.url())];
+    sc_env.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
+    let sc_env: Vec<(&str, &str)> = sc_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let a = start_oidc_sidecar_with_key(&key, pa, &idp.issuer(), &up.url(), &sc_env).await;
+    let b = start_oidc_sidecar_with_key(&key, pb, &idp.issuer(), &up.url(), &sc_env).await;
+    Pair {
+        idp,
+        _redis: redis,
+        _up: up,
+        a,
+        b,
+    }
+}
+
+#[tokio::test]
+async fn the_refresh_race_fifty_requests_two_replicas_one_grant_per_expiry() {
+    let p = pair(&[SHORT[0], ("ROTATE_REFRESH_TOKENS", "1")], &SKEW).await;
+    let l = login(&p.a.sidecar, "alice", "/").await;
+    let cookie = session_header(&l.cookie);
+    for round in 1..=2u64 {
+        tokio::time::sleep(PAST_DUE).await;
+        let mut tasks = Vec::new();
+        for i in 0..50 {
+            let url = if i % 2 == 0 {
+                p.a.sidecar.url("/v1/race")
+            } else {
+                p.b.sidecar.url("/v1/race")
+            };
+            let cookie = cookie.clone();
+            tasks.push(tokio::spawn(async move {
+                get(&url, &[("cookie", &cookie)])
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            }));
+        }
+        let mut statuses = Vec::new();
+        for t in tasks {
+            statuses.push(t.await.unwrap());
+        }
+        assert!(
+            statuses.iter().all(|s| *s == 200),
+            "round {round}: {statuses:?}"
+        );
+        let ev = p.idp.events().await;
+        assert_eq!(
+            ev["grants"]["refresh_token"], round,
+            "round {round}: exactly one refresh per expiry: {ev}"
+        );
+        assert!(
+            ev["grant_errors"].get("refresh_token").is_none(),
+            "no refresh token was reused: {ev}"
+        );
+    }
+    let (ma, mb) = (metrics(&p.a.sidecar).await, metrics(&p.b.sidecar).await);
+    let ok = metric(&ma, r#"sso_sidecar_token_refreshes_total{result="ok"}"#)
+        + metric(&mb, r#"sso_sidecar_token_refreshes_total{result="ok"}"#);
+    assert_eq!(ok, 2.0, "two refreshes in all, split between the replicas");
+}
+
+#[tokio::test]
+async fn logout_at_the_idp_reaches_replica_a_and_is_refused_on_replica_b() {
+    let p = pair(&[], &[]).await;
+    let jar_dir = tempfile::tempdir().unwrap();
+    let jar = jar_dir.path().join("idp-cookies.txt");
+    let l = login_with_jar(&p.a.sidecar, "alice", "/", Some(jar.to_str().unwrap())).await;
+    let cookie = session_header(&l.cookie);
+    let r = get(&p.b.sidecar.url("/v1/x"), &[("cookie", &cookie)])
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "a session made on A works on B");
+
+    // End the session at the IdP: end-session plus confirm; the IdP POSTs the logout token to A.
+    let end = format!("{}/session/end?client_id={CLIENT_ID}", p.idp.issuer());
+    flow(&["logout", &end, "--jar", jar.to_str().unwrap()]).await;
+    let ev = p.idp.events().await;
+    assert_eq!(
+        ev["backchannel"][0]["ok"], true,
+        "the IdP delivered the logout token: {ev}"
+    );
+
+    assert_eq!(
+        get(&p.b.sidecar.url("/v1/x"), &[("cookie", &cookie)])
+            .await
+            .unwrap()
+            .status(),
+        401,
+        "refused at once on B"
+    );
+    assert_eq!(
+        get(&p.a.sidecar.url("/v1/x"), &[("cookie", &cookie)])
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    let m = metrics(&p.a.sidecar).await;
+    assert_eq!(
+        metric(&m, r#"sso_sidecar_logouts_total{kind="backchannel"}"#),
+        1.0,
+        "{m}"
+    );
+}
+
+// === with the mock IdP: forged logout tokens and RP-initiated logout =======================
+
+struct MockPair {
+    idp: MockIdp,
+    key: Key,
+    _redis: Redis,
+    _up: Upstream,
+    a: OidcSidecar,
+    b: OidcSidecar,
+}
+
+async fn mock_pair(extra: &[(&str, &str)]) -> MockPair {
+    let idp = MockIdp::start().await;
+    let key = Key::new("k1");
+    idp.set(|m| m.jwks = json!({"keys": [key.jwk()]}));
+    let redis = Redis::start().await;
+    let up = Upstream::start();
+    let fernet = sso_sidecar::crypto::generate_key();
+    let mut env = vec![("SSO_SIDECAR_REDIS_URL", redis.url())];
+    env.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let a = start_oidc_sidecar_with_key(&fernet, free_port(), &idp.issuer(), &up.url(), &env).await;
+    let b = start_oidc_sidecar_with_key(&fernet, free_port(), &idp.issuer(), &up.url(), &env).await;
+    MockPair {
+        idp,
+        key,
+        _redis: redis,
+        _up: up,
+        a,
+        b,
+    }
+}
+
+/// Logs `sub` in on `sc` through the mock IdP with IdP session `sid`; returns the cookie.
+async fn mock_login(m: &MockPair, sc: &Sidecar, sub: &str, sid: &str) -> String {
+    let r = get(&sc.url("/auth/login?next=/"), &[]).await.unwrap();
+    let loc = url::Url::parse(&location(&r)).unwrap();
+    let q: std::collections::HashMap<_, _> = loc.query_pairs().into_owned().collect();
+    let state_cookie = set_cookie(&r, "sso_sidecar_session_state").unwrap();
+    let now = sso_sidecar::auth::oidc::now_unix();
+    let id_token = m.key.sign(&json!({"iss": m.idp.issuer(), "sub": sub, "aud": CLIENT_ID, "exp": now + 300, "iat": now, "nonce": q["nonce"], "sid": sid}));
+    m.idp.set(|s| s.token_response = json!({"access_token": "at", "token_type": "Bearer", "expires_in": 300, "id_token": id_token, "refresh_token": "rt"}));
+    let cb = get(
+        &sc.url(&format!(
+            "/auth/callback?code=c&state={}",
+            urlencode(&q["state"])
+        )),
+        &[(
+            "cookie",
+            &format!("sso_sidecar_session_state={state_cookie}"),
+        )],
+    )
+    .await
+    .unwrap();
+    assert_eq!(cb.status(), 302, "{}", String::from_utf8_lossy(cb.body()));
+    set_cookie(&cb, "sso_sidecar_session").unwrap()
+}
+
+fn logout_claims(m: &MockPair) -> serde_json::Value {
+    let now = sso_sidecar::auth::oidc::now_unix();
+    json!({"iss": m.idp.issuer(), "aud": CLIENT_ID, "iat": now, "exp": now + 120,
+           "jti": sso_sidecar::crypto::random_token(16), "sid": "sid-1", "sub": "alice",
+           "events": {"http://schemas.openid.net/event/backchannel-logout": {}}})
+}
+
+async fn post_logout(sc: &Sidecar, token: &str) -> http::Response<bytes::Bytes> {
+    let form = format!("logout_token={}", urlencode(token));
+    send(request(
+        "POST",
+        &sc.url("/auth/backchannel-logout"),
+        &[("content-type", "application/x-www-form-urlencoded")],
+        body(form),
+    ))
+    .await
+    .unwrap()
+}
+
+async fn alive(sc: &Sidecar, cookie: &str) -> bool {
+    get(&sc.url("/v1/x"), &[("cookie", &session_header(cookie))])
+        .await
+        .unwrap()
+        .status()
+        == 200
+}
+
+#[tokio::test]
+async fn forged_logout_tokens_are_refused_and_revoke_nothing() {
+    let m = mock_pair(&[]).await;
+    let cookie = mock_login(&m, &m.a.sidecar, "alice", "sid-1").await;
+    let other = Key::new("k1");
+    let logout_header = json!({"alg": "ES256", "typ": "logout+jwt", "kid": "k1"});
+    type Forge = Box<dyn Fn(&MockPair, &Key) -> String>;
+    let with = |f: fn(&mut serde_json::Value)| -> Forge {
+        Box::new(move |m, _| {
+            let mut c = logout_claims(m);
+            f(&mut c);
+            m.key.sign_with_header(
+                &json!({"alg": "ES256", "typ": "logout+jwt", "kid": "k1"}),
+                &c,
+            )
+        })
+    };
+    let cases: Vec<(&str, Forge)> = vec![
+        (
+            "bad signature",
+            Box::new(move |m, o| o.sign_with_header(&logout_header, &logout_claims(m))),
+        ),
+        (
+            "wrong iss",
+            with(|c| c["iss"] = json!("https://evil.example")),
+        ),
+        ("wrong aud", with(|c| c["aud"] = json!("other-client"))),
+        (
+            "stale iat",
+            with(|c| c["iat"] = json!(sso_sidecar::auth::oidc::now_unix() - 3600)),
+        ),
+        (
+            "expired",
+            with(|c| c["exp"] = json!(sso_sidecar::auth::oidc::now_unix() - 3600)),
+        ),
+        ("nonce present", with(|c| c["nonce"] = json!("n"))),
+        (
+            "events missing",
+            with(|c| {
+                c.as_object_mut().unwrap().remove("events");
+            }),
+        ),
+        (
+            "events wrong",
+            with(|c| c["events"] = json!({"http://schemas.openid.net/event/other": {}})),
+        ),
+        (
+            "neither sid nor sub",
+            with(|c| {
+                let o = c.as_object_mut().unwrap();
+                o.remove("sid");
+                o.remove("sub");
+            }),
+        ),
+        (
+            "jti missing",
+            with(|c| {
+                c.as_object_mut().unwrap().remove("jti");
+            }),
+        ),
+        (
+            "wrong typ",
+            Box::new(|m, _| {
+                m.key.sign_with_header(
+                    &json!({"alg": "ES256", "typ": "at+jwt", "kid": "k1"}),
+                    &logout_claims(m),
+                )
+            }),
+        ),
+        (
+            "alg none",
+            Box::new(|m, _| {
+                format!(
+                    "{}.{}.",
+                    b64(br#"{"alg":"none"}"#),
+                    b64(logout_claims(m).to_string().as_bytes())
+                )
+            }),
+        ),
+    ];
+    for (case, forge) in cases {
+        let r = post_logout(&m.a.sidecar, &forge(&m, &other)).await;
+        assert_eq!(r.status(), 400, "{case}");
+        assert_eq!(json(&r)["error"], "invalid_request", "{case}");
+        assert!(json(&r)["error_description"].is_string(), "{case}");
+        assert_eq!(r.headers()["cache-control"], "no-store", "{case}");
+        assert!(
+            alive(&m.a.sidecar, &cookie).await && alive(&m.b.sidecar, &cookie).await,
+            "{case} revoked a session"
+        );
+    }
+    let r = post_logout(&m.a.sidecar, "").await;
+    assert_eq!(r.status(), 400, "empty token");
+
+    // A valid token to A revokes the session on both replicas; its replay is refused by A and B.
+    let other_session = mock_login(&m, &m.b.sidecar, "bob", "sid-2").await;
+    let token = m.key.sign_with_header(
+        &json!({"alg": "ES256", "typ": "logout+jwt", "kid": "k1"}),
+        &logout_claims(&m),
+    );
+    let r = post_logout(&m.a.sidecar, &token).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    assert!(
+        !alive(&m.b.sidecar, &cookie).await,
+        "revoked through A, refused on B at once"
+    );
+    assert!(
+        alive(&m.a.sidecar, &other_session).await,
+        "only sid-1's sessions are revoked"
+    );
+    for sc in [&m.a.sidecar, &m.b.sidecar] {
+        let r = post_logout(sc, &token).await;
+        assert_eq!(r.status(), 400);
+        assert!(json(&r)["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("replayed"));
+    }
+
+    // sub only: every session of that user from this issuer.
+    let s1 = mock_login(&m, &m.a.sidecar, "carol", "sid-3").await;
+    let s2 = mock_login(&m, &m.b.sidecar, "carol", "sid-4").await;
+    let mut c = logout_claims(&m);
+    c["sub"] = json!("carol");
+    c.as_object_mut().unwrap().remove("sid");
+    assert_eq!(
+        post_logout(&m.b.sidecar, &m.key.sign(&c)).await.status(),
+        200
+    );
+    assert!(!alive(&m.a.sidecar, &s1).await && !alive(&m.a.sidecar, &s2).await);
+    assert!(alive(&m.a.sidecar, &other_session).await);
+}
+
+#[tokio::test]
+async fn rp_logout_redirects_to_the_idp_and_the_old_cookie_dies() {
+    let m = mock_pair(&[(
+        "OIDC_POST_LOGOUT_REDIRECT_URI",
+        "https://portal.example.com/bye",
+    )])
+    .await;
+    let cookie = mock_login(&m, &m.a.sidecar, "alice", "sid-1").await;
+    let sc = &m.a.sidecar;
+
+    let r = get(
+        &sc.url("/auth/logout"),
+        &[
+            ("cookie", &session_header(&cookie)),
+            ("sec-fetch-site", "cross-site"),
+            ("sec-fetch-mode", "cors"),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 403, "cross-site non-navigation logout");
+    assert!(alive(sc, &cookie).await, "nothing revoked");
+
+    let r = get(
+        &sc.url("/auth/logout"),
+        &[
+            ("cookie", &session_header(&cookie)),
+            ("sec-fetch-site", "cross-site"),
+            ("sec-fetch-mode", "navigate"),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 302, "a top-level navigation is a user's choice");
+    let loc = url::Url::parse(&location(&r)).unwrap();
+    assert_eq!(
+        format!("{}{}", loc.origin().ascii_serialization(), loc.path()),
+        format!("{}/session/end", m.idp.issuer())
+    );
+    let q: std::collections::HashMap<_, _> = loc.query_pairs().into_owned().collect();
+    assert_eq!(q["client_id"], CLIENT_ID);
+    assert_eq!(
+        q["post_logout_redirect_uri"],
+        "https://portal.example.com/bye"
+    );
+    let hint = sso_sidecar::auth::jwt::verify(
+        &q["id_token_hint"],
+        &serde_json::from_value(json!({"keys": [m.key.jwk()]})).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        hint.claims["sub"], "alice",
+        "id_token_hint is the session's ID token"
+    );
+    let cleared = r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .any(|v| v.to_str().unwrap().starts_with("sso_sidecar_session=;"));
+    assert!(cleared, "the session cookie is cleared");
+    assert!(
+        !alive(sc, &cookie).await && !alive(&m.b.sidecar, &cookie).await,
+        "the old cookie is refused on both replicas"
+    );
+    let metrics =
+        String::from_utf8_lossy(get(&sc.admin_url("/metrics"), &[]).await.unwrap().body())
+            .into_owned();
+    assert!(
+        metrics.contains(r#"sso_sidecar_logouts_total{kind="rp"} 1"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_post_logout_uri_on_the_sidecars_own_origin_is_warned_about() {
+    let idp = MockIdp::start().await;
+    idp.set(|m| m.jwks = json!({"keys": [Key::new("k").jwk()]}));
+    let up = Upstream::start();
+    let port = free_port();
+    let own = format!("http://127.0.0.1:{port}/");
+    let sc = start_oidc_sidecar(
+        port,
+        &idp.issuer(),
+        &up.url(),
+        &[("OIDC_POST_LOGOUT_REDIRECT_URI", &own)],
+    )
+    .await;
+    assert!(
+        sc.sidecar.output().contains("re-login loop"),
+        "{}",
+        sc.sidecar.output()
+    );
+}
