@@ -9,7 +9,7 @@
 use super::cookies::CookieJar;
 use super::redirect::login_location;
 use super::session::{Session, Sessions};
-use crate::config::settings::PathSettings;
+use crate::config::PathSettings;
 use crate::error::{wants_html, Error};
 use http::{header, request::Parts};
 

@@ -7,14 +7,14 @@
 //! operator fixes a deployment in one round. This module opens files and nothing else: no
 //! sockets, no clients.
 
+pub mod auth;
 pub mod openrag;
 pub mod settings;
 pub mod sources;
 
+pub use auth::{AuthSettings, IdentityField, PathSettings};
 pub use openrag::{AuthMode, ClaimSource, OidcSettings, OpenRagVars};
-pub use settings::{
-    AuthSettings, IdentityField, IdentityMode, LogFormat, ProxySettings, Settings, TlsFiles,
-};
+pub use settings::{IdentityMode, LogFormat, ProxySettings, Settings, TlsFiles};
 
 use figment::providers::{Format, Serialized, Toml};
 use figment::Figment;

@@ -4,6 +4,7 @@
 //! Every key lives here once, with its default; `config/sso-sidecar.example.toml` documents the
 //! same keys and a unit test keeps the two in step. No I/O beyond checking that files exist.
 
+use super::auth::{AuthSettings, HeaderSettings, PathSettings};
 use crate::secret::Secret;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -71,62 +72,6 @@ pub struct Settings {
     pub paths: PathSettings,
     /// Header names of `identity = "headers"`.
     pub headers: HeaderSettings,
-}
-
-/// Path lists; an entry ending in `*` is a prefix, any other entry is matched exactly.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct PathSettings {
-    /// Reached without a session and without identity (OpenRag's bypass list).
-    pub public: StringList,
-    /// Browser pages: an unauthenticated request is redirected to the login.
-    pub ui: StringList,
-    /// Public for API calls, but an HTML request (`Accept: text/html`) needs a session.
-    pub html_login: StringList,
-}
-
-impl Default for PathSettings {
-    fn default() -> Self {
-        let l = |v: &[&str]| StringList(v.iter().map(|s| s.to_string()).collect());
-        PathSettings {
-            public: l(&[
-                "/health_check",
-                "/ready",
-                "/version",
-                "/metrics",
-                "/auth/chainlit-logout-signal",
-                "/assets/*",
-                "/chainlit",
-                "/chainlit/*",
-            ]),
-            ui: l(&["/", "/static*", "/docs", "/redoc", "/openapi.json"]),
-            html_login: l(&["/chainlit", "/chainlit/*"]),
-        }
-    }
-}
-
-/// Identity header names (`identity = "headers"`); an empty name disables that header.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct HeaderSettings {
-    pub user: String,
-    pub email: String,
-    pub preferred_username: String,
-    pub groups: String,
-    /// Off by default: the IdP access token is only sent upstream when a name is set.
-    pub access_token: String,
-}
-
-impl Default for HeaderSettings {
-    fn default() -> Self {
-        HeaderSettings {
-            user: "X-Forwarded-User".into(),
-            email: "X-Forwarded-Email".into(),
-            preferred_username: "X-Forwarded-Preferred-Username".into(),
-            groups: "X-Forwarded-Groups".into(),
-            access_token: String::new(),
-        }
-    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -241,34 +186,6 @@ pub struct ProxySettings {
     pub upstream_timeout: Duration,
     pub preserve_host: bool,
     pub max_request_header_bytes: usize,
-}
-
-/// Settings of the authentication layer (meaningful with `AUTH_MODE=oidc`).
-#[derive(Debug, Clone)]
-pub struct AuthSettings {
-    pub session_cookie_name: String,
-    pub session_lifetime: Duration,
-    pub allowed_redirect_origins: Vec<String>,
-    pub token_endpoint_auth: crate::auth::oidc::ClientAuth,
-    pub idp_ca_file: Option<PathBuf>,
-    pub idp_timeout: Duration,
-    pub discovery_refresh: Duration,
-    pub refresh_skew: Duration,
-    pub redis_key_prefix: String,
-    pub redis_ca_file: Option<PathBuf>,
-    pub redis_timeout: Duration,
-    pub paths: PathSettings,
-    pub headers: Vec<(IdentityField, http::HeaderName)>,
-}
-
-/// What an identity header carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IdentityField {
-    User,
-    Email,
-    PreferredUsername,
-    Groups,
-    AccessToken,
 }
 
 /// Settings after validation.
@@ -397,107 +314,6 @@ impl Settings {
     }
 }
 
-impl Settings {
-    fn validate_auth(&self, problems: &mut Vec<String>) -> Option<AuthSettings> {
-        use crate::auth::oidc::ClientAuth;
-        let before = problems.len();
-        let token_endpoint_auth = match self.token_endpoint_auth.trim() {
-            "auto" => ClientAuth::Auto,
-            "client_secret_basic" => ClientAuth::Basic,
-            "client_secret_post" => ClientAuth::Post,
-            other => {
-                problems.push(format!(
-                    "token_endpoint_auth must be auto, client_secret_basic or client_secret_post, got '{other}'"
-                ));
-                ClientAuth::Auto
-            }
-        };
-        let name = &self.session_cookie_name;
-        if name.is_empty()
-            || !name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-        {
-            problems.push(format!(
-                "session_cookie_name '{name}' must be letters, digits, '_' or '-'"
-            ));
-        }
-        if self.session_lifetime_secs < 60 {
-            problems.push("session_lifetime_secs must be at least 60".to_string());
-        }
-        let mut origins = Vec::new();
-        for o in &self.allowed_redirect_origins.0 {
-            match url::Url::parse(o) {
-                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {
-                    origins.push(u.origin().ascii_serialization())
-                }
-                _ => problems.push(format!(
-                    "allowed_redirect_origins: '{o}' is not an http(s) origin"
-                )),
-            }
-        }
-        for list in [&self.paths.public, &self.paths.ui, &self.paths.html_login] {
-            for p in &list.0 {
-                if !p.starts_with('/') {
-                    problems.push(format!("paths: '{p}' must start with '/'"));
-                }
-            }
-        }
-        let mut headers = Vec::new();
-        let h = &self.headers;
-        for (field, raw) in [
-            (IdentityField::User, &h.user),
-            (IdentityField::Email, &h.email),
-            (IdentityField::PreferredUsername, &h.preferred_username),
-            (IdentityField::Groups, &h.groups),
-            (IdentityField::AccessToken, &h.access_token),
-        ] {
-            if raw.trim().is_empty() {
-                continue;
-            }
-            match http::HeaderName::from_bytes(raw.trim().as_bytes()) {
-                Ok(n) => headers.push((field, n)),
-                Err(_) => problems.push(format!("headers: '{raw}' is not a valid header name")),
-            }
-        }
-        let idp_ca_file = self.idp_ca_file.as_ref().map(|f| {
-            existing_file("idp_ca_file", f, problems);
-            PathBuf::from(f)
-        });
-        let redis_ca_file = self.redis_ca_file.as_ref().map(|f| {
-            existing_file("redis_ca_file", f, problems);
-            PathBuf::from(f)
-        });
-        for (n, v) in [
-            ("idp_timeout_secs", self.idp_timeout_secs),
-            ("discovery_refresh_secs", self.discovery_refresh_secs),
-            ("redis_timeout_ms", self.redis_timeout_ms),
-        ] {
-            if v == 0 {
-                problems.push(format!("{n} must be at least 1"));
-            }
-        }
-        if problems.len() > before {
-            return None;
-        }
-        Some(AuthSettings {
-            session_cookie_name: name.clone(),
-            session_lifetime: Duration::from_secs(self.session_lifetime_secs),
-            allowed_redirect_origins: origins,
-            token_endpoint_auth,
-            idp_ca_file,
-            idp_timeout: Duration::from_secs(self.idp_timeout_secs),
-            discovery_refresh: Duration::from_secs(self.discovery_refresh_secs),
-            refresh_skew: Duration::from_secs(self.refresh_skew_secs),
-            redis_key_prefix: self.redis_key_prefix.clone(),
-            redis_ca_file,
-            redis_timeout: Duration::from_millis(self.redis_timeout_ms),
-            paths: self.paths.clone(),
-            headers,
-        })
-    }
-}
-
 fn socket_addr(name: &str, raw: &str, problems: &mut Vec<String>) -> Option<SocketAddr> {
     raw.trim()
         .parse()
@@ -529,7 +345,7 @@ fn upstream_url(raw: &str, problems: &mut Vec<String>) -> Option<url::Url> {
     }
 }
 
-fn existing_file(name: &str, path: &str, problems: &mut Vec<String>) {
+pub(super) fn existing_file(name: &str, path: &str, problems: &mut Vec<String>) {
     if !std::path::Path::new(path).is_file() {
         problems.push(format!("{name}: file {path} does not exist"));
     }
