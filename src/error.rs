@@ -5,6 +5,7 @@
 //! the router logs once with the request id. Bodies are short: JSON `{"detail": …}` (OpenRag's
 //! shape) for API clients, a small HTML page for browsers. Internal causes never reach a body.
 
+use crate::identity::openrag::BridgeError;
 use crate::Body;
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
@@ -29,6 +30,9 @@ pub enum Error {
     /// Discovery has not loaded (IdP down or misconfigured): logins cannot start.
     #[error("OIDC discovery has not completed")]
     IdpUnavailable,
+    /// The OpenRag identity bridge could not map the user or obtain their token.
+    #[error("OpenRag identity bridge: {0}")]
+    Identity(crate::identity::openrag::BridgeError),
     /// The session store cannot be reached: fail closed.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
@@ -47,6 +51,12 @@ impl Error {
             Error::Forbidden(_) => StatusCode::FORBIDDEN,
             Error::IdpUnavailable => StatusCode::BAD_GATEWAY,
             Error::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Identity(b) => match b {
+                BridgeError::NotRegistered | BridgeError::NoToken => StatusCode::FORBIDDEN,
+                BridgeError::EmailConflict => StatusCode::CONFLICT,
+                BridgeError::Backend(_) => StatusCode::BAD_GATEWAY,
+                BridgeError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            },
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -61,6 +71,15 @@ impl Error {
             Error::Forbidden(m) => m,
             Error::IdpUnavailable => "OIDC discovery failed — see server logs.",
             Error::Store(_) => "Session store unavailable, please retry shortly",
+            Error::Identity(b) => match b {
+                BridgeError::NotRegistered => "User not registered",
+                BridgeError::NoToken => "No OpenRag token is available for this user",
+                BridgeError::EmailConflict => {
+                    "An account with this email already exists. Ask your administrator to link it to your identity provider login."
+                }
+                BridgeError::Backend(_) => "OpenRag backend unavailable",
+                BridgeError::Store(_) => "Session store unavailable, please retry shortly",
+            },
             Error::Internal(_) => "Internal error",
         }
     }
@@ -76,13 +95,36 @@ impl Error {
             Error::Forbidden(_) => "forbidden",
             Error::IdpUnavailable => "idp_unavailable",
             Error::Store(_) => "store_unavailable",
+            Error::Identity(_) => "identity",
             Error::Internal(_) => "internal",
+        }
+    }
+
+    /// What a person reading the HTML page can do about it (JSON clients get the short detail).
+    fn html_message(&self) -> &'static str {
+        match self {
+            Error::Identity(BridgeError::NotRegistered) => {
+                "User not registered. You signed in successfully, but your account does not exist in \
+                 OpenRag yet. Ask an OpenRag administrator to create it (with your identity-provider \
+                 user id as external_user_id), then try again."
+            }
+            Error::Identity(BridgeError::NoToken) => {
+                "Your OpenRag account exists, but the single sign-on proxy holds no access token for it. \
+                 Ask an administrator to add your token to the proxy's token file, or to set the proxy's \
+                 openrag.token_policy to \"regenerate\" (this replaces your current OpenRag token)."
+            }
+            other => other.public_message(),
         }
     }
 
     /// The response for this error, HTML when the client is a browser.
     pub fn into_response(self, wants_html: bool) -> Response<Body> {
-        message_response(self.status(), self.public_message(), wants_html)
+        let msg = if wants_html {
+            self.html_message()
+        } else {
+            self.public_message()
+        };
+        message_response(self.status(), msg, wants_html)
     }
 }
 

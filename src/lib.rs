@@ -77,12 +77,6 @@ fn build_oidc(
             "AUTH_MODE=oidc without OIDC settings",
         ));
     };
-    if config.identity == IdentityMode::OpenRag {
-        return Err(StartError::Unsupported(
-            "SSO_SIDECAR_IDENTITY=openrag (the OpenRag identity bridge) is not available in this build yet; \
-             set SSO_SIDECAR_IDENTITY=headers",
-        ));
-    }
     let a = &config.auth;
     let idp_tls = server::tls::client_config(a.idp_ca_file.as_deref()).map_err(StartError::Tls)?;
     let http = auth::idp_http::IdpHttp::new(idp_tls, a.idp_timeout);
@@ -144,6 +138,35 @@ fn build_oidc(
     );
     readiness.provider = Some(provider.clone());
     readiness.store = Some(store.clone());
+    let bridge = match config.identity {
+        IdentityMode::Headers => None,
+        IdentityMode::OpenRag => {
+            let token = config
+                .openrag
+                .auth_token
+                .clone()
+                .ok_or(StartError::Unsupported(
+                    "SSO_SIDECAR_IDENTITY=openrag needs AUTH_TOKEN (the backend's admin token)",
+                ))?;
+            let tls = server::tls::client_config(config.proxy.upstream_ca_file.as_deref())
+                .map_err(StartError::Upstream)?;
+            let admin = identity::openrag::admin::AdminClient::new(
+                &config.proxy.upstream,
+                token,
+                tls,
+                a.openrag.admin_timeout,
+            );
+            Some(Arc::new(identity::openrag::OpenRagBridge::new(
+                admin,
+                store.clone(),
+                settings.keys.clone(),
+                a.openrag.clone(),
+                settings.issuer.clone(),
+                config.openrag.auto_provision,
+                config.openrag.claim_mapping.clone(),
+            )))
+        }
+    };
     let sessions = auth::session::Sessions::new(store, settings.keys.clone());
     Ok(router::Oidc {
         auth: auth::flow::Auth {
@@ -153,6 +176,7 @@ fn build_oidc(
             settings: a.clone(),
             metrics,
             inflight: auth::refresh::InFlight::default(),
+            bridge,
         },
         identity: identity::headers::HeaderIdentity::new(a.headers.clone()),
     })

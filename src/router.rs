@@ -9,8 +9,11 @@
 
 use crate::auth::flow::Auth;
 use crate::auth::gate::Decision;
+use crate::auth::session::Session;
 use crate::error::{wants_html, Error};
 use crate::identity::headers::HeaderIdentity;
+use crate::identity::openrag::inject::{self, Carrier};
+use crate::identity::openrag::{BridgeError, OpenRagBridge};
 use crate::metrics::Metrics;
 use crate::proxy::headers::{self, Peer};
 use crate::proxy::Upstream;
@@ -63,7 +66,7 @@ impl App {
         let peer = self.upstream.peer(conn.peer.ip(), conn.scheme);
 
         let result = match &self.oidc {
-            None => self.proxy(req, peer, |_| {}).await,
+            None => self.proxy(req.map(Either::Left), peer, |_| {}).await,
             Some(oidc) => self.authenticated(oidc, req, peer).await,
         };
         let (mut resp, upstream_status) = result.unwrap_or_else(|e| {
@@ -89,7 +92,7 @@ impl App {
 
     async fn proxy(
         &self,
-        req: Request<Incoming>,
+        req: Request<Body>,
         peer: Peer,
         prepare: impl FnOnce(&mut http::HeaderMap),
     ) -> Result<Outcome, Error> {
@@ -116,6 +119,14 @@ impl App {
             (&Method::POST, "/auth/backchannel-logout") => {
                 return own(backchannel(auth, body).await)
             }
+            // The backend would put the user's token into a browser cookie: answer it here.
+            (&Method::POST | &Method::DELETE, "/auth/chainlit-session")
+                if auth.bridge.is_some() =>
+            {
+                let mut r = Response::new(crate::full(""));
+                *r.status_mut() = StatusCode::NO_CONTENT;
+                return own(r);
+            }
             (
                 _,
                 "/auth/login"
@@ -132,29 +143,122 @@ impl App {
             }
             _ => {}
         }
-        let decision = auth.gate(&parts).await?;
-        let session = match decision {
+        let body = Either::Left(body);
+        match auth.gate(&parts).await? {
             Decision::Login(location) => {
                 let mut r = Response::new(crate::full(""));
                 *r.status_mut() = StatusCode::FOUND;
-                r.headers_mut().insert(
-                    header::LOCATION,
-                    HeaderValue::from_str(&location).map_err(|e| Error::Internal(e.to_string()))?,
-                );
-                return own(r);
+                let v =
+                    HeaderValue::from_str(&location).map_err(|e| Error::Internal(e.to_string()))?;
+                r.headers_mut().insert(header::LOCATION, v);
+                own(r)
             }
-            Decision::Authenticated { session, .. } => Some(session),
-            Decision::Public | Decision::Bearer => None,
-        };
+            Decision::Authenticated { session, id } => match &auth.bridge {
+                Some(bridge) => {
+                    self.as_openrag_user(oidc, bridge, parts, body, peer, *session, &id)
+                        .await
+                }
+                None => {
+                    self.forward_as(oidc, parts, body, peer, Some(&session), None)
+                        .await
+                }
+            },
+            Decision::Bearer if auth.bridge.is_some() => {
+                // As OpenRag in OIDC mode: a refused bearer is "Unauthenticated", not 403.
+                let out = self.forward_as(oidc, parts, body, peer, None, None).await?;
+                let (out, refused) = peek_refusal(out).await;
+                if refused {
+                    return Err(Error::Unauthenticated);
+                }
+                Ok(out)
+            }
+            Decision::Bearer | Decision::Public => {
+                self.forward_as(oidc, parts, body, peer, None, None).await
+            }
+        }
+    }
+
+    /// Forwards with the sidecar's cookies and client identity headers removed, then the
+    /// identity headers of `session` (headers mode) or the backend token (openrag mode) added.
+    async fn forward_as(
+        &self,
+        oidc: &Oidc,
+        mut parts: http::request::Parts,
+        body: Body,
+        peer: Peer,
+        session: Option<&Session>,
+        token: Option<(Carrier, &str)>,
+    ) -> Result<Outcome, Error> {
+        if let Some((Carrier::Query, t)) = token {
+            parts.uri = inject::with_token_query(&parts.uri, t)
+                .ok_or(Error::BadRequest("Invalid request target"))?;
+        }
         let req = Request::from_parts(parts, body);
         self.proxy(req, peer, |h| {
-            auth.cookies.strip(h);
+            oidc.auth.cookies.strip(h);
             oidc.identity.strip(h);
-            if let Some(s) = &session {
+            if let Some(s) = session {
                 oidc.identity.inject(h, s);
+            }
+            if let Some((carrier, t)) = token {
+                inject::inject_headers(h, carrier, t);
             }
         })
         .await
+    }
+
+    /// Forwards as the session's OpenRag user. When the backend refuses the token (regenerated
+    /// elsewhere, revoked by an admin), the bridge resolves it again once; a request without a
+    /// body is then replayed, others get the backend's answer and the next one works.
+    #[allow(clippy::too_many_arguments)]
+    async fn as_openrag_user(
+        &self,
+        oidc: &Oidc,
+        bridge: &OpenRagBridge,
+        parts: http::request::Parts,
+        body: Body,
+        peer: Peer,
+        mut session: Session,
+        id: &str,
+    ) -> Result<Outcome, Error> {
+        let Some(token) = session.backend_token.clone() else {
+            return Err(Error::Identity(BridgeError::NoToken));
+        };
+        let carrier = inject::carrier(parts.uri.path());
+        let replay = bodiless(&parts).then(|| parts.clone());
+        let out = self
+            .forward_as(oidc, parts, body, peer, None, Some((carrier, &token)))
+            .await?;
+        let (out, refused) = peek_refusal(out).await;
+        if !refused {
+            return Ok(out);
+        }
+        tracing::warn!(sub = %session.sub, "the backend refused the user's token; resolving it again");
+        let resolved = bridge
+            .recover(&session.sub, &token)
+            .await
+            .map_err(Error::Identity)?;
+        session.backend_token = Some(resolved.token.expose().clone());
+        oidc.auth
+            .sessions
+            .save(id, &session, crate::auth::oidc::now_unix())
+            .await?;
+        match replay {
+            Some(parts) => {
+                let again = self
+                    .forward_as(
+                        oidc,
+                        parts,
+                        crate::full(""),
+                        peer,
+                        None,
+                        Some((carrier, resolved.token.expose())),
+                    )
+                    .await?;
+                Ok(peek_refusal(again).await.0)
+            }
+            None => Ok(out),
+        }
     }
 
     fn log_error(&self, e: &Error, request_id: &str) {
@@ -166,6 +270,9 @@ impl App {
             Error::BadRequest(_) | Error::Unauthenticated | Error::Forbidden(_) => {
                 tracing::debug!(request_id, error = %e, "request refused");
             }
+            Error::Identity(_) => {
+                tracing::warn!(request_id, error = %error_chain(e), "identity bridge")
+            }
             Error::IdpUnavailable | Error::Store(_) => {
                 tracing::warn!(request_id, error = %error_chain(e), "dependency unavailable");
             }
@@ -174,6 +281,48 @@ impl App {
             }
         }
     }
+}
+
+/// True when the request has no body, so it can be sent twice.
+fn bodiless(parts: &http::request::Parts) -> bool {
+    matches!(
+        parts.method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::DELETE
+    ) && !parts.headers.contains_key(header::TRANSFER_ENCODING)
+        && parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .is_none_or(|v| v == "0")
+}
+
+/// Reads a small 401/403 body to tell a refused token from a permission decision; every other
+/// response passes untouched (still streaming).
+async fn peek_refusal(out: Outcome) -> (Outcome, bool) {
+    use http_body_util::{BodyExt, Limited};
+    let (resp, upstream_status) = out;
+    let status = resp.status().as_u16();
+    let small = resp
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|n| n <= 8192);
+    if !(status == 401 || status == 403) || !small {
+        return ((resp, upstream_status), false);
+    }
+    let (parts, body) = resp.into_parts();
+    let bytes = match Limited::new(body, 8192).collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(_) => bytes::Bytes::new(),
+    };
+    let refused = inject::is_token_refusal(status, &bytes);
+    (
+        (
+            Response::from_parts(parts, crate::full(bytes)),
+            upstream_status,
+        ),
+        refused,
+    )
 }
 
 /// `POST /auth/backchannel-logout`: 200 `no-store` when valid, else 400 with an OAuth-style

@@ -30,6 +30,8 @@ pub struct Auth {
     pub settings: AuthSettings,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub inflight: super::refresh::InFlight,
+    /// The OpenRag identity bridge, with `identity = "openrag"`.
+    pub bridge: Option<Arc<crate::identity::openrag::OpenRagBridge>>,
 }
 
 /// What the state cookie holds between login and callback.
@@ -235,6 +237,15 @@ impl Auth {
             }
         };
 
+        let backend = match &self.bridge {
+            Some(bridge) => Some(
+                bridge
+                    .resolve(&sub, &profile)
+                    .await
+                    .map_err(|e| CallbackError::Other(Error::Identity(e)))?,
+            ),
+            None => None,
+        };
         let access_expires_at = now + tokens.expires_in.unwrap_or(3600).max(60);
         let lifetime = self.settings.session_lifetime.as_secs() as i64;
         let session = Session {
@@ -255,6 +266,8 @@ impl Auth {
             id_token,
             access_expires_at,
             created_at: now,
+            backend_user_id: backend.as_ref().map(|b| b.user_id),
+            backend_token: backend.map(|b| b.token.expose().clone()),
         };
         let id = self
             .sessions
@@ -290,7 +303,7 @@ impl Auth {
             .await?
             .ok_or(Error::Unauthenticated)?;
         let body = serde_json::json!({
-            "sub": s.sub, "email": s.email, "name": s.name,
+            "sub": s.sub, "user_id": s.backend_user_id, "email": s.email, "name": s.name,
             "auth_method": "oidc", "session_expires_at": s.expires_at,
         });
         let mut r = Response::new(crate::full(body.to_string()));

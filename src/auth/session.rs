@@ -37,6 +37,11 @@ pub struct Session {
     pub created_at: i64,
     /// Unix seconds; the session is dead after this, whatever happens.
     pub expires_at: i64,
+    /// OpenRag bridge: the backend user id and that user's token (sealed with the session).
+    #[serde(default)]
+    pub backend_user_id: Option<u64>,
+    #[serde(default)]
+    pub backend_token: Option<String>,
 }
 
 impl Session {
@@ -209,6 +214,8 @@ mod tests {
             access_expires_at: now + 60,
             created_at: now,
             expires_at: now + 3600,
+            backend_user_id: None,
+            backend_token: None,
         }
     }
 

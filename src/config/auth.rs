@@ -63,6 +63,47 @@ impl Default for HeaderSettings {
     }
 }
 
+/// `[openrag]`: the OpenRag identity bridge (`identity = "openrag"`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OpenRagSettings {
+    /// What to do for an existing backend user whose token the vault lacks:
+    /// `deny`, `regenerate` (invalidates the user's previous token) or `file`.
+    pub token_policy: String,
+    /// With `token_policy = "file"`: a JSON object mapping IdP `sub` to the user's OpenRag token.
+    pub token_file: Option<String>,
+    /// Seconds allowed for one call to the backend's users API.
+    pub admin_timeout_secs: u64,
+    /// Days a user's token stays in the vault after their last login.
+    pub vault_ttl_days: u64,
+}
+
+impl Default for OpenRagSettings {
+    fn default() -> Self {
+        OpenRagSettings {
+            token_policy: "deny".into(),
+            token_file: None,
+            admin_timeout_secs: 10,
+            vault_ttl_days: 90,
+        }
+    }
+}
+
+/// How the bridge obtains a token for an existing user the vault does not know.
+#[derive(Debug, Clone)]
+pub enum TokenPolicy {
+    Deny,
+    Regenerate,
+    File(std::sync::Arc<std::collections::HashMap<String, crate::secret::Secret<String>>>),
+}
+
+#[derive(Debug, Clone)]
+pub struct BridgeSettings {
+    pub policy: TokenPolicy,
+    pub admin_timeout: Duration,
+    pub vault_ttl: Duration,
+}
+
 /// Settings of the authentication layer (meaningful with `AUTH_MODE=oidc`).
 #[derive(Debug, Clone)]
 pub struct AuthSettings {
@@ -79,6 +120,7 @@ pub struct AuthSettings {
     pub redis_timeout: Duration,
     pub paths: PathSettings,
     pub headers: Vec<(IdentityField, http::HeaderName)>,
+    pub openrag: BridgeSettings,
 }
 
 /// What an identity header carries.
@@ -171,10 +213,12 @@ impl Settings {
                 problems.push(format!("{n} must be at least 1"));
             }
         }
+        let openrag = self.validate_openrag(problems);
         if problems.len() > before {
             return None;
         }
         Some(AuthSettings {
+            openrag: openrag?,
             session_cookie_name: name.clone(),
             session_lifetime: Duration::from_secs(self.session_lifetime_secs),
             allowed_redirect_origins: origins,
@@ -188,6 +232,57 @@ impl Settings {
             redis_timeout: Duration::from_millis(self.redis_timeout_ms),
             paths: self.paths.clone(),
             headers,
+        })
+    }
+}
+
+impl Settings {
+    fn validate_openrag(&self, problems: &mut Vec<String>) -> Option<BridgeSettings> {
+        let o = &self.openrag;
+        let policy = match o.token_policy.trim() {
+            "deny" => TokenPolicy::Deny,
+            "regenerate" => TokenPolicy::Regenerate,
+            "file" => match &o.token_file {
+                None => {
+                    problems.push(
+                        "openrag.token_policy = \"file\" needs openrag.token_file".to_string(),
+                    );
+                    return None;
+                }
+                Some(path) => match std::fs::read_to_string(path)
+                    .map_err(|e| e.to_string())
+                    .and_then(|t| {
+                        serde_json::from_str::<std::collections::HashMap<String, String>>(&t)
+                            .map_err(|e| e.to_string())
+                    }) {
+                    Ok(map) => TokenPolicy::File(std::sync::Arc::new(
+                        map.into_iter()
+                            .map(|(k, v)| (k, crate::secret::Secret::new(v)))
+                            .collect(),
+                    )),
+                    Err(e) => {
+                        problems.push(format!("openrag.token_file {path}: {e} (expected a JSON object mapping sub to token)"));
+                        return None;
+                    }
+                },
+            },
+            other => {
+                problems.push(format!(
+                    "openrag.token_policy must be deny, regenerate or file, got '{other}'"
+                ));
+                return None;
+            }
+        };
+        if o.admin_timeout_secs == 0 || o.vault_ttl_days == 0 {
+            problems.push(
+                "openrag.admin_timeout_secs and openrag.vault_ttl_days must be at least 1"
+                    .to_string(),
+            );
+        }
+        Some(BridgeSettings {
+            policy,
+            admin_timeout: Duration::from_secs(o.admin_timeout_secs),
+            vault_ttl: Duration::from_secs(o.vault_ttl_days * 24 * 3600),
         })
     }
 }

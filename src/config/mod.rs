@@ -12,7 +12,7 @@ pub mod openrag;
 pub mod settings;
 pub mod sources;
 
-pub use auth::{AuthSettings, IdentityField, PathSettings};
+pub use auth::{AuthSettings, BridgeSettings, IdentityField, PathSettings, TokenPolicy};
 pub use openrag::{AuthMode, ClaimSource, OidcSettings, OpenRagVars};
 pub use settings::{IdentityMode, LogFormat, ProxySettings, Settings, TlsFiles};
 
@@ -141,6 +141,18 @@ pub fn load(inputs: Inputs) -> Result<Config, ConfigErrors> {
     let openrag = openrag::parse(&vars, &mut problems);
     let validated = settings.and_then(|s| s.validate(&mut problems));
 
+    if let (Some(v), Some(o)) = (&validated, &openrag) {
+        if o.auth_mode == AuthMode::Oidc
+            && v.identity == IdentityMode::OpenRag
+            && o.auth_token.is_none()
+        {
+            problems.push(
+                "AUTH_TOKEN (or AUTH_TOKEN_FILE) is required with AUTH_MODE=oidc and SSO_SIDECAR_IDENTITY=openrag: \
+                 the identity bridge uses the backend's admin API (or set SSO_SIDECAR_IDENTITY=headers)"
+                    .to_string(),
+            );
+        }
+    }
     match (validated, openrag) {
         (Some(v), Some(openrag)) if problems.is_empty() => {
             if openrag.auth_mode == AuthMode::Oidc && v.redis_url.is_none() {

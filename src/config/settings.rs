@@ -4,7 +4,7 @@
 //! Every key lives here once, with its default; `config/sso-sidecar.example.toml` documents the
 //! same keys and a unit test keeps the two in step. No I/O beyond checking that files exist.
 
-use super::auth::{AuthSettings, HeaderSettings, PathSettings};
+use super::auth::{AuthSettings, HeaderSettings, OpenRagSettings, PathSettings};
 use crate::secret::Secret;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -72,6 +72,8 @@ pub struct Settings {
     pub paths: PathSettings,
     /// Header names of `identity = "headers"`.
     pub headers: HeaderSettings,
+    /// The OpenRag identity bridge (`identity = "openrag"`).
+    pub openrag: OpenRagSettings,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -146,6 +148,7 @@ impl Default for Settings {
             redis_timeout_ms: 2000,
             paths: PathSettings::default(),
             headers: HeaderSettings::default(),
+            openrag: OpenRagSettings::default(),
         }
     }
 }

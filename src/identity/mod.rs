@@ -5,3 +5,4 @@
 //! copy of an identity header before injecting their own.
 
 pub mod headers;
+pub mod openrag;

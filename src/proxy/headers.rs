@@ -159,7 +159,12 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
             return v.clone();
         }
     }
-    let id = crate::crypto::random_token(12);
+    // Unique, not secret: a random per-process prefix and a counter, no syscall per request.
+    static PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let prefix = PREFIX.get_or_init(|| crate::crypto::random_token(6));
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let id = format!("{prefix}{:08x}", n & 0xffff_ffff);
     HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 

@@ -4,8 +4,8 @@
 //! Knows nothing of OIDC, sessions or cookies: callers hand it a request that is already
 //! authorised and carrying whatever identity it should carry. It owns URI rewriting, `Host`,
 //! hop-by-hop removal, `X-Forwarded-*`, the upstream timeouts and error classification.
-//! Bodies are never buffered: the `Incoming` body of the client request becomes the upstream
-//! request body, and the upstream's `Incoming` body becomes the response body.
+//! Bodies are never buffered: the client's body becomes the upstream request body as is, and the
+//! upstream's `Incoming` body becomes the response body.
 
 pub mod headers;
 
@@ -25,7 +25,7 @@ use std::time::Duration;
 
 /// The upstream and the pooled client that reaches it.
 pub struct Upstream {
-    client: Client<HttpsConnector<HttpConnector>, Incoming>,
+    client: Client<HttpsConnector<HttpConnector>, crate::Body>,
     scheme: Scheme,
     authority: Authority,
     /// `Host` value sent upstream unless `preserve_host` is set.
@@ -92,7 +92,7 @@ impl Upstream {
     /// caller's identity) cannot be removed by a client naming them in `Connection`.
     pub async fn forward(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<crate::Body>,
         peer: Peer,
         prepare: impl FnOnce(&mut http::HeaderMap),
     ) -> Result<Response<Incoming>, Error> {

@@ -1,0 +1,163 @@
+//! A client for the OpenRag backend's users admin API (reference §6.1), authenticated with the
+//! backend's `AUTH_TOKEN`. Bodies are JSON; the API has no lookup by `external_user_id`, so the
+//! bridge lists users and filters. Never logs a token.
+
+use crate::secret::Secret;
+use bytes::Bytes;
+use http::{header, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde::Deserialize;
+use serde_json::Value;
+use std::time::Duration;
+
+/// A user as the users API returns it (the fields the bridge needs).
+#[derive(Debug, Clone, Deserialize)]
+pub struct BackendUser {
+    pub id: u64,
+    #[serde(default)]
+    pub display_name: Option<String>,
+    #[serde(default)]
+    pub external_user_id: Option<String>,
+    #[serde(default)]
+    pub email: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("backend users API unreachable: {0}")]
+    Transport(String),
+    #[error("backend users API answered {status}: {detail}")]
+    Status { status: StatusCode, detail: String },
+    #[error("backend users API answered unexpected JSON: {0}")]
+    Json(String),
+}
+
+pub struct AdminClient {
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    base: String,
+    token: Secret<String>,
+    timeout: Duration,
+}
+
+impl AdminClient {
+    pub fn new(
+        base: &url::Url,
+        token: Secret<String>,
+        tls: rustls::ClientConfig,
+        timeout: Duration,
+    ) -> Self {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(timeout));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        AdminClient {
+            client: Client::builder(TokioExecutor::new()).build(connector),
+            base: base.as_str().trim_end_matches('/').to_owned(),
+            token,
+            timeout,
+        }
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, AdminError> {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base))
+            .header(header::ACCEPT, "application/json")
+            .header(
+                header::AUTHORIZATION,
+                format!("Bearer {}", self.token.expose()),
+            );
+        let payload = match body {
+            Some(v) => {
+                req = req.header(header::CONTENT_TYPE, "application/json");
+                Bytes::from(v.to_string())
+            }
+            None => Bytes::new(),
+        };
+        let req = req
+            .body(Full::new(payload))
+            .map_err(|e| AdminError::Transport(e.to_string()))?;
+        let exchange = async {
+            let resp = self
+                .client
+                .request(req)
+                .await
+                .map_err(|e| AdminError::Transport(e.to_string()))?;
+            let status = resp.status();
+            let bytes = Limited::new(resp.into_body(), 16 * 1024 * 1024)
+                .collect()
+                .await
+                .map_err(|e| AdminError::Transport(e.to_string()))?
+                .to_bytes();
+            Ok::<_, AdminError>((status, bytes))
+        };
+        let (status, bytes) = tokio::time::timeout(self.timeout, exchange)
+            .await
+            .map_err(|_| AdminError::Transport(format!("no answer within {:?}", self.timeout)))??;
+        if !status.is_success() {
+            let detail = serde_json::from_slice::<Value>(&bytes)
+                .ok()
+                .and_then(|v| v.get("detail").map(|d| d.to_string()))
+                .unwrap_or_default();
+            return Err(AdminError::Status { status, detail });
+        }
+        if bytes.is_empty() {
+            return Ok(Value::Null);
+        }
+        serde_json::from_slice(&bytes).map_err(|e| AdminError::Json(e.to_string()))
+    }
+
+    pub async fn list_users(&self) -> Result<Vec<BackendUser>, AdminError> {
+        let v = self.call(Method::GET, "/users/", None).await?;
+        serde_json::from_value(v.get("users").cloned().unwrap_or(Value::Null))
+            .map_err(|e| AdminError::Json(e.to_string()))
+    }
+
+    /// Creates a non-admin user; returns it and the token the backend shows only once.
+    pub async fn create_user(
+        &self,
+        body: Value,
+    ) -> Result<(BackendUser, Secret<String>), AdminError> {
+        let v = self.call(Method::POST, "/users/", Some(body)).await?;
+        let token = v
+            .get("token")
+            .and_then(Value::as_str)
+            .map(|t| Secret::new(t.to_owned()));
+        let user: BackendUser =
+            serde_json::from_value(v).map_err(|e| AdminError::Json(e.to_string()))?;
+        Ok((
+            user,
+            token.ok_or_else(|| AdminError::Json("POST /users/ returned no token".into()))?,
+        ))
+    }
+
+    pub async fn patch_user(&self, id: u64, body: Value) -> Result<(), AdminError> {
+        self.call(Method::PATCH, &format!("/users/{id}"), Some(body))
+            .await
+            .map(|_| ())
+    }
+
+    /// A new token for user `id`; the previous one stops working at once.
+    pub async fn regenerate_token(&self, id: u64) -> Result<Secret<String>, AdminError> {
+        let v = self
+            .call(Method::POST, &format!("/users/{id}/regenerate_token"), None)
+            .await?;
+        v.get("token")
+            .and_then(Value::as_str)
+            .map(|t| Secret::new(t.to_owned()))
+            .ok_or_else(|| AdminError::Json("regenerate_token returned no token".into()))
+    }
+}

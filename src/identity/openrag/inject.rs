@@ -1,0 +1,154 @@
+//! Where an OpenRag backend looks for a user's token, per path (reference §5.1, §6.3):
+//! `Authorization: Bearer` on most paths, the `token` query parameter on `/static…` (the header
+//! is ignored there), the `openrag_chainlit_token` cookie on `/chainlit…` (Chainlit reads only
+//! cookies). Pure functions over the request head.
+
+use http::header::{self, HeaderMap, HeaderValue};
+use http::uri::{PathAndQuery, Uri};
+
+pub const CHAINLIT_COOKIE: &str = "openrag_chainlit_token";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Carrier {
+    Bearer,
+    Query,
+    Cookie,
+}
+
+pub fn carrier(path: &str) -> Carrier {
+    if path.starts_with("/static") {
+        Carrier::Query
+    } else if path == "/chainlit" || path.starts_with("/chainlit/") {
+        Carrier::Cookie
+    } else {
+        Carrier::Bearer
+    }
+}
+
+/// `uri` with every client-supplied `token` parameter replaced by ours.
+pub fn with_token_query(uri: &Uri, token: &str) -> Option<Uri> {
+    let mut q = form_urlencoded::Serializer::new(String::new());
+    if let Some(query) = uri.query() {
+        for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+            if k != "token" {
+                q.append_pair(&k, &v);
+            }
+        }
+    }
+    q.append_pair("token", token);
+    let pq: PathAndQuery = format!("{}?{}", uri.path(), q.finish()).parse().ok()?;
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(pq);
+    Uri::from_parts(parts).ok()
+}
+
+/// Writes the token into the headers for `Bearer` and `Cookie` carriers. A client's own
+/// `Authorization`, or its backend cookies on Chainlit paths, never reach the backend beside ours.
+pub fn inject_headers(headers: &mut HeaderMap, carrier: Carrier, token: &str) {
+    match carrier {
+        Carrier::Bearer => {
+            if let Ok(v) = HeaderValue::from_str(&format!("Bearer {token}")) {
+                headers.insert(header::AUTHORIZATION, v);
+            }
+        }
+        Carrier::Query => {
+            headers.remove(header::AUTHORIZATION);
+        }
+        Carrier::Cookie => {
+            headers.remove(header::AUTHORIZATION);
+            let mut kept: Vec<String> = headers
+                .get_all(header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .map(str::trim)
+                .filter(|p| {
+                    let name = p.split('=').next().unwrap_or("").trim();
+                    !p.is_empty() && name != CHAINLIT_COOKIE && name != "openrag_session"
+                })
+                .map(str::to_owned)
+                .collect();
+            kept.push(format!("{CHAINLIT_COOKIE}={token}"));
+            if let Ok(v) = HeaderValue::from_str(&kept.join("; ")) {
+                headers.insert(header::COOKIE, v);
+            }
+        }
+    }
+}
+
+/// True when a token-mode backend refused the credential itself (403 `Invalid token` or
+/// `Missing token`, or a 401), as opposed to a permission decision on a valid user.
+pub fn is_token_refusal(status: u16, body: &[u8]) -> bool {
+    if status == 401 {
+        return true;
+    }
+    status == 403
+        && serde_json::from_slice::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| v.get("detail").and_then(|d| d.as_str()).map(str::to_owned))
+            .is_some_and(|d| d == "Invalid token" || d == "Missing token")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn carriers_follow_the_backends_rules() {
+        assert_eq!(carrier("/v1/chat"), Carrier::Bearer);
+        assert_eq!(carrier("/static/a.js"), Carrier::Query);
+        assert_eq!(
+            carrier("/staticfoo"),
+            Carrier::Query,
+            "OpenRag matches the /static prefix"
+        );
+        assert_eq!(carrier("/chainlit"), Carrier::Cookie);
+        assert_eq!(carrier("/chainlit/x"), Carrier::Cookie);
+        assert_eq!(carrier("/chainlitevil"), Carrier::Bearer);
+    }
+
+    #[test]
+    fn the_token_query_parameter_is_replaced() {
+        let u: Uri = "/static/a.js?v=1&token=client&token=again".parse().unwrap();
+        assert_eq!(
+            with_token_query(&u, "or-abc").unwrap(),
+            "/static/a.js?v=1&token=or-abc"
+        );
+        let u: Uri = "/static/a.js".parse().unwrap();
+        assert_eq!(
+            with_token_query(&u, "or-abc").unwrap(),
+            "/static/a.js?token=or-abc"
+        );
+    }
+
+    #[test]
+    fn chainlit_cookie_replaces_the_clients() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; openrag_chainlit_token=forged; openrag_session=x"),
+        );
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer forged"),
+        );
+        inject_headers(&mut h, Carrier::Cookie, "or-abc");
+        assert_eq!(h[header::COOKIE], "a=1; openrag_chainlit_token=or-abc");
+        assert!(h.get(header::AUTHORIZATION).is_none());
+        let mut h = HeaderMap::new();
+        inject_headers(&mut h, Carrier::Bearer, "or-abc");
+        assert_eq!(h[header::AUTHORIZATION], "Bearer or-abc");
+    }
+
+    #[test]
+    fn only_credential_refusals_count() {
+        assert!(is_token_refusal(403, br#"{"detail":"Invalid token"}"#));
+        assert!(is_token_refusal(403, br#"{"detail":"Missing token"}"#));
+        assert!(is_token_refusal(401, b""));
+        assert!(!is_token_refusal(
+            403,
+            br#"{"detail":"Not a partition owner"}"#
+        ));
+        assert!(!is_token_refusal(200, br#"{"detail":"Invalid token"}"#));
+    }
+}

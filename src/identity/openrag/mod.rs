@@ -1,0 +1,397 @@
+//! The OpenRag identity bridge (`identity = "openrag"`): an unmodified OpenRag backend trusts
+//! only its own per-user tokens, so the sidecar maps the IdP `sub` to the backend user whose
+//! `external_user_id == sub` and injects that user's token (reference §4–§6).
+//!
+//! Owns the user lookup (list + cache, refreshed on a miss), auto-provisioning and claim sync
+//! through the admin API, the token vault (each user's token Fernet-encrypted in the shared store,
+//! keyed by a hash of the `sub`) and the policy for users whose token the vault lacks. It never
+//! logs a token; the `sub` of a refused user is logged at WARN, as OpenRag does.
+
+pub mod admin;
+pub mod inject;
+
+use crate::auth::session::digest;
+use crate::config::openrag::ClaimMapping;
+use crate::config::{BridgeSettings, TokenPolicy};
+use crate::crypto::KeyRing;
+use crate::secret::Secret;
+use crate::store::{Store, StoreError};
+use admin::{AdminClient, AdminError, BackendUser};
+use serde_json::{json, Map, Value};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BridgeError {
+    #[error("user not registered")]
+    NotRegistered,
+    #[error("no backend token is known for this user and the token policy is deny")]
+    NoToken,
+    #[error("an account with this email already exists")]
+    EmailConflict,
+    #[error(transparent)]
+    Backend(#[from] AdminError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The backend user a login resolved to, with the token to inject.
+pub struct Resolved {
+    pub user_id: u64,
+    pub token: Secret<String>,
+}
+
+pub struct OpenRagBridge {
+    admin: AdminClient,
+    store: Arc<Store>,
+    keys: Arc<KeyRing>,
+    settings: BridgeSettings,
+    issuer: String,
+    auto_provision: bool,
+    claim_mapping: Vec<ClaimMapping>,
+    /// `sub` → backend user, rebuilt from `GET /users/` on a miss.
+    users: Mutex<HashMap<String, BackendUser>>,
+}
+
+impl OpenRagBridge {
+    pub fn new(
+        admin: AdminClient,
+        store: Arc<Store>,
+        keys: Arc<KeyRing>,
+        settings: BridgeSettings,
+        issuer: String,
+        auto_provision: bool,
+        claim_mapping: Vec<ClaimMapping>,
+    ) -> Self {
+        OpenRagBridge {
+            admin,
+            store,
+            keys,
+            settings,
+            issuer,
+            auto_provision,
+            claim_mapping,
+            users: Mutex::default(),
+        }
+    }
+
+    fn cached(&self, sub: &str) -> Option<BackendUser> {
+        self.users
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(sub)
+            .cloned()
+    }
+
+    async fn find_user(&self, sub: &str) -> Result<Option<BackendUser>, AdminError> {
+        if let Some(u) = self.cached(sub) {
+            return Ok(Some(u));
+        }
+        let all = self.admin.list_users().await?;
+        let mut map = self.users.lock().unwrap_or_else(|p| p.into_inner());
+        map.clear();
+        for u in all {
+            if let Some(ext) = u.external_user_id.clone().filter(|e| !e.trim().is_empty()) {
+                map.insert(ext, u);
+            }
+        }
+        Ok(map.get(sub).cloned())
+    }
+
+    fn vault_key(&self, sub: &str) -> String {
+        format!("vault:{{{}}}", digest(&["vault", &self.issuer, sub]))
+    }
+
+    async fn vault_get(&self, sub: &str) -> Result<Option<Secret<String>>, StoreError> {
+        let sealed = self.store.get(&self.vault_key(sub)).await?;
+        Ok(sealed
+            .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|t| self.keys.open(&t))
+            .and_then(|p| String::from_utf8(p).ok())
+            .map(Secret::new))
+    }
+
+    async fn vault_put(&self, sub: &str, token: &Secret<String>) -> Result<(), StoreError> {
+        let sealed = self.keys.seal(token.expose().as_bytes());
+        self.store
+            .put(
+                &self.vault_key(sub),
+                sealed.as_bytes(),
+                self.settings.vault_ttl,
+            )
+            .await
+    }
+
+    /// At login: the backend user for `sub` (created when auto-provisioning is on), its claims
+    /// synced, and its token (vault, then policy).
+    pub async fn resolve(
+        &self,
+        sub: &str,
+        claims: &Map<String, Value>,
+    ) -> Result<Resolved, BridgeError> {
+        let user = match self.find_user(sub).await? {
+            Some(u) => u,
+            None if self.auto_provision => return self.provision(sub, claims).await,
+            None => {
+                tracing::warn!(sub, "OIDC login rejected — user not registered");
+                return Err(BridgeError::NotRegistered);
+            }
+        };
+        self.sync_claims(sub, &user, claims).await;
+        let token = match self.vault_get(sub).await? {
+            Some(t) => t,
+            None => self.token_by_policy(sub, &user).await?,
+        };
+        self.vault_put(sub, &token).await?; // keeps the vault entry alive while the user logs in
+        Ok(Resolved {
+            user_id: user.id,
+            token,
+        })
+    }
+
+    /// After the backend refused `stale`: a newer vault token (another replica's), else the
+    /// policy's answer. Called at most once per request by the router, so it cannot loop.
+    pub async fn recover(&self, sub: &str, stale: &str) -> Result<Resolved, BridgeError> {
+        if let Some(t) = self.vault_get(sub).await? {
+            if t.expose() != stale {
+                let user_id = self.cached(sub).map(|u| u.id).unwrap_or_default();
+                return Ok(Resolved { user_id, token: t });
+            }
+        }
+        self.store.delete(&self.vault_key(sub)).await?;
+        self.users
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(sub);
+        let user = self
+            .find_user(sub)
+            .await?
+            .ok_or(BridgeError::NotRegistered)?;
+        let token = self.token_by_policy(sub, &user).await?;
+        self.vault_put(sub, &token).await?;
+        tracing::info!(
+            sub,
+            user_id = user.id,
+            "backend token recovered after a refusal"
+        );
+        Ok(Resolved {
+            user_id: user.id,
+            token,
+        })
+    }
+
+    async fn token_by_policy(
+        &self,
+        sub: &str,
+        user: &BackendUser,
+    ) -> Result<Secret<String>, BridgeError> {
+        match &self.settings.policy {
+            TokenPolicy::Deny => {
+                tracing::warn!(
+                    sub,
+                    user_id = user.id,
+                    "no backend token in the vault and token_policy = deny"
+                );
+                Err(BridgeError::NoToken)
+            }
+            TokenPolicy::Regenerate => {
+                tracing::info!(
+                    sub,
+                    user_id = user.id,
+                    "regenerating the user's backend token (token_policy = regenerate)"
+                );
+                Ok(self.admin.regenerate_token(user.id).await?)
+            }
+            TokenPolicy::File(map) => map.get(sub).cloned().ok_or_else(|| {
+                tracing::warn!(
+                    sub,
+                    user_id = user.id,
+                    "the token file has no token for this user"
+                );
+                BridgeError::NoToken
+            }),
+        }
+    }
+
+    async fn provision(
+        &self,
+        sub: &str,
+        claims: &Map<String, Value>,
+    ) -> Result<Resolved, BridgeError> {
+        let body = json!({
+            "external_user_id": sub,
+            "display_name": display_name(sub, claims),
+            "email": email(claims),
+            "is_admin": false,
+        });
+        let (user, token) = match self.admin.create_user(body).await {
+            Ok(r) => r,
+            Err(AdminError::Status { status, .. }) if status == http::StatusCode::CONFLICT => {
+                // A concurrent first login may have created it: re-read before giving up.
+                self.users
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(sub);
+                if let Some(u) = self.find_user(sub).await? {
+                    let token = match self.vault_get(sub).await? {
+                        Some(t) => t,
+                        None => self.token_by_policy(sub, &u).await?,
+                    };
+                    return Ok(Resolved {
+                        user_id: u.id,
+                        token,
+                    });
+                }
+                return Err(BridgeError::EmailConflict);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        tracing::info!(sub, user_id = user.id, "auto-provisioned a backend user");
+        self.vault_put(sub, &token).await?;
+        self.users
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(sub.to_owned(), user.clone());
+        Ok(Resolved {
+            user_id: user.id,
+            token,
+        })
+    }
+
+    /// Auto-provision sync, then `OIDC_CLAIM_MAPPING` (which may override it), as OpenRag does:
+    /// only changed, non-null values are written; a failed write is logged, never fatal.
+    async fn sync_claims(&self, sub: &str, user: &BackendUser, claims: &Map<String, Value>) {
+        let mut patch = Map::new();
+        if self.auto_provision {
+            patch.insert("display_name".into(), json!(display_name(sub, claims)));
+            if let Some(e) = email(claims) {
+                patch.insert("email".into(), json!(e));
+            }
+        }
+        for m in &self.claim_mapping {
+            if let Some(v) = claims
+                .get(&m.claim)
+                .and_then(Value::as_str)
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+            {
+                let v = if m.field == "email" {
+                    v.to_lowercase()
+                } else {
+                    v.to_owned()
+                };
+                patch.insert(m.field.clone(), json!(v));
+            }
+        }
+        patch.retain(|field, v| {
+            let current = match field.as_str() {
+                "display_name" => user.display_name.as_deref(),
+                _ => user.email.as_deref(),
+            };
+            Some(v.as_str().unwrap_or_default()) != current
+        });
+        if patch.is_empty() {
+            return;
+        }
+        match self
+            .admin
+            .patch_user(user.id, Value::Object(patch.clone()))
+            .await
+        {
+            Ok(()) => {
+                let mut map = self.users.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(u) = map.get_mut(sub) {
+                    if let Some(d) = patch.get("display_name").and_then(Value::as_str) {
+                        u.display_name = Some(d.to_owned());
+                    }
+                    if let Some(e) = patch.get("email").and_then(Value::as_str) {
+                        u.email = Some(e.to_owned());
+                    }
+                }
+                tracing::info!(sub, fields = ?patch.keys().collect::<Vec<_>>(), "backend user synced from claims");
+            }
+            Err(e) => tracing::warn!(sub, error = %e, "claim sync failed"),
+        }
+    }
+}
+
+/// name → preferred_username → "given family" → `oidc-<first 8 of sub>` (reference §4.2).
+pub fn display_name(sub: &str, claims: &Map<String, Value>) -> String {
+    let s = |k: &str| {
+        claims
+            .get(k)
+            .and_then(Value::as_str)
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+    };
+    if let Some(n) = s("name").or_else(|| s("preferred_username")) {
+        return n.to_owned();
+    }
+    let full = format!(
+        "{} {}",
+        s("given_name").unwrap_or(""),
+        s("family_name").unwrap_or("")
+    );
+    if !full.trim().is_empty() {
+        return full.trim().to_owned();
+    }
+    format!("oidc-{}", sub.chars().take(8).collect::<String>())
+}
+
+fn email(claims: &Map<String, Value>) -> Option<String> {
+    claims
+        .get("email")
+        .and_then(Value::as_str)
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(str::to_lowercase)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn display_name_follows_openrags_order() {
+        assert_eq!(
+            display_name(
+                "abcdefghij",
+                &c(json!({"name": " Ada ", "preferred_username": "ada"}))
+            ),
+            "Ada"
+        );
+        assert_eq!(
+            display_name(
+                "abcdefghij",
+                &c(json!({"name": "", "preferred_username": "ada"}))
+            ),
+            "ada"
+        );
+        assert_eq!(
+            display_name(
+                "abcdefghij",
+                &c(json!({"given_name": "Ada", "family_name": "Lovelace"}))
+            ),
+            "Ada Lovelace"
+        );
+        assert_eq!(
+            display_name("abcdefghij", &c(json!({"family_name": "Lovelace"}))),
+            "Lovelace"
+        );
+        assert_eq!(display_name("abcdefghij", &c(json!({}))), "oidc-abcdefgh");
+    }
+
+    #[test]
+    fn email_is_trimmed_and_lower_cased() {
+        assert_eq!(
+            email(&c(json!({"email": " Ada@Example.COM "}))).as_deref(),
+            Some("ada@example.com")
+        );
+        assert_eq!(email(&c(json!({"email": ""}))), None);
+        assert_eq!(email(&c(json!({"email": null}))), None);
+    }
+}
