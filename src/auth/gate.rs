@@ -53,7 +53,10 @@ pub async fn decide(
     let html = wants_html(&parts.headers);
     let bearer = has_bearer(parts);
     let html_login = html && !bearer && path_matches(&paths.html_login.0, path);
-    if path_matches(&paths.public.0, path) && !html_login {
+    let public = path_matches(&paths.public.0, path) && !html_login;
+    // Public paths need no session. Those in `html_login` (Chainlit) still carry the user's
+    // identity when a session exists: Chainlit's own requests authenticate with it.
+    if public && !path_matches(&paths.html_login.0, path) {
         return Ok(Decision::Public);
     }
     if let Some(id) = cookies.get(&parts.headers, &cookies.session) {
@@ -65,10 +68,13 @@ pub async fn decide(
                 })
             }
             Ok(None) => {}
-            // Fail closed for session users; bearer callers do not need the store.
-            Err(e) if !bearer => return Err(e.into()),
-            Err(_) => {}
+            Err(_) if public || bearer => {}
+            // Fail closed for session users.
+            Err(e) => return Err(e.into()),
         }
+    }
+    if public {
+        return Ok(Decision::Public);
     }
     without_session(parts, paths)
 }
@@ -76,6 +82,11 @@ pub async fn decide(
 /// The decision for a request that has no (longer a) valid session.
 pub fn without_session(parts: &Parts, paths: &PathSettings) -> Result<Decision, Error> {
     let path = parts.uri.path();
+    let html_login =
+        wants_html(&parts.headers) && !has_bearer(parts) && path_matches(&paths.html_login.0, path);
+    if path_matches(&paths.public.0, path) && !html_login {
+        return Ok(Decision::Public);
+    }
     if has_bearer(parts) {
         return Ok(Decision::Bearer);
     }

@@ -9,6 +9,7 @@ mod mock_idp;
 mod oidc;
 mod oidc_negative;
 mod oidc_support;
+mod openrag;
 mod proxy;
 mod shutdown;
 mod streaming;

@@ -168,6 +168,15 @@ impl OpenRagBridge {
             .await?
             .ok_or(BridgeError::NotRegistered)?;
         let token = self.token_by_policy(sub, &user).await?;
+        if token.expose() == stale {
+            // The policy can only offer the token the backend just refused.
+            tracing::warn!(
+                sub,
+                user_id = user.id,
+                "the backend refuses the only token the policy knows"
+            );
+            return Err(BridgeError::NoToken);
+        }
         self.vault_put(sub, &token).await?;
         tracing::info!(
             sub,

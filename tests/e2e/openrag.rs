@@ -1,0 +1,619 @@
+//! The OpenRag identity bridge end to end: the real IdP, a real redis-server, and a stand-in of
+//! the OpenRag backend (tests/support/openrag_backend.py, token mode) that only trusts its own
+//! per-user tokens.
+
+use crate::oidc_support::*;
+use crate::support::*;
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+const ADMIN_TOKEN: &str = "admin-token-for-tests-0123456789";
+
+pub struct Backend {
+    child: Child,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Backend {
+    pub fn start(users: Value) -> Backend {
+        let dir = tempfile::tempdir().unwrap();
+        let seed = dir.path().join("users.json");
+        std::fs::write(&seed, users.to_string()).unwrap();
+        let mut child = Command::new("python3")
+            .arg(repo_root().join("tests/support/openrag_backend.py"))
+            .args(["--test-hooks", "--users-file", seed.to_str().unwrap()])
+            .env("AUTH_TOKEN", ADMIN_TOKEN)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .trim()
+            .strip_prefix("READY ")
+            .unwrap_or_else(|| panic!("backend: {line:?}"))
+            .parse()
+            .unwrap();
+        Backend {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub async fn users(&self) -> Vec<Value> {
+        json(
+            &get(&format!("{}/__test/users", self.url()), &[])
+                .await
+                .unwrap(),
+        )["users"]
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    pub async fn user(&self, sub: &str) -> Option<Value> {
+        self.users()
+            .await
+            .into_iter()
+            .find(|u| u["external_user_id"] == sub)
+    }
+
+    pub async fn requests(&self) -> Value {
+        json(
+            &get(&format!("{}/__test/requests", self.url()), &[])
+                .await
+                .unwrap(),
+        )
+    }
+
+    /// As the admin, through the backend's own API.
+    pub async fn admin(&self, method: &str, path: &str) -> Value {
+        let r = send(request(
+            method,
+            &format!("{}{path}", self.url()),
+            &[("authorization", &format!("Bearer {ADMIN_TOKEN}"))],
+            body(""),
+        ))
+        .await
+        .unwrap();
+        json(&r)
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn token(n: u8) -> String {
+    format!("or-{}", format!("{n:02x}").repeat(16))
+}
+
+struct World {
+    idp: Idp,
+    _redis: Redis,
+    backend: Backend,
+    sc: OidcSidecar,
+    _dir: tempfile::TempDir,
+}
+
+/// `users` seed the backend; `files` is the token file (sub → token); `env` tunes the sidecar.
+async fn world(users: Value, files: Value, env: &[(&str, &str)]) -> World {
+    let port = free_port();
+    let idp = Idp::start(
+        0,
+        &[(
+            "RP_REDIRECT_URIS",
+            &format!("http://127.0.0.1:{port}/auth/callback"),
+        )],
+    );
+    let redis = Redis::start().await;
+    let backend = Backend::start(users);
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("tokens.json");
+    std::fs::write(&token_file, files.to_string()).unwrap();
+    let mut all = vec![
+        ("SSO_SIDECAR_IDENTITY", "openrag".to_string()),
+        ("AUTH_TOKEN", ADMIN_TOKEN.to_string()),
+        ("SSO_SIDECAR_REDIS_URL", redis.url()),
+        (
+            "SSO_SIDECAR_OPENRAG__TOKEN_FILE",
+            token_file.to_str().unwrap().to_string(),
+        ),
+    ];
+    all.extend(env.iter().map(|(k, v)| (*k, v.to_string())));
+    let all: Vec<(&str, &str)> = all.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let sc = start_oidc_sidecar(port, &idp.issuer(), &backend.url(), &all).await;
+    World {
+        idp,
+        _redis: redis,
+        backend,
+        sc,
+        _dir: dir,
+    }
+}
+
+fn seeded(sub: &str, tok: Option<&str>) -> Value {
+    json!({"display_name": format!("Seeded {sub}"), "external_user_id": sub, "email": format!("{sub}@old.example"), "is_admin": false, "token": tok})
+}
+
+/// Starts a login and returns the callback response (the session cookie is in it on success).
+async fn callback(sc: &Sidecar, user: &str, accept_html: bool) -> http::Response<bytes::Bytes> {
+    let start = get(&sc.url("/auth/login?next=/"), &[]).await.unwrap();
+    let state = set_cookie(&start, "sso_sidecar_session_state").unwrap();
+    let cb = idp_login(&location(&start), user).await;
+    let cookie = format!("sso_sidecar_session_state={state}");
+    let mut headers = vec![("cookie", cookie.as_str())];
+    if accept_html {
+        headers.push(("accept", "text/html"));
+    }
+    get(&cb, &headers).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_pre_provisioned_user_gets_their_token_injected_on_every_carrier() {
+    let alice = token(1);
+    let w = world(
+        json!([seeded("alice", Some(&alice))]),
+        json!({"alice": alice}),
+        &[("SSO_SIDECAR_OPENRAG__TOKEN_POLICY", "file")],
+    )
+    .await;
+    let sc = &w.sc.sidecar;
+    let l = login(sc, "alice", "/").await;
+    let cookie = format!("{}; theme=dark", session_header(&l.cookie));
+
+    let r = get(
+        &sc.url("/v1/models"),
+        &[("cookie", &cookie), ("authorization", "Bearer forged")],
+    )
+    .await
+    .unwrap();
+    let j = json(&r);
+    assert_eq!(j["user"]["external_user_id"], "alice", "{j}");
+    assert_eq!(j["auth_via"], "bearer");
+    assert_eq!(
+        j["headers"]["authorization"][0],
+        format!("Bearer {alice}"),
+        "the session wins over a client bearer"
+    );
+    assert_eq!(
+        j["cookies"],
+        json!(["theme"]),
+        "the backend never sees the sidecar's cookie"
+    );
+
+    let r = get(
+        &sc.url("/static/app.js?v=2&token=forged"),
+        &[("cookie", &cookie)],
+    )
+    .await
+    .unwrap();
+    let j = json(&r);
+    assert_eq!(j["auth_via"], "query");
+    assert_eq!(j["user"]["external_user_id"], "alice");
+    assert_eq!(
+        j["query"],
+        format!("v=2&token={alice}"),
+        "the client's token parameter is replaced"
+    );
+
+    let r = get(
+        &sc.url("/chainlit/project/settings"),
+        &[(
+            "cookie",
+            &format!("{cookie}; openrag_chainlit_token=forged"),
+        )],
+    )
+    .await
+    .unwrap();
+    let j = json(&r);
+    assert_eq!(j["auth_via"], "cookie", "{j}");
+    assert_eq!(j["user"]["external_user_id"], "alice");
+    assert_eq!(j["cookies"], json!(["theme", "openrag_chainlit_token"]));
+
+    let me = json(
+        &get(&sc.url("/auth/me"), &[("cookie", &cookie)])
+            .await
+            .unwrap(),
+    );
+    assert_eq!(me["sub"], "alice");
+    assert_eq!(me["user_id"], 2);
+
+    // The chainlit hand-off is answered by the sidecar: no token ever lands in a browser cookie.
+    let before = w.backend.requests().await["total"].as_u64().unwrap();
+    for m in ["POST", "DELETE"] {
+        let r = send(request(
+            m,
+            &sc.url("/auth/chainlit-session"),
+            &[("cookie", &cookie)],
+            body(""),
+        ))
+        .await
+        .unwrap();
+        assert_eq!(r.status(), 204, "{m}");
+        assert!(r.headers().get("set-cookie").is_none());
+    }
+    assert_eq!(
+        w.backend.requests().await["total"].as_u64().unwrap(),
+        before
+    );
+}
+
+#[tokio::test]
+async fn an_unregistered_user_is_refused_with_no_session() {
+    let w = world(json!([]), json!({}), &[]).await;
+    let sc = &w.sc.sidecar;
+    let r = callback(sc, "bob", false).await;
+    assert_eq!(r.status(), 403);
+    assert_eq!(json(&r), json!({"detail": "User not registered"}));
+    assert!(
+        set_cookie(&r, "sso_sidecar_session").is_none(),
+        "no session"
+    );
+    let page = callback(sc, "bob", true).await;
+    assert_eq!(page.status(), 403);
+    let text = String::from_utf8_lossy(page.body()).to_string();
+    assert!(text.contains("Ask an OpenRag administrator"), "{text}");
+    let logs = sc.output();
+    assert!(
+        logs.contains("user not registered")
+            && logs.contains(r#""sub":"bob""#)
+            && logs.contains("WARN"),
+        "{logs}"
+    );
+    assert!(w.backend.user("bob").await.is_none(), "nothing was created");
+}
+
+#[tokio::test]
+async fn auto_provisioning_creates_a_non_admin_user_whose_requests_carry_the_new_token() {
+    let w = world(
+        json!([]),
+        json!({}),
+        &[("OIDC_AUTO_PROVISION_LOGIN", "true")],
+    )
+    .await;
+    let sc = &w.sc.sidecar;
+    let l = login(sc, "carol", "/").await;
+    let u = w.backend.user("carol").await.expect("carol was created");
+    assert_eq!(u["display_name"], "Test carol");
+    assert_eq!(u["email"], "carol@example.test");
+    assert_eq!(u["is_admin"], false);
+    assert!(
+        u["token_sha256"].as_str().unwrap().len() == 64,
+        "the backend keeps only a hash: {u}"
+    );
+    let r = get(
+        &sc.url("/search/q"),
+        &[("cookie", &session_header(&l.cookie))],
+    )
+    .await
+    .unwrap();
+    assert_eq!(json(&r)["user"]["external_user_id"], "carol");
+    // A second login reuses the vaulted token: no second user, no regeneration.
+    let l2 = login(sc, "carol", "/").await;
+    let r = get(
+        &sc.url("/search/q"),
+        &[("cookie", &session_header(&l2.cookie))],
+    )
+    .await
+    .unwrap();
+    assert_eq!(json(&r)["user"]["external_user_id"], "carol");
+    assert_eq!(
+        w.backend
+            .users()
+            .await
+            .iter()
+            .filter(|u| u["external_user_id"] == "carol")
+            .count(),
+        1
+    );
+    assert_eq!(
+        w.backend.user("carol").await.unwrap()["token_sha256"],
+        u["token_sha256"]
+    );
+}
+
+#[tokio::test]
+async fn claim_mapping_syncs_changed_claims_at_each_login() {
+    let dave = token(4);
+    let w = world(
+        json!([seeded("dave", Some(&dave))]),
+        json!({"dave": dave}),
+        &[
+            ("SSO_SIDECAR_OPENRAG__TOKEN_POLICY", "file"),
+            ("OIDC_CLAIM_MAPPING", "display_name:name,email:email"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        w.backend.user("dave").await.unwrap()["display_name"],
+        "Seeded dave"
+    );
+    login(&w.sc.sidecar, "dave", "/").await;
+    let u = w.backend.user("dave").await.unwrap();
+    assert_eq!(u["display_name"], "Test dave");
+    assert_eq!(u["email"], "dave@example.test");
+    assert_eq!(u["is_admin"], false, "never written from claims");
+}
+
+#[tokio::test]
+async fn deny_and_regenerate_policies() {
+    let old = token(5);
+    let w = world(
+        json!([seeded("erin", Some(&old)), seeded("frank", Some(&token(6)))]),
+        json!({}),
+        &[],
+    )
+    .await;
+    // deny (the default): a 403 that says what the admin must do, and no session.
+    let r = callback(&w.sc.sidecar, "frank", true).await;
+    assert_eq!(r.status(), 403);
+    assert!(
+        String::from_utf8_lossy(r.body()).contains("token_policy"),
+        "{:?}",
+        r.body()
+    );
+    assert!(set_cookie(&r, "sso_sidecar_session").is_none());
+
+    // regenerate: a new token is minted, and the user's previous one stops working.
+    let port = free_port();
+    let idp = Idp::start(
+        0,
+        &[(
+            "RP_REDIRECT_URIS",
+            &format!("http://127.0.0.1:{port}/auth/callback"),
+        )],
+    );
+    let sc = start_oidc_sidecar(
+        port,
+        &idp.issuer(),
+        &w.backend.url(),
+        &[
+            ("SSO_SIDECAR_IDENTITY", "openrag"),
+            ("AUTH_TOKEN", ADMIN_TOKEN),
+            ("SSO_SIDECAR_OPENRAG__TOKEN_POLICY", "regenerate"),
+        ],
+    )
+    .await;
+    let l = login(&sc.sidecar, "erin", "/").await;
+    let r = get(
+        &sc.sidecar.url("/v1/x"),
+        &[("cookie", &session_header(&l.cookie))],
+    )
+    .await
+    .unwrap();
+    assert_eq!(json(&r)["user"]["external_user_id"], "erin");
+    let direct = get(
+        &format!("{}/v1/x", w.backend.url()),
+        &[("authorization", &format!("Bearer {old}"))],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        direct.status(),
+        403,
+        "the previous token was invalidated by the regeneration"
+    );
+}
+
+#[tokio::test]
+async fn a_token_revoked_at_the_backend_is_recovered_once_without_a_loop() {
+    let w = world(
+        json!([seeded("gina", Some(&token(7)))]),
+        json!({}),
+        &[("SSO_SIDECAR_OPENRAG__TOKEN_POLICY", "regenerate")],
+    )
+    .await;
+    let sc = &w.sc.sidecar;
+    let l = login(sc, "gina", "/").await;
+    let cookie = session_header(&l.cookie);
+    assert_eq!(
+        get(&sc.url("/v1/a"), &[("cookie", &cookie)])
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    // An admin regenerates gina's token behind the sidecar's back.
+    let id = w.backend.user("gina").await.unwrap()["id"]
+        .as_u64()
+        .unwrap();
+    w.backend
+        .admin("POST", &format!("/users/{id}/regenerate_token"))
+        .await;
+    send(request(
+        "DELETE",
+        &format!("{}/__test/requests", w.backend.url()),
+        &[],
+        body(""),
+    ))
+    .await
+    .unwrap();
+
+    let r = get(&sc.url("/v1/b"), &[("cookie", &cookie)]).await.unwrap();
+    assert_eq!(
+        r.status(),
+        200,
+        "recovered and replayed: {}",
+        String::from_utf8_lossy(r.body())
+    );
+    assert_eq!(json(&r)["user"]["external_user_id"], "gina");
+    let log = w.backend.requests().await;
+    let statuses: Vec<u64> = log["last"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["path"] == "/v1/b")
+        .map(|e| e["status"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        statuses,
+        vec![403, 200],
+        "one refusal, one recovery, no loop: {log}"
+    );
+    assert_eq!(
+        get(&sc.url("/v1/c"), &[("cookie", &cookie)])
+            .await
+            .unwrap()
+            .status(),
+        200,
+        "the new token sticks"
+    );
+
+    // With deny there is nothing to recover with: one refusal, then a clear 403, still no loop.
+    let port = free_port();
+    let idp = Idp::start(
+        0,
+        &[(
+            "RP_REDIRECT_URIS",
+            &format!("http://127.0.0.1:{port}/auth/callback"),
+        )],
+    );
+    let hank = token(8);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("t.json");
+    std::fs::write(
+        &file,
+        json!({"gina": "or-00000000000000000000000000000000"}).to_string(),
+    )
+    .unwrap();
+    let _ = (hank, &w.idp);
+    let sc2 = start_oidc_sidecar(
+        port,
+        &idp.issuer(),
+        &w.backend.url(),
+        &[
+            ("SSO_SIDECAR_IDENTITY", "openrag"),
+            ("AUTH_TOKEN", ADMIN_TOKEN),
+            ("SSO_SIDECAR_OPENRAG__TOKEN_POLICY", "file"),
+            ("SSO_SIDECAR_OPENRAG__TOKEN_FILE", file.to_str().unwrap()),
+        ],
+    )
+    .await;
+    let l = login(&sc2.sidecar, "gina", "/").await;
+    send(request(
+        "DELETE",
+        &format!("{}/__test/requests", w.backend.url()),
+        &[],
+        body(""),
+    ))
+    .await
+    .unwrap();
+    let r = get(
+        &sc2.sidecar.url("/v1/d"),
+        &[("cookie", &session_header(&l.cookie))],
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(
+        json(&r)["detail"],
+        "No OpenRag token is available for this user"
+    );
+    let log = w.backend.requests().await;
+    assert_eq!(
+        log["by_path"]["/v1/d"], 1,
+        "exactly one backend attempt: {log}"
+    );
+}
+
+#[tokio::test]
+async fn bearer_pass_through_and_unauthenticated_requests() {
+    let w = world(json!([]), json!({}), &[]).await;
+    let sc = &w.sc.sidecar;
+    let r = get(
+        &sc.url("/v1/models"),
+        &[("authorization", "Bearer or-not-a-real-token")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        r.status(),
+        401,
+        "the backend's 403 Invalid token becomes 401, as OpenRag does in OIDC mode"
+    );
+    assert_eq!(json(&r), json!({"detail": "Unauthenticated"}));
+    let r = get(
+        &sc.url("/v1/models"),
+        &[("authorization", &format!("Bearer {ADMIN_TOKEN}"))],
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200, "programmatic access with a backend token");
+    assert_eq!(json(&r)["user"]["id"], 1);
+
+    send(request(
+        "DELETE",
+        &format!("{}/__test/requests", w.backend.url()),
+        &[],
+        body(""),
+    ))
+    .await
+    .unwrap();
+    for (m, p) in [
+        ("GET", "/v1/models"),
+        ("POST", "/indexer/partition/x"),
+        ("DELETE", "/users/2"),
+        ("GET", "/"),
+    ] {
+        let r = send(request(m, &sc.url(p), &[], body("x"))).await.unwrap();
+        assert!(
+            r.status() == 401 || r.status() == 302,
+            "{m} {p}: {}",
+            r.status()
+        );
+    }
+    assert_eq!(
+        w.backend.requests().await["total"],
+        0,
+        "unauthenticated requests never reach the backend"
+    );
+    assert_eq!(
+        get(&sc.url("/health_check"), &[]).await.unwrap().status(),
+        200,
+        "public paths do"
+    );
+}
+
+#[tokio::test]
+async fn a_browser_login_lands_in_the_backend_as_the_right_user() {
+    require_tool("chromium", "chromium chromium-driver");
+    let ivy = token(9);
+    let w = world(
+        json!([seeded("ivy", Some(&ivy))]),
+        json!({"ivy": ivy}),
+        &[("SSO_SIDECAR_OPENRAG__TOKEN_POLICY", "file")],
+    )
+    .await;
+    let out = tokio::process::Command::new("node")
+        .arg(repo_root().join("tests/idp/login.mjs"))
+        .arg(w.sc.sidecar.url("/"))
+        .arg("ivy")
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let result: Value = serde_json::from_str(stdout.trim()).unwrap();
+    let page: Value = serde_json::from_str(result["body"].as_str().unwrap()).unwrap();
+    assert_eq!(page["user"]["external_user_id"], "ivy");
+    assert_eq!(page["auth_via"], "bearer");
+}
