@@ -87,26 +87,11 @@ fn build_oidc(
     ));
     provider.clone().spawn_discovery(a.discovery_refresh);
 
-    let store = Arc::new(match &config.redis_url {
+    let store = Arc::new(match &a.redis {
         None => store::Store::Memory(store::memory::MemoryStore::new()),
-        Some(url) => {
-            let ca_pem = match &a.redis_ca_file {
-                Some(p) => Some(
-                    std::fs::read(p)
-                        .map_err(|e| StartError::Store(format!("{}: {e}", p.display())))?,
-                ),
-                None => None,
-            };
-            store::Store::Redis(
-                store::redis::RedisStore::new(store::redis::RedisOptions {
-                    url: url.expose(),
-                    key_prefix: &a.redis_key_prefix,
-                    ca_pem,
-                    timeout: a.redis_timeout,
-                })
-                .map_err(StartError::Store)?,
-            )
-        }
+        Some(r) => store::Store::Redis(
+            store::redis::RedisStore::from_config(r).map_err(StartError::Store)?,
+        ),
     });
     if let store::Store::Memory(_) = &*store {
         let s = store.clone();

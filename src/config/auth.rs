@@ -3,6 +3,7 @@
 //! and validation. Part of the `Settings` struct; split out to keep each file readable.
 
 use super::settings::{existing_file, Settings, StringList};
+use crate::secret::Secret;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -104,6 +105,34 @@ pub struct BridgeSettings {
     pub vault_ttl: Duration,
 }
 
+/// How to reach Redis, validated.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    pub topology: RedisTopology,
+    pub key_prefix: String,
+    pub username: Option<String>,
+    pub password: Option<Secret<String>>,
+    pub sentinel_username: Option<String>,
+    pub sentinel_password: Option<Secret<String>>,
+    pub ca_file: Option<PathBuf>,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub enum RedisTopology {
+    Single {
+        url: Secret<String>,
+    },
+    Sentinel {
+        nodes: Vec<String>,
+        master: String,
+        tls: bool,
+    },
+    Cluster {
+        nodes: Vec<String>,
+    },
+}
+
 /// Settings of the authentication layer (meaningful with `AUTH_MODE=oidc`).
 #[derive(Debug, Clone)]
 pub struct AuthSettings {
@@ -115,9 +144,8 @@ pub struct AuthSettings {
     pub idp_timeout: Duration,
     pub discovery_refresh: Duration,
     pub refresh_skew: Duration,
-    pub redis_key_prefix: String,
-    pub redis_ca_file: Option<PathBuf>,
-    pub redis_timeout: Duration,
+    /// Where sessions live when not in memory.
+    pub redis: Option<RedisConfig>,
     pub paths: PathSettings,
     pub headers: Vec<(IdentityField, http::HeaderName)>,
     pub openrag: BridgeSettings,
@@ -214,6 +242,7 @@ impl Settings {
             }
         }
         let openrag = self.validate_openrag(problems);
+        let redis = self.validate_redis(redis_ca_file, problems);
         if problems.len() > before {
             return None;
         }
@@ -227,9 +256,7 @@ impl Settings {
             idp_timeout: Duration::from_secs(self.idp_timeout_secs),
             discovery_refresh: Duration::from_secs(self.discovery_refresh_secs),
             refresh_skew: Duration::from_secs(self.refresh_skew_secs),
-            redis_key_prefix: self.redis_key_prefix.clone(),
-            redis_ca_file,
-            redis_timeout: Duration::from_millis(self.redis_timeout_ms),
+            redis: redis?,
             paths: self.paths.clone(),
             headers,
         })
@@ -284,5 +311,86 @@ impl Settings {
             admin_timeout: Duration::from_secs(o.admin_timeout_secs),
             vault_ttl: Duration::from_secs(o.vault_ttl_days * 24 * 3600),
         })
+    }
+}
+
+impl Settings {
+    /// `None` inside: no Redis configured, sessions stay in memory.
+    fn validate_redis(
+        &self,
+        ca_file: Option<PathBuf>,
+        problems: &mut Vec<String>,
+    ) -> Option<Option<RedisConfig>> {
+        let url = self
+            .redis_url
+            .as_deref()
+            .map(str::trim)
+            .filter(|u| !u.is_empty());
+        let scheme_ok = |u: &str| u.starts_with("redis://") || u.starts_with("rediss://");
+        let nodes: Vec<String> = self.redis_nodes.0.clone();
+        for n in &nodes {
+            if !scheme_ok(n) {
+                // Never echo it: a node URL may carry a password.
+                problems
+                    .push("redis_nodes entries must start with redis:// or rediss://".to_string());
+                return None;
+            }
+        }
+        let topology = match self.redis_mode.trim() {
+            "single" => match url {
+                None => return Some(None),
+                Some(u) if scheme_ok(u) => RedisTopology::Single {
+                    url: Secret::new(u.to_owned()),
+                },
+                Some(_) => {
+                    problems.push("redis_url must start with redis:// or rediss://".to_string());
+                    return None;
+                }
+            },
+            "sentinel" | "cluster" if nodes.is_empty() => {
+                problems.push(format!(
+                    "redis_mode = \"{}\" needs redis_nodes",
+                    self.redis_mode.trim()
+                ));
+                return None;
+            }
+            "sentinel" => {
+                let master = self.redis_sentinel_master.trim();
+                if master.is_empty() {
+                    problems.push("redis_sentinel_master must not be empty".to_string());
+                    return None;
+                }
+                RedisTopology::Sentinel {
+                    nodes,
+                    master: master.to_owned(),
+                    tls: self.redis_sentinel_tls,
+                }
+            }
+            "cluster" => RedisTopology::Cluster { nodes },
+            other => {
+                problems.push(format!(
+                    "redis_mode must be single, sentinel or cluster, got '{other}'"
+                ));
+                return None;
+            }
+        };
+        let secret = |v: &Option<String>| {
+            v.as_deref()
+                .filter(|p| !p.is_empty())
+                .map(|p| Secret::new(p.to_owned()))
+        };
+        Some(Some(RedisConfig {
+            topology,
+            key_prefix: self.redis_key_prefix.clone(),
+            username: self.redis_username.clone().filter(|u| !u.is_empty()),
+            password: secret(&self.redis_password),
+            sentinel_username: self
+                .redis_sentinel_username
+                .clone()
+                .filter(|u| !u.is_empty()),
+            sentinel_password: secret(&self.redis_sentinel_password),
+            ca_file,
+            timeout: Duration::from_millis(self.redis_timeout_ms),
+        }))
     }
 }

@@ -12,7 +12,10 @@ pub mod openrag;
 pub mod settings;
 pub mod sources;
 
-pub use auth::{AuthSettings, BridgeSettings, IdentityField, PathSettings, TokenPolicy};
+pub use auth::{
+    AuthSettings, BridgeSettings, IdentityField, PathSettings, RedisConfig, RedisTopology,
+    TokenPolicy,
+};
 pub use openrag::{AuthMode, ClaimSource, OidcSettings, OpenRagVars};
 pub use settings::{IdentityMode, LogFormat, ProxySettings, Settings, TlsFiles};
 
@@ -33,7 +36,6 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
     pub proxy: ProxySettings,
     pub identity: IdentityMode,
-    pub redis_url: Option<crate::secret::Secret<String>>,
     pub log_format: LogFormat,
     /// Default log filter; `RUST_LOG` overrides it.
     pub log_level: String,
@@ -155,7 +157,7 @@ pub fn load(inputs: Inputs) -> Result<Config, ConfigErrors> {
     }
     match (validated, openrag) {
         (Some(v), Some(openrag)) if problems.is_empty() => {
-            if openrag.auth_mode == AuthMode::Oidc && v.redis_url.is_none() {
+            if openrag.auth_mode == AuthMode::Oidc && v.auth.redis.is_none() {
                 warnings.push(
                     "sessions are kept in memory: run a single replica, or set SSO_SIDECAR_REDIS_URL"
                         .to_string(),
@@ -167,7 +169,6 @@ pub fn load(inputs: Inputs) -> Result<Config, ConfigErrors> {
                 tls: v.tls,
                 proxy: v.proxy,
                 identity: v.identity,
-                redis_url: v.redis_url,
                 log_format: v.log_format,
                 log_level: v.log_level,
                 shutdown_timeout: v.shutdown_timeout,

@@ -5,7 +5,6 @@
 //! same keys and a unit test keeps the two in step. No I/O beyond checking that files exist.
 
 use super::auth::{AuthSettings, HeaderSettings, OpenRagSettings, PathSettings};
-use crate::secret::Secret;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -64,6 +63,20 @@ pub struct Settings {
     pub refresh_skew_secs: u64,
     /// Prefix of every Redis key.
     pub redis_key_prefix: String,
+    /// `single` (redis_url), `sentinel` or `cluster` (both use redis_nodes).
+    pub redis_mode: String,
+    /// Sentinel addresses (sentinel mode) or seed nodes (cluster mode), as redis:// URLs.
+    pub redis_nodes: StringList,
+    /// The master name the sentinels watch.
+    pub redis_sentinel_master: String,
+    /// Connect to the Sentinel-provided master over TLS.
+    pub redis_sentinel_tls: bool,
+    /// ACL user and password of the data servers (also `SSO_SIDECAR_REDIS_PASSWORD_FILE`).
+    pub redis_username: Option<String>,
+    pub redis_password: Option<String>,
+    /// The sentinels' own credentials (also `SSO_SIDECAR_REDIS_SENTINEL_PASSWORD_FILE`).
+    pub redis_sentinel_username: Option<String>,
+    pub redis_sentinel_password: Option<String>,
     /// PEM CA bundle trusted for `rediss://`; system roots when unset.
     pub redis_ca_file: Option<String>,
     /// Milliseconds allowed to connect to Redis and for each command.
@@ -144,6 +157,14 @@ impl Default for Settings {
             discovery_refresh_secs: 3600,
             refresh_skew_secs: 60,
             redis_key_prefix: "sso-sidecar:".into(),
+            redis_mode: "single".into(),
+            redis_nodes: StringList::default(),
+            redis_sentinel_master: "mymaster".into(),
+            redis_sentinel_tls: false,
+            redis_username: None,
+            redis_password: None,
+            redis_sentinel_username: None,
+            redis_sentinel_password: None,
             redis_ca_file: None,
             redis_timeout_ms: 2000,
             paths: PathSettings::default(),
@@ -199,7 +220,6 @@ pub struct Validated {
     pub tls: Option<TlsFiles>,
     pub proxy: ProxySettings,
     pub identity: IdentityMode,
-    pub redis_url: Option<Secret<String>>,
     pub log_format: LogFormat,
     pub log_level: String,
     pub shutdown_timeout: Duration,
@@ -249,13 +269,6 @@ impl Settings {
                 Err(_) => problems.push(format!(
                     "trusted_proxies: '{p}' is not an IP address or CIDR"
                 )),
-            }
-        }
-        let redis_url = self.redis_url.filter(|u| !u.trim().is_empty());
-        if let Some(u) = &redis_url {
-            // Never echo the URL: it may carry a password.
-            if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
-                problems.push("redis_url must start with redis:// or rediss://".to_string());
             }
         }
         let tls = match (&self.tls.cert_file, &self.tls.key_file) {
@@ -309,7 +322,6 @@ impl Settings {
                 max_request_header_bytes: self.max_request_header_bytes,
             },
             identity: identity?,
-            redis_url: redis_url.map(Secret::new),
             log_format: log_format?,
             log_level: self.log_level,
             shutdown_timeout: Duration::from_secs(self.shutdown_timeout_secs),

@@ -20,6 +20,8 @@ pub const SECRET_VARS: &[&str] = &[
     "OIDC_TOKEN_ENCRYPTION_KEY",
     "AUTH_TOKEN",
     "SSO_SIDECAR_REDIS_URL",
+    "SSO_SIDECAR_REDIS_PASSWORD",
+    "SSO_SIDECAR_REDIS_SENTINEL_PASSWORD",
 ];
 
 /// Variables that select files and are therefore read from the process environment only

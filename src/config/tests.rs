@@ -28,7 +28,7 @@ fn defaults_apply_without_any_source() {
     assert_eq!(c.identity, IdentityMode::OpenRag);
     assert_eq!(c.log_format, LogFormat::Json);
     assert_eq!(c.auth_mode(), AuthMode::Token);
-    assert!(c.redis_url.is_none());
+    assert!(c.auth.redis.is_none());
 }
 
 #[test]

@@ -11,6 +11,7 @@ mod oidc_negative;
 mod oidc_support;
 mod openrag;
 mod proxy;
+mod redis_ha;
 mod shutdown;
 mod streaming;
 mod support;

@@ -491,14 +491,9 @@ async fn memory_store_logs_in_too_and_says_it_is_single_replica() {
 #[tokio::test]
 async fn the_redis_store_passes_the_conformance_suite() {
     let redis = Redis::start().await;
-    let store = sso_sidecar::store::Store::Redis(
-        sso_sidecar::store::redis::RedisStore::new(sso_sidecar::store::redis::RedisOptions {
-            url: &redis.url(),
-            key_prefix: "conformance-test:",
-            ca_pem: None,
-            timeout: std::time::Duration::from_secs(2),
-        })
-        .unwrap(),
+    let store = crate::redis_ha::store(
+        sso_sidecar::store::redis::Topology::Single { url: &redis.url() },
+        None,
     );
     sso_sidecar::store::conformance::run(&store).await;
 }

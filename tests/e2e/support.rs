@@ -222,6 +222,21 @@ impl Sidecar {
     }
 }
 
+/// A child that must still be running.
+pub trait StillRunning {
+    fn try_wait_none(&self) -> bool;
+}
+
+impl StillRunning for Child {
+    fn try_wait_none(&self) -> bool {
+        // `try_wait` needs `&mut`; /proc tells without reaping.
+        std::path::Path::new(&format!("/proc/{}/status", self.id())).exists()
+            && !std::fs::read_to_string(format!("/proc/{}/status", self.id()))
+                .unwrap_or_default()
+                .contains("State:\tZ")
+    }
+}
+
 impl Drop for Sidecar {
     fn drop(&mut self) {
         let _ = self.child.kill();

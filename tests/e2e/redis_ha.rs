@@ -1,0 +1,493 @@
+//! Redis in production: the store conformance suite on a real 3-master Cluster and a real
+//! Sentinel set-up, TLS with a private CA, an outage of a single server, and a Sentinel failover
+//! under load — all spawned by the tests on free ports.
+
+use crate::mock_idp::*;
+use crate::oidc_support::*;
+use crate::support::*;
+use serde_json::json;
+use sso_sidecar::store::redis::{RedisOptions, RedisStore, Topology};
+use sso_sidecar::store::Store;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn store(topology: Topology<'_>, ca_pem: Option<Vec<u8>>) -> Store {
+    Store::Redis(
+        RedisStore::new(RedisOptions {
+            topology,
+            key_prefix: "conformance:",
+            username: None,
+            password: None,
+            sentinel_username: None,
+            sentinel_password: None,
+            ca_pem,
+            timeout: Duration::from_secs(2),
+        })
+        .unwrap(),
+    )
+}
+
+fn cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+async fn until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < Duration::from_secs(secs),
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// redis-server processes killed on drop.
+struct Servers(Vec<Child>);
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn redis_server(dir: &Path, args: &[&str]) -> Child {
+    require_tool("redis-server", "redis-server");
+    std::fs::create_dir_all(dir).unwrap();
+    Command::new("redis-server")
+        .args(args)
+        .args(["--bind", "127.0.0.1", "--save", ""])
+        .arg("--dir")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+async fn cluster(dir: &Path) -> (Servers, Vec<String>) {
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let mut servers = Servers(Vec::new());
+    for p in &ports {
+        let d = dir.join(format!("cl-{p}"));
+        let conf = d.join("nodes.conf");
+        std::fs::create_dir_all(&d).unwrap();
+        servers.0.push(redis_server(
+            &d,
+            &[
+                "--port",
+                &p.to_string(),
+                "--appendonly",
+                "no",
+                "--cluster-enabled",
+                "yes",
+                "--cluster-node-timeout",
+                "2000",
+                "--cluster-config-file",
+                conf.to_str().unwrap(),
+            ],
+        ));
+    }
+    for p in &ports {
+        until("cluster node", 10, || cli(*p, &["ping"]) == "PONG").await;
+    }
+    let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let out = Command::new("redis-cli")
+        .arg("--cluster")
+        .arg("create")
+        .args(&addrs)
+        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cluster create: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    for p in &ports {
+        until("cluster_state:ok", 20, || {
+            cli(*p, &["cluster", "info"]).contains("cluster_state:ok")
+        })
+        .await;
+    }
+    (
+        servers,
+        ports
+            .iter()
+            .map(|p| format!("redis://127.0.0.1:{p}"))
+            .collect(),
+    )
+}
+
+/// A master, one replica and three sentinels watching `mymaster`.
+struct SentinelSet {
+    servers: Servers,
+    master: u16,
+    replica: u16,
+    sentinels: Vec<u16>,
+}
+
+async fn sentinel_set(dir: &Path) -> SentinelSet {
+    let (master, replica) = (free_port(), free_port());
+    let mut servers = Servers(Vec::new());
+    servers.0.push(redis_server(
+        &dir.join("master"),
+        &["--port", &master.to_string(), "--appendonly", "no"],
+    ));
+    servers.0.push(redis_server(
+        &dir.join("replica"),
+        &[
+            "--port",
+            &replica.to_string(),
+            "--appendonly",
+            "no",
+            "--replicaof",
+            "127.0.0.1",
+            &master.to_string(),
+        ],
+    ));
+    until("master", 10, || cli(master, &["ping"]) == "PONG").await;
+    until("replica in sync", 20, || {
+        cli(replica, &["info", "replication"]).contains("master_link_status:up")
+    })
+    .await;
+    let mut sentinels = Vec::new();
+    for _ in 0..3 {
+        let port = free_port();
+        let d = dir.join(format!("sentinel-{port}"));
+        std::fs::create_dir_all(&d).unwrap();
+        let conf = d.join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor mymaster 127.0.0.1 {master} 2\n\
+                 sentinel down-after-milliseconds mymaster 1000\nsentinel failover-timeout mymaster 5000\n",
+                d.display()
+            ),
+        )
+        .unwrap();
+        servers.0.push(
+            Command::new("redis-server")
+                .arg(&conf)
+                .arg("--sentinel")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        sentinels.push(port);
+    }
+    for s in &sentinels {
+        until("sentinel quorum", 20, || {
+            cli(*s, &["sentinel", "ckquorum", "mymaster"]).starts_with("OK")
+        })
+        .await;
+    }
+    SentinelSet {
+        servers,
+        master,
+        replica,
+        sentinels,
+    }
+}
+
+impl SentinelSet {
+    fn urls(&self) -> Vec<String> {
+        self.sentinels
+            .iter()
+            .map(|p| format!("redis://127.0.0.1:{p}"))
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn the_store_conformance_suite_passes_on_a_real_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_servers, nodes) = cluster(dir.path()).await;
+    sso_sidecar::store::conformance::run(&store(Topology::Cluster { nodes: &nodes }, None)).await;
+}
+
+#[tokio::test]
+async fn the_store_conformance_suite_passes_through_sentinel() {
+    let dir = tempfile::tempdir().unwrap();
+    let set = sentinel_set(dir.path()).await;
+    let urls = set.urls();
+    sso_sidecar::store::conformance::run(&store(
+        Topology::Sentinel {
+            sentinels: &urls,
+            master: "mymaster",
+            tls: false,
+        },
+        None,
+    ))
+    .await;
+    assert!(
+        cli(set.replica, &["dbsize"]).parse::<u64>().is_ok(),
+        "the replica is there"
+    );
+    drop(set.servers);
+}
+
+#[tokio::test]
+async fn tls_to_redis_with_a_private_ca() {
+    require_tool("openssl", "openssl");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    let sh = format!(
+        "set -e; cd {d}
+         openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=redis-test-ca -keyout ca.key -out ca.pem 2>/dev/null
+         openssl req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout srv.key -out srv.csr 2>/dev/null
+         printf 'subjectAltName=IP:127.0.0.1\\n' > ext.cnf
+         openssl x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile ext.cnf -out srv.pem 2>/dev/null"
+    );
+    assert!(Command::new("sh")
+        .arg("-c")
+        .arg(sh)
+        .status()
+        .unwrap()
+        .success());
+    let port = free_port();
+    let p = |f: &str| format!("{d}/{f}");
+    let _server = Servers(vec![redis_server(
+        &dir.path().join("data"),
+        &[
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--tls-cert-file",
+            &p("srv.pem"),
+            "--tls-key-file",
+            &p("srv.key"),
+            "--tls-ca-cert-file",
+            &p("ca.pem"),
+            "--tls-auth-clients",
+            "no",
+            "--appendonly",
+            "no",
+        ],
+    )]);
+    until("TLS redis", 10, || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    })
+    .await;
+    let url = format!("rediss://127.0.0.1:{port}");
+    let ca = std::fs::read(p("ca.pem")).unwrap();
+    sso_sidecar::store::conformance::run(&store(Topology::Single { url: &url }, Some(ca))).await;
+
+    // Without the private CA the server is not trusted: the store fails closed.
+    let untrusting = store(Topology::Single { url: &url }, None);
+    assert!(untrusting.ping().await.is_err());
+
+    // And the sidecar itself, configured through its variables, reaches it.
+    let idp = MockIdp::start().await;
+    idp.set(|m| m.jwks = json!({"keys": [Key::new("k").jwk()]}));
+    let up = Upstream::start();
+    let ca_file = p("ca.pem");
+    let sc = start_oidc_sidecar(
+        free_port(),
+        &idp.issuer(),
+        &up.url(),
+        &[
+            ("SSO_SIDECAR_REDIS_URL", &url),
+            ("SSO_SIDECAR_REDIS_CA_FILE", &ca_file),
+        ],
+    )
+    .await;
+    assert_eq!(
+        get(&sc.sidecar.admin_url("/readyz"), &[])
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
+
+/// Logs `sub` in through the mock IdP; returns the session cookie header.
+async fn mock_login(idp: &MockIdp, key: &Key, sc: &Sidecar, sub: &str) -> String {
+    let r = get(&sc.url("/auth/login?next=/"), &[]).await.unwrap();
+    let loc = url::Url::parse(&location(&r)).unwrap();
+    let q: std::collections::HashMap<_, _> = loc.query_pairs().into_owned().collect();
+    let state_cookie = set_cookie(&r, "sso_sidecar_session_state").unwrap();
+    let now = sso_sidecar::auth::oidc::now_unix();
+    let id_token = key.sign(&json!({"iss": idp.issuer(), "sub": sub, "aud": CLIENT_ID, "exp": now + 600, "iat": now, "nonce": q["nonce"]}));
+    idp.set(|s| s.token_response = json!({"access_token": "at", "token_type": "Bearer", "expires_in": 600, "id_token": id_token, "refresh_token": "rt"}));
+    let cb = get(
+        &sc.url(&format!(
+            "/auth/callback?code=c&state={}",
+            urlencode(&q["state"])
+        )),
+        &[(
+            "cookie",
+            &format!("sso_sidecar_session_state={state_cookie}"),
+        )],
+    )
+    .await
+    .unwrap();
+    assert_eq!(cb.status(), 302, "{}", String::from_utf8_lossy(cb.body()));
+    session_header(&set_cookie(&cb, "sso_sidecar_session").unwrap())
+}
+
+async fn status(sc: &Sidecar, path: &str, headers: &[(&str, &str)]) -> u16 {
+    get(&sc.url(path), headers)
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_redis_outage_fails_closed_and_recovers_with_the_old_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let args = [
+        "--port",
+        &port.to_string(),
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "always",
+    ];
+    let mut server = Servers(vec![redis_server(dir.path(), &args)]);
+    until("redis", 10, || cli(port, &["ping"]) == "PONG").await;
+    let idp = MockIdp::start().await;
+    let key = Key::new("k1");
+    idp.set(|m| m.jwks = json!({"keys": [key.jwk()]}));
+    let up = Upstream::start();
+    let url = format!("redis://127.0.0.1:{port}");
+    let sc = start_oidc_sidecar(
+        free_port(),
+        &idp.issuer(),
+        &up.url(),
+        &[
+            ("SSO_SIDECAR_REDIS_URL", &url),
+            ("SSO_SIDECAR_REDIS_TIMEOUT_MS", "500"),
+        ],
+    )
+    .await;
+    let sc = &sc.sidecar;
+    let cookie = mock_login(&idp, &key, sc, "alice").await;
+    assert_eq!(status(sc, "/v1/x", &[("cookie", &cookie)]).await, 200);
+
+    let mut redis = server.0.pop().unwrap();
+    redis.kill().unwrap(); // SIGKILL: Redis is gone
+    redis.wait().unwrap();
+    let r = get(&sc.url("/v1/x"), &[("cookie", &cookie)]).await.unwrap();
+    assert_eq!(r.status(), 503, "session paths fail closed");
+    assert_eq!(
+        json(&r)["detail"],
+        "Session store unavailable, please retry shortly"
+    );
+    assert_eq!(
+        status(sc, "/", &[("cookie", &cookie), ("accept", "text/html")]).await,
+        503,
+        "never let through, never a login loop"
+    );
+    assert_eq!(
+        status(sc, "/v1/x", &[("authorization", "Bearer t")]).await,
+        200,
+        "bearer pass-through keeps working"
+    );
+    assert_eq!(
+        status(sc, "/health_check", &[]).await,
+        200,
+        "public paths keep working"
+    );
+    assert_eq!(
+        get(&sc.admin_url("/readyz"), &[]).await.unwrap().status(),
+        503
+    );
+    assert!(sc.child.try_wait_none(), "the process is still running");
+
+    let _server = Servers(vec![redis_server(dir.path(), &args)]);
+    let back = Instant::now();
+    let mut ok = false;
+    while back.elapsed() < Duration::from_secs(15) {
+        if status(sc, "/v1/x", &[("cookie", &cookie)]).await == 200 {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ok, "the old session works again once Redis is back");
+    eprintln!(
+        "session usable again {:?} after Redis restarted",
+        back.elapsed()
+    );
+    assert_eq!(
+        get(&sc.admin_url("/readyz"), &[]).await.unwrap().status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn a_sentinel_failover_fails_closed_only_for_its_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut set = sentinel_set(dir.path()).await;
+    let idp = MockIdp::start().await;
+    let key = Key::new("k1");
+    idp.set(|m| m.jwks = json!({"keys": [key.jwk()]}));
+    let up = Upstream::start();
+    let nodes = set.urls().join(",");
+    let sc = start_oidc_sidecar(
+        free_port(),
+        &idp.issuer(),
+        &up.url(),
+        &[
+            ("SSO_SIDECAR_REDIS_MODE", "sentinel"),
+            ("SSO_SIDECAR_REDIS_NODES", &nodes),
+            ("SSO_SIDECAR_REDIS_SENTINEL_MASTER", "mymaster"),
+            ("SSO_SIDECAR_REDIS_TIMEOUT_MS", "500"),
+        ],
+    )
+    .await;
+    let sc = &sc.sidecar;
+    let cookie = mock_login(&idp, &key, sc, "alice").await;
+    assert_eq!(status(sc, "/v1/x", &[("cookie", &cookie)]).await, 200);
+    // Let the replica receive the session before the master dies.
+    until("replicated", 10, || cli(set.replica, &["dbsize"]) != "0").await;
+
+    let old_master = set.master;
+    set.servers.0.remove(0).kill().unwrap(); // the master dies
+    let start = Instant::now();
+    let (mut failures, mut recovered_at) = (0, None);
+    while start.elapsed() < Duration::from_secs(30) {
+        match status(sc, "/v1/x", &[("cookie", &cookie)]).await {
+            200 if failures > 0 => {
+                recovered_at = Some(start.elapsed());
+                break;
+            }
+            200 => {}
+            503 => failures += 1,
+            other => panic!(
+                "during failover a session request got {other}: only 200 or 503 are acceptable"
+            ),
+        }
+        assert_eq!(
+            status(sc, "/v1/anon", &[]).await,
+            401,
+            "never let anyone through"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let recovered = recovered_at.expect("requests succeed again after the failover");
+    assert!(failures > 0, "the failover window was observed");
+    let new_master = cli(
+        set.sentinels[0],
+        &["sentinel", "get-master-addr-by-name", "mymaster"],
+    );
+    assert!(
+        !new_master.contains(&old_master.to_string()),
+        "the sentinels promoted the replica: {new_master}"
+    );
+    eprintln!("failover: {failures} requests refused with 503, same cookie works again after {recovered:?}");
+    assert!(sc.child.try_wait_none(), "the process never exits");
+}
