@@ -158,12 +158,14 @@ fn build_oidc(
             provider,
             sessions,
             cookies: auth::cookies::CookieJar::new(&a.session_cookie_name),
-            settings: a.clone(),
+            settings: std::sync::RwLock::new(Arc::new(a.clone())),
             metrics,
             inflight: auth::refresh::InFlight::default(),
             bridge,
         },
-        identity: identity::headers::HeaderIdentity::new(a.headers.clone()),
+        identity: std::sync::RwLock::new(Arc::new(identity::headers::HeaderIdentity::new(
+            a.headers.clone(),
+        ))),
     })
 }
 
@@ -224,6 +226,7 @@ pub async fn run(
         name: "admin",
         ..public_opts.clone()
     };
+    let app_for_reload = app.clone();
     let public = tokio::spawn(server::serve(
         listeners.public,
         move |req, conn| app.clone().handle(req, conn),
@@ -237,6 +240,7 @@ pub async fn run(
         stop_rx,
     ));
 
+    tokio::spawn(reload_on_sighup(app_for_reload, config.clone()));
     shutdown.await;
     tracing::info!(
         deadline_secs = config.shutdown_timeout.as_secs(),
@@ -247,4 +251,44 @@ pub async fn run(
     let _ = tokio::join!(public, admin_task);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// On SIGHUP, re-reads the configuration (same file, same environment). A valid change to the
+/// reloadable settings — log level, path lists, identity header names, redirect allow-list,
+/// upstream timeout — applies to the next request without dropping a connection; an invalid
+/// configuration is refused with its problems logged and the running one kept; settings that
+/// cannot change live are named.
+async fn reload_on_sighup(app: Arc<router::App>, mut current: Config) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP: configuration reload disabled");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        let next = match config::load(config::Inputs::from_process(current.source_file.clone())) {
+            Ok(next) => next,
+            Err(e) => {
+                tracing::error!(problems = ?e.0, "configuration reload refused; the running configuration is kept");
+                continue;
+            }
+        };
+        let restart = config::restart_required(&current, &next);
+        app.reload(&next);
+        if let Err(e) = telemetry::set_level(&next.log_level) {
+            tracing::warn!(error = %e, "log level not changed");
+        }
+        current.log_level = next.log_level.clone();
+        current.proxy.upstream_timeout = next.proxy.upstream_timeout;
+        current.auth.paths = next.auth.paths.clone();
+        current.auth.allowed_redirect_origins = next.auth.allowed_redirect_origins.clone();
+        current.auth.headers = next.auth.headers.clone();
+        if restart.is_empty() {
+            tracing::info!("configuration reloaded");
+        } else {
+            tracing::warn!(
+                needs_restart = ?restart,
+                "configuration reloaded; these settings cannot change while running and keep their old values until a restart"
+            );
+        }
+    }
 }

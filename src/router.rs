@@ -29,7 +29,8 @@ use std::time::Instant;
 /// The OIDC side of the router, present with `AUTH_MODE=oidc`.
 pub struct Oidc {
     pub auth: Auth,
-    pub identity: HeaderIdentity,
+    /// Swapped on a configuration reload.
+    pub identity: std::sync::RwLock<Arc<HeaderIdentity>>,
 }
 
 pub struct App {
@@ -47,6 +48,24 @@ impl App {
             upstream,
             metrics,
             oidc,
+        }
+    }
+
+    /// Applies the reloadable part of a new configuration (SIGHUP).
+    pub fn reload(&self, c: &crate::config::Config) {
+        self.upstream.set_timeout(c.proxy.upstream_timeout);
+        if let Some(oidc) = &self.oidc {
+            let mut next = (*oidc.auth.settings()).clone();
+            next.paths = c.auth.paths.clone();
+            next.allowed_redirect_origins = c.auth.allowed_redirect_origins.clone();
+            next.headers = c.auth.headers.clone();
+            *oidc
+                .auth
+                .settings
+                .write()
+                .unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
+            *oidc.identity.write().unwrap_or_else(|p| p.into_inner()) =
+                Arc::new(HeaderIdentity::new(c.auth.headers.clone()));
         }
     }
 
@@ -194,11 +213,16 @@ impl App {
                 .ok_or(Error::BadRequest("Invalid request target"))?;
         }
         let req = Request::from_parts(parts, body);
+        let identity = oidc
+            .identity
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         self.proxy(req, peer, |h| {
             oidc.auth.cookies.strip(h);
-            oidc.identity.strip(h);
+            identity.strip(h);
             if let Some(s) = session {
-                oidc.identity.inject(h, s);
+                identity.inject(h, s);
             }
             if let Some((carrier, t)) = token {
                 inject::inject_headers(h, carrier, t);

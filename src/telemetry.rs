@@ -9,23 +9,59 @@ use crate::config::LogFormat;
 use std::time::Duration;
 use tracing_subscriber::EnvFilter;
 
+type Reloader = Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync>;
+
+/// Swaps the log filter of the installed subscriber (configuration reload).
+static RELOAD: std::sync::OnceLock<Reloader> = std::sync::OnceLock::new();
+
 /// Installs the global subscriber. Logs go to stdout, as containers expect.
 pub fn init(format: LogFormat, default_level: &str) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::builder().parse(default_level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(true);
+    // The reload handle's type names the whole subscriber, so each format gets its own.
     // A second init (tests, or a library user) keeps the first subscriber.
-    let _ = match format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .try_init(),
-        LogFormat::Pretty => builder.try_init(),
-    };
+    match format {
+        LogFormat::Json => {
+            let builder = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_target(true)
+                .json()
+                .flatten_event(true)
+                .with_current_span(false)
+                .with_filter_reloading();
+            let handle = builder.reload_handle();
+            let _ = RELOAD.set(Box::new(move |f| {
+                handle.reload(f).map_err(|e| e.to_string())
+            }));
+            let _ = builder.try_init();
+        }
+        LogFormat::Pretty => {
+            let builder = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_target(true)
+                .with_filter_reloading();
+            let handle = builder.reload_handle();
+            let _ = RELOAD.set(Box::new(move |f| {
+                handle.reload(f).map_err(|e| e.to_string())
+            }));
+            let _ = builder.try_init();
+        }
+    }
+}
+
+/// Applies a new `log_level`, unless `RUST_LOG` (which wins at start-up) is set.
+pub fn set_level(level: &str) -> Result<bool, String> {
+    if std::env::var_os("RUST_LOG").is_some() {
+        return Ok(false);
+    }
+    let filter = EnvFilter::builder()
+        .parse(level)
+        .map_err(|e| e.to_string())?;
+    match RELOAD.get() {
+        Some(reload) => reload(filter).map(|_| true),
+        None => Ok(false),
+    }
 }
 
 /// One finished request, as the access log records it.

@@ -27,7 +27,8 @@ pub struct Auth {
     pub provider: Arc<Provider>,
     pub sessions: Sessions,
     pub cookies: CookieJar,
-    pub settings: AuthSettings,
+    /// Swapped whole on a configuration reload (only the reloadable fields change).
+    pub settings: std::sync::RwLock<Arc<AuthSettings>>,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub inflight: super::refresh::InFlight,
     /// The OpenRag identity bridge, with `identity = "openrag"`.
@@ -62,6 +63,14 @@ fn query(parts: &Parts) -> HashMap<String, String> {
 }
 
 impl Auth {
+    /// The current settings (a reload may replace them between two requests).
+    pub fn settings(&self) -> Arc<AuthSettings> {
+        self.settings
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// Secure cookies when the public origin is https (the redirect URI's scheme, or the
     /// scheme a trusted proxy reports).
     fn secure(&self, public_scheme: &str) -> bool {
@@ -70,7 +79,8 @@ impl Auth {
 
     /// The gate's decision, with the session refreshed when its access token is about to expire.
     pub async fn gate(&self, parts: &Parts) -> Result<Decision, Error> {
-        let paths = &self.settings.paths;
+        let settings = self.settings();
+        let paths = &settings.paths;
         match gate::decide(parts, paths, &self.cookies, &self.sessions, now_unix()).await? {
             Decision::Authenticated { session, id } => match self.ensure_fresh(&id, *session).await
             {
@@ -91,7 +101,7 @@ impl Auth {
         let q = query(parts);
         let next = sanitize_next(
             q.get("next").map(String::as_str).unwrap_or("/"),
-            &self.settings.allowed_redirect_origins,
+            &self.settings().allowed_redirect_origins,
         );
         let st = LoginState {
             state: crate::crypto::random_token(32),
@@ -247,7 +257,7 @@ impl Auth {
             None => None,
         };
         let access_expires_at = now + tokens.expires_in.unwrap_or(3600).max(60);
-        let lifetime = self.settings.session_lifetime.as_secs() as i64;
+        let lifetime = self.settings().session_lifetime.as_secs() as i64;
         let session = Session {
             iss: self.provider.settings.issuer.clone(),
             sub: sub.clone(),
@@ -281,7 +291,7 @@ impl Auth {
                 .await
                 .map_err(|e| CallbackError::Other(e.into()))?;
         }
-        let next = sanitize_next(&st.next, &self.settings.allowed_redirect_origins);
+        let next = sanitize_next(&st.next, &self.settings().allowed_redirect_origins);
         tracing::info!(sub = %sub, next = %next, "OIDC login success");
         let mut r = redirect(&next);
         r.headers_mut().append(

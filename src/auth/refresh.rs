@@ -62,7 +62,7 @@ impl Auth {
         id: &str,
         session: Session,
     ) -> Result<Option<Session>, StoreError> {
-        let skew = self.settings.refresh_skew.as_secs() as i64;
+        let skew = self.settings().refresh_skew.as_secs() as i64;
         if !needs_refresh(&session, now_unix(), skew) {
             return Ok(Some(session));
         }

@@ -182,6 +182,67 @@ pub fn load(inputs: Inputs) -> Result<Config, ConfigErrors> {
     }
 }
 
+/// The settings that differ between `a` and `b` but cannot change while running (a reload
+/// keeps the running values and names these in the log). Secrets compare as `[redacted]`, so a
+/// changed secret is not detected: secrets change with a restart.
+pub fn restart_required(a: &Config, b: &Config) -> Vec<&'static str> {
+    let d = |x: &dyn fmt::Debug, y: &dyn fmt::Debug| format!("{x:?}") != format!("{y:?}");
+    let (p, q) = (&a.proxy, &b.proxy);
+    let (x, y) = (&a.auth, &b.auth);
+    let checks: [(&'static str, bool); 21] = [
+        ("listen", a.listen != b.listen),
+        ("admin_listen", a.admin_listen != b.admin_listen),
+        ("tls", d(&a.tls, &b.tls)),
+        ("upstream", p.upstream != q.upstream),
+        ("upstream_ca_file", p.upstream_ca_file != q.upstream_ca_file),
+        (
+            "upstream_connect_timeout_secs",
+            p.connect_timeout != q.connect_timeout,
+        ),
+        ("trusted_proxies", p.trusted_proxies != q.trusted_proxies),
+        ("preserve_host", p.preserve_host != q.preserve_host),
+        (
+            "max_request_header_bytes",
+            p.max_request_header_bytes != q.max_request_header_bytes,
+        ),
+        ("identity", a.identity != b.identity),
+        ("log_format", a.log_format != b.log_format),
+        (
+            "shutdown_timeout_secs",
+            a.shutdown_timeout != b.shutdown_timeout,
+        ),
+        ("AUTH_MODE and OIDC_* variables", d(&a.openrag, &b.openrag)),
+        (
+            "session_cookie_name",
+            x.session_cookie_name != y.session_cookie_name,
+        ),
+        (
+            "session_lifetime_secs",
+            x.session_lifetime != y.session_lifetime,
+        ),
+        (
+            "token_endpoint_auth",
+            x.token_endpoint_auth != y.token_endpoint_auth,
+        ),
+        (
+            "idp_ca_file, idp_timeout_secs",
+            x.idp_ca_file != y.idp_ca_file || x.idp_timeout != y.idp_timeout,
+        ),
+        (
+            "discovery_refresh_secs",
+            x.discovery_refresh != y.discovery_refresh,
+        ),
+        ("refresh_skew_secs", x.refresh_skew != y.refresh_skew),
+        ("redis_*", d(&x.redis, &y.redis)),
+        ("openrag.*", d(&x.openrag, &y.openrag)),
+    ];
+    checks
+        .into_iter()
+        .filter(|(_, changed)| *changed)
+        .map(|(n, _)| n)
+        .collect()
+}
+
 fn read_env_file(path: &Path, explicit: bool, problems: &mut Vec<String>) -> Vec<(String, String)> {
     if !path.exists() {
         if explicit {

@@ -32,7 +32,8 @@ pub struct Upstream {
     host: HeaderValue,
     /// Path prefix of the upstream base URL, without trailing slash ("" for none).
     prefix: String,
-    timeout: Duration,
+    /// Milliseconds to the response head; atomic so a configuration reload can change it.
+    timeout_ms: std::sync::atomic::AtomicU64,
     preserve_host: bool,
     trusted_proxies: Vec<IpNet>,
 }
@@ -70,10 +71,17 @@ impl Upstream {
             host: HeaderValue::from_str(authority.as_str()).map_err(|e| e.to_string())?,
             authority,
             prefix: u.path().trim_end_matches('/').to_owned(),
-            timeout: settings.upstream_timeout,
+            timeout_ms: std::sync::atomic::AtomicU64::new(
+                settings.upstream_timeout.as_millis() as u64
+            ),
             preserve_host: settings.preserve_host,
             trusted_proxies: settings.trusted_proxies.clone(),
         })
+    }
+
+    pub fn set_timeout(&self, t: Duration) {
+        self.timeout_ms
+            .store(t.as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Describes the peer of a connection: its address and whether it is a trusted proxy.
@@ -121,7 +129,9 @@ impl Upstream {
             h.insert(header::UPGRADE, proto.clone());
         }
 
-        let mut resp = match tokio::time::timeout(self.timeout, self.client.request(req)).await {
+        let timeout =
+            Duration::from_millis(self.timeout_ms.load(std::sync::atomic::Ordering::Relaxed));
+        let mut resp = match tokio::time::timeout(timeout, self.client.request(req)).await {
             Err(_) => return Err(Error::UpstreamTimeout),
             Ok(Err(e)) => return Err(Error::UpstreamUnavailable(e)),
             Ok(Ok(r)) => r,

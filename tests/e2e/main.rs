@@ -12,6 +12,7 @@ mod oidc_support;
 mod openrag;
 mod proxy;
 mod redis_ha;
+mod reload;
 mod shutdown;
 mod streaming;
 mod support;

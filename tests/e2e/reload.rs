@@ -1,0 +1,124 @@
+//! SIGHUP re-reads the configuration file: a valid change to a reloadable setting applies
+//! without dropping a connection, an invalid file is refused and the running one kept, and
+//! settings that need a restart are named.
+
+use crate::mock_idp::*;
+use crate::oidc_support::*;
+use crate::support::*;
+use serde_json::json;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+
+/// One request on an existing keep-alive connection; returns the status.
+async fn on_conn(conn: &mut BufReader<tokio::net::TcpStream>, path: &str) -> u16 {
+    conn.get_mut()
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut status_line = String::new();
+    conn.read_line(&mut status_line).await.unwrap();
+    let mut len = 0usize;
+    loop {
+        let mut line = String::new();
+        conn.read_line(&mut line).await.unwrap();
+        if line == "\r\n" {
+            break;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            len = v.trim().parse().unwrap();
+        }
+    }
+    let mut body = vec![0; len];
+    conn.read_exact(&mut body).await.unwrap();
+    status_line
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn sighup_applies_valid_changes_live_and_refuses_invalid_ones() {
+    let idp = MockIdp::start().await;
+    idp.set(|m| m.jwks = json!({"keys": [Key::new("k").jwk()]}));
+    let up = Upstream::start();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sso.toml");
+    std::fs::write(&file, "upstream_timeout_secs = 1\n").unwrap();
+    let cfg = file.to_str().unwrap().to_owned();
+    let sc = start_oidc_sidecar(
+        free_port(),
+        &idp.issuer(),
+        &up.url(),
+        &[("SSO_SIDECAR_CONFIG", &cfg)],
+    )
+    .await;
+    let sc = &sc.sidecar;
+
+    let mut conn = BufReader::new(tokio::net::TcpStream::connect(sc.addr).await.unwrap());
+    assert_eq!(
+        on_conn(&mut conn, "/v1/open").await,
+        401,
+        "an API path needs a session"
+    );
+    assert_eq!(
+        get(&sc.url("/slow?ms=1500"), &[("authorization", "Bearer t")])
+            .await
+            .unwrap()
+            .status(),
+        504
+    );
+
+    std::fs::write(
+        &file,
+        "upstream_timeout_secs = 5\npreserve_host = true\nlog_level = \"debug\"\n[paths]\npublic = [\"/health_check\", \"/v1/*\"]\n",
+    )
+    .unwrap();
+    sc.signal("HUP");
+    let start = Instant::now();
+    while on_conn(&mut conn, "/v1/open").await != 200 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the reload never applied"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Same connection, still open: nothing was dropped.
+    assert_eq!(on_conn(&mut conn, "/v1/open").await, 200);
+    assert_eq!(
+        get(&sc.url("/slow?ms=1500"), &[("authorization", "Bearer t")])
+            .await
+            .unwrap()
+            .status(),
+        200,
+        "new upstream timeout"
+    );
+    let logs = sc.output();
+    assert!(
+        logs.contains("configuration reloaded") && logs.contains("preserve_host"),
+        "{logs}"
+    );
+
+    // An invalid file is refused; the running configuration stays.
+    std::fs::write(&file, "upstream_timeout_secs = \"soon\"\nlistne = 1\n").unwrap();
+    sc.signal("HUP");
+    let start = Instant::now();
+    while !sc.output().contains("configuration reload refused") {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no refusal logged"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(sc.output().contains("listne"), "the reasons are logged");
+    assert_eq!(
+        on_conn(&mut conn, "/v1/open").await,
+        200,
+        "the old configuration is kept"
+    );
+    assert_eq!(
+        get(&sc.admin_url("/healthz"), &[]).await.unwrap().status(),
+        200
+    );
+}
