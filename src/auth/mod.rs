@@ -7,11 +7,13 @@
 //! - [`session`], [`cookies`], [`redirect`]: sessions in the store, cookies, `next` validation.
 
 pub mod backchannel;
+pub mod claims;
 pub mod cookies;
 pub mod flow;
 pub mod gate;
 pub mod idp_http;
 pub mod jwt;
+pub mod logout;
 pub mod oidc;
 pub mod redirect;
 pub mod refresh;

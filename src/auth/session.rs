@@ -59,7 +59,15 @@ impl Session {
 pub struct Sessions {
     store: Arc<Store>,
     keys: Arc<KeyRing>,
+    /// Opened sessions by store key, with the ciphertext they came from. The store is still
+    /// read on every request (a revocation on any replica is seen at once); only when the
+    /// ciphertext is byte-for-byte the one already opened are decryption and parsing skipped.
+    opened: std::sync::Mutex<std::collections::HashMap<String, (Vec<u8>, Session)>>,
 }
+
+/// Bound of the opened-session cache (about 4.5 KiB an entry, so ~9 MiB at most); it is simply
+/// cleared when full.
+const OPENED_CACHE_MAX: usize = 2048;
 
 /// Hex SHA-256 of `parts` joined by NUL: store keys never contain the value they index.
 pub fn digest(parts: &[&str]) -> String {
@@ -91,7 +99,11 @@ fn plausible_id(id: &str) -> bool {
 
 impl Sessions {
     pub fn new(store: Arc<Store>, keys: Arc<KeyRing>) -> Self {
-        Sessions { store, keys }
+        Sessions {
+            store,
+            keys,
+            opened: std::sync::Mutex::default(),
+        }
     }
 
     pub fn store(&self) -> &Store {
@@ -147,13 +159,33 @@ impl Sessions {
         if !plausible_id(id) {
             return Ok(None);
         }
-        let Some(sealed) = self.store.get(&Self::key_of(id)).await? else {
+        let key = Self::key_of(id);
+        let Some(sealed) = self.store.get(&key).await? else {
+            self.opened
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&key);
             return Ok(None);
         };
+        {
+            let cache = self.opened.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((bytes, s)) = cache.get(&key) {
+                if *bytes == sealed {
+                    return Ok(Some(s.clone()).filter(|s| s.is_live(now)));
+                }
+            }
+        }
         let session = std::str::from_utf8(&sealed)
             .ok()
             .and_then(|t| self.keys.open(t))
             .and_then(|p| serde_json::from_slice::<Session>(&p).ok());
+        if let Some(s) = &session {
+            let mut cache = self.opened.lock().unwrap_or_else(|p| p.into_inner());
+            if cache.len() >= OPENED_CACHE_MAX {
+                cache.clear();
+            }
+            cache.insert(key, (sealed, s.clone()));
+        }
         Ok(session.filter(|s| s.is_live(now)))
     }
 

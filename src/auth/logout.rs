@@ -1,0 +1,102 @@
+//! `GET /auth/me` and RP-initiated logout (`GET /auth/logout`): what a logged-in user can ask
+//! of their own session. Cross-site non-navigation logouts are refused (a page elsewhere cannot
+//! log the user out behind their back); the session is revoked in the shared store, so it is
+//! refused at once on every replica.
+
+use super::flow::{redirect, Auth};
+use super::oidc::now_unix;
+use crate::error::{message_response, Error};
+use crate::Body;
+use http::{header, request::Parts, HeaderValue, Response, StatusCode};
+
+impl Auth {
+    /// `GET /auth/me`
+    pub async fn me(&self, parts: &Parts) -> Result<Response<Body>, Error> {
+        let Some(id) = self.cookies.get(&parts.headers, &self.cookies.session) else {
+            return Err(Error::Unauthenticated);
+        };
+        let s = self
+            .sessions
+            .load(&id, now_unix())
+            .await?
+            .ok_or(Error::Unauthenticated)?;
+        let body = serde_json::json!({
+            "sub": s.sub, "user_id": s.backend_user_id, "email": s.email, "name": s.name,
+            "auth_method": "oidc", "session_expires_at": s.expires_at,
+        });
+        let mut r = Response::new(crate::full(body.to_string()));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        r.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        Ok(r)
+    }
+
+    /// `GET /auth/logout` (RP-initiated logout).
+    pub async fn logout(
+        &self,
+        parts: &Parts,
+        public_scheme: &str,
+    ) -> Result<Response<Body>, Error> {
+        let h = &parts.headers;
+        let site = h.get("sec-fetch-site").and_then(|v| v.to_str().ok());
+        let mode = h.get("sec-fetch-mode").and_then(|v| v.to_str().ok());
+        if site == Some("cross-site") && mode != Some("navigate") {
+            return Err(Error::Forbidden(
+                "Cross-site logout requests are not allowed",
+            ));
+        }
+        let mut hint = None;
+        if let Some(id) = self.cookies.get(h, &self.cookies.session) {
+            if let Some(s) = self.sessions.load(&id, now_unix()).await? {
+                hint = Some(s.id_token);
+            }
+            if self.sessions.delete(&id).await? {
+                self.metrics.sessions_revoked(1);
+            }
+        }
+        self.metrics.logout("rp");
+        let settings = &self.provider.settings;
+        let post_logout = settings
+            .post_logout_redirect_uri
+            .as_ref()
+            .map(|u| u.to_string());
+        let end_session = self
+            .provider
+            .metadata()
+            .and_then(|m| m.end_session_endpoint);
+        let mut r = match (end_session, &post_logout) {
+            (Some(ep), _) => match url::Url::parse(&ep) {
+                Ok(mut u) => {
+                    {
+                        let mut qp = u.query_pairs_mut();
+                        qp.append_pair("client_id", &settings.client_id);
+                        if let Some(t) = &hint {
+                            qp.append_pair("id_token_hint", t);
+                        }
+                        if let Some(p) = &post_logout {
+                            qp.append_pair("post_logout_redirect_uri", p);
+                        }
+                    }
+                    redirect(u.as_str())
+                }
+                Err(_) => return Err(Error::Internal("end_session_endpoint is not a URL".into())),
+            },
+            (None, Some(p)) => redirect(p),
+            (None, None) => message_response(StatusCode::OK, "Logged out", false),
+        };
+        let secure = self.secure(public_scheme);
+        r.headers_mut().append(
+            header::SET_COOKIE,
+            self.cookies.clear(&self.cookies.session, secure),
+        );
+        r.headers_mut().append(
+            header::SET_COOKIE,
+            self.cookies.clear(&self.cookies.state, secure),
+        );
+        tracing::info!(had_session = hint.is_some(), "RP-initiated logout");
+        Ok(r)
+    }
+}
