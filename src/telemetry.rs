@@ -82,7 +82,7 @@ pub fn access(a: &Access<'_>) {
         path = a.path,
         status = a.status,
         upstream_status = a.upstream_status,
-        latency_ms = a.latency.as_secs_f64() * 1000.0,
+        latency_ms = (a.latency.as_secs_f64() * 1e6).round() / 1e3,
         request_id = a.request_id,
         "request"
     );

@@ -140,7 +140,10 @@ impl Auth {
             Ok(r) => r,
             Err(CallbackError::User(status, msg)) => message_response(status, msg, html),
             Err(CallbackError::Idp(msg)) => message_response(StatusCode::BAD_REQUEST, &msg, html),
-            Err(CallbackError::Other(e)) => e.into_response(html),
+            Err(CallbackError::Other(e)) => {
+                tracing::warn!(error = %e, "login failed at the callback");
+                e.into_response(html)
+            }
         };
         resp.headers_mut().append(
             header::SET_COOKIE,

@@ -69,13 +69,85 @@ app.kubernetes.io/component: session-store
 {{- if not (has .Values.identity (list "openrag" "headers")) }}
 {{- fail (printf "identity must be openrag or headers, not %q" .Values.identity) }}
 {{- end }}
-{{- if not (has .Values.redis.mode (list "none" "url" "inCluster")) }}
-{{- fail (printf "redis.mode must be none, url or inCluster, not %q" .Values.redis.mode) }}
+{{- $r := .Values.redis }}
+{{- if not (has $r.mode (list "none" "url" "inCluster" "sentinel" "cluster")) }}
+{{- fail (printf "redis.mode must be none, url, inCluster, sentinel or cluster, not %q" $r.mode) }}
 {{- end }}
-{{- if and (eq .Values.redis.mode "url") (not (or .Values.redis.url .Values.redis.existingSecret)) }}
+{{- if and (eq $r.mode "url") (not (or $r.url $r.existingSecret)) }}
 {{- fail "redis.mode url needs redis.url or redis.existingSecret" }}
 {{- end }}
-{{- if and (eq .Values.authMode "oidc") (eq .Values.redis.mode "none") (gt (int .Values.replicaCount) 1) }}
-{{- fail "replicaCount > 1 with redis.mode none: each pod would keep its own sessions; set redis.mode to url or inCluster, or replicaCount to 1" }}
+{{- if has $r.mode (list "sentinel" "cluster") }}
+{{- $nodes := include "sso-sidecar.redisNodes" . }}
+{{- if not $nodes }}
+{{- fail (printf "redis.mode %s needs redis.%s.nodes (redis://host:port, ...)" $r.mode $r.mode) }}
 {{- end }}
+{{- range $i, $n := splitList "," $nodes }}
+{{- if not (or (hasPrefix "redis://" $n) (hasPrefix "rediss://" $n)) }}
+{{- fail (printf "redis.%s.nodes[%d] must start with redis:// or rediss://" $r.mode $i) }}
+{{- end }}
+{{- if (urlParse $n).userinfo }}
+{{- fail (printf "redis.%s.nodes: no credentials in the URLs (they would be plain environment values); use redis.username and redis.passwordSecret%s" $r.mode (ternary ", redis.sentinel.username and redis.sentinel.passwordSecret" "" (eq $r.mode "sentinel"))) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- if eq $r.mode "sentinel" }}
+{{- if not $r.sentinel.master }}
+{{- fail "redis.sentinel.master must not be empty" }}
+{{- end }}
+{{- if not (kindIs "bool" $r.sentinel.tls) }}
+{{- fail "redis.sentinel.tls must be true or false" }}
+{{- end }}
+{{- if $r.caSecret.name }}
+{{- fail "redis.caSecret: Sentinel TLS trusts the system roots; a private CA is supported with redis.mode url and cluster only" }}
+{{- end }}
+{{- if and $r.sentinel.passwordSecret.name (not $r.sentinel.passwordSecret.key) }}
+{{- fail "redis.sentinel.passwordSecret.key is required with redis.sentinel.passwordSecret.name" }}
+{{- end }}
+{{- end }}
+{{- if and (eq $r.mode "inCluster") (or $r.username $r.passwordSecret.name $r.caSecret.name) }}
+{{- fail "redis.username, redis.passwordSecret and redis.caSecret are for an existing Redis (url, sentinel, cluster); the inCluster server has no password and no TLS" }}
+{{- end }}
+{{- if and $r.passwordSecret.name (not $r.passwordSecret.key) }}
+{{- fail "redis.passwordSecret.key is required with redis.passwordSecret.name" }}
+{{- end }}
+{{- if and $r.caSecret.name (not $r.caSecret.key) }}
+{{- fail "redis.caSecret.key is required with redis.caSecret.name" }}
+{{- end }}
+{{- if and (eq .Values.authMode "oidc") (eq $r.mode "none") (gt (int .Values.replicaCount) 1) }}
+{{- fail "replicaCount > 1 with redis.mode none: each pod would keep its own sessions; set redis.mode to url, inCluster, sentinel or cluster, or replicaCount to 1" }}
+{{- end }}
+{{- end }}
+
+{{/* Whether the sidecar talks to an existing Redis (credentials and CA apply). */}}
+{{- define "sso-sidecar.redisExternal" -}}
+{{- if has .Values.redis.mode (list "url" "sentinel" "cluster") }}true{{ end }}
+{{- end }}
+
+{{/* SSO_SIDECAR_REDIS_NODES: the sentinels or the cluster's seed nodes, comma-separated. */}}
+{{- define "sso-sidecar.redisNodes" -}}
+{{- if eq .Values.redis.mode "sentinel" }}{{ join "," (compact .Values.redis.sentinel.nodes) }}
+{{- else if eq .Values.redis.mode "cluster" }}{{ join "," (compact .Values.redis.cluster.nodes) }}
+{{- end }}
+{{- end }}
+
+{{/* The TCP port of a redis:// or rediss:// URL (6379 when it names none). */}}
+{{- define "sso-sidecar.redisUrlPort" -}}
+{{- $port := regexFind ":[0-9]+$" (urlParse .).host }}
+{{- if $port }}{{ trimPrefix ":" $port }}{{ else }}6379{{ end }}
+{{- end }}
+
+{{/* Redis egress ports, comma-separated: 6379 (the in-cluster server, a master the sentinels
+name, cluster nodes) and the port of every configured URL (redis.url, the sentinels, the seeds). */}}
+{{- define "sso-sidecar.redisPorts" -}}
+{{- $ports := list "6379" }}
+{{- $urls := list }}
+{{- if and (eq .Values.redis.mode "url") .Values.redis.url (not .Values.redis.existingSecret) }}
+{{- $urls = list .Values.redis.url }}
+{{- else if has .Values.redis.mode (list "sentinel" "cluster") }}
+{{- $urls = splitList "," (include "sso-sidecar.redisNodes" .) }}
+{{- end }}
+{{- range $urls }}
+{{- $ports = append $ports (include "sso-sidecar.redisUrlPort" .) }}
+{{- end }}
+{{- join "," (uniq $ports) }}
 {{- end }}
