@@ -63,6 +63,8 @@ pub enum StartError {
     Unsupported(&'static str),
     #[error("session store: {0}")]
     Store(String),
+    #[error("public listener: {0}")]
+    Listen(std::io::Error),
 }
 
 /// Builds the OIDC side: provider (discovery starts in the background), store, sessions.
@@ -187,16 +189,29 @@ pub async fn run(
     };
     let client_tls = server::tls::client_config(config.proxy.upstream_ca_file.as_deref())
         .map_err(StartError::Upstream)?;
-    let upstream = proxy::Upstream::new(&config.proxy, client_tls).map_err(StartError::Upstream)?;
-
     let metrics = Arc::new(metrics::Metrics::new());
     let mut readiness = admin::Readiness::default();
     let oidc = match config.auth_mode() {
         AuthMode::Token => None,
-        AuthMode::Oidc => Some(build_oidc(&config, &mut readiness, metrics.clone())?),
+        AuthMode::Oidc => Some(Arc::new(build_oidc(
+            &config,
+            &mut readiness,
+            metrics.clone(),
+        )?)),
     };
     let readiness = Arc::new(readiness);
-    let app = Arc::new(router::App::new(upstream, metrics.clone(), oidc));
+    // One app per worker thread: each has its own upstream connection pool.
+    let workers = config.workers;
+    let mut apps = Vec::with_capacity(workers);
+    for _ in 0..workers {
+        let upstream = proxy::Upstream::new(&config.proxy, client_tls.clone())
+            .map_err(StartError::Upstream)?;
+        apps.push(Arc::new(router::App::new(
+            upstream,
+            metrics.clone(),
+            oidc.clone(),
+        )));
+    }
     let admin = Arc::new(admin::Admin {
         metrics: metrics.clone(),
         readiness: readiness.clone(),
@@ -211,6 +226,7 @@ pub async fn run(
         upstream = %config.proxy.upstream,
         tls = config.tls.is_some(),
         auth_mode = ?config.auth_mode(),
+        workers,
         "sso-sidecar started"
     );
 
@@ -226,13 +242,20 @@ pub async fn run(
         name: "admin",
         ..public_opts.clone()
     };
-    let app_for_reload = app.clone();
-    let public = tokio::spawn(server::serve(
-        listeners.public,
-        move |req, conn| app.clone().handle(req, conn),
-        public_opts,
-        stop_rx.clone(),
-    ));
+    let public_std = listeners.public.into_std().map_err(StartError::Listen)?;
+    let mut public = Vec::new();
+    for (i, (listener, app)) in server::workers::siblings(public_std, workers)
+        .map_err(StartError::Listen)?
+        .into_iter()
+        .zip(apps.iter().cloned())
+        .enumerate()
+    {
+        let handler = move |req, conn| app.clone().handle(req, conn);
+        public.push(
+            server::workers::spawn(i, listener, handler, public_opts.clone(), stop_rx.clone())
+                .map_err(StartError::Listen)?,
+        );
+    }
     let admin_task = tokio::spawn(server::serve(
         listeners.admin,
         move |req, _conn| admin.clone().handle(req),
@@ -240,7 +263,7 @@ pub async fn run(
         stop_rx,
     ));
 
-    tokio::spawn(reload_on_sighup(app_for_reload, config.clone()));
+    tokio::spawn(reload_on_sighup(apps, config.clone()));
     shutdown.await;
     tracing::info!(
         deadline_secs = config.shutdown_timeout.as_secs(),
@@ -248,7 +271,10 @@ pub async fn run(
     );
     readiness.set_draining();
     let _ = stop_tx.send(true);
-    let _ = tokio::join!(public, admin_task);
+    let _ = admin_task.await;
+    for worker in public {
+        let _ = tokio::task::spawn_blocking(move || worker.join()).await;
+    }
     tracing::info!("stopped");
     Ok(())
 }
@@ -258,7 +284,7 @@ pub async fn run(
 /// upstream timeout — applies to the next request without dropping a connection; an invalid
 /// configuration is refused with its problems logged and the running one kept; settings that
 /// cannot change live are named.
-async fn reload_on_sighup(app: Arc<router::App>, mut current: Config) {
+async fn reload_on_sighup(apps: Vec<Arc<router::App>>, mut current: Config) {
     use tokio::signal::unix::{signal, SignalKind};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         tracing::warn!("cannot listen for SIGHUP: configuration reload disabled");
@@ -273,7 +299,9 @@ async fn reload_on_sighup(app: Arc<router::App>, mut current: Config) {
             }
         };
         let restart = config::restart_required(&current, &next);
-        app.reload(&next);
+        for app in &apps {
+            app.reload(&next);
+        }
         if let Err(e) = telemetry::set_level(&next.log_level) {
             tracing::warn!(error = %e, "log level not changed");
         }

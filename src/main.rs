@@ -152,9 +152,20 @@ fn run(config: Config) -> ExitCode {
 }
 
 async fn bind(config: &Config) -> Result<sso_sidecar::Listeners, String> {
-    let public = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    // SO_REUSEPORT so that each worker thread can bind its own socket to the same address.
+    let public = (|| {
+        let addr = config.listen;
+        let s = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        s.set_reuseaddr(true)?;
+        s.set_reuseport(true)?;
+        s.bind(addr)?;
+        s.listen(1024)
+    })()
+    .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
     let admin = tokio::net::TcpListener::bind(config.admin_listen)
         .await
         .map_err(|e| format!("cannot listen on {} (admin): {e}", config.admin_listen))?;

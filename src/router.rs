@@ -36,14 +36,14 @@ pub struct Oidc {
 pub struct App {
     upstream: Upstream,
     metrics: Arc<Metrics>,
-    oidc: Option<Oidc>,
+    oidc: Option<Arc<Oidc>>,
 }
 
 /// How a request ended, for the access log.
 type Outcome = (Response<Body>, Option<u16>);
 
 impl App {
-    pub fn new(upstream: Upstream, metrics: Arc<Metrics>, oidc: Option<Oidc>) -> Self {
+    pub fn new(upstream: Upstream, metrics: Arc<Metrics>, oidc: Option<Arc<Oidc>>) -> Self {
         App {
             upstream,
             metrics,

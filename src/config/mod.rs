@@ -40,6 +40,8 @@ pub struct Config {
     /// Default log filter; `RUST_LOG` overrides it.
     pub log_level: String,
     pub shutdown_timeout: Duration,
+    /// Worker threads serving the public listener.
+    pub workers: usize,
     pub openrag: OpenRagVars,
     pub auth: AuthSettings,
     /// Non-fatal findings, logged once telemetry is up.
@@ -172,6 +174,7 @@ pub fn load(inputs: Inputs) -> Result<Config, ConfigErrors> {
                 log_format: v.log_format,
                 log_level: v.log_level,
                 shutdown_timeout: v.shutdown_timeout,
+                workers: v.workers,
                 openrag,
                 auth: v.auth,
                 warnings,
@@ -189,7 +192,7 @@ pub fn restart_required(a: &Config, b: &Config) -> Vec<&'static str> {
     let d = |x: &dyn fmt::Debug, y: &dyn fmt::Debug| format!("{x:?}") != format!("{y:?}");
     let (p, q) = (&a.proxy, &b.proxy);
     let (x, y) = (&a.auth, &b.auth);
-    let checks: [(&'static str, bool); 21] = [
+    let checks: [(&'static str, bool); 22] = [
         ("listen", a.listen != b.listen),
         ("admin_listen", a.admin_listen != b.admin_listen),
         ("tls", d(&a.tls, &b.tls)),
@@ -205,6 +208,7 @@ pub fn restart_required(a: &Config, b: &Config) -> Vec<&'static str> {
             "max_request_header_bytes",
             p.max_request_header_bytes != q.max_request_header_bytes,
         ),
+        ("workers", a.workers != b.workers),
         ("identity", a.identity != b.identity),
         ("log_format", a.log_format != b.log_format),
         (

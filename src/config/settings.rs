@@ -33,6 +33,8 @@ pub struct Settings {
     pub trusted_proxies: StringList,
     /// Seconds to wait for in-flight requests on SIGTERM/SIGINT.
     pub shutdown_timeout_secs: u64,
+    /// Worker threads serving the public listener (0 = one per CPU).
+    pub workers: usize,
     /// Seconds allowed to connect to the upstream.
     pub upstream_connect_timeout_secs: u64,
     /// Seconds allowed for the upstream to send its response headers (504 after that).
@@ -142,6 +144,7 @@ impl Default for Settings {
             log_level: "info".into(),
             trusted_proxies: StringList::default(),
             shutdown_timeout_secs: 30,
+            workers: 0,
             upstream_connect_timeout_secs: 5,
             upstream_timeout_secs: 60,
             upstream_ca_file: None,
@@ -223,6 +226,7 @@ pub struct Validated {
     pub log_format: LogFormat,
     pub log_level: String,
     pub shutdown_timeout: Duration,
+    pub workers: usize,
 }
 
 impl Settings {
@@ -325,6 +329,12 @@ impl Settings {
             log_format: log_format?,
             log_level: self.log_level,
             shutdown_timeout: Duration::from_secs(self.shutdown_timeout_secs),
+            workers: match self.workers {
+                0 => std::thread::available_parallelism()
+                    .map(usize::from)
+                    .unwrap_or(1),
+                n => n,
+            },
         })
     }
 }

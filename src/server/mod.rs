@@ -5,6 +5,7 @@
 //! (new connections are refused at once), then in-flight requests get `drain_timeout` to finish.
 
 pub mod tls;
+pub mod workers;
 
 use crate::Body;
 use http::{Request, Response};
