@@ -92,7 +92,7 @@ fn build_oidc(
     let store = Arc::new(match &a.redis {
         None => store::Store::Memory(store::memory::MemoryStore::new()),
         Some(r) => store::Store::Redis(
-            store::redis::RedisStore::from_config(r).map_err(StartError::Store)?,
+            store::redis::RedisStore::from_config(r, config.workers).map_err(StartError::Store)?,
         ),
     });
     if let store::Store::Memory(_) = &*store {

@@ -11,6 +11,17 @@ use hyper::body::Incoming;
 use std::future::Future;
 use tokio::sync::watch;
 
+thread_local! {
+    /// The index of the worker running on this thread, if any.
+    static WORKER: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// The index of the worker thread the caller runs on (`None` off the workers). Lets shared
+/// clients keep one connection per worker, driven by that worker's own runtime.
+pub fn current() -> Option<usize> {
+    WORKER.with(|w| w.get())
+}
+
 /// `n` listeners on `first`'s address: `first` itself, then siblings bound with `SO_REUSEPORT`
 /// (falling back to duplicates of `first` if the address cannot be shared).
 pub fn siblings(
@@ -58,6 +69,7 @@ where
     std::thread::Builder::new()
         .name(format!("sso-sidecar-worker-{index}"))
         .spawn(move || {
+            WORKER.with(|w| w.set(Some(index)));
             runtime.block_on(async move {
                 if let Err(e) = listener.set_nonblocking(true) {
                     tracing::error!(error = %e, "worker cannot use its listener");

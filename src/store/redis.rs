@@ -50,6 +50,8 @@ pub struct RedisOptions<'a> {
     /// PEM CA bundle for TLS with a private CA (single server and Cluster).
     pub ca_pem: Option<Vec<u8>>,
     pub timeout: Duration,
+    /// Connections to a single server: one per worker thread.
+    pub connections: usize,
 }
 
 enum Backend {
@@ -120,7 +122,7 @@ macro_rules! with_conn {
 
 impl RedisStore {
     /// The store described by validated settings.
-    pub fn from_config(c: &crate::config::RedisConfig) -> Result<Self, String> {
+    pub fn from_config(c: &crate::config::RedisConfig, connections: usize) -> Result<Self, String> {
         use crate::config::RedisTopology;
         let ca_pem = match &c.ca_file {
             Some(p) => Some(std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?),
@@ -144,6 +146,7 @@ impl RedisStore {
             sentinel_password: c.sentinel_password.as_ref().map(|p| p.expose().as_str()),
             ca_pem,
             timeout: c.timeout,
+            connections,
         })
     }
 

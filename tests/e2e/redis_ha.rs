@@ -23,6 +23,7 @@ pub fn store(topology: Topology<'_>, ca_pem: Option<Vec<u8>>) -> Store {
             sentinel_password: None,
             ca_pem,
             timeout: Duration::from_secs(2),
+            connections: 1,
         })
         .unwrap(),
     )
