@@ -36,14 +36,7 @@ pub struct IdpHttp {
 
 impl IdpHttp {
     pub fn new(tls: rustls::ClientConfig, timeout: Duration) -> Self {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(timeout));
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
+        let connector = crate::server::tls::connector(tls, timeout);
         IdpHttp {
             client: Client::builder(TokioExecutor::new()).build(connector),
             timeout,

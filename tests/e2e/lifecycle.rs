@@ -257,29 +257,8 @@ async fn mock_pair(extra: &[(&str, &str)]) -> MockPair {
     }
 }
 
-/// Logs `sub` in on `sc` through the mock IdP with IdP session `sid`; returns the cookie.
 async fn mock_login(m: &MockPair, sc: &Sidecar, sub: &str, sid: &str) -> String {
-    let r = get(&sc.url("/auth/login?next=/"), &[]).await.unwrap();
-    let loc = url::Url::parse(&location(&r)).unwrap();
-    let q: std::collections::HashMap<_, _> = loc.query_pairs().into_owned().collect();
-    let state_cookie = set_cookie(&r, "sso_sidecar_session_state").unwrap();
-    let now = sso_sidecar::auth::oidc::now_unix();
-    let id_token = m.key.sign(&json!({"iss": m.idp.issuer(), "sub": sub, "aud": CLIENT_ID, "exp": now + 300, "iat": now, "nonce": q["nonce"], "sid": sid}));
-    m.idp.set(|s| s.token_response = json!({"access_token": "at", "token_type": "Bearer", "expires_in": 300, "id_token": id_token, "refresh_token": "rt"}));
-    let cb = get(
-        &sc.url(&format!(
-            "/auth/callback?code=c&state={}",
-            urlencode(&q["state"])
-        )),
-        &[(
-            "cookie",
-            &format!("sso_sidecar_session_state={state_cookie}"),
-        )],
-    )
-    .await
-    .unwrap();
-    assert_eq!(cb.status(), 302, "{}", String::from_utf8_lossy(cb.body()));
-    set_cookie(&cb, "sso_sidecar_session").unwrap()
+    m.idp.login(&m.key, sc, sub, sid).await
 }
 
 fn logout_claims(m: &MockPair) -> serde_json::Value {

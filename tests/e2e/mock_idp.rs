@@ -162,3 +162,43 @@ async fn handle(
         .body(Full::new(Bytes::from(v.to_string())))
         .unwrap()
 }
+
+impl MockIdp {
+    /// Logs `sub` in on `sc` with an ID token signed by `key` (IdP session `sid`, a refresh
+    /// token); returns the sidecar's session cookie value.
+    pub async fn login(
+        &self,
+        key: &Key,
+        sc: &crate::support::Sidecar,
+        sub: &str,
+        sid: &str,
+    ) -> String {
+        use crate::oidc_support::{location, set_cookie, urlencode, CLIENT_ID};
+        use crate::support::get;
+        let r = get(&sc.url("/auth/login?next=/"), &[]).await.unwrap();
+        let loc = url::Url::parse(&location(&r)).unwrap();
+        let q: std::collections::HashMap<_, _> = loc.query_pairs().into_owned().collect();
+        let state_cookie = set_cookie(&r, "sso_sidecar_session_state").unwrap();
+        let now = sso_sidecar::auth::oidc::now_unix();
+        let claims = json!({"iss": self.issuer(), "sub": sub, "aud": CLIENT_ID, "exp": now + 600, "iat": now, "nonce": q["nonce"], "sid": sid});
+        let id_token = key.sign(&claims);
+        self.set(|s| {
+            s.token_response = json!({"access_token": "at", "token_type": "Bearer", "expires_in": 600, "id_token": id_token, "refresh_token": "rt"})
+        });
+        let callback = sc.url(&format!(
+            "/auth/callback?code=c&state={}",
+            urlencode(&q["state"])
+        ));
+        let cb = get(
+            &callback,
+            &[(
+                "cookie",
+                &format!("sso_sidecar_session_state={state_cookie}"),
+            )],
+        )
+        .await
+        .unwrap();
+        assert_eq!(cb.status(), 302, "{}", String::from_utf8_lossy(cb.body()));
+        set_cookie(&cb, "sso_sidecar_session").unwrap()
+    }
+}

@@ -313,29 +313,8 @@ async fn tls_to_redis_with_a_private_ca() {
     );
 }
 
-/// Logs `sub` in through the mock IdP; returns the session cookie header.
 async fn mock_login(idp: &MockIdp, key: &Key, sc: &Sidecar, sub: &str) -> String {
-    let r = get(&sc.url("/auth/login?next=/"), &[]).await.unwrap();
-    let loc = url::Url::parse(&location(&r)).unwrap();
-    let q: std::collections::HashMap<_, _> = loc.query_pairs().into_owned().collect();
-    let state_cookie = set_cookie(&r, "sso_sidecar_session_state").unwrap();
-    let now = sso_sidecar::auth::oidc::now_unix();
-    let id_token = key.sign(&json!({"iss": idp.issuer(), "sub": sub, "aud": CLIENT_ID, "exp": now + 600, "iat": now, "nonce": q["nonce"]}));
-    idp.set(|s| s.token_response = json!({"access_token": "at", "token_type": "Bearer", "expires_in": 600, "id_token": id_token, "refresh_token": "rt"}));
-    let cb = get(
-        &sc.url(&format!(
-            "/auth/callback?code=c&state={}",
-            urlencode(&q["state"])
-        )),
-        &[(
-            "cookie",
-            &format!("sso_sidecar_session_state={state_cookie}"),
-        )],
-    )
-    .await
-    .unwrap();
-    assert_eq!(cb.status(), 302, "{}", String::from_utf8_lossy(cb.body()));
-    session_header(&set_cookie(&cb, "sso_sidecar_session").unwrap())
+    session_header(&idp.login(key, sc, sub, "sid-1").await)
 }
 
 async fn status(sc: &Sidecar, path: &str, headers: &[(&str, &str)]) -> u16 {

@@ -50,14 +50,7 @@ impl AdminClient {
         tls: rustls::ClientConfig,
         timeout: Duration,
     ) -> Self {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(timeout));
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
+        let connector = crate::server::tls::connector(tls, timeout);
         AdminClient {
             client: Client::builder(TokioExecutor::new()).build(connector),
             base: base.as_str().trim_end_matches('/').to_owned(),
