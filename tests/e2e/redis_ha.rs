@@ -471,3 +471,87 @@ async fn a_sentinel_failover_fails_closed_only_for_its_window() {
     eprintln!("failover: {failures} requests refused with 503, same cookie works again after {recovered:?}");
     assert!(sc.child.try_wait_none(), "the process never exits");
 }
+
+#[tokio::test]
+async fn acl_credentials_are_read_from_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let conf = dir.path().join("acl.conf");
+    std::fs::write(
+        &conf,
+        "user default off\nuser sidecar on >acl-password-0123 ~* &* +@all\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    let _server = Servers(vec![Command::new("redis-server")
+        .arg(&conf)
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .arg("--dir")
+        .arg(dir.path().join("data"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()]);
+    until("redis with ACL", 10, || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    })
+    .await;
+    let secret = dir.path().join("redis-password");
+    std::fs::write(&secret, "acl-password-0123\n").unwrap();
+    let idp = MockIdp::start().await;
+    let key = Key::new("k1");
+    idp.set(|m| m.jwks = json!({"keys": [key.jwk()]}));
+    let up = Upstream::start();
+    let url = format!("redis://127.0.0.1:{port}");
+    let sc = start_oidc_sidecar(
+        free_port(),
+        &idp.issuer(),
+        &up.url(),
+        &[
+            ("SSO_SIDECAR_REDIS_URL", &url),
+            ("SSO_SIDECAR_REDIS_USERNAME", "sidecar"),
+            ("SSO_SIDECAR_REDIS_PASSWORD_FILE", secret.to_str().unwrap()),
+        ],
+    )
+    .await;
+    let cookie = mock_login(&idp, &key, &sc.sidecar, "alice").await;
+    assert_eq!(
+        status(&sc.sidecar, "/v1/x", &[("cookie", &cookie)]).await,
+        200
+    );
+    assert!(
+        !sc.sidecar.output().contains("acl-password-0123"),
+        "the password never reaches the logs"
+    );
+
+    // Wrong credentials: the store is unreachable, sessions fail closed, /readyz says so.
+    std::fs::write(&secret, "wrong").unwrap();
+    let bad = Sidecar::start_without_readiness(&[
+        ("AUTH_MODE", "oidc"),
+        ("SSO_SIDECAR_IDENTITY", "headers"),
+        ("OIDC_ENDPOINT", &idp.issuer()),
+        ("OIDC_CLIENT_ID", CLIENT_ID),
+        ("OIDC_CLIENT_SECRET", CLIENT_SECRET),
+        ("OIDC_REDIRECT_URI", "http://127.0.0.1:1/auth/callback"),
+        (
+            "OIDC_TOKEN_ENCRYPTION_KEY",
+            &sso_sidecar::crypto::generate_key(),
+        ),
+        ("SSO_SIDECAR_REDIS_URL", &url),
+        ("SSO_SIDECAR_REDIS_USERNAME", "sidecar"),
+        ("SSO_SIDECAR_REDIS_PASSWORD_FILE", secret.to_str().unwrap()),
+    ])
+    .await;
+    let r = get(&bad.admin_url("/readyz"), &[]).await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(String::from_utf8_lossy(r.body()).contains("session store unreachable"));
+}
