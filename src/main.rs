@@ -77,8 +77,11 @@ fn check(c: &Config) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let result = runtime.block_on(async {
-            let tls = sso_sidecar::server::tls::client_config(c.auth.idp_ca_file.as_deref())?;
+        // (exit code, message): an issuer mismatch is a configuration error (78); an IdP that
+        // cannot be reached is not.
+        let result: Result<String, (u8, String)> = runtime.block_on(async {
+            let tls = sso_sidecar::server::tls::client_config(c.auth.idp_ca_file.as_deref())
+                .map_err(|e| (EX_CONFIG, e))?;
             let http = sso_sidecar::auth::idp_http::IdpHttp::new(tls, c.auth.idp_timeout);
             let provider = sso_sidecar::auth::oidc::Provider::new(
                 oidc.clone(),
@@ -86,18 +89,16 @@ fn check(c: &Config) -> ExitCode {
                 http,
             );
             provider.discover().await.map_err(|e| match e {
-                sso_sidecar::auth::oidc::DiscoveryError::IssuerMismatch { .. } => format!("78:{e}"),
-                e => e.to_string(),
+                sso_sidecar::auth::oidc::DiscoveryError::IssuerMismatch { .. } => {
+                    (EX_CONFIG, e.to_string())
+                }
+                e => (1, e.to_string()),
             })?;
-            Ok::<_, String>(provider.discovery_url())
+            Ok(provider.discovery_url())
         });
         match result {
             Ok(url) => println!("OIDC discovery OK: {url}"),
-            Err(e) => {
-                let (code, msg) = match e.strip_prefix("78:") {
-                    Some(m) => (EX_CONFIG, m.to_owned()),
-                    None => (1, e),
-                };
+            Err((code, msg)) => {
                 eprintln!("sso-sidecar: {msg}");
                 return ExitCode::from(code);
             }
