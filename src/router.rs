@@ -174,7 +174,7 @@ impl App {
             }
             Decision::Authenticated { session, id } => match &auth.bridge {
                 Some(bridge) => {
-                    self.as_openrag_user(oidc, bridge, parts, body, peer, *session, &id)
+                    self.as_openrag_user(oidc, bridge, parts, body, peer, session, &id)
                         .await
                 }
                 None => {
@@ -242,7 +242,7 @@ impl App {
         parts: http::request::Parts,
         body: Body,
         peer: Peer,
-        mut session: Session,
+        session: Arc<Session>,
         id: &str,
     ) -> Result<Outcome, Error> {
         let Some(token) = session.backend_token.clone() else {
@@ -262,10 +262,11 @@ impl App {
             .recover(&session.sub, &token)
             .await
             .map_err(Error::Identity)?;
-        session.backend_token = Some(resolved.token.expose().clone());
+        let mut updated = (*session).clone();
+        updated.backend_token = Some(resolved.token.expose().clone());
         oidc.auth
             .sessions
-            .save(id, &session, crate::auth::oidc::now_unix())
+            .save(id, &updated, crate::auth::oidc::now_unix())
             .await?;
         match replay {
             Some(parts) => {

@@ -82,16 +82,14 @@ impl Auth {
         let settings = self.settings();
         let paths = &settings.paths;
         match gate::decide(parts, paths, &self.cookies, &self.sessions, now_unix()).await? {
-            Decision::Authenticated { session, id } => match self.ensure_fresh(&id, *session).await
-            {
-                Ok(Some(s)) => Ok(Decision::Authenticated {
-                    session: Box::new(s),
-                    id,
-                }),
-                Ok(None) => gate::without_session(parts, paths),
-                Err(_) if gate::has_bearer(parts) => Ok(Decision::Bearer),
-                Err(e) => Err(e.into()),
-            },
+            Decision::Authenticated { session, id } => {
+                match self.ensure_fresh(&id, session).await {
+                    Ok(Some(s)) => Ok(Decision::Authenticated { session: s, id }),
+                    Ok(None) => gate::without_session(parts, paths),
+                    Err(_) if gate::has_bearer(parts) => Ok(Decision::Bearer),
+                    Err(e) => Err(e.into()),
+                }
+            }
             other => Ok(other),
         }
     }

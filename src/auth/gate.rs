@@ -19,7 +19,10 @@ pub enum Decision {
     /// Forward without identity.
     Public,
     /// Forward as this user; `id` is the session's cookie id.
-    Authenticated { session: Box<Session>, id: String },
+    Authenticated {
+        session: std::sync::Arc<Session>,
+        id: String,
+    },
     /// No session, but a bearer credential: forward untouched, the backend decides.
     Bearer,
     /// A browser page without a session: redirect to this login URL.
@@ -61,12 +64,7 @@ pub async fn decide(
     }
     if let Some(id) = cookies.get(&parts.headers, &cookies.session) {
         match sessions.load(&id, now).await {
-            Ok(Some(session)) => {
-                return Ok(Decision::Authenticated {
-                    session: Box::new(session),
-                    id,
-                })
-            }
+            Ok(Some(session)) => return Ok(Decision::Authenticated { session, id }),
             Ok(None) => {}
             Err(_) if public || bearer => {}
             // Fail closed for session users.

@@ -51,7 +51,7 @@ impl Auth {
         let mut hint = None;
         if let Some(id) = self.cookies.get(h, &self.cookies.session) {
             if let Some(s) = self.sessions.load(&id, now_unix()).await? {
-                hint = Some(s.id_token);
+                hint = Some(s.id_token.clone());
             }
             if self.sessions.delete(&id).await? {
                 self.metrics.sessions_revoked(1);

@@ -60,8 +60,8 @@ impl Auth {
     pub async fn ensure_fresh(
         &self,
         id: &str,
-        session: Session,
-    ) -> Result<Option<Session>, StoreError> {
+        session: Arc<Session>,
+    ) -> Result<Option<Arc<Session>>, StoreError> {
         let skew = self.settings().refresh_skew.as_secs() as i64;
         if !needs_refresh(&session, now_unix(), skew) {
             return Ok(Some(session));
@@ -109,22 +109,23 @@ impl Auth {
         id: &str,
         now: i64,
         skew: i64,
-    ) -> Result<Option<Session>, StoreError> {
-        let Some(mut s) = self.sessions.load(id, now).await? else {
+    ) -> Result<Option<Arc<Session>>, StoreError> {
+        let Some(loaded) = self.sessions.load(id, now).await? else {
             return Ok(None);
         };
+        let mut s = (*loaded).clone();
         if !needs_refresh(&s, now, skew) {
-            return Ok(Some(s));
+            return Ok(Some(loaded));
         }
         let Some(rt) = s.refresh_token.clone() else {
-            return Ok(Some(s));
+            return Ok(Some(loaded));
         };
         match self.refresh_tokens(&mut s, &rt, now).await {
             Ok(()) => {
                 self.sessions.save(id, &s, now).await?;
                 self.metrics.refresh(RefreshResult::Ok);
                 tracing::info!(sub = %s.sub, "access token refreshed");
-                Ok(Some(s))
+                Ok(Some(Arc::new(s)))
             }
             Err(e) if is_definitive(&e) => {
                 self.metrics.refresh(RefreshResult::Refused);
@@ -136,7 +137,7 @@ impl Auth {
             Err(e) => {
                 self.metrics.refresh(RefreshResult::Failed);
                 tracing::warn!(sub = %s.sub, error = %e, "refresh failed; the session lives until its access token expires");
-                Ok(s.is_live_access(now).then_some(s))
+                Ok(s.is_live_access(now).then(|| Arc::new(s)))
             }
         }
     }

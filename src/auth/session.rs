@@ -62,8 +62,11 @@ pub struct Sessions {
     /// Opened sessions by store key, with the ciphertext they came from. The store is still
     /// read on every request (a revocation on any replica is seen at once); only when the
     /// ciphertext is byte-for-byte the one already opened are decryption and parsing skipped.
-    opened: std::sync::Mutex<std::collections::HashMap<String, (Vec<u8>, Session)>>,
+    opened: std::sync::Mutex<std::collections::HashMap<String, Opened>>,
 }
+
+/// An opened session and the ciphertext it was opened from.
+type Opened = (Vec<u8>, Arc<Session>);
 
 /// Bound of the opened-session cache (about 4.5 KiB an entry, so ~9 MiB at most); it is simply
 /// cleared when full.
@@ -155,7 +158,7 @@ impl Sessions {
     }
 
     /// The live session for a cookie id, or `None` (unknown, expired, tampered, foreign key).
-    pub async fn load(&self, id: &str, now: i64) -> Result<Option<Session>, StoreError> {
+    pub async fn load(&self, id: &str, now: i64) -> Result<Option<Arc<Session>>, StoreError> {
         if !plausible_id(id) {
             return Ok(None);
         }
@@ -178,7 +181,8 @@ impl Sessions {
         let session = std::str::from_utf8(&sealed)
             .ok()
             .and_then(|t| self.keys.open(t))
-            .and_then(|p| serde_json::from_slice::<Session>(&p).ok());
+            .and_then(|p| serde_json::from_slice::<Session>(&p).ok())
+            .map(Arc::new);
         if let Some(s) = &session {
             let mut cache = self.opened.lock().unwrap_or_else(|p| p.into_inner());
             if cache.len() >= OPENED_CACHE_MAX {
