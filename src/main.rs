@@ -9,11 +9,6 @@ use sso_sidecar::config::{self, Config, Inputs};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// mimalloc: every request allocates and frees many small buffers (headers, session values);
-/// glibc's allocator showed up as ~11% of the authenticated path's profile (bench/README.md).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// sysexits.h `EX_CONFIG`: the configuration is wrong.
 const EX_CONFIG: u8 = 78;
 
