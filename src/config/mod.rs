@@ -192,7 +192,7 @@ pub fn restart_required(a: &Config, b: &Config) -> Vec<&'static str> {
     let d = |x: &dyn fmt::Debug, y: &dyn fmt::Debug| format!("{x:?}") != format!("{y:?}");
     let (p, q) = (&a.proxy, &b.proxy);
     let (x, y) = (&a.auth, &b.auth);
-    let checks: [(&'static str, bool); 22] = [
+    let checks: [(&'static str, bool); 23] = [
         ("listen", a.listen != b.listen),
         ("admin_listen", a.admin_listen != b.admin_listen),
         ("tls", d(&a.tls, &b.tls)),
@@ -209,6 +209,10 @@ pub fn restart_required(a: &Config, b: &Config) -> Vec<&'static str> {
             p.max_request_header_bytes != q.max_request_header_bytes,
         ),
         ("workers", a.workers != b.workers),
+        (
+            "upstream_idle_timeout_secs",
+            p.idle_timeout != q.idle_timeout,
+        ),
         ("identity", a.identity != b.identity),
         ("log_format", a.log_format != b.log_format),
         (

@@ -39,6 +39,10 @@ pub struct Settings {
     pub upstream_connect_timeout_secs: u64,
     /// Seconds allowed for the upstream to send its response headers (504 after that).
     pub upstream_timeout_secs: u64,
+    /// Seconds an idle pooled upstream connection is kept. Below the backend's own keep-alive
+    /// timeout (uvicorn closes idle connections after 5 s), so the sidecar never sends on a
+    /// connection the backend is closing.
+    pub upstream_idle_timeout_secs: u64,
     /// PEM file of CA certificates trusted for an `https://` upstream (system roots otherwise).
     pub upstream_ca_file: Option<String>,
     /// Send the client's `Host` upstream instead of the upstream's own authority.
@@ -147,6 +151,7 @@ impl Default for Settings {
             workers: 0,
             upstream_connect_timeout_secs: 5,
             upstream_timeout_secs: 60,
+            upstream_idle_timeout_secs: 4,
             upstream_ca_file: None,
             preserve_host: false,
             max_request_header_bytes: 32 * 1024,
@@ -211,6 +216,7 @@ pub struct ProxySettings {
     pub trusted_proxies: Vec<IpNet>,
     pub connect_timeout: Duration,
     pub upstream_timeout: Duration,
+    pub idle_timeout: Duration,
     pub preserve_host: bool,
     pub max_request_header_bytes: usize,
 }
@@ -322,6 +328,7 @@ impl Settings {
                 trusted_proxies,
                 connect_timeout: Duration::from_secs(self.upstream_connect_timeout_secs),
                 upstream_timeout: Duration::from_secs(self.upstream_timeout_secs),
+                idle_timeout: Duration::from_secs(self.upstream_idle_timeout_secs),
                 preserve_host: self.preserve_host,
                 max_request_header_bytes: self.max_request_header_bytes,
             },

@@ -54,7 +54,7 @@ impl Upstream {
         let client = Client::builder(TokioExecutor::new())
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_idle_timeout(settings.idle_timeout)
             .pool_max_idle_per_host(256)
             .build(connector);
         Ok(Upstream {
