@@ -199,6 +199,21 @@ async fn redis_holds_nothing_readable() {
     }
     // Tokens: the IdP's access tokens are opaque; check none of the JWT pieces leak either.
     assert!(!dump.contains("eyJ"), "a JWT is stored in clear:\n{dump}");
+    // Nor do the logs: no session id, no ID token, no Fernet key, no client secret.
+    let logs = sc.output();
+    assert!(logs.contains("OIDC login success"), "{logs}");
+    for secret in [
+        a.cookie.as_str(),
+        b.cookie.as_str(),
+        w.sc.key.as_str(),
+        CLIENT_SECRET,
+        "eyJ",
+    ] {
+        assert!(
+            !logs.contains(secret),
+            "{secret:?} reached the logs:\n{logs}"
+        );
+    }
     for line in dump.lines() {
         let (key, _) = line.split_once(" => ").unwrap();
         assert!(key.starts_with("sso-sidecar:"), "prefixed: {key}");
