@@ -264,10 +264,14 @@ impl App {
             .map_err(Error::Identity)?;
         let mut updated = (*session).clone();
         updated.backend_token = Some(resolved.token.expose().clone());
-        oidc.auth
+        if !oidc
+            .auth
             .sessions
-            .save(id, &updated, crate::auth::oidc::now_unix())
-            .await?;
+            .update(id, &updated, crate::auth::oidc::now_unix())
+            .await?
+        {
+            return Err(Error::Unauthenticated);
+        }
         match replay {
             Some(parts) => {
                 let again = self

@@ -1,8 +1,9 @@
 //! OpenID Connect Back-Channel Logout 1.0: `POST /auth/backchannel-logout`.
 //!
 //! The IdP posts a signed `logout_token`; every check of the spec's §2.6 is made before anything
-//! is revoked, and the `jti` replay marker is written last, in the shared store, so an invalid
-//! token burns nothing and a replay to another replica is caught too. Revocation is by `sid`
+//! is revoked, and only then is the `jti` replay marker written, in the shared store, so an
+//! invalid token burns nothing and a replay to another replica is caught too; if revocation fails
+//! the marker is removed again so the IdP's retry is not taken for a replay. Revocation is by `sid`
 //! when present, else every session of `sub` from this issuer.
 
 use super::flow::Auth;
@@ -64,10 +65,18 @@ impl Auth {
         {
             return Err(LogoutError::Replayed);
         }
-        let n = match (&sid, &sub) {
-            (Some(sid), _) => self.sessions.revoke_sid(&settings.issuer, sid).await?,
-            (None, Some(sub)) => self.sessions.revoke_sub(&settings.issuer, sub).await?,
-            (None, None) => 0,
+        let revoked = match (&sid, &sub) {
+            (Some(sid), _) => self.sessions.revoke_sid(&settings.issuer, sid).await,
+            (None, Some(sub)) => self.sessions.revoke_sub(&settings.issuer, sub).await,
+            (None, None) => Ok(0),
+        };
+        let n = match revoked {
+            Ok(n) => n,
+            Err(e) => {
+                // Let the IdP's retry through: forget this jti, revocation is idempotent.
+                let _ = self.sessions.store().delete(&marker).await;
+                return Err(e.into());
+            }
         };
         self.metrics.logout("backchannel");
         self.metrics.sessions_revoked(n as u64);

@@ -77,8 +77,10 @@ impl CookieJar {
             .map(str::trim)
             .filter(|pair| !pair.is_empty())
             .filter(|pair| {
-                let name = pair.split('=').next().unwrap_or("").trim();
-                name != self.session && name != self.state
+                // Compare decoded names, as `get` does: `sso%5Fsidecar%5Fsession` is ours too.
+                let raw = pair.split('=').next().unwrap_or("").trim();
+                let name = percent_encoding::percent_decode_str(raw).decode_utf8_lossy();
+                name != self.session.as_str() && name != self.state.as_str()
             })
             .map(str::to_owned)
             .collect();

@@ -29,6 +29,19 @@ pub enum Decision {
     Login(String),
 }
 
+/// True for a path that could mean something else to a backend that normalises it: dot
+/// segments, raw or percent-encoded, encoded slashes and backslashes. Path decisions are made on
+/// the raw path, so such a path could otherwise pass as `/assets/../admin` under a public
+/// prefix; it is refused instead.
+pub fn ambiguous_path(path: &str) -> bool {
+    let lower = path.to_ascii_lowercase();
+    lower.contains("%2e")
+        || lower.contains("%2f")
+        || lower.contains("%5c")
+        || path.contains('\\')
+        || path.split('/').any(|seg| seg == "." || seg == "..")
+}
+
 /// `*`-suffixed entries are prefixes, others exact paths.
 pub fn path_matches(list: &[String], path: &str) -> bool {
     list.iter().any(|p| match p.strip_suffix('*') {
@@ -53,6 +66,9 @@ pub async fn decide(
     now: i64,
 ) -> Result<Decision, Error> {
     let path = parts.uri.path();
+    if ambiguous_path(path) {
+        return Err(Error::BadRequest("Invalid request path"));
+    }
     let html = wants_html(&parts.headers);
     let bearer = has_bearer(parts);
     let html_login = html && !bearer && path_matches(&paths.html_login.0, path);
@@ -103,6 +119,32 @@ pub fn without_session(parts: &Parts, paths: &PathSettings) -> Result<Decision, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ambiguous_paths_are_detected() {
+        for bad in [
+            "/assets/../admin",
+            "/assets/%2e%2e/admin",
+            "/chainlit/%2E./x",
+            "/a/./b",
+            "/a%2fb",
+            "/a%5Cb",
+            "/a\\b",
+            "/..",
+        ] {
+            assert!(ambiguous_path(bad), "{bad}");
+        }
+        for ok in [
+            "/",
+            "/assets/app.js",
+            "/static/a.b.c",
+            "/v1/x..y",
+            "/...",
+            "/a/.hidden",
+        ] {
+            assert!(!ambiguous_path(ok), "{ok}");
+        }
+    }
 
     #[test]
     fn prefixes_and_exact_paths() {

@@ -328,7 +328,7 @@ impl Provider {
                 let jwks = self
                     .fetch_jwks(&loaded.meta.jwks_uri)
                     .await
-                    .map_err(|e| TokenError::Claims(e.to_string()))?;
+                    .map_err(|e| TokenError::Response(format!("JWKS re-fetch failed: {e}")))?;
                 let verified = jwt::verify(token, &jwks);
                 *self.loaded.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(Loaded {
                     meta: loaded.meta.clone(),

@@ -17,8 +17,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-/// How long a replica may hold the cross-replica refresh lock (crash guard).
-const LOCK_TTL: Duration = Duration::from_secs(10);
+/// How long a replica may hold the cross-replica refresh lock (crash guard): longer than a
+/// refresh can take (token call plus a JWKS re-fetch, each bounded by `idp_timeout_secs`, 10 s).
+const LOCK_TTL: Duration = Duration::from_secs(30);
 /// How long a request waits for another replica's refresh before giving up.
 const LOCK_WAIT: Duration = Duration::from_secs(8);
 const LOCK_POLL: Duration = Duration::from_millis(25);
@@ -122,7 +123,10 @@ impl Auth {
         };
         match self.refresh_tokens(&mut s, &rt, now).await {
             Ok(()) => {
-                self.sessions.save(id, &s, now).await?;
+                if !self.sessions.update(id, &s, now).await? {
+                    // Logged out while the IdP answered: stay logged out.
+                    return Ok(None);
+                }
                 self.metrics.refresh(RefreshResult::Ok);
                 tracing::info!(sub = %s.sub, "access token refreshed");
                 Ok(Some(Arc::new(s)))
@@ -171,6 +175,8 @@ fn is_definitive(e: &TokenError) -> bool {
         TokenError::Http(IdpHttpError::Status { status, .. }) => {
             status.is_client_error() && status.as_u16() != 408 && status.as_u16() != 429
         }
+        // A key the JWKS does not (yet) have is the IdP rotating keys, not a refusal.
+        TokenError::Jwt(crate::auth::jwt::JwtError::UnknownKey(_)) => false,
         TokenError::Claims(_) | TokenError::Jwt(_) => true,
         _ => false,
     }

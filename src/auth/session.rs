@@ -157,6 +157,17 @@ impl Sessions {
             .await
     }
 
+    /// Overwrites the session only if it still exists: a refresh or token recovery that finishes
+    /// after a logout must not bring the session back. False when it is gone.
+    pub async fn update(&self, id: &str, session: &Session, now: i64) -> Result<bool, StoreError> {
+        let plain =
+            serde_json::to_vec(session).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let sealed = self.keys.seal(&plain);
+        self.store
+            .put_if_present(&Self::key_of(id), sealed.as_bytes(), ttl(session, now))
+            .await
+    }
+
     /// The live session for a cookie id, or `None` (unknown, expired, tampered, foreign key).
     pub async fn load(&self, id: &str, now: i64) -> Result<Option<Arc<Session>>, StoreError> {
         if !plausible_id(id) {

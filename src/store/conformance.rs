@@ -63,6 +63,20 @@ pub async fn run(store: &Store) {
         "free again after expiry"
     );
 
+    // put_if_present: only replaces what is still there
+    assert!(
+        !store.put_if_present(&k("gone"), b"x", long).await.unwrap(),
+        "absent keys are not created"
+    );
+    assert_eq!(store.get(&k("gone")).await.unwrap(), None);
+    store.put(&k("here"), b"1", long).await.unwrap();
+    assert!(store.put_if_present(&k("here"), b"2", long).await.unwrap());
+    assert_eq!(
+        store.get(&k("here")).await.unwrap().as_deref(),
+        Some(&b"2"[..])
+    );
+    store.delete(&k("here")).await.unwrap();
+
     // indexes: add, members, remove, the set lives as long as its longest member
     assert!(store.index_members(&k("idx")).await.unwrap().is_empty());
     store.index_add(&k("idx"), "m1", long).await.unwrap();

@@ -77,6 +77,21 @@ impl MemoryStore {
         true
     }
 
+    pub fn put_if_present(&self, key: &str, value: &[u8], ttl: Duration) -> bool {
+        let now = Instant::now();
+        let mut map = self.lock();
+        match Self::live(&mut map, key, now) {
+            Some(e) => {
+                *e = Entry {
+                    value: Value::Bytes(value.to_vec()),
+                    expires: now + ttl,
+                };
+                true
+            }
+            None => false,
+        }
+    }
+
     pub fn delete(&self, key: &str) -> bool {
         let mut map = self.lock();
         let existed = Self::live(&mut map, key, Instant::now()).is_some();

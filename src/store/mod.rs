@@ -67,6 +67,19 @@ impl Store {
         }
     }
 
+    /// Replaces `key` only if it still exists; false when it is gone (revoked meanwhile).
+    pub async fn put_if_present(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        match self {
+            Store::Memory(s) => Ok(s.put_if_present(key, value, ttl)),
+            Store::Redis(s) => s.put_if_present(key, value, ttl).await,
+        }
+    }
+
     /// Removes `key`; true when it existed.
     pub async fn delete(&self, key: &str) -> Result<bool, StoreError> {
         match self {

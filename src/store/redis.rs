@@ -312,6 +312,25 @@ impl RedisStore {
         Ok(r.is_some())
     }
 
+    pub async fn put_if_present(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let r: Option<String> = self
+            .query(
+                redis::cmd("SET")
+                    .arg(self.key(key))
+                    .arg(value)
+                    .arg("XX")
+                    .arg("PX")
+                    .arg(millis(ttl)),
+            )
+            .await?;
+        Ok(r.is_some())
+    }
+
     pub async fn delete(&self, key: &str) -> Result<bool, StoreError> {
         let n: i64 = self.query(redis::cmd("DEL").arg(self.key(key))).await?;
         Ok(n > 0)

@@ -67,6 +67,15 @@ async fn login_then_the_upstream_sees_the_identity_and_nothing_else() {
         200,
         "public path"
     );
+    // A public prefix cannot smuggle a protected path past the gate.
+    for sneaky in [
+        "/assets/../v1/chat",
+        "/assets/%2e%2e/v1/chat",
+        "/chainlit/..%2fv1/chat",
+    ] {
+        let r = get(&sc.url(sneaky), &[]).await.unwrap();
+        assert_eq!(r.status(), 400, "{sneaky}");
+    }
 
     let l = login(sc, "alice", "/echo/after?x=1").await;
     assert_eq!(location(&l.callback), "/echo/after?x=1");
