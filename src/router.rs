@@ -77,7 +77,8 @@ impl App {
         let start = Instant::now();
         self.metrics.request_started();
         let method = req.method().clone();
-        let path = req.uri().path().to_owned();
+        // A cheap clone (shared bytes), for the access log after the request has moved on.
+        let uri = req.uri().clone();
         let html = wants_html(req.headers());
         let request_id = headers::request_id(req.headers());
         req.headers_mut()
@@ -100,7 +101,7 @@ impl App {
         self.metrics.request_finished(&method, status, elapsed);
         telemetry::access(&telemetry::Access {
             method: method.as_str(),
-            path: &path,
+            path: uri.path(),
             status,
             upstream_status,
             latency: elapsed,

@@ -34,12 +34,13 @@ pub enum Decision {
 /// the raw path, so such a path could otherwise pass as `/assets/../admin` under a public
 /// prefix; it is refused instead.
 pub fn ambiguous_path(path: &str) -> bool {
-    let lower = path.to_ascii_lowercase();
-    lower.contains("%2e")
-        || lower.contains("%2f")
-        || lower.contains("%5c")
-        || path.contains('\\')
-        || path.split('/').any(|seg| seg == "." || seg == "..")
+    // Scanned in place: this runs on every request.
+    let encoded = path.as_bytes().windows(3).any(|w| {
+        w[0] == b'%'
+            && (w[1] == b'2' && matches!(w[2] | 0x20, b'e' | b'f')
+                || w[1] == b'5' && w[2] | 0x20 == b'c')
+    });
+    encoded || path.contains('\\') || path.split('/').any(|seg| seg == "." || seg == "..")
 }
 
 /// `*`-suffixed entries are prefixes, others exact paths.

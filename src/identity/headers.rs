@@ -38,8 +38,7 @@ impl HeaderIdentity {
 
     /// Removes every client-supplied identity header.
     pub fn strip(&self, headers: &mut HeaderMap) {
-        let names: Vec<&str> = self.strip.iter().map(String::as_str).collect();
-        remove_folded(headers, &names);
+        remove_folded(headers, &self.strip);
     }
 
     /// Writes the session's identity. Values that cannot be a header value (control

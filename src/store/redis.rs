@@ -299,17 +299,7 @@ impl RedisStore {
         value: &[u8],
         ttl: Duration,
     ) -> Result<bool, StoreError> {
-        let r: Option<String> = self
-            .query(
-                redis::cmd("SET")
-                    .arg(self.key(key))
-                    .arg(value)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(millis(ttl)),
-            )
-            .await?;
-        Ok(r.is_some())
+        self.set_if(key, value, ttl, "NX").await
     }
 
     pub async fn put_if_present(
@@ -318,16 +308,25 @@ impl RedisStore {
         value: &[u8],
         ttl: Duration,
     ) -> Result<bool, StoreError> {
-        let r: Option<String> = self
-            .query(
-                redis::cmd("SET")
-                    .arg(self.key(key))
-                    .arg(value)
-                    .arg("XX")
-                    .arg("PX")
-                    .arg(millis(ttl)),
-            )
-            .await?;
+        self.set_if(key, value, ttl, "XX").await
+    }
+
+    /// `SET key value <NX|XX> PX ttl`: true when the condition held and the value was written.
+    async fn set_if(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Duration,
+        condition: &str,
+    ) -> Result<bool, StoreError> {
+        let cmd = redis::cmd("SET")
+            .arg(self.key(key))
+            .arg(value)
+            .arg(condition)
+            .arg("PX")
+            .arg(millis(ttl))
+            .clone();
+        let r: Option<String> = self.query(&cmd).await?;
         Ok(r.is_some())
     }
 

@@ -4,7 +4,6 @@
 use crate::support::*;
 use bytes::Bytes;
 use http::Response;
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -37,24 +36,12 @@ impl Idp {
             dir.join("node_modules/oidc-provider").is_dir(),
             "the test IdP's packages are missing: run `npm ci --prefix tests/idp` (or .ci/run)"
         );
-        let mut child = Command::new("node")
-            .arg(dir.join("server.mjs"))
+        let mut cmd = Command::new("node");
+        cmd.arg(dir.join("server.mjs"))
             .env("PORT", port.to_string())
             .envs(env.iter().copied())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start node tests/idp/server.mjs");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line
-            .trim()
-            .strip_prefix("READY ")
-            .unwrap_or_else(|| panic!("the IdP did not start: {line:?}"))
-            .parse()
-            .unwrap();
+            .stderr(Stdio::null());
+        let (child, port) = spawn_ready(cmd, "the test IdP (node tests/idp/server.mjs)");
         Idp { child, port }
     }
 

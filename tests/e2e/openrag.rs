@@ -5,7 +5,6 @@
 use crate::oidc_support::*;
 use crate::support::*;
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
 const ADMIN_TOKEN: &str = "admin-token-for-tests-0123456789";
@@ -21,24 +20,12 @@ impl Backend {
         let dir = tempfile::tempdir().unwrap();
         let seed = dir.path().join("users.json");
         std::fs::write(&seed, users.to_string()).unwrap();
-        let mut child = Command::new("python3")
-            .arg(repo_root().join("tests/support/openrag_backend.py"))
+        let mut cmd = Command::new("python3");
+        cmd.arg(repo_root().join("tests/support/openrag_backend.py"))
             .args(["--test-hooks", "--users-file", seed.to_str().unwrap()])
             .env("AUTH_TOKEN", ADMIN_TOKEN)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line
-            .trim()
-            .strip_prefix("READY ")
-            .unwrap_or_else(|| panic!("backend: {line:?}"))
-            .parse()
-            .unwrap();
+            .stderr(Stdio::inherit());
+        let (child, port) = spawn_ready(cmd, "tests/support/openrag_backend.py");
         Backend {
             child,
             port,

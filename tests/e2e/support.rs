@@ -45,6 +45,26 @@ pub async fn wait_until(what: &str, deadline: Duration, mut check: impl FnMut() 
     }
 }
 
+/// Spawns `cmd` (stdout piped), reads the one `READY <port>` line the test servers print, and
+/// returns the child and its port. `what` names the server in the failure message.
+pub fn spawn_ready(mut cmd: Command, what: &str) -> (Child, u16) {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port = line
+        .trim()
+        .strip_prefix("READY ")
+        .unwrap_or_else(|| panic!("{what} did not start: {line:?}"))
+        .parse()
+        .unwrap();
+    (child, port)
+}
+
 // === the upstream ==========================================================================
 
 pub struct Upstream {
@@ -59,23 +79,11 @@ impl Upstream {
 
     pub fn start_with(args: &[&str]) -> Upstream {
         require_tool("python3", "python3");
-        let mut child = Command::new("python3")
-            .arg(repo_root().join("tests/support/upstream.py"))
+        let mut cmd = Command::new("python3");
+        cmd.arg(repo_root().join("tests/support/upstream.py"))
             .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start python3 tests/support/upstream.py");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line
-            .trim()
-            .strip_prefix("READY ")
-            .unwrap_or_else(|| panic!("upstream did not start: {line:?}"))
-            .parse()
-            .unwrap();
+            .stderr(Stdio::inherit());
+        let (child, port) = spawn_ready(cmd, "tests/support/upstream.py");
         Upstream { child, port }
     }
 
