@@ -516,3 +516,50 @@ async fn a_post_logout_uri_on_the_sidecars_own_origin_is_warned_about() {
         sc.sidecar.output()
     );
 }
+
+#[tokio::test]
+async fn an_idp_outage_during_refresh_keeps_the_session_an_invalid_grant_ends_it() {
+    // A skew longer than the access token's life: every request wants a refresh.
+    let m = mock_pair(&[("SSO_SIDECAR_REFRESH_SKEW_SECS", "700")]).await;
+    let cookie = mock_login(&m, &m.a.sidecar, "alice", "sid-1").await;
+    m.idp.set(|s| {
+        s.token_status = 503;
+        s.token_response = json!({"error": "temporarily_unavailable"});
+    });
+    assert!(
+        alive(&m.a.sidecar, &cookie).await,
+        "a 5xx from the IdP does not end a session whose access token is still valid"
+    );
+    let met = metrics(&m.a.sidecar).await;
+    assert_eq!(
+        metric(
+            &met,
+            r#"sso_sidecar_token_refreshes_total{result="failed"}"#
+        ),
+        1.0,
+        "{met}"
+    );
+    assert!(
+        m.a.sidecar.output().contains("refresh failed"),
+        "a warning is logged"
+    );
+
+    m.idp.set(|s| {
+        s.token_status = 400;
+        s.token_response = json!({"error": "invalid_grant"});
+    });
+    assert!(
+        !alive(&m.a.sidecar, &cookie).await,
+        "invalid_grant ends the session"
+    );
+    assert!(!alive(&m.b.sidecar, &cookie).await, "on every replica");
+    let met = metrics(&m.a.sidecar).await;
+    assert_eq!(
+        metric(
+            &met,
+            r#"sso_sidecar_token_refreshes_total{result="refused"}"#
+        ),
+        1.0,
+        "{met}"
+    );
+}

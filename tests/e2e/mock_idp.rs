@@ -70,6 +70,8 @@ pub struct MockState {
     pub userinfo: Value,
     pub jwks_fetches: u32,
     pub token_requests: Vec<String>,
+    /// Status of the token endpoint's answers (0 = 200).
+    pub token_status: u16,
 }
 
 pub struct MockIdp {
@@ -130,6 +132,7 @@ async fn handle(
         .map(|c| c.to_bytes())
         .unwrap_or_default();
     let mut s = st.lock().unwrap();
+    let mut status = 200u16;
     let v = match path.as_str() {
         "/.well-known/openid-configuration" => json!({
             "issuer": s.advertised_issuer.clone().unwrap_or(base.clone()),
@@ -147,6 +150,11 @@ async fn handle(
         "/token" => {
             s.token_requests
                 .push(String::from_utf8_lossy(&body).into_owned());
+            status = if s.token_status == 0 {
+                200
+            } else {
+                s.token_status
+            };
             s.token_response.clone()
         }
         "/userinfo" => s.userinfo.clone(),
@@ -158,6 +166,7 @@ async fn handle(
         }
     };
     Response::builder()
+        .status(status)
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(v.to_string())))
         .unwrap()
