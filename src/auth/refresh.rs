@@ -78,12 +78,13 @@ impl Auth {
         }
 
         let lock_key = format!("lock:{{{}}}", digest(&["refresh", &key]));
+        let owner = crate::crypto::random_token(16);
         let waited = Instant::now();
         loop {
             if self
                 .sessions
                 .store()
-                .put_if_absent(&lock_key, b"1", LOCK_TTL)
+                .put_if_absent(&lock_key, owner.as_bytes(), LOCK_TTL)
                 .await?
             {
                 break;
@@ -101,7 +102,12 @@ impl Auth {
             }
         }
         let result = self.refresh_locked(id, now_unix(), skew).await;
-        let _ = self.sessions.store().delete(&lock_key).await;
+        // Released only if still ours: a lock that expired and was taken by another replica stays.
+        let _ = self
+            .sessions
+            .store()
+            .delete_if(&lock_key, owner.as_bytes())
+            .await;
         result
     }
 

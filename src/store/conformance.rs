@@ -77,6 +77,16 @@ pub async fn run(store: &Store) {
     );
     store.delete(&k("here")).await.unwrap();
 
+    // delete_if: only the holder of the value removes it
+    store.put(&k("lock"), b"owner-a", long).await.unwrap();
+    assert!(!store.delete_if(&k("lock"), b"owner-b").await.unwrap());
+    assert!(
+        store.get(&k("lock")).await.unwrap().is_some(),
+        "another owner's lock stays"
+    );
+    assert!(store.delete_if(&k("lock"), b"owner-a").await.unwrap());
+    assert_eq!(store.get(&k("lock")).await.unwrap(), None);
+
     // indexes: add, members, remove, the set lives as long as its longest member
     assert!(store.index_members(&k("idx")).await.unwrap().is_empty());
     store.index_add(&k("idx"), "m1", long).await.unwrap();

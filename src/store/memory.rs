@@ -92,6 +92,18 @@ impl MemoryStore {
         }
     }
 
+    pub fn delete_if(&self, key: &str, value: &[u8]) -> bool {
+        let mut map = self.lock();
+        let matches = matches!(
+            Self::live(&mut map, key, Instant::now()),
+            Some(Entry { value: Value::Bytes(b), .. }) if b.as_slice() == value
+        );
+        if matches {
+            map.remove(key);
+        }
+        matches
+    }
+
     pub fn delete(&self, key: &str) -> bool {
         let mut map = self.lock();
         let existed = Self::live(&mut map, key, Instant::now()).is_some();

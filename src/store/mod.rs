@@ -80,6 +80,14 @@ impl Store {
         }
     }
 
+    /// Removes `key` only if it still holds `value` (a lock released by its owner only).
+    pub async fn delete_if(&self, key: &str, value: &[u8]) -> Result<bool, StoreError> {
+        match self {
+            Store::Memory(s) => Ok(s.delete_if(key, value)),
+            Store::Redis(s) => s.delete_if(key, value).await,
+        }
+    }
+
     /// Removes `key`; true when it existed.
     pub async fn delete(&self, key: &str) -> Result<bool, StoreError> {
         match self {

@@ -71,10 +71,16 @@ enum Backend {
     },
 }
 
+/// Deletes KEYS[1] only if it still holds ARGV[1] (a lock released by its owner only).
+const DELETE_IF: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0";
+
 pub struct RedisStore {
     backend: Backend,
     prefix: String,
     index_add: redis::Script,
+    delete_if: redis::Script,
 }
 
 /// Runs `$body` with `$c` bound to a live connection of whichever backend this is.
@@ -246,6 +252,7 @@ impl RedisStore {
             backend,
             prefix: opts.key_prefix.to_owned(),
             index_add: redis::Script::new(INDEX_ADD),
+            delete_if: redis::Script::new(DELETE_IF),
         })
     }
 
@@ -332,6 +339,16 @@ impl RedisStore {
 
     pub async fn delete(&self, key: &str) -> Result<bool, StoreError> {
         let n: i64 = self.query(redis::cmd("DEL").arg(self.key(key))).await?;
+        Ok(n > 0)
+    }
+
+    pub async fn delete_if(&self, key: &str, value: &[u8]) -> Result<bool, StoreError> {
+        let key = self.key(key);
+        let script = &self.delete_if;
+        let n: i64 = with_conn!(self, |c| script
+            .key(&key)
+            .arg(value)
+            .invoke_async::<i64>(&mut c))?;
         Ok(n > 0)
     }
 
