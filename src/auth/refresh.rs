@@ -2,8 +2,9 @@
 //!
 //! Within a process, concurrent requests of one session wait on the same async mutex; across
 //! replicas a short lock in the shared store serialises them. After taking each lock the session
-//! is read again, because whoever held it may have refreshed already — so with rotating refresh
-//! tokens a burst of requests at expiry spends exactly one refresh token. A definitive refusal
+//! is read again, from the store itself rather than any client-side cache (whose invalidation
+//! may still be on its way), because whoever held it may have refreshed already — so with
+//! rotating refresh tokens a burst of requests at expiry spends exactly one refresh token. A definitive refusal
 //! (`invalid_grant` and other 4xx) ends the session; a network error or 5xx does not: the session
 //! lives on until its access token has really expired.
 
@@ -70,7 +71,7 @@ impl Auth {
         let key = Sessions::key_of(id);
         let local = self.inflight.lock_for(&key);
         let _local = local.lock().await;
-        let Some(current) = self.sessions.load(id, now_unix()).await? else {
+        let Some(current) = self.sessions.load_fresh(id, now_unix()).await? else {
             return Ok(None);
         };
         if !needs_refresh(&current, now_unix(), skew) {
@@ -90,7 +91,7 @@ impl Auth {
                 break;
             }
             tokio::time::sleep(LOCK_POLL).await;
-            let Some(current) = self.sessions.load(id, now_unix()).await? else {
+            let Some(current) = self.sessions.load_fresh(id, now_unix()).await? else {
                 return Ok(None);
             };
             if !needs_refresh(&current, now_unix(), skew) {
@@ -117,7 +118,7 @@ impl Auth {
         now: i64,
         skew: i64,
     ) -> Result<Option<Arc<Session>>, StoreError> {
-        let Some(loaded) = self.sessions.load(id, now).await? else {
+        let Some(loaded) = self.sessions.load_fresh(id, now).await? else {
             return Ok(None);
         };
         let mut s = (*loaded).clone();

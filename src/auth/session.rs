@@ -60,13 +60,14 @@ pub struct Sessions {
     store: Arc<Store>,
     keys: Arc<KeyRing>,
     /// Opened sessions by store key, with the ciphertext they came from. The store is still
-    /// read on every request (a revocation on any replica is seen at once); only when the
-    /// ciphertext is byte-for-byte the one already opened are decryption and parsing skipped.
+    /// asked on every request (a revocation on any replica is seen at once: Redis's own
+    /// client-side cache is kept coherent by Redis); only when the ciphertext is byte for byte
+    /// the one already opened are decryption and parsing skipped.
     opened: std::sync::Mutex<std::collections::HashMap<String, Opened>>,
 }
 
 /// An opened session and the ciphertext it was opened from.
-type Opened = (Vec<u8>, Arc<Session>);
+type Opened = (bytes::Bytes, Arc<Session>);
 
 /// Bound of the opened-session cache (about 4.5 KiB an entry, so ~9 MiB at most); it is simply
 /// cleared when full.
@@ -170,11 +171,31 @@ impl Sessions {
 
     /// The live session for a cookie id, or `None` (unknown, expired, tampered, foreign key).
     pub async fn load(&self, id: &str, now: i64) -> Result<Option<Arc<Session>>, StoreError> {
+        self.load_from(id, now, false).await
+    }
+
+    /// As [`Sessions::load`], but read from the store itself, never from a client-side cache:
+    /// for code that has just taken a lock and must see what another replica wrote.
+    pub async fn load_fresh(&self, id: &str, now: i64) -> Result<Option<Arc<Session>>, StoreError> {
+        self.load_from(id, now, true).await
+    }
+
+    async fn load_from(
+        &self,
+        id: &str,
+        now: i64,
+        fresh: bool,
+    ) -> Result<Option<Arc<Session>>, StoreError> {
         if !plausible_id(id) {
             return Ok(None);
         }
         let key = Self::key_of(id);
-        let Some(sealed) = self.store.get(&key).await? else {
+        let read = if fresh {
+            self.store.get_fresh(&key).await?
+        } else {
+            self.store.get(&key).await?
+        };
+        let Some(sealed) = read else {
             self.opened
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -184,7 +205,9 @@ impl Sessions {
         {
             let cache = self.opened.lock().unwrap_or_else(|p| p.into_inner());
             if let Some((bytes, s)) = cache.get(&key) {
-                if *bytes == sealed {
+                // The same shared buffer (a cache hit below) or the same bytes.
+                let same = bytes.as_ptr() == sealed.as_ptr() && bytes.len() == sealed.len();
+                if same || *bytes == sealed {
                     return Ok(Some(s.clone()).filter(|s| s.is_live(now)));
                 }
             }

@@ -87,6 +87,11 @@ pub struct Settings {
     pub redis_ca_file: Option<String>,
     /// Milliseconds allowed to connect to Redis and for each command.
     pub redis_timeout_ms: u64,
+    /// Keep session reads in a client-side cache that Redis keeps coherent (`CLIENT TRACKING`,
+    /// single server only).
+    pub redis_client_cache: bool,
+    /// Entries of that cache per worker thread.
+    pub redis_client_cache_entries: usize,
     /// Which paths are public, which are UI pages (login redirect) — all others answer 401.
     pub paths: PathSettings,
     /// Header names of `identity = "headers"`.
@@ -175,6 +180,8 @@ impl Default for Settings {
             redis_sentinel_password: None,
             redis_ca_file: None,
             redis_timeout_ms: 2000,
+            redis_client_cache: true,
+            redis_client_cache_entries: 2048,
             paths: PathSettings::default(),
             headers: HeaderSettings::default(),
             openrag: OpenRagSettings::default(),

@@ -32,7 +32,10 @@ pub async fn run(store: &Store) {
     // binary values survive untouched
     let binary: Vec<u8> = (0..=255u8).collect();
     store.put(&k("bin"), &binary, long).await.unwrap();
-    assert_eq!(store.get(&k("bin")).await.unwrap(), Some(binary));
+    assert_eq!(
+        store.get(&k("bin")).await.unwrap().as_deref(),
+        Some(&binary[..])
+    );
 
     // TTL expiry
     store

@@ -4,12 +4,14 @@
 //! hash lookup. Expired entries are dropped lazily on access and by [`MemoryStore::purge`],
 //! which the caller runs periodically so abandoned sessions do not accumulate.
 
+use bytes::Bytes;
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 enum Value {
-    Bytes(Vec<u8>),
+    /// Shared bytes: a read hands out a reference-counted handle, not a copy.
+    Bytes(Bytes),
     Set(HashSet<String>),
 }
 
@@ -45,7 +47,7 @@ impl MemoryStore {
         map.get_mut(key)
     }
 
-    pub fn get(&self, key: &str) -> Option<Vec<u8>> {
+    pub fn get(&self, key: &str) -> Option<Bytes> {
         let mut map = self.lock();
         match Self::live(&mut map, key, Instant::now()).map(|e| &e.value) {
             Some(Value::Bytes(b)) => Some(b.clone()),
@@ -55,7 +57,7 @@ impl MemoryStore {
 
     pub fn put(&self, key: &str, value: &[u8], ttl: Duration) {
         let entry = Entry {
-            value: Value::Bytes(value.to_vec()),
+            value: Value::Bytes(Bytes::copy_from_slice(value)),
             expires: Instant::now() + ttl,
         };
         self.lock().insert(key.to_owned(), entry);
@@ -70,7 +72,7 @@ impl MemoryStore {
         map.insert(
             key.to_owned(),
             Entry {
-                value: Value::Bytes(value.to_vec()),
+                value: Value::Bytes(Bytes::copy_from_slice(value)),
                 expires: now + ttl,
             },
         );
@@ -83,7 +85,7 @@ impl MemoryStore {
         match Self::live(&mut map, key, now) {
             Some(e) => {
                 *e = Entry {
-                    value: Value::Bytes(value.to_vec()),
+                    value: Value::Bytes(Bytes::copy_from_slice(value)),
                     expires: now + ttl,
                 };
                 true
@@ -96,7 +98,7 @@ impl MemoryStore {
         let mut map = self.lock();
         let matches = matches!(
             Self::live(&mut map, key, Instant::now()),
-            Some(Entry { value: Value::Bytes(b), .. }) if b.as_slice() == value
+            Some(Entry { value: Value::Bytes(b), .. }) if b.as_ref() == value
         );
         if matches {
             map.remove(key);

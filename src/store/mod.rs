@@ -9,8 +9,18 @@
 pub mod conformance;
 pub mod memory;
 pub mod redis;
+pub mod tracking;
 
+use bytes::Bytes;
 use std::time::Duration;
+
+/// This worker thread's entry of a per-worker list whose last entry serves callers off the
+/// workers (admin listener, background tasks). Never empty by construction.
+fn worker_slot<T>(slots: &[T]) -> &T {
+    let last = slots.len().saturating_sub(1);
+    let i = crate::server::workers::current().map_or(last, |w| w % last.max(1));
+    &slots[i]
+}
 
 /// Store failures. Every request that needs the store fails closed on these.
 #[derive(Debug, thiserror::Error)]
@@ -36,10 +46,20 @@ impl Store {
         }
     }
 
-    pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    /// The value of `key`. Redis may answer from its client-side cache, which Redis keeps
+    /// coherent; code that has just taken a lock in the store reads with [`Store::get_fresh`].
+    pub async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
         match self {
             Store::Memory(s) => Ok(s.get(key)),
             Store::Redis(s) => s.get(key).await,
+        }
+    }
+
+    /// The value of `key` as the backend holds it at this moment, never from a cache.
+    pub async fn get_fresh(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
+        match self {
+            Store::Memory(s) => Ok(s.get(key)),
+            Store::Redis(s) => s.get_fresh(key).await,
         }
     }
 

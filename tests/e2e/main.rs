@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod cli;
+mod client_cache;
 mod lifecycle;
 mod mock_idp;
 mod oidc;

@@ -143,6 +143,14 @@ impl Redis {
     }
 }
 
+impl Redis {
+    /// Kills the server now (its connections see EOF at once).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Drop for Redis {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -24,6 +24,7 @@ pub fn store(topology: Topology<'_>, ca_pem: Option<Vec<u8>>) -> Store {
             ca_pem,
             timeout: Duration::from_secs(2),
             connections: 1,
+            client_cache: Some(64),
         })
         .unwrap(),
     )

@@ -105,7 +105,7 @@ impl OpenRagBridge {
     async fn vault_get(&self, sub: &str) -> Result<Option<Secret<String>>, StoreError> {
         let sealed = self.store.get(&self.vault_key(sub)).await?;
         Ok(sealed
-            .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|b| String::from_utf8(b.to_vec()).ok())
             .and_then(|t| self.keys.open(&t))
             .and_then(|p| String::from_utf8(p).ok())
             .map(Secret::new))

@@ -7,13 +7,21 @@
 //! master asked for again. Every key gets the configured prefix; callers hash-tag their keys
 //! (`session:{<hash>}`) so one session's keys share a Cluster slot. Errors never echo a URL
 //! (it may hold a password).
+//!
+//! A single server also gets one connection per worker thread, driven by that worker's runtime,
+//! and, unless turned off, a client-side cache of session reads that Redis keeps coherent
+//! ([`super::tracking`]); reads that must see the latest value use [`RedisStore::get_fresh`].
 
-use super::StoreError;
+mod build;
+
+use super::tracking::Tracking;
+use super::{worker_slot, StoreError};
+use bytes::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
-use redis::{FromRedisValue, RedisConnectionInfo, TlsMode};
+use redis::sentinel::SentinelClient;
+use redis::FromRedisValue;
 use std::time::Duration;
 use tokio::sync::{Mutex, OnceCell};
 
@@ -52,13 +60,17 @@ pub struct RedisOptions<'a> {
     pub timeout: Duration,
     /// Connections to a single server: one per worker thread.
     pub connections: usize,
+    /// Entries of the client-side cache per worker (single server only); `None` turns it off.
+    pub client_cache: Option<usize>,
 }
 
 enum Backend {
     Single {
         client: redis::Client,
         config: ConnectionManagerConfig,
-        conn: OnceCell<ConnectionManager>,
+        /// One per worker thread, and a last one for callers off the workers.
+        conns: Vec<OnceCell<ConnectionManager>>,
+        tracking: Option<Tracking>,
     },
     Cluster {
         client: ClusterClient,
@@ -90,9 +102,10 @@ macro_rules! with_conn {
             Backend::Single {
                 client,
                 config,
-                conn,
+                conns,
+                ..
             } => {
-                let mut $c = conn
+                let mut $c = worker_slot(conns)
                     .get_or_try_init(|| {
                         ConnectionManager::new_with_config(client.clone(), config.clone())
                     })
@@ -127,135 +140,6 @@ macro_rules! with_conn {
 }
 
 impl RedisStore {
-    /// The store described by validated settings.
-    pub fn from_config(c: &crate::config::RedisConfig, connections: usize) -> Result<Self, String> {
-        use crate::config::RedisTopology;
-        let ca_pem = match &c.ca_file {
-            Some(p) => Some(std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?),
-            None => None,
-        };
-        let topology = match &c.topology {
-            RedisTopology::Single { url } => Topology::Single { url: url.expose() },
-            RedisTopology::Sentinel { nodes, master, tls } => Topology::Sentinel {
-                sentinels: nodes,
-                master,
-                tls: *tls,
-            },
-            RedisTopology::Cluster { nodes } => Topology::Cluster { nodes },
-        };
-        Self::new(RedisOptions {
-            topology,
-            key_prefix: &c.key_prefix,
-            username: c.username.as_deref(),
-            password: c.password.as_ref().map(|p| p.expose().as_str()),
-            sentinel_username: c.sentinel_username.as_deref(),
-            sentinel_password: c.sentinel_password.as_ref().map(|p| p.expose().as_str()),
-            ca_pem,
-            timeout: c.timeout,
-            connections,
-        })
-    }
-
-    pub fn new(opts: RedisOptions<'_>) -> Result<Self, String> {
-        let bad = |e: redis::RedisError| format!("invalid Redis settings ({:?})", e.kind());
-        let backend = match opts.topology {
-            Topology::Single { url } => {
-                let mut info: redis::ConnectionInfo =
-                    redis::IntoConnectionInfo::into_connection_info(url).map_err(bad)?;
-                info = with_credentials(info, opts.username, opts.password);
-                let client = match opts.ca_pem.clone() {
-                    Some(ca) => redis::Client::build_with_tls(
-                        info,
-                        redis::TlsCertificates {
-                            client_tls: None,
-                            root_cert: Some(ca),
-                        },
-                    ),
-                    None => redis::Client::open(info),
-                }
-                .map_err(bad)?;
-                let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(opts.timeout))
-                    .set_response_timeout(Some(opts.timeout))
-                    .set_number_of_retries(1)
-                    .set_max_delay(Duration::from_secs(2));
-                Backend::Single {
-                    client,
-                    config,
-                    conn: OnceCell::new(),
-                }
-            }
-            Topology::Cluster { nodes } => {
-                let mut b = ClusterClient::builder(nodes.to_vec())
-                    .connection_timeout(opts.timeout)
-                    .response_timeout(opts.timeout)
-                    .retries(2);
-                if let Some(u) = opts.username {
-                    b = b.username(u);
-                }
-                if let Some(p) = opts.password {
-                    b = b.password(p);
-                }
-                if let Some(ca) = opts.ca_pem.clone() {
-                    b = b.certs(redis::TlsCertificates {
-                        client_tls: None,
-                        root_cert: Some(ca),
-                    });
-                }
-                Backend::Cluster {
-                    client: b.build().map_err(bad)?,
-                    conn: OnceCell::new(),
-                }
-            }
-            Topology::Sentinel {
-                sentinels,
-                master,
-                tls,
-            } => {
-                let mut redis_info = RedisConnectionInfo::default();
-                if let Some(u) = opts.username {
-                    redis_info = redis_info.set_username(u);
-                }
-                if let Some(p) = opts.password {
-                    redis_info = redis_info.set_password(p);
-                }
-                let mut node =
-                    SentinelNodeConnectionInfo::default().set_redis_connection_info(redis_info);
-                if tls {
-                    node = node.set_tls_mode(TlsMode::Secure);
-                }
-                let mut addresses = Vec::new();
-                for s in sentinels {
-                    let info: redis::ConnectionInfo =
-                        redis::IntoConnectionInfo::into_connection_info(s.as_str()).map_err(bad)?;
-                    addresses.push(with_credentials(
-                        info,
-                        opts.sentinel_username,
-                        opts.sentinel_password,
-                    ));
-                }
-                let client = SentinelClient::build(
-                    addresses,
-                    master,
-                    Some(node),
-                    SentinelServerType::Master,
-                )
-                .map_err(bad)?;
-                Backend::Sentinel {
-                    client: Mutex::new(client),
-                    conn: Mutex::new(None),
-                    timeout: opts.timeout,
-                }
-            }
-        };
-        Ok(RedisStore {
-            backend,
-            prefix: opts.key_prefix.to_owned(),
-            index_add: redis::Script::new(INDEX_ADD),
-            delete_if: redis::Script::new(DELETE_IF),
-        })
-    }
-
     async fn sentinel_master(
         &self,
         client: &Mutex<SentinelClient>,
@@ -285,19 +169,58 @@ impl RedisStore {
         with_conn!(self, |c| cmd.query_async::<T>(&mut c))
     }
 
-    pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        self.query(redis::cmd("GET").arg(self.key(key))).await
+    fn tracking(&self) -> Option<&Tracking> {
+        match &self.backend {
+            Backend::Single { tracking, .. } => tracking.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// Entries held by the client-side cache (tests and diagnostics).
+    pub fn cached_entries(&self) -> usize {
+        self.tracking().map_or(0, Tracking::len)
+    }
+
+    /// After this process wrote `key`: forgets it in this process's client-side caches, then
+    /// makes one more round trip. Redis sends a write's invalidations to the other replicas in
+    /// the same pass that sends the writer its reply, so once a later command is answered they
+    /// are on the wire: whatever the writer answers next (a logout's 200) is answered after
+    /// every replica can know. A failed round trip changes nothing: the write is done.
+    async fn written(&self, key: &str) {
+        if let Some(t) = self.tracking() {
+            t.forget(&self.key(key));
+            let _: Result<String, _> = self.query(&redis::cmd("PING")).await;
+        }
+    }
+
+    /// The value of `key`, from the client-side cache when it holds it.
+    pub async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
+        if let Some(t) = self.tracking() {
+            if let Some(v) = t.get(&self.key(key)).await {
+                return Ok(v);
+            }
+        }
+        self.get_fresh(key).await
+    }
+
+    /// The value of `key` as Redis holds it now, never from the cache.
+    pub async fn get_fresh(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
+        let v: Option<Vec<u8>> = self.query(redis::cmd("GET").arg(self.key(key))).await?;
+        Ok(v.map(Bytes::from))
     }
 
     pub async fn put(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), StoreError> {
-        self.query(
-            redis::cmd("SET")
-                .arg(self.key(key))
-                .arg(value)
-                .arg("PX")
-                .arg(millis(ttl)),
-        )
-        .await
+        let r = self
+            .query(
+                redis::cmd("SET")
+                    .arg(self.key(key))
+                    .arg(value)
+                    .arg("PX")
+                    .arg(millis(ttl)),
+            )
+            .await;
+        self.written(key).await;
+        r
     }
 
     pub async fn put_if_absent(
@@ -333,23 +256,26 @@ impl RedisStore {
             .arg("PX")
             .arg(millis(ttl))
             .clone();
-        let r: Option<String> = self.query(&cmd).await?;
-        Ok(r.is_some())
+        let r: Result<Option<String>, _> = self.query(&cmd).await;
+        self.written(key).await;
+        Ok(r?.is_some())
     }
 
     pub async fn delete(&self, key: &str) -> Result<bool, StoreError> {
-        let n: i64 = self.query(redis::cmd("DEL").arg(self.key(key))).await?;
-        Ok(n > 0)
+        let n: Result<i64, _> = self.query(redis::cmd("DEL").arg(self.key(key))).await;
+        self.written(key).await;
+        Ok(n? > 0)
     }
 
     pub async fn delete_if(&self, key: &str, value: &[u8]) -> Result<bool, StoreError> {
-        let key = self.key(key);
+        let full = self.key(key);
         let script = &self.delete_if;
-        let n: i64 = with_conn!(self, |c| script
-            .key(&key)
+        let n: Result<i64, _> = with_conn!(self, |c| script
+            .key(&full)
             .arg(value)
-            .invoke_async::<i64>(&mut c))?;
-        Ok(n > 0)
+            .invoke_async::<i64>(&mut c));
+        self.written(key).await;
+        Ok(n? > 0)
     }
 
     pub async fn index_add(
@@ -385,22 +311,6 @@ impl RedisStore {
         let _: String = self.query(&redis::cmd("PING")).await?;
         Ok(())
     }
-}
-
-fn with_credentials(
-    mut info: redis::ConnectionInfo,
-    user: Option<&str>,
-    pass: Option<&str>,
-) -> redis::ConnectionInfo {
-    let mut r = info.redis_settings().clone();
-    if let Some(u) = user {
-        r = r.set_username(u);
-    }
-    if let Some(p) = pass {
-        r = r.set_password(p);
-    }
-    info = info.set_redis_settings(r);
-    info
 }
 
 fn millis(d: Duration) -> u64 {

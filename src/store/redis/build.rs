@@ -1,0 +1,173 @@
+//! Building a [`RedisStore`] from settings: URLs and credentials, TLS with a private CA, the
+//! three topologies, the per-worker connections and the client-side cache. Connects to nothing:
+//! connections are made on first use.
+
+use super::*;
+use redis::sentinel::{SentinelNodeConnectionInfo, SentinelServerType};
+use redis::{RedisConnectionInfo, TlsMode};
+
+impl RedisStore {
+    /// The store described by validated settings.
+    pub fn from_config(c: &crate::config::RedisConfig, connections: usize) -> Result<Self, String> {
+        use crate::config::RedisTopology;
+        let ca_pem = match &c.ca_file {
+            Some(p) => Some(std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?),
+            None => None,
+        };
+        let topology = match &c.topology {
+            RedisTopology::Single { url } => Topology::Single { url: url.expose() },
+            RedisTopology::Sentinel { nodes, master, tls } => Topology::Sentinel {
+                sentinels: nodes,
+                master,
+                tls: *tls,
+            },
+            RedisTopology::Cluster { nodes } => Topology::Cluster { nodes },
+        };
+        Self::new(RedisOptions {
+            topology,
+            key_prefix: &c.key_prefix,
+            username: c.username.as_deref(),
+            password: c.password.as_ref().map(|p| p.expose().as_str()),
+            sentinel_username: c.sentinel_username.as_deref(),
+            sentinel_password: c.sentinel_password.as_ref().map(|p| p.expose().as_str()),
+            ca_pem,
+            timeout: c.timeout,
+            connections,
+            client_cache: c.client_cache.then_some(c.client_cache_entries),
+        })
+    }
+
+    pub fn new(opts: RedisOptions<'_>) -> Result<Self, String> {
+        let bad = |e: redis::RedisError| format!("invalid Redis settings ({:?})", e.kind());
+        let backend = match opts.topology {
+            Topology::Single { url } => {
+                let mut info: redis::ConnectionInfo =
+                    redis::IntoConnectionInfo::into_connection_info(url).map_err(bad)?;
+                info = with_credentials(info, opts.username, opts.password);
+                let open = |info: redis::ConnectionInfo| match opts.ca_pem.clone() {
+                    Some(ca) => redis::Client::build_with_tls(
+                        info,
+                        redis::TlsCertificates {
+                            client_tls: None,
+                            root_cert: Some(ca),
+                        },
+                    ),
+                    None => redis::Client::open(info),
+                };
+                let tracking = match opts.client_cache {
+                    Some(entries) => {
+                        // Invalidations are pushed on the reading connection: RESP3 only.
+                        let resp3 = info
+                            .redis_settings()
+                            .clone()
+                            .set_protocol(redis::ProtocolVersion::RESP3);
+                        let client = open(info.clone().set_redis_settings(resp3)).map_err(bad)?;
+                        Some(Tracking::new(
+                            client,
+                            opts.timeout,
+                            entries,
+                            opts.connections,
+                        ))
+                    }
+                    None => None,
+                };
+                let client = open(info).map_err(bad)?;
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(opts.timeout))
+                    .set_response_timeout(Some(opts.timeout))
+                    .set_number_of_retries(1)
+                    .set_max_delay(Duration::from_secs(2));
+                Backend::Single {
+                    client,
+                    config,
+                    conns: (0..=opts.connections).map(|_| OnceCell::new()).collect(),
+                    tracking,
+                }
+            }
+            Topology::Cluster { nodes } => {
+                let mut b = ClusterClient::builder(nodes.to_vec())
+                    .connection_timeout(opts.timeout)
+                    .response_timeout(opts.timeout)
+                    .retries(2);
+                if let Some(u) = opts.username {
+                    b = b.username(u);
+                }
+                if let Some(p) = opts.password {
+                    b = b.password(p);
+                }
+                if let Some(ca) = opts.ca_pem.clone() {
+                    b = b.certs(redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(ca),
+                    });
+                }
+                Backend::Cluster {
+                    client: b.build().map_err(bad)?,
+                    conn: OnceCell::new(),
+                }
+            }
+            Topology::Sentinel {
+                sentinels,
+                master,
+                tls,
+            } => {
+                let mut redis_info = RedisConnectionInfo::default();
+                if let Some(u) = opts.username {
+                    redis_info = redis_info.set_username(u);
+                }
+                if let Some(p) = opts.password {
+                    redis_info = redis_info.set_password(p);
+                }
+                let mut node =
+                    SentinelNodeConnectionInfo::default().set_redis_connection_info(redis_info);
+                if tls {
+                    node = node.set_tls_mode(TlsMode::Secure);
+                }
+                let mut addresses = Vec::new();
+                for s in sentinels {
+                    let info: redis::ConnectionInfo =
+                        redis::IntoConnectionInfo::into_connection_info(s.as_str()).map_err(bad)?;
+                    addresses.push(with_credentials(
+                        info,
+                        opts.sentinel_username,
+                        opts.sentinel_password,
+                    ));
+                }
+                let client = SentinelClient::build(
+                    addresses,
+                    master,
+                    Some(node),
+                    SentinelServerType::Master,
+                )
+                .map_err(bad)?;
+                Backend::Sentinel {
+                    client: Mutex::new(client),
+                    conn: Mutex::new(None),
+                    timeout: opts.timeout,
+                }
+            }
+        };
+        Ok(RedisStore {
+            backend,
+            prefix: opts.key_prefix.to_owned(),
+            index_add: redis::Script::new(INDEX_ADD),
+            delete_if: redis::Script::new(DELETE_IF),
+        })
+    }
+}
+
+fn with_credentials(
+    mut info: redis::ConnectionInfo,
+    user: Option<&str>,
+    pass: Option<&str>,
+) -> redis::ConnectionInfo {
+    let mut r = info.redis_settings().clone();
+    if let Some(u) = user {
+        r = r.set_username(u);
+    }
+    if let Some(p) = pass {
+        r = r.set_password(p);
+    }
+    info = info.set_redis_settings(r);
+    info
+}

@@ -1,0 +1,278 @@
+//! A client-side cache of Redis reads that Redis itself keeps coherent: server-assisted
+//! client-side caching (RESP3 `CLIENT TRACKING`). With it, a request whose session this worker
+//! has already read costs no Redis round trip, yet a logout or revocation on any replica is
+//! seen at once: Redis pushes an invalidation for every key a tracked connection has read, the
+//! moment the key is written, deleted or expires.
+//!
+//! One [`Slot`] per worker thread: its own RESP3 connection (driven by that worker's runtime,
+//! so no cross-thread wake-up) and its own entries. A slot serves from its cache only while its
+//! tracked connection is up; whenever that connection ends, fails a command or a health check,
+//! the entries are dropped and reads go through the ordinary connection until it is back.
+//!
+//! Races, and why they are safe. An invalidation can arrive between a miss's `GET` reply and the
+//! moment the reader stores the value. Every slot has a generation, bumped by every
+//! invalidation, disconnection and local write; a value is stored only if the generation is
+//! still the one seen before the `GET` was sent. Invalidations are applied inside the
+//! connection's reader, in order with the replies, so "reply, then invalidation" always either
+//! removes the stored value or prevents its storing.
+//!
+//! What this must not do: serve anything while its connection is down, hold anything that did
+//! not come from Redis, or be used by code that has just taken a lock in Redis and needs the
+//! latest value (the refresh): those read with `get_fresh`.
+
+use bytes::Bytes;
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, PushInfo, PushKind, Value};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// How often a slot's tracked connection is checked: a Redis that hangs without closing the
+/// connection stops the cache within this interval plus the command timeout.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+
+pub struct Tracking {
+    client: redis::Client,
+    timeout: Duration,
+    capacity: usize,
+    /// One per worker thread, and a last one for callers off the workers.
+    slots: Vec<Arc<Slot>>,
+}
+
+#[derive(Default)]
+struct Slot {
+    state: Mutex<SlotState>,
+}
+
+#[derive(Default)]
+struct SlotState {
+    /// The tracked connection, while it is up and tracking.
+    conn: Option<(u64, MultiplexedConnection)>,
+    /// Identifies connections, so a late event of an old one cannot end a newer one.
+    next_id: u64,
+    connecting: bool,
+    generation: u64,
+    /// Values with the instant their key expires in Redis (`None`: no TTL). Redis announces
+    /// an expiry only when it gets round to deleting the key, so the deadline is kept here.
+    entries: HashMap<String, (Bytes, Option<Instant>)>,
+    /// No connection attempt before this (after a failed one).
+    retry_at: Option<tokio::time::Instant>,
+    /// Set once Redis refused `CLIENT TRACKING` (an old server, an ACL): no further attempts.
+    refused: bool,
+}
+
+impl Slot {
+    fn lock(&self) -> MutexGuard<'_, SlotState> {
+        // Each critical section is one map operation: a poisoned lock is still consistent.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Applies a message Redis pushed to connection `id`.
+    fn on_push(&self, id: u64, push: &PushInfo) {
+        let mut st = self.lock();
+        match push.kind {
+            PushKind::Invalidate => {
+                st.generation += 1;
+                match push.data.first() {
+                    Some(Value::Array(keys)) => {
+                        for k in keys {
+                            if let Value::BulkString(k) = k {
+                                if let Ok(k) = std::str::from_utf8(k) {
+                                    st.entries.remove(k);
+                                }
+                            }
+                        }
+                    }
+                    // FLUSHALL / FLUSHDB, or a shape we do not know: forget everything.
+                    _ => st.entries.clear(),
+                }
+            }
+            PushKind::Disconnection => st.drop_conn(Some(id)),
+            _ => {}
+        }
+    }
+}
+
+impl SlotState {
+    /// Stops serving from the cache: the connection `id` (or whichever is current) is gone.
+    fn drop_conn(&mut self, id: Option<u64>) {
+        self.generation += 1;
+        self.entries.clear();
+        if id.is_none() || self.conn.as_ref().map(|c| c.0) == id {
+            self.conn = None;
+        }
+    }
+}
+
+impl Tracking {
+    /// `client` must speak RESP3; `slots` is the number of worker threads.
+    pub fn new(client: redis::Client, timeout: Duration, capacity: usize, slots: usize) -> Self {
+        Tracking {
+            client,
+            timeout,
+            capacity: capacity.max(1),
+            slots: (0..=slots).map(|_| Arc::default()).collect(),
+        }
+    }
+
+    fn slot(&self) -> &Arc<Slot> {
+        super::worker_slot(&self.slots)
+    }
+
+    /// The value of `key` from the cache or through the tracked connection. `None` when this
+    /// worker's tracked connection is not up (yet): the caller reads the ordinary way.
+    pub async fn get(&self, key: &str) -> Option<Option<Bytes>> {
+        let slot = self.slot();
+        if slot.lock().conn.is_some() {
+            // Let this worker's runtime poll its sockets first: the runtime resumes a yielded
+            // task only after it has polled the I/O driver and run the tasks that woke, the
+            // tracked connection's reader among them. So every invalidation that had reached
+            // this worker when the request got here is applied before the cache is consulted.
+            tokio::task::yield_now().await;
+        }
+        let (mut conn, id, generation) = {
+            let mut st = slot.lock();
+            if st.conn.is_none() {
+                let due = st.retry_at.is_none_or(|t| t <= tokio::time::Instant::now());
+                if due && !st.connecting && !st.refused {
+                    st.connecting = true;
+                    tokio::spawn(connect(slot.clone(), self.client.clone(), self.timeout));
+                }
+                return None;
+            }
+            match st.entries.get(key) {
+                Some((v, expires)) if expires.is_none_or(|e| Instant::now() < e) => {
+                    return Some(Some(v.clone()));
+                }
+                Some(_) => {
+                    st.entries.remove(key);
+                }
+                None => {}
+            }
+            let (id, conn) = st.conn.clone()?;
+            (conn, id, st.generation)
+        };
+        // A miss: read through the tracked connection, so Redis tracks the key for us.
+        let mut read = redis::pipe();
+        read.cmd("GET").arg(key).cmd("PTTL").arg(key);
+        let asked = Instant::now();
+        let reply = read.query_async::<(Option<Vec<u8>>, i64)>(&mut conn);
+        match tokio::time::timeout(self.timeout, reply).await {
+            Ok(Ok((value, pttl))) => {
+                let value = value.map(Bytes::from);
+                if let Some(v) = &value {
+                    // PTTL: milliseconds left, -1 without a TTL. Counted from before the ask.
+                    let expires = u64::try_from(pttl)
+                        .ok()
+                        .map(|ms| asked + Duration::from_millis(ms));
+                    let mut st = slot.lock();
+                    if st.generation == generation && st.conn.as_ref().map(|c| c.0) == Some(id) {
+                        if st.entries.len() >= self.capacity {
+                            st.entries.clear();
+                        }
+                        st.entries.insert(key.to_owned(), (v.clone(), expires));
+                    }
+                }
+                Some(value)
+            }
+            _ => {
+                slot.lock().drop_conn(Some(id));
+                None
+            }
+        }
+    }
+
+    /// Forgets `key` in every slot (after a write from this process): the writer's own next
+    /// read must not wait for Redis's invalidation to arrive.
+    pub fn forget(&self, key: &str) {
+        for slot in &self.slots {
+            let mut st = slot.lock();
+            st.generation += 1;
+            st.entries.remove(key);
+        }
+    }
+
+    /// Entries held by all slots (tests and diagnostics).
+    pub fn len(&self) -> usize {
+        self.slots.iter().map(|s| s.lock().entries.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Opens a slot's tracked connection, turns tracking on, then watches its health until it
+/// fails. Runs on the runtime of the worker that needed it.
+async fn connect(slot: Arc<Slot>, client: redis::Client, timeout: Duration) {
+    let id = {
+        let mut st = slot.lock();
+        st.next_id += 1;
+        st.next_id
+    };
+    let events = slot.clone();
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout))
+        .set_push_sender(move |push: PushInfo| {
+            events.on_push(id, &push);
+            Ok::<(), std::convert::Infallible>(())
+        });
+    // Err(Some(code)): Redis answered the tracking request with an error (an old server, an
+    // ACL without CLIENT): it will not track, so no further attempts. Err(None): try again.
+    let opened = async {
+        let mut conn = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(|_| None)?;
+        redis::cmd("CLIENT")
+            .arg("TRACKING")
+            .arg("ON")
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(|e| e.code().map(str::to_owned))?;
+        Ok::<_, Option<String>>(conn)
+    };
+    let opened = tokio::time::timeout(timeout, opened)
+        .await
+        .unwrap_or(Err(None));
+    let conn = match opened {
+        Ok(conn) => conn,
+        Err(refusal) => {
+            let mut st = slot.lock();
+            st.connecting = false;
+            st.retry_at = Some(tokio::time::Instant::now() + HEALTH_INTERVAL);
+            if let Some(code) = refusal {
+                st.refused = true;
+                tracing::warn!(
+                    error = code,
+                    "Redis refused CLIENT TRACKING: sessions are read from Redis on every request"
+                );
+            }
+            return;
+        }
+    };
+    {
+        let mut st = slot.lock();
+        st.connecting = false;
+        st.generation += 1;
+        st.entries.clear();
+        st.conn = Some((id, conn.clone()));
+    }
+    tracing::debug!("Redis client-side cache on for this worker");
+    let mut conn = conn;
+    loop {
+        tokio::time::sleep(HEALTH_INTERVAL).await;
+        if slot.lock().conn.as_ref().map(|c| c.0) != Some(id) {
+            return;
+        }
+        let ping_cmd = redis::cmd("PING");
+        let ping = ping_cmd.query_async::<String>(&mut conn);
+        if !matches!(tokio::time::timeout(timeout, ping).await, Ok(Ok(_))) {
+            slot.lock().drop_conn(Some(id));
+            tracing::debug!("Redis client-side cache off for this worker: health check failed");
+            return;
+        }
+    }
+}

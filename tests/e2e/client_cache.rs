@@ -1,0 +1,140 @@
+//! The Redis client-side cache (RESP3 `CLIENT TRACKING`): reads are served locally, yet every
+//! write, delete, flush and expiry made anywhere is seen by the next read, and nothing is served
+//! once Redis is gone. Two stores stand for two replicas, on a real redis-server. Reads run in
+//! spawned tasks, as requests do in the sidecar (see `store::tracking` on why that matters).
+
+use crate::oidc_support::*;
+use sso_sidecar::store::redis::{RedisStore, Topology};
+use sso_sidecar::store::Store;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const LONG: Duration = Duration::from_secs(60);
+
+fn replica(redis: &Redis) -> Arc<Store> {
+    Arc::new(crate::redis_ha::store(
+        Topology::Single { url: &redis.url() },
+        None,
+    ))
+}
+
+fn redis_of(store: &Store) -> &RedisStore {
+    match store {
+        Store::Redis(r) => r,
+        Store::Memory(_) => panic!("a Redis store was expected"),
+    }
+}
+
+/// A read in its own task, as a request's.
+async fn try_read(
+    store: &Arc<Store>,
+    key: &str,
+) -> Result<Option<Vec<u8>>, sso_sidecar::store::StoreError> {
+    let (store, key) = (store.clone(), key.to_owned());
+    tokio::spawn(async move { store.get(&key).await.map(|v| v.map(|b| b.to_vec())) })
+        .await
+        .unwrap()
+}
+
+async fn read(store: &Arc<Store>, key: &str) -> Option<Vec<u8>> {
+    try_read(store, key).await.unwrap()
+}
+
+/// Reads `key` until `store` holds it in its client-side cache (its tracked connection is
+/// opened in the background by the first read).
+async fn until_cached(store: &Arc<Store>, key: &str, want: &[u8]) {
+    let start = Instant::now();
+    loop {
+        assert_eq!(read(store, key).await.as_deref(), Some(want));
+        if redis_of(store).cached_entries() > 0 {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the client-side cache never started (is CLIENT TRACKING refused?)"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn cached_reads_see_every_write_from_another_replica_at_once() {
+    let redis = Redis::start().await;
+    let (a, b) = (replica(&redis), replica(&redis));
+    let key = "cache:session";
+    b.put(key, b"v0", LONG).await.unwrap();
+    until_cached(&a, key, b"v0").await;
+
+    // Served from A's cache: Redis sees no GET for it.
+    let gets = |r: &Redis| r.cli(&["INFO", "commandstats"]);
+    let before = gets(&redis);
+    for _ in 0..20 {
+        assert_eq!(read(&a, key).await.as_deref(), Some(&b"v0"[..]));
+    }
+    assert_eq!(
+        calls(&before, "get"),
+        calls(&gets(&redis), "get"),
+        "cached reads reached Redis"
+    );
+
+    // Every write by B is seen by A's very next read, 200 times over.
+    for i in 1..=200 {
+        let v = format!("v{i}");
+        b.put(key, v.as_bytes(), LONG).await.unwrap();
+        assert_eq!(
+            read(&a, key).await.as_deref(),
+            Some(v.as_bytes()),
+            "round {i}: A served a value B had replaced"
+        );
+    }
+    // Deleted by B (a logout or a back-channel revocation on another replica).
+    b.delete(key).await.unwrap();
+    assert_eq!(read(&a, key).await, None, "A served a deleted session");
+
+    // Deleted by anyone else, and a FLUSHALL.
+    b.put(key, b"again", LONG).await.unwrap();
+    until_cached(&a, key, b"again").await;
+    redis.cli(&["DEL", &format!("conformance:{key}")]); // the stores' key prefix
+    assert_eq!(read(&a, key).await, None, "a DEL from redis-cli was missed");
+    b.put(key, b"flushed", LONG).await.unwrap();
+    until_cached(&a, key, b"flushed").await;
+    redis.cli(&["FLUSHALL"]);
+    assert_eq!(read(&a, key).await, None, "a FLUSHALL was missed");
+}
+
+#[tokio::test]
+async fn a_cached_value_ends_with_its_ttl_and_with_redis() {
+    let mut redis = Redis::start().await;
+    let a = replica(&redis);
+    a.put("cache:warm", b"w", LONG).await.unwrap();
+    until_cached(&a, "cache:warm", b"w").await;
+
+    // Redis deletes expired keys lazily, and only then invalidates: the cache keeps the
+    // deadline itself.
+    a.put("cache:short", b"s", Duration::from_millis(300))
+        .await
+        .unwrap();
+    assert_eq!(read(&a, "cache:short").await.as_deref(), Some(&b"s"[..]));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(read(&a, "cache:short").await, None, "served past its TTL");
+
+    // The writer's own next read sees its write, before any invalidation could arrive.
+    a.put("cache:warm", b"w2", LONG).await.unwrap();
+    assert_eq!(read(&a, "cache:warm").await.as_deref(), Some(&b"w2"[..]));
+    until_cached(&a, "cache:warm", b"w2").await;
+
+    // Redis gone: nothing is served from the cache, the read fails (the gate answers 503).
+    redis.kill();
+    let r = try_read(&a, "cache:warm").await;
+    assert!(r.is_err(), "a cached value was served without Redis: {r:?}");
+    assert_eq!(redis_of(&a).cached_entries(), 0);
+}
+
+/// The `calls=` count of `cmdstat_<cmd>` in `INFO commandstats` (0 when absent).
+fn calls(info: &str, cmd: &str) -> u64 {
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{cmd}:calls=")))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
