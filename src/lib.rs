@@ -250,7 +250,8 @@ pub async fn run(
         .zip(apps.iter().cloned())
         .enumerate()
     {
-        let handler = move |req, conn| app.clone().handle(req, conn);
+        // Boxed: the request future is several KB, and hyper moves it more than once.
+        let handler = move |req, conn| Box::pin(app.clone().handle(req, conn));
         public.push(
             server::workers::spawn(i, listener, handler, public_opts.clone(), stop_rx.clone())
                 .map_err(StartError::Listen)?,

@@ -132,12 +132,20 @@ impl App {
         let auth = &oidc.auth;
         let own = |r: Response<Body>| Ok((r, None));
         match (&parts.method, parts.uri.path()) {
-            (&Method::GET, "/auth/login") => return own(auth.login(&parts, scheme).await?),
-            (&Method::GET, "/auth/callback") => return own(auth.callback(&parts, scheme).await),
-            (&Method::GET, "/auth/logout") => return own(auth.logout(&parts, scheme).await?),
-            (&Method::GET, "/auth/me") => return own(auth.me(&parts).await?),
+            // The `/auth/*` flows are boxed: rare, and their state would otherwise enlarge
+            // every request's future.
+            (&Method::GET, "/auth/login") => {
+                return own(Box::pin(auth.login(&parts, scheme)).await?)
+            }
+            (&Method::GET, "/auth/callback") => {
+                return own(Box::pin(auth.callback(&parts, scheme)).await)
+            }
+            (&Method::GET, "/auth/logout") => {
+                return own(Box::pin(auth.logout(&parts, scheme)).await?)
+            }
+            (&Method::GET, "/auth/me") => return own(Box::pin(auth.me(&parts)).await?),
             (&Method::POST, "/auth/backchannel-logout") => {
-                return own(backchannel(auth, body).await)
+                return own(Box::pin(backchannel(auth, body)).await)
             }
             // The backend would put the user's token into a browser cookie: answer it here.
             (&Method::POST | &Method::DELETE, "/auth/chainlit-session")
@@ -175,7 +183,7 @@ impl App {
             }
             Decision::Authenticated { session, id } => match &auth.bridge {
                 Some(bridge) => {
-                    self.as_openrag_user(oidc, bridge, parts, body, peer, session, &id)
+                    Box::pin(self.as_openrag_user(oidc, bridge, parts, body, peer, session, &id))
                         .await
                 }
                 None => {

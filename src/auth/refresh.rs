@@ -64,10 +64,21 @@ impl Auth {
         id: &str,
         session: Arc<Session>,
     ) -> Result<Option<Arc<Session>>, StoreError> {
-        let skew = self.settings().refresh_skew.as_secs() as i64;
-        if !needs_refresh(&session, now_unix(), skew) {
+        if !self.refresh_due(&session) {
             return Ok(Some(session));
         }
+        // Boxed: rarely taken, and its state (IdP exchange included) is large.
+        Box::pin(self.refresh_session(id)).await
+    }
+
+    /// Whether `session` is due for a refresh now (cheap: no I/O).
+    pub fn refresh_due(&self, session: &Session) -> bool {
+        let skew = self.settings().refresh_skew.as_secs() as i64;
+        needs_refresh(session, now_unix(), skew)
+    }
+
+    async fn refresh_session(&self, id: &str) -> Result<Option<Arc<Session>>, StoreError> {
+        let skew = self.settings().refresh_skew.as_secs() as i64;
         let key = Sessions::key_of(id);
         let local = self.inflight.lock_for(&key);
         let _local = local.lock().await;

@@ -46,13 +46,21 @@ impl HeaderIdentity {
     pub fn inject(&self, headers: &mut HeaderMap, s: &Session) {
         for (field, name) in &self.names {
             let value = match field {
-                IdentityField::User => Some(s.sub.clone()),
-                IdentityField::Email => s.email.clone(),
-                IdentityField::PreferredUsername => s.preferred_username.clone(),
-                IdentityField::Groups => (!s.groups.is_empty()).then(|| s.groups.join(",")),
-                IdentityField::AccessToken => Some(s.access_token.clone()),
+                IdentityField::User => HeaderValue::from_str(&s.sub).ok(),
+                IdentityField::Email => s
+                    .email
+                    .as_deref()
+                    .and_then(|v| HeaderValue::from_str(v).ok()),
+                IdentityField::PreferredUsername => s
+                    .preferred_username
+                    .as_deref()
+                    .and_then(|v| HeaderValue::from_str(v).ok()),
+                IdentityField::Groups => (!s.groups.is_empty())
+                    .then(|| s.groups.join(","))
+                    .and_then(|v| HeaderValue::from_str(&v).ok()),
+                IdentityField::AccessToken => HeaderValue::from_str(&s.access_token).ok(),
             };
-            if let Some(v) = value.and_then(|v| HeaderValue::from_str(&v).ok()) {
+            if let Some(v) = value {
                 headers.insert(name.clone(), v);
             }
         }

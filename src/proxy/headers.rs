@@ -123,12 +123,15 @@ pub fn set_forwarded(headers: &mut HeaderMap, peer: Peer, host: Option<HeaderVal
     if !peer.trusted {
         remove_folded(headers, &FORWARDING);
     }
-    let ip = peer.ip.to_string();
+    let mut buf = [0u8; 64];
+    let ip = ip_text(peer.ip, &mut buf);
     let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prior) if peer.trusted && !prior.trim().is_empty() => format!("{prior}, {ip}"),
-        _ => ip,
+        Some(prior) if peer.trusted && !prior.trim().is_empty() => {
+            HeaderValue::from_str(&format!("{prior}, {ip}"))
+        }
+        _ => HeaderValue::from_str(ip),
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    if let Ok(v) = xff {
         headers.insert(X_FORWARDED_FOR, v);
     }
     if !headers.contains_key(&X_FORWARDED_PROTO) {
@@ -139,6 +142,41 @@ pub fn set_forwarded(headers: &mut HeaderMap, peer: Peer, host: Option<HeaderVal
             headers.insert(X_FORWARDED_HOST, host);
         }
     }
+}
+
+/// `ip` as text in `buf`. IPv4 by hand: this runs on every request, and `Display` for
+/// addresses is slow (it formats twice to support padding).
+fn ip_text(ip: IpAddr, buf: &mut [u8; 64]) -> &str {
+    let n = match ip {
+        IpAddr::V4(v4) => {
+            let mut n = 0;
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    buf[n] = b'.';
+                    n += 1;
+                }
+                if octet >= 100 {
+                    buf[n] = b'0' + octet / 100;
+                    n += 1;
+                }
+                if octet >= 10 {
+                    buf[n] = b'0' + octet / 10 % 10;
+                    n += 1;
+                }
+                buf[n] = b'0' + octet % 10;
+                n += 1;
+            }
+            n
+        }
+        IpAddr::V6(_) => {
+            use std::io::Write;
+            let mut cursor = std::io::Cursor::new(&mut buf[..]);
+            // 45 bytes at most: always fits.
+            let _ = write!(cursor, "{ip}");
+            usize::try_from(cursor.position()).unwrap_or(0)
+        }
+    };
+    std::str::from_utf8(&buf[..n]).unwrap_or("")
 }
 
 /// The scheme the client used, as far as we may believe: a trusted proxy's first
@@ -172,8 +210,15 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let prefix = PREFIX.get_or_init(|| crate::crypto::random_token(6));
     let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let id = format!("{prefix}{:08x}", n & 0xffff_ffff);
-    HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+    // `{prefix}{n:08x}` by hand, without the formatting machinery (every request).
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut id = [0u8; 24];
+    let p = prefix.len().min(16);
+    id[..p].copy_from_slice(&prefix.as_bytes()[..p]);
+    for i in 0..8 {
+        id[p + i] = HEX[((n >> (28 - 4 * i)) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&id[..p + 8]).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
 #[cfg(test)]

@@ -141,3 +141,21 @@ fn folding_matches_backend_normalisation() {
     assert_eq!(h.len(), 1);
     assert!(h.get("x-forwarded-users").is_some());
 }
+
+#[test]
+fn addresses_are_written_as_display_writes_them() {
+    for ip in [
+        "0.0.0.0",
+        "255.255.255.255",
+        "10.0.100.9",
+        "127.0.0.1",
+        "192.168.10.99",
+        "::1",
+        "2001:db8::8a2e:370:7334",
+        "::ffff:10.1.2.3",
+    ] {
+        let ip: IpAddr = ip.parse().unwrap();
+        let mut buf = [0u8; 64];
+        assert_eq!(ip_text(ip, &mut buf), ip.to_string());
+    }
+}
