@@ -81,6 +81,9 @@ impl App {
         let uri = req.uri().clone();
         let html = wants_html(req.headers());
         let request_id = headers::request_id(req.headers());
+        // Room for the headers the sidecar adds (forwarding, request id, identity) at once,
+        // rather than growing the map step by step.
+        req.headers_mut().reserve(12);
         req.headers_mut()
             .insert(headers::X_REQUEST_ID, request_id.clone());
         let peer = self.upstream.peer(conn.peer.ip(), conn.scheme);

@@ -57,8 +57,14 @@ impl CookieJar {
             .get_all(header::COOKIE)
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .flat_map(Cookie::split_parse_encoded)
-            .filter_map(Result::ok)
+            .flat_map(|v| v.split(';'))
+            // Every request, and browsers send many cookies: a pair whose raw name is not
+            // `name` and holds no escape cannot decode to `name`, so it is skipped unparsed.
+            .filter(|pair| {
+                let raw = pair.split('=').next().unwrap_or("").trim();
+                raw == name || raw.contains('%')
+            })
+            .filter_map(|pair| Cookie::parse_encoded(pair.trim()).ok())
             .find(|c| c.name() == name)
             .map(|c| c.value().to_owned())
     }
@@ -152,5 +158,31 @@ mod tests {
         );
         jar.strip(&mut only);
         assert!(only.get(header::COOKIE).is_none());
+    }
+
+    #[test]
+    fn reading_a_cookie_agrees_with_a_full_parse() {
+        let jar = CookieJar::new("sid");
+        for header in [
+            "sid=A",
+            "x=1;sid=B",
+            "  sid =  C  ; sid=second",
+            "s%69d=D",
+            "x=%41; sid=%45",
+            "sidx=1; xsid=2; sid=F",
+            "sid",
+            "=sid; sid=G",
+            "sid=\"H\"",
+            "a=1;;; sid=I=J",
+            "",
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(header::COOKIE, HeaderValue::from_str(header).unwrap());
+            let full = Cookie::split_parse_encoded(header)
+                .filter_map(Result::ok)
+                .find(|c| c.name() == "sid")
+                .map(|c| c.value().to_owned());
+            assert_eq!(jar.get(&h, "sid"), full, "{header}");
+        }
     }
 }
