@@ -1,20 +1,27 @@
 //! A client-side cache of Redis reads that Redis itself keeps coherent: server-assisted
 //! client-side caching (RESP3 `CLIENT TRACKING`). With it, a request whose session this worker
 //! has already read costs no Redis round trip, yet a logout or revocation on any replica is
-//! seen at once: Redis pushes an invalidation for every key a tracked connection has read, the
-//! moment the key is written, deleted or expires.
+//! seen as soon as it reaches the replica: Redis pushes an invalidation for every key a tracked
+//! connection has read, the moment the key is written, deleted or expires.
 //!
 //! One [`Slot`] per worker thread: its own RESP3 connection (driven by that worker's runtime,
 //! so no cross-thread wake-up) and its own entries. A slot serves from its cache only while its
-//! tracked connection is up; whenever that connection ends, fails a command or a health check,
-//! the entries are dropped and reads go through the ordinary connection until it is back.
+//! tracked connection is up and *verified*: an answer on that connection to a command sent at
+//! instant T proves that every invalidation Redis queued before T has arrived and been applied
+//! (replies and pushes share the connection, in order). A PING every [`HEALTH_INTERVAL`] keeps
+//! the proof fresh; the cache is used only while the last proof is younger than
+//! [`VERIFIED_FOR`]. So even when Redis hangs or the network drops packets without closing the
+//! connection, no cached value is older than that bound. When the connection ends or fails a
+//! command, the entries are dropped and reads go through the ordinary connection.
 //!
 //! Races, and why they are safe. An invalidation can arrive between a miss's `GET` reply and the
 //! moment the reader stores the value. Every slot has a generation, bumped by every
 //! invalidation, disconnection and local write; a value is stored only if the generation is
 //! still the one seen before the `GET` was sent. Invalidations are applied inside the
 //! connection's reader, in order with the replies, so "reply, then invalidation" always either
-//! removes the stored value or prevents its storing.
+//! removes the stored value or prevents its storing. Before looking at the cache a read yields
+//! once to its runtime, which polls its sockets before resuming it: an invalidation already in
+//! the worker's socket is applied first (best effort: it relies on the scheduler's order).
 //!
 //! What this must not do: serve anything while its connection is down, hold anything that did
 //! not come from Redis, or be used by code that has just taken a lock in Redis and needs the
@@ -28,9 +35,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// How often a slot's tracked connection is checked: a Redis that hangs without closing the
-/// connection stops the cache within this interval plus the command timeout.
-const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+/// How often a slot's tracked connection is checked with a `PING`.
+const HEALTH_INTERVAL: Duration = Duration::from_millis(250);
+
+/// How long an answer on the tracked connection vouches for the cache (see the module doc):
+/// the most a cached value can lag behind Redis when invalidations stop arriving.
+pub const VERIFIED_FOR: Duration = Duration::from_secs(1);
+
+/// How long a slot waits before trying to connect again after a failure.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 pub struct Tracking {
     client: redis::Client,
@@ -56,6 +69,10 @@ struct SlotState {
     /// Values with the instant their key expires in Redis (`None`: no TTL). Redis announces
     /// an expiry only when it gets round to deleting the key, so the deadline is kept here.
     entries: HashMap<String, (Bytes, Option<Instant>)>,
+    /// The send time of the latest command answered on the current connection.
+    verified_at: Option<Instant>,
+    /// The last connection reported gone, in case that happens before it is installed.
+    dead: Option<u64>,
     /// No connection attempt before this (after a failed one).
     retry_at: Option<tokio::time::Instant>,
     /// Set once Redis refused `CLIENT TRACKING` (an old server, an ACL): no further attempts.
@@ -88,7 +105,10 @@ impl Slot {
                     _ => st.entries.clear(),
                 }
             }
-            PushKind::Disconnection => st.drop_conn(Some(id)),
+            PushKind::Disconnection => {
+                st.dead = Some(id);
+                st.drop_conn(Some(id));
+            }
             _ => {}
         }
     }
@@ -101,6 +121,14 @@ impl SlotState {
         self.entries.clear();
         if id.is_none() || self.conn.as_ref().map(|c| c.0) == id {
             self.conn = None;
+            self.verified_at = None;
+        }
+    }
+
+    /// Connection `id` answered a command sent at `sent`.
+    fn verified(&mut self, id: u64, sent: Instant) {
+        if self.conn.as_ref().map(|c| c.0) == Some(id) {
+            self.verified_at = Some(self.verified_at.map_or(sent, |v| v.max(sent)));
         }
     }
 }
@@ -141,8 +169,13 @@ impl Tracking {
                 }
                 return None;
             }
+            let now = Instant::now();
+            if st.verified_at.is_none_or(|v| now >= v + VERIFIED_FOR) {
+                // No recent proof that invalidations arrive: ask Redis the ordinary way.
+                return None;
+            }
             match st.entries.get(key) {
-                Some((v, expires)) if expires.is_none_or(|e| Instant::now() < e) => {
+                Some((v, expires)) if expires.is_none_or(|e| now < e) => {
                     return Some(Some(v.clone()));
                 }
                 Some(_) => {
@@ -161,12 +194,18 @@ impl Tracking {
         match tokio::time::timeout(self.timeout, reply).await {
             Ok(Ok((value, pttl))) => {
                 let value = value.map(Bytes::from);
-                if let Some(v) = &value {
-                    // PTTL: milliseconds left, -1 without a TTL. Counted from before the ask.
-                    let expires = u64::try_from(pttl)
+                let mut st = slot.lock();
+                st.verified(id, asked);
+                // PTTL: milliseconds left, counted from before the ask; -1 without a TTL; -2
+                // when the key went between the two commands (then nothing is stored).
+                let expires = match pttl {
+                    -1 => Some(None),
+                    ms if ms > 0 => u64::try_from(ms)
                         .ok()
-                        .map(|ms| asked + Duration::from_millis(ms));
-                    let mut st = slot.lock();
+                        .map(|ms| Some(asked + Duration::from_millis(ms))),
+                    _ => None,
+                };
+                if let (Some(v), Some(expires)) = (&value, expires) {
                     if st.generation == generation && st.conn.as_ref().map(|c| c.0) == Some(id) {
                         if st.entries.len() >= self.capacity {
                             st.entries.clear();
@@ -219,47 +258,52 @@ async fn connect(slot: Arc<Slot>, client: redis::Client, timeout: Duration) {
             events.on_push(id, &push);
             Ok::<(), std::convert::Infallible>(())
         });
-    // Err(Some(code)): Redis answered the tracking request with an error (an old server, an
-    // ACL without CLIENT): it will not track, so no further attempts. Err(None): try again.
+    let sent = Instant::now();
     let opened = async {
         let mut conn = client
             .get_multiplexed_async_connection_with_config(&config)
             .await
-            .map_err(|_| None)?;
+            .map_err(refusal)?;
         redis::cmd("CLIENT")
             .arg("TRACKING")
             .arg("ON")
             .query_async::<()>(&mut conn)
             .await
-            .map_err(|e| e.code().map(str::to_owned))?;
+            .map_err(refusal)?;
         Ok::<_, Option<String>>(conn)
     };
     let opened = tokio::time::timeout(timeout, opened)
         .await
         .unwrap_or(Err(None));
-    let conn = match opened {
-        Ok(conn) => conn,
-        Err(refusal) => {
-            let mut st = slot.lock();
-            st.connecting = false;
-            st.retry_at = Some(tokio::time::Instant::now() + HEALTH_INTERVAL);
-            if let Some(code) = refusal {
-                st.refused = true;
-                tracing::warn!(
-                    error = code,
-                    "Redis refused CLIENT TRACKING: sessions are read from Redis on every request"
-                );
-            }
-            return;
-        }
-    };
-    {
+    let conn = {
         let mut st = slot.lock();
         st.connecting = false;
-        st.generation += 1;
-        st.entries.clear();
-        st.conn = Some((id, conn.clone()));
-    }
+        match opened {
+            // Gone already (its Disconnection came first): as if it had failed.
+            Ok(_) if st.dead == Some(id) => {
+                st.retry_at = Some(tokio::time::Instant::now() + RETRY_AFTER);
+                return;
+            }
+            Ok(conn) => {
+                st.generation += 1;
+                st.entries.clear();
+                st.conn = Some((id, conn.clone()));
+                st.verified_at = Some(sent);
+                conn
+            }
+            Err(refused) => {
+                st.retry_at = Some(tokio::time::Instant::now() + RETRY_AFTER);
+                if let Some(why) = refused {
+                    st.refused = true;
+                    tracing::warn!(
+                        error = why,
+                        "no Redis client-side cache (RESP3 CLIENT TRACKING refused): sessions are read from Redis on every request"
+                    );
+                }
+                return;
+            }
+        }
+    };
     tracing::debug!("Redis client-side cache on for this worker");
     let mut conn = conn;
     loop {
@@ -267,12 +311,30 @@ async fn connect(slot: Arc<Slot>, client: redis::Client, timeout: Duration) {
         if slot.lock().conn.as_ref().map(|c| c.0) != Some(id) {
             return;
         }
+        let sent = Instant::now();
         let ping_cmd = redis::cmd("PING");
         let ping = ping_cmd.query_async::<String>(&mut conn);
-        if !matches!(tokio::time::timeout(timeout, ping).await, Ok(Ok(_))) {
+        if matches!(tokio::time::timeout(timeout, ping).await, Ok(Ok(_))) {
+            slot.lock().verified(id, sent);
+        } else {
             slot.lock().drop_conn(Some(id));
             tracing::debug!("Redis client-side cache off for this worker: health check failed");
             return;
         }
+    }
+}
+
+/// `Some(reason)` when an error means this server will never track for us (no RESP3: Redis
+/// before 6; an ACL without `CLIENT`; an unknown command), `None` when trying again later may
+/// work (connection refused, `LOADING`, `BUSY`…).
+fn refusal(e: redis::RedisError) -> Option<String> {
+    if e.kind() == redis::ErrorKind::RESP3NotSupported {
+        return Some("RESP3 not supported".to_owned());
+    }
+    match e.code() {
+        Some("BUSY" | "LOADING" | "TRYAGAIN" | "MASTERDOWN" | "NOAUTH" | "WRONGPASS") | None => {
+            None
+        }
+        Some(code) => Some(code.to_owned()),
     }
 }

@@ -5,6 +5,7 @@
 
 use crate::oidc_support::*;
 use sso_sidecar::store::redis::{RedisStore, Topology};
+use sso_sidecar::store::tracking::VERIFIED_FOR;
 use sso_sidecar::store::Store;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -76,6 +77,18 @@ async fn cached_reads_see_every_write_from_another_replica_at_once() {
         calls(&gets(&redis), "get"),
         "cached reads reached Redis"
     );
+    // Still served from the cache well after the first proof of delivery went stale: the
+    // health check keeps renewing it.
+    tokio::time::sleep(VERIFIED_FOR * 2).await;
+    let before = gets(&redis);
+    for _ in 0..20 {
+        assert_eq!(read(&a, key).await.as_deref(), Some(&b"v0"[..]));
+    }
+    assert_eq!(
+        calls(&before, "get"),
+        calls(&gets(&redis), "get"),
+        "the cache stopped serving while Redis was healthy"
+    );
 
     // Every write by B is seen by A's very next read, 200 times over.
     for i in 1..=200 {
@@ -123,7 +136,19 @@ async fn a_cached_value_ends_with_its_ttl_and_with_redis() {
     assert_eq!(read(&a, "cache:warm").await.as_deref(), Some(&b"w2"[..]));
     until_cached(&a, "cache:warm", b"w2").await;
 
+    // Redis hung (no EOF, no answers): within VERIFIED_FOR the cache stops vouching, the read
+    // goes to Redis and times out (the gate answers 503).
+    redis.signal("STOP");
+    tokio::time::sleep(VERIFIED_FOR + Duration::from_millis(300)).await;
+    let r = try_read(&a, "cache:warm").await;
+    redis.signal("CONT");
+    assert!(
+        r.is_err(),
+        "a cached value was served by a hung Redis: {r:?}"
+    );
+
     // Redis gone: nothing is served from the cache, the read fails (the gate answers 503).
+    until_cached(&a, "cache:warm", b"w2").await;
     redis.kill();
     let r = try_read(&a, "cache:warm").await;
     assert!(r.is_err(), "a cached value was served without Redis: {r:?}");

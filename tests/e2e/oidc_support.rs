@@ -144,6 +144,16 @@ impl Redis {
 }
 
 impl Redis {
+    /// Sends `sig` (`STOP`, `CONT`…) to the server.
+    pub fn signal(&self, sig: &str) {
+        let ok = std::process::Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} redis-server");
+    }
+
     /// Kills the server now (its connections see EOF at once).
     pub fn kill(&mut self) {
         let _ = self.child.kill();

@@ -104,11 +104,15 @@ impl OpenRagBridge {
 
     async fn vault_get(&self, sub: &str) -> Result<Option<Secret<String>>, StoreError> {
         let sealed = self.store.get(&self.vault_key(sub)).await?;
-        Ok(sealed
-            .and_then(|b| String::from_utf8(b.to_vec()).ok())
-            .and_then(|t| self.keys.open(&t))
+        Ok(sealed.and_then(|b| self.open_vault(&b)))
+    }
+
+    fn open_vault(&self, sealed: &[u8]) -> Option<Secret<String>> {
+        std::str::from_utf8(sealed)
+            .ok()
+            .and_then(|t| self.keys.open(t))
             .and_then(|p| String::from_utf8(p).ok())
-            .map(Secret::new))
+            .map(Secret::new)
     }
 
     async fn vault_put(&self, sub: &str, token: &Secret<String>) -> Result<(), StoreError> {
@@ -152,13 +156,19 @@ impl OpenRagBridge {
     /// After the backend refused `stale`: a newer vault token (another replica's), else the
     /// policy's answer. Called at most once per request by the router, so it cannot loop.
     pub async fn recover(&self, sub: &str, stale: &str) -> Result<Resolved, BridgeError> {
-        if let Some(t) = self.vault_get(sub).await? {
+        // Read from Redis itself: this is exactly "what did another replica just write".
+        let key = self.vault_key(sub);
+        let sealed = self.store.get_fresh(&key).await?;
+        if let Some(t) = sealed.as_deref().and_then(|b| self.open_vault(b)) {
             if t.expose() != stale {
                 let user_id = self.cached(sub).map(|u| u.id).unwrap_or_default();
                 return Ok(Resolved { user_id, token: t });
             }
         }
-        self.store.delete(&self.vault_key(sub)).await?;
+        // Only the entry holding the refused token goes: a newer one stored meanwhile stays.
+        if let Some(b) = &sealed {
+            self.store.delete_if(&key, b).await?;
+        }
         self.users
             .lock()
             .unwrap_or_else(|p| p.into_inner())
