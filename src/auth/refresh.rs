@@ -4,9 +4,9 @@
 //! replicas a short lock in the shared store serialises them. After taking each lock the session
 //! is read again, from the store itself rather than any client-side cache (whose invalidation
 //! may still be on its way), because whoever held it may have refreshed already — so with
-//! rotating refresh tokens a burst of requests at expiry spends exactly one refresh token. A definitive refusal
-//! (`invalid_grant` and other 4xx) ends the session; a network error or 5xx does not: the session
-//! lives on until its access token has really expired.
+//! rotating refresh tokens a burst of requests at expiry spends exactly one refresh token. A
+//! definitive refusal (`invalid_grant` and other 4xx) ends the session; a network error or 5xx
+//! does not: the session lives on until its access token has really expired.
 
 use super::flow::Auth;
 use super::idp_http::IdpHttpError;
@@ -72,7 +72,7 @@ impl Auth {
     }
 
     /// Whether `session` is due for a refresh now (cheap: no I/O).
-    pub fn refresh_due(&self, session: &Session) -> bool {
+    fn refresh_due(&self, session: &Session) -> bool {
         let skew = self.settings().refresh_skew.as_secs() as i64;
         needs_refresh(session, now_unix(), skew)
     }

@@ -60,9 +60,9 @@ pub struct Sessions {
     store: Arc<Store>,
     keys: Arc<KeyRing>,
     /// Opened sessions by store key, with the ciphertext they came from. The store is still
-    /// asked on every request (a revocation on any replica is seen at once: Redis's own
-    /// client-side cache is kept coherent by Redis); only when the ciphertext is byte for byte
-    /// the one already opened are decryption and parsing skipped.
+    /// asked on every request, so a revocation on any replica is seen as soon as it reaches
+    /// this one (the Redis store's client-side cache is kept coherent by Redis); only when the
+    /// ciphertext is byte for byte the one already opened are decryption and parsing skipped.
     opened: std::sync::Mutex<std::collections::HashMap<String, Opened>>,
 }
 

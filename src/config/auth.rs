@@ -116,9 +116,9 @@ pub struct RedisConfig {
     pub sentinel_password: Option<Secret<String>>,
     pub ca_file: Option<PathBuf>,
     pub timeout: Duration,
-    /// Client-side cache of reads, kept coherent by Redis (single server only).
-    pub client_cache: bool,
-    pub client_cache_entries: usize,
+    /// Entries per worker of the client-side cache kept coherent by Redis (single server
+    /// only); `None` when it is off.
+    pub client_cache: Option<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -394,8 +394,8 @@ impl Settings {
             sentinel_password: secret(&self.redis_sentinel_password),
             ca_file,
             timeout: Duration::from_millis(self.redis_timeout_ms),
-            client_cache: self.redis_client_cache && self.redis_client_cache_entries > 0,
-            client_cache_entries: self.redis_client_cache_entries,
+            client_cache: (self.redis_client_cache && self.redis_client_cache_entries > 0)
+                .then_some(self.redis_client_cache_entries),
         }))
     }
 }

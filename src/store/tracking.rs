@@ -91,23 +91,22 @@ impl Slot {
         match push.kind {
             PushKind::Invalidate => {
                 st.generation += 1;
-                match push.data.first() {
-                    Some(Value::Array(keys)) => {
-                        for k in keys {
-                            if let Value::BulkString(k) = k {
-                                if let Ok(k) = std::str::from_utf8(k) {
-                                    st.entries.remove(k);
-                                }
-                            }
-                        }
-                    }
+                let Some(Value::Array(keys)) = push.data.first() else {
                     // FLUSHALL / FLUSHDB, or a shape we do not know: forget everything.
-                    _ => st.entries.clear(),
+                    st.entries.clear();
+                    return;
+                };
+                let keys = keys.iter().filter_map(|k| match k {
+                    Value::BulkString(k) => std::str::from_utf8(k).ok(),
+                    _ => None,
+                });
+                for k in keys {
+                    st.entries.remove(k);
                 }
             }
             PushKind::Disconnection => {
                 st.dead = Some(id);
-                st.drop_conn(Some(id));
+                st.drop_conn(id);
             }
             _ => {}
         }
@@ -115,11 +114,15 @@ impl Slot {
 }
 
 impl SlotState {
-    /// Stops serving from the cache: the connection `id` (or whichever is current) is gone.
-    fn drop_conn(&mut self, id: Option<u64>) {
+    fn is_current(&self, id: u64) -> bool {
+        self.conn.as_ref().is_some_and(|c| c.0 == id)
+    }
+
+    /// Stops serving from the cache: the connection `id` is gone.
+    fn drop_conn(&mut self, id: u64) {
         self.generation += 1;
         self.entries.clear();
-        if id.is_none() || self.conn.as_ref().map(|c| c.0) == id {
+        if self.is_current(id) {
             self.conn = None;
             self.verified_at = None;
         }
@@ -127,7 +130,7 @@ impl SlotState {
 
     /// Connection `id` answered a command sent at `sent`.
     fn verified(&mut self, id: u64, sent: Instant) {
-        if self.conn.as_ref().map(|c| c.0) == Some(id) {
+        if self.is_current(id) {
             self.verified_at = Some(self.verified_at.map_or(sent, |v| v.max(sent)));
         }
     }
@@ -206,7 +209,7 @@ impl Tracking {
                     _ => None,
                 };
                 if let (Some(v), Some(expires)) = (&value, expires) {
-                    if st.generation == generation && st.conn.as_ref().map(|c| c.0) == Some(id) {
+                    if st.generation == generation && st.is_current(id) {
                         if st.entries.len() >= self.capacity {
                             st.entries.clear();
                         }
@@ -216,7 +219,7 @@ impl Tracking {
                 Some(value)
             }
             _ => {
-                slot.lock().drop_conn(Some(id));
+                slot.lock().drop_conn(id);
                 None
             }
         }
@@ -308,7 +311,7 @@ async fn connect(slot: Arc<Slot>, client: redis::Client, timeout: Duration) {
     let mut conn = conn;
     loop {
         tokio::time::sleep(HEALTH_INTERVAL).await;
-        if slot.lock().conn.as_ref().map(|c| c.0) != Some(id) {
+        if !slot.lock().is_current(id) {
             return;
         }
         let sent = Instant::now();
@@ -317,7 +320,7 @@ async fn connect(slot: Arc<Slot>, client: redis::Client, timeout: Duration) {
         if matches!(tokio::time::timeout(timeout, ping).await, Ok(Ok(_))) {
             slot.lock().verified(id, sent);
         } else {
-            slot.lock().drop_conn(Some(id));
+            slot.lock().drop_conn(id);
             tracing::debug!("Redis client-side cache off for this worker: health check failed");
             return;
         }

@@ -67,28 +67,18 @@ async fn cached_reads_see_every_write_from_another_replica_at_once() {
     until_cached(&a, key, b"v0").await;
 
     // Served from A's cache: Redis sees no GET for it.
-    let gets = |r: &Redis| r.cli(&["INFO", "commandstats"]);
-    let before = gets(&redis);
-    for _ in 0..20 {
-        assert_eq!(read(&a, key).await.as_deref(), Some(&b"v0"[..]));
-    }
-    assert_eq!(
-        calls(&before, "get"),
-        calls(&gets(&redis), "get"),
-        "cached reads reached Redis"
-    );
+    served_from_cache(&redis, &a, key, b"v0", "cached reads reached Redis").await;
     // Still served from the cache well after the first proof of delivery went stale: the
     // health check keeps renewing it.
     tokio::time::sleep(VERIFIED_FOR * 2).await;
-    let before = gets(&redis);
-    for _ in 0..20 {
-        assert_eq!(read(&a, key).await.as_deref(), Some(&b"v0"[..]));
-    }
-    assert_eq!(
-        calls(&before, "get"),
-        calls(&gets(&redis), "get"),
-        "the cache stopped serving while Redis was healthy"
-    );
+    served_from_cache(
+        &redis,
+        &a,
+        key,
+        b"v0",
+        "the cache stopped serving while Redis was healthy",
+    )
+    .await;
 
     // Every write by B is seen by A's very next read, 200 times over.
     for i in 1..=200 {
@@ -153,6 +143,16 @@ async fn a_cached_value_ends_with_its_ttl_and_with_redis() {
     let r = try_read(&a, "cache:warm").await;
     assert!(r.is_err(), "a cached value was served without Redis: {r:?}");
     assert_eq!(redis_of(&a).cached_entries(), 0);
+}
+
+/// Reads `key` 20 times from `store`, each giving `want`, and checks Redis saw no `GET`.
+async fn served_from_cache(redis: &Redis, store: &Arc<Store>, key: &str, want: &[u8], why: &str) {
+    let gets = || calls(&redis.cli(&["INFO", "commandstats"]), "get");
+    let before = gets();
+    for _ in 0..20 {
+        assert_eq!(read(store, key).await.as_deref(), Some(want));
+    }
+    assert_eq!(before, gets(), "{why}");
 }
 
 /// The `calls=` count of `cmdstat_<cmd>` in `INFO commandstats` (0 when absent).

@@ -33,7 +33,7 @@ impl RedisStore {
             ca_pem,
             timeout: c.timeout,
             connections,
-            client_cache: c.client_cache.then_some(c.client_cache_entries),
+            client_cache: c.client_cache,
         })
     }
 
