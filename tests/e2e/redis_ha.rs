@@ -483,25 +483,15 @@ async fn acl_credentials_are_read_from_files() {
         "user default off\nuser sidecar on >acl-password-0123 ~* &* +@all\n",
     )
     .unwrap();
-    std::fs::create_dir_all(dir.path().join("data")).unwrap();
-    let _server = Servers(vec![Command::new("redis-server")
-        .arg(&conf)
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .arg("--dir")
-        .arg(dir.path().join("data"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()]);
+    // The configuration file comes first: redis-server reads it before the other options.
+    let args = [
+        conf.to_str().unwrap(),
+        "--port",
+        &port.to_string(),
+        "--appendonly",
+        "no",
+    ];
+    let _server = Servers(vec![redis_server(&dir.path().join("data"), &args)]);
     until("redis with ACL", 10, || {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
     })
