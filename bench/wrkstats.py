@@ -220,15 +220,27 @@ def cmd_report(args):
     if base:
         p(f"### Ratios against {args.baseline}")
         p()
-        p("| target | throughput ratio | p99 ratio |")
-        p("|---|---:|---:|")
+        p("| target | throughput ratio | p99 ratio | throughput ratio per round (median) |")
+        p("|---|---:|---:|---|")
+        base_rounds = {r["round"]: r["req_per_s"] for r in by_target.get(args.baseline, [])}
         for name, s in summary.items():
             if name == args.baseline:
                 continue
             tr = s["req_per_s_median"] / base["req_per_s_median"] if base["req_per_s_median"] else None
             lr = s["p99_ms_median"] / base["p99_ms_median"] if base["p99_ms_median"] else None
-            ratios[name] = {"throughput_ratio": tr, "p99_ratio": lr}
-            p(f"| {name}/{args.baseline} | {_fmt(tr, 3)} | {_fmt(lr, 3)} |")
+            # Each round against the baseline of the same round: drift of the machine between
+            # rounds cancels out, so these spread less than the ratio of the medians.
+            paired = [
+                r["req_per_s"] / base_rounds[r["round"]]
+                for r in sorted(by_target[name], key=lambda r: r["round"])
+                if base_rounds.get(r["round"])
+            ]
+            pm = statistics.median(paired) if paired else None
+            ratios[name] = {"throughput_ratio": tr, "p99_ratio": lr,
+                            "throughput_ratio_per_round": paired,
+                            "throughput_ratio_per_round_median": pm}
+            listed = ", ".join(f"{x:.3f}" for x in paired)
+            p(f"| {name}/{args.baseline} | {_fmt(tr, 3)} | {_fmt(lr, 3)} | {listed} ({_fmt(pm, 3)}) |")
         p()
     else:
         p(f"(baseline {args.baseline!r} has no data: no ratios)")
