@@ -14,7 +14,7 @@ use http::{header, HeaderValue, Response, StatusCode};
 pub enum Error {
     /// The upstream refused, reset or closed the connection.
     #[error("upstream unavailable: {0}")]
-    UpstreamUnavailable(#[source] hyper_util::client::legacy::Error),
+    UpstreamUnavailable(#[source] crate::proxy::SendError),
     /// The upstream did not send its response head in time.
     #[error("upstream timed out")]
     UpstreamTimeout,
@@ -87,7 +87,7 @@ impl Error {
     /// A label for metrics.
     pub fn kind(&self) -> &'static str {
         match self {
-            Error::UpstreamUnavailable(e) if e.is_connect() => "connect",
+            Error::UpstreamUnavailable(crate::proxy::SendError::Connect(_)) => "connect",
             Error::UpstreamUnavailable(_) => "reset",
             Error::UpstreamTimeout => "timeout",
             Error::BadRequest(_) => "bad_request",

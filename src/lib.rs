@@ -39,7 +39,10 @@ use tokio::net::TcpListener;
 
 /// The body of every response the sidecar sends: a streamed upstream body or a small one of
 /// its own. An enum rather than a boxed trait object: the proxied path allocates nothing for it.
-pub type Body = Either<Incoming, Full<Bytes>>;
+pub type Body = Either<proxy::UpstreamBody, Full<Bytes>>;
+
+/// The body of a request sent upstream: the client's, streamed, or one the sidecar made.
+pub type RequestBody = Either<Incoming, Full<Bytes>>;
 
 /// A response body of the sidecar's own.
 pub fn full(bytes: impl Into<Bytes>) -> Body {

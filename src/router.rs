@@ -19,9 +19,9 @@ use crate::proxy::headers::{self, Peer};
 use crate::proxy::Upstream;
 use crate::server::ConnInfo;
 use crate::telemetry;
-use crate::Body;
+use crate::{Body, RequestBody};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::Either;
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use std::sync::Arc;
 use std::time::Instant;
@@ -115,7 +115,7 @@ impl App {
 
     async fn proxy(
         &self,
-        req: Request<Body>,
+        req: Request<RequestBody>,
         peer: Peer,
         prepare: impl FnOnce(&mut http::HeaderMap),
     ) -> Result<Outcome, Error> {
@@ -215,7 +215,7 @@ impl App {
         &self,
         oidc: &Oidc,
         mut parts: http::request::Parts,
-        body: Body,
+        body: RequestBody,
         peer: Peer,
         session: Option<&Session>,
         token: Option<(Carrier, &str)>,
@@ -252,7 +252,7 @@ impl App {
         oidc: &Oidc,
         bridge: &OpenRagBridge,
         parts: http::request::Parts,
-        body: Body,
+        body: RequestBody,
         peer: Peer,
         session: Arc<Session>,
         id: &str,
@@ -290,7 +290,7 @@ impl App {
                     .forward_as(
                         oidc,
                         parts,
-                        crate::full(""),
+                        Either::Right(Full::new(bytes::Bytes::new())),
                         peer,
                         None,
                         Some((carrier, resolved.token.expose())),

@@ -1,5 +1,5 @@
-//! The streaming forwarder: one pooled HTTP/1.1 client to the upstream, bodies streamed both
-//! ways, HTTP upgrades (WebSocket) tunnelled.
+//! The streaming forwarder: pooled HTTP/1.1 connections to the upstream (`pool`), bodies
+//! streamed both ways, HTTP upgrades (WebSocket) tunnelled.
 //!
 //! Knows nothing of OIDC, sessions or cookies: callers hand it a request that is already
 //! authorised and carrying whatever identity it should carry. It owns URI rewriting, `Host`,
@@ -8,26 +8,26 @@
 //! upstream's `Incoming` body becomes the response body.
 
 pub mod headers;
+mod pool;
 
 use crate::config::ProxySettings;
 use crate::error::Error;
 use headers::Peer;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{header, HeaderValue, Request, Response, StatusCode, Uri};
-use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use ipnet::IpNet;
+pub use pool::{SendError, UpstreamBody};
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
-/// The upstream and the pooled client that reaches it.
+/// Idle connections a worker keeps to the upstream at most.
+const MAX_IDLE: usize = 256;
+
+/// The upstream and one worker's pool of connections to it.
 pub struct Upstream {
-    client: Client<HttpsConnector<HttpConnector>, crate::Body>,
-    scheme: Scheme,
-    authority: Authority,
+    pool: Arc<pool::Pool>,
     /// `Host` value sent upstream unless `preserve_host` is set.
     host: HeaderValue,
     /// Path prefix of the upstream base URL, without trailing slash ("" for none).
@@ -51,17 +51,15 @@ impl Upstream {
             .parse()
             .map_err(|_| format!("bad upstream authority {authority_str}"))?;
         let connector = crate::server::tls::connector(tls, settings.connect_timeout);
-        let client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(settings.idle_timeout)
-            .pool_max_idle_per_host(256)
-            .build(connector);
+        let target = Uri::builder()
+            .scheme(scheme)
+            .authority(authority.clone())
+            .path_and_query("/")
+            .build()
+            .map_err(|e| e.to_string())?;
         Ok(Upstream {
-            client,
-            scheme,
+            pool: pool::Pool::new(connector, target, settings.idle_timeout, MAX_IDLE),
             host: HeaderValue::from_str(authority.as_str()).map_err(|e| e.to_string())?,
-            authority,
             prefix: u.path().trim_end_matches('/').to_owned(),
             timeout_ms: std::sync::atomic::AtomicU64::new(
                 settings.upstream_timeout.as_millis() as u64
@@ -92,10 +90,10 @@ impl Upstream {
     /// caller's identity) cannot be removed by a client naming them in `Connection`.
     pub async fn forward(
         &self,
-        mut req: Request<crate::Body>,
+        mut req: Request<crate::RequestBody>,
         peer: Peer,
         prepare: impl FnOnce(&mut http::HeaderMap),
-    ) -> Result<Response<Incoming>, Error> {
+    ) -> Result<Response<UpstreamBody>, Error> {
         let upgrade = headers::upgrade_protocol(req.headers());
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
 
@@ -123,7 +121,7 @@ impl Upstream {
 
         let timeout =
             Duration::from_millis(self.timeout_ms.load(std::sync::atomic::Ordering::Relaxed));
-        let mut resp = match tokio::time::timeout(timeout, self.client.request(req)).await {
+        let mut resp = match tokio::time::timeout(timeout, self.pool.send(req)).await {
             Err(_) => return Err(Error::UpstreamTimeout),
             Ok(Err(e)) => return Err(Error::UpstreamUnavailable(e)),
             Ok(Ok(r)) => r,
@@ -138,6 +136,8 @@ impl Upstream {
             h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             h.insert(header::UPGRADE, proto);
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
+            // The connection now belongs to the tunnel.
+            resp.body_mut().detach();
             tokio::spawn(tunnel(client_upgrade, upstream_upgrade));
         }
         Ok(resp)
@@ -152,6 +152,7 @@ impl Upstream {
             // CONNECT-style or absolute-form targets are not ours to forward.
             return Err(Error::BadRequest("Unsupported request target"));
         }
+        // Origin form (`/path?query`): the connection already knows where it goes.
         let path_and_query: PathAndQuery = if self.prefix.is_empty() {
             original
                 .path_and_query()
@@ -162,12 +163,7 @@ impl Upstream {
                 .parse()
                 .map_err(|_| Error::BadRequest("Invalid request target"))?
         };
-        Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(path_and_query)
-            .build()
-            .map_err(|_| Error::BadRequest("Invalid request target"))
+        Ok(Uri::from(path_and_query))
     }
 }
 

@@ -11,6 +11,7 @@ mod oidc;
 mod oidc_negative;
 mod oidc_support;
 mod openrag;
+mod pool;
 mod proxy;
 mod redis_ha;
 mod reload;

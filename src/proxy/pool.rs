@@ -1,0 +1,235 @@
+//! The upstream connection pool of one worker: HTTP/1.1 connections (`hyper::client::conn`)
+//! kept alive between requests, and the response body that hands its connection back.
+//!
+//! Each worker thread has its own `Upstream`, hence its own pool, and every connection's task
+//! runs on that worker's runtime. So the pool is a plain list behind an uncontended lock: no
+//! pool keys, no hashing, no task spawned per request. hyper-util's general-purpose client did
+//! all three, which was the largest single item of the proxy's own CPU time (bench/README.md).
+//!
+//! Owns: connecting (through the shared TLS-capable connector), reuse, the idle timeout, and the
+//! one retry a request gets when a reused connection turns out to be closed before the request
+//! was sent. Knows nothing of headers or URIs beyond what it is handed.
+
+use crate::RequestBody;
+use http::{Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tower_service::Service;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why a request could not be forwarded: no connection at all, or a connection that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("connect: {0}")]
+    Connect(#[source] BoxError),
+    #[error("{0}")]
+    Request(#[source] hyper::Error),
+}
+
+/// Idle connections, newest last.
+#[derive(Default)]
+struct Idle {
+    conns: VecDeque<(SendRequest<RequestBody>, Instant)>,
+    /// Whether this pool's sweeper task is running.
+    sweeping: bool,
+}
+
+/// One worker's connections to the upstream.
+pub struct Pool {
+    connector: HttpsConnector<HttpConnector>,
+    /// `scheme://authority` of the upstream, what the connector dials.
+    target: Uri,
+    idle_timeout: Duration,
+    max_idle: usize,
+    idle: Mutex<Idle>,
+}
+
+impl Pool {
+    pub fn new(
+        connector: HttpsConnector<HttpConnector>,
+        target: Uri,
+        idle_timeout: Duration,
+        max_idle: usize,
+    ) -> Arc<Self> {
+        Arc::new(Pool {
+            connector,
+            target,
+            idle_timeout,
+            max_idle,
+            idle: Mutex::new(Idle::default()),
+        })
+    }
+
+    /// Sends `req` on an idle connection, or a new one, and returns the response head with a
+    /// body that gives the connection back once it has been read to the end.
+    pub async fn send(
+        self: &Arc<Self>,
+        mut req: Request<RequestBody>,
+    ) -> Result<Response<UpstreamBody>, SendError> {
+        // A reused connection the upstream has just closed refuses the request unsent: try the
+        // next one. A new connection gets no second chance.
+        loop {
+            let (mut sender, fresh) = match self.checkout().await {
+                Some(s) => (s, false),
+                None => (self.connect().await?, true),
+            };
+            match sender.try_send_request(req).await {
+                Ok(resp) => return Ok(resp.map(|b| UpstreamBody::new(b, sender, self))),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) if !fresh => req = unsent,
+                    _ => return Err(SendError::Request(e.into_error())),
+                },
+            }
+        }
+    }
+
+    /// The newest idle connection that is still open and ready for a request.
+    async fn checkout(&self) -> Option<SendRequest<RequestBody>> {
+        loop {
+            let (mut sender, since) = self.lock().conns.pop_back()?;
+            if since.elapsed() >= self.idle_timeout {
+                // Everything older is older still.
+                self.lock().conns.clear();
+                return None;
+            }
+            // Usually ready at once; a connection handed back a moment ago becomes ready as
+            // soon as its task has seen the end of the last response.
+            if sender.ready().await.is_ok() {
+                return Some(sender);
+            }
+        }
+    }
+
+    async fn connect(self: &Arc<Self>) -> Result<SendRequest<RequestBody>, SendError> {
+        let io = self
+            .connector
+            .clone()
+            .call(self.target.clone())
+            .await
+            .map_err(SendError::Connect)?;
+        let (sender, conn) = http1::Builder::new()
+            .handshake(io)
+            .await
+            .map_err(SendError::Request)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "upstream connection ended with an error");
+            }
+        });
+        self.start_sweeper();
+        Ok(sender)
+    }
+
+    fn checkin(&self, sender: SendRequest<RequestBody>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.lock();
+        if idle.conns.len() < self.max_idle {
+            idle.conns.push_back((sender, Instant::now()));
+        }
+    }
+
+    /// Closes connections idle for longer than the idle timeout even when no request comes to
+    /// notice, so the upstream is not left holding them. One task per pool, started with the
+    /// first connection on the worker's runtime; it ends with the pool.
+    fn start_sweeper(self: &Arc<Self>) {
+        {
+            let mut idle = self.lock();
+            if idle.sweeping {
+                return;
+            }
+            idle.sweeping = true;
+        }
+        let pool: Weak<Pool> = Arc::downgrade(self);
+        let period = (self.idle_timeout / 2).max(Duration::from_millis(100));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(period).await;
+                let Some(pool) = pool.upgrade() else { return };
+                let mut idle = pool.lock();
+                while idle
+                    .conns
+                    .front()
+                    .is_some_and(|(s, since)| s.is_closed() || since.elapsed() >= pool.idle_timeout)
+                {
+                    idle.conns.pop_front();
+                }
+            }
+        });
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Idle> {
+        // The list stays consistent whatever panicked while holding it.
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// An upstream response body that returns its connection to the pool when it is dropped after
+/// being read to the end. Dropped early (the client went away), it closes the connection
+/// instead: the rest of the response would otherwise have to be read first.
+pub struct UpstreamBody {
+    inner: Incoming,
+    conn: Option<(SendRequest<RequestBody>, Arc<Pool>)>,
+    done: bool,
+}
+
+impl UpstreamBody {
+    fn new(inner: Incoming, sender: SendRequest<RequestBody>, pool: &Arc<Pool>) -> Self {
+        UpstreamBody {
+            inner,
+            conn: Some((sender, pool.clone())),
+            done: false,
+        }
+    }
+
+    /// Keeps the connection out of the pool (it has been upgraded to another protocol).
+    pub fn detach(&mut self) {
+        self.conn = None;
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        if let Some((sender, pool)) = self.conn.take() {
+            if self.done || http_body::Body::is_end_stream(&self.inner) {
+                pool.checkin(sender);
+            }
+        }
+    }
+}
+
+impl http_body::Body for UpstreamBody {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.get_mut();
+        let frame = Pin::new(&mut this.inner).poll_frame(cx);
+        match &frame {
+            Poll::Ready(None) => this.done = true,
+            Poll::Ready(Some(Err(_))) => this.conn = None,
+            _ => {}
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}

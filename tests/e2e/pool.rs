@@ -1,0 +1,241 @@
+//! The upstream connection pool, seen from the upstream's side: connections are reused across
+//! every kind of response, closed when idle, never reused after the upstream closed them or
+//! after a client left mid-response.
+//!
+//! The upstream here is a small raw HTTP/1.1 server on a real socket, because these tests need
+//! what an ordinary server hides: how many connections it accepted, when each one was closed,
+//! and the freedom to close a keep-alive connection the moment it has answered.
+
+use crate::support::*;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
+
+/// How the raw upstream treats a connection after each response.
+#[derive(Clone, Copy)]
+enum After {
+    KeepAlive,
+    /// Closes the socket right after the response, without saying so (`Connection: close` is
+    /// not sent), as a server whose keep-alive timeout fires at that moment does.
+    SilentClose,
+}
+
+struct RawUpstream {
+    port: u16,
+    accepted: Arc<AtomicUsize>,
+    closed: Arc<AtomicUsize>,
+}
+
+impl RawUpstream {
+    async fn start(after: After) -> RawUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let closed = Arc::new(AtomicUsize::new(0));
+        let (a, c) = (accepted.clone(), closed.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((sock, _)) = listener.accept().await else {
+                    return;
+                };
+                a.fetch_add(1, Ordering::SeqCst);
+                let c = c.clone();
+                tokio::spawn(async move {
+                    serve(sock, after).await;
+                    c.fetch_add(1, Ordering::SeqCst);
+                });
+            }
+        });
+        RawUpstream {
+            port,
+            accepted,
+            closed,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
+    fn closed(&self) -> usize {
+        self.closed.load(Ordering::SeqCst)
+    }
+}
+
+/// Serves requests on one connection until the peer closes it (or `after` says to close).
+/// The path picks the response: `/chunked`, `/empty` (204), `/not-modified` (304), `/big`
+/// (1 MiB, written slowly), anything else a short sized body.
+async fn serve(sock: tokio::net::TcpStream, after: After) {
+    let mut sock = BufReader::new(sock);
+    loop {
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            match sock.read_line(&mut line).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) if line == "\r\n" => break,
+                Ok(_) => head.push_str(&line),
+            }
+        }
+        let len: usize = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().parse().unwrap())
+            })
+            .unwrap_or(0);
+        let mut body = vec![0; len];
+        if sock.read_exact(&mut body).await.is_err() {
+            return;
+        }
+        let target = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
+        let w = sock.get_mut();
+        let wrote = match (head.starts_with("HEAD"), target.as_str()) {
+            (true, _) => {
+                w.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n")
+                    .await
+            }
+            (_, "/chunked") => {
+                w.write_all(
+                    b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+                )
+                .await
+            }
+            (_, "/empty") => w.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").await,
+            (_, "/not-modified") => w.write_all(b"HTTP/1.1 304 Not Modified\r\n\r\n").await,
+            (_, "/big") => {
+                let r = w
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1048576\r\n\r\n")
+                    .await;
+                for _ in 0..256 {
+                    if r.is_err() || w.write_all(&[b'x'; 4096]).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                r
+            }
+            (_, path) => {
+                let body = format!("path={path}");
+                w.write_all(
+                    format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    )
+                    .as_bytes(),
+                )
+                .await
+            }
+        };
+        if wrote.is_err() {
+            return;
+        }
+        if let After::SilentClose = after {
+            return;
+        }
+    }
+}
+
+/// A sidecar with one worker (so one pool) and a 1 s idle timeout, in front of `up`.
+async fn sidecar(up: &RawUpstream) -> Sidecar {
+    Sidecar::start(&[
+        ("SSO_SIDECAR_UPSTREAM", &up.url()),
+        ("SSO_SIDECAR_WORKERS", "1"),
+        ("SSO_SIDECAR_UPSTREAM_IDLE_TIMEOUT_SECS", "1"),
+    ])
+    .await
+}
+
+#[tokio::test]
+async fn one_connection_serves_every_kind_of_response_then_closes_when_idle() {
+    let up = RawUpstream::start(After::KeepAlive).await;
+    let sc = sidecar(&up).await;
+    for round in 0..5 {
+        let r = get(&sc.url(&format!("/sized/{round}")), &[]).await.unwrap();
+        assert_eq!(
+            (r.status().as_u16(), r.body().as_ref()),
+            (200, format!("path=/sized/{round}").as_bytes())
+        );
+        let r = get(&sc.url("/chunked"), &[]).await.unwrap();
+        assert_eq!(
+            (r.status().as_u16(), r.body().as_ref()),
+            (200, &b"hello"[..])
+        );
+        let r = get(&sc.url("/empty"), &[]).await.unwrap();
+        assert_eq!((r.status().as_u16(), r.body().len()), (204, 0));
+        let r = get(&sc.url("/not-modified"), &[]).await.unwrap();
+        assert_eq!((r.status().as_u16(), r.body().len()), (304, 0));
+        let r = send(request("HEAD", &sc.url("/head"), &[], body("")))
+            .await
+            .unwrap();
+        assert_eq!((r.status().as_u16(), r.body().len()), (200, 0));
+        let r = send(request("POST", &sc.url("/post"), &[], body("some body")))
+            .await
+            .unwrap();
+        assert_eq!(r.body().as_ref(), b"path=/post");
+    }
+    assert_eq!(
+        up.accepted(),
+        1,
+        "30 requests in sequence, whatever their response, share one upstream connection"
+    );
+    assert_eq!(up.closed(), 0);
+    // Idle for longer than the 1 s idle timeout with no request to notice: the sidecar closes it.
+    wait_until(
+        "the idle upstream connection is closed",
+        Duration::from_secs(5),
+        || up.closed() == 1,
+    )
+    .await;
+    let r = get(&sc.url("/after-idle"), &[]).await.unwrap();
+    assert_eq!(r.body().as_ref(), b"path=/after-idle");
+    assert_eq!(
+        up.accepted(),
+        2,
+        "a new connection after the idle one was closed"
+    );
+}
+
+#[tokio::test]
+async fn a_connection_the_upstream_closed_is_not_used_again() {
+    let up = RawUpstream::start(After::SilentClose).await;
+    let sc = sidecar(&up).await;
+    for i in 0..20 {
+        let r = get(&sc.url(&format!("/n/{i}")), &[]).await.unwrap();
+        assert_eq!(
+            (r.status().as_u16(), r.body().as_ref()),
+            (200, format!("path=/n/{i}").as_bytes()),
+            "request {i} after the upstream closed the previous connection"
+        );
+    }
+    assert_eq!(up.accepted(), 20, "one connection per request");
+}
+
+#[tokio::test]
+async fn a_client_leaving_mid_response_does_not_leave_its_connection_in_the_pool() {
+    let up = RawUpstream::start(After::KeepAlive).await;
+    let sc = sidecar(&up).await;
+    let resp = client()
+        .request(request("GET", &sc.url("/big"), &[], body("")))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    drop(resp); // before the body has arrived
+    wait_until(
+        "the abandoned upstream connection is closed",
+        Duration::from_secs(5),
+        || up.closed() == 1,
+    )
+    .await;
+    // The next request gets its own answer, not the rest of the abandoned body.
+    let r = get(&sc.url("/next"), &[]).await.unwrap();
+    assert_eq!(r.body().as_ref(), b"path=/next");
+    assert_eq!(up.accepted(), 2);
+}
