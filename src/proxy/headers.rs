@@ -13,17 +13,22 @@ use std::net::IpAddr;
 
 /// Hop-by-hop headers: RFC 9110 §7.6.1, plus the legacy names of RFC 2616 §13.5.1 that
 /// proxies still see in the wild (`Proxy-Connection`, `Keep-Alive`, `Trailer`, `Proxy-*`).
-const HOP_BY_HOP: [HeaderName; 9] = [
-    header::CONNECTION,
-    HeaderName::from_static("proxy-connection"),
-    HeaderName::from_static("keep-alive"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
+/// A `match` on the name rather than a `const` array of `HeaderName`s, which would be built
+/// and dropped again at every use (this runs for every header of every message).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "proxy-connection"
+            | "keep-alive"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
 
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -42,6 +47,11 @@ const FORWARDING: [&str; 6] = [
 
 /// Removes hop-by-hop headers and every header named in `Connection`.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none, or only `Connection`: one pass over the names present is
+    // cheaper than a hashed lookup for each of the nine (this runs twice per request).
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     // Collect first: the names live inside the `Connection` values we are about to remove.
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
@@ -53,8 +63,13 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(&name);
     }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
+    let present: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| is_hop_by_hop(k))
+        .cloned()
+        .collect();
+    for name in present {
+        headers.remove(&name);
     }
 }
 
@@ -120,15 +135,22 @@ pub struct Peer {
 /// Writes `X-Forwarded-For/-Proto/-Host`. From a trusted proxy the incoming chain is extended
 /// and its proto/host kept; from anyone else all forwarding headers are replaced by ours.
 pub fn set_forwarded(headers: &mut HeaderMap, peer: Peer, host: Option<HeaderValue>) {
-    if !peer.trusted {
-        remove_folded(headers, &FORWARDING);
-    }
     let mut buf = [0u8; 64];
     let ip = ip_text(peer.ip, &mut buf);
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prior) if peer.trusted && !prior.trim().is_empty() => {
-            HeaderValue::from_str(&format!("{prior}, {ip}"))
+    if !peer.trusted {
+        // None of them is left after this: write ours without looking first.
+        remove_folded(headers, &FORWARDING);
+        if let Ok(v) = HeaderValue::from_str(ip) {
+            headers.insert(X_FORWARDED_FOR, v);
         }
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(peer.scheme));
+        if let Some(host) = host {
+            headers.insert(X_FORWARDED_HOST, host);
+        }
+        return;
+    }
+    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prior) if !prior.trim().is_empty() => HeaderValue::from_str(&format!("{prior}, {ip}")),
         _ => HeaderValue::from_str(ip),
     };
     if let Ok(v) = xff {

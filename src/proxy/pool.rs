@@ -79,7 +79,8 @@ impl Pool {
         loop {
             let (mut sender, fresh) = match self.checkout().await {
                 Some(s) => (s, false),
-                None => (self.connect().await?, true),
+                // Boxed: rare, and its state would otherwise enlarge every request's future.
+                None => (Box::pin(self.connect()).await?, true),
             };
             match sender.try_send_request(req).await {
                 Ok(resp) => return Ok(resp.map(|b| UpstreamBody::new(b, sender, self))),
