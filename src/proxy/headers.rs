@@ -53,22 +53,30 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
         return;
     }
     // Collect first: the names live inside the `Connection` values we are about to remove.
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
+    // The usual tokens (`keep-alive`, `close`, `upgrade`) name nothing beyond the fixed list,
+    // so the common case parses no name and allocates nothing. A plain loop: the iterator
+    // chain this replaces cost more than the rest of the function.
+    let mut named: Vec<HeaderName> = Vec::new();
+    for value in headers.get_all(header::CONNECTION) {
+        for token in value.as_bytes().split(|&b| b == b',') {
+            let token = token.trim_ascii();
+            if token.is_empty()
+                || token.eq_ignore_ascii_case(b"keep-alive")
+                || token.eq_ignore_ascii_case(b"close")
+                || token.eq_ignore_ascii_case(b"upgrade")
+            {
+                continue;
+            }
+            if let Ok(name) = HeaderName::from_bytes(token) {
+                named.push(name);
+            }
+        }
+    }
     for name in named {
         headers.remove(&name);
     }
-    let present: Vec<HeaderName> = headers
-        .keys()
-        .filter(|k| is_hop_by_hop(k))
-        .cloned()
-        .collect();
-    for name in present {
+    // A handful at most: remove them one by one rather than collect them.
+    while let Some(name) = headers.keys().find(|k| is_hop_by_hop(k)).cloned() {
         headers.remove(&name);
     }
 }
