@@ -157,7 +157,7 @@ fn build_oidc(
             )))
         }
     };
-    let sessions = auth::session::Sessions::new(store, settings.keys.clone());
+    let sessions = auth::session::Sessions::new(store, settings.keys.clone(), config.workers);
     Ok(router::Oidc {
         auth: auth::flow::Auth {
             provider,

@@ -53,48 +53,74 @@ impl CookieJar {
 
     /// The value of cookie `name` in the request, if any (the first one wins).
     pub fn get(&self, headers: &HeaderMap, name: &str) -> Option<String> {
-        headers
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            // Every request, and browsers send many cookies: a pair whose raw name is not
-            // `name` and holds no escape cannot decode to `name`, so it is skipped unparsed.
-            .filter(|pair| {
-                let raw = pair.split('=').next().unwrap_or("").trim();
-                raw == name || raw.contains('%')
-            })
-            .filter_map(|pair| Cookie::parse_encoded(pair.trim()).ok())
-            .find(|c| c.name() == name)
-            .map(|c| c.value().to_owned())
+        for value in headers.get_all(header::COOKIE) {
+            let Ok(value) = value.to_str() else { continue };
+            for pair in value.split(';') {
+                let (raw_name, raw_value) = pair.split_once('=').unwrap_or((pair, ""));
+                let raw_name = raw_name.trim();
+                // Every request, and browsers send many cookies: a pair whose raw name is not
+                // `name` and holds no escape cannot decode to `name`, so it is skipped unparsed.
+                if raw_name != name && !raw_name.contains('%') {
+                    continue;
+                }
+                // Nothing to decode: the value is the trimmed text, as the full parse gives.
+                if raw_name == name && pair.contains('=') && !raw_value.contains('%') {
+                    return Some(raw_value.trim().to_owned());
+                }
+                if let Ok(c) = Cookie::parse_encoded(pair.trim()) {
+                    if c.name() == name {
+                        return Some(c.value().to_owned());
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// Whether a `Cookie` pair is one of the sidecar's own (names compared decoded, as `get`
+    /// does: `sso%5Fsidecar%5Fsession` is ours too).
+    fn is_own(&self, pair: &str) -> bool {
+        let raw = pair.split('=').next().unwrap_or("").trim();
+        if !raw.contains('%') {
+            return raw == self.session || raw == self.state;
+        }
+        let name = percent_encoding::percent_decode_str(raw).decode_utf8_lossy();
+        name == self.session.as_str() || name == self.state.as_str()
     }
 
     /// Removes the sidecar's own cookies from the `Cookie` header, so the upstream never sees
     /// them; other cookies are kept byte for byte.
     pub fn strip(&self, headers: &mut HeaderMap) {
-        if !headers.contains_key(header::COOKIE) {
+        let pairs = || {
+            headers
+                .get_all(header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .map(str::trim)
+                .filter(|pair| !pair.is_empty())
+        };
+        // The common cases, without rebuilding the header: none of ours, or only ours.
+        let (mut own, mut other) = (false, false);
+        for pair in pairs() {
+            if self.is_own(pair) {
+                own = true;
+            } else {
+                other = true;
+            }
+        }
+        if !own {
             return;
         }
-        let kept: Vec<String> = headers
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .map(str::trim)
-            .filter(|pair| !pair.is_empty())
-            .filter(|pair| {
-                // Compare decoded names, as `get` does: `sso%5Fsidecar%5Fsession` is ours too.
-                let raw = pair.split('=').next().unwrap_or("").trim();
-                let name = percent_encoding::percent_decode_str(raw).decode_utf8_lossy();
-                name != self.session.as_str() && name != self.state.as_str()
-            })
-            .map(str::to_owned)
-            .collect();
+        let kept: Vec<&str> = if other {
+            pairs().filter(|pair| !self.is_own(pair)).collect()
+        } else {
+            Vec::new()
+        };
+        let rebuilt = (!kept.is_empty()).then(|| HeaderValue::from_str(&kept.join("; ")));
         headers.remove(header::COOKIE);
-        if !kept.is_empty() {
-            if let Ok(v) = HeaderValue::from_str(&kept.join("; ")) {
-                headers.insert(header::COOKIE, v);
-            }
+        if let Some(Ok(v)) = rebuilt {
+            headers.insert(header::COOKIE, v);
         }
     }
 }
@@ -174,6 +200,13 @@ mod tests {
             "=sid; sid=G",
             "sid=\"H\"",
             "a=1;;; sid=I=J",
+            "sid= K ",
+            "sid=L%20M; sid=other",
+            "sid=\"N",
+            "sid=; sid=P",
+            " sid=Q",
+            "x; sid=R",
+            "sid=S T",
             "",
         ] {
             let mut h = HeaderMap::new();

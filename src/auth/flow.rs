@@ -279,6 +279,7 @@ impl Auth {
             created_at: now,
             backend_user_id: backend.as_ref().map(|b| b.user_id),
             backend_token: backend.map(|b| b.token.expose().clone()),
+            identity_headers: Default::default(),
         };
         let id = self
             .sessions

@@ -9,7 +9,8 @@
 use crate::crypto::KeyRing;
 use crate::store::{Store, StoreError};
 use serde::{Deserialize, Serialize};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 /// One logged-in user.
@@ -42,6 +43,39 @@ pub struct Session {
     pub backend_user_id: Option<u64>,
     #[serde(default)]
     pub backend_token: Option<String>,
+    /// The identity as header values, built on the first request that needs them and reused
+    /// by every later request of this opened session (never stored).
+    #[serde(skip)]
+    pub identity_headers: Memo<crate::identity::headers::IdentityValues>,
+}
+
+/// A value derived from a session and kept with it, computed at most once. A clone starts
+/// empty: sessions are cloned to be changed (a refresh), and what was derived from the
+/// original must not carry over into the changed copy. Never printed.
+pub struct Memo<T>(std::sync::OnceLock<T>);
+
+impl<T> Memo<T> {
+    pub fn get_or_init(&self, init: impl FnOnce() -> T) -> &T {
+        self.0.get_or_init(init)
+    }
+}
+
+impl<T> Default for Memo<T> {
+    fn default() -> Self {
+        Memo(std::sync::OnceLock::new())
+    }
+}
+
+impl<T> Clone for Memo<T> {
+    fn clone(&self) -> Self {
+        Memo::default()
+    }
+}
+
+impl<T> std::fmt::Debug for Memo<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Memo")
+    }
 }
 
 impl Session {
@@ -59,19 +93,25 @@ impl Session {
 pub struct Sessions {
     store: Arc<Store>,
     keys: Arc<KeyRing>,
-    /// Opened sessions by store key, with the ciphertext they came from. The store is still
-    /// asked on every request, so a revocation on any replica is seen as soon as it reaches
-    /// this one (the Redis store's client-side cache is kept coherent by Redis); only when the
-    /// ciphertext is byte for byte the one already opened are decryption and parsing skipped.
-    opened: std::sync::Mutex<std::collections::HashMap<String, Opened>>,
+    /// Per worker thread (and one for the rest): opened sessions by cookie id, with their store
+    /// key and the ciphertext they came from. The store is still asked on every request, so a
+    /// revocation on any replica is seen as soon as it reaches this one (the Redis store's
+    /// client-side cache is kept coherent by Redis); only when the ciphertext is byte for byte
+    /// the one already opened are decryption and parsing skipped, and the key's SHA-256 is not
+    /// computed again. Per worker, so requests on different cores never share a lock.
+    opened: Vec<std::sync::Mutex<HashMap<String, Opened>>>,
 }
 
-/// An opened session and the ciphertext it was opened from.
-type Opened = (bytes::Bytes, Arc<Session>);
+/// An opened session, its store key and the ciphertext it was opened from.
+struct Opened {
+    key: Arc<str>,
+    sealed: bytes::Bytes,
+    session: Arc<Session>,
+}
 
-/// Bound of the opened-session cache (about 4.5 KiB an entry, so ~9 MiB at most); it is simply
-/// cleared when full.
-const OPENED_CACHE_MAX: usize = 2048;
+/// Bound of each worker's opened-session cache (about 4.5 KiB an entry, so ~4.5 MiB at most);
+/// it is simply cleared when full.
+const OPENED_CACHE_MAX: usize = 1024;
 
 /// Hex SHA-256 of `parts` joined by NUL: store keys never contain the value they index.
 pub fn digest(parts: &[&str]) -> String {
@@ -105,12 +145,19 @@ fn plausible_id(id: &str) -> bool {
 }
 
 impl Sessions {
-    pub fn new(store: Arc<Store>, keys: Arc<KeyRing>) -> Self {
+    /// `workers`: the number of worker threads, each of which gets its own opened-session cache.
+    pub fn new(store: Arc<Store>, keys: Arc<KeyRing>, workers: usize) -> Self {
         Sessions {
             store,
             keys,
-            opened: std::sync::Mutex::default(),
+            opened: (0..=workers).map(|_| Mutex::default()).collect(),
         }
+    }
+
+    fn opened(&self) -> MutexGuard<'_, HashMap<String, Opened>> {
+        crate::server::workers::slot(&self.opened)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn store(&self) -> &Store {
@@ -124,6 +171,12 @@ impl Sessions {
     /// The store key of a session id (public for tests that inspect Redis).
     pub fn key_of(id: &str) -> String {
         format!("session:{{{}}}", digest(&["session", id]))
+    }
+
+    /// The store key of a session id, from the opened cache when this worker has seen the id.
+    fn cached_key_of(&self, id: &str) -> Arc<str> {
+        let known = self.opened().get(id).map(|o| o.key.clone());
+        known.unwrap_or_else(|| Self::key_of(id).into())
     }
 
     fn sid_index(iss: &str, sid: &str) -> String {
@@ -192,27 +245,21 @@ impl Sessions {
         if !plausible_id(id) {
             return Ok(None);
         }
-        let key = Self::key_of(id);
+        let key = self.cached_key_of(id);
         let read = if fresh {
             self.store.get_fresh(&key).await?
         } else {
             self.store.get(&key).await?
         };
         let Some(sealed) = read else {
-            self.opened
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&key);
+            self.opened().remove(id);
             return Ok(None);
         };
-        {
-            let cache = self.opened.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some((bytes, s)) = cache.get(&key) {
-                // The same shared buffer (a cache hit below) or the same bytes.
-                let same = bytes.as_ptr() == sealed.as_ptr() && bytes.len() == sealed.len();
-                if same || *bytes == sealed {
-                    return Ok(Some(s.clone()).filter(|s| s.is_live(now)));
-                }
+        if let Some(o) = self.opened().get(id) {
+            // The same shared buffer (a cache hit below) or the same bytes.
+            let same = o.sealed.as_ptr() == sealed.as_ptr() && o.sealed.len() == sealed.len();
+            if same || o.sealed == sealed {
+                return Ok(Some(o.session.clone()).filter(|s| s.is_live(now)));
             }
         }
         let session = std::str::from_utf8(&sealed)
@@ -220,13 +267,24 @@ impl Sessions {
             .and_then(|t| self.keys.open(t))
             .and_then(|p| serde_json::from_slice::<Session>(&p).ok())
             .map(Arc::new);
-        if let Some(s) = &session {
-            let mut cache = self.opened.lock().unwrap_or_else(|p| p.into_inner());
-            if cache.len() >= OPENED_CACHE_MAX {
-                cache.clear();
+        let mut cache = self.opened();
+        match &session {
+            Some(s) => {
+                if cache.len() >= OPENED_CACHE_MAX {
+                    cache.clear();
+                }
+                let entry = Opened {
+                    key,
+                    sealed,
+                    session: s.clone(),
+                };
+                cache.insert(id.to_owned(), entry);
             }
-            cache.insert(key, (sealed, s.clone()));
+            None => {
+                cache.remove(id);
+            }
         }
+        drop(cache);
         Ok(session.filter(|s| s.is_live(now)))
     }
 
@@ -289,12 +347,13 @@ mod tests {
             expires_at: now + 3600,
             backend_user_id: None,
             backend_token: None,
+            identity_headers: Memo::default(),
         }
     }
 
     fn sessions() -> Sessions {
         let keys = Arc::new(KeyRing::parse(&crate::crypto::generate_key()).unwrap());
-        Sessions::new(Arc::new(Store::Memory(MemoryStore::new())), keys)
+        Sessions::new(Arc::new(Store::Memory(MemoryStore::new())), keys, 1)
     }
 
     #[tokio::test]
@@ -359,10 +418,12 @@ mod tests {
         let a = Sessions::new(
             store.clone(),
             Arc::new(KeyRing::parse(&crate::crypto::generate_key()).unwrap()),
+            1,
         );
         let b = Sessions::new(
             store,
             Arc::new(KeyRing::parse(&crate::crypto::generate_key()).unwrap()),
+            1,
         );
         let id = a.create(&session(100), 100).await.unwrap();
         assert!(b.load(&id, 100).await.unwrap().is_none());

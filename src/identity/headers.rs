@@ -44,26 +44,47 @@ impl HeaderIdentity {
     /// Writes the session's identity. Values that cannot be a header value (control
     /// characters from a hostile IdP) are left out rather than mangled.
     pub fn inject(&self, headers: &mut HeaderMap, s: &Session) {
+        let values = s.identity_headers.get_or_init(|| IdentityValues::of(s));
         for (field, name) in &self.names {
-            let value = match field {
-                IdentityField::User => HeaderValue::from_str(&s.sub).ok(),
-                IdentityField::Email => s
-                    .email
-                    .as_deref()
-                    .and_then(|v| HeaderValue::from_str(v).ok()),
-                IdentityField::PreferredUsername => s
-                    .preferred_username
-                    .as_deref()
-                    .and_then(|v| HeaderValue::from_str(v).ok()),
-                IdentityField::Groups => (!s.groups.is_empty())
-                    .then(|| s.groups.join(","))
-                    .and_then(|v| HeaderValue::from_str(&v).ok()),
-                IdentityField::AccessToken => HeaderValue::from_str(&s.access_token).ok(),
-            };
-            if let Some(v) = value {
-                headers.insert(name.clone(), v);
+            if let Some(v) = values.get(*field) {
+                headers.insert(name.clone(), v.clone());
             }
         }
+    }
+}
+
+/// A session's identity as header values, one per [`IdentityField`], made once per opened
+/// session: copying and validating them on every request showed in profiles.
+pub struct IdentityValues([Option<HeaderValue>; 5]);
+
+impl IdentityValues {
+    fn of(s: &Session) -> Self {
+        let value = |v: &str| HeaderValue::from_str(v).ok();
+        let token = HeaderValue::from_str(&s.access_token).ok().map(|mut v| {
+            // Kept out of debug output and out of HTTP/2 header compression tables.
+            v.set_sensitive(true);
+            v
+        });
+        IdentityValues([
+            value(&s.sub),
+            s.email.as_deref().and_then(value),
+            s.preferred_username.as_deref().and_then(value),
+            (!s.groups.is_empty())
+                .then(|| s.groups.join(","))
+                .and_then(|g| value(&g)),
+            token,
+        ])
+    }
+
+    fn get(&self, field: IdentityField) -> Option<&HeaderValue> {
+        let i = match field {
+            IdentityField::User => 0,
+            IdentityField::Email => 1,
+            IdentityField::PreferredUsername => 2,
+            IdentityField::Groups => 3,
+            IdentityField::AccessToken => 4,
+        };
+        self.0[i].as_ref()
     }
 }
 

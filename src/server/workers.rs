@@ -22,6 +22,14 @@ pub fn current() -> Option<usize> {
     WORKER.with(|w| w.get())
 }
 
+/// This worker thread's entry of a per-worker list whose last entry serves callers off the
+/// workers (admin listener, background tasks). Never empty by construction.
+pub fn slot<T>(slots: &[T]) -> &T {
+    let last = slots.len().saturating_sub(1);
+    let i = current().map_or(last, |w| w % last.max(1));
+    &slots[i]
+}
+
 /// `n` listeners on `first`'s address: `first` itself, then siblings bound with `SO_REUSEPORT`
 /// (falling back to duplicates of `first` if the address cannot be shared).
 pub fn siblings(

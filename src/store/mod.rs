@@ -14,14 +14,6 @@ pub mod tracking;
 use bytes::Bytes;
 use std::time::Duration;
 
-/// This worker thread's entry of a per-worker list whose last entry serves callers off the
-/// workers (admin listener, background tasks). Never empty by construction.
-fn worker_slot<T>(slots: &[T]) -> &T {
-    let last = slots.len().saturating_sub(1);
-    let i = crate::server::workers::current().map_or(last, |w| w % last.max(1));
-    &slots[i]
-}
-
 /// Store failures. Every request that needs the store fails closed on these.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

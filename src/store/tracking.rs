@@ -148,7 +148,7 @@ impl Tracking {
     }
 
     fn slot(&self) -> &Arc<Slot> {
-        super::worker_slot(&self.slots)
+        crate::server::workers::slot(&self.slots)
     }
 
     /// The value of `key` from the cache or through the tracked connection. `None` when this

@@ -29,17 +29,25 @@ const PAST_DUE: Duration = Duration::from_millis(3300);
 
 #[tokio::test]
 async fn sessions_refresh_across_expiry_and_end_when_the_grant_is_revoked() {
-    let w = world_with(&SHORT, &SKEW).await;
+    let with_token = [
+        SKEW[0],
+        (
+            "SSO_SIDECAR_HEADERS__ACCESS_TOKEN",
+            "X-Forwarded-Access-Token",
+        ),
+    ];
+    let w = world_with(&SHORT, &with_token).await;
     let sc = &w.sc.sidecar;
     let l = login(sc, "alice", "/").await;
     let cookie = session_header(&l.cookie);
-    assert_eq!(
-        get(&sc.url("/v1/x"), &[("cookie", &cookie)])
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    let token = |r: &http::Response<bytes::Bytes>| {
+        json(r)["headers"]["x-forwarded-access-token"][0]
+            .as_str()
+            .map(str::to_owned)
+    };
+    let r = get(&sc.url("/v1/x"), &[("cookie", &cookie)]).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let first_token = token(&r).expect("the access token is forwarded");
     assert_eq!(
         w.idp.events().await["grants"]["refresh_token"],
         0,
@@ -50,6 +58,13 @@ async fn sessions_refresh_across_expiry_and_end_when_the_grant_is_revoked() {
     let r = get(&sc.url("/v1/x"), &[("cookie", &cookie)]).await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(json(&r)["headers"]["x-forwarded-user"][0], "alice");
+    let refreshed_token = token(&r).expect("the access token is forwarded");
+    assert_ne!(
+        refreshed_token, first_token,
+        "after the refresh the upstream gets the new access token, not one kept from before"
+    );
+    let r = get(&sc.url("/v1/x"), &[("cookie", &cookie)]).await.unwrap();
+    assert_eq!(token(&r), Some(refreshed_token), "and keeps getting it");
     assert_eq!(
         w.idp.events().await["grants"]["refresh_token"],
         1,

@@ -15,7 +15,8 @@
 mod build;
 
 use super::tracking::Tracking;
-use super::{worker_slot, StoreError};
+use super::StoreError;
+use crate::server::workers::slot as worker_slot;
 use bytes::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::cluster::ClusterClient;
@@ -162,7 +163,11 @@ impl RedisStore {
     }
 
     fn key(&self, k: &str) -> String {
-        format!("{}{k}", self.prefix)
+        // Not `format!`: every request builds one, and the formatting machinery showed.
+        let mut full = String::with_capacity(self.prefix.len() + k.len());
+        full.push_str(&self.prefix);
+        full.push_str(k);
+        full
     }
 
     async fn query<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
