@@ -173,12 +173,6 @@ impl Sessions {
         format!("session:{{{}}}", digest(&["session", id]))
     }
 
-    /// The store key of a session id, from the opened cache when this worker has seen the id.
-    fn cached_key_of(&self, id: &str) -> Arc<str> {
-        let known = self.opened().get(id).map(|o| o.key.clone());
-        known.unwrap_or_else(|| Self::key_of(id).into())
-    }
-
     fn sid_index(iss: &str, sid: &str) -> String {
         format!("sid:{{{}}}", digest(&["sid", iss, sid]))
     }
@@ -245,7 +239,17 @@ impl Sessions {
         if !plausible_id(id) {
             return Ok(None);
         }
-        let key = self.cached_key_of(id);
+        // What this worker opened for the id before, if anything: its store key spares a
+        // SHA-256, its ciphertext may spare the decryption.
+        let known = self.opened().get(id).map(|o| Opened {
+            key: o.key.clone(),
+            sealed: o.sealed.clone(),
+            session: o.session.clone(),
+        });
+        let key = match &known {
+            Some(o) => o.key.clone(),
+            None => Self::key_of(id).into(),
+        };
         let read = if fresh {
             self.store.get_fresh(&key).await?
         } else {
@@ -255,11 +259,11 @@ impl Sessions {
             self.opened().remove(id);
             return Ok(None);
         };
-        if let Some(o) = self.opened().get(id) {
+        if let Some(o) = known {
             // The same shared buffer (a cache hit below) or the same bytes.
             let same = o.sealed.as_ptr() == sealed.as_ptr() && o.sealed.len() == sealed.len();
             if same || o.sealed == sealed {
-                return Ok(Some(o.session.clone()).filter(|s| s.is_live(now)));
+                return Ok(Some(o.session).filter(|s| s.is_live(now)));
             }
         }
         let session = std::str::from_utf8(&sealed)

@@ -171,7 +171,10 @@ impl RedisStore {
     }
 
     async fn query<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
-        with_conn!(self, |c| cmd.query_async::<T>(&mut c))
+        // Boxed: the connection futures of the three backends make this state several KB,
+        // which every caller up to the request's own future would otherwise carry and copy,
+        // on every request, even when the session comes from the client-side cache.
+        Box::pin(async { with_conn!(self, |c| cmd.query_async::<T>(&mut c)) }).await
     }
 
     fn tracking(&self) -> Option<&Tracking> {
@@ -275,10 +278,14 @@ impl RedisStore {
     pub async fn delete_if(&self, key: &str, value: &[u8]) -> Result<bool, StoreError> {
         let full = self.key(key);
         let script = &self.delete_if;
-        let n: Result<i64, _> = with_conn!(self, |c| script
-            .key(&full)
-            .arg(value)
-            .invoke_async::<i64>(&mut c));
+        // Boxed for the reason given at `query`.
+        let n: Result<i64, _> = Box::pin(async {
+            with_conn!(self, |c| script
+                .key(&full)
+                .arg(value)
+                .invoke_async::<i64>(&mut c))
+        })
+        .await;
         self.written(key).await;
         Ok(n? > 0)
     }
@@ -292,11 +299,15 @@ impl RedisStore {
         let key = self.key(index);
         let ms = millis(ttl);
         let script = &self.index_add;
-        let _: i64 = with_conn!(self, |c| script
-            .key(&key)
-            .arg(member)
-            .arg(ms)
-            .invoke_async::<i64>(&mut c))?;
+        // Boxed for the reason given at `query`.
+        let _: i64 = Box::pin(async {
+            with_conn!(self, |c| script
+                .key(&key)
+                .arg(member)
+                .arg(ms)
+                .invoke_async::<i64>(&mut c))
+        })
+        .await?;
         Ok(())
     }
 
