@@ -163,14 +163,18 @@ fn build_oidc(
             provider,
             sessions,
             cookies: auth::cookies::CookieJar::new(&a.session_cookie_name),
-            settings: std::sync::RwLock::new(Arc::new(a.clone())),
+            settings: server::workers::PerWorker::new(config.workers, || {
+                std::sync::RwLock::new(Arc::new(a.clone()))
+            }),
             metrics,
             inflight: auth::refresh::InFlight::default(),
             bridge,
         },
-        identity: std::sync::RwLock::new(Arc::new(identity::headers::HeaderIdentity::new(
-            a.headers.clone(),
-        ))),
+        identity: server::workers::PerWorker::new(config.workers, || {
+            std::sync::RwLock::new(Arc::new(identity::headers::HeaderIdentity::new(
+                a.headers.clone(),
+            )))
+        }),
     })
 }
 

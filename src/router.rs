@@ -17,6 +17,7 @@ use crate::identity::openrag::{BridgeError, OpenRagBridge};
 use crate::metrics::Metrics;
 use crate::proxy::headers::{self, Peer};
 use crate::proxy::Upstream;
+use crate::server::workers::PerWorker;
 use crate::server::ConnInfo;
 use crate::telemetry;
 use crate::{Body, RequestBody};
@@ -30,7 +31,8 @@ use std::time::Instant;
 pub struct Oidc {
     pub auth: Auth,
     /// Swapped on a configuration reload.
-    pub identity: std::sync::RwLock<Arc<HeaderIdentity>>,
+    /// One copy per worker (see `PerWorker`): its header names are cloned on every request.
+    pub identity: PerWorker<std::sync::RwLock<Arc<HeaderIdentity>>>,
 }
 
 pub struct App {
@@ -59,13 +61,13 @@ impl App {
             next.paths = c.auth.paths.clone();
             next.allowed_redirect_origins = c.auth.allowed_redirect_origins.clone();
             next.headers = c.auth.headers.clone();
-            *oidc
-                .auth
-                .settings
-                .write()
-                .unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
-            *oidc.identity.write().unwrap_or_else(|p| p.into_inner()) =
-                Arc::new(HeaderIdentity::new(c.auth.headers.clone()));
+            for slot in oidc.auth.settings.all() {
+                *slot.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next.clone());
+            }
+            for slot in oidc.identity.all() {
+                *slot.write().unwrap_or_else(|p| p.into_inner()) =
+                    Arc::new(HeaderIdentity::new(c.auth.headers.clone()));
+            }
         }
     }
 
@@ -227,6 +229,7 @@ impl App {
         let req = Request::from_parts(parts, body);
         let identity = oidc
             .identity
+            .get()
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone();

@@ -13,6 +13,7 @@ use super::redirect::sanitize_next;
 use super::session::{digest, Session, Sessions};
 use crate::config::{AuthSettings, ClaimSource};
 use crate::error::{message_response, wants_html, Error};
+use crate::server::workers::PerWorker;
 use crate::Body;
 use base64::Engine;
 use http::{header, request::Parts, HeaderValue, Response, StatusCode};
@@ -28,7 +29,8 @@ pub struct Auth {
     pub sessions: Sessions,
     pub cookies: CookieJar,
     /// Swapped whole on a configuration reload (only the reloadable fields change).
-    pub settings: std::sync::RwLock<Arc<AuthSettings>>,
+    /// Reloadable settings, one copy per worker (see `PerWorker`).
+    pub settings: PerWorker<std::sync::RwLock<Arc<AuthSettings>>>,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub inflight: super::refresh::InFlight,
     /// The OpenRag identity bridge, with `identity = "openrag"`.
@@ -66,6 +68,7 @@ impl Auth {
     /// The current settings (a reload may replace them between two requests).
     pub fn settings(&self) -> Arc<AuthSettings> {
         self.settings
+            .get()
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()

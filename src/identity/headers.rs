@@ -26,6 +26,17 @@ pub struct HeaderIdentity {
 
 impl HeaderIdentity {
     pub fn new(names: Vec<(IdentityField, HeaderName)>) -> Self {
+        // Names of our own, not clones sharing the configuration's buffers: each worker has
+        // its own `HeaderIdentity`, and these are reference-counted on every request.
+        let names: Vec<(IdentityField, HeaderName)> = names
+            .into_iter()
+            .map(|(f, n)| {
+                (
+                    f,
+                    HeaderName::from_bytes(n.as_str().as_bytes()).unwrap_or(n),
+                )
+            })
+            .collect();
         let mut strip: Vec<String> = DEFAULT_NAMES.iter().map(|s| s.to_string()).collect();
         for (_, n) in &names {
             let f = folded_name(n.as_str());

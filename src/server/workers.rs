@@ -30,6 +30,27 @@ pub fn slot<T>(slots: &[T]) -> &T {
     &slots[i]
 }
 
+/// One value per worker thread, plus one for callers off the workers. What every request
+/// reads and reference-counts (settings behind a lock, `Arc`s, header names) then stays in its
+/// own core's cache instead of bouncing between cores on each request.
+pub struct PerWorker<T>(Vec<T>);
+
+impl<T> PerWorker<T> {
+    pub fn new(workers: usize, make: impl FnMut() -> T) -> Self {
+        PerWorker(std::iter::repeat_with(make).take(workers + 1).collect())
+    }
+
+    /// This thread's value.
+    pub fn get(&self) -> &T {
+        slot(&self.0)
+    }
+
+    /// Every worker's value (to change them all).
+    pub fn all(&self) -> std::slice::Iter<'_, T> {
+        self.0.iter()
+    }
+}
+
 /// `n` listeners on `first`'s address: `first` itself, then siblings bound with `SO_REUSEPORT`
 /// (falling back to duplicates of `first` if the address cannot be shared).
 pub fn siblings(
