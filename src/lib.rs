@@ -196,7 +196,7 @@ pub async fn run(
     };
     let client_tls = server::tls::client_config(config.proxy.upstream_ca_file.as_deref())
         .map_err(StartError::Upstream)?;
-    let metrics = Arc::new(metrics::Metrics::new());
+    let metrics = Arc::new(metrics::Metrics::new(config.workers));
     let mut readiness = admin::Readiness::default();
     let oidc = match config.auth_mode() {
         AuthMode::Token => None,

@@ -7,6 +7,7 @@
 //! expiry is fixed at creation and never extended. No HTTP here.
 
 use crate::crypto::KeyRing;
+use crate::server::workers::PerWorker;
 use crate::store::{Store, StoreError};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -99,7 +100,7 @@ pub struct Sessions {
     /// client-side cache is kept coherent by Redis); only when the ciphertext is byte for byte
     /// the one already opened are decryption and parsing skipped, and the key's SHA-256 is not
     /// computed again. Per worker, so requests on different cores never share a lock.
-    opened: Vec<std::sync::Mutex<HashMap<String, Opened>>>,
+    opened: PerWorker<Mutex<HashMap<String, Opened>>>,
 }
 
 /// An opened session, its store key and the ciphertext it was opened from.
@@ -150,14 +151,12 @@ impl Sessions {
         Sessions {
             store,
             keys,
-            opened: (0..=workers).map(|_| Mutex::default()).collect(),
+            opened: PerWorker::new(workers, Mutex::default),
         }
     }
 
     fn opened(&self) -> MutexGuard<'_, HashMap<String, Opened>> {
-        crate::server::workers::slot(&self.opened)
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        self.opened.get().lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn store(&self) -> &Store {

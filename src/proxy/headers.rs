@@ -239,12 +239,21 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
             return v.clone();
         }
     }
-    // Unique, not secret: a random per-process prefix and a counter, no syscall per request.
-    static PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let prefix = PREFIX.get_or_init(|| crate::crypto::random_token(6));
-    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    // `{prefix}{n:08x}` by hand, without the formatting machinery (every request).
+    // Unique, not secret: a random prefix and a counter per thread, so no syscall and no
+    // counter shared between cores per request.
+    thread_local! {
+        static IDS: (String, std::cell::Cell<u64>) =
+            (crate::crypto::random_token(6), std::cell::Cell::new(0));
+    }
+    IDS.with(|(prefix, counter)| {
+        let n = counter.get();
+        counter.set(n.wrapping_add(1));
+        id_text(prefix, n)
+    })
+}
+
+/// `{prefix}{n:08x}` by hand, without the formatting machinery (every request).
+fn id_text(prefix: &str, n: u64) -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut id = [0u8; 24];
     let p = prefix.len().min(16);

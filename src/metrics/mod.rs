@@ -1,13 +1,15 @@
 //! Prometheus metrics: the registry and the handful of instruments the proxy updates.
 //!
 //! Owns metric names and labels; encoding is the `prometheus-client` crate's. Label values are
-//! `&'static str` so recording a request allocates nothing.
+//! `&'static str` so recording a request allocates nothing, and what every request records is
+//! sharded per worker ([`sharded`]).
+
+mod sharded;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::histogram::exponential_buckets;
 use prometheus_client::registry::Registry;
 use std::time::Duration;
 
@@ -32,38 +34,36 @@ pub struct Metrics {
     registry: Registry,
     /// Counters of `requests` resolved once, indexed [method][status class]: recording a
     /// request then costs one atomic add, no hashing and no lock.
-    request_counters: Vec<Vec<Counter>>,
+    request_counters: Vec<Vec<sharded::Counter>>,
     refreshes: Family<ResultLabel, Counter>,
     logouts: Family<KindLabel, Counter>,
     revoked: Counter,
-    duration: Histogram,
-    in_flight: Gauge,
+    duration: sharded::Histogram,
+    in_flight: sharded::Gauge,
     upstream_errors: Family<KindLabel, Counter>,
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl Metrics {
-    pub fn new() -> Self {
+    /// `workers`: the number of worker threads, each of which records into its own shard.
+    pub fn new(workers: usize) -> Self {
         let mut registry = Registry::with_prefix("sso_sidecar");
-        let requests = Family::<RequestLabels, Counter>::default();
+        let requests =
+            Family::<RequestLabels, sharded::Counter, _>::new_with_constructor(move || {
+                sharded::Counter::new(workers)
+            });
         registry.register(
             "http_requests",
             "Requests answered on the public listener, by method and status class",
             requests.clone(),
         );
         // 0.5 ms … ~65 s: proxied latencies on loopback up to long-running backend calls.
-        let duration = Histogram::new(exponential_buckets(0.0005, 2.0, 18));
+        let duration = sharded::Histogram::new(workers, exponential_buckets(0.0005, 2.0, 18));
         registry.register(
             "http_request_duration_seconds",
             "Time from request head received to response head sent",
             duration.clone(),
         );
-        let in_flight = Gauge::default();
+        let in_flight = sharded::Gauge::new(workers);
         registry.register(
             "http_requests_in_flight",
             "Requests being handled",
@@ -199,9 +199,14 @@ mod tests {
 
     #[test]
     fn encodes_requests_by_method_and_status_class() {
-        let m = Metrics::new();
+        let m = Metrics::new(2);
         m.request_started();
         m.request_finished(&http::Method::GET, 204, Duration::from_millis(3));
+        // Another thread records into the same sums (the in-flight gauge ends at 0).
+        std::thread::scope(|s| {
+            s.spawn(|| m.request_started());
+        });
+        m.request_finished(&http::Method::POST, 503, Duration::from_secs(100));
         m.upstream_error("timeout");
         let text = m.encode();
         assert!(
@@ -216,9 +221,16 @@ mod tests {
             text.contains(r#"sso_sidecar_upstream_errors_total{kind="timeout"} 1"#),
             "{text}"
         );
-        assert!(
-            text.contains("sso_sidecar_http_request_duration_seconds_bucket"),
-            "{text}"
-        );
+        for line in [
+            // 3 ms: in the 4 ms bucket (0.5 ms × 2^3), not in the 2 ms one; buckets cumulate.
+            r#"sso_sidecar_http_request_duration_seconds_bucket{le="0.002"} 0"#,
+            r#"sso_sidecar_http_request_duration_seconds_bucket{le="0.004"} 1"#,
+            r#"sso_sidecar_http_request_duration_seconds_bucket{le="+Inf"} 2"#,
+            "sso_sidecar_http_request_duration_seconds_count 2",
+            "sso_sidecar_http_request_duration_seconds_sum 100.003",
+            r#"sso_sidecar_http_requests_total{method="POST",status="5xx"} 1"#,
+        ] {
+            assert!(text.contains(line), "{line} missing in\n{text}");
+        }
     }
 }
