@@ -1,0 +1,103 @@
+//! Unit tests of `Sessions` over the memory store.
+
+use super::*;
+use crate::store::memory::MemoryStore;
+
+fn session(now: i64) -> Session {
+    Session {
+        iss: "https://idp".into(),
+        sub: "alice".into(),
+        sid: Some("sid-1".into()),
+        email: Some("alice@example.test".into()),
+        name: None,
+        preferred_username: None,
+        groups: vec![],
+        access_token: "at".into(),
+        refresh_token: Some("rt".into()),
+        id_token: "it".into(),
+        access_expires_at: now + 60,
+        created_at: now,
+        expires_at: now + 3600,
+        backend_user_id: None,
+        backend_token: None,
+        identity_headers: Memo::default(),
+    }
+}
+
+fn sessions() -> Sessions {
+    let keys = Arc::new(KeyRing::parse(&crate::crypto::generate_key()).unwrap());
+    Sessions::new(Arc::new(Store::Memory(MemoryStore::new())), keys, 1)
+}
+
+#[tokio::test]
+async fn create_load_delete_round_trip() {
+    let s = sessions();
+    let id = s.create(&session(100), 100).await.unwrap();
+    assert_eq!(id.len(), 43);
+    assert_eq!(s.load(&id, 100).await.unwrap().unwrap().sub, "alice");
+    assert!(
+        s.load("x", 100).await.unwrap().is_none(),
+        "implausible ids are not looked up"
+    );
+    assert!(s.load(&new_session_id(), 100).await.unwrap().is_none());
+    assert!(s.delete(&id).await.unwrap());
+    assert!(s.load(&id, 100).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn every_login_gets_a_new_id() {
+    let s = sessions();
+    let a = s.create(&session(100), 100).await.unwrap();
+    let b = s.create(&session(100), 100).await.unwrap();
+    assert_ne!(a, b);
+}
+
+#[tokio::test]
+async fn expiry_is_absolute_and_access_bound_without_refresh_token() {
+    let s = sessions();
+    let id = s.create(&session(100), 100).await.unwrap();
+    assert!(
+        s.load(&id, 3701).await.unwrap().is_none(),
+        "absolute expiry"
+    );
+    let mut no_rt = session(100);
+    no_rt.refresh_token = None;
+    let id = s.create(&no_rt, 100).await.unwrap();
+    assert!(s.load(&id, 150).await.unwrap().is_some());
+    assert!(
+        s.load(&id, 161).await.unwrap().is_none(),
+        "ends with its access token"
+    );
+}
+
+#[tokio::test]
+async fn revocation_by_sid_and_by_sub() {
+    let s = sessions();
+    let a = s.create(&session(100), 100).await.unwrap();
+    let mut other = session(100);
+    other.sid = Some("sid-2".into());
+    let b = s.create(&other, 100).await.unwrap();
+    assert_eq!(s.revoke_sid("https://idp", "sid-1").await.unwrap(), 1);
+    assert!(s.load(&a, 100).await.unwrap().is_none());
+    assert!(s.load(&b, 100).await.unwrap().is_some());
+    assert_eq!(s.revoke_sub("https://idp", "alice").await.unwrap(), 1);
+    assert!(s.load(&b, 100).await.unwrap().is_none());
+    assert_eq!(s.revoke_sub("https://other-idp", "alice").await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn sessions_sealed_with_a_foreign_key_do_not_open() {
+    let store = Arc::new(Store::Memory(MemoryStore::new()));
+    let a = Sessions::new(
+        store.clone(),
+        Arc::new(KeyRing::parse(&crate::crypto::generate_key()).unwrap()),
+        1,
+    );
+    let b = Sessions::new(
+        store,
+        Arc::new(KeyRing::parse(&crate::crypto::generate_key()).unwrap()),
+        1,
+    );
+    let id = a.create(&session(100), 100).await.unwrap();
+    assert!(b.load(&id, 100).await.unwrap().is_none());
+}
