@@ -61,13 +61,9 @@ impl App {
             next.paths = c.auth.paths.clone();
             next.allowed_redirect_origins = c.auth.allowed_redirect_origins.clone();
             next.headers = c.auth.headers.clone();
-            for slot in oidc.auth.settings.all() {
-                *slot.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next.clone());
-            }
-            for slot in oidc.identity.all() {
-                *slot.write().unwrap_or_else(|p| p.into_inner()) =
-                    Arc::new(HeaderIdentity::new(c.auth.headers.clone()));
-            }
+            oidc.auth.settings.replace(|| next.clone());
+            oidc.identity
+                .replace(|| HeaderIdentity::new(c.auth.headers.clone()));
         }
     }
 
@@ -227,12 +223,7 @@ impl App {
                 .ok_or(Error::BadRequest("Invalid request target"))?;
         }
         let req = Request::from_parts(parts, body);
-        let identity = oidc
-            .identity
-            .get()
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let identity = oidc.identity.current();
         self.proxy(req, peer, |h| {
             oidc.auth.cookies.strip(h);
             identity.strip(h);

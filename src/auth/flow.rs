@@ -67,11 +67,7 @@ fn query(parts: &Parts) -> HashMap<String, String> {
 impl Auth {
     /// The current settings (a reload may replace them between two requests).
     pub fn settings(&self) -> Arc<AuthSettings> {
-        self.settings
-            .get()
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.settings.current()
     }
 
     /// Secure cookies when the public origin is https (the redirect URI's scheme, or the

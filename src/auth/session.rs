@@ -240,13 +240,12 @@ impl Sessions {
         }
         // What this worker opened for the id before, if anything: its store key spares a
         // SHA-256, its ciphertext may spare the decryption.
-        let known = self.opened().get(id).map(|o| Opened {
-            key: o.key.clone(),
-            sealed: o.sealed.clone(),
-            session: o.session.clone(),
-        });
+        let known = self
+            .opened()
+            .get(id)
+            .map(|o| (o.key.clone(), o.sealed.clone(), o.session.clone()));
         let key = match &known {
-            Some(o) => o.key.clone(),
+            Some((key, ..)) => key.clone(),
             None => Self::key_of(id).into(),
         };
         let read = if fresh {
@@ -258,18 +257,17 @@ impl Sessions {
             self.opened().remove(id);
             return Ok(None);
         };
-        if let Some(o) = known {
-            // The same shared buffer (a cache hit below) or the same bytes.
-            let same = o.sealed.as_ptr() == sealed.as_ptr() && o.sealed.len() == sealed.len();
-            if same {
-                return Ok(Some(o.session).filter(|s| s.is_live(now)));
-            }
-            if o.sealed == sealed {
-                // Keep the store's buffer, so the next request compares pointers, not bytes.
-                if let Some(entry) = self.opened().get_mut(id) {
-                    entry.sealed = sealed;
+        if let Some((_, opened, session)) = known {
+            // The same shared buffer (a cache hit below), or the same bytes in a new one.
+            let same_buffer = opened.as_ptr() == sealed.as_ptr() && opened.len() == sealed.len();
+            if same_buffer || opened == sealed {
+                if !same_buffer {
+                    // Keep the store's buffer, so later requests compare pointers, not bytes.
+                    if let Some(entry) = self.opened().get_mut(id) {
+                        entry.sealed = sealed;
+                    }
                 }
-                return Ok(Some(o.session).filter(|s| s.is_live(now)));
+                return Ok(Some(session).filter(|s| s.is_live(now)));
             }
         }
         let session = std::str::from_utf8(&sealed)

@@ -7,24 +7,38 @@
 use crate::server::workers::PerWorker;
 use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::{MetricType, TypedMetric};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
+
+/// One number per worker, added up when read; clones share it.
+#[derive(Clone)]
+struct Shards(Arc<PerWorker<AtomicI64>>);
+
+impl Shards {
+    fn new(workers: usize) -> Self {
+        Shards(Arc::new(PerWorker::new(workers, AtomicI64::default)))
+    }
+
+    fn add(&self, n: i64) {
+        self.0.get().fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn sum(&self) -> i64 {
+        self.0.all().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+}
 
 /// A counter; clones share the count.
 #[derive(Clone)]
-pub struct Counter(Arc<PerWorker<AtomicU64>>);
+pub struct Counter(Shards);
 
 impl Counter {
     pub fn new(workers: usize) -> Self {
-        Counter(Arc::new(PerWorker::new(workers, AtomicU64::default)))
+        Counter(Shards::new(workers))
     }
 
     pub fn inc(&self) {
-        self.0.get().fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn total(&self) -> u64 {
-        self.0.all().map(|c| c.load(Ordering::Relaxed)).sum()
+        self.0.add(1);
     }
 }
 
@@ -34,7 +48,8 @@ impl TypedMetric for Counter {
 
 impl EncodeMetric for Counter {
     fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
-        encoder.encode_counter::<NoLabelSet, _, u64>(&self.total(), None)
+        let total = u64::try_from(self.0.sum()).unwrap_or(0);
+        encoder.encode_counter::<NoLabelSet, _, u64>(&total, None)
     }
 
     fn metric_type(&self) -> MetricType {
@@ -44,34 +59,32 @@ impl EncodeMetric for Counter {
 
 impl std::fmt::Debug for Counter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Counter({})", self.total())
+        write!(f, "Counter({})", self.0.sum())
     }
 }
 
-/// A gauge that goes up and down (requests in flight); clones share the value.
+/// A gauge that goes up and down (requests in flight); clones share the value. A request may
+/// end on another thread than it started on: only the sum is meaningful, and it is.
 #[derive(Clone)]
-pub struct Gauge(Arc<PerWorker<AtomicI64>>);
+pub struct Gauge(Shards);
 
 impl Gauge {
     pub fn new(workers: usize) -> Self {
-        Gauge(Arc::new(PerWorker::new(workers, AtomicI64::default)))
+        Gauge(Shards::new(workers))
     }
 
     pub fn inc(&self) {
-        self.0.get().fetch_add(1, Ordering::Relaxed);
+        self.0.add(1);
     }
 
-    /// A request may end on another thread than it started on (off the workers): only the
-    /// sum is meaningful, and it is.
     pub fn dec(&self) {
-        self.0.get().fetch_sub(1, Ordering::Relaxed);
+        self.0.add(-1);
     }
 }
 
 impl EncodeMetric for Gauge {
     fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
-        let total: i64 = self.0.all().map(|g| g.load(Ordering::Relaxed)).sum();
-        encoder.encode_gauge(&total)
+        encoder.encode_gauge(&self.0.sum())
     }
 
     fn metric_type(&self) -> MetricType {

@@ -24,7 +24,7 @@ pub fn current() -> Option<usize> {
 
 /// This worker thread's entry of a per-worker list whose last entry serves callers off the
 /// workers (admin listener, background tasks). Never empty by construction.
-pub fn slot<T>(slots: &[T]) -> &T {
+fn slot<T>(slots: &[T]) -> &T {
     let last = slots.len().saturating_sub(1);
     let i = current().map_or(last, |w| w % last.max(1));
     &slots[i]
@@ -53,6 +53,21 @@ impl<T> PerWorker<T> {
     /// Every worker's value (to change them all, or add them up).
     pub fn all(&self) -> impl Iterator<Item = &T> {
         self.0.iter().map(|p| &p.0)
+    }
+}
+
+/// Reloadable state: each worker reads its own copy, a reload replaces every copy.
+impl<T> PerWorker<std::sync::RwLock<std::sync::Arc<T>>> {
+    /// This worker's current value.
+    pub fn current(&self) -> std::sync::Arc<T> {
+        self.get().read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Replaces every worker's value with one of its own, made by `make`.
+    pub fn replace(&self, mut make: impl FnMut() -> T) {
+        for slot in self.all() {
+            *slot.write().unwrap_or_else(|p| p.into_inner()) = std::sync::Arc::new(make());
+        }
     }
 }
 

@@ -27,6 +27,7 @@
 //! not come from Redis, or be used by code that has just taken a lock in Redis and needs the
 //! latest value (the refresh): those read with `get_fresh`.
 
+use crate::server::workers::PerWorker;
 use bytes::Bytes;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, PushInfo, PushKind, Value};
@@ -50,7 +51,7 @@ pub struct Tracking {
     timeout: Duration,
     capacity: usize,
     /// One per worker thread, and a last one for callers off the workers.
-    slots: Vec<Arc<Slot>>,
+    slots: PerWorker<Arc<Slot>>,
 }
 
 #[derive(Default)]
@@ -143,12 +144,12 @@ impl Tracking {
             client,
             timeout,
             capacity: capacity.max(1),
-            slots: (0..=slots).map(|_| Arc::default()).collect(),
+            slots: PerWorker::new(slots, Arc::default),
         }
     }
 
     fn slot(&self) -> &Arc<Slot> {
-        crate::server::workers::slot(&self.slots)
+        self.slots.get()
     }
 
     /// The value of `key` from the cache or through the tracked connection. `None` when this
@@ -228,7 +229,7 @@ impl Tracking {
     /// Forgets `key` in every slot (after a write from this process): the writer's own next
     /// read must not wait for Redis's invalidation to arrive.
     pub fn forget(&self, key: &str) {
-        for slot in &self.slots {
+        for slot in self.slots.all() {
             let mut st = slot.lock();
             st.generation += 1;
             st.entries.remove(key);
@@ -237,7 +238,7 @@ impl Tracking {
 
     /// Entries held by all slots (tests and diagnostics).
     pub fn len(&self) -> usize {
-        self.slots.iter().map(|s| s.lock().entries.len()).sum()
+        self.slots.all().map(|s| s.lock().entries.len()).sum()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -3,6 +3,7 @@
 //! connections are made on first use.
 
 use super::*;
+use crate::server::workers::PerWorker;
 use redis::sentinel::{SentinelNodeConnectionInfo, SentinelServerType};
 use redis::{RedisConnectionInfo, TlsMode};
 
@@ -80,7 +81,7 @@ impl RedisStore {
                 Backend::Single {
                     client,
                     config,
-                    conns: (0..=opts.connections).map(|_| OnceCell::new()).collect(),
+                    conns: PerWorker::new(opts.connections, OnceCell::new),
                     tracking,
                 }
             }

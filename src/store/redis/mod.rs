@@ -16,7 +16,7 @@ mod build;
 
 use super::tracking::Tracking;
 use super::StoreError;
-use crate::server::workers::slot as worker_slot;
+use crate::server::workers::PerWorker;
 use bytes::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::cluster::ClusterClient;
@@ -70,7 +70,7 @@ enum Backend {
         client: redis::Client,
         config: ConnectionManagerConfig,
         /// One per worker thread, and a last one for callers off the workers.
-        conns: Vec<OnceCell<ConnectionManager>>,
+        conns: PerWorker<OnceCell<ConnectionManager>>,
         tracking: Option<Tracking>,
     },
     Cluster {
@@ -106,7 +106,8 @@ macro_rules! with_conn {
                 conns,
                 ..
             } => {
-                let mut $c = worker_slot(conns)
+                let mut $c = conns
+                    .get()
                     .get_or_try_init(|| {
                         ConnectionManager::new_with_config(client.clone(), config.clone())
                     })
