@@ -21,6 +21,9 @@ pub enum Error {
     /// A request the sidecar will not forward (malformed target, bad header…).
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    /// A method the sidecar never forwards (`CONNECT`).
+    #[error("method not allowed")]
+    MethodNotAllowed,
     /// No valid session on a path that needs one.
     #[error("unauthenticated")]
     Unauthenticated,
@@ -47,6 +50,7 @@ impl Error {
             Error::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
             Error::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Error::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Error::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Error::Unauthenticated => StatusCode::UNAUTHORIZED,
             Error::Forbidden(_) => StatusCode::FORBIDDEN,
             Error::IdpUnavailable => StatusCode::BAD_GATEWAY,
@@ -67,6 +71,7 @@ impl Error {
             Error::UpstreamUnavailable(_) => "Upstream unavailable",
             Error::UpstreamTimeout => "Upstream timed out",
             Error::BadRequest(m) => m,
+            Error::MethodNotAllowed => "Method Not Allowed",
             Error::Unauthenticated => "Unauthenticated",
             Error::Forbidden(m) => m,
             Error::IdpUnavailable => "OIDC discovery failed — see server logs.",
@@ -91,6 +96,7 @@ impl Error {
             Error::UpstreamUnavailable(_) => "reset",
             Error::UpstreamTimeout => "timeout",
             Error::BadRequest(_) => "bad_request",
+            Error::MethodNotAllowed => "method_not_allowed",
             Error::Unauthenticated => "unauthenticated",
             Error::Forbidden(_) => "forbidden",
             Error::IdpUnavailable => "idp_unavailable",
@@ -149,7 +155,29 @@ pub fn message_response(status: StatusCode, message: &str, wants_html: bool) -> 
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    page_headers(resp.headers_mut());
     resp
+}
+
+/// The `Content-Security-Policy` of the sidecar's own pages: no script, no framing, inline
+/// styles only.
+pub const PAGE_CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'";
+
+/// Headers every response of the sidecar's own carries: its pages are not sniffed into
+/// something else, run nothing, cannot be framed (clickjacking), and leak no URL onwards.
+pub fn page_headers(h: &mut http::HeaderMap) {
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(PAGE_CSP),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
 }
 
 /// True when the `Accept` header asks for HTML (a browser navigation).
@@ -192,6 +220,12 @@ mod tests {
         assert_eq!(r.headers()[header::CONTENT_TYPE], "application/json");
         assert_eq!(body_string(r).await, r#"{"detail":"Upstream timed out"}"#);
         let r = Error::UpstreamTimeout.into_response(true);
+        assert_eq!(r.headers()[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+        assert_eq!(r.headers()[header::REFERRER_POLICY], "no-referrer");
+        assert!(r.headers()[header::CONTENT_SECURITY_POLICY]
+            .to_str()
+            .unwrap()
+            .contains("frame-ancestors 'none'"));
         assert!(body_string(r)
             .await
             .contains("<h1>504 Gateway Timeout</h1>"));

@@ -157,12 +157,27 @@ fn build_oidc(
             )))
         }
     };
-    let sessions = auth::session::Sessions::new(store, settings.keys.clone(), config.workers);
+    let sessions = Arc::new(auth::session::Sessions::new(
+        store,
+        settings.keys.clone(),
+        config.workers,
+    ));
+    let streams = Arc::new(auth::streams::LiveStreams::default());
+    tokio::spawn(streams.clone().check_forever(
+        sessions.clone(),
+        metrics.clone(),
+        config.connections.revocation_check,
+    ));
     Ok(router::Oidc {
+        streams,
         auth: auth::flow::Auth {
             provider,
             sessions,
-            cookies: auth::cookies::CookieJar::new(&a.session_cookie_name),
+            // `__Host-` needs `Secure`, which every cookie has when the redirect URI is https.
+            cookies: auth::cookies::CookieJar::new(
+                &a.session_cookie_name,
+                a.cookie_host_prefix && settings.redirect_uri.scheme() == "https",
+            ),
             settings: server::workers::PerWorker::new(config.workers, || {
                 std::sync::RwLock::new(Arc::new(a.clone()))
             }),
@@ -211,8 +226,13 @@ pub async fn run(
     let workers = config.workers;
     let mut apps = Vec::with_capacity(workers);
     for _ in 0..workers {
-        let upstream = proxy::Upstream::new(&config.proxy, client_tls.clone())
-            .map_err(StartError::Upstream)?;
+        let upstream = proxy::Upstream::new(
+            &config.proxy,
+            client_tls.clone(),
+            config.connections.upstream_max_per_worker,
+            metrics.upstream_queued_counter(),
+        )
+        .map_err(StartError::Upstream)?;
         apps.push(Arc::new(router::App::new(
             upstream,
             metrics.clone(),
@@ -224,6 +244,18 @@ pub async fn run(
         readiness: readiness.clone(),
     });
 
+    let limits = &config.connections;
+    let nofile = server::limits::raise_nofile_limit();
+    let max_connections = server::limits::cap_for_nofile(limits.max, nofile);
+    if max_connections < limits.max {
+        tracing::warn!(
+            open_file_limit = nofile,
+            max_connections,
+            configured = limits.max,
+            "the open-file limit caps client connections below connections.max; raise the \
+             limit (ulimit -n, or the container runtime's nofile) to hold more"
+        );
+    }
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
@@ -234,6 +266,8 @@ pub async fn run(
         tls = config.tls.is_some(),
         auth_mode = ?config.auth_mode(),
         workers,
+        max_connections,
+        open_file_limit = nofile,
         "sso-sidecar started"
     );
 
@@ -243,10 +277,23 @@ pub async fn run(
         drain_timeout: config.shutdown_timeout,
         tls,
         name: "public",
+        first_byte_timeout: limits.first_byte_timeout,
+        header_read_timeout: limits.header_read_timeout,
+        idle_timeout: limits.idle_timeout,
+        http2_ping_interval: limits.http2_ping_interval,
+        limiter: Some(server::limits::ConnLimiter::new(
+            max_connections,
+            limits.max_per_ip,
+            config.proxy.trusted_proxies.clone(),
+            metrics.clone(),
+        )),
+        metrics: Some(metrics.clone()),
     };
     let admin_opts = server::ServeOptions {
         tls: None,
         name: "admin",
+        limiter: None,
+        metrics: None,
         ..public_opts.clone()
     };
     let public_std = listeners.public.into_std().map_err(StartError::Listen)?;

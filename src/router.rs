@@ -30,6 +30,8 @@ use std::time::Instant;
 /// The OIDC side of the router, present with `AUTH_MODE=oidc`.
 pub struct Oidc {
     pub auth: Auth,
+    /// The sessions with live tunnels and event streams on this replica.
+    pub streams: Arc<crate::auth::streams::LiveStreams>,
     /// Swapped on a configuration reload.
     /// One copy per worker (see `PerWorker`): its header names are cloned on every request.
     pub identity: PerWorker<std::sync::RwLock<Arc<HeaderIdentity>>>,
@@ -43,6 +45,17 @@ pub struct App {
 
 /// How a request ended, for the access log.
 type Outcome = (Response<Body>, Option<u16>);
+
+/// Who a request is forwarded as.
+#[derive(Default, Clone, Copy)]
+struct Who<'a> {
+    /// The session whose identity headers are injected (headers mode).
+    session: Option<&'a Session>,
+    /// The backend token injected, and where (openrag mode).
+    token: Option<(Carrier, &'a str)>,
+    /// The session cookie id whose end closes a tunnel or event stream of this request.
+    live: Option<&'a str>,
+}
 
 impl App {
     pub fn new(upstream: Upstream, metrics: Arc<Metrics>, oidc: Option<Arc<Oidc>>) -> Self {
@@ -86,9 +99,10 @@ impl App {
             .insert(headers::X_REQUEST_ID, request_id.clone());
         let peer = self.upstream.peer(conn.peer.ip(), conn.scheme);
 
-        let result = match &self.oidc {
-            None => self.proxy(req.map(Either::Left), peer, |_| {}).await,
-            Some(oidc) => self.authenticated(oidc, req, peer).await,
+        let result = match (refused_early(&req), &self.oidc) {
+            (Some(e), _) => Err(e),
+            (None, None) => self.proxy(req.map(Either::Left), peer, |_| {}).await,
+            (None, Some(oidc)) => self.authenticated(oidc, req, peer).await,
         };
         let (mut resp, upstream_status) = result.unwrap_or_else(|e| {
             self.log_error(&e, request_id.to_str().unwrap_or_default());
@@ -117,7 +131,7 @@ impl App {
         peer: Peer,
         prepare: impl FnOnce(&mut http::HeaderMap),
     ) -> Result<Outcome, Error> {
-        let r = self.upstream.forward(req, peer, prepare).await?;
+        let r = self.upstream.forward(req, peer, prepare, || None).await?;
         let status = r.status().as_u16();
         Ok((r.map(Either::Left), Some(status)))
     }
@@ -143,6 +157,9 @@ impl App {
             }
             (&Method::GET, "/auth/logout") => {
                 return own(Box::pin(auth.logout(&parts, scheme)).await?)
+            }
+            (&Method::POST, "/auth/logout") => {
+                return own(Box::pin(auth.logout_confirmed(&parts, scheme)).await?)
             }
             (&Method::GET, "/auth/me") => return own(Box::pin(auth.me(&parts)).await?),
             (&Method::POST, "/auth/backchannel-logout") => {
@@ -188,13 +205,19 @@ impl App {
                         .await
                 }
                 None => {
-                    self.forward_as(oidc, parts, body, peer, Some(&session), None)
-                        .await
+                    let who = Who {
+                        session: Some(&session),
+                        token: None,
+                        live: Some(&id),
+                    };
+                    self.forward_as(oidc, parts, body, peer, who).await
                 }
             },
             Decision::Bearer if auth.bridge.is_some() => {
                 // As OpenRag in OIDC mode: a refused bearer is "Unauthenticated", not 403.
-                let out = self.forward_as(oidc, parts, body, peer, None, None).await?;
+                let out = self
+                    .forward_as(oidc, parts, body, peer, Who::default())
+                    .await?;
                 let (out, refused) = peek_refusal(out).await;
                 if refused {
                     return Err(Error::Unauthenticated);
@@ -202,39 +225,48 @@ impl App {
                 Ok(out)
             }
             Decision::Bearer | Decision::Public => {
-                self.forward_as(oidc, parts, body, peer, None, None).await
+                self.forward_as(oidc, parts, body, peer, Who::default())
+                    .await
             }
         }
     }
 
-    /// Forwards with the sidecar's cookies and client identity headers removed, then the
-    /// identity headers of `session` (headers mode) or the backend token (openrag mode) added.
+    /// Forwards with the sidecar's cookies and client identity headers removed, then `who`'s
+    /// identity added: the identity headers of a session (headers mode) or the backend token
+    /// (openrag mode).
     async fn forward_as(
         &self,
         oidc: &Oidc,
         mut parts: http::request::Parts,
         body: RequestBody,
         peer: Peer,
-        session: Option<&Session>,
-        token: Option<(Carrier, &str)>,
+        who: Who<'_>,
     ) -> Result<Outcome, Error> {
-        if let Some((Carrier::Query, t)) = token {
+        if let Some((Carrier::Query, t)) = who.token {
             parts.uri = inject::with_token_query(&parts.uri, t)
                 .ok_or(Error::BadRequest("Invalid request target"))?;
         }
         let req = Request::from_parts(parts, body);
         let identity = oidc.identity.current();
-        self.proxy(req, peer, |h| {
+        let prepare = |h: &mut http::HeaderMap| {
             oidc.auth.cookies.strip(h);
             identity.strip(h);
-            if let Some(s) = session {
+            if let Some(s) = who.session {
                 identity.inject(h, s);
             }
-            if let Some((carrier, t)) = token {
+            if let Some((carrier, t)) = who.token {
                 inject::inject_headers(h, carrier, t);
             }
-        })
-        .await
+        };
+        // A tunnel or event stream of a session ends with the session.
+        let abort = || who.live.map(|id| oidc.streams.watch(id));
+        let r = self.upstream.forward(req, peer, prepare, abort).await?;
+        let status = r.status().as_u16();
+        let mut out: Outcome = (r.map(Either::Left), Some(status));
+        if let Some((_, t)) = who.token {
+            inject::scrub_token(out.0.headers_mut(), t);
+        }
+        Ok(out)
     }
 
     /// Forwards as the session's OpenRag user. When the backend refuses the token (regenerated
@@ -257,17 +289,30 @@ impl App {
         let carrier = inject::carrier(parts.uri.path());
         let replay = bodiless(&parts).then(|| parts.clone());
         let out = self
-            .forward_as(oidc, parts, body, peer, None, Some((carrier, &token)))
+            .forward_as(
+                oidc,
+                parts,
+                body,
+                peer,
+                Who {
+                    session: None,
+                    token: Some((carrier, &token)),
+                    live: Some(id),
+                },
+            )
             .await?;
         let (out, refused) = peek_refusal(out).await;
         if !refused {
             return Ok(out);
         }
         tracing::warn!(sub = %session.sub, "the backend refused the user's token; resolving it again");
-        let resolved = bridge
+        let Some(resolved) = bridge
             .recover(&session.sub, &token)
             .await
-            .map_err(Error::Identity)?;
+            .map_err(Error::Identity)?
+        else {
+            return Ok(out);
+        };
         let mut updated = (*session).clone();
         updated.backend_token = Some(resolved.token.expose().clone());
         if !oidc
@@ -286,8 +331,11 @@ impl App {
                         parts,
                         Either::Right(Full::new(bytes::Bytes::new())),
                         peer,
-                        None,
-                        Some((carrier, resolved.token.expose())),
+                        Who {
+                            session: None,
+                            token: Some((carrier, resolved.token.expose())),
+                            live: Some(id),
+                        },
                     )
                     .await?;
                 Ok(peek_refusal(again).await.0)
@@ -302,7 +350,10 @@ impl App {
                 self.metrics.upstream_error(e.kind());
                 tracing::warn!(request_id, kind = e.kind(), error = %error_chain(e), "upstream failed");
             }
-            Error::BadRequest(_) | Error::Unauthenticated | Error::Forbidden(_) => {
+            Error::BadRequest(_)
+            | Error::MethodNotAllowed
+            | Error::Unauthenticated
+            | Error::Forbidden(_) => {
                 tracing::debug!(request_id, error = %e, "request refused");
             }
             Error::Identity(_) => {
@@ -316,6 +367,21 @@ impl App {
             }
         }
     }
+}
+
+/// Requests refused in every mode before any decision: `CONNECT` (a tunnel to wherever the
+/// client names, never ours to open), and a request with several `Host` headers or, in
+/// HTTP/1.1, none (RFC 9112 §3.2: which one a backend believes is anyone's guess).
+fn refused_early(req: &Request<Incoming>) -> Option<Error> {
+    if req.method() == Method::CONNECT {
+        return Some(Error::MethodNotAllowed);
+    }
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let first = hosts.next();
+    if hosts.next().is_some() || (first.is_none() && req.version() == http::Version::HTTP_11) {
+        return Some(Error::BadRequest("Missing or duplicate Host header"));
+    }
+    None
 }
 
 /// True when the request has no body, so it can be sent twice.

@@ -2,7 +2,10 @@
 //! login-state cookie. Builds `Set-Cookie` values and reads and strips the `Cookie` header.
 //!
 //! Knows nothing of OIDC or the store. Every cookie is host-only (no `Domain`), `Path=/`,
-//! `HttpOnly`, `SameSite=Lax`, and `Secure` when the public scheme is https.
+//! `HttpOnly`, `SameSite=Lax`, and `Secure` when the public scheme is https; over https the
+//! names carry the `__Host-` prefix, so no other host (a sibling subdomain) can plant one. A
+//! request that carries one of our cookies more than once is treated as carrying none of it:
+//! which copy a browser sends first is not ours to choose (cookie tossing).
 
 use cookie::time::{self, Duration as TimeDuration};
 use cookie::{Cookie, SameSite};
@@ -16,13 +19,30 @@ pub const STATE_TTL_SECS: i64 = 600;
 pub struct CookieJar {
     pub session: String,
     pub state: String,
+    /// The names without the `__Host-` prefix when it is used (a browser may still hold
+    /// cookies set before it was turned on): stripped like ours, never read.
+    legacy: Option<(String, String)>,
 }
 
+/// The prefix browsers reserve for cookies that are `Secure`, `Path=/` and host-only.
+pub const HOST_PREFIX: &str = "__Host-";
+
 impl CookieJar {
-    pub fn new(session_name: &str) -> Self {
-        CookieJar {
-            session: session_name.to_owned(),
-            state: format!("{session_name}_state"),
+    /// `host_prefix`: name the cookies `__Host-…` (only valid when they are `Secure`).
+    pub fn new(session_name: &str, host_prefix: bool) -> Self {
+        let state = format!("{session_name}_state");
+        if host_prefix {
+            CookieJar {
+                session: format!("{HOST_PREFIX}{session_name}"),
+                state: format!("{HOST_PREFIX}{state}"),
+                legacy: Some((session_name.to_owned(), state)),
+            }
+        } else {
+            CookieJar {
+                session: session_name.to_owned(),
+                state,
+                legacy: None,
+            }
         }
     }
 
@@ -51,8 +71,9 @@ impl CookieJar {
             .unwrap_or_else(|_| HeaderValue::from_static(""))
     }
 
-    /// The value of cookie `name` in the request, if any (the first one wins).
+    /// The value of cookie `name` in the request, if it is there exactly once.
     pub fn get(&self, headers: &HeaderMap, name: &str) -> Option<String> {
+        let mut found = None;
         for value in headers.get_all(header::COOKIE) {
             let Ok(value) = value.to_str() else { continue };
             for pair in value.split(';') {
@@ -64,28 +85,42 @@ impl CookieJar {
                     continue;
                 }
                 // Nothing to decode: the value is the trimmed text, as the full parse gives.
-                if raw_name == name && pair.contains('=') && !raw_value.contains('%') {
-                    return Some(raw_value.trim().to_owned());
-                }
-                if let Ok(c) = Cookie::parse_encoded(pair.trim()) {
-                    if c.name() == name {
-                        return Some(c.value().to_owned());
+                let value = if raw_name == name && pair.contains('=') && !raw_value.contains('%') {
+                    Some(raw_value.trim().to_owned())
+                } else {
+                    Cookie::parse_encoded(pair.trim())
+                        .ok()
+                        .filter(|c| c.name() == name)
+                        .map(|c| c.value().to_owned())
+                };
+                if value.is_some() {
+                    if found.is_some() {
+                        // Twice: one of them was planted; trust neither.
+                        return None;
                     }
+                    found = value;
                 }
             }
         }
-        None
+        found
     }
 
     /// Whether a `Cookie` pair is one of the sidecar's own (names compared decoded, as `get`
     /// does: `sso%5Fsidecar%5Fsession` is ours too).
     fn is_own(&self, pair: &str) -> bool {
         let raw = pair.split('=').next().unwrap_or("").trim();
-        if !raw.contains('%') {
-            return raw == self.session || raw == self.state;
-        }
-        let name = percent_encoding::percent_decode_str(raw).decode_utf8_lossy();
-        name == self.session.as_str() || name == self.state.as_str()
+        let name = if raw.contains('%') {
+            percent_encoding::percent_decode_str(raw).decode_utf8_lossy()
+        } else {
+            std::borrow::Cow::Borrowed(raw)
+        };
+        let name = name.as_ref();
+        name == self.session
+            || name == self.state
+            || self
+                .legacy
+                .as_ref()
+                .is_some_and(|(s, t)| name == s || name == t)
     }
 
     /// Removes the sidecar's own cookies from the `Cookie` header, so the upstream never sees
@@ -130,8 +165,39 @@ mod tests {
     use super::*;
 
     #[test]
+    fn host_prefixed_names_and_planted_duplicates() {
+        let jar = CookieJar::new("sso_sidecar_session", true);
+        assert_eq!(jar.session, "__Host-sso_sidecar_session");
+        assert_eq!(jar.state, "__Host-sso_sidecar_session_state");
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("__Host-sso_sidecar_session=A; x=1"),
+        );
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("__Host-sso_sidecar_session=B"),
+        );
+        assert_eq!(jar.get(&h, &jar.session), None, "two copies: trust neither");
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static(
+                "sso_sidecar_session=old; __Host-sso_sidecar_session=A; sso_sidecar_session_state=s; y=2",
+            ),
+        );
+        assert_eq!(jar.get(&h, &jar.session).as_deref(), Some("A"));
+        jar.strip(&mut h);
+        assert_eq!(
+            h[header::COOKIE],
+            "y=2",
+            "unprefixed names are stripped too"
+        );
+    }
+
+    #[test]
     fn set_cookie_has_the_safe_attributes() {
-        let jar = CookieJar::new("sso_sidecar_session");
+        let jar = CookieJar::new("sso_sidecar_session", false);
         let v = jar.set("sso_sidecar_session", "abc", 3600, true);
         let s = v.to_str().unwrap();
         for attr in [
@@ -159,7 +225,7 @@ mod tests {
 
     #[test]
     fn own_cookies_are_read_and_stripped_others_kept() {
-        let jar = CookieJar::new("sso_sidecar_session");
+        let jar = CookieJar::new("sso_sidecar_session", false);
         let mut h = HeaderMap::new();
         h.append(
             header::COOKIE,
@@ -188,7 +254,7 @@ mod tests {
 
     #[test]
     fn reading_a_cookie_agrees_with_a_full_parse() {
-        let jar = CookieJar::new("sid");
+        let jar = CookieJar::new("sid", false);
         for header in [
             "sid=A",
             "x=1;sid=B",
@@ -211,10 +277,13 @@ mod tests {
         ] {
             let mut h = HeaderMap::new();
             h.insert(header::COOKIE, HeaderValue::from_str(header).unwrap());
-            let full = Cookie::split_parse_encoded(header)
+            let all: Vec<String> = Cookie::split_parse_encoded(header)
                 .filter_map(Result::ok)
-                .find(|c| c.name() == "sid")
-                .map(|c| c.value().to_owned());
+                .filter(|c| c.name() == "sid")
+                .map(|c| c.value().to_owned())
+                .collect();
+            // Present twice = absent (cookie tossing).
+            let full = (all.len() == 1).then(|| all[0].clone());
             assert_eq!(jar.get(&h, "sid"), full, "{header}");
         }
     }

@@ -26,7 +26,7 @@ use std::time::Duration;
 /// The authentication service: the provider, the sessions and the settings.
 pub struct Auth {
     pub provider: Arc<Provider>,
-    pub sessions: Sessions,
+    pub sessions: Arc<Sessions>,
     pub cookies: CookieJar,
     /// Swapped whole on a configuration reload (only the reloadable fields change).
     /// Reloadable settings, one copy per worker (see `PerWorker`).

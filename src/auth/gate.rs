@@ -30,17 +30,50 @@ pub enum Decision {
 }
 
 /// True for a path that could mean something else to a backend that normalises it: dot
-/// segments, raw or percent-encoded, encoded slashes and backslashes. Path decisions are made on
-/// the raw path, so such a path could otherwise pass as `/assets/../admin` under a public
-/// prefix; it is refused instead.
+/// segments (raw, percent-encoded, or followed by `;` parameters that Tomcat and Spring drop),
+/// encoded slashes and backslashes, `%25`-encoded dots, slashes and backslashes (backends that
+/// decode twice), overlong UTF-8 forms (`%c0%ae`) and `%u` escapes (IIS). Path decisions are
+/// made on the raw path, so such a path could otherwise pass as `/assets/../admin` under a
+/// public prefix; it is refused instead.
 pub fn ambiguous_path(path: &str) -> bool {
     // Scanned in place: this runs on every request.
-    let encoded = path.as_bytes().windows(3).any(|w| {
-        w[0] == b'%'
-            && (w[1] == b'2' && matches!(w[2] | 0x20, b'e' | b'f')
-                || w[1] == b'5' && w[2] | 0x20 == b'c')
-    });
-    encoded || path.contains('\\') || path.split('/').any(|seg| seg == "." || seg == "..")
+    let b = path.as_bytes();
+    let escape = b
+        .iter()
+        .enumerate()
+        .any(|(i, &c)| c == b'\\' || c == b'%' && suspicious_escape(&b[i + 1..]));
+    escape
+        || path.split('/').any(|seg| {
+            // `..;x` is `..` to a backend that drops path parameters.
+            let seg = seg.split(';').next().unwrap_or(seg);
+            seg == "." || seg == ".."
+        })
+}
+
+/// What follows a `%` that makes a path ambiguous: an encoded dot, slash or backslash
+/// (`%2e`, `%2f`, `%5c`), the same once more encoded (`%252e`…), an overlong UTF-8 lead byte
+/// (`%c0`, `%c1`, `%e0%80`, `%f0%80`: every overlong form of an ASCII character starts so), or
+/// a `%u` escape.
+fn suspicious_escape(rest: &[u8]) -> bool {
+    let hex = |i: usize| rest.get(i).map(|c| c.to_ascii_lowercase());
+    match (hex(0), hex(1)) {
+        (Some(b'u'), _) => true,
+        (Some(b'2'), Some(b'e' | b'f')) | (Some(b'5'), Some(b'c')) => true,
+        (Some(b'c'), Some(b'0' | b'1')) => true,
+        // `%e0%80`–`%e0%9f` and `%f0%80`–`%f0%8f` are overlong; `%e0%a0`, `%f0%90` and up are not.
+        (Some(b'e'), Some(b'0')) => {
+            rest.get(2) == Some(&b'%') && matches!(hex(3), Some(b'8' | b'9'))
+        }
+        (Some(b'f'), Some(b'0')) => rest.get(2) == Some(&b'%') && hex(3) == Some(b'8'),
+        (Some(b'2'), Some(b'5')) => {
+            // `%25` followed by an encoded dot, slash or backslash: `%252e`, `%252f`, `%255c`.
+            matches!(
+                (hex(2), hex(3)),
+                (Some(b'2'), Some(b'e' | b'f')) | (Some(b'5'), Some(b'c'))
+            )
+        }
+        _ => false,
+    }
 }
 
 /// `*`-suffixed entries are prefixes, others exact paths.
@@ -132,6 +165,20 @@ mod tests {
             "/a%5Cb",
             "/a\\b",
             "/..",
+            "/assets/..;/v1/models",
+            "/assets/.;/x",
+            "/assets/..;jsessionid=1/v1",
+            "/a/%252e%252e/b",
+            "/a/%252E./b",
+            "/a%252fb",
+            "/a%255cb",
+            "/a/%c0%ae%c0%ae/b",
+            "/a/%C0%AF",
+            "/a/%c1%9c",
+            "/a/%e0%80%ae",
+            "/a/%f0%80%80%ae",
+            "/a/%u002e%u002e/b",
+            "/a/%U2215",
         ] {
             assert!(ambiguous_path(bad), "{bad}");
         }
@@ -142,6 +189,13 @@ mod tests {
             "/v1/x..y",
             "/...",
             "/a/.hidden",
+            "/a;b/c",
+            "/a/..x;y",
+            "/%25",
+            "/a%2541",
+            "/caf%c3%a9",
+            "/%e0%a4%b9",
+            "/%f0%9f%98%80",
         ] {
             assert!(!ambiguous_path(ok), "{ok}");
         }

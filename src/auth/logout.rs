@@ -1,7 +1,10 @@
-//! `GET /auth/me` and RP-initiated logout (`GET /auth/logout`): what a logged-in user can ask
-//! of their own session. Cross-site non-navigation logouts are refused (a page elsewhere cannot
-//! log the user out behind their back); the session is revoked in the shared store, so it is
-//! refused at once on every replica.
+//! `GET /auth/me` and RP-initiated logout (`GET`/`POST /auth/logout`): what a logged-in user
+//! can ask of their own session. Only the user may log themselves out: a `GET` logs out at once
+//! only when it is a same-origin navigation (or one the user typed: `Sec-Fetch-Site: none`);
+//! any other `GET` (a cross-site link, a same-site `<img>`, a client without `Sec-Fetch-*`)
+//! gets a page whose button POSTs the logout, and that POST must come from our own origin.
+//! Cross-site non-navigation requests keep OpenRag's 403. The session is revoked in the shared
+//! store, so it is refused at once on every replica.
 
 use super::flow::{redirect, Auth};
 use super::oidc::now_unix;
@@ -34,7 +37,8 @@ impl Auth {
         Ok(r)
     }
 
-    /// `GET /auth/logout` (RP-initiated logout).
+    /// `GET /auth/logout` (RP-initiated logout): at once for the user's own navigation, else
+    /// the confirmation page.
     pub async fn logout(
         &self,
         parts: &Parts,
@@ -48,6 +52,47 @@ impl Auth {
                 "Cross-site logout requests are not allowed",
             ));
         }
+        if mode == Some("navigate") && matches!(site, Some("same-origin" | "none")) {
+            return self.end_session(parts, public_scheme).await;
+        }
+        Ok(confirmation_page())
+    }
+
+    /// `POST /auth/logout`: the confirmation page's button. Only from our own origin.
+    pub async fn logout_confirmed(
+        &self,
+        parts: &Parts,
+        public_scheme: &str,
+    ) -> Result<Response<Body>, Error> {
+        let h = &parts.headers;
+        let site = h.get("sec-fetch-site").and_then(|v| v.to_str().ok());
+        let origin = h.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+        let ours = self
+            .provider
+            .settings
+            .redirect_uri
+            .origin()
+            .ascii_serialization();
+        let same_origin = match (site, origin) {
+            (Some(s), _) => s == "same-origin",
+            (None, Some(o)) => o == ours,
+            (None, None) => false,
+        };
+        if !same_origin || origin.is_some_and(|o| o != ours) {
+            return Err(Error::Forbidden(
+                "Cross-site logout requests are not allowed",
+            ));
+        }
+        self.end_session(parts, public_scheme).await
+    }
+
+    /// Revokes the browser's session and sends it to the IdP's end-session endpoint.
+    async fn end_session(
+        &self,
+        parts: &Parts,
+        public_scheme: &str,
+    ) -> Result<Response<Body>, Error> {
+        let h = &parts.headers;
         let mut hint = None;
         if let Some(id) = self.cookies.get(h, &self.cookies.session) {
             if let Some(s) = self.sessions.load(&id, now_unix()).await? {
@@ -99,4 +144,22 @@ impl Auth {
         tracing::info!(had_session = hint.is_some(), "RP-initiated logout");
         Ok(r)
     }
+}
+
+/// The page a logout link from elsewhere lands on: the user confirms with a button (a form POST
+/// to our own origin), so no other site can end the session by a link or an image.
+fn confirmation_page() -> Response<Body> {
+    const PAGE: &str = "<!doctype html><html><head><meta charset=\"utf-8\"><title>Log out</title>\
+        </head><body><h1>Log out?</h1><p>Do you want to end your session?</p>\
+        <form method=\"post\" action=\"/auth/logout\"><button type=\"submit\">Log out</button></form>\
+        <p><a href=\"/\">Back to the application</a></p></body></html>\n";
+    let mut r = Response::new(crate::full(PAGE));
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    crate::error::page_headers(h);
+    r
 }

@@ -5,6 +5,7 @@
 //! - [`flow`]: `/auth/login`, `/auth/callback`, `/auth/logout`, `/auth/me`.
 //! - [`oidc`], [`jwt`], [`idp_http`]: the OpenID Provider, token validation, its HTTP client.
 //! - [`session`], [`cookies`], [`redirect`]: sessions in the store, cookies, `next` validation.
+//! - [`streams`]: live tunnels and event streams closed when their session ends.
 
 pub mod backchannel;
 pub mod claims;
@@ -18,3 +19,4 @@ pub mod oidc;
 pub mod redirect;
 pub mod refresh;
 pub mod session;
+pub mod streams;

@@ -7,11 +7,18 @@
 
 use percent_encoding::percent_decode_str;
 
+/// Longest `next` kept. The value travels in the encrypted state cookie; beyond a few KB that
+/// cookie exceeds what browsers store (4 KB), they drop it, and the login cannot complete.
+pub const MAX_NEXT_BYTES: usize = 2048;
+
 /// How many layers of percent-encoding are peeled when looking for tricks (`%252F%252F` …).
 const DECODE_LAYERS: usize = 4;
 
 /// Returns a safe post-login target for `next`.
 pub fn sanitize_next(next: &str, allowed_origins: &[String]) -> String {
+    if next.len() > MAX_NEXT_BYTES {
+        return "/".to_owned();
+    }
     if is_safe_path(next) {
         return next.to_owned();
     }
@@ -120,6 +127,14 @@ mod tests {
         ] {
             assert_eq!(sanitize_next(bad, &[]), "/", "{bad:?}");
         }
+    }
+
+    #[test]
+    fn an_overlong_next_falls_back_to_root() {
+        let long = format!("/{}", "a".repeat(MAX_NEXT_BYTES));
+        assert_eq!(sanitize_next(&long, &[]), "/");
+        let fits = format!("/{}", "a".repeat(MAX_NEXT_BYTES - 1));
+        assert_eq!(sanitize_next(&fits, &[]), fits);
     }
 
     #[test]

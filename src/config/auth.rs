@@ -140,6 +140,8 @@ pub enum RedisTopology {
 #[derive(Debug, Clone)]
 pub struct AuthSettings {
     pub session_cookie_name: String,
+    /// `__Host-` names for the sidecar's cookies over https.
+    pub cookie_host_prefix: bool,
     pub session_lifetime: Duration,
     pub allowed_redirect_origins: Vec<String>,
     pub token_endpoint_auth: crate::auth::oidc::ClientAuth,
@@ -252,6 +254,7 @@ impl Settings {
         Some(AuthSettings {
             openrag: openrag?,
             session_cookie_name: name.clone(),
+            cookie_host_prefix: self.cookie_host_prefix,
             session_lifetime: Duration::from_secs(self.session_lifetime_secs),
             allowed_redirect_origins: origins,
             token_endpoint_auth,

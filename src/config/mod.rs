@@ -8,6 +8,7 @@
 //! sockets, no clients.
 
 pub mod auth;
+pub mod connections;
 pub mod openrag;
 pub mod settings;
 pub mod sources;
@@ -16,6 +17,7 @@ pub use auth::{
     AuthSettings, BridgeSettings, IdentityField, PathSettings, RedisConfig, RedisTopology,
     TokenPolicy,
 };
+pub use connections::ConnectionLimits;
 pub use openrag::{AuthMode, ClaimSource, OidcSettings, OpenRagVars};
 pub use settings::{IdentityMode, LogFormat, ProxySettings, Settings, TlsFiles};
 
@@ -42,6 +44,7 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Worker threads serving the public listener.
     pub workers: usize,
+    pub connections: ConnectionLimits,
     pub openrag: OpenRagVars,
     pub auth: AuthSettings,
     /// Non-fatal findings, logged once telemetry is up.
@@ -175,6 +178,7 @@ pub fn load(inputs: Inputs) -> Result<Config, ConfigErrors> {
                 log_level: v.log_level,
                 shutdown_timeout: v.shutdown_timeout,
                 workers: v.workers,
+                connections: v.connections,
                 openrag,
                 auth: v.auth,
                 warnings,
@@ -192,7 +196,12 @@ pub fn restart_required(a: &Config, b: &Config) -> Vec<&'static str> {
     let d = |x: &dyn fmt::Debug, y: &dyn fmt::Debug| format!("{x:?}") != format!("{y:?}");
     let (p, q) = (&a.proxy, &b.proxy);
     let (x, y) = (&a.auth, &b.auth);
-    let checks: [(&'static str, bool); 23] = [
+    let checks: [(&'static str, bool); 25] = [
+        ("connections.*", a.connections != b.connections),
+        (
+            "cookie_host_prefix",
+            x.cookie_host_prefix != y.cookie_host_prefix,
+        ),
         ("listen", a.listen != b.listen),
         ("admin_listen", a.admin_listen != b.admin_listen),
         ("tls", d(&a.tls, &b.tls)),

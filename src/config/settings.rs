@@ -5,6 +5,7 @@
 //! same keys and a unit test keeps the two in step. No I/O beyond checking that files exist.
 
 use super::auth::{AuthSettings, HeaderSettings, OpenRagSettings, PathSettings};
+use super::connections::{ConnectionLimits, ConnectionSettings};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -53,6 +54,9 @@ pub struct Settings {
     pub tls: TlsSettings,
     /// Name of the session cookie (it carries only a random id).
     pub session_cookie_name: String,
+    /// Over https, name the session and login-state cookies `__Host-<name>`: a cookie no other
+    /// host (a sibling subdomain) can set or overwrite.
+    pub cookie_host_prefix: bool,
     /// Absolute session lifetime when the IdP issued a refresh token; never extended.
     pub session_lifetime_secs: u64,
     /// Absolute origins (`https://ui.example.com`) a post-login `next` may point to.
@@ -98,6 +102,8 @@ pub struct Settings {
     pub headers: HeaderSettings,
     /// The OpenRag identity bridge (`identity = "openrag"`).
     pub openrag: OpenRagSettings,
+    /// Client connection deadlines and caps, upstream connection cap, stream revocation.
+    pub connections: ConnectionSettings,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -162,6 +168,7 @@ impl Default for Settings {
             max_request_header_bytes: 32 * 1024,
             tls: TlsSettings::default(),
             session_cookie_name: "sso_sidecar_session".into(),
+            cookie_host_prefix: true,
             session_lifetime_secs: 7 * 24 * 3600,
             allowed_redirect_origins: StringList::default(),
             token_endpoint_auth: "auto".into(),
@@ -185,6 +192,7 @@ impl Default for Settings {
             paths: PathSettings::default(),
             headers: HeaderSettings::default(),
             openrag: OpenRagSettings::default(),
+            connections: ConnectionSettings::default(),
         }
     }
 }
@@ -240,6 +248,7 @@ pub struct Validated {
     pub log_level: String,
     pub shutdown_timeout: Duration,
     pub workers: usize,
+    pub connections: ConnectionLimits,
 }
 
 impl Settings {
@@ -250,6 +259,7 @@ impl Settings {
         let listen = socket_addr("listen", &self.listen, problems);
         let admin_listen = socket_addr("admin_listen", &self.admin_listen, problems);
         let upstream = upstream_url(&self.upstream, problems);
+        let connections = self.connections.validate(problems);
         let identity = match self.identity.trim().to_ascii_lowercase().as_str() {
             "openrag" => Some(IdentityMode::OpenRag),
             "headers" => Some(IdentityMode::Headers),
@@ -343,6 +353,7 @@ impl Settings {
             log_format: log_format?,
             log_level: self.log_level,
             shutdown_timeout: Duration::from_secs(self.shutdown_timeout_secs),
+            connections: connections?,
             workers: match self.workers {
                 0 => std::thread::available_parallelism()
                     .map(usize::from)

@@ -41,6 +41,16 @@ pub struct Metrics {
     duration: sharded::Histogram,
     in_flight: sharded::Gauge,
     upstream_errors: Family<KindLabel, Counter>,
+    connections_open: prometheus_client::metrics::gauge::Gauge,
+    connections_refused: Family<ReasonLabel, Counter>,
+    connections_closed: Family<ReasonLabel, Counter>,
+    upstream_queued: Counter,
+    streams_revoked: Counter,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
 }
 
 impl Metrics {
@@ -93,6 +103,37 @@ impl Metrics {
             "Sessions ended by logout or refused refresh",
             revoked.clone(),
         );
+        let connections_open = prometheus_client::metrics::gauge::Gauge::default();
+        registry.register(
+            "connections_open",
+            "Client connections held on the public listener",
+            connections_open.clone(),
+        );
+        let connections_refused = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "connections_refused",
+            "Client connections closed at once because a cap was reached, by reason \
+             (max_connections, max_connections_per_ip)",
+            connections_refused.clone(),
+        );
+        let connections_closed = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "connections_timed_out",
+            "Client connections closed by a deadline, by reason (first_byte, idle)",
+            connections_closed.clone(),
+        );
+        let upstream_queued = Counter::default();
+        registry.register(
+            "upstream_queued",
+            "Requests that waited for an upstream connection (the per-worker cap was reached)",
+            upstream_queued.clone(),
+        );
+        let streams_revoked = Counter::default();
+        registry.register(
+            "streams_revoked",
+            "WebSocket tunnels and event streams closed because their session ended",
+            streams_revoked.clone(),
+        );
         let request_counters = METHODS
             .iter()
             .map(|m| {
@@ -118,7 +159,41 @@ impl Metrics {
             duration,
             in_flight,
             upstream_errors,
+            connections_open,
+            connections_refused,
+            connections_closed,
+            upstream_queued,
+            streams_revoked,
         }
+    }
+
+    pub fn connection_opened(&self) {
+        self.connections_open.inc();
+    }
+
+    pub fn connection_closed(&self) {
+        self.connections_open.dec();
+    }
+
+    pub fn connection_refused(&self, reason: &'static str) {
+        self.connections_refused
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    pub fn connection_timed_out(&self, reason: &'static str) {
+        self.connections_closed
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    /// The counter the upstream pool bumps when a request has to wait for a connection.
+    pub fn upstream_queued_counter(&self) -> Counter {
+        self.upstream_queued.clone()
+    }
+
+    pub fn streams_revoked(&self, n: u64) {
+        self.streams_revoked.inc_by(n);
     }
 
     pub fn request_started(&self) {

@@ -27,6 +27,8 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
             | "trailer"
             | "transfer-encoding"
             | "upgrade"
+            // RFC 9113 §3.2 removed h2c; its settings header only ever meant this hop.
+            | "http2-settings"
     )
 }
 
@@ -81,19 +83,42 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// The protocol a request asks to switch to (`Connection: upgrade` + `Upgrade: …`), if any.
-pub fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
-    let wants_upgrade = headers
-        .get_all(header::CONNECTION)
+/// True for a valid WebSocket opening handshake (RFC 6455 §4.1): an HTTP/1.1 `GET` with
+/// `Connection: upgrade`, `Upgrade: websocket` and no other protocol, a `Sec-WebSocket-Key` of
+/// 16 bytes in base64 and a `Sec-WebSocket-Version`. It is the only upgrade the sidecar
+/// tunnels: any other (`h2c` above all) would splice the client to the backend with no more
+/// checks on what follows inside.
+pub fn is_websocket_handshake(
+    method: &http::Method,
+    version: http::Version,
+    headers: &HeaderMap,
+) -> bool {
+    let tokens = |name: header::HeaderName| {
+        headers
+            .get_all(name)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .map(<[u8]>::trim_ascii)
+            .filter(|t| !t.is_empty())
+            .collect::<Vec<_>>()
+    };
+    let connection_upgrade = tokens(header::CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    if wants_upgrade {
-        headers.get(header::UPGRADE).cloned()
-    } else {
-        None
-    }
+        .any(|t| t.eq_ignore_ascii_case(b"upgrade"));
+    let upgrade = tokens(header::UPGRADE);
+    let websocket = upgrade.len() == 1 && upgrade[0].eq_ignore_ascii_case(b"websocket");
+    let key = headers
+        .get_all(header::SEC_WEBSOCKET_KEY)
+        .iter()
+        .collect::<Vec<_>>();
+    // 16 random bytes in base64: 24 characters ending in "==".
+    let key_ok = key.len() == 1 && key[0].len() == 24 && key[0].as_bytes().ends_with(b"==");
+    method == http::Method::GET
+        && version == http::Version::HTTP_11
+        && connection_upgrade
+        && websocket
+        && key_ok
+        && headers.contains_key(header::SEC_WEBSOCKET_VERSION)
 }
 
 /// A header name folded the way lenient backends fold it: lower case, `_` and `.` as `-`.

@@ -22,6 +22,10 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// A signal that ends a long-lived stream (a WebSocket tunnel, an event stream) before its
+/// natural end. What it means is the caller's business (a session that ended).
+pub type Abort = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
 /// Idle connections a worker keeps to the upstream at most.
 const MAX_IDLE: usize = 256;
 
@@ -39,7 +43,12 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    pub fn new(settings: &ProxySettings, tls: rustls::ClientConfig) -> Result<Self, String> {
+    pub fn new(
+        settings: &ProxySettings,
+        tls: rustls::ClientConfig,
+        max_busy: usize,
+        queued: prometheus_client::metrics::counter::Counter,
+    ) -> Result<Self, String> {
         let u = &settings.upstream;
         let scheme: Scheme = u.scheme().parse().map_err(|_| "bad upstream scheme")?;
         let host = u.host_str().ok_or("upstream has no host")?;
@@ -58,7 +67,14 @@ impl Upstream {
             .build()
             .map_err(|e| e.to_string())?;
         Ok(Upstream {
-            pool: pool::Pool::new(connector, target, settings.idle_timeout, MAX_IDLE),
+            pool: pool::Pool::new(
+                connector,
+                target,
+                settings.idle_timeout,
+                MAX_IDLE,
+                max_busy,
+                queued,
+            ),
             host: HeaderValue::from_str(authority.as_str()).map_err(|e| e.to_string())?,
             prefix: u.path().trim_end_matches('/').to_owned(),
             timeout_ms: std::sync::atomic::AtomicU64::new(
@@ -87,15 +103,18 @@ impl Upstream {
     /// Forwards `req` and returns the upstream's response head with its body still streaming.
     ///
     /// `prepare` runs after hop-by-hop removal and `X-Forwarded-*`, so headers it writes (the
-    /// caller's identity) cannot be removed by a client naming them in `Connection`.
+    /// caller's identity) cannot be removed by a client naming them in `Connection`. `abort` is
+    /// asked, only for a long-lived response (a WebSocket tunnel, `text/event-stream`), for a
+    /// signal that ends it early.
     pub async fn forward(
         &self,
         mut req: Request<crate::RequestBody>,
         peer: Peer,
         prepare: impl FnOnce(&mut http::HeaderMap),
+        abort: impl FnOnce() -> Option<Abort>,
     ) -> Result<Response<UpstreamBody>, Error> {
-        let upgrade = headers::upgrade_protocol(req.headers());
-        let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+        let websocket = headers::is_websocket_handshake(req.method(), req.version(), req.headers());
+        let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
 
         let host = req.headers().get(header::HOST).cloned().or_else(|| {
             req.uri()
@@ -114,9 +133,11 @@ impl Upstream {
             (true, Some(client_host)) => h.insert(header::HOST, client_host),
             _ => h.insert(header::HOST, self.host.clone()),
         };
-        if let Some(proto) = &upgrade {
+        // Any other upgrade request goes on as plain HTTP: hop-by-hop removal has taken its
+        // `Upgrade`, `HTTP2-Settings` and `Connection` away.
+        if websocket {
             h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            h.insert(header::UPGRADE, proto.clone());
+            h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         }
 
         let timeout =
@@ -128,17 +149,30 @@ impl Upstream {
         };
 
         let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-        let resp_upgrade = resp.headers().get(header::UPGRADE).cloned();
+        let to_websocket = resp
+            .headers()
+            .get(header::UPGRADE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+        if switching && !(websocket && to_websocket) {
+            // A switch nobody asked for (or to another protocol): relaying it would tunnel.
+            resp.body_mut().detach();
+            return Err(Error::UpstreamUnavailable(pool::SendError::Protocol(
+                "the upstream switched protocols unasked",
+            )));
+        }
         headers::remove_hop_by_hop(resp.headers_mut());
-        if let (true, Some(client_upgrade), Some(proto)) = (switching, client_upgrade, resp_upgrade)
-        {
+        if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
             let h = resp.headers_mut();
             h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            h.insert(header::UPGRADE, proto);
+            h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
             // The connection now belongs to the tunnel.
             resp.body_mut().detach();
-            tokio::spawn(tunnel(client_upgrade, upstream_upgrade));
+            tokio::spawn(tunnel(client_upgrade, upstream_upgrade, abort()));
+        } else if is_event_stream(resp.headers()) {
+            if let Some(a) = abort() {
+                resp.body_mut().abort_on(a);
+            }
         }
         Ok(resp)
     }
@@ -167,9 +201,22 @@ impl Upstream {
     }
 }
 
+/// A response that streams events for as long as it lives (server-sent events).
+fn is_event_stream(h: &http::HeaderMap) -> bool {
+    h.get(header::CONTENT_TYPE).is_some_and(|v| {
+        v.as_bytes()
+            .get(..17)
+            .is_some_and(|p| p.eq_ignore_ascii_case(b"text/event-stream"))
+    })
+}
+
 /// Copies bytes both ways between the upgraded client and upstream connections until either
-/// side closes.
-async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+/// side closes, or `abort` fires (both connections are then closed).
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    abort: Option<Abort>,
+) {
     let (client, upstream) = match tokio::try_join!(client, upstream) {
         Ok(pair) => pair,
         Err(e) => {
@@ -179,7 +226,18 @@ async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnU
     };
     let mut client = TokioIo::new(client);
     let mut upstream = TokioIo::new(upstream);
-    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-        tracing::debug!(error = %e, "upgraded connection closed with an error");
+    let abort = async {
+        match abort {
+            Some(a) => a.await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        r = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "upgraded connection closed with an error");
+            }
+        }
+        _ = abort => tracing::debug!("tunnel closed: its session ended"),
     }
 }

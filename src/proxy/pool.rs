@@ -6,7 +6,9 @@
 //! pool keys, no hashing, no task spawned per request. hyper-util's general-purpose client did
 //! all three, which was the largest single item of the proxy's own CPU time (bench/README.md).
 //!
-//! Owns: connecting (through the shared TLS-capable connector), reuse, the idle timeout, and the
+//! Owns: connecting (through the shared TLS-capable connector), reuse, the idle timeout, the cap
+//! on connections in use (requests beyond it wait for one: many HTTP/2 streams of one client
+//! must not become as many upstream connections), and the
 //! one retry a request gets when a reused connection turns out to be closed before the request
 //! was sent. Knows nothing of headers or URIs beyond what it is handed.
 
@@ -32,6 +34,9 @@ pub enum SendError {
     Connect(#[source] BoxError),
     #[error("{0}")]
     Request(#[source] hyper::Error),
+    /// The upstream answered against the protocol (a 101 nobody asked for).
+    #[error("{0}")]
+    Protocol(&'static str),
 }
 
 /// Idle connections, newest last, each with the sweeper epoch it was handed back in.
@@ -61,6 +66,10 @@ pub struct Pool {
     idle_timeout: Duration,
     max_idle: usize,
     idle: Mutex<Idle>,
+    /// One permit per request in flight upstream. A new connection is only opened when no idle
+    /// one is left, so open connections never outnumber the permits.
+    busy: Arc<tokio::sync::Semaphore>,
+    queued: prometheus_client::metrics::counter::Counter,
 }
 
 impl Pool {
@@ -69,6 +78,8 @@ impl Pool {
         target: Uri,
         idle_timeout: Duration,
         max_idle: usize,
+        max_busy: usize,
+        queued: prometheus_client::metrics::counter::Counter,
     ) -> Arc<Self> {
         Arc::new(Pool {
             connector,
@@ -76,6 +87,8 @@ impl Pool {
             idle_timeout,
             max_idle,
             idle: Mutex::new(Idle::default()),
+            busy: Arc::new(tokio::sync::Semaphore::new(max_busy.max(1))),
+            queued,
         })
     }
 
@@ -85,6 +98,17 @@ impl Pool {
         self: &Arc<Self>,
         mut req: Request<RequestBody>,
     ) -> Result<Response<UpstreamBody>, SendError> {
+        let permit = match self.busy.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                self.queued.inc();
+                self.busy
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|e| SendError::Connect(Box::new(e)))?
+            }
+        };
         // A reused connection the upstream has just closed refuses the request unsent: try the
         // next one. A new connection gets no second chance.
         loop {
@@ -94,7 +118,7 @@ impl Pool {
                 None => (Box::pin(self.connect()).await?, true),
             };
             match sender.try_send_request(req).await {
-                Ok(resp) => return Ok(resp.map(|b| UpstreamBody::new(b, sender, self))),
+                Ok(resp) => return Ok(resp.map(|b| UpstreamBody::new(b, sender, self, permit))),
                 Err(mut e) => match e.take_message() {
                     Some(unsent) if !fresh => req = unsent,
                     _ => return Err(SendError::Request(e.into_error())),
@@ -198,20 +222,39 @@ pub struct UpstreamBody {
     inner: Incoming,
     conn: Option<(SendRequest<RequestBody>, Arc<Pool>)>,
     done: bool,
+    /// This request's place under the pool's cap, given back with the body.
+    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// Ends the body early when it fires (a long-lived stream whose reason to exist ended).
+    abort: Option<super::Abort>,
 }
 
 impl UpstreamBody {
-    fn new(inner: Incoming, sender: SendRequest<RequestBody>, pool: &Arc<Pool>) -> Self {
+    fn new(
+        inner: Incoming,
+        sender: SendRequest<RequestBody>,
+        pool: &Arc<Pool>,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) -> Self {
         UpstreamBody {
             inner,
             conn: Some((sender, pool.clone())),
             done: false,
+            _permit: Some(permit),
+            abort: None,
         }
     }
 
-    /// Keeps the connection out of the pool (it has been upgraded to another protocol).
+    /// Ends the body (cleanly, as if the upstream had finished) once `abort` fires; the
+    /// upstream connection is then closed rather than reused.
+    pub fn abort_on(&mut self, abort: super::Abort) {
+        self.abort = Some(abort);
+    }
+
+    /// Keeps the connection out of the pool (it has been upgraded to another protocol) and
+    /// out of its cap: a tunnel lives as long as its client connection, which is capped there.
     pub fn detach(&mut self) {
         self.conn = None;
+        self._permit = None;
     }
 }
 
@@ -234,6 +277,14 @@ impl http_body::Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
         let this = self.get_mut();
+        if let Some(abort) = this.abort.as_mut() {
+            if abort.as_mut().poll(cx).is_ready() {
+                this.abort = None;
+                this.conn = None;
+                this.done = true;
+                return Poll::Ready(None);
+            }
+        }
         let frame = Pin::new(&mut this.inner).poll_frame(cx);
         match &frame {
             Poll::Ready(None) => this.done = true,
@@ -244,7 +295,7 @@ impl http_body::Body for UpstreamBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.done || self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> http_body::SizeHint {

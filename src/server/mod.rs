@@ -1,25 +1,27 @@
 //! Accept loops: HTTP/1.1 and HTTP/2 (h2c by prior knowledge, h2 by ALPN over TLS) with
-//! upgrades, optional TLS, and a bounded graceful drain.
+//! upgrades, optional TLS, connection caps and deadlines (`limits`, `conn`), and a bounded
+//! graceful drain.
 //!
 //! Knows the handler it is given, not what it does. On shutdown the listener is dropped first
 //! (new connections are refused at once), then in-flight requests get `drain_timeout` to finish.
 
+mod conn;
+pub mod limits;
 pub mod tls;
 pub mod workers;
 
+use crate::metrics::Metrics;
 use crate::Body;
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_rustls::TlsAcceptor;
 
 /// Per-connection facts handed to the handler with each request.
 #[derive(Debug, Clone, Copy)]
@@ -37,12 +39,19 @@ pub struct ServeOptions {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Name used in logs ("public", "admin").
     pub name: &'static str,
+    /// Time a new connection gets for its first byte, and for its TLS handshake.
+    pub first_byte_timeout: Duration,
+    /// Time a client gets to send a complete request head (slowloris guard); on HTTP/1.1 the
+    /// wait for the next request of a kept-alive connection counts too.
+    pub header_read_timeout: Duration,
+    /// Time a connection with no request in flight is kept.
+    pub idle_timeout: Duration,
+    /// HTTP/2 pings on a quiet connection, and the time allowed for their answer.
+    pub http2_ping_interval: Option<Duration>,
+    /// Connection caps (public listener only).
+    pub limiter: Option<Arc<limits::ConnLimiter>>,
+    pub metrics: Option<Arc<Metrics>>,
 }
-
-/// Seconds a client gets to send a complete request head (slowloris guard).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-/// Seconds a client gets to finish the TLS handshake.
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves `listener` until `shutdown` turns true, then drains.
 pub async fn serve<H, F>(
@@ -58,16 +67,17 @@ pub async fn serve<H, F>(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(opts.header_read_timeout)
         .max_buf_size(opts.max_header_bytes);
     builder
         .http2()
         .timer(TokioTimer::new())
+        .keep_alive_interval(opts.http2_ping_interval)
+        .keep_alive_timeout(opts.http2_ping_interval.unwrap_or(Duration::from_secs(20)))
         .max_header_list_size(u32::try_from(opts.max_header_bytes).unwrap_or(u32::MAX));
     let builder = Arc::new(builder);
-    let acceptor = opts.tls.clone().map(TlsAcceptor::from);
-    let scheme = if acceptor.is_some() { "https" } else { "http" };
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let scheme = if opts.tls.is_some() { "https" } else { "http" };
+    let connections = tokio_util::task::TaskTracker::new();
 
     loop {
         let (stream, peer) = tokio::select! {
@@ -83,53 +93,36 @@ pub async fn serve<H, F>(
                 }
             },
         };
+        let permit = match &opts.limiter {
+            None => None,
+            Some(l) => match l.admit(peer.ip()) {
+                Ok(p) => Some(p),
+                // Closed at once: over a cap, a connection must not hold a descriptor.
+                Err(_) => continue,
+            },
+        };
         let _ = stream.set_nodelay(true);
         let info = ConnInfo { peer, scheme };
-        let handler = handler.clone();
-        let service = hyper::service::service_fn(move |req| {
-            let fut = handler(req, info);
-            async move { Ok::<_, Infallible>(fut.await) }
-        });
-        let builder = builder.clone();
-        let watcher = graceful.watcher();
-        let acceptor = acceptor.clone();
-        tokio::spawn(async move {
-            let result = match acceptor {
-                None => {
-                    let conn =
-                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    watcher.watch(conn.into_owned()).await
-                }
-                Some(acceptor) => {
-                    let tls =
-                        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream))
-                            .await
-                        {
-                            Ok(Ok(tls)) => tls,
-                            Ok(Err(e)) => {
-                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                                return;
-                            }
-                            Err(_) => return,
-                        };
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
-                    watcher.watch(conn.into_owned()).await
-                }
-            };
-            if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
-        });
+        connections.spawn(conn::serve_conn(
+            stream,
+            info,
+            permit,
+            builder.clone(),
+            handler.clone(),
+            opts.clone(),
+            shutdown.clone(),
+        ));
     }
 
     // Refuse new connections now; let the in-flight ones finish within the deadline.
     drop(listener);
+    connections.close();
     tracing::info!(
         listener = opts.name,
-        connections = graceful.count(),
+        connections = connections.len(),
         "draining"
     );
-    if tokio::time::timeout(opts.drain_timeout, graceful.shutdown())
+    if tokio::time::timeout(opts.drain_timeout, connections.wait())
         .await
         .is_err()
     {

@@ -65,14 +65,22 @@ impl AdminClient {
         path: &str,
         body: Option<Value>,
     ) -> Result<Value, AdminError> {
+        self.call_as(self.token.expose(), method, path, body).await
+    }
+
+    /// A call with another bearer than the admin token.
+    async fn call_as(
+        &self,
+        bearer: &str,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, AdminError> {
         let mut req = Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.base))
             .header(header::ACCEPT, "application/json")
-            .header(
-                header::AUTHORIZATION,
-                format!("Bearer {}", self.token.expose()),
-            );
+            .header(header::AUTHORIZATION, format!("Bearer {bearer}"));
         let payload = match body {
             Some(v) => {
                 req = req.header(header::CONTENT_TYPE, "application/json");
@@ -111,6 +119,21 @@ impl AdminClient {
             return Ok(Value::Null);
         }
         serde_json::from_slice(&bytes).map_err(|e| AdminError::Json(e.to_string()))
+    }
+
+    /// Whether the backend accepts `token`: `GET /users/info` with it, which any user may call.
+    /// `Ok(false)` only for the backend's own refusal (403 `Invalid token`); anything else it
+    /// cannot tell is an error.
+    pub async fn token_works(&self, token: &str) -> Result<bool, AdminError> {
+        match self.call_as(token, Method::GET, "/users/info", None).await {
+            Ok(_) => Ok(true),
+            Err(AdminError::Status { status, detail })
+                if status == StatusCode::FORBIDDEN && detail == "\"Invalid token\"" =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     pub async fn list_users(&self) -> Result<Vec<BackendUser>, AdminError> {

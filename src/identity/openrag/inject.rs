@@ -76,17 +76,74 @@ pub fn inject_headers(headers: &mut HeaderMap, carrier: Carrier, token: &str) {
     }
 }
 
-/// True when a token-mode backend refused the credential itself (403 `Invalid token` or
-/// `Missing token`, or a 401), as opposed to a permission decision on a valid user.
-pub fn is_token_refusal(status: u16, body: &[u8]) -> bool {
-    if status == 401 {
-        return true;
+/// Removes the injected `token` from the upstream's `Location` and `Content-Location`: a
+/// backend that redirects `/static?x` to `/static/?x&token=…` (a trailing-slash redirect keeps
+/// the query) would otherwise hand the user's token to the browser, its history and every
+/// `Referer`. A value the token still appears in after that (under another name) is dropped.
+pub fn scrub_token(headers: &mut HeaderMap, token: &str) {
+    for name in [header::LOCATION, header::CONTENT_LOCATION] {
+        let Some(value) = headers.get(&name) else {
+            continue;
+        };
+        let raw = String::from_utf8_lossy(value.as_bytes()).into_owned();
+        let encoded: String = form_urlencoded::byte_serialize(token.as_bytes()).collect();
+        if !raw.contains(token) && !raw.contains(&encoded) {
+            continue;
+        }
+        let cleaned = without_token(&raw, token);
+        match cleaned.and_then(|c| HeaderValue::from_str(&c).ok()) {
+            Some(v)
+                if !v
+                    .to_str()
+                    .is_ok_and(|c| c.contains(token) || c.contains(&encoded)) =>
+            {
+                headers.insert(&name, v);
+            }
+            _ => {
+                headers.remove(&name);
+            }
+        }
     }
+}
+
+/// `location` without the query pairs whose value is `token`.
+fn without_token(location: &str, token: &str) -> Option<String> {
+    let (before, fragment) = match location.split_once('#') {
+        Some((b, f)) => (b, Some(f)),
+        None => (location, None),
+    };
+    let (path, query) = before.split_once('?')?;
+    let mut q = form_urlencoded::Serializer::new(String::new());
+    let mut kept = 0;
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        if v != token {
+            q.append_pair(&k, &v);
+            kept += 1;
+        }
+    }
+    let mut out = path.to_owned();
+    if kept > 0 {
+        out.push('?');
+        out.push_str(&q.finish());
+    }
+    if let Some(f) = fragment {
+        out.push('#');
+        out.push_str(f);
+    }
+    Some(out)
+}
+
+/// True when a response looks like a token-mode backend refusing the token it was given: 403
+/// `{"detail":"Invalid token"}`, its middleware's answer (reference §5.2). A 401 is never that
+/// answer (Chainlit's own `Invalid authentication token`, a provider's refusal relayed by a
+/// route), nor is `Missing token` (the token was not where that path looks). Only a hint: the
+/// bridge confirms it with a probe before acting on it.
+pub fn is_token_refusal(status: u16, body: &[u8]) -> bool {
     status == 403
         && serde_json::from_slice::<serde_json::Value>(body)
             .ok()
             .and_then(|v| v.get("detail").and_then(|d| d.as_str()).map(str::to_owned))
-            .is_some_and(|d| d == "Invalid token" || d == "Missing token")
+            .is_some_and(|d| d == "Invalid token")
 }
 
 #[cfg(test)]
@@ -141,10 +198,41 @@ mod tests {
     }
 
     #[test]
+    fn an_injected_token_never_leaves_in_a_redirect() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::LOCATION,
+            HeaderValue::from_static("http://rag.example/static/?tab=1&token=or-abc"),
+        );
+        h.insert(
+            header::CONTENT_LOCATION,
+            HeaderValue::from_static("/static/x?token=or-abc#top"),
+        );
+        scrub_token(&mut h, "or-abc");
+        assert_eq!(h[header::LOCATION], "http://rag.example/static/?tab=1");
+        assert_eq!(h[header::CONTENT_LOCATION], "/static/x#top");
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::LOCATION,
+            HeaderValue::from_static("/login/or-abc/next"),
+        );
+        scrub_token(&mut h, "or-abc");
+        assert!(h.get(header::LOCATION).is_none(), "elsewhere: dropped");
+        let mut h = HeaderMap::new();
+        h.insert(header::LOCATION, HeaderValue::from_static("/static/?tab=1"));
+        scrub_token(&mut h, "or-abc");
+        assert_eq!(h[header::LOCATION], "/static/?tab=1", "untouched");
+    }
+
+    #[test]
     fn only_credential_refusals_count() {
         assert!(is_token_refusal(403, br#"{"detail":"Invalid token"}"#));
-        assert!(is_token_refusal(403, br#"{"detail":"Missing token"}"#));
-        assert!(is_token_refusal(401, b""));
+        assert!(!is_token_refusal(403, br#"{"detail":"Missing token"}"#));
+        assert!(!is_token_refusal(401, b""));
+        assert!(!is_token_refusal(
+            401,
+            br#"{"detail":"Invalid authentication token"}"#
+        ));
         assert!(!is_token_refusal(
             403,
             br#"{"detail":"Not a partition owner"}"#

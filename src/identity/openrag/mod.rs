@@ -51,7 +51,12 @@ pub struct OpenRagBridge {
     claim_mapping: Vec<ClaimMapping>,
     /// `sub` → backend user, rebuilt from `GET /users/` on a miss.
     users: Mutex<HashMap<String, BackendUser>>,
+    /// `sub` → when its token was last recovered (unix seconds): at most one per minute.
+    recovered: Mutex<HashMap<String, i64>>,
 }
+
+/// Seconds between two recoveries of one user's token.
+const RECOVERY_INTERVAL_SECS: i64 = 60;
 
 impl OpenRagBridge {
     pub fn new(
@@ -72,6 +77,7 @@ impl OpenRagBridge {
             auto_provision,
             claim_mapping,
             users: Mutex::default(),
+            recovered: Mutex::default(),
         }
     }
 
@@ -153,17 +159,52 @@ impl OpenRagBridge {
         })
     }
 
-    /// After the backend refused `stale`: a newer vault token (another replica's), else the
-    /// policy's answer. Called at most once per request by the router, so it cannot loop.
-    pub async fn recover(&self, sub: &str, stale: &str) -> Result<Resolved, BridgeError> {
+    /// After a response that looks like the backend refusing `stale`: a newer vault token
+    /// (another replica's), else — once a probe has confirmed that the backend refuses it, and
+    /// at most once a minute per user — the policy's answer. `None`: the token still works (the
+    /// response was some route's own answer) or cannot be judged now; nothing was changed.
+    /// Called at most once per request by the router, so it cannot loop.
+    pub async fn recover(&self, sub: &str, stale: &str) -> Result<Option<Resolved>, BridgeError> {
         // Read from Redis itself: this is exactly "what did another replica just write".
         let key = self.vault_key(sub);
         let sealed = self.store.get_fresh(&key).await?;
         if let Some(t) = sealed.as_deref().and_then(|b| self.open_vault(b)) {
             if t.expose() != stale {
                 let user_id = self.cached(sub).map(|u| u.id).unwrap_or_default();
-                return Ok(Resolved { user_id, token: t });
+                return Ok(Some(Resolved { user_id, token: t }));
             }
+        }
+        // A route may answer 403 "Invalid token" for its own reasons (a provider it calls):
+        // only the backend's verdict on the token itself counts.
+        match self.admin.token_works(stale).await {
+            Ok(false) => {}
+            Ok(true) => {
+                tracing::info!(
+                    sub,
+                    "a route refused the request, but the backend accepts the user's token: kept"
+                );
+                return Ok(None);
+            }
+            Err(e) => {
+                tracing::warn!(sub, error = %e, "cannot confirm a token refusal; the token is kept");
+                return Ok(None);
+            }
+        }
+        let now = crate::auth::oidc::now_unix();
+        {
+            let mut last = self.recovered.lock().unwrap_or_else(|p| p.into_inner());
+            if last
+                .get(sub)
+                .is_some_and(|t| now - t < RECOVERY_INTERVAL_SECS)
+            {
+                tracing::warn!(
+                    sub,
+                    "the backend refuses the user's token again within a minute; not recovering"
+                );
+                return Ok(None);
+            }
+            last.retain(|_, t| now - *t < RECOVERY_INTERVAL_SECS);
+            last.insert(sub.to_owned(), now);
         }
         // Only the entry holding the refused token goes: a newer one stored meanwhile stays.
         if let Some(b) = &sealed {
@@ -193,10 +234,10 @@ impl OpenRagBridge {
             user_id = user.id,
             "backend token recovered after a refusal"
         );
-        Ok(Resolved {
+        Ok(Some(Resolved {
             user_id: user.id,
             token,
-        })
+        }))
     }
 
     async fn token_by_policy(

@@ -54,14 +54,74 @@ fn malformed_connection_tokens_are_ignored() {
 }
 
 #[test]
-fn upgrade_is_detected_only_with_connection_upgrade() {
-    let h = map(&[
-        ("connection", "keep-alive, Upgrade"),
-        ("upgrade", "websocket"),
+fn only_a_valid_websocket_handshake_is_an_upgrade() {
+    use http::{Method, Version};
+    let key = ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==");
+    let version = ("sec-websocket-version", "13");
+    let ws = |extra: &[(&str, &str)]| {
+        let mut pairs = vec![
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "websocket"),
+            key,
+            version,
+        ];
+        pairs.extend_from_slice(extra);
+        map(&pairs)
+    };
+    assert!(is_websocket_handshake(
+        &Method::GET,
+        Version::HTTP_11,
+        &ws(&[])
+    ));
+    assert!(!is_websocket_handshake(
+        &Method::POST,
+        Version::HTTP_11,
+        &ws(&[])
+    ));
+    assert!(!is_websocket_handshake(
+        &Method::GET,
+        Version::HTTP_10,
+        &ws(&[])
+    ));
+    for bad in [
+        map(&[("upgrade", "websocket"), key, version]),
+        map(&[("connection", "upgrade"), ("upgrade", "h2c"), key, version]),
+        map(&[
+            ("connection", "upgrade, http2-settings"),
+            ("upgrade", "h2c"),
+            ("http2-settings", "AAMAAABkAAQAAP__"),
+        ]),
+        map(&[
+            ("connection", "upgrade"),
+            ("upgrade", "websocket, h2c"),
+            key,
+            version,
+        ]),
+        map(&[("connection", "upgrade"), ("upgrade", "websocket"), version]),
+        map(&[
+            ("connection", "upgrade"),
+            ("upgrade", "websocket"),
+            ("sec-websocket-key", "short"),
+            version,
+        ]),
+        map(&[("connection", "upgrade"), ("upgrade", "websocket"), key]),
+    ] {
+        assert!(
+            !is_websocket_handshake(&Method::GET, Version::HTTP_11, &bad),
+            "{bad:?}"
+        );
+    }
+    let mut h = map(&[
+        ("connection", "Upgrade, HTTP2-Settings"),
+        ("upgrade", "h2c"),
+        ("http2-settings", "x"),
+        ("x-kept", "1"),
     ]);
-    assert_eq!(upgrade_protocol(&h).unwrap(), "websocket");
-    let h = map(&[("upgrade", "websocket")]);
-    assert!(upgrade_protocol(&h).is_none());
+    remove_hop_by_hop(&mut h);
+    assert_eq!(
+        h.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
+        vec!["x-kept"]
+    );
 }
 
 #[test]

@@ -1,0 +1,124 @@
+//! `[connections]`: how long a client connection may stay silent or idle, how many the sidecar
+//! holds at once (in all, and per client address), how many it opens to the upstream, and how
+//! often live streams check that their session still exists — their TOML shape, defaults and
+//! validation. No I/O.
+
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// Raw `[connections]` keys (`SSO_SIDECAR_CONNECTIONS__…`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConnectionSettings {
+    /// Seconds a new connection gets to send its first byte (or finish its TLS handshake).
+    pub first_byte_timeout_secs: u64,
+    /// Seconds a client gets to send a complete request head.
+    pub header_read_timeout_secs: u64,
+    /// Seconds a connection with no request in flight is kept (HTTP/1.1 keep-alive and HTTP/2).
+    pub idle_timeout_secs: u64,
+    /// Seconds between HTTP/2 pings on a quiet connection; a peer that does not answer one
+    /// within the same time is disconnected. 0 = no pings.
+    pub http2_ping_interval_secs: u64,
+    /// Client connections held at once on the public listener; also bounded by the open-file
+    /// limit, minus a reserve for upstream, Redis and IdP connections.
+    pub max: usize,
+    /// Client connections held at once from one address (trusted proxies are exempt). 0 = no cap.
+    pub max_per_ip: usize,
+    /// Connections each worker opens to the upstream at once; requests beyond wait for one.
+    pub upstream_max_per_worker: usize,
+    /// Milliseconds between two checks that the sessions of live WebSocket tunnels and event
+    /// streams still exist; a revoked session's streams are closed at the next check.
+    pub revocation_check_ms: u64,
+}
+
+impl Default for ConnectionSettings {
+    fn default() -> Self {
+        ConnectionSettings {
+            first_byte_timeout_secs: 10,
+            header_read_timeout_secs: 30,
+            idle_timeout_secs: 60,
+            http2_ping_interval_secs: 20,
+            max: 10_000,
+            max_per_ip: 512,
+            upstream_max_per_worker: 256,
+            revocation_check_ms: 2000,
+        }
+    }
+}
+
+/// The validated `[connections]` settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    pub first_byte_timeout: Duration,
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub http2_ping_interval: Option<Duration>,
+    pub max: usize,
+    pub max_per_ip: Option<usize>,
+    pub upstream_max_per_worker: usize,
+    pub revocation_check: Duration,
+}
+
+impl ConnectionSettings {
+    pub fn validate(&self, problems: &mut Vec<String>) -> Option<ConnectionLimits> {
+        let before = problems.len();
+        for (name, v) in [
+            ("first_byte_timeout_secs", self.first_byte_timeout_secs),
+            ("header_read_timeout_secs", self.header_read_timeout_secs),
+            ("idle_timeout_secs", self.idle_timeout_secs),
+            ("max", self.max as u64),
+            (
+                "upstream_max_per_worker",
+                self.upstream_max_per_worker as u64,
+            ),
+        ] {
+            if v == 0 {
+                problems.push(format!("connections.{name} must be at least 1"));
+            }
+        }
+        if !(100..=60_000).contains(&self.revocation_check_ms) {
+            problems.push(format!(
+                "connections.revocation_check_ms must be between 100 and 60000, got {}",
+                self.revocation_check_ms
+            ));
+        }
+        if problems.len() > before {
+            return None;
+        }
+        Some(ConnectionLimits {
+            first_byte_timeout: Duration::from_secs(self.first_byte_timeout_secs),
+            header_read_timeout: Duration::from_secs(self.header_read_timeout_secs),
+            idle_timeout: Duration::from_secs(self.idle_timeout_secs),
+            http2_ping_interval: (self.http2_ping_interval_secs > 0)
+                .then(|| Duration::from_secs(self.http2_ping_interval_secs)),
+            max: self.max,
+            max_per_ip: (self.max_per_ip > 0).then_some(self.max_per_ip),
+            upstream_max_per_worker: self.upstream_max_per_worker,
+            revocation_check: Duration::from_millis(self.revocation_check_ms),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate_and_zeroes_are_refused() {
+        let mut problems = Vec::new();
+        let l = ConnectionSettings::default()
+            .validate(&mut problems)
+            .unwrap();
+        assert_eq!(l.first_byte_timeout, Duration::from_secs(10));
+        assert_eq!(l.max_per_ip, Some(512));
+        let bad = ConnectionSettings {
+            first_byte_timeout_secs: 0,
+            max: 0,
+            revocation_check_ms: 10,
+            ..Default::default()
+        };
+        assert!(bad.validate(&mut problems).is_none());
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(problems[0].contains("connections.first_byte_timeout_secs"));
+    }
+}

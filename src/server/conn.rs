@@ -1,0 +1,256 @@
+//! One client connection, from its first byte to its close: the first-bytes deadline (and the
+//! TLS handshake under the same deadline), HTTP/1.1 or HTTP/2 served by hyper, and a watchdog
+//! that closes the connection once no request has been in flight for the idle timeout — on
+//! HTTP/2 as on HTTP/1.1, where a client answering pings would otherwise be held forever.
+//!
+//! Knows the handler it is given, not what it does. Counts requests in flight per connection
+//! (a guard that lives until the response body is dropped); reads no clock per request.
+
+use super::limits::ConnPermit;
+use super::{ConnInfo, ServeOptions};
+use crate::Body;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+/// How long a connection closed for idleness gets to say goodbye (HTTP/2 GOAWAY and its ping)
+/// before it is dropped.
+const GOODBYE: Duration = Duration::from_secs(5);
+
+/// Serves one accepted connection until it closes, times out, or the server shuts down.
+pub(super) async fn serve_conn<H, F>(
+    stream: TcpStream,
+    info: ConnInfo,
+    permit: Option<ConnPermit>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    handler: H,
+    opts: ServeOptions,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    H: Fn(Request<Incoming>, ConnInfo) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    // A connection that never sends a byte must not hold a descriptor: hyper's own
+    // protocol detection would wait for it forever.
+    let mut first = [0u8; 1];
+    let arrived = tokio::select! {
+        r = tokio::time::timeout(opts.first_byte_timeout, stream.peek(&mut first)) => r,
+        _ = shutdown.changed() => return,
+    };
+    match arrived {
+        Ok(Ok(n)) if n > 0 => {}
+        Ok(_) => return,
+        Err(_) => {
+            if let Some(m) = &opts.metrics {
+                m.connection_timed_out("first_byte");
+            }
+            return;
+        }
+    }
+    let activity = Arc::new(Activity::default());
+    let tracked = activity.clone();
+    let service = hyper::service::service_fn(move |req| {
+        let guard = InFlight::new(&tracked);
+        let fut = handler(req, info);
+        async move {
+            let resp = fut.await;
+            Ok::<_, Infallible>(resp.map(|inner| Tracked {
+                inner,
+                _guard: guard,
+            }))
+        }
+    });
+    let io = Counted {
+        inner: stream,
+        _permit: permit,
+    };
+    let result = match &opts.tls {
+        None => {
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+            drive(conn, |c| c.graceful_shutdown(), &activity, &opts, shutdown).await
+        }
+        Some(config) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(config.clone());
+            let tls = match tokio::time::timeout(opts.first_byte_timeout, acceptor.accept(io)).await
+            {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::debug!(peer = %info.peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    if let Some(m) = &opts.metrics {
+                        m.connection_timed_out("first_byte");
+                    }
+                    return;
+                }
+            };
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+            drive(conn, |c| c.graceful_shutdown(), &activity, &opts, shutdown).await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(peer = %info.peer, error = %e, "connection ended with an error");
+    }
+}
+
+type ConnResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+/// Runs `conn` until it ends; asks it to close gracefully on shutdown or once it has been idle
+/// (no request in flight, none started or finished) for the idle timeout.
+async fn drive<C>(
+    conn: C,
+    close: impl Fn(Pin<&mut C>),
+    activity: &Activity,
+    opts: &ServeOptions,
+    mut shutdown: watch::Receiver<bool>,
+) -> ConnResult
+where
+    C: Future<Output = ConnResult>,
+{
+    let mut conn = std::pin::pin!(conn);
+    // Checked every half idle timeout; idle = two checks in a row that saw nothing happen, so a
+    // connection closes between 1 and 1.5 idle timeouts after its last request.
+    let period = (opts.idle_timeout / 2).max(Duration::from_millis(50));
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seen = activity.events.load(Ordering::Relaxed);
+    let mut quiet = 0u32;
+    let mut goodbye: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => return r,
+            _ = shutdown.changed(), if goodbye.is_none() => {
+                close(conn.as_mut());
+                // The server's own drain deadline bounds this one.
+                goodbye = Some(Box::pin(tokio::time::sleep(Duration::MAX / 4)));
+            }
+            _ = tick.tick(), if goodbye.is_none() => {
+                let now = activity.events.load(Ordering::Relaxed);
+                let busy = activity.in_flight.load(Ordering::Relaxed) > 0;
+                quiet = if busy || now != seen { 0 } else { quiet + 1 };
+                seen = now;
+                if quiet >= 2 {
+                    if let Some(m) = &opts.metrics {
+                        m.connection_timed_out("idle");
+                    }
+                    close(conn.as_mut());
+                    goodbye = Some(Box::pin(tokio::time::sleep(GOODBYE)));
+                }
+            }
+            _ = async { if let Some(g) = goodbye.as_mut() { g.await } }, if goodbye.is_some() => {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Requests of one connection: how many are in flight, and a count of starts and ends (the
+/// watchdog compares two readings of it instead of reading a clock per request).
+#[derive(Default)]
+struct Activity {
+    in_flight: AtomicUsize,
+    events: AtomicU64,
+}
+
+/// One request in flight, from its head to the end (or drop) of its response body.
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn new(a: &Arc<Activity>) -> Self {
+        a.in_flight.fetch_add(1, Ordering::Relaxed);
+        a.events.fetch_add(1, Ordering::Relaxed);
+        InFlight(a.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.events.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A response body that keeps its request counted as in flight until it is dropped.
+pub struct Tracked<B> {
+    inner: B,
+    _guard: InFlight,
+}
+
+impl<B: http_body::Body + Unpin> http_body::Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The connection's socket with its place under the connection caps: the permit goes wherever
+/// the socket goes (into a WebSocket tunnel after an upgrade) and is given back when it closes.
+struct Counted<S> {
+    inner: S,
+    _permit: Option<ConnPermit>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
