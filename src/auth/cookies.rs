@@ -75,8 +75,12 @@ impl CookieJar {
     pub fn get(&self, headers: &HeaderMap, name: &str) -> Option<String> {
         let mut found = None;
         for value in headers.get_all(header::COOKIE) {
-            let Ok(value) = value.to_str() else { continue };
-            for pair in value.split(';') {
+            // Pair by pair, not header by header: one cookie with a non-ASCII byte (another
+            // application's on this host) must not hide ours.
+            for pair in value.as_bytes().split(|&b| b == b';') {
+                let Ok(pair) = std::str::from_utf8(pair) else {
+                    continue;
+                };
                 let (raw_name, raw_value) = pair.split_once('=').unwrap_or((pair, ""));
                 let raw_name = raw_name.trim();
                 // Every request, and browsers send many cookies: a pair whose raw name is not
@@ -107,8 +111,10 @@ impl CookieJar {
 
     /// Whether a `Cookie` pair is one of the sidecar's own (names compared decoded, as `get`
     /// does: `sso%5Fsidecar%5Fsession` is ours too).
-    fn is_own(&self, pair: &str) -> bool {
-        let raw = pair.split('=').next().unwrap_or("").trim();
+    fn is_own(&self, pair: &[u8]) -> bool {
+        let raw = pair.split(|&b| b == b'=').next().unwrap_or_default();
+        let raw = String::from_utf8_lossy(raw);
+        let raw = raw.trim();
         let name = if raw.contains('%') {
             percent_encoding::percent_decode_str(raw).decode_utf8_lossy()
         } else {
@@ -124,15 +130,14 @@ impl CookieJar {
     }
 
     /// Removes the sidecar's own cookies from the `Cookie` header, so the upstream never sees
-    /// them; other cookies are kept byte for byte.
+    /// them; other cookies are kept byte for byte (non-ASCII ones too).
     pub fn strip(&self, headers: &mut HeaderMap) {
         let pairs = || {
             headers
                 .get_all(header::COOKIE)
                 .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(';'))
-                .map(str::trim)
+                .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
+                .map(<[u8]>::trim_ascii)
                 .filter(|pair| !pair.is_empty())
         };
         // The common cases, without rebuilding the header: none of ours, or only ours.
@@ -147,12 +152,12 @@ impl CookieJar {
         if !own {
             return;
         }
-        let kept: Vec<&str> = if other {
+        let kept: Vec<&[u8]> = if other {
             pairs().filter(|pair| !self.is_own(pair)).collect()
         } else {
             Vec::new()
         };
-        let rebuilt = (!kept.is_empty()).then(|| HeaderValue::from_str(&kept.join("; ")));
+        let rebuilt = (!kept.is_empty()).then(|| HeaderValue::from_bytes(&kept.join(&b"; "[..])));
         headers.remove(header::COOKIE);
         if let Some(Ok(v)) = rebuilt {
             headers.insert(header::COOKIE, v);
@@ -192,6 +197,30 @@ mod tests {
             h[header::COOKIE],
             "y=2",
             "unprefixed names are stripped too"
+        );
+    }
+
+    /// Found by fuzzing (`fuzz/corpus/cookie`): a `Cookie` header with one non-ASCII byte was
+    /// skipped whole, so the session in it was neither read (login loop) nor stripped (its id
+    /// went upstream), and a non-ASCII header next to ours was dropped by `strip`.
+    #[test]
+    fn a_non_ascii_cookie_neither_hides_nor_leaks_ours() {
+        let jar = CookieJar::new("sso_sidecar_session", false);
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_bytes(b"pref=caf\xc3\xa9; sso_sidecar_session=SID").unwrap(),
+        );
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_bytes(b"lang=\xe9t\xe9").unwrap(),
+        );
+        assert_eq!(jar.get(&h, "sso_sidecar_session").as_deref(), Some("SID"));
+        jar.strip(&mut h);
+        assert_eq!(h.get_all(header::COOKIE).iter().count(), 1);
+        assert_eq!(
+            h[header::COOKIE].as_bytes(),
+            b"pref=caf\xc3\xa9; lang=\xe9t\xe9"
         );
     }
 

@@ -26,7 +26,7 @@ use tokio::sync::watch;
 
 /// How long a connection closed for idleness gets to say goodbye (HTTP/2 GOAWAY and its ping)
 /// before it is dropped.
-const GOODBYE: Duration = Duration::from_secs(5);
+const GOODBYE: Duration = Duration::from_secs(1);
 
 /// Serves one accepted connection until it closes, times out, or the server shuts down.
 pub(super) async fn serve_conn<H, F>(

@@ -242,16 +242,16 @@ async fn logout_at_the_idp_reaches_replica_a_and_is_refused_on_replica_b() {
 
 // === with the mock IdP: forged logout tokens and RP-initiated logout =======================
 
-struct MockPair {
-    idp: MockIdp,
-    key: Key,
+pub(crate) struct MockPair {
+    pub(crate) idp: MockIdp,
+    pub(crate) key: Key,
     _redis: Redis,
     _up: Upstream,
-    a: OidcSidecar,
-    b: OidcSidecar,
+    pub(crate) a: OidcSidecar,
+    pub(crate) b: OidcSidecar,
 }
 
-async fn mock_pair(extra: &[(&str, &str)]) -> MockPair {
+pub(crate) async fn mock_pair(extra: &[(&str, &str)]) -> MockPair {
     let idp = MockIdp::start().await;
     let key = Key::new("k1");
     idp.set(|m| m.jwks = json!({"keys": [key.jwk()]}));
@@ -273,7 +273,7 @@ async fn mock_pair(extra: &[(&str, &str)]) -> MockPair {
     }
 }
 
-async fn mock_login(m: &MockPair, sc: &Sidecar, sub: &str, sid: &str) -> String {
+pub(crate) async fn mock_login(m: &MockPair, sc: &Sidecar, sub: &str, sid: &str) -> String {
     m.idp.login(&m.key, sc, sub, sid).await
 }
 
@@ -461,17 +461,65 @@ async fn rp_logout_redirects_to_the_idp_and_the_old_cookie_dies() {
     assert_eq!(r.status(), 403, "cross-site non-navigation logout");
     assert!(alive(sc, &cookie).await, "nothing revoked");
 
-    let r = get(
-        &sc.url("/auth/logout"),
-        &[
-            ("cookie", &session_header(&cookie)),
+    // Logout CSRF: a cross-site link, a same-site <img>, a client without Sec-Fetch-* get the
+    // confirmation page and end nothing.
+    for headers in [
+        vec![
             ("sec-fetch-site", "cross-site"),
             ("sec-fetch-mode", "navigate"),
         ],
-    )
+        vec![
+            ("sec-fetch-site", "same-site"),
+            ("sec-fetch-mode", "no-cors"),
+        ],
+        vec![],
+    ] {
+        let mut h = vec![("cookie", session_header(&cookie))];
+        h.extend(headers.iter().map(|(k, v)| (*k, v.to_string())));
+        let h: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let r = get(&sc.url("/auth/logout"), &h).await.unwrap();
+        assert_eq!(r.status(), 200, "{headers:?}");
+        let page = String::from_utf8_lossy(r.body());
+        assert!(
+            page.contains("<form method=\"post\" action=\"/auth/logout\">"),
+            "{page}"
+        );
+        assert!(alive(sc, &cookie).await, "nothing revoked by {headers:?}");
+    }
+    // The page's button, forged from another origin, is refused.
+    let own_origin = sc.url("");
+    for (origin, site) in [
+        ("https://evil.example", None),
+        ("https://evil.example", Some("cross-site")),
+        (own_origin.as_str(), Some("cross-site")),
+    ] {
+        let mut h = vec![
+            ("cookie", session_header(&cookie)),
+            ("origin", origin.to_string()),
+        ];
+        if let Some(site) = site {
+            h.push(("sec-fetch-site", site.to_string()));
+        }
+        let h: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let r = send(request("POST", &sc.url("/auth/logout"), &h, body("")))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403, "{origin} {site:?}");
+        assert!(alive(sc, &cookie).await, "nothing revoked");
+    }
+    let r = send(request(
+        "POST",
+        &sc.url("/auth/logout"),
+        &[
+            ("cookie", &session_header(&cookie)),
+            ("origin", &own_origin),
+            ("sec-fetch-site", "same-origin"),
+        ],
+        body(""),
+    ))
     .await
     .unwrap();
-    assert_eq!(r.status(), 302, "a top-level navigation is a user's choice");
+    assert_eq!(r.status(), 302, "the user's own confirmation logs out");
     let loc = url::Url::parse(&location(&r)).unwrap();
     assert_eq!(
         format!("{}{}", loc.origin().ascii_serialization(), loc.path()),

@@ -5,16 +5,19 @@
 
 mod cli;
 mod client_cache;
+mod hardening;
 mod lifecycle;
 mod mock_idp;
 mod oidc;
 mod oidc_negative;
 mod oidc_support;
 mod openrag;
+mod openrag_hardening;
 mod pool;
 mod proxy;
 mod redis_ha;
 mod reload;
+mod session_attacks;
 mod shutdown;
 mod streaming;
 mod support;

@@ -182,12 +182,25 @@ impl MockIdp {
         sub: &str,
         sid: &str,
     ) -> String {
+        self.login_named(key, sc, sub, sid, "").await
+    }
+
+    /// The same on a sidecar whose cookie names carry `prefix` (`__Host-` over https).
+    pub async fn login_named(
+        &self,
+        key: &Key,
+        sc: &crate::support::Sidecar,
+        sub: &str,
+        sid: &str,
+        prefix: &str,
+    ) -> String {
         use crate::oidc_support::{location, set_cookie, urlencode, CLIENT_ID};
         use crate::support::get;
         let r = get(&sc.url("/auth/login?next=/"), &[]).await.unwrap();
         let loc = url::Url::parse(&location(&r)).unwrap();
         let q: std::collections::HashMap<_, _> = loc.query_pairs().into_owned().collect();
-        let state_cookie = set_cookie(&r, "sso_sidecar_session_state").unwrap();
+        let state_name = format!("{prefix}sso_sidecar_session_state");
+        let state_cookie = set_cookie(&r, &state_name).unwrap();
         let now = sso_sidecar::auth::oidc::now_unix();
         let claims = json!({"iss": self.issuer(), "sub": sub, "aud": CLIENT_ID, "exp": now + 600, "iat": now, "nonce": q["nonce"], "sid": sid});
         let id_token = key.sign(&claims);
@@ -200,14 +213,11 @@ impl MockIdp {
         ));
         let cb = get(
             &callback,
-            &[(
-                "cookie",
-                &format!("sso_sidecar_session_state={state_cookie}"),
-            )],
+            &[("cookie", &format!("{state_name}={state_cookie}"))],
         )
         .await
         .unwrap();
         assert_eq!(cb.status(), 302, "{}", String::from_utf8_lossy(cb.body()));
-        set_cookie(&cb, "sso_sidecar_session").unwrap()
+        set_cookie(&cb, &format!("{prefix}sso_sidecar_session")).unwrap()
     }
 }

@@ -84,20 +84,20 @@ impl Drop for Backend {
     }
 }
 
-fn token(n: u8) -> String {
+pub(crate) fn token(n: u8) -> String {
     format!("or-{}", format!("{n:02x}").repeat(16))
 }
 
-struct World {
+pub(crate) struct World {
     idp: Idp,
-    _redis: Redis,
-    backend: Backend,
-    sc: OidcSidecar,
+    pub(crate) _redis: Redis,
+    pub(crate) backend: Backend,
+    pub(crate) sc: OidcSidecar,
     _dir: tempfile::TempDir,
 }
 
 /// `users` seed the backend; `files` is the token file (sub → token); `env` tunes the sidecar.
-async fn world(users: Value, files: Value, env: &[(&str, &str)]) -> World {
+pub(crate) async fn world(users: Value, files: Value, env: &[(&str, &str)]) -> World {
     let port = free_port();
     let idp = Idp::start(
         0,
@@ -132,7 +132,7 @@ async fn world(users: Value, files: Value, env: &[(&str, &str)]) -> World {
     }
 }
 
-fn seeded(sub: &str, tok: Option<&str>) -> Value {
+pub(crate) fn seeded(sub: &str, tok: Option<&str>) -> Value {
     json!({"display_name": format!("Seeded {sub}"), "external_user_id": sub, "email": format!("{sub}@old.example"), "is_admin": false, "token": tok})
 }
 

@@ -145,6 +145,12 @@ impl Sidecar {
 
     /// Starts the sidecar and returns once it listens, ready or not.
     pub async fn start_without_readiness(env: &[(&str, &str)]) -> Sidecar {
+        Self::start_under(&[], env).await
+    }
+
+    /// Starts the sidecar through `prefix` (a wrapper such as `prlimit --nofile=1024`), once
+    /// it listens.
+    pub async fn start_under(prefix: &[&str], env: &[(&str, &str)]) -> Sidecar {
         let dir = tempfile::tempdir().unwrap();
         let mut all: Vec<(&str, &str)> = vec![
             ("SSO_SIDECAR_LISTEN", "127.0.0.1:0"),
@@ -152,7 +158,19 @@ impl Sidecar {
             ("RUST_LOG", "info"),
         ];
         all.extend_from_slice(env);
-        let mut child = sidecar_command(dir.path(), &all)
+        let mut cmd = sidecar_command(dir.path(), &all);
+        if let Some((wrapper, args)) = prefix.split_first() {
+            let bin = cmd.get_program().to_owned();
+            let mut wrapped = Command::new(wrapper);
+            wrapped
+                .args(args)
+                .arg(bin)
+                .env_clear()
+                .current_dir(dir.path())
+                .envs(cmd.get_envs().filter_map(|(k, v)| Some((k, v?))));
+            cmd = wrapped;
+        }
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -23,13 +23,19 @@ Reproduces /work/shared/reference/openrag-auth-behaviour.md §5 and §6 (token m
     /assets/*. The four /auth flow routes answer 400 (AUTH_MODE is not 'oidc').
   * The users admin API of §6.1 (GET/POST /users/, GET /users/info, GET/PATCH/DELETE /users/{id},
     POST /users/{id}/regenerate_token), plus GET /auth/me and POST/DELETE /auth/chainlit-session.
+  * /static itself (no trailing slash), once authenticated, answers what Starlette's redirect_slashes
+    answers for OpenRag's StaticFiles mount: 307, Location <scheme>://<Host>/static/?<query>, the query
+    kept as sent (so with the token parameter in it).
   * Every other path (authenticated, or public) answers 200 with a JSON echo: path, raw_path, method,
     query, user, auth_via ("bearer" | "query" | "cookie" | null), auth_cookie, headers (lower-cased
     name -> [values]), cookies (cookie NAMES, in order, duplicates kept), body_length, body_sha256,
     body (first 4 KiB), client_ip, public.
   * --test-hooks adds (no auth; not OpenRag): GET /__test/users (every user with token_sha256),
     GET /__test/requests (total, by_path counts, the last 50 {method, path, status, auth_via, user_id}),
-    DELETE /__test/requests (reset the log).
+    DELETE /__test/requests (reset the log). And one AUTHENTICATED hook (the token is checked and the
+    request logged as on any route): GET /__test/refuse/<code>?detail=D answers <code> {"detail": D},
+    a route refusing a valid user for its own reasons (Chainlit's 401 "Invalid authentication token",
+    a 403 "Invalid token" relayed from a provider). Without --test-hooks these paths are echoed.
   * --auth-failure-limit N (default 0 = off) emulates RATE_LIMIT_AUTH_FAILURE: after N failed
     authentications in 60 s from one client IP, every non-public request from it gets 429.
   * --conflict-status: a duplicate external_user_id/email gives 409 (default) or 500, the generic
@@ -64,6 +70,7 @@ AUTH_FLOW_ROUTES = {  # answer 400 in token mode (the AUTH_MODE gate of §2)
 }
 AUTH_MODE_GATE = "AUTH_MODE is not 'oidc' \u2014 authentication routes are disabled."
 INSECURE_EXAMPLES = {"sk-or-change-me", "change-me-the-secret-from-step-1", "test-admin-token", "__generate_me__"}
+REFUSE_HOOK = "/__test/refuse/"
 EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 INT_RE = re.compile(r"^\s*[+-]?\d+\s*$")
 MAX_DISPLAY_NAME = 255
@@ -471,7 +478,7 @@ class Handler(BaseHTTPRequestHandler):
         ctx = {"raw_path": raw_path, "path": path, "query": parts.query, "body_len": body_len,
                "body_sha": body_sha, "body": body_head}
         cfg = self.server.cfg
-        if cfg.test_hooks and path.startswith("/__test/"):
+        if cfg.test_hooks and path.startswith("/__test/") and not path.startswith(REFUSE_HOOK):
             return self.test_hook(path)
         entry = {"method": self.command, "path": path, "status": None, "auth_via": None, "user_id": None}
         try:
@@ -571,7 +578,26 @@ class Handler(BaseHTTPRequestHandler):
             return self.method_not_allowed(["POST", "DELETE"])
         if path == "/users" or path.startswith("/users/"):
             return self.users_api(ctx, user)
+        if path == "/static":  # the StaticFiles mount matches /static/...: redirect_slashes answers
+            return 307, None, [("Location", self.slash_redirect(ctx))]
+        if self.server.cfg.test_hooks and path.startswith(REFUSE_HOOK):
+            return self.refuse(path[len(REFUSE_HOOK):], ctx["query"])
         return 200, self.echo(ctx, user, via, cookie), []
+
+    def refuse(self, code, query):
+        """GET /__test/refuse/<code>?detail=D, after a successful authentication (--test-hooks)."""
+        if self.command not in ("GET", "HEAD"):
+            return self.method_not_allowed(["GET", "HEAD"])
+        if not (code.isdigit() and 400 <= int(code) <= 599):
+            return 404, {"detail": "Not Found"}, []
+        return int(code), {"detail": parse_qs(query).get("detail", ["Refused"])[0]}, []
+
+    def slash_redirect(self, ctx):
+        """Starlette's redirect_slashes target: the same URL (query kept) with the trailing slash toggled."""
+        raw = ctx["raw_path"]
+        raw = raw[:-1] if raw.endswith("/") else raw + "/"
+        host = self.header("Host") or f"127.0.0.1:{self.server.server_address[1]}"
+        return f"{self.scheme()}://{host}{raw}" + (f"?{ctx['query']}" if ctx["query"] else "")
 
     def method_not_allowed(self, allowed):
         return 405, {"detail": "Method Not Allowed"}, [("Allow", ", ".join(allowed))]
@@ -615,11 +641,7 @@ class Handler(BaseHTTPRequestHandler):
         # Starlette's redirect_slashes: 307 to the same URL with the trailing slash toggled.
         other = path[:-1] if path.endswith("/") else path + "/"
         if any(rx.match(other) for _, rx, _ in self.USER_ROUTES):
-            raw = ctx["raw_path"]
-            raw = raw[:-1] if raw.endswith("/") else raw + "/"
-            host = self.header("Host") or f"127.0.0.1:{self.server.server_address[1]}"
-            location = f"{self.scheme()}://{host}{raw}" + (f"?{ctx['query']}" if ctx["query"] else "")
-            return 307, None, [("Location", location)]
+            return 307, None, [("Location", self.slash_redirect(ctx))]
         return 404, {"detail": "Not Found"}, []
 
     def require_admin(self, user):

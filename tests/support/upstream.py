@@ -9,10 +9,15 @@ Binds 127.0.0.1 on the given port (0 = a free one), prints "READY <port>" on std
   GET  /slow?ms=M        answers after M ms
   GET  /status?code=C    answers with status C
   GET  /ws               WebSocket echo (text and binary frames)
+  GET  /switch           101 Switching Protocols (Upgrade: h2c) whatever was asked
+  GET  /__conns          {"connections": N}: TCP connections accepted so far
+  any request with an Upgrade other than websocket: 101, then every byte the client sends
+                         afterwards is answered as "HTTP/1.1 200" with body "TUNNELLED <bytes>"
+                         (what an h2c-accepting backend would let through)
   anything else          like /echo
 Options: --port P, --tls CERT KEY (serve https).
 """
-import base64, hashlib, json, socket, ssl, struct, sys, time
+import base64, hashlib, json, socket, ssl, struct, sys, threading, time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit, parse_qs
 
@@ -21,6 +26,13 @@ WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    connections = 0
+    lock = threading.Lock()
+
+    def setup(self):
+        with Handler.lock:
+            Handler.connections += 1
+        super().setup()
 
     def log_message(self, *args):  # keep test output quiet
         pass
@@ -115,6 +127,18 @@ class Handler(BaseHTTPRequestHandler):
             return self.send_json({"status": int(q["code"])}, status=int(q["code"]))
         if path == "/ws" and self.headers.get("Upgrade", "").lower() == "websocket":
             return self.websocket()
+        if path == "/__conns":
+            return self.send_json({"connections": Handler.connections})
+        if path == "/switch":
+            self.send_response(101)
+            self.send_header("Upgrade", "h2c")
+            self.send_header("Connection", "Upgrade")
+            self.end_headers()
+            self.close_connection = True
+            return
+        upgrade = self.headers.get("Upgrade", "")
+        if upgrade and upgrade.lower() != "websocket":
+            return self.any_upgrade(upgrade)
         n, body = self.read_body()
         headers = {}
         for k, v in self.headers.items():
@@ -127,6 +151,18 @@ class Handler(BaseHTTPRequestHandler):
             "body_len": n,
             "body": body[:4096].decode("utf-8", "replace"),
         })
+
+    def any_upgrade(self, proto):
+        self.send_response(101)
+        self.send_header("Upgrade", proto)
+        self.send_header("Connection", "Upgrade")
+        self.end_headers()
+        self.wfile.flush()
+        data = self.connection.recv(65536)
+        body = b"TUNNELLED " + data
+        self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        self.wfile.flush()
+        self.close_connection = True
 
     def websocket(self):
         key = self.headers["Sec-WebSocket-Key"].encode()

@@ -1,0 +1,427 @@
+//! The door under attack: silent and idle connections, connection floods under a lowered
+//! open-file limit, smuggled upgrades (h2c), path tricks other backends resolve, `CONNECT` and
+//! `Host` games, oversized `next`, the headers of the sidecar's own pages, and one HTTP/2 client
+//! trying to open an upstream connection per stream. Each test reproduces the attack on the
+//! real binary; the figures they print are the ones quoted in the closing note.
+
+use crate::mock_idp::{Key, MockIdp};
+use crate::oidc_support::*;
+use crate::support::*;
+use serde_json::json;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+/// Writes `raw` on a new connection from `from` and reads until the peer closes (or 5 s).
+async fn exchange_from(from: &str, to: SocketAddr, raw: &[u8]) -> String {
+    let sock = TcpSocket::new_v4().unwrap();
+    sock.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    let mut s = sock.connect(to).await.unwrap();
+    s.write_all(raw).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn exchange(to: SocketAddr, raw: &[u8]) -> String {
+    exchange_from("127.0.0.1", to, raw).await
+}
+
+/// Reads one HTTP/1.1 response (head and a `Content-Length` body) from `s`.
+async fn read_response(s: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&out).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length = text[..end]
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse::<usize>().ok())?
+                })
+                .unwrap_or(0);
+            if out.len() >= end + 4 + length {
+                return text;
+            }
+        }
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("a response within 5 s")
+            .unwrap();
+        if n == 0 {
+            return String::from_utf8_lossy(&out).into_owned();
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+}
+fn status_of(response: &str) -> &str {
+    response.split(' ').nth(1).unwrap_or("")
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+async fn metrics(sc: &Sidecar) -> String {
+    String::from_utf8_lossy(get(&sc.admin_url("/metrics"), &[]).await.unwrap().body()).into_owned()
+}
+
+/// This test process needs thousands of sockets of its own.
+fn raise_own_fd_limit() {
+    let n = rlimit::increase_nofile_limit(u64::MAX).unwrap();
+    assert!(
+        n >= 8192,
+        "the tests need `ulimit -n` of at least 8192 (hard limit {n})"
+    );
+}
+
+/// Whether the peer has closed `s` (EOF or reset), without waiting.
+fn closed(s: &TcpStream) -> bool {
+    let mut buf = [0u8; 64];
+    match s.try_read(&mut buf) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+    }
+}
+
+#[tokio::test]
+async fn silent_and_idle_connections_are_closed_by_their_deadlines() {
+    raise_own_fd_limit();
+    let up = Upstream::start();
+    let sc = Sidecar::start(&[
+        ("SSO_SIDECAR_UPSTREAM", &up.url()),
+        ("SSO_SIDECAR_CONNECTIONS__FIRST_BYTE_TIMEOUT_SECS", "1"),
+        ("SSO_SIDECAR_CONNECTIONS__IDLE_TIMEOUT_SECS", "2"),
+        // Only the idle deadline may close the HTTP/2 connections below (they answer no ping).
+        ("SSO_SIDECAR_CONNECTIONS__HTTP2_PING_INTERVAL_SECS", "0"),
+        ("SSO_SIDECAR_CONNECTIONS__MAX_PER_IP", "0"),
+    ])
+    .await;
+    let start = Instant::now();
+    let mut silent = Vec::new();
+    for _ in 0..3000 {
+        silent.push(TcpStream::connect(sc.addr).await.unwrap());
+    }
+    // h2c by prior knowledge: the preface and an empty SETTINGS frame, then nothing.
+    let mut idle_h2 = Vec::new();
+    for _ in 0..300 {
+        let mut s = TcpStream::connect(sc.addr).await.unwrap();
+        s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+            .await
+            .unwrap();
+        idle_h2.push(s);
+    }
+    let opened = Instant::now();
+    wait_until(
+        "the silent connections to be closed",
+        Duration::from_secs(15),
+        || silent.iter().all(closed),
+    )
+    .await;
+    let silent_closed_after = opened.elapsed();
+    wait_until(
+        "the idle HTTP/2 connections to be closed",
+        Duration::from_secs(15),
+        || idle_h2.iter().all(closed),
+    )
+    .await;
+    let idle_closed_after = opened.elapsed();
+    println!(
+        "FIGURE silent sockets: 3000 opened in {:?}, all closed {:?} after (deadline 1 s), 0 held; \
+         300 idle h2c connections closed {:?} after (idle deadline 2 s)",
+        opened - start,
+        silent_closed_after,
+        idle_closed_after
+    );
+    assert!(
+        idle_closed_after >= Duration::from_secs(2),
+        "not before the idle deadline: {idle_closed_after:?}"
+    );
+    let m = metrics(&sc).await;
+    assert!(
+        metric(
+            &m,
+            "sso_sidecar_connections_timed_out_total{reason=\"first_byte\"}"
+        ) >= 3000.0,
+        "{m}"
+    );
+    assert!(
+        metric(
+            &m,
+            "sso_sidecar_connections_timed_out_total{reason=\"idle\"}"
+        ) >= 300.0
+    );
+    let r = get(&sc.url("/echo/after"), &[]).await.unwrap();
+    assert_eq!(r.status(), 200, "the listener still serves");
+}
+
+#[tokio::test]
+async fn legitimate_clients_are_served_while_an_attacker_holds_connections() {
+    raise_own_fd_limit();
+    let up = Upstream::start();
+    // A common container limit; the sidecar cannot raise a hard limit of 1024.
+    let sc = Sidecar::start_under(
+        &["prlimit", "--nofile=1024:1024"],
+        &[("SSO_SIDECAR_UPSTREAM", &up.url())],
+    )
+    .await;
+    assert!(
+        sc.output()
+            .contains("the open-file limit caps client connections"),
+        "{}",
+        sc.output()
+    );
+    // The attacker (127.0.0.1) opens 1,100 connections and keeps each one busy enough to pass
+    // the first-byte deadline: one byte of a request head, then nothing.
+    let mut held = Vec::new();
+    for _ in 0..1100 {
+        let mut s = TcpStream::connect(sc.addr).await.unwrap();
+        let _ = s.write_all(b"G").await;
+        held.push(s);
+    }
+    // Legitimate clients come from another address while the attacker holds on.
+    let mut ok = 0;
+    for i in 0..100 {
+        let raw = format!("GET /echo/legit/{i} HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n");
+        let r = exchange_from("127.0.0.2", sc.addr, raw.as_bytes()).await;
+        if status_of(&r) == "200" {
+            ok += 1;
+        }
+    }
+    let open = held.iter().filter(|s| !closed(s)).count();
+    println!(
+        "FIGURE fd limit 1024: attacker holds {open} of 1100 connections, legitimate success {ok}/100"
+    );
+    assert_eq!(ok, 100, "every legitimate request succeeds");
+    assert!(open <= 512, "the per-address cap holds: {open}");
+    let m = metrics(&sc).await;
+    assert!(
+        metric(
+            &m,
+            "sso_sidecar_connections_refused_total{reason=\"max_connections_per_ip\"}"
+        ) >= 500.0,
+        "{m}"
+    );
+    assert!(sc
+        .output()
+        .contains("connections refused: a connection cap is reached"));
+}
+
+/// A sidecar in OIDC mode (headers identity) in front of the test upstream, with a mock IdP.
+async fn oidc_world(extra: &[(&str, &str)]) -> (MockIdp, Upstream, OidcSidecar) {
+    let idp = MockIdp::start().await;
+    idp.set(|m| m.jwks = json!({"keys": [Key::new("k1").jwk()]}));
+    let up = Upstream::start();
+    let sc = start_oidc_sidecar(free_port(), &idp.issuer(), &up.url(), extra).await;
+    (idp, up, sc)
+}
+
+#[tokio::test]
+async fn only_a_websocket_handshake_is_tunnelled() {
+    let (_idp, _up, sc) = oidc_world(&[]).await;
+    let sc = &sc.sidecar;
+    // The review's attack: an h2c upgrade on a public path, then a request inside the tunnel
+    // claiming to be admin.
+    let mut s = TcpStream::connect(sc.addr).await.unwrap();
+    s.write_all(
+        b"GET /assets/x HTTP/1.1\r\nHost: app\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+          Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let first = read_response(&mut s).await;
+    assert_eq!(status_of(&first), "200", "answered as plain HTTP: {first}");
+    let echoed = first.to_ascii_lowercase();
+    assert!(
+        !echoed.contains("\"upgrade\"") && !echoed.contains("http2-settings"),
+        "the upstream saw no upgrade: {first}"
+    );
+    s.write_all(b"GET /echo/inside HTTP/1.1\r\nHost: app\r\nX-Forwarded-User: admin\r\n\r\n")
+        .await
+        .unwrap();
+    let second = read_response(&mut s).await;
+    assert!(!second.contains("TUNNELLED"), "no tunnel: {second}");
+    assert_eq!(
+        status_of(&second),
+        "401",
+        "the next request goes through the gate: {second}"
+    );
+
+    // An upstream that switches protocols unasked is not relayed.
+    let r = exchange(
+        sc.addr,
+        b"GET /assets/../x HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&r), "400");
+    let r = exchange(
+        sc.addr,
+        b"GET /switch HTTP/1.1\r\nHost: app\r\nAuthorization: Bearer x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&r), "502", "{r}");
+}
+
+#[tokio::test]
+async fn traversal_forms_other_backends_resolve_are_refused() {
+    let (_idp, _up, sc) = oidc_world(&[]).await;
+    let sc = &sc.sidecar;
+    for path in [
+        "/assets/..;/v1/models",
+        "/assets/..;jsessionid=x/v1/models",
+        "/assets/%252e%252e/v1/models",
+        "/assets/%252E%252E%252Fv1/models",
+        "/assets/%c0%ae%c0%ae/v1/models",
+        "/assets/%c0%ae%c0%ae%c0%afv1/models",
+        "/assets/%e0%80%ae%e0%80%ae/v1/models",
+        "/assets/%u002e%u002e/v1/models",
+        "/assets/..%255c..%255cv1/models",
+    ] {
+        let raw = format!("GET {path} HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n");
+        let r = exchange(sc.addr, raw.as_bytes()).await;
+        assert_eq!(status_of(&r), "400", "{path}: {r}");
+        assert!(r.contains("Invalid request path"), "{path}: {r}");
+    }
+    // Ordinary public paths still pass.
+    let r = get(&sc.url("/assets/app.js"), &[]).await.unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn connect_and_host_games_are_refused() {
+    let up = Upstream::start();
+    let token = Sidecar::start(&[("SSO_SIDECAR_UPSTREAM", &up.url())]).await;
+    let idp = MockIdp::start().await;
+    idp.set(|m| m.jwks = json!({"keys": [Key::new("k1").jwk()]}));
+    let oidc = start_oidc_sidecar(free_port(), &idp.issuer(), &up.url(), &[]).await;
+    for sc in [&token, &oidc.sidecar] {
+        let before = json(&get(&format!("{}/__conns", up.url()), &[]).await.unwrap());
+        let r = exchange(
+            sc.addr,
+            b"CONNECT 127.0.0.1:22 HTTP/1.1\r\nHost: 127.0.0.1:22\r\nAuthorization: Bearer x\r\n\r\n",
+        )
+        .await;
+        assert_eq!(status_of(&r), "405", "{r}");
+        let r = exchange(
+            sc.addr,
+            b"GET /assets/a HTTP/1.1\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert_eq!(status_of(&r), "400", "no Host: {r}");
+        let r = exchange(
+            sc.addr,
+            b"GET /assets/a HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert_eq!(status_of(&r), "400", "two Hosts: {r}");
+        let after = json(&get(&format!("{}/__conns", up.url()), &[]).await.unwrap());
+        assert_eq!(
+            after["connections"].as_u64().unwrap(),
+            before["connections"].as_u64().unwrap() + 1,
+            "nothing but our own /__conns reached the upstream"
+        );
+    }
+    let r = exchange(token.addr, b"GET /echo/old HTTP/1.0\r\n\r\n").await;
+    assert_eq!(status_of(&r), "200", "HTTP/1.0 needs no Host: {r}");
+}
+
+#[tokio::test]
+async fn own_pages_carry_security_headers_and_an_overlong_next_is_dropped() {
+    let (_idp, _up, sc) = oidc_world(&[]).await;
+    let sc = &sc.sidecar;
+    for (path, headers) in [
+        ("/v1/x", vec![("accept", "text/html")]),
+        ("/v1/x", vec![]),
+        ("/auth/logout", vec![("accept", "text/html")]),
+    ] {
+        let r = get(&sc.url(path), &headers).await.unwrap();
+        let h = r.headers();
+        assert_eq!(h["x-content-type-options"], "nosniff", "{path}");
+        assert_eq!(h["referrer-policy"], "no-referrer", "{path}");
+        assert_eq!(
+            h["content-security-policy"],
+            "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
+            "{path}"
+        );
+    }
+    let long = format!("/{}", "a".repeat(20 * 1024));
+    let r = get(&sc.url(&format!("/auth/login?next={long}")), &[])
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 302);
+    let cookie = r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.len())
+        .max()
+        .unwrap();
+    assert!(
+        cookie < 4096,
+        "the state cookie fits in a browser: {cookie} bytes"
+    );
+}
+
+#[tokio::test]
+async fn many_http2_streams_share_a_few_upstream_connections() {
+    let up = Upstream::start();
+    let sc = Sidecar::start(&[
+        ("SSO_SIDECAR_UPSTREAM", &up.url()),
+        ("SSO_SIDECAR_WORKERS", "1"),
+        ("SSO_SIDECAR_CONNECTIONS__UPSTREAM_MAX_PER_WORKER", "8"),
+    ])
+    .await;
+    let conns = || async {
+        json(&get(&format!("{}/__conns", up.url()), &[]).await.unwrap())["connections"]
+            .as_u64()
+            .unwrap()
+    };
+    let before = conns().await;
+    // One client connection, 150 concurrent streams on it.
+    let io = hyper_util::rt::TokioIo::new(TcpStream::connect(sc.addr).await.unwrap());
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let mut tasks = Vec::new();
+    for i in 0..150 {
+        let mut c = sender.clone();
+        let req = http::Request::builder()
+            .uri(format!("http://{}/slow?ms=200&i={i}", sc.addr))
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        tasks.push(tokio::spawn(async move {
+            let r = c.send_request(req).await.unwrap();
+            let status = r.status();
+            // Read to the end: a body dropped early closes its upstream connection.
+            http_body_util::BodyExt::collect(r.into_body())
+                .await
+                .unwrap();
+            status
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    let opened = conns().await - before - 1;
+    println!("FIGURE 150 HTTP/2 streams of one client: {opened} upstream connections (cap 8)");
+    let m = metrics(&sc).await;
+    assert!(
+        opened <= 8,
+        "{opened} upstream connections: {m}\n{}",
+        sc.output()
+    );
+    assert!(
+        metric(&m, "sso_sidecar_upstream_queued_total") >= 1.0,
+        "{m}"
+    );
+}

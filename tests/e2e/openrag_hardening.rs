@@ -1,0 +1,260 @@
+//! Two attacks on the OpenRag identity bridge, end to end (the real IdP, redis-server and the
+//! stand-in backend of tests/support/openrag_backend.py, through `openrag::world`):
+//!
+//! * A route's own refusal taken for the backend refusing the user's token. Chainlit answers 401
+//!   "Invalid authentication token", a route relaying a provider may answer 403 "Invalid token":
+//!   if the sidecar took either as a dead token it would regenerate it (every other session and
+//!   script of that user breaks) or, with `token_policy = deny`, drop it from the vault and lock
+//!   the user out — at will of whoever can make a route answer that. Only the backend's 403
+//!   "Invalid token", confirmed by a `GET /users/info` probe with the token, counts; and a user's
+//!   token is recovered at most once a minute, so a token revoked again and again cannot make
+//!   the sidecar regenerate in a loop. The stand-in's `/__test/refuse/<code>` hook plays the route.
+//! * The injected token leaking through a redirect: OpenRag's `/static` mount redirects `/static`
+//!   to `/static/` keeping the query, which holds the token the sidecar injected there.
+
+use crate::oidc_support::*;
+use crate::openrag::{seeded, token, world, Backend};
+use crate::support::*;
+use serde_json::{json, Value};
+
+async fn reset_log(backend: &Backend) {
+    let r = send(request(
+        "DELETE",
+        &format!("{}/__test/requests", backend.url()),
+        &[],
+        body(""),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 204);
+}
+
+/// The entries of the backend's request log whose path satisfies `pick`.
+async fn logged(backend: &Backend, pick: impl Fn(&str) -> bool) -> Vec<Value> {
+    backend.requests().await["last"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| pick(e["path"].as_str().unwrap_or_default()))
+        .cloned()
+        .collect()
+}
+
+fn regenerations(path: &str) -> bool {
+    path.ends_with("/regenerate_token")
+}
+
+async fn token_sha(backend: &Backend, sub: &str) -> Value {
+    backend.user(sub).await.unwrap()["token_sha256"].clone()
+}
+
+/// `GET path` with the session; asserts a 200 from the backend as `sub` and returns the
+/// `Authorization` the backend saw (the injected token).
+async fn ok_as(sc: &Sidecar, cookie: &str, path: &str, sub: &str) -> String {
+    let r = get(&sc.url(path), &[("cookie", cookie)]).await.unwrap();
+    assert_eq!(
+        r.status(),
+        200,
+        "{path}: {}",
+        String::from_utf8_lossy(r.body())
+    );
+    let j = json(&r);
+    assert_eq!(j["user"]["external_user_id"], sub, "{j}");
+    j["headers"]["authorization"][0]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// A route of the backend answering `status` `{"detail": detail}` to an authenticated user.
+fn refusing_route(status: u16, detail: &str) -> String {
+    format!("/__test/refuse/{status}?detail={}", urlencode(detail))
+}
+
+/// The sealed vault entry of the only user (Fernet: rewritten = different bytes).
+fn vault(redis: &Redis) -> String {
+    let keys = redis.cli(&["--raw", "KEYS", "*vault:*"]);
+    let keys: Vec<&str> = keys.lines().collect();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    redis.cli(&["--raw", "GET", keys[0]])
+}
+
+#[tokio::test]
+async fn a_routes_own_401_or_403_does_not_regenerate_the_users_token() {
+    let w = world(
+        json!([seeded("kate", Some(&token(0x21)))]),
+        json!({}),
+        &[("SSO_SIDECAR_OPENRAG__TOKEN_POLICY", "regenerate")],
+    )
+    .await;
+    let sc = &w.sc.sidecar;
+    let cookie = session_header(&login(sc, "kate", "/").await.cookie);
+    let bearer = ok_as(sc, &cookie, "/v1/x", "kate").await;
+    let sha = token_sha(&w.backend, "kate").await;
+    let kate = w.backend.user("kate").await.unwrap()["id"].clone();
+
+    // Chainlit's 401 is never the token middleware's answer: not even worth a probe. A 403
+    // "Invalid token" may be, so one probe asks the backend about the token itself — it works.
+    for (status, detail, probes) in [
+        (401, "Invalid authentication token", 0),
+        (403, "Invalid token", 1),
+    ] {
+        reset_log(&w.backend).await;
+        let r = get(
+            &sc.url(&refusing_route(status, detail)),
+            &[("cookie", &cookie)],
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status(), status, "the route's answer reaches the client");
+        assert_eq!(json(&r), json!({"detail": detail}));
+
+        let probe = logged(&w.backend, |p| p == "/users/info").await;
+        assert_eq!(probe.len(), probes, "{status}: {probe:?}");
+        for e in &probe {
+            assert_eq!(e["status"], 200, "the backend accepts kate's token: {e}");
+            assert_eq!(e["user_id"], kate, "probed with kate's own token: {e}");
+        }
+        let regenerated = logged(&w.backend, regenerations).await;
+        assert!(regenerated.is_empty(), "{status}: {regenerated:?}");
+        assert_eq!(
+            token_sha(&w.backend, "kate").await,
+            sha,
+            "{status}: kate's token at the backend is unchanged"
+        );
+        assert_eq!(
+            ok_as(sc, &cookie, "/v1/x", "kate").await,
+            bearer,
+            "{status}: the next request goes on with the same token"
+        );
+    }
+}
+
+#[tokio::test]
+async fn with_deny_a_routes_401_does_not_lock_the_user_out() {
+    // deny: a token dropped from the vault could never come back, so a wrong drop is a lockout.
+    let w = world(
+        json!([]),
+        json!({}),
+        &[
+            ("SSO_SIDECAR_OPENRAG__TOKEN_POLICY", "deny"),
+            ("OIDC_AUTO_PROVISION_LOGIN", "true"),
+        ],
+    )
+    .await;
+    let sc = &w.sc.sidecar;
+    let cookie = session_header(&login(sc, "lou", "/").await.cookie);
+    let bearer = ok_as(sc, &cookie, "/v1/x", "lou").await;
+
+    let detail = "Invalid authentication token";
+    let r = get(
+        &sc.url(&refusing_route(401, detail)),
+        &[("cookie", &cookie)],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        r.status(),
+        401,
+        "the route's answer, not the bridge's: {}",
+        String::from_utf8_lossy(r.body())
+    );
+    assert_eq!(json(&r), json!({"detail": detail}));
+
+    assert_eq!(ok_as(sc, &cookie, "/v1/x", "lou").await, bearer);
+    // A new login still finds the token in the vault (`login` asserts the 302 and the cookie).
+    let again = session_header(&login(sc, "lou", "/").await.cookie);
+    assert_eq!(ok_as(sc, &again, "/v1/y", "lou").await, bearer);
+}
+
+#[tokio::test]
+async fn a_token_revoked_again_within_a_minute_is_not_recovered_again() {
+    let w = world(
+        json!([seeded("mia", Some(&token(0x22)))]),
+        json!({}),
+        &[("SSO_SIDECAR_OPENRAG__TOKEN_POLICY", "regenerate")],
+    )
+    .await;
+    let sc = &w.sc.sidecar;
+    let cookie = session_header(&login(sc, "mia", "/").await.cookie);
+    let first = ok_as(sc, &cookie, "/v1/a", "mia").await;
+    let id = w.backend.user("mia").await.unwrap()["id"].as_u64().unwrap();
+    let sealed = vault(&w._redis);
+
+    // A real refusal: an admin regenerates mia's token behind the sidecar's back. Recovered once.
+    w.backend
+        .admin("POST", &format!("/users/{id}/regenerate_token"))
+        .await;
+    reset_log(&w.backend).await;
+    let second = ok_as(sc, &cookie, "/v1/b", "mia").await;
+    assert_ne!(second, first, "a new token");
+    let log = w.backend.requests().await;
+    assert_eq!(
+        logged(&w.backend, regenerations).await.len(),
+        1,
+        "the sidecar regenerated once: {log}"
+    );
+    let recovered = vault(&w._redis);
+    assert_ne!(recovered, sealed, "the vault holds the new token");
+
+    // Again within the minute: whoever can get mia's token revoked at will must not make the
+    // sidecar regenerate it at will. The backend's refusal reaches the client; nothing changes.
+    w.backend
+        .admin("POST", &format!("/users/{id}/regenerate_token"))
+        .await;
+    reset_log(&w.backend).await;
+    let r = get(&sc.url("/v1/c"), &[("cookie", &cookie)]).await.unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(json(&r), json!({"detail": "Invalid token"}));
+    let log = w.backend.requests().await;
+    assert_eq!(log["by_path"]["/v1/c"], 1, "not replayed: {log}");
+    let regenerated = logged(&w.backend, regenerations).await;
+    assert!(regenerated.is_empty(), "no second regeneration: {log}");
+    let probe = logged(&w.backend, |p| p == "/users/info").await;
+    assert_eq!(probe.len(), 1, "one probe: {log}");
+    assert_eq!(probe[0]["status"], 403, "it confirmed the refusal: {log}");
+    assert_eq!(
+        vault(&w._redis),
+        recovered,
+        "the vault entry is left as it was"
+    );
+}
+
+#[tokio::test]
+async fn a_static_slash_redirect_does_not_hand_out_the_injected_token() {
+    let nina = token(0x23);
+    let w = world(
+        json!([seeded("nina", Some(&nina))]),
+        json!({"nina": nina}),
+        &[("SSO_SIDECAR_OPENRAG__TOKEN_POLICY", "file")],
+    )
+    .await;
+    let sc = &w.sc.sidecar;
+    let cookie = session_header(&login(sc, "nina", "/").await.cookie);
+    reset_log(&w.backend).await;
+
+    let r = get(&sc.url("/static?tab=1"), &[("cookie", &cookie)])
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 307, "{:?}", r.headers());
+    // The backend did authenticate nina from the query and redirect with her token in it.
+    let seen = logged(&w.backend, |p| p == "/static").await;
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0]["status"], 307);
+    assert_eq!(seen[0]["auth_via"], "query");
+
+    let loc = url::Url::parse(&location(&r)).unwrap();
+    assert_eq!(loc.path(), "/static/");
+    let pairs: Vec<(String, String)> = loc.query_pairs().into_owned().collect();
+    assert_eq!(
+        pairs,
+        vec![("tab".to_owned(), "1".to_owned())],
+        "the client's query kept, the token gone: {loc}"
+    );
+    for (name, value) in r.headers() {
+        assert!(
+            !String::from_utf8_lossy(value.as_bytes()).contains(&nina),
+            "{name} carries the token"
+        );
+    }
+}

@@ -1,0 +1,190 @@
+//! Sessions under attack: a revoked session's live WebSocket tunnel and event stream, held on
+//! one replica while the logout happens on another; cookie tossing (a planted second session
+//! cookie) and the `__Host-` names over https that no sibling host can plant.
+
+use crate::lifecycle::{mock_login, mock_pair};
+use crate::mock_idp::{Key, MockIdp};
+use crate::oidc_support::*;
+use crate::support::*;
+use http_body_util::BodyExt;
+use serde_json::json;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Opens a WebSocket through the sidecar at `addr` with `cookie`; returns the socket after the
+/// 101 and a round trip of one frame.
+async fn open_websocket(addr: std::net::SocketAddr, cookie: &str) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "GET /ws HTTP/1.1\r\nHost: app\r\nCookie: {cookie}\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = [0u8; 1024];
+    let n = s.read(&mut buf).await.unwrap();
+    let resp = String::from_utf8_lossy(&buf[..n]);
+    assert!(resp.starts_with("HTTP/1.1 101"), "{resp}");
+    // A masked text frame "hi"; the upstream echoes it unmasked.
+    s.write_all(&[0x81, 0x82, 1, 2, 3, 4, b'h' ^ 1, b'i' ^ 2])
+        .await
+        .unwrap();
+    let mut echo = [0u8; 4];
+    s.read_exact(&mut echo).await.unwrap();
+    assert_eq!(&echo, &[0x81, 2, b'h', b'i']);
+    s
+}
+
+#[tokio::test]
+async fn a_revoked_session_closes_its_streams_on_the_replica_that_holds_them() {
+    let m = mock_pair(&[]).await;
+    let cookie = mock_login(&m, &m.a.sidecar, "alice", "sid-1").await;
+    let header = session_header(&cookie);
+    let a = &m.a.sidecar;
+
+    let mut ws = open_websocket(a.addr, &header).await;
+    let sse = client()
+        .request(request(
+            "GET",
+            &a.url("/sse?n=100000&interval_ms=100"),
+            &[("cookie", &header)],
+            body(""),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(sse.status(), 200);
+    let mut sse = sse.into_body();
+    // Both live through more than one revocation check while the session is valid.
+    let until = Instant::now() + Duration::from_millis(2500);
+    while Instant::now() < until {
+        let frame = sse.frame().await.unwrap().unwrap();
+        assert!(frame.is_data());
+    }
+    ws.write_all(&[0x81, 0x82, 1, 2, 3, 4, b'h' ^ 1, b'i' ^ 2])
+        .await
+        .unwrap();
+    let mut echo = [0u8; 4];
+    ws.read_exact(&mut echo).await.unwrap();
+
+    // Logout on the other replica.
+    let r = send(request(
+        "POST",
+        &m.b.sidecar.url("/auth/logout"),
+        &[
+            ("cookie", &header),
+            ("sec-fetch-site", "same-origin"),
+            ("origin", &m.b.sidecar.url("")),
+        ],
+        body(""),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 302);
+    let revoked = Instant::now();
+    let ws_closed = tokio::spawn(async move {
+        let mut buf = [0u8; 1024];
+        loop {
+            match ws.read(&mut buf).await {
+                Ok(0) | Err(_) => return revoked.elapsed(),
+                Ok(_) => {}
+            }
+        }
+    });
+    let sse_closed = tokio::spawn(async move {
+        loop {
+            match sse.frame().await {
+                Some(Ok(_)) => {}
+                _ => return revoked.elapsed(),
+            }
+        }
+    });
+    let ws_after = tokio::time::timeout(Duration::from_secs(10), ws_closed)
+        .await
+        .expect("the WebSocket stays open")
+        .unwrap();
+    let sse_after = tokio::time::timeout(Duration::from_secs(10), sse_closed)
+        .await
+        .expect("the event stream stays open")
+        .unwrap();
+    println!("FIGURE revocation on replica B -> closed on replica A: WebSocket {ws_after:?}, SSE {sse_after:?}");
+    assert!(ws_after <= Duration::from_secs(5), "{ws_after:?}");
+    assert!(sse_after <= Duration::from_secs(5), "{sse_after:?}");
+    let metrics = String::from_utf8_lossy(get(&a.admin_url("/metrics"), &[]).await.unwrap().body())
+        .into_owned();
+    assert!(
+        metrics.contains("sso_sidecar_streams_revoked_total 2"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_planted_second_session_cookie_makes_the_request_unauthenticated() {
+    let m = mock_pair(&[]).await;
+    let sc = &m.a.sidecar;
+    let cookie = mock_login(&m, sc, "alice", "sid-1").await;
+    let planted = mock_login(&m, sc, "mallory", "sid-2").await;
+    let ok = get(&sc.url("/echo/x"), &[("cookie", &session_header(&cookie))])
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    for both in [
+        format!("sso_sidecar_session={planted}; sso_sidecar_session={cookie}"),
+        format!("sso_sidecar_session={cookie}; a=1; sso_sidecar_session={planted}"),
+        format!("sso_sidecar_session={cookie}; sso%5Fsidecar%5Fsession={planted}"),
+    ] {
+        let r = get(&sc.url("/echo/x"), &[("cookie", &both)]).await.unwrap();
+        assert_eq!(r.status(), 401, "{both}: trust neither copy");
+    }
+}
+
+#[tokio::test]
+async fn over_https_the_cookies_carry_the_host_prefix() {
+    let idp = MockIdp::start().await;
+    let key = Key::new("k1");
+    idp.set(|s| s.jwks = json!({"keys": [key.jwk()]}));
+    let up = Upstream::start();
+    let port = free_port();
+    let redirect = format!("https://127.0.0.1:{port}/auth/callback");
+    let sc = start_oidc_sidecar(
+        port,
+        &idp.issuer(),
+        &up.url(),
+        &[("OIDC_REDIRECT_URI", &redirect)],
+    )
+    .await;
+    let sc = &sc.sidecar;
+    let start = get(&sc.url("/auth/login?next=/"), &[]).await.unwrap();
+    let state = start
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .find(|v| v.starts_with("__Host-sso_sidecar_session_state="))
+        .expect("a __Host- state cookie");
+    for attr in ["Secure", "Path=/", "HttpOnly"] {
+        assert!(state.contains(attr), "{attr}: {state}");
+    }
+    assert!(!state.contains("Domain"), "{state}");
+
+    let id = idp.login_named(&key, sc, "alice", "sid-1", "__Host-").await;
+    let echo = get(
+        &sc.url("/echo/x"),
+        &[("cookie", &format!("__Host-sso_sidecar_session={id}"))],
+    )
+    .await
+    .unwrap();
+    assert_eq!(echo.status(), 200);
+    assert!(
+        !String::from_utf8_lossy(echo.body()).contains(&id),
+        "the session cookie never reaches the upstream"
+    );
+    // What a sibling subdomain can plant (no prefix) is not a session here.
+    let planted = get(
+        &sc.url("/echo/x"),
+        &[("cookie", &format!("sso_sidecar_session={id}"))],
+    )
+    .await
+    .unwrap();
+    assert_eq!(planted.status(), 401);
+}
