@@ -44,6 +44,17 @@ pub enum Error {
     Internal(String),
 }
 
+impl From<crate::proxy::ProxyError> for Error {
+    fn from(e: crate::proxy::ProxyError) -> Self {
+        use crate::proxy::ProxyError;
+        match e {
+            ProxyError::Unavailable(e) => Error::UpstreamUnavailable(e),
+            ProxyError::Timeout => Error::UpstreamTimeout,
+            ProxyError::BadRequest(m) => Error::BadRequest(m),
+        }
+    }
+}
+
 impl Error {
     pub fn status(&self) -> StatusCode {
         match self {

@@ -17,17 +17,21 @@
 
 pub mod admin;
 pub mod auth;
+pub mod clock;
 pub mod config;
 pub mod crypto;
 pub mod error;
 pub mod identity;
 pub mod metrics;
+pub mod per_worker;
 pub mod proxy;
 pub mod router;
 pub mod secret;
 pub mod server;
+pub mod session;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 
 use bytes::Bytes;
 use config::{AuthMode, Config};
@@ -83,7 +87,7 @@ fn build_oidc(
         ));
     };
     let a = &config.auth;
-    let idp_tls = server::tls::client_config(a.idp_ca_file.as_deref()).map_err(StartError::Tls)?;
+    let idp_tls = tls::client_config(a.idp_ca_file.as_deref()).map_err(StartError::Tls)?;
     let http = auth::idp_http::IdpHttp::new(idp_tls, a.idp_timeout);
     let provider = Arc::new(auth::oidc::Provider::new(
         settings.clone(),
@@ -138,7 +142,7 @@ fn build_oidc(
                 .ok_or(StartError::Unsupported(
                     "SSO_SIDECAR_IDENTITY=openrag needs AUTH_TOKEN (the backend's admin token)",
                 ))?;
-            let tls = server::tls::client_config(config.proxy.upstream_ca_file.as_deref())
+            let tls = tls::client_config(config.proxy.upstream_ca_file.as_deref())
                 .map_err(StartError::Upstream)?;
             let admin = identity::openrag::admin::AdminClient::new(
                 &config.proxy.upstream,
@@ -178,14 +182,14 @@ fn build_oidc(
                 &a.session_cookie_name,
                 a.cookie_host_prefix && settings.redirect_uri.scheme() == "https",
             ),
-            settings: server::workers::PerWorker::new(config.workers, || {
+            settings: per_worker::PerWorker::new(config.workers, || {
                 std::sync::RwLock::new(Arc::new(a.clone()))
             }),
             metrics,
             inflight: auth::refresh::InFlight::default(),
             bridge,
         },
-        identity: server::workers::PerWorker::new(config.workers, || {
+        identity: per_worker::PerWorker::new(config.workers, || {
             std::sync::RwLock::new(Arc::new(identity::headers::HeaderIdentity::new(
                 a.headers.clone(),
             )))
@@ -205,11 +209,11 @@ pub async fn run(
 
     let tls = match &config.tls {
         Some(t) => Some(Arc::new(
-            server::tls::server_config(&t.cert_file, &t.key_file).map_err(StartError::Tls)?,
+            tls::server_config(&t.cert_file, &t.key_file).map_err(StartError::Tls)?,
         )),
         None => None,
     };
-    let client_tls = server::tls::client_config(config.proxy.upstream_ca_file.as_deref())
+    let client_tls = tls::client_config(config.proxy.upstream_ca_file.as_deref())
         .map_err(StartError::Upstream)?;
     let metrics = Arc::new(metrics::Metrics::new(config.workers));
     let mut readiness = admin::Readiness::default();
@@ -318,7 +322,7 @@ pub async fn run(
         stop_rx,
     ));
 
-    tokio::spawn(reload_on_sighup(apps, config.clone()));
+    tokio::spawn(reload_on_sighup(apps, oidc, config.clone()));
     shutdown.await;
     tracing::info!(
         deadline_secs = config.shutdown_timeout.as_secs(),
@@ -339,7 +343,11 @@ pub async fn run(
 /// upstream timeout — applies to the next request without dropping a connection; an invalid
 /// configuration is refused with its problems logged and the running one kept; settings that
 /// cannot change live are named.
-async fn reload_on_sighup(apps: Vec<Arc<router::App>>, mut current: Config) {
+async fn reload_on_sighup(
+    apps: Vec<Arc<router::App>>,
+    oidc: Option<Arc<router::Oidc>>,
+    mut current: Config,
+) {
     use tokio::signal::unix::{signal, SignalKind};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         tracing::warn!("cannot listen for SIGHUP: configuration reload disabled");
@@ -354,17 +362,17 @@ async fn reload_on_sighup(apps: Vec<Arc<router::App>>, mut current: Config) {
             }
         };
         let restart = config::restart_required(&current, &next);
+        let reloadable = config::Reloadable::of(&next);
         for app in &apps {
-            app.reload(&next);
+            app.reload(&reloadable);
         }
-        if let Err(e) = telemetry::set_level(&next.log_level) {
+        if let Some(oidc) = &oidc {
+            oidc.reload(&reloadable);
+        }
+        if let Err(e) = telemetry::set_level(&reloadable.log_level) {
             tracing::warn!(error = %e, "log level not changed");
         }
-        current.log_level = next.log_level.clone();
-        current.proxy.upstream_timeout = next.proxy.upstream_timeout;
-        current.auth.paths = next.auth.paths.clone();
-        current.auth.allowed_redirect_origins = next.auth.allowed_redirect_origins.clone();
-        current.auth.headers = next.auth.headers.clone();
+        current.take_reloadable(&next);
         if restart.is_empty() {
             tracing::info!("configuration reloaded");
         } else {

@@ -80,7 +80,7 @@ fn check(c: &Config) -> ExitCode {
         // (exit code, message): an issuer mismatch is a configuration error (78); an IdP that
         // cannot be reached is not.
         let result: Result<String, (u8, String)> = runtime.block_on(async {
-            let tls = sso_sidecar::server::tls::client_config(c.auth.idp_ca_file.as_deref())
+            let tls = sso_sidecar::tls::client_config(c.auth.idp_ca_file.as_deref())
                 .map_err(|e| (EX_CONFIG, e))?;
             let http = sso_sidecar::auth::idp_http::IdpHttp::new(tls, c.auth.idp_timeout);
             let provider = sso_sidecar::auth::oidc::Provider::new(

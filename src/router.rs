@@ -15,9 +15,9 @@ use crate::identity::headers::HeaderIdentity;
 use crate::identity::openrag::inject::{self, Carrier};
 use crate::identity::openrag::{BridgeError, OpenRagBridge};
 use crate::metrics::Metrics;
+use crate::per_worker::PerWorker;
 use crate::proxy::headers::{self, Peer};
 use crate::proxy::Upstream;
-use crate::server::workers::PerWorker;
 use crate::server::ConnInfo;
 use crate::telemetry;
 use crate::{Body, RequestBody};
@@ -67,19 +67,26 @@ impl App {
     }
 
     /// Applies the reloadable part of a new configuration (SIGHUP).
-    pub fn reload(&self, c: &crate::config::Config) {
-        self.upstream.set_timeout(c.proxy.upstream_timeout);
-        if let Some(oidc) = &self.oidc {
-            let mut next = (*oidc.auth.settings()).clone();
-            next.paths = c.auth.paths.clone();
-            next.allowed_redirect_origins = c.auth.allowed_redirect_origins.clone();
-            next.headers = c.auth.headers.clone();
-            oidc.auth.settings.replace(|| next.clone());
-            oidc.identity
-                .replace(|| HeaderIdentity::new(c.auth.headers.clone()));
-        }
+    /// Applies the reloadable settings to this worker's own state (its upstream).
+    pub fn reload(&self, r: &crate::config::Reloadable) {
+        self.upstream.set_timeout(r.upstream_timeout);
     }
+}
 
+impl Oidc {
+    /// Applies the reloadable settings to the state every worker shares, once per reload.
+    pub fn reload(&self, r: &crate::config::Reloadable) {
+        let mut next = (*self.auth.settings()).clone();
+        next.paths = r.paths.clone();
+        next.allowed_redirect_origins = r.allowed_redirect_origins.clone();
+        next.headers = r.headers.clone();
+        self.auth.settings.replace(|| next.clone());
+        self.identity
+            .replace(|| HeaderIdentity::new(r.headers.clone()));
+    }
+}
+
+impl App {
     pub async fn handle(
         self: Arc<Self>,
         mut req: Request<Incoming>,
@@ -318,7 +325,7 @@ impl App {
         if !oidc
             .auth
             .sessions
-            .update(id, &updated, crate::auth::oidc::now_unix())
+            .update(id, &updated, crate::clock::now_unix())
             .await?
         {
             return Err(Error::Unauthenticated);

@@ -45,11 +45,12 @@ pub fn check_claims(
         return Err(format!("azp {azp:?} is not the client id"));
     }
     let exp = c.get("exp").and_then(Value::as_i64).ok_or("exp missing")?;
-    if exp + CLOCK_SKEW_SECS < now {
+    // Saturating: an IdP's `exp` near i64::MAX is far in the future, not an overflow.
+    if exp.saturating_add(CLOCK_SKEW_SECS) < now {
         return Err(format!("expired at {exp}"));
     }
     let iat = c.get("iat").and_then(Value::as_i64).ok_or("iat missing")?;
-    if iat - CLOCK_SKEW_SECS > now {
+    if iat.saturating_sub(CLOCK_SKEW_SECS) > now {
         return Err(format!("issued in the future ({iat})"));
     }
     if let Some(expected) = nonce {
@@ -116,6 +117,21 @@ mod tests {
             Ok(()),
             "several audiences with azp"
         );
+    }
+
+    /// Found while fuzzing (`fuzz/corpus/jwt`): an `exp` near i64::MAX or an `iat` near
+    /// i64::MIN overflowed the clock-skew arithmetic (a panic where overflow is checked).
+    #[test]
+    fn extreme_times_do_not_overflow() {
+        for (k, v) in [("exp", i64::MAX), ("iat", i64::MIN)] {
+            let mut c = claims(good());
+            c.insert(k.into(), json!(v));
+            assert_eq!(
+                check_claims(&c, "https://idp", "rp", Some("n"), 950),
+                Ok(()),
+                "{k}={v}"
+            );
+        }
     }
 
     #[test]

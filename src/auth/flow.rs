@@ -13,7 +13,7 @@ use super::redirect::sanitize_next;
 use super::session::{digest, Session, Sessions};
 use crate::config::{AuthSettings, ClaimSource};
 use crate::error::{message_response, wants_html, Error};
-use crate::server::workers::PerWorker;
+use crate::per_worker::PerWorker;
 use crate::Body;
 use base64::Engine;
 use http::{header, request::Parts, HeaderValue, Response, StatusCode};

@@ -13,8 +13,7 @@ use crate::config::PathSettings;
 use crate::error::{wants_html, Error};
 use http::{header, request::Parts};
 
-/// What the router should do with the request.
-#[derive(Debug)]
+/// What the router should do with the request. Its `Debug` shows no cookie id or token.
 pub enum Decision {
     /// Forward without identity.
     Public,
@@ -29,24 +28,53 @@ pub enum Decision {
     Login(String),
 }
 
+impl std::fmt::Debug for Decision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Decision::Public => f.write_str("Public"),
+            Decision::Authenticated { session, .. } => f
+                .debug_struct("Authenticated")
+                .field("session", session)
+                .field("id", &"[redacted]")
+                .finish(),
+            Decision::Bearer => f.write_str("Bearer"),
+            Decision::Login(l) => f.debug_tuple("Login").field(l).finish(),
+        }
+    }
+}
+
 /// True for a path that could mean something else to a backend that normalises it: dot
 /// segments (raw, percent-encoded, or followed by `;` parameters that Tomcat and Spring drop),
 /// encoded slashes and backslashes, `%25`-encoded dots, slashes and backslashes (backends that
 /// decode twice), overlong UTF-8 forms (`%c0%ae`) and `%u` escapes (IIS). Path decisions are
 /// made on the raw path, so such a path could otherwise pass as `/assets/../admin` under a
-/// public prefix; it is refused instead.
+/// public prefix; it is refused instead. The same holds for the path decoded once and twice:
+/// mixed forms such as `%2%66` or `%%32%65` only become `%2f` and `%2e` once decoded.
 pub fn ambiguous_path(path: &str) -> bool {
-    // Scanned in place: this runs on every request.
+    // Scanned in place (this runs on every request); decoded only when there is an escape.
     let b = path.as_bytes();
+    if ambiguous_layer(b) {
+        return true;
+    }
+    if !b.contains(&b'%') {
+        return false;
+    }
+    let once: Vec<u8> = percent_encoding::percent_decode(b).collect();
+    ambiguous_layer(&once)
+        || ambiguous_layer(&percent_encoding::percent_decode(&once).collect::<Vec<u8>>())
+}
+
+/// One layer of [`ambiguous_path`]: a backslash, a suspicious escape, or a dot segment.
+fn ambiguous_layer(b: &[u8]) -> bool {
     let escape = b
         .iter()
         .enumerate()
         .any(|(i, &c)| c == b'\\' || c == b'%' && suspicious_escape(&b[i + 1..]));
     escape
-        || path.split('/').any(|seg| {
+        || b.split(|&c| c == b'/').any(|seg| {
             // `..;x` is `..` to a backend that drops path parameters.
-            let seg = seg.split(';').next().unwrap_or(seg);
-            seg == "." || seg == ".."
+            let seg = seg.split(|&c| c == b';').next().unwrap_or(seg);
+            seg == b"." || seg == b".."
         })
 }
 
@@ -197,6 +225,26 @@ mod tests {
             "/%e0%a4%b9",
             "/%f0%9f%98%80",
         ] {
+            assert!(!ambiguous_path(ok), "{ok}");
+        }
+    }
+
+    /// Found by fuzzing (`fuzz/corpus/path`): escapes that form `%2e`, `%2f`, `%u` or `;` only
+    /// once decoded, for a backend that decodes once or twice.
+    #[test]
+    fn mixed_encodings_are_ambiguous_once_decoded() {
+        for bad in [
+            "/a/%2%66b",
+            "/a/%%32%65%%32%65/b",
+            "/a/%25%32%65%25%32%65/b",
+            "/a/%2%65./b",
+            "/a/..%3b/b",
+            "/a/..%253bx/b",
+            "/%25u002e%25u002e/x",
+        ] {
+            assert!(ambiguous_path(bad), "{bad}");
+        }
+        for ok in ["/files/100%25%20done.pdf", "/%2%", "/a/%%/b", "/x%3by"] {
             assert!(!ambiguous_path(ok), "{ok}");
         }
     }

@@ -36,7 +36,7 @@ pub struct IdpHttp {
 
 impl IdpHttp {
     pub fn new(tls: rustls::ClientConfig, timeout: Duration) -> Self {
-        let connector = crate::server::tls::connector(tls, timeout);
+        let connector = crate::tls::connector(tls, timeout);
         IdpHttp {
             client: Client::builder(TokioExecutor::new()).build(connector),
             timeout,

@@ -98,7 +98,16 @@ fn b64(s: &str) -> Result<Vec<u8>, JwtError> {
 /// Splits a compact JWS and decodes its header, without verifying anything.
 pub fn header(token: &str) -> Result<Header, JwtError> {
     let h = token.split('.').next().ok_or(JwtError::Malformed)?;
-    serde_json::from_slice(&b64(h)?).map_err(|_| JwtError::Malformed)
+    parse_header(h)
+}
+
+/// The protected header: a JSON object of valid UTF-8 (RFC 7515 §4). The derived parse alone
+/// would also take an array (`["EdDSA"]`) and skip the members it ignores without checking
+/// their UTF-8; it still refuses duplicate members.
+fn parse_header(segment: &str) -> Result<Header, JwtError> {
+    let bytes = b64(segment)?;
+    serde_json::from_slice::<Map<String, Value>>(&bytes).map_err(|_| JwtError::Malformed)?;
+    serde_json::from_slice(&bytes).map_err(|_| JwtError::Malformed)
 }
 
 /// Verifies `token`'s signature with a matching key of `jwks` and returns its claims.
@@ -109,7 +118,7 @@ pub fn verify(token: &str, jwks: &Jwks) -> Result<Verified, JwtError> {
     else {
         return Err(JwtError::Malformed);
     };
-    let header: Header = serde_json::from_slice(&b64(h)?).map_err(|_| JwtError::Malformed)?;
+    let header = parse_header(h)?;
     let alg =
         algorithm(&header.alg).ok_or_else(|| JwtError::AlgorithmNotAllowed(header.alg.clone()))?;
     let sig = b64(s)?;

@@ -15,7 +15,7 @@ use base64::Engine;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// Tolerated clock difference with the IdP for `exp` and `iat`.
 pub const CLOCK_SKEW_SECS: i64 = 60;
@@ -71,17 +71,10 @@ pub enum TokenError {
     Claims(String),
 }
 
-/// How the client authenticates at the token endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ClientAuth {
-    /// `client_secret_basic` unless the IdP advertises only `client_secret_post`.
-    Auto,
-    Basic,
-    Post,
-}
+pub use crate::config::ClientAuth;
 
-/// What the token endpoint returned.
-#[derive(Debug, Clone, Deserialize)]
+/// What the token endpoint returned. Its `Debug` shows no token.
+#[derive(Clone, Deserialize)]
 pub struct TokenResponse {
     pub access_token: String,
     #[serde(default)]
@@ -92,6 +85,20 @@ pub struct TokenResponse {
     pub id_token: Option<String>,
 }
 
+impl std::fmt::Debug for TokenResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenResponse")
+            .field("access_token", &"[redacted]")
+            .field("expires_in", &self.expires_in)
+            .field(
+                "refresh_token",
+                &self.refresh_token.as_ref().map(|_| "[redacted]"),
+            )
+            .field("id_token", &self.id_token.as_ref().map(|_| "[redacted]"))
+            .finish()
+    }
+}
+
 pub struct Provider {
     pub settings: OidcSettings,
     client_auth: ClientAuth,
@@ -100,12 +107,7 @@ pub struct Provider {
     last_refetch: Mutex<Option<Instant>>,
 }
 
-pub fn now_unix() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
+pub use crate::clock::now_unix;
 
 impl Provider {
     pub fn new(settings: OidcSettings, client_auth: ClientAuth, http: IdpHttp) -> Self {

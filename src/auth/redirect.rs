@@ -30,7 +30,11 @@ pub fn sanitize_next(next: &str, allowed_origins: &[String]) -> String {
             && allowed_origins.contains(&origin)
             && no_tricks(next)
         {
-            return u.into();
+            // Serialized, a URL can outgrow what was given (`é` becomes `%C3%A9`).
+            let out: String = u.into();
+            if out.len() <= MAX_NEXT_BYTES {
+                return out;
+            }
         }
     }
     "/".to_owned()
@@ -135,6 +139,20 @@ mod tests {
         assert_eq!(sanitize_next(&long, &[]), "/");
         let fits = format!("/{}", "a".repeat(MAX_NEXT_BYTES - 1));
         assert_eq!(sanitize_next(&fits, &[]), fits);
+    }
+
+    /// Found by fuzzing (`fuzz/corpus/next`): an allowed URL within the limit outgrew it once
+    /// serialized, each non-ASCII character percent-encoded.
+    #[test]
+    fn an_allowed_url_longer_once_serialized_falls_back_to_root() {
+        let allowed = vec!["https://ui.example.com".to_string()];
+        let grows = format!("https://ui.example.com/{}", "\u{e9}".repeat(1000));
+        assert!(grows.len() <= MAX_NEXT_BYTES);
+        assert_eq!(sanitize_next(&grows, &allowed), "/");
+        assert_eq!(
+            sanitize_next("https://ui.example.com/caf\u{e9}", &allowed),
+            "https://ui.example.com/caf%C3%A9"
+        );
     }
 
     #[test]

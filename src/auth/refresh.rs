@@ -52,6 +52,17 @@ pub enum RefreshResult {
     Failed,
 }
 
+impl RefreshResult {
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            RefreshResult::Ok => "ok",
+            RefreshResult::Refused => "refused",
+            RefreshResult::Failed => "failed",
+        }
+    }
+}
+
 fn needs_refresh(s: &Session, now: i64, skew: i64) -> bool {
     s.refresh_token.is_some() && s.access_expires_at - now <= skew
 }
@@ -145,19 +156,19 @@ impl Auth {
                     // Logged out while the IdP answered: stay logged out.
                     return Ok(None);
                 }
-                self.metrics.refresh(RefreshResult::Ok);
+                self.metrics.refresh(RefreshResult::Ok.label());
                 tracing::info!(sub = %s.sub, "access token refreshed");
                 Ok(Some(Arc::new(s)))
             }
             Err(e) if is_definitive(&e) => {
-                self.metrics.refresh(RefreshResult::Refused);
+                self.metrics.refresh(RefreshResult::Refused.label());
                 self.metrics.sessions_revoked(1);
                 tracing::info!(sub = %s.sub, error = %e, "refresh refused by the IdP: session ended");
                 self.sessions.delete(id).await?;
                 Ok(None)
             }
             Err(e) => {
-                self.metrics.refresh(RefreshResult::Failed);
+                self.metrics.refresh(RefreshResult::Failed.label());
                 tracing::warn!(sub = %s.sub, error = %e, "refresh failed; the session lives until its access token expires");
                 Ok(s.is_live_access(now).then(|| Arc::new(s)))
             }

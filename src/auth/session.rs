@@ -7,88 +7,13 @@
 //! expiry is fixed at creation and never extended. No HTTP here.
 
 use crate::crypto::KeyRing;
-use crate::server::workers::PerWorker;
+use crate::per_worker::PerWorker;
 use crate::store::{Store, StoreError};
-use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-/// One logged-in user.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Session {
-    pub iss: String,
-    pub sub: String,
-    #[serde(default)]
-    pub sid: Option<String>,
-    #[serde(default)]
-    pub email: Option<String>,
-    #[serde(default)]
-    pub name: Option<String>,
-    #[serde(default)]
-    pub preferred_username: Option<String>,
-    #[serde(default)]
-    pub groups: Vec<String>,
-    pub access_token: String,
-    #[serde(default)]
-    pub refresh_token: Option<String>,
-    /// The latest ID token: the `id_token_hint` of RP-initiated logout.
-    pub id_token: String,
-    /// Unix seconds.
-    pub access_expires_at: i64,
-    pub created_at: i64,
-    /// Unix seconds; the session is dead after this, whatever happens.
-    pub expires_at: i64,
-    /// OpenRag bridge: the backend user id and that user's token (sealed with the session).
-    #[serde(default)]
-    pub backend_user_id: Option<u64>,
-    #[serde(default)]
-    pub backend_token: Option<String>,
-    /// The identity as header values, built on the first request that needs them and reused
-    /// by every later request of this opened session (never stored).
-    #[serde(skip)]
-    pub identity_headers: Memo<crate::identity::headers::IdentityValues>,
-}
-
-/// A value derived from a session and kept with it, computed at most once. A clone starts
-/// empty: sessions are cloned to be changed (a refresh), and what was derived from the
-/// original must not carry over into the changed copy. Never printed.
-pub struct Memo<T>(std::sync::OnceLock<T>);
-
-impl<T> Memo<T> {
-    pub fn get_or_init(&self, init: impl FnOnce() -> T) -> &T {
-        self.0.get_or_init(init)
-    }
-}
-
-impl<T> Default for Memo<T> {
-    fn default() -> Self {
-        Memo(std::sync::OnceLock::new())
-    }
-}
-
-impl<T> Clone for Memo<T> {
-    fn clone(&self) -> Self {
-        Memo::default()
-    }
-}
-
-impl<T> std::fmt::Debug for Memo<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Memo")
-    }
-}
-
-impl Session {
-    pub fn is_live(&self, now: i64) -> bool {
-        now <= self.expires_at && (self.refresh_token.is_some() || now <= self.access_expires_at)
-    }
-
-    /// Live and its access token still valid (used when a refresh could not happen).
-    pub fn is_live_access(&self, now: i64) -> bool {
-        now <= self.expires_at && now <= self.access_expires_at
-    }
-}
+pub use crate::session::{Memo, Session};
 
 /// Seals sessions into the store and opens them again.
 pub struct Sessions {
@@ -114,24 +39,7 @@ struct Opened {
 /// it is simply cleared when full.
 const OPENED_CACHE_MAX: usize = 1024;
 
-/// Hex SHA-256 of `parts` joined by NUL: store keys never contain the value they index.
-pub fn digest(parts: &[&str]) -> String {
-    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-    for (i, p) in parts.iter().enumerate() {
-        if i > 0 {
-            ctx.update(b"\0");
-        }
-        ctx.update(p.as_bytes());
-    }
-    // By hand: this runs on every request, and `format!` per byte showed in profiles.
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(64);
-    for b in ctx.finish().as_ref() {
-        out.push(char::from(HEX[usize::from(b >> 4)]));
-        out.push(char::from(HEX[usize::from(b & 0x0f)]));
-    }
-    out
-}
+pub use crate::crypto::digest;
 
 /// A session id as the cookie carries it: 32 random bytes, base64url (43 characters).
 pub fn new_session_id() -> String {

@@ -90,6 +90,9 @@ impl Default for OpenRagSettings {
     }
 }
 
+/// Longest `openrag.vault_ttl_days` accepted (a hundred years).
+pub const MAX_VAULT_TTL_DAYS: u64 = 36_500;
+
 /// How the bridge obtains a token for an existing user the vault does not know.
 #[derive(Debug, Clone)]
 pub enum TokenPolicy {
@@ -136,6 +139,15 @@ pub enum RedisTopology {
     },
 }
 
+/// How the client authenticates at the token endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// `client_secret_basic` unless the IdP advertises only `client_secret_post`.
+    Auto,
+    Basic,
+    Post,
+}
+
 /// Settings of the authentication layer (meaningful with `AUTH_MODE=oidc`).
 #[derive(Debug, Clone)]
 pub struct AuthSettings {
@@ -144,7 +156,7 @@ pub struct AuthSettings {
     pub cookie_host_prefix: bool,
     pub session_lifetime: Duration,
     pub allowed_redirect_origins: Vec<String>,
-    pub token_endpoint_auth: crate::auth::oidc::ClientAuth,
+    pub token_endpoint_auth: ClientAuth,
     pub idp_ca_file: Option<PathBuf>,
     pub idp_timeout: Duration,
     pub discovery_refresh: Duration,
@@ -168,7 +180,6 @@ pub enum IdentityField {
 
 impl Settings {
     pub(super) fn validate_auth(&self, problems: &mut Vec<String>) -> Option<AuthSettings> {
-        use crate::auth::oidc::ClientAuth;
         let before = problems.len();
         let token_endpoint_auth = match self.token_endpoint_auth.trim() {
             "auto" => ClientAuth::Auto,
@@ -312,6 +323,14 @@ impl Settings {
                     .to_string(),
             );
         }
+        // Days become seconds, then deadlines: a huge value would overflow both.
+        if o.vault_ttl_days > MAX_VAULT_TTL_DAYS {
+            problems.push(format!(
+                "openrag.vault_ttl_days must be at most {MAX_VAULT_TTL_DAYS}, got {}",
+                o.vault_ttl_days
+            ));
+            return None;
+        }
         Some(BridgeSettings {
             policy,
             admin_timeout: Duration::from_secs(o.admin_timeout_secs),
@@ -400,5 +419,26 @@ impl Settings {
             client_cache: (self.redis_client_cache && self.redis_client_cache_entries > 0)
                 .then_some(self.redis_client_cache_entries),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Settings;
+
+    /// Found while fuzzing (`fuzz/corpus/dotenv`): `vault_ttl_days * 24 * 3600` overflowed (a
+    /// panic where overflow is checked, a short TTL where it wraps).
+    #[test]
+    fn a_vault_ttl_too_large_is_refused() {
+        let mut s = Settings::default();
+        s.openrag.vault_ttl_days = 999_999_999_999_999;
+        let mut problems = Vec::new();
+        assert!(s.validate(&mut problems).is_none());
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("vault_ttl_days must be at most 36500")),
+            "{problems:?}"
+        );
     }
 }

@@ -10,15 +10,17 @@
 pub mod auth;
 pub mod connections;
 pub mod openrag;
+pub mod reload;
 pub mod settings;
 pub mod sources;
 
 pub use auth::{
-    AuthSettings, BridgeSettings, IdentityField, PathSettings, RedisConfig, RedisTopology,
-    TokenPolicy,
+    AuthSettings, BridgeSettings, ClientAuth, IdentityField, PathSettings, RedisConfig,
+    RedisTopology, TokenPolicy,
 };
 pub use connections::ConnectionLimits;
 pub use openrag::{AuthMode, ClaimSource, OidcSettings, OpenRagVars};
+pub use reload::{restart_required, Reloadable};
 pub use settings::{IdentityMode, LogFormat, ProxySettings, Settings, TlsFiles};
 
 use figment::providers::{Format, Serialized, Toml};
@@ -51,6 +53,8 @@ pub struct Config {
     pub warnings: Vec<String>,
     /// The TOML file this configuration was read from, if any.
     pub source_file: Option<PathBuf>,
+    /// The sidecar's settings as layered, before validation: what a reload compares.
+    pub raw: reload::RawSettings,
 }
 
 impl Config {
@@ -146,6 +150,7 @@ pub fn load(inputs: Inputs) -> Result<Config, ConfigErrors> {
     };
 
     let openrag = openrag::parse(&vars, &mut problems);
+    let raw = settings.clone();
     let validated = settings.and_then(|s| s.validate(&mut problems));
 
     if let (Some(v), Some(o)) = (&validated, &openrag) {
@@ -160,8 +165,8 @@ pub fn load(inputs: Inputs) -> Result<Config, ConfigErrors> {
             );
         }
     }
-    match (validated, openrag) {
-        (Some(v), Some(openrag)) if problems.is_empty() => {
+    match (validated, openrag, raw) {
+        (Some(v), Some(openrag), Some(raw)) if problems.is_empty() => {
             if openrag.auth_mode == AuthMode::Oidc && v.auth.redis.is_none() {
                 warnings.push(
                     "sessions are kept in memory: run a single replica, or set SSO_SIDECAR_REDIS_URL"
@@ -183,81 +188,11 @@ pub fn load(inputs: Inputs) -> Result<Config, ConfigErrors> {
                 auth: v.auth,
                 warnings,
                 source_file: config_file,
+                raw: reload::RawSettings(raw),
             })
         }
         _ => Err(ConfigErrors(problems)),
     }
-}
-
-/// The settings that differ between `a` and `b` but cannot change while running (a reload
-/// keeps the running values and names these in the log). Secrets compare as `[redacted]`, so a
-/// changed secret is not detected: secrets change with a restart.
-pub fn restart_required(a: &Config, b: &Config) -> Vec<&'static str> {
-    let d = |x: &dyn fmt::Debug, y: &dyn fmt::Debug| format!("{x:?}") != format!("{y:?}");
-    let (p, q) = (&a.proxy, &b.proxy);
-    let (x, y) = (&a.auth, &b.auth);
-    let checks: [(&'static str, bool); 25] = [
-        ("connections.*", a.connections != b.connections),
-        (
-            "cookie_host_prefix",
-            x.cookie_host_prefix != y.cookie_host_prefix,
-        ),
-        ("listen", a.listen != b.listen),
-        ("admin_listen", a.admin_listen != b.admin_listen),
-        ("tls", d(&a.tls, &b.tls)),
-        ("upstream", p.upstream != q.upstream),
-        ("upstream_ca_file", p.upstream_ca_file != q.upstream_ca_file),
-        (
-            "upstream_connect_timeout_secs",
-            p.connect_timeout != q.connect_timeout,
-        ),
-        ("trusted_proxies", p.trusted_proxies != q.trusted_proxies),
-        ("preserve_host", p.preserve_host != q.preserve_host),
-        (
-            "max_request_header_bytes",
-            p.max_request_header_bytes != q.max_request_header_bytes,
-        ),
-        ("workers", a.workers != b.workers),
-        (
-            "upstream_idle_timeout_secs",
-            p.idle_timeout != q.idle_timeout,
-        ),
-        ("identity", a.identity != b.identity),
-        ("log_format", a.log_format != b.log_format),
-        (
-            "shutdown_timeout_secs",
-            a.shutdown_timeout != b.shutdown_timeout,
-        ),
-        ("AUTH_MODE and OIDC_* variables", d(&a.openrag, &b.openrag)),
-        (
-            "session_cookie_name",
-            x.session_cookie_name != y.session_cookie_name,
-        ),
-        (
-            "session_lifetime_secs",
-            x.session_lifetime != y.session_lifetime,
-        ),
-        (
-            "token_endpoint_auth",
-            x.token_endpoint_auth != y.token_endpoint_auth,
-        ),
-        (
-            "idp_ca_file, idp_timeout_secs",
-            x.idp_ca_file != y.idp_ca_file || x.idp_timeout != y.idp_timeout,
-        ),
-        (
-            "discovery_refresh_secs",
-            x.discovery_refresh != y.discovery_refresh,
-        ),
-        ("refresh_skew_secs", x.refresh_skew != y.refresh_skew),
-        ("redis_*", d(&x.redis, &y.redis)),
-        ("openrag.*", d(&x.openrag, &y.openrag)),
-    ];
-    checks
-        .into_iter()
-        .filter(|(_, changed)| *changed)
-        .map(|(n, _)| n)
-        .collect()
 }
 
 fn read_env_file(path: &Path, explicit: bool, problems: &mut Vec<String>) -> Vec<(String, String)> {

@@ -5,9 +5,9 @@
 //! before ours are written, so a client can never speak for a user. The default names are
 //! stripped too when they were renamed, in case the backend still reads them.
 
-use crate::auth::session::Session;
 use crate::config::IdentityField;
 use crate::proxy::headers::{folded_name, remove_folded};
+use crate::session::Session;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 const DEFAULT_NAMES: [&str; 5] = [
@@ -55,47 +55,42 @@ impl HeaderIdentity {
     /// Writes the session's identity. Values that cannot be a header value (control
     /// characters from a hostile IdP) are left out rather than mangled.
     pub fn inject(&self, headers: &mut HeaderMap, s: &Session) {
-        let values = s.identity_headers.get_or_init(|| IdentityValues::of(s));
+        let values = s.identity_headers.get_or_init(|| identity_values(s));
         for (field, name) in &self.names {
-            if let Some(v) = values.get(*field) {
+            if let Some(Some(v)) = values.get(slot(*field)) {
                 headers.insert(name.clone(), v.clone());
             }
         }
     }
 }
 
-/// A session's identity as header values, one per [`IdentityField`], made once per opened
-/// session: copying and validating them on every request showed in profiles.
-pub struct IdentityValues([Option<HeaderValue>; 5]);
+/// A session's identity as header values, one per [`IdentityField`] (in [`slot`] order), made
+/// once per opened session and kept with it: validating them on every request is wasted work.
+fn identity_values(s: &Session) -> Box<[Option<HeaderValue>]> {
+    let value = |v: &str| HeaderValue::from_str(v).ok();
+    let token = HeaderValue::from_str(&s.access_token).ok().map(|mut v| {
+        // Kept out of debug output and out of HTTP/2 header compression tables.
+        v.set_sensitive(true);
+        v
+    });
+    Box::new([
+        value(&s.sub),
+        s.email.as_deref().and_then(value),
+        s.preferred_username.as_deref().and_then(value),
+        (!s.groups.is_empty())
+            .then(|| s.groups.join(","))
+            .and_then(|g| value(&g)),
+        token,
+    ])
+}
 
-impl IdentityValues {
-    fn of(s: &Session) -> Self {
-        let value = |v: &str| HeaderValue::from_str(v).ok();
-        let token = HeaderValue::from_str(&s.access_token).ok().map(|mut v| {
-            // Kept out of debug output and out of HTTP/2 header compression tables.
-            v.set_sensitive(true);
-            v
-        });
-        IdentityValues([
-            value(&s.sub),
-            s.email.as_deref().and_then(value),
-            s.preferred_username.as_deref().and_then(value),
-            (!s.groups.is_empty())
-                .then(|| s.groups.join(","))
-                .and_then(|g| value(&g)),
-            token,
-        ])
-    }
-
-    fn get(&self, field: IdentityField) -> Option<&HeaderValue> {
-        let i = match field {
-            IdentityField::User => 0,
-            IdentityField::Email => 1,
-            IdentityField::PreferredUsername => 2,
-            IdentityField::Groups => 3,
-            IdentityField::AccessToken => 4,
-        };
-        self.0[i].as_ref()
+fn slot(field: IdentityField) -> usize {
+    match field {
+        IdentityField::User => 0,
+        IdentityField::Email => 1,
+        IdentityField::PreferredUsername => 2,
+        IdentityField::Groups => 3,
+        IdentityField::AccessToken => 4,
     }
 }
 

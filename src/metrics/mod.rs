@@ -212,13 +212,8 @@ impl Metrics {
             .inc();
     }
 
-    pub fn refresh(&self, r: crate::auth::refresh::RefreshResult) {
-        use crate::auth::refresh::RefreshResult;
-        let result = match r {
-            RefreshResult::Ok => "ok",
-            RefreshResult::Refused => "refused",
-            RefreshResult::Failed => "failed",
-        };
+    /// A refresh attempt, by result (`ok`, `refused`, `failed`).
+    pub fn refresh(&self, result: &'static str) {
         self.refreshes.get_or_create(&ResultLabel { result }).inc();
     }
 

@@ -4,7 +4,7 @@
 //! shards up and encodes the sums through `prometheus-client`'s encoder, so the exposition is
 //! the same as with the crate's own types.
 
-use crate::server::workers::PerWorker;
+use crate::per_worker::PerWorker;
 use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use std::sync::atomic::{AtomicI64, Ordering};

@@ -11,7 +11,6 @@ pub mod headers;
 mod pool;
 
 use crate::config::ProxySettings;
-use crate::error::Error;
 use headers::Peer;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{header, HeaderValue, Request, Response, StatusCode, Uri};
@@ -21,6 +20,20 @@ pub use pool::{SendError, UpstreamBody};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Why a request could not be forwarded; `error.rs` turns it into a response.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The upstream refused, reset or closed the connection, or broke the protocol.
+    #[error("upstream unavailable: {0}")]
+    Unavailable(#[source] SendError),
+    /// No response head within the upstream timeout.
+    #[error("upstream timed out")]
+    Timeout,
+    /// A request target the proxy will not forward.
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+}
 
 /// A signal that ends a long-lived stream (a WebSocket tunnel, an event stream) before its
 /// natural end. What it means is the caller's business (a session that ended).
@@ -59,7 +72,7 @@ impl Upstream {
         let authority: Authority = authority_str
             .parse()
             .map_err(|_| format!("bad upstream authority {authority_str}"))?;
-        let connector = crate::server::tls::connector(tls, settings.connect_timeout);
+        let connector = crate::tls::connector(tls, settings.connect_timeout);
         let target = Uri::builder()
             .scheme(scheme)
             .authority(authority.clone())
@@ -112,7 +125,7 @@ impl Upstream {
         peer: Peer,
         prepare: impl FnOnce(&mut http::HeaderMap),
         abort: impl FnOnce() -> Option<Abort>,
-    ) -> Result<Response<UpstreamBody>, Error> {
+    ) -> Result<Response<UpstreamBody>, ProxyError> {
         let websocket = headers::is_websocket_handshake(req.method(), req.version(), req.headers());
         let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
 
@@ -143,8 +156,8 @@ impl Upstream {
         let timeout =
             Duration::from_millis(self.timeout_ms.load(std::sync::atomic::Ordering::Relaxed));
         let mut resp = match tokio::time::timeout(timeout, self.pool.send(req)).await {
-            Err(_) => return Err(Error::UpstreamTimeout),
-            Ok(Err(e)) => return Err(Error::UpstreamUnavailable(e)),
+            Err(_) => return Err(ProxyError::Timeout),
+            Ok(Err(e)) => return Err(ProxyError::Unavailable(e)),
             Ok(Ok(r)) => r,
         };
 
@@ -156,7 +169,7 @@ impl Upstream {
         if switching && !(websocket && to_websocket) {
             // A switch nobody asked for (or to another protocol): relaying it would tunnel.
             resp.body_mut().detach();
-            return Err(Error::UpstreamUnavailable(pool::SendError::Protocol(
+            return Err(ProxyError::Unavailable(pool::SendError::Protocol(
                 "the upstream switched protocols unasked",
             )));
         }
@@ -177,14 +190,14 @@ impl Upstream {
         Ok(resp)
     }
 
-    fn upstream_uri(&self, original: &Uri) -> Result<Uri, Error> {
+    fn upstream_uri(&self, original: &Uri) -> Result<Uri, ProxyError> {
         let pq = original
             .path_and_query()
             .map(PathAndQuery::as_str)
             .unwrap_or("/");
         if !pq.starts_with('/') {
             // CONNECT-style or absolute-form targets are not ours to forward.
-            return Err(Error::BadRequest("Unsupported request target"));
+            return Err(ProxyError::BadRequest("Unsupported request target"));
         }
         // Origin form (`/path?query`): the connection already knows where it goes.
         let path_and_query: PathAndQuery = if self.prefix.is_empty() {
@@ -195,7 +208,7 @@ impl Upstream {
         } else {
             format!("{}{pq}", self.prefix)
                 .parse()
-                .map_err(|_| Error::BadRequest("Invalid request target"))?
+                .map_err(|_| ProxyError::BadRequest("Invalid request target"))?
         };
         Ok(Uri::from(path_and_query))
     }

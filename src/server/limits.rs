@@ -134,7 +134,7 @@ impl ConnLimiter {
     fn refused(&self, why: Refused, peer: IpAddr) -> Refused {
         self.metrics.connection_refused(why.label());
         let pending = self.refused_since_warn.fetch_add(1, Ordering::Relaxed) + 1;
-        let now = crate::auth::oidc::now_unix().max(0) as u64;
+        let now = crate::clock::now_unix().max(0) as u64;
         let last = self.last_warn.load(Ordering::Relaxed);
         if now >= last + WARN_EVERY_SECS
             && self

@@ -7,7 +7,6 @@
 
 mod conn;
 pub mod limits;
-pub mod tls;
 pub mod workers;
 
 use crate::metrics::Metrics;

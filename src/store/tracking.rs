@@ -27,7 +27,7 @@
 //! not come from Redis, or be used by code that has just taken a lock in Redis and needs the
 //! latest value (the refresh): those read with `get_fresh`.
 
-use crate::server::workers::PerWorker;
+use crate::per_worker::PerWorker;
 use bytes::Bytes;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, PushInfo, PushKind, Value};

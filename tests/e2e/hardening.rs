@@ -77,8 +77,8 @@ async fn metrics(sc: &Sidecar) -> String {
 fn raise_own_fd_limit() {
     let n = rlimit::increase_nofile_limit(u64::MAX).unwrap();
     assert!(
-        n >= 8192,
-        "the tests need `ulimit -n` of at least 8192 (hard limit {n})"
+        n >= 4096,
+        "the tests need `ulimit -n` of at least 4096 (hard limit {n})"
     );
 }
 

@@ -194,3 +194,28 @@ fn half_hash_uses_the_algorithms_digest() {
     assert_eq!(half_hash("EdDSA", "token"), Some(b));
     assert!(half_hash("HS256", "token").is_none());
 }
+
+/// Found by fuzzing (`fuzz/corpus/jwt`): the protected header must be a JSON object of valid
+/// UTF-8; an array, or invalid UTF-8 in a member the parse ignores, was accepted.
+#[test]
+fn a_header_that_is_not_a_json_object_is_malformed() {
+    for h in [
+        &br#"["ES256","k1"]"#[..],
+        b"{\"alg\":\"ES256\",\"x\":\"\xa7\"}",
+        br#"{"alg":"ES256","alg":"none"}"#,
+    ] {
+        let t = format!("{}.{}.{}", enc(h), enc(b"{}"), enc(b"sig"));
+        assert_eq!(header(&t).unwrap_err(), JwtError::Malformed);
+        assert_eq!(
+            verify(&t, &Jwks::default()).unwrap_err(),
+            JwtError::Malformed
+        );
+    }
+    // A good signature does not make an array header acceptable.
+    let k = Es256::new("k1");
+    let jwks = Jwks {
+        keys: vec![k.jwk()],
+    };
+    let t = k.sign(json!(["ES256", "k1"]), claims());
+    assert_eq!(verify(&t, &jwks).unwrap_err(), JwtError::Malformed);
+}

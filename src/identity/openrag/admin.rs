@@ -50,7 +50,7 @@ impl AdminClient {
         tls: rustls::ClientConfig,
         timeout: Duration,
     ) -> Self {
-        let connector = crate::server::tls::connector(tls, timeout);
+        let connector = crate::tls::connector(tls, timeout);
         AdminClient {
             client: Client::builder(TokioExecutor::new()).build(connector),
             base: base.as_str().trim_end_matches('/').to_owned(),

@@ -10,9 +10,9 @@
 pub mod admin;
 pub mod inject;
 
-use crate::auth::session::digest;
 use crate::config::openrag::ClaimMapping;
 use crate::config::{BridgeSettings, TokenPolicy};
+use crate::crypto::digest;
 use crate::crypto::KeyRing;
 use crate::secret::Secret;
 use crate::store::{Store, StoreError};
@@ -190,7 +190,7 @@ impl OpenRagBridge {
                 return Ok(None);
             }
         }
-        let now = crate::auth::oidc::now_unix();
+        let now = crate::clock::now_unix();
         {
             let mut last = self.recovered.lock().unwrap_or_else(|p| p.into_inner());
             if last

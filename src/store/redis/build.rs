@@ -3,7 +3,7 @@
 //! connections are made on first use.
 
 use super::*;
-use crate::server::workers::PerWorker;
+use crate::per_worker::PerWorker;
 use redis::sentinel::{SentinelNodeConnectionInfo, SentinelServerType};
 use redis::{RedisConnectionInfo, TlsMode};
 

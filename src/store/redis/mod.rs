@@ -16,7 +16,7 @@ mod build;
 
 use super::tracking::Tracking;
 use super::StoreError;
-use crate::server::workers::PerWorker;
+use crate::per_worker::PerWorker;
 use bytes::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::cluster::ClusterClient;

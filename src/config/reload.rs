@@ -1,0 +1,166 @@
+//! The one reload model: what a SIGHUP may change while running ([`Reloadable`], named by
+//! [`RELOADABLE_KEYS`]) and what needs a restart — everything else, derived by comparing the
+//! raw settings key by key, so a key added later is reported without anyone listing it here.
+
+use super::{Config, IdentityField, PathSettings, Settings};
+use std::time::Duration;
+
+/// The keys of [`Settings`] a reload applies; every other key needs a restart.
+pub const RELOADABLE_KEYS: [&str; 5] = [
+    "log_level",
+    "upstream_timeout_secs",
+    "paths",
+    "allowed_redirect_origins",
+    "headers",
+];
+
+/// The raw settings a configuration was built from. Never printed: they hold secrets in clear.
+#[derive(Clone)]
+pub struct RawSettings(pub Settings);
+
+impl std::fmt::Debug for RawSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RawSettings([redacted])")
+    }
+}
+
+/// The settings a reload applies, validated.
+#[derive(Debug, Clone)]
+pub struct Reloadable {
+    pub log_level: String,
+    pub upstream_timeout: Duration,
+    pub paths: PathSettings,
+    pub allowed_redirect_origins: Vec<String>,
+    pub headers: Vec<(IdentityField, http::HeaderName)>,
+}
+
+impl Reloadable {
+    pub fn of(c: &Config) -> Self {
+        Reloadable {
+            log_level: c.log_level.clone(),
+            upstream_timeout: c.proxy.upstream_timeout,
+            paths: c.auth.paths.clone(),
+            allowed_redirect_origins: c.auth.allowed_redirect_origins.clone(),
+            headers: c.auth.headers.clone(),
+        }
+    }
+}
+
+impl Config {
+    /// Takes `next`'s reloadable settings, keeping everything else (what a reload does).
+    pub fn take_reloadable(&mut self, next: &Config) {
+        let r = Reloadable::of(next);
+        self.log_level = r.log_level;
+        self.proxy.upstream_timeout = r.upstream_timeout;
+        self.auth.paths = r.paths;
+        self.auth.allowed_redirect_origins = r.allowed_redirect_origins;
+        self.auth.headers = r.headers;
+        if let (Ok(serde_json::Value::Object(mut mine)), Ok(serde_json::Value::Object(theirs))) = (
+            serde_json::to_value(&self.raw.0),
+            serde_json::to_value(&next.raw.0),
+        ) {
+            for key in RELOADABLE_KEYS {
+                if let Some(v) = theirs.get(key) {
+                    mine.insert(key.to_owned(), v.clone());
+                }
+            }
+            if let Ok(raw) = serde_json::from_value(serde_json::Value::Object(mine)) {
+                self.raw = RawSettings(raw);
+            }
+        }
+    }
+}
+
+/// The settings that differ between `a` and `b` but cannot change while running: a reload
+/// keeps their running values and names them in the log (names only, never values).
+pub fn restart_required(a: &Config, b: &Config) -> Vec<String> {
+    let mut keys = restart_keys(&a.raw.0, &b.raw.0);
+    if format!("{:?}", a.openrag) != format!("{:?}", b.openrag) {
+        keys.push("AUTH_MODE and OIDC_* variables".to_owned());
+    }
+    keys
+}
+
+/// The keys (`name`, or `section.name` inside a table) whose values differ, reloadable ones
+/// left out. Secrets are compared too (a changed Redis password needs a restart).
+pub fn restart_keys(a: &Settings, b: &Settings) -> Vec<String> {
+    let (Ok(serde_json::Value::Object(x)), Ok(serde_json::Value::Object(y))) =
+        (serde_json::to_value(a), serde_json::to_value(b))
+    else {
+        return vec!["(settings could not be compared)".to_owned()];
+    };
+    let mut out = Vec::new();
+    for (key, left) in &x {
+        let right = y.get(key).unwrap_or(&serde_json::Value::Null);
+        if left == right || RELOADABLE_KEYS.contains(&key.as_str()) {
+            continue;
+        }
+        match (left, right) {
+            (serde_json::Value::Object(l), serde_json::Value::Object(r)) => {
+                for (inner, v) in l {
+                    if r.get(inner) != Some(v) {
+                        out.push(format!("{key}.{inner}"));
+                    }
+                }
+            }
+            _ => out.push(key.clone()),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    /// A different value of the same shape.
+    fn changed(v: &Value) -> Value {
+        match v {
+            Value::Bool(b) => Value::Bool(!b),
+            Value::Number(n) => Value::from(n.as_u64().unwrap_or(0) + 1),
+            Value::String(s) => Value::String(format!("{s}x")),
+            Value::Array(a) => {
+                let mut a = a.clone();
+                a.push(Value::String("/changed".into()));
+                Value::Array(a)
+            }
+            Value::Null => Value::String("changed".into()),
+            Value::Object(_) => unreachable!("tables are walked key by key"),
+        }
+    }
+
+    #[test]
+    fn every_change_but_the_reloadable_ones_is_reported() {
+        let base = serde_json::to_value(Settings::default()).unwrap();
+        let Value::Object(map) = &base else { panic!() };
+        let mut checked = 0;
+        for (key, v) in map {
+            let paths: Vec<(String, Vec<&str>)> = match v {
+                Value::Object(inner) => inner
+                    .keys()
+                    .map(|k| (format!("{key}.{k}"), vec![key.as_str(), k.as_str()]))
+                    .collect(),
+                _ => vec![(key.clone(), vec![key.as_str()])],
+            };
+            for (name, path) in paths {
+                let mut next = base.clone();
+                let mut slot = &mut next;
+                for p in &path {
+                    slot = slot.get_mut(*p).unwrap();
+                }
+                *slot = changed(slot);
+                let next: Settings =
+                    serde_json::from_value(next).unwrap_or_else(|e| panic!("{name}: {e}"));
+                let reported = restart_keys(&Settings::default(), &next);
+                if RELOADABLE_KEYS.contains(&key.as_str()) {
+                    assert!(reported.is_empty(), "{name} is reloadable: {reported:?}");
+                } else {
+                    assert_eq!(reported, vec![name.clone()], "{name}");
+                }
+                checked += 1;
+            }
+        }
+        assert!(checked > 40, "{checked} keys checked");
+    }
+}

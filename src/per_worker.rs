@@ -1,0 +1,70 @@
+//! One value per worker thread ([`PerWorker`]), and which worker the calling thread is.
+//!
+//! A leaf: the server marks its worker threads here, and every layer that keeps per-worker
+//! state (sessions cache, Redis connections, metrics shards, settings copies) reads it, without
+//! depending on the server.
+
+thread_local! {
+    /// The index of the worker running on this thread, if any.
+    static WORKER: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// Marks the calling thread as worker `index` (called once, at the start of its thread).
+pub fn enter(index: usize) {
+    WORKER.with(|w| w.set(Some(index)));
+}
+
+/// The index of the worker thread the caller runs on (`None` off the workers). Lets shared
+/// clients keep one connection per worker, driven by that worker's own runtime.
+pub fn current() -> Option<usize> {
+    WORKER.with(|w| w.get())
+}
+
+/// This worker thread's entry of a per-worker list whose last entry serves callers off the
+/// workers (admin listener, background tasks). Never empty by construction.
+fn slot<T>(slots: &[T]) -> &T {
+    let last = slots.len().saturating_sub(1);
+    let i = current().map_or(last, |w| w % last.max(1));
+    &slots[i]
+}
+
+/// One value per worker thread, plus one for callers off the workers. What every request
+/// reads and writes (settings behind a lock, `Arc`s, counters) then stays in its own core's
+/// cache instead of bouncing between cores on each request. Each value sits on cache lines of
+/// its own, so neighbours do not share a line either.
+pub struct PerWorker<T>(Vec<Padded<T>>);
+
+/// Two cache lines (the prefetcher pairs adjacent lines on x86).
+#[repr(align(128))]
+struct Padded<T>(T);
+
+impl<T> PerWorker<T> {
+    pub fn new(workers: usize, mut make: impl FnMut() -> T) -> Self {
+        PerWorker((0..=workers).map(|_| Padded(make())).collect())
+    }
+
+    /// This thread's value.
+    pub fn get(&self) -> &T {
+        &slot(&self.0).0
+    }
+
+    /// Every worker's value (to change them all, or add them up).
+    pub fn all(&self) -> impl Iterator<Item = &T> {
+        self.0.iter().map(|p| &p.0)
+    }
+}
+
+/// Reloadable state: each worker reads its own copy, a reload replaces every copy.
+impl<T> PerWorker<std::sync::RwLock<std::sync::Arc<T>>> {
+    /// This worker's current value.
+    pub fn current(&self) -> std::sync::Arc<T> {
+        self.get().read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Replaces every worker's value with one of its own, made by `make`.
+    pub fn replace(&self, mut make: impl FnMut() -> T) {
+        for slot in self.all() {
+            *slot.write().unwrap_or_else(|p| p.into_inner()) = std::sync::Arc::new(make());
+        }
+    }
+}
