@@ -44,6 +44,18 @@ pub enum Error {
     Internal(String),
 }
 
+impl From<crate::identity::ForwardError> for Error {
+    fn from(e: crate::identity::ForwardError) -> Self {
+        use crate::identity::ForwardError;
+        match e {
+            ForwardError::Proxy(p) => p.into(),
+            ForwardError::Bridge(b) => Error::Identity(b),
+            ForwardError::Store(s) => Error::Store(s),
+            ForwardError::Unauthenticated => Error::Unauthenticated,
+        }
+    }
+}
+
 impl From<crate::proxy::ProxyError> for Error {
     fn from(e: crate::proxy::ProxyError) -> Self {
         use crate::proxy::ProxyError;

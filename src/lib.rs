@@ -132,8 +132,8 @@ fn build_oidc(
     );
     readiness.provider = Some(provider.clone());
     readiness.store = Some(store.clone());
-    let bridge = match config.identity {
-        IdentityMode::Headers => None,
+    let mode = match config.identity {
+        IdentityMode::Headers => identity::Mode::Headers,
         IdentityMode::OpenRag => {
             let token = config
                 .openrag
@@ -150,7 +150,7 @@ fn build_oidc(
                 tls,
                 a.openrag.admin_timeout,
             );
-            Some(Arc::new(identity::openrag::OpenRagBridge::new(
+            identity::Mode::OpenRag(Arc::new(identity::openrag::OpenRagBridge::new(
                 admin,
                 store.clone(),
                 settings.keys.clone(),
@@ -161,12 +161,17 @@ fn build_oidc(
             )))
         }
     };
-    let sessions = Arc::new(auth::session::Sessions::new(
+    let identity = Arc::new(identity::Identity::new(
+        config.workers,
+        a.headers.clone(),
+        mode,
+    ));
+    let sessions = Arc::new(session::Sessions::new(
         store,
         settings.keys.clone(),
         config.workers,
     ));
-    let streams = Arc::new(auth::streams::LiveStreams::default());
+    let streams = Arc::new(session::LiveStreams::default());
     tokio::spawn(streams.clone().check_forever(
         sessions.clone(),
         metrics.clone(),
@@ -187,13 +192,9 @@ fn build_oidc(
             }),
             metrics,
             inflight: auth::refresh::InFlight::default(),
-            bridge,
+            identity: identity.clone(),
         },
-        identity: per_worker::PerWorker::new(config.workers, || {
-            std::sync::RwLock::new(Arc::new(identity::headers::HeaderIdentity::new(
-                a.headers.clone(),
-            )))
-        }),
+        identity,
     })
 }
 

@@ -8,7 +8,7 @@
 
 use super::flow::Auth;
 use super::oidc::{now_unix, CLOCK_SKEW_SECS};
-use super::session::digest;
+use crate::crypto::digest;
 use serde_json::{Map, Value};
 use std::time::Duration;
 

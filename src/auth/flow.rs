@@ -10,10 +10,11 @@ use super::cookies::{CookieJar, STATE_TTL_SECS};
 use super::gate::{self, Decision};
 use super::oidc::{now_unix, Provider};
 use super::redirect::sanitize_next;
-use super::session::{digest, Session, Sessions};
 use crate::config::{AuthSettings, ClaimSource};
+use crate::crypto::digest;
 use crate::error::{message_response, wants_html, Error};
 use crate::per_worker::PerWorker;
+use crate::session::{Session, Sessions};
 use crate::Body;
 use base64::Engine;
 use http::{header, request::Parts, HeaderValue, Response, StatusCode};
@@ -33,8 +34,8 @@ pub struct Auth {
     pub settings: PerWorker<std::sync::RwLock<Arc<AuthSettings>>>,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub inflight: super::refresh::InFlight,
-    /// The OpenRag identity bridge, with `identity = "openrag"`.
-    pub bridge: Option<Arc<crate::identity::openrag::OpenRagBridge>>,
+    /// The identity mode: its login hook resolves the backend user.
+    pub identity: Arc<crate::identity::Identity>,
 }
 
 /// What the state cookie holds between login and callback.
@@ -247,15 +248,11 @@ impl Auth {
             }
         };
 
-        let backend = match &self.bridge {
-            Some(bridge) => Some(
-                bridge
-                    .resolve(&sub, &profile)
-                    .await
-                    .map_err(|e| CallbackError::Other(Error::Identity(e)))?,
-            ),
-            None => None,
-        };
+        let backend = self
+            .identity
+            .on_login(&sub, &profile)
+            .await
+            .map_err(|e| CallbackError::Other(Error::Identity(e)))?;
         let access_expires_at = now + tokens.expires_in.unwrap_or(3600).max(60);
         let lifetime = self.settings().session_lifetime.as_secs() as i64;
         let session = Session {
@@ -276,8 +273,8 @@ impl Auth {
             id_token,
             access_expires_at,
             created_at: now,
-            backend_user_id: backend.as_ref().map(|b| b.user_id),
-            backend_token: backend.map(|b| b.token.expose().clone()),
+            backend_user_id: backend.user_id,
+            backend_token: backend.token,
             identity_headers: Default::default(),
         };
         let id = self

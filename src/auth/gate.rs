@@ -8,9 +8,9 @@
 
 use super::cookies::CookieJar;
 use super::redirect::login_location;
-use super::session::{Session, Sessions};
 use crate::config::PathSettings;
 use crate::error::{wants_html, Error};
+use crate::session::{Session, Sessions};
 use http::{header, request::Parts};
 
 /// What the router should do with the request. Its `Debug` shows no cookie id or token.

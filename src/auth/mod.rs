@@ -4,8 +4,8 @@
 //!   401); it never touches the upstream.
 //! - [`flow`]: `/auth/login`, `/auth/callback`, `/auth/logout`, `/auth/me`.
 //! - [`oidc`], [`jwt`], [`idp_http`]: the OpenID Provider, token validation, its HTTP client.
-//! - [`session`], [`cookies`], [`redirect`]: sessions in the store, cookies, `next` validation.
-//! - [`streams`]: live tunnels and event streams closed when their session ends.
+//! - [`cookies`], [`redirect`]: the sidecar's cookies, `next` validation (sessions themselves
+//!   live in `crate::session`).
 
 pub mod backchannel;
 pub mod claims;
@@ -18,5 +18,4 @@ pub mod logout;
 pub mod oidc;
 pub mod redirect;
 pub mod refresh;
-pub mod session;
-pub mod streams;
+pub mod routes;

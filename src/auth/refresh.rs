@@ -11,7 +11,8 @@
 use super::flow::Auth;
 use super::idp_http::IdpHttpError;
 use super::oidc::{now_unix, TokenError};
-use super::session::{digest, Session, Sessions};
+use crate::crypto::digest;
+use crate::session::{Session, Sessions};
 use crate::store::StoreError;
 use serde_json::Value;
 use std::collections::HashMap;

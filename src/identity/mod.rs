@@ -1,8 +1,158 @@
-//! What the upstream is told about the user.
+//! The seam between "who is this" and "what the upstream is told": one [`Identity`] with one
+//! mode per file, behind one set of hooks —
+//! - at login, [`Identity::on_login`]: resolve (and provision) the backend user;
+//! - on the request and its response, [`Identity::forward`]: strip every client copy of an
+//!   identity header and the sidecar's cookies, inject the user's identity, forward, and, for
+//!   a mode that needs it, recover from the backend refusing that identity;
+//! - for the mode's own routes, [`Identity::own_route`].
 //!
-//! [`headers`]: `X-Forwarded-User` and friends, for backends that trust a proxy. The OpenRag
-//! bridge (each user's own backend token) lives beside it. Both strip every client-supplied
-//! copy of an identity header before injecting their own.
+//! Modes: [`headers`] (`X-Forwarded-User` and friends) and [`openrag`] (each user's own backend
+//! token). A new mode is a new file here, one variant of [`Mode`] and one config value. Knows
+//! sessions and the proxy; never the OIDC flows (`auth` calls in, not the other way).
 
+mod forward;
 pub mod headers;
 pub mod openrag;
+
+use crate::config::Reloadable;
+use crate::per_worker::PerWorker;
+use crate::proxy::headers::Peer;
+use crate::proxy::{ProxyError, Upstream};
+use crate::session::{LiveStreams, Sessions};
+use crate::store::StoreError;
+use crate::{Body, RequestBody};
+use headers::HeaderIdentity;
+use http::request::Parts;
+use http::{HeaderMap, Method, Response, StatusCode};
+use openrag::{BridgeError, OpenRagBridge};
+use serde_json::{Map, Value};
+use std::sync::{Arc, RwLock};
+
+pub use forward::{Caller, Outcome};
+
+/// What the upstream is told, and how.
+pub struct Identity {
+    /// Identity header names: stripped in every mode, written in `headers` mode. One copy per
+    /// worker (their names are cloned on every request), replaced on a reload.
+    names: PerWorker<RwLock<Arc<HeaderIdentity>>>,
+    mode: Mode,
+}
+
+/// The identity modes.
+pub enum Mode {
+    /// `X-Forwarded-*` identity headers.
+    Headers,
+    /// Each user's own OpenRag token.
+    OpenRag(Arc<OpenRagBridge>),
+}
+
+/// What a login resolved at the backend (nothing in `headers` mode).
+#[derive(Default)]
+pub struct BackendUser {
+    pub user_id: Option<u64>,
+    pub token: Option<String>,
+}
+
+/// Why a request could not be forwarded as its user; `error.rs` turns it into a response.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error(transparent)]
+    Proxy(#[from] ProxyError),
+    #[error("OpenRag identity bridge: {0}")]
+    Bridge(#[source] BridgeError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The session ended while the request was handled, or the backend refused a bearer.
+    #[error("unauthenticated")]
+    Unauthenticated,
+}
+
+/// What [`Identity::forward`] needs from the router besides the request.
+pub struct Outbound<'a> {
+    pub upstream: &'a Upstream,
+    pub peer: Peer,
+    /// Removes the sidecar's own cookies (auth's business) before the request leaves.
+    pub strip_own: &'a (dyn Fn(&mut HeaderMap) + Sync),
+    pub sessions: &'a Sessions,
+    pub streams: &'a Arc<LiveStreams>,
+}
+
+impl Identity {
+    pub fn new(
+        workers: usize,
+        names: Vec<(crate::config::IdentityField, http::HeaderName)>,
+        mode: Mode,
+    ) -> Self {
+        Identity {
+            names: PerWorker::new(workers, || {
+                RwLock::new(Arc::new(HeaderIdentity::new(names.clone())))
+            }),
+            mode,
+        }
+    }
+
+    /// The hook at login: the backend user for `sub` (OpenRag: found, or provisioned, with the
+    /// token to inject); nothing in `headers` mode.
+    pub async fn on_login(
+        &self,
+        sub: &str,
+        profile: &Map<String, Value>,
+    ) -> Result<BackendUser, BridgeError> {
+        match &self.mode {
+            Mode::Headers => Ok(BackendUser::default()),
+            Mode::OpenRag(bridge) => {
+                let r = bridge.resolve(sub, profile).await?;
+                Ok(BackendUser {
+                    user_id: Some(r.user_id),
+                    token: Some(r.token.expose().clone()),
+                })
+            }
+        }
+    }
+
+    /// The mode's own routes, answered without the upstream.
+    pub fn own_route(&self, method: &Method, path: &str) -> Option<Response<Body>> {
+        match (&self.mode, method, path) {
+            // The backend would put the user's token into a browser cookie: answer it here
+            // (the sidecar adds the Chainlit cookie to `/chainlit` requests itself).
+            (Mode::OpenRag(_), &Method::POST | &Method::DELETE, "/auth/chainlit-session") => {
+                let mut r = Response::new(crate::full(""));
+                *r.status_mut() = StatusCode::NO_CONTENT;
+                Some(r)
+            }
+            _ => None,
+        }
+    }
+
+    /// The hook on the request and its response: forwards `parts`/`body` as `caller`.
+    pub async fn forward(
+        &self,
+        out: Outbound<'_>,
+        parts: Parts,
+        body: RequestBody,
+        caller: Caller,
+    ) -> Result<Outcome, ForwardError> {
+        let names = self.names.current();
+        match (&self.mode, caller) {
+            (Mode::Headers, caller) => forward::as_headers(&out, &names, parts, body, caller).await,
+            (Mode::OpenRag(bridge), Caller::Session { session, id }) => {
+                Box::pin(openrag::request::as_user(
+                    &out, &names, bridge, parts, body, session, &id,
+                ))
+                .await
+            }
+            (Mode::OpenRag(_), Caller::Bearer) => {
+                openrag::request::as_bearer(&out, &names, parts, body).await
+            }
+            (Mode::OpenRag(_), Caller::Public) => {
+                forward::as_headers(&out, &names, parts, body, Caller::Public).await
+            }
+        }
+    }
+
+    /// Applies the reloadable settings (identity header names) to every worker's copy.
+    pub fn reload(&self, r: &Reloadable) {
+        self.names
+            .replace(|| HeaderIdentity::new(r.headers.clone()));
+    }
+}

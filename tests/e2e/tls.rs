@@ -47,8 +47,7 @@ async fn tls_listener_and_https_upstream_with_a_private_ca() {
     ])
     .await;
 
-    let client_tls =
-        sso_sidecar::tls::client_config(Some(Path::new(&p("ca.pem")))).unwrap();
+    let client_tls = sso_sidecar::tls::client_config(Some(Path::new(&p("ca.pem")))).unwrap();
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(client_tls)
         .https_only()

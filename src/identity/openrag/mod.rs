@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod inject;
+pub(crate) mod request;
 
 use crate::config::openrag::ClaimMapping;
 use crate::config::{BridgeSettings, TokenPolicy};

@@ -8,8 +8,8 @@
 //! of it. Only sessions with live streams are checked: the cost grows with open streams, not
 //! with requests. Knows sessions and the store; not HTTP (the proxy gets an opaque signal).
 
-use super::oidc::now_unix;
-use super::session::Sessions;
+use super::Sessions;
+use crate::clock::now_unix;
 use crate::metrics::Metrics;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -1,6 +1,7 @@
 //! Unit tests of `Sessions` over the memory store.
 
 use super::*;
+use crate::session::Memo;
 use crate::store::memory::MemoryStore;
 
 fn session(now: i64) -> Session {

@@ -1,5 +1,5 @@
-//! Server-side sessions: the `Session` record and the `Sessions` service that seals it into the
-//! store and finds it again from a cookie id.
+//! The `Sessions` service: seals a [`Session`] into the store and finds it again from a cookie
+//! id.
 //!
 //! Rules of the house, enforced here: the cookie carries only a random 256-bit id; the store key
 //! is a SHA-256 of that id (hash-tagged for Redis Cluster); the value is Fernet ciphertext; the
@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-pub use crate::session::{Memo, Session};
+use super::Session;
 
 /// Seals sessions into the store and opens them again.
 pub struct Sessions {
@@ -39,7 +39,7 @@ struct Opened {
 /// it is simply cleared when full.
 const OPENED_CACHE_MAX: usize = 1024;
 
-pub use crate::crypto::digest;
+use crate::crypto::digest;
 
 /// A session id as the cookie carries it: 32 random bytes, base64url (43 characters).
 pub fn new_session_id() -> String {

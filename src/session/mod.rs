@@ -1,6 +1,13 @@
-//! The session record: who a logged-in user is and the tokens the sidecar holds for them. Data
-//! only — sealing it into the store and finding it again is `auth::session`'s; turning it into
-//! what the upstream is told is `identity`'s. A leaf, so both can use it.
+//! Sessions: the record of who a logged-in user is and the tokens the sidecar holds for them,
+//! the service that seals it into the store and finds it again ([`sessions`]), and the live
+//! streams that end with it ([`streams`]). No HTTP here, no OIDC: `auth` creates and refreshes
+//! sessions, `identity` turns them into what the upstream is told; both build on this.
+
+pub mod sessions;
+pub mod streams;
+
+pub use sessions::Sessions;
+pub use streams::LiveStreams;
 
 use serde::{Deserialize, Serialize};
 

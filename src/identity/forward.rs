@@ -1,0 +1,93 @@
+//! Forwarding as someone, common to every mode: the sidecar's cookies and every client copy of
+//! an identity header removed, the caller's identity written, the request proxied, a token the
+//! sidecar injected kept out of the response's redirects, and a long-lived response (WebSocket
+//! tunnel, event stream) of a session tied to that session's life.
+
+use super::headers::HeaderIdentity;
+use super::openrag::inject::{self, Carrier};
+use super::{ForwardError, Outbound};
+use crate::proxy::ProxyError;
+use crate::session::Session;
+use crate::{Body, RequestBody};
+use http::request::Parts;
+use http::{Request, Response};
+use http_body_util::Either;
+use std::sync::Arc;
+
+/// A response and the upstream's status (absent when the sidecar answered), for the access log.
+pub type Outcome = (Response<Body>, Option<u16>);
+
+/// Who a request comes from, as the gate decided.
+pub enum Caller {
+    /// A session; `id` is its cookie id.
+    Session { session: Arc<Session>, id: String },
+    /// No session, a bearer credential for the backend to judge.
+    Bearer,
+    /// A public path, no identity.
+    Public,
+}
+
+/// What is written into the request.
+#[derive(Default, Clone, Copy)]
+pub(super) struct Inject<'a> {
+    /// The session whose identity headers are written (`headers` mode).
+    pub session: Option<&'a Session>,
+    /// The backend token, and where it goes (`openrag` mode).
+    pub token: Option<(Carrier, &'a str)>,
+    /// The session cookie id whose end closes a tunnel or event stream of this request.
+    pub live: Option<&'a str>,
+}
+
+/// Forwards with the sidecar's cookies and client identity headers removed, then `inject`.
+pub(super) async fn send(
+    out: &Outbound<'_>,
+    names: &HeaderIdentity,
+    mut parts: Parts,
+    body: RequestBody,
+    inject: Inject<'_>,
+) -> Result<Outcome, ForwardError> {
+    if let Some((Carrier::Query, t)) = inject.token {
+        parts.uri = inject::with_token_query(&parts.uri, t)
+            .ok_or(ProxyError::BadRequest("Invalid request target"))?;
+    }
+    let req = Request::from_parts(parts, body);
+    let prepare = |h: &mut http::HeaderMap| {
+        (out.strip_own)(h);
+        names.strip(h);
+        if let Some(s) = inject.session {
+            names.inject(h, s);
+        }
+        if let Some((carrier, t)) = inject.token {
+            inject::inject_headers(h, carrier, t);
+        }
+    };
+    let abort = || inject.live.map(|id| out.streams.watch(id));
+    let r = out.upstream.forward(req, out.peer, prepare, abort).await?;
+    let status = r.status().as_u16();
+    let mut outcome: Outcome = (r.map(Either::Left), Some(status));
+    if let Some((_, t)) = inject.token {
+        inject::scrub_token(outcome.0.headers_mut(), t);
+    }
+    Ok(outcome)
+}
+
+/// `headers` mode (and public requests in any mode): the session's identity as headers.
+pub(super) async fn as_headers(
+    out: &Outbound<'_>,
+    names: &HeaderIdentity,
+    parts: Parts,
+    body: RequestBody,
+    caller: Caller,
+) -> Result<Outcome, ForwardError> {
+    match caller {
+        Caller::Session { session, id } => {
+            let inject = Inject {
+                session: Some(&session),
+                token: None,
+                live: Some(&id),
+            };
+            send(out, names, parts, body, inject).await
+        }
+        Caller::Bearer | Caller::Public => send(out, names, parts, body, Inject::default()).await,
+    }
+}

@@ -1,0 +1,125 @@
+//! The OpenRag mode's request hook: a session's request carries its user's backend token; when
+//! the backend refuses that token (regenerated elsewhere, revoked by an admin) the bridge
+//! resolves it again once and a request without a body is replayed. A bearer without a session
+//! that the backend refuses gets OpenRag's OIDC-mode answer, 401 `Unauthenticated`.
+
+use super::inject;
+use super::{BridgeError, OpenRagBridge};
+use crate::identity::forward::{send, Inject, Outcome};
+use crate::identity::headers::HeaderIdentity;
+use crate::identity::{ForwardError, Outbound};
+use crate::session::Session;
+use crate::RequestBody;
+use http::request::Parts;
+use http::{header, Method, Response};
+use http_body_util::{Either, Full};
+use std::sync::Arc;
+
+/// Forwards as the session's OpenRag user, recovering once from a confirmed refusal.
+pub(crate) async fn as_user(
+    out: &Outbound<'_>,
+    names: &HeaderIdentity,
+    bridge: &OpenRagBridge,
+    parts: Parts,
+    body: RequestBody,
+    session: Arc<Session>,
+    id: &str,
+) -> Result<Outcome, ForwardError> {
+    let Some(token) = session.backend_token.clone() else {
+        return Err(ForwardError::Bridge(BridgeError::NoToken));
+    };
+    let carrier = inject::carrier(parts.uri.path());
+    let replay = bodiless(&parts).then(|| parts.clone());
+    let as_token = |t| Inject {
+        session: None,
+        token: Some((carrier, t)),
+        live: Some(id),
+    };
+    let first = send(out, names, parts, body, as_token(&token)).await?;
+    let (first, refused) = peek_refusal(first).await;
+    if !refused {
+        return Ok(first);
+    }
+    tracing::warn!(sub = %session.sub, "the backend refused the user's token; resolving it again");
+    let Some(resolved) = bridge
+        .recover(&session.sub, &token)
+        .await
+        .map_err(ForwardError::Bridge)?
+    else {
+        return Ok(first);
+    };
+    let mut updated = (*session).clone();
+    updated.backend_token = Some(resolved.token.expose().clone());
+    if !out
+        .sessions
+        .update(id, &updated, crate::clock::now_unix())
+        .await?
+    {
+        return Err(ForwardError::Unauthenticated);
+    }
+    match replay {
+        Some(parts) => {
+            let empty = Either::Right(Full::new(bytes::Bytes::new()));
+            let again = send(out, names, parts, empty, as_token(resolved.token.expose())).await?;
+            Ok(peek_refusal(again).await.0)
+        }
+        None => Ok(first),
+    }
+}
+
+/// A bearer without a session: forwarded untouched; refused by the backend, it becomes 401.
+pub(crate) async fn as_bearer(
+    out: &Outbound<'_>,
+    names: &HeaderIdentity,
+    parts: Parts,
+    body: RequestBody,
+) -> Result<Outcome, ForwardError> {
+    let outcome = send(out, names, parts, body, Inject::default()).await?;
+    let (outcome, refused) = peek_refusal(outcome).await;
+    if refused {
+        return Err(ForwardError::Unauthenticated);
+    }
+    Ok(outcome)
+}
+
+/// True when the request has no body, so it can be sent twice.
+fn bodiless(parts: &Parts) -> bool {
+    matches!(
+        parts.method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::DELETE
+    ) && !parts.headers.contains_key(header::TRANSFER_ENCODING)
+        && parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .is_none_or(|v| v == "0")
+}
+
+/// Reads a small 403 body to tell a refused token from a permission decision; every other
+/// response passes untouched (still streaming).
+async fn peek_refusal(out: Outcome) -> (Outcome, bool) {
+    use http_body_util::{BodyExt, Limited};
+    let (resp, upstream_status) = out;
+    let status = resp.status().as_u16();
+    let small = resp
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|n| n <= 8192);
+    if status != 403 || !small {
+        return ((resp, upstream_status), false);
+    }
+    let (parts, body) = resp.into_parts();
+    let bytes = match Limited::new(body, 8192).collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(_) => bytes::Bytes::new(),
+    };
+    let refused = inject::is_token_refusal(status, &bytes);
+    (
+        (
+            Response::from_parts(parts, crate::full(bytes)),
+            upstream_status,
+        ),
+        refused,
+    )
+}
