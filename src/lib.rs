@@ -102,18 +102,7 @@ fn build_oidc(
             store::redis::RedisStore::from_config(r, config.workers).map_err(StartError::Store)?,
         ),
     });
-    if let store::Store::Memory(_) = &*store {
-        let s = store.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
-            loop {
-                tick.tick().await;
-                if let store::Store::Memory(m) = &*s {
-                    m.purge();
-                }
-            }
-        });
-    }
+    store.start_housekeeping();
     if let Some(p) = &settings.post_logout_redirect_uri {
         if p.origin() == settings.redirect_uri.origin() {
             tracing::warn!(

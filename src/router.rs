@@ -210,3 +210,25 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of what `f` returns (a future), without calling it.
+    fn returned_size<F, A, B, C, R>(_: &F) -> usize
+    where
+        F: Fn(A, B, C) -> R,
+    {
+        std::mem::size_of::<R>()
+    }
+
+    /// Every request's future is moved by hyper more than once, and the proxied path is the
+    /// hot one: keep it small (the rare flows are boxed out of it).
+    #[test]
+    fn the_request_future_stays_small() {
+        let size = returned_size(&App::handle);
+        println!("request future: {size} bytes");
+        assert!(size <= 3072, "the request future grew to {size} bytes");
+    }
+}

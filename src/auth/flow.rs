@@ -73,8 +73,9 @@ impl Auth {
 
     /// Secure cookies when the public origin is https (the redirect URI's scheme, or the
     /// scheme a trusted proxy reports).
-    pub(super) fn secure(&self, public_scheme: &str) -> bool {
-        self.provider.settings.redirect_uri.scheme() == "https" || public_scheme == "https"
+    pub(super) fn secure(&self, public_scheme: crate::tls::Scheme) -> bool {
+        self.provider.settings.redirect_uri.scheme() == "https"
+            || public_scheme == crate::tls::Scheme::Https
     }
 
     /// The gate's decision, with the session refreshed when its access token is about to expire.
@@ -95,7 +96,11 @@ impl Auth {
     }
 
     /// `GET /auth/login?next=…`
-    pub async fn login(&self, parts: &Parts, public_scheme: &str) -> Result<Response<Body>, Error> {
+    pub async fn login(
+        &self,
+        parts: &Parts,
+        public_scheme: crate::tls::Scheme,
+    ) -> Result<Response<Body>, Error> {
         let q = query(parts);
         let next = sanitize_next(
             q.get("next").map(String::as_str).unwrap_or("/"),
@@ -131,7 +136,11 @@ impl Auth {
     }
 
     /// `GET /auth/callback?code=…&state=…`: every outcome deletes the state cookie.
-    pub async fn callback(&self, parts: &Parts, public_scheme: &str) -> Response<Body> {
+    pub async fn callback(
+        &self,
+        parts: &Parts,
+        public_scheme: crate::tls::Scheme,
+    ) -> Response<Body> {
         let secure = self.secure(public_scheme);
         let html = wants_html(&parts.headers);
         let mut resp = match self.callback_inner(parts, secure).await {

@@ -182,6 +182,132 @@ pub fn without_session(parts: &Parts, paths: &PathSettings) -> Result<Decision, 
 mod tests {
     use super::*;
 
+    mod decisions {
+        //! The gate's decision for each kind of request, over a real (memory) session store.
+        use super::super::*;
+        use crate::crypto::KeyRing;
+        use crate::session::Memo;
+        use crate::store::{memory::MemoryStore, Store};
+        use std::sync::Arc;
+
+        fn parts(path: &str, headers: &[(&str, &str)]) -> Parts {
+            let mut b = http::Request::builder().uri(path);
+            for (k, v) in headers {
+                b = b.header(*k, *v);
+            }
+            b.body(()).unwrap().into_parts().0
+        }
+
+        async fn world() -> (Sessions, CookieJar, String) {
+            let keys = Arc::new(KeyRing::parse(&crate::crypto::generate_key()).unwrap());
+            let sessions = Sessions::new(Arc::new(Store::Memory(MemoryStore::new())), keys, 1);
+            let s = Session {
+                iss: "https://idp".into(),
+                sub: "alice".into(),
+                sid: None,
+                email: None,
+                name: None,
+                preferred_username: None,
+                groups: vec![],
+                access_token: "at".into(),
+                refresh_token: Some("rt".into()),
+                id_token: "it".into(),
+                access_expires_at: 1_000_600,
+                created_at: 1_000_000,
+                expires_at: 1_003_600,
+                backend_user_id: None,
+                backend_token: None,
+                identity_headers: Memo::default(),
+            };
+            let id = sessions.create(&s, 1_000_000).await.unwrap();
+            (sessions, CookieJar::new("sid", false), id)
+        }
+
+        async fn decide_for(path: &str, headers: &[(&str, &str)]) -> Result<Decision, Error> {
+            let (sessions, jar, id) = world().await;
+            let cookie = format!("sid={id}");
+            let mut h: Vec<(&str, &str)> = headers.to_vec();
+            if h.iter().any(|(k, v)| *k == "cookie" && *v == "SESSION") {
+                h.retain(|(k, _)| *k != "cookie");
+                h.push(("cookie", &cookie));
+                let p = parts(path, &h);
+                return decide(&p, &PathSettings::default(), &jar, &sessions, 1_000_100).await;
+            }
+            decide(
+                &parts(path, &h),
+                &PathSettings::default(),
+                &jar,
+                &sessions,
+                1_000_100,
+            )
+            .await
+        }
+
+        #[tokio::test]
+        async fn each_kind_of_request_gets_its_decision() {
+            use Decision::*;
+            let d = decide_for("/health_check", &[]).await.unwrap();
+            assert!(matches!(d, Public), "{d:?}");
+            let d = decide_for("/", &[]).await.unwrap();
+            assert!(
+                matches!(&d, Login(l) if l == "/auth/login?next=%2F"),
+                "{d:?}"
+            );
+            let d = decide_for("/static/a.js?v=1", &[]).await.unwrap();
+            assert!(
+                matches!(&d, Login(l) if l == "/auth/login?next=%2Fstatic%2Fa.js%3Fv%3D1"),
+                "{d:?}"
+            );
+            let e = decide_for("/v1/models", &[]).await.unwrap_err();
+            assert!(
+                matches!(e, Error::Unauthenticated),
+                "API paths never redirect"
+            );
+            let d = decide_for("/v1/models", &[("authorization", "Bearer x")])
+                .await
+                .unwrap();
+            assert!(matches!(d, Bearer), "{d:?}");
+            let d = decide_for(
+                "/v1/models",
+                &[("cookie", "SESSION"), ("authorization", "Bearer x")],
+            )
+            .await
+            .unwrap();
+            assert!(
+                matches!(d, Authenticated { .. }),
+                "a session wins over a bearer: {d:?}"
+            );
+            let d = decide_for("/chainlit/x", &[]).await.unwrap();
+            assert!(
+                matches!(d, Public),
+                "Chainlit's API calls are public: {d:?}"
+            );
+            let d = decide_for("/chainlit/x", &[("accept", "text/html")])
+                .await
+                .unwrap();
+            assert!(
+                matches!(d, Login(_)),
+                "a Chainlit page needs a login: {d:?}"
+            );
+            let d = decide_for(
+                "/chainlit/x",
+                &[("accept", "text/html"), ("cookie", "SESSION")],
+            )
+            .await
+            .unwrap();
+            assert!(matches!(d, Authenticated { .. }), "{d:?}");
+            let e = decide_for("/assets/..;/v1/models", &[]).await.unwrap_err();
+            assert!(matches!(e, Error::BadRequest(_)), "ambiguous paths first");
+            let e = decide_for("/v1/x", &[("cookie", "sid=forged")])
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(e, Error::Unauthenticated),
+                "an unknown session is none"
+            );
+        }
+    }
+
     #[test]
     fn ambiguous_paths_are_detected() {
         for bad in [

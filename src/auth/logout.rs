@@ -42,7 +42,7 @@ impl Auth {
     pub async fn logout(
         &self,
         parts: &Parts,
-        public_scheme: &str,
+        public_scheme: crate::tls::Scheme,
     ) -> Result<Response<Body>, Error> {
         let h = &parts.headers;
         let site = h.get("sec-fetch-site").and_then(|v| v.to_str().ok());
@@ -62,7 +62,7 @@ impl Auth {
     pub async fn logout_confirmed(
         &self,
         parts: &Parts,
-        public_scheme: &str,
+        public_scheme: crate::tls::Scheme,
     ) -> Result<Response<Body>, Error> {
         let h = &parts.headers;
         let site = h.get("sec-fetch-site").and_then(|v| v.to_str().ok());
@@ -90,7 +90,7 @@ impl Auth {
     async fn end_session(
         &self,
         parts: &Parts,
-        public_scheme: &str,
+        public_scheme: crate::tls::Scheme,
     ) -> Result<Response<Body>, Error> {
         let h = &parts.headers;
         let mut hint = None;

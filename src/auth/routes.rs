@@ -29,7 +29,7 @@ impl Auth {
         &self,
         parts: &Parts,
         body: Incoming,
-        scheme: &str,
+        scheme: crate::tls::Scheme,
     ) -> Result<Response<Body>, Error> {
         match (&parts.method, parts.uri.path()) {
             (&Method::GET, "/auth/login") => Box::pin(self.login(parts, scheme)).await,

@@ -8,6 +8,7 @@
 //! - `X-Forwarded-*` from an untrusted peer are removed in every spelling a backend might fold
 //!   to the same name (`X_Forwarded_For`, `x.forwarded.for`), then written by us.
 
+pub use crate::tls::Scheme;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use std::net::IpAddr;
 
@@ -166,7 +167,7 @@ pub struct Peer {
     /// Whether `ip` is one of the configured trusted proxies.
     pub trusted: bool,
     /// `https` when the public listener has TLS.
-    pub scheme: &'static str,
+    pub scheme: Scheme,
 }
 
 /// Writes `X-Forwarded-For/-Proto/-Host`. From a trusted proxy the incoming chain is extended
@@ -180,7 +181,10 @@ pub fn set_forwarded(headers: &mut HeaderMap, peer: Peer, host: Option<HeaderVal
         if let Ok(v) = HeaderValue::from_str(ip) {
             headers.insert(X_FORWARDED_FOR, v);
         }
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(peer.scheme));
+        headers.insert(
+            X_FORWARDED_PROTO,
+            HeaderValue::from_static(peer.scheme.as_str()),
+        );
         if let Some(host) = host {
             headers.insert(X_FORWARDED_HOST, host);
         }
@@ -194,7 +198,10 @@ pub fn set_forwarded(headers: &mut HeaderMap, peer: Peer, host: Option<HeaderVal
         headers.insert(X_FORWARDED_FOR, v);
     }
     if !headers.contains_key(&X_FORWARDED_PROTO) {
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(peer.scheme));
+        headers.insert(
+            X_FORWARDED_PROTO,
+            HeaderValue::from_static(peer.scheme.as_str()),
+        );
     }
     if let Some(host) = host {
         if !headers.contains_key(&X_FORWARDED_HOST) {
@@ -240,15 +247,15 @@ fn ip_text(ip: IpAddr, buf: &mut [u8; 64]) -> &str {
 
 /// The scheme the client used, as far as we may believe: a trusted proxy's first
 /// `X-Forwarded-Proto` value, else the listener's own scheme.
-pub fn public_scheme(headers: &HeaderMap, peer: Peer) -> &'static str {
+pub fn public_scheme(headers: &HeaderMap, peer: Peer) -> Scheme {
     if peer.trusted {
         if let Some(v) = headers
             .get(&X_FORWARDED_PROTO)
             .and_then(|v| v.to_str().ok())
         {
             match v.split(',').next().map(str::trim) {
-                Some(p) if p.eq_ignore_ascii_case("https") => return "https",
-                Some(p) if p.eq_ignore_ascii_case("http") => return "http",
+                Some(p) if p.eq_ignore_ascii_case("https") => return Scheme::Https,
+                Some(p) if p.eq_ignore_ascii_case("http") => return Scheme::Http,
                 _ => {}
             }
         }

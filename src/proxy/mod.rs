@@ -104,7 +104,7 @@ impl Upstream {
     }
 
     /// Describes the peer of a connection: its address and whether it is a trusted proxy.
-    pub fn peer(&self, ip: IpAddr, scheme: &'static str) -> Peer {
+    pub fn peer(&self, ip: IpAddr, scheme: headers::Scheme) -> Peer {
         let ip = ip.to_canonical();
         Peer {
             ip,

@@ -27,7 +27,7 @@ use tokio::sync::watch;
 pub struct ConnInfo {
     pub peer: SocketAddr,
     /// `https` when the connection is TLS.
-    pub scheme: &'static str,
+    pub scheme: crate::tls::Scheme,
 }
 
 /// Knobs of one listener.
@@ -75,7 +75,11 @@ pub async fn serve<H, F>(
         .keep_alive_timeout(opts.http2_ping_interval.unwrap_or(Duration::from_secs(20)))
         .max_header_list_size(u32::try_from(opts.max_header_bytes).unwrap_or(u32::MAX));
     let builder = Arc::new(builder);
-    let scheme = if opts.tls.is_some() { "https" } else { "http" };
+    let scheme = if opts.tls.is_some() {
+        crate::tls::Scheme::Https
+    } else {
+        crate::tls::Scheme::Http
+    };
     let connections = tokio_util::task::TaskTracker::new();
 
     loop {

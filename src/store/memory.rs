@@ -178,6 +178,20 @@ impl MemoryStore {
     }
 }
 
+/// Purges expired entries every `period` while the store lives (nothing would otherwise
+/// remove a key that is never read again).
+pub(super) async fn purge_every(store: std::sync::Weak<super::Store>, period: std::time::Duration) {
+    let mut tick = tokio::time::interval(period);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(store) = store.upgrade() else { return };
+        if let super::Store::Memory(m) = &*store {
+            m.purge();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

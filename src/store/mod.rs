@@ -9,7 +9,6 @@
 pub mod conformance;
 pub mod memory;
 pub mod redis;
-pub mod tracking;
 
 use bytes::Bytes;
 use std::time::Duration;
@@ -31,6 +30,17 @@ pub enum Store {
 
 impl Store {
     /// A short description for logs ("memory", "redis").
+    /// Starts the store's background work on the current runtime: the memory store purges
+    /// expired entries every minute (Redis expires its own). It ends with the store.
+    pub fn start_housekeeping(self: &std::sync::Arc<Self>) {
+        if let Store::Memory(_) = &**self {
+            tokio::spawn(memory::purge_every(
+                std::sync::Arc::downgrade(self),
+                std::time::Duration::from_secs(60),
+            ));
+        }
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             Store::Memory(_) => "memory",

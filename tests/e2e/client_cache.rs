@@ -1,11 +1,11 @@
 //! The Redis client-side cache (RESP3 `CLIENT TRACKING`): reads are served locally, yet every
 //! write, delete, flush and expiry made anywhere is seen by the next read, and nothing is served
 //! once Redis is gone. Two stores stand for two replicas, on a real redis-server. Reads run in
-//! spawned tasks, as requests do in the sidecar (see `store::tracking` on why that matters).
+//! spawned tasks, as requests do in the sidecar (see `store::redis::tracking` on why that matters).
 
 use crate::oidc_support::*;
+use sso_sidecar::store::redis::tracking::VERIFIED_FOR;
 use sso_sidecar::store::redis::{RedisStore, Topology};
-use sso_sidecar::store::tracking::VERIFIED_FOR;
 use sso_sidecar::store::Store;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

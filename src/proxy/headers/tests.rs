@@ -15,7 +15,7 @@ fn peer(trusted: bool) -> Peer {
     Peer {
         ip: "203.0.113.7".parse().unwrap(),
         trusted,
-        scheme: "http",
+        scheme: crate::tls::Scheme::Http,
     }
 }
 
@@ -160,10 +160,10 @@ fn trusted_proxy_chain_is_extended_and_its_proto_kept() {
     assert_eq!(h["x-forwarded-for"], "198.51.100.1, 203.0.113.7");
     assert_eq!(h["x-forwarded-proto"], "https");
     assert_eq!(h["x-forwarded-host"], "rag.example");
-    assert_eq!(public_scheme(&h, peer(true)), "https");
+    assert_eq!(public_scheme(&h, peer(true)), Scheme::Https);
     assert_eq!(
         public_scheme(&h, peer(false)),
-        "http",
+        Scheme::Http,
         "an untrusted claim of https is not believed"
     );
 }

@@ -10,11 +10,11 @@
 //!
 //! A single server also gets one connection per worker thread, driven by that worker's runtime,
 //! and, unless turned off, a client-side cache of session reads that Redis keeps coherent
-//! ([`super::tracking`]); reads that must see the latest value use [`RedisStore::get_fresh`].
+//! ([`tracking`]); reads that must see the latest value use [`RedisStore::get_fresh`].
 
 mod build;
+pub mod tracking;
 
-use super::tracking::Tracking;
 use super::StoreError;
 use crate::per_worker::PerWorker;
 use bytes::Bytes;
@@ -25,6 +25,7 @@ use redis::sentinel::SentinelClient;
 use redis::FromRedisValue;
 use std::time::Duration;
 use tokio::sync::{Mutex, OnceCell};
+use tracking::Tracking;
 
 /// Adds `member` to a set and raises the set's TTL to at least `ttl_ms` (never lowers it).
 const INDEX_ADD: &str = r"
