@@ -1,7 +1,7 @@
 //! The login and logout flows: `/auth/login`, `/auth/callback`, `/auth/logout`, `/auth/me`.
 //!
 //! Each handler returns a complete response. Callback failures use OpenRag's exact messages
-//! (reference §2.3) and always delete the state cookie; the details go to the log, never to the
+//! (docs/openrag-backend.md#callback) and always delete the state cookie; the details go to the log, never to the
 //! user. Security properties: state and nonce are 256-bit randoms, PKCE S256, the state cookie
 //! is Fernet-encrypted and expires after 600 s, a state is accepted once (replay marker in the
 //! shared store), and every login mints a fresh session id.

@@ -1,6 +1,6 @@
 //! The per-request decision: may this request reach the upstream, and as whom?
 //!
-//! Order (reference §2.1, §10 items 5–7 and 22): public paths pass without identity (HTML loads
+//! Order (docs/openrag-backend.md#gate): public paths pass without identity (HTML loads
 //! of `html_login` paths excepted); a valid session cookie wins over an `Authorization` header;
 //! without one a `Bearer` request passes through untouched for the backend to judge; otherwise
 //! UI paths are redirected to the login and everything else gets 401. Unauthenticated requests

@@ -1,5 +1,5 @@
 //! Where a user may be sent after login: the `next` parameter, sanitized against open
-//! redirects (reference §2.6, peers §4).
+//! redirects (docs/openrag-backend.md#next, and the open-redirect advisories of peer proxies).
 //!
 //! Pure functions. A value is kept only when it is a same-site path (`/…`, not `//…` or `/\…`,
 //! no control characters or whitespace in any percent-decoded layer, no scheme or host), or an

@@ -1,5 +1,5 @@
 //! OpenRag's own variables (`AUTH_MODE`, `AUTH_TOKEN`, `OIDC_*`), parsed exactly as OpenRag
-//! parses them (reference `openrag-auth-behaviour.md` §1), with one deliberate difference: the
+//! parses them (docs/openrag-backend.md#variables), with one deliberate difference: the
 //! Fernet key is checked at start-up instead of at the first login.
 //!
 //! Owns parsing and validation of these names only; it returns typed values or problem strings

@@ -57,8 +57,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
     // Collect first: the names live inside the `Connection` values we are about to remove.
     // The usual tokens (`keep-alive`, `close`, `upgrade`) name nothing beyond the fixed list,
-    // so the common case parses no name and allocates nothing. A plain loop: the iterator
-    // chain this replaces cost more than the rest of the function.
+    // so the common case parses no name and allocates nothing.
     let mut named: Vec<HeaderName> = Vec::new();
     for value in headers.get_all(header::CONNECTION) {
         for token in value.as_bytes().split(|&b| b == b',') {

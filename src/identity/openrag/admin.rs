@@ -1,4 +1,4 @@
-//! A client for the OpenRag backend's users admin API (reference §6.1), authenticated with the
+//! A client for the OpenRag backend's users admin API (docs/openrag-backend.md#admin-api), authenticated with the
 //! backend's `AUTH_TOKEN`. Bodies are JSON; the API has no lookup by `external_user_id`, so the
 //! bridge lists users and filters. Never logs a token.
 

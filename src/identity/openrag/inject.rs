@@ -1,4 +1,4 @@
-//! Where an OpenRag backend looks for a user's token, per path (reference §5.1, §6.3):
+//! Where an OpenRag backend looks for a user's token, per path (docs/openrag-backend.md#tokens):
 //! `Authorization: Bearer` on most paths, the `token` query parameter on `/static…` (the header
 //! is ignored there), the `openrag_chainlit_token` cookie on `/chainlit…` (Chainlit reads only
 //! cookies). Pure functions over the request head.
@@ -134,7 +134,7 @@ fn without_token(location: &str, token: &str) -> Option<String> {
 }
 
 /// True when a response looks like a token-mode backend refusing the token it was given: 403
-/// `{"detail":"Invalid token"}`, its middleware's answer (reference §5.2). A 401 is never that
+/// `{"detail":"Invalid token"}`, its middleware's answer (docs/openrag-backend.md#tokens). A 401 is never that
 /// answer (Chainlit's own `Invalid authentication token`, a provider's refusal relayed by a
 /// route), nor is `Missing token` (the token was not where that path looks). Only a hint: the
 /// bridge confirms it with a probe before acting on it.

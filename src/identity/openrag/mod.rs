@@ -1,6 +1,6 @@
 //! The OpenRag identity bridge (`identity = "openrag"`): an unmodified OpenRag backend trusts
 //! only its own per-user tokens, so the sidecar maps the IdP `sub` to the backend user whose
-//! `external_user_id == sub` and injects that user's token (reference §4–§6).
+//! `external_user_id == sub` and injects that user's token (docs/openrag-backend.md#users, #tokens, #admin-api).
 //!
 //! Owns the user lookup (list + cache, refreshed on a miss), auto-provisioning and claim sync
 //! through the admin API, the token vault (each user's token Fernet-encrypted in the shared store,
@@ -376,7 +376,7 @@ impl OpenRagBridge {
     }
 }
 
-/// name → preferred_username → "given family" → `oidc-<first 8 of sub>` (reference §4.2).
+/// name → preferred_username → "given family" → `oidc-<first 8 of sub>` (docs/openrag-backend.md#users).
 pub fn display_name(sub: &str, claims: &Map<String, Value>) -> String {
     let s = |k: &str| {
         claims
