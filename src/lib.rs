@@ -21,6 +21,7 @@ pub mod clock;
 pub mod config;
 pub mod crypto;
 pub mod error;
+pub mod http_json;
 pub mod identity;
 pub mod metrics;
 pub mod per_worker;

@@ -10,6 +10,7 @@
 use crate::auth::flow::Auth;
 use crate::auth::gate::Decision;
 use crate::error::{wants_html, Error};
+use crate::http_json::error_chain;
 use crate::identity::{Caller, Identity, Outbound, Outcome};
 use crate::metrics::Metrics;
 use crate::proxy::headers::{self, Peer};
@@ -197,18 +198,6 @@ fn refused_early(req: &Request<Incoming>) -> Option<Error> {
         return Some(Error::BadRequest("Missing or duplicate Host header"));
     }
     None
-}
-
-/// `error: cause: cause…`, for logs only.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 #[cfg(test)]

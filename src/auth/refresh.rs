@@ -220,6 +220,7 @@ mod tests {
     fn refusals_end_sessions_outages_do_not() {
         let status = |s: u16| {
             TokenError::Http(IdpHttpError::Status {
+                service: "the IdP",
                 status: http::StatusCode::from_u16(s).unwrap(),
                 body: bytes::Bytes::new(),
             })
@@ -229,12 +230,14 @@ mod tests {
         assert!(!is_definitive(&status(429)));
         assert!(!is_definitive(&status(500)));
         assert!(!is_definitive(&status(503)));
-        assert!(!is_definitive(&TokenError::Http(IdpHttpError::Transport(
-            "refused".into()
-        ))));
-        assert!(!is_definitive(&TokenError::Http(IdpHttpError::Timeout(
-            Duration::from_secs(1)
-        ))));
+        assert!(!is_definitive(&TokenError::Http(IdpHttpError::Transport {
+            service: "the IdP",
+            source: "refused".into(),
+        })));
+        assert!(!is_definitive(&TokenError::Http(IdpHttpError::Timeout {
+            service: "the IdP",
+            timeout: Duration::from_secs(1),
+        })));
     }
 
     #[test]

@@ -2,14 +2,11 @@
 //! backend's `AUTH_TOKEN`. Bodies are JSON; the API has no lookup by `external_user_id`, so the
 //! bridge lists users and filters. Never logs a token.
 
+use crate::http_json::{HttpError, JsonClient};
 use crate::secret::Secret;
 use bytes::Bytes;
 use http::{header, Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use http_body_util::Full;
 use serde::Deserialize;
 use serde_json::Value;
 use std::time::Duration;
@@ -28,19 +25,21 @@ pub struct BackendUser {
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
-    #[error("backend users API unreachable: {0}")]
-    Transport(String),
+    #[error("backend users API")]
+    Http(#[source] HttpError),
     #[error("backend users API answered {status}: {detail}")]
     Status { status: StatusCode, detail: String },
     #[error("backend users API answered unexpected JSON: {0}")]
     Json(String),
 }
 
+/// Largest answer accepted from the users API (its user list grows with the users).
+const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
+
 pub struct AdminClient {
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    http: JsonClient,
     base: String,
     token: Secret<String>,
-    timeout: Duration,
 }
 
 impl AdminClient {
@@ -50,12 +49,10 @@ impl AdminClient {
         tls: rustls::ClientConfig,
         timeout: Duration,
     ) -> Self {
-        let connector = crate::tls::connector(tls, timeout);
         AdminClient {
-            client: Client::builder(TokioExecutor::new()).build(connector),
+            http: JsonClient::new("the backend's users API", tls, timeout, MAX_RESPONSE_BYTES),
             base: base.as_str().trim_end_matches('/').to_owned(),
             token,
-            timeout,
         }
     }
 
@@ -90,24 +87,8 @@ impl AdminClient {
         };
         let req = req
             .body(Full::new(payload))
-            .map_err(|e| AdminError::Transport(e.to_string()))?;
-        let exchange = async {
-            let resp = self
-                .client
-                .request(req)
-                .await
-                .map_err(|e| AdminError::Transport(e.to_string()))?;
-            let status = resp.status();
-            let bytes = Limited::new(resp.into_body(), 16 * 1024 * 1024)
-                .collect()
-                .await
-                .map_err(|e| AdminError::Transport(e.to_string()))?
-                .to_bytes();
-            Ok::<_, AdminError>((status, bytes))
-        };
-        let (status, bytes) = tokio::time::timeout(self.timeout, exchange)
-            .await
-            .map_err(|_| AdminError::Transport(format!("no answer within {:?}", self.timeout)))??;
+            .map_err(|e| AdminError::Http(self.http.transport(e)))?;
+        let (status, bytes) = self.http.exchange(req).await.map_err(AdminError::Http)?;
         if !status.is_success() {
             let detail = serde_json::from_slice::<Value>(&bytes)
                 .ok()

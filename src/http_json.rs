@@ -1,0 +1,137 @@
+//! The one HTTP client the sidecar calls other services with: the IdP (discovery, JWKS, token,
+//! userinfo) and the OpenRag backend's admin API. Requests in, status and JSON out.
+//!
+//! It follows no redirects (hyper never does), caps response sizes and has a deadline per call,
+//! so a hostile or broken service cannot make the sidecar fetch elsewhere, buffer without bound
+//! or hang a login. Errors keep their cause (`#[source]`); [`error_chain`] prints it for logs.
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use std::time::Duration;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("cannot reach {service}")]
+    Transport {
+        service: &'static str,
+        #[source]
+        source: BoxError,
+    },
+    #[error("{service} did not answer within {timeout:?}")]
+    Timeout {
+        service: &'static str,
+        timeout: Duration,
+    },
+    #[error("{service} answered HTTP {status}")]
+    Status {
+        service: &'static str,
+        status: StatusCode,
+        body: Bytes,
+    },
+    #[error("{service}'s response is not valid JSON")]
+    Json {
+        service: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// A JSON client for one service (named in its errors).
+#[derive(Clone)]
+pub struct JsonClient {
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    service: &'static str,
+    timeout: Duration,
+    max_bytes: usize,
+}
+
+impl JsonClient {
+    pub fn new(
+        service: &'static str,
+        tls: rustls::ClientConfig,
+        timeout: Duration,
+        max_bytes: usize,
+    ) -> Self {
+        JsonClient {
+            client: Client::builder(TokioExecutor::new())
+                .build(crate::tls::connector(tls, timeout)),
+            service,
+            timeout,
+            max_bytes,
+        }
+    }
+
+    /// A transport error of this service (a request that could not even be built, say).
+    pub fn transport(&self, source: impl Into<BoxError>) -> HttpError {
+        HttpError::Transport {
+            service: self.service,
+            source: source.into(),
+        }
+    }
+
+    /// Sends `req` and returns the status and the whole body, within the deadline.
+    pub async fn exchange(
+        &self,
+        req: Request<Full<Bytes>>,
+    ) -> Result<(StatusCode, Bytes), HttpError> {
+        let exchange = async {
+            let resp = self
+                .client
+                .request(req)
+                .await
+                .map_err(|e| self.transport(e))?;
+            let status = resp.status();
+            let body = Limited::new(resp.into_body(), self.max_bytes)
+                .collect()
+                .await
+                .map_err(|e| self.transport(e))?
+                .to_bytes();
+            Ok::<_, HttpError>((status, body))
+        };
+        tokio::time::timeout(self.timeout, exchange)
+            .await
+            .map_err(|_| HttpError::Timeout {
+                service: self.service,
+                timeout: self.timeout,
+            })?
+    }
+
+    /// [`JsonClient::exchange`], then a 2xx body parsed as JSON (empty: `null`); any other
+    /// status is [`HttpError::Status`].
+    pub async fn json(&self, req: Request<Full<Bytes>>) -> Result<serde_json::Value, HttpError> {
+        let (status, body) = self.exchange(req).await?;
+        if !status.is_success() {
+            return Err(HttpError::Status {
+                service: self.service,
+                status,
+                body,
+            });
+        }
+        if body.is_empty() {
+            return Ok(serde_json::Value::Null);
+        }
+        serde_json::from_slice(&body).map_err(|source| HttpError::Json {
+            service: self.service,
+            source,
+        })
+    }
+}
+
+/// `error: cause: cause…`, for logs only.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
