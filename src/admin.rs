@@ -3,7 +3,7 @@
 //! shadow the backend's own `/metrics` or `/health_check`.
 
 use crate::metrics::Metrics;
-use crate::Body;
+use crate::proxy::Body;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -85,7 +85,7 @@ impl Admin {
 }
 
 fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
-    let mut r = Response::new(crate::full(Bytes::from(body)));
+    let mut r = Response::new(crate::proxy::full(Bytes::from(body)));
     *r.status_mut() = status;
     r.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));

@@ -6,7 +6,7 @@
 //! shape) for API clients, a small HTML page for browsers. Internal causes never reach a body.
 
 use crate::identity::openrag::BridgeError;
-use crate::Body;
+use crate::proxy::Body;
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 
@@ -172,7 +172,7 @@ pub fn message_response(status: StatusCode, message: &str, wants_html: bool) -> 
         let json = serde_json::json!({ "detail": message }).to_string();
         ("application/json", json)
     };
-    let mut resp = Response::new(crate::full(Bytes::from(body)));
+    let mut resp = Response::new(crate::proxy::full(Bytes::from(body)));
     *resp.status_mut() = status;
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));

@@ -34,25 +34,10 @@ pub mod store;
 pub mod telemetry;
 pub mod tls;
 
-use bytes::Bytes;
 use config::{AuthMode, Config};
-use http_body_util::{Either, Full};
-use hyper::body::Incoming;
 use std::future::Future;
 use std::sync::Arc;
 use tokio::net::TcpListener;
-
-/// The body of every response the sidecar sends: a streamed upstream body or a small one of
-/// its own. An enum rather than a boxed trait object: the proxied path allocates nothing for it.
-pub type Body = Either<proxy::UpstreamBody, Full<Bytes>>;
-
-/// The body of a request sent upstream: the client's, streamed, or one the sidecar made.
-pub type RequestBody = Either<Incoming, Full<Bytes>>;
-
-/// A response body of the sidecar's own.
-pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Either::Right(Full::new(bytes.into()))
-}
 
 /// The listeners, bound by the caller (port 0 in tests) before `run` is called.
 pub struct Listeners {
@@ -69,6 +54,8 @@ pub enum StartError {
     Upstream(String),
     #[error("{0}")]
     Unsupported(&'static str),
+    #[error("identity: {0}")]
+    Identity(String),
     #[error("session store: {0}")]
     Store(String),
     #[error("public listener: {0}")]
@@ -81,7 +68,6 @@ fn build_oidc(
     readiness: &mut admin::Readiness,
     metrics: Arc<metrics::Metrics>,
 ) -> Result<router::Oidc, StartError> {
-    use config::IdentityMode;
     let Some(settings) = config.openrag.oidc.clone() else {
         return Err(StartError::Unsupported(
             "AUTH_MODE=oidc without OIDC settings",
@@ -122,40 +108,10 @@ fn build_oidc(
     );
     readiness.provider = Some(provider.clone());
     readiness.store = Some(store.clone());
-    let mode = match config.identity {
-        IdentityMode::Headers => identity::Mode::Headers,
-        IdentityMode::OpenRag => {
-            let token = config
-                .openrag
-                .auth_token
-                .clone()
-                .ok_or(StartError::Unsupported(
-                    "SSO_SIDECAR_IDENTITY=openrag needs AUTH_TOKEN (the backend's admin token)",
-                ))?;
-            let tls = tls::client_config(config.proxy.upstream_ca_file.as_deref())
-                .map_err(StartError::Upstream)?;
-            let admin = identity::openrag::admin::AdminClient::new(
-                &config.proxy.upstream,
-                token,
-                tls,
-                a.openrag.admin_timeout,
-            );
-            identity::Mode::OpenRag(Arc::new(identity::openrag::OpenRagBridge::new(
-                admin,
-                store.clone(),
-                settings.keys.clone(),
-                a.openrag.clone(),
-                settings.issuer.clone(),
-                config.openrag.auto_provision,
-                config.openrag.claim_mapping.clone(),
-            )))
-        }
-    };
-    let identity = Arc::new(identity::Identity::new(
-        config.workers,
-        a.headers.clone(),
-        mode,
-    ));
+    let identity = Arc::new(
+        identity::Identity::from_config(config, store.clone(), settings.keys.clone())
+            .map_err(StartError::Identity)?,
+    );
     let sessions = Arc::new(session::Sessions::new(
         store,
         settings.keys.clone(),

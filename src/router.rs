@@ -15,10 +15,10 @@ use crate::identity::{Caller, Identity, Outbound, Outcome};
 use crate::metrics::Metrics;
 use crate::proxy::headers::{self, Peer};
 use crate::proxy::Upstream;
+use crate::proxy::{Body, RequestBody};
 use crate::server::ConnInfo;
 use crate::session::LiveStreams;
 use crate::telemetry;
-use crate::{Body, RequestBody};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Either;
 use hyper::body::Incoming;
@@ -134,7 +134,7 @@ impl App {
         }
         let caller = match auth.gate(&parts).await? {
             Decision::Login(location) => {
-                let mut r = Response::new(crate::full(""));
+                let mut r = Response::new(crate::proxy::full(""));
                 *r.status_mut() = StatusCode::FOUND;
                 let v =
                     HeaderValue::from_str(&location).map_err(|e| Error::Internal(e.to_string()))?;

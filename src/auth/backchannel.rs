@@ -8,7 +8,6 @@
 
 use super::flow::Auth;
 use super::oidc::{now_unix, CLOCK_SKEW_SECS};
-use crate::crypto::digest;
 use serde_json::{Map, Value};
 use std::time::Duration;
 
@@ -55,7 +54,7 @@ impl Auth {
         )
         .map_err(LogoutError::Invalid)?;
 
-        let marker = format!("jti:{{{}}}", digest(&["jti", &settings.issuer, &jti]));
+        let marker = crate::store::keys::hashed("jti", &["jti", &settings.issuer, &jti]);
         let ttl = Duration::from_secs((2 * MAX_AGE_SECS) as u64);
         if !self
             .sessions

@@ -11,11 +11,10 @@ use super::gate::{self, Decision};
 use super::oidc::{now_unix, Provider};
 use super::redirect::sanitize_next;
 use crate::config::{AuthSettings, ClaimSource};
-use crate::crypto::digest;
 use crate::error::{message_response, wants_html, Error};
 use crate::per_worker::PerWorker;
+use crate::proxy::Body;
 use crate::session::{Session, Sessions};
-use crate::Body;
 use base64::Engine;
 use http::{header, request::Parts, HeaderValue, Response, StatusCode};
 use serde::{Deserialize, Serialize};
@@ -49,7 +48,7 @@ struct LoginState {
 }
 
 pub(super) fn redirect(location: &str) -> Response<Body> {
-    let mut r = Response::new(crate::full(""));
+    let mut r = Response::new(crate::proxy::full(""));
     *r.status_mut() = StatusCode::FOUND;
     if let Ok(v) = HeaderValue::from_str(location) {
         r.headers_mut().insert(header::LOCATION, v);
@@ -201,7 +200,7 @@ impl Auth {
             tracing::warn!("callback iss parameter is not the configured issuer");
             return Err(bad("OIDC code exchange failed"));
         }
-        let marker = format!("state:{{{}}}", digest(&["state", &st.state]));
+        let marker = crate::store::keys::hashed("state", &["state", &st.state]);
         let first_use = self
             .sessions
             .store()

@@ -9,7 +9,7 @@
 use super::flow::{redirect, Auth};
 use super::oidc::now_unix;
 use crate::error::{message_response, Error};
-use crate::Body;
+use crate::proxy::Body;
 use http::{header, request::Parts, HeaderValue, Response, StatusCode};
 
 impl Auth {
@@ -27,7 +27,7 @@ impl Auth {
             "sub": s.sub, "user_id": s.backend_user_id, "email": s.email, "name": s.name,
             "auth_method": "oidc", "session_expires_at": s.expires_at,
         });
-        let mut r = Response::new(crate::full(body.to_string()));
+        let mut r = Response::new(crate::proxy::full(body.to_string()));
         r.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
@@ -153,7 +153,7 @@ fn confirmation_page() -> Response<Body> {
         </head><body><h1>Log out?</h1><p>Do you want to end your session?</p>\
         <form method=\"post\" action=\"/auth/logout\"><button type=\"submit\">Log out</button></form>\
         <p><a href=\"/\">Back to the application</a></p></body></html>\n";
-    let mut r = Response::new(crate::full(PAGE));
+    let mut r = Response::new(crate::proxy::full(PAGE));
     let h = r.headers_mut();
     h.insert(
         header::CONTENT_TYPE,

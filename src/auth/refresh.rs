@@ -11,7 +11,6 @@
 use super::flow::Auth;
 use super::idp_http::IdpHttpError;
 use super::oidc::{now_unix, TokenError};
-use crate::crypto::digest;
 use crate::session::{Session, Sessions};
 use crate::store::StoreError;
 use serde_json::Value;
@@ -101,7 +100,7 @@ impl Auth {
             return Ok(Some(current));
         }
 
-        let lock_key = format!("lock:{{{}}}", digest(&["refresh", &key]));
+        let lock_key = crate::store::keys::hashed("lock", &["refresh", &key]);
         let owner = crate::crypto::random_token(16);
         let waited = Instant::now();
         loop {

@@ -4,7 +4,7 @@
 
 use super::flow::Auth;
 use crate::error::{message_response, Error};
-use crate::Body;
+use crate::proxy::Body;
 use http::{header, request::Parts, HeaderValue, Method, Response, StatusCode};
 use hyper::body::Incoming;
 
@@ -69,7 +69,7 @@ impl Auth {
                 (StatusCode::BAD_REQUEST, b.to_string())
             }
         };
-        let mut r = Response::new(crate::full(body));
+        let mut r = Response::new(crate::proxy::full(body));
         *r.status_mut() = status;
         r.headers_mut()
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

@@ -17,10 +17,10 @@ pub mod openrag;
 use crate::config::Reloadable;
 use crate::per_worker::PerWorker;
 use crate::proxy::headers::Peer;
+use crate::proxy::{Body, RequestBody};
 use crate::proxy::{ProxyError, Upstream};
 use crate::session::{LiveStreams, Sessions};
 use crate::store::StoreError;
-use crate::{Body, RequestBody};
 use headers::HeaderIdentity;
 use http::request::Parts;
 use http::{HeaderMap, Method, Response, StatusCode};
@@ -91,6 +91,47 @@ impl Identity {
         }
     }
 
+    /// The identity the configuration asks for (`SSO_SIDECAR_IDENTITY`): the one place a mode
+    /// is built from its settings.
+    pub fn from_config(
+        config: &crate::config::Config,
+        store: Arc<crate::store::Store>,
+        keys: Arc<crate::crypto::KeyRing>,
+    ) -> Result<Self, String> {
+        use crate::config::IdentityMode;
+        let a = &config.auth;
+        let mode = match config.identity {
+            IdentityMode::Headers => Mode::Headers,
+            IdentityMode::OpenRag => {
+                let token = config.openrag.auth_token.clone().ok_or(
+                    "SSO_SIDECAR_IDENTITY=openrag needs AUTH_TOKEN (the backend's admin token)",
+                )?;
+                let oidc = config
+                    .openrag
+                    .oidc
+                    .as_ref()
+                    .ok_or("SSO_SIDECAR_IDENTITY=openrag needs the OIDC settings")?;
+                let tls = crate::tls::client_config(config.proxy.upstream_ca_file.as_deref())?;
+                let admin = openrag::admin::AdminClient::new(
+                    &config.proxy.upstream,
+                    token,
+                    tls,
+                    a.openrag.admin_timeout,
+                );
+                Mode::OpenRag(Arc::new(OpenRagBridge::new(
+                    admin,
+                    store,
+                    keys,
+                    a.openrag.clone(),
+                    oidc.issuer.clone(),
+                    config.openrag.auto_provision,
+                    config.openrag.claim_mapping.clone(),
+                )))
+            }
+        };
+        Ok(Identity::new(config.workers, a.headers.clone(), mode))
+    }
+
     /// The hook at login: the backend user for `sub` (OpenRag: found, or provisioned, with the
     /// token to inject); nothing in `headers` mode.
     pub async fn on_login(
@@ -116,7 +157,7 @@ impl Identity {
             // The backend would put the user's token into a browser cookie: answer it here
             // (the sidecar adds the Chainlit cookie to `/chainlit` requests itself).
             (Mode::OpenRag(_), &Method::POST | &Method::DELETE, "/auth/chainlit-session") => {
-                let mut r = Response::new(crate::full(""));
+                let mut r = Response::new(crate::proxy::full(""));
                 *r.status_mut() = StatusCode::NO_CONTENT;
                 Some(r)
             }

@@ -7,10 +7,12 @@
 //! Bodies are never buffered: the client's body becomes the upstream request body as is, and the
 //! upstream's `Incoming` body becomes the response body.
 
+pub mod body;
 pub mod headers;
 mod pool;
 
 use crate::config::ProxySettings;
+pub use body::{full, Body, RequestBody};
 use headers::Peer;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{header, HeaderValue, Request, Response, StatusCode, Uri};
@@ -121,7 +123,7 @@ impl Upstream {
     /// signal that ends it early.
     pub async fn forward(
         &self,
-        mut req: Request<crate::RequestBody>,
+        mut req: Request<crate::proxy::RequestBody>,
         peer: Peer,
         prepare: impl FnOnce(&mut http::HeaderMap),
         abort: impl FnOnce() -> Option<Abort>,

@@ -12,7 +12,7 @@
 //! one retry a request gets when a reused connection turns out to be closed before the request
 //! was sent. Knows nothing of headers or URIs beyond what it is handed.
 
-use crate::RequestBody;
+use crate::proxy::RequestBody;
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};

@@ -8,7 +8,7 @@
 
 use super::limits::ConnPermit;
 use super::{ConnInfo, ServeOptions};
-use crate::Body;
+use crate::proxy::Body;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};

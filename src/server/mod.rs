@@ -10,7 +10,7 @@ pub mod limits;
 pub mod workers;
 
 use crate::metrics::Metrics;
-use crate::Body;
+use crate::proxy::Body;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioTimer};

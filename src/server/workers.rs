@@ -5,7 +5,7 @@
 //! work-stealing runtime on the benchmark (bench/README.md).
 
 use super::{serve, ConnInfo, ServeOptions};
-use crate::Body;
+use crate::proxy::Body;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use std::future::Future;

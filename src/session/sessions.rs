@@ -39,8 +39,6 @@ struct Opened {
 /// it is simply cleared when full.
 const OPENED_CACHE_MAX: usize = 1024;
 
-use crate::crypto::digest;
-
 /// A session id as the cookie carries it: 32 random bytes, base64url (43 characters).
 pub fn new_session_id() -> String {
     crate::crypto::random_token(32)
@@ -77,15 +75,15 @@ impl Sessions {
 
     /// The store key of a session id (public for tests that inspect Redis).
     pub fn key_of(id: &str) -> String {
-        format!("session:{{{}}}", digest(&["session", id]))
+        crate::store::keys::hashed("session", &["session", id])
     }
 
     fn sid_index(iss: &str, sid: &str) -> String {
-        format!("sid:{{{}}}", digest(&["sid", iss, sid]))
+        crate::store::keys::hashed("sid", &["sid", iss, sid])
     }
 
     fn sub_index(iss: &str, sub: &str) -> String {
-        format!("sub:{{{}}}", digest(&["sub", iss, sub]))
+        crate::store::keys::hashed("sub", &["sub", iss, sub])
     }
 
     /// Stores `session` under a new random id and returns the id for the cookie.

@@ -7,6 +7,7 @@
 //! (any number of replicas). An enum rather than a trait object: two variants, no allocation.
 
 pub mod conformance;
+pub mod keys;
 pub mod memory;
 pub mod redis;
 

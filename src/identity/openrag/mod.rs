@@ -13,7 +13,6 @@ pub(crate) mod request;
 
 use crate::config::openrag::ClaimMapping;
 use crate::config::{BridgeSettings, TokenPolicy};
-use crate::crypto::digest;
 use crate::crypto::KeyRing;
 use crate::secret::Secret;
 use crate::store::{Store, StoreError};
@@ -106,7 +105,7 @@ impl OpenRagBridge {
     }
 
     fn vault_key(&self, sub: &str) -> String {
-        format!("vault:{{{}}}", digest(&["vault", &self.issuer, sub]))
+        crate::store::keys::hashed("vault", &["vault", &self.issuer, sub])
     }
 
     async fn vault_get(&self, sub: &str) -> Result<Option<Secret<String>>, StoreError> {

@@ -8,8 +8,8 @@ use super::{BridgeError, OpenRagBridge};
 use crate::identity::forward::{send, Inject, Outcome};
 use crate::identity::headers::HeaderIdentity;
 use crate::identity::{ForwardError, Outbound};
+use crate::proxy::RequestBody;
 use crate::session::Session;
-use crate::RequestBody;
 use http::request::Parts;
 use http::{header, Method, Response};
 use http_body_util::{Either, Full};
@@ -117,7 +117,7 @@ async fn peek_refusal(out: Outcome) -> (Outcome, bool) {
     let refused = inject::is_token_refusal(status, &bytes);
     (
         (
-            Response::from_parts(parts, crate::full(bytes)),
+            Response::from_parts(parts, crate::proxy::full(bytes)),
             upstream_status,
         ),
         refused,
