@@ -302,3 +302,46 @@ impl http_body::Body for UpstreamBody {
         self.inner.size_hint()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The idle rule and the sweeper's clock, on paused time.
+    use super::*;
+
+    fn pool(idle: Duration) -> Arc<Pool> {
+        let tls = crate::tls::client_config(None).unwrap();
+        let connector = crate::tls::connector(tls, Duration::from_secs(1));
+        let target: Uri = "http://127.0.0.1:9".parse().unwrap();
+        Pool::new(connector, target, idle, 4, 4, Default::default())
+    }
+
+    #[test]
+    fn a_connection_is_idle_after_two_epochs() {
+        let idle = Idle {
+            epoch: 5,
+            ..Idle::default()
+        };
+        assert!(!idle.expired(5));
+        assert!(
+            !idle.expired(4),
+            "half an idle timeout to a whole one: kept"
+        );
+        assert!(idle.expired(3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_sweeper_counts_half_idle_timeouts() {
+        let p = pool(Duration::from_secs(4));
+        p.start_sweeper();
+        assert_eq!(p.lock().epoch, 0);
+        tokio::time::sleep(Duration::from_millis(2_100)).await;
+        assert_eq!(p.lock().epoch, 1);
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        assert_eq!(p.lock().epoch, 3);
+        // The sweeper ends with its pool.
+        let weak = Arc::downgrade(&p);
+        drop(p);
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        assert!(weak.upgrade().is_none());
+    }
+}
