@@ -68,7 +68,7 @@ fn build_oidc(
     readiness: &mut admin::Readiness,
     metrics: Arc<metrics::Metrics>,
 ) -> Result<router::Oidc, StartError> {
-    let Some(settings) = config.openrag.oidc.clone() else {
+    let Some(settings) = config.openrag_env.oidc.clone() else {
         return Err(StartError::Unsupported(
             "AUTH_MODE=oidc without OIDC settings",
         ));

@@ -65,7 +65,7 @@ fn check(c: &Config) -> ExitCode {
     for w in &c.warnings {
         println!("warning: {w}");
     }
-    if let Some(oidc) = &c.openrag.oidc {
+    if let Some(oidc) = &c.openrag_env.oidc {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let runtime = match tokio::runtime::Builder::new_current_thread()
             .enable_all()

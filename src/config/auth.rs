@@ -67,7 +67,7 @@ impl Default for HeaderSettings {
 /// `[openrag]`: the OpenRag identity bridge (`identity = "openrag"`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct OpenRagSettings {
+pub struct BridgeSection {
     /// What to do for an existing backend user whose token the vault lacks:
     /// `deny`, `regenerate` (invalidates the user's previous token) or `file`.
     pub token_policy: String,
@@ -79,9 +79,9 @@ pub struct OpenRagSettings {
     pub vault_ttl_days: u64,
 }
 
-impl Default for OpenRagSettings {
+impl Default for BridgeSection {
     fn default() -> Self {
-        OpenRagSettings {
+        BridgeSection {
             token_policy: "deny".into(),
             token_file: None,
             admin_timeout_secs: 10,
@@ -165,7 +165,7 @@ pub struct AuthSettings {
     pub redis: Option<RedisConfig>,
     pub paths: PathSettings,
     pub headers: Vec<(IdentityField, http::HeaderName)>,
-    pub openrag: BridgeSettings,
+    pub bridge: BridgeSettings,
 }
 
 /// What an identity header carries.
@@ -263,7 +263,7 @@ impl Settings {
             return None;
         }
         Some(AuthSettings {
-            openrag: openrag?,
+            bridge: openrag?,
             session_cookie_name: name.clone(),
             cookie_host_prefix: self.cookie_host_prefix,
             session_lifetime: Duration::from_secs(self.session_lifetime_secs),

@@ -9,7 +9,7 @@
 
 pub mod auth;
 pub mod connections;
-pub mod openrag;
+pub mod openrag_env;
 pub mod reload;
 pub mod settings;
 pub mod sources;
@@ -19,7 +19,7 @@ pub use auth::{
     RedisTopology, TokenPolicy,
 };
 pub use connections::ConnectionLimits;
-pub use openrag::{AuthMode, ClaimSource, OidcSettings, OpenRagVars};
+pub use openrag_env::{AuthMode, ClaimSource, OidcSettings, OpenRagVars};
 pub use reload::{restart_required, Reloadable};
 pub use settings::{IdentityMode, LogFormat, ProxySettings, Settings, TlsFiles};
 
@@ -47,7 +47,8 @@ pub struct Config {
     /// Worker threads serving the public listener.
     pub workers: usize,
     pub connections: ConnectionLimits,
-    pub openrag: OpenRagVars,
+    /// OpenRag's own variables (`AUTH_MODE`, `OIDC_*`…), read as OpenRag reads them.
+    pub openrag_env: OpenRagVars,
     pub auth: AuthSettings,
     /// Non-fatal findings, logged once telemetry is up.
     pub warnings: Vec<String>,
@@ -59,7 +60,7 @@ pub struct Config {
 
 impl Config {
     pub fn auth_mode(&self) -> AuthMode {
-        self.openrag.auth_mode
+        self.openrag_env.auth_mode
     }
 }
 
@@ -149,7 +150,7 @@ pub fn load(inputs: Inputs) -> Result<Config, ConfigErrors> {
         }
     };
 
-    let openrag = openrag::parse(&vars, &mut problems);
+    let openrag = openrag_env::parse(&vars, &mut problems);
     let raw = settings.clone();
     let validated = settings.and_then(|s| s.validate(&mut problems));
 
@@ -184,7 +185,7 @@ pub fn load(inputs: Inputs) -> Result<Config, ConfigErrors> {
                 shutdown_timeout: v.shutdown_timeout,
                 workers: v.workers,
                 connections: v.connections,
-                openrag,
+                openrag_env: openrag,
                 auth: v.auth,
                 warnings,
                 source_file: config_file,

@@ -75,7 +75,7 @@ impl Config {
 /// keeps their running values and names them in the log (names only, never values).
 pub fn restart_required(a: &Config, b: &Config) -> Vec<String> {
     let mut keys = restart_keys(&a.raw.0, &b.raw.0);
-    if format!("{:?}", a.openrag) != format!("{:?}", b.openrag) {
+    if format!("{:?}", a.openrag_env) != format!("{:?}", b.openrag_env) {
         keys.push("AUTH_MODE and OIDC_* variables".to_owned());
     }
     keys

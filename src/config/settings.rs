@@ -4,7 +4,7 @@
 //! Every key lives here once, with its default; `config/sso-sidecar.example.toml` documents the
 //! same keys and a unit test keeps the two in step. No I/O beyond checking that files exist.
 
-use super::auth::{AuthSettings, HeaderSettings, OpenRagSettings, PathSettings};
+use super::auth::{AuthSettings, BridgeSection, HeaderSettings, PathSettings};
 use super::connections::{ConnectionLimits, ConnectionSettings};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -101,7 +101,7 @@ pub struct Settings {
     /// Header names of `identity = "headers"`.
     pub headers: HeaderSettings,
     /// The OpenRag identity bridge (`identity = "openrag"`).
-    pub openrag: OpenRagSettings,
+    pub openrag: BridgeSection,
     /// Client connection deadlines and caps, upstream connection cap, stream revocation.
     pub connections: ConnectionSettings,
 }
@@ -191,7 +191,7 @@ impl Default for Settings {
             redis_client_cache_entries: 2048,
             paths: PathSettings::default(),
             headers: HeaderSettings::default(),
-            openrag: OpenRagSettings::default(),
+            openrag: BridgeSection::default(),
             connections: ConnectionSettings::default(),
         }
     }

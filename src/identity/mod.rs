@@ -103,11 +103,11 @@ impl Identity {
         let mode = match config.identity {
             IdentityMode::Headers => Mode::Headers,
             IdentityMode::OpenRag => {
-                let token = config.openrag.auth_token.clone().ok_or(
+                let token = config.openrag_env.auth_token.clone().ok_or(
                     "SSO_SIDECAR_IDENTITY=openrag needs AUTH_TOKEN (the backend's admin token)",
                 )?;
                 let oidc = config
-                    .openrag
+                    .openrag_env
                     .oidc
                     .as_ref()
                     .ok_or("SSO_SIDECAR_IDENTITY=openrag needs the OIDC settings")?;
@@ -116,16 +116,16 @@ impl Identity {
                     &config.proxy.upstream,
                     token,
                     tls,
-                    a.openrag.admin_timeout,
+                    a.bridge.admin_timeout,
                 );
                 Mode::OpenRag(Arc::new(OpenRagBridge::new(
                     admin,
                     store,
                     keys,
-                    a.openrag.clone(),
+                    a.bridge.clone(),
                     oidc.issuer.clone(),
-                    config.openrag.auto_provision,
-                    config.openrag.claim_mapping.clone(),
+                    config.openrag_env.auto_provision,
+                    config.openrag_env.claim_mapping.clone(),
                 )))
             }
         };

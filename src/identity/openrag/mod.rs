@@ -11,7 +11,7 @@ pub mod admin;
 pub mod inject;
 pub(crate) mod request;
 
-use crate::config::openrag::ClaimMapping;
+use crate::config::openrag_env::ClaimMapping;
 use crate::config::{BridgeSettings, TokenPolicy};
 use crate::crypto::KeyRing;
 use crate::secret::Secret;
