@@ -6,6 +6,7 @@
 mod cli;
 mod client_cache;
 mod hardening;
+mod in_process;
 mod lifecycle;
 mod mock_idp;
 mod oidc;

@@ -1,11 +1,13 @@
-//! Plain forwarding, header rules, error mapping, metrics and log redaction.
+//! Plain forwarding, header rules, error mapping, metrics and log redaction (in process, but
+//! for the log test, which reads the binary's output).
 
+use crate::in_process::InProcess;
 use crate::support::*;
 
 #[tokio::test]
 async fn get_and_post_are_forwarded_with_forwarding_headers_and_a_request_id() {
     let up = Upstream::start();
-    let sc = Sidecar::start(&[("SSO_SIDECAR_UPSTREAM", &up.url())]).await;
+    let sc = InProcess::start(&[("SSO_SIDECAR_UPSTREAM", &up.url())]).await;
 
     let r = get(
         &sc.url("/echo/a?b=c"),
@@ -68,7 +70,7 @@ async fn get_and_post_are_forwarded_with_forwarding_headers_and_a_request_id() {
 #[tokio::test]
 async fn hop_by_hop_and_connection_named_headers_never_reach_the_upstream() {
     let up = Upstream::start();
-    let sc = Sidecar::start(&[("SSO_SIDECAR_UPSTREAM", &up.url())]).await;
+    let sc = InProcess::start(&[("SSO_SIDECAR_UPSTREAM", &up.url())]).await;
     let r = get(
         &sc.url("/echo"),
         &[
@@ -112,7 +114,7 @@ async fn forwarding_headers_are_believed_only_from_trusted_proxies() {
         ("forwarded", "for=6.6.6.6"),
     ];
 
-    let untrusted = Sidecar::start(&[("SSO_SIDECAR_UPSTREAM", &up.url())]).await;
+    let untrusted = InProcess::start(&[("SSO_SIDECAR_UPSTREAM", &up.url())]).await;
     let h = json(&get(&untrusted.url("/echo"), &spoof).await.unwrap())["headers"].clone();
     assert_eq!(
         h["x-forwarded-for"],
@@ -126,7 +128,7 @@ async fn forwarding_headers_are_believed_only_from_trusted_proxies() {
         "{h}"
     );
 
-    let trusted = Sidecar::start(&[
+    let trusted = InProcess::start(&[
         ("SSO_SIDECAR_UPSTREAM", &up.url()),
         ("SSO_SIDECAR_TRUSTED_PROXIES", "10.0.0.0/8, 127.0.0.1/32"),
     ])
@@ -143,7 +145,7 @@ async fn upstream_down_is_502_and_slow_upstream_is_504() {
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let dead_url = format!("http://{}", dead.local_addr().unwrap());
     drop(dead);
-    let sc = Sidecar::start(&[("SSO_SIDECAR_UPSTREAM", &dead_url)]).await;
+    let sc = InProcess::start(&[("SSO_SIDECAR_UPSTREAM", &dead_url)]).await;
     let r = get(&sc.url("/api/x"), &[]).await.unwrap();
     assert_eq!(r.status(), 502);
     assert_eq!(
@@ -156,7 +158,7 @@ async fn upstream_down_is_502_and_slow_upstream_is_504() {
     assert!(String::from_utf8_lossy(r.body()).contains("<h1>502 Bad Gateway</h1>"));
 
     let up = Upstream::start();
-    let sc = Sidecar::start(&[
+    let sc = InProcess::start(&[
         ("SSO_SIDECAR_UPSTREAM", &up.url()),
         ("SSO_SIDECAR_UPSTREAM_TIMEOUT_SECS", "1"),
     ])
@@ -195,7 +197,7 @@ async fn upstream_down_is_502_and_slow_upstream_is_504() {
 #[tokio::test]
 async fn oversized_request_headers_get_431() {
     let up = Upstream::start();
-    let sc = Sidecar::start(&[
+    let sc = InProcess::start(&[
         ("SSO_SIDECAR_UPSTREAM", &up.url()),
         ("SSO_SIDECAR_MAX_REQUEST_HEADER_BYTES", "16384"),
     ])
@@ -212,7 +214,7 @@ async fn oversized_request_headers_get_431() {
 #[tokio::test]
 async fn http2_prior_knowledge_is_served_and_forwarded_as_http1() {
     let up = Upstream::start();
-    let sc = Sidecar::start(&[("SSO_SIDECAR_UPSTREAM", &up.url())]).await;
+    let sc = InProcess::start(&[("SSO_SIDECAR_UPSTREAM", &up.url())]).await;
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .http2_only(true)
         .build_http::<TestBody>();
@@ -236,7 +238,7 @@ async fn http2_prior_knowledge_is_served_and_forwarded_as_http1() {
 #[tokio::test]
 async fn admin_endpoints_live_on_their_own_listener() {
     let up = Upstream::start();
-    let sc = Sidecar::start(&[("SSO_SIDECAR_UPSTREAM", &up.url())]).await;
+    let sc = InProcess::start(&[("SSO_SIDECAR_UPSTREAM", &up.url())]).await;
     assert_eq!(
         get(&sc.admin_url("/healthz"), &[]).await.unwrap().status(),
         200

@@ -1,6 +1,7 @@
 //! Bodies are streamed, never buffered: 100 MB each way with a small resident set, server-sent
 //! events arriving as they are sent, and a WebSocket tunnelled through.
 
+use crate::in_process::InProcess;
 use crate::support::*;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -93,7 +94,7 @@ async fn hundred_megabytes_stream_each_way_in_little_memory() {
 #[tokio::test]
 async fn server_sent_events_arrive_as_they_are_sent() {
     let up = Upstream::start();
-    let sc = Sidecar::start(&[("SSO_SIDECAR_UPSTREAM", &up.url())]).await;
+    let sc = InProcess::start(&[("SSO_SIDECAR_UPSTREAM", &up.url())]).await;
     let start = Instant::now();
     let resp = client()
         .request(request(
@@ -132,7 +133,7 @@ async fn server_sent_events_arrive_as_they_are_sent() {
 #[tokio::test]
 async fn websocket_echo_is_tunnelled() {
     let up = Upstream::start();
-    let sc = Sidecar::start(&[("SSO_SIDECAR_UPSTREAM", &up.url())]).await;
+    let sc = InProcess::start(&[("SSO_SIDECAR_UPSTREAM", &up.url())]).await;
     let mut s = tokio::net::TcpStream::connect(sc.addr).await.unwrap();
     let handshake = format!(
         "GET /ws HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
