@@ -52,6 +52,7 @@ impl From<crate::identity::ForwardError> for Error {
             ForwardError::Bridge(b) => Error::Identity(b),
             ForwardError::Store(s) => Error::Store(s),
             ForwardError::Unauthenticated => Error::Unauthenticated,
+            ForwardError::Forbidden(m) => Error::Forbidden(m),
         }
     }
 }

@@ -79,12 +79,35 @@ fn no_tricks(value: &str) -> bool {
     true
 }
 
-/// `/auth/login?next=<path and query, every reserved character percent-encoded>`.
+/// `/auth/login?next=<path and query, every reserved character percent-encoded>`, without any
+/// `token` parameter: a `/static?token=…` link opened without a session must not copy the
+/// token into a URL the browser shows, keeps in its history and sends on as `Referer`.
 pub fn login_location(path_and_query: &str) -> String {
+    let target = without_token_param(path_and_query);
     format!(
         "/auth/login?next={}",
-        percent_encoding::utf8_percent_encode(path_and_query, STRICT)
+        percent_encoding::utf8_percent_encode(&target, STRICT)
     )
+}
+
+/// `path_and_query` with every `token` query parameter removed.
+fn without_token_param(path_and_query: &str) -> std::borrow::Cow<'_, str> {
+    let Some((path, query)) = path_and_query.split_once('?') else {
+        return path_and_query.into();
+    };
+    let is_token = |pair: &&str| {
+        let name = pair.split('=').next().unwrap_or("");
+        percent_decode_str(name).decode_utf8_lossy() == "token"
+    };
+    if !query.split('&').any(|p| is_token(&p)) {
+        return path_and_query.into();
+    }
+    let kept: Vec<&str> = query.split('&').filter(|p| !is_token(p)).collect();
+    if kept.is_empty() {
+        path.to_owned().into()
+    } else {
+        format!("{path}?{}", kept.join("&")).into()
+    }
 }
 
 /// Everything but RFC 3986 unreserved characters is encoded, `/` included.
@@ -131,6 +154,22 @@ mod tests {
         ] {
             assert_eq!(sanitize_next(bad, &[]), "/", "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_token_never_travels_in_next() {
+        assert_eq!(
+            login_location("/static/a.js?v=1&token=or-abc"),
+            "/auth/login?next=%2Fstatic%2Fa.js%3Fv%3D1"
+        );
+        assert_eq!(
+            login_location("/static/?t%6Fken=or-abc"),
+            "/auth/login?next=%2Fstatic%2F"
+        );
+        assert_eq!(
+            login_location("/static?tokens=1"),
+            "/auth/login?next=%2Fstatic%3Ftokens%3D1"
+        );
     }
 
     #[test]

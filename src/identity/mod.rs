@@ -65,6 +65,9 @@ pub enum ForwardError {
     /// The session ended while the request was handled, or the backend refused a bearer.
     #[error("unauthenticated")]
     Unauthenticated,
+    /// A request the identity mode refuses for this user.
+    #[error("forbidden: {0}")]
+    Forbidden(&'static str),
 }
 
 /// What [`Identity::forward`] needs from the router besides the request.

@@ -17,12 +17,18 @@ pub struct Backend {
 
 impl Backend {
     pub fn start(users: Value) -> Backend {
+        Self::start_with(users, &[])
+    }
+
+    /// The same with more arguments for the stand-in (`--generation 1.1.8`…).
+    pub fn start_with(users: Value, args: &[&str]) -> Backend {
         let dir = tempfile::tempdir().unwrap();
         let seed = dir.path().join("users.json");
         std::fs::write(&seed, users.to_string()).unwrap();
         let mut cmd = Command::new("python3");
         cmd.arg(repo_root().join("tests/support/openrag_backend.py"))
             .args(["--test-hooks", "--users-file", seed.to_str().unwrap()])
+            .args(args)
             .env("AUTH_TOKEN", ADMIN_TOKEN)
             .stderr(Stdio::inherit());
         let (child, port) = spawn_ready(cmd, "tests/support/openrag_backend.py");
@@ -98,6 +104,11 @@ pub(crate) struct World {
 
 /// `users` seed the backend; `files` is the token file (sub → token); `env` tunes the sidecar.
 pub(crate) async fn world(users: Value, files: Value, env: &[(&str, &str)]) -> World {
+    world_with(Backend::start(users), files, env).await
+}
+
+/// `world` in front of a given stand-in backend.
+pub(crate) async fn world_with(backend: Backend, files: Value, env: &[(&str, &str)]) -> World {
     let port = free_port();
     let idp = Idp::start(
         0,
@@ -107,7 +118,6 @@ pub(crate) async fn world(users: Value, files: Value, env: &[(&str, &str)]) -> W
         )],
     );
     let redis = Redis::start().await;
-    let backend = Backend::start(users);
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("tokens.json");
     std::fs::write(&token_file, files.to_string()).unwrap();
@@ -278,6 +288,10 @@ async fn auto_provisioning_creates_a_non_admin_user_whose_requests_carry_the_new
     assert_eq!(u["display_name"], "Test carol");
     assert_eq!(u["email"], "carol@example.test");
     assert_eq!(u["is_admin"], false);
+    assert!(
+        u["file_quota"].is_null(),
+        "the backend's default quota, not the request model's 10"
+    );
     assert!(
         u["token_sha256"].as_str().unwrap().len() == 64,
         "the backend keeps only a hash: {u}"

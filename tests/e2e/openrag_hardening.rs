@@ -13,7 +13,7 @@
 //!   to `/static/` keeping the query, which holds the token the sidecar injected there.
 
 use crate::oidc_support::*;
-use crate::openrag::{seeded, token, world, Backend};
+use crate::openrag::{seeded, token, world, world_with, Backend};
 use crate::support::*;
 use serde_json::{json, Value};
 
@@ -257,4 +257,85 @@ async fn a_static_slash_redirect_does_not_hand_out_the_injected_token() {
             "{name} carries the token"
         );
     }
+}
+
+/// OpenRag 1.1.8 lets any user regenerate — and receive — any user's token. Through the sidecar,
+/// a session regenerates only its own (unless its user is an administrator), and then keeps
+/// working with the new token at once.
+#[tokio::test]
+async fn a_user_cannot_regenerate_another_users_token_and_their_own_is_adopted_at_once() {
+    let users = json!([
+        seeded("alice", Some(&token(1))),
+        seeded("bob", Some(&token(2)))
+    ]);
+    let w = world_with(
+        Backend::start_with(users, &["--generation", "1.1.8"]),
+        json!({"alice": token(1)}),
+        &[("SSO_SIDECAR_OPENRAG__TOKEN_POLICY", "file")],
+    )
+    .await;
+    let sc = &w.sc.sidecar;
+    let cookie = session_header(&login(sc, "alice", "/").await.cookie);
+    let id = |u: &Value| u["id"].as_u64().unwrap();
+    let bob = w.backend.user("bob").await.unwrap();
+    let alice = w.backend.user("alice").await.unwrap();
+    reset_log(&w.backend).await;
+
+    let r = send(request(
+        "POST",
+        &sc.url(&format!("/users/{}/regenerate_token", id(&bob))),
+        &[("cookie", &cookie)],
+        body(""),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 403, "{}", String::from_utf8_lossy(r.body()));
+    assert_eq!(
+        json(&r)["detail"],
+        "Admin privileges or self-access required"
+    );
+    assert!(
+        !String::from_utf8_lossy(r.body()).contains("or-"),
+        "no token handed out"
+    );
+    assert_eq!(
+        w.backend.user("bob").await.unwrap()["token_sha256"],
+        bob["token_sha256"],
+        "bob's token is untouched"
+    );
+    assert!(
+        logged(&w.backend, |p| p.ends_with("/regenerate_token"))
+            .await
+            .is_empty(),
+        "the request never reached the backend"
+    );
+
+    let r = send(request(
+        "POST",
+        &sc.url(&format!("/users/{}/regenerate_token", id(&alice))),
+        &[("cookie", &cookie)],
+        body(""),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200, "{}", String::from_utf8_lossy(r.body()));
+    let fresh = json(&r)["token"].as_str().unwrap().to_owned();
+    assert_ne!(fresh, token(1));
+    reset_log(&w.backend).await;
+    let next = get(&sc.url("/v1/after"), &[("cookie", &cookie)])
+        .await
+        .unwrap();
+    assert_eq!(
+        next.status(),
+        200,
+        "{}",
+        String::from_utf8_lossy(next.body())
+    );
+    assert_eq!(json(&next)["user"]["external_user_id"], "alice");
+    let seen: Vec<Value> = logged(&w.backend, |p| p == "/v1/after").await;
+    assert_eq!(seen.len(), 1, "no refusal, no recovery: {seen:?}");
+    assert!(
+        logged(&w.backend, |p| p == "/users/info").await.is_empty(),
+        "no probe needed"
+    );
 }

@@ -38,6 +38,8 @@ Reproduces /work/shared/reference/openrag-auth-behaviour.md §5 and §6 (token m
     a 403 "Invalid token" relayed from a provider). Without --test-hooks these paths are echoed.
   * --auth-failure-limit N (default 0 = off) emulates RATE_LIMIT_AUTH_FAILURE: after N failed
     authentications in 60 s from one client IP, every non-public request from it gets 429.
+  * --generation 1.1.8|later (default later): 1.1.8 lets any user regenerate any user's token
+    (`POST /users/{id}/regenerate_token` has no permission check there); later ones require admin or self.
   * --conflict-status: a duplicate external_user_id/email gives 409 (default) or 500, the generic
     error OpenRag's code would likely produce for an unhandled unique violation (spec §11.4).
 Env: AUTH_TOKEN (required), AUTH_MODE (must be token if set), ALLOW_INSECURE_SECRETS,
@@ -718,9 +720,9 @@ class Handler(BaseHTTPRequestHandler):
         fields = self.parse_body(ctx, errors)
         self.raise_422(errors)
         self.validate_profile(fields.get("display_name"), fields.get("email"))
-        quota = fields.get("file_quota")
-        if quota is None and self.server.cfg.default_file_quota > 0:
-            quota = self.server.cfg.default_file_quota
+        # OpenRag's UserCreate model defaults file_quota to 10 when the field is absent; an
+        # explicit null stores NULL (the backend's DEFAULT_FILE_QUOTA then applies).
+        quota = fields["file_quota"] if "file_quota" in fields else 10
         try:
             row, token = self.server.store.create(fields.get("display_name"), fields.get("external_user_id"),
                                                   fields.get("email"), fields.get("is_admin", False), quota)
@@ -751,7 +753,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def regenerate_token(self, ctx, user, uid):
         target = int(uid) if uid is not None and INT_RE.match(uid) else None
-        if not user.get("is_admin") and not (target is not None and target == user["id"]):
+        checked = self.server.cfg.generation != "1.1.8"  # OpenRag 1.1.8 checks nothing here
+        if checked and not user.get("is_admin") and not (target is not None and target == user["id"]):
             raise HTTPError(403, {"detail": "Admin privileges or self-access required"})
         errors = []
         uid = self.parse_id(uid, errors)
@@ -829,6 +832,8 @@ def main():
     ap.add_argument("--auth-failure-limit", type=int, default=0)
     ap.add_argument("--conflict-status", type=int, choices=(409, 500), default=409)
     ap.add_argument("--keep-alive-timeout", type=float, default=5.0)
+    ap.add_argument("--generation", choices=("1.1.8", "later"), default="later",
+                    help="1.1.8: POST /users/{id}/regenerate_token has no permission check")
     args = ap.parse_args()
 
     mode = os.getenv("AUTH_MODE", "token").strip().lower()
@@ -848,6 +853,7 @@ def main():
     cfg.test_hooks = args.test_hooks
     cfg.conflict_status = args.conflict_status
     cfg.keep_alive_timeout = args.keep_alive_timeout
+    cfg.generation = args.generation
     try:
         cfg.default_file_quota = int(os.getenv("DEFAULT_FILE_QUOTA", "-1"))
     except ValueError:

@@ -21,6 +21,8 @@ pub struct BackendUser {
     pub external_user_id: Option<String>,
     #[serde(default)]
     pub email: Option<String>,
+    #[serde(default)]
+    pub is_admin: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +117,14 @@ impl AdminClient {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// `GET /users/{id}`.
+    pub async fn get_user(&self, id: u64) -> Result<BackendUser, AdminError> {
+        let v = self
+            .call(Method::GET, &format!("/users/{id}"), None)
+            .await?;
+        serde_json::from_value(v).map_err(|e| AdminError::Json(e.to_string()))
     }
 
     pub async fn list_users(&self) -> Result<Vec<BackendUser>, AdminError> {

@@ -132,6 +132,17 @@ impl OpenRagBridge {
             .await
     }
 
+    /// Whether backend user `id` is an administrator (asked of the backend, not cached: an
+    /// administrator's rights can be withdrawn at any time).
+    pub async fn is_admin(&self, id: u64) -> Result<bool, BridgeError> {
+        Ok(self.admin.get_user(id).await?.is_admin)
+    }
+
+    /// Keeps `token` as `sub`'s backend token (the user regenerated it through the sidecar).
+    pub async fn adopt_token(&self, sub: &str, token: &Secret<String>) -> Result<(), BridgeError> {
+        Ok(self.vault_put(sub, token).await?)
+    }
+
     /// At login: the backend user for `sub` (created when auto-provisioning is on), its claims
     /// synced, and its token (vault, then policy).
     pub async fn resolve(
@@ -283,6 +294,9 @@ impl OpenRagBridge {
             "display_name": display_name(sub, claims),
             "email": email(claims),
             "is_admin": false,
+            // Absent, OpenRag's request model stores 10; null means the backend's own
+            // DEFAULT_FILE_QUOTA, as for a user OpenRag's OIDC mode provisions.
+            "file_quota": null,
         });
         let (user, token) = match self.admin.create_user(body).await {
             Ok(r) => r,

@@ -2,6 +2,12 @@
 //! the backend refuses that token (regenerated elsewhere, revoked by an admin) the bridge
 //! resolves it again once and a request without a body is replayed. A bearer without a session
 //! that the backend refuses gets OpenRag's OIDC-mode answer, 401 `Unauthenticated`.
+//!
+//! `POST /users/{id}/regenerate_token` is checked here too: OpenRag 1.1.8 lets any user rotate,
+//! and receive, any user's token (later versions check "admin or self"), so the sidecar lets a
+//! session regenerate only its own token unless its user is an administrator; and when a user
+//! regenerates their own, the new token replaces the old one in the vault and the session at
+//! once, so their next request does not fail.
 
 use super::inject;
 use super::{BridgeError, OpenRagBridge};
@@ -29,6 +35,21 @@ pub(crate) async fn as_user(
         return Err(ForwardError::Bridge(BridgeError::NoToken));
     };
     let carrier = inject::carrier(parts.uri.path());
+    let regenerates = regenerate_target(&parts);
+    if let Some(target) = regenerates {
+        if session.backend_user_id != Some(target) {
+            let admin = match session.backend_user_id {
+                Some(me) => bridge.is_admin(me).await.map_err(ForwardError::Bridge)?,
+                None => false,
+            };
+            if !admin {
+                tracing::warn!(sub = %session.sub, target, "refused: regenerating another user's token takes an administrator");
+                return Err(ForwardError::Forbidden(
+                    "Admin privileges or self-access required",
+                ));
+            }
+        }
+    }
     let replay = bodiless(&parts).then(|| parts.clone());
     let as_token = |t| Inject {
         session: None,
@@ -36,6 +57,9 @@ pub(crate) async fn as_user(
         live: Some(id),
     };
     let first = send(out, names, parts, body, as_token(&token)).await?;
+    if regenerates.is_some() && session.backend_user_id == regenerates {
+        return Ok(adopt_regenerated(out, bridge, &session, id, first).await);
+    }
     let (first, refused) = peek_refusal(first).await;
     if !refused {
         return Ok(first);
@@ -80,6 +104,66 @@ pub(crate) async fn as_bearer(
         return Err(ForwardError::Unauthenticated);
     }
     Ok(outcome)
+}
+
+/// The user id of `POST /users/{id}/regenerate_token`, if that is the request.
+fn regenerate_target(parts: &Parts) -> Option<u64> {
+    if parts.method != Method::POST {
+        return None;
+    }
+    let rest = parts.uri.path().strip_prefix("/users/")?;
+    let id = rest.strip_suffix("/regenerate_token")?;
+    id.parse().ok()
+}
+
+/// The user's own token regenerated: the new one, read from the backend's answer, becomes the
+/// one the vault and the session hold. The answer reaches the user unchanged.
+async fn adopt_regenerated(
+    out: &Outbound<'_>,
+    bridge: &OpenRagBridge,
+    session: &Session,
+    id: &str,
+    outcome: Outcome,
+) -> Outcome {
+    use http_body_util::{BodyExt, Limited};
+    let (resp, upstream_status) = outcome;
+    if !resp.status().is_success() {
+        return (resp, upstream_status);
+    }
+    let (parts, body) = resp.into_parts();
+    let bytes = match Limited::new(body, 64 * 1024).collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(_) => bytes::Bytes::new(),
+    };
+    let token = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|v| v.get("token").and_then(|t| t.as_str()).map(str::to_owned));
+    if let Some(token) = token {
+        let kept = async {
+            bridge
+                .adopt_token(&session.sub, &crate::secret::Secret::new(token.clone()))
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut updated = session.clone();
+            updated.backend_token = Some(token);
+            out.sessions
+                .update(id, &updated, crate::clock::now_unix())
+                .await
+                .map_err(|e| e.to_string())
+        };
+        match kept.await {
+            Ok(_) => {
+                tracing::info!(sub = %session.sub, "the user regenerated their backend token; the sidecar uses the new one")
+            }
+            Err(e) => {
+                tracing::warn!(sub = %session.sub, error = %e, "the user's new backend token could not be kept")
+            }
+        }
+    }
+    (
+        Response::from_parts(parts, crate::proxy::full(bytes)),
+        upstream_status,
+    )
 }
 
 /// True when the request has no body, so it can be sent twice.
