@@ -76,11 +76,10 @@ fn build_oidc(
     let a = &config.auth;
     let idp_tls = tls::client_config(a.idp_ca_file.as_deref()).map_err(StartError::Tls)?;
     let http = auth::idp_http::IdpHttp::new(idp_tls, a.idp_timeout);
-    let provider = Arc::new(auth::oidc::Provider::new(
-        settings.clone(),
-        a.token_endpoint_auth,
-        http,
-    ));
+    let provider = Arc::new(
+        auth::oidc::Provider::new(settings.clone(), a.token_endpoint_auth, http)
+            .with_prompt(a.prompt.clone()),
+    );
     provider.clone().spawn_discovery(a.discovery_refresh);
 
     let store = Arc::new(match &a.redis {

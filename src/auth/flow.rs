@@ -10,6 +10,7 @@ use super::cookies::{CookieJar, STATE_TTL_SECS};
 use super::gate::{self, Decision};
 use super::oidc::{now_unix, Provider};
 use super::redirect::sanitize_next;
+use super::refresh::access_lifetime;
 use crate::config::{AuthSettings, ClaimSource};
 use crate::error::{message_response, wants_html, Error};
 use crate::per_worker::PerWorker;
@@ -261,7 +262,8 @@ impl Auth {
             .on_login(&sub, &profile)
             .await
             .map_err(|e| CallbackError::Other(Error::Identity(e)))?;
-        let access_expires_at = now + tokens.expires_in.unwrap_or(3600).max(60);
+        let access_lifetime = access_lifetime(tokens.expires_in);
+        let access_expires_at = now + access_lifetime;
         let lifetime = self.settings().session_lifetime.as_secs() as i64;
         let session = Session {
             iss: self.provider.settings.issuer.clone(),
@@ -275,11 +277,14 @@ impl Auth {
             expires_at: if tokens.refresh_token.is_some() {
                 now + lifetime
             } else {
+                // Nothing can renew it: the session ends with its token (OpenRag counts at
+                // least 60 s; the sidecar never forwards a token past its real expiry).
                 access_expires_at
             },
             refresh_token: tokens.refresh_token,
             id_token,
             access_expires_at,
+            access_lifetime,
             created_at: now,
             backend_user_id: backend.user_id,
             backend_token: backend.token,

@@ -213,6 +213,7 @@ mod tests {
                 refresh_token: Some("rt".into()),
                 id_token: "it".into(),
                 access_expires_at: 1_000_600,
+                access_lifetime: 600,
                 created_at: 1_000_000,
                 expires_at: 1_003_600,
                 backend_user_id: None,

@@ -100,6 +100,8 @@ impl std::fmt::Debug for TokenResponse {
 }
 
 pub struct Provider {
+    /// The authorization request's `prompt` (none by default).
+    prompt: Option<String>,
     pub settings: OidcSettings,
     client_auth: ClientAuth,
     http: IdpHttp,
@@ -113,6 +115,7 @@ impl Provider {
     pub fn new(settings: OidcSettings, client_auth: ClientAuth, http: IdpHttp) -> Self {
         Provider {
             settings,
+            prompt: None,
             client_auth,
             http,
             loaded: RwLock::new(None),
@@ -203,6 +206,12 @@ impl Provider {
         });
     }
 
+    /// The same, asking the IdP for `prompt` at every login.
+    pub fn with_prompt(mut self, prompt: Option<String>) -> Self {
+        self.prompt = prompt;
+        self
+    }
+
     /// The authorization request URL.
     pub fn authorize_url(&self, state: &str, nonce: &str, code_challenge: &str) -> Option<String> {
         let meta = self.current()?.meta.clone();
@@ -216,14 +225,11 @@ impl Provider {
             .append_pair("nonce", nonce)
             .append_pair("code_challenge", code_challenge)
             .append_pair("code_challenge_method", "S256");
-        // Refresh tokens need consent for offline_access at most IdPs (OIDC Core §11).
-        if self
-            .settings
-            .scopes
-            .split_whitespace()
-            .any(|s| s == "offline_access")
-        {
-            url.query_pairs_mut().append_pair("prompt", "consent");
+        // None unless configured, as OpenRag: `prompt=consent` makes some IdPs (LemonLDAP::NG)
+        // show their consent page at every login. Those that grant `offline_access` only with
+        // consent (OIDC Core §11) need `prompt = "consent"`.
+        if let Some(p) = &self.prompt {
+            url.query_pairs_mut().append_pair("prompt", p);
         }
         Some(url.into())
     }

@@ -63,8 +63,22 @@ impl RefreshResult {
     }
 }
 
+/// Due when the access token expires within the skew — a skew of at most a quarter of the
+/// token's lifetime, so a 30 s token (LemonLDAP::NG's default) is refreshed about once per
+/// lifetime instead of on every request under a 60 s skew.
 fn needs_refresh(s: &Session, now: i64, skew: i64) -> bool {
+    let skew = if s.access_lifetime > 0 {
+        skew.min(s.access_lifetime / 4)
+    } else {
+        skew
+    };
     s.refresh_token.is_some() && s.access_expires_at - now <= skew
+}
+
+/// The access token's lifetime in seconds as the IdP gave it (`expires_in`; an hour when it
+/// said nothing), at least 1.
+pub(crate) fn access_lifetime(expires_in: Option<i64>) -> i64 {
+    expires_in.unwrap_or(3600).max(1)
 }
 
 impl Auth {
@@ -190,7 +204,8 @@ impl Auth {
             s.id_token = id_token.clone();
         }
         s.access_token = tokens.access_token;
-        s.access_expires_at = now + tokens.expires_in.unwrap_or(3600).max(60);
+        s.access_lifetime = access_lifetime(tokens.expires_in);
+        s.access_expires_at = now + s.access_lifetime;
         if let Some(new_rt) = tokens.refresh_token {
             s.refresh_token = Some(new_rt);
         }
@@ -252,5 +267,48 @@ mod tests {
             f.locks.lock().unwrap().len() <= 2,
             "dead entries are pruned"
         );
+    }
+
+    /// A 30 s token under the default 60 s skew: requests every second for two minutes.
+    /// Refreshed about once per lifetime, never on every request, and never past expiry.
+    #[test]
+    fn a_short_token_is_refreshed_about_once_per_lifetime() {
+        let mut s = crate::session::Session {
+            iss: "i".into(),
+            sub: "s".into(),
+            sid: None,
+            email: None,
+            name: None,
+            preferred_username: None,
+            groups: vec![],
+            access_token: "at".into(),
+            refresh_token: Some("rt".into()),
+            id_token: "it".into(),
+            access_expires_at: 30,
+            access_lifetime: access_lifetime(Some(30)),
+            created_at: 0,
+            expires_at: 10_000,
+            backend_user_id: None,
+            backend_token: None,
+            identity_headers: Default::default(),
+        };
+        let mut refreshes = 0;
+        for now in 0..120 {
+            assert!(
+                now < s.access_expires_at,
+                "a token forwarded at {now} past its expiry"
+            );
+            if needs_refresh(&s, now, 60) {
+                refreshes += 1;
+                s.access_expires_at = now + s.access_lifetime;
+            }
+        }
+        assert!(
+            (4..=6).contains(&refreshes),
+            "{refreshes} refreshes in 120 s of a 30 s token"
+        );
+        // A session from before the lifetime was recorded keeps the configured skew.
+        s.access_lifetime = 0;
+        assert!(needs_refresh(&s, s.access_expires_at - 60, 60));
     }
 }

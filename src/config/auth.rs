@@ -161,6 +161,8 @@ pub struct AuthSettings {
     pub idp_timeout: Duration,
     pub discovery_refresh: Duration,
     pub refresh_skew: Duration,
+    /// The authorization request's `prompt`, when one is configured.
+    pub prompt: Option<String>,
     /// Where sessions live when not in memory.
     pub redis: Option<RedisConfig>,
     pub paths: PathSettings,
@@ -257,6 +259,15 @@ impl Settings {
                 problems.push(format!("{n} must be at least 1"));
             }
         }
+        let prompt = self.prompt.split_whitespace().collect::<Vec<_>>();
+        for p in &prompt {
+            if !matches!(*p, "none" | "login" | "consent" | "select_account") {
+                problems.push(format!(
+                    "prompt: '{p}' is not none, login, consent or select_account"
+                ));
+            }
+        }
+        let prompt = (!prompt.is_empty()).then(|| prompt.join(" "));
         let openrag = self.validate_openrag(problems);
         let redis = self.validate_redis(redis_ca_file, problems);
         if problems.len() > before {
@@ -273,6 +284,7 @@ impl Settings {
             idp_timeout: Duration::from_secs(self.idp_timeout_secs),
             discovery_refresh: Duration::from_secs(self.discovery_refresh_secs),
             refresh_skew: Duration::from_secs(self.refresh_skew_secs),
+            prompt,
             redis: redis?,
             paths: self.paths.clone(),
             headers,

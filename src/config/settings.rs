@@ -69,8 +69,11 @@ pub struct Settings {
     pub idp_timeout_secs: u64,
     /// Seconds between two discovery refreshes once loaded.
     pub discovery_refresh_secs: u64,
-    /// Refresh the access token when it expires within this many seconds.
+    /// Refresh the access token when it expires within this many seconds (at most a quarter of
+    /// the token's lifetime).
     pub refresh_skew_secs: u64,
+    /// The `prompt` of the authorization request (`consent`, `login`…); empty: none, as OpenRag.
+    pub prompt: String,
     /// Prefix of every Redis key.
     pub redis_key_prefix: String,
     /// `single` (redis_url), `sentinel` or `cluster` (both use redis_nodes).
@@ -176,6 +179,7 @@ impl Default for Settings {
             idp_timeout_secs: 10,
             discovery_refresh_secs: 3600,
             refresh_skew_secs: 60,
+            prompt: String::new(),
             redis_key_prefix: "sso-sidecar:".into(),
             redis_mode: "single".into(),
             redis_nodes: StringList::default(),

@@ -31,8 +31,13 @@ pub struct Session {
     pub refresh_token: Option<String>,
     /// The latest ID token: the `id_token_hint` of RP-initiated logout.
     pub id_token: String,
-    /// Unix seconds.
+    /// Unix seconds: when the access token really expires (as the IdP said, no floor).
     pub access_expires_at: i64,
+    /// Seconds the current access token was issued for (`expires_in`); 0 for sessions made
+    /// before it was recorded. Bounds the refresh skew, so a short-lived token is refreshed
+    /// about once per lifetime rather than on every request.
+    #[serde(default)]
+    pub access_lifetime: i64,
     pub created_at: i64,
     /// Unix seconds; the session is dead after this, whatever happens.
     pub expires_at: i64,
@@ -123,6 +128,7 @@ mod tests {
             refresh_token: Some("RT-secret".into()),
             id_token: "IDT-secret".into(),
             access_expires_at: 1,
+            access_lifetime: 1,
             created_at: 0,
             expires_at: 2,
             backend_user_id: Some(7),

@@ -425,3 +425,23 @@ async fn many_http2_streams_share_a_few_upstream_connections() {
         "{m}"
     );
 }
+
+#[tokio::test]
+async fn the_authorization_request_carries_no_prompt_unless_configured() {
+    for (prompt, expected) in [
+        ("", None),
+        ("consent", Some("consent")),
+        ("login consent", Some("login consent")),
+    ] {
+        let (_idp, _up, sc) = oidc_world(&[("SSO_SIDECAR_PROMPT", prompt)]).await;
+        let r = get(&sc.sidecar.url("/auth/login?next=/"), &[])
+            .await
+            .unwrap();
+        let loc = url::Url::parse(&location(&r)).unwrap();
+        let got = loc
+            .query_pairs()
+            .find(|(k, _)| k == "prompt")
+            .map(|(_, v)| v.into_owned());
+        assert_eq!(got.as_deref(), expected, "prompt {prompt:?}");
+    }
+}

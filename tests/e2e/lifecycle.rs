@@ -20,10 +20,11 @@ async fn metrics(sc: &Sidecar) -> String {
     String::from_utf8_lossy(get(&sc.admin_url("/metrics"), &[]).await.unwrap().body()).into_owned()
 }
 
-/// The IdP grants 2-second access tokens; the sidecar records max(expires_in, 60) like OpenRag
-/// and refreshes 57 s before expiry, so a refresh becomes due three seconds after each refresh
-/// (a round of 50 concurrent requests must finish well inside that window, even on a loaded CI).
-const SHORT: [(&str, &str); 1] = [("ACCESS_TOKEN_TTL", "2")];
+/// The IdP grants 4-second access tokens; the sidecar refreshes within the skew, bounded by a
+/// quarter of the token's lifetime (1 s), so a refresh becomes due three seconds after each
+/// refresh (a round of 50 concurrent requests must finish well inside that window, even on a
+/// loaded CI).
+const SHORT: [(&str, &str); 1] = [("ACCESS_TOKEN_TTL", "4")];
 const SKEW: [(&str, &str); 1] = [("SSO_SIDECAR_REFRESH_SKEW_SECS", "57")];
 const PAST_DUE: Duration = Duration::from_millis(3300);
 
@@ -582,17 +583,27 @@ async fn a_post_logout_uri_on_the_sidecars_own_origin_is_warned_about() {
 
 #[tokio::test]
 async fn an_idp_outage_during_refresh_keeps_the_session_an_invalid_grant_ends_it() {
-    // A skew longer than the access token's life: every request wants a refresh.
-    let m = mock_pair(&[("SSO_SIDECAR_REFRESH_SKEW_SECS", "700")]).await;
+    // An 8 s access token: a refresh is due in its last quarter (2 s), while it is still valid.
+    let m = mock_pair(&[]).await;
+    m.idp.set(|s| s.login_expires_in = 8);
     let cookie = mock_login(&m, &m.a.sidecar, "alice", "sid-1").await;
     m.idp.set(|s| {
         s.token_status = 503;
         s.token_response = json!({"error": "temporarily_unavailable"});
     });
-    assert!(
-        alive(&m.a.sidecar, &cookie).await,
-        "a 5xx from the IdP does not end a session whose access token is still valid"
-    );
+    let failed = r#"sso_sidecar_token_refreshes_total{result="failed"}"#;
+    let start = std::time::Instant::now();
+    while metric(&metrics(&m.a.sidecar).await, failed) < 1.0 {
+        assert!(
+            alive(&m.a.sidecar, &cookie).await,
+            "a 5xx from the IdP does not end a session whose access token is still valid"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(12),
+            "no refresh was attempted"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let met = metrics(&m.a.sidecar).await;
     assert_eq!(
         metric(

@@ -72,6 +72,8 @@ pub struct MockState {
     pub token_requests: Vec<String>,
     /// Status of the token endpoint's answers (0 = 200).
     pub token_status: u16,
+    /// `expires_in` of the access token a `login` gets (0 = 600 s).
+    pub login_expires_in: i64,
 }
 
 pub struct MockIdp {
@@ -205,7 +207,8 @@ impl MockIdp {
         let claims = json!({"iss": self.issuer(), "sub": sub, "aud": CLIENT_ID, "exp": now + 600, "iat": now, "nonce": q["nonce"], "sid": sid});
         let id_token = key.sign(&claims);
         self.set(|s| {
-            s.token_response = json!({"access_token": "at", "token_type": "Bearer", "expires_in": 600, "id_token": id_token, "refresh_token": "rt"})
+            let expires_in = if s.login_expires_in > 0 { s.login_expires_in } else { 600 };
+            s.token_response = json!({"access_token": "at", "token_type": "Bearer", "expires_in": expires_in, "id_token": id_token, "refresh_token": "rt"})
         });
         let callback = sc.url(&format!(
             "/auth/callback?code=c&state={}",

@@ -207,6 +207,8 @@ pub async fn start_oidc_sidecar_with_key(
         ("OIDC_CLIENT_SECRET", CLIENT_SECRET),
         ("OIDC_REDIRECT_URI", &redirect),
         ("OIDC_TOKEN_ENCRYPTION_KEY", &key),
+        // oidc-provider grants offline_access (a refresh token) only with prompt=consent.
+        ("SSO_SIDECAR_PROMPT", "consent"),
     ];
     env.extend_from_slice(extra);
     let sidecar = Sidecar::start(&env).await;

@@ -17,6 +17,7 @@ fn session(now: i64) -> Session {
         refresh_token: Some("rt".into()),
         id_token: "it".into(),
         access_expires_at: now + 60,
+        access_lifetime: 60,
         created_at: now,
         expires_at: now + 3600,
         backend_user_id: None,
