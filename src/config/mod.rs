@@ -9,6 +9,7 @@
 
 pub mod auth;
 pub mod connections;
+pub mod dotenv;
 pub mod openrag_env;
 pub mod reload;
 pub mod settings;

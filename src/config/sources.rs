@@ -105,11 +105,11 @@ impl Vars {
     }
 }
 
-/// Reads a `.env` file into pairs, in file order, without touching the process environment.
+/// Reads a `.env` file into pairs, in file order, without touching the process environment
+/// (parsed as OpenRag's tooling parses it: `config::dotenv`).
 pub fn read_dotenv(path: &Path) -> Result<Vec<(String, String)>, String> {
-    let iter = dotenvy::from_path_iter(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    iter.map(|item| item.map_err(|e| format!("{}: {e}", path.display())))
-        .collect()
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    super::dotenv::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// A figment provider over already-collected `SSO_SIDECAR_*` pairs (dotted keys). Values are
