@@ -34,7 +34,7 @@ pub fn parse(text: &str) -> Result<Vec<(String, String)>, String> {
             .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
             && key
                 .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.'));
         if !valid {
             return Err(format!("line {}: '{key}' is not a variable name", n + 1));
         }
