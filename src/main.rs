@@ -16,7 +16,17 @@ const EX_CONFIG: u8 = 78;
 #[command(
     name = "sso-sidecar",
     version,
-    about = "OpenID Connect authenticating reverse proxy"
+    about = "OpenID Connect authenticating reverse proxy",
+    after_help = "Configuration: built-in defaults < the TOML file (--config or SSO_SIDECAR_CONFIG) \
+< a .env file (SSO_SIDECAR_ENV_FILE, else ./.env) < the environment.\n\
+OpenRag's own variables: AUTH_MODE, AUTH_TOKEN, OIDC_ENDPOINT, OIDC_CLIENT_ID, OIDC_CLIENT_SECRET, \
+OIDC_REDIRECT_URI, OIDC_TOKEN_ENCRYPTION_KEY, OIDC_SCOPES, OIDC_CLAIM_SOURCE, OIDC_CLAIM_MAPPING, \
+OIDC_AUTO_PROVISION_LOGIN, OIDC_POST_LOGOUT_REDIRECT_URI.\n\
+The sidecar's own: SSO_SIDECAR_LISTEN, SSO_SIDECAR_UPSTREAM, SSO_SIDECAR_ADMIN_LISTEN, \
+SSO_SIDECAR_REDIS_URL, SSO_SIDECAR_IDENTITY, SSO_SIDECAR_LOG_FORMAT and more (nested keys joined \
+with __, e.g. SSO_SIDECAR_CONNECTIONS__MAX_PER_IP).\n\
+Every setting, its default and its variable: README.md (\"Configuration\") and \
+config/sso-sidecar.example.toml."
 )]
 struct Cli {
     /// TOML configuration file (also SSO_SIDECAR_CONFIG).

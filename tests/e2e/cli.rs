@@ -19,6 +19,21 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
 }
 
 #[test]
+fn help_names_the_variables_and_points_to_the_readme() {
+    let (code, out, _) = run(&["--help"], &[]);
+    assert_eq!(code, Some(0));
+    for needle in [
+        "OIDC_ENDPOINT",
+        "AUTH_MODE",
+        "SSO_SIDECAR_UPSTREAM",
+        "README.md",
+        ".env",
+    ] {
+        assert!(out.contains(needle), "{needle} missing from --help:\n{out}");
+    }
+}
+
+#[test]
 fn gen_key_prints_a_fernet_key() {
     let (code, out, _) = run(&["gen-key"], &[]);
     assert_eq!(code, Some(0));
