@@ -112,6 +112,16 @@ pub fn path_matches(list: &[String], path: &str) -> bool {
     })
 }
 
+/// A browser opening a page: a `GET` that says so (`Sec-Fetch-Mode: navigate`) or asks for HTML.
+fn is_navigation(parts: &Parts) -> bool {
+    parts.method == http::Method::GET
+        && (parts
+            .headers
+            .get("sec-fetch-mode")
+            .is_some_and(|v| v == "navigate")
+            || wants_html(&parts.headers))
+}
+
 pub fn has_bearer(parts: &Parts) -> bool {
     parts
         .headers
@@ -167,7 +177,8 @@ pub fn without_session(parts: &Parts, paths: &PathSettings) -> Result<Decision, 
         return Ok(Decision::Bearer);
     }
     let html_login = wants_html(&parts.headers) && path_matches(&paths.html_login.0, path);
-    if html_login || path_matches(&paths.ui.0, path) {
+    let browser = paths.browser_login == Some(true) && is_navigation(parts);
+    if html_login || browser || path_matches(&paths.ui.0, path) {
         let pq = parts
             .uri
             .path_and_query()
@@ -299,6 +310,13 @@ mod tests {
             assert!(matches!(d, Authenticated { .. }), "{d:?}");
             let e = decide_for("/assets/..;/v1/models", &[]).await.unwrap_err();
             assert!(matches!(e, Error::BadRequest(_)), "ambiguous paths first");
+            let e = decide_for("/v1/x", &[("accept", "text/html")])
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(e, Error::Unauthenticated),
+                "with OpenRag's rules only UI paths redirect a browser"
+            );
             let e = decide_for("/v1/x", &[("cookie", "sid=forged")])
                 .await
                 .unwrap_err();

@@ -18,6 +18,11 @@ pub struct PathSettings {
     pub ui: StringList,
     /// Public for API calls, but an HTML request (`Accept: text/html`) needs a session.
     pub html_login: StringList,
+    /// A browser navigation (`GET` with `Sec-Fetch-Mode: navigate` or `Accept: text/html`) to
+    /// any gated path is sent to the login, not only to a `ui` path. Unset: on with
+    /// `identity = "headers"` (a generic backend's pages), off with `openrag` (OpenRag's rules).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub browser_login: Option<bool>,
 }
 
 impl Default for PathSettings {
@@ -36,6 +41,7 @@ impl Default for PathSettings {
             ]),
             ui: l(&["/", "/static*", "/docs", "/redoc", "/openapi.json"]),
             html_login: l(&["/chainlit", "/chainlit/*"]),
+            browser_login: None,
         }
     }
 }
@@ -286,7 +292,14 @@ impl Settings {
             refresh_skew: Duration::from_secs(self.refresh_skew_secs),
             prompt,
             redis: redis?,
-            paths: self.paths.clone(),
+            paths: PathSettings {
+                browser_login: Some(
+                    self.paths
+                        .browser_login
+                        .unwrap_or_else(|| self.identity.trim().eq_ignore_ascii_case("headers")),
+                ),
+                ..self.paths.clone()
+            },
             headers,
         })
     }

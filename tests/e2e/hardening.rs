@@ -338,7 +338,7 @@ async fn own_pages_carry_security_headers_and_an_overlong_next_is_dropped() {
     let (_idp, _up, sc) = oidc_world(&[]).await;
     let sc = &sc.sidecar;
     for (path, headers) in [
-        ("/v1/x", vec![("accept", "text/html")]),
+        ("/auth/me", vec![("accept", "text/html")]),
         ("/v1/x", vec![]),
         ("/auth/logout", vec![("accept", "text/html")]),
     ] {
@@ -444,4 +444,39 @@ async fn the_authorization_request_carries_no_prompt_unless_configured() {
             .map(|(_, v)| v.into_owned());
         assert_eq!(got.as_deref(), expected, "prompt {prompt:?}");
     }
+}
+
+/// With a generic backend (`identity = "headers"`), a browser opening any gated page is sent to
+/// the login; API calls still get 401, never a redirect.
+#[tokio::test]
+async fn in_headers_mode_a_browser_navigation_is_sent_to_the_login() {
+    let (_idp, _up, sc) = oidc_world(&[]).await;
+    let sc = &sc.sidecar;
+    for headers in [
+        vec![("accept", "text/html,application/xhtml+xml")],
+        vec![("sec-fetch-mode", "navigate")],
+    ] {
+        let r = get(&sc.url("/some/page?x=1"), &headers).await.unwrap();
+        assert_eq!(r.status(), 302, "{headers:?}");
+        assert_eq!(location(&r), "/auth/login?next=%2Fsome%2Fpage%3Fx%3D1");
+    }
+    let api = get(&sc.url("/some/page"), &[("accept", "application/json")])
+        .await
+        .unwrap();
+    assert_eq!(api.status(), 401, "an API call is never redirected");
+    let post = send(request(
+        "POST",
+        &sc.url("/some/page"),
+        &[("accept", "text/html")],
+        body(""),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(post.status(), 401, "only a GET is a navigation");
+    // Turned off, only the UI paths redirect, as with OpenRag.
+    let (_idp2, _up2, off) = oidc_world(&[("SSO_SIDECAR_PATHS__BROWSER_LOGIN", "false")]).await;
+    let r = get(&off.sidecar.url("/some/page"), &[("accept", "text/html")])
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
 }
