@@ -12,12 +12,57 @@ pub const CLIENT_SECRET: &str = "rp-secret-0123456789-0123456789-0123";
 
 /// A port that was free a moment ago, for servers whose address must be known before they
 /// start (an IdP's issuer names its port; a sidecar's redirect URI names its own).
+///
+/// Taken below the kernel's ephemeral range (which is where every `bind(0)` and outgoing
+/// connection gets its port), and never twice in this process: between this check and the
+/// server's own bind, nothing else can be handed the same port.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let (low, _) = ephemeral_range();
+    // Start somewhere in [10000, low) so two test runs at once rarely meet.
+    let span = low.saturating_sub(10_000).max(1);
+    let _ = NEXT.compare_exchange(
+        0,
+        10_000 + (std::process::id() as u16 % span),
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    loop {
+        let p = NEXT.fetch_add(1, Ordering::Relaxed);
+        let p = if p >= low { 10_000 + p % span } else { p };
+        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            return p;
+        }
+    }
+}
+
+/// The kernel's ephemeral port range (Linux), or the IANA one.
+pub fn ephemeral_range() -> (u16, u16) {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            let mut it = s.split_whitespace().map(|v| v.parse::<u16>().ok());
+            Some((it.next()??, it.next()??))
+        })
+        .unwrap_or((49152, 65535))
+}
+
+#[test]
+fn free_ports_cannot_race_with_other_binds() {
+    let (low, _) = ephemeral_range();
+    let ports: Vec<u16> = (0..300).map(|_| free_port()).collect();
+    let unique: std::collections::HashSet<_> = ports.iter().collect();
+    assert_eq!(unique.len(), ports.len(), "a port handed out twice");
+    assert!(
+        ports.iter().all(|p| *p < low),
+        "outside the ephemeral range, which port 0 draws from"
+    );
+    // What bind(0) hands out meanwhile is never one of them.
+    for _ in 0..300 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        assert!(!ports.contains(&l.local_addr().unwrap().port()));
+    }
 }
 
 // === the IdP ================================================================================
