@@ -14,6 +14,7 @@ pub mod openrag_env;
 pub mod reload;
 pub mod settings;
 pub mod sources;
+pub mod toml_keys;
 
 pub use auth::{
     AuthSettings, BridgeSettings, ClientAuth, IdentityField, PathSettings, RedisConfig,
@@ -139,14 +140,27 @@ pub fn load(inputs: Inputs) -> Result<Config, ConfigErrors> {
     }
 
     let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+    let mut unknown_keys = Vec::new();
     if let Some(path) = config_file.as_ref().filter(|p| p.is_file()) {
         figment = figment.merge(Toml::file_exact(path));
+        unknown_keys = toml_keys::unknown_keys(path);
     }
     figment = figment.merge(VarsProvider::new(sidecar_vars));
+    let reported_unknown = !unknown_keys.is_empty();
+    problems.extend(unknown_keys);
     let settings: Option<Settings> = match figment.extract() {
         Ok(s) => Some(s),
         Err(errors) => {
-            problems.extend(errors.into_iter().map(|e| e.to_string()));
+            // Unknown keys are all listed above, each with a suggestion.
+            problems.extend(
+                errors
+                    .into_iter()
+                    .filter(|e| {
+                        !(reported_unknown
+                            && matches!(e.kind, figment::error::Kind::UnknownField(..)))
+                    })
+                    .map(|e| e.to_string()),
+            );
             None
         }
     };
