@@ -14,6 +14,7 @@ pub mod openrag_env;
 pub mod reload;
 pub mod settings;
 pub mod sources;
+pub mod suggest;
 pub mod toml_keys;
 
 pub use auth::{
@@ -135,9 +136,15 @@ pub fn load(inputs: Inputs) -> Result<Config, ConfigErrors> {
 
     let known = settings::top_level_keys();
     let (sidecar_vars, unknown) = vars.sidecar_vars(&known);
+    let sidecar_names = suggest::sidecar_variables();
     for name in unknown {
-        warnings.push(format!("ignoring unknown variable {name}"));
+        warnings.push(suggest::unknown_variable(&name, &sidecar_names));
     }
+    warnings.extend(suggest::unknown_openrag_variables(vars.names()));
+    warnings.extend(suggest::false_boolean(
+        "OIDC_AUTO_PROVISION_LOGIN",
+        vars.get("OIDC_AUTO_PROVISION_LOGIN"),
+    ));
 
     let mut figment = Figment::from(Serialized::defaults(Settings::default()));
     let mut unknown_keys = Vec::new();

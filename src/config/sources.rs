@@ -50,6 +50,11 @@ impl Vars {
         self.map.get(name).map(String::as_str)
     }
 
+    /// Every variable's name.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.map.keys().map(String::as_str)
+    }
+
     /// The value if set and not blank after trimming (OpenRag treats empty as missing).
     pub fn non_empty(&self, name: &str) -> Option<&str> {
         self.get(name).map(str::trim).filter(|v| !v.is_empty())

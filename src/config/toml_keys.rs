@@ -64,30 +64,10 @@ fn unknown<'a>(
     key: &str,
     candidates: impl Iterator<Item = &'a String>,
 ) -> String {
-    let best = candidates
-        .map(|c| (distance(key, c), c))
-        .filter(|(d, c)| *d <= 2.max(c.len() / 4))
-        .min_by_key(|(d, _)| *d);
-    match best {
-        Some((_, c)) => format!("{file}: unknown key {key} (did you mean {c}?)"),
+    match super::suggest::closest(key, candidates.map(String::as_str)) {
+        Some(c) => format!("{file}: unknown key {key} (did you mean {c}?)"),
         None => format!("{file}: unknown key {key}"),
     }
-}
-
-/// Levenshtein distance, for suggestions.
-fn distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut prev = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let cur = row[j + 1];
-            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
-            prev = cur;
-        }
-    }
-    row[b.len()]
 }
 
 #[cfg(test)]

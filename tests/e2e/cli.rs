@@ -34,6 +34,27 @@ fn help_names_the_variables_and_points_to_the_readme() {
 }
 
 #[test]
+fn check_names_the_variable_a_typo_meant() {
+    let (code, out, err) = run(
+        &["check"],
+        &[
+            ("OIDC_AUTO_PROVISION_LOGIN", "yes"),
+            ("OIDC_AUTO_PROVISION", "true"),
+            ("SSO_SIDECAR_OPENRAG_TOKEN_POLICY", "file"),
+        ],
+    );
+    assert_eq!(code, Some(0), "warnings only: {out}{err}");
+    let all = format!("{out}{err}");
+    for needle in [
+        "SSO_SIDECAR_OPENRAG_TOKEN_POLICY (did you mean SSO_SIDECAR_OPENRAG__TOKEN_POLICY?)",
+        "OIDC_AUTO_PROVISION (did you mean OIDC_AUTO_PROVISION_LOGIN?)",
+        "OIDC_AUTO_PROVISION_LOGIN=yes is false",
+    ] {
+        assert!(all.contains(needle), "{needle} missing:\n{all}");
+    }
+}
+
+#[test]
 fn gen_key_prints_a_fernet_key() {
     let (code, out, _) = run(&["gen-key"], &[]);
     assert_eq!(code, Some(0));

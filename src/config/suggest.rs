@@ -1,0 +1,169 @@
+//! Did-you-mean for names the configuration does not know: unknown `SSO_SIDECAR_*` and `OIDC_*`
+//! variables (warned about, not fatal: Kubernetes injects variables of its own), unknown TOML
+//! keys (`toml_keys`), and OpenRag booleans set to something OpenRag reads as false.
+
+use super::Settings;
+use serde_json::Value;
+
+/// The closest of `candidates` to `name`: within a small edit distance, or one that extends
+/// it (`OIDC_AUTO_PROVISION` → `OIDC_AUTO_PROVISION_LOGIN`).
+pub fn closest<'a>(name: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    candidates
+        .map(|c| {
+            let d = if c.starts_with(name) && name.len() >= 6 {
+                1
+            } else {
+                distance(name, c)
+            };
+            (d, c)
+        })
+        .filter(|(d, c)| *d <= 2.max(c.len() / 6))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+/// Levenshtein distance.
+pub fn distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+/// OpenRag's variables the sidecar reads (and their `_FILE` twins where they are secrets).
+pub const OPENRAG_VARIABLES: [&str; 16] = [
+    "AUTH_MODE",
+    "AUTH_TOKEN",
+    "OIDC_ENDPOINT",
+    "OIDC_CLIENT_ID",
+    "OIDC_CLIENT_SECRET",
+    "OIDC_REDIRECT_URI",
+    "OIDC_TOKEN_ENCRYPTION_KEY",
+    "OIDC_SCOPES",
+    "OIDC_CLAIM_SOURCE",
+    "OIDC_CLAIM_MAPPING",
+    "OIDC_AUTO_PROVISION_LOGIN",
+    "OIDC_POST_LOGOUT_REDIRECT_URI",
+    "OIDC_CLAIM_GROUPS",
+    "OIDC_GROUP_PREFIX",
+    "OIDC_GROUP_PATTERN",
+    "OIDC_GROUP_SYNC_PRUNE",
+];
+
+/// Every `SSO_SIDECAR_*` variable a setting answers to.
+pub fn sidecar_variables() -> Vec<String> {
+    let mut out = Vec::new();
+    if let Ok(Value::Object(map)) = serde_json::to_value(Settings::default()) {
+        for (k, v) in map {
+            let top = k.to_ascii_uppercase();
+            match v {
+                Value::Object(inner) => {
+                    for i in inner.keys() {
+                        out.push(format!("SSO_SIDECAR_{top}__{}", i.to_ascii_uppercase()));
+                    }
+                }
+                _ => out.push(format!("SSO_SIDECAR_{top}")),
+            }
+        }
+    }
+    for extra in [
+        "SSO_SIDECAR_PATHS__BROWSER_LOGIN",
+        "SSO_SIDECAR_TLS__CERT_FILE",
+        "SSO_SIDECAR_TLS__KEY_FILE",
+        "SSO_SIDECAR_OPENRAG__TOKEN_FILE",
+        "SSO_SIDECAR_CONFIG",
+        "SSO_SIDECAR_ENV_FILE",
+    ] {
+        out.push(extra.to_owned());
+    }
+    out
+}
+
+/// The warning for an unknown variable, with a suggestion when one is close.
+pub fn unknown_variable(name: &str, known: &[String]) -> String {
+    match closest(name, known.iter().map(String::as_str)) {
+        Some(s) => format!("ignoring unknown variable {name} (did you mean {s}?)"),
+        None => format!("ignoring unknown variable {name}"),
+    }
+}
+
+/// Unknown `OIDC_*` variables among `names`, each with a suggestion when one is close.
+pub fn unknown_openrag_variables<'a>(names: impl Iterator<Item = &'a str>) -> Vec<String> {
+    let known: Vec<String> = OPENRAG_VARIABLES
+        .iter()
+        .flat_map(|v| [v.to_string(), format!("{v}_FILE")])
+        .collect();
+    names
+        .filter(|n| n.starts_with("OIDC_") && !known.iter().any(|k| k == n))
+        .map(|n| unknown_variable(n, &known))
+        .collect()
+}
+
+/// A warning when an OpenRag boolean holds a value that reads as true elsewhere but false in
+/// OpenRag (only `true`, in any case, is true).
+pub fn false_boolean(name: &str, value: Option<&str>) -> Option<String> {
+    let v = value?.trim();
+    let looks_true = ["yes", "y", "on", "1", "enable", "enabled"]
+        .iter()
+        .any(|t| v.eq_ignore_ascii_case(t));
+    looks_true.then(|| {
+        format!("{name}={v} is false: OpenRag reads only \"true\" (in any case) as true, so does the sidecar")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn typos_get_the_name_they_meant() {
+        let known = sidecar_variables();
+        assert_eq!(
+            unknown_variable("SSO_SIDECAR_OPENRAG_TOKEN_POLICY", &known),
+            "ignoring unknown variable SSO_SIDECAR_OPENRAG_TOKEN_POLICY (did you mean SSO_SIDECAR_OPENRAG__TOKEN_POLICY?)"
+        );
+        assert!(unknown_variable("SSO_SIDECAR_LISTN", &known)
+            .ends_with("(did you mean SSO_SIDECAR_LISTEN?)"));
+        assert_eq!(
+            unknown_variable("SSO_SIDECAR_SERVICE_PORT_HTTP", &known),
+            "ignoring unknown variable SSO_SIDECAR_SERVICE_PORT_HTTP"
+        );
+        let oidc = unknown_openrag_variables(
+            [
+                "OIDC_AUTO_PROVISION",
+                "OIDC_SCOPES",
+                "OIDC_CLIENT_SECRET_FILE",
+                "OIDC_ENDPIONT",
+            ]
+            .into_iter(),
+        );
+        assert_eq!(oidc.len(), 2, "{oidc:?}");
+        assert!(
+            oidc[0].ends_with("(did you mean OIDC_AUTO_PROVISION_LOGIN?)"),
+            "{oidc:?}"
+        );
+        assert!(
+            oidc[1].ends_with("(did you mean OIDC_ENDPOINT?)"),
+            "{oidc:?}"
+        );
+    }
+
+    #[test]
+    fn booleans_that_openrag_reads_as_false_are_named() {
+        for v in ["yes", "on", "1", "Y"] {
+            let w = false_boolean("OIDC_AUTO_PROVISION_LOGIN", Some(v)).unwrap();
+            assert!(w.contains("is false"), "{w}");
+        }
+        assert!(false_boolean("OIDC_AUTO_PROVISION_LOGIN", Some("TRUE")).is_none());
+        assert!(false_boolean("OIDC_AUTO_PROVISION_LOGIN", Some("false")).is_none());
+        assert!(false_boolean("OIDC_AUTO_PROVISION_LOGIN", None).is_none());
+    }
+}
