@@ -16,6 +16,7 @@ pub mod settings;
 pub mod sources;
 pub mod suggest;
 pub mod toml_keys;
+pub mod types;
 
 pub use auth::{
     AuthSettings, BridgeSettings, ClientAuth, IdentityField, PathSettings, RedisConfig,
@@ -149,10 +150,29 @@ pub fn load(inputs: Inputs) -> Result<Config, ConfigErrors> {
     let mut figment = Figment::from(Serialized::defaults(Settings::default()));
     let mut unknown_keys = Vec::new();
     if let Some(path) = config_file.as_ref().filter(|p| p.is_file()) {
-        figment = figment.merge(Toml::file_exact(path));
-        unknown_keys = toml_keys::unknown_keys(path);
+        // Values of the wrong type are named and left out, so the rest is still checked.
+        match Figment::from(Toml::file_exact(path)).extract::<serde_json::Value>() {
+            Ok(table) => {
+                let file = path.display().to_string();
+                let kept = types::toml_values(&file, table, &mut problems);
+                figment = figment.merge(Serialized::defaults(kept));
+                unknown_keys = toml_keys::unknown_keys(path);
+            }
+            Err(e) => problems.extend(e.into_iter().map(|e| e.to_string())),
+        }
     }
-    figment = figment.merge(VarsProvider::new(sidecar_vars));
+    let mut typed = Vec::new();
+    for (key, raw) in sidecar_vars {
+        let name = format!(
+            "SSO_SIDECAR_{}",
+            key.replace('.', "__").to_ascii_uppercase()
+        );
+        match types::env_value(&name, &key, &raw) {
+            Ok(v) => typed.push((key, v)),
+            Err(problem) => problems.push(problem),
+        }
+    }
+    figment = figment.merge(VarsProvider::new(typed));
     let reported_unknown = !unknown_keys.is_empty();
     problems.extend(unknown_keys);
     let settings: Option<Settings> = match figment.extract() {

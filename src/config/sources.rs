@@ -117,14 +117,14 @@ pub fn read_dotenv(path: &Path) -> Result<Vec<(String, String)>, String> {
     super::dotenv::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-/// A figment provider over already-collected `SSO_SIDECAR_*` pairs (dotted keys). Values are
-/// parsed the way figment's own `Env` provider parses them (numbers, booleans, `[a, b]` arrays).
+/// A figment provider over already-collected `SSO_SIDECAR_*` pairs (dotted keys), their values
+/// already typed (`config::types`).
 pub struct VarsProvider {
-    pairs: Vec<(String, String)>,
+    pairs: Vec<(String, Value)>,
 }
 
 impl VarsProvider {
-    pub fn new(pairs: Vec<(String, String)>) -> Self {
+    pub fn new(pairs: Vec<(String, Value)>) -> Self {
         VarsProvider { pairs }
     }
 }
@@ -138,9 +138,8 @@ impl Provider for VarsProvider {
 
     fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
         let mut figment = figment::Figment::new();
-        for (key, raw) in &self.pairs {
-            let value: Value = raw.parse().unwrap_or_else(|_| Value::from(raw.clone()));
-            figment = figment.merge(figment::providers::Serialized::default(key, value));
+        for (key, value) in &self.pairs {
+            figment = figment.merge(figment::providers::Serialized::default(key, value.clone()));
         }
         let dict = figment
             .data()?

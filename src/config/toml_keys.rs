@@ -46,6 +46,18 @@ pub fn unknown_keys(path: &Path) -> Vec<String> {
     out
 }
 
+/// Whether `key` (in `section`, when given) is a setting: the values of unknown keys are left
+/// out of the layering once reported, so they hide no other problem.
+pub fn is_known(section: Option<&str>, key: &str) -> bool {
+    let Ok(defaults) = serde_json::to_value(Settings::default()) else {
+        return true;
+    };
+    match section {
+        None => defaults.get(key).is_some(),
+        Some(s) => defaults.get(s).and_then(|t| t.get(key)).is_some() || optional_key(s, key),
+    }
+}
+
 /// Keys that exist but are absent from the defaults' serialisation (unset options).
 fn optional_key(section: &str, key: &str) -> bool {
     matches!(

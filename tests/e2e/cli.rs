@@ -34,6 +34,33 @@ fn help_names_the_variables_and_points_to_the_readme() {
 }
 
 #[test]
+fn type_errors_name_their_variable_and_hide_no_other_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = dir.path().join("sidecar.toml");
+    std::fs::write(&toml, "workers = \"two\"\nlistn = \"x\"\n").unwrap();
+    let (code, out, err) = run(
+        &["check", "--config", toml.to_str().unwrap()],
+        &[
+            ("SSO_SIDECAR_SHUTDOWN_TIMEOUT_SECS", "30s"),
+            ("SSO_SIDECAR_LISTEN", "8000"),
+            ("SSO_SIDECAR_UPSTREAM", "foo"),
+        ],
+    );
+    assert_eq!(code, Some(78), "{out}{err}");
+    let all = format!("{out}{err}");
+    for needle in [
+        "SSO_SIDECAR_SHUTDOWN_TIMEOUT_SECS: expected whole seconds, got \"30s\"",
+        "listen must be an address like 0.0.0.0:8000, got '8000'",
+        "upstream must be an http:// or https:// URL, got 'foo'",
+        "sidecar.toml: workers: expected a whole number, got \"two\"",
+        "unknown key listn (did you mean listen?)",
+    ] {
+        assert!(all.contains(needle), "{needle} missing:\n{all}");
+    }
+    assert!(!all.contains("default."), "{all}");
+}
+
+#[test]
 fn check_names_the_variable_a_typo_meant() {
     let (code, out, err) = run(
         &["check"],

@@ -1,0 +1,181 @@
+//! Values checked against the type their setting expects before figment sees them, so a
+//! wrong one is named by its variable (or file and key) in words — `SSO_SIDECAR_SHUTDOWN_TIMEOUT_SECS:
+//! expected whole seconds, got "30s"` — and is left out, letting every other problem of every
+//! layer be found in the same run. The expected types come from `Settings::default()`.
+
+use super::Settings;
+use figment::value::Value as FValue;
+use serde_json::Value;
+
+/// What a setting expects, read off the defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expected {
+    Secs,
+    Millis,
+    Number,
+    Bool,
+    Text,
+    List,
+    /// Not in the defaults' serialisation (an unset option, an unknown key): as given.
+    Any,
+}
+
+impl Expected {
+    fn words(self) -> &'static str {
+        match self {
+            Expected::Secs => "whole seconds",
+            Expected::Millis => "whole milliseconds",
+            Expected::Number => "a whole number",
+            Expected::Bool => "true or false",
+            Expected::Text => "text",
+            Expected::List => "a list (comma-separated in a variable)",
+            Expected::Any => "a value",
+        }
+    }
+}
+
+fn expected(key: &str) -> Expected {
+    let Ok(defaults) = serde_json::to_value(Settings::default()) else {
+        return Expected::Any;
+    };
+    let mut v = &defaults;
+    for part in key.split('.') {
+        match v.get(part) {
+            Some(inner) => v = inner,
+            None => return Expected::Any,
+        }
+    }
+    match v {
+        Value::Number(_) if key.ends_with("_secs") => Expected::Secs,
+        Value::Number(_) if key.ends_with("_ms") => Expected::Millis,
+        Value::Number(_) => Expected::Number,
+        Value::Bool(_) => Expected::Bool,
+        Value::String(_) => Expected::Text,
+        Value::Array(_) => Expected::List,
+        _ => Expected::Any,
+    }
+}
+
+/// The typed value of variable `name` (setting `key`), or the problem with it.
+pub fn env_value(name: &str, key: &str, raw: &str) -> Result<FValue, String> {
+    let bad = |e: Expected| format!("{name}: expected {}, got {raw:?}", e.words());
+    match expected(key) {
+        e @ (Expected::Secs | Expected::Millis | Expected::Number) => raw
+            .trim()
+            .parse::<u64>()
+            .map(FValue::from)
+            .map_err(|_| bad(e)),
+        Expected::Bool => match raw.trim().to_ascii_lowercase().as_str() {
+            "true" => Ok(FValue::from(true)),
+            "false" => Ok(FValue::from(false)),
+            _ => Err(bad(Expected::Bool)),
+        },
+        Expected::Text | Expected::List => Ok(FValue::from(raw.to_owned())),
+        Expected::Any => Ok(raw.parse().unwrap_or_else(|_| FValue::from(raw.to_owned()))),
+    }
+}
+
+/// The TOML file's table with every value of the wrong type taken out, and one problem for
+/// each (`<file>: <key>: expected …, got …`).
+pub fn toml_values(file: &str, table: Value, problems: &mut Vec<String>) -> Value {
+    let Value::Object(map) = table else {
+        return table;
+    };
+    let mut out = serde_json::Map::new();
+    for (key, value) in map {
+        match value {
+            Value::Object(inner) if matches!(expected_table(&key), Some(true)) => {
+                let mut kept = serde_json::Map::new();
+                for (k, v) in inner {
+                    let full = format!("{key}.{k}");
+                    if super::toml_keys::is_known(Some(&key), &k) && fits(&full, &v, file, problems)
+                    {
+                        kept.insert(k, v);
+                    }
+                }
+                out.insert(key, Value::Object(kept));
+            }
+            v => {
+                if super::toml_keys::is_known(None, &key) && fits(&key, &v, file, problems) {
+                    out.insert(key, v);
+                }
+            }
+        }
+    }
+    Value::Object(out)
+}
+
+/// Whether `key` is a table of the settings (`Some(true)`), a plain key, or unknown.
+fn expected_table(key: &str) -> Option<bool> {
+    let defaults = serde_json::to_value(Settings::default()).ok()?;
+    defaults.get(key).map(Value::is_object)
+}
+
+fn fits(key: &str, v: &Value, file: &str, problems: &mut Vec<String>) -> bool {
+    let e = expected(key);
+    let ok = match e {
+        Expected::Secs | Expected::Millis | Expected::Number => v.as_u64().is_some(),
+        Expected::Bool => v.is_boolean(),
+        Expected::Text => v.is_string(),
+        Expected::List => {
+            v.is_string() || v.as_array().is_some_and(|a| a.iter().all(Value::is_string))
+        }
+        Expected::Any => true,
+    };
+    if !ok {
+        problems.push(format!("{file}: {key}: expected {}, got {v}", e.words()));
+    }
+    ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn wrong_values_are_named_in_words() {
+        assert_eq!(
+            env_value(
+                "SSO_SIDECAR_SHUTDOWN_TIMEOUT_SECS",
+                "shutdown_timeout_secs",
+                "30s"
+            )
+            .unwrap_err(),
+            "SSO_SIDECAR_SHUTDOWN_TIMEOUT_SECS: expected whole seconds, got \"30s\""
+        );
+        assert!(env_value("X", "shutdown_timeout_secs", " 30 ").is_ok());
+        assert_eq!(
+            env_value("SSO_SIDECAR_LISTEN", "listen", "8000").unwrap(),
+            FValue::from("8000".to_string()),
+            "a port alone stays text, for validation to explain"
+        );
+        assert!(
+            env_value("SSO_SIDECAR_PRESERVE_HOST", "preserve_host", "yes")
+                .unwrap_err()
+                .contains("expected true or false")
+        );
+        assert!(env_value("V", "connections.max", "many")
+            .unwrap_err()
+            .contains("a whole number"));
+        let mut problems = Vec::new();
+        let kept = toml_values(
+            "s.toml",
+            json!({"shutdown_timeout_secs": "30s", "listen": 8000, "workers": 2,
+                   "connections": {"max": "x", "max_per_ip": 3}}),
+            &mut problems,
+        );
+        assert_eq!(
+            problems,
+            vec![
+                "s.toml: connections.max: expected a whole number, got \"x\"",
+                "s.toml: listen: expected text, got 8000",
+                "s.toml: shutdown_timeout_secs: expected whole seconds, got \"30s\"",
+            ]
+        );
+        assert_eq!(
+            kept,
+            json!({"workers": 2, "connections": {"max_per_ip": 3}})
+        );
+    }
+}
