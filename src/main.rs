@@ -98,12 +98,12 @@ fn check(c: &Config) -> ExitCode {
                 c.auth.token_endpoint_auth,
                 http,
             );
-            provider.discover().await.map_err(|e| match e {
-                sso_sidecar::auth::oidc::DiscoveryError::IssuerMismatch { .. } => {
-                    (EX_CONFIG, e.to_string())
-                }
-                e => (1, e.to_string()),
-            })?;
+            // Every problem found is the configuration's to fix (the endpoint, the CA, the
+            // network): exit 78, with the cause spelt out.
+            provider
+                .discover()
+                .await
+                .map_err(|e| (EX_CONFIG, explain_discovery(&e)))?;
             Ok(provider.discovery_url())
         });
         match result {
@@ -121,6 +121,18 @@ fn check(c: &Config) -> ExitCode {
         c.proxy.upstream
     );
     ExitCode::SUCCESS
+}
+
+/// A discovery failure in words an operator can act on.
+fn explain_discovery(e: &sso_sidecar::auth::oidc::DiscoveryError) -> String {
+    let chain = sso_sidecar::http_json::error_chain(e);
+    if chain.contains("InvalidContentType") || chain.contains("corrupt message") {
+        format!("{chain}\n  hint: TLS handshake failed: is the IdP plain http? Try OIDC_ENDPOINT=http://…")
+    } else if chain.contains("404") {
+        format!("{chain}\n  hint: no discovery document there: check OIDC_ENDPOINT (the issuer, without /.well-known/openid-configuration)")
+    } else {
+        chain
+    }
 }
 
 fn load(config_file: Option<PathBuf>) -> Result<Config, ExitCode> {

@@ -227,6 +227,12 @@ fn check_http_url(name: &str, raw: &str, problems: &mut Vec<String>) -> Option<U
             ));
             None
         }
+        Err(url::ParseError::RelativeUrlWithoutBase) => {
+            problems.push(format!(
+                "{name} is not a valid URL ('{raw}'): it must start with https:// or http://"
+            ));
+            None
+        }
         Err(e) => {
             problems.push(format!("{name} is not a valid URL ('{raw}'): {e}"));
             None
@@ -369,9 +375,8 @@ mod tests {
             &mut p,
         );
         assert_eq!(p.len(), 5, "{p:#?}");
-        assert!(p
-            .iter()
-            .any(|m| m.starts_with("OIDC_ENDPOINT is not a valid URL")));
+        assert!(p.iter().any(|m| m
+            == "OIDC_ENDPOINT is not a valid URL ('sso.example.com'): it must start with https:// or http://"));
         assert!(p.iter().any(|m| m.contains("/auth/callback")));
         assert!(p.iter().any(|m| m.contains("not a valid Fernet key")));
         assert!(p.iter().any(|m| m.contains("must include 'openid'")));

@@ -166,6 +166,64 @@ fn check_accepts_a_valid_configuration_file_and_dotenv() {
 }
 
 #[tokio::test]
+async fn check_explains_an_idp_it_cannot_use_and_exits_78() {
+    let plain = Upstream::start(); // plain http, answers 200 echoes and 404s
+    let key = sso_sidecar::crypto::generate_key();
+    let base = |endpoint: String| {
+        vec![
+            ("AUTH_MODE".to_string(), "oidc".to_string()),
+            ("SSO_SIDECAR_IDENTITY".into(), "headers".into()),
+            ("OIDC_ENDPOINT".into(), endpoint),
+            ("OIDC_CLIENT_ID".into(), "rp".into()),
+            ("OIDC_CLIENT_SECRET".into(), "s".into()),
+            (
+                "OIDC_REDIRECT_URI".into(),
+                "http://127.0.0.1:1/auth/callback".into(),
+            ),
+            ("OIDC_TOKEN_ENCRYPTION_KEY".into(), key.clone()),
+            ("SSO_SIDECAR_IDP_TIMEOUT_SECS".into(), "3".into()),
+        ]
+    };
+    let https = base(format!("https://127.0.0.1:{}", plain.port));
+    let (code, out, err) = tokio::task::spawn_blocking(move || {
+        let env: Vec<(&str, &str)> = https
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        run(&["check"], &env)
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(78), "{out}{err}");
+    assert!(err.contains("is the IdP plain http?"), "{err}");
+    let unreachable = base("http://127.0.0.1:9".to_string());
+    let (code, out, err) = tokio::task::spawn_blocking(move || {
+        let env: Vec<(&str, &str)> = unreachable
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        run(&["check"], &env)
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        code,
+        Some(78),
+        "an unreachable IdP is the configuration's to fix: {out}{err}"
+    );
+    assert!(err.contains("cannot reach the IdP"), "{err}");
+    let (code, _, err) = run(
+        &["check"],
+        &[("AUTH_MODE", "oidc"), ("OIDC_ENDPOINT", "sso.example.com")],
+    );
+    assert_eq!(code, Some(78));
+    assert!(
+        err.contains("it must start with https:// or http://"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
 async fn healthcheck_subcommand_probes_the_admin_listener() {
     let up = Upstream::start();
     let sc = Sidecar::start(&[("SSO_SIDECAR_UPSTREAM", &up.url())]).await;
