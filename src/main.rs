@@ -70,12 +70,21 @@ fn main() -> ExitCode {
     }
 }
 
-/// `check`: the configuration is valid; with `AUTH_MODE=oidc`, discovery works too.
+/// `check`: the configuration is valid, and with `AUTH_MODE=oidc` every dependency it can reach
+/// answers: the IdP's discovery, Redis, and (identity `openrag`) the backend's users API with
+/// `AUTH_TOKEN`. Any problem exits 78 with its cause.
 fn check(c: &Config) -> ExitCode {
+    for f in [&c.source_file, &c.env_file].into_iter().flatten() {
+        println!("read {}", f.display());
+    }
     for w in &c.warnings {
         println!("warning: {w}");
     }
+    println!("{}", mode_in_words(c));
     if let Some(oidc) = &c.openrag_env.oidc {
+        for w in scheme_warnings(c, oidc) {
+            println!("warning: {w}");
+        }
         let _ = rustls::crypto::ring::default_provider().install_default();
         let runtime = match tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -87,40 +96,126 @@ fn check(c: &Config) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        // (exit code, message): an issuer mismatch is a configuration error (78); an IdP that
-        // cannot be reached is not.
-        let result: Result<String, (u8, String)> = runtime.block_on(async {
-            let tls = sso_sidecar::tls::client_config(c.auth.idp_ca_file.as_deref())
-                .map_err(|e| (EX_CONFIG, e))?;
+        let problems = runtime.block_on(probe(c, oidc));
+        if !problems.is_empty() {
+            for p in &problems {
+                eprintln!("sso-sidecar: {p}");
+            }
+            return ExitCode::from(EX_CONFIG);
+        }
+    }
+    println!(
+        "configuration OK: {}, listen {}, upstream {}",
+        auth_mode_name(c),
+        c.listen,
+        c.proxy.upstream
+    );
+    ExitCode::SUCCESS
+}
+
+fn auth_mode_name(c: &Config) -> &'static str {
+    match c.auth_mode() {
+        sso_sidecar::config::AuthMode::Token => "AUTH_MODE=token",
+        sso_sidecar::config::AuthMode::Oidc => "AUTH_MODE=oidc",
+    }
+}
+
+/// What this configuration does, in a sentence.
+fn mode_in_words(c: &Config) -> String {
+    use sso_sidecar::config::{AuthMode, IdentityMode};
+    match c.auth_mode() {
+        AuthMode::Token => "AUTH_MODE=token: pass-through, no single sign-on".to_owned(),
+        AuthMode::Oidc => format!(
+            "AUTH_MODE=oidc: single sign-on; the upstream is told who the user is by {}; sessions in {}",
+            match c.identity {
+                IdentityMode::OpenRag => "the user's own OpenRag token (identity openrag)",
+                IdentityMode::Headers => "X-Forwarded-* headers (identity headers)",
+            },
+            if c.auth.redis.is_some() { "Redis" } else { "memory (one replica only)" }
+        ),
+    }
+}
+
+/// The redirect URI's scheme against how the listener is reached.
+fn scheme_warnings(c: &Config, oidc: &sso_sidecar::config::OidcSettings) -> Vec<String> {
+    let https = oidc.redirect_uri.scheme() == "https";
+    let mut out = Vec::new();
+    if https && c.tls.is_none() && c.proxy.trusted_proxies.is_empty() {
+        out.push(format!(
+            "OIDC_REDIRECT_URI is https ({}) but the listener is plain http and no trusted proxy \
+             is configured: terminate TLS in front (an ingress) and list it in trusted_proxies",
+            oidc.redirect_uri
+        ));
+    }
+    if !https && c.tls.is_some() {
+        out.push(format!(
+            "the listener has TLS but OIDC_REDIRECT_URI is http ({}): the IdP will send users to \
+             plain http",
+            oidc.redirect_uri
+        ));
+    }
+    out
+}
+
+/// Every dependency `check` can reach, each problem in words.
+async fn probe(c: &Config, oidc: &sso_sidecar::config::OidcSettings) -> Vec<String> {
+    let mut problems = Vec::new();
+    match sso_sidecar::tls::client_config(c.auth.idp_ca_file.as_deref()) {
+        Err(e) => problems.push(e),
+        Ok(tls) => {
             let http = sso_sidecar::auth::idp_http::IdpHttp::new(tls, c.auth.idp_timeout);
             let provider = sso_sidecar::auth::oidc::Provider::new(
                 oidc.clone(),
                 c.auth.token_endpoint_auth,
                 http,
             );
-            // Every problem found is the configuration's to fix (the endpoint, the CA, the
-            // network): exit 78, with the cause spelt out.
-            provider
-                .discover()
-                .await
-                .map_err(|e| (EX_CONFIG, explain_discovery(&e)))?;
-            Ok(provider.discovery_url())
-        });
-        match result {
-            Ok(url) => println!("OIDC discovery OK: {url}"),
-            Err((code, msg)) => {
-                eprintln!("sso-sidecar: {msg}");
-                return ExitCode::from(code);
+            match provider.discover().await {
+                Ok(_) => println!("OIDC discovery OK: {}", provider.discovery_url()),
+                Err(e) => problems.push(explain_discovery(&e)),
             }
         }
     }
-    println!(
-        "configuration OK: AUTH_MODE={:?}, listen {}, upstream {}",
-        c.auth_mode(),
-        c.listen,
-        c.proxy.upstream
-    );
-    ExitCode::SUCCESS
+    if let Some(r) = &c.auth.redis {
+        match sso_sidecar::store::redis::RedisStore::from_config(r, 1) {
+            Err(e) => problems.push(format!("Redis: {e}")),
+            Ok(store) => match tokio::time::timeout(r.timeout * 2, store.ping()).await {
+                Ok(Ok(())) => println!("Redis OK (PING)"),
+                Ok(Err(e)) => problems.push(format!(
+                    "Redis: {}",
+                    sso_sidecar::http_json::error_chain(&e)
+                )),
+                Err(_) => problems.push("Redis: no answer to PING".to_owned()),
+            },
+        }
+    }
+    if c.identity == sso_sidecar::config::IdentityMode::OpenRag {
+        if let Some(token) = &c.openrag_env.auth_token {
+            match sso_sidecar::tls::client_config(c.proxy.upstream_ca_file.as_deref()) {
+                Err(e) => problems.push(e),
+                Ok(tls) => {
+                    let admin = sso_sidecar::identity::openrag::admin::AdminClient::new(
+                        &c.proxy.upstream,
+                        token.clone(),
+                        tls,
+                        c.auth.bridge.admin_timeout,
+                    );
+                    match admin.list_users().await {
+                        Ok(users) => println!(
+                            "the backend's users API accepts AUTH_TOKEN ({} users)",
+                            users.len()
+                        ),
+                        Err(e) => problems.push(format!(
+                            "the backend's users API with AUTH_TOKEN: {}\n  hint: AUTH_TOKEN must be \
+                             the backend's own admin token, and the backend must be up at {}",
+                            sso_sidecar::http_json::error_chain(&e),
+                            c.proxy.upstream
+                        )),
+                    }
+                }
+            }
+        }
+    }
+    problems
 }
 
 /// A discovery failure in words an operator can act on.

@@ -58,6 +58,8 @@ pub struct Config {
     pub warnings: Vec<String>,
     /// The TOML file this configuration was read from, if any.
     pub source_file: Option<PathBuf>,
+    /// The `.env` file it was read from, if any.
+    pub env_file: Option<PathBuf>,
     /// The sidecar's settings as layered, before validation: what a reload compares.
     pub raw: reload::RawSettings,
 }
@@ -128,10 +130,13 @@ pub fn load(inputs: Inputs) -> Result<Config, ConfigErrors> {
         }
     }
 
-    let dotenv = match inputs.env_var("SSO_SIDECAR_ENV_FILE") {
-        Some(p) => read_env_file(Path::new(p), true, &mut problems),
-        None => read_env_file(&inputs.cwd.join(".env"), false, &mut problems),
+    let env_path = match inputs.env_var("SSO_SIDECAR_ENV_FILE") {
+        Some(p) => PathBuf::from(p),
+        None => inputs.cwd.join(".env"),
     };
+    let explicit = inputs.env_var("SSO_SIDECAR_ENV_FILE").is_some();
+    let dotenv = read_env_file(&env_path, explicit, &mut problems);
+    let env_file = env_path.is_file().then_some(env_path);
     let mut vars = Vars::layer(dotenv, inputs.env.clone());
     vars.resolve_secret_files(&mut problems);
 
@@ -231,6 +236,7 @@ pub fn load(inputs: Inputs) -> Result<Config, ConfigErrors> {
                 auth: v.auth,
                 warnings,
                 source_file: config_file,
+                env_file,
                 raw: reload::RawSettings(raw),
             })
         }

@@ -158,7 +158,16 @@ fn check_accepts_a_valid_configuration_file_and_dotenv() {
         &[("SSO_SIDECAR_ENV_FILE", dotenv.to_str().unwrap())],
     );
     assert_eq!(code, Some(0), "{err}");
-    assert!(out.contains("configuration OK: AUTH_MODE=Token, listen 127.0.0.1:18000, upstream http://backend:8080/"), "{out}");
+    assert!(out.contains("configuration OK: AUTH_MODE=token, listen 127.0.0.1:18000, upstream http://backend:8080/"), "{out}");
+    assert!(
+        out.contains("AUTH_MODE=token: pass-through, no single sign-on"),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("read ") && l.ends_with(".env")),
+        "the files read are named: {out}"
+    );
 
     let (code, _, err) = run(&["check"], &[("SSO_SIDECAR_UPSTREAM", "nope")]);
     assert_eq!(code, Some(78));
@@ -220,6 +229,52 @@ async fn check_explains_an_idp_it_cannot_use_and_exits_78() {
     assert!(
         err.contains("it must start with https:// or http://"),
         "{err}"
+    );
+}
+
+#[tokio::test]
+async fn check_probes_redis_and_the_backends_admin_token() {
+    let idp = crate::mock_idp::MockIdp::start().await;
+    idp.set(|m| m.jwks = serde_json::json!({"keys": [crate::mock_idp::Key::new("k").jwk()]}));
+    let backend = crate::openrag::Backend::start(serde_json::json!([]));
+    let env: Vec<(String, String)> = vec![
+        ("AUTH_MODE".into(), "oidc".into()),
+        ("SSO_SIDECAR_IDENTITY".into(), "openrag".into()),
+        ("AUTH_TOKEN".into(), "not-the-admin-token-at-all".into()),
+        ("SSO_SIDECAR_UPSTREAM".into(), backend.url()),
+        ("SSO_SIDECAR_REDIS_URL".into(), "redis://127.0.0.1:9".into()),
+        ("SSO_SIDECAR_REDIS_TIMEOUT_MS".into(), "500".into()),
+        ("OIDC_ENDPOINT".into(), idp.issuer()),
+        ("OIDC_CLIENT_ID".into(), "rp".into()),
+        ("OIDC_CLIENT_SECRET".into(), "s".into()),
+        (
+            "OIDC_REDIRECT_URI".into(),
+            "https://rag.example/auth/callback".into(),
+        ),
+        (
+            "OIDC_TOKEN_ENCRYPTION_KEY".into(),
+            sso_sidecar::crypto::generate_key(),
+        ),
+    ];
+    let (code, out, err) = tokio::task::spawn_blocking(move || {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        run(&["check"], &env)
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(78), "{out}{err}");
+    assert!(out.contains("OIDC discovery OK"), "{out}");
+    assert!(out.contains("AUTH_MODE=oidc: single sign-on"), "{out}");
+    assert!(out.contains("OIDC_REDIRECT_URI is https"), "{out}");
+    assert!(err.contains("Redis:"), "{err}");
+    assert!(
+        err.contains("the backend's users API with AUTH_TOKEN")
+            && err.contains("AUTH_TOKEN must be the backend's own admin token"),
+        "{err}"
+    );
+    assert!(
+        !format!("{out}{err}").contains("not-the-admin-token"),
+        "the token is never printed"
     );
 }
 
