@@ -149,22 +149,50 @@ impl Error {
 
     /// The response for this error, HTML when the client is a browser.
     pub fn into_response(self, wants_html: bool) -> Response<Body> {
+        self.into_page(wants_html, &[])
+    }
+
+    /// The same; a browser's page also shows `details` (the request id, the user's `sub`) to
+    /// give to an administrator.
+    pub fn into_page(self, wants_html: bool, details: &[(&str, &str)]) -> Response<Body> {
         let msg = if wants_html {
             self.html_message()
         } else {
             self.public_message()
         };
-        message_response(self.status(), msg, wants_html)
+        page_response(self.status(), msg, wants_html, details)
     }
 }
 
 /// A synthetic response with a `{"detail": message}` body, or an HTML page for browsers.
 pub fn message_response(status: StatusCode, message: &str, wants_html: bool) -> Response<Body> {
+    page_response(status, message, wants_html, &[])
+}
+
+/// [`message_response`] whose page lists `details` and links back to the application.
+pub fn page_response(
+    status: StatusCode,
+    message: &str,
+    wants_html: bool,
+    details: &[(&str, &str)],
+) -> Response<Body> {
     let (content_type, body) = if wants_html {
         let title = status.canonical_reason().unwrap_or("Error");
+        let mut facts = String::new();
+        for (k, v) in details.iter().filter(|(_, v)| !v.is_empty()) {
+            facts.push_str(&format!(
+                "<dt>{}</dt><dd><code>{}</code></dd>",
+                html_escape(k),
+                html_escape(v)
+            ));
+        }
+        if !facts.is_empty() {
+            facts = format!("<p>Give these to an administrator:</p><dl>{facts}</dl>");
+        }
         let page = format!(
             "<!doctype html><html><head><meta charset=\"utf-8\"><title>{code} {title}</title></head>\
-             <body><h1>{code} {title}</h1><p>{msg}</p></body></html>\n",
+             <body><h1>{code} {title}</h1><p>{msg}</p>{facts}\
+             <p><a href=\"/\">Back to the application</a></p></body></html>\n",
             code = status.as_u16(),
             msg = html_escape(message),
         );

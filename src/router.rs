@@ -91,7 +91,8 @@ impl App {
         };
         let (mut resp, upstream_status) = result.unwrap_or_else(|e| {
             self.log_error(&e, request_id.to_str().unwrap_or_default());
-            (e.into_response(html), None)
+            let id = request_id.to_str().unwrap_or_default();
+            (e.into_page(html, &[("Request id", id)]), None)
         });
         resp.headers_mut()
             .insert(headers::X_REQUEST_ID, request_id.clone());

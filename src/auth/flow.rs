@@ -12,7 +12,7 @@ use super::oidc::{now_unix, Provider};
 use super::redirect::sanitize_next;
 use super::refresh::access_lifetime;
 use crate::config::{AuthSettings, ClaimSource};
-use crate::error::{message_response, wants_html, Error};
+use crate::error::{page_response, wants_html, Error};
 use crate::per_worker::PerWorker;
 use crate::proxy::Body;
 use crate::session::{Session, Sessions};
@@ -143,14 +143,27 @@ impl Auth {
     ) -> Response<Body> {
         let secure = self.secure(public_scheme);
         let html = wants_html(&parts.headers);
+        let request_id = parts
+            .headers
+            .get(crate::proxy::headers::X_REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        let id = [("Request id", request_id)];
         let mut resp = match self.callback_inner(parts, secure).await {
             Ok(r) => r,
-            Err(CallbackError::User(status, msg)) => message_response(status, msg, html),
-            Err(CallbackError::Idp(msg)) => message_response(StatusCode::BAD_REQUEST, &msg, html),
+            Err(CallbackError::User(status, msg)) => page_response(status, msg, html, &id),
+            Err(CallbackError::Idp(msg)) => page_response(StatusCode::BAD_REQUEST, &msg, html, &id),
             Err(CallbackError::Other(e)) => {
                 tracing::warn!(error = %e, "login failed at the callback");
-                e.into_response(html)
+                e.into_page(html, &id)
             }
+            Err(CallbackError::Refused(e, sub)) => e.into_page(
+                html,
+                &[
+                    ("Request id", request_id),
+                    ("Your identity-provider user id (sub)", &sub),
+                ],
+            ),
         };
         resp.headers_mut().append(
             header::SET_COOKIE,
@@ -261,7 +274,14 @@ impl Auth {
             .identity
             .on_login(&sub, &profile)
             .await
-            .map_err(|e| CallbackError::Other(Error::Identity(e)))?;
+            .map_err(|e| match e {
+                crate::identity::openrag::BridgeError::NotRegistered
+                | crate::identity::openrag::BridgeError::NoToken
+                | crate::identity::openrag::BridgeError::EmailConflict => {
+                    CallbackError::Refused(Error::Identity(e), sub.clone())
+                }
+                e => CallbackError::Other(Error::Identity(e)),
+            })?;
         let access_lifetime = access_lifetime(tokens.expires_in);
         let access_expires_at = now + access_lifetime;
         let lifetime = self.settings().session_lifetime.as_secs() as i64;
@@ -318,6 +338,9 @@ enum CallbackError {
     User(StatusCode, &'static str),
     Idp(String),
     Other(Error),
+    /// The user authenticated but is refused (not registered, no token): the page shows their
+    /// `sub` for an administrator.
+    Refused(Error, String),
 }
 
 fn string_claim(c: &Map<String, Value>, name: &str) -> Option<String> {
