@@ -160,21 +160,23 @@ impl Error {
         } else {
             self.public_message()
         };
-        page_response(self.status(), msg, wants_html, details)
+        page_response(self.status(), msg, wants_html, details, None)
     }
 }
 
 /// A synthetic response with a `{"detail": message}` body, or an HTML page for browsers.
 pub fn message_response(status: StatusCode, message: &str, wants_html: bool) -> Response<Body> {
-    page_response(status, message, wants_html, &[])
+    page_response(status, message, wants_html, &[], None)
 }
 
-/// [`message_response`] whose page lists `details` and links back to the application.
+/// [`message_response`] whose page lists `details`, offers `action` (a link and its words) and
+/// links back to the application.
 pub fn page_response(
     status: StatusCode,
     message: &str,
     wants_html: bool,
     details: &[(&str, &str)],
+    action: Option<(&str, &str)>,
 ) -> Response<Body> {
     let (content_type, body) = if wants_html {
         let title = status.canonical_reason().unwrap_or("Error");
@@ -188,6 +190,13 @@ pub fn page_response(
         }
         if !facts.is_empty() {
             facts = format!("<p>Give these to an administrator:</p><dl>{facts}</dl>");
+        }
+        if let Some((href, words)) = action {
+            facts = format!(
+                "<p><a href=\"{}\">{}</a></p>{facts}",
+                html_escape(href),
+                html_escape(words)
+            );
         }
         let page = format!(
             "<!doctype html><html><head><meta charset=\"utf-8\"><title>{code} {title}</title></head>\

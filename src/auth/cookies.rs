@@ -11,9 +11,6 @@ use cookie::time::{self, Duration as TimeDuration};
 use cookie::{Cookie, SameSite};
 use http::header::{self, HeaderMap, HeaderValue};
 
-/// Seconds a login may take between `/auth/login` and `/auth/callback`.
-pub const STATE_TTL_SECS: i64 = 600;
-
 /// Cookie names and attributes.
 #[derive(Debug, Clone)]
 pub struct CookieJar {

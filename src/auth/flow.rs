@@ -6,8 +6,9 @@
 //! is Fernet-encrypted and expires after 600 s, a state is accepted once (replay marker in the
 //! shared store), and every login mints a fresh session id.
 
-use super::cookies::{CookieJar, STATE_TTL_SECS};
+use super::cookies::CookieJar;
 use super::gate::{self, Decision};
+use super::login_state::{self, LoginState, STATE_TTL_SECS};
 use super::oidc::{now_unix, Provider};
 use super::redirect::sanitize_next;
 use super::refresh::access_lifetime;
@@ -18,7 +19,6 @@ use crate::proxy::Body;
 use crate::session::{Session, Sessions};
 use base64::Engine;
 use http::{header, request::Parts, HeaderValue, Response, StatusCode};
-use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -36,16 +36,6 @@ pub struct Auth {
     pub inflight: super::refresh::InFlight,
     /// The identity mode: its login hook resolves the backend user.
     pub identity: Arc<crate::identity::Identity>,
-}
-
-/// What the state cookie holds between login and callback.
-#[derive(Serialize, Deserialize)]
-struct LoginState {
-    state: String,
-    nonce: String,
-    verifier: String,
-    next: String,
-    created: i64,
 }
 
 pub(super) fn redirect(location: &str) -> Response<Body> {
@@ -120,8 +110,14 @@ impl Auth {
             .provider
             .authorize_url(&st.state, &st.nonce, &challenge)
             .ok_or(Error::IdpUnavailable)?;
-        let plain = serde_json::to_vec(&st).map_err(|e| Error::Internal(e.to_string()))?;
-        let sealed = self.sessions.keys().seal(&plain);
+        // The logins this browser already has in flight stay (another tab's).
+        let mut states = self
+            .cookies
+            .get(&parts.headers, &self.cookies.state)
+            .map(|c| login_state::open(self.sessions.keys(), &c, st.created))
+            .unwrap_or_default();
+        states.push(st.clone());
+        let sealed = login_state::seal(self.sessions.keys(), states);
         let mut r = redirect(&location);
         r.headers_mut().append(
             header::SET_COOKIE,
@@ -149,10 +145,21 @@ impl Auth {
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default();
         let id = [("Request id", request_id)];
+        let mut remaining = Vec::new();
         let mut resp = match self.callback_inner(parts, secure).await {
-            Ok(r) => r,
-            Err(CallbackError::User(status, msg)) => page_response(status, msg, html, &id),
-            Err(CallbackError::Idp(msg)) => page_response(StatusCode::BAD_REQUEST, &msg, html, &id),
+            Ok((r, rest)) => {
+                remaining = rest;
+                r
+            }
+            // Back, reload, a spent or expired callback URL: no way forward from the error
+            // alone, so a browser gets one (or its session, when it has one).
+            Err(CallbackError::User(status, msg)) if html && lost_login(msg) => {
+                self.lost_login(parts, status, msg, request_id).await
+            }
+            Err(CallbackError::User(status, msg)) => page_response(status, msg, html, &id, None),
+            Err(CallbackError::Idp(msg)) => {
+                page_response(StatusCode::BAD_REQUEST, &msg, html, &id, None)
+            }
             Err(CallbackError::Other(e)) => {
                 tracing::warn!(error = %e, "login failed at the callback");
                 e.into_page(html, &id)
@@ -165,10 +172,15 @@ impl Auth {
                 ],
             ),
         };
-        resp.headers_mut().append(
-            header::SET_COOKIE,
-            self.cookies.clear(&self.cookies.state, secure),
-        );
+        // Another tab's login still in flight keeps its state; otherwise the cookie goes.
+        let state_cookie = if remaining.is_empty() {
+            self.cookies.clear(&self.cookies.state, secure)
+        } else {
+            let sealed = login_state::seal(self.sessions.keys(), remaining);
+            self.cookies
+                .set(&self.cookies.state, &sealed, STATE_TTL_SECS, secure)
+        };
+        resp.headers_mut().append(header::SET_COOKIE, state_cookie);
         resp
     }
 
@@ -176,7 +188,7 @@ impl Auth {
         &self,
         parts: &Parts,
         secure: bool,
-    ) -> Result<Response<Body>, CallbackError> {
+    ) -> Result<(Response<Body>, Vec<LoginState>), CallbackError> {
         use CallbackError::User;
         let bad = |m: &'static str| User(StatusCode::BAD_REQUEST, m);
         let q = query(parts);
@@ -197,16 +209,12 @@ impl Auth {
             .get(&parts.headers, &self.cookies.state)
             .ok_or(bad("OIDC state cookie missing."))?;
         let now = now_unix();
-        let st: LoginState = self
-            .sessions
-            .keys()
-            .open(&sealed)
-            .and_then(|p| serde_json::from_slice(&p).ok())
-            .filter(|s: &LoginState| now - s.created <= STATE_TTL_SECS && s.created <= now + 5)
-            .ok_or(bad("Invalid or expired OIDC state cookie."))?;
-        if !crate::crypto::constant_time_eq(st.state.as_bytes(), state.as_bytes()) {
-            return Err(bad("OIDC state mismatch."));
+        let mut in_flight = login_state::open(self.sessions.keys(), &sealed, now);
+        if in_flight.is_empty() {
+            return Err(bad("Invalid or expired OIDC state cookie."));
         }
+        let st: LoginState =
+            login_state::take(&mut in_flight, state).ok_or(bad("OIDC state mismatch."))?;
         // RFC 9207: when the IdP names itself, it must be our issuer (mix-up defence).
         if q.get("iss")
             .is_some_and(|iss| *iss != self.provider.settings.issuer)
@@ -218,7 +226,12 @@ impl Auth {
         let first_use = self
             .sessions
             .store()
-            .put_if_absent(&marker, b"1", Duration::from_secs(STATE_TTL_SECS as u64))
+            // The marker keeps `next`, for a browser that comes back to this callback.
+            .put_if_absent(
+                &marker,
+                st.next.as_bytes(),
+                Duration::from_secs(STATE_TTL_SECS as u64),
+            )
             .await
             .map_err(|e| CallbackError::Other(e.into()))?;
         if !first_use {
@@ -330,8 +343,18 @@ impl Auth {
             self.cookies
                 .set(&self.cookies.session, &id, session.expires_at - now, secure),
         );
-        Ok(r)
+        Ok((r, in_flight))
     }
+}
+
+/// The callback errors of a login that is no longer in flight (spent, expired, unknown).
+fn lost_login(msg: &str) -> bool {
+    matches!(
+        msg,
+        "OIDC state cookie missing."
+            | "Invalid or expired OIDC state cookie."
+            | "OIDC state mismatch."
+    )
 }
 
 enum CallbackError {

@@ -266,8 +266,14 @@ async fn an_unregistered_user_is_refused_with_no_session() {
     assert!(text.contains("Ask an OpenRag administrator"), "{text}");
     // What the person gives to an administrator, and a way back.
     let request_id = page.headers()["x-request-id"].to_str().unwrap();
-    assert!(text.contains("<code>bob</code>"), "the sub is shown: {text}");
-    assert!(text.contains(&format!("<code>{request_id}</code>")), "{text}");
+    assert!(
+        text.contains("<code>bob</code>"),
+        "the sub is shown: {text}"
+    );
+    assert!(
+        text.contains(&format!("<code>{request_id}</code>")),
+        "{text}"
+    );
     assert!(text.contains("<a href=\"/\">"), "{text}");
     let logs = sc.output();
     assert!(

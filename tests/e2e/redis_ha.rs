@@ -83,9 +83,13 @@ async fn cluster(dir: &Path) -> (Servers, Vec<String>) {
         let d = dir.join(format!("cl-{p}"));
         let conf = d.join("nodes.conf");
         std::fs::create_dir_all(&d).unwrap();
+        // The bus port is named, not left at port + 10000, which free_port may hand out.
+        let bus = free_port().to_string();
         servers.0.push(redis_server(
             &d,
             &[
+                "--cluster-port",
+                &bus,
                 "--port",
                 &p.to_string(),
                 "--appendonly",

@@ -1,0 +1,123 @@
+//! The logins in flight of one browser, kept in its state cookie between `/auth/login` and
+//! `/auth/callback`: each with its state, nonce, PKCE verifier and `next`, sealed together.
+//! Several at once, so two tabs that start a login each both complete (the peers' most
+//! reported login bug): a new login adds its state, a callback takes out its own, and the
+//! oldest are dropped when there are more than [`MAX_IN_FLIGHT`] or the cookie would outgrow
+//! what a browser keeps. Pure: no HTTP, no store.
+
+use crate::crypto::KeyRing;
+use serde::{Deserialize, Serialize};
+
+/// Seconds a login may take between `/auth/login` and `/auth/callback`.
+pub const STATE_TTL_SECS: i64 = 600;
+
+/// Logins kept in flight at most.
+pub const MAX_IN_FLIGHT: usize = 4;
+
+/// Largest sealed cookie value kept (browsers keep 4 KB per cookie, name and attributes
+/// included).
+const MAX_SEALED_BYTES: usize = 3600;
+
+/// What one login in flight needs at its callback.
+#[derive(Serialize, Deserialize, Clone)]
+pub struct LoginState {
+    pub state: String,
+    pub nonce: String,
+    pub verifier: String,
+    pub next: String,
+    pub created: i64,
+}
+
+/// The live logins in a state cookie's value (none if it cannot be opened). A value holding
+/// one login, as older versions wrote it, is read too.
+pub fn open(keys: &KeyRing, sealed: &str, now: i64) -> Vec<LoginState> {
+    let Some(plain) = keys.open(sealed) else {
+        return Vec::new();
+    };
+    let all: Vec<LoginState> = serde_json::from_slice::<Vec<LoginState>>(&plain)
+        .or_else(|_| serde_json::from_slice::<LoginState>(&plain).map(|s| vec![s]))
+        .unwrap_or_default();
+    all.into_iter()
+        .filter(|s| now - s.created <= STATE_TTL_SECS && s.created <= now + 5)
+        .collect()
+}
+
+/// Seals `states`, dropping the oldest until they are few and small enough.
+pub fn seal(keys: &KeyRing, mut states: Vec<LoginState>) -> String {
+    states.sort_by_key(|s| s.created);
+    while states.len() > MAX_IN_FLIGHT {
+        states.remove(0);
+    }
+    loop {
+        let plain = serde_json::to_vec(&states).unwrap_or_default();
+        let sealed = keys.seal(&plain);
+        if sealed.len() <= MAX_SEALED_BYTES || states.len() <= 1 {
+            return sealed;
+        }
+        states.remove(0);
+    }
+}
+
+/// Takes the login whose state is `state` out of `states`.
+pub fn take(states: &mut Vec<LoginState>, state: &str) -> Option<LoginState> {
+    let i = states
+        .iter()
+        .position(|s| crate::crypto::constant_time_eq(s.state.as_bytes(), state.as_bytes()))?;
+    Some(states.remove(i))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn st(state: &str, created: i64, next_len: usize) -> LoginState {
+        LoginState {
+            state: state.into(),
+            nonce: "n".into(),
+            verifier: "v".into(),
+            next: format!("/{}", "a".repeat(next_len)),
+            created,
+        }
+    }
+
+    #[test]
+    fn several_logins_in_flight_each_complete() {
+        let keys = KeyRing::parse(&crate::crypto::generate_key()).unwrap();
+        let sealed = seal(&keys, vec![st("tab1", 100, 5), st("tab2", 101, 5)]);
+        let mut states = open(&keys, &sealed, 200);
+        assert_eq!(take(&mut states, "tab1").unwrap().state, "tab1");
+        assert!(
+            take(&mut states, "tab1").is_none(),
+            "each state is taken once"
+        );
+        assert_eq!(take(&mut states, "tab2").unwrap().state, "tab2");
+    }
+
+    #[test]
+    fn the_oldest_go_when_too_many_or_too_big_and_the_expired_are_ignored() {
+        let keys = KeyRing::parse(&crate::crypto::generate_key()).unwrap();
+        let many: Vec<_> = (0..6).map(|i| st(&format!("s{i}"), 100 + i, 5)).collect();
+        let kept = open(&keys, &seal(&keys, many), 200);
+        assert_eq!(kept.len(), MAX_IN_FLIGHT);
+        assert_eq!(kept[0].state, "s2", "the oldest were dropped");
+        let big: Vec<_> = (0..4)
+            .map(|i| st(&format!("b{i}"), 100 + i, 1500))
+            .collect();
+        let sealed = seal(&keys, big);
+        assert!(sealed.len() <= MAX_SEALED_BYTES);
+        assert_eq!(
+            open(&keys, &sealed, 200).last().unwrap().state,
+            "b3",
+            "the newest stays"
+        );
+        let sealed = seal(&keys, vec![st("old", 0, 1), st("new", 650, 1)]);
+        let live = open(&keys, &sealed, 700);
+        assert_eq!(live.len(), 1, "older than 600 s: gone");
+        let single = keys.seal(serde_json::to_vec(&st("one", 690, 1)).unwrap().as_slice());
+        assert_eq!(
+            open(&keys, &single, 700).len(),
+            1,
+            "the one-login format of before"
+        );
+    }
+}
