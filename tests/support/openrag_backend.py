@@ -608,6 +608,15 @@ class Handler(BaseHTTPRequestHandler):
         headers = {}
         for k, v in self.headers.items():
             headers.setdefault(k.lower(), []).append(v)
+        if getattr(self.server.cfg, "hide_tokens", False):
+            # The demo shows that a token was injected, never the token itself.
+            hidden = "<the user's OpenRag token, injected by the sidecar (hidden)>"
+            if "authorization" in headers:
+                headers["authorization"] = [f"Bearer {hidden}"]
+            if "cookie" in headers:
+                headers["cookie"] = [re.sub(r"(openrag_chainlit_token=)[^;]*", r"\1" + hidden, c)
+                                     for c in headers["cookie"]]
+            ctx = dict(ctx, query=re.sub(r"(^|&)token=[^&]*", r"\1token=(hidden)", ctx["query"]))
         return {
             "path": ctx["path"], "raw_path": ctx["raw_path"], "method": self.command, "query": ctx["query"],
             "user": echo_user(user) if user else None, "auth_via": via, "auth_cookie": cookie,
@@ -832,6 +841,8 @@ def main():
     ap.add_argument("--auth-failure-limit", type=int, default=0)
     ap.add_argument("--conflict-status", type=int, choices=(409, 500), default=409)
     ap.add_argument("--keep-alive-timeout", type=float, default=5.0)
+    ap.add_argument("--hide-tokens", action="store_true",
+                    help="echo that a token came, not the token (for the demo's pages)")
     ap.add_argument("--generation", choices=("1.1.8", "later"), default="later",
                     help="1.1.8: POST /users/{id}/regenerate_token has no permission check")
     args = ap.parse_args()
@@ -854,6 +865,7 @@ def main():
     cfg.conflict_status = args.conflict_status
     cfg.keep_alive_timeout = args.keep_alive_timeout
     cfg.generation = args.generation
+    cfg.hide_tokens = args.hide_tokens
     try:
         cfg.default_file_quota = int(os.getenv("DEFAULT_FILE_QUOTA", "-1"))
     except ValueError:
