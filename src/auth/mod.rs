@@ -11,6 +11,7 @@ pub mod backchannel;
 pub mod claims;
 pub mod cookies;
 pub mod flow;
+pub mod frontchannel;
 pub mod gate;
 pub mod idp_http;
 pub mod jwt;

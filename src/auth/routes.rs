@@ -9,12 +9,13 @@ use http::{header, request::Parts, HeaderValue, Method, Response, StatusCode};
 use hyper::body::Incoming;
 
 /// The paths of the routes below.
-const ROUTES: [&str; 5] = [
+const ROUTES: [&str; 6] = [
     "/auth/login",
     "/auth/callback",
     "/auth/logout",
     "/auth/me",
     "/auth/backchannel-logout",
+    "/auth/frontchannel-logout",
 ];
 
 impl Auth {
@@ -37,6 +38,9 @@ impl Auth {
             (&Method::GET, "/auth/logout") => Box::pin(self.logout(parts, scheme)).await,
             (&Method::POST, "/auth/logout") => Box::pin(self.logout_confirmed(parts, scheme)).await,
             (&Method::GET, "/auth/me") => Box::pin(self.me(parts)).await,
+            (&Method::GET, "/auth/frontchannel-logout") => {
+                Box::pin(self.frontchannel_logout(parts, scheme)).await
+            }
             (&Method::POST, "/auth/backchannel-logout") => {
                 Ok(Box::pin(self.backchannel_route(body)).await)
             }

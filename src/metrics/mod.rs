@@ -94,7 +94,7 @@ impl Metrics {
         let logouts = Family::<KindLabel, Counter>::default();
         registry.register(
             "logouts",
-            "Logouts, by kind (rp, backchannel)",
+            "Logouts, by kind (rp, backchannel, frontchannel)",
             logouts.clone(),
         );
         let revoked = Counter::default();

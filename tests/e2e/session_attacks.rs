@@ -188,3 +188,73 @@ async fn over_https_the_cookies_carry_the_host_prefix() {
     .unwrap();
     assert_eq!(planted.status(), 401);
 }
+
+/// Front-channel logout (LemonLDAP::NG's only kind): by `sid` on every replica, by the user id
+/// when no session carries that `sid`, never for another issuer.
+#[tokio::test]
+async fn front_channel_logout_ends_sessions_on_every_replica() {
+    let m = mock_pair(&[]).await;
+    let (a, b) = (&m.a.sidecar, &m.b.sidecar);
+    let alice = mock_login(&m, a, "alice", "sid-1").await;
+    let bob = mock_login(&m, a, "bob", "sid-2").await;
+    let alive = |sc: &Sidecar, cookie: &str| {
+        let url = sc.url("/echo/x");
+        let header = session_header(cookie);
+        async move { get(&url, &[("cookie", &header)]).await.unwrap().status() == 200 }
+    };
+    let issuer = m.idp.issuer();
+    let forged = get(
+        &b.url(&format!(
+            "/auth/frontchannel-logout?iss={}&sid=sid-1",
+            urlencode("https://evil.example")
+        )),
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(forged.status(), 400);
+    assert!(
+        alive(a, &alice).await,
+        "another issuer's logout ends nothing"
+    );
+
+    let r = get(
+        &b.url(&format!(
+            "/auth/frontchannel-logout?iss={}&sid=sid-1",
+            urlencode(&issuer)
+        )),
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.body().is_empty());
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    let csp = r.headers()["content-security-policy"].to_str().unwrap();
+    let idp_origin = url::Url::parse(&issuer)
+        .unwrap()
+        .origin()
+        .ascii_serialization();
+    assert!(
+        csp.contains(&format!("frame-ancestors {idp_origin}")),
+        "{csp}"
+    );
+    assert!(
+        !alive(a, &alice).await,
+        "ended on the replica that holds it"
+    );
+    assert!(alive(a, &bob).await, "another user's session stays");
+
+    // An IdP whose tokens carry no sid sends the user id as sid.
+    let r = get(
+        &b.url(&format!(
+            "/auth/frontchannel-logout?iss={}&sid=bob",
+            urlencode(&issuer)
+        )),
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(!alive(a, &bob).await, "the sessions of that sub end");
+}

@@ -1,0 +1,75 @@
+//! OpenID Connect Front-Channel Logout 1.0: `GET /auth/frontchannel-logout?iss=…&sid=…`, which
+//! an IdP's logout page loads in an iframe (LemonLDAP::NG 2.16 has no back-channel logout).
+//! `iss` must be our issuer; the sessions with that `sid` end on every replica, and when none
+//! carries it — IdPs whose ID tokens have no `sid` send the user id there — the sessions of the
+//! `sub` equal to it. The browser's own session cookie, if the iframe sends it, ends too. The
+//! answer is an empty page that only the IdP's origin may frame.
+
+use super::flow::Auth;
+use crate::error::Error;
+use crate::proxy::Body;
+use http::{header, request::Parts, HeaderValue, Response, StatusCode};
+
+impl Auth {
+    pub async fn frontchannel_logout(
+        &self,
+        parts: &Parts,
+        public_scheme: crate::tls::Scheme,
+    ) -> Result<Response<Body>, Error> {
+        let q: std::collections::HashMap<String, String> =
+            form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes())
+                .into_owned()
+                .collect();
+        let issuer = &self.provider.settings.issuer;
+        match q.get("iss") {
+            Some(iss) if iss == issuer => {}
+            Some(_) => return Err(Error::BadRequest("iss is not this relying party's issuer")),
+            None if q.contains_key("sid") => {
+                return Err(Error::BadRequest("iss is required with sid"))
+            }
+            None => {}
+        }
+        let mut revoked = 0;
+        if let Some(sid) = q.get("sid").filter(|s| !s.is_empty()) {
+            revoked += self.sessions.revoke_sid(issuer, sid).await?;
+            if revoked == 0 {
+                // No session carries that sid: the IdP put its user id there.
+                revoked += self.sessions.revoke_sub(issuer, sid).await?;
+            }
+        }
+        if let Some(id) = self.cookies.get(&parts.headers, &self.cookies.session) {
+            if self.sessions.delete(&id).await? {
+                revoked += 1;
+            }
+        }
+        self.metrics.logout("frontchannel");
+        self.metrics.sessions_revoked(revoked as u64);
+        tracing::info!(sessions = revoked, "front-channel logout");
+        let mut r = Response::new(crate::proxy::full(""));
+        *r.status_mut() = StatusCode::OK;
+        let h = r.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        );
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        h.insert(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        );
+        let idp_origin = url::Url::parse(issuer)
+            .map(|u| u.origin().ascii_serialization())
+            .unwrap_or_default();
+        if let Ok(csp) =
+            HeaderValue::from_str(&format!("default-src 'none'; frame-ancestors {idp_origin}"))
+        {
+            h.insert(header::CONTENT_SECURITY_POLICY, csp);
+        }
+        let secure = self.secure(public_scheme);
+        h.append(
+            header::SET_COOKIE,
+            self.cookies.clear(&self.cookies.session, secure),
+        );
+        Ok(r)
+    }
+}
