@@ -266,6 +266,28 @@ impl Auth {
             .ok_or(bad("ID token missing 'sub' claim."))?
             .to_owned();
         let profile = match self.provider.settings.claim_source {
+            ClaimSource::IdToken if lacks_profile(&claims) => {
+                // Some IdPs (LemonLDAP::NG by default) put only `sub` in ID tokens: the
+                // profile comes from userinfo then, for this login, when its `sub` matches.
+                let mut profile = claims.clone();
+                match self.provider.userinfo(&tokens.access_token).await {
+                    Ok(info) if info.get("sub").and_then(Value::as_str) == Some(sub.as_str()) => {
+                        static SAID: std::sync::atomic::AtomicBool =
+                            std::sync::atomic::AtomicBool::new(false);
+                        if !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                            tracing::info!("the ID token has no email or name: the profile is read from userinfo at each login");
+                        }
+                        for (k, v) in info {
+                            profile.entry(k).or_insert(v);
+                        }
+                    }
+                    Ok(_) => tracing::warn!("userinfo names another subject: ignored"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "userinfo failed; the ID token's claims are used")
+                    }
+                }
+                profile
+            }
             ClaimSource::IdToken => claims.clone(),
             ClaimSource::Userinfo => {
                 let info = self
@@ -364,6 +386,13 @@ enum CallbackError {
     /// The user authenticated but is refused (not registered, no token): the page shows their
     /// `sub` for an administrator.
     Refused(Error, String),
+}
+
+/// An ID token with none of the profile claims the sidecar uses.
+fn lacks_profile(c: &Map<String, Value>) -> bool {
+    !["email", "name", "preferred_username"]
+        .iter()
+        .any(|k| c.contains_key(*k))
 }
 
 fn string_claim(c: &Map<String, Value>, name: &str) -> Option<String> {

@@ -258,3 +258,41 @@ async fn front_channel_logout_ends_sessions_on_every_replica() {
     assert_eq!(r.status(), 200);
     assert!(!alive(a, &bob).await, "the sessions of that sub end");
 }
+
+/// An ID token with only a `sub` (LemonLDAP::NG's default): the profile comes from userinfo,
+/// when userinfo names the same subject.
+#[tokio::test]
+async fn a_bare_id_token_gets_its_profile_from_userinfo() {
+    let m = mock_pair(&[]).await;
+    m.idp.set(|s| {
+        s.userinfo =
+            serde_json::json!({"sub": "alice", "email": "alice@example.test", "name": "Alice"})
+    });
+    let cookie = mock_login(&m, &m.a.sidecar, "alice", "sid-1").await;
+    let r = get(
+        &m.a.sidecar.url("/echo/x"),
+        &[("cookie", &session_header(&cookie))],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        json(&r)["headers"]["x-forwarded-email"][0],
+        "alice@example.test"
+    );
+    // A userinfo that names someone else is not believed.
+    m.idp
+        .set(|s| s.userinfo = serde_json::json!({"sub": "mallory", "email": "m@evil.example"}));
+    let cookie = mock_login(&m, &m.a.sidecar, "bob", "sid-2").await;
+    let r = get(
+        &m.a.sidecar.url("/echo/x"),
+        &[("cookie", &session_header(&cookie))],
+    )
+    .await
+    .unwrap();
+    assert!(json(&r)["headers"].get("x-forwarded-email").is_none());
+    assert!(m
+        .a
+        .sidecar
+        .output()
+        .contains("userinfo names another subject"));
+}
