@@ -7,7 +7,7 @@ use crate::support::*;
 use serde_json::{json, Value};
 use std::process::{Child, Command, Stdio};
 
-const ADMIN_TOKEN: &str = "admin-token-for-tests-0123456789";
+pub(crate) const ADMIN_TOKEN: &str = "admin-token-for-tests-0123456789";
 
 pub struct Backend {
     child: Child,
@@ -95,11 +95,11 @@ pub(crate) fn token(n: u8) -> String {
 }
 
 pub(crate) struct World {
-    idp: Idp,
+    pub(crate) idp: Idp,
     pub(crate) _redis: Redis,
     pub(crate) backend: Backend,
     pub(crate) sc: OidcSidecar,
-    _dir: tempfile::TempDir,
+    pub(crate) _dir: tempfile::TempDir,
 }
 
 /// `users` seed the backend; `files` is the token file (sub → token); `env` tunes the sidecar.

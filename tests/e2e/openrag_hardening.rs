@@ -339,3 +339,65 @@ async fn a_user_cannot_regenerate_another_users_token_and_their_own_is_adopted_a
         "no probe needed"
     );
 }
+
+/// OpenRag 1.1.8's users list has no email, so "differs from the backend" cannot be told from
+/// it: the sidecar remembers what it last wrote and writes again only when the claim changed.
+#[tokio::test]
+async fn claims_are_written_only_when_they_changed_even_without_email_in_the_users_list() {
+    let dave = token(4);
+    let w = world_with(
+        Backend::start_with(
+            json!([seeded("dave", Some(&dave))]),
+            &["--generation", "1.1.8"],
+        ),
+        json!({"dave": dave}),
+        &[
+            ("SSO_SIDECAR_OPENRAG__TOKEN_POLICY", "file"),
+            ("OIDC_CLAIM_MAPPING", "display_name:name,email:email"),
+        ],
+    )
+    .await;
+    let crate::openrag::World {
+        idp,
+        _redis: redis,
+        backend,
+        sc,
+        _dir: dir,
+    } = w;
+    let patches = || async {
+        logged(&backend, |p| p.starts_with("/users/"))
+            .await
+            .into_iter()
+            .filter(|e| e["method"] == "PATCH")
+            .count()
+    };
+    login(&sc.sidecar, "dave", "/").await;
+    assert_eq!(patches().await, 1, "the first login syncs");
+    reset_log(&backend).await;
+    // A restarted sidecar (same port, key and Redis; nothing in memory) logs dave in again.
+    let (port, key) = (sc.sidecar.addr.port(), sc.key.clone());
+    drop(sc);
+    let token_file = dir.path().join("tokens.json");
+    let env = [
+        ("SSO_SIDECAR_IDENTITY", "openrag".to_string()),
+        ("AUTH_TOKEN", crate::openrag::ADMIN_TOKEN.to_string()),
+        ("SSO_SIDECAR_REDIS_URL", redis.url()),
+        (
+            "SSO_SIDECAR_OPENRAG__TOKEN_FILE",
+            token_file.to_str().unwrap().to_string(),
+        ),
+        ("SSO_SIDECAR_OPENRAG__TOKEN_POLICY", "file".to_string()),
+        (
+            "OIDC_CLAIM_MAPPING",
+            "display_name:name,email:email".to_string(),
+        ),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let again = start_oidc_sidecar_with_key(&key, port, &idp.issuer(), &backend.url(), &env).await;
+    login(&again.sidecar, "dave", "/").await;
+    assert_eq!(
+        patches().await,
+        0,
+        "nothing changed since the last write (the users list shows no email): nothing written"
+    );
+}

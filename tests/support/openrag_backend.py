@@ -706,7 +706,11 @@ class Handler(BaseHTTPRequestHandler):
 
     def list_users(self, ctx, user, _uid):
         self.require_admin(user)
-        return 200, {"users": [list_item(u) for u in self.server.store.all()]}, []
+        users = [list_item(u) for u in self.server.store.all()]
+        if self.server.cfg.generation == "1.1.8":  # its users list has no email
+            for u in users:
+                u.pop("email", None)
+        return 200, {"users": users}, []
 
     def user_info(self, ctx, user, _uid):
         cfg = self.server.cfg

@@ -108,6 +108,11 @@ impl OpenRagBridge {
         crate::store::keys::hashed("vault", &["vault", &self.issuer, sub])
     }
 
+    /// Where the digest of the last value written to `field` of `sub`'s backend user is kept.
+    fn synced_key(&self, sub: &str, field: &str) -> String {
+        crate::store::keys::hashed("synced", &["synced", &self.issuer, sub, field])
+    }
+
     async fn vault_get(&self, sub: &str) -> Result<Option<Secret<String>>, StoreError> {
         let sealed = self.store.get(&self.vault_key(sub)).await?;
         Ok(sealed.and_then(|b| self.open_vault(&b)))
@@ -364,6 +369,22 @@ impl OpenRagBridge {
             };
             Some(v.as_str().unwrap_or_default()) != current
         });
+        // A field the backend does not report (OpenRag 1.1.8's users list has no email) is
+        // compared with what the sidecar last wrote, kept as a digest: no write at every login.
+        let mut unchanged = Vec::new();
+        for (field, v) in &patch {
+            let reported = match field.as_str() {
+                "display_name" => user.display_name.is_some(),
+                _ => user.email.is_some(),
+            };
+            let written = self.store.get(&self.synced_key(sub, field)).await;
+            if !reported && written.ok().flatten().as_deref() == Some(synced_digest(v).as_bytes()) {
+                unchanged.push(field.clone());
+            }
+        }
+        for f in unchanged {
+            patch.remove(&f);
+        }
         if patch.is_empty() {
             return;
         }
@@ -373,20 +394,35 @@ impl OpenRagBridge {
             .await
         {
             Ok(()) => {
-                let mut map = self.users.lock().unwrap_or_else(|p| p.into_inner());
-                if let Some(u) = map.get_mut(sub) {
-                    if let Some(d) = patch.get("display_name").and_then(Value::as_str) {
-                        u.display_name = Some(d.to_owned());
+                {
+                    let mut map = self.users.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Some(u) = map.get_mut(sub) {
+                        if let Some(d) = patch.get("display_name").and_then(Value::as_str) {
+                            u.display_name = Some(d.to_owned());
+                        }
+                        if let Some(e) = patch.get("email").and_then(Value::as_str) {
+                            u.email = Some(e.to_owned());
+                        }
                     }
-                    if let Some(e) = patch.get("email").and_then(Value::as_str) {
-                        u.email = Some(e.to_owned());
-                    }
+                }
+                for (field, v) in &patch {
+                    let key = self.synced_key(sub, field);
+                    let digest = synced_digest(v);
+                    let _ = self
+                        .store
+                        .put(&key, digest.as_bytes(), self.settings.vault_ttl)
+                        .await;
                 }
                 tracing::info!(sub, fields = ?patch.keys().collect::<Vec<_>>(), "backend user synced from claims");
             }
             Err(e) => tracing::warn!(sub, error = %e, "claim sync failed"),
         }
     }
+}
+
+/// A value as the sync remembers it: hashed, so the store holds no readable email.
+fn synced_digest(v: &Value) -> String {
+    crate::crypto::digest(&[&v.to_string()])
 }
 
 /// name → preferred_username → "given family" → `oidc-<first 8 of sub>` (docs/openrag-backend.md#users).
