@@ -21,6 +21,8 @@ pub mod clock;
 pub mod config;
 pub mod crypto;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http_json;
 pub mod identity;
 pub mod metrics;

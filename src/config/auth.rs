@@ -213,6 +213,10 @@ impl Settings {
         if self.session_lifetime_secs < 60 {
             problems.push("session_lifetime_secs must be at least 60".to_string());
         }
+        // Deadlines are computed from it: a huge value would overflow them.
+        if self.session_lifetime_secs > 10 * 366 * 24 * 3600 {
+            problems.push("session_lifetime_secs must be at most ten years".to_string());
+        }
         let mut origins = Vec::new();
         for o in &self.allowed_redirect_origins.0 {
             match url::Url::parse(o) {
