@@ -197,7 +197,6 @@ mod tests {
         //! The gate's decision for each kind of request, over a real (memory) session store.
         use super::super::*;
         use crate::crypto::KeyRing;
-        use crate::session::Memo;
         use crate::store::{memory::MemoryStore, Store};
         use std::sync::Arc;
 
@@ -212,25 +211,7 @@ mod tests {
         async fn world() -> (Sessions, CookieJar, String) {
             let keys = Arc::new(KeyRing::parse(&crate::crypto::generate_key()).unwrap());
             let sessions = Sessions::new(Arc::new(Store::Memory(MemoryStore::new())), keys, 1);
-            let s = Session {
-                iss: "https://idp".into(),
-                sub: "alice".into(),
-                sid: None,
-                email: None,
-                name: None,
-                preferred_username: None,
-                groups: vec![],
-                access_token: "at".into(),
-                refresh_token: Some("rt".into()),
-                id_token: "it".into(),
-                access_expires_at: 1_000_600,
-                access_lifetime: 600,
-                created_at: 1_000_000,
-                expires_at: 1_003_600,
-                backend_user_id: None,
-                backend_token: None,
-                identity_headers: Memo::default(),
-            };
+            let s = Session::for_tests("alice", 1_000_000, 600);
             let id = sessions.create(&s, 1_000_000).await.unwrap();
             (sessions, CookieJar::new("sid", false), id)
         }

@@ -274,23 +274,8 @@ mod tests {
     #[test]
     fn a_short_token_is_refreshed_about_once_per_lifetime() {
         let mut s = crate::session::Session {
-            iss: "i".into(),
-            sub: "s".into(),
-            sid: None,
-            email: None,
-            name: None,
-            preferred_username: None,
-            groups: vec![],
-            access_token: "at".into(),
-            refresh_token: Some("rt".into()),
-            id_token: "it".into(),
-            access_expires_at: 30,
-            access_lifetime: access_lifetime(Some(30)),
-            created_at: 0,
             expires_at: 10_000,
-            backend_user_id: None,
-            backend_token: None,
-            identity_headers: Default::default(),
+            ..crate::session::Session::for_tests("s", 0, access_lifetime(Some(30)))
         };
         let mut refreshes = 0;
         for now in 0..120 {

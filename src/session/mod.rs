@@ -99,6 +99,33 @@ impl std::fmt::Debug for Session {
     }
 }
 
+#[cfg(test)]
+impl Session {
+    /// A session for unit tests: `sub`, refreshable, its access token issued at `now` for
+    /// `lifetime` seconds, the session itself good for an hour.
+    pub fn for_tests(sub: &str, now: i64, lifetime: i64) -> Session {
+        Session {
+            iss: "https://idp".into(),
+            sub: sub.into(),
+            sid: None,
+            email: None,
+            name: None,
+            preferred_username: None,
+            groups: vec![],
+            access_token: "at".into(),
+            refresh_token: Some("rt".into()),
+            id_token: "it".into(),
+            access_expires_at: now + lifetime,
+            access_lifetime: lifetime,
+            created_at: now,
+            expires_at: now + 3600,
+            backend_user_id: None,
+            backend_token: None,
+            identity_headers: Memo::default(),
+        }
+    }
+}
+
 impl Session {
     pub fn is_live(&self, now: i64) -> bool {
         now <= self.expires_at && (self.refresh_token.is_some() || now <= self.access_expires_at)

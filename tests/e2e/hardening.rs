@@ -61,18 +61,6 @@ fn status_of(response: &str) -> &str {
     response.split(' ').nth(1).unwrap_or("")
 }
 
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
-async fn metrics(sc: &Sidecar) -> String {
-    String::from_utf8_lossy(get(&sc.admin_url("/metrics"), &[]).await.unwrap().body()).into_owned()
-}
-
 /// This test process needs thousands of sockets of its own.
 fn raise_own_fd_limit() {
     let n = rlimit::increase_nofile_limit(u64::MAX).unwrap();

@@ -8,18 +8,6 @@ use crate::support::*;
 use serde_json::json;
 use std::time::Duration;
 
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
-async fn metrics(sc: &Sidecar) -> String {
-    String::from_utf8_lossy(get(&sc.admin_url("/metrics"), &[]).await.unwrap().body()).into_owned()
-}
-
 /// The IdP grants 4-second access tokens; the sidecar refreshes within the skew, bounded by a
 /// quarter of the token's lifetime (1 s), so a refresh becomes due three seconds after each
 /// refresh (a round of 50 concurrent requests must finish well inside that window, even on a

@@ -324,3 +324,19 @@ pub fn json(resp: &Response<Bytes>) -> serde_json::Value {
     serde_json::from_slice(resp.body())
         .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(resp.body())))
 }
+
+// === metrics ===============================================================================
+
+/// The value of the first sample of `text` (Prometheus exposition) that starts with `name`.
+pub fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The sidecar's `/metrics`.
+pub async fn metrics(sc: &Sidecar) -> String {
+    String::from_utf8_lossy(get(&sc.admin_url("/metrics"), &[]).await.unwrap().body()).into_owned()
+}

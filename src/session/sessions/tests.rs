@@ -1,28 +1,13 @@
 //! Unit tests of `Sessions` over the memory store.
 
 use super::*;
-use crate::session::Memo;
 use crate::store::memory::MemoryStore;
 
 fn session(now: i64) -> Session {
     Session {
-        iss: "https://idp".into(),
-        sub: "alice".into(),
         sid: Some("sid-1".into()),
         email: Some("alice@example.test".into()),
-        name: None,
-        preferred_username: None,
-        groups: vec![],
-        access_token: "at".into(),
-        refresh_token: Some("rt".into()),
-        id_token: "it".into(),
-        access_expires_at: now + 60,
-        access_lifetime: 60,
-        created_at: now,
-        expires_at: now + 3600,
-        backend_user_id: None,
-        backend_token: None,
-        identity_headers: Memo::default(),
+        ..Session::for_tests("alice", now, 60)
     }
 }
 
