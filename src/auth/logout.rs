@@ -44,9 +44,8 @@ impl Auth {
         parts: &Parts,
         public_scheme: crate::tls::Scheme,
     ) -> Result<Response<Body>, Error> {
-        let h = &parts.headers;
-        let site = h.get("sec-fetch-site").and_then(|v| v.to_str().ok());
-        let mode = h.get("sec-fetch-mode").and_then(|v| v.to_str().ok());
+        let site = fetch_meta(parts, "sec-fetch-site");
+        let mode = fetch_meta(parts, "sec-fetch-mode");
         if site == Some("cross-site") && mode != Some("navigate") {
             return Err(Error::Forbidden(
                 "Cross-site logout requests are not allowed",
@@ -64,9 +63,8 @@ impl Auth {
         parts: &Parts,
         public_scheme: crate::tls::Scheme,
     ) -> Result<Response<Body>, Error> {
-        let h = &parts.headers;
-        let site = h.get("sec-fetch-site").and_then(|v| v.to_str().ok());
-        let origin = h.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+        let site = fetch_meta(parts, "sec-fetch-site");
+        let origin = fetch_meta(parts, "origin");
         let ours = self
             .provider
             .settings
@@ -144,6 +142,11 @@ impl Auth {
         tracing::info!(had_session = hint.is_some(), "RP-initiated logout");
         Ok(r)
     }
+}
+
+/// A request header as text (the `Sec-Fetch-*` metadata, `Origin`).
+fn fetch_meta<'a>(parts: &'a Parts, name: &str) -> Option<&'a str> {
+    parts.headers.get(name).and_then(|v| v.to_str().ok())
 }
 
 /// The page a logout link from elsewhere lands on: the user confirms with a button (a form POST

@@ -4,6 +4,13 @@
 use crate::support::*;
 use std::process::Stdio;
 
+/// Fails unless `all` holds every one of `needles`.
+fn says(all: &str, needles: &[&str]) {
+    for needle in needles {
+        assert!(all.contains(needle), "{needle} missing:\n{all}");
+    }
+}
+
 fn run(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let out = sidecar_command(dir.path(), env)
@@ -48,15 +55,16 @@ fn type_errors_name_their_variable_and_hide_no_other_problem() {
     );
     assert_eq!(code, Some(78), "{out}{err}");
     let all = format!("{out}{err}");
-    for needle in [
-        "SSO_SIDECAR_SHUTDOWN_TIMEOUT_SECS: expected whole seconds, got \"30s\"",
-        "listen must be an address like 0.0.0.0:8000, got '8000'",
-        "upstream must be an http:// or https:// URL, got 'foo'",
-        "sidecar.toml: workers: expected a whole number, got \"two\"",
-        "unknown key listn (did you mean listen?)",
-    ] {
-        assert!(all.contains(needle), "{needle} missing:\n{all}");
-    }
+    says(
+        &all,
+        &[
+            "SSO_SIDECAR_SHUTDOWN_TIMEOUT_SECS: expected whole seconds, got \"30s\"",
+            "listen must be an address like 0.0.0.0:8000, got '8000'",
+            "upstream must be an http:// or https:// URL, got 'foo'",
+            "sidecar.toml: workers: expected a whole number, got \"two\"",
+            "unknown key listn (did you mean listen?)",
+        ],
+    );
     assert!(!all.contains("default."), "{all}");
 }
 
@@ -72,13 +80,14 @@ fn check_names_the_variable_a_typo_meant() {
     );
     assert_eq!(code, Some(0), "warnings only: {out}{err}");
     let all = format!("{out}{err}");
-    for needle in [
-        "SSO_SIDECAR_OPENRAG_TOKEN_POLICY (did you mean SSO_SIDECAR_OPENRAG__TOKEN_POLICY?)",
-        "OIDC_AUTO_PROVISION (did you mean OIDC_AUTO_PROVISION_LOGIN?)",
-        "OIDC_AUTO_PROVISION_LOGIN=yes is false",
-    ] {
-        assert!(all.contains(needle), "{needle} missing:\n{all}");
-    }
+    says(
+        &all,
+        &[
+            "SSO_SIDECAR_OPENRAG_TOKEN_POLICY (did you mean SSO_SIDECAR_OPENRAG__TOKEN_POLICY?)",
+            "OIDC_AUTO_PROVISION (did you mean OIDC_AUTO_PROVISION_LOGIN?)",
+            "OIDC_AUTO_PROVISION_LOGIN=yes is false",
+        ],
+    );
 }
 
 #[test]
