@@ -3,47 +3,115 @@
 
 Usage:
     AUTH_TOKEN=<admin token, >= 12 chars> python3 tests/support/openrag_backend.py \
-        [--port 0] [--users-file FILE] [--test-hooks] [--auth-failure-limit N] \
-        [--conflict-status 409|500] [--keep-alive-timeout 5]
+        [--port 0] [--users-file FILE] [--partitions a,b,c] [--test-hooks] \
+        [--generation 1.1.8|later] [--super-admin-mode true|false] [--conflict-status 409|500] \
+        [--auth-failure-limit N] [--keep-alive-timeout 5] [--app-version V] [--hide-tokens]
+
+Endpoints and flags at a glance (details below; "1.1.8" = --generation 1.1.8, the real OpenRag
+verified in issue 16: IA-Generative/openrag d6fd8e7f; "later" = later linagora versions, the default):
+  users     GET /users/  POST /users/ (JSON)  GET /users/info  GET|PATCH|DELETE /users/{id}
+            POST /users/{id}/regenerate_token      GET /auth/me   POST|DELETE /auth/chainlit-session (later)
+  partition GET /partition/  POST|GET|DELETE /partition/{p}  GET|POST /partition/{p}/users (FORM user_id, role)
+            PATCH|DELETE /partition/{p}/users/{user_id} (PATCH: FORM role)
+  public    /health_check /version /docs /openapi.json /redoc, the /auth flow routes (400); later also
+            /ready /metrics /auth/chainlit-logout-signal /assets/*; 1.1.8 also /chainlit* (its own auth)
+  echo      any other path, once authenticated (a JSON echo of what arrived)
+  hooks     (--test-hooks) GET /__test/dump  GET /__test/users  GET|DELETE /__test/requests
+            POST /__test/partition/{p}  GET /__test/refuse/<code>?detail=D
+  flags     --users-file (users, their memberships)  --partitions (created at start, no members)
+            --generation  --super-admin-mode (default true)  --conflict-status (default by generation)
 
 Binds 127.0.0.1 (port 0 = a free one) and prints exactly "READY <port>" on stdout; nothing else is
 ever written to stdout (errors go to stderr). HTTP/1.1 with keep-alive; an idle connection is closed
 after --keep-alive-timeout seconds (5, uvicorn's default; 0 = never).
 
-Reproduces /work/shared/reference/openrag-auth-behaviour.md §5 and §6 (token mode only):
+Reproduces /work/shared/reference/openrag-auth-behaviour.md §5 and §6 (token mode only), and the shapes
+the real backend showed (issue 16 item 7):
   * AUTH_TOKEN bootstraps user 1 ("Admin", is_admin). --users-file seeds more users from a JSON list of
-    {"display_name", "external_user_id", "email", "is_admin", "token", "file_quota"}: "token" is in
-    clear in the file (null/absent = no token, like an auto-provisioned user); only its SHA-256 is kept.
+    {"display_name", "external_user_id", "email", "is_admin", "token", "file_quota", "memberships"}:
+    "token" is in clear in the file (null/absent = no token, like an auto-provisioned user); only its
+    SHA-256 is kept. "memberships" is [{"partition": P, "role": viewer|editor|owner}] or {P: role}; a
+    partition named there is created. --partitions a,b,c creates partitions with no members.
   * Auth: "Authorization: Bearer <token>" (case-insensitive "bearer " prefix, the rest taken verbatim);
-    paths starting with /static take the token from the first "token" query parameter ONLY; /chainlit
-    and /chainlit/* take the openrag_session, then the openrag_chainlit_token cookie (Chainlit's own
-    header-auth), then a bearer. Missing -> 403 {"detail":"Missing token"}, unknown -> 403
-    {"detail":"Invalid token"}. Public: /health_check /ready /version /docs /openapi.json /redoc /metrics
-    /auth/login /auth/callback /auth/logout /auth/backchannel-logout /auth/chainlit-logout-signal and
-    /assets/*. The four /auth flow routes answer 400 (AUTH_MODE is not 'oidc').
-  * The users admin API of §6.1 (GET/POST /users/, GET /users/info, GET/PATCH/DELETE /users/{id},
-    POST /users/{id}/regenerate_token), plus GET /auth/me and POST/DELETE /auth/chainlit-session.
+    paths starting with /static take the token from the first "token" query parameter ONLY (a bearer
+    there gets 403 Missing token). Missing -> 403 {"detail":"Missing token"}, unknown -> 403
+    {"detail":"Invalid token"}. The four /auth flow routes answer 400 (AUTH_MODE is not 'oidc').
+    Public paths: /health_check /version /docs /openapi.json /redoc and the /auth flow routes; later
+    versions also /ready /metrics /auth/chainlit-logout-signal /assets/*.
+  * Chainlit. later: /chainlit and /chainlit/* go through the middleware, which takes the
+    openrag_session, then the openrag_chainlit_token cookie (the hand-off), then a bearer; POST/DELETE
+    /auth/chainlit-session set/clear that cookie. 1.1.8: every path starting with /chainlit bypasses the
+    middleware and is Chainlit's own: POST /chainlit/login (FORM username, password = an OpenRag token)
+    -> 200 {"success":true} + Set-Cookie access_token=<Chainlit session>, or 401
+    {"detail":"credentialssignin"}; GET /chainlit/user, /chainlit/feedback and /chainlit/project/* (not
+    /translations) need that session (access_token cookie, or a bearer holding it), else 401
+    {"detail":"Invalid authentication token"} (an OpenRag token as bearer gets that too); the OpenRag
+    cookies mean nothing. /auth/chainlit-session and /auth/chainlit-logout-signal do not exist (404
+    once authenticated).
+  * Users (§6.1). POST /users/ (admin, JSON) -> 201 {id, display_name, external_user_id, email, token,
+    is_admin, file_quota, file_count}; file_quota absent -> 10 (the request model's default).
+    regenerate_token -> 200 {id, display_name, external_user_id, token, is_admin, file_quota,
+    file_count}. GET /users/{id} -> {id, display_name, external_user_id, email, is_admin, file_quota,
+    file_count, memberships:[{partition, role, added_at}]}; /users/info the same for the caller plus
+    pending_files, total_files, the effective file_quota (-1 = unlimited) and chainlit_enabled.
+    Unknown user -> 404 {"detail":"[USER_NOT_FOUND]: User with ID N does not exist.","extra":{}}.
+    A duplicate email or external_user_id -> --conflict-status: 409 {"detail": ...}, or 500
+    {"detail":"[UNEXPECTED_ERROR]: An unexpected error occurred","extra":{}}, the POST then using up a
+    user id (a Postgres sequence does).
+  * Partitions (routers/partition.py). POST /partition/{p}: any user; 201 empty, the caller becomes its
+    owner; 409 {"detail":"Partition 'p' already exists."}. GET /partition/{p}/users -> {"members":
+    [{user_id, role, added_at}]}; POST /partition/{p}/users (FORM user_id, role=viewer) -> 201 empty;
+    PATCH /partition/{p}/users/{user_id} (FORM role) -> 200 empty; DELETE -> 204. These need the
+    partition's owner role (403 {"detail":"Access to partition 'p' forbidden"} for a non-member of an
+    existing partition, {"detail":"Owner role required for partition 'p'"} for a lower role); with
+    SUPER_ADMIN_MODE (--super-admin-mode true, the default here) an admin passes every role check,
+    with false the admin token is an ordinary user (refused unless it owns the partition, e.g. created
+    it). Role checks come first, then FastAPI's 422 (form/path), then: unknown partition -> 404
+    [PARTITION_NOT_FOUND], unknown user -> 404 [USER_NOT_FOUND], not a member (PATCH/DELETE) -> 404
+    [MEMBERSHIP_NOT_FOUND]; an existing member on POST -> 409 [PARTITION_MEMBER_EXISTS]. Role is one
+    of viewer|editor|owner exactly (422 literal_error otherwise). A JSON body is no form (422 missing).
+    Deleting a user deletes the partitions it owns. GET /partition/ lists partitions (all for an admin
+    with SUPER_ADMIN_MODE, else the caller's with its role); GET /partition/{p} -> {"files": []}.
+  * --generation 1.1.8 (everything else as above):
+      - GET /users/ has no email; GET /users/{id}, /users/info have memberships but no email, and
+        /users/info no chainlit_enabled; /auth/me's email is null; PATCH /users/{id} answers
+        {display_name, external_user_id, email: null, is_admin, file_quota, id, created_at, file_count}
+        and stores what it is sent (no trimming, no lower-casing, no 400 validation); POST /users/
+        lower-cases the email only, an explicit "file_quota": null stores DEFAULT_FILE_QUOTA when > 0.
+      - not-found errors are the Ray actor's: 404 {"detail":"[VDB_USER_NOT_FOUND]: User with ID N does
+        not exist.","extra":{"collection_name":"vdb_test","user_id":N}}, [VDB_PARTITION_NOT_FOUND]
+        (extra collection_name, partition), [VDB_MEMBERSHIP_NOT_FOUND] (collection_name, user_id,
+        partition).
+      - a duplicate email/external_user_id is the unhandled 500 (unless --conflict-status 409).
+      - regenerate_token has no permission check (later: admin or self, else 403 "Admin privileges or
+        self-access required").
+      - POST /partition/{p}/users for an existing member updates its role (201); later answers 409.
+      - Chainlit as described above; /metrics needs an admin; /ready, /assets/* need a token.
+      - GET /version -> {"version":"1.1.8"} (later: "1.1.13"; --app-version overrides).
   * /static itself (no trailing slash), once authenticated, answers what Starlette's redirect_slashes
     answers for OpenRag's StaticFiles mount: 307, Location <scheme>://<Host>/static/?<query>, the query
-    kept as sent (so with the token parameter in it).
+    kept as sent (so with the token parameter in it). /users and /partition paths with the trailing
+    slash toggled get the same 307 when that finds a route; a route with another method -> 405.
   * Every other path (authenticated, or public) answers 200 with a JSON echo: path, raw_path, method,
-    query, user, auth_via ("bearer" | "query" | "cookie" | null), auth_cookie, headers (lower-cased
-    name -> [values]), cookies (cookie NAMES, in order, duplicates kept), body_length, body_sha256,
-    body (first 4 KiB), client_ip, public.
-  * --test-hooks adds (no auth; not OpenRag): GET /__test/users (every user with token_sha256),
-    GET /__test/requests (total, by_path counts, the last 50 {method, path, status, auth_via, user_id}),
-    DELETE /__test/requests (reset the log). And one AUTHENTICATED hook (the token is checked and the
-    request logged as on any route): GET /__test/refuse/<code>?detail=D answers <code> {"detail": D},
-    a route refusing a valid user for its own reasons (Chainlit's 401 "Invalid authentication token",
-    a 403 "Invalid token" relayed from a provider). Without --test-hooks these paths are echoed.
-  * --auth-failure-limit N (default 0 = off) emulates RATE_LIMIT_AUTH_FAILURE: after N failed
-    authentications in 60 s from one client IP, every non-public request from it gets 429.
-  * --generation 1.1.8|later (default later): 1.1.8 lets any user regenerate any user's token
-    (`POST /users/{id}/regenerate_token` has no permission check there); later ones require admin or self.
-  * --conflict-status: a duplicate external_user_id/email gives 409 (default) or 500, the generic
-    error OpenRag's code would likely produce for an unhandled unique violation (spec §11.4).
+    query, user, auth_via ("bearer" | "query" | "cookie" | "chainlit" | null), auth_cookie, headers
+    (lower-cased name -> [values]), cookies (cookie NAMES, in order, duplicates kept), body_length,
+    body_sha256, body (first 4 KiB), client_ip, public.
+  * --test-hooks adds (no auth; not OpenRag): GET /__test/dump (the whole database, for byte-for-byte
+    before/after comparisons: {"users":[{id, display_name, external_user_id, email, is_admin,
+    file_quota, file_count, created_at, token_sha256}] by id, "partitions":[{partition, created_at}] by
+    name, "memberships":[{partition, user_id, role, added_at}] by partition then user_id,
+    "next_user_id"}), GET /__test/users (every user with token_sha256), POST /__test/partition/{p}
+    (create a partition with no members: 201, or 409 if it exists), GET /__test/requests (total,
+    by_path counts, the last 50 {method, path, status, auth_via, user_id}), DELETE /__test/requests
+    (reset the log). And one AUTHENTICATED hook (the token is checked and the request logged as on any
+    route): GET /__test/refuse/<code>?detail=D answers <code> {"detail": D}, a route refusing a valid
+    user for its own reasons (Chainlit's 401 "Invalid authentication token", a 403 "Invalid token"
+    relayed from a provider). Without --test-hooks these paths are echoed.
+  * --auth-failure-limit N (default 0 = off) emulates RATE_LIMIT_AUTH_FAILURE (later versions): after
+    N failed authentications in 60 s from one client IP, every non-public request from it gets 429.
 Env: AUTH_TOKEN (required), AUTH_MODE (must be token if set), ALLOW_INSECURE_SECRETS,
-DEFAULT_FILE_QUOTA (-1), WITH_CHAINLIT_UI (true), PREFERRED_URL_SCHEME, UVICORN_FORWARDED_ALLOW_IPS.
+DEFAULT_FILE_QUOTA (-1), WITH_CHAINLIT_UI (true), PREFERRED_URL_SCHEME, UVICORN_FORWARDED_ALLOW_IPS,
+VDB_COLLECTION_NAME (vdb_test; in 1.1.8's error extras).
 """
 import argparse
 import hashlib
@@ -60,12 +128,16 @@ import uuid
 from collections import deque
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, parse_qsl, unquote, urlsplit
 
 BYPASS_PATHS = {
     "/docs", "/openapi.json", "/redoc", "/health_check", "/ready", "/version",
     "/auth/login", "/auth/callback", "/auth/backchannel-logout", "/auth/logout",
     "/auth/chainlit-logout-signal", "/metrics",
+}
+BYPASS_PATHS_118 = {  # OpenRag 1.1.8's _BYPASS_PATHS; and every path starting with /chainlit
+    "/docs", "/openapi.json", "/redoc", "/health_check", "/version",
+    "/auth/login", "/auth/callback", "/auth/backchannel-logout", "/auth/logout",
 }
 AUTH_FLOW_ROUTES = {  # answer 400 in token mode (the AUTH_MODE gate of §2)
     "/auth/login": "GET", "/auth/callback": "GET", "/auth/logout": "GET", "/auth/backchannel-logout": "POST",
@@ -76,6 +148,7 @@ REFUSE_HOOK = "/__test/refuse/"
 EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 INT_RE = re.compile(r"^\s*[+-]?\d+\s*$")
 MAX_DISPLAY_NAME = 255
+UNEXPECTED = {"detail": "[UNEXPECTED_ERROR]: An unexpected error occurred", "extra": {}}  # api.py's handler
 BOOL_STRINGS = {"0": False, "off": False, "f": False, "false": False, "n": False, "no": False,
                 "1": True, "on": True, "t": True, "true": True, "y": True, "yes": True}
 
@@ -89,7 +162,8 @@ def new_token():
 
 
 def now_iso():
-    return datetime.now(timezone.utc).isoformat()
+    """A naive local timestamp, as OpenRag's `DateTime, default=datetime.now` columns give."""
+    return datetime.now().isoformat()
 
 
 def env_true(name):
@@ -114,13 +188,18 @@ def norm_email(v):
     return (v.strip().lower() or None) if isinstance(v, str) else None
 
 
-# --- the users table --------------------------------------------------------------------------
+ROLES = {"viewer": 1, "editor": 2, "owner": 3}  # OpenRag's ROLE_HIERARCHY
+
+
+# --- the users, partitions and partition_memberships tables ------------------------------------
 class Store:
     def __init__(self):
         self.lock = threading.Lock()
         self.users = {}  # id -> row (token_hash is the only trace of a token)
         self.by_hash = {}  # token sha256 -> id
         self.next_id = 1
+        self.partitions = {}  # name -> {"partition", "created_at"}, in creation order
+        self.members = {}  # (partition, user_id) -> {"role", "added_at"}, in insertion order
 
     def _check_unique(self, external_user_id, email, exclude_id=None):
         for u in self.users.values():
@@ -142,16 +221,23 @@ class Store:
             self.by_hash[h] = row["id"]
 
     def create(self, display_name, external_user_id, email, is_admin, file_quota, token="generate",
-               file_count=0, user_id=None):
-        """Inserts a user; returns (row copy, plaintext token or None)."""
+               file_count=0, user_id=None, consume_id_on_conflict=False):
+        """Inserts a user (values stored as given); returns (row copy, plaintext token or None).
+
+        consume_id_on_conflict: a refused insert still uses up an id, as a Postgres sequence does
+        when the INSERT fails on a unique constraint."""
         with self.lock:
-            ext, mail = norm_external_id(external_user_id), norm_email(email)
-            self._check_unique(ext, mail)
+            try:
+                self._check_unique(external_user_id, email)
+            except Conflict:
+                if consume_id_on_conflict and user_id is None:
+                    self.next_id += 1
+                raise
             uid = user_id if user_id is not None else self.next_id
             self.next_id = max(self.next_id, uid + 1)
-            row = {"id": uid, "display_name": display_name, "external_user_id": ext, "email": mail,
-                   "is_admin": bool(is_admin), "file_quota": file_quota, "file_count": file_count,
-                   "created_at": now_iso(), "token_hash": None}
+            row = {"id": uid, "display_name": display_name, "external_user_id": external_user_id,
+                   "email": email, "is_admin": bool(is_admin), "file_quota": file_quota,
+                   "file_count": file_count, "created_at": now_iso(), "token_hash": None}
             plaintext = new_token() if token == "generate" else token
             self.users[uid] = row
             try:
@@ -196,11 +282,115 @@ class Store:
             return dict(row), plaintext
 
     def delete(self, uid):
+        """OpenRag's delete_user: every partition the user owns goes first (with all its
+        memberships), then the user (its memberships cascade)."""
         with self.lock:
             row = self.users.pop(uid, None)
-            if row and row["token_hash"]:
+            if row is None:
+                return False
+            owned = [p for (p, u), m in self.members.items() if u == uid and m["role"] == "owner"]
+            for p in owned:
+                self._drop_partition(p)
+            for key in [k for k in self.members if k[1] == uid]:
+                del self.members[key]
+            if row["token_hash"]:
                 self.by_hash.pop(row["token_hash"], None)
-            return row is not None
+            return True
+
+    # partitions and memberships
+    def partition_exists(self, name):
+        with self.lock:
+            return name in self.partitions
+
+    def create_partition(self, name, owner_id=None):
+        """False if it exists already. With owner_id, that user becomes its owner (POST /partition/{p})."""
+        with self.lock:
+            if name in self.partitions:
+                return False
+            self.partitions[name] = {"partition": name, "created_at": now_iso()}
+            if owner_id is not None:
+                self.members[(name, owner_id)] = {"role": "owner", "added_at": now_iso()}
+            return True
+
+    def _drop_partition(self, name):
+        self.partitions.pop(name, None)
+        for key in [k for k in self.members if k[0] == name]:
+            del self.members[key]
+
+    def delete_partition(self, name):
+        with self.lock:
+            if name not in self.partitions:
+                return False
+            self._drop_partition(name)
+            return True
+
+    def list_partitions(self):
+        with self.lock:
+            return [dict(p) for p in self.partitions.values()]
+
+    def membership(self, name, uid):
+        with self.lock:
+            m = self.members.get((name, uid))
+            return dict(m) if m else None
+
+    def members_of(self, name):  # list_partition_members
+        with self.lock:
+            return [{"user_id": u, "role": m["role"], "added_at": m["added_at"]}
+                    for (p, u), m in self.members.items() if p == name]
+
+    def memberships_of(self, uid):  # user.memberships
+        with self.lock:
+            return [{"partition": p, "role": m["role"], "added_at": m["added_at"]}
+                    for (p, u), m in self.members.items() if u == uid]
+
+    def partitions_of(self, uid):  # list_user_partitions: Partition.to_dict() + role
+        with self.lock:
+            return [dict(self.partitions[p], role=m["role"])
+                    for (p, u), m in self.members.items() if u == uid and p in self.partitions]
+
+    def add_member(self, name, uid, role, upsert):
+        """True if added; an existing member gets the role when upsert (OpenRag 1.1.8), else False."""
+        with self.lock:
+            m = self.members.get((name, uid))
+            if m is not None:
+                if upsert:
+                    m["role"] = role
+                    return True
+                return False
+            if name not in self.partitions:  # add_partition_member creates a missing partition
+                self.partitions[name] = {"partition": name, "created_at": now_iso()}
+            self.members[(name, uid)] = {"role": role, "added_at": now_iso()}
+            return True
+
+    def set_role(self, name, uid, role):
+        with self.lock:
+            m = self.members.get((name, uid))
+            if m is None:
+                return False
+            m["role"] = role
+            return True
+
+    def remove_member(self, name, uid):
+        with self.lock:
+            return self.members.pop((name, uid), None) is not None
+
+    def dump(self):
+        """The whole database, in a stable order (GET /__test/dump)."""
+        with self.lock:
+            users = []
+            for k in sorted(self.users):
+                u = self.users[k]
+                d = {f: u[f] for f in ("id", "display_name", "external_user_id", "email", "is_admin",
+                                       "file_quota", "file_count", "created_at")}
+                d["token_sha256"] = u["token_hash"]
+                users.append(d)
+            return {
+                "users": users,
+                "partitions": [dict(self.partitions[p]) for p in sorted(self.partitions)],
+                "memberships": [{"partition": p, "user_id": u, "role": m["role"], "added_at": m["added_at"]}
+                                for (p, u), m in sorted(self.members.items())],
+                "next_user_id": self.next_id,
+            }
 
 
 # --- failed-auth rate limiter (per client IP, moving 60 s window) --------------------------------
@@ -270,15 +460,17 @@ def cookie_names(values):
     return names
 
 
-# --- public shapes of a user (§6.1) -------------------------------------------------------------
-def echo_user(u):
+# --- public shapes of a user (§6.1; OpenRag 1.1.8's PartitionFileManager) ---------------------
+def echo_user(u):  # the stand-in's echo only
     return {k: u[k] for k in ("id", "display_name", "external_user_id", "email", "is_admin")}
 
 
-def user_dict(u):  # GET /users/{id}, and request.state.user
-    d = {k: u[k] for k in ("id", "display_name", "external_user_id", "email", "is_admin", "file_quota",
-                           "file_count")}
-    d["memberships"] = []
+def user_dict(u, memberships, old):
+    """GET /users/{id}, and request.state.user: 1.1.8 has no email in it."""
+    keys = ("id", "display_name", "external_user_id", "is_admin", "file_quota", "file_count") if old else \
+        ("id", "display_name", "external_user_id", "email", "is_admin", "file_quota", "file_count")
+    d = {k: u[k] for k in keys}
+    d["memberships"] = memberships
     return d
 
 
@@ -299,7 +491,11 @@ def regenerated_dict(u, token):
             "file_count": u["file_count"]}
 
 
-def patched_dict(u):
+def patched_dict(u, old):
+    if old:  # update_user's dict (no email) serialised through response_model=UserPublic: email is null
+        return {"display_name": u["display_name"], "external_user_id": u["external_user_id"], "email": None,
+                "is_admin": u["is_admin"], "file_quota": u["file_quota"], "id": u["id"],
+                "created_at": u["created_at"], "file_count": u["file_count"]}
     return {k: u[k] for k in ("id", "display_name", "external_user_id", "email", "is_admin", "created_at",
                               "file_quota", "file_count")}
 
@@ -343,6 +539,65 @@ def coerce_field(name, value, errors):
 
 
 USER_FIELDS = ("display_name", "external_user_id", "email", "is_admin", "file_quota")
+
+
+def parse_form(content_type, body):
+    """Starlette's request.form(): urlencoded or multipart fields (last duplicate wins); a body of any
+    other type gives an empty form (FastAPI then reports the required fields as missing)."""
+    ctype = (content_type or "").split(";")[0].strip().lower()
+    if ctype == "application/x-www-form-urlencoded":
+        return dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+    if ctype == "multipart/form-data":
+        m = re.search(r'boundary="?([^";]+)"?', content_type)
+        if not m:
+            raise HTTPError(400, {"detail": "There was an error parsing the body"})
+        out = {}
+        for part in body.split(b"--" + m.group(1).encode("latin-1"))[1:]:
+            if part.startswith(b"--"):
+                break
+            head, _, value = part.partition(b"\r\n\r\n")
+            name = re.search(rb'name="([^"]*)"', head)
+            if name and b"filename=" not in head:
+                out[name.group(1).decode("utf-8", "replace")] = \
+                    (value[:-2] if value.endswith(b"\r\n") else value).decode("utf-8", "replace")
+        return out
+    return {}
+
+
+def form_value(form, name):
+    """FastAPI reads an empty form value as an absent one."""
+    v = form.get(name)
+    return None if v == "" else v
+
+
+def form_int(form, name, errors):
+    v = form_value(form, name)
+    if v is None:
+        errors.append(v_err("missing", ["body", name], "Field required", None))
+    elif INT_RE.match(v):
+        return int(v)
+    else:
+        errors.append(v_err("int_parsing", ["body", name],
+                            "Input should be a valid integer, unable to parse string as an integer", v))
+    return None
+
+
+ROLE_EXPECTED = "'viewer', 'editor' or 'owner'"
+
+
+def form_role(form, errors, default=None):
+    v = form_value(form, "role")
+    if v is None:
+        if default is not None:
+            return default
+        errors.append(v_err("missing", ["body", "role"], "Field required", None))
+    elif v in ROLES:  # a Literal: exact, case-sensitive
+        return v
+    else:
+        e = v_err("literal_error", ["body", "role"], f"Input should be {ROLE_EXPECTED}", v)
+        e["ctx"] = {"expected": ROLE_EXPECTED}
+        errors.append(e)
+    return None
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -451,16 +706,39 @@ class Handler(BaseHTTPRequestHandler):
                 return p
         return "http"
 
-    def error_body(self, code, message):  # OpenRAGError shape
-        return {"detail": f"[{code}]: {message}", "extra": {"request_id": self.request_id}}
+    def old(self):
+        """OpenRag 1.1.8 (the real backend verified; issue 16) rather than a later version."""
+        return self.server.cfg.generation == "1.1.8"
+
+    @staticmethod
+    def error_body(code, message, **extra):  # OpenRAGError.to_dict(): extra = the exception's kwargs
+        return {"detail": f"[{code}]: {message}", "extra": extra}
 
     def not_found(self, uid):
-        raise HTTPError(404, self.error_body("USER_NOT_FOUND", f"User with ID {uid} does not exist."))
+        msg = f"User with ID {uid} does not exist."
+        if self.old():  # VDBUserNotFound, raised by the Ray actor's _check_user_exists
+            raise HTTPError(404, self.error_body("VDB_USER_NOT_FOUND", msg,
+                                                 collection_name=self.server.cfg.collection, user_id=uid))
+        raise HTTPError(404, self.error_body("USER_NOT_FOUND", msg))
+
+    def partition_not_found(self, p):
+        msg = f"Partition '{p}' does not exist."
+        if self.old():
+            raise HTTPError(404, self.error_body("VDB_PARTITION_NOT_FOUND", msg,
+                                                 collection_name=self.server.cfg.collection, partition=p))
+        raise HTTPError(404, self.error_body("PARTITION_NOT_FOUND", msg))
+
+    def membership_not_found(self, p, uid):
+        msg = f"User with ID {uid} is not a member of partition '{p}'."
+        if self.old():
+            raise HTTPError(404, self.error_body("VDB_MEMBERSHIP_NOT_FOUND", msg,
+                                                 collection_name=self.server.cfg.collection, user_id=uid,
+                                                 partition=p))
+        raise HTTPError(404, self.error_body("MEMBERSHIP_NOT_FOUND", msg))
 
     def conflict(self, message):
-        if self.server.cfg.conflict_status == 500:
-            raise HTTPError(500, {"detail": "[UNEXPECTED_ERROR]: An unexpected error occurred",
-                                  "extra": {"request_id": self.request_id}})
+        if self.server.cfg.conflict_status == 500:  # the unique violation is an unhandled exception
+            raise HTTPError(500, UNEXPECTED)
         raise HTTPError(409, {"detail": message})
 
     # --- dispatch ---------------------------------------------------------------------------------
@@ -489,8 +767,7 @@ class Handler(BaseHTTPRequestHandler):
             status, body, headers = e.status, e.body, e.headers
         except Exception:  # noqa: BLE001 -- the generic 500 handler
             traceback.print_exc(file=sys.stderr)
-            status, body, headers = 500, {"detail": "[UNEXPECTED_ERROR]: An unexpected error occurred",
-                                          "extra": {"request_id": self.request_id}}, []
+            status, body, headers = 500, UNEXPECTED, []
         entry["status"] = status
         self.server.log.record(entry)
         self.send(status, body, headers)
@@ -508,6 +785,13 @@ class Handler(BaseHTTPRequestHandler):
         if path == "/__test/requests" and self.command == "DELETE":
             self.server.log.reset()
             return self.send(204)
+        if path == "/__test/dump" and self.command in ("GET", "HEAD"):
+            return self.send(200, self.server.store.dump())
+        if path.startswith("/__test/partition/") and self.command == "POST":
+            name = path[len("/__test/partition/"):]
+            if not name or "/" in name:
+                return self.send(404, {"detail": "Not Found"})
+            return self.send(201 if self.server.store.create_partition(name) else 409)
         return self.send(404, {"detail": "Not Found"})
 
     def authenticate(self, path, query):
@@ -549,13 +833,23 @@ class Handler(BaseHTTPRequestHandler):
     def route(self, ctx, entry):
         path, method = ctx["path"], self.command
         get_like = method in ("GET", "HEAD")
-        public = path in BYPASS_PATHS or path.startswith("/assets/")
+        old = self.old()
+        if old:  # 1.1.8's middleware lets every /chainlit* path through: Chainlit does its own auth
+            public = path in BYPASS_PATHS_118 or path.startswith("/chainlit")
+        else:
+            public = path in BYPASS_PATHS or path.startswith("/assets/")
         if public:
             if path in AUTH_FLOW_ROUTES:
                 allowed = AUTH_FLOW_ROUTES[path]
                 if not (method == allowed or (allowed == "GET" and method == "HEAD")):
                     return self.method_not_allowed([allowed] + (["HEAD"] if allowed == "GET" else []))
                 return 400, {"detail": AUTH_MODE_GATE}, []
+            if path == "/version":
+                if not get_like:
+                    return self.method_not_allowed(["GET", "HEAD"])
+                return 200, {"version": self.server.cfg.app_version}, []
+            if old and path.startswith("/chainlit"):
+                return self.chainlit_118(ctx, entry)
             body = self.echo(ctx, None, None, None, public=True)
             if path == "/auth/chainlit-logout-signal":
                 body["logged_out"] = "openrag_chainlit_logout" in cookie_names(self.headers.get_all("Cookie") or [])
@@ -566,8 +860,10 @@ class Handler(BaseHTTPRequestHandler):
         if path == "/auth/me":
             if not get_like:
                 return self.method_not_allowed(["GET", "HEAD"])
-            return 200, {"user_id": user["id"], "email": user["email"], "auth_method": "token",
+            return 200, {"user_id": user["id"], "email": None if old else user["email"], "auth_method": "token",
                          "session_expires_at": None}, []
+        if old and path in ("/auth/chainlit-session", "/auth/chainlit-logout-signal"):
+            return 404, {"detail": "Not Found"}, []  # no such routes in 1.1.8 (no Chainlit hand-off)
         if path == "/auth/chainlit-session":
             secure = "; Secure" if (self.scheme() == "https" or
                                     os.getenv("PREFERRED_URL_SCHEME", "").lower() == "https") else ""
@@ -578,13 +874,63 @@ class Handler(BaseHTTPRequestHandler):
                 return 204, None, [("Set-Cookie", 'openrag_chainlit_token=""; expires=Thu, 01 Jan 1970 '
                                                   '00:00:00 GMT; Max-Age=0; Path=/chainlit; SameSite=lax')]
             return self.method_not_allowed(["POST", "DELETE"])
+        if old and path == "/metrics":  # 1.1.8: an ordinary route with require_admin
+            self.require_admin(user)
         if path == "/users" or path.startswith("/users/"):
             return self.users_api(ctx, user)
+        if path == "/partition" or path.startswith("/partition/"):
+            answer = self.partition_api(ctx, user)
+            if answer is not None:
+                return answer
         if path == "/static":  # the StaticFiles mount matches /static/...: redirect_slashes answers
             return 307, None, [("Location", self.slash_redirect(ctx))]
         if self.server.cfg.test_hooks and path.startswith(REFUSE_HOOK):
             return self.refuse(path[len(REFUSE_HOOK):], ctx["query"])
         return 200, self.echo(ctx, user, via, cookie), []
+
+    # --- Chainlit as mounted by OpenRag 1.1.8 in token mode (Chainlit 2.6) -------------------------
+    # Its own password login (the password is the user's OpenRag token, checked against /users/info)
+    # and its own session: the `access_token` cookie (or a bearer holding that session token).
+    # The openrag_session / openrag_chainlit_token cookies mean nothing to it.
+    CHAINLIT_PROTECTED = re.compile(r"^/chainlit/(user|feedback|project/(?!translations$).+)$")
+
+    def chainlit_118(self, ctx, entry):
+        path, method = ctx["path"], self.command
+        store = self.server.store
+        if path == "/chainlit/login":
+            if method != "POST":
+                return self.method_not_allowed(["POST"])
+            form = parse_form(self.header("Content-Type"), ctx["body"])
+            errors = [v_err("missing", ["body", n], "Field required", None)
+                      for n in ("username", "password") if form_value(form, n) is None]
+            self.raise_422(errors)
+            user = store.by_token(form["password"])  # password_auth_callback: GET /users/info as that token
+            if user is None:
+                raise HTTPError(401, {"detail": "credentialssignin"})
+            session = f"cl-{secrets.token_hex(24)}"
+            self.server.chainlit_sessions[session] = user["id"]
+            entry["auth_via"], entry["user_id"] = "chainlit", user["id"]
+            return 200, {"success": True}, [("Set-Cookie", f"access_token={session}; HttpOnly; Max-Age=1296000; "
+                                                           "Path=/; SameSite=lax")]
+        if self.CHAINLIT_PROTECTED.match(path):
+            cookies = parse_cookie_header(self.header("Cookie") or "")
+            cookie, tok = "access_token", cookies.get("access_token")
+            if not tok:
+                tok, i = "", 0
+                while f"access_token_{i}" in cookies:
+                    tok, i = tok + cookies[f"access_token_{i}"], i + 1
+            if not tok:
+                cookie, tok = None, None
+                scheme, _, param = (self.headers.get("Authorization") or "").partition(" ")
+                if scheme.lower() == "bearer":
+                    tok = param
+            uid = self.server.chainlit_sessions.get(tok) if tok else None
+            user = store.get(uid) if uid is not None else None
+            if user is None:  # Chainlit's authenticate_user: the token is not one of its JWTs
+                raise HTTPError(401, {"detail": "Invalid authentication token"})
+            entry["auth_via"], entry["user_id"] = "chainlit", user["id"]
+            return 200, self.echo(ctx, user, "chainlit", cookie), []
+        return 200, self.echo(ctx, None, None, None, public=True), []
 
     def refuse(self, code, query):
         """GET /__test/refuse/<code>?detail=D, after a successful authentication (--test-hooks)."""
@@ -707,7 +1053,7 @@ class Handler(BaseHTTPRequestHandler):
     def list_users(self, ctx, user, _uid):
         self.require_admin(user)
         users = [list_item(u) for u in self.server.store.all()]
-        if self.server.cfg.generation == "1.1.8":  # its users list has no email
+        if self.old():  # its users list has no email
             for u in users:
                 u.pop("email", None)
         return 200, {"users": users}, []
@@ -722,9 +1068,11 @@ class Handler(BaseHTTPRequestHandler):
                 quota = cfg.default_file_quota
             elif quota < 0:
                 quota = -1
-        info = user_dict(user)
+        info = user_dict(user, self.server.store.memberships_of(user["id"]), self.old())
         info.update({"file_count": user["file_count"], "pending_files": 0, "total_files": user["file_count"],
-                     "file_quota": quota, "chainlit_enabled": cfg.chainlit_enabled})
+                     "file_quota": quota})
+        if not self.old():
+            info["chainlit_enabled"] = cfg.chainlit_enabled
         return 200, info, []
 
     def create_user(self, ctx, user, _uid):
@@ -732,13 +1080,21 @@ class Handler(BaseHTTPRequestHandler):
         errors = []
         fields = self.parse_body(ctx, errors)
         self.raise_422(errors)
-        self.validate_profile(fields.get("display_name"), fields.get("email"))
-        # OpenRag's UserCreate model defaults file_quota to 10 when the field is absent; an
-        # explicit null stores NULL (the backend's DEFAULT_FILE_QUOTA then applies).
+        cfg, old = self.server.cfg, self.old()
+        # The UserCreate model defaults file_quota to 10 when the field is absent.
         quota = fields["file_quota"] if "file_quota" in fields else 10
+        ext, email = fields.get("external_user_id"), fields.get("email")
+        if old:  # no validation; external_user_id stored as sent; an explicit null quota -> the default if > 0
+            email = email.strip().lower() if email else None
+            if quota is None and cfg.default_file_quota > 0:
+                quota = cfg.default_file_quota
+        else:
+            self.validate_profile(fields.get("display_name"), email)
+            ext, email = norm_external_id(ext), norm_email(email)
         try:
-            row, token = self.server.store.create(fields.get("display_name"), fields.get("external_user_id"),
-                                                  fields.get("email"), fields.get("is_admin", False), quota)
+            row, token = self.server.store.create(fields.get("display_name"), ext, email,
+                                                  fields.get("is_admin", False), quota,
+                                                  consume_id_on_conflict=cfg.conflict_status == 500)
         except Conflict as e:
             self.conflict(str(e))
         return 201, created_dict(row, token), []
@@ -751,7 +1107,7 @@ class Handler(BaseHTTPRequestHandler):
         row = self.server.store.get(uid)
         if row is None:
             self.not_found(uid)
-        return 200, user_dict(row), []
+        return 200, user_dict(row, self.server.store.memberships_of(uid), self.old()), []
 
     def delete_user(self, ctx, user, uid):
         self.require_admin(user)
@@ -766,7 +1122,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def regenerate_token(self, ctx, user, uid):
         target = int(uid) if uid is not None and INT_RE.match(uid) else None
-        checked = self.server.cfg.generation != "1.1.8"  # OpenRag 1.1.8 checks nothing here
+        checked = not self.old()  # OpenRag 1.1.8 checks nothing here
         if checked and not user.get("is_admin") and not (target is not None and target == user["id"]):
             raise HTTPError(403, {"detail": "Admin privileges or self-access required"})
         errors = []
@@ -787,18 +1143,137 @@ class Handler(BaseHTTPRequestHandler):
             raise HTTPError(400, {"detail": "Cannot revoke admin privileges from the default admin user."})
         if self.server.store.get(uid) is None:
             self.not_found(uid)
-        self.validate_profile(fields.get("display_name"), fields.get("email"))
-        if "external_user_id" in fields:
-            fields["external_user_id"] = norm_external_id(fields["external_user_id"])
-        if "email" in fields:
-            fields["email"] = norm_email(fields["email"])
+        if not self.old():  # 1.1.8 sets every field it was sent as sent (setattr)
+            self.validate_profile(fields.get("display_name"), fields.get("email"))
+            if "external_user_id" in fields:
+                fields["external_user_id"] = norm_external_id(fields["external_user_id"])
+            if "email" in fields:
+                fields["email"] = norm_email(fields["email"])
         try:
             row = self.server.store.update(uid, fields)
         except Conflict as e:
             self.conflict(str(e))
         if row is None:
             self.not_found(uid)
-        return 200, patched_dict(row), []
+        return 200, patched_dict(row, self.old()), []
+
+    # --- /partition: the membership routes of OpenRag's partition router -------------------------
+    PARTITION_ROUTES = [
+        ("GET", re.compile(r"^/partition/$"), "list_partitions"),
+        ("POST", re.compile(r"^/partition/(?P<p>[^/]+)$"), "create_partition"),
+        ("DELETE", re.compile(r"^/partition/(?P<p>[^/]+)$"), "delete_partition"),
+        ("GET", re.compile(r"^/partition/(?P<p>[^/]+)$"), "list_files"),
+        ("GET", re.compile(r"^/partition/(?P<p>[^/]+)/users$"), "list_members"),
+        ("POST", re.compile(r"^/partition/(?P<p>[^/]+)/users$"), "add_member"),
+        ("PATCH", re.compile(r"^/partition/(?P<p>[^/]+)/users/(?P<uid>[^/]+)$"), "update_member"),
+        ("DELETE", re.compile(r"^/partition/(?P<p>[^/]+)/users/(?P<uid>[^/]+)$"), "remove_member"),
+    ]
+
+    def partition_api(self, ctx, user):
+        """None for a /partition path none of these routes has (the echo answers it)."""
+        path, method = ctx["path"], self.command
+        allowed = []
+        for m, rx, name in self.PARTITION_ROUTES:
+            match = rx.match(path)
+            if not match:
+                continue
+            if m == method or (m == "GET" and method == "HEAD"):
+                return getattr(self, name)(ctx, user, **match.groupdict())
+            allowed += [m] + (["HEAD"] if m == "GET" else [])
+        if allowed:
+            return self.method_not_allowed(sorted(set(allowed)))
+        other = path[:-1] if path.endswith("/") else path + "/"
+        if any(rx.match(other) for _, rx, _ in self.PARTITION_ROUTES):
+            return 307, None, [("Location", self.slash_redirect(ctx))]
+        return None
+
+    def ensure_role(self, user, p, required):
+        """routers/utils.py ensure_partition_role. SUPER_ADMIN_MODE lets an admin through everywhere;
+        otherwise an admin is an ordinary user here. No membership: 403 if the partition exists, else
+        the call goes on (and meets the partition's absence)."""
+        store = self.server.store
+        if self.server.cfg.super_admin_mode and user.get("is_admin"):
+            return
+        m = store.membership(p, user["id"])
+        if m is None:
+            if store.partition_exists(p):
+                raise HTTPError(403, {"detail": f"Access to partition '{p}' forbidden"})
+            return
+        if ROLES[m["role"]] < ROLES[required]:
+            raise HTTPError(403, {"detail": f"{required.capitalize()} role required for partition '{p}'"})
+
+    def list_partitions(self, ctx, user):
+        store = self.server.store
+        if user.get("is_admin") and self.server.cfg.super_admin_mode:
+            return 200, {"partitions": store.list_partitions()}, []
+        return 200, {"partitions": store.partitions_of(user["id"])}, []
+
+    def create_partition(self, ctx, user, p):
+        # Any authenticated user; the creator becomes its owner (SUPER_ADMIN_MODE plays no part).
+        if not self.server.store.create_partition(p, owner_id=user["id"]):
+            raise HTTPError(409, {"detail": f"Partition '{p}' already exists."})
+        return 201, None, []
+
+    def delete_partition(self, ctx, user, p):
+        self.ensure_role(user, p, "owner")
+        if not self.server.store.delete_partition(p):
+            self.partition_not_found(p)
+        return 204, None, []
+
+    def list_files(self, ctx, user, p):
+        self.ensure_role(user, p, "viewer")
+        return 200, {"files": []}, []  # the stand-in indexes nothing
+
+    def list_members(self, ctx, user, p):
+        self.ensure_role(user, p, "owner")
+        if not self.server.store.partition_exists(p):
+            self.partition_not_found(p)
+        return 200, {"members": self.server.store.members_of(p)}, []
+
+    def add_member(self, ctx, user, p):
+        self.ensure_role(user, p, "owner")  # dependencies run before the form is validated
+        store = self.server.store
+        form = parse_form(self.header("Content-Type"), ctx["body"])
+        errors = []
+        uid = form_int(form, "user_id", errors)
+        role = form_role(form, errors, default="viewer")
+        self.raise_422(errors)
+        if not store.partition_exists(p):
+            self.partition_not_found(p)
+        if store.get(uid) is None:
+            self.not_found(uid)
+        if not store.add_member(p, uid, role, upsert=self.old()):
+            raise HTTPError(409, self.error_body(
+                "PARTITION_MEMBER_EXISTS", f"User {uid} is already a member of partition '{p}'. "
+                                           f"Use PATCH /partition/{p}/users/{uid} to change their role."))
+        return 201, None, []
+
+    def _member_call(self, ctx, user, p, uid, need_role):
+        self.ensure_role(user, p, "owner")
+        store = self.server.store
+        errors = []
+        uid = self.parse_id(uid, errors)
+        role = None
+        if need_role:
+            role = form_role(parse_form(self.header("Content-Type"), ctx["body"]), errors)
+        self.raise_422(errors)
+        if not store.partition_exists(p):  # _check_membership_exists
+            self.partition_not_found(p)
+        if store.get(uid) is None:
+            self.not_found(uid)
+        if store.membership(p, uid) is None:
+            self.membership_not_found(p, uid)
+        return uid, role
+
+    def update_member(self, ctx, user, p, uid):
+        uid, role = self._member_call(ctx, user, p, uid, True)
+        self.server.store.set_role(p, uid, role)
+        return 200, None, []
+
+    def remove_member(self, ctx, user, p, uid):
+        uid, _ = self._member_call(ctx, user, p, uid, False)
+        self.server.store.remove_member(p, uid)
+        return 204, None, []
 
 
 class Config:
@@ -829,26 +1304,52 @@ def load_seed(store, path):
         token = entry.get("token")
         if token is not None and (not isinstance(token, str) or not token):
             fail(f"--users-file entry {i}: token must be a non-empty string or null")
+        memberships = entry.get("memberships") or []
+        if isinstance(memberships, dict):
+            memberships = [{"partition": k, "role": v} for k, v in memberships.items()]
+        if not isinstance(memberships, list) or not all(
+                isinstance(m, dict) and isinstance(m.get("partition"), str) and m["partition"]
+                and "/" not in m["partition"] and m.get("role") in ROLES for m in memberships):
+            fail(f"--users-file entry {i}: memberships must be [{{\"partition\": P, \"role\": "
+                 f"viewer|editor|owner}}] or {{P: role}}")
         try:
-            store.create(entry.get("display_name"), entry.get("external_user_id"), entry.get("email"),
-                         bool(entry.get("is_admin", False)), entry.get("file_quota"), token=token,
-                         file_count=int(entry.get("file_count", 0)))
+            row, _ = store.create(entry.get("display_name"), norm_external_id(entry.get("external_user_id")),
+                                  norm_email(entry.get("email")), bool(entry.get("is_admin", False)),
+                                  entry.get("file_quota"), token=token, file_count=int(entry.get("file_count", 0)))
         except Conflict as e:
             fail(f"--users-file entry {i}: {e}")
+        for m in memberships:  # a partition named here is created if --partitions did not
+            store.add_member(m["partition"], row["id"], m["role"], upsert=True)
+
+
+def parse_bool(value):
+    v = value.strip().lower()
+    if v not in ("true", "false"):
+        raise argparse.ArgumentTypeError("expected true or false")
+    return v == "true"
 
 
 def main():
     ap = argparse.ArgumentParser(description="OpenRag backend stand-in (AUTH_MODE=token)")
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--users-file")
+    ap.add_argument("--partitions", default="",
+                    help="comma-separated partitions to create at start, with no members")
     ap.add_argument("--test-hooks", action="store_true")
     ap.add_argument("--auth-failure-limit", type=int, default=0)
-    ap.add_argument("--conflict-status", type=int, choices=(409, 500), default=409)
+    ap.add_argument("--conflict-status", type=int, choices=(409, 500), default=None,
+                    help="a duplicate email/external_user_id: 409, or OpenRag 1.1.8's unhandled 500 (which "
+                         "uses up a user id); default 500 with --generation 1.1.8, else 409")
     ap.add_argument("--keep-alive-timeout", type=float, default=5.0)
     ap.add_argument("--hide-tokens", action="store_true",
                     help="echo that a token came, not the token (for the demo's pages)")
     ap.add_argument("--generation", choices=("1.1.8", "later"), default="later",
-                    help="1.1.8: POST /users/{id}/regenerate_token has no permission check")
+                    help="the OpenRag version to reproduce where versions differ (see the docstring)")
+    ap.add_argument("--super-admin-mode", type=parse_bool, default=True, metavar="true|false",
+                    help="SUPER_ADMIN_MODE: admins bypass the partition role checks (default true here; "
+                         "OpenRag's own default is false)")
+    ap.add_argument("--app-version", default=None,
+                    help="what GET /version answers (default 1.1.8 or 1.1.13 by --generation)")
     args = ap.parse_args()
 
     mode = os.getenv("AUTH_MODE", "token").strip().lower()
@@ -866,10 +1367,13 @@ def main():
 
     cfg = Config()
     cfg.test_hooks = args.test_hooks
-    cfg.conflict_status = args.conflict_status
-    cfg.keep_alive_timeout = args.keep_alive_timeout
     cfg.generation = args.generation
+    cfg.conflict_status = args.conflict_status or (500 if args.generation == "1.1.8" else 409)
+    cfg.keep_alive_timeout = args.keep_alive_timeout
     cfg.hide_tokens = args.hide_tokens
+    cfg.super_admin_mode = args.super_admin_mode
+    cfg.app_version = args.app_version or ("1.1.8" if args.generation == "1.1.8" else "1.1.13")
+    cfg.collection = os.getenv("VDB_COLLECTION_NAME", "vdb_test")
     try:
         cfg.default_file_quota = int(os.getenv("DEFAULT_FILE_QUOTA", "-1"))
     except ValueError:
@@ -880,12 +1384,18 @@ def main():
 
     store = Store()
     store.create("Admin", None, None, True, None, token=auth_token, user_id=1)  # ensure_admin_user
+    for name in (n.strip() for n in args.partitions.split(",")):
+        if name:
+            if "/" in name:
+                fail(f"--partitions: a partition name has no '/': {name!r}")
+            store.create_partition(name)
     if args.users_file:
         load_seed(store, args.users_file)
 
     server = Server(("127.0.0.1", args.port), Handler)
     server.cfg, server.store = cfg, store
     server.limiter, server.log = FailureLimiter(args.auth_failure_limit), RequestLog()
+    server.chainlit_sessions = {}  # 1.1.8's Chainlit: its session token -> user id
     print(f"READY {server.server_address[1]}", flush=True)
     try:
         server.serve_forever()
