@@ -6,7 +6,7 @@
 //! or hang a login. Errors keep their cause (`#[source]`); [`error_chain`] prints it for logs.
 
 use bytes::Bytes;
-use http::{Request, StatusCode};
+use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -76,24 +76,21 @@ impl JsonClient {
         }
     }
 
-    /// Sends `req` and returns the status and the whole body, within the deadline.
-    pub async fn exchange(
-        &self,
-        req: Request<Full<Bytes>>,
-    ) -> Result<(StatusCode, Bytes), HttpError> {
+    /// Sends `req` and returns the response with its whole body, within the deadline.
+    pub async fn send(&self, req: Request<Full<Bytes>>) -> Result<Response<Bytes>, HttpError> {
         let exchange = async {
             let resp = self
                 .client
                 .request(req)
                 .await
                 .map_err(|e| self.transport(e))?;
-            let status = resp.status();
-            let body = Limited::new(resp.into_body(), self.max_bytes)
+            let (parts, body) = resp.into_parts();
+            let body = Limited::new(body, self.max_bytes)
                 .collect()
                 .await
                 .map_err(|e| self.transport(e))?
                 .to_bytes();
-            Ok::<_, HttpError>((status, body))
+            Ok::<_, HttpError>(Response::from_parts(parts, body))
         };
         tokio::time::timeout(self.timeout, exchange)
             .await
@@ -101,6 +98,24 @@ impl JsonClient {
                 service: self.service,
                 timeout: self.timeout,
             })?
+    }
+
+    /// [`JsonClient::send`], keeping the status and the body.
+    pub async fn exchange(
+        &self,
+        req: Request<Full<Bytes>>,
+    ) -> Result<(StatusCode, Bytes), HttpError> {
+        let resp = self.send(req).await?;
+        Ok((resp.status(), resp.into_body()))
+    }
+
+    /// The service's answer as an error (for statuses the caller does not handle).
+    pub fn status_error(&self, status: StatusCode, body: Bytes) -> HttpError {
+        HttpError::Status {
+            service: self.service,
+            status,
+            body,
+        }
     }
 
     /// [`JsonClient::exchange`], then a 2xx body parsed as JSON (empty: `null`); any other

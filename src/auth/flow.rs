@@ -9,7 +9,7 @@
 use super::cookies::CookieJar;
 use super::gate::{self, Decision};
 use super::login_state::{self, LoginState, STATE_TTL_SECS};
-use super::oidc::{now_unix, Provider};
+use super::oidc::{now_unix, Provider, TokenError};
 use super::redirect::sanitize_next;
 use super::refresh::access_lifetime;
 use crate::config::{AuthSettings, ClaimSource};
@@ -17,7 +17,6 @@ use crate::error::{page_response, wants_html, Error};
 use crate::per_worker::PerWorker;
 use crate::proxy::Body;
 use crate::session::{Session, Sessions};
-use base64::Engine;
 use http::{header, request::Parts, HeaderValue, Response, StatusCode};
 use serde_json::{Map, Value};
 use std::collections::HashMap;
@@ -103,12 +102,9 @@ impl Auth {
             next,
             created: now_unix(),
         };
-        let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(
-            ring::digest::digest(&ring::digest::SHA256, st.verifier.as_bytes()),
-        );
         let location = self
             .provider
-            .authorize_url(&st.state, &st.nonce, &challenge)
+            .authorize_url(&st.state, &st.nonce, &st.verifier)
             .ok_or(Error::IdpUnavailable)?;
         // The logins this browser already has in flight stay (another tab's).
         let mut states = self
@@ -243,9 +239,12 @@ impl Auth {
             .provider
             .exchange_code(code, &st.verifier)
             .await
-            .map_err(|e| {
-                tracing::warn!(error = %e, "OIDC code exchange failed");
-                bad("OIDC code exchange failed")
+            .map_err(|e| match e {
+                TokenError::MissingSub => bad("ID token missing 'sub' claim."),
+                e => {
+                    tracing::warn!(error = %e, "OIDC code exchange failed");
+                    bad("OIDC code exchange failed")
+                }
             })?;
         let id_token = tokens.id_token.clone().ok_or_else(|| {
             tracing::warn!("token response has no id_token");

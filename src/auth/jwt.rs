@@ -1,7 +1,9 @@
-//! JSON Web Signature verification against a JSON Web Key Set, with ring.
+//! JSON Web Signature verification of tokens the `openidconnect` crate has no verifier for —
+//! back-channel logout tokens — on the crate's own JWK-set and signature types.
 //!
 //! Owns the algorithm allow-list and key selection only; what the claims must say is the
-//! caller's business (ID tokens in `oidc.rs`, logout tokens elsewhere). Security invariants:
+//! caller's business (`backchannel.rs`). ID tokens do not come here: `oidc.rs` verifies them
+//! with the crate. Security invariants:
 //! - only asymmetric algorithms are accepted (RS*, PS*, ES256/384, EdDSA): `none` and every HMAC
 //!   algorithm are refused before any key is looked at, so a token "signed" with the public key
 //!   as an HMAC secret can never verify;
@@ -9,36 +11,27 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use ring::signature::{self, RsaPublicKeyComponents, UnparsedPublicKey};
+use openidconnect::core::{CoreJsonWebKey, CoreJsonWebKeySet, CoreJwsSigningAlgorithm};
+use openidconnect::{JsonWebKey, JsonWebKeyAlgorithm, JsonWebKeyUse, JwsSigningAlgorithm};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-/// One key of a JWKS (only the members we use).
-#[derive(Debug, Clone, Deserialize)]
-pub struct Jwk {
-    pub kty: String,
-    #[serde(default)]
-    pub kid: Option<String>,
-    #[serde(default)]
-    pub alg: Option<String>,
-    #[serde(default, rename = "use")]
-    pub use_: Option<String>,
-    #[serde(default)]
-    pub n: Option<String>,
-    #[serde(default)]
-    pub e: Option<String>,
-    #[serde(default)]
-    pub crv: Option<String>,
-    #[serde(default)]
-    pub x: Option<String>,
-    #[serde(default)]
-    pub y: Option<String>,
-}
+/// The IdP's signing keys, as the `openidconnect` crate parses them (keys it cannot use are
+/// skipped, not fatal).
+pub type Jwks = CoreJsonWebKeySet;
 
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct Jwks {
-    pub keys: Vec<Jwk>,
-}
+/// The algorithms an IdP may sign with: asymmetric ones only.
+pub const ALLOWED: [CoreJwsSigningAlgorithm; 9] = [
+    CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha256,
+    CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha384,
+    CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha512,
+    CoreJwsSigningAlgorithm::RsaSsaPssSha256,
+    CoreJwsSigningAlgorithm::RsaSsaPssSha384,
+    CoreJwsSigningAlgorithm::RsaSsaPssSha512,
+    CoreJwsSigningAlgorithm::EcdsaP256Sha256,
+    CoreJwsSigningAlgorithm::EcdsaP384Sha384,
+    CoreJwsSigningAlgorithm::EdDsa,
+];
 
 /// The protected header members we read.
 #[derive(Debug, Clone, Deserialize)]
@@ -69,26 +62,10 @@ pub struct Verified {
     pub claims: Map<String, Value>,
 }
 
-/// The allow-listed algorithms and what each needs.
-enum Alg {
-    Rsa(&'static signature::RsaParameters),
-    Ec(&'static signature::EcdsaVerificationAlgorithm, &'static str),
-    Ed25519,
-}
-
-fn algorithm(name: &str) -> Option<Alg> {
-    Some(match name {
-        "RS256" => Alg::Rsa(&signature::RSA_PKCS1_2048_8192_SHA256),
-        "RS384" => Alg::Rsa(&signature::RSA_PKCS1_2048_8192_SHA384),
-        "RS512" => Alg::Rsa(&signature::RSA_PKCS1_2048_8192_SHA512),
-        "PS256" => Alg::Rsa(&signature::RSA_PSS_2048_8192_SHA256),
-        "PS384" => Alg::Rsa(&signature::RSA_PSS_2048_8192_SHA384),
-        "PS512" => Alg::Rsa(&signature::RSA_PSS_2048_8192_SHA512),
-        "ES256" => Alg::Ec(&signature::ECDSA_P256_SHA256_FIXED, "P-256"),
-        "ES384" => Alg::Ec(&signature::ECDSA_P384_SHA384_FIXED, "P-384"),
-        "EdDSA" => Alg::Ed25519,
-        _ => return None,
-    })
+/// The allow-listed algorithm named `name`, if it is one.
+fn algorithm(name: &str) -> Option<CoreJwsSigningAlgorithm> {
+    let alg: CoreJwsSigningAlgorithm = serde_json::from_value(Value::from(name)).ok()?;
+    ALLOWED.contains(&alg).then_some(alg)
 }
 
 fn b64(s: &str) -> Result<Vec<u8>, JwtError> {
@@ -124,18 +101,23 @@ pub fn verify(token: &str, jwks: &Jwks) -> Result<Verified, JwtError> {
     let sig = b64(s)?;
     let message = &token.as_bytes()[..h.len() + 1 + p.len()];
 
-    let candidates: Vec<&Jwk> = jwks
-        .keys
+    let candidates: Vec<&CoreJsonWebKey> = jwks
+        .keys()
         .iter()
-        .filter(|k| header.kid.is_none() || k.kid == header.kid)
-        .filter(|k| k.use_.as_deref().is_none_or(|u| u == "sig"))
-        .filter(|k| k.alg.as_deref().is_none_or(|a| a == header.alg))
-        .filter(|k| key_fits(k, &alg))
+        .filter(|k| {
+            header.kid.is_none() || k.key_id().map(|id| id.as_str()) == header.kid.as_deref()
+        })
+        .filter(|k| fits(k, &alg))
         .collect();
     if candidates.is_empty() {
         return Err(JwtError::UnknownKey(header.kid.clone()));
     }
-    if !candidates.iter().any(|k| check(k, &alg, message, &sig)) {
+    // The crate checks the curve and the key's encoding; several keys without a `kid` are all
+    // tried (a token need not name its key when the set is unambiguous by type).
+    if !candidates
+        .iter()
+        .any(|k| k.verify_signature(&alg, message, &sig).is_ok())
+    {
         return Err(JwtError::BadSignature);
     }
     let claims: Map<String, Value> =
@@ -143,46 +125,21 @@ pub fn verify(token: &str, jwks: &Jwks) -> Result<Verified, JwtError> {
     Ok(Verified { header, claims })
 }
 
-fn key_fits(k: &Jwk, alg: &Alg) -> bool {
-    match alg {
-        Alg::Rsa(_) => k.kty == "RSA",
-        Alg::Ec(_, crv) => k.kty == "EC" && k.crv.as_deref() == Some(crv),
-        Alg::Ed25519 => k.kty == "OKP" && k.crv.as_deref() == Some("Ed25519"),
-    }
-}
-
-fn check(k: &Jwk, alg: &Alg, message: &[u8], sig: &[u8]) -> bool {
-    let decode = |v: &Option<String>| v.as_deref().and_then(|s| URL_SAFE_NO_PAD.decode(s).ok());
-    match alg {
-        Alg::Rsa(params) => match (decode(&k.n), decode(&k.e)) {
-            (Some(n), Some(e)) => RsaPublicKeyComponents { n, e }
-                .verify(params, message, sig)
-                .is_ok(),
-            _ => false,
-        },
-        Alg::Ec(params, _) => match (decode(&k.x), decode(&k.y)) {
-            (Some(x), Some(y)) => {
-                let mut point = Vec::with_capacity(1 + x.len() + y.len());
-                point.push(0x04);
-                point.extend_from_slice(&x);
-                point.extend_from_slice(&y);
-                UnparsedPublicKey::new(*params, point)
-                    .verify(message, sig)
-                    .is_ok()
-            }
-            _ => false,
-        },
-        Alg::Ed25519 => match decode(&k.x) {
-            Some(x) => UnparsedPublicKey::new(&signature::ED25519, x)
-                .verify(message, sig)
-                .is_ok(),
-            None => false,
-        },
-    }
+/// A key may sign with `alg`: its `use` (if any) is signing, its type is the algorithm's, and
+/// its declared `alg` (if any) is this one.
+fn fits(k: &CoreJsonWebKey, alg: &CoreJwsSigningAlgorithm) -> bool {
+    k.key_use().is_none_or(|u| u.allows_signature())
+        && alg.key_type().as_ref() == Some(k.key_type())
+        && match k.signing_alg() {
+            JsonWebKeyAlgorithm::Unspecified => true,
+            JsonWebKeyAlgorithm::Algorithm(a) => a == alg,
+            JsonWebKeyAlgorithm::Unsupported => false,
+        }
 }
 
 /// The OIDC `at_hash`/`c_hash` of `value` for a token signed with `alg`: the left half of the
-/// hash named by the algorithm (SHA-512 for EdDSA/Ed25519), base64url without padding.
+/// hash named by the algorithm (SHA-512 for EdDSA/Ed25519), base64url without padding. The
+/// sidecar checks `at_hash` with the crate's `AccessTokenHash`; this is for test IdPs.
 pub fn half_hash(alg: &str, value: &str) -> Option<String> {
     let digest_alg = match alg {
         "RS256" | "PS256" | "ES256" => &ring::digest::SHA256,

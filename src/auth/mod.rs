@@ -3,7 +3,8 @@
 //! - [`gate`]: the per-request decision (public, authenticated, bearer pass-through, redirect,
 //!   401); it never touches the upstream.
 //! - [`flow`]: `/auth/login`, `/auth/callback`, `/auth/logout`, `/auth/me`.
-//! - [`oidc`], [`jwt`], [`idp_http`]: the OpenID Provider, token validation, its HTTP client.
+//! - [`oidc`], [`id_token`], [`jwt`], [`idp_http`]: the OpenID Provider on the `openidconnect`
+//!   crate, ID-token verification, logout-token signatures, the IdP's HTTP client.
 //! - [`cookies`], [`redirect`]: the sidecar's cookies, `next` validation (sessions themselves
 //!   live in `crate::session`).
 
@@ -13,6 +14,7 @@ pub mod cookies;
 pub mod flow;
 pub mod frontchannel;
 pub mod gate;
+pub mod id_token;
 pub mod idp_http;
 pub mod jwt;
 pub mod login_state;

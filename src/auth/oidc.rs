@@ -1,17 +1,29 @@
-//! The OpenID Provider as the sidecar sees it: discovery (at start-up and periodically, with
-//! backoff while the IdP is down), the JWKS cache with a rate-limited re-fetch on an unknown
-//! `kid`, the authorization URL, the code exchange, ID-token validation, userinfo and refresh.
+//! The OpenID Provider as the sidecar sees it, on the `openidconnect` crate: discovery (at
+//! start-up and periodically, with backoff while the IdP is down), the JWKS cache with a
+//! rate-limited re-fetch on an unknown `kid`, the authorization URL (PKCE S256, nonce, state),
+//! the code exchange, ID-token verification, userinfo and refresh.
 //!
 //! Returns domain values and typed errors, never HTTP responses; `flow.rs` decides what the
 //! user sees and the logs get the details. Security invariants: the advertised issuer must
-//! equal `OIDC_ENDPOINT` byte for byte, every ID token's `iss` too; tokens are checked for
-//! `aud`, `azp`, `exp`, `iat`, `nonce` and `at_hash`; the IdP client never follows redirects.
+//! equal `OIDC_ENDPOINT` byte for byte (checked here first, so the mismatch is explained), every
+//! ID token's `iss` too; ID tokens are checked for an asymmetric signature, `aud`, `azp`, `exp`,
+//! `iat`, `nonce` and `at_hash`; the IdP client never follows redirects (`idp_http.rs`).
+//! Logout tokens are verified in `jwt.rs`/`backchannel.rs`: the crate has no verifier for them.
 
-use super::claims::{check_claims, check_issuer};
+use super::claims::check_issuer;
+use super::id_token::{as_map, verify_id_token, OtherClaims, RelyingParty, Tokens};
 use super::idp_http::{IdpHttp, IdpHttpError};
 use super::jwt::{self, Jwks, JwtError};
 use crate::config::OidcSettings;
-use base64::Engine;
+use openidconnect::core::{
+    CoreAuthPrompt, CoreErrorResponseType, CoreGenderClaim, CoreResponseType,
+};
+use openidconnect::{
+    AccessToken, AuthType, AuthenticationFlow, AuthorizationCode, ClientId, ClientSecret,
+    CsrfToken, Nonce, OAuth2TokenResponse, PkceCodeChallenge, PkceCodeVerifier,
+    ProviderMetadataWithLogout, RedirectUrl, RefreshToken, RequestTokenError, Scope,
+    StandardErrorResponse,
+};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use std::sync::{Arc, Mutex, RwLock};
@@ -22,13 +34,10 @@ pub const CLOCK_SKEW_SECS: i64 = 60;
 /// Minimum time between two JWKS re-fetches triggered by unknown `kid`s (abuse guard).
 const JWKS_REFETCH_MIN_INTERVAL: Duration = Duration::from_secs(10);
 
+/// The discovery members the sidecar reads itself (the crate's metadata has the rest).
 #[derive(Debug, Clone, Deserialize)]
 pub struct Metadata {
     pub issuer: String,
-    pub authorization_endpoint: String,
-    pub token_endpoint: String,
-    #[serde(default)]
-    pub userinfo_endpoint: Option<String>,
     pub jwks_uri: String,
     #[serde(default)]
     pub end_session_endpoint: Option<String>,
@@ -38,6 +47,8 @@ pub struct Metadata {
 
 struct Loaded {
     meta: Metadata,
+    discovered: ProviderMetadataWithLogout,
+    client: RelyingParty,
     jwks: Jwks,
 }
 
@@ -63,25 +74,28 @@ pub enum TokenError {
     NotLoaded,
     #[error("token endpoint: {0}")]
     Http(#[from] IdpHttpError),
+    /// The IdP's OAuth error answer (`invalid_grant`, …): its final word.
+    #[error("the IdP refused: {0}")]
+    Refused(String),
     #[error("token response: {0}")]
     Response(String),
     #[error("ID token: {0}")]
     Jwt(#[from] JwtError),
     #[error("ID token claim check failed: {0}")]
     Claims(String),
+    /// A correctly signed ID token without a `sub` (OpenRag has its own message for it).
+    #[error("ID token has no sub")]
+    MissingSub,
 }
 
 pub use crate::config::ClientAuth;
 
 /// What the token endpoint returned. Its `Debug` shows no token.
-#[derive(Clone, Deserialize)]
+#[derive(Clone)]
 pub struct TokenResponse {
     pub access_token: String,
-    #[serde(default)]
     pub expires_in: Option<i64>,
-    #[serde(default)]
     pub refresh_token: Option<String>,
-    #[serde(default)]
     pub id_token: Option<String>,
 }
 
@@ -99,9 +113,22 @@ impl std::fmt::Debug for TokenResponse {
     }
 }
 
+impl From<Tokens> for TokenResponse {
+    fn from(t: Tokens) -> Self {
+        TokenResponse {
+            access_token: t.access_token().secret().clone(),
+            expires_in: t
+                .expires_in()
+                .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)),
+            refresh_token: t.refresh_token().map(|r| r.secret().clone()),
+            id_token: t.extra_fields().id_token().map(|i| i.to_string()),
+        }
+    }
+}
+
 pub struct Provider {
     /// The authorization request's `prompt` (none by default).
-    prompt: Option<String>,
+    prompt: Vec<CoreAuthPrompt>,
     pub settings: OidcSettings,
     client_auth: ClientAuth,
     http: IdpHttp,
@@ -115,7 +142,7 @@ impl Provider {
     pub fn new(settings: OidcSettings, client_auth: ClientAuth, http: IdpHttp) -> Self {
         Provider {
             settings,
-            prompt: None,
+            prompt: Vec::new(),
             client_auth,
             http,
             loaded: RwLock::new(None),
@@ -128,6 +155,10 @@ impl Provider {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    fn loaded(&self) -> Result<Arc<Loaded>, TokenError> {
+        self.current().ok_or(TokenError::NotLoaded)
     }
 
     /// True once discovery and the JWKS have loaded.
@@ -150,23 +181,78 @@ impl Provider {
     /// Fetches discovery and the JWKS; replaces the cached ones only when both are good.
     pub async fn discover(&self) -> Result<(), DiscoveryError> {
         let url = self.discovery_url();
-        let doc = self
-            .http
-            .get_json(&url, None)
-            .await
-            .map_err(|source| DiscoveryError::Fetch {
-                url: url.clone(),
-                source,
-            })?;
-        let meta: Metadata = serde_json::from_value(doc).map_err(|e| DiscoveryError::Invalid {
+        let invalid = |reason: String| DiscoveryError::Invalid {
             url: url.clone(),
-            reason: e.to_string(),
-        })?;
+            reason,
+        };
+        let mut doc =
+            self.http
+                .get_json(&url, None)
+                .await
+                .map_err(|source| DiscoveryError::Fetch {
+                    url: url.clone(),
+                    source,
+                })?;
+        let meta: Metadata =
+            serde_json::from_value(doc.clone()).map_err(|e| invalid(e.to_string()))?;
+        // Our own comparison first: the crate's says only "unexpected issuer URI".
         check_issuer(&self.settings.issuer, &meta.issuer)?;
+        // Members OpenID Discovery requires but the sidecar never reads: an IdP that leaves
+        // them out still works (the values are the specification's defaults).
+        if let Value::Object(m) = &mut doc {
+            for (k, v) in [
+                ("response_types_supported", ["code"]),
+                ("subject_types_supported", ["public"]),
+                ("id_token_signing_alg_values_supported", ["RS256"]),
+            ] {
+                m.entry(k).or_insert_with(|| Value::from(v.to_vec()));
+            }
+        }
+        let discovered: ProviderMetadataWithLogout =
+            serde_json::from_value(doc).map_err(|e| invalid(e.to_string()))?;
         let jwks = self.fetch_jwks(&meta.jwks_uri).await?;
-        *self.loaded.write().unwrap_or_else(|p| p.into_inner()) =
-            Some(Arc::new(Loaded { meta, jwks }));
+        let loaded = self.load(meta, discovered, jwks).map_err(invalid)?;
+        *self.loaded.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(loaded));
         Ok(())
+    }
+
+    /// The crate's client for this discovery document and key set.
+    fn load(
+        &self,
+        meta: Metadata,
+        discovered: ProviderMetadataWithLogout,
+        jwks: Jwks,
+    ) -> Result<Loaded, String> {
+        let use_basic = match self.client_auth {
+            ClientAuth::Basic => true,
+            ClientAuth::Post => false,
+            ClientAuth::Auto => {
+                let m = &meta.token_endpoint_auth_methods_supported;
+                !m.iter().any(|a| a == "client_secret_post")
+                    || m.iter().any(|a| a == "client_secret_basic")
+            }
+        };
+        let redirect = RedirectUrl::new(self.settings.redirect_uri.to_string())
+            .map_err(|e| format!("redirect URI: {e}"))?;
+        let client = RelyingParty::from_provider_metadata(
+            discovered.clone().set_jwks(jwks.clone()),
+            ClientId::new(self.settings.client_id.clone()),
+            Some(ClientSecret::new(
+                self.settings.client_secret.expose().clone(),
+            )),
+        )
+        .set_redirect_uri(redirect)
+        .set_auth_type(if use_basic {
+            AuthType::BasicAuth
+        } else {
+            AuthType::RequestBody
+        });
+        Ok(Loaded {
+            meta,
+            discovered,
+            client,
+            jwks,
+        })
     }
 
     async fn fetch_jwks(&self, uri: &str) -> Result<Jwks, DiscoveryError> {
@@ -206,32 +292,50 @@ impl Provider {
         });
     }
 
-    /// The same, asking the IdP for `prompt` at every login.
+    /// The same, asking the IdP for `prompt` (validated by the configuration: none, login,
+    /// consent, select_account) at every login.
     pub fn with_prompt(mut self, prompt: Option<String>) -> Self {
-        self.prompt = prompt;
+        self.prompt = prompt
+            .iter()
+            .flat_map(|p| p.split_whitespace())
+            .map(|p| match p {
+                "none" => CoreAuthPrompt::None,
+                "login" => CoreAuthPrompt::Login,
+                "consent" => CoreAuthPrompt::Consent,
+                "select_account" => CoreAuthPrompt::SelectAccount,
+                other => CoreAuthPrompt::Extension(other.to_owned()),
+            })
+            .collect();
         self
     }
 
-    /// The authorization request URL.
-    pub fn authorize_url(&self, state: &str, nonce: &str, code_challenge: &str) -> Option<String> {
-        let meta = self.current()?.meta.clone();
-        let mut url = url::Url::parse(&meta.authorization_endpoint).ok()?;
-        url.query_pairs_mut()
-            .append_pair("response_type", "code")
-            .append_pair("client_id", &self.settings.client_id)
-            .append_pair("redirect_uri", self.settings.redirect_uri.as_str())
-            .append_pair("scope", &self.settings.scopes)
-            .append_pair("state", state)
-            .append_pair("nonce", nonce)
-            .append_pair("code_challenge", code_challenge)
-            .append_pair("code_challenge_method", "S256");
+    /// The authorization request URL, with the S256 challenge of `verifier`.
+    pub fn authorize_url(&self, state: &str, nonce: &str, verifier: &str) -> Option<String> {
+        let loaded = self.current()?;
+        let (state, nonce) = (state.to_owned(), nonce.to_owned());
+        let mut req = loaded
+            .client
+            .authorize_url(
+                AuthenticationFlow::<CoreResponseType>::AuthorizationCode,
+                move || CsrfToken::new(state),
+                move || Nonce::new(nonce),
+            )
+            .set_pkce_challenge(PkceCodeChallenge::from_code_verifier_sha256(
+                &PkceCodeVerifier::new(verifier.to_owned()),
+            ));
+        // The crate always asks for `openid`.
+        for scope in self.settings.scopes.split_whitespace() {
+            if scope != "openid" {
+                req = req.add_scope(Scope::new(scope.to_owned()));
+            }
+        }
         // None unless configured, as OpenRag: `prompt=consent` makes some IdPs (LemonLDAP::NG)
         // show their consent page at every login. Those that grant `offline_access` only with
         // consent (OIDC Core §11) need `prompt = "consent"`.
-        if let Some(p) = &self.prompt {
-            url.query_pairs_mut().append_pair("prompt", p);
+        for p in &self.prompt {
+            req = req.add_prompt(p.clone());
         }
-        Some(url.into())
+        Some(req.url().0.into())
     }
 
     /// Exchanges an authorization code (with its PKCE verifier).
@@ -240,112 +344,117 @@ impl Provider {
         code: &str,
         verifier: &str,
     ) -> Result<TokenResponse, TokenError> {
-        let redirect = self.settings.redirect_uri.as_str();
-        self.token_request(&[
-            ("grant_type", "authorization_code"),
-            ("code", code),
-            ("redirect_uri", redirect),
-            ("code_verifier", verifier),
-        ])
-        .await
+        let loaded = self.loaded()?;
+        let tokens = loaded
+            .client
+            .exchange_code(AuthorizationCode::new(code.to_owned()))
+            .map_err(|e| TokenError::Response(e.to_string()))?
+            .set_pkce_verifier(PkceCodeVerifier::new(verifier.to_owned()))
+            .request_async(&self.http)
+            .await
+            .map_err(|e| self.token_error(&loaded, e))?;
+        Ok(tokens.into())
     }
 
     /// Uses a refresh token.
     pub async fn refresh(&self, refresh_token: &str) -> Result<TokenResponse, TokenError> {
-        self.token_request(&[
-            ("grant_type", "refresh_token"),
-            ("refresh_token", refresh_token),
-        ])
-        .await
+        let loaded = self.loaded()?;
+        let rt = RefreshToken::new(refresh_token.to_owned());
+        let tokens = loaded
+            .client
+            .exchange_refresh_token(&rt)
+            .map_err(|e| TokenError::Response(e.to_string()))?
+            .request_async(&self.http)
+            .await
+            .map_err(|e| self.token_error(&loaded, e))?;
+        Ok(tokens.into())
     }
 
-    async fn token_request(&self, params: &[(&str, &str)]) -> Result<TokenResponse, TokenError> {
-        let meta = self.current().ok_or(TokenError::NotLoaded)?.meta.clone();
-        let secret = self.settings.client_secret.expose().as_str();
-        let id = self.settings.client_id.as_str();
-        let mut form: Vec<(&str, &str)> = params.to_vec();
-        let basic;
-        let use_basic = match self.client_auth {
-            ClientAuth::Basic => true,
-            ClientAuth::Post => false,
-            ClientAuth::Auto => {
-                let m = &meta.token_endpoint_auth_methods_supported;
-                !m.iter().any(|a| a == "client_secret_post")
-                    || m.iter().any(|a| a == "client_secret_basic")
+    fn token_error(
+        &self,
+        loaded: &Loaded,
+        e: RequestTokenError<IdpHttpError, StandardErrorResponse<CoreErrorResponseType>>,
+    ) -> TokenError {
+        match e {
+            RequestTokenError::Request(e) => TokenError::Http(e),
+            RequestTokenError::ServerResponse(r) => TokenError::Refused(r.to_string()),
+            RequestTokenError::Parse(e, body) => {
+                // The crate parses the ID token with the response, and one without `sub` fails
+                // there. When it is genuinely signed, say so (OpenRag has its own message).
+                if Self::signed_without_sub(loaded, &body) {
+                    TokenError::MissingSub
+                } else {
+                    TokenError::Response(e.to_string())
+                }
             }
-        };
-        if use_basic {
-            // RFC 6749 §2.3.1: form-encode id and secret before base64.
-            let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-            basic = Some(base64::engine::general_purpose::STANDARD.encode(format!(
-                "{}:{}",
-                enc(id),
-                enc(secret)
-            )));
-            form.push(("client_id", id));
-        } else {
-            basic = None;
-            form.push(("client_id", id));
-            form.push(("client_secret", secret));
+            RequestTokenError::Other(e) => TokenError::Response(e),
         }
-        let v = self
-            .http
-            .post_form(&meta.token_endpoint, &form, basic.as_deref())
-            .await?;
-        serde_json::from_value(v).map_err(|e| TokenError::Response(e.to_string()))
     }
 
-    /// Verifies an ID token's signature (re-fetching the JWKS once, rate-limited, when the `kid`
-    /// is unknown) and its claims. `nonce` is required at login and absent at refresh.
+    /// Whether `body` is a token response whose ID token verifies but has no `sub`.
+    fn signed_without_sub(loaded: &Loaded, body: &[u8]) -> bool {
+        let Ok(Value::Object(resp)) = serde_json::from_slice::<Value>(body) else {
+            return false;
+        };
+        resp.get("id_token")
+            .and_then(Value::as_str)
+            .and_then(|t| jwt::verify(t, &loaded.jwks).ok())
+            .is_some_and(|v| !v.claims.contains_key("sub"))
+    }
+
+    /// Verifies an ID token with the crate (re-fetching the JWKS once, rate-limited, when the
+    /// `kid` is unknown) and returns its claims. `nonce` is required at login and absent at
+    /// refresh.
     pub async fn validate_id_token(
         &self,
         id_token: &str,
         nonce: Option<&str>,
         access_token: Option<&str>,
     ) -> Result<Map<String, Value>, TokenError> {
-        let verified = self.verify_signature(id_token).await?;
-        let c = &verified.claims;
-        check_claims(
-            c,
-            &self.settings.issuer,
-            &self.settings.client_id,
-            nonce,
-            now_unix(),
-        )
-        .map_err(TokenError::Claims)?;
-        if let (Some(expected), Some(at)) = (c.get("at_hash").and_then(Value::as_str), access_token)
-        {
-            if jwt::half_hash(&verified.header.alg, at).as_deref() != Some(expected) {
-                return Err(TokenError::Claims(
-                    "at_hash does not match the access token".into(),
-                ));
+        let loaded = self.loaded()?;
+        match verify_id_token(&loaded.client, id_token, nonce, access_token, now_unix()) {
+            Err(TokenError::Jwt(JwtError::UnknownKey(kid))) => {
+                let loaded = self.refetch_jwks(&loaded, kid).await?;
+                verify_id_token(&loaded.client, id_token, nonce, access_token, now_unix())
             }
+            other => other,
         }
-        Ok(verified.claims)
     }
 
-    /// Verifies a JWS from the IdP (ID token or logout token) against the cached JWKS.
+    /// Verifies a JWS from the IdP that the crate has no verifier for (a logout token) against
+    /// the cached JWKS, re-fetching it as for ID tokens.
     pub async fn verify_signature(&self, token: &str) -> Result<jwt::Verified, TokenError> {
-        let loaded = self.current().ok_or(TokenError::NotLoaded)?;
+        let loaded = self.loaded()?;
         match jwt::verify(token, &loaded.jwks) {
             Err(JwtError::UnknownKey(kid)) => {
-                if !self.refetch_allowed() {
-                    return Err(JwtError::UnknownKey(kid).into());
-                }
-                tracing::info!(?kid, "unknown signing key: re-fetching the JWKS");
-                let jwks = self
-                    .fetch_jwks(&loaded.meta.jwks_uri)
-                    .await
-                    .map_err(|e| TokenError::Response(format!("JWKS re-fetch failed: {e}")))?;
-                let verified = jwt::verify(token, &jwks);
-                *self.loaded.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(Loaded {
-                    meta: loaded.meta.clone(),
-                    jwks,
-                }));
-                Ok(verified?)
+                let loaded = self.refetch_jwks(&loaded, kid).await?;
+                Ok(jwt::verify(token, &loaded.jwks)?)
             }
             other => Ok(other?),
         }
+    }
+
+    /// Re-fetches the JWKS for a token signed with an unknown key, at most once per
+    /// [`JWKS_REFETCH_MIN_INTERVAL`], and installs it.
+    async fn refetch_jwks(
+        &self,
+        loaded: &Loaded,
+        kid: Option<String>,
+    ) -> Result<Arc<Loaded>, TokenError> {
+        if !self.refetch_allowed() {
+            return Err(JwtError::UnknownKey(kid).into());
+        }
+        tracing::info!(?kid, "unknown signing key: re-fetching the JWKS");
+        let jwks = self
+            .fetch_jwks(&loaded.meta.jwks_uri)
+            .await
+            .map_err(|e| TokenError::Response(format!("JWKS re-fetch failed: {e}")))?;
+        let fresh = Arc::new(
+            self.load(loaded.meta.clone(), loaded.discovered.clone(), jwks)
+                .map_err(TokenError::Response)?,
+        );
+        *self.loaded.write().unwrap_or_else(|p| p.into_inner()) = Some(fresh.clone());
+        Ok(fresh)
     }
 
     fn refetch_allowed(&self) -> bool {
@@ -358,14 +467,20 @@ impl Provider {
         true
     }
 
+    /// The userinfo claims for `access_token` (plain JSON or a signed JWT, as the IdP
+    /// answers); the caller compares their `sub` with the ID token's.
     pub async fn userinfo(&self, access_token: &str) -> Result<Map<String, Value>, TokenError> {
-        let meta = self.current().ok_or(TokenError::NotLoaded)?.meta.clone();
-        let url = meta
-            .userinfo_endpoint
-            .ok_or_else(|| TokenError::Response("the IdP has no userinfo endpoint".into()))?;
-        match self.http.get_json(&url, Some(access_token)).await? {
-            Value::Object(m) => Ok(m),
-            _ => Err(TokenError::Response("userinfo is not a JSON object".into())),
-        }
+        let loaded = self.loaded()?;
+        let claims: openidconnect::UserInfoClaims<OtherClaims, CoreGenderClaim> = loaded
+            .client
+            .user_info(AccessToken::new(access_token.to_owned()), None)
+            .map_err(|_| TokenError::Response("the IdP has no userinfo endpoint".into()))?
+            .request_async(&self.http)
+            .await
+            .map_err(|e| match e {
+                openidconnect::UserInfoError::Request(e) => TokenError::Http(e),
+                e => TokenError::Response(format!("userinfo: {e}")),
+            })?;
+        as_map(&claims)
     }
 }

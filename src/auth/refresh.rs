@@ -221,6 +221,7 @@ fn is_definitive(e: &TokenError) -> bool {
         }
         // A key the JWKS does not (yet) have is the IdP rotating keys, not a refusal.
         TokenError::Jwt(crate::auth::jwt::JwtError::UnknownKey(_)) => false,
+        TokenError::Refused(_) | TokenError::MissingSub => true,
         TokenError::Claims(_) | TokenError::Jwt(_) => true,
         _ => false,
     }
@@ -240,6 +241,7 @@ mod tests {
             })
         };
         assert!(is_definitive(&status(400)));
+        assert!(is_definitive(&TokenError::Refused("invalid_grant".into())));
         assert!(is_definitive(&status(401)));
         assert!(!is_definitive(&status(429)));
         assert!(!is_definitive(&status(500)));
