@@ -146,12 +146,24 @@ pub enum RedisTopology {
 }
 
 /// How the client authenticates at the token endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 pub enum ClientAuth {
     /// `client_secret_basic` unless the IdP advertises only `client_secret_post`.
+    #[serde(rename = "auto")]
     Auto,
+    #[serde(rename = "client_secret_basic")]
     Basic,
+    #[serde(rename = "client_secret_post")]
     Post,
+}
+
+/// The names `openrag.token_policy` takes ([`TokenPolicy`] adds the file's tokens).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum PolicyName {
+    Deny,
+    Regenerate,
+    File,
 }
 
 /// Settings of the authentication layer (meaningful with `AUTH_MODE=oidc`).
@@ -189,17 +201,9 @@ pub enum IdentityField {
 impl Settings {
     pub(super) fn validate_auth(&self, problems: &mut Vec<String>) -> Option<AuthSettings> {
         let before = problems.len();
-        let token_endpoint_auth = match self.token_endpoint_auth.trim() {
-            "auto" => ClientAuth::Auto,
-            "client_secret_basic" => ClientAuth::Basic,
-            "client_secret_post" => ClientAuth::Post,
-            other => {
-                problems.push(format!(
-                    "token_endpoint_auth must be auto, client_secret_basic or client_secret_post, got '{other}'"
-                ));
-                ClientAuth::Auto
-            }
-        };
+        let token_endpoint_auth =
+            super::types::one_of("token_endpoint_auth", &self.token_endpoint_auth, problems)
+                .unwrap_or(ClientAuth::Auto);
         let name = &self.session_cookie_name;
         if name.is_empty()
             || !name
@@ -312,10 +316,11 @@ impl Settings {
 impl Settings {
     fn validate_openrag(&self, problems: &mut Vec<String>) -> Option<BridgeSettings> {
         let o = &self.openrag;
-        let policy = match o.token_policy.trim() {
-            "deny" => TokenPolicy::Deny,
-            "regenerate" => TokenPolicy::Regenerate,
-            "file" => match &o.token_file {
+        let policy = match super::types::one_of("openrag.token_policy", &o.token_policy, problems)?
+        {
+            PolicyName::Deny => TokenPolicy::Deny,
+            PolicyName::Regenerate => TokenPolicy::Regenerate,
+            PolicyName::File => match &o.token_file {
                 None => {
                     problems.push(
                         "openrag.token_policy = \"file\" needs openrag.token_file".to_string(),
@@ -339,12 +344,6 @@ impl Settings {
                     }
                 },
             },
-            other => {
-                problems.push(format!(
-                    "openrag.token_policy must be deny, regenerate or file, got '{other}'"
-                ));
-                return None;
-            }
         };
         if o.admin_timeout_secs == 0 || o.vault_ttl_days == 0 {
             problems.push(

@@ -209,13 +209,15 @@ pub fn top_level_keys() -> Vec<String> {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum IdentityMode {
     OpenRag,
     Headers,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Json,
     Pretty,
@@ -264,26 +266,8 @@ impl Settings {
         let admin_listen = socket_addr("admin_listen", &self.admin_listen, problems);
         let upstream = upstream_url(&self.upstream, problems);
         let connections = self.connections.validate(problems);
-        let identity = match self.identity.trim().to_ascii_lowercase().as_str() {
-            "openrag" => Some(IdentityMode::OpenRag),
-            "headers" => Some(IdentityMode::Headers),
-            other => {
-                problems.push(format!(
-                    "identity must be 'openrag' or 'headers', got '{other}'"
-                ));
-                None
-            }
-        };
-        let log_format = match self.log_format.trim().to_ascii_lowercase().as_str() {
-            "json" => Some(LogFormat::Json),
-            "pretty" => Some(LogFormat::Pretty),
-            other => {
-                problems.push(format!(
-                    "log_format must be 'json' or 'pretty', got '{other}'"
-                ));
-                None
-            }
-        };
+        let identity = super::types::one_of("identity", &self.identity, problems);
+        let log_format = super::types::one_of("log_format", &self.log_format, problems);
         if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&self.log_level) {
             problems.push(format!(
                 "log_level '{}' is not a valid filter: {e}",

@@ -7,7 +7,9 @@
 use bytes::Bytes;
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+// tokio's clock: paused-time tests drive the TTLs; in production it is the monotonic clock.
+use tokio::time::Instant;
 
 enum Value {
     /// Shared bytes: a read hands out a reference-counted handle, not a copy.
@@ -18,6 +20,13 @@ enum Value {
 struct Entry {
     value: Value,
     expires: Instant,
+}
+
+/// `now + ttl`, or a century from now for a TTL the clock cannot represent (never a panic).
+fn deadline(now: Instant, ttl: Duration) -> Instant {
+    now.checked_add(ttl)
+        .or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 86_400)))
+        .unwrap_or(now)
 }
 
 #[derive(Default)]
@@ -58,7 +67,7 @@ impl MemoryStore {
     pub fn put(&self, key: &str, value: &[u8], ttl: Duration) {
         let entry = Entry {
             value: Value::Bytes(Bytes::copy_from_slice(value)),
-            expires: Instant::now() + ttl,
+            expires: deadline(Instant::now(), ttl),
         };
         self.lock().insert(key.to_owned(), entry);
     }
@@ -73,7 +82,7 @@ impl MemoryStore {
             key.to_owned(),
             Entry {
                 value: Value::Bytes(Bytes::copy_from_slice(value)),
-                expires: now + ttl,
+                expires: deadline(now, ttl),
             },
         );
         true
@@ -86,7 +95,7 @@ impl MemoryStore {
             Some(e) => {
                 *e = Entry {
                     value: Value::Bytes(Bytes::copy_from_slice(value)),
-                    expires: now + ttl,
+                    expires: deadline(now, ttl),
                 };
                 true
             }
@@ -116,7 +125,7 @@ impl MemoryStore {
     pub fn index_add(&self, index: &str, member: &str, ttl: Duration) {
         let now = Instant::now();
         let mut map = self.lock();
-        let expires = now + ttl;
+        let expires = deadline(now, ttl);
         match Self::live(&mut map, index, now) {
             Some(Entry {
                 value: Value::Set(set),
@@ -209,5 +218,31 @@ mod tests {
         s.put("b", b"2", Duration::from_secs(60));
         assert_eq!(s.purge(), 1);
         assert_eq!(s.len(), 1);
+    }
+
+    /// TTLs on tokio's paused clock: no real waiting.
+    #[tokio::test(start_paused = true)]
+    async fn entries_live_exactly_their_ttl() {
+        let s = MemoryStore::new();
+        s.put("k", b"v", Duration::from_secs(600));
+        assert!(s.put_if_absent("once", b"1", Duration::from_secs(60)));
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert!(!s.put_if_absent("once", b"2", Duration::from_secs(60)));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(
+            s.put_if_absent("once", b"3", Duration::from_secs(60)),
+            "expired at 60 s"
+        );
+        tokio::time::advance(Duration::from_secs(539)).await;
+        assert!(s.get("k").is_some(), "alive at 599 s");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(s.get("k").is_none(), "gone at 600 s");
+    }
+
+    #[test]
+    fn an_extreme_ttl_does_not_overflow() {
+        let s = MemoryStore::new();
+        s.put("k", b"v", Duration::MAX);
+        assert!(s.get("k").is_some());
     }
 }
