@@ -128,6 +128,31 @@ fn fits(key: &str, v: &Value, file: &str, problems: &mut Vec<String>) -> bool {
     ok
 }
 
+/// An enum-valued key: `value` (trimmed, any case) deserialized as `T` by its serde names, or
+/// one problem that names the key, every accepted value and what was given.
+pub fn one_of<T: serde::de::DeserializeOwned>(
+    key: &str,
+    value: &str,
+    problems: &mut Vec<String>,
+) -> Option<T> {
+    use serde::de::value::{Error, StrDeserializer};
+    let given = value.trim();
+    let lower = given.to_ascii_lowercase();
+    match T::deserialize(StrDeserializer::<Error>::new(&lower)) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            // serde says "unknown variant `x`, expected `a` or `b`" (or "one of `a`, `b`, `c`").
+            let e = e.to_string();
+            let accepted = e
+                .split_once("expected ")
+                .map_or(e.as_str(), |(_, a)| a)
+                .replace('`', "'");
+            problems.push(format!("{key} must be {accepted}, got '{given}'"));
+            None
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,30 +202,5 @@ mod tests {
             kept,
             json!({"workers": 2, "connections": {"max_per_ip": 3}})
         );
-    }
-}
-
-/// An enum-valued key: `value` (trimmed, any case) deserialized as `T` by its serde names, or
-/// one problem that names the key, every accepted value and what was given.
-pub fn one_of<T: serde::de::DeserializeOwned>(
-    key: &str,
-    value: &str,
-    problems: &mut Vec<String>,
-) -> Option<T> {
-    use serde::de::value::{Error, StrDeserializer};
-    let given = value.trim();
-    let lower = given.to_ascii_lowercase();
-    match T::deserialize(StrDeserializer::<Error>::new(&lower)) {
-        Ok(t) => Some(t),
-        Err(e) => {
-            // serde says "unknown variant `x`, expected `a` or `b`" (or "one of `a`, `b`, `c`").
-            let e = e.to_string();
-            let accepted = e
-                .split_once("expected ")
-                .map_or(e.as_str(), |(_, a)| a)
-                .replace('`', "'");
-            problems.push(format!("{key} must be {accepted}, got '{given}'"));
-            None
-        }
     }
 }
