@@ -8,6 +8,7 @@ mod cli;
 mod client_cache;
 mod hardening;
 mod in_process;
+mod lemonldap;
 mod lifecycle;
 mod mock_idp;
 mod oidc;
