@@ -39,6 +39,9 @@ pub enum Error {
     /// The session store cannot be reached: fail closed.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    /// Over a rate limit; the client may retry after this many seconds.
+    #[error("rate limited")]
+    RateLimited(u64),
     /// A bug or an impossible state; details are logged, never shown.
     #[error("internal error: {0}")]
     Internal(String),
@@ -85,6 +88,7 @@ impl Error {
                 BridgeError::Backend(_) => StatusCode::BAD_GATEWAY,
                 BridgeError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
             },
+            Error::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -109,6 +113,7 @@ impl Error {
                 BridgeError::Backend(_) => "OpenRag backend unavailable",
                 BridgeError::Store(_) => "Session store unavailable, please retry shortly",
             },
+            Error::RateLimited(_) => "Rate limit exceeded. Please retry later.",
             Error::Internal(_) => "Internal error",
         }
     }
@@ -126,6 +131,7 @@ impl Error {
             Error::IdpUnavailable => "idp_unavailable",
             Error::Store(_) => "store_unavailable",
             Error::Identity(_) => "identity",
+            Error::RateLimited(_) => "rate_limited",
             Error::Internal(_) => "internal",
         }
     }
@@ -155,6 +161,9 @@ impl Error {
     /// The same; a browser's page also shows `details` (the request id, the user's `sub`) to
     /// give to an administrator.
     pub fn into_page(self, wants_html: bool, details: &[(&str, &str)]) -> Response<Body> {
+        if let Error::RateLimited(secs) = self {
+            return rate_limited(secs);
+        }
         let msg = if wants_html {
             self.html_message()
         } else {
@@ -162,6 +171,22 @@ impl Error {
         };
         page_response(self.status(), msg, wants_html, details, None)
     }
+}
+
+/// OpenRag's answer over a rate limit: 429 with its JSON body and `Retry-After`.
+fn rate_limited(secs: u64) -> Response<Body> {
+    let body = r#"{"detail":"Rate limit exceeded. Please retry later.","extra":{}}"#;
+    let mut resp = Response::new(crate::proxy::full(Bytes::from_static(body.as_bytes())));
+    *resp.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    page_headers(h);
+    resp
 }
 
 /// A synthetic response with a `{"detail": message}` body, or an HTML page for browsers.

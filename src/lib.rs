@@ -28,6 +28,7 @@ pub mod identity;
 pub mod metrics;
 pub mod per_worker;
 pub mod proxy;
+pub mod ratelimit;
 pub mod router;
 pub mod secret;
 pub mod server;
@@ -113,6 +114,10 @@ fn build_oidc(
         identity::Identity::from_config(config, store.clone(), settings.keys.clone())
             .map_err(StartError::Identity)?,
     );
+    let limits = config
+        .openrag_env
+        .rate_limits
+        .map(|l| ratelimit::RateLimiter::new(l, store.clone()));
     let sessions = Arc::new(session::Sessions::new(
         store,
         settings.keys.clone(),
@@ -126,6 +131,7 @@ fn build_oidc(
     ));
     Ok(router::Oidc {
         streams,
+        limits,
         auth: auth::flow::Auth {
             provider,
             sessions,

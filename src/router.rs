@@ -16,6 +16,7 @@ use crate::metrics::Metrics;
 use crate::proxy::headers::{self, Peer};
 use crate::proxy::Upstream;
 use crate::proxy::{Body, RequestBody};
+use crate::ratelimit::{Kind, RateLimiter};
 use crate::server::ConnInfo;
 use crate::session::LiveStreams;
 use crate::telemetry;
@@ -31,6 +32,8 @@ pub struct Oidc {
     pub identity: Arc<Identity>,
     /// The sessions with live tunnels and event streams on this replica.
     pub streams: Arc<LiveStreams>,
+    /// OpenRag's rate limits, unless `RATE_LIMIT_ENABLED` is not `true`.
+    pub limits: Option<RateLimiter>,
 }
 
 impl Oidc {
@@ -40,6 +43,7 @@ impl Oidc {
         next.paths = r.paths.clone();
         next.allowed_redirect_origins = r.allowed_redirect_origins.clone();
         next.headers = r.headers.clone();
+        next.authz = r.authz.clone();
         self.auth.settings.replace(|| next.clone());
         self.identity.reload(r);
     }
@@ -84,11 +88,25 @@ impl App {
             .insert(headers::X_REQUEST_ID, request_id.clone());
         let peer = self.upstream.peer(conn.peer.ip(), conn.scheme);
 
-        let result = match (refused_early(&req), &self.oidc) {
+        // The client's address, when rate limits apply.
+        let client = self
+            .oidc
+            .as_ref()
+            .and_then(|o| o.limits.as_ref())
+            .map(|_| self.upstream.client_ip(req.headers(), peer));
+        let mut result = match (refused_early(&req), &self.oidc) {
             (Some(e), _) => Err(e),
             (None, None) => self.proxy(req.map(Either::Left), peer).await,
-            (None, Some(oidc)) => self.authenticated(oidc, req, peer).await,
+            (None, Some(oidc)) => self.authenticated(oidc, req, peer, client).await,
         };
+        // The sidecar's own 401s and 403s spend the client's failure budget. (The limiter's
+        // futures are boxed: rare paths, kept out of every request's future.)
+        let limits = self.oidc.as_ref().and_then(|o| o.limits.as_ref());
+        if let Some((l, ip)) = limits.zip(client).filter(|_| own_refusal(&result)) {
+            if let Err(wait) = Box::pin(l.spend(Kind::Failure, ip)).await {
+                result = Err(self.limited(Kind::Failure, wait));
+            }
+        }
         let (mut resp, upstream_status) = result.unwrap_or_else(|e| {
             self.log_error(&e, request_id.to_str().unwrap_or_default());
             let id = request_id.to_str().unwrap_or_default();
@@ -117,23 +135,47 @@ impl App {
         Ok((r.map(Either::Left), Some(status)))
     }
 
+    fn limited(&self, kind: Kind, wait: u64) -> Error {
+        self.metrics.rate_limited(kind.label());
+        Error::RateLimited(wait)
+    }
+
     async fn authenticated(
         &self,
         oidc: &Oidc,
         req: Request<Incoming>,
         peer: Peer,
+        client: Option<std::net::IpAddr>,
     ) -> Result<Outcome, Error> {
+        let limited = oidc.limits.as_ref().zip(client);
         let (parts, body) = req.into_parts();
         let auth = &oidc.auth;
         let path = parts.uri.path();
         if Auth::is_route(path) {
+            if let Some((l, ip)) = limited {
+                Box::pin(l.spend(Kind::Auth, ip))
+                    .await
+                    .map_err(|wait| self.limited(Kind::Auth, wait))?;
+            }
             let scheme = headers::public_scheme(&parts.headers, peer);
             return Ok((auth.route(&parts, body, scheme).await?, None));
         }
         if let Some(r) = oidc.identity.own_route(&parts.method, path) {
             return Ok((r, None));
         }
-        let caller = match auth.gate(&parts).await? {
+        let decision = auth.gate(&parts).await;
+        // A client over its failure budget gets 429 on every request that has no session to
+        // show (public paths and sessions are not what it is guessing at).
+        if let (
+            Some((l, ip)),
+            Ok(Decision::Login(_) | Decision::Bearer) | Err(Error::Unauthenticated),
+        ) = (limited, &decision)
+        {
+            if let Some(wait) = Box::pin(l.exhausted(Kind::Failure, ip)).await {
+                return Err(self.limited(Kind::Failure, wait));
+            }
+        }
+        let caller = match decision? {
             Decision::Login(location) => {
                 let mut r = Response::new(crate::proxy::full(""));
                 *r.status_mut() = StatusCode::FOUND;
@@ -170,7 +212,8 @@ impl App {
             Error::BadRequest(_)
             | Error::MethodNotAllowed
             | Error::Unauthenticated
-            | Error::Forbidden(_) => {
+            | Error::Forbidden(_)
+            | Error::RateLimited(_) => {
                 tracing::debug!(request_id, error = %e, "request refused");
             }
             Error::Identity(_) => {
@@ -184,6 +227,16 @@ impl App {
             }
         }
     }
+}
+
+/// Whether the sidecar itself answered 401 or 403 (not the upstream): a failed authentication.
+fn own_refusal(result: &Result<Outcome, Error>) -> bool {
+    let status = match result {
+        Ok((r, None)) => r.status(),
+        Ok((_, Some(_))) => return false,
+        Err(e) => e.status(),
+    };
+    matches!(status.as_u16(), 401 | 403)
 }
 
 /// Requests refused in every mode before any decision: `CONNECT` (a tunnel to wherever the

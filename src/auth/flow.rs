@@ -12,13 +12,13 @@ use super::login_state::{self, LoginState, STATE_TTL_SECS};
 use super::oidc::{now_unix, Provider, TokenError};
 use super::redirect::sanitize_next;
 use super::refresh::access_lifetime;
-use crate::config::{AuthSettings, ClaimSource};
+use crate::config::AuthSettings;
 use crate::error::{page_response, wants_html, Error};
 use crate::per_worker::PerWorker;
 use crate::proxy::Body;
 use crate::session::{Session, Sessions};
 use http::{header, request::Parts, HeaderValue, Response, StatusCode};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -74,6 +74,17 @@ impl Auth {
         match gate::decide(parts, paths, &self.cookies, &self.sessions, now_unix()).await? {
             Decision::Authenticated { session, id } => {
                 match self.ensure_fresh(&id, session).await {
+                    // `[[authz.rules]]`: the first matching rule decides; never forwarded.
+                    Ok(Some(s))
+                        if !super::authz::reaches(
+                            &settings.authz,
+                            &parts.method,
+                            parts.uri.path(),
+                            &s.groups,
+                        ) =>
+                    {
+                        Err(Error::Forbidden("Forbidden"))
+                    }
                     Ok(Some(s)) => Ok(Decision::Authenticated { session: s, id }),
                     Ok(None) => gate::without_session(parts, paths),
                     Err(_) if gate::has_bearer(parts) => Ok(Decision::Bearer),
@@ -264,69 +275,55 @@ impl Auth {
             .filter(|s| !s.is_empty())
             .ok_or(bad("ID token missing 'sub' claim."))?
             .to_owned();
-        let profile = match self.provider.settings.claim_source {
-            ClaimSource::IdToken if lacks_profile(&claims) => {
-                // Some IdPs (LemonLDAP::NG by default) put only `sub` in ID tokens: the
-                // profile comes from userinfo then, for this login, when its `sub` matches.
-                let mut profile = claims.clone();
-                match self.provider.userinfo(&tokens.access_token).await {
-                    Ok(info) if info.get("sub").and_then(Value::as_str) == Some(sub.as_str()) => {
-                        static SAID: std::sync::atomic::AtomicBool =
-                            std::sync::atomic::AtomicBool::new(false);
-                        if !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
-                            tracing::info!("the ID token has no email or name: the profile is read from userinfo at each login");
-                        }
-                        for (k, v) in info {
-                            profile.entry(k).or_insert(v);
-                        }
-                    }
-                    Ok(_) => tracing::warn!("userinfo names another subject: ignored"),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "userinfo failed; the ID token's claims are used")
-                    }
+        let profile = super::profile::read(&self.provider, &sub, &claims, &tokens.access_token)
+            .await
+            .map_err(|e| match e {
+                super::profile::ProfileError::OtherSubject => {
+                    bad("Userinfo sub does not match ID token sub.")
                 }
-                profile
-            }
-            ClaimSource::IdToken => claims.clone(),
-            ClaimSource::Userinfo => {
-                let info = self
-                    .provider
-                    .userinfo(&tokens.access_token)
-                    .await
-                    .map_err(|e| {
-                        tracing::warn!(error = %e, "userinfo failed");
-                        bad("Failed to fetch userinfo from IdP.")
-                    })?;
-                if info.get("sub").and_then(Value::as_str) != Some(sub.as_str()) {
-                    return Err(bad("Userinfo sub does not match ID token sub."));
+                super::profile::ProfileError::Userinfo(e) => {
+                    tracing::warn!(error = %e, "userinfo failed");
+                    bad("Failed to fetch userinfo from IdP.")
                 }
-                info
-            }
-        };
+            })?;
+        // `[authz]` before anything is written anywhere: a refused user leaves no trace at the
+        // backend and gets no session.
+        let settings = self.settings();
+        if let Err(why) = super::authz::admits(&settings.authz, &profile) {
+            self.metrics.login_refused(why.label());
+            tracing::warn!(sub = %sub, reason = why.label(), "OIDC login refused by [authz]");
+            return Err(CallbackError::Refused(
+                Error::Forbidden("You are not allowed to use this service."),
+                sub,
+            ));
+        }
 
         let backend = self
             .identity
-            .on_login(&sub, &profile)
+            .on_login(&sub, &profile, &claims)
             .await
-            .map_err(|e| match e {
-                crate::identity::openrag::BridgeError::NotRegistered
-                | crate::identity::openrag::BridgeError::NoToken
-                | crate::identity::openrag::BridgeError::EmailConflict => {
-                    CallbackError::Refused(Error::Identity(e), sub.clone())
-                }
-                e => CallbackError::Other(Error::Identity(e)),
+            .map_err(|e| {
+                use crate::identity::openrag::BridgeError as B;
+                let reason = match e {
+                    B::NotRegistered => "not_registered",
+                    B::NoToken => "no_token",
+                    B::EmailConflict => "email_conflict",
+                    e => return CallbackError::Other(Error::Identity(e)),
+                };
+                self.metrics.login_refused(reason);
+                CallbackError::Refused(Error::Identity(e), sub.clone())
             })?;
         let access_lifetime = access_lifetime(tokens.expires_in);
         let access_expires_at = now + access_lifetime;
-        let lifetime = self.settings().session_lifetime.as_secs() as i64;
-        let session = Session {
+        let lifetime = settings.session_lifetime.as_secs() as i64;
+        let mut session = Session {
             iss: self.provider.settings.issuer.clone(),
             sub: sub.clone(),
             sid: claims.get("sid").and_then(Value::as_str).map(str::to_owned),
-            email: string_claim(&profile, "email"),
-            name: string_claim(&profile, "name"),
-            preferred_username: string_claim(&profile, "preferred_username"),
-            groups: groups_claim(&profile),
+            email: None,
+            name: None,
+            preferred_username: None,
+            groups: Vec::new(),
             access_token: tokens.access_token,
             expires_at: if tokens.refresh_token.is_some() {
                 now + lifetime
@@ -344,6 +341,7 @@ impl Auth {
             backend_token: backend.token,
             identity_headers: Default::default(),
         };
+        super::profile::apply(&mut session, &profile, &settings.authz.groups_claim);
         let id = self
             .sessions
             .create(&session, now)
@@ -385,29 +383,6 @@ enum CallbackError {
     /// The user authenticated but is refused (not registered, no token): the page shows their
     /// `sub` for an administrator.
     Refused(Error, String),
-}
-
-/// An ID token with none of the profile claims the sidecar uses.
-fn lacks_profile(c: &Map<String, Value>) -> bool {
-    !["email", "name", "preferred_username"]
-        .iter()
-        .any(|k| c.contains_key(*k))
-}
-
-fn string_claim(c: &Map<String, Value>, name: &str) -> Option<String> {
-    c.get(name).and_then(Value::as_str).map(str::to_owned)
-}
-
-fn groups_claim(c: &Map<String, Value>) -> Vec<String> {
-    match c.get("groups") {
-        Some(Value::Array(a)) => a
-            .iter()
-            .filter_map(Value::as_str)
-            .map(str::to_owned)
-            .collect(),
-        Some(Value::String(s)) => vec![s.clone()],
-        _ => Vec::new(),
-    }
 }
 
 /// An IdP-supplied string made safe to show and log: printable, bounded.

@@ -8,6 +8,7 @@
 //! - [`cookies`], [`redirect`]: the sidecar's cookies, `next` validation (sessions themselves
 //!   live in `crate::session`).
 
+pub mod authz;
 pub mod backchannel;
 pub mod claims;
 pub mod cookies;
@@ -21,6 +22,7 @@ pub mod login_state;
 pub mod logout;
 mod lost_login;
 pub mod oidc;
+pub mod profile;
 pub mod redirect;
 pub mod refresh;
 pub mod routes;

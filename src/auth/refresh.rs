@@ -165,13 +165,30 @@ impl Auth {
             return Ok(Some(loaded));
         };
         match self.refresh_tokens(&mut s, &rt, now).await {
-            Ok(()) => {
+            Ok(renewed) => {
+                self.metrics.refresh(RefreshResult::Ok.label());
+                if let Some(Renewed {
+                    profile: Some(profile),
+                    ..
+                }) = &renewed
+                {
+                    // The IdP's current view must still pass `[authz]`.
+                    if let Err(why) = super::authz::admits(&self.settings().authz, profile) {
+                        self.metrics.login_refused(why.label());
+                        self.metrics.sessions_revoked(1);
+                        tracing::warn!(sub = %s.sub, reason = why.label(), "refreshed identity no longer passes [authz]: session ended");
+                        self.sessions.delete(id).await?;
+                        return Ok(None);
+                    }
+                }
                 if !self.sessions.update(id, &s, now).await? {
                     // Logged out while the IdP answered: stay logged out.
                     return Ok(None);
                 }
-                self.metrics.refresh(RefreshResult::Ok.label());
                 tracing::info!(sub = %s.sub, "access token refreshed");
+                if let Some(r) = &renewed {
+                    self.identity.on_refresh(s.backend_user_id, &r.claims).await;
+                }
                 Ok(Some(Arc::new(s)))
             }
             Err(e) if is_definitive(&e) => {
@@ -189,8 +206,16 @@ impl Auth {
         }
     }
 
-    async fn refresh_tokens(&self, s: &mut Session, rt: &str, now: i64) -> Result<(), TokenError> {
+    /// Spends the refresh token; with a new ID token, the session's profile follows it (or
+    /// userinfo, per `OIDC_CLAIM_SOURCE`) and its verified claims are returned.
+    async fn refresh_tokens(
+        &self,
+        s: &mut Session,
+        rt: &str,
+        now: i64,
+    ) -> Result<Option<Renewed>, TokenError> {
         let tokens = self.provider.refresh(rt).await?;
+        let mut renewed = None;
         if let Some(id_token) = &tokens.id_token {
             let claims = self
                 .provider
@@ -202,6 +227,20 @@ impl Auth {
                 ));
             }
             s.id_token = id_token.clone();
+            let profile =
+                match super::profile::read(&self.provider, &s.sub, &claims, &tokens.access_token)
+                    .await
+                {
+                    Ok(p) => {
+                        super::profile::apply(s, &p, &self.settings().authz.groups_claim);
+                        Some(p)
+                    }
+                    Err(e) => {
+                        tracing::warn!(sub = %s.sub, error = %e, "profile not updated at refresh");
+                        None
+                    }
+                };
+            renewed = Some(Renewed { claims, profile });
         }
         s.access_token = tokens.access_token;
         s.access_lifetime = access_lifetime(tokens.expires_in);
@@ -209,8 +248,15 @@ impl Auth {
         if let Some(new_rt) = tokens.refresh_token {
             s.refresh_token = Some(new_rt);
         }
-        Ok(())
+        Ok(renewed)
     }
+}
+
+/// What a refresh that brought a new ID token learnt: its verified claims and the profile
+/// read from them (`None` when userinfo could not be read).
+struct Renewed {
+    claims: serde_json::Map<String, Value>,
+    profile: Option<serde_json::Map<String, Value>>,
 }
 
 /// `invalid_grant` and every other 4xx answer is the IdP's final word; the rest may pass.

@@ -186,6 +186,8 @@ pub struct AuthSettings {
     pub paths: PathSettings,
     pub headers: Vec<(IdentityField, http::HeaderName)>,
     pub bridge: BridgeSettings,
+    /// Who may log in, what a session may reach.
+    pub authz: super::access::Authz,
 }
 
 /// What an identity header carries.
@@ -284,11 +286,13 @@ impl Settings {
         let prompt = (!prompt.is_empty()).then(|| prompt.join(" "));
         let openrag = self.validate_openrag(problems);
         let redis = self.validate_redis(redis_ca_file, problems);
+        let authz = self.authz.validate(None, problems);
         if problems.len() > before {
             return None;
         }
         Some(AuthSettings {
             bridge: openrag?,
+            authz,
             session_cookie_name: name.clone(),
             cookie_host_prefix: self.cookie_host_prefix,
             session_lifetime: Duration::from_secs(self.session_lifetime_secs),

@@ -7,6 +7,7 @@
 //! operator fixes a deployment in one round. This module opens files and nothing else: no
 //! sockets, no clients.
 
+pub mod access;
 pub mod auth;
 pub mod connections;
 pub mod dotenv;
@@ -221,6 +222,14 @@ pub fn load(inputs: Inputs) -> Result<Config, ConfigErrors> {
                         .to_string(),
                 );
             }
+            let mut auth = v.auth;
+            // `[authz] groups_claim` defaults to OpenRag's `OIDC_CLAIM_GROUPS`, else `groups`.
+            if auth.authz.groups_claim.is_empty() {
+                auth.authz.groups_claim = openrag
+                    .group_sync
+                    .as_ref()
+                    .map_or_else(|| "groups".to_owned(), |g| g.claim.clone());
+            }
             Ok(Config {
                 listen: v.listen,
                 admin_listen: v.admin_listen,
@@ -233,7 +242,7 @@ pub fn load(inputs: Inputs) -> Result<Config, ConfigErrors> {
                 workers: v.workers,
                 connections: v.connections,
                 openrag_env: openrag,
-                auth: v.auth,
+                auth,
                 warnings,
                 source_file: config_file,
                 env_file,

@@ -54,6 +54,10 @@ pub struct OpenRagVars {
     pub oidc: Option<OidcSettings>,
     pub claim_mapping: Vec<ClaimMapping>,
     pub auto_provision: bool,
+    /// `OIDC_CLAIM_GROUPS` and friends: groups → partition memberships.
+    pub group_sync: Option<super::access::GroupSync>,
+    /// `RATE_LIMIT_*`; `None` when disabled.
+    pub rate_limits: Option<super::access::RateLimits>,
 }
 
 pub const DEFAULT_SCOPES: &str = "openid email profile offline_access";
@@ -141,12 +145,16 @@ pub fn parse(vars: &Vars, problems: &mut Vec<String>) -> Option<OpenRagVars> {
         Some(AuthMode::Oidc) => parse_oidc(vars, problems),
         _ => None,
     };
+    let group_sync = super::access::parse_group_sync(vars, problems);
+    let rate_limits = super::access::parse_rate_limits(vars, problems);
     Some(OpenRagVars {
         auth_mode: auth_mode?,
         auth_token,
         oidc,
         claim_mapping,
         auto_provision,
+        group_sync,
+        rate_limits,
     })
 }
 

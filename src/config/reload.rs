@@ -6,7 +6,8 @@ use super::{Config, IdentityField, PathSettings, Settings};
 use std::time::Duration;
 
 /// The keys of [`Settings`] a reload applies; every other key needs a restart.
-pub const RELOADABLE_KEYS: [&str; 5] = [
+pub const RELOADABLE_KEYS: [&str; 6] = [
+    "authz",
     "log_level",
     "upstream_timeout_secs",
     "paths",
@@ -32,6 +33,7 @@ pub struct Reloadable {
     pub paths: PathSettings,
     pub allowed_redirect_origins: Vec<String>,
     pub headers: Vec<(IdentityField, http::HeaderName)>,
+    pub authz: super::access::Authz,
 }
 
 impl Reloadable {
@@ -42,6 +44,7 @@ impl Reloadable {
             paths: c.auth.paths.clone(),
             allowed_redirect_origins: c.auth.allowed_redirect_origins.clone(),
             headers: c.auth.headers.clone(),
+            authz: c.auth.authz.clone(),
         }
     }
 }
@@ -55,6 +58,7 @@ impl Config {
         self.auth.paths = r.paths;
         self.auth.allowed_redirect_origins = r.allowed_redirect_origins;
         self.auth.headers = r.headers;
+        self.auth.authz = r.authz;
         if let (Ok(serde_json::Value::Object(mut mine)), Ok(serde_json::Value::Object(theirs))) = (
             serde_json::to_value(&self.raw.0),
             serde_json::to_value(&next.raw.0),
@@ -149,7 +153,11 @@ mod tests {
                 for p in &path {
                     slot = slot.get_mut(*p).unwrap();
                 }
-                *slot = changed(slot);
+                *slot = match (name.as_str(), &*slot) {
+                    // An array of tables: one more table of its shape.
+                    ("authz.rules", _) => serde_json::json!([{"path": "/changed"}]),
+                    (_, v) => changed(v),
+                };
                 let next: Settings =
                     serde_json::from_value(next).unwrap_or_else(|e| panic!("{name}: {e}"));
                 let reported = restart_keys(&Settings::default(), &next);

@@ -107,6 +107,8 @@ pub struct Settings {
     pub openrag: BridgeSection,
     /// Client connection deadlines and caps, upstream connection cap, stream revocation.
     pub connections: ConnectionSettings,
+    /// Who may log in and which groups reach which paths.
+    pub authz: super::access::AuthzSection,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -197,6 +199,7 @@ impl Default for Settings {
             headers: HeaderSettings::default(),
             openrag: BridgeSection::default(),
             connections: ConnectionSettings::default(),
+            authz: super::access::AuthzSection::default(),
         }
     }
 }

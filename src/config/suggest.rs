@@ -39,7 +39,7 @@ pub fn distance(a: &str, b: &str) -> usize {
 }
 
 /// OpenRag's variables the sidecar reads (and their `_FILE` twins where they are secrets).
-pub const OPENRAG_VARIABLES: [&str; 16] = [
+pub const OPENRAG_VARIABLES: [&str; 19] = [
     "AUTH_MODE",
     "AUTH_TOKEN",
     "OIDC_ENDPOINT",
@@ -56,6 +56,9 @@ pub const OPENRAG_VARIABLES: [&str; 16] = [
     "OIDC_GROUP_PREFIX",
     "OIDC_GROUP_PATTERN",
     "OIDC_GROUP_SYNC_PRUNE",
+    "RATE_LIMIT_ENABLED",
+    "RATE_LIMIT_AUTH",
+    "RATE_LIMIT_AUTH_FAILURE",
 ];
 
 /// Every `SSO_SIDECAR_*` variable a setting answers to.

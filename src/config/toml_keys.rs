@@ -62,13 +62,16 @@ pub fn is_known(section: Option<&str>, key: &str) -> bool {
 fn optional_key(section: &str, key: &str) -> bool {
     matches!(
         (section, key),
-        ("paths", "browser_login") | ("tls", "cert_file" | "key_file") | ("openrag", "token_file")
+        ("paths", "browser_login")
+            | ("tls", "cert_file" | "key_file")
+            | ("openrag", "token_file")
+            | ("authz", "allowed_emails_file" | "groups_claim")
     )
 }
 
 fn is_openrag_variable(key: &str) -> bool {
     let k = key.to_ascii_uppercase();
-    k == "AUTH_MODE" || k == "AUTH_TOKEN" || k.starts_with("OIDC_")
+    k == "AUTH_MODE" || k == "AUTH_TOKEN" || k.starts_with("OIDC_") || k.starts_with("RATE_LIMIT_")
 }
 
 fn unknown<'a>(

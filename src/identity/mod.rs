@@ -1,6 +1,7 @@
 //! The seam between "who is this" and "what the upstream is told": one [`Identity`] with one
 //! mode per file, behind one set of hooks —
-//! - at login, [`Identity::on_login`]: resolve (and provision) the backend user;
+//! - at login, [`Identity::on_login`]: resolve (and provision) the backend user, sync its
+//!   groups; after a refresh with a new ID token, [`Identity::on_refresh`]: sync them again;
 //! - on the request and its response, [`Identity::forward`]: strip every client copy of an
 //!   identity header and the sidecar's cookies, inject the user's identity, forward, and, for
 //!   a mode that needs it, recover from the backend refusing that identity;
@@ -121,36 +122,50 @@ impl Identity {
                     tls,
                     a.bridge.admin_timeout,
                 );
-                Mode::OpenRag(Arc::new(OpenRagBridge::new(
-                    admin,
-                    store,
-                    keys,
-                    a.bridge.clone(),
-                    oidc.issuer.clone(),
-                    config.openrag_env.auto_provision,
-                    config.openrag_env.claim_mapping.clone(),
-                )))
+                Mode::OpenRag(Arc::new(
+                    OpenRagBridge::new(
+                        admin,
+                        store,
+                        keys,
+                        a.bridge.clone(),
+                        oidc.issuer.clone(),
+                        config.openrag_env.auto_provision,
+                        config.openrag_env.claim_mapping.clone(),
+                    )
+                    .with_group_sync(config.openrag_env.group_sync.clone()),
+                ))
             }
         };
         Ok(Identity::new(config.workers, a.headers.clone(), mode))
     }
 
     /// The hook at login: the backend user for `sub` (OpenRag: found, or provisioned, with the
-    /// token to inject); nothing in `headers` mode.
+    /// token to inject, its partition memberships synced from the verified ID-token claims
+    /// `id_claims`); nothing in `headers` mode.
     pub async fn on_login(
         &self,
         sub: &str,
         profile: &Map<String, Value>,
+        id_claims: &Map<String, Value>,
     ) -> Result<BackendUser, BridgeError> {
         match &self.mode {
             Mode::Headers => Ok(BackendUser::default()),
             Mode::OpenRag(bridge) => {
                 let r = bridge.resolve(sub, profile).await?;
+                bridge.sync_groups(r.user_id, id_claims).await;
                 Ok(BackendUser {
                     user_id: Some(r.user_id),
                     token: Some(r.token.expose().clone()),
                 })
             }
+        }
+    }
+
+    /// The hook after a refresh that brought a new ID token: the backend's view of the user
+    /// follows the IdP's (OpenRag: partition memberships re-synced).
+    pub async fn on_refresh(&self, backend_user_id: Option<u64>, id_claims: &Map<String, Value>) {
+        if let (Mode::OpenRag(bridge), Some(id)) = (&self.mode, backend_user_id) {
+            bridge.sync_groups(id, id_claims).await;
         }
     }
 

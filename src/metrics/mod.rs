@@ -38,6 +38,8 @@ pub struct Metrics {
     refreshes: Family<ResultLabel, Counter>,
     logouts: Family<KindLabel, Counter>,
     revoked: Counter,
+    logins_refused: Family<ReasonLabel, Counter>,
+    rate_limited: Family<KindLabel, Counter>,
     duration: sharded::Histogram,
     in_flight: sharded::Gauge,
     upstream_errors: Family<KindLabel, Counter>,
@@ -103,6 +105,18 @@ impl Metrics {
             "Sessions ended by logout or refused refresh",
             revoked.clone(),
         );
+        let logins_refused = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "logins_refused",
+            "Logins refused after the IdP authenticated the user (or sessions ended at a refresh), by reason (group, email, email_unverified, not_registered, no_token, email_conflict)",
+            logins_refused.clone(),
+        );
+        let rate_limited = Family::<KindLabel, Counter>::default();
+        registry.register(
+            "rate_limited",
+            "Requests answered 429 by the rate limits, by kind (auth, failure)",
+            rate_limited.clone(),
+        );
         let connections_open = prometheus_client::metrics::gauge::Gauge::default();
         registry.register(
             "connections_open",
@@ -156,6 +170,8 @@ impl Metrics {
             refreshes,
             logouts,
             revoked,
+            logins_refused,
+            rate_limited,
             duration,
             in_flight,
             upstream_errors,
@@ -219,6 +235,18 @@ impl Metrics {
 
     pub fn logout(&self, kind: &'static str) {
         self.logouts.get_or_create(&KindLabel { kind }).inc();
+    }
+
+    /// A login refused (or a session ended at a refresh) by `[authz]` or the identity mode.
+    pub fn login_refused(&self, reason: &'static str) {
+        self.logins_refused
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    /// A request answered 429, by budget (`auth`, `failure`).
+    pub fn rate_limited(&self, kind: &'static str) {
+        self.rate_limited.get_or_create(&KindLabel { kind }).inc();
     }
 
     pub fn sessions_revoked(&self, n: u64) {

@@ -115,6 +115,28 @@ impl Upstream {
         }
     }
 
+    /// The client's address: the peer's, or, when the peer is a trusted proxy, the last address
+    /// of `X-Forwarded-For` that is not itself a trusted proxy (the one that connected to the
+    /// first proxy we trust). Anything unparsable ends the walk at the peer.
+    pub fn client_ip(&self, headers: &http::HeaderMap, peer: Peer) -> IpAddr {
+        if !peer.trusted {
+            return peer.ip;
+        }
+        let chain: Vec<IpAddr> = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|a| a.trim().parse::<IpAddr>().map(|ip| ip.to_canonical()))
+            .collect::<Result<_, _>>()
+            .unwrap_or_default();
+        chain
+            .into_iter()
+            .rev()
+            .find(|ip| !self.trusted_proxies.iter().any(|n| n.contains(ip)))
+            .unwrap_or(peer.ip)
+    }
+
     /// Forwards `req` and returns the upstream's response head with its body still streaming.
     ///
     /// `prepare` runs after hop-by-hop removal and `X-Forwarded-*`, so headers it writes (the

@@ -125,6 +125,31 @@ pub async fn run(store: &Store) {
         "index sets expire too"
     );
 
+    // fixed-window counters
+    let w = Duration::from_millis(400);
+    assert_eq!(store.count(&k("n"), w, false).await.unwrap().0, 0);
+    for i in 1..=3 {
+        let (n, left) = store.count(&k("n"), w, true).await.unwrap();
+        assert_eq!(n, i);
+        assert!(left > Duration::ZERO && left <= w, "{left:?}");
+    }
+    assert_eq!(
+        store.count(&k("n"), w, false).await.unwrap().0,
+        3,
+        "a peek counts nothing"
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        store.count(&k("n"), w, false).await.unwrap().0,
+        0,
+        "the window ended"
+    );
+    assert_eq!(
+        store.count(&k("n"), w, true).await.unwrap().0,
+        1,
+        "a new window"
+    );
+
     store.ping().await.unwrap();
     store.delete(&k("bin")).await.unwrap();
     store.delete(&k("once")).await.unwrap();

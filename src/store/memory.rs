@@ -15,6 +15,8 @@ enum Value {
     /// Shared bytes: a read hands out a reference-counted handle, not a copy.
     Bytes(Bytes),
     Set(HashSet<String>),
+    /// A fixed-window counter ([`MemoryStore::count`]).
+    Count(u64),
 }
 
 struct Entry {
@@ -120,6 +122,32 @@ impl MemoryStore {
         let existed = Self::live(&mut map, key, Instant::now()).is_some();
         map.remove(key);
         existed
+    }
+
+    /// A counter that lives `window` from its first hit: the count after this hit (`hit`) or
+    /// as it is, and the time left in its window.
+    pub fn count(&self, key: &str, window: Duration, hit: bool) -> (u64, Duration) {
+        let now = Instant::now();
+        let mut map = self.lock();
+        let (n, expires) = match Self::live(&mut map, key, now) {
+            Some(Entry {
+                value: Value::Count(n),
+                expires,
+            }) => (*n, *expires),
+            _ => (0, deadline(now, window)),
+        };
+        if !hit {
+            return (n, expires.saturating_duration_since(now));
+        }
+        let n = n.saturating_add(1);
+        map.insert(
+            key.to_owned(),
+            Entry {
+                value: Value::Count(n),
+                expires,
+            },
+        );
+        (n, expires.saturating_duration_since(now))
     }
 
     pub fn index_add(&self, index: &str, member: &str, ttl: Duration) {

@@ -119,6 +119,21 @@ impl Store {
         }
     }
 
+    /// A fixed-window counter shared by every replica: counts one hit (when `hit`) on `key`,
+    /// whose window of `window` starts at its first hit; returns the count and the time left in
+    /// the window. Rate limits use it.
+    pub async fn count(
+        &self,
+        key: &str,
+        window: Duration,
+        hit: bool,
+    ) -> Result<(u64, Duration), StoreError> {
+        match self {
+            Store::Memory(s) => Ok(s.count(key, window, hit)),
+            Store::Redis(s) => s.count(key, window, hit).await,
+        }
+    }
+
     /// Adds `member` to the set `index`, keeping the set alive at least `ttl`.
     pub async fn index_add(
         &self,

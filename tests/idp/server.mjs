@@ -212,6 +212,23 @@ server.on('request', (req, res) => {
     if (!sub) return reply(res, 400, { error: 'sub query parameter required' });
     return reply(res, 200, revokeGrantsOf(sub));
   }
+  if (req.method === 'POST' && url.pathname === '/__test/account') {
+    // Merges a JSON object into one account's claims (as ACCOUNTS_JSON would have set them):
+    // the next token the IdP issues (a refresh included) carries them.
+    const sub = url.searchParams.get('sub');
+    if (!sub) return reply(res, 400, { error: 'sub query parameter required' });
+    let body = '';
+    req.on('data', (c) => { body += c; });
+    req.on('end', () => {
+      try {
+        ACCOUNTS[sub] = { ...(ACCOUNTS[sub] ?? {}), ...JSON.parse(body) };
+        reply(res, 200, ACCOUNTS[sub]);
+      } catch (e) {
+        reply(res, 400, { error: `invalid JSON: ${e.message}` });
+      }
+    });
+    return undefined;
+  }
   return reply(res, 404, { error: 'unknown test endpoint' });
 });
 

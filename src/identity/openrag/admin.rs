@@ -23,6 +23,42 @@ pub struct BackendUser {
     pub email: Option<String>,
     #[serde(default)]
     pub is_admin: bool,
+    /// Partition memberships (`GET /users/{id}` has them; the list does not).
+    #[serde(default)]
+    pub memberships: Vec<Membership>,
+}
+
+/// One partition membership as the users API reports it.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct Membership {
+    pub partition: String,
+    pub role: String,
+}
+
+/// A request body: none, JSON (the users API) or a form (the partition API).
+enum Payload {
+    Empty,
+    Json(Value),
+    Form(String),
+}
+
+/// Characters escaped in a partition name used as a path segment.
+const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+fn segment(s: &str) -> percent_encoding::PercentEncode<'_> {
+    percent_encoding::utf8_percent_encode(s, SEGMENT)
+}
+
+fn form(pairs: &[(&str, &str)]) -> Payload {
+    Payload::Form(
+        form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(pairs)
+            .finish(),
+    )
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -58,12 +94,7 @@ impl AdminClient {
         }
     }
 
-    async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> Result<Value, AdminError> {
+    async fn call(&self, method: Method, path: &str, body: Payload) -> Result<Value, AdminError> {
         self.call_as(self.token.expose(), method, path, body).await
     }
 
@@ -73,7 +104,7 @@ impl AdminClient {
         bearer: &str,
         method: Method,
         path: &str,
-        body: Option<Value>,
+        body: Payload,
     ) -> Result<Value, AdminError> {
         let mut req = Request::builder()
             .method(method)
@@ -81,11 +112,15 @@ impl AdminClient {
             .header(header::ACCEPT, "application/json")
             .header(header::AUTHORIZATION, format!("Bearer {bearer}"));
         let payload = match body {
-            Some(v) => {
+            Payload::Json(v) => {
                 req = req.header(header::CONTENT_TYPE, "application/json");
                 Bytes::from(v.to_string())
             }
-            None => Bytes::new(),
+            Payload::Form(f) => {
+                req = req.header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+                Bytes::from(f)
+            }
+            Payload::Empty => Bytes::new(),
         };
         let req = req
             .body(Full::new(payload))
@@ -108,7 +143,10 @@ impl AdminClient {
     /// `Ok(false)` only for the backend's own refusal (403 `Invalid token`); anything else it
     /// cannot tell is an error.
     pub async fn token_works(&self, token: &str) -> Result<bool, AdminError> {
-        match self.call_as(token, Method::GET, "/users/info", None).await {
+        match self
+            .call_as(token, Method::GET, "/users/info", Payload::Empty)
+            .await
+        {
             Ok(_) => Ok(true),
             Err(AdminError::Status { status, detail })
                 if status == StatusCode::FORBIDDEN && detail == "\"Invalid token\"" =>
@@ -122,13 +160,13 @@ impl AdminClient {
     /// `GET /users/{id}`.
     pub async fn get_user(&self, id: u64) -> Result<BackendUser, AdminError> {
         let v = self
-            .call(Method::GET, &format!("/users/{id}"), None)
+            .call(Method::GET, &format!("/users/{id}"), Payload::Empty)
             .await?;
         serde_json::from_value(v).map_err(|e| AdminError::Json(e.to_string()))
     }
 
     pub async fn list_users(&self) -> Result<Vec<BackendUser>, AdminError> {
-        let v = self.call(Method::GET, "/users/", None).await?;
+        let v = self.call(Method::GET, "/users/", Payload::Empty).await?;
         serde_json::from_value(v.get("users").cloned().unwrap_or(Value::Null))
             .map_err(|e| AdminError::Json(e.to_string()))
     }
@@ -138,7 +176,9 @@ impl AdminClient {
         &self,
         body: Value,
     ) -> Result<(BackendUser, Secret<String>), AdminError> {
-        let v = self.call(Method::POST, "/users/", Some(body)).await?;
+        let v = self
+            .call(Method::POST, "/users/", Payload::Json(body))
+            .await?;
         let token = v
             .get("token")
             .and_then(Value::as_str)
@@ -152,7 +192,7 @@ impl AdminClient {
     }
 
     pub async fn patch_user(&self, id: u64, body: Value) -> Result<(), AdminError> {
-        self.call(Method::PATCH, &format!("/users/{id}"), Some(body))
+        self.call(Method::PATCH, &format!("/users/{id}"), Payload::Json(body))
             .await
             .map(|_| ())
     }
@@ -160,11 +200,43 @@ impl AdminClient {
     /// A new token for user `id`; the previous one stops working at once.
     pub async fn regenerate_token(&self, id: u64) -> Result<Secret<String>, AdminError> {
         let v = self
-            .call(Method::POST, &format!("/users/{id}/regenerate_token"), None)
+            .call(
+                Method::POST,
+                &format!("/users/{id}/regenerate_token"),
+                Payload::Empty,
+            )
             .await?;
         v.get("token")
             .and_then(Value::as_str)
             .map(|t| Secret::new(t.to_owned()))
             .ok_or_else(|| AdminError::Json("regenerate_token returned no token".into()))
+    }
+
+    /// `POST /partition/{p}/users` (form `user_id`, `role`).
+    pub async fn add_member(
+        &self,
+        partition: &str,
+        user: u64,
+        role: &str,
+    ) -> Result<(), AdminError> {
+        let path = format!("/partition/{}/users", segment(partition));
+        let body = form(&[("user_id", &user.to_string()), ("role", role)]);
+        self.call(Method::POST, &path, body).await.map(|_| ())
+    }
+
+    /// `PATCH /partition/{p}/users/{id}` (form `role`).
+    pub async fn set_role(&self, partition: &str, user: u64, role: &str) -> Result<(), AdminError> {
+        let path = format!("/partition/{}/users/{user}", segment(partition));
+        self.call(Method::PATCH, &path, form(&[("role", role)]))
+            .await
+            .map(|_| ())
+    }
+
+    /// `DELETE /partition/{p}/users/{id}`.
+    pub async fn remove_member(&self, partition: &str, user: u64) -> Result<(), AdminError> {
+        let path = format!("/partition/{}/users/{user}", segment(partition));
+        self.call(Method::DELETE, &path, Payload::Empty)
+            .await
+            .map(|_| ())
     }
 }

@@ -8,6 +8,7 @@
 //! logs a token; the `sub` of a refused user is logged at WARN, as OpenRag does.
 
 pub mod admin;
+pub mod groups;
 pub mod inject;
 pub(crate) mod request;
 
@@ -53,7 +54,13 @@ pub struct OpenRagBridge {
     users: Mutex<HashMap<String, BackendUser>>,
     /// `sub` → when its token was last recovered (unix seconds): at most one per minute.
     recovered: Mutex<HashMap<String, i64>>,
+    /// Groups → partition memberships, when `OIDC_CLAIM_GROUPS` is set.
+    groups: Option<groups::GroupSyncer>,
 }
+
+/// How long an unregistered `sub` is remembered, so repeated logins of someone the backend
+/// does not know do not list the whole users table each time.
+const UNREGISTERED_TTL: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Seconds between two recoveries of one user's token.
 const RECOVERY_INTERVAL_SECS: i64 = 60;
@@ -78,6 +85,7 @@ impl OpenRagBridge {
             claim_mapping,
             users: Mutex::default(),
             recovered: Mutex::default(),
+            groups: None,
         }
     }
 
@@ -148,26 +156,57 @@ impl OpenRagBridge {
         Ok(self.vault_put(sub, token).await?)
     }
 
-    /// At login: the backend user for `sub` (created when auto-provisioning is on), its claims
-    /// synced, and its token (vault, then policy).
+    /// With group sync on (`OIDC_CLAIM_GROUPS`).
+    pub fn with_group_sync(mut self, g: Option<crate::config::access::GroupSync>) -> Self {
+        self.groups = g.map(groups::GroupSyncer::new);
+        self
+    }
+
+    /// Reconciles the user's partition memberships with verified ID-token `claims` (at login,
+    /// and after a refresh that brought a new ID token). Never fails: problems are logged.
+    pub async fn sync_groups(&self, user_id: u64, claims: &Map<String, Value>) {
+        if let Some(g) = &self.groups {
+            g.sync(&self.admin, user_id, claims).await;
+        }
+    }
+
+    fn unregistered_key(&self, sub: &str) -> String {
+        crate::store::keys::hashed("unregistered", &["unregistered", &self.issuer, sub])
+    }
+
+    /// At login: the backend user for `sub` (created when auto-provisioning is on), its token
+    /// (vault, then policy), and only then its claims synced — a refused login writes nothing.
     pub async fn resolve(
         &self,
         sub: &str,
         claims: &Map<String, Value>,
     ) -> Result<Resolved, BridgeError> {
+        if !self.auto_provision
+            && self.cached(sub).is_none()
+            && self.store.get(&self.unregistered_key(sub)).await?.is_some()
+        {
+            tracing::warn!(
+                sub,
+                "OIDC login rejected — user not registered (checked less than a minute ago)"
+            );
+            return Err(BridgeError::NotRegistered);
+        }
         let user = match self.find_user(sub).await? {
             Some(u) => u,
             None if self.auto_provision => return self.provision(sub, claims).await,
             None => {
                 tracing::warn!(sub, "OIDC login rejected — user not registered");
+                self.store
+                    .put(&self.unregistered_key(sub), b"1", UNREGISTERED_TTL)
+                    .await?;
                 return Err(BridgeError::NotRegistered);
             }
         };
-        self.sync_claims(sub, &user, claims).await;
         let token = match self.vault_get(sub).await? {
             Some(t) => t,
             None => self.token_by_policy(sub, &user).await?,
         };
+        self.sync_claims(sub, &user, claims).await;
         self.vault_put(sub, &token).await?; // keeps the vault entry alive while the user logs in
         Ok(Resolved {
             user_id: user.id,

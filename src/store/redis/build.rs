@@ -153,6 +153,7 @@ impl RedisStore {
             prefix: opts.key_prefix.to_owned(),
             index_add: redis::Script::new(INDEX_ADD),
             delete_if: redis::Script::new(DELETE_IF),
+            count: redis::Script::new(COUNT),
         })
     }
 }

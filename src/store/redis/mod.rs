@@ -90,11 +90,30 @@ const DELETE_IF: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0";
 
+/// A fixed-window counter: INCR KEYS[1] when ARGV[2] is 1 (its window, ARGV[1] ms, starts at
+/// the first hit), else read it; returns {count, ms left}. One script, so two replicas never
+/// see a counter without its expiry.
+const COUNT: &str = r"
+local n
+if ARGV[2] == '1' then
+  n = redis.call('INCR', KEYS[1])
+else
+  n = tonumber(redis.call('GET', KEYS[1]) or '0')
+end
+local ttl = redis.call('PTTL', KEYS[1])
+if n > 0 and ttl < 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+  ttl = tonumber(ARGV[1])
+end
+if ttl < 0 then ttl = 0 end
+return {n, ttl}";
+
 pub struct RedisStore {
     backend: Backend,
     prefix: String,
     index_add: redis::Script,
     delete_if: redis::Script,
+    count: redis::Script,
 }
 
 /// Runs `$body` with `$c` bound to a live connection of whichever backend this is.
@@ -290,6 +309,26 @@ impl RedisStore {
         .await;
         self.written(key).await;
         Ok(n? > 0)
+    }
+
+    pub async fn count(
+        &self,
+        key: &str,
+        window: Duration,
+        hit: bool,
+    ) -> Result<(u64, Duration), StoreError> {
+        let full = self.key(key);
+        let script = &self.count;
+        // Boxed for the reason given at `query`.
+        let (n, ms): (u64, u64) = Box::pin(async {
+            with_conn!(self, |c| script
+                .key(&full)
+                .arg(millis(window))
+                .arg(if hit { "1" } else { "0" })
+                .invoke_async::<(u64, u64)>(&mut c))
+        })
+        .await?;
+        Ok((n, Duration::from_millis(ms)))
     }
 
     pub async fn index_add(

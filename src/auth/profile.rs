@@ -1,0 +1,117 @@
+//! The user's profile as the sidecar keeps it in the session — email, name, username, groups —
+//! read from the ID token or userinfo as `OIDC_CLAIM_SOURCE` says, at login and again after
+//! every refresh that brings a new ID token (so headers, allow-lists, path rules and group sync
+//! see the IdP's current view). Reads the IdP through `oidc.rs`; no HTTP responses here.
+
+use super::oidc::{Provider, TokenError};
+use crate::config::ClaimSource;
+use crate::session::Session;
+use serde_json::{Map, Value};
+
+/// Why no profile could be read (the callback maps these to OpenRag's messages).
+#[derive(Debug, thiserror::Error)]
+pub enum ProfileError {
+    #[error("userinfo failed: {0}")]
+    Userinfo(#[source] TokenError),
+    #[error("userinfo names another subject")]
+    OtherSubject,
+}
+
+/// The profile for `sub` from verified ID-token `claims`: the claims themselves with
+/// `OIDC_CLAIM_SOURCE=id_token` (completed from userinfo when the ID token has no profile
+/// claims at all, as LemonLDAP::NG's by default), userinfo's with `userinfo` (whose `sub`
+/// must match).
+pub async fn read(
+    provider: &Provider,
+    sub: &str,
+    claims: &Map<String, Value>,
+    access_token: &str,
+) -> Result<Map<String, Value>, ProfileError> {
+    match provider.settings.claim_source {
+        ClaimSource::IdToken if lacks_profile(claims) => {
+            let mut profile = claims.clone();
+            match provider.userinfo(access_token).await {
+                Ok(info) if info.get("sub").and_then(Value::as_str) == Some(sub) => {
+                    static SAID: std::sync::atomic::AtomicBool =
+                        std::sync::atomic::AtomicBool::new(false);
+                    if !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                        tracing::info!("the ID token has no email or name: the profile is read from userinfo at each login");
+                    }
+                    for (k, v) in info {
+                        profile.entry(k).or_insert(v);
+                    }
+                }
+                Ok(_) => tracing::warn!("userinfo names another subject: ignored"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "userinfo failed; the ID token's claims are used")
+                }
+            }
+            Ok(profile)
+        }
+        ClaimSource::IdToken => Ok(claims.clone()),
+        ClaimSource::Userinfo => {
+            let info = provider
+                .userinfo(access_token)
+                .await
+                .map_err(ProfileError::Userinfo)?;
+            if info.get("sub").and_then(Value::as_str) != Some(sub) {
+                return Err(ProfileError::OtherSubject);
+            }
+            Ok(info)
+        }
+    }
+}
+
+/// Writes the profile's fields into the session (groups from `groups_claim`).
+pub fn apply(s: &mut Session, profile: &Map<String, Value>, groups_claim: &str) {
+    s.email = string_claim(profile, "email");
+    s.name = string_claim(profile, "name");
+    s.preferred_username = string_claim(profile, "preferred_username");
+    s.groups = groups(profile, groups_claim).unwrap_or_default();
+}
+
+/// An ID token with none of the profile claims the sidecar uses.
+fn lacks_profile(c: &Map<String, Value>) -> bool {
+    !["email", "name", "preferred_username"]
+        .iter()
+        .any(|k| c.contains_key(*k))
+}
+
+fn string_claim(c: &Map<String, Value>, name: &str) -> Option<String> {
+    c.get(name).and_then(Value::as_str).map(str::to_owned)
+}
+
+/// The groups claim as OpenRag reads it: a string is one group, a list its strings; `None`
+/// when it is missing, null or of another type (which never prunes a membership).
+pub fn groups(c: &Map<String, Value>, claim: &str) -> Option<Vec<String>> {
+    match c.get(claim) {
+        Some(Value::Array(a)) => Some(
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect(),
+        ),
+        Some(Value::String(s)) => Some(vec![s.clone()]),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn groups_are_a_string_or_a_list_and_nothing_else() {
+        let c = |v: Value| json!({ "g": v }).as_object().unwrap().clone();
+        assert_eq!(groups(&c(json!("a")), "g"), Some(vec!["a".to_owned()]));
+        assert_eq!(
+            groups(&c(json!(["a", 1, "b"])), "g"),
+            Some(vec!["a".into(), "b".into()])
+        );
+        assert_eq!(groups(&c(json!([])), "g"), Some(vec![]));
+        assert_eq!(groups(&c(json!(null)), "g"), None);
+        assert_eq!(groups(&c(json!({"a": 1})), "g"), None);
+        assert_eq!(groups(&c(json!("a")), "other"), None);
+    }
+}
