@@ -147,7 +147,11 @@ pub(crate) fn seeded(sub: &str, tok: Option<&str>) -> Value {
 }
 
 /// Starts a login and returns the callback response (the session cookie is in it on success).
-async fn callback(sc: &Sidecar, user: &str, accept_html: bool) -> http::Response<bytes::Bytes> {
+pub(crate) async fn callback(
+    sc: &Sidecar,
+    user: &str,
+    accept_html: bool,
+) -> http::Response<bytes::Bytes> {
     let start = get(&sc.url("/auth/login?next=/"), &[]).await.unwrap();
     let state = set_cookie(&start, "sso_sidecar_session_state").unwrap();
     let cb = idp_login(&location(&start), user).await;

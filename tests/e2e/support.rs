@@ -87,6 +87,18 @@ impl Upstream {
         Upstream { child, port }
     }
 
+    /// Every request the upstream has routed: `[{method, path}]`.
+    pub async fn requests(&self) -> Vec<serde_json::Value> {
+        json(
+            &get(&format!("{}/__requests", self.url()), &[])
+                .await
+                .unwrap(),
+        )["requests"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }

@@ -11,6 +11,7 @@ Binds 127.0.0.1 on the given port (0 = a free one), prints "READY <port>" on std
   GET  /ws               WebSocket echo (text and binary frames)
   GET  /switch           101 Switching Protocols (Upgrade: h2c) whatever was asked
   GET  /__conns          {"connections": N}: TCP connections accepted so far
+  GET  /__requests       {"requests": [{method, path}]}: every request routed so far
   any request with an Upgrade other than websocket: 101, then every byte the client sends
                          afterwards is answered as "HTTP/1.1 200" with body "TUNNELLED <bytes>"
                          (what an h2c-accepting backend would let through)
@@ -27,6 +28,7 @@ WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     connections = 0
+    seen, seen_lock = [], threading.Lock()  # every request's method and path (/__requests)
     lock = threading.Lock()
 
     def setup(self):
@@ -87,6 +89,10 @@ class Handler(BaseHTTPRequestHandler):
     def route(self):
         path = urlsplit(self.path).path
         q = self.query()
+        if path == "/__requests":
+            return self.send_json({"requests": Handler.seen})
+        with Handler.seen_lock:
+            Handler.seen.append({"method": self.command, "path": path})
         if path == "/download":
             size = int(q.get("size", "0"))
             self.send_response(200)
