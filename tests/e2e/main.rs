@@ -16,6 +16,7 @@ mod oidc;
 mod oidc_negative;
 mod oidc_support;
 mod openrag;
+mod openrag_generations;
 mod openrag_hardening;
 mod pool;
 mod proxy;

@@ -17,7 +17,7 @@ verified in issue 16: IA-Generative/openrag d6fd8e7f; "later" = later linagora v
             /ready /metrics /auth/chainlit-logout-signal /assets/*; 1.1.8 also /chainlit* (its own auth)
   echo      any other path, once authenticated (a JSON echo of what arrived)
   hooks     (--test-hooks) GET /__test/dump  GET /__test/users  GET|DELETE /__test/requests
-            POST /__test/partition/{p}  GET /__test/refuse/<code>?detail=D
+            POST /__test/partition/{p}  GET /__test/refuse/<code>?detail=D  POST /__test/chainlit/forget
   flags     --users-file (users, their memberships)  --partitions (created at start, no members)
             --generation  --super-admin-mode (default true)  --conflict-status (default by generation)
 
@@ -784,6 +784,9 @@ class Handler(BaseHTTPRequestHandler):
             return self.send(200, self.server.log.snapshot())
         if path == "/__test/requests" and self.command == "DELETE":
             self.server.log.reset()
+            return self.send(204)
+        if path == "/__test/chainlit/forget" and self.command == "POST":
+            self.server.chainlit_sessions.clear()  # Chainlit restarted: its sessions are gone
             return self.send(204)
         if path == "/__test/dump" and self.command in ("GET", "HEAD"):
             return self.send(200, self.server.store.dump())

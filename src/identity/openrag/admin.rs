@@ -239,4 +239,66 @@ impl AdminClient {
             .await
             .map(|_| ())
     }
+
+    /// Whether the backend has the `openrag_chainlit_token` hand-off (later OpenRag):
+    /// `POST /auth/chainlit-session` exists there (2xx), not in 1.1.8 (404).
+    pub async fn has_chainlit_handoff(&self) -> Result<bool, AdminError> {
+        match self
+            .call(Method::POST, "/auth/chainlit-session", Payload::Empty)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(AdminError::Status { status, .. }) if status == StatusCode::NOT_FOUND => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Chainlit's own login (OpenRag 1.1.8: the password is the user's OpenRag token): the
+    /// session cookies it sets, as `name=value` pairs; `None` when it refuses the token.
+    pub async fn chainlit_login(
+        &self,
+        username: &str,
+        token: &str,
+    ) -> Result<Option<String>, AdminError> {
+        let form = form_urlencoded::Serializer::new(String::new())
+            .append_pair("username", username)
+            .append_pair("password", token)
+            .finish();
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri(format!("{}/chainlit/login", self.base))
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Full::new(Bytes::from(form)))
+            .map_err(|e| AdminError::Http(self.http.transport(e)))?;
+        let resp = self.http.send(req).await.map_err(AdminError::Http)?;
+        if resp.status() == StatusCode::UNAUTHORIZED {
+            return Ok(None);
+        }
+        if !resp.status().is_success() {
+            return Err(AdminError::Status {
+                status: resp.status(),
+                detail: String::from_utf8_lossy(resp.body())
+                    .chars()
+                    .take(200)
+                    .collect(),
+            });
+        }
+        let pairs: Vec<&str> = resp
+            .headers()
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .filter_map(|v| v.split(';').next())
+            .map(str::trim)
+            .filter(|p| {
+                super::inject::is_chainlit_session_cookie(p.split('=').next().unwrap_or(""))
+            })
+            .collect();
+        if pairs.is_empty() {
+            return Err(AdminError::Json(
+                "Chainlit's login set no access_token cookie".into(),
+            ));
+        }
+        Ok(Some(pairs.join("; ")))
+    }
 }

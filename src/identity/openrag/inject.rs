@@ -12,7 +12,11 @@ pub const CHAINLIT_COOKIE: &str = "openrag_chainlit_token";
 pub enum Carrier {
     Bearer,
     Query,
+    /// The `openrag_chainlit_token` cookie (the hand-off of later OpenRag versions).
     Cookie,
+    /// Chainlit's own session cookies (OpenRag 1.1.8: Chainlit logs users in itself); the
+    /// "token" is then those `name=value` pairs.
+    ChainlitSession,
 }
 
 pub fn carrier(path: &str) -> Carrier {
@@ -56,23 +60,45 @@ pub fn inject_headers(headers: &mut HeaderMap, carrier: Carrier, token: &str) {
         }
         Carrier::Cookie => {
             headers.remove(header::AUTHORIZATION);
-            let mut kept: Vec<String> = headers
-                .get_all(header::COOKIE)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(';'))
-                .map(str::trim)
-                .filter(|p| {
-                    let name = p.split('=').next().unwrap_or("").trim();
-                    !p.is_empty() && name != CHAINLIT_COOKIE && name != "openrag_session"
-                })
-                .map(str::to_owned)
-                .collect();
-            kept.push(format!("{CHAINLIT_COOKIE}={token}"));
-            if let Ok(v) = HeaderValue::from_str(&kept.join("; ")) {
-                headers.insert(header::COOKIE, v);
+            replace_cookies(
+                headers,
+                |name| name == CHAINLIT_COOKIE || name == "openrag_session",
+                &format!("{CHAINLIT_COOKIE}={token}"),
+            );
+        }
+        Carrier::ChainlitSession => {
+            headers.remove(header::AUTHORIZATION);
+            replace_cookies(headers, is_chainlit_session_cookie, token);
+        }
+    }
+}
+
+/// Chainlit's own session cookie: `access_token`, or its chunks `access_token_0`, `_1`… when
+/// the token is too long for one cookie.
+pub fn is_chainlit_session_cookie(name: &str) -> bool {
+    name == "access_token"
+        || name
+            .strip_prefix("access_token_")
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// The `Cookie` header without the pairs whose name `drop` selects (the client's copies of
+/// what the sidecar injects), with `add` (`name=value` pairs) appended. Pairs are kept as
+/// bytes: a cookie the client sent in another encoding still reaches the backend unchanged.
+fn replace_cookies(headers: &mut HeaderMap, drop: impl Fn(&str) -> bool, add: &str) {
+    let mut kept: Vec<Vec<u8>> = Vec::new();
+    for v in headers.get_all(header::COOKIE) {
+        for pair in v.as_bytes().split(|b| *b == b';') {
+            let pair = pair.trim_ascii();
+            let name = pair.split(|b| *b == b'=').next().unwrap_or_default();
+            if !pair.is_empty() && !drop(&String::from_utf8_lossy(name.trim_ascii())) {
+                kept.push(pair.to_vec());
             }
         }
+    }
+    kept.push(add.as_bytes().to_vec());
+    if let Ok(v) = HeaderValue::from_bytes(&kept.join(&b"; "[..])) {
+        headers.insert(header::COOKIE, v);
     }
 }
 

@@ -8,8 +8,10 @@
 //! logs a token; the `sub` of a refused user is logged at WARN, as OpenRag does.
 
 pub mod admin;
+pub mod chainlit;
 pub mod groups;
 pub mod inject;
+mod provision;
 pub(crate) mod request;
 
 use crate::config::openrag_env::ClaimMapping;
@@ -52,10 +54,14 @@ pub struct OpenRagBridge {
     claim_mapping: Vec<ClaimMapping>,
     /// `sub` → backend user, rebuilt from `GET /users/` on a miss.
     users: Mutex<HashMap<String, BackendUser>>,
+    /// The (lower-cased) emails that list showed, where the backend lists them (not 1.1.8).
+    emails: Mutex<std::collections::HashSet<String>>,
     /// `sub` → when its token was last recovered (unix seconds): at most one per minute.
     recovered: Mutex<HashMap<String, i64>>,
     /// Groups → partition memberships, when `OIDC_CLAIM_GROUPS` is set.
     groups: Option<groups::GroupSyncer>,
+    /// How the backend hands users over to Chainlit, once probed.
+    handoff: std::sync::OnceLock<chainlit::Handoff>,
 }
 
 /// How long an unregistered `sub` is remembered, so repeated logins of someone the backend
@@ -84,8 +90,10 @@ impl OpenRagBridge {
             auto_provision,
             claim_mapping,
             users: Mutex::default(),
+            emails: Mutex::default(),
             recovered: Mutex::default(),
             groups: None,
+            handoff: std::sync::OnceLock::new(),
         }
     }
 
@@ -102,6 +110,11 @@ impl OpenRagBridge {
             return Ok(Some(u));
         }
         let all = self.admin.list_users().await?;
+        *self.emails.lock().unwrap_or_else(|p| p.into_inner()) = all
+            .iter()
+            .filter_map(|u| u.email.as_deref())
+            .map(|e| e.trim().to_ascii_lowercase())
+            .collect();
         let mut map = self.users.lock().unwrap_or_else(|p| p.into_inner());
         map.clear();
         for u in all {
@@ -326,54 +339,6 @@ impl OpenRagBridge {
                 BridgeError::NoToken
             }),
         }
-    }
-
-    async fn provision(
-        &self,
-        sub: &str,
-        claims: &Map<String, Value>,
-    ) -> Result<Resolved, BridgeError> {
-        let body = json!({
-            "external_user_id": sub,
-            "display_name": display_name(sub, claims),
-            "email": email(claims),
-            "is_admin": false,
-            // Absent, OpenRag's request model stores 10; null means the backend's own
-            // DEFAULT_FILE_QUOTA, as for a user OpenRag's OIDC mode provisions.
-            "file_quota": null,
-        });
-        let (user, token) = match self.admin.create_user(body).await {
-            Ok(r) => r,
-            Err(AdminError::Status { status, .. }) if status == http::StatusCode::CONFLICT => {
-                // A concurrent first login may have created it: re-read before giving up.
-                self.users
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(sub);
-                if let Some(u) = self.find_user(sub).await? {
-                    let token = match self.vault_get(sub).await? {
-                        Some(t) => t,
-                        None => self.token_by_policy(sub, &u).await?,
-                    };
-                    return Ok(Resolved {
-                        user_id: u.id,
-                        token,
-                    });
-                }
-                return Err(BridgeError::EmailConflict);
-            }
-            Err(e) => return Err(e.into()),
-        };
-        tracing::info!(sub, user_id = user.id, "auto-provisioned a backend user");
-        self.vault_put(sub, &token).await?;
-        self.users
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(sub.to_owned(), user.clone());
-        Ok(Resolved {
-            user_id: user.id,
-            token,
-        })
     }
 
     /// Auto-provision sync, then `OIDC_CLAIM_MAPPING` (which may override it), as OpenRag does:

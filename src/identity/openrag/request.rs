@@ -50,6 +50,14 @@ pub(crate) async fn as_user(
             }
         }
     }
+    if carrier == inject::Carrier::Cookie
+        && bridge.chainlit_handoff().await == super::chainlit::Handoff::Login
+    {
+        return Box::pin(as_chainlit_user(
+            out, names, bridge, parts, body, &session, id,
+        ))
+        .await;
+    }
     let replay = bodiless(&parts).then(|| parts.clone());
     let as_token = |t| Inject {
         session: None,
@@ -89,6 +97,58 @@ pub(crate) async fn as_user(
         }
         None => Ok(first),
     }
+}
+
+/// A `/chainlit` request to an OpenRag whose Chainlit logs users in itself (1.1.8): with the
+/// Chainlit session the sidecar opened for the user. Chainlit's 401 forgets that session (the
+/// next request logs in again); the user's OpenRag token is never judged by Chainlit's answers.
+async fn as_chainlit_user(
+    out: &Outbound<'_>,
+    names: &HeaderIdentity,
+    bridge: &OpenRagBridge,
+    parts: Parts,
+    body: RequestBody,
+    session: &Session,
+    id: &str,
+) -> Result<Outcome, ForwardError> {
+    let Some(token) = session.backend_token.as_deref() else {
+        return Err(ForwardError::Bridge(BridgeError::NoToken));
+    };
+    let cookies = bridge
+        .chainlit_session(&session.sub, token)
+        .await
+        .map_err(ForwardError::Bridge)?;
+    let inject = Inject {
+        session: None,
+        token: cookies
+            .as_deref()
+            .map(|c| (inject::Carrier::ChainlitSession, c)),
+        live: Some(id),
+    };
+    let mut outcome = send(out, names, parts, body, inject).await?;
+    if cookies.is_some() && outcome.0.status() == http::StatusCode::UNAUTHORIZED {
+        bridge.forget_chainlit_session(token).await;
+    }
+    // Chainlit's session stays with the sidecar: its cookies never reach the browser.
+    let h = outcome.0.headers_mut();
+    let kept: Vec<http::HeaderValue> = h
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .filter(|v| {
+            let name = v
+                .as_bytes()
+                .split(|b| *b == b'=')
+                .next()
+                .unwrap_or_default();
+            !inject::is_chainlit_session_cookie(&String::from_utf8_lossy(name.trim_ascii()))
+        })
+        .cloned()
+        .collect();
+    h.remove(header::SET_COOKIE);
+    for v in kept {
+        h.append(header::SET_COOKIE, v);
+    }
+    Ok(outcome)
 }
 
 /// A bearer without a session: forwarded untouched; refused by the backend, it becomes 401.

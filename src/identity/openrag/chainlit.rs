@@ -1,0 +1,90 @@
+//! Single sign-on into Chainlit, for each OpenRag generation (docs/openrag-backend.md#chainlit).
+//!
+//! Later OpenRag versions hand a user over to Chainlit with the `openrag_chainlit_token` cookie
+//! (`POST /auth/chainlit-session` exists): the sidecar adds that cookie, holding the user's
+//! token, to `/chainlit` requests. OpenRag 1.1.8 has no hand-off: its Chainlit logs users in
+//! itself (`POST /chainlit/login`, the password being the user's OpenRag token) and keeps its
+//! own session in the `access_token` cookie. There the sidecar logs the user in on their
+//! behalf, keeps that Chainlit session (encrypted, in the store, keyed by a hash of the user's
+//! token so a new token means a new Chainlit session) and adds it to `/chainlit` requests. The
+//! browser never holds either. A Chainlit refusal (401) only makes the sidecar forget that
+//! session: it never touches the user's OpenRag token.
+
+use super::{BridgeError, OpenRagBridge};
+use std::time::Duration;
+
+/// How the backend hands a user over to Chainlit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handoff {
+    /// The `openrag_chainlit_token` cookie (later OpenRag).
+    Cookie,
+    /// Chainlit's own password login (OpenRag 1.1.8).
+    Login,
+}
+
+/// How long a Chainlit session is kept (Chainlit's own lasts 15 days; a refused one is
+/// forgotten at once).
+const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
+
+impl OpenRagBridge {
+    /// The backend's hand-off, probed once (`POST /auth/chainlit-session` with the admin
+    /// token); until a probe succeeds, the cookie hand-off is assumed and asked again next time.
+    pub async fn chainlit_handoff(&self) -> Handoff {
+        if let Some(h) = self.handoff.get() {
+            return *h;
+        }
+        match self.admin.has_chainlit_handoff().await {
+            Ok(cookie) => {
+                let h = if cookie {
+                    Handoff::Cookie
+                } else {
+                    Handoff::Login
+                };
+                tracing::info!(handoff = ?h, "Chainlit single sign-on: the backend's hand-off");
+                *self.handoff.get_or_init(|| h)
+            }
+            Err(e) => {
+                tracing::warn!(error = %crate::http_json::error_chain(&e), "cannot tell which Chainlit hand-off the backend has");
+                Handoff::Cookie
+            }
+        }
+    }
+
+    fn chainlit_key(&self, token: &str) -> String {
+        crate::store::keys::hashed("chainlit", &["chainlit", &self.issuer, token])
+    }
+
+    /// The Chainlit session cookies (`name=value` pairs) for the user holding `token`: kept
+    /// ones, or from a new login at Chainlit. `None` when Chainlit refuses the token.
+    pub async fn chainlit_session(
+        &self,
+        sub: &str,
+        token: &str,
+    ) -> Result<Option<String>, BridgeError> {
+        let key = self.chainlit_key(token);
+        if let Some(sealed) = self.store.get(&key).await? {
+            if let Some(pairs) = self.open_vault(&sealed) {
+                return Ok(Some(pairs.expose().clone()));
+            }
+        }
+        let Some(pairs) = self.admin.chainlit_login(sub, token).await? else {
+            tracing::warn!(
+                sub,
+                "Chainlit refused the user's OpenRag token at its login"
+            );
+            return Ok(None);
+        };
+        tracing::info!(sub, "logged the user in to Chainlit");
+        let sealed = self.keys.seal(pairs.as_bytes());
+        self.store.put(&key, sealed.as_bytes(), SESSION_TTL).await?;
+        Ok(Some(pairs))
+    }
+
+    /// Forgets the Chainlit session of `token` (Chainlit refused it): the next request logs in
+    /// again.
+    pub async fn forget_chainlit_session(&self, token: &str) {
+        if let Err(e) = self.store.delete(&self.chainlit_key(token)).await {
+            tracing::warn!(error = %e, "cannot forget a refused Chainlit session");
+        }
+    }
+}

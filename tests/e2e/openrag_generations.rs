@@ -1,0 +1,153 @@
+//! What differs between OpenRag generations (issue 16), against the stand-in backend in each:
+//! single sign-on into Chainlit (the `openrag_chainlit_token` hand-off of later versions, the
+//! sidecar logging the user in to 1.1.8's own Chainlit), and the email conflict at
+//! auto-provisioning (found in the users list where it shows emails; 1.1.8's `500
+//! [UNEXPECTED_ERROR]` read as the same conflict, remembered so no more user ids are used up).
+
+use crate::oidc_support::*;
+use crate::openrag::{callback, seeded, token, world_with, Backend};
+use crate::support::*;
+use serde_json::json;
+
+/// A GET with the session cookie (and `extra` cookies).
+async fn as_session(
+    sc: &Sidecar,
+    cookie: &str,
+    path: &str,
+    extra: &str,
+) -> http::Response<bytes::Bytes> {
+    let c = format!("{}{extra}", session_header(cookie));
+    get(&sc.url(path), &[("cookie", &c)]).await.unwrap()
+}
+
+#[tokio::test]
+async fn openrag_1_1_8s_own_chainlit_login_is_done_for_the_user() {
+    let alice = token(1);
+    let w = world_with(
+        Backend::start_with(
+            json!([seeded("alice", Some(&alice))]),
+            &["--generation", "1.1.8"],
+        ),
+        json!({"alice": alice}),
+        &[("SSO_SIDECAR_OPENRAG__TOKEN_POLICY", "file")],
+    )
+    .await;
+    let sc = &w.sc.sidecar;
+    let l = login(sc, "alice", "/").await;
+
+    // Chainlit's protected route, which 1.1.8 guards with its own session only.
+    let r = as_session(sc, &l.cookie, "/chainlit/user", "; access_token=forged").await;
+    assert_eq!(r.status(), 200, "{}", String::from_utf8_lossy(r.body()));
+    let j = json(&r);
+    assert_eq!(j["auth_via"], "chainlit", "{j}");
+    assert_eq!(j["user"]["external_user_id"], "alice");
+    assert!(
+        r.headers()
+            .get_all("set-cookie")
+            .iter()
+            .all(|v| !v.to_str().unwrap().starts_with("access_token")),
+        "Chainlit's session stays with the sidecar"
+    );
+    // A second request reuses the Chainlit session: one login at Chainlit.
+    let r = as_session(sc, &l.cookie, "/chainlit/project/settings", "").await;
+    assert_eq!(r.status(), 200);
+    let logins = w.backend.requests().await["by_path"]["/chainlit/login"].clone();
+    assert_eq!(logins, 1, "{logins}");
+
+    // Chainlit forgets its sessions (a restart): the sidecar logs in again, and the user's
+    // OpenRag token is left alone.
+    let before = w.backend.user("alice").await.unwrap();
+    let _ = send(request(
+        "POST",
+        &format!("{}/__test/chainlit/forget", w.backend.url()),
+        &[],
+        body(""),
+    ))
+    .await;
+    let r = as_session(sc, &l.cookie, "/chainlit/user", "").await;
+    assert_eq!(r.status(), 401, "Chainlit's own answer reaches the user");
+    // The refused session was forgotten; the next request logs in afresh.
+    let r = as_session(sc, &l.cookie, "/chainlit/user", "").await;
+    assert_eq!(r.status(), 200, "{}", String::from_utf8_lossy(r.body()));
+    let logins = w.backend.requests().await["by_path"]["/chainlit/login"].clone();
+    assert_eq!(logins, 2, "{logins}");
+    assert_eq!(
+        w.backend.user("alice").await.unwrap()["token_sha256"],
+        before["token_sha256"],
+        "Chainlit's refusal never regenerates the user's token"
+    );
+    let r = as_session(sc, &l.cookie, "/v1/models", "").await;
+    assert_eq!(
+        json(&r)["auth_via"],
+        "bearer",
+        "the OpenRag token still works"
+    );
+}
+
+#[tokio::test]
+async fn later_openrag_gets_the_chainlit_token_cookie() {
+    let alice = token(2);
+    let w = world_with(
+        Backend::start(json!([seeded("alice", Some(&alice))])),
+        json!({"alice": alice}),
+        &[("SSO_SIDECAR_OPENRAG__TOKEN_POLICY", "file")],
+    )
+    .await;
+    let sc = &w.sc.sidecar;
+    let l = login(sc, "alice", "/").await;
+    let r = as_session(sc, &l.cookie, "/chainlit/project/settings", "").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(json(&r)["auth_via"], "cookie");
+    let log = w.backend.requests().await;
+    assert!(
+        log["by_path"]["/chainlit/login"].is_null(),
+        "no Chainlit login: {log}"
+    );
+}
+
+#[tokio::test]
+async fn an_email_taken_by_another_account_gets_the_409_page_before_any_user_is_created() {
+    for generation in ["later", "1.1.8"] {
+        let backend = Backend::start_with(
+            json!([{"display_name": "Old Alice", "external_user_id": "legacy-alice",
+                    "email": "alice@example.test", "is_admin": false, "token": token(3)}]),
+            &["--generation", generation],
+        );
+        let w = world_with(backend, json!({}), &[("OIDC_AUTO_PROVISION_LOGIN", "true")]).await;
+        let sc = &w.sc.sidecar;
+        let dump = |b: &Backend| {
+            let url = format!("{}/__test/dump", b.url());
+            async move { json(&get(&url, &[]).await.unwrap()) }
+        };
+        let r = callback(sc, "alice", true).await;
+        assert_eq!(r.status(), 409, "{generation}: {:?}", r.body());
+        let page = String::from_utf8_lossy(r.body()).into_owned();
+        assert!(page.contains("already exists"), "{page}");
+        assert!(page.contains("alice"), "the page shows the sub: {page}");
+        let after_first = dump(&w.backend).await;
+        // Logging in again within the minute: no second attempt at the backend.
+        let r = callback(sc, "alice", false).await;
+        assert_eq!(r.status(), 409);
+        assert_eq!(
+            json(&r)["detail"],
+            "An account with this email already exists. Ask your administrator to link it to your identity provider login."
+        );
+        assert_eq!(
+            dump(&w.backend).await,
+            after_first,
+            "{generation}: nothing more used up"
+        );
+        let posts = w.backend.requests().await;
+        let expected = if generation == "1.1.8" { 1 } else { 0 };
+        let created: u64 = posts["last"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["method"] == "POST" && e["path"] == "/users/")
+            .count() as u64;
+        assert_eq!(
+            created, expected,
+            "{generation}: POST /users/ only where the list cannot show the email"
+        );
+    }
+}
