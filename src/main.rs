@@ -179,7 +179,23 @@ async fn probe(c: &Config, oidc: &sso_sidecar::config::OidcSettings) -> Vec<Stri
         match sso_sidecar::store::redis::RedisStore::from_config(r, 1) {
             Err(e) => problems.push(format!("Redis: {e}")),
             Ok(store) => match tokio::time::timeout(r.timeout * 2, store.ping()).await {
-                Ok(Ok(())) => println!("Redis OK (PING)"),
+                Ok(Ok(())) => {
+                    println!("Redis OK (PING)");
+                    match store.tracking_allowed().await {
+                        Ok(Some(true)) => println!("Redis OK (CLIENT TRACKING allowed: the client-side session cache is on)"),
+                        Ok(Some(false)) => problems.push(
+                            "Redis: the ACL refuses CLIENT TRACKING, so the client-side session cache cannot work \
+                             (every request would read Redis): grant the user +client|tracking, or set \
+                             redis_client_cache = false (SSO_SIDECAR_REDIS_CLIENT_CACHE=false)"
+                                .to_owned(),
+                        ),
+                        Ok(None) => {}
+                        Err(e) => problems.push(format!(
+                            "Redis: CLIENT TRACKING: {}",
+                            sso_sidecar::http_json::error_chain(&e)
+                        )),
+                    }
+                }
                 Ok(Err(e)) => problems.push(format!(
                     "Redis: {}",
                     sso_sidecar::http_json::error_chain(&e)

@@ -298,3 +298,65 @@ async fn healthcheck_subcommand_probes_the_admin_listener() {
     let (code, _, _) = run(&["healthcheck"], &[("SSO_SIDECAR_ADMIN_LISTEN", &admin)]);
     assert_eq!(code, Some(1));
 }
+
+/// `check` tells beforehand whether the client-side session cache can work: a Redis ACL that
+/// refuses `CLIENT TRACKING` is named with the two ways out.
+#[tokio::test]
+async fn check_says_whether_redis_allows_client_tracking() {
+    let redis = crate::oidc_support::Redis::start().await;
+    redis.cli(&[
+        "ACL",
+        "SETUSER",
+        "limited",
+        "on",
+        ">limited-pw",
+        "~*",
+        "+@all",
+        "-client|tracking",
+    ]);
+    let idp = crate::mock_idp::MockIdp::start().await;
+    idp.set(|m| m.jwks = serde_json::json!({"keys": [crate::mock_idp::Key::new("k").jwk()]}));
+    let port = redis.url().rsplit(':').next().unwrap().to_owned();
+    for (url, allowed) in [
+        (redis.url(), true),
+        (
+            format!("redis://limited:limited-pw@127.0.0.1:{port}"),
+            false,
+        ),
+    ] {
+        let env: Vec<(String, String)> = vec![
+            ("AUTH_MODE".into(), "oidc".into()),
+            ("SSO_SIDECAR_IDENTITY".into(), "headers".into()),
+            ("SSO_SIDECAR_REDIS_URL".into(), url),
+            ("OIDC_ENDPOINT".into(), idp.issuer()),
+            ("OIDC_CLIENT_ID".into(), "rp".into()),
+            ("OIDC_CLIENT_SECRET".into(), "s".into()),
+            (
+                "OIDC_REDIRECT_URI".into(),
+                "http://127.0.0.1:1/auth/callback".into(),
+            ),
+            (
+                "OIDC_TOKEN_ENCRYPTION_KEY".into(),
+                sso_sidecar::crypto::generate_key(),
+            ),
+        ];
+        let (code, out, err) = tokio::task::spawn_blocking(move || {
+            let env: Vec<(&str, &str)> =
+                env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            run(&["check"], &env)
+        })
+        .await
+        .unwrap();
+        if allowed {
+            assert_eq!(code, Some(0), "{out}{err}");
+            assert!(out.contains("CLIENT TRACKING allowed"), "{out}");
+        } else {
+            assert_eq!(code, Some(78), "{out}{err}");
+            assert!(
+                err.contains("the ACL refuses CLIENT TRACKING")
+                    && err.contains("redis_client_cache = false"),
+                "{err}"
+            );
+        }
+    }
+}

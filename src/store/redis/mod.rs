@@ -364,6 +364,29 @@ impl RedisStore {
         Ok(())
     }
 
+    /// Whether the client-side cache can work: `CLIENT TRACKING` allowed for this user (its
+    /// ACL may refuse it). `None` when the cache is off or the topology has none.
+    pub async fn tracking_allowed(&self) -> Result<Option<bool>, StoreError> {
+        if self.tracking().is_none() {
+            return Ok(None);
+        }
+        let on: Result<String, _> = self
+            .query(redis::cmd("CLIENT").arg("TRACKING").arg("ON"))
+            .await;
+        match on {
+            Ok(_) => {
+                let _: Result<String, _> = self
+                    .query(redis::cmd("CLIENT").arg("TRACKING").arg("OFF"))
+                    .await;
+                Ok(Some(true))
+            }
+            Err(StoreError::Unavailable(e)) if e.to_ascii_lowercase().contains("noperm") => {
+                Ok(Some(false))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     pub async fn ping(&self) -> Result<(), StoreError> {
         let _: String = self.query(&redis::cmd("PING")).await?;
         Ok(())
