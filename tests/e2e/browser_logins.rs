@@ -85,3 +85,50 @@ async fn two_logins_in_flight_in_one_browser_both_complete() {
     assert_eq!(api.status(), 400);
     assert_eq!(json(&api)["detail"], "OIDC state cookie missing.");
 }
+
+/// The same two cases in headless Chromium (tests/idp/tabs.mjs): two tabs each sent to the IdP
+/// before either logs in, both landing on their pages; the spent callback URL opened again
+/// (Back, reload) with the session, and from a browser without one, whose "Log in again" link
+/// leads to the IdP.
+#[tokio::test]
+async fn in_a_real_browser_two_tabs_and_back_both_work() {
+    require_tool("chromium", "chromium chromium-driver");
+    let w = world_with(&[], &[]).await;
+    let sc = &w.sc.sidecar;
+    let out = tokio::process::Command::new("node")
+        .arg(repo_root().join("tests/idp/tabs.mjs"))
+        .arg(sc.url(""))
+        .arg("tabby")
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "tabs.mjs failed: {stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(r["one"]["url"], sc.url("/one"), "{r}");
+    assert_eq!(r["one"]["status"], 200, "{r}");
+    assert_eq!(r["two"]["url"], sc.url("/two"), "{r}");
+    assert_eq!(r["two"]["status"], 200, "{r}");
+    assert_eq!(r["back"]["url"], sc.url("/one"), "Back with a session: {r}");
+    assert_eq!(r["back"]["status"], 200, "{r}");
+    assert_eq!(r["fresh"]["status"], 400, "{r}");
+    assert!(
+        r["fresh"]["body"]
+            .as_str()
+            .unwrap()
+            .contains("OIDC state cookie missing."),
+        "{r}"
+    );
+    assert_eq!(r["fresh"]["link"], "/auth/login?next=%2Fone", "{r}");
+    assert!(
+        r["after_link"]
+            .as_str()
+            .unwrap()
+            .starts_with(&w.idp.issuer()),
+        "the link starts a login at the IdP: {r}"
+    );
+}
