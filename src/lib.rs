@@ -92,6 +92,8 @@ fn build_oidc(
         ),
     });
     store.start_housekeeping();
+    let stats = Arc::downgrade(&store);
+    metrics.set_session_cache_source(Box::new(move || stats.upgrade()?.cache_stats()));
     if let Some(p) = &settings.post_logout_redirect_uri {
         if p.origin() == settings.redirect_uri.origin() {
             tracing::warn!(

@@ -4,6 +4,7 @@
 //! `&'static str` so recording a request allocates nothing, and what every request records is
 //! sharded per worker ([`sharded`]).
 
+mod polled;
 mod sharded;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -39,6 +40,7 @@ pub struct Metrics {
     logouts: Family<KindLabel, Counter>,
     revoked: Counter,
     logins_refused: Family<ReasonLabel, Counter>,
+    session_cache: polled::CacheCollector,
     rate_limited: Family<KindLabel, Counter>,
     duration: sharded::Histogram,
     in_flight: sharded::Gauge,
@@ -59,6 +61,8 @@ impl Metrics {
     /// `workers`: the number of worker threads, each of which records into its own shard.
     pub fn new(workers: usize) -> Self {
         let mut registry = Registry::with_prefix("sso_sidecar");
+        let session_cache = polled::CacheCollector::default();
+        registry.register_collector(Box::new(session_cache.clone()));
         let requests =
             Family::<RequestLabels, sharded::Counter, _>::new_with_constructor(move || {
                 sharded::Counter::new(workers)
@@ -171,6 +175,7 @@ impl Metrics {
             logouts,
             revoked,
             logins_refused,
+            session_cache,
             rate_limited,
             duration,
             in_flight,
@@ -235,6 +240,12 @@ impl Metrics {
 
     pub fn logout(&self, kind: &'static str) {
         self.logouts.get_or_create(&KindLabel { kind }).inc();
+    }
+
+    /// Where `session_cache_hits_total`/`_misses_total` come from (the Redis store's client-side
+    /// cache); set once.
+    pub fn set_session_cache_source(&self, f: polled::Source) {
+        let _ = self.session_cache.source.set(f);
     }
 
     /// A login refused (or a session ended at a refresh) by `[authz]` or the identity mode.

@@ -1,4 +1,6 @@
-//! In-memory backend: a map behind a `std::sync::Mutex`, for a single replica.
+//! In-memory backend for a single replica: a map split into [`SHARDS`] shards by key hash, each
+//! behind a `std::sync::Mutex`, so requests of different sessions on different cores do not
+//! wait on one lock.
 //!
 //! A std mutex, not tokio's: no `.await` happens while it is held, and critical sections are a
 //! hash lookup. Expired entries are dropped lazily on access and by [`MemoryStore::purge`],
@@ -31,9 +33,32 @@ fn deadline(now: Instant, ttl: Duration) -> Instant {
         .unwrap_or(now)
 }
 
-#[derive(Default)]
+/// Shards of the map: enough that cores rarely meet on one lock, few enough that a purge
+/// walking them all stays cheap.
+pub const SHARDS: usize = 64;
+
+type Shard = Mutex<HashMap<String, Entry>>;
+
 pub struct MemoryStore {
-    map: Mutex<HashMap<String, Entry>>,
+    shards: Box<[Shard]>,
+    /// Keys are spread by this hasher's seed (random per store: no one can aim keys at one
+    /// shard).
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        MemoryStore {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            hasher: std::collections::hash_map::RandomState::new(),
+        }
+    }
+}
+
+/// A shard's map; a panic while holding its lock cannot leave an entry half-written (each
+/// operation is a single insert/remove), so a poisoned map is still consistent.
+fn guard(shard: &Shard) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+    shard.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl MemoryStore {
@@ -41,10 +66,11 @@ impl MemoryStore {
         Self::default()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
-        // A panic while holding the lock cannot leave an entry half-written (each operation is
-        // a single insert/remove), so a poisoned map is still consistent.
-        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    /// The shard holding `key`, locked.
+    fn lock(&self, key: &str) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        use std::hash::BuildHasher;
+        let i = (self.hasher.hash_one(key) as usize) % self.shards.len();
+        guard(&self.shards[i])
     }
 
     fn live<'a>(
@@ -59,7 +85,7 @@ impl MemoryStore {
     }
 
     pub fn get(&self, key: &str) -> Option<Bytes> {
-        let mut map = self.lock();
+        let mut map = self.lock(key);
         match Self::live(&mut map, key, Instant::now()).map(|e| &e.value) {
             Some(Value::Bytes(b)) => Some(b.clone()),
             _ => None,
@@ -71,12 +97,12 @@ impl MemoryStore {
             value: Value::Bytes(Bytes::copy_from_slice(value)),
             expires: deadline(Instant::now(), ttl),
         };
-        self.lock().insert(key.to_owned(), entry);
+        self.lock(key).insert(key.to_owned(), entry);
     }
 
     pub fn put_if_absent(&self, key: &str, value: &[u8], ttl: Duration) -> bool {
         let now = Instant::now();
-        let mut map = self.lock();
+        let mut map = self.lock(key);
         if Self::live(&mut map, key, now).is_some() {
             return false;
         }
@@ -92,7 +118,7 @@ impl MemoryStore {
 
     pub fn put_if_present(&self, key: &str, value: &[u8], ttl: Duration) -> bool {
         let now = Instant::now();
-        let mut map = self.lock();
+        let mut map = self.lock(key);
         match Self::live(&mut map, key, now) {
             Some(e) => {
                 *e = Entry {
@@ -106,7 +132,7 @@ impl MemoryStore {
     }
 
     pub fn delete_if(&self, key: &str, value: &[u8]) -> bool {
-        let mut map = self.lock();
+        let mut map = self.lock(key);
         let matches = matches!(
             Self::live(&mut map, key, Instant::now()),
             Some(Entry { value: Value::Bytes(b), .. }) if b.as_ref() == value
@@ -118,7 +144,7 @@ impl MemoryStore {
     }
 
     pub fn delete(&self, key: &str) -> bool {
-        let mut map = self.lock();
+        let mut map = self.lock(key);
         let existed = Self::live(&mut map, key, Instant::now()).is_some();
         map.remove(key);
         existed
@@ -128,7 +154,7 @@ impl MemoryStore {
     /// as it is, and the time left in its window.
     pub fn count(&self, key: &str, window: Duration, hit: bool) -> (u64, Duration) {
         let now = Instant::now();
-        let mut map = self.lock();
+        let mut map = self.lock(key);
         let (n, expires) = match Self::live(&mut map, key, now) {
             Some(Entry {
                 value: Value::Count(n),
@@ -152,7 +178,7 @@ impl MemoryStore {
 
     pub fn index_add(&self, index: &str, member: &str, ttl: Duration) {
         let now = Instant::now();
-        let mut map = self.lock();
+        let mut map = self.lock(index);
         let expires = deadline(now, ttl);
         match Self::live(&mut map, index, now) {
             Some(Entry {
@@ -176,7 +202,7 @@ impl MemoryStore {
     }
 
     pub fn index_members(&self, index: &str) -> Vec<String> {
-        let mut map = self.lock();
+        let mut map = self.lock(index);
         match Self::live(&mut map, index, Instant::now()).map(|e| &e.value) {
             Some(Value::Set(s)) => s.iter().cloned().collect(),
             _ => Vec::new(),
@@ -184,7 +210,7 @@ impl MemoryStore {
     }
 
     pub fn index_remove(&self, index: &str, member: &str) {
-        let mut map = self.lock();
+        let mut map = self.lock(index);
         if let Some(Entry {
             value: Value::Set(s),
             ..
@@ -200,14 +226,18 @@ impl MemoryStore {
     /// Drops every expired entry; returns how many were dropped.
     pub fn purge(&self) -> usize {
         let now = Instant::now();
-        let mut map = self.lock();
-        let before = map.len();
-        map.retain(|_, e| e.expires > now);
-        before - map.len()
+        let mut dropped = 0;
+        for shard in self.shards.iter() {
+            let mut map = guard(shard);
+            let before = map.len();
+            map.retain(|_, e| e.expires > now);
+            dropped += before - map.len();
+        }
+        dropped
     }
 
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.shards.iter().map(|s| guard(s).len()).sum()
     }
 
     pub fn is_empty(&self) -> bool {

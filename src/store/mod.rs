@@ -42,6 +42,14 @@ impl Store {
         }
     }
 
+    /// Session reads answered by Redis's client-side cache, and the others (`None`: no cache).
+    pub fn cache_stats(&self) -> Option<(u64, u64)> {
+        match self {
+            Store::Memory(_) => None,
+            Store::Redis(s) => s.cache_stats(),
+        }
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             Store::Memory(_) => "memory",

@@ -163,3 +163,28 @@ fn calls(info: &str, cmd: &str) -> u64 {
         .and_then(|n| n.parse().ok())
         .unwrap_or(0)
 }
+
+/// `/metrics` reports the cache's hit rate from these counters: a read the cache answers is a
+/// hit, one that goes to Redis (before the cache is up, after a write) a miss.
+#[tokio::test]
+async fn hits_and_misses_are_counted() {
+    let redis = Redis::start().await;
+    let a = replica(&redis);
+    let key = "cache:counted";
+    a.put(key, b"v", LONG).await.unwrap();
+    until_cached(&a, key, b"v").await;
+    let (h0, m0) = a.cache_stats().unwrap();
+    assert!(m0 >= 1, "the first reads were misses");
+    for _ in 0..20 {
+        assert_eq!(read(&a, key).await.as_deref(), Some(&b"v"[..]));
+    }
+    let (h1, m1) = a.cache_stats().unwrap();
+    assert_eq!((h1 - h0, m1 - m0), (20, 0));
+    a.put(key, b"w", LONG).await.unwrap();
+    assert_eq!(read(&a, key).await.as_deref(), Some(&b"w"[..]));
+    assert_eq!(
+        a.cache_stats().unwrap().1,
+        m1 + 1,
+        "a read after a write misses"
+    );
+}

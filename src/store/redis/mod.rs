@@ -205,6 +205,11 @@ impl RedisStore {
         }
     }
 
+    /// The client-side cache's hits and misses so far, when it is on.
+    pub fn cache_stats(&self) -> Option<(u64, u64)> {
+        self.tracking().map(Tracking::stats)
+    }
+
     /// Entries held by the client-side cache (tests and diagnostics).
     pub fn cached_entries(&self) -> usize {
         self.tracking().map_or(0, Tracking::len)

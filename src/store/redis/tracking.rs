@@ -57,6 +57,9 @@ pub struct Tracking {
 #[derive(Default)]
 struct Slot {
     state: Mutex<SlotState>,
+    /// Reads answered from the cache, and the others (this worker's only: no sharing).
+    hits: std::sync::atomic::AtomicU64,
+    misses: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Default)]
@@ -152,9 +155,26 @@ impl Tracking {
         self.slots.get()
     }
 
+    /// Reads answered from the cache and reads that were not, summed over the workers.
+    pub fn stats(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.slots.all().fold((0, 0), |(h, m), s| {
+            (h + s.hits.load(Relaxed), m + s.misses.load(Relaxed))
+        })
+    }
+
     /// The value of `key` from the cache or through the tracked connection. `None` when this
     /// worker's tracked connection is not up (yet): the caller reads the ordinary way.
     pub async fn get(&self, key: &str) -> Option<Option<Bytes>> {
+        let (value, hit) = self.lookup(key).await;
+        let slot = self.slot();
+        let counter = if hit { &slot.hits } else { &slot.misses };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        value
+    }
+
+    /// [`Tracking::get`], and whether the cache answered.
+    async fn lookup(&self, key: &str) -> (Option<Option<Bytes>>, bool) {
         let slot = self.slot();
         if slot.lock().conn.is_some() {
             // Let this worker's runtime poll its sockets first: the runtime resumes a yielded
@@ -171,23 +191,25 @@ impl Tracking {
                     st.connecting = true;
                     tokio::spawn(connect(slot.clone(), self.client.clone(), self.timeout));
                 }
-                return None;
+                return (None, false);
             }
             let now = Instant::now();
             if st.verified_at.is_none_or(|v| now >= v + VERIFIED_FOR) {
                 // No recent proof that invalidations arrive: ask Redis the ordinary way.
-                return None;
+                return (None, false);
             }
             match st.entries.get(key) {
                 Some((v, expires)) if expires.is_none_or(|e| now < e) => {
-                    return Some(Some(v.clone()));
+                    return (Some(Some(v.clone())), true);
                 }
                 Some(_) => {
                     st.entries.remove(key);
                 }
                 None => {}
             }
-            let (id, conn) = st.conn.clone()?;
+            let Some((id, conn)) = st.conn.clone() else {
+                return (None, false);
+            };
             (conn, id, st.generation)
         };
         // A miss: read through the tracked connection, so Redis tracks the key for us.
@@ -217,11 +239,11 @@ impl Tracking {
                         st.entries.insert(key.to_owned(), (v.clone(), expires));
                     }
                 }
-                Some(value)
+                (Some(value), false)
             }
             _ => {
                 slot.lock().drop_conn(id);
-                None
+                (None, false)
             }
         }
     }
