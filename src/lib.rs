@@ -17,6 +17,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod claims;
 pub mod clock;
 pub mod config;
 pub mod crypto;

@@ -31,7 +31,7 @@ impl Refusal {
 /// (groups AND email); none configured admits everyone the IdP authenticates.
 pub fn admits(a: &Authz, claims: &Map<String, Value>) -> Result<(), Refusal> {
     if !a.allowed_groups.is_empty() {
-        let groups = super::profile::groups(claims, &a.groups_claim).unwrap_or_default();
+        let groups = crate::claims::groups(claims, &a.groups_claim).unwrap_or_default();
         if !groups.iter().any(|g| a.allowed_groups.contains(g)) {
             return Err(Refusal::Group);
         }

@@ -10,13 +10,13 @@
 
 pub mod authz;
 pub mod backchannel;
-pub mod claims;
 pub mod cookies;
 pub mod flow;
 pub mod frontchannel;
 pub mod gate;
 pub mod id_token;
 pub mod idp_http;
+pub mod issuer;
 pub mod jwt;
 pub mod login_state;
 pub mod logout;

@@ -10,9 +10,9 @@
 //! `iat`, `nonce` and `at_hash`; the IdP client never follows redirects (`idp_http.rs`).
 //! Logout tokens are verified in `jwt.rs`/`backchannel.rs`: the crate has no verifier for them.
 
-use super::claims::check_issuer;
 use super::id_token::{as_map, verify_id_token, OtherClaims, RelyingParty, Tokens};
 use super::idp_http::{IdpHttp, IdpHttpError};
+use super::issuer::check_issuer;
 use super::jwt::{self, Jwks, JwtError};
 use crate::config::OidcSettings;
 use openidconnect::core::{

@@ -67,7 +67,7 @@ pub fn apply(s: &mut Session, profile: &Map<String, Value>, groups_claim: &str) 
     s.email = string_claim(profile, "email");
     s.name = string_claim(profile, "name");
     s.preferred_username = string_claim(profile, "preferred_username");
-    s.groups = groups(profile, groups_claim).unwrap_or_default();
+    s.groups = crate::claims::groups(profile, groups_claim).unwrap_or_default();
 }
 
 /// An ID token with none of the profile claims the sidecar uses.
@@ -79,39 +79,4 @@ fn lacks_profile(c: &Map<String, Value>) -> bool {
 
 fn string_claim(c: &Map<String, Value>, name: &str) -> Option<String> {
     c.get(name).and_then(Value::as_str).map(str::to_owned)
-}
-
-/// The groups claim as OpenRag reads it: a string is one group, a list its strings; `None`
-/// when it is missing, null or of another type (which never prunes a membership).
-pub fn groups(c: &Map<String, Value>, claim: &str) -> Option<Vec<String>> {
-    match c.get(claim) {
-        Some(Value::Array(a)) => Some(
-            a.iter()
-                .filter_map(Value::as_str)
-                .map(str::to_owned)
-                .collect(),
-        ),
-        Some(Value::String(s)) => Some(vec![s.clone()]),
-        _ => None,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn groups_are_a_string_or_a_list_and_nothing_else() {
-        let c = |v: Value| json!({ "g": v }).as_object().unwrap().clone();
-        assert_eq!(groups(&c(json!("a")), "g"), Some(vec!["a".to_owned()]));
-        assert_eq!(
-            groups(&c(json!(["a", 1, "b"])), "g"),
-            Some(vec!["a".into(), "b".into()])
-        );
-        assert_eq!(groups(&c(json!([])), "g"), Some(vec![]));
-        assert_eq!(groups(&c(json!(null)), "g"), None);
-        assert_eq!(groups(&c(json!({"a": 1})), "g"), None);
-        assert_eq!(groups(&c(json!("a")), "other"), None);
-    }
 }

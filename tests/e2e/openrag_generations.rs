@@ -41,6 +41,12 @@ async fn openrag_1_1_8s_own_chainlit_login_is_done_for_the_user() {
     let j = json(&r);
     assert_eq!(j["auth_via"], "chainlit", "{j}");
     assert_eq!(j["user"]["external_user_id"], "alice");
+    assert_eq!(j["metadata"]["provider"], "credentials", "{j}");
+    assert_eq!(
+        j["metadata"]["api_key"], "",
+        "Chainlit's copy of the user's token never reaches the browser"
+    );
+    assert!(!String::from_utf8_lossy(r.body()).contains(&alice));
     assert!(
         r.headers()
             .get_all("set-cookie")

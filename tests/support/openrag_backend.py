@@ -912,6 +912,7 @@ class Handler(BaseHTTPRequestHandler):
                 raise HTTPError(401, {"detail": "credentialssignin"})
             session = f"cl-{secrets.token_hex(24)}"
             self.server.chainlit_sessions[session] = user["id"]
+            self.server.chainlit_keys[session] = form["password"]
             entry["auth_via"], entry["user_id"] = "chainlit", user["id"]
             return 200, {"success": True}, [("Set-Cookie", f"access_token={session}; HttpOnly; Max-Age=1296000; "
                                                            "Path=/; SameSite=lax")]
@@ -932,7 +933,11 @@ class Handler(BaseHTTPRequestHandler):
             if user is None:  # Chainlit's authenticate_user: the token is not one of its JWTs
                 raise HTTPError(401, {"detail": "Invalid authentication token"})
             entry["auth_via"], entry["user_id"] = "chainlit", user["id"]
-            return 200, self.echo(ctx, user, "chainlit", cookie), []
+            answer = self.echo(ctx, user, "chainlit", cookie)
+            if path == "/chainlit/user":  # app_front.py keeps the password (the token) in the user's metadata
+                answer["metadata"] = {"role": "user", "provider": "credentials",
+                                      "api_key": self.server.chainlit_keys.get(tok), "extra": {}}
+            return 200, answer, []
         return 200, self.echo(ctx, None, None, None, public=True), []
 
     def refuse(self, code, query):
@@ -1399,6 +1404,7 @@ def main():
     server.cfg, server.store = cfg, store
     server.limiter, server.log = FailureLimiter(args.auth_failure_limit), RequestLog()
     server.chainlit_sessions = {}  # 1.1.8's Chainlit: its session token -> user id
+    server.chainlit_keys = {}  # ... -> the password it logged in with (its metadata.api_key)
     print(f"READY {server.server_address[1]}", flush=True)
     try:
         server.serve_forever()

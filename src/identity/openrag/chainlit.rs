@@ -88,3 +88,45 @@ impl OpenRagBridge {
         }
     }
 }
+
+/// Largest `/chainlit/user` answer rewritten (it is a few hundred bytes).
+const USER_MAX_BYTES: usize = 64 * 1024;
+
+/// OpenRag 1.1.8's Chainlit answers `GET /chainlit/user` with the user's OpenRag token in
+/// `metadata.api_key` (its login callback keeps the password there). The browser needs no
+/// token behind the sidecar — every request of the session gets it injected — so the value is
+/// blanked before the answer leaves.
+pub async fn without_api_key(
+    out: crate::identity::forward::Outcome,
+) -> crate::identity::forward::Outcome {
+    use http_body_util::{BodyExt, Limited};
+    let (resp, upstream_status) = out;
+    if !resp.status().is_success() {
+        return (resp, upstream_status);
+    }
+    let (mut parts, body) = resp.into_parts();
+    let bytes = match Limited::new(body, USER_MAX_BYTES).collect().await {
+        Ok(c) => c.to_bytes(),
+        // Too large or broken: nothing of it is passed on rather than the token.
+        Err(_) => {
+            let mut r = http::Response::new(crate::proxy::full(""));
+            *r.status_mut() = http::StatusCode::BAD_GATEWAY;
+            return (r, upstream_status);
+        }
+    };
+    let bytes = match serde_json::from_slice::<serde_json::Value>(&bytes) {
+        Ok(mut v) => match v.pointer_mut("/metadata/api_key") {
+            Some(key) if key.is_string() => {
+                *key = serde_json::Value::String(String::new());
+                parts.headers.remove(http::header::CONTENT_LENGTH);
+                bytes::Bytes::from(v.to_string())
+            }
+            _ => bytes,
+        },
+        Err(_) => bytes,
+    };
+    (
+        http::Response::from_parts(parts, crate::proxy::full(bytes)),
+        upstream_status,
+    )
+}

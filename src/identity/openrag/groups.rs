@@ -21,7 +21,7 @@ fn rank(role: &str) -> usize {
 /// The memberships the token asks for, partition → role; `None` when the claim is missing,
 /// null or malformed (then nothing is pruned).
 pub fn desired(g: &GroupSync, claims: &Map<String, Value>) -> Option<BTreeMap<String, String>> {
-    let groups = crate::auth::profile::groups(claims, &g.claim)?;
+    let groups = crate::claims::groups(claims, &g.claim)?;
     let mut out: BTreeMap<String, String> = BTreeMap::new();
     for group in &groups {
         let Some(rest) = group.strip_prefix(g.prefix.as_str()) else {

@@ -125,7 +125,11 @@ async fn as_chainlit_user(
             .map(|c| (inject::Carrier::ChainlitSession, c)),
         live: Some(id),
     };
+    let user_info = parts.method == Method::GET && parts.uri.path() == "/chainlit/user";
     let mut outcome = send(out, names, parts, body, inject).await?;
+    if user_info {
+        outcome = super::chainlit::without_api_key(outcome).await;
+    }
     if cookies.is_some() && outcome.0.status() == http::StatusCode::UNAUTHORIZED {
         bridge.forget_chainlit_session(token).await;
     }

@@ -1,0 +1,40 @@
+//! Typed reads of claim values from verified JSON claims (ID token or userinfo), as OpenRag
+//! reads them. A leaf: authentication (allow-lists, the session's profile) and the identity
+//! modes (group sync) both read claims the same way.
+
+use serde_json::{Map, Value};
+
+/// The groups claim as OpenRag reads it: a string is one group, a list its strings; `None`
+/// when it is missing, null or of another type (which never prunes a membership).
+pub fn groups(c: &Map<String, Value>, claim: &str) -> Option<Vec<String>> {
+    match c.get(claim) {
+        Some(Value::Array(a)) => Some(
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect(),
+        ),
+        Some(Value::String(s)) => Some(vec![s.clone()]),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn groups_are_a_string_or_a_list_and_nothing_else() {
+        let c = |v: Value| json!({ "g": v }).as_object().unwrap().clone();
+        assert_eq!(groups(&c(json!("a")), "g"), Some(vec!["a".to_owned()]));
+        assert_eq!(
+            groups(&c(json!(["a", 1, "b"])), "g"),
+            Some(vec!["a".into(), "b".into()])
+        );
+        assert_eq!(groups(&c(json!([])), "g"), Some(vec![]));
+        assert_eq!(groups(&c(json!(null)), "g"), None);
+        assert_eq!(groups(&c(json!({"a": 1})), "g"), None);
+        assert_eq!(groups(&c(json!("a")), "other"), None);
+    }
+}
