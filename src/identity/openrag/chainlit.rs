@@ -70,7 +70,7 @@ impl OpenRagBridge {
         let Some(pairs) = self.admin.chainlit_login(sub, token).await? else {
             tracing::warn!(
                 sub,
-                "Chainlit refused the user's OpenRag token at its login"
+                "Chainlit refused the login (401): the user's OpenRag token, or Chainlit's own call to the backend (1.1.8 calls http://localhost:$APP_iPORT/users/info: APP_iPORT must be the backend's port)"
             );
             return Ok(None);
         };
