@@ -11,12 +11,12 @@
 pub mod authz;
 pub mod backchannel;
 pub mod cookies;
+pub mod discovery;
 pub mod flow;
 pub mod frontchannel;
 pub mod gate;
 pub mod id_token;
 pub mod idp_http;
-pub mod issuer;
 pub mod jwt;
 pub mod login_state;
 pub mod logout;
@@ -26,3 +26,4 @@ pub mod profile;
 pub mod redirect;
 pub mod refresh;
 pub mod routes;
+pub mod tokens;

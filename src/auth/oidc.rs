@@ -10,9 +10,10 @@
 //! `iat`, `nonce` and `at_hash`; the IdP client never follows redirects (`idp_http.rs`).
 //! Logout tokens are verified in `jwt.rs`/`backchannel.rs`: the crate has no verifier for them.
 
-use super::id_token::{as_map, verify_id_token, OtherClaims, RelyingParty, Tokens};
+use super::discovery::check_issuer;
+pub use super::discovery::{DiscoveryError, Metadata};
+use super::id_token::{as_map, verify_id_token, OtherClaims, RelyingParty};
 use super::idp_http::{IdpHttp, IdpHttpError};
-use super::issuer::check_issuer;
 use super::jwt::{self, Jwks, JwtError};
 use crate::config::OidcSettings;
 use openidconnect::core::{
@@ -20,11 +21,9 @@ use openidconnect::core::{
 };
 use openidconnect::{
     AccessToken, AuthType, AuthenticationFlow, AuthorizationCode, ClientId, ClientSecret,
-    CsrfToken, Nonce, OAuth2TokenResponse, PkceCodeChallenge, PkceCodeVerifier,
-    ProviderMetadataWithLogout, RedirectUrl, RefreshToken, RequestTokenError, Scope,
-    StandardErrorResponse,
+    CsrfToken, Nonce, PkceCodeChallenge, PkceCodeVerifier, ProviderMetadataWithLogout, RedirectUrl,
+    RefreshToken, RequestTokenError, Scope, StandardErrorResponse,
 };
-use serde::Deserialize;
 use serde_json::{Map, Value};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -34,17 +33,6 @@ pub const CLOCK_SKEW_SECS: i64 = 60;
 /// Minimum time between two JWKS re-fetches triggered by unknown `kid`s (abuse guard).
 const JWKS_REFETCH_MIN_INTERVAL: Duration = Duration::from_secs(10);
 
-/// The discovery members the sidecar reads itself (the crate's metadata has the rest).
-#[derive(Debug, Clone, Deserialize)]
-pub struct Metadata {
-    pub issuer: String,
-    pub jwks_uri: String,
-    #[serde(default)]
-    pub end_session_endpoint: Option<String>,
-    #[serde(default)]
-    pub token_endpoint_auth_methods_supported: Vec<String>,
-}
-
 struct Loaded {
     meta: Metadata,
     discovered: ProviderMetadataWithLogout,
@@ -52,79 +40,8 @@ struct Loaded {
     jwks: Jwks,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum DiscoveryError {
-    #[error("Issuer mismatch: configured \"{configured}\" but the IdP advertises \"{advertised}\" ({hint})")]
-    IssuerMismatch {
-        configured: String,
-        advertised: String,
-        hint: String,
-    },
-    #[error("OIDC discovery at {url} failed: {source}")]
-    Fetch { url: String, source: IdpHttpError },
-    #[error("OIDC discovery document at {url} is invalid: {reason}")]
-    Invalid { url: String, reason: String },
-}
-
-/// Why a login could not complete at the token or ID-token stage (logged; the user sees the
-/// generic "OIDC code exchange failed").
-#[derive(Debug, thiserror::Error)]
-pub enum TokenError {
-    #[error("discovery has not completed")]
-    NotLoaded,
-    #[error("token endpoint: {0}")]
-    Http(#[from] IdpHttpError),
-    /// The IdP's OAuth error answer (`invalid_grant`, …): its final word.
-    #[error("the IdP refused: {0}")]
-    Refused(String),
-    #[error("token response: {0}")]
-    Response(String),
-    #[error("ID token: {0}")]
-    Jwt(#[from] JwtError),
-    #[error("ID token claim check failed: {0}")]
-    Claims(String),
-    /// A correctly signed ID token without a `sub` (OpenRag has its own message for it).
-    #[error("ID token has no sub")]
-    MissingSub,
-}
-
+pub use super::tokens::{TokenError, TokenResponse};
 pub use crate::config::ClientAuth;
-
-/// What the token endpoint returned. Its `Debug` shows no token.
-#[derive(Clone)]
-pub struct TokenResponse {
-    pub access_token: String,
-    pub expires_in: Option<i64>,
-    pub refresh_token: Option<String>,
-    pub id_token: Option<String>,
-}
-
-impl std::fmt::Debug for TokenResponse {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenResponse")
-            .field("access_token", &"[redacted]")
-            .field("expires_in", &self.expires_in)
-            .field(
-                "refresh_token",
-                &self.refresh_token.as_ref().map(|_| "[redacted]"),
-            )
-            .field("id_token", &self.id_token.as_ref().map(|_| "[redacted]"))
-            .finish()
-    }
-}
-
-impl From<Tokens> for TokenResponse {
-    fn from(t: Tokens) -> Self {
-        TokenResponse {
-            access_token: t.access_token().secret().clone(),
-            expires_in: t
-                .expires_in()
-                .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)),
-            refresh_token: t.refresh_token().map(|r| r.secret().clone()),
-            id_token: t.extra_fields().id_token().map(|i| i.to_string()),
-        }
-    }
-}
 
 pub struct Provider {
     /// The authorization request's `prompt` (none by default).

@@ -9,6 +9,7 @@
 
 pub mod access;
 pub mod auth;
+pub mod bridge;
 pub mod connections;
 pub mod dotenv;
 pub mod openrag_env;

@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod chainlit;
+mod claims_sync;
 pub mod groups;
 pub mod inject;
 mod provision;
@@ -20,7 +21,7 @@ use crate::crypto::KeyRing;
 use crate::secret::Secret;
 use crate::store::{Store, StoreError};
 use admin::{AdminClient, AdminError, BackendUser};
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -127,11 +128,6 @@ impl OpenRagBridge {
 
     fn vault_key(&self, sub: &str) -> String {
         crate::store::keys::hashed("vault", &["vault", &self.issuer, sub])
-    }
-
-    /// Where the digest of the last value written to `field` of `sub`'s backend user is kept.
-    fn synced_key(&self, sub: &str, field: &str) -> String {
-        crate::store::keys::hashed("synced", &["synced", &self.issuer, sub, field])
     }
 
     async fn vault_get(&self, sub: &str) -> Result<Option<Secret<String>>, StoreError> {
@@ -340,126 +336,10 @@ impl OpenRagBridge {
             }),
         }
     }
-
-    /// Auto-provision sync, then `OIDC_CLAIM_MAPPING` (which may override it), as OpenRag does:
-    /// only changed, non-null values are written; a failed write is logged, never fatal.
-    async fn sync_claims(&self, sub: &str, user: &BackendUser, claims: &Map<String, Value>) {
-        let mut patch = Map::new();
-        if self.auto_provision {
-            patch.insert("display_name".into(), json!(display_name(sub, claims)));
-            if let Some(e) = email(claims) {
-                patch.insert("email".into(), json!(e));
-            }
-        }
-        for m in &self.claim_mapping {
-            if let Some(v) = claims
-                .get(&m.claim)
-                .and_then(Value::as_str)
-                .map(str::trim)
-                .filter(|v| !v.is_empty())
-            {
-                let v = if m.field == "email" {
-                    v.to_lowercase()
-                } else {
-                    v.to_owned()
-                };
-                patch.insert(m.field.clone(), json!(v));
-            }
-        }
-        patch.retain(|field, v| {
-            let current = match field.as_str() {
-                "display_name" => user.display_name.as_deref(),
-                _ => user.email.as_deref(),
-            };
-            Some(v.as_str().unwrap_or_default()) != current
-        });
-        // A field the backend does not report (OpenRag 1.1.8's users list has no email) is
-        // compared with what the sidecar last wrote, kept as a digest: no write at every login.
-        let mut unchanged = Vec::new();
-        for (field, v) in &patch {
-            let reported = match field.as_str() {
-                "display_name" => user.display_name.is_some(),
-                _ => user.email.is_some(),
-            };
-            let written = self.store.get(&self.synced_key(sub, field)).await;
-            if !reported && written.ok().flatten().as_deref() == Some(synced_digest(v).as_bytes()) {
-                unchanged.push(field.clone());
-            }
-        }
-        for f in unchanged {
-            patch.remove(&f);
-        }
-        if patch.is_empty() {
-            return;
-        }
-        match self
-            .admin
-            .patch_user(user.id, Value::Object(patch.clone()))
-            .await
-        {
-            Ok(()) => {
-                {
-                    let mut map = self.users.lock().unwrap_or_else(|p| p.into_inner());
-                    if let Some(u) = map.get_mut(sub) {
-                        if let Some(d) = patch.get("display_name").and_then(Value::as_str) {
-                            u.display_name = Some(d.to_owned());
-                        }
-                        if let Some(e) = patch.get("email").and_then(Value::as_str) {
-                            u.email = Some(e.to_owned());
-                        }
-                    }
-                }
-                for (field, v) in &patch {
-                    let key = self.synced_key(sub, field);
-                    let digest = synced_digest(v);
-                    let _ = self
-                        .store
-                        .put(&key, digest.as_bytes(), self.settings.vault_ttl)
-                        .await;
-                }
-                tracing::info!(sub, fields = ?patch.keys().collect::<Vec<_>>(), "backend user synced from claims");
-            }
-            Err(e) => tracing::warn!(sub, error = %e, "claim sync failed"),
-        }
-    }
 }
 
-/// A value as the sync remembers it: hashed, so the store holds no readable email.
-fn synced_digest(v: &Value) -> String {
-    crate::crypto::digest(&[&v.to_string()])
-}
-
-/// name → preferred_username → "given family" → `oidc-<first 8 of sub>` (docs/openrag-backend.md#users).
-pub fn display_name(sub: &str, claims: &Map<String, Value>) -> String {
-    let s = |k: &str| {
-        claims
-            .get(k)
-            .and_then(Value::as_str)
-            .map(str::trim)
-            .filter(|v| !v.is_empty())
-    };
-    if let Some(n) = s("name").or_else(|| s("preferred_username")) {
-        return n.to_owned();
-    }
-    let full = format!(
-        "{} {}",
-        s("given_name").unwrap_or(""),
-        s("family_name").unwrap_or("")
-    );
-    if !full.trim().is_empty() {
-        return full.trim().to_owned();
-    }
-    format!("oidc-{}", sub.chars().take(8).collect::<String>())
-}
-
-fn email(claims: &Map<String, Value>) -> Option<String> {
-    claims
-        .get("email")
-        .and_then(Value::as_str)
-        .map(str::trim)
-        .filter(|e| !e.is_empty())
-        .map(str::to_lowercase)
-}
+pub use claims_sync::display_name;
+use claims_sync::email;
 
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,64 @@
+//! What discovery yields and how it fails: the members of the discovery document the sidecar
+//! reads itself, the errors, and the issuer rule (OIDC Discovery §4.3: byte for byte, with a
+//! diagnosis an operator can act on). Pure; fetching is `oidc.rs`'s, ID-token claims are
+//! `id_token.rs`'s.
+
+use super::idp_http::IdpHttpError;
+use serde::Deserialize;
+
+/// The discovery members the sidecar reads itself (the crate's metadata has the rest).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Metadata {
+    pub issuer: String,
+    pub jwks_uri: String,
+    #[serde(default)]
+    pub end_session_endpoint: Option<String>,
+    #[serde(default)]
+    pub token_endpoint_auth_methods_supported: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoveryError {
+    #[error("Issuer mismatch: configured \"{configured}\" but the IdP advertises \"{advertised}\" ({hint})")]
+    IssuerMismatch {
+        configured: String,
+        advertised: String,
+        hint: String,
+    },
+    #[error("OIDC discovery at {url} failed: {source}")]
+    Fetch { url: String, source: IdpHttpError },
+    #[error("OIDC discovery document at {url} is invalid: {reason}")]
+    Invalid { url: String, reason: String },
+}
+
+/// The byte-for-byte issuer rule, with a hint an operator can act on.
+pub fn check_issuer(configured: &str, advertised: &str) -> Result<(), DiscoveryError> {
+    if configured == advertised {
+        return Ok(());
+    }
+    let hint = if configured.trim_end_matches('/') == advertised.trim_end_matches('/') {
+        format!("they differ only by a trailing slash: set OIDC_ENDPOINT={advertised} exactly")
+    } else {
+        format!("set OIDC_ENDPOINT to the advertised issuer, {advertised}, byte for byte")
+    };
+    Err(DiscoveryError::IssuerMismatch {
+        configured: configured.to_owned(),
+        advertised: advertised.to_owned(),
+        hint,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issuer_mismatch_explains_the_trailing_slash() {
+        let e = check_issuer("https://sso.example.com", "https://sso.example.com/")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("Issuer mismatch: configured \"https://sso.example.com\" but the IdP advertises \"https://sso.example.com/\""), "{e}");
+        assert!(e.contains("trailing slash"), "{e}");
+        assert!(check_issuer("a", "a").is_ok());
+    }
+}
