@@ -2,7 +2,7 @@
 //!
 //! A leaf: the server marks its worker threads here, and every layer that keeps per-worker
 //! state (sessions cache, Redis connections, metrics shards, settings copies) reads it, without
-//! depending on the server.
+//! depending on the server; and how those bounded caches make room ([`evict_one`]).
 
 thread_local! {
     /// The index of the worker running on this thread, if any.
@@ -66,5 +66,28 @@ impl<T> PerWorker<std::sync::RwLock<std::sync::Arc<T>>> {
         for slot in self.all() {
             *slot.write().unwrap_or_else(|p| p.into_inner()) = std::sync::Arc::new(make());
         }
+    }
+}
+
+/// Makes room in a full per-worker cache by dropping one entry, the first the map's iteration
+/// yields: with a randomly seeded hasher that is an arbitrary one, so entries in use are soon
+/// back and the others go (random eviction). Emptying the whole cache instead threw the hot
+/// sessions out with the cold ones each time it filled.
+pub fn evict_one<K: Clone + Eq + std::hash::Hash, V>(map: &mut std::collections::HashMap<K, V>) {
+    if let Some(k) = map.keys().next().cloned() {
+        map.remove(&k);
+    }
+}
+
+#[cfg(test)]
+mod eviction_tests {
+    #[test]
+    fn a_full_cache_loses_one_entry_not_all() {
+        let mut m: std::collections::HashMap<u32, u32> = (0..100).map(|i| (i, i)).collect();
+        super::evict_one(&mut m);
+        assert_eq!(m.len(), 99);
+        let mut empty: std::collections::HashMap<u32, u32> = Default::default();
+        super::evict_one(&mut empty);
+        assert!(empty.is_empty());
     }
 }
