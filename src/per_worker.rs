@@ -2,7 +2,7 @@
 //!
 //! A leaf: the server marks its worker threads here, and every layer that keeps per-worker
 //! state (sessions cache, Redis connections, metrics shards, settings copies) reads it, without
-//! depending on the server; and how those bounded caches make room ([`evict_one`]).
+//! depending on the server; and how those bounded caches make room ([`evict_some`]).
 
 thread_local! {
     /// The index of the worker running on this thread, if any.
@@ -69,25 +69,35 @@ impl<T> PerWorker<std::sync::RwLock<std::sync::Arc<T>>> {
     }
 }
 
-/// Makes room in a full per-worker cache by dropping one entry, the first the map's iteration
-/// yields: with a randomly seeded hasher that is an arbitrary one, so entries in use are soon
-/// back and the others go (random eviction). Emptying the whole cache instead threw the hot
-/// sessions out with the cold ones each time it filled.
-pub fn evict_one<K: Clone + Eq + std::hash::Hash, V>(map: &mut std::collections::HashMap<K, V>) {
-    if let Some(k) = map.keys().next().cloned() {
-        map.remove(&k);
-    }
+/// Makes room in a full per-worker cache: each entry leaves with probability 1/8, drawn
+/// afresh each time (random eviction, in batches so the cost stays O(1) per insert). Entries in
+/// use are soon back; the others go. Emptying the whole cache threw the hot sessions out with
+/// the cold ones, and always dropping the map's first entry froze the rest of the cache
+/// (`bench/scale`, skewed requests over 100k sessions with 2,048 entries a worker: 18% hits
+/// emptying, 7% dropping the first entry, 22% with this; uniform: 1.9%, the 2% a cache of that
+/// size can hold).
+pub fn evict_some<K: Eq + std::hash::Hash, V>(map: &mut std::collections::HashMap<K, V>) {
+    use std::hash::{BuildHasher, Hasher};
+    // One random seed per sweep; entries are drawn by hashing it with a counter.
+    let seed = std::collections::hash_map::RandomState::new();
+    let mut n: u64 = 0;
+    map.retain(|_, _| {
+        n += 1;
+        let mut h = seed.build_hasher();
+        h.write_u64(n);
+        h.finish() % 8 != 0
+    });
 }
 
 #[cfg(test)]
 mod eviction_tests {
     #[test]
-    fn a_full_cache_loses_one_entry_not_all() {
-        let mut m: std::collections::HashMap<u32, u32> = (0..100).map(|i| (i, i)).collect();
-        super::evict_one(&mut m);
-        assert_eq!(m.len(), 99);
+    fn a_full_cache_loses_about_an_eighth_at_random() {
+        let mut m: std::collections::HashMap<u32, u32> = (0..10_000).map(|i| (i, i)).collect();
+        super::evict_some(&mut m);
+        assert!((8_000..9_500).contains(&m.len()), "{} left", m.len());
         let mut empty: std::collections::HashMap<u32, u32> = Default::default();
-        super::evict_one(&mut empty);
+        super::evict_some(&mut empty);
         assert!(empty.is_empty());
     }
 }

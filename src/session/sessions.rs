@@ -185,7 +185,7 @@ impl Sessions {
         match &session {
             Some(s) => {
                 if cache.len() >= OPENED_CACHE_MAX {
-                    crate::per_worker::evict_one(&mut cache);
+                    crate::per_worker::evict_some(&mut cache);
                 }
                 let entry = Opened {
                     key,

@@ -234,7 +234,7 @@ impl Tracking {
                 if let (Some(v), Some(expires)) = (&value, expires) {
                     if st.generation == generation && st.is_current(id) {
                         if st.entries.len() >= self.capacity {
-                            crate::per_worker::evict_one(&mut st.entries);
+                            crate::per_worker::evict_some(&mut st.entries);
                         }
                         st.entries.insert(key.to_owned(), (v.clone(), expires));
                     }
