@@ -5,7 +5,7 @@
 //! claims between a login and a refresh.
 
 use crate::oidc_support::*;
-use crate::openrag::{callback, token, Backend, ADMIN_TOKEN};
+use crate::openrag::{callback, token, world_in, Backend, World};
 use crate::support::*;
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -13,54 +13,19 @@ use std::time::Duration;
 /// Past the refresh point of a 4 s access token (refreshed in its last quarter).
 const PAST_DUE: Duration = Duration::from_millis(3300);
 
-struct World {
-    idp: Idp,
-    _redis: Redis,
-    backend: Backend,
-    sc: OidcSidecar,
-    _dir: tempfile::TempDir,
-}
-
 /// The real IdP (`accounts` as its ACCOUNTS_JSON, 4 s access tokens), Redis, `backend`, and an
 /// OpenRag-identity sidecar with `env`; users' tokens come from a token file (`tokens`).
 async fn world(accounts: Value, backend: Backend, tokens: Value, env: &[(&str, &str)]) -> World {
-    let port = free_port();
     let accounts = accounts.to_string();
-    let idp = Idp::start(
-        0,
-        &[
-            (
-                "RP_REDIRECT_URIS",
-                &format!("http://127.0.0.1:{port}/auth/callback"),
-            ),
-            ("ACCOUNTS_JSON", &accounts),
-            ("ACCESS_TOKEN_TTL", "4"),
-        ],
-    );
-    let redis = Redis::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let token_file = dir.path().join("tokens.json");
-    std::fs::write(&token_file, tokens.to_string()).unwrap();
-    let redis_url = redis.url();
-    let mut all: Vec<(&str, &str)> = vec![
-        ("SSO_SIDECAR_IDENTITY", "openrag"),
-        ("AUTH_TOKEN", ADMIN_TOKEN),
-        ("SSO_SIDECAR_REDIS_URL", &redis_url),
-        (
-            "SSO_SIDECAR_OPENRAG__TOKEN_FILE",
-            token_file.to_str().unwrap(),
-        ),
-        ("SSO_SIDECAR_OPENRAG__TOKEN_POLICY", "file"),
-    ];
+    let mut all = vec![("SSO_SIDECAR_OPENRAG__TOKEN_POLICY", "file")];
     all.extend_from_slice(env);
-    let sc = start_oidc_sidecar(port, &idp.issuer(), &backend.url(), &all).await;
-    World {
-        idp,
-        _redis: redis,
+    world_in(
+        &[("ACCOUNTS_JSON", &accounts), ("ACCESS_TOKEN_TTL", "4")],
         backend,
-        sc,
-        _dir: dir,
-    }
+        tokens,
+        &all,
+    )
+    .await
 }
 
 /// Merges `claims` into the IdP account `sub` (the next token carries them).

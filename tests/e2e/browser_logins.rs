@@ -92,23 +92,9 @@ async fn two_logins_in_flight_in_one_browser_both_complete() {
 /// leads to the IdP.
 #[tokio::test]
 async fn in_a_real_browser_two_tabs_and_back_both_work() {
-    require_tool("chromium", "chromium chromium-driver");
     let w = world_with(&[], &[]).await;
     let sc = &w.sc.sidecar;
-    let out = tokio::process::Command::new("node")
-        .arg(repo_root().join("tests/idp/tabs.mjs"))
-        .arg(sc.url(""))
-        .arg("tabby")
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "tabs.mjs failed: {stdout} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let r = browser("tabs.mjs", &[&sc.url(""), "tabby"]).await;
     assert_eq!(r["one"]["url"], sc.url("/one"), "{r}");
     assert_eq!(r["one"]["status"], 200, "{r}");
     assert_eq!(r["two"]["url"], sc.url("/two"), "{r}");

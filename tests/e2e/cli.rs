@@ -25,6 +25,36 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
     )
 }
 
+/// The OIDC variables every `check` below needs, for the IdP at `issuer`, then `extra`.
+fn oidc_env(issuer: &str, redirect: &str, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = [
+        ("AUTH_MODE", "oidc"),
+        ("OIDC_ENDPOINT", issuer),
+        ("OIDC_CLIENT_ID", "rp"),
+        ("OIDC_CLIENT_SECRET", "s"),
+        ("OIDC_REDIRECT_URI", redirect),
+    ]
+    .iter()
+    .chain(extra)
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    env.push((
+        "OIDC_TOKEN_ENCRYPTION_KEY".into(),
+        sso_sidecar::crypto::generate_key(),
+    ));
+    env
+}
+
+/// `sso-sidecar check` with `env`, off the test's runtime (the process is waited for).
+async fn check(env: Vec<(String, String)>) -> (Option<i32>, String, String) {
+    tokio::task::spawn_blocking(move || {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        run(&["check"], &env)
+    })
+    .await
+    .unwrap()
+}
+
 #[test]
 fn help_names_the_variables_and_points_to_the_readme() {
     let (code, out, _) = run(&["--help"], &[]);
@@ -186,44 +216,22 @@ fn check_accepts_a_valid_configuration_file_and_dotenv() {
 #[tokio::test]
 async fn check_explains_an_idp_it_cannot_use_and_exits_78() {
     let plain = Upstream::start(); // plain http, answers 200 echoes and 404s
-    let key = sso_sidecar::crypto::generate_key();
     let base = |endpoint: String| {
-        vec![
-            ("AUTH_MODE".to_string(), "oidc".to_string()),
-            ("SSO_SIDECAR_IDENTITY".into(), "headers".into()),
-            ("OIDC_ENDPOINT".into(), endpoint),
-            ("OIDC_CLIENT_ID".into(), "rp".into()),
-            ("OIDC_CLIENT_SECRET".into(), "s".into()),
-            (
-                "OIDC_REDIRECT_URI".into(),
-                "http://127.0.0.1:1/auth/callback".into(),
-            ),
-            ("OIDC_TOKEN_ENCRYPTION_KEY".into(), key.clone()),
-            ("SSO_SIDECAR_IDP_TIMEOUT_SECS".into(), "3".into()),
-        ]
+        oidc_env(
+            &endpoint,
+            "http://127.0.0.1:1/auth/callback",
+            &[
+                ("SSO_SIDECAR_IDENTITY", "headers"),
+                ("SSO_SIDECAR_IDP_TIMEOUT_SECS", "3"),
+            ],
+        )
     };
     let https = base(format!("https://127.0.0.1:{}", plain.port));
-    let (code, out, err) = tokio::task::spawn_blocking(move || {
-        let env: Vec<(&str, &str)> = https
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        run(&["check"], &env)
-    })
-    .await
-    .unwrap();
+    let (code, out, err) = check(https).await;
     assert_eq!(code, Some(78), "{out}{err}");
     assert!(err.contains("is the IdP plain http?"), "{err}");
     let unreachable = base("http://127.0.0.1:9".to_string());
-    let (code, out, err) = tokio::task::spawn_blocking(move || {
-        let env: Vec<(&str, &str)> = unreachable
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        run(&["check"], &env)
-    })
-    .await
-    .unwrap();
+    let (code, out, err) = check(unreachable).await;
     assert_eq!(
         code,
         Some(78),
@@ -246,31 +254,19 @@ async fn check_probes_redis_and_the_backends_admin_token() {
     let idp = crate::mock_idp::MockIdp::start().await;
     idp.set(|m| m.jwks = serde_json::json!({"keys": [crate::mock_idp::Key::new("k").jwk()]}));
     let backend = crate::openrag::Backend::start(serde_json::json!([]));
-    let env: Vec<(String, String)> = vec![
-        ("AUTH_MODE".into(), "oidc".into()),
-        ("SSO_SIDECAR_IDENTITY".into(), "openrag".into()),
-        ("AUTH_TOKEN".into(), "not-the-admin-token-at-all".into()),
-        ("SSO_SIDECAR_UPSTREAM".into(), backend.url()),
-        ("SSO_SIDECAR_REDIS_URL".into(), "redis://127.0.0.1:9".into()),
-        ("SSO_SIDECAR_REDIS_TIMEOUT_MS".into(), "500".into()),
-        ("OIDC_ENDPOINT".into(), idp.issuer()),
-        ("OIDC_CLIENT_ID".into(), "rp".into()),
-        ("OIDC_CLIENT_SECRET".into(), "s".into()),
-        (
-            "OIDC_REDIRECT_URI".into(),
-            "https://rag.example/auth/callback".into(),
-        ),
-        (
-            "OIDC_TOKEN_ENCRYPTION_KEY".into(),
-            sso_sidecar::crypto::generate_key(),
-        ),
-    ];
-    let (code, out, err) = tokio::task::spawn_blocking(move || {
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        run(&["check"], &env)
-    })
-    .await
-    .unwrap();
+    let (backend_url, issuer) = (backend.url(), idp.issuer());
+    let env = oidc_env(
+        &issuer,
+        "https://rag.example/auth/callback",
+        &[
+            ("SSO_SIDECAR_IDENTITY", "openrag"),
+            ("AUTH_TOKEN", "not-the-admin-token-at-all"),
+            ("SSO_SIDECAR_UPSTREAM", &backend_url),
+            ("SSO_SIDECAR_REDIS_URL", "redis://127.0.0.1:9"),
+            ("SSO_SIDECAR_REDIS_TIMEOUT_MS", "500"),
+        ],
+    );
+    let (code, out, err) = check(env).await;
     assert_eq!(code, Some(78), "{out}{err}");
     assert!(out.contains("OIDC discovery OK"), "{out}");
     assert!(out.contains("AUTH_MODE=oidc: single sign-on"), "{out}");
@@ -324,29 +320,15 @@ async fn check_says_whether_redis_allows_client_tracking() {
             false,
         ),
     ] {
-        let env: Vec<(String, String)> = vec![
-            ("AUTH_MODE".into(), "oidc".into()),
-            ("SSO_SIDECAR_IDENTITY".into(), "headers".into()),
-            ("SSO_SIDECAR_REDIS_URL".into(), url),
-            ("OIDC_ENDPOINT".into(), idp.issuer()),
-            ("OIDC_CLIENT_ID".into(), "rp".into()),
-            ("OIDC_CLIENT_SECRET".into(), "s".into()),
-            (
-                "OIDC_REDIRECT_URI".into(),
-                "http://127.0.0.1:1/auth/callback".into(),
-            ),
-            (
-                "OIDC_TOKEN_ENCRYPTION_KEY".into(),
-                sso_sidecar::crypto::generate_key(),
-            ),
-        ];
-        let (code, out, err) = tokio::task::spawn_blocking(move || {
-            let env: Vec<(&str, &str)> =
-                env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-            run(&["check"], &env)
-        })
-        .await
-        .unwrap();
+        let env = oidc_env(
+            &idp.issuer(),
+            "http://127.0.0.1:1/auth/callback",
+            &[
+                ("SSO_SIDECAR_IDENTITY", "headers"),
+                ("SSO_SIDECAR_REDIS_URL", &url),
+            ],
+        );
+        let (code, out, err) = check(env).await;
         if allowed {
             assert_eq!(code, Some(0), "{out}{err}");
             assert!(out.contains("CLIENT TRACKING allowed"), "{out}");

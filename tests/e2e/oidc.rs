@@ -459,23 +459,13 @@ async fn login_redirect_carries_pkce_state_nonce_and_scopes() {
 
 #[tokio::test]
 async fn a_real_browser_logs_in_and_lands_on_the_requested_page() {
-    require_tool("chromium", "chromium chromium-driver");
     let w = world(&[]).await;
     let sc = &w.sc.sidecar;
-    let out = tokio::process::Command::new("node")
-        .arg(repo_root().join("tests/idp/login.mjs"))
-        .arg(sc.url("/static/landing?from=browser"))
-        .arg("dave")
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "login.mjs failed: {stdout} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let result: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let result = browser(
+        "login.mjs",
+        &[&sc.url("/static/landing?from=browser"), "dave"],
+    )
+    .await;
     assert_eq!(result["status"], 200);
     assert_eq!(result["url"], sc.url("/static/landing?from=browser"));
     let page: serde_json::Value = serde_json::from_str(result["body"].as_str().unwrap()).unwrap();

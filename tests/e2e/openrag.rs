@@ -109,14 +109,21 @@ pub(crate) async fn world(users: Value, files: Value, env: &[(&str, &str)]) -> W
 
 /// `world` in front of a given stand-in backend.
 pub(crate) async fn world_with(backend: Backend, files: Value, env: &[(&str, &str)]) -> World {
+    world_in(&[], backend, files, env).await
+}
+
+/// `world_with`, the IdP started with `idp_env` too (its accounts, token lifetimes).
+pub(crate) async fn world_in(
+    idp_env: &[(&str, &str)],
+    backend: Backend,
+    files: Value,
+    env: &[(&str, &str)],
+) -> World {
     let port = free_port();
-    let idp = Idp::start(
-        0,
-        &[(
-            "RP_REDIRECT_URIS",
-            &format!("http://127.0.0.1:{port}/auth/callback"),
-        )],
-    );
+    let redirect = format!("http://127.0.0.1:{port}/auth/callback");
+    let mut idp_env = idp_env.to_vec();
+    idp_env.push(("RP_REDIRECT_URIS", &redirect));
+    let idp = Idp::start(0, &idp_env);
     let redis = Redis::start().await;
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("tokens.json");
@@ -607,7 +614,6 @@ async fn bearer_pass_through_and_unauthenticated_requests() {
 
 #[tokio::test]
 async fn a_browser_login_lands_in_the_backend_as_the_right_user() {
-    require_tool("chromium", "chromium chromium-driver");
     let ivy = token(9);
     let w = world(
         json!([seeded("ivy", Some(&ivy))]),
@@ -615,20 +621,7 @@ async fn a_browser_login_lands_in_the_backend_as_the_right_user() {
         &[("SSO_SIDECAR_OPENRAG__TOKEN_POLICY", "file")],
     )
     .await;
-    let out = tokio::process::Command::new("node")
-        .arg(repo_root().join("tests/idp/login.mjs"))
-        .arg(w.sc.sidecar.url("/"))
-        .arg("ivy")
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let result: Value = serde_json::from_str(stdout.trim()).unwrap();
+    let result = browser("login.mjs", &[&w.sc.sidecar.url("/"), "ivy"]).await;
     let page: Value = serde_json::from_str(result["body"].as_str().unwrap()).unwrap();
     assert_eq!(page["user"]["external_user_id"], "ivy");
     assert_eq!(page["auth_via"], "bearer");

@@ -295,6 +295,28 @@ pub fn proc_status_kb(pid: u32, field: &str) -> u64 {
         .unwrap_or_else(|| panic!("{field} not in /proc/{pid}/status"))
 }
 
+// === headless Chromium =====================================================================
+
+/// Runs one of the test IdP's Playwright scripts (`tests/idp/<script>`, headless Chromium)
+/// with `args`, and returns the one JSON line it prints; fails the test with its output if it
+/// fails.
+pub async fn browser(script: &str, args: &[&str]) -> serde_json::Value {
+    require_tool("chromium", "chromium chromium-driver");
+    let out = tokio::process::Command::new("node")
+        .arg(repo_root().join("tests/idp").join(script))
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{script} failed: {stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{script}: {e}: {stdout}"))
+}
+
 // === an HTTP client ========================================================================
 
 pub fn client() -> Client<HttpConnector, TestBody> {

@@ -8,7 +8,7 @@
 //   {"url": final_url, "status": http_status, "body": page_text}            exit 0
 //   {"error": message, "url": url_at_failure, "body": page_text_excerpt}    exit 1
 // Everything is bounded by a 20 s overall deadline.
-import { chromium } from 'playwright-core';
+import { launch, signIn } from './browser.mjs';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -48,15 +48,7 @@ const fail = async (message) => {
 setTimeout(() => fail(`timed out after ${OVERALL_MS} ms`), OVERALL_MS).unref();
 
 try {
-  context = await chromium.launchPersistentContext(profile, {
-    executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
-    headless: true,
-    timeout: 10_000,
-    // Flags from test-infra.md §4: no sandbox (root), and no background traffic leaving the machine.
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync',
-      '--disable-dev-shm-usage'],
-  });
+  context = await launch(profile);
   page = context.pages()[0] ?? await context.newPage();
   page.setDefaultTimeout(10_000);
 
@@ -67,20 +59,7 @@ try {
   });
 
   await page.goto(startUrl, { waitUntil: 'load' });
-  if (!onRp(page.url())) {
-    await page.locator('input[name=login]').fill(login);
-    await page.locator('input[name=password]').fill(password);
-    let before = page.url();
-    await Promise.all([page.waitForURL((u) => u.href !== before), page.locator('button[type=submit]').click()]);
-    // Consent is normally asked (fresh IdP session => new grant); skip it if the IdP did not ask.
-    if (!onRp(page.url())) {
-      const cont = page.locator('button[type=submit]', { hasText: 'Continue' });
-      await cont.waitFor();
-      before = page.url();
-      await Promise.all([page.waitForURL((u) => u.href !== before), cont.click()]);
-    }
-    await page.waitForURL((u) => u.origin === startOrigin);
-  }
+  if (!onRp(page.url())) await signIn(page, login, password, onRp);
   await page.waitForLoadState('load');
   const result = { url: page.url(), status, body: await pageText() };
   if (screenshot) await page.screenshot({ path: screenshot });

@@ -11,7 +11,7 @@
 //    the spent callback URL must get a page with a "Log in again" link, which leads to the IdP.
 // Prints one JSON line: {"one": {url, status}, "two": {url, status}, "back": {url, status},
 //   "fresh": {status, body, link}, "after_link": url}   exit 0, or {"error": message} exit 1.
-import { chromium } from 'playwright-core';
+import { launch as launchIn, signIn } from './browser.mjs';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -32,14 +32,7 @@ setTimeout(() => { emit({ error: `timed out after ${OVERALL_MS} ms` }); process.
 const launch = async () => {
   const profile = mkdtempSync(join(tmpdir(), 'sso-tabs-'));
   profiles.push(profile);
-  return chromium.launchPersistentContext(profile, {
-    executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
-    headless: true,
-    timeout: 10_000,
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync',
-      '--disable-dev-shm-usage'],
-  });
+  return launchIn(profile);
 };
 
 // Tracks a page's last main-frame status and the callback URLs it went through.
@@ -54,19 +47,8 @@ const track = (page) => {
   return t;
 };
 
-// From the IdP's login form to the RP: sign in, and consent when asked.
 const finishLogin = async (page) => {
-  await page.locator('input[name=login]').fill(login);
-  await page.locator('input[name=password]').fill('test');
-  let before = page.url();
-  await Promise.all([page.waitForURL((u) => u.href !== before), page.locator('button[type=submit]').click()]);
-  if (!onRp(page.url())) {
-    const cont = page.locator('button[type=submit]', { hasText: 'Continue' });
-    await cont.waitFor();
-    before = page.url();
-    await Promise.all([page.waitForURL((u) => u.href !== before), cont.click()]);
-  }
-  await page.waitForURL((u) => u.origin === rpOrigin);
+  await signIn(page, login, 'test', onRp);
   await page.waitForLoadState('load');
 };
 
