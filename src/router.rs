@@ -88,12 +88,9 @@ impl App {
             .insert(headers::X_REQUEST_ID, request_id.clone());
         let peer = self.upstream.peer(conn.peer.ip(), conn.scheme);
 
-        // The client's address, when rate limits apply.
-        let client = self
-            .oidc
-            .as_ref()
-            .and_then(|o| o.limits.as_ref())
-            .map(|_| self.upstream.client_ip(req.headers(), peer));
+        // The rate limits, and the client's address when they apply.
+        let limits = self.oidc.as_ref().and_then(|o| o.limits.as_ref());
+        let client = limits.map(|_| self.upstream.client_ip(req.headers(), peer));
         let mut result = match (refused_early(&req), &self.oidc) {
             (Some(e), _) => Err(e),
             (None, None) => self.proxy(req.map(Either::Left), peer).await,
@@ -101,7 +98,6 @@ impl App {
         };
         // The sidecar's own 401s and 403s spend the client's failure budget. (The limiter's
         // futures are boxed: rare paths, kept out of every request's future.)
-        let limits = self.oidc.as_ref().and_then(|o| o.limits.as_ref());
         if let Some((l, ip)) = limits.zip(client).filter(|_| own_refusal(&result)) {
             if let Err(wait) = Box::pin(l.spend(Kind::Failure, ip)).await {
                 result = Err(self.limited(Kind::Failure, wait));
