@@ -12,6 +12,7 @@
 FROM rust:1.95-bookworm AS builder
 WORKDIR /build
 COPY Cargo.toml Cargo.lock ./
+COPY .cargo ./.cargo
 COPY src ./src
 # The same build as CI: `cargo build --release --locked`. The cache mounts keep downloaded crates
 # and compiled dependencies between local builds (a source change rebuilds in ~30 s, not ~4 min);

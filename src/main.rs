@@ -48,6 +48,13 @@ enum Command {
     Healthcheck,
 }
 
+/// jemalloc rather than glibc's malloc: under a burst of connections both peak alike, but
+/// glibc keeps the peak after the burst, where jemalloc's background thread returns it within
+/// about a second (its settings: .cargo/config.toml). Measured in docs/benchmark.md.
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Run) {
