@@ -15,7 +15,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use std::convert::Infallible;
 use std::future::Future;
-use std::pin::Pin;
+use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -77,27 +77,36 @@ pub(super) async fn serve_conn<H, F>(
     };
     let result = match &opts.tls {
         None => {
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+            let conn = pin!(builder.serve_connection_with_upgrades(TokioIo::new(io), service));
             drive(conn, |c| c.graceful_shutdown(), &activity, &opts, shutdown).await
         }
+        // Boxed: the handshake's state and the TLS stream take several kilobytes, which every
+        // cleartext connection (a sidecar behind the pod's own TLS) would otherwise carry inline
+        // in its task (6.4 KB, against 2.2 KB with this box).
         Some(config) => {
-            let acceptor = tokio_rustls::TlsAcceptor::from(config.clone());
-            let tls = match tokio::time::timeout(opts.first_byte_timeout, acceptor.accept(io)).await
-            {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    tracing::debug!(peer = %info.peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    if let Some(m) = &opts.metrics {
-                        m.connection_timed_out("first_byte");
+            let tls = Box::pin(async {
+                let acceptor = tokio_rustls::TlsAcceptor::from(config.clone());
+                let accept = tokio::time::timeout(opts.first_byte_timeout, acceptor.accept(io));
+                let tls = match accept.await {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => {
+                        tracing::debug!(peer = %info.peer, error = %e, "TLS handshake failed");
+                        return None;
                     }
-                    return;
-                }
-            };
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
-            drive(conn, |c| c.graceful_shutdown(), &activity, &opts, shutdown).await
+                    Err(_) => {
+                        if let Some(m) = &opts.metrics {
+                            m.connection_timed_out("first_byte");
+                        }
+                        return None;
+                    }
+                };
+                let conn = pin!(builder.serve_connection_with_upgrades(TokioIo::new(tls), service));
+                Some(drive(conn, |c| c.graceful_shutdown(), &activity, &opts, shutdown).await)
+            });
+            match tls.await {
+                Some(r) => r,
+                None => return,
+            }
         }
     };
     if let Err(e) = result {
@@ -110,7 +119,7 @@ type ConnResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 /// Runs `conn` until it ends; asks it to close gracefully on shutdown or once it has been idle
 /// (no request in flight, none started or finished) for the idle timeout.
 async fn drive<C>(
-    conn: C,
+    mut conn: Pin<&mut C>,
     close: impl Fn(Pin<&mut C>),
     activity: &Activity,
     opts: &ServeOptions,
@@ -119,7 +128,6 @@ async fn drive<C>(
 where
     C: Future<Output = ConnResult>,
 {
-    let mut conn = std::pin::pin!(conn);
     // Checked every half idle timeout; idle = two checks in a row that saw nothing happen, so a
     // connection closes between 1 and 1.5 idle timeouts after its last request.
     let period = (opts.idle_timeout / 2).max(Duration::from_millis(50));
@@ -252,5 +260,44 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every open connection holds this future for its lifetime: at 2,000 connections each
+    /// kilobyte is 2 MB. The TLS branch is boxed and the hyper connection is pinned in place
+    /// (not moved into `drive`), which took it from 6.4 KB to 2.4 KB.
+    #[tokio::test]
+    async fn a_cleartext_connection_task_stays_small() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let (_tx, rx) = watch::channel(false);
+        let opts = ServeOptions {
+            max_header_bytes: 16384,
+            drain_timeout: Duration::from_secs(1),
+            tls: None,
+            name: "test",
+            first_byte_timeout: Duration::from_secs(1),
+            header_read_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(1),
+            http2_ping_interval: None,
+            limiter: None,
+            metrics: None,
+        };
+        let info = ConnInfo {
+            peer: addr,
+            scheme: crate::tls::Scheme::Http,
+        };
+        let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+        let handler = |_: Request<Incoming>, _: ConnInfo| async {
+            Response::new(crate::proxy::body::full(""))
+        };
+        let conn = serve_conn(stream, info, None, builder, handler, opts, rx);
+        let size = std::mem::size_of_val(&conn);
+        assert!(size <= 3 * 1024, "a connection's future is {size} bytes");
     }
 }
