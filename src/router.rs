@@ -77,8 +77,11 @@ impl App {
         let start = Instant::now();
         self.metrics.request_started();
         let method = req.method().clone();
-        // A cheap clone (shared bytes), for the access log after the request has moved on.
-        let uri = req.uri().clone();
+        // The path for the access log, copied when that log is on: a clone of the URI would
+        // share the connection's read buffer and hold its 8 KB for the whole request (see
+        // `headers::detach_head`).
+        let path = tracing::enabled!(target: "access", tracing::Level::INFO)
+            .then(|| req.uri().path().to_owned());
         let html = wants_html(req.headers());
         let request_id = headers::request_id(req.headers());
         // Room for the headers the sidecar adds (forwarding, request id, identity) at once,
@@ -116,7 +119,7 @@ impl App {
         self.metrics.request_finished(&method, status, elapsed);
         telemetry::access(&telemetry::Access {
             method: method.as_str(),
-            path: uri.path(),
+            path: path.as_deref().unwrap_or_default(),
             status,
             upstream_status,
             latency: elapsed,

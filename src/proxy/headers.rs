@@ -267,7 +267,9 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
     if let Some(v) = headers.get(&X_REQUEST_ID) {
         let b = v.as_bytes();
         if !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic()) {
-            return v.clone();
+            // A copy: a clone would hold the connection's read buffer (8 KB) for as long as
+            // the request lives (see `detach_head`).
+            return HeaderValue::from_bytes(b).unwrap_or_else(|_| v.clone());
         }
     }
     // Unique, not secret: a random prefix and a counter per thread, so no syscall and no
@@ -293,6 +295,58 @@ fn id_text(prefix: &str, n: u64) -> HeaderValue {
         id[p + i] = HEX[((n >> (28 - 4 * i)) & 0xf) as usize];
     }
     HeaderValue::from_bytes(&id[..p + 8]).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+/// Copies a request's target and header values into one allocation of their own size.
+///
+/// hyper parses a request head in place: the values and the path are slices of the
+/// connection's read buffer (8 KB), and while the request lives that buffer cannot be reused, so
+/// hyper reads the connection into a new one. For a request about to wait for an upstream
+/// connection that is 8 KB held per waiting request; under a flood of 2,000 connections most of
+/// them wait. Called only then: a copy on every request would cost more than it saves.
+pub fn detach_head(uri: &mut http::Uri, headers: &mut HeaderMap) {
+    let path = uri.path_and_query().map_or("", |p| p.as_str());
+    let size = path.len() + headers.values().map(|v| v.len()).sum::<usize>();
+    let mut buf = bytes::BytesMut::with_capacity(size);
+    buf.extend_from_slice(path.as_bytes());
+    for v in headers.values() {
+        buf.extend_from_slice(v.as_bytes());
+    }
+    let mut buf = buf.freeze();
+    if !path.is_empty() {
+        let own = buf.split_to(path.len());
+        let mut parts = std::mem::take(uri).into_parts();
+        // The same bytes, already validated once: this cannot fail, but a failure keeps the
+        // original rather than losing the target.
+        match http::uri::PathAndQuery::from_maybe_shared(own) {
+            Ok(pq) => parts.path_and_query = Some(pq),
+            Err(_) => return,
+        }
+        match http::Uri::from_parts(parts) {
+            Ok(u) => *uri = u,
+            Err(_) => return,
+        }
+    }
+    let mut detached = HeaderMap::with_capacity(headers.len());
+    let mut last: Option<HeaderName> = None;
+    for (name, value) in std::mem::take(headers) {
+        let name = match name {
+            Some(n) => {
+                last = Some(n.clone());
+                n
+            }
+            None => match &last {
+                Some(n) => n.clone(),
+                None => continue,
+            },
+        };
+        let sensitive = value.is_sensitive();
+        let own = buf.split_to(value.len());
+        let mut copy = HeaderValue::from_maybe_shared(own).unwrap_or(value);
+        copy.set_sensitive(sensitive);
+        detached.append(name, copy);
+    }
+    *headers = detached;
 }
 
 #[cfg(test)]

@@ -102,6 +102,10 @@ impl Pool {
             Ok(p) => p,
             Err(_) => {
                 self.queued.inc();
+                // It may wait long: let go of the client connection's read buffer meanwhile.
+                let mut uri = std::mem::take(req.uri_mut());
+                crate::proxy::headers::detach_head(&mut uri, req.headers_mut());
+                *req.uri_mut() = uri;
                 self.busy
                     .clone()
                     .acquire_owned()

@@ -219,3 +219,34 @@ fn addresses_are_written_as_display_writes_them() {
         assert_eq!(ip_text(ip, &mut buf), ip.to_string());
     }
 }
+
+#[test]
+fn a_detached_head_is_the_same_head() {
+    let mut h = map(&[
+        ("host", "app.example"),
+        ("cookie", "a=1"),
+        ("x-multi", "one"),
+        ("accept", "*/*"),
+        ("x-multi", "two"),
+        ("x-empty", ""),
+    ]);
+    let mut secret = HeaderValue::from_static("Bearer t");
+    secret.set_sensitive(true);
+    h.insert(header::AUTHORIZATION, secret);
+    let before = h.clone();
+    let mut uri: http::Uri = "/chat/stream?q=%C3%A9&x=1".parse().unwrap();
+    detach_head(&mut uri, &mut h);
+    assert_eq!(uri, "/chat/stream?q=%C3%A9&x=1");
+    assert_eq!(h, before);
+    let multi: Vec<_> = h.get_all("x-multi").iter().collect();
+    assert_eq!(multi, ["one", "two"]);
+    assert!(h[header::AUTHORIZATION].is_sensitive());
+    assert!(!h["cookie"].is_sensitive());
+
+    // An absolute-form target keeps its scheme and authority; an empty map stays empty.
+    let mut uri: http::Uri = "http://upstream:8080/a?b".parse().unwrap();
+    let mut empty = HeaderMap::new();
+    detach_head(&mut uri, &mut empty);
+    assert_eq!(uri, "http://upstream:8080/a?b");
+    assert!(empty.is_empty());
+}
