@@ -62,6 +62,13 @@ pub async fn serve<H, F>(
     H: Fn(Request<Incoming>, ConnInfo) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
+    // The same HTTP/1.1 settings on both builders: `http1` serves cleartext HTTP/1.1, `auto`
+    // the connections that may be HTTP/2 (conn.rs says why two).
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1
+        .timer(TokioTimer::new())
+        .header_read_timeout(opts.header_read_timeout)
+        .max_buf_size(opts.max_header_bytes);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -74,7 +81,10 @@ pub async fn serve<H, F>(
         .keep_alive_interval(opts.http2_ping_interval)
         .keep_alive_timeout(opts.http2_ping_interval.unwrap_or(Duration::from_secs(20)))
         .max_header_list_size(u32::try_from(opts.max_header_bytes).unwrap_or(u32::MAX));
-    let builder = Arc::new(builder);
+    let builders = Arc::new(conn::Builders {
+        http1,
+        auto: builder,
+    });
     let scheme = if opts.tls.is_some() {
         crate::tls::Scheme::Https
     } else {
@@ -110,7 +120,7 @@ pub async fn serve<H, F>(
             stream,
             info,
             permit,
-            builder.clone(),
+            builders.clone(),
             handler.clone(),
             opts.clone(),
             shutdown.clone(),
