@@ -239,3 +239,59 @@ async fn a_client_leaving_mid_response_does_not_leave_its_connection_in_the_pool
     assert_eq!(r.body().as_ref(), b"path=/next");
     assert_eq!(up.accepted(), 2);
 }
+
+/// Under load the sidecar copies each request's head out of its connection's read buffer
+/// (more than 64 requests in flight on a worker, and again for a request that waits for an
+/// upstream connection). What reaches the upstream must be the same request: target, repeated
+/// headers in order, a client's request id, its credentials.
+#[tokio::test]
+async fn requests_copied_under_load_reach_the_upstream_unchanged() {
+    let up = Upstream::start();
+    let sc = Sidecar::start(&[
+        ("SSO_SIDECAR_UPSTREAM", &up.url()),
+        ("SSO_SIDECAR_WORKERS", "1"),
+        ("SSO_SIDECAR_CONNECTIONS__UPSTREAM_MAX_PER_WORKER", "2"),
+    ])
+    .await;
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            let url = format!("http://{}/echo/item-{i}/%C3%A9?n={i}&q=a%20b", sc.addr);
+            tokio::spawn(async move {
+                let rid = format!("client-{i}");
+                let token = format!("Bearer token-{i}");
+                let r = get(
+                    &url,
+                    &[
+                        ("x-multi", "first"),
+                        ("x-multi", &format!("second-{i}")),
+                        ("x-request-id", &rid),
+                        ("authorization", &token),
+                    ],
+                )
+                .await
+                .unwrap();
+                (i, r)
+            })
+        })
+        .collect();
+    for t in tasks {
+        let (i, r) = t.await.unwrap();
+        assert_eq!(r.status(), 200);
+        let j = json(&r);
+        assert_eq!(j["path"], format!("/echo/item-{i}/%C3%A9"));
+        assert_eq!(j["query"], format!("n={i}&q=a%20b"));
+        let h = &j["headers"];
+        assert_eq!(
+            h["x-multi"],
+            serde_json::json!(["first", format!("second-{i}")])
+        );
+        assert_eq!(h["x-request-id"][0], format!("client-{i}"));
+        assert_eq!(h["authorization"][0], format!("Bearer token-{i}"));
+        assert_eq!(r.headers()["x-request-id"], format!("client-{i}").as_str());
+    }
+    let m = metrics(&sc).await;
+    assert!(
+        metric(&m, "sso_sidecar_upstream_queued_total") >= 1.0,
+        "the cap of 2 made requests wait: {m}"
+    );
+}
