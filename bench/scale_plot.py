@@ -39,12 +39,18 @@ def connections(out):
     rows = read(os.path.join(out, "scale-connections.csv"))
     targets = list(dict.fromkeys(r["target"] for r in rows))
     fig, axes = plt.subplots(2, 2, figsize=(11, 8))
-    panels = [("req_per_s", "throughput (req/s)"), ("p50_ms", "p50 latency (ms)"),
-              ("p99_ms", "p99 latency (ms)"), ("rss_peak_mb", "peak VmRSS during the run, round 1 (MB)")]
+    panels = [("req_per_s", "throughput (req/s)"), ("cpu_us_per_req", "CPU per request (µs, user + system)"),
+              ("p99_ms", "p99 latency (ms)"),
+              ("rss_peak_mb", "VmRSS (MB): peak in round 1 (solid), 2 s after (dashed)")]
     for ax, (key, label) in zip(axes.flat, panels):
         for t in targets:
-            pts = sorted((int(r["connections"]), num(r[key])) for r in rows if r["target"] == t)
+            pts = sorted((int(r["connections"]), num(r.get(key))) for r in rows if r["target"] == t)
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=t, color=COLORS.get(t))
+            if key == "rss_peak_mb" and any(r.get("rss_settled_mb") for r in rows):
+                pts = sorted((int(r["connections"]), num(r.get("rss_settled_mb")))
+                             for r in rows if r["target"] == t)
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", ls="--",
+                        color=COLORS.get(t), alpha=0.7)
         ax.set_xscale("log")
         ax.set_xticks(sorted({int(r["connections"]) for r in rows}))
         ax.xaxis.set_major_formatter(FuncFormatter(human))
@@ -66,7 +72,8 @@ def connections(out):
 def sessions(out):
     rows = read(os.path.join(out, "scale-sessions.csv"))
     fig, axes = plt.subplots(2, 2, figsize=(11, 8))
-    panels = [("req_per_s", "throughput (req/s)"), ("p99_ms", "p99 latency (ms)"),
+    panels = [("req_per_s", "throughput (req/s)"),
+              ("sidecar_cpu_us_per_req", "CPU per request (µs): sidecar, and redis-server (dotted)"),
               ("cache_hit_rate", "client-side cache hit rate (%)"), ("mem", "resident memory (MB)")]
     styles = {"uniform": "-", "skewed": "--", "single": ""}
     for ax, (key, label) in zip(axes.flat, panels):
@@ -86,7 +93,10 @@ def sessions(out):
                         ax.plot(xs, ys, ls=":" if dist == "uniform" else "", marker="^", color="tab:orange",
                                 label="redis-server" + (" (1 session)" if dist == "single" else ""))
                     continue
-                ys = [num(r[key]) for _, r in sel]
+                ys = [num(r.get(key)) for _, r in sel]
+                if key == "sidecar_cpu_us_per_req" and store == "redis" and dist != "skewed":
+                    ax.plot(xs, [num(r.get("redis_cpu_us_per_req")) for _, r in sel], ls=":",
+                            marker="^", color="tab:orange", label=f"redis-server ({name})")
                 if key == "cache_hit_rate":
                     if store != "redis":
                         continue
