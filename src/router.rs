@@ -112,9 +112,7 @@ impl App {
         self.metrics.request_started();
         let (_busy, in_flight) = Busy::enter();
         if in_flight > DETACH_ABOVE {
-            let mut uri = std::mem::take(req.uri_mut());
-            headers::detach_head(&mut uri, req.headers_mut());
-            *req.uri_mut() = uri;
+            headers::detach_head(&mut req);
         }
         let method = req.method().clone();
         // The path for the access log, copied when that log is on: a clone of the URI would

@@ -304,7 +304,13 @@ fn id_text(prefix: &str, n: u64) -> HeaderValue {
 /// hyper reads the connection into a new one. For a request about to wait for an upstream
 /// connection that is 8 KB held per waiting request; under a flood of 2,000 connections most of
 /// them wait. Called only then: a copy on every request would cost more than it saves.
-pub fn detach_head(uri: &mut http::Uri, headers: &mut HeaderMap) {
+pub fn detach_head<B>(req: &mut http::Request<B>) {
+    let mut uri = std::mem::take(req.uri_mut());
+    detach_parts(&mut uri, req.headers_mut());
+    *req.uri_mut() = uri;
+}
+
+fn detach_parts(uri: &mut http::Uri, headers: &mut HeaderMap) {
     let path = uri.path_and_query().map_or("", |p| p.as_str());
     let size = path.len() + headers.values().map(|v| v.len()).sum::<usize>();
     let mut buf = bytes::BytesMut::with_capacity(size);

@@ -103,9 +103,7 @@ impl Pool {
             Err(_) => {
                 self.queued.inc();
                 // It may wait long: let go of the client connection's read buffer meanwhile.
-                let mut uri = std::mem::take(req.uri_mut());
-                crate::proxy::headers::detach_head(&mut uri, req.headers_mut());
-                *req.uri_mut() = uri;
+                crate::proxy::headers::detach_head(&mut req);
                 self.busy
                     .clone()
                     .acquire_owned()

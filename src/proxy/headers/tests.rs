@@ -235,7 +235,7 @@ fn a_detached_head_is_the_same_head() {
     h.insert(header::AUTHORIZATION, secret);
     let before = h.clone();
     let mut uri: http::Uri = "/chat/stream?q=%C3%A9&x=1".parse().unwrap();
-    detach_head(&mut uri, &mut h);
+    detach_parts(&mut uri, &mut h);
     assert_eq!(uri, "/chat/stream?q=%C3%A9&x=1");
     assert_eq!(h, before);
     let multi: Vec<_> = h.get_all("x-multi").iter().collect();
@@ -246,7 +246,16 @@ fn a_detached_head_is_the_same_head() {
     // An absolute-form target keeps its scheme and authority; an empty map stays empty.
     let mut uri: http::Uri = "http://upstream:8080/a?b".parse().unwrap();
     let mut empty = HeaderMap::new();
-    detach_head(&mut uri, &mut empty);
+    detach_parts(&mut uri, &mut empty);
+
+    // Through the request: the same.
+    let mut req = http::Request::get("/x?y=1")
+        .header("a", "b")
+        .body(())
+        .unwrap();
+    detach_head(&mut req);
+    assert_eq!(req.uri(), "/x?y=1");
+    assert_eq!(req.headers()["a"], "b");
     assert_eq!(uri, "http://upstream:8080/a?b");
     assert!(empty.is_empty());
 }
