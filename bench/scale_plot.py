@@ -35,6 +35,15 @@ def human(x, _pos=None):
     return f"{x:g}"
 
 
+def save(fig, out, name, title):
+    """Titles, lays out and writes OUT/scale-NAME.svg; returns its path."""
+    fig.suptitle(title)
+    fig.tight_layout()
+    path = os.path.join(out, f"scale-{name}.svg")
+    fig.savefig(path)
+    return path
+
+
 def connections(out):
     rows = read(os.path.join(out, "scale-connections.csv"))
     targets = list(dict.fromkeys(r["target"] for r in rows))
@@ -62,11 +71,7 @@ def connections(out):
             ax.axhline(64, color="black", lw=0.8, ls=":", label="64 MB target")
     axes[0][0].legend(fontsize=8)
     axes[1][1].legend(fontsize=8)
-    fig.suptitle("sso-sidecar vs nginx keep-alive proxy: cost against concurrent connections (GET /, medians)")
-    fig.tight_layout()
-    path = os.path.join(out, "scale-connections.svg")
-    fig.savefig(path)
-    return path
+    return save(fig, out, "connections", "sso-sidecar vs nginx keep-alive proxy: cost against concurrent connections (GET /, medians)")
 
 
 def sessions(out):
@@ -117,11 +122,7 @@ def sessions(out):
             ax.set_ylim(0, 105)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle("sso-sidecar OIDC sessions: cost against live sessions (GET /, a cookie per request, medians)")
-    fig.tight_layout()
-    path = os.path.join(out, "scale-sessions.svg")
-    fig.savefig(path)
-    return path
+    return save(fig, out, "sessions", "sso-sidecar OIDC sessions: cost against live sessions (GET /, a cookie per request, medians)")
 
 
 def bodies(out):
@@ -165,11 +166,7 @@ def bodies(out):
         ax.set_xlabel("body size (log)")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle("Request and response bodies through the proxies (curl, medians)")
-    fig.tight_layout()
-    path = os.path.join(out, "scale-bodies.svg")
-    fig.savefig(path)
-    return path
+    return save(fig, out, "bodies", "Request and response bodies through the proxies (curl, medians)")
 
 
 def main():

@@ -23,7 +23,6 @@ use crate::telemetry;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Either;
 use hyper::body::Incoming;
-use std::cell::Cell;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -31,34 +30,9 @@ use std::time::Instant;
 /// connection's read buffer before anything else (`headers::detach_head`). A worker that busy
 /// queues its requests, on its run queue or for an upstream connection, and every queued
 /// request would hold its connection's 8 KB buffer while hyper reads into a new one. Below
-/// it, the copy would cost more than it saves. (50 connections put 25 on each worker.)
-const DETACH_ABOVE: usize = 64;
-
-thread_local! {
-    static IN_FLIGHT: Cell<usize> = const { Cell::new(0) };
-}
-
-/// One request counted in its worker's `IN_FLIGHT` until dropped.
-struct Busy;
-
-impl Busy {
-    /// Counts a request in; returns the count with it.
-    fn enter() -> (Busy, usize) {
-        let n = IN_FLIGHT.with(|c| {
-            let n = c.get() + 1;
-            c.set(n);
-            n
-        });
-        (Busy, n)
-    }
-}
-
-impl Drop for Busy {
-    fn drop(&mut self) {
-        // Saturating: a future dropped on another thread (at shutdown) counts out there.
-        IN_FLIGHT.with(|c| c.set(c.get().saturating_sub(1)));
-    }
-}
+/// it, what the buffers hold is bounded (64 × 8 KB a worker) and the copy would cost more than
+/// it saves. (50 connections put 25 on each worker.)
+const DETACH_ABOVE: i64 = 64;
 
 /// The OIDC side of the router, present with `AUTH_MODE=oidc`.
 pub struct Oidc {
@@ -110,16 +84,12 @@ impl App {
     ) -> Response<Body> {
         let start = Instant::now();
         self.metrics.request_started();
-        let (_busy, in_flight) = Busy::enter();
-        if in_flight > DETACH_ABOVE {
+        if self.metrics.in_flight_here() > DETACH_ABOVE {
             headers::detach_head(&mut req);
         }
         let method = req.method().clone();
-        // The path for the access log, copied when that log is on: a clone of the URI would
-        // share the connection's read buffer and hold its 8 KB for the whole request (see
-        // `headers::detach_head`).
-        let path = tracing::enabled!(target: "access", tracing::Level::INFO)
-            .then(|| req.uri().path().to_owned());
+        // A cheap clone (shared bytes), for the access log after the request has moved on.
+        let uri = req.uri().clone();
         let html = wants_html(req.headers());
         let request_id = headers::request_id(req.headers());
         // Room for the headers the sidecar adds (forwarding, request id, identity) at once,
@@ -157,7 +127,7 @@ impl App {
         self.metrics.request_finished(&method, status, elapsed);
         telemetry::access(&telemetry::Access {
             method: method.as_str(),
-            path: path.as_deref().unwrap_or_default(),
+            path: uri.path(),
             status,
             upstream_status,
             latency: elapsed,

@@ -221,6 +221,11 @@ impl Metrics {
         self.in_flight.inc();
     }
 
+    /// Requests in flight on this worker thread (the router sheds memory above a number).
+    pub fn in_flight_here(&self) -> i64 {
+        self.in_flight.here()
+    }
+
     pub fn request_finished(&self, method: &http::Method, status: u16, elapsed: Duration) {
         self.in_flight.dec();
         self.duration.observe(elapsed.as_secs_f64());

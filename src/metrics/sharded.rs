@@ -26,6 +26,11 @@ impl Shards {
     fn sum(&self) -> i64 {
         self.0.all().map(|c| c.load(Ordering::Relaxed)).sum()
     }
+
+    /// This worker's own number.
+    fn here(&self) -> i64 {
+        self.0.get().load(Ordering::Relaxed)
+    }
 }
 
 /// A counter; clones share the count.
@@ -79,6 +84,12 @@ impl Gauge {
 
     pub fn dec(&self) {
         self.0.add(-1);
+    }
+
+    /// This worker's share of the sum: its requests in flight, as workers run each request to
+    /// its end on the thread it started on.
+    pub fn here(&self) -> i64 {
+        self.0.here()
     }
 }
 

@@ -267,9 +267,7 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
     if let Some(v) = headers.get(&X_REQUEST_ID) {
         let b = v.as_bytes();
         if !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic()) {
-            // A copy: a clone would hold the connection's read buffer (8 KB) for as long as
-            // the request lives (see `detach_head`).
-            return HeaderValue::from_bytes(b).unwrap_or_else(|_| v.clone());
+            return v.clone();
         }
     }
     // Unique, not secret: a random prefix and a counter per thread, so no syscall and no
@@ -301,9 +299,10 @@ fn id_text(prefix: &str, n: u64) -> HeaderValue {
 ///
 /// hyper parses a request head in place: the values and the path are slices of the
 /// connection's read buffer (8 KB), and while the request lives that buffer cannot be reused, so
-/// hyper reads the connection into a new one. For a request about to wait for an upstream
-/// connection that is 8 KB held per waiting request; under a flood of 2,000 connections most of
-/// them wait. Called only then: a copy on every request would cost more than it saves.
+/// hyper reads the connection into a new one. A request that waits (on a busy worker's run
+/// queue, or for an upstream connection) would hold 8 KB the whole time; under a flood of 2,000
+/// connections most of them wait. The router calls this only on a busy worker: a copy on every
+/// request would cost more than it saves.
 pub fn detach_head<B>(req: &mut http::Request<B>) {
     let mut uri = std::mem::take(req.uri_mut());
     detach_parts(&mut uri, req.headers_mut());

@@ -102,8 +102,6 @@ impl Pool {
             Ok(p) => p,
             Err(_) => {
                 self.queued.inc();
-                // It may wait long: let go of the client connection's read buffer meanwhile.
-                crate::proxy::headers::detach_head(&mut req);
                 self.busy
                     .clone()
                     .acquire_owned()

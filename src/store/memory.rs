@@ -26,6 +26,12 @@ struct Entry {
     expires: Instant,
 }
 
+impl Entry {
+    fn expired(&self, now: Instant) -> bool {
+        self.expires <= now
+    }
+}
+
 /// `now + ttl`, or a century from now for a TTL the clock cannot represent (never a panic).
 fn deadline(now: Instant, ttl: Duration) -> Instant {
     now.checked_add(ttl)
@@ -78,7 +84,7 @@ impl MemoryStore {
         key: &str,
         now: Instant,
     ) -> Option<&'a mut Entry> {
-        if map.get(key).is_some_and(|e| e.expires <= now) {
+        if map.get(key).is_some_and(|e| e.expired(now)) {
             map.remove(key);
         }
         map.get_mut(key)
@@ -89,7 +95,7 @@ impl MemoryStore {
         let mut map = self.lock(key);
         // One lookup on the path every request takes (`live` hashes the key twice).
         match map.get(key) {
-            Some(e) if e.expires > now => match &e.value {
+            Some(e) if !e.expired(now) => match &e.value {
                 Value::Bytes(b) => Some(b.clone()),
                 _ => None,
             },

@@ -240,9 +240,9 @@ async fn a_client_leaving_mid_response_does_not_leave_its_connection_in_the_pool
     assert_eq!(up.accepted(), 2);
 }
 
-/// Under load the sidecar copies each request's head out of its connection's read buffer
-/// (more than 64 requests in flight on a worker, and again for a request that waits for an
-/// upstream connection). What reaches the upstream must be the same request: target, repeated
+/// Under load (more than 64 requests in flight on a worker: here 200 on one worker, held by an
+/// upstream cap of 2) the sidecar copies each request's head out of its connection's read
+/// buffer. What reaches the upstream must be the same request: target, repeated
 /// headers in order, a client's request id, its credentials.
 #[tokio::test]
 async fn requests_copied_under_load_reach_the_upstream_unchanged() {
