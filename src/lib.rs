@@ -87,7 +87,7 @@ fn build_oidc(
     provider.clone().spawn_discovery(a.discovery_refresh);
 
     let store = Arc::new(match &a.redis {
-        None => store::Store::Memory(store::memory::MemoryStore::new()),
+        None => store::Store::Memory(store::memory::MemoryStore::with_workers(config.workers)),
         Some(r) => store::Store::Redis(
             store::redis::RedisStore::from_config(r, config.workers).map_err(StartError::Store)?,
         ),

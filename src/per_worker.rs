@@ -89,6 +89,37 @@ pub fn evict_some<K: Eq + std::hash::Hash, V>(map: &mut std::collections::HashMa
     });
 }
 
+/// Which keys a bounded per-worker cache takes in: those it missed twice lately. A key missed
+/// once (most keys, when far more are in use than the cache holds) is not copied in, so it
+/// neither costs the copy nor pushes out a key in use. A table of recent misses by hash, one
+/// per slot (a later miss on the same slot takes it over), allocated on first use.
+#[derive(Default)]
+pub struct Admission {
+    seen: Box<[u64]>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl Admission {
+    /// Slots per entry of the cache: "lately" is the last few cachefuls of misses.
+    const SLOTS_PER_ENTRY: usize = 4;
+
+    /// Whether `key` missed before, lately: then it is worth keeping. Remembers it if not.
+    /// `capacity`: the cache's, which sizes the table at the first call (32 bytes an entry).
+    pub fn seen_before(&mut self, key: &str, capacity: usize) -> bool {
+        use std::hash::BuildHasher;
+        if self.seen.is_empty() {
+            let slots = capacity.saturating_mul(Self::SLOTS_PER_ENTRY).max(1);
+            self.seen = vec![0; slots].into_boxed_slice();
+        }
+        // 0 marks an empty slot.
+        let hash = self.hasher.hash_one(key).max(1);
+        let i = (hash % self.seen.len() as u64) as usize;
+        let before = self.seen[i] == hash;
+        self.seen[i] = hash;
+        before
+    }
+}
+
 #[cfg(test)]
 mod eviction_tests {
     #[test]
@@ -99,5 +130,28 @@ mod eviction_tests {
         let mut empty: std::collections::HashMap<u32, u32> = Default::default();
         super::evict_some(&mut empty);
         assert!(empty.is_empty());
+    }
+
+    #[test]
+    fn a_key_is_admitted_the_second_time_it_misses() {
+        let mut a = super::Admission::default();
+        assert!(!a.seen_before("k", 0), "first miss: not kept");
+        assert!(a.seen_before("k", 0), "second miss: kept");
+        assert!(a.seen_before("k", 0));
+        // One slot: another key takes it over, and "k" is new again.
+        assert!(!a.seen_before("other", 0));
+        assert!(!a.seen_before("k", 0));
+        let mut big = super::Admission::default();
+        let admitted = (0..100)
+            .filter(|i| big.seen_before(&i.to_string(), 1024))
+            .count();
+        assert_eq!(admitted, 0, "keys missed once are not admitted");
+        let again = (0..100)
+            .filter(|i| big.seen_before(&i.to_string(), 1024))
+            .count();
+        assert!(
+            again >= 95,
+            "{again} of 100 keys missed twice were admitted"
+        );
     }
 }

@@ -1,12 +1,16 @@
 //! In-memory backend for a single replica: a map split into [`SHARDS`] shards by key hash, each
 //! behind a `std::sync::Mutex`, so requests of different sessions on different cores do not
-//! wait on one lock.
+//! wait on one lock; and, in front of it, each worker's copies of the values it reads often
+//! ([`copies`]), so requests of the same session on different cores do not share one either.
 //!
 //! A std mutex, not tokio's: no `.await` happens while it is held, and critical sections are a
 //! hash lookup. Expired entries are dropped lazily on access and by [`MemoryStore::purge`],
 //! which the caller runs periodically so abandoned sessions do not accumulate.
 
+mod copies;
+
 use bytes::Bytes;
+use copies::{Copies, Shared};
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -14,8 +18,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 enum Value {
-    /// Shared bytes: a read hands out a reference-counted handle, not a copy.
-    Bytes(Bytes),
+    /// Shared bytes: a read hands out a reference-counted handle (or the worker's copy).
+    Bytes(Shared),
     Set(HashSet<String>),
     /// A fixed-window counter ([`MemoryStore::count`]).
     Count(u64),
@@ -47,18 +51,10 @@ type Shard = Mutex<HashMap<String, Entry>>;
 
 pub struct MemoryStore {
     shards: Box<[Shard]>,
+    copies: Copies,
     /// Keys are spread by this hasher's seed (random per store: no one can aim keys at one
     /// shard).
     hasher: std::collections::hash_map::RandomState,
-}
-
-impl Default for MemoryStore {
-    fn default() -> Self {
-        MemoryStore {
-            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
-            hasher: std::collections::hash_map::RandomState::new(),
-        }
-    }
 }
 
 /// A shard's map; a panic while holding its lock cannot leave an entry half-written (each
@@ -67,9 +63,24 @@ fn guard(shard: &Shard) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
     shard.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::with_workers(1)
+    }
+}
+
 impl MemoryStore {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A store read by `workers` worker threads, each keeping its own copies.
+    pub fn with_workers(workers: usize) -> Self {
+        MemoryStore {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            copies: Copies::new(workers),
+            hasher: std::collections::hash_map::RandomState::new(),
+        }
     }
 
     /// The shard holding `key`, locked.
@@ -92,11 +103,15 @@ impl MemoryStore {
 
     pub fn get(&self, key: &str) -> Option<Bytes> {
         let now = Instant::now();
+        let mut mine = self.copies.mine();
+        if let Some(copy) = mine.live(key, now) {
+            return Some(copy);
+        }
         let mut map = self.lock(key);
         // One lookup on the path every request takes (`live` hashes the key twice).
         match map.get(key) {
             Some(e) if !e.expired(now) => match &e.value {
-                Value::Bytes(b) => Some(b.clone()),
+                Value::Bytes(b) => Some(mine.read(key, b, e.expires)),
                 _ => None,
             },
             Some(_) => {
@@ -109,7 +124,7 @@ impl MemoryStore {
 
     pub fn put(&self, key: &str, value: &[u8], ttl: Duration) {
         let entry = Entry {
-            value: Value::Bytes(Bytes::copy_from_slice(value)),
+            value: Value::Bytes(Shared::new(Bytes::copy_from_slice(value))),
             expires: deadline(Instant::now(), ttl),
         };
         self.lock(key).insert(key.to_owned(), entry);
@@ -124,7 +139,7 @@ impl MemoryStore {
         map.insert(
             key.to_owned(),
             Entry {
-                value: Value::Bytes(Bytes::copy_from_slice(value)),
+                value: Value::Bytes(Shared::new(Bytes::copy_from_slice(value))),
                 expires: deadline(now, ttl),
             },
         );
@@ -137,7 +152,7 @@ impl MemoryStore {
         match Self::live(&mut map, key, now) {
             Some(e) => {
                 *e = Entry {
-                    value: Value::Bytes(Bytes::copy_from_slice(value)),
+                    value: Value::Bytes(Shared::new(Bytes::copy_from_slice(value))),
                     expires: deadline(now, ttl),
                 };
                 true
@@ -150,7 +165,7 @@ impl MemoryStore {
         let mut map = self.lock(key);
         let matches = matches!(
             Self::live(&mut map, key, Instant::now()),
-            Some(Entry { value: Value::Bytes(b), .. }) if b.as_ref() == value
+            Some(Entry { value: Value::Bytes(b), .. }) if b.bytes.as_ref() == value
         );
         if matches {
             map.remove(key);
@@ -275,47 +290,4 @@ pub(super) async fn purge_every(store: std::sync::Weak<super::Store>, period: st
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn memory_store_passes_the_conformance_suite() {
-        let store = crate::store::Store::Memory(MemoryStore::new());
-        crate::store::conformance::run(&store).await;
-    }
-
-    #[test]
-    fn purge_drops_expired_entries() {
-        let s = MemoryStore::new();
-        s.put("a", b"1", Duration::from_millis(0));
-        s.put("b", b"2", Duration::from_secs(60));
-        assert_eq!(s.purge(), 1);
-        assert_eq!(s.len(), 1);
-    }
-
-    /// TTLs on tokio's paused clock: no real waiting.
-    #[tokio::test(start_paused = true)]
-    async fn entries_live_exactly_their_ttl() {
-        let s = MemoryStore::new();
-        s.put("k", b"v", Duration::from_secs(600));
-        assert!(s.put_if_absent("once", b"1", Duration::from_secs(60)));
-        tokio::time::advance(Duration::from_secs(59)).await;
-        assert!(!s.put_if_absent("once", b"2", Duration::from_secs(60)));
-        tokio::time::advance(Duration::from_secs(1)).await;
-        assert!(
-            s.put_if_absent("once", b"3", Duration::from_secs(60)),
-            "expired at 60 s"
-        );
-        tokio::time::advance(Duration::from_secs(539)).await;
-        assert!(s.get("k").is_some(), "alive at 599 s");
-        tokio::time::advance(Duration::from_secs(1)).await;
-        assert!(s.get("k").is_none(), "gone at 600 s");
-    }
-
-    #[test]
-    fn an_extreme_ttl_does_not_overflow() {
-        let s = MemoryStore::new();
-        s.put("k", b"v", Duration::MAX);
-        assert!(s.get("k").is_some());
-    }
-}
+mod tests;

@@ -176,6 +176,48 @@ fn calls(info: &str, cmd: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// A session read once (most of them, when millions are spread over replicas) costs Redis no
+/// tracking and the worker no memory: only a key missed twice is tracked and kept, and from
+/// then on it is invalidated like any other.
+#[tokio::test]
+async fn a_key_read_once_is_neither_tracked_nor_kept() {
+    let redis = Redis::start().await;
+    let (a, b) = (replica(&redis), replica(&redis));
+    a.put("cache:warm", b"w", LONG).await.unwrap();
+    until_cached(&a, "cache:warm", b"w").await;
+    let tracked = || {
+        let info = redis.cli(&["INFO", "stats"]);
+        info.lines()
+            .find_map(|l| l.strip_prefix("tracking_total_keys:"))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .expect("INFO stats reports tracking_total_keys (Redis >= 6)")
+    };
+    assert_eq!(tracked(), 1, "the warm key only");
+
+    b.put("cache:once", b"o", LONG).await.unwrap();
+    assert_eq!(read(&a, "cache:once").await.as_deref(), Some(&b"o"[..]));
+    assert_eq!(redis_of(&a).cached_entries(), 1, "kept after one read");
+    assert_eq!(tracked(), 1, "tracked after one read");
+
+    assert_eq!(read(&a, "cache:once").await.as_deref(), Some(&b"o"[..]));
+    assert_eq!(redis_of(&a).cached_entries(), 2, "not kept after two reads");
+    assert_eq!(tracked(), 2);
+    served_from_cache(
+        &redis,
+        &a,
+        "cache:once",
+        b"o",
+        "an admitted key reached Redis",
+    )
+    .await;
+    b.delete("cache:once").await.unwrap();
+    assert_eq!(
+        read(&a, "cache:once").await,
+        None,
+        "A served a deleted session"
+    );
+}
+
 /// `/metrics` reports the cache's hit rate from these counters: a read the cache answers is a
 /// hit, one that goes to Redis (before the cache is up, after a write) a miss.
 #[tokio::test]

@@ -23,6 +23,13 @@
 //! once to its runtime, which polls its sockets before resuming it: an invalidation already in
 //! the worker's socket is applied first (best effort: it relies on the scheduler's order).
 //!
+//! Admission. A key is read through the tracked connection, and kept, only the second time
+//! this worker misses it (a small table of recent misses remembers the first). Tracking is not
+//! free: Redis records every key a tracked connection reads, in a table that grows with the
+//! sessions read (and evicts with invalidations past `tracking-table-max-keys`), and the read
+//! asks for the TTL too. A session seen once, as most are when millions are spread over a few
+//! replicas, is read the ordinary way: one `GET`, nothing tracked, nothing kept here.
+//!
 //! What this must not do: serve anything while its connection is down, hold anything that did
 //! not come from Redis, or be used by code that has just taken a lock in Redis and needs the
 //! latest value (the refresh): those read with `get_fresh`.
@@ -73,6 +80,8 @@ struct SlotState {
     /// Values with the instant their key expires in Redis (`None`: no TTL). Redis announces
     /// an expiry only when it gets round to deleting the key, so the deadline is kept here.
     entries: HashMap<String, (Bytes, Option<Instant>)>,
+    /// Recent misses: a key is tracked and kept the second time (see the module doc).
+    admission: crate::per_worker::Admission,
     /// The send time of the latest command answered on the current connection.
     verified_at: Option<Instant>,
     /// The last connection reported gone, in case that happens before it is installed.
@@ -164,7 +173,8 @@ impl Tracking {
     }
 
     /// The value of `key` from the cache or through the tracked connection. `None` when this
-    /// worker's tracked connection is not up (yet): the caller reads the ordinary way.
+    /// worker's tracked connection is not up (yet), or the key is not admitted (missed for the
+    /// first time lately): the caller reads the ordinary way.
     pub async fn get(&self, key: &str) -> Option<Option<Bytes>> {
         let (value, hit) = self.lookup(key).await;
         let slot = self.slot();
@@ -206,6 +216,10 @@ impl Tracking {
                     st.entries.remove(key);
                 }
                 None => {}
+            }
+            if !st.admission.seen_before(key, self.capacity) {
+                // Seen once so far: read the ordinary way, untracked, and keep nothing.
+                return (None, false);
             }
             let Some((id, conn)) = st.conn.clone() else {
                 return (None, false);
