@@ -141,16 +141,18 @@ mod eviction_tests {
         // One slot: another key takes it over, and "k" is new again.
         assert!(!a.seen_before("other", 0));
         assert!(!a.seen_before("k", 0));
+        // Room for 256k: two of these 100 keys share a slot once in ~50 runs (and both are
+        // then new again on the second pass), three once in a million.
         let mut big = super::Admission::default();
         let admitted = (0..100)
-            .filter(|i| big.seen_before(&i.to_string(), 1024))
+            .filter(|i| big.seen_before(&i.to_string(), 1 << 16))
             .count();
         assert_eq!(admitted, 0, "keys missed once are not admitted");
         let again = (0..100)
-            .filter(|i| big.seen_before(&i.to_string(), 1024))
+            .filter(|i| big.seen_before(&i.to_string(), 1 << 16))
             .count();
         assert!(
-            again >= 95,
+            again >= 96,
             "{again} of 100 keys missed twice were admitted"
         );
     }

@@ -92,9 +92,12 @@ impl App {
         let uri = req.uri().clone();
         let html = wants_html(req.headers());
         let request_id = headers::request_id(req.headers());
-        // Room for the headers the sidecar adds (forwarding, request id, identity) at once,
-        // rather than growing the map step by step.
-        req.headers_mut().reserve(12);
+        // Room for the headers the sidecar adds, at once rather than step by step: the request
+        // id and three X-Forwarded-*, and with OIDC up to five identity headers. No more: the
+        // map's entries are ~100 bytes each and live as long as the request (2.5 KB a request
+        // with room for twelve, at 2,000 requests in flight 5 MB).
+        let added = if self.oidc.is_some() { 9 } else { 4 };
+        req.headers_mut().reserve(added);
         req.headers_mut()
             .insert(headers::X_REQUEST_ID, request_id.clone());
         let peer = self.upstream.peer(conn.peer.ip(), conn.scheme);

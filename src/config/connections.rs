@@ -25,6 +25,7 @@ pub struct ConnectionSettings {
     /// Client connections held at once from one address (trusted proxies are exempt). 0 = no cap.
     pub max_per_ip: usize,
     /// Connections each worker opens to the upstream at once; requests beyond wait for one.
+    /// Event streams and WebSocket tunnels do not count: they last as long as their clients.
     pub upstream_max_per_worker: usize,
     /// Milliseconds between two checks that the sessions of live WebSocket tunnels and event
     /// streams still exist; a revoked session's streams are closed at the next check.
@@ -40,7 +41,7 @@ impl Default for ConnectionSettings {
             http2_ping_interval_secs: 20,
             max: 10_000,
             max_per_ip: 512,
-            upstream_max_per_worker: 256,
+            upstream_max_per_worker: 64,
             revocation_check_ms: 2000,
         }
     }

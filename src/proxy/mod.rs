@@ -207,6 +207,7 @@ impl Upstream {
             resp.body_mut().detach();
             tokio::spawn(tunnel(client_upgrade, upstream_upgrade, abort()));
         } else if is_event_stream(resp.headers()) {
+            resp.body_mut().leave_cap();
             if let Some(a) = abort() {
                 resp.body_mut().abort_on(a);
             }

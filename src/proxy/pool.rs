@@ -67,7 +67,8 @@ pub struct Pool {
     max_idle: usize,
     idle: Mutex<Idle>,
     /// One permit per request in flight upstream. A new connection is only opened when no idle
-    /// one is left, so open connections never outnumber the permits.
+    /// one is left, so open connections never outnumber the permits, but for event streams
+    /// and tunnels, which leave the cap ([`UpstreamBody::leave_cap`]).
     busy: Arc<tokio::sync::Semaphore>,
     queued: prometheus_client::metrics::counter::Counter,
 }
@@ -248,6 +249,14 @@ impl UpstreamBody {
     /// upstream connection is then closed rather than reused.
     pub fn abort_on(&mut self, abort: super::Abort) {
         self.abort = Some(abort);
+    }
+
+    /// Takes the connection out of the pool's cap (it still goes back to the pool when the
+    /// body ends): an event stream lives as long as its client wants it, and a few hundred open
+    /// chat streams must not make every other request wait for a connection. The client
+    /// connections carrying them are capped where they are accepted.
+    pub fn leave_cap(&mut self) {
+        self._permit = None;
     }
 
     /// Keeps the connection out of the pool (it has been upgraded to another protocol) and

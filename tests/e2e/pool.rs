@@ -295,3 +295,57 @@ async fn requests_copied_under_load_reach_the_upstream_unchanged() {
         "the cap of 2 made requests wait: {m}"
     );
 }
+
+/// An event stream (a chat answer, a progress feed) holds its upstream connection for as long
+/// as it runs, but not a place under the cap: with a cap of one connection and a stream open,
+/// an ordinary request is still sent at once instead of waiting for the stream to end.
+#[tokio::test]
+async fn an_event_stream_does_not_hold_a_place_under_the_cap() {
+    let up = Upstream::start();
+    let sc = Sidecar::start(&[
+        ("SSO_SIDECAR_UPSTREAM", &up.url()),
+        ("SSO_SIDECAR_WORKERS", "1"),
+        ("SSO_SIDECAR_CONNECTIONS__UPSTREAM_MAX_PER_WORKER", "1"),
+    ])
+    .await;
+    let resp = client()
+        .request(request(
+            "GET",
+            &sc.url("/sse?n=3&interval_ms=3000"),
+            &[("accept", "text/event-stream")],
+            body(""),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let mut stream = resp.into_body();
+    let first = http_body_util::BodyExt::frame(&mut stream)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(first.is_data(), "the first event");
+
+    let start = std::time::Instant::now();
+    let r = get(&sc.url("/echo/while-streaming"), &[]).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "the request waited {:?} for the stream's connection",
+        start.elapsed()
+    );
+    let m = metrics(&sc).await;
+    assert_eq!(
+        metric(&m, "sso_sidecar_upstream_queued_total"),
+        0.0,
+        "a request waited for a place under the cap: {m}"
+    );
+    drop(stream);
+
+    // Ordinary requests still respect the cap: two at once with a cap of one, one waits.
+    let slow = sc.url("/slow?ms=500");
+    let (a, b) = tokio::join!(get(&slow, &[]), get(&slow, &[]));
+    assert_eq!(a.unwrap().status(), 200);
+    assert_eq!(b.unwrap().status(), 200);
+    let m = metrics(&sc).await;
+    assert_eq!(metric(&m, "sso_sidecar_upstream_queued_total"), 1.0, "{m}");
+}
