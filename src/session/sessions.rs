@@ -25,7 +25,17 @@ pub struct Sessions {
     /// client-side cache is kept coherent by Redis); only when the ciphertext is byte for byte
     /// the one already opened are decryption and parsing skipped, and the key's SHA-256 is not
     /// computed again. Per worker, so requests on different cores never share a lock.
-    opened: PerWorker<Mutex<HashMap<String, Opened>>>,
+    opened: PerWorker<Mutex<OpenedCache>>,
+}
+
+/// One worker's opened sessions. A session is kept the second time this worker opens it
+/// lately ([`Admission`](crate::per_worker::Admission)): when sessions far outnumber the cache,
+/// the ones seen once would otherwise push out the busy ones, which then cost a decryption again
+/// even when Redis's client-side cache still holds them.
+#[derive(Default)]
+struct OpenedCache {
+    map: HashMap<String, Opened>,
+    admission: crate::per_worker::Admission,
 }
 
 /// An opened session, its store key and the ciphertext it was opened from.
@@ -61,7 +71,7 @@ impl Sessions {
         }
     }
 
-    fn opened(&self) -> MutexGuard<'_, HashMap<String, Opened>> {
+    fn opened(&self) -> MutexGuard<'_, OpenedCache> {
         self.opened.get().lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -148,6 +158,7 @@ impl Sessions {
         // SHA-256, its ciphertext may spare the decryption.
         let known = self
             .opened()
+            .map
             .get(id)
             .map(|o| (o.key.clone(), o.sealed.clone(), o.session.clone()));
         let key = match &known {
@@ -160,16 +171,17 @@ impl Sessions {
             self.store.get(&key).await?
         };
         let Some(sealed) = read else {
-            self.opened().remove(id);
+            self.opened().map.remove(id);
             return Ok(None);
         };
+        let was_known = known.is_some();
         if let Some((_, opened, session)) = known {
             // The same shared buffer (a cache hit below), or the same bytes in a new one.
             let same_buffer = opened.as_ptr() == sealed.as_ptr() && opened.len() == sealed.len();
             if same_buffer || opened == sealed {
                 if !same_buffer {
                     // Keep the store's buffer, so later requests compare pointers, not bytes.
-                    if let Some(entry) = self.opened().get_mut(id) {
+                    if let Some(entry) = self.opened().map.get_mut(id) {
                         entry.sealed = sealed;
                     }
                 }
@@ -183,19 +195,21 @@ impl Sessions {
             .map(Arc::new);
         let mut cache = self.opened();
         match &session {
+            // Kept if it was (a refresh changed it) or this is its second opening lately.
+            Some(_) if !was_known && !cache.admission.seen_before(id, OPENED_CACHE_MAX) => {}
             Some(s) => {
-                if cache.len() >= OPENED_CACHE_MAX {
-                    crate::per_worker::evict_some(&mut cache);
+                if cache.map.len() >= OPENED_CACHE_MAX {
+                    crate::per_worker::evict_some(&mut cache.map);
                 }
                 let entry = Opened {
                     key,
                     sealed,
                     session: s.clone(),
                 };
-                cache.insert(id.to_owned(), entry);
+                cache.map.insert(id.to_owned(), entry);
             }
             None => {
-                cache.remove(id);
+                cache.map.remove(id);
             }
         }
         drop(cache);

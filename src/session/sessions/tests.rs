@@ -88,3 +88,28 @@ async fn sessions_sealed_with_a_foreign_key_do_not_open() {
     let id = a.create(&session(100), 100).await.unwrap();
     assert!(b.load(&id, 100).await.unwrap().is_none());
 }
+
+/// A session is kept opened from its second opening on; a changed session (a refresh) is
+/// opened again and kept, and what is served is always what the store holds.
+#[tokio::test]
+async fn a_session_is_kept_opened_from_its_second_read() {
+    let s = sessions();
+    let id = s.create(&session(100), 100).await.unwrap();
+    let kept = |s: &Sessions| s.opened().map.len();
+    s.load(&id, 100).await.unwrap().unwrap();
+    assert_eq!(kept(&s), 0, "opened once: not kept");
+    s.load(&id, 100).await.unwrap().unwrap();
+    assert_eq!(kept(&s), 1, "opened twice: kept");
+    let first = s.load(&id, 100).await.unwrap().unwrap();
+    let again = s.load(&id, 100).await.unwrap().unwrap();
+    assert!(Arc::ptr_eq(&first, &again), "served from the cache");
+
+    let mut refreshed = session(100);
+    refreshed.email = Some("alice@new.example.test".into());
+    s.save(&id, &refreshed, 100).await.unwrap();
+    let after = s.load(&id, 100).await.unwrap().unwrap();
+    assert_eq!(after.email.as_deref(), Some("alice@new.example.test"));
+    let cached = s.load(&id, 100).await.unwrap().unwrap();
+    assert!(Arc::ptr_eq(&after, &cached), "the changed session is kept");
+    assert_eq!(kept(&s), 1);
+}
