@@ -77,66 +77,71 @@ impl App {
         self.upstream.set_timeout(r.upstream_timeout);
     }
 
-    pub async fn handle(
+    /// Not an `async fn`, for the reason given at `proxy::pool::Pool::send`: every client
+    /// connection holds this future, and an `async fn` would hold the request twice.
+    #[allow(clippy::manual_async_fn)] // on purpose: see the doc above
+    pub fn handle(
         self: Arc<Self>,
         mut req: Request<Incoming>,
         conn: ConnInfo,
-    ) -> Response<Body> {
-        let start = Instant::now();
-        self.metrics.request_started();
-        if self.metrics.in_flight_here() > DETACH_ABOVE {
-            headers::detach_head(&mut req);
-        }
-        let method = req.method().clone();
-        // A cheap clone (shared bytes), for the access log after the request has moved on.
-        let uri = req.uri().clone();
-        let html = wants_html(req.headers());
-        let request_id = headers::request_id(req.headers());
-        // Room for the headers the sidecar adds, at once rather than step by step: the request
-        // id and three X-Forwarded-*, and with OIDC up to five identity headers. No more: the
-        // map's entries are ~100 bytes each and live as long as the request (2.5 KB a request
-        // with room for twelve, at 2,000 requests in flight 5 MB).
-        let added = if self.oidc.is_some() { 9 } else { 4 };
-        req.headers_mut().reserve(added);
-        req.headers_mut()
-            .insert(headers::X_REQUEST_ID, request_id.clone());
-        let peer = self.upstream.peer(conn.peer.ip(), conn.scheme);
-
-        // The rate limits, and the client's address when they apply.
-        let limits = self.oidc.as_ref().and_then(|o| o.limits.as_ref());
-        let client = limits.map(|_| self.upstream.client_ip(req.headers(), peer));
-        let mut result = match (refused_early(&req), &self.oidc) {
-            (Some(e), _) => Err(e),
-            (None, None) => self.proxy(req.map(Either::Left), peer).await,
-            (None, Some(oidc)) => self.authenticated(oidc, req, peer, client).await,
-        };
-        // The sidecar's own 401s and 403s spend the client's failure budget. (The limiter's
-        // futures are boxed: rare paths, kept out of every request's future.)
-        if let Some((l, ip)) = limits.zip(client).filter(|_| own_refusal(&result)) {
-            if let Err(wait) = Box::pin(l.spend(Kind::Failure, ip)).await {
-                result = Err(self.limited(Kind::Failure, wait));
+    ) -> impl std::future::Future<Output = Response<Body>> {
+        async move {
+            let start = Instant::now();
+            self.metrics.request_started();
+            if self.metrics.in_flight_here() > DETACH_ABOVE {
+                headers::detach_head(&mut req);
             }
-        }
-        let (mut resp, upstream_status) = result.unwrap_or_else(|e| {
-            self.log_error(&e, request_id.to_str().unwrap_or_default());
-            let id = request_id.to_str().unwrap_or_default();
-            (e.into_page(html, &[("Request id", id)]), None)
-        });
-        resp.headers_mut()
-            .insert(headers::X_REQUEST_ID, request_id.clone());
+            let method = req.method().clone();
+            // A cheap clone (shared bytes), for the access log after the request has moved on.
+            let uri = req.uri().clone();
+            let html = wants_html(req.headers());
+            let request_id = headers::request_id(req.headers());
+            // Room for the headers the sidecar adds, at once rather than step by step: the request
+            // id and three X-Forwarded-*, and with OIDC up to five identity headers. No more: the
+            // map's entries are ~100 bytes each and live as long as the request (2.5 KB a request
+            // with room for twelve, at 2,000 requests in flight 5 MB).
+            let added = if self.oidc.is_some() { 9 } else { 4 };
+            req.headers_mut().reserve(added);
+            req.headers_mut()
+                .insert(headers::X_REQUEST_ID, request_id.clone());
+            let peer = self.upstream.peer(conn.peer.ip(), conn.scheme);
 
-        let elapsed = start.elapsed();
-        let status = resp.status().as_u16();
-        self.metrics.request_finished(&method, status, elapsed);
-        telemetry::access(&telemetry::Access {
-            method: method.as_str(),
-            path: uri.path(),
-            status,
-            upstream_status,
-            latency: elapsed,
-            request_id: request_id.to_str().unwrap_or_default(),
-        });
-        resp
+            // The rate limits, and the client's address when they apply.
+            let limits = self.oidc.as_ref().and_then(|o| o.limits.as_ref());
+            let client = limits.map(|_| self.upstream.client_ip(req.headers(), peer));
+            let mut result = match (refused_early(&req), &self.oidc) {
+                (Some(e), _) => Err(e),
+                (None, None) => self.proxy(req.map(Either::Left), peer).await,
+                (None, Some(oidc)) => self.authenticated(oidc, req, peer, client).await,
+            };
+            // The sidecar's own 401s and 403s spend the client's failure budget. (The limiter's
+            // futures are boxed: rare paths, kept out of every request's future.)
+            if let Some((l, ip)) = limits.zip(client).filter(|_| own_refusal(&result)) {
+                if let Err(wait) = Box::pin(l.spend(Kind::Failure, ip)).await {
+                    result = Err(self.limited(Kind::Failure, wait));
+                }
+            }
+            let (mut resp, upstream_status) = result.unwrap_or_else(|e| {
+                self.log_error(&e, request_id.to_str().unwrap_or_default());
+                let id = request_id.to_str().unwrap_or_default();
+                (e.into_page(html, &[("Request id", id)]), None)
+            });
+            resp.headers_mut()
+                .insert(headers::X_REQUEST_ID, request_id.clone());
+
+            let elapsed = start.elapsed();
+            let status = resp.status().as_u16();
+            self.metrics.request_finished(&method, status, elapsed);
+            telemetry::access(&telemetry::Access {
+                method: method.as_str(),
+                path: uri.path(),
+                status,
+                upstream_status,
+                latency: elapsed,
+                request_id: request_id.to_str().unwrap_or_default(),
+            });
+            resp
+        }
     }
 
     async fn proxy(&self, req: Request<RequestBody>, peer: Peer) -> Result<Outcome, Error> {
@@ -150,67 +155,72 @@ impl App {
         Error::RateLimited(wait)
     }
 
-    async fn authenticated(
-        &self,
-        oidc: &Oidc,
+    /// Not an `async fn`, for the reason given at `proxy::pool::Pool::send`: the request is
+    /// kept once, as its parts, in the future every authenticated request carries.
+    #[allow(clippy::manual_async_fn)] // on purpose: see the doc above
+    fn authenticated<'a>(
+        &'a self,
+        oidc: &'a Oidc,
         req: Request<Incoming>,
         peer: Peer,
         client: Option<std::net::IpAddr>,
-    ) -> Result<Outcome, Error> {
-        let limited = oidc.limits.as_ref().zip(client);
+    ) -> impl std::future::Future<Output = Result<Outcome, Error>> + 'a {
         let (parts, body) = req.into_parts();
-        let auth = &oidc.auth;
-        let path = parts.uri.path();
-        if Auth::is_route(path) {
-            if let Some((l, ip)) = limited {
-                Box::pin(l.spend(Kind::Auth, ip))
-                    .await
-                    .map_err(|wait| self.limited(Kind::Auth, wait))?;
+        async move {
+            let limited = oidc.limits.as_ref().zip(client);
+            let auth = &oidc.auth;
+            let path = parts.uri.path();
+            if Auth::is_route(path) {
+                if let Some((l, ip)) = limited {
+                    Box::pin(l.spend(Kind::Auth, ip))
+                        .await
+                        .map_err(|wait| self.limited(Kind::Auth, wait))?;
+                }
+                let scheme = headers::public_scheme(&parts.headers, peer);
+                return Ok((auth.route(&parts, body, scheme).await?, None));
             }
-            let scheme = headers::public_scheme(&parts.headers, peer);
-            return Ok((auth.route(&parts, body, scheme).await?, None));
-        }
-        if let Some(r) = oidc.identity.own_route(&parts.method, path) {
-            return Ok((r, None));
-        }
-        let decision = auth.gate(&parts).await;
-        // A client over its failure budget gets 429 on every request that has no session to
-        // show (public paths and sessions are not what it is guessing at).
-        if let (
-            Some((l, ip)),
-            Ok(Decision::Login(_) | Decision::Bearer) | Err(Error::Unauthenticated),
-        ) = (limited, &decision)
-        {
-            if let Some(wait) = Box::pin(l.exhausted(Kind::Failure, ip)).await {
-                return Err(self.limited(Kind::Failure, wait));
-            }
-        }
-        let caller = match decision? {
-            Decision::Login(location) => {
-                let mut r = Response::new(crate::proxy::full(""));
-                *r.status_mut() = StatusCode::FOUND;
-                let v =
-                    HeaderValue::from_str(&location).map_err(|e| Error::Internal(e.to_string()))?;
-                r.headers_mut().insert(header::LOCATION, v);
+            if let Some(r) = oidc.identity.own_route(&parts.method, path) {
                 return Ok((r, None));
             }
-            Decision::Authenticated { session, id } => Caller::Session { session, id },
-            Decision::Bearer => Caller::Bearer,
-            Decision::Public => Caller::Public,
-        };
-        let strip_own = |h: &mut http::HeaderMap| auth.cookies.strip(h);
-        let out = Outbound {
-            upstream: &self.upstream,
-            peer,
-            strip_own: &strip_own,
-            sessions: &auth.sessions,
-            streams: &oidc.streams,
-        };
-        let forward = oidc
-            .identity
-            .forward(out, parts, Either::Left(body), caller);
-        // Boxed: the identity's future is large, and hyper moves the request future around.
-        Ok(Box::pin(forward).await?)
+            let decision = auth.gate(&parts).await;
+            // A client over its failure budget gets 429 on every request that has no session to
+            // show (public paths and sessions are not what it is guessing at).
+            if let (
+                Some((l, ip)),
+                Ok(Decision::Login(_) | Decision::Bearer) | Err(Error::Unauthenticated),
+            ) = (limited, &decision)
+            {
+                if let Some(wait) = Box::pin(l.exhausted(Kind::Failure, ip)).await {
+                    return Err(self.limited(Kind::Failure, wait));
+                }
+            }
+            let caller = match decision? {
+                Decision::Login(location) => {
+                    let mut r = Response::new(crate::proxy::full(""));
+                    *r.status_mut() = StatusCode::FOUND;
+                    let v = HeaderValue::from_str(&location)
+                        .map_err(|e| Error::Internal(e.to_string()))?;
+                    r.headers_mut().insert(header::LOCATION, v);
+                    return Ok((r, None));
+                }
+                Decision::Authenticated { session, id } => Caller::Session { session, id },
+                Decision::Bearer => Caller::Bearer,
+                Decision::Public => Caller::Public,
+            };
+            let strip_own = |h: &mut http::HeaderMap| auth.cookies.strip(h);
+            let out = Outbound {
+                upstream: &self.upstream,
+                peer,
+                strip_own: &strip_own,
+                sessions: &auth.sessions,
+                streams: &oidc.streams,
+            };
+            let forward = oidc
+                .identity
+                .forward(out, parts, Either::Left(body), caller);
+            // Boxed: the identity's future is large, and hyper moves the request future around.
+            Ok(Box::pin(forward).await?)
+        }
     }
 
     fn log_error(&self, e: &Error, request_id: &str) {

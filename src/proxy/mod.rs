@@ -143,76 +143,82 @@ impl Upstream {
     /// caller's identity) cannot be removed by a client naming them in `Connection`. `abort` is
     /// asked, only for a long-lived response (a WebSocket tunnel, `text/event-stream`), for a
     /// signal that ends it early.
-    pub async fn forward(
-        &self,
+    ///
+    /// Not an `async fn`, for the reason given at [`pool::Pool::send`]: `req` is kept once.
+    #[allow(clippy::manual_async_fn)] // on purpose: see the doc above
+    pub fn forward<'a>(
+        &'a self,
         mut req: Request<crate::proxy::RequestBody>,
         peer: Peer,
-        prepare: impl FnOnce(&mut http::HeaderMap),
-        abort: impl FnOnce() -> Option<Abort>,
-    ) -> Result<Response<UpstreamBody>, ProxyError> {
-        let websocket = headers::is_websocket_handshake(req.method(), req.version(), req.headers());
-        let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
+        prepare: impl FnOnce(&mut http::HeaderMap) + 'a,
+        abort: impl FnOnce() -> Option<Abort> + 'a,
+    ) -> impl std::future::Future<Output = Result<Response<UpstreamBody>, ProxyError>> + 'a {
+        async move {
+            let websocket =
+                headers::is_websocket_handshake(req.method(), req.version(), req.headers());
+            let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
 
-        let host = req.headers().get(header::HOST).cloned().or_else(|| {
-            req.uri()
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
-        *req.uri_mut() = self.upstream_uri(req.uri())?;
-        // The upstream connection is HTTP/1.1 whatever the client spoke.
-        *req.version_mut() = http::Version::HTTP_11;
+            let host = req.headers().get(header::HOST).cloned().or_else(|| {
+                req.uri()
+                    .authority()
+                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            });
+            *req.uri_mut() = self.upstream_uri(req.uri())?;
+            // The upstream connection is HTTP/1.1 whatever the client spoke.
+            *req.version_mut() = http::Version::HTTP_11;
 
-        let h = req.headers_mut();
-        headers::remove_hop_by_hop(h);
-        headers::set_forwarded(h, peer, host.clone());
-        prepare(h);
-        match (self.preserve_host, host) {
-            (true, Some(client_host)) => h.insert(header::HOST, client_host),
-            _ => h.insert(header::HOST, self.host.clone()),
-        };
-        // Any other upgrade request goes on as plain HTTP: hop-by-hop removal has taken its
-        // `Upgrade`, `HTTP2-Settings` and `Connection` away.
-        if websocket {
-            h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        }
-
-        let timeout =
-            Duration::from_millis(self.timeout_ms.load(std::sync::atomic::Ordering::Relaxed));
-        let mut resp = match tokio::time::timeout(timeout, self.pool.send(req)).await {
-            Err(_) => return Err(ProxyError::Timeout),
-            Ok(Err(e)) => return Err(ProxyError::Unavailable(e)),
-            Ok(Ok(r)) => r,
-        };
-
-        let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-        let to_websocket = resp
-            .headers()
-            .get(header::UPGRADE)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
-        if switching && !(websocket && to_websocket) {
-            // A switch nobody asked for (or to another protocol): relaying it would tunnel.
-            resp.body_mut().detach();
-            return Err(ProxyError::Unavailable(pool::SendError::Protocol(
-                "the upstream switched protocols unasked",
-            )));
-        }
-        headers::remove_hop_by_hop(resp.headers_mut());
-        if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
-            let h = resp.headers_mut();
-            h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-            let upstream_upgrade = hyper::upgrade::on(&mut resp);
-            // The connection now belongs to the tunnel.
-            resp.body_mut().detach();
-            tokio::spawn(tunnel(client_upgrade, upstream_upgrade, abort()));
-        } else if is_event_stream(resp.headers()) {
-            resp.body_mut().leave_cap();
-            if let Some(a) = abort() {
-                resp.body_mut().abort_on(a);
+            let h = req.headers_mut();
+            headers::remove_hop_by_hop(h);
+            headers::set_forwarded(h, peer, host.clone());
+            prepare(h);
+            match (self.preserve_host, host) {
+                (true, Some(client_host)) => h.insert(header::HOST, client_host),
+                _ => h.insert(header::HOST, self.host.clone()),
+            };
+            // Any other upgrade request goes on as plain HTTP: hop-by-hop removal has taken its
+            // `Upgrade`, `HTTP2-Settings` and `Connection` away.
+            if websocket {
+                h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
             }
+
+            let timeout =
+                Duration::from_millis(self.timeout_ms.load(std::sync::atomic::Ordering::Relaxed));
+            let mut resp = match tokio::time::timeout(timeout, self.pool.send(req)).await {
+                Err(_) => return Err(ProxyError::Timeout),
+                Ok(Err(e)) => return Err(ProxyError::Unavailable(e)),
+                Ok(Ok(r)) => r,
+            };
+
+            let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+            let to_websocket = resp
+                .headers()
+                .get(header::UPGRADE)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+            if switching && !(websocket && to_websocket) {
+                // A switch nobody asked for (or to another protocol): relaying it would tunnel.
+                resp.body_mut().detach();
+                return Err(ProxyError::Unavailable(pool::SendError::Protocol(
+                    "the upstream switched protocols unasked",
+                )));
+            }
+            headers::remove_hop_by_hop(resp.headers_mut());
+            if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
+                let h = resp.headers_mut();
+                h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+                let upstream_upgrade = hyper::upgrade::on(&mut resp);
+                // The connection now belongs to the tunnel.
+                resp.body_mut().detach();
+                tokio::spawn(tunnel(client_upgrade, upstream_upgrade, abort()));
+            } else if is_event_stream(resp.headers()) {
+                resp.body_mut().leave_cap();
+                if let Some(a) = abort() {
+                    resp.body_mut().abort_on(a);
+                }
+            }
+            Ok(resp)
         }
-        Ok(resp)
     }
 
     fn upstream_uri(&self, original: &Uri) -> Result<Uri, ProxyError> {

@@ -95,35 +95,42 @@ impl Pool {
 
     /// Sends `req` on an idle connection, or a new one, and returns the response head with a
     /// body that gives the connection back once it has been read to the end.
-    pub async fn send(
+    ///
+    /// Not an `async fn`: one keeps its arguments twice in its future (as given, and moved into
+    /// the body), and this future is part of every request in flight. The `async move` block
+    /// keeps `req` once.
+    #[allow(clippy::manual_async_fn)] // on purpose: see the doc above
+    pub fn send(
         self: &Arc<Self>,
         mut req: Request<RequestBody>,
-    ) -> Result<Response<UpstreamBody>, SendError> {
-        let permit = match self.busy.clone().try_acquire_owned() {
-            Ok(p) => p,
-            Err(_) => {
-                self.queued.inc();
-                self.busy
-                    .clone()
-                    .acquire_owned()
-                    .await
-                    .map_err(|e| SendError::Connect(Box::new(e)))?
-            }
-        };
-        // A reused connection the upstream has just closed refuses the request unsent: try the
-        // next one. A new connection gets no second chance.
-        loop {
-            let (mut sender, fresh) = match self.checkout().await {
-                Some(s) => (s, false),
-                // Boxed: rare, and its state would otherwise enlarge every request's future.
-                None => (Box::pin(self.connect()).await?, true),
+    ) -> impl std::future::Future<Output = Result<Response<UpstreamBody>, SendError>> + '_ {
+        async move {
+            let permit = match self.busy.clone().try_acquire_owned() {
+                Ok(p) => p,
+                Err(_) => {
+                    self.queued.inc();
+                    self.busy
+                        .clone()
+                        .acquire_owned()
+                        .await
+                        .map_err(|e| SendError::Connect(Box::new(e)))?
+                }
             };
-            match sender.try_send_request(req).await {
-                Ok(resp) => return Ok(resp.map(|b| UpstreamBody::new(b, sender, self, permit))),
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) if !fresh => req = unsent,
-                    _ => return Err(SendError::Request(e.into_error())),
-                },
+            // A reused connection the upstream has just closed refuses the request unsent: try the
+            // next one. A new connection gets no second chance.
+            loop {
+                let (mut sender, fresh) = match self.checkout().await {
+                    Some(s) => (s, false),
+                    // Boxed: rare, and its state would otherwise enlarge every request's future.
+                    None => (Box::pin(self.connect()).await?, true),
+                };
+                match sender.try_send_request(req).await {
+                    Ok(resp) => return Ok(resp.map(|b| UpstreamBody::new(b, sender, self, permit))),
+                    Err(mut e) => match e.take_message() {
+                        Some(unsent) if !fresh => req = unsent,
+                        _ => return Err(SendError::Request(e.into_error())),
+                    },
+                }
             }
         }
     }
