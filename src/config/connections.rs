@@ -25,7 +25,8 @@ pub struct ConnectionSettings {
     /// Client connections held at once from one address (trusted proxies are exempt). 0 = no cap.
     pub max_per_ip: usize,
     /// Connections each worker opens to the upstream at once; requests beyond wait for one.
-    /// Event streams and WebSocket tunnels do not count: they last as long as their clients.
+    /// WebSocket tunnels do not count, nor event streams once their response has begun (up to
+    /// `proxy::STREAMS_PER_PLACE` per place): they last as long as their clients.
     pub upstream_max_per_worker: usize,
     /// Milliseconds between two checks that the sessions of live WebSocket tunnels and event
     /// streams still exist; a revoked session's streams are closed at the next check.

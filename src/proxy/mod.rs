@@ -11,6 +11,8 @@ pub mod body;
 pub mod headers;
 mod pool;
 
+pub use pool::STREAMS_PER_PLACE;
+
 use crate::config::ProxySettings;
 pub use body::{full, Body, RequestBody};
 use headers::Peer;

@@ -58,6 +58,10 @@ impl Idle {
     }
 }
 
+/// Event streams a worker keeps open beyond its cap, per place under the cap (64 places, so
+/// 1,024 streams a worker by default).
+pub const STREAMS_PER_PLACE: usize = 16;
+
 /// One worker's connections to the upstream.
 pub struct Pool {
     connector: HttpsConnector<HttpConnector>,
@@ -68,8 +72,13 @@ pub struct Pool {
     idle: Mutex<Idle>,
     /// One permit per request in flight upstream. A new connection is only opened when no idle
     /// one is left, so open connections never outnumber the permits, but for event streams
-    /// and tunnels, which leave the cap ([`UpstreamBody::leave_cap`]).
+    /// (which move to `streams` once their response begins, [`UpstreamBody::leave_cap`]) and
+    /// tunnels (which leave the pool).
     busy: Arc<tokio::sync::Semaphore>,
+    /// Places for event streams, [`STREAMS_PER_PLACE`] per place under the cap: open streams
+    /// do not make other requests wait, yet one client's HTTP/2 streams cannot open connections
+    /// without bound (once these are taken, a stream keeps its place under the cap).
+    streams: Arc<tokio::sync::Semaphore>,
     queued: prometheus_client::metrics::counter::Counter,
 }
 
@@ -89,6 +98,9 @@ impl Pool {
             max_idle,
             idle: Mutex::new(Idle::default()),
             busy: Arc::new(tokio::sync::Semaphore::new(max_busy.max(1))),
+            streams: Arc::new(tokio::sync::Semaphore::new(
+                max_busy.max(1).saturating_mul(STREAMS_PER_PLACE),
+            )),
             queued,
         })
     }
@@ -258,12 +270,15 @@ impl UpstreamBody {
         self.abort = Some(abort);
     }
 
-    /// Takes the connection out of the pool's cap (it still goes back to the pool when the
-    /// body ends): an event stream lives as long as its client wants it, and a few hundred open
-    /// chat streams must not make every other request wait for a connection. The client
-    /// connections carrying them are capped where they are accepted.
+    /// Moves the request from the pool's cap to its allowance for event streams, if a place
+    /// is free there (the connection still goes back to the pool when the body ends): an event
+    /// stream lives as long as its client wants it, and a few hundred open chat streams must
+    /// not make every other request wait for a connection.
     pub fn leave_cap(&mut self) {
-        self._permit = None;
+        let Some((_, pool)) = &self.conn else { return };
+        if let Ok(place) = pool.streams.clone().try_acquire_owned() {
+            self._permit = Some(place);
+        }
     }
 
     /// Keeps the connection out of the pool (it has been upgraded to another protocol) and

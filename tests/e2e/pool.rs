@@ -298,7 +298,9 @@ async fn requests_copied_under_load_reach_the_upstream_unchanged() {
 
 /// An event stream (a chat answer, a progress feed) holds its upstream connection for as long
 /// as it runs, but not a place under the cap: with a cap of one connection and a stream open,
-/// an ordinary request is still sent at once instead of waiting for the stream to end.
+/// an ordinary request is still sent at once instead of waiting for the stream to end. Streams
+/// have an allowance of their own, bounded, so one client's HTTP/2 streams cannot open
+/// upstream connections without limit.
 #[tokio::test]
 async fn an_event_stream_does_not_hold_a_place_under_the_cap() {
     let up = Upstream::start();
@@ -311,7 +313,7 @@ async fn an_event_stream_does_not_hold_a_place_under_the_cap() {
     let resp = client()
         .request(request(
             "GET",
-            &sc.url("/sse?n=3&interval_ms=3000"),
+            &sc.url("/sse?n=2&interval_ms=1500"),
             &[("accept", "text/event-stream")],
             body(""),
         ))
@@ -339,7 +341,45 @@ async fn an_event_stream_does_not_hold_a_place_under_the_cap() {
         0.0,
         "a request waited for a place under the cap: {m}"
     );
-    drop(stream);
+    // Read to its end: its place is free again.
+    while let Some(frame) = http_body_util::BodyExt::frame(&mut stream).await {
+        frame.unwrap();
+    }
+
+    // The allowance for streams is bounded (16 per place under the cap): with it full, the
+    // next stream keeps its place under the cap, and an ordinary request waits for it.
+    let mut open = Vec::new();
+    for _ in 0..=sso_sidecar::proxy::STREAMS_PER_PLACE {
+        let resp = client()
+            .request(request(
+                "GET",
+                &sc.url("/sse?n=2&interval_ms=3000"),
+                &[("accept", "text/event-stream")],
+                body(""),
+            ))
+            .await
+            .unwrap();
+        let mut stream = resp.into_body();
+        http_body_util::BodyExt::frame(&mut stream)
+            .await
+            .unwrap()
+            .unwrap();
+        open.push(stream);
+    }
+    let waiting = tokio::spawn({
+        let url = sc.url("/echo/after-the-streams");
+        async move { get(&url, &[]).await.unwrap().status() }
+    });
+    let start = std::time::Instant::now();
+    while metric(&metrics(&sc).await, "sso_sidecar_upstream_queued_total") < 1.0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "17 streams under a cap of one with room for 16: a request should wait"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(open);
+    assert_eq!(waiting.await.unwrap(), 200);
 
     // Ordinary requests still respect the cap: two at once with a cap of one, one waits.
     let slow = sc.url("/slow?ms=500");
@@ -347,5 +387,5 @@ async fn an_event_stream_does_not_hold_a_place_under_the_cap() {
     assert_eq!(a.unwrap().status(), 200);
     assert_eq!(b.unwrap().status(), 200);
     let m = metrics(&sc).await;
-    assert_eq!(metric(&m, "sso_sidecar_upstream_queued_total"), 1.0, "{m}");
+    assert_eq!(metric(&m, "sso_sidecar_upstream_queued_total"), 2.0, "{m}");
 }
