@@ -296,6 +296,27 @@ async fn requests_copied_under_load_reach_the_upstream_unchanged() {
     );
 }
 
+/// Opens an event stream through `sc` and reads its first event; the rest is left to come.
+async fn event_stream(sc: &Sidecar, path: &str) -> hyper::body::Incoming {
+    let resp = client()
+        .request(request(
+            "GET",
+            &sc.url(path),
+            &[("accept", "text/event-stream")],
+            body(""),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let mut stream = resp.into_body();
+    let first = http_body_util::BodyExt::frame(&mut stream)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(first.is_data(), "the first event");
+    stream
+}
+
 /// An event stream (a chat answer, a progress feed) holds its upstream connection for as long
 /// as it runs, but not a place under the cap: with a cap of one connection and a stream open,
 /// an ordinary request is still sent at once instead of waiting for the stream to end. Streams
@@ -310,22 +331,7 @@ async fn an_event_stream_does_not_hold_a_place_under_the_cap() {
         ("SSO_SIDECAR_CONNECTIONS__UPSTREAM_MAX_PER_WORKER", "1"),
     ])
     .await;
-    let resp = client()
-        .request(request(
-            "GET",
-            &sc.url("/sse?n=2&interval_ms=1500"),
-            &[("accept", "text/event-stream")],
-            body(""),
-        ))
-        .await
-        .unwrap();
-    assert_eq!(resp.headers()["content-type"], "text/event-stream");
-    let mut stream = resp.into_body();
-    let first = http_body_util::BodyExt::frame(&mut stream)
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(first.is_data(), "the first event");
+    let mut stream = event_stream(&sc, "/sse?n=2&interval_ms=1500").await;
 
     let start = std::time::Instant::now();
     let r = get(&sc.url("/echo/while-streaming"), &[]).await.unwrap();
@@ -350,21 +356,7 @@ async fn an_event_stream_does_not_hold_a_place_under_the_cap() {
     // next stream keeps its place under the cap, and an ordinary request waits for it.
     let mut open = Vec::new();
     for _ in 0..=sso_sidecar::proxy::STREAMS_PER_PLACE {
-        let resp = client()
-            .request(request(
-                "GET",
-                &sc.url("/sse?n=2&interval_ms=3000"),
-                &[("accept", "text/event-stream")],
-                body(""),
-            ))
-            .await
-            .unwrap();
-        let mut stream = resp.into_body();
-        http_body_util::BodyExt::frame(&mut stream)
-            .await
-            .unwrap()
-            .unwrap();
-        open.push(stream);
+        open.push(event_stream(&sc, "/sse?n=2&interval_ms=3000").await);
     }
     let waiting = tokio::spawn({
         let url = sc.url("/echo/after-the-streams");
