@@ -304,34 +304,28 @@ fn id_text(prefix: &str, n: u64) -> HeaderValue {
 /// connections most of them wait. The router calls this only on a busy worker: a copy on every
 /// request would cost more than it saves.
 pub fn detach_head<B>(req: &mut http::Request<B>) {
-    let mut uri = std::mem::take(req.uri_mut());
-    detach_parts(&mut uri, req.headers_mut());
-    *req.uri_mut() = uri;
-}
-
-fn detach_parts(uri: &mut http::Uri, headers: &mut HeaderMap) {
-    let path = uri.path_and_query().map_or("", |p| p.as_str());
-    let size = path.len() + headers.values().map(|v| v.len()).sum::<usize>();
+    let path = req.uri().path_and_query().map_or("", |p| p.as_str());
+    let path_len = path.len();
+    let size = path_len + req.headers().values().map(|v| v.len()).sum::<usize>();
     let mut buf = bytes::BytesMut::with_capacity(size);
     buf.extend_from_slice(path.as_bytes());
-    for v in headers.values() {
+    for v in req.headers().values() {
         buf.extend_from_slice(v.as_bytes());
     }
     let mut buf = buf.freeze();
-    if !path.is_empty() {
-        let own = buf.split_to(path.len());
-        let mut parts = std::mem::take(uri).into_parts();
-        // The same bytes, already validated once: this cannot fail, but a failure keeps the
-        // original rather than losing the target.
-        match http::uri::PathAndQuery::from_maybe_shared(own) {
-            Ok(pq) => parts.path_and_query = Some(pq),
-            Err(_) => return,
-        }
-        match http::Uri::from_parts(parts) {
-            Ok(u) => *uri = u,
-            Err(_) => return,
+    let own_path = buf.split_to(path_len);
+    if path_len > 0 {
+        // The same bytes, already validated once: this cannot fail, and a failure keeps the
+        // original target (the URI is cloned, not taken, until the copy is whole).
+        let mut parts = req.uri().clone().into_parts();
+        if let Ok(pq) = http::uri::PathAndQuery::from_maybe_shared(own_path) {
+            parts.path_and_query = Some(pq);
+            if let Ok(uri) = http::Uri::from_parts(parts) {
+                *req.uri_mut() = uri;
+            }
         }
     }
+    let headers = req.headers_mut();
     let mut detached = HeaderMap::with_capacity(headers.len());
     let mut last: Option<HeaderName> = None;
     for (name, value) in std::mem::take(headers) {

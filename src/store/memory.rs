@@ -25,6 +25,13 @@ enum Value {
     Count(u64),
 }
 
+impl Value {
+    /// A byte value of its own (not sharing the caller's buffer), with its copies' flag.
+    fn bytes(value: &[u8]) -> Self {
+        Value::Bytes(Shared::new(Bytes::copy_from_slice(value)))
+    }
+}
+
 struct Entry {
     value: Value,
     expires: Instant,
@@ -124,7 +131,7 @@ impl MemoryStore {
 
     pub fn put(&self, key: &str, value: &[u8], ttl: Duration) {
         let entry = Entry {
-            value: Value::Bytes(Shared::new(Bytes::copy_from_slice(value))),
+            value: Value::bytes(value),
             expires: deadline(Instant::now(), ttl),
         };
         self.lock(key).insert(key.to_owned(), entry);
@@ -139,7 +146,7 @@ impl MemoryStore {
         map.insert(
             key.to_owned(),
             Entry {
-                value: Value::Bytes(Shared::new(Bytes::copy_from_slice(value))),
+                value: Value::bytes(value),
                 expires: deadline(now, ttl),
             },
         );
@@ -152,7 +159,7 @@ impl MemoryStore {
         match Self::live(&mut map, key, now) {
             Some(e) => {
                 *e = Entry {
-                    value: Value::Bytes(Shared::new(Bytes::copy_from_slice(value))),
+                    value: Value::bytes(value),
                     expires: deadline(now, ttl),
                 };
                 true

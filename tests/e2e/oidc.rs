@@ -475,8 +475,8 @@ async fn a_real_browser_logs_in_and_lands_on_the_requested_page() {
     assert_eq!(w.idp.events().await["grants"]["authorization_code"], 1);
 }
 
-#[tokio::test]
-async fn memory_store_logs_in_too_and_says_it_is_single_replica() {
+/// The test IdP, an upstream and an OIDC sidecar with sessions in memory (no Redis).
+async fn memory_world(extra: &[(&str, &str)]) -> (Idp, Upstream, OidcSidecar) {
     let port = free_port();
     let idp = Idp::start(
         0,
@@ -486,7 +486,13 @@ async fn memory_store_logs_in_too_and_says_it_is_single_replica() {
         )],
     );
     let up = Upstream::start();
-    let sc = start_oidc_sidecar(port, &idp.issuer(), &up.url(), &[]).await;
+    let sc = start_oidc_sidecar(port, &idp.issuer(), &up.url(), extra).await;
+    (idp, up, sc)
+}
+
+#[tokio::test]
+async fn memory_store_logs_in_too_and_says_it_is_single_replica() {
+    let (_idp, _up, sc) = memory_world(&[]).await;
     let l = login(&sc.sidecar, "erin", "/").await;
     let r = get(
         &sc.sidecar.url("/echo"),
@@ -502,6 +508,38 @@ async fn memory_store_logs_in_too_and_says_it_is_single_replica() {
         "{out}"
     );
     assert!(out.contains(r#""session_store":"memory""#), "{out}");
+}
+
+/// The memory store's workers keep their own copies of a busy session: after a logout, the
+/// replayed cookie must be refused on every worker, whichever one served the session before.
+#[tokio::test]
+async fn memory_store_a_busy_session_logged_out_is_refused_on_every_worker() {
+    let (_idp, _up, sc) = memory_world(&[("SSO_SIDECAR_WORKERS", "2")]).await;
+    let sc = &sc.sidecar;
+    let l = login(sc, "erin", "/").await;
+    let cookie = session_header(&l.cookie);
+    // Each request is a new connection, spread over the two workers: both take a copy.
+    for _ in 0..40 {
+        let r = get(&sc.url("/v1/x"), &[("cookie", &cookie)]).await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let r = send(request(
+        "POST",
+        &sc.url("/auth/logout"),
+        &[
+            ("cookie", &cookie),
+            ("origin", &sc.url("")),
+            ("sec-fetch-site", "same-origin"),
+        ],
+        body(""),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 302, "logged out");
+    for i in 0..40 {
+        let r = get(&sc.url("/v1/x"), &[("cookie", &cookie)]).await.unwrap();
+        assert_eq!(r.status(), 401, "replay {i} after logout was let in");
+    }
 }
 
 #[tokio::test]

@@ -143,6 +143,19 @@ async fn serve(sock: tokio::net::TcpStream, after: After) {
     }
 }
 
+/// A sidecar with one worker (so one pool) and a cap of `cap` upstream connections.
+async fn capped(up: &Upstream, cap: usize) -> Sidecar {
+    Sidecar::start(&[
+        ("SSO_SIDECAR_UPSTREAM", &up.url()),
+        ("SSO_SIDECAR_WORKERS", "1"),
+        (
+            "SSO_SIDECAR_CONNECTIONS__UPSTREAM_MAX_PER_WORKER",
+            &cap.to_string(),
+        ),
+    ])
+    .await
+}
+
 /// A sidecar with one worker (so one pool) and a 1 s idle timeout, in front of `up`.
 async fn sidecar(up: &RawUpstream) -> Sidecar {
     Sidecar::start(&[
@@ -247,12 +260,7 @@ async fn a_client_leaving_mid_response_does_not_leave_its_connection_in_the_pool
 #[tokio::test]
 async fn requests_copied_under_load_reach_the_upstream_unchanged() {
     let up = Upstream::start();
-    let sc = Sidecar::start(&[
-        ("SSO_SIDECAR_UPSTREAM", &up.url()),
-        ("SSO_SIDECAR_WORKERS", "1"),
-        ("SSO_SIDECAR_CONNECTIONS__UPSTREAM_MAX_PER_WORKER", "2"),
-    ])
-    .await;
+    let sc = capped(&up, 2).await;
     let tasks: Vec<_> = (0..200)
         .map(|i| {
             let url = format!("http://{}/echo/item-{i}/%C3%A9?n={i}&q=a%20b", sc.addr);
@@ -325,12 +333,7 @@ async fn event_stream(sc: &Sidecar, path: &str) -> hyper::body::Incoming {
 #[tokio::test]
 async fn an_event_stream_does_not_hold_a_place_under_the_cap() {
     let up = Upstream::start();
-    let sc = Sidecar::start(&[
-        ("SSO_SIDECAR_UPSTREAM", &up.url()),
-        ("SSO_SIDECAR_WORKERS", "1"),
-        ("SSO_SIDECAR_CONNECTIONS__UPSTREAM_MAX_PER_WORKER", "1"),
-    ])
-    .await;
+    let sc = capped(&up, 1).await;
     let mut stream = event_stream(&sc, "/sse?n=2&interval_ms=1500").await;
 
     let start = std::time::Instant::now();
