@@ -145,7 +145,10 @@ impl App {
     }
 
     async fn proxy(&self, req: Request<RequestBody>, peer: Peer) -> Result<Outcome, Error> {
-        let r = self.upstream.forward(req, peer, |_| {}, || None).await?;
+        let r = self
+            .upstream
+            .forward(req, peer, None, |_| {}, || None)
+            .await?;
         let status = r.status().as_u16();
         Ok((r.map(Either::Left), Some(status)))
     }
@@ -207,6 +210,10 @@ impl App {
                 Decision::Bearer => Caller::Bearer,
                 Decision::Public => Caller::Public,
             };
+            // The place under the upstream cap first: while the upstream is busy, requests
+            // queue here holding their head and session, and build the identity's state (a
+            // boxed future of ~2.6 KB) only once they can be sent.
+            let place = self.upstream.place().await?;
             let strip_own = |h: &mut http::HeaderMap| auth.cookies.strip(h);
             let out = Outbound {
                 upstream: &self.upstream,
@@ -214,6 +221,7 @@ impl App {
                 strip_own: &strip_own,
                 sessions: &auth.sessions,
                 streams: &oidc.streams,
+                place: std::sync::Mutex::new(Some(place)),
             };
             let forward = oidc
                 .identity

@@ -62,7 +62,11 @@ pub(super) async fn send(
         }
     };
     let abort = || inject.live.map(|id| out.streams.watch(id));
-    let r = out.upstream.forward(req, out.peer, prepare, abort).await?;
+    let place = out.take_place();
+    let r = out
+        .upstream
+        .forward(req, out.peer, place, prepare, abort)
+        .await?;
     let status = r.status().as_u16();
     let mut outcome: Outcome = (r.map(Either::Left), Some(status));
     if let Some((_, t)) = inject.token {

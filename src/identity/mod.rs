@@ -19,7 +19,7 @@ use crate::config::Reloadable;
 use crate::per_worker::PerWorker;
 use crate::proxy::headers::Peer;
 use crate::proxy::{Body, RequestBody};
-use crate::proxy::{ProxyError, Upstream};
+use crate::proxy::{Place, ProxyError, Upstream};
 use crate::session::{LiveStreams, Sessions};
 use crate::store::StoreError;
 use headers::HeaderIdentity;
@@ -79,6 +79,17 @@ pub struct Outbound<'a> {
     pub strip_own: &'a (dyn Fn(&mut HeaderMap) + Sync),
     pub sessions: &'a Sessions,
     pub streams: &'a Arc<LiveStreams>,
+    /// The request's place under the upstream cap, taken by the router before this request's
+    /// identity was built; the first request sent takes it (a replay waits for its own).
+    pub place: std::sync::Mutex<Option<Place>>,
+}
+
+impl Outbound<'_> {
+    /// The place taken for this request, once.
+    pub(crate) fn take_place(&self) -> Option<Place> {
+        // A poisoned lock still holds a valid `Option`.
+        self.place.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
 }
 
 impl Identity {

@@ -43,6 +43,17 @@ pub enum ProxyError {
 /// natural end. What it means is the caller's business (a session that ended).
 pub type Abort = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
+/// A request's place under the worker's cap on upstream requests in flight
+/// (`upstream_max_per_worker`), taken before the request is ready ([`Upstream::place`]) and
+/// handed to [`Upstream::forward`]. While every place is taken, requests wait for one; a
+/// caller that builds a large state per request (an identity's) waits here first, so the
+/// requests queued behind a busy upstream hold no more than their head.
+pub struct Place {
+    permit: pool::CapPermit,
+    /// When the upstream timeout, counted from the start of the wait, ends.
+    deadline: tokio::time::Instant,
+}
+
 /// Idle connections a worker keeps to the upstream at most.
 const MAX_IDLE: usize = 256;
 
@@ -139,9 +150,26 @@ impl Upstream {
             .unwrap_or(peer.ip)
     }
 
+    fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Waits for a place under the cap (at once if one is free). The upstream timeout runs
+    /// from here: a request that waits its whole length is answered 504.
+    pub async fn place(&self) -> Result<Place, ProxyError> {
+        let deadline = tokio::time::Instant::now() + self.timeout();
+        match tokio::time::timeout_at(deadline, self.pool.permit()).await {
+            Err(_) => Err(ProxyError::Timeout),
+            Ok(Err(e)) => Err(ProxyError::Unavailable(e)),
+            Ok(Ok(permit)) => Ok(Place { permit, deadline }),
+        }
+    }
+
     /// Forwards `req` and returns the upstream's response head with its body still streaming.
     ///
-    /// `prepare` runs after hop-by-hop removal and `X-Forwarded-*`, so headers it writes (the
+    /// `place` is the request's place under the cap if the caller took it ([`Upstream::place`]),
+    /// and with it the deadline of the upstream timeout; without one, the request waits for a
+    /// place here, and the timeout runs from now. `prepare` runs after hop-by-hop removal and `X-Forwarded-*`, so headers it writes (the
     /// caller's identity) cannot be removed by a client naming them in `Connection`. `abort` is
     /// asked, only for a long-lived response (a WebSocket tunnel, `text/event-stream`), for a
     /// signal that ends it early.
@@ -152,6 +180,7 @@ impl Upstream {
         &'a self,
         mut req: Request<crate::proxy::RequestBody>,
         peer: Peer,
+        place: Option<Place>,
         prepare: impl FnOnce(&mut http::HeaderMap) + 'a,
         abort: impl FnOnce() -> Option<Abort> + 'a,
     ) -> impl std::future::Future<Output = Result<Response<UpstreamBody>, ProxyError>> + 'a {
@@ -184,13 +213,16 @@ impl Upstream {
                 h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
             }
 
-            let timeout =
-                Duration::from_millis(self.timeout_ms.load(std::sync::atomic::Ordering::Relaxed));
-            let mut resp = match tokio::time::timeout(timeout, self.pool.send(req)).await {
-                Err(_) => return Err(ProxyError::Timeout),
-                Ok(Err(e)) => return Err(ProxyError::Unavailable(e)),
-                Ok(Ok(r)) => r,
+            let (permit, deadline) = match place {
+                Some(p) => (Some(p.permit), p.deadline),
+                None => (None, tokio::time::Instant::now() + self.timeout()),
             };
+            let mut resp =
+                match tokio::time::timeout_at(deadline, self.pool.send(req, permit)).await {
+                    Err(_) => return Err(ProxyError::Timeout),
+                    Ok(Err(e)) => return Err(ProxyError::Unavailable(e)),
+                    Ok(Ok(r)) => r,
+                };
 
             let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
             let to_websocket = resp

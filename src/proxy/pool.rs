@@ -39,6 +39,10 @@ pub enum SendError {
     Protocol(&'static str),
 }
 
+/// A request's place under its worker's cap on upstream requests in flight, taken before the
+/// request is sent ([`Pool::permit`]) and given back when its response body ends.
+pub struct CapPermit(tokio::sync::OwnedSemaphorePermit);
+
 /// Idle connections, newest last, each with the sweeper epoch it was handed back in.
 #[derive(Default)]
 struct Idle {
@@ -111,22 +115,19 @@ impl Pool {
     /// Not an `async fn`: one keeps its arguments twice in its future (as given, and moved into
     /// the body), and this future is part of every request in flight. The `async move` block
     /// keeps `req` once.
+    ///
+    /// `permit` is the request's place under the cap when the caller took it already
+    /// ([`Pool::permit`]); otherwise the request takes one here, waiting if none is free.
     #[allow(clippy::manual_async_fn)] // on purpose: see the doc above
     pub fn send(
         self: &Arc<Self>,
         mut req: Request<RequestBody>,
+        permit: Option<CapPermit>,
     ) -> impl std::future::Future<Output = Result<Response<UpstreamBody>, SendError>> + '_ {
         async move {
-            let permit = match self.busy.clone().try_acquire_owned() {
-                Ok(p) => p,
-                Err(_) => {
-                    self.queued.inc();
-                    self.busy
-                        .clone()
-                        .acquire_owned()
-                        .await
-                        .map_err(|e| SendError::Connect(Box::new(e)))?
-                }
+            let permit = match permit {
+                Some(CapPermit(p)) => p,
+                None => self.permit().await?.0,
             };
             // A reused connection the upstream has just closed refuses the request unsent: try the
             // next one. A new connection gets no second chance.
@@ -145,6 +146,23 @@ impl Pool {
                 }
             }
         }
+    }
+
+    /// A place under the cap: at once if one is free, else once a request in flight ends
+    /// (counted in `sso_sidecar_upstream_queued_total`).
+    pub async fn permit(&self) -> Result<CapPermit, SendError> {
+        let permit = match self.busy.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                self.queued.inc();
+                self.busy
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|e| SendError::Connect(Box::new(e)))?
+            }
+        };
+        Ok(CapPermit(permit))
     }
 
     /// The newest idle connection that is still open and ready for a request.

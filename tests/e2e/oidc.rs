@@ -475,21 +475,6 @@ async fn a_real_browser_logs_in_and_lands_on_the_requested_page() {
     assert_eq!(w.idp.events().await["grants"]["authorization_code"], 1);
 }
 
-/// The test IdP, an upstream and an OIDC sidecar with sessions in memory (no Redis).
-async fn memory_world(extra: &[(&str, &str)]) -> (Idp, Upstream, OidcSidecar) {
-    let port = free_port();
-    let idp = Idp::start(
-        0,
-        &[(
-            "RP_REDIRECT_URIS",
-            &format!("http://127.0.0.1:{port}/auth/callback"),
-        )],
-    );
-    let up = Upstream::start();
-    let sc = start_oidc_sidecar(port, &idp.issuer(), &up.url(), extra).await;
-    (idp, up, sc)
-}
-
 #[tokio::test]
 async fn memory_store_logs_in_too_and_says_it_is_single_replica() {
     let (_idp, _up, sc) = memory_world(&[]).await;

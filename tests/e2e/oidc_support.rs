@@ -356,3 +356,18 @@ pub fn urlencode(s: &str) -> String {
 pub fn session_header(cookie: &str) -> String {
     format!("sso_sidecar_session={cookie}")
 }
+
+/// The test IdP, an upstream and an OIDC sidecar with sessions in memory (no Redis).
+pub async fn memory_world(extra: &[(&str, &str)]) -> (Idp, Upstream, OidcSidecar) {
+    let port = free_port();
+    let idp = Idp::start(
+        0,
+        &[(
+            "RP_REDIRECT_URIS",
+            &format!("http://127.0.0.1:{port}/auth/callback"),
+        )],
+    );
+    let up = Upstream::start();
+    let sc = start_oidc_sidecar(port, &idp.issuer(), &up.url(), extra).await;
+    (idp, up, sc)
+}

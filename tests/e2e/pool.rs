@@ -384,3 +384,74 @@ async fn an_event_stream_does_not_hold_a_place_under_the_cap() {
     let m = metrics(&sc).await;
     assert_eq!(metric(&m, "sso_sidecar_upstream_queued_total"), 2.0, "{m}");
 }
+
+/// With every place under the cap taken, an authenticated request waits for one before its
+/// identity is built, and then goes as its user; the upstream timeout runs from the start of
+/// that wait, not again once the place is found.
+#[tokio::test]
+async fn an_authenticated_request_waits_for_a_place_within_the_upstream_timeout() {
+    let (_idp, up, sc) = crate::oidc_support::memory_world(&[
+        ("SSO_SIDECAR_WORKERS", "1"),
+        ("SSO_SIDECAR_CONNECTIONS__UPSTREAM_MAX_PER_WORKER", "1"),
+        ("SSO_SIDECAR_UPSTREAM_TIMEOUT_SECS", "2"),
+    ])
+    .await;
+    let sc = &sc.sidecar;
+    let l = crate::oidc_support::login(sc, "erin", "/").await;
+    let cookie = crate::oidc_support::session_header(&l.cookie);
+    // Waits until the upstream has seen `n` requests for `/slow`.
+    let slow_routed = |n: usize| {
+        let up = &up;
+        async move {
+            let start = std::time::Instant::now();
+            while up
+                .requests()
+                .await
+                .iter()
+                .filter(|r| r["path"] == "/slow")
+                .count()
+                < n
+            {
+                assert!(
+                    start.elapsed() < Duration::from_secs(5),
+                    "/slow never arrived"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    let spawn_get = |path: &str| {
+        let (url, cookie) = (sc.url(path), cookie.clone());
+        tokio::spawn(async move {
+            let start = std::time::Instant::now();
+            let r = get(&url, &[("cookie", &cookie)]).await.unwrap();
+            (r, start.elapsed())
+        })
+    };
+
+    // The only place is taken by a slow request; the next one waits, then goes as erin.
+    let slow = spawn_get("/slow?ms=800");
+    slow_routed(1).await;
+    let (r, waited) = spawn_get("/echo/queued").await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(json(&r)["headers"]["x-forwarded-user"][0], "erin");
+    assert!(slow.await.unwrap().0.status() == 200);
+    assert!(
+        waited >= Duration::from_millis(300),
+        "it did not wait: {waited:?}"
+    );
+    let m = metrics(sc).await;
+    assert_eq!(metric(&m, "sso_sidecar_upstream_queued_total"), 1.0, "{m}");
+
+    // A request that waits for the place until the holder times out (2 s) has spent its own
+    // timeout too: 504 about then, not 2 s later.
+    let hold = spawn_get("/slow?ms=6000");
+    slow_routed(2).await;
+    let (r, waited) = spawn_get("/slow?ms=6001").await.unwrap();
+    assert_eq!(r.status(), 504);
+    assert!(
+        waited < Duration::from_millis(3000),
+        "the upstream timeout started again after the wait: 504 after {waited:?}"
+    );
+    assert_eq!(hold.await.unwrap().0.status(), 504);
+}
