@@ -151,18 +151,19 @@ impl Pool {
     /// A place under the cap: at once if one is free, else once a request in flight ends
     /// (counted in `sso_sidecar_upstream_queued_total`).
     pub async fn permit(&self) -> Result<CapPermit, SendError> {
-        let permit = match self.busy.clone().try_acquire_owned() {
-            Ok(p) => p,
-            Err(_) => {
-                self.queued.inc();
-                self.busy
-                    .clone()
-                    .acquire_owned()
-                    .await
-                    .map_err(|e| SendError::Connect(Box::new(e)))?
-            }
-        };
-        Ok(CapPermit(permit))
+        if let Some(p) = self.try_permit() {
+            return Ok(p);
+        }
+        self.queued.inc();
+        let permit = self.busy.clone().acquire_owned().await;
+        permit
+            .map(CapPermit)
+            .map_err(|e| SendError::Connect(Box::new(e)))
+    }
+
+    /// A place under the cap if one is free now.
+    pub fn try_permit(&self) -> Option<CapPermit> {
+        self.busy.clone().try_acquire_owned().ok().map(CapPermit)
     }
 
     /// The newest idle connection that is still open and ready for a request.
