@@ -38,7 +38,8 @@ pub struct Settings {
     pub workers: usize,
     /// Seconds allowed to connect to the upstream.
     pub upstream_connect_timeout_secs: u64,
-    /// Seconds allowed for the upstream to send its response headers (504 after that).
+    /// Seconds allowed for the upstream to send its response headers, counted from when the
+    /// request starts waiting for an upstream connection (504 after that).
     pub upstream_timeout_secs: u64,
     /// Seconds an idle pooled upstream connection is kept. Below the backend's own keep-alive
     /// timeout (uvicorn closes idle connections after 5 s), so the sidecar never sends on a

@@ -173,7 +173,9 @@ impl Upstream {
     ///
     /// `place` is the request's place under the cap if the caller took it ([`Upstream::place`]),
     /// and with it the deadline of the upstream timeout; without one, the request waits for a
-    /// place here, and the timeout runs from now. `prepare` runs after hop-by-hop removal and `X-Forwarded-*`, so headers it writes (the
+    /// place here, and the timeout runs from now.
+    ///
+    /// `prepare` runs after hop-by-hop removal and `X-Forwarded-*`, so headers it writes (the
     /// caller's identity) cannot be removed by a client naming them in `Connection`. `abort` is
     /// asked, only for a long-lived response (a WebSocket tunnel, `text/event-stream`), for a
     /// signal that ends it early.

@@ -455,3 +455,47 @@ async fn an_authenticated_request_waits_for_a_place_within_the_upstream_timeout(
     );
     assert_eq!(hold.await.unwrap().0.status(), 504);
 }
+
+/// The OpenRag bridge replays a request whose token the backend refused. Under a cap of one:
+/// the first send takes the place the router took for the request (were it left with the
+/// request, the send would wait for it until the upstream timeout), and the replay takes one
+/// of its own once the refused response, read to its end, has given that back.
+#[tokio::test]
+async fn a_replay_after_a_refused_token_takes_a_place_of_its_own_under_a_cap_of_one() {
+    use crate::openrag::{seeded, token, world};
+    let w = world(
+        serde_json::json!([seeded("gina", Some(&token(7)))]),
+        serde_json::json!({}),
+        &[
+            ("SSO_SIDECAR_OPENRAG__TOKEN_POLICY", "regenerate"),
+            ("SSO_SIDECAR_WORKERS", "1"),
+            ("SSO_SIDECAR_CONNECTIONS__UPSTREAM_MAX_PER_WORKER", "1"),
+            ("SSO_SIDECAR_UPSTREAM_TIMEOUT_SECS", "5"),
+        ],
+    )
+    .await;
+    let sc = &w.sc.sidecar;
+    let cookie = crate::oidc_support::session_header(
+        &crate::oidc_support::login(sc, "gina", "/").await.cookie,
+    );
+    let id = w.backend.user("gina").await.unwrap()["id"]
+        .as_u64()
+        .unwrap();
+    w.backend
+        .admin("POST", &format!("/users/{id}/regenerate_token"))
+        .await;
+    let start = std::time::Instant::now();
+    let r = get(&sc.url("/v1/b"), &[("cookie", &cookie)]).await.unwrap();
+    assert_eq!(
+        r.status(),
+        200,
+        "recovered and replayed after {:?}: {}",
+        start.elapsed(),
+        String::from_utf8_lossy(r.body())
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(4),
+        "the replay waited {:?} for a place",
+        start.elapsed()
+    );
+}

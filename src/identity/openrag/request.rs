@@ -38,6 +38,9 @@ pub(crate) async fn as_user(
     let regenerates = regenerate_target(&parts);
     if let Some(target) = regenerates {
         if session.backend_user_id != Some(target) {
+            // The admin API may take seconds: not while holding a place under the upstream cap
+            // (nor out of the upstream timeout); the send waits for one of its own.
+            drop(out.take_place());
             let admin = match session.backend_user_id {
                 Some(me) => bridge.is_admin(me).await.map_err(ForwardError::Bridge)?,
                 None => false,
@@ -49,6 +52,10 @@ pub(crate) async fn as_user(
                 ));
             }
         }
+    }
+    if carrier == inject::Carrier::Cookie {
+        // As above: the hand-off, and a Chainlit login, may ask the admin API.
+        drop(out.take_place());
     }
     if carrier == inject::Carrier::Cookie
         && bridge.chainlit_handoff().await == super::chainlit::Handoff::Login
