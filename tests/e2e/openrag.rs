@@ -61,6 +61,13 @@ impl Backend {
             .find(|u| u["external_user_id"] == sub)
     }
 
+    /// An admin regenerates `sub`'s token at the backend, behind the sidecar's back.
+    pub async fn regenerate_behind(&self, sub: &str) {
+        let id = self.user(sub).await.unwrap()["id"].as_u64().unwrap();
+        self.admin("POST", &format!("/users/{id}/regenerate_token"))
+            .await;
+    }
+
     pub async fn requests(&self) -> Value {
         json(
             &get(&format!("{}/__test/requests", self.url()), &[])
@@ -452,12 +459,7 @@ async fn a_token_revoked_at_the_backend_is_recovered_once_without_a_loop() {
     );
 
     // An admin regenerates gina's token behind the sidecar's back.
-    let id = w.backend.user("gina").await.unwrap()["id"]
-        .as_u64()
-        .unwrap();
-    w.backend
-        .admin("POST", &format!("/users/{id}/regenerate_token"))
-        .await;
+    w.backend.regenerate_behind("gina").await;
     send(request(
         "DELETE",
         &format!("{}/__test/requests", w.backend.url()),

@@ -178,13 +178,10 @@ async fn a_token_revoked_again_within_a_minute_is_not_recovered_again() {
     let sc = &w.sc.sidecar;
     let cookie = session_header(&login(sc, "mia", "/").await.cookie);
     let first = ok_as(sc, &cookie, "/v1/a", "mia").await;
-    let id = w.backend.user("mia").await.unwrap()["id"].as_u64().unwrap();
     let sealed = vault(&w._redis);
 
     // A real refusal: an admin regenerates mia's token behind the sidecar's back. Recovered once.
-    w.backend
-        .admin("POST", &format!("/users/{id}/regenerate_token"))
-        .await;
+    w.backend.regenerate_behind("mia").await;
     reset_log(&w.backend).await;
     let second = ok_as(sc, &cookie, "/v1/b", "mia").await;
     assert_ne!(second, first, "a new token");
@@ -199,9 +196,7 @@ async fn a_token_revoked_again_within_a_minute_is_not_recovered_again() {
 
     // Again within the minute: whoever can get mia's token revoked at will must not make the
     // sidecar regenerate it at will. The backend's refusal reaches the client; nothing changes.
-    w.backend
-        .admin("POST", &format!("/users/{id}/regenerate_token"))
-        .await;
+    w.backend.regenerate_behind("mia").await;
     reset_log(&w.backend).await;
     let r = get(&sc.url("/v1/c"), &[("cookie", &cookie)]).await.unwrap();
     assert_eq!(r.status(), 403);

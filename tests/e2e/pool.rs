@@ -478,12 +478,7 @@ async fn a_replay_after_a_refused_token_takes_a_place_of_its_own_under_a_cap_of_
     let cookie = crate::oidc_support::session_header(
         &crate::oidc_support::login(sc, "gina", "/").await.cookie,
     );
-    let id = w.backend.user("gina").await.unwrap()["id"]
-        .as_u64()
-        .unwrap();
-    w.backend
-        .admin("POST", &format!("/users/{id}/regenerate_token"))
-        .await;
+    w.backend.regenerate_behind("gina").await;
     let start = std::time::Instant::now();
     let r = get(&sc.url("/v1/b"), &[("cookie", &cookie)]).await.unwrap();
     assert_eq!(
