@@ -210,10 +210,14 @@ impl App {
                 Decision::Bearer => Caller::Bearer,
                 Decision::Public => Caller::Public,
             };
-            // The place under the upstream cap first: while the upstream is busy, requests
+            // While every place under the upstream cap is taken, the place first: requests
             // queue here holding their head and session, and build the identity's state (a
-            // boxed future of ~2.6 KB) only once they can be sent.
-            let place = self.upstream.place().await?;
+            // boxed future of ~2.6 KB) only once they can be sent. Otherwise the send takes
+            // one as a pass-through request does (one atomic read more, nothing to hand over).
+            let place = match self.upstream.is_full() {
+                true => Some(self.upstream.place().await?),
+                false => None,
+            };
             let strip_own = |h: &mut http::HeaderMap| auth.cookies.strip(h);
             let out = Outbound {
                 upstream: &self.upstream,
@@ -221,7 +225,7 @@ impl App {
                 strip_own: &strip_own,
                 sessions: &auth.sessions,
                 streams: &oidc.streams,
-                place: std::sync::Mutex::new(Some(place)),
+                place: std::sync::Mutex::new(place),
             };
             let forward = oidc
                 .identity

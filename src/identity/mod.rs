@@ -79,8 +79,9 @@ pub struct Outbound<'a> {
     pub strip_own: &'a (dyn Fn(&mut HeaderMap) + Sync),
     pub sessions: &'a Sessions,
     pub streams: &'a Arc<LiveStreams>,
-    /// The request's place under the upstream cap, taken by the router before this request's
-    /// identity was built; the first request sent takes it (a replay waits for its own).
+    /// The request's place under the upstream cap if the router took it before this
+    /// request's identity was built (when the upstream was busy); the first request sent takes
+    /// it (a replay waits for its own).
     pub place: std::sync::Mutex<Option<Place>>,
 }
 

@@ -154,6 +154,11 @@ impl Upstream {
         Duration::from_millis(self.timeout_ms.load(std::sync::atomic::Ordering::Relaxed))
     }
 
+    /// Whether every place under the cap is taken (a request would wait for one now).
+    pub fn is_full(&self) -> bool {
+        self.pool.is_full()
+    }
+
     /// Waits for a place under the cap (at once if one is free). The upstream timeout runs
     /// from here: a request that waits its whole length is answered 504.
     pub async fn place(&self) -> Result<Place, ProxyError> {

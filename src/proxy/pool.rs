@@ -161,6 +161,11 @@ impl Pool {
             .map_err(|e| SendError::Connect(Box::new(e)))
     }
 
+    /// Whether every place under the cap is taken.
+    pub fn is_full(&self) -> bool {
+        self.busy.available_permits() == 0
+    }
+
     /// A place under the cap if one is free now.
     pub fn try_permit(&self) -> Option<CapPermit> {
         self.busy.clone().try_acquire_owned().ok().map(CapPermit)

@@ -456,12 +456,11 @@ async fn an_authenticated_request_waits_for_a_place_within_the_upstream_timeout(
     assert_eq!(hold.await.unwrap().0.status(), 504);
 }
 
-/// The OpenRag bridge replays a request whose token the backend refused. Under a cap of one:
-/// the first send takes the place the router took for the request (were it left with the
-/// request, the send would wait for it until the upstream timeout), and the replay takes one
-/// of its own once the refused response, read to its end, has given that back.
+/// The OpenRag bridge replays a request whose token the backend refused. Under a cap of one,
+/// the replay needs the place the refused response held: the response, read to its end, must
+/// have given it back, or the replay waits for it until the upstream timeout.
 #[tokio::test]
-async fn a_replay_after_a_refused_token_takes_a_place_of_its_own_under_a_cap_of_one() {
+async fn a_replay_after_a_refused_token_gets_a_place_under_a_cap_of_one() {
     use crate::openrag::{seeded, token, world};
     let w = world(
         serde_json::json!([seeded("gina", Some(&token(7)))]),
