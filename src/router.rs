@@ -214,9 +214,10 @@ impl App {
             // queue here holding their head and session, and build the identity's state (a
             // boxed future of ~2.6 KB) only once they can be sent. Otherwise the send takes
             // one as a pass-through request does (one atomic read more, nothing to hand over).
-            let place = match self.upstream.is_full() {
-                true => Some(self.upstream.place().await?),
-                false => None,
+            let place = if self.upstream.is_full() {
+                Some(self.upstream.place().await?)
+            } else {
+                None
             };
             let strip_own = |h: &mut http::HeaderMap| auth.cookies.strip(h);
             let out = Outbound {
