@@ -163,10 +163,6 @@ impl Upstream {
     /// from here: a request that waits its whole length is answered 504.
     pub async fn place(&self) -> Result<Place, ProxyError> {
         let deadline = tokio::time::Instant::now() + self.timeout();
-        // Usually free: no timer for that.
-        if let Some(permit) = self.pool.try_permit() {
-            return Ok(Place { permit, deadline });
-        }
         match tokio::time::timeout_at(deadline, self.pool.permit()).await {
             Err(_) => Err(ProxyError::Timeout),
             Ok(Err(e)) => Err(ProxyError::Unavailable(e)),

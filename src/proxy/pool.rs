@@ -151,8 +151,8 @@ impl Pool {
     /// A place under the cap: at once if one is free, else once a request in flight ends
     /// (counted in `sso_sidecar_upstream_queued_total`).
     pub async fn permit(&self) -> Result<CapPermit, SendError> {
-        if let Some(p) = self.try_permit() {
-            return Ok(p);
+        if let Ok(p) = self.busy.clone().try_acquire_owned() {
+            return Ok(CapPermit(p));
         }
         self.queued.inc();
         let permit = self.busy.clone().acquire_owned().await;
@@ -164,11 +164,6 @@ impl Pool {
     /// Whether every place under the cap is taken.
     pub fn is_full(&self) -> bool {
         self.busy.available_permits() == 0
-    }
-
-    /// A place under the cap if one is free now.
-    pub fn try_permit(&self) -> Option<CapPermit> {
-        self.busy.clone().try_acquire_owned().ok().map(CapPermit)
     }
 
     /// The newest idle connection that is still open and ready for a request.

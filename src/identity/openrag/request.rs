@@ -56,14 +56,12 @@ pub(crate) async fn as_user(
     if carrier == inject::Carrier::Cookie {
         // As above: the hand-off, and a Chainlit login, may ask the admin API.
         drop(out.take_place());
-    }
-    if carrier == inject::Carrier::Cookie
-        && bridge.chainlit_handoff().await == super::chainlit::Handoff::Login
-    {
-        return Box::pin(as_chainlit_user(
-            out, names, bridge, parts, body, &session, id,
-        ))
-        .await;
+        if bridge.chainlit_handoff().await == super::chainlit::Handoff::Login {
+            return Box::pin(as_chainlit_user(
+                out, names, bridge, parts, body, &session, id,
+            ))
+            .await;
+        }
     }
     let replay = bodiless(&parts).then(|| parts.clone());
     let as_token = |t| Inject {
