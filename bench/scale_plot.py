@@ -15,7 +15,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 COLORS = {"nginx-proxy": "tab:gray", "sidecar": "tab:blue", "sidecar-auth-redis": "tab:red",
-          "nginx-direct": "tab:green", "redis": "tab:red", "memory": "tab:purple"}
+          "nginx-direct": "tab:green", "redis": "tab:red", "memory": "tab:purple",
+          "redis-nocache": "tab:brown"}
 
 
 def read(path):
@@ -82,14 +83,17 @@ def sessions(out):
               ("cache_hit_rate", "client-side cache hit rate (%)"), ("mem", "resident memory (MB)")]
     styles = {"uniform": "-", "skewed": "--", "single": ""}
     for ax, (key, label) in zip(axes.flat, panels):
-        for store in ("redis", "memory"):
+        for store in ("redis", "redis-nocache", "memory"):
             for dist in ("single", "uniform", "skewed"):
                 sel = sorted((int(r["sessions"]), r) for r in rows if r["store"] == store and r["dist"] == dist)
                 if not sel:
                     continue
                 xs = [n for n, _ in sel]
-                name = f"{store}, {dist}" if dist != "single" else f"{store}, 1 session"
+                shown = "redis, no client cache" if store == "redis-nocache" else store
+                name = f"{shown}, {dist}" if dist != "single" else f"{shown}, 1 session"
                 if key == "mem":
+                    if store == "redis-nocache":
+                        continue
                     ys = [num(r["sidecar_rss_peak_mb"]) for _, r in sel]
                     ax.plot(xs, ys, ls=styles[dist], marker="o" if dist != "single" else "s",
                             color=COLORS[store], label=f"sidecar ({name})")
