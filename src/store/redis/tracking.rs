@@ -19,9 +19,10 @@
 //! invalidation, disconnection and local write; a value is stored only if the generation is
 //! still the one seen before the `GET` was sent. Invalidations are applied inside the
 //! connection's reader, in order with the replies, so "reply, then invalidation" always either
-//! removes the stored value or prevents its storing. Before looking at the cache a read yields
-//! once to its runtime, which polls its sockets before resuming it: an invalidation already in
-//! the worker's socket is applied first (best effort: it relies on the scheduler's order).
+//! removes the stored value or prevents its storing. Before serving an entry it holds, a read
+//! yields once to its runtime, which polls its sockets before resuming it: an invalidation
+//! already in the worker's socket is applied first (best effort: it relies on the scheduler's
+//! order).
 //!
 //! Admission. A key is read through the tracked connection, and kept, only the second time
 //! this worker misses it (a small table of recent misses remembers the first). Tracking is not
@@ -186,11 +187,17 @@ impl Tracking {
     /// [`Tracking::get`], and whether the cache answered.
     async fn lookup(&self, key: &str) -> (Option<Option<Bytes>>, bool) {
         let slot = self.slot();
-        if slot.lock().conn.is_some() {
+        let cached = {
+            let st = slot.lock();
+            st.conn.is_some() && st.entries.contains_key(key)
+        };
+        if cached {
             // Let this worker's runtime poll its sockets first: the runtime resumes a yielded
             // task only after it has polled the I/O driver and run the tasks that woke, the
             // tracked connection's reader among them. So every invalidation that had reached
             // this worker when the request got here is applied before the cache is consulted.
+            // Only when there is an entry to consult: invalidations remove entries, so a key
+            // without one has nothing to wait for, and a miss does not pay for a reschedule.
             tokio::task::yield_now().await;
         }
         let (mut conn, id, generation) = {
