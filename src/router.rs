@@ -7,6 +7,7 @@
 //! access-log line; an error is logged once here, with its cause chain, and turned into a
 //! response by `error.rs`. Knows no backend and no identity mode.
 
+use crate::auth::canonical;
 use crate::auth::flow::Auth;
 use crate::auth::gate::Decision;
 use crate::error::{wants_html, Error};
@@ -168,8 +169,15 @@ impl App {
         peer: Peer,
         client: Option<std::net::IpAddr>,
     ) -> impl std::future::Future<Output = Result<Outcome, Error>> + 'a {
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
         async move {
+            // Decisions below compare paths byte for byte: first give the path the one spelling
+            // the backend will also see (and forward it so).
+            if let Some(uri) = canonical::canonical_uri(&parts.uri)
+                .map_err(|_| Error::BadRequest("Invalid request path"))?
+            {
+                parts.uri = uri;
+            }
             let limited = oidc.limits.as_ref().zip(client);
             let auth = &oidc.auth;
             let path = parts.uri.path();

@@ -60,16 +60,37 @@ pub fn admits(a: &Authz, claims: &Map<String, Value>) -> Result<(), Refusal> {
     Ok(())
 }
 
-/// Whether a session in `groups` may send `method` to `path`: the first rule whose path and
-/// methods match decides; no matching rule allows.
+/// Whether a session in `groups` may send `method` to `path` (in canonical form, see
+/// [`canonical`](super::canonical)): the first rule whose path and methods match decides; no
+/// matching rule allows. A rule for `GET` also covers `HEAD`, which servers answer with the
+/// `GET` handler. A path with `;` parameters must also pass as it is without them: Tomcat
+/// and Spring drop them, so `/admin;x/users` is `/admin/users` there.
 pub fn reaches(a: &Authz, method: &http::Method, path: &str, groups: &[String]) -> bool {
+    reaches_as(a, method, path, groups)
+        && (!path.contains(';') || reaches_as(a, method, &without_parameters(path), groups))
+}
+
+fn reaches_as(a: &Authz, method: &http::Method, path: &str, groups: &[String]) -> bool {
+    let covers = |methods: &[http::Method]| {
+        methods.is_empty()
+            || methods.contains(method)
+            || (method == http::Method::HEAD && methods.contains(&http::Method::GET))
+    };
     for rule in &a.rules {
         let path_matches = super::gate::path_matches(std::slice::from_ref(&rule.path), path);
-        if path_matches && (rule.methods.is_empty() || rule.methods.contains(method)) {
+        if path_matches && covers(&rule.methods) {
             return groups.iter().any(|g| rule.groups.contains(g));
         }
     }
     true
+}
+
+/// `path` with every segment's `;` parameters removed.
+fn without_parameters(path: &str) -> String {
+    path.split('/')
+        .map(|seg| seg.split(';').next().unwrap_or(seg))
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 #[cfg(test)]
@@ -155,5 +176,42 @@ mod tests {
         assert!(reaches(&a, &get, "/v1/x", &g(&[])), "GET is not ruled");
         assert!(!reaches(&a, &http::Method::POST, "/v1/x", &g(&[])));
         assert!(reaches(&a, &get, "/elsewhere", &g(&[])));
+    }
+
+    #[test]
+    fn head_is_ruled_as_get_and_path_parameters_do_not_dodge_a_rule() {
+        let a = Authz {
+            rules: vec![
+                PathRule {
+                    path: "/reports/*".into(),
+                    methods: vec![http::Method::GET],
+                    groups: vec!["auditors".into()],
+                },
+                PathRule {
+                    path: "/admin/*".into(),
+                    methods: vec![],
+                    groups: vec!["admins".into()],
+                },
+            ],
+            ..Authz::default()
+        };
+        let staff = ["staff".to_owned()];
+        assert!(!reaches(&a, &http::Method::HEAD, "/reports/q3", &staff));
+        assert!(reaches(
+            &a,
+            &http::Method::HEAD,
+            "/reports/q3",
+            &["auditors".to_owned()]
+        ));
+        for dodge in ["/admin;x/users", "/admin;/users", "/admin;jsessionid=1/x"] {
+            assert!(!reaches(&a, &http::Method::GET, dodge, &staff), "{dodge}");
+        }
+        assert!(reaches(
+            &a,
+            &http::Method::GET,
+            "/admin;x/users",
+            &["admins".to_owned()]
+        ));
+        assert!(reaches(&a, &http::Method::GET, "/docs;v=2/x", &staff));
     }
 }

@@ -1,5 +1,6 @@
 //! Authentication: who the user is, decided per request, and the login/logout flows.
 //!
+//! - [`canonical`]: one spelling per request path before any decision is made on it.
 //! - [`gate`]: the per-request decision (public, authenticated, bearer pass-through, redirect,
 //!   401); it never touches the upstream.
 //! - [`flow`]: `/auth/login`, `/auth/callback`, `/auth/logout`, `/auth/me`.
@@ -10,6 +11,7 @@
 
 pub mod authz;
 pub mod backchannel;
+pub mod canonical;
 pub mod cookies;
 pub mod discovery;
 pub mod flow;

@@ -276,19 +276,49 @@ async fn a_user_cannot_regenerate_another_users_token_and_their_own_is_adopted_a
     let alice = w.backend.user("alice").await.unwrap();
     reset_log(&w.backend).await;
 
+    // Bob's id, and other spellings of it that the backend decodes or routes the same.
+    let bob_id = id(&bob);
+    let digit = |d: u64| format!("%{:X}", b'0' + u8::try_from(d % 10).unwrap());
+    for path in [
+        format!("/users/{bob_id}/regenerate_token"),
+        format!("/users/{}/regenerate_token", digit(bob_id)),
+        format!("/users/{bob_id}/regenerate_toke%6E"),
+        format!("//users//{bob_id}/regenerate_token"),
+        format!("/users/0{bob_id}/regenerate_token"),
+        format!("/users/+{bob_id}/regenerate_token"),
+    ] {
+        let r = send(request(
+            "POST",
+            &sc.url(&path),
+            &[("cookie", &cookie)],
+            body(""),
+        ))
+        .await
+        .unwrap();
+        assert_eq!(
+            r.status(),
+            403,
+            "{path}: {}",
+            String::from_utf8_lossy(r.body())
+        );
+        assert_eq!(
+            json(&r)["detail"],
+            "Admin privileges or self-access required"
+        );
+    }
+    assert!(
+        bob_id < 10,
+        "the single-digit spelling above is bob's whole id"
+    );
     let r = send(request(
         "POST",
-        &sc.url(&format!("/users/{}/regenerate_token", id(&bob))),
+        &sc.url(&format!("/users/{bob_id}/regenerate_token")),
         &[("cookie", &cookie)],
         body(""),
     ))
     .await
     .unwrap();
-    assert_eq!(r.status(), 403, "{}", String::from_utf8_lossy(r.body()));
-    assert_eq!(
-        json(&r)["detail"],
-        "Admin privileges or self-access required"
-    );
+    assert_eq!(r.status(), 403);
     assert!(
         !String::from_utf8_lossy(r.body()).contains("or-"),
         "no token handed out"

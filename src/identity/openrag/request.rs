@@ -37,7 +37,7 @@ pub(crate) async fn as_user(
     let carrier = inject::carrier(parts.uri.path());
     let regenerates = regenerate_target(&parts);
     if let Some(target) = regenerates {
-        if session.backend_user_id != Some(target) {
+        if target.is_none() || session.backend_user_id != target {
             // The admin API may take seconds: not while holding a place under the upstream cap
             // (nor out of the upstream timeout); the send waits for one of its own.
             drop(out.take_place());
@@ -46,7 +46,7 @@ pub(crate) async fn as_user(
                 None => false,
             };
             if !admin {
-                tracing::warn!(sub = %session.sub, target, "refused: regenerating another user's token takes an administrator");
+                tracing::warn!(sub = %session.sub, target = ?target, "refused: regenerating another user's token takes an administrator");
                 return Err(ForwardError::Forbidden(
                     "Admin privileges or self-access required",
                 ));
@@ -70,7 +70,7 @@ pub(crate) async fn as_user(
         live: Some(id),
     };
     let first = send(out, names, parts, body, as_token(&token)).await?;
-    if regenerates.is_some() && session.backend_user_id == regenerates {
+    if regenerates.is_some_and(|t| t.is_some() && t == session.backend_user_id) {
         return Ok(adopt_regenerated(out, bridge, &session, id, first).await);
     }
     let (first, refused) = peek_refusal(first).await;
@@ -175,14 +175,17 @@ pub(crate) async fn as_bearer(
     Ok(outcome)
 }
 
-/// The user id of `POST /users/{id}/regenerate_token`, if that is the request.
-fn regenerate_target(parts: &Parts) -> Option<u64> {
+/// For `POST /users/{id}/regenerate_token`: `Some(Some(id))`, or `Some(None)` when `{id}` is
+/// not a plain number (whoever it names, it is not provably the user: an administrator's
+/// business). `None` for any other request. The path is canonical by now (`%31` is `1`).
+fn regenerate_target(parts: &Parts) -> Option<Option<u64>> {
     if parts.method != Method::POST {
         return None;
     }
     let rest = parts.uri.path().strip_prefix("/users/")?;
     let id = rest.strip_suffix("/regenerate_token")?;
-    id.parse().ok()
+    let plain = !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit());
+    Some(id.parse().ok().filter(|_| plain))
 }
 
 /// The user's own token regenerated: the new one, read from the backend's answer, becomes the
