@@ -116,7 +116,7 @@ fn pair_name(pair: &[u8]) -> String {
 }
 
 /// The value of `name` by the `cookie` crate's full parse of each pair that is text: `Some` only
-/// when exactly one pair has that name.
+/// when exactly one pair has that name, as sent.
 fn reference_get(headers: &HeaderMap, name: &str) -> Option<String> {
     let mut found: Vec<String> = Vec::new();
     for v in headers.get_all(header::COOKIE) {
@@ -124,8 +124,10 @@ fn reference_get(headers: &HeaderMap, name: &str) -> Option<String> {
             let Ok(pair) = std::str::from_utf8(pair) else {
                 continue;
             };
-            if let Ok(c) = cookie::Cookie::parse_encoded(pair.trim()) {
-                if c.name() == name {
+            // The name as sent (never decoded: see `CookieJar::get`), the value decoded.
+            let raw = cookie::Cookie::parse(pair.trim());
+            if let (Ok(raw), Ok(c)) = (raw, cookie::Cookie::parse_encoded(pair.trim())) {
+                if raw.name() == name {
                     found.push(c.value().to_owned());
                 }
             }

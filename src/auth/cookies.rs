@@ -68,7 +68,11 @@ impl CookieJar {
             .unwrap_or_else(|_| HeaderValue::from_static(""))
     }
 
-    /// The value of cookie `name` in the request, if it is there exactly once.
+    /// The value of cookie `name` in the request, if it is there exactly once. Names are
+    /// compared as sent, never decoded: browsers enforce the `__Host-` prefix on the literal
+    /// name only, so a sibling subdomain may set `__Host%2Dsso_sidecar_session` with a
+    /// `Domain`, and a decoded comparison would take it for ours (cookie tossing). Such a
+    /// cookie is ignored here and still stripped before the upstream ([`CookieJar::strip`]).
     pub fn get(&self, headers: &HeaderMap, name: &str) -> Option<String> {
         let mut found = None;
         for value in headers.get_all(header::COOKIE) {
@@ -79,19 +83,15 @@ impl CookieJar {
                     continue;
                 };
                 let (raw_name, raw_value) = pair.split_once('=').unwrap_or((pair, ""));
-                let raw_name = raw_name.trim();
-                // Every request, and browsers send many cookies: a pair whose raw name is not
-                // `name` and holds no escape cannot decode to `name`, so it is skipped unparsed.
-                if raw_name != name && !raw_name.contains('%') {
+                if raw_name.trim() != name {
                     continue;
                 }
                 // Nothing to decode: the value is the trimmed text, as the full parse gives.
-                let value = if raw_name == name && pair.contains('=') && !raw_value.contains('%') {
+                let value = if pair.contains('=') && !raw_value.contains('%') {
                     Some(raw_value.trim().to_owned())
                 } else {
                     Cookie::parse_encoded(pair.trim())
                         .ok()
-                        .filter(|c| c.name() == name)
                         .map(|c| c.value().to_owned())
                 };
                 if value.is_some() {
@@ -195,6 +195,21 @@ mod tests {
             "y=2",
             "unprefixed names are stripped too"
         );
+        // Tossed from a sibling subdomain: the prefix encoded, so the browser took it with a
+        // Domain. Not ours to read, whether alone or beside the real one; stripped all the same.
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("__Host%2Dsso_sidecar_session=T"),
+        );
+        assert_eq!(jar.get(&h, &jar.session), None);
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("__Host-sso_sidecar_session=A"),
+        );
+        assert_eq!(jar.get(&h, &jar.session).as_deref(), Some("A"));
+        jar.strip(&mut h);
+        assert!(h.get(header::COOKIE).is_none());
     }
 
     /// Found by fuzzing (`fuzz/corpus/cookie`): a `Cookie` header with one non-ASCII byte was
@@ -286,6 +301,8 @@ mod tests {
             "x=1;sid=B",
             "  sid =  C  ; sid=second",
             "s%69d=D",
+            "s%69d=D; sid=D2",
+            "__Host%2Dsid=D3",
             "x=%41; sid=%45",
             "sidx=1; xsid=2; sid=F",
             "sid",
@@ -303,10 +320,12 @@ mod tests {
         ] {
             let mut h = HeaderMap::new();
             h.insert(header::COOKIE, HeaderValue::from_str(header).unwrap());
-            let all: Vec<String> = Cookie::split_parse_encoded(header)
-                .filter_map(Result::ok)
-                .filter(|c| c.name() == "sid")
-                .map(|c| c.value().to_owned())
+            // Names as sent (`s%69d` is not `sid`), values decoded.
+            let all: Vec<String> = Cookie::split_parse(header)
+                .zip(Cookie::split_parse_encoded(header))
+                .filter_map(|(raw, decoded)| Some((raw.ok()?, decoded.ok()?)))
+                .filter(|(raw, _)| raw.name() == "sid")
+                .map(|(_, c)| c.value().to_owned())
                 .collect();
             // Present twice = absent (cookie tossing).
             let full = (all.len() == 1).then(|| all[0].clone());

@@ -1,9 +1,13 @@
 //! OpenID Connect Front-Channel Logout 1.0: `GET /auth/frontchannel-logout?iss=…&sid=…`, which
 //! an IdP's logout page loads in an iframe (LemonLDAP::NG 2.16 has no back-channel logout).
-//! `iss` must be our issuer; the sessions with that `sid` end on every replica, and when none
-//! carries it — IdPs whose ID tokens have no `sid` send the user id there — the sessions of the
-//! `sub` equal to it. The browser's own session cookie, if the iframe sends it, ends too. The
-//! answer is an empty page that only the IdP's origin may frame.
+//! `iss` must be our issuer; the sessions with that `sid` end on every replica. The request
+//! carries no proof (the spec has none): an IdP session id is the only secret. So the fallback
+//! for IdPs whose ID tokens have no `sid` and that send the user id there instead — the sessions
+//! of the `sub` equal to it — is opt-in (`frontchannel_logout_by_sub`): with it, anyone who
+//! knows a user id can end that user's sessions. The browser's own session cookie ends too, but
+//! only when the browser says the request is a frame (`Sec-Fetch-Dest: iframe`, or no
+//! `Sec-Fetch-Dest` at all): a cross-site link or image must not log the visitor out, which
+//! `/auth/logout` refuses as well. The answer is an empty page only the IdP's origin may frame.
 
 use super::flow::Auth;
 use crate::error::Error;
@@ -32,12 +36,20 @@ impl Auth {
         let mut revoked = 0;
         if let Some(sid) = q.get("sid").filter(|s| !s.is_empty()) {
             revoked += self.sessions.revoke_sid(issuer, sid).await?;
-            if revoked == 0 {
+            if revoked == 0 && self.settings().frontchannel_logout_by_sub {
                 // No session carries that sid: the IdP put its user id there.
                 revoked += self.sessions.revoke_sub(issuer, sid).await?;
             }
         }
-        if let Some(id) = self.cookies.get(&parts.headers, &self.cookies.session) {
+        let framed = parts
+            .headers
+            .get("sec-fetch-dest")
+            .is_none_or(|d| d.as_bytes().eq_ignore_ascii_case(b"iframe"));
+        if let Some(id) = self
+            .cookies
+            .get(&parts.headers, &self.cookies.session)
+            .filter(|_| framed)
+        {
             if self.sessions.delete(&id).await? {
                 revoked += 1;
             }
@@ -65,11 +77,13 @@ impl Auth {
         {
             h.insert(header::CONTENT_SECURITY_POLICY, csp);
         }
-        let secure = self.secure(public_scheme);
-        h.append(
-            header::SET_COOKIE,
-            self.cookies.clear(&self.cookies.session, secure),
-        );
+        if framed {
+            let secure = self.secure(public_scheme);
+            h.append(
+                header::SET_COOKIE,
+                self.cookies.clear(&self.cookies.session, secure),
+            );
+        }
         Ok(r)
     }
 }

@@ -129,6 +129,8 @@ pub struct AuthSettings {
     pub refresh_skew: Duration,
     /// The authorization request's `prompt`, when one is configured.
     pub prompt: Option<String>,
+    /// Front-channel logout may end the sessions of the `sub` named as `sid`.
+    pub frontchannel_logout_by_sub: bool,
     /// Where sessions live when not in memory.
     pub redis: Option<RedisConfig>,
     pub paths: PathSettings,
@@ -251,6 +253,7 @@ impl Settings {
             discovery_refresh: Duration::from_secs(self.discovery_refresh_secs),
             refresh_skew: Duration::from_secs(self.refresh_skew_secs),
             prompt,
+            frontchannel_logout_by_sub: self.frontchannel_logout_by_sub,
             redis: redis?,
             paths: PathSettings {
                 browser_login: Some(

@@ -75,6 +75,10 @@ pub struct Settings {
     pub refresh_skew_secs: u64,
     /// The `prompt` of the authorization request (`consent`, `login`…); empty: none, as OpenRag.
     pub prompt: String,
+    /// Front-channel logout: when no session carries the `sid` sent, end the sessions of the
+    /// user whose `sub` it is (LemonLDAP::NG sends the user id as `sid`). Off by default: the
+    /// request is unauthenticated, so with it on anyone who knows a user id can log them out.
+    pub frontchannel_logout_by_sub: bool,
     /// Prefix of every Redis key.
     pub redis_key_prefix: String,
     /// `single` (redis_url), `sentinel` or `cluster` (both use redis_nodes).
@@ -183,6 +187,7 @@ impl Default for Settings {
             discovery_refresh_secs: 3600,
             refresh_skew_secs: 60,
             prompt: String::new(),
+            frontchannel_logout_by_sub: false,
             redis_key_prefix: "sso-sidecar:".into(),
             redis_mode: "single".into(),
             redis_nodes: StringList::default(),

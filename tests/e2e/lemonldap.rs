@@ -679,7 +679,11 @@ async fn lemonldap_portal_logout_ends_the_sessions_on_both_replicas_through_fron
     let redis = Redis::start().await;
     let up = Upstream::start();
     let key = sso_sidecar::crypto::generate_key();
-    let shared = [("SSO_SIDECAR_REDIS_URL", redis.url())];
+    // LL::NG sends the user id as `sid`: the opt-in that lets that end the user's sessions.
+    let shared = [
+        ("SSO_SIDECAR_REDIS_URL", redis.url()),
+        ("SSO_SIDECAR_FRONTCHANNEL_LOGOUT_BY_SUB", "true".to_owned()),
+    ];
     let shared: Vec<(&str, &str)> = shared.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let a = sidecar(pa, &rp, &key, &up.url(), &shared).await;
     let b = sidecar(pb, &rp, &key, &up.url(), &shared).await;

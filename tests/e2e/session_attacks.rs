@@ -131,11 +131,31 @@ async fn a_planted_second_session_cookie_makes_the_request_unauthenticated() {
     for both in [
         format!("sso_sidecar_session={planted}; sso_sidecar_session={cookie}"),
         format!("sso_sidecar_session={cookie}; a=1; sso_sidecar_session={planted}"),
-        format!("sso_sidecar_session={cookie}; sso%5Fsidecar%5Fsession={planted}"),
     ] {
         let r = get(&sc.url("/echo/x"), &[("cookie", &both)]).await.unwrap();
         assert_eq!(r.status(), 401, "{both}: trust neither copy");
     }
+    // A name that only decodes to ours is not ours (browsers check cookie prefixes on the
+    // name as sent): ignored beside the real one, and alone no session.
+    let encoded = format!("sso_sidecar_session={cookie}; sso%5Fsidecar%5Fsession={planted}");
+    let r = get(&sc.url("/echo/x"), &[("cookie", &encoded)])
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let seen = String::from_utf8_lossy(r.body()).to_string();
+    assert!(
+        seen.contains("alice") && !seen.contains("mallory"),
+        "{seen}"
+    );
+    assert!(
+        !seen.contains(&planted),
+        "stripped before the upstream: {seen}"
+    );
+    let alone = format!("sso%5Fsidecar%5Fsession={planted}");
+    let r = get(&sc.url("/echo/x"), &[("cookie", &alone)])
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
 }
 
 #[tokio::test]
@@ -179,18 +199,22 @@ async fn over_https_the_cookies_carry_the_host_prefix() {
         !String::from_utf8_lossy(echo.body()).contains(&id),
         "the session cookie never reaches the upstream"
     );
-    // What a sibling subdomain can plant (no prefix) is not a session here.
-    let planted = get(
-        &sc.url("/echo/x"),
-        &[("cookie", &format!("sso_sidecar_session={id}"))],
-    )
-    .await
-    .unwrap();
-    assert_eq!(planted.status(), 401);
+    // What a sibling subdomain can plant (no prefix, or the prefix percent-encoded, which
+    // browsers accept with a Domain) is not a session here.
+    for planted in [
+        format!("sso_sidecar_session={id}"),
+        format!("__Host%2Dsso_sidecar_session={id}"),
+    ] {
+        let r = get(&sc.url("/echo/x"), &[("cookie", &planted)])
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{planted}");
+    }
 }
 
-/// Front-channel logout (LemonLDAP::NG's only kind): by `sid` on every replica, by the user id
-/// when no session carries that `sid`, never for another issuer.
+/// Front-channel logout (LemonLDAP::NG's only kind): by `sid` on every replica, never for
+/// another issuer, never by user id unless opted in, and the browser's own session only from
+/// a frame.
 #[tokio::test]
 async fn front_channel_logout_ends_sessions_on_every_replica() {
     let m = mock_pair(&[]).await;
@@ -245,18 +269,78 @@ async fn front_channel_logout_ends_sessions_on_every_replica() {
     );
     assert!(alive(a, &bob).await, "another user's session stays");
 
-    // An IdP whose tokens carry no sid sends the user id as sid.
+    // The request carries no proof: a user id sent as sid ends nothing unless the operator
+    // opted in (for an IdP that sends the user id there).
+    let by_sub = format!(
+        "/auth/frontchannel-logout?iss={}&sid=bob",
+        urlencode(&issuer)
+    );
+    let r = get(&b.url(&by_sub), &[]).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(alive(a, &bob).await, "not by user id by default");
+
+    // The browser's own session ends only when the browser loads the page as a frame: a
+    // cross-site link or image must not log the visitor out.
+    let bare = b.url("/auth/frontchannel-logout");
+    for (dest, mode) in [("document", "navigate"), ("image", "no-cors")] {
+        let r = get(
+            &bare,
+            &[
+                ("cookie", &session_header(&bob)),
+                ("sec-fetch-dest", dest),
+                ("sec-fetch-mode", mode),
+                ("sec-fetch-site", "cross-site"),
+            ],
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(
+            r.headers().get("set-cookie").is_none(),
+            "{dest}: the cookie is kept"
+        );
+        assert!(alive(a, &bob).await, "{dest}: the session stays");
+    }
+    let r = get(
+        &bare,
+        &[
+            ("cookie", &session_header(&bob)),
+            ("sec-fetch-dest", "iframe"),
+            ("sec-fetch-site", "cross-site"),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(!alive(a, &bob).await, "framed: the browser's session ends");
+}
+
+/// `frontchannel_logout_by_sub` on (LemonLDAP::NG, whose ID tokens carry no `sid`, sends the
+/// user id as `sid`): when no session carries the `sid`, the sessions of that `sub` end, on
+/// every replica, and only those.
+#[tokio::test]
+async fn front_channel_logout_by_user_id_is_opt_in() {
+    let m = mock_pair(&[("SSO_SIDECAR_FRONTCHANNEL_LOGOUT_BY_SUB", "true")]).await;
+    let (a, b) = (&m.a.sidecar, &m.b.sidecar);
+    let alice = mock_login(&m, a, "alice", "sid-1").await;
+    let bob = mock_login(&m, a, "bob", "sid-2").await;
+    let alive = |cookie: &str| {
+        let url = b.url("/echo/x");
+        let header = session_header(cookie);
+        async move { get(&url, &[("cookie", &header)]).await.unwrap().status() == 200 }
+    };
     let r = get(
         &b.url(&format!(
             "/auth/frontchannel-logout?iss={}&sid=bob",
-            urlencode(&issuer)
+            urlencode(&m.idp.issuer())
         )),
         &[],
     )
     .await
     .unwrap();
     assert_eq!(r.status(), 200);
-    assert!(!alive(a, &bob).await, "the sessions of that sub end");
+    assert!(!alive(&bob).await, "the sessions of that sub end");
+    assert!(alive(&alice).await, "another user's stay");
 }
 
 /// An ID token with only a `sub` (LemonLDAP::NG's default): the profile comes from userinfo,
