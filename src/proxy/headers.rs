@@ -38,12 +38,26 @@ pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-p
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// Client-supplied forwarding headers that only a trusted proxy may set.
-const FORWARDING: [&str; 6] = [
+/// Client-supplied forwarding headers that only a trusted proxy may set: what frameworks
+/// behind a proxy believe about the client's address, scheme, host, path prefix or original
+/// URL (Spring and ASP.NET build links and redirects from `X-Forwarded-Prefix`; IIS routes by
+/// `X-Original-URL`, so it would dodge every path decision made here).
+const FORWARDING: [&str; 17] = [
     "x-forwarded-for",
     "x-forwarded-proto",
     "x-forwarded-host",
     "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-uri",
+    "x-forwarded-path",
+    "x-forwarded-server",
+    "x-forwarded-ssl",
+    "x-forwarded-scheme",
+    "x-forwarded-client-cert",
+    "x-original-url",
+    "x-original-uri",
+    "x-rewrite-url",
+    "front-end-https",
     "x-real-ip",
     "forwarded",
 ];

@@ -133,6 +133,14 @@ fn untrusted_forwarding_headers_are_replaced_in_every_spelling() {
         ("x-forwarded-host", "evil.example"),
         ("x-real-ip", "9.9.9.9"),
         ("forwarded", "for=1.2.3.4"),
+        ("x-forwarded-prefix", "//evil.example"),
+        ("X_Original_URL", "/admin/users"),
+        ("x-rewrite-url", "/admin/users"),
+        ("x-original-uri", "/admin/users"),
+        ("x-forwarded-uri", "/admin/users"),
+        ("x-forwarded-ssl", "on"),
+        ("front-end-https", "on"),
+        ("x-forwarded-client-cert", "Hash=1;Subject=\"CN=admin\""),
     ]);
     set_forwarded(
         &mut h,
