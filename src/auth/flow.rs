@@ -233,10 +233,11 @@ impl Auth {
         let first_use = self
             .sessions
             .store()
-            // The marker keeps `next`, for a browser that comes back to this callback.
+            // The marker keeps `next`, for a browser that comes back to this callback; sealed,
+            // as everything at rest (a path and query may say what the user was reading).
             .put_if_absent(
                 &marker,
-                st.next.as_bytes(),
+                self.sessions.keys().seal(st.next.as_bytes()).as_bytes(),
                 Duration::from_secs(STATE_TTL_SECS as u64),
             )
             .await

@@ -43,12 +43,13 @@ impl Auth {
             return "/".to_owned();
         };
         let marker = crate::store::keys::hashed("state", &["state", &state]);
-        match self.sessions.store().get(&marker).await {
-            Ok(Some(v)) => match std::str::from_utf8(&v) {
-                Ok(next) => sanitize_next(next, &self.settings().allowed_redirect_origins),
-                Err(_) => "/".to_owned(),
-            },
-            _ => "/".to_owned(),
+        let sealed = self.sessions.store().get(&marker).await.ok().flatten();
+        let next = sealed
+            .and_then(|v| self.sessions.keys().open(std::str::from_utf8(&v).ok()?))
+            .and_then(|plain| String::from_utf8(plain).ok());
+        match next {
+            Some(next) => sanitize_next(&next, &self.settings().allowed_redirect_origins),
+            None => "/".to_owned(),
         }
     }
 }

@@ -185,7 +185,7 @@ async fn redis_holds_nothing_readable() {
     let w = world(&[]).await;
     let sc = &w.sc.sidecar;
     let a = login(sc, "alice", "/").await;
-    let b = login(sc, "bob", "/").await;
+    let b = login(sc, "bob", "/docs/q3-report?q=where-bob-was-going").await;
     let dump = w.redis.dump();
     assert!(
         dump.lines().count() >= 6,
@@ -199,6 +199,8 @@ async fn redis_holds_nothing_readable() {
         "alice",
         "Test bob",
         "staff",
+        "q3-report",
+        "where-bob-was-going",
         w.sc.key.as_str(),
     ] {
         assert!(
