@@ -13,7 +13,7 @@ use crate::config::access::{Budget, RateLimits};
 use crate::store::memory::MemoryStore;
 use crate::store::Store;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,22 +38,40 @@ impl Kind {
 
 pub struct RateLimiter {
     limits: RateLimits,
-    /// Redis, when sessions live there: one budget for all replicas.
-    shared: Option<Arc<Store>>,
-    /// This replica's own counters (no Redis, or Redis unreachable).
-    local: MemoryStore,
+    /// The session store: Redis (one budget for all replicas) or this process's memory store,
+    /// whose purge also drops expired counters.
+    store: Arc<Store>,
+    /// Counters while Redis cannot be reached, purged every [`PURGE_EVERY`] counts: a client
+    /// rotating addresses must not grow them without end.
+    fallback: MemoryStore,
+    fallback_counts: AtomicU64,
     /// Whether the fallback to local counters has been logged since Redis last answered.
     said_fallback: AtomicBool,
 }
 
+/// Counts in the fallback store between two purges of its expired counters.
+const PURGE_EVERY: u64 = 4096;
+
+/// The block a client is counted by: an IPv4 address, or an IPv6 /64 (what one subscriber
+/// gets, so rotating addresses within it buys nothing).
+pub fn client_block(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+    }
+}
+
 impl RateLimiter {
-    /// Counters in `store` when it is shared (Redis), else in this process.
+    /// Counters in the session `store` (Redis: shared by the replicas).
     pub fn new(limits: RateLimits, store: Arc<Store>) -> Self {
-        let shared = matches!(*store, Store::Redis(_)).then_some(store);
         RateLimiter {
             limits,
-            shared,
-            local: MemoryStore::new(),
+            store,
+            fallback: MemoryStore::new(),
+            fallback_counts: AtomicU64::new(0),
             said_fallback: AtomicBool::new(false),
         }
     }
@@ -83,22 +101,23 @@ impl RateLimiter {
     }
 
     async fn count(&self, kind: Kind, ip: IpAddr, window: Duration, hit: bool) -> (u64, Duration) {
-        let key =
-            crate::store::keys::hashed("ratelimit", &["ratelimit", kind.label(), &ip.to_string()]);
-        if let Some(store) = &self.shared {
-            match store.count(&key, window, hit).await {
-                Ok(r) => {
-                    self.said_fallback.store(false, Ordering::Relaxed);
-                    return r;
-                }
-                Err(e) => {
-                    if !self.said_fallback.swap(true, Ordering::Relaxed) {
-                        tracing::warn!(error = %e, "rate limits: Redis unreachable, counting on this replica only");
-                    }
+        let block = client_block(ip).to_string();
+        let key = crate::store::keys::hashed("ratelimit", &["ratelimit", kind.label(), &block]);
+        match self.store.count(&key, window, hit).await {
+            Ok(r) => {
+                self.said_fallback.store(false, Ordering::Relaxed);
+                return r;
+            }
+            Err(e) => {
+                if !self.said_fallback.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(error = %e, "rate limits: Redis unreachable, counting on this replica only");
                 }
             }
         }
-        self.local.count(&key, window, hit)
+        if self.fallback_counts.fetch_add(1, Ordering::Relaxed) % PURGE_EVERY == PURGE_EVERY - 1 {
+            self.fallback.purge();
+        }
+        self.fallback.count(&key, window, hit)
     }
 }
 
@@ -155,6 +174,46 @@ mod tests {
         assert_eq!(l.spend(Kind::Failure, ip).await, Ok(()));
         assert!(l.exhausted(Kind::Failure, ip).await.is_some());
         assert!(l.spend(Kind::Failure, ip).await.is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_ipv6_slash_64_is_one_client_and_expired_counters_are_purged() {
+        let store = Arc::new(Store::Memory(MemoryStore::new()));
+        let minute = Duration::from_secs(60);
+        let budget = |limit| Budget {
+            limit,
+            window: minute,
+        };
+        let l = RateLimiter::new(
+            RateLimits {
+                auth: budget(2),
+                failure: budget(2),
+            },
+            store.clone(),
+        );
+        for last in 1..=2u16 {
+            let ip = IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 1, 2, 9, 9, 9, last));
+            assert_eq!(l.spend(Kind::Auth, ip).await, Ok(()));
+        }
+        let rotated: IpAddr = "2001:db8:1:2:ffff::77".parse().unwrap();
+        assert!(
+            l.spend(Kind::Auth, rotated).await.is_err(),
+            "another address in the same /64 shares the budget"
+        );
+        let next_block: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(l.spend(Kind::Auth, next_block).await, Ok(()));
+        // Counters live in the session store, which its purge keeps small.
+        for i in 0..100u8 {
+            let ip = IpAddr::V4(std::net::Ipv4Addr::new(198, 51, 100, i));
+            assert_eq!(l.spend(Kind::Failure, ip).await, Ok(()));
+        }
+        let Store::Memory(m) = &*store else {
+            unreachable!()
+        };
+        assert!(m.len() >= 102, "{}", m.len());
+        tokio::time::advance(minute + Duration::from_secs(1)).await;
+        m.purge();
+        assert_eq!(m.len(), 0, "expired counters are gone");
     }
 
     #[test]

@@ -173,15 +173,9 @@ impl Drop for ConnPermit {
     }
 }
 
-/// IPv4 addresses count one by one; IPv6 ones by /64, the block one subscriber gets.
+/// IPv4 addresses count one by one; IPv6 ones by /64 (as the rate limits do).
 fn address_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => {
-            let s = v6.segments();
-            IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-        }
-    }
+    crate::ratelimit::client_block(ip)
 }
 
 #[cfg(test)]
