@@ -27,6 +27,11 @@ use tower_service::Service;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// How long a checkout waits for an idle connection that is not ready yet: long enough for
+/// its task to see the end of the last response, short against a client trickling the body
+/// of a request the upstream already answered.
+const CHECKOUT_WAIT: Duration = Duration::from_millis(100);
+
 /// Why a request could not be forwarded: no connection at all, or a connection that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
@@ -180,8 +185,16 @@ impl Pool {
                 sender
             };
             // Usually ready at once; a connection handed back a moment ago becomes ready as
-            // soon as its task has seen the end of the last response.
-            if sender.ready().await.is_ok() {
+            // soon as its task has seen the end of the last response. One that is still busy
+            // sending the previous request's body (the upstream answered before reading it
+            // all, and the client trickles the rest) may stay busy for as long as that client
+            // likes: it is given a moment, then dropped, and the next one tried.
+            match std::future::poll_fn(|cx| Poll::Ready(sender.poll_ready(cx))).await {
+                Poll::Ready(Ok(())) => return Some(sender),
+                Poll::Ready(Err(_)) => continue,
+                Poll::Pending => {}
+            }
+            if let Ok(Ok(())) = tokio::time::timeout(CHECKOUT_WAIT, sender.ready()).await {
                 return Some(sender);
             }
         }

@@ -70,7 +70,8 @@ impl RawUpstream {
 
 /// Serves requests on one connection until the peer closes it (or `after` says to close).
 /// The path picks the response: `/chunked`, `/empty` (204), `/not-modified` (304), `/big`
-/// (1 MiB, written slowly), anything else a short sized body.
+/// (1 MiB, written slowly), `/early` (413 before the body is read), anything else a short
+/// sized body.
 async fn serve(sock: tokio::net::TcpStream, after: After) {
     let mut sock = BufReader::new(sock);
     loop {
@@ -91,11 +92,21 @@ async fn serve(sock: tokio::net::TcpStream, after: After) {
                     .map(|v| v.trim().parse().unwrap())
             })
             .unwrap_or(0);
+        let target = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
+        if target == "/early" {
+            // Answers before reading the body (as a 405 or 413 does), then drains it.
+            let answer = b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 0\r\n\r\n";
+            if sock.get_mut().write_all(answer).await.is_err() {
+                return;
+            }
+        }
         let mut body = vec![0; len];
         if sock.read_exact(&mut body).await.is_err() {
             return;
         }
-        let target = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
+        if target == "/early" {
+            continue;
+        }
         let w = sock.get_mut();
         let wrote = match (head.starts_with("HEAD"), target.as_str()) {
             (true, _) => {
@@ -214,6 +225,40 @@ async fn one_connection_serves_every_kind_of_response_then_closes_when_idle() {
         2,
         "a new connection after the idle one was closed"
     );
+}
+
+/// The upstream answers a request before reading its body, and the client trickles the rest:
+/// the connection is busy sending that body for as long as the client likes, so it must not
+/// stall the next request that finds it idle in the pool.
+#[tokio::test]
+async fn a_connection_still_sending_a_trickled_body_does_not_stall_the_next_request() {
+    let up = RawUpstream::start(After::KeepAlive).await;
+    let sc = sidecar(&up).await;
+    let mut slow = tokio::net::TcpStream::connect(sc.addr).await.unwrap();
+    slow.write_all(b"POST /early HTTP/1.1\r\nHost: app\r\nContent-Length: 100000\r\n\r\nx")
+        .await
+        .unwrap();
+    let mut head = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(10), slow.read(&mut head))
+        .await
+        .expect("the early answer")
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 413"),
+        "{}",
+        String::from_utf8_lossy(&head[..n])
+    );
+    // The connection that carried it went back to the pool, still sending the body.
+    let t0 = std::time::Instant::now();
+    let r = tokio::time::timeout(Duration::from_secs(5), get(&sc.url("/next"), &[]))
+        .await
+        .expect("the next request is not stalled behind the trickled body")
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.body().as_ref(), b"path=/next");
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    assert_eq!(up.accepted(), 2, "a second connection was opened");
+    drop(slow);
 }
 
 #[tokio::test]
