@@ -241,6 +241,7 @@ pub async fn run(
         first_byte_timeout: limits.first_byte_timeout,
         header_read_timeout: limits.header_read_timeout,
         idle_timeout: limits.idle_timeout,
+        send_timeout: limits.send_timeout,
         http2_ping_interval: limits.http2_ping_interval,
         limiter: Some(server::limits::ConnLimiter::new(
             max_connections,

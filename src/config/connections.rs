@@ -16,6 +16,10 @@ pub struct ConnectionSettings {
     pub header_read_timeout_secs: u64,
     /// Seconds a connection with no request in flight is kept (HTTP/1.1 keep-alive and HTTP/2).
     pub idle_timeout_secs: u64,
+    /// Seconds a response may wait on a client that takes none of it (a full socket, an HTTP/2
+    /// window left at zero) before the connection is closed (nginx's `send_timeout`): such a
+    /// client would otherwise hold an upstream connection and its place for ever.
+    pub send_timeout_secs: u64,
     /// Seconds between HTTP/2 pings on a quiet connection; a peer that does not answer one
     /// within the same time is disconnected. 0 = no pings.
     pub http2_ping_interval_secs: u64,
@@ -39,6 +43,7 @@ impl Default for ConnectionSettings {
             first_byte_timeout_secs: 10,
             header_read_timeout_secs: 30,
             idle_timeout_secs: 60,
+            send_timeout_secs: 60,
             http2_ping_interval_secs: 20,
             max: 10_000,
             max_per_ip: 512,
@@ -54,6 +59,7 @@ pub struct ConnectionLimits {
     pub first_byte_timeout: Duration,
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
+    pub send_timeout: Duration,
     pub http2_ping_interval: Option<Duration>,
     pub max: usize,
     pub max_per_ip: Option<usize>,
@@ -68,6 +74,7 @@ impl ConnectionSettings {
             ("first_byte_timeout_secs", self.first_byte_timeout_secs),
             ("header_read_timeout_secs", self.header_read_timeout_secs),
             ("idle_timeout_secs", self.idle_timeout_secs),
+            ("send_timeout_secs", self.send_timeout_secs),
             ("max", self.max as u64),
             (
                 "upstream_max_per_worker",
@@ -91,6 +98,7 @@ impl ConnectionSettings {
             first_byte_timeout: Duration::from_secs(self.first_byte_timeout_secs),
             header_read_timeout: Duration::from_secs(self.header_read_timeout_secs),
             idle_timeout: Duration::from_secs(self.idle_timeout_secs),
+            send_timeout: Duration::from_secs(self.send_timeout_secs),
             http2_ping_interval: (self.http2_ping_interval_secs > 0)
                 .then(|| Duration::from_secs(self.http2_ping_interval_secs)),
             max: self.max,

@@ -1,10 +1,13 @@
 //! One client connection, from its first byte to its close: the first-bytes deadline (and the
 //! TLS handshake under the same deadline), HTTP/1.1 or HTTP/2 served by hyper, and a watchdog
 //! that closes the connection once no request has been in flight for the idle timeout — on
-//! HTTP/2 as on HTTP/1.1, where a client answering pings would otherwise be held forever.
+//! HTTP/2 as on HTTP/1.1, where a client answering pings would otherwise be held forever — or
+//! once its responses have waited on a client that takes none of them for the send timeout
+//! (a reader that stops reading would otherwise hold the upstream connections behind them).
 //!
 //! Knows the handler it is given, not what it does. Counts requests in flight per connection
-//! (a guard that lives until the response body is dropped); reads no clock per request.
+//! (a guard that lives until the response body is dropped) and response bodies whose next
+//! step is the client's; reads no clock per request.
 
 use super::limits::ConnPermit;
 use super::{ConnInfo, ServeOptions};
@@ -67,9 +70,12 @@ pub(super) async fn serve_conn<H, F>(
         let fut = handler(req, info);
         async move {
             let resp = fut.await;
+            // The head goes to hyper now: until hyper polls the body, it waits on the client.
+            guard.0.waiting.fetch_add(1, Ordering::Relaxed);
             Ok::<_, Infallible>(resp.map(|inner| Tracked {
                 inner,
-                _guard: guard,
+                waiting: true,
+                guard,
             }))
         }
     });
@@ -154,13 +160,18 @@ where
     C: Future<Output = Result<(), E>>,
     E: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    // Checked every half idle timeout; idle = two checks in a row that saw nothing happen, so a
-    // connection closes between 1 and 1.5 idle timeouts after its last request.
-    let period = (opts.idle_timeout / 2).max(Duration::from_millis(50));
+    // Checked every half idle (or send) timeout; idle = checks in a row that saw nothing happen
+    // for the idle timeout, so a connection closes 1 to 1.5 idle timeouts after its last request.
+    let period = (opts.idle_timeout.min(opts.send_timeout) / 2).max(Duration::from_millis(50));
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut seen = activity.events.load(Ordering::Relaxed);
-    let mut quiet = 0u32;
+    let mut quiet = Duration::ZERO;
+    // Stalled: some response waits on the client, and no response body was asked for anything
+    // since the last check. Closed (not gracefully: that would wait for those very responses)
+    // once stalled for the send timeout.
+    let mut polls = activity.polls.load(Ordering::Relaxed);
+    let mut stalled = Duration::ZERO;
     let mut goodbye: Option<Pin<Box<tokio::time::Sleep>>> = None;
     loop {
         tokio::select! {
@@ -171,11 +182,21 @@ where
                 goodbye = Some(Box::pin(tokio::time::sleep(Duration::MAX / 4)));
             }
             _ = tick.tick(), if goodbye.is_none() => {
+                let polled = activity.polls.load(Ordering::Relaxed);
+                let waiting = activity.waiting.load(Ordering::Relaxed) > 0;
+                stalled = if waiting && polled == polls { stalled + period } else { Duration::ZERO };
+                polls = polled;
+                if stalled >= opts.send_timeout {
+                    if let Some(m) = &opts.metrics {
+                        m.connection_timed_out("send");
+                    }
+                    return Ok(());
+                }
                 let now = activity.events.load(Ordering::Relaxed);
                 let busy = activity.in_flight.load(Ordering::Relaxed) > 0;
-                quiet = if busy || now != seen { 0 } else { quiet + 1 };
+                quiet = if busy || now != seen { Duration::ZERO } else { quiet + period };
                 seen = now;
-                if quiet >= 2 {
+                if quiet >= opts.idle_timeout {
                     if let Some(m) = &opts.metrics {
                         m.connection_timed_out("idle");
                     }
@@ -191,11 +212,17 @@ where
 }
 
 /// Requests of one connection: how many are in flight, and a count of starts and ends (the
-/// watchdog compares two readings of it instead of reading a clock per request).
+/// watchdog compares two readings of it instead of reading a clock per request); response
+/// bodies waiting on the client, and a count of polls of any response body.
 #[derive(Default)]
 struct Activity {
     in_flight: AtomicUsize,
     events: AtomicU64,
+    /// Response bodies whose next step is the client's: their head or their last frame has
+    /// been handed to hyper, which asks for more only once the client has taken it (HTTP/1.1:
+    /// room in the socket; HTTP/2: window).
+    waiting: AtomicUsize,
+    polls: AtomicU64,
 }
 
 /// One request in flight, from its head to the end (or drop) of its response body.
@@ -216,10 +243,32 @@ impl Drop for InFlight {
     }
 }
 
-/// A response body that keeps its request counted as in flight until it is dropped.
+/// A response body that keeps its request counted as in flight until it is dropped, and as
+/// waiting on the client while what it gave hyper has not been taken.
 pub struct Tracked<B> {
     inner: B,
-    _guard: InFlight,
+    waiting: bool,
+    guard: InFlight,
+}
+
+impl<B> Tracked<B> {
+    fn set_waiting(&mut self, waiting: bool) {
+        if waiting != self.waiting {
+            self.waiting = waiting;
+            let count = &self.guard.0.waiting;
+            if waiting {
+                count.fetch_add(1, Ordering::Relaxed);
+            } else {
+                count.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+impl<B> Drop for Tracked<B> {
+    fn drop(&mut self) {
+        self.set_waiting(false);
+    }
 }
 
 impl<B: http_body::Body + Unpin> http_body::Body for Tracked<B> {
@@ -230,7 +279,13 @@ impl<B: http_body::Body + Unpin> http_body::Body for Tracked<B> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+        let this = self.get_mut();
+        this.guard.0.polls.fetch_add(1, Ordering::Relaxed);
+        let frame = Pin::new(&mut this.inner).poll_frame(cx);
+        // A frame handed over waits on the client; pending, the body waits on its source (an
+        // event stream with nothing to say is not a stalled client).
+        this.set_waiting(matches!(frame, Poll::Ready(Some(Ok(_)))));
+        frame
     }
 
     fn is_end_stream(&self) -> bool {
@@ -311,6 +366,7 @@ mod tests {
             first_byte_timeout: Duration::from_secs(1),
             header_read_timeout: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(1),
+            send_timeout: Duration::from_secs(1),
             http2_ping_interval: None,
             limiter: None,
             metrics: None,

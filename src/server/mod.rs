@@ -45,6 +45,9 @@ pub struct ServeOptions {
     pub header_read_timeout: Duration,
     /// Time a connection with no request in flight is kept.
     pub idle_timeout: Duration,
+    /// Time a response may wait on a client that takes none of it before the connection is
+    /// closed.
+    pub send_timeout: Duration,
     /// HTTP/2 pings on a quiet connection, and the time allowed for their answer.
     pub http2_ping_interval: Option<Duration>,
     /// Connection caps (public listener only).

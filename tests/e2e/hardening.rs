@@ -174,6 +174,82 @@ async fn silent_and_idle_connections_are_closed_by_their_deadlines() {
     assert_eq!(r.status(), 200, "the listener still serves");
 }
 
+/// Clients that ask for a response and take none of it — an HTTP/1.1 reader that stops
+/// reading, an HTTP/2 client that leaves its stream window at zero — are cut off after the
+/// send timeout, and the upstream places their responses held go back to everyone else.
+#[tokio::test]
+async fn clients_that_stop_reading_are_cut_off_and_free_their_upstream_places() {
+    let up = Upstream::start();
+    let sc = Sidecar::start(&[
+        ("SSO_SIDECAR_UPSTREAM", &up.url()),
+        ("SSO_SIDECAR_WORKERS", "1"),
+        ("SSO_SIDECAR_CONNECTIONS__UPSTREAM_MAX_PER_WORKER", "2"),
+        ("SSO_SIDECAR_CONNECTIONS__SEND_TIMEOUT_SECS", "1"),
+        ("SSO_SIDECAR_UPSTREAM_TIMEOUT_SECS", "30"),
+    ])
+    .await;
+    // HTTP/1.1: 64 MiB asked for, the head read, then nothing.
+    let mut h1 = TcpStream::connect(sc.addr).await.unwrap();
+    h1.write_all(b"GET /download?size=67108864 HTTP/1.1\r\nHost: app\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = [0u8; 12];
+    h1.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    // HTTP/2: a stream window of zero, and the body never asked for.
+    let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .http2_initial_stream_window_size(0)
+        .build_http::<TestBody>();
+    let stalled = h2
+        .request(request(
+            "GET",
+            &sc.url("/download?size=1048576"),
+            &[],
+            body(""),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(stalled.status(), 200);
+
+    // Both places under the cap of 2 are held; a third request is served once they are freed.
+    let t0 = Instant::now();
+    let r = tokio::time::timeout(Duration::from_secs(10), get(&sc.url("/echo/after"), &[]))
+        .await
+        .expect("served within 10 s, long before the 30 s upstream timeout")
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    println!(
+        "FIGURE the third request waited {:?} (send timeout 1 s)",
+        t0.elapsed()
+    );
+    let m = metrics(&sc).await;
+    assert_eq!(
+        metric(
+            &m,
+            "sso_sidecar_connections_timed_out_total{reason=\"send\"}"
+        ),
+        2.0,
+        "{m}"
+    );
+    // The HTTP/1.1 connection was closed: what is left in its socket ends.
+    let drained = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            match h1.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        drained.is_ok(),
+        "the stalled HTTP/1.1 connection was closed"
+    );
+    drop(stalled);
+}
+
 #[tokio::test]
 async fn legitimate_clients_are_served_while_an_attacker_holds_connections() {
     raise_own_fd_limit();
