@@ -39,7 +39,9 @@ pub struct Settings {
     /// Seconds allowed to connect to the upstream.
     pub upstream_connect_timeout_secs: u64,
     /// Seconds allowed for the upstream to send its response headers, counted from when the
-    /// request starts waiting for an upstream connection (504 after that).
+    /// request starts waiting for an upstream connection, or for a request with a body from
+    /// the body's last move while it streams (504 after that): a backend may read a whole
+    /// upload before it answers.
     pub upstream_timeout_secs: u64,
     /// Seconds an idle pooled upstream connection is kept. Below the backend's own keep-alive
     /// timeout (uvicorn closes idle connections after 5 s), so the sidecar never sends on a

@@ -220,16 +220,25 @@ impl Upstream {
                 h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
             }
 
-            let (permit, deadline) = match place {
+            let (permit, mut deadline) = match place {
                 Some(p) => (Some(p.permit), p.deadline),
                 None => (None, tokio::time::Instant::now() + self.timeout()),
             };
-            let mut resp =
-                match tokio::time::timeout_at(deadline, self.pool.send(req, permit)).await {
-                    Err(_) => return Err(ProxyError::Timeout),
+            let (parts, body) = req.into_parts();
+            let (body, progress) = body::Outgoing::new(body);
+            let mut send = std::pin::pin!(self.pool.send(Request::from_parts(parts, body), permit));
+            let mut resp = loop {
+                match tokio::time::timeout_at(deadline, send.as_mut()).await {
                     Ok(Err(e)) => return Err(ProxyError::Unavailable(e)),
-                    Ok(Ok(r)) => r,
-                };
+                    Ok(Ok(r)) => break r,
+                    // While the body moves, and for a timeout after its end, the upstream may
+                    // still be reading it: the timeout runs from its last move.
+                    Err(_) => match progress.as_ref().map(|p| p.last() + self.timeout()) {
+                        Some(later) if later > tokio::time::Instant::now() => deadline = later,
+                        _ => return Err(ProxyError::Timeout),
+                    },
+                }
+            };
 
             let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
             let to_websocket = resp

@@ -12,7 +12,7 @@
 //! one retry a request gets when a reused connection turns out to be closed before the request
 //! was sent. Knows nothing of headers or URIs beyond what it is handed.
 
-use crate::proxy::RequestBody;
+use crate::proxy::body::Outgoing;
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
@@ -51,7 +51,7 @@ pub struct CapPermit(tokio::sync::OwnedSemaphorePermit);
 /// Idle connections, newest last, each with the sweeper epoch it was handed back in.
 #[derive(Default)]
 struct Idle {
-    conns: VecDeque<(SendRequest<RequestBody>, u64)>,
+    conns: VecDeque<(SendRequest<Outgoing>, u64)>,
     /// Whether this pool's sweeper task is running.
     sweeping: bool,
     /// Advanced by the sweeper every half idle timeout. Ages are counted in epochs rather than
@@ -126,7 +126,7 @@ impl Pool {
     #[allow(clippy::manual_async_fn)] // on purpose: see the doc above
     pub fn send(
         self: &Arc<Self>,
-        mut req: Request<RequestBody>,
+        mut req: Request<Outgoing>,
         permit: Option<CapPermit>,
     ) -> impl std::future::Future<Output = Result<Response<UpstreamBody>, SendError>> + '_ {
         async move {
@@ -172,7 +172,7 @@ impl Pool {
     }
 
     /// The newest idle connection that is still open and ready for a request.
-    async fn checkout(&self) -> Option<SendRequest<RequestBody>> {
+    async fn checkout(&self) -> Option<SendRequest<Outgoing>> {
         loop {
             let mut sender = {
                 let mut idle = self.lock();
@@ -200,7 +200,7 @@ impl Pool {
         }
     }
 
-    async fn connect(self: &Arc<Self>) -> Result<SendRequest<RequestBody>, SendError> {
+    async fn connect(self: &Arc<Self>) -> Result<SendRequest<Outgoing>, SendError> {
         let io = self
             .connector
             .clone()
@@ -220,7 +220,7 @@ impl Pool {
         Ok(sender)
     }
 
-    fn checkin(&self, sender: SendRequest<RequestBody>) {
+    fn checkin(&self, sender: SendRequest<Outgoing>) {
         // An idle timeout of zero means no connection is kept.
         if sender.is_closed() || self.idle_timeout.is_zero() {
             return;
@@ -272,7 +272,7 @@ impl Pool {
 /// instead: the rest of the response would otherwise have to be read first.
 pub struct UpstreamBody {
     inner: Incoming,
-    conn: Option<(SendRequest<RequestBody>, Arc<Pool>)>,
+    conn: Option<(SendRequest<Outgoing>, Arc<Pool>)>,
     done: bool,
     /// This request's place under the pool's cap, given back with the body.
     _permit: Option<tokio::sync::OwnedSemaphorePermit>,
@@ -283,7 +283,7 @@ pub struct UpstreamBody {
 impl UpstreamBody {
     fn new(
         inner: Incoming,
-        sender: SendRequest<RequestBody>,
+        sender: SendRequest<Outgoing>,
         pool: &Arc<Pool>,
         permit: tokio::sync::OwnedSemaphorePermit,
     ) -> Self {

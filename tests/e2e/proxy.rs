@@ -211,6 +211,62 @@ async fn oversized_request_headers_get_431() {
     assert_eq!(r.status(), 200);
 }
 
+/// An upload that takes longer than the upstream timeout, to a backend that reads the whole
+/// body before it answers, succeeds: the timeout runs from the body's last move. A client that
+/// stops sending mid-body still gets the 504 one timeout later.
+#[tokio::test]
+async fn an_upload_longer_than_the_upstream_timeout_gets_its_answer() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = Upstream::start();
+    let sc = InProcess::start(&[
+        ("SSO_SIDECAR_UPSTREAM", &up.url()),
+        ("SSO_SIDECAR_UPSTREAM_TIMEOUT_SECS", "1"),
+    ])
+    .await;
+    let upload = |stall_after: Option<usize>| {
+        let addr = sc.addr;
+        async move {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            s.write_all(
+                b"POST /upload HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\n\r\n",
+            )
+            .await
+            .unwrap();
+            // Twelve chunks of 1 KiB, 250 ms apart: 3 s in all.
+            for i in 0..12 {
+                if stall_after == Some(i) {
+                    // Stops sending, keeps the connection.
+                    let mut answer = Vec::new();
+                    let _ = tokio::time::timeout(
+                        std::time::Duration::from_secs(10),
+                        s.read_to_end(&mut answer),
+                    )
+                    .await;
+                    return String::from_utf8_lossy(&answer).into_owned();
+                }
+                s.write_all(format!("400\r\n{}\r\n", "x".repeat(1024)).as_bytes())
+                    .await
+                    .unwrap();
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            }
+            s.write_all(b"0\r\n\r\n").await.unwrap();
+            let mut answer = vec![0u8; 4096];
+            let n = tokio::time::timeout(std::time::Duration::from_secs(10), s.read(&mut answer))
+                .await
+                .expect("an answer")
+                .unwrap();
+            String::from_utf8_lossy(&answer[..n]).into_owned()
+        }
+    };
+    let t0 = std::time::Instant::now();
+    let answer = upload(None).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains(r#""received": 12288"#), "{answer}");
+    assert!(t0.elapsed() >= std::time::Duration::from_secs(3));
+    let answer = upload(Some(2)).await;
+    assert!(answer.starts_with("HTTP/1.1 504"), "{answer}");
+}
+
 #[tokio::test]
 async fn http2_prior_knowledge_is_served_and_forwarded_as_http1() {
     let up = Upstream::start();
