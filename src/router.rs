@@ -190,7 +190,7 @@ impl App {
                 let scheme = headers::public_scheme(&parts.headers, peer);
                 return Ok((auth.route(&parts, body, scheme).await?, None));
             }
-            if let Some(r) = oidc.identity.own_route(&parts.method, path) {
+            if let Some(r) = oidc.identity.own_route(&parts) {
                 return Ok((r, None));
             }
             let decision = auth.gate(&parts).await;

@@ -363,6 +363,9 @@ impl Auth {
             self.cookies
                 .set(&self.cookies.session, &id, session.expires_at - now, secure),
         );
+        for v in self.identity.session_change_cookies(&parts.headers) {
+            r.headers_mut().append(header::SET_COOKIE, v);
+        }
         Ok((r, in_flight))
     }
 }

@@ -182,16 +182,29 @@ impl Identity {
     }
 
     /// The mode's own routes, answered without the upstream.
-    pub fn own_route(&self, method: &Method, path: &str) -> Option<Response<Body>> {
-        match (&self.mode, method, path) {
+    pub fn own_route(&self, parts: &Parts) -> Option<Response<Body>> {
+        match (&self.mode, &parts.method, parts.uri.path()) {
             // The backend would put the user's token into a browser cookie: answer it here
-            // (the sidecar adds the Chainlit cookie to `/chainlit` requests itself).
+            // (the sidecar adds the Chainlit cookie to `/chainlit` requests itself), ending
+            // Chainlit's own session in the browser as the backend does.
             (Mode::OpenRag(_), &Method::POST | &Method::DELETE, "/auth/chainlit-session") => {
                 let mut r = Response::new(crate::proxy::full(""));
                 *r.status_mut() = StatusCode::NO_CONTENT;
+                for v in openrag::inject::end_chainlit_session(&parts.headers) {
+                    r.headers_mut().append(http::header::SET_COOKIE, v);
+                }
                 Some(r)
             }
             _ => None,
+        }
+    }
+
+    /// `Set-Cookie` values for a response that starts or ends a session in the browser: the
+    /// mode's own cookies of the browser's previous user, ended (OpenRag: Chainlit's session).
+    pub fn session_change_cookies(&self, request: &http::HeaderMap) -> Vec<http::HeaderValue> {
+        match &self.mode {
+            Mode::Headers => Vec::new(),
+            Mode::OpenRag(_) => openrag::inject::end_chainlit_session(request),
         }
     }
 
@@ -212,10 +225,15 @@ impl Identity {
                 ))
                 .await
             }
+            // No session here: no cookie of the browser speaks for a user either.
             (Mode::OpenRag(_), Caller::Bearer) => {
+                let mut parts = parts;
+                openrag::inject::strip_user_cookies(&mut parts.headers);
                 openrag::request::as_bearer(&out, &names, parts, body).await
             }
             (Mode::OpenRag(_), Caller::Public) => {
+                let mut parts = parts;
+                openrag::inject::strip_user_cookies(&mut parts.headers);
                 forward::as_headers(&out, &names, parts, body, Caller::Public).await
             }
         }

@@ -157,3 +157,77 @@ async fn an_email_taken_by_another_account_gets_the_409_page_before_any_user_is_
         );
     }
 }
+
+/// The `Set-Cookie` values of a response.
+fn set_cookies(r: &http::Response<bytes::Bytes>) -> Vec<String> {
+    r.headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Whether `set` ends cookie `name` on `path`.
+fn ends(set: &[String], name: &str, path: &str) -> bool {
+    set.iter().any(|c| {
+        c.starts_with(&format!("{name}=;"))
+            && c.contains(&format!("Path={path};"))
+            && c.contains("Max-Age=0")
+    })
+}
+
+/// Cookies that speak for an OpenRag or Chainlit user, left in a browser whose session here
+/// ended (logout, revocation, expiry), speak for nobody: a request without a session reaches
+/// the backend without them. And every response that starts or ends a session, or answers the
+/// Chainlit hand-off, ends Chainlit's own session in the browser, as OpenRag does, so that the
+/// previous user's Chainlit cookie never speaks for the next one.
+#[tokio::test]
+async fn chainlit_cookies_left_in_a_browser_speak_for_nobody() {
+    let alice = token(2);
+    let w = world_with(
+        Backend::start(json!([seeded("alice", Some(&alice))])),
+        json!({"alice": alice}),
+        &[("SSO_SIDECAR_OPENRAG__TOKEN_POLICY", "file")],
+    )
+    .await;
+    let sc = &w.sc.sidecar;
+    for cookie in [
+        format!("openrag_chainlit_token={alice}"),
+        format!("openrag_session={alice}"),
+        format!("x=1; openrag_chainlit_token={alice}; access_token=chainlit-jwt"),
+    ] {
+        let r = get(
+            &sc.url("/chainlit/project/settings"),
+            &[("cookie", &cookie)],
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status(), 403, "{cookie}: {:?}", r.body());
+        assert_eq!(json(&r)["detail"], "Missing token", "{cookie}");
+    }
+
+    let l = login(sc, "alice", "/").await;
+    let set = set_cookies(&l.callback);
+    for path in ["/", "/chainlit"] {
+        assert!(ends(&set, "access_token", path), "login, {path}: {set:?}");
+    }
+    let with_chunk = format!(
+        "{}; access_token_0=a; access_token_1=b",
+        session_header(&l.cookie)
+    );
+    let r = send(request(
+        "POST",
+        &sc.url("/auth/chainlit-session"),
+        &[("cookie", &with_chunk)],
+        body(""),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 204);
+    let set = set_cookies(&r);
+    for name in ["access_token", "access_token_0", "access_token_1"] {
+        for path in ["/", "/chainlit"] {
+            assert!(ends(&set, name, path), "hand-off, {name} {path}: {set:?}");
+        }
+    }
+}
