@@ -187,16 +187,22 @@ impl Tracking {
     /// [`Tracking::get`], and whether the cache answered.
     async fn lookup(&self, key: &str) -> (Option<Option<Bytes>>, bool) {
         let slot = self.slot();
-        let cached = {
+        // One look at the entries (hashing the key costs as much as the rest of a hit), with
+        // the generation it was taken at: unchanged later, nothing was invalidated meanwhile.
+        let early = {
             let st = slot.lock();
-            st.conn.is_some() && st.entries.contains_key(key)
+            let entry = st.conn.as_ref().and(st.entries.get(key));
+            (
+                entry.map(|(v, expires)| (v.clone(), *expires)),
+                st.generation,
+            )
         };
-        if cached {
+        if early.0.is_some() {
             // Let this worker's runtime poll its sockets first: the runtime resumes a yielded
             // task only after it has polled the I/O driver and run the tasks that woke, the
             // tracked connection's reader among them. So every invalidation that had reached
-            // this worker when the request got here is applied before the cache is consulted.
-            // Only when there is an entry to consult: invalidations remove entries, so a key
+            // this worker when the request got here is applied before the entry is served.
+            // Only when there is an entry to serve: invalidations remove entries, so a key
             // without one has nothing to wait for, and a miss does not pay for a reschedule.
             tokio::task::yield_now().await;
         }
@@ -215,9 +221,17 @@ impl Tracking {
                 // No recent proof that invalidations arrive: ask Redis the ordinary way.
                 return (None, false);
             }
-            match st.entries.get(key) {
+            let entry = match early {
+                (entry, seen) if seen == st.generation => entry,
+                // Something changed meanwhile (an invalidation, a write): look again.
+                _ => st
+                    .entries
+                    .get(key)
+                    .map(|(v, expires)| (v.clone(), *expires)),
+            };
+            match entry {
                 Some((v, expires)) if expires.is_none_or(|e| now < e) => {
-                    return (Some(Some(v.clone())), true);
+                    return (Some(Some(v)), true);
                 }
                 Some(_) => {
                     st.entries.remove(key);
