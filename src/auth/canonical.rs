@@ -6,16 +6,30 @@
 //! `//admin/users` would pass a rule written for `/admin/*` and still reach `/admin/users`.
 //! Decoding only what is unreserved changes no meaning (RFC 3986 says such URIs are
 //! equivalent); escapes of reserved or ambiguous characters are left for
-//! [`gate::ambiguous_path`](super::gate::ambiguous_path) to judge. The query is not touched.
-//! Knows nothing of sessions or the upstream.
+//! [`gate::ambiguous_path`](super::gate::ambiguous_path) to judge. A `%` that starts no escape
+//! is refused: decoding around it could make a new one (`/%6%31dmin` would become `/%61dmin`,
+//! which the backend decodes once more). Merging slashes is nginx's default (`merge_slashes`)
+//! and deliberate here: a path that embeds a URL (`/fetch/https://x`) loses a slash. The query
+//! is not touched. Knows nothing of sessions or the upstream.
 
 use http::uri::{PathAndQuery, Uri};
 
+/// Why a path has no canonical form.
+#[derive(Debug)]
+pub enum Malformed {
+    /// A `%` not followed by two hexadecimal digits.
+    Escape,
+    /// The rebuilt target is not a valid URI (decoding unreserved characters cannot cause it).
+    Uri(http::Error),
+}
+
 /// The request target with its path in canonical form, or `None` when it already is (the
-/// common case, found with one scan and no allocation). `Err` only if the rebuilt target is
-/// not a valid URI, which decoding unreserved characters cannot cause.
-pub fn canonical_uri(uri: &Uri) -> Result<Option<Uri>, http::Error> {
+/// common case, found with one scan and no allocation).
+pub fn canonical_uri(uri: &Uri) -> Result<Option<Uri>, Malformed> {
     let path = uri.path();
+    if stray_percent(path.as_bytes()) {
+        return Err(Malformed::Escape);
+    }
     let Some(canonical) = canonical_path(path) else {
         return Ok(None);
     };
@@ -24,8 +38,20 @@ pub fn canonical_uri(uri: &Uri) -> Result<Option<Uri>, http::Error> {
         None => canonical,
     };
     let mut parts = uri.clone().into_parts();
-    parts.path_and_query = Some(PathAndQuery::try_from(target)?);
-    Ok(Some(Uri::from_parts(parts)?))
+    parts.path_and_query =
+        Some(PathAndQuery::try_from(target).map_err(|e| Malformed::Uri(e.into()))?);
+    Ok(Some(
+        Uri::from_parts(parts).map_err(|e| Malformed::Uri(e.into()))?,
+    ))
+}
+
+/// Whether some `%` is not followed by two hexadecimal digits.
+fn stray_percent(b: &[u8]) -> bool {
+    b.iter().enumerate().any(|(i, &c)| {
+        c == b'%'
+            && !(b.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                && b.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
+    })
 }
 
 /// `path` with unreserved escapes decoded and slashes merged; `None` when nothing changes.
@@ -86,6 +112,26 @@ mod tests {
         ] {
             assert_eq!(canonical_path(raw).as_deref(), Some(want), "{raw}");
         }
+    }
+
+    #[test]
+    fn a_percent_that_starts_no_escape_is_refused() {
+        for bad in [
+            "/%6%31dmin/users",
+            "/%%36%31dmin",
+            "/a%",
+            "/a%6",
+            "/a%zz",
+            "/auth/%6%33hainlit-session",
+        ] {
+            let u: Uri = bad.parse().unwrap();
+            assert!(matches!(canonical_uri(&u), Err(Malformed::Escape)), "{bad}");
+        }
+        let fine: Uri = "/a%20b/%2561?q=%".parse().unwrap();
+        assert!(
+            canonical_uri(&fine).unwrap().is_none(),
+            "the query is not judged"
+        );
     }
 
     #[test]

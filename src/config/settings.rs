@@ -43,6 +43,10 @@ pub struct Settings {
     /// the body's last move while it streams (504 after that): a backend may read a whole
     /// upload before it answers.
     pub upstream_timeout_secs: u64,
+    /// Seconds a request body may stream upstream, in all, before the response head: the
+    /// bound on what its moves add to `upstream_timeout_secs` (a client trickling a body holds
+    /// an upstream connection and its place meanwhile).
+    pub upstream_body_timeout_secs: u64,
     /// Seconds an idle pooled upstream connection is kept. Below the backend's own keep-alive
     /// timeout (uvicorn closes idle connections after 5 s), so the sidecar never sends on a
     /// connection the backend is closing.
@@ -174,6 +178,7 @@ impl Default for Settings {
             workers: 0,
             upstream_connect_timeout_secs: 5,
             upstream_timeout_secs: 60,
+            upstream_body_timeout_secs: 3600,
             upstream_idle_timeout_secs: 4,
             upstream_ca_file: None,
             preserve_host: false,
@@ -248,6 +253,7 @@ pub struct ProxySettings {
     pub trusted_proxies: Vec<IpNet>,
     pub connect_timeout: Duration,
     pub upstream_timeout: Duration,
+    pub upstream_body_timeout: Duration,
     pub idle_timeout: Duration,
     pub preserve_host: bool,
     pub max_request_header_bytes: usize,
@@ -322,6 +328,10 @@ impl Settings {
                 self.upstream_connect_timeout_secs,
             ),
             ("upstream_timeout_secs", self.upstream_timeout_secs),
+            (
+                "upstream_body_timeout_secs",
+                self.upstream_body_timeout_secs,
+            ),
         ] {
             if v == 0 {
                 problems.push(format!("{name} must be at least 1"));
@@ -344,6 +354,7 @@ impl Settings {
                 trusted_proxies,
                 connect_timeout: Duration::from_secs(self.upstream_connect_timeout_secs),
                 upstream_timeout: Duration::from_secs(self.upstream_timeout_secs),
+                upstream_body_timeout: Duration::from_secs(self.upstream_body_timeout_secs),
                 idle_timeout: Duration::from_secs(self.upstream_idle_timeout_secs),
                 preserve_host: self.preserve_host,
                 max_request_header_bytes: self.max_request_header_bytes,

@@ -63,6 +63,11 @@ impl Progress {
         self.moved_ms.fetch_max(ms, Ordering::Relaxed);
     }
 
+    /// When the body started on its way.
+    pub fn started(&self) -> Instant {
+        self.start
+    }
+
     /// The instant of the last move (its creation, before any).
     pub fn last(&self) -> Instant {
         self.start + std::time::Duration::from_millis(self.moved_ms.load(Ordering::Relaxed))

@@ -66,6 +66,8 @@ pub struct Upstream {
     prefix: String,
     /// Milliseconds to the response head; atomic so a configuration reload can change it.
     timeout_ms: std::sync::atomic::AtomicU64,
+    /// The most a streamed request body may take, in all, before the response head.
+    body_timeout: Duration,
     preserve_host: bool,
     trusted_proxies: Vec<IpNet>,
 }
@@ -108,6 +110,7 @@ impl Upstream {
             timeout_ms: std::sync::atomic::AtomicU64::new(
                 settings.upstream_timeout.as_millis() as u64
             ),
+            body_timeout: settings.upstream_body_timeout,
             preserve_host: settings.preserve_host,
             trusted_proxies: settings.trusted_proxies.clone(),
         })
@@ -232,8 +235,12 @@ impl Upstream {
                     Ok(Err(e)) => return Err(ProxyError::Unavailable(e)),
                     Ok(Ok(r)) => break r,
                     // While the body moves, and for a timeout after its end, the upstream may
-                    // still be reading it: the timeout runs from its last move.
-                    Err(_) => match progress.as_ref().map(|p| p.last() + self.timeout()) {
+                    // still be reading it: the timeout runs from its last move, within the
+                    // body's own bound.
+                    Err(_) => match progress
+                        .as_ref()
+                        .map(|p| (p.last() + self.timeout()).min(p.started() + self.body_timeout))
+                    {
                         Some(later) if later > tokio::time::Instant::now() => deadline = later,
                         _ => return Err(ProxyError::Timeout),
                     },

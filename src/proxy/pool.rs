@@ -173,31 +173,46 @@ impl Pool {
 
     /// The newest idle connection that is still open and ready for a request.
     async fn checkout(&self) -> Option<SendRequest<Outgoing>> {
-        loop {
-            let mut sender = {
+        // Connections that were not ready in time, handed back (as the oldest) once done.
+        let mut busy = Vec::new();
+        let found = loop {
+            let (mut sender, since) = {
                 let mut idle = self.lock();
-                let (sender, since) = idle.conns.pop_back()?;
+                let Some((sender, since)) = idle.conns.pop_back() else {
+                    break None;
+                };
                 if idle.expired(since) {
                     // Everything older is older still.
                     idle.conns.clear();
-                    return None;
+                    break None;
                 }
-                sender
+                (sender, since)
             };
             // Usually ready at once; a connection handed back a moment ago becomes ready as
             // soon as its task has seen the end of the last response. One that is still busy
             // sending the previous request's body (the upstream answered before reading it
             // all, and the client trickles the rest) may stay busy for as long as that client
-            // likes: it is given a moment, then dropped, and the next one tried.
+            // likes: it is given a moment, then set aside, and the next one tried. Set aside,
+            // not dropped: on a loaded machine a moment may not be enough for a healthy one,
+            // and the idle sweeper closes it if it stays busy.
             match std::future::poll_fn(|cx| Poll::Ready(sender.poll_ready(cx))).await {
-                Poll::Ready(Ok(())) => return Some(sender),
+                Poll::Ready(Ok(())) => break Some(sender),
                 Poll::Ready(Err(_)) => continue,
                 Poll::Pending => {}
             }
-            if let Ok(Ok(())) = tokio::time::timeout(CHECKOUT_WAIT, sender.ready()).await {
-                return Some(sender);
+            match tokio::time::timeout(CHECKOUT_WAIT, sender.ready()).await {
+                Ok(Ok(())) => break Some(sender),
+                Ok(Err(_)) => {}
+                Err(_) => busy.push((sender, since)),
+            }
+        };
+        if !busy.is_empty() {
+            let mut idle = self.lock();
+            for c in busy.into_iter().rev() {
+                idle.conns.push_front(c);
             }
         }
+        found
     }
 
     async fn connect(self: &Arc<Self>) -> Result<SendRequest<Outgoing>, SendError> {

@@ -370,6 +370,11 @@ async fn path_rules_refuse_before_the_upstream_and_reload_on_sighup() {
         let r = call(method, path, false).await;
         assert_eq!(r.status(), 403, "{method} {path}");
     }
+    // A `%` that starts no escape could make one once the rest is decoded: refused.
+    for path in ["/%6%31dmin/users", "/%%36%31dmin/users"] {
+        let r = call("GET", path, false).await;
+        assert_eq!(r.status(), 400, "{path}");
+    }
     // The canonical form is what the upstream gets.
     let r = call("GET", "/%65lsewhere//x%7e", false).await;
     assert_eq!(r.status(), 200);

@@ -265,6 +265,40 @@ async fn an_upload_longer_than_the_upstream_timeout_gets_its_answer() {
     assert!(t0.elapsed() >= std::time::Duration::from_secs(3));
     let answer = upload(Some(2)).await;
     assert!(answer.starts_with("HTTP/1.1 504"), "{answer}");
+
+    // The moves push the timeout no further than the body's own bound: a trickle that keeps
+    // moving gets its 504 there.
+    let bounded = InProcess::start(&[
+        ("SSO_SIDECAR_UPSTREAM", &up.url()),
+        ("SSO_SIDECAR_UPSTREAM_TIMEOUT_SECS", "1"),
+        ("SSO_SIDECAR_UPSTREAM_BODY_TIMEOUT_SECS", "2"),
+    ])
+    .await;
+    let mut s = tokio::net::TcpStream::connect(bounded.addr).await.unwrap();
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .await
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    let mut answer = vec![0u8; 4096];
+    let n = loop {
+        // A byte every 250 ms, until the sidecar answers.
+        let _ = s.write_all(b"1\r\nx\r\n").await;
+        match tokio::time::timeout(std::time::Duration::from_millis(250), s.read(&mut answer)).await
+        {
+            Ok(r) => break r.unwrap(),
+            Err(_) => assert!(
+                t0.elapsed() < std::time::Duration::from_secs(10),
+                "no answer"
+            ),
+        }
+    };
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 504"), "{answer}");
+    assert!(
+        t0.elapsed() >= std::time::Duration::from_millis(1900),
+        "{:?}",
+        t0.elapsed()
+    );
 }
 
 #[tokio::test]
