@@ -90,15 +90,20 @@ async fn openrag_1_1_8s_own_chainlit_login_is_done_for_the_user() {
     );
 }
 
-#[tokio::test]
-async fn later_openrag_gets_the_chainlit_token_cookie() {
-    let alice = token(2);
-    let w = world_with(
-        Backend::start(json!([seeded("alice", Some(&alice))])),
+/// A later-generation backend with alice (token `alice`, vaulted).
+async fn later_with_alice(alice: &str) -> crate::openrag::World {
+    world_with(
+        Backend::start(json!([seeded("alice", Some(alice))])),
         json!({"alice": alice}),
         &[("SSO_SIDECAR_OPENRAG__TOKEN_POLICY", "file")],
     )
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn later_openrag_gets_the_chainlit_token_cookie() {
+    let alice = token(2);
+    let w = later_with_alice(&alice).await;
     let sc = &w.sc.sidecar;
     let l = login(sc, "alice", "/").await;
     let r = as_session(sc, &l.cookie, "/chainlit/project/settings", "").await;
@@ -184,12 +189,7 @@ fn ends(set: &[String], name: &str, path: &str) -> bool {
 #[tokio::test]
 async fn chainlit_cookies_left_in_a_browser_speak_for_nobody() {
     let alice = token(2);
-    let w = world_with(
-        Backend::start(json!([seeded("alice", Some(&alice))])),
-        json!({"alice": alice}),
-        &[("SSO_SIDECAR_OPENRAG__TOKEN_POLICY", "file")],
-    )
-    .await;
+    let w = later_with_alice(&alice).await;
     let sc = &w.sc.sidecar;
     for cookie in [
         format!("openrag_chainlit_token={alice}"),
