@@ -254,7 +254,10 @@ pub async fn run(
     let admin_opts = server::ServeOptions {
         tls: None,
         name: "admin",
-        limiter: None,
+        limiter: Some(server::limits::ConnLimiter::admin(
+            limits.admin_max,
+            metrics.clone(),
+        )),
         metrics: None,
         ..public_opts.clone()
     };

@@ -28,6 +28,8 @@ pub struct ConnectionSettings {
     pub max: usize,
     /// Client connections held at once from one address (trusted proxies are exempt). 0 = no cap.
     pub max_per_ip: usize,
+    /// Connections held at once on the admin listener (probes and metrics scrapes need few).
+    pub admin_max: usize,
     /// Connections each worker opens to the upstream at once; requests beyond wait for one.
     /// WebSocket tunnels do not count, nor event streams once their response has begun (up to
     /// `proxy::STREAMS_PER_PLACE` per place): they last as long as their clients.
@@ -47,6 +49,7 @@ impl Default for ConnectionSettings {
             http2_ping_interval_secs: 20,
             max: 10_000,
             max_per_ip: 512,
+            admin_max: 256,
             upstream_max_per_worker: 64,
             revocation_check_ms: 2000,
         }
@@ -63,6 +66,7 @@ pub struct ConnectionLimits {
     pub http2_ping_interval: Option<Duration>,
     pub max: usize,
     pub max_per_ip: Option<usize>,
+    pub admin_max: usize,
     pub upstream_max_per_worker: usize,
     pub revocation_check: Duration,
 }
@@ -76,6 +80,7 @@ impl ConnectionSettings {
             ("idle_timeout_secs", self.idle_timeout_secs),
             ("send_timeout_secs", self.send_timeout_secs),
             ("max", self.max as u64),
+            ("admin_max", self.admin_max as u64),
             (
                 "upstream_max_per_worker",
                 self.upstream_max_per_worker as u64,
@@ -103,6 +108,7 @@ impl ConnectionSettings {
                 .then(|| Duration::from_secs(self.http2_ping_interval_secs)),
             max: self.max,
             max_per_ip: (self.max_per_ip > 0).then_some(self.max_per_ip),
+            admin_max: self.admin_max,
             upstream_max_per_worker: self.upstream_max_per_worker,
             revocation_check: Duration::from_millis(self.revocation_check_ms),
         })

@@ -1,4 +1,4 @@
-//! How many client connections the public listener holds: in all, and per client address. A
+//! How many client connections a listener holds: in all, and per client address. A
 //! connection over either cap is closed as soon as it is accepted, so one client cannot use up
 //! the process's file descriptors and lock everyone else out.
 //!
@@ -43,8 +43,10 @@ pub fn cap_for_nofile(configured: usize, nofile: Option<u64>) -> usize {
     }
 }
 
-/// The counts, shared by every worker of the public listener.
+/// The counts, shared by every worker of a listener.
 pub struct ConnLimiter {
+    /// The listener's name in logs, and the refusal's label prefix off the public one.
+    listener: &'static str,
     max: usize,
     max_per_ip: Option<usize>,
     /// Peers exempt from the per-address cap: a trusted proxy carries many clients.
@@ -86,7 +88,24 @@ impl ConnLimiter {
         exempt: Vec<IpNet>,
         metrics: Arc<Metrics>,
     ) -> Arc<Self> {
+        Self::for_listener("public", max, max_per_ip, exempt, metrics)
+    }
+
+    /// The admin listener's cap: `max` connections in all, counted as
+    /// `reason="admin_max_connections"`.
+    pub fn admin(max: usize, metrics: Arc<Metrics>) -> Arc<Self> {
+        Self::for_listener("admin", max, None, Vec::new(), metrics)
+    }
+
+    fn for_listener(
+        listener: &'static str,
+        max: usize,
+        max_per_ip: Option<usize>,
+        exempt: Vec<IpNet>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
         Arc::new(ConnLimiter {
+            listener,
             max,
             max_per_ip,
             exempt,
@@ -132,7 +151,11 @@ impl ConnLimiter {
     }
 
     fn refused(&self, why: Refused, peer: IpAddr) -> Refused {
-        self.metrics.connection_refused(why.label());
+        let label = match (self.listener, why) {
+            ("admin", _) => "admin_max_connections",
+            (_, why) => why.label(),
+        };
+        self.metrics.connection_refused(label);
         let pending = self.refused_since_warn.fetch_add(1, Ordering::Relaxed) + 1;
         let now = crate::clock::now_unix().max(0) as u64;
         let last = self.last_warn.load(Ordering::Relaxed);
@@ -144,7 +167,8 @@ impl ConnLimiter {
         {
             self.refused_since_warn.store(0, Ordering::Relaxed);
             tracing::warn!(
-                reason = why.label(),
+                listener = self.listener,
+                reason = label,
                 %peer,
                 refused = pending,
                 max_connections = self.max,

@@ -255,6 +255,57 @@ async fn clients_that_stop_reading_are_cut_off_and_free_their_upstream_places() 
     drop(stalled);
 }
 
+/// The admin listener (probes, metrics) holds at most `connections.admin_max` connections: the
+/// ones beyond are closed as soon as they are accepted, and probes go on once the holders leave.
+#[tokio::test]
+async fn the_admin_listener_caps_its_connections() {
+    let up = Upstream::start();
+    let sc = Sidecar::start(&[
+        ("SSO_SIDECAR_UPSTREAM", &up.url()),
+        ("SSO_SIDECAR_CONNECTIONS__ADMIN_MAX", "4"),
+    ])
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(TcpStream::connect(sc.admin).await.unwrap());
+    }
+    // Accepted in order: these four are the ones counted (the readiness probe's connection
+    // is closed by now, or these would be refused sooner, and the count below would show it).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for i in 0..4 {
+        let mut extra = TcpStream::connect(sc.admin).await.unwrap();
+        let mut b = [0u8; 1];
+        let r = tokio::time::timeout(Duration::from_secs(2), extra.read(&mut b)).await;
+        assert!(
+            matches!(r, Ok(Ok(0) | Err(_))),
+            "connection {} over the cap closed at once: {r:?}",
+            i + 5
+        );
+    }
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Ok(r) = get(&sc.admin_url("/healthz"), &[]).await {
+            if r.status() == 200 {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "the admin listener serves again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Counted apart from the public listener's refusals.
+    let m = metrics(&sc).await;
+    let refused = "sso_sidecar_connections_refused_total{reason=\"admin_max_connections\"}";
+    assert!(metric(&m, refused) >= 4.0, "{m}");
+    assert_eq!(
+        metric(
+            &m,
+            "sso_sidecar_connections_refused_total{reason=\"max_connections\"}"
+        ),
+        0.0
+    );
+}
+
 #[tokio::test]
 async fn legitimate_clients_are_served_while_an_attacker_holds_connections() {
     raise_own_fd_limit();
