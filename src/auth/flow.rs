@@ -363,9 +363,8 @@ impl Auth {
             self.cookies
                 .set(&self.cookies.session, &id, session.expires_at - now, secure),
         );
-        for v in self.identity.session_change_cookies(&parts.headers) {
-            r.headers_mut().append(header::SET_COOKIE, v);
-        }
+        self.identity
+            .end_previous_cookies(&parts.headers, r.headers_mut());
         Ok((r, in_flight))
     }
 }

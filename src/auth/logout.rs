@@ -139,9 +139,8 @@ impl Auth {
             header::SET_COOKIE,
             self.cookies.clear(&self.cookies.state, secure),
         );
-        for v in self.identity.session_change_cookies(&parts.headers) {
-            r.headers_mut().append(header::SET_COOKIE, v);
-        }
+        self.identity
+            .end_previous_cookies(&parts.headers, r.headers_mut());
         tracing::info!(had_session = hint.is_some(), "RP-initiated logout");
         Ok(r)
     }

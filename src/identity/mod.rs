@@ -190,21 +190,19 @@ impl Identity {
             (Mode::OpenRag(_), &Method::POST | &Method::DELETE, "/auth/chainlit-session") => {
                 let mut r = Response::new(crate::proxy::full(""));
                 *r.status_mut() = StatusCode::NO_CONTENT;
-                for v in openrag::inject::end_chainlit_session(&parts.headers) {
-                    r.headers_mut().append(http::header::SET_COOKIE, v);
-                }
+                openrag::inject::end_chainlit_session(&parts.headers, r.headers_mut());
                 Some(r)
             }
             _ => None,
         }
     }
 
-    /// `Set-Cookie` values for a response that starts or ends a session in the browser: the
-    /// mode's own cookies of the browser's previous user, ended (OpenRag: Chainlit's session).
-    pub fn session_change_cookies(&self, request: &http::HeaderMap) -> Vec<http::HeaderValue> {
-        match &self.mode {
-            Mode::Headers => Vec::new(),
-            Mode::OpenRag(_) => openrag::inject::end_chainlit_session(request),
+    /// For a response that starts or ends a session in the browser: appends the `Set-Cookie`
+    /// values that end the mode's own cookies of the browser's previous user (OpenRag:
+    /// Chainlit's session).
+    pub fn end_previous_cookies(&self, request: &HeaderMap, response: &mut HeaderMap) {
+        if let Mode::OpenRag(_) = &self.mode {
+            openrag::inject::end_chainlit_session(request, response);
         }
     }
 

@@ -76,17 +76,14 @@ impl Progress {
 
 impl http_body::Body for Outgoing {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = <RequestBody as http_body::Body>::Error;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();
-        let frame = match &mut this.inner {
-            Either::Left(b) => Pin::new(b).poll_frame(cx),
-            Either::Right(b) => Pin::new(b).poll_frame(cx).map_err(|never| match never {}),
-        };
+        let frame = Pin::new(&mut this.inner).poll_frame(cx);
         if let (Some(p), Poll::Ready(Some(Ok(_)) | None)) = (&this.progress, &frame) {
             p.moved();
         }

@@ -63,12 +63,12 @@ pub fn inject_headers(headers: &mut HeaderMap, carrier: Carrier, token: &str) {
             replace_cookies(
                 headers,
                 |name| name == CHAINLIT_COOKIE || name == "openrag_session",
-                &format!("{CHAINLIT_COOKIE}={token}"),
+                Some(&format!("{CHAINLIT_COOKIE}={token}")),
             );
         }
         Carrier::ChainlitSession => {
             headers.remove(header::AUTHORIZATION);
-            replace_cookies(headers, is_chainlit_session_cookie, token);
+            replace_cookies(headers, is_chainlit_session_cookie, Some(token));
         }
     }
 }
@@ -83,10 +83,43 @@ pub fn is_chainlit_session_cookie(name: &str) -> bool {
 }
 
 /// The `Cookie` header without the pairs whose name `drop` selects (the client's copies of
-/// what the sidecar injects), with `add` (`name=value` pairs) appended. Pairs are kept as
-/// bytes: a cookie the client sent in another encoding still reaches the backend unchanged.
-fn replace_cookies(headers: &mut HeaderMap, drop: impl Fn(&str) -> bool, add: &str) {
-    replace_cookies_with(headers, drop, Some(add));
+/// what the sidecar injects), with `add` (`name=value` pairs) appended; without `add`, the
+/// header goes when nothing is left. Pairs are kept as bytes: a cookie the client sent in
+/// another encoding still reaches the backend unchanged.
+fn replace_cookies(headers: &mut HeaderMap, drop: impl Fn(&str) -> bool, add: Option<&str>) {
+    let mut kept: Vec<Vec<u8>> = Vec::new();
+    for v in headers.get_all(header::COOKIE) {
+        for pair in v.as_bytes().split(|b| *b == b';') {
+            let pair = pair.trim_ascii();
+            if !pair.is_empty() && !drop(&pair_name(pair)) {
+                kept.push(pair.to_vec());
+            }
+        }
+    }
+    if let Some(add) = add {
+        kept.push(add.as_bytes().to_vec());
+    }
+    if kept.is_empty() {
+        headers.remove(header::COOKIE);
+    } else if let Ok(v) = HeaderValue::from_bytes(&kept.join(&b"; "[..])) {
+        headers.insert(header::COOKIE, v);
+    }
+}
+
+/// A `Cookie` pair's name, trimmed (lossy for non-UTF-8 bytes; borrowed otherwise).
+fn pair_name(pair: &[u8]) -> std::borrow::Cow<'_, str> {
+    let name = pair.split(|b| *b == b'=').next().unwrap_or_default();
+    String::from_utf8_lossy(name.trim_ascii())
+}
+
+/// The names in a request's `Cookie` headers.
+fn cookie_names(headers: &HeaderMap) -> impl Iterator<Item = std::borrow::Cow<'_, str>> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
+        .map(pair_name)
+        .filter(|n| !n.is_empty())
 }
 
 /// Whether `name` is a cookie that speaks for an OpenRag or Chainlit user: the hand-off
@@ -99,69 +132,32 @@ pub fn is_user_cookie(name: &str) -> bool {
 /// public path, a bearer): once the sidecar's session is gone, a Chainlit cookie left in the
 /// browser must not keep its user logged in to Chainlit.
 pub fn strip_user_cookies(headers: &mut HeaderMap) {
-    let present = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .any(|v| cookie_names(v.as_bytes()).any(|n| is_user_cookie(&n)));
-    if present {
-        replace_cookies_with(headers, is_user_cookie, None);
+    // Rebuilt only when there is one (most requests carry none: nothing allocated then).
+    if cookie_names(headers).any(|n| is_user_cookie(&n)) {
+        replace_cookies(headers, is_user_cookie, None);
     }
 }
 
-/// `Set-Cookie` values that end Chainlit's session in the browser, as OpenRag does at the
-/// hand-off and at logout: `access_token` and the chunks the request shows, on `/` and on
-/// `/chainlit`. Sent when a session starts or ends here, so that a Chainlit cookie of the
-/// browser's previous user never speaks for the next one.
-pub fn end_chainlit_session(request: &HeaderMap) -> Vec<HeaderValue> {
-    let mut names = vec!["access_token".to_owned()];
-    for v in request.get_all(header::COOKIE) {
-        for n in cookie_names(v.as_bytes()) {
-            if is_chainlit_session_cookie(&n) && !names.contains(&n) {
-                names.push(n);
-            }
+/// Appends to `response` the `Set-Cookie` values that end Chainlit's session in the browser,
+/// as OpenRag does at the hand-off and at logout: `access_token` and the chunks the request
+/// shows, on `/` and on `/chainlit`. Sent when a session starts or ends here, so that a
+/// Chainlit cookie of the browser's previous user never speaks for the next one.
+pub fn end_chainlit_session(request: &HeaderMap, response: &mut HeaderMap) {
+    let mut names = vec![std::borrow::Cow::Borrowed("access_token")];
+    for n in cookie_names(request) {
+        if is_chainlit_session_cookie(&n) && !names.contains(&n) {
+            names.push(n);
         }
     }
-    let mut out = Vec::new();
     for name in &names {
         for path in ["/", "/chainlit"] {
             let v = format!(
                 "{name}=; Path={path}; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT; HttpOnly; SameSite=Lax"
             );
             if let Ok(v) = HeaderValue::from_str(&v) {
-                out.push(v);
+                response.append(header::SET_COOKIE, v);
             }
         }
-    }
-    out
-}
-
-/// The names of a `Cookie` header's pairs, trimmed (lossy for non-UTF-8 bytes).
-fn cookie_names(value: &[u8]) -> impl Iterator<Item = String> + '_ {
-    value.split(|b| *b == b';').filter_map(|pair| {
-        let name = pair.split(|b| *b == b'=').next()?.trim_ascii();
-        (!name.is_empty()).then(|| String::from_utf8_lossy(name).into_owned())
-    })
-}
-
-/// As [`replace_cookies`]; with no `add`, the header goes when nothing is left.
-fn replace_cookies_with(headers: &mut HeaderMap, drop: impl Fn(&str) -> bool, add: Option<&str>) {
-    let mut kept: Vec<Vec<u8>> = Vec::new();
-    for v in headers.get_all(header::COOKIE) {
-        for pair in v.as_bytes().split(|b| *b == b';') {
-            let pair = pair.trim_ascii();
-            let name = pair.split(|b| *b == b'=').next().unwrap_or_default();
-            if !pair.is_empty() && !drop(&String::from_utf8_lossy(name.trim_ascii())) {
-                kept.push(pair.to_vec());
-            }
-        }
-    }
-    if let Some(add) = add {
-        kept.push(add.as_bytes().to_vec());
-    }
-    if kept.is_empty() {
-        headers.remove(header::COOKIE);
-    } else if let Ok(v) = HeaderValue::from_bytes(&kept.join(&b"; "[..])) {
-        headers.insert(header::COOKIE, v);
     }
 }
 
