@@ -265,13 +265,34 @@ async fn the_admin_listener_caps_its_connections() {
         ("SSO_SIDECAR_CONNECTIONS__ADMIN_MAX", "4"),
     ])
     .await;
+    // Each held connection proves it was admitted by being served (kept alive afterwards). A
+    // refused one is retried: the readiness probe's connection may still be counted until the
+    // sidecar sees it close, and counting it is the cap working, not failing.
     let mut held = Vec::new();
-    for _ in 0..4 {
-        held.push(TcpStream::connect(sc.admin).await.unwrap());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while held.len() < 4 {
+        assert!(
+            Instant::now() < deadline,
+            "4 connections admitted within 10 s"
+        );
+        let mut s = TcpStream::connect(sc.admin).await.unwrap();
+        // A refused connection may fail the write or the read with a reset: that is a retry.
+        let probe = b"GET /healthz HTTP/1.1\r\nHost: admin\r\n\r\n";
+        let mut got = [0u8; 512];
+        let served = match s.write_all(probe).await {
+            Ok(()) => tokio::time::timeout(Duration::from_secs(5), s.read(&mut got))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .is_some_and(|n| got[..n].starts_with(b"HTTP/1.1 200")),
+            Err(_) => false,
+        };
+        if served {
+            held.push(s);
+        } else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
-    // Accepted in order: these four are the ones counted (the readiness probe's connection
-    // is closed by now, or these would be refused sooner, and the count below would show it).
-    tokio::time::sleep(Duration::from_millis(200)).await;
     for i in 0..4 {
         let mut extra = TcpStream::connect(sc.admin).await.unwrap();
         let mut b = [0u8; 1];
