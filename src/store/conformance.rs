@@ -37,33 +37,46 @@ pub async fn run(store: &Store) {
         Some(&binary[..])
     );
 
+    // Expiry: short TTLs and a counter window are set up here and checked after the steps below,
+    // so their waits overlap. Both are well above a round trip through Sentinel, Cluster or TLS
+    // on a loaded machine.
+    let short = Duration::from_millis(1500);
+
     // TTL expiry
-    store
-        .put(&k("short"), b"x", Duration::from_millis(150))
-        .await
-        .unwrap();
+    store.put(&k("short"), b"x", short).await.unwrap();
     assert!(store.get(&k("short")).await.unwrap().is_some());
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(
-        store.get(&k("short")).await.unwrap(),
-        None,
-        "expired values are gone"
-    );
 
     // put_if_absent: first wins, until expiry
-    assert!(store
-        .put_if_absent(&k("once"), b"1", Duration::from_millis(150))
-        .await
-        .unwrap());
+    assert!(store.put_if_absent(&k("once"), b"1", short).await.unwrap());
     assert!(!store.put_if_absent(&k("once"), b"2", long).await.unwrap());
     assert_eq!(
         store.get(&k("once")).await.unwrap().as_deref(),
         Some(&b"1"[..])
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(
-        store.put_if_absent(&k("once"), b"3", long).await.unwrap(),
-        "free again after expiry"
+
+    // index sets expire too
+    store.index_add(&k("idx2"), "m", short).await.unwrap();
+    assert_eq!(
+        store.index_members(&k("idx2")).await.unwrap(),
+        vec!["m".to_string()]
+    );
+    // Every short TTL was set before this instant, so all are over `short` after it.
+    let ttls_set = tokio::time::Instant::now();
+
+    // fixed-window counters (the window starts at the first hit)
+    let w = Duration::from_secs(3);
+    assert_eq!(store.count(&k("n"), w, false).await.unwrap().0, 0);
+    for i in 1..=3 {
+        let (n, left) = store.count(&k("n"), w, true).await.unwrap();
+        assert_eq!(n, i);
+        assert!(left > Duration::ZERO && left <= w, "{left:?}");
+    }
+    // The window started before this instant, so it is over `w` after it.
+    let window_started = tokio::time::Instant::now();
+    assert_eq!(
+        store.count(&k("n"), w, false).await.unwrap().0,
+        3,
+        "a peek counts nothing"
     );
 
     // put_if_present: only replaces what is still there
@@ -115,30 +128,22 @@ pub async fn run(store: &Store) {
     store.index_remove(&k("idx"), "m2").await.unwrap();
     assert!(store.index_members(&k("idx")).await.unwrap().is_empty());
 
-    store
-        .index_add(&k("idx2"), "m", Duration::from_millis(150))
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // the short TTLs, then the counter window, are over
+    tokio::time::sleep_until(ttls_set + short + Duration::from_millis(500)).await;
+    assert_eq!(
+        store.get(&k("short")).await.unwrap(),
+        None,
+        "expired values are gone"
+    );
+    assert!(
+        store.put_if_absent(&k("once"), b"3", long).await.unwrap(),
+        "free again after expiry"
+    );
     assert!(
         store.index_members(&k("idx2")).await.unwrap().is_empty(),
         "index sets expire too"
     );
-
-    // fixed-window counters
-    let w = Duration::from_millis(400);
-    assert_eq!(store.count(&k("n"), w, false).await.unwrap().0, 0);
-    for i in 1..=3 {
-        let (n, left) = store.count(&k("n"), w, true).await.unwrap();
-        assert_eq!(n, i);
-        assert!(left > Duration::ZERO && left <= w, "{left:?}");
-    }
-    assert_eq!(
-        store.count(&k("n"), w, false).await.unwrap().0,
-        3,
-        "a peek counts nothing"
-    );
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    tokio::time::sleep_until(window_started + w + Duration::from_millis(500)).await;
     assert_eq!(
         store.count(&k("n"), w, false).await.unwrap().0,
         0,

@@ -357,7 +357,13 @@ async fn issuer_mismatch_keeps_logins_closed_and_check_explains_it() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200, "bearer pass-through keeps working");
-    assert!(sc.output().contains("Issuer mismatch"), "logged");
+    // Logged by the background discovery task, and read from the process's output by a thread.
+    wait_until(
+        "the issuer mismatch to be logged",
+        std::time::Duration::from_secs(10),
+        || sc.output().contains("Issuer mismatch"),
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -172,6 +172,18 @@ impl Redis {
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
+    /// [`Redis::cli`] awaited instead of blocking the runtime's thread, so the test's other
+    /// tasks (a store's health checks) keep running meanwhile.
+    pub async fn cli_async(&self, args: &[&str]) -> String {
+        let out = tokio::process::Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "--no-raw"])
+            .args(args)
+            .output()
+            .await
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
     /// Every key with its raw value (strings) or members (sets).
     pub fn dump(&self) -> String {
         let mut all = String::new();

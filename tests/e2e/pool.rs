@@ -167,12 +167,14 @@ async fn capped(up: &Upstream, cap: usize) -> Sidecar {
     .await
 }
 
-/// A sidecar with one worker (so one pool) and a 1 s idle timeout, in front of `up`.
+/// A sidecar with one worker (so one pool) and a 4 s idle timeout, in front of `up`. An idle
+/// connection is closed after between half the idle timeout and the whole of it: 2 s is far
+/// more than a pause between two requests on a loaded machine.
 async fn sidecar(up: &RawUpstream) -> Sidecar {
     Sidecar::start(&[
         ("SSO_SIDECAR_UPSTREAM", &up.url()),
         ("SSO_SIDECAR_WORKERS", "1"),
-        ("SSO_SIDECAR_UPSTREAM_IDLE_TIMEOUT_SECS", "1"),
+        ("SSO_SIDECAR_UPSTREAM_IDLE_TIMEOUT_SECS", "4"),
     ])
     .await
 }
@@ -211,10 +213,10 @@ async fn one_connection_serves_every_kind_of_response_then_closes_when_idle() {
         "30 requests in sequence, whatever their response, share one upstream connection"
     );
     assert_eq!(up.closed(), 0);
-    // Idle for longer than the 1 s idle timeout with no request to notice: the sidecar closes it.
+    // Idle for longer than the 4 s idle timeout with no request to notice: the sidecar closes it.
     wait_until(
         "the idle upstream connection is closed",
-        Duration::from_secs(5),
+        Duration::from_secs(12),
         || up.closed() == 1,
     )
     .await;
@@ -249,14 +251,12 @@ async fn a_connection_still_sending_a_trickled_body_does_not_stall_the_next_requ
         String::from_utf8_lossy(&head[..n])
     );
     // The connection that carried it went back to the pool, still sending the body.
-    let t0 = std::time::Instant::now();
     let r = tokio::time::timeout(Duration::from_secs(5), get(&sc.url("/next"), &[]))
         .await
         .expect("the next request is not stalled behind the trickled body")
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.body().as_ref(), b"path=/next");
-    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
     assert_eq!(up.accepted(), 2, "a second connection was opened");
     drop(slow);
 }
@@ -381,14 +381,9 @@ async fn an_event_stream_does_not_hold_a_place_under_the_cap() {
     let sc = capped(&up, 1).await;
     let mut stream = event_stream(&sc, "/sse?n=2&interval_ms=1500").await;
 
-    let start = std::time::Instant::now();
     let r = get(&sc.url("/echo/while-streaming"), &[]).await.unwrap();
     assert_eq!(r.status(), 200);
-    assert!(
-        start.elapsed() < Duration::from_secs(2),
-        "the request waited {:?} for the stream's connection",
-        start.elapsed()
-    );
+    // A request that waits for a place under the cap is counted, however short its wait.
     let m = metrics(&sc).await;
     assert_eq!(
         metric(&m, "sso_sidecar_upstream_queued_total"),
@@ -401,10 +396,12 @@ async fn an_event_stream_does_not_hold_a_place_under_the_cap() {
     }
 
     // The allowance for streams is bounded (16 per place under the cap): with it full, the
-    // next stream keeps its place under the cap, and an ordinary request waits for it.
+    // next stream keeps its place under the cap, and an ordinary request waits for it. The
+    // streams would last 10 s, far longer than opening them all takes on a loaded machine; they
+    // end when they are dropped below.
     let mut open = Vec::new();
     for _ in 0..=sso_sidecar::proxy::STREAMS_PER_PLACE {
-        open.push(event_stream(&sc, "/sse?n=2&interval_ms=3000").await);
+        open.push(event_stream(&sc, "/sse?n=2&interval_ms=10000").await);
     }
     let waiting = tokio::spawn({
         let url = sc.url("/echo/after-the-streams");
@@ -438,7 +435,7 @@ async fn an_authenticated_request_waits_for_a_place_within_the_upstream_timeout(
     let (_idp, up, sc) = crate::oidc_support::memory_world(&[
         ("SSO_SIDECAR_WORKERS", "1"),
         ("SSO_SIDECAR_CONNECTIONS__UPSTREAM_MAX_PER_WORKER", "1"),
-        ("SSO_SIDECAR_UPSTREAM_TIMEOUT_SECS", "2"),
+        ("SSO_SIDECAR_UPSTREAM_TIMEOUT_SECS", "4"),
     ])
     .await;
     let sc = &sc.sidecar;
@@ -475,27 +472,27 @@ async fn an_authenticated_request_waits_for_a_place_within_the_upstream_timeout(
     };
 
     // The only place is taken by a slow request; the next one waits, then goes as erin.
-    let slow = spawn_get("/slow?ms=800");
+    let slow = spawn_get("/slow?ms=1500");
     slow_routed(1).await;
     let (r, waited) = spawn_get("/echo/queued").await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(json(&r)["headers"]["x-forwarded-user"][0], "erin");
     assert!(slow.await.unwrap().0.status() == 200);
     assert!(
-        waited >= Duration::from_millis(300),
+        waited >= Duration::from_millis(100),
         "it did not wait: {waited:?}"
     );
     let m = metrics(sc).await;
     assert_eq!(metric(&m, "sso_sidecar_upstream_queued_total"), 1.0, "{m}");
 
-    // A request that waits for the place until the holder times out (2 s) has spent its own
-    // timeout too: 504 about then, not 2 s later.
+    // A request that waits for the place until the holder times out (4 s) has spent its own
+    // timeout too: 504 about then, not 4 s later.
     let hold = spawn_get("/slow?ms=6000");
     slow_routed(2).await;
     let (r, waited) = spawn_get("/slow?ms=6001").await.unwrap();
     assert_eq!(r.status(), 504);
     assert!(
-        waited < Duration::from_millis(3000),
+        waited < Duration::from_millis(5500),
         "the upstream timeout started again after the wait: 504 after {waited:?}"
     );
     assert_eq!(hold.await.unwrap().0.status(), 504);
@@ -514,7 +511,7 @@ async fn a_replay_after_a_refused_token_gets_a_place_under_a_cap_of_one() {
             ("SSO_SIDECAR_OPENRAG__TOKEN_POLICY", "regenerate"),
             ("SSO_SIDECAR_WORKERS", "1"),
             ("SSO_SIDECAR_CONNECTIONS__UPSTREAM_MAX_PER_WORKER", "1"),
-            ("SSO_SIDECAR_UPSTREAM_TIMEOUT_SECS", "5"),
+            ("SSO_SIDECAR_UPSTREAM_TIMEOUT_SECS", "15"),
         ],
     )
     .await;
@@ -533,7 +530,7 @@ async fn a_replay_after_a_refused_token_gets_a_place_under_a_cap_of_one() {
         String::from_utf8_lossy(r.body())
     );
     assert!(
-        start.elapsed() < Duration::from_secs(4),
+        start.elapsed() < Duration::from_secs(10),
         "the replay waited {:?} for a place",
         start.elapsed()
     );

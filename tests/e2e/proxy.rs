@@ -160,10 +160,10 @@ async fn upstream_down_is_502_and_slow_upstream_is_504() {
     let up = Upstream::start();
     let sc = InProcess::start(&[
         ("SSO_SIDECAR_UPSTREAM", &up.url()),
-        ("SSO_SIDECAR_UPSTREAM_TIMEOUT_SECS", "1"),
+        ("SSO_SIDECAR_UPSTREAM_TIMEOUT_SECS", "2"),
     ])
     .await;
-    let r = get(&sc.url("/slow?ms=3000"), &[]).await.unwrap();
+    let r = get(&sc.url("/slow?ms=5000"), &[]).await.unwrap();
     assert_eq!(r.status(), 504);
     assert_eq!(
         json(&r),
@@ -220,20 +220,23 @@ async fn an_upload_longer_than_the_upstream_timeout_gets_its_answer() {
     let up = Upstream::start();
     let sc = InProcess::start(&[
         ("SSO_SIDECAR_UPSTREAM", &up.url()),
-        ("SSO_SIDECAR_UPSTREAM_TIMEOUT_SECS", "1"),
+        ("SSO_SIDECAR_UPSTREAM_TIMEOUT_SECS", "2"),
     ])
     .await;
     let upload = |stall_after: Option<usize>| {
         let addr = sc.addr;
         async move {
             let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            // Closed after the answer, so the whole answer is read to its end (one read may
+            // bring the head alone).
             s.write_all(
-                b"POST /upload HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\n\r\n",
+                b"POST /upload HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\
+                  Transfer-Encoding: chunked\r\n\r\n",
             )
             .await
             .unwrap();
-            // Twelve chunks of 1 KiB, 250 ms apart: 3 s in all.
-            for i in 0..12 {
+            // Sixteen chunks of 1 KiB, 250 ms apart: 4 s in all, twice the upstream timeout.
+            for i in 0..16 {
                 if stall_after == Some(i) {
                     // Stops sending, keeps the connection.
                     let mut answer = Vec::new();
@@ -250,19 +253,22 @@ async fn an_upload_longer_than_the_upstream_timeout_gets_its_answer() {
                 tokio::time::sleep(std::time::Duration::from_millis(250)).await;
             }
             s.write_all(b"0\r\n\r\n").await.unwrap();
-            let mut answer = vec![0u8; 4096];
-            let n = tokio::time::timeout(std::time::Duration::from_secs(10), s.read(&mut answer))
-                .await
-                .expect("an answer")
-                .unwrap();
-            String::from_utf8_lossy(&answer[..n]).into_owned()
+            let mut answer = Vec::new();
+            tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                s.read_to_end(&mut answer),
+            )
+            .await
+            .expect("an answer")
+            .unwrap();
+            String::from_utf8_lossy(&answer).into_owned()
         }
     };
     let t0 = std::time::Instant::now();
     let answer = upload(None).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    assert!(answer.contains(r#""received": 12288"#), "{answer}");
-    assert!(t0.elapsed() >= std::time::Duration::from_secs(3));
+    assert!(answer.contains(r#""received": 16384"#), "{answer}");
+    assert!(t0.elapsed() >= std::time::Duration::from_secs(4));
     let answer = upload(Some(2)).await;
     assert!(answer.starts_with("HTTP/1.1 504"), "{answer}");
 
@@ -270,15 +276,16 @@ async fn an_upload_longer_than_the_upstream_timeout_gets_its_answer() {
     // moving gets its 504 there.
     let bounded = InProcess::start(&[
         ("SSO_SIDECAR_UPSTREAM", &up.url()),
-        ("SSO_SIDECAR_UPSTREAM_TIMEOUT_SECS", "1"),
-        ("SSO_SIDECAR_UPSTREAM_BODY_TIMEOUT_SECS", "2"),
+        ("SSO_SIDECAR_UPSTREAM_TIMEOUT_SECS", "2"),
+        ("SSO_SIDECAR_UPSTREAM_BODY_TIMEOUT_SECS", "4"),
     ])
     .await;
     let mut s = tokio::net::TcpStream::connect(bounded.addr).await.unwrap();
+    // Before the head is sent, so before the body's bound starts.
+    let t0 = std::time::Instant::now();
     s.write_all(b"POST /upload HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\n\r\n")
         .await
         .unwrap();
-    let t0 = std::time::Instant::now();
     let mut answer = vec![0u8; 4096];
     let n = loop {
         // A byte every 250 ms, until the sidecar answers.
@@ -295,7 +302,7 @@ async fn an_upload_longer_than_the_upstream_timeout_gets_its_answer() {
     let answer = String::from_utf8_lossy(&answer[..n]);
     assert!(answer.starts_with("HTTP/1.1 504"), "{answer}");
     assert!(
-        t0.elapsed() >= std::time::Duration::from_millis(1900),
+        t0.elapsed() >= std::time::Duration::from_millis(3900),
         "{:?}",
         t0.elapsed()
     );

@@ -19,7 +19,7 @@ async fn sigterm_lets_in_flight_requests_finish_then_exits_zero() {
         ("SSO_SIDECAR_SHUTDOWN_TIMEOUT_SECS", "20"),
     ])
     .await;
-    let url = sc.url("/slow?ms=1500");
+    let url = sc.url("/slow?ms=6000");
     let slow = tokio::spawn(async move { get(&url, &[]).await });
 
     // Readiness poll on the request being in flight, rather than a sleep.
@@ -53,7 +53,7 @@ async fn sigterm_lets_in_flight_requests_finish_then_exits_zero() {
         .unwrap()
         .expect("the in-flight request completes");
     assert_eq!(r.status(), 200);
-    assert_eq!(json(&r)["slept_ms"], 1500);
+    assert_eq!(json(&r)["slept_ms"], 6000);
 
     let status = tokio::task::spawn_blocking(move || sc.child.wait().unwrap())
         .await

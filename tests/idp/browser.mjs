@@ -6,7 +6,8 @@ import { chromium } from 'playwright-core';
 export const launch = (profile) => chromium.launchPersistentContext(profile, {
   executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
   headless: true,
-  timeout: 10_000,
+  // Starting Chromium takes seconds on a loaded CI machine (2 cores shared by many tests).
+  timeout: 60_000,
   args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
     '--disable-background-networking', '--disable-component-update', '--disable-sync',
     '--disable-dev-shm-usage'],

@@ -7,13 +7,13 @@
 // on <start-url>'s origin and the page has loaded, then prints one JSON line to stdout:
 //   {"url": final_url, "status": http_status, "body": page_text}            exit 0
 //   {"error": message, "url": url_at_failure, "body": page_text_excerpt}    exit 1
-// Everything is bounded by a 20 s overall deadline.
+// Everything is bounded by a 90 s overall deadline (Chromium alone may take up to 60 s to start).
 import { launch, signIn } from './browser.mjs';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
-const OVERALL_MS = 20_000;
+const OVERALL_MS = 90_000;
 const args = process.argv.slice(2);
 const opt = (name) => {
   const i = args.indexOf(name);
