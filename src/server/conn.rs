@@ -3,18 +3,20 @@
 //! that closes the connection once no request has been in flight for the idle timeout — on
 //! HTTP/2 as on HTTP/1.1, where a client answering pings would otherwise be held forever — or
 //! once its responses have waited on a client that takes none of them for the send timeout
-//! (a reader that stops reading would otherwise hold the upstream connections behind them).
+//! (a reader that stops reading would otherwise hold the upstream connections behind them);
+//! on HTTP/2 that deadline is each stream's own (`streams`).
 //!
 //! Knows the handler it is given, not what it does. Counts requests in flight per connection
 //! (a guard that lives until the response body is dropped) and response bodies whose next
 //! step is the client's; reads no clock per request.
 
 use super::limits::ConnPermit;
+use super::streams::{self, StreamExec, StreamWatch};
 use super::{ConnInfo, ServeOptions};
 use crate::proxy::Body;
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use hyper_util::server::conn::auto;
 use std::convert::Infallible;
 use std::future::Future;
@@ -69,13 +71,21 @@ pub(super) async fn serve_conn<H, F>(
         let guard = InFlight::new(&tracked);
         let fut = handler(req, info);
         async move {
+            // An HTTP/2 stream has a watchdog of its own (`streams`); HTTP/1.1 has none.
+            let stream = streams::current();
             let resp = fut.await;
             // The head goes to hyper now: until hyper polls the body, it waits on the client.
-            guard.0.waiting.fetch_add(1, Ordering::Relaxed);
+            match &stream {
+                Some(s) => s.waiting.store(true, Ordering::Relaxed),
+                None => {
+                    guard.0.waiting.fetch_add(1, Ordering::Relaxed);
+                }
+            }
             Ok::<_, Infallible>(resp.map(|inner| Tracked {
                 inner,
                 waiting: true,
                 guard,
+                stream,
             }))
         }
     });
@@ -142,7 +152,7 @@ pub(super) struct Builders {
     /// HTTP/1.1 on cleartext connections.
     pub http1: hyper::server::conn::http1::Builder,
     /// HTTP/1.1 or HTTP/2, detected: TLS (ALPN) and h2c by prior knowledge.
-    pub auto: auto::Builder<TokioExecutor>,
+    pub auto: auto::Builder<StreamExec>,
 }
 
 type ConnResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
@@ -244,17 +254,23 @@ impl Drop for InFlight {
 }
 
 /// A response body that keeps its request counted as in flight until it is dropped, and as
-/// waiting on the client while what it gave hyper has not been taken.
+/// waiting on the client while what it gave hyper has not been taken: in its HTTP/2 stream's
+/// watch, or else in its connection's count.
 pub struct Tracked<B> {
     inner: B,
     waiting: bool,
     guard: InFlight,
+    stream: Option<Arc<StreamWatch>>,
 }
 
 impl<B> Tracked<B> {
     fn set_waiting(&mut self, waiting: bool) {
         if waiting != self.waiting {
             self.waiting = waiting;
+            if let Some(s) = &self.stream {
+                s.waiting.store(waiting, Ordering::Relaxed);
+                return;
+            }
             let count = &self.guard.0.waiting;
             if waiting {
                 count.fetch_add(1, Ordering::Relaxed);
@@ -280,7 +296,10 @@ impl<B: http_body::Body + Unpin> http_body::Body for Tracked<B> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
         let this = self.get_mut();
-        this.guard.0.polls.fetch_add(1, Ordering::Relaxed);
+        match &this.stream {
+            Some(s) => s.polls.fetch_add(1, Ordering::Relaxed),
+            None => this.guard.0.polls.fetch_add(1, Ordering::Relaxed),
+        };
         let frame = Pin::new(&mut this.inner).poll_frame(cx);
         // A frame handed over waits on the client; pending, the body waits on its source (an
         // event stream with nothing to say is not a stalled client).
@@ -377,7 +396,7 @@ mod tests {
         };
         let builders = Arc::new(Builders {
             http1: hyper::server::conn::http1::Builder::new(),
-            auto: auto::Builder::new(TokioExecutor::new()),
+            auto: auto::Builder::new(StreamExec::new(Duration::from_secs(1), None)),
         });
         let handler = |_: Request<Incoming>, _: ConnInfo| async {
             Response::new(crate::proxy::body::full(""))

@@ -7,13 +7,14 @@
 
 mod conn;
 pub mod limits;
+mod streams;
 pub mod workers;
 
 use crate::metrics::Metrics;
 use crate::proxy::Body;
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::TokioTimer;
 use hyper_util::server::conn::auto;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -46,7 +47,7 @@ pub struct ServeOptions {
     /// Time a connection with no request in flight is kept.
     pub idle_timeout: Duration,
     /// Time a response may wait on a client that takes none of it before the connection is
-    /// closed.
+    /// closed (HTTP/2: before its stream is reset).
     pub send_timeout: Duration,
     /// HTTP/2 pings on a quiet connection, and the time allowed for their answer.
     pub http2_ping_interval: Option<Duration>,
@@ -72,7 +73,9 @@ pub async fn serve<H, F>(
         .timer(TokioTimer::new())
         .header_read_timeout(opts.header_read_timeout)
         .max_buf_size(opts.max_header_bytes);
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // Each HTTP/2 stream is spawned under its own send deadline (`streams`).
+    let exec = streams::StreamExec::new(opts.send_timeout, opts.metrics.clone());
+    let mut builder = auto::Builder::new(exec);
     builder
         .http1()
         .timer(TokioTimer::new())

@@ -255,6 +255,70 @@ async fn clients_that_stop_reading_are_cut_off_and_free_their_upstream_places() 
     drop(stalled);
 }
 
+/// HTTP/2: the send deadline is each stream's. A stream whose window the client leaves at zero
+/// is reset, while its neighbours on the same connection carry on: an event stream that keeps
+/// moving (which used to hide the stalled stream for ever) and a slow answer not yet begun
+/// (which a connection-wide deadline cut with the stalled stream).
+#[tokio::test]
+async fn a_stalled_http2_stream_is_reset_and_its_neighbours_carry_on() {
+    use http_body_util::BodyExt;
+    let up = Upstream::start();
+    let sc = Sidecar::start(&[
+        ("SSO_SIDECAR_UPSTREAM", &up.url()),
+        ("SSO_SIDECAR_CONNECTIONS__SEND_TIMEOUT_SECS", "1"),
+    ])
+    .await;
+    // One connection for all three streams; 64 KiB per stream let in, the connection's window
+    // wide enough that the stalled stream does not close it for the others.
+    let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .http2_initial_stream_window_size(65_535)
+        .http2_initial_connection_window_size(16 << 20)
+        .build_http::<TestBody>();
+    let on = |path: &str| request("GET", &sc.url(path), &[], body(""));
+    // 4 MiB asked for, the first 64 KiB let in, then nothing read.
+    let stalled = h2.request(on("/download?size=4194304")).await.unwrap();
+    assert_eq!(stalled.status(), 200);
+    // An answer that begins after 5 s, long after the stalled stream's deadline.
+    let slow = tokio::spawn(h2.request(on("/slow?ms=5000")));
+    // Events every 100 ms for 8 s, read as they come.
+    let events = h2.request(on("/sse?n=80&interval_ms=100")).await.unwrap();
+    assert_eq!(events.status(), 200);
+    let events = tokio::spawn(async move {
+        let b = events.into_body().collect().await.map(|c| c.to_bytes());
+        b.map(|b| String::from_utf8_lossy(&b).matches("data: event").count())
+    });
+
+    let cut = "sso_sidecar_connections_timed_out_total{reason=\"send\"}";
+    let deadline = Instant::now() + Duration::from_secs(6);
+    loop {
+        let m = metrics(&sc).await;
+        if metric(&m, cut) >= 1.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the stalled stream was reset while the event stream moved: {m}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!events.is_finished(), "the event stream still runs");
+    // What was let in is there; the rest never comes: the stream was reset, not finished.
+    let rest = tokio::time::timeout(Duration::from_secs(10), stalled.into_body().collect())
+        .await
+        .expect("the stalled stream ends");
+    assert!(rest.is_err(), "the stalled stream was reset");
+    // The neighbours, on the same connection, were served in full.
+    let slow = slow.await.unwrap().expect("the slow answer came");
+    assert_eq!(slow.status(), 200);
+    assert_eq!(events.await.unwrap().expect("every event"), 80);
+    assert_eq!(
+        metric(&metrics(&sc).await, cut),
+        1.0,
+        "nothing else was cut"
+    );
+}
+
 /// The admin listener (probes, metrics) holds at most `connections.admin_max` connections: the
 /// ones beyond are closed as soon as they are accepted, and probes go on once the holders leave.
 #[tokio::test]
@@ -296,7 +360,8 @@ async fn the_admin_listener_caps_its_connections() {
     for i in 0..4 {
         let mut extra = TcpStream::connect(sc.admin).await.unwrap();
         let mut b = [0u8; 1];
-        let r = tokio::time::timeout(Duration::from_secs(2), extra.read(&mut b)).await;
+        // Closed at once, not after the 10 s first-byte deadline that ends an admitted one.
+        let r = tokio::time::timeout(Duration::from_secs(5), extra.read(&mut b)).await;
         assert!(
             matches!(r, Ok(Ok(0) | Err(_))),
             "connection {} over the cap closed at once: {r:?}",
