@@ -51,6 +51,7 @@ impl Oidc {
         let mut next = (*self.auth.settings()).clone();
         next.paths = r.paths.clone();
         next.allowed_redirect_origins = r.allowed_redirect_origins.clone();
+        next.trusted_origins = r.trusted_origins.clone();
         next.headers = r.headers.clone();
         next.authz = r.authz.clone();
         self.auth.settings.replace(|| next.clone());

@@ -72,6 +72,21 @@ impl Auth {
         let settings = self.settings();
         let paths = &settings.paths;
         match gate::decide(parts, paths, &self.cookies, &self.sessions, now_unix()).await? {
+            // A page of another site (or a sibling host) may not act as the user: on a public
+            // path the request goes on without identity, elsewhere it is refused.
+            Decision::Authenticated { .. }
+                if !super::cross_site::allowed(parts, &settings.trusted_origins) =>
+            {
+                tracing::debug!(
+                    path = parts.uri.path(),
+                    "a request from another site carried the session cookie: refused"
+                );
+                if gate::path_matches(&paths.public.0, parts.uri.path()) {
+                    Ok(Decision::Public)
+                } else {
+                    Err(Error::Forbidden("Cross-site request refused"))
+                }
+            }
             Decision::Authenticated { session, id } => {
                 match self.ensure_fresh(&id, session).await {
                     // `[[authz.rules]]`: the first matching rule decides; never forwarded.

@@ -13,6 +13,7 @@ pub mod authz;
 pub mod backchannel;
 pub mod canonical;
 pub mod cookies;
+pub mod cross_site;
 pub mod discovery;
 pub mod flow;
 pub mod frontchannel;

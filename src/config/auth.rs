@@ -122,6 +122,8 @@ pub struct AuthSettings {
     pub cookie_host_prefix: bool,
     pub session_lifetime: Duration,
     pub allowed_redirect_origins: Vec<String>,
+    /// Origins whose pages may act with the user's session besides our own (`auth::cross_site`).
+    pub trusted_origins: super::origins::TrustedOrigins,
     pub token_endpoint_auth: ClientAuth,
     pub idp_ca_file: Option<PathBuf>,
     pub idp_timeout: Duration,
@@ -173,17 +175,8 @@ impl Settings {
         if self.session_lifetime_secs > 10 * 366 * 24 * 3600 {
             problems.push("session_lifetime_secs must be at most ten years".to_string());
         }
-        let mut origins = Vec::new();
-        for o in &self.allowed_redirect_origins.0 {
-            match url::Url::parse(o) {
-                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {
-                    origins.push(u.origin().ascii_serialization())
-                }
-                _ => problems.push(format!(
-                    "allowed_redirect_origins: '{o}' is not an http(s) origin"
-                )),
-            }
-        }
+        let origins = self.validate_redirect_origins(problems);
+        let trusted_origins = self.validate_trusted_origins(problems);
         for list in [&self.paths.public, &self.paths.ui, &self.paths.html_login] {
             for p in &list.0 {
                 if !p.starts_with('/') {
@@ -247,6 +240,7 @@ impl Settings {
             cookie_host_prefix: self.cookie_host_prefix,
             session_lifetime: Duration::from_secs(self.session_lifetime_secs),
             allowed_redirect_origins: origins,
+            trusted_origins,
             token_endpoint_auth,
             idp_ca_file,
             idp_timeout: Duration::from_secs(self.idp_timeout_secs),

@@ -13,6 +13,7 @@ pub mod bridge;
 pub mod connections;
 pub mod dotenv;
 pub mod openrag_env;
+pub mod origins;
 pub mod reload;
 pub mod settings;
 pub mod sources;

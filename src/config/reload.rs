@@ -6,12 +6,13 @@ use super::{Config, IdentityField, PathSettings, Settings};
 use std::time::Duration;
 
 /// The keys of [`Settings`] a reload applies; every other key needs a restart.
-pub const RELOADABLE_KEYS: [&str; 6] = [
+pub const RELOADABLE_KEYS: [&str; 7] = [
     "authz",
     "log_level",
     "upstream_timeout_secs",
     "paths",
     "allowed_redirect_origins",
+    "trusted_origins",
     "headers",
 ];
 
@@ -32,6 +33,7 @@ pub struct Reloadable {
     pub upstream_timeout: Duration,
     pub paths: PathSettings,
     pub allowed_redirect_origins: Vec<String>,
+    pub trusted_origins: super::origins::TrustedOrigins,
     pub headers: Vec<(IdentityField, http::HeaderName)>,
     pub authz: super::access::Authz,
 }
@@ -43,6 +45,7 @@ impl Reloadable {
             upstream_timeout: c.proxy.upstream_timeout,
             paths: c.auth.paths.clone(),
             allowed_redirect_origins: c.auth.allowed_redirect_origins.clone(),
+            trusted_origins: c.auth.trusted_origins.clone(),
             headers: c.auth.headers.clone(),
             authz: c.auth.authz.clone(),
         }
@@ -57,6 +60,7 @@ impl Config {
         self.proxy.upstream_timeout = r.upstream_timeout;
         self.auth.paths = r.paths;
         self.auth.allowed_redirect_origins = r.allowed_redirect_origins;
+        self.auth.trusted_origins = r.trusted_origins;
         self.auth.headers = r.headers;
         self.auth.authz = r.authz;
         if let (Ok(serde_json::Value::Object(mut mine)), Ok(serde_json::Value::Object(theirs))) = (

@@ -68,6 +68,9 @@ pub struct Settings {
     pub session_lifetime_secs: u64,
     /// Absolute origins (`https://ui.example.com`) a post-login `next` may point to.
     pub allowed_redirect_origins: StringList,
+    /// Other origins whose pages may send requests with the user's session (credentialed
+    /// CORS from a front end of ours); `*` turns the cross-site check off.
+    pub trusted_origins: StringList,
     /// `auto`, `client_secret_basic` or `client_secret_post`.
     pub token_endpoint_auth: String,
     /// PEM CA bundle trusted for the IdP; system roots when unset.
@@ -188,6 +191,7 @@ impl Default for Settings {
             cookie_host_prefix: true,
             session_lifetime_secs: 7 * 24 * 3600,
             allowed_redirect_origins: StringList::default(),
+            trusted_origins: StringList::default(),
             token_endpoint_auth: "auto".into(),
             idp_ca_file: None,
             idp_timeout_secs: 10,

@@ -7,6 +7,7 @@ mod access_control;
 mod browser_logins;
 mod cli;
 mod client_cache;
+mod cross_site;
 mod hardening;
 mod in_process;
 mod lemonldap;

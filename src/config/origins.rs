@@ -1,0 +1,68 @@
+//! The origin lists of the settings: where a post-login `next` may lead
+//! (`allowed_redirect_origins`) and whose pages may act with the user's session
+//! (`trusted_origins`, enforced by `auth::cross_site`). Validates and serialises them as
+//! browsers write an origin; decides nothing about requests.
+
+use super::Settings;
+
+/// The other origins whose pages may send requests with the user's session, or all of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TrustedOrigins {
+    /// `trusted_origins = ["*"]`: the check is off.
+    Any,
+    /// Serialised origins (`https://ui.example.com`), compared byte for byte with `Origin`.
+    These(Vec<String>),
+}
+
+impl Default for TrustedOrigins {
+    fn default() -> Self {
+        TrustedOrigins::These(Vec::new())
+    }
+}
+
+impl Settings {
+    /// `allowed_redirect_origins`: absolute http(s) URLs, kept as their origins.
+    pub(super) fn validate_redirect_origins(&self, problems: &mut Vec<String>) -> Vec<String> {
+        let mut origins = Vec::new();
+        for o in &self.allowed_redirect_origins.0 {
+            match url::Url::parse(o) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {
+                    origins.push(u.origin().ascii_serialization())
+                }
+                _ => problems.push(format!(
+                    "allowed_redirect_origins: '{o}' is not an http(s) origin"
+                )),
+            }
+        }
+        origins
+    }
+
+    /// `trusted_origins`: `*` alone, or absolute http(s) origins, serialised as browsers send
+    /// them in `Origin` (`https://ui.example.com`, no path, default port left out).
+    pub(super) fn validate_trusted_origins(&self, problems: &mut Vec<String>) -> TrustedOrigins {
+        let list = &self.trusted_origins.0;
+        if list.iter().any(|o| o.trim() == "*") {
+            if list.len() > 1 {
+                problems.push("trusted_origins: '*' must stand alone".to_string());
+            }
+            return TrustedOrigins::Any;
+        }
+        let mut origins = Vec::new();
+        for o in list {
+            match url::Url::parse(o.trim()) {
+                Ok(u)
+                    if matches!(u.scheme(), "http" | "https")
+                        && u.host().is_some()
+                        && u.path() == "/"
+                        && u.query().is_none() =>
+                {
+                    origins.push(u.origin().ascii_serialization())
+                }
+                _ => problems.push(format!(
+                    "trusted_origins: '{o}' is not an http(s) origin (scheme://host[:port]) or '*'"
+                )),
+            }
+        }
+        TrustedOrigins::These(origins)
+    }
+}

@@ -1,0 +1,228 @@
+//! Requests another site's page makes a browser send with the session cookie (CSRF from a
+//! sibling host, cross-site WebSocket hijacking): refused before the upstream unless the
+//! browser says they come from our own origin, are a link followed, or come from a trusted
+//! origin; browsers without `Sec-Fetch-Site` judged by `Origin`; clients that are not browsers
+//! unaffected.
+
+use crate::mock_idp::{Key, MockIdp};
+use crate::oidc_support::*;
+use crate::support::*;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+async fn status_of(
+    sc: &Sidecar,
+    method: &str,
+    path: &str,
+    cookie: &str,
+    headers: &[(&str, &str)],
+) -> u16 {
+    let mut h = vec![("cookie", cookie)];
+    h.extend_from_slice(headers);
+    send(request(method, &sc.url(path), &h, body("x=1")))
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// A WebSocket handshake with `extra` header lines; the status line of the answer.
+async fn websocket(sc: &Sidecar, cookie: &str, extra: &str) -> String {
+    let mut s = tokio::net::TcpStream::connect(sc.addr).await.unwrap();
+    let head = format!(
+        "GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nCookie: {cookie}\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\n{extra}\r\n",
+        sc.addr.port()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = [0u8; 512];
+    let n = s.read(&mut buf).await.unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+    text.lines().next().unwrap_or_default().to_owned()
+}
+
+#[tokio::test]
+async fn requests_from_other_sites_do_not_act_as_the_user() {
+    let idp = MockIdp::start().await;
+    let key = Key::new("k1");
+    idp.set(|m| m.jwks = json!({"keys": [key.jwk()]}));
+    let up = Upstream::start();
+    let sc = start_oidc_sidecar(free_port(), &idp.issuer(), &up.url(), &[]).await;
+    let sc = &sc.sidecar;
+    let cookie = session_header(&idp.login(&key, sc, "alice", "sid-1").await);
+    let own = format!("http://127.0.0.1:{}", sc.addr.port());
+
+    // Allowed: our own pages, what the user typed, links followed from anywhere, clients that
+    // are not browsers, and browsers without Fetch Metadata on our own origin.
+    let same_origin = [
+        ("sec-fetch-site", "same-origin"),
+        ("sec-fetch-mode", "cors"),
+    ];
+    let link = [
+        ("sec-fetch-site", "cross-site"),
+        ("sec-fetch-mode", "navigate"),
+        ("sec-fetch-dest", "document"),
+    ];
+    let allowed: Vec<(&str, Vec<(&str, &str)>)> = vec![
+        ("POST", same_origin.to_vec()),
+        ("DELETE", same_origin.to_vec()),
+        (
+            "GET",
+            vec![("sec-fetch-site", "none"), ("sec-fetch-mode", "navigate")],
+        ),
+        ("GET", link.to_vec()),
+        ("POST", vec![]),
+        ("POST", vec![("origin", own.as_str())]),
+        ("GET", vec![("origin", "https://evil.test")]),
+    ];
+    for (i, (method, headers)) in allowed.iter().enumerate() {
+        let path = format!("/echo/allowed-{i}");
+        assert_eq!(
+            status_of(sc, method, &path, &cookie, headers).await,
+            200,
+            "{method} {headers:?}"
+        );
+    }
+
+    // Refused: a sibling's form, fetch, image; a cross-site form; a plugin; a browser without
+    // Fetch Metadata posting from elsewhere, or from an opaque origin.
+    let refused: Vec<(&str, Vec<(&str, &str)>)> = vec![
+        (
+            "POST",
+            vec![
+                ("sec-fetch-site", "same-site"),
+                ("sec-fetch-mode", "navigate"),
+                ("sec-fetch-dest", "document"),
+            ],
+        ),
+        (
+            "DELETE",
+            vec![("sec-fetch-site", "same-site"), ("sec-fetch-mode", "cors")],
+        ),
+        (
+            "GET",
+            vec![
+                ("sec-fetch-site", "same-site"),
+                ("sec-fetch-mode", "no-cors"),
+            ],
+        ),
+        (
+            "POST",
+            vec![
+                ("sec-fetch-site", "cross-site"),
+                ("sec-fetch-mode", "navigate"),
+            ],
+        ),
+        (
+            "GET",
+            vec![
+                ("sec-fetch-site", "cross-site"),
+                ("sec-fetch-mode", "navigate"),
+                ("sec-fetch-dest", "embed"),
+            ],
+        ),
+        ("POST", vec![("origin", "https://evil.test")]),
+        ("PUT", vec![("origin", "null")]),
+    ];
+    for (i, (method, headers)) in refused.iter().enumerate() {
+        let path = format!("/echo/refused-{i}");
+        assert_eq!(
+            status_of(sc, method, &path, &cookie, headers).await,
+            403,
+            "{method} {headers:?}"
+        );
+    }
+
+    // Cross-site WebSocket hijacking, with and without Fetch Metadata; our own page's passes.
+    let sibling = "Origin: https://wiki.example.test\r\nSec-Fetch-Site: same-site\r\n\
+                   Sec-Fetch-Mode: websocket\r\n";
+    assert_eq!(
+        websocket(sc, &cookie, sibling).await,
+        "HTTP/1.1 403 Forbidden"
+    );
+    let old = "Origin: https://evil.test\r\n";
+    assert_eq!(websocket(sc, &cookie, old).await, "HTTP/1.1 403 Forbidden");
+    let mine = format!("Origin: {own}\r\nSec-Fetch-Site: same-origin\r\n");
+    assert!(websocket(sc, &cookie, &mine)
+        .await
+        .starts_with("HTTP/1.1 101"));
+
+    // On a public path the session's identity is not given to a cross-site request.
+    let r = send(request(
+        "GET",
+        &sc.url("/chainlit/x"),
+        &[("cookie", &cookie), ("sec-fetch-site", "same-site")],
+        body(""),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        json(&r)["headers"].get("x-forwarded-user").is_none(),
+        "{:?}",
+        json(&r)
+    );
+    let r = send(request(
+        "GET",
+        &sc.url("/chainlit/x"),
+        &[("cookie", &cookie), ("sec-fetch-site", "same-origin")],
+        body(""),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(json(&r)["headers"]["x-forwarded-user"], json!(["alice"]));
+
+    // Nothing refused reached the upstream; everything allowed did, as alice.
+    let seen = up.requests().await;
+    let paths: Vec<&str> = seen.iter().filter_map(|r| r["path"].as_str()).collect();
+    assert!(!paths.iter().any(|p| p.contains("refused")), "{paths:?}");
+    for i in 0..allowed.len() {
+        assert!(
+            paths.contains(&format!("/echo/allowed-{i}").as_str()),
+            "{paths:?}"
+        );
+    }
+    let tunnels = paths.iter().filter(|p| **p == "/ws").count();
+    assert_eq!(
+        tunnels, 1,
+        "only our own page's WebSocket reached the upstream"
+    );
+}
+
+/// A front end of ours on another origin (`trusted_origins`) may call the API with the session;
+/// a look-alike origin may not; `*` turns the check off.
+#[tokio::test]
+async fn trusted_origins_may_act_as_the_user() {
+    let idp = MockIdp::start().await;
+    let key = Key::new("k1");
+    idp.set(|m| m.jwks = json!({"keys": [key.jwk()]}));
+    let up = Upstream::start();
+    let env = [("SSO_SIDECAR_TRUSTED_ORIGINS", "https://ui.example.test")];
+    let sc = start_oidc_sidecar(free_port(), &idp.issuer(), &up.url(), &env).await;
+    let sc = &sc.sidecar;
+    let cookie = session_header(&idp.login(&key, sc, "alice", "sid-1").await);
+    let cors = |origin| {
+        [
+            ("sec-fetch-site", "same-site"),
+            ("sec-fetch-mode", "cors"),
+            ("origin", origin),
+        ]
+    };
+    let ui = cors("https://ui.example.test");
+    assert_eq!(status_of(sc, "POST", "/echo/a", &cookie, &ui).await, 200);
+    let near = cors("https://ui.example.test.evil.test");
+    assert_eq!(status_of(sc, "POST", "/echo/b", &cookie, &near).await, 403);
+    let port = cors("https://ui.example.test:8443");
+    assert_eq!(status_of(sc, "POST", "/echo/c", &cookie, &port).await, 403);
+
+    let any = [("SSO_SIDECAR_TRUSTED_ORIGINS", "*")];
+    let open = start_oidc_sidecar(free_port(), &idp.issuer(), &up.url(), &any).await;
+    let open = &open.sidecar;
+    let cookie = session_header(&idp.login(&key, open, "alice", "sid-2").await);
+    let evil = cors("https://evil.test");
+    assert_eq!(
+        status_of(open, "POST", "/echo/d", &cookie, &evil).await,
+        200
+    );
+}
