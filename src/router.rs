@@ -218,6 +218,10 @@ impl App {
                 Decision::Authenticated { session, id } => Caller::Session { session, id },
                 Decision::Bearer => Caller::Bearer,
                 Decision::Public => Caller::Public,
+                Decision::PublicWithoutCookies => {
+                    parts.headers.remove(header::COOKIE);
+                    Caller::Public
+                }
             };
             // While every place under the upstream cap is taken, the place first: requests
             // queue here holding their head and session, and build the identity's state (a
@@ -272,10 +276,13 @@ impl App {
 }
 
 /// Whether the sidecar itself answered 401 or 403 (not the upstream): a failed authentication.
+/// A cross-site refusal is not one: the visitor's browser sent it for another site's page, and
+/// counting it would put everyone behind that visitor's address over the budget.
 fn own_refusal(result: &Result<Outcome, Error>) -> bool {
     let status = match result {
         Ok((r, None)) => r.status(),
         Ok((_, Some(_))) => return false,
+        Err(Error::Forbidden(m)) if *m == crate::auth::cross_site::REFUSED => return false,
         Err(e) => e.status(),
     };
     matches!(status.as_u16(), 401 | 403)

@@ -20,11 +20,17 @@
 //!
 //! Reads request headers only; knows nothing of sessions or of what the upstream does.
 
+use super::gate::{self, Decision};
 pub use crate::config::origins::TrustedOrigins;
+use crate::config::PathSettings;
 use http::{header, request::Parts, Method};
 
-/// Whether a request carrying the session cookie may act as its user.
-pub fn allowed(parts: &Parts, trusted: &TrustedOrigins) -> bool {
+/// The detail of the 403 (also how the router tells it from a failed authentication).
+pub const REFUSED: &str = "Cross-site request refused";
+
+/// Whether a request carrying the session cookie may act as its user. `own` is the public
+/// origin the redirect URI names.
+pub fn allowed(parts: &Parts, trusted: &TrustedOrigins, own: &url::Url) -> bool {
     let list = match trusted {
         TrustedOrigins::Any => return true,
         TrustedOrigins::These(list) => list,
@@ -39,9 +45,41 @@ pub fn allowed(parts: &Parts, trusted: &TrustedOrigins) -> bool {
         Some(_) => followed_link(parts),
         None => match origin {
             None => true,
-            Some(o) => harmless(parts) || same_host(o, parts),
+            Some(o) => harmless(parts) || same_origin(o, parts, own),
         },
     }
+}
+
+/// What becomes of a request [`allowed`] refused: with a bearer token, the token alone speaks
+/// (as if no session cookie came); on a public path, a request that changes nothing goes on
+/// without identity and without any cookie (the upstream's own session cookie would act for it
+/// just the same); anything else is refused (`None`).
+pub fn refused(parts: &Parts, paths: &PathSettings) -> Option<Decision> {
+    tracing::debug!(
+        path = parts.uri.path(),
+        "a request from another site carried the session cookie: refused"
+    );
+    if gate::has_bearer(parts) {
+        return Some(Decision::Bearer);
+    }
+    (harmless(parts) && gate::path_matches(&paths.public.0, parts.uri.path()))
+        .then_some(Decision::PublicWithoutCookies)
+}
+
+/// A CORS preflight from a trusted origin: browsers send it without cookies before a request
+/// that is not "simple" (JSON, `PUT`, `DELETE`, custom headers), and the upstream's CORS
+/// answer decides whether the real request follows. Forwarded without identity.
+pub fn trusted_preflight(parts: &Parts, trusted: &TrustedOrigins) -> bool {
+    let h = &parts.headers;
+    parts.method == Method::OPTIONS
+        && h.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+        && match (trusted, h.get(header::ORIGIN)) {
+            (TrustedOrigins::Any, Some(_)) => true,
+            (TrustedOrigins::These(list), Some(o)) => {
+                list.iter().any(|t| t.as_bytes() == o.as_bytes())
+            }
+            (_, None) => false,
+        }
 }
 
 /// A top-level or frame navigation by `GET` or `HEAD` (what `SameSite=Lax` itself lets through
@@ -61,15 +99,21 @@ fn harmless(parts: &Parts) -> bool {
         && !parts.headers.contains_key(header::UPGRADE)
 }
 
-/// `Origin` names the host (and port) the request was sent to: a browser's own page. A browser
-/// sets both, so only a client that is not a browser could make them agree falsely, and such a
-/// client could send no `Origin` at all.
-fn same_host(origin: &[u8], parts: &Parts) -> bool {
-    let Some(rest) = std::str::from_utf8(origin).ok().and_then(|o| {
-        o.strip_prefix("https://")
-            .or_else(|| o.strip_prefix("http://"))
-    }) else {
-        return false; // `null`, or not an http(s) origin
+/// `Origin` is our own: the public origin of the redirect URI (whatever `Host` an ingress in
+/// front rewrote), or, with the same scheme, the host (and port) the request was sent to. A
+/// browser sets both `Origin` and `Host`, so only a client that is not a browser could make
+/// them agree falsely, and such a client could send no `Origin` at all.
+fn same_origin(origin: &[u8], parts: &Parts, own: &url::Url) -> bool {
+    let Ok(origin) = std::str::from_utf8(origin) else {
+        return false;
+    };
+    // Rare (browsers without Fetch Metadata): the serialisation is not worth caching.
+    if origin == own.origin().ascii_serialization() {
+        return true;
+    }
+    let scheme = format!("{}://", own.scheme());
+    let Some(rest) = origin.strip_prefix(scheme.as_str()) else {
+        return false; // `null`, another scheme, or not an http(s) origin
     };
     let host = parts
         .headers
@@ -93,7 +137,8 @@ mod tests {
 
     fn ok(method: &str, headers: &[(&str, &str)]) -> bool {
         let trusted = TrustedOrigins::These(vec!["https://ui.example.com".into()]);
-        allowed(&parts(method, headers), &trusted)
+        let own = url::Url::parse("https://rag.example.com/auth/callback").unwrap();
+        allowed(&parts(method, headers), &trusted, &own)
     }
 
     #[test]
@@ -147,7 +192,15 @@ mod tests {
         let host = ("host", "rag.example.com");
         assert!(ok("POST", &[host]), "not a browser: no Origin");
         assert!(ok("POST", &[host, ("origin", "https://rag.example.com")]));
-        assert!(ok("POST", &[host, ("origin", "http://RAG.example.com")]));
+        assert!(ok("POST", &[host, ("origin", "https://RAG.example.com")]));
+        assert!(
+            !ok("POST", &[host, ("origin", "http://rag.example.com")]),
+            "scheme"
+        );
+        // Behind an ingress that rewrites Host, the redirect URI's origin is still ours.
+        let svc = ("host", "rag-svc:8080");
+        assert!(ok("POST", &[svc, ("origin", "https://rag.example.com")]));
+        assert!(!ok("POST", &[svc, ("origin", "https://evil.test")]));
         assert!(ok("GET", &[host, ("origin", "https://evil.test")]));
         assert!(!ok("POST", &[host, ("origin", "https://evil.test")]));
         assert!(!ok(
@@ -168,8 +221,61 @@ mod tests {
 
     #[test]
     fn any_turns_the_check_off() {
+        let own = url::Url::parse("https://rag.example.com/auth/callback").unwrap();
         let p = parts("POST", &[("sec-fetch-site", "cross-site")]);
-        assert!(allowed(&p, &TrustedOrigins::Any));
-        assert!(!allowed(&p, &TrustedOrigins::default()));
+        assert!(allowed(&p, &TrustedOrigins::Any, &own));
+        assert!(!allowed(&p, &TrustedOrigins::default(), &own));
+    }
+
+    #[test]
+    fn a_refused_request_keeps_its_bearer_token_or_goes_on_bare_on_public_paths() {
+        let paths = PathSettings::default();
+        let at = |method: &str, path: &str, headers: &[(&str, &str)]| {
+            let mut p = parts(method, headers);
+            p.uri = path.parse().unwrap();
+            refused(&p, &paths)
+        };
+        let bearer = [("authorization", "Bearer abc")];
+        assert!(matches!(
+            at("POST", "/v1/x", &bearer),
+            Some(Decision::Bearer)
+        ));
+        assert!(at("POST", "/v1/x", &[]).is_none());
+        assert!(matches!(
+            at("GET", "/chainlit/x", &[]),
+            Some(Decision::PublicWithoutCookies)
+        ));
+        assert!(at("POST", "/chainlit/x", &[]).is_none());
+        assert!(at("GET", "/chainlit/ws", &[("upgrade", "websocket")]).is_none());
+        assert!(at("GET", "/v1/x", &[]).is_none());
+    }
+
+    #[test]
+    fn only_trusted_origins_preflight() {
+        let trusted = TrustedOrigins::These(vec!["https://ui.example.com".into()]);
+        let pre = |origin: Option<&str>| {
+            let mut h = vec![("access-control-request-method", "PUT")];
+            h.extend(origin.map(|o| ("origin", o)));
+            parts("OPTIONS", &h)
+        };
+        assert!(trusted_preflight(
+            &pre(Some("https://ui.example.com")),
+            &trusted
+        ));
+        assert!(!trusted_preflight(
+            &pre(Some("https://evil.test")),
+            &trusted
+        ));
+        assert!(!trusted_preflight(&pre(None), &trusted));
+        assert!(!trusted_preflight(
+            &pre(Some("https://evil.test")),
+            &TrustedOrigins::default()
+        ));
+        assert!(trusted_preflight(
+            &pre(Some("https://evil.test")),
+            &TrustedOrigins::Any
+        ));
+        let not_preflight = parts("OPTIONS", &[("origin", "https://ui.example.com")]);
+        assert!(!trusted_preflight(&not_preflight, &trusted));
     }
 }

@@ -71,21 +71,20 @@ impl Auth {
     pub async fn gate(&self, parts: &Parts) -> Result<Decision, Error> {
         let settings = self.settings();
         let paths = &settings.paths;
+        if super::cross_site::trusted_preflight(parts, &settings.trusted_origins) {
+            return Ok(Decision::PublicWithoutCookies);
+        }
         match gate::decide(parts, paths, &self.cookies, &self.sessions, now_unix()).await? {
-            // A page of another site (or a sibling host) may not act as the user: on a public
-            // path the request goes on without identity, elsewhere it is refused.
+            // A page of another site (or a sibling host) may not act as the user.
             Decision::Authenticated { .. }
-                if !super::cross_site::allowed(parts, &settings.trusted_origins) =>
+                if !super::cross_site::allowed(
+                    parts,
+                    &settings.trusted_origins,
+                    &self.provider.settings.redirect_uri,
+                ) =>
             {
-                tracing::debug!(
-                    path = parts.uri.path(),
-                    "a request from another site carried the session cookie: refused"
-                );
-                if gate::path_matches(&paths.public.0, parts.uri.path()) {
-                    Ok(Decision::Public)
-                } else {
-                    Err(Error::Forbidden("Cross-site request refused"))
-                }
+                super::cross_site::refused(parts, paths)
+                    .ok_or(Error::Forbidden(super::cross_site::REFUSED))
             }
             Decision::Authenticated { session, id } => {
                 match self.ensure_fresh(&id, session).await {

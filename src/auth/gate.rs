@@ -4,7 +4,8 @@
 //! of `html_login` paths excepted); a valid session cookie wins over an `Authorization` header;
 //! without one a `Bearer` request passes through untouched for the backend to judge; otherwise
 //! UI paths are redirected to the login and everything else gets 401. Unauthenticated requests
-//! never reach the upstream, whatever the method. Reads the request head only.
+//! never reach the upstream, whatever the method (a trusted origin's CORS preflight excepted,
+//! `cross_site`). Reads the request head only.
 
 use super::cookies::CookieJar;
 use super::redirect::login_location;
@@ -17,6 +18,9 @@ use http::{header, request::Parts};
 pub enum Decision {
     /// Forward without identity.
     Public,
+    /// Forward without identity and without any cookie: a request from another site to a
+    /// public path, whose cookies (ours, or the upstream's own session) must not act for it.
+    PublicWithoutCookies,
     /// Forward as this user; `id` is the session's cookie id.
     Authenticated {
         session: std::sync::Arc<Session>,
@@ -32,6 +36,7 @@ impl std::fmt::Debug for Decision {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Decision::Public => f.write_str("Public"),
+            Decision::PublicWithoutCookies => f.write_str("PublicWithoutCookies"),
             Decision::Authenticated { session, .. } => f
                 .debug_struct("Authenticated")
                 .field("session", session)

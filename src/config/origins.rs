@@ -52,7 +52,7 @@ impl Settings {
             match url::Url::parse(o.trim()) {
                 Ok(u)
                     if matches!(u.scheme(), "http" | "https")
-                        && u.host().is_some()
+                        && u.host_str().is_some_and(|h| !h.contains('*'))
                         && u.path() == "/"
                         && u.query().is_none() =>
                 {
@@ -64,5 +64,39 @@ impl Settings {
             }
         }
         TrustedOrigins::These(origins)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::settings::StringList;
+
+    fn trusted(list: &[&str]) -> (TrustedOrigins, Vec<String>) {
+        let s = Settings {
+            trusted_origins: StringList(list.iter().map(|o| o.to_string()).collect()),
+            ..Settings::default()
+        };
+        let mut problems = Vec::new();
+        let t = s.validate_trusted_origins(&mut problems);
+        (t, problems)
+    }
+
+    #[test]
+    fn trusted_origins_are_origins_or_a_lone_star() {
+        let (t, p) = trusted(&["https://UI.example.com:443", "http://a.test:8080"]);
+        assert!(p.is_empty(), "{p:?}");
+        let want = vec!["https://ui.example.com".into(), "http://a.test:8080".into()];
+        assert_eq!(t, TrustedOrigins::These(want));
+        assert_eq!(trusted(&["*"]), (TrustedOrigins::Any, vec![]));
+        assert_eq!(trusted(&["*", "https://a.test"]).1.len(), 1);
+        for bad in [
+            "https://*.example.com",
+            "https://a.test/app",
+            "ftp://a.test",
+            "a.test",
+        ] {
+            assert_eq!(trusted(&[bad]).1.len(), 1, "{bad}");
+        }
     }
 }

@@ -6,12 +6,13 @@
 //! (a reader that stops reading would otherwise hold the upstream connections behind them);
 //! on HTTP/2 that deadline is each stream's own (`streams`).
 //!
-//! Knows the handler it is given, not what it does. Counts requests in flight per connection
-//! (a guard that lives until the response body is dropped) and response bodies whose next
-//! step is the client's; reads no clock per request.
+//! Knows the handler it is given, not what it does. What the watchdog reads (requests in
+//! flight, response bodies waiting on the client) is counted in `activity`; no clock is read
+//! per request.
 
+use super::activity::{Activity, InFlight, Tracked};
 use super::limits::ConnPermit;
-use super::streams::{self, StreamExec, StreamWatch};
+use super::streams::{self, StreamExec};
 use super::{ConnInfo, ServeOptions};
 use crate::proxy::Body;
 use http::{Request, Response};
@@ -21,7 +22,7 @@ use hyper_util::server::conn::auto;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::{pin, Pin};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -74,19 +75,7 @@ pub(super) async fn serve_conn<H, F>(
             // An HTTP/2 stream has a watchdog of its own (`streams`); HTTP/1.1 has none.
             let stream = streams::current();
             let resp = fut.await;
-            // The head goes to hyper now: until hyper polls the body, it waits on the client.
-            match &stream {
-                Some(s) => s.waiting.store(true, Ordering::Relaxed),
-                None => {
-                    guard.0.waiting.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            Ok::<_, Infallible>(resp.map(|inner| Tracked {
-                inner,
-                waiting: true,
-                guard,
-                stream,
-            }))
+            Ok::<_, Infallible>(resp.map(|inner| Tracked::new(inner, guard, stream)))
         }
     });
     let io = Counted {
@@ -218,101 +207,6 @@ where
                 return Ok(());
             }
         }
-    }
-}
-
-/// Requests of one connection: how many are in flight, and a count of starts and ends (the
-/// watchdog compares two readings of it instead of reading a clock per request); response
-/// bodies waiting on the client, and a count of polls of any response body.
-#[derive(Default)]
-struct Activity {
-    in_flight: AtomicUsize,
-    events: AtomicU64,
-    /// Response bodies whose next step is the client's: their head or their last frame has
-    /// been handed to hyper, which asks for more only once the client has taken it (HTTP/1.1:
-    /// room in the socket; HTTP/2: window).
-    waiting: AtomicUsize,
-    polls: AtomicU64,
-}
-
-/// One request in flight, from its head to the end (or drop) of its response body.
-struct InFlight(Arc<Activity>);
-
-impl InFlight {
-    fn new(a: &Arc<Activity>) -> Self {
-        a.in_flight.fetch_add(1, Ordering::Relaxed);
-        a.events.fetch_add(1, Ordering::Relaxed);
-        InFlight(a.clone())
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.0.events.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-/// A response body that keeps its request counted as in flight until it is dropped, and as
-/// waiting on the client while what it gave hyper has not been taken: in its HTTP/2 stream's
-/// watch, or else in its connection's count.
-pub struct Tracked<B> {
-    inner: B,
-    waiting: bool,
-    guard: InFlight,
-    stream: Option<Arc<StreamWatch>>,
-}
-
-impl<B> Tracked<B> {
-    fn set_waiting(&mut self, waiting: bool) {
-        if waiting != self.waiting {
-            self.waiting = waiting;
-            if let Some(s) = &self.stream {
-                s.waiting.store(waiting, Ordering::Relaxed);
-                return;
-            }
-            let count = &self.guard.0.waiting;
-            if waiting {
-                count.fetch_add(1, Ordering::Relaxed);
-            } else {
-                count.fetch_sub(1, Ordering::Relaxed);
-            }
-        }
-    }
-}
-
-impl<B> Drop for Tracked<B> {
-    fn drop(&mut self) {
-        self.set_waiting(false);
-    }
-}
-
-impl<B: http_body::Body + Unpin> http_body::Body for Tracked<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        let this = self.get_mut();
-        match &this.stream {
-            Some(s) => s.polls.fetch_add(1, Ordering::Relaxed),
-            None => this.guard.0.polls.fetch_add(1, Ordering::Relaxed),
-        };
-        let frame = Pin::new(&mut this.inner).poll_frame(cx);
-        // A frame handed over waits on the client; pending, the body waits on its source (an
-        // event stream with nothing to say is not a stalled client).
-        this.set_waiting(matches!(frame, Poll::Ready(Some(Ok(_)))));
-        frame
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
     }
 }
 

@@ -5,6 +5,7 @@
 //! Knows the handler it is given, not what it does. On shutdown the listener is dropped first
 //! (new connections are refused at once), then in-flight requests get `drain_timeout` to finish.
 
+mod activity;
 mod conn;
 pub mod limits;
 mod streams;

@@ -226,3 +226,109 @@ async fn trusted_origins_may_act_as_the_user() {
         200
     );
 }
+
+/// What a refused request becomes: with a bearer token, the token alone (no identity from the
+/// cookie); on a public path, a harmless request without any cookie (the upstream's own
+/// session cookie would act for it as well), anything else 403. Trusted origins' CORS
+/// preflights reach the upstream; `Origin` checks follow the public origin behind an ingress
+/// that rewrites `Host`; and refusals do not spend the visitor's failure budget.
+#[tokio::test]
+async fn refused_requests_carry_nothing_of_the_user() {
+    let idp = MockIdp::start().await;
+    let key = Key::new("k1");
+    idp.set(|m| m.jwks = json!({"keys": [key.jwk()]}));
+    let up = Upstream::start();
+    let env = [
+        ("SSO_SIDECAR_TRUSTED_ORIGINS", "https://ui.example.test"),
+        ("RATE_LIMIT_ENABLED", "true"),
+        ("RATE_LIMIT_AUTH_FAILURE", "3/minute"),
+    ];
+    let sc = start_oidc_sidecar(free_port(), &idp.issuer(), &up.url(), &env).await;
+    let sc = &sc.sidecar;
+    let cookie = session_header(&idp.login(&key, sc, "alice", "sid-1").await);
+    let cookies = format!("{cookie}; upstream_session=its-own");
+    let sibling = ("sec-fetch-site", "same-site");
+    let echo = |r: &http::Response<bytes::Bytes>| json(r)["headers"].clone();
+
+    // A public path: forwarded bare.
+    let r = send(request(
+        "GET",
+        &sc.url("/chainlit/x"),
+        &[("cookie", &cookies), sibling, ("sec-fetch-mode", "no-cors")],
+        body(""),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(echo(&r).get("cookie").is_none(), "{}", echo(&r));
+    assert!(echo(&r).get("x-forwarded-user").is_none(), "{}", echo(&r));
+    // ... unless it changes something.
+    let h = [sibling, ("sec-fetch-mode", "cors")];
+    assert_eq!(status_of(sc, "POST", "/chainlit/x", &cookie, &h).await, 403);
+    // A bearer token speaks for itself.
+    let r = send(request(
+        "POST",
+        &sc.url("/echo/bearer"),
+        &[
+            ("cookie", &cookie),
+            ("authorization", "Bearer t0k3n"),
+            sibling,
+        ],
+        body(""),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(echo(&r)["authorization"], json!(["Bearer t0k3n"]));
+    assert!(echo(&r).get("x-forwarded-user").is_none(), "{}", echo(&r));
+
+    // CORS preflights: a trusted origin's reaches the upstream, without identity; another's
+    // is what any request without a session is.
+    let preflight = |origin: &'static str| {
+        request(
+            "OPTIONS",
+            &sc.url("/echo/preflight"),
+            &[
+                ("origin", origin),
+                ("access-control-request-method", "PUT"),
+                ("sec-fetch-mode", "cors"),
+            ],
+            body(""),
+        )
+    };
+    let r = send(preflight("https://ui.example.test")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(json(&r)["method"], "OPTIONS");
+    let r = send(preflight("https://evil.test")).await.unwrap();
+    assert_eq!(r.status(), 401);
+
+    // No Fetch Metadata, Host rewritten by an ingress: the redirect URI's origin is ours.
+    let own = format!("http://127.0.0.1:{}", sc.addr.port());
+    let svc = [("host", "rag-svc:8000"), ("origin", own.as_str())];
+    assert_eq!(status_of(sc, "POST", "/echo/svc", &cookie, &svc).await, 200);
+    let https = format!("https://127.0.0.1:{}", sc.addr.port());
+    let other_scheme = [("origin", https.as_str())];
+    assert_eq!(
+        status_of(sc, "POST", "/echo/refused-scheme", &cookie, &other_scheme).await,
+        403
+    );
+
+    // Five refusals over a failure budget of three: no 429, and a request without a session
+    // from the same address still gets its plain 401.
+    for i in 0..5 {
+        let path = format!("/echo/refused-budget-{i}");
+        let h = [sibling, ("sec-fetch-mode", "cors")];
+        assert_eq!(
+            status_of(sc, "DELETE", &path, &cookie, &h).await,
+            403,
+            "{i}"
+        );
+    }
+    assert_eq!(get(&sc.url("/v1/x"), &[]).await.unwrap().status(), 401);
+
+    let seen = up.requests().await;
+    let paths: Vec<&str> = seen.iter().filter_map(|r| r["path"].as_str()).collect();
+    assert!(!paths.iter().any(|p| p.contains("refused")), "{paths:?}");
+    let chainlit = paths.iter().filter(|p| **p == "/chainlit/x").count();
+    assert_eq!(chainlit, 1, "the GET went on, the POST did not");
+}
