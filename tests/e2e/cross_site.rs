@@ -332,3 +332,53 @@ async fn refused_requests_carry_nothing_of_the_user() {
     let chainlit = paths.iter().filter(|p| **p == "/chainlit/x").count();
     assert_eq!(chainlit, 1, "the GET went on, the POST did not");
 }
+
+/// The same attacks from a real browser: headless Chromium on a sibling host's page
+/// (`wiki.example.…`) with the user's session cookie for `rag.example.…` (one site, so
+/// `SameSite=Lax` lets the cookie go): a credentialed fetch, an image, a form and a WebSocket
+/// do not reach the upstream; a link followed, and the user's own page, act as the user. Under
+/// `example.localhost` the browser sends Fetch Metadata; under `example.test`, plain http, it
+/// sends only `Origin`, which guards what changes things (the image, a `GET`, goes through:
+/// the limit the README states).
+#[tokio::test]
+async fn a_real_browser_on_a_sibling_host_cannot_act_as_the_user() {
+    let idp = MockIdp::start().await;
+    let key = Key::new("k1");
+    idp.set(|m| m.jwks = json!({"keys": [key.jwk()]}));
+    for (site, image_refused) in [("example.localhost", true), ("example.test", false)] {
+        let up = Upstream::start();
+        let sc = start_oidc_sidecar(free_port(), &idp.issuer(), &up.url(), &[]).await;
+        let sc = &sc.sidecar;
+        let cookie = session_header(&idp.login(&key, sc, "alice", "sid-1").await);
+        let (name, value) = cookie.split_once('=').unwrap();
+        let rp = format!("http://rag.{site}:{}", sc.addr.port());
+        let out = browser("cross_site.mjs", &[&rp, name, value]).await;
+        assert_eq!(out["attacks"]["ws"], "error", "{site}: {out}");
+        assert_eq!(out["link"]["user"], json!(["alice"]), "{site}: {out}");
+        assert_eq!(out["own"]["status"], 200, "{site}: {out}");
+        assert_eq!(out["own"]["user"], json!(["alice"]), "{site}: {out}");
+        assert_eq!(out["own"]["ws"], "open", "{site}: {out}");
+
+        let seen = up.requests().await;
+        let paths: Vec<&str> = seen.iter().filter_map(|r| r["path"].as_str()).collect();
+        for refused in ["/echo/xs-fetch", "/echo/xs-form"] {
+            assert!(
+                !paths.contains(&refused),
+                "{site}: {refused} went through: {paths:?}"
+            );
+        }
+        assert_eq!(
+            !paths.contains(&"/echo/xs-img"),
+            image_refused,
+            "{site}: {paths:?}"
+        );
+        for allowed in ["/echo/xs-link", "/echo/own-page", "/echo/own-fetch"] {
+            assert!(paths.contains(&allowed), "{site}: {allowed}: {paths:?}");
+        }
+        let tunnels = paths.iter().filter(|p| **p == "/ws").count();
+        assert_eq!(
+            tunnels, 1,
+            "{site}: only the user's own WebSocket: {paths:?}"
+        );
+    }
+}

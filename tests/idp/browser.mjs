@@ -3,14 +3,14 @@
 import { chromium } from 'playwright-core';
 
 // Flags from test-infra.md §4: no sandbox (root), and no background traffic leaving the machine.
-export const launch = (profile) => chromium.launchPersistentContext(profile, {
+export const launch = (profile, extraArgs = []) => chromium.launchPersistentContext(profile, {
   executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
   headless: true,
   // Starting Chromium takes seconds on a loaded CI machine (2 cores shared by many tests).
   timeout: 60_000,
   args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
     '--disable-background-networking', '--disable-component-update', '--disable-sync',
-    '--disable-dev-shm-usage'],
+    '--disable-dev-shm-usage', ...extraArgs],
 });
 
 // From the IdP's login form back to the relying party (`onRp(url)`): sign in, and click
