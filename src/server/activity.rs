@@ -16,7 +16,7 @@ use std::task::{Context, Poll};
 
 /// Requests of one connection: how many are in flight, and a count of starts and ends (the
 /// watchdog compares two readings of it instead of reading a clock per request); response
-/// bodies waiting on the client, and a count of polls of any response body.
+/// bodies waiting on the client, and a count of the client's progress (`polls`).
 #[derive(Default)]
 pub(super) struct Activity {
     pub(super) in_flight: AtomicUsize,
@@ -25,6 +25,9 @@ pub(super) struct Activity {
     /// been handed to hyper, which asks for more only once the client has taken it (HTTP/1.1:
     /// room in the socket; HTTP/2: window).
     pub(super) waiting: AtomicUsize,
+    /// Bumped when hyper asks a response body for more, and when bytes reach the socket (a
+    /// slow client draining a large frame makes progress too, as nginx's `send_timeout`
+    /// counts any write).
     pub(super) polls: AtomicU64,
 }
 
@@ -54,14 +57,17 @@ pub struct Tracked<B> {
     waiting: bool,
     guard: InFlight,
     stream: Option<Arc<StreamWatch>>,
-    /// What is left of a data frame larger than [`SLICE`].
+    /// What is left of a data frame larger than [`SLICE`] (HTTP/2 only).
     rest: Option<Bytes>,
 }
 
-/// The largest data frame handed to hyper: the send deadline counts the client's progress in
-/// frames taken, and an upstream read under backpressure can bring ~400 KB at once, which a
-/// slow but steady client (a phone on a poor link) may take longer than the deadline to drain.
-/// In 64 KiB slices (shared, not copied) the deadline asks for ~1 KB/s at its 60 s default.
+/// The largest data frame handed to an HTTP/2 stream: its send deadline counts the client's
+/// progress in frames taken (the socket's writes are the connection's, not the stream's), and
+/// an upstream read under backpressure can bring ~400 KB at once, which a slow but steady
+/// client (a phone on a poor link) may take longer than the deadline to drain. In 64 KiB
+/// slices (shared, not copied) the deadline asks for ~1 KB/s at its 60 s default. HTTP/1.1 is
+/// not sliced: hyper would write each slice with its own system call (downloads measured 24%
+/// slower), and there the socket's writes count as progress.
 const SLICE: usize = 64 * 1024;
 
 impl<B> Tracked<B> {
@@ -127,7 +133,7 @@ impl<B: http_body::Body<Data = Bytes> + Unpin> http_body::Body for Tracked<B> {
         }
         let frame = match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(match frame.into_data() {
-                Ok(mut data) if data.len() > SLICE => {
+                Ok(mut data) if data.len() > SLICE && this.stream.is_some() => {
                     this.rest = Some(data.split_off(SLICE));
                     Frame::data(data)
                 }
@@ -166,18 +172,17 @@ mod tests {
     use http_body::Body as _;
     use http_body_util::{BodyExt, Full};
 
-    /// A large frame goes out in slices, each one a poll the send deadline sees; the body's
-    /// length and end stay right, and the request stops counting once the body is dropped.
+    /// On an HTTP/2 stream a large frame goes out in slices, each one a poll its send deadline
+    /// sees; the body's length and end stay right, and the request stops counting once the
+    /// body is dropped. On HTTP/1.1 the frame goes out whole.
     #[tokio::test]
-    async fn a_large_frame_goes_out_in_slices() {
+    async fn a_large_frame_goes_out_in_slices_on_http2_only() {
         let activity = Arc::new(Activity::default());
         let data = Bytes::from(vec![7u8; 3 * SLICE + 100]);
-        let mut body = Tracked::new(Full::new(data.clone()), InFlight::new(&activity), None);
-        assert_eq!(
-            activity.waiting.load(Ordering::Relaxed),
-            1,
-            "the head waits"
-        );
+        let watch = Arc::new(StreamWatch::default());
+        let guard = InFlight::new(&activity);
+        let mut body = Tracked::new(Full::new(data.clone()), guard, Some(watch.clone()));
+        assert!(watch.waiting.load(Ordering::Relaxed), "the head waits");
         assert_eq!(body.size_hint().exact(), Some(data.len() as u64));
         let mut sizes = Vec::new();
         let mut got = Vec::new();
@@ -191,14 +196,22 @@ mod tests {
         }
         assert_eq!(sizes, vec![SLICE, SLICE, SLICE, 100]);
         assert_eq!(got, data);
-        assert_eq!(
-            activity.polls.load(Ordering::Relaxed),
-            5,
-            "four slices, then the end"
-        );
+        let polls = watch.polls.load(Ordering::Relaxed);
+        assert_eq!(polls, 5, "four slices, then the end");
         assert_eq!(activity.in_flight.load(Ordering::Relaxed), 1);
         drop(body);
         assert_eq!(activity.in_flight.load(Ordering::Relaxed), 0);
+        assert!(!watch.waiting.load(Ordering::Relaxed));
+
+        let mut body = Tracked::new(Full::new(data.clone()), InFlight::new(&activity), None);
+        assert_eq!(
+            activity.waiting.load(Ordering::Relaxed),
+            1,
+            "the head waits"
+        );
+        let whole = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(whole.len(), data.len());
+        drop(body);
         assert_eq!(activity.waiting.load(Ordering::Relaxed), 0);
     }
 }

@@ -81,6 +81,7 @@ pub(super) async fn serve_conn<H, F>(
     let io = Counted {
         inner: stream,
         _permit: permit,
+        activity: activity.clone(),
     };
     let result = match &opts.tls {
         // HTTP/1.1 straight to hyper's own connection. hyper-util's version detection reads the
@@ -212,9 +213,19 @@ where
 
 /// The connection's socket with its place under the connection caps: the permit goes wherever
 /// the socket goes (into a WebSocket tunnel after an upgrade) and is given back when it closes.
+/// Its writes count as the client's progress for the send deadline.
 struct Counted<S> {
     inner: S,
     _permit: Option<ConnPermit>,
+    activity: Arc<Activity>,
+}
+
+impl<S> Counted<S> {
+    fn wrote(&self, r: &Poll<std::io::Result<usize>>) {
+        if matches!(r, Poll::Ready(Ok(n)) if *n > 0) {
+            self.activity.polls.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
@@ -233,7 +244,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.wrote(&r);
+        r
     }
 
     fn poll_write_vectored(
@@ -241,7 +255,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.wrote(&r);
+        r
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -260,6 +277,31 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    /// Bytes that reach the socket are the client's progress; a write that cannot go (the
+    /// client reads nothing) is not.
+    #[tokio::test]
+    async fn the_sockets_writes_count_as_progress() {
+        let activity = Arc::new(Activity::default());
+        let (near, mut far) = tokio::io::duplex(8);
+        let mut io = Counted {
+            inner: near,
+            _permit: None,
+            activity: activity.clone(),
+        };
+        io.write_all(b"12345678").await.unwrap();
+        assert_eq!(activity.polls.load(Ordering::Relaxed), 1);
+        let blocked = tokio::time::timeout(Duration::from_millis(50), io.write_all(b"9")).await;
+        assert!(blocked.is_err(), "the pipe is full");
+        assert_eq!(activity.polls.load(Ordering::Relaxed), 1);
+        let mut got = [0u8; 8];
+        tokio::io::AsyncReadExt::read_exact(&mut far, &mut got)
+            .await
+            .unwrap();
+        io.write_all(b"9").await.unwrap();
+        assert_eq!(activity.polls.load(Ordering::Relaxed), 2);
+    }
 
     /// Every open connection holds this future for its lifetime: at 2,000 connections each
     /// kilobyte is 2 MB. The TLS and h2c branches are boxed, HTTP/1.1 is served by hyper's own
