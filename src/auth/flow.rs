@@ -83,6 +83,7 @@ impl Auth {
                     &self.provider.settings.redirect_uri,
                 ) =>
             {
+                self.metrics.cross_site_refused();
                 super::cross_site::refused(parts, paths)
                     .ok_or(Error::Forbidden(super::cross_site::REFUSED))
             }

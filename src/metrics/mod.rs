@@ -50,6 +50,7 @@ pub struct Metrics {
     connections_closed: Family<ReasonLabel, Counter>,
     upstream_queued: Counter,
     streams_revoked: Counter,
+    cross_site_refused: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -137,7 +138,8 @@ impl Metrics {
         let connections_closed = Family::<ReasonLabel, Counter>::default();
         registry.register(
             "connections_timed_out",
-            "Client connections closed by a deadline, by reason (first_byte, idle)",
+            "Client connections closed by a deadline, by reason (first_byte, idle, send; send \
+             also counts HTTP/2 streams reset while the connection lives on)",
             connections_closed.clone(),
         );
         let upstream_queued = Counter::default();
@@ -151,6 +153,13 @@ impl Metrics {
             "streams_revoked",
             "WebSocket tunnels and event streams closed because their session ended",
             streams_revoked.clone(),
+        );
+        let cross_site_refused = Counter::default();
+        registry.register(
+            "cross_site_refused",
+            "Requests from another site's page that carried the session cookie: refused, or sent \
+             on without identity",
+            cross_site_refused.clone(),
         );
         let request_counters = METHODS
             .iter()
@@ -185,6 +194,7 @@ impl Metrics {
             connections_closed,
             upstream_queued,
             streams_revoked,
+            cross_site_refused,
         }
     }
 
@@ -215,6 +225,10 @@ impl Metrics {
 
     pub fn streams_revoked(&self, n: u64) {
         self.streams_revoked.inc_by(n);
+    }
+
+    pub fn cross_site_refused(&self) {
+        self.cross_site_refused.inc();
     }
 
     pub fn request_started(&self) {

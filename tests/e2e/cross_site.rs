@@ -325,6 +325,14 @@ async fn refused_requests_carry_nothing_of_the_user() {
         );
     }
     assert_eq!(get(&sc.url("/v1/x"), &[]).await.unwrap().status(), 401);
+    // Every refusal counted for the operator: the public GET, the public POST, the bearer
+    // request, the other scheme and the five above.
+    let m = metrics(sc).await;
+    assert_eq!(
+        metric(&m, "sso_sidecar_cross_site_refused_total"),
+        9.0,
+        "{m}"
+    );
 
     let seen = up.requests().await;
     let paths: Vec<&str> = seen.iter().filter_map(|r| r["path"].as_str()).collect();
