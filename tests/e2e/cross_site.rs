@@ -10,6 +10,26 @@ use crate::support::*;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// The mock IdP with its signing key published.
+async fn mock_idp() -> (MockIdp, Key) {
+    let idp = MockIdp::start().await;
+    let key = Key::new("k1");
+    idp.set(|m| m.jwks = json!({"keys": [key.jwk()]}));
+    (idp, key)
+}
+
+/// An upstream, a sidecar in front of it with `env`, and alice's session cookie there.
+async fn signed_in(
+    idp: &MockIdp,
+    key: &Key,
+    env: &[(&str, &str)],
+) -> (Upstream, OidcSidecar, String) {
+    let up = Upstream::start();
+    let sc = start_oidc_sidecar(free_port(), &idp.issuer(), &up.url(), env).await;
+    let cookie = session_header(&idp.login(key, &sc.sidecar, "alice", "sid-1").await);
+    (up, sc, cookie)
+}
+
 async fn status_of(
     sc: &Sidecar,
     method: &str,
@@ -44,13 +64,9 @@ async fn websocket(sc: &Sidecar, cookie: &str, extra: &str) -> String {
 
 #[tokio::test]
 async fn requests_from_other_sites_do_not_act_as_the_user() {
-    let idp = MockIdp::start().await;
-    let key = Key::new("k1");
-    idp.set(|m| m.jwks = json!({"keys": [key.jwk()]}));
-    let up = Upstream::start();
-    let sc = start_oidc_sidecar(free_port(), &idp.issuer(), &up.url(), &[]).await;
+    let (idp, key) = mock_idp().await;
+    let (up, sc, cookie) = signed_in(&idp, &key, &[]).await;
     let sc = &sc.sidecar;
-    let cookie = session_header(&idp.login(&key, sc, "alice", "sid-1").await);
     let own = format!("http://127.0.0.1:{}", sc.addr.port());
 
     // Allowed: our own pages, what the user typed, links followed from anywhere, clients that
@@ -194,14 +210,10 @@ async fn requests_from_other_sites_do_not_act_as_the_user() {
 /// a look-alike origin may not; `*` turns the check off.
 #[tokio::test]
 async fn trusted_origins_may_act_as_the_user() {
-    let idp = MockIdp::start().await;
-    let key = Key::new("k1");
-    idp.set(|m| m.jwks = json!({"keys": [key.jwk()]}));
-    let up = Upstream::start();
+    let (idp, key) = mock_idp().await;
     let env = [("SSO_SIDECAR_TRUSTED_ORIGINS", "https://ui.example.test")];
-    let sc = start_oidc_sidecar(free_port(), &idp.issuer(), &up.url(), &env).await;
+    let (_up, sc, cookie) = signed_in(&idp, &key, &env).await;
     let sc = &sc.sidecar;
-    let cookie = session_header(&idp.login(&key, sc, "alice", "sid-1").await);
     let cors = |origin| {
         [
             ("sec-fetch-site", "same-site"),
@@ -217,9 +229,8 @@ async fn trusted_origins_may_act_as_the_user() {
     assert_eq!(status_of(sc, "POST", "/echo/c", &cookie, &port).await, 403);
 
     let any = [("SSO_SIDECAR_TRUSTED_ORIGINS", "*")];
-    let open = start_oidc_sidecar(free_port(), &idp.issuer(), &up.url(), &any).await;
+    let (_up, open, cookie) = signed_in(&idp, &key, &any).await;
     let open = &open.sidecar;
-    let cookie = session_header(&idp.login(&key, open, "alice", "sid-2").await);
     let evil = cors("https://evil.test");
     assert_eq!(
         status_of(open, "POST", "/echo/d", &cookie, &evil).await,
@@ -234,18 +245,14 @@ async fn trusted_origins_may_act_as_the_user() {
 /// that rewrites `Host`; and refusals do not spend the visitor's failure budget.
 #[tokio::test]
 async fn refused_requests_carry_nothing_of_the_user() {
-    let idp = MockIdp::start().await;
-    let key = Key::new("k1");
-    idp.set(|m| m.jwks = json!({"keys": [key.jwk()]}));
-    let up = Upstream::start();
+    let (idp, key) = mock_idp().await;
     let env = [
         ("SSO_SIDECAR_TRUSTED_ORIGINS", "https://ui.example.test"),
         ("RATE_LIMIT_ENABLED", "true"),
         ("RATE_LIMIT_AUTH_FAILURE", "3/minute"),
     ];
-    let sc = start_oidc_sidecar(free_port(), &idp.issuer(), &up.url(), &env).await;
+    let (up, sc, cookie) = signed_in(&idp, &key, &env).await;
     let sc = &sc.sidecar;
-    let cookie = session_header(&idp.login(&key, sc, "alice", "sid-1").await);
     let cookies = format!("{cookie}; upstream_session=its-own");
     let sibling = ("sec-fetch-site", "same-site");
     let echo = |r: &http::Response<bytes::Bytes>| json(r)["headers"].clone();
@@ -350,14 +357,10 @@ async fn refused_requests_carry_nothing_of_the_user() {
 /// the limit the README states).
 #[tokio::test]
 async fn a_real_browser_on_a_sibling_host_cannot_act_as_the_user() {
-    let idp = MockIdp::start().await;
-    let key = Key::new("k1");
-    idp.set(|m| m.jwks = json!({"keys": [key.jwk()]}));
+    let (idp, key) = mock_idp().await;
     for (site, image_refused) in [("example.localhost", true), ("example.test", false)] {
-        let up = Upstream::start();
-        let sc = start_oidc_sidecar(free_port(), &idp.issuer(), &up.url(), &[]).await;
+        let (up, sc, cookie) = signed_in(&idp, &key, &[]).await;
         let sc = &sc.sidecar;
-        let cookie = session_header(&idp.login(&key, sc, "alice", "sid-1").await);
         let (name, value) = cookie.split_once('=').unwrap();
         let rp = format!("http://rag.{site}:{}", sc.addr.port());
         let out = browser("cross_site.mjs", &[&rp, name, value]).await;
