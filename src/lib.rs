@@ -242,6 +242,7 @@ pub async fn run(
         header_read_timeout: limits.header_read_timeout,
         idle_timeout: limits.idle_timeout,
         send_timeout: limits.send_timeout,
+        http2_max_streams: limits.http2_max_streams,
         http2_ping_interval: limits.http2_ping_interval,
         limiter: Some(server::limits::ConnLimiter::new(
             max_connections,

@@ -17,9 +17,13 @@ pub struct ConnectionSettings {
     /// Seconds a connection with no request in flight is kept (HTTP/1.1 keep-alive and HTTP/2).
     pub idle_timeout_secs: u64,
     /// Seconds a response may wait on a client that takes none of it (a full socket, an HTTP/2
-    /// window left at zero) before the connection is closed (nginx's `send_timeout`): such a
-    /// client would otherwise hold an upstream connection and its place for ever.
+    /// window left at zero) before the connection is closed, or on HTTP/2 its stream reset
+    /// (nginx's `send_timeout`): such a client would otherwise hold an upstream connection and
+    /// its place for ever.
     pub send_timeout_secs: u64,
+    /// Streams one HTTP/2 connection may have open at once (nginx's
+    /// `http2_max_concurrent_streams`): each may hold an upstream place.
+    pub http2_max_streams: u32,
     /// Seconds between HTTP/2 pings on a quiet connection; a peer that does not answer one
     /// within the same time is disconnected. 0 = no pings.
     pub http2_ping_interval_secs: u64,
@@ -46,6 +50,7 @@ impl Default for ConnectionSettings {
             header_read_timeout_secs: 30,
             idle_timeout_secs: 60,
             send_timeout_secs: 60,
+            http2_max_streams: 128,
             http2_ping_interval_secs: 20,
             max: 10_000,
             max_per_ip: 512,
@@ -63,6 +68,7 @@ pub struct ConnectionLimits {
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
     pub send_timeout: Duration,
+    pub http2_max_streams: u32,
     pub http2_ping_interval: Option<Duration>,
     pub max: usize,
     pub max_per_ip: Option<usize>,
@@ -79,6 +85,7 @@ impl ConnectionSettings {
             ("header_read_timeout_secs", self.header_read_timeout_secs),
             ("idle_timeout_secs", self.idle_timeout_secs),
             ("send_timeout_secs", self.send_timeout_secs),
+            ("http2_max_streams", u64::from(self.http2_max_streams)),
             ("max", self.max as u64),
             ("admin_max", self.admin_max as u64),
             (
@@ -104,6 +111,7 @@ impl ConnectionSettings {
             header_read_timeout: Duration::from_secs(self.header_read_timeout_secs),
             idle_timeout: Duration::from_secs(self.idle_timeout_secs),
             send_timeout: Duration::from_secs(self.send_timeout_secs),
+            http2_max_streams: self.http2_max_streams,
             http2_ping_interval: (self.http2_ping_interval_secs > 0)
                 .then(|| Duration::from_secs(self.http2_ping_interval_secs)),
             max: self.max,

@@ -322,6 +322,7 @@ mod tests {
             header_read_timeout: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(1),
             send_timeout: Duration::from_secs(1),
+            http2_max_streams: 128,
             http2_ping_interval: None,
             limiter: None,
             metrics: None,

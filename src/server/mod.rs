@@ -50,6 +50,8 @@ pub struct ServeOptions {
     /// Time a response may wait on a client that takes none of it before the connection is
     /// closed (HTTP/2: before its stream is reset).
     pub send_timeout: Duration,
+    /// Streams one HTTP/2 connection may have open at once.
+    pub http2_max_streams: u32,
     /// HTTP/2 pings on a quiet connection, and the time allowed for their answer.
     pub http2_ping_interval: Option<Duration>,
     /// Connection caps (public listener only).
@@ -85,6 +87,7 @@ pub async fn serve<H, F>(
     builder
         .http2()
         .timer(TokioTimer::new())
+        .max_concurrent_streams(opts.http2_max_streams)
         .keep_alive_interval(opts.http2_ping_interval)
         .keep_alive_timeout(opts.http2_ping_interval.unwrap_or(Duration::from_secs(20)))
         .max_header_list_size(u32::try_from(opts.max_header_bytes).unwrap_or(u32::MAX));

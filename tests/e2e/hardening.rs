@@ -709,3 +709,50 @@ async fn in_headers_mode_a_browser_navigation_is_sent_to_the_login() {
         .unwrap();
     assert_eq!(r.status(), 401);
 }
+
+/// The first SETTINGS frame a server sends on an h2c connection by prior knowledge, as
+/// (identifier, value) pairs.
+async fn server_settings(addr: SocketAddr) -> Vec<(u16, u32)> {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    // The client preface and an empty SETTINGS frame.
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    let mut head = [0u8; 9];
+    s.read_exact(&mut head).await.unwrap();
+    assert_eq!(head[3], 0x4, "the server's first frame is SETTINGS");
+    let len = usize::from(head[1]) << 8 | usize::from(head[2]);
+    let mut payload = vec![0u8; (usize::from(head[0]) << 16) | len];
+    s.read_exact(&mut payload).await.unwrap();
+    payload
+        .chunks(6)
+        .map(|p| {
+            let id = u16::from_be_bytes([p[0], p[1]]);
+            (id, u32::from_be_bytes([p[2], p[3], p[4], p[5]]))
+        })
+        .collect()
+}
+
+/// HTTP/2 clients are told how many streams a connection may have open at once
+/// (`connections.http2_max_streams`, 128 by default, as nginx): each may hold an upstream place.
+#[tokio::test]
+async fn http2_connections_announce_their_stream_cap() {
+    const MAX_CONCURRENT_STREAMS: u16 = 0x3;
+    let up = Upstream::start();
+    let sc = Sidecar::start(&[("SSO_SIDECAR_UPSTREAM", &up.url())]).await;
+    let settings = server_settings(sc.addr).await;
+    assert!(
+        settings.contains(&(MAX_CONCURRENT_STREAMS, 128)),
+        "{settings:?}"
+    );
+    let sc = Sidecar::start(&[
+        ("SSO_SIDECAR_UPSTREAM", &up.url()),
+        ("SSO_SIDECAR_CONNECTIONS__HTTP2_MAX_STREAMS", "7"),
+    ])
+    .await;
+    let settings = server_settings(sc.addr).await;
+    assert!(
+        settings.contains(&(MAX_CONCURRENT_STREAMS, 7)),
+        "{settings:?}"
+    );
+}
