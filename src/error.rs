@@ -30,6 +30,10 @@ pub enum Error {
     /// Authenticated, but not allowed (cross-site logout, unregistered user…).
     #[error("forbidden: {0}")]
     Forbidden(&'static str),
+    /// A request from another site's page carried the session cookie (`auth::cross_site`).
+    /// Not a failed authentication: the visitor's browser sent it for that page.
+    #[error("cross-site request refused")]
+    CrossSite,
     /// Discovery has not loaded (IdP down or misconfigured): logins cannot start.
     #[error("OIDC discovery has not completed")]
     IdpUnavailable,
@@ -79,7 +83,7 @@ impl Error {
             Error::BadRequest(_) => StatusCode::BAD_REQUEST,
             Error::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Error::Unauthenticated => StatusCode::UNAUTHORIZED,
-            Error::Forbidden(_) => StatusCode::FORBIDDEN,
+            Error::Forbidden(_) | Error::CrossSite => StatusCode::FORBIDDEN,
             Error::IdpUnavailable => StatusCode::BAD_GATEWAY,
             Error::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Identity(b) => match b {
@@ -102,6 +106,7 @@ impl Error {
             Error::MethodNotAllowed => "Method Not Allowed",
             Error::Unauthenticated => "Unauthenticated",
             Error::Forbidden(m) => m,
+            Error::CrossSite => "Cross-site request refused",
             Error::IdpUnavailable => "OIDC discovery failed — see server logs.",
             Error::Store(_) => "Session store unavailable, please retry shortly",
             Error::Identity(b) => match b {
@@ -128,6 +133,7 @@ impl Error {
             Error::MethodNotAllowed => "method_not_allowed",
             Error::Unauthenticated => "unauthenticated",
             Error::Forbidden(_) => "forbidden",
+            Error::CrossSite => "cross_site",
             Error::IdpUnavailable => "idp_unavailable",
             Error::Store(_) => "store_unavailable",
             Error::Identity(_) => "identity",

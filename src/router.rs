@@ -259,6 +259,7 @@ impl App {
             | Error::MethodNotAllowed
             | Error::Unauthenticated
             | Error::Forbidden(_)
+            | Error::CrossSite
             | Error::RateLimited(_) => {
                 tracing::debug!(request_id, error = %e, "request refused");
             }
@@ -282,7 +283,7 @@ fn own_refusal(result: &Result<Outcome, Error>) -> bool {
     let status = match result {
         Ok((r, None)) => r.status(),
         Ok((_, Some(_))) => return false,
-        Err(Error::Forbidden(m)) if *m == crate::auth::cross_site::REFUSED => return false,
+        Err(Error::CrossSite) => return false,
         Err(e) => e.status(),
     };
     matches!(status.as_u16(), 401 | 403)

@@ -25,19 +25,15 @@ pub use crate::config::origins::TrustedOrigins;
 use crate::config::PathSettings;
 use http::{header, request::Parts, Method};
 
-/// The detail of the 403 (also how the router tells it from a failed authentication).
-pub const REFUSED: &str = "Cross-site request refused";
-
 /// Whether a request carrying the session cookie may act as its user. `own` is the public
 /// origin the redirect URI names.
 pub fn allowed(parts: &Parts, trusted: &TrustedOrigins, own: &url::Url) -> bool {
-    let list = match trusted {
-        TrustedOrigins::Any => return true,
-        TrustedOrigins::These(list) => list,
-    };
+    if *trusted == TrustedOrigins::Any {
+        return true;
+    }
     let h = &parts.headers;
     let origin = h.get(header::ORIGIN).map(|v| v.as_bytes());
-    if origin.is_some_and(|o| list.iter().any(|t| t.as_bytes() == o)) {
+    if origin.is_some_and(|o| trusted.contains(o)) {
         return true;
     }
     match h.get("sec-fetch-site").map(|v| v.as_bytes()) {
@@ -73,13 +69,8 @@ pub fn trusted_preflight(parts: &Parts, trusted: &TrustedOrigins) -> bool {
     let h = &parts.headers;
     parts.method == Method::OPTIONS
         && h.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
-        && match (trusted, h.get(header::ORIGIN)) {
-            (TrustedOrigins::Any, Some(_)) => true,
-            (TrustedOrigins::These(list), Some(o)) => {
-                list.iter().any(|t| t.as_bytes() == o.as_bytes())
-            }
-            (_, None) => false,
-        }
+        && h.get(header::ORIGIN)
+            .is_some_and(|o| trusted.contains(o.as_bytes()))
 }
 
 /// A top-level or frame navigation by `GET` or `HEAD` (what `SameSite=Lax` itself lets through

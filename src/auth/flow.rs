@@ -84,8 +84,7 @@ impl Auth {
                 ) =>
             {
                 self.metrics.cross_site_refused();
-                super::cross_site::refused(parts, paths)
-                    .ok_or(Error::Forbidden(super::cross_site::REFUSED))
+                super::cross_site::refused(parts, paths).ok_or(Error::CrossSite)
             }
             Decision::Authenticated { session, id } => {
                 match self.ensure_fresh(&id, session).await {

@@ -14,6 +14,16 @@ pub enum TrustedOrigins {
     These(Vec<String>),
 }
 
+impl TrustedOrigins {
+    /// Whether an `Origin` header's value is trusted (byte for byte, as browsers serialise it).
+    pub fn contains(&self, origin: &[u8]) -> bool {
+        match self {
+            TrustedOrigins::Any => true,
+            TrustedOrigins::These(list) => list.iter().any(|t| t.as_bytes() == origin),
+        }
+    }
+}
+
 impl Default for TrustedOrigins {
     fn default() -> Self {
         TrustedOrigins::These(Vec::new())
