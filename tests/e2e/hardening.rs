@@ -721,8 +721,8 @@ async fn server_settings(addr: SocketAddr) -> Vec<(u16, u32)> {
     let mut head = [0u8; 9];
     s.read_exact(&mut head).await.unwrap();
     assert_eq!(head[3], 0x4, "the server's first frame is SETTINGS");
-    let len = usize::from(head[1]) << 8 | usize::from(head[2]);
-    let mut payload = vec![0u8; (usize::from(head[0]) << 16) | len];
+    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+    let mut payload = vec![0u8; len];
     s.read_exact(&mut payload).await.unwrap();
     payload
         .chunks(6)

@@ -130,7 +130,6 @@ async fn server_sent_events_arrive_as_they_are_sent() {
             }
         }
     }
-    assert_eq!(text.matches("data: event").count(), 4, "{text}");
     assert_eq!(events.len(), 4, "{text}");
     // The upstream sends the last event 1.5 s after the first one. Streamed, the first arrives
     // before the last is sent, however late the stream started; buffered, only after it. (The

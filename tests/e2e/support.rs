@@ -99,6 +99,13 @@ impl Upstream {
             .unwrap_or_default()
     }
 
+    /// The paths of every request the upstream has routed, in order.
+    pub async fn paths(&self) -> Vec<String> {
+        let requests = self.requests().await;
+        let path = |r: &serde_json::Value| r["path"].as_str().unwrap_or_default().to_owned();
+        requests.iter().map(path).collect()
+    }
+
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
