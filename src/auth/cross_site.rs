@@ -23,7 +23,10 @@
 use super::gate::{self, Decision};
 pub use crate::config::origins::TrustedOrigins;
 use crate::config::PathSettings;
-use http::{header, request::Parts, Method};
+use http::{header, request::Parts, HeaderName, Method};
+
+/// Read on every request with a session: a name made once, not parsed per lookup.
+static SEC_FETCH_SITE: HeaderName = HeaderName::from_static("sec-fetch-site");
 
 /// Whether a request carrying the session cookie may act as its user. `own` is the public
 /// origin the redirect URI names.
@@ -36,7 +39,7 @@ pub fn allowed(parts: &Parts, trusted: &TrustedOrigins, own: &url::Url) -> bool 
     if origin.is_some_and(|o| trusted.contains(o)) {
         return true;
     }
-    match h.get("sec-fetch-site").map(|v| v.as_bytes()) {
+    match h.get(&SEC_FETCH_SITE).map(|v| v.as_bytes()) {
         Some(b"same-origin" | b"none") => true,
         Some(_) => followed_link(parts),
         None => match origin {
