@@ -241,3 +241,25 @@ fn the_readme_documents_every_key() {
         );
     }
 }
+
+#[test]
+fn an_all_digit_redis_password_loads_as_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = load(inputs(
+        dir.path(),
+        None,
+        &[
+            ("SSO_SIDECAR_REDIS_URL", "redis://127.0.0.1:6379"),
+            ("SSO_SIDECAR_REDIS_USERNAME", "2024"),
+            ("SSO_SIDECAR_REDIS_PASSWORD", "0123456789"),
+        ],
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let redis = c.auth.redis.expect("redis configured");
+    assert!(!format!("{redis:?}").contains("0123456789"));
+    assert_eq!(
+        redis.password.as_ref().map(|p| p.expose().as_str()),
+        Some("0123456789")
+    );
+    assert_eq!(redis.username.as_deref(), Some("2024"));
+}

@@ -56,13 +56,22 @@ fn expected(key: &str) -> Expected {
         Value::Bool(_) => Expected::Bool,
         Value::String(_) => Expected::Text,
         Value::Array(_) => Expected::List,
+        // Every optional setting is text (a URL, a file, a user name, a password): an
+        // all-digit password must not become a number that figment then refuses.
+        Value::Null => Expected::Text,
         _ => Expected::Any,
     }
 }
 
 /// The typed value of variable `name` (setting `key`), or the problem with it.
 pub fn env_value(name: &str, key: &str, raw: &str) -> Result<FValue, String> {
-    let bad = |e: Expected| format!("{name}: expected {}, got {raw:?}", e.words());
+    let bad = |e: Expected| {
+        format!(
+            "{name}: expected {}, got {}",
+            e.words(),
+            shown(key, format!("{raw:?}"))
+        )
+    };
     match expected(key) {
         e @ (Expected::Secs | Expected::Millis | Expected::Number) => raw
             .trim()
@@ -127,9 +136,23 @@ fn fits(key: &str, v: &Value, file: &str, problems: &mut Vec<String>) -> bool {
         Expected::Any => true,
     };
     if !ok {
-        problems.push(format!("{file}: {key}: expected {}, got {v}", e.words()));
+        let given = shown(key, v.to_string());
+        problems.push(format!(
+            "{file}: {key}: expected {}, got {given}",
+            e.words()
+        ));
     }
     ok
+}
+
+/// A wrong value as a problem shows it: as given, but never for a setting that holds a secret
+/// (a password, or a URL that may carry one), whose problems reach stderr and the log.
+fn shown(key: &str, given: String) -> String {
+    if key.contains("password") || key.contains("redis_url") || key.contains("redis_nodes") {
+        "a value not shown (it may be a secret)".to_owned()
+    } else {
+        given
+    }
 }
 
 /// An enum-valued key: `value` (trimmed, any case) deserialized as `T` by its serde names, or
@@ -206,5 +229,31 @@ mod tests {
             kept,
             json!({"workers": 2, "connections": {"max_per_ip": 3}})
         );
+    }
+
+    #[test]
+    fn unset_options_are_text_and_secrets_are_never_shown() {
+        // An all-digit password (or `true`) stays the text it is.
+        for raw in ["0123456789", "true", "1.5"] {
+            assert_eq!(
+                env_value("SSO_SIDECAR_REDIS_PASSWORD", "redis_password", raw).unwrap(),
+                FValue::from(raw.to_string())
+            );
+        }
+        let mut problems = Vec::new();
+        let kept = toml_values(
+            "s.toml",
+            json!({"redis_password": 123456, "redis_url": 7, "tls": {"cert_file": 5}}),
+            &mut problems,
+        );
+        assert_eq!(kept, json!({"tls": {}}));
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(
+            problems
+                .iter()
+                .all(|p| !p.contains("123456") && !p.contains(": 7")),
+            "{problems:?}"
+        );
+        assert!(problems.contains(&"s.toml: tls.cert_file: expected text, got 5".to_owned()));
     }
 }
