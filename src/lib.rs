@@ -154,6 +154,34 @@ fn build_oidc(
     })
 }
 
+/// What can be checked of the configuration without the network: the certificates and keys it
+/// names load. `run` and `check` call it before any port is bound, so a certificate that is not
+/// one exits 78 like every other configuration problem, not 1 once the ports are taken.
+pub fn preflight(config: &Config) -> Vec<String> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut problems = Vec::new();
+    if let Some(t) = &config.tls {
+        if let Err(e) = tls::server_config(&t.cert_file, &t.key_file) {
+            problems.push(e);
+        }
+    }
+    let redis_ca = config
+        .auth
+        .redis
+        .as_ref()
+        .and_then(|r| r.ca_file.as_deref());
+    for (key, file) in [
+        ("upstream_ca_file", config.proxy.upstream_ca_file.as_deref()),
+        ("idp_ca_file", config.auth.idp_ca_file.as_deref()),
+        ("redis_ca_file", redis_ca),
+    ] {
+        if let Some(Err(e)) = file.map(|f| tls::client_config(Some(f))) {
+            problems.push(format!("{key} {e}"));
+        }
+    }
+    problems
+}
+
 /// Runs the sidecar until `shutdown` completes, then drains in-flight requests for at most
 /// `shutdown_timeout` and returns.
 pub async fn run(

@@ -88,6 +88,13 @@ fn check(c: &Config) -> ExitCode {
         println!("warning: {w}");
     }
     println!("{}", mode_in_words(c));
+    let files = sso_sidecar::preflight(c);
+    if !files.is_empty() {
+        for p in &files {
+            eprintln!("sso-sidecar: {p}");
+        }
+        return ExitCode::from(EX_CONFIG);
+    }
     if let Some(oidc) = &c.openrag_env.oidc {
         for w in scheme_warnings(c, oidc) {
             println!("warning: {w}");
@@ -190,11 +197,11 @@ async fn probe(c: &Config, oidc: &sso_sidecar::config::OidcSettings) -> Vec<Stri
                     println!("Redis OK (PING)");
                     match store.tracking_allowed().await {
                         Ok(Some(true)) => println!("Redis OK (CLIENT TRACKING allowed: the client-side session cache is on)"),
-                        Ok(Some(false)) => problems.push(
-                            "Redis: the ACL refuses CLIENT TRACKING, so the client-side session cache cannot work \
-                             (every request would read Redis): grant the user +client|tracking, or set \
+                        // A warning, as `run` gives: the sidecar works, reading Redis every time.
+                        Ok(Some(false)) => println!(
+                            "warning: Redis: the ACL refuses CLIENT TRACKING, so the client-side session cache cannot work \
+                             (every request will read Redis): grant the user +client|tracking, or set \
                              redis_client_cache = false (SSO_SIDECAR_REDIS_CLIENT_CACHE=false)"
-                                .to_owned(),
                         ),
                         Ok(None) => {}
                         Err(e) => problems.push(format!(
@@ -262,6 +269,14 @@ fn load(config_file: Option<PathBuf>) -> Result<Config, ExitCode> {
 
 fn run(config: Config) -> ExitCode {
     sso_sidecar::telemetry::init(config.log_format, &config.log_level);
+    let problems = sso_sidecar::preflight(&config);
+    if !problems.is_empty() {
+        for p in &problems {
+            tracing::error!("{p}");
+            eprintln!("sso-sidecar: {p}");
+        }
+        return ExitCode::from(EX_CONFIG);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
