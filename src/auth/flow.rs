@@ -339,6 +339,7 @@ impl Auth {
             name: None,
             preferred_username: None,
             groups: Vec::new(),
+            email_verified: None,
             access_token: tokens.access_token,
             expires_at: if tokens.refresh_token.is_some() {
                 now + lifetime

@@ -68,6 +68,27 @@ pub fn apply(s: &mut Session, profile: &Map<String, Value>, groups_claim: &str) 
     s.name = string_claim(profile, "name");
     s.preferred_username = string_claim(profile, "preferred_username");
     s.groups = crate::claims::groups(profile, groups_claim).unwrap_or_default();
+    s.email_verified = match profile.get("email_verified") {
+        Some(Value::Bool(b)) => Some(*b),
+        Some(Value::String(v)) if v.eq_ignore_ascii_case("true") => Some(true),
+        Some(Value::String(v)) if v.eq_ignore_ascii_case("false") => Some(false),
+        _ => None,
+    };
+}
+
+/// The session's profile in the shape [`apply`] read it from (groups under `groups_claim`):
+/// what `[authz]` checks again at a refresh that brings no new profile, so a rule tightened
+/// since the login still ends the session at its next refresh.
+pub fn stored(s: &Session, groups_claim: &str) -> Map<String, Value> {
+    let mut m = Map::new();
+    if let Some(email) = &s.email {
+        m.insert("email".into(), Value::from(email.as_str()));
+    }
+    if let Some(verified) = s.email_verified {
+        m.insert("email_verified".into(), Value::from(verified));
+    }
+    m.insert(groups_claim.into(), Value::from(s.groups.clone()));
+    m
 }
 
 /// An ID token with none of the profile claims the sidecar uses.
@@ -79,4 +100,44 @@ fn lacks_profile(c: &Map<String, Value>) -> bool {
 
 fn string_claim(c: &Map<String, Value>, name: &str) -> Option<String> {
     c.get(name).and_then(Value::as_str).map(str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// What `[authz]` reads of the kept profile is what it read of the IdP's: email, its
+    /// verification (as a boolean or the string some IdPs send) and the groups.
+    #[test]
+    fn the_kept_profile_reads_as_the_one_it_came_from() {
+        for profile in [
+            json!({"email": "a@x.test", "email_verified": false, "g": ["staff"]}),
+            json!({"email": "a@x.test", "email_verified": "FALSE", "g": "staff"}),
+            json!({"email": "a@x.test", "email_verified": true, "g": []}),
+            json!({"email": "a@x.test"}),
+            json!({}),
+        ] {
+            let profile = profile.as_object().unwrap().clone();
+            let mut s = Session::for_tests("a", 0, 60);
+            apply(&mut s, &profile, "g");
+            let kept = stored(&s, "g");
+            for (rule, domains, groups) in [
+                ("email", vec!["x.test".to_owned()], vec![]),
+                ("groups", vec![], vec!["staff".to_owned()]),
+            ] {
+                let a = crate::config::access::Authz {
+                    allowed_email_domains: domains,
+                    allowed_groups: groups,
+                    groups_claim: "g".into(),
+                    ..Default::default()
+                };
+                assert_eq!(
+                    super::super::authz::admits(&a, &kept).is_ok(),
+                    super::super::authz::admits(&a, &profile).is_ok(),
+                    "{rule} rule on {profile:?}, kept as {kept:?}"
+                );
+            }
+        }
+    }
 }

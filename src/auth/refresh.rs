@@ -167,19 +167,25 @@ impl Auth {
         match self.refresh_tokens(&mut s, &rt, now).await {
             Ok(renewed) => {
                 self.metrics.refresh(RefreshResult::Ok.label());
-                if let Some(Renewed {
-                    profile: Some(profile),
-                    ..
-                }) = &renewed
-                {
-                    // The IdP's current view must still pass `[authz]`.
-                    if let Err(why) = super::authz::admits(&self.settings().authz, profile) {
-                        self.metrics.login_refused(why.label());
-                        self.metrics.sessions_revoked(1);
-                        tracing::warn!(sub = %s.sub, reason = why.label(), "refreshed identity no longer passes [authz]: session ended");
-                        self.sessions.delete(id).await?;
-                        return Ok(None);
+                // The IdP's current view (or, without a new one, the profile kept since) must
+                // still pass `[authz]` as it is now, reloaded rules included.
+                let authz = &self.settings().authz;
+                let kept;
+                let profile = match &renewed {
+                    Some(Renewed {
+                        profile: Some(p), ..
+                    }) => p,
+                    _ => {
+                        kept = super::profile::stored(&s, &authz.groups_claim);
+                        &kept
                     }
+                };
+                if let Err(why) = super::authz::admits(authz, profile) {
+                    self.metrics.login_refused(why.label());
+                    self.metrics.sessions_revoked(1);
+                    tracing::warn!(sub = %s.sub, reason = why.label(), "refreshed identity no longer passes [authz]: session ended");
+                    self.sessions.delete(id).await?;
+                    return Ok(None);
                 }
                 if !self.sessions.update(id, &s, now).await? {
                     // Logged out while the IdP answered: stay logged out.

@@ -26,6 +26,10 @@ pub struct Session {
     pub preferred_username: Option<String>,
     #[serde(default)]
     pub groups: Vec<String>,
+    /// `email_verified` as the IdP last said it (`None`: not said), for `[authz]` to check
+    /// again at a refresh that brings no new ID token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email_verified: Option<bool>,
     pub access_token: String,
     #[serde(default)]
     pub refresh_token: Option<String>,
@@ -112,6 +116,7 @@ impl Session {
             name: None,
             preferred_username: None,
             groups: vec![],
+            email_verified: None,
             access_token: "at".into(),
             refresh_token: Some("rt".into()),
             id_token: "it".into(),
@@ -151,6 +156,7 @@ mod tests {
             name: None,
             preferred_username: None,
             groups: Vec::new(),
+            email_verified: None,
             access_token: "AT-secret".into(),
             refresh_token: Some("RT-secret".into()),
             id_token: "IDT-secret".into(),

@@ -122,3 +122,79 @@ async fn sighup_applies_valid_changes_live_and_refuses_invalid_ones() {
         200
     );
 }
+
+/// `[authz]` is checked again at every refresh against the rules as they are now. An IdP that
+/// answers a refresh without a new ID token (many do) brings no new profile: the one kept since
+/// the login is checked instead, so an allow-list tightened by SIGHUP still ends the sessions it
+/// no longer admits, at their next refresh, and keeps the others.
+#[tokio::test]
+async fn a_tightened_allow_list_ends_sessions_at_their_next_refresh_without_a_new_id_token() {
+    let idp = MockIdp::start().await;
+    let key = Key::new("k");
+    // 8 s access tokens: a refresh is due in their last quarter.
+    idp.set(|m| {
+        m.jwks = json!({"keys": [key.jwk()]});
+        m.login_expires_in = 8;
+    });
+    let up = Upstream::start();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sso.toml");
+    let domains = |d: &str| format!("[authz]\nallowed_email_domains = [{d}]\n");
+    std::fs::write(&file, domains("\"example.test\", \"other.test\"")).unwrap();
+    let cfg = file.to_str().unwrap().to_owned();
+    let sc = start_oidc_sidecar(
+        free_port(),
+        &idp.issuer(),
+        &up.url(),
+        &[("SSO_SIDECAR_CONFIG", &cfg)],
+    )
+    .await;
+    let sc = &sc.sidecar;
+    // The ID token has no email: the profile comes from userinfo, at login only.
+    let mut cookies = Vec::new();
+    for (sub, email) in [("alice", "alice@example.test"), ("bob", "bob@other.test")] {
+        idp.set(|m| m.userinfo = json!({"sub": sub, "email": email, "email_verified": true}));
+        cookies.push(session_header(&idp.login(&key, sc, sub, sub).await));
+    }
+    let status = |cookie: String| async move {
+        get(&sc.url("/v1/x"), &[("cookie", &cookie)])
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    for c in &cookies {
+        assert_eq!(status(c.clone()).await, 200);
+    }
+    // From now on refreshes bring a new access token and nothing else.
+    idp.set(|m| {
+        m.userinfo = json!({});
+        m.token_response = json!({"access_token": "at-2", "token_type": "Bearer", "expires_in": 8});
+    });
+    std::fs::write(&file, domains("\"example.test\"")).unwrap();
+    sc.signal("HUP");
+    wait_until("the reload", Duration::from_secs(10), || {
+        sc.output().contains("configuration reloaded")
+    })
+    .await;
+    let refused = r#"sso_sidecar_logins_refused_total{reason="email"}"#;
+    let start = Instant::now();
+    while status(cookies[1].clone()).await == 200 {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "bob's session outlived its refresh"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let m = String::from_utf8_lossy(get(&sc.admin_url("/metrics"), &[]).await.unwrap().body())
+        .into_owned();
+    assert_eq!(metric(&m, refused), 1.0, "{m}");
+    assert_eq!(status(cookies[1].clone()).await, 401, "bob stays out");
+    // Alice, who logged in first, is due as well: her refresh passes the same check.
+    assert_eq!(status(cookies[0].clone()).await, 200, "alice stays in");
+    let m = String::from_utf8_lossy(get(&sc.admin_url("/metrics"), &[]).await.unwrap().body())
+        .into_owned();
+    let refreshed = r#"sso_sidecar_token_refreshes_total{result="ok"}"#;
+    assert_eq!(metric(&m, refreshed), 2.0, "bob's refresh and alice's: {m}");
+    assert_eq!(metric(&m, refused), 1.0, "{m}");
+}
