@@ -110,7 +110,10 @@ impl App {
 
             // The rate limits, and the client's address when they apply.
             let limits = self.oidc.as_ref().and_then(|o| o.limits.as_ref());
-            let client = limits.map(|_| self.upstream.client_ip(req.headers(), peer));
+            let client = limits.map(|_| {
+                untrusted_forwarder(req.headers(), peer);
+                self.upstream.client_ip(req.headers(), peer)
+            });
             let mut result = match (refused_early(&req), &self.oidc) {
                 (Some(e), _) => Err(e),
                 (None, None) => self.proxy(req.map(Either::Left), peer).await,
@@ -302,6 +305,28 @@ fn refused_early(req: &Request<Incoming>) -> Option<Error> {
         return Some(Error::BadRequest("Missing or duplicate Host header"));
     }
     None
+}
+
+/// Warns, once per process, that a peer outside `trusted_proxies` sends `X-Forwarded-For`: an
+/// ingress or load balancer that is not listed makes every client behind it one address, so
+/// they all share one rate-limit budget (one user's failures can lock everyone out).
+fn untrusted_forwarder(headers: &http::HeaderMap, peer: headers::Peer) {
+    static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if peer.trusted
+        || SAID.load(std::sync::atomic::Ordering::Relaxed)
+        || !headers.contains_key(headers::X_FORWARDED_FOR)
+        || SAID.swap(true, std::sync::atomic::Ordering::Relaxed)
+    {
+        return;
+    }
+    tracing::warn!(
+        peer = %peer.ip,
+        "a request from {} carries X-Forwarded-For, but {} is not in trusted_proxies: the rate \
+         limits count every client behind it as one address. If it is your ingress or load \
+         balancer, list it (SSO_SIDECAR_TRUSTED_PROXIES); said once",
+        peer.ip,
+        peer.ip
+    );
 }
 
 #[cfg(test)]

@@ -491,6 +491,13 @@ async fn rate_limits_are_shared_by_replicas_and_believe_only_trusted_proxies() {
         m.contains("sso_sidecar_rate_limited_total{kind=\"failure\"} 1"),
         "{m}"
     );
+    for sc in [a, b] {
+        assert!(
+            !sc.output().contains("is not in trusted_proxies"),
+            "a trusted proxy is not warned about: {}",
+            sc.output()
+        );
+    }
 }
 
 #[tokio::test]
@@ -510,6 +517,16 @@ async fn an_untrusted_peer_cannot_spread_its_failures_over_forged_addresses() {
             .unwrap(),
         "X-Forwarded-For from an untrusted peer is ignored",
     );
+    // An ingress left out of `trusted_proxies` would look like this peer: the operator is told,
+    // once, whatever the number of such requests.
+    let warning = "is not in trusted_proxies";
+    wait_until(
+        "the untrusted-forwarder warning",
+        Duration::from_secs(10),
+        || a.output().contains(warning),
+    )
+    .await;
+    assert_eq!(a.output().matches(warning).count(), 1, "{}", a.output());
 }
 
 #[tokio::test]
