@@ -128,7 +128,9 @@ impl Auth {
                 Err(_) => return Err(Error::Internal("end_session_endpoint is not a URL".into())),
             },
             (None, Some(p)) => redirect(p),
-            (None, None) => message_response(StatusCode::OK, "Logged out", false),
+            (None, None) => {
+                message_response(StatusCode::OK, "Logged out", crate::error::wants_html(h))
+            }
         };
         let secure = self.secure(public_scheme);
         r.headers_mut().append(

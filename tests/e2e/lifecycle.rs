@@ -628,3 +628,45 @@ async fn an_idp_outage_during_refresh_keeps_the_session_an_invalid_grant_ends_it
         "{met}"
     );
 }
+
+/// An IdP without an end-session endpoint and no post-logout URI: the logout ends the session
+/// where it stands, and a browser gets a page saying so (an API client, OpenRag's JSON).
+#[tokio::test]
+async fn a_logout_with_nowhere_to_go_answers_a_browser_with_a_page() {
+    let idp = MockIdp::start().await;
+    let key = Key::new("k1");
+    idp.set(|m| {
+        m.jwks = json!({"keys": [key.jwk()]});
+        m.no_end_session = true;
+    });
+    let up = Upstream::start();
+    let sc = start_oidc_sidecar(free_port(), &idp.issuer(), &up.url(), &[]).await;
+    let sc = &sc.sidecar;
+    for (accept, page) in [("text/html,*/*;q=0.8", true), ("application/json", false)] {
+        let cookie = idp.login(&key, sc, "alice", "sid-1").await;
+        let r = get(
+            &sc.url("/auth/logout"),
+            &[
+                ("cookie", &session_header(&cookie)),
+                ("sec-fetch-site", "same-origin"),
+                ("sec-fetch-mode", "navigate"),
+                ("accept", accept),
+            ],
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status(), 200);
+        let body = String::from_utf8_lossy(r.body());
+        let content_type = r.headers()["content-type"].to_str().unwrap();
+        if page {
+            assert!(content_type.starts_with("text/html"), "{content_type}");
+            assert!(
+                body.contains("Logged out") && body.contains("<html"),
+                "{body}"
+            );
+        } else {
+            assert_eq!(body, r#"{"detail":"Logged out"}"#);
+        }
+        assert!(!alive(sc, &cookie).await, "the session ended");
+    }
+}

@@ -74,6 +74,8 @@ pub struct MockState {
     pub token_status: u16,
     /// `expires_in` of the access token a `login` gets (0 = 600 s).
     pub login_expires_in: i64,
+    /// Leave `end_session_endpoint` out of the discovery document.
+    pub no_end_session: bool,
 }
 
 pub struct MockIdp {
@@ -136,7 +138,8 @@ async fn handle(
     let mut s = st.lock().unwrap();
     let mut status = 200u16;
     let v = match path.as_str() {
-        "/.well-known/openid-configuration" => json!({
+        "/.well-known/openid-configuration" => {
+            let mut d = json!({
             "issuer": s.advertised_issuer.clone().unwrap_or(base.clone()),
             "authorization_endpoint": format!("{base}/auth"),
             "token_endpoint": format!("{base}/token"),
@@ -144,7 +147,12 @@ async fn handle(
             "jwks_uri": format!("{base}/jwks"),
             "end_session_endpoint": format!("{base}/session/end"),
             "token_endpoint_auth_methods_supported": ["client_secret_post"],
-        }),
+            });
+            if s.no_end_session {
+                d.as_object_mut().unwrap().remove("end_session_endpoint");
+            }
+            d
+        }
         "/jwks" => {
             s.jwks_fetches += 1;
             s.jwks.clone()

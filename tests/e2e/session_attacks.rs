@@ -254,6 +254,7 @@ async fn front_channel_logout_ends_sessions_on_every_replica() {
     assert_eq!(r.status(), 200);
     assert!(r.body().is_empty());
     assert_eq!(r.headers()["cache-control"], "no-store");
+    assert_eq!(r.headers()["referrer-policy"], "no-referrer");
     let csp = r.headers()["content-security-policy"].to_str().unwrap();
     let idp_origin = url::Url::parse(&issuer)
         .unwrap()
