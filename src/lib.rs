@@ -305,11 +305,15 @@ pub async fn run(
                 .map_err(StartError::Listen)?,
         );
     }
+    // The admin listener stops last, once the public one has drained: meanwhile `/readyz`
+    // answers 503 (so a load balancer that still probes takes the pod out) and `/metrics`
+    // shows the drain.
+    let (admin_stop_tx, admin_stop_rx) = tokio::sync::watch::channel(false);
     let admin_task = tokio::spawn(server::serve(
         listeners.admin,
         move |req, _conn| admin.clone().handle(req),
         admin_opts,
-        stop_rx,
+        admin_stop_rx,
     ));
 
     tokio::spawn(reload_on_sighup(apps, oidc, config.clone()));
@@ -320,10 +324,11 @@ pub async fn run(
     );
     readiness.set_draining();
     let _ = stop_tx.send(true);
-    let _ = admin_task.await;
     for worker in public {
         let _ = tokio::task::spawn_blocking(move || worker.join()).await;
     }
+    let _ = admin_stop_tx.send(true);
+    let _ = admin_task.await;
     tracing::info!("stopped");
     Ok(())
 }

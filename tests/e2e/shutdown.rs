@@ -47,6 +47,20 @@ async fn sigterm_lets_in_flight_requests_finish_then_exits_zero() {
         !slow.is_finished(),
         "the slow request must still be running while new connections are refused"
     );
+    // The admin listener stays up through the drain: not ready, still alive, still counting.
+    let r = get(&sc.admin_url("/readyz"), &[]).await.unwrap();
+    assert_eq!(r.status(), 503, "{:?}", r.body());
+    assert!(String::from_utf8_lossy(r.body()).contains("shutting down"));
+    assert_eq!(
+        get(&sc.admin_url("/healthz"), &[]).await.unwrap().status(),
+        200
+    );
+    let m = get(&admin, &[]).await.unwrap();
+    assert_eq!(in_flight(&String::from_utf8_lossy(m.body())), Some(1));
+    assert!(
+        !slow.is_finished(),
+        "all of that while the request is in flight"
+    );
 
     let r = slow
         .await
