@@ -150,10 +150,9 @@ pub fn load(inputs: Inputs) -> Result<Config, ConfigErrors> {
         warnings.push(suggest::unknown_variable(&name, &sidecar_names));
     }
     warnings.extend(suggest::unknown_openrag_variables(vars.names()));
-    warnings.extend(suggest::false_boolean(
-        "OIDC_AUTO_PROVISION_LOGIN",
-        vars.get("OIDC_AUTO_PROVISION_LOGIN"),
-    ));
+    for name in suggest::OPENRAG_BOOLEANS {
+        warnings.extend(suggest::false_boolean(name, vars.get(name)));
+    }
 
     let mut figment = Figment::from(Serialized::defaults(Settings::default()));
     let mut unknown_keys = Vec::new();

@@ -100,15 +100,36 @@ pub fn unknown_variable(name: &str, known: &[String]) -> String {
 
 /// Unknown `OIDC_*` variables among `names`, each with a suggestion when one is close.
 pub fn unknown_openrag_variables<'a>(names: impl Iterator<Item = &'a str>) -> Vec<String> {
+    let secrets = super::sources::SECRET_VARS;
     let known: Vec<String> = OPENRAG_VARIABLES
         .iter()
-        .flat_map(|v| [v.to_string(), format!("{v}_FILE")])
+        .map(|v| v.to_string())
+        .chain(secrets.iter().map(|v| format!("{v}_FILE")))
         .collect();
     names
         .filter(|n| n.starts_with("OIDC_") && !known.iter().any(|k| k == n))
-        .map(|n| unknown_variable(n, &known))
+        .map(|n| match n.strip_suffix("_FILE") {
+            // A file twin of a variable that has none: said plainly, not taken for a typo.
+            Some(base) if OPENRAG_VARIABLES.contains(&base) => format!(
+                "ignoring {n}: only secrets are read from a file ({}); set {base} itself",
+                secrets
+                    .iter()
+                    .filter(|s| s.starts_with("OIDC_"))
+                    .map(|s| format!("{s}_FILE"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            _ => unknown_variable(n, &known),
+        })
         .collect()
 }
+
+/// OpenRag's boolean variables, which it (and so the sidecar) reads as true only when `true`.
+pub const OPENRAG_BOOLEANS: [&str; 3] = [
+    "OIDC_AUTO_PROVISION_LOGIN",
+    "OIDC_GROUP_SYNC_PRUNE",
+    "RATE_LIMIT_ENABLED",
+];
 
 /// A warning when an OpenRag boolean holds a value that reads as true elsewhere but false in
 /// OpenRag (only `true`, in any case, is true).
@@ -168,5 +189,26 @@ mod tests {
         assert!(false_boolean("OIDC_AUTO_PROVISION_LOGIN", Some("TRUE")).is_none());
         assert!(false_boolean("OIDC_AUTO_PROVISION_LOGIN", Some("false")).is_none());
         assert!(false_boolean("OIDC_AUTO_PROVISION_LOGIN", None).is_none());
+    }
+
+    #[test]
+    fn file_twins_of_plain_variables_are_named_as_ignored() {
+        let w = unknown_openrag_variables(
+            [
+                "OIDC_CLIENT_SECRET_FILE",
+                "OIDC_POST_LOGOUT_REDIRECT_URI_FILE",
+                "OIDC_SCOPE",
+                "OIDC_ENDPOINT",
+            ]
+            .into_iter(),
+        );
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(
+            w[0].starts_with("ignoring OIDC_POST_LOGOUT_REDIRECT_URI_FILE: only secrets")
+                && w[0].contains("OIDC_CLIENT_SECRET_FILE")
+                && w[0].ends_with("set OIDC_POST_LOGOUT_REDIRECT_URI itself"),
+            "{w:?}"
+        );
+        assert!(w[1].contains("did you mean OIDC_SCOPES"), "{w:?}");
     }
 }

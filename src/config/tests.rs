@@ -263,3 +263,33 @@ fn an_all_digit_redis_password_loads_as_text() {
     );
     assert_eq!(redis.username.as_deref(), Some("2024"));
 }
+
+#[test]
+fn openrag_booleans_that_read_as_false_are_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = load(inputs(
+        dir.path(),
+        None,
+        &[
+            ("RATE_LIMIT_ENABLED", "1"),
+            ("OIDC_GROUP_SYNC_PRUNE", "yes"),
+            ("OIDC_AUTO_PROVISION_LOGIN", "True"),
+        ],
+    ))
+    .unwrap();
+    let said = |name: &str| {
+        c.warnings
+            .iter()
+            .any(|w| w.starts_with(&format!("{name}=")))
+    };
+    assert!(
+        said("RATE_LIMIT_ENABLED") && said("OIDC_GROUP_SYNC_PRUNE"),
+        "{:?}",
+        c.warnings
+    );
+    assert!(
+        !said("OIDC_AUTO_PROVISION_LOGIN"),
+        "True is true: {:?}",
+        c.warnings
+    );
+}
