@@ -223,6 +223,9 @@ pub fn load(inputs: Inputs) -> Result<Config, ConfigErrors> {
                         .to_string(),
                 );
             }
+            if openrag.auth_mode == AuthMode::Oidc && v.identity == IdentityMode::Headers {
+                warnings.extend(suggest::bridge_only(&vars));
+            }
             let mut auth = v.auth;
             // `[authz] groups_claim` defaults to OpenRag's `OIDC_CLAIM_GROUPS`, else `groups`.
             if auth.authz.groups_claim.is_empty() {

@@ -124,6 +124,27 @@ pub fn unknown_openrag_variables<'a>(names: impl Iterator<Item = &'a str>) -> Ve
         .collect()
 }
 
+/// OpenRag's variables that only the OpenRag bridge acts on (user provisioning, claim mapping,
+/// group sync): with `identity = "headers"` each one set is named as having no effect.
+pub fn bridge_only(vars: &super::sources::Vars) -> Vec<String> {
+    [
+        "OIDC_AUTO_PROVISION_LOGIN",
+        "OIDC_CLAIM_MAPPING",
+        "OIDC_GROUP_PREFIX",
+        "OIDC_GROUP_PATTERN",
+        "OIDC_GROUP_SYNC_PRUNE",
+    ]
+    .into_iter()
+    .filter(|n| vars.non_empty(n).is_some())
+    .map(|n| {
+        format!(
+            "{n} has no effect with SSO_SIDECAR_IDENTITY=headers: only the OpenRag bridge \
+             (identity openrag) provisions users and syncs claims and groups"
+        )
+    })
+    .collect()
+}
+
 /// OpenRag's boolean variables, which it (and so the sidecar) reads as true only when `true`.
 pub const OPENRAG_BOOLEANS: [&str; 3] = [
     "OIDC_AUTO_PROVISION_LOGIN",

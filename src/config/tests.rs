@@ -293,3 +293,37 @@ fn openrag_booleans_that_read_as_false_are_warned_about() {
         c.warnings
     );
 }
+
+#[test]
+fn bridge_settings_without_the_bridge_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = vec![
+        ("AUTH_MODE", "oidc"),
+        ("OIDC_ENDPOINT", "https://idp.example.test"),
+        ("OIDC_CLIENT_ID", "rp"),
+        ("OIDC_CLIENT_SECRET", "s"),
+        (
+            "OIDC_REDIRECT_URI",
+            "https://app.example.test/auth/callback",
+        ),
+        ("OIDC_GROUP_PREFIX", "sso:"),
+        ("OIDC_CLAIM_GROUPS", "roles"),
+    ];
+    let key = crate::crypto::generate_key();
+    env.push(("OIDC_TOKEN_ENCRYPTION_KEY", &key));
+    env.push(("AUTH_TOKEN", "admin-token"));
+    let noted = |c: &Config| {
+        c.warnings
+            .iter()
+            .filter(|w| w.contains("has no effect with SSO_SIDECAR_IDENTITY=headers"))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let openrag = load(inputs(dir.path(), None, &env)).unwrap_or_else(|e| panic!("{e}"));
+    assert!(noted(&openrag).is_empty(), "{:?}", openrag.warnings);
+    env.push(("SSO_SIDECAR_IDENTITY", "headers"));
+    let headers = load(inputs(dir.path(), None, &env)).unwrap_or_else(|e| panic!("{e}"));
+    let said = noted(&headers);
+    assert_eq!(said.len(), 1, "{said:?}");
+    assert!(said[0].starts_with("OIDC_GROUP_PREFIX "), "{said:?}");
+}
