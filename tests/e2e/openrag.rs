@@ -633,3 +633,52 @@ async fn a_browser_login_lands_in_the_backend_as_the_right_user() {
     assert_eq!(page["user"]["external_user_id"], "ivy");
     assert_eq!(page["auth_via"], "bearer");
 }
+
+/// An administrator moves the `external_user_id` link of `alice` to another account after she
+/// logged in once. Her next login lands in the account the link names now, with a token of
+/// that account, not in the one the sidecar remembered (nor through its token in the vault).
+#[tokio::test]
+async fn a_login_follows_a_link_moved_to_another_account() {
+    let w = world(
+        json!([
+            seeded("alice", Some(&token(7))),
+            seeded("spare", Some(&token(8)))
+        ]),
+        json!({}),
+        &[("SSO_SIDECAR_OPENRAG__TOKEN_POLICY", "regenerate")],
+    )
+    .await;
+    let sc = &w.sc.sidecar;
+    let whoami = |cookie: String| async move {
+        let r = get(&sc.url("/v1/x"), &[("cookie", &session_header(&cookie))])
+            .await
+            .unwrap();
+        json(&r)["user"].clone()
+    };
+    let first = whoami(login(sc, "alice", "/").await.cookie).await;
+    assert_eq!(first["external_user_id"], "alice", "{first}");
+    let (old_id, new_id) = (
+        first["id"].as_u64().unwrap(),
+        w.backend.user("spare").await.unwrap()["id"]
+            .as_u64()
+            .unwrap(),
+    );
+    assert_ne!(old_id, new_id);
+    for (id, link) in [(old_id, "alice-before"), (new_id, "alice")] {
+        let r = send(request(
+            "PATCH",
+            &format!("{}/users/{id}", w.backend.url()),
+            &[
+                ("authorization", &format!("Bearer {ADMIN_TOKEN}")),
+                ("content-type", "application/json"),
+            ],
+            body(json!({ "external_user_id": link }).to_string()),
+        ))
+        .await
+        .unwrap();
+        assert_eq!(r.status(), 200, "{:?}", r.body());
+    }
+    let second = whoami(login(sc, "alice", "/").await.cookie).await;
+    assert_eq!(second["id"].as_u64(), Some(new_id), "{second}");
+    assert_eq!(second["external_user_id"], "alice");
+}

@@ -106,10 +106,38 @@ impl OpenRagBridge {
             .cloned()
     }
 
-    async fn find_user(&self, sub: &str) -> Result<Option<BackendUser>, AdminError> {
-        if let Some(u) = self.cached(sub) {
-            return Ok(Some(u));
+    /// The backend user linked to `sub`. A remembered link is confirmed with `GET /users/{id}`
+    /// (one user, at a login): an administrator may have deleted that user or moved the link
+    /// to another one since, and the login must not land in the old account, through the link
+    /// or through the old account's token in the vault (dropped when the link moved).
+    async fn find_user(&self, sub: &str) -> Result<Option<BackendUser>, BridgeError> {
+        let Some(u) = self.cached(sub) else {
+            return Ok(self.list_users_for(sub).await?);
+        };
+        match self.admin.get_user(u.id).await {
+            Ok(now) if now.external_user_id.as_deref() == Some(sub) => {
+                self.users
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(sub.to_owned(), now.clone());
+                return Ok(Some(now));
+            }
+            // Moved, deleted or unreadable: the whole list says where `sub` is now.
+            _ => tracing::info!(
+                sub,
+                user_id = u.id,
+                "the remembered backend user changed: users listed again"
+            ),
         }
+        let found = self.list_users_for(sub).await?;
+        if found.as_ref().is_some_and(|f| f.id != u.id) {
+            self.store.delete(&self.vault_key(sub)).await?;
+        }
+        Ok(found)
+    }
+
+    /// Lists the backend's users again (links and emails) and returns the one linked to `sub`.
+    async fn list_users_for(&self, sub: &str) -> Result<Option<BackendUser>, AdminError> {
         let all = self.admin.list_users().await?;
         *self.emails.lock().unwrap_or_else(|p| p.into_inner()) = all
             .iter()
