@@ -185,12 +185,14 @@ impl App {
             let limited = oidc.limits.as_ref().zip(client);
             let auth = &oidc.auth;
             let path = parts.uri.path();
+            // Every `/auth/*` request spends the budget, as in OpenRag: the sidecar's routes,
+            // the bridge's and any the backend answers (the path is canonical here).
+            if let Some((l, ip)) = limited.filter(|_| path.starts_with("/auth/")) {
+                Box::pin(l.spend(Kind::Auth, ip))
+                    .await
+                    .map_err(|wait| self.limited(Kind::Auth, wait))?;
+            }
             if Auth::is_route(path) {
-                if let Some((l, ip)) = limited {
-                    Box::pin(l.spend(Kind::Auth, ip))
-                        .await
-                        .map_err(|wait| self.limited(Kind::Auth, wait))?;
-                }
                 let scheme = headers::public_scheme(&parts.headers, peer);
                 return Ok((auth.route(&parts, body, scheme).await?, None));
             }

@@ -463,6 +463,12 @@ async fn rate_limits_are_shared_by_replicas_and_believe_only_trusted_proxies() {
             .unwrap(),
         "the 61st /auth/* request",
     );
+    limited_429(
+        &get(&b.url("/auth/chainlit-session"), &from("198.51.100.1"))
+            .await
+            .unwrap(),
+        "any /auth/* path, not only the sidecar's own routes",
+    );
     let r = get(&b.url("/auth/login"), &from("198.51.100.2"))
         .await
         .unwrap();
