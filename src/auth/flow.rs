@@ -8,7 +8,7 @@
 
 use super::cookies::CookieJar;
 use super::gate::{self, Decision};
-use super::login_state::{self, LoginState, STATE_TTL_SECS};
+use super::login_state::{self, LoginState};
 use super::oidc::{now_unix, Provider, TokenError};
 use super::redirect::sanitize_next;
 use super::refresh::access_lifetime;
@@ -21,7 +21,6 @@ use http::{header, request::Parts, HeaderValue, Response, StatusCode};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// The authentication service: the provider, the sessions and the settings.
 pub struct Auth {
@@ -58,6 +57,11 @@ impl Auth {
     /// The current settings (a reload may replace them between two requests).
     pub fn settings(&self) -> Arc<AuthSettings> {
         self.settings.current()
+    }
+
+    /// Seconds a login may take (`login_timeout_secs`, validated to at most a day).
+    fn login_ttl(&self) -> i64 {
+        self.settings().login_timeout.as_secs() as i64
     }
 
     /// Secure cookies when the public origin is https (the redirect URI's scheme, or the
@@ -135,7 +139,7 @@ impl Auth {
         let mut states = self
             .cookies
             .get(&parts.headers, &self.cookies.state)
-            .map(|c| login_state::open(self.sessions.keys(), &c, st.created))
+            .map(|c| login_state::open(self.sessions.keys(), &c, st.created, self.login_ttl()))
             .unwrap_or_default();
         states.push(st.clone());
         let sealed = login_state::seal(self.sessions.keys(), states);
@@ -145,7 +149,7 @@ impl Auth {
             self.cookies.set(
                 &self.cookies.state,
                 &sealed,
-                STATE_TTL_SECS,
+                self.login_ttl(),
                 self.secure(public_scheme),
             ),
         );
@@ -199,7 +203,7 @@ impl Auth {
         } else {
             let sealed = login_state::seal(self.sessions.keys(), remaining);
             self.cookies
-                .set(&self.cookies.state, &sealed, STATE_TTL_SECS, secure)
+                .set(&self.cookies.state, &sealed, self.login_ttl(), secure)
         };
         resp.headers_mut().append(header::SET_COOKIE, state_cookie);
         resp
@@ -230,7 +234,7 @@ impl Auth {
             .get(&parts.headers, &self.cookies.state)
             .ok_or(bad("OIDC state cookie missing."))?;
         let now = now_unix();
-        let mut in_flight = login_state::open(self.sessions.keys(), &sealed, now);
+        let mut in_flight = login_state::open(self.sessions.keys(), &sealed, now, self.login_ttl());
         if in_flight.is_empty() {
             return Err(bad("Invalid or expired OIDC state cookie."));
         }
@@ -252,7 +256,7 @@ impl Auth {
             .put_if_absent(
                 &marker,
                 self.sessions.keys().seal(st.next.as_bytes()).as_bytes(),
-                Duration::from_secs(STATE_TTL_SECS as u64),
+                self.settings().login_timeout,
             )
             .await
             .map_err(|e| CallbackError::Other(e.into()))?;

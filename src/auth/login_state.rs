@@ -8,9 +8,6 @@
 use crate::crypto::KeyRing;
 use serde::{Deserialize, Serialize};
 
-/// Seconds a login may take between `/auth/login` and `/auth/callback`.
-pub const STATE_TTL_SECS: i64 = 600;
-
 /// Logins kept in flight at most.
 pub const MAX_IN_FLIGHT: usize = 4;
 
@@ -28,9 +25,9 @@ pub struct LoginState {
     pub created: i64,
 }
 
-/// The live logins in a state cookie's value (none if it cannot be opened). A value holding
-/// one login, as older versions wrote it, is read too.
-pub fn open(keys: &KeyRing, sealed: &str, now: i64) -> Vec<LoginState> {
+/// The live logins (begun at most `ttl` seconds before `now`) in a state cookie's value (none
+/// if it cannot be opened). A value holding one login, as older versions wrote it, is read too.
+pub fn open(keys: &KeyRing, sealed: &str, now: i64, ttl: i64) -> Vec<LoginState> {
     let Some(plain) = keys.open(sealed) else {
         return Vec::new();
     };
@@ -38,7 +35,7 @@ pub fn open(keys: &KeyRing, sealed: &str, now: i64) -> Vec<LoginState> {
         .or_else(|_| serde_json::from_slice::<LoginState>(&plain).map(|s| vec![s]))
         .unwrap_or_default();
     all.into_iter()
-        .filter(|s| now - s.created <= STATE_TTL_SECS && s.created <= now + 5)
+        .filter(|s| now - s.created <= ttl && s.created <= now + 5)
         .collect()
 }
 
@@ -84,7 +81,7 @@ mod tests {
     fn several_logins_in_flight_each_complete() {
         let keys = KeyRing::parse(&crate::crypto::generate_key()).unwrap();
         let sealed = seal(&keys, vec![st("tab1", 100, 5), st("tab2", 101, 5)]);
-        let mut states = open(&keys, &sealed, 200);
+        let mut states = open(&keys, &sealed, 200, 600);
         assert_eq!(take(&mut states, "tab1").unwrap().state, "tab1");
         assert!(
             take(&mut states, "tab1").is_none(),
@@ -97,7 +94,7 @@ mod tests {
     fn the_oldest_go_when_too_many_or_too_big_and_the_expired_are_ignored() {
         let keys = KeyRing::parse(&crate::crypto::generate_key()).unwrap();
         let many: Vec<_> = (0..6).map(|i| st(&format!("s{i}"), 100 + i, 5)).collect();
-        let kept = open(&keys, &seal(&keys, many), 200);
+        let kept = open(&keys, &seal(&keys, many), 200, 600);
         assert_eq!(kept.len(), MAX_IN_FLIGHT);
         assert_eq!(kept[0].state, "s2", "the oldest were dropped");
         let big: Vec<_> = (0..4)
@@ -106,16 +103,21 @@ mod tests {
         let sealed = seal(&keys, big);
         assert!(sealed.len() <= MAX_SEALED_BYTES);
         assert_eq!(
-            open(&keys, &sealed, 200).last().unwrap().state,
+            open(&keys, &sealed, 200, 600).last().unwrap().state,
             "b3",
             "the newest stays"
         );
         let sealed = seal(&keys, vec![st("old", 0, 1), st("new", 650, 1)]);
-        let live = open(&keys, &sealed, 700);
+        let live = open(&keys, &sealed, 700, 600);
         assert_eq!(live.len(), 1, "older than 600 s: gone");
+        assert_eq!(
+            open(&keys, &sealed, 700, 701).len(),
+            2,
+            "a longer timeout keeps it"
+        );
         let single = keys.seal(serde_json::to_vec(&st("one", 690, 1)).unwrap().as_slice());
         assert_eq!(
-            open(&keys, &single, 700).len(),
+            open(&keys, &single, 700, 600).len(),
             1,
             "the one-login format of before"
         );

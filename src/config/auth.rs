@@ -129,6 +129,8 @@ pub struct AuthSettings {
     pub idp_timeout: Duration,
     pub discovery_refresh: Duration,
     pub refresh_skew: Duration,
+    /// How long a login in flight stays valid (`login_timeout_secs`).
+    pub login_timeout: Duration,
     /// The authorization request's `prompt`, when one is configured.
     pub prompt: Option<String>,
     /// Front-channel logout may end the sessions of the `sub` named as `sid`.
@@ -167,6 +169,9 @@ impl Settings {
             problems.push(format!(
                 "session_cookie_name '{name}' must be letters, digits, '_' or '-'"
             ));
+        }
+        if !(60..=86_400).contains(&self.login_timeout_secs) {
+            problems.push("login_timeout_secs must be between 60 and 86400".to_string());
         }
         if self.session_lifetime_secs < 60 {
             problems.push("session_lifetime_secs must be at least 60".to_string());
@@ -246,6 +251,7 @@ impl Settings {
             idp_timeout: Duration::from_secs(self.idp_timeout_secs),
             discovery_refresh: Duration::from_secs(self.discovery_refresh_secs),
             refresh_skew: Duration::from_secs(self.refresh_skew_secs),
+            login_timeout: Duration::from_secs(self.login_timeout_secs),
             prompt,
             frontchannel_logout_by_sub: self.frontchannel_logout_by_sub,
             redis: redis?,

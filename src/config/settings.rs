@@ -82,6 +82,9 @@ pub struct Settings {
     /// Refresh the access token when it expires within this many seconds (at most a quarter of
     /// the token's lifetime).
     pub refresh_skew_secs: u64,
+    /// Seconds a login may take between `/auth/login` and `/auth/callback` (the IdP's login
+    /// page, MFA included).
+    pub login_timeout_secs: u64,
     /// The `prompt` of the authorization request (`consent`, `login`…); empty: none, as OpenRag.
     pub prompt: String,
     /// Front-channel logout: when no session carries the `sid` sent, end the sessions of the
@@ -197,6 +200,7 @@ impl Default for Settings {
             idp_timeout_secs: 10,
             discovery_refresh_secs: 3600,
             refresh_skew_secs: 60,
+            login_timeout_secs: 600,
             prompt: String::new(),
             frontchannel_logout_by_sub: false,
             redis_key_prefix: "sso-sidecar:".into(),

@@ -327,3 +327,29 @@ fn bridge_settings_without_the_bridge_are_named() {
     assert_eq!(said.len(), 1, "{said:?}");
     assert!(said[0].starts_with("OIDC_GROUP_PREFIX "), "{said:?}");
 }
+
+#[test]
+fn the_login_timeout_is_a_setting_within_bounds() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = load(inputs(
+        dir.path(),
+        None,
+        &[("SSO_SIDECAR_LOGIN_TIMEOUT_SECS", "1800")],
+    ))
+    .unwrap();
+    assert_eq!(c.auth.login_timeout.as_secs(), 1800);
+    for bad in ["59", "86401"] {
+        let e = load(inputs(
+            dir.path(),
+            None,
+            &[("SSO_SIDECAR_LOGIN_TIMEOUT_SECS", bad)],
+        ))
+        .err()
+        .unwrap_or_else(|| panic!("{bad} accepted"));
+        assert!(
+            e.to_string()
+                .contains("login_timeout_secs must be between 60 and 86400"),
+            "{e}"
+        );
+    }
+}
