@@ -121,11 +121,10 @@ fn build_oidc(
         .openrag_env
         .rate_limits
         .map(|l| ratelimit::RateLimiter::new(l, store.clone()));
-    let sessions = Arc::new(session::Sessions::new(
-        store,
-        settings.keys.clone(),
-        config.workers,
-    ));
+    let sessions = Arc::new(
+        session::Sessions::new(store, settings.keys.clone(), config.workers)
+            .with_idle_timeout(config.auth.session_idle_timeout),
+    );
     let streams = Arc::new(session::LiveStreams::default());
     tokio::spawn(streams.clone().check_forever(
         sessions.clone(),

@@ -121,6 +121,8 @@ pub struct AuthSettings {
     /// `__Host-` names for the sidecar's cookies over https.
     pub cookie_host_prefix: bool,
     pub session_lifetime: Duration,
+    /// A session without a request for this long ends (`session_idle_timeout_secs`, 0 = none).
+    pub session_idle_timeout: Option<Duration>,
     pub allowed_redirect_origins: Vec<String>,
     /// Origins whose pages may act with the user's session besides our own (`auth::cross_site`).
     pub trusted_origins: super::origins::TrustedOrigins,
@@ -172,6 +174,13 @@ impl Settings {
         }
         if !(60..=86_400).contains(&self.login_timeout_secs) {
             problems.push("login_timeout_secs must be between 60 and 86400".to_string());
+        }
+        let idle = self.session_idle_timeout_secs;
+        if idle != 0 && !(10..=self.session_lifetime_secs).contains(&idle) {
+            problems.push(
+                "session_idle_timeout_secs must be 0 (none), or from 10 to session_lifetime_secs"
+                    .to_string(),
+            );
         }
         if self.session_lifetime_secs < 60 {
             problems.push("session_lifetime_secs must be at least 60".to_string());
@@ -244,6 +253,8 @@ impl Settings {
             session_cookie_name: name.clone(),
             cookie_host_prefix: self.cookie_host_prefix,
             session_lifetime: Duration::from_secs(self.session_lifetime_secs),
+            session_idle_timeout: (self.session_idle_timeout_secs > 0)
+                .then(|| Duration::from_secs(self.session_idle_timeout_secs)),
             allowed_redirect_origins: origins,
             trusted_origins,
             token_endpoint_auth,

@@ -66,6 +66,8 @@ pub struct Settings {
     pub cookie_host_prefix: bool,
     /// Absolute session lifetime when the IdP issued a refresh token; never extended.
     pub session_lifetime_secs: u64,
+    /// A session unused for this long ends (0: never, as in OpenRag).
+    pub session_idle_timeout_secs: u64,
     /// Absolute origins (`https://ui.example.com`) a post-login `next` may point to.
     pub allowed_redirect_origins: StringList,
     /// Other origins whose pages may send requests with the user's session (credentialed
@@ -193,6 +195,7 @@ impl Default for Settings {
             session_cookie_name: "sso_sidecar_session".into(),
             cookie_host_prefix: true,
             session_lifetime_secs: 7 * 24 * 3600,
+            session_idle_timeout_secs: 0,
             allowed_redirect_origins: StringList::default(),
             trusted_origins: StringList::default(),
             token_endpoint_auth: "auto".into(),

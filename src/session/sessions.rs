@@ -4,7 +4,9 @@
 //! Rules of the house, enforced here: the cookie carries only a random 256-bit id; the store key
 //! is a SHA-256 of that id (hash-tagged for Redis Cluster); the value is Fernet ciphertext; the
 //! `sid` and `sub` indexes are keyed by hashes too, so Redis holds nothing readable. A session's
-//! expiry is fixed at creation and never extended. No HTTP here.
+//! expiry is fixed at creation and never extended; with an idle timeout, the store entry's time
+//! to live is also pushed back by the requests that use it ([`Sessions::with_idle_timeout`]).
+//! No HTTP here.
 
 use crate::crypto::KeyRing;
 use crate::per_worker::PerWorker;
@@ -26,6 +28,8 @@ pub struct Sessions {
     /// the one already opened are decryption and parsing skipped, and the key's SHA-256 is not
     /// computed again. Per worker, so requests on different cores never share a lock.
     opened: PerWorker<Mutex<OpenedCache>>,
+    /// `session_idle_timeout_secs`, when set.
+    idle: Option<Duration>,
 }
 
 /// One worker's opened sessions. A session is kept the second time this worker opens it
@@ -36,6 +40,8 @@ pub struct Sessions {
 struct OpenedCache {
     map: HashMap<String, Opened>,
     admission: crate::per_worker::Admission,
+    /// With an idle timeout: when this worker last pushed back each session's idle deadline.
+    touched: HashMap<String, i64>,
 }
 
 /// An opened session, its store key and the ciphertext it was opened from.
@@ -48,6 +54,9 @@ struct Opened {
 /// Bound of each worker's opened-session cache (about 4.5 KiB an entry, so ~4.5 MiB at most);
 /// it is simply cleared when full.
 const OPENED_CACHE_MAX: usize = 1024;
+
+/// Bound of each worker's record of idle deadlines pushed back (~100 bytes an entry).
+const TOUCHED_MAX: usize = 8192;
 
 /// A session id as the cookie carries it: 32 random bytes, base64url (43 characters).
 pub fn new_session_id() -> String {
@@ -68,7 +77,17 @@ impl Sessions {
             store,
             keys,
             opened: PerWorker::new(workers, Mutex::default),
+            idle: None,
         }
+    }
+
+    /// Sessions that end after `idle` without a request (`None`: only at their expiry). The
+    /// store entry lives `idle` plus an eighth; a request that uses the session pushes that
+    /// back, each worker at most once per eighth of `idle` per session, so a session ends
+    /// between `idle` and `idle` plus an eighth after its last request.
+    pub fn with_idle_timeout(mut self, idle: Option<Duration>) -> Self {
+        self.idle = idle;
+        self
     }
 
     fn opened(&self) -> MutexGuard<'_, OpenedCache> {
@@ -100,7 +119,7 @@ impl Sessions {
     pub async fn create(&self, session: &Session, now: i64) -> Result<String, StoreError> {
         let id = new_session_id();
         self.save(&id, session, now).await?;
-        let ttl = ttl(session, now);
+        let ttl = self.ttl(session, now);
         let member = Self::key_of(&id);
         if let Some(sid) = &session.sid {
             self.store
@@ -119,7 +138,7 @@ impl Sessions {
             serde_json::to_vec(session).map_err(|e| StoreError::Unavailable(e.to_string()))?;
         let sealed = self.keys.seal(&plain);
         self.store
-            .put(&Self::key_of(id), sealed.as_bytes(), ttl(session, now))
+            .put(&Self::key_of(id), sealed.as_bytes(), self.ttl(session, now))
             .await
     }
 
@@ -130,7 +149,7 @@ impl Sessions {
             serde_json::to_vec(session).map_err(|e| StoreError::Unavailable(e.to_string()))?;
         let sealed = self.keys.seal(&plain);
         self.store
-            .put_if_present(&Self::key_of(id), sealed.as_bytes(), ttl(session, now))
+            .put_if_present(&Self::key_of(id), sealed.as_bytes(), self.ttl(session, now))
             .await
     }
 
@@ -185,7 +204,7 @@ impl Sessions {
                         entry.sealed = sealed;
                     }
                 }
-                return Ok(Some(session).filter(|s| s.is_live(now)));
+                return Ok(self.used(id, &key, Some(session), now, fresh).await);
             }
         }
         let session = std::str::from_utf8(&sealed)
@@ -193,27 +212,61 @@ impl Sessions {
             .and_then(|t| self.keys.open(t))
             .and_then(|p| serde_json::from_slice::<Session>(&p).ok())
             .map(Arc::new);
-        let mut cache = self.opened();
-        match &session {
-            // Kept if it was (a refresh changed it) or this is its second opening lately.
-            Some(_) if !was_known && !cache.admission.seen_before(id, OPENED_CACHE_MAX) => {}
-            Some(s) => {
-                if cache.map.len() >= OPENED_CACHE_MAX {
-                    crate::per_worker::evict_some(&mut cache.map);
+        {
+            let mut cache = self.opened();
+            match &session {
+                // Kept if it was (a refresh changed it) or this is its second opening lately.
+                Some(_) if !was_known && !cache.admission.seen_before(id, OPENED_CACHE_MAX) => {}
+                Some(s) => {
+                    if cache.map.len() >= OPENED_CACHE_MAX {
+                        crate::per_worker::evict_some(&mut cache.map);
+                    }
+                    let entry = Opened {
+                        key: key.clone(),
+                        sealed,
+                        session: s.clone(),
+                    };
+                    cache.map.insert(id.to_owned(), entry);
                 }
-                let entry = Opened {
-                    key,
-                    sealed,
-                    session: s.clone(),
-                };
-                cache.map.insert(id.to_owned(), entry);
-            }
-            None => {
-                cache.map.remove(id);
+                None => {
+                    cache.map.remove(id);
+                }
             }
         }
-        drop(cache);
-        Ok(session.filter(|s| s.is_live(now)))
+        Ok(self.used(id, &key, session, now, fresh).await)
+    }
+
+    /// `session` if it is live; with an idle timeout, a request (not a re-read under a lock)
+    /// that uses it pushes back its idle deadline, when this worker has not done so for an
+    /// eighth of the timeout. Only the time to live is changed, never the value: a refresh may
+    /// be writing it meanwhile. A failed push is not the request's failure.
+    async fn used(
+        &self,
+        id: &str,
+        key: &str,
+        session: Option<Arc<Session>>,
+        now: i64,
+        fresh: bool,
+    ) -> Option<Arc<Session>> {
+        let s = session.filter(|s| s.is_live(now))?;
+        let Some(idle) = self.idle.filter(|_| !fresh) else {
+            return Some(s);
+        };
+        let every = i64::try_from(idle.as_secs() / 8).unwrap_or(i64::MAX).max(1);
+        {
+            let mut cache = self.opened();
+            if cache.touched.get(id).is_some_and(|&t| now - t < every) {
+                return Some(s);
+            }
+            if cache.touched.len() >= TOUCHED_MAX {
+                crate::per_worker::evict_some(&mut cache.touched);
+            }
+            cache.touched.insert(id.to_owned(), now);
+        }
+        if let Err(e) = self.store.touch(key, self.ttl(&s, now)).await {
+            tracing::debug!(error = %e, "a session's idle deadline was not pushed back");
+        }
+        Some(s)
     }
 
     /// Removes the session with this cookie id.
@@ -243,14 +296,21 @@ impl Sessions {
     }
 }
 
-/// Store TTL of a session: until its expiry (at least one second).
-fn ttl(s: &Session, now: i64) -> Duration {
-    let end = if s.refresh_token.is_some() {
-        s.expires_at
-    } else {
-        s.expires_at.min(s.access_expires_at)
-    };
-    Duration::from_secs(u64::try_from(end - now).unwrap_or(0).max(1))
+impl Sessions {
+    /// Store TTL of a session: until its expiry (at least one second), and with an idle
+    /// timeout no longer than it plus an eighth.
+    fn ttl(&self, s: &Session, now: i64) -> Duration {
+        let end = if s.refresh_token.is_some() {
+            s.expires_at
+        } else {
+            s.expires_at.min(s.access_expires_at)
+        };
+        let left = Duration::from_secs(u64::try_from(end - now).unwrap_or(0).max(1));
+        match self.idle {
+            Some(idle) => left.min(idle + idle / 8),
+            None => left,
+        }
+    }
 }
 
 #[cfg(test)]

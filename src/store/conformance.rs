@@ -46,6 +46,11 @@ pub async fn run(store: &Store) {
     store.put(&k("short"), b"x", short).await.unwrap();
     assert!(store.get(&k("short")).await.unwrap().is_some());
 
+    // touch: a short-lived key made to last, its value kept; a missing key stays missing
+    store.put(&k("touched"), b"kept", short).await.unwrap();
+    assert!(store.touch(&k("touched"), long).await.unwrap());
+    assert!(!store.touch(&k("never"), long).await.unwrap());
+
     // put_if_absent: first wins, until expiry
     assert!(store.put_if_absent(&k("once"), b"1", short).await.unwrap());
     assert!(!store.put_if_absent(&k("once"), b"2", long).await.unwrap());
@@ -135,6 +140,16 @@ pub async fn run(store: &Store) {
         None,
         "expired values are gone"
     );
+    assert_eq!(
+        store.get(&k("touched")).await.unwrap().as_deref(),
+        Some(&b"kept"[..]),
+        "a touched value outlives its first TTL, unchanged"
+    );
+    assert!(
+        !store.touch(&k("short"), long).await.unwrap(),
+        "an expired key is not brought back"
+    );
+    assert_eq!(store.get(&k("short")).await.unwrap(), None);
     assert!(
         store.put_if_absent(&k("once"), b"3", long).await.unwrap(),
         "free again after expiry"

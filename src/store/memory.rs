@@ -168,6 +168,20 @@ impl MemoryStore {
         }
     }
 
+    pub fn touch(&self, key: &str, ttl: Duration) -> bool {
+        let now = Instant::now();
+        let mut map = self.lock(key);
+        match Self::live(&mut map, key, now) {
+            // The workers' copies keep the deadline they were read with: an earlier one, so
+            // they are read again sooner, never served longer than the value lives.
+            Some(e) => {
+                e.expires = deadline(now, ttl);
+                true
+            }
+            None => false,
+        }
+    }
+
     pub fn delete_if(&self, key: &str, value: &[u8]) -> bool {
         let mut map = self.lock(key);
         let matches = matches!(

@@ -111,6 +111,15 @@ impl Store {
         }
     }
 
+    /// Sets the time left to `key` to `ttl`, its value untouched; false when it is gone (an
+    /// expired key is not brought back). Sessions' idle timeout.
+    pub async fn touch(&self, key: &str, ttl: Duration) -> Result<bool, StoreError> {
+        match self {
+            Store::Memory(s) => Ok(s.touch(key, ttl)),
+            Store::Redis(s) => s.touch(key, ttl).await,
+        }
+    }
+
     /// Removes `key` only if it still holds `value` (a lock released by its owner only).
     pub async fn delete_if(&self, key: &str, value: &[u8]) -> Result<bool, StoreError> {
         match self {

@@ -670,3 +670,31 @@ async fn a_logout_with_nowhere_to_go_answers_a_browser_with_a_page() {
         assert!(!alive(sc, &cookie).await, "the session ended");
     }
 }
+
+/// `session_idle_timeout_secs` over two replicas on Redis: requests on one replica keep the
+/// session alive on both past the timeout; once nobody uses it, it ends on both.
+#[tokio::test]
+async fn an_idle_session_ends_on_every_replica_and_a_used_one_lives_on() {
+    let m = mock_pair(&[("SSO_SIDECAR_SESSION_IDLE_TIMEOUT_SECS", "10")]).await;
+    let cookie = mock_login(&m, &m.a.sidecar, "alice", "sid-1").await;
+    let start = std::time::Instant::now();
+    // Used on replica a every second for 16 s (more than the timeout plus an eighth).
+    while start.elapsed() < Duration::from_secs(16) {
+        assert!(
+            alive(&m.a.sidecar, &cookie).await,
+            "used, at {:?}",
+            start.elapsed()
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert!(
+        alive(&m.b.sidecar, &cookie).await,
+        "alive on the other replica too"
+    );
+    // Then left alone: gone on both within the timeout, an eighth and the caches' second.
+    let idle = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_millis(12_500)).await;
+    for sc in [&m.b.sidecar, &m.a.sidecar] {
+        assert!(!alive(sc, &cookie).await, "idle for {:?}", idle.elapsed());
+    }
+}

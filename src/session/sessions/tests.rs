@@ -113,3 +113,40 @@ async fn a_session_is_kept_opened_from_its_second_read() {
     assert!(Arc::ptr_eq(&after, &cached), "the changed session is kept");
     assert_eq!(kept(&s), 1);
 }
+
+/// With an idle timeout: requests keep a session alive far past it, and without them it ends
+/// between the timeout and an eighth more after the last one that pushed its deadline back;
+/// a worker pushes it back at most once per eighth of the timeout.
+#[tokio::test(start_paused = true)]
+async fn an_idle_session_ends_and_a_used_one_lives_on() {
+    let s = sessions().with_idle_timeout(Some(Duration::from_secs(80)));
+    let stored = |s: &Sessions, id: &str| {
+        let key = Sessions::key_of(id);
+        let store = s.store.clone();
+        async move { store.get(&key).await.unwrap().is_some() }
+    };
+    let mut now = 100;
+    let id = s.create(&session(now), now).await.unwrap();
+    // Used every 20 s for 400 s, five timeouts: alive throughout.
+    for _ in 0..20 {
+        tokio::time::advance(Duration::from_secs(20)).await;
+        now += 20;
+        assert!(s.load(&id, now).await.unwrap().is_some(), "used at {now}");
+    }
+    // Used again 5 s later: within an eighth (10 s) of the last push, so no new one.
+    tokio::time::advance(Duration::from_secs(5)).await;
+    assert!(s.load(&id, now + 5).await.unwrap().is_some());
+    tokio::time::advance(Duration::from_secs(84)).await;
+    assert!(
+        stored(&s, &id).await,
+        "89 s after the last push: within 80 s + 10 s"
+    );
+    tokio::time::advance(Duration::from_secs(2)).await;
+    assert!(!stored(&s, &id).await, "91 s after the last push: gone");
+    assert!(s.load(&id, now + 91).await.unwrap().is_none());
+
+    // Never used after its login: gone after the timeout plus an eighth as well.
+    let id = s.create(&session(now), now).await.unwrap();
+    tokio::time::advance(Duration::from_secs(91)).await;
+    assert!(s.load(&id, now + 91).await.unwrap().is_none());
+}

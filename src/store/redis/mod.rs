@@ -295,6 +295,15 @@ impl RedisStore {
         Ok(r?.is_some())
     }
 
+    /// `PEXPIRE key ttl`. Nothing to wait for afterwards (unlike a write): Redis tells the
+    /// client-side caches, which read the key again, and nobody must see the new TTL at once.
+    pub async fn touch(&self, key: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let n: i64 = self
+            .query(redis::cmd("PEXPIRE").arg(self.key(key)).arg(millis(ttl)))
+            .await?;
+        Ok(n == 1)
+    }
+
     pub async fn delete(&self, key: &str) -> Result<bool, StoreError> {
         let n: Result<i64, _> = self.query(redis::cmd("DEL").arg(self.key(key))).await;
         self.written(key).await;
