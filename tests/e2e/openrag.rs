@@ -636,13 +636,17 @@ async fn a_browser_login_lands_in_the_backend_as_the_right_user() {
 
 /// An administrator moves the `external_user_id` link of `alice` to another account after she
 /// logged in once. Her next login lands in the account the link names now, with a token of
-/// that account, not in the one the sidecar remembered (nor through its token in the vault).
+/// that account: not in the one the sidecar remembered, nor through the old account's token in
+/// the vault, whether the sidecar still remembers the old link or (another user's login made it
+/// list the users again, as a restart or another replica would) not.
 #[tokio::test]
 async fn a_login_follows_a_link_moved_to_another_account() {
     let w = world(
         json!([
             seeded("alice", Some(&token(7))),
-            seeded("spare", Some(&token(8)))
+            seeded("spare", Some(&token(8))),
+            seeded("bob", Some(&token(9))),
+            seeded("spare2", Some(&token(10)))
         ]),
         json!({}),
         &[("SSO_SIDECAR_OPENRAG__TOKEN_POLICY", "regenerate")],
@@ -681,4 +685,28 @@ async fn a_login_follows_a_link_moved_to_another_account() {
     let second = whoami(login(sc, "alice", "/").await.cookie).await;
     assert_eq!(second["id"].as_u64(), Some(new_id), "{second}");
     assert_eq!(second["external_user_id"], "alice");
+
+    // Moved again, and this time bob's first login lists the users (the new link is known)
+    // before alice comes back: only the vault still holds the previous account's token.
+    let third_id = w.backend.user("spare2").await.unwrap()["id"]
+        .as_u64()
+        .unwrap();
+    for (id, link) in [(new_id, "alice-between"), (third_id, "alice")] {
+        let r = send(request(
+            "PATCH",
+            &format!("{}/users/{id}", w.backend.url()),
+            &[
+                ("authorization", &format!("Bearer {ADMIN_TOKEN}")),
+                ("content-type", "application/json"),
+            ],
+            body(json!({ "external_user_id": link }).to_string()),
+        ))
+        .await
+        .unwrap();
+        assert_eq!(r.status(), 200, "{:?}", r.body());
+    }
+    let bob = whoami(login(sc, "bob", "/").await.cookie).await;
+    assert_eq!(bob["external_user_id"], "bob");
+    let third = whoami(login(sc, "alice", "/").await.cookie).await;
+    assert_eq!(third["id"].as_u64(), Some(third_id), "{third}");
 }

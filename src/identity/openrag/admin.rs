@@ -143,15 +143,24 @@ impl AdminClient {
     /// `Ok(false)` only for the backend's own refusal (403 `Invalid token`); anything else it
     /// cannot tell is an error.
     pub async fn token_works(&self, token: &str) -> Result<bool, AdminError> {
+        Ok(self.token_owner(token).await?.is_some())
+    }
+
+    /// The id of the account `token` belongs to, as `GET /users/info` with it says; `None` for
+    /// the backend's own refusal (403 `Invalid token`). Anything else it cannot tell is an error.
+    pub async fn token_owner(&self, token: &str) -> Result<Option<u64>, AdminError> {
         match self
             .call_as(token, Method::GET, "/users/info", Payload::Empty)
             .await
         {
-            Ok(_) => Ok(true),
+            Ok(v) => match v.get("id").and_then(Value::as_u64) {
+                Some(id) => Ok(Some(id)),
+                None => Err(AdminError::Json("/users/info without an id".into())),
+            },
             Err(AdminError::Status { status, detail })
                 if status == StatusCode::FORBIDDEN && detail == "\"Invalid token\"" =>
             {
-                Ok(false)
+                Ok(None)
             }
             Err(e) => Err(e),
         }

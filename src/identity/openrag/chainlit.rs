@@ -63,7 +63,7 @@ impl OpenRagBridge {
     ) -> Result<Option<String>, BridgeError> {
         let key = self.chainlit_key(token);
         if let Some(sealed) = self.store.get(&key).await? {
-            if let Some(pairs) = self.open_vault(&sealed) {
+            if let Some(pairs) = self.open_sealed(&sealed) {
                 return Ok(Some(pairs.expose().clone()));
             }
         }

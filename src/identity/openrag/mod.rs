@@ -3,8 +3,8 @@
 //! `external_user_id == sub` and injects that user's token (docs/openrag-backend.md#users, #tokens, #admin-api).
 //!
 //! Owns the user lookup (list + cache, refreshed on a miss), auto-provisioning and claim sync
-//! through the admin API, the token vault (each user's token Fernet-encrypted in the shared store,
-//! keyed by a hash of the `sub`) and the policy for users whose token the vault lacks. It never
+//! through the admin API, the token vault (`vault.rs`: each user's token Fernet-encrypted in the
+//! shared store with the account it belongs to, keyed by a hash of the `sub`) and the policy for users whose token the vault lacks. It never
 //! logs a token; the `sub` of a refused user is logged at WARN, as OpenRag does.
 
 pub mod admin;
@@ -14,6 +14,7 @@ pub mod groups;
 pub mod inject;
 mod provision;
 pub(crate) mod request;
+mod vault;
 
 use crate::config::openrag_env::ClaimMapping;
 use crate::config::{BridgeSettings, TokenPolicy};
@@ -108,8 +109,8 @@ impl OpenRagBridge {
 
     /// The backend user linked to `sub`. A remembered link is confirmed with `GET /users/{id}`
     /// (one user, at a login): an administrator may have deleted that user or moved the link
-    /// to another one since, and the login must not land in the old account, through the link
-    /// or through the old account's token in the vault (dropped when the link moved).
+    /// to another one since, and the login must not land in the old account (nor through its
+    /// token: the vault hands a token only to its own account, `vault.rs`).
     async fn find_user(&self, sub: &str) -> Result<Option<BackendUser>, BridgeError> {
         let Some(u) = self.cached(sub) else {
             return Ok(self.list_users_for(sub).await?);
@@ -129,11 +130,7 @@ impl OpenRagBridge {
                 "the remembered backend user changed: users listed again"
             ),
         }
-        let found = self.list_users_for(sub).await?;
-        if found.as_ref().is_some_and(|f| f.id != u.id) {
-            self.store.delete(&self.vault_key(sub)).await?;
-        }
-        Ok(found)
+        Ok(self.list_users_for(sub).await?)
     }
 
     /// Lists the backend's users again (links and emails) and returns the one linked to `sub`.
@@ -154,34 +151,6 @@ impl OpenRagBridge {
         Ok(map.get(sub).cloned())
     }
 
-    fn vault_key(&self, sub: &str) -> String {
-        crate::store::keys::hashed("vault", &["vault", &self.issuer, sub])
-    }
-
-    async fn vault_get(&self, sub: &str) -> Result<Option<Secret<String>>, StoreError> {
-        let sealed = self.store.get(&self.vault_key(sub)).await?;
-        Ok(sealed.and_then(|b| self.open_vault(&b)))
-    }
-
-    fn open_vault(&self, sealed: &[u8]) -> Option<Secret<String>> {
-        std::str::from_utf8(sealed)
-            .ok()
-            .and_then(|t| self.keys.open(t))
-            .and_then(|p| String::from_utf8(p).ok())
-            .map(Secret::new)
-    }
-
-    async fn vault_put(&self, sub: &str, token: &Secret<String>) -> Result<(), StoreError> {
-        let sealed = self.keys.seal(token.expose().as_bytes());
-        self.store
-            .put(
-                &self.vault_key(sub),
-                sealed.as_bytes(),
-                self.settings.vault_ttl,
-            )
-            .await
-    }
-
     /// Whether backend user `id` is an administrator (asked of the backend, not cached: an
     /// administrator's rights can be withdrawn at any time).
     pub async fn is_admin(&self, id: u64) -> Result<bool, BridgeError> {
@@ -189,8 +158,13 @@ impl OpenRagBridge {
     }
 
     /// Keeps `token` as `sub`'s backend token (the user regenerated it through the sidecar).
-    pub async fn adopt_token(&self, sub: &str, token: &Secret<String>) -> Result<(), BridgeError> {
-        Ok(self.vault_put(sub, token).await?)
+    pub async fn adopt_token(
+        &self,
+        sub: &str,
+        user: Option<u64>,
+        token: &Secret<String>,
+    ) -> Result<(), BridgeError> {
+        Ok(self.vault_put(sub, user, token).await?)
     }
 
     /// With group sync on (`OIDC_CLAIM_GROUPS`).
@@ -239,12 +213,13 @@ impl OpenRagBridge {
                 return Err(BridgeError::NotRegistered);
             }
         };
-        let token = match self.vault_get(sub).await? {
+        let token = match self.vault_token_for(sub, user.id).await? {
             Some(t) => t,
             None => self.token_by_policy(sub, &user).await?,
         };
         self.sync_claims(sub, &user, claims).await;
-        self.vault_put(sub, &token).await?; // keeps the vault entry alive while the user logs in
+        // Keeps the vault entry alive while the user logs in (and records its owner).
+        self.vault_put(sub, Some(user.id), &token).await?;
         Ok(Resolved {
             user_id: user.id,
             token,
@@ -260,10 +235,16 @@ impl OpenRagBridge {
         // Read from Redis itself: this is exactly "what did another replica just write".
         let key = self.vault_key(sub);
         let sealed = self.store.get_fresh(&key).await?;
-        if let Some(t) = sealed.as_deref().and_then(|b| self.open_vault(b)) {
-            if t.expose() != stale {
-                let user_id = self.cached(sub).map(|u| u.id).unwrap_or_default();
-                return Ok(Some(Resolved { user_id, token: t }));
+        if let Some(v) = sealed.as_deref().and_then(|b| self.open_vaulted(b)) {
+            if v.token.expose() != stale {
+                let user_id = v
+                    .user
+                    .or_else(|| self.cached(sub).map(|u| u.id))
+                    .unwrap_or_default();
+                return Ok(Some(Resolved {
+                    user_id,
+                    token: v.token,
+                }));
             }
         }
         // A route may answer 403 "Invalid token" for its own reasons (a provider it calls):
@@ -320,7 +301,7 @@ impl OpenRagBridge {
             );
             return Err(BridgeError::NoToken);
         }
-        self.vault_put(sub, &token).await?;
+        self.vault_put(sub, Some(user.id), &token).await?;
         tracing::info!(
             sub,
             user_id = user.id,

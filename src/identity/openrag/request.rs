@@ -213,7 +213,11 @@ async fn adopt_regenerated(
     if let Some(token) = token {
         let kept = async {
             bridge
-                .adopt_token(&session.sub, &crate::secret::Secret::new(token.clone()))
+                .adopt_token(
+                    &session.sub,
+                    session.backend_user_id,
+                    &crate::secret::Secret::new(token.clone()),
+                )
                 .await
                 .map_err(|e| e.to_string())?;
             let mut updated = session.clone();
