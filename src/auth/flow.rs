@@ -294,17 +294,18 @@ impl Auth {
             .filter(|s| !s.is_empty())
             .ok_or(bad("ID token missing 'sub' claim."))?
             .to_owned();
-        let profile = super::profile::read(&self.provider, &sub, &claims, &tokens.access_token)
-            .await
-            .map_err(|e| match e {
-                super::profile::ProfileError::OtherSubject => {
-                    bad("Userinfo sub does not match ID token sub.")
-                }
-                super::profile::ProfileError::Userinfo(e) => {
-                    tracing::warn!(error = %e, "userinfo failed");
-                    bad("Failed to fetch userinfo from IdP.")
-                }
-            })?;
+        let profile =
+            super::profile::read(&self.provider, &sub, &claims, &tokens.access_token, false)
+                .await
+                .map_err(|e| match e {
+                    super::profile::ProfileError::OtherSubject => {
+                        bad("Userinfo sub does not match ID token sub.")
+                    }
+                    super::profile::ProfileError::Userinfo(e) => {
+                        tracing::warn!(error = %e, "userinfo failed");
+                        bad("Failed to fetch userinfo from IdP.")
+                    }
+                })?;
         // `[authz]` before anything is written anywhere: a refused user leaves no trace at the
         // backend and gets no session.
         let settings = self.settings();

@@ -21,11 +21,16 @@ pub enum ProfileError {
 /// `OIDC_CLAIM_SOURCE=id_token` (completed from userinfo when the ID token has no profile
 /// claims at all, as LemonLDAP::NG's by default), userinfo's with `userinfo` (whose `sub`
 /// must match).
+///
+/// When userinfo fails for an ID token without profile claims, a login goes on with the claims
+/// it has; a refresh (`refreshing`) gets the error instead, so the profile kept since the login
+/// stands: a passing outage must not blank the session's email or end it under `[authz]`.
 pub async fn read(
     provider: &Provider,
     sub: &str,
     claims: &Map<String, Value>,
     access_token: &str,
+    refreshing: bool,
 ) -> Result<Map<String, Value>, ProfileError> {
     match provider.settings.claim_source {
         ClaimSource::IdToken if lacks_profile(claims) => {
@@ -41,7 +46,9 @@ pub async fn read(
                         profile.entry(k).or_insert(v);
                     }
                 }
+                Ok(_) if refreshing => return Err(ProfileError::OtherSubject),
                 Ok(_) => tracing::warn!("userinfo names another subject: ignored"),
+                Err(e) if refreshing => return Err(ProfileError::Userinfo(e)),
                 Err(e) => {
                     tracing::warn!(error = %e, "userinfo failed; the ID token's claims are used")
                 }

@@ -233,19 +233,24 @@ impl Auth {
                 ));
             }
             s.id_token = id_token.clone();
-            let profile =
-                match super::profile::read(&self.provider, &s.sub, &claims, &tokens.access_token)
-                    .await
-                {
-                    Ok(p) => {
-                        super::profile::apply(s, &p, &self.settings().authz.groups_claim);
-                        Some(p)
-                    }
-                    Err(e) => {
-                        tracing::warn!(sub = %s.sub, error = %e, "profile not updated at refresh");
-                        None
-                    }
-                };
+            let profile = match super::profile::read(
+                &self.provider,
+                &s.sub,
+                &claims,
+                &tokens.access_token,
+                true,
+            )
+            .await
+            {
+                Ok(p) => {
+                    super::profile::apply(s, &p, &self.settings().authz.groups_claim);
+                    Some(p)
+                }
+                Err(e) => {
+                    tracing::warn!(sub = %s.sub, error = %e, "profile not updated at refresh");
+                    None
+                }
+            };
             renewed = Some(Renewed { claims, profile });
         }
         s.access_token = tokens.access_token;

@@ -198,3 +198,70 @@ async fn a_tightened_allow_list_ends_sessions_at_their_next_refresh_without_a_ne
     assert_eq!(metric(&m, refreshed), 2.0, "bob's refresh and alice's: {m}");
     assert_eq!(metric(&m, refused), 1.0, "{m}");
 }
+
+/// An IdP whose ID tokens carry no profile (LemonLDAP::NG's default) and whose userinfo fails
+/// at a refresh: the refresh goes on with the profile kept since the login, so a passing
+/// userinfo outage neither blanks the email nor ends the session under an email rule.
+#[tokio::test]
+async fn a_userinfo_outage_at_a_refresh_keeps_the_profile() {
+    let idp = MockIdp::start().await;
+    let key = Key::new("k");
+    idp.set(|m| {
+        m.jwks = json!({"keys": [key.jwk()]});
+        m.login_expires_in = 8;
+        m.userinfo = json!({"sub": "alice", "email": "alice@example.test"});
+    });
+    let up = Upstream::start();
+    let sc = start_oidc_sidecar(
+        free_port(),
+        &idp.issuer(),
+        &up.url(),
+        &[
+            ("SSO_SIDECAR_AUTHZ__ALLOWED_EMAIL_DOMAINS", "example.test"),
+            ("SSO_SIDECAR_IDENTITY", "headers"),
+        ],
+    )
+    .await;
+    let sc = &sc.sidecar;
+    let cookie = session_header(&idp.login(&key, sc, "alice", "sid-1").await);
+    // Refreshes now bring a new ID token (no profile claims), and userinfo fails.
+    let now = sso_sidecar::auth::oidc::now_unix();
+    let id_token = key.sign(
+        &json!({"iss": idp.issuer(), "sub": "alice", "aud": CLIENT_ID,
+                                     "exp": now + 600, "iat": now}),
+    );
+    idp.set(|m| {
+        m.userinfo = json!({"error": "temporarily_unavailable"});
+        m.token_response = json!({"access_token": "at-2", "token_type": "Bearer",
+                                  "expires_in": 8, "id_token": id_token, "refresh_token": "rt"});
+    });
+    let refreshed = r#"sso_sidecar_token_refreshes_total{result="ok"}"#;
+    let start = Instant::now();
+    loop {
+        let r = get(&up_echo(sc), &[("cookie", &cookie)]).await.unwrap();
+        assert_eq!(r.status(), 200, "the session lives on: {:?}", r.body());
+        let m = String::from_utf8_lossy(get(&sc.admin_url("/metrics"), &[]).await.unwrap().body())
+            .into_owned();
+        if metric(&m, refreshed) >= 1.0 {
+            assert_eq!(
+                json(&r)["headers"]["x-forwarded-email"][0],
+                "alice@example.test",
+                "the email kept"
+            );
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(15), "no refresh: {m}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The request after the refresh carries the kept profile too.
+    let r = get(&up_echo(sc), &[("cookie", &cookie)]).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        json(&r)["headers"]["x-forwarded-email"][0],
+        "alice@example.test"
+    );
+}
+
+fn up_echo(sc: &Sidecar) -> String {
+    sc.url("/echo/x")
+}
