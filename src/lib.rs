@@ -154,7 +154,7 @@ fn build_oidc(
 }
 
 /// What can be checked of the configuration without the network: the certificates and keys it
-/// names load. `run` and `check` call it before any port is bound, so a certificate that is not
+/// names load, and the Redis settings make clients. `run` and `check` call it before any port is bound, so a certificate that is not
 /// one exits 78 like every other configuration problem, not 1 once the ports are taken.
 pub fn preflight(config: &Config) -> Vec<String> {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -164,19 +164,24 @@ pub fn preflight(config: &Config) -> Vec<String> {
             problems.push(e);
         }
     }
-    let redis_ca = config
-        .auth
-        .redis
-        .as_ref()
-        .and_then(|r| r.ca_file.as_deref());
+    // The IdP and Redis are only used with OIDC: a stale file of theirs does not stop a
+    // pass-through sidecar.
+    let oidc = config.auth_mode() == AuthMode::Oidc;
+    let redis = config.auth.redis.as_ref().filter(|_| oidc);
+    let redis_ca = redis.and_then(|r| r.ca_file.as_deref());
+    let idp_ca = config.auth.idp_ca_file.as_deref().filter(|_| oidc);
     for (key, file) in [
         ("upstream_ca_file", config.proxy.upstream_ca_file.as_deref()),
-        ("idp_ca_file", config.auth.idp_ca_file.as_deref()),
+        ("idp_ca_file", idp_ca),
         ("redis_ca_file", redis_ca),
     ] {
         if let Some(Err(e)) = file.map(|f| tls::client_config(Some(f))) {
             problems.push(format!("{key} {e}"));
         }
+    }
+    // Builds the Redis clients (their URLs parsed, nothing connected), as `run` will.
+    if let Some(Err(e)) = redis.map(|r| store::redis::RedisStore::from_config(r, 1)) {
+        problems.push(format!("Redis: {e}"));
     }
     problems
 }
@@ -282,6 +287,11 @@ pub async fn run(
     let admin_opts = server::ServeOptions {
         tls: None,
         name: "admin",
+        // It stops once the public listener has drained: what is left is probes and scrapes,
+        // answered at once, so shutdown takes at most a second beyond `shutdown_timeout`.
+        drain_timeout: config
+            .shutdown_timeout
+            .min(std::time::Duration::from_secs(1)),
         limiter: Some(server::limits::ConnLimiter::admin(
             limits.admin_max,
             metrics.clone(),

@@ -88,13 +88,8 @@ fn check(c: &Config) -> ExitCode {
         println!("warning: {w}");
     }
     println!("{}", mode_in_words(c));
-    let files = sso_sidecar::preflight(c);
-    if !files.is_empty() {
-        for p in &files {
-            eprintln!("sso-sidecar: {p}");
-        }
-        return ExitCode::from(EX_CONFIG);
-    }
+    // Every problem is listed: the files' and then what the probes find.
+    let mut problems = sso_sidecar::preflight(c);
     if let Some(oidc) = &c.openrag_env.oidc {
         for w in scheme_warnings(c, oidc) {
             println!("warning: {w}");
@@ -110,13 +105,13 @@ fn check(c: &Config) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let problems = runtime.block_on(probe(c, oidc));
-        if !problems.is_empty() {
-            for p in &problems {
-                eprintln!("sso-sidecar: {p}");
-            }
-            return ExitCode::from(EX_CONFIG);
+        problems.extend(runtime.block_on(probe(c, oidc)));
+    }
+    if !problems.is_empty() {
+        for p in &problems {
+            eprintln!("sso-sidecar: {p}");
         }
+        return ExitCode::from(EX_CONFIG);
     }
     println!(
         "configuration OK: {}, listen {}, upstream {}",

@@ -375,8 +375,31 @@ fn unusable_tls_files_exit_78_before_any_port_is_bound() {
             &["tls.cert_file", "cert.pem", "upstream_ca_file", "ca.pem"],
         );
     }
-    // With the files sound, the held port is what stops `run`: exit 1, not 78.
-    let (code, _, err) = run(&["run"], &env[..2]);
+    // With the files sound, the held port is what stops `run`: exit 1, not 78. The IdP's CA
+    // file is not among them in pass-through mode, where nothing uses it.
+    let mut sound = env[..2].to_vec();
+    sound.push(("SSO_SIDECAR_IDP_CA_FILE", ca.as_str()));
+    let (code, _, err) = run(&["run"], &sound);
     assert_eq!(code, Some(1), "{err}");
     says(&err, &["cannot listen on"]);
+
+    // With OIDC, Redis settings that make no client are found before binding too.
+    let mut oidc = oidc_env(
+        "http://127.0.0.1:1",
+        "http://127.0.0.1:1/auth/callback",
+        &[],
+    );
+    for (k, v) in [
+        ("SSO_SIDECAR_IDENTITY", "headers"),
+        ("SSO_SIDECAR_REDIS_URL", "redis://127.0.0.1:not-a-port"),
+    ]
+    .into_iter()
+    .chain(sound[..2].iter().copied())
+    {
+        oidc.push((k.to_owned(), v.to_owned()));
+    }
+    let oidc: Vec<(&str, &str)> = oidc.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let (code, _, err) = run(&["run"], &oidc);
+    assert_eq!(code, Some(78), "{err}");
+    says(&err, &["Redis: invalid Redis settings"]);
 }
