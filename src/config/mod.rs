@@ -165,7 +165,7 @@ pub fn load(inputs: Inputs) -> Result<Config, ConfigErrors> {
                 figment = figment.merge(Serialized::defaults(kept));
                 unknown_keys = toml_keys::unknown_keys(path);
             }
-            Err(e) => problems.extend(e.into_iter().map(|e| e.to_string())),
+            Err(e) => problems.extend(e.into_iter().map(|e| without_source(&e.to_string()))),
         }
     }
     let mut typed = Vec::new();
@@ -255,6 +255,19 @@ pub fn load(inputs: Inputs) -> Result<Config, ConfigErrors> {
         }
         _ => Err(ConfigErrors(problems)),
     }
+}
+
+/// A TOML syntax error without the source line the parser quotes: that line may be a secret
+/// (`redis_password = "…` left unclosed), and problems reach stderr and, on a reload, the log.
+/// What is left names the line and column and what was expected.
+fn without_source(message: &str) -> String {
+    message
+        .lines()
+        .filter(|l| !l.contains('|'))
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 fn read_env_file(path: &Path, explicit: bool, problems: &mut Vec<String>) -> Vec<(String, String)> {

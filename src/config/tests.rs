@@ -353,3 +353,19 @@ fn the_login_timeout_is_a_setting_within_bounds() {
         );
     }
 }
+
+#[test]
+fn a_toml_syntax_error_is_placed_without_quoting_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    for toml in [
+        "listen = \"0.0.0.0:8000\"\nredis_password = \"s3cret-pw\n",
+        "redis_url = redis://:s3cret-pw@redis:6379\n",
+    ] {
+        let e = load(inputs(dir.path(), Some(toml), &[]))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(!e.contains("s3cret-pw"), "{e}");
+        assert!(e.contains("line") && e.contains("column"), "{e}");
+    }
+}
