@@ -311,11 +311,14 @@ fn refused_early(req: &Request<Incoming>) -> Option<Error> {
 
 /// Warns, once per process, that a peer outside `trusted_proxies` sends `X-Forwarded-For`: an
 /// ingress or load balancer that is not listed makes every client behind it one address, so
-/// they all share one rate-limit budget (one user's failures can lock everyone out).
+/// they all share one rate-limit budget (one user's failures can lock everyone out). Only for
+/// peers on internal addresses, where ingresses live: a client on the internet that sends the
+/// header is not a proxy to list, and must not spend the one warning.
 fn untrusted_forwarder(headers: &http::HeaderMap, peer: headers::Peer) {
     static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     if peer.trusted
         || SAID.load(std::sync::atomic::Ordering::Relaxed)
+        || !internal(peer.ip)
         || !headers.contains_key(headers::X_FORWARDED_FOR)
         || SAID.swap(true, std::sync::atomic::Ordering::Relaxed)
     {
@@ -331,9 +334,53 @@ fn untrusted_forwarder(headers: &http::HeaderMap, peer: headers::Peer) {
     );
 }
 
+/// Loopback, private (RFC 1918, RFC 6598 shared, IPv6 unique local) or link-local.
+fn internal(ip: std::net::IpAddr) -> bool {
+    match ip.to_canonical() {
+        std::net::IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || (a == 100 && (64..128).contains(&b))
+        }
+        std::net::IpAddr::V6(v6) => {
+            let first = v6.segments()[0];
+            v6.is_loopback() || (first & 0xfe00) == 0xfc00 || (first & 0xffc0) == 0xfe80
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn internal_addresses_are_where_ingresses_live() {
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.9",
+            "192.168.1.1",
+            "100.64.0.1",
+            "169.254.1.1",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:10.0.0.1",
+        ] {
+            assert!(internal(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in [
+            "8.8.8.8",
+            "100.128.0.1",
+            "172.32.0.1",
+            "2001:db8::1",
+            "::ffff:1.1.1.1",
+        ] {
+            assert!(!internal(ip.parse().unwrap()), "{ip}");
+        }
+    }
 
     /// The size of what `f` returns (a future), without calling it.
     fn returned_size<F, A, B, C, R>(_: &F) -> usize

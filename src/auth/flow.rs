@@ -3,7 +3,7 @@
 //! Each handler returns a complete response. Callback failures use OpenRag's exact messages
 //! (docs/openrag-backend.md#callback) and always delete the state cookie; the details go to the log, never to the
 //! user. Security properties: state and nonce are 256-bit randoms, PKCE S256, the state cookie
-//! is Fernet-encrypted and expires after 600 s, a state is accepted once (replay marker in the
+//! is Fernet-encrypted and expires after `login_timeout_secs` (600 s), a state is accepted once (replay marker in the
 //! shared store), and every login mints a fresh session id.
 
 use super::cookies::CookieJar;
