@@ -36,7 +36,12 @@ pub fn parse(text: &str) -> Result<Vec<(String, String)>, String> {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.'));
         if !valid {
-            return Err(format!("line {}: '{key}' is not a variable name", n + 1));
+            // Not quoted back: what stands before `=` may be a piece of a value (a secret
+            // that spilled over a line), and problems reach stderr and the log.
+            return Err(format!(
+                "line {}: what stands before '=' is not a variable name (letters, digits, '_')",
+                n + 1
+            ));
         }
         let rest = rest.trim_start();
         let value = match rest.chars().next() {
@@ -224,5 +229,10 @@ mod tests {
             let e = parse(text).unwrap_err();
             assert!(e.starts_with(line), "{text:?}: {e}");
         }
+        // A value that spilled over a line is not quoted back in the problem.
+        let e = parse("OIDC_CLIENT_SECRET=abc
+d3f-s3cr3t part=2
+").unwrap_err();
+        assert!(e.starts_with("line 2") && !e.contains("s3cr3t"), "{e}");
     }
 }
