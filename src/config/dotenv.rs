@@ -230,9 +230,12 @@ mod tests {
             assert!(e.starts_with(line), "{text:?}: {e}");
         }
         // A value that spilled over a line is not quoted back in the problem.
-        let e = parse("OIDC_CLIENT_SECRET=abc
+        let e = parse(
+            "OIDC_CLIENT_SECRET=abc
 d3f-s3cr3t part=2
-").unwrap_err();
+",
+        )
+        .unwrap_err();
         assert!(e.starts_with("line 2") && !e.contains("s3cr3t"), "{e}");
     }
 }

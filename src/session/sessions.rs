@@ -119,7 +119,9 @@ impl Sessions {
     pub async fn create(&self, session: &Session, now: i64) -> Result<String, StoreError> {
         let id = new_session_id();
         self.save(&id, session, now).await?;
-        let ttl = self.ttl(session, now);
+        // The indexes live as long as the session may: requests push back the session's idle
+        // deadline, not theirs, and a logout must still find a session in steady use.
+        let ttl = lifetime_left(session, now);
         let member = Self::key_of(&id);
         if let Some(sid) = &session.sid {
             self.store
@@ -263,10 +265,15 @@ impl Sessions {
             }
             cache.touched.insert(id.to_owned(), now);
         }
-        if let Err(e) = self.store.touch(key, self.ttl(&s, now)).await {
-            tracing::debug!(error = %e, "a session's idle deadline was not pushed back");
+        match self.store.touch(key, self.ttl(&s, now)).await {
+            // Gone since it was read (a logout on another replica): not served.
+            Ok(false) => None,
+            Ok(true) => Some(s),
+            Err(e) => {
+                tracing::debug!(error = %e, "a session's idle deadline was not pushed back");
+                Some(s)
+            }
         }
-        Some(s)
     }
 
     /// Removes the session with this cookie id.
@@ -297,20 +304,25 @@ impl Sessions {
 }
 
 impl Sessions {
-    /// Store TTL of a session: until its expiry (at least one second), and with an idle
-    /// timeout no longer than it plus an eighth.
+    /// Store TTL of a session: its [`lifetime_left`], and with an idle timeout no longer than
+    /// it plus an eighth.
     fn ttl(&self, s: &Session, now: i64) -> Duration {
-        let end = if s.refresh_token.is_some() {
-            s.expires_at
-        } else {
-            s.expires_at.min(s.access_expires_at)
-        };
-        let left = Duration::from_secs(u64::try_from(end - now).unwrap_or(0).max(1));
+        let left = lifetime_left(s, now);
         match self.idle {
             Some(idle) => left.min(idle + idle / 8),
             None => left,
         }
     }
+}
+
+/// Until the session's expiry (at least one second).
+fn lifetime_left(s: &Session, now: i64) -> Duration {
+    let end = if s.refresh_token.is_some() {
+        s.expires_at
+    } else {
+        s.expires_at.min(s.access_expires_at)
+    };
+    Duration::from_secs(u64::try_from(end - now).unwrap_or(0).max(1))
 }
 
 #[cfg(test)]

@@ -710,3 +710,78 @@ async fn a_login_follows_a_link_moved_to_another_account() {
     let third = whoami(login(sc, "alice", "/").await.cookie).await;
     assert_eq!(third["id"].as_u64(), Some(third_id), "{third}");
 }
+
+/// A session that began before an administrator moved its link (and revoked the old account's
+/// token) recovers into the account the link names now, and then acts as that account: it may
+/// not regenerate the old account's token as if it were its own. OpenRag 1.1.8, whose
+/// regeneration route checks nothing, so only the sidecar's guard stands in the way.
+#[tokio::test]
+async fn a_session_recovered_after_a_moved_link_acts_as_the_new_account() {
+    let w = world_with(
+        Backend::start_with(
+            json!([
+                seeded("alice", Some(&token(7))),
+                seeded("spare", Some(&token(8)))
+            ]),
+            &["--generation", "1.1.8"],
+        ),
+        json!({}),
+        &[("SSO_SIDECAR_OPENRAG__TOKEN_POLICY", "regenerate")],
+    )
+    .await;
+    let sc = &w.sc.sidecar;
+    let cookie = session_header(&login(sc, "alice", "/").await.cookie);
+    let as_alice = |method: &'static str, path: String| {
+        let cookie = cookie.clone();
+        async move {
+            send(request(
+                method,
+                &sc.url(&path),
+                &[("cookie", &cookie)],
+                body(""),
+            ))
+            .await
+            .unwrap()
+        }
+    };
+    let old_id = json(&as_alice("GET", "/v1/a".into()).await)["user"]["id"]
+        .as_u64()
+        .unwrap();
+    let new_id = w.backend.user("spare").await.unwrap()["id"]
+        .as_u64()
+        .unwrap();
+    for (id, link) in [(old_id, "alice-before"), (new_id, "alice")] {
+        let r = send(request(
+            "PATCH",
+            &format!("{}/users/{id}", w.backend.url()),
+            &[
+                ("authorization", &format!("Bearer {ADMIN_TOKEN}")),
+                ("content-type", "application/json"),
+            ],
+            body(json!({ "external_user_id": link }).to_string()),
+        ))
+        .await
+        .unwrap();
+        assert_eq!(r.status(), 200, "{:?}", r.body());
+    }
+    w.backend
+        .admin("POST", &format!("/users/{old_id}/regenerate_token"))
+        .await;
+
+    let r = as_alice("GET", "/v1/b".into()).await;
+    assert_eq!(r.status(), 200, "{}", String::from_utf8_lossy(r.body()));
+    assert_eq!(
+        json(&r)["user"]["id"].as_u64(),
+        Some(new_id),
+        "recovered as the new account"
+    );
+    let r = as_alice("POST", format!("/users/{old_id}/regenerate_token")).await;
+    assert_eq!(r.status(), 403, "{}", String::from_utf8_lossy(r.body()));
+    assert_eq!(
+        json(&r)["detail"],
+        "Admin privileges or self-access required",
+        "the sidecar's refusal"
+    );
+    let r = as_alice("GET", "/v1/c".into()).await;
+    assert_eq!(json(&r)["user"]["id"].as_u64(), Some(new_id));
+}

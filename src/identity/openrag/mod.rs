@@ -158,13 +158,19 @@ impl OpenRagBridge {
     }
 
     /// Keeps `token` as `sub`'s backend token (the user regenerated it through the sidecar).
+    /// Only while `user` is still the account `sub` is linked to: a session that began before
+    /// an administrator moved the link must not put the old account's token in the vault of
+    /// the new one (the session itself keeps it, and ends with it).
     pub async fn adopt_token(
         &self,
         sub: &str,
-        user: Option<u64>,
+        user: u64,
         token: &Secret<String>,
     ) -> Result<(), BridgeError> {
-        Ok(self.vault_put(sub, user, token).await?)
+        if self.find_user(sub).await?.is_some_and(|u| u.id == user) {
+            self.vault_put(sub, Some(user), token).await?;
+        }
+        Ok(())
     }
 
     /// With group sync on (`OIDC_CLAIM_GROUPS`).
@@ -231,18 +237,22 @@ impl OpenRagBridge {
     /// at most once a minute per user — the policy's answer. `None`: the token still works (the
     /// response was some route's own answer) or cannot be judged now; nothing was changed.
     /// Called at most once per request by the router, so it cannot loop.
-    pub async fn recover(&self, sub: &str, stale: &str) -> Result<Option<Resolved>, BridgeError> {
-        // Read from Redis itself: this is exactly "what did another replica just write".
+    pub async fn recover(
+        &self,
+        sub: &str,
+        user: Option<u64>,
+        stale: &str,
+    ) -> Result<Option<Resolved>, BridgeError> {
+        // Read from Redis itself: this is exactly "what did another replica just write". Taken
+        // only when it is the same account's (`user`, the session's): an entry of another
+        // account (the link moved) is left to the full resolution below.
         let key = self.vault_key(sub);
         let sealed = self.store.get_fresh(&key).await?;
-        if let Some(v) = sealed.as_deref().and_then(|b| self.open_vaulted(b)) {
-            if v.token.expose() != stale {
-                let user_id = v
-                    .user
-                    .or_else(|| self.cached(sub).map(|u| u.id))
-                    .unwrap_or_default();
+        if let (Some(v), Some(user)) = (sealed.as_deref().and_then(|b| self.open_vaulted(b)), user)
+        {
+            if v.token.expose() != stale && self.belongs_to(&v, user).await? {
                 return Ok(Some(Resolved {
-                    user_id,
+                    user_id: user,
                     token: v.token,
                 }));
             }

@@ -105,7 +105,11 @@ impl OpenRagBridge {
         };
         let token = match self.vault_token_for(sub, u.id).await? {
             Some(t) => t,
-            None => self.token_by_policy(sub, &u).await?,
+            None => {
+                let t = self.token_by_policy(sub, &u).await?;
+                self.vault_put(sub, Some(u.id), &t).await?;
+                t
+            }
         };
         Ok(Some(Resolved {
             user_id: u.id,

@@ -79,7 +79,7 @@ pub(crate) async fn as_user(
     }
     tracing::warn!(sub = %session.sub, "the backend refused the user's token; resolving it again");
     let Some(resolved) = bridge
-        .recover(&session.sub, &token)
+        .recover(&session.sub, session.backend_user_id, &token)
         .await
         .map_err(ForwardError::Bridge)?
     else {
@@ -87,6 +87,9 @@ pub(crate) async fn as_user(
     };
     let mut updated = (*session).clone();
     updated.backend_token = Some(resolved.token.expose().clone());
+    // The account may be another one now (the link moved): what the session acts as, and what
+    // its regeneration guard checks, follow the token.
+    updated.backend_user_id = Some(resolved.user_id);
     if !out
         .sessions
         .update(id, &updated, crate::clock::now_unix())
@@ -210,12 +213,13 @@ async fn adopt_regenerated(
     let token = serde_json::from_slice::<serde_json::Value>(&bytes)
         .ok()
         .and_then(|v| v.get("token").and_then(|t| t.as_str()).map(str::to_owned));
-    if let Some(token) = token {
+    // A regeneration of the session's own account is all that reaches here (`forward`).
+    if let (Some(token), Some(user)) = (token, session.backend_user_id) {
         let kept = async {
             bridge
                 .adopt_token(
                     &session.sub,
-                    session.backend_user_id,
+                    user,
                     &crate::secret::Secret::new(token.clone()),
                 )
                 .await

@@ -78,6 +78,15 @@ impl OpenRagBridge {
             .await
     }
 
+    /// Whether a vaulted token is backend account `user`'s: recorded as its, or (an entry from
+    /// before owners were recorded) the backend says so.
+    pub(super) async fn belongs_to(&self, v: &Vaulted, user: u64) -> Result<bool, BridgeError> {
+        Ok(match v.user {
+            Some(owner) => owner == user,
+            None => self.admin.token_owner(v.token.expose()).await? == Some(user),
+        })
+    }
+
     /// The vaulted token of `sub` if it belongs to backend account `user`: recorded as its, or
     /// (an entry from before owners were recorded) the backend says so. `None`: no entry, or
     /// one of another account (the link moved) or that the backend refuses; the caller then
@@ -90,11 +99,7 @@ impl OpenRagBridge {
         let Some(v) = self.vault_get(sub).await? else {
             return Ok(None);
         };
-        let owner = match v.user {
-            Some(owner) => Some(owner),
-            None => self.admin.token_owner(v.token.expose()).await?,
-        };
-        if owner == Some(user) {
+        if self.belongs_to(&v, user).await? {
             return Ok(Some(v.token));
         }
         tracing::info!(

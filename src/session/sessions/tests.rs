@@ -128,11 +128,22 @@ async fn an_idle_session_ends_and_a_used_one_lives_on() {
     let mut now = 100;
     let id = s.create(&session(now), now).await.unwrap();
     // Used every 20 s for 400 s, five timeouts: alive throughout.
+    let mut second = session(now);
+    second.sid = Some("sid-2".into());
+    let other = s.create(&second, now).await.unwrap();
     for _ in 0..20 {
         tokio::time::advance(Duration::from_secs(20)).await;
         now += 20;
         assert!(s.load(&id, now).await.unwrap().is_some(), "used at {now}");
+        assert!(
+            s.load(&other, now).await.unwrap().is_some(),
+            "used at {now}"
+        );
     }
+    // The logout indexes outlive the idle timeout: a back-channel logout still finds a session
+    // in steady use.
+    assert_eq!(s.revoke_sid("https://idp", "sid-2").await.unwrap(), 1);
+    assert!(s.load(&other, now).await.unwrap().is_none());
     // Used again 5 s later: within an eighth (10 s) of the last push, so no new one.
     tokio::time::advance(Duration::from_secs(5)).await;
     assert!(s.load(&id, now + 5).await.unwrap().is_some());
