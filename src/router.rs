@@ -110,10 +110,7 @@ impl App {
 
             // The rate limits, and the client's address when they apply.
             let limits = self.oidc.as_ref().and_then(|o| o.limits.as_ref());
-            let client = limits.map(|_| {
-                untrusted_forwarder(req.headers(), peer);
-                self.upstream.client_ip(req.headers(), peer)
-            });
+            let client = limits.map(|_| self.upstream.client_ip(req.headers(), peer));
             let mut result = match (refused_early(&req), &self.oidc) {
                 (Some(e), _) => Err(e),
                 (None, None) => self.proxy(req.map(Either::Left), peer).await,
@@ -188,6 +185,9 @@ impl App {
             // Every `/auth/*` request spends the budget, as in OpenRag: the sidecar's routes,
             // the bridge's and any the backend answers (the path is canonical here).
             if let Some((l, ip)) = limited.filter(|_| path.starts_with("/auth/")) {
+                // Every login passes here: where a forgotten ingress shows (and no other
+                // request pays for looking).
+                untrusted_forwarder(&parts.headers, peer);
                 Box::pin(l.spend(Kind::Auth, ip))
                     .await
                     .map_err(|wait| self.limited(Kind::Auth, wait))?;

@@ -524,8 +524,16 @@ async fn an_untrusted_peer_cannot_spread_its_failures_over_forged_addresses() {
         "X-Forwarded-For from an untrusted peer is ignored",
     );
     // An ingress left out of `trusted_proxies` would look like this peer: the operator is told,
-    // once, whatever the number of such requests.
+    // once, whatever the number of such requests, when they log in (where budgets are spent).
     let warning = "is not in trusted_proxies";
+    assert!(!a.output().contains(warning), "not for API requests");
+    for i in 0..3 {
+        let ip = format!("203.0.113.{i}");
+        let r = get(&a.url("/auth/login?next=/"), &[("x-forwarded-for", &ip)])
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 302);
+    }
     wait_until(
         "the untrusted-forwarder warning",
         Duration::from_secs(10),
