@@ -19,6 +19,7 @@ pub mod admin;
 pub mod auth;
 pub mod claims;
 pub mod clock;
+pub mod commands;
 pub mod config;
 pub mod crypto;
 pub mod error;
@@ -151,39 +152,6 @@ fn build_oidc(
         },
         identity,
     })
-}
-
-/// What can be checked of the configuration without the network: the certificates and keys it
-/// names load, and the Redis settings make clients. `run` and `check` call it before any port is bound, so a certificate that is not
-/// one exits 78 like every other configuration problem, not 1 once the ports are taken.
-pub fn preflight(config: &Config) -> Vec<String> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut problems = Vec::new();
-    if let Some(t) = &config.tls {
-        if let Err(e) = tls::server_config(&t.cert_file, &t.key_file) {
-            problems.push(e);
-        }
-    }
-    // The IdP and Redis are only used with OIDC: a stale file of theirs does not stop a
-    // pass-through sidecar.
-    let oidc = config.auth_mode() == AuthMode::Oidc;
-    let redis = config.auth.redis.as_ref().filter(|_| oidc);
-    let redis_ca = redis.and_then(|r| r.ca_file.as_deref());
-    let idp_ca = config.auth.idp_ca_file.as_deref().filter(|_| oidc);
-    for (key, file) in [
-        ("upstream_ca_file", config.proxy.upstream_ca_file.as_deref()),
-        ("idp_ca_file", idp_ca),
-        ("redis_ca_file", redis_ca),
-    ] {
-        if let Some(Err(e)) = file.map(|f| tls::client_config(Some(f))) {
-            problems.push(format!("{key} {e}"));
-        }
-    }
-    // Builds the Redis clients (their URLs parsed, nothing connected), as `run` will.
-    if let Some(Err(e)) = redis.map(|r| store::redis::RedisStore::from_config(r, 1)) {
-        problems.push(format!("Redis: {e}"));
-    }
-    problems
 }
 
 /// Runs the sidecar until `shutdown` completes, then drains in-flight requests for at most

@@ -1,0 +1,249 @@
+//! The command line's checks: `check` (the whole configuration, then every dependency it names
+//! that can be reached), `healthcheck` (the admin listener's `/healthz`, for container exec
+//! probes) and the [`preflight`] that `run` and `check` share before any port is bound.
+//!
+//! Owns what these print and the exit codes they return; serves nothing, and is not on any
+//! request's path.
+
+use crate::config::{AuthMode, Config};
+use std::process::ExitCode;
+
+/// sysexits.h `EX_CONFIG`: the configuration is wrong.
+pub const EX_CONFIG: u8 = 78;
+
+/// What can be checked of the configuration without the network: the certificates and keys it
+/// names load, and the Redis settings make clients. `run` and `check` call it before any port
+/// is bound, so a certificate that is not one exits 78 like every other configuration problem,
+/// not 1 once the ports are taken.
+pub fn preflight(config: &Config) -> Vec<String> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut problems = Vec::new();
+    if let Some(t) = &config.tls {
+        if let Err(e) = crate::tls::server_config(&t.cert_file, &t.key_file) {
+            problems.push(e);
+        }
+    }
+    // The IdP and Redis are only used with OIDC: a stale file of theirs does not stop a
+    // pass-through sidecar.
+    let oidc = config.auth_mode() == AuthMode::Oidc;
+    let redis = config.auth.redis.as_ref().filter(|_| oidc);
+    let redis_ca = redis.and_then(|r| r.ca_file.as_deref());
+    let idp_ca = config.auth.idp_ca_file.as_deref().filter(|_| oidc);
+    for (key, file) in [
+        ("upstream_ca_file", config.proxy.upstream_ca_file.as_deref()),
+        ("idp_ca_file", idp_ca),
+        ("redis_ca_file", redis_ca),
+    ] {
+        if let Some(Err(e)) = file.map(|f| crate::tls::client_config(Some(f))) {
+            problems.push(format!("{key} {e}"));
+        }
+    }
+    // Builds the Redis clients (their URLs parsed, nothing connected), as `run` will.
+    if let Some(Err(e)) = redis.map(|r| crate::store::redis::RedisStore::from_config(r, 1)) {
+        problems.push(format!("Redis: {e}"));
+    }
+    problems
+}
+
+/// `check`: the configuration is valid, and with `AUTH_MODE=oidc` every dependency it can reach
+/// answers: the IdP's discovery, Redis, and (identity `openrag`) the backend's users API with
+/// `AUTH_TOKEN`. Any problem exits 78 with its cause.
+pub fn check(c: &Config) -> ExitCode {
+    for f in [&c.source_file, &c.env_file].into_iter().flatten() {
+        println!("read {}", f.display());
+    }
+    for w in &c.warnings {
+        println!("warning: {w}");
+    }
+    println!("{}", mode_in_words(c));
+    // Every problem is listed: the files' and then what the probes find.
+    let mut problems = preflight(c);
+    if let Some(oidc) = &c.openrag_env.oidc {
+        for w in scheme_warnings(c, oidc) {
+            println!("warning: {w}");
+        }
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("sso-sidecar: cannot start the async runtime: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        problems.extend(runtime.block_on(probe(c, oidc)));
+    }
+    if !problems.is_empty() {
+        for p in &problems {
+            eprintln!("sso-sidecar: {p}");
+        }
+        return ExitCode::from(EX_CONFIG);
+    }
+    println!(
+        "configuration OK: {}, listen {}, upstream {}",
+        auth_mode_name(c),
+        c.listen,
+        c.proxy.upstream
+    );
+    ExitCode::SUCCESS
+}
+
+fn auth_mode_name(c: &Config) -> &'static str {
+    match c.auth_mode() {
+        crate::config::AuthMode::Token => "AUTH_MODE=token",
+        crate::config::AuthMode::Oidc => "AUTH_MODE=oidc",
+    }
+}
+
+/// What this configuration does, in a sentence.
+fn mode_in_words(c: &Config) -> String {
+    use crate::config::{AuthMode, IdentityMode};
+    match c.auth_mode() {
+        AuthMode::Token => "AUTH_MODE=token: pass-through, no single sign-on".to_owned(),
+        AuthMode::Oidc => format!(
+            "AUTH_MODE=oidc: single sign-on; the upstream is told who the user is by {}; sessions in {}",
+            match c.identity {
+                IdentityMode::OpenRag => "the user's own OpenRag token (identity openrag)",
+                IdentityMode::Headers => "X-Forwarded-* headers (identity headers)",
+            },
+            if c.auth.redis.is_some() { "Redis" } else { "memory (one replica only)" }
+        ),
+    }
+}
+
+/// The redirect URI's scheme against how the listener is reached.
+fn scheme_warnings(c: &Config, oidc: &crate::config::OidcSettings) -> Vec<String> {
+    let https = oidc.redirect_uri.scheme() == "https";
+    let mut out = Vec::new();
+    if https && c.tls.is_none() && c.proxy.trusted_proxies.is_empty() {
+        out.push(format!(
+            "OIDC_REDIRECT_URI is https ({}) but the listener is plain http and no trusted proxy \
+             is configured: terminate TLS in front (an ingress) and list it in trusted_proxies",
+            oidc.redirect_uri
+        ));
+    }
+    if !https && c.tls.is_some() {
+        out.push(format!(
+            "the listener has TLS but OIDC_REDIRECT_URI is http ({}): the IdP will send users to \
+             plain http",
+            oidc.redirect_uri
+        ));
+    }
+    out
+}
+
+/// Every dependency `check` can reach, each problem in words.
+async fn probe(c: &Config, oidc: &crate::config::OidcSettings) -> Vec<String> {
+    let mut problems = Vec::new();
+    match crate::tls::client_config(c.auth.idp_ca_file.as_deref()) {
+        Err(e) => problems.push(e),
+        Ok(tls) => {
+            let http = crate::auth::idp_http::IdpHttp::new(tls, c.auth.idp_timeout);
+            let provider =
+                crate::auth::oidc::Provider::new(oidc.clone(), c.auth.token_endpoint_auth, http);
+            match provider.discover().await {
+                Ok(_) => println!("OIDC discovery OK: {}", provider.discovery_url()),
+                Err(e) => problems.push(explain_discovery(&e)),
+            }
+        }
+    }
+    if let Some(r) = &c.auth.redis {
+        match crate::store::redis::RedisStore::from_config(r, 1) {
+            Err(e) => problems.push(format!("Redis: {e}")),
+            Ok(store) => match tokio::time::timeout(r.timeout * 2, store.ping()).await {
+                Ok(Ok(())) => {
+                    println!("Redis OK (PING)");
+                    match store.tracking_allowed().await {
+                        Ok(Some(true)) => println!("Redis OK (CLIENT TRACKING allowed: the client-side session cache is on)"),
+                        // A warning, as `run` gives: the sidecar works, reading Redis every time.
+                        Ok(Some(false)) => println!(
+                            "warning: Redis: the ACL refuses CLIENT TRACKING, so the client-side session cache cannot work \
+                             (every request will read Redis): grant the user +client|tracking, or set \
+                             redis_client_cache = false (SSO_SIDECAR_REDIS_CLIENT_CACHE=false)"
+                        ),
+                        Ok(None) => {}
+                        Err(e) => problems.push(format!(
+                            "Redis: CLIENT TRACKING: {}",
+                            crate::http_json::error_chain(&e)
+                        )),
+                    }
+                }
+                Ok(Err(e)) => {
+                    problems.push(format!("Redis: {}", crate::http_json::error_chain(&e)))
+                }
+                Err(_) => problems.push("Redis: no answer to PING".to_owned()),
+            },
+        }
+    }
+    if c.identity == crate::config::IdentityMode::OpenRag {
+        if let Some(token) = &c.openrag_env.auth_token {
+            match crate::tls::client_config(c.proxy.upstream_ca_file.as_deref()) {
+                Err(e) => problems.push(e),
+                Ok(tls) => {
+                    let admin = crate::identity::openrag::admin::AdminClient::new(
+                        &c.proxy.upstream,
+                        token.clone(),
+                        tls,
+                        c.auth.bridge.admin_timeout,
+                    );
+                    match admin.list_users().await {
+                        Ok(users) => println!(
+                            "the backend's users API accepts AUTH_TOKEN ({} users)",
+                            users.len()
+                        ),
+                        Err(e) => problems.push(format!(
+                            "the backend's users API with AUTH_TOKEN: {}\n  hint: AUTH_TOKEN must be \
+                             the backend's own admin token, and the backend must be up at {}",
+                            crate::http_json::error_chain(&e),
+                            c.proxy.upstream
+                        )),
+                    }
+                }
+            }
+        }
+    }
+    problems
+}
+
+/// A discovery failure in words an operator can act on.
+fn explain_discovery(e: &crate::auth::oidc::DiscoveryError) -> String {
+    let chain = crate::http_json::error_chain(e);
+    if chain.contains("InvalidContentType") || chain.contains("corrupt message") {
+        format!("{chain}\n  hint: TLS handshake failed: is the IdP plain http? Try OIDC_ENDPOINT=http://…")
+    } else if chain.contains("404") {
+        format!("{chain}\n  hint: no discovery document there: check OIDC_ENDPOINT (the issuer, without /.well-known/openid-configuration)")
+    } else {
+        chain
+    }
+}
+
+/// A minimal HTTP/1.1 GET of the admin listener's /healthz, with a short deadline.
+pub fn healthcheck(config: &Config) -> ExitCode {
+    use std::io::{Read, Write};
+    use std::time::Duration;
+    let mut addr = config.admin_listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let probe = || -> std::io::Result<bool> {
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+        let mut buf = [0u8; 32];
+        let n = s.read(&mut buf)?;
+        Ok(buf[..n].starts_with(b"HTTP/1.1 200"))
+    };
+    match probe() {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("sso-sidecar: {addr}/healthz is not healthy");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("sso-sidecar: cannot reach {addr}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
