@@ -61,6 +61,22 @@ impl Backend {
             .find(|u| u["external_user_id"] == sub)
     }
 
+    /// An admin links backend user `id` to the IdP subject `sub` (its `external_user_id`).
+    pub async fn link(&self, id: u64, sub: &str) {
+        let r = send(request(
+            "PATCH",
+            &format!("{}/users/{id}", self.url()),
+            &[
+                ("authorization", &format!("Bearer {ADMIN_TOKEN}")),
+                ("content-type", "application/json"),
+            ],
+            body(json!({ "external_user_id": sub }).to_string()),
+        ))
+        .await
+        .unwrap();
+        assert_eq!(r.status(), 200, "{:?}", r.body());
+    }
+
     /// An admin regenerates `sub`'s token at the backend, behind the sidecar's back.
     pub async fn regenerate_behind(&self, sub: &str) {
         let id = self.user(sub).await.unwrap()["id"].as_u64().unwrap();
@@ -669,18 +685,7 @@ async fn a_login_follows_a_link_moved_to_another_account() {
     );
     assert_ne!(old_id, new_id);
     for (id, link) in [(old_id, "alice-before"), (new_id, "alice")] {
-        let r = send(request(
-            "PATCH",
-            &format!("{}/users/{id}", w.backend.url()),
-            &[
-                ("authorization", &format!("Bearer {ADMIN_TOKEN}")),
-                ("content-type", "application/json"),
-            ],
-            body(json!({ "external_user_id": link }).to_string()),
-        ))
-        .await
-        .unwrap();
-        assert_eq!(r.status(), 200, "{:?}", r.body());
+        w.backend.link(id, link).await;
     }
     let second = whoami(login(sc, "alice", "/").await.cookie).await;
     assert_eq!(second["id"].as_u64(), Some(new_id), "{second}");
@@ -692,18 +697,7 @@ async fn a_login_follows_a_link_moved_to_another_account() {
         .as_u64()
         .unwrap();
     for (id, link) in [(new_id, "alice-between"), (third_id, "alice")] {
-        let r = send(request(
-            "PATCH",
-            &format!("{}/users/{id}", w.backend.url()),
-            &[
-                ("authorization", &format!("Bearer {ADMIN_TOKEN}")),
-                ("content-type", "application/json"),
-            ],
-            body(json!({ "external_user_id": link }).to_string()),
-        ))
-        .await
-        .unwrap();
-        assert_eq!(r.status(), 200, "{:?}", r.body());
+        w.backend.link(id, link).await;
     }
     let bob = whoami(login(sc, "bob", "/").await.cookie).await;
     assert_eq!(bob["external_user_id"], "bob");
@@ -751,18 +745,7 @@ async fn a_session_recovered_after_a_moved_link_acts_as_the_new_account() {
         .as_u64()
         .unwrap();
     for (id, link) in [(old_id, "alice-before"), (new_id, "alice")] {
-        let r = send(request(
-            "PATCH",
-            &format!("{}/users/{id}", w.backend.url()),
-            &[
-                ("authorization", &format!("Bearer {ADMIN_TOKEN}")),
-                ("content-type", "application/json"),
-            ],
-            body(json!({ "external_user_id": link }).to_string()),
-        ))
-        .await
-        .unwrap();
-        assert_eq!(r.status(), 200, "{:?}", r.body());
+        w.backend.link(id, link).await;
     }
     w.backend
         .admin("POST", &format!("/users/{old_id}/regenerate_token"))
