@@ -79,20 +79,8 @@ impl CookieJar {
             // Pair by pair, not header by header: one cookie with a non-ASCII byte (another
             // application's on this host) must not hide ours.
             for pair in value.as_bytes().split(|&b| b == b';') {
-                let Ok(pair) = std::str::from_utf8(pair) else {
+                let Some(value) = pair_value(pair, name) else {
                     continue;
-                };
-                let (raw_name, raw_value) = pair.split_once('=').unwrap_or((pair, ""));
-                if raw_name.trim() != name {
-                    continue;
-                }
-                // Nothing to decode: the value is the trimmed text, as the full parse gives.
-                let value = if pair.contains('=') && !raw_value.contains('%') {
-                    Some(raw_value.trim().to_owned())
-                } else {
-                    Cookie::parse_encoded(pair.trim())
-                        .ok()
-                        .map(|c| c.value().to_owned())
                 };
                 if value.is_some() {
                     if found.is_some() {
@@ -110,6 +98,15 @@ impl CookieJar {
     /// does: `sso%5Fsidecar%5Fsession` is ours too).
     fn is_own(&self, pair: &[u8]) -> bool {
         let raw = pair.split(|&b| b == b'=').next().unwrap_or_default();
+        let trimmed = raw.trim_ascii();
+        // Plain ASCII (every cookie name in practice): compared as bytes. A header value's only
+        // ASCII white space is space and tab, which is all `str::trim` would take off too.
+        if trimmed.is_ascii() && !trimmed.contains(&b'%') {
+            let is = |n: &str| trimmed == n.as_bytes();
+            return is(&self.session)
+                || is(&self.state)
+                || self.legacy.as_ref().is_some_and(|(s, t)| is(s) || is(t));
+        }
         let raw = String::from_utf8_lossy(raw);
         let raw = raw.trim();
         let name = if raw.contains('%') {
@@ -160,6 +157,41 @@ impl CookieJar {
             headers.insert(header::COOKIE, v);
         }
     }
+}
+
+/// What a `Cookie` pair says of cookie `name`: `None` when it is another cookie's, else its
+/// value as a full parse by the `cookie` crate gives it (`Some(None)`: unreadable). Pairs that
+/// are not UTF-8 are other cookies'.
+fn pair_value(pair: &[u8], name: &str) -> Option<Option<String>> {
+    // The common case, on bytes: the pair starts with the name (after spaces, the only ASCII
+    // white space a header value can hold), then `=` and a plain ASCII value.
+    let start = pair.trim_ascii_start();
+    match start.strip_prefix(name.as_bytes()) {
+        Some(rest) => {
+            if let Some(v) = rest.trim_ascii_start().strip_prefix(b"=") {
+                if v.is_ascii() && !v.contains(&b'%') {
+                    return Some(Some(String::from_utf8_lossy(v.trim_ascii()).into_owned()));
+                }
+            }
+        }
+        // Starts with another ASCII character: another cookie's name, whatever follows.
+        None if start.first().is_some_and(u8::is_ascii) => return None,
+        // Empty, or a non-ASCII start (Unicode white space a full parse would trim).
+        None => {}
+    }
+    let pair = std::str::from_utf8(pair).ok()?;
+    let (raw_name, raw_value) = pair.split_once('=').unwrap_or((pair, ""));
+    if raw_name.trim() != name {
+        return None;
+    }
+    // Nothing to decode: the value is the trimmed text, as the full parse gives.
+    Some(if pair.contains('=') && !raw_value.contains('%') {
+        Some(raw_value.trim().to_owned())
+    } else {
+        Cookie::parse_encoded(pair.trim())
+            .ok()
+            .map(|c| c.value().to_owned())
+    })
 }
 
 #[cfg(test)]
