@@ -138,7 +138,9 @@ fn scheme_warnings(c: &Config, oidc: &crate::config::OidcSettings) -> Vec<String
 async fn probe(c: &Config, oidc: &crate::config::OidcSettings) -> Vec<String> {
     let mut problems = Vec::new();
     match crate::tls::client_config(c.auth.idp_ca_file.as_deref()) {
-        Err(e) => problems.push(e),
+        // A file the preflight named already; nothing to probe without it.
+        Err(e) if c.auth.idp_ca_file.is_none() => problems.push(e),
+        Err(_) => {}
         Ok(tls) => {
             let http = crate::auth::idp_http::IdpHttp::new(tls, c.auth.idp_timeout);
             let provider =
@@ -151,7 +153,7 @@ async fn probe(c: &Config, oidc: &crate::config::OidcSettings) -> Vec<String> {
     }
     if let Some(r) = &c.auth.redis {
         match crate::store::redis::RedisStore::from_config(r, 1) {
-            Err(e) => problems.push(format!("Redis: {e}")),
+            Err(_) => {} // named by the preflight
             Ok(store) => match tokio::time::timeout(r.timeout * 2, store.ping()).await {
                 Ok(Ok(())) => {
                     println!("Redis OK (PING)");
@@ -180,7 +182,8 @@ async fn probe(c: &Config, oidc: &crate::config::OidcSettings) -> Vec<String> {
     if c.identity == crate::config::IdentityMode::OpenRag {
         if let Some(token) = &c.openrag_env.auth_token {
             match crate::tls::client_config(c.proxy.upstream_ca_file.as_deref()) {
-                Err(e) => problems.push(e),
+                Err(e) if c.proxy.upstream_ca_file.is_none() => problems.push(e),
+                Err(_) => {} // named by the preflight
                 Ok(tls) => {
                     let admin = crate::identity::openrag::admin::AdminClient::new(
                         &c.proxy.upstream,

@@ -135,7 +135,11 @@ pub fn bridge_only(vars: &super::sources::Vars) -> Vec<String> {
         "OIDC_GROUP_SYNC_PRUNE",
     ]
     .into_iter()
-    .filter(|n| vars.non_empty(n).is_some())
+    // OpenRag's stock `.env` spells the booleans out as `false`: that sets nothing.
+    .filter(|n| {
+        vars.non_empty(n)
+            .is_some_and(|v| !v.eq_ignore_ascii_case("false"))
+    })
     .map(|n| {
         format!(
             "{n} has no effect with SSO_SIDECAR_IDENTITY=headers: only the OpenRag bridge \

@@ -308,6 +308,7 @@ fn bridge_settings_without_the_bridge_are_named() {
         ),
         ("OIDC_GROUP_PREFIX", "sso:"),
         ("OIDC_CLAIM_GROUPS", "roles"),
+        ("OIDC_GROUP_SYNC_PRUNE", "false"),
     ];
     let key = crate::crypto::generate_key();
     env.push(("OIDC_TOKEN_ENCRYPTION_KEY", &key));
@@ -367,5 +368,33 @@ fn a_toml_syntax_error_is_placed_without_quoting_the_line() {
             .to_string();
         assert!(!e.contains("s3cret-pw"), "{e}");
         assert!(e.contains("line") && e.contains("column"), "{e}");
+    }
+}
+
+#[test]
+fn the_idle_timeout_is_off_or_within_the_lifetime() {
+    let dir = tempfile::tempdir().unwrap();
+    let with = |v: &str| {
+        load(inputs(
+            dir.path(),
+            None,
+            &[
+                ("SSO_SIDECAR_SESSION_IDLE_TIMEOUT_SECS", v),
+                ("SSO_SIDECAR_SESSION_LIFETIME_SECS", "3600"),
+            ],
+        ))
+    };
+    assert_eq!(with("0").unwrap().auth.session_idle_timeout, None);
+    assert_eq!(
+        with("10").unwrap().auth.session_idle_timeout,
+        Some(std::time::Duration::from_secs(10))
+    );
+    assert!(with("3600").is_ok());
+    for bad in ["9", "3601"] {
+        let e = with(bad).err().unwrap_or_else(|| panic!("{bad} accepted"));
+        assert!(
+            e.to_string().contains("session_idle_timeout_secs must be"),
+            "{e}"
+        );
     }
 }

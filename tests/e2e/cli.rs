@@ -402,4 +402,11 @@ fn unusable_tls_files_exit_78_before_any_port_is_bound() {
     let (code, _, err) = run(&["run"], &oidc);
     assert_eq!(code, Some(78), "{err}");
     says(&err, &["Redis: invalid Redis settings"]);
+    // `check` names each problem once, though its probes would meet them again.
+    let mut with_ca = oidc.clone();
+    with_ca.push(("SSO_SIDECAR_IDP_CA_FILE", ca.as_str()));
+    let (code, _, err) = run(&["check"], &with_ca);
+    assert_eq!(code, Some(78), "{err}");
+    assert_eq!(err.matches("ca.pem").count(), 1, "{err}");
+    assert_eq!(err.matches("invalid Redis settings").count(), 1, "{err}");
 }

@@ -76,6 +76,8 @@ pub struct MockState {
     pub login_expires_in: i64,
     /// Leave `end_session_endpoint` out of the discovery document.
     pub no_end_session: bool,
+    /// Status of userinfo's answers (0 = 200).
+    pub userinfo_status: u16,
 }
 
 pub struct MockIdp {
@@ -167,7 +169,12 @@ async fn handle(
             };
             s.token_response.clone()
         }
-        "/userinfo" => s.userinfo.clone(),
+        "/userinfo" => {
+            if s.userinfo_status != 0 {
+                status = s.userinfo_status;
+            }
+            s.userinfo.clone()
+        }
         _ => {
             return Response::builder()
                 .status(404)

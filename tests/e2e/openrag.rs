@@ -750,6 +750,16 @@ async fn a_session_recovered_after_a_moved_link_acts_as_the_new_account() {
     w.backend
         .admin("POST", &format!("/users/{old_id}/regenerate_token"))
         .await;
+    // Alice logs in again meanwhile, in another browser: the new account and a token of its.
+    let other = session_header(&login(sc, "alice", "/").await.cookie);
+    let as_other = || async {
+        let r = get(&sc.url("/v1/other"), &[("cookie", &other)])
+            .await
+            .unwrap();
+        (r.status(), json(&r)["user"]["id"].as_u64())
+    };
+    assert_eq!(as_other().await, (http::StatusCode::OK, Some(new_id)));
+    let token_of_new = w.backend.user("alice").await.unwrap()["token_sha256"].clone();
 
     let r = as_alice("GET", "/v1/b".into()).await;
     assert_eq!(r.status(), 200, "{}", String::from_utf8_lossy(r.body()));
@@ -758,6 +768,12 @@ async fn a_session_recovered_after_a_moved_link_acts_as_the_new_account() {
         Some(new_id),
         "recovered as the new account"
     );
+    // ... with the token the other login stored: not regenerated from under that session.
+    assert_eq!(
+        w.backend.user("alice").await.unwrap()["token_sha256"],
+        token_of_new
+    );
+    assert_eq!(as_other().await, (http::StatusCode::OK, Some(new_id)));
     let r = as_alice("POST", format!("/users/{old_id}/regenerate_token")).await;
     assert_eq!(r.status(), 403, "{}", String::from_utf8_lossy(r.body()));
     assert_eq!(

@@ -231,6 +231,7 @@ async fn a_userinfo_outage_at_a_refresh_keeps_the_profile() {
                                      "exp": now + 600, "iat": now}),
     );
     idp.set(|m| {
+        m.userinfo_status = 503;
         m.userinfo = json!({"error": "temporarily_unavailable"});
         m.token_response = json!({"access_token": "at-2", "token_type": "Bearer",
                                   "expires_in": 8, "id_token": id_token, "refresh_token": "rt"});

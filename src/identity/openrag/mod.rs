@@ -168,7 +168,7 @@ impl OpenRagBridge {
         token: &Secret<String>,
     ) -> Result<(), BridgeError> {
         if self.find_user(sub).await?.is_some_and(|u| u.id == user) {
-            self.vault_put(sub, Some(user), token).await?;
+            self.vault_put(sub, user, token).await?;
         }
         Ok(())
     }
@@ -219,13 +219,10 @@ impl OpenRagBridge {
                 return Err(BridgeError::NotRegistered);
             }
         };
-        let token = match self.vault_token_for(sub, user.id).await? {
-            Some(t) => t,
-            None => self.token_by_policy(sub, &user).await?,
-        };
+        let token = self.token_for(sub, &user).await?;
         self.sync_claims(sub, &user, claims).await;
         // Keeps the vault entry alive while the user logs in (and records its owner).
-        self.vault_put(sub, Some(user.id), &token).await?;
+        self.vault_put(sub, user.id, &token).await?;
         Ok(Resolved {
             user_id: user.id,
             token,
@@ -246,10 +243,7 @@ impl OpenRagBridge {
         // Read from Redis itself: this is exactly "what did another replica just write". Taken
         // only when it is the same account's (`user`, the session's): an entry of another
         // account (the link moved) is left to the full resolution below.
-        let key = self.vault_key(sub);
-        let sealed = self.store.get_fresh(&key).await?;
-        if let (Some(v), Some(user)) = (sealed.as_deref().and_then(|b| self.open_vaulted(b)), user)
-        {
+        if let (Some(v), Some(user)) = (self.vault_read(sub, true).await?, user) {
             if v.token.expose() != stale && self.belongs_to(&v, user).await? {
                 return Ok(Some(Resolved {
                     user_id: user,
@@ -289,10 +283,7 @@ impl OpenRagBridge {
             last.retain(|_, t| now - *t < RECOVERY_INTERVAL_SECS);
             last.insert(sub.to_owned(), now);
         }
-        // Only the entry holding the refused token goes: a newer one stored meanwhile stays.
-        if let Some(b) = &sealed {
-            self.store.delete_if(&key, b).await?;
-        }
+        self.vault_forget(sub, stale).await?;
         self.users
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -301,7 +292,9 @@ impl OpenRagBridge {
             .find_user(sub)
             .await?
             .ok_or(BridgeError::NotRegistered)?;
-        let token = self.token_by_policy(sub, &user).await?;
+        // The account the link names now: its token from the vault if a login stored one (the
+        // link moved: not regenerated again), else the policy's.
+        let token = self.token_for(sub, &user).await?;
         if token.expose() == stale {
             // The policy can only offer the token the backend just refused.
             tracing::warn!(
@@ -311,7 +304,6 @@ impl OpenRagBridge {
             );
             return Err(BridgeError::NoToken);
         }
-        self.vault_put(sub, Some(user.id), &token).await?;
         tracing::info!(
             sub,
             user_id = user.id,
@@ -323,7 +315,7 @@ impl OpenRagBridge {
         }))
     }
 
-    async fn token_by_policy(
+    pub(super) async fn token_by_policy(
         &self,
         sub: &str,
         user: &BackendUser,

@@ -83,7 +83,7 @@ impl OpenRagBridge {
             Err(e) => return Err(e.into()),
         };
         tracing::info!(sub, user_id = user.id, "auto-provisioned a backend user");
-        self.vault_put(sub, Some(user.id), &token).await?;
+        self.vault_put(sub, user.id, &token).await?;
         self.users
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -103,14 +103,7 @@ impl OpenRagBridge {
         let Some(u): Option<BackendUser> = self.find_user(sub).await? else {
             return Ok(None);
         };
-        let token = match self.vault_token_for(sub, u.id).await? {
-            Some(t) => t,
-            None => {
-                let t = self.token_by_policy(sub, &u).await?;
-                self.vault_put(sub, Some(u.id), &t).await?;
-                t
-            }
-        };
+        let token = self.token_for(sub, &u).await?;
         Ok(Some(Resolved {
             user_id: u.id,
             token,

@@ -215,23 +215,15 @@ async fn adopt_regenerated(
         .and_then(|v| v.get("token").and_then(|t| t.as_str()).map(str::to_owned));
     // A regeneration of the session's own account is all that reaches here (`forward`).
     if let (Some(token), Some(user)) = (token, session.backend_user_id) {
-        let kept = async {
-            bridge
-                .adopt_token(
-                    &session.sub,
-                    user,
-                    &crate::secret::Secret::new(token.clone()),
-                )
-                .await
-                .map_err(|e| e.to_string())?;
-            let mut updated = session.clone();
-            updated.backend_token = Some(token);
-            out.sessions
-                .update(id, &updated, crate::clock::now_unix())
-                .await
-                .map_err(|e| e.to_string())
-        };
-        match kept.await {
+        // The session takes the new token whatever the vault does: the old one is dead.
+        let secret = crate::secret::Secret::new(token.clone());
+        if let Err(e) = bridge.adopt_token(&session.sub, user, &secret).await {
+            tracing::warn!(sub = %session.sub, error = %e, "the user's new backend token is not in the vault; the session has it");
+        }
+        let mut updated = session.clone();
+        updated.backend_token = Some(token);
+        let kept = out.sessions.update(id, &updated, crate::clock::now_unix());
+        match kept.await.map_err(|e| e.to_string()) {
             Ok(_) => {
                 tracing::info!(sub = %session.sub, "the user regenerated their backend token; the sidecar uses the new one")
             }

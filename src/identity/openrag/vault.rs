@@ -3,8 +3,11 @@
 //! only for the account the `sub` is linked to now: an administrator may move the link to
 //! another account, and the old account's token must not follow it.
 //!
-//! Owns the vault's format (JSON `{"user", "token"}`; a bare token, as older versions wrote it,
-//! has no known owner and is checked with the backend before use). Never logs a token.
+//! Owns the vault's format. Two entries per user: the token with its owner (JSON
+//! `{"user", "token"}`, under `vault-owned:`), read first; and the bare token under `vault:`,
+//! which is what versions before the owner was recorded read and write, so that replicas of both
+//! kinds share the newest token during a rolling upgrade. A bare token has no known owner and is
+//! checked with the backend before use. Never logs a token.
 
 use super::{BridgeError, OpenRagBridge};
 use crate::secret::Secret;
@@ -19,33 +22,47 @@ pub(super) struct Vaulted {
 
 #[derive(Serialize, Deserialize)]
 struct Sealed<'a> {
-    user: Option<u64>,
+    user: u64,
     token: std::borrow::Cow<'a, str>,
 }
 
 impl OpenRagBridge {
+    /// The bare token's entry (the format of versions before the owner was recorded).
     pub(super) fn vault_key(&self, sub: &str) -> String {
         crate::store::keys::hashed("vault", &["vault", &self.issuer, sub])
     }
 
-    pub(super) async fn vault_get(&self, sub: &str) -> Result<Option<Vaulted>, StoreError> {
-        let sealed = self.store.get(&self.vault_key(sub)).await?;
-        Ok(sealed.and_then(|b| self.open_vaulted(&b)))
+    fn owned_key(&self, sub: &str) -> String {
+        crate::store::keys::hashed("vault-owned", &["vault-owned", &self.issuer, sub])
     }
 
-    /// A vault value (as [`OpenRagBridge::vault_get`] reads it), from its sealed bytes.
-    pub(super) fn open_vaulted(&self, sealed: &[u8]) -> Option<Vaulted> {
-        let plain = self.open_sealed(sealed)?;
-        Some(match serde_json::from_str::<Sealed>(plain.expose()) {
-            Ok(s) => Vaulted {
-                user: s.user,
-                token: Secret::new(s.token.into_owned()),
-            },
-            Err(_) => Vaulted {
-                user: None,
-                token: plain,
-            },
-        })
+    /// `sub`'s vaulted token: the one with its owner, else a bare one. `fresh`: as the store
+    /// holds it now (what another replica just wrote), never from a client-side cache.
+    pub(super) async fn vault_read(
+        &self,
+        sub: &str,
+        fresh: bool,
+    ) -> Result<Option<Vaulted>, StoreError> {
+        let read = |key: String| async move {
+            if fresh {
+                self.store.get_fresh(&key).await
+            } else {
+                self.store.get(&key).await
+            }
+        };
+        if let Some(owned) = read(self.owned_key(sub)).await? {
+            let plain = self.open_sealed(&owned);
+            if let Some(s) = plain.and_then(|p| serde_json::from_str::<Sealed>(p.expose()).ok()) {
+                return Ok(Some(Vaulted {
+                    user: Some(s.user),
+                    token: Secret::new(s.token.into_owned()),
+                }));
+            }
+        }
+        let bare = read(self.vault_key(sub)).await?;
+        Ok(bare
+            .and_then(|b| self.open_sealed(&b))
+            .map(|token| Vaulted { user: None, token }))
     }
 
     /// Text sealed with the bridge's keys (a vault value, Chainlit's session cookies).
@@ -57,29 +74,51 @@ impl OpenRagBridge {
             .map(Secret::new)
     }
 
+    /// Keeps `token` as `sub`'s, belonging to backend account `user`: with its owner, and bare
+    /// for replicas of the previous version.
     pub(super) async fn vault_put(
         &self,
         sub: &str,
-        user: Option<u64>,
+        user: u64,
         token: &Secret<String>,
     ) -> Result<(), StoreError> {
-        let plain = serde_json::to_vec(&Sealed {
+        let owned = serde_json::to_vec(&Sealed {
             user,
             token: token.expose().as_str().into(),
         })
         .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        let sealed = self.keys.seal(&plain);
+        let ttl = self.settings.vault_ttl;
+        let owned = self.keys.seal(&owned);
         self.store
-            .put(
-                &self.vault_key(sub),
-                sealed.as_bytes(),
-                self.settings.vault_ttl,
-            )
+            .put(&self.owned_key(sub), owned.as_bytes(), ttl)
+            .await?;
+        let bare = self.keys.seal(token.expose().as_bytes());
+        self.store
+            .put(&self.vault_key(sub), bare.as_bytes(), ttl)
             .await
     }
 
-    /// Whether a vaulted token is backend account `user`'s: recorded as its, or (an entry from
-    /// before owners were recorded) the backend says so.
+    /// Removes `sub`'s vault entries that hold `stale` (a token the backend refused), and only
+    /// those: a newer token another replica stored meanwhile stays.
+    pub(super) async fn vault_forget(&self, sub: &str, stale: &str) -> Result<(), StoreError> {
+        for key in [self.owned_key(sub), self.vault_key(sub)] {
+            let Some(sealed) = self.store.get_fresh(&key).await? else {
+                continue;
+            };
+            let token = self.open_sealed(&sealed).map(|p| {
+                serde_json::from_str::<Sealed>(p.expose())
+                    .map(|s| s.token.into_owned())
+                    .unwrap_or_else(|_| p.expose().clone())
+            });
+            if token.as_deref() == Some(stale) {
+                self.store.delete_if(&key, &sealed).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether a vaulted token is backend account `user`'s: recorded as its, or (a bare token)
+    /// the backend says so.
     pub(super) async fn belongs_to(&self, v: &Vaulted, user: u64) -> Result<bool, BridgeError> {
         Ok(match v.user {
             Some(owner) => owner == user,
@@ -87,16 +126,15 @@ impl OpenRagBridge {
         })
     }
 
-    /// The vaulted token of `sub` if it belongs to backend account `user`: recorded as its, or
-    /// (an entry from before owners were recorded) the backend says so. `None`: no entry, or
-    /// one of another account (the link moved) or that the backend refuses; the caller then
+    /// The vaulted token of `sub` if it belongs to backend account `user`. `None`: no entry,
+    /// or one of another account (the link moved) or that the backend refuses; the caller then
     /// applies the token policy, and its `vault_put` replaces the entry.
     pub(super) async fn vault_token_for(
         &self,
         sub: &str,
         user: u64,
     ) -> Result<Option<Secret<String>>, BridgeError> {
-        let Some(v) = self.vault_get(sub).await? else {
+        let Some(v) = self.vault_read(sub, false).await? else {
             return Ok(None);
         };
         if self.belongs_to(&v, user).await? {
@@ -108,6 +146,21 @@ impl OpenRagBridge {
             "the vaulted token is not the linked account's (the link moved): not used"
         );
         Ok(None)
+    }
+
+    /// `sub`'s token for backend account `user`: the vault's when it is that account's, else
+    /// the token policy's, then kept in the vault.
+    pub(super) async fn token_for(
+        &self,
+        sub: &str,
+        user: &super::admin::BackendUser,
+    ) -> Result<Secret<String>, BridgeError> {
+        if let Some(t) = self.vault_token_for(sub, user.id).await? {
+            return Ok(t);
+        }
+        let t = self.token_by_policy(sub, user).await?;
+        self.vault_put(sub, user.id, &t).await?;
+        Ok(t)
     }
 }
 
@@ -145,11 +198,14 @@ mod tests {
     #[tokio::test]
     async fn a_vaulted_token_goes_to_its_own_account_only() {
         let b = bridge();
-        b.vault_put("alice", Some(7), &Secret::new("tok-7".into()))
+        b.vault_put("alice", 7, &Secret::new("tok-7".into()))
             .await
             .unwrap();
-        let v = b.vault_get("alice").await.unwrap().unwrap();
+        let v = b.vault_read("alice", false).await.unwrap().unwrap();
         assert_eq!((v.user, v.token.expose().as_str()), (Some(7), "tok-7"));
+        // The bare entry, for replicas of the previous version, holds the same token.
+        let bare = b.store.get(&b.vault_key("alice")).await.unwrap().unwrap();
+        assert_eq!(b.open_sealed(&bare).unwrap().expose(), "tok-7");
         assert_eq!(
             b.vault_token_for("alice", 7)
                 .await
@@ -163,7 +219,13 @@ mod tests {
         );
         assert!(b.vault_token_for("nobody", 7).await.unwrap().is_none());
 
-        // An entry from before owners were recorded: the bare token, owner unknown.
+        // Only the entries holding the refused token are forgotten.
+        b.vault_forget("alice", "tok-other").await.unwrap();
+        assert!(b.vault_read("alice", true).await.unwrap().is_some());
+        b.vault_forget("alice", "tok-7").await.unwrap();
+        assert!(b.vault_read("alice", true).await.unwrap().is_none());
+
+        // An entry only a previous version wrote: the bare token, owner unknown.
         let sealed = b.keys.seal(b"old-token");
         b.store
             .put(
@@ -173,7 +235,7 @@ mod tests {
             )
             .await
             .unwrap();
-        let v = b.vault_get("bob").await.unwrap().unwrap();
+        let v = b.vault_read("bob", false).await.unwrap().unwrap();
         assert_eq!((v.user, v.token.expose().as_str()), (None, "old-token"));
         // Its owner is asked of the backend; one that cannot answer fails the lookup rather
         // than hand the token over unchecked.
