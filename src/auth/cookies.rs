@@ -163,22 +163,6 @@ impl CookieJar {
 /// value as a full parse by the `cookie` crate gives it (`Some(None)`: unreadable). Pairs that
 /// are not UTF-8 are other cookies'.
 fn pair_value(pair: &[u8], name: &str) -> Option<Option<String>> {
-    // The common case, on bytes: the pair starts with the name (after spaces, the only ASCII
-    // white space a header value can hold), then `=` and a plain ASCII value.
-    let start = pair.trim_ascii_start();
-    match start.strip_prefix(name.as_bytes()) {
-        Some(rest) => {
-            if let Some(v) = rest.trim_ascii_start().strip_prefix(b"=") {
-                if v.is_ascii() && !v.contains(&b'%') {
-                    return Some(Some(String::from_utf8_lossy(v.trim_ascii()).into_owned()));
-                }
-            }
-        }
-        // Starts with another ASCII character: another cookie's name, whatever follows.
-        None if start.first().is_some_and(u8::is_ascii) => return None,
-        // Empty, or a non-ASCII start (Unicode white space a full parse would trim).
-        None => {}
-    }
     let pair = std::str::from_utf8(pair).ok()?;
     let (raw_name, raw_value) = pair.split_once('=').unwrap_or((pair, ""));
     if raw_name.trim() != name {
