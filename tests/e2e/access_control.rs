@@ -526,6 +526,13 @@ async fn an_untrusted_peer_cannot_spread_its_failures_over_forged_addresses() {
     // An ingress left out of `trusted_proxies` would look like this peer: the operator is told,
     // once, whatever the number of such requests, when they log in (where budgets are spent).
     let warning = "is not in trusted_proxies";
+    // Every API request above is in the log (its access line) before the absence is judged.
+    wait_until(
+        "the API requests' access lines",
+        Duration::from_secs(10),
+        || a.output().matches("/v1/x").count() >= 21,
+    )
+    .await;
     assert!(!a.output().contains(warning), "not for API requests");
     for i in 0..3 {
         let ip = format!("203.0.113.{i}");

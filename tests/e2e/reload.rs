@@ -38,14 +38,12 @@ async fn on_conn(conn: &mut BufReader<tokio::net::TcpStream>, path: &str) -> u16
         .unwrap()
 }
 
-#[tokio::test]
-async fn sighup_applies_valid_changes_live_and_refuses_invalid_ones() {
-    let idp = MockIdp::start().await;
-    idp.set(|m| m.jwks = json!({"keys": [Key::new("k").jwk()]}));
-    let up = Upstream::start();
+/// An OIDC sidecar in front of `up`, with `idp` and the configuration file `toml` (kept in the
+/// returned directory, to be rewritten before a SIGHUP).
+async fn with_file(idp: &MockIdp, up: &Upstream, toml: &str) -> (tempfile::TempDir, OidcSidecar) {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("sso.toml");
-    std::fs::write(&file, "upstream_timeout_secs = 1\n").unwrap();
+    std::fs::write(&file, toml).unwrap();
     let cfg = file.to_str().unwrap().to_owned();
     let sc = start_oidc_sidecar(
         free_port(),
@@ -54,6 +52,16 @@ async fn sighup_applies_valid_changes_live_and_refuses_invalid_ones() {
         &[("SSO_SIDECAR_CONFIG", &cfg)],
     )
     .await;
+    (dir, sc)
+}
+
+#[tokio::test]
+async fn sighup_applies_valid_changes_live_and_refuses_invalid_ones() {
+    let idp = MockIdp::start().await;
+    idp.set(|m| m.jwks = json!({"keys": [Key::new("k").jwk()]}));
+    let up = Upstream::start();
+    let (dir, sc) = with_file(&idp, &up, "upstream_timeout_secs = 1\n").await;
+    let file = dir.path().join("sso.toml");
     let sc = &sc.sidecar;
 
     let mut conn = BufReader::new(tokio::net::TcpStream::connect(sc.addr).await.unwrap());
@@ -137,18 +145,9 @@ async fn a_tightened_allow_list_ends_sessions_at_their_next_refresh_without_a_ne
         m.login_expires_in = 8;
     });
     let up = Upstream::start();
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("sso.toml");
     let domains = |d: &str| format!("[authz]\nallowed_email_domains = [{d}]\n");
-    std::fs::write(&file, domains("\"example.test\", \"other.test\"")).unwrap();
-    let cfg = file.to_str().unwrap().to_owned();
-    let sc = start_oidc_sidecar(
-        free_port(),
-        &idp.issuer(),
-        &up.url(),
-        &[("SSO_SIDECAR_CONFIG", &cfg)],
-    )
-    .await;
+    let (dir, sc) = with_file(&idp, &up, &domains("\"example.test\", \"other.test\"")).await;
+    let file = dir.path().join("sso.toml");
     let sc = &sc.sidecar;
     // The ID token has no email: the profile comes from userinfo, at login only.
     let mut cookies = Vec::new();
