@@ -11,6 +11,14 @@ use std::process::ExitCode;
 /// sysexits.h `EX_CONFIG`: the configuration is wrong.
 pub const EX_CONFIG: u8 = 78;
 
+/// The async runtime `builder` makes, or the exit code after saying why there is none.
+pub fn runtime(mut builder: tokio::runtime::Builder) -> Result<tokio::runtime::Runtime, ExitCode> {
+    builder.enable_all().build().map_err(|e| {
+        eprintln!("sso-sidecar: cannot start the async runtime: {e}");
+        ExitCode::FAILURE
+    })
+}
+
 /// What can be checked of the configuration without the network: the certificates and keys it
 /// names load, and the Redis settings make clients. `run` and `check` call it before any port
 /// is bound, so a certificate that is not one exits 78 like every other configuration problem,
@@ -63,15 +71,9 @@ pub fn check(c: &Config) -> ExitCode {
             println!("warning: {w}");
         }
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let runtime = match tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        {
+        let runtime = match runtime(tokio::runtime::Builder::new_current_thread()) {
             Ok(r) => r,
-            Err(e) => {
-                eprintln!("sso-sidecar: cannot start the async runtime: {e}");
-                return ExitCode::FAILURE;
-            }
+            Err(code) => return code,
         };
         problems.extend(runtime.block_on(probe(c, oidc)));
     }

@@ -93,15 +93,10 @@ fn run(config: Config) -> ExitCode {
         }
         return ExitCode::from(EX_CONFIG);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
+    let runtime = match sso_sidecar::commands::runtime(tokio::runtime::Builder::new_multi_thread())
     {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("sso-sidecar: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     runtime.block_on(async move {
         let listeners = match bind(&config).await {
