@@ -127,11 +127,17 @@ fn build_oidc(
             .with_idle_timeout(config.auth.session_idle_timeout),
     );
     let streams = Arc::new(session::LiveStreams::default());
-    tokio::spawn(streams.clone().check_forever(
-        sessions.clone(),
-        metrics.clone(),
-        config.connections.revocation_check,
-    ));
+    // With an idle timeout, the streams' checks also carry their clients' messages as use:
+    // they run at least every eighth of it, as often as requests may push a deadline back.
+    let check = match config.auth.session_idle_timeout {
+        Some(idle) => config.connections.revocation_check.min(idle / 8),
+        None => config.connections.revocation_check,
+    };
+    tokio::spawn(
+        streams
+            .clone()
+            .check_forever(sessions.clone(), metrics.clone(), check),
+    );
     Ok(router::Oidc {
         streams,
         limits,

@@ -61,11 +61,11 @@ pub(super) async fn send(
             inject::inject_headers(h, carrier, t);
         }
     };
-    let abort = || inject.live.map(|id| out.streams.watch(id));
+    let watch = || inject.live.map(|id| out.streams.watch(id));
     let place = out.take_place();
     let r = out
         .upstream
-        .forward(req, out.peer, place, prepare, abort)
+        .forward(req, out.peer, place, prepare, watch)
         .await?;
     let status = r.status().as_u16();
     let mut outcome: Outcome = (r.map(Either::Left), Some(status));

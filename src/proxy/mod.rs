@@ -10,6 +10,7 @@
 pub mod body;
 pub mod headers;
 mod pool;
+mod tunnel;
 
 pub use pool::STREAMS_PER_PLACE;
 
@@ -18,7 +19,6 @@ pub use body::{full, Body, RequestBody};
 use headers::Peer;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{header, HeaderValue, Request, Response, StatusCode, Uri};
-use hyper_util::rt::TokioIo;
 use ipnet::IpNet;
 pub use pool::{SendError, UpstreamBody};
 use std::net::IpAddr;
@@ -42,6 +42,15 @@ pub enum ProxyError {
 /// A signal that ends a long-lived stream (a WebSocket tunnel, an event stream) before its
 /// natural end. What it means is the caller's business (a session that ended).
 pub type Abort = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// What watches a long-lived stream: the signal that ends it, and a flag the stream raises
+/// whenever its client sends something (a WebSocket tunnel's client messages; an event
+/// stream's client sends nothing after its request). What either means is the caller's
+/// business (a session that ended; a session in use).
+pub struct Watch {
+    pub end: Abort,
+    pub client_sent: Arc<std::sync::atomic::AtomicBool>,
+}
 
 /// A request's place under the worker's cap on upstream requests in flight
 /// (`upstream_max_per_worker`), taken before the request is ready ([`Upstream::place`]) and
@@ -180,9 +189,9 @@ impl Upstream {
     /// place here, and the timeout runs from now.
     ///
     /// `prepare` runs after hop-by-hop removal and `X-Forwarded-*`, so headers it writes (the
-    /// caller's identity) cannot be removed by a client naming them in `Connection`. `abort` is
-    /// asked, only for a long-lived response (a WebSocket tunnel, `text/event-stream`), for a
-    /// signal that ends it early.
+    /// caller's identity) cannot be removed by a client naming them in `Connection`. `watch` is
+    /// asked, only for a long-lived response (a WebSocket tunnel, `text/event-stream`), for the
+    /// signal that ends it early and the flag that notes the client's messages.
     ///
     /// Not an `async fn`, for the reason given at [`pool::Pool::send`]: `req` is kept once.
     #[allow(clippy::manual_async_fn)] // on purpose: see the doc above
@@ -192,7 +201,7 @@ impl Upstream {
         peer: Peer,
         place: Option<Place>,
         prepare: impl FnOnce(&mut http::HeaderMap) + 'a,
-        abort: impl FnOnce() -> Option<Abort> + 'a,
+        watch: impl FnOnce() -> Option<Watch> + 'a,
     ) -> impl std::future::Future<Output = Result<Response<UpstreamBody>, ProxyError>> + 'a {
         async move {
             let websocket =
@@ -267,11 +276,11 @@ impl Upstream {
                 let upstream_upgrade = hyper::upgrade::on(&mut resp);
                 // The connection now belongs to the tunnel.
                 resp.body_mut().detach();
-                tokio::spawn(tunnel(client_upgrade, upstream_upgrade, abort()));
+                tokio::spawn(tunnel::run(client_upgrade, upstream_upgrade, watch()));
             } else if is_event_stream(resp.headers()) {
                 resp.body_mut().leave_cap();
-                if let Some(a) = abort() {
-                    resp.body_mut().abort_on(a);
+                if let Some(w) = watch() {
+                    resp.body_mut().abort_on(w.end);
                 }
             }
             Ok(resp)
@@ -309,36 +318,4 @@ fn is_event_stream(h: &http::HeaderMap) -> bool {
             .get(..17)
             .is_some_and(|p| p.eq_ignore_ascii_case(b"text/event-stream"))
     })
-}
-
-/// Copies bytes both ways between the upgraded client and upstream connections until either
-/// side closes, or `abort` fires (both connections are then closed).
-async fn tunnel(
-    client: hyper::upgrade::OnUpgrade,
-    upstream: hyper::upgrade::OnUpgrade,
-    abort: Option<Abort>,
-) {
-    let (client, upstream) = match tokio::try_join!(client, upstream) {
-        Ok(pair) => pair,
-        Err(e) => {
-            tracing::debug!(error = %e, "upgrade failed");
-            return;
-        }
-    };
-    let mut client = TokioIo::new(client);
-    let mut upstream = TokioIo::new(upstream);
-    let abort = async {
-        match abort {
-            Some(a) => a.await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        r = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "upgraded connection closed with an error");
-            }
-        }
-        _ = abort => tracing::debug!("tunnel closed: its session ended"),
-    }
 }

@@ -276,6 +276,20 @@ impl Sessions {
         }
     }
 
+    /// Whether the session with this cookie id still exists, read from the store itself (for
+    /// a check of long-lived streams, not a request). A session `used` since the last check
+    /// (its client's messages on a stream) pushes back its idle deadline as a request would.
+    pub async fn still_there(&self, id: &str, now: i64, used: bool) -> Result<bool, StoreError> {
+        let Some(s) = self.load_fresh(id, now).await? else {
+            return Ok(false);
+        };
+        if !used || self.idle.is_none() {
+            return Ok(true);
+        }
+        let key = Self::key_of(id);
+        Ok(self.used(id, &key, Some(s), now, false).await.is_some())
+    }
+
     /// Removes the session with this cookie id.
     pub async fn delete(&self, id: &str) -> Result<bool, StoreError> {
         self.store.delete(&Self::key_of(id)).await

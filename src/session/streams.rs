@@ -6,12 +6,16 @@
 //! `revocation_check` interval, that each of them still exists in the shared store (read from
 //! Redis itself, not the client-side cache). A session gone from the store cancels every stream
 //! of it. Only sessions with live streams are checked: the cost grows with open streams, not
-//! with requests. Knows sessions and the store; not HTTP (the proxy gets an opaque signal).
+//! with requests. A session whose client sent something on one of its streams since the last
+//! check (a WebSocket message) is used, as a request would use it: with an idle timeout, the
+//! check pushes its idle deadline back. Knows sessions and the store; not HTTP (the proxy gets
+//! an opaque signal and a flag).
 
 use super::Sessions;
 use crate::clock::now_unix;
 use crate::metrics::Metrics;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -19,8 +23,18 @@ use tokio_util::sync::CancellationToken;
 /// The sessions with live streams on this replica.
 #[derive(Default)]
 pub struct LiveStreams {
-    /// Session cookie id → the signal its streams wait on, and how many there are.
-    by_session: Mutex<HashMap<String, (CancellationToken, usize)>>,
+    /// Session cookie id → its streams.
+    by_session: Mutex<HashMap<String, Live>>,
+}
+
+/// One session's live streams on this replica.
+struct Live {
+    /// The signal they all wait on.
+    end: CancellationToken,
+    /// How many there are.
+    count: usize,
+    /// Raised by any of them when its client sends something; lowered by each check.
+    client_sent: Arc<AtomicBool>,
 }
 
 /// One live stream's registration; dropping it (the stream ended) unregisters it.
@@ -30,38 +44,45 @@ struct Registration {
 }
 
 impl LiveStreams {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (CancellationToken, usize)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Live>> {
         self.by_session.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A signal for one new long-lived stream of session `id`: it completes when the session
-    /// ends. The stream holds it for as long as it lives.
-    pub fn watch(self: &Arc<Self>, id: &str) -> crate::proxy::Abort {
-        let token = {
+    /// The watch of one new long-lived stream of session `id`: a signal that completes when
+    /// the session ends, which the stream holds for as long as it lives, and the session's
+    /// flag for its client's messages.
+    pub fn watch(self: &Arc<Self>, id: &str) -> crate::proxy::Watch {
+        let (token, client_sent) = {
             let mut map = self.lock();
-            let entry = map
-                .entry(id.to_owned())
-                .or_insert_with(|| (CancellationToken::new(), 0));
-            entry.1 += 1;
-            entry.0.clone()
+            let live = map.entry(id.to_owned()).or_insert_with(|| Live {
+                end: CancellationToken::new(),
+                count: 0,
+                client_sent: Arc::default(),
+            });
+            live.count += 1;
+            (live.end.clone(), live.client_sent.clone())
         };
         let registration = Registration {
             streams: self.clone(),
             id: id.to_owned(),
         };
-        Box::pin(async move {
-            let _registration = registration;
-            token.cancelled().await;
-        })
+        crate::proxy::Watch {
+            end: Box::pin(async move {
+                let _registration = registration;
+                token.cancelled().await;
+            }),
+            client_sent,
+        }
     }
 
     /// Live streams on this replica (for tests and metrics).
     pub fn count(&self) -> usize {
-        self.lock().values().map(|(_, n)| n).sum()
+        self.lock().values().map(|l| l.count).sum()
     }
 
     /// Checks every `period` that each session with live streams still exists; closes the
-    /// streams of those that do not. A store that cannot be reached closes nothing.
+    /// streams of those that do not, and counts the client's messages on them since the last
+    /// check as use of the session. A store that cannot be reached closes nothing.
     pub async fn check_forever(
         self: Arc<Self>,
         sessions: Arc<Sessions>,
@@ -72,14 +93,19 @@ impl LiveStreams {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let ids: Vec<String> = self.lock().keys().cloned().collect();
-            for id in ids {
-                match sessions.load_fresh(&id, now_unix()).await {
-                    Ok(Some(_)) => {}
-                    Ok(None) => {
-                        if let Some((token, n)) = self.lock().remove(&id) {
-                            token.cancel();
-                            metrics.streams_revoked(n as u64);
+            let due: Vec<(String, bool)> = self
+                .lock()
+                .iter()
+                .map(|(id, l)| (id.clone(), l.client_sent.swap(false, Ordering::Relaxed)))
+                .collect();
+            for (id, used) in due {
+                match sessions.still_there(&id, now_unix(), used).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        if let Some(live) = self.lock().remove(&id) {
+                            live.end.cancel();
+                            metrics.streams_revoked(live.count as u64);
+                            let n = live.count;
                             tracing::info!(streams = n, "session ended: its live streams closed");
                         }
                     }
@@ -95,9 +121,9 @@ impl LiveStreams {
 impl Drop for Registration {
     fn drop(&mut self) {
         let mut map = self.streams.lock();
-        if let Some(entry) = map.get_mut(&self.id) {
-            entry.1 -= 1;
-            if entry.1 == 0 {
+        if let Some(live) = map.get_mut(&self.id) {
+            live.count -= 1;
+            if live.count == 0 {
                 map.remove(&self.id);
             }
         }
@@ -119,9 +145,9 @@ mod tests {
         assert_eq!(s.count(), 2);
         drop(c);
         assert_eq!(s.lock().len(), 1);
-        let token = s.lock()["one"].0.clone();
+        let token = s.lock()["one"].end.clone();
         token.cancel();
-        b.await;
+        b.end.await;
         assert_eq!(s.count(), 0, "a finished signal unregisters");
     }
 }

@@ -285,7 +285,7 @@ async fn post_logout(sc: &Sidecar, token: &str) -> http::Response<bytes::Bytes> 
     .unwrap()
 }
 
-async fn alive(sc: &Sidecar, cookie: &str) -> bool {
+pub(crate) async fn alive(sc: &Sidecar, cookie: &str) -> bool {
     get(&sc.url("/v1/x"), &[("cookie", &session_header(cookie))])
         .await
         .unwrap()

@@ -2,7 +2,7 @@
 //! one replica while the logout happens on another; cookie tossing (a planted second session
 //! cookie) and the `__Host-` names over https that no sibling host can plant.
 
-use crate::lifecycle::{mock_login, mock_pair};
+use crate::lifecycle::{alive, mock_login, mock_pair};
 use crate::mock_idp::{Key, MockIdp};
 use crate::oidc_support::*;
 use crate::support::*;
@@ -115,6 +115,59 @@ async fn a_revoked_session_closes_its_streams_on_the_replica_that_holds_them() {
     assert!(
         metrics.contains("sso_sidecar_streams_revoked_total 2"),
         "{metrics}"
+    );
+}
+
+/// With `session_idle_timeout_secs`, a WebSocket's messages are use of its session: a user who
+/// only chats over an open WebSocket stays logged in past the timeout, on every replica. Once
+/// the messages stop, the session ends after the timeout and the tunnel closes.
+#[tokio::test]
+async fn websocket_messages_keep_an_idle_session_alive_until_they_stop() {
+    let m = mock_pair(&[("SSO_SIDECAR_SESSION_IDLE_TIMEOUT_SECS", "10")]).await;
+    let cookie = mock_login(&m, &m.a.sidecar, "alice", "sid-1").await;
+    let mut ws = open_websocket(m.a.sidecar.addr, &session_header(&cookie)).await;
+    // Messages every second for 16 s (more than the timeout plus an eighth), no HTTP request.
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(16) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let echoed = async {
+            ws.write_all(&[0x81, 0x82, 1, 2, 3, 4, b'h' ^ 1, b'i' ^ 2])
+                .await?;
+            let mut echo = [0u8; 4];
+            ws.read_exact(&mut echo).await.map(|_| echo)
+        };
+        let echo = echoed.await;
+        assert!(
+            matches!(echo, Ok([0x81, 2, b'h', b'i'])),
+            "the tunnel closed at {:?}: {echo:?}",
+            start.elapsed()
+        );
+    }
+    assert!(
+        alive(&m.b.sidecar, &cookie).await,
+        "the WebSocket's use reached the other replica"
+    );
+    // Then silent: the session ends between the timeout and an eighth more (plus a check),
+    // and the tunnel closes with it.
+    let silent = Instant::now();
+    let mut buf = [0u8; 64];
+    let closed = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match ws.read(&mut buf).await {
+                Ok(0) | Err(_) => return silent.elapsed(),
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .expect("the tunnel of an idle session stays open");
+    assert!(
+        closed >= Duration::from_secs(10),
+        "closed early: {closed:?}"
+    );
+    assert!(
+        !alive(&m.b.sidecar, &cookie).await,
+        "the idle session ended"
     );
 }
 
