@@ -141,7 +141,7 @@ fn build_oidc(
     Ok(router::Oidc {
         streams,
         limits,
-        auth: auth::flow::Auth {
+        auth: Arc::new(auth::flow::Auth {
             provider,
             sessions,
             // `__Host-` needs `Secure`, which every cookie has when the redirect URI is https.
@@ -155,7 +155,7 @@ fn build_oidc(
             metrics,
             inflight: auth::refresh::InFlight::default(),
             identity: identity.clone(),
-        },
+        }),
         identity,
     })
 }
@@ -249,6 +249,7 @@ pub async fn run(
         idle_timeout: limits.idle_timeout,
         send_timeout: limits.send_timeout,
         http2_max_streams: limits.http2_max_streams,
+        http2_window: limits.http2_window,
         http2_ping_interval: limits.http2_ping_interval,
         limiter: Some(server::limits::ConnLimiter::new(
             max_connections,

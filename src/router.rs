@@ -25,7 +25,6 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Either;
 use hyper::body::Incoming;
 use std::sync::Arc;
-use std::time::Instant;
 
 /// Requests in flight on one worker above which each new request's head is copied out of its
 /// connection's read buffer before anything else (`headers::detach_head`). A worker that busy
@@ -37,7 +36,7 @@ const DETACH_ABOVE: i64 = 64;
 
 /// The OIDC side of the router, present with `AUTH_MODE=oidc`.
 pub struct Oidc {
-    pub auth: Auth,
+    pub auth: Arc<Auth>,
     pub identity: Arc<Identity>,
     /// The sessions with live tunnels and event streams on this replica.
     pub streams: Arc<LiveStreams>,
@@ -88,16 +87,17 @@ impl App {
         conn: ConnInfo,
     ) -> impl std::future::Future<Output = Response<Body>> {
         async move {
-            let start = Instant::now();
-            self.metrics.request_started();
+            let record = telemetry::Record::start(
+                &self.metrics,
+                req.method().clone(),
+                req.uri().clone(),
+                headers::request_id(req.headers()),
+            );
             if self.metrics.in_flight_here() > DETACH_ABOVE {
                 headers::detach_head(&mut req);
             }
-            let method = req.method().clone();
-            // A cheap clone (shared bytes), for the access log after the request has moved on.
-            let uri = req.uri().clone();
             let html = wants_html(req.headers());
-            let request_id = headers::request_id(req.headers());
+            let request_id = &record.request_id;
             // Room for the headers the sidecar adds, at once rather than step by step: the request
             // id and three X-Forwarded-*, and with OIDC up to five identity headers. No more: the
             // map's entries are ~100 bytes each and live as long as the request (2.5 KB a request
@@ -130,18 +130,7 @@ impl App {
             });
             resp.headers_mut()
                 .insert(headers::X_REQUEST_ID, request_id.clone());
-
-            let elapsed = start.elapsed();
-            let status = resp.status().as_u16();
-            self.metrics.request_finished(&method, status, elapsed);
-            telemetry::access(&telemetry::Access {
-                method: method.as_str(),
-                path: uri.path(),
-                status,
-                upstream_status,
-                latency: elapsed,
-                request_id: request_id.to_str().unwrap_or_default(),
-            });
+            record.finish(resp.status().as_u16(), upstream_status);
             resp
         }
     }
@@ -178,6 +167,11 @@ impl App {
                 .map_err(|_| Error::BadRequest("Invalid request path"))?
             {
                 parts.uri = uri;
+            }
+            // Refused before any decision, the sidecar's own routes and CORS preflights
+            // included: a backend may resolve what these paths name differently from us.
+            if crate::auth::gate::ambiguous_path(parts.uri.path()) {
+                return Err(Error::BadRequest("Invalid request path"));
             }
             let limited = oidc.limits.as_ref().zip(client);
             let auth = &oidc.auth;
@@ -295,11 +289,16 @@ fn own_refusal(result: &Result<Outcome, Error>) -> bool {
 }
 
 /// Requests refused in every mode before any decision: `CONNECT` (a tunnel to wherever the
-/// client names, never ours to open), and a request with several `Host` headers or, in
-/// HTTP/1.1, none (RFC 9112 §3.2: which one a backend believes is anyone's guess).
+/// client names, never ours to open); a target without a path (authority form `host:port`,
+/// asterisk form `*`), which no path rule would see as the `/` it would reach; and a request
+/// with several `Host` headers or, in HTTP/1.1, none (RFC 9112 §3.2: which one a backend
+/// believes is anyone's guess).
 fn refused_early(req: &Request<Incoming>) -> Option<Error> {
     if req.method() == Method::CONNECT {
         return Some(Error::MethodNotAllowed);
+    }
+    if !req.uri().path().starts_with('/') {
+        return Some(Error::BadRequest("Unsupported request target"));
     }
     let mut hosts = req.headers().get_all(header::HOST).iter();
     let first = hosts.next();

@@ -1,12 +1,14 @@
 //! Logging set-up (tracing-subscriber) and the access log.
 //!
 //! Owns the subscriber (JSON by default, `pretty` on request; level from `RUST_LOG`, else the
-//! configured `log_level`) and the one access-log line per request. Redaction is by
+//! configured `log_level`) and the one access-log line per request, written with the request's
+//! metrics by its [`Record`] even when the request ends without an answer. Redaction is by
 //! construction: no code path logs a header map, a query string, a cookie or a body — the access
 //! line carries the path without its query, because OpenRag puts tokens in `?token=`.
 
 use crate::config::LogFormat;
-use std::time::Duration;
+use crate::metrics::Metrics;
+use std::time::{Duration, Instant};
 use tracing_subscriber::EnvFilter;
 
 type Reloader = Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync>;
@@ -86,4 +88,68 @@ pub fn access(a: &Access<'_>) {
         request_id = a.request_id,
         "request"
     );
+}
+
+/// The status logged for a request that ended without an answer: its client left (an HTTP/2
+/// reset, a closed connection) or the drain's deadline came. nginx's "client closed request".
+pub const CLIENT_LEFT: u16 = 499;
+
+/// One request from its start to its answer: its in-flight count, duration, status count and
+/// access line, written exactly once. A request whose future is dropped before it answers
+/// (hyper drops it when the client leaves) is recorded as [`CLIENT_LEFT`] instead of vanishing
+/// with its place in the in-flight gauge.
+pub struct Record<'a> {
+    metrics: &'a Metrics,
+    start: Instant,
+    pub method: http::Method,
+    /// A cheap clone (shared bytes) of the request's target: the log takes its path.
+    pub uri: http::Uri,
+    pub request_id: http::HeaderValue,
+    done: bool,
+}
+
+impl<'a> Record<'a> {
+    pub fn start(
+        metrics: &'a Metrics,
+        method: http::Method,
+        uri: http::Uri,
+        request_id: http::HeaderValue,
+    ) -> Self {
+        metrics.request_started();
+        Record {
+            metrics,
+            start: Instant::now(),
+            method,
+            uri,
+            request_id,
+            done: false,
+        }
+    }
+
+    /// The request is answered with `status` (`upstream_status` when the upstream answered).
+    pub fn finish(mut self, status: u16, upstream_status: Option<u16>) {
+        self.done = true;
+        self.write(status, upstream_status);
+    }
+
+    fn write(&self, status: u16, upstream_status: Option<u16>) {
+        let elapsed = self.start.elapsed();
+        self.metrics.request_finished(&self.method, status, elapsed);
+        access(&Access {
+            method: self.method.as_str(),
+            path: self.uri.path(),
+            status,
+            upstream_status,
+            latency: elapsed,
+            request_id: self.request_id.to_str().unwrap_or_default(),
+        });
+    }
+}
+
+impl Drop for Record<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.write(CLIENT_LEFT, None);
+        }
+    }
 }

@@ -50,7 +50,12 @@ pub fn admits(a: &Authz, claims: &Map<String, Value>) -> Result<(), Refusal> {
             .and_then(Value::as_str)
             .map(|e| e.trim().to_ascii_lowercase())
             .unwrap_or_default();
-        let domain = email.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
+        // One `@` after a non-empty local part: `x@evil.example@corp.example` is in no domain
+        // (a mail system may deliver it to evil.example).
+        let domain = match email.split_once('@') {
+            Some((local, d)) if !local.is_empty() && !d.contains('@') => d,
+            _ => "",
+        };
         let listed = !email.is_empty() && a.allowed_emails.contains(&email);
         let in_domain = !domain.is_empty() && a.allowed_email_domains.iter().any(|d| d == domain);
         if !listed && !in_domain {
@@ -137,6 +142,14 @@ mod tests {
             ),
             (
                 json!({"groups": ["staff"], "email": "example.com"}),
+                Refusal::Email,
+            ),
+            (
+                json!({"groups": ["staff"], "email": "x@evil.com@example.com"}),
+                Refusal::Email,
+            ),
+            (
+                json!({"groups": ["staff"], "email": "@example.com"}),
                 Refusal::Email,
             ),
             (json!({"groups": ["staff"]}), Refusal::Email),

@@ -72,7 +72,7 @@ impl Auth {
     }
 
     /// The gate's decision, with the session refreshed when its access token is about to expire.
-    pub async fn gate(&self, parts: &Parts) -> Result<Decision, Error> {
+    pub async fn gate(self: &Arc<Self>, parts: &Parts) -> Result<Decision, Error> {
         let settings = self.settings();
         let paths = &settings.paths;
         if super::cross_site::trusted_preflight(parts, &settings.trusted_origins) {
@@ -218,6 +218,20 @@ impl Auth {
         let bad = |m: &'static str| User(StatusCode::BAD_REQUEST, m);
         let q = query(parts);
         if let Some(err) = q.get("error") {
+            // The IdP's words are shown only for a login in flight in this browser: anyone can
+            // link here with words of their choosing, on the sidecar's own origin.
+            let ours = q
+                .get("state")
+                .zip(self.cookies.get(&parts.headers, &self.cookies.state))
+                .is_some_and(|(state, sealed)| {
+                    let keys = self.sessions.keys();
+                    let mut in_flight =
+                        login_state::open(keys, &sealed, now_unix(), self.login_ttl());
+                    login_state::take(&mut in_flight, state).is_some()
+                });
+            if !ours {
+                return Err(bad("OIDC state mismatch."));
+            }
             let desc = q.get("error_description").map(String::as_str).unwrap_or("");
             tracing::warn!(error = %printable(err), description = %printable(desc), "the IdP refused the login");
             return Err(CallbackError::Idp(format!(
@@ -240,11 +254,17 @@ impl Auth {
         }
         let st: LoginState =
             login_state::take(&mut in_flight, state).ok_or(bad("OIDC state mismatch."))?;
-        // RFC 9207: when the IdP names itself, it must be our issuer (mix-up defence).
-        if q.get("iss")
-            .is_some_and(|iss| *iss != self.provider.settings.issuer)
-        {
-            tracing::warn!("callback iss parameter is not the configured issuer");
+        // RFC 9207 (mix-up defence): when the IdP names itself, it must be our issuer; an IdP
+        // that says it always does (its metadata) must have done so.
+        let iss_ok = match q.get("iss") {
+            Some(iss) => *iss == self.provider.settings.issuer,
+            None => !self
+                .provider
+                .metadata()
+                .is_some_and(|m| m.authorization_response_iss_parameter_supported),
+        };
+        if !iss_ok {
+            tracing::warn!("callback iss parameter is missing or not the configured issuer");
             return Err(bad("OIDC code exchange failed"));
         }
         let marker = crate::store::keys::hashed("state", &["state", &st.state]);

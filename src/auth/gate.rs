@@ -142,10 +142,8 @@ pub async fn decide(
     sessions: &Sessions,
     now: i64,
 ) -> Result<Decision, Error> {
+    // The router has refused ambiguous paths (`ambiguous_path`) before any decision.
     let path = parts.uri.path();
-    if ambiguous_path(path) {
-        return Err(Error::BadRequest("Invalid request path"));
-    }
     let html = wants_html(&parts.headers);
     let bearer = has_bearer(parts);
     let html_login = html && !bearer && path_matches(&paths.html_login.0, path);
@@ -294,8 +292,6 @@ mod tests {
             .await
             .unwrap();
             assert!(matches!(d, Authenticated { .. }), "{d:?}");
-            let e = decide_for("/assets/..;/v1/models", &[]).await.unwrap_err();
-            assert!(matches!(e, Error::BadRequest(_)), "ambiguous paths first");
             let e = decide_for("/v1/x", &[("accept", "text/html")])
                 .await
                 .unwrap_err();

@@ -39,7 +39,9 @@ pub fn open(keys: &KeyRing, sealed: &str, now: i64, ttl: i64) -> Vec<LoginState>
         .collect()
 }
 
-/// Seals `states`, dropping the oldest until they are few and small enough.
+/// Seals `states`, dropping the oldest until they are few and small enough. A login that is
+/// too big alone (a `next` that JSON escaping swells: `"` takes two bytes) returns to `/`
+/// after it: a cookie the browser would refuse could never complete.
 pub fn seal(keys: &KeyRing, mut states: Vec<LoginState>) -> String {
     states.sort_by_key(|s| s.created);
     while states.len() > MAX_IN_FLIGHT {
@@ -48,10 +50,16 @@ pub fn seal(keys: &KeyRing, mut states: Vec<LoginState>) -> String {
     loop {
         let plain = serde_json::to_vec(&states).unwrap_or_default();
         let sealed = keys.seal(&plain);
-        if sealed.len() <= MAX_SEALED_BYTES || states.len() <= 1 {
+        if sealed.len() <= MAX_SEALED_BYTES {
             return sealed;
         }
-        states.remove(0);
+        match states.as_mut_slice() {
+            [only] if only.next != "/" => only.next = "/".to_owned(),
+            [_] | [] => return sealed,
+            _ => {
+                states.remove(0);
+            }
+        }
     }
 }
 
@@ -107,6 +115,16 @@ mod tests {
             "b3",
             "the newest stays"
         );
+        // One login too big alone (every `"` escaped): it keeps its state, not its `next`.
+        let mut quoted = st("q", 100, 0);
+        quoted.next = format!(
+            "/{}",
+            "\"".repeat(crate::auth::redirect::MAX_NEXT_BYTES - 1)
+        );
+        let sealed = seal(&keys, vec![quoted]);
+        assert!(sealed.len() <= MAX_SEALED_BYTES, "{}", sealed.len());
+        let kept = open(&keys, &sealed, 200, 600);
+        assert_eq!((kept[0].state.as_str(), kept[0].next.as_str()), ("q", "/"));
         let sealed = seal(&keys, vec![st("old", 0, 1), st("new", 650, 1)]);
         let live = open(&keys, &sealed, 700, 600);
         assert_eq!(live.len(), 1, "older than 600 s: gone");

@@ -18,9 +18,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-/// How long a replica may hold the cross-replica refresh lock (crash guard): longer than a
-/// refresh can take (token call plus a JWKS re-fetch, each bounded by `idp_timeout_secs`, 10 s).
-const LOCK_TTL: Duration = Duration::from_secs(30);
+/// How long a replica may hold the cross-replica refresh lock (crash guard) at least; longer
+/// with a long `idp_timeout_secs` ([`Auth::lock_ttl`]).
+const LOCK_TTL_MIN: Duration = Duration::from_secs(30);
 /// How long a request waits for another replica's refresh before giving up.
 const LOCK_WAIT: Duration = Duration::from_secs(8);
 const LOCK_POLL: Duration = Duration::from_millis(25);
@@ -85,15 +85,30 @@ impl Auth {
     /// Returns the session to use for this request: as loaded, refreshed, or `None` when it has
     /// ended (refused refresh, or expired while the IdP is unreachable).
     pub async fn ensure_fresh(
-        &self,
+        self: &Arc<Self>,
         id: &str,
         session: Arc<Session>,
     ) -> Result<Option<Arc<Session>>, StoreError> {
         if !self.refresh_due(&session) {
             return Ok(Some(session));
         }
-        // Boxed: rarely taken, and its state (IdP exchange included) is large.
-        Box::pin(self.refresh_session(id)).await
+        // A task of its own, which finishes even when the request is dropped (its client left,
+        // the drain's deadline came): cut between the IdP's answer and the write, a rotated
+        // refresh token would be spent and the new one lost, and the session would end at its
+        // next refresh. (Also keeps its large state, IdP exchange included, out of every
+        // request's future.)
+        let (auth, id) = (self.clone(), id.to_owned());
+        tokio::spawn(async move { auth.refresh_session(&id).await })
+            .await
+            .unwrap_or_else(|e| Err(StoreError::Unavailable(format!("refresh stopped: {e}"))))
+    }
+
+    /// The refresh lock's time to live: longer than a refresh can take, so that no other
+    /// replica spends the same refresh token meanwhile. A refresh makes up to three IdP calls
+    /// (token, a JWKS re-fetch, userinfo), each bounded by `idp_timeout_secs`, and a few store
+    /// round trips.
+    fn lock_ttl(&self) -> Duration {
+        (self.settings().idp_timeout * 3 + Duration::from_secs(5)).max(LOCK_TTL_MIN)
     }
 
     /// Whether `session` is due for a refresh now (cheap: no I/O).
@@ -121,7 +136,7 @@ impl Auth {
             if self
                 .sessions
                 .store()
-                .put_if_absent(&lock_key, owner.as_bytes(), LOCK_TTL)
+                .put_if_absent(&lock_key, owner.as_bytes(), self.lock_ttl())
                 .await?
             {
                 break;
@@ -187,10 +202,18 @@ impl Auth {
                     self.sessions.delete(id).await?;
                     return Ok(None);
                 }
-                if !self.sessions.update(id, &s, now).await? {
-                    // Logged out while the IdP answered: stay logged out.
+                // What the refresh changed, onto the session as it stands now: the identity
+                // bridge may have given it another backend token meanwhile. (Logged out while
+                // the IdP answered: stay logged out.)
+                let refreshed = |cur: &mut Session| {
+                    let (token, user) = (cur.backend_token.take(), cur.backend_user_id);
+                    *cur = s.clone();
+                    cur.backend_token = token;
+                    cur.backend_user_id = user;
+                };
+                let Some(s) = self.sessions.amend(id, now, refreshed).await? else {
                     return Ok(None);
-                }
+                };
                 tracing::info!(sub = %s.sub, "access token refreshed");
                 if let Some(r) = &renewed {
                     self.identity.on_refresh(s.backend_user_id, &r.claims).await;

@@ -54,11 +54,24 @@ impl Auth {
 
     /// `POST /auth/backchannel-logout`: 200 `no-store` when valid, else 400 with an OAuth-style
     /// error body and nothing revoked.
+    ///
+    /// The form is read within `idp_timeout_secs` and 64 KiB: the caller is the IdP, whose
+    /// answers get as long; a client that announces more, or sends slower, holds nothing.
     async fn backchannel_route(&self, body: Incoming) -> Response<Body> {
+        use http_body::Body as _;
         use http_body_util::{BodyExt, Limited};
-        let form = match Limited::new(body, 64 * 1024).collect().await {
-            Ok(c) => c.to_bytes(),
-            Err(_) => bytes::Bytes::new(),
+        const MAX_FORM: u64 = 64 * 1024;
+        if body.size_hint().lower() > MAX_FORM {
+            return oauth_error(StatusCode::PAYLOAD_TOO_LARGE, "logout request too large");
+        }
+        let read = Limited::new(body, MAX_FORM as usize).collect();
+        let form = match tokio::time::timeout(self.settings().idp_timeout, read).await {
+            Ok(Ok(c)) => c.to_bytes(),
+            // Too large or broken off: refused below as a form without a logout token.
+            Ok(Err(_)) => bytes::Bytes::new(),
+            Err(_) => {
+                return oauth_error(StatusCode::REQUEST_TIMEOUT, "logout request body too slow")
+            }
         };
         let (status, body) = match self.backchannel_logout(&form).await {
             Ok(_) => (StatusCode::OK, String::new()),
@@ -69,20 +82,30 @@ impl Auth {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "back-channel logout refused");
-                let b = serde_json::json!({"error": "invalid_request", "error_description": e.to_string()});
-                (StatusCode::BAD_REQUEST, b.to_string())
+                return oauth_error(StatusCode::BAD_REQUEST, &e.to_string());
             }
         };
-        let mut r = Response::new(crate::proxy::full(body));
-        *r.status_mut() = status;
-        r.headers_mut()
-            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        if status != StatusCode::OK {
-            r.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-        }
-        r
+        backchannel_answer(status, body)
     }
+}
+
+/// A refused back-channel logout: an OAuth-style error body.
+fn oauth_error(status: StatusCode, description: &str) -> Response<Body> {
+    let b = serde_json::json!({"error": "invalid_request", "error_description": description});
+    backchannel_answer(status, b.to_string())
+}
+
+/// The back-channel logout's answer: never cached; a JSON body unless it succeeded.
+fn backchannel_answer(status: StatusCode, body: String) -> Response<Body> {
+    let mut r = Response::new(crate::proxy::full(body));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if status != StatusCode::OK {
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+    }
+    r
 }

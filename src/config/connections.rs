@@ -24,6 +24,10 @@ pub struct ConnectionSettings {
     /// Streams one HTTP/2 connection may have open at once (nginx's
     /// `http2_max_concurrent_streams`): each may hold an upstream place.
     pub http2_max_streams: u32,
+    /// KiB of request body one HTTP/2 connection may send ahead of what the sidecar has read
+    /// (its stream and connection flow-control windows), so at most what an idle connection
+    /// can make the sidecar hold. More lets a client upload faster over a long round trip.
+    pub http2_window_kib: u32,
     /// Seconds between HTTP/2 pings on a quiet connection; a peer that does not answer one
     /// within the same time is disconnected. 0 = no pings.
     pub http2_ping_interval_secs: u64,
@@ -51,6 +55,7 @@ impl Default for ConnectionSettings {
             idle_timeout_secs: 60,
             send_timeout_secs: 60,
             http2_max_streams: 128,
+            http2_window_kib: 256,
             http2_ping_interval_secs: 20,
             max: 10_000,
             max_per_ip: 512,
@@ -69,6 +74,8 @@ pub struct ConnectionLimits {
     pub idle_timeout: Duration,
     pub send_timeout: Duration,
     pub http2_max_streams: u32,
+    /// Bytes.
+    pub http2_window: u32,
     pub http2_ping_interval: Option<Duration>,
     pub max: usize,
     pub max_per_ip: Option<usize>,
@@ -97,6 +104,12 @@ impl ConnectionSettings {
                 problems.push(format!("connections.{name} must be at least 1"));
             }
         }
+        if !(64..=16_384).contains(&self.http2_window_kib) {
+            problems.push(format!(
+                "connections.http2_window_kib must be between 64 and 16384, got {}",
+                self.http2_window_kib
+            ));
+        }
         if !(100..=60_000).contains(&self.revocation_check_ms) {
             problems.push(format!(
                 "connections.revocation_check_ms must be between 100 and 60000, got {}",
@@ -112,6 +125,7 @@ impl ConnectionSettings {
             idle_timeout: Duration::from_secs(self.idle_timeout_secs),
             send_timeout: Duration::from_secs(self.send_timeout_secs),
             http2_max_streams: self.http2_max_streams,
+            http2_window: self.http2_window_kib * 1024,
             http2_ping_interval: (self.http2_ping_interval_secs > 0)
                 .then(|| Duration::from_secs(self.http2_ping_interval_secs)),
             max: self.max,

@@ -1,6 +1,6 @@
 //! Values checked against the type their setting expects before figment sees them, so a
 //! wrong one is named by its variable (or file and key) in words — `SSO_SIDECAR_SHUTDOWN_TIMEOUT_SECS:
-//! expected whole seconds, got "30s"` — and is left out, letting every other problem of every
+//! expected whole seconds (up to ten years), got "30s"` — and is left out, letting every other problem of every
 //! layer be found in the same run. The expected types come from `Settings::default()`.
 
 use super::Settings;
@@ -20,11 +20,24 @@ enum Expected {
     Any,
 }
 
+/// The longest any duration setting may be: ten years. Far beyond any useful value, and far
+/// below where deadlines computed from one would overflow (and panic in every connection).
+const MAX_SECS: u64 = 10 * 366 * 24 * 3600;
+
 impl Expected {
+    /// Whether `n` is in range for this type (durations at most [`MAX_SECS`]).
+    fn in_range(self, n: u64) -> bool {
+        match self {
+            Expected::Secs => n <= MAX_SECS,
+            Expected::Millis => n <= MAX_SECS * 1000,
+            _ => true,
+        }
+    }
+
     fn words(self) -> &'static str {
         match self {
-            Expected::Secs => "whole seconds",
-            Expected::Millis => "whole milliseconds",
+            Expected::Secs => "whole seconds (up to ten years)",
+            Expected::Millis => "whole milliseconds (up to ten years)",
             Expected::Number => "a whole number",
             Expected::Bool => "true or false",
             Expected::Text => "text",
@@ -76,8 +89,10 @@ pub fn env_value(name: &str, key: &str, raw: &str) -> Result<FValue, String> {
         e @ (Expected::Secs | Expected::Millis | Expected::Number) => raw
             .trim()
             .parse::<u64>()
+            .ok()
+            .filter(|&n| e.in_range(n))
             .map(FValue::from)
-            .map_err(|_| bad(e)),
+            .ok_or_else(|| bad(e)),
         Expected::Bool => match raw.trim().to_ascii_lowercase().as_str() {
             "true" => Ok(FValue::from(true)),
             "false" => Ok(FValue::from(false)),
@@ -127,7 +142,9 @@ fn expected_table(key: &str) -> Option<bool> {
 fn fits(key: &str, v: &Value, file: &str, problems: &mut Vec<String>) -> bool {
     let e = expected(key);
     let ok = match e {
-        Expected::Secs | Expected::Millis | Expected::Number => v.as_u64().is_some(),
+        Expected::Secs | Expected::Millis | Expected::Number => {
+            v.as_u64().is_some_and(|n| e.in_range(n))
+        }
         Expected::Bool => v.is_boolean(),
         Expected::Text => v.is_string(),
         Expected::List => {
@@ -194,9 +211,23 @@ mod tests {
                 "30s"
             )
             .unwrap_err(),
-            "SSO_SIDECAR_SHUTDOWN_TIMEOUT_SECS: expected whole seconds, got \"30s\""
+            "SSO_SIDECAR_SHUTDOWN_TIMEOUT_SECS: expected whole seconds (up to ten years), got \"30s\""
         );
         assert!(env_value("X", "shutdown_timeout_secs", " 30 ").is_ok());
+        // A duration beyond ten years would overflow the deadlines made from it.
+        for (key, huge) in [
+            ("connections.idle_timeout_secs", "18446744073709551615"),
+            ("idp_timeout_secs", "316224001"),
+            ("redis_timeout_ms", "316224000001"),
+        ] {
+            assert!(
+                env_value("X", key, huge)
+                    .unwrap_err()
+                    .contains("up to ten years"),
+                "{key}"
+            );
+        }
+        assert!(env_value("X", "idp_timeout_secs", "316224000").is_ok());
         assert_eq!(
             env_value("SSO_SIDECAR_LISTEN", "listen", "8000").unwrap(),
             FValue::from("8000".to_string()),
@@ -222,7 +253,7 @@ mod tests {
             vec![
                 "s.toml: connections.max: expected a whole number, got \"x\"",
                 "s.toml: listen: expected text, got 8000",
-                "s.toml: shutdown_timeout_secs: expected whole seconds, got \"30s\"",
+                "s.toml: shutdown_timeout_secs: expected whole seconds (up to ten years), got \"30s\"",
             ]
         );
         assert_eq!(

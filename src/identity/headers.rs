@@ -75,13 +75,35 @@ fn identity_values(s: &Session) -> Box<[Option<HeaderValue>]> {
     });
     Box::new([
         value(&s.sub),
-        s.email.as_deref().and_then(value),
+        // An email the IdP says is not verified is anyone's to claim (self-registration):
+        // not passed on as the user's (oauth2-proxy refuses such logins by default).
+        s.email
+            .as_deref()
+            .filter(|_| s.email_verified != Some(false))
+            .and_then(value),
         s.preferred_username.as_deref().and_then(value),
         (!s.groups.is_empty())
-            .then(|| s.groups.join(","))
+            .then(|| joined_groups(&s.groups))
             .and_then(|g| value(&g)),
         token,
     ])
+}
+
+/// The groups comma-joined, a comma or `%` inside a name percent-encoded (`%2C`, `%25`): a
+/// group named `staff,admins` must not reach the backend as two groups.
+fn joined_groups(groups: &[String]) -> String {
+    let mut out = String::new();
+    for (i, g) in groups.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        if g.contains([',', '%']) {
+            out.push_str(&g.replace('%', "%25").replace(',', "%2C"));
+        } else {
+            out.push_str(g);
+        }
+    }
+    out
 }
 
 fn slot(field: IdentityField) -> usize {
@@ -124,5 +146,25 @@ mod tests {
             h.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
             vec!["x-other"]
         );
+    }
+
+    #[test]
+    fn groups_keep_their_commas_and_an_unverified_email_is_not_passed_on() {
+        let mut s = Session::for_tests("alice", 0, 60);
+        s.groups = vec!["staff,admins".into(), "100%".into(), "ops".into()];
+        s.email = Some("victim@corp.example".into());
+        let v = identity_values(&s);
+        assert_eq!(
+            v[slot(IdentityField::Groups)].as_ref().unwrap(),
+            "staff%2Cadmins,100%25,ops"
+        );
+        assert_eq!(
+            v[slot(IdentityField::Email)].as_ref().unwrap(),
+            "victim@corp.example"
+        );
+        s.email_verified = Some(false);
+        assert!(identity_values(&s)[slot(IdentityField::Email)].is_none());
+        s.email_verified = Some(true);
+        assert!(identity_values(&s)[slot(IdentityField::Email)].is_some());
     }
 }

@@ -10,6 +10,7 @@
 
 pub use crate::tls::Scheme;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use ipnet::IpNet;
 use std::net::IpAddr;
 
 /// Hop-by-hop headers: RFC 9110 §7.6.1, plus the legacy names of RFC 2616 §13.5.1 that
@@ -61,6 +62,10 @@ const FORWARDING: [&str; 17] = [
     "x-real-ip",
     "forwarded",
 ];
+
+/// The forwarding headers that name another URL to serve than the request's (the path decided
+/// on here): removed even when a trusted proxy sends them.
+const URL_OVERRIDES: [&str; 3] = ["x-original-url", "x-original-uri", "x-rewrite-url"];
 
 /// Removes hop-by-hop headers and every header named in `Connection`.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
@@ -175,6 +180,11 @@ fn folds_to(name: &str, folded: &str) -> bool {
         })
 }
 
+/// A forwarding header's name spelled with `_` or `.`, which only lenient backends fold.
+fn odd_spelling(name: &str) -> bool {
+    name.bytes().any(|b| b == b'_' || b == b'.') && FORWARDING.iter().any(|f| folds_to(name, f))
+}
+
 /// What the sidecar knows about the connection a request came in on.
 #[derive(Debug, Clone, Copy)]
 pub struct Peer {
@@ -205,9 +215,34 @@ pub fn set_forwarded(headers: &mut HeaderMap, peer: Peer, host: Option<HeaderVal
         }
         return;
     }
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prior) if !prior.trim().is_empty() => HeaderValue::from_str(&format!("{prior}, {ip}")),
-        _ => HeaderValue::from_str(ip),
+    // Not even a trusted proxy's: headers a backend may route by instead of the path decided
+    // on here, and other spellings of the forwarding headers (only lenient backends read them,
+    // so they are the client's, passed on by an ingress that does not know them).
+    remove_folded(headers, &URL_OVERRIDES);
+    while let Some(name) = headers.keys().find(|k| odd_spelling(k.as_str())).cloned() {
+        headers.remove(&name);
+    }
+    // Every line of the incoming chain, in order: a proxy may add its own line instead of
+    // extending the last one, and the client's address is on the right.
+    let mut prior = headers.get_all(&X_FORWARDED_FOR).iter();
+    let xff = match (prior.next(), prior.next()) {
+        (None, _) => HeaderValue::from_str(ip),
+        (Some(one), None) => match one.to_str() {
+            Ok(p) if !p.trim().is_empty() => HeaderValue::from_str(&format!("{p}, {ip}")),
+            _ => HeaderValue::from_str(ip),
+        },
+        (Some(_), Some(_)) => {
+            // A line that is not text breaks the chain: nothing left of it can be placed.
+            let lines: Result<Vec<&str>, _> = headers
+                .get_all(&X_FORWARDED_FOR)
+                .iter()
+                .map(|v| v.to_str().map(str::trim))
+                .collect();
+            let mut chain = lines.unwrap_or_default();
+            chain.retain(|v| !v.is_empty());
+            chain.push(ip);
+            HeaderValue::from_str(&chain.join(", "))
+        }
     };
     if let Ok(v) = xff {
         headers.insert(X_FORWARDED_FOR, v);
@@ -258,6 +293,44 @@ fn ip_text(ip: IpAddr, buf: &mut [u8; 64]) -> &str {
         }
     };
     std::str::from_utf8(&buf[..n]).unwrap_or("")
+}
+
+/// The client's address: the peer's, or, when the peer is a trusted proxy, the last address
+/// of `X-Forwarded-For` that is not itself a trusted proxy (the one that connected to the
+/// first proxy we trust). The walk goes from the right, where each entry was written by the
+/// hop after it, so entries left of the client's (the client's own inventions) are never
+/// read. An entry that does not parse as an address (with or without a port) ends the walk
+/// at the last trusted hop: what it wrote cannot be read.
+pub fn client_ip(headers: &HeaderMap, peer: Peer, trusted: &[IpNet]) -> IpAddr {
+    if !peer.trusted {
+        return peer.ip;
+    }
+    let mut last = peer.ip;
+    for value in headers.get_all(&X_FORWARDED_FOR).iter().rev() {
+        let Ok(value) = value.to_str() else {
+            return last;
+        };
+        for entry in value.rsplit(',') {
+            let Some(ip) = forwarded_address(entry.trim()) else {
+                return last;
+            };
+            if !trusted.iter().any(|n| n.contains(&ip)) {
+                return ip;
+            }
+            last = ip;
+        }
+    }
+    last
+}
+
+/// An address as proxies write it in `X-Forwarded-For`: `192.0.2.1`, `2001:db8::1`, or with a
+/// port (`192.0.2.1:4711`, `[2001:db8::1]:4711`, as some cloud load balancers write it).
+fn forwarded_address(entry: &str) -> Option<IpAddr> {
+    let ip = entry
+        .parse::<IpAddr>()
+        .or_else(|_| entry.parse::<std::net::SocketAddr>().map(|a| a.ip()))
+        .ok()?;
+    Some(ip.to_canonical())
 }
 
 /// The scheme the client used, as far as we may believe: a trusted proxy's first

@@ -140,26 +140,9 @@ impl Upstream {
         }
     }
 
-    /// The client's address: the peer's, or, when the peer is a trusted proxy, the last address
-    /// of `X-Forwarded-For` that is not itself a trusted proxy (the one that connected to the
-    /// first proxy we trust). Anything unparsable ends the walk at the peer.
+    /// The client's address ([`headers::client_ip`]).
     pub fn client_ip(&self, headers: &http::HeaderMap, peer: Peer) -> IpAddr {
-        if !peer.trusted {
-            return peer.ip;
-        }
-        let chain: Vec<IpAddr> = headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(|a| a.trim().parse::<IpAddr>().map(|ip| ip.to_canonical()))
-            .collect::<Result<_, _>>()
-            .unwrap_or_default();
-        chain
-            .into_iter()
-            .rev()
-            .find(|ip| !self.trusted_proxies.iter().any(|n| n.contains(ip)))
-            .unwrap_or(peer.ip)
+        headers::client_ip(headers, peer, &self.trusted_proxies)
     }
 
     fn timeout(&self) -> Duration {
@@ -288,12 +271,10 @@ impl Upstream {
     }
 
     fn upstream_uri(&self, original: &Uri) -> Result<Uri, ProxyError> {
-        let pq = original
-            .path_and_query()
-            .map(PathAndQuery::as_str)
-            .unwrap_or("/");
+        let pq = original.path_and_query().map_or("", PathAndQuery::as_str);
         if !pq.starts_with('/') {
-            // CONNECT-style or absolute-form targets are not ours to forward.
+            // Authority-form (`CONNECT`-style) and asterisk-form targets are not ours to forward
+            // (the router refuses them first; this keeps the proxy safe on its own).
             return Err(ProxyError::BadRequest("Unsupported request target"));
         }
         // Origin form (`/path?query`): the connection already knows where it goes.

@@ -323,6 +323,7 @@ mod tests {
             idle_timeout: Duration::from_secs(1),
             send_timeout: Duration::from_secs(1),
             http2_max_streams: 128,
+            http2_window: 256 * 1024,
             http2_ping_interval: None,
             limiter: None,
             metrics: None,

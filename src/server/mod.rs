@@ -24,6 +24,15 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+/// TCP keepalive on every client connection: probes after a minute of silence, every 10 s,
+/// six unanswered and the connection is dropped. What an idle deadline cannot judge (a
+/// WebSocket tunnel or an event stream may rightly be silent for long) still ends within about
+/// two minutes once its client has vanished (a phone gone off the network, a peer powered off).
+const KEEPALIVE: socket2::TcpKeepalive = socket2::TcpKeepalive::new()
+    .with_time(Duration::from_secs(60))
+    .with_interval(Duration::from_secs(10))
+    .with_retries(6);
+
 /// Per-connection facts handed to the handler with each request.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnInfo {
@@ -52,6 +61,8 @@ pub struct ServeOptions {
     pub send_timeout: Duration,
     /// Streams one HTTP/2 connection may have open at once.
     pub http2_max_streams: u32,
+    /// Bytes of request body an HTTP/2 client may send ahead (stream and connection windows).
+    pub http2_window: u32,
     /// HTTP/2 pings on a quiet connection, and the time allowed for their answer.
     pub http2_ping_interval: Option<Duration>,
     /// Connection caps (public listener only).
@@ -88,6 +99,8 @@ pub async fn serve<H, F>(
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(opts.http2_max_streams)
+        .initial_stream_window_size(opts.http2_window)
+        .initial_connection_window_size(opts.http2_window)
         .keep_alive_interval(opts.http2_ping_interval)
         .keep_alive_timeout(opts.http2_ping_interval.unwrap_or(Duration::from_secs(20)))
         .max_header_list_size(u32::try_from(opts.max_header_bytes).unwrap_or(u32::MAX));
@@ -125,6 +138,7 @@ pub async fn serve<H, F>(
             },
         };
         let _ = stream.set_nodelay(true);
+        let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&KEEPALIVE);
         let info = ConnInfo { peer, scheme };
         connections.spawn(conn::serve_conn(
             stream,

@@ -55,6 +55,9 @@ struct Opened {
 /// it is simply cleared when full.
 const OPENED_CACHE_MAX: usize = 1024;
 
+/// Reads of a session `amend` makes before it gives up on writers that keep changing it.
+const AMEND_TRIES: usize = 4;
+
 /// Bound of each worker's record of idle deadlines pushed back (~100 bytes an entry).
 const TOUCHED_MAX: usize = 8192;
 
@@ -144,15 +147,50 @@ impl Sessions {
             .await
     }
 
-    /// Overwrites the session only if it still exists: a refresh or token recovery that finishes
-    /// after a logout must not bring the session back. False when it is gone.
-    pub async fn update(&self, id: &str, session: &Session, now: i64) -> Result<bool, StoreError> {
-        let plain =
-            serde_json::to_vec(session).map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        let sealed = self.keys.seal(&plain);
-        self.store
-            .put_if_present(&Self::key_of(id), sealed.as_bytes(), self.ttl(session, now))
-            .await
+    /// Changes the session stored under `id` where it stands: read from the store itself,
+    /// changed by `change`, and written back only if nobody wrote it meanwhile (else read and
+    /// changed again). A request that learnt one thing about its session (a new backend token,
+    /// new tokens from the IdP) must not carry the rest of the copy it started with back over a
+    /// newer one: a refresh on another replica would be undone, and its spent refresh token
+    /// brought back. The session as written; `None` when it is gone (or no longer live).
+    pub async fn amend(
+        &self,
+        id: &str,
+        now: i64,
+        mut change: impl FnMut(&mut Session),
+    ) -> Result<Option<Session>, StoreError> {
+        let key = Self::key_of(id);
+        for _ in 0..AMEND_TRIES {
+            let Some(sealed) = self.store.get_fresh(&key).await? else {
+                return Ok(None);
+            };
+            let Some(mut s) = self.open(&sealed).filter(|s| s.is_live(now)) else {
+                return Ok(None);
+            };
+            change(&mut s);
+            let plain =
+                serde_json::to_vec(&s).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            let new = self.keys.seal(&plain);
+            let ttl = self.ttl(&s, now);
+            if self
+                .store
+                .replace_if(&key, &sealed, new.as_bytes(), ttl)
+                .await?
+            {
+                return Ok(Some(s));
+            }
+        }
+        Err(StoreError::Unavailable(
+            "the session kept changing while it was written".into(),
+        ))
+    }
+
+    /// A sealed session opened: `None` when tampered, sealed with a foreign key or unreadable.
+    fn open(&self, sealed: &[u8]) -> Option<Session> {
+        std::str::from_utf8(sealed)
+            .ok()
+            .and_then(|t| self.keys.open(t))
+            .and_then(|p| serde_json::from_slice::<Session>(&p).ok())
     }
 
     /// The live session for a cookie id, or `None` (unknown, expired, tampered, foreign key).
@@ -209,11 +247,7 @@ impl Sessions {
                 return Ok(self.used(id, &key, Some(session), now, fresh).await);
             }
         }
-        let session = std::str::from_utf8(&sealed)
-            .ok()
-            .and_then(|t| self.keys.open(t))
-            .and_then(|p| serde_json::from_slice::<Session>(&p).ok())
-            .map(Arc::new);
+        let session = self.open(&sealed).map(Arc::new);
         {
             let mut cache = self.opened();
             match &session {

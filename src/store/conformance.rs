@@ -108,6 +108,35 @@ pub async fn run(store: &Store) {
     assert!(store.delete_if(&k("lock"), b"owner-a").await.unwrap());
     assert_eq!(store.get(&k("lock")).await.unwrap(), None);
 
+    // replace_if: only over the value read, never bringing a key back
+    store.put(&k("cas"), b"v1", long).await.unwrap();
+    assert!(!store
+        .replace_if(&k("cas"), b"v0", b"v2", long)
+        .await
+        .unwrap());
+    assert_eq!(
+        store.get(&k("cas")).await.unwrap().as_deref(),
+        Some(&b"v1"[..])
+    );
+    assert!(store
+        .replace_if(&k("cas"), b"v1", b"v2", long)
+        .await
+        .unwrap());
+    assert_eq!(
+        store.get(&k("cas")).await.unwrap().as_deref(),
+        Some(&b"v2"[..])
+    );
+    store.delete(&k("cas")).await.unwrap();
+    assert!(!store
+        .replace_if(&k("cas"), b"v2", b"v3", long)
+        .await
+        .unwrap());
+    assert_eq!(
+        store.get(&k("cas")).await.unwrap(),
+        None,
+        "not brought back"
+    );
+
     // indexes: add, members, remove, the set lives as long as its longest member
     assert!(store.index_members(&k("idx")).await.unwrap().is_empty());
     store.index_add(&k("idx"), "m1", long).await.unwrap();

@@ -182,6 +182,21 @@ impl MemoryStore {
         }
     }
 
+    pub fn replace_if(&self, key: &str, expected: &[u8], value: &[u8], ttl: Duration) -> bool {
+        let now = Instant::now();
+        let mut map = self.lock(key);
+        match Self::live(&mut map, key, now) {
+            Some(e) if matches!(&e.value, Value::Bytes(b) if b.bytes.as_ref() == expected) => {
+                *e = Entry {
+                    value: Value::bytes(value),
+                    expires: deadline(now, ttl),
+                };
+                true
+            }
+            _ => false,
+        }
+    }
+
     pub fn delete_if(&self, key: &str, value: &[u8]) -> bool {
         let mut map = self.lock(key);
         let matches = matches!(

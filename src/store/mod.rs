@@ -120,6 +120,21 @@ impl Store {
         }
     }
 
+    /// Replaces `key` with `value` only if it still holds `expected`; false when it holds
+    /// something else or is gone (a session written by another request since it was read).
+    pub async fn replace_if(
+        &self,
+        key: &str,
+        expected: &[u8],
+        value: &[u8],
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        match self {
+            Store::Memory(s) => Ok(s.replace_if(key, expected, value, ttl)),
+            Store::Redis(s) => s.replace_if(key, expected, value, ttl).await,
+        }
+    }
+
     /// Removes `key` only if it still holds `value` (a lock released by its owner only).
     pub async fn delete_if(&self, key: &str, value: &[u8]) -> Result<bool, StoreError> {
         match self {

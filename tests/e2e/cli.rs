@@ -88,7 +88,7 @@ fn type_errors_name_their_variable_and_hide_no_other_problem() {
     says(
         &all,
         &[
-            "SSO_SIDECAR_SHUTDOWN_TIMEOUT_SECS: expected whole seconds, got \"30s\"",
+            "SSO_SIDECAR_SHUTDOWN_TIMEOUT_SECS: expected whole seconds (up to ten years), got \"30s\"",
             "listen must be an address like 0.0.0.0:8000, got '8000'",
             "upstream must be an http:// or https:// URL, got 'foo'",
             "sidecar.toml: workers: expected a whole number, got \"two\"",

@@ -522,6 +522,23 @@ async fn traversal_forms_other_backends_resolve_are_refused() {
     // Ordinary public paths still pass.
     let r = get(&sc.url("/assets/app.js"), &[]).await.unwrap();
     assert_eq!(r.status(), 200);
+    // A trusted origin's CORS preflight (forwarded without a session) is no way around it.
+    let (_idp, _up, sc) =
+        oidc_world(&[("SSO_SIDECAR_TRUSTED_ORIGINS", "https://ui.example.test")]).await;
+    let preflight = |path: &str| {
+        format!(
+            "OPTIONS {path} HTTP/1.1\r\nHost: app\r\nOrigin: https://ui.example.test\r\n\
+             Access-Control-Request-Method: DELETE\r\nConnection: close\r\n\r\n"
+        )
+    };
+    let r = exchange(
+        sc.sidecar.addr,
+        preflight("/assets/..;/admin/users").as_bytes(),
+    )
+    .await;
+    assert_eq!(status_of(&r), "400", "{r}");
+    let r = exchange(sc.sidecar.addr, preflight("/echo/preflight").as_bytes()).await;
+    assert_eq!(status_of(&r), "200", "{r}");
 }
 
 #[tokio::test]
@@ -539,6 +556,17 @@ async fn connect_and_host_games_are_refused() {
         )
         .await;
         assert_eq!(status_of(&r), "405", "{r}");
+        // Targets without a path: no path rule sees them, so none may reach the upstream's `/`.
+        for raw in [
+            &b"POST app HTTP/1.1\r\nHost: app\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}"
+                [..],
+            b"GET app:80 HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n",
+            b"OPTIONS * HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n",
+        ] {
+            let r = exchange(sc.addr, raw).await;
+            assert_eq!(status_of(&r), "400", "{r}");
+            assert!(r.contains("Unsupported request target"), "{r}");
+        }
         let r = exchange(
             sc.addr,
             b"GET /assets/a HTTP/1.1\r\nConnection: close\r\n\r\n",
@@ -734,10 +762,13 @@ async fn server_settings(addr: SocketAddr) -> Vec<(u16, u32)> {
 }
 
 /// HTTP/2 clients are told how many streams a connection may have open at once
-/// (`connections.http2_max_streams`, 128 by default, as nginx): each may hold an upstream place.
+/// (`connections.http2_max_streams`, 128 by default, as nginx): each may hold an upstream place;
+/// and how much request body they may send ahead (`connections.http2_window_kib`, 256 KiB, not
+/// hyper's 1 MiB: what each idle connection can make the sidecar hold).
 #[tokio::test]
-async fn http2_connections_announce_their_stream_cap() {
+async fn http2_connections_announce_their_stream_cap_and_window() {
     const MAX_CONCURRENT_STREAMS: u16 = 0x3;
+    const INITIAL_WINDOW_SIZE: u16 = 0x4;
     let up = Upstream::start();
     let sc = Sidecar::start(&[("SSO_SIDECAR_UPSTREAM", &up.url())]).await;
     let settings = server_settings(sc.addr).await;
@@ -745,9 +776,14 @@ async fn http2_connections_announce_their_stream_cap() {
         settings.contains(&(MAX_CONCURRENT_STREAMS, 128)),
         "{settings:?}"
     );
+    assert!(
+        settings.contains(&(INITIAL_WINDOW_SIZE, 256 * 1024)),
+        "{settings:?}"
+    );
     let sc = Sidecar::start(&[
         ("SSO_SIDECAR_UPSTREAM", &up.url()),
         ("SSO_SIDECAR_CONNECTIONS__HTTP2_MAX_STREAMS", "7"),
+        ("SSO_SIDECAR_CONNECTIONS__HTTP2_WINDOW_KIB", "64"),
     ])
     .await;
     let settings = server_settings(sc.addr).await;
@@ -755,4 +791,33 @@ async fn http2_connections_announce_their_stream_cap() {
         settings.contains(&(MAX_CONCURRENT_STREAMS, 7)),
         "{settings:?}"
     );
+    assert!(
+        settings.contains(&(INITIAL_WINDOW_SIZE, 64 * 1024)),
+        "{settings:?}"
+    );
+}
+
+/// Client connections carry TCP keepalive: a quiet tunnel or event stream whose client has
+/// vanished still ends. The kernel's table shows the keepalive timer on the sidecar's side.
+#[tokio::test]
+async fn client_connections_have_tcp_keepalive() {
+    let up = Upstream::start();
+    let sc = Sidecar::start(&[("SSO_SIDECAR_UPSTREAM", &up.url())]).await;
+    let s = TcpStream::connect(sc.addr).await.unwrap();
+    let (client, server) = (s.local_addr().unwrap().port(), sc.addr.port());
+    let port = |a: &str| u16::from_str_radix(a.rsplit(':').next().unwrap(), 16).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+        // `sl local rem st tx:rx tr:when ...`: timer 02 is keepalive.
+        let timer = table.lines().skip(1).find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (port(f[1]) == server && port(f[2]) == client).then(|| f[5][..2].to_owned())
+        });
+        if timer.as_deref() == Some("02") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "sidecar side's timer: {timer:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -78,6 +78,8 @@ pub struct MockState {
     pub no_end_session: bool,
     /// Status of userinfo's answers (0 = 200).
     pub userinfo_status: u16,
+    /// Advertise `authorization_response_iss_parameter_supported` (RFC 9207).
+    pub iss_parameter: bool,
 }
 
 pub struct MockIdp {
@@ -152,6 +154,9 @@ async fn handle(
             });
             if s.no_end_session {
                 d.as_object_mut().unwrap().remove("end_session_endpoint");
+            }
+            if s.iss_parameter {
+                d["authorization_response_iss_parameter_supported"] = json!(true);
             }
             d
         }

@@ -408,10 +408,39 @@ async fn callback_errors_use_openrag_messages_and_delete_the_state_cookie() {
         (400, "OIDC code exchange failed")
     );
 
-    // The IdP's own error, shown readably to a browser.
+    // The IdP's own error, shown readably to a browser, for the login in flight in it.
+    let r = get(&sc.url("/auth/login?next=/"), &[]).await.unwrap();
+    let login = url::Url::parse(&location(&r)).unwrap();
+    let state = login
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .unwrap()
+        .1
+        .into_owned();
+    let cookie = format!(
+        "sso_sidecar_session_state={}",
+        set_cookie(&r, "sso_sidecar_session_state").unwrap()
+    );
+    let refused = |state: &str| {
+        sc.url(&format!(
+            "/auth/callback?error=access_denied&error_description=The+user+said+no&state={}",
+            urlencode(state)
+        ))
+    };
     let r = get(
-        &sc.url("/auth/callback?error=access_denied&error_description=The+user+said+no&state=x"),
-        &[("accept", "text/html")],
+        &refused("x"),
+        &[("accept", "application/json"), ("cookie", &cookie)],
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(
+        !String::from_utf8_lossy(r.body()).contains("said no"),
+        "anyone's link: the words are not shown"
+    );
+    let r = get(
+        &refused(&state),
+        &[("accept", "text/html"), ("cookie", &cookie)],
     )
     .await
     .unwrap();

@@ -294,6 +294,84 @@ async fn userinfo_must_name_the_same_subject() {
     assert_eq!(h["x-forwarded-groups"][0], "g1,g2");
 }
 
+/// RFC 9207 (mix-up defence): a callback's `iss` must be the issuer; from an IdP whose
+/// metadata promises one in every answer, a callback without it is refused too.
+#[tokio::test]
+async fn the_callbacks_iss_must_be_ours_and_present_when_promised() {
+    let idp = MockIdp::start().await;
+    let key = Key::new("k1");
+    idp.set(|m| {
+        m.jwks = json!({"keys": [key.jwk()]});
+        m.iss_parameter = true;
+    });
+    let up = Upstream::start();
+    let sc = start_oidc_sidecar(free_port(), &idp.issuer(), &up.url(), &[]).await;
+    let s = Setup {
+        idp,
+        key,
+        _up: up,
+        sc,
+    };
+    let ours = format!("&iss={}", urlencode(&s.idp.issuer()));
+    for (extra, ok) in [
+        ("&iss=https%3A%2F%2Fevil.example", false),
+        ("", false),
+        (ours.as_str(), true),
+    ] {
+        let (state, nonce, cookie) = begin(&s.sc.sidecar).await;
+        let token = s.key.sign(&claims(&s.idp.issuer(), &nonce));
+        s.idp.set(|m| {
+            m.token_response = json!({"access_token": "at", "token_type": "Bearer", "expires_in": 300, "id_token": token})
+        });
+        let url = format!(
+            "/auth/callback?code=code-1&state={}{extra}",
+            urlencode(&state)
+        );
+        let r = get(
+            &s.sc.sidecar.url(&url),
+            &[("cookie", &format!("sso_sidecar_session_state={cookie}"))],
+        )
+        .await
+        .unwrap();
+        if ok {
+            assert_eq!(r.status(), 302, "{extra}");
+            assert!(set_cookie(&r, "sso_sidecar_session").is_some(), "{extra}");
+        } else {
+            refused(&r, "OIDC code exchange failed", extra);
+        }
+    }
+}
+
+/// A back-channel logout request that announces more than it sends, or more than 64 KiB, holds
+/// no connection: 408 once `idp_timeout_secs` has passed, 413 at once, and nothing revoked.
+#[tokio::test]
+async fn a_slow_or_oversized_backchannel_logout_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = setup(&[("SSO_SIDECAR_IDP_TIMEOUT_SECS", "1")]).await;
+    for (length, status, answer_within) in [(60_000, "408", 5), (100_000, "413", 1)] {
+        let mut c = tokio::net::TcpStream::connect(s.sc.sidecar.addr)
+            .await
+            .unwrap();
+        let head = format!(
+            "POST /auth/backchannel-logout HTTP/1.1\r\nHost: x\r\n\
+             Content-Type: application/x-www-form-urlencoded\r\n\
+             Content-Length: {length}\r\n\r\nlogout_token="
+        );
+        c.write_all(head.as_bytes()).await.unwrap();
+        let mut buf = vec![0; 1024];
+        let n = tokio::time::timeout(
+            std::time::Duration::from_secs(answer_within),
+            c.read(&mut buf),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("Content-Length {length}: still waiting for the body"))
+        .unwrap();
+        let text = String::from_utf8_lossy(&buf[..n]);
+        assert!(text.starts_with(&format!("HTTP/1.1 {status} ")), "{text}");
+        assert!(text.contains("invalid_request"), "{text}");
+    }
+}
+
 #[tokio::test]
 async fn issuer_mismatch_keeps_logins_closed_and_check_explains_it() {
     let idp = MockIdp::start().await;

@@ -47,6 +47,21 @@ async fn openrag_1_1_8s_own_chainlit_login_is_done_for_the_user() {
         "Chainlit's copy of the user's token never reaches the browser"
     );
     assert!(!String::from_utf8_lossy(r.body()).contains(&alice));
+    // Asked for compressed (as every browser asks): the answer the sidecar must read is not.
+    let c = format!("{}; access_token=forged", session_header(&l.cookie));
+    let r = get(
+        &sc.url("/chainlit/user"),
+        &[("cookie", &c), ("accept-encoding", "gzip, deflate, br")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().get("content-encoding").is_none());
+    assert_eq!(
+        json(&r)["metadata"]["api_key"],
+        "",
+        "blanked, not compressed past the sidecar"
+    );
     assert!(
         r.headers()
             .get_all("set-cookie")

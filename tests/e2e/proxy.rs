@@ -411,3 +411,47 @@ async fn no_credential_or_secret_reaches_the_logs() {
         assert!(!logs.contains(secret), "{secret} reached the logs:\n{logs}");
     }
 }
+
+/// A client that leaves before its answer (an HTTP/2 reset: hyper drops the request) is still
+/// counted: the in-flight gauge comes back down and the access log has its line, status 499.
+#[tokio::test]
+async fn a_request_its_client_abandons_is_counted_and_logged() {
+    let up = Upstream::start();
+    let sc = Sidecar::start(&[("SSO_SIDECAR_UPSTREAM", &up.url())]).await;
+    let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<TestBody>();
+    let gauge = "sso_sidecar_http_requests_in_flight";
+    let sc = &sc;
+    let wait_for = |want: f64| async move {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(4);
+        loop {
+            let m = metrics(sc).await;
+            if metric(&m, gauge) == want {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{gauge} never {want}: {m}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    };
+    let abandoned =
+        tokio::spawn(h2.request(request("GET", &sc.url("/slow?ms=6000"), &[], body(""))));
+    wait_for(1.0).await;
+    abandoned.abort();
+    // Long before the upstream's answer.
+    wait_for(0.0).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while !sc.output().contains("\"status\":499") {
+        assert!(std::time::Instant::now() < deadline, "{}", sc.output());
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(
+        metrics(sc)
+            .await
+            .contains(r#"sso_sidecar_http_requests_total{method="GET",status="4xx"} 1"#),
+        "counted as a 4xx"
+    );
+}

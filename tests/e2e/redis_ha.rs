@@ -579,3 +579,53 @@ async fn acl_credentials_are_read_from_files() {
     assert_eq!(r.status(), 503);
     assert!(String::from_utf8_lossy(r.body()).contains("session store unreachable"));
 }
+
+/// A Redis that takes connections but never answers (a blackholed node): connections are made
+/// one at a time, yet no request queued behind them waits longer than about two attempts (here
+/// 2 × 300 ms) for its 503, however many are queued.
+#[tokio::test]
+async fn requests_queued_behind_a_silent_redis_fail_in_bounded_time() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap(); // never accepts
+    let url = format!("redis://{}", silent.local_addr().unwrap());
+    let idp = MockIdp::start().await;
+    idp.set(|m| m.jwks = json!({"keys": [Key::new("k1").jwk()]}));
+    let up = Upstream::start();
+    let key = sso_sidecar::crypto::generate_key();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let redirect = format!("http://127.0.0.1:{port}/auth/callback");
+    let sc = Sidecar::start_without_readiness(&[
+        ("AUTH_MODE", "oidc"),
+        ("SSO_SIDECAR_IDENTITY", "headers"),
+        ("SSO_SIDECAR_LISTEN", &listen),
+        ("SSO_SIDECAR_UPSTREAM", &up.url()),
+        ("OIDC_ENDPOINT", &idp.issuer()),
+        ("OIDC_CLIENT_ID", CLIENT_ID),
+        ("OIDC_CLIENT_SECRET", CLIENT_SECRET),
+        ("OIDC_REDIRECT_URI", &redirect),
+        ("OIDC_TOKEN_ENCRYPTION_KEY", &key),
+        ("SSO_SIDECAR_REDIS_URL", &url),
+        ("SSO_SIDECAR_REDIS_TIMEOUT_MS", "300"),
+        ("SSO_SIDECAR_WORKERS", "1"),
+    ])
+    .await;
+    let cookie = format!("sso_sidecar_session={}", "a".repeat(43));
+    let started = Instant::now();
+    let queued: Vec<_> = (0..8)
+        .map(|_| {
+            let (url, cookie) = (sc.url("/v1/x"), cookie.clone());
+            tokio::spawn(async move {
+                let r = get(&url, &[("cookie", &cookie)]).await.unwrap();
+                (r.status().as_u16(), started.elapsed())
+            })
+        })
+        .collect();
+    for q in queued {
+        let (status, after) = q.await.unwrap();
+        assert_eq!(status, 503, "fails closed");
+        assert!(
+            after < Duration::from_millis(2500),
+            "answered after {after:?}"
+        );
+    }
+}

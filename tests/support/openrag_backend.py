@@ -662,9 +662,17 @@ class Handler(BaseHTTPRequestHandler):
         data = b""
         if body is not None:
             data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        # As Chainlit behind a GZipMiddleware: its JSON compressed for a client that accepts it.
+        gzipped = (body is not None and len(data) > 64 and self.path.startswith("/chainlit")
+                   and "gzip" in self.headers.get("Accept-Encoding", ""))
+        if gzipped:
+            import gzip
+            data = gzip.compress(data)
         self.send_response(status)
         if body is not None:
             self.send_header("Content-Type", "application/json")
+        if gzipped:
+            self.send_header("Content-Encoding", "gzip")
         if status not in (204, 304):
             self.send_header("Content-Length", str(len(data)))
         for k, v in headers:

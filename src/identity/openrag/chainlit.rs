@@ -105,16 +105,24 @@ pub async fn without_api_key(
         return (resp, upstream_status);
     }
     let (mut parts, body) = resp.into_parts();
+    // Too large, broken, or not JSON the sidecar can read (compressed although it asked for
+    // no encoding): nothing of it is passed on rather than, perhaps, the token.
+    let unreadable = || {
+        let mut r = http::Response::new(crate::proxy::full(""));
+        *r.status_mut() = http::StatusCode::BAD_GATEWAY;
+        (r, upstream_status)
+    };
     let bytes = match Limited::new(body, USER_MAX_BYTES).collect().await {
         Ok(c) => c.to_bytes(),
-        // Too large or broken: nothing of it is passed on rather than the token.
-        Err(_) => {
-            let mut r = http::Response::new(crate::proxy::full(""));
-            *r.status_mut() = http::StatusCode::BAD_GATEWAY;
-            return (r, upstream_status);
-        }
+        Err(_) => return unreadable(),
     };
+    let encoded = parts
+        .headers
+        .get(http::header::CONTENT_ENCODING)
+        .is_some_and(|e| !e.as_bytes().eq_ignore_ascii_case(b"identity"));
     let bytes = match serde_json::from_slice::<serde_json::Value>(&bytes) {
+        Err(_) => return unreadable(),
+        _ if encoded => return unreadable(),
         Ok(mut v) => match v.pointer_mut("/metadata/api_key") {
             Some(key) if key.is_string() => {
                 *key = serde_json::Value::String(String::new());
@@ -123,7 +131,6 @@ pub async fn without_api_key(
             }
             _ => bytes,
         },
-        Err(_) => bytes,
     };
     (
         http::Response::from_parts(parts, crate::proxy::full(bytes)),

@@ -85,15 +85,18 @@ pub(crate) async fn as_user(
     else {
         return Ok(first);
     };
-    let mut updated = (*session).clone();
-    updated.backend_token = Some(resolved.token.expose().clone());
     // The account may be another one now (the link moved): what the session acts as, and what
-    // its regeneration guard checks, follow the token.
-    updated.backend_user_id = Some(resolved.user_id);
-    if !out
+    // its regeneration guard checks, follow the token. Only these two fields: the rest of the
+    // session may have been refreshed since this request read it.
+    let adopt = |s: &mut Session| {
+        s.backend_token = Some(resolved.token.expose().clone());
+        s.backend_user_id = Some(resolved.user_id);
+    };
+    if out
         .sessions
-        .update(id, &updated, crate::clock::now_unix())
+        .amend(id, crate::clock::now_unix(), adopt)
         .await?
+        .is_none()
     {
         return Err(ForwardError::Unauthenticated);
     }
@@ -134,6 +137,11 @@ async fn as_chainlit_user(
         live: Some(id),
     };
     let user_info = parts.method == Method::GET && parts.uri.path() == "/chainlit/user";
+    let mut parts = parts;
+    if user_info {
+        // An answer the sidecar must read (to blank the token in it): not compressed.
+        parts.headers.remove(http::header::ACCEPT_ENCODING);
+    }
     let mut outcome = send(out, names, parts, body, inject).await?;
     if user_info {
         outcome = super::chainlit::without_api_key(outcome).await;
@@ -220,9 +228,13 @@ async fn adopt_regenerated(
         if let Err(e) = bridge.adopt_token(&session.sub, user, &secret).await {
             tracing::warn!(sub = %session.sub, error = %e, "the user's new backend token is not in the vault; the session has it");
         }
-        let mut updated = session.clone();
-        updated.backend_token = Some(token);
-        let kept = out.sessions.update(id, &updated, crate::clock::now_unix());
+        // Only while the session still acts as that account (a recovery may have moved it).
+        let adopt = |s: &mut Session| {
+            if s.backend_user_id == Some(user) {
+                s.backend_token = Some(token.clone());
+            }
+        };
+        let kept = out.sessions.amend(id, crate::clock::now_unix(), adopt);
         match kept.await.map_err(|e| e.to_string()) {
             Ok(_) => {
                 tracing::info!(sub = %session.sub, "the user regenerated their backend token; the sidecar uses the new one")

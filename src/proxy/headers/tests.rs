@@ -177,6 +177,53 @@ fn trusted_proxy_chain_is_extended_and_its_proto_kept() {
 }
 
 #[test]
+fn a_trusted_proxys_chain_in_several_lines_is_kept_whole_and_in_order() {
+    let mut h = map(&[
+        ("x-forwarded-for", "192.0.2.66"),
+        ("x-forwarded-for", "198.51.100.1"),
+    ]);
+    set_forwarded(&mut h, peer(true), None);
+    let all: Vec<_> = h.get_all("x-forwarded-for").iter().collect();
+    assert_eq!(all, ["192.0.2.66, 198.51.100.1, 203.0.113.7"]);
+    // A line that is not text: nothing left of it can be placed, so only our hop is said.
+    let mut h = map(&[("x-forwarded-for", "192.0.2.66")]);
+    h.append(
+        "x-forwarded-for",
+        HeaderValue::from_bytes(b"198.51.100.\xff").unwrap(),
+    );
+    set_forwarded(&mut h, peer(true), None);
+    let all: Vec<_> = h.get_all("x-forwarded-for").iter().collect();
+    assert_eq!(all, ["203.0.113.7"]);
+}
+
+#[test]
+fn url_overrides_and_odd_spellings_are_removed_even_from_a_trusted_proxy() {
+    let mut h = map(&[
+        ("x-forwarded-for", "198.51.100.1"),
+        ("x-forwarded-prefix", "/rag"),
+        ("x-original-url", "/admin/users"),
+        ("X_Rewrite_URL", "/admin/users"),
+        ("x.original.uri", "/admin/users"),
+        ("x_forwarded_host", "evil.example"),
+        ("X_Forwarded_For", "1.2.3.4"),
+        ("x_unrelated", "kept"),
+    ]);
+    set_forwarded(&mut h, peer(true), None);
+    let mut left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+    left.sort_unstable();
+    assert_eq!(
+        left,
+        [
+            "x-forwarded-for",
+            "x-forwarded-prefix",
+            "x-forwarded-proto",
+            "x_unrelated"
+        ]
+    );
+    assert_eq!(h["x-forwarded-for"], "198.51.100.1, 203.0.113.7");
+}
+
+#[test]
 fn trusted_proxy_without_headers_gets_ours() {
     let mut h = HeaderMap::new();
     set_forwarded(&mut h, peer(true), None);
@@ -278,4 +325,43 @@ fn a_detached_head_is_the_same_head_in_memory_of_its_own() {
     detach_head(&mut req);
     assert_eq!(req.uri(), "http://upstream:8080/a?b");
     assert!(req.headers().is_empty());
+}
+
+#[test]
+fn the_client_address_is_read_from_the_right_and_only_from_trusted_hops() {
+    let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+    let ingress = Peer {
+        ip: "10.0.0.1".parse().unwrap(),
+        trusted: true,
+        scheme: crate::tls::Scheme::Http,
+    };
+    let ip =
+        |pairs: &[(&str, &str)], peer: Peer| client_ip(&map(pairs), peer, &trusted).to_string();
+    let xff = |v: &'static str| [("x-forwarded-for", v)];
+    // The client's own inventions, left of the address the ingress wrote, are never read:
+    // garbage there must not throw the whole chain away (everyone in the ingress's bucket).
+    assert_eq!(ip(&xff("x, 198.51.100.9"), ingress), "198.51.100.9");
+    assert_eq!(ip(&xff("1.2.3.4, 198.51.100.9"), ingress), "198.51.100.9");
+    assert_eq!(ip(&xff("198.51.100.9, 10.1.1.1"), ingress), "198.51.100.9");
+    // Several headers are one list, in order.
+    let two = [
+        ("x-forwarded-for", "x"),
+        ("x-forwarded-for", "198.51.100.9, 10.2.2.2"),
+    ];
+    assert_eq!(ip(&two, ingress), "198.51.100.9");
+    // Ports, as some load balancers write them; IPv4-mapped IPv6 as IPv4.
+    assert_eq!(ip(&xff("198.51.100.9:4711"), ingress), "198.51.100.9");
+    assert_eq!(ip(&xff("[2001:db8::1]:4711"), ingress), "2001:db8::1");
+    assert_eq!(ip(&xff("::ffff:198.51.100.9"), ingress), "198.51.100.9");
+    // What a trusted hop wrote but cannot be read ends the walk at that hop.
+    assert_eq!(
+        ip(&xff("198.51.100.9, garbage, 10.1.1.1"), ingress),
+        "10.1.1.1"
+    );
+    assert_eq!(ip(&xff("garbage"), ingress), "10.0.0.1");
+    // Only trusted hops: the farthest of them.
+    assert_eq!(ip(&xff("10.3.3.3, 10.1.1.1"), ingress), "10.3.3.3");
+    assert_eq!(ip(&[], ingress), "10.0.0.1");
+    // An untrusted peer's header is not read at all.
+    assert_eq!(ip(&xff("198.51.100.9"), peer(false)), "203.0.113.7");
 }

@@ -161,3 +161,37 @@ async fn an_idle_session_ends_and_a_used_one_lives_on() {
     tokio::time::advance(Duration::from_secs(91)).await;
     assert!(s.load(&id, now + 91).await.unwrap().is_none());
 }
+
+/// What one request learnt (a backend token) goes onto the session as it stands: a refresh
+/// written since that request read its copy stays, spent refresh token and all.
+#[tokio::test]
+async fn an_amendment_keeps_what_others_wrote_since_the_read() {
+    let s = sessions();
+    let id = s.create(&session(100), 100).await.unwrap();
+    let read_by_a_request = s.load(&id, 100).await.unwrap().unwrap();
+    // Meanwhile a refresh (another request, another replica) rotates the tokens.
+    let refreshed = s
+        .amend(&id, 101, |cur| cur.refresh_token = Some("rt-2".into()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(refreshed.refresh_token.as_deref(), Some("rt-2"));
+    // The first request now adopts a new backend token.
+    assert_ne!(read_by_a_request.refresh_token.as_deref(), Some("rt-2"));
+    s.amend(&id, 102, |cur| cur.backend_token = Some("b-2".into()))
+        .await
+        .unwrap()
+        .unwrap();
+    let now = s.load_fresh(&id, 102).await.unwrap().unwrap();
+    assert_eq!(
+        now.refresh_token.as_deref(),
+        Some("rt-2"),
+        "the refresh stays"
+    );
+    assert_eq!(now.backend_token.as_deref(), Some("b-2"));
+    // A session gone is not brought back.
+    s.delete(&id).await.unwrap();
+    let gone = s.amend(&id, 103, |cur| cur.backend_token = Some("b-3".into()));
+    assert!(gone.await.unwrap().is_none());
+    assert!(s.load_fresh(&id, 103).await.unwrap().is_none());
+}

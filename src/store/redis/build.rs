@@ -45,6 +45,7 @@ impl RedisStore {
                 let mut info: redis::ConnectionInfo =
                     redis::IntoConnectionInfo::into_connection_info(url).map_err(bad)?;
                 info = with_credentials(info, opts.username, opts.password);
+                info = info.set_tcp_settings(tcp_settings(opts.timeout));
                 let open = |info: redis::ConnectionInfo| match opts.ca_pem.clone() {
                     Some(ca) => redis::Client::build_with_tls(
                         info,
@@ -153,9 +154,29 @@ impl RedisStore {
             prefix: opts.key_prefix.to_owned(),
             index_add: redis::Script::new(INDEX_ADD),
             delete_if: redis::Script::new(DELETE_IF),
+            replace_if: redis::Script::new(REPLACE_IF),
             count: redis::Script::new(COUNT),
+            connect_wait: opts.timeout * 2 + Duration::from_millis(100),
         })
     }
+}
+
+/// The TCP options of the connections to a single Redis: no Nagle delay on the small writes
+/// commands are; and a peer that vanished without a word (a node lost, a failover to another
+/// address behind the same name) found out. Data unacknowledged for twice the command timeout,
+/// or an idle connection whose keepalive probes go unanswered, closes the connection, which the
+/// client then makes again; timeouts alone never would (they are not connection errors to it),
+/// and every request would wait its timeout until the kernel gave up (~15 min).
+fn tcp_settings(timeout: Duration) -> redis::io::tcp::TcpSettings {
+    redis::io::tcp::TcpSettings::default()
+        .set_nodelay(true)
+        .set_user_timeout(timeout * 2)
+        .set_keepalive(
+            redis::io::tcp::socket2::TcpKeepalive::new()
+                .with_time(Duration::from_secs(30))
+                .with_interval(Duration::from_secs(5))
+                .with_retries(3),
+        )
 }
 
 fn with_credentials(
@@ -172,4 +193,35 @@ fn with_credentials(
     }
     info = info.set_redis_settings(r);
     info
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_to_a_single_redis_notice_a_vanished_peer() {
+        let store = RedisStore::new(RedisOptions {
+            topology: Topology::Single {
+                url: "redis://127.0.0.1:6379",
+            },
+            key_prefix: "t:",
+            username: None,
+            password: None,
+            sentinel_username: None,
+            sentinel_password: None,
+            ca_pem: None,
+            timeout: Duration::from_millis(2000),
+            connections: 1,
+            client_cache: None,
+        })
+        .unwrap();
+        let Backend::Single { client, .. } = &store.backend else {
+            panic!("a single server");
+        };
+        let t = client.get_connection_info().tcp_settings();
+        assert!(t.nodelay());
+        assert_eq!(t.user_timeout(), Some(Duration::from_secs(4)));
+        assert!(t.keepalive().is_some());
+    }
 }

@@ -90,6 +90,15 @@ const DELETE_IF: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0";
 
+/// Sets KEYS[1] to ARGV[2] with a TTL of ARGV[3] ms only if it still holds ARGV[1] (a session
+/// changed by one request while nobody else wrote it).
+const REPLACE_IF: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  return 1
+end
+return 0";
+
 /// A fixed-window counter: INCR KEYS[1] when ARGV[2] is 1 (its window, ARGV[1] ms, starts at
 /// the first hit), else read it; returns {count, ms left}. One script, so two replicas never
 /// see a counter without its expiry.
@@ -113,7 +122,12 @@ pub struct RedisStore {
     prefix: String,
     index_add: redis::Script,
     delete_if: redis::Script,
+    replace_if: redis::Script,
     count: redis::Script,
+    /// How long a request waits for a connection to Redis at most: a connection attempt and
+    /// its retry. Connections are made one at a time (one per worker); without a bound, the
+    /// k-th request queued behind an unreachable Redis would wait k attempts.
+    connect_wait: Duration,
 }
 
 /// Runs `$body` with `$c` bound to a live connection of whichever backend this is.
@@ -126,22 +140,16 @@ macro_rules! with_conn {
                 conns,
                 ..
             } => {
-                let mut $c = conns
-                    .get()
-                    .get_or_try_init(|| {
-                        ConnectionManager::new_with_config(client.clone(), config.clone())
-                    })
-                    .await
-                    .map_err(unavailable)?
-                    .clone();
+                let cell = conns.get();
+                let connected = cell.get_or_try_init(|| {
+                    ConnectionManager::new_with_config(client.clone(), config.clone())
+                });
+                let mut $c = in_time($self.connect_wait, connected).await?.clone();
                 $body.await.map_err(unavailable)
             }
             Backend::Cluster { client, conn } => {
-                let mut $c = conn
-                    .get_or_try_init(|| client.get_async_connection())
-                    .await
-                    .map_err(unavailable)?
-                    .clone();
+                let connected = conn.get_or_try_init(|| client.get_async_connection());
+                let mut $c = in_time($self.connect_wait, connected).await?.clone();
                 $body.await.map_err(unavailable)
             }
             Backend::Sentinel {
@@ -149,7 +157,11 @@ macro_rules! with_conn {
                 conn,
                 timeout,
             } => {
-                let mut $c = $self.sentinel_master(client, conn, *timeout).await?;
+                let master = $self.sentinel_master(client, conn, *timeout);
+                let mut $c = match tokio::time::timeout($self.connect_wait, master).await {
+                    Ok(c) => c?,
+                    Err(_) => return Err(no_connection_in_time()),
+                };
                 let result = $body.await;
                 if result.is_err() {
                     // The master may have moved: ask the sentinels again next time.
@@ -325,6 +337,29 @@ impl RedisStore {
         Ok(n? > 0)
     }
 
+    pub async fn replace_if(
+        &self,
+        key: &str,
+        expected: &[u8],
+        value: &[u8],
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let full = self.key(key);
+        let script = &self.replace_if;
+        // Boxed for the reason given at `query`.
+        let n: Result<i64, _> = Box::pin(async {
+            with_conn!(self, |c| script
+                .key(&full)
+                .arg(expected)
+                .arg(value)
+                .arg(millis(ttl))
+                .invoke_async::<i64>(&mut c))
+        })
+        .await;
+        self.written(key).await;
+        Ok(n? > 0)
+    }
+
     pub async fn count(
         &self,
         key: &str,
@@ -413,4 +448,19 @@ fn millis(d: Duration) -> u64 {
 
 fn unavailable(e: redis::RedisError) -> StoreError {
     StoreError::Unavailable(e.to_string())
+}
+
+/// A connection from `connecting`, or unavailable once `wait` has passed.
+async fn in_time<T>(
+    wait: Duration,
+    connecting: impl std::future::Future<Output = Result<T, redis::RedisError>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(wait, connecting).await {
+        Ok(r) => r.map_err(unavailable),
+        Err(_) => Err(no_connection_in_time()),
+    }
+}
+
+fn no_connection_in_time() -> StoreError {
+    StoreError::Unavailable("no connection to Redis in time".into())
 }
