@@ -87,15 +87,17 @@ impl App {
         conn: ConnInfo,
     ) -> impl std::future::Future<Output = Response<Body>> {
         async move {
+            // Before anything keeps a part of the head (the record's target and request id are
+            // shared slices of it): the gauge does not count this request yet, hence `>=`.
+            if self.metrics.in_flight_here() >= DETACH_ABOVE {
+                headers::detach_head(&mut req);
+            }
             let record = telemetry::Record::start(
                 &self.metrics,
                 req.method().clone(),
                 req.uri().clone(),
                 headers::request_id(req.headers()),
             );
-            if self.metrics.in_flight_here() > DETACH_ABOVE {
-                headers::detach_head(&mut req);
-            }
             let html = wants_html(req.headers());
             let request_id = &record.request_id;
             // Room for the headers the sidecar adds, at once rather than step by step: the request

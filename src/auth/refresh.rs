@@ -92,11 +92,11 @@ impl Auth {
         if !self.refresh_due(&session) {
             return Ok(Some(session));
         }
-        // A task of its own, which finishes even when the request is dropped (its client left,
-        // the drain's deadline came): cut between the IdP's answer and the write, a rotated
-        // refresh token would be spent and the new one lost, and the session would end at its
-        // next refresh. (Also keeps its large state, IdP exchange included, out of every
-        // request's future.)
+        // A task of its own, which finishes even when the request is dropped (its client left):
+        // cut between the IdP's answer and the write, a rotated refresh token would be spent
+        // and the new one lost, and the session would end at its next refresh. (Not past the
+        // drain's deadline: the worker's runtime ends then. Also keeps its large state, IdP
+        // exchange included, out of every request's future.)
         let (auth, id) = (self.clone(), id.to_owned());
         tokio::spawn(async move { auth.refresh_session(&id).await })
             .await

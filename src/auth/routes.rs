@@ -67,7 +67,10 @@ impl Auth {
         let read = Limited::new(body, MAX_FORM as usize).collect();
         let form = match tokio::time::timeout(self.settings().idp_timeout, read).await {
             Ok(Ok(c)) => c.to_bytes(),
-            // Too large or broken off: refused below as a form without a logout token.
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+                return oauth_error(StatusCode::PAYLOAD_TOO_LARGE, "logout request too large")
+            }
+            // Broken off: refused below as a form without a logout token.
             Ok(Err(_)) => bytes::Bytes::new(),
             Err(_) => {
                 return oauth_error(StatusCode::REQUEST_TIMEOUT, "logout request body too slow")

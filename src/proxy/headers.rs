@@ -180,9 +180,12 @@ fn folds_to(name: &str, folded: &str) -> bool {
         })
 }
 
-/// A forwarding header's name spelled with `_` or `.`, which only lenient backends fold.
-fn odd_spelling(name: &str) -> bool {
-    name.bytes().any(|b| b == b'_' || b == b'.') && FORWARDING.iter().any(|f| folds_to(name, f))
+/// A header not believed even from a trusted proxy: a URL override in any spelling, or a
+/// forwarding header spelled with `_` or `.` (which only lenient backends fold).
+fn distrusted(name: &str) -> bool {
+    let odd = name.bytes().any(|b| b == b'_' || b == b'.');
+    URL_OVERRIDES.iter().any(|f| folds_to(name, f))
+        || odd && FORWARDING.iter().any(|f| folds_to(name, f))
 }
 
 /// What the sidecar knows about the connection a request came in on.
@@ -218,8 +221,8 @@ pub fn set_forwarded(headers: &mut HeaderMap, peer: Peer, host: Option<HeaderVal
     // Not even a trusted proxy's: headers a backend may route by instead of the path decided
     // on here, and other spellings of the forwarding headers (only lenient backends read them,
     // so they are the client's, passed on by an ingress that does not know them).
-    remove_folded(headers, &URL_OVERRIDES);
-    while let Some(name) = headers.keys().find(|k| odd_spelling(k.as_str())).cloned() {
+    // One pass over the names; a second only when one is found.
+    while let Some(name) = headers.keys().find(|k| distrusted(k.as_str())).cloned() {
         headers.remove(&name);
     }
     // Every line of the incoming chain, in order: a proxy may add its own line instead of

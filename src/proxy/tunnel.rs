@@ -1,8 +1,10 @@
 //! The WebSocket tunnel: once both sides have switched protocols, bytes are copied both ways
-//! until either side closes or the stream's watcher ends it, and every read from the client
-//! raises the watcher's flag (its messages are use of whatever the caller protects).
+//! until either side closes or the stream's watcher ends it, and a read from the client larger
+//! than a heartbeat raises the watcher's flag (its messages are use of whatever the caller
+//! protects; the pongs a browser or a socket.io client sends on its own every 20-25 s are not).
 //!
-//! Reads nothing of what it carries: no frames, no messages, no sessions.
+//! Reads nothing of what it carries: no frames, no messages, no sessions (a heartbeat is told
+//! by its size alone).
 
 use super::Watch;
 use hyper_util::rt::TokioIo;
@@ -52,7 +54,13 @@ pub(super) async fn run(
     }
 }
 
-/// The client's side of a tunnel: raises `sent` whenever the client delivers bytes.
+/// The most a read from the client may carry and still be a heartbeat rather than a message: a
+/// masked WebSocket frame has 6 bytes of head; a pong echoes its ping's payload (uvicorn's: 4
+/// bytes), socket.io's ping and pong are 1-byte text frames. A user's message is longer.
+const HEARTBEAT_MAX: usize = 32;
+
+/// The client's side of a tunnel: raises `sent` whenever the client delivers more than a
+/// heartbeat in one read.
 struct Noting<T> {
     io: T,
     sent: Option<Arc<AtomicBool>>,
@@ -66,7 +74,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Noting<T> {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.io).poll_read(cx, buf);
-        if buf.filled().len() > before {
+        if buf.filled().len() > before + HEARTBEAT_MAX {
             if let Some(sent) = &self.sent {
                 sent.store(true, Ordering::Relaxed);
             }

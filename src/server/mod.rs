@@ -33,6 +33,12 @@ const KEEPALIVE: socket2::TcpKeepalive = socket2::TcpKeepalive::new()
     .with_interval(Duration::from_secs(10))
     .with_retries(6);
 
+/// How long data sent to a client may stay unacknowledged before the connection is dropped
+/// (`TCP_USER_TIMEOUT`): keepalive probes are not sent while data is in flight, so a stream
+/// that keeps writing to a vanished client would otherwise live until the kernel gives up
+/// (about 15 minutes).
+const UNACKED_MAX: Duration = Duration::from_secs(120);
+
 /// Per-connection facts handed to the handler with each request.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnInfo {
@@ -114,6 +120,12 @@ pub async fn serve<H, F>(
         crate::tls::Scheme::Http
     };
     let connections = tokio_util::task::TaskTracker::new();
+    {
+        // Set once on the listener: the connections it accepts inherit them (Linux).
+        let socket = socket2::SockRef::from(&listener);
+        let _ = socket.set_tcp_keepalive(&KEEPALIVE);
+        let _ = socket.set_tcp_user_timeout(Some(UNACKED_MAX));
+    }
 
     loop {
         let (stream, peer) = tokio::select! {
@@ -138,7 +150,6 @@ pub async fn serve<H, F>(
             },
         };
         let _ = stream.set_nodelay(true);
-        let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&KEEPALIVE);
         let info = ConnInfo { peer, scheme };
         connections.spawn(conn::serve_conn(
             stream,

@@ -164,12 +164,25 @@ impl Sessions {
             let Some(sealed) = self.store.get_fresh(&key).await? else {
                 return Ok(None);
             };
-            let Some(mut s) = self.open(&sealed).filter(|s| s.is_live(now)) else {
+            let Some(before) = std::str::from_utf8(&sealed)
+                .ok()
+                .and_then(|t| self.keys.open(t))
+            else {
+                return Ok(None);
+            };
+            let Some(mut s) = serde_json::from_slice::<Session>(&before)
+                .ok()
+                .filter(|s| s.is_live(now))
+            else {
                 return Ok(None);
             };
             change(&mut s);
             let plain =
                 serde_json::to_vec(&s).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            if plain == before {
+                // Nothing changed: no write, which would only make every replica read it again.
+                return Ok(Some(s));
+            }
             let new = self.keys.seal(&plain);
             let ttl = self.ttl(&s, now);
             if self

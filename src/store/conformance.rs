@@ -84,20 +84,6 @@ pub async fn run(store: &Store) {
         "a peek counts nothing"
     );
 
-    // put_if_present: only replaces what is still there
-    assert!(
-        !store.put_if_present(&k("gone"), b"x", long).await.unwrap(),
-        "absent keys are not created"
-    );
-    assert_eq!(store.get(&k("gone")).await.unwrap(), None);
-    store.put(&k("here"), b"1", long).await.unwrap();
-    assert!(store.put_if_present(&k("here"), b"2", long).await.unwrap());
-    assert_eq!(
-        store.get(&k("here")).await.unwrap().as_deref(),
-        Some(&b"2"[..])
-    );
-    store.delete(&k("here")).await.unwrap();
-
     // delete_if: only the holder of the value removes it
     store.put(&k("lock"), b"owner-a", long).await.unwrap();
     assert!(!store.delete_if(&k("lock"), b"owner-b").await.unwrap());

@@ -153,21 +153,6 @@ impl MemoryStore {
         true
     }
 
-    pub fn put_if_present(&self, key: &str, value: &[u8], ttl: Duration) -> bool {
-        let now = Instant::now();
-        let mut map = self.lock(key);
-        match Self::live(&mut map, key, now) {
-            Some(e) => {
-                *e = Entry {
-                    value: Value::bytes(value),
-                    expires: deadline(now, ttl),
-                };
-                true
-            }
-            None => false,
-        }
-    }
-
     pub fn touch(&self, key: &str, ttl: Duration) -> bool {
         let now = Instant::now();
         let mut map = self.lock(key);

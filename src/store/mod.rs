@@ -98,19 +98,6 @@ impl Store {
         }
     }
 
-    /// Replaces `key` only if it still exists; false when it is gone (revoked meanwhile).
-    pub async fn put_if_present(
-        &self,
-        key: &str,
-        value: &[u8],
-        ttl: Duration,
-    ) -> Result<bool, StoreError> {
-        match self {
-            Store::Memory(s) => Ok(s.put_if_present(key, value, ttl)),
-            Store::Redis(s) => s.put_if_present(key, value, ttl).await,
-        }
-    }
-
     /// Sets the time left to `key` to `ttl`, its value untouched; false when it is gone (an
     /// expired key is not brought back). Sessions' idle timeout.
     pub async fn touch(&self, key: &str, ttl: Duration) -> Result<bool, StoreError> {

@@ -370,6 +370,19 @@ async fn a_slow_or_oversized_backchannel_logout_is_cut_off() {
         assert!(text.starts_with(&format!("HTTP/1.1 {status} ")), "{text}");
         assert!(text.contains("invalid_request"), "{text}");
     }
+    // Chunked, so announced nowhere: 413 once past 64 KiB.
+    let mut c = tokio::net::TcpStream::connect(s.sc.sidecar.addr).await.unwrap();
+    let big = "a".repeat(70_000);
+    let raw = format!(
+        "POST /auth/backchannel-logout HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\n\r\n{:x}\r\nlogout_token={big}\r\n0\r\n\r\n",
+        big.len() + 13
+    );
+    let _ = c.write_all(raw.as_bytes()).await;
+    let mut buf = vec![0; 1024];
+    let n = c.read(&mut buf).await.unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(text.starts_with("HTTP/1.1 413 "), "{text}");
 }
 
 #[tokio::test]

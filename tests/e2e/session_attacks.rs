@@ -119,27 +119,31 @@ async fn a_revoked_session_closes_its_streams_on_the_replica_that_holds_them() {
 }
 
 /// With `session_idle_timeout_secs`, a WebSocket's messages are use of its session: a user who
-/// only chats over an open WebSocket stays logged in past the timeout, on every replica. Once
-/// the messages stop, the session ends after the timeout and the tunnel closes.
+/// only chats over an open WebSocket stays logged in past the timeout, on every replica. Its
+/// heartbeats are not: once only they flow (an unattended tab), the session ends after the
+/// timeout and the tunnel closes.
 #[tokio::test]
-async fn websocket_messages_keep_an_idle_session_alive_until_they_stop() {
+async fn websocket_messages_keep_an_idle_session_alive_and_heartbeats_do_not() {
     let m = mock_pair(&[("SSO_SIDECAR_SESSION_IDLE_TIMEOUT_SECS", "10")]).await;
     let cookie = mock_login(&m, &m.a.sidecar, "alice", "sid-1").await;
     let mut ws = open_websocket(m.a.sidecar.addr, &session_header(&cookie)).await;
-    // Messages every second for 16 s (more than the timeout plus an eighth), no HTTP request.
+    // A masked text frame of `len` bytes; the upstream echoes it unmasked.
+    async fn round_trip(ws: &mut TcpStream, len: usize) -> std::io::Result<Vec<u8>> {
+        let mut frame = vec![0x81, 0x80 | len as u8, 1, 2, 3, 4];
+        frame.extend((0..len).map(|i| b'm' ^ [1, 2, 3, 4][i % 4]));
+        ws.write_all(&frame).await?;
+        let mut echo = vec![0u8; 2 + len];
+        ws.read_exact(&mut echo).await.map(|_| echo)
+    }
+    // A 40-byte message every second for 16 s (more than the timeout plus an eighth), and no
+    // HTTP request.
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(16) {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let echoed = async {
-            ws.write_all(&[0x81, 0x82, 1, 2, 3, 4, b'h' ^ 1, b'i' ^ 2])
-                .await?;
-            let mut echo = [0u8; 4];
-            ws.read_exact(&mut echo).await.map(|_| echo)
-        };
-        let echo = echoed.await;
+        let echo = round_trip(&mut ws, 40).await;
         assert!(
-            matches!(echo, Ok([0x81, 2, b'h', b'i'])),
-            "the tunnel closed at {:?}: {echo:?}",
+            echo.is_ok_and(|e| e[..2] == [0x81, 40]),
+            "the tunnel closed at {:?}",
             start.elapsed()
         );
     }
@@ -147,20 +151,19 @@ async fn websocket_messages_keep_an_idle_session_alive_until_they_stop() {
         alive(&m.b.sidecar, &cookie).await,
         "the WebSocket's use reached the other replica"
     );
-    // Then silent: the session ends between the timeout and an eighth more (plus a check),
-    // and the tunnel closes with it.
-    let silent = Instant::now();
-    let mut buf = [0u8; 64];
+    // Then only heartbeats (2-byte frames, 8 bytes a read) every second: the session ends
+    // between the timeout and an eighth more (plus a check), and the tunnel closes with it.
+    let idle = Instant::now();
     let closed = tokio::time::timeout(Duration::from_secs(20), async {
         loop {
-            match ws.read(&mut buf).await {
-                Ok(0) | Err(_) => return silent.elapsed(),
-                Ok(_) => {}
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if round_trip(&mut ws, 2).await.is_err() {
+                return idle.elapsed();
             }
         }
     })
     .await
-    .expect("the tunnel of an idle session stays open");
+    .expect("heartbeats kept an idle session's tunnel open");
     assert!(
         closed >= Duration::from_secs(10),
         "closed early: {closed:?}"

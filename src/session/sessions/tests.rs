@@ -189,6 +189,14 @@ async fn an_amendment_keeps_what_others_wrote_since_the_read() {
         "the refresh stays"
     );
     assert_eq!(now.backend_token.as_deref(), Some("b-2"));
+    // A change that changes nothing writes nothing (every replica would read it again).
+    let key = Sessions::key_of(&id);
+    let stored = s.store().get_fresh(&key).await.unwrap();
+    s.amend(&id, 102, |cur| cur.backend_token = Some("b-2".into()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(s.store().get_fresh(&key).await.unwrap(), stored);
     // A session gone is not brought back.
     s.delete(&id).await.unwrap();
     let gone = s.amend(&id, 103, |cur| cur.backend_token = Some("b-3".into()));

@@ -78,7 +78,7 @@ async fn a_workers_copy_never_outlives_its_value() {
     for _ in 0..2 {
         on_worker(0, Box::new(|s| drop(s.get("k"))));
     }
-    assert!(s.put_if_present("k", b"v4", Duration::from_secs(60)));
+    assert!(s.replace_if("k", b"v3", b"v4", Duration::from_secs(60)));
     on_worker(
         0,
         Box::new(|s| assert_eq!(s.get("k").as_deref(), Some(&b"v4"[..]))),

@@ -170,7 +170,8 @@ impl RedisStore {
 fn tcp_settings(timeout: Duration) -> redis::io::tcp::TcpSettings {
     redis::io::tcp::TcpSettings::default()
         .set_nodelay(true)
-        .set_user_timeout(timeout * 2)
+        // Not below Linux's minimum retransmission timeout: one lost segment is no lost peer.
+        .set_user_timeout((timeout * 2).max(Duration::from_secs(1)))
         .set_keepalive(
             redis::io::tcp::socket2::TcpKeepalive::new()
                 .with_time(Duration::from_secs(30))

@@ -141,15 +141,25 @@ macro_rules! with_conn {
                 ..
             } => {
                 let cell = conns.get();
-                let connected = cell.get_or_try_init(|| {
-                    ConnectionManager::new_with_config(client.clone(), config.clone())
-                });
-                let mut $c = in_time($self.connect_wait, connected).await?.clone();
+                let mut $c = match cell.get() {
+                    Some(c) => c.clone(),
+                    None => {
+                        let connected = cell.get_or_try_init(|| {
+                            ConnectionManager::new_with_config(client.clone(), config.clone())
+                        });
+                        in_time($self.connect_wait, connected).await?.clone()
+                    }
+                };
                 $body.await.map_err(unavailable)
             }
             Backend::Cluster { client, conn } => {
-                let connected = conn.get_or_try_init(|| client.get_async_connection());
-                let mut $c = in_time($self.connect_wait, connected).await?.clone();
+                let mut $c = match conn.get() {
+                    Some(c) => c.clone(),
+                    None => {
+                        let connected = conn.get_or_try_init(|| client.get_async_connection());
+                        in_time($self.connect_wait, connected).await?.clone()
+                    }
+                };
                 $body.await.map_err(unavailable)
             }
             Backend::Sentinel {
@@ -278,16 +288,7 @@ impl RedisStore {
         self.set_if(key, value, ttl, "NX").await
     }
 
-    pub async fn put_if_present(
-        &self,
-        key: &str,
-        value: &[u8],
-        ttl: Duration,
-    ) -> Result<bool, StoreError> {
-        self.set_if(key, value, ttl, "XX").await
-    }
-
-    /// `SET key value <NX|XX> PX ttl`: true when the condition held and the value was written.
+    /// `SET key value NX PX ttl`: true when the condition held and the value was written.
     async fn set_if(
         &self,
         key: &str,
