@@ -371,7 +371,9 @@ async fn a_slow_or_oversized_backchannel_logout_is_cut_off() {
         assert!(text.contains("invalid_request"), "{text}");
     }
     // Chunked, so announced nowhere: 413 once past 64 KiB.
-    let mut c = tokio::net::TcpStream::connect(s.sc.sidecar.addr).await.unwrap();
+    let mut c = tokio::net::TcpStream::connect(s.sc.sidecar.addr)
+        .await
+        .unwrap();
     let big = "a".repeat(70_000);
     let raw = format!(
         "POST /auth/backchannel-logout HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\
