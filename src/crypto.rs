@@ -12,6 +12,8 @@ use std::fmt;
 pub struct KeyRing {
     ring: fernet::MultiFernet,
     count: usize,
+    /// SHA-256 of the keys as given: tells two rings apart (a reload) without keeping them.
+    fingerprint: String,
 }
 
 /// Why a key ring could not be built. Never carries key material.
@@ -41,10 +43,21 @@ impl KeyRing {
             return Err(KeyError::Empty);
         }
         let count = fernets.len();
+        let given: Vec<&str> = keys
+            .split(',')
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .collect();
         Ok(KeyRing {
             ring: fernet::MultiFernet::new(fernets),
             count,
+            fingerprint: digest(&given),
         })
+    }
+
+    /// Whether `other` holds the same keys in the same order.
+    pub fn same_keys(&self, other: &KeyRing) -> bool {
+        self.fingerprint == other.fingerprint
     }
 
     /// Number of keys in the ring (the first one encrypts).

@@ -83,10 +83,64 @@ impl Config {
 /// keeps their running values and names them in the log (names only, never values).
 pub fn restart_required(a: &Config, b: &Config) -> Vec<String> {
     let mut keys = restart_keys(&a.raw.0, &b.raw.0);
-    if format!("{:?}", a.openrag_env) != format!("{:?}", b.openrag_env) {
-        keys.push("AUTH_MODE and OIDC_* variables".to_owned());
-    }
+    keys.extend(openrag_changes(&a.openrag_env, &b.openrag_env));
     keys
+}
+
+/// OpenRag's variables that differ, secrets included (compared by value, named only): their
+/// debug form redacts secrets, so a rotated client secret or admin token compared equal and a
+/// reload said nothing of it.
+fn openrag_changes(a: &super::OpenRagVars, b: &super::OpenRagVars) -> Vec<String> {
+    let debug =
+        |x: &dyn std::fmt::Debug, y: &dyn std::fmt::Debug| format!("{x:?}") != format!("{y:?}");
+    let secret = |x: Option<&crate::secret::Secret<String>>,
+                  y: Option<&crate::secret::Secret<String>>| {
+        x.map(|s| s.expose()) != y.map(|s| s.expose())
+    };
+    let mut out = Vec::new();
+    let mut check = |name: &str, differs: bool| {
+        if differs {
+            out.push(name.to_owned());
+        }
+    };
+    check("AUTH_MODE", a.auth_mode != b.auth_mode);
+    check(
+        "AUTH_TOKEN",
+        secret(a.auth_token.as_ref(), b.auth_token.as_ref()),
+    );
+    match (&a.oidc, &b.oidc) {
+        (Some(x), Some(y)) => {
+            check("OIDC_ENDPOINT", x.issuer != y.issuer);
+            check("OIDC_CLIENT_ID", x.client_id != y.client_id);
+            check(
+                "OIDC_CLIENT_SECRET",
+                secret(Some(&x.client_secret), Some(&y.client_secret)),
+            );
+            check("OIDC_REDIRECT_URI", x.redirect_uri != y.redirect_uri);
+            check("OIDC_TOKEN_ENCRYPTION_KEY", !x.keys.same_keys(&y.keys));
+            check("OIDC_SCOPES", x.scopes != y.scopes);
+            check("OIDC_CLAIM_SOURCE", debug(&x.claim_source, &y.claim_source));
+            check(
+                "OIDC_POST_LOGOUT_REDIRECT_URI",
+                x.post_logout_redirect_uri != y.post_logout_redirect_uri,
+            );
+        }
+        (x, y) => check("OIDC_* variables", x.is_some() != y.is_some()),
+    }
+    check(
+        "OIDC_CLAIM_MAPPING",
+        debug(&a.claim_mapping, &b.claim_mapping),
+    );
+    check(
+        "OIDC_AUTO_PROVISION_LOGIN",
+        a.auto_provision != b.auto_provision,
+    );
+    check(
+        "OIDC_CLAIM_GROUPS and OIDC_GROUP_*",
+        debug(&a.group_sync, &b.group_sync),
+    );
+    check("RATE_LIMIT_*", debug(&a.rate_limits, &b.rate_limits));
+    out
 }
 
 /// The keys (`name`, or `section.name` inside a table) whose values differ, reloadable ones

@@ -224,10 +224,10 @@ impl Identity {
                 .await
             }
             // No session here: no cookie of the browser speaks for a user either.
-            (Mode::OpenRag(_), Caller::Bearer) => {
+            (Mode::OpenRag(bridge), Caller::Bearer) => {
                 let mut parts = parts;
                 openrag::inject::strip_user_cookies(&mut parts.headers);
-                openrag::request::as_bearer(&out, &names, parts, body).await
+                openrag::request::as_bearer(&out, &names, bridge, parts, body).await
             }
             (Mode::OpenRag(_), Caller::Public) => {
                 let mut parts = parts;

@@ -325,6 +325,27 @@ pub async fn login(sc: &Sidecar, user: &str, next: &str) -> Login {
 
 /// The same, keeping the IdP's cookies in `jar` (for a later logout at the IdP).
 pub async fn login_with_jar(sc: &Sidecar, user: &str, next: &str, jar: Option<&str>) -> Login {
+    let cb = callback_of(sc, user, next, jar).await;
+    assert_eq!(
+        cb.status(),
+        302,
+        "callback failed: {}",
+        String::from_utf8_lossy(cb.body())
+    );
+    let cookie = set_cookie(&cb, "sso_sidecar_session").expect("session cookie");
+    Login {
+        cookie,
+        callback: cb,
+    }
+}
+
+/// Logs `user` in at the IdP and returns the sidecar's answer to the callback, whatever it is.
+pub async fn callback_of(
+    sc: &Sidecar,
+    user: &str,
+    next: &str,
+    jar: Option<&str>,
+) -> http::Response<Bytes> {
     let start = get(
         &sc.url(&format!("/auth/login?next={}", urlencode(next))),
         &[],
@@ -339,7 +360,7 @@ pub async fn login_with_jar(sc: &Sidecar, user: &str, next: &str, jar: Option<&s
         args.extend(["--jar", j]);
     }
     let callback_url = flow(&args).await;
-    let cb = get(
+    get(
         &callback_url,
         &[(
             "cookie",
@@ -347,18 +368,7 @@ pub async fn login_with_jar(sc: &Sidecar, user: &str, next: &str, jar: Option<&s
         )],
     )
     .await
-    .unwrap();
-    assert_eq!(
-        cb.status(),
-        302,
-        "callback failed: {}",
-        String::from_utf8_lossy(cb.body())
-    );
-    let cookie = set_cookie(&cb, "sso_sidecar_session").expect("session cookie");
-    Login {
-        cookie,
-        callback: cb,
-    }
+    .unwrap()
 }
 
 pub fn urlencode(s: &str) -> String {

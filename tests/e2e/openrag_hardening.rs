@@ -363,6 +363,33 @@ async fn a_user_cannot_regenerate_another_users_token_and_their_own_is_adopted_a
         logged(&w.backend, |p| p == "/users/info").await.is_empty(),
         "no probe needed"
     );
+
+    // The token handed back is a bearer of alice's own: without a session, it still regenerates
+    // only alice's token, never bob's (nor the administrator's, which the sidecar itself uses).
+    let bearer = format!("Bearer {fresh}");
+    let r = send(request(
+        "POST",
+        &sc.url(&format!("/users/{bob_id}/regenerate_token")),
+        &[("authorization", &bearer)],
+        body(""),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 403, "{}", String::from_utf8_lossy(r.body()));
+    assert_eq!(
+        w.backend.user("bob").await.unwrap()["token_sha256"],
+        bob["token_sha256"],
+        "bob's token is untouched"
+    );
+    let r = send(request(
+        "POST",
+        &sc.url(&format!("/users/{}/regenerate_token", id(&alice))),
+        &[("authorization", &bearer)],
+        body(""),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200, "{}", String::from_utf8_lossy(r.body()));
 }
 
 /// OpenRag 1.1.8's users list has no email, so "differs from the backend" cannot be told from
@@ -425,4 +452,69 @@ async fn claims_are_written_only_when_they_changed_even_without_email_in_the_use
         0,
         "nothing changed since the last write (the users list shows no email): nothing written"
     );
+}
+
+/// A token file written before a link moved (or with a typo) maps a user to another account's
+/// token: it is not used, and the user never acts as that account.
+#[tokio::test]
+async fn a_token_file_entry_holding_another_accounts_token_is_not_used() {
+    let users = json!([
+        seeded("alice", Some(&token(1))),
+        seeded("bob", Some(&token(2)))
+    ]);
+    let w = world_with(
+        Backend::start_with(users, &[]),
+        json!({"alice": token(2)}),
+        &[("SSO_SIDECAR_OPENRAG__TOKEN_POLICY", "file")],
+    )
+    .await;
+    let r = callback_of(&w.sc.sidecar, "alice", "/", None).await;
+    assert_eq!(r.status(), 403, "{}", String::from_utf8_lossy(r.body()));
+    assert_eq!(
+        json(&r)["detail"],
+        "No OpenRag token is available for this user"
+    );
+    assert!(
+        set_cookie(&r, "sso_sidecar_session").is_none(),
+        "no session"
+    );
+}
+
+/// An operator who links their own IdP account to the administrator's OpenRag account (user 1,
+/// whose token is `AUTH_TOKEN`) must not cut the sidecar off: its token is never regenerated,
+/// not by the policy at login, nor by a request of that session or its bearer.
+#[tokio::test]
+async fn the_token_of_the_account_auth_token_belongs_to_is_never_regenerated() {
+    let w = world_with(
+        Backend::start_with(json!([]), &["--generation", "1.1.8"]),
+        json!({}),
+        &[("SSO_SIDECAR_OPENRAG__TOKEN_POLICY", "regenerate")],
+    )
+    .await;
+    w.backend.link(1, "root").await;
+    let before = w.backend.admin("GET", "/users/1").await;
+    let sc = &w.sc.sidecar;
+    let l = login(sc, "root", "/").await;
+    let cookie = session_header(&l.cookie);
+    let me = get(&sc.url("/users/info"), &[("cookie", &cookie)])
+        .await
+        .unwrap();
+    assert_eq!(json(&me)["id"], 1, "{}", String::from_utf8_lossy(me.body()));
+    for headers in [
+        vec![("cookie", cookie.as_str())],
+        vec![("authorization", "Bearer admin-token-for-tests-0123456789")],
+    ] {
+        let r = send(request(
+            "POST",
+            &sc.url("/users/1/regenerate_token"),
+            &headers,
+            body(""),
+        ))
+        .await
+        .unwrap();
+        assert_eq!(r.status(), 403, "{}", String::from_utf8_lossy(r.body()));
+    }
+    let after = w.backend.admin("GET", "/users/1").await;
+    assert_eq!(after["id"], 1, "AUTH_TOKEN still works: {after}");
+    assert_eq!(before, after);
 }

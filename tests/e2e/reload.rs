@@ -265,3 +265,42 @@ async fn a_userinfo_outage_at_a_refresh_keeps_the_profile() {
 fn up_echo(sc: &Sidecar) -> String {
     sc.url("/echo/x")
 }
+
+/// A secret changed for a SIGHUP (a rotated admin token or client secret) cannot take effect
+/// while running: the reload names it, as any other such setting, and never shows its value.
+/// (Secrets print redacted, so they used to compare equal and the reload said nothing.)
+#[tokio::test]
+async fn a_rotated_secret_is_named_by_the_reload_as_needing_a_restart() {
+    let idp = MockIdp::start().await;
+    idp.set(|m| m.jwks = json!({"keys": [Key::new("k").jwk()]}));
+    let up = Upstream::start();
+    let dir = tempfile::tempdir().unwrap();
+    let env_file = dir.path().join(".env");
+    std::fs::write(&env_file, "AUTH_TOKEN=or-first-admin-token\n").unwrap();
+    let sc = start_oidc_sidecar(
+        free_port(),
+        &idp.issuer(),
+        &up.url(),
+        &[("SSO_SIDECAR_ENV_FILE", env_file.to_str().unwrap())],
+    )
+    .await;
+    let sc = &sc.sidecar;
+    std::fs::write(&env_file, "AUTH_TOKEN=or-second-admin-token\n").unwrap();
+    sc.signal("HUP");
+    let start = Instant::now();
+    while !sc.output().contains("configuration reloaded") {
+        assert!(start.elapsed() < Duration::from_secs(10), "{}", sc.output());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let line = sc
+        .output()
+        .lines()
+        .find(|l| l.contains("configuration reloaded"))
+        .unwrap()
+        .to_owned();
+    assert!(line.contains("AUTH_TOKEN"), "{line}");
+    assert!(
+        !sc.output().contains("or-second-admin-token"),
+        "never shown"
+    );
+}

@@ -98,6 +98,16 @@ impl AdminClient {
         self.call_as(self.token.expose(), method, path, body).await
     }
 
+    /// The account `AUTH_TOKEN` itself belongs to (the administrator the sidecar acts as).
+    pub async fn own_account(&self) -> Result<Option<u64>, AdminError> {
+        self.token_owner(self.token.expose()).await
+    }
+
+    /// The admin token, for the account it belongs to (never regenerated: see `mod.rs`).
+    pub fn own_token(&self) -> Secret<String> {
+        self.token.clone()
+    }
+
     /// A call with another bearer than the admin token.
     async fn call_as(
         &self,

@@ -22,16 +22,28 @@ pub enum Handoff {
     Login,
 }
 
+/// How long after a failed hand-off probe the next one is made.
+const PROBE_RETRY: Duration = Duration::from_secs(30);
+
 /// How long a Chainlit session is kept (Chainlit's own lasts 15 days; a refused one is
 /// forgotten at once).
 const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
 
 impl OpenRagBridge {
     /// The backend's hand-off, probed once (`POST /auth/chainlit-session` with the admin
-    /// token); until a probe succeeds, the cookie hand-off is assumed and asked again next time.
+    /// token); until a probe succeeds, the cookie hand-off is assumed and asked again, at most
+    /// once per [`PROBE_RETRY`]: every Chainlit request (assets, polls) would otherwise add an
+    /// admin call, each up to the backend timeout, while the backend cannot answer.
     pub async fn chainlit_handoff(&self) -> Handoff {
         if let Some(h) = self.handoff.get() {
             return *h;
+        }
+        let now = crate::clock::now_unix();
+        let last = self
+            .handoff_failed
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if last != 0 && now - last < PROBE_RETRY.as_secs() as i64 {
+            return Handoff::Cookie;
         }
         match self.admin.has_chainlit_handoff().await {
             Ok(cookie) => {
@@ -44,6 +56,8 @@ impl OpenRagBridge {
                 *self.handoff.get_or_init(|| h)
             }
             Err(e) => {
+                self.handoff_failed
+                    .store(now, std::sync::atomic::Ordering::Relaxed);
                 tracing::warn!(error = %crate::http_json::error_chain(&e), "cannot tell which Chainlit hand-off the backend has");
                 Handoff::Cookie
             }

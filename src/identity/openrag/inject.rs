@@ -50,11 +50,16 @@ pub fn with_token_query(uri: &Uri, token: &str) -> Option<Uri> {
 /// `Authorization`, or its backend cookies on Chainlit paths, never reach the backend beside ours.
 pub fn inject_headers(headers: &mut HeaderMap, carrier: Carrier, token: &str) {
     match carrier {
-        Carrier::Bearer => {
-            if let Ok(v) = HeaderValue::from_str(&format!("Bearer {token}")) {
+        Carrier::Bearer => match HeaderValue::from_str(&format!("Bearer {token}")) {
+            Ok(v) => {
                 headers.insert(header::AUTHORIZATION, v);
             }
-        }
+            // A token that cannot be a header value (a newline from a file): never the
+            // client's own in its place.
+            Err(_) => {
+                headers.remove(header::AUTHORIZATION);
+            }
+        },
         Carrier::Query => {
             headers.remove(header::AUTHORIZATION);
         }
@@ -234,6 +239,19 @@ pub fn is_token_refusal(status: u16, body: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_token_that_cannot_be_a_header_never_leaves_the_clients_in_place() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer clients-own"),
+        );
+        inject_headers(&mut h, Carrier::Bearer, "or-token\n");
+        assert!(h.get(header::AUTHORIZATION).is_none(), "{h:?}");
+        inject_headers(&mut h, Carrier::Bearer, "or-token");
+        assert_eq!(h[header::AUTHORIZATION], "Bearer or-token");
+    }
 
     #[test]
     fn carriers_follow_the_backends_rules() {

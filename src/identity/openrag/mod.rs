@@ -64,6 +64,10 @@ pub struct OpenRagBridge {
     groups: Option<groups::GroupSyncer>,
     /// How the backend hands users over to Chainlit, once probed.
     handoff: std::sync::OnceLock<chainlit::Handoff>,
+    /// The account `AUTH_TOKEN` belongs to, once asked ([`OpenRagBridge::admin_account`]).
+    admin_account: std::sync::OnceLock<u64>,
+    /// When the hand-off probe last failed (unix seconds, 0: never).
+    handoff_failed: std::sync::atomic::AtomicI64,
 }
 
 /// How long an unregistered `sub` is remembered, so repeated logins of someone the backend
@@ -96,6 +100,8 @@ impl OpenRagBridge {
             recovered: Mutex::default(),
             groups: None,
             handoff: std::sync::OnceLock::new(),
+            admin_account: std::sync::OnceLock::new(),
+            handoff_failed: std::sync::atomic::AtomicI64::new(0),
         }
     }
 
@@ -155,6 +161,29 @@ impl OpenRagBridge {
     /// administrator's rights can be withdrawn at any time).
     pub async fn is_admin(&self, id: u64) -> Result<bool, BridgeError> {
         Ok(self.admin.get_user(id).await?.is_admin)
+    }
+
+    /// The account `AUTH_TOKEN` belongs to, asked once. Its token must never be regenerated:
+    /// every admin call of the sidecar (each login, group sync, recovery) would fail from then
+    /// on, and again after every backend restart (which sets that account's token back to
+    /// `AUTH_TOKEN`, reference §5.3).
+    pub async fn admin_account(&self) -> Result<Option<u64>, BridgeError> {
+        if let Some(id) = self.admin_account.get() {
+            return Ok(Some(*id));
+        }
+        let id = self.admin.own_account().await?;
+        if let Some(id) = id {
+            let _ = self.admin_account.set(id);
+        }
+        Ok(id)
+    }
+
+    /// The account `token` belongs to, as the backend says (`None`: not a token of its own).
+    pub async fn token_owner(&self, token: &str) -> Result<Option<u64>, BridgeError> {
+        if token.is_empty() {
+            return Ok(None);
+        }
+        Ok(self.admin.token_owner(token).await?)
     }
 
     /// Keeps `token` as `sub`'s backend token (the user regenerated it through the sidecar).
@@ -329,6 +358,10 @@ impl OpenRagBridge {
                 );
                 Err(BridgeError::NoToken)
             }
+            // The administrator's account (an operator linked to it): its token is AUTH_TOKEN.
+            TokenPolicy::Regenerate if self.admin_account().await? == Some(user.id) => {
+                Ok(self.admin.own_token())
+            }
             TokenPolicy::Regenerate => {
                 tracing::info!(
                     sub,
@@ -337,14 +370,30 @@ impl OpenRagBridge {
                 );
                 Ok(self.admin.regenerate_token(user.id).await?)
             }
-            TokenPolicy::File(map) => map.get(sub).cloned().ok_or_else(|| {
-                tracing::warn!(
-                    sub,
-                    user_id = user.id,
-                    "the token file has no token for this user"
-                );
-                BridgeError::NoToken
-            }),
+            TokenPolicy::File(map) => {
+                let Some(token) = map.get(sub) else {
+                    tracing::warn!(
+                        sub,
+                        user_id = user.id,
+                        "the token file has no token for this user"
+                    );
+                    return Err(BridgeError::NoToken);
+                };
+                // The file was written once; links move since (an account given to someone
+                // else), and files have typos: its token must be the linked account's own.
+                match self.admin.token_owner(token.expose()).await? {
+                    Some(owner) if owner == user.id => Ok(token.clone()),
+                    owner => {
+                        tracing::warn!(
+                            sub,
+                            user_id = user.id,
+                            token_owner = ?owner,
+                            "the token file's token for this user belongs to another account (or none): not used"
+                        );
+                        Err(BridgeError::NoToken)
+                    }
+                }
+            }
         }
     }
 }

@@ -37,6 +37,7 @@ pub(crate) async fn as_user(
     let carrier = inject::carrier(parts.uri.path());
     let regenerates = regenerate_target(&parts);
     if let Some(target) = regenerates {
+        refuse_admin_token(bridge, target, out).await?;
         if target.is_none() || session.backend_user_id != target {
             // The admin API may take seconds: not while holding a place under the upstream cap
             // (nor out of the upstream timeout); the send waits for one of its own.
@@ -172,18 +173,64 @@ async fn as_chainlit_user(
 }
 
 /// A bearer without a session: forwarded untouched; refused by the backend, it becomes 401.
+/// Regenerating a token is the exception, as for a session: OpenRag 1.1.8's route checks
+/// nothing, and a user holds a bearer of their own (their regenerated token, handed back to
+/// them), so whose it is is asked first, and only its owner or an administrator goes on.
 pub(crate) async fn as_bearer(
     out: &Outbound<'_>,
     names: &HeaderIdentity,
+    bridge: &OpenRagBridge,
     parts: Parts,
     body: RequestBody,
 ) -> Result<Outcome, ForwardError> {
+    if let Some(target) = regenerate_target(&parts) {
+        refuse_admin_token(bridge, target, out).await?;
+        let bearer = parts
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.get(7..))
+            .map(str::trim)
+            .unwrap_or_default();
+        let owner = bridge
+            .token_owner(bearer)
+            .await
+            .map_err(ForwardError::Bridge)?;
+        let Some(owner) = owner else {
+            return Err(ForwardError::Unauthenticated);
+        };
+        if target != Some(owner) && !bridge.is_admin(owner).await.map_err(ForwardError::Bridge)? {
+            tracing::warn!(owner, target = ?target, "refused: regenerating another user's token takes an administrator");
+            return Err(ForwardError::Forbidden(
+                "Admin privileges or self-access required",
+            ));
+        }
+    }
     let outcome = send(out, names, parts, body, Inject::default()).await?;
     let (outcome, refused) = peek_refusal(outcome).await;
     if refused {
         return Err(ForwardError::Unauthenticated);
     }
     Ok(outcome)
+}
+
+/// Refuses to regenerate the token of the account `AUTH_TOKEN` belongs to, whoever asks: the
+/// sidecar would lose its own admin access ([`OpenRagBridge::admin_account`]).
+async fn refuse_admin_token(
+    bridge: &OpenRagBridge,
+    target: Option<u64>,
+    out: &Outbound<'_>,
+) -> Result<(), ForwardError> {
+    // The admin API may take seconds: not while holding a place under the upstream cap.
+    drop(out.take_place());
+    let admin = bridge.admin_account().await.map_err(ForwardError::Bridge)?;
+    if target.is_some() && target == admin {
+        tracing::warn!(target = ?target, "refused: regenerating the token of the account AUTH_TOKEN belongs to; rotate AUTH_TOKEN in the backend's and the sidecar's configuration instead");
+        return Err(ForwardError::Forbidden(
+            "This token is the sidecar's AUTH_TOKEN: rotate it in the configuration instead",
+        ));
+    }
+    Ok(())
 }
 
 /// For `POST /users/{id}/regenerate_token`: `Some(Some(id))`, or `Some(None)` when `{id}` is
