@@ -117,6 +117,14 @@ pub fn path_matches(list: &[String], path: &str) -> bool {
     })
 }
 
+/// A non-empty `token` query parameter where one is a credential ([`PathSettings::token_query`]).
+fn has_token_query(parts: &Parts, paths: &PathSettings) -> bool {
+    path_matches(&paths.token_query.0, parts.uri.path())
+        && parts.uri.query().is_some_and(|q| {
+            form_urlencoded::parse(q.as_bytes()).any(|(k, v)| k == "token" && !v.is_empty())
+        })
+}
+
 /// A browser opening a page: a `GET` that says so (`Sec-Fetch-Mode: navigate`) or asks for HTML.
 fn is_navigation(parts: &Parts) -> bool {
     parts.method == http::Method::GET
@@ -176,7 +184,7 @@ pub fn without_session(parts: &Parts, paths: &PathSettings) -> Result<Decision, 
     if path_matches(&paths.public.0, path) && !html_login {
         return Ok(Decision::Public);
     }
-    if has_bearer(parts) {
+    if has_bearer(parts) || has_token_query(parts, paths) {
         return Ok(Decision::Bearer);
     }
     let html_login = wants_html(&parts.headers) && path_matches(&paths.html_login.0, path);

@@ -24,6 +24,11 @@ pub struct PathSettings {
     /// `identity = "headers"` (a generic backend's pages), off with `openrag` (OpenRag's rules).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub browser_login: Option<bool>,
+    /// Where a `token` query parameter is a credential, as a bearer is elsewhere: a request
+    /// without a session that carries one is the backend's to judge, not sent to the login.
+    /// Not a setting: OpenRag's `/static*` with `identity = "openrag"`, else none.
+    #[serde(skip)]
+    pub token_query: StringList,
 }
 
 impl Default for PathSettings {
@@ -43,6 +48,7 @@ impl Default for PathSettings {
             ui: l(&["/", "/static*", "/docs", "/redoc", "/openapi.json"]),
             html_login: l(&["/chainlit", "/chainlit/*"]),
             browser_login: None,
+            token_query: StringList::default(),
         }
     }
 }
@@ -272,6 +278,12 @@ impl Settings {
                         .browser_login
                         .unwrap_or_else(|| self.identity.trim().eq_ignore_ascii_case("headers")),
                 ),
+                // OpenRag takes `?token=` on `/static*` (scripts, links to files).
+                token_query: if self.identity.trim().eq_ignore_ascii_case("openrag") {
+                    StringList(vec!["/static*".to_owned()])
+                } else {
+                    StringList::default()
+                },
                 ..self.paths.clone()
             },
             headers,

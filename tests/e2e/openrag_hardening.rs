@@ -518,3 +518,25 @@ async fn the_token_of_the_account_auth_token_belongs_to_is_never_regenerated() {
     assert_eq!(after["id"], 1, "AUTH_TOKEN still works: {after}");
     assert_eq!(before, after);
 }
+
+/// OpenRag takes `?token=` on `/static*` (its only credential there): a script's link to a
+/// file, without a session, reaches the backend to be judged, as a bearer does elsewhere,
+/// instead of being sent to the login.
+#[tokio::test]
+async fn a_static_link_with_its_own_token_is_judged_by_the_backend_without_a_session() {
+    let alice = token(1);
+    let w = world(json!([seeded("alice", Some(&alice))]), json!({}), &[]).await;
+    let sc = &w.sc.sidecar;
+    let r = get(&sc.url(&format!("/static/a.pdf?token={alice}")), &[])
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", String::from_utf8_lossy(r.body()));
+    assert_eq!(json(&r)["user"]["external_user_id"], "alice");
+    let r = get(&sc.url("/static/a.pdf?token=or-not-a-token"), &[])
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "refused by the backend: 401, no login");
+    // Without one, as before: the page of a browser, sent to the login.
+    let r = get(&sc.url("/static/a.pdf"), &[]).await.unwrap();
+    assert_eq!(r.status(), 302);
+}
