@@ -156,6 +156,12 @@ impl OpenRagBridge {
         user: &super::admin::BackendUser,
     ) -> Result<Secret<String>, BridgeError> {
         if let Some(t) = self.vault_token_for(sub, user.id).await? {
+            // Kept `vault_ttl` after the user's last login, as documented: each use pushes it
+            // back (it used to expire that long after it was written, logins or not, and under
+            // `deny` a daily user was then refused).
+            for key in [self.owned_key(sub), self.vault_key(sub)] {
+                self.store.touch(&key, self.settings.vault_ttl).await?;
+            }
             return Ok(t);
         }
         let t = self.token_by_policy(sub, user).await?;
@@ -240,5 +246,24 @@ mod tests {
         // Its owner is asked of the backend; one that cannot answer fails the lookup rather
         // than hand the token over unchecked.
         assert!(b.vault_token_for("bob", 7).await.is_err());
+    }
+
+    /// The vault keeps a token `vault_ttl` (here 60 s) after its last use at a login, not after
+    /// it was written.
+    #[tokio::test(start_paused = true)]
+    async fn a_vaulted_token_lives_its_ttl_after_its_last_use() {
+        let b = bridge();
+        let alice: super::super::admin::BackendUser =
+            serde_json::from_value(serde_json::json!({"id": 7})).unwrap();
+        b.vault_put("alice", 7, &Secret::new("tok-7".into()))
+            .await
+            .unwrap();
+        for _ in 0..3 {
+            tokio::time::advance(Duration::from_secs(50)).await;
+            let t = b.token_for("alice", &alice).await.unwrap();
+            assert_eq!(t.expose(), "tok-7", "used at a login 50 s after the last");
+        }
+        tokio::time::advance(Duration::from_secs(61)).await;
+        assert!(b.vault_read("alice", true).await.unwrap().is_none());
     }
 }
