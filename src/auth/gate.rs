@@ -12,7 +12,7 @@ use super::redirect::login_location;
 use crate::config::PathSettings;
 use crate::error::{wants_html, Error};
 use crate::session::{Session, Sessions};
-use http::{header, request::Parts};
+use http::request::Parts;
 
 /// What the router should do with the request. Its `Debug` shows no cookie id or token.
 pub enum Decision {
@@ -136,11 +136,7 @@ fn is_navigation(parts: &Parts) -> bool {
 }
 
 pub fn has_bearer(parts: &Parts) -> bool {
-    parts
-        .headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer "))
+    crate::proxy::headers::bearer(&parts.headers).is_some()
 }
 
 pub async fn decide(

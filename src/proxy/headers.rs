@@ -298,6 +298,12 @@ fn ip_text(ip: IpAddr, buf: &mut [u8; 64]) -> &str {
     std::str::from_utf8(&buf[..n]).unwrap_or("")
 }
 
+/// The token of an `Authorization: Bearer <token>` header (the scheme in any case), if any.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    (v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer ")).then(|| v[7..].trim())
+}
+
 /// The client's address: the peer's, or, when the peer is a trusted proxy, the last address
 /// of `X-Forwarded-For` that is not itself a trusted proxy (the one that connected to the
 /// first proxy we trust). The walk goes from the right, where each entry was written by the

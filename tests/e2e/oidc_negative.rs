@@ -14,9 +14,17 @@ struct Setup {
 }
 
 async fn setup(extra: &[(&str, &str)]) -> Setup {
+    setup_with(|_| {}, extra).await
+}
+
+/// `setup` with the mock IdP prepared by `prepare` before the sidecar reads its discovery.
+async fn setup_with(prepare: impl FnOnce(&mut MockState), extra: &[(&str, &str)]) -> Setup {
     let idp = MockIdp::start().await;
     let key = Key::new("k1");
-    idp.set(|s| s.jwks = json!({"keys": [key.jwk()]}));
+    idp.set(|s| {
+        s.jwks = json!({"keys": [key.jwk()]});
+        prepare(s);
+    });
     let up = Upstream::start();
     let sc = start_oidc_sidecar(free_port(), &idp.issuer(), &up.url(), extra).await;
     Setup {
@@ -298,20 +306,7 @@ async fn userinfo_must_name_the_same_subject() {
 /// metadata promises one in every answer, a callback without it is refused too.
 #[tokio::test]
 async fn the_callbacks_iss_must_be_ours_and_present_when_promised() {
-    let idp = MockIdp::start().await;
-    let key = Key::new("k1");
-    idp.set(|m| {
-        m.jwks = json!({"keys": [key.jwk()]});
-        m.iss_parameter = true;
-    });
-    let up = Upstream::start();
-    let sc = start_oidc_sidecar(free_port(), &idp.issuer(), &up.url(), &[]).await;
-    let s = Setup {
-        idp,
-        key,
-        _up: up,
-        sc,
-    };
+    let s = setup_with(|m| m.iss_parameter = true, &[]).await;
     let ours = format!("&iss={}", urlencode(&s.idp.issuer()));
     for (extra, ok) in [
         ("&iss=https%3A%2F%2Fevil.example", false),

@@ -335,14 +335,7 @@ async fn a_user_cannot_regenerate_another_users_token_and_their_own_is_adopted_a
         "the request never reached the backend"
     );
 
-    let r = send(request(
-        "POST",
-        &sc.url(&format!("/users/{}/regenerate_token", id(&alice))),
-        &[("cookie", &cookie)],
-        body(""),
-    ))
-    .await
-    .unwrap();
+    let r = regenerate(sc, id(&alice), ("cookie", &cookie)).await;
     assert_eq!(r.status(), 200, "{}", String::from_utf8_lossy(r.body()));
     let fresh = json(&r)["token"].as_str().unwrap().to_owned();
     assert_ne!(fresh, token(1));
@@ -365,31 +358,37 @@ async fn a_user_cannot_regenerate_another_users_token_and_their_own_is_adopted_a
     );
 
     // The token handed back is a bearer of alice's own: without a session, it still regenerates
-    // only alice's token, never bob's (nor the administrator's, which the sidecar itself uses).
+    // only alice's token, never bob's nor the administrator's (user 1).
     let bearer = format!("Bearer {fresh}");
-    let r = send(request(
-        "POST",
-        &sc.url(&format!("/users/{bob_id}/regenerate_token")),
-        &[("authorization", &bearer)],
-        body(""),
-    ))
-    .await
-    .unwrap();
-    assert_eq!(r.status(), 403, "{}", String::from_utf8_lossy(r.body()));
+    let admin = w.backend.admin("GET", "/users/1").await;
+    for other in [bob_id, 1] {
+        let r = regenerate(sc, other, ("authorization", &bearer)).await;
+        assert_eq!(r.status(), 403, "{}", String::from_utf8_lossy(r.body()));
+    }
     assert_eq!(
         w.backend.user("bob").await.unwrap()["token_sha256"],
         bob["token_sha256"],
         "bob's token is untouched"
     );
-    let r = send(request(
-        "POST",
-        &sc.url(&format!("/users/{}/regenerate_token", id(&alice))),
-        &[("authorization", &bearer)],
-        body(""),
-    ))
-    .await
-    .unwrap();
+    assert_eq!(
+        w.backend.admin("GET", "/users/1").await,
+        admin,
+        "AUTH_TOKEN still works"
+    );
+    let r = regenerate(sc, id(&alice), ("authorization", &bearer)).await;
     assert_eq!(r.status(), 200, "{}", String::from_utf8_lossy(r.body()));
+}
+
+/// `POST /users/{id}/regenerate_token` through the sidecar, with one credential header.
+async fn regenerate(
+    sc: &Sidecar,
+    id: u64,
+    credential: (&str, &str),
+) -> http::Response<bytes::Bytes> {
+    let path = format!("/users/{id}/regenerate_token");
+    send(request("POST", &sc.url(&path), &[credential], body("")))
+        .await
+        .unwrap()
 }
 
 /// OpenRag 1.1.8's users list has no email, so "differs from the backend" cannot be told from
@@ -500,18 +499,11 @@ async fn the_token_of_the_account_auth_token_belongs_to_is_never_regenerated() {
         .await
         .unwrap();
     assert_eq!(json(&me)["id"], 1, "{}", String::from_utf8_lossy(me.body()));
-    for headers in [
-        vec![("cookie", cookie.as_str())],
-        vec![("authorization", "Bearer admin-token-for-tests-0123456789")],
+    for credential in [
+        ("cookie", cookie.as_str()),
+        ("authorization", "Bearer admin-token-for-tests-0123456789"),
     ] {
-        let r = send(request(
-            "POST",
-            &sc.url("/users/1/regenerate_token"),
-            &headers,
-            body(""),
-        ))
-        .await
-        .unwrap();
+        let r = regenerate(sc, 1, credential).await;
         assert_eq!(r.status(), 403, "{}", String::from_utf8_lossy(r.body()));
     }
     let after = w.backend.admin("GET", "/users/1").await;

@@ -185,13 +185,7 @@ pub(crate) async fn as_bearer(
 ) -> Result<Outcome, ForwardError> {
     if let Some(target) = regenerate_target(&parts) {
         refuse_admin_token(bridge, target, out).await?;
-        let bearer = parts
-            .headers
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.get(7..))
-            .map(str::trim)
-            .unwrap_or_default();
+        let bearer = crate::proxy::headers::bearer(&parts.headers).unwrap_or_default();
         let owner = bridge
             .token_owner(bearer)
             .await
