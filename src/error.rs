@@ -43,6 +43,9 @@ pub enum Error {
     /// The session store cannot be reached: fail closed.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    /// A WebSocket handshake from a client that holds its cap of tunnels already.
+    #[error("too many WebSocket tunnels")]
+    TooManyTunnels,
     /// Over a rate limit; the client may retry after this many seconds.
     #[error("rate limited")]
     RateLimited(u64),
@@ -71,6 +74,7 @@ impl From<crate::proxy::ProxyError> for Error {
             ProxyError::Unavailable(e) => Error::UpstreamUnavailable(e),
             ProxyError::Timeout => Error::UpstreamTimeout,
             ProxyError::BadRequest(m) => Error::BadRequest(m),
+            ProxyError::TooManyTunnels => Error::TooManyTunnels,
         }
     }
 }
@@ -92,7 +96,7 @@ impl Error {
                 BridgeError::Backend(_) => StatusCode::BAD_GATEWAY,
                 BridgeError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
             },
-            Error::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            Error::RateLimited(_) | Error::TooManyTunnels => StatusCode::TOO_MANY_REQUESTS,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -119,6 +123,9 @@ impl Error {
                 BridgeError::Store(_) => "Session store unavailable, please retry shortly",
             },
             Error::RateLimited(_) => "Rate limit exceeded. Please retry later.",
+            Error::TooManyTunnels => {
+                "Too many WebSocket connections open; close some before opening another."
+            }
             Error::Internal(_) => "Internal error",
         }
     }
@@ -138,6 +145,7 @@ impl Error {
             Error::Store(_) => "store_unavailable",
             Error::Identity(_) => "identity",
             Error::RateLimited(_) => "rate_limited",
+            Error::TooManyTunnels => "too_many_tunnels",
             Error::Internal(_) => "internal",
         }
     }

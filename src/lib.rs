@@ -192,12 +192,20 @@ pub async fn run(
     // One app per worker thread: each has its own upstream connection pool.
     let workers = config.workers;
     let mut apps = Vec::with_capacity(workers);
+    let (refused, idled) = metrics.tunnel_counters();
+    let tunnels = proxy::Tunnels::new(
+        config.connections.tunnel_idle_timeout,
+        config.connections.max_tunnels_per_client,
+        refused,
+        idled,
+    );
     for _ in 0..workers {
         let upstream = proxy::Upstream::new(
             &config.proxy,
             client_tls.clone(),
             config.connections.upstream_max_per_worker,
             metrics.upstream_queued_counter(),
+            tunnels.clone(),
         )
         .map_err(StartError::Upstream)?;
         apps.push(Arc::new(router::App::new(

@@ -261,7 +261,8 @@ impl App {
             | Error::Unauthenticated
             | Error::Forbidden(_)
             | Error::CrossSite
-            | Error::RateLimited(_) => {
+            | Error::RateLimited(_)
+            | Error::TooManyTunnels => {
                 tracing::debug!(request_id, error = %e, "request refused");
             }
             Error::Identity(_) => {

@@ -1,6 +1,7 @@
 //! `[connections]`: how long a client connection may stay silent or idle, how many the sidecar
-//! holds at once (in all, and per client address), how many it opens to the upstream, and how
-//! often live streams check that their session still exists — their TOML shape, defaults and
+//! holds at once (in all, and per client address), how many it opens to the upstream, how long
+//! and how many WebSocket tunnels may stay open, and how often live streams check that their
+//! session still exists — their TOML shape, defaults and
 //! validation. No I/O.
 
 use serde::{Deserialize, Serialize};
@@ -45,6 +46,14 @@ pub struct ConnectionSettings {
     /// Milliseconds between two checks that the sessions of live WebSocket tunnels and event
     /// streams still exist; a revoked session's streams are closed at the next check.
     pub revocation_check_ms: u64,
+    /// Seconds a WebSocket tunnel may carry nothing either way before it is closed (nginx's
+    /// `proxy_read_timeout` for WebSockets). Pings count: uvicorn and socket.io send one every
+    /// 20-25 s, so a live chat never gets near it.
+    pub tunnel_idle_timeout_secs: u64,
+    /// WebSocket tunnels one client may hold open at once on a replica: a session's, or,
+    /// without a session, one client address's (IPv6: its /64; read through
+    /// `trusted_proxies`). Over it, the handshake is answered 429. 0 = no cap.
+    pub max_tunnels_per_client: usize,
 }
 
 impl Default for ConnectionSettings {
@@ -62,6 +71,8 @@ impl Default for ConnectionSettings {
             admin_max: 256,
             upstream_max_per_worker: 64,
             revocation_check_ms: 2000,
+            tunnel_idle_timeout_secs: 600,
+            max_tunnels_per_client: 32,
         }
     }
 }
@@ -82,6 +93,8 @@ pub struct ConnectionLimits {
     pub admin_max: usize,
     pub upstream_max_per_worker: usize,
     pub revocation_check: Duration,
+    pub tunnel_idle_timeout: Duration,
+    pub max_tunnels_per_client: Option<usize>,
 }
 
 impl ConnectionSettings {
@@ -92,6 +105,7 @@ impl ConnectionSettings {
             ("header_read_timeout_secs", self.header_read_timeout_secs),
             ("idle_timeout_secs", self.idle_timeout_secs),
             ("send_timeout_secs", self.send_timeout_secs),
+            ("tunnel_idle_timeout_secs", self.tunnel_idle_timeout_secs),
             ("http2_max_streams", u64::from(self.http2_max_streams)),
             ("max", self.max as u64),
             ("admin_max", self.admin_max as u64),
@@ -133,6 +147,9 @@ impl ConnectionSettings {
             admin_max: self.admin_max,
             upstream_max_per_worker: self.upstream_max_per_worker,
             revocation_check: Duration::from_millis(self.revocation_check_ms),
+            tunnel_idle_timeout: Duration::from_secs(self.tunnel_idle_timeout_secs),
+            max_tunnels_per_client: (self.max_tunnels_per_client > 0)
+                .then_some(self.max_tunnels_per_client),
         })
     }
 }

@@ -132,14 +132,15 @@ impl Metrics {
         registry.register(
             "connections_refused",
             "Client connections closed at once because a cap was reached, by reason \
-             (max_connections, max_connections_per_ip)",
+             (max_connections, max_connections_per_ip; max_tunnels_per_client counts WebSocket \
+             handshakes answered 429)",
             connections_refused.clone(),
         );
         let connections_closed = Family::<ReasonLabel, Counter>::default();
         registry.register(
             "connections_timed_out",
-            "Client connections closed by a deadline, by reason (first_byte, idle, send; send \
-             also counts HTTP/2 streams reset while the connection lives on)",
+            "Client connections closed by a deadline, by reason (first_byte, idle, send, \
+             tunnel_idle; send also counts HTTP/2 streams reset while the connection lives on)",
             connections_closed.clone(),
         );
         let upstream_queued = Counter::default();
@@ -219,6 +220,18 @@ impl Metrics {
     }
 
     /// The counter the upstream pool bumps when a request has to wait for a connection.
+    /// The counters of WebSocket handshakes refused over the cap per client, and of tunnels
+    /// closed for silence.
+    pub fn tunnel_counters(&self) -> (Counter, Counter) {
+        let refused = self.connections_refused.get_or_create(&ReasonLabel {
+            reason: "max_tunnels_per_client",
+        });
+        let idled = self.connections_closed.get_or_create(&ReasonLabel {
+            reason: "tunnel_idle",
+        });
+        (refused.clone(), idled.clone())
+    }
+
     pub fn upstream_queued_counter(&self) -> Counter {
         self.upstream_queued.clone()
     }

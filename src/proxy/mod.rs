@@ -13,6 +13,7 @@ mod pool;
 mod tunnel;
 
 pub use pool::STREAMS_PER_PLACE;
+pub use tunnel::Tunnels;
 
 use crate::config::ProxySettings;
 pub use body::{full, Body, RequestBody};
@@ -37,6 +38,9 @@ pub enum ProxyError {
     /// A request target the proxy will not forward.
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    /// A WebSocket handshake from a client that holds its cap of tunnels already.
+    #[error("too many WebSocket tunnels")]
+    TooManyTunnels,
 }
 
 /// A signal that ends a long-lived stream (a WebSocket tunnel, an event stream) before its
@@ -50,6 +54,8 @@ pub type Abort = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
 pub struct Watch {
     pub end: Abort,
     pub client_sent: Arc<std::sync::atomic::AtomicBool>,
+    /// Who holds the stream, as an opaque number (a session's): tunnels are capped per holder.
+    pub holder: u64,
 }
 
 /// A request's place under the worker's cap on upstream requests in flight
@@ -79,6 +85,8 @@ pub struct Upstream {
     body_timeout: Duration,
     preserve_host: bool,
     trusted_proxies: Vec<IpNet>,
+    /// The replica's WebSocket tunnels (shared by the workers).
+    tunnels: Arc<Tunnels>,
 }
 
 impl Upstream {
@@ -87,6 +95,7 @@ impl Upstream {
         tls: rustls::ClientConfig,
         max_busy: usize,
         queued: prometheus_client::metrics::counter::Counter,
+        tunnels: Arc<Tunnels>,
     ) -> Result<Self, String> {
         let u = &settings.upstream;
         let scheme: Scheme = u.scheme().parse().map_err(|_| "bad upstream scheme")?;
@@ -122,6 +131,7 @@ impl Upstream {
             body_timeout: settings.upstream_body_timeout,
             preserve_host: settings.preserve_host,
             trusted_proxies: settings.trusted_proxies.clone(),
+            tunnels,
         })
     }
 
@@ -174,7 +184,9 @@ impl Upstream {
     /// `prepare` runs after hop-by-hop removal and `X-Forwarded-*`, so headers it writes (the
     /// caller's identity) cannot be removed by a client naming them in `Connection`. `watch` is
     /// asked, only for a long-lived response (a WebSocket tunnel, `text/event-stream`), for the
-    /// signal that ends it early and the flag that notes the client's messages.
+    /// signal that ends it early and the flag that notes the client's messages; for a WebSocket
+    /// handshake, before it is forwarded, as its holder decides whether it may open one more
+    /// tunnel (no watch: the client's address holds it).
     ///
     /// Not an `async fn`, for the reason given at [`pool::Pool::send`]: `req` is kept once.
     #[allow(clippy::manual_async_fn)] // on purpose: see the doc above
@@ -189,6 +201,23 @@ impl Upstream {
         async move {
             let websocket =
                 headers::is_websocket_handshake(req.method(), req.version(), req.headers());
+            let mut watch = Some(watch);
+            let mut take_watch = || watch.take().and_then(|w| w());
+            // A tunnel's place under its holder's cap, taken before the upstream sees anything.
+            let tunnel = if websocket {
+                let w = take_watch();
+                let holder = match &w {
+                    Some(w) => tunnel::Holder::Session(w.holder),
+                    None => tunnel::Holder::Address(self.client_ip(req.headers(), peer)),
+                };
+                let permit = self
+                    .tunnels
+                    .admit(holder)
+                    .ok_or(ProxyError::TooManyTunnels)?;
+                Some((permit, w))
+            } else {
+                None
+            };
             let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
 
             let host = req.headers().get(header::HOST).cloned().or_else(|| {
@@ -252,17 +281,19 @@ impl Upstream {
                 )));
             }
             headers::remove_hop_by_hop(resp.headers_mut());
-            if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
+            if let (true, Some(client_upgrade), Some((permit, w))) =
+                (switching, client_upgrade, tunnel)
+            {
                 let h = resp.headers_mut();
                 h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
                 h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
                 let upstream_upgrade = hyper::upgrade::on(&mut resp);
                 // The connection now belongs to the tunnel.
                 resp.body_mut().detach();
-                tokio::spawn(tunnel::run(client_upgrade, upstream_upgrade, watch()));
+                tokio::spawn(tunnel::run(client_upgrade, upstream_upgrade, w, permit));
             } else if is_event_stream(resp.headers()) {
                 resp.body_mut().leave_cap();
-                if let Some(w) = watch() {
+                if let Some(w) = take_watch() {
                     resp.body_mut().abort_on(w.end);
                 }
             }

@@ -1,26 +1,122 @@
 //! The WebSocket tunnel: once both sides have switched protocols, bytes are copied both ways
-//! until either side closes or the stream's watcher ends it, and a read from the client larger
-//! than a heartbeat raises the watcher's flag (its messages are use of whatever the caller
-//! protects; the pongs a browser or a socket.io client sends on its own every 20-25 s are not).
+//! until either side closes, the stream's watcher ends it, or nothing has moved either way for
+//! the idle timeout. A read from the client larger than a heartbeat raises the watcher's flag
+//! (its messages are use of whatever the caller protects; the pongs a browser or a socket.io
+//! client sends on its own every 20-25 s are not), while any byte keeps the tunnel itself open.
+//!
+//! Also owns how many tunnels one client holds ([`Tunnels`]): a tunnel outlives its request,
+//! holds an upstream connection and a client connection, and behind an ingress the per-address
+//! connection cap does not see who opened it.
 //!
 //! Reads nothing of what it carries: no frames, no messages, no sessions (a heartbeat is told
-//! by its size alone).
+//! by its size alone; a session is an opaque number).
 
 use super::Watch;
 use hyper_util::rt::TokioIo;
+use prometheus_client::metrics::counter::Counter;
+use std::collections::HashMap;
 use std::io;
+use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
+
+/// Who holds a tunnel, for the cap per client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) enum Holder {
+    /// A session, by the opaque number its watch carries.
+    Session(u64),
+    /// A caller without a session, by address (IPv6: its /64).
+    Address(IpAddr),
+}
+
+/// The tunnels open on this replica, by holder, and how long one may stay silent. Shared by
+/// every worker: a client's connections land on any of them.
+pub struct Tunnels {
+    idle_timeout: Duration,
+    max_per_holder: Option<usize>,
+    held: Mutex<HashMap<Holder, usize>>,
+    /// Handshakes refused over the cap, and tunnels closed for silence (for `/metrics`).
+    refused: Counter,
+    idled: Counter,
+}
+
+/// One tunnel's place under its holder's cap; dropping it gives the place back.
+pub(super) struct TunnelPermit {
+    tunnels: Arc<Tunnels>,
+    holder: Holder,
+}
+
+impl Tunnels {
+    pub fn new(
+        idle_timeout: Duration,
+        max_per_holder: Option<usize>,
+        refused: Counter,
+        idled: Counter,
+    ) -> Arc<Self> {
+        Arc::new(Tunnels {
+            idle_timeout,
+            max_per_holder,
+            held: Mutex::default(),
+            refused,
+            idled,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Holder, usize>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A place for one more tunnel of `holder`, unless it holds its cap already.
+    pub(super) fn admit(self: &Arc<Self>, holder: Holder) -> Option<TunnelPermit> {
+        let holder = match holder {
+            Holder::Address(ip) => Holder::Address(crate::ratelimit::client_block(ip)),
+            h => h,
+        };
+        let mut held = self.lock();
+        let n = held.entry(holder).or_insert(0);
+        if self.max_per_holder.is_some_and(|max| *n >= max) {
+            drop(held);
+            self.refused.inc();
+            return None;
+        }
+        *n += 1;
+        Some(TunnelPermit {
+            tunnels: self.clone(),
+            holder,
+        })
+    }
+
+    /// Tunnels open now (tests).
+    pub fn open(&self) -> usize {
+        self.lock().values().sum()
+    }
+}
+
+impl Drop for TunnelPermit {
+    fn drop(&mut self) {
+        let mut held = self.tunnels.lock();
+        if let Some(n) = held.get_mut(&self.holder) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.holder);
+            }
+        }
+    }
+}
 
 /// Copies bytes both ways between the upgraded client and upstream connections until either
-/// side closes, or the watcher's signal fires (both connections are then closed).
+/// side closes, the watcher's signal fires or nothing moves for the idle timeout (both
+/// connections are then closed). The permit is held for as long.
 pub(super) async fn run(
     client: hyper::upgrade::OnUpgrade,
     upstream: hyper::upgrade::OnUpgrade,
     watch: Option<Watch>,
+    permit: TunnelPermit,
 ) {
     let (client, upstream) = match tokio::try_join!(client, upstream) {
         Ok(pair) => pair,
@@ -33,17 +129,24 @@ pub(super) async fn run(
         Some(w) => (Some(w.end), Some(w.client_sent)),
         None => (None, None),
     };
+    let moved = Arc::new(Moved::default());
     let mut client = Noting {
         io: TokioIo::new(client),
         sent,
+        moved: moved.clone(),
     };
-    let mut upstream = TokioIo::new(upstream);
+    let mut upstream = Noting {
+        io: TokioIo::new(upstream),
+        sent: None,
+        moved: moved.clone(),
+    };
     let end = async {
         match end {
             Some(a) => a.await,
             None => std::future::pending().await,
         }
     };
+    let tunnels = &permit.tunnels;
     tokio::select! {
         r = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
             if let Err(e) = r {
@@ -51,6 +154,46 @@ pub(super) async fn run(
             }
         }
         _ = end => tracing::debug!("tunnel closed: its session ended"),
+        _ = moved.silent_for(tunnels.idle_timeout) => {
+            tunnels.idled.inc();
+            tracing::debug!("tunnel closed: nothing moved for the idle timeout");
+        }
+    }
+}
+
+/// When bytes last moved through a tunnel, either way: milliseconds since `start`.
+struct Moved {
+    start: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Default for Moved {
+    fn default() -> Self {
+        Moved {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Moved {
+    fn now(&self) {
+        let ms = self.start.elapsed().as_millis() as u64;
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Completes once nothing has moved for `idle`. Sleeps until the deadline counted from
+    /// the last movement it knows of, and again from a later one: one timer per idle period,
+    /// not per read.
+    async fn silent_for(&self, idle: Duration) {
+        loop {
+            let last = self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+            let deadline = last + idle;
+            if Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
     }
 }
 
@@ -59,11 +202,12 @@ pub(super) async fn run(
 /// bytes), socket.io's ping and pong are 1-byte text frames. A user's message is longer.
 const HEARTBEAT_MAX: usize = 32;
 
-/// The client's side of a tunnel: raises `sent` whenever the client delivers more than a
-/// heartbeat in one read.
+/// One side of a tunnel: notes when bytes arrive, and on the client's side raises `sent`
+/// whenever the client delivers more than a heartbeat in one read.
 struct Noting<T> {
     io: T,
     sent: Option<Arc<AtomicBool>>,
+    moved: Arc<Moved>,
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Noting<T> {
@@ -74,7 +218,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for Noting<T> {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.io).poll_read(cx, buf);
-        if buf.filled().len() > before + HEARTBEAT_MAX {
+        let got = buf.filled().len() - before;
+        if got > 0 {
+            self.moved.now();
+        }
+        if got > HEARTBEAT_MAX {
             if let Some(sent) = &self.sent {
                 sent.store(true, Ordering::Relaxed);
             }
@@ -110,5 +258,65 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Noting<T> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_holder_has_its_own_cap_and_a_closed_tunnel_gives_its_place_back() {
+        let t = Tunnels::new(
+            Duration::from_secs(1),
+            Some(2),
+            Counter::default(),
+            Counter::default(),
+        );
+        let ip = |s: &str| Holder::Address(s.parse().unwrap());
+        let a1 = t.admit(ip("2001:db8:1:2::1")).unwrap();
+        let _a2 = t.admit(ip("2001:db8:1:2::ffff")).unwrap();
+        assert!(
+            t.admit(ip("2001:db8:1:2:abcd::9")).is_none(),
+            "one IPv6 /64 is one client"
+        );
+        let _b = t.admit(ip("2001:db8:1:3::1")).unwrap();
+        let _s = t.admit(Holder::Session(7)).unwrap();
+        assert_eq!(t.open(), 4);
+        assert_eq!(t.refused.get(), 1);
+        drop(a1);
+        assert!(t.admit(ip("2001:db8:1:2::1")).is_some());
+        let uncapped = Tunnels::new(
+            Duration::from_secs(1),
+            None,
+            Counter::default(),
+            Counter::default(),
+        );
+        let many: Vec<_> = (0..100)
+            .filter_map(|_| uncapped.admit(Holder::Session(1)))
+            .collect();
+        assert_eq!(many.len(), 100);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silence_is_counted_from_the_last_byte_either_way() {
+        let moved = Moved::default();
+        let idle = Duration::from_secs(10);
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        moved.now();
+        let start = Instant::now();
+        moved.silent_for(idle).await;
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_secs(10),
+            "ten seconds after the last byte"
+        );
+        let at_once = Instant::now();
+        moved.silent_for(idle).await;
+        assert_eq!(
+            at_once.elapsed(),
+            Duration::ZERO,
+            "already silent for that long"
+        );
     }
 }

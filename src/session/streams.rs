@@ -25,6 +25,9 @@ use tokio_util::sync::CancellationToken;
 pub struct LiveStreams {
     /// Session cookie id → its streams.
     by_session: Mutex<HashMap<String, Live>>,
+    /// Keys the number that names a session to the proxy (its tunnels are capped per holder)
+    /// without handing it the cookie id.
+    holder_key: std::hash::RandomState,
 }
 
 /// One session's live streams on this replica.
@@ -72,6 +75,7 @@ impl LiveStreams {
                 token.cancelled().await;
             }),
             client_sent,
+            holder: std::hash::BuildHasher::hash_one(&self.holder_key, id),
         }
     }
 

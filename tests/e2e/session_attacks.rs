@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Opens a WebSocket through the sidecar at `addr` with `cookie`; returns the socket after the
-/// 101 and a round trip of one frame.
-async fn open_websocket(addr: std::net::SocketAddr, cookie: &str) -> TcpStream {
+/// Sends a WebSocket handshake with `cookie` to `addr`; returns the socket and what the first
+/// read got (the response head).
+async fn handshake(addr: std::net::SocketAddr, cookie: &str) -> (TcpStream, String) {
     let mut s = TcpStream::connect(addr).await.unwrap();
     let head = format!(
         "GET /ws HTTP/1.1\r\nHost: app\r\nCookie: {cookie}\r\nUpgrade: websocket\r\n\
@@ -24,7 +24,13 @@ async fn open_websocket(addr: std::net::SocketAddr, cookie: &str) -> TcpStream {
     s.write_all(head.as_bytes()).await.unwrap();
     let mut buf = [0u8; 1024];
     let n = s.read(&mut buf).await.unwrap();
-    let resp = String::from_utf8_lossy(&buf[..n]);
+    (s, String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+/// Opens a WebSocket through the sidecar at `addr` with `cookie`; returns the socket after the
+/// 101 and a round trip of one frame.
+async fn open_websocket(addr: std::net::SocketAddr, cookie: &str) -> TcpStream {
+    let (mut s, resp) = handshake(addr, cookie).await;
     assert!(resp.starts_with("HTTP/1.1 101"), "{resp}");
     // A masked text frame "hi"; the upstream echoes it unmasked.
     s.write_all(&[0x81, 0x82, 1, 2, 3, 4, b'h' ^ 1, b'i' ^ 2])
@@ -436,4 +442,33 @@ async fn a_bare_id_token_gets_its_profile_from_userinfo() {
         .sidecar
         .output()
         .contains("userinfo names another subject"));
+}
+
+/// A session holds at most `max_tunnels_per_client` tunnels on a replica: one user cannot fill
+/// the connection cap with idle WebSockets. The cap is the session's, not the address's: a
+/// second user at the same address (behind the same NAT) opens theirs.
+#[tokio::test]
+async fn a_session_holds_at_most_its_cap_of_tunnels() {
+    let m = mock_pair(&[("SSO_SIDECAR_CONNECTIONS__MAX_TUNNELS_PER_CLIENT", "2")]).await;
+    let a = &m.a.sidecar;
+    let alice = session_header(&mock_login(&m, a, "alice", "sid-1").await);
+    let bob = session_header(&mock_login(&m, a, "bob", "sid-2").await);
+    let _one = open_websocket(a.addr, &alice).await;
+    let _two = open_websocket(a.addr, &alice).await;
+    let (_, third) = handshake(a.addr, &alice).await;
+    assert!(third.starts_with("HTTP/1.1 429"), "{third}");
+    let _bobs = open_websocket(a.addr, &bob).await;
+    drop(_one);
+    // The closed tunnel's place comes back once the sidecar has seen it close.
+    let reopened = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let (s, head) = handshake(a.addr, &alice).await;
+            if head.starts_with("HTTP/1.1 101") {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(reopened.is_ok(), "a closed tunnel kept its place");
 }

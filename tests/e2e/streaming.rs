@@ -9,7 +9,7 @@ use http_body_util::BodyExt;
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const MB: u64 = 1024 * 1024;
@@ -142,15 +142,13 @@ async fn server_sent_events_arrive_as_they_are_sent() {
     );
 }
 
-#[tokio::test]
-async fn websocket_echo_is_tunnelled() {
-    let up = Upstream::start();
-    let sc = InProcess::start(&[("SSO_SIDECAR_UPSTREAM", &up.url())]).await;
-    let mut s = tokio::net::TcpStream::connect(sc.addr).await.unwrap();
+/// Sends a WebSocket handshake for `/ws` to `addr` with `extra` header lines; returns the
+/// connection and the response head.
+async fn ws_open(addr: std::net::SocketAddr, extra: &str) -> (tokio::net::TcpStream, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     let handshake = format!(
-        "GET /ws HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        sc.addr
+        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
     );
     s.write_all(handshake.as_bytes()).await.unwrap();
     let mut head = Vec::new();
@@ -159,25 +157,105 @@ async fn websocket_echo_is_tunnelled() {
         s.read_exact(&mut byte).await.unwrap();
         head.push(byte[0]);
     }
-    let head = String::from_utf8(head).unwrap();
+    (s, String::from_utf8(head).unwrap())
+}
+
+/// Sends `msg` as a masked text frame and reads the upstream's echo.
+async fn ws_echo(s: &mut tokio::net::TcpStream, msg: &str) {
+    let mask = [1u8, 2, 3, 4];
+    let mut frame = vec![0x81, 0x80 | msg.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(msg.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    s.write_all(&frame).await.unwrap();
+    let mut hdr = [0u8; 2];
+    s.read_exact(&mut hdr).await.unwrap();
+    assert_eq!(hdr[0], 0x81);
+    let mut payload = vec![0u8; (hdr[1] & 0x7f) as usize];
+    s.read_exact(&mut payload).await.unwrap();
+    assert_eq!(String::from_utf8(payload).unwrap(), msg);
+}
+
+#[tokio::test]
+async fn websocket_echo_is_tunnelled() {
+    let up = Upstream::start();
+    let sc = InProcess::start(&[("SSO_SIDECAR_UPSTREAM", &up.url())]).await;
+    let (mut s, head) = ws_open(sc.addr, "").await;
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     assert!(
         head.to_ascii_lowercase()
             .contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
         "{head}"
     );
-
     for msg in ["hello through the sidecar", "second message"] {
-        let mask = [1u8, 2, 3, 4];
-        let mut frame = vec![0x81, 0x80 | msg.len() as u8];
-        frame.extend_from_slice(&mask);
-        frame.extend(msg.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-        s.write_all(&frame).await.unwrap();
-        let mut hdr = [0u8; 2];
-        s.read_exact(&mut hdr).await.unwrap();
-        assert_eq!(hdr[0], 0x81);
-        let mut payload = vec![0u8; (hdr[1] & 0x7f) as usize];
-        s.read_exact(&mut payload).await.unwrap();
-        assert_eq!(String::from_utf8(payload).unwrap(), msg);
+        ws_echo(&mut s, msg).await;
     }
+}
+
+/// Behind an ingress (a trusted proxy) the per-address connection cap sees only the ingress:
+/// the tunnels one client may hold are counted by the address the ingress names, and a tunnel
+/// that carries nothing either way is closed after `tunnel_idle_timeout_secs`, giving its
+/// place back.
+#[tokio::test]
+async fn tunnels_are_capped_per_client_and_closed_when_silent() {
+    let up = Upstream::start();
+    let sc = InProcess::start(&[
+        ("SSO_SIDECAR_UPSTREAM", &up.url()),
+        ("SSO_SIDECAR_TRUSTED_PROXIES", "127.0.0.1/32"),
+        ("SSO_SIDECAR_CONNECTIONS__MAX_TUNNELS_PER_CLIENT", "2"),
+        ("SSO_SIDECAR_CONNECTIONS__TUNNEL_IDLE_TIMEOUT_SECS", "2"),
+    ])
+    .await;
+    let one = "X-Forwarded-For: 203.0.113.7\r\n";
+    let (mut busy, h1) = ws_open(sc.addr, one).await;
+    let (mut silent, h2) = ws_open(sc.addr, one).await;
+    assert!(
+        h1.starts_with("HTTP/1.1 101") && h2.starts_with("HTTP/1.1 101"),
+        "{h1}{h2}"
+    );
+    let opened = std::time::Instant::now();
+    let (_, h3) = ws_open(sc.addr, one).await;
+    assert!(
+        h3.starts_with("HTTP/1.1 429"),
+        "a third tunnel of one client: {h3}"
+    );
+    // Another client behind the same ingress is not held back by the first.
+    let (_other, h4) = ws_open(sc.addr, "X-Forwarded-For: 203.0.113.8\r\n").await;
+    assert!(h4.starts_with("HTTP/1.1 101"), "{h4}");
+
+    // The busy tunnel carries a message every 500 ms; the silent one nothing.
+    let silent_closed = tokio::spawn(async move {
+        let mut buf = [0u8; 16];
+        let n = tokio::time::timeout(Duration::from_secs(10), silent.read(&mut buf)).await;
+        (n.map(|r| r.unwrap_or(0)), opened.elapsed())
+    });
+    for i in 0..8 {
+        ws_echo(&mut busy, &format!("message {i}")).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let (n, after) = silent_closed.await.unwrap();
+    assert_eq!(
+        n.expect("the silent tunnel was never closed"),
+        0,
+        "closed without data"
+    );
+    assert!(
+        after >= Duration::from_millis(1900) && after < Duration::from_secs(4),
+        "closed after {after:?}, with a 2 s idle timeout"
+    );
+    ws_echo(&mut busy, "still open after 4 s of messages").await;
+    // The closed tunnel's place is free again.
+    let (_again, h5) = ws_open(sc.addr, one).await;
+    assert!(h5.starts_with("HTTP/1.1 101"), "{h5}");
+    let m = get(&format!("http://{}/metrics", sc.admin), &[])
+        .await
+        .unwrap();
+    let m = String::from_utf8_lossy(m.body());
+    let refused = "sso_sidecar_connections_refused_total{reason=\"max_tunnels_per_client\"}";
+    let idled = "sso_sidecar_connections_timed_out_total{reason=\"tunnel_idle\"}";
+    assert_eq!(metric(&m, refused), 1.0, "{m}");
+    assert_eq!(
+        metric(&m, idled),
+        2.0,
+        "the silent tunnel and the other client's: {m}"
+    );
 }
