@@ -575,6 +575,7 @@ pub fn dotenv(data: &[u8]) {
             "SSO_SIDECAR_ENV_FILE".to_owned(),
             env_file.to_string_lossy().into_owned(),
         )],
+        unreadable: Vec::new(),
         cwd: dir.0.clone(),
     };
     match config::load(inputs) {

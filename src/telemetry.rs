@@ -90,6 +90,24 @@ pub fn access(a: &Access<'_>) {
     );
 }
 
+/// A path as it is logged: printable ASCII as it came, any other byte percent-encoded. A client
+/// may put C1 controls (U+0080–U+009F, terminal escapes) or bidi overrides in its path as
+/// UTF-8; JSON escapes neither, and the `pretty` format writes them raw.
+fn loggable(path: &str) -> std::borrow::Cow<'_, str> {
+    if path.bytes().all(|b| b.is_ascii_graphic()) {
+        return std::borrow::Cow::Borrowed(path);
+    }
+    let mut out = String::with_capacity(path.len() * 3);
+    for b in path.bytes() {
+        if b.is_ascii_graphic() {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// The status logged for a request that ended without an answer: its client left (an HTTP/2
 /// reset, a closed connection) or the drain's deadline came. nginx's "client closed request".
 pub const CLIENT_LEFT: u16 = 499;
@@ -137,7 +155,7 @@ impl<'a> Record<'a> {
         self.metrics.request_finished(&self.method, status, elapsed);
         access(&Access {
             method: self.method.as_str(),
-            path: self.uri.path(),
+            path: &loggable(self.uri.path()),
             status,
             upstream_status,
             latency: elapsed,
@@ -151,5 +169,21 @@ impl Drop for Record<'_> {
         if !self.done {
             self.write(CLIENT_LEFT, None);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::loggable;
+
+    #[test]
+    fn a_path_is_logged_in_printable_ascii() {
+        assert!(matches!(
+            loggable("/api/v1/x?y"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        // U+009B (CSI) and U+202E (right-to-left override), as UTF-8.
+        assert_eq!(loggable("/a\u{9b}b\u{202e}"), "/a%C2%9Bb%E2%80%AE");
+        assert_eq!(loggable("/caf\u{e9}"), "/caf%C3%A9");
     }
 }

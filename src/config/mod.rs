@@ -95,6 +95,9 @@ pub struct Inputs {
     pub config_file: Option<PathBuf>,
     /// The process environment.
     pub env: Vec<(String, String)>,
+    /// Names of variables of the process environment that are not UTF-8 (lossily shown):
+    /// left out of `env`, and a problem only when the sidecar reads one.
+    pub unreadable: Vec<String>,
     /// Directory in which a default `.env` is looked for.
     pub cwd: PathBuf,
 }
@@ -102,9 +105,20 @@ pub struct Inputs {
 impl Inputs {
     /// The real process: its environment and working directory.
     pub fn from_process(config_file: Option<PathBuf>) -> Self {
+        // Not `std::env::vars()`: it panics on any variable that is not UTF-8, even one the
+        // sidecar never reads (a binary Secret mounted with `envFrom`).
+        let mut env = Vec::new();
+        let mut unreadable = Vec::new();
+        for (k, v) in std::env::vars_os() {
+            match (k.into_string(), v.into_string()) {
+                (Ok(k), Ok(v)) => env.push((k, v)),
+                (k, _) => unreadable.push(k.unwrap_or_else(|k| k.to_string_lossy().into_owned())),
+            }
+        }
         Inputs {
             config_file,
-            env: std::env::vars().collect(),
+            env,
+            unreadable,
             cwd: std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
         }
     }
@@ -119,9 +133,28 @@ impl Inputs {
 }
 
 /// Loads and validates the whole configuration, reporting every problem at once.
+/// Whether `url` is `http://` to a host other than this machine's loopback.
+fn plain_http_off_host(url: &str) -> bool {
+    let Ok(u) = url::Url::parse(url) else {
+        return false;
+    };
+    let loopback = match u.host() {
+        Some(url::Host::Domain(d)) => d == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    u.scheme() == "http" && !loopback
+}
+
 pub fn load(inputs: Inputs) -> Result<Config, ConfigErrors> {
     let mut problems = Vec::new();
     let mut warnings = Vec::new();
+    for name in &inputs.unreadable {
+        if name.starts_with("SSO_SIDECAR_") || suggest::OPENRAG_VARIABLES.contains(&name.as_str()) {
+            problems.push(format!("{name} is not valid UTF-8"));
+        }
+    }
 
     let config_file = inputs
         .config_file
@@ -225,6 +258,17 @@ pub fn load(inputs: Inputs) -> Result<Config, ConfigErrors> {
             }
             if openrag.auth_mode == AuthMode::Oidc && v.identity == IdentityMode::Headers {
                 warnings.extend(suggest::bridge_only(&vars));
+            }
+            if let Some(o) = openrag
+                .oidc
+                .as_ref()
+                .filter(|o| plain_http_off_host(&o.issuer))
+            {
+                warnings.push(format!(
+                    "OIDC_ENDPOINT {} is plain http: anyone on the way to the IdP can swap its \
+                     signing keys and forge logins; use https outside a local test",
+                    o.issuer
+                ));
             }
             let mut auth = v.auth;
             // `[authz] groups_claim` defaults to OpenRag's `OIDC_CLAIM_GROUPS`, else `groups`.

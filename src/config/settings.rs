@@ -397,11 +397,27 @@ fn socket_addr(name: &str, raw: &str, problems: &mut Vec<String>) -> Option<Sock
 }
 
 fn upstream_url(raw: &str, problems: &mut Vec<String>) -> Option<url::Url> {
+    // A value with credentials in it is never echoed: it may be a password.
+    let shown = if raw.contains('@') {
+        "(not shown: it has an '@')"
+    } else {
+        raw
+    };
     match url::Url::parse(raw.trim()) {
         Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {
+            if !u.username().is_empty() || u.password().is_some() {
+                // The connection keeps host and port only: such credentials would be logged at
+                // start-up and then silently never sent.
+                problems.push(
+                    "upstream must not carry a user name or password: the sidecar sends none \
+                     upstream"
+                        .to_string(),
+                );
+                return None;
+            }
             if u.query().is_some() || u.fragment().is_some() {
                 problems.push(format!(
-                    "upstream must not have a query or fragment, got '{raw}'"
+                    "upstream must not have a query or fragment, got '{shown}'"
                 ));
                 return None;
             }
@@ -409,7 +425,7 @@ fn upstream_url(raw: &str, problems: &mut Vec<String>) -> Option<url::Url> {
         }
         _ => {
             problems.push(format!(
-                "upstream must be an http:// or https:// URL, got '{raw}'"
+                "upstream must be an http:// or https:// URL, got '{shown}'"
             ));
             None
         }

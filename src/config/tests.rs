@@ -14,6 +14,7 @@ fn inputs(dir: &Path, config: Option<&str>, env: &[(&str, &str)]) -> Inputs {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
+        unreadable: Vec::new(),
         cwd: dir.to_path_buf(),
     }
 }
@@ -416,5 +417,55 @@ fn the_idle_timeout_is_off_or_within_the_lifetime() {
             e.to_string().contains("session_idle_timeout_secs must be"),
             "{e}"
         );
+    }
+}
+
+#[test]
+fn an_upstream_with_credentials_is_refused_without_showing_them() {
+    let dir = tempfile::tempdir().unwrap();
+    for url in [
+        "http://u:hunter2@h:1",
+        "http://hunter2@h:1",
+        "ftp://u:hunter2@h",
+    ] {
+        let env = [("SSO_SIDECAR_UPSTREAM", url)];
+        let Err(e) = load(inputs(dir.path(), None, &env)) else {
+            panic!("{url} was accepted");
+        };
+        let all = e.0.join("\n");
+        assert!(all.contains("upstream must"), "{all}");
+        assert!(!all.contains("hunter2"), "credentials echoed: {all}");
+    }
+}
+
+#[test]
+fn a_plain_http_idp_off_this_host_is_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = crate::crypto::generate_key();
+    let warnings = |issuer: &str| {
+        let env = [
+            ("AUTH_MODE", "oidc"),
+            ("AUTH_TOKEN", "admin-token-value-123"),
+            ("OIDC_ENDPOINT", issuer),
+            ("OIDC_CLIENT_ID", "rp"),
+            ("OIDC_CLIENT_SECRET", "s"),
+            ("OIDC_REDIRECT_URI", "https://rp.example/auth/callback"),
+            ("OIDC_TOKEN_ENCRYPTION_KEY", &key),
+            ("SSO_SIDECAR_REDIS_URL", "redis://127.0.0.1:6379"),
+        ];
+        load(inputs(dir.path(), None, &env)).unwrap().warnings
+    };
+    let w = warnings("http://idp.example/realms/r");
+    assert!(
+        w.iter()
+            .any(|w| w.contains("OIDC_ENDPOINT http://idp.example/realms/r is plain http")),
+        "{w:?}"
+    );
+    for fine in [
+        "https://idp.example",
+        "http://127.0.0.1:9000",
+        "http://localhost:8080/",
+    ] {
+        assert!(warnings(fine).is_empty(), "{fine}: {:?}", warnings(fine));
     }
 }

@@ -143,7 +143,11 @@ impl ConnLimiter {
             }
             _ => None,
         };
-        self.metrics.connection_opened();
+        // The gauge is the public listener's (its help says so): probes and scrapes are not
+        // clients.
+        if self.listener == "public" {
+            self.metrics.connection_opened();
+        }
         Ok(ConnPermit {
             limiter: self.clone(),
             ip: key,
@@ -184,7 +188,9 @@ impl Drop for ConnPermit {
     fn drop(&mut self) {
         let l = &self.limiter;
         l.open.fetch_sub(1, Ordering::Relaxed);
-        l.metrics.connection_closed();
+        if l.listener == "public" {
+            l.metrics.connection_closed();
+        }
         if let Some(ip) = self.ip {
             let mut map = l.per_ip.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(n) = map.get_mut(&ip) {
@@ -224,6 +230,27 @@ mod tests {
         let v6a: IpAddr = "2001:db8::1".parse().unwrap();
         let v6b: IpAddr = "2001:db8::2".parse().unwrap();
         assert_eq!(address_key(v6a), address_key(v6b), "one /64");
+    }
+
+    #[test]
+    fn the_open_connections_gauge_is_the_public_listeners() {
+        let m = Arc::new(Metrics::new(1));
+        let open = |m: &Metrics| {
+            let text = m.encode();
+            let line = text
+                .lines()
+                .find(|l| l.starts_with("sso_sidecar_connections_open "))
+                .map(str::to_owned);
+            line.unwrap_or_default()
+        };
+        let admin = ConnLimiter::admin(4, m.clone());
+        let _probe = admin.admit("10.0.0.1".parse().unwrap()).unwrap();
+        assert_eq!(open(&m), "sso_sidecar_connections_open 0");
+        let public = ConnLimiter::new(4, None, Vec::new(), m.clone());
+        let client = public.admit("192.0.2.1".parse().unwrap()).unwrap();
+        assert_eq!(open(&m), "sso_sidecar_connections_open 1");
+        drop(client);
+        assert_eq!(open(&m), "sso_sidecar_connections_open 0");
     }
 
     #[test]

@@ -410,3 +410,33 @@ fn unusable_tls_files_exit_78_before_any_port_is_bound() {
     assert_eq!(err.matches("ca.pem").count(), 1, "{err}");
     assert_eq!(err.matches("invalid Redis settings").count(), 1, "{err}");
 }
+
+/// A variable that is not UTF-8 (a binary Secret mounted with `envFrom`) is no reason to
+/// panic: one the sidecar never reads is ignored, one it reads is a configuration problem
+/// (exit 78, named), never exit 101.
+#[test]
+fn variables_that_are_not_utf8_are_named_not_a_panic() {
+    use std::os::unix::ffi::OsStrExt;
+    let binary = std::ffi::OsStr::from_bytes(b"\xff\xfe");
+    let dir = tempfile::tempdir().unwrap();
+    let run_with = |name: &str| {
+        let out = sidecar_command(
+            dir.path(),
+            &[("SSO_SIDECAR_UPSTREAM", "http://127.0.0.1:9")],
+        )
+        .arg("check")
+        .env(name, binary)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run_with("SOME_BINARY_SECRET");
+    assert_eq!(code, Some(0), "an unread variable:\n{err}");
+    let (code, err) = run_with("SSO_SIDECAR_LOG_LEVEL");
+    assert_eq!(code, Some(78), "{err}");
+    says(&err, &["SSO_SIDECAR_LOG_LEVEL is not valid UTF-8"]);
+}

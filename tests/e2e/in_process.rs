@@ -25,6 +25,7 @@ impl InProcess {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            unreadable: Vec::new(),
             cwd: dir.path().to_owned(),
         })
         .unwrap_or_else(|e| panic!("{e}"));
