@@ -76,6 +76,9 @@ app.kubernetes.io/component: session-store
 {{- if and (eq $r.mode "url") (not (or $r.url $r.existingSecret)) }}
 {{- fail "redis.mode url needs redis.url or redis.existingSecret" }}
 {{- end }}
+{{- if and (eq $r.mode "url") $r.url (not $r.existingSecret) (urlParse $r.url).userinfo }}
+{{- fail "redis.url: no credentials in the URL (it would be a plain environment value, readable by anyone who can read the Deployment); use redis.existingSecret (the whole URL from a Secret), or redis.username and redis.passwordSecret" }}
+{{- end }}
 {{- if has $r.mode (list "sentinel" "cluster") }}
 {{- $nodes := include "sso-sidecar.redisNodes" . }}
 {{- if not $nodes }}
