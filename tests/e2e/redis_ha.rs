@@ -271,11 +271,12 @@ async fn the_store_conformance_suite_passes_through_sentinel() {
     drop(set.servers);
 }
 
-#[tokio::test]
-async fn tls_to_redis_with_a_private_ca() {
+/// Writes a private CA (`ca.pem`) and a server certificate for 127.0.0.1 signed by it
+/// (`srv.pem`, `srv.key`) into `dir`; returns the arguments that make a redis-server (or a
+/// sentinel) speak only TLS with them on `port`.
+fn private_ca(dir: &Path) -> impl Fn(u16) -> Vec<String> {
     require_tool("openssl", "openssl");
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().display().to_string();
+    let d = dir.display().to_string();
     let sh = format!(
         "set -e; cd {d}
          openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=redis-test-ca -keyout ca.key -out ca.pem 2>/dev/null
@@ -289,11 +290,9 @@ async fn tls_to_redis_with_a_private_ca() {
         .status()
         .unwrap()
         .success());
-    let port = free_port();
-    let p = |f: &str| format!("{d}/{f}");
-    let _server = Servers(vec![redis_server(
-        &dir.path().join("data"),
-        &[
+    move |port| {
+        let p = |f: &str| format!("{d}/{f}");
+        [
             "--port",
             "0",
             "--tls-port",
@@ -306,10 +305,23 @@ async fn tls_to_redis_with_a_private_ca() {
             &p("ca.pem"),
             "--tls-auth-clients",
             "no",
-            "--appendonly",
-            "no",
-        ],
-    )]);
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+}
+
+#[tokio::test]
+async fn tls_to_redis_with_a_private_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    let tls_args = private_ca(dir.path());
+    let port = free_port();
+    let p = |f: &str| format!("{d}/{f}");
+    let mut args = tls_args(port);
+    args.extend(["--appendonly", "no"].map(String::from));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let _server = Servers(vec![redis_server(&dir.path().join("data"), &args)]);
     until("TLS redis", 10, || {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
     })
@@ -343,6 +355,67 @@ async fn tls_to_redis_with_a_private_ca() {
             .unwrap()
             .status(),
         200
+    );
+}
+
+/// Sentinel over TLS with a private CA (`redis_ca_file`): the sentinels and the master they
+/// name are trusted through it, both `rediss://`; without it, nothing is trusted.
+#[tokio::test]
+async fn sentinel_over_tls_with_a_private_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls_args = private_ca(dir.path());
+    let (master, sentinel) = (free_port(), free_port());
+    let mut args = tls_args(master);
+    args.extend(["--appendonly", "no", "--tls-replication", "yes"].map(String::from));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut servers = Servers(vec![redis_server(&dir.path().join("master"), &args)]);
+    let d = dir.path().join("sentinel");
+    std::fs::create_dir_all(&d).unwrap();
+    let conf = d.join("sentinel.conf");
+    let mut lines = vec![format!("bind 127.0.0.1\ndir {}", d.display())];
+    for pair in tls_args(sentinel).chunks(2) {
+        lines.push(format!("{} {}", pair[0].trim_start_matches('-'), pair[1]));
+    }
+    lines.push(format!(
+        "tls-replication yes\nsentinel monitor mymaster 127.0.0.1 {master} 1\n"
+    ));
+    std::fs::write(&conf, lines.join("\n")).unwrap();
+    servers.0.push(
+        Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let ca_file = dir.path().join("ca.pem");
+    until("the TLS sentinel sees its master", 20, || {
+        Command::new("redis-cli")
+            .args(["--tls", "--cacert"])
+            .arg(&ca_file)
+            .args(["-h", "127.0.0.1", "-p", &sentinel.to_string()])
+            .args(["sentinel", "ckquorum", "mymaster"])
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).starts_with("OK"))
+    })
+    .await;
+    let urls = [format!("rediss://127.0.0.1:{sentinel}")];
+    let sentinel = |ca: Option<Vec<u8>>| {
+        store(
+            Topology::Sentinel {
+                sentinels: &urls,
+                master: "mymaster",
+                tls: true,
+            },
+            ca,
+        )
+    };
+    let ca = std::fs::read(&ca_file).unwrap();
+    sso_sidecar::store::conformance::run(&sentinel(Some(ca))).await;
+    assert!(
+        sentinel(None).ping().await.is_err(),
+        "the system roots do not trust a private CA"
     );
 }
 

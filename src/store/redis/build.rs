@@ -4,8 +4,8 @@
 
 use super::*;
 use crate::per_worker::PerWorker;
-use redis::sentinel::{SentinelNodeConnectionInfo, SentinelServerType};
-use redis::{RedisConnectionInfo, TlsMode};
+use redis::sentinel::{SentinelClientBuilder, SentinelServerType};
+use redis::TlsMode;
 
 impl RedisStore {
     /// The store described by validated settings.
@@ -113,35 +113,58 @@ impl RedisStore {
                 master,
                 tls,
             } => {
-                let mut redis_info = RedisConnectionInfo::default();
-                if let Some(u) = opts.username {
-                    redis_info = redis_info.set_username(u);
-                }
-                if let Some(p) = opts.password {
-                    redis_info = redis_info.set_password(p);
-                }
-                let mut node =
-                    SentinelNodeConnectionInfo::default().set_redis_connection_info(redis_info);
-                if tls {
-                    node = node.set_tls_mode(TlsMode::Secure);
-                }
+                // The sentinels share one set of credentials: the configured ones, else those
+                // inline in the first URL that has any.
+                let mut sentinel_user = opts.sentinel_username.map(str::to_owned);
+                let mut sentinel_pass = opts.sentinel_password.map(str::to_owned);
                 let mut addresses = Vec::new();
                 for s in sentinels {
                     let info: redis::ConnectionInfo =
                         redis::IntoConnectionInfo::into_connection_info(s.as_str()).map_err(bad)?;
-                    addresses.push(with_credentials(
-                        info,
-                        opts.sentinel_username,
-                        opts.sentinel_password,
-                    ));
+                    sentinel_user = sentinel_user
+                        .or_else(|| info.redis_settings().username().map(str::to_owned));
+                    sentinel_pass = sentinel_pass
+                        .or_else(|| info.redis_settings().password().map(str::to_owned));
+                    addresses.push(info.addr().clone());
                 }
-                let client = SentinelClient::build(
-                    addresses,
-                    master,
-                    Some(node),
-                    SentinelServerType::Master,
-                )
-                .map_err(bad)?;
+                let all_tls = addresses
+                    .iter()
+                    .all(|a| matches!(a, redis::ConnectionAddr::TcpTls { .. }));
+                let private_ca = || redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: opts.ca_pem.clone(),
+                };
+                let mut b =
+                    SentinelClientBuilder::new(addresses, master, SentinelServerType::Master)
+                        .map_err(bad)?
+                        .set_client_to_redis_tcp_settings(tcp_settings(opts.timeout))
+                        .set_client_to_sentinel_tcp_settings(tcp_settings(opts.timeout));
+                if let Some(u) = opts.username {
+                    b = b.set_client_to_redis_username(u);
+                }
+                if let Some(p) = opts.password {
+                    b = b.set_client_to_redis_password(p);
+                }
+                if let Some(u) = &sentinel_user {
+                    b = b.set_client_to_sentinel_username(u);
+                }
+                if let Some(p) = &sentinel_pass {
+                    b = b.set_client_to_sentinel_password(p);
+                }
+                if tls {
+                    b = b.set_client_to_redis_tls_mode(TlsMode::Secure);
+                }
+                // A private CA (`redis_ca_file`) is trusted by the master's connections over TLS
+                // and by the sentinels' when they are all `rediss://`.
+                if opts.ca_pem.is_some() {
+                    if tls {
+                        b = b.set_client_to_redis_certificates(private_ca());
+                    }
+                    if all_tls {
+                        b = b.set_client_to_sentinel_certificates(private_ca());
+                    }
+                }
+                let client = b.build().map_err(bad)?;
                 Backend::Sentinel {
                     client: Mutex::new(client),
                     conn: Mutex::new(None),

@@ -100,9 +100,6 @@ app.kubernetes.io/component: session-store
 {{- if not (kindIs "bool" $r.sentinel.tls) }}
 {{- fail "redis.sentinel.tls must be true or false" }}
 {{- end }}
-{{- if $r.caSecret.name }}
-{{- fail "redis.caSecret: Sentinel TLS trusts the system roots; a private CA is supported with redis.mode url and cluster only" }}
-{{- end }}
 {{- if and $r.sentinel.passwordSecret.name (not $r.sentinel.passwordSecret.key) }}
 {{- fail "redis.sentinel.passwordSecret.key is required with redis.sentinel.passwordSecret.name" }}
 {{- end }}
