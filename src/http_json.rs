@@ -78,6 +78,15 @@ impl JsonClient {
 
     /// Sends `req` and returns the response with its whole body, within the deadline.
     pub async fn send(&self, req: Request<Full<Bytes>>) -> Result<Response<Bytes>, HttpError> {
+        self.send_within(req, self.max_bytes).await
+    }
+
+    /// [`JsonClient::send`], with a body of at most `max_bytes` for this call.
+    async fn send_within(
+        &self,
+        req: Request<Full<Bytes>>,
+        max_bytes: usize,
+    ) -> Result<Response<Bytes>, HttpError> {
         let exchange = async {
             let resp = self
                 .client
@@ -85,7 +94,7 @@ impl JsonClient {
                 .await
                 .map_err(|e| self.transport(e))?;
             let (parts, body) = resp.into_parts();
-            let body = Limited::new(body, self.max_bytes)
+            let body = Limited::new(body, max_bytes)
                 .collect()
                 .await
                 .map_err(|e| self.transport(e))?
@@ -105,7 +114,17 @@ impl JsonClient {
         &self,
         req: Request<Full<Bytes>>,
     ) -> Result<(StatusCode, Bytes), HttpError> {
-        let resp = self.send(req).await?;
+        self.exchange_within(req, self.max_bytes).await
+    }
+
+    /// [`JsonClient::exchange`], with a body of at most `max_bytes` for this call (an answer
+    /// known to grow larger than the client's usual bound).
+    pub async fn exchange_within(
+        &self,
+        req: Request<Full<Bytes>>,
+        max_bytes: usize,
+    ) -> Result<(StatusCode, Bytes), HttpError> {
+        let resp = self.send_within(req, max_bytes).await?;
         Ok((resp.status(), resp.into_body()))
     }
 

@@ -195,7 +195,10 @@ pub async fn run(
     let (refused, idled) = metrics.tunnel_counters();
     let tunnels = proxy::Tunnels::new(
         config.connections.tunnel_idle_timeout,
-        config.connections.max_tunnels_per_client,
+        [
+            config.connections.max_tunnels_per_session,
+            config.connections.max_tunnels_per_address,
+        ],
         refused,
         idled,
     );

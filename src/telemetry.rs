@@ -94,6 +94,7 @@ pub fn access(a: &Access<'_>) {
 /// may put C1 controls (U+0080–U+009F, terminal escapes) or bidi overrides in its path as
 /// UTF-8; JSON escapes neither, and the `pretty` format writes them raw.
 fn loggable(path: &str) -> std::borrow::Cow<'_, str> {
+    use std::fmt::Write;
     if path.bytes().all(|b| b.is_ascii_graphic()) {
         return std::borrow::Cow::Borrowed(path);
     }
@@ -102,7 +103,8 @@ fn loggable(path: &str) -> std::borrow::Cow<'_, str> {
         if b.is_ascii_graphic() {
             out.push(char::from(b));
         } else {
-            out.push_str(&format!("%{b:02X}"));
+            // Writing to a String cannot fail.
+            let _ = write!(out, "%{b:02X}");
         }
     }
     std::borrow::Cow::Owned(out)

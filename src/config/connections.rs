@@ -50,10 +50,14 @@ pub struct ConnectionSettings {
     /// `proxy_read_timeout` for WebSockets). Pings count: uvicorn and socket.io send one every
     /// 20-25 s, so a live chat never gets near it.
     pub tunnel_idle_timeout_secs: u64,
-    /// WebSocket tunnels one client may hold open at once on a replica: a session's, or,
-    /// without a session, one client address's (IPv6: its /64; read through
+    /// WebSocket tunnels one session may hold open at once on a replica. Over it, the
+    /// handshake is answered 429. 0 = no cap.
+    pub max_tunnels_per_session: usize,
+    /// WebSocket tunnels callers without a session may hold open at once on a replica from one
+    /// client address (IPv6: its /64; read through `trusted_proxies`). Higher than the
+    /// session's: many people may share an address (a NAT, an ingress not listed in
     /// `trusted_proxies`). Over it, the handshake is answered 429. 0 = no cap.
-    pub max_tunnels_per_client: usize,
+    pub max_tunnels_per_address: usize,
 }
 
 impl Default for ConnectionSettings {
@@ -72,7 +76,8 @@ impl Default for ConnectionSettings {
             upstream_max_per_worker: 64,
             revocation_check_ms: 2000,
             tunnel_idle_timeout_secs: 600,
-            max_tunnels_per_client: 32,
+            max_tunnels_per_session: 32,
+            max_tunnels_per_address: 256,
         }
     }
 }
@@ -94,7 +99,8 @@ pub struct ConnectionLimits {
     pub upstream_max_per_worker: usize,
     pub revocation_check: Duration,
     pub tunnel_idle_timeout: Duration,
-    pub max_tunnels_per_client: Option<usize>,
+    pub max_tunnels_per_session: Option<usize>,
+    pub max_tunnels_per_address: Option<usize>,
 }
 
 impl ConnectionSettings {
@@ -148,8 +154,10 @@ impl ConnectionSettings {
             upstream_max_per_worker: self.upstream_max_per_worker,
             revocation_check: Duration::from_millis(self.revocation_check_ms),
             tunnel_idle_timeout: Duration::from_secs(self.tunnel_idle_timeout_secs),
-            max_tunnels_per_client: (self.max_tunnels_per_client > 0)
-                .then_some(self.max_tunnels_per_client),
+            max_tunnels_per_session: (self.max_tunnels_per_session > 0)
+                .then_some(self.max_tunnels_per_session),
+            max_tunnels_per_address: (self.max_tunnels_per_address > 0)
+                .then_some(self.max_tunnels_per_address),
         })
     }
 }

@@ -133,25 +133,13 @@ impl Inputs {
 }
 
 /// Loads and validates the whole configuration, reporting every problem at once.
-/// Whether `url` is `http://` to a host other than this machine's loopback.
-fn plain_http_off_host(url: &str) -> bool {
-    let Ok(u) = url::Url::parse(url) else {
-        return false;
-    };
-    let loopback = match u.host() {
-        Some(url::Host::Domain(d)) => d == "localhost",
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        None => false,
-    };
-    u.scheme() == "http" && !loopback
-}
-
 pub fn load(inputs: Inputs) -> Result<Config, ConfigErrors> {
     let mut problems = Vec::new();
     let mut warnings = Vec::new();
     for name in &inputs.unreadable {
-        if name.starts_with("SSO_SIDECAR_") || suggest::OPENRAG_VARIABLES.contains(&name.as_str()) {
+        // `AUTH_TOKEN_FILE` names a secret's file as `AUTH_TOKEN` would hold it.
+        let read_as = name.strip_suffix("_FILE").unwrap_or(name);
+        if name.starts_with("SSO_SIDECAR_") || suggest::OPENRAG_VARIABLES.contains(&read_as) {
             problems.push(format!("{name} is not valid UTF-8"));
         }
     }
@@ -259,16 +247,8 @@ pub fn load(inputs: Inputs) -> Result<Config, ConfigErrors> {
             if openrag.auth_mode == AuthMode::Oidc && v.identity == IdentityMode::Headers {
                 warnings.extend(suggest::bridge_only(&vars));
             }
-            if let Some(o) = openrag
-                .oidc
-                .as_ref()
-                .filter(|o| plain_http_off_host(&o.issuer))
-            {
-                warnings.push(format!(
-                    "OIDC_ENDPOINT {} is plain http: anyone on the way to the IdP can swap its \
-                     signing keys and forge logins; use https outside a local test",
-                    o.issuer
-                ));
+            if let Some(o) = &openrag.oidc {
+                warnings.extend(suggest::plain_http_idp(&o.issuer));
             }
             let mut auth = v.auth;
             // `[authz] groups_claim` defaults to OpenRag's `OIDC_CLAIM_GROUPS`, else `groups`.

@@ -168,8 +168,41 @@ pub fn false_boolean(name: &str, value: Option<&str>) -> Option<String> {
     })
 }
 
+/// A warning when the IdP is `http://` to a host other than this machine's loopback.
+pub fn plain_http_idp(issuer: &str) -> Option<String> {
+    let u = url::Url::parse(issuer).ok()?;
+    let loopback = match u.host() {
+        Some(url::Host::Domain(d)) => d == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    (u.scheme() == "http" && !loopback).then(|| {
+        format!(
+            "OIDC_ENDPOINT {issuer} is plain http: anyone on the way to the IdP can swap its \
+             signing keys and forge logins; use https outside a local test"
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_plain_http_idp_off_this_host_is_warned_about() {
+        let w = super::plain_http_idp("http://idp.example/realms/r").unwrap_or_default();
+        assert!(
+            w.contains("OIDC_ENDPOINT http://idp.example/realms/r is plain http"),
+            "{w}"
+        );
+        for fine in [
+            "https://idp.example",
+            "http://127.0.0.1:9000",
+            "http://localhost:8080/",
+        ] {
+            assert_eq!(super::plain_http_idp(fine), None, "{fine}");
+        }
+    }
+
     use super::*;
 
     #[test]

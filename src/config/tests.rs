@@ -437,35 +437,3 @@ fn an_upstream_with_credentials_is_refused_without_showing_them() {
         assert!(!all.contains("hunter2"), "credentials echoed: {all}");
     }
 }
-
-#[test]
-fn a_plain_http_idp_off_this_host_is_warned_about() {
-    let dir = tempfile::tempdir().unwrap();
-    let key = crate::crypto::generate_key();
-    let warnings = |issuer: &str| {
-        let env = [
-            ("AUTH_MODE", "oidc"),
-            ("AUTH_TOKEN", "admin-token-value-123"),
-            ("OIDC_ENDPOINT", issuer),
-            ("OIDC_CLIENT_ID", "rp"),
-            ("OIDC_CLIENT_SECRET", "s"),
-            ("OIDC_REDIRECT_URI", "https://rp.example/auth/callback"),
-            ("OIDC_TOKEN_ENCRYPTION_KEY", &key),
-            ("SSO_SIDECAR_REDIS_URL", "redis://127.0.0.1:6379"),
-        ];
-        load(inputs(dir.path(), None, &env)).unwrap().warnings
-    };
-    let w = warnings("http://idp.example/realms/r");
-    assert!(
-        w.iter()
-            .any(|w| w.contains("OIDC_ENDPOINT http://idp.example/realms/r is plain http")),
-        "{w:?}"
-    );
-    for fine in [
-        "https://idp.example",
-        "http://127.0.0.1:9000",
-        "http://localhost:8080/",
-    ] {
-        assert!(warnings(fine).is_empty(), "{fine}: {:?}", warnings(fine));
-    }
-}

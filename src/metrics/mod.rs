@@ -132,7 +132,7 @@ impl Metrics {
         registry.register(
             "connections_refused",
             "Client connections closed at once because a cap was reached, by reason \
-             (max_connections, max_connections_per_ip; max_tunnels_per_client counts WebSocket \
+             (max_connections, max_connections_per_ip; max_tunnels counts WebSocket \
              handshakes answered 429)",
             connections_refused.clone(),
         );
@@ -219,12 +219,11 @@ impl Metrics {
             .inc();
     }
 
-    /// The counter the upstream pool bumps when a request has to wait for a connection.
-    /// The counters of WebSocket handshakes refused over the cap per client, and of tunnels
-    /// closed for silence.
+    /// The counters of WebSocket handshakes refused over a tunnel cap, and of tunnels closed
+    /// for silence.
     pub fn tunnel_counters(&self) -> (Counter, Counter) {
         let refused = self.connections_refused.get_or_create(&ReasonLabel {
-            reason: "max_tunnels_per_client",
+            reason: "max_tunnels",
         });
         let idled = self.connections_closed.get_or_create(&ReasonLabel {
             reason: "tunnel_idle",
@@ -232,6 +231,7 @@ impl Metrics {
         (refused.clone(), idled.clone())
     }
 
+    /// The counter the upstream pool bumps when a request has to wait for a connection.
     pub fn upstream_queued_counter(&self) -> Counter {
         self.upstream_queued.clone()
     }

@@ -203,10 +203,12 @@ impl Upstream {
                 headers::is_websocket_handshake(req.method(), req.version(), req.headers());
             let mut watch = Some(watch);
             let mut take_watch = || watch.take().and_then(|w| w());
-            // A tunnel's place under its holder's cap, taken before the upstream sees anything.
+            // A tunnel's place under its holder's cap, taken before the upstream sees anything;
+            // the watch asked for it serves whatever long-lived answer comes.
+            let mut early_watch = None;
             let tunnel = if websocket {
-                let w = take_watch();
-                let holder = match &w {
+                early_watch = take_watch();
+                let holder = match &early_watch {
                     Some(w) => tunnel::Holder::Session(w.holder),
                     None => tunnel::Holder::Address(self.client_ip(req.headers(), peer)),
                 };
@@ -214,7 +216,7 @@ impl Upstream {
                     .tunnels
                     .admit(holder)
                     .ok_or(ProxyError::TooManyTunnels)?;
-                Some((permit, w))
+                Some(permit)
             } else {
                 None
             };
@@ -281,8 +283,7 @@ impl Upstream {
                 )));
             }
             headers::remove_hop_by_hop(resp.headers_mut());
-            if let (true, Some(client_upgrade), Some((permit, w))) =
-                (switching, client_upgrade, tunnel)
+            if let (true, Some(client_upgrade), Some(permit)) = (switching, client_upgrade, tunnel)
             {
                 let h = resp.headers_mut();
                 h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -290,10 +291,15 @@ impl Upstream {
                 let upstream_upgrade = hyper::upgrade::on(&mut resp);
                 // The connection now belongs to the tunnel.
                 resp.body_mut().detach();
-                tokio::spawn(tunnel::run(client_upgrade, upstream_upgrade, w, permit));
+                tokio::spawn(tunnel::run(
+                    client_upgrade,
+                    upstream_upgrade,
+                    early_watch,
+                    permit,
+                ));
             } else if is_event_stream(resp.headers()) {
                 resp.body_mut().leave_cap();
-                if let Some(w) = take_watch() {
+                if let Some(w) = early_watch.or_else(take_watch) {
                     resp.body_mut().abort_on(w.end);
                 }
             }

@@ -38,7 +38,8 @@ pub(super) enum Holder {
 /// every worker: a client's connections land on any of them.
 pub struct Tunnels {
     idle_timeout: Duration,
-    max_per_holder: Option<usize>,
+    /// The caps of a session and of an address.
+    max: [Option<usize>; 2],
     held: Mutex<HashMap<Holder, usize>>,
     /// Handshakes refused over the cap, and tunnels closed for silence (for `/metrics`).
     refused: Counter,
@@ -52,15 +53,16 @@ pub(super) struct TunnelPermit {
 }
 
 impl Tunnels {
+    /// `max`: the caps of a session and of an address (`None`: no cap).
     pub fn new(
         idle_timeout: Duration,
-        max_per_holder: Option<usize>,
+        max: [Option<usize>; 2],
         refused: Counter,
         idled: Counter,
     ) -> Arc<Self> {
         Arc::new(Tunnels {
             idle_timeout,
-            max_per_holder,
+            max,
             held: Mutex::default(),
             refused,
             idled,
@@ -73,13 +75,16 @@ impl Tunnels {
 
     /// A place for one more tunnel of `holder`, unless it holds its cap already.
     pub(super) fn admit(self: &Arc<Self>, holder: Holder) -> Option<TunnelPermit> {
-        let holder = match holder {
-            Holder::Address(ip) => Holder::Address(crate::ratelimit::client_block(ip)),
-            h => h,
+        let (holder, max) = match holder {
+            Holder::Address(ip) => (
+                Holder::Address(crate::ratelimit::client_block(ip)),
+                self.max[1],
+            ),
+            h => (h, self.max[0]),
         };
         let mut held = self.lock();
         let n = held.entry(holder).or_insert(0);
-        if self.max_per_holder.is_some_and(|max| *n >= max) {
+        if max.is_some_and(|max| *n >= max) {
             drop(held);
             self.refused.inc();
             return None;
@@ -91,8 +96,9 @@ impl Tunnels {
         })
     }
 
-    /// Tunnels open now (tests).
-    pub fn open(&self) -> usize {
+    /// Tunnels open now.
+    #[cfg(test)]
+    fn open(&self) -> usize {
         self.lock().values().sum()
     }
 }
@@ -269,7 +275,7 @@ mod tests {
     fn each_holder_has_its_own_cap_and_a_closed_tunnel_gives_its_place_back() {
         let t = Tunnels::new(
             Duration::from_secs(1),
-            Some(2),
+            [Some(1), Some(2)],
             Counter::default(),
             Counter::default(),
         );
@@ -282,13 +288,17 @@ mod tests {
         );
         let _b = t.admit(ip("2001:db8:1:3::1")).unwrap();
         let _s = t.admit(Holder::Session(7)).unwrap();
+        assert!(
+            t.admit(Holder::Session(7)).is_none(),
+            "a session has its own cap"
+        );
         assert_eq!(t.open(), 4);
-        assert_eq!(t.refused.get(), 1);
+        assert_eq!(t.refused.get(), 2);
         drop(a1);
         assert!(t.admit(ip("2001:db8:1:2::1")).is_some());
         let uncapped = Tunnels::new(
             Duration::from_secs(1),
-            None,
+            [None, None],
             Counter::default(),
             Counter::default(),
         );
@@ -296,6 +306,41 @@ mod tests {
             .filter_map(|_| uncapped.admit(Holder::Session(1)))
             .collect();
         assert_eq!(many.len(), 100);
+    }
+
+    /// Either side's bytes are movement: an upstream that pushes to a silent client (a feed)
+    /// keeps its tunnel open; and a heartbeat-sized read keeps it open without being use.
+    #[tokio::test(start_paused = true)]
+    async fn bytes_read_on_either_side_are_movement() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let moved = Arc::new(Moved::default());
+        let sent = Arc::new(AtomicBool::new(false));
+        let (near, mut far) = tokio::io::duplex(64);
+        let mut upstream = Noting {
+            io: near,
+            sent: None,
+            moved: moved.clone(),
+        };
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        far.write_all(b"pushed by the upstream").await.unwrap();
+        let mut buf = [0u8; 64];
+        assert_eq!(upstream.read(&mut buf).await.unwrap(), 22);
+        assert_eq!(moved.last_ms.load(Ordering::Relaxed), 5000);
+
+        let (near, mut far) = tokio::io::duplex(64);
+        let mut client = Noting {
+            io: near,
+            sent: Some(sent.clone()),
+            moved: moved.clone(),
+        };
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        far.write_all(b"pong").await.unwrap();
+        assert_eq!(client.read(&mut buf).await.unwrap(), 4);
+        assert_eq!(moved.last_ms.load(Ordering::Relaxed), 7000);
+        assert!(!sent.load(Ordering::Relaxed), "a heartbeat is not use");
+        far.write_all(&[b'm'; 40]).await.unwrap();
+        assert_eq!(client.read(&mut buf).await.unwrap(), 40);
+        assert!(sent.load(Ordering::Relaxed), "a message is");
     }
 
     #[tokio::test(start_paused = true)]

@@ -436,7 +436,9 @@ fn variables_that_are_not_utf8_are_named_not_a_panic() {
     };
     let (code, err) = run_with("SOME_BINARY_SECRET");
     assert_eq!(code, Some(0), "an unread variable:\n{err}");
-    let (code, err) = run_with("SSO_SIDECAR_LOG_LEVEL");
-    assert_eq!(code, Some(78), "{err}");
-    says(&err, &["SSO_SIDECAR_LOG_LEVEL is not valid UTF-8"]);
+    for read in ["SSO_SIDECAR_LOG_LEVEL", "AUTH_TOKEN_FILE"] {
+        let (code, err) = run_with(read);
+        assert_eq!(code, Some(78), "{err}");
+        says(&err, &[&format!("{read} is not valid UTF-8")]);
+    }
 }

@@ -779,3 +779,77 @@ async fn a_session_recovered_after_a_moved_link_acts_as_the_new_account() {
     let r = as_alice("GET", "/v1/c".into()).await;
     assert_eq!(json(&r)["user"]["id"].as_u64(), Some(new_id));
 }
+
+/// OpenRag's users API has no search: a login of a user the sidecar does not know yet lists
+/// every user. At a roll-out many first logins come at once, and the list can be long; they
+/// share listings instead of each fetching it. Six logins whose callbacks arrive together
+/// while the backend takes 700 ms to list its users: at most two listings (the one under way
+/// began before some of them asked; the next one answers all who waited), every login lands.
+#[tokio::test]
+async fn a_burst_of_first_logins_shares_the_listing_of_every_user() {
+    let subs = ["ann", "ben", "cat", "dan", "eve", "fay"];
+    let seeds: Vec<Value> = subs.iter().map(|s| seeded(s, None)).collect();
+    let tokens: serde_json::Map<String, Value> = (1u8..)
+        .zip(subs)
+        .map(|(n, s)| (s.to_string(), Value::String(token(n))))
+        .collect();
+    let users: Vec<Value> = (1u8..)
+        .zip(seeds)
+        .map(|(n, mut u)| {
+            u["token"] = Value::String(token(n));
+            u
+        })
+        .collect();
+    let w = world(
+        Value::Array(users),
+        Value::Object(tokens),
+        &[("SSO_SIDECAR_OPENRAG__TOKEN_POLICY", "file")],
+    )
+    .await;
+    let sc = &w.sc.sidecar;
+    // Each login through the IdP up to its callback, which is held back.
+    let mut held = Vec::new();
+    for sub in subs {
+        let start = get(&sc.url("/auth/login?next=/"), &[]).await.unwrap();
+        let state = set_cookie(&start, "sso_sidecar_session_state").unwrap();
+        held.push((idp_login(&location(&start), sub).await, state));
+    }
+    let backend = w.backend.url();
+    let slow = send(request(
+        "POST",
+        &format!("{backend}/__test/slow-list?ms=700"),
+        &[],
+        body(""),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(slow.status(), 204);
+    let reset = request(
+        "DELETE",
+        &format!("{backend}/__test/requests"),
+        &[],
+        body(""),
+    );
+    send(reset).await.unwrap();
+    let callbacks = held.into_iter().map(|(cb, state)| {
+        tokio::spawn(async move {
+            let cookie = format!("sso_sidecar_session_state={state}");
+            get(&cb, &[("cookie", cookie.as_str())]).await.unwrap()
+        })
+    });
+    let callbacks: Vec<_> = callbacks.collect();
+    for c in callbacks {
+        let r = c.await.unwrap();
+        assert!(
+            r.status().is_redirection() && set_cookie(&r, "sso_sidecar_session").is_some(),
+            "{} {:?}",
+            r.status(),
+            r.body()
+        );
+    }
+    let listings = w.backend.requests().await["by_path"]["/users/"].clone();
+    assert!(
+        listings.as_u64().is_some_and(|n| (1..=2).contains(&n)),
+        "six first logins listed the users {listings} times"
+    );
+}

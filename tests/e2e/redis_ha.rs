@@ -358,6 +358,88 @@ async fn tls_to_redis_with_a_private_ca() {
     );
 }
 
+/// Sentinels that require a password: given in `redis_sentinel_password`, or inline in their
+/// URLs; without it nothing is reached. The data servers' own credentials are apart.
+#[tokio::test]
+async fn sentinels_with_a_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let (master, sentinel) = (free_port(), free_port());
+    let port = master.to_string();
+    let mut servers = Servers(vec![redis_server(
+        &dir.path().join("master"),
+        &["--port", &port, "--appendonly", "no"],
+    )]);
+    let d = dir.path().join("sentinel");
+    std::fs::create_dir_all(&d).unwrap();
+    let conf = d.join("sentinel.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "port {sentinel}\nbind 127.0.0.1\ndir {}\nrequirepass sentinel-secret\n\
+             sentinel monitor mymaster 127.0.0.1 {master} 1\n",
+            d.display()
+        ),
+    )
+    .unwrap();
+    servers.0.push(
+        Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    until("the sentinel sees its master", 20, || {
+        cli(
+            sentinel,
+            &[
+                "-a",
+                "sentinel-secret",
+                "--no-auth-warning",
+                "sentinel",
+                "ckquorum",
+                "mymaster",
+            ],
+        )
+        .starts_with("OK")
+    })
+    .await;
+    let through = |url: String, password: Option<&str>| {
+        let urls = [url];
+        Store::Redis(
+            RedisStore::new(RedisOptions {
+                topology: Topology::Sentinel {
+                    sentinels: &urls,
+                    master: "mymaster",
+                    tls: false,
+                },
+                key_prefix: "conformance:",
+                username: None,
+                password: None,
+                sentinel_username: None,
+                sentinel_password: password,
+                ca_pem: None,
+                timeout: Duration::from_secs(2),
+                connections: 1,
+                client_cache: Some(64),
+            })
+            .unwrap(),
+        )
+    };
+    let plain = format!("redis://127.0.0.1:{sentinel}");
+    let inline = format!("redis://:sentinel-secret@127.0.0.1:{sentinel}");
+    sso_sidecar::store::conformance::run(&through(plain.clone(), Some("sentinel-secret"))).await;
+    assert!(
+        through(inline, None).ping().await.is_ok(),
+        "inline in the URL"
+    );
+    assert!(
+        through(plain, None).ping().await.is_err(),
+        "no password: no master"
+    );
+}
+
 /// Sentinel over TLS with a private CA (`redis_ca_file`): the sentinels and the master they
 /// name are trusted through it, both `rediss://`; without it, nothing is trusted.
 #[tokio::test]

@@ -444,12 +444,12 @@ async fn a_bare_id_token_gets_its_profile_from_userinfo() {
         .contains("userinfo names another subject"));
 }
 
-/// A session holds at most `max_tunnels_per_client` tunnels on a replica: one user cannot fill
+/// A session holds at most `max_tunnels_per_session` tunnels on a replica: one user cannot fill
 /// the connection cap with idle WebSockets. The cap is the session's, not the address's: a
 /// second user at the same address (behind the same NAT) opens theirs.
 #[tokio::test]
 async fn a_session_holds_at_most_its_cap_of_tunnels() {
-    let m = mock_pair(&[("SSO_SIDECAR_CONNECTIONS__MAX_TUNNELS_PER_CLIENT", "2")]).await;
+    let m = mock_pair(&[("SSO_SIDECAR_CONNECTIONS__MAX_TUNNELS_PER_SESSION", "2")]).await;
     let a = &m.a.sidecar;
     let alice = session_header(&mock_login(&m, a, "alice", "sid-1").await);
     let bob = session_header(&mock_login(&m, a, "bob", "sid-2").await);

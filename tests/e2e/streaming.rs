@@ -145,9 +145,18 @@ async fn server_sent_events_arrive_as_they_are_sent() {
 /// Sends a WebSocket handshake for `/ws` to `addr` with `extra` header lines; returns the
 /// connection and the response head.
 async fn ws_open(addr: std::net::SocketAddr, extra: &str) -> (tokio::net::TcpStream, String) {
+    ws_to(addr, "/ws", extra).await
+}
+
+/// [`ws_open`] for `path`.
+async fn ws_to(
+    addr: std::net::SocketAddr,
+    path: &str,
+    extra: &str,
+) -> (tokio::net::TcpStream, String) {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     let handshake = format!(
-        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
     );
     s.write_all(handshake.as_bytes()).await.unwrap();
@@ -192,27 +201,28 @@ async fn websocket_echo_is_tunnelled() {
 }
 
 /// Behind an ingress (a trusted proxy) the per-address connection cap sees only the ingress:
-/// the tunnels one client may hold are counted by the address the ingress names, and a tunnel
-/// that carries nothing either way is closed after `tunnel_idle_timeout_secs`, giving its
-/// place back.
+/// the tunnels callers without a session may hold are counted by the address the ingress
+/// names; a handshake the upstream refuses gives its place back; and a tunnel that carries
+/// nothing either way is closed after `tunnel_idle_timeout_secs`, giving its place back.
 #[tokio::test]
-async fn tunnels_are_capped_per_client_and_closed_when_silent() {
+async fn tunnels_are_capped_per_address_and_closed_when_silent() {
     let up = Upstream::start();
     let sc = InProcess::start(&[
         ("SSO_SIDECAR_UPSTREAM", &up.url()),
         ("SSO_SIDECAR_TRUSTED_PROXIES", "127.0.0.1/32"),
-        ("SSO_SIDECAR_CONNECTIONS__MAX_TUNNELS_PER_CLIENT", "2"),
+        ("SSO_SIDECAR_CONNECTIONS__MAX_TUNNELS_PER_ADDRESS", "2"),
         ("SSO_SIDECAR_CONNECTIONS__TUNNEL_IDLE_TIMEOUT_SECS", "2"),
     ])
     .await;
     let one = "X-Forwarded-For: 203.0.113.7\r\n";
     let (mut busy, h1) = ws_open(sc.addr, one).await;
+    // Its idle clock cannot start before the handshake is sent.
+    let opened = std::time::Instant::now();
     let (mut silent, h2) = ws_open(sc.addr, one).await;
     assert!(
         h1.starts_with("HTTP/1.1 101") && h2.starts_with("HTTP/1.1 101"),
         "{h1}{h2}"
     );
-    let opened = std::time::Instant::now();
     let (_, h3) = ws_open(sc.addr, one).await;
     assert!(
         h3.starts_with("HTTP/1.1 429"),
@@ -221,6 +231,12 @@ async fn tunnels_are_capped_per_client_and_closed_when_silent() {
     // Another client behind the same ingress is not held back by the first.
     let (_other, h4) = ws_open(sc.addr, "X-Forwarded-For: 203.0.113.8\r\n").await;
     assert!(h4.starts_with("HTTP/1.1 101"), "{h4}");
+    // Handshakes the upstream refuses hold no place: four in a row, with a cap of two.
+    for _ in 0..4 {
+        let third = "X-Forwarded-For: 203.0.113.9\r\n";
+        let (_, h) = ws_to(sc.addr, "/status?code=403", third).await;
+        assert!(h.starts_with("HTTP/1.1 403"), "{h}");
+    }
 
     // The busy tunnel carries a message every 500 ms; the silent one nothing.
     let silent_closed = tokio::spawn(async move {
@@ -250,7 +266,7 @@ async fn tunnels_are_capped_per_client_and_closed_when_silent() {
         .await
         .unwrap();
     let m = String::from_utf8_lossy(m.body());
-    let refused = "sso_sidecar_connections_refused_total{reason=\"max_tunnels_per_client\"}";
+    let refused = "sso_sidecar_connections_refused_total{reason=\"max_tunnels\"}";
     let idled = "sso_sidecar_connections_timed_out_total{reason=\"tunnel_idle\"}";
     assert_eq!(metric(&m, refused), 1.0, "{m}");
     assert_eq!(
@@ -258,4 +274,20 @@ async fn tunnels_are_capped_per_client_and_closed_when_silent() {
         2.0,
         "the silent tunnel and the other client's: {m}"
     );
+}
+
+/// From a peer that is not a trusted proxy, `X-Forwarded-For` is the client's own text: it
+/// does not move a tunnel to another address's count.
+#[tokio::test]
+async fn a_spoofed_forwarded_for_does_not_evade_the_tunnel_cap() {
+    let up = Upstream::start();
+    let sc = InProcess::start(&[
+        ("SSO_SIDECAR_UPSTREAM", &up.url()),
+        ("SSO_SIDECAR_CONNECTIONS__MAX_TUNNELS_PER_ADDRESS", "1"),
+    ])
+    .await;
+    let (_one, h1) = ws_open(sc.addr, "X-Forwarded-For: 198.51.100.1\r\n").await;
+    assert!(h1.starts_with("HTTP/1.1 101"), "{h1}");
+    let (_, h2) = ws_open(sc.addr, "X-Forwarded-For: 198.51.100.2\r\n").await;
+    assert!(h2.starts_with("HTTP/1.1 429"), "{h2}");
 }

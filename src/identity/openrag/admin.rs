@@ -71,8 +71,18 @@ pub enum AdminError {
     Json(String),
 }
 
-/// Largest answer accepted from the users API (its user list grows with the users).
+/// Largest answer accepted from the users API, but for the list of every user.
 const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Largest list of every user accepted (`GET /users/`): at about 250 bytes a user, some
+/// 250,000 users. It is held once as bytes and parsed into only the fields the bridge reads.
+const MAX_LIST_BYTES: usize = 64 * 1024 * 1024;
+
+/// `GET /users/`'s answer.
+#[derive(Deserialize)]
+struct UserList {
+    users: Vec<BackendUser>,
+}
 
 pub struct AdminClient {
     http: JsonClient,
@@ -98,6 +108,23 @@ impl AdminClient {
         self.call_as(self.token.expose(), method, path, body).await
     }
 
+    /// A call with another bearer than the admin token, its answer parsed as JSON.
+    async fn call_as(
+        &self,
+        bearer: &str,
+        method: Method,
+        path: &str,
+        body: Payload,
+    ) -> Result<Value, AdminError> {
+        let bytes = self
+            .raw(bearer, method, path, body, MAX_RESPONSE_BYTES)
+            .await?;
+        if bytes.is_empty() {
+            return Ok(Value::Null);
+        }
+        serde_json::from_slice(&bytes).map_err(|e| AdminError::Json(e.to_string()))
+    }
+
     /// The account `AUTH_TOKEN` itself belongs to (the administrator the sidecar acts as).
     pub async fn own_account(&self) -> Result<Option<u64>, AdminError> {
         self.token_owner(self.token.expose()).await
@@ -108,14 +135,15 @@ impl AdminClient {
         self.token.clone()
     }
 
-    /// A call with another bearer than the admin token.
-    async fn call_as(
+    /// A call's 2xx body, of at most `max_bytes`; any other status is [`AdminError::Status`].
+    async fn raw(
         &self,
         bearer: &str,
         method: Method,
         path: &str,
         body: Payload,
-    ) -> Result<Value, AdminError> {
+        max_bytes: usize,
+    ) -> Result<Bytes, AdminError> {
         let mut req = Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.base))
@@ -135,7 +163,11 @@ impl AdminClient {
         let req = req
             .body(Full::new(payload))
             .map_err(|e| AdminError::Http(self.http.transport(e)))?;
-        let (status, bytes) = self.http.exchange(req).await.map_err(AdminError::Http)?;
+        let (status, bytes) = self
+            .http
+            .exchange_within(req, max_bytes)
+            .await
+            .map_err(AdminError::Http)?;
         if !status.is_success() {
             let detail = serde_json::from_slice::<Value>(&bytes)
                 .ok()
@@ -143,10 +175,7 @@ impl AdminClient {
                 .unwrap_or_default();
             return Err(AdminError::Status { status, detail });
         }
-        if bytes.is_empty() {
-            return Ok(Value::Null);
-        }
-        serde_json::from_slice(&bytes).map_err(|e| AdminError::Json(e.to_string()))
+        Ok(bytes)
     }
 
     /// Whether the backend accepts `token`: `GET /users/info` with it, which any user may call.
@@ -184,9 +213,20 @@ impl AdminClient {
         serde_json::from_value(v).map_err(|e| AdminError::Json(e.to_string()))
     }
 
+    /// `GET /users/`: every user, parsed without a JSON tree of the whole list.
     pub async fn list_users(&self) -> Result<Vec<BackendUser>, AdminError> {
-        let v = self.call(Method::GET, "/users/", Payload::Empty).await?;
-        serde_json::from_value(v.get("users").cloned().unwrap_or(Value::Null))
+        let token = self.token.expose();
+        let bytes = self
+            .raw(
+                token,
+                Method::GET,
+                "/users/",
+                Payload::Empty,
+                MAX_LIST_BYTES,
+            )
+            .await?;
+        serde_json::from_slice::<UserList>(&bytes)
+            .map(|l| l.users)
             .map_err(|e| AdminError::Json(e.to_string()))
     }
 

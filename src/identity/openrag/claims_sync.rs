@@ -76,17 +76,14 @@ impl OpenRagBridge {
             .await
         {
             Ok(()) => {
-                {
-                    let mut map = self.users.lock().unwrap_or_else(|p| p.into_inner());
-                    if let Some(u) = map.get_mut(sub) {
-                        if let Some(d) = patch.get("display_name").and_then(Value::as_str) {
-                            u.display_name = Some(d.to_owned());
-                        }
-                        if let Some(e) = patch.get("email").and_then(Value::as_str) {
-                            u.email = Some(e.to_owned());
-                        }
+                self.directory.amend(sub, |u| {
+                    if let Some(d) = patch.get("display_name").and_then(Value::as_str) {
+                        u.display_name = Some(d.to_owned());
                     }
-                }
+                    if let Some(e) = patch.get("email").and_then(Value::as_str) {
+                        u.email = Some(e.to_owned());
+                    }
+                });
                 for (field, v) in &patch {
                     let key = self.synced_key(sub, field);
                     let digest = synced_digest(v);

@@ -2,7 +2,7 @@
 //! only its own per-user tokens, so the sidecar maps the IdP `sub` to the backend user whose
 //! `external_user_id == sub` and injects that user's token (docs/openrag-backend.md#users, #tokens, #admin-api).
 //!
-//! Owns the user lookup (list + cache, refreshed on a miss), auto-provisioning and claim sync
+//! Owns the user lookup (`directory.rs`: list + cache, refreshed on a miss), auto-provisioning and claim sync
 //! through the admin API, the token vault (`vault.rs`: each user's token Fernet-encrypted in the
 //! shared store with the account it belongs to, keyed by a hash of the `sub`) and the policy for users whose token the vault lacks. It never
 //! logs a token; the `sub` of a refused user is logged at WARN, as OpenRag does.
@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod chainlit;
 mod claims_sync;
+mod directory;
 pub mod groups;
 pub mod inject;
 mod provision;
@@ -54,10 +55,8 @@ pub struct OpenRagBridge {
     issuer: String,
     auto_provision: bool,
     claim_mapping: Vec<ClaimMapping>,
-    /// `sub` → backend user, rebuilt from `GET /users/` on a miss.
-    users: Mutex<HashMap<String, BackendUser>>,
-    /// The (lower-cased) emails that list showed, where the backend lists them (not 1.1.8).
-    emails: Mutex<std::collections::HashSet<String>>,
+    /// `sub` → backend user, rebuilt from `GET /users/` on a miss; the emails taken.
+    directory: directory::Directory,
     /// `sub` → when its token was last recovered (unix seconds): at most one per minute.
     recovered: Mutex<HashMap<String, i64>>,
     /// Groups → partition memberships, when `OIDC_CLAIM_GROUPS` is set.
@@ -95,8 +94,7 @@ impl OpenRagBridge {
             issuer,
             auto_provision,
             claim_mapping,
-            users: Mutex::default(),
-            emails: Mutex::default(),
+            directory: directory::Directory::default(),
             recovered: Mutex::default(),
             groups: None,
             handoff: std::sync::OnceLock::new(),
@@ -106,55 +104,12 @@ impl OpenRagBridge {
     }
 
     fn cached(&self, sub: &str) -> Option<BackendUser> {
-        self.users
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(sub)
-            .cloned()
+        self.directory.cached(sub)
     }
 
-    /// The backend user linked to `sub`. A remembered link is confirmed with `GET /users/{id}`
-    /// (one user, at a login): an administrator may have deleted that user or moved the link
-    /// to another one since, and the login must not land in the old account (nor through its
-    /// token: the vault hands a token only to its own account, `vault.rs`).
+    /// The backend user linked to `sub` ([`directory::Directory::find`]).
     async fn find_user(&self, sub: &str) -> Result<Option<BackendUser>, BridgeError> {
-        let Some(u) = self.cached(sub) else {
-            return Ok(self.list_users_for(sub).await?);
-        };
-        match self.admin.get_user(u.id).await {
-            Ok(now) if now.external_user_id.as_deref() == Some(sub) => {
-                self.users
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(sub.to_owned(), now.clone());
-                return Ok(Some(now));
-            }
-            // Moved, deleted or unreadable: the whole list says where `sub` is now.
-            _ => tracing::info!(
-                sub,
-                user_id = u.id,
-                "the remembered backend user changed: users listed again"
-            ),
-        }
-        Ok(self.list_users_for(sub).await?)
-    }
-
-    /// Lists the backend's users again (links and emails) and returns the one linked to `sub`.
-    async fn list_users_for(&self, sub: &str) -> Result<Option<BackendUser>, AdminError> {
-        let all = self.admin.list_users().await?;
-        *self.emails.lock().unwrap_or_else(|p| p.into_inner()) = all
-            .iter()
-            .filter_map(|u| u.email.as_deref())
-            .map(|e| e.trim().to_ascii_lowercase())
-            .collect();
-        let mut map = self.users.lock().unwrap_or_else(|p| p.into_inner());
-        map.clear();
-        for u in all {
-            if let Some(ext) = u.external_user_id.clone().filter(|e| !e.trim().is_empty()) {
-                map.insert(ext, u);
-            }
-        }
-        Ok(map.get(sub).cloned())
+        Ok(self.directory.find(&self.admin, sub).await?)
     }
 
     /// Whether backend user `id` is an administrator (asked of the backend, not cached: an
@@ -313,10 +268,7 @@ impl OpenRagBridge {
             last.insert(sub.to_owned(), now);
         }
         self.vault_forget(sub, stale).await?;
-        self.users
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(sub);
+        self.directory.forget(sub);
         let user = self
             .find_user(sub)
             .await?

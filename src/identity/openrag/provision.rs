@@ -21,10 +21,7 @@ impl OpenRagBridge {
 
     /// Whether another account already has `email`, as far as the last users list tells.
     fn email_taken(&self, email: &str) -> bool {
-        self.emails
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(&email.trim().to_ascii_lowercase())
+        self.directory.email_taken(email)
     }
 
     async fn conflict(&self, sub: &str, why: &str) -> BridgeError {
@@ -84,10 +81,7 @@ impl OpenRagBridge {
         };
         tracing::info!(sub, user_id = user.id, "auto-provisioned a backend user");
         self.vault_put(sub, user.id, &token).await?;
-        self.users
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(sub.to_owned(), user.clone());
+        self.directory.remember(sub, user.clone());
         Ok(Resolved {
             user_id: user.id,
             token,
@@ -96,10 +90,7 @@ impl OpenRagBridge {
 
     /// The user a concurrent first login created, with its token, if there is one now.
     async fn created_meanwhile(&self, sub: &str) -> Result<Option<Resolved>, BridgeError> {
-        self.users
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(sub);
+        self.directory.forget(sub);
         let Some(u): Option<BackendUser> = self.find_user(sub).await? else {
             return Ok(None);
         };

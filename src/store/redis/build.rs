@@ -114,19 +114,28 @@ impl RedisStore {
                 tls,
             } => {
                 // The sentinels share one set of credentials: the configured ones, else those
-                // inline in the first URL that has any.
-                let mut sentinel_user = opts.sentinel_username.map(str::to_owned);
-                let mut sentinel_pass = opts.sentinel_password.map(str::to_owned);
+                // inline in their URLs, which must then be the same in every URL.
+                let mut inline = None;
                 let mut addresses = Vec::new();
                 for s in sentinels {
                     let info: redis::ConnectionInfo =
                         redis::IntoConnectionInfo::into_connection_info(s.as_str()).map_err(bad)?;
-                    sentinel_user = sentinel_user
-                        .or_else(|| info.redis_settings().username().map(str::to_owned));
-                    sentinel_pass = sentinel_pass
-                        .or_else(|| info.redis_settings().password().map(str::to_owned));
+                    let r = info.redis_settings();
+                    let these = (
+                        r.username().map(str::to_owned),
+                        r.password().map(str::to_owned),
+                    );
+                    if inline.as_ref().is_some_and(|first| *first != these) {
+                        return Err("the sentinels' URLs carry different credentials: give one \
+                                    set in redis_sentinel_username and redis_sentinel_password"
+                            .into());
+                    }
+                    inline = Some(these);
                     addresses.push(info.addr().clone());
                 }
+                let (inline_user, inline_pass) = inline.unwrap_or_default();
+                let sentinel_user = opts.sentinel_username.map(str::to_owned).or(inline_user);
+                let sentinel_pass = opts.sentinel_password.map(str::to_owned).or(inline_pass);
                 let all_tls = addresses
                     .iter()
                     .all(|a| matches!(a, redis::ConnectionAddr::TcpTls { .. }));
@@ -156,6 +165,12 @@ impl RedisStore {
                 }
                 // A private CA (`redis_ca_file`) is trusted by the master's connections over TLS
                 // and by the sentinels' when they are all `rediss://`.
+                if opts.ca_pem.is_some() && !all_tls {
+                    tracing::warn!(
+                        "redis_ca_file is not used for the sentinels: not all their URLs are \
+                         rediss://"
+                    );
+                }
                 if opts.ca_pem.is_some() {
                     if tls {
                         b = b.set_client_to_redis_certificates(private_ca());
@@ -247,5 +262,41 @@ mod tests {
         assert!(t.nodelay());
         assert_eq!(t.user_timeout(), Some(Duration::from_secs(4)));
         assert!(t.keepalive().is_some());
+    }
+
+    #[test]
+    fn sentinels_share_one_set_of_credentials() {
+        let built = |urls: &[&str]| {
+            let urls: Vec<String> = urls.iter().map(|u| u.to_string()).collect();
+            RedisStore::new(RedisOptions {
+                topology: Topology::Sentinel {
+                    sentinels: &urls,
+                    master: "mymaster",
+                    tls: false,
+                },
+                key_prefix: "t:",
+                username: None,
+                password: None,
+                sentinel_username: None,
+                sentinel_password: None,
+                ca_pem: None,
+                timeout: Duration::from_millis(2000),
+                connections: 1,
+                client_cache: None,
+            })
+            .map(|_| ())
+        };
+        assert!(built(&["redis://:p1@10.0.0.1:26379", "redis://:p1@10.0.0.2:26379"]).is_ok());
+        for differ in [
+            [
+                "redis://:p1@10.0.0.1:26379",
+                "redis://:hunter2@10.0.0.2:26379",
+            ],
+            ["redis://:p1@10.0.0.1:26379", "redis://10.0.0.2:26379"],
+        ] {
+            let e = built(&differ).unwrap_err();
+            assert!(e.contains("different credentials"), "{e}");
+            assert!(!e.contains("hunter2") && !e.contains("p1"), "{e}");
+        }
     }
 }
