@@ -782,28 +782,30 @@ async fn a_session_recovered_after_a_moved_link_acts_as_the_new_account() {
 
 /// OpenRag's users API has no search: a login of a user the sidecar does not know yet lists
 /// every user. At a roll-out many first logins come at once, and the list can be long; they
-/// share listings instead of each fetching it. Six logins whose callbacks arrive together
-/// while the backend takes 700 ms to list its users: at most two listings (the one under way
-/// began before some of them asked; the next one answers all who waited), every login lands.
+/// share listings instead of each fetching it. Six first logins — three users the backend has,
+/// three it has not (auto-provisioned) — whose callbacks arrive together while the backend
+/// takes 700 ms to list its users: at most two listings (the one under way may have begun
+/// before some of them asked; the next one answers all who waited, the new users included),
+/// and every login lands, the new users created once each.
 #[tokio::test]
 async fn a_burst_of_first_logins_shares_the_listing_of_every_user() {
+    let known = ["ann", "ben", "cat"];
     let subs = ["ann", "ben", "cat", "dan", "eve", "fay"];
-    let seeds: Vec<Value> = subs.iter().map(|s| seeded(s, None)).collect();
-    let tokens: serde_json::Map<String, Value> = (1u8..)
-        .zip(subs)
-        .map(|(n, s)| (s.to_string(), Value::String(token(n))))
-        .collect();
     let users: Vec<Value> = (1u8..)
-        .zip(seeds)
-        .map(|(n, mut u)| {
-            u["token"] = Value::String(token(n));
-            u
-        })
+        .zip(known)
+        .map(|(n, s)| seeded(s, Some(&token(n))))
+        .collect();
+    let tokens: serde_json::Map<String, Value> = (1u8..)
+        .zip(known)
+        .map(|(n, s)| (s.to_string(), Value::String(token(n))))
         .collect();
     let w = world(
         Value::Array(users),
         Value::Object(tokens),
-        &[("SSO_SIDECAR_OPENRAG__TOKEN_POLICY", "file")],
+        &[
+            ("SSO_SIDECAR_OPENRAG__TOKEN_POLICY", "file"),
+            ("OIDC_AUTO_PROVISION_LOGIN", "true"),
+        ],
     )
     .await;
     let sc = &w.sc.sidecar;
@@ -815,14 +817,8 @@ async fn a_burst_of_first_logins_shares_the_listing_of_every_user() {
         held.push((idp_login(&location(&start), sub).await, state));
     }
     let backend = w.backend.url();
-    let slow = send(request(
-        "POST",
-        &format!("{backend}/__test/slow-list?ms=700"),
-        &[],
-        body(""),
-    ))
-    .await
-    .unwrap();
+    let slow = format!("{backend}/__test/slow-list?ms=700");
+    let slow = send(request("POST", &slow, &[], body(""))).await.unwrap();
     assert_eq!(slow.status(), 204);
     let reset = request(
         "DELETE",
@@ -831,13 +827,15 @@ async fn a_burst_of_first_logins_shares_the_listing_of_every_user() {
         body(""),
     );
     send(reset).await.unwrap();
-    let callbacks = held.into_iter().map(|(cb, state)| {
-        tokio::spawn(async move {
-            let cookie = format!("sso_sidecar_session_state={state}");
-            get(&cb, &[("cookie", cookie.as_str())]).await.unwrap()
+    let callbacks: Vec<_> = held
+        .into_iter()
+        .map(|(cb, state)| {
+            tokio::spawn(async move {
+                let cookie = format!("sso_sidecar_session_state={state}");
+                get(&cb, &[("cookie", cookie.as_str())]).await.unwrap()
+            })
         })
-    });
-    let callbacks: Vec<_> = callbacks.collect();
+        .collect();
     for c in callbacks {
         let r = c.await.unwrap();
         assert!(
@@ -847,9 +845,23 @@ async fn a_burst_of_first_logins_shares_the_listing_of_every_user() {
             r.body()
         );
     }
-    let listings = w.backend.requests().await["by_path"]["/users/"].clone();
+    let log = w.backend.requests().await;
+    let calls = |method: &str| {
+        let last = log["last"].as_array().unwrap();
+        let of = |e: &&Value| e["method"] == method && e["path"] == "/users/";
+        last.iter().filter(of).count()
+    };
     assert!(
-        listings.as_u64().is_some_and(|n| (1..=2).contains(&n)),
-        "six first logins listed the users {listings} times"
+        log["total"].as_u64().unwrap() < 50,
+        "the log keeps the last 50: {log}"
     );
+    assert!(
+        (1..=2).contains(&calls("GET")),
+        "six first logins listed the users {} times",
+        calls("GET")
+    );
+    assert_eq!(calls("POST"), 3, "each new user created once");
+    for sub in subs {
+        assert!(w.backend.user(sub).await.is_some(), "{sub}");
+    }
 }

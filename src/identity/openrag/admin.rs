@@ -69,6 +69,19 @@ pub enum AdminError {
     Status { status: StatusCode, detail: String },
     #[error("backend users API answered unexpected JSON: {0}")]
     Json(String),
+    /// The listing another login waited for failed moments ago (its error, as text).
+    #[error("backend users API, listing every user: {0}")]
+    Earlier(String),
+}
+
+/// A JSON error without the value it quotes (another user's email, say), for logs.
+fn unexpected(e: serde_json::Error) -> AdminError {
+    AdminError::Json(format!(
+        "{:?} at line {} column {}",
+        e.classify(),
+        e.line(),
+        e.column()
+    ))
 }
 
 /// Largest answer accepted from the users API, but for the list of every user.
@@ -122,7 +135,7 @@ impl AdminClient {
         if bytes.is_empty() {
             return Ok(Value::Null);
         }
-        serde_json::from_slice(&bytes).map_err(|e| AdminError::Json(e.to_string()))
+        serde_json::from_slice(&bytes).map_err(unexpected)
     }
 
     /// The account `AUTH_TOKEN` itself belongs to (the administrator the sidecar acts as).
@@ -172,6 +185,8 @@ impl AdminClient {
             let detail = serde_json::from_slice::<Value>(&bytes)
                 .ok()
                 .and_then(|v| v.get("detail").map(|d| d.to_string()))
+                // Logged: bounded, whatever the backend put there.
+                .map(|d| d.chars().take(300).collect())
                 .unwrap_or_default();
             return Err(AdminError::Status { status, detail });
         }
@@ -210,7 +225,7 @@ impl AdminClient {
         let v = self
             .call(Method::GET, &format!("/users/{id}"), Payload::Empty)
             .await?;
-        serde_json::from_value(v).map_err(|e| AdminError::Json(e.to_string()))
+        serde_json::from_value(v).map_err(unexpected)
     }
 
     /// `GET /users/`: every user, parsed without a JSON tree of the whole list.
@@ -227,7 +242,7 @@ impl AdminClient {
             .await?;
         serde_json::from_slice::<UserList>(&bytes)
             .map(|l| l.users)
-            .map_err(|e| AdminError::Json(e.to_string()))
+            .map_err(unexpected)
     }
 
     /// Creates a non-admin user; returns it and the token the backend shows only once.
@@ -242,8 +257,7 @@ impl AdminClient {
             .get("token")
             .and_then(Value::as_str)
             .map(|t| Secret::new(t.to_owned()));
-        let user: BackendUser =
-            serde_json::from_value(v).map_err(|e| AdminError::Json(e.to_string()))?;
+        let user: BackendUser = serde_json::from_value(v).map_err(unexpected)?;
         Ok((
             user,
             token.ok_or_else(|| AdminError::Json("POST /users/ returned no token".into()))?,

@@ -3,12 +3,13 @@
 //! no search, so finding a user the bridge does not know means listing every user — a long list
 //! in a large organisation, and at a roll-out a burst of first logins at once. Listings are
 //! made one at a time, and a login that waited for one uses it when it began after the login
-//! asked, instead of fetching the same list again.
+//! asked (its outcome, failure included), instead of fetching the same list again.
 //!
 //! Knows the admin API's users calls only; not tokens, not the vault, not HTTP requests.
 
 use super::admin::{AdminClient, AdminError, BackendUser};
 use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher, RandomState};
 use std::sync::Mutex;
 use tokio::time::Instant;
 
@@ -16,8 +17,18 @@ use tokio::time::Instant;
 pub(super) struct Directory {
     users: Mutex<HashMap<String, BackendUser>>,
     emails: Mutex<HashSet<String>>,
-    /// Held while a listing runs; when the last completed one began.
-    listing: tokio::sync::Mutex<Option<Instant>>,
+    /// Held while a listing runs; the last one's outcome.
+    listing: tokio::sync::Mutex<Option<Listing>>,
+    /// Keys the hashes of the linked `sub`s a listing keeps.
+    subs_key: RandomState,
+}
+
+/// What the last listing found, for the logins that waited for it: the map of users may
+/// change after it (a login forgets a link it found moved), its answer must not.
+struct Listing {
+    began: Instant,
+    /// Keyed hashes of the `sub`s it found linked, or why it failed.
+    found: Result<HashSet<u64>, String>,
 }
 
 impl Directory {
@@ -62,52 +73,72 @@ impl Directory {
         admin: &AdminClient,
         sub: &str,
     ) -> Result<Option<BackendUser>, AdminError> {
+        if let Some(u) = self.confirmed(admin, sub).await {
+            return Ok(Some(u));
+        }
+        // From here on, only a listing that begins now tells where `sub` is.
         let asked = Instant::now();
-        if let Some(u) = self.confirmed(admin, sub).await {
-            return Ok(Some(u));
-        }
         let mut last = self.listing.lock().await;
-        if last.is_some_and(|began| began >= asked) {
+        if let Some(l) = last.as_ref().filter(|l| l.began >= asked) {
             // A listing that began after this login asked has just answered for it.
-            return Ok(self.cached(sub));
-        }
-        if let Some(u) = self.confirmed(admin, sub).await {
-            // Listed by another login while this one waited.
-            return Ok(Some(u));
+            match &l.found {
+                Err(e) => return Err(AdminError::Earlier(e.clone())),
+                Ok(subs) if !subs.contains(&self.subs_key.hash_one(sub)) => return Ok(None),
+                Ok(_) => {
+                    if let Some(u) = self.confirmed(admin, sub).await {
+                        return Ok(Some(u));
+                    }
+                }
+            }
         }
         let began = Instant::now();
-        let found = self.list_for(admin, sub).await?;
-        *last = Some(began);
-        Ok(found)
+        let listed = self.list_for(admin, sub).await;
+        *last = Some(Listing {
+            began,
+            found: match &listed {
+                Ok((_, subs)) => Ok(subs.iter().map(|s| self.subs_key.hash_one(s)).collect()),
+                Err(e) => Err(e.to_string()),
+            },
+        });
+        listed.map(|(found, _)| found)
     }
 
-    /// The remembered user of `sub`, if the backend still links it to `sub`.
+    /// The remembered user of `sub`, if the backend still links it to `sub`. A link the
+    /// backend says has moved (or whose user is gone) is forgotten; one it could not check is
+    /// kept, the caller lists the users anyway.
     async fn confirmed(&self, admin: &AdminClient, sub: &str) -> Option<BackendUser> {
         let u = self.cached(sub)?;
-        match admin.get_user(u.id).await {
+        let moved = match admin.get_user(u.id).await {
             Ok(now) if now.external_user_id.as_deref() == Some(sub) => {
                 self.remember(sub, now.clone());
-                Some(now)
+                return Some(now);
             }
-            // Moved, deleted or unreadable: the whole list says where `sub` is now.
-            _ => {
-                tracing::info!(
-                    sub,
-                    user_id = u.id,
-                    "the remembered backend user changed: users listed again"
-                );
-                self.forget(sub);
-                None
+            Ok(_) | Err(AdminError::Status { .. }) => true,
+            Err(_) => false,
+        };
+        tracing::info!(
+            sub,
+            user_id = u.id,
+            moved,
+            "the remembered backend user could not be confirmed: users listed again"
+        );
+        if moved {
+            // Only the link this login saw: a fresher one may have replaced it meanwhile.
+            let mut users = self.users();
+            if users.get(sub).is_some_and(|now| now.id == u.id) {
+                users.remove(sub);
             }
         }
+        None
     }
 
-    /// Lists the backend's users again (links and emails) and returns the one linked to `sub`.
+    /// Lists the backend's users again (links and emails); returns the one linked to `sub`,
+    /// and every linked `sub`.
     async fn list_for(
         &self,
         admin: &AdminClient,
         sub: &str,
-    ) -> Result<Option<BackendUser>, AdminError> {
+    ) -> Result<(Option<BackendUser>, Vec<String>), AdminError> {
         let all = admin.list_users().await?;
         *self.emails.lock().unwrap_or_else(|p| p.into_inner()) = all
             .iter()
@@ -121,6 +152,6 @@ impl Directory {
                 map.insert(ext, u);
             }
         }
-        Ok(map.get(sub).cloned())
+        Ok((map.get(sub).cloned(), map.keys().cloned().collect()))
     }
 }
