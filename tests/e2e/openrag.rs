@@ -808,36 +808,7 @@ async fn a_burst_of_first_logins_shares_the_listing_of_every_user() {
         ],
     )
     .await;
-    let sc = &w.sc.sidecar;
-    // Each login through the IdP up to its callback, which is held back.
-    let mut held = Vec::new();
-    for sub in subs {
-        let start = get(&sc.url("/auth/login?next=/"), &[]).await.unwrap();
-        let state = set_cookie(&start, "sso_sidecar_session_state").unwrap();
-        held.push((idp_login(&location(&start), sub).await, state));
-    }
-    let backend = w.backend.url();
-    let slow = format!("{backend}/__test/slow-list?ms=700");
-    let slow = send(request("POST", &slow, &[], body(""))).await.unwrap();
-    assert_eq!(slow.status(), 204);
-    let reset = request(
-        "DELETE",
-        &format!("{backend}/__test/requests"),
-        &[],
-        body(""),
-    );
-    send(reset).await.unwrap();
-    let callbacks: Vec<_> = held
-        .into_iter()
-        .map(|(cb, state)| {
-            tokio::spawn(async move {
-                let cookie = format!("sso_sidecar_session_state={state}");
-                get(&cb, &[("cookie", cookie.as_str())]).await.unwrap()
-            })
-        })
-        .collect();
-    for c in callbacks {
-        let r = c.await.unwrap();
+    for r in burst_of_logins(&w, &subs, "ms=700").await {
         assert!(
             r.status().is_redirection() && set_cookie(&r, "sso_sidecar_session").is_some(),
             "{} {:?}",
@@ -845,16 +816,7 @@ async fn a_burst_of_first_logins_shares_the_listing_of_every_user() {
             r.body()
         );
     }
-    let log = w.backend.requests().await;
-    let calls = |method: &str| {
-        let last = log["last"].as_array().unwrap();
-        let of = |e: &&Value| e["method"] == method && e["path"] == "/users/";
-        last.iter().filter(of).count()
-    };
-    assert!(
-        log["total"].as_u64().unwrap() < 50,
-        "the log keeps the last 50: {log}"
-    );
+    let calls = users_calls(&w).await;
     assert!(
         (1..=2).contains(&calls("GET")),
         "six first logins listed the users {} times",
@@ -864,4 +826,79 @@ async fn a_burst_of_first_logins_shares_the_listing_of_every_user() {
     for sub in subs {
         assert!(w.backend.user(sub).await.is_some(), "{sub}");
     }
+}
+
+/// Each login through the IdP up to its callback, then every callback at once, the backend's
+/// list of users slowed (and perhaps failing) by `hook` (`/__test/slow-list?{hook}`).
+async fn burst_of_logins(
+    w: &World,
+    subs: &[&str],
+    hook: &str,
+) -> Vec<http::Response<bytes::Bytes>> {
+    let sc = &w.sc.sidecar;
+    let mut held = Vec::new();
+    for sub in subs {
+        let start = get(&sc.url("/auth/login?next=/"), &[]).await.unwrap();
+        let state = set_cookie(&start, "sso_sidecar_session_state").unwrap();
+        held.push((idp_login(&location(&start), sub).await, state));
+    }
+    let backend = w.backend.url();
+    let slow = format!("{backend}/__test/slow-list?{hook}");
+    let slow = send(request("POST", &slow, &[], body(""))).await.unwrap();
+    assert_eq!(slow.status(), 204);
+    let reset = format!("{backend}/__test/requests");
+    send(request("DELETE", &reset, &[], body("")))
+        .await
+        .unwrap();
+    let callbacks: Vec<_> = held
+        .into_iter()
+        .map(|(cb, state)| {
+            tokio::spawn(async move {
+                let cookie = format!("sso_sidecar_session_state={state}");
+                get(&cb, &[("cookie", cookie.as_str())]).await.unwrap()
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for c in callbacks {
+        answers.push(c.await.unwrap());
+    }
+    answers
+}
+
+/// How many calls of a method on `/users/` the backend logged since the burst.
+async fn users_calls(w: &World) -> impl Fn(&str) -> usize {
+    let log = w.backend.requests().await;
+    assert!(
+        log["total"].as_u64().unwrap() < 50,
+        "the log keeps the last 50: {log}"
+    );
+    move |method: &str| {
+        let last = log["last"].as_array().unwrap();
+        let of = |e: &&Value| e["method"] == method && e["path"] == "/users/";
+        last.iter().filter(of).count()
+    }
+}
+
+/// A listing that fails answers the logins that waited for it with its failure: three first
+/// logins whose callbacks arrive while a 700 ms listing fails list at most twice (not once
+/// each, one after another, each paying the wait), are refused 502, and create nothing.
+#[tokio::test]
+async fn logins_that_waited_for_a_failed_listing_share_its_failure() {
+    let w = world(
+        json!([]),
+        json!({}),
+        &[("OIDC_AUTO_PROVISION_LOGIN", "true")],
+    )
+    .await;
+    for r in burst_of_logins(&w, &["gus", "hal", "ian"], "ms=700&fail=1").await {
+        assert_eq!(r.status(), 502, "{:?}", r.body());
+    }
+    let calls = users_calls(&w).await;
+    assert!(
+        (1..=2).contains(&calls("GET")),
+        "three first logins listed the users {} times",
+        calls("GET")
+    );
+    assert_eq!(calls("POST"), 0, "nothing created");
 }

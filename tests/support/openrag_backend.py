@@ -18,7 +18,7 @@ verified in issue 16: IA-Generative/openrag d6fd8e7f; "later" = later linagora v
   echo      any other path, once authenticated (a JSON echo of what arrived)
   hooks     (--test-hooks) GET /__test/dump  GET /__test/users  GET|DELETE /__test/requests
             POST /__test/partition/{p}  GET /__test/refuse/<code>?detail=D  POST /__test/chainlit/forget
-            POST /__test/slow-list?ms=N
+            POST /__test/slow-list?ms=N[&fail=1]
   flags     --users-file (users, their memberships)  --partitions (created at start, no members)
             --generation  --super-admin-mode (default true)  --conflict-status (default by generation)
 
@@ -104,8 +104,8 @@ the real backend showed (issue 16 item 7):
     "next_user_id"}), GET /__test/users (every user with token_sha256), POST /__test/partition/{p}
     (create a partition with no members: 201, or 409 if it exists), GET /__test/requests (total,
     by_path counts, the last 50 {method, path, status, auth_via, user_id}), DELETE /__test/requests
-    (reset the log), POST /__test/slow-list?ms=N (GET /users/ answers N ms late from then on, as a
-    long list would). And one AUTHENTICATED hook (the token is checked and the request logged as on any
+    (reset the log), POST /__test/slow-list?ms=N[&fail=1] (GET /users/ answers N ms late from then
+    on, as a long list would; with fail=1, then 503). And one AUTHENTICATED hook (the token is checked and the request logged as on any
     route): GET /__test/refuse/<code>?detail=D answers <code> {"detail": D}, a route refusing a valid
     user for its own reasons (Chainlit's 401 "Invalid authentication token", a 403 "Invalid token"
     relayed from a provider). Without --test-hooks these paths are echoed.
@@ -796,9 +796,11 @@ class Handler(BaseHTTPRequestHandler):
             self.server.log.reset()
             return self.send(204)
         if path == "/__test/slow-list" and self.command == "POST":
-            # GET /users/ (the whole list) answers N ms late from now on: a long list.
+            # GET /users/ (the whole list) answers N ms late from now on: a long list; with
+            # fail=1, then 503 (a backend in trouble).
             query = parse_qs(urlsplit(self.path).query)
             self.server.list_delay_ms = int(query.get("ms", ["0"])[0])
+            self.server.list_fails = query.get("fail", ["0"])[0] == "1"
             return self.send(204)
         if path == "/__test/chainlit/forget" and self.command == "POST":
             self.server.chainlit_sessions.clear()  # Chainlit restarted: its sessions are gone
@@ -897,6 +899,8 @@ class Handler(BaseHTTPRequestHandler):
         if path == "/users" or path.startswith("/users/"):
             if path in ("/users", "/users/") and self.command == "GET":
                 time.sleep(getattr(self.server, "list_delay_ms", 0) / 1000)
+                if getattr(self.server, "list_fails", False):
+                    return 503, {"detail": "listing failed (test hook)"}, []
             return self.users_api(ctx, user)
         if path == "/partition" or path.startswith("/partition/"):
             answer = self.partition_api(ctx, user)
