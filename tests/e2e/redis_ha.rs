@@ -104,6 +104,23 @@ fn redis_server(dir: &Path, args: &[&str]) -> Child {
         .unwrap()
 }
 
+/// Starts a sentinel listening on 127.0.0.1, `dir` its working directory, configured by
+/// `conf` (its port, what it monitors…).
+fn sentinel(dir: &Path, conf: &str) -> Child {
+    require_tool("redis-server", "redis-server");
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join("sentinel.conf");
+    let all = format!("bind 127.0.0.1\ndir {}\n{conf}", dir.display());
+    std::fs::write(&path, all).unwrap();
+    Command::new("redis-server")
+        .arg(&path)
+        .arg("--sentinel")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 async fn cluster(dir: &Path) -> (Servers, Vec<String>) {
     let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let mut servers = Servers(Vec::new());
@@ -197,27 +214,14 @@ async fn sentinel_set(dir: &Path) -> SentinelSet {
     let mut sentinels = Vec::new();
     for _ in 0..3 {
         let port = free_port();
-        let d = dir.join(format!("sentinel-{port}"));
-        std::fs::create_dir_all(&d).unwrap();
-        let conf = d.join("sentinel.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor mymaster 127.0.0.1 {master} 2\n\
-                 sentinel down-after-milliseconds mymaster 1000\nsentinel failover-timeout mymaster 5000\n",
-                d.display()
+        servers.0.push(sentinel(
+            &dir.join(format!("sentinel-{port}")),
+            &format!(
+                "port {port}\nsentinel monitor mymaster 127.0.0.1 {master} 2\n\
+                 sentinel down-after-milliseconds mymaster 1000\n\
+                 sentinel failover-timeout mymaster 5000\n"
             ),
-        )
-        .unwrap();
-        servers.0.push(
-            Command::new("redis-server")
-                .arg(&conf)
-                .arg("--sentinel")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        );
+        ));
         sentinels.push(port);
     }
     for s in &sentinels {
@@ -363,36 +367,22 @@ async fn tls_to_redis_with_a_private_ca() {
 #[tokio::test]
 async fn sentinels_with_a_password() {
     let dir = tempfile::tempdir().unwrap();
-    let (master, sentinel) = (free_port(), free_port());
+    let (master, sentinel_port) = (free_port(), free_port());
     let port = master.to_string();
     let mut servers = Servers(vec![redis_server(
         &dir.path().join("master"),
         &["--port", &port, "--appendonly", "no"],
     )]);
-    let d = dir.path().join("sentinel");
-    std::fs::create_dir_all(&d).unwrap();
-    let conf = d.join("sentinel.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "port {sentinel}\nbind 127.0.0.1\ndir {}\nrequirepass sentinel-secret\n\
-             sentinel monitor mymaster 127.0.0.1 {master} 1\n",
-            d.display()
+    servers.0.push(sentinel(
+        &dir.path().join("sentinel"),
+        &format!(
+            "port {sentinel_port}\nrequirepass sentinel-secret\n\
+             sentinel monitor mymaster 127.0.0.1 {master} 1\n"
         ),
-    )
-    .unwrap();
-    servers.0.push(
-        Command::new("redis-server")
-            .arg(&conf)
-            .arg("--sentinel")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    ));
     until("the sentinel sees its master", 20, || {
         cli(
-            sentinel,
+            sentinel_port,
             &[
                 "-a",
                 "sentinel-secret",
@@ -427,8 +417,8 @@ async fn sentinels_with_a_password() {
             .unwrap(),
         )
     };
-    let plain = format!("redis://127.0.0.1:{sentinel}");
-    let inline = format!("redis://:sentinel-secret@127.0.0.1:{sentinel}");
+    let plain = format!("redis://127.0.0.1:{sentinel_port}");
+    let inline = format!("redis://:sentinel-secret@127.0.0.1:{sentinel_port}");
     sso_sidecar::store::conformance::run(&through(plain.clone(), Some("sentinel-secret"))).await;
     assert!(
         through(inline, None).ping().await.is_ok(),
@@ -446,44 +436,32 @@ async fn sentinels_with_a_password() {
 async fn sentinel_over_tls_with_a_private_ca() {
     let dir = tempfile::tempdir().unwrap();
     let tls_args = private_ca(dir.path());
-    let (master, sentinel) = (free_port(), free_port());
+    let (master, sentinel_port) = (free_port(), free_port());
     let mut args = tls_args(master);
     args.extend(["--appendonly", "no", "--tls-replication", "yes"].map(String::from));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut servers = Servers(vec![redis_server(&dir.path().join("master"), &args)]);
-    let d = dir.path().join("sentinel");
-    std::fs::create_dir_all(&d).unwrap();
-    let conf = d.join("sentinel.conf");
-    let mut lines = vec![format!("bind 127.0.0.1\ndir {}", d.display())];
-    for pair in tls_args(sentinel).chunks(2) {
-        lines.push(format!("{} {}", pair[0].trim_start_matches('-'), pair[1]));
+    let mut conf = String::new();
+    for pair in tls_args(sentinel_port).chunks(2) {
+        conf += &format!("{} {}\n", pair[0].trim_start_matches('-'), pair[1]);
     }
-    lines.push(format!(
-        "tls-replication yes\nsentinel monitor mymaster 127.0.0.1 {master} 1\n"
-    ));
-    std::fs::write(&conf, lines.join("\n")).unwrap();
-    servers.0.push(
-        Command::new("redis-server")
-            .arg(&conf)
-            .arg("--sentinel")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    conf += &format!("tls-replication yes\nsentinel monitor mymaster 127.0.0.1 {master} 1\n");
+    servers
+        .0
+        .push(sentinel(&dir.path().join("sentinel"), &conf));
     let ca_file = dir.path().join("ca.pem");
     until("the TLS sentinel sees its master", 20, || {
         Command::new("redis-cli")
             .args(["--tls", "--cacert"])
             .arg(&ca_file)
-            .args(["-h", "127.0.0.1", "-p", &sentinel.to_string()])
+            .args(["-h", "127.0.0.1", "-p", &sentinel_port.to_string()])
             .args(["sentinel", "ckquorum", "mymaster"])
             .output()
             .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).starts_with("OK"))
     })
     .await;
-    let urls = [format!("rediss://127.0.0.1:{sentinel}")];
-    let sentinel = |ca: Option<Vec<u8>>| {
+    let urls = [format!("rediss://127.0.0.1:{sentinel_port}")];
+    let through = |ca: Option<Vec<u8>>| {
         store(
             Topology::Sentinel {
                 sentinels: &urls,
@@ -494,9 +472,9 @@ async fn sentinel_over_tls_with_a_private_ca() {
         )
     };
     let ca = std::fs::read(&ca_file).unwrap();
-    sso_sidecar::store::conformance::run(&sentinel(Some(ca))).await;
+    sso_sidecar::store::conformance::run(&through(Some(ca))).await;
     assert!(
-        sentinel(None).ping().await.is_err(),
+        through(None).ping().await.is_err(),
         "the system roots do not trust a private CA"
     );
 }

@@ -238,12 +238,10 @@ fn with_credentials(
 mod tests {
     use super::*;
 
-    #[test]
-    fn connections_to_a_single_redis_notice_a_vanished_peer() {
-        let store = RedisStore::new(RedisOptions {
-            topology: Topology::Single {
-                url: "redis://127.0.0.1:6379",
-            },
+    /// Options with nothing but `topology` set.
+    fn options(topology: Topology<'_>) -> RedisOptions<'_> {
+        RedisOptions {
+            topology,
             key_prefix: "t:",
             username: None,
             password: None,
@@ -253,8 +251,13 @@ mod tests {
             timeout: Duration::from_millis(2000),
             connections: 1,
             client_cache: None,
-        })
-        .unwrap();
+        }
+    }
+
+    #[test]
+    fn connections_to_a_single_redis_notice_a_vanished_peer() {
+        let url = "redis://127.0.0.1:6379";
+        let store = RedisStore::new(options(Topology::Single { url })).unwrap();
         let Backend::Single { client, .. } = &store.backend else {
             panic!("a single server");
         };
@@ -268,22 +271,11 @@ mod tests {
     fn sentinels_share_one_set_of_credentials() {
         let built = |urls: &[&str]| {
             let urls: Vec<String> = urls.iter().map(|u| u.to_string()).collect();
-            RedisStore::new(RedisOptions {
-                topology: Topology::Sentinel {
-                    sentinels: &urls,
-                    master: "mymaster",
-                    tls: false,
-                },
-                key_prefix: "t:",
-                username: None,
-                password: None,
-                sentinel_username: None,
-                sentinel_password: None,
-                ca_pem: None,
-                timeout: Duration::from_millis(2000),
-                connections: 1,
-                client_cache: None,
-            })
+            RedisStore::new(options(Topology::Sentinel {
+                sentinels: &urls,
+                master: "mymaster",
+                tls: false,
+            }))
             .map(|_| ())
         };
         assert!(built(&["redis://:p1@10.0.0.1:26379", "redis://:p1@10.0.0.2:26379"]).is_ok());
