@@ -92,15 +92,15 @@ impl Directory {
             }
         }
         let began = Instant::now();
-        let listed = self.list_for(admin, sub).await;
-        *last = Some(Listing {
-            began,
-            found: match &listed {
-                Ok((_, subs)) => Ok(subs.iter().map(|s| self.subs_key.hash_one(s)).collect()),
-                Err(e) => Err(e.to_string()),
-            },
-        });
-        listed.map(|(found, _)| found)
+        let (answer, found) = match self.list_for(admin, sub).await {
+            Ok((user, subs)) => (Ok(user), Ok(subs)),
+            Err(e) => {
+                let text = e.to_string();
+                (Err(e), Err(text))
+            }
+        };
+        *last = Some(Listing { began, found });
+        answer
     }
 
     /// The remembered user of `sub`, if the backend still links it to `sub`. A link the
@@ -133,12 +133,12 @@ impl Directory {
     }
 
     /// Lists the backend's users again (links and emails); returns the one linked to `sub`,
-    /// and every linked `sub`.
+    /// and the keyed hashes of every linked `sub`.
     async fn list_for(
         &self,
         admin: &AdminClient,
         sub: &str,
-    ) -> Result<(Option<BackendUser>, Vec<String>), AdminError> {
+    ) -> Result<(Option<BackendUser>, HashSet<u64>), AdminError> {
         let all = admin.list_users().await?;
         *self.emails.lock().unwrap_or_else(|p| p.into_inner()) = all
             .iter()
@@ -152,6 +152,7 @@ impl Directory {
                 map.insert(ext, u);
             }
         }
-        Ok((map.get(sub).cloned(), map.keys().cloned().collect()))
+        let subs = map.keys().map(|s| self.subs_key.hash_one(s)).collect();
+        Ok((map.get(sub).cloned(), subs))
     }
 }
