@@ -76,12 +76,14 @@ pub struct Access<'a> {
     pub request_id: &'a str,
 }
 
-/// Writes the access-log line (target `access`, so it can be filtered on its own).
+/// Writes the access-log line (target `access`, so it can be filtered on its own). The fields
+/// are only evaluated when the line is written: with the access log off, the path is not
+/// scanned.
 pub fn access(a: &Access<'_>) {
     tracing::info!(
         target: "access",
         method = a.method,
-        path = a.path,
+        path = &*loggable(a.path),
         status = a.status,
         upstream_status = a.upstream_status,
         latency_ms = (a.latency.as_secs_f64() * 1e6).round() / 1e3,
@@ -157,7 +159,7 @@ impl<'a> Record<'a> {
         self.metrics.request_finished(&self.method, status, elapsed);
         access(&Access {
             method: self.method.as_str(),
-            path: &loggable(self.uri.path()),
+            path: self.uri.path(),
             status,
             upstream_status,
             latency: elapsed,
