@@ -78,6 +78,11 @@ impl KeyRing {
     pub fn open(&self, token: &str) -> Option<Vec<u8>> {
         self.ring.decrypt(token).ok()
     }
+
+    /// [`KeyRing::open`] for a token read as bytes (from the store): `None` when not text.
+    pub fn open_bytes(&self, token: &[u8]) -> Option<Vec<u8>> {
+        std::str::from_utf8(token).ok().and_then(|t| self.open(t))
+    }
 }
 
 impl fmt::Debug for KeyRing {

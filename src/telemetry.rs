@@ -8,7 +8,7 @@
 
 use crate::config::LogFormat;
 use crate::metrics::Metrics;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tracing_subscriber::EnvFilter;
 
 type Reloader = Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync>;
@@ -66,32 +66,6 @@ pub fn set_level(level: &str) -> Result<bool, String> {
     }
 }
 
-/// One finished request, as the access log records it.
-pub struct Access<'a> {
-    pub method: &'a str,
-    pub path: &'a str,
-    pub status: u16,
-    pub upstream_status: Option<u16>,
-    pub latency: Duration,
-    pub request_id: &'a str,
-}
-
-/// Writes the access-log line (target `access`, so it can be filtered on its own). The fields
-/// are only evaluated when the line is written: with the access log off, the path is not
-/// scanned.
-pub fn access(a: &Access<'_>) {
-    tracing::info!(
-        target: "access",
-        method = a.method,
-        path = &*loggable(a.path),
-        status = a.status,
-        upstream_status = a.upstream_status,
-        latency_ms = (a.latency.as_secs_f64() * 1e6).round() / 1e3,
-        request_id = a.request_id,
-        "request"
-    );
-}
-
 /// A path as it is logged: printable ASCII as it came, any other byte percent-encoded. A client
 /// may put C1 controls (U+0080–U+009F, terminal escapes) or bidi overrides in its path as
 /// UTF-8; JSON escapes neither, and the `pretty` format writes them raw.
@@ -114,7 +88,7 @@ fn loggable(path: &str) -> std::borrow::Cow<'_, str> {
 
 /// The status logged for a request that ended without an answer: its client left (an HTTP/2
 /// reset, a closed connection) or the drain's deadline came. nginx's "client closed request".
-pub const CLIENT_LEFT: u16 = 499;
+const CLIENT_LEFT: u16 = 499;
 
 /// One request from its start to its answer: its in-flight count, duration, status count and
 /// access line, written exactly once. A request whose future is dropped before it answers
@@ -123,9 +97,9 @@ pub const CLIENT_LEFT: u16 = 499;
 pub struct Record<'a> {
     metrics: &'a Metrics,
     start: Instant,
-    pub method: http::Method,
+    method: http::Method,
     /// A cheap clone (shared bytes) of the request's target: the log takes its path.
-    pub uri: http::Uri,
+    uri: http::Uri,
     pub request_id: http::HeaderValue,
     done: bool,
 }
@@ -154,17 +128,22 @@ impl<'a> Record<'a> {
         self.write(status, upstream_status);
     }
 
+    /// Counts the request and writes its access line (target `access`, so it can be filtered
+    /// on its own). The line's fields are only evaluated when it is written: with the access
+    /// log off, the path is not scanned.
     fn write(&self, status: u16, upstream_status: Option<u16>) {
         let elapsed = self.start.elapsed();
         self.metrics.request_finished(&self.method, status, elapsed);
-        access(&Access {
-            method: self.method.as_str(),
-            path: self.uri.path(),
+        tracing::info!(
+            target: "access",
+            method = self.method.as_str(),
+            path = &*loggable(self.uri.path()),
             status,
             upstream_status,
-            latency: elapsed,
-            request_id: self.request_id.to_str().unwrap_or_default(),
-        });
+            latency_ms = (elapsed.as_secs_f64() * 1e6).round() / 1e3,
+            request_id = self.request_id.to_str().unwrap_or_default(),
+            "request"
+        );
     }
 }
 

@@ -154,14 +154,26 @@ pub fn folded_name(name: &str) -> String {
 
 /// Removes every header whose folded name is in `names` (already folded, lower case).
 pub fn remove_folded<S: AsRef<str>>(headers: &mut HeaderMap, names: &[S]) {
+    remove_folded_if(headers, names, |_, _| true);
+}
+
+/// [`remove_folded`], for the headers whose name and folded name also pass `also`.
+fn remove_folded_if<S: AsRef<str>>(
+    headers: &mut HeaderMap,
+    names: &[S],
+    also: impl Fn(&str, &str) -> bool,
+) {
     // Runs on every request for a handful of names: a mask of their lengths rules out most
     // headers with one test, and nothing is allocated unless something is removed.
     let lengths = names
         .iter()
         .fold(0u64, |m, n| m | 1 << n.as_ref().len().min(63));
     let matches = |k: &HeaderName| {
-        lengths & (1 << k.as_str().len().min(63)) != 0
-            && names.iter().any(|n| folds_to(k.as_str(), n.as_ref()))
+        let k = k.as_str();
+        lengths & (1 << k.len().min(63)) != 0
+            && names
+                .iter()
+                .any(|n| folds_to(k, n.as_ref()) && also(k, n.as_ref()))
     };
     while let Some(name) = headers.keys().find(|k| matches(k)).cloned() {
         headers.remove(&name);
@@ -178,14 +190,6 @@ fn folds_to(name: &str, folded: &str) -> bool {
             };
             a == b
         })
-}
-
-/// A header not believed even from a trusted proxy: a URL override in any spelling, or a
-/// forwarding header spelled with `_` or `.` (which only lenient backends fold).
-fn distrusted(name: &str) -> bool {
-    let odd = name.bytes().any(|b| b == b'_' || b == b'.');
-    URL_OVERRIDES.iter().any(|f| folds_to(name, f))
-        || odd && FORWARDING.iter().any(|f| folds_to(name, f))
 }
 
 /// What the sidecar knows about the connection a request came in on.
@@ -221,33 +225,30 @@ pub fn set_forwarded(headers: &mut HeaderMap, peer: Peer, host: Option<HeaderVal
     // Not even a trusted proxy's: headers a backend may route by instead of the path decided
     // on here, and other spellings of the forwarding headers (only lenient backends read them,
     // so they are the client's, passed on by an ingress that does not know them).
-    // One pass over the names; a second only when one is found.
-    while let Some(name) = headers.keys().find(|k| distrusted(k.as_str())).cloned() {
-        headers.remove(&name);
-    }
+    // That is: a URL override in any spelling (they are forwarding headers too), or a
+    // forwarding header spelled with `_` or `.` (which only lenient backends fold).
+    remove_folded_if(headers, &FORWARDING, |name, folded| {
+        URL_OVERRIDES.contains(&folded) || name.bytes().any(|b| b == b'_' || b == b'.')
+    });
     // Every line of the incoming chain, in order: a proxy may add its own line instead of
-    // extending the last one, and the client's address is on the right.
-    let mut prior = headers.get_all(&X_FORWARDED_FOR).iter();
-    let xff = match (prior.next(), prior.next()) {
-        (None, _) => HeaderValue::from_str(ip),
-        (Some(one), None) => match one.to_str() {
-            Ok(p) if !p.trim().is_empty() => HeaderValue::from_str(&format!("{p}, {ip}")),
-            _ => HeaderValue::from_str(ip),
-        },
-        (Some(_), Some(_)) => {
-            // A line that is not text breaks the chain: nothing left of it can be placed.
-            let lines: Result<Vec<&str>, _> = headers
-                .get_all(&X_FORWARDED_FOR)
-                .iter()
-                .map(|v| v.to_str().map(str::trim))
-                .collect();
-            let mut chain = lines.unwrap_or_default();
-            chain.retain(|v| !v.is_empty());
-            chain.push(ip);
-            HeaderValue::from_str(&chain.join(", "))
+    // extending the last one, and the client's address is on the right. A line that is not
+    // text breaks the chain: nothing left of it can be placed.
+    let mut chain = String::new();
+    for line in headers.get_all(&X_FORWARDED_FOR) {
+        match line.to_str().map(str::trim) {
+            Ok("") => {}
+            Ok(line) => {
+                chain.push_str(line);
+                chain.push_str(", ");
+            }
+            Err(_) => {
+                chain.clear();
+                break;
+            }
         }
-    };
-    if let Ok(v) = xff {
+    }
+    chain.push_str(ip);
+    if let Ok(v) = HeaderValue::from_str(&chain) {
         headers.insert(X_FORWARDED_FOR, v);
     }
     if !headers.contains_key(&X_FORWARDED_PROTO) {

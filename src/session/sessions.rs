@@ -164,7 +164,7 @@ impl Sessions {
             let Some(sealed) = self.store.get_fresh(&key).await? else {
                 return Ok(None);
             };
-            let Some(before) = self.unseal(&sealed) else {
+            let Some(before) = self.keys.open_bytes(&sealed) else {
                 return Ok(None);
             };
             let Some(mut s) = serde_json::from_slice::<Session>(&before)
@@ -197,15 +197,9 @@ impl Sessions {
 
     /// A sealed session opened: `None` when tampered, sealed with a foreign key or unreadable.
     fn open(&self, sealed: &[u8]) -> Option<Session> {
-        self.unseal(sealed)
+        self.keys
+            .open_bytes(sealed)
             .and_then(|p| serde_json::from_slice::<Session>(&p).ok())
-    }
-
-    /// A sealed session's plain bytes (its JSON).
-    fn unseal(&self, sealed: &[u8]) -> Option<Vec<u8>> {
-        std::str::from_utf8(sealed)
-            .ok()
-            .and_then(|t| self.keys.open(t))
     }
 
     /// The live session for a cookie id, or `None` (unknown, expired, tampered, foreign key).

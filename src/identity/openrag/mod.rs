@@ -133,14 +133,6 @@ impl OpenRagBridge {
         Ok(id)
     }
 
-    /// The account `token` belongs to, as the backend says (`None`: not a token of its own).
-    pub async fn token_owner(&self, token: &str) -> Result<Option<u64>, BridgeError> {
-        if token.is_empty() {
-            return Ok(None);
-        }
-        Ok(self.admin.token_owner(token).await?)
-    }
-
     /// Keeps `token` as `sub`'s backend token (the user regenerated it through the sidecar).
     /// Only while `user` is still the account `sub` is linked to: a session that began before
     /// an administrator moved the link must not put the old account's token in the vault of

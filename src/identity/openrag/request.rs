@@ -38,21 +38,8 @@ pub(crate) async fn as_user(
     let regenerates = regenerate_target(&parts);
     if let Some(target) = regenerates {
         refuse_admin_token(bridge, target, out).await?;
-        if target.is_none() || session.backend_user_id != target {
-            // The admin API may take seconds: not while holding a place under the upstream cap
-            // (nor out of the upstream timeout); the send waits for one of its own.
-            drop(out.take_place());
-            let admin = match session.backend_user_id {
-                Some(me) => bridge.is_admin(me).await.map_err(ForwardError::Bridge)?,
-                None => false,
-            };
-            if !admin {
-                tracing::warn!(sub = %session.sub, target = ?target, "refused: regenerating another user's token takes an administrator");
-                return Err(ForwardError::Forbidden(
-                    "Admin privileges or self-access required",
-                ));
-            }
-        }
+        let acting = session.backend_user_id;
+        self_or_admin(bridge, target, acting, Some(&session.sub)).await?;
     }
     if carrier == inject::Carrier::Cookie {
         // As above: the hand-off, and a Chainlit login, may ask the admin API.
@@ -185,20 +172,15 @@ pub(crate) async fn as_bearer(
 ) -> Result<Outcome, ForwardError> {
     if let Some(target) = regenerate_target(&parts) {
         refuse_admin_token(bridge, target, out).await?;
-        let bearer = crate::proxy::headers::bearer(&parts.headers).unwrap_or_default();
-        let owner = bridge
-            .token_owner(bearer)
-            .await
-            .map_err(ForwardError::Bridge)?;
-        let Some(owner) = owner else {
+        let bearer = crate::proxy::headers::bearer(&parts.headers).filter(|t| !t.is_empty());
+        let Some(bearer) = bearer else {
             return Err(ForwardError::Unauthenticated);
         };
-        if target != Some(owner) && !bridge.is_admin(owner).await.map_err(ForwardError::Bridge)? {
-            tracing::warn!(owner, target = ?target, "refused: regenerating another user's token takes an administrator");
-            return Err(ForwardError::Forbidden(
-                "Admin privileges or self-access required",
-            ));
-        }
+        let owner = bridge.admin.token_owner(bearer).await;
+        let Some(owner) = owner.map_err(|e| ForwardError::Bridge(e.into()))? else {
+            return Err(ForwardError::Unauthenticated);
+        };
+        self_or_admin(bridge, target, Some(owner), None).await?;
     }
     let outcome = send(out, names, parts, body, Inject::default()).await?;
     let (outcome, refused) = peek_refusal(outcome).await;
@@ -206,6 +188,31 @@ pub(crate) async fn as_bearer(
         return Err(ForwardError::Unauthenticated);
     }
     Ok(outcome)
+}
+
+/// Lets a regeneration of `target`'s token go on only for the `acting` account itself or an
+/// administrator (OpenRag 1.1.8's route checks nothing). `sub` names a session's user in the
+/// warning. Called after [`refuse_admin_token`], which has given up the upstream place.
+async fn self_or_admin(
+    bridge: &OpenRagBridge,
+    target: Option<u64>,
+    acting: Option<u64>,
+    sub: Option<&str>,
+) -> Result<(), ForwardError> {
+    if target.is_some() && target == acting {
+        return Ok(());
+    }
+    let admin = match acting {
+        Some(me) => bridge.is_admin(me).await.map_err(ForwardError::Bridge)?,
+        None => false,
+    };
+    if !admin {
+        tracing::warn!(sub, acting = ?acting, target = ?target, "refused: regenerating another user's token takes an administrator");
+        return Err(ForwardError::Forbidden(
+            "Admin privileges or self-access required",
+        ));
+    }
+    Ok(())
 }
 
 /// Refuses to regenerate the token of the account `AUTH_TOKEN` belongs to, whoever asks: the

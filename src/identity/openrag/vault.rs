@@ -67,9 +67,8 @@ impl OpenRagBridge {
 
     /// Text sealed with the bridge's keys (a vault value, Chainlit's session cookies).
     pub(super) fn open_sealed(&self, sealed: &[u8]) -> Option<Secret<String>> {
-        std::str::from_utf8(sealed)
-            .ok()
-            .and_then(|t| self.keys.open(t))
+        self.keys
+            .open_bytes(sealed)
             .and_then(|p| String::from_utf8(p).ok())
             .map(Secret::new)
     }

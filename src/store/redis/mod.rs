@@ -140,26 +140,16 @@ macro_rules! with_conn {
                 conns,
                 ..
             } => {
-                let cell = conns.get();
-                let mut $c = match cell.get() {
-                    Some(c) => c.clone(),
-                    None => {
-                        let connected = cell.get_or_try_init(|| {
-                            ConnectionManager::new_with_config(client.clone(), config.clone())
-                        });
-                        in_time($self.connect_wait, connected).await?.clone()
-                    }
-                };
+                let mut $c = cached_or_connect(conns.get(), $self.connect_wait, || {
+                    ConnectionManager::new_with_config(client.clone(), config.clone())
+                })
+                .await?;
                 $body.await.map_err(unavailable)
             }
             Backend::Cluster { client, conn } => {
-                let mut $c = match conn.get() {
-                    Some(c) => c.clone(),
-                    None => {
-                        let connected = conn.get_or_try_init(|| client.get_async_connection());
-                        in_time($self.connect_wait, connected).await?.clone()
-                    }
-                };
+                let mut $c =
+                    cached_or_connect(conn, $self.connect_wait, || client.get_async_connection())
+                        .await?;
                 $body.await.map_err(unavailable)
             }
             Backend::Sentinel {
@@ -167,10 +157,18 @@ macro_rules! with_conn {
                 conn,
                 timeout,
             } => {
-                let master = $self.sentinel_master(client, conn, *timeout);
-                let mut $c = match tokio::time::timeout($self.connect_wait, master).await {
-                    Ok(c) => c?,
-                    Err(_) => return Err(no_connection_in_time()),
+                // A connection made before is used as it is: no timer on a command once
+                // connected, as with the other backends.
+                let known = conn.try_lock().ok().and_then(|c| c.clone());
+                let mut $c = match known {
+                    Some(c) => c,
+                    None => {
+                        let master = $self.sentinel_master(client, conn, *timeout);
+                        match tokio::time::timeout($self.connect_wait, master).await {
+                            Ok(c) => c?,
+                            Err(_) => return Err(no_connection_in_time()),
+                        }
+                    }
                 };
                 let result = $body.await;
                 if result.is_err() {
@@ -279,30 +277,19 @@ impl RedisStore {
         r
     }
 
+    /// `SET key value NX PX ttl`: true when `key` was absent and the value was written.
     pub async fn put_if_absent(
         &self,
         key: &str,
         value: &[u8],
         ttl: Duration,
     ) -> Result<bool, StoreError> {
-        self.set_if(key, value, ttl, "NX").await
-    }
-
-    /// `SET key value NX PX ttl`: true when the condition held and the value was written.
-    async fn set_if(
-        &self,
-        key: &str,
-        value: &[u8],
-        ttl: Duration,
-        condition: &str,
-    ) -> Result<bool, StoreError> {
-        let cmd = redis::cmd("SET")
-            .arg(self.key(key))
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(self.key(key))
             .arg(value)
-            .arg(condition)
+            .arg("NX")
             .arg("PX")
-            .arg(millis(ttl))
-            .clone();
+            .arg(millis(ttl));
         let r: Result<Option<String>, _> = self.query(&cmd).await;
         self.written(key).await;
         Ok(r?.is_some())
@@ -451,13 +438,21 @@ fn unavailable(e: redis::RedisError) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
-/// A connection from `connecting`, or unavailable once `wait` has passed.
-async fn in_time<T>(
+/// The connection in `cell`, else one made by `connect` within `wait` (and kept there).
+async fn cached_or_connect<T, F>(
+    cell: &OnceCell<T>,
     wait: Duration,
-    connecting: impl std::future::Future<Output = Result<T, redis::RedisError>>,
-) -> Result<T, StoreError> {
-    match tokio::time::timeout(wait, connecting).await {
-        Ok(r) => r.map_err(unavailable),
+    connect: impl FnOnce() -> F,
+) -> Result<T, StoreError>
+where
+    T: Clone,
+    F: std::future::Future<Output = Result<T, redis::RedisError>>,
+{
+    if let Some(c) = cell.get() {
+        return Ok(c.clone());
+    }
+    match tokio::time::timeout(wait, cell.get_or_try_init(connect)).await {
+        Ok(r) => r.cloned().map_err(unavailable),
         Err(_) => Err(no_connection_in_time()),
     }
 }
