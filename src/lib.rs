@@ -44,7 +44,8 @@ use std::future::Future;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 
-/// The listeners, bound by the caller (port 0 in tests) before `run` is called.
+/// The listeners, bound by the caller (port 0 in tests) before `run` is called; with
+/// [`server::listen`], so that client connections carry TCP keepalive.
 pub struct Listeners {
     pub public: TcpListener,
     pub admin: TcpListener,

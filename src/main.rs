@@ -99,7 +99,7 @@ fn run(config: Config) -> ExitCode {
         Err(code) => return code,
     };
     runtime.block_on(async move {
-        let listeners = match bind(&config).await {
+        let listeners = match bind(&config) {
             Ok(l) => l,
             Err(e) => {
                 tracing::error!("{e}");
@@ -118,23 +118,11 @@ fn run(config: Config) -> ExitCode {
     })
 }
 
-async fn bind(config: &Config) -> Result<sso_sidecar::Listeners, String> {
-    // SO_REUSEPORT so that each worker thread can bind its own socket to the same address.
-    let public = (|| {
-        let addr = config.listen;
-        let s = if addr.is_ipv4() {
-            tokio::net::TcpSocket::new_v4()?
-        } else {
-            tokio::net::TcpSocket::new_v6()?
-        };
-        s.set_reuseaddr(true)?;
-        s.set_reuseport(true)?;
-        s.bind(addr)?;
-        s.listen(1024)
-    })()
-    .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
-    let admin = tokio::net::TcpListener::bind(config.admin_listen)
-        .await
+fn bind(config: &Config) -> Result<sso_sidecar::Listeners, String> {
+    // Shared (SO_REUSEPORT) so that each worker thread can listen on its own socket.
+    let public = sso_sidecar::server::listen(config.listen, true)
+        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    let admin = sso_sidecar::server::listen(config.admin_listen, false)
         .map_err(|e| format!("cannot listen on {} (admin): {e}", config.admin_listen))?;
     Ok(sso_sidecar::Listeners { public, admin })
 }

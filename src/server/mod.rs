@@ -76,7 +76,31 @@ pub struct ServeOptions {
     pub metrics: Option<Arc<Metrics>>,
 }
 
-/// Serves `listener` until `shutdown` turns true, then drains.
+/// A listening socket on `addr` whose connections carry TCP keepalive and `TCP_USER_TIMEOUT`.
+///
+/// The options are set before `listen`: a connection inherits them when the kernel creates it,
+/// which may be before anyone accepts it. Set later (when a worker thread first runs), the
+/// connections that arrived meanwhile would have none. `shared` adds `SO_REUSEPORT`, so that
+/// each worker can listen on the same address (`workers::siblings`).
+pub fn listen(addr: SocketAddr, shared: bool) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    if shared {
+        socket.set_reuseport(true)?;
+    }
+    let tuned = socket2::SockRef::from(&socket);
+    tuned.set_tcp_keepalive(&KEEPALIVE)?;
+    tuned.set_tcp_user_timeout(Some(UNACKED_MAX))?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+/// Serves `listener` until `shutdown` turns true, then drains. Connections get TCP keepalive
+/// only if the listener came from [`listen`].
 pub async fn serve<H, F>(
     listener: TcpListener,
     handler: H,
@@ -120,12 +144,6 @@ pub async fn serve<H, F>(
         crate::tls::Scheme::Http
     };
     let connections = tokio_util::task::TaskTracker::new();
-    {
-        // Set once on the listener: the connections it accepts inherit them (Linux).
-        let socket = socket2::SockRef::from(&listener);
-        let _ = socket.set_tcp_keepalive(&KEEPALIVE);
-        let _ = socket.set_tcp_user_timeout(Some(UNACKED_MAX));
-    }
 
     loop {
         let (stream, peer) = tokio::select! {
@@ -178,5 +196,34 @@ pub async fn serve<H, F>(
             listener = opts.name,
             "drain deadline reached; closing remaining connections"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the kernel hands over on accept carries the options, read back from the accepted
+    /// socket itself; a plain listener's connection does not (the test can fail).
+    #[tokio::test]
+    async fn accepted_connections_carry_keepalive_and_the_unacked_deadline() {
+        let listener = listen("127.0.0.1:0".parse().unwrap(), true).unwrap();
+        let _client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        let s = socket2::SockRef::from(&accepted);
+        assert!(s.keepalive().unwrap());
+        assert_eq!(s.tcp_keepalive_time().unwrap(), Duration::from_secs(60));
+        assert_eq!(s.tcp_keepalive_interval().unwrap(), Duration::from_secs(10));
+        assert_eq!(s.tcp_keepalive_retries().unwrap(), 6);
+        assert_eq!(s.tcp_user_timeout().unwrap(), Some(UNACKED_MAX));
+
+        let plain = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _client = tokio::net::TcpStream::connect(plain.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (accepted, _) = plain.accept().await.unwrap();
+        assert!(!socket2::SockRef::from(&accepted).keepalive().unwrap());
     }
 }

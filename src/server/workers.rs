@@ -20,17 +20,7 @@ pub fn siblings(
     let addr = first.local_addr()?;
     let mut out = Vec::with_capacity(n);
     for _ in 1..n {
-        let bound = (|| {
-            let s = if addr.is_ipv4() {
-                tokio::net::TcpSocket::new_v4()?
-            } else {
-                tokio::net::TcpSocket::new_v6()?
-            };
-            s.set_reuseaddr(true)?;
-            s.set_reuseport(true)?;
-            s.bind(addr)?;
-            s.listen(1024)?.into_std()
-        })();
+        let bound = super::listen(addr, true).and_then(|l| l.into_std());
         out.push(match bound {
             Ok(l) => l,
             Err(_) => first.try_clone()?,

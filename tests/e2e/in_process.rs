@@ -29,8 +29,9 @@ impl InProcess {
             cwd: dir.path().to_owned(),
         })
         .unwrap_or_else(|e| panic!("{e}"));
-        let public = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let any = "127.0.0.1:0".parse().unwrap();
+        let public = sso_sidecar::server::listen(any, true).unwrap();
+        let admin = sso_sidecar::server::listen(any, false).unwrap();
         let (addr, admin_addr) = (public.local_addr().unwrap(), admin.local_addr().unwrap());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let listeners = sso_sidecar::Listeners { public, admin };
