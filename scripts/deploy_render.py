@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Helm and config checks for scripts/validate-deploy (stdlib + helm_python only).
 
-  deploy_render.py helm CHART OUT.yaml [VALUES.yaml]
-      helm lint (with those values), render the chart to one multi-document OUT.yaml
-      (NOTES.txt left out) and check the ConfigMap's sso-sidecar.toml.
+  deploy_render.py helm CHART OUT.yaml [VALUES.yaml ...]
+      helm lint (with those values, merged in order as helm's -f does), render the chart to
+      one multi-document OUT.yaml (NOTES.txt left out) and check the ConfigMap's
+      sso-sidecar.toml.
   deploy_render.py toml FILE.toml
       check a sso-sidecar TOML file.
 
@@ -52,8 +53,18 @@ def check_toml(text, where):
     return problems
 
 
-def helm_check(chart, out, values_file=None):
-    values = helm.values_from_yaml(pathlib.Path(values_file).read_text()) if values_file else {}
+def merged(base, over):
+    """`over` on top of `base`, maps merged key by key, anything else replaced (as helm -f)."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def helm_check(chart, out, *values_files):
+    values = {}
+    for f in values_files:
+        values = merged(values, helm.values_from_yaml(pathlib.Path(f).read_text()) or {})
     problems = []
 
     report = helm.lint(chart, values)
@@ -83,7 +94,7 @@ def helm_check(chart, out, values_file=None):
 
 def main(argv):
     if len(argv) >= 3 and argv[0] == "helm":
-        problems = helm_check(*argv[1:4])
+        problems = helm_check(*argv[1:])
     elif len(argv) == 2 and argv[0] == "toml":
         problems = check_toml(pathlib.Path(argv[1]).read_text(), argv[1])
     else:

@@ -116,6 +116,7 @@ app.kubernetes.io/component: session-store
 {{- if and (eq .Values.authMode "oidc") (eq $r.mode "none") (gt (int .Values.replicaCount) 1) }}
 {{- fail "replicaCount > 1 with redis.mode none: each pod would keep its own sessions; set redis.mode to url, inCluster, sentinel or cluster, or replicaCount to 1" }}
 {{- end }}
+{{- include "sso-sidecar.validateDoors" . }}
 {{- end }}
 
 {{/* Whether the sidecar talks to an existing Redis (credentials and CA apply). */}}
@@ -150,4 +151,39 @@ name, cluster nodes) and the port of every configured URL (redis.url, the sentin
 {{- $ports = append $ports (include "sso-sidecar.redisUrlPort" .) }}
 {{- end }}
 {{- join "," (uniq $ports) }}
+{{- end }}
+
+{{/* Refuse what would leave a door open or lock users out, rather than deploy it quietly. */}}
+{{- define "sso-sidecar.validateDoors" -}}
+{{- $s := .Values.secrets }}
+{{- if and $s.create $s.existingSecret }}
+{{- fail "secrets.existingSecret is set but secrets.create is true, so it would be ignored: set secrets.create to false to use it" }}
+{{- end }}
+{{- if $s.create }}
+{{- $oidc := eq .Values.authMode "oidc" }}
+{{- if and $oidc (hasPrefix "REPLACE-ME" $s.clientSecret) }}
+{{- fail "secrets.clientSecret is still the placeholder REPLACE-ME: set the client secret registered at the IdP (--set-file, or a values file kept out of git), or use secrets.existingSecret" }}
+{{- end }}
+{{- if and $oidc (hasPrefix "REPLACE-ME" $s.fernetKeys) }}
+{{- fail "secrets.fernetKeys is still the placeholder REPLACE-ME: set the output of `sso-sidecar gen-key`, or use secrets.existingSecret" }}
+{{- end }}
+{{- if and (or (include "sso-sidecar.needsAuthToken" .) .Values.backend.enabled) (or (hasPrefix "REPLACE-ME" $s.authToken) (lt (len $s.authToken) 16)) }}
+{{- fail "secrets.authToken is the placeholder REPLACE-ME or shorter than 16 characters: it is the backend's administrator token (AUTH_TOKEN), and anyone sending it as a Bearer token is the administrator; set a long random one, or use secrets.existingSecret" }}
+{{- end }}
+{{- end }}
+{{- if kindIs "invalid" .Values.config.trustedProxies }}
+{{- fail "config.trustedProxies must be set: the addresses of the proxies in front of the pods whose X-Forwarded-For is believed (e.g. the Ingress controller's pod CIDR), or [] when clients connect to the pods directly. Behind an Ingress with [], every user shares the Ingress's address, hence one rate-limit budget and one connection cap" }}
+{{- end }}
+{{- if and .Values.backend.enabled (not .Values.networkPolicy.enabled) (not .Values.backend.loopbackOnly) }}
+{{- fail "networkPolicy.enabled is false and backend.loopbackOnly is not true: the backend container listens on every address of the pod (OpenRag binds 0.0.0.0), so anything that reaches the pod could call it without the sidecar; bind it to 127.0.0.1 (backend.command/backend.args) and set backend.loopbackOnly, or keep the NetworkPolicy" }}
+{{- end }}
+{{- if and (eq .Values.redis.mode "inCluster") (not .Values.networkPolicy.enabled) }}
+{{- fail "redis.mode inCluster needs networkPolicy.enabled: the in-cluster Redis has no password, and its own NetworkPolicy is what keeps other pods from reading or flushing the sessions and tokens" }}
+{{- end }}
+{{- $bridge := and (eq .Values.authMode "oidc") (eq .Values.identity "openrag") }}
+{{- $volatile := has .Values.redis.mode (list "none" "inCluster") }}
+{{- $recovers := regexMatch "(?m)^\\s*token_policy\\s*=\\s*\"(regenerate|file)\"" .Values.config.extra }}
+{{- if and $bridge $volatile (not $recovers) (not .Values.acceptVolatileTokenVault) }}
+{{- fail (printf "identity openrag keeps each user's OpenRag token in the session store, and with redis.mode %s a restart forgets every one: under [openrag] token_policy \"deny\" (the default) every returning user is then refused. Use a persistent Redis (redis.mode url, sentinel or cluster), or set token_policy to \"regenerate\" or \"file\" in config.extra, or set acceptVolatileTokenVault: true" .Values.redis.mode) }}
+{{- end }}
 {{- end }}
