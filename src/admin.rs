@@ -16,6 +16,9 @@ pub struct Readiness {
     draining: AtomicBool,
     pub provider: Option<Arc<crate::auth::oidc::Provider>>,
     pub store: Option<Arc<crate::store::Store>>,
+    /// The reasons the last check found (none: ready), so that a change is logged once, with
+    /// its cause, rather than at every probe or never.
+    last: std::sync::Mutex<Option<Vec<&'static str>>>,
 }
 
 impl Readiness {
@@ -33,15 +36,33 @@ impl Readiness {
         if self.provider.as_ref().is_some_and(|p| !p.is_loaded()) {
             reasons.push("OIDC discovery has not loaded");
         }
+        let mut store_error = None;
         if let Some(store) = &self.store {
-            if store.ping().await.is_err() {
+            if let Err(e) = store.ping().await {
                 reasons.push("session store unreachable");
+                store_error = Some(e.to_string());
             }
         }
+        self.log_change(&reasons, store_error);
         if reasons.is_empty() {
             Ok(())
         } else {
             Err(reasons)
+        }
+    }
+}
+
+impl Readiness {
+    fn log_change(&self, reasons: &[&'static str], store_error: Option<String>) {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if last.as_deref() == Some(reasons) {
+            return;
+        }
+        *last = Some(reasons.to_vec());
+        if reasons.is_empty() {
+            tracing::info!("ready");
+        } else {
+            tracing::warn!(?reasons, store_error, "not ready");
         }
     }
 }

@@ -149,7 +149,7 @@ async fn probe(c: &Config, oidc: &crate::config::OidcSettings) -> Vec<String> {
                 crate::auth::oidc::Provider::new(oidc.clone(), c.auth.token_endpoint_auth, http);
             match provider.discover().await {
                 Ok(_) => println!("OIDC discovery OK: {}", provider.discovery_url()),
-                Err(e) => problems.push(explain_discovery(&e)),
+                Err(e) => problems.push(e.explained()),
             }
         }
     }
@@ -210,18 +210,6 @@ async fn probe(c: &Config, oidc: &crate::config::OidcSettings) -> Vec<String> {
         }
     }
     problems
-}
-
-/// A discovery failure in words an operator can act on.
-fn explain_discovery(e: &crate::auth::oidc::DiscoveryError) -> String {
-    let chain = crate::http_json::error_chain(e);
-    if chain.contains("InvalidContentType") || chain.contains("corrupt message") {
-        format!("{chain}\n  hint: TLS handshake failed: is the IdP plain http? Try OIDC_ENDPOINT=http://…")
-    } else if chain.contains("404") {
-        format!("{chain}\n  hint: no discovery document there: check OIDC_ENDPOINT (the issuer, without /.well-known/openid-configuration)")
-    } else {
-        chain
-    }
 }
 
 /// A minimal HTTP/1.1 GET of the admin listener's /healthz, with a short deadline.

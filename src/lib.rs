@@ -134,11 +134,12 @@ fn build_oidc(
         Some(idle) => config.connections.revocation_check.min(idle / 8),
         None => config.connections.revocation_check,
     };
-    tokio::spawn(
-        streams
-            .clone()
-            .check_forever(sessions.clone(), metrics.clone(), check),
-    );
+    tokio::spawn(streams.clone().check_forever(
+        sessions.clone(),
+        metrics.clone(),
+        check,
+        config.connections.revocation_outage,
+    ));
     Ok(router::Oidc {
         streams,
         limits,

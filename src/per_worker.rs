@@ -106,17 +106,39 @@ impl Admission {
     /// Whether `key` missed before, lately: then it is worth keeping. Remembers it if not.
     /// `capacity`: the cache's, which sizes the table at the first call (32 bytes an entry).
     pub fn seen_before(&mut self, key: &str, capacity: usize) -> bool {
-        use std::hash::BuildHasher;
+        let before = self.contains(key);
+        self.remember(key, capacity);
+        before
+    }
+
+    /// Whether `key` was remembered lately (nothing is remembered by asking).
+    pub fn contains(&self, key: &str) -> bool {
+        match self.slot(key) {
+            Some((i, hash)) => self.seen[i] == hash,
+            None => false,
+        }
+    }
+
+    /// Remembers `key`, taking over its slot.
+    pub fn remember(&mut self, key: &str, capacity: usize) {
         if self.seen.is_empty() {
             let slots = capacity.saturating_mul(Self::SLOTS_PER_ENTRY).max(1);
             self.seen = vec![0; slots].into_boxed_slice();
         }
-        // 0 marks an empty slot.
+        if let Some((i, hash)) = self.slot(key) {
+            self.seen[i] = hash;
+        }
+    }
+
+    /// `key`'s slot and hash (0 marks an empty slot, so no hash is 0); `None` before the
+    /// table exists.
+    fn slot(&self, key: &str) -> Option<(usize, u64)> {
+        use std::hash::BuildHasher;
+        if self.seen.is_empty() {
+            return None;
+        }
         let hash = self.hasher.hash_one(key).max(1);
-        let i = (hash % self.seen.len() as u64) as usize;
-        let before = self.seen[i] == hash;
-        self.seen[i] = hash;
-        before
+        Some(((hash % self.seen.len() as u64) as usize, hash))
     }
 }
 

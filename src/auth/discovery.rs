@@ -34,6 +34,21 @@ pub enum DiscoveryError {
     Invalid { url: String, reason: String },
 }
 
+impl DiscoveryError {
+    /// The whole cause chain (DNS, refused connection, TLS, HTTP status), with a hint when
+    /// the chain points at a usual mistake: what `check` prints and the start-up log says.
+    pub fn explained(&self) -> String {
+        let chain = crate::http_json::error_chain(self);
+        if chain.contains("InvalidContentType") || chain.contains("corrupt message") {
+            format!("{chain}\n  hint: TLS handshake failed: is the IdP plain http? Try OIDC_ENDPOINT=http://…")
+        } else if chain.contains("404") {
+            format!("{chain}\n  hint: no discovery document there: check OIDC_ENDPOINT (the issuer, without /.well-known/openid-configuration)")
+        } else {
+            chain
+        }
+    }
+}
+
 /// The byte-for-byte issuer rule, with a hint an operator can act on.
 pub fn check_issuer(configured: &str, advertised: &str) -> Result<(), DiscoveryError> {
     if configured == advertised {

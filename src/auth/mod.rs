@@ -11,6 +11,7 @@
 
 pub mod authz;
 pub mod backchannel;
+mod callback;
 pub mod canonical;
 pub mod cookies;
 pub mod cross_site;

@@ -10,11 +10,13 @@
 //! `iat`, `nonce` and `at_hash`; the IdP client never follows redirects (`idp_http.rs`).
 //! Logout tokens are verified in `jwt.rs`/`backchannel.rs`: the crate has no verifier for them.
 
+mod verify;
+
 use super::discovery::check_issuer;
 pub use super::discovery::{DiscoveryError, Metadata};
-use super::id_token::{as_map, verify_id_token, OtherClaims, RelyingParty};
+use super::id_token::{as_map, OtherClaims, RelyingParty};
 use super::idp_http::{IdpHttp, IdpHttpError};
-use super::jwt::{self, Jwks, JwtError};
+use super::jwt::{self, Jwks};
 use crate::config::OidcSettings;
 use openidconnect::core::{
     CoreAuthPrompt, CoreErrorResponseType, CoreGenderClaim, CoreResponseType,
@@ -30,8 +32,6 @@ use std::time::{Duration, Instant};
 
 /// Tolerated clock difference with the IdP for `exp` and `iat`.
 pub const CLOCK_SKEW_SECS: i64 = 60;
-/// Minimum time between two JWKS re-fetches triggered by unknown `kid`s (abuse guard).
-const JWKS_REFETCH_MIN_INTERVAL: Duration = Duration::from_secs(10);
 
 struct Loaded {
     meta: Metadata,
@@ -200,7 +200,7 @@ impl Provider {
                         tokio::time::sleep(refresh_every).await;
                     }
                     Err(e) => {
-                        tracing::error!(error = %e, retry_in_secs = backoff.as_secs(), "OIDC discovery failed");
+                        tracing::error!(error = %e.explained(), retry_in_secs = backoff.as_secs(), "OIDC discovery failed");
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(Duration::from_secs(60));
                     }
@@ -317,71 +317,6 @@ impl Provider {
             .and_then(Value::as_str)
             .and_then(|t| jwt::verify(t, &loaded.jwks).ok())
             .is_some_and(|v| !v.claims.contains_key("sub"))
-    }
-
-    /// Verifies an ID token with the crate (re-fetching the JWKS once, rate-limited, when the
-    /// `kid` is unknown) and returns its claims. `nonce` is required at login and absent at
-    /// refresh.
-    pub async fn validate_id_token(
-        &self,
-        id_token: &str,
-        nonce: Option<&str>,
-        access_token: Option<&str>,
-    ) -> Result<Map<String, Value>, TokenError> {
-        let loaded = self.loaded()?;
-        match verify_id_token(&loaded.client, id_token, nonce, access_token, now_unix()) {
-            Err(TokenError::Jwt(JwtError::UnknownKey(kid))) => {
-                let loaded = self.refetch_jwks(&loaded, kid).await?;
-                verify_id_token(&loaded.client, id_token, nonce, access_token, now_unix())
-            }
-            other => other,
-        }
-    }
-
-    /// Verifies a JWS from the IdP that the crate has no verifier for (a logout token) against
-    /// the cached JWKS, re-fetching it as for ID tokens.
-    pub async fn verify_signature(&self, token: &str) -> Result<jwt::Verified, TokenError> {
-        let loaded = self.loaded()?;
-        match jwt::verify(token, &loaded.jwks) {
-            Err(JwtError::UnknownKey(kid)) => {
-                let loaded = self.refetch_jwks(&loaded, kid).await?;
-                Ok(jwt::verify(token, &loaded.jwks)?)
-            }
-            other => Ok(other?),
-        }
-    }
-
-    /// Re-fetches the JWKS for a token signed with an unknown key, at most once per
-    /// [`JWKS_REFETCH_MIN_INTERVAL`], and installs it.
-    async fn refetch_jwks(
-        &self,
-        loaded: &Loaded,
-        kid: Option<String>,
-    ) -> Result<Arc<Loaded>, TokenError> {
-        if !self.refetch_allowed() {
-            return Err(JwtError::UnknownKey(kid).into());
-        }
-        tracing::info!(?kid, "unknown signing key: re-fetching the JWKS");
-        let jwks = self
-            .fetch_jwks(&loaded.meta.jwks_uri)
-            .await
-            .map_err(|e| TokenError::Response(format!("JWKS re-fetch failed: {e}")))?;
-        let fresh = Arc::new(
-            self.load(loaded.meta.clone(), loaded.discovered.clone(), jwks)
-                .map_err(TokenError::Response)?,
-        );
-        *self.loaded.write().unwrap_or_else(|p| p.into_inner()) = Some(fresh.clone());
-        Ok(fresh)
-    }
-
-    fn refetch_allowed(&self) -> bool {
-        let mut last = self.last_refetch.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        if last.is_some_and(|t| now.duration_since(t) < JWKS_REFETCH_MIN_INTERVAL) {
-            return false;
-        }
-        *last = Some(now);
-        true
     }
 
     /// The userinfo claims for `access_token` (plain JSON or a signed JWT, as the IdP

@@ -3,7 +3,8 @@
 //! (the OpenRag bridge's section is `bridge.rs`). Part of the `Settings` struct; split out to keep each file readable.
 
 pub use super::bridge::{BridgeSection, BridgeSettings, TokenPolicy, MAX_VAULT_TTL_DAYS};
-use super::settings::{existing_file, Settings, StringList};
+use super::settings::{Settings, StringList};
+use super::validate::existing_file;
 use crate::secret::Secret;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;

@@ -46,6 +46,11 @@ pub struct ConnectionSettings {
     /// Milliseconds between two checks that the sessions of live WebSocket tunnels and event
     /// streams still exist; a revoked session's streams are closed at the next check.
     pub revocation_check_ms: u64,
+    /// Seconds the live streams of a session may stay open while the store cannot confirm it
+    /// (Redis unreachable); then they are closed, as requests are refused at once. A session
+    /// past its absolute expiry closes them at the next check whatever this says. 0 = until the
+    /// store answers again.
+    pub revocation_outage_secs: u64,
     /// Seconds a WebSocket tunnel may carry nothing either way before it is closed (nginx's
     /// `proxy_read_timeout` for WebSockets). Pings count: uvicorn and socket.io send one every
     /// 20-25 s, so a live chat never gets near it.
@@ -75,6 +80,7 @@ impl Default for ConnectionSettings {
             admin_max: 256,
             upstream_max_per_worker: 64,
             revocation_check_ms: 2000,
+            revocation_outage_secs: 30,
             tunnel_idle_timeout_secs: 600,
             max_tunnels_per_session: 32,
             max_tunnels_per_address: 256,
@@ -98,6 +104,7 @@ pub struct ConnectionLimits {
     pub admin_max: usize,
     pub upstream_max_per_worker: usize,
     pub revocation_check: Duration,
+    pub revocation_outage: Option<Duration>,
     pub tunnel_idle_timeout: Duration,
     pub max_tunnels_per_session: Option<usize>,
     pub max_tunnels_per_address: Option<usize>,
@@ -153,6 +160,8 @@ impl ConnectionSettings {
             admin_max: self.admin_max,
             upstream_max_per_worker: self.upstream_max_per_worker,
             revocation_check: Duration::from_millis(self.revocation_check_ms),
+            revocation_outage: (self.revocation_outage_secs > 0)
+                .then(|| Duration::from_secs(self.revocation_outage_secs)),
             tunnel_idle_timeout: Duration::from_secs(self.tunnel_idle_timeout_secs),
             max_tunnels_per_session: (self.max_tunnels_per_session > 0)
                 .then_some(self.max_tunnels_per_session),

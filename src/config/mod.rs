@@ -20,6 +20,7 @@ pub mod sources;
 pub mod suggest;
 pub mod toml_keys;
 pub mod types;
+pub mod validate;
 
 pub use auth::{
     AuthSettings, BridgeSettings, ClientAuth, IdentityField, PathSettings, RedisConfig,
@@ -28,7 +29,8 @@ pub use auth::{
 pub use connections::ConnectionLimits;
 pub use openrag_env::{AuthMode, ClaimSource, OidcSettings, OpenRagVars};
 pub use reload::{restart_required, Reloadable};
-pub use settings::{IdentityMode, LogFormat, ProxySettings, Settings, TlsFiles};
+pub use settings::{IdentityMode, LogFormat, Settings};
+pub use validate::{ProxySettings, TlsFiles};
 
 use figment::providers::{Format, Serialized, Toml};
 use figment::Figment;

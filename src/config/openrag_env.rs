@@ -140,6 +140,19 @@ pub fn parse(vars: &Vars, problems: &mut Vec<String>) -> Option<OpenRagVars> {
     let auth_token = vars
         .non_empty("AUTH_TOKEN")
         .map(|t| Secret::new(t.to_owned()));
+    if auth_token
+        .as_ref()
+        .is_some_and(|t| t.expose().starts_with("REPLACE-ME"))
+    {
+        // The example Secret's placeholder: the backend reads the same value, so anyone sending
+        // it as a Bearer token would be its administrator.
+        problems.push(
+            "AUTH_TOKEN is still the REPLACE-ME placeholder of the example Secret: set the \
+             backend's own administrator token (the backend reads the same value, and anyone \
+             sending the placeholder as a Bearer token would be its administrator)"
+                .into(),
+        );
+    }
 
     let oidc = match auth_mode {
         Some(AuthMode::Oidc) => parse_oidc(vars, problems),

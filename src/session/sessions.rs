@@ -118,6 +118,12 @@ impl Sessions {
         crate::store::keys::hashed("sub", &["sub", iss, sub])
     }
 
+    /// A user's sessions made from an ID token without `sid`: a logout token naming an IdP
+    /// session cannot find them by it (`revoke_sidless`).
+    fn sidless_index(iss: &str, sub: &str) -> String {
+        crate::store::keys::hashed("sidless", &["sidless", iss, sub])
+    }
+
     /// Stores `session` under a new random id and returns the id for the cookie.
     pub async fn create(&self, session: &Session, now: i64) -> Result<String, StoreError> {
         let id = new_session_id();
@@ -126,11 +132,11 @@ impl Sessions {
         // deadline, not theirs, and a logout must still find a session in steady use.
         let ttl = lifetime_left(session, now);
         let member = Self::key_of(&id);
-        if let Some(sid) = &session.sid {
-            self.store
-                .index_add(&Self::sid_index(&session.iss, sid), &member, ttl)
-                .await?;
-        }
+        let by_idp_session = match &session.sid {
+            Some(sid) => Self::sid_index(&session.iss, sid),
+            None => Self::sidless_index(&session.iss, &session.sub),
+        };
+        self.store.index_add(&by_idp_session, &member, ttl).await?;
         self.store
             .index_add(&Self::sub_index(&session.iss, &session.sub), &member, ttl)
             .await?;
@@ -319,18 +325,25 @@ impl Sessions {
         }
     }
 
-    /// Whether the session with this cookie id still exists, read from the store itself (for
-    /// a check of long-lived streams, not a request). A session `used` since the last check
+    /// The absolute expiry of the session with this cookie id if it still exists (`None`:
+    /// ended), read from the store itself (for a check of long-lived streams, not a request). A session `used` since the last check
     /// (its client's messages on a stream) pushes back its idle deadline as a request would.
-    pub async fn still_there(&self, id: &str, now: i64, used: bool) -> Result<bool, StoreError> {
+    pub async fn still_there(
+        &self,
+        id: &str,
+        now: i64,
+        used: bool,
+    ) -> Result<Option<i64>, StoreError> {
         let Some(s) = self.load_fresh(id, now).await? else {
-            return Ok(false);
+            return Ok(None);
         };
+        let expires_at = s.expires_at;
         if !used || self.idle.is_none() {
-            return Ok(true);
+            return Ok(Some(expires_at));
         }
         let key = Self::key_of(id);
-        Ok(self.used(id, &key, Some(s), now, false).await.is_some())
+        let kept = self.used(id, &key, Some(s), now, false).await.is_some();
+        Ok(kept.then_some(expires_at))
     }
 
     /// Removes the session with this cookie id.
@@ -341,6 +354,12 @@ impl Sessions {
     /// Removes every session of an IdP session (`sid`); returns how many existed.
     pub async fn revoke_sid(&self, iss: &str, sid: &str) -> Result<usize, StoreError> {
         self.revoke_index(&Self::sid_index(iss, sid)).await
+    }
+
+    /// Removes the sessions of a user (`sub`) that were made without an IdP session id;
+    /// returns how many existed.
+    pub async fn revoke_sidless(&self, iss: &str, sub: &str) -> Result<usize, StoreError> {
+        self.revoke_index(&Self::sidless_index(iss, sub)).await
     }
 
     /// Removes every session of a user (`sub`) from an issuer; returns how many existed.

@@ -10,6 +10,13 @@
 //! check (a WebSocket message) is used, as a request would use it: with an idle timeout, the
 //! check pushes its idle deadline back. Knows sessions and the store; not HTTP (the proxy gets
 //! an opaque signal and a flag).
+//!
+//! While the store cannot be reached, nothing can be confirmed: a session's streams then stay
+//! open until its absolute expiry (learnt at the last successful check) or until they have gone
+//! unconfirmed for `connections.revocation_outage_secs`, whichever comes first. Requests are
+//! refused at once meanwhile; the streams get that grace so that a Redis failover of a few
+//! seconds does not cut every chat, yet a logout made during an outage is not ignored for as
+//! long as it lasts.
 
 use super::Sessions;
 use crate::clock::now_unix;
@@ -18,6 +25,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// The sessions with live streams on this replica.
@@ -38,6 +46,11 @@ struct Live {
     count: usize,
     /// Raised by any of them when its client sends something; lowered by each check.
     client_sent: Arc<AtomicBool>,
+    /// When the store last confirmed the session (at first: when its first stream opened,
+    /// after the request that opened it was let in).
+    confirmed: Instant,
+    /// The session's absolute expiry (Unix seconds), once a check has read it.
+    expires_at: Option<i64>,
 }
 
 /// One live stream's registration; dropping it (the stream ended) unregisters it.
@@ -61,6 +74,8 @@ impl LiveStreams {
                 end: CancellationToken::new(),
                 count: 0,
                 client_sent: Arc::default(),
+                confirmed: Instant::now(),
+                expires_at: None,
             });
             live.count += 1;
             (live.end.clone(), live.client_sent.clone())
@@ -86,12 +101,14 @@ impl LiveStreams {
 
     /// Checks every `period` that each session with live streams still exists; closes the
     /// streams of those that do not, and counts the client's messages on them since the last
-    /// check as use of the session. A store that cannot be reached closes nothing.
+    /// check as use of the session. While the store cannot be reached, closes the streams of a
+    /// session past its expiry or unconfirmed for longer than `outage` (the module doc).
     pub async fn check_forever(
         self: Arc<Self>,
         sessions: Arc<Sessions>,
         metrics: Arc<Metrics>,
         period: Duration,
+        outage: Option<Duration>,
     ) {
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -103,22 +120,41 @@ impl LiveStreams {
                 .map(|(id, l)| (id.clone(), l.client_sent.swap(false, Ordering::Relaxed)))
                 .collect();
             for (id, used) in due {
-                match sessions.still_there(&id, now_unix(), used).await {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        if let Some(live) = self.lock().remove(&id) {
-                            live.end.cancel();
-                            metrics.streams_revoked(live.count as u64);
-                            let n = live.count;
-                            tracing::info!(streams = n, "session ended: its live streams closed");
+                let why = match sessions.still_there(&id, now_unix(), used).await {
+                    Ok(Some(expires_at)) => {
+                        if let Some(live) = self.lock().get_mut(&id) {
+                            live.confirmed = Instant::now();
+                            live.expires_at = Some(expires_at);
                         }
+                        continue;
                     }
-                    Err(e) => {
+                    Ok(None) => "session ended: its live streams closed",
+                    Err(e) if !self.unconfirmed_too_long(&id, outage) => {
                         tracing::debug!(error = %e, "stream revocation check skipped: store unavailable");
+                        continue;
                     }
+                    Err(_) => {
+                        "session unconfirmed while the store is unavailable: its live streams closed"
+                    }
+                };
+                if let Some(live) = self.lock().remove(&id) {
+                    live.end.cancel();
+                    metrics.streams_revoked(live.count as u64);
+                    tracing::info!(streams = live.count, "{why}");
                 }
             }
         }
+    }
+
+    /// Whether the streams of `id`, which the store cannot confirm now, must close: the
+    /// session is past its expiry, or went unconfirmed for longer than `outage`.
+    fn unconfirmed_too_long(&self, id: &str, outage: Option<Duration>) -> bool {
+        let map = self.lock();
+        let Some(live) = map.get(id) else {
+            return false;
+        };
+        live.expires_at.is_some_and(|e| now_unix() >= e)
+            || outage.is_some_and(|o| live.confirmed.elapsed() > o)
     }
 }
 
@@ -153,5 +189,23 @@ mod tests {
         token.cancel();
         b.end.await;
         assert_eq!(s.count(), 0, "a finished signal unregisters");
+    }
+
+    /// Unconfirmed sessions: one past its expiry closes at once, one still within it only
+    /// once the outage has lasted `outage` (paused clock).
+    #[tokio::test(start_paused = true)]
+    async fn unconfirmed_streams_close_at_expiry_or_after_the_outage() {
+        let s = Arc::new(LiveStreams::default());
+        let _a = s.watch("expired");
+        let _b = s.watch("alive");
+        let outage = Some(Duration::from_secs(30));
+        s.lock().get_mut("expired").unwrap().expires_at = Some(now_unix() - 1);
+        s.lock().get_mut("alive").unwrap().expires_at = Some(now_unix() + 3600);
+        assert!(s.unconfirmed_too_long("expired", outage));
+        assert!(!s.unconfirmed_too_long("alive", outage));
+        tokio::time::advance(Duration::from_secs(31)).await;
+        assert!(s.unconfirmed_too_long("alive", outage));
+        assert!(!s.unconfirmed_too_long("alive", None), "0: never");
+        assert!(!s.unconfirmed_too_long("gone", outage));
     }
 }

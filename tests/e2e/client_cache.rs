@@ -183,6 +183,45 @@ fn calls(info: &str, cmd: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// The keys Redis tracks for client-side caches (`tracking_total_keys`).
+async fn tracked_keys(redis: &Redis) -> u64 {
+    let info = redis.cli_async(&["INFO", "stats"]).await;
+    info.lines()
+        .find_map(|l| l.strip_prefix("tracking_total_keys:"))
+        .and_then(|n| n.trim().parse::<u64>().ok())
+        .expect("INFO stats reports tracking_total_keys (Redis >= 6)")
+}
+
+/// Made-up session ids, each sent again and again (any client can), are never read through the
+/// tracked connection: Redis would track them, found or not, and a full tracking table evicts
+/// by invalidating every replica's cache. A key that exists is still admitted at its second read.
+#[tokio::test]
+async fn keys_that_do_not_exist_are_never_tracked() {
+    let redis = Redis::start().await;
+    let a = replica(&redis);
+    a.put("cache:warm", b"w", LONG).await.unwrap();
+    until_cached(&a, "cache:warm", b"w").await;
+    assert_eq!(tracked_keys(&redis).await, 1, "the warm key only");
+    for round in 0..3 {
+        for i in 0..50 {
+            assert_eq!(
+                read(&a, &format!("cache:forged-{i}")).await,
+                None,
+                "{round}"
+            );
+        }
+    }
+    assert_eq!(tracked_keys(&redis).await, 1, "a missing key was tracked");
+    assert_eq!(redis_of(&a).cached_entries(), 1);
+
+    a.put("cache:real", b"r", LONG).await.unwrap();
+    for _ in 0..2 {
+        assert_eq!(read(&a, "cache:real").await.as_deref(), Some(&b"r"[..]));
+    }
+    assert_eq!(tracked_keys(&redis).await, 2, "an existing key read twice");
+    assert_eq!(redis_of(&a).cached_entries(), 2);
+}
+
 /// A session read once (most of them, when millions are spread over replicas) costs Redis no
 /// tracking and the worker no memory: only a key missed twice is tracked and kept, and from
 /// then on it is invalidated like any other.
@@ -192,16 +231,7 @@ async fn a_key_read_once_is_neither_tracked_nor_kept() {
     let (a, b) = (replica(&redis), replica(&redis));
     a.put("cache:warm", b"w", LONG).await.unwrap();
     until_cached(&a, "cache:warm", b"w").await;
-    let tracked = || {
-        let redis = &redis;
-        async move {
-            let info = redis.cli_async(&["INFO", "stats"]).await;
-            info.lines()
-                .find_map(|l| l.strip_prefix("tracking_total_keys:"))
-                .and_then(|n| n.trim().parse::<u64>().ok())
-                .expect("INFO stats reports tracking_total_keys (Redis >= 6)")
-        }
-    };
+    let tracked = || tracked_keys(&redis);
     assert_eq!(tracked().await, 1, "the warm key only");
 
     b.put("cache:once", b"o", LONG).await.unwrap();

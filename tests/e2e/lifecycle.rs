@@ -234,7 +234,7 @@ async fn logout_at_the_idp_reaches_replica_a_and_is_refused_on_replica_b() {
 pub(crate) struct MockPair {
     pub(crate) idp: MockIdp,
     pub(crate) key: Key,
-    _redis: Redis,
+    pub(crate) redis: Redis,
     _up: Upstream,
     pub(crate) a: OidcSidecar,
     pub(crate) b: OidcSidecar,
@@ -255,7 +255,7 @@ pub(crate) async fn mock_pair(extra: &[(&str, &str)]) -> MockPair {
     MockPair {
         idp,
         key,
-        _redis: redis,
+        redis,
         _up: up,
         a,
         b,
@@ -425,6 +425,50 @@ async fn forged_logout_tokens_are_refused_and_revoke_nothing() {
     );
     assert!(!alive(&m.a.sidecar, &s1).await && !alive(&m.a.sidecar, &s2).await);
     assert!(alive(&m.a.sidecar, &other_session).await);
+}
+
+/// An IdP whose ID tokens carry no `sid` but whose logout tokens do: the sidecar cannot find the
+/// session by `sid`, so it ends that user's sessions made without one, and only those. Before,
+/// it answered 200 and left the session alive.
+#[tokio::test]
+async fn a_logout_by_sid_reaches_the_users_sessions_made_without_one() {
+    let m = mock_pair(&[]).await;
+    let sidless = mock_login(&m, &m.a.sidecar, "alice", "").await;
+    let with_sid = mock_login(&m, &m.b.sidecar, "alice", "sid-9").await;
+    let bobs = mock_login(&m, &m.a.sidecar, "bob", "").await;
+    let logout = |sub: &str| {
+        let mut c = logout_claims(&m);
+        c["sub"] = json!(sub);
+        c["sid"] = json!("sid-unknown");
+        m.key.sign(&c)
+    };
+    assert_eq!(
+        post_logout(&m.b.sidecar, &logout("alice")).await.status(),
+        200
+    );
+    assert!(
+        !alive(&m.a.sidecar, &sidless).await,
+        "alice's session without sid lives on"
+    );
+    assert!(
+        alive(&m.a.sidecar, &with_sid).await,
+        "a session of another sid was ended"
+    );
+    assert!(
+        alive(&m.b.sidecar, &bobs).await,
+        "another user's session was ended"
+    );
+
+    // A logout naming a sid that exists ends that session only, not the sid-less ones.
+    let again = mock_login(&m, &m.a.sidecar, "alice", "").await;
+    let mut c = logout_claims(&m);
+    c["sid"] = json!("sid-9");
+    assert_eq!(
+        post_logout(&m.a.sidecar, &m.key.sign(&c)).await.status(),
+        200
+    );
+    assert!(!alive(&m.a.sidecar, &with_sid).await);
+    assert!(alive(&m.a.sidecar, &again).await);
 }
 
 #[tokio::test]

@@ -224,7 +224,11 @@ impl MockIdp {
         let state_name = format!("{prefix}sso_sidecar_session_state");
         let state_cookie = set_cookie(&r, &state_name).unwrap();
         let now = sso_sidecar::auth::oidc::now_unix();
-        let claims = json!({"iss": self.issuer(), "sub": sub, "aud": CLIENT_ID, "exp": now + 600, "iat": now, "nonce": q["nonce"], "sid": sid});
+        let mut claims = json!({"iss": self.issuer(), "sub": sub, "aud": CLIENT_ID, "exp": now + 600, "iat": now, "nonce": q["nonce"], "sid": sid});
+        if sid.is_empty() {
+            // An IdP that sends no `sid` in its ID tokens.
+            claims.as_object_mut().unwrap().remove("sid");
+        }
         let id_token = key.sign(&claims);
         self.set(|s| {
             let expires_in = if s.login_expires_in > 0 { s.login_expires_in } else { 600 };

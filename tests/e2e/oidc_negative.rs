@@ -505,6 +505,34 @@ async fn an_idp_that_comes_up_late_is_picked_up_with_backoff() {
         get(&sc.url("/auth/login"), &[]).await.unwrap().status(),
         302
     );
+    // The log said why it was not ready, with the cause underneath, then that it is (read
+    // from the process's output by a thread: waited for).
+    wait_until(
+        "readiness to be logged",
+        std::time::Duration::from_secs(5),
+        || sc.output().contains(r#""message":"ready""#),
+    )
+    .await;
+    let out = sc.output();
+    assert!(out.contains("OIDC discovery failed"), "{out}");
+    assert!(out.contains("os error 111"), "no cause in the log: {out}");
+    assert!(out.contains("not ready") && out.contains("OIDC discovery has not loaded"));
+    assert!(!out.contains("a login started on a host other"), "{out}");
+
+    // A login on a host the redirect URI does not name cannot end well: the log says so.
+    let r = get(&sc.url("/auth/login"), &[("host", "rag.example.com")])
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 302);
+    wait_until(
+        "the host mismatch to be logged",
+        std::time::Duration::from_secs(5),
+        || {
+            sc.output()
+                .contains("a login started on a host other than OIDC_REDIRECT_URI's")
+        },
+    )
+    .await;
 }
 
 /// Starts a sidecar without waiting for readiness (discovery is expected to fail).

@@ -12,6 +12,43 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// While Redis cannot be reached nothing confirms a session, and a logout made meanwhile (on
+/// any replica, or at the IdP) cannot be seen: its live WebSocket stays open for the outage
+/// grace, `revocation_outage_secs`, then closes, though no logout was seen. Before, it stayed
+/// open for as long as the outage lasted.
+#[tokio::test]
+async fn streams_close_when_their_session_goes_unconfirmed_too_long() {
+    let m = mock_pair(&[
+        ("SSO_SIDECAR_CONNECTIONS__REVOCATION_CHECK_MS", "200"),
+        ("SSO_SIDECAR_CONNECTIONS__REVOCATION_OUTAGE_SECS", "2"),
+        ("SSO_SIDECAR_REDIS_TIMEOUT_MS", "300"),
+    ])
+    .await;
+    let cookie = mock_login(&m, &m.a.sidecar, "alice", "sid-1").await;
+    let mut ws = open_websocket(m.a.sidecar.addr, &session_header(&cookie)).await;
+    m.redis.signal("STOP");
+    let stopped = Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(15), async {
+        let mut buf = [0u8; 64];
+        loop {
+            match ws.read(&mut buf).await {
+                Ok(0) | Err(_) => return stopped.elapsed(),
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    m.redis.signal("CONT");
+    let after = closed.expect("the WebSocket stayed open through the outage");
+    println!("FIGURE stream closed {after:?} into the Redis outage (grace 2 s)");
+    // The grace runs from the last confirmation, which may precede the STOP by a check.
+    assert!(
+        after >= Duration::from_millis(1700),
+        "closed before the grace: {after:?}"
+    );
+    assert!(after < Duration::from_secs(6), "{after:?}");
+}
+
 /// Sends a WebSocket handshake with `cookie` to `addr`; returns the socket and what the first
 /// read got (the response head).
 async fn handshake(addr: std::net::SocketAddr, cookie: &str) -> (TcpStream, String) {

@@ -9,9 +9,8 @@
 //!   to the same name (`X_Forwarded_For`, `x.forwarded.for`), then written by us.
 
 pub use crate::tls::Scheme;
+pub use forwarded::{client_ip, public_scheme, set_forwarded, Peer};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use ipnet::IpNet;
-use std::net::IpAddr;
 
 /// Hop-by-hop headers: RFC 9110 §7.6.1, plus the legacy names of RFC 2616 §13.5.1 that
 /// proxies still see in the wild (`Proxy-Connection`, `Keep-Alive`, `Trailer`, `Proxy-*`).
@@ -192,173 +191,10 @@ fn folds_to(name: &str, folded: &str) -> bool {
         })
 }
 
-/// What the sidecar knows about the connection a request came in on.
-#[derive(Debug, Clone, Copy)]
-pub struct Peer {
-    pub ip: IpAddr,
-    /// Whether `ip` is one of the configured trusted proxies.
-    pub trusted: bool,
-    /// `https` when the public listener has TLS.
-    pub scheme: Scheme,
-}
-
-/// Writes `X-Forwarded-For/-Proto/-Host`. From a trusted proxy the incoming chain is extended
-/// and its proto/host kept; from anyone else all forwarding headers are replaced by ours.
-pub fn set_forwarded(headers: &mut HeaderMap, peer: Peer, host: Option<HeaderValue>) {
-    let mut buf = [0u8; 64];
-    let ip = ip_text(peer.ip, &mut buf);
-    if !peer.trusted {
-        // None of them is left after this: write ours without looking first.
-        remove_folded(headers, &FORWARDING);
-        if let Ok(v) = HeaderValue::from_str(ip) {
-            headers.insert(X_FORWARDED_FOR, v);
-        }
-        headers.insert(
-            X_FORWARDED_PROTO,
-            HeaderValue::from_static(peer.scheme.as_str()),
-        );
-        if let Some(host) = host {
-            headers.insert(X_FORWARDED_HOST, host);
-        }
-        return;
-    }
-    // Not even a trusted proxy's: headers a backend may route by instead of the path decided
-    // on here, and other spellings of the forwarding headers (only lenient backends read them,
-    // so they are the client's, passed on by an ingress that does not know them).
-    // That is: a URL override in any spelling (they are forwarding headers too), or a
-    // forwarding header spelled with `_` or `.` (which only lenient backends fold).
-    remove_folded_if(headers, &FORWARDING, |name, folded| {
-        URL_OVERRIDES.contains(&folded) || name.bytes().any(|b| b == b'_' || b == b'.')
-    });
-    // Every line of the incoming chain, in order: a proxy may add its own line instead of
-    // extending the last one, and the client's address is on the right. A line that is not
-    // text breaks the chain: nothing left of it can be placed.
-    let mut chain = String::new();
-    for line in headers.get_all(&X_FORWARDED_FOR) {
-        match line.to_str().map(str::trim) {
-            Ok("") => {}
-            Ok(line) => {
-                chain.push_str(line);
-                chain.push_str(", ");
-            }
-            Err(_) => {
-                chain.clear();
-                break;
-            }
-        }
-    }
-    chain.push_str(ip);
-    if let Ok(v) = HeaderValue::from_str(&chain) {
-        headers.insert(X_FORWARDED_FOR, v);
-    }
-    if !headers.contains_key(&X_FORWARDED_PROTO) {
-        headers.insert(
-            X_FORWARDED_PROTO,
-            HeaderValue::from_static(peer.scheme.as_str()),
-        );
-    }
-    if let Some(host) = host {
-        if !headers.contains_key(&X_FORWARDED_HOST) {
-            headers.insert(X_FORWARDED_HOST, host);
-        }
-    }
-}
-
-/// `ip` as text in `buf`. IPv4 by hand: this runs on every request, and `Display` for
-/// addresses is slow (it formats twice to support padding).
-fn ip_text(ip: IpAddr, buf: &mut [u8; 64]) -> &str {
-    let n = match ip {
-        IpAddr::V4(v4) => {
-            let mut n = 0;
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    buf[n] = b'.';
-                    n += 1;
-                }
-                if octet >= 100 {
-                    buf[n] = b'0' + octet / 100;
-                    n += 1;
-                }
-                if octet >= 10 {
-                    buf[n] = b'0' + octet / 10 % 10;
-                    n += 1;
-                }
-                buf[n] = b'0' + octet % 10;
-                n += 1;
-            }
-            n
-        }
-        IpAddr::V6(_) => {
-            use std::io::Write;
-            let mut cursor = std::io::Cursor::new(&mut buf[..]);
-            // 45 bytes at most: always fits.
-            let _ = write!(cursor, "{ip}");
-            usize::try_from(cursor.position()).unwrap_or(0)
-        }
-    };
-    std::str::from_utf8(&buf[..n]).unwrap_or("")
-}
-
 /// The token of an `Authorization: Bearer <token>` header (the scheme in any case), if any.
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {
     let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     (v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer ")).then(|| v[7..].trim())
-}
-
-/// The client's address: the peer's, or, when the peer is a trusted proxy, the last address
-/// of `X-Forwarded-For` that is not itself a trusted proxy (the one that connected to the
-/// first proxy we trust). The walk goes from the right, where each entry was written by the
-/// hop after it, so entries left of the client's (the client's own inventions) are never
-/// read. An entry that does not parse as an address (with or without a port) ends the walk
-/// at the last trusted hop: what it wrote cannot be read.
-pub fn client_ip(headers: &HeaderMap, peer: Peer, trusted: &[IpNet]) -> IpAddr {
-    if !peer.trusted {
-        return peer.ip;
-    }
-    let mut last = peer.ip;
-    for value in headers.get_all(&X_FORWARDED_FOR).iter().rev() {
-        let Ok(value) = value.to_str() else {
-            return last;
-        };
-        for entry in value.rsplit(',') {
-            let Some(ip) = forwarded_address(entry.trim()) else {
-                return last;
-            };
-            if !trusted.iter().any(|n| n.contains(&ip)) {
-                return ip;
-            }
-            last = ip;
-        }
-    }
-    last
-}
-
-/// An address as proxies write it in `X-Forwarded-For`: `192.0.2.1`, `2001:db8::1`, or with a
-/// port (`192.0.2.1:4711`, `[2001:db8::1]:4711`, as some cloud load balancers write it).
-fn forwarded_address(entry: &str) -> Option<IpAddr> {
-    let ip = entry
-        .parse::<IpAddr>()
-        .or_else(|_| entry.parse::<std::net::SocketAddr>().map(|a| a.ip()))
-        .ok()?;
-    Some(ip.to_canonical())
-}
-
-/// The scheme the client used, as far as we may believe: a trusted proxy's first
-/// `X-Forwarded-Proto` value, else the listener's own scheme.
-pub fn public_scheme(headers: &HeaderMap, peer: Peer) -> Scheme {
-    if peer.trusted {
-        if let Some(v) = headers
-            .get(&X_FORWARDED_PROTO)
-            .and_then(|v| v.to_str().ok())
-        {
-            match v.split(',').next().map(str::trim) {
-                Some(p) if p.eq_ignore_ascii_case("https") => return Scheme::Https,
-                Some(p) if p.eq_ignore_ascii_case("http") => return Scheme::Http,
-                _ => {}
-            }
-        }
-    }
-    peer.scheme
 }
 
 /// Keeps a client's `X-Request-Id` when it is a short printable token, else makes one.
@@ -447,5 +283,6 @@ pub fn detach_head<B>(req: &mut http::Request<B>) {
     *headers = detached;
 }
 
+mod forwarded;
 #[cfg(test)]
 mod tests;

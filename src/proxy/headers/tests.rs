@@ -1,4 +1,7 @@
+use super::forwarded::ip_text;
 use super::*;
+use ipnet::IpNet;
+use std::net::IpAddr;
 
 fn map(pairs: &[(&str, &str)]) -> HeaderMap {
     let mut h = HeaderMap::new();

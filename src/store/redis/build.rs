@@ -190,10 +190,7 @@ impl RedisStore {
         Ok(RedisStore {
             backend,
             prefix: opts.key_prefix.to_owned(),
-            index_add: redis::Script::new(INDEX_ADD),
-            delete_if: redis::Script::new(DELETE_IF),
-            replace_if: redis::Script::new(REPLACE_IF),
-            count: redis::Script::new(COUNT),
+            scripts: scripts::Scripts::new(),
             connect_wait: opts.timeout * 2 + Duration::from_millis(100),
         })
     }

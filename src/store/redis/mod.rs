@@ -13,6 +13,7 @@
 //! ([`tracking`]); reads that must see the latest value use [`RedisStore::get_fresh`].
 
 mod build;
+mod scripts;
 pub mod tracking;
 
 use super::StoreError;
@@ -26,13 +27,6 @@ use redis::FromRedisValue;
 use std::time::Duration;
 use tokio::sync::{Mutex, OnceCell};
 use tracking::Tracking;
-
-/// Adds `member` to a set and raises the set's TTL to at least `ttl_ms` (never lowers it).
-const INDEX_ADD: &str = r"
-redis.call('SADD', KEYS[1], ARGV[1])
-local ttl = redis.call('PTTL', KEYS[1])
-if ttl < tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 1";
 
 /// How the sidecar reaches Redis.
 pub enum Topology<'a> {
@@ -85,45 +79,10 @@ enum Backend {
     },
 }
 
-/// Deletes KEYS[1] only if it still holds ARGV[1] (a lock released by its owner only).
-const DELETE_IF: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0";
-
-/// Sets KEYS[1] to ARGV[2] with a TTL of ARGV[3] ms only if it still holds ARGV[1] (a session
-/// changed by one request while nobody else wrote it).
-const REPLACE_IF: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-  return 1
-end
-return 0";
-
-/// A fixed-window counter: INCR KEYS[1] when ARGV[2] is 1 (its window, ARGV[1] ms, starts at
-/// the first hit), else read it; returns {count, ms left}. One script, so two replicas never
-/// see a counter without its expiry.
-const COUNT: &str = r"
-local n
-if ARGV[2] == '1' then
-  n = redis.call('INCR', KEYS[1])
-else
-  n = tonumber(redis.call('GET', KEYS[1]) or '0')
-end
-local ttl = redis.call('PTTL', KEYS[1])
-if n > 0 and ttl < 0 then
-  redis.call('PEXPIRE', KEYS[1], ARGV[1])
-  ttl = tonumber(ARGV[1])
-end
-if ttl < 0 then ttl = 0 end
-return {n, ttl}";
-
 pub struct RedisStore {
     backend: Backend,
     prefix: String,
-    index_add: redis::Script,
-    delete_if: redis::Script,
-    replace_if: redis::Script,
-    count: redis::Script,
+    scripts: scripts::Scripts,
     /// How long a request waits for a connection to Redis at most: a connection attempt and
     /// its retry. Connections are made one at a time (one per worker); without a bound, the
     /// k-th request queued behind an unreachable Redis would wait k attempts.
@@ -218,6 +177,14 @@ impl RedisStore {
         Box::pin(async { with_conn!(self, |c| cmd.query_async::<T>(&mut c)) }).await
     }
 
+    /// `inv` on this backend's connection; boxed for the reason given at `query`.
+    async fn invoke<T: FromRedisValue>(
+        &self,
+        inv: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
+        Box::pin(async { with_conn!(self, |c| inv.invoke_async::<T>(&mut c)) }).await
+    }
+
     fn tracking(&self) -> Option<&Tracking> {
         match &self.backend {
             Backend::Single { tracking, .. } => tracking.as_ref(),
@@ -249,12 +216,18 @@ impl RedisStore {
 
     /// The value of `key`, from the client-side cache when it holds it.
     pub async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
-        if let Some(t) = self.tracking() {
-            if let Some(v) = t.get(&self.key(key)).await {
-                return Ok(v);
-            }
+        let Some(t) = self.tracking() else {
+            return self.get_fresh(key).await;
+        };
+        let full = self.key(key);
+        if let Some(v) = t.get(&full).await {
+            return Ok(v);
         }
-        self.get_fresh(key).await
+        let v = self.get_fresh(key).await?;
+        if v.is_some() {
+            t.found(&full);
+        }
+        Ok(v)
     }
 
     /// The value of `key` as Redis holds it now, never from the cache.
@@ -308,97 +281,6 @@ impl RedisStore {
         let n: Result<i64, _> = self.query(redis::cmd("DEL").arg(self.key(key))).await;
         self.written(key).await;
         Ok(n? > 0)
-    }
-
-    pub async fn delete_if(&self, key: &str, value: &[u8]) -> Result<bool, StoreError> {
-        let full = self.key(key);
-        let script = &self.delete_if;
-        // Boxed for the reason given at `query`.
-        let n: Result<i64, _> = Box::pin(async {
-            with_conn!(self, |c| script
-                .key(&full)
-                .arg(value)
-                .invoke_async::<i64>(&mut c))
-        })
-        .await;
-        self.written(key).await;
-        Ok(n? > 0)
-    }
-
-    pub async fn replace_if(
-        &self,
-        key: &str,
-        expected: &[u8],
-        value: &[u8],
-        ttl: Duration,
-    ) -> Result<bool, StoreError> {
-        let full = self.key(key);
-        let script = &self.replace_if;
-        // Boxed for the reason given at `query`.
-        let n: Result<i64, _> = Box::pin(async {
-            with_conn!(self, |c| script
-                .key(&full)
-                .arg(expected)
-                .arg(value)
-                .arg(millis(ttl))
-                .invoke_async::<i64>(&mut c))
-        })
-        .await;
-        self.written(key).await;
-        Ok(n? > 0)
-    }
-
-    pub async fn count(
-        &self,
-        key: &str,
-        window: Duration,
-        hit: bool,
-    ) -> Result<(u64, Duration), StoreError> {
-        let full = self.key(key);
-        let script = &self.count;
-        // Boxed for the reason given at `query`.
-        let (n, ms): (u64, u64) = Box::pin(async {
-            with_conn!(self, |c| script
-                .key(&full)
-                .arg(millis(window))
-                .arg(if hit { "1" } else { "0" })
-                .invoke_async::<(u64, u64)>(&mut c))
-        })
-        .await?;
-        Ok((n, Duration::from_millis(ms)))
-    }
-
-    pub async fn index_add(
-        &self,
-        index: &str,
-        member: &str,
-        ttl: Duration,
-    ) -> Result<(), StoreError> {
-        let key = self.key(index);
-        let ms = millis(ttl);
-        let script = &self.index_add;
-        // Boxed for the reason given at `query`.
-        let _: i64 = Box::pin(async {
-            with_conn!(self, |c| script
-                .key(&key)
-                .arg(member)
-                .arg(ms)
-                .invoke_async::<i64>(&mut c))
-        })
-        .await?;
-        Ok(())
-    }
-
-    pub async fn index_members(&self, index: &str) -> Result<Vec<String>, StoreError> {
-        self.query(redis::cmd("SMEMBERS").arg(self.key(index)))
-            .await
-    }
-
-    pub async fn index_remove(&self, index: &str, member: &str) -> Result<(), StoreError> {
-        let _: i64 = self
-            .query(redis::cmd("SREM").arg(self.key(index)).arg(member))
-            .await?;
-        Ok(())
     }
 
     /// Whether the client-side cache can work: `CLIENT TRACKING` allowed for this user (its

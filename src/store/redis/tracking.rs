@@ -25,11 +25,13 @@
 //! order).
 //!
 //! Admission. A key is read through the tracked connection, and kept, only the second time
-//! this worker misses it (a small table of recent misses remembers the first). Tracking is not
-//! free: Redis records every key a tracked connection reads, in a table that grows with the
-//! sessions read (and evicts with invalidations past `tracking-table-max-keys`), and the read
-//! asks for the TTL too. A session seen once, as most are when millions are spread over a few
-//! replicas, is read the ordinary way: one `GET`, nothing tracked, nothing kept here.
+//! this worker misses it, and only if the first (ordinary) read found it: a small table of
+//! recent misses remembers the keys found. Tracking is not free: Redis records every key a
+//! tracked connection reads, found or not, in a table that grows with the keys read (and evicts
+//! with invalidations past `tracking-table-max-keys`, emptying every replica's cache), and the
+//! read asks for the TTL too. A session seen once, as most are when millions are spread over a
+//! few replicas, is read the ordinary way: one `GET`, nothing tracked, nothing kept here; a
+//! made-up session id, however often it is sent, is never tracked.
 //!
 //! What this must not do: serve anything while its connection is down, hold anything that did
 //! not come from Redis, or be used by code that has just taken a lock in Redis and needs the
@@ -238,8 +240,9 @@ impl Tracking {
                 }
                 None => {}
             }
-            if !st.admission.seen_before(key, self.capacity) {
-                // Seen once so far: read the ordinary way, untracked, and keep nothing.
+            if !st.admission.contains(key) {
+                // Not found by an ordinary read lately: read the ordinary way, untracked, and
+                // keep nothing ([`Tracking::found`]).
                 return (None, false);
             }
             let Some((id, conn)) = st.conn.clone() else {
@@ -283,6 +286,15 @@ impl Tracking {
         }
     }
 
+    /// After an ordinary read of `key` (untracked, the cache's answer was `None`) found a
+    /// value: this worker's next miss of it is read through the tracked connection and kept.
+    /// Only keys that exist are admitted: Redis tracks every key a tracked connection reads,
+    /// found or not, so admitting made-up session ids (any client can send them, twice) would
+    /// fill its tracking table, whose evictions invalidate every replica's cache.
+    pub fn found(&self, key: &str) {
+        self.slot().lock().admission.remember(key, self.capacity);
+    }
+
     /// Forgets `key` in every slot (after a write from this process): the writer's own next
     /// read must not wait for Redis's invalidation to arrive.
     pub fn forget(&self, key: &str) {
@@ -303,102 +315,8 @@ impl Tracking {
     }
 }
 
-/// Opens a slot's tracked connection, turns tracking on, then watches its health until it
-/// fails. Runs on the runtime of the worker that needed it.
-async fn connect(slot: Arc<Slot>, client: redis::Client, timeout: Duration) {
-    let id = {
-        let mut st = slot.lock();
-        st.next_id += 1;
-        st.next_id
-    };
-    let events = slot.clone();
-    let config = AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(timeout))
-        .set_response_timeout(Some(timeout))
-        .set_push_sender(move |push: PushInfo| {
-            events.on_push(id, &push);
-            Ok::<(), std::convert::Infallible>(())
-        });
-    let sent = Instant::now();
-    let opened = async {
-        let mut conn = client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-            .map_err(refusal)?;
-        redis::cmd("CLIENT")
-            .arg("TRACKING")
-            .arg("ON")
-            .query_async::<()>(&mut conn)
-            .await
-            .map_err(refusal)?;
-        Ok::<_, Option<String>>(conn)
-    };
-    let opened = tokio::time::timeout(timeout, opened)
-        .await
-        .unwrap_or(Err(None));
-    let conn = {
-        let mut st = slot.lock();
-        st.connecting = false;
-        match opened {
-            // Gone already (its Disconnection came first): as if it had failed.
-            Ok(_) if st.dead == Some(id) => {
-                st.retry_at = Some(tokio::time::Instant::now() + RETRY_AFTER);
-                return;
-            }
-            Ok(conn) => {
-                st.generation += 1;
-                st.entries.clear();
-                st.conn = Some((id, conn.clone()));
-                st.verified_at = Some(sent);
-                conn
-            }
-            Err(refused) => {
-                st.retry_at = Some(tokio::time::Instant::now() + RETRY_AFTER);
-                if let Some(why) = refused {
-                    st.refused = true;
-                    tracing::warn!(
-                        error = why,
-                        "no Redis client-side cache (RESP3 CLIENT TRACKING refused): sessions are read from Redis on every request"
-                    );
-                }
-                return;
-            }
-        }
-    };
-    tracing::debug!("Redis client-side cache on for this worker");
-    let mut conn = conn;
-    loop {
-        tokio::time::sleep(HEALTH_INTERVAL).await;
-        if !slot.lock().is_current(id) {
-            return;
-        }
-        let sent = Instant::now();
-        let ping_cmd = redis::cmd("PING");
-        let ping = ping_cmd.query_async::<String>(&mut conn);
-        if matches!(tokio::time::timeout(timeout, ping).await, Ok(Ok(_))) {
-            slot.lock().verified(id, sent);
-        } else {
-            slot.lock().drop_conn(id);
-            tracing::debug!("Redis client-side cache off for this worker: health check failed");
-            return;
-        }
-    }
-}
-
-/// `Some(reason)` when an error means this server will never track for us (no RESP3: Redis
-/// before 6; an ACL without `CLIENT`; an unknown command), `None` when trying again later may
-/// work (connection refused, `LOADING`, `BUSY`…).
-fn refusal(e: redis::RedisError) -> Option<String> {
-    if e.kind() == redis::ErrorKind::RESP3NotSupported {
-        return Some("RESP3 not supported".to_owned());
-    }
-    match e.code() {
-        Some("BUSY" | "LOADING" | "TRYAGAIN" | "MASTERDOWN" | "NOAUTH" | "WRONGPASS") | None => {
-            None
-        }
-        Some(code) => Some(code.to_owned()),
-    }
-}
+mod connection;
+use connection::connect;
 
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,195 @@
+//! Layering tests: defaults < TOML < .env < environment, and error collection.
+
+use super::*;
+
+mod documented;
+mod values;
+
+pub(super) fn inputs(dir: &Path, config: Option<&str>, env: &[(&str, &str)]) -> Inputs {
+    let config_file = config.map(|c| {
+        let p = dir.join("sso-sidecar.toml");
+        std::fs::write(&p, c).unwrap();
+        p
+    });
+    Inputs {
+        config_file,
+        env: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        unreadable: Vec::new(),
+        cwd: dir.to_path_buf(),
+    }
+}
+
+#[test]
+fn defaults_apply_without_any_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = load(inputs(dir.path(), None, &[])).unwrap();
+    assert_eq!(c.listen.to_string(), "0.0.0.0:8000");
+    assert_eq!(c.admin_listen.to_string(), "0.0.0.0:9090");
+    assert_eq!(c.proxy.upstream.as_str(), "http://127.0.0.1:8080/");
+    assert_eq!(c.identity, IdentityMode::OpenRag);
+    assert_eq!(c.log_format, LogFormat::Json);
+    assert_eq!(c.auth_mode(), AuthMode::Token);
+    assert!(c.auth.redis.is_none());
+}
+
+#[test]
+fn later_layers_win() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join(".env"),
+        "SSO_SIDECAR_ADMIN_LISTEN=\"127.0.0.1:7002\"\nSSO_SIDECAR_UPSTREAM='http://10.0.0.2:81'\n",
+    )
+    .unwrap();
+    let toml = "listen = \"127.0.0.1:7001\"\nadmin_listen = \"127.0.0.1:7001\"\nupstream = \"http://10.0.0.1:80\"\nlog_format = \"pretty\"\n[tls]\n";
+    let c = load(inputs(
+        dir.path(),
+        Some(toml),
+        &[
+            ("SSO_SIDECAR_UPSTREAM", "http://10.0.0.3:82"),
+            ("SSO_SIDECAR_TRUSTED_PROXIES", "10.0.0.0/8, 192.168.1.1"),
+        ],
+    ))
+    .unwrap();
+    assert_eq!(c.listen.to_string(), "127.0.0.1:7001", "from TOML");
+    assert_eq!(
+        c.admin_listen.to_string(),
+        "127.0.0.1:7002",
+        ".env (quotes stripped) beats TOML"
+    );
+    assert_eq!(
+        c.proxy.upstream.as_str(),
+        "http://10.0.0.3:82/",
+        "environment beats .env"
+    );
+    assert_eq!(c.log_format, LogFormat::Pretty);
+    assert_eq!(c.proxy.trusted_proxies.len(), 2);
+}
+
+#[test]
+fn nested_keys_come_from_double_underscore_variables() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = dir.path().join("c.pem");
+    std::fs::write(&cert, "x").unwrap();
+    let c = cert.to_str().unwrap();
+    let cfg = load(inputs(
+        dir.path(),
+        None,
+        &[
+            ("SSO_SIDECAR_TLS__CERT_FILE", c),
+            ("SSO_SIDECAR_TLS__KEY_FILE", c),
+        ],
+    ))
+    .unwrap();
+    assert_eq!(cfg.tls.unwrap().cert_file, cert);
+}
+
+#[test]
+fn a_named_config_file_that_is_missing_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut i = inputs(dir.path(), None, &[]);
+    i.config_file = Some(dir.path().join("nope.toml"));
+    let e = load(i).unwrap_err();
+    assert!(e.0[0].contains("nope.toml does not exist"), "{e}");
+
+    let i = inputs(
+        dir.path(),
+        None,
+        &[("SSO_SIDECAR_CONFIG", "/nonexistent/x.toml")],
+    );
+    assert!(load(i)
+        .unwrap_err()
+        .to_string()
+        .contains("/nonexistent/x.toml"));
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = load(inputs(
+        dir.path(),
+        Some("listen = \"nonsense\"\nlistne = 1\n"),
+        &[
+            ("AUTH_MODE", "oidc"),
+            ("SSO_SIDECAR_UPSTREAM", "ftp://x"),
+            ("SSO_SIDECAR_IDENTITY", "magic"),
+            ("SSO_SIDECAR_LOG_FORMAT", "xml"),
+            ("SSO_SIDECAR_TOKEN_ENDPOINT_AUTH", "private_key_jwt"),
+            ("SSO_SIDECAR_OPENRAG__TOKEN_POLICY", "ask"),
+            ("SSO_SIDECAR_TRUSTED_PROXIES", "not-an-ip"),
+        ],
+    ))
+    .unwrap_err();
+    let all = e.to_string();
+    // The unknown TOML key stops extraction, so the file's other values are not checked, but the
+    // OpenRag variables still are: the operator sees both kinds at once.
+    assert!(all.contains("listne"), "{all}");
+    assert!(
+        all.contains("AUTH_MODE=oidc but the following env vars are missing or empty"),
+        "{all}"
+    );
+
+    let e = load(inputs(
+        dir.path(),
+        Some("listen = \"nonsense\"\n"),
+        &[
+            ("AUTH_MODE", "oidc"),
+            ("SSO_SIDECAR_UPSTREAM", "ftp://x"),
+            ("SSO_SIDECAR_IDENTITY", "magic"),
+            ("SSO_SIDECAR_LOG_FORMAT", "xml"),
+            ("SSO_SIDECAR_TOKEN_ENDPOINT_AUTH", "private_key_jwt"),
+            ("SSO_SIDECAR_OPENRAG__TOKEN_POLICY", "ask"),
+            ("SSO_SIDECAR_TRUSTED_PROXIES", "not-an-ip"),
+            ("SSO_SIDECAR_REDIS_URL", "http://user:pw@redis"),
+        ],
+    ))
+    .unwrap_err();
+    let all = e.to_string();
+    for needle in [
+        "listen must be",
+        "upstream must be",
+        "identity must be 'openrag' or 'headers', got 'magic'",
+        "log_format must be 'json' or 'pretty', got 'xml'",
+        "token_endpoint_auth must be one of 'auto', 'client_secret_basic', 'client_secret_post', got 'private_key_jwt'",
+        "openrag.token_policy must be one of 'deny', 'regenerate', 'file', got 'ask'",
+        "not-an-ip",
+        "missing or empty",
+        "redis_url must start",
+    ] {
+        assert!(all.contains(needle), "{needle} not in {all}");
+    }
+    assert!(!all.contains("pw@"), "the Redis password leaked into {all}");
+}
+
+#[test]
+fn unknown_prefixed_variables_warn_instead_of_failing() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = load(inputs(
+        dir.path(),
+        None,
+        &[("SSO_SIDECAR_SERVICE_PORT", "tcp://10.0.0.1:80")],
+    ))
+    .unwrap();
+    assert_eq!(
+        c.warnings,
+        vec!["ignoring unknown variable SSO_SIDECAR_SERVICE_PORT".to_string()]
+    );
+}
+
+#[test]
+fn a_toml_syntax_error_is_placed_without_quoting_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    for toml in [
+        "listen = \"0.0.0.0:8000\"\nredis_password = \"s3cret-pw\n",
+        "redis_url = redis://:s3cret-pw@redis:6379\n",
+    ] {
+        let e = load(inputs(dir.path(), Some(toml), &[]))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(!e.contains("s3cret-pw"), "{e}");
+        assert!(e.contains("line") && e.contains("column"), "{e}");
+    }
+}

@@ -1,0 +1,216 @@
+//! Single settings: bounds, secrets kept out of output, values refused or warned about.
+
+use super::*;
+
+#[test]
+fn secrets_never_appear_in_debug_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = crate::crypto::generate_key();
+    let c = load(inputs(
+        dir.path(),
+        None,
+        &[
+            ("AUTH_MODE", "oidc"),
+            ("AUTH_TOKEN", "admin-token-value-123"),
+            ("OIDC_ENDPOINT", "https://idp.example"),
+            ("OIDC_CLIENT_ID", "rp"),
+            ("OIDC_CLIENT_SECRET", "client-secret-value"),
+            ("OIDC_REDIRECT_URI", "https://rp.example/auth/callback"),
+            ("OIDC_TOKEN_ENCRYPTION_KEY", &key),
+            (
+                "SSO_SIDECAR_REDIS_URL",
+                "redis://:redis-password@127.0.0.1:6379",
+            ),
+        ],
+    ))
+    .unwrap();
+    let dump = format!("{c:?}");
+    for secret in [
+        "admin-token-value-123",
+        "client-secret-value",
+        key.as_str(),
+        "redis-password",
+    ] {
+        assert!(!dump.contains(secret), "{secret} leaked");
+    }
+    assert!(
+        c.warnings.is_empty(),
+        "redis configured: no in-memory warning"
+    );
+}
+
+#[test]
+fn an_all_digit_redis_password_loads_as_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = load(inputs(
+        dir.path(),
+        None,
+        &[
+            ("SSO_SIDECAR_REDIS_URL", "redis://127.0.0.1:6379"),
+            ("SSO_SIDECAR_REDIS_USERNAME", "2024"),
+            ("SSO_SIDECAR_REDIS_PASSWORD", "0123456789"),
+        ],
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let redis = c.auth.redis.expect("redis configured");
+    assert!(!format!("{redis:?}").contains("0123456789"));
+    assert_eq!(
+        redis.password.as_ref().map(|p| p.expose().as_str()),
+        Some("0123456789")
+    );
+    assert_eq!(redis.username.as_deref(), Some("2024"));
+}
+
+#[test]
+fn openrag_booleans_that_read_as_false_are_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = load(inputs(
+        dir.path(),
+        None,
+        &[
+            ("RATE_LIMIT_ENABLED", "1"),
+            ("OIDC_GROUP_SYNC_PRUNE", "yes"),
+            ("OIDC_AUTO_PROVISION_LOGIN", "True"),
+        ],
+    ))
+    .unwrap();
+    let said = |name: &str| {
+        c.warnings
+            .iter()
+            .any(|w| w.starts_with(&format!("{name}=")))
+    };
+    assert!(
+        said("RATE_LIMIT_ENABLED") && said("OIDC_GROUP_SYNC_PRUNE"),
+        "{:?}",
+        c.warnings
+    );
+    assert!(
+        !said("OIDC_AUTO_PROVISION_LOGIN"),
+        "True is true: {:?}",
+        c.warnings
+    );
+}
+
+#[test]
+fn bridge_settings_without_the_bridge_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = vec![
+        ("AUTH_MODE", "oidc"),
+        ("OIDC_ENDPOINT", "https://idp.example.test"),
+        ("OIDC_CLIENT_ID", "rp"),
+        ("OIDC_CLIENT_SECRET", "s"),
+        (
+            "OIDC_REDIRECT_URI",
+            "https://app.example.test/auth/callback",
+        ),
+        ("OIDC_GROUP_PREFIX", "sso:"),
+        ("OIDC_CLAIM_GROUPS", "roles"),
+        ("OIDC_GROUP_SYNC_PRUNE", "false"),
+    ];
+    let key = crate::crypto::generate_key();
+    env.push(("OIDC_TOKEN_ENCRYPTION_KEY", &key));
+    env.push(("AUTH_TOKEN", "admin-token"));
+    let noted = |c: &Config| {
+        c.warnings
+            .iter()
+            .filter(|w| w.contains("has no effect with SSO_SIDECAR_IDENTITY=headers"))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let openrag = load(inputs(dir.path(), None, &env)).unwrap_or_else(|e| panic!("{e}"));
+    assert!(noted(&openrag).is_empty(), "{:?}", openrag.warnings);
+    env.push(("SSO_SIDECAR_IDENTITY", "headers"));
+    let headers = load(inputs(dir.path(), None, &env)).unwrap_or_else(|e| panic!("{e}"));
+    let said = noted(&headers);
+    assert_eq!(said.len(), 1, "{said:?}");
+    assert!(said[0].starts_with("OIDC_GROUP_PREFIX "), "{said:?}");
+}
+
+#[test]
+fn the_login_timeout_is_a_setting_within_bounds() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = load(inputs(
+        dir.path(),
+        None,
+        &[("SSO_SIDECAR_LOGIN_TIMEOUT_SECS", "1800")],
+    ))
+    .unwrap();
+    assert_eq!(c.auth.login_timeout.as_secs(), 1800);
+    for bad in ["59", "86401"] {
+        let e = load(inputs(
+            dir.path(),
+            None,
+            &[("SSO_SIDECAR_LOGIN_TIMEOUT_SECS", bad)],
+        ))
+        .err()
+        .unwrap_or_else(|| panic!("{bad} accepted"));
+        assert!(
+            e.to_string()
+                .contains("login_timeout_secs must be between 60 and 86400"),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn the_idle_timeout_is_off_or_within_the_lifetime() {
+    let dir = tempfile::tempdir().unwrap();
+    let with = |v: &str| {
+        load(inputs(
+            dir.path(),
+            None,
+            &[
+                ("SSO_SIDECAR_SESSION_IDLE_TIMEOUT_SECS", v),
+                ("SSO_SIDECAR_SESSION_LIFETIME_SECS", "3600"),
+            ],
+        ))
+    };
+    assert_eq!(with("0").unwrap().auth.session_idle_timeout, None);
+    assert_eq!(
+        with("10").unwrap().auth.session_idle_timeout,
+        Some(std::time::Duration::from_secs(10))
+    );
+    assert!(with("3600").is_ok());
+    for bad in ["9", "3601"] {
+        let e = with(bad).err().unwrap_or_else(|| panic!("{bad} accepted"));
+        assert!(
+            e.to_string().contains("session_idle_timeout_secs must be"),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn an_upstream_with_credentials_is_refused_without_showing_them() {
+    let dir = tempfile::tempdir().unwrap();
+    for url in [
+        "http://u:hunter2@h:1",
+        "http://hunter2@h:1",
+        "ftp://u:hunter2@h",
+    ] {
+        let env = [("SSO_SIDECAR_UPSTREAM", url)];
+        let Err(e) = load(inputs(dir.path(), None, &env)) else {
+            panic!("{url} was accepted");
+        };
+        let all = e.0.join("\n");
+        assert!(all.contains("upstream must"), "{all}");
+        assert!(!all.contains("hunter2"), "credentials echoed: {all}");
+    }
+}
+
+/// The example Secret's placeholder admin token is refused in both modes, without echoing it.
+#[test]
+fn a_placeholder_admin_token_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for mode in ["token", "oidc"] {
+        let env = [("AUTH_MODE", mode), ("AUTH_TOKEN", "REPLACE-ME-admin")];
+        let Err(e) = load(inputs(dir.path(), None, &env)) else {
+            panic!("accepted in {mode} mode");
+        };
+        let all = e.0.join("\n");
+        assert!(all.contains("AUTH_TOKEN is still the REPLACE-ME"), "{all}");
+        assert!(!all.contains("REPLACE-ME-admin"), "{all}");
+    }
+    let env = [("AUTH_MODE", "token"), ("AUTH_TOKEN", "sk-a-real-token")];
+    assert!(load(inputs(dir.path(), None, &env)).is_ok());
+}

@@ -1,0 +1,198 @@
+//! Validation of the raw [`Settings`] into typed values ([`Validated`]): every problem found is
+//! reported, not only the first. No I/O beyond checking that files exist.
+
+use super::connections::ConnectionLimits;
+use super::settings::{IdentityMode, LogFormat, Settings};
+use super::AuthSettings;
+use ipnet::IpNet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+/// What the proxy needs to know; nothing here is about authentication.
+#[derive(Debug, Clone)]
+pub struct ProxySettings {
+    pub upstream: url::Url,
+    pub upstream_ca_file: Option<PathBuf>,
+    pub trusted_proxies: Vec<IpNet>,
+    pub connect_timeout: Duration,
+    pub upstream_timeout: Duration,
+    pub upstream_body_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub preserve_host: bool,
+    pub max_request_header_bytes: usize,
+}
+
+/// Settings after validation.
+pub struct Validated {
+    pub auth: AuthSettings,
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub tls: Option<TlsFiles>,
+    pub proxy: ProxySettings,
+    pub identity: IdentityMode,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    pub shutdown_timeout: Duration,
+    pub workers: usize,
+    pub connections: ConnectionLimits,
+}
+
+impl Settings {
+    /// Checks every setting, pushing one message per problem; `None` if any was found.
+    pub fn validate(self, problems: &mut Vec<String>) -> Option<Validated> {
+        let before = problems.len();
+        let auth = self.validate_auth(problems);
+        let listen = socket_addr("listen", &self.listen, problems);
+        let admin_listen = socket_addr("admin_listen", &self.admin_listen, problems);
+        let upstream = upstream_url(&self.upstream, problems);
+        let connections = self.connections.validate(problems);
+        let identity = super::types::one_of("identity", &self.identity, problems);
+        let log_format = super::types::one_of("log_format", &self.log_format, problems);
+        if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&self.log_level) {
+            problems.push(format!(
+                "log_level '{}' is not a valid filter: {e}",
+                self.log_level
+            ));
+        }
+        let mut trusted_proxies = Vec::new();
+        for p in &self.trusted_proxies.0 {
+            match p
+                .parse::<IpNet>()
+                .or_else(|_| p.parse::<std::net::IpAddr>().map(IpNet::from))
+            {
+                Ok(net) => trusted_proxies.push(net),
+                Err(_) => problems.push(format!(
+                    "trusted_proxies: '{p}' is not an IP address or CIDR"
+                )),
+            }
+        }
+        let tls = match (&self.tls.cert_file, &self.tls.key_file) {
+            (None, None) => None,
+            (Some(c), Some(k)) => {
+                existing_file("tls.cert_file", c, problems);
+                existing_file("tls.key_file", k, problems);
+                Some(TlsFiles {
+                    cert_file: c.into(),
+                    key_file: k.into(),
+                })
+            }
+            _ => {
+                problems.push("tls.cert_file and tls.key_file must be set together".to_string());
+                None
+            }
+        };
+        let upstream_ca_file = self.upstream_ca_file.as_ref().map(|f| {
+            existing_file("upstream_ca_file", f, problems);
+            PathBuf::from(f)
+        });
+        for (name, v) in [
+            (
+                "upstream_connect_timeout_secs",
+                self.upstream_connect_timeout_secs,
+            ),
+            ("upstream_timeout_secs", self.upstream_timeout_secs),
+            (
+                "upstream_body_timeout_secs",
+                self.upstream_body_timeout_secs,
+            ),
+        ] {
+            if v == 0 {
+                problems.push(format!("{name} must be at least 1"));
+            }
+        }
+        if self.max_request_header_bytes < 8192 {
+            problems.push("max_request_header_bytes must be at least 8192".to_string());
+        }
+        if problems.len() > before {
+            return None;
+        }
+        Some(Validated {
+            auth: auth?,
+            listen: listen?,
+            admin_listen: admin_listen?,
+            tls,
+            proxy: ProxySettings {
+                upstream: upstream?,
+                upstream_ca_file,
+                trusted_proxies,
+                connect_timeout: Duration::from_secs(self.upstream_connect_timeout_secs),
+                upstream_timeout: Duration::from_secs(self.upstream_timeout_secs),
+                upstream_body_timeout: Duration::from_secs(self.upstream_body_timeout_secs),
+                idle_timeout: Duration::from_secs(self.upstream_idle_timeout_secs),
+                preserve_host: self.preserve_host,
+                max_request_header_bytes: self.max_request_header_bytes,
+            },
+            identity: identity?,
+            log_format: log_format?,
+            log_level: self.log_level,
+            shutdown_timeout: Duration::from_secs(self.shutdown_timeout_secs),
+            connections: connections?,
+            workers: match self.workers {
+                0 => std::thread::available_parallelism()
+                    .map(usize::from)
+                    .unwrap_or(1),
+                n => n,
+            },
+        })
+    }
+}
+
+fn socket_addr(name: &str, raw: &str, problems: &mut Vec<String>) -> Option<SocketAddr> {
+    raw.trim()
+        .parse()
+        .map_err(|_| {
+            problems.push(format!(
+                "{name} must be an address like 0.0.0.0:8000, got '{raw}'"
+            ))
+        })
+        .ok()
+}
+
+fn upstream_url(raw: &str, problems: &mut Vec<String>) -> Option<url::Url> {
+    // A value with credentials in it is never echoed: it may be a password.
+    let shown = if raw.contains('@') {
+        "(not shown: it has an '@')"
+    } else {
+        raw
+    };
+    match url::Url::parse(raw.trim()) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {
+            if !u.username().is_empty() || u.password().is_some() {
+                // The connection keeps host and port only: such credentials would be logged at
+                // start-up and then silently never sent.
+                problems.push(
+                    "upstream must not carry a user name or password: the sidecar sends none \
+                     upstream"
+                        .to_string(),
+                );
+                return None;
+            }
+            if u.query().is_some() || u.fragment().is_some() {
+                problems.push(format!(
+                    "upstream must not have a query or fragment, got '{shown}'"
+                ));
+                return None;
+            }
+            Some(u)
+        }
+        _ => {
+            problems.push(format!(
+                "upstream must be an http:// or https:// URL, got '{shown}'"
+            ));
+            None
+        }
+    }
+}
+
+pub(super) fn existing_file(name: &str, path: &str, problems: &mut Vec<String>) {
+    if !std::path::Path::new(path).is_file() {
+        problems.push(format!("{name}: file {path} does not exist"));
+    }
+}

@@ -1,0 +1,110 @@
+//! The response body of a pooled upstream connection: it hands the connection back to its pool
+//! when read to the end, closes it when dropped early (the client went away), and carries the
+//! request's place under the pool's cap for as long as the body lives.
+
+use super::Pool;
+use crate::proxy::body::Outgoing;
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+/// An upstream response body that returns its connection to the pool when it is dropped after
+/// being read to the end. Dropped early (the client went away), it closes the connection
+/// instead: the rest of the response would otherwise have to be read first.
+pub struct UpstreamBody {
+    inner: Incoming,
+    conn: Option<(SendRequest<Outgoing>, Arc<Pool>)>,
+    done: bool,
+    /// This request's place under the pool's cap, given back with the body.
+    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// Ends the body early when it fires (a long-lived stream whose reason to exist ended).
+    abort: Option<crate::proxy::Abort>,
+}
+
+impl UpstreamBody {
+    pub(super) fn new(
+        inner: Incoming,
+        sender: SendRequest<Outgoing>,
+        pool: &Arc<Pool>,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) -> Self {
+        UpstreamBody {
+            inner,
+            conn: Some((sender, pool.clone())),
+            done: false,
+            _permit: Some(permit),
+            abort: None,
+        }
+    }
+
+    /// Ends the body (cleanly, as if the upstream had finished) once `abort` fires; the
+    /// upstream connection is then closed rather than reused.
+    pub fn abort_on(&mut self, abort: crate::proxy::Abort) {
+        self.abort = Some(abort);
+    }
+
+    /// Moves the request from the pool's cap to its allowance for event streams, if a place
+    /// is free there (the connection still goes back to the pool when the body ends): an event
+    /// stream lives as long as its client wants it, and a few hundred open chat streams must
+    /// not make every other request wait for a connection.
+    pub fn leave_cap(&mut self) {
+        let Some((_, pool)) = &self.conn else { return };
+        if let Ok(place) = pool.streams.clone().try_acquire_owned() {
+            self._permit = Some(place);
+        }
+    }
+
+    /// Keeps the connection out of the pool (it has been upgraded to another protocol) and
+    /// out of its cap: a tunnel lives as long as its client connection, which is capped there.
+    pub fn detach(&mut self) {
+        self.conn = None;
+        self._permit = None;
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        if let Some((sender, pool)) = self.conn.take() {
+            if self.done || http_body::Body::is_end_stream(&self.inner) {
+                pool.checkin(sender);
+            }
+        }
+    }
+}
+
+impl http_body::Body for UpstreamBody {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.get_mut();
+        if let Some(abort) = this.abort.as_mut() {
+            if abort.as_mut().poll(cx).is_ready() {
+                this.abort = None;
+                this.conn = None;
+                this.done = true;
+                return Poll::Ready(None);
+            }
+        }
+        let frame = Pin::new(&mut this.inner).poll_frame(cx);
+        match &frame {
+            Poll::Ready(None) => this.done = true,
+            Poll::Ready(Some(Err(_))) => this.conn = None,
+            _ => {}
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}

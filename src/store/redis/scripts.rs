@@ -1,0 +1,134 @@
+//! The store operations Redis runs as Lua scripts (compare-and-delete, compare-and-set, the
+//! fixed-window counter, the session index with its TTL) and the index's plain commands. A
+//! script runs atomically, so two replicas never see half an operation (a counter without its
+//! expiry, a session replaced after another replica's write).
+
+use super::{millis, RedisStore, StoreError};
+use std::time::Duration;
+
+/// The scripts, run by hash (`EVALSHA`; the crate loads one Redis does not know yet).
+pub(super) struct Scripts {
+    index_add: redis::Script,
+    delete_if: redis::Script,
+    replace_if: redis::Script,
+    count: redis::Script,
+}
+
+impl Scripts {
+    pub(super) fn new() -> Self {
+        Scripts {
+            index_add: redis::Script::new(INDEX_ADD),
+            delete_if: redis::Script::new(DELETE_IF),
+            replace_if: redis::Script::new(REPLACE_IF),
+            count: redis::Script::new(COUNT),
+        }
+    }
+}
+
+/// Adds `member` to a set and raises the set's TTL to at least `ttl_ms` (never lowers it).
+const INDEX_ADD: &str = r"
+redis.call('SADD', KEYS[1], ARGV[1])
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl < tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 1";
+
+/// Deletes KEYS[1] only if it still holds ARGV[1] (a lock released by its owner only).
+const DELETE_IF: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0";
+
+/// Sets KEYS[1] to ARGV[2] with a TTL of ARGV[3] ms only if it still holds ARGV[1] (a session
+/// changed by one request while nobody else wrote it).
+const REPLACE_IF: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  return 1
+end
+return 0";
+
+/// A fixed-window counter: INCR KEYS[1] when ARGV[2] is 1 (its window, ARGV[1] ms, starts at
+/// the first hit), else read it; returns {count, ms left}. One script, so two replicas never
+/// see a counter without its expiry.
+const COUNT: &str = r"
+local n
+if ARGV[2] == '1' then
+  n = redis.call('INCR', KEYS[1])
+else
+  n = tonumber(redis.call('GET', KEYS[1]) or '0')
+end
+local ttl = redis.call('PTTL', KEYS[1])
+if n > 0 and ttl < 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+  ttl = tonumber(ARGV[1])
+end
+if ttl < 0 then ttl = 0 end
+return {n, ttl}";
+
+impl RedisStore {
+    /// Deletes `key` only if it still holds `value` (a lock released by its owner only).
+    pub async fn delete_if(&self, key: &str, value: &[u8]) -> Result<bool, StoreError> {
+        let full = self.key(key);
+        let n: Result<i64, _> = self
+            .invoke(self.scripts.delete_if.key(&full).arg(value))
+            .await;
+        self.written(key).await;
+        Ok(n? > 0)
+    }
+
+    /// Sets `key` to `value` for `ttl` only if it still holds `expected`.
+    pub async fn replace_if(
+        &self,
+        key: &str,
+        expected: &[u8],
+        value: &[u8],
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let full = self.key(key);
+        let mut inv = self.scripts.replace_if.key(&full);
+        let n: Result<i64, _> = self
+            .invoke(inv.arg(expected).arg(value).arg(millis(ttl)))
+            .await;
+        self.written(key).await;
+        Ok(n? > 0)
+    }
+
+    /// Counts a hit in `key`'s fixed window (or only reads it): the count and the time left.
+    pub async fn count(
+        &self,
+        key: &str,
+        window: Duration,
+        hit: bool,
+    ) -> Result<(u64, Duration), StoreError> {
+        let full = self.key(key);
+        let mut inv = self.scripts.count.key(&full);
+        let (n, ms): (u64, u64) = self
+            .invoke(inv.arg(millis(window)).arg(if hit { "1" } else { "0" }))
+            .await?;
+        Ok((n, Duration::from_millis(ms)))
+    }
+
+    /// Adds `member` to the set `index`, whose TTL is raised to at least `ttl`.
+    pub async fn index_add(
+        &self,
+        index: &str,
+        member: &str,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let key = self.key(index);
+        let mut inv = self.scripts.index_add.key(&key);
+        let _: i64 = self.invoke(inv.arg(member).arg(millis(ttl))).await?;
+        Ok(())
+    }
+
+    pub async fn index_members(&self, index: &str) -> Result<Vec<String>, StoreError> {
+        self.query(redis::cmd("SMEMBERS").arg(self.key(index)))
+            .await
+    }
+
+    pub async fn index_remove(&self, index: &str, member: &str) -> Result<(), StoreError> {
+        let _: i64 = self
+            .query(redis::cmd("SREM").arg(self.key(index)).arg(member))
+            .await?;
+        Ok(())
+    }
+}
