@@ -155,6 +155,13 @@ name, cluster nodes) and the port of every configured URL (redis.url, the sentin
 
 {{/* Refuse what would leave a door open or lock users out, rather than deploy it quietly. */}}
 {{- define "sso-sidecar.validateDoors" -}}
+{{- if not .Values.image.repository }}
+{{- fail "image.repository is required: no image is published; build one from the repository's Dockerfile, push it to your registry and name it here" }}
+{{- end }}
+{{- $drain := add (int .Values.preStopSleepSeconds) (int .Values.config.shutdownTimeoutSecs) 5 }}
+{{- if lt (int .Values.terminationGracePeriodSeconds) (int $drain) }}
+{{- fail (printf "terminationGracePeriodSeconds (%d) must be at least preStopSleepSeconds + config.shutdownTimeoutSecs + 5 (%d): Kubernetes would kill the pod in the middle of its drain" (int .Values.terminationGracePeriodSeconds) (int $drain)) }}
+{{- end }}
 {{- $s := .Values.secrets }}
 {{- if and $s.create $s.existingSecret }}
 {{- fail "secrets.existingSecret is set but secrets.create is true, so it would be ignored: set secrets.create to false to use it" }}
