@@ -1,6 +1,7 @@
-//! The admin listener: `/healthz` (the process is alive), `/readyz` (it should get traffic) and
-//! `/metrics` (Prometheus text). It never shares a port with the public listener, so it cannot
-//! shadow the backend's own `/metrics` or `/health_check`.
+//! The admin listener: `/healthz` (the process is alive), `/readyz` (it should get traffic:
+//! discovery loaded, the store reachable and, when configured, the upstream answering its
+//! `upstream_ready_path`) and `/metrics` (Prometheus text). It never shares a port with the
+//! public listener, so it cannot shadow the backend's own `/metrics` or `/health_check`.
 
 use crate::metrics::Metrics;
 use crate::proxy::Body;
@@ -16,9 +17,13 @@ pub struct Readiness {
     draining: AtomicBool,
     pub provider: Option<Arc<crate::auth::oidc::Provider>>,
     pub store: Option<Arc<crate::store::Store>>,
-    /// The reasons the last check found (none: ready), so that a change is logged once, with
-    /// its cause, rather than at every probe or never.
-    last: std::sync::Mutex<Option<Vec<&'static str>>>,
+    pub upstream: Option<UpstreamCheck>,
+    /// The reasons the latest check found (none: ready), and when it began, so that a change
+    /// is logged once, with its cause, rather than at every probe or never.
+    last: std::sync::Mutex<Option<(u64, Vec<&'static str>)>>,
+    /// Numbers the checks in the order they begin: concurrent probes finish in any order, and
+    /// one that began earlier must not log its older finding over a newer one.
+    checks: std::sync::atomic::AtomicU64,
 }
 
 impl Readiness {
@@ -29,6 +34,7 @@ impl Readiness {
 
     /// `Ok` when ready, else the reasons.
     pub async fn check(&self) -> Result<(), Vec<&'static str>> {
+        let begun = self.checks.fetch_add(1, Ordering::Relaxed);
         let mut reasons = Vec::new();
         if self.draining.load(Ordering::SeqCst) {
             reasons.push("shutting down");
@@ -36,14 +42,20 @@ impl Readiness {
         if self.provider.as_ref().is_some_and(|p| !p.is_loaded()) {
             reasons.push("OIDC discovery has not loaded");
         }
-        let mut store_error = None;
+        let mut causes = Vec::new();
         if let Some(store) = &self.store {
             if let Err(e) = store.ping().await {
                 reasons.push("session store unreachable");
-                store_error = Some(e.to_string());
+                causes.push(format!("session store: {e}"));
             }
         }
-        self.log_change(&reasons, store_error);
+        if let Some(upstream) = &self.upstream {
+            if let Err(e) = upstream.ask().await {
+                reasons.push("upstream not ready");
+                causes.push(e);
+            }
+        }
+        self.log_change(begun, &reasons, &causes);
         if reasons.is_empty() {
             Ok(())
         } else {
@@ -53,16 +65,54 @@ impl Readiness {
 }
 
 impl Readiness {
-    fn log_change(&self, reasons: &[&'static str], store_error: Option<String>) {
+    fn log_change(&self, begun: u64, reasons: &[&'static str], causes: &[String]) {
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-        if last.as_deref() == Some(reasons) {
-            return;
+        match &*last {
+            Some((newer, _)) if *newer > begun => return,
+            Some((_, same)) if same == reasons => return,
+            _ => {}
         }
-        *last = Some(reasons.to_vec());
+        *last = Some((begun, reasons.to_vec()));
         if reasons.is_empty() {
             tracing::info!("ready");
         } else {
-            tracing::warn!(?reasons, store_error, "not ready");
+            tracing::warn!(?reasons, ?causes, "not ready");
+        }
+    }
+}
+
+/// `/readyz`'s question to the upstream: a `GET` of `upstream_ready_path`, ready on any 2xx or
+/// 3xx within its deadline (the backend may be up long after the sidecar: OpenRag takes
+/// minutes to load its models).
+pub struct UpstreamCheck {
+    client: crate::http_json::JsonClient,
+    url: String,
+}
+
+impl UpstreamCheck {
+    pub fn new(
+        upstream: &url::Url,
+        path: &str,
+        tls: rustls::ClientConfig,
+        timeout: std::time::Duration,
+    ) -> Self {
+        UpstreamCheck {
+            client: crate::http_json::JsonClient::new("the upstream", tls, timeout, 64 * 1024),
+            url: format!("{}{path}", upstream.as_str().trim_end_matches('/')),
+        }
+    }
+
+    async fn ask(&self) -> Result<(), String> {
+        let req = Request::get(&self.url)
+            .body(http_body_util::Full::new(Bytes::new()))
+            .map_err(|e| e.to_string())?;
+        match self.client.send(req).await {
+            Ok(r) if r.status().is_success() || r.status().is_redirection() => Ok(()),
+            Ok(r) => Err(format!(
+                "the upstream answered {} at its ready path",
+                r.status()
+            )),
+            Err(e) => Err(crate::http_json::error_chain(&e)),
         }
     }
 }

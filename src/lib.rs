@@ -182,6 +182,14 @@ pub async fn run(
         .map_err(StartError::Upstream)?;
     let metrics = Arc::new(metrics::Metrics::new(config.workers));
     let mut readiness = admin::Readiness::default();
+    if let Some((path, timeout)) = &config.proxy.ready_check {
+        readiness.upstream = Some(admin::UpstreamCheck::new(
+            &config.proxy.upstream,
+            path,
+            client_tls.clone(),
+            *timeout,
+        ));
+    }
     let oidc = match config.auth_mode() {
         AuthMode::Token => None,
         AuthMode::Oidc => Some(Arc::new(build_oidc(

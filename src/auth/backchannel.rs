@@ -66,13 +66,10 @@ impl Auth {
         }
         let iss = &settings.issuer;
         let revoked = match (&sid, &sub) {
-            (Some(sid), sub) => match (self.sessions.revoke_sid(iss, sid).await, sub) {
-                // None of the user's sessions was made with this `sid`: those made from an ID
-                // token without one cannot be told apart, and one of them may be the session
-                // the IdP ended. End them rather than answer 200 and leave it alive.
-                (Ok(0), Some(sub)) => self.sessions.revoke_sidless(iss, sub).await,
-                (n, _) => n,
-            },
+            (Some(sid), sub) => {
+                let sub = sub.as_deref();
+                self.sessions.revoke_sid(iss, sid, sub).await
+            }
             (None, Some(sub)) => self.sessions.revoke_sub(iss, sub).await,
             (None, None) => Ok(0),
         };

@@ -1,10 +1,10 @@
-//! The login and logout flows: `/auth/login`, `/auth/callback`, `/auth/logout`, `/auth/me`.
+//! The authentication service (`Auth`), its per-request gate and `/auth/login` (the callback is
+//! `callback.rs`'s, logout `logout.rs`'s).
 //!
-//! Each handler returns a complete response. Callback failures use OpenRag's exact messages
-//! (docs/openrag-backend.md#callback) and always delete the state cookie; the details go to the log, never to the
-//! user. Security properties: state and nonce are 256-bit randoms, PKCE S256, the state cookie
-//! is Fernet-encrypted and expires after `login_timeout_secs` (600 s), a state is accepted once (replay marker in the
-//! shared store), and every login mints a fresh session id.
+//! Each handler returns a complete response. Security properties: state and nonce are 256-bit
+//! randoms, PKCE S256, the state cookie is Fernet-encrypted and expires after
+//! `login_timeout_secs` (600 s); a login that starts on a host the redirect URI does not name
+//! is warned about, as its callback cannot find the state cookie.
 
 use super::cookies::CookieJar;
 use super::gate::{self, Decision};

@@ -35,7 +35,7 @@ impl Auth {
         }
         let mut revoked = 0;
         if let Some(sid) = q.get("sid").filter(|s| !s.is_empty()) {
-            revoked += self.sessions.revoke_sid(issuer, sid).await?;
+            revoked += self.sessions.revoke_sid(issuer, sid, None).await?;
             if revoked == 0 && self.settings().frontchannel_logout_by_sub {
                 // No session carries that sid: the IdP put its user id there.
                 revoked += self.sessions.revoke_sub(issuer, sid).await?;

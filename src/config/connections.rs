@@ -48,7 +48,7 @@ pub struct ConnectionSettings {
     pub revocation_check_ms: u64,
     /// Seconds the live streams of a session may stay open while the store cannot confirm it
     /// (Redis unreachable); then they are closed, as requests are refused at once. A session
-    /// past its absolute expiry closes them at the next check whatever this says. 0 = until the
+    /// known to be past its end closes them at the next check whatever this says. 0 = until the
     /// store answers again.
     pub revocation_outage_secs: u64,
     /// Seconds a WebSocket tunnel may carry nothing either way before it is closed (nginx's

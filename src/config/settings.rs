@@ -51,6 +51,12 @@ pub struct Settings {
     pub upstream_ca_file: Option<String>,
     /// Send the client's `Host` upstream instead of the upstream's own authority.
     pub preserve_host: bool,
+    /// A path of the upstream that `/readyz` also asks (`GET`, any 2xx or 3xx is ready), so
+    /// that a pod whose backend is still starting gets no traffic; empty: not asked.
+    pub upstream_ready_path: String,
+    /// Milliseconds that question may take (below the readiness probe's own timeout, 1 s by
+    /// default in Kubernetes).
+    pub upstream_ready_timeout_ms: u64,
     /// Largest request head accepted (431 above it).
     pub max_request_header_bytes: usize,
     /// TLS on the public listener.
@@ -186,6 +192,8 @@ impl Default for Settings {
             upstream_idle_timeout_secs: 4,
             upstream_ca_file: None,
             preserve_host: false,
+            upstream_ready_path: String::new(),
+            upstream_ready_timeout_ms: 800,
             max_request_header_bytes: 32 * 1024,
             tls: TlsSettings::default(),
             session_cookie_name: "sso_sidecar_session".into(),

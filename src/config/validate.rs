@@ -27,6 +27,8 @@ pub struct ProxySettings {
     pub idle_timeout: Duration,
     pub preserve_host: bool,
     pub max_request_header_bytes: usize,
+    /// What `/readyz` asks the upstream, and within how long.
+    pub ready_check: Option<(String, Duration)>,
 }
 
 /// Settings after validation.
@@ -107,6 +109,16 @@ impl Settings {
                 problems.push(format!("{name} must be at least 1"));
             }
         }
+        let ready_path = &self.upstream_ready_path;
+        if !ready_path.is_empty() && (!ready_path.starts_with('/') || ready_path.contains("://")) {
+            problems.push("upstream_ready_path must be a path starting with /".to_string());
+        }
+        if !(50..=60_000).contains(&self.upstream_ready_timeout_ms) {
+            problems.push(format!(
+                "upstream_ready_timeout_ms must be between 50 and 60000, got {}",
+                self.upstream_ready_timeout_ms
+            ));
+        }
         if self.max_request_header_bytes < 8192 {
             problems.push("max_request_header_bytes must be at least 8192".to_string());
         }
@@ -128,6 +140,12 @@ impl Settings {
                 idle_timeout: Duration::from_secs(self.upstream_idle_timeout_secs),
                 preserve_host: self.preserve_host,
                 max_request_header_bytes: self.max_request_header_bytes,
+                ready_check: (!ready_path.is_empty()).then(|| {
+                    (
+                        ready_path.clone(),
+                        Duration::from_millis(self.upstream_ready_timeout_ms),
+                    )
+                }),
             },
             identity: identity?,
             log_format: log_format?,

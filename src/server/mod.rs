@@ -92,9 +92,14 @@ pub fn listen(addr: SocketAddr, shared: bool) -> std::io::Result<TcpListener> {
     if shared {
         socket.set_reuseport(true)?;
     }
+    // Best effort: a platform without one of these options still serves, with a warning.
     let tuned = socket2::SockRef::from(&socket);
-    tuned.set_tcp_keepalive(&KEEPALIVE)?;
-    tuned.set_tcp_user_timeout(Some(UNACKED_MAX))?;
+    if let Err(e) = tuned.set_tcp_keepalive(&KEEPALIVE) {
+        tracing::warn!(%addr, error = %e, "TCP keepalive not set on the listener");
+    }
+    if let Err(e) = tuned.set_tcp_user_timeout(Some(UNACKED_MAX)) {
+        tracing::warn!(%addr, error = %e, "TCP_USER_TIMEOUT not set on the listener");
+    }
     socket.bind(addr)?;
     socket.listen(1024)
 }

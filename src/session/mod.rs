@@ -133,7 +133,17 @@ impl Session {
 
 impl Session {
     pub fn is_live(&self, now: i64) -> bool {
-        now <= self.expires_at && (self.refresh_token.is_some() || now <= self.access_expires_at)
+        now <= self.ends_at()
+    }
+
+    /// The last instant (Unix seconds) it can be live: its absolute expiry, or without a
+    /// refresh token its access token's expiry if that comes first.
+    pub fn ends_at(&self) -> i64 {
+        if self.refresh_token.is_some() {
+            self.expires_at
+        } else {
+            self.expires_at.min(self.access_expires_at)
+        }
     }
 
     /// Live and its access token still valid (used when a refresh could not happen).

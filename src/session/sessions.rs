@@ -325,9 +325,10 @@ impl Sessions {
         }
     }
 
-    /// The absolute expiry of the session with this cookie id if it still exists (`None`:
-    /// ended), read from the store itself (for a check of long-lived streams, not a request). A session `used` since the last check
-    /// (its client's messages on a stream) pushes back its idle deadline as a request would.
+    /// When the session with this cookie id ends ([`Session::ends_at`]) if it still exists
+    /// (`None`: ended), read from the store itself (for a check of long-lived streams, not a
+    /// request). A session `used` since the last check (its client's messages on a stream)
+    /// pushes back its idle deadline as a request would.
     pub async fn still_there(
         &self,
         id: &str,
@@ -337,7 +338,7 @@ impl Sessions {
         let Some(s) = self.load_fresh(id, now).await? else {
             return Ok(None);
         };
-        let expires_at = s.expires_at;
+        let expires_at = s.ends_at();
         if !used || self.idle.is_none() {
             return Ok(Some(expires_at));
         }
@@ -351,15 +352,27 @@ impl Sessions {
         self.store.delete(&Self::key_of(id)).await
     }
 
-    /// Removes every session of an IdP session (`sid`); returns how many existed.
-    pub async fn revoke_sid(&self, iss: &str, sid: &str) -> Result<usize, StoreError> {
-        self.revoke_index(&Self::sid_index(iss, sid)).await
-    }
-
-    /// Removes the sessions of a user (`sub`) that were made without an IdP session id;
-    /// returns how many existed.
-    pub async fn revoke_sidless(&self, iss: &str, sub: &str) -> Result<usize, StoreError> {
-        self.revoke_index(&Self::sidless_index(iss, sub)).await
+    /// Removes every session of an IdP session (`sid`); returns how many existed. When no
+    /// session was ever made with that `sid` (its index is empty) and `sub` is given, removes
+    /// that user's sessions made without a `sid` instead: an IdP whose ID tokens carry none
+    /// may still name one in its logout tokens, and one of them may be the session it ended.
+    /// A `sid` whose sessions already ended elsewhere leaves them alone.
+    pub async fn revoke_sid(
+        &self,
+        iss: &str,
+        sid: &str,
+        sub: Option<&str>,
+    ) -> Result<usize, StoreError> {
+        let index = Self::sid_index(iss, sid);
+        let members = self.store.index_members(&index).await?;
+        match sub {
+            Some(sub) if members.is_empty() => {
+                self.revoke_index(&Self::sidless_index(iss, sub)).await
+            }
+            // The members stay in the sid's index (until its TTL) as a record that the sid was
+            // known: a repeated logout for it must not fall back to the sid-less sessions.
+            _ => self.revoke_members(&index, members, false).await,
+        }
     }
 
     /// Removes every session of a user (`sub`) from an issuer; returns how many existed.
@@ -368,12 +381,25 @@ impl Sessions {
     }
 
     async fn revoke_index(&self, index: &str) -> Result<usize, StoreError> {
+        let members = self.store.index_members(index).await?;
+        self.revoke_members(index, members, true).await
+    }
+
+    /// Deletes the sessions `members` of `index`; `unindex`: removes them from it too.
+    async fn revoke_members(
+        &self,
+        index: &str,
+        members: Vec<String>,
+        unindex: bool,
+    ) -> Result<usize, StoreError> {
         let mut n = 0;
-        for member in self.store.index_members(index).await? {
+        for member in members {
             if self.store.delete(&member).await? {
                 n += 1;
             }
-            self.store.index_remove(index, &member).await?;
+            if unindex {
+                self.store.index_remove(index, &member).await?;
+            }
         }
         Ok(n)
     }
@@ -393,12 +419,7 @@ impl Sessions {
 
 /// Until the session's expiry (at least one second).
 fn lifetime_left(s: &Session, now: i64) -> Duration {
-    let end = if s.refresh_token.is_some() {
-        s.expires_at
-    } else {
-        s.expires_at.min(s.access_expires_at)
-    };
-    Duration::from_secs(u64::try_from(end - now).unwrap_or(0).max(1))
+    Duration::from_secs(u64::try_from(s.ends_at() - now).unwrap_or(0).max(1))
 }
 
 #[cfg(test)]

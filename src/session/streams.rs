@@ -12,7 +12,8 @@
 //! an opaque signal and a flag).
 //!
 //! While the store cannot be reached, nothing can be confirmed: a session's streams then stay
-//! open until its absolute expiry (learnt at the last successful check) or until they have gone
+//! open until the session's end (its absolute expiry, or without a refresh token its access
+//! token's, learnt at the last successful check) or until they have gone
 //! unconfirmed for `connections.revocation_outage_secs`, whichever comes first. Requests are
 //! refused at once meanwhile; the streams get that grace so that a Redis failover of a few
 //! seconds does not cut every chat, yet a logout made during an outage is not ignored for as
@@ -49,7 +50,8 @@ struct Live {
     /// When the store last confirmed the session (at first: when its first stream opened,
     /// after the request that opened it was let in).
     confirmed: Instant,
-    /// The session's absolute expiry (Unix seconds), once a check has read it.
+    /// When the session ends (Unix seconds, [`crate::session::Session::ends_at`]), once a check
+    /// has read it.
     expires_at: Option<i64>,
 }
 
@@ -119,8 +121,21 @@ impl LiveStreams {
                 .iter()
                 .map(|(id, l)| (id.clone(), l.client_sent.swap(false, Ordering::Relaxed)))
                 .collect();
+            // Once the store fails in a pass, the rest of the pass does not ask it: each ask
+            // could wait for the store's timeout, and with many sessions a pass would take long
+            // enough to stretch every session's grace.
+            let mut store_down = false;
             for (id, used) in due {
-                let why = match sessions.still_there(&id, now_unix(), used).await {
+                let answer = if store_down {
+                    Err(None)
+                } else {
+                    sessions
+                        .still_there(&id, now_unix(), used)
+                        .await
+                        .map_err(Some)
+                };
+                store_down = answer.is_err();
+                let why = match answer {
                     Ok(Some(expires_at)) => {
                         if let Some(live) = self.lock().get_mut(&id) {
                             live.confirmed = Instant::now();
@@ -130,7 +145,9 @@ impl LiveStreams {
                     }
                     Ok(None) => "session ended: its live streams closed",
                     Err(e) if !self.unconfirmed_too_long(&id, outage) => {
-                        tracing::debug!(error = %e, "stream revocation check skipped: store unavailable");
+                        if let Some(e) = e {
+                            tracing::debug!(error = %e, "stream revocation check skipped: store unavailable");
+                        }
                         continue;
                     }
                     Err(_) => {

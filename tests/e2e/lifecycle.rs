@@ -469,6 +469,16 @@ async fn a_logout_by_sid_reaches_the_users_sessions_made_without_one() {
     );
     assert!(!alive(&m.a.sidecar, &with_sid).await);
     assert!(alive(&m.a.sidecar, &again).await);
+    // The same sid again (another token): it was known, so nothing falls back to the sid-less.
+    c["jti"] = json!(sso_sidecar::crypto::random_token(16));
+    assert_eq!(
+        post_logout(&m.b.sidecar, &m.key.sign(&c)).await.status(),
+        200
+    );
+    assert!(
+        alive(&m.a.sidecar, &again).await,
+        "a repeated logout ended a sid-less session"
+    );
 }
 
 #[tokio::test]

@@ -481,6 +481,9 @@ async fn an_idp_that_comes_up_late_is_picked_up_with_backoff() {
         get(&sc.url("/auth/login"), &[]).await.unwrap().status(),
         502
     );
+    // Seen not ready (and logged so) before the IdP comes up.
+    let r = get(&sc.admin_url("/readyz"), &[]).await.unwrap();
+    assert_eq!(r.status(), 503);
 
     let idp = MockIdp::start_on(
         tokio::net::TcpListener::bind(("127.0.0.1", listener_port))

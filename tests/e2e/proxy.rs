@@ -455,3 +455,45 @@ async fn a_request_its_client_abandons_is_counted_and_logged() {
         "counted as a 4xx"
     );
 }
+
+/// With `upstream_ready_path`, `/readyz` answers 503 while the backend is not up yet (and says
+/// why in the log, with the cause), 200 once it answers 2xx there, and 503 again when it
+/// answers an error.
+#[tokio::test]
+async fn readiness_waits_for_the_upstreams_ready_path() {
+    let port = crate::oidc_support::free_port();
+    let sc = Sidecar::start_without_readiness(&[
+        ("SSO_SIDECAR_UPSTREAM", &format!("http://127.0.0.1:{port}")),
+        ("SSO_SIDECAR_UPSTREAM_READY_PATH", "/status?code=200"),
+    ])
+    .await;
+    let ready = || async { get(&sc.admin_url("/readyz"), &[]).await.unwrap() };
+    let r = ready().await;
+    assert_eq!(r.status(), 503);
+    assert!(String::from_utf8_lossy(r.body()).contains("upstream not ready"));
+    wait_until(
+        "the cause to be logged",
+        std::time::Duration::from_secs(5),
+        || sc.output().contains("os error 111"),
+    )
+    .await;
+
+    let _up = Upstream::start_with(&["--port", &port.to_string()]);
+    assert_eq!(
+        ready().await.status(),
+        200,
+        "the upstream answers 200 there"
+    );
+
+    let failing = Sidecar::start_without_readiness(&[
+        ("SSO_SIDECAR_UPSTREAM", &format!("http://127.0.0.1:{port}")),
+        ("SSO_SIDECAR_UPSTREAM_READY_PATH", "/status?code=503"),
+    ])
+    .await;
+    let r = get(&failing.admin_url("/readyz"), &[]).await.unwrap();
+    assert_eq!(
+        r.status(),
+        503,
+        "an upstream answering 503 there is not ready"
+    );
+}

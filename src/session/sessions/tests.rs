@@ -64,7 +64,7 @@ async fn revocation_by_sid_and_by_sub() {
     let mut other = session(100);
     other.sid = Some("sid-2".into());
     let b = s.create(&other, 100).await.unwrap();
-    assert_eq!(s.revoke_sid("https://idp", "sid-1").await.unwrap(), 1);
+    assert_eq!(s.revoke_sid("https://idp", "sid-1", None).await.unwrap(), 1);
     assert!(s.load(&a, 100).await.unwrap().is_none());
     assert!(s.load(&b, 100).await.unwrap().is_some());
     assert_eq!(s.revoke_sub("https://idp", "alice").await.unwrap(), 1);
@@ -142,7 +142,7 @@ async fn an_idle_session_ends_and_a_used_one_lives_on() {
     }
     // The logout indexes outlive the idle timeout: a back-channel logout still finds a session
     // in steady use.
-    assert_eq!(s.revoke_sid("https://idp", "sid-2").await.unwrap(), 1);
+    assert_eq!(s.revoke_sid("https://idp", "sid-2", None).await.unwrap(), 1);
     assert!(s.load(&other, now).await.unwrap().is_none());
     // Used again 5 s later: within an eighth (10 s) of the last push, so no new one.
     tokio::time::advance(Duration::from_secs(5)).await;
