@@ -62,9 +62,7 @@ impl Readiness {
             Err(reasons)
         }
     }
-}
 
-impl Readiness {
     fn log_change(&self, begun: u64, reasons: &[&'static str], causes: &[String]) {
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         match &*last {

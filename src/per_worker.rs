@@ -106,8 +106,12 @@ impl Admission {
     /// Whether `key` missed before, lately: then it is worth keeping. Remembers it if not.
     /// `capacity`: the cache's, which sizes the table at the first call (32 bytes an entry).
     pub fn seen_before(&mut self, key: &str, capacity: usize) -> bool {
-        let before = self.contains(key);
-        self.remember(key, capacity);
+        self.allocate(capacity);
+        let Some((i, hash)) = self.slot(key) else {
+            return false;
+        };
+        let before = self.seen[i] == hash;
+        self.seen[i] = hash;
         before
     }
 
@@ -121,12 +125,17 @@ impl Admission {
 
     /// Remembers `key`, taking over its slot.
     pub fn remember(&mut self, key: &str, capacity: usize) {
+        self.allocate(capacity);
+        if let Some((i, hash)) = self.slot(key) {
+            self.seen[i] = hash;
+        }
+    }
+
+    /// The table, sized by the cache's `capacity` at the first use (32 bytes an entry).
+    fn allocate(&mut self, capacity: usize) {
         if self.seen.is_empty() {
             let slots = capacity.saturating_mul(Self::SLOTS_PER_ENTRY).max(1);
             self.seen = vec![0; slots].into_boxed_slice();
-        }
-        if let Some((i, hash)) = self.slot(key) {
-            self.seen[i] = hash;
         }
     }
 
