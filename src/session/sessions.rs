@@ -119,7 +119,7 @@ impl Sessions {
     }
 
     /// A user's sessions made from an ID token without `sid`: a logout token naming an IdP
-    /// session cannot find them by it (`revoke_sidless`).
+    /// session cannot find them by it (`revoke_sid`'s fallback).
     fn sidless_index(iss: &str, sub: &str) -> String {
         crate::store::keys::hashed("sidless", &["sidless", iss, sub])
     }

@@ -223,7 +223,7 @@ impl RedisStore {
         if let Some(v) = t.get(&full).await {
             return Ok(v);
         }
-        let v = self.get_fresh(key).await?;
+        let v = self.fetch(&full).await?;
         if v.is_some() {
             t.found(&full);
         }
@@ -232,7 +232,12 @@ impl RedisStore {
 
     /// The value of `key` as Redis holds it now, never from the cache.
     pub async fn get_fresh(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
-        let v: Option<Vec<u8>> = self.query(redis::cmd("GET").arg(self.key(key))).await?;
+        self.fetch(&self.key(key)).await
+    }
+
+    /// `GET` of a key already prefixed.
+    async fn fetch(&self, full: &str) -> Result<Option<Bytes>, StoreError> {
+        let v: Option<Vec<u8>> = self.query(redis::cmd("GET").arg(full)).await?;
         Ok(v.map(Bytes::from))
     }
 

@@ -67,12 +67,10 @@ return {n, ttl}";
 impl RedisStore {
     /// Deletes `key` only if it still holds `value` (a lock released by its owner only).
     pub async fn delete_if(&self, key: &str, value: &[u8]) -> Result<bool, StoreError> {
-        let full = self.key(key);
-        let n: Result<i64, _> = self
-            .invoke(self.scripts.delete_if.key(&full).arg(value))
-            .await;
-        self.written(key).await;
-        Ok(n? > 0)
+        self.write_if(key, &self.scripts.delete_if, |inv| {
+            inv.arg(value);
+        })
+        .await
     }
 
     /// Sets `key` to `value` for `ttl` only if it still holds `expected`.
@@ -83,11 +81,25 @@ impl RedisStore {
         value: &[u8],
         ttl: Duration,
     ) -> Result<bool, StoreError> {
+        self.write_if(key, &self.scripts.replace_if, |inv| {
+            inv.arg(expected).arg(value).arg(millis(ttl));
+        })
+        .await
+    }
+
+    /// Runs `script` on `key` with the arguments `args` adds (a conditional write answering 1
+    /// when it wrote), then lets this process's caches see the write (`written`) whatever the
+    /// answer.
+    async fn write_if(
+        &self,
+        key: &str,
+        script: &redis::Script,
+        args: impl FnOnce(&mut redis::ScriptInvocation<'_>),
+    ) -> Result<bool, StoreError> {
         let full = self.key(key);
-        let mut inv = self.scripts.replace_if.key(&full);
-        let n: Result<i64, _> = self
-            .invoke(inv.arg(expected).arg(value).arg(millis(ttl)))
-            .await;
+        let mut inv = script.key(&full);
+        args(&mut inv);
+        let n: Result<i64, _> = self.invoke(&inv).await;
         self.written(key).await;
         Ok(n? > 0)
     }
