@@ -297,6 +297,11 @@ pub async fn run(
     };
     let public_std = listeners.public.into_std().map_err(StartError::Listen)?;
     let mut public = Vec::new();
+    let mut inboxes = match limits.balance {
+        config::Balance::Exact if workers > 1 => server::balance::Balancer::inboxes(workers),
+        _ => Vec::new(),
+    }
+    .into_iter();
     for (i, (listener, app)) in server::workers::siblings(public_std, workers)
         .map_err(StartError::Listen)?
         .into_iter()
@@ -306,8 +311,15 @@ pub async fn run(
         // Boxed: the request future is several KB, and hyper moves it more than once.
         let handler = move |req, conn| Box::pin(app.clone().handle(req, conn));
         public.push(
-            server::workers::spawn(i, listener, handler, public_opts.clone(), stop_rx.clone())
-                .map_err(StartError::Listen)?,
+            server::workers::spawn(
+                i,
+                listener,
+                inboxes.next(),
+                handler,
+                public_opts.clone(),
+                stop_rx.clone(),
+            )
+            .map_err(StartError::Listen)?,
         );
     }
     // The admin listener stops last, once the public one has drained: meanwhile `/readyz`

@@ -1,7 +1,7 @@
 //! `[connections]`: how long a client connection may stay silent or idle, how many the sidecar
 //! holds at once (in all, and per client address), how many it opens to the upstream, how long
-//! and how many WebSocket tunnels may stay open, and how often live streams check that their
-//! session still exists — their TOML shape, defaults and
+//! and how many WebSocket tunnels may stay open, how often live streams check that their
+//! session still exists, and how connections are spread over the workers — their TOML shape, defaults and
 //! validation. No I/O.
 
 use serde::{Deserialize, Serialize};
@@ -63,6 +63,19 @@ pub struct ConnectionSettings {
     /// session's: many people may share an address (a NAT, an ingress not listed in
     /// `trusted_proxies`). Over it, the handshake is answered 429. 0 = no cap.
     pub max_tunnels_per_address: usize,
+    /// How client connections are spread over the worker threads: `exact` (a worker that
+    /// accepts a connection while another holds fewer hands it over, so a few long-lived
+    /// connections from an ingress use every core) or `kernel` (where `SO_REUSEPORT`'s hash
+    /// puts it: no hand-over, for many short connections).
+    pub balance: String,
+}
+
+/// `connections.balance`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Balance {
+    Exact,
+    Kernel,
 }
 
 impl Default for ConnectionSettings {
@@ -84,6 +97,7 @@ impl Default for ConnectionSettings {
             tunnel_idle_timeout_secs: 600,
             max_tunnels_per_session: 32,
             max_tunnels_per_address: 256,
+            balance: "exact".into(),
         }
     }
 }
@@ -108,6 +122,7 @@ pub struct ConnectionLimits {
     pub tunnel_idle_timeout: Duration,
     pub max_tunnels_per_session: Option<usize>,
     pub max_tunnels_per_address: Option<usize>,
+    pub balance: Balance,
 }
 
 impl ConnectionSettings {
@@ -143,6 +158,7 @@ impl ConnectionSettings {
                 self.revocation_check_ms
             ));
         }
+        let balance = super::types::one_of("connections.balance", &self.balance, problems);
         if problems.len() > before {
             return None;
         }
@@ -167,6 +183,7 @@ impl ConnectionSettings {
                 .then_some(self.max_tunnels_per_session),
             max_tunnels_per_address: (self.max_tunnels_per_address > 0)
                 .then_some(self.max_tunnels_per_address),
+            balance: balance?,
         })
     }
 }

@@ -26,7 +26,7 @@ pub use auth::{
     AuthSettings, BridgeSettings, ClientAuth, IdentityField, PathSettings, RedisConfig,
     RedisTopology, TokenPolicy,
 };
-pub use connections::ConnectionLimits;
+pub use connections::{Balance, ConnectionLimits};
 pub use openrag_env::{AuthMode, ClaimSource, OidcSettings, OpenRagVars};
 pub use reload::{restart_required, Reloadable};
 pub use settings::{IdentityMode, LogFormat, Settings};

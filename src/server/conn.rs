@@ -313,21 +313,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let stream = TcpStream::connect(addr).await.unwrap();
         let (_tx, rx) = watch::channel(false);
-        let opts = ServeOptions {
-            max_header_bytes: 16384,
-            drain_timeout: Duration::from_secs(1),
-            tls: None,
-            name: "test",
-            first_byte_timeout: Duration::from_secs(1),
-            header_read_timeout: Duration::from_secs(1),
-            idle_timeout: Duration::from_secs(1),
-            send_timeout: Duration::from_secs(1),
-            http2_max_streams: 128,
-            http2_window: 256 * 1024,
-            http2_ping_interval: None,
-            limiter: None,
-            metrics: None,
-        };
+        let opts = ServeOptions::for_tests();
         let info = ConnInfo {
             peer: addr,
             scheme: crate::tls::Scheme::Http,

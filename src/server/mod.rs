@@ -6,6 +6,7 @@
 //! (new connections are refused at once), then in-flight requests get `drain_timeout` to finish.
 
 mod activity;
+pub mod balance;
 mod conn;
 pub mod limits;
 mod streams;
@@ -76,6 +77,28 @@ pub struct ServeOptions {
     pub metrics: Option<Arc<Metrics>>,
 }
 
+#[cfg(test)]
+impl ServeOptions {
+    /// Short deadlines, no caps, no TLS, no metrics.
+    pub fn for_tests() -> Self {
+        ServeOptions {
+            max_header_bytes: 16384,
+            drain_timeout: Duration::from_secs(1),
+            tls: None,
+            name: "test",
+            first_byte_timeout: Duration::from_secs(1),
+            header_read_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(1),
+            send_timeout: Duration::from_secs(1),
+            http2_max_streams: 128,
+            http2_window: 256 * 1024,
+            http2_ping_interval: None,
+            limiter: None,
+            metrics: None,
+        }
+    }
+}
+
 /// A listening socket on `addr` whose connections carry TCP keepalive and `TCP_USER_TIMEOUT`.
 ///
 /// The options are set before `listen`: a connection inherits them when the kernel creates it,
@@ -108,6 +131,22 @@ pub fn listen(addr: SocketAddr, shared: bool) -> std::io::Result<TcpListener> {
 /// only if the listener came from [`listen`].
 pub async fn serve<H, F>(
     listener: TcpListener,
+    handler: H,
+    opts: ServeOptions,
+    shutdown: watch::Receiver<bool>,
+) where
+    H: Fn(Request<Incoming>, ConnInfo) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    serve_balanced(listener, None, handler, opts, shutdown).await
+}
+
+/// [`serve`] as one of several workers: with an `inbox`, a connection accepted while another
+/// worker holds fewer is handed to it, and the connections other workers hand over are served
+/// here too ([`balance`]).
+pub async fn serve_balanced<H, F>(
+    listener: TcpListener,
+    mut inbox: Option<balance::Inbox>,
     handler: H,
     opts: ServeOptions,
     mut shutdown: watch::Receiver<bool>,
@@ -149,11 +188,45 @@ pub async fn serve<H, F>(
         crate::tls::Scheme::Http
     };
     let connections = tokio_util::task::TaskTracker::new();
+    // Serves one connection in its own task; `load` counts it on this worker until it ends.
+    let conn_shutdown = shutdown.clone();
+    let start = |stream, info, permit, load: Option<balance::Load>| {
+        let conn = conn::serve_conn(
+            stream,
+            info,
+            permit,
+            builders.clone(),
+            handler.clone(),
+            opts.clone(),
+            conn_shutdown.clone(),
+        );
+        connections.spawn(async move {
+            conn.await;
+            drop(load);
+        });
+    };
 
     loop {
+        let handed = async {
+            match inbox.as_mut() {
+                Some(inbox) => inbox.next().await,
+                None => std::future::pending().await,
+            }
+        };
         let (stream, peer) = tokio::select! {
             biased;
             _ = shutdown.changed() => break,
+            Some(h) = handed => {
+                // Another worker accepted it, admitted it under the caps and counted it here.
+                match tokio::net::TcpStream::from_std(h.stream) {
+                    Ok(stream) => {
+                        let info = ConnInfo { peer: h.peer, scheme };
+                        start(stream, info, h.permit, Some(h.load));
+                    }
+                    Err(e) => tracing::warn!(error = %e, "a handed-over connection was lost"),
+                }
+                continue;
+            }
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
@@ -174,15 +247,14 @@ pub async fn serve<H, F>(
         };
         let _ = stream.set_nodelay(true);
         let info = ConnInfo { peer, scheme };
-        connections.spawn(conn::serve_conn(
-            stream,
-            info,
-            permit,
-            builders.clone(),
-            handler.clone(),
-            opts.clone(),
-            shutdown.clone(),
-        ));
+        match &inbox {
+            None => start(stream, info, permit, None),
+            Some(inbox) => {
+                if let Some((stream, permit, load)) = inbox.place(stream, peer, permit) {
+                    start(stream, info, permit, Some(load));
+                }
+            }
+        }
     }
 
     // Refuse new connections now; let the in-flight ones finish within the deadline.

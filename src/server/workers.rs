@@ -4,7 +4,7 @@
 //! back, with no cross-thread wake-ups — the layout nginx uses, and measurably faster than one
 //! work-stealing runtime on the benchmark (bench/README.md).
 
-use super::{serve, ConnInfo, ServeOptions};
+use super::{serve_balanced, ConnInfo, ServeOptions};
 use crate::proxy::Body;
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -30,10 +30,12 @@ pub fn siblings(
     Ok(out)
 }
 
-/// Runs `serve` on `listener` in a new thread with its own single-threaded runtime.
+/// Runs `serve` on `listener` in a new thread with its own single-threaded runtime; with an
+/// `inbox`, balanced against the other workers ([`super::balance`]).
 pub fn spawn<H, F>(
     index: usize,
     listener: std::net::TcpListener,
+    inbox: Option<super::balance::Inbox>,
     handler: H,
     opts: ServeOptions,
     stop: watch::Receiver<bool>,
@@ -55,7 +57,7 @@ where
                     return;
                 }
                 match tokio::net::TcpListener::from_std(listener) {
-                    Ok(l) => serve(l, handler, opts, stop).await,
+                    Ok(l) => serve_balanced(l, inbox, handler, opts, stop).await,
                     Err(e) => tracing::error!(error = %e, "worker cannot use its listener"),
                 }
             })

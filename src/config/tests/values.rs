@@ -214,3 +214,23 @@ fn a_placeholder_admin_token_is_refused() {
     let env = [("AUTH_MODE", "token"), ("AUTH_TOKEN", "sk-a-real-token")];
     assert!(load(inputs(dir.path(), None, &env)).is_ok());
 }
+
+#[test]
+fn connection_balancing_is_exact_unless_set_to_kernel() {
+    let dir = tempfile::tempdir().unwrap();
+    let with = |v: Option<&str>| {
+        let vars: Vec<(&str, &str)> = v
+            .map(|v| ("SSO_SIDECAR_CONNECTIONS__BALANCE", v))
+            .into_iter()
+            .collect();
+        load(inputs(dir.path(), None, &vars))
+    };
+    let balance = |v| with(v).unwrap().connections.balance;
+    assert_eq!(balance(None), crate::config::Balance::Exact);
+    assert_eq!(balance(Some("kernel")), crate::config::Balance::Kernel);
+    let e = with(Some("round-robin")).err().unwrap().to_string();
+    assert!(
+        e.contains("connections.balance must be 'exact' or 'kernel', got 'round-robin'"),
+        "{e}"
+    );
+}
