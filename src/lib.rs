@@ -125,7 +125,8 @@ fn build_oidc(
         .map(|l| ratelimit::RateLimiter::new(l, store.clone()));
     let sessions = Arc::new(
         session::Sessions::new(store, settings.keys.clone(), config.workers)
-            .with_idle_timeout(config.auth.session_idle_timeout),
+            .with_idle_timeout(config.auth.session_idle_timeout)
+            .with_login_timeout(config.auth.login_timeout),
     );
     let streams = Arc::new(session::LiveStreams::default());
     // With an idle timeout, the streams' checks also carry their clients' messages as use:

@@ -248,7 +248,11 @@ impl Auth {
             .sessions
             .create(&session, now)
             .await
-            .map_err(|e| CallbackError::Other(e.into()))?;
+            .map_err(|e| CallbackError::Other(e.into()))?
+            .ok_or(CallbackError::User(
+                StatusCode::UNAUTHORIZED,
+                ENDED_MEANWHILE,
+            ))?;
         // Session fixation: whatever session this browser presented before dies with the login.
         if let Some(old) = self.cookies.get(&parts.headers, &self.cookies.session) {
             self.sessions
@@ -277,8 +281,13 @@ fn lost_login(msg: &str) -> bool {
         "OIDC state cookie missing."
             | "Invalid or expired OIDC state cookie."
             | "OIDC state mismatch."
+            | ENDED_MEANWHILE
     )
 }
+
+/// A back-channel logout ended the IdP session this login was completing (`Sessions::create`).
+const ENDED_MEANWHILE: &str =
+    "Your session at the identity provider ended while you were signing in.";
 
 enum CallbackError {
     User(StatusCode, &'static str),

@@ -30,6 +30,9 @@ pub struct Sessions {
     opened: PerWorker<Mutex<OpenedCache>>,
     /// `session_idle_timeout_secs`, when set.
     idle: Option<Duration>,
+    /// How long a login may take (`login_timeout_secs`): how long an IdP session ended by a
+    /// back-channel logout is remembered, for the logins it raced ([`Sessions::revoke_sid`]).
+    login_window: Duration,
 }
 
 /// One worker's opened sessions. A session is kept the second time this worker opens it
@@ -81,7 +84,14 @@ impl Sessions {
             keys,
             opened: PerWorker::new(workers, Mutex::default),
             idle: None,
+            login_window: Duration::from_secs(3600),
         }
+    }
+
+    /// Logins take at most `window` (from the authorization request to the callback).
+    pub fn with_login_timeout(mut self, window: Duration) -> Self {
+        self.login_window = window;
+        self
     }
 
     /// Sessions that end after `idle` without a request (`None`: only at their expiry). The
@@ -124,8 +134,10 @@ impl Sessions {
         crate::store::keys::hashed("sidless", &["sidless", iss, sub])
     }
 
-    /// Stores `session` under a new random id and returns the id for the cookie.
-    pub async fn create(&self, session: &Session, now: i64) -> Result<String, StoreError> {
+    /// Stores `session` under a new random id and returns the id for the cookie; `None` when
+    /// its IdP session was ended by a back-channel logout while the login completed (nothing
+    /// is left stored).
+    pub async fn create(&self, session: &Session, now: i64) -> Result<Option<String>, StoreError> {
         let id = new_session_id();
         self.save(&id, session, now).await?;
         // The indexes live as long as the session may: requests push back the session's idle
@@ -140,7 +152,11 @@ impl Sessions {
         self.store
             .index_add(&Self::sub_index(&session.iss, &session.sub), &member, ttl)
             .await?;
-        Ok(id)
+        if self.ended_meanwhile(session).await? {
+            self.store.delete(&member).await?;
+            return Ok(None);
+        }
+        Ok(Some(id))
     }
 
     /// Overwrites the session stored under `id` (after a refresh), keeping its expiry.

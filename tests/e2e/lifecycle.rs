@@ -481,6 +481,34 @@ async fn a_logout_by_sid_reaches_the_users_sessions_made_without_one() {
     );
 }
 
+/// A back-channel logout that reaches one replica while a login of the same IdP session is
+/// completing on another (the IdP has issued the code, the callback has not come back): the
+/// login keeps no session, and says why. A later login of another IdP session works.
+#[tokio::test]
+async fn a_login_racing_the_logout_of_its_idp_session_gets_no_session() {
+    let m = mock_pair(&[]).await;
+    let callback = m
+        .idp
+        .login_until_callback(&m.key, &m.a.sidecar, "alice", "sid-r", "")
+        .await;
+    let mut c = logout_claims(&m);
+    c["sid"] = json!("sid-r");
+    assert_eq!(
+        post_logout(&m.b.sidecar, &m.key.sign(&c)).await.status(),
+        200
+    );
+    let cb = callback.await;
+    let page = String::from_utf8_lossy(cb.body()).to_string();
+    assert_eq!(cb.status(), 401, "{page}");
+    assert!(page.contains("ended while you were signing in"), "{page}");
+    assert!(
+        set_cookie(&cb, "sso_sidecar_session").is_none_or(|v| v.is_empty()),
+        "a session cookie was set"
+    );
+    let later = mock_login(&m, &m.a.sidecar, "alice", "sid-s").await;
+    assert!(alive(&m.b.sidecar, &later).await);
+}
+
 #[tokio::test]
 async fn rp_logout_redirects_to_the_idp_and_the_old_cookie_dies() {
     let m = mock_pair(&[(

@@ -216,6 +216,25 @@ impl MockIdp {
         sid: &str,
         prefix: &str,
     ) -> String {
+        use crate::oidc_support::set_cookie;
+        let cb = self
+            .login_until_callback(key, sc, sub, sid, prefix)
+            .await
+            .await;
+        assert_eq!(cb.status(), 302, "{}", String::from_utf8_lossy(cb.body()));
+        set_cookie(&cb, &format!("{prefix}sso_sidecar_session")).unwrap()
+    }
+
+    /// A login up to the IdP's redirect back: the callback, not yet sent (the returned future
+    /// sends it), so a test can act between the two.
+    pub async fn login_until_callback(
+        &self,
+        key: &Key,
+        sc: &crate::support::Sidecar,
+        sub: &str,
+        sid: &str,
+        prefix: &str,
+    ) -> impl std::future::Future<Output = http::Response<bytes::Bytes>> {
         use crate::oidc_support::{location, set_cookie, urlencode, CLIENT_ID};
         use crate::support::get;
         let r = get(&sc.url("/auth/login?next=/"), &[]).await.unwrap();
@@ -238,13 +257,7 @@ impl MockIdp {
             "/auth/callback?code=c&state={}",
             urlencode(&q["state"])
         ));
-        let cb = get(
-            &callback,
-            &[("cookie", &format!("{state_name}={state_cookie}"))],
-        )
-        .await
-        .unwrap();
-        assert_eq!(cb.status(), 302, "{}", String::from_utf8_lossy(cb.body()));
-        set_cookie(&cb, &format!("{prefix}sso_sidecar_session")).unwrap()
+        let cookie = format!("{state_name}={state_cookie}");
+        async move { get(&callback, &[("cookie", &cookie)]).await.unwrap() }
     }
 }

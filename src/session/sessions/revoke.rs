@@ -1,11 +1,36 @@
 //! Revocation: every session of an IdP session (`sid`) or of a user (`sub`), found through
-//! the indexes `Sessions::create` writes (back-channel and front-channel logout). Deletes
-//! sessions; never reads or decrypts one.
+//! the indexes `Sessions::create` writes (back-channel and front-channel logout), and the
+//! record of an ended `sid` that stops a login racing its logout. Deletes sessions; never
+//! reads or decrypts one.
 
-use super::Sessions;
+use super::{Session, Sessions};
 use crate::store::StoreError;
 
 impl Sessions {
+    /// The record that an IdP session was ended by a logout.
+    fn ended_sid(iss: &str, sid: &str) -> String {
+        crate::store::keys::hashed("sid-ended", &["sid-ended", iss, sid])
+    }
+
+    /// Whether `session`'s IdP session was ended by a logout that `create` may have missed.
+    ///
+    /// A login completes in steps: the IdP issues a code for its session `sid`, the callback
+    /// exchanges it, stores the session, then adds it to the `sid` index. A logout for that
+    /// `sid` handled in between reads an index without the new session and leaves it alive.
+    /// So a logout first records the `sid` as ended, then reads the index; a login first adds
+    /// to the index, then reads the record. Whichever order the two interleave in, either the
+    /// logout finds the session or the login finds the record.
+    pub(super) async fn ended_meanwhile(&self, session: &Session) -> Result<bool, StoreError> {
+        let Some(sid) = &session.sid else {
+            return Ok(false);
+        };
+        let record = self
+            .store
+            .get_fresh(&Self::ended_sid(&session.iss, sid))
+            .await?;
+        Ok(record.is_some())
+    }
+
     /// Removes every session of an IdP session (`sid`); returns how many existed. When no
     /// session was ever made with that `sid` (its index is empty) and `sub` is given, removes
     /// that user's sessions made without a `sid` instead: an IdP whose ID tokens carry none
@@ -17,6 +42,11 @@ impl Sessions {
         sid: &str,
         sub: Option<&str>,
     ) -> Result<usize, StoreError> {
+        // Before the index is read (`ended_meanwhile` says why). Kept as long as a login may
+        // take: the IdP issues no new code for an ended session, so only logins begun before
+        // the logout can race it.
+        let ended = Self::ended_sid(iss, sid);
+        self.store.put(&ended, b"1", self.login_window).await?;
         let index = Self::sid_index(iss, sid);
         let members = self.store.index_members(&index).await?;
         match sub {

@@ -19,7 +19,7 @@ fn sessions() -> Sessions {
 #[tokio::test]
 async fn create_load_delete_round_trip() {
     let s = sessions();
-    let id = s.create(&session(100), 100).await.unwrap();
+    let id = s.create(&session(100), 100).await.unwrap().unwrap();
     assert_eq!(id.len(), 43);
     assert_eq!(s.load(&id, 100).await.unwrap().unwrap().sub, "alice");
     assert!(
@@ -34,22 +34,22 @@ async fn create_load_delete_round_trip() {
 #[tokio::test]
 async fn every_login_gets_a_new_id() {
     let s = sessions();
-    let a = s.create(&session(100), 100).await.unwrap();
-    let b = s.create(&session(100), 100).await.unwrap();
+    let a = s.create(&session(100), 100).await.unwrap().unwrap();
+    let b = s.create(&session(100), 100).await.unwrap().unwrap();
     assert_ne!(a, b);
 }
 
 #[tokio::test]
 async fn expiry_is_absolute_and_access_bound_without_refresh_token() {
     let s = sessions();
-    let id = s.create(&session(100), 100).await.unwrap();
+    let id = s.create(&session(100), 100).await.unwrap().unwrap();
     assert!(
         s.load(&id, 3701).await.unwrap().is_none(),
         "absolute expiry"
     );
     let mut no_rt = session(100);
     no_rt.refresh_token = None;
-    let id = s.create(&no_rt, 100).await.unwrap();
+    let id = s.create(&no_rt, 100).await.unwrap().unwrap();
     assert!(s.load(&id, 150).await.unwrap().is_some());
     assert!(
         s.load(&id, 161).await.unwrap().is_none(),
@@ -60,16 +60,39 @@ async fn expiry_is_absolute_and_access_bound_without_refresh_token() {
 #[tokio::test]
 async fn revocation_by_sid_and_by_sub() {
     let s = sessions();
-    let a = s.create(&session(100), 100).await.unwrap();
+    let a = s.create(&session(100), 100).await.unwrap().unwrap();
     let mut other = session(100);
     other.sid = Some("sid-2".into());
-    let b = s.create(&other, 100).await.unwrap();
+    let b = s.create(&other, 100).await.unwrap().unwrap();
     assert_eq!(s.revoke_sid("https://idp", "sid-1", None).await.unwrap(), 1);
     assert!(s.load(&a, 100).await.unwrap().is_none());
     assert!(s.load(&b, 100).await.unwrap().is_some());
     assert_eq!(s.revoke_sub("https://idp", "alice").await.unwrap(), 1);
     assert!(s.load(&b, 100).await.unwrap().is_none());
     assert_eq!(s.revoke_sub("https://other-idp", "alice").await.unwrap(), 0);
+}
+
+/// A back-channel logout handled while a login of the same IdP session completes, before the
+/// new session reached the `sid` index: the login finds the logout's record and keeps nothing.
+/// Other IdP sessions of the user are not touched, and the record lasts one login window.
+#[tokio::test(start_paused = true)]
+async fn a_login_racing_the_logout_of_its_idp_session_keeps_nothing() {
+    let s = sessions().with_login_timeout(Duration::from_secs(600));
+    assert_eq!(s.revoke_sid("https://idp", "sid-1", None).await.unwrap(), 0);
+    assert!(s.create(&session(100), 100).await.unwrap().is_none());
+    assert_eq!(
+        s.revoke_sub("https://idp", "alice").await.unwrap(),
+        0,
+        "nothing of the refused login is stored"
+    );
+    let mut other = session(100);
+    other.sid = Some("sid-2".into());
+    assert!(s.create(&other, 100).await.unwrap().is_some());
+    tokio::time::advance(Duration::from_secs(601)).await;
+    assert!(
+        s.create(&session(100), 100).await.unwrap().is_some(),
+        "the record is gone after the login window"
+    );
 }
 
 #[tokio::test]
@@ -85,7 +108,7 @@ async fn sessions_sealed_with_a_foreign_key_do_not_open() {
         Arc::new(KeyRing::parse(&crate::crypto::generate_key()).unwrap()),
         1,
     );
-    let id = a.create(&session(100), 100).await.unwrap();
+    let id = a.create(&session(100), 100).await.unwrap().unwrap();
     assert!(b.load(&id, 100).await.unwrap().is_none());
 }
 
@@ -94,7 +117,7 @@ async fn sessions_sealed_with_a_foreign_key_do_not_open() {
 #[tokio::test]
 async fn a_session_is_kept_opened_from_its_second_read() {
     let s = sessions();
-    let id = s.create(&session(100), 100).await.unwrap();
+    let id = s.create(&session(100), 100).await.unwrap().unwrap();
     let kept = |s: &Sessions| s.opened().map.len();
     s.load(&id, 100).await.unwrap().unwrap();
     assert_eq!(kept(&s), 0, "opened once: not kept");
@@ -126,11 +149,11 @@ async fn an_idle_session_ends_and_a_used_one_lives_on() {
         async move { store.get(&key).await.unwrap().is_some() }
     };
     let mut now = 100;
-    let id = s.create(&session(now), now).await.unwrap();
+    let id = s.create(&session(now), now).await.unwrap().unwrap();
     // Used every 20 s for 400 s, five timeouts: alive throughout.
     let mut second = session(now);
     second.sid = Some("sid-2".into());
-    let other = s.create(&second, now).await.unwrap();
+    let other = s.create(&second, now).await.unwrap().unwrap();
     for _ in 0..20 {
         tokio::time::advance(Duration::from_secs(20)).await;
         now += 20;
@@ -157,7 +180,7 @@ async fn an_idle_session_ends_and_a_used_one_lives_on() {
     assert!(s.load(&id, now + 91).await.unwrap().is_none());
 
     // Never used after its login: gone after the timeout plus an eighth as well.
-    let id = s.create(&session(now), now).await.unwrap();
+    let id = s.create(&session(now), now).await.unwrap().unwrap();
     tokio::time::advance(Duration::from_secs(91)).await;
     assert!(s.load(&id, now + 91).await.unwrap().is_none());
 }
@@ -167,7 +190,7 @@ async fn an_idle_session_ends_and_a_used_one_lives_on() {
 #[tokio::test]
 async fn an_amendment_keeps_what_others_wrote_since_the_read() {
     let s = sessions();
-    let id = s.create(&session(100), 100).await.unwrap();
+    let id = s.create(&session(100), 100).await.unwrap().unwrap();
     let read_by_a_request = s.load(&id, 100).await.unwrap().unwrap();
     // Meanwhile a refresh (another request, another replica) rotates the tokens.
     let refreshed = s
