@@ -8,6 +8,7 @@
 
 use super::flow::Auth;
 use super::oidc::{now_unix, CLOCK_SKEW_SECS};
+use crate::session::sessions::SidLogout;
 use serde_json::{Map, Value};
 use std::time::Duration;
 
@@ -67,8 +68,10 @@ impl Auth {
         let iss = &settings.issuer;
         let revoked = match (&sid, &sub) {
             (Some(sid), sub) => {
-                let sub = sub.as_deref();
-                self.sessions.revoke_sid(iss, sid, sub).await
+                let by = SidLogout::Signed {
+                    sub: sub.as_deref(),
+                };
+                self.sessions.revoke_sid(iss, sid, by).await
             }
             (None, Some(sub)) => self.sessions.revoke_sub(iss, sub).await,
             (None, None) => Ok(0),

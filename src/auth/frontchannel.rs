@@ -12,6 +12,7 @@
 use super::flow::Auth;
 use crate::error::Error;
 use crate::proxy::Body;
+use crate::session::sessions::SidLogout;
 use http::{header, request::Parts, HeaderValue, Response, StatusCode};
 
 impl Auth {
@@ -35,7 +36,10 @@ impl Auth {
         }
         let mut revoked = 0;
         if let Some(sid) = q.get("sid").filter(|s| !s.is_empty()) {
-            revoked += self.sessions.revoke_sid(issuer, sid, None).await?;
+            revoked += self
+                .sessions
+                .revoke_sid(issuer, sid, SidLogout::Unsigned)
+                .await?;
             if revoked == 0 && self.settings().frontchannel_logout_by_sub {
                 // No session carries that sid: the IdP put its user id there.
                 revoked += self.sessions.revoke_sub(issuer, sid).await?;

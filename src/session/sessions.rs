@@ -387,6 +387,7 @@ fn lifetime_left(s: &Session, now: i64) -> Duration {
 }
 
 mod revoke;
+pub use revoke::SidLogout;
 
 #[cfg(test)]
 mod tests;

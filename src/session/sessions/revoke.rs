@@ -6,6 +6,16 @@
 use super::{Session, Sessions};
 use crate::store::StoreError;
 
+/// Who asks for a revocation by `sid`, which decides what more it may do.
+#[derive(Debug, Clone, Copy)]
+pub enum SidLogout<'a> {
+    /// A verified logout token (back-channel), naming a user or not.
+    Signed { sub: Option<&'a str> },
+    /// A request anyone can send (front-channel): it ends only the sessions that carry the
+    /// `sid`, and writes nothing, or any client could fill the store with records.
+    Unsigned,
+}
+
 impl Sessions {
     /// The record that an IdP session was ended by a logout.
     fn ended_sid(iss: &str, sid: &str) -> String {
@@ -31,26 +41,29 @@ impl Sessions {
         Ok(record.is_some())
     }
 
-    /// Removes every session of an IdP session (`sid`); returns how many existed. When no
-    /// session was ever made with that `sid` (its index is empty) and `sub` is given, removes
-    /// that user's sessions made without a `sid` instead: an IdP whose ID tokens carry none
-    /// may still name one in its logout tokens, and one of them may be the session it ended.
-    /// A `sid` whose sessions already ended elsewhere leaves them alone.
+    /// Removes every session of an IdP session (`sid`); returns how many existed. A signed
+    /// logout also records the `sid` as ended, and when no session was ever made with that
+    /// `sid` (its index is empty) and it names a `sub`, removes that user's sessions made
+    /// without a `sid` instead: an IdP whose ID tokens carry none may still name one in its
+    /// logout tokens, and one of them may be the session it ended. A `sid` whose sessions
+    /// already ended elsewhere leaves them alone.
     pub async fn revoke_sid(
         &self,
         iss: &str,
         sid: &str,
-        sub: Option<&str>,
+        by: SidLogout<'_>,
     ) -> Result<usize, StoreError> {
-        // Before the index is read (`ended_meanwhile` says why). Kept as long as a login may
-        // take: the IdP issues no new code for an ended session, so only logins begun before
-        // the logout can race it.
-        let ended = Self::ended_sid(iss, sid);
-        self.store.put(&ended, b"1", self.login_window).await?;
+        if let SidLogout::Signed { .. } = by {
+            // Before the index is read (`ended_meanwhile` says why). Kept as long as a login
+            // may take: the IdP issues no new code for an ended session, so only logins begun
+            // before the logout can race it.
+            let ended = Self::ended_sid(iss, sid);
+            self.store.put(&ended, b"1", self.login_window).await?;
+        }
         let index = Self::sid_index(iss, sid);
         let members = self.store.index_members(&index).await?;
-        match sub {
-            Some(sub) if members.is_empty() => {
+        match by {
+            SidLogout::Signed { sub: Some(sub) } if members.is_empty() => {
                 self.revoke_index(&Self::sidless_index(iss, sub)).await
             }
             // The members stay in the sid's index (until its TTL) as a record that the sid was

@@ -11,6 +11,9 @@ fn session(now: i64) -> Session {
     }
 }
 
+/// A back-channel logout token naming no user.
+const SIGNED: SidLogout = SidLogout::Signed { sub: None };
+
 fn sessions() -> Sessions {
     let keys = Arc::new(KeyRing::parse(&crate::crypto::generate_key()).unwrap());
     Sessions::new(Arc::new(Store::Memory(MemoryStore::new())), keys, 1)
@@ -64,7 +67,10 @@ async fn revocation_by_sid_and_by_sub() {
     let mut other = session(100);
     other.sid = Some("sid-2".into());
     let b = s.create(&other, 100).await.unwrap().unwrap();
-    assert_eq!(s.revoke_sid("https://idp", "sid-1", None).await.unwrap(), 1);
+    assert_eq!(
+        s.revoke_sid("https://idp", "sid-1", SIGNED).await.unwrap(),
+        1
+    );
     assert!(s.load(&a, 100).await.unwrap().is_none());
     assert!(s.load(&b, 100).await.unwrap().is_some());
     assert_eq!(s.revoke_sub("https://idp", "alice").await.unwrap(), 1);
@@ -78,7 +84,10 @@ async fn revocation_by_sid_and_by_sub() {
 #[tokio::test(start_paused = true)]
 async fn a_login_racing_the_logout_of_its_idp_session_keeps_nothing() {
     let s = sessions().with_login_timeout(Duration::from_secs(600));
-    assert_eq!(s.revoke_sid("https://idp", "sid-1", None).await.unwrap(), 0);
+    assert_eq!(
+        s.revoke_sid("https://idp", "sid-1", SIGNED).await.unwrap(),
+        0
+    );
     assert!(s.create(&session(100), 100).await.unwrap().is_none());
     assert_eq!(
         s.revoke_sub("https://idp", "alice").await.unwrap(),
@@ -93,6 +102,23 @@ async fn a_login_racing_the_logout_of_its_idp_session_keeps_nothing() {
         s.create(&session(100), 100).await.unwrap().is_some(),
         "the record is gone after the login window"
     );
+
+    // A front-channel logout (anyone can send one) ends sessions but writes no record.
+    let Store::Memory(m) = s.store() else {
+        unreachable!()
+    };
+    let before = m.len();
+    let unsigned = SidLogout::Unsigned;
+    assert_eq!(
+        s.revoke_sid("https://idp", "sid-9", unsigned)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(m.len(), before, "an unsigned logout wrote to the store");
+    let mut ninth = session(100);
+    ninth.sid = Some("sid-9".into());
+    assert!(s.create(&ninth, 100).await.unwrap().is_some());
 }
 
 #[tokio::test]
@@ -165,7 +191,10 @@ async fn an_idle_session_ends_and_a_used_one_lives_on() {
     }
     // The logout indexes outlive the idle timeout: a back-channel logout still finds a session
     // in steady use.
-    assert_eq!(s.revoke_sid("https://idp", "sid-2", None).await.unwrap(), 1);
+    assert_eq!(
+        s.revoke_sid("https://idp", "sid-2", SIGNED).await.unwrap(),
+        1
+    );
     assert!(s.load(&other, now).await.unwrap().is_none());
     // Used again 5 s later: within an eighth (10 s) of the last push, so no new one.
     tokio::time::advance(Duration::from_secs(5)).await;
