@@ -244,15 +244,19 @@ impl Auth {
             identity_headers: Default::default(),
         };
         super::profile::apply(&mut session, &profile, &settings.authz.groups_claim);
-        let id = self
+        let created = self
             .sessions
             .create(&session, now)
             .await
-            .map_err(|e| CallbackError::Other(e.into()))?
-            .ok_or(CallbackError::User(
+            .map_err(|e| CallbackError::Other(e.into()))?;
+        let Some(id) = created else {
+            self.metrics.login_refused("idp_session_ended");
+            tracing::info!(sub = %sub, "login refused: its IdP session was logged out meanwhile");
+            return Err(CallbackError::User(
                 StatusCode::UNAUTHORIZED,
                 ENDED_MEANWHILE,
-            ))?;
+            ));
+        };
         // Session fixation: whatever session this browser presented before dies with the login.
         if let Some(old) = self.cookies.get(&parts.headers, &self.cookies.session) {
             self.sessions

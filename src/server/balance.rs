@@ -11,12 +11,15 @@
 //!
 //! So a worker that accepts a connection while another holds fewer hands it over: the socket
 //! leaves this worker's event loop and joins the other's. Each worker counts the connections
-//! placed on it until they close, which is the only state shared between workers here (an
-//! atomic per worker, written once per connection, never per request).
+//! placed on it until their sockets close (a WebSocket tunnel included), which is the only
+//! state shared between workers here: an atomic per worker, read for every worker and written
+//! twice per connection (placed, closed), never per request.
 //!
 //! What this must not do: read or write a byte of the connection (it moves before its first
 //! byte, so TLS and protocol detection happen where it is served), or lose a connection it was
-//! given: if the chosen worker is gone (shutting down), the acceptor serves it itself.
+//! given: if the chosen worker has stopped taking them (shutting down), the acceptor serves it
+//! itself; what was already on its way to a worker that stops is closed with the connections
+//! that worker refuses.
 
 use super::limits::ConnPermit;
 use std::net::SocketAddr;
@@ -165,6 +168,21 @@ impl Inbox {
     pub async fn next(&mut self) -> Option<Handoff> {
         self.rx.recv().await
     }
+
+    /// Takes no more connections (this worker stops): the ones already on their way are
+    /// dropped, which closes them, and a worker that picks this one from now on serves the
+    /// connection itself.
+    pub fn close(&mut self) {
+        self.rx.close();
+        while self.rx.try_recv().is_ok() {}
+    }
+
+    /// This worker will never serve (it could not start): no connection is sent to it.
+    pub fn retire(self) {
+        self.balancer.loads[self.me]
+            .0
+            .store(usize::MAX / 2, Ordering::Relaxed);
+    }
 }
 
 #[cfg(test)]
@@ -199,6 +217,98 @@ mod tests {
     fn connections_that_all_reach_one_worker_are_shared_evenly() {
         assert_eq!(served_by(true), (5, 5));
         assert_eq!(served_by(false), (10, 0));
+    }
+
+    /// A worker that stops taking connections (shutdown): what was on its way to it is closed
+    /// and uncounted, and a connection that would go to it is served by its acceptor.
+    #[tokio::test]
+    async fn a_stopped_worker_gets_nothing_and_what_was_on_its_way_is_closed() {
+        let mut inboxes = Balancer::inboxes(2);
+        let mut second = inboxes.pop().unwrap();
+        let first = inboxes.pop().unwrap();
+        let b = first.balancer.clone();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accept = || async {
+            let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let (stream, peer) = listener.accept().await.unwrap();
+            (stream, peer, _client)
+        };
+        let held = b.count(0);
+        let (stream, peer, mut client) = accept().await;
+        assert!(first.place(stream, peer, None).is_none(), "handed over");
+        assert_eq!(b.loads(), vec![1, 1]);
+        second.close();
+        assert_eq!(b.loads(), vec![1, 0], "the one on its way is uncounted");
+        let mut buf = [0u8; 1];
+        let read = tokio::io::AsyncReadExt::read(&mut client, &mut buf).await;
+        assert!(matches!(read, Ok(0) | Err(_)), "and closed");
+
+        let (stream, peer, _client) = accept().await;
+        let (_, _, load) = first.place(stream, peer, None).expect("served here");
+        assert_eq!((load.worker, b.loads()), (0, vec![2, 0]));
+        drop((held, load));
+        assert_eq!(b.loads(), vec![0, 0]);
+    }
+
+    /// A WebSocket tunnel outlives its connection's task (hyper hands the socket over at the
+    /// upgrade): it stays counted on its worker until the tunnel closes.
+    #[test]
+    fn an_upgraded_connection_stays_counted_until_its_tunnel_closes() {
+        let mut inboxes = Balancer::inboxes(1).into_iter();
+        let inbox = inboxes.next().unwrap();
+        let balancer = inbox.balancer.clone();
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let release_rx = Arc::new(std::sync::Mutex::new(release_rx));
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let handler = move |mut req: Request<Incoming>, _: ConnInfo| {
+            let release = release_rx.clone();
+            async move {
+                let upgrade = hyper::upgrade::on(&mut req);
+                // The tunnel: holds the upgraded socket until the test releases it.
+                tokio::spawn(async move {
+                    let io = upgrade.await;
+                    let _ = tokio::task::spawn_blocking(move || {
+                        release.lock().map(|r| r.recv()).ok();
+                    })
+                    .await;
+                    drop(io);
+                });
+                let mut r = Response::new(crate::proxy::body::full(""));
+                *r.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
+                r.headers_mut()
+                    .insert(http::header::CONNECTION, "upgrade".parse().unwrap());
+                r.headers_mut()
+                    .insert(http::header::UPGRADE, "test".parse().unwrap());
+                r
+            }
+        };
+        let opts = ServeOptions::for_tests();
+        let t = workers::spawn(0, l, Some(inbox), handler, opts, stop_rx).unwrap();
+        let mut c = std::net::TcpStream::connect(addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: test\r\n\r\n")
+            .unwrap();
+        let mut buf = [0u8; 512];
+        let n = c.read(&mut buf).unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 101"), "{:?}", &buf[..n]);
+        // Long enough for hyper's connection task to have ended at the upgrade.
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(balancer.loads(), vec![1], "the tunnel is counted");
+        release_tx.send(()).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while balancer.loads() != vec![0] && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(
+            balancer.loads(),
+            vec![0],
+            "the closed tunnel is still counted"
+        );
+        stop_tx.send(true).unwrap();
+        t.join().unwrap();
     }
 
     /// Connections to worker 0 of two, each asked twice which worker serves it; the count per

@@ -38,7 +38,7 @@ const GOODBYE: Duration = Duration::from_secs(1);
 pub(super) async fn serve_conn<H, F>(
     stream: TcpStream,
     info: ConnInfo,
-    permit: Option<ConnPermit>,
+    place: Place,
     builders: Arc<Builders>,
     handler: H,
     opts: ServeOptions,
@@ -80,7 +80,7 @@ pub(super) async fn serve_conn<H, F>(
     });
     let io = Counted {
         inner: stream,
-        _permit: permit,
+        _place: place,
         activity: activity.clone(),
     };
     let result = match &opts.tls {
@@ -211,12 +211,21 @@ where
     }
 }
 
-/// The connection's socket with its place under the connection caps: the permit goes wherever
-/// the socket goes (into a WebSocket tunnel after an upgrade) and is given back when it closes.
-/// Its writes count as the client's progress for the send deadline.
+/// What a connection holds for as long as its socket is open: its place under the connection
+/// caps, and its count on the worker serving it ([`super::balance`]).
+#[derive(Default)]
+#[allow(dead_code)] // Held for their drops: the permit and the count are given back on close.
+pub(super) struct Place {
+    pub permit: Option<ConnPermit>,
+    pub load: Option<super::balance::Load>,
+}
+
+/// The connection's socket with its [`Place`]: the place goes wherever the socket goes (into a
+/// WebSocket tunnel after an upgrade) and is given back when it closes. Its writes count as the
+/// client's progress for the send deadline.
 struct Counted<S> {
     inner: S,
-    _permit: Option<ConnPermit>,
+    _place: Place,
     activity: Arc<Activity>,
 }
 
@@ -287,7 +296,7 @@ mod tests {
         let (near, mut far) = tokio::io::duplex(8);
         let mut io = Counted {
             inner: near,
-            _permit: None,
+            _place: Place::default(),
             activity: activity.clone(),
         };
         io.write_all(b"12345678").await.unwrap();
@@ -325,7 +334,7 @@ mod tests {
         let handler = |_: Request<Incoming>, _: ConnInfo| async {
             Response::new(crate::proxy::body::full(""))
         };
-        let conn = serve_conn(stream, info, None, builders, handler, opts, rx);
+        let conn = serve_conn(stream, info, Place::default(), builders, handler, opts, rx);
         let size = std::mem::size_of_val(&conn);
         println!("FIGURE a cleartext connection's future: {size} bytes");
         assert!(size <= 2 * 1024, "a connection's future is {size} bytes");

@@ -188,22 +188,19 @@ pub async fn serve_balanced<H, F>(
         crate::tls::Scheme::Http
     };
     let connections = tokio_util::task::TaskTracker::new();
-    // Serves one connection in its own task; `load` counts it on this worker until it ends.
+    // Serves one connection in its own task; `load` counts it on this worker until its socket
+    // closes (a WebSocket tunnel outlives the connection's task: the socket carries the load).
     let conn_shutdown = shutdown.clone();
-    let start = |stream, info, permit, load: Option<balance::Load>| {
-        let conn = conn::serve_conn(
+    let start = |stream, info, permit, load| {
+        connections.spawn(conn::serve_conn(
             stream,
             info,
-            permit,
+            conn::Place { permit, load },
             builders.clone(),
             handler.clone(),
             opts.clone(),
             conn_shutdown.clone(),
-        );
-        connections.spawn(async move {
-            conn.await;
-            drop(load);
-        });
+        ));
     };
 
     loop {
@@ -259,6 +256,11 @@ pub async fn serve_balanced<H, F>(
 
     // Refuse new connections now; let the in-flight ones finish within the deadline.
     drop(listener);
+    if let Some(inbox) = inbox.as_mut() {
+        // Hand-overs still on their way are closed like the connections refused above, and
+        // from now on the other workers serve what they accept themselves.
+        inbox.close();
+    }
     connections.close();
     tracing::info!(
         listener = opts.name,

@@ -1,8 +1,9 @@
 //! Thread-per-core serving of the public listener: one single-threaded runtime per worker, each
-//! accepting on its own `SO_REUSEPORT` socket (the kernel spreads connections), each with its
-//! own upstream connection pool. A request then stays on one thread from accept to upstream and
-//! back, with no cross-thread wake-ups — the layout nginx uses, and measurably faster than one
-//! work-stealing runtime on the benchmark (bench/README.md).
+//! accepting on its own `SO_REUSEPORT` socket (the kernel spreads connections, and
+//! [`super::balance`] evens out what it spread unevenly), each with its own upstream connection
+//! pool. A request then stays on one thread from its connection's first byte to the upstream
+//! and back, with no cross-thread wake-ups — the layout nginx uses, and measurably faster than
+//! one work-stealing runtime on the benchmark (bench/README.md).
 
 use super::{serve_balanced, ConnInfo, ServeOptions};
 use crate::proxy::Body;
@@ -52,13 +53,18 @@ where
         .spawn(move || {
             crate::per_worker::enter(index);
             runtime.block_on(async move {
-                if let Err(e) = listener.set_nonblocking(true) {
-                    tracing::error!(error = %e, "worker cannot use its listener");
-                    return;
-                }
-                match tokio::net::TcpListener::from_std(listener) {
+                let listener = listener
+                    .set_nonblocking(true)
+                    .and_then(|()| tokio::net::TcpListener::from_std(listener));
+                match listener {
                     Ok(l) => serve_balanced(l, inbox, handler, opts, stop).await,
-                    Err(e) => tracing::error!(error = %e, "worker cannot use its listener"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "worker cannot use its listener");
+                        // The others must not hand it connections it will never serve.
+                        if let Some(inbox) = inbox {
+                            inbox.retire();
+                        }
+                    }
                 }
             })
         })

@@ -58,6 +58,9 @@ struct Opened {
 /// it is simply cleared when full.
 const OPENED_CACHE_MAX: usize = 1024;
 
+/// What a callback's own calls may add to a login's `login_timeout_secs` ([`Sessions::with_login_timeout`]).
+const LOGIN_MARGIN: Duration = Duration::from_secs(600);
+
 /// Reads of a session `amend` makes before it gives up on writers that keep changing it.
 const AMEND_TRIES: usize = 4;
 
@@ -88,9 +91,11 @@ impl Sessions {
         }
     }
 
-    /// Logins take at most `window` (from the authorization request to the callback).
-    pub fn with_login_timeout(mut self, window: Duration) -> Self {
-        self.login_window = window;
+    /// Logins take at most `timeout` from the authorization request to the callback; the
+    /// callback's own calls (the IdP's token and userinfo endpoints, the identity mode's login
+    /// hook) may add minutes to when the session is stored: ten are allowed for them.
+    pub fn with_login_timeout(mut self, timeout: Duration) -> Self {
+        self.login_window = timeout + LOGIN_MARGIN;
         self
     }
 
@@ -135,8 +140,8 @@ impl Sessions {
     }
 
     /// Stores `session` under a new random id and returns the id for the cookie; `None` when
-    /// its IdP session was ended by a back-channel logout while the login completed (nothing
-    /// is left stored).
+    /// its IdP session was ended by a back-channel logout while the login completed (the
+    /// session is deleted again; its index entries stay, pointing at nothing, until their TTL).
     pub async fn create(&self, session: &Session, now: i64) -> Result<Option<String>, StoreError> {
         let id = new_session_id();
         self.save(&id, session, now).await?;

@@ -53,23 +53,29 @@ impl Sessions {
         sid: &str,
         by: SidLogout<'_>,
     ) -> Result<usize, StoreError> {
-        if let SidLogout::Signed { .. } = by {
-            // Before the index is read (`ended_meanwhile` says why). Kept as long as a login
-            // may take: the IdP issues no new code for an ended session, so only logins begun
-            // before the logout can race it.
-            let ended = Self::ended_sid(iss, sid);
-            self.store.put(&ended, b"1", self.login_window).await?;
-        }
+        // Before the index is read (`ended_meanwhile` says why). Kept as long as a login may
+        // take: the IdP issues no new code for an ended session, so only logins begun before
+        // the logout can race it. Its failure does not stop the revocation (in a Redis Cluster
+        // the record may live on another shard than the sessions), but is reported after it,
+        // so that the IdP may send the logout again.
+        let recorded = match by {
+            SidLogout::Signed { .. } => {
+                let ended = Self::ended_sid(iss, sid);
+                self.store.put(&ended, b"1", self.login_window).await
+            }
+            SidLogout::Unsigned => Ok(()),
+        };
         let index = Self::sid_index(iss, sid);
         let members = self.store.index_members(&index).await?;
-        match by {
+        let revoked = match by {
             SidLogout::Signed { sub: Some(sub) } if members.is_empty() => {
-                self.revoke_index(&Self::sidless_index(iss, sub)).await
+                self.revoke_index(&Self::sidless_index(iss, sub)).await?
             }
             // The members stay in the sid's index (until its TTL) as a record that the sid was
             // known: a repeated logout for it must not fall back to the sid-less sessions.
-            _ => self.revoke_members(&index, members, false).await,
-        }
+            _ => self.revoke_members(&index, members, false).await?,
+        };
+        recorded.map(|()| revoked)
     }
 
     /// Removes every session of a user (`sub`) from an issuer; returns how many existed.

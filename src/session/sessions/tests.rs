@@ -83,7 +83,7 @@ async fn revocation_by_sid_and_by_sub() {
 /// Other IdP sessions of the user are not touched, and the record lasts one login window.
 #[tokio::test(start_paused = true)]
 async fn a_login_racing_the_logout_of_its_idp_session_keeps_nothing() {
-    let s = sessions().with_login_timeout(Duration::from_secs(600));
+    let s = sessions().with_login_timeout(Duration::from_secs(600)); // + 600 s of margin
     assert_eq!(
         s.revoke_sid("https://idp", "sid-1", SIGNED).await.unwrap(),
         0
@@ -97,7 +97,9 @@ async fn a_login_racing_the_logout_of_its_idp_session_keeps_nothing() {
     let mut other = session(100);
     other.sid = Some("sid-2".into());
     assert!(s.create(&other, 100).await.unwrap().is_some());
-    tokio::time::advance(Duration::from_secs(601)).await;
+    tokio::time::advance(Duration::from_secs(1190)).await;
+    assert!(s.create(&session(100), 100).await.unwrap().is_none());
+    tokio::time::advance(Duration::from_secs(11)).await;
     assert!(
         s.create(&session(100), 100).await.unwrap().is_some(),
         "the record is gone after the login window"
