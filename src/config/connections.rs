@@ -1,8 +1,8 @@
 //! `[connections]`: how long a client connection may stay silent or idle, how many the sidecar
 //! holds at once (in all, and per client address), how many it opens to the upstream, how long
 //! and how many WebSocket tunnels may stay open, how often live streams check that their
-//! session still exists, and how connections are spread over the workers — their TOML shape, defaults and
-//! validation. No I/O.
+//! session still exists, and how connections are spread over the workers — their TOML shape,
+//! defaults and validation. No I/O.
 
 use serde::{Deserialize, Serialize};
 use std::time::Duration;

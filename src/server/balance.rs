@@ -21,6 +21,7 @@
 //! itself; what was already on its way to a worker that stops is closed with the connections
 //! that worker refuses.
 
+use super::conn::Place;
 use super::limits::ConnPermit;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -47,12 +48,12 @@ pub struct Inbox {
     rx: mpsc::UnboundedReceiver<Handoff>,
 }
 
-/// A connection on its way to another worker, with what was decided about it at accept.
-pub struct Handoff {
+/// A connection on its way to another worker, with what was decided about it at accept: its
+/// place under the caps, counted on that worker.
+pub(super) struct Handoff {
     pub stream: std::net::TcpStream,
     pub peer: SocketAddr,
-    pub permit: Option<ConnPermit>,
-    pub load: Load,
+    pub place: Place,
 }
 
 /// One connection counted on a worker, until dropped (when its connection ends).
@@ -119,19 +120,23 @@ impl Balancer {
 }
 
 impl Inbox {
-    /// Decides where a connection this worker accepted is served. `Some`: here, counted by the
-    /// returned [`Load`]; `None`: handed over to another worker, nothing left to do.
-    pub fn place(
+    /// Decides where a connection this worker accepted is served. `Some`: here, with its place
+    /// counted on this worker; `None`: handed over to another worker, nothing left to do.
+    pub(super) fn place(
         &self,
         stream: TcpStream,
         peer: SocketAddr,
         permit: Option<ConnPermit>,
-    ) -> Option<(TcpStream, Option<ConnPermit>, Load)> {
+    ) -> Option<(TcpStream, Place)> {
         let load = self.balancer.place(self.me);
-        if load.worker == self.me {
-            return Some((stream, permit, load));
-        }
         let target = load.worker;
+        let place = Place {
+            permit,
+            load: Some(load),
+        };
+        if target == self.me {
+            return Some((stream, place));
+        }
         // Out of this worker's event loop; it keeps its non-blocking mode for the next one.
         let std = match stream.into_std() {
             Ok(s) => s,
@@ -145,16 +150,15 @@ impl Inbox {
         let handoff = Handoff {
             stream: std,
             peer,
-            permit,
-            load,
+            place,
         };
         match self.balancer.inboxes[target].send(handoff) {
             Ok(()) => None,
             // That worker has stopped (shutdown): serve it here after all.
-            Err(mpsc::error::SendError(h)) => {
-                let load = self.balancer.count(self.me);
+            Err(mpsc::error::SendError(mut h)) => {
+                h.place.load = Some(self.balancer.count(self.me));
                 match TcpStream::from_std(h.stream) {
-                    Ok(stream) => Some((stream, h.permit, load)),
+                    Ok(stream) => Some((stream, h.place)),
                     Err(e) => {
                         tracing::warn!(error = %e, "a connection could not rejoin its worker");
                         None
@@ -165,7 +169,7 @@ impl Inbox {
     }
 
     /// The next connection another worker handed to this one.
-    pub async fn next(&mut self) -> Option<Handoff> {
+    pub(super) async fn next(&mut self) -> Option<Handoff> {
         self.rx.recv().await
     }
 
@@ -245,9 +249,9 @@ mod tests {
         assert!(matches!(read, Ok(0) | Err(_)), "and closed");
 
         let (stream, peer, _client) = accept().await;
-        let (_, _, load) = first.place(stream, peer, None).expect("served here");
-        assert_eq!((load.worker, b.loads()), (0, vec![2, 0]));
-        drop((held, load));
+        let (_, place) = first.place(stream, peer, None).expect("served here");
+        assert_eq!(b.loads(), vec![2, 0]);
+        drop((held, place));
         assert_eq!(b.loads(), vec![0, 0]);
     }
 
@@ -259,21 +263,18 @@ mod tests {
         let inbox = inboxes.next().unwrap();
         let balancer = inbox.balancer.clone();
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
-        let release_rx = Arc::new(std::sync::Mutex::new(release_rx));
+        let release = Arc::new(tokio::sync::Notify::new());
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
+        let tunnel_ends = release.clone();
         let handler = move |mut req: Request<Incoming>, _: ConnInfo| {
-            let release = release_rx.clone();
+            let release = tunnel_ends.clone();
             async move {
                 let upgrade = hyper::upgrade::on(&mut req);
                 // The tunnel: holds the upgraded socket until the test releases it.
                 tokio::spawn(async move {
                     let io = upgrade.await;
-                    let _ = tokio::task::spawn_blocking(move || {
-                        release.lock().map(|r| r.recv()).ok();
-                    })
-                    .await;
+                    release.notified().await;
                     drop(io);
                 });
                 let mut r = Response::new(crate::proxy::body::full(""));
@@ -297,7 +298,7 @@ mod tests {
         // Long enough for hyper's connection task to have ended at the upgrade.
         std::thread::sleep(Duration::from_millis(200));
         assert_eq!(balancer.loads(), vec![1], "the tunnel is counted");
-        release_tx.send(()).unwrap();
+        release.notify_one();
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while balancer.loads() != vec![0] && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));

@@ -188,14 +188,14 @@ pub async fn serve_balanced<H, F>(
         crate::tls::Scheme::Http
     };
     let connections = tokio_util::task::TaskTracker::new();
-    // Serves one connection in its own task; `load` counts it on this worker until its socket
-    // closes (a WebSocket tunnel outlives the connection's task: the socket carries the load).
+    // Serves one connection in its own task. Its place (under the caps, on this worker) is held
+    // until its socket closes: a WebSocket tunnel outlives the task, and the socket carries it.
     let conn_shutdown = shutdown.clone();
-    let start = |stream, info, permit, load| {
+    let start = |stream, info, place| {
         connections.spawn(conn::serve_conn(
             stream,
             info,
-            conn::Place { permit, load },
+            place,
             builders.clone(),
             handler.clone(),
             opts.clone(),
@@ -217,8 +217,7 @@ pub async fn serve_balanced<H, F>(
                 // Another worker accepted it, admitted it under the caps and counted it here.
                 match tokio::net::TcpStream::from_std(h.stream) {
                     Ok(stream) => {
-                        let info = ConnInfo { peer: h.peer, scheme };
-                        start(stream, info, h.permit, Some(h.load));
+                        start(stream, ConnInfo { peer: h.peer, scheme }, h.place);
                     }
                     Err(e) => tracing::warn!(error = %e, "a handed-over connection was lost"),
                 }
@@ -245,10 +244,10 @@ pub async fn serve_balanced<H, F>(
         let _ = stream.set_nodelay(true);
         let info = ConnInfo { peer, scheme };
         match &inbox {
-            None => start(stream, info, permit, None),
+            None => start(stream, info, conn::Place { permit, load: None }),
             Some(inbox) => {
-                if let Some((stream, permit, load)) = inbox.place(stream, peer, permit) {
-                    start(stream, info, permit, Some(load));
+                if let Some((stream, place)) = inbox.place(stream, peer, permit) {
+                    start(stream, info, place);
                 }
             }
         }

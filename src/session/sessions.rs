@@ -58,7 +58,8 @@ struct Opened {
 /// it is simply cleared when full.
 const OPENED_CACHE_MAX: usize = 1024;
 
-/// What a callback's own calls may add to a login's `login_timeout_secs` ([`Sessions::with_login_timeout`]).
+/// What a callback's own calls may add to a login's `login_timeout_secs`
+/// ([`Sessions::with_login_timeout`]).
 const LOGIN_MARGIN: Duration = Duration::from_secs(600);
 
 /// Reads of a session `amend` makes before it gives up on writers that keep changing it.
@@ -87,7 +88,8 @@ impl Sessions {
             keys,
             opened: PerWorker::new(workers, Mutex::default),
             idle: None,
-            login_window: Duration::from_secs(3600),
+            // `login_timeout_secs`'s default (ten minutes) plus the margin, until told.
+            login_window: Duration::from_secs(600) + LOGIN_MARGIN,
         }
     }
 
