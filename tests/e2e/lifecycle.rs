@@ -507,6 +507,31 @@ async fn a_login_racing_the_logout_of_its_idp_session_gets_no_session() {
     );
     let later = mock_login(&m, &m.a.sidecar, "alice", "sid-s").await;
     assert!(alive(&m.b.sidecar, &later).await);
+
+    // An attacker who knows a victim's IdP session cannot block its login: a forged logout
+    // token (another key) and a front-channel logout (no signature at all) record nothing.
+    let forger = Key::new("k1");
+    let mut c = logout_claims(&m);
+    c["sid"] = json!("sid-v");
+    let forged = forger.sign_with_header(
+        &json!({"alg": "ES256", "typ": "logout+jwt", "kid": "k1"}),
+        &c,
+    );
+    assert_eq!(post_logout(&m.b.sidecar, &forged).await.status(), 400);
+    let front = m.b.sidecar.url(&format!(
+        "/auth/frontchannel-logout?iss={}&sid=sid-v",
+        urlencode(&m.idp.issuer())
+    ));
+    assert_eq!(get(&front, &[]).await.unwrap().status(), 200);
+    let callback = m
+        .idp
+        .login_until_callback(&m.key, &m.a.sidecar, "alice", "sid-v", "")
+        .await;
+    assert_eq!(
+        callback.await.status(),
+        302,
+        "the victim's login was refused"
+    );
 }
 
 #[tokio::test]
