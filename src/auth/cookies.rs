@@ -165,7 +165,12 @@ impl CookieJar {
 fn pair_value(pair: &[u8], name: &str) -> Option<Option<String>> {
     let pair = std::str::from_utf8(pair).ok()?;
     let (raw_name, raw_value) = pair.split_once('=').unwrap_or((pair, ""));
-    if raw_name.trim() != name {
+    // Only the white space a `Cookie` header puts around names (RFC 6265 §5.2: space and
+    // tab). `str::trim` would also take off Unicode spaces, and a name that starts with
+    // U+2000 does not start with `__Host-` for the browser, which then lets a sibling
+    // subdomain set it with a `Domain`: read as ours, it would plant a login state or a
+    // session ("cookie chaos"). `strip` still removes such a cookie: removing more is safe.
+    if raw_name.trim_matches([' ', '\t']) != name {
         return None;
     }
     // Nothing to decode: the value is the trimmed text, as the full parse gives.
@@ -307,6 +312,37 @@ mod tests {
         );
         jar.strip(&mut only);
         assert!(only.get(header::COOKIE).is_none());
+    }
+
+    #[test]
+    fn a_unicode_space_before_a_prefixed_name_is_not_our_cookie() {
+        let jar = CookieJar::new("sso_sidecar_session", true);
+        for space in ["\u{2000}", "\u{00a0}", "\u{3000}", "\u{85}"] {
+            let planted = format!("{space}__Host-sso_sidecar_session=T");
+            let mut h = HeaderMap::new();
+            h.insert(
+                header::COOKIE,
+                HeaderValue::from_bytes(planted.as_bytes()).unwrap(),
+            );
+            assert_eq!(jar.get(&h, &jar.session), None, "{planted:?} alone");
+            assert_eq!(jar.get(&h, &jar.state), None);
+            let both = format!("{planted}; __Host-sso_sidecar_session=A; x=1");
+            h.insert(
+                header::COOKIE,
+                HeaderValue::from_bytes(both.as_bytes()).unwrap(),
+            );
+            assert_eq!(
+                jar.get(&h, &jar.session).as_deref(),
+                Some("A"),
+                "{both:?}: the real cookie is read, the planted one is not a second copy"
+            );
+            jar.strip(&mut h);
+            assert_eq!(
+                h[header::COOKIE],
+                "x=1",
+                "the planted cookie is stripped too"
+            );
+        }
     }
 
     #[test]

@@ -321,6 +321,32 @@ async fn over_https_the_cookies_carry_the_host_prefix() {
             .unwrap();
         assert_eq!(r.status(), 401, "{planted}");
     }
+    // A name behind a Unicode space (U+2000) does not start with `__Host-` for the browser,
+    // so a sibling may plant it with a Domain ("cookie chaos"): neither a session here, nor a
+    // login state that would let an attacker's half-done login finish in the victim's browser.
+    let with_raw_cookie = |path: &str, cookie: String| {
+        let mut req = request("GET", &sc.url(path), &[], body(bytes::Bytes::new()));
+        let v = http::HeaderValue::from_bytes(cookie.as_bytes()).unwrap();
+        req.headers_mut().insert("cookie", v);
+        req
+    };
+    let planted = format!("\u{2000}__Host-sso_sidecar_session={id}");
+    let r = send(with_raw_cookie("/echo/x", planted)).await.unwrap();
+    assert_eq!(r.status(), 401, "a session cookie behind a Unicode space");
+    let (raw_state, _) = state.split_once(';').unwrap();
+    let planted_state = format!("\u{2000}{raw_state}");
+    let r = send(with_raw_cookie(
+        "/auth/callback?code=c&state=s",
+        planted_state,
+    ))
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(
+        String::from_utf8_lossy(r.body()).contains("OIDC state cookie missing."),
+        "a login state behind a Unicode space is not ours: {:?}",
+        r.body()
+    );
 }
 
 /// Front-channel logout (LemonLDAP::NG's only kind): by `sid` on every replica, never for
