@@ -215,7 +215,7 @@ impl Auth {
                 CallbackError::Refused(Error::Identity(e), sub.clone())
             })?;
         let access_lifetime = access_lifetime(tokens.expires_in);
-        let access_expires_at = now + access_lifetime;
+        let access_expires_at = now.saturating_add(access_lifetime);
         let lifetime = settings.session_lifetime.as_secs() as i64;
         let mut session = Session {
             iss: self.provider.settings.issuer.clone(),
@@ -231,8 +231,9 @@ impl Auth {
                 now + lifetime
             } else {
                 // Nothing can renew it: the session ends with its token (OpenRag counts at
-                // least 60 s; the sidecar never forwards a token past its real expiry).
-                access_expires_at
+                // least 60 s; the sidecar never forwards a token past its real expiry), and
+                // never outlives `session_lifetime`, however long the token is.
+                access_expires_at.min(now + lifetime)
             },
             refresh_token: tokens.refresh_token,
             id_token,

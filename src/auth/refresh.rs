@@ -76,10 +76,15 @@ fn needs_refresh(s: &Session, now: i64, skew: i64) -> bool {
 }
 
 /// The access token's lifetime in seconds as the IdP gave it (`expires_in`; an hour when it
-/// said nothing), at least 1.
+/// said nothing), at least 1 and at most a year: an IdP's `expires_in` is not bounded, and
+/// `now + i64::MAX` would wrap to a token long expired (a refresh on every request, or a
+/// session dead on arrival). A year outlasts any session, so the cap changes nothing real.
 pub(crate) fn access_lifetime(expires_in: Option<i64>) -> i64 {
-    expires_in.unwrap_or(3600).max(1)
+    expires_in.unwrap_or(3600).clamp(1, MAX_ACCESS_LIFETIME)
 }
+
+/// The longest access token lifetime taken from an IdP, in seconds (a leap year).
+const MAX_ACCESS_LIFETIME: i64 = 366 * 86_400;
 
 impl Auth {
     /// Returns the session to use for this request: as loaded, refreshed, or `None` when it has
@@ -278,7 +283,7 @@ impl Auth {
         }
         s.access_token = tokens.access_token;
         s.access_lifetime = access_lifetime(tokens.expires_in);
-        s.access_expires_at = now + s.access_lifetime;
+        s.access_expires_at = now.saturating_add(s.access_lifetime);
         if let Some(new_rt) = tokens.refresh_token {
             s.refresh_token = Some(new_rt);
         }

@@ -805,3 +805,22 @@ async fn an_idle_session_ends_on_every_replica_and_a_used_one_lives_on() {
         assert!(!alive(sc, &cookie).await, "idle for {:?}", idle.elapsed());
     }
 }
+
+/// An IdP's `expires_in` has no bound: `i64::MAX` seconds once overflowed `now + expires_in`
+/// (a panic in a debug build, a token "long expired" in a release one, refreshed on every
+/// request). It is taken as a year: the session works and nothing is refreshed.
+#[tokio::test]
+async fn an_absurd_expires_in_gives_a_working_session_and_no_refresh() {
+    let m = mock_pair(&[]).await;
+    m.idp.set(|s| s.login_expires_in = i64::MAX);
+    let cookie = mock_login(&m, &m.a.sidecar, "alice", "sid-1").await;
+    let exchanged = m.idp.state.lock().unwrap().token_requests.len();
+    for _ in 0..3 {
+        assert!(alive(&m.a.sidecar, &cookie).await);
+    }
+    assert_eq!(
+        m.idp.state.lock().unwrap().token_requests.len(),
+        exchanged,
+        "no refresh for a token that is good for a year"
+    );
+}
