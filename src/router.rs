@@ -207,6 +207,8 @@ impl App {
                     return Err(self.limited(Kind::Failure, wait));
                 }
             }
+            // A preflight is forwarded without its body, if it came with one (`Preflight`).
+            let mut without_body = false;
             let caller = match decision? {
                 Decision::Login(location) => {
                     let mut r = Response::new(crate::proxy::full(""));
@@ -221,6 +223,13 @@ impl App {
                 Decision::Public => Caller::Public,
                 Decision::PublicWithoutCookies => {
                     parts.headers.remove(header::COOKIE);
+                    Caller::Public
+                }
+                Decision::Preflight => {
+                    parts.headers.remove(header::COOKIE);
+                    parts.headers.remove(header::CONTENT_LENGTH);
+                    parts.headers.remove(header::TRANSFER_ENCODING);
+                    without_body = true;
                     Caller::Public
                 }
             };
@@ -242,9 +251,12 @@ impl App {
                 streams: &oidc.streams,
                 place: std::sync::Mutex::new(place),
             };
-            let forward = oidc
-                .identity
-                .forward(out, parts, Either::Left(body), caller);
+            let body: RequestBody = if without_body {
+                Either::Right(http_body_util::Full::default())
+            } else {
+                Either::Left(body)
+            };
+            let forward = oidc.identity.forward(out, parts, body, caller);
             // Boxed: the identity's future is large, and hyper moves the request future around.
             Ok(Box::pin(forward).await?)
         }

@@ -65,29 +65,101 @@ pub fn admits(a: &Authz, claims: &Map<String, Value>) -> Result<(), Refusal> {
     Ok(())
 }
 
-/// Whether a session in `groups` may send `method` to `path` (in canonical form, see
+/// Whether a session in `groups` may send this request (its path in canonical form, see
 /// [`canonical`](super::canonical)): the first rule whose path and methods match decides; no
-/// matching rule allows. A rule for `GET` also covers `HEAD`, which servers answer with the
-/// `GET` handler. A path with `;` parameters must also pass as it is without them: Tomcat
-/// and Spring drop them, so `/admin;x/users` is `/admin/users` there.
-pub fn reaches(a: &Authz, method: &http::Method, path: &str, groups: &[String]) -> bool {
-    reaches_as(a, method, path, groups)
-        && (!path.contains(';') || reaches_as(a, method, &without_parameters(path), groups))
+/// matching rule allows.
+///
+/// Rules deny by omission, so the request must pass under every reading a backend may give it:
+/// - its method in any case (`delete` is `DELETE` to Django, Flask and Laravel), and the
+///   methods it names in `X-HTTP-Method-Override`, `X-HTTP-Method`, `X-Method-Override` or a
+///   `_method` query parameter (Rails, Laravel, Symfony, Express's `method-override`); a rule
+///   for `GET` also covers `HEAD`, which servers answer with the `GET` handler;
+/// - its path as sent, without `;` parameters (Tomcat and Spring drop them: `/admin;x/users`
+///   is `/admin/users` there), in lower case (Express and ASP.NET route case-insensitively),
+///   and without one trailing slash (Express's default routing serves `/a/` as `/a`).
+///
+/// A method named in a form body (`_method` in Rails and Laravel forms) is not seen: a rule
+/// on such a method should list `POST` too.
+pub fn reaches(a: &Authz, parts: &http::request::Parts, groups: &[String]) -> bool {
+    if a.rules.is_empty() {
+        return true;
+    }
+    let methods = taken_as(parts);
+    path_readings(parts.uri.path())
+        .iter()
+        .all(|(path, folded)| reaches_as(a, &methods, path, *folded, groups))
 }
 
-fn reaches_as(a: &Authz, method: &http::Method, path: &str, groups: &[String]) -> bool {
-    let covers = |methods: &[http::Method]| {
-        methods.is_empty()
-            || methods.contains(method)
-            || (method == http::Method::HEAD && methods.contains(&http::Method::GET))
+fn reaches_as(a: &Authz, methods: &[String], path: &str, folded: bool, groups: &[String]) -> bool {
+    let covers = |ruled: &[http::Method]| {
+        ruled.is_empty()
+            || methods.iter().any(|m| {
+                ruled.iter().any(|r| r.as_str() == m)
+                    || (m == "HEAD" && ruled.contains(&http::Method::GET))
+            })
     };
     for rule in &a.rules {
-        let path_matches = super::gate::path_matches(std::slice::from_ref(&rule.path), path);
+        let rule_path = if folded {
+            std::borrow::Cow::Owned(rule.path.to_ascii_lowercase())
+        } else {
+            std::borrow::Cow::Borrowed(&rule.path)
+        };
+        let path_matches = super::gate::path_matches(std::slice::from_ref(&*rule_path), path);
         if path_matches && covers(&rule.methods) {
             return groups.iter().any(|g| rule.groups.contains(g));
         }
     }
     true
+}
+
+/// Headers that some frameworks take as the request's method.
+const METHOD_OVERRIDES: [&str; 3] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+/// The methods a backend may take this request as, upper-cased: its own and any it names.
+fn taken_as(parts: &http::request::Parts) -> Vec<String> {
+    let mut methods = vec![parts.method.as_str().to_ascii_uppercase()];
+    let mut add = |m: &str| {
+        let m = m.trim().to_ascii_uppercase();
+        if !m.is_empty() && !methods.contains(&m) {
+            methods.push(m);
+        }
+    };
+    for name in METHOD_OVERRIDES {
+        for v in parts.headers.get_all(name) {
+            add(&String::from_utf8_lossy(v.as_bytes()));
+        }
+    }
+    for kv in parts.uri.query().unwrap_or_default().split('&') {
+        if let Some(v) = kv.strip_prefix("_method=") {
+            add(&percent_encoding::percent_decode_str(v).decode_utf8_lossy());
+        }
+    }
+    methods
+}
+
+/// The paths a backend may take `path` as, each with whether it was lower-cased (then rules
+/// are compared lower-cased too).
+fn path_readings(path: &str) -> Vec<(String, bool)> {
+    let mut out: Vec<(String, bool)> = vec![(path.to_owned(), false)];
+    if path.contains(';') {
+        out.push((without_parameters(path), false));
+    }
+    for i in 0..out.len() {
+        let p = &out[i].0;
+        if let Some(trimmed) = p.strip_suffix('/').filter(|t| !t.is_empty()) {
+            out.push((trimmed.to_owned(), false));
+        }
+    }
+    let folded: Vec<(String, bool)> = out
+        .iter()
+        .map(|(p, _)| (p.to_ascii_lowercase(), true))
+        .collect();
+    out.extend(folded);
+    out
 }
 
 /// `path` with every segment's `;` parameters removed.
@@ -103,6 +175,84 @@ mod tests {
     use super::*;
     use crate::config::access::PathRule;
     use serde_json::json;
+
+    fn parts(method: &str, path: &str, headers: &[(&str, &str)]) -> http::request::Parts {
+        let mut b = http::Request::builder().method(method).uri(path);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    fn reach(a: &Authz, method: &http::Method, path: &str, groups: &[String]) -> bool {
+        reaches(a, &parts(method.as_str(), path, &[]), groups)
+    }
+
+    /// What a backend may read differently: the method's case, a method named in a header or
+    /// the query, the path's case and a trailing slash. Each is ruled as the backend reads it.
+    #[test]
+    fn a_rule_holds_under_every_reading_a_backend_may_give() {
+        let a = Authz {
+            rules: vec![
+                PathRule {
+                    path: "/v1/*".into(),
+                    methods: vec![http::Method::DELETE],
+                    groups: vec!["writers".into()],
+                },
+                PathRule {
+                    path: "/admin/users".into(),
+                    methods: vec![],
+                    groups: vec!["admins".into()],
+                },
+            ],
+            ..Authz::default()
+        };
+        let staff = ["staff".to_owned()];
+        let writers = ["writers".to_owned()];
+        let refused = [
+            parts("delete", "/v1/docs/1", &[]),
+            parts("Delete", "/v1/docs/1", &[]),
+            parts(
+                "POST",
+                "/v1/docs/1",
+                &[("x-http-method-override", "DELETE")],
+            ),
+            parts("POST", "/v1/docs/1", &[("X-HTTP-Method", " delete ")]),
+            parts("POST", "/v1/docs/1", &[("x-method-override", "DELETE")]),
+            parts("POST", "/v1/docs/1?a=1&_method=DELETE", &[]),
+            parts("POST", "/v1/docs/1?_method=%64elete", &[]),
+            parts("DELETE", "/V1/docs/1", &[]),
+            parts("GET", "/ADMIN/users", &[]),
+            parts("GET", "/admin/Users", &[]),
+            parts("GET", "/admin/users/", &[]),
+            parts("GET", "/Admin/users/", &[]),
+            parts("GET", "/admin;x/users/", &[]),
+        ];
+        for p in &refused {
+            assert!(
+                !reaches(&a, p, &staff),
+                "{} {:?} {:?}",
+                p.method,
+                p.uri,
+                p.headers
+            );
+        }
+        assert!(reaches(&a, &parts("delete", "/v1/docs/1", &[]), &writers));
+        assert!(reaches(
+            &a,
+            &parts("GET", "/ADMIN/users", &[]),
+            &["admins".to_owned()]
+        ));
+        // What no reading makes a ruled request stays allowed.
+        for p in [
+            parts("POST", "/v1/docs/1", &[]),
+            parts("GET", "/v1/docs/1?method=DELETE", &[]),
+            parts("GET", "/admin/users2", &[]),
+            parts("GET", "/", &[]),
+        ] {
+            assert!(reaches(&a, &p, &staff), "{} {:?}", p.method, p.uri);
+        }
+    }
 
     fn claims(v: Value) -> Map<String, Value> {
         v.as_object().unwrap().clone()
@@ -183,12 +333,12 @@ mod tests {
         };
         let g = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         let get = http::Method::GET;
-        assert!(reaches(&a, &get, "/admin/public", &g(&["staff"])));
-        assert!(!reaches(&a, &get, "/admin/x", &g(&["staff"])));
-        assert!(reaches(&a, &get, "/admin/x", &g(&["admins"])));
-        assert!(reaches(&a, &get, "/v1/x", &g(&[])), "GET is not ruled");
-        assert!(!reaches(&a, &http::Method::POST, "/v1/x", &g(&[])));
-        assert!(reaches(&a, &get, "/elsewhere", &g(&[])));
+        assert!(reach(&a, &get, "/admin/public", &g(&["staff"])));
+        assert!(!reach(&a, &get, "/admin/x", &g(&["staff"])));
+        assert!(reach(&a, &get, "/admin/x", &g(&["admins"])));
+        assert!(reach(&a, &get, "/v1/x", &g(&[])), "GET is not ruled");
+        assert!(!reach(&a, &http::Method::POST, "/v1/x", &g(&[])));
+        assert!(reach(&a, &get, "/elsewhere", &g(&[])));
     }
 
     #[test]
@@ -209,22 +359,22 @@ mod tests {
             ..Authz::default()
         };
         let staff = ["staff".to_owned()];
-        assert!(!reaches(&a, &http::Method::HEAD, "/reports/q3", &staff));
-        assert!(reaches(
+        assert!(!reach(&a, &http::Method::HEAD, "/reports/q3", &staff));
+        assert!(reach(
             &a,
             &http::Method::HEAD,
             "/reports/q3",
             &["auditors".to_owned()]
         ));
         for dodge in ["/admin;x/users", "/admin;/users", "/admin;jsessionid=1/x"] {
-            assert!(!reaches(&a, &http::Method::GET, dodge, &staff), "{dodge}");
+            assert!(!reach(&a, &http::Method::GET, dodge, &staff), "{dodge}");
         }
-        assert!(reaches(
+        assert!(reach(
             &a,
             &http::Method::GET,
             "/admin;x/users",
             &["admins".to_owned()]
         ));
-        assert!(reaches(&a, &http::Method::GET, "/docs;v=2/x", &staff));
+        assert!(reach(&a, &http::Method::GET, "/docs;v=2/x", &staff));
     }
 }

@@ -58,7 +58,7 @@ pub fn refused(parts: &Parts, paths: &PathSettings) -> Option<Decision> {
         path = parts.uri.path(),
         "a request from another site carried the session cookie: refused"
     );
-    if gate::has_bearer(parts) {
+    if gate::passes_bearer(parts, paths) {
         return Some(Decision::Bearer);
     }
     (harmless(parts) && gate::path_matches(&paths.public.0, parts.uri.path()))

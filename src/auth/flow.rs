@@ -74,7 +74,7 @@ impl Auth {
         let settings = self.settings();
         let paths = &settings.paths;
         if super::cross_site::trusted_preflight(parts, &settings.trusted_origins) {
-            return Ok(Decision::PublicWithoutCookies);
+            return Ok(Decision::Preflight);
         }
         match gate::decide(parts, paths, &self.cookies, &self.sessions, now_unix()).await? {
             // A page of another site (or a sibling host) may not act as the user.
@@ -91,19 +91,12 @@ impl Auth {
             Decision::Authenticated { session, id } => {
                 match self.ensure_fresh(&id, session).await {
                     // `[[authz.rules]]`: the first matching rule decides; never forwarded.
-                    Ok(Some(s))
-                        if !super::authz::reaches(
-                            &settings.authz,
-                            &parts.method,
-                            parts.uri.path(),
-                            &s.groups,
-                        ) =>
-                    {
+                    Ok(Some(s)) if !super::authz::reaches(&settings.authz, parts, &s.groups) => {
                         Err(Error::Forbidden("Forbidden"))
                     }
                     Ok(Some(s)) => Ok(Decision::Authenticated { session: s, id }),
                     Ok(None) => gate::without_session(parts, paths),
-                    Err(_) if gate::has_bearer(parts) => Ok(Decision::Bearer),
+                    Err(_) if gate::passes_bearer(parts, paths) => Ok(Decision::Bearer),
                     Err(e) => Err(e.into()),
                 }
             }

@@ -2,7 +2,8 @@
 //!
 //! Order (docs/openrag-backend.md#gate): public paths pass without identity (HTML loads
 //! of `html_login` paths excepted); a valid session cookie wins over an `Authorization` header;
-//! without one a `Bearer` request passes through untouched for the backend to judge; otherwise
+//! without one a `Bearer` request passes through untouched for the backend to judge (unless
+//! `paths.bearer_passthrough` is off, the default with `identity = "headers"`); otherwise
 //! UI paths are redirected to the login and everything else gets 401. Unauthenticated requests
 //! never reach the upstream, whatever the method (a trusted origin's CORS preflight excepted,
 //! `cross_site`). Reads the request head only.
@@ -21,6 +22,10 @@ pub enum Decision {
     /// Forward without identity and without any cookie: a request from another site to a
     /// public path, whose cookies (ours, or the upstream's own session) must not act for it.
     PublicWithoutCookies,
+    /// A trusted origin's CORS preflight: forward without identity, without any cookie and
+    /// without a body (a browser's preflight has none; anything sent with one is not a
+    /// browser's, and an `OPTIONS` handler upstream must not get unauthenticated data).
+    Preflight,
     /// Forward as this user; `id` is the session's cookie id.
     Authenticated {
         session: std::sync::Arc<Session>,
@@ -37,6 +42,7 @@ impl std::fmt::Debug for Decision {
         match self {
             Decision::Public => f.write_str("Public"),
             Decision::PublicWithoutCookies => f.write_str("PublicWithoutCookies"),
+            Decision::Preflight => f.write_str("Preflight"),
             Decision::Authenticated { session, .. } => f
                 .debug_struct("Authenticated")
                 .field("session", session)
@@ -139,6 +145,12 @@ pub fn has_bearer(parts: &Parts) -> bool {
     crate::proxy::headers::bearer(&parts.headers).is_some()
 }
 
+/// Whether a bearer makes this request the backend's to judge (`paths.bearer_passthrough`;
+/// unset counts as on, OpenRag's way; validated settings always say).
+pub fn passes_bearer(parts: &Parts, paths: &PathSettings) -> bool {
+    paths.bearer_passthrough != Some(false) && has_bearer(parts)
+}
+
 pub async fn decide(
     parts: &Parts,
     paths: &PathSettings,
@@ -149,7 +161,7 @@ pub async fn decide(
     // The router has refused ambiguous paths (`ambiguous_path`) before any decision.
     let path = parts.uri.path();
     let html = wants_html(&parts.headers);
-    let bearer = has_bearer(parts);
+    let bearer = passes_bearer(parts, paths);
     let html_login = html && !bearer && path_matches(&paths.html_login.0, path);
     let public = path_matches(&paths.public.0, path) && !html_login;
     // Public paths need no session. Those in `html_login` (Chainlit) still carry the user's
@@ -175,12 +187,13 @@ pub async fn decide(
 /// The decision for a request that has no (longer a) valid session.
 pub fn without_session(parts: &Parts, paths: &PathSettings) -> Result<Decision, Error> {
     let path = parts.uri.path();
-    let html_login =
-        wants_html(&parts.headers) && !has_bearer(parts) && path_matches(&paths.html_login.0, path);
+    let html_login = wants_html(&parts.headers)
+        && !passes_bearer(parts, paths)
+        && path_matches(&paths.html_login.0, path);
     if path_matches(&paths.public.0, path) && !html_login {
         return Ok(Decision::Public);
     }
-    if has_bearer(parts) || has_token_query(parts, paths) {
+    if passes_bearer(parts, paths) || has_token_query(parts, paths) {
         return Ok(Decision::Bearer);
     }
     let html_login = wants_html(&parts.headers) && path_matches(&paths.html_login.0, path);
@@ -241,6 +254,50 @@ mod tests {
                 1_000_100,
             )
             .await
+        }
+
+        /// `bearer_passthrough = false` (the default with `identity = "headers"`): a bearer
+        /// alone is no credential; the request is judged as if it had none.
+        #[tokio::test]
+        async fn without_bearer_passthrough_a_bearer_alone_gets_nothing() {
+            let (sessions, jar, id) = world().await;
+            let paths = PathSettings {
+                bearer_passthrough: Some(false),
+                ..PathSettings::default()
+            };
+            let bearer = ("authorization", "Bearer made-up");
+            let decide_with = |path: &'static str, headers: Vec<(&'static str, String)>| {
+                let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                let p = parts(path, &h);
+                let (paths, jar, sessions) = (&paths, &jar, &sessions);
+                async move { decide(&p, paths, jar, sessions, 1_000_100).await }
+            };
+            let e = decide_with("/v1/models", vec![(bearer.0, bearer.1.into())])
+                .await
+                .unwrap_err();
+            assert!(matches!(e, Error::Unauthenticated), "{e:?}");
+            let d = decide_with("/", vec![(bearer.0, bearer.1.into())])
+                .await
+                .unwrap();
+            assert!(matches!(d, Decision::Login(_)), "{d:?}");
+            let d = decide_with(
+                "/chainlit/x",
+                vec![(bearer.0, bearer.1.into()), ("accept", "text/html".into())],
+            )
+            .await
+            .unwrap();
+            assert!(matches!(d, Decision::Login(_)), "{d:?}");
+            let d = decide_with(
+                "/v1/models",
+                vec![(bearer.0, bearer.1.into()), ("cookie", format!("sid={id}"))],
+            )
+            .await
+            .unwrap();
+            assert!(matches!(d, Decision::Authenticated { .. }), "{d:?}");
+            let d = decide_with("/health_check", vec![(bearer.0, bearer.1.into())])
+                .await
+                .unwrap();
+            assert!(matches!(d, Decision::Public), "{d:?}");
         }
 
         #[tokio::test]

@@ -25,6 +25,12 @@ pub struct PathSettings {
     /// `identity = "headers"` (a generic backend's pages), off with `openrag` (OpenRag's rules).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub browser_login: Option<bool>,
+    /// A request with `Authorization: Bearer …` and no session goes to the upstream untouched,
+    /// for the backend to judge the token. Unset: on with `identity = "openrag"` (OpenRag checks
+    /// its own tokens), off with `headers` (a backend that trusts the identity headers usually
+    /// checks no token, so a made-up bearer would reach it unauthenticated).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bearer_passthrough: Option<bool>,
     /// Where a `token` query parameter is a credential, as a bearer is elsewhere: a request
     /// without a session that carries one is the backend's to judge, not sent to the login.
     /// Not a setting: OpenRag's `/static*` with `identity = "openrag"`, else none.
@@ -49,6 +55,7 @@ impl Default for PathSettings {
             ui: l(&["/", "/static*", "/docs", "/redoc", "/openapi.json"]),
             html_login: l(&["/chainlit", "/chainlit/*"]),
             browser_login: None,
+            bearer_passthrough: None,
             token_query: StringList::default(),
         }
     }
@@ -278,6 +285,11 @@ impl Settings {
                     self.paths
                         .browser_login
                         .unwrap_or_else(|| self.identity.trim().eq_ignore_ascii_case("headers")),
+                ),
+                bearer_passthrough: Some(
+                    self.paths
+                        .bearer_passthrough
+                        .unwrap_or_else(|| self.identity.trim().eq_ignore_ascii_case("openrag")),
                 ),
                 // OpenRag takes `?token=` on `/static*` (scripts, links to files).
                 token_query: if self.identity.trim().eq_ignore_ascii_case("openrag") {

@@ -62,7 +62,7 @@ pub fn is_known(section: Option<&str>, key: &str) -> bool {
 fn optional_key(section: &str, key: &str) -> bool {
     matches!(
         (section, key),
-        ("paths", "browser_login")
+        ("paths", "browser_login" | "bearer_passthrough")
             | ("tls", "cert_file" | "key_file")
             | ("openrag", "token_file")
             | ("authz", "allowed_emails_file" | "groups_claim")

@@ -258,6 +258,8 @@ async fn refused_requests_carry_nothing_of_the_user() {
         ("SSO_SIDECAR_TRUSTED_ORIGINS", "https://ui.example.test"),
         ("RATE_LIMIT_ENABLED", "true"),
         ("RATE_LIMIT_AUTH_FAILURE", "3/minute"),
+        // A backend that checks its own bearer tokens (off by default with identity headers).
+        ("SSO_SIDECAR_PATHS__BEARER_PASSTHROUGH", "true"),
     ];
     let (up, sc, cookie) = signed_in(&idp, &key, &env).await;
     let sc = &sc.sidecar;
@@ -314,6 +316,16 @@ async fn refused_requests_carry_nothing_of_the_user() {
     let r = send(preflight("https://ui.example.test")).await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(json(&r)["method"], "OPTIONS");
+    // A browser's preflight has no body; a client that sends one with it does not get it to
+    // the upstream's OPTIONS handler unauthenticated.
+    let mut with_body = preflight("https://ui.example.test");
+    *with_body.body_mut() = body("{\"delete\": \"everything\"}");
+    let r = send(with_body).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(json(&r)["body_len"], 0, "{}", json(&r));
+    assert!(json(&r)["headers"]
+        .get("content-length")
+        .is_none_or(|v| v[0] == "0"));
     let r = send(preflight("https://evil.test")).await.unwrap();
     assert_eq!(r.status(), 401);
 

@@ -455,7 +455,7 @@ async fn oidc_world(extra: &[(&str, &str)]) -> (MockIdp, Upstream, OidcSidecar) 
 
 #[tokio::test]
 async fn only_a_websocket_handshake_is_tunnelled() {
-    let (_idp, _up, sc) = oidc_world(&[]).await;
+    let (_idp, _up, sc) = oidc_world(&[("SSO_SIDECAR_PATHS__BEARER_PASSTHROUGH", "true")]).await;
     let sc = &sc.sidecar;
     // The review's attack: an h2c upgrade on a public path, then a request inside the tunnel
     // claiming to be admin.

@@ -157,14 +157,18 @@ async fn login_then_the_upstream_sees_the_identity_and_nothing_else() {
     )
     .await
     .unwrap();
+    // With identity headers a bearer alone is no credential by default: a backend that
+    // trusts the headers would serve a made-up token's request as anonymous.
     assert_eq!(
         r.status(),
-        200,
-        "bearer requests pass through for the backend to judge"
+        401,
+        "a bearer alone does not reach the upstream"
     );
-    let h = json(&r)["headers"].clone();
-    assert_eq!(h["authorization"][0], "Bearer backend-token");
-    assert!(h.get("x-forwarded-user").is_none());
+    assert_eq!(json(&r)["detail"], "Unauthenticated");
+    assert!(
+        json(&r).get("headers").is_none(),
+        "the sidecar answered, not the upstream"
+    );
 
     let me = get(
         &sc.url("/auth/me"),

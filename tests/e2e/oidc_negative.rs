@@ -398,6 +398,7 @@ async fn issuer_mismatch_keeps_logins_closed_and_check_explains_it() {
     let env = [
         ("AUTH_MODE", "oidc".to_string()),
         ("SSO_SIDECAR_IDENTITY", "headers".to_string()),
+        ("SSO_SIDECAR_PATHS__BEARER_PASSTHROUGH", "true".to_string()),
         ("OIDC_ENDPOINT", idp.issuer()),
         ("OIDC_CLIENT_ID", CLIENT_ID.to_string()),
         ("OIDC_CLIENT_SECRET", CLIENT_SECRET.to_string()),

@@ -513,7 +513,10 @@ async fn a_redis_outage_fails_closed_and_recovers_with_the_old_session() {
         free_port(),
         &idp.issuer(),
         &up.url(),
-        &[("SSO_SIDECAR_REDIS_URL", &url)],
+        &[
+            ("SSO_SIDECAR_REDIS_URL", &url),
+            ("SSO_SIDECAR_PATHS__BEARER_PASSTHROUGH", "true"),
+        ],
     )
     .await;
     let sc = &sc.sidecar;

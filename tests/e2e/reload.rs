@@ -49,7 +49,11 @@ async fn with_file(idp: &MockIdp, up: &Upstream, toml: &str) -> (tempfile::TempD
         free_port(),
         &idp.issuer(),
         &up.url(),
-        &[("SSO_SIDECAR_CONFIG", &cfg)],
+        &[
+            ("SSO_SIDECAR_CONFIG", &cfg),
+            // Bearer requests reach the upstream here (off by default with identity headers).
+            ("SSO_SIDECAR_PATHS__BEARER_PASSTHROUGH", "true"),
+        ],
     )
     .await;
     (dir, sc)

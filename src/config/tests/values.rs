@@ -234,3 +234,26 @@ fn connection_balancing_is_exact_unless_set_to_kernel() {
         "{e}"
     );
 }
+
+#[test]
+fn bearer_passthrough_follows_the_identity_mode_unless_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let passthrough = |vars: &[(&str, &str)]| {
+        load(inputs(dir.path(), None, vars))
+            .unwrap()
+            .auth
+            .paths
+            .bearer_passthrough
+    };
+    assert_eq!(
+        passthrough(&[]),
+        Some(true),
+        "openrag checks its own tokens"
+    );
+    let headers = ("SSO_SIDECAR_IDENTITY", "headers");
+    assert_eq!(passthrough(&[headers]), Some(false));
+    let on = ("SSO_SIDECAR_PATHS__BEARER_PASSTHROUGH", "true");
+    assert_eq!(passthrough(&[headers, on]), Some(true));
+    let off = ("SSO_SIDECAR_PATHS__BEARER_PASSTHROUGH", "false");
+    assert_eq!(passthrough(&[off]), Some(false));
+}
