@@ -355,6 +355,32 @@ async fn path_rules_refuse_before_the_upstream_and_reload_on_sighup() {
     assert!(String::from_utf8_lossy(r.body()).contains("<h1>403"));
     let r = call("POST", "/v1/chat", false).await;
     assert_eq!(r.status(), 403, "POST is ruled");
+    // As a backend may read them: the method in lower case, a method named in a header, the
+    // path in another case or with a trailing slash.
+    for (method, path) in [
+        ("delete", "/v1/chat"),
+        ("GET", "/ADMIN/users"),
+        ("GET", "/admin/users/"),
+    ] {
+        assert_eq!(
+            call(method, path, false).await.status(),
+            403,
+            "{method} {path}"
+        );
+    }
+    let override_header = [
+        ("cookie", cookie.as_str()),
+        ("x-http-method-override", "DELETE"),
+    ];
+    let r = send(request(
+        "GET",
+        &sc.url("/v1/chat"),
+        &override_header,
+        body(""),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 403, "GET naming DELETE is ruled as a DELETE");
     let r = call("GET", "/v1/models", false).await;
     assert_eq!(r.status(), 200, "GET is not");
     assert_eq!(json(&r)["path"], "/v1/models", "forwarded");
