@@ -37,6 +37,8 @@ pub struct LiveStreams {
     /// Keys the number that names a session to the proxy (its tunnels are capped per holder)
     /// without handing it the cookie id.
     holder_key: std::hash::RandomState,
+    /// Numbers each `Live` entry: a registration unregisters only from the entry it joined.
+    generations: std::sync::atomic::AtomicU64,
 }
 
 /// One session's live streams on this replica.
@@ -53,12 +55,17 @@ struct Live {
     /// When the session ends (Unix seconds, [`crate::session::Session::ends_at`]), once a check
     /// has read it.
     expires_at: Option<i64>,
+    /// Which entry this is: after a check removed a session's entry (its streams told to
+    /// close), the session's next stream starts a new one, which the old streams' late
+    /// unregistering must not count down.
+    generation: u64,
 }
 
 /// One live stream's registration; dropping it (the stream ended) unregisters it.
 struct Registration {
     streams: Arc<LiveStreams>,
     id: String,
+    generation: u64,
 }
 
 impl LiveStreams {
@@ -70,7 +77,7 @@ impl LiveStreams {
     /// the session ends, which the stream holds for as long as it lives, and the session's
     /// flag for its client's messages.
     pub fn watch(self: &Arc<Self>, id: &str) -> crate::proxy::Watch {
-        let (token, client_sent) = {
+        let (token, client_sent, generation) = {
             let mut map = self.lock();
             let live = map.entry(id.to_owned()).or_insert_with(|| Live {
                 end: CancellationToken::new(),
@@ -78,13 +85,15 @@ impl LiveStreams {
                 client_sent: Arc::default(),
                 confirmed: Instant::now(),
                 expires_at: None,
+                generation: self.generations.fetch_add(1, Ordering::Relaxed),
             });
             live.count += 1;
-            (live.end.clone(), live.client_sent.clone())
+            (live.end.clone(), live.client_sent.clone(), live.generation)
         };
         let registration = Registration {
             streams: self.clone(),
             id: id.to_owned(),
+            generation,
         };
         crate::proxy::Watch {
             end: Box::pin(async move {
@@ -178,7 +187,10 @@ impl LiveStreams {
 impl Drop for Registration {
     fn drop(&mut self) {
         let mut map = self.streams.lock();
-        if let Some(live) = map.get_mut(&self.id) {
+        if let Some(live) = map
+            .get_mut(&self.id)
+            .filter(|l| l.generation == self.generation)
+        {
             live.count -= 1;
             if live.count == 0 {
                 map.remove(&self.id);
@@ -206,6 +218,25 @@ mod tests {
         token.cancel();
         b.end.await;
         assert_eq!(s.count(), 0, "a finished signal unregisters");
+    }
+
+    /// A check removed a session's entry (its streams told to close) and the session opened a
+    /// new stream before the old ones unregistered: their unregistering leaves the new stream
+    /// watched, so a later revocation still closes it.
+    #[tokio::test]
+    async fn a_closed_streams_late_unregistering_leaves_the_next_stream_watched() {
+        let s = Arc::new(LiveStreams::default());
+        let old = s.watch("one");
+        let closed = s.lock().remove("one").unwrap();
+        closed.end.cancel();
+        let new = s.watch("one");
+        drop(old);
+        assert_eq!(s.count(), 1, "the new stream is still counted");
+        let token = s.lock()["one"].end.clone();
+        token.cancel();
+        tokio::time::timeout(Duration::from_secs(5), new.end)
+            .await
+            .expect("the new stream is told to close");
     }
 
     /// Unconfirmed sessions: one past its expiry closes at once, one still within it only
