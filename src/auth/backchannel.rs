@@ -1,9 +1,13 @@
 //! OpenID Connect Back-Channel Logout 1.0: `POST /auth/backchannel-logout`.
 //!
 //! The IdP posts a signed `logout_token`; every check of the spec's §2.6 is made before anything
-//! is revoked, and only then is the `jti` replay marker written, in the shared store, so an
-//! invalid token burns nothing and a replay to another replica is caught too; if revocation fails
-//! the marker is removed again so the IdP's retry is not taken for a replay. Revocation is by `sid`
+//! is revoked. A token whose `jti` was already seen (its replay marker in the shared store, so
+//! a replay to another replica is caught too) is refused; otherwise its sessions are revoked,
+//! and only then is the marker written. So an invalid token burns nothing, and a logout that
+//! did not complete (the store failed or timed out, even after applying a write) leaves no
+//! marker: the IdP's retry is not taken for a replay. The revocation runs in a task of its own,
+//! so an IdP that hangs up while it runs does not cut it short. Revocation is idempotent: two
+//! deliveries of one token at once both revoke, which ends nothing more. Revocation is by `sid`
 //! when present, else every session of `sub` from this issuer.
 
 use super::flow::Auth;
@@ -31,7 +35,10 @@ pub enum LogoutError {
 
 impl Auth {
     /// Validates `logout_token` and revokes the sessions it names; returns how many.
-    pub async fn backchannel_logout(&self, form: &[u8]) -> Result<usize, LogoutError> {
+    pub async fn backchannel_logout(
+        self: &std::sync::Arc<Self>,
+        form: &[u8],
+    ) -> Result<usize, LogoutError> {
         let token = form_urlencoded::parse(form)
             .find(|(k, _)| k == "logout_token")
             .map(|(_, v)| v.into_owned())
@@ -56,37 +63,46 @@ impl Auth {
         .map_err(LogoutError::Invalid)?;
 
         let marker = crate::store::keys::hashed("jti", &["jti", &settings.issuer, &jti]);
-        let ttl = Duration::from_secs((2 * MAX_AGE_SECS) as u64);
-        if !self
-            .sessions
-            .store()
-            .put_if_absent(&marker, b"1", ttl)
-            .await?
-        {
+        if self.sessions.store().get_fresh(&marker).await?.is_some() {
             return Err(LogoutError::Replayed);
         }
-        let iss = &settings.issuer;
-        let revoked = match (&sid, &sub) {
+        let auth = self.clone();
+        let (sid_, sub_) = (sid.clone(), sub.clone());
+        let n = tokio::spawn(async move { auth.revoke_for_logout(sid_, sub_, &marker).await })
+            .await
+            .unwrap_or_else(|e| {
+                Err(crate::store::StoreError::Unavailable(format!(
+                    "logout stopped: {e}"
+                )))
+            })?;
+        self.metrics.logout("backchannel");
+        self.metrics.sessions_revoked(n as u64);
+        tracing::info!(sid = sid.is_some(), sub = ?sub, revoked = n, "back-channel logout");
+        Ok(n)
+    }
+}
+
+impl Auth {
+    /// Revokes what a valid logout token names, then remembers its `jti` (`marker`).
+    async fn revoke_for_logout(
+        &self,
+        sid: Option<String>,
+        sub: Option<String>,
+        marker: &str,
+    ) -> Result<usize, crate::store::StoreError> {
+        let iss = &self.provider.settings.issuer;
+        let n = match (&sid, &sub) {
             (Some(sid), sub) => {
                 let by = SidLogout::Signed {
                     sub: sub.as_deref(),
                 };
-                self.sessions.revoke_sid(iss, sid, by).await
+                self.sessions.revoke_sid(iss, sid, by).await?
             }
-            (None, Some(sub)) => self.sessions.revoke_sub(iss, sub).await,
-            (None, None) => Ok(0),
+            (None, Some(sub)) => self.sessions.revoke_sub(iss, sub).await?,
+            (None, None) => 0,
         };
-        let n = match revoked {
-            Ok(n) => n,
-            Err(e) => {
-                // Let the IdP's retry through: forget this jti, revocation is idempotent.
-                let _ = self.sessions.store().delete(&marker).await;
-                return Err(e.into());
-            }
-        };
-        self.metrics.logout("backchannel");
-        self.metrics.sessions_revoked(n as u64);
-        tracing::info!(sid = sid.is_some(), sub = ?sub, revoked = n, "back-channel logout");
+        let ttl = Duration::from_secs((2 * MAX_AGE_SECS) as u64);
+        self.sessions.store().put(marker, b"1", ttl).await?;
         Ok(n)
     }
 }

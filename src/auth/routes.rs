@@ -27,7 +27,7 @@ impl Auth {
     /// Answers a route of [`Auth::is_route`]. The flows are boxed: rare, and their state would
     /// otherwise enlarge every request's future.
     pub async fn route(
-        &self,
+        self: &std::sync::Arc<Self>,
         parts: &Parts,
         body: Incoming,
         scheme: crate::tls::Scheme,
@@ -57,7 +57,7 @@ impl Auth {
     ///
     /// The form is read within `idp_timeout_secs` and 64 KiB: the caller is the IdP, whose
     /// answers get as long; a client that announces more, or sends slower, holds nothing.
-    async fn backchannel_route(&self, body: Incoming) -> Response<Body> {
+    async fn backchannel_route(self: &std::sync::Arc<Self>, body: Incoming) -> Response<Body> {
         use http_body::Body as _;
         use http_body_util::{BodyExt, Limited};
         const MAX_FORM: u64 = 64 * 1024;

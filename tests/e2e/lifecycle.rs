@@ -824,3 +824,32 @@ async fn an_absurd_expires_in_gives_a_working_session_and_no_refresh() {
         "no refresh for a token that is good for a year"
     );
 }
+
+/// A back-channel logout whose store writes time out (Redis holds them, `CLIENT PAUSE … WRITE`,
+/// longer than the sidecar's timeout, and applies them afterwards) answers 503 and leaves no
+/// `jti` marker behind: the IdP's retry of the same token revokes the session. Before, the
+/// marker was written first; applied after its caller gave up, it made the retry a "replay"
+/// and the session lived on.
+#[tokio::test]
+async fn a_logout_cut_short_by_the_store_is_not_taken_for_a_replay_when_retried() {
+    let m = mock_pair(&[("SSO_SIDECAR_REDIS_TIMEOUT_MS", "300")]).await;
+    let cookie = mock_login(&m, &m.a.sidecar, "alice", "sid-1").await;
+    let token = m.key.sign(&logout_claims(&m));
+    m.redis
+        .cli_async(&["CLIENT", "PAUSE", "1500", "WRITE"])
+        .await;
+    let r = post_logout(&m.a.sidecar, &token).await;
+    assert_eq!(r.status(), 503, "{}", String::from_utf8_lossy(r.body()));
+    // Wait out the pause: the writes Redis held are applied now.
+    let ping = m.redis.cli_async(&["SET", "probe", "1"]).await;
+    assert!(ping.contains("OK"), "{ping}");
+    let r = post_logout(&m.b.sidecar, &token).await;
+    assert_eq!(r.status(), 200, "{}", String::from_utf8_lossy(r.body()));
+    assert!(!alive(&m.a.sidecar, &cookie).await, "the retry revoked it");
+    let r = post_logout(&m.b.sidecar, &token).await;
+    assert_eq!(
+        r.status(),
+        400,
+        "a completed logout's replay is still refused"
+    );
+}
