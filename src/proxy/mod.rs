@@ -233,6 +233,7 @@ impl Upstream {
 
             let h = req.headers_mut();
             headers::remove_hop_by_hop(h);
+            headers::join_cookies(h);
             headers::set_forwarded(h, peer, host.clone());
             prepare(h);
             match (self.preserve_host, host) {

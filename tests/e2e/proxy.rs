@@ -497,3 +497,28 @@ async fn readiness_waits_for_the_upstreams_ready_path() {
         "an upstream answering 503 there is not ready"
     );
 }
+
+/// An HTTP/2 client may send each cookie as a field of its own (Go's transport does); they
+/// reach the HTTP/1.1 upstream as one `Cookie` line (RFC 9113 §8.2.3), where servers read only
+/// the first.
+#[tokio::test]
+async fn http2_cookie_fields_reach_the_upstream_as_one_line() {
+    let up = Upstream::start();
+    let sc = InProcess::start(&[("SSO_SIDECAR_UPSTREAM", &up.url())]).await;
+    let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<TestBody>();
+    let mut req = request("GET", &sc.url("/echo/cookies"), &[], body(""));
+    for c in ["a=1", "b=2", "c=3"] {
+        req.headers_mut()
+            .append("cookie", http::HeaderValue::from_static(c));
+    }
+    let r = h2.request(req).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let bytes = http_body_util::BodyExt::collect(r.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    let j: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(j["headers"]["cookie"], serde_json::json!(["a=1; b=2; c=3"]));
+}

@@ -101,6 +101,24 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Joins the request's `Cookie` fields into one, `; `-separated (RFC 9113 §8.2.3: an HTTP/2
+/// client may send each cookie as a field of its own, and they must be joined before the
+/// request goes on as HTTP/1.1, where servers read only the first `Cookie` line).
+pub fn join_cookies(headers: &mut HeaderMap) {
+    let mut fields = headers.get_all(header::COOKIE).iter();
+    if fields.next().is_none() || fields.next().is_none() {
+        return;
+    }
+    let joined: Vec<&[u8]> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect();
+    if let Ok(v) = HeaderValue::from_bytes(&joined.join(&b"; "[..])) {
+        headers.insert(header::COOKIE, v);
+    }
+}
+
 /// True for a valid WebSocket opening handshake (RFC 6455 §4.1): an HTTP/1.1 `GET` with
 /// `Connection: upgrade`, `Upgrade: websocket` and no other protocol, a `Sec-WebSocket-Key` of
 /// 16 bytes in base64 and a `Sec-WebSocket-Version`. It is the only upgrade the sidecar

@@ -368,3 +368,24 @@ fn the_client_address_is_read_from_the_right_and_only_from_trusted_hops() {
     // An untrusted peer's header is not read at all.
     assert_eq!(ip(&xff("198.51.100.9"), peer(false)), "203.0.113.7");
 }
+
+#[test]
+fn cookie_fields_are_joined_into_one() {
+    let mut h = HeaderMap::new();
+    join_cookies(&mut h);
+    assert!(h.get(header::COOKIE).is_none());
+    h.insert(header::COOKIE, HeaderValue::from_static("a=1; b=2"));
+    join_cookies(&mut h);
+    assert_eq!(h[header::COOKIE], "a=1; b=2");
+    h.append(header::COOKIE, HeaderValue::from_static("c=3"));
+    h.append(
+        header::COOKIE,
+        HeaderValue::from_bytes("d=é".as_bytes()).unwrap(),
+    );
+    join_cookies(&mut h);
+    assert_eq!(h.get_all(header::COOKIE).iter().count(), 1);
+    assert_eq!(
+        h[header::COOKIE].as_bytes(),
+        "a=1; b=2; c=3; d=é".as_bytes()
+    );
+}
