@@ -21,7 +21,7 @@ use crate::ratelimit::{Kind, RateLimiter};
 use crate::server::ConnInfo;
 use crate::session::LiveStreams;
 use crate::telemetry;
-use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::Either;
 use hyper::body::Incoming;
 use std::sync::Arc;
@@ -309,7 +309,14 @@ fn own_refusal(result: &Result<Outcome, Error>) -> bool {
 /// with several `Host` headers or, in HTTP/1.1, none (RFC 9112 §3.2: which one a backend
 /// believes is anyone's guess).
 fn refused_early(req: &Request<Incoming>) -> Option<Error> {
-    if req.method() == Method::CONNECT {
+    // Any case: `trace` is an extension method to hyper, `TRACE` to a backend that upper-cases
+    // it. A backend that echoes a `TRACE` would hand the client the credentials the sidecar
+    // adds (an OpenRag user's own token); nginx refuses it likewise.
+    let method = req.method().as_str();
+    if ["CONNECT", "TRACE", "TRACK"]
+        .iter()
+        .any(|m| method.eq_ignore_ascii_case(m))
+    {
         return Some(Error::MethodNotAllowed);
     }
     if !req.uri().path().starts_with('/') {

@@ -556,6 +556,13 @@ async fn connect_and_host_games_are_refused() {
         )
         .await;
         assert_eq!(status_of(&r), "405", "{r}");
+        // TRACE would echo the credentials the sidecar adds; refused in any case, like CONNECT.
+        for method in ["TRACE", "trace", "TRACK", "connect"] {
+            let raw =
+                format!("{method} /echo/x HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n");
+            let r = exchange(sc.addr, raw.as_bytes()).await;
+            assert_eq!(status_of(&r), "405", "{method}: {r}");
+        }
         // Targets without a path: no path rule sees them, so none may reach the upstream's `/`.
         for raw in [
             &b"POST app HTTP/1.1\r\nHost: app\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}"

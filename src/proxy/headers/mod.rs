@@ -80,7 +80,10 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     for value in headers.get_all(header::CONNECTION) {
         for token in value.as_bytes().split(|&b| b == b',') {
             let token = token.trim_ascii();
+            // `X-Request-Id` is the sidecar's own (set on every request before it is
+            // forwarded): a client naming it in `Connection` must not drop it for the upstream.
             if token.is_empty()
+                || token.eq_ignore_ascii_case(b"x-request-id")
                 || token.eq_ignore_ascii_case(b"keep-alive")
                 || token.eq_ignore_ascii_case(b"close")
                 || token.eq_ignore_ascii_case(b"upgrade")

@@ -38,10 +38,16 @@ fn hop_by_hop_and_connection_named_headers_are_removed() {
         ("x-other", "2"),
         ("x-kept", "3"),
         ("authorization", "Bearer keep-me"),
+        ("connection", "X-Request-Id"),
+        ("x-request-id", "the sidecar's own"),
     ]);
     remove_hop_by_hop(&mut h);
     let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
-    assert_eq!(left, vec!["x-kept", "authorization"]);
+    assert_eq!(
+        left,
+        vec!["x-kept", "authorization", "x-request-id"],
+        "a client cannot name the request id away"
+    );
 }
 
 #[test]
