@@ -17,7 +17,8 @@ use http::{header, request::Parts, Response, StatusCode};
 use serde_json::Value;
 
 impl Auth {
-    /// `GET /auth/callback?code=…&state=…`: every outcome deletes the state cookie.
+    /// `GET /auth/callback?code=…&state=…`: every outcome spends the login state it names;
+    /// the state cookie keeps the other logins in flight in this browser, or goes.
     pub async fn callback(
         &self,
         parts: &Parts,
@@ -31,8 +32,15 @@ impl Auth {
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default();
         let id = [("Request id", request_id)];
-        let mut remaining = Vec::new();
-        let mut resp = match self.callback_inner(parts, secure).await {
+        let outcome = self.callback_inner(parts, secure).await;
+        // Other tabs' logins still in flight, whatever became of this one: a failed callback
+        // (Back, Reload, a spent URL, or a link from any site, which `SameSite=Lax` lets carry
+        // the cookie) must not end them. Only the state this callback named is spent.
+        let mut remaining = match outcome {
+            Ok(_) => Vec::new(),
+            Err(_) => self.others_in_flight(parts),
+        };
+        let mut resp = match outcome {
             Ok((r, rest)) => {
                 remaining = rest;
                 r
@@ -68,6 +76,19 @@ impl Auth {
         };
         resp.headers_mut().append(header::SET_COOKIE, state_cookie);
         resp
+    }
+
+    /// The logins in flight in this browser other than the one this callback names.
+    fn others_in_flight(&self, parts: &Parts) -> Vec<LoginState> {
+        let Some(sealed) = self.cookies.get(&parts.headers, &self.cookies.state) else {
+            return Vec::new();
+        };
+        let mut in_flight =
+            login_state::open(self.sessions.keys(), &sealed, now_unix(), self.login_ttl());
+        if let Some(state) = query(parts).get("state") {
+            login_state::take(&mut in_flight, state);
+        }
+        in_flight
     }
 
     async fn callback_inner(

@@ -26,6 +26,18 @@ async fn two_logins_in_flight_in_one_browser_both_complete() {
     let cb1 = idp_login(&location(&start1), "alice").await;
     let cb2 = idp_login(&location(&start2), "alice").await;
 
+    // A failed callback meanwhile (a link from any site, or Back to a spent URL) ends neither
+    // tab's login: the cookie it leaves still holds both.
+    let failed = get(
+        &sc.url("/auth/callback?code=forged&state=forged"),
+        &[("cookie", &format!("sso_sidecar_session_state={c2}"))],
+    )
+    .await
+    .unwrap();
+    assert_eq!(failed.status(), 400);
+    let c2 = state_of(&failed);
+    assert!(!c2.is_empty(), "both logins are still in flight");
+
     // The first tab finishes first, with the cookie the second tab left.
     let r1 = get(
         &cb1,
