@@ -41,8 +41,10 @@ pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// Client-supplied forwarding headers that only a trusted proxy may set: what frameworks
 /// behind a proxy believe about the client's address, scheme, host, path prefix or original
 /// URL (Spring and ASP.NET build links and redirects from `X-Forwarded-Prefix`; IIS routes by
-/// `X-Original-URL`, so it would dodge every path decision made here).
-const FORWARDING: [&str; 17] = [
+/// `X-Original-URL`, so it would dodge every path decision made here; gunicorn takes
+/// `X-Forwarded-Protocol` for the scheme, Rails `Client-IP` for the address, CDNs'
+/// `True-Client-IP` is read by many).
+const FORWARDING: [&str; 23] = [
     "x-forwarded-for",
     "x-forwarded-proto",
     "x-forwarded-host",
@@ -60,6 +62,12 @@ const FORWARDING: [&str; 17] = [
     "front-end-https",
     "x-real-ip",
     "forwarded",
+    "x-forwarded-protocol",
+    "x-url-scheme",
+    "true-client-ip",
+    "x-client-ip",
+    "client-ip",
+    "x-cluster-client-ip",
 ];
 
 /// The forwarding headers that name another URL to serve than the request's (the path decided

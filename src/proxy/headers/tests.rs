@@ -150,6 +150,12 @@ fn untrusted_forwarding_headers_are_replaced_in_every_spelling() {
         ("x-forwarded-ssl", "on"),
         ("front-end-https", "on"),
         ("x-forwarded-client-cert", "Hash=1;Subject=\"CN=admin\""),
+        ("x-forwarded-protocol", "https"),
+        ("x-url-scheme", "https"),
+        ("true-client-ip", "9.9.9.9"),
+        ("x-client-ip", "9.9.9.9"),
+        ("client-ip", "9.9.9.9"),
+        ("x_cluster_client_ip", "9.9.9.9"),
     ]);
     set_forwarded(
         &mut h,
