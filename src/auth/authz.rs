@@ -85,12 +85,13 @@ pub fn reaches(a: &Authz, parts: &http::request::Parts, groups: &[String]) -> bo
         return true;
     }
     let methods = taken_as(parts);
-    path_readings(parts.uri.path())
-        .iter()
-        .all(|(path, folded)| reaches_as(a, &methods, path, *folded, groups))
+    path_readings(parts.uri.path()).iter().all(|path| {
+        reaches_as(a, &methods, path, false, groups) && reaches_as(a, &methods, path, true, groups)
+    })
 }
 
-fn reaches_as(a: &Authz, methods: &[String], path: &str, folded: bool, groups: &[String]) -> bool {
+/// [`reaches`] for one reading of the path, compared as sent or ignoring ASCII case.
+fn reaches_as(a: &Authz, methods: &[String], path: &str, fold: bool, groups: &[String]) -> bool {
     let covers = |ruled: &[http::Method]| {
         ruled.is_empty()
             || methods.iter().any(|m| {
@@ -99,12 +100,11 @@ fn reaches_as(a: &Authz, methods: &[String], path: &str, folded: bool, groups: &
             })
     };
     for rule in &a.rules {
-        let rule_path = if folded {
-            std::borrow::Cow::Owned(rule.path.to_ascii_lowercase())
+        let path_matches = if fold {
+            super::gate::path_matches_ignoring_case(&rule.path, path)
         } else {
-            std::borrow::Cow::Borrowed(&rule.path)
+            super::gate::path_matches(std::slice::from_ref(&rule.path), path)
         };
-        let path_matches = super::gate::path_matches(std::slice::from_ref(&*rule_path), path);
         if path_matches && covers(&rule.methods) {
             return groups.iter().any(|g| rule.groups.contains(g));
         }
@@ -141,24 +141,20 @@ fn taken_as(parts: &http::request::Parts) -> Vec<String> {
     methods
 }
 
-/// The paths a backend may take `path` as, each with whether it was lower-cased (then rules
-/// are compared lower-cased too).
-fn path_readings(path: &str) -> Vec<(String, bool)> {
-    let mut out: Vec<(String, bool)> = vec![(path.to_owned(), false)];
+/// The paths a backend may take `path` as (case aside, which [`reaches_as`] folds): as sent,
+/// without `;` parameters, and each without one trailing slash.
+fn path_readings(path: &str) -> Vec<std::borrow::Cow<'_, str>> {
+    use std::borrow::Cow;
+    let mut out = vec![Cow::Borrowed(path)];
     if path.contains(';') {
-        out.push((without_parameters(path), false));
+        out.push(Cow::Owned(without_parameters(path)));
     }
     for i in 0..out.len() {
-        let p = &out[i].0;
-        if let Some(trimmed) = p.strip_suffix('/').filter(|t| !t.is_empty()) {
-            out.push((trimmed.to_owned(), false));
+        if let Some(trimmed) = out[i].strip_suffix('/').filter(|t| !t.is_empty()) {
+            let trimmed = Cow::Owned(trimmed.to_owned());
+            out.push(trimmed);
         }
     }
-    let folded: Vec<(String, bool)> = out
-        .iter()
-        .map(|(p, _)| (p.to_ascii_lowercase(), true))
-        .collect();
-    out.extend(folded);
     out
 }
 

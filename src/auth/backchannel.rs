@@ -67,8 +67,8 @@ impl Auth {
             return Err(LogoutError::Replayed);
         }
         let auth = self.clone();
-        let (sid_, sub_) = (sid.clone(), sub.clone());
-        let n = tokio::spawn(async move { auth.revoke_for_logout(sid_, sub_, &marker).await })
+        let named = (sid.is_some(), sub.clone());
+        let n = tokio::spawn(async move { auth.revoke_for_logout(sid, sub, &marker).await })
             .await
             .unwrap_or_else(|e| {
                 Err(crate::store::StoreError::Unavailable(format!(
@@ -77,7 +77,8 @@ impl Auth {
             })?;
         self.metrics.logout("backchannel");
         self.metrics.sessions_revoked(n as u64);
-        tracing::info!(sid = sid.is_some(), sub = ?sub, revoked = n, "back-channel logout");
+        let (sid, sub) = named;
+        tracing::info!(sid, sub = ?sub, revoked = n, "back-channel logout");
         Ok(n)
     }
 }

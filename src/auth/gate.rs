@@ -123,6 +123,18 @@ pub fn path_matches(list: &[String], path: &str) -> bool {
     })
 }
 
+/// [`path_matches`] for one entry, ignoring ASCII case: how a case-insensitive backend
+/// (Express, ASP.NET) matches its routes.
+pub fn path_matches_ignoring_case(entry: &str, path: &str) -> bool {
+    match entry.strip_suffix('*') {
+        Some(prefix) => path
+            .as_bytes()
+            .get(..prefix.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(prefix.as_bytes())),
+        None => path.eq_ignore_ascii_case(entry),
+    }
+}
+
 /// A non-empty `token` query parameter where one is a credential ([`PathSettings::token_query`]).
 fn has_token_query(parts: &Parts, paths: &PathSettings) -> bool {
     path_matches(&paths.token_query.0, parts.uri.path())
