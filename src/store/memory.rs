@@ -11,7 +11,7 @@ mod copies;
 
 use bytes::Bytes;
 use copies::{Copies, Shared};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 // tokio's clock: paused-time tests drive the TTLs; in production it is the monotonic clock.
@@ -20,7 +20,8 @@ use tokio::time::Instant;
 enum Value {
     /// Shared bytes: a read hands out a reference-counted handle (or the worker's copy).
     Bytes(Shared),
-    Set(HashSet<String>),
+    /// An index: each member with the instant it expires ([`MemoryStore::index_add`]).
+    Index(HashMap<String, Instant>),
     /// A fixed-window counter ([`MemoryStore::count`]).
     Count(u64),
 }
@@ -227,24 +228,28 @@ impl MemoryStore {
         (n, expires.saturating_duration_since(now))
     }
 
+    /// Adds `member` to `index` for `ttl`, dropping the members whose time is over (an index
+    /// holds the sessions that may still live, however many logins keep it alive); the index
+    /// lives at least `ttl`.
     pub fn index_add(&self, index: &str, member: &str, ttl: Duration) {
         let now = Instant::now();
         let mut map = self.lock(index);
         let expires = deadline(now, ttl);
         match Self::live(&mut map, index, now) {
             Some(Entry {
-                value: Value::Set(set),
+                value: Value::Index(members),
                 expires: e,
             }) => {
-                set.insert(member.to_owned());
+                members.retain(|_, until| *until > now);
+                members.insert(member.to_owned(), expires);
                 *e = (*e).max(expires);
             }
             _ => {
-                let set = HashSet::from([member.to_owned()]);
+                let members = HashMap::from([(member.to_owned(), expires)]);
                 map.insert(
                     index.to_owned(),
                     Entry {
-                        value: Value::Set(set),
+                        value: Value::Index(members),
                         expires,
                     },
                 );
@@ -255,7 +260,7 @@ impl MemoryStore {
     pub fn index_members(&self, index: &str) -> Vec<String> {
         let mut map = self.lock(index);
         match Self::live(&mut map, index, Instant::now()).map(|e| &e.value) {
-            Some(Value::Set(s)) => s.iter().cloned().collect(),
+            Some(Value::Index(m)) => m.keys().cloned().collect(),
             _ => Vec::new(),
         }
     }
@@ -263,12 +268,12 @@ impl MemoryStore {
     pub fn index_remove(&self, index: &str, member: &str) {
         let mut map = self.lock(index);
         if let Some(Entry {
-            value: Value::Set(s),
+            value: Value::Index(m),
             ..
         }) = Self::live(&mut map, index, Instant::now())
         {
-            s.remove(member);
-            if s.is_empty() {
+            m.remove(member);
+            if m.is_empty() {
                 map.remove(index);
             }
         }

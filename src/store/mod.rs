@@ -1,5 +1,5 @@
-//! The session store: opaque bytes with a TTL, plus small string sets used as secondary
-//! indexes (sessions by `sid`, by `sub`) and a set-if-absent used for one-time markers.
+//! The session store: opaque bytes with a TTL, plus small string sets whose members expire,
+//! used as secondary indexes (sessions by `sid`, by `sub`) and a set-if-absent used for one-time markers.
 //!
 //! Knows nothing of HTTP, cookies or OIDC, and never sees plaintext: callers hand it keys that
 //! are already hashes and values that are already Fernet ciphertext. Two backends, one
@@ -153,7 +153,11 @@ impl Store {
         }
     }
 
-    /// Adds `member` to the set `index`, keeping the set alive at least `ttl`.
+    /// Adds `member` to the index `index` for `ttl`, keeping the index alive at least `ttl`.
+    /// Each addition drops the members whose own `ttl` is over, so an index that logins keep
+    /// alive does not grow with every login; until then a read may still list them (callers
+    /// find their sessions gone). `index` is a key from [`keys::hashed`]: Redis keeps an index
+    /// in keys that share its hash tag.
     pub async fn index_add(
         &self,
         index: &str,

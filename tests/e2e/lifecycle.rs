@@ -266,14 +266,14 @@ pub(crate) async fn mock_login(m: &MockPair, sc: &Sidecar, sub: &str, sid: &str)
     m.idp.login(&m.key, sc, sub, sid).await
 }
 
-fn logout_claims(m: &MockPair) -> serde_json::Value {
+pub(crate) fn logout_claims(m: &MockPair) -> serde_json::Value {
     let now = sso_sidecar::auth::oidc::now_unix();
     json!({"iss": m.idp.issuer(), "aud": CLIENT_ID, "iat": now, "exp": now + 120,
            "jti": sso_sidecar::crypto::random_token(16), "sid": "sid-1", "sub": "alice",
            "events": {"http://schemas.openid.net/event/backchannel-logout": {}}})
 }
 
-async fn post_logout(sc: &Sidecar, token: &str) -> http::Response<bytes::Bytes> {
+pub(crate) async fn post_logout(sc: &Sidecar, token: &str) -> http::Response<bytes::Bytes> {
     let form = format!("logout_token={}", urlencode(token));
     send(request(
         "POST",

@@ -24,6 +24,7 @@ mod proxy;
 mod redis_ha;
 mod reload;
 mod session_attacks;
+mod session_indexes;
 mod shutdown;
 mod streaming;
 mod support;

@@ -184,16 +184,20 @@ impl Redis {
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
-    /// Every key with its raw value (strings) or members (sets).
+    /// Every key with its raw value (strings) or members (sets, sorted sets with their scores).
     pub fn dump(&self) -> String {
         let mut all = String::new();
         for key in self.cli(&["--raw", "KEYS", "*"]).lines() {
             let t = self.cli(&["TYPE", key]);
-            let v = if t.contains("set") {
+            let v = if t.contains("zset") {
+                self.cli(&["--raw", "ZRANGE", key, "0", "-1", "WITHSCORES"])
+            } else if t.contains("set") {
                 self.cli(&["--raw", "SMEMBERS", key])
             } else {
                 self.cli(&["--raw", "GET", key])
             };
+            // One line per key, whatever the number of members.
+            let v = v.lines().collect::<Vec<_>>().join(" ");
             all.push_str(&format!("{key} => {v}\n"));
         }
         all

@@ -1,7 +1,15 @@
 //! The store operations Redis runs as Lua scripts (compare-and-delete, compare-and-set, the
-//! fixed-window counter, the session index with its TTL) and the index's plain commands. A
-//! script runs atomically, so two replicas never see half an operation (a counter without its
-//! expiry, a session replaced after another replica's write).
+//! fixed-window counter, the session indexes). A script runs atomically, so two replicas never
+//! see half an operation (a counter without its expiry, a session replaced after another
+//! replica's write).
+//!
+//! An index is a sorted set of members scored by the time each one expires (Redis's own
+//! clock, so replicas' clocks never disagree about it), at `by-expiry:<index>`: each addition
+//! drops the members whose time is over, so an index holds the sessions that may still live,
+//! however many logins a user makes while it stays alive. Before that an index was a plain set
+//! at `<index>` that only grew until its TTL; reads and removals still consult it, so that the
+//! sessions written by older replicas are found during an upgrade and until they expire. Both
+//! keys carry the index's hash tag: one Cluster slot, one script.
 
 use super::{millis, RedisStore, StoreError};
 use std::time::Duration;
@@ -9,6 +17,8 @@ use std::time::Duration;
 /// The scripts, run by hash (`EVALSHA`; the crate loads one Redis does not know yet).
 pub(super) struct Scripts {
     index_add: redis::Script,
+    index_members: redis::Script,
+    index_remove: redis::Script,
     delete_if: redis::Script,
     replace_if: redis::Script,
     count: redis::Script,
@@ -18,6 +28,8 @@ impl Scripts {
     pub(super) fn new() -> Self {
         Scripts {
             index_add: redis::Script::new(INDEX_ADD),
+            index_members: redis::Script::new(INDEX_MEMBERS),
+            index_remove: redis::Script::new(INDEX_REMOVE),
             delete_if: redis::Script::new(DELETE_IF),
             replace_if: redis::Script::new(REPLACE_IF),
             count: redis::Script::new(COUNT),
@@ -25,11 +37,30 @@ impl Scripts {
     }
 }
 
-/// Adds `member` to a set and raises the set's TTL to at least `ttl_ms` (never lowers it).
+/// Adds ARGV[1] to the index KEYS[1], to expire in ARGV[2] ms, after dropping the members
+/// whose time is over; raises the index's TTL to at least ARGV[2] ms (never lowers it).
+/// `replicate_commands`: Redis 6 replicates a script that reads the clock by its effects only
+/// when asked (Redis 7 always does). Scores are written as integers, never in `%.14g`.
 const INDEX_ADD: &str = r"
-redis.call('SADD', KEYS[1], ARGV[1])
+if redis.replicate_commands then redis.replicate_commands() end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%.0f', now))
+redis.call('ZADD', KEYS[1], string.format('%.0f', now + tonumber(ARGV[2])), ARGV[1])
 local ttl = redis.call('PTTL', KEYS[1])
 if ttl < tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 1";
+
+/// The members of the index KEYS[1] and of its older plain set KEYS[2].
+const INDEX_MEMBERS: &str = r"
+local m = redis.call('ZRANGE', KEYS[1], 0, -1)
+for _, x in ipairs(redis.call('SMEMBERS', KEYS[2])) do m[#m + 1] = x end
+return m";
+
+/// Removes ARGV[1] from the index KEYS[1] and from its older plain set KEYS[2].
+const INDEX_REMOVE: &str = r"
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('SREM', KEYS[2], ARGV[1])
 return 1";
 
 /// Deletes KEYS[1] only if it still holds ARGV[1] (a lock released by its owner only).
@@ -119,28 +150,39 @@ impl RedisStore {
         Ok((n, Duration::from_millis(ms)))
     }
 
-    /// Adds `member` to the set `index`, whose TTL is raised to at least `ttl`.
+    /// Adds `member` to `index` for `ttl`, dropping the members whose time is over; the
+    /// index lives at least `ttl`.
     pub async fn index_add(
         &self,
         index: &str,
         member: &str,
         ttl: Duration,
     ) -> Result<(), StoreError> {
-        let key = self.key(index);
+        let key = self.key(&by_expiry(index));
         let mut inv = self.scripts.index_add.key(&key);
         let _: i64 = self.invoke(inv.arg(member).arg(millis(ttl))).await?;
         Ok(())
     }
 
     pub async fn index_members(&self, index: &str) -> Result<Vec<String>, StoreError> {
-        self.query(redis::cmd("SMEMBERS").arg(self.key(index)))
-            .await
+        let (key, older) = (self.key(&by_expiry(index)), self.key(index));
+        let mut inv = self.scripts.index_members.key(&key);
+        self.invoke(inv.key(&older)).await
     }
 
     pub async fn index_remove(&self, index: &str, member: &str) -> Result<(), StoreError> {
-        let _: i64 = self
-            .query(redis::cmd("SREM").arg(self.key(index)).arg(member))
-            .await?;
+        let (key, older) = (self.key(&by_expiry(index)), self.key(index));
+        let mut inv = self.scripts.index_remove.key(&key);
+        let _: i64 = self.invoke(inv.key(&older).arg(member)).await?;
         Ok(())
     }
+}
+
+/// The sorted set that holds `index` (see the module's doc): `by-expiry:<index>`, so that it
+/// keeps the index's shape (and hash tag) after a prefix of its own.
+fn by_expiry(index: &str) -> String {
+    let mut key = String::with_capacity(index.len() + 10);
+    key.push_str("by-expiry:");
+    key.push_str(index);
+    key
 }
