@@ -76,7 +76,9 @@ pub fn admits(a: &Authz, claims: &Map<String, Value>) -> Result<(), Refusal> {
 ///   for `GET` also covers `HEAD`, which servers answer with the `GET` handler;
 /// - its path as sent, without `;` parameters (Tomcat and Spring drop them: `/admin;x/users`
 ///   is `/admin/users` there), in lower case (Express and ASP.NET route case-insensitively),
-///   and without one trailing slash (Express's default routing serves `/a/` as `/a`).
+///   without one trailing slash (Express's default routing serves `/a/` as `/a`), and decoded
+///   once more (`%25` read as `%`: a backend or framework that decodes twice takes
+///   `/%2561dmin` for `/admin`).
 ///
 /// A method named in a form body (`_method` in Rails and Laravel forms) is not seen: a rule
 /// on such a method should list `POST` too.
@@ -146,8 +148,14 @@ fn taken_as(parts: &http::request::Parts) -> Vec<String> {
 fn path_readings(path: &str) -> Vec<std::borrow::Cow<'_, str>> {
     use std::borrow::Cow;
     let mut out = vec![Cow::Borrowed(path)];
-    if path.contains(';') {
-        out.push(Cow::Owned(without_parameters(path)));
+    if path.contains("%25") {
+        out.push(Cow::Owned(decoded_again(path)));
+    }
+    for i in 0..out.len() {
+        if out[i].contains(';') {
+            let plain = Cow::Owned(without_parameters(&out[i]));
+            out.push(plain);
+        }
     }
     for i in 0..out.len() {
         if let Some(trimmed) = out[i].strip_suffix('/').filter(|t| !t.is_empty()) {
@@ -156,6 +164,18 @@ fn path_readings(path: &str) -> Vec<std::borrow::Cow<'_, str>> {
         }
     }
     out
+}
+
+/// `path` as a backend that decodes it more than once reads it: each `%25` taken for the `%`
+/// it encodes (until none is left), then put in canonical form as the sidecar put the request
+/// (`/%2561dmin` is `/admin` to it).
+fn decoded_again(path: &str) -> String {
+    let mut p = path.to_owned();
+    // Each pass shortens the path, so this ends.
+    while p.contains("%25") {
+        p = p.replace("%25", "%");
+    }
+    super::canonical::canonical_path(&p).unwrap_or(p)
 }
 
 /// `path` with every segment's `;` parameters removed.
@@ -223,6 +243,10 @@ mod tests {
             parts("GET", "/admin/users/", &[]),
             parts("GET", "/Admin/users/", &[]),
             parts("GET", "/admin;x/users/", &[]),
+            parts("GET", "/%2561dmin/users", &[]),
+            parts("GET", "/admin/%252575sers", &[]),
+            parts("GET", "/%2541dmin;x/users/", &[]),
+            parts("DELETE", "/%2576%2531/docs/1", &[]),
         ];
         for p in &refused {
             assert!(

@@ -356,11 +356,12 @@ async fn path_rules_refuse_before_the_upstream_and_reload_on_sighup() {
     let r = call("POST", "/v1/chat", false).await;
     assert_eq!(r.status(), 403, "POST is ruled");
     // As a backend may read them: the method in lower case, a method named in a header, the
-    // path in another case or with a trailing slash.
+    // path in another case, with a trailing slash, or decoded twice.
     for (method, path) in [
         ("delete", "/v1/chat"),
         ("GET", "/ADMIN/users"),
         ("GET", "/admin/users/"),
+        ("GET", "/%2561dmin/users"),
     ] {
         assert_eq!(
             call(method, path, false).await.status(),
