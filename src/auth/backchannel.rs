@@ -99,7 +99,7 @@ impl Auth {
                 };
                 self.sessions.revoke_sid(iss, sid, by).await?
             }
-            (None, Some(sub)) => self.sessions.revoke_sub(iss, sub).await?,
+            (None, Some(sub)) => self.sessions.revoke_sub(iss, sub, Some(now_unix())).await?,
             (None, None) => 0,
         };
         let ttl = Duration::from_secs((2 * MAX_AGE_SECS) as u64);

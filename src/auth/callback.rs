@@ -268,7 +268,7 @@ impl Auth {
         super::profile::apply(&mut session, &profile, &settings.authz.groups_claim);
         let created = self
             .sessions
-            .create(&session, now)
+            .create(&session, now, st.created)
             .await
             .map_err(|e| CallbackError::Other(e.into()))?;
         let Some(id) = created else {

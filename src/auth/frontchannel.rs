@@ -42,7 +42,7 @@ impl Auth {
                 .await?;
             if revoked == 0 && self.settings().frontchannel_logout_by_sub {
                 // No session carries that sid: the IdP put its user id there.
-                revoked += self.sessions.revoke_sub(issuer, sid).await?;
+                revoked += self.sessions.revoke_sub(issuer, sid, None).await?;
             }
         }
         let framed = parts

@@ -244,7 +244,11 @@ mod tests {
             let keys = Arc::new(KeyRing::parse(&crate::crypto::generate_key()).unwrap());
             let sessions = Sessions::new(Arc::new(Store::Memory(MemoryStore::new())), keys, 1);
             let s = Session::for_tests("alice", 1_000_000, 600);
-            let id = sessions.create(&s, 1_000_000).await.unwrap().unwrap();
+            let id = sessions
+                .create(&s, 1_000_000, 1_000_000)
+                .await
+                .unwrap()
+                .unwrap();
             (sessions, CookieJar::new("sid", false), id)
         }
 

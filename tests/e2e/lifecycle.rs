@@ -534,6 +534,37 @@ async fn a_login_racing_the_logout_of_its_idp_session_gets_no_session() {
     );
 }
 
+/// The same race with a logout token that names only the user (every session of that user
+/// ends): before, the login completing meanwhile kept its session. A login begun after the
+/// logout (the user signing in again) works.
+#[tokio::test]
+async fn a_login_racing_a_logout_of_its_user_gets_no_session() {
+    let m = mock_pair(&[]).await;
+    let callback = m
+        .idp
+        .login_until_callback(&m.key, &m.a.sidecar, "alice", "sid-r", "")
+        .await;
+    let mut c = logout_claims(&m);
+    c.as_object_mut().unwrap().remove("sid");
+    assert_eq!(
+        post_logout(&m.b.sidecar, &m.key.sign(&c)).await.status(),
+        200
+    );
+    let logged_out = sso_sidecar::clock::now_unix();
+    let cb = callback.await;
+    let page = String::from_utf8_lossy(cb.body()).to_string();
+    assert_eq!(cb.status(), 401, "{page}");
+    assert!(page.contains("ended while you were signing in"), "{page}");
+    let bobs = mock_login(&m, &m.a.sidecar, "bob", "sid-b").await;
+    assert!(alive(&m.b.sidecar, &bobs).await, "another user");
+    // Times are whole seconds: a login begun in the second of the logout counts as before it.
+    while sso_sidecar::clock::now_unix() <= logged_out {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let later = mock_login(&m, &m.a.sidecar, "alice", "sid-s").await;
+    assert!(alive(&m.b.sidecar, &later).await);
+}
+
 #[tokio::test]
 async fn rp_logout_redirects_to_the_idp_and_the_old_cookie_dies() {
     let m = mock_pair(&[(

@@ -22,23 +22,44 @@ impl Sessions {
         crate::store::keys::hashed("sid-ended", &["sid-ended", iss, sid])
     }
 
-    /// Whether `session`'s IdP session was ended by a logout that `create` may have missed.
+    /// The record that every session of a user was ended by a logout, holding when.
+    fn ended_sub(iss: &str, sub: &str) -> String {
+        crate::store::keys::hashed("sub-ended", &["sub-ended", iss, sub])
+    }
+
+    /// Whether `session`'s IdP session, or every session of its user, was ended by a logout
+    /// that `create` may have missed; `begun`: when its login began.
     ///
     /// A login completes in steps: the IdP issues a code for its session `sid`, the callback
-    /// exchanges it, stores the session, then adds it to the `sid` index. A logout for that
-    /// `sid` handled in between reads an index without the new session and leaves it alive.
-    /// So a logout first records the `sid` as ended, then reads the index; a login first adds
-    /// to the index, then reads the record. Whichever order the two interleave in, either the
-    /// logout finds the session or the login finds the record.
-    pub(super) async fn ended_meanwhile(&self, session: &Session) -> Result<bool, StoreError> {
-        let Some(sid) = &session.sid else {
-            return Ok(false);
-        };
+    /// exchanges it, stores the session, then adds it to the `sid` and `sub` indexes. A logout
+    /// handled in between reads an index without the new session and leaves it alive. So a
+    /// logout first records the `sid` (or the `sub`) as ended, then reads the index; a login
+    /// first adds to the indexes, then reads the records. Whichever order the two interleave
+    /// in, either the logout finds the session or the login finds the record. A user's record
+    /// ends only the logins begun by the time of the logout (in whole seconds, on the replicas'
+    /// clocks): the user may sign in again at once, into a new IdP session.
+    pub(super) async fn ended_meanwhile(
+        &self,
+        session: &Session,
+        begun: i64,
+    ) -> Result<bool, StoreError> {
+        if let Some(sid) = &session.sid {
+            let record = self
+                .store
+                .get_fresh(&Self::ended_sid(&session.iss, sid))
+                .await?;
+            if record.is_some() {
+                return Ok(true);
+            }
+        }
         let record = self
             .store
-            .get_fresh(&Self::ended_sid(&session.iss, sid))
+            .get_fresh(&Self::ended_sub(&session.iss, &session.sub))
             .await?;
-        Ok(record.is_some())
+        let ended_at = record
+            .and_then(|r| std::str::from_utf8(&r).ok()?.parse::<i64>().ok())
+            .unwrap_or(i64::MIN);
+        Ok(begun <= ended_at)
     }
 
     /// Removes every session of an IdP session (`sid`); returns how many existed. A signed
@@ -78,9 +99,28 @@ impl Sessions {
         recorded.map(|()| revoked)
     }
 
-    /// Removes every session of a user (`sub`) from an issuer; returns how many existed.
-    pub async fn revoke_sub(&self, iss: &str, sub: &str) -> Result<usize, StoreError> {
-        self.revoke_index(&Self::sub_index(iss, sub)).await
+    /// Removes every session of a user (`sub`) from an issuer; returns how many existed. A
+    /// signed logout (`ended_at`: its time) also records the user's sessions as ended then, for
+    /// the logins begun by then that are completing meanwhile (`ended_meanwhile`); as with a
+    /// `sid`, a record that cannot be written stops nothing but is reported after the
+    /// revocation.
+    pub async fn revoke_sub(
+        &self,
+        iss: &str,
+        sub: &str,
+        ended_at: Option<i64>,
+    ) -> Result<usize, StoreError> {
+        let recorded = match ended_at {
+            Some(t) => {
+                let record = Self::ended_sub(iss, sub);
+                self.store
+                    .put(&record, t.to_string().as_bytes(), self.login_window)
+                    .await
+            }
+            None => Ok(()),
+        };
+        let revoked = self.revoke_index(&Self::sub_index(iss, sub)).await?;
+        recorded.map(|()| revoked)
     }
 
     async fn revoke_index(&self, index: &str) -> Result<usize, StoreError> {
