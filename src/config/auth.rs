@@ -326,6 +326,25 @@ impl Settings {
                 return None;
             }
         }
+        // A setting for another topology is a mistake, never ignored: Redis nodes without
+        // their mode would leave every replica with sessions of its own, in memory.
+        match (self.redis_mode.trim(), url, nodes.is_empty()) {
+            ("single", _, false) => {
+                problems.push(
+                    "redis_nodes is set but redis_mode is \"single\": set redis_mode to \"sentinel\" or \"cluster\" (or use redis_url for one server)"
+                        .to_string(),
+                );
+                return None;
+            }
+            ("sentinel" | "cluster", Some(_), _) => {
+                problems.push(format!(
+                    "redis_url is set with redis_mode = \"{}\", which reads redis_nodes: remove one",
+                    self.redis_mode.trim()
+                ));
+                return None;
+            }
+            _ => {}
+        }
         let topology = match self.redis_mode.trim() {
             "single" => match url {
                 None => return Some(None),

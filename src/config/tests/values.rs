@@ -39,6 +39,45 @@ fn secrets_never_appear_in_debug_output() {
     );
 }
 
+/// A setting of another Redis topology is refused, not ignored: nodes without their mode once
+/// left each replica with sessions of its own in memory, with only a warning to set a URL.
+#[test]
+fn redis_settings_of_another_topology_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: [(&[(&str, &str)], &str); 3] = [
+        (
+            &[(
+                "SSO_SIDECAR_REDIS_NODES",
+                "redis://10.0.0.1:6379,redis://10.0.0.2:6379",
+            )],
+            "redis_nodes is set but redis_mode is \"single\"",
+        ),
+        (
+            &[
+                ("SSO_SIDECAR_REDIS_MODE", "cluster"),
+                ("SSO_SIDECAR_REDIS_NODES", "redis://10.0.0.1:6379"),
+                ("SSO_SIDECAR_REDIS_URL", "redis://:pw-in-url@10.0.0.9:6379"),
+            ],
+            "redis_url is set with redis_mode = \"cluster\"",
+        ),
+        (
+            &[
+                ("SSO_SIDECAR_REDIS_MODE", "sentinel"),
+                ("SSO_SIDECAR_REDIS_NODES", "redis://10.0.0.1:26379"),
+                ("SSO_SIDECAR_REDIS_URL", "redis://10.0.0.9:6379"),
+            ],
+            "redis_url is set with redis_mode = \"sentinel\"",
+        ),
+    ];
+    for (vars, expected) in cases {
+        let e = load(inputs(dir.path(), None, vars))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(expected), "{vars:?}: {e}");
+        assert!(!e.contains("pw-in-url"), "a URL was echoed: {e}");
+    }
+}
+
 #[test]
 fn an_all_digit_redis_password_loads_as_text() {
     let dir = tempfile::tempdir().unwrap();
