@@ -249,6 +249,9 @@ pub fn load(inputs: Inputs) -> Result<Config, ConfigErrors> {
             if openrag.auth_mode == AuthMode::Oidc && v.identity == IdentityMode::Headers {
                 warnings.extend(suggest::bridge_only(&vars));
             }
+            if openrag.auth_mode == AuthMode::Token {
+                warnings.extend(suggest::token_mode_ignores(&v, &vars));
+            }
             if let Some(o) = &openrag.oidc {
                 warnings.extend(suggest::plain_http_idp(&o.issuer));
             }

@@ -296,3 +296,32 @@ fn bearer_passthrough_follows_the_identity_mode_unless_set() {
     let off = ("SSO_SIDECAR_PATHS__BEARER_PASSTHROUGH", "false");
     assert_eq!(passthrough(&[off]), Some(false));
 }
+
+/// `AUTH_MODE=token` passes every request through: settings that only mean something when the
+/// sidecar authenticates are named, each with what to do, rather than silently unused.
+#[test]
+fn a_pass_through_names_the_settings_it_leaves_unused() {
+    let dir = tempfile::tempdir().unwrap();
+    let toml =
+        "identity = \"headers\"\n[[authz.rules]]\npath = \"/admin/*\"\ngroups = [\"admins\"]\n";
+    let c = load(inputs(
+        dir.path(),
+        Some(toml),
+        &[
+            ("AUTH_MODE", "token"),
+            ("OIDC_ENDPOINT", "https://idp.example"),
+        ],
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let all = c.warnings.join("\n");
+    for named in [
+        "SSO_SIDECAR_IDENTITY=headers",
+        "[[authz.rules]]",
+        "OIDC_ENDPOINT",
+    ] {
+        assert!(all.contains(named), "{named} not named:\n{all}");
+    }
+    assert_eq!(c.warnings.len(), 3, "{all}");
+    let quiet = load(inputs(dir.path(), None, &[("AUTH_MODE", "token")])).unwrap();
+    assert!(quiet.warnings.is_empty(), "{:?}", quiet.warnings);
+}
