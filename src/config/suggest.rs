@@ -185,6 +185,35 @@ pub fn plain_http_idp(issuer: &str) -> Option<String> {
     })
 }
 
+/// What `AUTH_MODE=token` (pass-through: the backend checks its own tokens) leaves unused
+/// although it is set: the sidecar authenticates nothing, so a backend that trusts identity
+/// headers, or counts on `[[authz.rules]]`, is open to every client. A warning each, not an
+/// error: a pass-through for a moment (debugging, a migration) is legitimate.
+pub fn token_mode_ignores(
+    v: &super::validate::Validated,
+    vars: &super::sources::Vars,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    let pass =
+        "with AUTH_MODE=token the sidecar authenticates nothing and passes every request through";
+    if v.identity == super::IdentityMode::Headers {
+        out.push(format!(
+            "{pass}: SSO_SIDECAR_IDENTITY=headers sends no identity, and a client's own X-Forwarded-User reaches the backend (set AUTH_MODE=oidc)"
+        ));
+    }
+    if !v.auth.authz.rules.is_empty() {
+        out.push(format!(
+            "{pass}: [[authz.rules]] are not applied (set AUTH_MODE=oidc)"
+        ));
+    }
+    if vars.non_empty("OIDC_ENDPOINT").is_some() {
+        out.push(format!(
+            "{pass}: OIDC_ENDPOINT is set but unused (set AUTH_MODE=oidc to sign users in)"
+        ));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -269,33 +298,4 @@ mod tests {
         );
         assert!(w[1].contains("did you mean OIDC_SCOPES"), "{w:?}");
     }
-}
-
-/// What `AUTH_MODE=token` (pass-through: the backend checks its own tokens) leaves unused
-/// although it is set: the sidecar authenticates nothing, so a backend that trusts identity
-/// headers, or counts on `[[authz.rules]]`, is open to every client. A warning each, not an
-/// error: a pass-through for a moment (debugging, a migration) is legitimate.
-pub fn token_mode_ignores(
-    v: &super::validate::Validated,
-    vars: &super::sources::Vars,
-) -> Vec<String> {
-    let mut out = Vec::new();
-    let pass =
-        "with AUTH_MODE=token the sidecar authenticates nothing and passes every request through";
-    if v.identity == super::IdentityMode::Headers {
-        out.push(format!(
-            "{pass}: SSO_SIDECAR_IDENTITY=headers sends no identity, and a client's own X-Forwarded-User reaches the backend (set AUTH_MODE=oidc)"
-        ));
-    }
-    if !v.auth.authz.rules.is_empty() {
-        out.push(format!(
-            "{pass}: [[authz.rules]] are not applied (set AUTH_MODE=oidc)"
-        ));
-    }
-    if vars.non_empty("OIDC_ENDPOINT").is_some() {
-        out.push(format!(
-            "{pass}: OIDC_ENDPOINT is set but unused (set AUTH_MODE=oidc to sign users in)"
-        ));
-    }
-    out
 }
