@@ -4,6 +4,17 @@
 
 use serde_json::{Map, Value};
 
+/// Whether the IdP says the email is not verified (`email_verified` false, or the string
+/// `"false"` in any case, as some IdPs send it). Such an email is anyone's to claim on an IdP
+/// with self-registration: it is never taken as the user's.
+pub fn email_unverified(c: &Map<String, Value>) -> bool {
+    match c.get("email_verified") {
+        Some(Value::Bool(b)) => !b,
+        Some(Value::String(v)) => v.eq_ignore_ascii_case("false"),
+        _ => false,
+    }
+}
+
 /// The groups claim as OpenRag reads it: a string is one group, a list its strings; `None`
 /// when it is missing, null or of another type (which never prunes a membership).
 pub fn groups(c: &Map<String, Value>, claim: &str) -> Option<Vec<String>> {

@@ -37,12 +37,7 @@ pub fn admits(a: &Authz, claims: &Map<String, Value>) -> Result<(), Refusal> {
         }
     }
     if a.restricts_email() {
-        let unverified = matches!(claims.get("email_verified"), Some(Value::Bool(false)))
-            || claims
-                .get("email_verified")
-                .and_then(Value::as_str)
-                .is_some_and(|v| v.eq_ignore_ascii_case("false"));
-        if unverified {
+        if crate::claims::email_unverified(claims) {
             return Err(Refusal::EmailUnverified);
         }
         let email = claims

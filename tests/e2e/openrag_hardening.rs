@@ -532,3 +532,36 @@ async fn a_static_link_with_its_own_token_is_judged_by_the_backend_without_a_ses
     let r = get(&sc.url("/static/a.pdf"), &[]).await.unwrap();
     assert_eq!(r.status(), 302);
 }
+
+/// An IdP with self-registration lets anyone claim any email, unverified: Mallory signing in
+/// first with Alice's address once got a backend account holding it (found by it, and Alice's
+/// first login refused as "email taken", 409). An unverified email is never written now.
+#[tokio::test]
+async fn an_unverified_email_is_not_written_to_the_backend_and_blocks_no_one() {
+    let w = crate::openrag::world_in(
+        &[(
+            "ACCOUNTS_JSON",
+            &json!({"mallory": {"email": "alice@example.test", "email_verified": false}})
+                .to_string(),
+        )],
+        Backend::start(json!([])),
+        json!({}),
+        &[
+            ("OIDC_AUTO_PROVISION_LOGIN", "true"),
+            ("OIDC_CLAIM_MAPPING", "email:email"),
+        ],
+    )
+    .await;
+    let sc = &w.sc.sidecar;
+    login(sc, "mallory", "/").await;
+    let m = w
+        .backend
+        .user("mallory")
+        .await
+        .expect("mallory was created");
+    assert!(m["email"].is_null(), "an unverified email was written: {m}");
+    let r = crate::openrag::callback(sc, "alice", false).await;
+    assert_eq!(r.status(), 302, "{}", String::from_utf8_lossy(r.body()));
+    let a = w.backend.user("alice").await.expect("alice was created");
+    assert_eq!(a["email"], "alice@example.test");
+}

@@ -36,6 +36,9 @@ impl OpenRagBridge {
                 .map(str::trim)
                 .filter(|v| !v.is_empty())
             {
+                if m.field == "email" && crate::claims::email_unverified(claims) {
+                    continue;
+                }
                 let v = if m.field == "email" {
                     v.to_lowercase()
                 } else {
@@ -127,7 +130,13 @@ pub fn display_name(sub: &str, claims: &Map<String, Value>) -> String {
     format!("oidc-{}", sub.chars().take(8).collect::<String>())
 }
 
+/// The user's email as the backend gets it: none when the IdP says it is not verified (an
+/// account created or updated with someone else's address would be found by it, and block
+/// the real owner's first login as "email taken").
 pub(super) fn email(claims: &Map<String, Value>) -> Option<String> {
+    if crate::claims::email_unverified(claims) {
+        return None;
+    }
     claims
         .get("email")
         .and_then(Value::as_str)

@@ -44,3 +44,16 @@ fn email_is_trimmed_and_lower_cased() {
     assert_eq!(email(&c(json!({"email": ""}))), None);
     assert_eq!(email(&c(json!({"email": null}))), None);
 }
+
+/// An email the IdP says is not verified is anyone's to claim: the backend never gets it.
+#[test]
+fn an_unverified_email_is_not_the_users() {
+    for verified in [json!(false), json!("false"), json!("FALSE")] {
+        let claims = c(json!({"email": "alice@example.test", "email_verified": verified}));
+        assert_eq!(email(&claims), None, "{verified}");
+    }
+    for verified in [json!(true), json!("true"), json!(null)] {
+        let claims = c(json!({"email": "alice@example.test", "email_verified": verified}));
+        assert_eq!(email(&claims).as_deref(), Some("alice@example.test"));
+    }
+}
