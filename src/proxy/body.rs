@@ -7,9 +7,10 @@ use bytes::Bytes;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 use tokio::time::Instant;
 
 /// The body of every response the sidecar sends: a streamed upstream body or a small one of
@@ -27,34 +28,65 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
 /// A request body on its way upstream, noting when it last moved when it streams: the upstream
 /// may rightly wait for the whole body before it answers (a multipart upload is read in full
 /// first), so the wait for the answer is timed from the body's last move, not from its start.
+/// An upstream may also answer before reading it all (a 401 or 413): the rest is still sent,
+/// held to the same rule by a watchdog ([`watch_rest`]) that cuts it once it stalls.
 pub struct Outgoing {
     inner: RequestBody,
     progress: Option<Arc<Progress>>,
 }
 
 impl Outgoing {
-    /// `body`, with a progress note when it has anything left to send.
-    pub fn new(body: RequestBody) -> (Outgoing, Option<Arc<Progress>>) {
-        let progress = (!http_body::Body::is_end_stream(&body)).then(|| Arc::new(Progress::new()));
+    /// `body`, with a progress note when it has anything left to send: it may stall for
+    /// `stall` at a time, and take `bound` in all.
+    pub fn new(
+        body: RequestBody,
+        stall: Duration,
+        bound: Duration,
+    ) -> (Outgoing, Option<Arc<Progress>>) {
+        let progress =
+            (!http_body::Body::is_end_stream(&body)).then(|| Arc::new(Progress::new(stall, bound)));
         let out = Outgoing {
             inner: body,
             progress: progress.clone(),
         };
         (out, progress)
     }
+
+    /// Its progress note, when it streams.
+    pub fn progress(&self) -> Option<&Arc<Progress>> {
+        self.progress.as_ref()
+    }
 }
 
-/// When a streamed request body last moved (a frame taken, or its end).
+/// When a streamed request body last moved (a frame taken, or its end), and what ends it
+/// early.
 pub struct Progress {
     start: Instant,
     moved_ms: AtomicU64,
+    stall: Duration,
+    bound: Duration,
+    /// Every frame is sent (set by the body itself).
+    ended: AtomicBool,
+    /// Set by the watchdog: the body fails at its next poll, which closes its connection.
+    cut: AtomicBool,
+    waker: atomic_waker::AtomicWaker,
+    /// The request's place under the upstream cap once its response has ended before it: the
+    /// place is given back when the body is (this note is dropped with it), not before, or
+    /// early answers would let one client keep any number of connections busy past the cap.
+    held: Mutex<Option<tokio::sync::OwnedSemaphorePermit>>,
 }
 
 impl Progress {
-    fn new() -> Self {
+    fn new(stall: Duration, bound: Duration) -> Self {
         Progress {
             start: Instant::now(),
             moved_ms: AtomicU64::new(0),
+            stall,
+            bound,
+            ended: AtomicBool::new(false),
+            cut: AtomicBool::new(false),
+            waker: atomic_waker::AtomicWaker::new(),
+            held: Mutex::new(None),
         }
     }
 
@@ -63,16 +95,62 @@ impl Progress {
         self.moved_ms.fetch_max(ms, Ordering::Relaxed);
     }
 
-    /// When the body started on its way.
-    pub fn started(&self) -> Instant {
-        self.start
-    }
-
     /// The instant of the last move (its creation, before any).
     pub fn last(&self) -> Instant {
-        self.start + std::time::Duration::from_millis(self.moved_ms.load(Ordering::Relaxed))
+        self.start + Duration::from_millis(self.moved_ms.load(Ordering::Relaxed))
+    }
+
+    /// When the body counts as stalled if it does not move before: a stall after its last
+    /// move, within its bound from the start.
+    pub fn deadline(&self) -> Instant {
+        (self.last() + self.stall).min(self.start + self.bound)
+    }
+
+    /// Whether every frame has been sent.
+    pub fn ended(&self) -> bool {
+        self.ended.load(Ordering::Relaxed)
+    }
+
+    /// Keeps `permit` until the body is done with.
+    pub fn hold(&self, permit: tokio::sync::OwnedSemaphorePermit) {
+        *self.held.lock().unwrap_or_else(|p| p.into_inner()) = Some(permit);
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, Ordering::Relaxed);
+        self.waker.wake();
     }
 }
+
+/// Watches the rest of a request body whose response has ended: cuts it once it stalls past
+/// its deadline. Holds the note weakly, so the task ends when the body does.
+pub fn watch_rest(progress: Arc<Progress>) {
+    let weak = Arc::downgrade(&progress);
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        progress.cut();
+        return;
+    };
+    drop(progress);
+    runtime.spawn(async move {
+        loop {
+            let Some(at) = weak.upgrade().map(|p| p.deadline()) else {
+                return;
+            };
+            tokio::time::sleep_until(at).await;
+            let Some(p) = weak.upgrade() else { return };
+            if p.deadline() <= Instant::now() {
+                tracing::debug!("a request body the upstream had answered stalled: cut");
+                p.cut();
+                return;
+            }
+        }
+    });
+}
+
+/// The error a cut body ends with.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body stalled after the upstream answered")]
+struct Stalled;
 
 impl http_body::Body for Outgoing {
     type Data = Bytes;
@@ -83,9 +161,27 @@ impl http_body::Body for Outgoing {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();
+        let Some(p) = &this.progress else {
+            return Pin::new(&mut this.inner).poll_frame(cx);
+        };
+        if p.cut.load(Ordering::Relaxed) {
+            return Poll::Ready(Some(Err(Box::new(Stalled))));
+        }
         let frame = Pin::new(&mut this.inner).poll_frame(cx);
-        if let (Some(p), Poll::Ready(Some(Ok(_)) | None)) = (&this.progress, &frame) {
-            p.moved();
+        match &frame {
+            Poll::Ready(Some(Ok(_))) => {
+                p.moved();
+                if http_body::Body::is_end_stream(&this.inner) {
+                    p.ended.store(true, Ordering::Relaxed);
+                }
+            }
+            Poll::Ready(None) => {
+                p.moved();
+                p.ended.store(true, Ordering::Relaxed);
+            }
+            Poll::Ready(Some(Err(_))) => {}
+            // Where the watchdog finds it, should it have to cut.
+            Poll::Pending => p.waker.register(cx.waker()),
         }
         frame
     }

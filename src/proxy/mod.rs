@@ -252,7 +252,7 @@ impl Upstream {
                 None => (None, tokio::time::Instant::now() + self.timeout()),
             };
             let (parts, body) = req.into_parts();
-            let (body, progress) = body::Outgoing::new(body);
+            let (body, progress) = body::Outgoing::new(body, self.timeout(), self.body_timeout);
             let mut send = std::pin::pin!(self.pool.send(Request::from_parts(parts, body), permit));
             let mut resp = loop {
                 match tokio::time::timeout_at(deadline, send.as_mut()).await {
@@ -261,10 +261,7 @@ impl Upstream {
                     // While the body moves, and for a timeout after its end, the upstream may
                     // still be reading it: the timeout runs from its last move, within the
                     // body's own bound.
-                    Err(_) => match progress
-                        .as_ref()
-                        .map(|p| (p.last() + self.timeout()).min(p.started() + self.body_timeout))
-                    {
+                    Err(_) => match progress.as_ref().map(|p| p.deadline()) {
                         Some(later) if later > tokio::time::Instant::now() => deadline = later,
                         _ => return Err(ProxyError::Timeout),
                     },

@@ -261,6 +261,72 @@ async fn a_connection_still_sending_a_trickled_body_does_not_stall_the_next_requ
     drop(slow);
 }
 
+/// Upstreams that answer before reading the body (a 401, a 413) let the request's place under
+/// the cap go with the response while the client went on sending the body: one client could
+/// keep any number of upstream connections busy past the cap, as long as it liked. Now the
+/// place stays taken until the body is through, and a body that stalls for the upstream
+/// timeout after the answer is cut, which closes its connection.
+#[tokio::test]
+async fn early_answers_keep_their_place_under_the_cap_until_the_body_is_cut() {
+    let up = RawUpstream::start(After::KeepAlive).await;
+    let sc = Sidecar::start(&[
+        ("SSO_SIDECAR_UPSTREAM", &up.url()),
+        ("SSO_SIDECAR_WORKERS", "1"),
+        ("SSO_SIDECAR_CONNECTIONS__UPSTREAM_MAX_PER_WORKER", "2"),
+        ("SSO_SIDECAR_UPSTREAM_TIMEOUT_SECS", "2"),
+    ])
+    .await;
+    let mut clients = Vec::new();
+    for _ in 0..5 {
+        let mut c = tokio::net::TcpStream::connect(sc.addr).await.unwrap();
+        c.write_all(b"POST /early HTTP/1.1\r\nHost: app\r\nContent-Length: 100000\r\n\r\nx")
+            .await
+            .unwrap();
+        clients.push(c);
+    }
+    // Every client gets an answer in time: the early one, or a 504 for a request that found
+    // no place within the upstream timeout; the upstream never has more than the cap's two
+    // connections open meanwhile.
+    let (mut most, mut early) = (0, 0);
+    for c in &mut clients {
+        let mut head = [0u8; 64];
+        let read = c.read(&mut head);
+        let mut read = std::pin::pin!(read);
+        let n = loop {
+            tokio::select! {
+                n = &mut read => break n.unwrap(),
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {
+                    most = most.max(up.accepted() - up.closed());
+                }
+            }
+        };
+        let head = String::from_utf8_lossy(&head[..n]);
+        assert!(
+            head.starts_with("HTTP/1.1 413") || head.starts_with("HTTP/1.1 504"),
+            "{head}"
+        );
+        early += usize::from(head.starts_with("HTTP/1.1 413"));
+        most = most.max(up.accepted() - up.closed());
+    }
+    assert!(
+        most <= 2,
+        "{most} upstream connections open at once, over the cap of 2"
+    );
+    assert!(early >= 2, "{early} early answers");
+    wait_until(
+        "the stalled bodies are cut",
+        Duration::from_secs(15),
+        || up.accepted() == up.closed(),
+    )
+    .await;
+    let r = tokio::time::timeout(Duration::from_secs(5), get(&sc.url("/next"), &[]))
+        .await
+        .expect("a place under the cap again")
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    drop(clients);
+}
+
 #[tokio::test]
 async fn a_connection_the_upstream_closed_is_not_used_again() {
     let up = RawUpstream::start(After::SilentClose).await;

@@ -1,9 +1,10 @@
 //! The response body of a pooled upstream connection: it hands the connection back to its pool
 //! when read to the end, closes it when dropped early (the client went away), and carries the
-//! request's place under the pool's cap for as long as the body lives.
+//! request's place under the pool's cap for as long as the body lives (and the request body,
+//! when that outlives it).
 
 use super::Pool;
-use crate::proxy::body::Outgoing;
+use crate::proxy::body::{watch_rest, Outgoing, Progress};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use std::pin::Pin;
@@ -21,6 +22,8 @@ pub struct UpstreamBody {
     _permit: Option<tokio::sync::OwnedSemaphorePermit>,
     /// Ends the body early when it fires (a long-lived stream whose reason to exist ended).
     abort: Option<crate::proxy::Abort>,
+    /// The request body's progress, when it streamed: it may outlive the response.
+    request: Option<Arc<Progress>>,
 }
 
 impl UpstreamBody {
@@ -29,6 +32,7 @@ impl UpstreamBody {
         sender: SendRequest<Outgoing>,
         pool: &Arc<Pool>,
         permit: tokio::sync::OwnedSemaphorePermit,
+        request: Option<Arc<Progress>>,
     ) -> Self {
         UpstreamBody {
             inner,
@@ -36,6 +40,7 @@ impl UpstreamBody {
             done: false,
             _permit: Some(permit),
             abort: None,
+            request,
         }
     }
 
@@ -66,6 +71,19 @@ impl UpstreamBody {
 
 impl Drop for UpstreamBody {
     fn drop(&mut self) {
+        // The upstream answered before it had the whole request body, and the client is still
+        // sending it: the connection stays busy until then. It keeps its place under the cap
+        // (held by the body's note, given back with the body), is cut if the body stalls, and
+        // is not reused (it closes once the body is through).
+        if let Some(p) = self.request.take().filter(|p| !p.ended()) {
+            if Arc::strong_count(&p) > 1 {
+                if let Some(permit) = self._permit.take() {
+                    p.hold(permit);
+                }
+                self.conn = None;
+                watch_rest(p);
+            }
+        }
         if let Some((sender, pool)) = self.conn.take() {
             if self.done || http_body::Body::is_end_stream(&self.inner) {
                 pool.checkin(sender);

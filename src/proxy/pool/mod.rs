@@ -143,8 +143,13 @@ impl Pool {
                     // Boxed: rare, and its state would otherwise enlarge every request's future.
                     None => (Box::pin(self.connect()).await?, true),
                 };
+                let progress = req.body().progress().cloned();
                 match sender.try_send_request(req).await {
-                    Ok(resp) => return Ok(resp.map(|b| UpstreamBody::new(b, sender, self, permit))),
+                    Ok(resp) => {
+                        return Ok(
+                            resp.map(|b| UpstreamBody::new(b, sender, self, permit, progress))
+                        )
+                    }
                     Err(mut e) => match e.take_message() {
                         Some(unsent) if !fresh => req = unsent,
                         _ => return Err(SendError::Request(e.into_error())),
