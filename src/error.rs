@@ -183,7 +183,20 @@ impl Error {
         } else {
             self.public_message()
         };
-        page_response(self.status(), msg, wants_html, details, None)
+        // A refusal a client can retry: say when (a tunnel's place frees when another tunnel
+        // of its holder closes; the store comes back by itself), so well-behaved clients do
+        // not retry in a tight loop.
+        let retry = match &self {
+            Error::TooManyTunnels => Some(5u32),
+            Error::Store(_) | Error::Identity(BridgeError::Store(_)) => Some(1),
+            _ => None,
+        };
+        let mut resp = page_response(self.status(), msg, wants_html, details, None);
+        if let Some(secs) = retry {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        resp
     }
 }
 
@@ -336,6 +349,24 @@ mod tests {
         let r = Error::Internal("secret state".into()).into_response(false);
         assert_eq!(r.status(), 500);
         assert!(!body_string(r).await.contains("secret"));
+    }
+
+    /// Refusals a client may retry say when; the others do not.
+    #[test]
+    fn retryable_refusals_carry_retry_after() {
+        let store = || crate::store::StoreError::Unavailable("down".into());
+        for html in [false, true] {
+            for (e, secs) in [
+                (Error::TooManyTunnels, "5"),
+                (Error::Store(store()), "1"),
+                (Error::Identity(BridgeError::Store(store())), "1"),
+            ] {
+                let r = e.into_page(html, &[]);
+                assert_eq!(r.headers()[header::RETRY_AFTER], secs);
+            }
+        }
+        let r = Error::UpstreamTimeout.into_response(false);
+        assert!(r.headers().get(header::RETRY_AFTER).is_none());
     }
 
     #[test]

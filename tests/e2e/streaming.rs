@@ -228,6 +228,10 @@ async fn tunnels_are_capped_per_address_and_closed_when_silent() {
         h3.starts_with("HTTP/1.1 429"),
         "a third tunnel of one client: {h3}"
     );
+    assert!(
+        h3.to_ascii_lowercase().contains("\r\nretry-after: 5\r\n"),
+        "a refused tunnel says when to retry: {h3}"
+    );
     // Another client behind the same ingress is not held back by the first.
     let (_other, h4) = ws_open(sc.addr, "X-Forwarded-For: 203.0.113.8\r\n").await;
     assert!(h4.starts_with("HTTP/1.1 101"), "{h4}");
