@@ -24,7 +24,19 @@ pub struct Readiness {
     /// Numbers the checks in the order they begin: concurrent probes finish in any order, and
     /// one that began earlier must not log its older finding over a newer one.
     checks: std::sync::atomic::AtomicU64,
+    /// The latest finding of the store and upstream checks, and when it was made. Probes wait
+    /// for the check in progress and share a finding for [`FINDING_LIFE`]: `/readyz` is not
+    /// authenticated, and a flood of probes must not become a flood of Redis `PING`s and
+    /// upstream requests.
+    finding: tokio::sync::Mutex<Option<(tokio::time::Instant, Finding)>>,
 }
+
+/// What the dependencies' check found: its number ([`Readiness::checks`]), the reasons and
+/// their causes.
+type Finding = (u64, Vec<&'static str>, Vec<String>);
+
+/// How long a readiness finding answers other probes (kubelet probes every few seconds).
+const FINDING_LIFE: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Readiness {
     /// Called at shutdown so load balancers stop sending new requests during the drain.
@@ -34,7 +46,6 @@ impl Readiness {
 
     /// `Ok` when ready, else the reasons.
     pub async fn check(&self) -> Result<(), Vec<&'static str>> {
-        let begun = self.checks.fetch_add(1, Ordering::Relaxed);
         let mut reasons = Vec::new();
         if self.draining.load(Ordering::SeqCst) {
             reasons.push("shutting down");
@@ -42,25 +53,56 @@ impl Readiness {
         if self.provider.as_ref().is_some_and(|p| !p.is_loaded()) {
             reasons.push("OIDC discovery has not loaded");
         }
-        let mut causes = Vec::new();
-        if let Some(store) = &self.store {
-            if let Err(e) = store.ping().await {
-                reasons.push("session store unreachable");
-                causes.push(format!("session store: {e}"));
-            }
-        }
-        if let Some(upstream) = &self.upstream {
-            if let Err(e) = upstream.ask().await {
-                reasons.push("upstream not ready");
-                causes.push(e);
-            }
-        }
+        let (begun, more, causes) = self.dependencies().await;
+        reasons.extend(more);
         self.log_change(begun, &reasons, &causes);
         if reasons.is_empty() {
             Ok(())
         } else {
             Err(reasons)
         }
+    }
+
+    /// What the store and the upstream say, asked at most once per [`FINDING_LIFE`] and by
+    /// one probe at a time (the others wait for its finding).
+    async fn dependencies(&self) -> Finding {
+        let mut finding = self.finding.lock().await;
+        if let Some((at, found)) = &*finding {
+            if at.elapsed() < FINDING_LIFE {
+                return found.clone();
+            }
+        }
+        let begun = self.checks.fetch_add(1, Ordering::Relaxed);
+        // Both at once: the probe's own timeout (a second by default) must cover the slower
+        // of the two, not their sum.
+        let store = async {
+            match &self.store {
+                Some(store) => store
+                    .ping()
+                    .await
+                    .map_err(|e| format!("session store: {e}")),
+                None => Ok(()),
+            }
+        };
+        let upstream = async {
+            match &self.upstream {
+                Some(upstream) => upstream.ask().await,
+                None => Ok(()),
+            }
+        };
+        let (store, upstream) = tokio::join!(store, upstream);
+        let (mut reasons, mut causes) = (Vec::new(), Vec::new());
+        if let Err(e) = store {
+            reasons.push("session store unreachable");
+            causes.push(e);
+        }
+        if let Err(e) = upstream {
+            reasons.push("upstream not ready");
+            causes.push(e);
+        }
+        let found = (begun, reasons, causes);
+        *finding = Some((tokio::time::Instant::now(), found.clone()));
+        found
     }
 
     fn log_change(&self, begun: u64, reasons: &[&'static str], causes: &[String]) {

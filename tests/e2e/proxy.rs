@@ -479,11 +479,15 @@ async fn readiness_waits_for_the_upstreams_ready_path() {
     .await;
 
     let _up = Upstream::start_with(&["--port", &port.to_string()]);
-    assert_eq!(
-        ready().await.status(),
-        200,
-        "the upstream answers 200 there"
-    );
+    // Probes share a finding for a second: poll.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while ready().await.status() != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not ready although the upstream answers 200 there"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 
     let failing = Sidecar::start_without_readiness(&[
         ("SSO_SIDECAR_UPSTREAM", &format!("http://127.0.0.1:{port}")),
@@ -496,6 +500,30 @@ async fn readiness_waits_for_the_upstreams_ready_path() {
         503,
         "an upstream answering 503 there is not ready"
     );
+}
+
+/// `/readyz` is not authenticated: a flood of probes once became as many Redis `PING`s and
+/// upstream requests. Probes now share one check a second.
+#[tokio::test]
+async fn a_flood_of_readiness_probes_asks_the_upstream_once() {
+    let up = Upstream::start();
+    let sc = Sidecar::start(&[
+        ("SSO_SIDECAR_UPSTREAM", &up.url()),
+        ("SSO_SIDECAR_UPSTREAM_READY_PATH", "/status?code=200"),
+    ])
+    .await;
+    let asked = |paths: Vec<String>| paths.iter().filter(|p| p.starts_with("/status")).count();
+    let before = asked(up.paths().await);
+    let mut probes = tokio::task::JoinSet::new();
+    for _ in 0..50 {
+        let url = sc.admin_url("/readyz");
+        probes.spawn(async move { get(&url, &[]).await.unwrap().status() });
+    }
+    for status in probes.join_all().await {
+        assert_eq!(status, 200);
+    }
+    let during = asked(up.paths().await) - before;
+    assert!(during <= 2, "50 probes asked the upstream {during} times");
 }
 
 /// An HTTP/2 client may send each cookie as a field of its own (Go's transport does); they
