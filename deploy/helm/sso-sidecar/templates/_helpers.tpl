@@ -56,6 +56,13 @@ app.kubernetes.io/component: session-store
 {{- if gt (len $hostPort) 1 }}{{ last $hostPort }}{{ else if eq $u.scheme "https" }}443{{ else }}80{{ end }}
 {{- end }}
 
+{{/* The IdP's port, from oidc.endpoint (443 for https without one). */}}
+{{- define "sso-sidecar.idpPort" -}}
+{{- $u := urlParse .Values.oidc.endpoint }}
+{{- $hostPort := splitList ":" $u.host }}
+{{- if gt (len $hostPort) 1 }}{{ last $hostPort }}{{ else if eq $u.scheme "http" }}80{{ else }}443{{ end }}
+{{- end }}
+
 {{/* Whether the sidecar needs the backend's admin token. */}}
 {{- define "sso-sidecar.needsAuthToken" -}}
 {{- if and (eq .Values.authMode "oidc") (eq .Values.identity "openrag") }}true{{ end }}
