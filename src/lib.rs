@@ -375,7 +375,7 @@ async fn reload_on_sighup(
             }
         };
         let restart = config::restart_required(&current, &next);
-        let reloadable = config::Reloadable::of(&next);
+        let reloadable = config::Reloadable::under(&current, &next);
         for app in &apps {
             app.reload(&reloadable);
         }

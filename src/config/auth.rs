@@ -280,25 +280,7 @@ impl Settings {
             prompt,
             frontchannel_logout_by_sub: self.frontchannel_logout_by_sub,
             redis: redis?,
-            paths: PathSettings {
-                browser_login: Some(
-                    self.paths
-                        .browser_login
-                        .unwrap_or_else(|| self.identity.trim().eq_ignore_ascii_case("headers")),
-                ),
-                bearer_passthrough: Some(
-                    self.paths
-                        .bearer_passthrough
-                        .unwrap_or_else(|| self.identity.trim().eq_ignore_ascii_case("openrag")),
-                ),
-                // OpenRag takes `?token=` on `/static*` (scripts, links to files).
-                token_query: if self.identity.trim().eq_ignore_ascii_case("openrag") {
-                    StringList(vec!["/static*".to_owned()])
-                } else {
-                    StringList::default()
-                },
-                ..self.paths.clone()
-            },
+            paths: self.paths.for_identity(&self.identity),
             headers,
         })
     }
@@ -424,5 +406,25 @@ mod tests {
                 .any(|p| p.contains("vault_ttl_days must be at most 36500")),
             "{problems:?}"
         );
+    }
+}
+
+impl PathSettings {
+    /// These settings as given, with the defaults that follow the identity mode (`identity`,
+    /// as written) filled in: a reload that cannot change the running mode fills them in for
+    /// that mode, not for the one it was asked for.
+    pub fn for_identity(&self, identity: &str) -> PathSettings {
+        let is = |mode: &str| identity.trim().eq_ignore_ascii_case(mode);
+        PathSettings {
+            browser_login: Some(self.browser_login.unwrap_or_else(|| is("headers"))),
+            bearer_passthrough: Some(self.bearer_passthrough.unwrap_or_else(|| is("openrag"))),
+            // OpenRag takes `?token=` on `/static*` (scripts, links to files).
+            token_query: if is("openrag") {
+                StringList(vec!["/static*".to_owned()])
+            } else {
+                StringList::default()
+            },
+            ..self.clone()
+        }
     }
 }

@@ -52,10 +52,27 @@ impl Reloadable {
     }
 }
 
+impl Reloadable {
+    /// `next`'s reloadable settings as the running configuration `current` can take them: the
+    /// defaults that follow settings needing a restart (the identity mode for `[paths]`,
+    /// `OIDC_CLAIM_GROUPS` for `[authz] groups_claim`) follow their running values, or a
+    /// reload that changed the identity mode would apply another mode's paths to the
+    /// running one (bearer pass-through turned on in front of a header-trusting backend).
+    pub fn under(current: &Config, next: &Config) -> Self {
+        let mut r = Reloadable::of(next);
+        r.paths = next.raw.0.paths.for_identity(&current.raw.0.identity);
+        let claim_given = next.raw.0.authz.groups_claim.as_deref().map(str::trim);
+        if claim_given.is_none_or(str::is_empty) {
+            r.authz.groups_claim = current.auth.authz.groups_claim.clone();
+        }
+        r
+    }
+}
+
 impl Config {
     /// Takes `next`'s reloadable settings, keeping everything else (what a reload does).
     pub fn take_reloadable(&mut self, next: &Config) {
-        let r = Reloadable::of(next);
+        let r = Reloadable::under(self, next);
         self.log_level = r.log_level;
         self.proxy.upstream_timeout = r.upstream_timeout;
         self.auth.paths = r.paths;

@@ -325,3 +325,53 @@ fn a_pass_through_names_the_settings_it_leaves_unused() {
     let quiet = load(inputs(dir.path(), None, &[("AUTH_MODE", "token")])).unwrap();
     assert!(quiet.warnings.is_empty(), "{:?}", quiet.warnings);
 }
+
+/// A reload cannot change the identity mode (or `OIDC_CLAIM_GROUPS`): the defaults that follow
+/// them keep following the running values. Before, a SIGHUP after `identity = "headers"` turned
+/// the running OpenRag bridge's bearer pass-through and `/static?token=` off, and the other
+/// way round turned bearer pass-through on in front of a header-trusting backend.
+#[test]
+fn a_reload_fills_in_its_defaults_for_the_running_identity_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let oidc = |groups: &'static str| {
+        vec![
+            ("AUTH_MODE", "oidc"),
+            ("AUTH_TOKEN", "admin"),
+            ("OIDC_ENDPOINT", "https://idp.example"),
+            ("OIDC_CLIENT_ID", "rp"),
+            ("OIDC_CLIENT_SECRET", "s"),
+            ("OIDC_REDIRECT_URI", "https://rp.example/auth/callback"),
+            ("OIDC_CLAIM_GROUPS", groups),
+        ]
+    };
+    let key = crate::crypto::generate_key();
+    let load_with = |toml: &str, groups: &'static str| {
+        let mut env = oidc(groups);
+        env.push(("OIDC_TOKEN_ENCRYPTION_KEY", &key));
+        load(inputs(dir.path(), Some(toml), &env)).unwrap_or_else(|e| panic!("{e}"))
+    };
+    let running = load_with("identity = \"openrag\"\n", "roles");
+    let next = load_with("identity = \"headers\"\n", "teams");
+    let restart = restart_required(&running, &next);
+    assert!(restart.iter().any(|k| k == "identity"), "{restart:?}");
+    let r = Reloadable::under(&running, &next);
+    assert_eq!(
+        r.paths.bearer_passthrough,
+        Some(true),
+        "the bridge's default"
+    );
+    assert_eq!(r.paths.browser_login, Some(false));
+    assert_eq!(r.paths.token_query.0, vec!["/static*".to_owned()]);
+    assert_eq!(
+        r.authz.groups_claim, "roles",
+        "the running OIDC_CLAIM_GROUPS"
+    );
+    // What the file sets explicitly is applied as given.
+    let explicit = load_with(
+        "identity = \"headers\"\n[paths]\nbearer_passthrough = false\n[authz]\ngroups_claim = \"g\"\n",
+        "teams",
+    );
+    let r = Reloadable::under(&running, &explicit);
+    assert_eq!(r.paths.bearer_passthrough, Some(false));
+    assert_eq!(r.authz.groups_claim, "g");
+}
