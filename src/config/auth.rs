@@ -388,6 +388,26 @@ impl Settings {
     }
 }
 
+impl PathSettings {
+    /// These settings as given, with the defaults that follow the identity mode (`identity`,
+    /// as written) filled in: a reload that cannot change the running mode fills them in for
+    /// that mode, not for the one it was asked for.
+    pub fn for_identity(&self, identity: &str) -> PathSettings {
+        let is = |mode: &str| identity.trim().eq_ignore_ascii_case(mode);
+        PathSettings {
+            browser_login: Some(self.browser_login.unwrap_or_else(|| is("headers"))),
+            bearer_passthrough: Some(self.bearer_passthrough.unwrap_or_else(|| is("openrag"))),
+            // OpenRag takes `?token=` on `/static*` (scripts, links to files).
+            token_query: if is("openrag") {
+                StringList(vec!["/static*".to_owned()])
+            } else {
+                StringList::default()
+            },
+            ..self.clone()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use crate::config::Settings;
@@ -406,25 +426,5 @@ mod tests {
                 .any(|p| p.contains("vault_ttl_days must be at most 36500")),
             "{problems:?}"
         );
-    }
-}
-
-impl PathSettings {
-    /// These settings as given, with the defaults that follow the identity mode (`identity`,
-    /// as written) filled in: a reload that cannot change the running mode fills them in for
-    /// that mode, not for the one it was asked for.
-    pub fn for_identity(&self, identity: &str) -> PathSettings {
-        let is = |mode: &str| identity.trim().eq_ignore_ascii_case(mode);
-        PathSettings {
-            browser_login: Some(self.browser_login.unwrap_or_else(|| is("headers"))),
-            bearer_passthrough: Some(self.bearer_passthrough.unwrap_or_else(|| is("openrag"))),
-            // OpenRag takes `?token=` on `/static*` (scripts, links to files).
-            token_query: if is("openrag") {
-                StringList(vec!["/static*".to_owned()])
-            } else {
-                StringList::default()
-            },
-            ..self.clone()
-        }
     }
 }
