@@ -220,8 +220,16 @@ impl Auth {
                     return Ok(None);
                 };
                 tracing::info!(sub = %s.sub, "access token refreshed");
-                if let Some(r) = &renewed {
-                    self.identity.on_refresh(s.backend_user_id, &r.claims).await;
+                let claims = renewed.as_ref().map(|r| &r.claims);
+                if !self
+                    .identity
+                    .on_refresh(&s.sub, s.backend_user_id, claims)
+                    .await
+                {
+                    self.metrics.sessions_revoked(1);
+                    tracing::warn!(sub = %s.sub, "the backend no longer links this user's account to it: session ended");
+                    self.sessions.delete(id).await?;
+                    return Ok(None);
                 }
                 Ok(Some(Arc::new(s)))
             }

@@ -173,12 +173,27 @@ impl Identity {
         }
     }
 
-    /// The hook after a refresh that brought a new ID token: the backend's view of the user
-    /// follows the IdP's (OpenRag: partition memberships re-synced).
-    pub async fn on_refresh(&self, backend_user_id: Option<u64>, id_claims: &Map<String, Value>) {
-        if let (Mode::OpenRag(bridge), Some(id)) = (&self.mode, backend_user_id) {
-            bridge.sync_groups(id, id_claims).await;
+    /// The hook after each refresh; false when the session must end. OpenRag: the backend
+    /// must still link the session's account to its `sub` (an administrator who moves the
+    /// link, or deletes the user, ends the sessions acting as that account at their next
+    /// refresh, not after `session_lifetime`); then, when the refresh brought a new ID token,
+    /// partition memberships are re-synced.
+    pub async fn on_refresh(
+        &self,
+        sub: &str,
+        backend_user_id: Option<u64>,
+        id_claims: Option<&Map<String, Value>>,
+    ) -> bool {
+        let (Mode::OpenRag(bridge), Some(id)) = (&self.mode, backend_user_id) else {
+            return true;
+        };
+        if !bridge.still_linked(id, sub).await {
+            return false;
         }
+        if let Some(claims) = id_claims {
+            bridge.sync_groups(id, claims).await;
+        }
+        true
     }
 
     /// The mode's own routes, answered without the upstream.

@@ -902,3 +902,39 @@ async fn logins_that_waited_for_a_failed_listing_share_its_failure() {
     );
     assert_eq!(calls("POST"), 0, "nothing created");
 }
+
+/// An administrator who moves a user's link to another `sub` (or deletes the user) ends the
+/// sessions acting as that account at their next refresh. Before, a session kept acting as the
+/// account, refreshing normally, for the rest of `session_lifetime` (7 days by default).
+#[tokio::test]
+async fn a_session_ends_at_its_refresh_once_its_account_is_linked_elsewhere() {
+    let alice = token(11);
+    let w = world_in(
+        &[("ACCESS_TOKEN_TTL", "4")],
+        Backend::start(json!([seeded("alice", Some(&alice))])),
+        json!({"alice": alice}),
+        &[("SSO_SIDECAR_OPENRAG__TOKEN_POLICY", "file")],
+    )
+    .await;
+    let sc = &w.sc.sidecar;
+    let cookie = session_header(&login(sc, "alice", "/").await.cookie);
+    let whoami = || async { get(&sc.url("/v1/x"), &[("cookie", &cookie)]).await.unwrap() };
+    let r = whoami().await;
+    assert_eq!(json(&r)["user"]["external_user_id"], "alice");
+    let id = json(&r)["user"]["id"].as_u64().unwrap();
+    w.backend.link(id, "someone-else").await;
+    // The refresh is due a quarter of the token's lifetime before it expires.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let r = whoami().await;
+        if r.status() == 401 {
+            break;
+        }
+        assert_eq!(r.status(), 200, "{}", String::from_utf8_lossy(r.body()));
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the session still acts as an account linked elsewhere"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}

@@ -107,6 +107,17 @@ impl OpenRagBridge {
         self.directory.cached(sub)
     }
 
+    /// Whether the backend still links its user `id` to `sub`: false once it names another
+    /// `sub` (an administrator moved the link) or the user is gone (404); true when it cannot
+    /// say (an outage, a refused admin token), which ends no session.
+    pub async fn still_linked(&self, id: u64, sub: &str) -> bool {
+        match self.admin.get_user(id).await {
+            Ok(u) => u.external_user_id.as_deref() == Some(sub),
+            Err(AdminError::Status { status, .. }) => status != http::StatusCode::NOT_FOUND,
+            Err(_) => true,
+        }
+    }
+
     /// The backend user linked to `sub` ([`directory::Directory::find`]).
     async fn find_user(&self, sub: &str) -> Result<Option<BackendUser>, BridgeError> {
         Ok(self.directory.find(&self.admin, sub).await?)
