@@ -235,14 +235,28 @@ pub async fn run(
 
     let limits = &config.connections;
     let nofile = server::limits::raise_nofile_limit();
-    let max_connections = server::limits::cap_for_nofile(limits.max, nofile);
-    if max_connections < limits.max {
+    let by_files = server::limits::cap_for_nofile(limits.max, nofile);
+    if by_files < limits.max {
         tracing::warn!(
             open_file_limit = nofile,
-            max_connections,
+            max_connections = by_files,
             configured = limits.max,
             "the open-file limit caps client connections below connections.max; raise the \
              limit (ulimit -n, or the container runtime's nofile) to hold more"
+        );
+    }
+    let memory = server::limits::memory_limit();
+    let head_bytes = config.proxy.max_request_header_bytes;
+    let max_connections = server::limits::cap_for_memory(by_files, memory, head_bytes);
+    if max_connections < by_files {
+        tracing::warn!(
+            memory_limit_bytes = memory,
+            max_connections,
+            configured = limits.max,
+            max_request_header_bytes = head_bytes,
+            "the memory limit caps client connections below connections.max: that many, each \
+             holding a request head as large as allowed, fit in it; raise the container's \
+             memory limit to hold more"
         );
     }
     for w in &config.warnings {

@@ -43,6 +43,38 @@ pub fn cap_for_nofile(configured: usize, nofile: Option<u64>) -> usize {
     }
 }
 
+/// The container's memory limit in bytes (cgroup v2 `memory.max`, else v1's
+/// `memory.limit_in_bytes`); `None` without one (or outside a container).
+pub fn memory_limit() -> Option<u64> {
+    let read = |p: &str| std::fs::read_to_string(p).ok();
+    let v2 = read("/sys/fs/cgroup/memory.max");
+    let v1 = || read("/sys/fs/cgroup/memory/memory.limit_in_bytes");
+    let text = v2.or_else(v1)?;
+    // "max" (v2), or a number near u64::MAX (v1), when unlimited.
+    text.trim()
+        .parse::<u64>()
+        .ok()
+        .filter(|&n| n < (1u64 << 50))
+}
+
+/// Memory a connection may hold beyond its request head: hyper's state, TLS buffers, the
+/// response in flight.
+const CONN_OVERHEAD_BYTES: u64 = 16 * 1024;
+
+/// The connection cap that fits `limit` bytes of memory when every connection holds a request
+/// head of `head_bytes` (a client may send a partial head that large and hold it until the
+/// header timeout): three quarters of the limit, less 32 MiB for the rest of the process, go to
+/// connections; never under 64.
+pub fn cap_for_memory(configured: usize, limit: Option<u64>, head_bytes: usize) -> usize {
+    let Some(limit) = limit else {
+        return configured;
+    };
+    let per_conn = (head_bytes as u64).saturating_add(CONN_OVERHEAD_BYTES);
+    let room = (limit / 4 * 3).saturating_sub(32 << 20);
+    let fits = usize::try_from(room / per_conn).unwrap_or(usize::MAX);
+    configured.min(fits.max(64))
+}
+
 /// The counts, shared by every worker of a listener.
 pub struct ConnLimiter {
     /// The listener's name in logs, and the refusal's label prefix off the public one.
@@ -259,5 +291,22 @@ mod tests {
         assert_eq!(cap_for_nofile(10_000, Some(256)), 192);
         assert_eq!(cap_for_nofile(500, Some(1_048_576)), 500);
         assert_eq!(cap_for_nofile(500, None), 500);
+    }
+
+    /// 10,000 connections each holding a 32 KiB partial head need ~470 MiB: under a 256 MiB
+    /// limit (the chart's) the cap comes down to what fits, with room for the rest.
+    #[test]
+    fn the_cap_fits_the_memory_limit() {
+        let mib = 1u64 << 20;
+        let cap = cap_for_memory(10_000, Some(256 * mib), 32 * 1024);
+        assert_eq!(cap, 3_413);
+        assert!(cap as u64 * (48 * 1024) <= 192 * mib - 32 * mib);
+        assert_eq!(cap_for_memory(10_000, Some(4096 * mib), 32 * 1024), 10_000);
+        assert_eq!(cap_for_memory(10_000, None, 32 * 1024), 10_000);
+        assert_eq!(
+            cap_for_memory(10_000, Some(16 * mib), 32 * 1024),
+            64,
+            "a floor"
+        );
     }
 }
