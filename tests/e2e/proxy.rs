@@ -479,15 +479,7 @@ async fn readiness_waits_for_the_upstreams_ready_path() {
     .await;
 
     let _up = Upstream::start_with(&["--port", &port.to_string()]);
-    // Probes share a finding for a second: poll.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while ready().await.status() != 200 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "not ready although the upstream answers 200 there"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    readiness_turns(&sc, 200).await;
 
     let failing = Sidecar::start_without_readiness(&[
         ("SSO_SIDECAR_UPSTREAM", &format!("http://127.0.0.1:{port}")),

@@ -59,6 +59,40 @@ async fn a_users_index_holds_the_sessions_that_may_live_not_every_login() {
         .parse()
         .unwrap();
     assert!(ttl > 0, "the index still expires on its own: {ttl}");
+    // The plain set an earlier build reads holds the same members, pruned alike.
+    let older = sub.replacen("by-expiry:", "", 1);
+    let plain = m.redis.cli_async(&["--raw", "SMEMBERS", &older]).await;
+    let sorted = |t: &str| {
+        let mut v: Vec<String> = t.lines().map(str::to_owned).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        sorted(&plain),
+        sorted(&left),
+        "the earlier build's set follows the index"
+    );
+}
+
+/// A replica of the earlier build (reading only the plain sets) still finds, and logs out,
+/// the sessions this build made: an upgrade's mixed replicas, or a rollback.
+#[tokio::test]
+async fn an_earlier_build_finds_the_sessions_this_build_indexed() {
+    let m = mock_pair(&[]).await;
+    mock_login(&m, &m.a.sidecar, "alice", "sid-1").await;
+    let indexes = keys(&m, "*by-expiry:*").await;
+    assert_eq!(indexes.len(), 2, "{indexes:?}");
+    for zset in indexes {
+        let older = zset.replacen("by-expiry:", "", 1);
+        let z = m
+            .redis
+            .cli_async(&["--raw", "ZRANGE", &zset, "0", "-1"])
+            .await;
+        let s = m.redis.cli_async(&["--raw", "SMEMBERS", &older]).await;
+        assert_eq!(z, s, "{older} lacks what {zset} holds");
+        let ttl = m.redis.cli_async(&["--raw", "PTTL", &older]).await;
+        assert!(ttl.parse::<i64>().unwrap() > 0, "{older} expires: {ttl}");
+    }
 }
 
 /// Sessions indexed by an earlier build (plain sets at the index's own name, as a replica not

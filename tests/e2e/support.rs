@@ -292,6 +292,23 @@ impl Drop for Sidecar {
     }
 }
 
+/// Polls the sidecar's `/readyz` until it answers `status` (probes share a finding for a
+/// second, so a change shows within about that); panics after 10 s.
+pub async fn readiness_turns(sc: &Sidecar, status: u16) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let got = get(&sc.admin_url("/readyz"), &[]).await.unwrap().status();
+        if got == status {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/readyz still answers {got}, not {status}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 pub fn proc_status_kb(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status

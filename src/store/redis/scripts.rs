@@ -7,9 +7,10 @@
 //! clock, so replicas' clocks never disagree about it), at `by-expiry:<index>`: each addition
 //! drops the members whose time is over, so an index holds the sessions that may still live,
 //! however many logins a user makes while it stays alive. Before that an index was a plain set
-//! at `<index>` that only grew until its TTL; reads and removals still consult it, so that the
-//! sessions written by older replicas are found during an upgrade and until they expire. Both
-//! keys carry the index's hash tag: one Cluster slot, one script.
+//! at `<index>` that only grew until its TTL. That set is still written (and pruned with the
+//! index), read and cleaned, so that no logout misses a session while both builds run: during
+//! an upgrade, after a rollback, and for the sessions the earlier build wrote. Both keys carry
+//! the index's hash tag: one Cluster slot, one script.
 
 use super::{millis, RedisStore, StoreError};
 use std::time::Duration;
@@ -38,23 +39,36 @@ impl Scripts {
 }
 
 /// Adds ARGV[1] to the index KEYS[1], to expire in ARGV[2] ms, after dropping the members
-/// whose time is over; raises the index's TTL to at least ARGV[2] ms (never lowers it).
-/// `replicate_commands`: Redis 6 replicates a script that reads the clock by its effects only
-/// when asked (Redis 7 always does). Scores are written as integers, never in `%.14g`.
+/// whose time is over; raises the index's TTL to at least ARGV[2] ms (never lowers it). The
+/// same member goes into the older plain set KEYS[2] too, and leaves it when it leaves the
+/// index: replicas of the earlier build, during an upgrade or after a rollback, read only that
+/// set, and it stays as small as the index. `replicate_commands`: Redis 6 replicates a script
+/// that reads the clock by its effects only when asked (Redis 7 always does). Scores are
+/// written as integers, never in `%.14g`.
 const INDEX_ADD: &str = r"
 if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%.0f', now))
+local over = string.format('%.0f', now)
+for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', over)) do
+  redis.call('SREM', KEYS[2], m)
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', over)
 redis.call('ZADD', KEYS[1], string.format('%.0f', now + tonumber(ARGV[2])), ARGV[1])
-local ttl = redis.call('PTTL', KEYS[1])
-if ttl < tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+redis.call('SADD', KEYS[2], ARGV[1])
+for _, k in ipairs(KEYS) do
+  if redis.call('PTTL', k) < tonumber(ARGV[2]) then redis.call('PEXPIRE', k, ARGV[2]) end
+end
 return 1";
 
-/// The members of the index KEYS[1] and of its older plain set KEYS[2].
+/// The members of the index KEYS[1] and of its older plain set KEYS[2], each once.
 const INDEX_MEMBERS: &str = r"
 local m = redis.call('ZRANGE', KEYS[1], 0, -1)
-for _, x in ipairs(redis.call('SMEMBERS', KEYS[2])) do m[#m + 1] = x end
+local seen = {}
+for _, x in ipairs(m) do seen[x] = true end
+for _, x in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  if not seen[x] then m[#m + 1] = x end
+end
 return m";
 
 /// Removes ARGV[1] from the index KEYS[1] and from its older plain set KEYS[2].
@@ -158,9 +172,11 @@ impl RedisStore {
         member: &str,
         ttl: Duration,
     ) -> Result<(), StoreError> {
-        let key = self.key(&by_expiry(index));
+        let (key, older) = (self.key(&by_expiry(index)), self.key(index));
         let mut inv = self.scripts.index_add.key(&key);
-        let _: i64 = self.invoke(inv.arg(member).arg(millis(ttl))).await?;
+        let _: i64 = self
+            .invoke(inv.key(&older).arg(member).arg(millis(ttl)))
+            .await?;
         Ok(())
     }
 
