@@ -29,7 +29,8 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
 /// may rightly wait for the whole body before it answers (a multipart upload is read in full
 /// first), so the wait for the answer is timed from the body's last move, not from its start.
 /// An upstream may also answer before reading it all (a 401 or 413): the rest is still sent,
-/// held to the same rule by a watchdog ([`watch_rest`]) that cuts it once it stalls.
+/// held to the same rule by a watchdog ([`watch_rest`]) that closes its connection once it
+/// stalls.
 pub struct Outgoing {
     inner: RequestBody,
     progress: Option<Arc<Progress>>,
@@ -58,8 +59,7 @@ impl Outgoing {
     }
 }
 
-/// When a streamed request body last moved (a frame taken, or its end), and what ends it
-/// early.
+/// When a streamed request body last moved (a frame taken, or its end).
 pub struct Progress {
     start: Instant,
     moved_ms: AtomicU64,
@@ -67,9 +67,6 @@ pub struct Progress {
     bound: Duration,
     /// Every frame is sent (set by the body itself).
     ended: AtomicBool,
-    /// Set by the watchdog: the body fails at its next poll, which closes its connection.
-    cut: AtomicBool,
-    waker: atomic_waker::AtomicWaker,
     /// The request's place under the upstream cap once its response has ended before it: the
     /// place is given back when the body is (this note is dropped with it), not before, or
     /// early answers would let one client keep any number of connections busy past the cap.
@@ -84,8 +81,6 @@ impl Progress {
             stall,
             bound,
             ended: AtomicBool::new(false),
-            cut: AtomicBool::new(false),
-            waker: atomic_waker::AtomicWaker::new(),
             held: Mutex::new(None),
         }
     }
@@ -115,19 +110,16 @@ impl Progress {
     pub fn hold(&self, permit: tokio::sync::OwnedSemaphorePermit) {
         *self.held.lock().unwrap_or_else(|p| p.into_inner()) = Some(permit);
     }
-
-    fn cut(&self) {
-        self.cut.store(true, Ordering::Relaxed);
-        self.waker.wake();
-    }
 }
 
-/// Watches the rest of a request body whose response has ended: cuts it once it stalls past
-/// its deadline. Holds the note weakly, so the task ends when the body does.
-pub fn watch_rest(progress: Arc<Progress>) {
+/// Watches the rest of a request body whose response has ended: once it stalls past its
+/// deadline, aborts `connection`'s task, which closes the connection and drops the body (and
+/// the place it holds) whether the body or the upstream stopped moving. Holds the note weakly,
+/// so the task ends when the body does.
+pub fn watch_rest(progress: Arc<Progress>, connection: tokio::task::AbortHandle) {
     let weak = Arc::downgrade(&progress);
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        progress.cut();
+        connection.abort();
         return;
     };
     drop(progress);
@@ -139,18 +131,15 @@ pub fn watch_rest(progress: Arc<Progress>) {
             tokio::time::sleep_until(at).await;
             let Some(p) = weak.upgrade() else { return };
             if p.deadline() <= Instant::now() {
-                tracing::debug!("a request body the upstream had answered stalled: cut");
-                p.cut();
+                tracing::debug!(
+                    "a request body the upstream had answered stalled: connection closed"
+                );
+                connection.abort();
                 return;
             }
         }
     });
 }
-
-/// The error a cut body ends with.
-#[derive(Debug, thiserror::Error)]
-#[error("the request body stalled after the upstream answered")]
-struct Stalled;
 
 impl http_body::Body for Outgoing {
     type Data = Bytes;
@@ -161,13 +150,10 @@ impl http_body::Body for Outgoing {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();
-        let Some(p) = &this.progress else {
-            return Pin::new(&mut this.inner).poll_frame(cx);
-        };
-        if p.cut.load(Ordering::Relaxed) {
-            return Poll::Ready(Some(Err(Box::new(Stalled))));
-        }
         let frame = Pin::new(&mut this.inner).poll_frame(cx);
+        let Some(p) = &this.progress else {
+            return frame;
+        };
         match &frame {
             Poll::Ready(Some(Ok(_))) => {
                 p.moved();
@@ -179,9 +165,7 @@ impl http_body::Body for Outgoing {
                 p.moved();
                 p.ended.store(true, Ordering::Relaxed);
             }
-            Poll::Ready(Some(Err(_))) => {}
-            // Where the watchdog finds it, should it have to cut.
-            Poll::Pending => p.waker.register(cx.waker()),
+            Poll::Ready(Some(Err(_))) | Poll::Pending => {}
         }
         frame
     }

@@ -93,6 +93,12 @@ async fn serve(sock: tokio::net::TcpStream, after: After) {
             })
             .unwrap_or(0);
         let target = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
+        if target == "/early-deaf" {
+            // Answers before reading the body, then reads nothing more, keeping the socket.
+            let answer = b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 0\r\n\r\n";
+            let _ = sock.get_mut().write_all(answer).await;
+            std::future::pending::<()>().await;
+        }
         if target == "/early" {
             // Answers before reading the body (as a 405 or 413 does), then drains it.
             let answer = b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 0\r\n\r\n";
@@ -325,6 +331,50 @@ async fn early_answers_keep_their_place_under_the_cap_until_the_body_is_cut() {
         .unwrap();
     assert_eq!(r.status(), 200);
     drop(clients);
+}
+
+/// The same, with an upstream that stops reading after its early answer but keeps the socket
+/// open: the sidecar's writes block, the body stops moving, and the connection is closed from
+/// the sidecar's side once that lasts the upstream timeout, which gives its place back.
+#[tokio::test]
+async fn an_upstream_that_stops_reading_after_an_early_answer_gives_its_place_back() {
+    let up = RawUpstream::start(After::KeepAlive).await;
+    let sc = Sidecar::start(&[
+        ("SSO_SIDECAR_UPSTREAM", &up.url()),
+        ("SSO_SIDECAR_WORKERS", "1"),
+        ("SSO_SIDECAR_CONNECTIONS__UPSTREAM_MAX_PER_WORKER", "1"),
+        ("SSO_SIDECAR_UPSTREAM_TIMEOUT_SECS", "2"),
+    ])
+    .await;
+    let mut c = tokio::net::TcpStream::connect(sc.addr).await.unwrap();
+    c.write_all(b"POST /early-deaf HTTP/1.1\r\nHost: app\r\nContent-Length: 100000000\r\n\r\n")
+        .await
+        .unwrap();
+    let (mut rd, mut wr) = c.into_split();
+    // The body, as fast as the sidecar takes it, until it stops taking it.
+    let writer = tokio::spawn(async move {
+        let chunk = vec![b'x'; 64 * 1024];
+        while wr.write_all(&chunk).await.is_ok() {}
+    });
+    let mut head = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(10), rd.read(&mut head))
+        .await
+        .expect("the early answer")
+        .unwrap();
+    assert!(String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 413"));
+    // Its place (the only one) comes back after the stall: a request is served again (those
+    // that found no place within the upstream timeout got 504 meanwhile).
+    let mut served = false;
+    for _ in 0..6 {
+        let r = get(&sc.url("/next"), &[]).await.unwrap();
+        if r.status() == 200 {
+            served = true;
+            break;
+        }
+        assert_eq!(r.status(), 504, "{}", String::from_utf8_lossy(r.body()));
+    }
+    assert!(served, "the place under the cap never came back");
+    writer.abort();
 }
 
 #[tokio::test]

@@ -3,10 +3,9 @@
 //! request's place under the pool's cap for as long as the body lives (and the request body,
 //! when that outlives it).
 
-use super::Pool;
-use crate::proxy::body::{watch_rest, Outgoing, Progress};
+use super::{Conn, Pool};
+use crate::proxy::body::{watch_rest, Progress};
 use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -16,7 +15,7 @@ use std::task::{Context, Poll};
 /// instead: the rest of the response would otherwise have to be read first.
 pub struct UpstreamBody {
     inner: Incoming,
-    conn: Option<(SendRequest<Outgoing>, Arc<Pool>)>,
+    conn: Option<(Conn, Arc<Pool>)>,
     done: bool,
     /// This request's place under the pool's cap, given back with the body.
     _permit: Option<tokio::sync::OwnedSemaphorePermit>,
@@ -29,14 +28,14 @@ pub struct UpstreamBody {
 impl UpstreamBody {
     pub(super) fn new(
         inner: Incoming,
-        sender: SendRequest<Outgoing>,
+        conn: Conn,
         pool: &Arc<Pool>,
         permit: tokio::sync::OwnedSemaphorePermit,
         request: Option<Arc<Progress>>,
     ) -> Self {
         UpstreamBody {
             inner,
-            conn: Some((sender, pool.clone())),
+            conn: Some((conn, pool.clone())),
             done: false,
             _permit: Some(permit),
             abort: None,
@@ -73,20 +72,21 @@ impl Drop for UpstreamBody {
     fn drop(&mut self) {
         // The upstream answered before it had the whole request body, and the client is still
         // sending it: the connection stays busy until then. It keeps its place under the cap
-        // (held by the body's note, given back with the body), is cut if the body stalls, and
-        // is not reused (it closes once the body is through).
+        // (held by the body's note, given back with the body), is closed if the body stalls,
+        // and is not reused (it closes once the body is through).
         if let Some(p) = self.request.take().filter(|p| !p.ended()) {
             if Arc::strong_count(&p) > 1 {
                 if let Some(permit) = self._permit.take() {
                     p.hold(permit);
                 }
-                self.conn = None;
-                watch_rest(p);
+                if let Some((conn, _)) = self.conn.take() {
+                    watch_rest(p, conn.task);
+                }
             }
         }
-        if let Some((sender, pool)) = self.conn.take() {
+        if let Some((conn, pool)) = self.conn.take() {
             if self.done || http_body::Body::is_end_stream(&self.inner) {
-                pool.checkin(sender);
+                pool.checkin(conn);
             }
         }
     }

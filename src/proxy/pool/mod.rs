@@ -49,10 +49,17 @@ pub enum SendError {
 /// request is sent ([`Pool::permit`]) and given back when its response body ends.
 pub struct CapPermit(tokio::sync::OwnedSemaphorePermit);
 
+/// An upstream connection: where requests go in, and the task that drives it (aborted to
+/// close it at once, whatever it is waiting for).
+pub(crate) struct Conn {
+    sender: SendRequest<Outgoing>,
+    task: tokio::task::AbortHandle,
+}
+
 /// Idle connections, newest last, each with the sweeper epoch it was handed back in.
 #[derive(Default)]
 struct Idle {
-    conns: VecDeque<(SendRequest<Outgoing>, u64)>,
+    conns: VecDeque<(Conn, u64)>,
     /// Whether this pool's sweeper task is running.
     sweeping: bool,
     /// Advanced by the sweeper every half idle timeout. Ages are counted in epochs rather than
@@ -138,17 +145,15 @@ impl Pool {
             // A reused connection the upstream has just closed refuses the request unsent: try the
             // next one. A new connection gets no second chance.
             loop {
-                let (mut sender, fresh) = match self.checkout().await {
-                    Some(s) => (s, false),
+                let (mut conn, fresh) = match self.checkout().await {
+                    Some(c) => (c, false),
                     // Boxed: rare, and its state would otherwise enlarge every request's future.
                     None => (Box::pin(self.connect()).await?, true),
                 };
                 let progress = req.body().progress().cloned();
-                match sender.try_send_request(req).await {
+                match conn.sender.try_send_request(req).await {
                     Ok(resp) => {
-                        return Ok(
-                            resp.map(|b| UpstreamBody::new(b, sender, self, permit, progress))
-                        )
+                        return Ok(resp.map(|b| UpstreamBody::new(b, conn, self, permit, progress)))
                     }
                     Err(mut e) => match e.take_message() {
                         Some(unsent) if !fresh => req = unsent,
@@ -178,13 +183,13 @@ impl Pool {
     }
 
     /// The newest idle connection that is still open and ready for a request.
-    async fn checkout(&self) -> Option<SendRequest<Outgoing>> {
+    async fn checkout(&self) -> Option<Conn> {
         // Connections that were not ready in time, handed back (as the oldest) once done.
         let mut busy = Vec::new();
         let found = loop {
-            let (mut sender, since) = {
+            let (mut conn, since) = {
                 let mut idle = self.lock();
-                let Some((sender, since)) = idle.conns.pop_back() else {
+                let Some((conn, since)) = idle.conns.pop_back() else {
                     break None;
                 };
                 if idle.expired(since) {
@@ -192,8 +197,9 @@ impl Pool {
                     idle.conns.clear();
                     break None;
                 }
-                (sender, since)
+                (conn, since)
             };
+            let sender = &mut conn.sender;
             // Usually ready at once; a connection handed back a moment ago becomes ready as
             // soon as its task has seen the end of the last response. One that is still busy
             // sending the previous request's body (the upstream answered before reading it
@@ -202,14 +208,14 @@ impl Pool {
             // not dropped: on a loaded machine a moment may not be enough for a healthy one,
             // and the idle sweeper closes it if it stays busy.
             match std::future::poll_fn(|cx| Poll::Ready(sender.poll_ready(cx))).await {
-                Poll::Ready(Ok(())) => break Some(sender),
+                Poll::Ready(Ok(())) => break Some(conn),
                 Poll::Ready(Err(_)) => continue,
                 Poll::Pending => {}
             }
             match tokio::time::timeout(CHECKOUT_WAIT, sender.ready()).await {
-                Ok(Ok(())) => break Some(sender),
+                Ok(Ok(())) => break Some(conn),
                 Ok(Err(_)) => {}
-                Err(_) => busy.push((sender, since)),
+                Err(_) => busy.push((conn, since)),
             }
         };
         if !busy.is_empty() {
@@ -221,7 +227,7 @@ impl Pool {
         found
     }
 
-    async fn connect(self: &Arc<Self>) -> Result<SendRequest<Outgoing>, SendError> {
+    async fn connect(self: &Arc<Self>) -> Result<Conn, SendError> {
         let io = self
             .connector
             .clone()
@@ -232,24 +238,27 @@ impl Pool {
             .handshake(io)
             .await
             .map_err(SendError::Request)?;
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(error = %e, "upstream connection ended with an error");
             }
         });
         self.start_sweeper();
-        Ok(sender)
+        Ok(Conn {
+            sender,
+            task: task.abort_handle(),
+        })
     }
 
-    fn checkin(&self, sender: SendRequest<Outgoing>) {
+    fn checkin(&self, conn: Conn) {
         // An idle timeout of zero means no connection is kept.
-        if sender.is_closed() || self.idle_timeout.is_zero() {
+        if conn.sender.is_closed() || self.idle_timeout.is_zero() {
             return;
         }
         let mut idle = self.lock();
         if idle.conns.len() < self.max_idle {
             let epoch = idle.epoch;
-            idle.conns.push_back((sender, epoch));
+            idle.conns.push_back((conn, epoch));
         }
     }
 
@@ -272,8 +281,8 @@ impl Pool {
                 let Some(pool) = pool.upgrade() else { return };
                 let mut idle = pool.lock();
                 idle.epoch += 1;
-                while let Some((s, since)) = idle.conns.front() {
-                    if !(s.is_closed() || idle.expired(*since)) {
+                while let Some((c, since)) = idle.conns.front() {
+                    if !(c.sender.is_closed() || idle.expired(*since)) {
                         break;
                     }
                     idle.conns.pop_front();
