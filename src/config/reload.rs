@@ -63,7 +63,13 @@ impl Reloadable {
         r.paths = next.raw.0.paths.for_identity(&current.raw.0.identity);
         let claim_given = next.raw.0.authz.groups_claim.as_deref().map(str::trim);
         if claim_given.is_none_or(str::is_empty) {
-            r.authz.groups_claim = current.auth.authz.groups_claim.clone();
+            // The default as the running OIDC_CLAIM_GROUPS makes it (not the running value:
+            // that may be a claim the file named and no longer does).
+            r.authz.groups_claim = current
+                .openrag_env
+                .group_sync
+                .as_ref()
+                .map_or_else(|| "groups".to_owned(), |g| g.claim.clone());
         }
         r
     }

@@ -374,4 +374,10 @@ fn a_reload_fills_in_its_defaults_for_the_running_identity_mode() {
     let r = Reloadable::under(&running, &explicit);
     assert_eq!(r.paths.bearer_passthrough, Some(false));
     assert_eq!(r.authz.groups_claim, "g");
+    // A claim the running file named and the next one no longer does: back to the default.
+    let r = Reloadable::under(&explicit, &running);
+    assert_eq!(
+        r.authz.groups_claim, "teams",
+        "explicit's own OIDC_CLAIM_GROUPS"
+    );
 }
