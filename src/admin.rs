@@ -24,11 +24,18 @@ pub struct Readiness {
     /// Numbers the checks in the order they begin: concurrent probes finish in any order, and
     /// one that began earlier must not log its older finding over a newer one.
     checks: std::sync::atomic::AtomicU64,
-    /// The latest finding of the store and upstream checks, and when it was made. Probes wait
+    /// The store and upstream checks' latest finding, and the check in progress. Probes wait
     /// for the check in progress and share a finding for [`FINDING_LIFE`]: `/readyz` is not
     /// authenticated, and a flood of probes must not become a flood of Redis `PING`s and
     /// upstream requests.
-    finding: tokio::sync::Mutex<Option<(tokio::time::Instant, Finding)>>,
+    findings: std::sync::Mutex<Findings>,
+}
+
+#[derive(Default)]
+struct Findings {
+    latest: Option<(tokio::time::Instant, Finding)>,
+    /// The check in progress: its finding, once made, reaches every probe waiting for it.
+    running: Option<tokio::sync::watch::Receiver<Option<Finding>>>,
 }
 
 /// What the dependencies' check found: its number ([`Readiness::checks`]), the reasons and
@@ -45,7 +52,7 @@ impl Readiness {
     }
 
     /// `Ok` when ready, else the reasons.
-    pub async fn check(&self) -> Result<(), Vec<&'static str>> {
+    pub async fn check(self: &Arc<Self>) -> Result<(), Vec<&'static str>> {
         let mut reasons = Vec::new();
         if self.draining.load(Ordering::SeqCst) {
             reasons.push("shutting down");
@@ -64,14 +71,55 @@ impl Readiness {
     }
 
     /// What the store and the upstream say, asked at most once per [`FINDING_LIFE`] and by
-    /// one probe at a time (the others wait for its finding).
-    async fn dependencies(&self) -> Finding {
-        let mut finding = self.finding.lock().await;
-        if let Some((at, found)) = &*finding {
-            if at.elapsed() < FINDING_LIFE {
-                return found.clone();
+    /// one check at a time, which every probe meanwhile waits for. The check is a task of its
+    /// own: a probe that gives up (its client's timeout) does not take the check with it, and
+    /// clients that keep opening and dropping probes cannot keep every check from finishing.
+    async fn dependencies(self: &Arc<Self>) -> Finding {
+        let mut running = {
+            let mut f = self.findings.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((at, found)) = &f.latest {
+                if at.elapsed() < FINDING_LIFE {
+                    return found.clone();
+                }
+            }
+            match &f.running {
+                Some(running) => running.clone(),
+                None => {
+                    let (tx, rx) = tokio::sync::watch::channel(None);
+                    f.running = Some(rx.clone());
+                    let me = self.clone();
+                    tokio::spawn(async move {
+                        let found = me.ask_dependencies().await;
+                        {
+                            let mut f = me.findings.lock().unwrap_or_else(|p| p.into_inner());
+                            f.latest = Some((tokio::time::Instant::now(), found.clone()));
+                            f.running = None;
+                        }
+                        // No probe left waiting is fine: the finding is kept above.
+                        let _ = tx.send(Some(found));
+                    });
+                    rx
+                }
+            }
+        };
+        let waited = running
+            .wait_for(Option::is_some)
+            .await
+            .map(|found| found.clone().unwrap_or_default());
+        match waited {
+            Ok(found) => found,
+            // The check's task ended without a finding (it panicked): say so, and let the
+            // next probe start another.
+            Err(_) => {
+                let mut f = self.findings.lock().unwrap_or_else(|p| p.into_inner());
+                f.running = None;
+                (0, vec!["readiness check failed"], Vec::new())
             }
         }
+    }
+
+    /// Asks the store and the upstream, both at once.
+    async fn ask_dependencies(&self) -> Finding {
         let begun = self.checks.fetch_add(1, Ordering::Relaxed);
         // Both at once: the probe's own timeout (a second by default) must cover the slower
         // of the two, not their sum.
@@ -100,9 +148,7 @@ impl Readiness {
             reasons.push("upstream not ready");
             causes.push(e);
         }
-        let found = (begun, reasons, causes);
-        *finding = Some((tokio::time::Instant::now(), found.clone()));
-        found
+        (begun, reasons, causes)
     }
 
     fn log_change(&self, begun: u64, reasons: &[&'static str], causes: &[String]) {
@@ -201,4 +247,58 @@ fn text(status: StatusCode, content_type: &'static str, body: String) -> Respons
     r.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// An upstream that answers its ready path after `delay`, counting the requests.
+    async fn slow_upstream(delay: std::time::Duration) -> (url::Url, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let asked = Arc::new(AtomicUsize::new(0));
+        let counter = asked.clone();
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    let _ = sock.read(&mut buf).await;
+                    tokio::time::sleep(delay).await;
+                    let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+                    let _ = sock.write_all(ok).await;
+                });
+            }
+        });
+        (url.parse().unwrap(), asked)
+    }
+
+    /// A probe that gives up mid-check (its client's timeout) does not take the check with it:
+    /// the check finishes, and the next probe gets its finding without asking again.
+    #[tokio::test]
+    async fn a_probe_that_gives_up_leaves_the_check_running_for_the_next() {
+        let delay = std::time::Duration::from_millis(300);
+        let (url, asked) = slow_upstream(delay).await;
+        let tls = crate::tls::client_config(None).unwrap();
+        let timeout = std::time::Duration::from_secs(5);
+        let r = Arc::new(Readiness {
+            upstream: Some(UpstreamCheck::new(&url, "/ready", tls, timeout)),
+            ..Readiness::default()
+        });
+        let short = std::time::Duration::from_millis(50);
+        assert!(tokio::time::timeout(short, r.check()).await.is_err());
+        assert!(tokio::time::timeout(short, r.check()).await.is_err());
+        tokio::time::sleep(delay * 2).await;
+        let begun = std::time::Instant::now();
+        assert_eq!(r.check().await, Ok(()));
+        assert!(begun.elapsed() < delay, "the next probe asked again");
+        assert_eq!(
+            asked.load(Ordering::SeqCst),
+            1,
+            "one check for three probes"
+        );
+    }
 }
