@@ -59,7 +59,9 @@ app.kubernetes.io/component: session-store
 {{/* The IdP's port, from oidc.endpoint (443 for https without one). */}}
 {{- define "sso-sidecar.idpPort" -}}
 {{- $u := urlParse .Values.oidc.endpoint }}
-{{- $hostPort := splitList ":" $u.host }}
+{{- /* The port follows the last colon, but not inside an IPv6 literal ([::1]). */}}
+{{- $afterBracket := last (splitList "]" $u.host) }}
+{{- $hostPort := splitList ":" $afterBracket }}
 {{- if gt (len $hostPort) 1 }}{{ last $hostPort }}{{ else if eq $u.scheme "http" }}80{{ else }}443{{ end }}
 {{- end }}
 
