@@ -123,10 +123,13 @@ impl ConnLimiter {
         Self::for_listener("public", max, max_per_ip, exempt, metrics)
     }
 
-    /// The admin listener's cap: `max` connections in all, counted as
-    /// `reason="admin_max_connections"`.
+    /// The admin listener's cap: `max` connections in all, and a quarter of them (at least 8)
+    /// per client address, so that one client holding connections open cannot lock the
+    /// kubelet's probes out (a liveness probe refused three times restarts the pod); counted
+    /// as `reason="admin_max_connections"`.
     pub fn admin(max: usize, metrics: Arc<Metrics>) -> Arc<Self> {
-        Self::for_listener("admin", max, None, Vec::new(), metrics)
+        let per_ip = (max / 4).max(8);
+        Self::for_listener("admin", max, Some(per_ip), Vec::new(), metrics)
     }
 
     fn for_listener(
@@ -283,6 +286,25 @@ mod tests {
         assert_eq!(open(&m), "sso_sidecar_connections_open 1");
         drop(client);
         assert_eq!(open(&m), "sso_sidecar_connections_open 0");
+    }
+
+    /// One client cannot hold every admin connection: the kubelet's probes from another
+    /// address still get in.
+    #[test]
+    fn one_address_holds_at_most_a_quarter_of_the_admin_listener() {
+        let m = Arc::new(Metrics::new(1));
+        let admin = ConnLimiter::admin(64, m);
+        let flood: IpAddr = "10.0.0.9".parse().unwrap();
+        let held: Vec<_> = (0..16).map(|_| admin.admit(flood).unwrap()).collect();
+        assert!(admin.admit(flood).is_err(), "a 17th from one address");
+        let kubelet: IpAddr = "10.0.0.1".parse().unwrap();
+        assert!(admin.admit(kubelet).is_ok());
+        drop(held);
+        assert!(admin.admit(flood).is_ok());
+        assert_eq!(
+            ConnLimiter::admin(4, Arc::new(Metrics::new(1))).max_per_ip,
+            Some(8)
+        );
     }
 
     #[test]
