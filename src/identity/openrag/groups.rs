@@ -81,6 +81,9 @@ pub fn plan(
     p
 }
 
+/// Partitions remembered as refused (their WARN said once) at most.
+const MAX_WARNED: usize = 1024;
+
 /// The sync, with what it has already warned about (a partition refused once is not logged
 /// at WARN at every login).
 pub struct GroupSyncer {
@@ -136,11 +139,15 @@ impl GroupSyncer {
                 )
             }
             Err(AdminError::Status { status, detail }) if status == http::StatusCode::FORBIDDEN => {
-                let first = self
-                    .warned
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(partition.to_owned());
+                let first = {
+                    let mut warned = self.warned.lock().unwrap_or_else(|p| p.into_inner());
+                    // Partition names come from the IdP's claims: bounded, so that a user
+                    // with endless groups cannot grow this; past it, warnings may repeat.
+                    if warned.len() >= MAX_WARNED {
+                        warned.clear();
+                    }
+                    warned.insert(partition.to_owned())
+                };
                 if first {
                     tracing::warn!(partition, user_id = user, op, detail, "group sync refused by the backend: its admin may manage partitions it does not own only with SUPER_ADMIN_MODE=true");
                 }
