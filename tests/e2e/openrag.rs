@@ -938,3 +938,36 @@ async fn a_session_ends_at_its_refresh_once_its_account_is_linked_elsewhere() {
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     }
 }
+
+/// First logins of one new user at once, under `deny`: a login that finds the user created by
+/// another (its own create answered 409, or the listing already shows it) before that login
+/// vaulted the token waits for the token, instead of refusing itself (`deny`; before, 403 "No
+/// OpenRag token") or replacing the other's token (`regenerate`).
+#[tokio::test]
+async fn two_first_logins_of_one_user_at_once_both_get_in() {
+    let w = world_with(
+        Backend::start_with(json!([]), &["--conflict-status", "409"]),
+        json!({}),
+        &[
+            ("SSO_SIDECAR_OPENRAG__TOKEN_POLICY", "deny"),
+            ("OIDC_AUTO_PROVISION_LOGIN", "true"),
+        ],
+    )
+    .await;
+    // The create that wins answers late, its user visible meanwhile: the others find the user
+    // (by their own 409, or in the listing) before its token is in the vault.
+    let slow = format!("{}/__test/slow-create?ms=600", w.backend.url());
+    let slow = send(request("POST", &slow, &[], body(""))).await.unwrap();
+    assert_eq!(slow.status(), 204);
+    for r in burst_of_logins(&w, &["dan"; 3], "ms=0").await {
+        assert!(
+            r.status().is_redirection() && set_cookie(&r, "sso_sidecar_session").is_some(),
+            "{} {}",
+            r.status(),
+            String::from_utf8_lossy(r.body())
+        );
+    }
+    let dans = w.backend.users().await;
+    let dans = dans.iter().filter(|u| u["external_user_id"] == "dan");
+    assert_eq!(dans.count(), 1, "one user created");
+}

@@ -18,7 +18,7 @@ verified in issue 16: IA-Generative/openrag d6fd8e7f; "later" = later linagora v
   echo      any other path, once authenticated (a JSON echo of what arrived)
   hooks     (--test-hooks) GET /__test/dump  GET /__test/users  GET|DELETE /__test/requests
             POST /__test/partition/{p}  GET /__test/refuse/<code>?detail=D  POST /__test/chainlit/forget
-            POST /__test/slow-list?ms=N[&fail=1]
+            POST /__test/slow-list?ms=N[&fail=1]  POST /__test/slow-create?ms=N
   flags     --users-file (users, their memberships)  --partitions (created at start, no members)
             --generation  --super-admin-mode (default true)  --conflict-status (default by generation)
 
@@ -105,7 +105,8 @@ the real backend showed (issue 16 item 7):
     (create a partition with no members: 201, or 409 if it exists), GET /__test/requests (total,
     by_path counts, the last 50 {method, path, status, auth_via, user_id}), DELETE /__test/requests
     (reset the log), POST /__test/slow-list?ms=N[&fail=1] (GET /users/ answers N ms late from then
-    on, as a long list would; with fail=1, then 503). And one AUTHENTICATED hook (the token is checked and the request logged as on any
+    on, as a long list would; with fail=1, then 503), POST /__test/slow-create?ms=N (POST /users/
+    answers N ms after storing the user, who is visible to other requests meanwhile). And one AUTHENTICATED hook (the token is checked and the request logged as on any
     route): GET /__test/refuse/<code>?detail=D answers <code> {"detail": D}, a route refusing a valid
     user for its own reasons (Chainlit's 401 "Invalid authentication token", a 403 "Invalid token"
     relayed from a provider). Without --test-hooks these paths are echoed.
@@ -802,6 +803,12 @@ class Handler(BaseHTTPRequestHandler):
             self.server.list_delay_ms = int(query.get("ms", ["0"])[0])
             self.server.list_fails = query.get("fail", ["0"])[0] == "1"
             return self.send(204)
+        if path == "/__test/slow-create" and self.command == "POST":
+            # POST /users/ answers N ms after the user is stored (visible to other requests
+            # meanwhile), as a backend busy after its commit does.
+            query = parse_qs(urlsplit(self.path).query)
+            self.server.create_delay_ms = int(query.get("ms", ["0"])[0])
+            return self.send(204)
         if path == "/__test/chainlit/forget" and self.command == "POST":
             self.server.chainlit_sessions.clear()  # Chainlit restarted: its sessions are gone
             return self.send(204)
@@ -1126,6 +1133,7 @@ class Handler(BaseHTTPRequestHandler):
                                                   consume_id_on_conflict=cfg.conflict_status == 500)
         except Conflict as e:
             self.conflict(str(e))
+        time.sleep(getattr(self.server, "create_delay_ms", 0) / 1000)
         return 201, created_dict(row, token), []
 
     def get_user(self, ctx, user, uid):

@@ -14,7 +14,16 @@ use std::time::Duration;
 /// How long a login refused for an email conflict is remembered (no second `POST /users/`).
 const CONFLICT_TTL: Duration = Duration::from_secs(60);
 
+/// How long the record that a login is creating a user lasts at most (it is removed once the
+/// new user's token is in the vault).
+const CREATING_TTL: Duration = Duration::from_secs(10);
+
 impl OpenRagBridge {
+    /// The record that a login is creating `sub`'s user ([`CREATING_TTL`]).
+    pub(super) fn creating_key(&self, sub: &str) -> String {
+        crate::store::keys::hashed("creating", &["creating", &self.issuer, sub])
+    }
+
     fn conflict_key(&self, sub: &str) -> String {
         crate::store::keys::hashed("conflict", &["conflict", &self.issuer, sub])
     }
@@ -57,6 +66,10 @@ impl OpenRagBridge {
             // DEFAULT_FILE_QUOTA, as for a user OpenRag's OIDC mode provisions.
             "file_quota": null,
         });
+        // Other logins of this user meanwhile may find it created before its token is in the
+        // vault: this record tells them to wait for it (`token_for`).
+        let creating = self.creating_key(sub);
+        self.store.put(&creating, b"1", CREATING_TTL).await?;
         let (user, token) = match self.admin.create_user(body).await {
             Ok(r) => r,
             Err(AdminError::Status { status, .. }) if status == http::StatusCode::CONFLICT => {
@@ -81,6 +94,7 @@ impl OpenRagBridge {
         };
         tracing::info!(sub, user_id = user.id, "auto-provisioned a backend user");
         self.vault_put(sub, user.id, &token).await?;
+        self.store.delete(&creating).await?;
         self.directory.remember(sub, user.clone());
         Ok(Resolved {
             user_id: user.id,
