@@ -111,16 +111,26 @@ impl Sessions {
         ended_at: Option<i64>,
     ) -> Result<usize, StoreError> {
         let recorded = match ended_at {
-            Some(t) => {
-                let record = Self::ended_sub(iss, sub);
-                self.store
-                    .put(&record, t.to_string().as_bytes(), self.login_window)
-                    .await
-            }
+            Some(t) => self.record_user_ended(iss, sub, t).await,
             None => Ok(()),
         };
         let revoked = self.revoke_index(&Self::sub_index(iss, sub)).await?;
         recorded.map(|()| revoked)
+    }
+
+    /// Records that `sub`'s sessions ended at `t`, unless a logout handled before this one
+    /// recorded a later time: logouts may be handled out of order, and the time must not go
+    /// back (a login racing the later logout would then keep its session).
+    async fn record_user_ended(&self, iss: &str, sub: &str, t: i64) -> Result<(), StoreError> {
+        let record = Self::ended_sub(iss, sub);
+        let recorded = self.store.get_fresh(&record).await?;
+        let at = recorded.and_then(|r| std::str::from_utf8(&r).ok()?.parse::<i64>().ok());
+        if at.is_some_and(|at| at >= t) {
+            return Ok(());
+        }
+        self.store
+            .put(&record, t.to_string().as_bytes(), self.login_window)
+            .await
     }
 
     async fn revoke_index(&self, index: &str) -> Result<usize, StoreError> {

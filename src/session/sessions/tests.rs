@@ -147,6 +147,17 @@ async fn a_login_racing_a_logout_of_every_session_of_its_user_keeps_nothing() {
         );
     }
     assert!(s.create(&session(510), 510, 501).await.unwrap().is_some());
+    // An older logout handled after it does not move the time back.
+    assert_eq!(
+        s.revoke_sub("https://idp", "alice", Some(450))
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(
+        s.create(&session(510), 510, 480).await.unwrap().is_none(),
+        "the record went back to 450"
+    );
     let mut bob = session(510);
     bob.sub = "bob".into();
     assert!(
