@@ -163,6 +163,9 @@ fn build_oidc(
     })
 }
 
+/// HTTP/2 streams one admin connection may have open at once.
+const ADMIN_HTTP2_STREAMS: u32 = 8;
+
 /// Runs the sidecar until `shutdown` completes, then drains in-flight requests for at most
 /// `shutdown_timeout` and returns.
 pub async fn run(
@@ -308,6 +311,9 @@ pub async fn run(
             metrics.clone(),
         )),
         metrics: None,
+        // Probes and scrapes: one request at a time. 128 streams a connection would let a
+        // client multiply each admin connection into as many readiness checks in flight.
+        http2_max_streams: ADMIN_HTTP2_STREAMS,
         ..public_opts.clone()
     };
     let public_std = listeners.public.into_std().map_err(StartError::Listen)?;

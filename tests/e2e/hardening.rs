@@ -783,6 +783,10 @@ async fn http2_connections_announce_their_stream_cap_and_window() {
         settings.contains(&(MAX_CONCURRENT_STREAMS, 128)),
         "{settings:?}"
     );
+    // The admin listener serves probes and scrapes, one request at a time: 8 streams, not 128
+    // readiness checks in flight per connection.
+    let admin = server_settings(sc.admin).await;
+    assert!(admin.contains(&(MAX_CONCURRENT_STREAMS, 8)), "{admin:?}");
     assert!(
         settings.contains(&(INITIAL_WINDOW_SIZE, 256 * 1024)),
         "{settings:?}"
