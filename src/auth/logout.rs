@@ -71,6 +71,9 @@ impl Auth {
             .redirect_uri
             .origin()
             .ascii_serialization();
+        // `Origin: null` says nothing: a browser sends it for a POST from a page whose referrer
+        // policy is `no-referrer` (privacy settings may impose one on the page below).
+        let origin = origin.filter(|o| *o != "null");
         let same_origin = match (site, origin) {
             (Some(s), _) => s == "same-origin",
             (None, Some(o)) => o == ours,
@@ -168,5 +171,12 @@ fn confirmation_page() -> Response<Body> {
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     crate::error::page_headers(h);
+    // The one exception to the pages' `no-referrer`: under it the button's POST carries
+    // `Origin: null`, and without `Sec-Fetch-Site` (plain http, older browsers) nothing would
+    // tell it from a cross-site one. `same-origin` sends the page's origin to itself only.
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
     r
 }

@@ -130,3 +130,28 @@ async fn in_a_real_browser_two_tabs_and_back_both_work() {
         "the link starts a login at the IdP: {r}"
     );
 }
+
+/// A logout link followed from another origin lands on the confirmation page, and its button
+/// logs out in a real browser. The page sends `Referrer-Policy: no-referrer`, under which
+/// Chromium sends the button's POST with `Origin: null`: that POST was refused (403) as
+/// cross-site, so no one reaching the page could log out.
+#[tokio::test]
+async fn in_a_real_browser_the_logout_confirmation_button_logs_out() {
+    let w = world_with(&[], &[]).await;
+    let sc = &w.sc.sidecar;
+    let r = browser(
+        "logout.mjs",
+        &[&sc.url("/start"), "lou", &format!("{}/", w.idp.issuer())],
+    )
+    .await;
+    assert!(
+        r["page"]
+            .as_str()
+            .unwrap()
+            .contains("Do you want to end your session?"),
+        "{r}"
+    );
+    let status = r["after"]["status"].as_u64().unwrap();
+    assert!(status == 302 || status == 303, "the button's POST: {r}");
+    assert_eq!(r["me"], 401, "the session ended: {r}");
+}

@@ -606,6 +606,11 @@ async fn rp_logout_redirects_to_the_idp_and_the_old_cookie_dies() {
         let h: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let r = get(&sc.url("/auth/logout"), &h).await.unwrap();
         assert_eq!(r.status(), 200, "{headers:?}");
+        assert_eq!(
+            r.headers()["referrer-policy"],
+            "same-origin",
+            "so that the button's POST carries its Origin"
+        );
         let page = String::from_utf8_lossy(r.body());
         assert!(
             page.contains("<form method=\"post\" action=\"/auth/logout\">"),
@@ -619,6 +624,10 @@ async fn rp_logout_redirects_to_the_idp_and_the_old_cookie_dies() {
         ("https://evil.example", None),
         ("https://evil.example", Some("cross-site")),
         (own_origin.as_str(), Some("cross-site")),
+        // `Origin: null` proves nothing either way: Fetch Metadata decides, or nothing does.
+        ("null", Some("cross-site")),
+        ("null", Some("same-site")),
+        ("null", None),
     ] {
         let mut h = vec![
             ("cookie", session_header(&cookie)),
@@ -639,7 +648,9 @@ async fn rp_logout_redirects_to_the_idp_and_the_old_cookie_dies() {
         &sc.url("/auth/logout"),
         &[
             ("cookie", &session_header(&cookie)),
-            ("origin", &own_origin),
+            // What a browser sends when a privacy setting imposes `no-referrer` on the page
+            // (a real browser's own origin: browser_logins.rs).
+            ("origin", "null"),
             ("sec-fetch-site", "same-origin"),
         ],
         body(""),
