@@ -4,9 +4,10 @@
 //! carries no proof (the spec has none): an IdP session id is the only secret. So the fallback
 //! for IdPs whose ID tokens have no `sid` and that send the user id there instead — the sessions
 //! of the `sub` equal to it — is opt-in (`frontchannel_logout_by_sub`): with it, anyone who
-//! knows a user id can end that user's sessions. The browser's own session cookie ends too, but
-//! only when the browser says the request is a frame (`Sec-Fetch-Dest: iframe`, or no
-//! `Sec-Fetch-Dest` at all): a cross-site link or image must not log the visitor out, which
+//! knows a user id can end that user's sessions. The browser's own session ends only as one of
+//! those (its cookie is then cleared when the browser says the request is a frame): a request
+//! naming no session of this browser ends nothing of it, so a sibling site that frames or links
+//! the bare URL (same-site: the cookie goes along) cannot log the visitor out, which
 //! `/auth/logout` refuses as well. The answer is an empty page only the IdP's origin may frame.
 
 use super::flow::Auth;
@@ -34,30 +35,39 @@ impl Auth {
             }
             None => {}
         }
+        // The browser's own session, if the logout names it: its IdP session, or (opted in)
+        // its user. Read before the revocation ends it.
+        let sid = q.get("sid").filter(|s| !s.is_empty());
+        let by_sub = self.settings().frontchannel_logout_by_sub;
+        let own = match (self.cookies.get(&parts.headers, &self.cookies.session), sid) {
+            (Some(id), Some(sid)) => self
+                .sessions
+                .load(&id, super::oidc::now_unix())
+                .await?
+                .is_some_and(|s| {
+                    s.sid.as_deref() == Some(sid.as_str()) || (by_sub && s.sub == *sid)
+                }),
+            _ => false,
+        };
         let mut revoked = 0;
-        if let Some(sid) = q.get("sid").filter(|s| !s.is_empty()) {
+        if let Some(sid) = sid {
             revoked += self
                 .sessions
                 .revoke_sid(issuer, sid, SidLogout::Unsigned)
                 .await?;
-            if revoked == 0 && self.settings().frontchannel_logout_by_sub {
+            if revoked == 0 && by_sub {
                 // No session carries that sid: the IdP put its user id there.
                 revoked += self.sessions.revoke_sub(issuer, sid, None).await?;
             }
         }
+        // The browser's cookie is cleared only when its session was among those ended, and the
+        // browser loads the page as a frame. A request that names no session of this browser
+        // ends nothing of it: a sibling site (same-site, so the cookie goes along) could frame
+        // or link the bare URL and log the visitor out.
         let framed = parts
             .headers
             .get("sec-fetch-dest")
             .is_none_or(|d| d.as_bytes().eq_ignore_ascii_case(b"iframe"));
-        if let Some(id) = self
-            .cookies
-            .get(&parts.headers, &self.cookies.session)
-            .filter(|_| framed)
-        {
-            if self.sessions.delete(&id).await? {
-                revoked += 1;
-            }
-        }
         self.metrics.logout("frontchannel");
         self.metrics.sessions_revoked(revoked as u64);
         tracing::info!(sessions = revoked, "front-channel logout");
@@ -86,7 +96,7 @@ impl Auth {
         {
             h.insert(header::CONTENT_SECURITY_POLICY, csp);
         }
-        if framed {
+        if framed && own {
             let secure = self.secure(public_scheme);
             h.append(
                 header::SET_COOKIE,

@@ -350,8 +350,8 @@ async fn over_https_the_cookies_carry_the_host_prefix() {
 }
 
 /// Front-channel logout (LemonLDAP::NG's only kind): by `sid` on every replica, never for
-/// another issuer, never by user id unless opted in, and the browser's own session only from
-/// a frame.
+/// another issuer, never by user id unless opted in, and the browser's own session only when
+/// the request names it.
 #[tokio::test]
 async fn front_channel_logout_ends_sessions_on_every_replica() {
     let m = mock_pair(&[]).await;
@@ -417,17 +417,23 @@ async fn front_channel_logout_ends_sessions_on_every_replica() {
     assert_eq!(r.status(), 200);
     assert!(alive(a, &bob).await, "not by user id by default");
 
-    // The browser's own session ends only when the browser loads the page as a frame: a
-    // cross-site link or image must not log the visitor out.
+    // A request that names no session of this browser ends nothing of it, however it is
+    // loaded: a link or image from anywhere, or a frame on a sibling site (same-site: the
+    // cookie goes along; before, a framed bare URL logged the visitor out).
     let bare = b.url("/auth/frontchannel-logout");
-    for (dest, mode) in [("document", "navigate"), ("image", "no-cors")] {
+    for (dest, mode, site) in [
+        ("document", "navigate", "cross-site"),
+        ("image", "no-cors", "cross-site"),
+        ("iframe", "navigate", "same-site"),
+        ("iframe", "navigate", "cross-site"),
+    ] {
         let r = get(
             &bare,
             &[
                 ("cookie", &session_header(&bob)),
                 ("sec-fetch-dest", dest),
                 ("sec-fetch-mode", mode),
-                ("sec-fetch-site", "cross-site"),
+                ("sec-fetch-site", site),
             ],
         )
         .await
@@ -435,12 +441,17 @@ async fn front_channel_logout_ends_sessions_on_every_replica() {
         assert_eq!(r.status(), 200);
         assert!(
             r.headers().get("set-cookie").is_none(),
-            "{dest}: the cookie is kept"
+            "{dest} {site}: the cookie is kept"
         );
-        assert!(alive(a, &bob).await, "{dest}: the session stays");
+        assert!(alive(a, &bob).await, "{dest} {site}: the session stays");
     }
+    // Named (its sid) and framed, as the IdP's logout page does: it ends, and the cookie goes.
+    let named = b.url(&format!(
+        "/auth/frontchannel-logout?iss={}&sid=sid-2",
+        urlencode(&issuer)
+    ));
     let r = get(
-        &bare,
+        &named,
         &[
             ("cookie", &session_header(&bob)),
             ("sec-fetch-dest", "iframe"),
@@ -450,7 +461,9 @@ async fn front_channel_logout_ends_sessions_on_every_replica() {
     .await
     .unwrap();
     assert_eq!(r.status(), 200);
-    assert!(!alive(a, &bob).await, "framed: the browser's session ends");
+    let cleared = r.headers().get_all("set-cookie").iter().count();
+    assert_eq!(cleared, 1, "the browser's cookie is cleared");
+    assert!(!alive(a, &bob).await, "named: the browser's session ends");
 }
 
 /// `frontchannel_logout_by_sub` on (LemonLDAP::NG, whose ID tokens carry no `sid`, sends the
