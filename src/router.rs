@@ -216,6 +216,10 @@ impl App {
                     let v = HeaderValue::from_str(&location)
                         .map_err(|e| Error::Internal(e.to_string()))?;
                     r.headers_mut().insert(header::LOCATION, v);
+                    // Anonymous, but not for a cache to keep: the same URL serves the page
+                    // once the browser has its session.
+                    r.headers_mut()
+                        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
                     return Ok((r, None));
                 }
                 Decision::Authenticated { session, id } => Caller::Session { session, id },

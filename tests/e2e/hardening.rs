@@ -723,6 +723,8 @@ async fn in_headers_mode_a_browser_navigation_is_sent_to_the_login() {
         let r = get(&sc.url("/some/page?x=1"), &headers).await.unwrap();
         assert_eq!(r.status(), 302, "{headers:?}");
         assert_eq!(location(&r), "/auth/login?next=%2Fsome%2Fpage%3Fx%3D1");
+        // A cache in front must not keep it: the same URL serves the page once logged in.
+        assert_eq!(r.headers()["cache-control"], "no-store", "{headers:?}");
     }
     let api = get(&sc.url("/some/page"), &[("accept", "application/json")])
         .await
