@@ -31,16 +31,16 @@ impl Default for TrustedOrigins {
 }
 
 impl Settings {
-    /// `allowed_redirect_origins`: absolute http(s) URLs, kept as their origins.
+    /// `allowed_redirect_origins`: absolute http(s) origins, as `trusted_origins` takes them.
+    /// A path (`https://ui.example.com/app`) is refused rather than dropped, which would allow
+    /// the whole origin; a wildcard host, which could never match, too.
     pub(super) fn validate_redirect_origins(&self, problems: &mut Vec<String>) -> Vec<String> {
         let mut origins = Vec::new();
         for o in &self.allowed_redirect_origins.0 {
-            match url::Url::parse(o) {
-                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {
-                    origins.push(u.origin().ascii_serialization())
-                }
-                _ => problems.push(format!(
-                    "allowed_redirect_origins: '{o}' is not an http(s) origin"
+            match origin_of(o) {
+                Some(origin) => origins.push(origin),
+                None => problems.push(format!(
+                    "allowed_redirect_origins: '{o}' is not an http(s) origin (scheme://host[:port])"
                 )),
             }
         }
@@ -59,22 +59,27 @@ impl Settings {
         }
         let mut origins = Vec::new();
         for o in list {
-            match url::Url::parse(o.trim()) {
-                Ok(u)
-                    if matches!(u.scheme(), "http" | "https")
-                        && u.host_str().is_some_and(|h| !h.contains('*'))
-                        && u.path() == "/"
-                        && u.query().is_none() =>
-                {
-                    origins.push(u.origin().ascii_serialization())
-                }
-                _ => problems.push(format!(
+            match origin_of(o) {
+                Some(origin) => origins.push(origin),
+                None => problems.push(format!(
                     "trusted_origins: '{o}' is not an http(s) origin (scheme://host[:port]) or '*'"
                 )),
             }
         }
         TrustedOrigins::These(origins)
     }
+}
+
+/// `o` as browsers serialise an origin (`https://ui.example.com`, default port left out), if
+/// it is one: http(s), a host without wildcard, no path, query or fragment.
+fn origin_of(o: &str) -> Option<String> {
+    let u = url::Url::parse(o.trim()).ok()?;
+    let plain = matches!(u.scheme(), "http" | "https")
+        && u.host_str().is_some_and(|h| !h.contains('*'))
+        && u.path() == "/"
+        && u.query().is_none()
+        && u.fragment().is_none();
+    plain.then(|| u.origin().ascii_serialization())
 }
 
 #[cfg(test)]
@@ -107,6 +112,30 @@ mod tests {
             "a.test",
         ] {
             assert_eq!(trusted(&[bad]).1.len(), 1, "{bad}");
+        }
+    }
+
+    /// The same rule for `allowed_redirect_origins`: a path was dropped (allowing the whole
+    /// origin) and a wildcard host accepted (matching nothing), silently.
+    #[test]
+    fn redirect_origins_are_origins_too() {
+        let redirect = |list: &[&str]| {
+            let s = Settings {
+                allowed_redirect_origins: StringList(list.iter().map(|o| o.to_string()).collect()),
+                ..Settings::default()
+            };
+            let mut problems = Vec::new();
+            (s.validate_redirect_origins(&mut problems), problems)
+        };
+        let (ok, p) = redirect(&["https://UI.example.com:443", "http://a.test:8080/"]);
+        assert!(p.is_empty(), "{p:?}");
+        assert_eq!(ok, vec!["https://ui.example.com", "http://a.test:8080"]);
+        for bad in [
+            "https://ui.example.com/app",
+            "https://*.example.com",
+            "a.test",
+        ] {
+            assert_eq!(redirect(&[bad]).1.len(), 1, "{bad}");
         }
     }
 }
