@@ -5,6 +5,7 @@
 
 use crate::config::access::Authz;
 use serde_json::{Map, Value};
+use std::borrow::Cow;
 
 /// Why a login is refused; the label of `sso_sidecar_logins_refused_total{reason}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,12 +89,12 @@ pub fn reaches(a: &Authz, parts: &http::request::Parts, groups: &[String]) -> bo
 }
 
 /// [`reaches`] for one reading of the path, compared as sent or ignoring ASCII case.
-fn reaches_as(a: &Authz, methods: &[String], path: &str, fold: bool, groups: &[String]) -> bool {
+fn reaches_as(a: &Authz, methods: &[Cow<str>], path: &str, fold: bool, groups: &[String]) -> bool {
     let covers = |ruled: &[http::Method]| {
         ruled.is_empty()
             || methods.iter().any(|m| {
-                ruled.iter().any(|r| r.as_str() == m)
-                    || (m == "HEAD" && ruled.contains(&http::Method::GET))
+                ruled.iter().any(|r| r.as_str().eq_ignore_ascii_case(m))
+                    || (m.eq_ignore_ascii_case("HEAD") && ruled.contains(&http::Method::GET))
             })
     };
     for rule in &a.rules {
@@ -116,32 +117,36 @@ const METHOD_OVERRIDES: [&str; 3] = [
     "x-method-override",
 ];
 
-/// The methods a backend may take this request as, upper-cased: its own and any it names.
-fn taken_as(parts: &http::request::Parts) -> Vec<String> {
-    let mut methods = vec![parts.method.as_str().to_ascii_uppercase()];
-    let mut add = |m: &str| {
-        let m = m.trim().to_ascii_uppercase();
-        if !m.is_empty() && !methods.contains(&m) {
+/// The methods a backend may take this request as (compared ignoring case): its own and any
+/// it names. Borrowed from the request where it can be: this runs on every session request
+/// when rules are set.
+fn taken_as<'a>(parts: &'a http::request::Parts) -> Vec<Cow<'a, str>> {
+    let mut methods = vec![Cow::Borrowed(parts.method.as_str())];
+    let mut add = |m: Cow<'a, str>| {
+        let m = match m {
+            Cow::Borrowed(b) => Cow::Borrowed(b.trim()),
+            Cow::Owned(o) => Cow::Owned(o.trim().to_owned()),
+        };
+        if !m.is_empty() && !methods.iter().any(|x| x.eq_ignore_ascii_case(&m)) {
             methods.push(m);
         }
     };
     for name in METHOD_OVERRIDES {
         for v in parts.headers.get_all(name) {
-            add(&String::from_utf8_lossy(v.as_bytes()));
+            add(String::from_utf8_lossy(v.as_bytes()));
         }
     }
     for kv in parts.uri.query().unwrap_or_default().split('&') {
         if let Some(v) = kv.strip_prefix("_method=") {
-            add(&percent_encoding::percent_decode_str(v).decode_utf8_lossy());
+            add(percent_encoding::percent_decode_str(v).decode_utf8_lossy());
         }
     }
     methods
 }
 
 /// The paths a backend may take `path` as (case aside, which [`reaches_as`] folds): as sent,
-/// without `;` parameters, and each without one trailing slash.
-fn path_readings(path: &str) -> Vec<std::borrow::Cow<'_, str>> {
-    use std::borrow::Cow;
+/// decoded once more, without `;` parameters, and each without one trailing slash.
+fn path_readings(path: &str) -> Vec<Cow<'_, str>> {
     let mut out = vec![Cow::Borrowed(path)];
     if path.contains("%25") {
         out.push(Cow::Owned(decoded_again(path)));

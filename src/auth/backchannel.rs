@@ -81,9 +81,7 @@ impl Auth {
         tracing::info!(sid, sub = ?sub, revoked = n, "back-channel logout");
         Ok(n)
     }
-}
 
-impl Auth {
     /// Revokes what a valid logout token names, then remembers its `jti` (`marker`).
     async fn revoke_for_logout(
         &self,

@@ -153,14 +153,11 @@ fn is_navigation(parts: &Parts) -> bool {
             || wants_html(&parts.headers))
 }
 
-pub fn has_bearer(parts: &Parts) -> bool {
-    crate::proxy::headers::bearer(&parts.headers).is_some()
-}
-
 /// Whether a bearer makes this request the backend's to judge (`paths.bearer_passthrough`;
 /// unset counts as on, OpenRag's way; validated settings always say).
 pub fn passes_bearer(parts: &Parts, paths: &PathSettings) -> bool {
-    paths.bearer_passthrough != Some(false) && has_bearer(parts)
+    paths.bearer_passthrough != Some(false)
+        && crate::proxy::headers::bearer(&parts.headers).is_some()
 }
 
 pub async fn decide(

@@ -258,10 +258,7 @@ pub fn load(inputs: Inputs) -> Result<Config, ConfigErrors> {
             let mut auth = v.auth;
             // `[authz] groups_claim` defaults to OpenRag's `OIDC_CLAIM_GROUPS`, else `groups`.
             if auth.authz.groups_claim.is_empty() {
-                auth.authz.groups_claim = openrag
-                    .group_sync
-                    .as_ref()
-                    .map_or_else(|| "groups".to_owned(), |g| g.claim.clone());
+                auth.authz.groups_claim = default_groups_claim(&openrag);
             }
             Ok(Config {
                 listen: v.listen,
@@ -317,3 +314,12 @@ fn read_env_file(path: &Path, explicit: bool, problems: &mut Vec<String>) -> Vec
 
 #[cfg(test)]
 mod tests;
+
+/// `[authz] groups_claim` when the file names none: OpenRag's `OIDC_CLAIM_GROUPS`, else
+/// `groups`.
+fn default_groups_claim(openrag: &OpenRagVars) -> String {
+    openrag
+        .group_sync
+        .as_ref()
+        .map_or_else(|| "groups".to_owned(), |g| g.claim.clone())
+}

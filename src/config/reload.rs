@@ -50,9 +50,7 @@ impl Reloadable {
             authz: c.auth.authz.clone(),
         }
     }
-}
 
-impl Reloadable {
     /// `next`'s reloadable settings as the running configuration `current` can take them: the
     /// defaults that follow settings needing a restart (the identity mode for `[paths]`,
     /// `OIDC_CLAIM_GROUPS` for `[authz] groups_claim`) follow their running values, or a
@@ -65,11 +63,7 @@ impl Reloadable {
         if claim_given.is_none_or(str::is_empty) {
             // The default as the running OIDC_CLAIM_GROUPS makes it (not the running value:
             // that may be a claim the file named and no longer does).
-            r.authz.groups_claim = current
-                .openrag_env
-                .group_sync
-                .as_ref()
-                .map_or_else(|| "groups".to_owned(), |g| g.claim.clone());
+            r.authz.groups_claim = super::default_groups_claim(&current.openrag_env);
         }
         r
     }

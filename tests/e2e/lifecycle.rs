@@ -481,22 +481,15 @@ async fn a_logout_by_sid_reaches_the_users_sessions_made_without_one() {
     );
 }
 
-/// A back-channel logout that reaches one replica while a login of the same IdP session is
-/// completing on another (the IdP has issued the code, the callback has not come back): the
-/// login keeps no session, and says why. A later login of another IdP session works.
-#[tokio::test]
-async fn a_login_racing_the_logout_of_its_idp_session_gets_no_session() {
-    let m = mock_pair(&[]).await;
+/// Alice's login (IdP session `sid-r`) on replica A up to its callback, the logout `claims`
+/// on replica B meanwhile, then the callback: it must keep no session, and say why.
+async fn login_racing(m: &MockPair, claims: &serde_json::Value) {
     let callback = m
         .idp
         .login_until_callback(&m.key, &m.a.sidecar, "alice", "sid-r", "")
         .await;
-    let mut c = logout_claims(&m);
-    c["sid"] = json!("sid-r");
-    assert_eq!(
-        post_logout(&m.b.sidecar, &m.key.sign(&c)).await.status(),
-        200
-    );
+    let r = post_logout(&m.b.sidecar, &m.key.sign(claims)).await;
+    assert_eq!(r.status(), 200);
     let cb = callback.await;
     let page = String::from_utf8_lossy(cb.body()).to_string();
     assert_eq!(cb.status(), 401, "{page}");
@@ -505,6 +498,17 @@ async fn a_login_racing_the_logout_of_its_idp_session_gets_no_session() {
         set_cookie(&cb, "sso_sidecar_session").is_none_or(|v| v.is_empty()),
         "a session cookie was set"
     );
+}
+
+/// A back-channel logout that reaches one replica while a login of the same IdP session is
+/// completing on another (the IdP has issued the code, the callback has not come back): the
+/// login keeps no session, and says why. A later login of another IdP session works.
+#[tokio::test]
+async fn a_login_racing_the_logout_of_its_idp_session_gets_no_session() {
+    let m = mock_pair(&[]).await;
+    let mut c = logout_claims(&m);
+    c["sid"] = json!("sid-r");
+    login_racing(&m, &c).await;
     let later = mock_login(&m, &m.a.sidecar, "alice", "sid-s").await;
     assert!(alive(&m.b.sidecar, &later).await);
 
@@ -540,21 +544,10 @@ async fn a_login_racing_the_logout_of_its_idp_session_gets_no_session() {
 #[tokio::test]
 async fn a_login_racing_a_logout_of_its_user_gets_no_session() {
     let m = mock_pair(&[]).await;
-    let callback = m
-        .idp
-        .login_until_callback(&m.key, &m.a.sidecar, "alice", "sid-r", "")
-        .await;
     let mut c = logout_claims(&m);
     c.as_object_mut().unwrap().remove("sid");
-    assert_eq!(
-        post_logout(&m.b.sidecar, &m.key.sign(&c)).await.status(),
-        200
-    );
+    login_racing(&m, &c).await;
     let logged_out = sso_sidecar::clock::now_unix();
-    let cb = callback.await;
-    let page = String::from_utf8_lossy(cb.body()).to_string();
-    assert_eq!(cb.status(), 401, "{page}");
-    assert!(page.contains("ended while you were signing in"), "{page}");
     let bobs = mock_login(&m, &m.a.sidecar, "bob", "sid-b").await;
     assert!(alive(&m.b.sidecar, &bobs).await, "another user");
     // Times are whole seconds: a login begun in the second of the logout counts as before it.

@@ -116,8 +116,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
 /// client may send each cookie as a field of its own, and they must be joined before the
 /// request goes on as HTTP/1.1, where servers read only the first `Cookie` line).
 pub fn join_cookies(headers: &mut HeaderMap) {
-    let mut fields = headers.get_all(header::COOKIE).iter();
-    if fields.next().is_none() || fields.next().is_none() {
+    if headers.get_all(header::COOKIE).iter().nth(1).is_none() {
         return;
     }
     let joined: Vec<&[u8]> = headers

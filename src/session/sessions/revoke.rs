@@ -52,14 +52,14 @@ impl Sessions {
                 return Ok(true);
             }
         }
-        let record = self
-            .store
-            .get_fresh(&Self::ended_sub(&session.iss, &session.sub))
-            .await?;
-        let ended_at = record
-            .and_then(|r| std::str::from_utf8(&r).ok()?.parse::<i64>().ok())
-            .unwrap_or(i64::MIN);
-        Ok(begun <= ended_at)
+        let ended_at = self.user_ended_at(&session.iss, &session.sub).await?;
+        Ok(ended_at.is_some_and(|at| begun <= at))
+    }
+
+    /// When a logout last ended every session of `sub`, if one did lately.
+    async fn user_ended_at(&self, iss: &str, sub: &str) -> Result<Option<i64>, StoreError> {
+        let record = self.store.get_fresh(&Self::ended_sub(iss, sub)).await?;
+        Ok(record.and_then(|r| std::str::from_utf8(&r).ok()?.parse::<i64>().ok()))
     }
 
     /// Removes every session of an IdP session (`sid`); returns how many existed. A signed
@@ -122,12 +122,14 @@ impl Sessions {
     /// recorded a later time: logouts may be handled out of order, and the time must not go
     /// back (a login racing the later logout would then keep its session).
     async fn record_user_ended(&self, iss: &str, sub: &str, t: i64) -> Result<(), StoreError> {
-        let record = Self::ended_sub(iss, sub);
-        let recorded = self.store.get_fresh(&record).await?;
-        let at = recorded.and_then(|r| std::str::from_utf8(&r).ok()?.parse::<i64>().ok());
-        if at.is_some_and(|at| at >= t) {
+        if self
+            .user_ended_at(iss, sub)
+            .await?
+            .is_some_and(|at| at >= t)
+        {
             return Ok(());
         }
+        let record = Self::ended_sub(iss, sub);
         self.store
             .put(&record, t.to_string().as_bytes(), self.login_window)
             .await

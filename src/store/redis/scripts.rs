@@ -172,7 +172,7 @@ impl RedisStore {
         member: &str,
         ttl: Duration,
     ) -> Result<(), StoreError> {
-        let (key, older) = (self.key(&by_expiry(index)), self.key(index));
+        let (key, older) = self.index_keys(index);
         let mut inv = self.scripts.index_add.key(&key);
         let _: i64 = self
             .invoke(inv.key(&older).arg(member).arg(millis(ttl)))
@@ -181,24 +181,22 @@ impl RedisStore {
     }
 
     pub async fn index_members(&self, index: &str) -> Result<Vec<String>, StoreError> {
-        let (key, older) = (self.key(&by_expiry(index)), self.key(index));
+        let (key, older) = self.index_keys(index);
         let mut inv = self.scripts.index_members.key(&key);
         self.invoke(inv.key(&older)).await
     }
 
     pub async fn index_remove(&self, index: &str, member: &str) -> Result<(), StoreError> {
-        let (key, older) = (self.key(&by_expiry(index)), self.key(index));
+        let (key, older) = self.index_keys(index);
         let mut inv = self.scripts.index_remove.key(&key);
         let _: i64 = self.invoke(inv.key(&older).arg(member)).await?;
         Ok(())
     }
-}
 
-/// The sorted set that holds `index` (see the module's doc): `by-expiry:<index>`, so that it
-/// keeps the index's shape (and hash tag) after a prefix of its own.
-fn by_expiry(index: &str) -> String {
-    let mut key = String::with_capacity(index.len() + 10);
-    key.push_str("by-expiry:");
-    key.push_str(index);
-    key
+    /// The keys of `index`: its sorted set, `by-expiry:<index>` (the index's shape and hash
+    /// tag after a prefix of its own), and the plain set earlier builds used (see the module's
+    /// doc).
+    fn index_keys(&self, index: &str) -> (String, String) {
+        (self.key(&format!("by-expiry:{index}")), self.key(index))
+    }
 }
