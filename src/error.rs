@@ -46,6 +46,9 @@ pub enum Error {
     /// A WebSocket handshake from a client that holds its cap of tunnels already.
     #[error("too many WebSocket tunnels")]
     TooManyTunnels,
+    /// A request with a body from a client that has its cap of bodies on their way upstream.
+    #[error("too many request bodies in flight")]
+    TooManyUploads,
     /// Over a rate limit; the client may retry after this many seconds.
     #[error("rate limited")]
     RateLimited(u64),
@@ -75,6 +78,7 @@ impl From<crate::proxy::ProxyError> for Error {
             ProxyError::Timeout => Error::UpstreamTimeout,
             ProxyError::BadRequest(m) => Error::BadRequest(m),
             ProxyError::TooManyTunnels => Error::TooManyTunnels,
+            ProxyError::TooManyUploads => Error::TooManyUploads,
         }
     }
 }
@@ -96,7 +100,9 @@ impl Error {
                 BridgeError::Backend(_) => StatusCode::BAD_GATEWAY,
                 BridgeError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
             },
-            Error::RateLimited(_) | Error::TooManyTunnels => StatusCode::TOO_MANY_REQUESTS,
+            Error::RateLimited(_) | Error::TooManyTunnels | Error::TooManyUploads => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -126,6 +132,9 @@ impl Error {
             Error::TooManyTunnels => {
                 "Too many WebSocket connections open; close some before opening another."
             }
+            Error::TooManyUploads => {
+                "Too many uploads in progress; wait for one to finish before sending another."
+            }
             Error::Internal(_) => "Internal error",
         }
     }
@@ -146,6 +155,7 @@ impl Error {
             Error::Identity(_) => "identity",
             Error::RateLimited(_) => "rate_limited",
             Error::TooManyTunnels => "too_many_tunnels",
+            Error::TooManyUploads => "too_many_uploads",
             Error::Internal(_) => "internal",
         }
     }
@@ -187,7 +197,7 @@ impl Error {
         // of its holder closes; the store comes back by itself), so well-behaved clients do
         // not retry in a tight loop.
         let retry = match &self {
-            Error::TooManyTunnels => Some(5u32),
+            Error::TooManyTunnels | Error::TooManyUploads => Some(5u32),
             Error::Store(_) | Error::Identity(BridgeError::Store(_)) => Some(1),
             _ => None,
         };
@@ -358,6 +368,7 @@ mod tests {
         for html in [false, true] {
             for (e, secs) in [
                 (Error::TooManyTunnels, "5"),
+                (Error::TooManyUploads, "5"),
                 (Error::Store(store()), "1"),
                 (Error::Identity(BridgeError::Store(store())), "1"),
             ] {

@@ -216,6 +216,13 @@ pub async fn run(
         refused,
         idled,
     );
+    let uploads = proxy::Held::new(
+        [
+            config.connections.max_uploads_per_session,
+            config.connections.max_uploads_per_address,
+        ],
+        metrics.uploads_refused_counter(),
+    );
     for _ in 0..workers {
         let upstream = proxy::Upstream::new(
             &config.proxy,
@@ -223,6 +230,7 @@ pub async fn run(
             config.connections.upstream_max_per_worker,
             metrics.upstream_queued_counter(),
             tunnels.clone(),
+            uploads.clone(),
         )
         .map_err(StartError::Upstream)?;
         apps.push(Arc::new(router::App::new(

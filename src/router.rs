@@ -140,7 +140,7 @@ impl App {
     async fn proxy(&self, req: Request<RequestBody>, peer: Peer) -> Result<Outcome, Error> {
         let r = self
             .upstream
-            .forward(req, peer, None, |_| {}, || None)
+            .forward(req, peer, None, |_| {}, || None, || None)
             .await?;
         let status = r.status().as_u16();
         Ok((r.map(Either::Left), Some(status)))
@@ -278,7 +278,8 @@ impl App {
             | Error::Forbidden(_)
             | Error::CrossSite
             | Error::RateLimited(_)
-            | Error::TooManyTunnels => {
+            | Error::TooManyTunnels
+            | Error::TooManyUploads => {
                 tracing::debug!(request_id, error = %e, "request refused");
             }
             Error::Identity(_) => {

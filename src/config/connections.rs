@@ -63,6 +63,13 @@ pub struct ConnectionSettings {
     /// session's: many people may share an address (a NAT, an ingress not listed in
     /// `trusted_proxies`). Over it, the handshake is answered 429. 0 = no cap.
     pub max_tunnels_per_address: usize,
+    /// Requests with a body one session may have on their way upstream at once on a replica
+    /// (each holds an upstream place until its body is through, however slowly its client
+    /// sends it). Over it, the request is answered 429 before the upstream sees it. 0 = no cap.
+    pub max_uploads_per_session: usize,
+    /// The same for callers without a session, by client address (IPv6: its /64; read through
+    /// `trusted_proxies`). 0 = no cap.
+    pub max_uploads_per_address: usize,
     /// How client connections are spread over the worker threads: `exact` (a worker that
     /// accepts a connection while another holds fewer hands it over, so a few long-lived
     /// connections from an ingress use every core) or `kernel` (where `SO_REUSEPORT`'s hash
@@ -97,6 +104,8 @@ impl Default for ConnectionSettings {
             tunnel_idle_timeout_secs: 600,
             max_tunnels_per_session: 32,
             max_tunnels_per_address: 256,
+            max_uploads_per_session: 16,
+            max_uploads_per_address: 32,
             balance: "exact".into(),
         }
     }
@@ -122,6 +131,8 @@ pub struct ConnectionLimits {
     pub tunnel_idle_timeout: Duration,
     pub max_tunnels_per_session: Option<usize>,
     pub max_tunnels_per_address: Option<usize>,
+    pub max_uploads_per_session: Option<usize>,
+    pub max_uploads_per_address: Option<usize>,
     pub balance: Balance,
 }
 
@@ -183,6 +194,10 @@ impl ConnectionSettings {
                 .then_some(self.max_tunnels_per_session),
             max_tunnels_per_address: (self.max_tunnels_per_address > 0)
                 .then_some(self.max_tunnels_per_address),
+            max_uploads_per_session: (self.max_uploads_per_session > 0)
+                .then_some(self.max_uploads_per_session),
+            max_uploads_per_address: (self.max_uploads_per_address > 0)
+                .then_some(self.max_uploads_per_address),
             balance: balance?,
         })
     }

@@ -62,10 +62,11 @@ pub(super) async fn send(
         }
     };
     let watch = || inject.live.map(|id| out.streams.watch(id));
+    let holder = || inject.live.map(|id| out.streams.holder(id));
     let place = out.take_place();
     let r = out
         .upstream
-        .forward(req, out.peer, place, prepare, watch)
+        .forward(req, out.peer, place, prepare, watch, holder)
         .await?;
     let status = r.status().as_u16();
     let mut outcome: Outcome = (r.map(Either::Left), Some(status));

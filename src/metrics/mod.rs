@@ -133,7 +133,7 @@ impl Metrics {
             "connections_refused",
             "Client connections closed at once because a cap was reached, by reason \
              (max_connections, max_connections_per_ip; max_tunnels counts WebSocket \
-             handshakes answered 429)",
+             handshakes answered 429, max_uploads requests with a body answered 429)",
             connections_refused.clone(),
         );
         let connections_closed = Family::<ReasonLabel, Counter>::default();
@@ -229,6 +229,15 @@ impl Metrics {
             reason: "tunnel_idle",
         });
         (refused.clone(), idled.clone())
+    }
+
+    /// The counter of requests with a body refused over a holder's cap of bodies in flight.
+    pub fn uploads_refused_counter(&self) -> Counter {
+        self.connections_refused
+            .get_or_create(&ReasonLabel {
+                reason: "max_uploads",
+            })
+            .clone()
     }
 
     /// The counter the upstream pool bumps when a request has to wait for a connection.

@@ -71,6 +71,9 @@ pub struct Progress {
     /// place is given back when the body is (this note is dropped with it), not before, or
     /// early answers would let one client keep any number of connections busy past the cap.
     held: Mutex<Option<tokio::sync::OwnedSemaphorePermit>>,
+    /// The body's place under its holder's cap of bodies on their way upstream: given back
+    /// when the body is through, or when the exchange ends without it.
+    share: Mutex<Option<super::holders::Share>>,
 }
 
 impl Progress {
@@ -82,6 +85,7 @@ impl Progress {
             bound,
             ended: AtomicBool::new(false),
             held: Mutex::new(None),
+            share: Mutex::new(None),
         }
     }
 
@@ -104,6 +108,16 @@ impl Progress {
     /// Whether every frame has been sent.
     pub fn ended(&self) -> bool {
         self.ended.load(Ordering::Relaxed)
+    }
+
+    /// Keeps `share` until every frame is sent (or the body is dropped unsent).
+    pub(super) fn keep_until_sent(&self, share: super::holders::Share) {
+        *self.share.lock().unwrap_or_else(|p| p.into_inner()) = Some(share);
+    }
+
+    fn sent(&self) {
+        self.ended.store(true, Ordering::Relaxed);
+        drop(self.share.lock().unwrap_or_else(|p| p.into_inner()).take());
     }
 
     /// Keeps `permit` until the body is done with.
@@ -158,12 +172,12 @@ impl http_body::Body for Outgoing {
             Poll::Ready(Some(Ok(_))) => {
                 p.moved();
                 if http_body::Body::is_end_stream(&this.inner) {
-                    p.ended.store(true, Ordering::Relaxed);
+                    p.sent();
                 }
             }
             Poll::Ready(None) => {
                 p.moved();
-                p.ended.store(true, Ordering::Relaxed);
+                p.sent();
             }
             Poll::Ready(Some(Err(_))) | Poll::Pending => {}
         }

@@ -9,9 +9,11 @@
 
 pub mod body;
 pub mod headers;
+mod holders;
 mod pool;
 mod tunnel;
 
+pub use holders::Held;
 pub use pool::STREAMS_PER_PLACE;
 pub use tunnel::Tunnels;
 
@@ -41,6 +43,10 @@ pub enum ProxyError {
     /// A WebSocket handshake from a client that holds its cap of tunnels already.
     #[error("too many WebSocket tunnels")]
     TooManyTunnels,
+    /// A request whose body streams, from a client that has its cap of such requests on their
+    /// way upstream already.
+    #[error("too many request bodies in flight")]
+    TooManyUploads,
 }
 
 /// A signal that ends a long-lived stream (a WebSocket tunnel, an event stream) before its
@@ -54,8 +60,6 @@ pub type Abort = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
 pub struct Watch {
     pub end: Abort,
     pub client_sent: Arc<std::sync::atomic::AtomicBool>,
-    /// Who holds the stream, as an opaque number (a session's): tunnels are capped per holder.
-    pub holder: u64,
 }
 
 /// A request's place under the worker's cap on upstream requests in flight
@@ -87,6 +91,9 @@ pub struct Upstream {
     trusted_proxies: Vec<IpNet>,
     /// The replica's WebSocket tunnels (shared by the workers).
     tunnels: Arc<Tunnels>,
+    /// The replica's requests whose body is still on its way upstream, by holder (shared by
+    /// the workers): each holds an upstream place for as long as its client takes to send it.
+    uploads: Arc<Held>,
 }
 
 impl Upstream {
@@ -96,6 +103,7 @@ impl Upstream {
         max_busy: usize,
         queued: prometheus_client::metrics::counter::Counter,
         tunnels: Arc<Tunnels>,
+        uploads: Arc<Held>,
     ) -> Result<Self, String> {
         let u = &settings.upstream;
         let scheme: Scheme = u.scheme().parse().map_err(|_| "bad upstream scheme")?;
@@ -132,6 +140,7 @@ impl Upstream {
             preserve_host: settings.preserve_host,
             trusted_proxies: settings.trusted_proxies.clone(),
             tunnels,
+            uploads,
         })
     }
 
@@ -185,8 +194,10 @@ impl Upstream {
     /// caller's identity) cannot be removed by a client naming them in `Connection`. `watch` is
     /// asked, only for a long-lived response (a WebSocket tunnel, `text/event-stream`), for the
     /// signal that ends it early and the flag that notes the client's messages; for a WebSocket
-    /// handshake, before it is forwarded, as its holder decides whether it may open one more
-    /// tunnel (no watch: the client's address holds it).
+    /// handshake, before it is forwarded. `holder` is asked, only for a WebSocket handshake or
+    /// a request whose body streams, for the session the request holds its place as (an opaque
+    /// number; none: the client's address holds it), as each holder has a cap of tunnels and
+    /// of bodies on their way upstream (over it: 429, before the upstream sees anything).
     ///
     /// Not an `async fn`, for the reason given at [`pool::Pool::send`]: `req` is kept once.
     #[allow(clippy::manual_async_fn)] // on purpose: see the doc above
@@ -197,28 +208,34 @@ impl Upstream {
         place: Option<Place>,
         prepare: impl FnOnce(&mut http::HeaderMap) + 'a,
         watch: impl FnOnce() -> Option<Watch> + 'a,
+        holder: impl FnOnce() -> Option<u64> + 'a,
     ) -> impl std::future::Future<Output = Result<Response<UpstreamBody>, ProxyError>> + 'a {
         async move {
             let websocket =
                 headers::is_websocket_handshake(req.method(), req.version(), req.headers());
+            let streams_body = !http_body::Body::is_end_stream(req.body());
+            // Read before `X-Forwarded-For` is rewritten below.
+            let holder = (websocket || streams_body).then(|| match holder() {
+                Some(session) => holders::Holder::Session(session),
+                None => holders::Holder::Address(self.client_ip(req.headers(), peer)),
+            });
+            // A body's place under its holder's cap, held until the body is through (or the
+            // exchange ends): taken before the upstream sees anything.
+            let upload = match holder.filter(|_| streams_body) {
+                Some(h) => Some(self.uploads.admit(h).ok_or(ProxyError::TooManyUploads)?),
+                None => None,
+            };
             let mut watch = Some(watch);
             let mut take_watch = || watch.take().and_then(|w| w());
             // A tunnel's place under its holder's cap, taken before the upstream sees anything;
             // the watch asked for it serves whatever long-lived answer comes.
             let mut early_watch = None;
-            let tunnel = if websocket {
-                early_watch = take_watch();
-                let holder = match &early_watch {
-                    Some(w) => tunnel::Holder::Session(w.holder),
-                    None => tunnel::Holder::Address(self.client_ip(req.headers(), peer)),
-                };
-                let permit = self
-                    .tunnels
-                    .admit(holder)
-                    .ok_or(ProxyError::TooManyTunnels)?;
-                Some(permit)
-            } else {
-                None
+            let tunnel = match holder.filter(|_| websocket) {
+                Some(h) => {
+                    early_watch = take_watch();
+                    Some(self.tunnels.admit(h).ok_or(ProxyError::TooManyTunnels)?)
+                }
+                None => None,
             };
             let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
 
@@ -253,6 +270,9 @@ impl Upstream {
             };
             let (parts, body) = req.into_parts();
             let (body, progress) = body::Outgoing::new(body, self.timeout(), self.body_timeout);
+            if let (Some(p), Some(share)) = (&progress, upload) {
+                p.keep_until_sent(share);
+            }
             let mut send = std::pin::pin!(self.pool.send(Request::from_parts(parts, body), permit));
             let mut resp = loop {
                 match tokio::time::timeout_at(deadline, send.as_mut()).await {
@@ -293,6 +313,7 @@ impl Upstream {
                     client_upgrade,
                     upstream_upgrade,
                     early_watch,
+                    self.tunnels.clone(),
                     permit,
                 ));
             } else if is_event_stream(resp.headers()) {

@@ -11,49 +11,32 @@
 //! Reads nothing of what it carries: no frames, no messages, no sessions (a heartbeat is told
 //! by its size alone; a session is an opaque number).
 
+use super::holders::{Held, Holder, Share};
 use super::Watch;
 use hyper_util::rt::TokioIo;
 use prometheus_client::metrics::counter::Counter;
-use std::collections::HashMap;
 use std::io;
-use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
-/// Who holds a tunnel, for the cap per client.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(super) enum Holder {
-    /// A session, by the opaque number its watch carries.
-    Session(u64),
-    /// A caller without a session, by address (IPv6: its /64).
-    Address(IpAddr),
-}
-
 /// The tunnels open on this replica, by holder, and how long one may stay silent. Shared by
 /// every worker: a client's connections land on any of them.
 pub struct Tunnels {
     idle_timeout: Duration,
-    /// The caps of a session and of an address.
-    max: [Option<usize>; 2],
-    held: Mutex<HashMap<Holder, usize>>,
-    /// Handshakes refused over the cap, and tunnels closed for silence (for `/metrics`).
-    refused: Counter,
+    /// Tunnels held, by holder, under the caps of a session and of an address.
+    held: Arc<Held>,
+    /// Tunnels closed for silence (for `/metrics`).
     idled: Counter,
 }
 
-/// One tunnel's place under its holder's cap; dropping it gives the place back.
-pub(super) struct TunnelPermit {
-    tunnels: Arc<Tunnels>,
-    holder: Holder,
-}
-
 impl Tunnels {
-    /// `max`: the caps of a session and of an address (`None`: no cap).
+    /// `max`: the caps of a session and of an address (`None`: no cap); `refused` counts the
+    /// handshakes refused over them.
     pub fn new(
         idle_timeout: Duration,
         max: [Option<usize>; 2],
@@ -62,67 +45,26 @@ impl Tunnels {
     ) -> Arc<Self> {
         Arc::new(Tunnels {
             idle_timeout,
-            max,
-            held: Mutex::default(),
-            refused,
+            held: Held::new(max, refused),
             idled,
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Holder, usize>> {
-        self.held.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// A place for one more tunnel of `holder`, unless it holds its cap already.
-    pub(super) fn admit(self: &Arc<Self>, holder: Holder) -> Option<TunnelPermit> {
-        let (holder, max) = match holder {
-            Holder::Address(ip) => (
-                Holder::Address(crate::ratelimit::client_block(ip)),
-                self.max[1],
-            ),
-            h => (h, self.max[0]),
-        };
-        let mut held = self.lock();
-        let n = held.entry(holder).or_insert(0);
-        if max.is_some_and(|max| *n >= max) {
-            drop(held);
-            self.refused.inc();
-            return None;
-        }
-        *n += 1;
-        Some(TunnelPermit {
-            tunnels: self.clone(),
-            holder,
-        })
-    }
-
-    /// Tunnels open now.
-    #[cfg(test)]
-    fn open(&self) -> usize {
-        self.lock().values().sum()
-    }
-}
-
-impl Drop for TunnelPermit {
-    fn drop(&mut self) {
-        let mut held = self.tunnels.lock();
-        if let Some(n) = held.get_mut(&self.holder) {
-            *n -= 1;
-            if *n == 0 {
-                held.remove(&self.holder);
-            }
-        }
+    pub(super) fn admit(&self, holder: Holder) -> Option<Share> {
+        self.held.admit(holder)
     }
 }
 
 /// Copies bytes both ways between the upgraded client and upstream connections until either
 /// side closes, the watcher's signal fires or nothing moves for the idle timeout (both
-/// connections are then closed). The permit is held for as long.
+/// connections are then closed). The tunnel's place under its holder's cap is held for as long.
 pub(super) async fn run(
     client: hyper::upgrade::OnUpgrade,
     upstream: hyper::upgrade::OnUpgrade,
     watch: Option<Watch>,
-    permit: TunnelPermit,
+    tunnels: Arc<Tunnels>,
+    _permit: Share,
 ) {
     let (client, upstream) = match tokio::try_join!(client, upstream) {
         Ok(pair) => pair,
@@ -152,7 +94,6 @@ pub(super) async fn run(
             None => std::future::pending().await,
         }
     };
-    let tunnels = &permit.tunnels;
     tokio::select! {
         r = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
             if let Err(e) = r {
@@ -270,43 +211,6 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Noting<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn each_holder_has_its_own_cap_and_a_closed_tunnel_gives_its_place_back() {
-        let t = Tunnels::new(
-            Duration::from_secs(1),
-            [Some(1), Some(2)],
-            Counter::default(),
-            Counter::default(),
-        );
-        let ip = |s: &str| Holder::Address(s.parse().unwrap());
-        let a1 = t.admit(ip("2001:db8:1:2::1")).unwrap();
-        let _a2 = t.admit(ip("2001:db8:1:2::ffff")).unwrap();
-        assert!(
-            t.admit(ip("2001:db8:1:2:abcd::9")).is_none(),
-            "one IPv6 /64 is one client"
-        );
-        let _b = t.admit(ip("2001:db8:1:3::1")).unwrap();
-        let _s = t.admit(Holder::Session(7)).unwrap();
-        assert!(
-            t.admit(Holder::Session(7)).is_none(),
-            "a session has its own cap"
-        );
-        assert_eq!(t.open(), 4);
-        assert_eq!(t.refused.get(), 2);
-        drop(a1);
-        assert!(t.admit(ip("2001:db8:1:2::1")).is_some());
-        let uncapped = Tunnels::new(
-            Duration::from_secs(1),
-            [None, None],
-            Counter::default(),
-            Counter::default(),
-        );
-        let many: Vec<_> = (0..100)
-            .filter_map(|_| uncapped.admit(Holder::Session(1)))
-            .collect();
-        assert_eq!(many.len(), 100);
-    }
 
     /// Either side's bytes are movement: an upstream that pushes to a silent client (a feed)
     /// keeps its tunnel open; and a heartbeat-sized read keeps it open without being use.

@@ -34,8 +34,8 @@ use tokio_util::sync::CancellationToken;
 pub struct LiveStreams {
     /// Session cookie id → its streams.
     by_session: Mutex<HashMap<String, Live>>,
-    /// Keys the number that names a session to the proxy (its tunnels are capped per holder)
-    /// without handing it the cookie id.
+    /// Keys the number that names a session to the proxy (its tunnels and bodies on their way
+    /// upstream are capped per holder) without handing it the cookie id.
     holder_key: std::hash::RandomState,
     /// Numbers each `Live` entry: a registration unregisters only from the entry it joined.
     generations: std::sync::atomic::AtomicU64,
@@ -101,8 +101,14 @@ impl LiveStreams {
                 token.cancelled().await;
             }),
             client_sent,
-            holder: std::hash::BuildHasher::hash_one(&self.holder_key, id),
         }
+    }
+
+    /// The opaque number that names session `id` to the proxy, which caps what one holder
+    /// keeps open (tunnels, bodies on their way upstream): the same for every request of the
+    /// session on this replica, and no use to anyone without the replica's key.
+    pub fn holder(&self, id: &str) -> u64 {
+        std::hash::BuildHasher::hash_one(&self.holder_key, id)
     }
 
     /// Live streams on this replica (for tests and metrics).

@@ -235,7 +235,7 @@ pub(crate) struct MockPair {
     pub(crate) idp: MockIdp,
     pub(crate) key: Key,
     pub(crate) redis: Redis,
-    _up: Upstream,
+    pub(crate) up: Upstream,
     pub(crate) a: OidcSidecar,
     pub(crate) b: OidcSidecar,
 }
@@ -256,7 +256,7 @@ pub(crate) async fn mock_pair(extra: &[(&str, &str)]) -> MockPair {
         idp,
         key,
         redis,
-        _up: up,
+        up,
         a,
         b,
     }

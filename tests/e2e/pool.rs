@@ -333,6 +333,73 @@ async fn early_answers_keep_their_place_under_the_cap_until_the_body_is_cut() {
     drop(clients);
 }
 
+/// Callers without a session hold at most `max_uploads_per_address` bodies on their way
+/// upstream per client address, read through `trusted_proxies` (behind an ingress the
+/// connection's own address is everyone's): the one beyond is answered 429 before the upstream
+/// sees it, while another address, or the same one once a body is through, is served.
+#[tokio::test]
+async fn an_address_holds_at_most_its_cap_of_bodies_on_their_way_upstream() {
+    let up = Upstream::start();
+    let sc = Sidecar::start(&[
+        ("SSO_SIDECAR_UPSTREAM", &up.url()),
+        ("SSO_SIDECAR_TRUSTED_PROXIES", "127.0.0.1/32"),
+        ("SSO_SIDECAR_CONNECTIONS__MAX_UPLOADS_PER_ADDRESS", "2"),
+    ])
+    .await;
+    let mallory = [("X-Forwarded-For", "203.0.113.7")];
+    let mut uploads = Vec::new();
+    for _ in 0..3 {
+        uploads.push(start_trickle(sc.addr, "/upload", &mallory).await);
+    }
+    let heads = answered_within(&mut uploads, Duration::from_secs(3)).await;
+    let refused: Vec<&String> = heads.iter().flatten().collect();
+    assert_eq!(refused.len(), 1, "one of three answered at once: {heads:?}");
+    assert!(refused[0].starts_with("HTTP/1.1 429"), "{}", refused[0]);
+    let other = [("X-Forwarded-For", "203.0.113.8")];
+    let mut theirs = start_trickle(sc.addr, "/upload", &other).await;
+    assert!(finish_trickle(&mut theirs)
+        .await
+        .starts_with("HTTP/1.1 200"));
+    let mut sending: Vec<_> = uploads
+        .into_iter()
+        .zip(&heads)
+        .filter_map(|(s, h)| h.is_none().then_some(s))
+        .collect();
+    assert!(finish_trickle(&mut sending[0])
+        .await
+        .starts_with("HTTP/1.1 200"));
+    let mut next = start_trickle(sc.addr, "/upload", &mallory).await;
+    assert!(finish_trickle(&mut next).await.starts_with("HTTP/1.1 200"));
+    assert!(metrics(&sc)
+        .await
+        .contains("sso_sidecar_connections_refused_total{reason=\"max_uploads\"} 1"));
+    assert!(finish_trickle(&mut sending[1])
+        .await
+        .starts_with("HTTP/1.1 200"));
+    // A body counts until it is through, not until its answer: two requests whose bodies are
+    // sent and whose answers take seconds leave room for a third.
+    let mut slow = Vec::new();
+    for _ in 0..2 {
+        let mut s = start_trickle(sc.addr, "/slow?ms=5000", &mallory).await;
+        s.write_all(b"xxxxxxxxx").await.unwrap();
+        slow.push(s);
+    }
+    let started = std::time::Instant::now();
+    let mut third = start_trickle(sc.addr, "/upload", &mallory).await;
+    assert!(finish_trickle(&mut third).await.starts_with("HTTP/1.1 200"));
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "waited for the slow answers"
+    );
+    let heads = answered_within(&mut slow, Duration::from_secs(10)).await;
+    assert!(
+        heads
+            .iter()
+            .all(|h| h.as_deref().is_some_and(|h| h.starts_with("HTTP/1.1 200"))),
+        "{heads:?}"
+    );
+}
+
 /// The same, with an upstream that stops reading after its early answer but keeps the socket
 /// open: the sidecar's writes block, the body stops moving, and the connection is closed from
 /// the sidecar's side once that lasts the upstream timeout, which gives its place back.

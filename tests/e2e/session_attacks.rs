@@ -532,6 +532,54 @@ async fn a_bare_id_token_gets_its_profile_from_userinfo() {
         .contains("userinfo names another subject"));
 }
 
+/// A session holds at most `max_uploads_per_session` request bodies on their way upstream at
+/// once: one user trickling bodies (on HTTP/2, as many streams as the connection allows) cannot
+/// hold every upstream place for as long as the bodies' bound. The request beyond is answered
+/// 429 before the upstream sees it; another session at the same address is not held back; a
+/// body that is through gives its place back, before its response ends.
+#[tokio::test]
+async fn a_session_holds_at_most_its_cap_of_bodies_on_their_way_upstream() {
+    let m = mock_pair(&[("SSO_SIDECAR_CONNECTIONS__MAX_UPLOADS_PER_SESSION", "2")]).await;
+    let a = &m.a.sidecar;
+    let alice = session_header(&mock_login(&m, a, "alice", "sid-1").await);
+    let bob = session_header(&mock_login(&m, a, "bob", "sid-2").await);
+    let mut uploads = Vec::new();
+    for _ in 0..3 {
+        uploads.push(start_trickle(a.addr, "/upload", &[("Cookie", &alice)]).await);
+    }
+    let heads = answered_within(&mut uploads, Duration::from_secs(3)).await;
+    let refused: Vec<usize> = (0..3).filter(|&i| heads[i].is_some()).collect();
+    assert_eq!(refused.len(), 1, "one of three answered at once: {heads:?}");
+    let refusal = heads[refused[0]].as_deref().unwrap_or_default();
+    assert!(refusal.starts_with("HTTP/1.1 429"), "{refusal}");
+    assert!(
+        refusal.to_ascii_lowercase().contains("retry-after: 5"),
+        "{refusal}"
+    );
+    // Another user at the same address uploads meanwhile.
+    let mut bobs = start_trickle(a.addr, "/upload", &[("Cookie", &bob)]).await;
+    assert!(finish_trickle(&mut bobs).await.starts_with("HTTP/1.1 200"));
+    // One of Alice's bodies through: her next upload is taken.
+    let mut sending: Vec<TcpStream> = uploads
+        .into_iter()
+        .zip(&heads)
+        .filter_map(|(s, h)| h.is_none().then_some(s))
+        .collect();
+    assert!(finish_trickle(&mut sending[0])
+        .await
+        .starts_with("HTTP/1.1 200"));
+    let mut next = start_trickle(a.addr, "/upload", &[("Cookie", &alice)]).await;
+    assert!(finish_trickle(&mut next).await.starts_with("HTTP/1.1 200"));
+    // Alice's two, Bob's and her next: never the refused one.
+    let upstream_saw = m.up.paths().await;
+    assert_eq!(
+        upstream_saw.iter().filter(|p| *p == "/upload").count(),
+        4,
+        "{upstream_saw:?}"
+    );
+    drop(sending);
+}
+
 /// A session holds at most `max_tunnels_per_session` tunnels on a replica: one user cannot fill
 /// the connection cap with idle WebSockets. The cap is the session's, not the address's: a
 /// second user at the same address (behind the same NAT) opens theirs.

@@ -401,3 +401,57 @@ pub fn metric(text: &str, name: &str) -> f64 {
 pub async fn metrics(sc: &Sidecar) -> String {
     String::from_utf8_lossy(get(&sc.admin_url("/metrics"), &[]).await.unwrap().body()).into_owned()
 }
+
+// === trickled request bodies ===============================================================
+
+/// A `POST` of a 10-byte body on a connection of its own, of which only the first byte is sent
+/// (the rest with [`finish_trickle`]): a body on its way upstream for as long as the test likes.
+pub async fn start_trickle(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut head = format!("POST {path} HTTP/1.1\r\nHost: app\r\nContent-Length: 10\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\nx");
+    s.write_all(head.as_bytes()).await.unwrap();
+    s
+}
+
+/// Sends the rest of a [`start_trickle`] body and returns the response head.
+pub async fn finish_trickle(s: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncWriteExt;
+    s.write_all(b"xxxxxxxxx").await.unwrap();
+    read_head(s, Duration::from_secs(10))
+        .await
+        .expect("an answer once the body is through")
+}
+
+/// The first bytes of a response on `s` (up to 1 KiB), if any arrive within `wait`.
+pub async fn read_head(s: &mut tokio::net::TcpStream, wait: Duration) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 1024];
+    match tokio::time::timeout(wait, s.read(&mut buf)).await {
+        Ok(Ok(n)) if n > 0 => Some(String::from_utf8_lossy(&buf[..n]).into_owned()),
+        _ => None,
+    }
+}
+
+/// Which of `conns` have a response within `wait`, and its head (the others are still waiting
+/// for theirs).
+pub async fn answered_within(
+    conns: &mut [tokio::net::TcpStream],
+    wait: Duration,
+) -> Vec<Option<String>> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut heads = Vec::new();
+    for s in conns.iter_mut() {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        heads.push(read_head(s, left).await);
+    }
+    heads
+}
