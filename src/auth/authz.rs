@@ -4,6 +4,7 @@
 //! happens to a refusal (a 403 page, an ended session) and count it.
 
 use crate::config::access::Authz;
+use crate::proxy::headers::folds_to;
 use serde_json::{Map, Value};
 use std::borrow::Cow;
 
@@ -67,13 +68,15 @@ pub fn admits(a: &Authz, claims: &Map<String, Value>) -> Result<(), Refusal> {
 ///
 /// Rules deny by omission, so the request must pass under every reading a backend may give it:
 /// - its method in any case (`delete` is `DELETE` to Django, Flask and Laravel), and the
-///   methods it names in `X-HTTP-Method-Override`, `X-HTTP-Method`, `X-Method-Override` or a
-///   `_method` query parameter (Rails, Laravel, Symfony, Express's `method-override`); a rule
-///   for `GET` also covers `HEAD`, which servers answer with the `GET` handler;
+///   methods it names in `X-HTTP-Method-Override`, `X-HTTP-Method`, `X-Method-Override` (in
+///   any spelling a backend folds to these: `X_HTTP_Method`) or a `_method` query parameter
+///   (Rails, Laravel, Symfony, Express's `method-override`; its name decoded, and `.method`,
+///   which PHP reads as `_method`); a rule for `GET` also covers `HEAD`, which servers answer
+///   with the `GET` handler;
 /// - its path as sent, without `;` parameters (Tomcat and Spring drop them: `/admin;x/users`
 ///   is `/admin/users` there), in lower case (Express and ASP.NET route case-insensitively),
-///   without one trailing slash (Express's default routing serves `/a/` as `/a`), and decoded
-///   once more (`%25` read as `%`: a backend or framework that decodes twice takes
+///   without one trailing slash (Express's default routing serves `/a/` as `/a`), without a
+///   format suffix (`/admin/users.json` is `/admin/users` to Rails), and decoded once more (`%25` read as `%`: a backend or framework that decodes twice takes
 ///   `/%2561dmin` for `/admin`).
 ///
 /// A method named in a form body (`_method` in Rails and Laravel forms) is not seen: a rule
@@ -131,21 +134,37 @@ fn taken_as<'a>(parts: &'a http::request::Parts) -> Vec<Cow<'a, str>> {
             methods.push(m);
         }
     };
-    for name in METHOD_OVERRIDES {
-        for v in parts.headers.get_all(name) {
+    // In any spelling a lenient stack folds to the header's (`X_HTTP_Method_Override`
+    // reaches a CGI or FastCGI backend as the same variable).
+    for (name, v) in &parts.headers {
+        if METHOD_OVERRIDES.iter().any(|o| folds_to(name.as_str(), o)) {
             add(String::from_utf8_lossy(v.as_bytes()));
         }
     }
-    for kv in parts.uri.query().unwrap_or_default().split('&') {
-        if let Some(v) = kv.strip_prefix("_method=") {
-            add(percent_encoding::percent_decode_str(v).decode_utf8_lossy());
+    // Parameter names decoded as backends decode them (`%5Fmethod`, `+_method`).
+    let query = parts.uri.query().unwrap_or_default();
+    for (name, v) in form_urlencoded::parse(query.as_bytes()) {
+        if names_method(&name) {
+            add(v);
         }
     }
     methods
 }
 
+/// Whether a query parameter's name (decoded) is `_method` to some backend: PHP drops leading
+/// spaces and takes `.`, ` ` and `[` in a name for `_` (`.method` is `_method` there); the
+/// case is ignored, which can only make a rule hold more often.
+fn names_method(name: &str) -> bool {
+    let name = name.trim_start_matches(' ').as_bytes();
+    name.len() == 7
+        && name.iter().zip(b"_method").all(|(&c, &m)| {
+            c.eq_ignore_ascii_case(&m) || (m == b'_' && matches!(c, b'.' | b' ' | b'['))
+        })
+}
+
 /// The paths a backend may take `path` as (case aside, which [`reaches_as`] folds): as sent,
-/// decoded once more, without `;` parameters, and each without one trailing slash.
+/// decoded once more, without `;` parameters, each without one trailing slash, and each
+/// without a format suffix.
 fn path_readings(path: &str) -> Vec<Cow<'_, str>> {
     let mut out = vec![Cow::Borrowed(path)];
     if path.contains("%25") {
@@ -161,6 +180,12 @@ fn path_readings(path: &str) -> Vec<Cow<'_, str>> {
         if let Some(trimmed) = out[i].strip_suffix('/').filter(|t| !t.is_empty()) {
             let trimmed = Cow::Owned(trimmed.to_owned());
             out.push(trimmed);
+        }
+    }
+    for i in 0..out.len() {
+        if let Some(plain) = without_format(&out[i]) {
+            let plain = Cow::Owned(plain.to_owned());
+            out.push(plain);
         }
     }
     out
@@ -183,6 +208,14 @@ fn decoded_again(path: &str) -> String {
     }
     p.push_str(rest);
     super::canonical::canonical_path(&p).unwrap_or(p)
+}
+
+/// `path` without a format suffix on its last segment (`/admin/users.json` is `/admin/users`
+/// to Rails, to Spring before 5.3, and to Django REST's format routes), if it has one.
+fn without_format(path: &str) -> Option<&str> {
+    let last = path.rfind('/')? + 1;
+    let dot = path[last..].rfind('.')?;
+    (dot > 0).then(|| &path[..last + dot])
 }
 
 /// `path` with every segment's `;` parameters removed.
@@ -255,6 +288,19 @@ mod tests {
             parts("GET", "/%2541dmin;x/users/", &[]),
             parts("DELETE", "/%2576%2531/docs/1", &[]),
             parts("GET", "/%252525252561dmin/users", &[]),
+            parts("POST", "/v1/docs/1?%5Fmethod=DELETE", &[]),
+            parts("POST", "/v1/docs/1?.method=DELETE", &[]),
+            parts("POST", "/v1/docs/1?%2Emethod=DELETE", &[]),
+            parts("POST", "/v1/docs/1?+_METHOD=DELETE", &[]),
+            parts("POST", "/v1/docs/1?[method=DELETE", &[]),
+            parts(
+                "POST",
+                "/v1/docs/1",
+                &[("x_http_method_override", "DELETE")],
+            ),
+            parts("POST", "/v1/docs/1", &[("x.http.method", "DELETE")]),
+            parts("GET", "/admin/users.json", &[]),
+            parts("GET", "/admin/Users.xml/", &[]),
         ];
         for p in &refused {
             assert!(
@@ -275,7 +321,10 @@ mod tests {
         for p in [
             parts("POST", "/v1/docs/1", &[]),
             parts("GET", "/v1/docs/1?method=DELETE", &[]),
+            parts("GET", "/v1/docs/1?__method=DELETE&x_method=DELETE", &[]),
             parts("GET", "/admin/users2", &[]),
+            parts("GET", "/admin/users/.json", &[]),
+            parts("GET", "/admin.users", &[]),
             parts("GET", "/", &[]),
         ] {
             assert!(reaches(&a, &p, &staff), "{} {:?}", p.method, p.uri);

@@ -171,26 +171,30 @@ pub fn end_chainlit_session(request: &HeaderMap, response: &mut HeaderMap) {
 /// the query) would otherwise hand the user's token to the browser, its history and every
 /// `Referer`. A value the token still appears in after that (under another name) is dropped.
 pub fn scrub_token(headers: &mut HeaderMap, token: &str) {
+    let encoded: String = form_urlencoded::byte_serialize(token.as_bytes()).collect();
+    let carries = |v: &str| v.contains(token) || v.contains(&encoded);
     for name in [header::LOCATION, header::CONTENT_LOCATION] {
-        let Some(value) = headers.get(&name) else {
-            continue;
-        };
-        let raw = String::from_utf8_lossy(value.as_bytes()).into_owned();
-        let encoded: String = form_urlencoded::byte_serialize(token.as_bytes()).collect();
-        if !raw.contains(token) && !raw.contains(&encoded) {
+        // Every value: a backend may send the header twice, and a client may read either.
+        let values: Vec<String> = headers
+            .get_all(&name)
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect();
+        if !values.iter().any(|v| carries(v)) {
             continue;
         }
-        let cleaned = without_token(&raw, token);
-        match cleaned.and_then(|c| HeaderValue::from_str(&c).ok()) {
-            Some(v)
-                if !v
-                    .to_str()
-                    .is_ok_and(|c| c.contains(token) || c.contains(&encoded)) =>
+        headers.remove(&name);
+        for raw in values {
+            let cleaned = if carries(&raw) {
+                without_token(&raw, token)
+            } else {
+                Some(raw)
+            };
+            if let Some(v) = cleaned
+                .filter(|c| !carries(c))
+                .and_then(|c| HeaderValue::from_str(&c).ok())
             {
-                headers.insert(&name, v);
-            }
-            _ => {
-                headers.remove(&name);
+                headers.append(&name, v);
             }
         }
     }
@@ -325,6 +329,16 @@ mod tests {
         h.insert(header::LOCATION, HeaderValue::from_static("/static/?tab=1"));
         scrub_token(&mut h, "or-abc");
         assert_eq!(h[header::LOCATION], "/static/?tab=1", "untouched");
+        // A second value is read too (a client may follow either).
+        let mut h = HeaderMap::new();
+        h.append(header::LOCATION, HeaderValue::from_static("/static/?tab=1"));
+        h.append(
+            header::LOCATION,
+            HeaderValue::from_static("/static/?token=or-abc"),
+        );
+        scrub_token(&mut h, "or-abc");
+        let left: Vec<_> = h.get_all(header::LOCATION).iter().collect();
+        assert_eq!(left, ["/static/?tab=1", "/static/"]);
     }
 
     #[test]

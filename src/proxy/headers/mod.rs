@@ -208,7 +208,7 @@ fn remove_folded_if<S: AsRef<str>>(
 }
 
 /// `folded_name(name) == folded`, without allocating (`folded` is already folded).
-fn folds_to(name: &str, folded: &str) -> bool {
+pub fn folds_to(name: &str, folded: &str) -> bool {
     name.len() == folded.len()
         && name.bytes().zip(folded.bytes()).all(|(a, b)| {
             let a = match a {
