@@ -158,6 +158,7 @@ fn build_oidc(
             metrics,
             inflight: auth::refresh::InFlight::default(),
             identity: identity.clone(),
+            backchannel_slots: tokio::sync::Semaphore::new(auth::flow::BACKCHANNEL_SLOTS),
         }),
         identity,
     })

@@ -179,8 +179,17 @@ impl App {
             let auth = &oidc.auth;
             let path = parts.uri.path();
             // Every `/auth/*` request spends the budget, as in OpenRag: the sidecar's routes,
-            // the bridge's and any the backend answers (the path is canonical here).
-            if let Some((l, ip)) = limited.filter(|_| path.starts_with("/auth/")) {
+            // the bridge's and any the backend answers (the path is canonical here). Not the
+            // IdP's back-channel logouts: it sends one per session it ends (an administrator's
+            // "log out everyone" is hundreds a minute from one address), and turning one away
+            // leaves a session alive. A refused logout token spends the failure budget instead.
+            let backchannel = path == crate::auth::BACKCHANNEL_PATH;
+            if let Some((l, ip)) = limited.filter(|_| backchannel) {
+                if let Some(wait) = Box::pin(l.exhausted(Kind::Failure, ip)).await {
+                    return Err(self.limited(Kind::Failure, wait));
+                }
+            }
+            if let Some((l, ip)) = limited.filter(|_| path.starts_with("/auth/") && !backchannel) {
                 // Every login passes here: where a forgotten ingress shows (and no other
                 // request pays for looking).
                 untrusted_forwarder(&parts.headers, peer);
@@ -295,11 +304,20 @@ impl App {
     }
 }
 
-/// Whether the sidecar itself answered 401 or 403 (not the upstream): a failed authentication.
+/// Whether the sidecar itself answered 401 or 403 (not the upstream), or refused a credential
+/// otherwise (a back-channel logout token, [`crate::auth::RefusedCredential`]): a failed
+/// authentication.
 /// A cross-site refusal is not one: the visitor's browser sent it for another site's page, and
 /// counting it would put everyone behind that visitor's address over the budget.
 fn own_refusal(result: &Result<Outcome, Error>) -> bool {
     let status = match result {
+        Ok((r, None))
+            if r.extensions()
+                .get::<crate::auth::RefusedCredential>()
+                .is_some() =>
+        {
+            return true
+        }
         Ok((r, None)) => r.status(),
         Ok((_, Some(_))) => return false,
         Err(Error::CrossSite) => return false,

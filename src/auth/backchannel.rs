@@ -12,6 +12,7 @@
 
 use super::flow::Auth;
 use super::oidc::{now_unix, CLOCK_SKEW_SECS};
+use super::tokens::TokenError;
 use crate::session::sessions::SidLogout;
 use serde_json::{Map, Value};
 use std::time::Duration;
@@ -29,6 +30,10 @@ pub enum LogoutError {
     Invalid(String),
     #[error("logout_token replayed")]
     Replayed,
+    /// The token could not be judged (the JWKS it needs could not be fetched): not its fault,
+    /// and not a detail for an anonymous caller.
+    #[error("cannot verify logout_token now: {0}")]
+    Unavailable(String),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
 }
@@ -47,7 +52,10 @@ impl Auth {
             .provider
             .verify_signature(&token)
             .await
-            .map_err(|e| LogoutError::Invalid(e.to_string()))?;
+            .map_err(|e| match e {
+                TokenError::Jwt(e) => LogoutError::Invalid(e.to_string()),
+                e => LogoutError::Unavailable(e.to_string()),
+            })?;
         if let Some(typ) = &verified.header.typ {
             if !typ.eq_ignore_ascii_case("logout+jwt") && !typ.eq_ignore_ascii_case("jwt") {
                 return Err(LogoutError::Invalid(format!("typ {typ:?}")));

@@ -32,7 +32,14 @@ pub struct Auth {
     pub inflight: super::refresh::InFlight,
     /// The identity mode: its login hook resolves the backend user.
     pub identity: Arc<crate::identity::Identity>,
+    /// Back-channel logouts being read or handled at once on this replica (the route spends no
+    /// rate-limit budget, so this bounds what it holds: 64 KiB of form each).
+    pub backchannel_slots: tokio::sync::Semaphore,
 }
+
+/// Back-channel logouts a replica handles at once (an IdP sends one per session it ends, and
+/// waits for each answer).
+pub const BACKCHANNEL_SLOTS: usize = 64;
 
 pub(super) fn redirect(location: &str) -> Response<Body> {
     let mut r = Response::new(crate::proxy::full(""));

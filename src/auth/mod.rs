@@ -31,3 +31,5 @@ pub mod redirect;
 pub mod refresh;
 pub mod routes;
 pub mod tokens;
+
+pub use routes::{RefusedCredential, BACKCHANNEL_PATH};

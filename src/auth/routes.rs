@@ -8,13 +8,16 @@ use crate::proxy::Body;
 use http::{header, request::Parts, HeaderValue, Method, Response, StatusCode};
 use hyper::body::Incoming;
 
+/// The IdP's back-channel logout route (it spends no rate-limit budget but failures).
+pub const BACKCHANNEL_PATH: &str = "/auth/backchannel-logout";
+
 /// The paths of the routes below.
 const ROUTES: [&str; 6] = [
     "/auth/login",
     "/auth/callback",
     "/auth/logout",
     "/auth/me",
-    "/auth/backchannel-logout",
+    BACKCHANNEL_PATH,
     "/auth/frontchannel-logout",
 ];
 
@@ -61,6 +64,15 @@ impl Auth {
         use http_body::Body as _;
         use http_body_util::{BodyExt, Limited};
         const MAX_FORM: u64 = 64 * 1024;
+        // The route spends no rate-limit budget (an IdP ending many sessions at once must not
+        // be turned away), so what it may hold at once is bounded here.
+        let Ok(_slot) = self.backchannel_slots.try_acquire() else {
+            let b = serde_json::json!({"error": "temporarily_unavailable"});
+            let mut r = backchannel_answer(StatusCode::SERVICE_UNAVAILABLE, b.to_string());
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return r;
+        };
         if body.size_hint().lower() > MAX_FORM {
             return oauth_error(StatusCode::PAYLOAD_TOO_LARGE, "logout request too large");
         }
@@ -83,6 +95,11 @@ impl Auth {
                 let b = serde_json::json!({"error": "temporarily_unavailable"});
                 (StatusCode::SERVICE_UNAVAILABLE, b.to_string())
             }
+            Err(e @ super::backchannel::LogoutError::Unavailable(_)) => {
+                tracing::warn!(error = %e, "back-channel logout could not be verified");
+                let b = serde_json::json!({"error": "temporarily_unavailable"});
+                (StatusCode::SERVICE_UNAVAILABLE, b.to_string())
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "back-channel logout refused");
                 return oauth_error(StatusCode::BAD_REQUEST, &e.to_string());
@@ -92,10 +109,17 @@ impl Auth {
     }
 }
 
+/// Marks a response of the sidecar's own that refused a credential other than with 401 or 403
+/// (a back-channel logout's 400): it spends the caller's failure budget as those do.
+#[derive(Clone, Copy)]
+pub struct RefusedCredential;
+
 /// A refused back-channel logout: an OAuth-style error body.
 fn oauth_error(status: StatusCode, description: &str) -> Response<Body> {
     let b = serde_json::json!({"error": "invalid_request", "error_description": description});
-    backchannel_answer(status, b.to_string())
+    let mut r = backchannel_answer(status, b.to_string());
+    r.extensions_mut().insert(RefusedCredential);
+    r
 }
 
 /// The back-channel logout's answer: never cached; a JSON body unless it succeeded.

@@ -293,6 +293,62 @@ pub(crate) async fn alive(sc: &Sidecar, cookie: &str) -> bool {
         == 200
 }
 
+/// The IdP's back-channel logouts spend no rate-limit budget: an IdP ending many sessions at
+/// once, or sharing its address with clients over their budget, is never turned away (which
+/// would leave the sessions alive: IdPs do not retry). A refused logout token spends the
+/// failure budget, so guessing is still bounded.
+#[tokio::test]
+async fn back_channel_logouts_are_not_turned_away_by_the_auth_budget() {
+    let m = mock_pair(&[
+        ("RATE_LIMIT_ENABLED", "true"),
+        ("RATE_LIMIT_AUTH", "20/minute"),
+        ("RATE_LIMIT_AUTH_FAILURE", "5/minute"),
+    ])
+    .await;
+    let a = &m.a.sidecar;
+    let mut cookies = Vec::new();
+    for i in 0..3 {
+        cookies.push(mock_login(&m, a, &format!("user-{i}"), &format!("sid-{i}")).await);
+    }
+    // This address spends the rest of its budget on logins.
+    let mut spent = 0;
+    while get(&a.url("/auth/login"), &[]).await.unwrap().status() != 429 {
+        spent += 1;
+        assert!(spent < 20, "the auth budget never ran out");
+    }
+    for i in 0..3 {
+        let mut c = logout_claims(&m);
+        c["sid"] = json!(format!("sid-{i}"));
+        c["sub"] = json!(format!("user-{i}"));
+        let token = m.key.sign_with_header(
+            &json!({"alg": "ES256", "typ": "logout+jwt", "kid": "k1"}),
+            &c,
+        );
+        let r = post_logout(a, &token).await;
+        assert_eq!(r.status(), 200, "{:?}", r.body());
+    }
+    for c in &cookies {
+        assert!(!alive(a, c).await, "a logged-out session lives on");
+    }
+    // A token that cannot be judged now (a new key, and the IdP's JWKS unreadable) is not
+    // refused: 503, with nothing of the sidecar's inside in the answer.
+    let b = &m.b.sidecar;
+    let saved = m.idp.state.lock().unwrap().jwks.clone();
+    m.idp.set(|s| s.jwks = json!("unreadable"));
+    let k2 = Key::new("k2");
+    let r = post_logout(b, &k2.sign(&logout_claims(&m))).await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(json(&r)["error"], "temporarily_unavailable");
+    assert!(!String::from_utf8_lossy(r.body()).contains("http"));
+    m.idp.set(|s| s.jwks = saved);
+    // Refused tokens spend the failure budget (shared through Redis), as the three 401s just
+    // did: two 400s, then 429.
+    for _ in 0..2 {
+        assert_eq!(post_logout(b, "not.a.token").await.status(), 400);
+    }
+    assert_eq!(post_logout(b, "not.a.token").await.status(), 429);
+}
+
 #[tokio::test]
 async fn forged_logout_tokens_are_refused_and_revoke_nothing() {
     let m = mock_pair(&[]).await;
