@@ -96,10 +96,14 @@ impl Auth {
         let h = &parts.headers;
         let mut hint = None;
         if let Some(id) = self.cookies.get(h, &self.cookies.session) {
-            if let Some(s) = self.sessions.load(&id, now_unix()).await? {
-                hint = Some(s.id_token.clone());
-            }
-            if self.sessions.delete(&id).await? {
+            let ended = match self.sessions.load(&id, now_unix()).await? {
+                Some(s) => {
+                    hint = Some(s.id_token.clone());
+                    self.sessions.end(&id, &s).await?
+                }
+                None => self.sessions.delete(&id).await?,
+            };
+            if ended {
                 self.metrics.sessions_revoked(1);
             }
         }

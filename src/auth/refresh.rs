@@ -204,7 +204,7 @@ impl Auth {
                     self.metrics.login_refused(why.label());
                     self.metrics.sessions_revoked(1);
                     tracing::warn!(sub = %s.sub, reason = why.label(), "refreshed identity no longer passes [authz]: session ended");
-                    self.sessions.delete(id).await?;
+                    self.sessions.end(id, &s).await?;
                     return Ok(None);
                 }
                 // What the refresh changed, onto the session as it stands now: the identity
@@ -228,7 +228,7 @@ impl Auth {
                 {
                     self.metrics.sessions_revoked(1);
                     tracing::warn!(sub = %s.sub, "the backend no longer links this user's account to it: session ended");
-                    self.sessions.delete(id).await?;
+                    self.sessions.end(id, &s).await?;
                     return Ok(None);
                 }
                 Ok(Some(Arc::new(s)))
@@ -237,7 +237,7 @@ impl Auth {
                 self.metrics.refresh(RefreshResult::Refused.label());
                 self.metrics.sessions_revoked(1);
                 tracing::info!(sub = %s.sub, error = %e, "refresh refused by the IdP: session ended");
-                self.sessions.delete(id).await?;
+                self.sessions.end(id, &s).await?;
                 Ok(None)
             }
             Err(e) => {

@@ -327,6 +327,15 @@ impl Settings {
             }
             _ => {}
         }
+        if self.redis_key_prefix.contains(['{', '}']) {
+            problems.push(
+                "redis_key_prefix must not contain { or }: each key carries a hash tag of its own, \
+                 which a brace in the prefix would change (in a Redis Cluster the keys a login \
+                 writes together would land on different shards, and every login would fail)"
+                    .to_string(),
+            );
+            return None;
+        }
         let topology = match self.redis_mode.trim() {
             "single" => match url {
                 None => return Some(None),

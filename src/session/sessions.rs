@@ -380,6 +380,28 @@ impl Sessions {
     pub async fn delete(&self, id: &str) -> Result<bool, StoreError> {
         self.store.delete(&Self::key_of(id)).await
     }
+
+    /// Deletes the session `id`, whose content is `session`, and takes it out of its user's
+    /// logout indexes (`sub`, and sid-less), so that a user who signs in and out all day leaves
+    /// nothing for a back-channel logout to walk. The `sid` index keeps it: that index lasts
+    /// one IdP session, and a member left there is the record that the `sid` was known (a
+    /// later logout naming it must not fall back to the user's sid-less sessions). Whether the
+    /// session existed; taking it out of an index is best effort (a member left behind is
+    /// dropped when its time is over).
+    pub async fn end(&self, id: &str, session: &Session) -> Result<bool, StoreError> {
+        let member = Self::key_of(id);
+        let existed = self.store.delete(&member).await?;
+        let mut indexes = vec![Self::sub_index(&session.iss, &session.sub)];
+        if session.sid.is_none() {
+            indexes.push(Self::sidless_index(&session.iss, &session.sub));
+        }
+        for index in indexes {
+            if let Err(e) = self.store.index_remove(&index, &member).await {
+                tracing::debug!(error = %e, "an ended session stays in a logout index");
+            }
+        }
+        Ok(existed)
+    }
 }
 
 impl Sessions {

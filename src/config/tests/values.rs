@@ -40,11 +40,28 @@ fn secrets_never_appear_in_debug_output() {
 }
 
 /// A setting of another Redis topology is refused, not ignored: nodes without their mode once
-/// left each replica with sessions of its own in memory, with only a warning to set a URL.
+/// left each replica with sessions of its own in memory, with only a warning to set a URL. So
+/// is a key prefix with a brace, which changes the hash tags that keep a login's keys on one
+/// Cluster shard.
 #[test]
 fn redis_settings_of_another_topology_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let cases: [(&[(&str, &str)], &str); 3] = [
+    let cases: [(&[(&str, &str)], &str); 5] = [
+        (
+            &[
+                ("SSO_SIDECAR_REDIS_MODE", "cluster"),
+                ("SSO_SIDECAR_REDIS_NODES", "redis://10.0.0.1:6379"),
+                ("SSO_SIDECAR_REDIS_KEY_PREFIX", "sso{"),
+            ],
+            "redis_key_prefix must not contain { or }",
+        ),
+        (
+            &[
+                ("SSO_SIDECAR_REDIS_URL", "redis://10.0.0.9:6379"),
+                ("SSO_SIDECAR_REDIS_KEY_PREFIX", "x{}:"),
+            ],
+            "redis_key_prefix must not contain { or }",
+        ),
         (
             &[(
                 "SSO_SIDECAR_REDIS_NODES",

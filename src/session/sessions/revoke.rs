@@ -16,6 +16,10 @@ pub enum SidLogout<'a> {
     Unsigned,
 }
 
+/// Reads and compare-and-set writes of a user's logout record before giving up (each retry
+/// means another logout of the same user wrote it meanwhile).
+const RECORD_TRIES: usize = 8;
+
 impl Sessions {
     /// The record that an IdP session was ended by a logout.
     fn ended_sid(iss: &str, sid: &str) -> String {
@@ -120,19 +124,35 @@ impl Sessions {
 
     /// Records that `sub`'s sessions ended at `t`, unless a logout handled before this one
     /// recorded a later time: logouts may be handled out of order, and the time must not go
-    /// back (a login racing the later logout would then keep its session).
+    /// back (a login racing the later logout would then keep its session). Compare-and-set, so
+    /// that two logouts handled at once on two replicas cannot leave the earlier time.
     async fn record_user_ended(&self, iss: &str, sub: &str, t: i64) -> Result<(), StoreError> {
-        if self
-            .user_ended_at(iss, sub)
-            .await?
-            .is_some_and(|at| at >= t)
-        {
-            return Ok(());
-        }
         let record = Self::ended_sub(iss, sub);
-        self.store
-            .put(&record, t.to_string().as_bytes(), self.login_window)
-            .await
+        let value = t.to_string();
+        for _ in 0..RECORD_TRIES {
+            let written = match self.store.get_fresh(&record).await? {
+                None => {
+                    self.store
+                        .put_if_absent(&record, value.as_bytes(), self.login_window)
+                        .await?
+                }
+                Some(cur) => {
+                    let at = std::str::from_utf8(&cur).ok().and_then(|c| c.parse().ok());
+                    if at.is_some_and(|at: i64| at >= t) {
+                        return Ok(());
+                    }
+                    self.store
+                        .replace_if(&record, &cur, value.as_bytes(), self.login_window)
+                        .await?
+                }
+            };
+            if written {
+                return Ok(());
+            }
+        }
+        Err(StoreError::Unavailable(
+            "the record of a user's logout kept changing".into(),
+        ))
     }
 
     async fn revoke_index(&self, index: &str) -> Result<usize, StoreError> {
@@ -140,7 +160,9 @@ impl Sessions {
         self.revoke_members(index, members, true).await
     }
 
-    /// Deletes the sessions `members` of `index`; `unindex`: removes them from it too.
+    /// Deletes the sessions `members` of `index`; `unindex`: removes them from it too. A member
+    /// the store fails on does not stop the others (an IdP may not send the logout again): the
+    /// first failure is reported once every member was tried.
     async fn revoke_members(
         &self,
         index: &str,
@@ -148,14 +170,24 @@ impl Sessions {
         unindex: bool,
     ) -> Result<usize, StoreError> {
         let mut n = 0;
+        let mut failed = None;
         for member in members {
-            if self.store.delete(&member).await? {
-                n += 1;
+            match self.store.delete(&member).await {
+                Ok(existed) => n += usize::from(existed),
+                Err(e) => {
+                    failed.get_or_insert(e);
+                    continue;
+                }
             }
             if unindex {
-                self.store.index_remove(index, &member).await?;
+                if let Err(e) = self.store.index_remove(index, &member).await {
+                    failed.get_or_insert(e);
+                }
             }
         }
-        Ok(n)
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(n),
+        }
     }
 }

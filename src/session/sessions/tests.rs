@@ -83,6 +83,41 @@ async fn revocation_by_sid_and_by_sub() {
     );
 }
 
+/// A session ended by its user leaves the user's logout indexes (a user signing in and out all
+/// day must not grow what a back-channel logout by `sub` walks), but stays in its `sid`'s, the
+/// record that the IdP session was known.
+#[tokio::test]
+async fn an_ended_session_leaves_its_users_indexes() {
+    let s = sessions();
+    let mut sidless = session(100);
+    sidless.sid = None;
+    for made in [session(100), sidless] {
+        for _ in 0..5 {
+            let id = s.create(&made, 100, 100).await.unwrap().unwrap();
+            assert!(s.end(&id, &made).await.unwrap());
+        }
+    }
+    let members = |index: String| {
+        let store = s.store.clone();
+        async move { store.index_members(&index).await.unwrap().len() }
+    };
+    assert_eq!(
+        members(Sessions::sub_index("https://idp", "alice")).await,
+        0
+    );
+    assert_eq!(
+        members(Sessions::sidless_index("https://idp", "alice")).await,
+        0
+    );
+    assert_eq!(
+        members(Sessions::sid_index("https://idp", "sid-1")).await,
+        5
+    );
+    let kept = s.create(&session(100), 100, 100).await.unwrap().unwrap();
+    assert_eq!(s.revoke_sub("https://idp", "alice", None).await.unwrap(), 1);
+    assert!(s.load(&kept, 100).await.unwrap().is_none());
+}
+
 /// A back-channel logout handled while a login of the same IdP session completes, before the
 /// new session reached the `sid` index: the login finds the logout's record and keeps nothing.
 /// Other IdP sessions of the user are not touched, and the record lasts one login window.

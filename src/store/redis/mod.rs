@@ -116,8 +116,8 @@ macro_rules! with_conn {
                 conn,
                 timeout,
             } => {
-                // A connection made before is used as it is: no timer on a command once
-                // connected, as with the other backends.
+                // A connection made before is used as it is (its commands are timed by the
+                // connection itself, `redis_timeout_ms`, as with the other backends).
                 let known = conn.try_lock().ok().and_then(|c| c.clone());
                 let mut $c = match known {
                     Some(c) => c,
@@ -152,7 +152,12 @@ impl RedisStore {
             return Ok(c.clone());
         }
         let mut client = client.lock().await;
-        let fresh = tokio::time::timeout(timeout, client.get_async_connection())
+        // The store's timeout, not the crate's defaults (0.5 s a command), which failed every
+        // command a master's pause (a fork for BGSAVE) held longer.
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout));
+        let fresh = tokio::time::timeout(timeout, client.get_async_connection_with_config(&config))
             .await
             .map_err(|_| {
                 StoreError::Unavailable("no answer from the sentinels' master in time".into())
