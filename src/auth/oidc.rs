@@ -50,7 +50,13 @@ pub struct Provider {
     client_auth: ClientAuth,
     http: IdpHttp,
     loaded: RwLock<Option<Arc<Loaded>>>,
-    last_refetch: Mutex<Option<Instant>>,
+    /// The last JWKS re-fetch asked for by an ID token (from the IdP's token endpoint), and by
+    /// a logout token (anyone may post one): separate, so that invented `kid`s posted to the
+    /// logout route cannot hold off the re-fetch a login needs.
+    last_refetch: Mutex<[Option<Instant>; 2]>,
+    /// Bumped whenever a re-fetched JWKS is installed: tokens waiting for the next re-fetch
+    /// wake on it.
+    jwks_installed: tokio::sync::watch::Sender<u64>,
 }
 
 pub use crate::clock::now_unix;
@@ -63,7 +69,8 @@ impl Provider {
             client_auth,
             http,
             loaded: RwLock::new(None),
-            last_refetch: Mutex::new(None),
+            last_refetch: Mutex::new([None; 2]),
+            jwks_installed: tokio::sync::watch::Sender::new(0),
         }
     }
 

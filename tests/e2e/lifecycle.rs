@@ -293,6 +293,36 @@ pub(crate) async fn alive(sc: &Sidecar, cookie: &str) -> bool {
         == 200
 }
 
+/// Logout tokens with invented `kid`s, one every ten seconds, took the JWKS re-fetch slot: a
+/// genuine logout signed with a key the IdP had just rotated in was refused (400, not retried,
+/// the session lived on). Now it waits for the next re-fetch; and a login's re-fetch has a slot
+/// of its own.
+#[tokio::test]
+async fn invented_kids_do_not_hold_off_a_logout_signed_with_a_new_key() {
+    let m = mock_pair(&[]).await;
+    let a = &m.a.sidecar;
+    let cookie = mock_login(&m, a, "alice", "sid-1").await;
+    let fetches = || m.idp.state.lock().unwrap().jwks_fetches;
+    let before = fetches();
+    let invented = Key::new("invented");
+    assert_eq!(
+        post_logout(a, &invented.sign(&logout_claims(&m)))
+            .await
+            .status(),
+        400
+    );
+    assert_eq!(fetches(), before + 1, "the invented kid was looked up");
+    let k2 = Key::new("k2");
+    m.idp
+        .set(|s| s.jwks = json!({"keys": [k2.jwk(), m.key.jwk()]}));
+    let started = std::time::Instant::now();
+    let r = post_logout(a, &k2.sign(&logout_claims(&m))).await;
+    assert_eq!(r.status(), 200, "{:?}", r.body());
+    assert!(started.elapsed() < Duration::from_secs(15));
+    assert!(!alive(a, &cookie).await);
+    assert_eq!(fetches(), before + 2, "one re-fetch each");
+}
+
 /// The IdP's back-channel logouts spend no rate-limit budget: an IdP ending many sessions at
 /// once, or sharing its address with clients over their budget, is never turned away (which
 /// would leave the sessions alive: IdPs do not retry). A refused logout token spends the
