@@ -797,6 +797,54 @@ async fn a_post_logout_uri_on_the_sidecars_own_origin_is_warned_about() {
     );
 }
 
+/// A refresh whose new ID token names another user (an IdP bug, or a refresh token that is
+/// not this session's) ends the session: the upstream never sees the other user.
+#[tokio::test]
+async fn a_refresh_that_names_another_user_ends_the_session() {
+    let m = mock_pair(&[]).await;
+    m.idp.set(|s| s.login_expires_in = 8);
+    let cookie = mock_login(&m, &m.a.sidecar, "alice", "sid-1").await;
+    let now = sso_sidecar::auth::oidc::now_unix();
+    let other = m.key.sign(
+        &json!({"iss": m.idp.issuer(), "sub": "mallory", "aud": CLIENT_ID,
+                                    "exp": now + 600, "iat": now, "sid": "sid-1"}),
+    );
+    m.idp.set(|s| {
+        s.token_response = json!({"access_token": "at2", "token_type": "Bearer",
+                                  "expires_in": 600, "id_token": other, "refresh_token": "rt2"})
+    });
+    let start = std::time::Instant::now();
+    loop {
+        let r = get(
+            &m.a.sidecar.url("/v1/x"),
+            &[("cookie", &session_header(&cookie))],
+        )
+        .await
+        .unwrap();
+        if r.status() != 200 {
+            break;
+        }
+        let seen = String::from_utf8_lossy(r.body()).into_owned();
+        assert!(
+            seen.contains("alice") && !seen.contains("mallory"),
+            "{seen}"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(12),
+            "no refresh ended the session"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        !alive(&m.b.sidecar, &cookie).await,
+        "ended on every replica"
+    );
+    assert!(
+        !m.idp.state.lock().unwrap().token_requests.is_empty(),
+        "a refresh was asked for"
+    );
+}
+
 #[tokio::test]
 async fn an_idp_outage_during_refresh_keeps_the_session_an_invalid_grant_ends_it() {
     // An 8 s access token: a refresh is due in its last quarter (2 s), while it is still valid.
