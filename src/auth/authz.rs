@@ -3,7 +3,7 @@
 //! functions of the settings and the user's claims or session: the callers decide what
 //! happens to a refusal (a 403 page, an ended session) and count it.
 
-use crate::config::access::Authz;
+use crate::config::access::{Authz, BearerOnRuled};
 use crate::proxy::headers::folds_to;
 use serde_json::{Map, Value};
 use std::borrow::Cow;
@@ -89,6 +89,20 @@ pub fn reaches(a: &Authz, parts: &http::request::Parts, groups: &[String]) -> bo
     path_readings(parts.uri.path()).iter().all(|path| {
         reaches_as(a, &methods, path, false, groups) && reaches_as(a, &methods, path, true, groups)
     })
+}
+
+/// Whether a bearer request without a session may be forwarded: not to a path a rule covers
+/// (under any reading), unless `bearer_on_ruled_paths = "pass"`. The sidecar cannot tell a
+/// bearer's groups, and any signed-in user can mint a backend token (OpenRag's
+/// `regenerate_token`): passing it would let every user past the rules.
+pub fn bearer_may_reach(
+    a: &Authz,
+    parts: &http::request::Parts,
+) -> Result<(), crate::error::Error> {
+    if a.bearer_on_ruled_paths == BearerOnRuled::Pass || reaches(a, parts, &[]) {
+        return Ok(());
+    }
+    Err(crate::error::Error::Forbidden("Forbidden"))
 }
 
 /// [`reaches`] for one reading of the path, compared as sent or ignoring ASCII case.
@@ -348,6 +362,7 @@ mod tests {
             allowed_emails: ["guest@other.org".to_owned()].into(),
             groups_claim: "groups".into(),
             rules: vec![],
+            bearer_on_ruled_paths: BearerOnRuled::Refuse,
         };
         let ok = json!({"groups": ["staff"], "email": "A@Example.com"});
         assert_eq!(admits(&a, &claims(ok)), Ok(()));

@@ -103,9 +103,16 @@ impl Auth {
                     }
                     Ok(Some(s)) => Ok(Decision::Authenticated { session: s, id }),
                     Ok(None) => gate::without_session(parts, paths),
-                    Err(_) if gate::passes_bearer(parts, paths) => Ok(Decision::Bearer),
+                    Err(_) if gate::passes_bearer(parts, paths) => {
+                        super::authz::bearer_may_reach(&settings.authz, parts)?;
+                        Ok(Decision::Bearer)
+                    }
                     Err(e) => Err(e.into()),
                 }
+            }
+            Decision::Bearer => {
+                super::authz::bearer_may_reach(&settings.authz, parts)?;
+                Ok(Decision::Bearer)
             }
             other => Ok(other),
         }

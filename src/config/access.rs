@@ -157,6 +157,19 @@ pub struct AuthzSection {
     pub groups_claim: Option<String>,
     /// Path rules, first match decides.
     pub rules: Vec<RuleSection>,
+    /// What a bearer request without a session gets on a path a rule covers: `refuse` (403:
+    /// its groups are unknown, and any user can mint a backend token) or `pass` (the backend
+    /// judges it). Default `refuse`.
+    pub bearer_on_ruled_paths: Option<String>,
+}
+
+/// `authz.bearer_on_ruled_paths`.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum BearerOnRuled {
+    #[default]
+    Refuse,
+    Pass,
 }
 
 /// One `[[authz.rules]]`.
@@ -181,6 +194,7 @@ pub struct Authz {
     pub allowed_emails: HashSet<String>,
     pub groups_claim: String,
     pub rules: Vec<PathRule>,
+    pub bearer_on_ruled_paths: BearerOnRuled,
 }
 
 #[derive(Debug, Clone)]
@@ -270,6 +284,11 @@ impl AuthzSection {
                 .or(default_claim.map(str::to_owned))
                 .unwrap_or_default(),
             rules,
+            bearer_on_ruled_paths: self
+                .bearer_on_ruled_paths
+                .as_deref()
+                .and_then(|v| super::types::one_of("authz.bearer_on_ruled_paths", v, problems))
+                .unwrap_or_default(),
         }
     }
 }
@@ -313,10 +332,18 @@ mod tests {
                     ..Default::default()
                 },
             ],
+            bearer_on_ruled_paths: Some("maybe".into()),
             ..Default::default()
         };
         let mut problems = Vec::new();
         s.validate(None, &mut problems);
-        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert_eq!(problems.len(), 4, "{problems:?}");
+        assert!(problems[3].contains("'refuse' or 'pass', got 'maybe'"));
+        let a = AuthzSection::default().validate(None, &mut problems);
+        assert_eq!(
+            a.bearer_on_ruled_paths,
+            BearerOnRuled::Refuse,
+            "the default"
+        );
     }
 }

@@ -318,13 +318,17 @@ async fn path_rules_refuse_before_the_upstream_and_reload_on_sighup() {
              [[authz.rules]]\npath = \"/v1/*\"\nmethods = [\"POST\", \"DELETE\"]\ngroups = [\"writers\"]\n"
         )
     };
+    let bearer_passes = "[authz]\nbearer_on_ruled_paths = \"pass\"\n\n";
     std::fs::write(&file, rules("\"admins\"")).unwrap();
     let cfg = file.to_str().unwrap().to_owned();
     let sc = start_oidc_sidecar(
         port,
         &idp.issuer(),
         &up.url(),
-        &[("SSO_SIDECAR_CONFIG", &cfg)],
+        &[
+            ("SSO_SIDECAR_CONFIG", &cfg),
+            ("SSO_SIDECAR_PATHS__BEARER_PASSTHROUGH", "true"),
+        ],
     )
     .await;
     let sc = &sc.sidecar;
@@ -409,6 +413,20 @@ async fn path_rules_refuse_before_the_upstream_and_reload_on_sighup() {
     let r = call("GET", "/%65lsewhere//x%7e", false).await;
     assert_eq!(r.status(), 200);
     assert_eq!(json(&r)["path"], "/elsewhere/x~", "forwarded as decoded");
+    // A bearer without a session cannot show its groups, and any user can mint a backend
+    // token: not forwarded where a rule applies (in any reading), forwarded elsewhere.
+    let bearer = |method: &'static str, path: &'static str| async move {
+        let h = [("authorization", "Bearer minted-by-alice")];
+        send(request(method, &sc.url(path), &h, body("")))
+            .await
+            .unwrap()
+            .status()
+    };
+    assert_eq!(bearer("GET", "/admin/users").await, 403);
+    assert_eq!(bearer("GET", "/Admin/users.json").await, 403);
+    assert_eq!(bearer("DELETE", "/v1/chat").await, 403);
+    assert_eq!(bearer("GET", "/v1/models").await, 200, "no rule for GET");
+    assert_eq!(bearer("GET", "/elsewhere").await, 200);
     let seen = up.paths().await;
     assert!(
         !seen.iter().any(|p| {
@@ -418,7 +436,8 @@ async fn path_rules_refuse_before_the_upstream_and_reload_on_sighup() {
         "refused requests never reach the upstream: {seen:?}"
     );
 
-    std::fs::write(&file, rules("\"admins\", \"staff\"")).unwrap();
+    let reloaded = format!("{bearer_passes}{}", rules("\"admins\", \"staff\""));
+    std::fs::write(&file, reloaded).unwrap();
     sc.signal("HUP");
     let start = std::time::Instant::now();
     while call("GET", "/admin/users", false).await.status() != 200 {
@@ -428,6 +447,11 @@ async fn path_rules_refuse_before_the_upstream_and_reload_on_sighup() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    assert_eq!(
+        bearer("GET", "/admin/users").await,
+        200,
+        "bearer_on_ruled_paths = \"pass\": the backend judges it"
+    );
 }
 
 /// Two replicas on one Redis, both behind a trusted proxy (127.0.0.1).
