@@ -103,6 +103,9 @@ impl Admission {
     /// Slots per entry of the cache: "lately" is the last few cachefuls of misses.
     const SLOTS_PER_ENTRY: usize = 4;
 
+    /// The low bits of a slot: how many more times than once its key was remembered.
+    const COUNT: u64 = 3;
+
     /// Whether `key` missed before, lately: then it is worth keeping. Remembers it if not.
     /// `capacity`: the cache's, which sizes the table at the first call (32 bytes an entry).
     pub fn seen_before(&mut self, key: &str, capacity: usize) -> bool {
@@ -110,24 +113,32 @@ impl Admission {
         let Some((i, hash)) = self.slot(key) else {
             return false;
         };
-        let before = self.seen[i] == hash;
+        let before = self.seen[i] & !Self::COUNT == hash;
         self.seen[i] = hash;
         before
     }
 
-    /// Whether `key` was remembered lately (nothing is remembered by asking).
-    pub fn contains(&self, key: &str) -> bool {
+    /// Whether `key` was remembered at least `times` times lately, in a row of its slot
+    /// (nothing is remembered by asking; counts stop at 4).
+    pub fn remembered(&self, key: &str, times: u64) -> bool {
         match self.slot(key) {
-            Some((i, hash)) => self.seen[i] == hash,
+            Some((i, hash)) => {
+                self.seen[i] & !Self::COUNT == hash && (self.seen[i] & Self::COUNT) + 1 >= times
+            }
             None => false,
         }
     }
 
-    /// Remembers `key`, taking over its slot.
+    /// Remembers `key` once more, taking over its slot if another key held it.
     pub fn remember(&mut self, key: &str, capacity: usize) {
         self.allocate(capacity);
         if let Some((i, hash)) = self.slot(key) {
-            self.seen[i] = hash;
+            let held = self.seen[i];
+            self.seen[i] = if held & !Self::COUNT == hash {
+                hash | ((held & Self::COUNT) + 1).min(Self::COUNT)
+            } else {
+                hash
+            };
         }
     }
 
@@ -139,15 +150,16 @@ impl Admission {
         }
     }
 
-    /// `key`'s slot and hash (0 marks an empty slot, so no hash is 0); `None` before the
-    /// table exists.
+    /// `key`'s slot and hash, its count bits clear (0 marks an empty slot, so no hash is 0);
+    /// `None` before the table exists.
     fn slot(&self, key: &str) -> Option<(usize, u64)> {
         use std::hash::BuildHasher;
         if self.seen.is_empty() {
             return None;
         }
-        let hash = self.hasher.hash_one(key).max(1);
-        Some(((hash % self.seen.len() as u64) as usize, hash))
+        let hash = self.hasher.hash_one(key);
+        let slot = (hash % self.seen.len() as u64) as usize;
+        Some((slot, (hash & !Self::COUNT).max(Self::COUNT + 1)))
     }
 }
 
@@ -161,6 +173,25 @@ mod eviction_tests {
         let mut empty: std::collections::HashMap<u32, u32> = Default::default();
         super::evict_some(&mut empty);
         assert!(empty.is_empty());
+    }
+
+    #[test]
+    fn remembered_keys_are_counted_until_another_takes_their_slot() {
+        let mut a = super::Admission::default();
+        assert!(!a.remembered("k", 1), "nothing before the table exists");
+        a.remember("k", 0);
+        assert!(a.remembered("k", 1) && !a.remembered("k", 2));
+        a.remember("k", 0);
+        assert!(a.remembered("k", 2) && !a.remembered("k", 3));
+        for _ in 0..10 {
+            a.remember("k", 0);
+        }
+        assert!(a.remembered("k", 4), "counts stop at four");
+        // One slot: another key takes it over, counted from one.
+        a.remember("other", 0);
+        assert!(!a.remembered("k", 1));
+        assert!(a.remembered("other", 1) && !a.remembered("other", 2));
+        assert!(a.seen_before("other", 0), "the same slots for both uses");
     }
 
     #[test]
