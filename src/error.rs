@@ -18,6 +18,9 @@ pub enum Error {
     /// The upstream did not send its response head in time.
     #[error("upstream timed out")]
     UpstreamTimeout,
+    /// Every upstream place is taken and this worker's queue is full.
+    #[error("upstream busy")]
+    UpstreamBusy,
     /// A request the sidecar will not forward (malformed target, bad header…).
     #[error("bad request: {0}")]
     BadRequest(&'static str),
@@ -49,6 +52,9 @@ pub enum Error {
     /// A request with a body from a client that has its cap of bodies on their way upstream.
     #[error("too many request bodies in flight")]
     TooManyUploads,
+    /// An event stream's answer to a client that holds its cap of event streams.
+    #[error("too many event streams")]
+    TooManyStreams,
     /// Over a rate limit; the client may retry after this many seconds.
     #[error("rate limited")]
     RateLimited(u64),
@@ -79,6 +85,8 @@ impl From<crate::proxy::ProxyError> for Error {
             ProxyError::BadRequest(m) => Error::BadRequest(m),
             ProxyError::TooManyTunnels => Error::TooManyTunnels,
             ProxyError::TooManyUploads => Error::TooManyUploads,
+            ProxyError::TooManyStreams => Error::TooManyStreams,
+            ProxyError::Busy => Error::UpstreamBusy,
         }
     }
 }
@@ -88,6 +96,7 @@ impl Error {
         match self {
             Error::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
             Error::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Error::UpstreamBusy => StatusCode::SERVICE_UNAVAILABLE,
             Error::BadRequest(_) => StatusCode::BAD_REQUEST,
             Error::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Error::Unauthenticated => StatusCode::UNAUTHORIZED,
@@ -100,9 +109,10 @@ impl Error {
                 BridgeError::Backend(_) => StatusCode::BAD_GATEWAY,
                 BridgeError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
             },
-            Error::RateLimited(_) | Error::TooManyTunnels | Error::TooManyUploads => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
+            Error::RateLimited(_)
+            | Error::TooManyTunnels
+            | Error::TooManyUploads
+            | Error::TooManyStreams => StatusCode::TOO_MANY_REQUESTS,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -112,6 +122,7 @@ impl Error {
         match self {
             Error::UpstreamUnavailable(_) => "Upstream unavailable",
             Error::UpstreamTimeout => "Upstream timed out",
+            Error::UpstreamBusy => "The service is busy, please retry shortly",
             Error::BadRequest(m) => m,
             Error::MethodNotAllowed => "Method Not Allowed",
             Error::Unauthenticated => "Unauthenticated",
@@ -135,6 +146,9 @@ impl Error {
             Error::TooManyUploads => {
                 "Too many uploads in progress; wait for one to finish before sending another."
             }
+            Error::TooManyStreams => {
+                "Too many event streams open; close some before opening another."
+            }
             Error::Internal(_) => "Internal error",
         }
     }
@@ -145,6 +159,7 @@ impl Error {
             Error::UpstreamUnavailable(crate::proxy::SendError::Connect(_)) => "connect",
             Error::UpstreamUnavailable(_) => "reset",
             Error::UpstreamTimeout => "timeout",
+            Error::UpstreamBusy => "busy",
             Error::BadRequest(_) => "bad_request",
             Error::MethodNotAllowed => "method_not_allowed",
             Error::Unauthenticated => "unauthenticated",
@@ -156,6 +171,7 @@ impl Error {
             Error::RateLimited(_) => "rate_limited",
             Error::TooManyTunnels => "too_many_tunnels",
             Error::TooManyUploads => "too_many_uploads",
+            Error::TooManyStreams => "too_many_streams",
             Error::Internal(_) => "internal",
         }
     }
@@ -197,8 +213,10 @@ impl Error {
         // of its holder closes; the store comes back by itself), so well-behaved clients do
         // not retry in a tight loop.
         let retry = match &self {
-            Error::TooManyTunnels | Error::TooManyUploads => Some(5u32),
-            Error::Store(_) | Error::Identity(BridgeError::Store(_)) => Some(1),
+            Error::TooManyTunnels | Error::TooManyUploads | Error::TooManyStreams => Some(5u32),
+            Error::Store(_) | Error::Identity(BridgeError::Store(_)) | Error::UpstreamBusy => {
+                Some(1)
+            }
             _ => None,
         };
         let mut resp = page_response(self.status(), msg, wants_html, details, None);
@@ -369,6 +387,7 @@ mod tests {
             for (e, secs) in [
                 (Error::TooManyTunnels, "5"),
                 (Error::TooManyUploads, "5"),
+                (Error::TooManyStreams, "5"),
                 (Error::Store(store()), "1"),
                 (Error::Identity(BridgeError::Store(store())), "1"),
             ] {

@@ -217,12 +217,14 @@ pub async fn run(
         refused,
         idled,
     );
+    let c = &config.connections;
     let uploads = proxy::Held::new(
-        [
-            config.connections.max_uploads_per_session,
-            config.connections.max_uploads_per_address,
-        ],
-        metrics.uploads_refused_counter(),
+        [c.max_uploads_per_session, c.max_uploads_per_address],
+        metrics.holder_refused_counter("max_uploads"),
+    );
+    let streams = proxy::Held::new(
+        [c.max_streams_per_session, c.max_streams_per_address],
+        metrics.holder_refused_counter("max_streams"),
     );
     for _ in 0..workers {
         let upstream = proxy::Upstream::new(
@@ -231,7 +233,8 @@ pub async fn run(
             config.connections.upstream_max_per_worker,
             metrics.upstream_queued_counter(),
             tunnels.clone(),
-            uploads.clone(),
+            [uploads.clone(), streams.clone()],
+            c.upstream_queue,
         )
         .map_err(StartError::Upstream)?;
         apps.push(Arc::new(router::App::new(

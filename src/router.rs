@@ -251,7 +251,11 @@ impl App {
             // boxed future of ~2.6 KB) only once they can be sent. Otherwise the send takes
             // one as a pass-through request does (one atomic read more, nothing to hand over).
             let place = if self.upstream.is_full() {
-                Some(self.upstream.place().await?)
+                Some(
+                    self.upstream
+                        .place(|| crate::proxy::head_bytes(&parts))
+                        .await?,
+                )
             } else {
                 None
             };
@@ -277,7 +281,7 @@ impl App {
 
     fn log_error(&self, e: &Error, request_id: &str) {
         match e {
-            Error::UpstreamUnavailable(_) | Error::UpstreamTimeout => {
+            Error::UpstreamUnavailable(_) | Error::UpstreamTimeout | Error::UpstreamBusy => {
                 self.metrics.upstream_error(e.kind());
                 tracing::warn!(request_id, kind = e.kind(), error = %error_chain(e), "upstream failed");
             }
@@ -288,7 +292,8 @@ impl App {
             | Error::CrossSite
             | Error::RateLimited(_)
             | Error::TooManyTunnels
-            | Error::TooManyUploads => {
+            | Error::TooManyUploads
+            | Error::TooManyStreams => {
                 tracing::debug!(request_id, error = %e, "request refused");
             }
             Error::Identity(_) => {

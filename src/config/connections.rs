@@ -43,6 +43,10 @@ pub struct ConnectionSettings {
     /// WebSocket tunnels do not count, nor event streams once their response has begun (up to
     /// `proxy::STREAMS_PER_PLACE` per place): they last as long as their clients.
     pub upstream_max_per_worker: usize,
+    /// KiB of request heads one worker holds waiting for an upstream connection while every
+    /// one is taken (an HTTP/2 connection may queue 128 heads of up to 32 KiB); a request
+    /// beyond is answered 503 at once.
+    pub upstream_queue_kib: usize,
     /// Milliseconds between two checks that the sessions of live WebSocket tunnels and event
     /// streams still exist; a revoked session's streams are closed at the next check.
     pub revocation_check_ms: u64,
@@ -70,6 +74,13 @@ pub struct ConnectionSettings {
     /// The same for callers without a session, by client address (IPv6: its /64; read through
     /// `trusted_proxies`). 0 = no cap.
     pub max_uploads_per_address: usize,
+    /// Event streams (`text/event-stream` answers) one session may hold open at once on a
+    /// replica: each holds an upstream connection for as long as its client wants it. The
+    /// stream beyond is answered 429 (its upstream connection closed). 0 = no cap.
+    pub max_streams_per_session: usize,
+    /// The same for callers without a session, by client address (IPv6: its /64; read through
+    /// `trusted_proxies`). 0 = no cap.
+    pub max_streams_per_address: usize,
     /// How client connections are spread over the worker threads: `exact` (a worker that
     /// accepts a connection while another holds fewer hands it over, so a few long-lived
     /// connections from an ingress use every core) or `kernel` (where `SO_REUSEPORT`'s hash
@@ -99,6 +110,7 @@ impl Default for ConnectionSettings {
             max_per_ip: 512,
             admin_max: 256,
             upstream_max_per_worker: 64,
+            upstream_queue_kib: 16 * 1024,
             revocation_check_ms: 2000,
             revocation_outage_secs: 30,
             tunnel_idle_timeout_secs: 600,
@@ -106,6 +118,8 @@ impl Default for ConnectionSettings {
             max_tunnels_per_address: 256,
             max_uploads_per_session: 16,
             max_uploads_per_address: 32,
+            max_streams_per_session: 32,
+            max_streams_per_address: 256,
             balance: "exact".into(),
         }
     }
@@ -126,6 +140,8 @@ pub struct ConnectionLimits {
     pub max_per_ip: Option<usize>,
     pub admin_max: usize,
     pub upstream_max_per_worker: usize,
+    /// Bytes.
+    pub upstream_queue: usize,
     pub revocation_check: Duration,
     pub revocation_outage: Option<Duration>,
     pub tunnel_idle_timeout: Duration,
@@ -133,6 +149,8 @@ pub struct ConnectionLimits {
     pub max_tunnels_per_address: Option<usize>,
     pub max_uploads_per_session: Option<usize>,
     pub max_uploads_per_address: Option<usize>,
+    pub max_streams_per_session: Option<usize>,
+    pub max_streams_per_address: Option<usize>,
     pub balance: Balance,
 }
 
@@ -152,6 +170,7 @@ impl ConnectionSettings {
                 "upstream_max_per_worker",
                 self.upstream_max_per_worker as u64,
             ),
+            ("upstream_queue_kib", self.upstream_queue_kib as u64),
         ] {
             if v == 0 {
                 problems.push(format!("connections.{name} must be at least 1"));
@@ -186,6 +205,7 @@ impl ConnectionSettings {
             max_per_ip: (self.max_per_ip > 0).then_some(self.max_per_ip),
             admin_max: self.admin_max,
             upstream_max_per_worker: self.upstream_max_per_worker,
+            upstream_queue: self.upstream_queue_kib.saturating_mul(1024),
             revocation_check: Duration::from_millis(self.revocation_check_ms),
             revocation_outage: (self.revocation_outage_secs > 0)
                 .then(|| Duration::from_secs(self.revocation_outage_secs)),
@@ -198,6 +218,10 @@ impl ConnectionSettings {
                 .then_some(self.max_uploads_per_session),
             max_uploads_per_address: (self.max_uploads_per_address > 0)
                 .then_some(self.max_uploads_per_address),
+            max_streams_per_session: (self.max_streams_per_session > 0)
+                .then_some(self.max_streams_per_session),
+            max_streams_per_address: (self.max_streams_per_address > 0)
+                .then_some(self.max_streams_per_address),
             balance: balance?,
         })
     }

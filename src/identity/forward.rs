@@ -36,6 +36,9 @@ pub(super) struct Inject<'a> {
     pub token: Option<(Carrier, &'a str)>,
     /// The session cookie id whose end closes a tunnel or event stream of this request.
     pub live: Option<&'a str>,
+    /// The signed-in user (`sub`) whose share of tunnels, uploads and event streams the
+    /// request takes: one user's sessions share it, or signing in again would double it.
+    pub user: Option<&'a str>,
 }
 
 /// Forwards with the sidecar's cookies and client identity headers removed, then `inject`.
@@ -62,7 +65,7 @@ pub(super) async fn send(
         }
     };
     let watch = || inject.live.map(|id| out.streams.watch(id));
-    let holder = || inject.live.map(|id| out.streams.holder(id));
+    let holder = || inject.user.map(|sub| out.streams.holder(sub));
     let place = out.take_place();
     let r = out
         .upstream
@@ -90,6 +93,7 @@ pub(super) async fn as_headers(
                 session: Some(&session),
                 token: None,
                 live: Some(&id),
+                user: Some(&session.sub),
             };
             send(out, names, parts, body, inject).await
         }

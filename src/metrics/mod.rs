@@ -133,7 +133,8 @@ impl Metrics {
             "connections_refused",
             "Client connections closed at once because a cap was reached, by reason \
              (max_connections, max_connections_per_ip; max_tunnels counts WebSocket \
-             handshakes answered 429, max_uploads requests with a body answered 429)",
+             handshakes answered 429, max_uploads requests with a body answered 429, \
+             max_streams event streams answered 429)",
             connections_refused.clone(),
         );
         let connections_closed = Family::<ReasonLabel, Counter>::default();
@@ -231,12 +232,11 @@ impl Metrics {
         (refused.clone(), idled.clone())
     }
 
-    /// The counter of requests with a body refused over a holder's cap of bodies in flight.
-    pub fn uploads_refused_counter(&self) -> Counter {
+    /// The counter of requests refused over a holder's cap, by `reason` (`max_uploads`:
+    /// bodies in flight; `max_streams`: event streams).
+    pub fn holder_refused_counter(&self, reason: &'static str) -> Counter {
         self.connections_refused
-            .get_or_create(&ReasonLabel {
-                reason: "max_uploads",
-            })
+            .get_or_create(&ReasonLabel { reason })
             .clone()
     }
 

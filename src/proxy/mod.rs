@@ -40,6 +40,10 @@ pub enum ProxyError {
     /// A request target the proxy will not forward.
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    /// Every upstream place is taken and the requests waiting for one on this worker hold
+    /// their budget of memory already (`upstream_queue_kib`).
+    #[error("too many requests waiting for the upstream")]
+    Busy,
     /// A WebSocket handshake from a client that holds its cap of tunnels already.
     #[error("too many WebSocket tunnels")]
     TooManyTunnels,
@@ -47,6 +51,9 @@ pub enum ProxyError {
     /// way upstream already.
     #[error("too many request bodies in flight")]
     TooManyUploads,
+    /// An event stream's answer, to a client that holds its cap of event streams already.
+    #[error("too many event streams")]
+    TooManyStreams,
 }
 
 /// A signal that ends a long-lived stream (a WebSocket tunnel, an event stream) before its
@@ -94,6 +101,52 @@ pub struct Upstream {
     /// The replica's requests whose body is still on its way upstream, by holder (shared by
     /// the workers): each holds an upstream place for as long as its client takes to send it.
     uploads: Arc<Held>,
+    /// The replica's event streams, by holder (shared by the workers): each holds an upstream
+    /// connection for as long as its client wants it.
+    streams: Arc<Held>,
+    /// Bytes of request heads waiting on this worker for a place under the cap, and the most
+    /// they may be: an HTTP/2 connection queues up to 128 heads of up to 32 KiB each.
+    queued: Queue,
+}
+
+/// What the requests waiting for a place hold, against a budget.
+struct Queue {
+    bytes: std::sync::atomic::AtomicUsize,
+    max: usize,
+}
+
+/// A request's part of the queue's budget, given back when it stops waiting.
+struct Queued<'a>(&'a Queue, usize);
+
+impl Queue {
+    fn join(&self, bytes: usize) -> Option<Queued<'_>> {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.bytes
+            .fetch_update(Relaxed, Relaxed, |held| {
+                held.checked_add(bytes).filter(|&after| after <= self.max)
+            })
+            .ok()
+            .map(|_| Queued(self, bytes))
+    }
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0
+            .bytes
+            .fetch_sub(self.1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// About what a request's head takes while it waits: its target, and each field with the
+/// map's own overhead (~100 bytes an entry).
+pub fn head_bytes(parts: &http::request::Parts) -> usize {
+    let fields: usize = parts
+        .headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 100)
+        .sum();
+    parts.uri.path_and_query().map_or(0, |p| p.as_str().len()) + fields
 }
 
 impl Upstream {
@@ -103,7 +156,8 @@ impl Upstream {
         max_busy: usize,
         queued: prometheus_client::metrics::counter::Counter,
         tunnels: Arc<Tunnels>,
-        uploads: Arc<Held>,
+        [uploads, streams]: [Arc<Held>; 2],
+        queue_bytes: usize,
     ) -> Result<Self, String> {
         let u = &settings.upstream;
         let scheme: Scheme = u.scheme().parse().map_err(|_| "bad upstream scheme")?;
@@ -141,6 +195,11 @@ impl Upstream {
             trusted_proxies: settings.trusted_proxies.clone(),
             tunnels,
             uploads,
+            streams,
+            queued: Queue {
+                bytes: std::sync::atomic::AtomicUsize::new(0),
+                max: queue_bytes,
+            },
         })
     }
 
@@ -173,10 +232,17 @@ impl Upstream {
         self.pool.is_full()
     }
 
-    /// Waits for a place under the cap (at once if one is free). The upstream timeout runs
-    /// from here: a request that waits its whole length is answered 504.
-    pub async fn place(&self) -> Result<Place, ProxyError> {
+    /// Waits for a place under the cap (at once if one is free), for a request whose head
+    /// takes `head()` bytes ([`head_bytes`], counted only if it must wait). The upstream timeout runs from here: a request
+    /// that waits its whole length is answered 504. While every place is taken, the heads
+    /// waiting on this worker are held to their budget: a request beyond it is refused at once
+    /// (503), or queued clients could hold any amount of memory.
+    pub async fn place(&self, head: impl FnOnce() -> usize) -> Result<Place, ProxyError> {
         let deadline = tokio::time::Instant::now() + self.timeout();
+        if let Some(permit) = self.pool.try_permit() {
+            return Ok(Place { permit, deadline });
+        }
+        let _waiting = self.queued.join(head()).ok_or(ProxyError::Busy)?;
         match tokio::time::timeout_at(deadline, self.pool.permit()).await {
             Err(_) => Err(ProxyError::Timeout),
             Ok(Err(e)) => Err(ProxyError::Unavailable(e)),
@@ -194,10 +260,12 @@ impl Upstream {
     /// caller's identity) cannot be removed by a client naming them in `Connection`. `watch` is
     /// asked, only for a long-lived response (a WebSocket tunnel, `text/event-stream`), for the
     /// signal that ends it early and the flag that notes the client's messages; for a WebSocket
-    /// handshake, before it is forwarded. `holder` is asked, only for a WebSocket handshake or
-    /// a request whose body streams, for the session the request holds its place as (an opaque
-    /// number; none: the client's address holds it), as each holder has a cap of tunnels and
-    /// of bodies on their way upstream (over it: 429, before the upstream sees anything).
+    /// handshake, before it is forwarded. `holder` is asked, only for a WebSocket handshake, a
+    /// request whose body streams or an event stream's answer, for the session the request
+    /// holds its place as (an opaque number; none: the client's address holds it), as each
+    /// holder has a cap of tunnels, of bodies on their way upstream and of event streams (over
+    /// it: 429; for the first two before the upstream sees anything, for an event stream with
+    /// its upstream connection closed).
     ///
     /// Not an `async fn`, for the reason given at [`pool::Pool::send`]: `req` is kept once.
     #[allow(clippy::manual_async_fn)] // on purpose: see the doc above
@@ -214,28 +282,46 @@ impl Upstream {
             let websocket =
                 headers::is_websocket_handshake(req.method(), req.version(), req.headers());
             let streams_body = !http_body::Body::is_end_stream(req.body());
-            // Read before `X-Forwarded-For` is rewritten below.
-            let holder = (websocket || streams_body).then(|| match holder() {
-                Some(session) => holders::Holder::Session(session),
-                None => holders::Holder::Address(self.client_ip(req.headers(), peer)),
-            });
+            // Who holds this request's places, found when first needed: its session, else its
+            // address (behind a trusted proxy read from `X-Forwarded-For` before it is
+            // rewritten below: a few address parses on requests from such a proxy).
+            let address = match peer.trusted {
+                true => self.client_ip(req.headers(), peer),
+                false => peer.ip,
+            };
+            let mut holder = Some(holder);
+            let mut found = None;
+            let mut who = || {
+                *found.get_or_insert_with(|| match holder.take().and_then(|h| h()) {
+                    Some(session) => holders::Holder::Session(session),
+                    None => holders::Holder::Address(address),
+                })
+            };
             // A body's place under its holder's cap, held until the body is through (or the
             // exchange ends): taken before the upstream sees anything.
-            let upload = match holder.filter(|_| streams_body) {
-                Some(h) => Some(self.uploads.admit(h).ok_or(ProxyError::TooManyUploads)?),
-                None => None,
+            let upload = match streams_body {
+                true => Some(
+                    self.uploads
+                        .admit(who())
+                        .ok_or(ProxyError::TooManyUploads)?,
+                ),
+                false => None,
             };
             let mut watch = Some(watch);
             let mut take_watch = || watch.take().and_then(|w| w());
             // A tunnel's place under its holder's cap, taken before the upstream sees anything;
             // the watch asked for it serves whatever long-lived answer comes.
             let mut early_watch = None;
-            let tunnel = match holder.filter(|_| websocket) {
-                Some(h) => {
+            let tunnel = match websocket {
+                true => {
                     early_watch = take_watch();
-                    Some(self.tunnels.admit(h).ok_or(ProxyError::TooManyTunnels)?)
+                    Some(
+                        self.tunnels
+                            .admit(who())
+                            .ok_or(ProxyError::TooManyTunnels)?,
+                    )
                 }
-                None => None,
+                false => None,
             };
             let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
 
@@ -264,11 +350,15 @@ impl Upstream {
                 h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
             }
 
-            let (permit, mut deadline) = match place {
-                Some(p) => (Some(p.permit), p.deadline),
-                None => (None, tokio::time::Instant::now() + self.timeout()),
-            };
             let (parts, body) = req.into_parts();
+            let Place {
+                permit,
+                mut deadline,
+            } = match place {
+                Some(p) => p,
+                None => self.place(|| head_bytes(&parts)).await?,
+            };
+            let permit = Some(permit);
             let (body, progress) = body::Outgoing::new(body, self.timeout(), self.body_timeout);
             if let (Some(p), Some(share)) = (&progress, upload) {
                 p.keep_until_sent(share);
@@ -317,7 +407,13 @@ impl Upstream {
                     permit,
                 ));
             } else if is_event_stream(resp.headers()) {
-                resp.body_mut().leave_cap();
+                // It leaves the cap for as long as its client wants it: one holder's streams
+                // are capped, or one client could hold every place.
+                let Some(share) = self.streams.admit(who()) else {
+                    // Dropped unread: its upstream connection is closed.
+                    return Err(ProxyError::TooManyStreams);
+                };
+                resp.body_mut().leave_cap(share);
                 if let Some(w) = early_watch.or_else(take_watch) {
                     resp.body_mut().abort_on(w.end);
                 }

@@ -29,13 +29,16 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+/// Sessions a revocation pass asks the store about at once.
+const CHECKS_AT_ONCE: usize = 32;
+
 /// The sessions with live streams on this replica.
 #[derive(Default)]
 pub struct LiveStreams {
     /// Session cookie id → its streams.
     by_session: Mutex<HashMap<String, Live>>,
-    /// Keys the number that names a session to the proxy (its tunnels and bodies on their way
-    /// upstream are capped per holder) without handing it the cookie id.
+    /// Keys the number that names a user to the proxy (their tunnels, bodies on their way
+    /// upstream and event streams are capped per holder) without handing it the `sub`.
     holder_key: std::hash::RandomState,
     /// Numbers each `Live` entry: a registration unregisters only from the entry it joined.
     generations: std::sync::atomic::AtomicU64,
@@ -104,11 +107,12 @@ impl LiveStreams {
         }
     }
 
-    /// The opaque number that names session `id` to the proxy, which caps what one holder
-    /// keeps open (tunnels, bodies on their way upstream): the same for every request of the
-    /// session on this replica, and no use to anyone without the replica's key.
-    pub fn holder(&self, id: &str) -> u64 {
-        std::hash::BuildHasher::hash_one(&self.holder_key, id)
+    /// The opaque number that names a user (`sub`) to the proxy, which caps what one holder
+    /// keeps open (tunnels, bodies on their way upstream, event streams): the same for every
+    /// request of the user's sessions on this replica, and no use to anyone without the
+    /// replica's key.
+    pub fn holder(&self, sub: &str) -> u64 {
+        std::hash::BuildHasher::hash_one(&self.holder_key, sub)
     }
 
     /// Live streams on this replica (for tests and metrics).
@@ -136,20 +140,34 @@ impl LiveStreams {
                 .iter()
                 .map(|(id, l)| (id.clone(), l.client_sent.swap(false, Ordering::Relaxed)))
                 .collect();
-            // Once the store fails in a pass, the rest of the pass does not ask it: each ask
-            // could wait for the store's timeout, and with many sessions a pass would take long
-            // enough to stretch every session's grace.
+            // Asked CHECKS_AT_ONCE at a time: one after another, a pass over thousands of
+            // sessions would take a round trip each, and stretch the delay before a revoked
+            // stream closes. Once the store fails in a pass, the rest of the pass does not ask
+            // it: each ask could wait for the store's timeout, and with many sessions a pass
+            // would take long enough to stretch every session's grace.
             let mut store_down = false;
-            for (id, used) in due {
-                let answer = if store_down {
-                    Err(None)
-                } else {
-                    sessions
-                        .still_there(&id, now_unix(), used)
-                        .await
-                        .map_err(Some)
-                };
-                store_down = answer.is_err();
+            let mut answers = Vec::with_capacity(due.len());
+            for batch in due.chunks(CHECKS_AT_ONCE) {
+                if store_down {
+                    answers.extend(batch.iter().map(|(id, _)| (id.clone(), Err(None))));
+                    continue;
+                }
+                let mut asks = tokio::task::JoinSet::new();
+                for (id, used) in batch.iter().cloned() {
+                    let sessions = sessions.clone();
+                    asks.spawn(async move {
+                        let answer = sessions.still_there(&id, now_unix(), used).await;
+                        (id, answer.map_err(Some))
+                    });
+                }
+                while let Some(done) = asks.join_next().await {
+                    // A check that panicked tells nothing: its session is asked again next time.
+                    let Ok((id, answer)) = done else { continue };
+                    store_down |= answer.is_err();
+                    answers.push((id, answer));
+                }
+            }
+            for (id, answer) in answers {
                 let why = match answer {
                     Ok(Some(expires_at)) => {
                         if let Some(live) = self.lock().get_mut(&id) {

@@ -400,6 +400,66 @@ async fn an_address_holds_at_most_its_cap_of_bodies_on_their_way_upstream() {
     );
 }
 
+/// While every upstream place is taken, the requests waiting for one hold their heads (an
+/// HTTP/2 connection may queue 128 of up to 32 KiB): past `upstream_queue_kib` a request is
+/// answered 503 at once instead of queueing, and those queued are served once a place frees.
+#[tokio::test]
+async fn the_heads_waiting_for_a_place_are_held_to_their_budget() {
+    let up = Upstream::start();
+    let sc = Sidecar::start(&[
+        ("SSO_SIDECAR_UPSTREAM", &up.url()),
+        ("SSO_SIDECAR_WORKERS", "1"),
+        ("SSO_SIDECAR_CONNECTIONS__UPSTREAM_MAX_PER_WORKER", "1"),
+        ("SSO_SIDECAR_CONNECTIONS__UPSTREAM_QUEUE_KIB", "64"),
+    ])
+    .await;
+    let slow_url = sc.url("/slow?ms=3000");
+    let slow = tokio::spawn(async move { get(&slow_url, &[]).await });
+    while !up.paths().await.iter().any(|p| p == "/slow") {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let big = "x".repeat(30_000);
+    let queued = |n: f64| {
+        let sc = &sc;
+        async move {
+            let name = "sso_sidecar_upstream_queued_total";
+            while metric(&metrics(sc).await, name) < n {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    let mut waiting = Vec::new();
+    for n in 1..=2 {
+        let url = sc.url("/echo");
+        let big = big.clone();
+        waiting.push(tokio::spawn(async move {
+            get(&url, &[("x-big", big.as_str())])
+                .await
+                .unwrap()
+                .status()
+        }));
+        queued(f64::from(n)).await;
+    }
+    let started = std::time::Instant::now();
+    let r = get(&sc.url("/echo"), &[("x-big", big.as_str())])
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503, "{}", String::from_utf8_lossy(r.body()));
+    assert_eq!(r.headers()["retry-after"], "1");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "answered at once"
+    );
+    assert_eq!(slow.await.unwrap().unwrap().status(), 200);
+    for w in waiting {
+        assert_eq!(w.await.unwrap(), 200, "a queued request is served");
+    }
+    let r = get(&sc.url("/echo"), &[("x-big", big.as_str())])
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "the budget is given back");
+}
+
 /// The same, with an upstream that stops reading after its early answer but keeps the socket
 /// open: the sidecar's writes block, the body stops moving, and the connection is closed from
 /// the sidecar's side once that lasts the upstream timeout, which gives its place back.

@@ -580,6 +580,61 @@ async fn a_session_holds_at_most_its_cap_of_bodies_on_their_way_upstream() {
     drop(sending);
 }
 
+/// A user holds at most `max_streams_per_session` event streams on a replica, all their
+/// sessions together: a stream leaves the upstream cap once its answer begins, so without a
+/// cap of its own one user's HTTP/2 streams could hold every upstream connection. The stream
+/// beyond is answered 429; another user is not held back; a closed stream gives its place back.
+#[tokio::test]
+async fn a_session_holds_at_most_its_cap_of_event_streams() {
+    let m = mock_pair(&[("SSO_SIDECAR_CONNECTIONS__MAX_STREAMS_PER_SESSION", "2")]).await;
+    let a = &m.a.sidecar;
+    let alice = session_header(&mock_login(&m, a, "alice", "sid-1").await);
+    let bob = session_header(&mock_login(&m, a, "bob", "sid-2").await);
+    let open = |cookie: String| async move {
+        let mut s = TcpStream::connect(a.addr).await.unwrap();
+        let head = format!(
+            "GET /sse?n=100&interval_ms=1000 HTTP/1.1\r\nHost: app\r\nCookie: {cookie}\r\n\r\n"
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        let answer = read_head(&mut s, Duration::from_secs(10))
+            .await
+            .unwrap_or_default();
+        (s, answer)
+    };
+    let (one, head) = open(alice.clone()).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let (_two, head) = open(alice.clone()).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let (_, head) = open(alice.clone()).await;
+    assert!(head.starts_with("HTTP/1.1 429"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("retry-after: 5"),
+        "{head}"
+    );
+    // Signing in again does not double the share: it is the user's.
+    let again = session_header(&mock_login(&m, a, "alice", "sid-3").await);
+    let (_, head) = open(again).await;
+    assert!(
+        head.starts_with("HTTP/1.1 429"),
+        "a second session of alice: {head}"
+    );
+    let (_bobs, head) = open(bob).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "another user: {head}");
+    drop(one);
+    // The closed stream's place comes back once the sidecar has seen it close.
+    let reopened = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let (s, head) = open(alice.clone()).await;
+            if head.starts_with("HTTP/1.1 200") {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(reopened.is_ok(), "a closed stream kept its place");
+}
+
 /// A session holds at most `max_tunnels_per_session` tunnels on a replica: one user cannot fill
 /// the connection cap with idle WebSockets. The cap is the session's, not the address's: a
 /// second user at the same address (behind the same NAT) opens theirs.

@@ -56,6 +56,7 @@ pub(crate) async fn as_user(
         session: None,
         token: Some((carrier, t)),
         live: Some(id),
+        user: Some(&session.sub),
     };
     let first = send(out, names, parts, body, as_token(&token)).await?;
     if regenerates.is_some_and(|t| t.is_some() && t == session.backend_user_id) {
@@ -123,6 +124,7 @@ async fn as_chainlit_user(
             .as_deref()
             .map(|c| (inject::Carrier::ChainlitSession, c)),
         live: Some(id),
+        user: Some(&session.sub),
     };
     let user_info = parts.method == Method::GET && parts.uri.path() == "/chainlit/user";
     let mut parts = parts;

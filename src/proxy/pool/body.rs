@@ -23,6 +23,8 @@ pub struct UpstreamBody {
     abort: Option<crate::proxy::Abort>,
     /// The request body's progress, when it streamed: it may outlive the response.
     request: Option<Arc<Progress>>,
+    /// An event stream's place under its holder's cap, given back with the body.
+    _share: Option<crate::proxy::holders::Share>,
 }
 
 impl UpstreamBody {
@@ -40,6 +42,7 @@ impl UpstreamBody {
             _permit: Some(permit),
             abort: None,
             request,
+            _share: None,
         }
     }
 
@@ -52,8 +55,10 @@ impl UpstreamBody {
     /// Moves the request from the pool's cap to its allowance for event streams, if a place
     /// is free there (the connection still goes back to the pool when the body ends): an event
     /// stream lives as long as its client wants it, and a few hundred open chat streams must
-    /// not make every other request wait for a connection.
-    pub fn leave_cap(&mut self) {
+    /// not make every other request wait for a connection. `share`: its place under its
+    /// holder's cap of event streams, held as long.
+    pub fn leave_cap(&mut self, share: crate::proxy::holders::Share) {
+        self._share = Some(share);
         let Some((_, pool)) = &self.conn else { return };
         if let Ok(place) = pool.streams.clone().try_acquire_owned() {
             self._permit = Some(place);

@@ -164,6 +164,11 @@ impl Pool {
         }
     }
 
+    /// A place under the cap if one is free now.
+    pub fn try_permit(&self) -> Option<CapPermit> {
+        self.busy.clone().try_acquire_owned().ok().map(CapPermit)
+    }
+
     /// A place under the cap: at once if one is free, else once a request in flight ends
     /// (counted in `sso_sidecar_upstream_queued_total`).
     pub async fn permit(&self) -> Result<CapPermit, SendError> {
