@@ -8,6 +8,15 @@
 use crate::config::{AuthMode, Config};
 use std::process::ExitCode;
 
+/// Where the admin listener is when the configuration cannot be read whole: its variable, else
+/// the default port.
+pub fn admin_listen_from_env() -> std::net::SocketAddr {
+    std::env::var("SSO_SIDECAR_ADMIN_LISTEN")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 9090)))
+}
+
 /// sysexits.h `EX_CONFIG`: the configuration is wrong.
 pub const EX_CONFIG: u8 = 78;
 
@@ -213,10 +222,10 @@ async fn probe(c: &Config, oidc: &crate::config::OidcSettings) -> Vec<String> {
 }
 
 /// A minimal HTTP/1.1 GET of the admin listener's /healthz, with a short deadline.
-pub fn healthcheck(config: &Config) -> ExitCode {
+pub fn healthcheck(admin_listen: std::net::SocketAddr) -> ExitCode {
     use std::io::{Read, Write};
     use std::time::Duration;
-    let mut addr = config.admin_listen;
+    let mut addr = admin_listen;
     if addr.ip().is_unspecified() {
         addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }

@@ -65,10 +65,14 @@ fn main() -> ExitCode {
             Ok(c) => sso_sidecar::commands::check(&c),
             Err(code) => code,
         },
-        Command::Healthcheck => match load(cli.config) {
-            Ok(c) => sso_sidecar::commands::healthcheck(&c),
-            Err(code) => code,
-        },
+        Command::Healthcheck => {
+            // Only where the admin listener is: the probe must not call a serving container
+            // unhealthy for a configuration it cannot read whole (one `run` got with --config).
+            let admin = config::load(Inputs::from_process(cli.config))
+                .map(|c| c.admin_listen)
+                .unwrap_or_else(|_| sso_sidecar::commands::admin_listen_from_env());
+            sso_sidecar::commands::healthcheck(admin)
+        }
         Command::Run => match load(cli.config) {
             Ok(c) => run(c),
             Err(code) => code,

@@ -68,14 +68,20 @@ pub fn set_level(level: &str) -> Result<bool, String> {
 
 /// A path as it is logged: printable ASCII as it came, any other byte percent-encoded. A client
 /// may put C1 controls (U+0080–U+009F, terminal escapes) or bidi overrides in its path as
-/// UTF-8; JSON escapes neither, and the `pretty` format writes them raw.
+/// UTF-8; JSON escapes neither, and the `pretty` format writes them raw. At most
+/// [`LOGGED_PATH_MAX`] bytes of the path are written, then `…[cut]`: a 32 KiB path would make
+/// a line log pipelines split (Docker's at 16 KiB) or drop.
 fn loggable(path: &str) -> std::borrow::Cow<'_, str> {
     use std::fmt::Write;
-    if path.bytes().all(|b| b.is_ascii_graphic()) {
+    let (kept, cut) = match path.as_bytes().get(..LOGGED_PATH_MAX) {
+        Some(head) if path.len() > LOGGED_PATH_MAX => (head, true),
+        _ => (path.as_bytes(), false),
+    };
+    if !cut && kept.iter().all(|b| b.is_ascii_graphic()) {
         return std::borrow::Cow::Borrowed(path);
     }
-    let mut out = String::with_capacity(path.len() * 3);
-    for b in path.bytes() {
+    let mut out = String::with_capacity(kept.len() * 3 + 6);
+    for &b in kept {
         if b.is_ascii_graphic() {
             out.push(char::from(b));
         } else {
@@ -83,8 +89,14 @@ fn loggable(path: &str) -> std::borrow::Cow<'_, str> {
             let _ = write!(out, "%{b:02X}");
         }
     }
+    if cut {
+        out.push_str("…[cut]");
+    }
     std::borrow::Cow::Owned(out)
 }
+
+/// Bytes of a request's path the access log writes at most.
+const LOGGED_PATH_MAX: usize = 2048;
 
 /// The status logged for a request that ended without an answer: its client left (an HTTP/2
 /// reset, a closed connection) or the drain's deadline came. nginx's "client closed request".
@@ -168,5 +180,9 @@ mod tests {
         // U+009B (CSI) and U+202E (right-to-left override), as UTF-8.
         assert_eq!(loggable("/a\u{9b}b\u{202e}"), "/a%C2%9Bb%E2%80%AE");
         assert_eq!(loggable("/caf\u{e9}"), "/caf%C3%A9");
+        let long = format!("/{}", "\u{e9}".repeat(15_000));
+        let logged = loggable(&long);
+        assert!(logged.ends_with("…[cut]"), "cut");
+        assert!(logged.len() <= 3 * super::LOGGED_PATH_MAX + 8, "{}", logged.len());
     }
 }

@@ -223,8 +223,9 @@ impl AuthzSection {
             .collect();
         if let Some(file) = &self.allowed_emails_file {
             match std::fs::read_to_string(file) {
-                Ok(text) => emails.extend(
-                    text.lines()
+                Ok(text) => {
+                    let listed: Vec<String> = text
+                        .lines()
                         .map(|l| {
                             l.split('#')
                                 .next()
@@ -232,8 +233,18 @@ impl AuthzSection {
                                 .trim()
                                 .to_ascii_lowercase()
                         })
-                        .filter(|l| !l.is_empty()),
-                ),
+                        .filter(|l| !l.is_empty())
+                        .collect();
+                    // An empty list restricts nothing: a file caught empty (half written when
+                    // SIGHUP re-read it) must not let everyone in.
+                    if listed.is_empty() {
+                        problems.push(format!(
+                            "authz.allowed_emails_file {file} lists no address, which would \
+                             let everyone the IdP authenticates in"
+                        ));
+                    }
+                    emails.extend(listed);
+                }
                 Err(e) => problems.push(format!("authz.allowed_emails_file {file}: {e}")),
             }
         }

@@ -101,7 +101,7 @@ pub struct RedisConfig {
     pub client_cache: Option<usize>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum RedisTopology {
     Single {
         url: Secret<String>,
@@ -114,6 +114,40 @@ pub enum RedisTopology {
     Cluster {
         nodes: Vec<String>,
     },
+}
+
+/// Node URLs may carry a password (`redis://:pw@host`): shown without their credentials.
+impl std::fmt::Debug for RedisTopology {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown = |nodes: &[String]| -> Vec<String> {
+            nodes
+                .iter()
+                .map(|n| match url::Url::parse(n) {
+                    Ok(mut u) => {
+                        if u.password().is_some() || !u.username().is_empty() {
+                            let _ = u.set_password(None);
+                            let _ = u.set_username("");
+                        }
+                        u.to_string()
+                    }
+                    Err(_) => "[not a URL]".to_owned(),
+                })
+                .collect()
+        };
+        match self {
+            RedisTopology::Single { url } => f.debug_struct("Single").field("url", url).finish(),
+            RedisTopology::Sentinel { nodes, master, tls } => f
+                .debug_struct("Sentinel")
+                .field("nodes", &shown(nodes))
+                .field("master", master)
+                .field("tls", tls)
+                .finish(),
+            RedisTopology::Cluster { nodes } => f
+                .debug_struct("Cluster")
+                .field("nodes", &shown(nodes))
+                .finish(),
+        }
+    }
 }
 
 /// How the client authenticates at the token endpoint.

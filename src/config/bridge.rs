@@ -76,8 +76,12 @@ impl Settings {
                 Some(path) => match std::fs::read_to_string(path)
                     .map_err(|e| e.to_string())
                     .and_then(|t| {
+                        // Where, never what: serde's message quotes the value it met, which
+                        // may be a token (a file holding a bare JSON string).
                         serde_json::from_str::<std::collections::HashMap<String, String>>(&t)
-                            .map_err(|e| e.to_string())
+                            .map_err(|e| {
+                                format!("not valid at line {} column {}", e.line(), e.column())
+                            })
                     }) {
                     Ok(map) => TokenPolicy::File(std::sync::Arc::new(
                         map.into_iter()

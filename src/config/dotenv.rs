@@ -5,13 +5,16 @@
 //!   (`OIDC_SCOPES=openid email profile`), and ends before a `#` that follows whitespace (an
 //!   inline comment); surrounding whitespace is trimmed;
 //! - `'single quotes'` keep their content literally (`\'` and `\\` excepted);
-//! - `"double quotes"` may span lines and understand `\n`, `\t`, `\r`, `\"`, `\\` and `\'`;
-//! - after a closing quote only whitespace and a comment may follow.
+//! - `"double quotes"` understand `\n`, `\t`, `\r`, `\"`, `\\` and `\'`;
+//! - quoted values (either quote) may span lines;
+//! - after a closing quote only whitespace and a comment may follow;
+//! - a UTF-8 byte-order mark at the start (Windows editors write one) is skipped.
 //!
 //! `${VAR}` is not expanded (a secret with a `$` stays as written). Pure: text in, pairs out.
 
 /// Parses `.env` text into pairs, in file order. An error names the line.
 pub fn parse(text: &str) -> Result<Vec<(String, String)>, String> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut out = Vec::new();
     let mut lines = text.lines().enumerate().peekable();
     while let Some((n, raw)) = lines.next() {
@@ -59,14 +62,14 @@ pub fn parse(text: &str) -> Result<Vec<(String, String)>, String> {
                         }
                         break value;
                     }
-                    // Only double quotes span lines.
-                    match (q, lines.next()) {
-                        ('"', Some((m, next))) => {
+                    // Either quote spans lines, as python-dotenv reads them.
+                    match lines.next() {
+                        Some((m, next)) => {
                             body.push('\n');
                             body.push_str(next);
                             first = first.min(m);
                         }
-                        _ => {
+                        None => {
                             return Err(format!("line {}: {key}: the quote is never closed", n + 1))
                         }
                     }
@@ -216,6 +219,14 @@ mod tests {
         );
         assert_eq!(value(text, "DOLLAR").as_deref(), Some("${NOT_EXPANDED}"));
         assert_eq!(value(text, "BARE"), None);
+        // As python-dotenv: single quotes span lines too, and a byte-order mark is skipped.
+        let text = "\u{feff}FIRST=1\nKEY='-----BEGIN KEY-----\nabc\n-----END KEY-----'\nNEXT=2\n";
+        assert_eq!(value(text, "FIRST").as_deref(), Some("1"));
+        assert_eq!(
+            value(text, "KEY").as_deref(),
+            Some("-----BEGIN KEY-----\nabc\n-----END KEY-----")
+        );
+        assert_eq!(value(text, "NEXT").as_deref(), Some("2"));
     }
 
     #[test]

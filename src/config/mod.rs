@@ -162,6 +162,28 @@ pub fn load(inputs: Inputs) -> Result<Config, ConfigErrors> {
     };
     let explicit = inputs.env_var("SSO_SIDECAR_ENV_FILE").is_some();
     let dotenv = read_env_file(&env_path, explicit, &mut problems);
+    // Read from the process environment only (they say where the files are): in `.env` they
+    // would be ignored, and a `[[authz.rules]]` file never loaded means no rules.
+    for (name, value) in &dotenv {
+        // python-dotenv and Compose expand `${VAR}`; taken literally, `OIDC_CLIENT_SECRET=
+        // ${KC_SECRET}` passes `check` and fails the first login with `invalid_client`.
+        let ours =
+            name.starts_with("SSO_SIDECAR_") || suggest::OPENRAG_VARIABLES.contains(&name.as_str());
+        if ours && value.contains("${") && inputs.env_var(name).is_none() {
+            warnings.push(format!(
+                "{name} in {} contains '${{', which is taken literally here (no variable is \
+                 expanded in .env): write the value itself, or set {name} in the environment",
+                env_path.display()
+            ));
+        }
+        if sources::BOOTSTRAP_VARS.contains(&name.as_str()) && inputs.env_var(name).is_none() {
+            warnings.push(format!(
+                "{name} is set in {} and ignored there: it is read from the process environment \
+                 only (or use --config)",
+                env_path.display()
+            ));
+        }
+    }
     let env_file = env_path.is_file().then_some(env_path);
     let mut vars = Vars::layer(dotenv, inputs.env.clone());
     vars.resolve_secret_files(&mut problems);
@@ -197,6 +219,15 @@ pub fn load(inputs: Inputs) -> Result<Config, ConfigErrors> {
             "SSO_SIDECAR_{}",
             key.replace('.', "__").to_ascii_uppercase()
         );
+        // An allow-list variable set to nothing (a compose file's `${GROUPS}` with GROUPS
+        // unset) would replace the file's list with none, which lets everyone in.
+        if key.starts_with("authz.allowed_") && raw.split(',').all(|v| v.trim().is_empty()) {
+            problems.push(format!(
+                "{name} is set but empty, which would let everyone the IdP authenticates in: \
+                 list who may log in, or unset the variable"
+            ));
+            continue;
+        }
         match types::env_value(&name, &key, &raw) {
             Ok(v) => typed.push((key, v)),
             Err(problem) => problems.push(problem),
@@ -254,7 +285,9 @@ pub fn load(inputs: Inputs) -> Result<Config, ConfigErrors> {
             }
             if let Some(o) = &openrag.oidc {
                 warnings.extend(suggest::plain_http_idp(&o.issuer));
+                warnings.extend(suggest::plain_http_redirect(o.redirect_uri.as_str()));
             }
+            warnings.extend(suggest::trusting_everyone(&v.proxy.trusted_proxies));
             let mut auth = v.auth;
             // `[authz] groups_claim` defaults to OpenRag's `OIDC_CLAIM_GROUPS`, else `groups`.
             if auth.authz.groups_claim.is_empty() {

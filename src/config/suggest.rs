@@ -170,17 +170,49 @@ pub fn false_boolean(name: &str, value: Option<&str>) -> Option<String> {
 
 /// A warning when the IdP is `http://` to a host other than this machine's loopback.
 pub fn plain_http_idp(issuer: &str) -> Option<String> {
-    let u = url::Url::parse(issuer).ok()?;
+    plain_http_beyond_loopback(issuer).then(|| {
+        format!(
+            "OIDC_ENDPOINT {issuer} is plain http: anyone on the way to the IdP can swap its \
+             signing keys and forge logins; use https outside a local test"
+        )
+    })
+}
+
+/// The public address is plain http beyond this host: the browser sends the session cookie
+/// and the authorization code in clear (and cookies lose `Secure` and the `__Host-` prefix).
+pub fn plain_http_redirect(redirect_uri: &str) -> Option<String> {
+    plain_http_beyond_loopback(redirect_uri).then(|| {
+        format!(
+            "OIDC_REDIRECT_URI {redirect_uri} is plain http: session cookies and authorization \
+             codes cross the network in clear; use https (TLS at the ingress, or tls.cert_file) \
+             outside a local test"
+        )
+    })
+}
+
+/// Whether `url` is `http://` to a host other than this one.
+fn plain_http_beyond_loopback(url: &str) -> bool {
+    let Ok(u) = url::Url::parse(url) else {
+        return false;
+    };
     let loopback = match u.host() {
         Some(url::Host::Domain(d)) => d == "localhost",
         Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
         Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
         None => false,
     };
-    (u.scheme() == "http" && !loopback).then(|| {
+    u.scheme() == "http" && !loopback
+}
+
+/// `trusted_proxies` holding every address (`0.0.0.0/0`, `::/0`): any client may then name
+/// its own address in `X-Forwarded-For` (past the rate limits and per-address caps) and its
+/// own scheme and host.
+pub fn trusting_everyone(nets: &[ipnet::IpNet]) -> Option<String> {
+    nets.iter().find(|n| n.prefix_len() == 0).map(|n| {
         format!(
-            "OIDC_ENDPOINT {issuer} is plain http: anyone on the way to the IdP can swap its \
-             signing keys and forge logins; use https outside a local test"
+            "trusted_proxies contains {n}, every address: any client reaching the sidecar \
+             directly can choose the address the rate limits and per-address caps see (and \
+             X-Forwarded-Proto/Host); list the ingress's addresses only"
         )
     })
 }

@@ -3,7 +3,8 @@
 //! Security invariant: on every path — authenticated, public, bearer pass-through — every
 //! client-supplied variant of every identity header (any case, `_` or `.` for `-`) is removed
 //! before ours are written, so a client can never speak for a user. The default names are
-//! stripped too when they were renamed, in case the backend still reads them.
+//! stripped too when they were renamed, in case the backend still reads them, and so are the
+//! names a reload renamed (the backend may not have been told yet).
 
 use crate::config::IdentityField;
 use crate::proxy::headers::{folded_name, remove_folded};
@@ -45,6 +46,17 @@ impl HeaderIdentity {
             }
         }
         HeaderIdentity { names, strip }
+    }
+
+    /// The identity `names` a reload brings, still stripping every name this one stripped.
+    pub fn renamed(&self, names: Vec<(IdentityField, HeaderName)>) -> Self {
+        let mut next = HeaderIdentity::new(names);
+        for f in &self.strip {
+            if !next.strip.contains(f) {
+                next.strip.push(f.clone());
+            }
+        }
+        next
     }
 
     /// Removes every client-supplied identity header.
@@ -142,6 +154,32 @@ mod tests {
             );
         }
         id.strip(&mut h);
+        assert_eq!(
+            h.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
+            vec!["x-other"]
+        );
+    }
+
+    /// A reload that renames a header keeps stripping the old name: the backend may still
+    /// read it until it is told of the new one.
+    #[test]
+    fn a_name_a_reload_renamed_is_still_stripped() {
+        let before = HeaderIdentity::new(vec![(
+            IdentityField::User,
+            HeaderName::from_static("x-remote-user"),
+        )]);
+        let after = before.renamed(vec![(
+            IdentityField::User,
+            HeaderName::from_static("x-auth-user"),
+        )]);
+        let mut h = HeaderMap::new();
+        for n in ["x-remote-user", "x_auth_user", "x-other"] {
+            h.insert(
+                HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                HeaderValue::from_static("spoof"),
+            );
+        }
+        after.strip(&mut h);
         assert_eq!(
             h.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
             vec!["x-other"]

@@ -254,7 +254,7 @@ impl Identity {
 
     /// Applies the reloadable settings (identity header names) to every worker's copy.
     pub fn reload(&self, r: &Reloadable) {
-        self.names
-            .replace(|| HeaderIdentity::new(r.headers.clone()));
+        let before = self.names.current();
+        self.names.replace(|| before.renamed(r.headers.clone()));
     }
 }

@@ -290,6 +290,17 @@ async fn healthcheck_subcommand_probes_the_admin_listener() {
     let admin = sc.admin.to_string();
     let (code, _, err) = run(&["healthcheck"], &[("SSO_SIDECAR_ADMIN_LISTEN", &admin)]);
     assert_eq!(code, Some(0), "{err}");
+    // A configuration the probe cannot read whole (here, an identity bridge without its admin
+    // token) does not make a serving container unhealthy.
+    let (code, _, err) = run(
+        &["healthcheck"],
+        &[
+            ("SSO_SIDECAR_ADMIN_LISTEN", &admin),
+            ("AUTH_MODE", "oidc"),
+            ("SSO_SIDECAR_IDENTITY", "openrag"),
+        ],
+    );
+    assert_eq!(code, Some(0), "{err}");
     drop(sc);
     let (code, _, _) = run(&["healthcheck"], &[("SSO_SIDECAR_ADMIN_LISTEN", &admin)]);
     assert_eq!(code, Some(1));

@@ -37,6 +37,25 @@ fn secrets_never_appear_in_debug_output() {
         c.warnings.is_empty(),
         "redis configured: no in-memory warning"
     );
+    // Sentinel and Cluster node URLs may carry a password inline.
+    let c = load(inputs(
+        dir.path(),
+        None,
+        &[
+            ("SSO_SIDECAR_REDIS_MODE", "sentinel"),
+            (
+                "SSO_SIDECAR_REDIS_NODES",
+                "redis://:sentinel-pw-123@10.0.0.1:26379,redis://10.0.0.2:26379",
+            ),
+        ],
+    ))
+    .unwrap();
+    let dump = format!("{c:?}");
+    assert!(
+        !dump.contains("sentinel-pw-123"),
+        "a node's password leaked"
+    );
+    assert!(dump.contains("10.0.0.1:26379"), "the node is still named");
 }
 
 /// A setting of another Redis topology is refused, not ignored: nodes without their mode once
@@ -397,4 +416,141 @@ fn a_reload_fills_in_its_defaults_for_the_running_identity_mode() {
         r.authz.groups_claim, "teams",
         "explicit's own OIDC_CLAIM_GROUPS"
     );
+}
+
+/// An allow-list that ends up empty restricts nothing: a variable set to nothing (a compose
+/// file's `${GROUPS}` with GROUPS unset) over a file's list, or an emails file with no address
+/// (one caught half written when SIGHUP re-reads it), is refused rather than letting everyone in.
+#[test]
+fn an_allow_list_that_ends_up_empty_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = "[authz]\nallowed_groups = [\"staff\"]\n";
+    for value in ["", " ", ",", " , "] {
+        let e = load(inputs(
+            dir.path(),
+            Some(toml),
+            &[("SSO_SIDECAR_AUTHZ__ALLOWED_GROUPS", value)],
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("SSO_SIDECAR_AUTHZ__ALLOWED_GROUPS is set but empty"),
+            "{value:?}: {e}"
+        );
+    }
+    let file = dir.path().join("emails.txt");
+    std::fs::write(&file, "# nobody yet\n\n").unwrap();
+    let toml = format!(
+        "[authz]\nallowed_emails_file = {:?}\n",
+        file.display().to_string()
+    );
+    let e = load(inputs(dir.path(), Some(&toml), &[]))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("lists no address"), "{e}");
+    std::fs::write(&file, "alice@example.com\n").unwrap();
+    let c = load(inputs(dir.path(), Some(&toml), &[])).unwrap();
+    assert!(c.auth.authz.allowed_emails.contains("alice@example.com"));
+}
+
+/// `SSO_SIDECAR_CONFIG` and `SSO_SIDECAR_ENV_FILE` are read from the process environment
+/// only: written in `.env`, they are ignored, and that is said (a rules file never loaded is
+/// no rules).
+#[test]
+fn a_bootstrap_variable_in_dotenv_is_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join(".env"),
+        "SSO_SIDECAR_CONFIG=/etc/sso/sso-sidecar.toml\n",
+    )
+    .unwrap();
+    let c = load(inputs(dir.path(), None, &[])).unwrap();
+    assert!(
+        c.warnings
+            .iter()
+            .any(|w| w.contains("SSO_SIDECAR_CONFIG is set in") && w.contains("ignored")),
+        "{:?}",
+        c.warnings
+    );
+}
+
+/// Settings that run but leave a hole are said at start-up: a public address in plain http
+/// beyond this host, and trusted proxies that are every address.
+#[test]
+fn plain_http_and_trusting_everyone_are_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = crate::crypto::generate_key();
+    let oidc = |redirect: &'static str| {
+        vec![
+            ("AUTH_MODE", "oidc"),
+            ("AUTH_TOKEN", "admin-token-value-123"),
+            ("OIDC_ENDPOINT", "https://idp.example"),
+            ("OIDC_CLIENT_ID", "rp"),
+            ("OIDC_CLIENT_SECRET", "client-secret-value"),
+            ("OIDC_REDIRECT_URI", redirect),
+        ]
+    };
+    let mut vars = oidc("http://rag.example.com/auth/callback");
+    vars.push(("OIDC_TOKEN_ENCRYPTION_KEY", &key));
+    let c = load(inputs(dir.path(), None, &vars)).unwrap();
+    assert!(
+        c.warnings.iter().any(|w| w.contains("OIDC_REDIRECT_URI")),
+        "{:?}",
+        c.warnings
+    );
+    let mut vars = oidc("http://127.0.0.1:8000/auth/callback");
+    vars.push(("OIDC_TOKEN_ENCRYPTION_KEY", &key));
+    vars.push(("SSO_SIDECAR_TRUSTED_PROXIES", "10.0.0.0/8, ::/0"));
+    let c = load(inputs(dir.path(), None, &vars)).unwrap();
+    assert!(
+        !c.warnings.iter().any(|w| w.contains("OIDC_REDIRECT_URI")),
+        "loopback is a local test: {:?}",
+        c.warnings
+    );
+    assert!(
+        c.warnings
+            .iter()
+            .any(|w| w.contains("trusted_proxies contains ::/0")),
+        "{:?}",
+        c.warnings
+    );
+}
+
+/// A token file that is not a JSON object is refused by where it breaks, never by quoting what
+/// it holds (a bare JSON string is a token).
+#[test]
+fn a_broken_token_file_is_refused_without_quoting_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tokens.json");
+    std::fs::write(&file, "\"or-secret-token-value\"").unwrap();
+    let path = file.display().to_string();
+    let e = load(inputs(
+        dir.path(),
+        None,
+        &[
+            ("SSO_SIDECAR_OPENRAG__TOKEN_POLICY", "file"),
+            ("SSO_SIDECAR_OPENRAG__TOKEN_FILE", &path),
+        ],
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("not valid at line 1"), "{e}");
+    assert!(!e.contains("or-secret-token-value"), "{e}");
+}
+
+/// `${VAR}` in `.env` is taken literally (OpenRag's tooling would expand it): said, since a
+/// secret written so passes every check and fails the first login.
+#[test]
+fn an_unexpanded_variable_in_dotenv_is_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join(".env"),
+        "OIDC_CLIENT_SECRET=${KC_SECRET}\nUNRELATED=${X}\n",
+    )
+    .unwrap();
+    let c = load(inputs(dir.path(), None, &[])).unwrap();
+    let about: Vec<_> = c.warnings.iter().filter(|w| w.contains("'${'")).collect();
+    assert_eq!(about.len(), 1, "{:?}", c.warnings);
+    assert!(about[0].starts_with("OIDC_CLIENT_SECRET in"), "{about:?}");
+    assert!(!about[0].contains("KC_SECRET"), "the value is not quoted");
 }
