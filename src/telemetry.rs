@@ -183,6 +183,10 @@ mod tests {
         let long = format!("/{}", "\u{e9}".repeat(15_000));
         let logged = loggable(&long);
         assert!(logged.ends_with("…[cut]"), "cut");
-        assert!(logged.len() <= 3 * super::LOGGED_PATH_MAX + 8, "{}", logged.len());
+        assert!(
+            logged.len() <= 3 * super::LOGGED_PATH_MAX + 8,
+            "{}",
+            logged.len()
+        );
     }
 }

@@ -26,6 +26,7 @@ mod reload;
 mod session_attacks;
 mod session_indexes;
 mod shutdown;
+mod smuggling;
 mod streaming;
 mod support;
 mod tls;
