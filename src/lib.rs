@@ -159,6 +159,10 @@ fn build_oidc(
             inflight: auth::refresh::InFlight::default(),
             identity: identity.clone(),
             backchannel_slots: tokio::sync::Semaphore::new(auth::flow::BACKCHANNEL_SLOTS),
+            backchannel_callers: proxy::Held::new(
+                [None, Some(auth::flow::BACKCHANNEL_PER_ADDRESS)],
+                Default::default(),
+            ),
         }),
         identity,
     })

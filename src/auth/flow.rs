@@ -33,13 +33,18 @@ pub struct Auth {
     /// The identity mode: its login hook resolves the backend user.
     pub identity: Arc<crate::identity::Identity>,
     /// Back-channel logouts being read or handled at once on this replica (the route spends no
-    /// rate-limit budget, so this bounds what it holds: 64 KiB of form each).
+    /// rate-limit budget, so this bounds what it holds: 64 KiB of form each), and by client
+    /// address, so that one address holding slow forms cannot take every slot.
     pub backchannel_slots: tokio::sync::Semaphore,
+    pub backchannel_callers: Arc<crate::proxy::Held>,
 }
 
 /// Back-channel logouts a replica handles at once (an IdP sends one per session it ends, and
 /// waits for each answer).
 pub const BACKCHANNEL_SLOTS: usize = 64;
+
+/// Back-channel logouts one client address (IPv6: its /64) has handled at once on a replica.
+pub const BACKCHANNEL_PER_ADDRESS: usize = 8;
 
 pub(super) fn redirect(location: &str) -> Response<Body> {
     let mut r = Response::new(crate::proxy::full(""));
@@ -83,7 +88,9 @@ impl Auth {
         if super::cross_site::trusted_preflight(parts, &settings.trusted_origins) {
             return Ok(Decision::Preflight);
         }
-        match gate::decide(parts, paths, &self.cookies, &self.sessions, now_unix()).await? {
+        let decision = match gate::decide(parts, paths, &self.cookies, &self.sessions, now_unix())
+            .await?
+        {
             // A page of another site (or a sibling host) may not act as the user.
             Decision::Authenticated { .. }
                 if !super::cross_site::allowed(
@@ -103,19 +110,19 @@ impl Auth {
                     }
                     Ok(Some(s)) => Ok(Decision::Authenticated { session: s, id }),
                     Ok(None) => gate::without_session(parts, paths),
-                    Err(_) if gate::passes_bearer(parts, paths) => {
-                        super::authz::bearer_may_reach(&settings.authz, parts)?;
-                        Ok(Decision::Bearer)
-                    }
+                    Err(_) if gate::passes_bearer(parts, paths) => Ok(Decision::Bearer),
                     Err(e) => Err(e.into()),
                 }
             }
-            Decision::Bearer => {
-                super::authz::bearer_may_reach(&settings.authz, parts)?;
-                Ok(Decision::Bearer)
-            }
             other => Ok(other),
+        };
+        // A bearer without a session, however it came to be one (sent alone, or beside a
+        // session the request may not use: cross-site, ended meanwhile, store down), is held
+        // to the rules' paths here, once.
+        if let Ok(Decision::Bearer) = &decision {
+            super::authz::bearer_may_reach(&settings.authz, parts)?;
         }
+        decision
     }
 
     /// `GET /auth/login?next=…`

@@ -10,7 +10,7 @@
 //! `iat`, `nonce` and `at_hash`; the IdP client never follows redirects (`idp_http.rs`).
 //! Logout tokens are verified in `jwt.rs`/`backchannel.rs`: the crate has no verifier for them.
 
-mod verify;
+pub(super) mod verify;
 
 use super::discovery::check_issuer;
 pub use super::discovery::{DiscoveryError, Metadata};
@@ -28,7 +28,7 @@ use openidconnect::{
 };
 use serde_json::{Map, Value};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Tolerated clock difference with the IdP for `exp` and `iat`.
 pub const CLOCK_SKEW_SECS: i64 = 60;
@@ -53,7 +53,7 @@ pub struct Provider {
     /// The last JWKS re-fetch asked for by an ID token (from the IdP's token endpoint), and by
     /// a logout token (anyone may post one): separate, so that invented `kid`s posted to the
     /// logout route cannot hold off the re-fetch a login needs.
-    last_refetch: Mutex<[Option<Instant>; 2]>,
+    last_refetch: Mutex<[Option<tokio::time::Instant>; 2]>,
     /// Bumped whenever a re-fetched JWKS is installed: tokens waiting for the next re-fetch
     /// wake on it.
     jwks_installed: tokio::sync::watch::Sender<u64>,

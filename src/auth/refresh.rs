@@ -110,10 +110,11 @@ impl Auth {
 
     /// The refresh lock's time to live: longer than a refresh can take, so that no other
     /// replica spends the same refresh token meanwhile. A refresh makes up to three IdP calls
-    /// (token, a JWKS re-fetch, userinfo), each bounded by `idp_timeout_secs`, and a few store
-    /// round trips.
+    /// (token, a JWKS re-fetch, userinfo), each bounded by `idp_timeout_secs`, may wait for the
+    /// re-fetch's slot, and makes a few store round trips.
     fn lock_ttl(&self) -> Duration {
-        (self.settings().idp_timeout * 3 + Duration::from_secs(5)).max(LOCK_TTL_MIN)
+        let wait = super::oidc::verify::JWKS_REFETCH_WAIT;
+        (self.settings().idp_timeout * 3 + wait + Duration::from_secs(5)).max(LOCK_TTL_MIN)
     }
 
     /// Whether `session` is due for a refresh now (cheap: no I/O).

@@ -34,6 +34,7 @@ impl Auth {
         parts: &Parts,
         body: Incoming,
         scheme: crate::tls::Scheme,
+        client: std::net::IpAddr,
     ) -> Result<Response<Body>, Error> {
         match (&parts.method, parts.uri.path()) {
             (&Method::GET, "/auth/login") => Box::pin(self.login(parts, scheme)).await,
@@ -45,7 +46,7 @@ impl Auth {
                 Box::pin(self.frontchannel_logout(parts, scheme)).await
             }
             (&Method::POST, "/auth/backchannel-logout") => {
-                Ok(Box::pin(self.backchannel_route(body)).await)
+                Ok(Box::pin(self.backchannel_route(body, client)).await)
             }
             _ => Ok(message_response(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -60,13 +61,22 @@ impl Auth {
     ///
     /// The form is read within `idp_timeout_secs` and 64 KiB: the caller is the IdP, whose
     /// answers get as long; a client that announces more, or sends slower, holds nothing.
-    async fn backchannel_route(self: &std::sync::Arc<Self>, body: Incoming) -> Response<Body> {
+    async fn backchannel_route(
+        self: &std::sync::Arc<Self>,
+        body: Incoming,
+        client: std::net::IpAddr,
+    ) -> Response<Body> {
         use http_body::Body as _;
         use http_body_util::{BodyExt, Limited};
         const MAX_FORM: u64 = 64 * 1024;
         // The route spends no rate-limit budget (an IdP ending many sessions at once must not
-        // be turned away), so what it may hold at once is bounded here.
-        let Ok(_slot) = self.backchannel_slots.try_acquire() else {
+        // be turned away), so what it may hold at once is bounded here: in all, and for one
+        // address (a client sending forms slowly from one address cannot take every slot).
+        let caller = crate::proxy::Holder::Address(client);
+        let (Some(_mine), Ok(_slot)) = (
+            self.backchannel_callers.admit(caller),
+            self.backchannel_slots.try_acquire(),
+        ) else {
             let b = serde_json::json!({"error": "temporarily_unavailable"});
             let mut r = backchannel_answer(StatusCode::SERVICE_UNAVAILABLE, b.to_string());
             r.headers_mut()

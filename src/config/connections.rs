@@ -59,23 +59,24 @@ pub struct ConnectionSettings {
     /// `proxy_read_timeout` for WebSockets). Pings count: uvicorn and socket.io send one every
     /// 20-25 s, so a live chat never gets near it.
     pub tunnel_idle_timeout_secs: u64,
-    /// WebSocket tunnels one session may hold open at once on a replica. Over it, the
-    /// handshake is answered 429. 0 = no cap.
+    /// WebSocket tunnels one signed-in user (all their sessions together) may hold open at
+    /// once on a replica. Over it, the handshake is answered 429. 0 = no cap.
     pub max_tunnels_per_session: usize,
     /// WebSocket tunnels callers without a session may hold open at once on a replica from one
     /// client address (IPv6: its /64; read through `trusted_proxies`). Higher than the
     /// session's: many people may share an address (a NAT, an ingress not listed in
     /// `trusted_proxies`). Over it, the handshake is answered 429. 0 = no cap.
     pub max_tunnels_per_address: usize,
-    /// Requests with a body one session may have on their way upstream at once on a replica
+    /// Requests with a body one signed-in user (all their sessions together) may have on
+    /// their way upstream at once on a replica
     /// (each holds an upstream place until its body is through, however slowly its client
     /// sends it). Over it, the request is answered 429 before the upstream sees it. 0 = no cap.
     pub max_uploads_per_session: usize,
     /// The same for callers without a session, by client address (IPv6: its /64; read through
     /// `trusted_proxies`). 0 = no cap.
     pub max_uploads_per_address: usize,
-    /// Event streams (`text/event-stream` answers) one session may hold open at once on a
-    /// replica: each holds an upstream connection for as long as its client wants it. The
+    /// Event streams (`text/event-stream` answers) one signed-in user (all their sessions
+    /// together) may hold open at once on a replica: each holds an upstream connection for as long as its client wants it. The
     /// stream beyond is answered 429 (its upstream connection closed). 0 = no cap.
     pub max_streams_per_session: usize,
     /// The same for callers without a session, by client address (IPv6: its /64; read through

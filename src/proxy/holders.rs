@@ -1,11 +1,12 @@
 //! What one client holds of the replica's shared capacity, counted per holder: its WebSocket
-//! tunnels, and its request bodies still on their way upstream. Each is capped per holder so
-//! that one client (a session, or an address without one) cannot take every place: a tunnel
-//! outlives its request, and a body trickled a byte a minute keeps its upstream connection and
-//! place under the worker's cap for as long as the body's bound (an hour by default), which
-//! the per-address connection cap does not see across HTTP/2 streams or behind an ingress.
+//! tunnels, its request bodies still on their way upstream, and its event streams. Each is
+//! capped per holder so that one client (a signed-in user, or an address without a session)
+//! cannot take every place: a tunnel and an event stream outlive their request's place under
+//! the cap, and a body trickled a byte a minute keeps its upstream connection and place for as
+//! long as the body's bound (an hour by default), which the per-address connection cap does
+//! not see across HTTP/2 streams or behind an ingress.
 //!
-//! Knows nothing of sessions (a session is an opaque number) nor of what is held.
+//! Knows nothing of users or sessions (a user is an opaque number) nor of what is held.
 
 use prometheus_client::metrics::counter::Counter;
 use std::collections::HashMap;
@@ -15,7 +16,8 @@ use std::sync::{Arc, Mutex};
 /// Who holds something, for the caps per client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Holder {
-    /// A session, by an opaque number (its cookie id, hashed with a key of the replica's).
+    /// A signed-in user, by an opaque number (their `sub`, hashed with a key of the
+    /// replica's): every session of theirs together.
     Session(u64),
     /// A caller without a session, by address (IPv6: its /64).
     Address(IpAddr),

@@ -11,10 +11,13 @@ pub mod body;
 pub mod headers;
 mod holders;
 mod pool;
+mod queue;
 mod tunnel;
 
-pub use holders::Held;
+pub use holders::{Held, Holder};
 pub use pool::STREAMS_PER_PLACE;
+pub use queue::head_bytes;
+use queue::Queue;
 pub use tunnel::Tunnels;
 
 use crate::config::ProxySettings;
@@ -109,46 +112,6 @@ pub struct Upstream {
     queued: Queue,
 }
 
-/// What the requests waiting for a place hold, against a budget.
-struct Queue {
-    bytes: std::sync::atomic::AtomicUsize,
-    max: usize,
-}
-
-/// A request's part of the queue's budget, given back when it stops waiting.
-struct Queued<'a>(&'a Queue, usize);
-
-impl Queue {
-    fn join(&self, bytes: usize) -> Option<Queued<'_>> {
-        use std::sync::atomic::Ordering::Relaxed;
-        self.bytes
-            .fetch_update(Relaxed, Relaxed, |held| {
-                held.checked_add(bytes).filter(|&after| after <= self.max)
-            })
-            .ok()
-            .map(|_| Queued(self, bytes))
-    }
-}
-
-impl Drop for Queued<'_> {
-    fn drop(&mut self) {
-        self.0
-            .bytes
-            .fetch_sub(self.1, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
-/// About what a request's head takes while it waits: its target, and each field with the
-/// map's own overhead (~100 bytes an entry).
-pub fn head_bytes(parts: &http::request::Parts) -> usize {
-    let fields: usize = parts
-        .headers
-        .iter()
-        .map(|(k, v)| k.as_str().len() + v.len() + 100)
-        .sum();
-    parts.uri.path_and_query().map_or(0, |p| p.as_str().len()) + fields
-}
-
 impl Upstream {
     pub fn new(
         settings: &ProxySettings,
@@ -196,10 +159,7 @@ impl Upstream {
             tunnels,
             uploads,
             streams,
-            queued: Queue {
-                bytes: std::sync::atomic::AtomicUsize::new(0),
-                max: queue_bytes,
-            },
+            queued: Queue::new(queue_bytes),
         })
     }
 
@@ -261,8 +221,8 @@ impl Upstream {
     /// asked, only for a long-lived response (a WebSocket tunnel, `text/event-stream`), for the
     /// signal that ends it early and the flag that notes the client's messages; for a WebSocket
     /// handshake, before it is forwarded. `holder` is asked, only for a WebSocket handshake, a
-    /// request whose body streams or an event stream's answer, for the session the request
-    /// holds its place as (an opaque number; none: the client's address holds it), as each
+    /// request whose body streams or an event stream's answer, for the user the request holds
+    /// its places as (an opaque number; none: the client's address holds them), as each
     /// holder has a cap of tunnels, of bodies on their way upstream and of event streams (over
     /// it: 429; for the first two before the upstream sees anything, for an event stream with
     /// its upstream connection closed).
@@ -296,16 +256,6 @@ impl Upstream {
                     Some(session) => holders::Holder::Session(session),
                     None => holders::Holder::Address(address),
                 })
-            };
-            // A body's place under its holder's cap, held until the body is through (or the
-            // exchange ends): taken before the upstream sees anything.
-            let upload = match streams_body {
-                true => Some(
-                    self.uploads
-                        .admit(who())
-                        .ok_or(ProxyError::TooManyUploads)?,
-                ),
-                false => None,
             };
             let mut watch = Some(watch);
             let mut take_watch = || watch.take().and_then(|w| w());
@@ -357,6 +307,17 @@ impl Upstream {
             } = match place {
                 Some(p) => p,
                 None => self.place(|| head_bytes(&parts)).await?,
+            };
+            // A body's place under its holder's cap, held until the body is through (or the
+            // exchange ends): taken once the request has its upstream place (a request waiting
+            // behind a busy upstream is not trickling), before the upstream sees anything.
+            let upload = match streams_body {
+                true => Some(
+                    self.uploads
+                        .admit(who())
+                        .ok_or(ProxyError::TooManyUploads)?,
+                ),
+                false => None,
             };
             let permit = Some(permit);
             let (body, progress) = body::Outgoing::new(body, self.timeout(), self.body_timeout);

@@ -427,6 +427,17 @@ async fn path_rules_refuse_before_the_upstream_and_reload_on_sighup() {
     assert_eq!(bearer("DELETE", "/v1/chat").await, 403);
     assert_eq!(bearer("GET", "/v1/models").await, 200, "no rule for GET");
     assert_eq!(bearer("GET", "/elsewhere").await, 200);
+    // Nor beside a session the request may not use (a cross-site request carries the cookie
+    // but goes on as its bearer alone).
+    let h = [
+        ("cookie", cookie.as_str()),
+        ("sec-fetch-site", "cross-site"),
+        ("authorization", "Bearer minted-by-alice"),
+    ];
+    let r = send(request("GET", &sc.url("/admin/users"), &h, body("")))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403, "cross-site with a bearer");
     let seen = up.paths().await;
     assert!(
         !seen.iter().any(|p| {

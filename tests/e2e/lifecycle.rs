@@ -7,6 +7,7 @@ use crate::oidc_support::*;
 use crate::support::*;
 use serde_json::json;
 use std::time::Duration;
+use tokio::io::AsyncWriteExt;
 
 /// The IdP grants 8-second access tokens; the sidecar refreshes within the skew, bounded by a
 /// quarter of the token's lifetime (2 s), so a refresh becomes due six seconds after each
@@ -291,6 +292,51 @@ pub(crate) async fn alive(sc: &Sidecar, cookie: &str) -> bool {
         .unwrap()
         .status()
         == 200
+}
+
+/// The back-channel route spends no rate-limit budget, so what one address may hold there is
+/// capped: a client holding slow logout forms from one address (8 at most) cannot take the
+/// replica's slots, and the IdP's logouts from its own address still get through.
+#[tokio::test]
+async fn one_address_cannot_take_every_back_channel_slot() {
+    let m = mock_pair(&[("SSO_SIDECAR_TRUSTED_PROXIES", "127.0.0.1/32")]).await;
+    let a = &m.a.sidecar;
+    let cookie = mock_login(&m, a, "alice", "sid-1").await;
+    let slow_form = "POST /auth/backchannel-logout HTTP/1.1\r\nHost: app\r\n\
+         X-Forwarded-For: 203.0.113.9\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+         Content-Length: 100\r\n\r\nlogout_token=";
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        let mut s = tokio::net::TcpStream::connect(a.addr).await.unwrap();
+        s.write_all(slow_form.as_bytes()).await.unwrap();
+        held.push(s);
+    }
+    let mut ninth = tokio::net::TcpStream::connect(a.addr).await.unwrap();
+    ninth.write_all(slow_form.as_bytes()).await.unwrap();
+    let head = read_head(&mut ninth, Duration::from_secs(5)).await;
+    assert!(
+        head.as_deref()
+            .is_some_and(|h| h.starts_with("HTTP/1.1 503")),
+        "{head:?}"
+    );
+    let form = format!(
+        "logout_token={}",
+        urlencode(&m.key.sign(&logout_claims(&m)))
+    );
+    let r = send(request(
+        "POST",
+        &a.url("/auth/backchannel-logout"),
+        &[
+            ("content-type", "application/x-www-form-urlencoded"),
+            ("x-forwarded-for", "203.0.113.10"),
+        ],
+        body(form),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200, "the IdP's logout: {:?}", r.body());
+    assert!(!alive(a, &cookie).await);
+    drop(held);
 }
 
 /// Logout tokens with invented `kid`s, one every ten seconds, took the JWKS re-fetch slot: a

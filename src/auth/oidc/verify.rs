@@ -9,13 +9,13 @@ use crate::auth::id_token::verify_id_token;
 use crate::auth::jwt::{self, JwtError};
 use serde_json::{Map, Value};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Minimum time between two JWKS re-fetches triggered by unknown `kid`s (abuse guard).
 const JWKS_REFETCH_MIN_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The longest a token with an unknown `kid` waits for the next re-fetch (or one in flight).
-const JWKS_REFETCH_WAIT: Duration = Duration::from_secs(15);
+pub const JWKS_REFETCH_WAIT: Duration = Duration::from_secs(15);
 
 /// What kind of token asks for a re-fetch: each kind has its own slot.
 #[derive(Clone, Copy)]
@@ -79,13 +79,14 @@ impl Provider {
             if !Arc::ptr_eq(&current, loaded) {
                 return Ok(current);
             }
-            let next = match self.refetch_slot(asker) {
-                Ok(()) => return self.refetch_now(&current, kid).await,
-                Err(next) => tokio::time::Instant::from_std(next),
-            };
+            // Past its wait, a token takes no slot (its fetch would run past the bound).
             if tokio::time::Instant::now() >= give_up {
                 return Err(JwtError::UnknownKey(kid).into());
             }
+            let next = match self.refetch_slot(asker) {
+                Ok(()) => return self.refetch_now(&current, kid).await,
+                Err(next) => next,
+            };
             tokio::select! {
                 _ = installed.changed() => {}
                 _ = tokio::time::sleep_until(next.min(give_up)) => {}
@@ -113,10 +114,10 @@ impl Provider {
     }
 
     /// Takes `asker`'s re-fetch slot, or says when it opens again.
-    fn refetch_slot(&self, asker: Asker) -> Result<(), Instant> {
+    fn refetch_slot(&self, asker: Asker) -> Result<(), tokio::time::Instant> {
         let mut last = self.last_refetch.lock().unwrap_or_else(|p| p.into_inner());
         let last = &mut last[asker as usize];
-        let now = Instant::now();
+        let now = tokio::time::Instant::now();
         match *last {
             Some(t) if now.duration_since(t) < JWKS_REFETCH_MIN_INTERVAL => {
                 Err(t + JWKS_REFETCH_MIN_INTERVAL)
