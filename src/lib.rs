@@ -141,6 +141,10 @@ fn build_oidc(
         check,
         config.connections.revocation_outage,
     ));
+    let backchannel_callers = proxy::Held::new(
+        [None, Some(auth::flow::BACKCHANNEL_PER_ADDRESS)],
+        metrics.holder_refused_counter("max_backchannel"),
+    );
     Ok(router::Oidc {
         streams,
         limits,
@@ -159,10 +163,7 @@ fn build_oidc(
             inflight: auth::refresh::InFlight::default(),
             identity: identity.clone(),
             backchannel_slots: tokio::sync::Semaphore::new(auth::flow::BACKCHANNEL_SLOTS),
-            backchannel_callers: proxy::Held::new(
-                [None, Some(auth::flow::BACKCHANNEL_PER_ADDRESS)],
-                Default::default(),
-            ),
+            backchannel_callers,
         }),
         identity,
     })

@@ -43,7 +43,8 @@ pub struct Auth {
 /// waits for each answer).
 pub const BACKCHANNEL_SLOTS: usize = 64;
 
-/// Back-channel logouts one client address (IPv6: its /64) has handled at once on a replica.
+/// Back-channel logout forms one client address (IPv6: its /64) may be sending at once on a
+/// replica.
 pub const BACKCHANNEL_PER_ADDRESS: usize = 8;
 
 pub(super) fn redirect(location: &str) -> Response<Body> {

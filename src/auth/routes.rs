@@ -71,12 +71,15 @@ impl Auth {
         const MAX_FORM: u64 = 64 * 1024;
         // The route spends no rate-limit budget (an IdP ending many sessions at once must not
         // be turned away), so what it may hold at once is bounded here: in all, and for one
-        // address (a client sending forms slowly from one address cannot take every slot).
+        // address while its form is read (a client sending forms slowly from one address
+        // cannot take every slot; verifying, which may wait for a JWKS re-fetch, is the IdP's
+        // business and holds only the slot).
         let caller = crate::proxy::Holder::Address(client);
-        let (Some(_mine), Ok(_slot)) = (
+        let (Some(reading), Ok(_slot)) = (
             self.backchannel_callers.admit(caller),
             self.backchannel_slots.try_acquire(),
         ) else {
+            tracing::debug!("back-channel logout refused: its slots are taken");
             let b = serde_json::json!({"error": "temporarily_unavailable"});
             let mut r = backchannel_answer(StatusCode::SERVICE_UNAVAILABLE, b.to_string());
             r.headers_mut()
@@ -98,6 +101,7 @@ impl Auth {
                 return oauth_error(StatusCode::REQUEST_TIMEOUT, "logout request body too slow")
             }
         };
+        drop(reading);
         let (status, body) = match self.backchannel_logout(&form).await {
             Ok(_) => (StatusCode::OK, String::new()),
             Err(super::backchannel::LogoutError::Store(e)) => {

@@ -134,7 +134,8 @@ impl Metrics {
             "Client connections closed at once because a cap was reached, by reason \
              (max_connections, max_connections_per_ip; max_tunnels counts WebSocket \
              handshakes answered 429, max_uploads requests with a body answered 429, \
-             max_streams event streams answered 429)",
+             max_streams event streams answered 429, max_backchannel back-channel logouts \
+             answered 503)",
             connections_refused.clone(),
         );
         let connections_closed = Family::<ReasonLabel, Counter>::default();
