@@ -259,20 +259,6 @@ impl Upstream {
             };
             let mut watch = Some(watch);
             let mut take_watch = || watch.take().and_then(|w| w());
-            // A tunnel's place under its holder's cap, taken before the upstream sees anything;
-            // the watch asked for it serves whatever long-lived answer comes.
-            let mut early_watch = None;
-            let tunnel = match websocket {
-                true => {
-                    early_watch = take_watch();
-                    Some(
-                        self.tunnels
-                            .admit(who())
-                            .ok_or(ProxyError::TooManyTunnels)?,
-                    )
-                }
-                false => None,
-            };
             let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
 
             let host = req.headers().get(header::HOST).cloned().or_else(|| {
@@ -317,6 +303,20 @@ impl Upstream {
                         .admit(who())
                         .ok_or(ProxyError::TooManyUploads)?,
                 ),
+                false => None,
+            };
+            // A tunnel's place under its holder's cap, likewise; the watch asked for it serves
+            // whatever long-lived answer comes.
+            let mut early_watch = None;
+            let tunnel = match websocket {
+                true => {
+                    early_watch = take_watch();
+                    Some(
+                        self.tunnels
+                            .admit(who())
+                            .ok_or(ProxyError::TooManyTunnels)?,
+                    )
+                }
                 false => None,
             };
             let permit = Some(permit);

@@ -360,11 +360,7 @@ async fn an_address_holds_at_most_its_cap_of_bodies_on_their_way_upstream() {
     assert!(finish_trickle(&mut theirs)
         .await
         .starts_with("HTTP/1.1 200"));
-    let mut sending: Vec<_> = uploads
-        .into_iter()
-        .zip(&heads)
-        .filter_map(|(s, h)| h.is_none().then_some(s))
-        .collect();
+    let mut sending = unanswered(uploads, &heads);
     assert!(finish_trickle(&mut sending[0])
         .await
         .starts_with("HTTP/1.1 200"));

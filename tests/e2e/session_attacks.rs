@@ -560,11 +560,7 @@ async fn a_session_holds_at_most_its_cap_of_bodies_on_their_way_upstream() {
     let mut bobs = start_trickle(a.addr, "/upload", &[("Cookie", &bob)]).await;
     assert!(finish_trickle(&mut bobs).await.starts_with("HTTP/1.1 200"));
     // One of Alice's bodies through: her next upload is taken.
-    let mut sending: Vec<TcpStream> = uploads
-        .into_iter()
-        .zip(&heads)
-        .filter_map(|(s, h)| h.is_none().then_some(s))
-        .collect();
+    let mut sending = unanswered(uploads, &heads);
     assert!(finish_trickle(&mut sending[0])
         .await
         .starts_with("HTTP/1.1 200"));

@@ -441,6 +441,19 @@ pub async fn read_head(s: &mut tokio::net::TcpStream, wait: Duration) -> Option<
     }
 }
 
+/// The connections of `conns` that had no answer in `heads` ([`answered_within`]'s): those
+/// still sending their bodies.
+pub fn unanswered(
+    conns: Vec<tokio::net::TcpStream>,
+    heads: &[Option<String>],
+) -> Vec<tokio::net::TcpStream> {
+    conns
+        .into_iter()
+        .zip(heads)
+        .filter_map(|(s, h)| h.is_none().then_some(s))
+        .collect()
+}
+
 /// Which of `conns` have a response within `wait`, and its head (the others are still waiting
 /// for theirs).
 pub async fn answered_within(
