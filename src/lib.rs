@@ -141,10 +141,10 @@ fn build_oidc(
         check,
         config.connections.revocation_outage,
     ));
-    let backchannel_callers = proxy::Held::new(
-        [None, Some(auth::flow::BACKCHANNEL_PER_ADDRESS)],
-        metrics.holder_refused_counter("max_backchannel"),
-    );
+    let backchannel_refused = metrics.holder_refused_counter("max_backchannel");
+    let per_address = |cap| proxy::Held::new([None, Some(cap)], backchannel_refused.clone());
+    let backchannel_reading = per_address(auth::flow::BACKCHANNEL_READING_PER_ADDRESS);
+    let backchannel_handling = per_address(auth::flow::BACKCHANNEL_HANDLING_PER_ADDRESS);
     Ok(router::Oidc {
         streams,
         limits,
@@ -163,7 +163,9 @@ fn build_oidc(
             inflight: auth::refresh::InFlight::default(),
             identity: identity.clone(),
             backchannel_slots: tokio::sync::Semaphore::new(auth::flow::BACKCHANNEL_SLOTS),
-            backchannel_callers,
+            backchannel_reading,
+            backchannel_handling,
+            backchannel_refused,
         }),
         identity,
     })

@@ -71,20 +71,21 @@ impl Auth {
         const MAX_FORM: u64 = 64 * 1024;
         // The route spends no rate-limit budget (an IdP ending many sessions at once must not
         // be turned away), so what it may hold at once is bounded here: in all, and for one
-        // address while its form is read (a client sending forms slowly from one address
-        // cannot take every slot; verifying, which may wait for a JWKS re-fetch, is the IdP's
-        // business and holds only the slot).
+        // address, both while its forms are read (slow forms) and while its logouts are
+        // handled (tokens with invented keys wait for a JWKS re-fetch); the first share is
+        // small and given back with the form, the second is half the slots (an IdP behind a
+        // trusted ingress shares its address with nobody, and a rotated key makes its genuine
+        // logouts wait too).
         let caller = crate::proxy::Holder::Address(client);
-        let (Some(reading), Ok(_slot)) = (
-            self.backchannel_callers.admit(caller),
-            self.backchannel_slots.try_acquire(),
-        ) else {
-            tracing::debug!("back-channel logout refused: its slots are taken");
-            let b = serde_json::json!({"error": "temporarily_unavailable"});
-            let mut r = backchannel_answer(StatusCode::SERVICE_UNAVAILABLE, b.to_string());
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            return r;
+        let Some(reading) = self.backchannel_reading.admit(caller) else {
+            return backchannel_busy();
+        };
+        let Some(_handling) = self.backchannel_handling.admit(caller) else {
+            return backchannel_busy();
+        };
+        let Ok(_slot) = self.backchannel_slots.try_acquire() else {
+            self.backchannel_refused.inc();
+            return backchannel_busy();
         };
         if body.size_hint().lower() > MAX_FORM {
             return oauth_error(StatusCode::PAYLOAD_TOO_LARGE, "logout request too large");
@@ -127,6 +128,16 @@ impl Auth {
 /// (a back-channel logout's 400): it spends the caller's failure budget as those do.
 #[derive(Clone, Copy)]
 pub struct RefusedCredential;
+
+/// A back-channel logout refused for want of a slot: 503, to be sent again in a second.
+fn backchannel_busy() -> Response<Body> {
+    tracing::debug!("back-channel logout refused: its slots are taken");
+    let b = serde_json::json!({"error": "temporarily_unavailable"});
+    let mut r = backchannel_answer(StatusCode::SERVICE_UNAVAILABLE, b.to_string());
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    r
+}
 
 /// A refused back-channel logout: an OAuth-style error body.
 fn oauth_error(status: StatusCode, description: &str) -> Response<Body> {

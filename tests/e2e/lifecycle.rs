@@ -337,6 +337,65 @@ async fn one_address_cannot_take_every_back_channel_slot() {
     drop(forms);
 }
 
+/// Logout tokens with invented keys wait for the next JWKS re-fetch (up to 10 s) while holding
+/// a back-channel slot: one address may have at most 32 logouts handled at once, so it cannot
+/// hold all 64 slots that way, and the IdP's logouts from its own address go through meanwhile.
+#[tokio::test]
+async fn tokens_waiting_for_a_key_cannot_hold_every_back_channel_slot() {
+    let m = mock_pair(&[("SSO_SIDECAR_TRUSTED_PROXIES", "127.0.0.1/32")]).await;
+    let a = &m.a.sidecar;
+    let cookie = mock_login(&m, a, "alice", "sid-1").await;
+    let post_from = |from: &'static str, token: String| {
+        let url = a.url("/auth/backchannel-logout");
+        async move {
+            let form = format!("logout_token={}", urlencode(&token));
+            let headers = [
+                ("content-type", "application/x-www-form-urlencoded"),
+                ("x-forwarded-for", from),
+            ];
+            send(request("POST", &url, &headers, body(form)))
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    let invented = Key::new("invented");
+    let forged = || invented.sign(&logout_claims(&m));
+    // The first takes the logout tokens' re-fetch: answered at once.
+    assert_eq!(post_from("203.0.113.9", forged()).await, 400);
+    // The next ones wait for the next re-fetch; past 32 from one address, refused at once.
+    let waiting: Vec<_> = (0..33)
+        .map(|_| tokio::spawn(post_from("203.0.113.9", forged())))
+        .collect();
+    let started = std::time::Instant::now();
+    let mut refused_at_once = 0;
+    while refused_at_once == 0 && started.elapsed() < Duration::from_secs(5) {
+        refused_at_once = waiting.iter().filter(|w| w.is_finished()).count();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(refused_at_once, 1, "one over the address's share, at once");
+    // Meanwhile the IdP's own logout is handled.
+    let genuine = m.key.sign(&logout_claims(&m));
+    assert_eq!(post_from("203.0.113.10", genuine).await, 200);
+    assert!(!alive(a, &cookie).await);
+    let mut statuses = Vec::new();
+    for w in waiting {
+        statuses.push(w.await.unwrap());
+    }
+    statuses.sort_unstable();
+    assert_eq!(
+        statuses.iter().filter(|&&s| s == 503).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|&&s| s == 400).count(),
+        32,
+        "{statuses:?}"
+    );
+}
+
 /// Logout tokens with invented `kid`s, one every ten seconds, took the JWKS re-fetch slot: a
 /// genuine logout signed with a key the IdP had just rotated in was refused (400, not retried,
 /// the session lived on). Now it waits for the next re-fetch; and a login's re-fetch has a slot
