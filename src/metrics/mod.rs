@@ -89,7 +89,8 @@ impl Metrics {
         let upstream_errors = Family::<KindLabel, Counter>::default();
         registry.register(
             "upstream_errors",
-            "Failed upstream exchanges, by kind (connect, timeout, reset)",
+            "Failed upstream exchanges, by kind (connect, timeout, reset; busy: refused while every \
+             upstream place was taken and the worker's queue budget spent)",
             upstream_errors.clone(),
         );
         let refreshes = Family::<ResultLabel, Counter>::default();
