@@ -199,7 +199,7 @@ impl App {
             }
             if Auth::is_route(path) {
                 let scheme = headers::public_scheme(&parts.headers, peer);
-                let ip = client.unwrap_or_else(|| self.upstream.client_ip(&parts.headers, peer));
+                let ip = || client.unwrap_or_else(|| self.upstream.client_ip(&parts.headers, peer));
                 return Ok((auth.route(&parts, body, scheme, ip).await?, None));
             }
             if let Some(r) = oidc.identity.own_route(&parts) {

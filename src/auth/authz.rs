@@ -95,14 +95,8 @@ pub fn reaches(a: &Authz, parts: &http::request::Parts, groups: &[String]) -> bo
 /// (under any reading), unless `bearer_on_ruled_paths = "pass"`. The sidecar cannot tell a
 /// bearer's groups, and any signed-in user can mint a backend token (OpenRag's
 /// `regenerate_token`): passing it would let every user past the rules.
-pub fn bearer_may_reach(
-    a: &Authz,
-    parts: &http::request::Parts,
-) -> Result<(), crate::error::Error> {
-    if a.bearer_on_ruled_paths == BearerOnRuled::Pass || reaches(a, parts, &[]) {
-        return Ok(());
-    }
-    Err(crate::error::Error::Forbidden("Forbidden"))
+pub fn bearer_may_reach(a: &Authz, parts: &http::request::Parts) -> bool {
+    a.bearer_on_ruled_paths == BearerOnRuled::Pass || reaches(a, parts, &[])
 }
 
 /// [`reaches`] for one reading of the path, compared as sent or ignoring ASCII case.

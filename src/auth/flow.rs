@@ -129,8 +129,10 @@ impl Auth {
         // A bearer without a session, however it came to be one (sent alone, or beside a
         // session the request may not use: cross-site, ended meanwhile, store down), is held
         // to the rules' paths here, once.
-        if let Ok(Decision::Bearer) = &decision {
-            super::authz::bearer_may_reach(&settings.authz, parts)?;
+        if matches!(decision, Ok(Decision::Bearer))
+            && !super::authz::bearer_may_reach(&settings.authz, parts)
+        {
+            return Err(Error::Forbidden("Forbidden"));
         }
         decision
     }

@@ -56,7 +56,7 @@ pub struct Provider {
     last_refetch: Mutex<[Option<tokio::time::Instant>; 2]>,
     /// Bumped whenever a re-fetched JWKS is installed: tokens waiting for the next re-fetch
     /// wake on it.
-    jwks_installed: tokio::sync::watch::Sender<u64>,
+    jwks_installed: tokio::sync::watch::Sender<()>,
 }
 
 pub use crate::clock::now_unix;
@@ -70,7 +70,7 @@ impl Provider {
             http,
             loaded: RwLock::new(None),
             last_refetch: Mutex::new([None; 2]),
-            jwks_installed: tokio::sync::watch::Sender::new(0),
+            jwks_installed: tokio::sync::watch::Sender::new(()),
         }
     }
 

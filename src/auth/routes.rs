@@ -34,7 +34,7 @@ impl Auth {
         parts: &Parts,
         body: Incoming,
         scheme: crate::tls::Scheme,
-        client: std::net::IpAddr,
+        client: impl FnOnce() -> std::net::IpAddr,
     ) -> Result<Response<Body>, Error> {
         match (&parts.method, parts.uri.path()) {
             (&Method::GET, "/auth/login") => Box::pin(self.login(parts, scheme)).await,
@@ -46,7 +46,7 @@ impl Auth {
                 Box::pin(self.frontchannel_logout(parts, scheme)).await
             }
             (&Method::POST, "/auth/backchannel-logout") => {
-                Ok(Box::pin(self.backchannel_route(body, client)).await)
+                Ok(Box::pin(self.backchannel_route(body, client())).await)
             }
             _ => Ok(message_response(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -103,24 +103,21 @@ impl Auth {
             }
         };
         drop(reading);
-        let (status, body) = match self.backchannel_logout(&form).await {
-            Ok(_) => (StatusCode::OK, String::new()),
+        match self.backchannel_logout(&form).await {
+            Ok(_) => backchannel_answer(StatusCode::OK, String::new()),
             Err(super::backchannel::LogoutError::Store(e)) => {
                 tracing::warn!(error = %e, "back-channel logout could not reach the store");
-                let b = serde_json::json!({"error": "temporarily_unavailable"});
-                (StatusCode::SERVICE_UNAVAILABLE, b.to_string())
+                temporarily_unavailable()
             }
             Err(e @ super::backchannel::LogoutError::Unavailable(_)) => {
                 tracing::warn!(error = %e, "back-channel logout could not be verified");
-                let b = serde_json::json!({"error": "temporarily_unavailable"});
-                (StatusCode::SERVICE_UNAVAILABLE, b.to_string())
+                temporarily_unavailable()
             }
             Err(e) => {
                 tracing::warn!(error = %e, "back-channel logout refused");
-                return oauth_error(StatusCode::BAD_REQUEST, &e.to_string());
+                oauth_error(StatusCode::BAD_REQUEST, &e.to_string())
             }
-        };
-        backchannel_answer(status, body)
+        }
     }
 }
 
@@ -132,11 +129,17 @@ pub struct RefusedCredential;
 /// A back-channel logout refused for want of a slot: 503, to be sent again in a second.
 fn backchannel_busy() -> Response<Body> {
     tracing::debug!("back-channel logout refused: its slots are taken");
-    let b = serde_json::json!({"error": "temporarily_unavailable"});
-    let mut r = backchannel_answer(StatusCode::SERVICE_UNAVAILABLE, b.to_string());
+    let mut r = temporarily_unavailable();
     r.headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     r
+}
+
+/// A back-channel logout that cannot be judged now (the store, the IdP's keys, a slot): 503,
+/// which an IdP that retries may send again.
+fn temporarily_unavailable() -> Response<Body> {
+    let b = serde_json::json!({"error": "temporarily_unavailable"});
+    backchannel_answer(StatusCode::SERVICE_UNAVAILABLE, b.to_string())
 }
 
 /// A refused back-channel logout: an OAuth-style error body.

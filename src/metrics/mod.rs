@@ -225,13 +225,10 @@ impl Metrics {
     /// The counters of WebSocket handshakes refused over a tunnel cap, and of tunnels closed
     /// for silence.
     pub fn tunnel_counters(&self) -> (Counter, Counter) {
-        let refused = self.connections_refused.get_or_create(&ReasonLabel {
-            reason: "max_tunnels",
-        });
         let idled = self.connections_closed.get_or_create(&ReasonLabel {
             reason: "tunnel_idle",
         });
-        (refused.clone(), idled.clone())
+        (self.holder_refused_counter("max_tunnels"), idled.clone())
     }
 
     /// The counter of requests refused over a holder's cap, by `reason` (`max_uploads`:

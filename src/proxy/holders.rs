@@ -77,7 +77,8 @@ impl Held {
     }
 
     /// Places held now, by every holder.
-    pub fn count(&self) -> usize {
+    #[cfg(test)]
+    fn count(&self) -> usize {
         self.lock().values().sum()
     }
 

@@ -193,10 +193,11 @@ impl Upstream {
     }
 
     /// Waits for a place under the cap (at once if one is free), for a request whose head
-    /// takes `head()` bytes ([`head_bytes`], counted only if it must wait). The upstream timeout runs from here: a request
-    /// that waits its whole length is answered 504. While every place is taken, the heads
-    /// waiting on this worker are held to their budget: a request beyond it is refused at once
-    /// (503), or queued clients could hold any amount of memory.
+    /// takes `head()` bytes ([`head_bytes`], counted only if it must wait). The upstream
+    /// timeout runs from here: a request that waits its whole length is answered 504. While
+    /// every place is taken, the heads waiting on this worker are held to their budget: a
+    /// request beyond it is refused at once (503), or queued clients could hold any amount of
+    /// memory.
     pub async fn place(&self, head: impl FnOnce() -> usize) -> Result<Place, ProxyError> {
         let deadline = tokio::time::Instant::now() + self.timeout();
         if let Some(permit) = self.pool.try_permit() {
@@ -245,10 +246,7 @@ impl Upstream {
             // Who holds this request's places, found when first needed: its session, else its
             // address (behind a trusted proxy read from `X-Forwarded-For` before it is
             // rewritten below: a few address parses on requests from such a proxy).
-            let address = match peer.trusted {
-                true => self.client_ip(req.headers(), peer),
-                false => peer.ip,
-            };
+            let address = self.client_ip(req.headers(), peer);
             let mut holder = Some(holder);
             let mut found = None;
             let mut who = || {
@@ -319,7 +317,6 @@ impl Upstream {
                 }
                 false => None,
             };
-            let permit = Some(permit);
             let (body, progress) = body::Outgoing::new(body, self.timeout(), self.body_timeout);
             if let (Some(p), Some(share)) = (&progress, upload) {
                 p.keep_until_sent(share);

@@ -24,7 +24,7 @@ async fn exchange_from(from: &str, to: SocketAddr, raw: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-async fn exchange(to: SocketAddr, raw: &[u8]) -> String {
+pub(crate) async fn exchange(to: SocketAddr, raw: &[u8]) -> String {
     exchange_from("127.0.0.1", to, raw).await
 }
 

@@ -286,6 +286,21 @@ pub(crate) async fn post_logout(sc: &Sidecar, token: &str) -> http::Response<byt
     .unwrap()
 }
 
+/// A back-channel logout posted to `url` as if from `from` (the sidecar trusting 127.0.0.1 as
+/// a proxy); its status.
+pub(crate) async fn post_logout_from(url: String, from: &'static str, token: String) -> u16 {
+    let form = format!("logout_token={}", urlencode(&token));
+    let headers = [
+        ("content-type", "application/x-www-form-urlencoded"),
+        ("x-forwarded-for", from),
+    ];
+    send(request("POST", &url, &headers, body(form)))
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
 pub(crate) async fn alive(sc: &Sidecar, cookie: &str) -> bool {
     get(&sc.url("/v1/x"), &[("cookie", &session_header(cookie))])
         .await
@@ -317,22 +332,13 @@ async fn one_address_cannot_take_every_back_channel_slot() {
     let answered: Vec<&String> = heads.iter().flatten().collect();
     assert_eq!(answered.len(), 1, "{heads:?}");
     assert!(answered[0].starts_with("HTTP/1.1 503"), "{}", answered[0]);
-    let form = format!(
-        "logout_token={}",
-        urlencode(&m.key.sign(&logout_claims(&m)))
+    let url = a.url("/auth/backchannel-logout");
+    let genuine = m.key.sign(&logout_claims(&m));
+    assert_eq!(
+        post_logout_from(url, "203.0.113.10", genuine).await,
+        200,
+        "the IdP's logout"
     );
-    let r = send(request(
-        "POST",
-        &a.url("/auth/backchannel-logout"),
-        &[
-            ("content-type", "application/x-www-form-urlencoded"),
-            ("x-forwarded-for", "203.0.113.10"),
-        ],
-        body(form),
-    ))
-    .await
-    .unwrap();
-    assert_eq!(r.status(), 200, "the IdP's logout: {:?}", r.body());
     assert!(!alive(a, &cookie).await);
     drop(forms);
 }
@@ -345,21 +351,7 @@ async fn tokens_waiting_for_a_key_cannot_hold_every_back_channel_slot() {
     let m = mock_pair(&[("SSO_SIDECAR_TRUSTED_PROXIES", "127.0.0.1/32")]).await;
     let a = &m.a.sidecar;
     let cookie = mock_login(&m, a, "alice", "sid-1").await;
-    let post_from = |from: &'static str, token: String| {
-        let url = a.url("/auth/backchannel-logout");
-        async move {
-            let form = format!("logout_token={}", urlencode(&token));
-            let headers = [
-                ("content-type", "application/x-www-form-urlencoded"),
-                ("x-forwarded-for", from),
-            ];
-            send(request("POST", &url, &headers, body(form)))
-                .await
-                .unwrap()
-                .status()
-                .as_u16()
-        }
-    };
+    let post_from = |from, token| post_logout_from(a.url("/auth/backchannel-logout"), from, token);
     let invented = Key::new("invented");
     let forged = || invented.sign(&logout_claims(&m));
     // The first takes the logout tokens' re-fetch: answered at once.

@@ -535,8 +535,9 @@ async fn a_bare_id_token_gets_its_profile_from_userinfo() {
 /// A session holds at most `max_uploads_per_session` request bodies on their way upstream at
 /// once: one user trickling bodies (on HTTP/2, as many streams as the connection allows) cannot
 /// hold every upstream place for as long as the bodies' bound. The request beyond is answered
-/// 429 before the upstream sees it; another session at the same address is not held back; a
-/// body that is through gives its place back, before its response ends.
+/// 429 before the upstream sees it; another user at the same address is not held back; a body
+/// that is through gives its place back (before its answer ends: `pool.rs`'s
+/// `an_address_holds_at_most_its_cap_of_bodies_on_their_way_upstream` shows that).
 #[tokio::test]
 async fn a_session_holds_at_most_its_cap_of_bodies_on_their_way_upstream() {
     let m = mock_pair(&[("SSO_SIDECAR_CONNECTIONS__MAX_UPLOADS_PER_SESSION", "2")]).await;

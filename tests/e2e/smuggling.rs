@@ -4,13 +4,13 @@
 //! here records the raw bytes it receives, so nothing the upstream's own parser would tidy up
 //! is missed.
 
+use crate::hardening::exchange;
 use crate::mock_idp::{Key, MockIdp};
 use crate::oidc_support::*;
 use crate::support::*;
 use serde_json::json;
-use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 /// An upstream that records every byte it receives on each connection, and answers each
 /// request it recognises (by the blank line ending a head, then a chunked body's last chunk or
@@ -78,16 +78,6 @@ fn complete(bytes: &[u8]) -> bool {
     bytes.len() >= end + 4 + length
 }
 
-/// Sends `raw` on a new connection and reads whatever comes back until the sidecar closes it
-/// (or 5 s pass).
-async fn exchange(sc: &Sidecar, raw: &[u8]) -> String {
-    let mut s = TcpStream::connect(sc.addr).await.unwrap();
-    s.write_all(raw).await.unwrap();
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// A chunked request's trailer may name any field: an identity header there would reach a
 /// backend that merges trailers into its headers. The sidecar sends none on.
 #[tokio::test]
@@ -95,7 +85,7 @@ async fn a_trailer_carries_no_identity_upstream() {
     let up = Recorder::start().await;
     let sc = Sidecar::start(&[("SSO_SIDECAR_UPSTREAM", &up.url)]).await;
     let r = exchange(
-        &sc,
+        sc.addr,
         b"POST /upload HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\n\
           Trailer: X-Forwarded-User\r\nConnection: close\r\n\r\n\
           5\r\nhello\r\n0\r\nX-Forwarded-User: admin\r\nX-Forwarded-Email: admin@corp\r\n\r\n",
@@ -116,7 +106,7 @@ async fn a_request_framed_two_ways_smuggles_nothing() {
     let up = Recorder::start().await;
     let sc = Sidecar::start(&[("SSO_SIDECAR_UPSTREAM", &up.url)]).await;
     let r = exchange(
-        &sc,
+        sc.addr,
         b"POST /first HTTP/1.1\r\nHost: app\r\nContent-Length: 4\r\n\
           Transfer-Encoding: chunked\r\n\r\n\
           5\r\nhello\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: app\r\n\r\n",
@@ -143,7 +133,7 @@ async fn a_folded_header_line_is_refused() {
     let up = Recorder::start().await;
     let sc = Sidecar::start(&[("SSO_SIDECAR_UPSTREAM", &up.url)]).await;
     let r = exchange(
-        &sc,
+        sc.addr,
         b"GET /x HTTP/1.1\r\nHost: app\r\nX-Note: a\r\n X-Forwarded-User: admin\r\n\
           Connection: close\r\n\r\n",
     )
@@ -179,14 +169,14 @@ async fn an_absolute_form_target_is_judged_by_its_path() {
     )
     .await;
     let r = exchange(
-        &sc.sidecar,
+        sc.sidecar.addr,
         b"GET http://other.example/admin/users HTTP/1.1\r\nHost: app\r\n\
           Authorization: Bearer minted\r\nConnection: close\r\n\r\n",
     )
     .await;
     assert!(r.starts_with("HTTP/1.1 403"), "{r}");
     let r = exchange(
-        &sc.sidecar,
+        sc.sidecar.addr,
         b"GET http://other.example/elsewhere HTTP/1.1\r\nHost: app\r\n\
           Authorization: Bearer minted\r\nConnection: close\r\n\r\n",
     )

@@ -109,7 +109,7 @@ impl Provider {
                 .map_err(TokenError::Response)?,
         );
         *self.loaded.write().unwrap_or_else(|p| p.into_inner()) = Some(fresh.clone());
-        self.jwks_installed.send_modify(|n| *n += 1);
+        self.jwks_installed.send_replace(());
         Ok(fresh)
     }
 

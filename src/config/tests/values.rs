@@ -458,19 +458,12 @@ fn an_allow_list_that_ends_up_empty_is_refused() {
 /// no rules).
 #[test]
 fn a_bootstrap_variable_in_dotenv_is_warned_about() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join(".env"),
-        "SSO_SIDECAR_CONFIG=/etc/sso/sso-sidecar.toml\n",
-    )
-    .unwrap();
-    let c = load(inputs(dir.path(), None, &[])).unwrap();
+    let warnings = dotenv_warnings("SSO_SIDECAR_CONFIG=/etc/sso/sso-sidecar.toml\n");
     assert!(
-        c.warnings
+        warnings
             .iter()
             .any(|w| w.contains("SSO_SIDECAR_CONFIG is set in") && w.contains("ignored")),
-        "{:?}",
-        c.warnings
+        "{warnings:?}"
     );
 }
 
@@ -542,15 +535,16 @@ fn a_broken_token_file_is_refused_without_quoting_it() {
 /// secret written so passes every check and fails the first login.
 #[test]
 fn an_unexpanded_variable_in_dotenv_is_warned_about() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join(".env"),
-        "OIDC_CLIENT_SECRET=${KC_SECRET}\nUNRELATED=${X}\n",
-    )
-    .unwrap();
-    let c = load(inputs(dir.path(), None, &[])).unwrap();
-    let about: Vec<_> = c.warnings.iter().filter(|w| w.contains("'${'")).collect();
-    assert_eq!(about.len(), 1, "{:?}", c.warnings);
+    let warnings = dotenv_warnings("OIDC_CLIENT_SECRET=${KC_SECRET}\nUNRELATED=${X}\n");
+    let about: Vec<_> = warnings.iter().filter(|w| w.contains("'${'")).collect();
+    assert_eq!(about.len(), 1, "{warnings:?}");
     assert!(about[0].starts_with("OIDC_CLIENT_SECRET in"), "{about:?}");
     assert!(!about[0].contains("KC_SECRET"), "the value is not quoted");
+}
+
+/// The warnings of a configuration read from a `.env` holding `text`, and nothing else.
+fn dotenv_warnings(text: &str) -> Vec<String> {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(".env"), text).unwrap();
+    load(inputs(dir.path(), None, &[])).unwrap().warnings
 }

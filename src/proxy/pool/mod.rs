@@ -129,19 +129,15 @@ impl Pool {
     /// the body), and this future is part of every request in flight. The `async move` block
     /// keeps `req` once.
     ///
-    /// `permit` is the request's place under the cap when the caller took it already
-    /// ([`Pool::permit`]); otherwise the request takes one here, waiting if none is free.
+    /// The request's place under the cap is taken first (`Upstream::place`), so that requests
+    /// wait for one holding only their head.
     #[allow(clippy::manual_async_fn)] // on purpose: see the doc above
     pub fn send(
         self: &Arc<Self>,
         mut req: Request<Outgoing>,
-        permit: Option<CapPermit>,
+        CapPermit(permit): CapPermit,
     ) -> impl std::future::Future<Output = Result<Response<UpstreamBody>, SendError>> + '_ {
         async move {
-            let permit = match permit {
-                Some(CapPermit(p)) => p,
-                None => self.permit().await?.0,
-            };
             // A reused connection the upstream has just closed refuses the request unsent: try the
             // next one. A new connection gets no second chance.
             loop {

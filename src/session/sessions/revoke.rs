@@ -16,6 +16,11 @@ pub enum SidLogout<'a> {
     Unsigned,
 }
 
+/// The time a user's logout record holds.
+fn ended_at(record: &[u8]) -> Option<i64> {
+    std::str::from_utf8(record).ok()?.parse().ok()
+}
+
 /// Reads and compare-and-set writes of a user's logout record before giving up (each retry
 /// means another logout of the same user wrote it meanwhile).
 const RECORD_TRIES: usize = 8;
@@ -63,7 +68,7 @@ impl Sessions {
     /// When a logout last ended every session of `sub`, if one did lately.
     async fn user_ended_at(&self, iss: &str, sub: &str) -> Result<Option<i64>, StoreError> {
         let record = self.store.get_fresh(&Self::ended_sub(iss, sub)).await?;
-        Ok(record.and_then(|r| std::str::from_utf8(&r).ok()?.parse::<i64>().ok()))
+        Ok(record.as_deref().and_then(ended_at))
     }
 
     /// Removes every session of an IdP session (`sid`); returns how many existed. A signed
@@ -137,8 +142,7 @@ impl Sessions {
                         .await?
                 }
                 Some(cur) => {
-                    let at = std::str::from_utf8(&cur).ok().and_then(|c| c.parse().ok());
-                    if at.is_some_and(|at: i64| at >= t) {
+                    if ended_at(&cur).is_some_and(|at| at >= t) {
                         return Ok(());
                     }
                     self.store
