@@ -96,7 +96,13 @@ fn build_oidc(
     });
     store.start_housekeeping();
     let stats = Arc::downgrade(&store);
-    metrics.set_session_cache_source(Box::new(move || stats.upgrade()?.cache_stats()));
+    metrics.set_store_source(Box::new(move || {
+        let store = stats.upgrade()?;
+        Some(metrics::StoreCounts {
+            cache: store.cache_stats(),
+            short_settles: store.short_settles(),
+        })
+    }));
     if let Some(p) = &settings.post_logout_redirect_uri {
         if p.origin() == settings.redirect_uri.origin() {
             tracing::warn!(

@@ -99,6 +99,9 @@ pub struct RedisConfig {
     /// Entries per worker of the client-side cache kept coherent by Redis (single server
     /// only); `None` when it is off.
     pub client_cache: Option<usize>,
+    /// Replicas a revocation waits for, and how long at most (0: none).
+    pub logout_replicas: u32,
+    pub logout_wait: Duration,
 }
 
 #[derive(Clone)]
@@ -275,6 +278,7 @@ impl Settings {
             ("idp_timeout_secs", self.idp_timeout_secs),
             ("discovery_refresh_secs", self.discovery_refresh_secs),
             ("redis_timeout_ms", self.redis_timeout_ms),
+            ("redis_logout_wait_ms", self.redis_logout_wait_ms),
         ] {
             if v == 0 {
                 problems.push(format!("{n} must be at least 1"));
@@ -408,6 +412,33 @@ impl Settings {
                 return None;
             }
         };
+        // A Sentinel set-up exists to fail over, so its logouts wait for a replica by default.
+        let asked = self.redis_logout_replicas.trim();
+        let asked = match asked {
+            "auto" => None,
+            n => match n.parse::<u32>() {
+                Ok(n) => Some(n),
+                Err(_) => {
+                    problems.push(format!(
+                        "redis_logout_replicas must be auto or a whole number, got '{n}'"
+                    ));
+                    return None;
+                }
+            },
+        };
+        let logout_replicas = match (&topology, asked) {
+            (RedisTopology::Cluster { .. }, Some(n)) if n > 0 => {
+                problems.push(
+                    "redis_logout_replicas is not supported with redis_mode = \"cluster\" (a \
+                     session's keys live on several masters); set it to 0"
+                        .to_string(),
+                );
+                return None;
+            }
+            (_, Some(n)) => n,
+            (RedisTopology::Sentinel { .. }, None) => 1,
+            (_, None) => 0,
+        };
         let secret = |v: &Option<String>| {
             v.as_deref()
                 .filter(|p| !p.is_empty())
@@ -427,6 +458,8 @@ impl Settings {
             timeout: Duration::from_millis(self.redis_timeout_ms),
             client_cache: (self.redis_client_cache && self.redis_client_cache_entries > 0)
                 .then_some(self.redis_client_cache_entries),
+            logout_replicas,
+            logout_wait: Duration::from_millis(self.redis_logout_wait_ms),
         }))
     }
 }

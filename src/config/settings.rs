@@ -120,6 +120,12 @@ pub struct Settings {
     pub redis_client_cache: bool,
     /// Entries of that cache per worker thread.
     pub redis_client_cache_entries: usize,
+    /// Replicas a logout waits for (`WAIT`) before it is answered, so that a failover right
+    /// after it does not bring the session back: a whole number, or `auto` (1 with Sentinel, 0
+    /// otherwise).
+    pub redis_logout_replicas: String,
+    /// How long a logout waits for them at most (then it is answered, and counted).
+    pub redis_logout_wait_ms: u64,
     /// Which paths are public, which are UI pages (login redirect) — all others answer 401.
     pub paths: PathSettings,
     /// Header names of `identity = "headers"`.
@@ -223,6 +229,8 @@ impl Default for Settings {
             redis_timeout_ms: 2000,
             redis_client_cache: true,
             redis_client_cache_entries: 2048,
+            redis_logout_replicas: "auto".into(),
+            redis_logout_wait_ms: 1000,
             paths: PathSettings::default(),
             headers: HeaderSettings::default(),
             openrag: BridgeSection::default(),

@@ -5,6 +5,7 @@
 //! sharded per worker ([`sharded`]).
 
 mod polled;
+pub use polled::StoreCounts;
 mod sharded;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -40,7 +41,7 @@ pub struct Metrics {
     logouts: Family<KindLabel, Counter>,
     revoked: Counter,
     logins_refused: Family<ReasonLabel, Counter>,
-    session_cache: polled::CacheCollector,
+    store_counts: polled::StoreCollector,
     rate_limited: Family<KindLabel, Counter>,
     duration: sharded::Histogram,
     in_flight: sharded::Gauge,
@@ -62,8 +63,8 @@ impl Metrics {
     /// `workers`: the number of worker threads, each of which records into its own shard.
     pub fn new(workers: usize) -> Self {
         let mut registry = Registry::with_prefix("sso_sidecar");
-        let session_cache = polled::CacheCollector::default();
-        registry.register_collector(Box::new(session_cache.clone()));
+        let store_counts = polled::StoreCollector::default();
+        registry.register_collector(Box::new(store_counts.clone()));
         let requests =
             Family::<RequestLabels, sharded::Counter, _>::new_with_constructor(move || {
                 sharded::Counter::new(workers)
@@ -188,7 +189,7 @@ impl Metrics {
             logouts,
             revoked,
             logins_refused,
-            session_cache,
+            store_counts,
             rate_limited,
             duration,
             in_flight,
@@ -282,10 +283,10 @@ impl Metrics {
         self.logouts.get_or_create(&KindLabel { kind }).inc();
     }
 
-    /// Where `session_cache_hits_total`/`_misses_total` come from (the Redis store's client-side
-    /// cache); set once.
-    pub fn set_session_cache_source(&self, f: polled::Source) {
-        let _ = self.session_cache.source.set(f);
+    /// Where the store's counters come from (`session_cache_hits_total`/`_misses_total`,
+    /// `store_logouts_unreplicated_total`); set once.
+    pub fn set_store_source(&self, f: polled::Source) {
+        let _ = self.store_counts.source.set(f);
     }
 
     /// A login refused (or a session ended at a refresh) by `[authz]` or the identity mode.

@@ -1,6 +1,7 @@
 //! Counters kept elsewhere and read at each scrape: the Redis client-side session cache's hits
-//! and misses live in the store's per-worker slots, which know nothing of metrics; the wiring
-//! hands this collector a function that reads them.
+//! and misses live in the store's per-worker slots, and the count of logouts answered before
+//! Redis's replicas had them in the store's own counter; neither knows anything of metrics, so
+//! the wiring hands this collector a function that reads them.
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -8,38 +9,59 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::MetricType;
 use std::sync::{Arc, OnceLock};
 
-/// Reads (hits, misses); `None` when there is nothing to report.
-pub type Source = Box<dyn Fn() -> Option<(u64, u64)> + Send + Sync>;
+/// What the store counts; `None` where the store has no such thing.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct StoreCounts {
+    /// The client-side cache's (hits, misses).
+    pub cache: Option<(u64, u64)>,
+    /// Revocations answered before the replicas asked for acknowledged them.
+    pub short_settles: Option<u64>,
+}
 
-/// `session_cache_hits_total` and `session_cache_misses_total`, once a source is set.
+/// Reads the store's counts; `None` once the store is gone.
+pub type Source = Box<dyn Fn() -> Option<StoreCounts> + Send + Sync>;
+
+/// `session_cache_hits_total`, `session_cache_misses_total` and
+/// `store_logouts_unreplicated_total`, once a source is set.
 #[derive(Clone, Default)]
-pub struct CacheCollector {
+pub struct StoreCollector {
     pub source: Arc<OnceLock<Source>>,
 }
 
-impl std::fmt::Debug for CacheCollector {
+impl std::fmt::Debug for StoreCollector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("CacheCollector")
+        f.write_str("StoreCollector")
     }
 }
 
-impl Collector for CacheCollector {
+impl Collector for StoreCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let Some((hits, misses)) = self.source.get().and_then(|f| f()) else {
+        let Some(counts) = self.source.get().and_then(|f| f()) else {
             return Ok(());
         };
-        for (name, help, v) in [
-            (
+        let mut counters = Vec::with_capacity(3);
+        if let Some((hits, misses)) = counts.cache {
+            counters.push((
                 "session_cache_hits",
                 "Session reads answered by the Redis client-side cache",
                 hits,
-            ),
-            (
+            ));
+            counters.push((
                 "session_cache_misses",
                 "Session reads the Redis client-side cache could not answer (read from Redis)",
                 misses,
-            ),
-        ] {
+            ));
+        }
+        if let Some(short) = counts.short_settles {
+            counters.push((
+                "store_logouts_unreplicated",
+                "Logouts answered before the Redis replicas asked for (redis_logout_replicas) \
+                 acknowledged them within redis_logout_wait_ms: a failover then may bring their \
+                 sessions back",
+                short,
+            ));
+        }
+        for (name, help, v) in counters {
             let e = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
             ConstCounter::new(v).encode(e)?;
         }

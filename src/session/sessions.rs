@@ -10,6 +10,7 @@
 
 use crate::crypto::KeyRing;
 use crate::per_worker::PerWorker;
+use crate::store::redis::settle::Settled;
 use crate::store::{Store, StoreError};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -378,7 +379,11 @@ impl Sessions {
 
     /// Removes the session with this cookie id.
     pub async fn delete(&self, id: &str) -> Result<bool, StoreError> {
-        self.store.delete(&Self::key_of(id)).await
+        let existed = self.store.delete(&Self::key_of(id)).await?;
+        if existed {
+            self.settle().await;
+        }
+        Ok(existed)
     }
 
     /// Deletes the session `id`, whose content is `session`, and takes it out of its user's
@@ -400,7 +405,22 @@ impl Sessions {
                 tracing::debug!(error = %e, "an ended session stays in a logout index");
             }
         }
+        if existed {
+            self.settle().await;
+        }
         Ok(existed)
+    }
+
+    /// After a revocation: waits for the store's replicas to have it, so that a failover
+    /// after the answer does not bring the sessions back (`redis_logout_replicas`).
+    pub(super) async fn settle(&self) {
+        if let Settled::Short { acked } = self.store.after_revocation().await {
+            tracing::warn!(
+                acked,
+                "a logout was answered before the Redis replicas acknowledged it: a failover now \
+                 may bring its sessions back"
+            );
+        }
     }
 }
 

@@ -50,6 +50,25 @@ impl Store {
         }
     }
 
+    /// Revocations answered before the replicas asked for acknowledged them (`None`: the
+    /// memory store, which has no replicas).
+    pub fn short_settles(&self) -> Option<u64> {
+        match self {
+            Store::Memory(_) => None,
+            Store::Redis(s) => Some(s.short_settles()),
+        }
+    }
+
+    /// Once a revocation is written: waits until every write answered so far is on the
+    /// replicas the store is set to wait for, or that wait is over. Never fails: the writes
+    /// are done, on the master at least.
+    pub async fn after_revocation(&self) -> redis::settle::Settled {
+        match self {
+            Store::Memory(_) => redis::settle::Settled::NotAsked,
+            Store::Redis(s) => s.after_revocation().await,
+        }
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             Store::Memory(_) => "memory",

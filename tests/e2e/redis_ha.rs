@@ -25,6 +25,8 @@ pub fn store(topology: Topology<'_>, ca_pem: Option<Vec<u8>>) -> Store {
             timeout: Duration::from_secs(2),
             connections: 1,
             client_cache: Some(64),
+            logout_replicas: 0,
+            logout_wait: Duration::from_secs(1),
         })
         .unwrap(),
     )
@@ -424,6 +426,8 @@ async fn sentinels_with_a_password() {
                 timeout: Duration::from_secs(2),
                 connections: 1,
                 client_cache: Some(64),
+                logout_replicas: 0,
+                logout_wait: Duration::from_secs(1),
             })
             .unwrap(),
         )
@@ -769,4 +773,179 @@ async fn requests_queued_behind_a_silent_redis_fail_in_bounded_time() {
             "answered after {after:?}"
         );
     }
+}
+
+/// Sends `sig` (`STOP`, `CONT`) to a redis-server.
+fn signal(server: &Child, sig: &str) {
+    let ok = Command::new("kill")
+        .args([&format!("-{sig}"), &server.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{sig} redis-server");
+}
+
+/// The user's own logout (the confirmation page's button).
+async fn logout(sc: &Sidecar, cookie: &str) -> u16 {
+    let r = send(request(
+        "POST",
+        &sc.url("/auth/logout"),
+        &[("cookie", cookie), ("sec-fetch-site", "same-origin")],
+        body(""),
+    ))
+    .await
+    .unwrap();
+    r.status().as_u16()
+}
+
+/// A logout through Sentinel is answered once the replica has it (`WAIT`, on by default with
+/// Sentinel): a failover right after the answer cannot bring the session back. A replica that
+/// stays away longer than `redis_logout_wait_ms` delays the logout that long, no more, and the
+/// logout is counted as unreplicated.
+#[tokio::test]
+async fn a_logout_through_sentinel_is_answered_once_the_replica_has_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let set = sentinel_set(dir.path()).await;
+    let idp = MockIdp::start().await;
+    let key = Key::new("k1");
+    idp.set(|m| m.jwks = json!({"keys": [key.jwk()]}));
+    let up = Upstream::start();
+    let nodes = set.urls().join(",");
+    let sc = start_oidc_sidecar(
+        free_port(),
+        &idp.issuer(),
+        &up.url(),
+        &[
+            ("SSO_SIDECAR_REDIS_MODE", "sentinel"),
+            ("SSO_SIDECAR_REDIS_NODES", &nodes),
+            ("SSO_SIDECAR_REDIS_SENTINEL_MASTER", "mymaster"),
+            ("SSO_SIDECAR_REDIS_LOGOUT_WAIT_MS", "1500"),
+        ],
+    )
+    .await;
+    let sc = &sc.sidecar;
+    let replica = &set.servers.0[1];
+    let unreplicated = || async {
+        metric(
+            &metrics(sc).await,
+            "sso_sidecar_store_logouts_unreplicated_total",
+        )
+    };
+
+    let id = idp.login(&key, sc, "alice", "sid-1").await;
+    let cookie = session_header(&id);
+    let stored = format!(
+        "sso-sidecar:{}",
+        sso_sidecar::session::Sessions::key_of(&id)
+    );
+    assert_eq!(status(sc, "/v1/x", &[("cookie", &cookie)]).await, 200);
+    assert_eq!(replicated(set.master).await, "1");
+    assert_eq!(
+        cli(set.replica, &["exists", &stored]),
+        "1",
+        "the replica has the session"
+    );
+
+    signal(replica, "STOP");
+    let mut out = Box::pin(logout(sc, &cookie));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(600), &mut out)
+            .await
+            .is_err(),
+        "the logout waits while the replica cannot acknowledge it"
+    );
+    signal(replica, "CONT");
+    let code = tokio::time::timeout(Duration::from_secs(5), out)
+        .await
+        .expect("answered once the replica is back");
+    assert_eq!(code, 302);
+    assert_eq!(
+        cli(set.replica, &["exists", &stored]),
+        "0",
+        "by the time the logout is answered the replica has the deletion"
+    );
+    assert_eq!(unreplicated().await, 0.0);
+
+    // The replica away for longer than the wait: answered after it, and counted.
+    let id = idp.login(&key, sc, "alice", "sid-2").await;
+    let cookie = session_header(&id);
+    assert_eq!(replicated(set.master).await, "1");
+    signal(replica, "STOP");
+    let started = Instant::now();
+    let code = logout(sc, &cookie).await;
+    let took = started.elapsed();
+    signal(replica, "CONT");
+    assert_eq!(code, 302);
+    assert!(
+        took >= Duration::from_millis(1400) && took < Duration::from_secs(5),
+        "waited the configured 1.5 s, no more: {took:?}"
+    );
+    assert_eq!(unreplicated().await, 1.0);
+    assert_eq!(status(sc, "/v1/x", &[("cookie", &cookie)]).await, 401);
+}
+
+/// Logouts at once share their waits for the replica: a burst costs a couple of `WAIT`s, not
+/// one each (a logout waits for the first round begun after it asked).
+#[tokio::test]
+async fn logouts_at_once_share_their_wait_for_the_replica() {
+    let dir = tempfile::tempdir().unwrap();
+    let set = sentinel_set(dir.path()).await;
+    let urls = set.urls();
+    let s = std::sync::Arc::new(Store::Redis(
+        RedisStore::new(RedisOptions {
+            topology: Topology::Sentinel {
+                sentinels: &urls,
+                master: "mymaster",
+                tls: false,
+            },
+            key_prefix: "settle-test:",
+            username: None,
+            password: None,
+            sentinel_username: None,
+            sentinel_password: None,
+            ca_pem: None,
+            timeout: Duration::from_secs(2),
+            connections: 1,
+            client_cache: None,
+            logout_replicas: 1,
+            logout_wait: Duration::from_secs(3),
+        })
+        .unwrap(),
+    ));
+    use sso_sidecar::store::redis::settle::Settled;
+    assert_eq!(s.after_revocation().await, Settled::Replicated);
+    let calls = |cmd: &str| {
+        let stats = cli(set.master, &["info", "commandstats"]);
+        stats
+            .lines()
+            .find(|l| l.starts_with(&format!("cmdstat_{cmd}:")))
+            .and_then(|l| l.split("calls=").nth(1))
+            .and_then(|v| v.split(',').next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let (waits, dels) = (calls("wait"), calls("del"));
+    signal(&set.servers.0[1], "STOP");
+    let mut all = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let s = s.clone();
+        all.spawn(async move {
+            s.delete(&format!("k{i}")).await.unwrap();
+            s.after_revocation().await
+        });
+    }
+    // Every logout has written, and a round waits for the replica, before it comes back.
+    until("20 deletions and a WAIT blocked", 10, || {
+        calls("del") == dels + 20
+            && cli(set.master, &["info", "clients"]).contains("blocked_clients:1")
+    })
+    .await;
+    signal(&set.servers.0[1], "CONT");
+    while let Some(r) = all.join_next().await {
+        assert_eq!(r.unwrap(), Settled::Replicated);
+    }
+    // The round under way, and one for everyone who asked during it (a third only if a
+    // logout's deletion was answered but it had not asked yet when the second began).
+    let rounds = calls("wait") - waits;
+    assert!(rounds <= 3, "20 logouts took {rounds} WAIT rounds");
 }

@@ -65,7 +65,15 @@ fn secrets_never_appear_in_debug_output() {
 #[test]
 fn redis_settings_of_another_topology_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let cases: [(&[(&str, &str)], &str); 5] = [
+    let cases: [(&[(&str, &str)], &str); 6] = [
+        (
+            &[
+                ("SSO_SIDECAR_REDIS_MODE", "cluster"),
+                ("SSO_SIDECAR_REDIS_NODES", "redis://10.0.0.1:6379"),
+                ("SSO_SIDECAR_REDIS_LOGOUT_REPLICAS", "1"),
+            ],
+            "redis_logout_replicas is not supported with redis_mode = \"cluster\"",
+        ),
         (
             &[
                 ("SSO_SIDECAR_REDIS_MODE", "cluster"),
@@ -112,6 +120,45 @@ fn redis_settings_of_another_topology_are_refused() {
         assert!(e.contains(expected), "{vars:?}: {e}");
         assert!(!e.contains("pw-in-url"), "a URL was echoed: {e}");
     }
+}
+
+/// A logout waits for one replica by default with Sentinel (a set-up made to fail over), for
+/// none with one server or a Cluster; the setting and the wait are read as given.
+#[test]
+fn logouts_wait_for_a_replica_by_default_with_sentinel_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let sentinel = [
+        ("SSO_SIDECAR_REDIS_MODE", "sentinel"),
+        ("SSO_SIDECAR_REDIS_NODES", "redis://10.0.0.1:26379"),
+    ];
+    let cluster = [
+        ("SSO_SIDECAR_REDIS_MODE", "cluster"),
+        ("SSO_SIDECAR_REDIS_NODES", "redis://10.0.0.1:6379"),
+    ];
+    let single = [("SSO_SIDECAR_REDIS_URL", "redis://10.0.0.9:6379")];
+    let replicas = |vars: &[(&str, &str)]| {
+        let c = load(inputs(dir.path(), None, vars)).unwrap_or_else(|e| panic!("{e}"));
+        let r = c.auth.redis.expect("redis configured");
+        (r.logout_replicas, r.logout_wait.as_millis())
+    };
+    assert_eq!(replicas(&sentinel), (1, 1000));
+    assert_eq!(replicas(&cluster), (0, 1000));
+    assert_eq!(replicas(&single), (0, 1000));
+    let mut two = single.to_vec();
+    two.extend([
+        ("SSO_SIDECAR_REDIS_LOGOUT_REPLICAS", "2"),
+        ("SSO_SIDECAR_REDIS_LOGOUT_WAIT_MS", "250"),
+    ]);
+    assert_eq!(replicas(&two), (2, 250));
+    let mut none = sentinel.to_vec();
+    none.push(("SSO_SIDECAR_REDIS_LOGOUT_REPLICAS", "0"));
+    assert_eq!(replicas(&none), (0, 1000));
+    let mut never = sentinel.to_vec();
+    never.push(("SSO_SIDECAR_REDIS_LOGOUT_WAIT_MS", "0"));
+    let e = load(inputs(dir.path(), None, &never))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("redis_logout_wait_ms must be at least 1"), "{e}");
 }
 
 #[test]

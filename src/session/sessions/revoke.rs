@@ -105,6 +105,9 @@ impl Sessions {
             // known: a repeated logout for it must not fall back to the sid-less sessions.
             _ => self.revoke_members(&index, members, false).await?,
         };
+        if revoked > 0 || matches!(by, SidLogout::Signed { .. }) {
+            self.settle().await;
+        }
         recorded.map(|()| revoked)
     }
 
@@ -124,6 +127,9 @@ impl Sessions {
             None => Ok(()),
         };
         let revoked = self.revoke_index(&Self::sub_index(iss, sub)).await?;
+        if revoked > 0 || ended_at.is_some() {
+            self.settle().await;
+        }
         recorded.map(|()| revoked)
     }
 

@@ -35,6 +35,8 @@ impl RedisStore {
             timeout: c.timeout,
             connections,
             client_cache: c.client_cache,
+            logout_replicas: c.logout_replicas,
+            logout_wait: c.logout_wait,
         })
     }
 
@@ -192,6 +194,12 @@ impl RedisStore {
             prefix: opts.key_prefix.to_owned(),
             scripts: scripts::Scripts::new(),
             connect_wait: opts.timeout * 2 + Duration::from_millis(100),
+            settle: settle::Settle::new(
+                opts.logout_replicas,
+                opts.logout_wait,
+                format!("{}settle", opts.key_prefix),
+            ),
+            timeout: opts.timeout,
         })
     }
 }
@@ -248,6 +256,8 @@ mod tests {
             timeout: Duration::from_millis(2000),
             connections: 1,
             client_cache: None,
+            logout_replicas: 0,
+            logout_wait: Duration::from_secs(1),
         }
     }
 

@@ -14,6 +14,7 @@
 
 mod build;
 mod scripts;
+pub mod settle;
 pub mod tracking;
 
 use super::StoreError;
@@ -58,6 +59,10 @@ pub struct RedisOptions<'a> {
     pub connections: usize,
     /// Entries of the client-side cache per worker (single server only); `None` turns it off.
     pub client_cache: Option<usize>,
+    /// Replicas a revocation waits for (`WAIT`), and how long at most; 0: none (single server
+    /// and Sentinel only).
+    pub logout_replicas: u32,
+    pub logout_wait: Duration,
 }
 
 enum Backend {
@@ -87,6 +92,9 @@ pub struct RedisStore {
     /// its retry. Connections are made one at a time (one per worker); without a bound, the
     /// k-th request queued behind an unreachable Redis would wait k attempts.
     connect_wait: Duration,
+    /// Waiting for replicas after a revocation ([`settle`]).
+    settle: settle::Settle,
+    timeout: Duration,
 }
 
 /// Runs `$body` with `$c` bound to a live connection of whichever backend this is.
@@ -200,6 +208,49 @@ impl RedisStore {
     /// The client-side cache's hits and misses so far, when it is on.
     pub fn cache_stats(&self) -> Option<(u64, u64)> {
         self.tracking().map(Tracking::stats)
+    }
+
+    /// Waits until the writes answered so far are on the replicas a revocation waits for
+    /// (`redis_logout_replicas`), or its wait is over; never fails (a failure is a short
+    /// round: the writes are done on the master).
+    pub async fn after_revocation(&self) -> settle::Settled {
+        let limit = self.settle.round_limit(self.timeout);
+        Box::pin(
+            self.settle
+                .after_writes(limit, || self.settle_connection(limit)),
+        )
+        .await
+    }
+
+    /// Revocations answered before their replicas acknowledged them, so far.
+    pub fn short_settles(&self) -> u64 {
+        self.settle.short_rounds()
+    }
+
+    /// A connection of its own to the master, for `WAIT`, whose answers may take `limit`.
+    async fn settle_connection(
+        &self,
+        limit: Duration,
+    ) -> Result<MultiplexedConnection, StoreError> {
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(limit));
+        match &self.backend {
+            Backend::Single { client, .. } => client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await
+                .map_err(unavailable),
+            Backend::Sentinel { client, .. } => client
+                .lock()
+                .await
+                .get_async_connection_with_config(&config)
+                .await
+                .map_err(unavailable),
+            // Refused by the settings: a Cluster's keys live on several masters.
+            Backend::Cluster { .. } => Err(StoreError::Unavailable(
+                "waiting for replicas is not supported with a Redis Cluster".into(),
+            )),
+        }
     }
 
     /// Entries held by the client-side cache (tests and diagnostics).

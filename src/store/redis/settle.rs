@@ -1,0 +1,144 @@
+//! Waiting for replicas after a revocation: Redis answers a `DEL` once the master has done it,
+//! and replicates afterwards; a failover that promotes a replica the deletion had not reached
+//! brings the session back. So the session layer asks, once a revocation is written, for its
+//! writes to be on `replicas` replicas (`WAIT`), waiting `wait` at most.
+//!
+//! `WAIT` blocks the connection it is sent on, so it has a connection of its own (on the shared
+//! ones it would hold every request behind it). It covers the writes of its own connection
+//! only, so each round first writes a key of its own: the master's replication offset after
+//! that write is past every write answered before, on any connection. Rounds are shared: a
+//! caller waits for the first round that begins after it asked (one may be under way), so a
+//! burst of logouts costs a couple of rounds, not one `WAIT` each. Owns that connection and
+//! the count of short rounds; knows nothing of sessions.
+
+use super::StoreError;
+use redis::aio::MultiplexedConnection;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::sync::Mutex;
+
+/// What a round found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// Nothing to wait for: no replicas asked for.
+    NotAsked,
+    /// At least the replicas asked for have every write answered before the round.
+    Replicated,
+    /// Fewer replicas than asked acknowledged within the wait (`acked` of them), or the round
+    /// failed (`acked` 0): the writes are done on the master only.
+    Short { acked: u32 },
+}
+
+pub struct Settle {
+    replicas: u32,
+    wait: Duration,
+    /// The key each round writes (prefixed; in the store's key space, for ACLs on a prefix).
+    key: String,
+    /// Rounds begun so far (the one under way included).
+    begun: AtomicU64,
+    rounds: Mutex<Rounds>,
+    short: AtomicU64,
+}
+
+struct Rounds {
+    done: u64,
+    last: Settled,
+    conn: Option<MultiplexedConnection>,
+}
+
+impl Settle {
+    /// `replicas` 0 asks for nothing.
+    pub fn new(replicas: u32, wait: Duration, key: String) -> Self {
+        Settle {
+            replicas,
+            wait,
+            key,
+            begun: AtomicU64::new(0),
+            rounds: Mutex::new(Rounds {
+                done: 0,
+                last: Settled::NotAsked,
+                conn: None,
+            }),
+            short: AtomicU64::new(0),
+        }
+    }
+
+    /// How long a round may take: the wait, and `timeout` for the round trip around it.
+    pub fn round_limit(&self, timeout: Duration) -> Duration {
+        self.wait + timeout
+    }
+
+    /// Rounds that came back short (or failed) so far.
+    pub fn short_rounds(&self) -> u64 {
+        self.short.load(Ordering::Relaxed)
+    }
+
+    /// Waits until every write answered before this call is on the replicas asked for, or the
+    /// wait is over; `connect` makes the round's connection when there is none (to the master).
+    /// A round's failure is reported as short, never as an error: the writes are done.
+    pub async fn after_writes<F>(&self, limit: Duration, connect: impl FnOnce() -> F) -> Settled
+    where
+        F: Future<Output = Result<MultiplexedConnection, StoreError>>,
+    {
+        if self.replicas == 0 {
+            return Settled::NotAsked;
+        }
+        // A round begun after this point covers this caller's writes; one begun before may not.
+        let covering = self.begun.load(Ordering::SeqCst) + 1;
+        let mut rounds = self.rounds.lock().await;
+        if rounds.done >= covering {
+            return rounds.last;
+        }
+        let n = self.begun.fetch_add(1, Ordering::SeqCst) + 1;
+        let outcome = match tokio::time::timeout(limit, self.round(&mut rounds, connect)).await {
+            Ok(Ok(acked)) if acked >= self.replicas => Settled::Replicated,
+            Ok(Ok(acked)) => Settled::Short { acked },
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "could not wait for Redis replicas after a logout");
+                rounds.conn = None;
+                Settled::Short { acked: 0 }
+            }
+            Err(_) => {
+                tracing::warn!("no answer from Redis in time while waiting for its replicas");
+                rounds.conn = None;
+                Settled::Short { acked: 0 }
+            }
+        };
+        if outcome != Settled::Replicated {
+            self.short.fetch_add(1, Ordering::Relaxed);
+        }
+        rounds.done = n;
+        rounds.last = outcome;
+        outcome
+    }
+
+    /// One `SET` then `WAIT` on the round's connection; the replicas that acknowledged.
+    async fn round<F>(
+        &self,
+        rounds: &mut Rounds,
+        connect: impl FnOnce() -> F,
+    ) -> Result<u32, StoreError>
+    where
+        F: Future<Output = Result<MultiplexedConnection, StoreError>>,
+    {
+        let mut conn = match rounds.conn.take() {
+            Some(c) => c,
+            None => connect().await?,
+        };
+        let mut p = redis::pipe();
+        p.cmd("SET")
+            .arg(&self.key)
+            .arg(1)
+            .arg("PX")
+            .arg(60_000)
+            .ignore()
+            .cmd("WAIT")
+            .arg(self.replicas)
+            // Never 0: that waits for ever.
+            .arg(super::millis(self.wait));
+        let (acked,): (u32,) = p.query_async(&mut conn).await.map_err(super::unavailable)?;
+        rounds.conn = Some(conn);
+        Ok(acked)
+    }
+}
