@@ -221,14 +221,27 @@ async fn probe(c: &Config, oidc: &crate::config::OidcSettings) -> Vec<String> {
     problems
 }
 
+/// Where to reach a listener bound to `listen` from this host: its loopback address of the
+/// same family when it is bound to every address (`[::]` with `bindv6only` accepts no IPv4).
+fn probe_address(listen: std::net::SocketAddr) -> std::net::SocketAddr {
+    let mut addr = listen;
+    match addr.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => {
+            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into())
+        }
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => {
+            addr.set_ip(std::net::Ipv6Addr::LOCALHOST.into())
+        }
+        _ => {}
+    }
+    addr
+}
+
 /// A minimal HTTP/1.1 GET of the admin listener's /healthz, with a short deadline.
 pub fn healthcheck(admin_listen: std::net::SocketAddr) -> ExitCode {
     use std::io::{Read, Write};
     use std::time::Duration;
-    let mut addr = admin_listen;
-    if addr.ip().is_unspecified() {
-        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-    }
+    let addr = probe_address(admin_listen);
     let probe = || -> std::io::Result<bool> {
         let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
         s.set_read_timeout(Some(Duration::from_secs(2)))?;
@@ -247,5 +260,19 @@ pub fn healthcheck(admin_listen: std::net::SocketAddr) -> ExitCode {
             eprintln!("sso-sidecar: cannot reach {addr}: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// An admin listener on every IPv6 address is probed on `::1`: with `bindv6only` it
+    /// accepts no IPv4, and `127.0.0.1` called a serving container unhealthy.
+    #[test]
+    fn healthcheck_probes_loopback_of_the_listeners_family() {
+        let probe = |s: &str| super::probe_address(s.parse().unwrap()).to_string();
+        assert_eq!(probe("0.0.0.0:9090"), "127.0.0.1:9090");
+        assert_eq!(probe("[::]:9090"), "[::1]:9090");
+        assert_eq!(probe("10.1.2.3:9090"), "10.1.2.3:9090");
+        assert_eq!(probe("[fd00::1]:9090"), "[fd00::1]:9090");
     }
 }

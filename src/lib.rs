@@ -419,6 +419,10 @@ async fn reload_on_sighup(
                 continue;
             }
         };
+        if let Some(why) = config::reload_refusal(&current, &next) {
+            tracing::error!(problem = %why, "configuration reload refused; the running configuration is kept");
+            continue;
+        }
         let restart = config::restart_required(&current, &next);
         let reloadable = config::Reloadable::under(&current, &next);
         for app in &apps {

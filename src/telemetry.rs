@@ -71,7 +71,7 @@ pub fn set_level(level: &str) -> Result<bool, String> {
 /// UTF-8; JSON escapes neither, and the `pretty` format writes them raw. At most
 /// [`LOGGED_PATH_MAX`] bytes of the path are written, then `…[cut]`: a 32 KiB path would make
 /// a line log pipelines split (Docker's at 16 KiB) or drop.
-fn loggable(path: &str) -> std::borrow::Cow<'_, str> {
+pub fn loggable(path: &str) -> std::borrow::Cow<'_, str> {
     use std::fmt::Write;
     let (kept, cut) = match path.as_bytes().get(..LOGGED_PATH_MAX) {
         Some(head) if path.len() > LOGGED_PATH_MAX => (head, true),

@@ -287,7 +287,14 @@ impl Auth {
                 .map_err(|e| CallbackError::Other(e.into()))?;
         }
         let next = sanitize_next(&st.next, &self.settings().allowed_redirect_origins);
-        tracing::info!(sub = %sub, next = %next, "OIDC login success");
+        // Without its query (search terms, ids: the access log leaves queries out too), and
+        // escaped like a logged path (the user chose it: bidi overrides, terminal escapes).
+        let shown = next.split(['?', '#']).next().unwrap_or_default();
+        tracing::info!(
+            sub = %printable(&sub),
+            next = %crate::telemetry::loggable(shown),
+            "OIDC login success"
+        );
         let mut r = redirect(&next);
         r.headers_mut().append(
             header::SET_COOKIE,

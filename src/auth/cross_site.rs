@@ -55,7 +55,7 @@ pub fn allowed(parts: &Parts, trusted: &TrustedOrigins, own: &url::Url) -> bool 
 /// just the same); anything else is refused (`None`).
 pub fn refused(parts: &Parts, paths: &PathSettings) -> Option<Decision> {
     tracing::debug!(
-        path = parts.uri.path(),
+        path = %crate::telemetry::loggable(parts.uri.path()),
         "a request from another site carried the session cookie: refused"
     );
     if gate::passes_bearer(parts, paths) {

@@ -28,7 +28,7 @@ pub use auth::{
 };
 pub use connections::{Balance, ConnectionLimits};
 pub use openrag_env::{AuthMode, ClaimSource, OidcSettings, OpenRagVars};
-pub use reload::{restart_required, Reloadable};
+pub use reload::{refusal as reload_refusal, restart_required, Reloadable};
 pub use settings::{IdentityMode, LogFormat, Settings};
 pub use validate::{ProxySettings, TlsFiles};
 
@@ -346,7 +346,7 @@ fn read_env_file(path: &Path, explicit: bool, problems: &mut Vec<String>) -> Vec
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 /// `[authz] groups_claim` when the file names none: OpenRag's `OIDC_CLAIM_GROUPS`, else
 /// `groups`.

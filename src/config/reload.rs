@@ -80,6 +80,7 @@ impl Config {
         self.auth.trusted_origins = r.trusted_origins;
         self.auth.headers = r.headers;
         self.auth.authz = r.authz;
+        self.env_file = next.env_file.clone();
         if let (Ok(serde_json::Value::Object(mut mine)), Ok(serde_json::Value::Object(theirs))) = (
             serde_json::to_value(&self.raw.0),
             serde_json::to_value(&next.raw.0),
@@ -93,6 +94,21 @@ impl Config {
                 self.raw = RawSettings(raw);
             }
         }
+    }
+}
+
+/// Why a reload must apply nothing of `next`: the `.env` file the running configuration was
+/// read from is gone (deleted, or caught mid-rename by the SIGHUP). Its absence is no error at
+/// start, so `next` loads without its values, and applying `next`'s reloadable settings would
+/// drop whatever the file set among them, an allow-list included (everyone let in).
+pub fn refusal(current: &Config, next: &Config) -> Option<String> {
+    match (&current.env_file, &next.env_file) {
+        (Some(path), None) => Some(format!(
+            "the .env file {} that the running configuration was read from is gone: restore it, \
+             or restart to run without it",
+            path.display()
+        )),
+        _ => None,
     }
 }
 
@@ -207,6 +223,31 @@ mod tests {
             Value::Null => Value::String("changed".into()),
             Value::Object(_) => unreachable!("tables are walked key by key"),
         }
+    }
+
+    /// An implicit `./.env` gone at a SIGHUP would otherwise take its settings with it (here an
+    /// allow-list, whose absence lets everyone in): the reload is refused.
+    #[test]
+    fn a_reload_without_the_env_file_read_at_start_is_refused() {
+        use crate::config::tests::inputs;
+        let dir = tempfile::tempdir().unwrap();
+        let env = dir.path().join(".env");
+        std::fs::write(&env, "SSO_SIDECAR_AUTHZ__ALLOWED_GROUPS=admins\n").unwrap();
+        let mut current = crate::config::load(inputs(dir.path(), None, &[])).unwrap();
+        assert_eq!(current.auth.authz.allowed_groups, ["admins"]);
+        let same = crate::config::load(inputs(dir.path(), None, &[])).unwrap();
+        assert_eq!(refusal(&current, &same), None);
+        current.take_reloadable(&same);
+        std::fs::remove_file(&env).unwrap();
+        let next = crate::config::load(inputs(dir.path(), None, &[])).unwrap();
+        assert!(
+            next.auth.authz.allowed_groups.is_empty(),
+            "what would apply"
+        );
+        let why = refusal(&current, &next).expect("refused");
+        assert!(why.contains(".env") && why.contains("gone"), "{why}");
+        // Once running without it (a restart), a reload without it is no change.
+        assert_eq!(refusal(&next, &next), None);
     }
 
     #[test]

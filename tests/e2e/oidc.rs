@@ -219,6 +219,9 @@ async fn redis_holds_nothing_readable() {
     // Nor do the logs: no session id, no ID token, no Fernet key, no client secret.
     let logs = sc.output();
     assert!(logs.contains("OIDC login success"), "{logs}");
+    // The login's destination is logged by its path only: its query is the user's (a search).
+    assert!(logs.contains("/docs/q3-report"), "{logs}");
+    assert!(!logs.contains("where-bob-was-going"), "{logs}");
     for secret in [
         a.cookie.as_str(),
         b.cookie.as_str(),

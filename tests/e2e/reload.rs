@@ -308,3 +308,34 @@ async fn a_rotated_secret_is_named_by_the_reload_as_needing_a_restart() {
         "never shown"
     );
 }
+
+/// A `.env` read implicitly (from the working directory) that is gone at a SIGHUP — deleted,
+/// or caught mid-rename — refuses the reload: applied without it, its reloadable settings
+/// (an allow-list among them) would be dropped without a word.
+#[tokio::test]
+async fn a_reload_refuses_to_run_without_the_env_file_it_was_read_from() {
+    let idp = MockIdp::start().await;
+    idp.set(|m| m.jwks = json!({"keys": [Key::new("k").jwk()]}));
+    let up = Upstream::start();
+    let sc = start_oidc_sidecar(free_port(), &idp.issuer(), &up.url(), &[]).await;
+    let sc = &sc.sidecar;
+    let env_file = sc.dir().join(".env");
+    std::fs::write(&env_file, "SSO_SIDECAR_AUTHZ__ALLOWED_GROUPS=admins\n").unwrap();
+    sc.signal("HUP");
+    wait_until("the reload", Duration::from_secs(10), || {
+        sc.output().contains("configuration reloaded")
+    })
+    .await;
+    std::fs::remove_file(&env_file).unwrap();
+    sc.signal("HUP");
+    wait_until("the refusal", Duration::from_secs(10), || {
+        sc.output().contains("configuration reload refused")
+    })
+    .await;
+    assert!(sc.output().contains("is gone"), "{}", sc.output());
+    assert_eq!(
+        sc.output().matches("configuration reloaded").count(),
+        1,
+        "nothing applied"
+    );
+}

@@ -250,6 +250,11 @@ impl Sidecar {
         format!("http://{}{path}", self.admin)
     }
 
+    /// The working directory it runs in (where an implicit `.env` is looked for).
+    pub fn dir(&self) -> &Path {
+        self._dir.path()
+    }
+
     pub fn output(&self) -> String {
         self.output.lock().unwrap().clone()
     }

@@ -5,7 +5,7 @@ use super::*;
 mod documented;
 mod values;
 
-pub(super) fn inputs(dir: &Path, config: Option<&str>, env: &[(&str, &str)]) -> Inputs {
+pub(crate) fn inputs(dir: &Path, config: Option<&str>, env: &[(&str, &str)]) -> Inputs {
     let config_file = config.map(|c| {
         let p = dir.join("sso-sidecar.toml");
         std::fs::write(&p, c).unwrap();
