@@ -284,6 +284,11 @@ impl Settings {
                 problems.push(format!("{n} must be at least 1"));
             }
         }
+        // Every logout may wait this long (twice, behind another's round): a minute is already
+        // more than any client waits for an answer.
+        if self.redis_logout_wait_ms > 60_000 {
+            problems.push("redis_logout_wait_ms must be at most 60000".to_string());
+        }
         let prompt = self.prompt.split_whitespace().collect::<Vec<_>>();
         for p in &prompt {
             if !matches!(*p, "none" | "login" | "consent" | "select_account") {
@@ -415,7 +420,7 @@ impl Settings {
         // A Sentinel set-up exists to fail over, so its logouts wait for a replica by default.
         let asked = self.redis_logout_replicas.trim();
         let asked = match asked {
-            "auto" => None,
+            a if a.eq_ignore_ascii_case("auto") => None,
             n => match n.parse::<u32>() {
                 Ok(n) => Some(n),
                 Err(_) => {

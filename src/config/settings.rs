@@ -123,6 +123,7 @@ pub struct Settings {
     /// Replicas a logout waits for (`WAIT`) before it is answered, so that a failover right
     /// after it does not bring the session back: a whole number, or `auto` (1 with Sentinel, 0
     /// otherwise).
+    #[serde(deserialize_with = "text_or_number")]
     pub redis_logout_replicas: String,
     /// How long a logout waits for them at most (then it is answered, and counted).
     pub redis_logout_wait_ms: u64,
@@ -260,4 +261,19 @@ pub enum IdentityMode {
 pub enum LogFormat {
     Json,
     Pretty,
+}
+
+/// A setting that is a word or a whole number (`redis_logout_replicas = "auto"` or `= 2`): a
+/// number is read as its digits.
+fn text_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum TextOrNumber {
+        Text(String),
+        Number(i64),
+    }
+    Ok(match TextOrNumber::deserialize(d)? {
+        TextOrNumber::Text(t) => t,
+        TextOrNumber::Number(n) => n.to_string(),
+    })
 }

@@ -284,7 +284,7 @@ impl Metrics {
     }
 
     /// Where the store's counters come from (`session_cache_hits_total`/`_misses_total`,
-    /// `store_logouts_unreplicated_total`); set once.
+    /// `store_revocations_unreplicated_total`); set once.
     pub fn set_store_source(&self, f: polled::Source) {
         let _ = self.store_counts.source.set(f);
     }

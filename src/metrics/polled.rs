@@ -22,7 +22,7 @@ pub struct StoreCounts {
 pub type Source = Box<dyn Fn() -> Option<StoreCounts> + Send + Sync>;
 
 /// `session_cache_hits_total`, `session_cache_misses_total` and
-/// `store_logouts_unreplicated_total`, once a source is set.
+/// `store_revocations_unreplicated_total`, once a source is set.
 #[derive(Clone, Default)]
 pub struct StoreCollector {
     pub source: Arc<OnceLock<Source>>,
@@ -54,8 +54,9 @@ impl Collector for StoreCollector {
         }
         if let Some(short) = counts.short_settles {
             counters.push((
-                "store_logouts_unreplicated",
-                "Logouts answered before the Redis replicas asked for (redis_logout_replicas) \
+                "store_revocations_unreplicated",
+                "Revocations (logouts, sessions ended at a refresh or replaced at a login) \
+                 answered before the Redis replicas asked for (redis_logout_replicas) \
                  acknowledged them within redis_logout_wait_ms: a failover then may bring their \
                  sessions back",
                 short,

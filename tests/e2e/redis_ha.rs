@@ -828,7 +828,7 @@ async fn a_logout_through_sentinel_is_answered_once_the_replica_has_it() {
     let unreplicated = || async {
         metric(
             &metrics(sc).await,
-            "sso_sidecar_store_logouts_unreplicated_total",
+            "sso_sidecar_store_revocations_unreplicated_total",
         )
     };
 
@@ -914,6 +914,12 @@ async fn logouts_at_once_share_their_wait_for_the_replica() {
     ));
     use sso_sidecar::store::redis::settle::Settled;
     assert_eq!(s.after_revocation().await, Settled::Replicated);
+    // Its connection killed (as a failover's `CLIENT KILL` does, or Redis's idle `timeout`),
+    // the next round makes it again instead of answering short.
+    let killed = cli(set.master, &["client", "kill", "type", "normal"]);
+    assert!(killed.parse::<u32>().is_ok_and(|n| n >= 1), "{killed}");
+    assert_eq!(s.after_revocation().await, Settled::Replicated);
+    assert_eq!(s.short_settles(), Some(0));
     let calls = |cmd: &str| {
         let stats = cli(set.master, &["info", "commandstats"]);
         stats
@@ -934,10 +940,14 @@ async fn logouts_at_once_share_their_wait_for_the_replica() {
             s.after_revocation().await
         });
     }
+    let blocked = || {
+        cli(set.master, &["info", "clients"])
+            .lines()
+            .any(|l| l.trim() == "blocked_clients:1")
+    };
     // Every logout has written, and a round waits for the replica, before it comes back.
     until("20 deletions and a WAIT blocked", 10, || {
-        calls("del") == dels + 20
-            && cli(set.master, &["info", "clients"]).contains("blocked_clients:1")
+        calls("del") == dels + 20 && blocked()
     })
     .await;
     signal(&set.servers.0[1], "CONT");
@@ -948,4 +958,33 @@ async fn logouts_at_once_share_their_wait_for_the_replica() {
     // logout's deletion was answered but it had not asked yet when the second began).
     let rounds = calls("wait") - waits;
     assert!(rounds <= 3, "20 logouts took {rounds} WAIT rounds");
+
+    // A logout whose deletion is answered while a round is under way is not answered by that
+    // round (it may have been sent before the deletion): it waits for the next one.
+    let waits = calls("wait");
+    signal(&set.servers.0[1], "STOP");
+    let first = {
+        let s = s.clone();
+        tokio::spawn(async move {
+            s.delete("early").await.unwrap();
+            s.after_revocation().await
+        })
+    };
+    until("the first round blocked", 10, blocked).await;
+    let second = {
+        let s = s.clone();
+        tokio::spawn(async move {
+            s.delete("late").await.unwrap();
+            s.after_revocation().await
+        })
+    };
+    until("the second deletion", 10, || calls("del") == dels + 22).await;
+    signal(&set.servers.0[1], "CONT");
+    assert_eq!(first.await.unwrap(), Settled::Replicated);
+    assert_eq!(second.await.unwrap(), Settled::Replicated);
+    assert_eq!(
+        calls("wait") - waits,
+        2,
+        "the later logout had a round of its own"
+    );
 }

@@ -153,6 +153,39 @@ fn logouts_wait_for_a_replica_by_default_with_sentinel_only() {
     let mut none = sentinel.to_vec();
     none.push(("SSO_SIDECAR_REDIS_LOGOUT_REPLICAS", "0"));
     assert_eq!(replicas(&none), (0, 1000));
+    let mut shouted = sentinel.to_vec();
+    shouted.push(("SSO_SIDECAR_REDIS_LOGOUT_REPLICAS", "AUTO"));
+    assert_eq!(replicas(&shouted), (1, 1000));
+    // In the file, a number as a number.
+    let file = dir.path().join("replicas.toml");
+    std::fs::write(&file, "redis_logout_replicas = 2\n").unwrap();
+    let mut from_file = inputs(dir.path(), None, &sentinel);
+    from_file.config_file = Some(file);
+    let c = load(from_file).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.auth.redis.expect("redis").logout_replicas, 2);
+    for (value, problem) in [
+        (
+            "two",
+            "redis_logout_replicas must be auto or a whole number",
+        ),
+        ("-1", "redis_logout_replicas must be auto or a whole number"),
+    ] {
+        let mut bad = sentinel.to_vec();
+        bad.push(("SSO_SIDECAR_REDIS_LOGOUT_REPLICAS", value));
+        let e = load(inputs(dir.path(), None, &bad))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(problem), "{value}: {e}");
+    }
+    let mut long = sentinel.to_vec();
+    long.push(("SSO_SIDECAR_REDIS_LOGOUT_WAIT_MS", "60001"));
+    let e = load(inputs(dir.path(), None, &long))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("redis_logout_wait_ms must be at most 60000"),
+        "{e}"
+    );
     let mut never = sentinel.to_vec();
     never.push(("SSO_SIDECAR_REDIS_LOGOUT_WAIT_MS", "0"));
     let e = load(inputs(dir.path(), None, &never))

@@ -99,15 +99,18 @@ impl Sessions {
         let members = self.store.index_members(&index).await?;
         let revoked = match by {
             SidLogout::Signed { sub: Some(sub) } if members.is_empty() => {
-                self.revoke_index(&Self::sidless_index(iss, sub)).await?
+                self.revoke_index(&Self::sidless_index(iss, sub)).await
             }
             // The members stay in the sid's index (until its TTL) as a record that the sid was
             // known: a repeated logout for it must not fall back to the sid-less sessions.
-            _ => self.revoke_members(&index, members, false).await?,
+            _ => self.revoke_members(&index, members, false).await,
         };
-        if revoked > 0 || matches!(by, SidLogout::Signed { .. }) {
-            self.settle().await;
+        // Also when a member failed: the others were deleted.
+        if revoked.as_ref().is_ok_and(|n| *n == 0) && matches!(by, SidLogout::Unsigned) {
+            return Ok(0);
         }
+        self.settle().await;
+        let revoked = revoked?;
         recorded.map(|()| revoked)
     }
 
@@ -126,10 +129,13 @@ impl Sessions {
             Some(t) => self.record_user_ended(iss, sub, t).await,
             None => Ok(()),
         };
-        let revoked = self.revoke_index(&Self::sub_index(iss, sub)).await?;
-        if revoked > 0 || ended_at.is_some() {
-            self.settle().await;
+        let revoked = self.revoke_index(&Self::sub_index(iss, sub)).await;
+        // Also when a member failed: the others were deleted.
+        if revoked.as_ref().is_ok_and(|n| *n == 0) && ended_at.is_none() {
+            return Ok(0);
         }
+        self.settle().await;
+        let revoked = revoked?;
         recorded.map(|()| revoked)
     }
 

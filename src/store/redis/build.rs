@@ -145,26 +145,6 @@ impl RedisStore {
                     client_tls: None,
                     root_cert: opts.ca_pem.clone(),
                 };
-                let mut b =
-                    SentinelClientBuilder::new(addresses, master, SentinelServerType::Master)
-                        .map_err(bad)?
-                        .set_client_to_redis_tcp_settings(tcp_settings(opts.timeout))
-                        .set_client_to_sentinel_tcp_settings(tcp_settings(opts.timeout));
-                if let Some(u) = opts.username {
-                    b = b.set_client_to_redis_username(u);
-                }
-                if let Some(p) = opts.password {
-                    b = b.set_client_to_redis_password(p);
-                }
-                if let Some(u) = &sentinel_user {
-                    b = b.set_client_to_sentinel_username(u);
-                }
-                if let Some(p) = &sentinel_pass {
-                    b = b.set_client_to_sentinel_password(p);
-                }
-                if tls {
-                    b = b.set_client_to_redis_tls_mode(TlsMode::Secure);
-                }
                 // A private CA (`redis_ca_file`) is trusted by the master's connections over TLS
                 // and by the sentinels' when they are all `rediss://`.
                 if opts.ca_pem.is_some() && !all_tls {
@@ -173,17 +153,47 @@ impl RedisStore {
                          rediss://"
                     );
                 }
-                if opts.ca_pem.is_some() {
+                // Two clients alike: one for the requests' connection, one for the settle
+                // connection, so that neither's asking the sentinels waits for the other's.
+                let build = || -> Result<redis::sentinel::SentinelClient, String> {
+                    let mut b = SentinelClientBuilder::new(
+                        addresses.clone(),
+                        master,
+                        SentinelServerType::Master,
+                    )
+                    .map_err(bad)?
+                    .set_client_to_redis_tcp_settings(tcp_settings(opts.timeout))
+                    .set_client_to_sentinel_tcp_settings(tcp_settings(opts.timeout));
+                    if let Some(u) = opts.username {
+                        b = b.set_client_to_redis_username(u);
+                    }
+                    if let Some(p) = opts.password {
+                        b = b.set_client_to_redis_password(p);
+                    }
+                    if let Some(u) = &sentinel_user {
+                        b = b.set_client_to_sentinel_username(u);
+                    }
+                    if let Some(p) = &sentinel_pass {
+                        b = b.set_client_to_sentinel_password(p);
+                    }
                     if tls {
-                        b = b.set_client_to_redis_certificates(private_ca());
+                        b = b.set_client_to_redis_tls_mode(TlsMode::Secure);
                     }
-                    if all_tls {
-                        b = b.set_client_to_sentinel_certificates(private_ca());
+                    if opts.ca_pem.is_some() {
+                        if tls {
+                            b = b.set_client_to_redis_certificates(private_ca());
+                        }
+                        if all_tls {
+                            b = b.set_client_to_sentinel_certificates(private_ca());
+                        }
                     }
-                }
-                let client = b.build().map_err(bad)?;
+                    b.build().map_err(bad)
+                };
+                let client = build()?;
+                let settle_client = build()?;
                 Backend::Sentinel {
                     client: Mutex::new(client),
+                    settle_client: Mutex::new(settle_client),
                     conn: Mutex::new(None),
                     timeout: opts.timeout,
                 }

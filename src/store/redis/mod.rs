@@ -79,6 +79,9 @@ enum Backend {
     },
     Sentinel {
         client: Mutex<SentinelClient>,
+        /// The settle connection's own (`settle`): asking the sentinels for it never holds
+        /// the requests' connection back.
+        settle_client: Mutex<SentinelClient>,
         conn: Mutex<Option<MultiplexedConnection>>,
         timeout: Duration,
     },
@@ -123,6 +126,7 @@ macro_rules! with_conn {
                 client,
                 conn,
                 timeout,
+                ..
             } => {
                 // A connection made before is used as it is (its commands are timed by the
                 // connection itself, `redis_timeout_ms`, as with the other backends).
@@ -224,7 +228,7 @@ impl RedisStore {
 
     /// Revocations answered before their replicas acknowledged them, so far.
     pub fn short_settles(&self) -> u64 {
-        self.settle.short_rounds()
+        self.settle.short_answers()
     }
 
     /// A connection of its own to the master, for `WAIT`, whose answers may take `limit`.
@@ -240,7 +244,7 @@ impl RedisStore {
                 .get_multiplexed_async_connection_with_config(&config)
                 .await
                 .map_err(unavailable),
-            Backend::Sentinel { client, .. } => client
+            Backend::Sentinel { settle_client, .. } => settle_client
                 .lock()
                 .await
                 .get_async_connection_with_config(&config)

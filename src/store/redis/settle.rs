@@ -64,26 +64,40 @@ impl Settle {
         }
     }
 
-    /// How long a round may take: the wait, and `timeout` for the round trip around it.
+    /// How long a round may take: the wait, and `timeout` each for a connection made again and
+    /// the round trip around the wait.
     pub fn round_limit(&self, timeout: Duration) -> Duration {
-        self.wait + timeout
+        self.wait + timeout * 2
     }
 
-    /// Rounds that came back short (or failed) so far.
-    pub fn short_rounds(&self) -> u64 {
+    /// Callers answered short (or after a failed round) so far.
+    pub fn short_answers(&self) -> u64 {
         self.short.load(Ordering::Relaxed)
     }
 
     /// Waits until every write answered before this call is on the replicas asked for, or the
     /// wait is over; `connect` makes the round's connection when there is none (to the master).
-    /// A round's failure is reported as short, never as an error: the writes are done.
-    pub async fn after_writes<F>(&self, limit: Duration, connect: impl FnOnce() -> F) -> Settled
+    /// A round's failure is reported as short, never as an error: the writes are done. Each
+    /// caller that gets a short answer is counted (a round shared by twenty logouts counts
+    /// twenty).
+    pub async fn after_writes<F>(&self, limit: Duration, connect: impl Fn() -> F) -> Settled
     where
         F: Future<Output = Result<MultiplexedConnection, StoreError>>,
     {
         if self.replicas == 0 {
             return Settled::NotAsked;
         }
+        let outcome = self.shared_round(limit, connect).await;
+        if outcome != Settled::Replicated {
+            self.short.fetch_add(1, Ordering::Relaxed);
+        }
+        outcome
+    }
+
+    async fn shared_round<F>(&self, limit: Duration, connect: impl Fn() -> F) -> Settled
+    where
+        F: Future<Output = Result<MultiplexedConnection, StoreError>>,
+    {
         // A round begun after this point covers this caller's writes; one begun before may not.
         let covering = self.begun.load(Ordering::SeqCst) + 1;
         let mut rounds = self.rounds.lock().await;
@@ -96,35 +110,35 @@ impl Settle {
             Ok(Ok(acked)) => Settled::Short { acked },
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "could not wait for Redis replicas after a logout");
-                rounds.conn = None;
                 Settled::Short { acked: 0 }
             }
             Err(_) => {
                 tracing::warn!("no answer from Redis in time while waiting for its replicas");
+                // A reply may still come on that connection: never read it as the next one's.
                 rounds.conn = None;
                 Settled::Short { acked: 0 }
             }
         };
-        if outcome != Settled::Replicated {
-            self.short.fetch_add(1, Ordering::Relaxed);
-        }
         rounds.done = n;
         rounds.last = outcome;
         outcome
     }
 
-    /// One `SET` then `WAIT` on the round's connection; the replicas that acknowledged.
+    /// One `SET` then `WAIT` on the round's connection; the replicas that acknowledged. A kept
+    /// connection found dead (Redis's idle `timeout`, the `CLIENT KILL` of a failover, a
+    /// restart) is made again once, so that the first logout after a failover is not the one
+    /// left unprotected; one that answers with an error (`NOPERM`, `OOM`, `READONLY`) is kept.
     async fn round<F>(
         &self,
         rounds: &mut Rounds,
-        connect: impl FnOnce() -> F,
+        connect: impl Fn() -> F,
     ) -> Result<u32, StoreError>
     where
         F: Future<Output = Result<MultiplexedConnection, StoreError>>,
     {
-        let mut conn = match rounds.conn.take() {
-            Some(c) => c,
-            None => connect().await?,
+        let (mut conn, fresh) = match rounds.conn.take() {
+            Some(c) => (c, false),
+            None => (connect().await?, true),
         };
         let mut p = redis::pipe();
         p.cmd("SET")
@@ -137,8 +151,27 @@ impl Settle {
             .arg(self.replicas)
             // Never 0: that waits for ever.
             .arg(super::millis(self.wait));
-        let (acked,): (u32,) = p.query_async(&mut conn).await.map_err(super::unavailable)?;
-        rounds.conn = Some(conn);
-        Ok(acked)
+        let mut answer = p.query_async::<(u32,)>(&mut conn).await;
+        if !fresh && answer.as_ref().is_err_and(dead) {
+            conn = connect().await?;
+            answer = p.query_async::<(u32,)>(&mut conn).await;
+        }
+        match answer {
+            Ok((acked,)) => {
+                rounds.conn = Some(conn);
+                Ok(acked)
+            }
+            Err(e) => {
+                if !dead(&e) {
+                    rounds.conn = Some(conn);
+                }
+                Err(super::unavailable(e))
+            }
+        }
     }
+}
+
+/// Whether `e` says the connection is gone, rather than Redis refusing the command.
+fn dead(e: &redis::RedisError) -> bool {
+    e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error()
 }
