@@ -42,7 +42,8 @@ impl OpenRagBridge {
                 let v = if m.field == "email" {
                     v.to_lowercase()
                 } else {
-                    v.to_owned()
+                    // Mapped names too: a PATCH above the limit fails at every login.
+                    within_limit(v)
                 };
                 patch.insert(m.field.clone(), json!(v));
             }
@@ -107,8 +108,26 @@ fn synced_digest(v: &Value) -> String {
     crate::crypto::digest(&[&v.to_string()])
 }
 
-/// name → preferred_username → "given family" → `oidc-<first 8 of sub>` (docs/openrag-backend.md#users).
+/// Longest display name the backend accepts (`POST /users/` answers 400 above it, and that
+/// would fail every login of the user; its limit counts characters, as `chars()` does).
+const MAX_DISPLAY_NAME_CHARS: usize = 255;
+
+/// `name` cut to [`MAX_DISPLAY_NAME_CHARS`] characters (so on a char boundary).
+fn within_limit(name: &str) -> String {
+    name.chars()
+        .take(MAX_DISPLAY_NAME_CHARS)
+        .collect::<String>()
+        .trim_end()
+        .to_owned()
+}
+
+/// name → preferred_username → "given family" → `oidc-<first 8 of sub>` (docs/openrag-backend.md#users),
+/// at most [`MAX_DISPLAY_NAME_CHARS`] characters.
 pub fn display_name(sub: &str, claims: &Map<String, Value>) -> String {
+    within_limit(&display_name_in_full(sub, claims))
+}
+
+fn display_name_in_full(sub: &str, claims: &Map<String, Value>) -> String {
     let s = |k: &str| {
         claims
             .get(k)

@@ -35,6 +35,24 @@ fn display_name_follows_openrags_order() {
     assert_eq!(display_name("abcdefghij", &c(json!({}))), "oidc-abcdefgh");
 }
 
+/// The backend refuses a display name above 255 characters (400, at every login of the user):
+/// a longer one is cut to 255 characters, never inside a multi-byte character.
+#[test]
+fn display_name_is_cut_to_255_characters() {
+    let long = "é".repeat(300);
+    let name = display_name("abcdefghij", &c(json!({ "name": long })));
+    assert_eq!(name.chars().count(), 255);
+    assert_eq!(name, "é".repeat(255));
+    let ascii = format!("{} tail", "a".repeat(254));
+    let name = display_name("abcdefghij", &c(json!({ "name": ascii })));
+    assert_eq!(name, "a".repeat(254), "cut, then no trailing space left");
+    let exact = "b".repeat(255);
+    assert_eq!(
+        display_name("abcdefghij", &c(json!({ "preferred_username": exact }))),
+        exact
+    );
+}
+
 #[test]
 fn email_is_trimmed_and_lower_cased() {
     assert_eq!(
