@@ -19,6 +19,7 @@ mod oidc_support;
 mod openrag;
 mod openrag_generations;
 mod openrag_hardening;
+mod openrag_tokens;
 mod pool;
 mod proxy;
 mod redis_ha;

@@ -144,20 +144,22 @@ impl OpenRagBridge {
         Ok(id)
     }
 
-    /// Keeps `token` as `sub`'s backend token (the user regenerated it through the sidecar).
-    /// Only while `user` is still the account `sub` is linked to: a session that began before
-    /// an administrator moved the link must not put the old account's token in the vault of
-    /// the new one (the session itself keeps it, and ends with it).
+    /// Keeps `token` as `sub`'s backend token (it was regenerated through the sidecar, by the
+    /// user or an administrator); true when kept. Only while `user` is the account `sub` is
+    /// linked to: a session that began before an administrator moved the link must not put
+    /// the old account's token in the vault of the new one (the session itself keeps it, and
+    /// ends with it).
     pub async fn adopt_token(
         &self,
         sub: &str,
         user: u64,
         token: &Secret<String>,
-    ) -> Result<(), BridgeError> {
+    ) -> Result<bool, BridgeError> {
         if self.find_user(sub).await?.is_some_and(|u| u.id == user) {
             self.vault_put(sub, user, token).await?;
+            return Ok(true);
         }
-        Ok(())
+        Ok(false)
     }
 
     /// With group sync on (`OIDC_CLAIM_GROUPS`).

@@ -5,9 +5,12 @@
 //!
 //! `POST /users/{id}/regenerate_token` is checked here too: OpenRag 1.1.8 lets any user rotate,
 //! and receive, any user's token (later versions check "admin or self"), so the sidecar lets a
-//! session regenerate only its own token unless its user is an administrator; and when a user
-//! regenerates their own, the new token replaces the old one in the vault and the session at
-//! once, so their next request does not fail.
+//! session regenerate only its own token unless its user is an administrator. Whoever asked (a
+//! session or a bearer, for their own account or as an administrator for another's), the new
+//! token in a 2xx answer replaces the old one in the vault of the `sub` that account is linked
+//! to, and in the session when it is the session's own account: the old token is dead, and the
+//! account's sessions would otherwise be recovered by the token policy (`deny`: locked out;
+//! `regenerate`: the token just handed over rotated again).
 
 use super::inject;
 use super::{BridgeError, OpenRagBridge};
@@ -15,6 +18,7 @@ use crate::identity::forward::{send, Inject, Outcome};
 use crate::identity::headers::HeaderIdentity;
 use crate::identity::{ForwardError, Outbound};
 use crate::proxy::RequestBody;
+use crate::secret::Secret;
 use crate::session::Session;
 use http::request::Parts;
 use http::{header, Method, Response};
@@ -58,9 +62,15 @@ pub(crate) async fn as_user(
         live: Some(id),
         user: Some(&session.sub),
     };
-    let first = send(out, names, parts, body, as_token(&token)).await?;
-    if regenerates.is_some_and(|t| t.is_some() && t == session.backend_user_id) {
-        return Ok(adopt_regenerated(out, bridge, &session, id, first).await);
+    let mut first = send(out, names, parts, body, as_token(&token)).await?;
+    if regenerates.is_some() {
+        let (answer, new) = regenerated(first).await;
+        if let Some(new) = new {
+            adopt_regenerated(out, bridge, Some((&session, id)), new).await;
+            return Ok(answer);
+        }
+        // Not done (refused, say): judged as any other answer below.
+        first = answer;
     }
     let (first, refused) = peek_refusal(first).await;
     if !refused {
@@ -172,7 +182,8 @@ pub(crate) async fn as_bearer(
     parts: Parts,
     body: RequestBody,
 ) -> Result<Outcome, ForwardError> {
-    if let Some(target) = regenerate_target(&parts) {
+    let regenerates = regenerate_target(&parts);
+    if let Some(target) = regenerates {
         refuse_admin_token(bridge, target, out).await?;
         let bearer = crate::proxy::headers::bearer(&parts.headers).filter(|t| !t.is_empty());
         let Some(bearer) = bearer else {
@@ -184,7 +195,15 @@ pub(crate) async fn as_bearer(
         };
         self_or_admin(bridge, target, Some(owner), None).await?;
     }
-    let outcome = send(out, names, parts, body, Inject::default()).await?;
+    let mut outcome = send(out, names, parts, body, Inject::default()).await?;
+    if regenerates.is_some() {
+        let (answer, new) = regenerated(outcome).await;
+        if let Some(new) = new {
+            adopt_regenerated(out, bridge, None, new).await;
+            return Ok(answer);
+        }
+        outcome = answer;
+    }
     let (outcome, refused) = peek_refusal(outcome).await;
     if refused {
         return Err(ForwardError::Unauthenticated);
@@ -249,55 +268,88 @@ fn regenerate_target(parts: &Parts) -> Option<Option<u64>> {
     Some(id.parse().ok().filter(|_| plain))
 }
 
-/// The user's own token regenerated: the new one, read from the backend's answer, becomes the
-/// one the vault and the session hold. The answer reaches the user unchanged.
-async fn adopt_regenerated(
-    out: &Outbound<'_>,
-    bridge: &OpenRagBridge,
-    session: &Session,
-    id: &str,
-    outcome: Outcome,
-) -> Outcome {
+/// A token a regeneration handed out: the account (`id`), the `sub` the backend links it to
+/// (`external_user_id`, when it has one), and the new token.
+struct Regenerated {
+    user: u64,
+    sub: Option<String>,
+    token: Secret<String>,
+}
+
+/// Reads a 2xx answer to a regeneration (small: one user) for the new token; the answer
+/// reaches the client unchanged. Any other answer passes untouched (still streaming).
+async fn regenerated(outcome: Outcome) -> (Outcome, Option<Regenerated>) {
     use http_body_util::{BodyExt, Limited};
     let (resp, upstream_status) = outcome;
     if !resp.status().is_success() {
-        return (resp, upstream_status);
+        return ((resp, upstream_status), None);
     }
     let (parts, body) = resp.into_parts();
     let bytes = match Limited::new(body, 64 * 1024).collect().await {
         Ok(c) => c.to_bytes(),
         Err(_) => bytes::Bytes::new(),
     };
-    let token = serde_json::from_slice::<serde_json::Value>(&bytes)
+    let new = serde_json::from_slice::<serde_json::Value>(&bytes)
         .ok()
-        .and_then(|v| v.get("token").and_then(|t| t.as_str()).map(str::to_owned));
-    // A regeneration of the session's own account is all that reaches here (`forward`).
-    if let (Some(token), Some(user)) = (token, session.backend_user_id) {
-        // The session takes the new token whatever the vault does: the old one is dead.
-        let secret = crate::secret::Secret::new(token.clone());
-        if let Err(e) = bridge.adopt_token(&session.sub, user, &secret).await {
-            tracing::warn!(sub = %session.sub, error = %e, "the user's new backend token is not in the vault; the session has it");
-        }
-        // Only while the session still acts as that account (a recovery may have moved it).
-        let adopt = |s: &mut Session| {
-            if s.backend_user_id == Some(user) {
-                s.backend_token = Some(token.clone());
+        .and_then(|v| {
+            let text = |k: &str| v.get(k).and_then(|t| t.as_str()).map(str::to_owned);
+            Some(Regenerated {
+                user: v.get("id")?.as_u64()?,
+                sub: text("external_user_id").filter(|s| !s.trim().is_empty()),
+                token: Secret::new(text("token")?),
+            })
+        });
+    let answer = Response::from_parts(parts, crate::proxy::full(bytes));
+    ((answer, upstream_status), new)
+}
+
+/// A token regenerated through the sidecar becomes the one the vault holds for the `sub` its
+/// account is linked to ([`OpenRagBridge::adopt_token`] checks that link), and the one
+/// `session` holds when it acts as that account. `session`: the session that asked and its id;
+/// `None` for a bearer.
+async fn adopt_regenerated(
+    out: &Outbound<'_>,
+    bridge: &OpenRagBridge,
+    session: Option<(&Session, &str)>,
+    new: Regenerated,
+) {
+    let own = session.filter(|(s, _)| s.backend_user_id == Some(new.user));
+    // An older answer without `external_user_id`: the session's own account is its `sub`'s.
+    let sub = new.sub.as_deref().or(own.map(|(s, _)| s.sub.as_str()));
+    if let Some(sub) = sub {
+        match bridge.adopt_token(sub, new.user, &new.token).await {
+            Ok(true) => {
+                tracing::info!(sub, user_id = new.user, "a backend token regenerated through the sidecar is the one the vault holds now")
             }
-        };
-        let kept = out.sessions.amend(id, crate::clock::now_unix(), adopt);
-        match kept.await.map_err(|e| e.to_string()) {
-            Ok(_) => {
-                tracing::info!(sub = %session.sub, "the user regenerated their backend token; the sidecar uses the new one")
+            Ok(false) => {
+                tracing::info!(sub, user_id = new.user, "a regenerated backend token was not vaulted: its account is not the one linked to its sub")
             }
             Err(e) => {
-                tracing::warn!(sub = %session.sub, error = %e, "the user's new backend token could not be kept")
+                tracing::warn!(sub, user_id = new.user, error = %e, "a regenerated backend token is not in the vault; the account's sessions will recover by the token policy")
             }
         }
     }
-    (
-        Response::from_parts(parts, crate::proxy::full(bytes)),
-        upstream_status,
-    )
+    let Some((session, id)) = own else {
+        return;
+    };
+    // The session takes the new token whatever the vault did: the old one is dead. Only while
+    // the session still acts as that account (a recovery may have moved it).
+    let user = new.user;
+    let token = new.token.expose().clone();
+    let adopt = |s: &mut Session| {
+        if s.backend_user_id == Some(user) {
+            s.backend_token = Some(token.clone());
+        }
+    };
+    let kept = out.sessions.amend(id, crate::clock::now_unix(), adopt);
+    match kept.await.map_err(|e| e.to_string()) {
+        Ok(_) => {
+            tracing::info!(sub = %session.sub, "the user regenerated their backend token; the sidecar uses the new one")
+        }
+        Err(e) => {
+            tracing::warn!(sub = %session.sub, error = %e, "the user's new backend token could not be kept")
+        }
+    }
 }
 
 /// True when the request has no body, so it can be sent twice.
