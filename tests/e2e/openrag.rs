@@ -830,7 +830,7 @@ async fn a_burst_of_first_logins_shares_the_listing_of_every_user() {
 
 /// Each login through the IdP up to its callback, then every callback at once, the backend's
 /// list of users slowed (and perhaps failing) by `hook` (`/__test/slow-list?{hook}`).
-async fn burst_of_logins(
+pub(crate) async fn burst_of_logins(
     w: &World,
     subs: &[&str],
     hook: &str,

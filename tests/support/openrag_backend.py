@@ -19,6 +19,7 @@ verified in issue 16: IA-Generative/openrag d6fd8e7f; "later" = later linagora v
   hooks     (--test-hooks) GET /__test/dump  GET /__test/users  GET|DELETE /__test/requests
             POST /__test/partition/{p}  GET /__test/refuse/<code>?detail=D  POST /__test/chainlit/forget
             POST /__test/slow-list?ms=N[&fail=1]  POST /__test/slow-create?ms=N
+            POST /__test/broken-create?on=1|0
   flags     --users-file (users, their memberships)  --partitions (created at start, no members)
             --generation  --super-admin-mode (default true)  --conflict-status (default by generation)
 
@@ -106,7 +107,9 @@ the real backend showed (issue 16 item 7):
     by_path counts, the last 50 {method, path, status, auth_via, user_id}), DELETE /__test/requests
     (reset the log), POST /__test/slow-list?ms=N[&fail=1] (GET /users/ answers N ms late from then
     on, as a long list would; with fail=1, then 503), POST /__test/slow-create?ms=N (POST /users/
-    answers N ms after storing the user, who is visible to other requests meanwhile). And one AUTHENTICATED hook (the token is checked and the request logged as on any
+    answers N ms after storing the user, who is visible to other requests meanwhile), POST
+    /__test/broken-create?on=1 (POST /users/ stores the user, then answers 201 with its JSON cut
+    short: a commit whose answer is lost; on=0 ends it). And one AUTHENTICATED hook (the token is checked and the request logged as on any
     route): GET /__test/refuse/<code>?detail=D answers <code> {"detail": D}, a route refusing a valid
     user for its own reasons (Chainlit's 401 "Invalid authentication token", a 403 "Invalid token"
     relayed from a provider). Without --test-hooks these paths are echoed.
@@ -154,6 +157,10 @@ MAX_DISPLAY_NAME = 255
 UNEXPECTED = {"detail": "[UNEXPECTED_ERROR]: An unexpected error occurred", "extra": {}}  # api.py's handler
 BOOL_STRINGS = {"0": False, "off": False, "f": False, "false": False, "n": False, "no": False,
                 "1": True, "on": True, "t": True, "true": True, "y": True, "yes": True}
+
+
+class Raw(bytes):
+    """A response body sent as it is, not as JSON (--test-hooks: an answer cut short)."""
 
 
 def hash_token(token):
@@ -663,7 +670,9 @@ class Handler(BaseHTTPRequestHandler):
 
     def send(self, status, body=None, headers=()):
         data = b""
-        if body is not None:
+        if isinstance(body, Raw):
+            data = bytes(body)
+        elif body is not None:
             data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
         # As Chainlit behind a GZipMiddleware: its JSON compressed for a client that accepts it.
         gzipped = (body is not None and len(data) > 64 and self.path.startswith("/chainlit")
@@ -808,6 +817,11 @@ class Handler(BaseHTTPRequestHandler):
             # meanwhile), as a backend busy after its commit does.
             query = parse_qs(urlsplit(self.path).query)
             self.server.create_delay_ms = int(query.get("ms", ["0"])[0])
+            return self.send(204)
+        if path == "/__test/broken-create" and self.command == "POST":
+            # POST /users/ commits, then answers with a body cut short (a lost answer).
+            query = parse_qs(urlsplit(self.path).query)
+            self.server.create_broken = query.get("on", ["1"])[0] == "1"
             return self.send(204)
         if path == "/__test/chainlit/forget" and self.command == "POST":
             self.server.chainlit_sessions.clear()  # Chainlit restarted: its sessions are gone
@@ -1134,6 +1148,8 @@ class Handler(BaseHTTPRequestHandler):
         except Conflict as e:
             self.conflict(str(e))
         time.sleep(getattr(self.server, "create_delay_ms", 0) / 1000)
+        if getattr(self.server, "create_broken", False):
+            return 201, Raw(json.dumps(created_dict(row, token)).encode()[:20]), []
         return 201, created_dict(row, token), []
 
     def get_user(self, ctx, user, uid):
@@ -1320,6 +1336,12 @@ class Config:
 class Server(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 128
+
+    def handle_error(self, request, client_address):
+        # A client that gave up before the answer (a timeout the test provoked): not an error.
+        if isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            return
+        super().handle_error(request, client_address)
 
 
 def fail(msg):

@@ -5,23 +5,138 @@
 //! with `500 [UNEXPECTED_ERROR]` (using up a user id), which the bridge reads as the same
 //! conflict and remembers for a minute so that retries do not use up more ids. Either way the
 //! user gets the documented 409 page that says what an administrator must do.
+//!
+//! A creation's outcome may be lost: `POST /users/` times out, its connection drops or its
+//! answer cannot be read after the backend committed, or the vault write after it fails. The
+//! token it carried is shown once and was never handed to anyone, so the creation record of the
+//! `sub` then says so ("lost", for [`LOST_TTL`]), and the next login that finds the user with no
+//! token in the vault regenerates it whatever the token policy (under `deny` the user would
+//! otherwise be locked out for good). A clear refusal (4xx) leaves no such record.
 
 use super::admin::{AdminError, BackendUser};
 use super::{display_name, email, BridgeError, OpenRagBridge, Resolved};
+use crate::secret::Secret;
 use serde_json::{json, Map, Value};
 use std::time::Duration;
 
 /// How long a login refused for an email conflict is remembered (no second `POST /users/`).
 const CONFLICT_TTL: Duration = Duration::from_secs(60);
 
-/// How long the record that a login is creating a user lasts at most (it is removed once the
-/// new user's token is in the vault).
-const CREATING_TTL: Duration = Duration::from_secs(10);
+/// Beyond `admin_timeout` (the longest `POST /users/` may take), how long a creation may take
+/// to vault its token: a login that finds the user meanwhile waits that long for it.
+const CREATION_GRACE: Duration = Duration::from_secs(2);
+
+/// Between two looks at the vault while waiting for a creation.
+const CREATION_WAIT_STEP: Duration = Duration::from_millis(50);
+
+/// How long a creation whose token was lost lets the next login regenerate it. Short: past
+/// it, an account linked to the `sub` may have been given a token by someone else.
+const LOST_TTL: Duration = Duration::from_secs(10 * 60);
+
+/// The creation record's value once the token is lost (followed by the account's id when
+/// known); any other value is a creation under way (versions before this one wrote `1`).
+const LOST: &str = "lost";
+
+/// What the creation record of a `sub` says.
+enum Creation {
+    /// A login is creating the user right now.
+    Pending,
+    /// A login created (or may have created) the user and lost its token: `Some(id)` when it
+    /// knows the account.
+    Lost(Option<u64>),
+}
+
+fn creation_of(value: &[u8]) -> Creation {
+    match String::from_utf8_lossy(value).strip_prefix(LOST) {
+        Some(id) => Creation::Lost(id.trim().parse().ok()),
+        None => Creation::Pending,
+    }
+}
 
 impl OpenRagBridge {
-    /// The record that a login is creating `sub`'s user ([`CREATING_TTL`]).
+    /// The record that a login is creating `sub`'s user, or lost the token of the user it
+    /// created ([`Creation`]).
     pub(super) fn creating_key(&self, sub: &str) -> String {
         crate::store::keys::hashed("creating", &["creating", &self.issuer, sub])
+    }
+
+    async fn creation(&self, sub: &str) -> Result<Option<Creation>, BridgeError> {
+        let v = self.store.get_fresh(&self.creating_key(sub)).await?;
+        Ok(v.map(|v| creation_of(&v)))
+    }
+
+    /// For a login that finds `user` (linked to `sub`) with no token in the vault: the token a
+    /// login creating that user is about to vault (waited for, as long as that creation may
+    /// take), or a new one when the login that created it lost it. `None`: no creation
+    /// concerns it, or it ended without a token; the token policy decides.
+    pub(super) async fn token_of_creation(
+        &self,
+        sub: &str,
+        user: &BackendUser,
+    ) -> Result<Option<Secret<String>>, BridgeError> {
+        let wait = self.settings.admin_timeout + CREATION_GRACE;
+        let began = tokio::time::Instant::now();
+        loop {
+            match self.creation(sub).await? {
+                // Done: its token is in the vault now, or it failed.
+                None => return self.vault_token_for(sub, user.id).await,
+                Some(Creation::Lost(id)) => return self.regain_lost(sub, user, id).await,
+                Some(Creation::Pending) if began.elapsed() >= wait => return Ok(None),
+                Some(Creation::Pending) => {}
+            }
+            tokio::time::sleep(CREATION_WAIT_STEP).await;
+            if let Some(t) = self.vault_token_for(sub, user.id).await? {
+                return Ok(Some(t));
+            }
+        }
+    }
+
+    /// The token of a user this sidecar created and whose token it lost: nobody else can hold
+    /// it (it was shown once, to the login that lost it), so regenerating it takes nothing
+    /// from anyone, whatever the token policy. Not for another account than the one the record
+    /// names, nor for the one `AUTH_TOKEN` belongs to.
+    async fn regain_lost(
+        &self,
+        sub: &str,
+        user: &BackendUser,
+        lost: Option<u64>,
+    ) -> Result<Option<Secret<String>>, BridgeError> {
+        if lost.is_some_and(|id| id != user.id) || self.admin_account().await? == Some(user.id) {
+            return Ok(None);
+        }
+        tracing::warn!(
+            sub,
+            user_id = user.id,
+            "the token of the user this sidecar created was lost: regenerating it"
+        );
+        let token = self.admin.regenerate_token(user.id).await?;
+        self.vault_put(sub, user.id, &token).await?;
+        // Spent; a creation that began since keeps its own record.
+        let key = self.creating_key(sub);
+        if let Some(v) = self.store.get_fresh(&key).await? {
+            if matches!(creation_of(&v), Creation::Lost(_)) {
+                self.store.delete_if(&key, &v).await?;
+            }
+        }
+        Ok(Some(token))
+    }
+
+    /// Records that the user of `sub` may have been created (`user`: the account, when known)
+    /// and its token lost ([`LOST_TTL`]). Best effort: the caller is failing already.
+    async fn creation_lost(&self, sub: &str, user: Option<u64>, why: &str) {
+        let value = match user {
+            Some(id) => format!("{LOST} {id}"),
+            None => LOST.to_owned(),
+        };
+        let key = self.creating_key(sub);
+        match self.store.put(&key, value.as_bytes(), LOST_TTL).await {
+            Ok(()) => {
+                tracing::warn!(sub, why, "the user may have been created, its token is lost: the next login regenerates it")
+            }
+            Err(e) => {
+                tracing::error!(sub, why, error = %e, "the user may have been created, its token is lost, and the store cannot say so: an administrator must regenerate it")
+            }
+        }
     }
 
     fn conflict_key(&self, sub: &str) -> String {
@@ -67,33 +182,57 @@ impl OpenRagBridge {
             "file_quota": null,
         });
         // Other logins of this user meanwhile may find it created before its token is in the
-        // vault: this record tells them to wait for it (`token_for`).
+        // vault: this record tells them to wait for it (`token_of_creation`). Not over another
+        // login's: a concurrent creation's, or one that lost its token (that user may yet
+        // appear, committed late: this login's 409 then regenerates its token).
         let creating = self.creating_key(sub);
-        self.store.put(&creating, b"1", CREATING_TTL).await?;
+        let mine = format!("pending {}", crate::crypto::random_token(16));
+        let pending_ttl = self.settings.admin_timeout + CREATION_GRACE;
+        let owned = self
+            .store
+            .put_if_absent(&creating, mine.as_bytes(), pending_ttl)
+            .await?;
         let (user, token) = match self.admin.create_user(body).await {
             Ok(r) => r,
-            Err(AdminError::Status { status, .. }) if status == http::StatusCode::CONFLICT => {
+            Err(AdminError::Status { status, detail })
+                if status == http::StatusCode::CONFLICT
+                    || (status == http::StatusCode::INTERNAL_SERVER_ERROR
+                        && detail.contains("[UNEXPECTED_ERROR]")) =>
+            {
+                // Nothing of this login's to wait for; another creation's record stays.
+                if owned {
+                    self.store.delete_if(&creating, mine.as_bytes()).await?;
+                }
                 // A concurrent first login may have created it: re-read before giving up.
                 if let Some(r) = self.created_meanwhile(sub).await? {
                     return Ok(r);
                 }
-                return Err(self.conflict(sub, "POST /users/ answered 409").await);
+                let why = if status == http::StatusCode::CONFLICT {
+                    "POST /users/ answered 409"
+                } else {
+                    "POST /users/ answered 500 [UNEXPECTED_ERROR] (OpenRag 1.1.8's answer to a duplicate email)"
+                };
+                return Err(self.conflict(sub, why).await);
             }
-            Err(AdminError::Status { status, detail })
-                if status == http::StatusCode::INTERNAL_SERVER_ERROR
-                    && detail.contains("[UNEXPECTED_ERROR]") =>
-            {
-                if let Some(r) = self.created_meanwhile(sub).await? {
-                    return Ok(r);
+            // A clear refusal: nothing was created.
+            Err(e @ AdminError::Status { status, .. }) if status.is_client_error() => {
+                if owned {
+                    self.store.delete_if(&creating, mine.as_bytes()).await?;
                 }
-                return Err(self
-                    .conflict(sub, "POST /users/ answered 500 [UNEXPECTED_ERROR] (OpenRag 1.1.8's answer to a duplicate email)")
-                    .await);
+                return Err(e.into());
             }
-            Err(e) => return Err(e.into()),
+            // No answer in time, a dropped connection, an answer that cannot be read, a 5xx:
+            // the backend may have committed the user, with the token this login never got.
+            Err(e) => {
+                self.creation_lost(sub, None, &e.to_string()).await;
+                return Err(e.into());
+            }
         };
         tracing::info!(sub, user_id = user.id, "auto-provisioned a backend user");
-        self.vault_put(sub, user.id, &token).await?;
+        if let Err(e) = self.vault_put(sub, user.id, &token).await {
+            self.creation_lost(sub, Some(user.id), &e.to_string()).await;
+            return Err(e.into());
+        }
         self.store.delete(&creating).await?;
         self.directory.remember(sub, user.clone());
         Ok(Resolved {

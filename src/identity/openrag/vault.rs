@@ -26,10 +26,6 @@ struct Sealed<'a> {
     token: std::borrow::Cow<'a, str>,
 }
 
-/// How long a login waits for the token of a user another login is creating (40 × 50 ms).
-const CREATION_WAIT_TRIES: u32 = 40;
-const CREATION_WAIT_STEP: std::time::Duration = std::time::Duration::from_millis(50);
-
 impl OpenRagBridge {
     /// The bare token's entry (the format of versions before the owner was recorded).
     pub(super) fn vault_key(&self, sub: &str) -> String {
@@ -167,21 +163,11 @@ impl OpenRagBridge {
             }
             return Ok(t);
         }
-        // A login creating this user right now vaults its token right after: wait a moment
-        // for it rather than apply the policy (`deny` would refuse this login, `regenerate`
-        // replace the token the other login has just been given).
-        if self
-            .store
-            .get_fresh(&self.creating_key(sub))
-            .await?
-            .is_some()
-        {
-            for _ in 0..CREATION_WAIT_TRIES {
-                tokio::time::sleep(CREATION_WAIT_STEP).await;
-                if let Some(t) = self.vault_token_for(sub, user.id).await? {
-                    return Ok(t);
-                }
-            }
+        // A login creating this user right now vaults its token right after: wait for it
+        // rather than apply the policy (`deny` would refuse this login, `regenerate` replace
+        // the token the other login has just been given). One that lost it: a new one.
+        if let Some(t) = self.token_of_creation(sub, user).await? {
+            return Ok(t);
         }
         let t = self.token_by_policy(sub, user).await?;
         self.vault_put(sub, user.id, &t).await?;
