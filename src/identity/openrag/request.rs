@@ -138,6 +138,9 @@ async fn as_chainlit_user(
     };
     let user_info = parts.method == Method::GET && parts.uri.path() == "/chainlit/user";
     let mut parts = parts;
+    if cookies.is_none() {
+        inject::without_client_credentials(&mut parts.headers);
+    }
     if user_info {
         // An answer the sidecar must read (to blank the token in it): not compressed.
         parts.headers.remove(http::header::ACCEPT_ENCODING);
