@@ -239,14 +239,26 @@ pub async fn run(
         [c.max_streams_per_session, c.max_streams_per_address],
         metrics.holder_refused_counter("max_streams"),
     );
+    // Each refusal cuts a response its client holds up.
+    let slow_reads = proxy::Held::new(
+        [None, c.max_slow_reads_per_address],
+        metrics.closed_counter("slow_read"),
+    );
     for _ in 0..workers {
         let upstream = proxy::Upstream::new(
             &config.proxy,
             client_tls.clone(),
             config.connections.upstream_max_per_worker,
             metrics.upstream_queued_counter(),
-            tunnels.clone(),
-            [uploads.clone(), streams.clone()],
+            proxy::PerClient {
+                tunnels: tunnels.clone(),
+                uploads: uploads.clone(),
+                streams: streams.clone(),
+                slow_reads: proxy::SlowReads::new(
+                    slow_reads.clone(),
+                    c.max_slow_reads_per_address.map(|_| c.slow_read_after),
+                ),
+            },
             c.upstream_queue,
         )
         .map_err(StartError::Upstream)?;

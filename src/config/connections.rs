@@ -82,6 +82,14 @@ pub struct ConnectionSettings {
     /// The same for callers without a session, by client address (IPv6: its /64; read through
     /// `trusted_proxies`). 0 = no cap.
     pub max_streams_per_address: usize,
+    /// Responses that clients at one address (IPv6: its /64; read through `trusted_proxies`)
+    /// may hold up at once on a replica: a response whose client has not asked for more of it
+    /// for `slow_read_secs` (its upstream waiting on it, not it on its upstream). Each holds
+    /// an upstream place; the one beyond is cut (its upstream connection closed, its client's
+    /// answer ended). 0 = no cap.
+    pub max_slow_reads_per_address: usize,
+    /// How long a response may wait on its client before it counts as held up.
+    pub slow_read_secs: u64,
     /// How client connections are spread over the worker threads: `exact` (a worker that
     /// accepts a connection while another holds fewer hands it over, so a few long-lived
     /// connections from an ingress use every core) or `kernel` (where `SO_REUSEPORT`'s hash
@@ -121,6 +129,8 @@ impl Default for ConnectionSettings {
             max_uploads_per_address: 32,
             max_streams_per_session: 32,
             max_streams_per_address: 256,
+            max_slow_reads_per_address: 16,
+            slow_read_secs: 5,
             balance: "exact".into(),
         }
     }
@@ -152,6 +162,8 @@ pub struct ConnectionLimits {
     pub max_uploads_per_address: Option<usize>,
     pub max_streams_per_session: Option<usize>,
     pub max_streams_per_address: Option<usize>,
+    pub max_slow_reads_per_address: Option<usize>,
+    pub slow_read_after: Duration,
     pub balance: Balance,
 }
 
@@ -172,6 +184,7 @@ impl ConnectionSettings {
                 self.upstream_max_per_worker as u64,
             ),
             ("upstream_queue_kib", self.upstream_queue_kib as u64),
+            ("slow_read_secs", self.slow_read_secs),
         ] {
             if v == 0 {
                 problems.push(format!("connections.{name} must be at least 1"));
@@ -223,6 +236,9 @@ impl ConnectionSettings {
                 .then_some(self.max_streams_per_session),
             max_streams_per_address: (self.max_streams_per_address > 0)
                 .then_some(self.max_streams_per_address),
+            max_slow_reads_per_address: (self.max_slow_reads_per_address > 0)
+                .then_some(self.max_slow_reads_per_address),
+            slow_read_after: Duration::from_secs(self.slow_read_secs),
             balance: balance?,
         })
     }

@@ -223,6 +223,13 @@ impl Metrics {
             .inc();
     }
 
+    /// The counter of connections (or streams) closed for `reason`, for whoever closes them.
+    pub fn closed_counter(&self, reason: &'static str) -> Counter {
+        self.connections_closed
+            .get_or_create(&ReasonLabel { reason })
+            .clone()
+    }
+
     /// The counters of WebSocket handshakes refused over a tunnel cap, and of tunnels closed
     /// for silence.
     pub fn tunnel_counters(&self) -> (Counter, Counter) {

@@ -15,6 +15,7 @@ mod queue;
 mod tunnel;
 
 pub use holders::{Held, Holder};
+pub use pool::slow::SlowReads;
 pub use pool::STREAMS_PER_PLACE;
 pub use queue::head_bytes;
 use queue::Queue;
@@ -112,16 +113,31 @@ pub struct Upstream {
     queued: Queue,
 }
 
+/// What a worker's upstream counts per client: the replica's tunnels, bodies on their way
+/// upstream and event streams (shared by the workers), and the worker's responses watched for
+/// clients that hold them up.
+pub struct PerClient {
+    pub tunnels: Arc<Tunnels>,
+    pub uploads: Arc<Held>,
+    pub streams: Arc<Held>,
+    pub slow_reads: Arc<SlowReads>,
+}
+
 impl Upstream {
     pub fn new(
         settings: &ProxySettings,
         tls: rustls::ClientConfig,
         max_busy: usize,
         queued: prometheus_client::metrics::counter::Counter,
-        tunnels: Arc<Tunnels>,
-        [uploads, streams]: [Arc<Held>; 2],
+        per_client: PerClient,
         queue_bytes: usize,
     ) -> Result<Self, String> {
+        let PerClient {
+            tunnels,
+            uploads,
+            streams,
+            slow_reads,
+        } = per_client;
         let u = &settings.upstream;
         let scheme: Scheme = u.scheme().parse().map_err(|_| "bad upstream scheme")?;
         let host = u.host_str().ok_or("upstream has no host")?;
@@ -147,6 +163,7 @@ impl Upstream {
                 MAX_IDLE,
                 max_busy,
                 queued,
+                slow_reads,
             ),
             host: HeaderValue::from_str(authority.as_str()).map_err(|e| e.to_string())?,
             prefix: u.path().trim_end_matches('/').to_owned(),
@@ -375,6 +392,8 @@ impl Upstream {
                 if let Some(w) = early_watch.or_else(take_watch) {
                     resp.body_mut().abort_on(w.end);
                 }
+            } else {
+                resp.body_mut().read_by(address);
             }
             Ok(resp)
         }

@@ -27,6 +27,7 @@ mod reload;
 mod session_attacks;
 mod session_indexes;
 mod shutdown;
+mod slow_read;
 mod smuggling;
 mod streaming;
 mod support;

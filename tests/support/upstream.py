@@ -111,7 +111,7 @@ class Handler(BaseHTTPRequestHandler):
         if path == "/sse":
             self.read_body(keep=False)
             self.send_response(200)
-            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Content-Type", q.get("type", "text/event-stream"))
             self.send_header("Cache-Control", "no-cache")
             self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()

@@ -25,6 +25,10 @@ pub struct UpstreamBody {
     request: Option<Arc<Progress>>,
     /// An event stream's place under its holder's cap, given back with the body.
     _share: Option<crate::proxy::holders::Share>,
+    /// Who reads the body, when it is to be watched for a client that holds it up
+    /// ([`super::slow`]); taken when the watch begins.
+    reader: Option<std::net::IpAddr>,
+    tracked: Option<Arc<super::slow::Tracked>>,
 }
 
 impl UpstreamBody {
@@ -43,7 +47,22 @@ impl UpstreamBody {
             abort: None,
             request,
             _share: None,
+            reader: None,
+            tracked: None,
         }
+    }
+
+    /// Watches the body, once its first frame is out and more are to come, for a client
+    /// (`reader`) that holds it up ([`super::slow`]).
+    pub fn read_by(&mut self, reader: std::net::IpAddr) {
+        self.reader = Some(reader);
+    }
+
+    /// This request's place under the pool's cap, wherever it is kept now.
+    fn take_permit(&mut self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self._permit
+            .take()
+            .or_else(|| self.tracked.as_ref().and_then(|t| t.take_permit()))
     }
 
     /// Ends the body (cleanly, as if the upstream had finished) once `abort` fires; the
@@ -59,6 +78,8 @@ impl UpstreamBody {
     /// holder's cap of event streams, held as long.
     pub fn leave_cap(&mut self, share: crate::proxy::holders::Share) {
         self._share = Some(share);
+        // Its own caps apply; a stream that waits for news is not held up by its client.
+        self.reader = None;
         let Some((_, pool)) = &self.conn else { return };
         if let Ok(place) = pool.streams.clone().try_acquire_owned() {
             self._permit = Some(place);
@@ -70,6 +91,7 @@ impl UpstreamBody {
     pub fn detach(&mut self) {
         self.conn = None;
         self._permit = None;
+        self.reader = None;
     }
 }
 
@@ -81,7 +103,7 @@ impl Drop for UpstreamBody {
         // and is not reused (it closes once the body is through).
         if let Some(p) = self.request.take().filter(|p| !p.ended()) {
             if Arc::strong_count(&p) > 1 {
-                if let Some(permit) = self._permit.take() {
+                if let Some(permit) = self.take_permit() {
                     p.hold(permit);
                 }
                 if let Some((conn, _)) = self.conn.take() {
@@ -114,10 +136,23 @@ impl http_body::Body for UpstreamBody {
                 return Poll::Ready(None);
             }
         }
-        let frame = Pin::new(&mut this.inner).poll_frame(cx);
+        let inner = &mut this.inner;
+        let frame = match &this.tracked {
+            Some(t) => t.poll(cx, |cx| Pin::new(inner).poll_frame(cx)),
+            None => Pin::new(inner).poll_frame(cx),
+        };
         match &frame {
             Poll::Ready(None) => this.done = true,
             Poll::Ready(Some(Err(_))) => this.conn = None,
+            // More to come after this frame: from now on, watched for a client that holds
+            // it up (a body of one frame, nearly every answer, never is).
+            Poll::Ready(Some(Ok(_))) if this.reader.is_some() && !this.inner.is_end_stream() => {
+                if let (Some(reader), Some((conn, pool))) = (this.reader.take(), &this.conn) {
+                    this.tracked = pool
+                        .slow
+                        .watch(reader, &mut this._permit, conn.task.clone());
+                }
+            }
             _ => {}
         }
         frame

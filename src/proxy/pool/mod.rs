@@ -24,6 +24,7 @@ use std::time::Duration;
 use tower_service::Service;
 
 mod body;
+pub mod slow;
 pub use body::UpstreamBody;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -97,6 +98,8 @@ pub struct Pool {
     /// without bound (once these are taken, a stream keeps its place under the cap).
     streams: Arc<tokio::sync::Semaphore>,
     queued: prometheus_client::metrics::counter::Counter,
+    /// Response bodies watched for a client that holds them up.
+    slow: Arc<slow::SlowReads>,
 }
 
 impl Pool {
@@ -107,6 +110,7 @@ impl Pool {
         max_idle: usize,
         max_busy: usize,
         queued: prometheus_client::metrics::counter::Counter,
+        slow: Arc<slow::SlowReads>,
     ) -> Arc<Self> {
         Arc::new(Pool {
             connector,
@@ -119,6 +123,7 @@ impl Pool {
                 max_busy.max(1).saturating_mul(STREAMS_PER_PLACE),
             )),
             queued,
+            slow,
         })
     }
 
@@ -307,7 +312,9 @@ mod tests {
         let tls = crate::tls::client_config(None).unwrap();
         let connector = crate::tls::connector(tls, Duration::from_secs(1));
         let target: Uri = "http://127.0.0.1:9".parse().unwrap();
-        Pool::new(connector, target, idle, 4, 4, Default::default())
+        let held = crate::proxy::Held::new([None, None], Default::default());
+        let slow = slow::SlowReads::new(held, None);
+        Pool::new(connector, target, idle, 4, 4, Default::default(), slow)
     }
 
     #[test]
