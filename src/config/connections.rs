@@ -83,12 +83,12 @@ pub struct ConnectionSettings {
     /// `trusted_proxies`). 0 = no cap.
     pub max_streams_per_address: usize,
     /// Responses that clients at one address (IPv6: its /64; read through `trusted_proxies`)
-    /// may hold up at once on a replica: a response whose client has not asked for more of it
-    /// for `slow_read_secs` (its upstream waiting on it, not it on its upstream). Each holds
-    /// an upstream place; the one beyond is cut (its upstream connection closed, its client's
-    /// answer ended). 0 = no cap.
+    /// may hold up at once on a replica: a response whose client takes less than 16 KiB of it
+    /// in `slow_read_secs` (its upstream not being the slow side). Each holds an upstream
+    /// place; while every place is taken, the ones beyond are cut (their upstream connections
+    /// closed, their clients' answers ended as broken). 0 = no cap.
     pub max_slow_reads_per_address: usize,
-    /// How long a response may wait on its client before it counts as held up.
+    /// The time in which a response's client must take 16 KiB of it not to hold it up.
     pub slow_read_secs: u64,
     /// How client connections are spread over the worker threads: `exact` (a worker that
     /// accepts a connection while another holds fewer hands it over, so a few long-lived

@@ -23,29 +23,57 @@ async fn sidecar(up: &Upstream) -> Sidecar {
     .await
 }
 
+/// Opens a connection with a small receive buffer and asks for `path`; returns it once the
+/// answer's status line is read.
+async fn slow_client(sc: &Sidecar, path: &str) -> tokio::net::TcpStream {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut s = socket.connect(sc.addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: app\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    s
+}
+
 #[tokio::test]
 async fn responses_held_up_by_their_clients_are_cut_beyond_the_addresss_cap() {
     let up = Upstream::start();
     let sc = sidecar(&up).await;
-    // Four clients with a small receive buffer, taking 64 bytes every 100 ms of a 64 MiB
-    // answer: progress enough for the send deadline, and every upstream place held.
+    // Four clients with a small receive buffer, taking 64 bytes every 100 ms: progress enough
+    // for the send deadline, and every upstream place held. One answer has a length, three are
+    // chunked (whose clean end a cut must never fake: one at least is cut).
+    const SIZE: usize = 16 << 20;
+    let fast = std::sync::Arc::new(tokio::sync::Notify::new());
     let mut readers = Vec::new();
-    for _ in 0..4 {
-        let socket = TcpSocket::new_v4().unwrap();
-        socket.set_recv_buffer_size(4096).unwrap();
-        let mut s = socket.connect(sc.addr).await.unwrap();
-        s.write_all(b"GET /download?size=67108864 HTTP/1.1\r\nHost: app\r\n\r\n")
-            .await
-            .unwrap();
-        let mut head = [0u8; 12];
-        s.read_exact(&mut head).await.unwrap();
-        assert_eq!(&head, b"HTTP/1.1 200");
+    for path in [
+        format!("/download?size={SIZE}"),
+        "/sse?type=application/octet-stream&n=200000&interval_ms=0".to_string(),
+        "/sse?type=application/octet-stream&n=200000&interval_ms=0".to_string(),
+        "/sse?type=application/octet-stream&n=200000&interval_ms=0".to_string(),
+    ] {
+        let mut s = slow_client(&sc, &path).await;
+        let fast = fast.clone();
         readers.push(tokio::spawn(async move {
-            let mut buf = [0u8; 64];
+            let mut got = Vec::new();
+            let mut buf = vec![0u8; 1 << 16];
+            let mut step = 64;
+            let notified = fast.notified();
+            tokio::pin!(notified);
             loop {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                if matches!(s.read(&mut buf).await, Ok(0) | Err(_)) {
-                    return;
+                tokio::select! {
+                    _ = &mut notified, if step == 64 => step = buf.len(),
+                    _ = tokio::time::sleep(Duration::from_millis(100)), if step == 64 => {}
+                    _ = std::future::ready(()), if step > 64 => {}
+                }
+                match s.read(&mut buf[..step]).await {
+                    Ok(0) | Err(_) => return (path, got),
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+                if got.ends_with(b"0\r\n\r\n") || got.len() >= SIZE {
+                    return (path, got);
                 }
             }
         }));
@@ -69,16 +97,24 @@ async fn responses_held_up_by_their_clients_are_cut_beyond_the_addresss_cap() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // The two within the cap go on: nothing more is cut while they are read slowly.
-    let later = Instant::now() + Duration::from_secs(3);
-    while Instant::now() < later {
-        assert_eq!(cut(&sc).await, 2.0);
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert!(readers.iter().filter(|r| !r.is_finished()).count() >= 2);
+    // Every client reads fast now: the two within the cap get their whole answer, the two cut
+    // get a broken one (short of its length, or a chunked body without its last chunk).
+    fast.notify_waiters();
+    let mut broken = 0;
     for r in readers {
-        r.abort();
+        let (path, got) = match tokio::time::timeout(Duration::from_secs(30), r).await {
+            Ok(r) => r.unwrap(),
+            Err(_) => panic!("an answer never ended; cut: {}", cut(&sc).await),
+        };
+        let whole = if path.starts_with("/download") {
+            got.len() >= SIZE
+        } else {
+            got.ends_with(b"0\r\n\r\n")
+        };
+        broken += usize::from(!whole);
     }
+    assert_eq!(broken, 2, "the two cut answers, and only they, end broken");
+    assert_eq!(cut(&sc).await, 2.0);
 }
 
 /// Answers whose upstream pauses longer than the slow-read time (an LLM thinking between

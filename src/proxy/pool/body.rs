@@ -29,6 +29,8 @@ pub struct UpstreamBody {
     /// ([`super::slow`]); taken when the watch begins.
     reader: Option<std::net::IpAddr>,
     tracked: Option<Arc<super::slow::Tracked>>,
+    /// What is left of a data frame handed over in slices ([`super::slow::SLICE`]).
+    rest: Option<bytes::Bytes>,
 }
 
 impl UpstreamBody {
@@ -49,6 +51,7 @@ impl UpstreamBody {
             _share: None,
             reader: None,
             tracked: None,
+            rest: None,
         }
     }
 
@@ -116,12 +119,16 @@ impl Drop for UpstreamBody {
                 pool.checkin(conn);
             }
         }
+        // Its connection may serve another request now: never cut it for this one.
+        if let Some(t) = &self.tracked {
+            t.retire();
+        }
     }
 }
 
 impl http_body::Body for UpstreamBody {
     type Data = bytes::Bytes;
-    type Error = hyper::Error;
+    type Error = super::BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
@@ -138,9 +145,38 @@ impl http_body::Body for UpstreamBody {
         }
         let inner = &mut this.inner;
         let frame = match &this.tracked {
-            Some(t) => t.poll(cx, |cx| Pin::new(inner).poll_frame(cx)),
+            // Cut for holding its upstream place up: an error, so that the client's answer
+            // ends as broken (its connection closed, its HTTP/2 stream reset), never as if it
+            // were whole (the upstream's end would read as a clean end of a chunked body).
+            Some(t) if t.is_cut() => {
+                this.conn = None;
+                this.rest = None;
+                return Poll::Ready(Some(Err("a response held up by its client was cut".into())));
+            }
+            Some(t) => {
+                if let Some(rest) = this.rest.as_mut() {
+                    let slice = rest.split_to(rest.len().min(super::slow::SLICE));
+                    if rest.is_empty() {
+                        this.rest = None;
+                    }
+                    t.polled_with(slice.len());
+                    return Poll::Ready(Some(Ok(http_body::Frame::data(slice))));
+                }
+                match t.poll(cx, |cx| Pin::new(inner).poll_frame(cx)) {
+                    Poll::Ready(Some(Ok(f))) if f.is_data() => {
+                        let mut data = f.into_data().unwrap_or_default();
+                        if t.slices() && data.len() > super::slow::SLICE {
+                            this.rest = Some(data.split_off(super::slow::SLICE));
+                        }
+                        t.handed(data.len());
+                        Poll::Ready(Some(Ok(http_body::Frame::data(data))))
+                    }
+                    other => other,
+                }
+            }
             None => Pin::new(inner).poll_frame(cx),
         };
+        let frame = frame.map(|f| f.map(|r| r.map_err(super::BoxError::from)));
         match &frame {
             Poll::Ready(None) => this.done = true,
             Poll::Ready(Some(Err(_))) => this.conn = None,
@@ -159,10 +195,20 @@ impl http_body::Body for UpstreamBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.done || self.inner.is_end_stream()
+        self.rest.is_none() && (self.done || self.inner.is_end_stream())
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
+        let inner = self.inner.size_hint();
+        let Some(rest) = &self.rest else {
+            return inner;
+        };
+        let n = rest.len() as u64;
+        let mut hint = http_body::SizeHint::new();
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper.saturating_add(n));
+        }
+        hint.set_lower(inner.lower().saturating_add(n));
+        hint
     }
 }

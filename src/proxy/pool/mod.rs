@@ -112,13 +112,15 @@ impl Pool {
         queued: prometheus_client::metrics::counter::Counter,
         slow: Arc<slow::SlowReads>,
     ) -> Arc<Self> {
+        let busy = Arc::new(tokio::sync::Semaphore::new(max_busy.max(1)));
+        slow.places(busy.clone());
         Arc::new(Pool {
             connector,
             target,
             idle_timeout,
             max_idle,
             idle: Mutex::new(Idle::default()),
-            busy: Arc::new(tokio::sync::Semaphore::new(max_busy.max(1))),
+            busy,
             streams: Arc::new(tokio::sync::Semaphore::new(
                 max_busy.max(1).saturating_mul(STREAMS_PER_PLACE),
             )),

@@ -4,12 +4,16 @@
 //! yet holds the place for hours, and a few hundred such reads from one address would hold every
 //! place of every worker (nginx buffers responses to disk; the sidecar streams them).
 //!
-//! So a body of more than one frame is watched once its first frame is out: when it has been
-//! waiting on its client (its last frame taken, no new one asked for) for `after`, it takes a
-//! share of its reader's cap of such bodies ([`Held`], by client address); one over the cap is
-//! cut (its upstream connection closed, its place given back), and so is its client's answer.
-//! A body waiting on the upstream (an LLM thinking between tokens) is never held up by its
-//! client, and a client that asks for more gives its share back.
+//! So a body of more than one frame is watched once its first frame is out. A body whose
+//! client has not asked for more for a second is handed its data in slices of [`SLICE`] from
+//! then on (what its client takes then shows, however large the upstream's reads); one whose
+//! client took less than a slice in `after` counts as held up, and takes a share of its
+//! reader's cap of such bodies ([`Held`], by client address). While every place under the cap
+//! is taken (requests wait), a held-up body over its address's cap is cut: its upstream
+//! connection closed, its place given back, its client's answer ended as broken (an error,
+//! never a clean end). A body waiting on its upstream (an LLM thinking between tokens) holds
+//! nothing up, whatever its client does (it is the upstream side's waker, so it knows whose
+//! turn it is); a legitimate slow download beyond the cap is cut only under that pressure.
 //!
 //! One sweep a second per worker while bodies are watched; the request path only counts polls.
 //! Knows nothing of HTTP beyond the body it is handed.
@@ -17,13 +21,22 @@
 use crate::proxy::holders::{Held, Holder, Share};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// How often the bodies are looked at.
 const SWEEP: Duration = Duration::from_secs(1);
+
+/// What a body's client must take in `slow_read_secs`, at least, not to hold it up: one slice.
+const FLOOR: u64 = SLICE as u64;
+
+/// The most of a frame a body hands over at once once its client has been found slow: hyper
+/// asks for the next frame only when the last is taken, and the upstream's reads grow to
+/// hundreds of KiB, so without slices a client taking 50 KiB/s would look held up, and one
+/// taking a few bytes at a time of a stream of small chunks would look busy.
+pub const SLICE: usize = 16 * 1024;
 
 /// A watched body, shared by the body (which counts its polls) and the sweeper. It is also the
 /// waker the body's upstream side wakes: a body whose last poll found nothing is waiting on
@@ -31,14 +44,20 @@ const SWEEP: Duration = Duration::from_secs(1);
 pub struct Tracked {
     reader: IpAddr,
     polls: AtomicU64,
+    /// Bytes handed over to the client's side.
+    bytes: AtomicU64,
+    /// Found waiting on its client once: hands data over in slices from now on.
+    slice: AtomicBool,
     /// Asked the upstream for more, which has not come yet: waiting on it, not on the client.
     upstream_turn: AtomicBool,
     /// The waker of whoever polls the body (the client connection), woken in turn.
     client: Mutex<Option<Waker>>,
     /// The body's place under the cap, given back with the body, or when it is cut.
     permit: Mutex<Option<OwnedSemaphorePermit>>,
-    /// The upstream connection's task, aborted to cut the body.
-    task: tokio::task::AbortHandle,
+    /// The upstream connection's task, aborted to cut the body; `None` once the body is gone
+    /// (its connection may serve another request).
+    task: Mutex<Option<tokio::task::AbortHandle>>,
+    cut: AtomicBool,
 }
 
 impl Tracked {
@@ -61,13 +80,51 @@ impl Tracked {
         r
     }
 
+    /// Another slice of a frame handed over, `n` bytes: a poll, whoever's turn it was.
+    pub fn polled_with(&self, n: usize) {
+        self.polls.fetch_add(1, Ordering::Relaxed);
+        self.upstream_turn.store(false, Ordering::Relaxed);
+        self.handed(n);
+    }
+
+    /// `n` bytes of data handed over.
+    pub fn handed(&self, n: usize) {
+        self.bytes.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Whether to hand data over in slices of [`SLICE`].
+    pub fn slices(&self) -> bool {
+        self.slice.load(Ordering::Relaxed)
+    }
+
     pub fn take_permit(&self) -> Option<OwnedSemaphorePermit> {
         self.permit.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
-    fn cut(&self) {
-        self.task.abort();
+    pub fn is_cut(&self) -> bool {
+        self.cut.load(Ordering::Relaxed)
+    }
+
+    /// The body is gone: nothing of it is left to cut.
+    pub fn retire(&self) {
+        self.task.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+
+    /// Cuts the body: its upstream connection closed, its place given back, its next poll an
+    /// error; false when it was gone already.
+    fn cut(&self) -> bool {
+        let Some(task) = self.task.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+            return false;
+        };
+        self.cut.store(true, Ordering::Relaxed);
+        task.abort();
         drop(self.take_permit());
+        // Its client may be asking for more now: let it find the error.
+        let client = self.client.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(w) = client {
+            w.wake();
+        }
+        true
     }
 }
 
@@ -93,9 +150,11 @@ impl Wake for Tracked {
 /// One body under watch, with what the sweeper knows of it.
 struct Watched {
     body: Weak<Tracked>,
+    /// Polls at the last sweep.
     seen: u64,
-    /// Sweeps it has been waiting on its client.
-    still: u32,
+    /// Bytes handed over when this window began, and the sweeps since.
+    from: u64,
+    sweeps: u32,
     share: Option<Share>,
 }
 
@@ -111,6 +170,8 @@ pub struct SlowReads {
     /// Sweeps a body may wait on its client before it needs a share (`None`: no watch).
     after: Option<u32>,
     list: Mutex<List>,
+    /// The pool's places under its cap: a held-up response is cut only while none is free.
+    places: OnceLock<Arc<Semaphore>>,
 }
 
 impl SlowReads {
@@ -124,7 +185,13 @@ impl SlowReads {
             held,
             after,
             list: Mutex::default(),
+            places: OnceLock::new(),
         })
+    }
+
+    /// The places of the pool whose bodies these are (set once, by the pool).
+    pub fn places(&self, places: Arc<Semaphore>) {
+        let _ = self.places.set(places);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, List> {
@@ -144,16 +211,21 @@ impl SlowReads {
         let tracked = Arc::new(Tracked {
             reader,
             polls: AtomicU64::new(1),
+            bytes: AtomicU64::new(0),
+            slice: AtomicBool::new(false),
             upstream_turn: AtomicBool::new(false),
             client: Mutex::new(None),
             permit: Mutex::new(permit.take()),
-            task,
+            task: Mutex::new(Some(task)),
+            cut: AtomicBool::new(false),
         });
         let mut list = self.lock();
         list.watched.push(Watched {
             body: Arc::downgrade(&tracked),
-            seen: 1,
-            still: 0,
+            // Not the count it starts with: the first sweep starts its time.
+            seen: 0,
+            from: 0,
+            sweeps: 0,
             share: None,
         });
         if !list.sweeping {
@@ -168,41 +240,70 @@ impl SlowReads {
         let Some(after) = self.after else {
             return false;
         };
+        let full = self
+            .places
+            .get()
+            .is_some_and(|p| p.available_permits() == 0);
+        let mut cut = Vec::new();
         let mut list = self.lock();
         list.watched.retain_mut(|w| {
             // Gone: its share goes with it.
             let Some(body) = w.body.upgrade() else {
                 return false;
             };
-            let polls = body.polls.load(Ordering::Relaxed);
-            if polls != w.seen || body.upstream_turn.load(Ordering::Relaxed) {
-                w.seen = polls;
-                w.still = 0;
-                w.share = None;
+            let (polls, bytes) = (
+                body.polls.load(Ordering::Relaxed),
+                body.bytes.load(Ordering::Relaxed),
+            );
+            let asked = std::mem::replace(&mut w.seen, polls) != polls;
+            if body.upstream_turn.load(Ordering::Relaxed) {
+                // Waiting on its upstream: whatever its client does, it holds nothing up.
+                (w.from, w.sweeps, w.share) = (bytes, 0, None);
                 return true;
             }
-            w.still = w.still.saturating_add(1);
-            if w.still < after || w.share.is_some() {
+            if !asked {
+                // Its client has not asked for more for a second: from now on it is handed
+                // data in slices, so that what its client takes shows.
+                body.slice.store(true, Ordering::Relaxed);
+            }
+            w.sweeps = w.sweeps.saturating_add(1);
+            if w.sweeps < after {
                 return true;
             }
-            match self.held.admit(Holder::Address(body.reader)) {
-                Some(share) => {
-                    w.share = Some(share);
-                    true
-                }
-                None => {
-                    tracing::info!(
-                        client = %body.reader,
-                        "a response its client reads too slowly was cut: the client holds its \
-                         cap of held-up responses (connections.max_slow_reads_per_address)"
-                    );
-                    body.cut();
-                    false
-                }
+            if bytes.saturating_sub(w.from) >= FLOOR {
+                // Its client took enough this window: a new one begins.
+                (w.from, w.sweeps, w.share) = (bytes, 0, None);
+                return true;
             }
+            if w.share.is_some() {
+                return true;
+            }
+            if let Some(share) = self.held.admit(Holder::Address(body.reader)) {
+                w.share = Some(share);
+                return true;
+            }
+            // Over its address's cap: cut while requests wait for a place (a legitimate slow
+            // download beyond the cap costs nobody anything until then).
+            if !full {
+                return true;
+            }
+            if body.cut() {
+                cut.push(body.reader);
+            }
+            false
         });
         list.sweeping = !list.watched.is_empty();
-        list.sweeping
+        let sweeping = list.sweeping;
+        drop(list);
+        for client in cut {
+            tracing::info!(
+                %client,
+                "a response its client held up was cut to free its upstream place: the \
+                 client's address holds its cap of held-up responses \
+                 (connections.max_slow_reads_per_address)"
+            );
+        }
+        sweeping
     }
 }
 
