@@ -239,11 +239,8 @@ pub async fn run(
         [c.max_streams_per_session, c.max_streams_per_address],
         metrics.holder_refused_counter("max_streams"),
     );
-    // Each refusal cuts a response its client holds up.
-    let slow_reads = proxy::Held::new(
-        [None, c.max_slow_reads_per_address],
-        metrics.closed_counter("slow_read"),
-    );
+    // Refusals are not counted (a response over the cap is cut only under pressure): cuts are.
+    let slow_reads = proxy::Held::new([None, c.max_slow_reads_per_address], Default::default());
     for _ in 0..workers {
         let upstream = proxy::Upstream::new(
             &config.proxy,
@@ -257,6 +254,7 @@ pub async fn run(
                 slow_reads: proxy::SlowReads::new(
                     slow_reads.clone(),
                     c.max_slow_reads_per_address.map(|_| c.slow_read_after),
+                    metrics.closed_counter("slow_read"),
                 ),
             },
             c.upstream_queue,

@@ -12,10 +12,14 @@ const CUT: &str = "sso_sidecar_connections_timed_out_total{reason=\"slow_read\"}
 /// A sidecar with one worker, 4 upstream places, and at most 2 responses held up per address
 /// (for 1 s).
 async fn sidecar(up: &Upstream) -> Sidecar {
+    sidecar_with(up, "4").await
+}
+
+async fn sidecar_with(up: &Upstream, places: &str) -> Sidecar {
     Sidecar::start(&[
         ("SSO_SIDECAR_UPSTREAM", &up.url()),
         ("SSO_SIDECAR_WORKERS", "1"),
-        ("SSO_SIDECAR_CONNECTIONS__UPSTREAM_MAX_PER_WORKER", "4"),
+        ("SSO_SIDECAR_CONNECTIONS__UPSTREAM_MAX_PER_WORKER", places),
         ("SSO_SIDECAR_CONNECTIONS__MAX_SLOW_READS_PER_ADDRESS", "2"),
         ("SSO_SIDECAR_CONNECTIONS__SLOW_READ_SECS", "1"),
         ("SSO_SIDECAR_UPSTREAM_TIMEOUT_SECS", "30"),
@@ -115,6 +119,29 @@ async fn responses_held_up_by_their_clients_are_cut_beyond_the_addresss_cap() {
     }
     assert_eq!(broken, 2, "the two cut answers, and only they, end broken");
     assert_eq!(cut(&sc).await, 2.0);
+}
+
+/// Held-up responses over the address's cap cost nobody anything while places are free: none
+/// is cut (a legitimate slow download beyond the cap is left alone), nor counted as cut.
+#[tokio::test]
+async fn held_up_responses_are_cut_only_while_every_place_is_taken() {
+    let up = Upstream::start();
+    let sc = sidecar_with(&up, "8").await;
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        clients.push(slow_client(&sc, "/download?size=16777216").await);
+    }
+    let until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until {
+        for c in &mut clients {
+            let mut buf = [0u8; 64];
+            let _ = tokio::time::timeout(Duration::from_millis(20), c.read(&mut buf)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(cut(&sc).await, 0.0, "nothing cut, nothing counted");
+    let r = get(&sc.url("/echo/free"), &[]).await.unwrap();
+    assert_eq!(r.status(), 200);
 }
 
 /// Answers whose upstream pauses longer than the slow-read time (an LLM thinking between

@@ -74,7 +74,7 @@ impl OpenRagBridge {
         sub: &str,
         user: &BackendUser,
     ) -> Result<Option<Secret<String>>, BridgeError> {
-        let wait = self.settings.admin_timeout + CREATION_GRACE;
+        let wait = self.settings.admin_timeout.saturating_add(CREATION_GRACE);
         let began = tokio::time::Instant::now();
         loop {
             match self.creation(sub).await? {
@@ -187,7 +187,7 @@ impl OpenRagBridge {
         // appear, committed late: this login's 409 then regenerates its token).
         let creating = self.creating_key(sub);
         let mine = format!("pending {}", crate::crypto::random_token(16));
-        let pending_ttl = self.settings.admin_timeout + CREATION_GRACE;
+        let pending_ttl = self.settings.admin_timeout.saturating_add(CREATION_GRACE);
         let owned = self
             .store
             .put_if_absent(&creating, mine.as_bytes(), pending_ttl)
@@ -199,12 +199,15 @@ impl OpenRagBridge {
                     || (status == http::StatusCode::INTERNAL_SERVER_ERROR
                         && detail.contains("[UNEXPECTED_ERROR]")) =>
             {
+                // A concurrent first login may have created it: re-read before giving up (with
+                // this login's record still there, so that its token is waited for: the login
+                // that created it may not have written a record, this one's being first).
+                let meanwhile = self.created_meanwhile(sub).await;
                 // Nothing of this login's to wait for; another creation's record stays.
                 if owned {
                     self.store.delete_if(&creating, mine.as_bytes()).await?;
                 }
-                // A concurrent first login may have created it: re-read before giving up.
-                if let Some(r) = self.created_meanwhile(sub).await? {
+                if let Some(r) = meanwhile? {
                     return Ok(r);
                 }
                 let why = if status == http::StatusCode::CONFLICT {
@@ -233,7 +236,10 @@ impl OpenRagBridge {
             self.creation_lost(sub, Some(user.id), &e.to_string()).await;
             return Err(e.into());
         }
-        self.store.delete(&creating).await?;
+        // Its own record only: another login's (first, though this one committed) is its own.
+        if owned {
+            self.store.delete_if(&creating, mine.as_bytes()).await?;
+        }
         self.directory.remember(sub, user.clone());
         Ok(Resolved {
             user_id: user.id,

@@ -45,6 +45,11 @@ pub(crate) async fn as_user(
         let acting = session.backend_user_id;
         self_or_admin(bridge, target, acting, Some(&session.sub)).await?;
     }
+    let mut parts = parts;
+    if regenerates.is_some() {
+        // An answer the sidecar must read (the new token): not compressed.
+        parts.headers.remove(header::ACCEPT_ENCODING);
+    }
     if carrier == inject::Carrier::Cookie {
         // As above: the hand-off, and a Chainlit login, may ask the admin API.
         drop(out.take_place());
@@ -197,6 +202,10 @@ pub(crate) async fn as_bearer(
             return Err(ForwardError::Unauthenticated);
         };
         self_or_admin(bridge, target, Some(owner), None).await?;
+    }
+    let mut parts = parts;
+    if regenerates.is_some() {
+        parts.headers.remove(header::ACCEPT_ENCODING);
     }
     let mut outcome = send(out, names, parts, body, Inject::default()).await?;
     if regenerates.is_some() {

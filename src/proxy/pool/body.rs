@@ -114,8 +114,10 @@ impl Drop for UpstreamBody {
                 }
             }
         }
+        let cut = self.tracked.as_ref().is_some_and(|t| t.is_cut());
         if let Some((conn, pool)) = self.conn.take() {
-            if self.done || http_body::Body::is_end_stream(&self.inner) {
+            // A cut connection's task is aborted, not yet gone: never handed back.
+            if !cut && (self.done || http_body::Body::is_end_stream(&self.inner)) {
                 pool.checkin(conn);
             }
         }

@@ -315,7 +315,7 @@ mod tests {
         let connector = crate::tls::connector(tls, Duration::from_secs(1));
         let target: Uri = "http://127.0.0.1:9".parse().unwrap();
         let held = crate::proxy::Held::new([None, None], Default::default());
-        let slow = slow::SlowReads::new(held, None);
+        let slow = slow::SlowReads::new(held, None, Default::default());
         Pool::new(connector, target, idle, 4, 4, Default::default(), slow)
     }
 

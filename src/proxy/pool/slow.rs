@@ -19,6 +19,7 @@
 //! Knows nothing of HTTP beyond the body it is handed.
 
 use crate::proxy::holders::{Held, Holder, Share};
+use prometheus_client::metrics::counter::Counter;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -105,9 +106,18 @@ impl Tracked {
         self.cut.load(Ordering::Relaxed)
     }
 
-    /// The body is gone: nothing of it is left to cut.
+    /// The body is gone: nothing of it is left to cut, and its place (unless handed on with
+    /// the request body) is given back now, not when hyper lets go of its waker.
     pub fn retire(&self) {
         self.task.lock().unwrap_or_else(|p| p.into_inner()).take();
+        drop(self.take_permit());
+    }
+
+    fn is_retired(&self) -> bool {
+        self.task
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none()
     }
 
     /// Cuts the body: its upstream connection closed, its place given back, its next poll an
@@ -150,6 +160,8 @@ impl Wake for Tracked {
 /// One body under watch, with what the sweeper knows of it.
 struct Watched {
     body: Weak<Tracked>,
+    /// Swept once: its first sweep only starts its time.
+    started: bool,
     /// Polls at the last sweep.
     seen: u64,
     /// Bytes handed over when this window began, and the sweeps since.
@@ -166,7 +178,10 @@ struct List {
 
 /// One worker's watched bodies.
 pub struct SlowReads {
+    /// Its refusals are not counted: a body over its cap is cut only under pressure.
     held: Arc<Held>,
+    /// Bodies cut.
+    cut: Counter,
     /// Sweeps a body may wait on its client before it needs a share (`None`: no watch).
     after: Option<u32>,
     list: Mutex<List>,
@@ -177,12 +192,13 @@ pub struct SlowReads {
 impl SlowReads {
     /// `held`: the cap of held-up bodies per address (shared by the workers); `after`: how
     /// long a body may wait on its client before it counts (`None`: bodies are not watched).
-    pub fn new(held: Arc<Held>, after: Option<Duration>) -> Arc<Self> {
+    pub fn new(held: Arc<Held>, after: Option<Duration>, cut: Counter) -> Arc<Self> {
         let after = after.map(|a| {
             u32::try_from(a.as_secs().div_ceil(SWEEP.as_secs()).max(1)).unwrap_or(u32::MAX)
         });
         Arc::new(SlowReads {
             held,
+            cut,
             after,
             list: Mutex::default(),
             places: OnceLock::new(),
@@ -222,7 +238,7 @@ impl SlowReads {
         let mut list = self.lock();
         list.watched.push(Watched {
             body: Arc::downgrade(&tracked),
-            // Not the count it starts with: the first sweep starts its time.
+            started: false,
             seen: 0,
             from: 0,
             sweeps: 0,
@@ -247,14 +263,18 @@ impl SlowReads {
         let mut cut = Vec::new();
         let mut list = self.lock();
         list.watched.retain_mut(|w| {
-            // Gone: its share goes with it.
-            let Some(body) = w.body.upgrade() else {
+            // Gone (or its body is, while hyper still holds its waker): its share goes with it.
+            let Some(body) = w.body.upgrade().filter(|b| !b.is_retired()) else {
                 return false;
             };
             let (polls, bytes) = (
                 body.polls.load(Ordering::Relaxed),
                 body.bytes.load(Ordering::Relaxed),
             );
+            if !std::mem::replace(&mut w.started, true) {
+                (w.seen, w.from) = (polls, bytes);
+                return true;
+            }
             let asked = std::mem::replace(&mut w.seen, polls) != polls;
             if body.upstream_turn.load(Ordering::Relaxed) {
                 // Waiting on its upstream: whatever its client does, it holds nothing up.
@@ -288,6 +308,7 @@ impl SlowReads {
                 return true;
             }
             if body.cut() {
+                self.cut.inc();
                 cut.push(body.reader);
             }
             false

@@ -214,49 +214,6 @@ impl RedisStore {
         self.tracking().map(Tracking::stats)
     }
 
-    /// Waits until the writes answered so far are on the replicas a revocation waits for
-    /// (`redis_logout_replicas`), or its wait is over; never fails (a failure is a short
-    /// round: the writes are done on the master).
-    pub async fn after_revocation(&self) -> settle::Settled {
-        let limit = self.settle.round_limit(self.timeout);
-        Box::pin(
-            self.settle
-                .after_writes(limit, || self.settle_connection(limit)),
-        )
-        .await
-    }
-
-    /// Revocations answered before their replicas acknowledged them, so far.
-    pub fn short_settles(&self) -> u64 {
-        self.settle.short_answers()
-    }
-
-    /// A connection of its own to the master, for `WAIT`, whose answers may take `limit`.
-    async fn settle_connection(
-        &self,
-        limit: Duration,
-    ) -> Result<MultiplexedConnection, StoreError> {
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(limit));
-        match &self.backend {
-            Backend::Single { client, .. } => client
-                .get_multiplexed_async_connection_with_config(&config)
-                .await
-                .map_err(unavailable),
-            Backend::Sentinel { settle_client, .. } => settle_client
-                .lock()
-                .await
-                .get_async_connection_with_config(&config)
-                .await
-                .map_err(unavailable),
-            // Refused by the settings: a Cluster's keys live on several masters.
-            Backend::Cluster { .. } => Err(StoreError::Unavailable(
-                "waiting for replicas is not supported with a Redis Cluster".into(),
-            )),
-        }
-    }
-
     /// Entries held by the client-side cache (tests and diagnostics).
     pub fn cached_entries(&self) -> usize {
         self.tracking().map_or(0, Tracking::len)

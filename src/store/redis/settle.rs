@@ -9,9 +9,9 @@
 //! that write is past every write answered before, on any connection. Rounds are shared: a
 //! caller waits for the first round that begins after it asked (one may be under way), so a
 //! burst of logouts costs a couple of rounds, not one `WAIT` each. Owns that connection and
-//! the count of short rounds; knows nothing of sessions.
+//! the count of callers answered short; knows nothing of sessions.
 
-use super::StoreError;
+use super::{unavailable, Backend, StoreError};
 use redis::aio::MultiplexedConnection;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -171,7 +171,57 @@ impl Settle {
     }
 }
 
-/// Whether `e` says the connection is gone, rather than Redis refusing the command.
+/// Whether `e` says the connection is no use any more, rather than Redis refusing the command:
+/// gone, or to a master demoted to a replica by a failover that kept its clients (`READONLY`;
+/// the connection is made again through the sentinels, or to the address, next time).
 fn dead(e: &redis::RedisError) -> bool {
-    e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error()
+    e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_unrecoverable_error()
+        || e.code() == Some("READONLY")
+}
+
+impl super::RedisStore {
+    /// Waits until the writes answered so far are on the replicas a revocation waits for
+    /// (`redis_logout_replicas`), or its wait is over; never fails (a failure is a short
+    /// round: the writes are done on the master).
+    pub async fn after_revocation(&self) -> Settled {
+        let limit = self.settle.round_limit(self.timeout);
+        Box::pin(
+            self.settle
+                .after_writes(limit, || self.settle_connection(limit)),
+        )
+        .await
+    }
+
+    /// Revocations answered before their replicas acknowledged them, so far.
+    pub fn short_settles(&self) -> u64 {
+        self.settle.short_answers()
+    }
+
+    /// A connection of its own to the master, for `WAIT`, whose answers may take `limit`.
+    async fn settle_connection(
+        &self,
+        limit: Duration,
+    ) -> Result<MultiplexedConnection, StoreError> {
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(limit));
+        match &self.backend {
+            Backend::Single { client, .. } => client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await
+                .map_err(unavailable),
+            Backend::Sentinel { settle_client, .. } => settle_client
+                .lock()
+                .await
+                .get_async_connection_with_config(&config)
+                .await
+                .map_err(unavailable),
+            // Refused by the settings: a Cluster's keys live on several masters.
+            Backend::Cluster { .. } => Err(StoreError::Unavailable(
+                "waiting for replicas is not supported with a Redis Cluster".into(),
+            )),
+        }
+    }
 }

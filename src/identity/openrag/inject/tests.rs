@@ -1,3 +1,5 @@
+//! Where the user's token goes, per path, and what of the client's goes with it.
+
 use super::*;
 
 #[test]
