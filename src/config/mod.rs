@@ -14,6 +14,7 @@ pub mod connections;
 pub mod dotenv;
 pub mod openrag_env;
 pub mod origins;
+pub mod redis_settings;
 pub mod reload;
 pub mod settings;
 pub mod sources;

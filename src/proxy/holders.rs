@@ -101,6 +101,16 @@ impl Drop for Share {
     }
 }
 
+/// What a worker's upstream counts per client: the replica's tunnels, bodies on their way
+/// upstream and event streams (shared by the workers), and the worker's responses watched for
+/// clients that hold them up.
+pub struct PerClient {
+    pub tunnels: Arc<super::Tunnels>,
+    pub uploads: Arc<Held>,
+    pub streams: Arc<Held>,
+    pub slow_reads: Arc<super::SlowReads>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,13 +8,15 @@
 //! upstream's `Incoming` body becomes the response body.
 
 pub mod body;
+mod error;
 pub mod headers;
 mod holders;
 mod pool;
 mod queue;
 mod tunnel;
 
-pub use holders::{Held, Holder};
+pub use error::ProxyError;
+pub use holders::{Held, Holder, PerClient};
 pub use pool::slow::SlowReads;
 pub use pool::STREAMS_PER_PLACE;
 pub use queue::head_bytes;
@@ -31,34 +33,6 @@ pub use pool::{SendError, UpstreamBody};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// Why a request could not be forwarded; `error.rs` turns it into a response.
-#[derive(Debug, thiserror::Error)]
-pub enum ProxyError {
-    /// The upstream refused, reset or closed the connection, or broke the protocol.
-    #[error("upstream unavailable: {0}")]
-    Unavailable(#[source] SendError),
-    /// No response head within the upstream timeout.
-    #[error("upstream timed out")]
-    Timeout,
-    /// A request target the proxy will not forward.
-    #[error("bad request: {0}")]
-    BadRequest(&'static str),
-    /// Every upstream place is taken and the requests waiting for one on this worker hold
-    /// their budget of memory already (`upstream_queue_kib`).
-    #[error("too many requests waiting for the upstream")]
-    Busy,
-    /// A WebSocket handshake from a client that holds its cap of tunnels already.
-    #[error("too many WebSocket tunnels")]
-    TooManyTunnels,
-    /// A request whose body streams, from a client that has its cap of such requests on their
-    /// way upstream already.
-    #[error("too many request bodies in flight")]
-    TooManyUploads,
-    /// An event stream's answer, to a client that holds its cap of event streams already.
-    #[error("too many event streams")]
-    TooManyStreams,
-}
 
 /// A signal that ends a long-lived stream (a WebSocket tunnel, an event stream) before its
 /// natural end. What it means is the caller's business (a session that ended).
@@ -111,16 +85,6 @@ pub struct Upstream {
     /// Bytes of request heads waiting on this worker for a place under the cap, and the most
     /// they may be: an HTTP/2 connection queues up to 128 heads of up to 32 KiB each.
     queued: Queue,
-}
-
-/// What a worker's upstream counts per client: the replica's tunnels, bodies on their way
-/// upstream and event streams (shared by the workers), and the worker's responses watched for
-/// clients that hold them up.
-pub struct PerClient {
-    pub tunnels: Arc<Tunnels>,
-    pub uploads: Arc<Held>,
-    pub streams: Arc<Held>,
-    pub slow_reads: Arc<SlowReads>,
 }
 
 impl Upstream {

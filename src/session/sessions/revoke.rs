@@ -1,9 +1,11 @@
-//! Revocation: every session of an IdP session (`sid`) or of a user (`sub`), found through
-//! the indexes `Sessions::create` writes (back-channel and front-channel logout), and the
-//! record of an ended `sid` that stops a login racing its logout. Deletes sessions; never
-//! reads or decrypts one.
+//! Revocation: one session ended (its user's logout, a refresh refused, a login replacing
+//! it), every session of an IdP session (`sid`) or of a user (`sub`), found through the
+//! indexes `Sessions::create` writes (back-channel and front-channel logout), the record of an
+//! ended `sid` that stops a login racing its logout, and the wait for the store's replicas
+//! once a revocation is written. Deletes sessions; never reads or decrypts one.
 
 use super::{Session, Sessions};
+use crate::store::redis::settle::Settled;
 use crate::store::StoreError;
 
 /// Who asks for a revocation by `sid`, which decides what more it may do.
@@ -204,6 +206,54 @@ impl Sessions {
         match failed {
             Some(e) => Err(e),
             None => Ok(n),
+        }
+    }
+}
+
+impl Sessions {
+    /// Removes the session with this cookie id.
+    pub async fn delete(&self, id: &str) -> Result<bool, StoreError> {
+        let existed = self.store.delete(&Self::key_of(id)).await?;
+        if existed {
+            self.settle().await;
+        }
+        Ok(existed)
+    }
+
+    /// Deletes the session `id`, whose content is `session`, and takes it out of its user's
+    /// logout indexes (`sub`, and sid-less), so that a user who signs in and out all day leaves
+    /// nothing for a back-channel logout to walk. The `sid` index keeps it: that index lasts
+    /// one IdP session, and a member left there is the record that the `sid` was known (a
+    /// later logout naming it must not fall back to the user's sid-less sessions). Whether the
+    /// session existed; taking it out of an index is best effort (a member left behind is
+    /// dropped when its time is over).
+    pub async fn end(&self, id: &str, session: &Session) -> Result<bool, StoreError> {
+        let member = Self::key_of(id);
+        let existed = self.store.delete(&member).await?;
+        let mut indexes = vec![Self::sub_index(&session.iss, &session.sub)];
+        if session.sid.is_none() {
+            indexes.push(Self::sidless_index(&session.iss, &session.sub));
+        }
+        for index in indexes {
+            if let Err(e) = self.store.index_remove(&index, &member).await {
+                tracing::debug!(error = %e, "an ended session stays in a logout index");
+            }
+        }
+        if existed {
+            self.settle().await;
+        }
+        Ok(existed)
+    }
+
+    /// After a revocation: waits for the store's replicas to have it, so that a failover
+    /// after the answer does not bring the sessions back (`redis_logout_replicas`).
+    pub(super) async fn settle(&self) {
+        if let Settled::Short { acked } = self.store.after_revocation().await {
+            tracing::warn!(
+                acked,
+                "a logout was answered before the Redis replicas acknowledged it: a failover now \
+                 may bring its sessions back"
+            );
         }
     }
 }
