@@ -494,6 +494,32 @@ async fn sentinel_over_tls_with_a_private_ca() {
     );
 }
 
+/// A mock IdP signing with `key`, an upstream, and an OIDC sidecar whose sessions are in
+/// Redis through `set`'s sentinels, with `extra` set.
+async fn through_sentinel(
+    set: &SentinelSet,
+    extra: (&str, &str),
+) -> (MockIdp, Key, Upstream, OidcSidecar) {
+    let idp = MockIdp::start().await;
+    let key = Key::new("k1");
+    idp.set(|m| m.jwks = json!({"keys": [key.jwk()]}));
+    let up = Upstream::start();
+    let nodes = set.urls().join(",");
+    let sc = start_oidc_sidecar(
+        free_port(),
+        &idp.issuer(),
+        &up.url(),
+        &[
+            ("SSO_SIDECAR_REDIS_MODE", "sentinel"),
+            ("SSO_SIDECAR_REDIS_NODES", &nodes),
+            ("SSO_SIDECAR_REDIS_SENTINEL_MASTER", "mymaster"),
+            extra,
+        ],
+    )
+    .await;
+    (idp, key, up, sc)
+}
+
 async fn mock_login(idp: &MockIdp, key: &Key, sc: &Sidecar, sub: &str) -> String {
     session_header(&idp.login(key, sc, sub, "sid-1").await)
 }
@@ -587,23 +613,7 @@ async fn a_redis_outage_fails_closed_and_recovers_with_the_old_session() {
 async fn a_sentinel_failover_fails_closed_only_for_its_window() {
     let dir = tempfile::tempdir().unwrap();
     let mut set = sentinel_set(dir.path()).await;
-    let idp = MockIdp::start().await;
-    let key = Key::new("k1");
-    idp.set(|m| m.jwks = json!({"keys": [key.jwk()]}));
-    let up = Upstream::start();
-    let nodes = set.urls().join(",");
-    let sc = start_oidc_sidecar(
-        free_port(),
-        &idp.issuer(),
-        &up.url(),
-        &[
-            ("SSO_SIDECAR_REDIS_MODE", "sentinel"),
-            ("SSO_SIDECAR_REDIS_NODES", &nodes),
-            ("SSO_SIDECAR_REDIS_SENTINEL_MASTER", "mymaster"),
-            ("SSO_SIDECAR_REDIS_TIMEOUT_MS", "500"),
-        ],
-    )
-    .await;
+    let (idp, key, _up, sc) = through_sentinel(&set, ("SSO_SIDECAR_REDIS_TIMEOUT_MS", "500")).await;
     let sc = &sc.sidecar;
     let cookie = mock_login(&idp, &key, sc, "alice").await;
     assert_eq!(status(sc, "/v1/x", &[("cookie", &cookie)]).await, 200);
@@ -806,23 +816,8 @@ async fn logout(sc: &Sidecar, cookie: &str) -> u16 {
 async fn a_logout_through_sentinel_is_answered_once_the_replica_has_it() {
     let dir = tempfile::tempdir().unwrap();
     let set = sentinel_set(dir.path()).await;
-    let idp = MockIdp::start().await;
-    let key = Key::new("k1");
-    idp.set(|m| m.jwks = json!({"keys": [key.jwk()]}));
-    let up = Upstream::start();
-    let nodes = set.urls().join(",");
-    let sc = start_oidc_sidecar(
-        free_port(),
-        &idp.issuer(),
-        &up.url(),
-        &[
-            ("SSO_SIDECAR_REDIS_MODE", "sentinel"),
-            ("SSO_SIDECAR_REDIS_NODES", &nodes),
-            ("SSO_SIDECAR_REDIS_SENTINEL_MASTER", "mymaster"),
-            ("SSO_SIDECAR_REDIS_LOGOUT_WAIT_MS", "1500"),
-        ],
-    )
-    .await;
+    let (idp, key, _up, sc) =
+        through_sentinel(&set, ("SSO_SIDECAR_REDIS_LOGOUT_WAIT_MS", "1500")).await;
     let sc = &sc.sidecar;
     let replica = &set.servers.0[1];
     let unreplicated = || async {
