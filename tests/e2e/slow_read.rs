@@ -83,26 +83,21 @@ async fn responses_held_up_by_their_clients_are_cut_beyond_the_addresss_cap() {
         }));
     }
     let t0 = Instant::now();
-    let r = tokio::time::timeout(Duration::from_secs(8), get(&sc.url("/echo/after"), &[]))
+    let r = tokio::time::timeout(Duration::from_secs(20), get(&sc.url("/echo/after"), &[]))
         .await
-        .expect("served within 8 s, long before the 30 s upstream timeout")
+        .expect("served within 20 s, before the 30 s upstream timeout")
         .unwrap();
     assert_eq!(r.status(), 200);
     println!(
         "FIGURE a request behind 4 slow readers waited {:?}",
         t0.elapsed()
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while cut(&sc).await != 2.0 {
-        assert!(
-            Instant::now() < deadline,
-            "two responses cut: {}",
-            cut(&sc).await
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    // Every client reads fast now: the two within the cap get their whole answer, the two cut
-    // get a broken one (short of its length, or a chunked body without its last chunk).
+    // One place freed is enough: once requests no longer wait, nothing more is cut (the other
+    // held-up answer over the cap, if it was found a sweep later, is left alone).
+    let n = cut(&sc).await;
+    assert!((1.0..=2.0).contains(&n), "one or two answers cut: {n}");
+    // Every client reads fast now: those not cut get their whole answer, those cut a broken
+    // one (short of its length, or a chunked body without its last chunk).
     fast.notify_waiters();
     let mut broken = 0;
     for r in readers {
@@ -117,8 +112,11 @@ async fn responses_held_up_by_their_clients_are_cut_beyond_the_addresss_cap() {
         };
         broken += usize::from(!whole);
     }
-    assert_eq!(broken, 2, "the two cut answers, and only they, end broken");
-    assert_eq!(cut(&sc).await, 2.0);
+    assert_eq!(
+        broken as f64, n,
+        "the cut answers, and only they, end broken"
+    );
+    assert_eq!(cut(&sc).await, n);
 }
 
 /// Held-up responses over the address's cap cost nobody anything while places are free: none
