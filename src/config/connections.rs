@@ -216,7 +216,7 @@ impl ConnectionSettings {
             http2_ping_interval: (self.http2_ping_interval_secs > 0)
                 .then(|| Duration::from_secs(self.http2_ping_interval_secs)),
             max: self.max,
-            max_per_ip: (self.max_per_ip > 0).then_some(self.max_per_ip),
+            max_per_ip: cap(self.max_per_ip),
             admin_max: self.admin_max,
             upstream_max_per_worker: self.upstream_max_per_worker,
             upstream_queue: self.upstream_queue_kib.saturating_mul(1024),
@@ -224,24 +224,22 @@ impl ConnectionSettings {
             revocation_outage: (self.revocation_outage_secs > 0)
                 .then(|| Duration::from_secs(self.revocation_outage_secs)),
             tunnel_idle_timeout: Duration::from_secs(self.tunnel_idle_timeout_secs),
-            max_tunnels_per_session: (self.max_tunnels_per_session > 0)
-                .then_some(self.max_tunnels_per_session),
-            max_tunnels_per_address: (self.max_tunnels_per_address > 0)
-                .then_some(self.max_tunnels_per_address),
-            max_uploads_per_session: (self.max_uploads_per_session > 0)
-                .then_some(self.max_uploads_per_session),
-            max_uploads_per_address: (self.max_uploads_per_address > 0)
-                .then_some(self.max_uploads_per_address),
-            max_streams_per_session: (self.max_streams_per_session > 0)
-                .then_some(self.max_streams_per_session),
-            max_streams_per_address: (self.max_streams_per_address > 0)
-                .then_some(self.max_streams_per_address),
-            max_slow_reads_per_address: (self.max_slow_reads_per_address > 0)
-                .then_some(self.max_slow_reads_per_address),
+            max_tunnels_per_session: cap(self.max_tunnels_per_session),
+            max_tunnels_per_address: cap(self.max_tunnels_per_address),
+            max_uploads_per_session: cap(self.max_uploads_per_session),
+            max_uploads_per_address: cap(self.max_uploads_per_address),
+            max_streams_per_session: cap(self.max_streams_per_session),
+            max_streams_per_address: cap(self.max_streams_per_address),
+            max_slow_reads_per_address: cap(self.max_slow_reads_per_address),
             slow_read_after: Duration::from_secs(self.slow_read_secs),
             balance: balance?,
         })
     }
+}
+
+/// A cap as set: 0 means none.
+fn cap(n: usize) -> Option<usize> {
+    (n > 0).then_some(n)
 }
 
 #[cfg(test)]

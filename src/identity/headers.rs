@@ -132,14 +132,29 @@ fn slot(field: IdentityField) -> usize {
 mod tests {
     use super::*;
 
+    /// A client's request carrying each of `names`, valued "spoof".
+    fn spoofed(names: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for n in names {
+            h.insert(
+                HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                HeaderValue::from_static("spoof"),
+            );
+        }
+        h
+    }
+
+    fn names(h: &HeaderMap) -> Vec<&str> {
+        h.keys().map(|k| k.as_str()).collect()
+    }
+
     #[test]
     fn every_spelling_of_an_identity_header_is_stripped() {
         let id = HeaderIdentity::new(vec![(
             IdentityField::User,
             HeaderName::from_static("x-remote-user"),
         )]);
-        let mut h = HeaderMap::new();
-        for n in [
+        let mut h = spoofed(&[
             "x-forwarded-user",
             "X_Forwarded_User",
             "x.forwarded.email",
@@ -147,17 +162,9 @@ mod tests {
             "x_remote_user",
             "x-forwarded-groups",
             "x-other",
-        ] {
-            h.insert(
-                HeaderName::from_bytes(n.as_bytes()).unwrap(),
-                HeaderValue::from_static("spoof"),
-            );
-        }
+        ]);
         id.strip(&mut h);
-        assert_eq!(
-            h.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
-            vec!["x-other"]
-        );
+        assert_eq!(names(&h), ["x-other"]);
     }
 
     /// A reload that renames a header keeps stripping the old name: the backend may still
@@ -172,18 +179,9 @@ mod tests {
             IdentityField::User,
             HeaderName::from_static("x-auth-user"),
         )]);
-        let mut h = HeaderMap::new();
-        for n in ["x-remote-user", "x_auth_user", "x-other"] {
-            h.insert(
-                HeaderName::from_bytes(n.as_bytes()).unwrap(),
-                HeaderValue::from_static("spoof"),
-            );
-        }
+        let mut h = spoofed(&["x-remote-user", "x_auth_user", "x-other"]);
         after.strip(&mut h);
-        assert_eq!(
-            h.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
-            vec!["x-other"]
-        );
+        assert_eq!(names(&h), ["x-other"]);
     }
 
     #[test]

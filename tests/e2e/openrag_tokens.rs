@@ -138,7 +138,7 @@ async fn a_user_whose_creation_lost_its_token_gets_in_at_the_next_login() {
         json!({}),
         &[
             ("OIDC_AUTO_PROVISION_LOGIN", "true"),
-            ("SSO_SIDECAR_OPENRAG__ADMIN_TIMEOUT_SECS", "1"),
+            ("SSO_SIDECAR_OPENRAG__ADMIN_TIMEOUT_SECS", "2"),
         ],
     )
     .await;
@@ -154,7 +154,7 @@ async fn a_user_whose_creation_lost_its_token_gets_in_at_the_next_login() {
     for (sub, lose, restore) in [
         (
             "amy",
-            "/__test/slow-create?ms=1500",
+            "/__test/slow-create?ms=4000",
             "/__test/slow-create?ms=0",
         ),
         (
@@ -185,11 +185,13 @@ async fn a_user_whose_creation_lost_its_token_gets_in_at_the_next_login() {
             "{sub}: {}",
             String::from_utf8_lossy(r.body())
         );
-        let cookie = session_header(&set_cookie(&r, "sso_sidecar_session").unwrap());
-        assert_eq!(whoami(&w, &cookie).await, (200, json!(sub)));
-        // Regenerated once: a third login finds the token in the vault.
+        let second = session_header(&set_cookie(&r, "sso_sidecar_session").unwrap());
+        assert_eq!(whoami(&w, &second).await, (200, json!(sub)));
+        // Regenerated once: a third login finds the token in the vault (a second regeneration
+        // would have killed the second login's token: 403 under `deny`).
         let cookie = session_header(&login(sc, sub, "/").await.cookie);
         assert_eq!(whoami(&w, &cookie).await, (200, json!(sub)));
+        assert_eq!(whoami(&w, &second).await, (200, json!(sub)));
         let users = w.backend.users().await;
         let n = users
             .iter()

@@ -381,7 +381,7 @@ async fn an_address_holds_at_most_its_cap_of_bodies_on_their_way_upstream() {
     while slow.len() < 2 {
         let mut s = start_trickle(sc.addr, "/slow?ms=10000", &mallory).await;
         s.write_all(b"xxxxxxxxx").await.unwrap();
-        match read_head(&mut s, Duration::from_millis(300)).await {
+        match read_head(&mut s, Duration::from_secs(2)).await {
             None => slow.push(s),
             Some(head) => {
                 assert!(head.starts_with("HTTP/1.1 429"), "{head}");

@@ -60,6 +60,25 @@ impl OpenRagBridge {
         crate::store::keys::hashed("creating", &["creating", &self.issuer, sub])
     }
 
+    /// How long a creation may take, its token vaulted: `POST /users/` and a moment more.
+    fn creation_window(&self) -> Duration {
+        self.settings.admin_timeout.saturating_add(CREATION_GRACE)
+    }
+
+    /// Removes this login's creation record (`mine`), if it wrote one (`owned`): never another
+    /// login's.
+    async fn release_creation(
+        &self,
+        key: &str,
+        mine: &str,
+        owned: bool,
+    ) -> Result<(), BridgeError> {
+        if owned {
+            self.store.delete_if(key, mine.as_bytes()).await?;
+        }
+        Ok(())
+    }
+
     async fn creation(&self, sub: &str) -> Result<Option<Creation>, BridgeError> {
         let v = self.store.get_fresh(&self.creating_key(sub)).await?;
         Ok(v.map(|v| creation_of(&v)))
@@ -74,7 +93,7 @@ impl OpenRagBridge {
         sub: &str,
         user: &BackendUser,
     ) -> Result<Option<Secret<String>>, BridgeError> {
-        let wait = self.settings.admin_timeout.saturating_add(CREATION_GRACE);
+        let wait = self.creation_window();
         let began = tokio::time::Instant::now();
         loop {
             match self.creation(sub).await? {
@@ -187,7 +206,7 @@ impl OpenRagBridge {
         // appear, committed late: this login's 409 then regenerates its token).
         let creating = self.creating_key(sub);
         let mine = format!("pending {}", crate::crypto::random_token(16));
-        let pending_ttl = self.settings.admin_timeout.saturating_add(CREATION_GRACE);
+        let pending_ttl = self.creation_window();
         let owned = self
             .store
             .put_if_absent(&creating, mine.as_bytes(), pending_ttl)
@@ -204,9 +223,7 @@ impl OpenRagBridge {
                 // that created it may not have written a record, this one's being first).
                 let meanwhile = self.created_meanwhile(sub).await;
                 // Nothing of this login's to wait for; another creation's record stays.
-                if owned {
-                    self.store.delete_if(&creating, mine.as_bytes()).await?;
-                }
+                self.release_creation(&creating, &mine, owned).await?;
                 if let Some(r) = meanwhile? {
                     return Ok(r);
                 }
@@ -219,9 +236,7 @@ impl OpenRagBridge {
             }
             // A clear refusal: nothing was created.
             Err(e @ AdminError::Status { status, .. }) if status.is_client_error() => {
-                if owned {
-                    self.store.delete_if(&creating, mine.as_bytes()).await?;
-                }
+                self.release_creation(&creating, &mine, owned).await?;
                 return Err(e.into());
             }
             // No answer in time, a dropped connection, an answer that cannot be read, a 5xx:
@@ -237,9 +252,7 @@ impl OpenRagBridge {
             return Err(e.into());
         }
         // Its own record only: another login's (first, though this one committed) is its own.
-        if owned {
-            self.store.delete_if(&creating, mine.as_bytes()).await?;
-        }
+        self.release_creation(&creating, &mine, owned).await?;
         self.directory.remember(sub, user.clone());
         Ok(Resolved {
             user_id: user.id,

@@ -34,7 +34,7 @@ pub(crate) async fn as_user(
     out: &Outbound<'_>,
     names: &HeaderIdentity,
     bridge: &OpenRagBridge,
-    parts: Parts,
+    mut parts: Parts,
     body: RequestBody,
     session: Arc<Session>,
     id: &str,
@@ -48,9 +48,6 @@ pub(crate) async fn as_user(
         refuse_admin_token(bridge, target, out).await?;
         let acting = session.backend_user_id;
         self_or_admin(bridge, target, acting, Some(&session.sub)).await?;
-    }
-    let mut parts = parts;
-    if regenerates.is_some() {
         // An answer the sidecar must read (the new token): not compressed.
         parts.headers.remove(header::ACCEPT_ENCODING);
     }
@@ -191,7 +188,7 @@ pub(crate) async fn as_bearer(
     out: &Outbound<'_>,
     names: &HeaderIdentity,
     bridge: &OpenRagBridge,
-    parts: Parts,
+    mut parts: Parts,
     body: RequestBody,
 ) -> Result<Outcome, ForwardError> {
     let regenerates = regenerate_target(&parts);
@@ -206,9 +203,6 @@ pub(crate) async fn as_bearer(
             return Err(ForwardError::Unauthenticated);
         };
         self_or_admin(bridge, target, Some(owner), None).await?;
-    }
-    let mut parts = parts;
-    if regenerates.is_some() {
         parts.headers.remove(header::ACCEPT_ENCODING);
     }
     let mut outcome = send(out, names, parts, body, Inject::default()).await?;

@@ -28,7 +28,8 @@ pub struct UpstreamBody {
     /// Who reads the body, when it is to be watched for a client that holds it up
     /// ([`super::slow`]); taken when the watch begins.
     reader: Option<std::net::IpAddr>,
-    tracked: Option<Arc<super::slow::Tracked>>,
+    /// The watch, and the waker its upstream side is polled with (made once: it is the watch).
+    tracked: Option<(Arc<super::slow::Tracked>, std::task::Waker)>,
     /// What is left of a data frame handed over in slices ([`super::slow::SLICE`]).
     rest: Option<bytes::Bytes>,
 }
@@ -65,7 +66,7 @@ impl UpstreamBody {
     fn take_permit(&mut self) -> Option<tokio::sync::OwnedSemaphorePermit> {
         self._permit
             .take()
-            .or_else(|| self.tracked.as_ref().and_then(|t| t.take_permit()))
+            .or_else(|| self.tracked.as_ref().and_then(|(t, _)| t.take_permit()))
     }
 
     /// Ends the body (cleanly, as if the upstream had finished) once `abort` fires; the
@@ -81,8 +82,6 @@ impl UpstreamBody {
     /// holder's cap of event streams, held as long.
     pub fn leave_cap(&mut self, share: crate::proxy::holders::Share) {
         self._share = Some(share);
-        // Its own caps apply; a stream that waits for news is not held up by its client.
-        self.reader = None;
         let Some((_, pool)) = &self.conn else { return };
         if let Ok(place) = pool.streams.clone().try_acquire_owned() {
             self._permit = Some(place);
@@ -94,7 +93,6 @@ impl UpstreamBody {
     pub fn detach(&mut self) {
         self.conn = None;
         self._permit = None;
-        self.reader = None;
     }
 }
 
@@ -114,7 +112,7 @@ impl Drop for UpstreamBody {
                 }
             }
         }
-        let cut = self.tracked.as_ref().is_some_and(|t| t.is_cut());
+        let cut = self.tracked.as_ref().is_some_and(|(t, _)| t.is_cut());
         if let Some((conn, pool)) = self.conn.take() {
             // A cut connection's task is aborted, not yet gone: never handed back.
             if !cut && (self.done || http_body::Body::is_end_stream(&self.inner)) {
@@ -122,7 +120,7 @@ impl Drop for UpstreamBody {
             }
         }
         // Its connection may serve another request now: never cut it for this one.
-        if let Some(t) = &self.tracked {
+        if let Some((t, _)) = &self.tracked {
             t.retire();
         }
     }
@@ -150,12 +148,12 @@ impl http_body::Body for UpstreamBody {
             // Cut for holding its upstream place up: an error, so that the client's answer
             // ends as broken (its connection closed, its HTTP/2 stream reset), never as if it
             // were whole (the upstream's end would read as a clean end of a chunked body).
-            Some(t) if t.is_cut() => {
+            Some((t, _)) if t.is_cut() => {
                 this.conn = None;
                 this.rest = None;
                 return Poll::Ready(Some(Err("a response held up by its client was cut".into())));
             }
-            Some(t) => {
+            Some((t, upstream)) => {
                 if let Some(rest) = this.rest.as_mut() {
                     let slice = rest.split_to(rest.len().min(super::slow::SLICE));
                     if rest.is_empty() {
@@ -164,7 +162,7 @@ impl http_body::Body for UpstreamBody {
                     t.polled_with(slice.len());
                     return Poll::Ready(Some(Ok(http_body::Frame::data(slice))));
                 }
-                match t.poll(cx, |cx| Pin::new(inner).poll_frame(cx)) {
+                match t.poll(cx, upstream, |cx| Pin::new(inner).poll_frame(cx)) {
                     Poll::Ready(Some(Ok(f))) if f.is_data() => {
                         let mut data = f.into_data().unwrap_or_default();
                         if t.slices() && data.len() > super::slow::SLICE {
@@ -188,7 +186,8 @@ impl http_body::Body for UpstreamBody {
                 if let (Some(reader), Some((conn, pool))) = (this.reader.take(), &this.conn) {
                     this.tracked = pool
                         .slow
-                        .watch(reader, &mut this._permit, conn.task.clone());
+                        .watch(reader, &mut this._permit, conn.task.clone())
+                        .map(|t| (t.clone(), std::task::Waker::from(t)));
                 }
             }
             _ => {}

@@ -175,8 +175,8 @@ impl Pool {
     /// A place under the cap: at once if one is free, else once a request in flight ends
     /// (counted in `sso_sidecar_upstream_queued_total`).
     pub async fn permit(&self) -> Result<CapPermit, SendError> {
-        if let Ok(p) = self.busy.clone().try_acquire_owned() {
-            return Ok(CapPermit(p));
+        if let Some(p) = self.try_permit() {
+            return Ok(p);
         }
         self.queued.inc();
         let permit = self.busy.clone().acquire_owned().await;

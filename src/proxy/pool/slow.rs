@@ -62,10 +62,12 @@ pub struct Tracked {
 }
 
 impl Tracked {
-    /// Polls the body's upstream side `poll` with this as its waker, on behalf of `cx`.
+    /// Polls the body's upstream side `poll` with `upstream` (this watch as a waker), on
+    /// behalf of `cx`.
     pub fn poll<T>(
-        self: &Arc<Self>,
+        &self,
         cx: &Context<'_>,
+        upstream: &Waker,
         poll: impl FnOnce(&mut Context<'_>) -> Poll<T>,
     ) -> Poll<T> {
         self.polls.fetch_add(1, Ordering::Relaxed);
@@ -75,8 +77,7 @@ impl Tracked {
                 *client = Some(cx.waker().clone());
             }
         }
-        let waker = Waker::from(self.clone());
-        let r = poll(&mut Context::from_waker(&waker));
+        let r = poll(&mut Context::from_waker(upstream));
         self.upstream_turn.store(r.is_pending(), Ordering::Relaxed);
         r
     }

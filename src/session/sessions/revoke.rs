@@ -107,13 +107,8 @@ impl Sessions {
             // known: a repeated logout for it must not fall back to the sid-less sessions.
             _ => self.revoke_members(&index, members, false).await,
         };
-        // Also when a member failed: the others were deleted.
-        if revoked.as_ref().is_ok_and(|n| *n == 0) && matches!(by, SidLogout::Unsigned) {
-            return Ok(0);
-        }
-        self.settle().await;
-        let revoked = revoked?;
-        recorded.map(|()| revoked)
+        let signed = matches!(by, SidLogout::Signed { .. });
+        self.settled(revoked, recorded, signed).await
     }
 
     /// Removes every session of a user (`sub`) from an issuer; returns how many existed. A
@@ -132,11 +127,21 @@ impl Sessions {
             None => Ok(()),
         };
         let revoked = self.revoke_index(&Self::sub_index(iss, sub)).await;
-        // Also when a member failed: the others were deleted.
-        if revoked.as_ref().is_ok_and(|n| *n == 0) && ended_at.is_none() {
-            return Ok(0);
+        self.settled(revoked, recorded, ended_at.is_some()).await
+    }
+
+    /// A revocation's outcome once it is on the replicas: waited for when it deleted something
+    /// (also when a member failed: the others were deleted) or `wrote` a record; its count, or
+    /// the first failure of the deletions, then of the record.
+    async fn settled(
+        &self,
+        revoked: Result<usize, StoreError>,
+        recorded: Result<(), StoreError>,
+        wrote: bool,
+    ) -> Result<usize, StoreError> {
+        if wrote || !revoked.as_ref().is_ok_and(|n| *n == 0) {
+            self.settle().await;
         }
-        self.settle().await;
         let revoked = revoked?;
         recorded.map(|()| revoked)
     }
@@ -247,7 +252,7 @@ impl Sessions {
 
     /// After a revocation: waits for the store's replicas to have it, so that a failover
     /// after the answer does not bring the sessions back (`redis_logout_replicas`).
-    pub(super) async fn settle(&self) {
+    async fn settle(&self) {
         if let Settled::Short { acked } = self.store.after_revocation().await {
             tracing::warn!(
                 acked,

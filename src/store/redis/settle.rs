@@ -165,7 +165,7 @@ impl Settle {
                 if !dead(&e) {
                     rounds.conn = Some(conn);
                 }
-                Err(super::unavailable(e))
+                Err(unavailable(e))
             }
         }
     }
