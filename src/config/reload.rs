@@ -97,19 +97,46 @@ impl Config {
     }
 }
 
-/// Why a reload must apply nothing of `next`: the `.env` file the running configuration was
-/// read from is gone (deleted, or caught mid-rename by the SIGHUP). Its absence is no error at
-/// start, so `next` loads without its values, and applying `next`'s reloadable settings would
-/// drop whatever the file set among them, an allow-list included (everyone let in).
+/// Why a reload must apply nothing of `next`:
+/// - the `.env` file the running configuration was read from is gone (deleted, or caught
+///   mid-rename by the SIGHUP). Its absence is no error at start, so `next` loads without its
+///   values, and applying `next`'s reloadable settings would drop whatever the file set among
+///   them, an allow-list included (everyone let in);
+/// - `next` lifts an access restriction whole: the allowed groups, the allowed emails and
+///   domains, or the path rules, set now and absent in `next`. A file emptied or caught half
+///   written looks exactly like that, and the cost of getting it wrong is everyone the IdP
+///   authenticates let in; so removing one takes a restart, while changing one stays live.
 pub fn refusal(current: &Config, next: &Config) -> Option<String> {
-    match (&current.env_file, &next.env_file) {
-        (Some(path), None) => Some(format!(
+    if let (Some(path), None) = (&current.env_file, &next.env_file) {
+        return Some(format!(
             "the .env file {} that the running configuration was read from is gone: restore it, \
              or restart to run without it",
             path.display()
-        )),
-        _ => None,
+        ));
     }
+    let (was, now) = (&current.auth.authz, &next.auth.authz);
+    let lifted: Vec<&str> = [
+        (
+            "authz.allowed_groups",
+            !was.allowed_groups.is_empty() && now.allowed_groups.is_empty(),
+        ),
+        (
+            "authz.allowed_emails and allowed_email_domains",
+            was.restricts_email() && !now.restricts_email(),
+        ),
+        ("authz.rules", !was.rules.is_empty() && now.rules.is_empty()),
+    ]
+    .into_iter()
+    .filter_map(|(name, gone)| gone.then_some(name))
+    .collect();
+    (!lifted.is_empty()).then(|| {
+        format!(
+            "the new configuration removes {} entirely, which would let in everyone the IdP \
+             authenticates (a settings file emptied or caught half written looks the same): \
+             a reload may change these but not remove them; restart to remove them",
+            lifted.join(", ")
+        )
+    })
 }
 
 /// The settings that differ between `a` and `b` but cannot change while running: a reload
@@ -248,6 +275,63 @@ mod tests {
         assert!(why.contains(".env") && why.contains("gone"), "{why}");
         // Once running without it (a restart), a reload without it is no change.
         assert_eq!(refusal(&next, &next), None);
+    }
+
+    /// A `.env` emptied (truncated, then not yet written) at a SIGHUP: its allow-lists and
+    /// rules would be dropped, so the reload is refused; changing them is still a reload.
+    #[test]
+    fn a_reload_that_lifts_an_access_restriction_whole_is_refused() {
+        use crate::config::tests::inputs;
+        let dir = tempfile::tempdir().unwrap();
+        let env = dir.path().join(".env");
+        // `.env` text, and a TOML file's `[authz]` (where rules are written).
+        let load = |text: &str, toml: &str| {
+            std::fs::write(&env, text).unwrap();
+            crate::config::load(inputs(dir.path(), Some(toml), &[])).unwrap()
+        };
+        let rule =
+            |group: &str| format!("[[authz.rules]]\npath = \"/admin/*\"\ngroups = [\"{group}\"]\n");
+        let current = load(
+            "SSO_SIDECAR_AUTHZ__ALLOWED_GROUPS=admins\n\
+             SSO_SIDECAR_AUTHZ__ALLOWED_EMAIL_DOMAINS=example.test\n",
+            &rule("admins"),
+        );
+        assert_eq!(current.auth.authz.rules.len(), 1, "the rule is read");
+        let emptied = load("", "");
+        let why = refusal(&current, &emptied).expect("refused");
+        assert!(
+            why.contains(
+                "authz.allowed_groups, authz.allowed_emails and allowed_email_domains, authz.rules"
+            ),
+            "{why}"
+        );
+        // Each alone.
+        for (text, toml, named) in [
+            (
+                "SSO_SIDECAR_AUTHZ__ALLOWED_GROUPS=admins\n",
+                "",
+                "allowed_groups",
+            ),
+            (
+                "SSO_SIDECAR_AUTHZ__ALLOWED_EMAILS=a@example.test\n",
+                "",
+                "allowed_emails",
+            ),
+            ("", rule("admins").as_str(), "authz.rules"),
+        ] {
+            let alone = load(text, toml);
+            let why = refusal(&alone, &emptied).expect(named);
+            assert!(why.contains(named) && why.contains("restart"), "{why}");
+        }
+        // Changed, not removed: applied.
+        let changed = load(
+            "SSO_SIDECAR_AUTHZ__ALLOWED_GROUPS=staff\n\
+             SSO_SIDECAR_AUTHZ__ALLOWED_EMAILS=a@example.test\n",
+            &rule("staff"),
+        );
+        assert_eq!(refusal(&current, &changed), None);
+        // Added to an open configuration: applied.
+        assert_eq!(refusal(&emptied, &current), None);
     }
 
     #[test]

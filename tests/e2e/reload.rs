@@ -311,28 +311,50 @@ async fn a_rotated_secret_is_named_by_the_reload_as_needing_a_restart() {
 
 /// A `.env` read implicitly (from the working directory) that is gone at a SIGHUP — deleted,
 /// or caught mid-rename — refuses the reload: applied without it, its reloadable settings
-/// (an allow-list among them) would be dropped without a word.
+/// (an allow-list among them) would be dropped without a word. So does one emptied (truncated
+/// and not yet written), which drops its allow-list the same way. The proof is a login: the
+/// user outside the allow-list stays out after each refused reload.
 #[tokio::test]
 async fn a_reload_refuses_to_run_without_the_env_file_it_was_read_from() {
     let idp = MockIdp::start().await;
-    idp.set(|m| m.jwks = json!({"keys": [Key::new("k").jwk()]}));
+    let key = Key::new("k");
+    idp.set(|m| m.jwks = json!({"keys": [key.jwk()]}));
     let up = Upstream::start();
     let sc = start_oidc_sidecar(free_port(), &idp.issuer(), &up.url(), &[]).await;
     let sc = &sc.sidecar;
+    // A user in no group: let in exactly when no allow-list applies.
+    let login = || async {
+        idp.login_until_callback(&key, sc, "mallory", "s", "")
+            .await
+            .await
+            .status()
+            .as_u16()
+    };
+    assert_eq!(login().await, 302, "no allow-list yet");
     let env_file = sc.dir().join(".env");
+    let hup = |n: usize, what: &'static str| async move {
+        sc.signal("HUP");
+        wait_until(what, Duration::from_secs(10), || {
+            sc.output().matches(what).count() == n
+        })
+        .await;
+    };
     std::fs::write(&env_file, "SSO_SIDECAR_AUTHZ__ALLOWED_GROUPS=admins\n").unwrap();
-    sc.signal("HUP");
-    wait_until("the reload", Duration::from_secs(10), || {
-        sc.output().contains("configuration reloaded")
-    })
-    .await;
+    hup(1, "configuration reloaded").await;
+    assert_eq!(login().await, 403, "the allow-list applies");
     std::fs::remove_file(&env_file).unwrap();
-    sc.signal("HUP");
-    wait_until("the refusal", Duration::from_secs(10), || {
-        sc.output().contains("configuration reload refused")
-    })
-    .await;
+    hup(1, "configuration reload refused").await;
     assert!(sc.output().contains("is gone"), "{}", sc.output());
+    assert_eq!(login().await, 403, "the allow-list still applies");
+    std::fs::write(&env_file, "").unwrap();
+    hup(2, "configuration reload refused").await;
+    assert!(
+        sc.output()
+            .contains("removes authz.allowed_groups entirely"),
+        "{}",
+        sc.output()
+    );
+    assert_eq!(login().await, 403, "and still");
     assert_eq!(
         sc.output().matches("configuration reloaded").count(),
         1,
