@@ -386,6 +386,11 @@ async fn path_rules_refuse_before_the_upstream_and_reload_on_sighup() {
     .await
     .unwrap();
     assert_eq!(r.status(), 403, "GET naming DELETE is ruled as a DELETE");
+    // And one naming it in the query, as Rails, Laravel and Symfony read it.
+    for path in ["/v1/chat?_method=DELETE", "/v1/chat?a=1&%5Fmethod=delete"] {
+        let r = call("GET", path, false).await;
+        assert_eq!(r.status(), 403, "{path}");
+    }
     let r = call("GET", "/v1/models", false).await;
     assert_eq!(r.status(), 200, "GET is not");
     assert_eq!(json(&r)["path"], "/v1/models", "forwarded");
@@ -438,6 +443,60 @@ async fn path_rules_refuse_before_the_upstream_and_reload_on_sighup() {
         .await
         .unwrap();
     assert_eq!(r.status(), 403, "cross-site with a bearer");
+    assert_eq!(
+        json(&r),
+        json!({"detail": "Forbidden"}),
+        "refused as a bearer on a ruled path (a cross-site refusal says so)"
+    );
+    // Nor beside a session cookie that names no session: forged, or ended by a logout.
+    let ended = login(sc, "alice", "/").await.cookie;
+    let r = send(request(
+        "POST",
+        &sc.url("/auth/logout"),
+        &[
+            ("cookie", session_header(&ended).as_str()),
+            ("sec-fetch-site", "same-origin"),
+        ],
+        body(""),
+    ))
+    .await
+    .unwrap();
+    assert!(
+        r.status().is_redirection() || r.status().is_success(),
+        "{}",
+        r.status()
+    );
+    let r = get(
+        &sc.url("/elsewhere"),
+        &[("cookie", &session_header(&ended))],
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 401, "the session ended");
+    for cookie in [
+        session_header(&ended),
+        "sso_sidecar_session=forged-value".to_owned(),
+    ] {
+        let with = |path: &'static str| {
+            let cookie = cookie.clone();
+            async move {
+                let h = [
+                    ("cookie", cookie.as_str()),
+                    ("authorization", "Bearer minted-by-alice"),
+                ];
+                send(request("GET", &sc.url(path), &h, body("")))
+                    .await
+                    .unwrap()
+                    .status()
+            }
+        };
+        assert_eq!(with("/admin/users").await, 403, "{cookie}");
+        assert_eq!(
+            with("/elsewhere").await,
+            200,
+            "a bearer elsewhere: {cookie}"
+        );
+    }
     let seen = up.paths().await;
     assert!(
         !seen.iter().any(|p| {
