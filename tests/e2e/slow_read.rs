@@ -166,6 +166,61 @@ async fn responses_waiting_on_their_upstream_are_never_cut() {
     assert_eq!(cut(&sc).await, 0.0);
 }
 
+/// The same over HTTP/2: a client that leaves its flow-control window full holds its
+/// responses up as a slow TCP reader does; beyond the address's cap they are cut (the stream
+/// reset, never a clean end), and a request waiting for a place is served.
+#[tokio::test]
+async fn http2_streams_held_up_by_their_window_are_cut_beyond_the_addresss_cap() {
+    use http_body_util::BodyExt;
+    let up = Upstream::start();
+    let sc = sidecar(&up).await;
+    // Windows of 64 KiB that grow only as the body is read: not read, they stay full.
+    let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .http2_adaptive_window(false)
+        .http2_initial_stream_window_size(65_535)
+        .http2_initial_connection_window_size(65_535 * 4)
+        .build_http::<TestBody>();
+    const SIZE: usize = 16 << 20;
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let r = h2
+            .request(request(
+                "GET",
+                &sc.url(&format!("/download?size={SIZE}")),
+                &[],
+                body(""),
+            ))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.version(), http::Version::HTTP_2);
+        held.push(r);
+    }
+    let r = tokio::time::timeout(Duration::from_secs(20), get(&sc.url("/echo/after"), &[]))
+        .await
+        .expect("served within 20 s, before the 30 s upstream timeout")
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let n = cut(&sc).await;
+    assert!((1.0..=2.0).contains(&n), "one or two streams cut: {n}");
+    // Read now: the cut streams end in an error, the others whole.
+    let mut broken = 0;
+    for r in held {
+        let read = tokio::time::timeout(Duration::from_secs(60), r.into_body().collect())
+            .await
+            .expect("every stream ends");
+        match read {
+            Ok(b) => assert_eq!(b.to_bytes().len(), SIZE, "a clean end is a whole body"),
+            Err(_) => broken += 1,
+        }
+    }
+    assert_eq!(
+        broken as f64, n,
+        "the cut streams, and only they, end broken"
+    );
+}
+
 /// The count of responses cut for their slow clients.
 async fn cut(sc: &Sidecar) -> f64 {
     metric(&metrics(sc).await, CUT)
