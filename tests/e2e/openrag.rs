@@ -254,6 +254,34 @@ async fn a_pre_provisioned_user_gets_their_token_injected_on_every_carrier() {
     assert_eq!(j["auth_via"], "cookie", "{j}");
     assert_eq!(j["user"]["external_user_id"], "alice");
     assert_eq!(j["cookies"], json!(["theme", "openrag_chainlit_token"]));
+    // The same over HTTP/2, where a client may send each cookie in a field of its own (RFC
+    // 9113 §8.2.3): the forged ones are found in whichever field they come.
+    let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<TestBody>();
+    let mut req = request("GET", &sc.url("/chainlit/project/settings"), &[], body(""));
+    for c in [
+        "openrag_chainlit_token=forged",
+        cookie.as_str(),
+        "openrag_session=forged",
+    ] {
+        req.headers_mut()
+            .append("cookie", http::HeaderValue::from_str(c).unwrap());
+    }
+    let r = h2.request(req).await.unwrap();
+    assert_eq!(r.version(), http::Version::HTTP_2);
+    let b = http_body_util::BodyExt::collect(r.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    let j: serde_json::Value = serde_json::from_slice(&b).unwrap();
+    assert_eq!(j["auth_via"], "cookie", "{j}");
+    assert_eq!(j["user"]["external_user_id"], "alice");
+    assert_eq!(
+        j["cookies"],
+        json!(["theme", "openrag_chainlit_token"]),
+        "{j}"
+    );
 
     let me = json(
         &get(&sc.url("/auth/me"), &[("cookie", &cookie)])
