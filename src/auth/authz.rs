@@ -75,8 +75,8 @@ pub fn admits(a: &Authz, claims: &Map<String, Value>) -> Result<(), Refusal> {
 ///   with the `GET` handler;
 /// - its path as sent, without `;` parameters (Tomcat and Spring drop them: `/admin;x/users`
 ///   is `/admin/users` there), in lower case (Express and ASP.NET route case-insensitively),
-///   without one trailing slash (Express's default routing serves `/a/` as `/a`), without a
-///   format suffix (`/admin/users.json` is `/admin/users` to Rails), and decoded once more (`%25` read as `%`: a backend or framework that decodes twice takes
+///   without one trailing slash (Express's default routing serves `/a/` as `/a`; and the
+///   other way, a rule on `/admin/*` covers `/admin`), without a format suffix (`/admin/users.json` is `/admin/users` to Rails), and decoded once more (`%25` read as `%`: a backend or framework that decodes twice takes
 ///   `/%2561dmin` for `/admin`).
 ///
 /// A method named in a form body (`_method` in Rails and Laravel forms) is not seen: a rule
@@ -109,16 +109,33 @@ fn reaches_as(a: &Authz, methods: &[Cow<str>], path: &str, fold: bool, groups: &
             })
     };
     for rule in &a.rules {
-        let path_matches = if fold {
-            super::gate::path_matches_ignoring_case(&rule.path, path)
-        } else {
-            super::gate::path_matches(std::slice::from_ref(&rule.path), path)
-        };
+        // A prefix rule covers its own directory without the slash too: Express, Rails and
+        // older Spring serve `/admin` as `/admin/`. (Here only: a public prefix must not.)
+        let directory = rule.path.strip_suffix("/*").is_some_and(|dir| {
+            !dir.is_empty()
+                && if fold {
+                    dir.eq_ignore_ascii_case(path)
+                } else {
+                    dir == path
+                }
+        });
+        let path_matches = directory
+            || if fold {
+                super::gate::path_matches_ignoring_case(&rule.path, path)
+            } else {
+                super::gate::path_matches(std::slice::from_ref(&rule.path), path)
+            };
         if path_matches && covers(&rule.methods) {
             return groups.iter().any(|g| rule.groups.contains(g));
         }
     }
     true
+}
+
+/// Whether the request names a method besides its own (an override header or `_method`), which
+/// some backend would run instead.
+pub fn names_another_method(parts: &http::request::Parts) -> bool {
+    taken_as(parts).len() > 1
 }
 
 /// Headers that some frameworks take as the request's method.
@@ -133,13 +150,20 @@ const METHOD_OVERRIDES: [&str; 3] = [
 /// when rules are set.
 fn taken_as<'a>(parts: &'a http::request::Parts) -> Vec<Cow<'a, str>> {
     let mut methods = vec![Cow::Borrowed(parts.method.as_str())];
+    // Each comma-separated name on its own: Express's `method-override` and its Koa and Fastify
+    // kin take the first of `DELETE, GET` (the form two header lines are joined into).
     let mut add = |m: Cow<'a, str>| {
-        let m = match m {
-            Cow::Borrowed(b) => Cow::Borrowed(b.trim()),
-            Cow::Owned(o) => Cow::Owned(o.trim().to_owned()),
+        let names: Vec<Cow<'a, str>> = match m {
+            Cow::Borrowed(b) => b.split(',').map(|n| Cow::Borrowed(n.trim())).collect(),
+            Cow::Owned(o) => o
+                .split(',')
+                .map(|n| Cow::Owned(n.trim().to_owned()))
+                .collect(),
         };
-        if !m.is_empty() && !methods.iter().any(|x| x.eq_ignore_ascii_case(&m)) {
-            methods.push(m);
+        for m in names {
+            if !m.is_empty() && !methods.iter().any(|x| x.eq_ignore_ascii_case(&m)) {
+                methods.push(m);
+            }
         }
     };
     // In any spelling a lenient stack folds to the header's (`X_HTTP_Method_Override`
@@ -309,6 +333,23 @@ mod tests {
             parts("POST", "/v1/docs/1", &[("x.http.method", "DELETE")]),
             parts("GET", "/admin/users.json", &[]),
             parts("GET", "/admin/Users.xml/", &[]),
+            // A prefix rule's own directory, which backends serve as it with a slash.
+            parts("DELETE", "/v1", &[]),
+            parts("DELETE", "/V1", &[]),
+            parts("DELETE", "/v1;x", &[]),
+            parts("DELETE", "/v1.json", &[]),
+            // A list in one override field, whose first name Express's `method-override` takes.
+            parts(
+                "POST",
+                "/v1/docs/1",
+                &[("x-http-method-override", "DELETE, GET")],
+            ),
+            parts(
+                "POST",
+                "/v1/docs/1",
+                &[("x-http-method-override", "DELETE,")],
+            ),
+            parts("POST", "/v1/docs/1", &[("x_http_method", " delete ,x")]),
         ];
         for p in &refused {
             assert!(
@@ -334,6 +375,13 @@ mod tests {
             parts("GET", "/admin/users/.json", &[]),
             parts("GET", "/admin.users", &[]),
             parts("GET", "/", &[]),
+            parts("DELETE", "/v1x", &[]),
+            parts("DELETE", "/v", &[]),
+            parts(
+                "POST",
+                "/v1/docs/1",
+                &[("x-http-method-override", "GET, PUT")],
+            ),
         ] {
             assert!(reaches(&a, &p, &staff), "{} {:?}", p.method, p.uri);
         }
@@ -421,6 +469,11 @@ mod tests {
         let get = http::Method::GET;
         assert!(reach(&a, &get, "/admin/public", &g(&["staff"])));
         assert!(!reach(&a, &get, "/admin/x", &g(&["staff"])));
+        assert!(
+            !reach(&a, &get, "/admin", &g(&["staff"])),
+            "the prefix's directory"
+        );
+        assert!(reach(&a, &get, "/administrator", &g(&["staff"])));
         assert!(reach(&a, &get, "/admin/x", &g(&["admins"])));
         assert!(reach(&a, &get, "/v1/x", &g(&[])), "GET is not ruled");
         assert!(!reach(&a, &http::Method::POST, "/v1/x", &g(&[])));

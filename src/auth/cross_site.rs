@@ -68,12 +68,19 @@ pub fn refused(parts: &Parts, paths: &PathSettings) -> Option<Decision> {
 /// A CORS preflight from a trusted origin: browsers send it without cookies before a request
 /// that is not "simple" (JSON, `PUT`, `DELETE`, custom headers), and the upstream's CORS
 /// answer decides whether the real request follows. Forwarded without identity.
+///
+/// A browser's preflight names the real request's method and headers, and carries neither a
+/// credential nor a method of its own: one with `Authorization`, or naming another method
+/// (`X-HTTP-Method-Override`, `?_method=`), comes from no browser, and goes through the gate
+/// like any request, where the rules see that method and that bearer.
 pub fn trusted_preflight(parts: &Parts, trusted: &TrustedOrigins) -> bool {
     let h = &parts.headers;
     parts.method == Method::OPTIONS
         && h.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
         && h.get(header::ORIGIN)
             .is_some_and(|o| trusted.contains(o.as_bytes()))
+        && !h.contains_key(header::AUTHORIZATION)
+        && !super::authz::names_another_method(parts)
 }
 
 /// A top-level or frame navigation by `GET` or `HEAD` (what `SameSite=Lax` itself lets through
@@ -271,5 +278,19 @@ mod tests {
         ));
         let not_preflight = parts("OPTIONS", &[("origin", "https://ui.example.com")]);
         assert!(!trusted_preflight(&not_preflight, &trusted));
+        // No browser's: a credential, or another method named, goes through the gate.
+        let ui = ("origin", "https://ui.example.com");
+        let acrm = ("access-control-request-method", "DELETE");
+        for extra in [
+            ("authorization", "Bearer minted"),
+            ("x-http-method-override", "DELETE"),
+            ("X_HTTP_Method", "put"),
+        ] {
+            let p = parts("OPTIONS", &[ui, acrm, extra]);
+            assert!(!trusted_preflight(&p, &TrustedOrigins::Any), "{extra:?}");
+        }
+        let mut p = parts("OPTIONS", &[ui, acrm]);
+        p.uri = "/v1/x?_method=DELETE".parse().unwrap();
+        assert!(!trusted_preflight(&p, &trusted), "?_method=");
     }
 }

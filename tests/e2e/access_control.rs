@@ -328,6 +328,7 @@ async fn path_rules_refuse_before_the_upstream_and_reload_on_sighup() {
         &[
             ("SSO_SIDECAR_CONFIG", &cfg),
             ("SSO_SIDECAR_PATHS__BEARER_PASSTHROUGH", "true"),
+            ("SSO_SIDECAR_TRUSTED_ORIGINS", "https://ui.example.test"),
         ],
     )
     .await;
@@ -363,6 +364,8 @@ async fn path_rules_refuse_before_the_upstream_and_reload_on_sighup() {
     // path in another case, with a trailing slash, or decoded twice.
     for (method, path) in [
         ("delete", "/v1/chat"),
+        ("GET", "/admin"),
+        ("GET", "/Admin.json"),
         ("GET", "/ADMIN/users"),
         ("GET", "/admin/users/"),
         ("GET", "/%2561dmin/users"),
@@ -386,6 +389,19 @@ async fn path_rules_refuse_before_the_upstream_and_reload_on_sighup() {
     .await
     .unwrap();
     assert_eq!(r.status(), 403, "GET naming DELETE is ruled as a DELETE");
+    // A list in one field, whose first name Express's `method-override` takes.
+    let r = send(request(
+        "POST",
+        &sc.url("/v1/models"),
+        &[
+            ("cookie", cookie.as_str()),
+            ("x-http-method-override", "DELETE, GET"),
+        ],
+        body(""),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 403, "POST naming DELETE first");
     // And one naming it in the query, as Rails, Laravel and Symfony read it.
     for path in ["/v1/chat?_method=DELETE", "/v1/chat?a=1&%5Fmethod=delete"] {
         let r = call("GET", path, false).await;
@@ -448,6 +464,29 @@ async fn path_rules_refuse_before_the_upstream_and_reload_on_sighup() {
         json!({"detail": "Forbidden"}),
         "refused as a bearer on a ruled path (a cross-site refusal says so)"
     );
+    // Nor dressed as a trusted origin's CORS preflight (which goes on without identity): a
+    // browser's never carries a bearer, nor names a method of its own.
+    let preflight = |extra: (&'static str, &'static str), path: &'static str| async move {
+        let h = [
+            ("origin", "https://ui.example.test"),
+            ("access-control-request-method", "DELETE"),
+            extra,
+        ];
+        send(request("OPTIONS", &sc.url(path), &h, body("")))
+            .await
+            .unwrap()
+    };
+    let r = preflight(("sec-fetch-mode", "cors"), "/elsewhere").await;
+    assert_eq!(
+        r.status(),
+        200,
+        "a browser's preflight reaches the upstream"
+    );
+    assert_eq!(json(&r)["method"], "OPTIONS");
+    let r = preflight(("authorization", "Bearer minted-by-alice"), "/admin/users").await;
+    assert_eq!(r.status(), 403, "a bearer on a ruled path");
+    let r = preflight(("x-http-method-override", "DELETE"), "/v1/chat").await;
+    assert_eq!(r.status(), 401, "a DELETE without a session");
     // Nor beside a session cookie that names no session: forged, or ended by a logout.
     let ended = login(sc, "alice", "/").await.cookie;
     let r = send(request(
