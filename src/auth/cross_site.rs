@@ -84,7 +84,8 @@ pub fn trusted_preflight(parts: &Parts, trusted: &TrustedOrigins) -> bool {
 }
 
 /// A top-level or frame navigation by `GET` or `HEAD` (what `SameSite=Lax` itself lets through
-/// from other sites); plugins' `<object>` and `<embed>` loads excepted.
+/// from other sites); plugins' `<object>` and `<embed>` loads excepted, and a link naming
+/// another method (`?_method=DELETE`, which a backend overriding `GET` would run).
 fn followed_link(parts: &Parts) -> bool {
     let h = &parts.headers;
     matches!(parts.method, Method::GET | Method::HEAD)
@@ -92,12 +93,14 @@ fn followed_link(parts: &Parts) -> bool {
         && !h
             .get("sec-fetch-dest")
             .is_some_and(|v| v == "object" || v == "embed")
+        && !super::authz::names_another_method(parts)
 }
 
-/// A request that changes nothing and opens no tunnel.
+/// A request that changes nothing and opens no tunnel (nor names a method that would).
 fn harmless(parts: &Parts) -> bool {
     matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS)
         && !parts.headers.contains_key(header::UPGRADE)
+        && !super::authz::names_another_method(parts)
 }
 
 /// `Origin` is our own: the public origin of the redirect URI (whatever `Host` an ingress in
@@ -175,6 +178,18 @@ mod tests {
             &[site("same-site"), ("sec-fetch-mode", "websocket")]
         ));
         assert!(!ok("DELETE", &[site("weird"), link[0]]));
+        // A link naming another method, for a backend that overrides GET.
+        let overridden = [
+            site("cross-site"),
+            link[0],
+            link[1],
+            ("x-http-method", "DELETE"),
+        ];
+        assert!(!ok("GET", &overridden));
+        let mut p = parts("GET", &[site("same-site"), link[0], link[1]]);
+        p.uri = "/v1/x?_method=DELETE".parse().unwrap();
+        let own = url::Url::parse("https://rag.example.com/auth/callback").unwrap();
+        assert!(!allowed(&p, &TrustedOrigins::default(), &own));
         // A trusted origin's page may call the API.
         let ui = ("origin", "https://ui.example.com");
         assert!(ok(
@@ -203,6 +218,14 @@ mod tests {
         assert!(ok("POST", &[svc, ("origin", "https://rag.example.com")]));
         assert!(!ok("POST", &[svc, ("origin", "https://evil.test")]));
         assert!(ok("GET", &[host, ("origin", "https://evil.test")]));
+        assert!(!ok(
+            "GET",
+            &[
+                host,
+                ("origin", "https://evil.test"),
+                ("x-http-method-override", "PUT")
+            ]
+        ));
         assert!(!ok("POST", &[host, ("origin", "https://evil.test")]));
         assert!(!ok(
             "PUT",
