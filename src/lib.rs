@@ -147,10 +147,10 @@ fn build_oidc(
         check,
         config.connections.revocation_outage,
     ));
-    let backchannel_refused = metrics.holder_refused_counter("max_backchannel");
-    let per_address = |cap| proxy::Held::new([None, Some(cap)], backchannel_refused.clone());
-    let backchannel_reading = per_address(auth::flow::BACKCHANNEL_READING_PER_ADDRESS);
-    let backchannel_handling = per_address(auth::flow::BACKCHANNEL_HANDLING_PER_ADDRESS);
+    let backchannel = auth::backchannel_limits::BackchannelLimits::new(
+        a.backchannel_logout_from.clone(),
+        metrics.holder_refused_counter("max_backchannel"),
+    );
     Ok(router::Oidc {
         streams,
         limits,
@@ -168,10 +168,7 @@ fn build_oidc(
             metrics,
             inflight: auth::refresh::InFlight::default(),
             identity: identity.clone(),
-            backchannel_slots: tokio::sync::Semaphore::new(auth::flow::BACKCHANNEL_SLOTS),
-            backchannel_reading,
-            backchannel_handling,
-            backchannel_refused,
+            backchannel,
         }),
         identity,
     })

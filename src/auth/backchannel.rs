@@ -36,6 +36,9 @@ pub enum LogoutError {
     Unavailable(String),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    /// No place free to wait for a key in, or to be handled in (`backchannel_limits`).
+    #[error("back-channel logouts busy")]
+    Busy,
 }
 
 impl Auth {
@@ -48,14 +51,22 @@ impl Auth {
             .find(|(k, _)| k == "logout_token")
             .map(|(_, v)| v.into_owned())
             .ok_or(LogoutError::Missing)?;
-        let verified = self
-            .provider
-            .verify_signature(&token)
-            .await
-            .map_err(|e| match e {
-                TokenError::Jwt(e) => LogoutError::Invalid(e.to_string()),
-                e => LogoutError::Unavailable(e.to_string()),
-            })?;
+        // Against the cached keys first, holding no place: a token whose key is unknown waits
+        // for a re-fetch in a pool of its own, which invented keys may fill without touching
+        // the places that verified logouts are handled in.
+        let verified = match self.provider.verify_cached(&token) {
+            Err(TokenError::Jwt(crate::auth::jwt::JwtError::UnknownKey(_))) => {
+                let Some(_waiting) = self.backchannel.wait_for_key() else {
+                    return Err(LogoutError::Busy);
+                };
+                self.provider.verify_signature(&token).await
+            }
+            other => other,
+        }
+        .map_err(|e| match e {
+            TokenError::Jwt(e) => LogoutError::Invalid(e.to_string()),
+            e => LogoutError::Unavailable(e.to_string()),
+        })?;
         if let Some(typ) = &verified.header.typ {
             if !typ.eq_ignore_ascii_case("logout+jwt") && !typ.eq_ignore_ascii_case("jwt") {
                 return Err(LogoutError::Invalid(format!("typ {typ:?}")));
@@ -70,6 +81,9 @@ impl Auth {
         )
         .map_err(LogoutError::Invalid)?;
 
+        let Some(_handling) = self.backchannel.handle() else {
+            return Err(LogoutError::Busy);
+        };
         let marker = crate::store::keys::hashed("jti", &["jti", &settings.issuer, &jti]);
         if self.sessions.store().get_fresh(&marker).await?.is_some() {
             return Err(LogoutError::Replayed);

@@ -32,29 +32,9 @@ pub struct Auth {
     pub inflight: super::refresh::InFlight,
     /// The identity mode: its login hook resolves the backend user.
     pub identity: Arc<crate::identity::Identity>,
-    /// Back-channel logouts being read or handled at once on this replica (the route spends no
-    /// rate-limit budget, so this bounds what it holds: 64 KiB of form each), and by client
-    /// address: forms being read (slow forms), and logouts being handled (tokens waiting for a
-    /// JWKS re-fetch), so that one address cannot take every slot either way.
-    pub backchannel_slots: tokio::sync::Semaphore,
-    pub backchannel_reading: Arc<crate::proxy::Held>,
-    pub backchannel_handling: Arc<crate::proxy::Held>,
-    /// Back-channel logouts refused for want of a slot (shared with the two above).
-    pub backchannel_refused: prometheus_client::metrics::counter::Counter,
+    /// What back-channel logouts may hold at once, and who may send them.
+    pub backchannel: super::backchannel_limits::BackchannelLimits,
 }
-
-/// Back-channel logouts a replica handles at once (an IdP sends one per session it ends, and
-/// waits for each answer).
-pub const BACKCHANNEL_SLOTS: usize = 64;
-
-/// Back-channel logout forms one client address (IPv6: its /64) may be sending at once on a
-/// replica.
-pub const BACKCHANNEL_READING_PER_ADDRESS: usize = 8;
-
-/// Back-channel logouts one client address may have handled at once on a replica (half the
-/// slots: an IdP behind a trusted ingress, whose logouts all share its address, still has 32
-/// at once while a rotated key's JWKS is fetched).
-pub const BACKCHANNEL_HANDLING_PER_ADDRESS: usize = 32;
 
 pub(super) fn redirect(location: &str) -> Response<Body> {
     let mut r = Response::new(crate::proxy::full(""));

@@ -11,6 +11,7 @@
 
 pub mod authz;
 pub mod backchannel;
+pub mod backchannel_limits;
 mod callback;
 pub mod canonical;
 pub mod cookies;

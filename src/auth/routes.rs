@@ -70,21 +70,15 @@ impl Auth {
         use http_body_util::{BodyExt, Limited};
         const MAX_FORM: u64 = 64 * 1024;
         // The route spends no rate-limit budget (an IdP ending many sessions at once must not
-        // be turned away), so what it may hold at once is bounded here: in all, and for one
-        // address, both while its forms are read (slow forms) and while its logouts are
-        // handled (tokens with invented keys wait for a JWKS re-fetch); the first share is
-        // small and given back with the form, the second is half the slots (an IdP behind a
-        // trusted ingress shares its address with nobody, and a rotated key makes its genuine
-        // logouts wait too).
-        let caller = crate::proxy::Holder::Address(client);
-        let Some(reading) = self.backchannel_reading.admit(caller) else {
-            return backchannel_busy();
-        };
-        let Some(_handling) = self.backchannel_handling.admit(caller) else {
-            return backchannel_busy();
-        };
-        let Ok(_slot) = self.backchannel_slots.try_acquire() else {
-            self.backchannel_refused.inc();
+        // be turned away), so what it may hold at once is bounded (`backchannel_limits`).
+        if !self.backchannel.accepts_from(client) {
+            tracing::warn!(%client, "back-channel logout from outside backchannel_logout_from refused");
+            return oauth_error(
+                StatusCode::FORBIDDEN,
+                "logout requests are not accepted from this address",
+            );
+        }
+        let Some(mut admitted) = self.backchannel.admit(client) else {
             return backchannel_busy();
         };
         if body.size_hint().lower() > MAX_FORM {
@@ -102,9 +96,10 @@ impl Auth {
                 return oauth_error(StatusCode::REQUEST_TIMEOUT, "logout request body too slow")
             }
         };
-        drop(reading);
+        admitted.read();
         match self.backchannel_logout(&form).await {
             Ok(_) => backchannel_answer(StatusCode::OK, String::new()),
+            Err(super::backchannel::LogoutError::Busy) => backchannel_busy(),
             Err(super::backchannel::LogoutError::Store(e)) => {
                 tracing::warn!(error = %e, "back-channel logout could not reach the store");
                 temporarily_unavailable()

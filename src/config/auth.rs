@@ -120,6 +120,8 @@ pub struct AuthSettings {
     pub prompt: Option<String>,
     /// Front-channel logout may end the sessions of the `sub` named as `sid`.
     pub frontchannel_logout_by_sub: bool,
+    /// Where back-channel logouts may come from (client addresses); empty = anywhere.
+    pub backchannel_logout_from: Vec<ipnet::IpNet>,
     /// Where sessions live when not in memory.
     pub redis: Option<RedisConfig>,
     pub paths: PathSettings,
@@ -230,6 +232,11 @@ impl Settings {
             }
         }
         let prompt = (!prompt.is_empty()).then(|| prompt.join(" "));
+        let backchannel_logout_from = super::validate::networks(
+            "backchannel_logout_from",
+            &self.backchannel_logout_from,
+            problems,
+        );
         let openrag = self.validate_openrag(problems);
         let redis = self.validate_redis(redis_ca_file, problems);
         let authz = self.authz.validate(None, problems);
@@ -254,6 +261,7 @@ impl Settings {
             login_timeout: Duration::from_secs(self.login_timeout_secs),
             prompt,
             frontchannel_logout_by_sub: self.frontchannel_logout_by_sub,
+            backchannel_logout_from,
             redis: redis?,
             paths: self.paths.for_identity(&self.identity),
             headers,

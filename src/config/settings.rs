@@ -95,6 +95,9 @@ pub struct Settings {
     /// user whose `sub` it is (LemonLDAP::NG sends the user id as `sid`). Off by default: the
     /// request is unauthenticated, so with it on anyone who knows a user id can log them out.
     pub frontchannel_logout_by_sub: bool,
+    /// Client addresses and networks back-channel logouts may come from (the IdP's); empty:
+    /// anywhere. Read through `trusted_proxies`, as every client address.
+    pub backchannel_logout_from: StringList,
     /// Prefix of every Redis key.
     pub redis_key_prefix: String,
     /// `single` (redis_url), `sentinel` or `cluster` (both use redis_nodes).
@@ -217,6 +220,7 @@ impl Default for Settings {
             login_timeout_secs: 600,
             prompt: String::new(),
             frontchannel_logout_by_sub: false,
+            backchannel_logout_from: StringList::default(),
             redis_key_prefix: "sso-sidecar:".into(),
             redis_mode: "single".into(),
             redis_nodes: StringList::default(),

@@ -63,18 +63,7 @@ impl Settings {
                 self.log_level
             ));
         }
-        let mut trusted_proxies = Vec::new();
-        for p in &self.trusted_proxies.0 {
-            match p
-                .parse::<IpNet>()
-                .or_else(|_| p.parse::<std::net::IpAddr>().map(IpNet::from))
-            {
-                Ok(net) => trusted_proxies.push(net),
-                Err(_) => problems.push(format!(
-                    "trusted_proxies: '{p}' is not an IP address or CIDR"
-                )),
-            }
-        }
+        let trusted_proxies = networks("trusted_proxies", &self.trusted_proxies, problems);
         let tls = match (&self.tls.cert_file, &self.tls.key_file) {
             (None, None) => None,
             (Some(c), Some(k)) => {
@@ -213,4 +202,23 @@ pub(super) fn existing_file(name: &str, path: &str, problems: &mut Vec<String>) 
     if !std::path::Path::new(path).is_file() {
         problems.push(format!("{name}: file {path} does not exist"));
     }
+}
+
+/// A list of addresses and CIDRs (`name` for the problems).
+pub(super) fn networks(
+    name: &str,
+    list: &super::settings::StringList,
+    problems: &mut Vec<String>,
+) -> Vec<IpNet> {
+    let mut out = Vec::new();
+    for p in &list.0 {
+        match p
+            .parse::<IpNet>()
+            .or_else(|_| p.parse::<std::net::IpAddr>().map(IpNet::from))
+        {
+            Ok(net) => out.push(net),
+            Err(_) => problems.push(format!("{name}: '{p}' is not an IP address or CIDR")),
+        }
+    }
+    out
 }

@@ -16,7 +16,7 @@ mod queue;
 mod tunnel;
 
 pub use error::ProxyError;
-pub use holders::{Held, Holder, PerClient};
+pub use holders::{Held, Holder, PerClient, Share};
 pub use pool::slow::SlowReads;
 pub use pool::STREAMS_PER_PLACE;
 pub use queue::head_bytes;

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod access_control;
+mod backchannel;
 mod browser_logins;
 mod cli;
 mod client_cache;

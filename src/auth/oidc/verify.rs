@@ -47,6 +47,12 @@ impl Provider {
     }
 
     /// Verifies a JWS from the IdP that the crate has no verifier for (a logout token) against
+    /// the cached JWKS only (`JwtError::UnknownKey` when its key is not there).
+    pub fn verify_cached(&self, token: &str) -> Result<jwt::Verified, TokenError> {
+        Ok(jwt::verify(token, &self.loaded()?.jwks)?)
+    }
+
+    /// Verifies a JWS from the IdP that the crate has no verifier for (a logout token) against
     /// the cached JWKS, re-fetching it as for ID tokens.
     pub async fn verify_signature(&self, token: &str) -> Result<jwt::Verified, TokenError> {
         let loaded = self.loaded()?;

@@ -142,6 +142,7 @@ fn every_problem_is_reported_at_once() {
             ("SSO_SIDECAR_TOKEN_ENDPOINT_AUTH", "private_key_jwt"),
             ("SSO_SIDECAR_OPENRAG__TOKEN_POLICY", "ask"),
             ("SSO_SIDECAR_TRUSTED_PROXIES", "not-an-ip"),
+            ("SSO_SIDECAR_BACKCHANNEL_LOGOUT_FROM", "10.0.0.0/8, idp.example"),
             ("SSO_SIDECAR_REDIS_URL", "http://user:pw@redis"),
         ],
     ))
@@ -154,7 +155,8 @@ fn every_problem_is_reported_at_once() {
         "log_format must be 'json' or 'pretty', got 'xml'",
         "token_endpoint_auth must be one of 'auto', 'client_secret_basic', 'client_secret_post', got 'private_key_jwt'",
         "openrag.token_policy must be one of 'deny', 'regenerate', 'file', got 'ask'",
-        "not-an-ip",
+        "trusted_proxies: 'not-an-ip' is not an IP address or CIDR",
+        "backchannel_logout_from: 'idp.example' is not an IP address or CIDR",
         "missing or empty",
         "redis_url must start",
     ] {
