@@ -263,6 +263,7 @@ impl Auth {
             created_at: now,
             backend_user_id: backend.user_id,
             backend_token: backend.token,
+            sealed_for: None,
             identity_headers: Default::default(),
         };
         super::profile::apply(&mut session, &profile, &settings.authz.groups_claim);

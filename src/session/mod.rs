@@ -50,6 +50,11 @@ pub struct Session {
     pub backend_user_id: Option<u64>,
     #[serde(default)]
     pub backend_token: Option<String>,
+    /// The store key it was sealed for: a value copied under another key, by someone who can
+    /// write the store but cannot seal (a shared Redis), opens as no session there, rather than
+    /// as its user under another cookie. `None` in values written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed_for: Option<String>,
     /// The identity as header values, built on the first request that needs them and reused
     /// by every later request of this opened session (never stored).
     #[serde(skip)]
@@ -126,6 +131,7 @@ impl Session {
             expires_at: now + 3600,
             backend_user_id: None,
             backend_token: None,
+            sealed_for: None,
             identity_headers: Memo::default(),
         }
     }
@@ -176,6 +182,7 @@ mod tests {
             expires_at: 2,
             backend_user_id: Some(7),
             backend_token: Some("or-secret".into()),
+            sealed_for: None,
             identity_headers: Memo::default(),
         };
         let shown = format!("{s:?}");

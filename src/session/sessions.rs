@@ -174,11 +174,14 @@ impl Sessions {
 
     /// Overwrites the session stored under `id` (after a refresh), keeping its expiry.
     pub async fn save(&self, id: &str, session: &Session, now: i64) -> Result<(), StoreError> {
+        let key = Self::key_of(id);
+        let mut bound = session.clone();
+        bound.sealed_for = Some(key.clone());
         let plain =
-            serde_json::to_vec(session).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            serde_json::to_vec(&bound).map_err(|e| StoreError::Unavailable(e.to_string()))?;
         let sealed = self.keys.seal(&plain);
         self.store
-            .put(&Self::key_of(id), sealed.as_bytes(), self.ttl(session, now))
+            .put(&key, sealed.as_bytes(), self.ttl(session, now))
             .await
     }
 
@@ -204,11 +207,12 @@ impl Sessions {
             };
             let Some(mut s) = serde_json::from_slice::<Session>(&before)
                 .ok()
-                .filter(|s| s.is_live(now))
+                .filter(|s| s.is_live(now) && sealed_for(s, &key))
             else {
                 return Ok(None);
             };
             change(&mut s);
+            s.sealed_for = Some(key.clone());
             let plain =
                 serde_json::to_vec(&s).map_err(|e| StoreError::Unavailable(e.to_string()))?;
             if plain == before {
@@ -230,11 +234,13 @@ impl Sessions {
         ))
     }
 
-    /// A sealed session opened: `None` when tampered, sealed with a foreign key or unreadable.
-    fn open(&self, sealed: &[u8]) -> Option<Session> {
+    /// A sealed session read under `key`, opened: `None` when tampered, sealed with a foreign
+    /// key, unreadable, or sealed for another key.
+    fn open(&self, key: &str, sealed: &[u8]) -> Option<Session> {
         self.keys
             .open_bytes(sealed)
             .and_then(|p| serde_json::from_slice::<Session>(&p).ok())
+            .filter(|s| sealed_for(s, key))
     }
 
     /// The live session for a cookie id, or `None` (unknown, expired, tampered, foreign key).
@@ -291,7 +297,7 @@ impl Sessions {
                 return Ok(self.used(id, &key, Some(session), now, fresh).await);
             }
         }
-        let session = self.open(&sealed).map(Arc::new);
+        let session = self.open(&key, &sealed).map(Arc::new);
         {
             let mut cache = self.opened();
             match &session {
@@ -396,6 +402,21 @@ fn lifetime_left(s: &Session, now: i64) -> Duration {
 
 mod revoke;
 pub use revoke::SidLogout;
+
+/// Whether `s`, read under `key`, was sealed for it (or before that was recorded). Another
+/// key's value copied here is someone writing the store without the sealing key: said once.
+fn sealed_for(s: &Session, key: &str) -> bool {
+    match s.sealed_for.as_deref() {
+        Some(k) if k != key => {
+            tracing::warn!(
+                "a session value sealed for another store key was found: refused (someone \
+                 writes the session store who cannot seal; check who can reach Redis)"
+            );
+            false
+        }
+        _ => true,
+    }
+}
 
 #[cfg(test)]
 mod tests;

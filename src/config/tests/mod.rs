@@ -142,7 +142,10 @@ fn every_problem_is_reported_at_once() {
             ("SSO_SIDECAR_TOKEN_ENDPOINT_AUTH", "private_key_jwt"),
             ("SSO_SIDECAR_OPENRAG__TOKEN_POLICY", "ask"),
             ("SSO_SIDECAR_TRUSTED_PROXIES", "not-an-ip"),
-            ("SSO_SIDECAR_BACKCHANNEL_LOGOUT_FROM", "10.0.0.0/8, idp.example"),
+            (
+                "SSO_SIDECAR_BACKCHANNEL_LOGOUT_FROM",
+                "10.0.0.0/8, idp.example",
+            ),
             ("SSO_SIDECAR_REDIS_URL", "http://user:pw@redis"),
         ],
     ))

@@ -342,3 +342,45 @@ async fn an_amendment_keeps_what_others_wrote_since_the_read() {
     assert!(gone.await.unwrap().is_none());
     assert!(s.load_fresh(&id, 103).await.unwrap().is_none());
 }
+
+/// Someone who can write the store but cannot seal (a shared Redis) copies alice's session
+/// value under bob's key: bob's cookie does not become alice, there or through `amend`. A
+/// value sealed before the binding was recorded still opens (an upgrade logs nobody out).
+#[tokio::test]
+async fn a_session_value_copied_under_another_key_opens_as_no_session() {
+    let s = sessions();
+    let alice = s.create(&session(100), 100, 100).await.unwrap().unwrap();
+    let bob = Session {
+        sid: Some("sid-2".into()),
+        ..Session::for_tests("bob", 100, 60)
+    };
+    let bob = s.create(&bob, 100, 100).await.unwrap().unwrap();
+    let ttl = std::time::Duration::from_secs(600);
+    let copied = s
+        .store()
+        .get_fresh(&Sessions::key_of(&alice))
+        .await
+        .unwrap()
+        .unwrap();
+    s.store()
+        .put(&Sessions::key_of(&bob), &copied, ttl)
+        .await
+        .unwrap();
+    assert!(s.load(&bob, 100).await.unwrap().is_none(), "not alice");
+    assert!(s.load_fresh(&bob, 100).await.unwrap().is_none());
+    assert!(s.amend(&bob, 100, |_| {}).await.unwrap().is_none());
+    assert_eq!(s.load(&alice, 100).await.unwrap().unwrap().sub, "alice");
+    // Sealed before `sealed_for` was written: opens under its key, and is bound once amended.
+    let legacy = serde_json::to_vec(&session(100)).unwrap();
+    let legacy = s.keys().seal(&legacy);
+    s.store()
+        .put(&Sessions::key_of(&bob), legacy.as_bytes(), ttl)
+        .await
+        .unwrap();
+    assert_eq!(s.load_fresh(&bob, 100).await.unwrap().unwrap().sub, "alice");
+    let amended = s.amend(&bob, 100, |_| {}).await.unwrap().unwrap();
+    assert_eq!(
+        amended.sealed_for.as_deref(),
+        Some(Sessions::key_of(&bob).as_str())
+    );
+}
