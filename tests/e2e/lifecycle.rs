@@ -459,7 +459,13 @@ async fn a_logout_by_sid_reaches_the_users_sessions_made_without_one() {
         "another user's session was ended"
     );
 
-    // A logout naming a sid that exists ends that session only, not the sid-less ones.
+    // A logout naming a sid that exists ends that session only, not the sid-less ones. (Alice
+    // signs in again in a later second: a login without `sid` begun in the second of the
+    // logout above is taken for one it raced, and refused.)
+    let logged_out = sso_sidecar::auth::oidc::now_unix();
+    while sso_sidecar::auth::oidc::now_unix() <= logged_out {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let again = mock_login(&m, &m.a.sidecar, "alice", "").await;
     let mut c = logout_claims(&m);
     c["sid"] = json!("sid-9");
@@ -484,9 +490,14 @@ async fn a_logout_by_sid_reaches_the_users_sessions_made_without_one() {
 /// Alice's login (IdP session `sid-r`) on replica A up to its callback, the logout `claims`
 /// on replica B meanwhile, then the callback: it must keep no session, and say why.
 async fn login_racing(m: &MockPair, claims: &serde_json::Value) {
+    login_racing_as(m, "sid-r", claims).await
+}
+
+/// The same with a login whose ID token names IdP session `sid` (none when empty).
+async fn login_racing_as(m: &MockPair, sid: &str, claims: &serde_json::Value) {
     let callback = m
         .idp
-        .login_until_callback(&m.key, &m.a.sidecar, "alice", "sid-r", "")
+        .login_until_callback(&m.key, &m.a.sidecar, "alice", sid, "")
         .await;
     let r = post_logout(&m.b.sidecar, &m.key.sign(claims)).await;
     assert_eq!(r.status(), 200);
@@ -556,6 +567,17 @@ async fn a_login_racing_a_logout_of_its_user_gets_no_session() {
     }
     let later = mock_login(&m, &m.a.sidecar, "alice", "sid-s").await;
     assert!(alive(&m.b.sidecar, &later).await);
+}
+
+/// The same race for an IdP whose ID tokens carry no `sid` but whose logout tokens name one
+/// and the user: the logout ends the user's sessions made without a `sid`, and the login of
+/// that kind completing meanwhile kept its session before.
+#[tokio::test]
+async fn a_login_without_sid_racing_a_logout_naming_a_sid_gets_no_session() {
+    let m = mock_pair(&[]).await;
+    let mut c = logout_claims(&m);
+    c["sid"] = json!("sid-unknown");
+    login_racing_as(&m, "", &c).await;
 }
 
 #[tokio::test]

@@ -38,6 +38,12 @@ impl Sessions {
         crate::store::keys::hashed("sub-ended", &["sub-ended", iss, sub])
     }
 
+    /// The record that a user's sessions made without a `sid` were ended by a logout naming a
+    /// `sid` no session has (`revoke_sid`'s fallback), holding when.
+    fn ended_sidless(iss: &str, sub: &str) -> String {
+        crate::store::keys::hashed("sidless-ended", &["sidless-ended", iss, sub])
+    }
+
     /// Whether `session`'s IdP session, or every session of its user, was ended by a logout
     /// that `create` may have missed; `begun`: when its login began.
     ///
@@ -54,22 +60,28 @@ impl Sessions {
         session: &Session,
         begun: i64,
     ) -> Result<bool, StoreError> {
-        if let Some(sid) = &session.sid {
-            let record = self
-                .store
-                .get_fresh(&Self::ended_sid(&session.iss, sid))
-                .await?;
-            if record.is_some() {
-                return Ok(true);
+        let (iss, sub) = (&session.iss, &session.sub);
+        match &session.sid {
+            Some(sid) => {
+                let record = self.store.get_fresh(&Self::ended_sid(iss, sid)).await?;
+                if record.is_some() {
+                    return Ok(true);
+                }
+            }
+            None => {
+                let at = self.ended_at(&Self::ended_sidless(iss, sub)).await?;
+                if at.is_some_and(|at| begun <= at) {
+                    return Ok(true);
+                }
             }
         }
-        let ended_at = self.user_ended_at(&session.iss, &session.sub).await?;
-        Ok(ended_at.is_some_and(|at| begun <= at))
+        let at = self.ended_at(&Self::ended_sub(iss, sub)).await?;
+        Ok(at.is_some_and(|at| begun <= at))
     }
 
-    /// When a logout last ended every session of `sub`, if one did lately.
-    async fn user_ended_at(&self, iss: &str, sub: &str) -> Result<Option<i64>, StoreError> {
-        let record = self.store.get_fresh(&Self::ended_sub(iss, sub)).await?;
+    /// The time a logout record holds, if there is one.
+    async fn ended_at(&self, record: &str) -> Result<Option<i64>, StoreError> {
+        let record = self.store.get_fresh(record).await?;
         Ok(record.as_deref().and_then(ended_at))
     }
 
@@ -99,8 +111,14 @@ impl Sessions {
         };
         let index = Self::sid_index(iss, sid);
         let members = self.store.index_members(&index).await?;
+        let mut recorded = recorded;
         let revoked = match by {
             SidLogout::Signed { sub: Some(sub) } if members.is_empty() => {
+                // As with the `sid`: the record first, then the index, for a login made
+                // without a `sid` that is completing meanwhile (`ended_meanwhile`).
+                let now = crate::clock::now_unix();
+                let record = Self::ended_sidless(iss, sub);
+                recorded = recorded.and(self.record_ended(&record, now).await);
                 self.revoke_index(&Self::sidless_index(iss, sub)).await
             }
             // The members stay in the sid's index (until its TTL) as a record that the sid was
@@ -123,7 +141,7 @@ impl Sessions {
         ended_at: Option<i64>,
     ) -> Result<usize, StoreError> {
         let recorded = match ended_at {
-            Some(t) => self.record_user_ended(iss, sub, t).await,
+            Some(t) => self.record_ended(&Self::ended_sub(iss, sub), t).await,
             None => Ok(()),
         };
         let revoked = self.revoke_index(&Self::sub_index(iss, sub)).await;
@@ -146,18 +164,17 @@ impl Sessions {
         recorded.map(|()| revoked)
     }
 
-    /// Records that `sub`'s sessions ended at `t`, unless a logout handled before this one
-    /// recorded a later time: logouts may be handled out of order, and the time must not go
+    /// Writes `record` (a user's sessions, or their sessions without `sid`, ended at `t`),
+    /// unless a logout handled before this one recorded a later time: logouts may be handled out of order, and the time must not go
     /// back (a login racing the later logout would then keep its session). Compare-and-set, so
     /// that two logouts handled at once on two replicas cannot leave the earlier time.
-    async fn record_user_ended(&self, iss: &str, sub: &str, t: i64) -> Result<(), StoreError> {
-        let record = Self::ended_sub(iss, sub);
+    async fn record_ended(&self, record: &str, t: i64) -> Result<(), StoreError> {
         let value = t.to_string();
         for _ in 0..RECORD_TRIES {
-            let written = match self.store.get_fresh(&record).await? {
+            let written = match self.store.get_fresh(record).await? {
                 None => {
                     self.store
-                        .put_if_absent(&record, value.as_bytes(), self.login_window)
+                        .put_if_absent(record, value.as_bytes(), self.login_window)
                         .await?
                 }
                 Some(cur) => {
@@ -165,7 +182,7 @@ impl Sessions {
                         return Ok(());
                     }
                     self.store
-                        .replace_if(&record, &cur, value.as_bytes(), self.login_window)
+                        .replace_if(record, &cur, value.as_bytes(), self.login_window)
                         .await?
                 }
             };
@@ -174,7 +191,7 @@ impl Sessions {
             }
         }
         Err(StoreError::Unavailable(
-            "the record of a user's logout kept changing".into(),
+            "the record of a logout kept changing".into(),
         ))
     }
 

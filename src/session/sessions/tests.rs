@@ -384,3 +384,34 @@ async fn a_session_value_copied_under_another_key_opens_as_no_session() {
         Some(Sessions::key_of(&bob).as_str())
     );
 }
+
+/// An IdP whose ID tokens carry no `sid` but whose logout tokens name one (and the user): the
+/// logout ends the user's sessions made without a `sid`, and a login of that kind completing
+/// meanwhile keeps nothing either; a login begun after the logout does, and one with a `sid`
+/// is left to its own record.
+#[tokio::test(start_paused = true)]
+async fn a_login_without_sid_racing_a_logout_naming_a_sid_and_its_user_keeps_nothing() {
+    let s = sessions().with_login_timeout(Duration::from_secs(600));
+    let sidless = || Session {
+        sid: None,
+        ..session(100)
+    };
+    let by = SidLogout::Signed { sub: Some("alice") };
+    let now = crate::clock::now_unix();
+    assert_eq!(s.revoke_sid("https://idp", "sid-x", by).await.unwrap(), 0);
+    assert!(
+        s.create(&sidless(), 100, now).await.unwrap().is_none(),
+        "begun by the time of the logout"
+    );
+    assert!(s.create(&sidless(), 100, now + 5).await.unwrap().is_some());
+    let mut bob = sidless();
+    bob.sub = "bob".into();
+    assert!(
+        s.create(&bob, 100, now).await.unwrap().is_some(),
+        "another user"
+    );
+    assert!(
+        s.create(&session(100), 100, now).await.unwrap().is_some(),
+        "a login with a sid of its own"
+    );
+}
