@@ -569,6 +569,31 @@ async fn a_login_racing_a_logout_of_its_user_gets_no_session() {
     assert!(alive(&m.b.sidecar, &later).await);
 }
 
+/// A callback replayed on another replica (its state cookie and URL captured): the state's
+/// one-time mark is in the shared store, so the second replica refuses it too.
+#[tokio::test]
+async fn a_callback_replayed_on_another_replica_is_refused() {
+    let m = mock_pair(&[]).await;
+    let (path, cookie) = m
+        .idp
+        .callback_for(&m.key, &m.a.sidecar, "alice", "sid-1", "")
+        .await;
+    let first = get(&m.a.sidecar.url(&path), &[("cookie", &cookie)])
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 302);
+    let replay = get(&m.b.sidecar.url(&path), &[("cookie", &cookie)])
+        .await
+        .unwrap();
+    let page = String::from_utf8_lossy(replay.body()).to_string();
+    assert_eq!(replay.status(), 400, "{page}");
+    assert!(page.contains("Invalid or expired OIDC state"), "{page}");
+    assert!(
+        set_cookie(&replay, "sso_sidecar_session").is_none_or(|v| v.is_empty()),
+        "a session cookie was set"
+    );
+}
+
 /// The same race for an IdP whose ID tokens carry no `sid` but whose logout tokens name one
 /// and the user: the logout ends the user's sessions made without a `sid`, and the login of
 /// that kind completing meanwhile kept its session before.
@@ -638,6 +663,8 @@ async fn rp_logout_redirects_to_the_idp_and_the_old_cookie_dies() {
     for (origin, site) in [
         ("https://evil.example", None),
         ("https://evil.example", Some("cross-site")),
+        // A browser says same-origin, but the Origin is another's: no browser sends both.
+        ("https://evil.example", Some("same-origin")),
         (own_origin.as_str(), Some("cross-site")),
         // `Origin: null` proves nothing either way: Fetch Metadata decides, or nothing does.
         ("null", Some("cross-site")),

@@ -235,6 +235,25 @@ impl MockIdp {
         sid: &str,
         prefix: &str,
     ) -> impl std::future::Future<Output = http::Response<bytes::Bytes>> {
+        let (path, cookie) = self.callback_for(key, sc, sub, sid, prefix).await;
+        let callback = sc.url(&path);
+        async move {
+            crate::support::get(&callback, &[("cookie", &cookie)])
+                .await
+                .unwrap()
+        }
+    }
+
+    /// The same, as the callback's path and query and the `Cookie` it goes with (to be sent
+    /// to any replica).
+    pub async fn callback_for(
+        &self,
+        key: &Key,
+        sc: &crate::support::Sidecar,
+        sub: &str,
+        sid: &str,
+        prefix: &str,
+    ) -> (String, String) {
         use crate::oidc_support::{location, set_cookie, urlencode, CLIENT_ID};
         use crate::support::get;
         let r = get(&sc.url("/auth/login?next=/"), &[]).await.unwrap();
@@ -253,11 +272,7 @@ impl MockIdp {
             let expires_in = if s.login_expires_in > 0 { s.login_expires_in } else { 600 };
             s.token_response = json!({"access_token": "at", "token_type": "Bearer", "expires_in": expires_in, "id_token": id_token, "refresh_token": "rt"})
         });
-        let callback = sc.url(&format!(
-            "/auth/callback?code=c&state={}",
-            urlencode(&q["state"])
-        ));
-        let cookie = format!("{state_name}={state_cookie}");
-        async move { get(&callback, &[("cookie", &cookie)]).await.unwrap() }
+        let callback = format!("/auth/callback?code=c&state={}", urlencode(&q["state"]));
+        (callback, format!("{state_name}={state_cookie}"))
     }
 }

@@ -378,6 +378,11 @@ async fn front_channel_logout_ends_sessions_on_every_replica() {
         alive(a, &alice).await,
         "another issuer's logout ends nothing"
     );
+    let without_iss = get(&b.url("/auth/frontchannel-logout?sid=sid-1"), &[])
+        .await
+        .unwrap();
+    assert_eq!(without_iss.status(), 400, "a sid without its issuer");
+    assert!(alive(a, &alice).await, "ends nothing");
 
     let r = get(
         &b.url(&format!(
