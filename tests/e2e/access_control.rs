@@ -389,6 +389,10 @@ async fn path_rules_refuse_before_the_upstream_and_reload_on_sighup() {
     .await
     .unwrap();
     assert_eq!(r.status(), 403, "GET naming DELETE is ruled as a DELETE");
+    // Nor a WebSocket opened there.
+    let (_, head) =
+        crate::streaming::ws_to(sc.addr, "/admin/ws", &format!("Cookie: {cookie}\r\n")).await;
+    assert!(head.starts_with("HTTP/1.1 403"), "{head}");
     // A list in one field, whose first name Express's `method-override` takes.
     let r = send(request(
         "POST",

@@ -282,6 +282,22 @@ async fn a_pre_provisioned_user_gets_their_token_injected_on_every_carrier() {
         json!(["theme", "openrag_chainlit_token"]),
         "{j}"
     );
+    // A client naming the carriers hop-by-hop (`Connection: authorization, cookie`) does not
+    // take the user's token away with them: it is written after hop-by-hop removal.
+    let hop = [
+        ("cookie", cookie.as_str()),
+        ("connection", "authorization, cookie"),
+    ];
+    let j = json(&get(&sc.url("/v1/models"), &hop).await.unwrap());
+    assert_eq!(j["auth_via"], "bearer", "{j}");
+    assert_eq!(j["user"]["external_user_id"], "alice");
+    let j = json(
+        &get(&sc.url("/chainlit/project/settings"), &hop)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(j["auth_via"], "cookie", "{j}");
+    assert_eq!(j["user"]["external_user_id"], "alice");
 
     let me = json(
         &get(&sc.url("/auth/me"), &[("cookie", &cookie)])

@@ -149,7 +149,7 @@ async fn ws_open(addr: std::net::SocketAddr, extra: &str) -> (tokio::net::TcpStr
 }
 
 /// [`ws_open`] for `path`.
-async fn ws_to(
+pub(crate) async fn ws_to(
     addr: std::net::SocketAddr,
     path: &str,
     extra: &str,
