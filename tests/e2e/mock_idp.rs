@@ -80,6 +80,9 @@ pub struct MockState {
     pub userinfo_status: u16,
     /// Advertise `authorization_response_iss_parameter_supported` (RFC 9207).
     pub iss_parameter: bool,
+    /// The PKCE challenge (S256) of each code issued: the token endpoint refuses a code whose
+    /// `code_verifier` does not match it, as a real IdP does.
+    pub codes: std::collections::HashMap<String, String>,
 }
 
 pub struct MockIdp {
@@ -167,12 +170,25 @@ async fn handle(
         "/token" => {
             s.token_requests
                 .push(String::from_utf8_lossy(&body).into_owned());
-            status = if s.token_status == 0 {
-                200
-            } else {
-                s.token_status
-            };
-            s.token_response.clone()
+            let form: std::collections::HashMap<String, String> =
+                url::form_urlencoded::parse(&body).into_owned().collect();
+            let verifier = form.get("code_verifier").map_or("", String::as_str);
+            let derived =
+                b64(ring::digest::digest(&ring::digest::SHA256, verifier.as_bytes()).as_ref());
+            match form.get("code").and_then(|c| s.codes.get(c)) {
+                Some(challenge) if *challenge != derived => {
+                    status = 400;
+                    json!({"error": "invalid_grant", "error_description": "PKCE verification failed"})
+                }
+                _ => {
+                    status = if s.token_status == 0 {
+                        200
+                    } else {
+                        s.token_status
+                    };
+                    s.token_response.clone()
+                }
+            }
         }
         "/userinfo" => {
             if s.userinfo_status != 0 {
@@ -272,7 +288,15 @@ impl MockIdp {
             let expires_in = if s.login_expires_in > 0 { s.login_expires_in } else { 600 };
             s.token_response = json!({"access_token": "at", "token_type": "Bearer", "expires_in": expires_in, "id_token": id_token, "refresh_token": "rt"})
         });
-        let callback = format!("/auth/callback?code=c&state={}", urlencode(&q["state"]));
+        // A code of its own, bound to the login's PKCE challenge.
+        let code = format!("c-{}", sso_sidecar::crypto::random_token(8));
+        self.set(|s| {
+            s.codes.insert(code.clone(), q["code_challenge"].clone());
+        });
+        let callback = format!(
+            "/auth/callback?code={code}&state={}",
+            urlencode(&q["state"])
+        );
         (callback, format!("{state_name}={state_cookie}"))
     }
 }

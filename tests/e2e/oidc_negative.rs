@@ -548,3 +548,45 @@ async fn an_idp_that_comes_up_late_is_picked_up_with_backoff() {
 async fn start_unready(env: &[(&str, &str)]) -> Sidecar {
     Sidecar::start_without_readiness(env).await
 }
+
+/// A code stolen from one login (its redirect leaked: a log, a referrer, a malicious app on a
+/// custom scheme) cannot complete another: the sidecar sends the code verifier of the login
+/// named by the state it came back with, which the IdP finds does not match the code's PKCE
+/// challenge. The mock IdP checks PKCE as a real one does.
+#[tokio::test]
+async fn a_code_from_another_login_is_refused_by_its_pkce_challenge() {
+    let s = setup(&[]).await;
+    let sc = &s.sc.sidecar;
+    let (victims, _) = s.idp.callback_for(&s.key, sc, "victim", "sid-v", "").await;
+    let (mine, cookie) = s.idp.callback_for(&s.key, sc, "mallory", "sid-m", "").await;
+    let param = |path: &str, name: &str| {
+        url::Url::parse(&format!("http://x{path}"))
+            .unwrap()
+            .query_pairs()
+            .find(|(k, _)| k == name)
+            .unwrap()
+            .1
+            .into_owned()
+    };
+    let swapped = format!(
+        "/auth/callback?code={}&state={}",
+        urlencode(&param(&victims, "code")),
+        urlencode(&param(&mine, "state"))
+    );
+    let r = get(&sc.url(&swapped), &[("cookie", &cookie)])
+        .await
+        .unwrap();
+    let page = String::from_utf8_lossy(r.body()).to_string();
+    assert_eq!(r.status(), 400, "{page}");
+    assert!(page.contains("OIDC code exchange failed"), "{page}");
+    assert!(
+        set_cookie(&r, "sso_sidecar_session").is_none_or(|v| v.is_empty()),
+        "a session cookie was set"
+    );
+    // The login's state is spent; a new one, with its own code, completes.
+    let r = get(&sc.url(&mine), &[("cookie", &cookie)]).await.unwrap();
+    assert_eq!(r.status(), 400, "{}", String::from_utf8_lossy(r.body()));
+    let (mine, cookie) = s.idp.callback_for(&s.key, sc, "mallory", "sid-m", "").await;
+    let r = get(&sc.url(&mine), &[("cookie", &cookie)]).await.unwrap();
+    assert_eq!(r.status(), 302, "{}", String::from_utf8_lossy(r.body()));
+}

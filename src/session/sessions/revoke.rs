@@ -53,8 +53,11 @@ impl Sessions {
     /// logout first records the `sid` (or the `sub`) as ended, then reads the index; a login
     /// first adds to the indexes, then reads the records. Whichever order the two interleave
     /// in, either the logout finds the session or the login finds the record. A user's record
-    /// ends only the logins begun by the time of the logout (in whole seconds, on the replicas'
-    /// clocks): the user may sign in again at once, into a new IdP session.
+    /// (and the record of their sessions without `sid`) ends only the logins begun before the
+    /// second of the logout (whole seconds, on the replicas' clocks): the user may sign in again
+    /// at once, into a new IdP session, even within that second (a browser sent from the IdP's
+    /// logout page straight back to a login does). A login begun in the logout's own second and
+    /// completing after it is the one race left open.
     pub(super) async fn ended_meanwhile(
         &self,
         session: &Session,
@@ -70,13 +73,13 @@ impl Sessions {
             }
             None => {
                 let at = self.ended_at(&Self::ended_sidless(iss, sub)).await?;
-                if at.is_some_and(|at| begun <= at) {
+                if at.is_some_and(|at| begun < at) {
                     return Ok(true);
                 }
             }
         }
         let at = self.ended_at(&Self::ended_sub(iss, sub)).await?;
-        Ok(at.is_some_and(|at| begun <= at))
+        Ok(at.is_some_and(|at| begun < at))
     }
 
     /// The time a logout record holds, if there is one.

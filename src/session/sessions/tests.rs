@@ -175,13 +175,14 @@ async fn a_login_racing_a_logout_of_every_session_of_its_user_keeps_nothing() {
             .unwrap(),
         0
     );
-    for begun in [400, 500] {
+    for begun in [400, 499] {
         assert!(
             s.create(&session(510), 510, begun).await.unwrap().is_none(),
             "a login begun at {begun} outlived a logout at 500"
         );
     }
-    assert!(s.create(&session(510), 510, 501).await.unwrap().is_some());
+    // Begun in the logout's second: taken for the user signing in again at once.
+    assert!(s.create(&session(510), 510, 500).await.unwrap().is_some());
     // An older logout handled after it does not move the time back.
     assert_eq!(
         s.revoke_sub("https://idp", "alice", Some(450))
@@ -400,18 +401,23 @@ async fn a_login_without_sid_racing_a_logout_naming_a_sid_and_its_user_keeps_not
     let now = crate::clock::now_unix();
     assert_eq!(s.revoke_sid("https://idp", "sid-x", by).await.unwrap(), 0);
     assert!(
-        s.create(&sidless(), 100, now).await.unwrap().is_none(),
-        "begun by the time of the logout"
+        s.create(&sidless(), 100, now - 1).await.unwrap().is_none(),
+        "begun before the logout"
     );
+    // Begun after, or in the logout's own second (the user signing in again at once).
     assert!(s.create(&sidless(), 100, now + 5).await.unwrap().is_some());
+    assert!(s.create(&sidless(), 100, now).await.unwrap().is_some());
     let mut bob = sidless();
     bob.sub = "bob".into();
     assert!(
-        s.create(&bob, 100, now).await.unwrap().is_some(),
+        s.create(&bob, 100, now - 1).await.unwrap().is_some(),
         "another user"
     );
     assert!(
-        s.create(&session(100), 100, now).await.unwrap().is_some(),
+        s.create(&session(100), 100, now - 1)
+            .await
+            .unwrap()
+            .is_some(),
         "a login with a sid of its own"
     );
 }
