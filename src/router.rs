@@ -240,9 +240,7 @@ impl App {
                     Caller::Public
                 }
                 Decision::Preflight => {
-                    parts.headers.remove(header::COOKIE);
-                    parts.headers.remove(header::CONTENT_LENGTH);
-                    parts.headers.remove(header::TRANSFER_ENCODING);
+                    crate::auth::cross_site::as_preflight(&mut parts);
                     without_body = true;
                     Caller::Public
                 }

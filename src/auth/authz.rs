@@ -104,7 +104,8 @@ fn reaches_as(a: &Authz, methods: &[Cow<str>], path: &str, fold: bool, groups: &
     let covers = |ruled: &[http::Method]| {
         ruled.is_empty()
             || methods.iter().any(|m| {
-                ruled.iter().any(|r| r.as_str().eq_ignore_ascii_case(m))
+                m == ANY_METHOD
+                    || ruled.iter().any(|r| r.as_str().eq_ignore_ascii_case(m))
                     || (m.eq_ignore_ascii_case("HEAD") && ruled.contains(&http::Method::GET))
             })
     };
@@ -138,6 +139,44 @@ pub fn names_another_method(parts: &http::request::Parts) -> bool {
     taken_as(parts).len() > 1
 }
 
+/// Whether a header names a method (an override header in any spelling), whatever it names.
+pub fn names_method_in_headers(headers: &http::HeaderMap) -> bool {
+    headers
+        .keys()
+        .any(|name| METHOD_OVERRIDES.iter().any(|o| folds_to(name.as_str(), o)))
+}
+
+/// `uri` without its `_method` query parameters (in any spelling [`names_method`] reads), the
+/// others kept byte for byte; `None` when it has none.
+pub fn without_method_params(uri: &http::Uri) -> Option<http::Uri> {
+    let query = uri.query()?;
+    let named = |pair: &&str| {
+        let name = pair.split('=').next().unwrap_or_default();
+        form_urlencoded::parse(name.as_bytes())
+            .next()
+            .is_some_and(|(n, _)| names_method(&n))
+    };
+    if !query.split('&').any(|p| named(&p)) {
+        return None;
+    }
+    let kept: Vec<&str> = query.split('&').filter(|p| !named(p)).collect();
+    let path = uri.path();
+    let target = if kept.is_empty() {
+        path.to_owned()
+    } else {
+        format!("{path}?{}", kept.join("&"))
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = target.parse().ok();
+    http::Uri::from_parts(parts).ok()
+}
+
+/// Methods a request may name besides its own before it is taken as naming every method.
+const MAX_NAMED: usize = 8;
+
+/// What a request naming more than [`MAX_NAMED`] methods is taken as: every method.
+const ANY_METHOD: &str = "*";
+
 /// Headers that some frameworks take as the request's method.
 const METHOD_OVERRIDES: [&str; 3] = [
     "x-http-method-override",
@@ -161,6 +200,14 @@ fn taken_as<'a>(parts: &'a http::request::Parts) -> Vec<Cow<'a, str>> {
                 .collect(),
         };
         for m in names {
+            if methods.len() > MAX_NAMED {
+                // Named past any use (and each name is compared with all before it): taken
+                // as every method, so that every method's rule holds.
+                if methods.last().is_none_or(|l| l != ANY_METHOD) {
+                    methods.push(Cow::Borrowed(ANY_METHOD));
+                }
+                return;
+            }
             if !m.is_empty() && !methods.iter().any(|x| x.eq_ignore_ascii_case(&m)) {
                 methods.push(m);
             }
@@ -350,6 +397,12 @@ mod tests {
                 &[("x-http-method-override", "DELETE,")],
             ),
             parts("POST", "/v1/docs/1", &[("x_http_method", " delete ,x")]),
+            // Named past any use: taken as every method (DELETE among them).
+            parts(
+                "POST",
+                "/v1/docs/1",
+                &[("x-http-method-override", "A,B,C,D,E,F,G,H,I,J,K")],
+            ),
         ];
         for p in &refused {
             assert!(

@@ -18,7 +18,9 @@
 //!   `OPTIONS`) or opens a tunnel (`Upgrade`) must come from our own host or a trusted origin
 //!   when it names an `Origin`; without one (curl, scripts, servers) it is not a browser's.
 //!
-//! Reads request headers only; knows nothing of sessions or of what the upstream does.
+//! A request naming another method than its own (`?_method=DELETE`, an override header) is
+//! neither a link followed nor harmless. Reads the request's head only (headers, the query's
+//! method parameters); knows nothing of sessions or of what the upstream does.
 
 use super::gate::{self, Decision};
 pub use crate::config::origins::TrustedOrigins;
@@ -70,9 +72,10 @@ pub fn refused(parts: &Parts, paths: &PathSettings) -> Option<Decision> {
 /// answer decides whether the real request follows. Forwarded without identity.
 ///
 /// A browser's preflight names the real request's method and headers, and carries neither a
-/// credential nor a method of its own: one with `Authorization`, or naming another method
-/// (`X-HTTP-Method-Override`, `?_method=`), comes from no browser, and goes through the gate
-/// like any request, where the rules see that method and that bearer.
+/// credential nor a header of its own: one with `Authorization`, or naming another method in a
+/// header (`X-HTTP-Method-Override`), comes from no browser, and goes through the gate like any
+/// request, where the rules see that method and that bearer. Its URL is the real request's,
+/// query included: a `?_method=` there is taken off by [`as_preflight`].
 pub fn trusted_preflight(parts: &Parts, trusted: &TrustedOrigins) -> bool {
     let h = &parts.headers;
     parts.method == Method::OPTIONS
@@ -80,7 +83,19 @@ pub fn trusted_preflight(parts: &Parts, trusted: &TrustedOrigins) -> bool {
         && h.get(header::ORIGIN)
             .is_some_and(|o| trusted.contains(o.as_bytes()))
         && !h.contains_key(header::AUTHORIZATION)
-        && !super::authz::names_another_method(parts)
+        && !super::authz::names_method_in_headers(h)
+}
+
+/// A trusted preflight as it goes on, without identity: without cookies, without a body (a
+/// browser's has none), and without `_method` query parameters, which a backend overriding
+/// `OPTIONS` would run as that method with nobody's identity checked.
+pub fn as_preflight(parts: &mut Parts) {
+    parts.headers.remove(header::COOKIE);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.remove(header::TRANSFER_ENCODING);
+    if let Some(uri) = super::authz::without_method_params(&parts.uri) {
+        parts.uri = uri;
+    }
 }
 
 /// A top-level or frame navigation by `GET` or `HEAD` (what `SameSite=Lax` itself lets through
@@ -312,8 +327,22 @@ mod tests {
             let p = parts("OPTIONS", &[ui, acrm, extra]);
             assert!(!trusted_preflight(&p, &TrustedOrigins::Any), "{extra:?}");
         }
+        // A browser's preflight has the real request's URL, `?_method=` included: it goes
+        // on, without the parameter (nor cookies, nor a body).
+        let mut p = parts(
+            "OPTIONS",
+            &[ui, acrm, ("cookie", "s=1"), ("content-length", "3")],
+        );
+        p.uri = "/v1/x?a=1&_method=DELETE&%5Fmethod=PUT&b=%20"
+            .parse()
+            .unwrap();
+        assert!(trusted_preflight(&p, &trusted), "?_method=");
+        as_preflight(&mut p);
+        assert_eq!(p.uri, "/v1/x?a=1&b=%20");
+        assert!(p.headers.get("cookie").is_none() && p.headers.get("content-length").is_none());
         let mut p = parts("OPTIONS", &[ui, acrm]);
         p.uri = "/v1/x?_method=DELETE".parse().unwrap();
-        assert!(!trusted_preflight(&p, &trusted), "?_method=");
+        as_preflight(&mut p);
+        assert_eq!(p.uri, "/v1/x");
     }
 }

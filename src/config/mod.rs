@@ -289,6 +289,7 @@ pub fn load(inputs: Inputs) -> Result<Config, ConfigErrors> {
                 warnings.extend(suggest::plain_http_redirect(o.redirect_uri.as_str()));
             }
             warnings.extend(suggest::trusting_everyone(&v.proxy.trusted_proxies));
+            warnings.extend(suggest::shadowed_rules(&v.auth.authz.rules));
             let mut auth = v.auth;
             // `[authz] groups_claim` defaults to OpenRag's `OIDC_CLAIM_GROUPS`, else `groups`.
             if auth.authz.groups_claim.is_empty() {

@@ -217,6 +217,31 @@ pub fn trusting_everyone(nets: &[ipnet::IpNet]) -> Option<String> {
     })
 }
 
+/// An exact rule for a directory (`/admin`) listed after a prefix rule on it (`/admin/*`):
+/// the prefix rule covers the directory too (backends serve `/admin` as `/admin/`), and the
+/// first matching rule decides, so the exact rule is never reached for the methods both cover.
+pub fn shadowed_rules(rules: &[super::access::PathRule]) -> Vec<String> {
+    let mut out = Vec::new();
+    for (j, exact) in rules.iter().enumerate() {
+        let earlier = rules[..j].iter().position(|r| {
+            r.path
+                .strip_suffix("/*")
+                .is_some_and(|dir| dir.eq_ignore_ascii_case(&exact.path))
+                && (r.methods.is_empty()
+                    || exact.methods.is_empty()
+                    || r.methods.iter().any(|m| exact.methods.contains(m)))
+        });
+        if let Some(i) = earlier {
+            out.push(format!(
+                "authz.rules[{j}] ('{}') comes after authz.rules[{i}] ('{}'), which covers \
+                 '{}' too and decides first: list the exact rule before it",
+                exact.path, rules[i].path, exact.path
+            ));
+        }
+    }
+    out
+}
+
 /// What `AUTH_MODE=token` (pass-through: the backend checks its own tokens) leaves unused
 /// although it is set: the sidecar authenticates nothing, so a backend that trusts identity
 /// headers, or counts on `[[authz.rules]]`, is open to every client. A warning each, not an

@@ -487,6 +487,15 @@ async fn path_rules_refuse_before_the_upstream_and_reload_on_sighup() {
         "a browser's preflight reaches the upstream"
     );
     assert_eq!(json(&r)["method"], "OPTIONS");
+    // A browser's preflight has the real request's URL: one with `?_method=` goes on without
+    // it (a backend overriding OPTIONS would run it unauthenticated as that method).
+    let r = preflight(
+        ("sec-fetch-mode", "cors"),
+        "/elsewhere?a=1&_method=DELETE&b=2",
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(json(&r)["query"], "a=1&b=2", "{}", json(&r));
     let r = preflight(("authorization", "Bearer minted-by-alice"), "/admin/users").await;
     assert_eq!(r.status(), 403, "a bearer on a ruled path");
     let r = preflight(("x-http-method-override", "DELETE"), "/v1/chat").await;

@@ -628,3 +628,28 @@ fn dotenv_warnings(text: &str) -> Vec<String> {
     std::fs::write(dir.path().join(".env"), text).unwrap();
     load(inputs(dir.path(), None, &[])).unwrap().warnings
 }
+
+/// An exact rule for a directory after a prefix rule on it is never reached (the prefix rule
+/// covers `/admin` too): said at start-up; in the other order, nothing is said.
+#[test]
+fn an_exact_rule_a_prefix_rule_shadows_is_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let rule = |path: &str, group: &str| {
+        format!("[[authz.rules]]\npath = \"{path}\"\ngroups = [\"{group}\"]\n")
+    };
+    let shadowed = |c: &crate::config::Config| {
+        c.warnings
+            .iter()
+            .any(|w| w.contains("authz.rules[1] ('/admin') comes after authz.rules[0]"))
+    };
+    let toml = rule("/admin/*", "admins") + &rule("/admin", "staff");
+    let c = load(inputs(dir.path(), Some(&toml), &[])).unwrap();
+    assert!(shadowed(&c), "{:?}", c.warnings);
+    let toml = rule("/admin", "staff") + &rule("/admin/*", "admins");
+    let c = load(inputs(dir.path(), Some(&toml), &[])).unwrap();
+    assert!(
+        !c.warnings.iter().any(|w| w.contains("comes after")),
+        "{:?}",
+        c.warnings
+    );
+}
