@@ -406,8 +406,9 @@ pub async fn run(
 /// On SIGHUP, re-reads the configuration (same file, same environment). A valid change to the
 /// reloadable settings — log level, path lists, identity header names, redirect allow-list,
 /// upstream timeout — applies to the next request without dropping a connection; an invalid
-/// configuration is refused with its problems logged and the running one kept; settings that
-/// cannot change live are named.
+/// configuration is refused with its problems logged and the running one kept, and so is one
+/// that `config::reload_refusal` finds unsafe (the `.env` gone, an allow-list removed
+/// entirely); settings that cannot change live are named.
 async fn reload_on_sighup(
     apps: Vec<Arc<router::App>>,
     oidc: Option<Arc<router::Oidc>>,

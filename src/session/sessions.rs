@@ -404,7 +404,8 @@ mod revoke;
 pub use revoke::SidLogout;
 
 /// Whether `s`, read under `key`, was sealed for it (or before that was recorded). Another
-/// key's value copied here is someone writing the store without the sealing key: said once.
+/// key's value copied here is someone writing the store without the sealing key: said at each
+/// such read (a refused value is not kept opened).
 fn sealed_for(s: &Session, key: &str) -> bool {
     match s.sealed_for.as_deref() {
         Some(k) if k != key => {

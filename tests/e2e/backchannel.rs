@@ -59,9 +59,9 @@ async fn one_address_cannot_take_every_back_channel_slot() {
     drop(forms);
 }
 
-/// Logout tokens with invented keys wait for the next JWKS re-fetch (up to 10 s) while holding
-/// a back-channel slot: one address may have at most 32 logouts handled at once, so it cannot
-/// hold all 64 slots that way, and the IdP's logouts from its own address go through meanwhile.
+/// Logout tokens with invented keys wait for the next JWKS re-fetch (up to 15 s): one address
+/// may have at most 32 logouts on the route at once (the 33rd is refused at once), and the
+/// IdP's logouts from its own address go through meanwhile.
 #[tokio::test]
 async fn tokens_waiting_for_a_key_cannot_hold_every_back_channel_slot() {
     let m = mock_pair(&[("SSO_SIDECAR_TRUSTED_PROXIES", "127.0.0.1/32")]).await;
@@ -305,4 +305,38 @@ async fn back_channel_logouts_come_only_from_the_listed_networks() {
         200
     );
     assert!(!alive(a, &cookie).await);
+}
+
+/// An IPv6 customer holds 65,536 /64s in its /48: one /48 may be sending 64 forms at once,
+/// whatever its /64s, so it cannot fill the reading pool alone (nor, therefore, shut the
+/// IdP's logouts out).
+#[tokio::test]
+async fn slow_forms_from_one_ipv6_site_are_capped_together() {
+    let m = mock_pair(&[("SSO_SIDECAR_TRUSTED_PROXIES", "127.0.0.1/32")]).await;
+    let a = &m.a.sidecar;
+    let cookie = mock_login(&m, a, "alice", "sid-1").await;
+    let mut forms = Vec::new();
+    for i in 0..72 {
+        let slow_form = format!(
+            "POST /auth/backchannel-logout HTTP/1.1\r\nHost: app\r\n\
+             X-Forwarded-For: 2001:db8:7:{}::1\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+             Content-Length: 100\r\n\r\nlogout_token=",
+            i % 9
+        );
+        let mut s = tokio::net::TcpStream::connect(a.addr).await.unwrap();
+        s.write_all(slow_form.as_bytes()).await.unwrap();
+        forms.push(s);
+    }
+    let heads = answered_within(&mut forms, Duration::from_secs(2)).await;
+    let answered: Vec<&String> = heads.iter().flatten().collect();
+    assert_eq!(answered.len(), 8, "72 forms, 64 for the site: {heads:?}");
+    assert!(
+        answered.iter().all(|h| h.starts_with("HTTP/1.1 503")),
+        "{answered:?}"
+    );
+    let genuine = m.key.sign(&logout_claims(&m));
+    let url = a.url("/auth/backchannel-logout");
+    assert_eq!(post_logout_from(url, "2001:db8:8::1", genuine).await, 200);
+    assert!(!alive(a, &cookie).await);
+    drop(forms);
 }

@@ -1,8 +1,8 @@
 //! Revocation: one session ended (its user's logout, a refresh refused, a login replacing
 //! it), every session of an IdP session (`sid`) or of a user (`sub`), found through the
-//! indexes `Sessions::create` writes (back-channel and front-channel logout), the record of an
-//! ended `sid` that stops a login racing its logout, and the wait for the store's replicas
-//! once a revocation is written. Deletes sessions; never reads or decrypts one.
+//! indexes `Sessions::create` writes (back-channel and front-channel logout), the records (an
+//! ended `sid`, a user's sessions, a user's sessions without `sid`) that stop a login racing
+//! its logout, and the wait for the store's replicas once a revocation is written. Deletes sessions; never reads or decrypts one.
 
 use super::{Session, Sessions};
 use crate::store::redis::settle::Settled;
@@ -92,8 +92,9 @@ impl Sessions {
     /// logout also records the `sid` as ended, and when no session was ever made with that
     /// `sid` (its index is empty) and it names a `sub`, removes that user's sessions made
     /// without a `sid` instead: an IdP whose ID tokens carry none may still name one in its
-    /// logout tokens, and one of them may be the session it ended. A `sid` whose sessions
-    /// already ended elsewhere leaves them alone.
+    /// logout tokens, and one of them may be the session it ended (their record is written
+    /// first, for such a login completing meanwhile). A `sid` whose sessions already ended
+    /// elsewhere leaves them alone.
     pub async fn revoke_sid(
         &self,
         iss: &str,
@@ -168,9 +169,10 @@ impl Sessions {
     }
 
     /// Writes `record` (a user's sessions, or their sessions without `sid`, ended at `t`),
-    /// unless a logout handled before this one recorded a later time: logouts may be handled out of order, and the time must not go
-    /// back (a login racing the later logout would then keep its session). Compare-and-set, so
-    /// that two logouts handled at once on two replicas cannot leave the earlier time.
+    /// unless a logout handled before this one recorded a later time: logouts may be handled
+    /// out of order, and the time must not go back (a login racing the later logout would then
+    /// keep its session). Compare-and-set, so that two logouts handled at once on two replicas
+    /// cannot leave the earlier time.
     async fn record_ended(&self, record: &str, t: i64) -> Result<(), StoreError> {
         let value = t.to_string();
         for _ in 0..RECORD_TRIES {
