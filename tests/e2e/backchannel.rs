@@ -340,3 +340,44 @@ async fn slow_forms_from_one_ipv6_site_are_capped_together() {
     assert!(!alive(a, &cookie).await);
     drop(forms);
 }
+
+/// Tokens waiting for a key have a pool of 256: past it, from any number of addresses, they
+/// are refused at once (503, to be sent again), while a logout signed with a known key, which
+/// waits for nothing, is handled.
+#[tokio::test]
+async fn tokens_waiting_for_a_key_beyond_their_pool_are_refused_at_once() {
+    let m = mock_pair(&[("SSO_SIDECAR_TRUSTED_PROXIES", "127.0.0.1/32")]).await;
+    let a = &m.a.sidecar;
+    let cookie = mock_login(&m, a, "alice", "sid-1").await;
+    let url = || a.url("/auth/backchannel-logout");
+    let invented = Key::new("invented");
+    let forged = || invented.sign(&logout_claims(&m));
+    assert_eq!(post_logout_from(url(), "203.0.113.99", forged()).await, 400);
+    // 9 addresses × 29: 261 waiting, 5 over the pool.
+    let waiting: Vec<_> = (0..261)
+        .map(|i| {
+            tokio::spawn(post_logout_from(
+                url(),
+                format!("198.51.100.{}", i % 9),
+                forged(),
+            ))
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    while waiting.iter().filter(|w| w.is_finished()).count() < 5 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "none refused at once"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let genuine = m.key.sign(&logout_claims(&m));
+    assert_eq!(post_logout_from(url(), "198.51.100.50", genuine).await, 200);
+    assert!(!alive(a, &cookie).await);
+    let mut statuses = Vec::new();
+    for w in waiting {
+        statuses.push(w.await.unwrap());
+    }
+    let count = |s: u16| statuses.iter().filter(|&&x| x == s).count();
+    assert_eq!((count(503), count(400)), (5, 256), "{statuses:?}");
+}
