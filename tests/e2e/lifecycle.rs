@@ -983,3 +983,64 @@ async fn a_logout_cut_short_by_the_store_is_not_taken_for_a_replay_when_retried(
         "a completed logout's replay is still refused"
     );
 }
+
+/// A logout on one replica while a refresh of the same session waits on the IdP on another:
+/// the refresh must not write the session back (it amends what is there, and nothing is), so
+/// the request that refreshed gets 401 and the session stays ended on every replica.
+#[tokio::test]
+async fn a_logout_during_a_refresh_stays_a_logout() {
+    let m = mock_pair(&[]).await;
+    // 8 s access tokens: a refresh is due in their last quarter.
+    m.idp.set(|s| s.login_expires_in = 8);
+    let cookie = mock_login(&m, &m.a.sidecar, "alice", "sid-1").await;
+    m.idp.set(|s| {
+        s.token_response =
+            json!({"access_token": "at-2", "token_type": "Bearer", "expires_in": 8, "refresh_token": "rt-2"});
+        s.token_delay_ms = 2000;
+    });
+    let refreshes = || m.idp.state.lock().unwrap().token_requests.len();
+    let before = refreshes();
+    // Until a request finds the refresh due and waits on the IdP.
+    let started = std::time::Instant::now();
+    let refreshing = loop {
+        let url = m.a.sidecar.url("/v1/x");
+        let header = session_header(&cookie);
+        let r = tokio::spawn(async move { get(&url, &[("cookie", &header)]).await.unwrap() });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if refreshes() > before {
+            break r;
+        }
+        assert_eq!(r.await.unwrap().status(), 200);
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no refresh began"
+        );
+    };
+    let r = send(request(
+        "POST",
+        &m.b.sidecar.url("/auth/logout"),
+        &[
+            ("cookie", session_header(&cookie).as_str()),
+            ("sec-fetch-site", "same-origin"),
+        ],
+        body(""),
+    ))
+    .await
+    .unwrap();
+    assert!(
+        r.status().is_redirection() || r.status().is_success(),
+        "{}",
+        r.status()
+    );
+    assert!(
+        !refreshing.is_finished(),
+        "the refresh was still waiting on the IdP"
+    );
+    assert_eq!(
+        refreshing.await.unwrap().status(),
+        401,
+        "the refreshed request"
+    );
+    assert!(!alive(&m.a.sidecar, &cookie).await);
+    assert!(!alive(&m.b.sidecar, &cookie).await);
+}

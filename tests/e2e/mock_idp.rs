@@ -83,6 +83,8 @@ pub struct MockState {
     /// The PKCE challenge (S256) of each code issued: the token endpoint refuses a code whose
     /// `code_verifier` does not match it, as a real IdP does.
     pub codes: std::collections::HashMap<String, String>,
+    /// Milliseconds the token endpoint waits before it answers.
+    pub token_delay_ms: u64,
 }
 
 pub struct MockIdp {
@@ -142,6 +144,16 @@ async fn handle(
         .await
         .map(|c| c.to_bytes())
         .unwrap_or_default();
+    if path == "/token" {
+        // Recorded on arrival, before any delay: a test can see a request waiting here.
+        let delay = {
+            let mut s = st.lock().unwrap();
+            s.token_requests
+                .push(String::from_utf8_lossy(&body).into_owned());
+            s.token_delay_ms
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+    }
     let mut s = st.lock().unwrap();
     let mut status = 200u16;
     let v = match path.as_str() {
@@ -168,8 +180,6 @@ async fn handle(
             s.jwks.clone()
         }
         "/token" => {
-            s.token_requests
-                .push(String::from_utf8_lossy(&body).into_owned());
             let form: std::collections::HashMap<String, String> =
                 url::form_urlencoded::parse(&body).into_owned().collect();
             let verifier = form.get("code_verifier").map_or("", String::as_str);
