@@ -841,3 +841,62 @@ async fn client_connections_have_tcp_keepalive() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// HTTP/2 "rapid reset" (CVE-2023-44487): a client opening streams and resetting each at once
+/// costs the server work per stream while never counting against the concurrent-stream limit.
+/// Past a few resets not yet accepted, the connection is closed with GOAWAY
+/// (ENHANCE_YOUR_CALM), and the upstream sees few of the requests.
+#[tokio::test]
+async fn http2_rapid_reset_closes_the_connection() {
+    let up = Upstream::start();
+    let sc = Sidecar::start(&[("SSO_SIDECAR_UPSTREAM", &up.url())]).await;
+    let mut s = TcpStream::connect(sc.addr).await.unwrap();
+    let frame = |kind: u8, flags: u8, stream: u32, payload: &[u8]| {
+        let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+        f.extend([kind, flags]);
+        f.extend(stream.to_be_bytes());
+        f.extend(payload);
+        f
+    };
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(0x4, 0, 0, &[])); // SETTINGS
+    const STREAMS: u32 = 1000;
+    for i in 0..STREAMS {
+        let id = 2 * i + 1;
+        // HEADERS (END_STREAM | END_HEADERS): GET, http, / from HPACK's static table.
+        out.extend(frame(0x1, 0x5, id, &[0x82, 0x86, 0x84]));
+        out.extend(frame(0x3, 0, id, &8u32.to_be_bytes())); // RST_STREAM (CANCEL)
+    }
+    // The server may close mid-write: what it answered is what counts.
+    let _ = s.write_all(&out).await;
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got)).await;
+    // Its frames: the GOAWAY's error code.
+    let mut goaway = None;
+    let mut at = 0;
+    while at + 9 <= got.len() {
+        let len = u32::from_be_bytes([0, got[at], got[at + 1], got[at + 2]]) as usize;
+        if got[at + 3] == 0x7 && at + 9 + 8 <= got.len() {
+            let p = &got[at + 9..];
+            goaway = Some(u32::from_be_bytes([p[4], p[5], p[6], p[7]]));
+        }
+        at += 9 + len;
+    }
+    assert_eq!(
+        goaway,
+        Some(0xb),
+        "GOAWAY (ENHANCE_YOUR_CALM), from {} bytes",
+        got.len()
+    );
+    let seen = up.requests().await.len();
+    println!("FIGURE rapid reset: {seen} of {STREAMS} streams reached the upstream");
+    assert!(
+        seen < 100,
+        "{seen} of {STREAMS} streams reached the upstream"
+    );
+    // And the sidecar serves the next client.
+    assert_eq!(
+        get(&sc.url("/echo/after"), &[]).await.unwrap().status(),
+        200
+    );
+}
