@@ -103,16 +103,6 @@ fn build_oidc(
             short_settles: store.short_settles(),
         })
     }));
-    if let Some(p) = &settings.post_logout_redirect_uri {
-        if p.origin() == settings.redirect_uri.origin() {
-            tracing::warn!(
-                post_logout_redirect_uri = %p,
-                "OIDC_POST_LOGOUT_REDIRECT_URI points back at the sidecar: after logout the user \
-                 lands on a protected page and is logged in again at once (re-login loop); \
-                 point it at a page outside the protected application"
-            );
-        }
-    }
     tracing::info!(
         issuer = %settings.issuer,
         session_store = store.kind(),
@@ -284,15 +274,30 @@ pub async fn run(
     let head_bytes = config.proxy.max_request_header_bytes;
     let max_connections = server::limits::cap_for_memory(by_files, memory, head_bytes);
     if max_connections < by_files {
-        tracing::warn!(
-            memory_limit_bytes = memory,
-            max_connections,
-            configured = limits.max,
-            max_request_header_bytes = head_bytes,
-            "the memory limit caps client connections below connections.max: that many, each \
-             holding a request head as large as allowed, fit in it; raise the container's \
-             memory limit to hold more"
-        );
+        // Said as a warning when the operator asked for more; the default cap following the
+        // container's limit is the design, said once at INFO (every pod would warn otherwise).
+        let asked = limits.max != config::connections::ConnectionSettings::default().max;
+        let (limit, fits) = (memory, max_connections);
+        let why = "the memory limit caps client connections below connections.max: that many, \
+                   each holding a request head as large as allowed, fit in it; raise the \
+                   container's memory limit to hold more";
+        if asked {
+            tracing::warn!(
+                memory_limit_bytes = limit,
+                max_connections = fits,
+                configured = limits.max,
+                max_request_header_bytes = head_bytes,
+                "{why}"
+            );
+        } else {
+            tracing::info!(
+                memory_limit_bytes = limit,
+                max_connections = fits,
+                configured = limits.max,
+                max_request_header_bytes = head_bytes,
+                "{why}"
+            );
+        }
     }
     for w in &config.warnings {
         tracing::warn!("{w}");

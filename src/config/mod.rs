@@ -193,7 +193,13 @@ pub fn load(inputs: Inputs) -> Result<Config, ConfigErrors> {
     let (sidecar_vars, unknown) = vars.sidecar_vars(&known);
     let sidecar_names = suggest::sidecar_variables();
     for name in unknown {
-        warnings.push(suggest::unknown_variable(&name, &sidecar_names));
+        match suggest::single_underscore_twin(&name, &sidecar_names) {
+            Some(meant) => problems.push(format!(
+                "unknown variable {name}: a setting of a section takes two underscores after \
+                 the section's name: {meant}"
+            )),
+            None => warnings.push(suggest::unknown_variable(&name, &sidecar_names)),
+        }
     }
     warnings.extend(suggest::unknown_openrag_variables(vars.names()));
     for name in suggest::OPENRAG_BOOLEANS {
@@ -220,6 +226,19 @@ pub fn load(inputs: Inputs) -> Result<Config, ConfigErrors> {
             "SSO_SIDECAR_{}",
             key.replace('.', "__").to_ascii_uppercase()
         );
+        // A section's setting it does not have: named with a suggestion and left out, so that
+        // it hides no other problem (figment would stop at it, naming neither the variable nor
+        // what was meant).
+        if let Some((section, k)) = key.split_once('.') {
+            if !toml_keys::is_known(Some(section), k) {
+                let meant = suggest::closest(&name, sidecar_names.iter().map(String::as_str));
+                problems.push(match meant {
+                    Some(m) => format!("unknown variable {name} (did you mean {m}?)"),
+                    None => format!("unknown variable {name}"),
+                });
+                continue;
+            }
+        }
         // An allow-list variable set to nothing (a compose file's `${GROUPS}` with GROUPS
         // unset) would replace the file's list with none, which lets everyone in.
         if key.starts_with("authz.allowed_") && raw.split(',').all(|v| v.trim().is_empty()) {
@@ -281,12 +300,20 @@ pub fn load(inputs: Inputs) -> Result<Config, ConfigErrors> {
             if openrag.auth_mode == AuthMode::Oidc && v.identity == IdentityMode::Headers {
                 warnings.extend(suggest::bridge_only(&vars));
             }
+            warnings.extend(suggest::unused_by_mode(
+                &raw,
+                v.identity == IdentityMode::OpenRag,
+            ));
+            if v.identity == IdentityMode::OpenRag {
+                warnings.extend(suggest::group_sync_without_claim(&vars));
+            }
             if openrag.auth_mode == AuthMode::Token {
                 warnings.extend(suggest::token_mode_ignores(&v, &vars));
             }
             if let Some(o) = &openrag.oidc {
                 warnings.extend(suggest::plain_http_idp(&o.issuer));
                 warnings.extend(suggest::plain_http_redirect(o.redirect_uri.as_str()));
+                warnings.extend(suggest::relogin_loop(o));
             }
             warnings.extend(suggest::trusting_everyone(&v.proxy.trusted_proxies));
             warnings.extend(suggest::shadowed_rules(&v.auth.authz.rules));

@@ -116,6 +116,31 @@ impl Settings {
             }
             _ => {}
         }
+        let sentinel_set = [
+            (
+                "redis_sentinel_master",
+                self.redis_sentinel_master.trim() != "mymaster",
+            ),
+            ("redis_sentinel_tls", self.redis_sentinel_tls),
+            (
+                "redis_sentinel_username",
+                self.redis_sentinel_username.is_some(),
+            ),
+            (
+                "redis_sentinel_password",
+                self.redis_sentinel_password.is_some(),
+            ),
+        ];
+        if self.redis_mode.trim() != "sentinel" {
+            if let Some((name, _)) = sentinel_set.iter().find(|(_, set)| *set) {
+                problems.push(format!(
+                    "{name} is set but redis_mode is \"{}\": set redis_mode = \"sentinel\" \
+                     (with the sentinels in redis_nodes), or remove it",
+                    self.redis_mode.trim()
+                ));
+                return None;
+            }
+        }
         if self.redis_key_prefix.contains(['{', '}']) {
             problems.push(
                 "redis_key_prefix must not contain { or }: each key carries a hash tag of its own, \

@@ -79,15 +79,29 @@ pub fn sidecar_variables() -> Vec<String> {
     }
     for extra in [
         "SSO_SIDECAR_PATHS__BROWSER_LOGIN",
+        "SSO_SIDECAR_PATHS__BEARER_PASSTHROUGH",
         "SSO_SIDECAR_TLS__CERT_FILE",
         "SSO_SIDECAR_TLS__KEY_FILE",
         "SSO_SIDECAR_OPENRAG__TOKEN_FILE",
+        "SSO_SIDECAR_AUTHZ__ALLOWED_EMAILS_FILE",
+        "SSO_SIDECAR_AUTHZ__GROUPS_CLAIM",
         "SSO_SIDECAR_CONFIG",
         "SSO_SIDECAR_ENV_FILE",
     ] {
         out.push(extra.to_owned());
     }
     out
+}
+
+/// A setting of a section written with one underscore where two belong
+/// (`SSO_SIDECAR_AUTHZ_ALLOWED_GROUPS`): the setting it means, when `name` is exactly that.
+/// Refused rather than warned about, as the setting would otherwise be left at its default
+/// (an allow-list, TLS: off); no variable Kubernetes makes up has that shape.
+pub fn single_underscore_twin<'a>(name: &str, known: &'a [String]) -> Option<&'a str> {
+    known
+        .iter()
+        .find(|k| k.contains("__") && k.replacen("__", "_", 1) == name)
+        .map(String::as_str)
 }
 
 /// The warning for an unknown variable, with a suggestion when one is close.
@@ -98,7 +112,8 @@ pub fn unknown_variable(name: &str, known: &[String]) -> String {
     }
 }
 
-/// Unknown `OIDC_*` variables among `names`, each with a suggestion when one is close.
+/// Unknown `OIDC_*` and `RATE_LIMIT_*` variables among `names`, each with a suggestion when one
+/// is close.
 pub fn unknown_openrag_variables<'a>(names: impl Iterator<Item = &'a str>) -> Vec<String> {
     let secrets = super::sources::SECRET_VARS;
     let known: Vec<String> = OPENRAG_VARIABLES
@@ -107,7 +122,10 @@ pub fn unknown_openrag_variables<'a>(names: impl Iterator<Item = &'a str>) -> Ve
         .chain(secrets.iter().map(|v| format!("{v}_FILE")))
         .collect();
     names
-        .filter(|n| n.starts_with("OIDC_") && !known.iter().any(|k| k == n))
+        .filter(|n| {
+            (n.starts_with("OIDC_") || n.starts_with("RATE_LIMIT_"))
+                && !known.iter().any(|k| k == n)
+        })
         .map(|n| match n.strip_suffix("_FILE") {
             // A file twin of a variable that has none: said plainly, not taken for a typo.
             Some(base) if OPENRAG_VARIABLES.contains(&base) => format!(
@@ -149,6 +167,76 @@ pub fn bridge_only(vars: &super::sources::Vars) -> Vec<String> {
     .collect()
 }
 
+/// Settings that the configuration as a whole leaves unread: `[openrag]` with identity headers,
+/// `[headers]` with the OpenRag bridge, and a token file without the `file` policy (the only
+/// one that reads it). Each is named: the operator set it for a reason, and nothing happens.
+pub fn unused_by_mode(raw: &Settings, bridge: bool) -> Vec<String> {
+    let mut out = Vec::new();
+    if !bridge && differs(&raw.openrag, &super::bridge::BridgeSection::default()) {
+        out.push(
+            "[openrag] settings have no effect with identity = \"headers\": only the OpenRag \
+             bridge (identity = \"openrag\") reads them"
+                .to_string(),
+        );
+    }
+    if bridge && differs(&raw.headers, &super::auth::HeaderSettings::default()) {
+        out.push(
+            "[headers] names have no effect with identity = \"openrag\": the bridge sends the \
+             backend's own token, not identity headers"
+                .to_string(),
+        );
+    }
+    if bridge && raw.openrag.token_file.is_some() && raw.openrag.token_policy != "file" {
+        out.push(format!(
+            "openrag.token_file is set but openrag.token_policy is \"{}\": the file is read \
+             only with token_policy = \"file\"",
+            raw.openrag.token_policy
+        ));
+    }
+    out
+}
+
+/// `OIDC_POST_LOGOUT_REDIRECT_URI` on the sidecar's own origin: after logout the user lands
+/// on a protected page and is signed in again at once (a re-login loop).
+pub fn relogin_loop(o: &super::openrag_env::OidcSettings) -> Option<String> {
+    let after = o.post_logout_redirect_uri.as_ref()?;
+    (after.origin() == o.redirect_uri.origin()).then(|| {
+        format!(
+            "OIDC_POST_LOGOUT_REDIRECT_URI ({after}) points back at the sidecar: after logout \
+             the user lands on a protected page and is logged in again at once (re-login \
+             loop); point it at a page outside the protected application"
+        )
+    })
+}
+
+/// Group sync's refinements set without `OIDC_CLAIM_GROUPS`, which turns group sync on: they
+/// do nothing.
+pub fn group_sync_without_claim(vars: &super::sources::Vars) -> Vec<String> {
+    if vars.non_empty("OIDC_CLAIM_GROUPS").is_some() {
+        return Vec::new();
+    }
+    // Set to what they default to (OpenRag's stock `.env` may spell the defaults out), they
+    // change nothing either way.
+    use super::access::{DEFAULT_GROUP_PATTERN, DEFAULT_GROUP_PREFIX};
+    [
+        ("OIDC_GROUP_PREFIX", DEFAULT_GROUP_PREFIX),
+        ("OIDC_GROUP_PATTERN", DEFAULT_GROUP_PATTERN),
+        ("OIDC_GROUP_SYNC_PRUNE", "false"),
+    ]
+    .into_iter()
+    .filter(|(n, default)| {
+        vars.non_empty(n)
+            .is_some_and(|v| !v.trim().eq_ignore_ascii_case(default))
+    })
+    .map(|(n, _)| format!("{n} has no effect without OIDC_CLAIM_GROUPS, which turns group sync on"))
+    .collect()
+}
+
+/// Whether two settings sections differ (compared by their serialisation).
+fn differs<T: serde::Serialize>(a: &T, b: &T) -> bool {
+    serde_json::to_value(a).ok() != serde_json::to_value(b).ok()
+}
+
 /// OpenRag's boolean variables, which it (and so the sidecar) reads as true only when `true`.
 pub const OPENRAG_BOOLEANS: [&str; 3] = [
     "OIDC_AUTO_PROVISION_LOGIN",
@@ -160,6 +248,13 @@ pub const OPENRAG_BOOLEANS: [&str; 3] = [
 /// OpenRag (only `true`, in any case, is true).
 pub fn false_boolean(name: &str, value: Option<&str>) -> Option<String> {
     let v = value?.trim();
+    if v.is_empty() && name == "RATE_LIMIT_ENABLED" {
+        // A compose file's `${RATE_LIMIT_ENABLED}` with the variable unset: limits off.
+        return Some(format!(
+            "{name} is set but empty, which turns the rate limits off (as in OpenRag): set it \
+             to true, or unset it for the default (on)"
+        ));
+    }
     let looks_true = ["yes", "y", "on", "1", "enable", "enabled"]
         .iter()
         .any(|t| v.eq_ignore_ascii_case(t));

@@ -105,7 +105,6 @@ fn check_names_the_variable_a_typo_meant() {
         &[
             ("OIDC_AUTO_PROVISION_LOGIN", "yes"),
             ("OIDC_AUTO_PROVISION", "true"),
-            ("SSO_SIDECAR_OPENRAG_TOKEN_POLICY", "file"),
         ],
     );
     assert_eq!(code, Some(0), "warnings only: {out}{err}");
@@ -113,9 +112,18 @@ fn check_names_the_variable_a_typo_meant() {
     says(
         &all,
         &[
-            "SSO_SIDECAR_OPENRAG_TOKEN_POLICY (did you mean SSO_SIDECAR_OPENRAG__TOKEN_POLICY?)",
             "OIDC_AUTO_PROVISION (did you mean OIDC_AUTO_PROVISION_LOGIN?)",
             "OIDC_AUTO_PROVISION_LOGIN=yes is false",
+        ],
+    );
+    // A section's setting with one underscore would be ignored (its default kept): refused.
+    let (code, out, err) = run(&["check"], &[("SSO_SIDECAR_OPENRAG_TOKEN_POLICY", "file")]);
+    assert_eq!(code, Some(78), "{out}{err}");
+    says(
+        &format!("{out}{err}"),
+        &[
+            "unknown variable SSO_SIDECAR_OPENRAG_TOKEN_POLICY",
+            "SSO_SIDECAR_OPENRAG__TOKEN_POLICY",
         ],
     );
 }

@@ -3,6 +3,7 @@
 use super::*;
 
 mod documented;
+mod operator;
 mod values;
 
 pub(crate) fn inputs(dir: &Path, config: Option<&str>, env: &[(&str, &str)]) -> Inputs {

@@ -1,0 +1,167 @@
+//! Mistakes an operator makes, said as what to do: a setting typed so that it would be
+//! ignored, settings the rest of the configuration leaves unread, and values whose message
+//! must point at the fix.
+
+use super::*;
+
+/// A working OIDC configuration for the bridge, plus `extra`.
+fn oidc_with(extra: &[(&'static str, &'static str)]) -> Result<Config, ConfigErrors> {
+    let dir = tempfile::tempdir().unwrap();
+    let key = crate::crypto::generate_key();
+    let mut env = vec![
+        ("AUTH_MODE", "oidc"),
+        ("AUTH_TOKEN", "admin-token-value-123"),
+        ("OIDC_ENDPOINT", "https://idp.example.test"),
+        ("OIDC_CLIENT_ID", "rp"),
+        ("OIDC_CLIENT_SECRET", "client-secret-value"),
+        (
+            "OIDC_REDIRECT_URI",
+            "https://app.example.test/auth/callback",
+        ),
+        ("OIDC_TOKEN_ENCRYPTION_KEY", key.as_str()),
+    ];
+    env.extend_from_slice(extra);
+    load(inputs(dir.path(), None, &env))
+}
+
+fn problems(extra: &[(&'static str, &'static str)]) -> String {
+    oidc_with(extra)
+        .map(|_| "loaded".into())
+        .unwrap_or_else(|e| e.to_string())
+}
+
+fn warnings(extra: &[(&'static str, &'static str)]) -> Vec<String> {
+    oidc_with(extra).unwrap_or_else(|e| panic!("{e}")).warnings
+}
+
+/// `SSO_SIDECAR_AUTHZ_ALLOWED_GROUPS` (one underscore) would leave the allow-list unset and
+/// let everyone in: refused, naming the variable meant. Kubernetes' own variables are not.
+#[test]
+fn a_section_setting_with_one_underscore_is_refused() {
+    let e = problems(&[("SSO_SIDECAR_AUTHZ_ALLOWED_GROUPS", "admins")]);
+    assert!(
+        e.contains("SSO_SIDECAR_AUTHZ_ALLOWED_GROUPS")
+            && e.contains("SSO_SIDECAR_AUTHZ__ALLOWED_GROUPS"),
+        "{e}"
+    );
+    let e = problems(&[("SSO_SIDECAR_TLS_CERT_FILE", "/c.pem")]);
+    assert!(e.contains("SSO_SIDECAR_TLS__CERT_FILE"), "{e}");
+    let w = warnings(&[
+        ("SSO_SIDECAR_SERVICE_HOST", "10.0.0.1"),
+        ("SSO_SIDECAR_PORT", "tcp://10.0.0.1:8000"),
+    ]);
+    assert_eq!(
+        w.iter()
+            .filter(|w| w.contains("ignoring unknown variable"))
+            .count(),
+        2,
+        "{w:?}"
+    );
+}
+
+/// An unknown setting of a known section, given as a variable: named with a suggestion, and
+/// every other problem still reported (figment stopped at it, naming neither).
+#[test]
+fn an_unknown_section_setting_is_named_and_hides_nothing() {
+    let e = problems(&[
+        ("SSO_SIDECAR_CONNECTIONS__MAX_PER_IPS", "3"),
+        ("SSO_SIDECAR_LISTEN", "8000"),
+    ]);
+    assert!(
+        e.contains("unknown variable SSO_SIDECAR_CONNECTIONS__MAX_PER_IPS (did you mean SSO_SIDECAR_CONNECTIONS__MAX_PER_IP?)"),
+        "{e}"
+    );
+    assert!(e.contains("listen must be"), "the other problem: {e}");
+}
+
+/// Settings the rest leaves unread are named.
+#[test]
+fn settings_of_the_mode_not_in_use_are_named() {
+    let w = warnings(&[
+        ("SSO_SIDECAR_IDENTITY", "headers"),
+        ("SSO_SIDECAR_OPENRAG__TOKEN_POLICY", "regenerate"),
+    ]);
+    assert!(
+        w.iter()
+            .any(|w| w.starts_with("[openrag] settings have no effect")),
+        "{w:?}"
+    );
+    let w = warnings(&[("SSO_SIDECAR_HEADERS__USER", "X-User")]);
+    assert!(
+        w.iter()
+            .any(|w| w.starts_with("[headers] names have no effect")),
+        "{w:?}"
+    );
+    let w = warnings(&[("SSO_SIDECAR_OPENRAG__TOKEN_FILE", "/tokens.json")]);
+    assert!(
+        w.iter()
+            .any(|w| w.contains("openrag.token_file is set but openrag.token_policy is \"deny\"")),
+        "{w:?}"
+    );
+    // Group sync's refinements without the claim that turns it on; their defaults say nothing.
+    let w = warnings(&[
+        ("OIDC_GROUP_PREFIX", "sso:"),
+        ("OIDC_GROUP_SYNC_PRUNE", "false"),
+    ]);
+    let said: Vec<_> = w
+        .iter()
+        .filter(|w| w.contains("without OIDC_CLAIM_GROUPS"))
+        .collect();
+    assert_eq!(said.len(), 1, "{w:?}");
+    assert!(said[0].starts_with("OIDC_GROUP_PREFIX"), "{said:?}");
+    let w = warnings(&[("OIDC_GROUP_PREFIX", "/openrag/")]);
+    assert!(
+        !w.iter().any(|w| w.contains("without OIDC_CLAIM_GROUPS")),
+        "{w:?}"
+    );
+    // And a configuration that uses everything it sets says none of it.
+    let w = warnings(&[]);
+    assert!(
+        !w.iter()
+            .any(|w| w.contains("no effect") || w.contains("is set but")),
+        "{w:?}"
+    );
+}
+
+/// Sentinel settings without sentinel mode are refused, as the README says (a Redis URL aimed
+/// at a sentinel with the mode forgotten would otherwise run against the wrong server).
+#[test]
+fn sentinel_settings_outside_sentinel_mode_are_refused() {
+    for (name, value) in [
+        ("SSO_SIDECAR_REDIS_SENTINEL_MASTER", "prod"),
+        ("SSO_SIDECAR_REDIS_SENTINEL_TLS", "true"),
+        ("SSO_SIDECAR_REDIS_SENTINEL_PASSWORD", "pw"),
+    ] {
+        let e = problems(&[
+            ("SSO_SIDECAR_REDIS_URL", "redis://127.0.0.1:26379"),
+            (name, value),
+        ]);
+        let setting = name.trim_start_matches("SSO_SIDECAR_").to_ascii_lowercase();
+        assert!(
+            e.contains(&format!("{setting} is set but redis_mode is \"single\"")),
+            "{name}: {e}"
+        );
+        assert!(!e.contains("pw"), "never echoed: {e}");
+    }
+}
+
+/// Messages that say what to do.
+#[test]
+fn messages_point_at_the_fix() {
+    let e = problems(&[("OIDC_SCOPES", "openid,email,profile")]);
+    assert!(e.contains("OIDC_SCOPES is space-separated"), "{e}");
+    let w = warnings(&[("RATE_LIMIT_ENABLED", "")]);
+    assert!(
+        w.iter()
+            .any(|w| w.contains("RATE_LIMIT_ENABLED is set but empty")),
+        "{w:?}"
+    );
+    let w = warnings(&[("RATE_LIMIT_ENABLE", "false")]);
+    assert!(
+        w.iter()
+            .any(|w| w.contains("RATE_LIMIT_ENABLE (did you mean RATE_LIMIT_ENABLED?)")),
+        "{w:?}"
+    );
+    let w = warnings(&[("OIDC_POST_LOGOUT_REDIRECT_URI", "https://app.example.test/")]);
+    assert!(w.iter().any(|w| w.contains("re-login loop")), "{w:?}");
+}
