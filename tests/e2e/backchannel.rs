@@ -33,15 +33,7 @@ async fn one_address_cannot_take_every_back_channel_slot() {
     let m = mock_pair(&[("SSO_SIDECAR_TRUSTED_PROXIES", "127.0.0.1/32")]).await;
     let a = &m.a.sidecar;
     let cookie = mock_login(&m, a, "alice", "sid-1").await;
-    let slow_form = "POST /auth/backchannel-logout HTTP/1.1\r\nHost: app\r\n\
-         X-Forwarded-For: 203.0.113.9\r\nContent-Type: application/x-www-form-urlencoded\r\n\
-         Content-Length: 100\r\n\r\nlogout_token=";
-    let mut forms = Vec::new();
-    for _ in 0..9 {
-        let mut s = tokio::net::TcpStream::connect(a.addr).await.unwrap();
-        s.write_all(slow_form.as_bytes()).await.unwrap();
-        forms.push(s);
-    }
+    let mut forms = slow_forms(a, 9, |_| "203.0.113.9".into()).await;
     // Whichever came ninth (two workers accept them) is refused at once; the others wait for
     // the rest of their forms.
     let heads = answered_within(&mut forms, Duration::from_secs(3)).await;
@@ -240,18 +232,7 @@ async fn slow_forms_from_many_addresses_leave_the_idps_logouts_alone() {
     let m = mock_pair(&[("SSO_SIDECAR_TRUSTED_PROXIES", "127.0.0.1/32")]).await;
     let a = &m.a.sidecar;
     let cookie = mock_login(&m, a, "alice", "sid-1").await;
-    let mut forms = Vec::new();
-    for i in 0..72 {
-        let slow_form = format!(
-            "POST /auth/backchannel-logout HTTP/1.1\r\nHost: app\r\n\
-             X-Forwarded-For: 198.51.100.{}\r\nContent-Type: application/x-www-form-urlencoded\r\n\
-             Content-Length: 100\r\n\r\nlogout_token=",
-            i % 9
-        );
-        let mut s = tokio::net::TcpStream::connect(a.addr).await.unwrap();
-        s.write_all(slow_form.as_bytes()).await.unwrap();
-        forms.push(s);
-    }
+    let mut forms = slow_forms(a, 72, |i| format!("198.51.100.{}", i % 9)).await;
     let heads = answered_within(&mut forms, Duration::from_secs(1)).await;
     assert!(
         heads.iter().all(Option::is_none),
@@ -315,18 +296,7 @@ async fn slow_forms_from_one_ipv6_site_are_capped_together() {
     let m = mock_pair(&[("SSO_SIDECAR_TRUSTED_PROXIES", "127.0.0.1/32")]).await;
     let a = &m.a.sidecar;
     let cookie = mock_login(&m, a, "alice", "sid-1").await;
-    let mut forms = Vec::new();
-    for i in 0..72 {
-        let slow_form = format!(
-            "POST /auth/backchannel-logout HTTP/1.1\r\nHost: app\r\n\
-             X-Forwarded-For: 2001:db8:7:{}::1\r\nContent-Type: application/x-www-form-urlencoded\r\n\
-             Content-Length: 100\r\n\r\nlogout_token=",
-            i % 9
-        );
-        let mut s = tokio::net::TcpStream::connect(a.addr).await.unwrap();
-        s.write_all(slow_form.as_bytes()).await.unwrap();
-        forms.push(s);
-    }
+    let mut forms = slow_forms(a, 72, |i| format!("2001:db8:7:{}::1", i % 9)).await;
     let heads = answered_within(&mut forms, Duration::from_secs(2)).await;
     let answered: Vec<&String> = heads.iter().flatten().collect();
     assert_eq!(answered.len(), 8, "72 forms, 64 for the site: {heads:?}");
@@ -380,4 +350,26 @@ async fn tokens_waiting_for_a_key_beyond_their_pool_are_refused_at_once() {
     }
     let count = |s: u16| statuses.iter().filter(|&&x| x == s).count();
     assert_eq!((count(503), count(400)), (5, 256), "{statuses:?}");
+}
+
+/// `n` logout forms begun on `sc` and never finished, the `i`th as if from `from(i)` (the
+/// sidecar trusting 127.0.0.1 as a proxy): 100 bytes announced, 13 sent.
+async fn slow_forms(
+    sc: &Sidecar,
+    n: usize,
+    from: impl Fn(usize) -> String,
+) -> Vec<tokio::net::TcpStream> {
+    let mut forms = Vec::new();
+    for i in 0..n {
+        let slow_form = format!(
+            "POST /auth/backchannel-logout HTTP/1.1\r\nHost: app\r\nX-Forwarded-For: {}\r\n\
+             Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\n\
+             logout_token=",
+            from(i)
+        );
+        let mut s = tokio::net::TcpStream::connect(sc.addr).await.unwrap();
+        s.write_all(slow_form.as_bytes()).await.unwrap();
+        forms.push(s);
+    }
+    forms
 }

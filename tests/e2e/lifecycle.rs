@@ -285,6 +285,23 @@ pub(crate) async fn post_logout(sc: &Sidecar, token: &str) -> http::Response<byt
     .unwrap()
 }
 
+/// The user's own logout (the confirmation page's button, same-origin) on `sc`.
+pub(crate) async fn log_out(sc: &Sidecar, cookie: &str) {
+    let h = [
+        ("cookie", session_header(cookie)),
+        ("sec-fetch-site", "same-origin".to_owned()),
+    ];
+    let h: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let r = send(request("POST", &sc.url("/auth/logout"), &h, body("")))
+        .await
+        .unwrap();
+    assert!(
+        r.status().is_redirection() || r.status().is_success(),
+        "{}",
+        r.status()
+    );
+}
+
 pub(crate) async fn alive(sc: &Sidecar, cookie: &str) -> bool {
     get(&sc.url("/v1/x"), &[("cookie", &session_header(cookie))])
         .await
@@ -1016,22 +1033,7 @@ async fn a_logout_during_a_refresh_stays_a_logout() {
             "no refresh began"
         );
     };
-    let r = send(request(
-        "POST",
-        &m.b.sidecar.url("/auth/logout"),
-        &[
-            ("cookie", session_header(&cookie).as_str()),
-            ("sec-fetch-site", "same-origin"),
-        ],
-        body(""),
-    ))
-    .await
-    .unwrap();
-    assert!(
-        r.status().is_redirection() || r.status().is_success(),
-        "{}",
-        r.status()
-    );
+    log_out(&m.b.sidecar, &cookie).await;
     assert!(
         !refreshing.is_finished(),
         "the refresh was still waiting on the IdP"
