@@ -85,9 +85,17 @@ pub fn reaches(a: &Authz, parts: &http::request::Parts, groups: &[String]) -> bo
     if a.rules.is_empty() {
         return true;
     }
-    let methods = taken_as(parts);
+    let Some(methods) = taken_as(parts) else {
+        return false; // named past any use: no backend's reading of it can be judged
+    };
+    // Each method on its own, since each is a request some backend may run: the first rule
+    // matching *that* method decides (one walk for all would let a narrow rule matching one
+    // name, `[GET] → staff`, decide for a DELETE named beside it).
     path_readings(parts.uri.path()).iter().all(|path| {
-        reaches_as(a, &methods, path, false, groups) && reaches_as(a, &methods, path, true, groups)
+        methods.iter().all(|m| {
+            let m = std::slice::from_ref(m);
+            reaches_as(a, m, path, false, groups) && reaches_as(a, m, path, true, groups)
+        })
     })
 }
 
@@ -104,8 +112,7 @@ fn reaches_as(a: &Authz, methods: &[Cow<str>], path: &str, fold: bool, groups: &
     let covers = |ruled: &[http::Method]| {
         ruled.is_empty()
             || methods.iter().any(|m| {
-                m == ANY_METHOD
-                    || ruled.iter().any(|r| r.as_str().eq_ignore_ascii_case(m))
+                ruled.iter().any(|r| r.as_str().eq_ignore_ascii_case(m))
                     || (m.eq_ignore_ascii_case("HEAD") && ruled.contains(&http::Method::GET))
             })
     };
@@ -136,7 +143,7 @@ fn reaches_as(a: &Authz, methods: &[Cow<str>], path: &str, fold: bool, groups: &
 /// Whether the request names a method besides its own (an override header or `_method`), which
 /// some backend would run instead.
 pub fn names_another_method(parts: &http::request::Parts) -> bool {
-    taken_as(parts).len() > 1
+    taken_as(parts).is_none_or(|m| m.len() > 1)
 }
 
 /// Whether a header names a method (an override header in any spelling), whatever it names.
@@ -171,11 +178,9 @@ pub fn without_method_params(uri: &http::Uri) -> Option<http::Uri> {
     http::Uri::from_parts(parts).ok()
 }
 
-/// Methods a request may name besides its own before it is taken as naming every method.
+/// Methods a request may name besides its own: one naming more is refused where rules apply
+/// (no client names nine, and each name is compared with all before it).
 const MAX_NAMED: usize = 8;
-
-/// What a request naming more than [`MAX_NAMED`] methods is taken as: every method.
-const ANY_METHOD: &str = "*";
 
 /// Headers that some frameworks take as the request's method.
 const METHOD_OVERRIDES: [&str; 3] = [
@@ -185,10 +190,11 @@ const METHOD_OVERRIDES: [&str; 3] = [
 ];
 
 /// The methods a backend may take this request as (compared ignoring case): its own and any
-/// it names. Borrowed from the request where it can be: this runs on every session request
-/// when rules are set.
-fn taken_as<'a>(parts: &'a http::request::Parts) -> Vec<Cow<'a, str>> {
+/// it names; `None` when it names more than [`MAX_NAMED`]. Borrowed from the request where it
+/// can be: this runs on every session request when rules are set.
+fn taken_as<'a>(parts: &'a http::request::Parts) -> Option<Vec<Cow<'a, str>>> {
     let mut methods = vec![Cow::Borrowed(parts.method.as_str())];
+    let mut overflow = false;
     // Each comma-separated name on its own: Express's `method-override` and its Koa and Fastify
     // kin take the first of `DELETE, GET` (the form two header lines are joined into).
     let mut add = |m: Cow<'a, str>| {
@@ -200,15 +206,11 @@ fn taken_as<'a>(parts: &'a http::request::Parts) -> Vec<Cow<'a, str>> {
                 .collect(),
         };
         for m in names {
-            if methods.len() > MAX_NAMED {
-                // Named past any use (and each name is compared with all before it): taken
-                // as every method, so that every method's rule holds.
-                if methods.last().is_none_or(|l| l != ANY_METHOD) {
-                    methods.push(Cow::Borrowed(ANY_METHOD));
-                }
-                return;
-            }
             if !m.is_empty() && !methods.iter().any(|x| x.eq_ignore_ascii_case(&m)) {
+                if methods.len() > MAX_NAMED {
+                    overflow = true;
+                    return;
+                }
                 methods.push(m);
             }
         }
@@ -227,7 +229,7 @@ fn taken_as<'a>(parts: &'a http::request::Parts) -> Vec<Cow<'a, str>> {
             add(v);
         }
     }
-    methods
+    (!overflow).then_some(methods)
 }
 
 /// Whether a query parameter's name (decoded) is `_method` to some backend: PHP drops leading
@@ -397,7 +399,7 @@ mod tests {
                 &[("x-http-method-override", "DELETE,")],
             ),
             parts("POST", "/v1/docs/1", &[("x_http_method", " delete ,x")]),
-            // Named past any use: taken as every method (DELETE among them).
+            // Named past any use: refused.
             parts(
                 "POST",
                 "/v1/docs/1",
@@ -531,6 +533,69 @@ mod tests {
         assert!(reach(&a, &get, "/v1/x", &g(&[])), "GET is not ruled");
         assert!(!reach(&a, &http::Method::POST, "/v1/x", &g(&[])));
         assert!(reach(&a, &get, "/elsewhere", &g(&[])));
+    }
+
+    /// Each method a request may be taken as is judged by the first rule for *that* method: a
+    /// narrow rule letting one method through does not decide for another named beside it. A
+    /// request naming more methods than any client does is refused where rules apply.
+    #[test]
+    fn every_method_named_is_judged_by_its_own_first_rule() {
+        let rule = |path: &str, methods: &[http::Method], groups: &[&str]| PathRule {
+            path: path.into(),
+            methods: methods.to_vec(),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+        };
+        let a = Authz {
+            rules: vec![
+                rule("/admin/*", &[http::Method::GET], &["staff", "admins"]),
+                rule("/admin/*", &[], &["admins"]),
+                rule("/docs/*", &[http::Method::POST], &["editors"]),
+                rule("/docs/*", &[http::Method::DELETE], &["admins"]),
+            ],
+            ..Authz::default()
+        };
+        let staff = ["staff".to_owned()];
+        let editors = ["editors".to_owned()];
+        assert!(reaches(&a, &parts("GET", "/admin/users", &[]), &staff));
+        let many = [("x-http-method-override", "DELETE,a,b,c,d,e,f,g,h")];
+        for p in [
+            parts("POST", "/admin/users/1", &many),
+            parts("GET", "/admin/users/1", &many),
+            parts("GET", "/admin/users/1?_method=DELETE", &[]),
+            parts(
+                "GET",
+                "/admin/users/1",
+                &[("x-http-method-override", "DELETE")],
+            ),
+        ] {
+            assert!(
+                !reaches(&a, &p, &staff),
+                "{} {:?} {:?}",
+                p.method,
+                p.uri,
+                p.headers
+            );
+        }
+        assert!(reaches(&a, &parts("POST", "/docs/1", &[]), &editors));
+        assert!(!reaches(
+            &a,
+            &parts("POST", "/docs/1?_method=DELETE", &[]),
+            &editors
+        ));
+        let eight = [("x-http-method-override", "a,b,c,d,e,f,g,h")];
+        assert!(
+            reaches(&a, &parts("GET", "/elsewhere", &eight), &staff),
+            "eight is a list"
+        );
+        let nine = [("x-http-method-override", "a,b,c,d,e,f,g,h,i")];
+        assert!(
+            !reaches(&a, &parts("GET", "/elsewhere", &nine), &staff),
+            "nine is refused"
+        );
+        assert!(
+            reaches(&Authz::default(), &parts("GET", "/x", &nine), &staff),
+            "no rules"
+        );
     }
 
     #[test]

@@ -41,7 +41,7 @@ impl DiscoveryError {
         let chain = crate::http_json::error_chain(self);
         if chain.contains("InvalidContentType") || chain.contains("corrupt message") {
             format!("{chain}\n  hint: TLS handshake failed: is the IdP plain http? Try OIDC_ENDPOINT=http://…")
-        } else if chain.contains("certificate") {
+        } else if chain.contains("UnknownIssuer") || chain.contains("unknown issuer") {
             format!("{chain}\n  hint: the IdP's TLS certificate is not trusted: for a private CA, set SSO_SIDECAR_IDP_CA_FILE to its PEM bundle")
         } else if chain.contains("404") {
             format!("{chain}\n  hint: no discovery document there: check OIDC_ENDPOINT (the issuer, without /.well-known/openid-configuration)")

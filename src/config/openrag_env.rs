@@ -213,12 +213,15 @@ fn parse_oidc(vars: &Vars, problems: &mut Vec<String>) -> Option<OidcSettings> {
         .non_empty("OIDC_SCOPES")
         .unwrap_or(DEFAULT_SCOPES)
         .to_owned();
-    if scopes.contains(',') {
+    if !scopes.split_whitespace().any(|s| s == "openid") {
+        let hint = if scopes.contains(',') {
+            " (the list is space-separated: openid email profile)"
+        } else {
+            ""
+        };
         problems.push(format!(
-            "OIDC_SCOPES is space-separated (openid email profile), got '{scopes}'"
+            "OIDC_SCOPES must include 'openid', got '{scopes}'{hint}"
         ));
-    } else if !scopes.split_whitespace().any(|s| s == "openid") {
-        problems.push(format!("OIDC_SCOPES must include 'openid', got '{scopes}'"));
     }
     let claim_source = parse_claim_source(vars.get("OIDC_CLAIM_SOURCE"))
         .map_err(|e| problems.push(e))

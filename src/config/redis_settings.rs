@@ -116,19 +116,23 @@ impl Settings {
             }
             _ => {}
         }
+        // Set means set to something: an empty value (a compose file's `${X:-}`, an empty
+        // secret file) is unset, as everywhere else here.
+        let given = |v: &Option<String>| v.as_deref().is_some_and(|v| !v.trim().is_empty());
+        let master = self.redis_sentinel_master.trim();
         let sentinel_set = [
             (
                 "redis_sentinel_master",
-                self.redis_sentinel_master.trim() != "mymaster",
+                !master.is_empty() && master != "mymaster",
             ),
             ("redis_sentinel_tls", self.redis_sentinel_tls),
             (
                 "redis_sentinel_username",
-                self.redis_sentinel_username.is_some(),
+                given(&self.redis_sentinel_username),
             ),
             (
                 "redis_sentinel_password",
-                self.redis_sentinel_password.is_some(),
+                given(&self.redis_sentinel_password),
             ),
         ];
         if self.redis_mode.trim() != "sentinel" {

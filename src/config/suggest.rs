@@ -168,8 +168,9 @@ pub fn bridge_only(vars: &super::sources::Vars) -> Vec<String> {
 }
 
 /// Settings that the configuration as a whole leaves unread: `[openrag]` with identity headers,
-/// `[headers]` with the OpenRag bridge, and a token file without the `file` policy (the only
-/// one that reads it). Each is named: the operator set it for a reason, and nothing happens.
+/// and a token file without the `file` policy (the only one that reads it). Each is named: the
+/// operator set it for a reason, and nothing happens. (`[headers]` with the bridge is not:
+/// its names are still stripped from every request.)
 pub fn unused_by_mode(raw: &Settings, bridge: bool) -> Vec<String> {
     let mut out = Vec::new();
     if !bridge && differs(&raw.openrag, &super::bridge::BridgeSection::default()) {
@@ -179,14 +180,8 @@ pub fn unused_by_mode(raw: &Settings, bridge: bool) -> Vec<String> {
                 .to_string(),
         );
     }
-    if bridge && differs(&raw.headers, &super::auth::HeaderSettings::default()) {
-        out.push(
-            "[headers] names have no effect with identity = \"openrag\": the bridge sends the \
-             backend's own token, not identity headers"
-                .to_string(),
-        );
-    }
-    if bridge && raw.openrag.token_file.is_some() && raw.openrag.token_policy != "file" {
+    let file_policy = raw.openrag.token_policy.trim().eq_ignore_ascii_case("file");
+    if bridge && raw.openrag.token_file.is_some() && !file_policy {
         out.push(format!(
             "openrag.token_file is set but openrag.token_policy is \"{}\": the file is read \
              only with token_policy = \"file\"",
