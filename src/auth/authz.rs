@@ -79,14 +79,16 @@ pub fn admits(a: &Authz, claims: &Map<String, Value>) -> Result<(), Refusal> {
 ///   other way, a rule on `/admin/*` covers `/admin`), without a format suffix (`/admin/users.json` is `/admin/users` to Rails), and decoded once more (`%25` read as `%`: a backend or framework that decodes twice takes
 ///   `/%2561dmin` for `/admin`).
 ///
-/// A method named in a form body (`_method` in Rails and Laravel forms) is not seen: a rule
-/// on such a method should list `POST` too.
+/// Each method the request may be taken as is judged by the first rule for that method, and all
+/// must pass; a request naming more than [`MAX_NAMED`] methods, or a name that is no HTTP token
+/// once trimmed, is refused. A method named in a form body (`_method` in Rails and Laravel
+/// forms) is not seen: a rule on such a method should list `POST` too.
 pub fn reaches(a: &Authz, parts: &http::request::Parts, groups: &[String]) -> bool {
     if a.rules.is_empty() {
         return true;
     }
     let Some(methods) = taken_as(parts) else {
-        return false; // named past any use: no backend's reading of it can be judged
+        return false; // no backend's reading of it can be judged
     };
     // Each method on its own, since each is a request some backend may run: the first rule
     // matching *that* method decides (one walk for all would let a narrow rule matching one
@@ -190,11 +192,14 @@ const METHOD_OVERRIDES: [&str; 3] = [
 ];
 
 /// The methods a backend may take this request as (compared ignoring case): its own and any
-/// it names; `None` when it names more than [`MAX_NAMED`]. Borrowed from the request where it
-/// can be: this runs on every session request when rules are set.
+/// it names; `None` when it names more than [`MAX_NAMED`], or a name that is no HTTP token.
+/// Borrowed from the request where it can be: this runs on every session request when rules
+/// are set.
 fn taken_as<'a>(parts: &'a http::request::Parts) -> Option<Vec<Cow<'a, str>>> {
     let mut methods = vec![Cow::Borrowed(parts.method.as_str())];
-    let mut overflow = false;
+    // More names than any client sends, or a name no method has (a byte another stack trims,
+    // `DELETE\xA0` to Node, that `trim` here does not): no reading of it can be judged.
+    let mut unjudgeable = false;
     // Each comma-separated name on its own: Express's `method-override` and its Koa and Fastify
     // kin take the first of `DELETE, GET` (the form two header lines are joined into).
     let mut add = |m: Cow<'a, str>| {
@@ -207,8 +212,8 @@ fn taken_as<'a>(parts: &'a http::request::Parts) -> Option<Vec<Cow<'a, str>>> {
         };
         for m in names {
             if !m.is_empty() && !methods.iter().any(|x| x.eq_ignore_ascii_case(&m)) {
-                if methods.len() > MAX_NAMED {
-                    overflow = true;
+                if methods.len() > MAX_NAMED || !m.bytes().all(is_tchar) {
+                    unjudgeable = true;
                     return;
                 }
                 methods.push(m);
@@ -229,7 +234,12 @@ fn taken_as<'a>(parts: &'a http::request::Parts) -> Option<Vec<Cow<'a, str>>> {
             add(v);
         }
     }
-    (!overflow).then_some(methods)
+    (!unjudgeable).then_some(methods)
+}
+
+/// A byte of an HTTP token (RFC 9110 §5.6.2), which every method name is.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// Whether a query parameter's name (decoded) is `_method` to some backend: PHP drops leading
@@ -596,6 +606,21 @@ mod tests {
             reaches(&Authz::default(), &parts("GET", "/x", &nine), &staff),
             "no rules"
         );
+        // A name with a byte Node trims and Rust does not (latin1 0xA0), or none a method has.
+        let mut odd = parts("POST", "/docs/1", &[]);
+        let nbsp = http::HeaderValue::from_bytes(b"DELETE\xA0").unwrap();
+        odd.headers.insert("x-http-method-override", nbsp);
+        assert!(!reaches(&a, &odd, &editors));
+        assert!(!reaches(
+            &a,
+            &parts("POST", "/docs/1?_method=DELETE%A0", &[]),
+            &editors
+        ));
+        assert!(!reaches(
+            &a,
+            &parts("POST", "/docs/1?_method=DEL(ETE", &[]),
+            &editors
+        ));
     }
 
     #[test]

@@ -167,16 +167,23 @@ pub fn bridge_only(vars: &super::sources::Vars) -> Vec<String> {
     .collect()
 }
 
-/// Settings that the configuration as a whole leaves unread: `[openrag]` with identity headers,
-/// and a token file without the `file` policy (the only one that reads it). Each is named: the
-/// operator set it for a reason, and nothing happens. (`[headers]` with the bridge is not:
-/// its names are still stripped from every request.)
+/// Settings that the configuration as a whole leaves unread, or reads only in part:
+/// `[openrag]` with identity headers, `[headers]` with the bridge (its names are stripped from
+/// requests, never sent), and a token file without the `file` policy (the only one that reads
+/// it). Each is named: the operator set it for a reason.
 pub fn unused_by_mode(raw: &Settings, bridge: bool) -> Vec<String> {
     let mut out = Vec::new();
     if !bridge && differs(&raw.openrag, &super::bridge::BridgeSection::default()) {
         out.push(
             "[openrag] settings have no effect with identity = \"headers\": only the OpenRag \
              bridge (identity = \"openrag\") reads them"
+                .to_string(),
+        );
+    }
+    if bridge && differs(&raw.headers, &super::auth::HeaderSettings::default()) {
+        out.push(
+            "[headers] names are only stripped from requests with identity = \"openrag\", \
+             never sent: the bridge sends the backend's own token"
                 .to_string(),
         );
     }

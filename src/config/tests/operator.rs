@@ -86,9 +86,13 @@ fn settings_of_the_mode_not_in_use_are_named() {
             .any(|w| w.starts_with("[openrag] settings have no effect")),
         "{w:?}"
     );
-    // `[headers]` with the bridge: its names are still stripped, so nothing is said.
+    // `[headers]` with the bridge: its names are stripped, never sent.
     let w = warnings(&[("SSO_SIDECAR_HEADERS__USER", "X-User")]);
-    assert!(!w.iter().any(|w| w.contains("[headers]")), "{w:?}");
+    assert!(
+        w.iter()
+            .any(|w| w.starts_with("[headers] names are only stripped")),
+        "{w:?}"
+    );
     let w = warnings(&[
         ("SSO_SIDECAR_OPENRAG__TOKEN_FILE", "/tokens.json"),
         ("SSO_SIDECAR_OPENRAG__TOKEN_POLICY", "Deny"),
