@@ -205,6 +205,7 @@ pub fn load(inputs: Inputs) -> Result<Config, ConfigErrors> {
     for name in suggest::OPENRAG_BOOLEANS {
         warnings.extend(suggest::false_boolean(name, vars.get(name)));
     }
+    warnings.extend(suggest::comma_in_scopes(vars.non_empty("OIDC_SCOPES")));
 
     let mut figment = Figment::from(Serialized::defaults(Settings::default()));
     let mut unknown_keys = Vec::new();

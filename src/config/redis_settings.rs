@@ -154,6 +154,21 @@ impl Settings {
             );
             return None;
         }
+        // Checked with or without Redis, as every setting is (a Sentinel set-up exists to fail
+        // over, so its logouts wait for a replica by default: below).
+        let asked = self.redis_logout_replicas.trim();
+        let asked = match asked {
+            a if a.eq_ignore_ascii_case("auto") => None,
+            n => match n.parse::<u32>() {
+                Ok(n) => Some(n),
+                Err(_) => {
+                    problems.push(format!(
+                        "redis_logout_replicas must be auto or a whole number, got '{n}'"
+                    ));
+                    return None;
+                }
+            },
+        };
         let topology = match self.redis_mode.trim() {
             "single" => match url {
                 None => return Some(None),
@@ -191,20 +206,6 @@ impl Settings {
                 ));
                 return None;
             }
-        };
-        // A Sentinel set-up exists to fail over, so its logouts wait for a replica by default.
-        let asked = self.redis_logout_replicas.trim();
-        let asked = match asked {
-            a if a.eq_ignore_ascii_case("auto") => None,
-            n => match n.parse::<u32>() {
-                Ok(n) => Some(n),
-                Err(_) => {
-                    problems.push(format!(
-                        "redis_logout_replicas must be auto or a whole number, got '{n}'"
-                    ));
-                    return None;
-                }
-            },
         };
         let logout_replicas = match (&topology, asked) {
             (RedisTopology::Cluster { .. }, Some(n)) if n > 0 => {

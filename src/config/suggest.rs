@@ -265,6 +265,19 @@ pub fn false_boolean(name: &str, value: Option<&str>) -> Option<String> {
     })
 }
 
+/// `OIDC_SCOPES` with a comma beside a whole `openid` (`openid email,profile`): the IdP is asked
+/// for one scope named `email,profile`, and the claims it would bring are missing at login.
+/// (Without `openid` it is refused, with the same hint.)
+pub fn comma_in_scopes(scopes: Option<&str>) -> Option<String> {
+    let scopes = scopes?;
+    (scopes.contains(',') && scopes.split_whitespace().any(|s| s == "openid")).then(|| {
+        format!(
+            "OIDC_SCOPES '{scopes}' has a comma: the list is space-separated (openid email \
+             profile), so the IdP is asked for a scope with a comma in its name"
+        )
+    })
+}
+
 /// A warning when the IdP is `http://` to a host other than this machine's loopback.
 pub fn plain_http_idp(issuer: &str) -> Option<String> {
     plain_http_beyond_loopback(issuer).then(|| {

@@ -156,16 +156,30 @@ fn sentinel_settings_outside_sentinel_mode_are_refused() {
     }
 }
 
+/// A Redis setting is checked without Redis too: a typo does not wait for the day Redis is
+/// turned on.
+#[test]
+fn redis_settings_are_checked_without_redis() {
+    let e = problems(&[("SSO_SIDECAR_REDIS_LOGOUT_REPLICAS", "banana")]);
+    assert!(
+        e.contains("redis_logout_replicas must be auto or a whole number"),
+        "{e}"
+    );
+}
+
 /// Messages that say what to do.
 #[test]
 fn messages_point_at_the_fix() {
     let e = problems(&[("OIDC_SCOPES", "openid,email,profile")]);
     assert!(e.contains("the list is space-separated"), "{e}");
-    // `openid` present as a scope of its own: a comma elsewhere is the IdP's business.
-    assert_eq!(
-        problems(&[("OIDC_SCOPES", "openid email,profile")]),
-        "loaded"
+    // `openid` present as a scope of its own: loaded, with a word about the comma.
+    let w = warnings(&[("OIDC_SCOPES", "openid email,profile")]);
+    assert!(
+        w.iter().any(|w| w.contains("the list is space-separated")),
+        "{w:?}"
     );
+    let w = warnings(&[("OIDC_SCOPES", "openid email profile")]);
+    assert!(!w.iter().any(|w| w.contains("OIDC_SCOPES")), "{w:?}");
     let w = warnings(&[("RATE_LIMIT_ENABLED", "")]);
     assert!(
         w.iter()
