@@ -277,26 +277,23 @@ pub async fn run(
         // Said as a warning when the operator asked for more; the default cap following the
         // container's limit is the design, said once at INFO (every pod would warn otherwise).
         let asked = limits.max != config::connections::ConnectionSettings::default().max;
-        let (limit, fits) = (memory, max_connections);
-        let why = "the memory limit caps client connections below connections.max: that many, \
-                   each holding a request head as large as allowed, fit in it; raise the \
-                   container's memory limit to hold more";
+        macro_rules! say {
+            ($level:ident) => {
+                tracing::$level!(
+                    memory_limit_bytes = memory,
+                    max_connections,
+                    configured = limits.max,
+                    max_request_header_bytes = head_bytes,
+                    "the memory limit caps client connections below connections.max: that many, \
+                     each holding a request head as large as allowed, fit in it; raise the \
+                     container's memory limit to hold more"
+                )
+            };
+        }
         if asked {
-            tracing::warn!(
-                memory_limit_bytes = limit,
-                max_connections = fits,
-                configured = limits.max,
-                max_request_header_bytes = head_bytes,
-                "{why}"
-            );
+            say!(warn);
         } else {
-            tracing::info!(
-                memory_limit_bytes = limit,
-                max_connections = fits,
-                configured = limits.max,
-                max_request_header_bytes = head_bytes,
-                "{why}"
-            );
+            say!(info);
         }
     }
     for w in &config.warnings {

@@ -191,20 +191,8 @@ async fn tokens_waiting_for_a_key_from_many_addresses_leave_the_idps_logouts_alo
     let a = &m.a.sidecar;
     let cookie = mock_login(&m, a, "alice", "sid-1").await;
     let url = || a.url("/auth/backchannel-logout");
-    let invented = Key::new("invented");
-    let forged = || invented.sign(&logout_claims(&m));
-    // The first takes the logout tokens' re-fetch: answered at once.
-    assert_eq!(post_logout_from(url(), "203.0.113.9", forged()).await, 400);
     // 3 × 30 wait for the next re-fetch (10 s away), each address under its cap of 32.
-    let waiting: Vec<_> = (0..90)
-        .map(|i| {
-            tokio::spawn(post_logout_from(
-                url(),
-                format!("203.0.113.{}", i % 3),
-                forged(),
-            ))
-        })
-        .collect();
+    let waiting = waiting_for_a_key(&m, 90, |i| format!("203.0.113.{}", i % 3)).await;
     // All of them in: none answered yet, and the route's refusals count none.
     let refused = r#"sso_sidecar_connections_refused_total{reason="max_backchannel"}"#;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -320,19 +308,8 @@ async fn tokens_waiting_for_a_key_beyond_their_pool_are_refused_at_once() {
     let a = &m.a.sidecar;
     let cookie = mock_login(&m, a, "alice", "sid-1").await;
     let url = || a.url("/auth/backchannel-logout");
-    let invented = Key::new("invented");
-    let forged = || invented.sign(&logout_claims(&m));
-    assert_eq!(post_logout_from(url(), "203.0.113.99", forged()).await, 400);
     // 9 addresses × 29: 261 waiting, 5 over the pool.
-    let waiting: Vec<_> = (0..261)
-        .map(|i| {
-            tokio::spawn(post_logout_from(
-                url(),
-                format!("198.51.100.{}", i % 9),
-                forged(),
-            ))
-        })
-        .collect();
+    let waiting = waiting_for_a_key(&m, 261, |i| format!("198.51.100.{}", i % 9)).await;
     let started = std::time::Instant::now();
     while waiting.iter().filter(|w| w.is_finished()).count() < 5 {
         assert!(
@@ -372,4 +349,21 @@ async fn slow_forms(
         forms.push(s);
     }
     forms
+}
+
+/// `n` logout tokens signed with an invented key posted to replica A, the `i`th as if from
+/// `from(i)`, once a first one has taken the logout tokens' JWKS re-fetch (answered 400 at
+/// once): they wait for the next re-fetch, 10 s away. Their statuses, to be awaited.
+async fn waiting_for_a_key(
+    m: &crate::lifecycle::MockPair,
+    n: usize,
+    from: impl Fn(usize) -> String,
+) -> Vec<tokio::task::JoinHandle<u16>> {
+    let url = || m.a.sidecar.url("/auth/backchannel-logout");
+    let invented = Key::new("invented");
+    let forged = || invented.sign(&logout_claims(m));
+    assert_eq!(post_logout_from(url(), "192.0.2.99", forged()).await, 400);
+    (0..n)
+        .map(|i| tokio::spawn(post_logout_from(url(), from(i), forged())))
+        .collect()
 }

@@ -106,7 +106,7 @@ impl Sessions {
         // the logout can race it. Its failure does not stop the revocation (in a Redis Cluster
         // the record may live on another shard than the sessions), but is reported after it,
         // so that the IdP may send the logout again.
-        let recorded = match by {
+        let mut recorded = match by {
             SidLogout::Signed { .. } => {
                 let ended = Self::ended_sid(iss, sid);
                 self.store.put(&ended, b"1", self.login_window).await
@@ -115,7 +115,6 @@ impl Sessions {
         };
         let index = Self::sid_index(iss, sid);
         let members = self.store.index_members(&index).await?;
-        let mut recorded = recorded;
         let revoked = match by {
             SidLogout::Signed { sub: Some(sub) } if members.is_empty() => {
                 // As with the `sid`: the record first, then the index, for a login made
