@@ -199,7 +199,13 @@ name, cluster nodes) and the port of every configured URL (redis.url, the sentin
 {{- $bridge := and (eq .Values.authMode "oidc") (eq .Values.identity "openrag") }}
 {{- $volatile := has .Values.redis.mode (list "none" "inCluster") }}
 {{- $recovers := regexMatch "(?m)^\\s*(openrag\\.)?token_policy\\s*=\\s*[\"'](regenerate|file)[\"']" .Values.config.extra }}
+{{- /* A variable in extraEnv overrides the file (the binary reads variables over TOML), either way. */}}
+{{- range .Values.extraEnv }}
+{{- if eq (toString .name) "SSO_SIDECAR_OPENRAG__TOKEN_POLICY" }}
+{{- $recovers = has (lower (trim (toString .value))) (list "regenerate" "file") }}
+{{- end }}
+{{- end }}
 {{- if and $bridge $volatile (not $recovers) (not .Values.acceptVolatileTokenVault) }}
-{{- fail (printf "identity openrag keeps each user's OpenRag token in the session store, and with redis.mode %s a restart forgets every one: under [openrag] token_policy \"deny\" (the default) every returning user is then refused. Use a persistent Redis (redis.mode url, sentinel or cluster), or set token_policy to \"regenerate\" or \"file\" in config.extra, or set acceptVolatileTokenVault: true" .Values.redis.mode) }}
+{{- fail (printf "identity openrag keeps each user's OpenRag token in the session store, and with redis.mode %s a restart forgets every one: under [openrag] token_policy \"deny\" (the default) every returning user is then refused. Use a persistent Redis (redis.mode url, sentinel or cluster), or set token_policy to \"regenerate\" or \"file\" in config.extra (or SSO_SIDECAR_OPENRAG__TOKEN_POLICY in extraEnv, which wins over it), or set acceptVolatileTokenVault: true" .Values.redis.mode) }}
 {{- end }}
 {{- end }}
