@@ -171,6 +171,13 @@ name, cluster nodes) and the port of every configured URL (redis.url, the sentin
 {{- if lt (int .Values.terminationGracePeriodSeconds) (int $drain) }}
 {{- fail (printf "terminationGracePeriodSeconds (%d) must be at least preStopSleepSeconds + config.shutdownTimeoutSecs + 5 (%d): Kubernetes would kill the pod in the middle of its drain" (int .Values.terminationGracePeriodSeconds) (int $drain)) }}
 {{- end }}
+{{- if eq .Values.authMode "oidc" }}
+{{- range $key, $url := dict "oidc.endpoint" .Values.oidc.endpoint "oidc.redirectUri" .Values.oidc.redirectUri }}
+{{- if regexMatch "^[a-zA-Z]+://([^/@]*@)?([^/:]*\\.)?example\\.com([:/]|$)" (toString $url) }}
+{{- fail (printf "%s is still the chart's example (%s): set your IdP's issuer (oidc.endpoint) and <public origin>/auth/callback (oidc.redirectUri)" $key $url) }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- $s := .Values.secrets }}
 {{- if and $s.create $s.existingSecret }}
 {{- fail "secrets.existingSecret is set but secrets.create is true, so it would be ignored: set secrets.create to false to use it" }}
