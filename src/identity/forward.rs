@@ -76,7 +76,28 @@ pub(super) async fn send(
     if let Some((_, t)) = inject.token {
         inject::scrub_token(outcome.0.headers_mut(), t);
     }
+    if inject.live.is_some() && !informational(status) {
+        keep_private(outcome.0.headers_mut());
+    }
     Ok(outcome)
+}
+
+/// A session's response that says nothing of caching is marked `private`: it was let through
+/// by the session's cookie, which (unlike `Authorization`) does not stop a shared cache in front
+/// of the sidecar from storing it by heuristic freshness and serving it to anyone asking for the
+/// same URL, signed in or not. A backend that wants it shared says so (`public`, `s-maxage`).
+fn keep_private(h: &mut http::HeaderMap) {
+    if !h.contains_key(http::header::CACHE_CONTROL) {
+        h.insert(
+            http::header::CACHE_CONTROL,
+            http::HeaderValue::from_static("private"),
+        );
+    }
+}
+
+/// 1xx (a WebSocket's 101): no content for any cache.
+fn informational(status: u16) -> bool {
+    status < 200
 }
 
 /// `headers` mode (and public requests in any mode): the session's identity as headers.

@@ -142,6 +142,18 @@ async fn login_then_the_upstream_sees_the_identity_and_nothing_else() {
         serde_json::json!(["other=kept"]),
         "the sidecar's cookie never reaches the upstream"
     );
+    // Let through by a cookie, which does not stop a shared cache from keeping it: private,
+    // unless the backend said otherwise (the event stream's own `no-cache`).
+    assert_eq!(r.headers()["cache-control"], "private");
+    let r = get(&sc.url("/sse?n=1"), &[("cookie", &cookie)])
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["cache-control"], "no-cache");
+    let r = get(&sc.url("/health_check"), &[]).await.unwrap();
+    assert!(
+        r.headers().get("cache-control").is_none(),
+        "public: as sent"
+    );
 
     // Public and bearer paths carry no identity either, whatever the client sends.
     let r = get(&sc.url("/health_check"), &[("x-forwarded-user", "mallory")])
