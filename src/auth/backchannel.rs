@@ -119,7 +119,11 @@ impl Auth {
                 };
                 self.sessions.revoke_sid(iss, sid, by).await?
             }
-            (None, Some(sub)) => self.sessions.revoke_sub(iss, sub, Some(now_unix())).await?,
+            (None, Some(sub)) => {
+                self.sessions
+                    .revoke_sub(iss, sub, Some(crate::clock::now_unix_ms()))
+                    .await?
+            }
             (None, None) => 0,
         };
         let ttl = Duration::from_secs((2 * MAX_AGE_SECS) as u64);

@@ -269,7 +269,7 @@ impl Auth {
         super::profile::apply(&mut session, &profile, &settings.authz.groups_claim);
         let created = self
             .sessions
-            .create(&session, now, st.created)
+            .create(&session, now, st.begun_ms())
             .await
             .map_err(|e| CallbackError::Other(e.into()))?;
         let Some(id) = created else {

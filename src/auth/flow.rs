@@ -129,12 +129,14 @@ impl Auth {
             q.get("next").map(String::as_str).unwrap_or("/"),
             &self.settings().allowed_redirect_origins,
         );
+        let begun_ms = crate::clock::now_unix_ms();
         let st = LoginState {
             state: crate::crypto::random_token(32),
             nonce: crate::crypto::random_token(32),
             verifier: crate::crypto::random_token(64),
             next,
-            created: now_unix(),
+            created: begun_ms.div_euclid(1000),
+            created_ms: Some(begun_ms),
         };
         let location = self
             .provider

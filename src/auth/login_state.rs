@@ -23,6 +23,20 @@ pub struct LoginState {
     pub verifier: String,
     pub next: String,
     pub created: i64,
+    /// When it began in milliseconds, to be judged against a logout of the same second
+    /// (`begun_ms`); absent in the states of earlier versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_ms: Option<i64>,
+}
+
+impl LoginState {
+    /// When the login began, in milliseconds: a state written by an earlier version knows only
+    /// its second, and is taken to have begun at its start (so a logout in that second ends it,
+    /// as it did then).
+    pub fn begun_ms(&self) -> i64 {
+        self.created_ms
+            .unwrap_or_else(|| self.created.saturating_mul(1000))
+    }
 }
 
 /// The live logins (begun at most `ttl` seconds before `now`) in a state cookie's value (none
@@ -82,6 +96,7 @@ mod tests {
             verifier: "v".into(),
             next: format!("/{}", "a".repeat(next_len)),
             created,
+            created_ms: None,
         }
     }
 
@@ -139,5 +154,18 @@ mod tests {
             1,
             "the one-login format of before"
         );
+    }
+
+    #[test]
+    fn a_login_knows_its_millisecond_and_an_earlier_versions_its_second() {
+        let keys = KeyRing::parse(&crate::crypto::generate_key()).unwrap();
+        let mut new = st("a", 1_700_000_000, 1);
+        new.created_ms = Some(1_700_000_000_250);
+        let opened = open(&keys, &seal(&keys, vec![new]), 1_700_000_001, 600);
+        assert_eq!(opened[0].begun_ms(), 1_700_000_000_250);
+        // An earlier version's state has no `created_ms`: the start of its second.
+        let old = r#"[{"state":"b","nonce":"n","verifier":"v","next":"/","created":1700000000}]"#;
+        let opened = open(&keys, &keys.seal(old.as_bytes()), 1_700_000_001, 600);
+        assert_eq!(opened[0].begun_ms(), 1_700_000_000_000);
     }
 }

@@ -143,13 +143,13 @@ impl Sessions {
 
     /// Stores `session` under a new random id and returns the id for the cookie; `None` when
     /// its IdP session, or every session of its user, was ended by a back-channel logout while
-    /// the login (begun at `begun`) completed (the session is deleted again; its index entries
+    /// the login (begun at `begun_ms`, milliseconds) completed (the session is deleted again; its index entries
     /// stay, pointing at nothing, until their TTL).
     pub async fn create(
         &self,
         session: &Session,
         now: i64,
-        begun: i64,
+        begun_ms: i64,
     ) -> Result<Option<String>, StoreError> {
         let id = new_session_id();
         self.save(&id, session, now).await?;
@@ -165,7 +165,7 @@ impl Sessions {
         self.store
             .index_add(&Self::sub_index(&session.iss, &session.sub), &member, ttl)
             .await?;
-        if self.ended_meanwhile(session, begun).await? {
+        if self.ended_meanwhile(session, begun_ms).await? {
             self.store.delete(&member).await?;
             return Ok(None);
         }

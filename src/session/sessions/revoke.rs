@@ -18,9 +18,21 @@ pub enum SidLogout<'a> {
     Unsigned,
 }
 
-/// The time a user's logout record holds.
+/// The time a user's logout record holds, in milliseconds: written `ms<milliseconds>`; a
+/// record of an earlier version holds whole seconds, read as the start of its second (what it
+/// meant then). Earlier versions cannot read the new form and take it for no record: while
+/// both run, the race of `ended_meanwhile` stays open on their side only.
 fn ended_at(record: &[u8]) -> Option<i64> {
-    std::str::from_utf8(record).ok()?.parse().ok()
+    let record = std::str::from_utf8(record).ok()?;
+    match record.strip_prefix("ms") {
+        Some(ms) => ms.parse().ok(),
+        None => record.parse::<i64>().ok()?.checked_mul(1000),
+    }
+}
+
+/// How `record_ended` writes a time (milliseconds).
+fn record_value(ms: i64) -> String {
+    format!("ms{ms}")
 }
 
 /// Reads and compare-and-set writes of a user's logout record before giving up (each retry
@@ -34,7 +46,7 @@ impl Sessions {
     }
 
     /// The record that every session of a user was ended by a logout, holding when.
-    fn ended_sub(iss: &str, sub: &str) -> String {
+    pub(super) fn ended_sub(iss: &str, sub: &str) -> String {
         crate::store::keys::hashed("sub-ended", &["sub-ended", iss, sub])
     }
 
@@ -45,7 +57,7 @@ impl Sessions {
     }
 
     /// Whether `session`'s IdP session, or every session of its user, was ended by a logout
-    /// that `create` may have missed; `begun`: when its login began.
+    /// that `create` may have missed; `begun_ms`: when its login began (milliseconds).
     ///
     /// A login completes in steps: the IdP issues a code for its session `sid`, the callback
     /// exchanges it, stores the session, then adds it to the `sid` and `sub` indexes. A logout
@@ -54,14 +66,14 @@ impl Sessions {
     /// first adds to the indexes, then reads the records. Whichever order the two interleave
     /// in, either the logout finds the session or the login finds the record. A user's record
     /// (and the record of their sessions without `sid`) ends only the logins begun before the
-    /// second of the logout (whole seconds, on the replicas' clocks): the user may sign in again
-    /// at once, into a new IdP session, even within that second (a browser sent from the IdP's
-    /// logout page straight back to a login does). A login begun in the logout's own second and
-    /// completing after it is the one race left open.
+    /// logout (milliseconds, on the replicas' clocks): the user may sign in again at once, into
+    /// a new IdP session (a browser sent from the IdP's logout page straight back to a login
+    /// does). Whole seconds, as earlier versions kept, could not tell that re-login from a
+    /// login begun earlier in the logout's second and completing after it.
     pub(super) async fn ended_meanwhile(
         &self,
         session: &Session,
-        begun: i64,
+        begun_ms: i64,
     ) -> Result<bool, StoreError> {
         let (iss, sub) = (&session.iss, &session.sub);
         match &session.sid {
@@ -73,13 +85,13 @@ impl Sessions {
             }
             None => {
                 let at = self.ended_at(&Self::ended_sidless(iss, sub)).await?;
-                if at.is_some_and(|at| begun < at) {
+                if at.is_some_and(|at| begun_ms < at) {
                     return Ok(true);
                 }
             }
         }
         let at = self.ended_at(&Self::ended_sub(iss, sub)).await?;
-        Ok(at.is_some_and(|at| begun < at))
+        Ok(at.is_some_and(|at| begun_ms < at))
     }
 
     /// The time a logout record holds, if there is one.
@@ -119,7 +131,7 @@ impl Sessions {
             SidLogout::Signed { sub: Some(sub) } if members.is_empty() => {
                 // As with the `sid`: the record first, then the index, for a login made
                 // without a `sid` that is completing meanwhile (`ended_meanwhile`).
-                let now = crate::clock::now_unix();
+                let now = crate::clock::now_unix_ms();
                 let record = Self::ended_sidless(iss, sub);
                 recorded = recorded.and(self.record_ended(&record, now).await);
                 self.revoke_index(&Self::sidless_index(iss, sub)).await
@@ -133,7 +145,7 @@ impl Sessions {
     }
 
     /// Removes every session of a user (`sub`) from an issuer; returns how many existed. A
-    /// signed logout (`ended_at`: its time) also records the user's sessions as ended then, for
+    /// signed logout (`ended_at`: its time, in milliseconds) also records the user's sessions as ended then, for
     /// the logins begun by then that are completing meanwhile (`ended_meanwhile`); as with a
     /// `sid`, a record that cannot be written stops nothing but is reported after the
     /// revocation.
@@ -167,13 +179,13 @@ impl Sessions {
         recorded.map(|()| revoked)
     }
 
-    /// Writes `record` (a user's sessions, or their sessions without `sid`, ended at `t`),
+    /// Writes `record` (a user's sessions, or their sessions without `sid`, ended at `t`, milliseconds),
     /// unless a logout handled before this one recorded a later time: logouts may be handled
     /// out of order, and the time must not go back (a login racing the later logout would then
     /// keep its session). Compare-and-set, so that two logouts handled at once on two replicas
     /// cannot leave the earlier time.
     async fn record_ended(&self, record: &str, t: i64) -> Result<(), StoreError> {
-        let value = t.to_string();
+        let value = record_value(t);
         for _ in 0..RECORD_TRIES {
             let written = match self.store.get_fresh(record).await? {
                 None => {

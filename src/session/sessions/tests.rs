@@ -181,7 +181,7 @@ async fn a_login_racing_a_logout_of_every_session_of_its_user_keeps_nothing() {
             "a login begun at {begun} outlived a logout at 500"
         );
     }
-    // Begun in the logout's second: taken for the user signing in again at once.
+    // Begun at the logout's very time: taken for the user signing in again at once.
     assert!(s.create(&session(510), 510, 500).await.unwrap().is_some());
     // An older logout handled after it does not move the time back.
     assert_eq!(
@@ -207,6 +207,59 @@ async fn a_login_racing_a_logout_of_every_session_of_its_user_keeps_nothing() {
     let before = m.len();
     assert_eq!(s.revoke_sub("https://idp", "carol", None).await.unwrap(), 0);
     assert_eq!(m.len(), before, "an unsigned logout wrote to the store");
+}
+
+/// A logout by user judged to the millisecond: a login begun earlier in the logout's own
+/// second keeps nothing (whole seconds let it through), one begun after it in that second does;
+/// a record written in whole seconds by an earlier version still ends the logins begun before
+/// its second.
+#[tokio::test(start_paused = true)]
+async fn a_login_begun_earlier_in_the_logouts_second_keeps_nothing() {
+    let s = sessions().with_login_timeout(Duration::from_secs(600));
+    let logout = 1_700_000_000_500;
+    s.revoke_sub("https://idp", "alice", Some(logout))
+        .await
+        .unwrap();
+    assert!(
+        s.create(&session(510), 510, logout - 300)
+            .await
+            .unwrap()
+            .is_none(),
+        "a login begun 300 ms before the logout, in its second, kept a session"
+    );
+    assert!(s
+        .create(&session(510), 510, logout + 1)
+        .await
+        .unwrap()
+        .is_some());
+    let key = Sessions::ended_sub("https://idp", "alice");
+    let stored = s.store().get_fresh(&key).await.unwrap().unwrap();
+    assert_eq!(&stored[..], b"ms1700000000500");
+
+    // An earlier version's record: whole seconds, read as the start of its second.
+    s.store()
+        .put(&key, b"1700000001", Duration::from_secs(600))
+        .await
+        .unwrap();
+    assert!(s
+        .create(&session(510), 510, 1_700_000_000_999)
+        .await
+        .unwrap()
+        .is_none());
+    assert!(s
+        .create(&session(510), 510, 1_700_000_001_000)
+        .await
+        .unwrap()
+        .is_some());
+    // A later logout's time replaces it, and is not moved back by an earlier one.
+    s.revoke_sub("https://idp", "alice", Some(1_700_000_002_000))
+        .await
+        .unwrap();
+    s.revoke_sub("https://idp", "alice", Some(1_700_000_001_500))
+        .await
+        .unwrap();
+    let stored = s.store().get_fresh(&key).await.unwrap().unwrap();
+    assert_eq!(&stored[..], b"ms1700000002000");
 }
 
 #[tokio::test]
@@ -398,15 +451,20 @@ async fn a_login_without_sid_racing_a_logout_naming_a_sid_and_its_user_keeps_not
         ..session(100)
     };
     let by = SidLogout::Signed { sub: Some("alice") };
-    let now = crate::clock::now_unix();
+    let now = crate::clock::now_unix_ms();
     assert_eq!(s.revoke_sid("https://idp", "sid-x", by).await.unwrap(), 0);
+    let after = crate::clock::now_unix_ms();
     assert!(
         s.create(&sidless(), 100, now - 1).await.unwrap().is_none(),
         "begun before the logout"
     );
-    // Begun after, or in the logout's own second (the user signing in again at once).
-    assert!(s.create(&sidless(), 100, now + 5).await.unwrap().is_some());
-    assert!(s.create(&sidless(), 100, now).await.unwrap().is_some());
+    // Begun after, or at the logout's very time (the user signing in again at once).
+    assert!(s
+        .create(&sidless(), 100, after + 5)
+        .await
+        .unwrap()
+        .is_some());
+    assert!(s.create(&sidless(), 100, after).await.unwrap().is_some());
     let mut bob = sidless();
     bob.sub = "bob".into();
     assert!(
