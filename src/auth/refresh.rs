@@ -251,6 +251,12 @@ impl Auth {
 
     /// Spends the refresh token; with a new ID token, the session's profile follows it (or
     /// userinfo, per `OIDC_CLAIM_SOURCE`) and its verified claims are returned.
+    ///
+    /// Once the IdP has answered, its refresh token is the only one that works (a rotating IdP
+    /// has spent the old one, and one that detects reuse revokes the grant when it comes back):
+    /// so an ID token that cannot be judged *now* (a key the JWKS does not have yet, the JWKS
+    /// unreachable) does not lose the new tokens. They are kept, with the profile as it was,
+    /// and the ID token is judged again at the next refresh. One judged wrong still fails.
     async fn refresh_tokens(
         &self,
         s: &mut Session,
@@ -259,11 +265,22 @@ impl Auth {
     ) -> Result<Option<Renewed>, TokenError> {
         let tokens = self.provider.refresh(rt).await?;
         let mut renewed = None;
-        if let Some(id_token) = &tokens.id_token {
-            let claims = self
+        let verified = match &tokens.id_token {
+            None => None,
+            Some(id_token) => match self
                 .provider
                 .validate_id_token(id_token, None, Some(&tokens.access_token))
-                .await?;
+                .await
+            {
+                Ok(claims) => Some((id_token, claims)),
+                Err(e) if !is_definitive(&e) => {
+                    tracing::warn!(sub = %s.sub, error = %e, "the refreshed ID token cannot be verified now: the new tokens are kept, the profile is not updated");
+                    None
+                }
+                Err(e) => return Err(e),
+            },
+        };
+        if let Some((id_token, claims)) = verified {
             if claims.get("sub").and_then(Value::as_str) != Some(s.sub.as_str()) {
                 return Err(TokenError::Claims(
                     "refreshed ID token names another subject".into(),

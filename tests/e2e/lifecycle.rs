@@ -823,6 +823,70 @@ async fn a_refresh_that_names_another_user_ends_the_session() {
     );
 }
 
+/// The refresh tokens of a refresh that was answered but whose new ID token cannot be verified
+/// yet (signed with a key the JWKS does not serve, the JWKS answering 503) are kept: the next
+/// refresh spends the new refresh token, not the one the IdP has already spent (an IdP that
+/// detects reuse would revoke the grant).
+#[tokio::test]
+async fn a_refresh_whose_id_token_cannot_be_verified_yet_keeps_its_new_refresh_token() {
+    let m = mock_pair(&[]).await;
+    m.idp.set(|s| s.login_expires_in = 8);
+    let cookie = mock_login(&m, &m.a.sidecar, "alice", "sid-1").await;
+    let rotated = Key::new("k2");
+    let signed = |key: &Key| {
+        let now = sso_sidecar::auth::oidc::now_unix();
+        key.sign(
+            &json!({"iss": m.idp.issuer(), "sub": "alice", "aud": CLIENT_ID,
+                         "exp": now + 600, "iat": now, "sid": "sid-1"}),
+        )
+    };
+    m.idp.set(|s| {
+        s.jwks_status = 503;
+        s.token_response = json!({"access_token": "at2", "token_type": "Bearer",
+            "expires_in": 8, "id_token": signed(&rotated), "refresh_token": "rt2"});
+    });
+    let refreshes = |m: &MockPair| -> Vec<String> {
+        let s = m.idp.state.lock().unwrap();
+        s.token_requests
+            .iter()
+            .filter(|r| r.contains("grant_type=refresh_token"))
+            .cloned()
+            .collect()
+    };
+    let start = std::time::Instant::now();
+    while refreshes(&m).is_empty() {
+        assert!(alive(&m.a.sidecar, &cookie).await, "the session lives on");
+        assert!(start.elapsed() < Duration::from_secs(30), "no refresh");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The JWKS back, with the new key; the next refresh is due within the new token's 8 s.
+    m.idp.set(|s| {
+        s.jwks_status = 0;
+        s.jwks = json!({"keys": [m.key.jwk(), rotated.jwk()]});
+        s.token_response = json!({"access_token": "at3", "token_type": "Bearer",
+            "expires_in": 600, "id_token": signed(&rotated), "refresh_token": "rt3"});
+    });
+    while refreshes(&m).len() < 2 {
+        assert!(alive(&m.a.sidecar, &cookie).await, "the session lives on");
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no second refresh"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let all = refreshes(&m);
+    assert!(all[0].contains("refresh_token=rt&"), "{all:?}");
+    assert!(
+        all[1].contains("refresh_token=rt2"),
+        "the second refresh spent the old refresh token again: {all:?}"
+    );
+    assert!(
+        alive(&m.b.sidecar, &cookie).await,
+        "alive on the other replica"
+    );
+    assert!(m.a.sidecar.output().contains("cannot be verified now"));
+}
+
 #[tokio::test]
 async fn an_idp_outage_during_refresh_keeps_the_session_an_invalid_grant_ends_it() {
     // An 8 s access token: a refresh is due in its last quarter (2 s), while it is still valid.

@@ -78,6 +78,8 @@ pub struct MockState {
     pub no_end_session: bool,
     /// Status of userinfo's answers (0 = 200).
     pub userinfo_status: u16,
+    /// Status of the JWKS's answers (0 = 200).
+    pub jwks_status: u16,
     /// Advertise `authorization_response_iss_parameter_supported` (RFC 9207).
     pub iss_parameter: bool,
     /// The PKCE challenge (S256) of each code issued: the token endpoint refuses a code whose
@@ -177,6 +179,9 @@ async fn handle(
         }
         "/jwks" => {
             s.jwks_fetches += 1;
+            if s.jwks_status != 0 {
+                status = s.jwks_status;
+            }
             s.jwks.clone()
         }
         "/token" => {
