@@ -505,6 +505,19 @@ async fn the_token_of_the_account_auth_token_belongs_to_is_never_regenerated() {
     ] {
         let r = regenerate(sc, 1, credential).await;
         assert_eq!(r.status(), 403, "{}", String::from_utf8_lossy(r.body()));
+        // Spellings the backend reads as 1 (pydantic) and a plain comparison does not.
+        for spelling in ["+1", "%2B1", "1_0", "-0"] {
+            let path = format!("/users/{spelling}/regenerate_token");
+            let r = send(request("POST", &sc.url(&path), &[credential], body("")))
+                .await
+                .unwrap();
+            assert_eq!(
+                r.status(),
+                400,
+                "{spelling}: {}",
+                String::from_utf8_lossy(r.body())
+            );
+        }
     }
     let after = w.backend.admin("GET", "/users/1").await;
     assert_eq!(after["id"], 1, "AUTH_TOKEN still works: {after}");

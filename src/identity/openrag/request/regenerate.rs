@@ -37,12 +37,19 @@ pub(super) async fn self_or_admin(
 }
 
 /// Refuses to regenerate the token of the account `AUTH_TOKEN` belongs to, whoever asks: the
-/// sidecar would lose its own admin access ([`OpenRagBridge::admin_account`]).
+/// sidecar would lose its own admin access ([`OpenRagBridge::admin_account`]). An `{id}` that
+/// is not a plain number is refused too (400), whoever asks: the backend reads `+1`, `1_0` and
+/// ` 1` as numbers (pydantic), so such a spelling could name that account past the comparison.
 pub(super) async fn refuse_admin_token(
     bridge: &OpenRagBridge,
     target: Option<u64>,
     out: &Outbound<'_>,
 ) -> Result<(), ForwardError> {
+    if target.is_none() {
+        return Err(
+            crate::proxy::ProxyError::BadRequest("The user id must be a plain number").into(),
+        );
+    }
     // The admin API may take seconds: not while holding a place under the upstream cap.
     drop(out.take_place());
     let admin = bridge.admin_account().await.map_err(ForwardError::Bridge)?;
@@ -56,8 +63,8 @@ pub(super) async fn refuse_admin_token(
 }
 
 /// For `POST /users/{id}/regenerate_token`: `Some(Some(id))`, or `Some(None)` when `{id}` is
-/// not a plain number (whoever it names, it is not provably the user: an administrator's
-/// business). `None` for any other request. The path is canonical by now (`%31` is `1`).
+/// not a plain number (refused: [`refuse_admin_token`]). `None` for any other request. The
+/// path is canonical by now (`%31` is `1`).
 pub(super) fn regenerate_target(parts: &Parts) -> Option<Option<u64>> {
     if parts.method != Method::POST {
         return None;
