@@ -134,10 +134,29 @@ fn replace_cookies(headers: &mut HeaderMap, drop: impl Fn(&str) -> bool, add: Op
     }
 }
 
-/// A `Cookie` pair's name, trimmed (lossy for non-UTF-8 bytes; borrowed otherwise).
+/// A `Cookie` pair's name as the backend reads it: Starlette decodes the header as latin-1 and
+/// strips each name with Python's `str.strip()`, which also takes off `\xa0` and `\x85` (and
+/// `\x1c`–`\x1f`). So `\xa0openrag_session` is `openrag_session` to the backend and must be
+/// to the sidecar too, or a client's copy would pass the strip. Borrowed when plain ASCII.
 fn pair_name(pair: &[u8]) -> std::borrow::Cow<'_, str> {
     let name = pair.split(|b| *b == b'=').next().unwrap_or_default();
-    String::from_utf8_lossy(name.trim_ascii())
+    let strip = |b: &u8| python_space(char::from(*b));
+    let start = name.iter().position(|b| !strip(b)).unwrap_or(name.len());
+    let end = name
+        .iter()
+        .rposition(|b| !strip(b))
+        .map_or(start, |i| i + 1);
+    let name = &name[start..end];
+    match std::str::from_utf8(name) {
+        Ok(ascii) if name.is_ascii() => std::borrow::Cow::Borrowed(ascii),
+        // Latin-1: one char per byte, as Starlette reads it.
+        _ => std::borrow::Cow::Owned(name.iter().map(|b| char::from(*b)).collect()),
+    }
+}
+
+/// Whether Python's `str.isspace()` holds for this latin-1 character.
+fn python_space(c: char) -> bool {
+    matches!(c, '\t'..='\r' | '\x1c'..='\x1f' | ' ' | '\u{85}' | '\u{a0}')
 }
 
 /// The names in a request's `Cookie` headers.

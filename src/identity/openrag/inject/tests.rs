@@ -144,3 +144,40 @@ fn only_credential_refusals_count() {
     ));
     assert!(!is_token_refusal(200, br#"{"detail":"Invalid token"}"#));
 }
+
+/// Starlette strips cookie names with Python's `str.strip()` over latin-1: `\xa0` and `\x85`
+/// around a name are whitespace to it. A client's `\xa0openrag_session` is the backend's
+/// `openrag_session`, so it is stripped as such, and never speaks beside the injected cookie.
+#[test]
+fn cookie_names_padded_with_latin1_spaces_are_stripped_as_the_backend_reads_them() {
+    for padded in [
+        &b"\xa0openrag_session=x; a=1"[..],
+        b"openrag_session\x85=x; a=1",
+        b"\xa0\x85openrag_chainlit_token=x;a=1",
+        b"\xa0access_token_0=x; a=1",
+    ] {
+        let mut h = HeaderMap::new();
+        h.insert(header::COOKIE, HeaderValue::from_bytes(padded).unwrap());
+        strip_user_cookies(&mut h);
+        assert_eq!(h[header::COOKIE], "a=1", "{padded:?}");
+        let mut h = HeaderMap::new();
+        h.insert(header::COOKIE, HeaderValue::from_bytes(padded).unwrap());
+        if padded.ends_with(b"access_token_0=x; a=1") {
+            continue; // Chainlit's own session: the Cookie carrier leaves it to Chainlit.
+        }
+        inject_headers(&mut h, Carrier::Cookie, "or-t");
+        assert_eq!(
+            h[header::COOKIE],
+            "a=1; openrag_chainlit_token=or-t",
+            "{padded:?}"
+        );
+    }
+    // Other latin-1 bytes stay part of the name, and the pair reaches the backend as sent.
+    let mut h = HeaderMap::new();
+    h.insert(
+        header::COOKIE,
+        HeaderValue::from_bytes(b"\xe9openrag_session=x").unwrap(),
+    );
+    strip_user_cookies(&mut h);
+    assert_eq!(h[header::COOKIE].as_bytes(), b"\xe9openrag_session=x");
+}
