@@ -157,11 +157,30 @@ impl AdminClient {
         body: Payload,
         max_bytes: usize,
     ) -> Result<Bytes, AdminError> {
+        self.raw_for(bearer, method, path, body, max_bytes, None)
+            .await
+    }
+
+    /// [`Self::raw`], made for a client (`for_client`: its address, as `X-Forwarded-For`):
+    /// the backend charges a failed authentication to the address it sees, and without it that
+    /// is the sidecar's own, whose admin calls then get 429 with everyone's failures.
+    async fn raw_for(
+        &self,
+        bearer: &str,
+        method: Method,
+        path: &str,
+        body: Payload,
+        max_bytes: usize,
+        for_client: Option<std::net::IpAddr>,
+    ) -> Result<Bytes, AdminError> {
         let mut req = Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.base))
             .header(header::ACCEPT, "application/json")
             .header(header::AUTHORIZATION, format!("Bearer {bearer}"));
+        if let Some(ip) = for_client {
+            req = req.header("x-forwarded-for", ip.to_string());
+        }
         let payload = match body {
             Payload::Json(v) => {
                 req = req.header(header::CONTENT_TYPE, "application/json");
@@ -203,10 +222,28 @@ impl AdminClient {
     /// The id of the account `token` belongs to, as `GET /users/info` with it says; `None` for
     /// the backend's own refusal (403 `Invalid token`). Anything else it cannot tell is an error.
     pub async fn token_owner(&self, token: &str) -> Result<Option<u64>, AdminError> {
-        match self
-            .call_as(token, Method::GET, "/users/info", Payload::Empty)
+        self.token_owner_for(token, None).await
+    }
+
+    /// [`Self::token_owner`] for a token a client sent (`client`: its address), so that the
+    /// backend charges a refusal to that client, not to the sidecar (`raw_for`).
+    pub async fn token_owner_for(
+        &self,
+        token: &str,
+        client: Option<std::net::IpAddr>,
+    ) -> Result<Option<u64>, AdminError> {
+        let answer = self
+            .raw_for(
+                token,
+                Method::GET,
+                "/users/info",
+                Payload::Empty,
+                MAX_RESPONSE_BYTES,
+                client,
+            )
             .await
-        {
+            .and_then(|b| serde_json::from_slice::<Value>(&b).map_err(unexpected));
+        match answer {
             Ok(v) => match v.get("id").and_then(Value::as_u64) {
                 Some(id) => Ok(Some(id)),
                 None => Err(AdminError::Json("/users/info without an id".into())),

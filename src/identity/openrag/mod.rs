@@ -218,6 +218,13 @@ impl OpenRagBridge {
         })
     }
 
+    /// Whether `sub`'s token was recovered less than a minute ago.
+    fn recovered_lately(&self, sub: &str, now: i64) -> bool {
+        let last = self.recovered.lock().unwrap_or_else(|p| p.into_inner());
+        last.get(sub)
+            .is_some_and(|t| now - t < RECOVERY_INTERVAL_SECS)
+    }
+
     /// After a response that looks like the backend refusing `stale`: a newer vault token
     /// (another replica's), else — once a probe has confirmed that the backend refuses it, and
     /// at most once a minute per user — the policy's answer. `None`: the token still works (the
@@ -240,6 +247,17 @@ impl OpenRagBridge {
                 }));
             }
         }
+        // Within a minute of the last recovery, not even asked: each probe of a dead token is a
+        // failed authentication the backend charges to the sidecar's address (its own budget,
+        // which its admin calls share), and a session holding one sends a request at a time.
+        let now = crate::clock::now_unix();
+        if self.recovered_lately(sub, now) {
+            tracing::warn!(
+                sub,
+                "the backend refuses the user's token again within a minute; not recovering"
+            );
+            return Ok(None);
+        }
         // A route may answer 403 "Invalid token" for its own reasons (a provider it calls):
         // only the backend's verdict on the token itself counts.
         match self.admin.token_works(stale).await {
@@ -256,7 +274,6 @@ impl OpenRagBridge {
                 return Ok(None);
             }
         }
-        let now = crate::clock::now_unix();
         {
             let mut last = self.recovered.lock().unwrap_or_else(|p| p.into_inner());
             if last

@@ -198,7 +198,8 @@ pub(crate) async fn as_bearer(
         let Some(bearer) = bearer else {
             return Err(ForwardError::Unauthenticated);
         };
-        let owner = bridge.admin.token_owner(bearer).await;
+        let client = out.upstream.client_ip(&parts.headers, out.peer);
+        let owner = bridge.admin.token_owner_for(bearer, Some(client)).await;
         let Some(owner) = owner.map_err(|e| ForwardError::Bridge(e.into()))? else {
             return Err(ForwardError::Unauthenticated);
         };
