@@ -193,6 +193,11 @@ name, cluster nodes) and the port of every configured URL (redis.url, the sentin
 {{- if and (or (include "sso-sidecar.needsAuthToken" .) .Values.backend.enabled) (or (hasPrefix "REPLACE-ME" $s.authToken) (lt (len $s.authToken) 16)) }}
 {{- fail "secrets.authToken is the placeholder REPLACE-ME or shorter than 16 characters: it is the backend's administrator token (AUTH_TOKEN), and anyone sending it as a Bearer token is the administrator; set a long random one, or use secrets.existingSecret" }}
 {{- end }}
+{{- /* Both containers read the same Secret key: the backend (AUTH_TOKEN, secretKeyRef) as it is,
+the sidecar (AUTH_TOKEN_FILE) trimmed. A newline from `--set-file` would make them disagree. */}}
+{{- if and (or (include "sso-sidecar.needsAuthToken" .) .Values.backend.enabled) (ne $s.authToken (trim $s.authToken)) }}
+{{- fail "secrets.authToken has leading or trailing whitespace (a trailing newline from --set-file?): the backend would get AUTH_TOKEN with it and the sidecar, which trims the file it reads, without it, so every admin call would fail; write the file with `printf %s \"$TOKEN\" > auth-token` (no newline), or set the value without it" }}
+{{- end }}
 {{- end }}
 {{- if kindIs "invalid" .Values.config.trustedProxies }}
 {{- fail "config.trustedProxies must be set: the addresses of the proxies in front of the pods whose X-Forwarded-For is believed (e.g. the Ingress controller's pod CIDR), or [] when clients connect to the pods directly. Behind an Ingress with [], every user shares the Ingress's address, hence one rate-limit budget and one connection cap" }}
