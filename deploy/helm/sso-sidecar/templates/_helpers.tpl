@@ -125,6 +125,9 @@ app.kubernetes.io/component: session-store
 {{- if and (eq .Values.authMode "oidc") (eq $r.mode "none") (gt (int .Values.replicaCount) 1) }}
 {{- fail "replicaCount > 1 with redis.mode none: each pod would keep its own sessions; set redis.mode to url, inCluster, sentinel or cluster, or replicaCount to 1" }}
 {{- end }}
+{{- if and .Values.networkPolicy.enabled (not .Values.networkPolicy.dnsPorts) }}
+{{- fail "networkPolicy.dnsPorts must list the DNS servers' port(s), e.g. [53] ([53, 5353] for OpenShift DNS): without one the DNS rule would admit every port" }}
+{{- end }}
 {{- include "sso-sidecar.validateDoors" . }}
 {{- end }}
 
