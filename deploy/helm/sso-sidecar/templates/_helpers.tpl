@@ -70,6 +70,35 @@ app.kubernetes.io/component: session-store
 {{- if and (eq .Values.authMode "oidc") (eq .Values.identity "openrag") }}true{{ end }}
 {{- end }}
 
+{{/* Whether the backend container mounts OpenRag's Chainlit UI: unless backend.env sets
+WITH_CHAINLIT_UI to "false" (OpenRag mounts it, and imports the module that needs
+CHAINLIT_AUTH_SECRET, only when the variable is "true", its default). The last entry wins, as in
+the container. */}}
+{{- define "sso-sidecar.chainlit" -}}
+{{- if .Values.backend.enabled }}
+{{- $on := true }}
+{{- range .Values.backend.env }}
+{{- if eq (toString .name) "WITH_CHAINLIT_UI" }}
+{{- $on = ne (lower (trim (toString .value))) "false" }}
+{{- end }}
+{{- end }}
+{{- if $on }}true{{ end }}
+{{- end }}
+{{- end }}
+
+{{/* Whether the chart passes CHAINLIT_AUTH_SECRET to the backend from its Secret (key
+chainlit-auth-secret): with Chainlit on, unless backend.env brings its own from a Secret
+(valueFrom). */}}
+{{- define "sso-sidecar.chainlitSecret" -}}
+{{- if include "sso-sidecar.chainlit" . }}
+{{- $own := false }}
+{{- range .Values.backend.env }}
+{{- if eq (toString .name) "CHAINLIT_AUTH_SECRET" }}{{ $own = true }}{{ end }}
+{{- end }}
+{{- if not $own }}true{{ end }}
+{{- end }}
+{{- end }}
+
 {{/* Reject combinations that would deploy but not work. Included by deployment.yaml. */}}
 {{- define "sso-sidecar.validate" -}}
 {{- if not (has .Values.authMode (list "oidc" "token")) }}
@@ -198,8 +227,18 @@ name, cluster nodes) and the port of every configured URL (redis.url, the sentin
 {{- end }}
 {{- /* Both containers read the same Secret key: the backend (AUTH_TOKEN, secretKeyRef) as it is,
 the sidecar (AUTH_TOKEN_FILE) trimmed. A newline from `--set-file` would make them disagree. */}}
+{{- if and (include "sso-sidecar.chainlitSecret" .) (or (not $s.chainlitAuthSecret) (hasPrefix "REPLACE-ME" (toString $s.chainlitAuthSecret))) }}
+{{- fail "secrets.chainlitAuthSecret is empty or the placeholder REPLACE-ME: OpenRag's Chainlit UI (on unless WITH_CHAINLIT_UI is \"false\") signs its sessions with it (CHAINLIT_AUTH_SECRET) and, with AUTH_TOKEN set, raises at import without it, so the backend would not start; set a long random one (`openssl rand -base64 32`), or use secrets.existingSecret with a chainlit-auth-secret key, or set WITH_CHAINLIT_UI to \"false\" in backend.env to run without Chainlit" }}
+{{- end }}
 {{- if and (or (include "sso-sidecar.needsAuthToken" .) .Values.backend.enabled) (ne $s.authToken (trim $s.authToken)) }}
 {{- fail "secrets.authToken has leading or trailing whitespace (a trailing newline from --set-file?): the backend would get AUTH_TOKEN with it and the sidecar, which trims the file it reads, without it, so every admin call would fail; write the file with `printf %s \"$TOKEN\" > auth-token` (no newline), or set the value without it" }}
+{{- end }}
+{{- end }}
+{{- if .Values.backend.enabled }}
+{{- range .Values.backend.env }}
+{{- if and (eq (toString .name) "CHAINLIT_AUTH_SECRET") (hasKey . "value") }}
+{{- fail "backend.env sets CHAINLIT_AUTH_SECRET as a plain value, readable by anyone who can read the Deployment: set secrets.chainlitAuthSecret (or the chainlit-auth-secret key of secrets.existingSecret) instead, which reaches the backend through secretKeyRef" }}
+{{- end }}
 {{- end }}
 {{- end }}
 {{- if kindIs "invalid" .Values.config.trustedProxies }}
