@@ -198,6 +198,21 @@ pub fn unused_by_mode(raw: &Settings, bridge: bool) -> Vec<String> {
     out
 }
 
+/// `paths.public` left at its default (OpenRag's own unauthenticated paths: `/metrics`,
+/// `/version`, `/assets/*`, `/chainlit*`…) with identity headers, which is for other backends:
+/// there those paths answer without a session, whatever they serve.
+pub fn openrag_public_paths(raw: &Settings) -> Option<String> {
+    let default = super::auth::PathSettings::default().public;
+    (raw.paths.public == default).then(|| {
+        format!(
+            "paths.public is OpenRag's list by default ({}), and with identity = \"headers\" \
+             those paths of your backend answer without a session: set paths.public \
+             (SSO_SIDECAR_PATHS__PUBLIC) to your backend's own public paths, or [] for none",
+            default.0.join(", ")
+        )
+    })
+}
+
 /// `OIDC_POST_LOGOUT_REDIRECT_URI` on the sidecar's own origin: after logout the user lands
 /// on a protected page and is signed in again at once (a re-login loop).
 pub fn relogin_loop(o: &super::openrag_env::OidcSettings) -> Option<String> {

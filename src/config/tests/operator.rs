@@ -195,3 +195,20 @@ fn messages_point_at_the_fix() {
     let w = warnings(&[("OIDC_POST_LOGOUT_REDIRECT_URI", "https://app.example.test/")]);
     assert!(w.iter().any(|w| w.contains("re-login loop")), "{w:?}");
 }
+
+/// Identity headers front another backend than OpenRag: OpenRag's public paths, left as the
+/// default, would be that backend's paths answered without a session. Said; not said once
+/// `paths.public` is set, nor with the bridge.
+#[test]
+fn openrags_public_paths_left_by_default_in_front_of_another_backend_are_warned_about() {
+    let about = |w: Vec<String>| {
+        w.iter()
+            .any(|w| w.contains("paths.public is OpenRag's list"))
+    };
+    assert!(about(warnings(&[("SSO_SIDECAR_IDENTITY", "headers")])));
+    assert!(!about(warnings(&[
+        ("SSO_SIDECAR_IDENTITY", "headers"),
+        ("SSO_SIDECAR_PATHS__PUBLIC", "/healthz"),
+    ])));
+    assert!(!about(warnings(&[("SSO_SIDECAR_IDENTITY", "openrag")])));
+}
