@@ -168,6 +168,14 @@ async fn probe(c: &Config, oidc: &crate::config::OidcSettings) -> Vec<String> {
             Ok(store) => match tokio::time::timeout(r.timeout * 2, store.ping()).await {
                 Ok(Ok(())) => {
                     println!("Redis OK (PING)");
+                    // A warning, as `run` gives: the sidecar works, but may lose logouts.
+                    let servers = store.eviction().await.unwrap_or_default();
+                    for w in servers
+                        .iter()
+                        .filter_map(crate::store::redis::eviction::Eviction::warning)
+                    {
+                        println!("warning: {w}");
+                    }
                     match store.tracking_allowed().await {
                         Ok(Some(true)) => println!("Redis OK (CLIENT TRACKING allowed: the client-side session cache is on)"),
                         // A warning, as `run` gives: the sidecar works, reading Redis every time.

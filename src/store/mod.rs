@@ -29,16 +29,45 @@ pub enum Store {
     Redis(redis::RedisStore),
 }
 
+/// Warns once Redis first answers (it may be down at start) if it evicts keys when full;
+/// gives up quietly after five minutes without an answer (readiness says that already).
+async fn warn_if_evicting(store: std::sync::Weak<Store>) {
+    for _ in 0..60 {
+        let Some(s) = store.upgrade() else { return };
+        let Store::Redis(r) = &*s else { return };
+        match r.eviction().await {
+            Ok(servers) => {
+                for w in servers
+                    .iter()
+                    .filter_map(redis::eviction::Eviction::warning)
+                {
+                    tracing::warn!("{w}");
+                }
+                return;
+            }
+            Err(e) => tracing::debug!(error = %e, "INFO memory: no answer yet"),
+        }
+        drop(s);
+        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    }
+}
+
 impl Store {
     /// A short description for logs ("memory", "redis").
     /// Starts the store's background work on the current runtime: the memory store purges
-    /// expired entries every minute (Redis expires its own). It ends with the store.
+    /// expired entries every minute (Redis expires its own); Redis is asked once whether it
+    /// evicts keys when full ([`redis::eviction`]). It ends with the store.
     pub fn start_housekeeping(self: &std::sync::Arc<Self>) {
-        if let Store::Memory(_) = &**self {
-            tokio::spawn(memory::purge_every(
-                std::sync::Arc::downgrade(self),
-                std::time::Duration::from_secs(60),
-            ));
+        match &**self {
+            Store::Memory(_) => {
+                tokio::spawn(memory::purge_every(
+                    std::sync::Arc::downgrade(self),
+                    std::time::Duration::from_secs(60),
+                ));
+            }
+            Store::Redis(_) => {
+                tokio::spawn(warn_if_evicting(std::sync::Arc::downgrade(self)));
+            }
         }
     }
 

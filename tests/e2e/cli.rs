@@ -363,6 +363,45 @@ async fn check_says_whether_redis_allows_client_tracking() {
     }
 }
 
+/// A Redis that evicts keys when full may evict a logout index, and the IdP's logout then ends
+/// nothing: `check` and `run` warn of it (a limit and an evicting policy), and not of a Redis
+/// without a limit or one that refuses writes when full.
+#[tokio::test]
+async fn a_redis_that_evicts_keys_when_full_is_warned_about() {
+    let redis = crate::oidc_support::Redis::start().await;
+    let idp = crate::mock_idp::MockIdp::start().await;
+    idp.set(|m| m.jwks = serde_json::json!({"keys": [crate::mock_idp::Key::new("k").jwk()]}));
+    let env = oidc_env(
+        &idp.issuer(),
+        "http://127.0.0.1:1/auth/callback",
+        &[
+            ("SSO_SIDECAR_IDENTITY", "headers"),
+            ("SSO_SIDECAR_REDIS_URL", &redis.url()),
+        ],
+    );
+    let said = "Redis evicts keys when full";
+    for (maxmemory, policy, warned) in [
+        ("0", "allkeys-lru", false),
+        ("64mb", "noeviction", false),
+        ("64mb", "volatile-lru", true),
+    ] {
+        redis.cli(&["CONFIG", "SET", "maxmemory", maxmemory]);
+        redis.cli(&["CONFIG", "SET", "maxmemory-policy", policy]);
+        let (code, out, err) = check(env.clone()).await;
+        assert_eq!(code, Some(0), "{out}{err}");
+        assert_eq!(out.contains(said), warned, "{maxmemory} {policy}: {out}");
+    }
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let sc = Sidecar::start(&env).await;
+    wait_until(
+        "the warning at start",
+        std::time::Duration::from_secs(10),
+        || sc.output().contains(said),
+    )
+    .await;
+    assert!(sc.output().contains("maxmemory-policy volatile-lru"));
+}
+
 /// A certificate, key or CA file that exists but holds no usable PEM is a configuration
 /// problem like any other: `check` and `run` both exit 78 naming each file, and `run` does so
 /// before binding a port (once bound, a start-up failure exits 1).

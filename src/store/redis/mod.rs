@@ -13,6 +13,7 @@
 //! ([`tracking`]); reads that must see the latest value use [`RedisStore::get_fresh`].
 
 mod build;
+pub mod eviction;
 mod scripts;
 pub mod settle;
 pub mod tracking;
