@@ -152,7 +152,10 @@ impl Sessions {
         begun_ms: i64,
     ) -> Result<Option<String>, StoreError> {
         let id = new_session_id();
-        self.save(&id, session, now).await?;
+        // The indexes first, then the session: Redis replicates writes in order, so a failover
+        // that loses the last of them loses the session too, never only its index entries (a
+        // session no index names would outlive every logout). An entry naming nothing is
+        // harmless, and dropped when its time is over.
         // The indexes live as long as the session may: requests push back the session's idle
         // deadline, not theirs, and a logout must still find a session in steady use.
         let ttl = lifetime_left(session, now);
@@ -165,6 +168,7 @@ impl Sessions {
         self.store
             .index_add(&Self::sub_index(&session.iss, &session.sub), &member, ttl)
             .await?;
+        self.save(&id, session, now).await?;
         if self.ended_meanwhile(session, begun_ms).await? {
             self.store.delete(&member).await?;
             return Ok(None);

@@ -150,3 +150,42 @@ async fn sessions_indexed_by_an_earlier_build_are_still_logged_out() {
     );
     assert_eq!(card(&m, "SCARD", subs[0]).await, 1);
 }
+
+/// A login writes its session's logout indexes before the session itself: Redis replicates
+/// writes in order, so a failover losing the last write loses the session, never only its
+/// index entries (a session no index names would outlive every logout). Read off `MONITOR`.
+#[tokio::test]
+async fn a_login_writes_its_indexes_before_its_session() {
+    use tokio::io::AsyncBufReadExt;
+    let m = mock_pair(&[]).await;
+    let mut monitor = tokio::process::Command::new("redis-cli")
+        .args(["-p", &m.redis.port.to_string(), "monitor"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(monitor.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next_line().await.unwrap().as_deref(), Some("OK"));
+    let cookie = mock_login(&m, &m.a.sidecar, "alice", "sid-1").await;
+    assert!(alive(&m.a.sidecar, &cookie).await);
+    let mut seen = Vec::new();
+    let mut session_set = None;
+    while session_set.is_none() {
+        let line = tokio::time::timeout(std::time::Duration::from_secs(5), lines.next_line())
+            .await
+            .expect("the session's SET in MONITOR")
+            .unwrap()
+            .unwrap();
+        if line.contains("\"SET\"") && line.contains(":session:") {
+            session_set = Some(seen.len());
+        }
+        seen.push(line);
+    }
+    let indexed = |what: &str| {
+        seen.iter()
+            .position(|l| l.contains(what) && !l.contains("\"SET\""))
+            .unwrap_or_else(|| panic!("no write to {what} before the session: {seen:#?}"))
+    };
+    assert!(indexed(":sid:") < session_set.unwrap());
+    assert!(indexed(":sub:") < session_set.unwrap());
+}
