@@ -32,6 +32,8 @@ pub const BOOTSTRAP_VARS: &[&str] = &["SSO_SIDECAR_CONFIG", "SSO_SIDECAR_ENV_FIL
 #[derive(Default, Clone)]
 pub struct Vars {
     map: BTreeMap<String, String>,
+    /// The names the process environment set (the rest came from `.env` only).
+    from_process: std::collections::BTreeSet<String>,
 }
 
 impl Vars {
@@ -42,8 +44,12 @@ impl Vars {
         process: impl IntoIterator<Item = (String, String)>,
     ) -> Self {
         let mut map: BTreeMap<String, String> = dotenv.into_iter().collect();
-        map.extend(process);
-        Vars { map }
+        let mut from_process = std::collections::BTreeSet::new();
+        for (k, v) in process {
+            from_process.insert(k.clone());
+            map.insert(k, v);
+        }
+        Vars { map, from_process }
     }
 
     pub fn get(&self, name: &str) -> Option<&str> {
@@ -60,8 +66,11 @@ impl Vars {
         self.get(name).map(str::trim).filter(|v| !v.is_empty())
     }
 
-    /// Replaces every `<SECRET>_FILE` by the file's content under `<SECRET>`. Setting both is an
-    /// error: silently preferring one would hide a deployment mistake.
+    /// Replaces every `<SECRET>_FILE` by the file's content under `<SECRET>`. Setting both in
+    /// one place is an error: silently preferring one would hide a deployment mistake. Set in
+    /// two, the process environment wins over `.env`, as it does for every variable: OpenRag's
+    /// `.env` (with `OIDC_CLIENT_SECRET`) mounted beside a Secret given as
+    /// `OIDC_CLIENT_SECRET_FILE` (what the chart does) uses the Secret.
     pub fn resolve_secret_files(&mut self, problems: &mut Vec<String>) {
         for name in SECRET_VARS {
             let file_var = format!("{name}_FILE");
@@ -69,8 +78,20 @@ impl Vars {
                 continue;
             };
             if self.non_empty(name).is_some() {
-                problems.push(format!("set either {name} or {file_var}, not both"));
-                continue;
+                let (value_here, file_here) = (
+                    self.from_process.contains(*name),
+                    self.from_process.contains(&file_var),
+                );
+                if value_here && !file_here {
+                    // The value from the process; the `.env`'s file is not read.
+                    self.map.remove(&file_var);
+                    continue;
+                }
+                if value_here == file_here {
+                    problems.push(format!("set either {name} or {file_var}, not both"));
+                    continue;
+                }
+                // The file from the process: its content replaces the `.env`'s value below.
             }
             match std::fs::read_to_string(&path) {
                 Ok(content) => {
@@ -198,6 +219,45 @@ mod tests {
         assert!(problems
             .iter()
             .any(|p| p.contains("OIDC_CLIENT_SECRET_FILE: cannot read")));
+    }
+
+    /// The secret in one place, its file twin in the other: the process environment wins, as
+    /// for every variable (OpenRag's `.env` beside the chart's `*_FILE` Secrets). Both in the
+    /// same place stays an error.
+    #[test]
+    fn a_secret_and_its_file_twin_from_two_places_take_the_process_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("secret");
+        std::fs::write(&p, "from-the-secret\n").unwrap();
+        let file = p.to_str().unwrap().to_owned();
+        let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+            v.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let mut v = Vars::layer(
+            pairs(&[
+                ("OIDC_CLIENT_SECRET", "from-dotenv"),
+                ("AUTH_TOKEN_FILE", "/nonexistent/from-dotenv"),
+            ]),
+            pairs(&[
+                ("OIDC_CLIENT_SECRET_FILE", &file),
+                ("AUTH_TOKEN", "from-process"),
+            ]),
+        );
+        let mut problems = Vec::new();
+        v.resolve_secret_files(&mut problems);
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(v.get("OIDC_CLIENT_SECRET"), Some("from-the-secret"));
+        assert_eq!(v.get("AUTH_TOKEN"), Some("from-process"));
+        assert_eq!(v.get("AUTH_TOKEN_FILE"), None);
+        let mut v = Vars::layer(
+            pairs(&[("AUTH_TOKEN", "a"), ("AUTH_TOKEN_FILE", "/nonexistent/a")]),
+            Vec::new(),
+        );
+        let mut problems = Vec::new();
+        v.resolve_secret_files(&mut problems);
+        assert!(problems[0].contains("not both"), "{problems:?}");
     }
 
     #[test]
