@@ -187,13 +187,19 @@ impl Identity {
         let (Mode::OpenRag(bridge), Some(id)) = (&self.mode, backend_user_id) else {
             return true;
         };
-        if !bridge.still_linked(id, sub).await {
-            return false;
+        match bridge.still_linked(id, sub).await {
+            Some(false) => false,
+            // Groups are written only to an account known to be this user's: with the link
+            // unconfirmed (the account may have been moved to someone else), this user's IdP
+            // groups could land on another person's account, and pruning take theirs away.
+            None => true,
+            Some(true) => {
+                if let Some(claims) = id_claims {
+                    bridge.sync_groups(id, claims).await;
+                }
+                true
+            }
         }
-        if let Some(claims) = id_claims {
-            bridge.sync_groups(id, claims).await;
-        }
-        true
     }
 
     /// The mode's own routes, answered without the upstream.

@@ -733,3 +733,70 @@ async fn an_unregistered_sub_is_remembered_for_a_minute() {
         "the users table was listed once: {log}"
     );
 }
+
+/// At a refresh, groups are written only to an account known to be the user's: with
+/// `GET /users/{id}` failing, the link cannot be confirmed (the account may have been moved to
+/// someone else meanwhile), so the session lives on but nothing is synced to that account.
+#[tokio::test]
+async fn groups_are_not_synced_at_a_refresh_that_cannot_confirm_the_accounts_link() {
+    let alice_token = token(1);
+    let backend = Backend::start_with(
+        json!([{
+            "display_name": "Alice", "external_user_id": "alice", "email": "alice@example.test",
+            "is_admin": false, "token": alice_token, "memberships": {}
+        }]),
+        &["--partitions", "finance,hr"],
+    );
+    let w = world(
+        json!({"alice": {"groups": ["/openrag/finance/viewer"]}}),
+        backend,
+        json!({"alice": alice_token}),
+        &[
+            ("OIDC_CLAIM_GROUPS", "groups"),
+            ("OIDC_GROUP_SYNC_PRUNE", "true"),
+        ],
+    )
+    .await;
+    let sc = &w.sc.sidecar;
+    let alice = w.backend.user("alice").await.unwrap()["id"]
+        .as_u64()
+        .unwrap();
+    let l = login(sc, "alice", "/").await;
+    assert_eq!(
+        memberships(&w.backend, alice).await,
+        pairs(&[("finance", "viewer")])
+    );
+    // The account moved to bob; then the admin API cannot say whose it is, once. Alice's groups
+    // changed meanwhile: synced, they would add hr and prune finance from bob's account.
+    w.backend.link(alice, "bob").await;
+    set_account(&w.idp, "alice", json!({"groups": ["/openrag/hr/viewer"]})).await;
+    let fail = format!("{}/__test/fail-get-user?n=1", w.backend.url());
+    assert_eq!(
+        send(request("POST", &fail, &[], body("")))
+            .await
+            .unwrap()
+            .status(),
+        204
+    );
+    crate::openrag_hardening::reset_log(&w.backend).await;
+    assert_eq!(refreshed(sc, &l.cookie).await, 200, "the session lives on");
+    let log = w.backend.requests().await;
+    let recent = log["last"].as_array().unwrap();
+    assert!(
+        recent
+            .iter()
+            .any(|r| r["path"] == format!("/users/{alice}")),
+        "the link was asked about: {log}"
+    );
+    assert!(
+        !recent
+            .iter()
+            .any(|r| r["path"].as_str().unwrap().starts_with("/partition/")),
+        "nothing synced: {log}"
+    );
+    assert_eq!(
+        memberships(&w.backend, alice).await,
+        pairs(&[("finance", "viewer")]),
+        "bob's memberships untouched"
+    );
+}

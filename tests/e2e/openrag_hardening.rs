@@ -17,7 +17,7 @@ use crate::openrag::{seeded, token, world, world_with, Backend};
 use crate::support::*;
 use serde_json::{json, Value};
 
-async fn reset_log(backend: &Backend) {
+pub(crate) async fn reset_log(backend: &Backend) {
     let r = send(request(
         "DELETE",
         &format!("{}/__test/requests", backend.url()),

@@ -19,6 +19,7 @@ verified in issue 16: IA-Generative/openrag d6fd8e7f; "later" = later linagora v
   hooks     (--test-hooks) GET /__test/dump  GET /__test/users  GET|DELETE /__test/requests
             POST /__test/partition/{p}  GET /__test/refuse/<code>?detail=D  POST /__test/chainlit/forget
             POST /__test/slow-list?ms=N[&fail=1]  POST /__test/slow-create?ms=N
+            POST /__test/fail-get-user?n=N
             POST /__test/broken-create?on=1|0
   flags     --users-file (users, their memberships)  --partitions (created at start, no members)
             --generation  --super-admin-mode (default true)  --conflict-status (default by generation)
@@ -818,6 +819,12 @@ class Handler(BaseHTTPRequestHandler):
             query = parse_qs(urlsplit(self.path).query)
             self.server.create_delay_ms = int(query.get("ms", ["0"])[0])
             return self.send(204)
+        if path == "/__test/fail-get-user" and self.command == "POST":
+            # The next n GET /users/{id} answer 503: an admin API that cannot say, for a
+            # moment, whose an account is.
+            query = parse_qs(urlsplit(self.path).query)
+            self.server.get_user_fails = int(query.get("n", ["1"])[0])
+            return self.send(204)
         if path == "/__test/broken-create" and self.command == "POST":
             # POST /users/ commits, then answers with a body cut short (a lost answer).
             query = parse_qs(urlsplit(self.path).query)
@@ -1154,6 +1161,9 @@ class Handler(BaseHTTPRequestHandler):
 
     def get_user(self, ctx, user, uid):
         self.require_admin(user)
+        if getattr(self.server, "get_user_fails", 0) > 0:
+            self.server.get_user_fails -= 1
+            raise HTTPError(503, {"detail": "Service unavailable"})
         errors = []
         uid = self.parse_id(uid, errors)
         self.raise_422(errors)

@@ -107,14 +107,17 @@ impl OpenRagBridge {
         self.directory.cached(sub)
     }
 
-    /// Whether the backend still links its user `id` to `sub`: false once it names another
-    /// `sub` (an administrator moved the link) or the user is gone (404); true when it cannot
-    /// say (an outage, a refused admin token), which ends no session.
-    pub async fn still_linked(&self, id: u64, sub: &str) -> bool {
+    /// Whether the backend still links its user `id` to `sub`: `Some(false)` once it names
+    /// another `sub` (an administrator moved the link) or the user is gone (404); `None` when
+    /// it cannot say (an outage, a refused admin token), which ends no session but confirms
+    /// nothing either.
+    pub async fn still_linked(&self, id: u64, sub: &str) -> Option<bool> {
         match self.admin.get_user(id).await {
-            Ok(u) => u.external_user_id.as_deref() == Some(sub),
-            Err(AdminError::Status { status, .. }) => status != http::StatusCode::NOT_FOUND,
-            Err(_) => true,
+            Ok(u) => Some(u.external_user_id.as_deref() == Some(sub)),
+            Err(AdminError::Status { status, .. }) if status == http::StatusCode::NOT_FOUND => {
+                Some(false)
+            }
+            Err(_) => None,
         }
     }
 
