@@ -562,6 +562,74 @@ async fn junk_bearers_on_the_regenerate_route_do_not_spend_the_sidecars_own_fail
     assert_eq!(cb.status(), 302, "{}", String::from_utf8_lossy(cb.body()));
 }
 
+/// A login writes the user's changed claims to the backend (here slowly) between reading the
+/// vaulted token and vaulting it again; a regeneration through another session meanwhile
+/// vaults a newer token (the one read is dead now). The login takes the newer one: it used to
+/// write the dead one back over it, and under `file` its session then got 403 for good.
+#[tokio::test]
+async fn a_login_does_not_write_back_a_token_regenerated_while_it_wrote_the_claims() {
+    let alice = token(0x31);
+    let w = world_with(
+        Backend::start(json!([seeded("alice", Some(&alice))])),
+        json!({"alice": alice}),
+        &[
+            ("SSO_SIDECAR_OPENRAG__TOKEN_POLICY", "file"),
+            ("OIDC_CLAIM_MAPPING", "email:email"),
+        ],
+    )
+    .await;
+    let sc = &w.sc.sidecar;
+    let first = session_header(&login(sc, "alice", "/").await.cookie);
+    let id = w.backend.user("alice").await.unwrap()["id"]
+        .as_u64()
+        .unwrap();
+    // The next login has a claim to write, and the backend takes 2 s to write it.
+    let account = format!("{}/__test/account?sub=alice", w.idp.issuer());
+    let claims = json!({"email": "alice@new.example", "email_verified": true}).to_string();
+    let r = send(request(
+        "POST",
+        &account,
+        &[("content-type", "application/json")],
+        body(claims),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let slow = format!("{}/__test/slow-patch", w.backend.url());
+    send(request("POST", &format!("{slow}?ms=2000"), &[], body("")))
+        .await
+        .unwrap();
+    let begun = || async { json(&get(&slow, &[]).await.unwrap())["begun"].as_u64() };
+    let before = begun().await.unwrap();
+    let regenerate_meanwhile = async {
+        wait_for(|| async { begun().await == Some(before + 1) }).await;
+        let r = regenerate(sc, id, ("cookie", &first)).await;
+        assert_eq!(r.status(), 200, "{}", String::from_utf8_lossy(r.body()));
+        json(&r)["token"].as_str().unwrap().to_owned()
+    };
+    let (second, regenerated) = tokio::join!(login(sc, "alice", "/"), regenerate_meanwhile);
+    let second = session_header(&second.cookie);
+    let want = format!("Bearer {regenerated}");
+    assert_eq!(ok_as(sc, &second, "/v1/b", "alice").await, want);
+    assert_eq!(ok_as(sc, &first, "/v1/a", "alice").await, want);
+}
+
+/// Polls `check` every 50 ms for up to 10 s.
+async fn wait_for<F, Fut>(check: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = std::time::Instant::now();
+    while !check().await {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "never happened"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 /// OpenRag takes `?token=` on `/static*` (its only credential there): a script's link to a
 /// file, without a session, reaches the backend to be judged, as a bearer does elsewhere,
 /// instead of being sent to the login.

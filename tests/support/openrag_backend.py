@@ -19,7 +19,7 @@ verified in issue 16: IA-Generative/openrag d6fd8e7f; "later" = later linagora v
   hooks     (--test-hooks) GET /__test/dump  GET /__test/users  GET|DELETE /__test/requests
             POST /__test/partition/{p}  GET /__test/refuse/<code>?detail=D  POST /__test/chainlit/forget
             POST /__test/slow-list?ms=N[&fail=1]  POST /__test/slow-create?ms=N
-            POST /__test/fail-get-user?n=N
+            POST /__test/fail-get-user?n=N  POST|GET /__test/slow-patch?ms=N
             POST /__test/broken-create?on=1|0
   flags     --users-file (users, their memberships)  --partitions (created at start, no members)
             --generation  --super-admin-mode (default true)  --conflict-status (default by generation)
@@ -819,6 +819,13 @@ class Handler(BaseHTTPRequestHandler):
             query = parse_qs(urlsplit(self.path).query)
             self.server.create_delay_ms = int(query.get("ms", ["0"])[0])
             return self.send(204)
+        if path == "/__test/slow-patch" and self.command == "POST":
+            # PATCH /users/{id} answers N ms late from now on; GET: how many have begun.
+            query = parse_qs(urlsplit(self.path).query)
+            self.server.patch_delay_ms = int(query.get("ms", ["0"])[0])
+            return self.send(204)
+        if path == "/__test/slow-patch" and self.command == "GET":
+            return self.send(200, {"begun": getattr(self.server, "patches_begun", 0)})
         if path == "/__test/fail-get-user" and self.command == "POST":
             # The next n GET /users/{id} answer 503: an admin API that cannot say, for a
             # moment, whose an account is.
@@ -1198,6 +1205,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def patch_user(self, ctx, user, uid):
         self.require_admin(user)
+        self.server.patches_begun = getattr(self.server, "patches_begun", 0) + 1
+        time.sleep(getattr(self.server, "patch_delay_ms", 0) / 1000)
         errors = []
         uid = self.parse_id(uid, errors)
         fields = self.parse_body(ctx, errors)

@@ -213,6 +213,17 @@ impl OpenRagBridge {
         };
         let token = self.token_for(sub, &user).await?;
         self.sync_claims(sub, &user, claims).await;
+        // Writing the claims may take the admin API's time: a token another replica or a
+        // regeneration vaulted for this account meanwhile is newer than the one read above
+        // (which it may have made dead), and is taken instead of being written over.
+        if let Some(v) = self.vault_read(sub, true).await? {
+            if v.token.expose() != token.expose() && self.belongs_to(&v, user.id).await? {
+                return Ok(Resolved {
+                    user_id: user.id,
+                    token: v.token,
+                });
+            }
+        }
         // Keeps the vault entry alive while the user logs in (and records its owner).
         self.vault_put(sub, user.id, &token).await?;
         Ok(Resolved {
