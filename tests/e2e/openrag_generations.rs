@@ -246,3 +246,42 @@ async fn chainlit_cookies_left_in_a_browser_speak_for_nobody() {
         }
     }
 }
+
+/// Until the backend has said which Chainlit hand-off it has, a Chainlit request is refused
+/// (502), not sent on the cookie hand-off's assumption: on 1.1.8 that kept the client's own
+/// Chainlit cookie and left Chainlit's answers as they were. The backend is asked again after
+/// 30 s, not on every request meanwhile.
+#[tokio::test]
+async fn a_chainlit_request_waits_for_the_backend_to_say_its_hand_off() {
+    let alice = token(1);
+    let w = world_with(
+        Backend::start_with(
+            json!([seeded("alice", Some(&alice))]),
+            &["--generation", "1.1.8"],
+        ),
+        json!({"alice": alice}),
+        &[("SSO_SIDECAR_OPENRAG__TOKEN_POLICY", "file")],
+    )
+    .await;
+    let sc = &w.sc.sidecar;
+    let l = login(sc, "alice", "/").await;
+    let fail = format!("{}/__test/fail-handoff?n=1", w.backend.url());
+    assert_eq!(
+        send(request("POST", &fail, &[], body("")))
+            .await
+            .unwrap()
+            .status(),
+        204
+    );
+    crate::openrag_hardening::reset_log(&w.backend).await;
+    for _ in 0..2 {
+        let r = as_session(sc, &l.cookie, "/chainlit/user", "; access_token=mine").await;
+        assert_eq!(r.status(), 502, "{}", String::from_utf8_lossy(r.body()));
+    }
+    let log = w.backend.requests().await;
+    assert_eq!(
+        log["by_path"]["/auth/chainlit-session"], 1,
+        "asked once: {log}"
+    );
+    assert!(log["by_path"].get("/chainlit/user").is_none(), "{log}");
+}

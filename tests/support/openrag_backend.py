@@ -20,6 +20,7 @@ verified in issue 16: IA-Generative/openrag d6fd8e7f; "later" = later linagora v
             POST /__test/partition/{p}  GET /__test/refuse/<code>?detail=D  POST /__test/chainlit/forget
             POST /__test/slow-list?ms=N[&fail=1]  POST /__test/slow-create?ms=N
             POST /__test/fail-get-user?n=N  POST|GET /__test/slow-patch?ms=N
+            POST /__test/fail-handoff?n=N
             POST /__test/broken-create?on=1|0
   flags     --users-file (users, their memberships)  --partitions (created at start, no members)
             --generation  --super-admin-mode (default true)  --conflict-status (default by generation)
@@ -826,6 +827,11 @@ class Handler(BaseHTTPRequestHandler):
             return self.send(204)
         if path == "/__test/slow-patch" and self.command == "GET":
             return self.send(200, {"begun": getattr(self.server, "patches_begun", 0)})
+        if path == "/__test/fail-handoff" and self.command == "POST":
+            # The next n POST /auth/chainlit-session answer 503, whatever the generation.
+            query = parse_qs(urlsplit(self.path).query)
+            self.server.handoff_fails = int(query.get("n", ["1"])[0])
+            return self.send(204)
         if path == "/__test/fail-get-user" and self.command == "POST":
             # The next n GET /users/{id} answer 503: an admin API that cannot say, for a
             # moment, whose an account is.
@@ -887,6 +893,9 @@ class Handler(BaseHTTPRequestHandler):
 
     def route(self, ctx, entry):
         path, method = ctx["path"], self.command
+        if path == "/auth/chainlit-session" and getattr(self.server, "handoff_fails", 0) > 0:
+            self.server.handoff_fails -= 1  # --test-hooks: POST /__test/fail-handoff?n=N
+            raise HTTPError(503, {"detail": "Service unavailable"})
         get_like = method in ("GET", "HEAD")
         old = self.old()
         if old:  # 1.1.8's middleware lets every /chainlit* path through: Chainlit does its own auth

@@ -72,6 +72,9 @@ pub enum AdminError {
     /// The listing another login waited for failed moments ago (its error, as text).
     #[error("backend users API, listing every user: {0}")]
     Earlier(String),
+    /// A question not asked again yet, since the last time it failed moments ago.
+    #[error("backend users API: {0} (it failed moments ago; asked again shortly)")]
+    NotAskedYet(&'static str),
 }
 
 /// A JSON error without the value it quotes (another user's email, say), for logs.

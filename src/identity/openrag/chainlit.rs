@@ -31,19 +31,24 @@ const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
 
 impl OpenRagBridge {
     /// The backend's hand-off, probed once (`POST /auth/chainlit-session` with the admin
-    /// token); until a probe succeeds, the cookie hand-off is assumed and asked again, at most
-    /// once per [`PROBE_RETRY`]: every Chainlit request (assets, polls) would otherwise add an
-    /// admin call, each up to the backend timeout, while the backend cannot answer.
-    pub async fn chainlit_handoff(&self) -> Handoff {
+    /// token). Until a probe succeeds a Chainlit request is refused (502), and the backend asked
+    /// again at most once per [`PROBE_RETRY`]: every Chainlit request (assets, polls) would
+    /// otherwise add an admin call, each up to the backend timeout, while the backend cannot
+    /// answer. Not guessed: on OpenRag 1.1.8 a cookie hand-off assumed would leave the client's
+    /// own Chainlit cookies and Chainlit's answers (its session cookie, `/chainlit/user`'s
+    /// key) as they are, which the login hand-off takes out.
+    pub async fn chainlit_handoff(&self) -> Result<Handoff, BridgeError> {
         if let Some(h) = self.handoff.get() {
-            return *h;
+            return Ok(*h);
         }
         let now = crate::clock::now_unix();
         let last = self
             .handoff_failed
             .load(std::sync::atomic::Ordering::Relaxed);
         if last != 0 && now - last < PROBE_RETRY.as_secs() as i64 {
-            return Handoff::Cookie;
+            return Err(BridgeError::Backend(super::admin::AdminError::NotAskedYet(
+                "which Chainlit hand-off the backend has",
+            )));
         }
         match self.admin.has_chainlit_handoff().await {
             Ok(cookie) => {
@@ -53,13 +58,13 @@ impl OpenRagBridge {
                     Handoff::Login
                 };
                 tracing::info!(handoff = ?h, "Chainlit single sign-on: the backend's hand-off");
-                *self.handoff.get_or_init(|| h)
+                Ok(*self.handoff.get_or_init(|| h))
             }
             Err(e) => {
                 self.handoff_failed
                     .store(now, std::sync::atomic::Ordering::Relaxed);
                 tracing::warn!(error = %crate::http_json::error_chain(&e), "cannot tell which Chainlit hand-off the backend has");
-                Handoff::Cookie
+                Err(BridgeError::Backend(e))
             }
         }
     }

@@ -54,7 +54,8 @@ pub(crate) async fn as_user(
     if carrier == inject::Carrier::Cookie {
         // As above: the hand-off, and a Chainlit login, may ask the admin API.
         drop(out.take_place());
-        if bridge.chainlit_handoff().await == super::chainlit::Handoff::Login {
+        let handoff = bridge.chainlit_handoff().await;
+        if handoff.map_err(ForwardError::Bridge)? == super::chainlit::Handoff::Login {
             return Box::pin(as_chainlit_user(
                 out, names, bridge, parts, body, &session, id,
             ))
