@@ -122,7 +122,8 @@ fn build_oidc(
     let sessions = Arc::new(
         session::Sessions::new(store, settings.keys.clone(), config.workers)
             .with_idle_timeout(config.auth.session_idle_timeout)
-            .with_login_timeout(config.auth.login_timeout),
+            .with_login_timeout(config.auth.login_timeout)
+            .with_max_per_user(config.auth.max_sessions_per_user),
     );
     let streams = Arc::new(session::LiveStreams::default());
     // With an idle timeout, the streams' checks also carry their clients' messages as use:

@@ -106,6 +106,8 @@ pub struct AuthSettings {
     pub session_lifetime: Duration,
     /// A session without a request for this long ends (`session_idle_timeout_secs`, 0 = none).
     pub session_idle_timeout: Option<Duration>,
+    /// Live sessions one user may hold (`max_sessions_per_user`, 0 = no limit).
+    pub max_sessions_per_user: Option<usize>,
     pub allowed_redirect_origins: Vec<String>,
     /// Origins whose pages may act with the user's session besides our own (`auth::cross_site`).
     pub trusted_origins: super::origins::TrustedOrigins,
@@ -251,6 +253,8 @@ impl Settings {
             session_lifetime: Duration::from_secs(self.session_lifetime_secs),
             session_idle_timeout: (self.session_idle_timeout_secs > 0)
                 .then(|| Duration::from_secs(self.session_idle_timeout_secs)),
+            max_sessions_per_user: (self.max_sessions_per_user > 0)
+                .then_some(self.max_sessions_per_user),
             allowed_redirect_origins: origins,
             trusted_origins,
             token_endpoint_auth,

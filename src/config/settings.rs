@@ -70,6 +70,8 @@ pub struct Settings {
     pub session_lifetime_secs: u64,
     /// A session unused for this long ends (0: never, as in OpenRag).
     pub session_idle_timeout_secs: u64,
+    /// Live sessions one user may hold; a login beyond it ends their oldest (0: no limit).
+    pub max_sessions_per_user: usize,
     /// Absolute origins (`https://ui.example.com`) a post-login `next` may point to.
     pub allowed_redirect_origins: StringList,
     /// Other origins whose pages may send requests with the user's session (credentialed
@@ -210,6 +212,7 @@ impl Default for Settings {
             cookie_host_prefix: true,
             session_lifetime_secs: 7 * 24 * 3600,
             session_idle_timeout_secs: 0,
+            max_sessions_per_user: 50,
             allowed_redirect_origins: StringList::default(),
             trusted_origins: StringList::default(),
             token_endpoint_auth: "auto".into(),

@@ -33,6 +33,8 @@ pub struct Sessions {
     /// How long a login may take (`login_timeout_secs`): how long an IdP session ended by a
     /// back-channel logout is remembered, for the logins it raced ([`Sessions::revoke_sid`]).
     login_window: Duration,
+    /// Live sessions one user may hold (`max_sessions_per_user`).
+    max_per_user: Option<usize>,
 }
 
 /// One worker's opened sessions. A session is kept the second time this worker opens it
@@ -90,6 +92,7 @@ impl Sessions {
             idle: None,
             // `login_timeout_secs`'s default (ten minutes) plus the margin, until told.
             login_window: Duration::from_secs(600) + LOGIN_MARGIN,
+            max_per_user: None,
         }
     }
 
@@ -98,6 +101,12 @@ impl Sessions {
     /// hook) may add minutes to when the session is stored: ten are allowed for them.
     pub fn with_login_timeout(mut self, timeout: Duration) -> Self {
         self.login_window = timeout + LOGIN_MARGIN;
+        self
+    }
+
+    /// At most `max` live sessions per user: a login beyond it ends the user's oldest.
+    pub fn with_max_per_user(mut self, max: Option<usize>) -> Self {
+        self.max_per_user = max;
         self
     }
 
@@ -139,41 +148,6 @@ impl Sessions {
     /// session cannot find them by it (`revoke_sid`'s fallback).
     fn sidless_index(iss: &str, sub: &str) -> String {
         crate::store::keys::hashed("sidless", &["sidless", iss, sub])
-    }
-
-    /// Stores `session` under a new random id and returns the id for the cookie; `None` when
-    /// its IdP session, or every session of its user, was ended by a back-channel logout while
-    /// the login (begun at `begun_ms`, milliseconds) completed (the session is deleted again; its index entries
-    /// stay, pointing at nothing, until their TTL).
-    pub async fn create(
-        &self,
-        session: &Session,
-        now: i64,
-        begun_ms: i64,
-    ) -> Result<Option<String>, StoreError> {
-        let id = new_session_id();
-        // The indexes first, then the session: Redis replicates writes in order, so a failover
-        // that loses the last of them loses the session too, never only its index entries (a
-        // session no index names would outlive every logout). An entry naming nothing is
-        // harmless, and dropped when its time is over.
-        // The indexes live as long as the session may: requests push back the session's idle
-        // deadline, not theirs, and a logout must still find a session in steady use.
-        let ttl = lifetime_left(session, now);
-        let member = Self::key_of(&id);
-        let by_idp_session = match &session.sid {
-            Some(sid) => Self::sid_index(&session.iss, sid),
-            None => Self::sidless_index(&session.iss, &session.sub),
-        };
-        self.store.index_add(&by_idp_session, &member, ttl).await?;
-        self.store
-            .index_add(&Self::sub_index(&session.iss, &session.sub), &member, ttl)
-            .await?;
-        self.save(&id, session, now).await?;
-        if self.ended_meanwhile(session, begun_ms).await? {
-            self.store.delete(&member).await?;
-            return Ok(None);
-        }
-        Ok(Some(id))
     }
 
     /// Overwrites the session stored under `id` (after a refresh), keeping its expiry.
@@ -404,6 +378,7 @@ fn lifetime_left(s: &Session, now: i64) -> Duration {
     Duration::from_secs(u64::try_from(s.ends_at() - now).unwrap_or(0).max(1))
 }
 
+mod login;
 mod revoke;
 pub use revoke::SidLogout;
 

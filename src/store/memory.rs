@@ -257,6 +257,37 @@ impl MemoryStore {
         }
     }
 
+    /// Removes from `index` and returns its members beyond the `keep` that expire last (the
+    /// oldest, when every member was added with the same lifetime), never `except`.
+    pub fn index_trim(&self, index: &str, keep: usize, except: &str) -> Vec<String> {
+        let mut map = self.lock(index);
+        let Some(Entry {
+            value: Value::Index(m),
+            ..
+        }) = Self::live(&mut map, index, Instant::now())
+        else {
+            return Vec::new();
+        };
+        if m.len() <= keep {
+            return Vec::new();
+        }
+        let mut by_expiry: Vec<(Instant, String)> = m
+            .iter()
+            .filter(|(k, _)| *k != except)
+            .map(|(k, until)| (*until, k.clone()))
+            .collect();
+        by_expiry.sort();
+        let over: Vec<String> = by_expiry
+            .into_iter()
+            .take(m.len() - keep)
+            .map(|(_, k)| k)
+            .collect();
+        for k in &over {
+            m.remove(k);
+        }
+        over
+    }
+
     pub fn index_members(&self, index: &str) -> Vec<String> {
         let mut map = self.lock(index);
         match Self::live(&mut map, index, Instant::now()).map(|e| &e.value) {

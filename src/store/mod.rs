@@ -221,6 +221,20 @@ impl Store {
         }
     }
 
+    /// Removes from `index` and returns its members beyond the `keep` that expire last, never
+    /// `except` (the member just added, whatever its time).
+    pub async fn index_trim(
+        &self,
+        index: &str,
+        keep: usize,
+        except: &str,
+    ) -> Result<Vec<String>, StoreError> {
+        match self {
+            Store::Memory(s) => Ok(s.index_trim(index, keep, except)),
+            Store::Redis(s) => s.index_trim(index, keep, except).await,
+        }
+    }
+
     pub async fn index_members(&self, index: &str) -> Result<Vec<String>, StoreError> {
         match self {
             Store::Memory(s) => Ok(s.index_members(index)),

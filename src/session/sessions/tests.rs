@@ -262,6 +262,58 @@ async fn a_login_begun_earlier_in_the_logouts_second_keeps_nothing() {
     assert_eq!(&stored[..], b"ms1700000002000");
 }
 
+/// One user signing in again and again keeps at most `max_sessions_per_user` live sessions:
+/// each login beyond it ends the oldest (never itself, even one with a shorter life); another
+/// user's are not touched.
+#[tokio::test]
+async fn a_login_beyond_the_users_cap_ends_the_oldest_sessions() {
+    let s = sessions().with_max_per_user(Some(3));
+    let mut bob = session(100);
+    bob.sub = "bob".into();
+    let bobs = s.create(&bob, 100, 100).await.unwrap().unwrap();
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        // Made one after another: each expires a little later than the one before.
+        ids.push(
+            s.create(&session(100 + i), 100 + i, 100)
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    for (i, id) in ids.iter().enumerate() {
+        let alive = s.load(id, 104).await.unwrap().is_some();
+        assert_eq!(alive, i >= 2, "session {i}");
+    }
+    assert!(
+        s.load(&bobs, 104).await.unwrap().is_some(),
+        "another user's"
+    );
+    // A session with a shorter life than the others (no refresh token) is still kept.
+    let mut short = session(105);
+    short.refresh_token = None;
+    let kept = s.create(&short, 105, 100).await.unwrap().unwrap();
+    assert!(s.load(&kept, 105).await.unwrap().is_some());
+    assert!(
+        s.load(&ids[2], 105).await.unwrap().is_none(),
+        "the oldest went"
+    );
+    // Without a cap (0), nothing is ended.
+    let s = sessions();
+    let ids: Vec<String> = logins_of_alice(&s, 5).await;
+    for id in &ids {
+        assert!(s.load(id, 100).await.unwrap().is_some());
+    }
+}
+
+async fn logins_of_alice(s: &Sessions, n: i64) -> Vec<String> {
+    let mut ids = Vec::new();
+    for _ in 0..n {
+        ids.push(s.create(&session(100), 100, 100).await.unwrap().unwrap());
+    }
+    ids
+}
+
 #[tokio::test]
 async fn sessions_sealed_with_a_foreign_key_do_not_open() {
     let store = Arc::new(Store::Memory(MemoryStore::new()));

@@ -1,0 +1,77 @@
+//! The writes a login makes: the session under a new id, its logout indexes (first, so that a
+//! Redis failover losing the last writes loses the session, never only its index entries), the
+//! check for a logout that raced it (`revoke`'s records), and the user's oldest sessions ended
+//! beyond `max_sessions_per_user`. No HTTP here.
+
+use super::{lifetime_left, new_session_id, Session, Sessions};
+use crate::store::StoreError;
+
+impl Sessions {
+    /// Stores `session` under a new random id and returns the id for the cookie; `None` when
+    /// its IdP session, or every session of its user, was ended by a back-channel logout while
+    /// the login (begun at `begun_ms`, milliseconds) completed (the session is deleted again;
+    /// its index entries stay, pointing at nothing, until their TTL).
+    pub async fn create(
+        &self,
+        session: &Session,
+        now: i64,
+        begun_ms: i64,
+    ) -> Result<Option<String>, StoreError> {
+        let id = new_session_id();
+        // The indexes first, then the session: Redis replicates writes in order, so a failover
+        // that loses the last of them loses the session too, never only its index entries (a
+        // session no index names would outlive every logout). An entry naming nothing is
+        // harmless, and dropped when its time is over.
+        // The indexes live as long as the session may: requests push back the session's idle
+        // deadline, not theirs, and a logout must still find a session in steady use.
+        let ttl = lifetime_left(session, now);
+        let member = Self::key_of(&id);
+        let by_idp_session = match &session.sid {
+            Some(sid) => Self::sid_index(&session.iss, sid),
+            None => Self::sidless_index(&session.iss, &session.sub),
+        };
+        self.store.index_add(&by_idp_session, &member, ttl).await?;
+        self.store
+            .index_add(&Self::sub_index(&session.iss, &session.sub), &member, ttl)
+            .await?;
+        self.save(&id, session, now).await?;
+        if self.ended_meanwhile(session, begun_ms).await? {
+            self.store.delete(&member).await?;
+            return Ok(None);
+        }
+        if let Some(keep) = self.max_per_user {
+            self.end_oldest(session, &member, keep).await;
+        }
+        Ok(Some(id))
+    }
+
+    /// Ends `session`'s user's oldest sessions beyond `keep` (never `member`, the one just
+    /// made): one account signing in again and again (a script, a loop) would otherwise fill
+    /// the store with live sessions, and make a logout of the user walk every one. Best effort:
+    /// the login stands if the store fails here.
+    async fn end_oldest(&self, session: &Session, member: &str, keep: usize) {
+        let index = Self::sub_index(&session.iss, &session.sub);
+        let over = match self.store.index_trim(&index, keep, member).await {
+            Ok(over) => over,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not count the user's sessions");
+                return;
+            }
+        };
+        let mut ended = 0;
+        for old in &over {
+            match self.store.delete(old).await {
+                Ok(existed) => ended += usize::from(existed),
+                Err(e) => tracing::warn!(error = %e, "an old session of the user stays"),
+            }
+        }
+        if ended > 0 {
+            tracing::info!(
+                sub = %session.sub,
+                ended,
+                keep,
+                "the user's oldest sessions ended: more than max_sessions_per_user"
+            );
+        }
+    }
+}
