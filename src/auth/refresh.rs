@@ -139,13 +139,26 @@ impl Auth {
         let owner = crate::crypto::random_token(16);
         let waited = Instant::now();
         loop {
-            if self
-                .sessions
-                .store()
+            let store = self.sessions.store();
+            match store
                 .put_if_absent(&lock_key, owner.as_bytes(), self.lock_ttl())
-                .await?
+                .await
             {
-                break;
+                Ok(true) => break,
+                Ok(false) => {}
+                Err(e) => {
+                    // A write that timed out may still have been applied: not left to make
+                    // every request of the session wait for the lock's whole life.
+                    let _ = store.delete_if(&lock_key, owner.as_bytes()).await;
+                    // Nothing was spent at the IdP: a session whose access token is still
+                    // valid is served (a full Redis refuses writes, not reads), as in an IdP
+                    // outage; one past it cannot be refreshed now.
+                    tracing::warn!(error = %e, "cannot take the refresh lock; the session lives until its access token expires");
+                    if current.is_live_access(now_unix()) {
+                        return Ok(Some(current));
+                    }
+                    return Err(e);
+                }
             }
             tokio::time::sleep(LOCK_POLL).await;
             let Some(current) = self.sessions.load_fresh(id, now_unix()).await? else {

@@ -887,6 +887,41 @@ async fn a_refresh_whose_id_token_cannot_be_verified_yet_keeps_its_new_refresh_t
     assert!(m.a.sidecar.output().contains("cannot be verified now"));
 }
 
+/// A Redis that refuses writes (full, `noeviction`) still answers reads: a session due for a
+/// refresh, which cannot take the refresh lock, is served while its access token is valid (as
+/// in an IdP outage; it used to get 503 at once), and is refreshed once Redis takes writes again.
+#[tokio::test]
+async fn a_full_redis_keeps_a_session_due_for_refresh_until_its_access_token_expires() {
+    let m = mock_pair(&[]).await;
+    m.idp.set(|s| s.login_expires_in = 8);
+    let cookie = mock_login(&m, &m.a.sidecar, "alice", "sid-1").await;
+    let logged_in = std::time::Instant::now();
+    m.redis
+        .cli(&["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
+    m.redis.cli(&["CONFIG", "SET", "maxmemory", "1"]);
+    // Due at 6 s (the last quarter), valid until 8 s.
+    while logged_in.elapsed() < Duration::from_millis(7200) {
+        assert!(
+            alive(&m.a.sidecar, &cookie).await,
+            "at {:?}",
+            logged_in.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(m
+        .a
+        .sidecar
+        .output()
+        .contains("cannot take the refresh lock"));
+    m.redis.cli(&["CONFIG", "SET", "maxmemory", "0"]);
+    assert!(
+        alive(&m.a.sidecar, &cookie).await,
+        "refreshed once Redis takes writes"
+    );
+    let refreshed = m.idp.state.lock().unwrap().token_requests.len();
+    assert!(refreshed >= 2, "the code, then a refresh: {refreshed}");
+}
+
 #[tokio::test]
 async fn an_idp_outage_during_refresh_keeps_the_session_an_invalid_grant_ends_it() {
     // An 8 s access token: a refresh is due in its last quarter (2 s), while it is still valid.
