@@ -155,31 +155,19 @@ pub async fn run(store: &Store) {
     store.index_remove(&k("idx"), "m3").await.unwrap();
     assert!(store.index_members(&k("idx")).await.unwrap().is_empty());
 
-    // trimming an index to the members that expire last
-    for (m, secs) in [("t1", 60), ("t2", 61), ("t3", 62), ("t4", 63)] {
+    // an index's members, the first to expire first
+    for (m, secs) in [("t3", 62), ("t1", 60), ("t4", 63), ("t2", 61)] {
         store
-            .index_add(&k("trim"), m, Duration::from_secs(secs))
+            .index_add(&k("aged"), m, Duration::from_secs(secs))
             .await
             .unwrap();
     }
-    assert!(store
-        .index_trim(&k("trim"), 4, "t1")
-        .await
-        .unwrap()
-        .is_empty());
-    // Never the member named, even the one that expires first.
-    let mut over = store.index_trim(&k("trim"), 2, "t1").await.unwrap();
-    over.sort();
-    assert_eq!(over, vec!["t2".to_string(), "t3".to_string()]);
-    let mut members = store.index_members(&k("trim")).await.unwrap();
-    members.sort();
-    assert_eq!(members, vec!["t1".to_string(), "t4".to_string()]);
     assert_eq!(
-        store.index_trim(&k("trim"), 1, "t4").await.unwrap(),
-        vec!["t1".to_string()]
+        store.index_oldest_first(&k("aged")).await.unwrap(),
+        ["t1", "t2", "t3", "t4"].map(String::from).to_vec()
     );
     assert!(store
-        .index_trim(&k("none"), 1, "x")
+        .index_oldest_first(&k("none"))
         .await
         .unwrap()
         .is_empty());

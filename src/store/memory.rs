@@ -257,9 +257,8 @@ impl MemoryStore {
         }
     }
 
-    /// Removes from `index` and returns its members beyond the `keep` that expire last (the
-    /// oldest, when every member was added with the same lifetime), never `except`.
-    pub fn index_trim(&self, index: &str, keep: usize, except: &str) -> Vec<String> {
+    /// The members of `index`, the first to expire first.
+    pub fn index_oldest_first(&self, index: &str) -> Vec<String> {
         let mut map = self.lock(index);
         let Some(Entry {
             value: Value::Index(m),
@@ -268,24 +267,10 @@ impl MemoryStore {
         else {
             return Vec::new();
         };
-        if m.len() <= keep {
-            return Vec::new();
-        }
-        let mut by_expiry: Vec<(Instant, String)> = m
-            .iter()
-            .filter(|(k, _)| *k != except)
-            .map(|(k, until)| (*until, k.clone()))
-            .collect();
+        let mut by_expiry: Vec<(Instant, String)> =
+            m.iter().map(|(k, until)| (*until, k.clone())).collect();
         by_expiry.sort();
-        let over: Vec<String> = by_expiry
-            .into_iter()
-            .take(m.len() - keep)
-            .map(|(_, k)| k)
-            .collect();
-        for k in &over {
-            m.remove(k);
-        }
-        over
+        by_expiry.into_iter().map(|(_, k)| k).collect()
     }
 
     pub fn index_members(&self, index: &str) -> Vec<String> {

@@ -221,17 +221,12 @@ impl Store {
         }
     }
 
-    /// Removes from `index` and returns its members beyond the `keep` that expire last, never
-    /// `except` (the member just added, whatever its time).
-    pub async fn index_trim(
-        &self,
-        index: &str,
-        keep: usize,
-        except: &str,
-    ) -> Result<Vec<String>, StoreError> {
+    /// The members of `index`, the first to expire first (those an earlier build wrote only to
+    /// its plain set are not among them).
+    pub async fn index_oldest_first(&self, index: &str) -> Result<Vec<String>, StoreError> {
         match self {
-            Store::Memory(s) => Ok(s.index_trim(index, keep, except)),
-            Store::Redis(s) => s.index_trim(index, keep, except).await,
+            Store::Memory(s) => Ok(s.index_oldest_first(index)),
+            Store::Redis(s) => s.index_oldest_first(index).await,
         }
     }
 

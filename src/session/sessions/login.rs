@@ -45,23 +45,46 @@ impl Sessions {
         Ok(Some(id))
     }
 
-    /// Ends `session`'s user's oldest sessions beyond `keep` (never `member`, the one just
+    /// Ends `session`'s user's oldest live sessions beyond `keep` (never `member`, the one just
     /// made): one account signing in again and again (a script, a loop) would otherwise fill
-    /// the store with live sessions, and make a logout of the user walk every one. Best effort:
-    /// the login stands if the store fails here.
-    async fn end_oldest(&self, session: &Session, member: &str, keep: usize) {
+    /// the store with live sessions, and make a logout of the user walk every one. Only live
+    /// sessions count: an entry whose session is gone (idle, ended elsewhere) is dropped from
+    /// the index, not counted, so a week-old session in daily use outlives fifty short ones
+    /// that timed out. A session is deleted before it leaves the index, so that one whose
+    /// deletion failed is still found by a logout. Reads at most [`TRIM_LOOKS`] entries per
+    /// login, the oldest; best effort: the login stands if the store fails here.
+    pub(super) async fn end_oldest(&self, session: &Session, member: &str, keep: usize) {
         let index = Self::sub_index(&session.iss, &session.sub);
-        let over = match self.store.index_trim(&index, keep, member).await {
-            Ok(over) => over,
+        let members = match self.store.index_oldest_first(&index).await {
+            Ok(m) if m.len() > keep => m,
+            Ok(_) => return,
             Err(e) => {
                 tracing::warn!(error = %e, "could not count the user's sessions");
                 return;
             }
         };
+        let mut live = Vec::new();
+        for m in members.iter().filter(|m| *m != member).take(TRIM_LOOKS) {
+            match self.store.get_fresh(m).await {
+                Ok(Some(_)) => live.push(m),
+                Ok(None) => {
+                    let _ = self.store.index_remove(&index, m).await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not count the user's sessions");
+                    return;
+                }
+            }
+        }
+        // The one just made counts too.
+        let over = (live.len() + 1).saturating_sub(keep);
         let mut ended = 0;
-        for old in &over {
+        for old in live.into_iter().take(over) {
             match self.store.delete(old).await {
-                Ok(existed) => ended += usize::from(existed),
+                Ok(existed) => {
+                    ended += usize::from(existed);
+                    let _ = self.store.index_remove(&index, old).await;
+                }
                 Err(e) => tracing::warn!(error = %e, "an old session of the user stays"),
             }
         }
@@ -75,3 +98,7 @@ impl Sessions {
         }
     }
 }
+
+/// Index entries `end_oldest` looks at per login, the oldest first: a user who had thousands
+/// of sessions before the cap loses the excess over a few logins, each bounded.
+const TRIM_LOOKS: usize = 256;

@@ -298,6 +298,26 @@ async fn a_login_beyond_the_users_cap_ends_the_oldest_sessions() {
         s.load(&ids[2], 105).await.unwrap().is_none(),
         "the oldest went"
     );
+    // Only live sessions count: the oldest, in daily use, outlives newer ones that timed out
+    // (gone from the store, still in the index).
+    let s = sessions().with_max_per_user(Some(3));
+    let desktop = s.create(&session(100), 100, 100).await.unwrap().unwrap();
+    for _ in 0..5 {
+        let short = s.create(&session(100), 100, 100).await.unwrap().unwrap();
+        s.store().delete(&Sessions::key_of(&short)).await.unwrap();
+    }
+    let another = s.create(&session(100), 100, 100).await.unwrap().unwrap();
+    assert!(
+        s.load(&desktop, 100).await.unwrap().is_some(),
+        "the live one"
+    );
+    assert!(s.load(&another, 100).await.unwrap().is_some());
+    let index = Sessions::sub_index("https://idp", "alice");
+    assert_eq!(
+        s.store().index_oldest_first(&index).await.unwrap().len(),
+        3,
+        "dead entries leave the index whenever it outgrows the cap"
+    );
     // Without a cap (0), nothing is ended.
     let s = sessions();
     let ids: Vec<String> = logins_of_alice(&s, 5).await;

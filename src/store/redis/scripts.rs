@@ -20,7 +20,6 @@ pub(super) struct Scripts {
     index_add: redis::Script,
     index_members: redis::Script,
     index_remove: redis::Script,
-    index_trim: redis::Script,
     delete_if: redis::Script,
     replace_if: redis::Script,
     count: redis::Script,
@@ -32,7 +31,6 @@ impl Scripts {
             index_add: redis::Script::new(INDEX_ADD),
             index_members: redis::Script::new(INDEX_MEMBERS),
             index_remove: redis::Script::new(INDEX_REMOVE),
-            index_trim: redis::Script::new(INDEX_TRIM),
             delete_if: redis::Script::new(DELETE_IF),
             replace_if: redis::Script::new(REPLACE_IF),
             count: redis::Script::new(COUNT),
@@ -72,23 +70,6 @@ for _, x in ipairs(redis.call('SMEMBERS', KEYS[2])) do
   if not seen[x] then m[#m + 1] = x end
 end
 return m";
-
-/// Removes from the index KEYS[1] (and its older plain set KEYS[2]) and returns the members
-/// beyond the ARGV[1] that expire last (the highest scores), never ARGV[2].
-const INDEX_TRIM: &str = r"
-local n = redis.call('ZCARD', KEYS[1])
-local keep = tonumber(ARGV[1])
-if n <= keep then return {} end
-local over = {}
-for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
-  if #over >= n - keep then break end
-  if m ~= ARGV[2] then over[#over + 1] = m end
-end
-for _, m in ipairs(over) do
-  redis.call('ZREM', KEYS[1], m)
-  redis.call('SREM', KEYS[2], m)
-end
-return over";
 
 /// Removes ARGV[1] from the index KEYS[1] and from its older plain set KEYS[2].
 const INDEX_REMOVE: &str = r"
@@ -199,15 +180,10 @@ impl RedisStore {
         Ok(())
     }
 
-    pub async fn index_trim(
-        &self,
-        index: &str,
-        keep: usize,
-        except: &str,
-    ) -> Result<Vec<String>, StoreError> {
-        let (key, older) = self.index_keys(index);
-        let mut inv = self.scripts.index_trim.key(&key);
-        self.invoke(inv.key(&older).arg(keep).arg(except)).await
+    pub async fn index_oldest_first(&self, index: &str) -> Result<Vec<String>, StoreError> {
+        let (key, _) = self.index_keys(index);
+        self.query(redis::cmd("ZRANGE").arg(key).arg(0).arg(-1))
+            .await
     }
 
     pub async fn index_members(&self, index: &str) -> Result<Vec<String>, StoreError> {
