@@ -82,16 +82,32 @@ pub(super) async fn send(
     Ok(outcome)
 }
 
-/// A session's response that says nothing of caching is marked `private`: it was let through
-/// by the session's cookie, which (unlike `Authorization`) does not stop a shared cache in front
-/// of the sidecar from storing it by heuristic freshness and serving it to anyone asking for the
-/// same URL, signed in or not. A backend that wants it shared says so (`public`, `s-maxage`).
+/// A session's response is marked `private` unless the backend said who may keep it: it was
+/// let through by the session's cookie, which (unlike `Authorization`) does not stop a shared
+/// cache in front of the sidecar from storing it (by heuristic freshness, or a plain `max-age`)
+/// and serving it to anyone asking for the same URL, signed in or not. A backend that wants it
+/// shared says so (`public`, `s-maxage`); its own `private` and `no-store` stand; other
+/// directives (`max-age=600`) are kept, with `private` beside them.
 fn keep_private(h: &mut http::HeaderMap) {
-    if !h.contains_key(http::header::CACHE_CONTROL) {
-        h.insert(
-            http::header::CACHE_CONTROL,
-            http::HeaderValue::from_static("private"),
-        );
+    use http::header::CACHE_CONTROL;
+    let mut given = false;
+    for v in h.get_all(CACHE_CONTROL) {
+        given = true;
+        let said = v.to_str().unwrap_or_default().split(',').any(|d| {
+            let name = d.split('=').next().unwrap_or_default().trim();
+            ["public", "s-maxage", "private", "no-store"]
+                .iter()
+                .any(|w| name.eq_ignore_ascii_case(w))
+        });
+        if said {
+            return;
+        }
+    }
+    let private = http::HeaderValue::from_static("private");
+    if given {
+        h.append(CACHE_CONTROL, private);
+    } else {
+        h.insert(CACHE_CONTROL, private);
     }
 }
 
@@ -119,5 +135,34 @@ pub(super) async fn as_headers(
             send(out, names, parts, body, inject).await
         }
         Caller::Bearer | Caller::Public => send(out, names, parts, body, Inject::default()).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::keep_private;
+    use http::header::CACHE_CONTROL;
+
+    fn marked(given: &[&str]) -> Vec<String> {
+        let mut h = http::HeaderMap::new();
+        for v in given {
+            h.append(CACHE_CONTROL, v.parse().unwrap());
+        }
+        keep_private(&mut h);
+        h.get_all(CACHE_CONTROL)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn a_sessions_response_is_private_unless_the_backend_said_who_keeps_it() {
+        assert_eq!(marked(&[]), ["private"]);
+        assert_eq!(marked(&["max-age=600"]), ["max-age=600", "private"]);
+        assert_eq!(marked(&["no-cache"]), ["no-cache", "private"]);
+        for said in ["public, max-age=60", "S-MAXAGE=60", "private", "no-store"] {
+            assert_eq!(marked(&[said]), [said], "{said}");
+        }
+        assert_eq!(marked(&["max-age=1", "public"]), ["max-age=1", "public"]);
     }
 }
