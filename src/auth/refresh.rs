@@ -245,6 +245,11 @@ impl Auth {
                     self.sessions.end(id, &s).await?;
                     return Ok(None);
                 }
+                // A refresh whose ID token could not be judged leaves the access valid no
+                // longer than it was (`refresh_tokens`): past that, not served until one can.
+                if !s.is_live_access(now) {
+                    return Ok(None);
+                }
                 Ok(Some(Arc::new(s)))
             }
             Err(e) if is_definitive(&e) => {
@@ -269,7 +274,10 @@ impl Auth {
     /// has spent the old one, and one that detects reuse revokes the grant when it comes back):
     /// so an ID token that cannot be judged *now* (a key the JWKS does not have yet, the JWKS
     /// unreachable) does not lose the new tokens. They are kept, with the profile as it was,
-    /// and the ID token is judged again at the next refresh. One judged wrong still fails.
+    /// but the session's access counts as valid no longer than before the refresh: its profile
+    /// was not confirmed, so it is served until then (as in an IdP outage), and refreshed again
+    /// from then on until an ID token can be judged (a user removed from a group loses access
+    /// within one access-token lifetime, JWKS or not). One judged wrong still fails.
     async fn refresh_tokens(
         &self,
         s: &mut Session,
@@ -278,6 +286,7 @@ impl Auth {
     ) -> Result<Option<Renewed>, TokenError> {
         let tokens = self.provider.refresh(rt).await?;
         let mut renewed = None;
+        let mut unconfirmed = false;
         let verified = match &tokens.id_token {
             None => None,
             Some(id_token) => match self
@@ -287,7 +296,8 @@ impl Auth {
             {
                 Ok(claims) => Some((id_token, claims)),
                 Err(e) if !is_definitive(&e) => {
-                    tracing::warn!(sub = %s.sub, error = %e, "the refreshed ID token cannot be verified now: the new tokens are kept, the profile is not updated");
+                    tracing::warn!(sub = %s.sub, error = %e, "the refreshed ID token cannot be verified now: the new tokens are kept, the profile is not updated, and the session is served only until its access token was due to expire");
+                    unconfirmed = true;
                     None
                 }
                 Err(e) => return Err(e),
@@ -322,7 +332,12 @@ impl Auth {
         }
         s.access_token = tokens.access_token;
         s.access_lifetime = access_lifetime(tokens.expires_in);
-        s.access_expires_at = now.saturating_add(s.access_lifetime);
+        let until = now.saturating_add(s.access_lifetime);
+        s.access_expires_at = if unconfirmed {
+            s.access_expires_at.min(until)
+        } else {
+            until
+        };
         if let Some(new_rt) = tokens.refresh_token {
             s.refresh_token = Some(new_rt);
         }
