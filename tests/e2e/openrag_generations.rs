@@ -250,7 +250,7 @@ async fn chainlit_cookies_left_in_a_browser_speak_for_nobody() {
 /// Until the backend has said which Chainlit hand-off it has, a Chainlit request is refused
 /// (502), not sent on the cookie hand-off's assumption: on 1.1.8 that kept the client's own
 /// Chainlit cookie and left Chainlit's answers as they were. The backend is asked again after
-/// 30 s, not on every request meanwhile.
+/// 5 s, not on every request meanwhile; then the login hand-off works.
 #[tokio::test]
 async fn a_chainlit_request_waits_for_the_backend_to_say_its_hand_off() {
     let alice = token(1);
@@ -284,4 +284,8 @@ async fn a_chainlit_request_waits_for_the_backend_to_say_its_hand_off() {
         "asked once: {log}"
     );
     assert!(log["by_path"].get("/chainlit/user").is_none(), "{log}");
+    tokio::time::sleep(std::time::Duration::from_millis(5200)).await;
+    let r = as_session(sc, &l.cookie, "/chainlit/user", "; access_token=mine").await;
+    assert_eq!(r.status(), 200, "{}", String::from_utf8_lossy(r.body()));
+    assert_eq!(json(&r)["auth_via"], "chainlit", "the login hand-off");
 }

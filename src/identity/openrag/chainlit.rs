@@ -22,8 +22,10 @@ pub enum Handoff {
     Login,
 }
 
-/// How long after a failed hand-off probe the next one is made.
-const PROBE_RETRY: Duration = Duration::from_secs(30);
+/// How long after a failed hand-off probe the next one is made: Chainlit requests are refused
+/// meanwhile, so short (a backend starting after the sidecar answers within seconds), yet not
+/// one admin call per Chainlit request while the backend cannot answer.
+const PROBE_RETRY: Duration = Duration::from_secs(5);
 
 /// How long a Chainlit session is kept (Chainlit's own lasts 15 days; a refused one is
 /// forgotten at once).
