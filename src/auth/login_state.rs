@@ -31,8 +31,9 @@ pub struct LoginState {
 
 impl LoginState {
     /// When the login began, in milliseconds: a state written by an earlier version knows only
-    /// its second, and is taken to have begun at its start (so a logout in that second ends it,
-    /// as it did then).
+    /// its second, and is taken to have begun at its start, so a logout by user later in that
+    /// second ends it (the earlier version let such a login through: while both run, a user
+    /// signing in again within the logout's second may be asked to sign in once more).
     pub fn begun_ms(&self) -> i64 {
         self.created_ms
             .unwrap_or_else(|| self.created.saturating_mul(1000))
