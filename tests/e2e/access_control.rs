@@ -770,14 +770,7 @@ async fn groups_are_not_synced_at_a_refresh_that_cannot_confirm_the_accounts_lin
     // changed meanwhile: synced, they would add hr and prune finance from bob's account.
     w.backend.link(alice, "bob").await;
     set_account(&w.idp, "alice", json!({"groups": ["/openrag/hr/viewer"]})).await;
-    let fail = format!("{}/__test/fail-get-user?n=1", w.backend.url());
-    assert_eq!(
-        send(request("POST", &fail, &[], body("")))
-            .await
-            .unwrap()
-            .status(),
-        204
-    );
+    w.backend.hook("fail-get-user?n=1").await;
     crate::openrag_hardening::reset_log(&w.backend).await;
     assert_eq!(refreshed(sc, &l.cookie).await, 200, "the session lives on");
     let log = w.backend.requests().await;

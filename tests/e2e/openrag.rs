@@ -84,6 +84,14 @@ impl Backend {
             .await;
     }
 
+    /// Sets one of the stand-in's test hooks: `POST /__test/{hook}` (e.g.
+    /// `fail-get-user?n=1`), which answers 204.
+    pub async fn hook(&self, hook: &str) {
+        let url = format!("{}/__test/{hook}", self.url());
+        let r = send(request("POST", &url, &[], body(""))).await.unwrap();
+        assert_eq!(r.status(), 204, "{hook}");
+    }
+
     pub async fn requests(&self) -> Value {
         json(
             &get(&format!("{}/__test/requests", self.url()), &[])

@@ -265,14 +265,7 @@ async fn a_chainlit_request_waits_for_the_backend_to_say_its_hand_off() {
     .await;
     let sc = &w.sc.sidecar;
     let l = login(sc, "alice", "/").await;
-    let fail = format!("{}/__test/fail-handoff?n=1", w.backend.url());
-    assert_eq!(
-        send(request("POST", &fail, &[], body("")))
-            .await
-            .unwrap()
-            .status(),
-        204
-    );
+    w.backend.hook("fail-handoff?n=1").await;
     crate::openrag_hardening::reset_log(&w.backend).await;
     for _ in 0..2 {
         let r = as_session(sc, &l.cookie, "/chainlit/user", "; access_token=mine").await;

@@ -598,10 +598,8 @@ async fn a_login_does_not_write_back_a_token_regenerated_while_it_wrote_the_clai
     .await
     .unwrap();
     assert_eq!(r.status(), 200);
+    w.backend.hook("slow-patch?ms=2000").await;
     let slow = format!("{}/__test/slow-patch", w.backend.url());
-    send(request("POST", &format!("{slow}?ms=2000"), &[], body("")))
-        .await
-        .unwrap();
     let begun = || async { json(&get(&slow, &[]).await.unwrap())["begun"].as_u64() };
     let before = begun().await.unwrap();
     let regenerate_meanwhile = async {
