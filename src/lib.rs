@@ -31,6 +31,7 @@ pub mod metrics;
 pub mod per_worker;
 pub mod proxy;
 pub mod ratelimit;
+mod reload;
 pub mod router;
 pub mod secret;
 pub mod server;
@@ -389,7 +390,7 @@ pub async fn run(
         admin_stop_rx,
     ));
 
-    tokio::spawn(reload_on_sighup(apps, oidc, config.clone()));
+    tokio::spawn(reload::run(apps, oidc, config.clone()));
     shutdown.await;
     tracing::info!(
         deadline_secs = config.shutdown_timeout.as_secs(),
@@ -404,55 +405,4 @@ pub async fn run(
     let _ = admin_task.await;
     tracing::info!("stopped");
     Ok(())
-}
-
-/// On SIGHUP, re-reads the configuration (same file, same environment). A valid change to the
-/// reloadable settings — log level, path lists, identity header names, redirect allow-list,
-/// upstream timeout — applies to the next request without dropping a connection; an invalid
-/// configuration is refused with its problems logged and the running one kept, and so is one
-/// that `config::reload_refusal` finds unsafe (the `.env` gone, an allow-list removed
-/// entirely); settings that cannot change live are named.
-async fn reload_on_sighup(
-    apps: Vec<Arc<router::App>>,
-    oidc: Option<Arc<router::Oidc>>,
-    mut current: Config,
-) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        tracing::warn!("cannot listen for SIGHUP: configuration reload disabled");
-        return;
-    };
-    while hup.recv().await.is_some() {
-        let next = match config::load(config::Inputs::from_process(current.source_file.clone())) {
-            Ok(next) => next,
-            Err(e) => {
-                tracing::error!(problems = ?e.0, "configuration reload refused; the running configuration is kept");
-                continue;
-            }
-        };
-        if let Some(why) = config::reload_refusal(&current, &next) {
-            tracing::error!(problem = %why, "configuration reload refused; the running configuration is kept");
-            continue;
-        }
-        let restart = config::restart_required(&current, &next);
-        let reloadable = config::Reloadable::under(&current, &next);
-        for app in &apps {
-            app.reload(&reloadable);
-        }
-        if let Some(oidc) = &oidc {
-            oidc.reload(&reloadable);
-        }
-        if let Err(e) = telemetry::set_level(&reloadable.log_level) {
-            tracing::warn!(error = %e, "log level not changed");
-        }
-        current.take_reloadable(&next);
-        if restart.is_empty() {
-            tracing::info!("configuration reloaded");
-        } else {
-            tracing::warn!(
-                needs_restart = ?restart,
-                "configuration reloaded; these settings cannot change while running and keep their old values until a restart"
-            );
-        }
-    }
 }

@@ -30,6 +30,9 @@ pub struct Settings {
     pub trusted_proxies: StringList,
     /// Seconds to wait for in-flight requests on SIGTERM/SIGINT.
     pub shutdown_timeout_secs: u64,
+    /// Re-read the configuration when a file it was read from changes, checked this often
+    /// (0: only on SIGHUP).
+    pub reload_watch_secs: u64,
     /// Worker threads serving the public listener (0 = one per CPU).
     pub workers: usize,
     /// Seconds allowed to connect to the upstream.
@@ -197,6 +200,7 @@ impl Default for Settings {
             log_level: "info".into(),
             trusted_proxies: StringList::default(),
             shutdown_timeout_secs: 30,
+            reload_watch_secs: 0,
             workers: 0,
             upstream_connect_timeout_secs: 5,
             upstream_timeout_secs: 60,

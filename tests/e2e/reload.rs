@@ -361,3 +361,59 @@ async fn a_reload_refuses_to_run_without_the_env_file_it_was_read_from() {
         "nothing applied"
     );
 }
+
+/// With `reload_watch_secs`, a change to a file the configuration was read from is applied
+/// without a signal (in a pod nothing sends one): an allow-list file rewritten whole (renamed
+/// into place, as a ConfigMap update does) stops a removed user's logins, and a change to the
+/// TOML file itself applies too.
+#[tokio::test]
+async fn a_changed_file_is_reloaded_without_a_signal_when_watched() {
+    let idp = MockIdp::start().await;
+    let key = Key::new("k");
+    idp.set(|m| m.jwks = json!({"keys": [key.jwk()]}));
+    let up = Upstream::start();
+    let lists = tempfile::tempdir().unwrap();
+    let emails = lists.path().join("emails");
+    std::fs::write(&emails, "alice@example.test\nbob@example.test\n").unwrap();
+    let toml = |public: &str| {
+        format!(
+            "reload_watch_secs = 1\n[paths]\npublic = [{public}]\n[authz]\nallowed_emails_file = {:?}\n",
+            emails.to_str().unwrap()
+        )
+    };
+    let (dir, sc) = with_file(&idp, &up, &toml("\"/health_check\"")).await;
+    let sc = &sc.sidecar;
+    idp.set(|m| {
+        m.userinfo = json!({"sub": "bob", "email": "bob@example.test", "email_verified": true})
+    });
+    let (idp, key) = (&idp, &key);
+    let login = |sid: &'static str| async move {
+        idp.login_until_callback(key, sc, "bob", sid, "")
+            .await
+            .await
+            .status()
+    };
+    assert_eq!(login("sid-1").await, 302, "bob is on the list");
+
+    let next = lists.path().join("emails.new");
+    std::fs::write(&next, "alice@example.test\n").unwrap();
+    std::fs::rename(&next, &emails).unwrap();
+    wait_until("the reload", Duration::from_secs(10), || {
+        sc.output().contains("configuration reloaded")
+    })
+    .await;
+    assert!(sc.output().contains("a configuration file changed"));
+    assert_eq!(login("sid-2").await, 403, "bob is off the list");
+
+    assert_eq!(get(&sc.url("/v1/open"), &[]).await.unwrap().status(), 401);
+    let file = dir.path().join("sso.toml");
+    std::fs::write(&file, toml("\"/health_check\", \"/v1/*\"")).unwrap();
+    let start = Instant::now();
+    while get(&sc.url("/v1/open"), &[]).await.unwrap().status() != 200 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the TOML change never applied"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -1,0 +1,127 @@
+//! Reloading the configuration while running: on SIGHUP, and, with `reload_watch_secs`, when
+//! a file it was read from changes (the TOML file, the `.env` file, `authz.allowed_emails_file`)
+//! — in a Kubernetes pod nothing sends a signal, and a ConfigMap mounted as files changes under
+//! the process. What a reload may change, and what it refuses, is `config::reload`'s model;
+//! this module only decides when, and hands the result to the workers. No request handling.
+
+use crate::config::{self, Config};
+use crate::{router, telemetry};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Reloads on SIGHUP and, every `reload_watch_secs` (0: never), when a watched file changed.
+pub async fn run(apps: Vec<Arc<router::App>>, oidc: Option<Arc<router::Oidc>>, current: Config) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(_) => {
+            tracing::warn!("cannot listen for SIGHUP: reload on a signal disabled");
+            None
+        }
+    };
+    let mut current = current;
+    let mut seen = fingerprint(&watched(&current));
+    loop {
+        let every = watch_interval(&current);
+        let signalled = async {
+            match hup.as_mut() {
+                Some(h) => h.recv().await.is_some(),
+                None => std::future::pending().await,
+            }
+        };
+        let ticked = async {
+            match every {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            received = signalled => {
+                if !received {
+                    return;
+                }
+            }
+            () = ticked => {
+                let now = fingerprint(&watched(&current));
+                if now == seen {
+                    continue;
+                }
+                tracing::info!("a configuration file changed: reloading");
+            }
+        }
+        apply(&apps, oidc.as_deref(), &mut current);
+        // The files the configuration now names, as they are now: a refused reload is not
+        // tried again until one changes again (or a SIGHUP).
+        seen = fingerprint(&watched(&current));
+    }
+}
+
+/// `reload_watch_secs`, when set.
+fn watch_interval(c: &Config) -> Option<Duration> {
+    let secs = c.raw.0.reload_watch_secs;
+    (secs > 0).then(|| Duration::from_secs(secs))
+}
+
+/// The files a reload reads again.
+fn watched(c: &Config) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = c.source_file.iter().chain(&c.env_file).cloned().collect();
+    if let Some(f) = &c.raw.0.authz.allowed_emails_file {
+        files.push(PathBuf::from(f));
+    }
+    files
+}
+
+/// What the watched files look like now: each one's modification time, size and inode (a
+/// ConfigMap update swaps a symlink to a new file; an editor may keep the time and change the
+/// size), or nothing for a file that is gone.
+fn fingerprint(files: &[PathBuf]) -> Vec<Option<(std::time::SystemTime, u64, u64)>> {
+    use std::os::unix::fs::MetadataExt;
+    files
+        .iter()
+        .map(|f| {
+            let m = std::fs::metadata(f).ok()?;
+            Some((m.modified().ok()?, m.len(), m.ino()))
+        })
+        .collect()
+}
+
+/// Re-reads the configuration (same file, same environment). A valid change to the
+/// reloadable settings — log level, path lists, identity header names, redirect allow-list,
+/// upstream timeout — applies to the next request without dropping a connection; an invalid
+/// configuration is refused with its problems logged and the running one kept, and so is one
+/// that `config::reload_refusal` finds unsafe (the `.env` gone, an allow-list removed
+/// entirely); settings that cannot change live are named.
+fn apply(apps: &[Arc<router::App>], oidc: Option<&router::Oidc>, current: &mut Config) {
+    let next = match config::load(config::Inputs::from_process(current.source_file.clone())) {
+        Ok(next) => next,
+        Err(e) => {
+            tracing::error!(problems = ?e.0, "configuration reload refused; the running configuration is kept");
+            return;
+        }
+    };
+    if let Some(why) = config::reload_refusal(current, &next) {
+        tracing::error!(problem = %why, "configuration reload refused; the running configuration is kept");
+        return;
+    }
+    let restart = config::restart_required(current, &next);
+    let reloadable = config::Reloadable::under(current, &next);
+    for app in apps {
+        app.reload(&reloadable);
+    }
+    if let Some(oidc) = oidc {
+        oidc.reload(&reloadable);
+    }
+    if let Err(e) = telemetry::set_level(&reloadable.log_level) {
+        tracing::warn!(error = %e, "log level not changed");
+    }
+    current.take_reloadable(&next);
+    if restart.is_empty() {
+        tracing::info!("configuration reloaded");
+    } else {
+        tracing::warn!(
+            needs_restart = ?restart,
+            "configuration reloaded; these settings cannot change while running and keep their old values until a restart"
+        );
+    }
+}
