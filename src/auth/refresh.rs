@@ -29,9 +29,33 @@ const LOCK_POLL: Duration = Duration::from_millis(25);
 #[derive(Default)]
 pub struct InFlight {
     locks: Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
+    /// Sessions whose last refresh failed or came back unconfirmed, and when (unix seconds):
+    /// not refreshed again before [`RETRY_AFTER_SECS`], or every request of the session (and
+    /// every one queued behind the single flight) would spend a grant at the IdP while it, or
+    /// its JWKS, is down.
+    failed: Mutex<HashMap<String, i64>>,
 }
 
+/// How long after a failed or unconfirmed refresh the session's next one may be tried.
+const RETRY_AFTER_SECS: i64 = 5;
+
 impl InFlight {
+    fn backing_off(&self, key: &str, now: i64) -> bool {
+        let map = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(key).is_some_and(|t| now - t < RETRY_AFTER_SECS)
+    }
+
+    fn failed(&self, key: &str, now: i64) {
+        let mut map = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+        map.retain(|_, t| now - *t < RETRY_AFTER_SECS);
+        map.insert(key.to_owned(), now);
+    }
+
+    fn succeeded(&self, key: &str) {
+        let mut map = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+        map.remove(key);
+    }
+
     fn lock_for(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
         let mut map = self.locks.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(existing) = map.get(key).and_then(Weak::upgrade) {
@@ -134,6 +158,10 @@ impl Auth {
         if !needs_refresh(&current, now_unix(), skew) {
             return Ok(Some(current));
         }
+        // Tried moments ago and failed: served while its access token lasts, not asked again.
+        if self.inflight.backing_off(&key, now_unix()) {
+            return Ok(current.is_live_access(now_unix()).then_some(current));
+        }
 
         let lock_key = crate::store::keys::hashed("lock", &["refresh", &key]);
         let owner = crate::crypto::random_token(16);
@@ -198,8 +226,9 @@ impl Auth {
         let Some(rt) = s.refresh_token.clone() else {
             return Ok(Some(loaded));
         };
+        let key = Sessions::key_of(id);
         match self.refresh_tokens(&mut s, &rt, now).await {
-            Ok(renewed) => {
+            Ok((renewed, confirmed)) => {
                 self.metrics.refresh(RefreshResult::Ok.label());
                 // The IdP's current view (or, without a new one, the profile kept since) must
                 // still pass `[authz]` as it is now, reloaded rules included.
@@ -246,8 +275,14 @@ impl Auth {
                     return Ok(None);
                 }
                 // A refresh whose ID token could not be judged leaves the access valid no
-                // longer than it was (`refresh_tokens`): past that, not served until one can.
-                if !s.is_live_access(now) {
+                // longer than it was (`refresh_tokens`): past that, not served until one can,
+                // and not asked again at once.
+                if confirmed {
+                    self.inflight.succeeded(&key);
+                } else {
+                    self.inflight.failed(&key, now_unix());
+                }
+                if !s.is_live_access(now_unix()) {
                     return Ok(None);
                 }
                 Ok(Some(Arc::new(s)))
@@ -262,13 +297,15 @@ impl Auth {
             Err(e) => {
                 self.metrics.refresh(RefreshResult::Failed.label());
                 tracing::warn!(sub = %s.sub, error = %e, "refresh failed; the session lives until its access token expires");
-                Ok(s.is_live_access(now).then(|| Arc::new(s)))
+                self.inflight.failed(&key, now_unix());
+                Ok(s.is_live_access(now_unix()).then(|| Arc::new(s)))
             }
         }
     }
 
     /// Spends the refresh token; with a new ID token, the session's profile follows it (or
-    /// userinfo, per `OIDC_CLAIM_SOURCE`) and its verified claims are returned.
+    /// userinfo, per `OIDC_CLAIM_SOURCE`) and its verified claims are returned, with whether
+    /// the refresh is confirmed (false: its ID token could not be judged yet).
     ///
     /// Once the IdP has answered, its refresh token is the only one that works (a rotating IdP
     /// has spent the old one, and one that detects reuse revokes the grant when it comes back):
@@ -283,7 +320,7 @@ impl Auth {
         s: &mut Session,
         rt: &str,
         now: i64,
-    ) -> Result<Option<Renewed>, TokenError> {
+    ) -> Result<(Option<Renewed>, bool), TokenError> {
         let tokens = self.provider.refresh(rt).await?;
         let mut renewed = None;
         let mut unconfirmed = false;
@@ -331,17 +368,19 @@ impl Auth {
             renewed = Some(Renewed { claims, profile });
         }
         s.access_token = tokens.access_token;
-        s.access_lifetime = access_lifetime(tokens.expires_in);
-        let until = now.saturating_add(s.access_lifetime);
-        s.access_expires_at = if unconfirmed {
-            s.access_expires_at.min(until)
+        let lifetime = access_lifetime(tokens.expires_in);
+        let until = now.saturating_add(lifetime);
+        if unconfirmed {
+            // Nor a longer lifetime, which would widen the refresh skew with it.
+            s.access_expires_at = s.access_expires_at.min(until);
         } else {
-            until
-        };
+            s.access_lifetime = lifetime;
+            s.access_expires_at = until;
+        }
         if let Some(new_rt) = tokens.refresh_token {
             s.refresh_token = Some(new_rt);
         }
-        Ok(renewed)
+        Ok((renewed, !unconfirmed))
     }
 }
 
