@@ -22,6 +22,10 @@ pub async fn run(apps: Vec<Arc<router::App>>, oidc: Option<Arc<router::Oidc>>, c
     };
     let mut current = current;
     let mut seen = fingerprint(&watched(&current));
+    // A change seen at the last tick, reloaded once it has held for a whole tick: a writer
+    // that writes a file in pieces is mostly done by then (a file renamed into place, as a
+    // ConfigMap update does, is whole at once; README says to write files so).
+    let mut changing: Option<Vec<Stamp>> = None;
     loop {
         let every = watch_interval(&current);
         let signalled = async {
@@ -43,18 +47,34 @@ pub async fn run(apps: Vec<Arc<router::App>>, oidc: Option<Arc<router::Oidc>>, c
                 }
             }
             () = ticked => {
-                let now = fingerprint(&watched(&current));
-                if now == seen {
+                if !settled(&seen, &mut changing, fingerprint(&watched(&current))) {
                     continue;
                 }
                 tracing::info!("a configuration file changed: reloading");
             }
         }
+        // The files as they were before this reload read them: one that changes while it
+        // reads (or after) differs from this at the next tick, and is read again. A refused
+        // reload is not tried again until a file changes again (or a SIGHUP).
+        let before = fingerprint(&watched(&current));
         apply(&apps, oidc.as_deref(), &mut current);
-        // The files the configuration now names, as they are now: a refused reload is not
-        // tried again until one changes again (or a SIGHUP).
-        seen = fingerprint(&watched(&current));
+        seen = before;
+        changing = None;
     }
+}
+
+/// Whether a tick that finds the files as `now` should reload: they differ from what was last
+/// read (`seen`) and are the same as at the previous tick (`changing`, which this keeps).
+fn settled(seen: &[Stamp], changing: &mut Option<Vec<Stamp>>, now: Vec<Stamp>) -> bool {
+    if now == seen {
+        *changing = None;
+        return false;
+    }
+    if changing.as_ref() == Some(&now) {
+        return true;
+    }
+    *changing = Some(now);
+    false
 }
 
 /// `reload_watch_secs`, when set.
@@ -72,10 +92,13 @@ fn watched(c: &Config) -> Vec<PathBuf> {
     files
 }
 
+/// One file's modification time, size and inode; `None` when it is gone.
+type Stamp = Option<(std::time::SystemTime, u64, u64)>;
+
 /// What the watched files look like now: each one's modification time, size and inode (a
 /// ConfigMap update swaps a symlink to a new file; an editor may keep the time and change the
 /// size), or nothing for a file that is gone.
-fn fingerprint(files: &[PathBuf]) -> Vec<Option<(std::time::SystemTime, u64, u64)>> {
+fn fingerprint(files: &[PathBuf]) -> Vec<Stamp> {
     use std::os::unix::fs::MetadataExt;
     files
         .iter()
@@ -123,5 +146,32 @@ fn apply(apps: &[Arc<router::App>], oidc: Option<&router::Oidc>, current: &mut C
             needs_restart = ?restart,
             "configuration reloaded; these settings cannot change while running and keep their old values until a restart"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_change_is_reloaded_once_it_has_held_for_a_tick() {
+        let at = |secs: u64, len: u64| -> Vec<Stamp> {
+            let t = std::time::UNIX_EPOCH + Duration::from_secs(secs);
+            vec![Some((t, len, 7))]
+        };
+        let seen = at(1, 10);
+        let mut changing = None;
+        assert!(!settled(&seen, &mut changing, at(1, 10)), "unchanged");
+        assert!(!settled(&seen, &mut changing, at(2, 4)), "just changed");
+        assert!(
+            !settled(&seen, &mut changing, at(3, 8)),
+            "still being written"
+        );
+        assert!(settled(&seen, &mut changing, at(3, 8)), "held for a tick");
+        let mut changing = Some(at(2, 4));
+        assert!(!settled(&seen, &mut changing, at(1, 10)), "changed back");
+        assert_eq!(changing, None);
+        assert!(!settled(&seen, &mut changing, vec![None]), "gone");
+        assert!(settled(&seen, &mut changing, vec![None]), "gone for a tick");
     }
 }
