@@ -63,10 +63,16 @@ impl Sessions {
                 return;
             }
         };
+        // Only the sessions that sort before this one may be ended by it: two logins of the
+        // user at once must not end each other (each would see the other as over the cap).
+        let older = members.iter().position(|m| m == member);
         let mut live = Vec::new();
-        for m in members.iter().filter(|m| *m != member).take(TRIM_LOOKS) {
+        for (i, m) in members.iter().enumerate().take(TRIM_LOOKS) {
+            if m == member {
+                continue;
+            }
             match self.store.get_fresh(m).await {
-                Ok(Some(_)) => live.push(m),
+                Ok(Some(_)) => live.push((i, m)),
                 Ok(None) => {
                     let _ = self.store.index_remove(&index, m).await;
                 }
@@ -78,8 +84,10 @@ impl Sessions {
         }
         // The one just made counts too.
         let over = (live.len() + 1).saturating_sub(keep);
+        // (This one gone from the index meanwhile: another login ended it; nothing to do.)
+        let before_this = |i: &usize| older.is_some_and(|p| *i < p);
         let mut ended = 0;
-        for old in live.into_iter().take(over) {
+        for (_, old) in live.into_iter().filter(|(i, _)| before_this(i)).take(over) {
             match self.store.delete(old).await {
                 Ok(existed) => {
                     ended += usize::from(existed);

@@ -289,15 +289,41 @@ async fn a_login_beyond_the_users_cap_ends_the_oldest_sessions() {
         s.load(&bobs, 104).await.unwrap().is_some(),
         "another user's"
     );
-    // A session with a shorter life than the others (no refresh token) is still kept.
+    // A session with a shorter life than the others (no refresh token) is kept, and, sorting
+    // before them, ends none of them: a login ends only sessions that sort before its own (two
+    // logins at once must not end each other). The next one that sorts last trims the excess.
     let mut short = session(105);
     short.refresh_token = None;
     let kept = s.create(&short, 105, 100).await.unwrap().unwrap();
     assert!(s.load(&kept, 105).await.unwrap().is_some());
+    assert!(s.load(&ids[2], 105).await.unwrap().is_some());
+    let last = s.create(&session(106), 106, 100).await.unwrap().unwrap();
+    assert!(s.load(&last, 106).await.unwrap().is_some());
+    for (gone, id) in [
+        (true, &kept),
+        (true, &ids[2]),
+        (false, &ids[3]),
+        (false, &ids[4]),
+    ] {
+        assert_eq!(s.load(id, 106).await.unwrap().is_none(), gone);
+    }
+    // Two logins at once under a cap of one, both indexed before either trims: the earlier's
+    // trim ends nothing newer than itself, the later's ends the earlier; never both.
+    let s2 = sessions();
+    let first = s2.create(&session(100), 100, 100).await.unwrap().unwrap();
+    let second = s2.create(&session(100), 100, 100).await.unwrap().unwrap();
+    let (a, b) = (Sessions::key_of(&first), Sessions::key_of(&second));
+    s2.end_oldest(&session(100), &a, 1).await;
     assert!(
-        s.load(&ids[2], 105).await.unwrap().is_none(),
-        "the oldest went"
+        s2.load(&second, 100).await.unwrap().is_some(),
+        "the later stays"
     );
+    s2.end_oldest(&session(100), &b, 1).await;
+    assert!(
+        s2.load(&first, 100).await.unwrap().is_none(),
+        "the earlier goes"
+    );
+    assert!(s2.load(&second, 100).await.unwrap().is_some());
     // Only live sessions count: the oldest, in daily use, outlives newer ones that timed out
     // (gone from the store, still in the index).
     let s = sessions().with_max_per_user(Some(3));
