@@ -93,13 +93,7 @@ fn keep_private(h: &mut http::HeaderMap) {
     let mut given = false;
     for v in h.get_all(CACHE_CONTROL) {
         given = true;
-        let said = v.to_str().unwrap_or_default().split(',').any(|d| {
-            let name = d.split('=').next().unwrap_or_default().trim();
-            ["public", "s-maxage", "private", "no-store"]
-                .iter()
-                .any(|w| name.eq_ignore_ascii_case(w))
-        });
-        if said {
+        if directives(v.as_bytes()).any(says_who_keeps) {
             return;
         }
     }
@@ -109,6 +103,37 @@ fn keep_private(h: &mut http::HeaderMap) {
     } else {
         h.insert(CACHE_CONTROL, private);
     }
+}
+
+/// Whether a directive (`name` or `name=value`) says who may keep the response: `public`,
+/// `s-maxage`, `no-store`, or `private` without a value (`private="Set-Cookie"` lets a shared
+/// cache keep all but that field).
+fn says_who_keeps(d: &[u8]) -> bool {
+    let (name, value) = match d.iter().position(|b| *b == b'=') {
+        Some(i) => (&d[..i], Some(&d[i + 1..])),
+        None => (d, None),
+    };
+    let name = name.trim_ascii();
+    let is = |w: &str| name.eq_ignore_ascii_case(w.as_bytes());
+    is("public") || is("s-maxage") || is("no-store") || (is("private") && value.is_none())
+}
+
+/// A `Cache-Control` value's directives: split at the commas outside quoted strings
+/// (`no-cache="a, s-maxage"` is one directive).
+fn directives(v: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut quoted = false;
+    let mut escaped = false;
+    v.split(move |b| {
+        let split = *b == b',' && !quoted;
+        if escaped {
+            escaped = false;
+        } else if *b == b'\\' && quoted {
+            escaped = true;
+        } else if *b == b'"' {
+            quoted = !quoted;
+        }
+        split
+    })
 }
 
 /// 1xx (a WebSocket's 101): no content for any cache.
@@ -164,5 +189,19 @@ mod tests {
             assert_eq!(marked(&[said]), [said], "{said}");
         }
         assert_eq!(marked(&["max-age=1", "public"]), ["max-age=1", "public"]);
+        // A qualified private lets a shared cache keep all but the fields it names.
+        assert_eq!(
+            marked(&["private=\"Set-Cookie\", max-age=600"]),
+            ["private=\"Set-Cookie\", max-age=600", "private"]
+        );
+        // Commas inside a quoted string do not split it.
+        assert_eq!(
+            marked(&["no-cache=\"a, s-maxage\""]),
+            ["no-cache=\"a, s-maxage\"", "private"]
+        );
+        assert_eq!(
+            marked(&["no-cache=\"a\", public"]),
+            ["no-cache=\"a\", public"]
+        );
     }
 }
