@@ -282,3 +282,39 @@ async fn a_chainlit_request_waits_for_the_backend_to_say_its_hand_off() {
     assert_eq!(r.status(), 200, "{}", String::from_utf8_lossy(r.body()));
     assert_eq!(json(&r)["auth_via"], "chainlit", "the login hand-off");
 }
+
+/// The first Chainlit requests of a page arrive together while the backend's hand-off is not
+/// known yet: they wait for one probe, instead of each asking the admin API.
+#[tokio::test]
+async fn a_burst_of_chainlit_requests_waits_for_one_hand_off_probe() {
+    let alice = token(1);
+    let w = world_with(
+        Backend::start_with(
+            json!([seeded("alice", Some(&alice))]),
+            &["--generation", "1.1.8"],
+        ),
+        json!({"alice": alice}),
+        &[("SSO_SIDECAR_OPENRAG__TOKEN_POLICY", "file")],
+    )
+    .await;
+    let sc = &w.sc.sidecar;
+    let l = login(sc, "alice", "/").await;
+    w.backend.hook("slow-handoff?ms=700").await;
+    crate::openrag_hardening::reset_log(&w.backend).await;
+    let mut burst = tokio::task::JoinSet::new();
+    for _ in 0..5 {
+        let (url, cookie) = (
+            sc.url("/chainlit/project/settings"),
+            session_header(&l.cookie),
+        );
+        burst.spawn(async move { get(&url, &[("cookie", &cookie)]).await.unwrap() });
+    }
+    for r in burst.join_all().await {
+        assert_eq!(r.status(), 200, "{}", String::from_utf8_lossy(r.body()));
+    }
+    let log = w.backend.requests().await;
+    assert_eq!(
+        log["by_path"]["/auth/chainlit-session"], 1,
+        "one probe: {log}"
+    );
+}

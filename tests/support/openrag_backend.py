@@ -20,7 +20,7 @@ verified in issue 16: IA-Generative/openrag d6fd8e7f; "later" = later linagora v
             POST /__test/partition/{p}  GET /__test/refuse/<code>?detail=D  POST /__test/chainlit/forget
             POST /__test/slow-list?ms=N[&fail=1]  POST /__test/slow-create?ms=N
             POST /__test/fail-get-user?n=N  POST|GET /__test/slow-patch?ms=N
-            POST /__test/fail-handoff?n=N
+            POST /__test/fail-handoff?n=N  POST /__test/slow-handoff?ms=N
             POST /__test/broken-create?on=1|0
   flags     --users-file (users, their memberships)  --partitions (created at start, no members)
             --generation  --super-admin-mode (default true)  --conflict-status (default by generation)
@@ -832,6 +832,11 @@ class Handler(BaseHTTPRequestHandler):
             query = parse_qs(urlsplit(self.path).query)
             self.server.handoff_fails = int(query.get("n", ["1"])[0])
             return self.send(204)
+        if path == "/__test/slow-handoff" and self.command == "POST":
+            # POST /auth/chainlit-session answers N ms late from now on.
+            query = parse_qs(urlsplit(self.path).query)
+            self.server.handoff_delay_ms = int(query.get("ms", ["0"])[0])
+            return self.send(204)
         if path == "/__test/fail-get-user" and self.command == "POST":
             # The next n GET /users/{id} answer 503: an admin API that cannot say, for a
             # moment, whose an account is.
@@ -893,6 +898,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def route(self, ctx, entry):
         path, method = ctx["path"], self.command
+        if path == "/auth/chainlit-session":
+            time.sleep(getattr(self.server, "handoff_delay_ms", 0) / 1000)
         if path == "/auth/chainlit-session" and getattr(self.server, "handoff_fails", 0) > 0:
             self.server.handoff_fails -= 1  # --test-hooks: POST /__test/fail-handoff?n=N
             raise HTTPError(503, {"detail": "Service unavailable"})

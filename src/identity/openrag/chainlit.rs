@@ -43,6 +43,11 @@ impl OpenRagBridge {
         if let Some(h) = self.handoff.get() {
             return Ok(*h);
         }
+        // One probe at a time; those that waited take its answer (below, or its failure).
+        let _probing = self.handoff_probe.lock().await;
+        if let Some(h) = self.handoff.get() {
+            return Ok(*h);
+        }
         let now = crate::clock::now_unix();
         let last = self
             .handoff_failed

@@ -67,6 +67,9 @@ pub struct OpenRagBridge {
     admin_account: std::sync::OnceLock<u64>,
     /// When the hand-off probe last failed (unix seconds, 0: never).
     handoff_failed: std::sync::atomic::AtomicI64,
+    /// Held while the hand-off is probed: the requests that arrive meanwhile (a page's burst
+    /// of Chainlit assets) wait for that probe's answer instead of each making its own.
+    handoff_probe: tokio::sync::Mutex<()>,
 }
 
 /// How long an unregistered `sub` is remembered, so repeated logins of someone the backend
@@ -100,6 +103,7 @@ impl OpenRagBridge {
             handoff: std::sync::OnceLock::new(),
             admin_account: std::sync::OnceLock::new(),
             handoff_failed: std::sync::atomic::AtomicI64::new(0),
+            handoff_probe: tokio::sync::Mutex::new(()),
         }
     }
 
