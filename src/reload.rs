@@ -43,7 +43,9 @@ pub async fn run(apps: Vec<Arc<router::App>>, oidc: Option<Arc<router::Oidc>>, c
         tokio::select! {
             received = signalled => {
                 if !received {
-                    return;
+                    // No more signals (never seen in practice): the watch goes on.
+                    hup = None;
+                    continue;
                 }
             }
             () = ticked => {

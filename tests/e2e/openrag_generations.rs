@@ -20,10 +20,10 @@ async fn as_session(
     get(&sc.url(path), &[("cookie", &c)]).await.unwrap()
 }
 
-#[tokio::test]
-async fn openrag_1_1_8s_own_chainlit_login_is_done_for_the_user() {
+/// OpenRag 1.1.8 with alice seeded, her token in the sidecar's token file.
+async fn alice_on_1_1_8() -> crate::openrag::World {
     let alice = token(1);
-    let w = world_with(
+    world_with(
         Backend::start_with(
             json!([seeded("alice", Some(&alice))]),
             &["--generation", "1.1.8"],
@@ -31,7 +31,12 @@ async fn openrag_1_1_8s_own_chainlit_login_is_done_for_the_user() {
         json!({"alice": alice}),
         &[("SSO_SIDECAR_OPENRAG__TOKEN_POLICY", "file")],
     )
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn openrag_1_1_8s_own_chainlit_login_is_done_for_the_user() {
+    let (alice, w) = (token(1), alice_on_1_1_8().await);
     let sc = &w.sc.sidecar;
     let l = login(sc, "alice", "/").await;
 
@@ -253,16 +258,7 @@ async fn chainlit_cookies_left_in_a_browser_speak_for_nobody() {
 /// 5 s, not on every request meanwhile; then the login hand-off works.
 #[tokio::test]
 async fn a_chainlit_request_waits_for_the_backend_to_say_its_hand_off() {
-    let alice = token(1);
-    let w = world_with(
-        Backend::start_with(
-            json!([seeded("alice", Some(&alice))]),
-            &["--generation", "1.1.8"],
-        ),
-        json!({"alice": alice}),
-        &[("SSO_SIDECAR_OPENRAG__TOKEN_POLICY", "file")],
-    )
-    .await;
+    let w = alice_on_1_1_8().await;
     let sc = &w.sc.sidecar;
     let l = login(sc, "alice", "/").await;
     w.backend.hook("fail-handoff?n=1").await;
@@ -287,16 +283,7 @@ async fn a_chainlit_request_waits_for_the_backend_to_say_its_hand_off() {
 /// known yet: they wait for one probe, instead of each asking the admin API.
 #[tokio::test]
 async fn a_burst_of_chainlit_requests_waits_for_one_hand_off_probe() {
-    let alice = token(1);
-    let w = world_with(
-        Backend::start_with(
-            json!([seeded("alice", Some(&alice))]),
-            &["--generation", "1.1.8"],
-        ),
-        json!({"alice": alice}),
-        &[("SSO_SIDECAR_OPENRAG__TOKEN_POLICY", "file")],
-    )
-    .await;
+    let w = alice_on_1_1_8().await;
     let sc = &w.sc.sidecar;
     let l = login(sc, "alice", "/").await;
     w.backend.hook("slow-handoff?ms=700").await;
