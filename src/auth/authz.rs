@@ -331,6 +331,14 @@ mod tests {
         b.body(()).unwrap().into_parts().0
     }
 
+    fn rule(path: &str, methods: &[http::Method], groups: &[&str]) -> PathRule {
+        PathRule {
+            path: path.into(),
+            methods: methods.to_vec(),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+        }
+    }
+
     fn reach(a: &Authz, method: &http::Method, path: &str, groups: &[String]) -> bool {
         reaches(a, &parts(method.as_str(), path, &[]), groups)
     }
@@ -517,11 +525,6 @@ mod tests {
 
     #[test]
     fn the_first_matching_rule_decides() {
-        let rule = |path: &str, methods: &[http::Method], groups: &[&str]| PathRule {
-            path: path.into(),
-            methods: methods.to_vec(),
-            groups: groups.iter().map(|g| g.to_string()).collect(),
-        };
         let a = Authz {
             rules: vec![
                 rule("/admin/public", &[], &["staff"]),
@@ -550,11 +553,6 @@ mod tests {
     /// request naming more methods than any client does is refused where rules apply.
     #[test]
     fn every_method_named_is_judged_by_its_own_first_rule() {
-        let rule = |path: &str, methods: &[http::Method], groups: &[&str]| PathRule {
-            path: path.into(),
-            methods: methods.to_vec(),
-            groups: groups.iter().map(|g| g.to_string()).collect(),
-        };
         let a = Authz {
             rules: vec![
                 rule("/admin/*", &[http::Method::GET], &["staff", "admins"]),

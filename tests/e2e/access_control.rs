@@ -89,25 +89,17 @@ async fn dump(b: &Backend) -> String {
     .unwrap()
 }
 
-#[tokio::test]
-async fn groups_become_partition_memberships_and_follow_every_refresh() {
+/// A backend with `partitions` and alice (holding `memberships`), an IdP that gives her
+/// `groups`, and group sync with pruning on; alice's backend id.
+async fn alice_with_groups(memberships: Value, partitions: &str, groups: Value) -> (World, u64) {
     let alice_token = token(1);
     let backend = Backend::start_with(
         json!([{
             "display_name": "Alice", "external_user_id": "alice", "email": "alice@example.test",
-            "is_admin": false, "token": alice_token,
-            "memberships": {"legal": "owner"}
+            "is_admin": false, "token": alice_token, "memberships": memberships
         }]),
-        &["--partitions", "finance,hr,legal"],
+        &["--partitions", partitions],
     );
-    let groups = json!([
-        "/openrag/finance/viewer",
-        "/openrag/finance/editor",
-        "/openrag/hr/owner",
-        "/openrag/missing/viewer",
-        "staff",
-        "/openrag/hr/admin"
-    ]);
     let w = world(
         json!({"alice": {"groups": groups}}),
         backend,
@@ -118,10 +110,24 @@ async fn groups_become_partition_memberships_and_follow_every_refresh() {
         ],
     )
     .await;
-    let sc = &w.sc.sidecar;
     let alice = w.backend.user("alice").await.unwrap()["id"]
         .as_u64()
         .unwrap();
+    (w, alice)
+}
+
+#[tokio::test]
+async fn groups_become_partition_memberships_and_follow_every_refresh() {
+    let groups = json!([
+        "/openrag/finance/viewer",
+        "/openrag/finance/editor",
+        "/openrag/hr/owner",
+        "/openrag/missing/viewer",
+        "staff",
+        "/openrag/hr/admin"
+    ]);
+    let (w, alice) = alice_with_groups(json!({"legal": "owner"}), "finance,hr,legal", groups).await;
+    let sc = &w.sc.sidecar;
 
     let l = login(sc, "alice", "/").await;
     assert_eq!(
@@ -739,28 +745,9 @@ async fn an_unregistered_sub_is_remembered_for_a_minute() {
 /// someone else meanwhile), so the session lives on but nothing is synced to that account.
 #[tokio::test]
 async fn groups_are_not_synced_at_a_refresh_that_cannot_confirm_the_accounts_link() {
-    let alice_token = token(1);
-    let backend = Backend::start_with(
-        json!([{
-            "display_name": "Alice", "external_user_id": "alice", "email": "alice@example.test",
-            "is_admin": false, "token": alice_token, "memberships": {}
-        }]),
-        &["--partitions", "finance,hr"],
-    );
-    let w = world(
-        json!({"alice": {"groups": ["/openrag/finance/viewer"]}}),
-        backend,
-        json!({"alice": alice_token}),
-        &[
-            ("OIDC_CLAIM_GROUPS", "groups"),
-            ("OIDC_GROUP_SYNC_PRUNE", "true"),
-        ],
-    )
-    .await;
+    let groups = json!(["/openrag/finance/viewer"]);
+    let (w, alice) = alice_with_groups(json!({}), "finance,hr", groups).await;
     let sc = &w.sc.sidecar;
-    let alice = w.backend.user("alice").await.unwrap()["id"]
-        .as_u64()
-        .unwrap();
     let l = login(sc, "alice", "/").await;
     assert_eq!(
         memberships(&w.backend, alice).await,

@@ -133,7 +133,7 @@ impl AdminClient {
         body: Payload,
     ) -> Result<Value, AdminError> {
         let bytes = self
-            .raw(bearer, method, path, body, MAX_RESPONSE_BYTES)
+            .raw(bearer, method, path, body, MAX_RESPONSE_BYTES, None)
             .await?;
         if bytes.is_empty() {
             return Ok(Value::Null);
@@ -152,22 +152,11 @@ impl AdminClient {
     }
 
     /// A call's 2xx body, of at most `max_bytes`; any other status is [`AdminError::Status`].
+    /// `for_client`: the address of the client the call is made for, sent as
+    /// `X-Forwarded-For`: the backend charges a failed authentication to the address it sees,
+    /// and without it that is the sidecar's own, whose admin calls then get 429 with everyone's
+    /// failures (`None` for the sidecar's own calls).
     async fn raw(
-        &self,
-        bearer: &str,
-        method: Method,
-        path: &str,
-        body: Payload,
-        max_bytes: usize,
-    ) -> Result<Bytes, AdminError> {
-        self.raw_for(bearer, method, path, body, max_bytes, None)
-            .await
-    }
-
-    /// [`Self::raw`], made for a client (`for_client`: its address, as `X-Forwarded-For`):
-    /// the backend charges a failed authentication to the address it sees, and without it that
-    /// is the sidecar's own, whose admin calls then get 429 with everyone's failures.
-    async fn raw_for(
         &self,
         bearer: &str,
         method: Method,
@@ -229,14 +218,14 @@ impl AdminClient {
     }
 
     /// [`Self::token_owner`] for a token a client sent (`client`: its address), so that the
-    /// backend charges a refusal to that client, not to the sidecar (`raw_for`).
+    /// backend charges a refusal to that client, not to the sidecar (`raw`).
     pub async fn token_owner_for(
         &self,
         token: &str,
         client: Option<std::net::IpAddr>,
     ) -> Result<Option<u64>, AdminError> {
         let answer = self
-            .raw_for(
+            .raw(
                 token,
                 Method::GET,
                 "/users/info",
@@ -278,6 +267,7 @@ impl AdminClient {
                 "/users/",
                 Payload::Empty,
                 MAX_LIST_BYTES,
+                None,
             )
             .await?;
         serde_json::from_slice::<UserList>(&bytes)
