@@ -69,6 +69,43 @@ pub async fn read(
     }
 }
 
+/// At a refresh that brought no new ID token: the profile read again, from userinfo with the
+/// new access token, when `OIDC_CLAIM_SOURCE=userinfo` (its `sub` must match); `None` with
+/// `id_token`, whose profile only a new ID token renews.
+pub async fn reread(
+    provider: &Provider,
+    sub: &str,
+    access_token: &str,
+) -> Option<Result<Map<String, Value>, ProfileError>> {
+    match provider.settings.claim_source {
+        ClaimSource::IdToken => None,
+        ClaimSource::Userinfo => Some(read(provider, sub, &Map::new(), access_token, true).await),
+    }
+}
+
+/// When a refresh's verified ID-token `claims` came without the profile userinfo should have
+/// completed (userinfo failed): what `[authz]` judges. With `OIDC_CLAIM_SOURCE=id_token`, the
+/// new claims (the groups a LemonLDAP::NG ID token carries) over the profile kept in `s` for
+/// what they do not say; with `userinfo`, `None`: the kept profile alone, as the ID token is
+/// not that mode's source.
+pub fn judged_without_userinfo(
+    source: ClaimSource,
+    claims: &Map<String, Value>,
+    s: &Session,
+    groups_claim: &str,
+) -> Option<Map<String, Value>> {
+    match source {
+        ClaimSource::Userinfo => None,
+        ClaimSource::IdToken => {
+            let mut judged = claims.clone();
+            for (k, v) in stored(s, groups_claim) {
+                judged.entry(k).or_insert(v);
+            }
+            Some(judged)
+        }
+    }
+}
+
 /// Writes the profile's fields into the session (groups from `groups_claim`).
 pub fn apply(s: &mut Session, profile: &Map<String, Value>, groups_claim: &str) {
     s.email = string_claim(profile, "email");
@@ -146,5 +183,33 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A refresh whose ID token carries groups but no profile, userinfo failing: `[authz]`
+    /// judges the new groups (not the login's), with the email kept since the login.
+    #[test]
+    fn without_userinfo_the_new_id_token_is_judged_over_the_kept_profile() {
+        let mut s = Session::for_tests("a", 0, 60);
+        s.email = Some("a@x.test".into());
+        s.groups = vec!["staff".into()];
+        let claims = json!({"sub": "a", "g": ["alumni"]});
+        let claims = claims.as_object().unwrap();
+        let judged = judged_without_userinfo(ClaimSource::IdToken, claims, &s, "g").unwrap();
+        assert_eq!(judged["g"], json!(["alumni"]));
+        assert_eq!(judged["email"], json!("a@x.test"));
+        let without_groups = json!({"sub": "a"});
+        let judged = judged_without_userinfo(
+            ClaimSource::IdToken,
+            without_groups.as_object().unwrap(),
+            &s,
+            "g",
+        )
+        .unwrap();
+        assert_eq!(
+            judged["g"],
+            json!(["staff"]),
+            "the kept groups when it says none"
+        );
+        assert!(judged_without_userinfo(ClaimSource::Userinfo, claims, &s, "g").is_none());
     }
 }

@@ -263,7 +263,7 @@ impl Auth {
                     return Ok(None);
                 };
                 tracing::info!(sub = %s.sub, "access token refreshed");
-                let claims = renewed.as_ref().map(|r| &r.claims);
+                let claims = renewed.as_ref().and_then(|r| r.claims.as_ref());
                 if !self
                     .identity
                     .on_refresh(&s.sub, s.backend_user_id, claims)
@@ -362,10 +362,37 @@ impl Auth {
                 }
                 Err(e) => {
                     tracing::warn!(sub = %s.sub, error = %e, "profile not updated at refresh");
-                    None
+                    // `[authz]` still judges what the new ID token says (its groups), over
+                    // the profile kept since the login for what it does not say.
+                    super::profile::judged_without_userinfo(
+                        self.provider.settings.claim_source,
+                        &claims,
+                        s,
+                        &self.settings().authz.groups_claim,
+                    )
                 }
             };
-            renewed = Some(Renewed { claims, profile });
+            renewed = Some(Renewed {
+                claims: Some(claims),
+                profile,
+            });
+        } else if tokens.id_token.is_none() {
+            // No new ID token (OIDC Core §12.2 allows it): with `OIDC_CLAIM_SOURCE=userinfo`
+            // the profile is userinfo's, and the new access token reads it, so a user removed
+            // from a group at the IdP loses access at this refresh, not at the session's end.
+            match super::profile::reread(&self.provider, &s.sub, &tokens.access_token).await {
+                Some(Ok(p)) => {
+                    super::profile::apply(s, &p, &self.settings().authz.groups_claim);
+                    renewed = Some(Renewed {
+                        claims: None,
+                        profile: Some(p),
+                    });
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(sub = %s.sub, error = %e, "profile not updated at refresh")
+                }
+                None => {}
+            }
         }
         s.access_token = tokens.access_token;
         let lifetime = access_lifetime(tokens.expires_in);
@@ -384,10 +411,11 @@ impl Auth {
     }
 }
 
-/// What a refresh that brought a new ID token learnt: its verified claims and the profile
-/// read from them (`None` when userinfo could not be read).
+/// What a refresh learnt of the user: the new ID token's verified claims (`None` without
+/// one, its profile then read from userinfo), and the profile `[authz]` judges (`None` when
+/// userinfo could not be read: the one kept since the login is judged).
 struct Renewed {
-    claims: serde_json::Map<String, Value>,
+    claims: Option<serde_json::Map<String, Value>>,
     profile: Option<serde_json::Map<String, Value>>,
 }
 

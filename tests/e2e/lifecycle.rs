@@ -823,6 +823,73 @@ async fn a_refresh_that_names_another_user_ends_the_session() {
     );
 }
 
+/// With `OIDC_CLAIM_SOURCE=userinfo`, a refresh that brings no new ID token (OIDC Core §12.2
+/// allows it) reads userinfo again with the new access token: the session follows the IdP's
+/// profile (a new email reaches the upstream), and a user removed from the allowed group loses
+/// the session at that refresh, not at the end of its lifetime.
+#[tokio::test]
+async fn a_refresh_without_id_token_reads_userinfo_again() {
+    let m = mock_pair(&[
+        ("OIDC_CLAIM_SOURCE", "userinfo"),
+        ("SSO_SIDECAR_AUTHZ__ALLOWED_GROUPS", "staff"),
+    ])
+    .await;
+    let info = |email: &str, groups: serde_json::Value| json!({"sub": "alice", "email": email, "email_verified": true, "groups": groups});
+    m.idp.set(|s| {
+        s.login_expires_in = 8;
+        s.userinfo = info("alice@old.test", json!(["staff"]));
+    });
+    let cookie = mock_login(&m, &m.a.sidecar, "alice", "sid-1").await;
+    let refreshes = |m: &MockPair| {
+        let s = m.idp.state.lock().unwrap();
+        s.token_requests
+            .iter()
+            .filter(|r| r.contains("grant_type=refresh_token"))
+            .count()
+    };
+    m.idp.set(|s| {
+        s.token_response =
+            json!({"access_token": "at-2", "token_type": "Bearer", "expires_in": 8, "refresh_token": "rt-2"});
+        s.userinfo = info("alice@new.test", json!(["staff"]));
+    });
+    let email = |r: &http::Response<bytes::Bytes>| {
+        let page: serde_json::Value = serde_json::from_slice(r.body()).unwrap();
+        page["headers"]["x-forwarded-email"][0].clone()
+    };
+    let start = std::time::Instant::now();
+    let seen = loop {
+        let r = get(
+            &m.a.sidecar.url("/v1/x"),
+            &[("cookie", &session_header(&cookie))],
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status(), 200, "still in the group");
+        if refreshes(&m) > 0 {
+            break email(&r);
+        }
+        assert!(start.elapsed() < Duration::from_secs(12), "no refresh");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        seen, "alice@new.test",
+        "the refreshed profile is userinfo's"
+    );
+    // Out of the group at the IdP: the next refresh ends the session.
+    m.idp
+        .set(|s| s.userinfo = info("alice@new.test", json!(["alumni"])));
+    let start = std::time::Instant::now();
+    while alive(&m.a.sidecar, &cookie).await {
+        assert!(
+            start.elapsed() < Duration::from_secs(12),
+            "a refresh without ID token kept a user the allow-list no longer admits"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(refreshes(&m), 2, "ended at the second refresh");
+    assert!(!alive(&m.b.sidecar, &cookie).await, "on every replica");
+}
+
 /// The refresh tokens of a refresh that was answered but whose new ID token cannot be verified
 /// yet (signed with a key the JWKS does not serve, the JWKS answering 503) are kept: later
 /// refreshes spend the new refresh token, not the one the IdP has already spent (an IdP that
