@@ -85,7 +85,7 @@ pub fn evict_some<K: Eq + std::hash::Hash, V>(map: &mut std::collections::HashMa
         n += 1;
         let mut h = seed.build_hasher();
         h.write_u64(n);
-        h.finish() % 8 != 0
+        !h.finish().is_multiple_of(8)
     });
 }
 
