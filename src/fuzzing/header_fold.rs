@@ -81,7 +81,7 @@ pub fn header_fold(data: &[u8]) {
     };
     let host = headers.get(header::HOST).cloned();
     let mut h = headers.clone();
-    proxy_headers::set_forwarded(&mut h, peer, host.clone());
+    proxy_headers::set_forwarded(&mut h, peer, peer.ip, host.clone());
     let mut expected = keep(&headers, |k| {
         !FORWARDING.contains(&proxy_headers::folded_name(k.as_str()).as_str())
     });

@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
 /// Writes `raw` on a new connection from `from` and reads until the peer closes (or 5 s).
-async fn exchange_from(from: &str, to: SocketAddr, raw: &[u8]) -> String {
+pub(crate) async fn exchange_from(from: &str, to: SocketAddr, raw: &[u8]) -> String {
     let sock = TcpSocket::new_v4().unwrap();
     sock.bind(format!("{from}:0").parse().unwrap()).unwrap();
     let mut s = sock.connect(to).await.unwrap();

@@ -565,6 +565,49 @@ async fn junk_bearers_on_the_regenerate_route_do_not_spend_the_sidecars_own_fail
     assert_eq!(cb.status(), 302, "{}", String::from_utf8_lossy(cb.body()));
 }
 
+/// Behind an ingress (a trusted proxy), the chain sent upstream ends at the client, not at the
+/// ingress: the backend trusts only the sidecar and reads the right-most entry as the client.
+/// When the ingress was there, four junk bearers from four clients were four failed
+/// authentications the backend charged to the ingress, and every user behind it got 429.
+#[tokio::test]
+async fn junk_bearers_behind_an_ingress_are_charged_to_their_clients_not_to_the_ingress() {
+    let alice = token(2);
+    let w = world_with(
+        Backend::start_with(
+            json!([seeded("alice", Some(&alice))]),
+            &["--auth-failure-limit", "3"],
+        ),
+        json!({"alice": alice}),
+        &[
+            ("SSO_SIDECAR_TRUSTED_PROXIES", "127.0.0.2/32"),
+            ("SSO_SIDECAR_OPENRAG__TOKEN_POLICY", "file"),
+        ],
+    )
+    .await;
+    let sc = &w.sc.sidecar;
+    let via_ingress = |client: &str, auth: &str| {
+        format!(
+            "GET /v1/models HTTP/1.1\r\nHost: {}\r\n{auth}\r\nX-Forwarded-For: {client}\r\nConnection: close\r\n\r\n",
+            sc.addr
+        )
+    };
+    for i in 1..=4 {
+        let raw = via_ingress(
+            &format!("203.0.113.{i}"),
+            &format!("Authorization: Bearer or-junk{i}"),
+        );
+        let r = crate::hardening::exchange_from("127.0.0.2", sc.addr, raw.as_bytes()).await;
+        assert!(r.starts_with("HTTP/1.1 401"), "the backend refused it: {r}");
+    }
+    let cookie = session_header(&login(sc, "alice", "/").await.cookie);
+    let raw = via_ingress("198.51.100.1", &format!("Cookie: {cookie}"));
+    let r = crate::hardening::exchange_from("127.0.0.2", sc.addr, raw.as_bytes()).await;
+    assert!(
+        r.starts_with("HTTP/1.1 200"),
+        "a user behind the ingress was refused: {r}"
+    );
+}
+
 /// A login writes the user's changed claims to the backend (here slowly) between reading the
 /// vaulted token and vaulting it again; a regeneration through another session meanwhile
 /// vaults a newer token (the one read is dead now). The login takes the newer one: it used to

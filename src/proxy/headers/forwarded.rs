@@ -20,9 +20,15 @@ pub struct Peer {
     pub scheme: Scheme,
 }
 
-/// Writes `X-Forwarded-For/-Proto/-Host`. From a trusted proxy the incoming chain is extended
-/// and its proto/host kept; from anyone else all forwarding headers are replaced by ours.
-pub fn set_forwarded(headers: &mut HeaderMap, peer: Peer, host: Option<HeaderValue>) {
+/// Writes `X-Forwarded-For/-Proto/-Host`. From a trusted proxy the incoming chain is kept up to
+/// the `client`'s entry (what [`client_ip`] found) and its proto/host kept; from anyone else
+/// all forwarding headers are replaced by ours.
+pub fn set_forwarded(
+    headers: &mut HeaderMap,
+    peer: Peer,
+    client: IpAddr,
+    host: Option<HeaderValue>,
+) {
     let mut buf = [0u8; 64];
     let ip = ip_text(peer.ip, &mut buf);
     if !peer.trusted {
@@ -56,8 +62,10 @@ pub fn set_forwarded(headers: &mut HeaderMap, peer: Peer, host: Option<HeaderVal
         match line.to_str().map(str::trim) {
             Ok("") => {}
             Ok(line) => {
+                if !chain.is_empty() {
+                    chain.push_str(", ");
+                }
                 chain.push_str(line);
-                chain.push_str(", ");
             }
             Err(_) => {
                 chain.clear();
@@ -65,7 +73,19 @@ pub fn set_forwarded(headers: &mut HeaderMap, peer: Peer, host: Option<HeaderVal
             }
         }
     }
-    chain.push_str(ip);
+    // The chain ends at the client: the trusted hops right of its entry, and the peer, are
+    // left out. The upstream trusts only the sidecar (OpenRag's uvicorn, by default), so it
+    // takes the right-most entry for the client: were it the ingress, the backend would charge
+    // every user's failed authentications to that one address, and one client's junk bearers
+    // would get everyone 429. The client's entry and those left of it are kept as they came.
+    match client_entry_end(&chain, client) {
+        Some(end) => chain.truncate(end),
+        None => {
+            chain.clear();
+            let mut buf = [0u8; 64];
+            chain.push_str(ip_text(client, &mut buf));
+        }
+    }
     if let Ok(v) = HeaderValue::from_str(&chain) {
         headers.insert(X_FORWARDED_FOR, v);
     }
@@ -143,6 +163,23 @@ pub fn client_ip(headers: &HeaderMap, peer: Peer, trusted: &[IpNet]) -> IpAddr {
         }
     }
     last
+}
+
+/// Where the right-most entry of `chain` naming `client` ends: entries right of it are the
+/// trusted hops [`client_ip`] walked over. `None` when no entry names it (the client is the
+/// peer itself, or the walk stopped at an entry that does not read as an address).
+fn client_entry_end(chain: &str, client: IpAddr) -> Option<usize> {
+    let mut end = chain.len();
+    loop {
+        let start = chain[..end].rfind(',').map_or(0, |i| i + 1);
+        if forwarded_address(chain[start..end].trim()) == Some(client) {
+            return Some(chain[..end].trim_end().len());
+        }
+        if start == 0 {
+            return None;
+        }
+        end = start - 1;
+    }
 }
 
 /// An address as proxies write it in `X-Forwarded-For`: `192.0.2.1`, `2001:db8::1`, or with a

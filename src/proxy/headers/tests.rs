@@ -14,6 +14,10 @@ fn map(pairs: &[(&str, &str)]) -> HeaderMap {
     h
 }
 
+fn ip(text: &str) -> std::net::IpAddr {
+    text.parse().unwrap()
+}
+
 fn peer(trusted: bool) -> Peer {
     Peer {
         ip: "203.0.113.7".parse().unwrap(),
@@ -160,6 +164,7 @@ fn untrusted_forwarding_headers_are_replaced_in_every_spelling() {
     set_forwarded(
         &mut h,
         peer(false),
+        peer(false).ip,
         Some(HeaderValue::from_static("rag.example")),
     );
     assert_eq!(h["x-forwarded-for"], "203.0.113.7");
@@ -169,7 +174,7 @@ fn untrusted_forwarding_headers_are_replaced_in_every_spelling() {
 }
 
 #[test]
-fn trusted_proxy_chain_is_extended_and_its_proto_kept() {
+fn a_trusted_proxys_chain_ends_at_the_client_and_its_proto_is_kept() {
     let mut h = map(&[
         ("x-forwarded-for", "198.51.100.1"),
         ("x-forwarded-proto", "https"),
@@ -178,9 +183,10 @@ fn trusted_proxy_chain_is_extended_and_its_proto_kept() {
     set_forwarded(
         &mut h,
         peer(true),
+        ip("198.51.100.1"),
         Some(HeaderValue::from_static("internal:8000")),
     );
-    assert_eq!(h["x-forwarded-for"], "198.51.100.1, 203.0.113.7");
+    assert_eq!(h["x-forwarded-for"], "198.51.100.1");
     assert_eq!(h["x-forwarded-proto"], "https");
     assert_eq!(h["x-forwarded-host"], "rag.example");
     assert_eq!(public_scheme(&h, peer(true)), Scheme::Https);
@@ -197,16 +203,16 @@ fn a_trusted_proxys_chain_in_several_lines_is_kept_whole_and_in_order() {
         ("x-forwarded-for", "192.0.2.66"),
         ("x-forwarded-for", "198.51.100.1"),
     ]);
-    set_forwarded(&mut h, peer(true), None);
+    set_forwarded(&mut h, peer(true), ip("198.51.100.1"), None);
     let all: Vec<_> = h.get_all("x-forwarded-for").iter().collect();
-    assert_eq!(all, ["192.0.2.66, 198.51.100.1, 203.0.113.7"]);
+    assert_eq!(all, ["192.0.2.66, 198.51.100.1"]);
     // A line that is not text: nothing left of it can be placed, so only our hop is said.
     let mut h = map(&[("x-forwarded-for", "192.0.2.66")]);
     h.append(
         "x-forwarded-for",
         HeaderValue::from_bytes(b"198.51.100.\xff").unwrap(),
     );
-    set_forwarded(&mut h, peer(true), None);
+    set_forwarded(&mut h, peer(true), peer(true).ip, None);
     let all: Vec<_> = h.get_all("x-forwarded-for").iter().collect();
     assert_eq!(all, ["203.0.113.7"]);
 }
@@ -223,7 +229,7 @@ fn url_overrides_and_odd_spellings_are_removed_even_from_a_trusted_proxy() {
         ("X_Forwarded_For", "1.2.3.4"),
         ("x_unrelated", "kept"),
     ]);
-    set_forwarded(&mut h, peer(true), None);
+    set_forwarded(&mut h, peer(true), ip("198.51.100.1"), None);
     let mut left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
     left.sort_unstable();
     assert_eq!(
@@ -235,13 +241,13 @@ fn url_overrides_and_odd_spellings_are_removed_even_from_a_trusted_proxy() {
             "x_unrelated"
         ]
     );
-    assert_eq!(h["x-forwarded-for"], "198.51.100.1, 203.0.113.7");
+    assert_eq!(h["x-forwarded-for"], "198.51.100.1");
 }
 
 #[test]
 fn trusted_proxy_without_headers_gets_ours() {
     let mut h = HeaderMap::new();
-    set_forwarded(&mut h, peer(true), None);
+    set_forwarded(&mut h, peer(true), peer(true).ip, None);
     assert_eq!(h["x-forwarded-for"], "203.0.113.7");
     assert_eq!(h["x-forwarded-proto"], "http");
     assert!(h.get("x-forwarded-host").is_none());
@@ -400,4 +406,42 @@ fn cookie_fields_are_joined_into_one() {
         h[header::COOKIE].as_bytes(),
         "a=1; b=2; c=3; d=é".as_bytes()
     );
+}
+
+/// The forwarded chain ends at the client `client_ip` finds, whatever trusted hops came after
+/// it: the upstream, trusting only the sidecar, reads the right-most entry as the client.
+#[test]
+fn the_forwarded_chain_ends_at_the_client_the_sidecar_found() {
+    let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+    let ingress = Peer {
+        ip: ip("10.0.0.1"),
+        trusted: true,
+        scheme: crate::tls::Scheme::Http,
+    };
+    let forwarded = |lines: &[&str]| {
+        let pairs: Vec<_> = lines.iter().map(|l| ("x-forwarded-for", *l)).collect();
+        let mut h = map(&pairs);
+        let client = client_ip(&h, ingress, &trusted);
+        set_forwarded(&mut h, ingress, client, None);
+        let all: Vec<_> = h.get_all("x-forwarded-for").iter().collect();
+        assert_eq!(all.len(), 1, "{all:?}");
+        all[0].to_str().unwrap().to_owned()
+    };
+    assert_eq!(
+        forwarded(&["6.6.6.6, 198.51.100.7, 10.2.3.4"]),
+        "6.6.6.6, 198.51.100.7"
+    );
+    assert_eq!(
+        forwarded(&["6.6.6.6", "198.51.100.7:4711 ", "10.2.3.4, 10.9.9.9"]),
+        "6.6.6.6, 198.51.100.7:4711"
+    );
+    // Only trusted hops: the farthest is the client.
+    assert_eq!(forwarded(&["10.3.3.3, 10.2.3.4"]), "10.3.3.3");
+    // A trusted hop's entry that does not read: the walk stopped at the hop after it.
+    assert_eq!(
+        forwarded(&["198.51.100.7, junk, 10.2.3.4"]),
+        "198.51.100.7, junk, 10.2.3.4"
+    );
+    assert_eq!(forwarded(&["198.51.100.7, junk"]), "10.0.0.1");
+    assert_eq!(forwarded(&[]), "10.0.0.1");
 }
