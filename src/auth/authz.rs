@@ -3,7 +3,7 @@
 //! functions of the settings and the user's claims or session: the callers decide what
 //! happens to a refusal (a 403 page, an ended session) and count it.
 
-use crate::config::access::{Authz, BearerOnRuled};
+use crate::config::access::{routed_form, Authz, BearerOnRuled};
 use crate::proxy::headers::folds_to;
 use serde_json::{Map, Value};
 use std::borrow::Cow;
@@ -255,8 +255,19 @@ fn names_method(name: &str) -> bool {
 
 /// The paths a backend may take `path` as (case aside, which [`reaches_as`] folds): as sent,
 /// decoded once more, without `;` parameters, each without one trailing slash, and each
-/// without a format suffix.
+/// without a format suffix; every one in the form the backend routes (percent-decoded once,
+/// [`routed_form`]), as the rules were put at load.
 fn path_readings(path: &str) -> Vec<Cow<'_, str>> {
+    let mut out = encoded_readings(path);
+    for reading in &mut out {
+        if reading.contains('%') {
+            *reading = Cow::Owned(routed_form(reading).into_owned());
+        }
+    }
+    out
+}
+
+fn encoded_readings(path: &str) -> Vec<Cow<'_, str>> {
     let mut out = vec![Cow::Borrowed(path)];
     if path.contains("%25") {
         out.push(Cow::Owned(decoded_again(path)));
@@ -341,6 +352,68 @@ mod tests {
 
     fn reach(a: &Authz, method: &http::Method, path: &str, groups: &[String]) -> bool {
         reaches(a, &parts(method.as_str(), path, &[]), groups)
+    }
+
+    /// A rule holds for the path the backend routes, however either is percent-encoded: the
+    /// rule is decoded at load and every reading of the request before they are compared
+    /// (Starlette routes on the decoded path). A non-ASCII partition written as is used to
+    /// miss every browser's request (always encoded), and `R%26D` a client's raw `R&D`.
+    #[test]
+    fn a_rule_holds_however_it_or_the_request_is_percent_encoded() {
+        use crate::config::access::{AuthzSection, RuleSection};
+        let ruled = |path: &str| {
+            let section = AuthzSection {
+                rules: vec![RuleSection {
+                    path: path.into(),
+                    groups: crate::config::settings::StringList(vec!["eq".into()]),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            };
+            let mut problems = Vec::new();
+            let a = section.validate(None, &mut problems);
+            assert!(problems.is_empty(), "{problems:?}");
+            a
+        };
+        let eq = ["eq".to_owned()];
+        for (rule, request) in [
+            ("/p/équipe/*", "/p/%C3%A9quipe/users"),
+            ("/p/%C3%A9quipe/*", "/p/%c3%a9quipe/users"),
+            ("/p/%C3%A9quipe/*", "/p/équipe/users"),
+            ("/p/R%26D/*", "/p/R&D/users"),
+            ("/p/R&D/*", "/p/R%26D/users"),
+            ("/p/a b/*", "/p/a%20b/users"),
+            ("/%61dmin/*", "/admin/users"),
+            ("//admin/*", "/admin/users"),
+            ("/admin/*", "/%2561dmin/users"),
+        ] {
+            let a = ruled(rule);
+            let Ok(uri) = request.parse::<http::Uri>() else {
+                // A raw non-ASCII path is not a valid URI to `http`; hyper would refuse it too.
+                continue;
+            };
+            let p = parts("GET", &uri.to_string(), &[]);
+            assert!(!reaches(&a, &p, &[]), "{rule} let {request} through");
+            assert!(
+                reaches(&a, &p, &eq),
+                "{rule} refused {request} to its group"
+            );
+            assert!(!bearer_may_reach(&a, &p), "{rule}: a bearer to {request}");
+        }
+        // Unrelated paths stay free.
+        let a = ruled("/p/R%26D/*");
+        assert!(reach(&a, &http::Method::GET, "/p/R%26E/users", &[]));
+        // A rule whose escapes are no UTF-8 is refused at load.
+        let section = AuthzSection {
+            rules: vec![RuleSection {
+                path: "/p/%C3/*".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let mut problems = Vec::new();
+        section.validate(None, &mut problems);
+        assert!(problems.iter().any(|p| p.contains("UTF-8")), "{problems:?}");
     }
 
     /// What a backend may read differently: the method's case, a method named in a header or

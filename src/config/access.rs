@@ -204,6 +204,33 @@ pub struct PathRule {
     pub groups: Vec<String>,
 }
 
+/// A path as a backend routes it, and as `[[authz.rules]]` compare it: percent-decoded once
+/// (Starlette matches its routes on the decoded path; a byte sequence that is not UTF-8 becomes
+/// U+FFFD, as Python's `unquote` makes it) and runs of slashes merged (as the sidecar merges a
+/// request's). A rule written `/partition/équipe/*` or `/partition/%C3%A9quipe/*` then holds
+/// for a request spelled either way, and `/partition/R%26D/*` for `/partition/R&D/x`.
+pub fn routed_form(path: &str) -> std::borrow::Cow<'_, str> {
+    let decoded = if path.contains('%') {
+        std::borrow::Cow::Owned(
+            percent_encoding::percent_decode_str(path)
+                .decode_utf8_lossy()
+                .into_owned(),
+        )
+    } else {
+        std::borrow::Cow::Borrowed(path)
+    };
+    if !decoded.contains("//") {
+        return decoded;
+    }
+    let mut merged = String::with_capacity(decoded.len());
+    for c in decoded.chars() {
+        if !(c == '/' && merged.ends_with('/')) {
+            merged.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(merged)
+}
+
 impl Authz {
     /// Whether an email rule is configured (groups and emails are checked independently).
     pub fn restricts_email(&self) -> bool {
@@ -267,8 +294,18 @@ impl AuthzSection {
                     Err(_) => problems.push(format!("{at}.methods: '{m}' is not an HTTP method")),
                 }
             }
+            if std::str::from_utf8(
+                &percent_encoding::percent_decode_str(&r.path).collect::<Vec<u8>>(),
+            )
+            .is_err()
+            {
+                problems.push(format!(
+                    "{at}.path: its percent-escapes do not decode to UTF-8, got '{}'",
+                    r.path
+                ));
+            }
             rules.push(PathRule {
-                path: r.path.clone(),
+                path: routed_form(&r.path).into_owned(),
                 methods,
                 groups: r.groups.0.iter().map(|g| g.trim().to_owned()).collect(),
             });
