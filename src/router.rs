@@ -274,7 +274,9 @@ impl App {
             };
             let forward = oidc.identity.forward(out, parts, body, caller);
             // Boxed: the identity's future is large, and hyper moves the request future around.
-            Ok(Box::pin(forward).await?)
+            let mut outcome = Box::pin(forward).await?;
+            auth.cookies.drop_own_set_cookies(outcome.0.headers_mut());
+            Ok(outcome)
         }
     }
 

@@ -157,6 +157,29 @@ impl CookieJar {
             headers.insert(header::COOKIE, v);
         }
     }
+
+    /// Drops the upstream's `Set-Cookie` lines that set a cookie the sidecar reads as its own
+    /// (names compared as [`CookieJar::strip`] compares them): the browser takes them, since
+    /// they come from the same origin (a `__Host-` prefix does not stop them), and a backend
+    /// that reflects a name and value (or is made to) would otherwise plant another person's
+    /// session or login state in the browser (session fixation).
+    pub fn drop_own_set_cookies(&self, headers: &mut HeaderMap) {
+        let own = |v: &HeaderValue| self.is_own(v.as_bytes());
+        if !headers.get_all(header::SET_COOKIE).iter().any(own) {
+            return;
+        }
+        let kept: Vec<HeaderValue> = headers
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .filter(|v| !own(v))
+            .cloned()
+            .collect();
+        headers.remove(header::SET_COOKIE);
+        for v in kept {
+            headers.append(header::SET_COOKIE, v);
+        }
+        tracing::warn!("the upstream set one of the sidecar's own cookies: dropped");
+    }
 }
 
 /// What a `Cookie` pair says of cookie `name`: `None` when it is another cookie's, else its
@@ -184,204 +207,4 @@ fn pair_value(pair: &[u8], name: &str) -> Option<Option<String>> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn host_prefixed_names_and_planted_duplicates() {
-        let jar = CookieJar::new("sso_sidecar_session", true);
-        assert_eq!(jar.session, "__Host-sso_sidecar_session");
-        assert_eq!(jar.state, "__Host-sso_sidecar_session_state");
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::COOKIE,
-            HeaderValue::from_static("__Host-sso_sidecar_session=A; x=1"),
-        );
-        h.append(
-            header::COOKIE,
-            HeaderValue::from_static("__Host-sso_sidecar_session=B"),
-        );
-        assert_eq!(jar.get(&h, &jar.session), None, "two copies: trust neither");
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::COOKIE,
-            HeaderValue::from_static(
-                "sso_sidecar_session=old; __Host-sso_sidecar_session=A; sso_sidecar_session_state=s; y=2",
-            ),
-        );
-        assert_eq!(jar.get(&h, &jar.session).as_deref(), Some("A"));
-        jar.strip(&mut h);
-        assert_eq!(
-            h[header::COOKIE],
-            "y=2",
-            "unprefixed names are stripped too"
-        );
-        // Tossed from a sibling subdomain: the prefix encoded, so the browser took it with a
-        // Domain. Not ours to read, whether alone or beside the real one; stripped all the same.
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::COOKIE,
-            HeaderValue::from_static("__Host%2Dsso_sidecar_session=T"),
-        );
-        assert_eq!(jar.get(&h, &jar.session), None);
-        h.append(
-            header::COOKIE,
-            HeaderValue::from_static("__Host-sso_sidecar_session=A"),
-        );
-        assert_eq!(jar.get(&h, &jar.session).as_deref(), Some("A"));
-        jar.strip(&mut h);
-        assert!(h.get(header::COOKIE).is_none());
-    }
-
-    /// Found by fuzzing (`fuzz/corpus/cookie`): a `Cookie` header with one non-ASCII byte was
-    /// skipped whole, so the session in it was neither read (login loop) nor stripped (its id
-    /// went upstream), and a non-ASCII header next to ours was dropped by `strip`.
-    #[test]
-    fn a_non_ascii_cookie_neither_hides_nor_leaks_ours() {
-        let jar = CookieJar::new("sso_sidecar_session", false);
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::COOKIE,
-            HeaderValue::from_bytes(b"pref=caf\xc3\xa9; sso_sidecar_session=SID").unwrap(),
-        );
-        h.append(
-            header::COOKIE,
-            HeaderValue::from_bytes(b"lang=\xe9t\xe9").unwrap(),
-        );
-        assert_eq!(jar.get(&h, "sso_sidecar_session").as_deref(), Some("SID"));
-        jar.strip(&mut h);
-        assert_eq!(h.get_all(header::COOKIE).iter().count(), 1);
-        assert_eq!(
-            h[header::COOKIE].as_bytes(),
-            b"pref=caf\xc3\xa9; lang=\xe9t\xe9"
-        );
-    }
-
-    #[test]
-    fn set_cookie_has_the_safe_attributes() {
-        let jar = CookieJar::new("sso_sidecar_session", false);
-        let v = jar.set("sso_sidecar_session", "abc", 3600, true);
-        let s = v.to_str().unwrap();
-        for attr in [
-            "sso_sidecar_session=abc",
-            "HttpOnly",
-            "SameSite=Lax",
-            "Path=/",
-            "Max-Age=3600",
-            "Secure",
-        ] {
-            assert!(s.contains(attr), "{attr} missing in {s}");
-        }
-        assert!(!s.contains("Domain"), "{s}");
-        assert!(!jar
-            .set("x", "y", 10, false)
-            .to_str()
-            .unwrap()
-            .contains("Secure"));
-        assert!(jar
-            .clear("x", false)
-            .to_str()
-            .unwrap()
-            .contains("Max-Age=0"));
-    }
-
-    #[test]
-    fn own_cookies_are_read_and_stripped_others_kept() {
-        let jar = CookieJar::new("sso_sidecar_session", false);
-        let mut h = HeaderMap::new();
-        h.append(
-            header::COOKIE,
-            HeaderValue::from_static("a=1; sso_sidecar_session=SID; b=2"),
-        );
-        h.append(
-            header::COOKIE,
-            HeaderValue::from_static("sso_sidecar_session_state=ST; c=3"),
-        );
-        assert_eq!(jar.get(&h, "sso_sidecar_session").as_deref(), Some("SID"));
-        assert_eq!(
-            jar.get(&h, "sso_sidecar_session_state").as_deref(),
-            Some("ST")
-        );
-        jar.strip(&mut h);
-        assert_eq!(h.get_all(header::COOKIE).iter().count(), 1);
-        assert_eq!(h[header::COOKIE], "a=1; b=2; c=3");
-        let mut only = HeaderMap::new();
-        only.insert(
-            header::COOKIE,
-            HeaderValue::from_static("sso_sidecar_session=SID"),
-        );
-        jar.strip(&mut only);
-        assert!(only.get(header::COOKIE).is_none());
-    }
-
-    #[test]
-    fn a_unicode_space_before_a_prefixed_name_is_not_our_cookie() {
-        let jar = CookieJar::new("sso_sidecar_session", true);
-        for space in ["\u{2000}", "\u{00a0}", "\u{3000}", "\u{85}"] {
-            let planted = format!("{space}__Host-sso_sidecar_session=T");
-            let mut h = HeaderMap::new();
-            h.insert(
-                header::COOKIE,
-                HeaderValue::from_bytes(planted.as_bytes()).unwrap(),
-            );
-            assert_eq!(jar.get(&h, &jar.session), None, "{planted:?} alone");
-            assert_eq!(jar.get(&h, &jar.state), None);
-            let both = format!("{planted}; __Host-sso_sidecar_session=A; x=1");
-            h.insert(
-                header::COOKIE,
-                HeaderValue::from_bytes(both.as_bytes()).unwrap(),
-            );
-            assert_eq!(
-                jar.get(&h, &jar.session).as_deref(),
-                Some("A"),
-                "{both:?}: the real cookie is read, the planted one is not a second copy"
-            );
-            jar.strip(&mut h);
-            assert_eq!(
-                h[header::COOKIE],
-                "x=1",
-                "the planted cookie is stripped too"
-            );
-        }
-    }
-
-    #[test]
-    fn reading_a_cookie_agrees_with_a_full_parse() {
-        let jar = CookieJar::new("sid", false);
-        for header in [
-            "sid=A",
-            "x=1;sid=B",
-            "  sid =  C  ; sid=second",
-            "s%69d=D",
-            "s%69d=D; sid=D2",
-            "__Host%2Dsid=D3",
-            "x=%41; sid=%45",
-            "sidx=1; xsid=2; sid=F",
-            "sid",
-            "=sid; sid=G",
-            "sid=\"H\"",
-            "a=1;;; sid=I=J",
-            "sid= K ",
-            "sid=L%20M; sid=other",
-            "sid=\"N",
-            "sid=; sid=P",
-            " sid=Q",
-            "x; sid=R",
-            "sid=S T",
-            "",
-        ] {
-            let mut h = HeaderMap::new();
-            h.insert(header::COOKIE, HeaderValue::from_str(header).unwrap());
-            // Names as sent (`s%69d` is not `sid`), values decoded.
-            let all: Vec<String> = Cookie::split_parse(header)
-                .zip(Cookie::split_parse_encoded(header))
-                .filter_map(|(raw, decoded)| Some((raw.ok()?, decoded.ok()?)))
-                .filter(|(raw, _)| raw.name() == "sid")
-                .map(|(_, c)| c.value().to_owned())
-                .collect();
-            // Present twice = absent (cookie tossing).
-            let full = (all.len() == 1).then(|| all[0].clone());
-            assert_eq!(jar.get(&h, "sid"), full, "{header}");
-        }
-    }
-}
+mod tests;

@@ -665,3 +665,25 @@ async fn a_session_holds_at_most_its_cap_of_tunnels() {
     .await;
     assert!(reopened.is_ok(), "a closed tunnel kept its place");
 }
+
+/// The upstream cannot set the sidecar's own cookies (a backend that reflects a name and value,
+/// or is made to, would plant another person's session in the browser: `__Host-` does not stop
+/// a same-origin response); its other cookies reach the browser. With a session, and on a
+/// public path without one.
+#[tokio::test]
+async fn the_upstream_cannot_set_the_sidecars_own_cookies() {
+    let m = mock_pair(&[("SSO_SIDECAR_PATHS__PUBLIC", "/public/*")]).await;
+    let cookie = session_header(&mock_login(&m, &m.a.sidecar, "alice", "sid-1").await);
+    let query = "c=sso_sidecar_session%3Dplanted%3B%20Path%3D%2F&c=theme%3Ddark&c=sso_sidecar_session_state%3Dx";
+    for (path, headers) in [
+        ("/cookies", vec![("cookie", cookie.as_str())]),
+        ("/public/cookies", vec![]),
+    ] {
+        let r = get(&m.a.sidecar.url(&format!("{path}?{query}")), &headers)
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        let set: Vec<_> = r.headers().get_all("set-cookie").iter().collect();
+        assert_eq!(set, ["theme=dark"], "{path}");
+    }
+}
