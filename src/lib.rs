@@ -40,7 +40,7 @@ pub mod store;
 pub mod telemetry;
 pub mod tls;
 
-use config::{AuthMode, Config};
+use config::{AuthMode, Config, IdentityMode};
 use std::future::Future;
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -249,10 +249,13 @@ pub async fn run(
             c.upstream_queue,
         )
         .map_err(StartError::Upstream)?;
+        let pass_through_strip = (oidc.is_none() && config.identity == IdentityMode::Headers)
+            .then(|| identity::headers::HeaderIdentity::new(config.auth.headers.clone()));
         apps.push(Arc::new(router::App::new(
             upstream,
             metrics.clone(),
             oidc.clone(),
+            pass_through_strip,
         )));
     }
     let admin = Arc::new(admin::Admin {

@@ -12,6 +12,7 @@ use crate::auth::flow::Auth;
 use crate::auth::gate::Decision;
 use crate::error::{wants_html, Error};
 use crate::http_json::error_chain;
+use crate::identity::headers::HeaderIdentity;
 use crate::identity::{Caller, Identity, Outbound, Outcome};
 use crate::metrics::Metrics;
 use crate::proxy::headers::{self, Peer};
@@ -62,20 +63,37 @@ pub struct App {
     upstream: Upstream,
     metrics: Arc<Metrics>,
     oidc: Option<Arc<Oidc>>,
+    /// Pass-through (`AUTH_MODE=token`) in front of a backend that trusts identity headers
+    /// (`identity = "headers"`): the clients' own copies are removed all the same. The sidecar
+    /// authenticates no one then, but must not let anyone name themselves to that backend
+    /// (a `.env` not found leaves `AUTH_MODE` at `token`).
+    pass_through_strip: Option<std::sync::RwLock<Arc<HeaderIdentity>>>,
 }
 
 impl App {
-    pub fn new(upstream: Upstream, metrics: Arc<Metrics>, oidc: Option<Arc<Oidc>>) -> Self {
+    pub fn new(
+        upstream: Upstream,
+        metrics: Arc<Metrics>,
+        oidc: Option<Arc<Oidc>>,
+        pass_through_strip: Option<HeaderIdentity>,
+    ) -> Self {
         App {
             upstream,
             metrics,
             oidc,
+            pass_through_strip: pass_through_strip.map(|h| std::sync::RwLock::new(Arc::new(h))),
         }
     }
 
-    /// Applies the reloadable settings to this worker's own state (its upstream).
+    /// Applies the reloadable settings to this worker's own state (its upstream, and the
+    /// identity header names a pass-through removes).
     pub fn reload(&self, r: &crate::config::Reloadable) {
         self.upstream.set_timeout(r.upstream_timeout);
+        if let Some(names) = &self.pass_through_strip {
+            // A poisoned lock still holds a whole value.
+            let mut names = names.write().unwrap_or_else(|p| p.into_inner());
+            *names = Arc::new(names.renamed(r.headers.clone()));
+        }
     }
 
     /// Not an `async fn`, for the reason given at `proxy::pool::Pool::send`: every client
@@ -138,9 +156,18 @@ impl App {
     }
 
     async fn proxy(&self, req: Request<RequestBody>, peer: Peer) -> Result<Outcome, Error> {
+        let strip = self
+            .pass_through_strip
+            .as_ref()
+            .map(|n| n.read().unwrap_or_else(|p| p.into_inner()).clone());
+        let prepare = move |h: &mut http::HeaderMap| {
+            if let Some(names) = &strip {
+                names.strip(h);
+            }
+        };
         let r = self
             .upstream
-            .forward(req, peer, None, |_| {}, || None, || None)
+            .forward(req, peer, None, prepare, || None, || None)
             .await?;
         let status = r.status().as_u16();
         Ok((r.map(Either::Left), Some(status)))

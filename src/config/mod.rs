@@ -185,7 +185,7 @@ pub fn load(inputs: Inputs) -> Result<Config, ConfigErrors> {
             ));
         }
     }
-    let env_file = env_path.is_file().then_some(env_path);
+    let env_file = env_path.is_file().then(|| env_path.clone());
     let mut vars = Vars::layer(dotenv, inputs.env.clone());
     vars.resolve_secret_files(&mut problems);
 
@@ -311,6 +311,16 @@ pub fn load(inputs: Inputs) -> Result<Config, ConfigErrors> {
             }
             if openrag.auth_mode == AuthMode::Token {
                 warnings.extend(suggest::token_mode_ignores(&v, &vars));
+                if vars.non_empty("AUTH_MODE").is_none() && env_file.is_none() {
+                    // OpenRag's `.env` not found (another working directory, a unit file
+                    // without one): the pass-through is then a surprise, not a choice.
+                    warnings.push(format!(
+                        "AUTH_MODE is not set and no .env was found at {}: the sidecar passes every \
+                         request through and authenticates nothing (set AUTH_MODE=oidc, or \
+                         SSO_SIDECAR_ENV_FILE to OpenRag's .env)",
+                        env_path.display()
+                    ));
+                }
             }
             if let Some(o) = &openrag.oidc {
                 warnings.extend(suggest::plain_http_idp(&o.issuer));

@@ -380,7 +380,7 @@ pub fn token_mode_ignores(
         "with AUTH_MODE=token the sidecar authenticates nothing and passes every request through";
     if v.identity == super::IdentityMode::Headers {
         out.push(format!(
-            "{pass}: SSO_SIDECAR_IDENTITY=headers sends no identity, and a client's own X-Forwarded-User reaches the backend (set AUTH_MODE=oidc)"
+            "{pass}: SSO_SIDECAR_IDENTITY=headers sends no identity (the clients' own identity headers are removed; set AUTH_MODE=oidc)"
         ));
     }
     if !v.auth.authz.rules.is_empty() {

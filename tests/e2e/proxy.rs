@@ -103,6 +103,34 @@ async fn hop_by_hop_and_connection_named_headers_never_reach_the_upstream() {
     assert_eq!(h["x-forwarded-for"][0], "127.0.0.1");
 }
 
+/// Pass-through (`AUTH_MODE=token`) in front of a backend that trusts identity headers: the
+/// sidecar authenticates no one, and must not let a client name itself either (a `.env` not
+/// found leaves `AUTH_MODE` at `token`): its identity headers are removed in every spelling.
+#[tokio::test]
+async fn a_pass_through_removes_the_clients_identity_headers_for_a_headers_backend() {
+    let up = Upstream::start();
+    let sc = InProcess::start(&[
+        ("SSO_SIDECAR_UPSTREAM", &up.url()),
+        ("SSO_SIDECAR_IDENTITY", "headers"),
+    ])
+    .await;
+    let spoof = [
+        ("x-forwarded-user", "admin"),
+        ("X_Forwarded_Email", "admin@example.test"),
+        ("x-forwarded-groups", "admins"),
+        ("x-kept", "yes"),
+    ];
+    let h = json(&get(&sc.url("/echo"), &spoof).await.unwrap())["headers"].clone();
+    for name in [
+        "x-forwarded-user",
+        "x_forwarded_email",
+        "x-forwarded-groups",
+    ] {
+        assert!(h.get(name).is_none(), "{name} reached the backend: {h}");
+    }
+    assert_eq!(h["x-kept"][0], "yes");
+}
+
 #[tokio::test]
 async fn forwarding_headers_are_believed_only_from_trusted_proxies() {
     let up = Upstream::start();

@@ -676,8 +676,8 @@ async fn the_upstream_cannot_set_the_sidecars_own_cookies() {
     let cookie = session_header(&mock_login(&m, &m.a.sidecar, "alice", "sid-1").await);
     let query = "c=sso_sidecar_session%3Dplanted%3B%20Path%3D%2F&c=theme%3Ddark&c=sso_sidecar_session_state%3Dx";
     for (path, headers) in [
-        ("/cookies", vec![("cookie", cookie.as_str())]),
-        ("/public/cookies", vec![]),
+        ("/set-cookies", vec![("cookie", cookie.as_str())]),
+        ("/public/set-cookies", vec![]),
     ] {
         let r = get(&m.a.sidecar.url(&format!("{path}?{query}")), &headers)
             .await

@@ -8,7 +8,7 @@ Binds 127.0.0.1 on the given port (0 = a free one), prints "READY <port>" on std
   GET  /sse?n=N&interval_ms=M   N server-sent events, M ms apart, each flushed at once
   GET  /slow?ms=M        answers after M ms
   GET  /status?code=C    answers with status C
-  GET  .../cookies?c=N=V sets each c as a Set-Cookie line (a backend setting cookies, any name)
+  GET  .../set-cookies?c=N=V sets each c as a Set-Cookie line (a backend setting cookies, any name)
   GET  /ws               WebSocket echo (text and binary frames)
   GET  /switch           101 Switching Protocols (Upgrade: h2c) whatever was asked
   GET  /__conns          {"connections": N}: TCP connections accepted so far
@@ -129,7 +129,7 @@ class Handler(BaseHTTPRequestHandler):
             self.read_body(keep=False)
             time.sleep(int(q.get("ms", "1000")) / 1000)
             return self.send_json({"slept_ms": int(q.get("ms", "1000"))})
-        if path.endswith("/cookies"):
+        if path.endswith("/set-cookies"):
             self.read_body(keep=False)
             body = b"{}"
             self.send_response(200)

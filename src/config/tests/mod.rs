@@ -175,7 +175,10 @@ fn unknown_prefixed_variables_warn_instead_of_failing() {
     let c = load(inputs(
         dir.path(),
         None,
-        &[("SSO_SIDECAR_SERVICE_PORT", "tcp://10.0.0.1:80")],
+        &[
+            ("SSO_SIDECAR_SERVICE_PORT", "tcp://10.0.0.1:80"),
+            ("AUTH_MODE", "token"),
+        ],
     ))
     .unwrap();
     assert_eq!(
@@ -198,4 +201,28 @@ fn a_toml_syntax_error_is_placed_without_quoting_the_line() {
         assert!(!e.contains("s3cret-pw"), "{e}");
         assert!(e.contains("line") && e.contains("column"), "{e}");
     }
+}
+
+/// `AUTH_MODE` unset and no `.env` where one was looked for: the pass-through it leaves is
+/// named, with the path looked at (not when `AUTH_MODE` is set, or a `.env` was read).
+#[test]
+fn a_pass_through_nobody_asked_for_is_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let warned = |c: &Config| {
+        c.warnings
+            .iter()
+            .any(|w| w.contains("AUTH_MODE is not set"))
+    };
+    let c = load(inputs(dir.path(), None, &[])).unwrap();
+    assert!(warned(&c), "{:?}", c.warnings);
+    let all = c.warnings.join("\n");
+    assert!(
+        all.contains(&dir.path().join(".env").display().to_string()),
+        "{all}"
+    );
+    let c = load(inputs(dir.path(), None, &[("AUTH_MODE", "token")])).unwrap();
+    assert!(!warned(&c), "{:?}", c.warnings);
+    std::fs::write(dir.path().join(".env"), "AUTH_TOKEN=x\n").unwrap();
+    let c = load(inputs(dir.path(), None, &[])).unwrap();
+    assert!(!warned(&c), "{:?}", c.warnings);
 }
