@@ -123,12 +123,35 @@ fn run(config: Config) -> ExitCode {
 }
 
 fn bind(config: &Config) -> Result<sso_sidecar::Listeners, String> {
+    let public_error = |e: std::io::Error| {
+        format!(
+            "cannot listen on {} (SSO_SIDECAR_LISTEN): {e}{}",
+            config.listen,
+            in_use_hint(&e)
+        )
+    };
+    // First alone, then dropped: the shared socket below would join any other process of
+    // this user listening with SO_REUSEPORT there (a second sidecar), and the kernel would
+    // split the connections between the two without a word.
+    drop(sso_sidecar::server::listen(config.listen, false).map_err(public_error)?);
     // Shared (SO_REUSEPORT) so that each worker thread can listen on its own socket.
-    let public = sso_sidecar::server::listen(config.listen, true)
-        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
-    let admin = sso_sidecar::server::listen(config.admin_listen, false)
-        .map_err(|e| format!("cannot listen on {} (admin): {e}", config.admin_listen))?;
+    let public = sso_sidecar::server::listen(config.listen, true).map_err(public_error)?;
+    let admin = sso_sidecar::server::listen(config.admin_listen, false).map_err(|e| {
+        format!(
+            "cannot listen on {} (SSO_SIDECAR_ADMIN_LISTEN): {e}{}",
+            config.admin_listen,
+            in_use_hint(&e)
+        )
+    })?;
     Ok(sso_sidecar::Listeners { public, admin })
+}
+
+fn in_use_hint(e: &std::io::Error) -> &'static str {
+    if e.kind() == std::io::ErrorKind::AddrInUse {
+        " (another process listens there: another sso-sidecar, or the backend itself?)"
+    } else {
+        ""
+    }
 }
 
 /// Completes on SIGTERM (Kubernetes) or SIGINT (Ctrl-C).

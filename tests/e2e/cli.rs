@@ -500,3 +500,51 @@ fn variables_that_are_not_utf8_are_named_not_a_panic() {
         says(&err, &[&format!("{read} is not valid UTF-8")]);
     }
 }
+
+/// A second sidecar on the first one's public port fails at start, naming the setting: its
+/// SO_REUSEPORT socket would otherwise have joined the first one's, and the kernel split the
+/// connections between two processes (sessions in memory then lost at random).
+#[tokio::test]
+async fn a_second_sidecar_on_the_same_port_fails_instead_of_sharing_it() {
+    let up = Upstream::start();
+    let first =
+        Sidecar::start(&[("SSO_SIDECAR_UPSTREAM", &up.url()), ("AUTH_MODE", "token")]).await;
+    let listen = first.addr.to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let mut second = sidecar_command(
+        dir.path(),
+        &[
+            ("SSO_SIDECAR_UPSTREAM", &up.url()),
+            ("AUTH_MODE", "token"),
+            ("SSO_SIDECAR_LISTEN", &listen),
+            ("SSO_SIDECAR_ADMIN_LISTEN", "127.0.0.1:0"),
+        ],
+    )
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let started = std::time::Instant::now();
+    while second.try_wait().unwrap().is_none() {
+        if started.elapsed() > std::time::Duration::from_secs(10) {
+            second.kill().unwrap();
+            panic!("a second sidecar started on {listen}, the first one's port");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let out = second.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    says(
+        &said,
+        &["SSO_SIDECAR_LISTEN", "another process listens there"],
+    );
+    // The first still serves.
+    let r = get(&first.url("/echo"), &[]).await.unwrap();
+    assert_eq!(r.status(), 200);
+}
