@@ -170,6 +170,9 @@ impl From<ListOrCsv> for StringList {
     fn from(v: ListOrCsv) -> Self {
         let items = match v {
             ListOrCsv::List(l) => l,
+            // `[]` in a variable is the empty list, as in TOML (start-up's own advice says
+            // to write it); taken as an entry it was refused as a path or an address.
+            ListOrCsv::Csv(s) if s.trim() == "[]" => Vec::new(),
             ListOrCsv::Csv(s) => s.split(',').map(str::to_owned).collect(),
         };
         StringList(

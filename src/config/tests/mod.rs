@@ -226,3 +226,22 @@ fn a_pass_through_nobody_asked_for_is_warned_about() {
     let c = load(inputs(dir.path(), None, &[])).unwrap();
     assert!(!warned(&c), "{:?}", c.warnings);
 }
+
+/// `[]` in a variable is the empty list (start-up's advice for `paths.public` says to write it):
+/// it was taken as one entry and refused as a path or an address.
+#[test]
+fn an_empty_list_in_a_variable_is_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = load(inputs(
+        dir.path(),
+        None,
+        &[
+            ("SSO_SIDECAR_PATHS__PUBLIC", " [] "),
+            ("SSO_SIDECAR_TRUSTED_PROXIES", "[]"),
+            ("AUTH_MODE", "token"),
+        ],
+    ))
+    .unwrap();
+    assert!(c.auth.paths.public.0.is_empty());
+    assert!(c.proxy.trusted_proxies.is_empty());
+}
