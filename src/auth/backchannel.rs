@@ -67,10 +67,11 @@ impl Auth {
             TokenError::Jwt(e) => LogoutError::Invalid(e.to_string()),
             e => LogoutError::Unavailable(e.to_string()),
         })?;
-        if let Some(typ) = &verified.header.typ {
-            if !typ.eq_ignore_ascii_case("logout+jwt") && !typ.eq_ignore_ascii_case("jwt") {
-                return Err(LogoutError::Invalid(format!("typ {typ:?}")));
-            }
+        if !typ_ok(verified.header.typ.as_deref()) {
+            return Err(LogoutError::Invalid(format!(
+                "typ {:?}",
+                verified.header.typ.as_deref().unwrap_or_default()
+            )));
         }
         let settings = &self.provider.settings;
         let (sid, sub, jti) = check_claims(
@@ -150,12 +151,12 @@ pub fn check_claims(
     if !aud_ok {
         return Err("aud does not contain the client id".into());
     }
-    let iat = c.get("iat").and_then(Value::as_i64).ok_or("iat missing")?;
+    let iat = c.get("iat").and_then(numeric_date).ok_or("iat missing")?;
     if iat > now + CLOCK_SKEW_SECS || iat < now - MAX_AGE_SECS {
         return Err("iat is outside the accepted window".into());
     }
     if let Some(exp) = c.get("exp") {
-        let exp = exp.as_i64().ok_or("exp is not a number")?;
+        let exp = numeric_date(exp).ok_or("exp is not a number")?;
         if exp.saturating_add(CLOCK_SKEW_SECS) < now {
             return Err("expired".into());
         }
@@ -178,6 +179,31 @@ pub fn check_claims(
         return Err("neither sid nor sub".into());
     }
     Ok((sid, sub, jti.to_owned()))
+}
+
+/// A logout token's `typ`, when it has one: `logout+jwt` (Back-Channel Logout 1.0 §2.4), with
+/// or without the `application/` prefix RFC 7515 §4.1.9 lets it carry, or plain `JWT` (IdPs of
+/// the draft versions). Any other type is another kind of token, refused.
+fn typ_ok(typ: Option<&str>) -> bool {
+    let Some(typ) = typ else {
+        return true;
+    };
+    let short = match typ.get(..12) {
+        Some(prefix) if prefix.eq_ignore_ascii_case("application/") => &typ[12..],
+        _ => typ,
+    };
+    short.eq_ignore_ascii_case("logout+jwt") || short.eq_ignore_ascii_case("jwt")
+}
+
+/// A NumericDate (RFC 7519 §2): seconds, which may have a fraction (`1700000000.5`), taken
+/// down to the whole second.
+fn numeric_date(v: &Value) -> Option<i64> {
+    v.as_i64().or_else(|| {
+        let f = v.as_f64()?;
+        // Bounded before the cast (which saturates anyway): no NaN or infinity in JSON.
+        f.is_finite()
+            .then(|| f.floor().clamp(i64::MIN as f64, i64::MAX as f64) as i64)
+    })
 }
 
 #[cfg(test)]
@@ -209,6 +235,36 @@ mod tests {
         let mut t = good();
         t["exp"] = json!(i64::MAX);
         assert!(check(&t).is_ok());
+    }
+
+    /// Conforming IdPs' spellings pass: `typ` with its media-type prefix, NumericDates with a
+    /// fraction (both were refused: a conforming IdP's logouts got 400, its sessions lived on).
+    #[test]
+    fn conforming_spellings_of_typ_and_dates_pass() {
+        for typ in [
+            None,
+            Some("logout+jwt"),
+            Some("application/logout+jwt"),
+            Some("JWT"),
+            Some("Application/Logout+JWT"),
+        ] {
+            assert!(typ_ok(typ), "{typ:?}");
+        }
+        for typ in [
+            "at+jwt",
+            "application/at+jwt",
+            "application/",
+            "logout+jwt2",
+            "applicatioé/jwt",
+        ] {
+            assert!(!typ_ok(Some(typ)), "{typ}");
+        }
+        let mut t = good();
+        t["iat"] = json!(1000.5);
+        t["exp"] = json!(1100.25);
+        assert!(check(&t).is_ok());
+        t["exp"] = json!(900.5);
+        assert!(check(&t).is_err(), "a fractional exp long past");
     }
 
     #[test]

@@ -78,6 +78,18 @@ impl Auth {
         resp
     }
 
+    /// RFC 9207 (mix-up defence): when the IdP names itself in the callback, it must be our
+    /// issuer; an IdP that says it always does (its metadata) must have done so.
+    fn iss_ok(&self, q: &std::collections::HashMap<String, String>) -> bool {
+        match q.get("iss") {
+            Some(iss) => *iss == self.provider.settings.issuer,
+            None => !self
+                .provider
+                .metadata()
+                .is_some_and(|m| m.authorization_response_iss_parameter_supported),
+        }
+    }
+
     /// The logins in flight in this browser other than the one this callback names.
     fn others_in_flight(&self, parts: &Parts) -> Vec<LoginState> {
         let Some(sealed) = self.cookies.get(&parts.headers, &self.cookies.state) else {
@@ -114,6 +126,12 @@ impl Auth {
             if !ours {
                 return Err(bad("OIDC state mismatch."));
             }
+            // RFC 9207 §2.4 holds for error responses too: another IdP's refusal is not shown
+            // as this one's.
+            if !self.iss_ok(&q) {
+                tracing::warn!("callback iss parameter is missing or not the configured issuer");
+                return Err(bad("OIDC code exchange failed"));
+            }
             let desc = q.get("error_description").map(String::as_str).unwrap_or("");
             tracing::warn!(error = %printable(err), description = %printable(desc), "the IdP refused the login");
             return Err(CallbackError::Idp(format!(
@@ -136,16 +154,7 @@ impl Auth {
         }
         let st: LoginState =
             login_state::take(&mut in_flight, state).ok_or(bad("OIDC state mismatch."))?;
-        // RFC 9207 (mix-up defence): when the IdP names itself, it must be our issuer; an IdP
-        // that says it always does (its metadata) must have done so.
-        let iss_ok = match q.get("iss") {
-            Some(iss) => *iss == self.provider.settings.issuer,
-            None => !self
-                .provider
-                .metadata()
-                .is_some_and(|m| m.authorization_response_iss_parameter_supported),
-        };
-        if !iss_ok {
+        if !self.iss_ok(&q) {
             tracing::warn!("callback iss parameter is missing or not the configured issuer");
             return Err(bad("OIDC code exchange failed"));
         }

@@ -53,6 +53,10 @@ pub enum JwtError {
     UnknownKey(Option<String>),
     #[error("signature does not verify")]
     BadSignature,
+    /// RFC 7515 §4.1.11: a recipient must refuse a token whose `crit` header names extensions
+    /// it does not understand, and this one understands none.
+    #[error("critical header extensions are not supported")]
+    Critical,
 }
 
 /// A verified token: its header and its claims.
@@ -83,7 +87,11 @@ pub fn header(token: &str) -> Result<Header, JwtError> {
 /// their UTF-8; it still refuses duplicate members.
 fn parse_header(segment: &str) -> Result<Header, JwtError> {
     let bytes = b64(segment)?;
-    serde_json::from_slice::<Map<String, Value>>(&bytes).map_err(|_| JwtError::Malformed)?;
+    let members =
+        serde_json::from_slice::<Map<String, Value>>(&bytes).map_err(|_| JwtError::Malformed)?;
+    if members.contains_key("crit") {
+        return Err(JwtError::Critical);
+    }
     serde_json::from_slice(&bytes).map_err(|_| JwtError::Malformed)
 }
 

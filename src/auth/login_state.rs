@@ -50,7 +50,9 @@ pub fn open(keys: &KeyRing, sealed: &str, now: i64, ttl: i64) -> Vec<LoginState>
         .or_else(|_| serde_json::from_slice::<LoginState>(&plain).map(|s| vec![s]))
         .unwrap_or_default();
     all.into_iter()
-        .filter(|s| now - s.created <= ttl && s.created <= now + 5)
+        // A login begun "later" than now: another replica's clock ahead of this one's (by as
+        // much as ID tokens' `iat` may be), not a forgery, which the seal already excludes.
+        .filter(|s| now - s.created <= ttl && s.created <= now + crate::auth::oidc::CLOCK_SKEW_SECS)
         .collect()
 }
 
@@ -168,5 +170,17 @@ mod tests {
         let old = r#"[{"state":"b","nonce":"n","verifier":"v","next":"/","created":1700000000}]"#;
         let opened = open(&keys, &keys.seal(old.as_bytes()), 1_700_000_001, 600);
         assert_eq!(opened[0].begun_ms(), 1_700_000_000_000);
+    }
+
+    /// A login begun on a replica whose clock is ahead (up to the ID tokens' skew) completes
+    /// here; one from beyond it does not. (It was 5 s: a silent re-login landing on a replica
+    /// a few seconds behind failed with an invalid state.)
+    #[test]
+    fn a_login_from_a_replica_whose_clock_is_ahead_completes() {
+        let keys = KeyRing::parse(&crate::crypto::generate_key()).unwrap();
+        let ahead = |by: i64| open(&keys, &seal(&keys, vec![st("a", 1000 + by, 1)]), 1000, 600);
+        assert_eq!(ahead(30).len(), 1);
+        assert_eq!(ahead(crate::auth::oidc::CLOCK_SKEW_SECS).len(), 1);
+        assert!(ahead(crate::auth::oidc::CLOCK_SKEW_SECS + 1).is_empty());
     }
 }

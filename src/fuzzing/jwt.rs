@@ -40,6 +40,12 @@ pub fn jwt(data: &[u8]) {
             assert_eq!(m.get("alg").and_then(Value::as_str), Some(h.alg.as_str()));
             assert_eq!(m.get("kid").and_then(Value::as_str), h.kid.as_deref());
         }
+        Err(jwt::JwtError::Critical) => {
+            let Some(Value::Object(m)) = &header_json else {
+                panic!("header() read {:?} as naming crit", segments[0]);
+            };
+            assert!(m.contains_key("crit"));
+        }
         Err(e) => assert_eq!(e, jwt::JwtError::Malformed),
     }
 

@@ -339,6 +339,23 @@ async fn the_callbacks_iss_must_be_ours_and_present_when_promised() {
         } else {
             refused(&r, "OIDC code exchange failed", extra);
         }
+        // An error response too (RFC 9207 §2.4): another IdP's refusal is not shown as ours.
+        let (state, _, cookie) = begin(&s.sc.sidecar).await;
+        let url = format!(
+            "/auth/callback?error=access_denied&error_description=Mixed+Up&state={}{extra}",
+            urlencode(&state)
+        );
+        let r = get(
+            &s.sc.sidecar.url(&url),
+            &[("cookie", &format!("sso_sidecar_session_state={cookie}"))],
+        )
+        .await
+        .unwrap();
+        let page = String::from_utf8_lossy(r.body()).into_owned();
+        assert_eq!(page.contains("Mixed Up"), ok, "{extra}: {page}");
+        if !ok {
+            refused(&r, "OIDC code exchange failed", extra);
+        }
     }
 }
 

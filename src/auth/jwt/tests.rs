@@ -191,3 +191,17 @@ fn a_header_that_is_not_a_json_object_is_malformed() {
     let t = k.sign(json!(["ES256", "k1"]), claims());
     assert_eq!(verify(&t, &jwks).unwrap_err(), JwtError::Malformed);
 }
+
+/// RFC 7515 §4.1.11: a token naming critical extensions is refused, even well signed, since
+/// none is understood here.
+#[test]
+fn a_token_with_critical_extensions_is_refused() {
+    let k = Es256::new("k1");
+    let jwks = set(vec![k.jwk()]);
+    let t = k.sign(
+        json!({"alg":"ES256","kid":"k1","crit":["exp"],"exp":1}),
+        claims(),
+    );
+    assert_eq!(verify(&t, &jwks).unwrap_err(), JwtError::Critical);
+    assert_eq!(header(&t).unwrap_err(), JwtError::Critical);
+}
