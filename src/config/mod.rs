@@ -330,6 +330,16 @@ pub fn load(inputs: Inputs) -> Result<Config, ConfigErrors> {
             warnings.extend(suggest::trusting_everyone(&v.proxy.trusted_proxies));
             warnings.extend(suggest::shadowed_rules(&v.auth.authz.rules));
             let mut auth = v.auth;
+            // As OpenRag does: its admin UI's origin is one a login may return to.
+            if let Some(ui) = vars.non_empty("INDEXERUI_URL") {
+                match origins::indexer_ui_origin(ui) {
+                    Ok(o) if !auth.allowed_redirect_origins.contains(&o) => {
+                        auth.allowed_redirect_origins.push(o)
+                    }
+                    Ok(_) => {}
+                    Err(w) => warnings.push(w),
+                }
+            }
             // `[authz] groups_claim` defaults to OpenRag's `OIDC_CLAIM_GROUPS`, else `groups`.
             if auth.authz.groups_claim.is_empty() {
                 auth.authz.groups_claim = default_groups_claim(&openrag);

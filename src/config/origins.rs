@@ -70,6 +70,14 @@ impl Settings {
     }
 }
 
+/// OpenRag's `INDEXERUI_URL` (its admin UI's address), which OpenRag adds to the origins a
+/// post-login `next` may name: its origin, or why it cannot be one.
+pub(super) fn indexer_ui_origin(value: &str) -> Result<String, String> {
+    origin_of(value.trim().trim_end_matches('/')).ok_or_else(|| {
+        format!("INDEXERUI_URL '{value}' is not an http(s) origin (scheme://host[:port]): not added to the origins a login may return to")
+    })
+}
+
 /// `o` as browsers serialise an origin (`https://ui.example.com`, default port left out), if
 /// it is one: http(s), a host without wildcard, no path, query or fragment.
 fn origin_of(o: &str) -> Option<String> {

@@ -39,7 +39,7 @@ pub fn distance(a: &str, b: &str) -> usize {
 }
 
 /// OpenRag's variables the sidecar reads (and their `_FILE` twins where they are secrets).
-pub const OPENRAG_VARIABLES: [&str; 19] = [
+pub const OPENRAG_VARIABLES: [&str; 20] = [
     "AUTH_MODE",
     "AUTH_TOKEN",
     "OIDC_ENDPOINT",
@@ -59,6 +59,7 @@ pub const OPENRAG_VARIABLES: [&str; 19] = [
     "RATE_LIMIT_ENABLED",
     "RATE_LIMIT_AUTH",
     "RATE_LIMIT_AUTH_FAILURE",
+    "INDEXERUI_URL",
 ];
 
 /// Every `SSO_SIDECAR_*` variable a setting answers to.

@@ -245,3 +245,25 @@ fn an_empty_list_in_a_variable_is_empty() {
     assert!(c.auth.paths.public.0.is_empty());
     assert!(c.proxy.trusted_proxies.is_empty());
 }
+
+/// OpenRag's `INDEXERUI_URL` is an origin a login may return to, as in OpenRag (its trailing
+/// slash dropped); a value that is no origin (OpenRag's stock placeholder) is warned about.
+#[test]
+fn the_indexer_uis_origin_is_one_a_login_may_return_to() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = |ui: &'static str| [("AUTH_MODE", "token"), ("INDEXERUI_URL", ui)];
+    let c = load(inputs(dir.path(), None, &env("http://10.0.0.5:3042/"))).unwrap();
+    assert_eq!(c.auth.allowed_redirect_origins, ["http://10.0.0.5:3042"]);
+    let c = load(inputs(
+        dir.path(),
+        None,
+        &env("http://X.X.X.X:INDEXERUI_PORT"),
+    ))
+    .unwrap();
+    assert!(c.auth.allowed_redirect_origins.is_empty());
+    assert!(
+        c.warnings.iter().any(|w| w.contains("INDEXERUI_URL")),
+        "{:?}",
+        c.warnings
+    );
+}
