@@ -78,7 +78,9 @@ impl Config {
 
 /// Every problem found, in the order found. Displayed one per line.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigErrors(pub Vec<String>);
+/// The problems, and which files they were read from: a `.env` other than the one meant
+/// (another working directory) is a common cause, and shows only there.
+pub struct ConfigErrors(pub Vec<String>, pub String);
 
 impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -86,8 +88,21 @@ impl fmt::Display for ConfigErrors {
         for p in &self.0 {
             writeln!(f, "  - {p}")?;
         }
-        Ok(())
+        writeln!(f, "  ({})", self.1)
     }
+}
+
+/// Which files a configuration was read from, for [`ConfigErrors`].
+fn files_read(config_file: Option<&Path>, env_path: &Path) -> String {
+    let toml = config_file.map_or("no TOML file".to_owned(), |p| {
+        format!("TOML file {}", p.display())
+    });
+    let env = if env_path.is_file() {
+        format!(".env {}", env_path.display())
+    } else {
+        format!("no .env at {}", env_path.display())
+    };
+    format!("read: {toml}; {env}")
 }
 
 impl std::error::Error for ConfigErrors {}
@@ -363,7 +378,10 @@ pub fn load(inputs: Inputs) -> Result<Config, ConfigErrors> {
                 raw: reload::RawSettings(raw),
             })
         }
-        _ => Err(ConfigErrors(problems)),
+        _ => Err(ConfigErrors(
+            problems,
+            files_read(config_file.as_deref(), &env_path),
+        )),
     }
 }
 

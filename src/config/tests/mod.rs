@@ -267,3 +267,28 @@ fn the_indexer_uis_origin_is_one_a_login_may_return_to() {
         c.warnings
     );
 }
+
+/// A refused configuration says which files it was read from (a `.env` other than the one
+/// meant, or none, is a common cause and showed nowhere).
+#[test]
+fn a_refused_configuration_names_the_files_it_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = load(inputs(dir.path(), None, &[("AUTH_MODE", "nope")]))
+        .err()
+        .unwrap()
+        .to_string();
+    let no_env = format!("no .env at {}", dir.path().join(".env").display());
+    assert!(
+        e.contains("read: no TOML file; ") && e.contains(&no_env),
+        "{e}"
+    );
+    std::fs::write(dir.path().join(".env"), "AUTH_MODE=nope\n").unwrap();
+    let e = load(inputs(dir.path(), None, &[]))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains(&format!(".env {}", dir.path().join(".env").display())),
+        "{e}"
+    );
+}
