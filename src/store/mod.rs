@@ -30,13 +30,19 @@ pub enum Store {
 }
 
 /// Warns once Redis first answers (it may be down at start) if it evicts keys when full;
-/// gives up quietly after five minutes without an answer (readiness says that already).
+/// gives up quietly after five minutes without an answer. That Redis does not answer at start
+/// is said once, at WARN: outside Kubernetes nothing polls `/readyz`, and the first sign
+/// would otherwise be a user's 503.
 async fn warn_if_evicting(store: std::sync::Weak<Store>) {
+    let mut silent = false;
     for _ in 0..60 {
         let Some(s) = store.upgrade() else { return };
         let Store::Redis(r) = &*s else { return };
         match r.eviction().await {
             Ok(servers) => {
+                if silent {
+                    tracing::info!("Redis answers now");
+                }
                 for w in servers
                     .iter()
                     .filter_map(redis::eviction::Eviction::warning)
@@ -44,6 +50,10 @@ async fn warn_if_evicting(store: std::sync::Weak<Store>) {
                     tracing::warn!("{w}");
                 }
                 return;
+            }
+            Err(e) if !silent => {
+                silent = true;
+                tracing::warn!(error = %e, "Redis does not answer (SSO_SIDECAR_REDIS_URL or SSO_SIDECAR_REDIS_NODES): logins and sessions get 503 until it does");
             }
             Err(e) => tracing::debug!(error = %e, "INFO memory: no answer yet"),
         }

@@ -733,6 +733,18 @@ async fn acl_credentials_are_read_from_files() {
     let r = get(&bad.admin_url("/readyz"), &[]).await.unwrap();
     assert_eq!(r.status(), 503);
     assert!(String::from_utf8_lossy(r.body()).contains("session store unreachable"));
+    // And the log says so once, at start, without anyone asking /readyz (outside Kubernetes
+    // nothing does).
+    let started = Instant::now();
+    while !bad.output().contains("Redis does not answer") {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no warning at start: {}",
+            bad.output()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(bad.output().contains("SSO_SIDECAR_REDIS_URL"));
 }
 
 /// A Redis that takes connections but never answers (a blackholed node): connections are made
