@@ -115,7 +115,7 @@ impl Metrics {
         let logins_refused = Family::<ReasonLabel, Counter>::default();
         registry.register(
             "logins_refused",
-            "Logins refused after the IdP authenticated the user (or sessions ended at a refresh), by reason (group, email, email_unverified, not_registered, no_token, email_conflict)",
+            "Logins refused after the IdP authenticated the user (or sessions ended at a refresh), by reason (group, email, email_unverified, not_registered, no_token, email_conflict, idp_session_ended)",
             logins_refused.clone(),
         );
         let rate_limited = Family::<KindLabel, Counter>::default();
@@ -134,8 +134,8 @@ impl Metrics {
         registry.register(
             "connections_refused",
             "Client connections closed at once because a cap was reached, by reason \
-             (max_connections, max_connections_per_ip; max_tunnels counts WebSocket \
-             handshakes answered 429, max_uploads requests with a body answered 429, \
+             (max_connections, max_connections_per_ip, admin_max_connections; max_tunnels \
+             counts WebSocket handshakes answered 429, max_uploads requests with a body answered 429, \
              max_streams event streams answered 429, max_backchannel back-channel logouts \
              answered 503)",
             connections_refused.clone(),
@@ -144,7 +144,8 @@ impl Metrics {
         registry.register(
             "connections_timed_out",
             "Client connections closed by a deadline, by reason (first_byte, idle, send, \
-             tunnel_idle; send also counts HTTP/2 streams reset while the connection lives on)",
+             tunnel_idle, slow_read; send also counts HTTP/2 streams reset while the connection \
+             lives on, slow_read responses cut from a client reading too slowly)",
             connections_closed.clone(),
         );
         let upstream_queued = Counter::default();
