@@ -92,6 +92,31 @@ impl fmt::Display for ConfigErrors {
     }
 }
 
+/// The sidecar's variables whose value in the process environment is wrapped in quotes: a
+/// `.env` file's quotes are taken off as python-dotenv does, but `docker run --env-file`,
+/// Compose's `environment:` lists and Kubernetes keep them, and the value is then read with
+/// them (`OIDC_SCOPES must include 'openid', got '"openid email"'`). Said beside the problems.
+fn quoted_in_environment(env: &[(String, String)]) -> Vec<String> {
+    env.iter()
+        .filter(|(name, _)| {
+            name.starts_with("SSO_SIDECAR_") || suggest::OPENRAG_VARIABLES.contains(&name.as_str())
+        })
+        .filter(|(_, v)| {
+            let v = v.trim();
+            v.len() >= 2
+                && ((v.starts_with('"') && v.ends_with('"'))
+                    || (v.starts_with('\'') && v.ends_with('\'')))
+        })
+        .map(|(name, _)| {
+            format!(
+                "{name} is wrapped in quotes in the process environment, which keeps them (docker \
+                 --env-file, Compose, Kubernetes; only a .env file read by the sidecar has them \
+                 taken off): write the value without quotes"
+            )
+        })
+        .collect()
+}
+
 /// Which files a configuration was read from, for [`ConfigErrors`].
 fn files_read(config_file: Option<&Path>, env_path: &Path) -> String {
     let toml = config_file.map_or("no TOML file".to_owned(), |p| {
@@ -378,10 +403,13 @@ pub fn load(inputs: Inputs) -> Result<Config, ConfigErrors> {
                 raw: reload::RawSettings(raw),
             })
         }
-        _ => Err(ConfigErrors(
-            problems,
-            files_read(config_file.as_deref(), &env_path),
-        )),
+        _ => {
+            problems.extend(quoted_in_environment(&inputs.env));
+            Err(ConfigErrors(
+                problems,
+                files_read(config_file.as_deref(), &env_path),
+            ))
+        }
     }
 }
 

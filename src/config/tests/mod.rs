@@ -292,3 +292,27 @@ fn a_refused_configuration_names_the_files_it_read() {
         "{e}"
     );
 }
+
+/// A value quoted in the process environment (docker --env-file keeps the quotes) fails as it
+/// would, with a line saying the quotes are the cause.
+#[test]
+fn quotes_kept_by_the_environment_are_named_as_the_cause() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = load(inputs(
+        dir.path(),
+        None,
+        &[
+            ("AUTH_MODE", "oidc"),
+            ("OIDC_SCOPES", "\"openid email profile\""),
+            ("OIDC_CLIENT_ID", "plain"),
+        ],
+    ))
+    .err()
+    .unwrap();
+    assert!(
+        e.0.iter()
+            .any(|p| p.starts_with("OIDC_SCOPES is wrapped in quotes")),
+        "{e}"
+    );
+    assert!(!e.to_string().contains("OIDC_CLIENT_ID is wrapped"), "{e}");
+}
