@@ -252,6 +252,7 @@ impl Upstream {
             let h = req.headers_mut();
             headers::remove_hop_by_hop(h);
             headers::join_cookies(h);
+            headers::one_content_length(h);
             headers::set_forwarded(h, peer, address, host.clone());
             prepare(h);
             match (self.preserve_host, host) {

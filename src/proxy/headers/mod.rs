@@ -129,6 +129,23 @@ pub fn join_cookies(headers: &mut HeaderMap) {
     }
 }
 
+/// Keeps one `Content-Length` line: an HTTP/2 request may carry the same length twice (h2
+/// refuses lengths that differ), which would reach the HTTP/1.1 upstream as two lines, and
+/// parsers there (llhttp, under uvicorn) refuse a request so framed.
+pub fn one_content_length(headers: &mut HeaderMap) {
+    if headers
+        .get_all(header::CONTENT_LENGTH)
+        .iter()
+        .nth(1)
+        .is_none()
+    {
+        return;
+    }
+    if let Some(first) = headers.get(header::CONTENT_LENGTH).cloned() {
+        headers.insert(header::CONTENT_LENGTH, first);
+    }
+}
+
 /// True for a valid WebSocket opening handshake (RFC 6455 §4.1): an HTTP/1.1 `GET` with
 /// `Connection: upgrade`, `Upgrade: websocket` and no other protocol, a `Sec-WebSocket-Key` of
 /// 16 bytes in base64 and a `Sec-WebSocket-Version`. It is the only upgrade the sidecar

@@ -445,3 +445,15 @@ fn the_forwarded_chain_ends_at_the_client_the_sidecar_found() {
     assert_eq!(forwarded(&["198.51.100.7, junk"]), "10.0.0.1");
     assert_eq!(forwarded(&[]), "10.0.0.1");
 }
+
+#[test]
+fn a_repeated_content_length_goes_on_as_one_line() {
+    let mut h = map(&[("content-length", "5"), ("content-length", "5"), ("x", "y")]);
+    one_content_length(&mut h);
+    let all: Vec<_> = h.get_all("content-length").iter().collect();
+    assert_eq!(all, ["5"]);
+    assert_eq!(h["x"], "y");
+    let mut h = map(&[("content-length", "7")]);
+    one_content_length(&mut h);
+    assert_eq!(h.get_all("content-length").iter().count(), 1);
+}
