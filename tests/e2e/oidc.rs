@@ -442,10 +442,13 @@ async fn callback_errors_use_openrag_messages_and_delete_the_state_cookie() {
         "sso_sidecar_session_state={}",
         set_cookie(&r, "sso_sidecar_session_state").unwrap()
     );
+    // With the `iss` oidc-provider sends (RFC 9207, its metadata says so): an error response
+    // without it is not shown as this IdP's.
     let refused = |state: &str| {
         sc.url(&format!(
-            "/auth/callback?error=access_denied&error_description=The+user+said+no&state={}",
-            urlencode(state)
+            "/auth/callback?error=access_denied&error_description=The+user+said+no&state={}&iss={}",
+            urlencode(state),
+            urlencode(&w.idp.issuer())
         ))
     };
     let r = get(
