@@ -130,10 +130,11 @@ fn bind(config: &Config) -> Result<sso_sidecar::Listeners, String> {
             in_use_hint(&e)
         )
     };
-    // First alone, then dropped: the shared socket below would join any other process of
-    // this user listening with SO_REUSEPORT there (a second sidecar), and the kernel would
-    // split the connections between the two without a word.
-    drop(sso_sidecar::server::listen(config.listen, false).map_err(public_error)?);
+    // First bound alone (not listening: nothing is accepted on it), then dropped: the shared
+    // socket below would join any other process of this user listening with SO_REUSEPORT
+    // there (a second sidecar), and the kernel would split the connections between the two
+    // without a word.
+    drop(sso_sidecar::server::bind_alone(config.listen).map_err(public_error)?);
     // Shared (SO_REUSEPORT) so that each worker thread can listen on its own socket.
     let public = sso_sidecar::server::listen(config.listen, true).map_err(public_error)?;
     let admin = sso_sidecar::server::listen(config.admin_listen, false).map_err(|e| {

@@ -388,10 +388,8 @@ mod tests {
             ("/admin/*", "/%2561dmin/users"),
         ] {
             let a = ruled(rule);
-            let Ok(uri) = request.parse::<http::Uri>() else {
-                // A raw non-ASCII path is not a valid URI to `http`; hyper would refuse it too.
-                continue;
-            };
+            // (Raw UTF-8 in a request target is taken by hyper as it is.)
+            let uri: http::Uri = request.parse().unwrap();
             let p = parts("GET", &uri.to_string(), &[]);
             assert!(!reaches(&a, &p, &[]), "{rule} let {request} through");
             assert!(

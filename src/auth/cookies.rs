@@ -164,7 +164,21 @@ impl CookieJar {
     /// that reflects a name and value (or is made to) would otherwise plant another person's
     /// session or login state in the browser (session fixation).
     pub fn drop_own_set_cookies(&self, headers: &mut HeaderMap) {
-        let own = |v: &HeaderValue| self.is_own(v.as_bytes());
+        let own = |v: &HeaderValue| {
+            let pair = v
+                .as_bytes()
+                .split(|&b| b == b';')
+                .next()
+                .unwrap_or_default();
+            // A nameless cookie (`=sso_sidecar_session=X`): the browser sends its value
+            // alone, `sso_sidecar_session=X`, which reads as ours.
+            let nameless = pair
+                .iter()
+                .position(|&b| b == b'=')
+                .filter(|&i| pair[..i].trim_ascii().is_empty())
+                .map(|i| &pair[i + 1..]);
+            self.is_own(pair) || nameless.is_some_and(|value| self.is_own(value))
+        };
         if !headers.get_all(header::SET_COOKIE).iter().any(own) {
             return;
         }
@@ -178,7 +192,24 @@ impl CookieJar {
         for v in kept {
             headers.append(header::SET_COOKIE, v);
         }
-        tracing::warn!("the upstream set one of the sidecar's own cookies: dropped");
+        // Once a minute at most: a backend doing it on every response must not flood the log.
+        static SAID_AT: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(i64::MIN);
+        let now = crate::clock::now_unix();
+        let said = SAID_AT.load(std::sync::atomic::Ordering::Relaxed);
+        if now.saturating_sub(said) >= 60
+            && SAID_AT
+                .compare_exchange(
+                    said,
+                    now,
+                    std::sync::atomic::Ordering::Relaxed,
+                    std::sync::atomic::Ordering::Relaxed,
+                )
+                .is_ok()
+        {
+            tracing::warn!(
+                "the upstream set one of the sidecar's own cookies: dropped (said once a minute)"
+            );
+        }
     }
 }
 

@@ -128,6 +128,14 @@ pub fn stored(s: &Session, groups_claim: &str) -> Map<String, Value> {
     if let Some(email) = &s.email {
         m.insert("email".into(), Value::from(email.as_str()));
     }
+    // Not judged by `[authz]`, but kept so that [`apply`] of a profile completed from this one
+    // (`judged_without_userinfo`) leaves them as they were.
+    if let Some(name) = &s.name {
+        m.insert("name".into(), Value::from(name.as_str()));
+    }
+    if let Some(username) = &s.preferred_username {
+        m.insert("preferred_username".into(), Value::from(username.as_str()));
+    }
     if let Some(verified) = s.email_verified {
         m.insert("email_verified".into(), Value::from(verified));
     }
@@ -211,5 +219,19 @@ mod tests {
             "the kept groups when it says none"
         );
         assert!(judged_without_userinfo(ClaimSource::Userinfo, claims, &s, "g").is_none());
+        // Applied, it changes the groups the token names and nothing else.
+        s.name = Some("Alice".into());
+        s.preferred_username = Some("al".into());
+        let judged = judged_without_userinfo(ClaimSource::IdToken, claims, &s, "g").unwrap();
+        apply(&mut s, &judged, "g");
+        assert_eq!(s.groups, ["alumni"]);
+        assert_eq!(
+            (
+                s.email.as_deref(),
+                s.name.as_deref(),
+                s.preferred_username.as_deref()
+            ),
+            (Some("a@x.test"), Some("Alice"), Some("al"))
+        );
     }
 }

@@ -360,16 +360,33 @@ impl Auth {
                     super::profile::apply(s, &p, &self.settings().authz.groups_claim);
                     Some(p)
                 }
+                // Userinfo, the profile's source, answering for someone else with this
+                // session's new access token: as an ID token naming another subject, the
+                // session ends. (With `id_token`, userinfo only completes it, and is ignored.)
+                Err(super::profile::ProfileError::OtherSubject)
+                    if self.provider.settings.claim_source
+                        == crate::config::ClaimSource::Userinfo =>
+                {
+                    return Err(TokenError::Claims(
+                        "userinfo names another subject at refresh".into(),
+                    ))
+                }
                 Err(e) => {
                     tracing::warn!(sub = %s.sub, error = %e, "profile not updated at refresh");
-                    // `[authz]` still judges what the new ID token says (its groups), over
-                    // the profile kept since the login for what it does not say.
-                    super::profile::judged_without_userinfo(
+                    // What the new ID token says (its groups) still counts, over the profile
+                    // kept since the login for what it does not say: `[authz]` judges it, and
+                    // the session's groups (path rules, headers) follow it.
+                    let groups_claim = &self.settings().authz.groups_claim;
+                    let judged = super::profile::judged_without_userinfo(
                         self.provider.settings.claim_source,
                         &claims,
                         s,
-                        &self.settings().authz.groups_claim,
-                    )
+                        groups_claim,
+                    );
+                    if let Some(p) = &judged {
+                        super::profile::apply(s, p, groups_claim);
+                    }
+                    judged
                 }
             };
             renewed = Some(Renewed {
@@ -387,6 +404,11 @@ impl Auth {
                         claims: None,
                         profile: Some(p),
                     });
+                }
+                Some(Err(super::profile::ProfileError::OtherSubject)) => {
+                    return Err(TokenError::Claims(
+                        "userinfo names another subject at refresh".into(),
+                    ))
                 }
                 Some(Err(e)) => {
                     tracing::warn!(sub = %s.sub, error = %e, "profile not updated at refresh")

@@ -127,6 +127,19 @@ pub fn listen(addr: SocketAddr, shared: bool) -> std::io::Result<TcpListener> {
     socket.listen(1024)
 }
 
+/// A socket bound to `addr` without `SO_REUSEPORT` and not listening: it fails with
+/// `AddrInUse` when another socket listens there, even one that would share the address.
+pub fn bind_alone(addr: SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    Ok(socket)
+}
+
 /// Serves `listener` until `shutdown` turns true, then drains. Connections get TCP keepalive
 /// only if the listener came from [`listen`].
 pub async fn serve<H, F>(

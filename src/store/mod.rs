@@ -51,11 +51,13 @@ async fn warn_if_evicting(store: std::sync::Weak<Store>) {
                 }
                 return;
             }
-            Err(e) if !silent => {
+            // A Redis that answers but refuses `INFO` (an ACL without it) serves sessions:
+            // only one that does not answer a `PING` either is said to be down.
+            Err(e) if !silent && r.ping().await.is_err() => {
                 silent = true;
                 tracing::warn!(error = %e, "Redis does not answer (SSO_SIDECAR_REDIS_URL or SSO_SIDECAR_REDIS_NODES): logins and sessions get 503 until it does");
             }
-            Err(e) => tracing::debug!(error = %e, "INFO memory: no answer yet"),
+            Err(e) => tracing::debug!(error = %e, "INFO memory: no answer"),
         }
         drop(s);
         tokio::time::sleep(std::time::Duration::from_secs(5)).await;

@@ -890,6 +890,41 @@ async fn a_refresh_without_id_token_reads_userinfo_again() {
     assert!(!alive(&m.b.sidecar, &cookie).await, "on every replica");
 }
 
+/// The same refresh, userinfo answering for another subject with the session's new access
+/// token: the session ends, as when a refreshed ID token names someone else; the upstream
+/// never sees the other user.
+#[tokio::test]
+async fn a_refresh_whose_userinfo_names_another_user_ends_the_session() {
+    let m = mock_pair(&[("OIDC_CLAIM_SOURCE", "userinfo")]).await;
+    m.idp.set(|s| {
+        s.login_expires_in = 8;
+        s.userinfo = json!({"sub": "alice", "email": "alice@x.test"});
+    });
+    let cookie = mock_login(&m, &m.a.sidecar, "alice", "sid-1").await;
+    m.idp.set(|s| {
+        s.token_response =
+            json!({"access_token": "at-2", "token_type": "Bearer", "expires_in": 8, "refresh_token": "rt-2"});
+        s.userinfo = json!({"sub": "mallory", "email": "mallory@x.test"});
+    });
+    let start = std::time::Instant::now();
+    loop {
+        let r = get(
+            &m.a.sidecar.url("/v1/x"),
+            &[("cookie", &session_header(&cookie))],
+        )
+        .await
+        .unwrap();
+        if r.status() != 200 {
+            assert_eq!(r.status(), 401);
+            break;
+        }
+        assert!(!String::from_utf8_lossy(r.body()).contains("mallory"));
+        assert!(start.elapsed() < Duration::from_secs(12), "never ended");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(!alive(&m.b.sidecar, &cookie).await, "on every replica");
+}
+
 /// The refresh tokens of a refresh that was answered but whose new ID token cannot be verified
 /// yet (signed with a key the JWKS does not serve, the JWKS answering 503) are kept: later
 /// refreshes spend the new refresh token, not the one the IdP has already spent (an IdP that

@@ -211,13 +211,17 @@ fn the_upstreams_set_cookie_for_our_names_is_dropped() {
         "__Host-sso_sidecar_session=planted; Path=/; Secure",
         " __Host-sso_sidecar_session_state =x",
         "__Host-sso%5Fsidecar%5Fsession=planted",
+        "=__Host-sso_sidecar_session=nameless; Path=/",
+        " = __Host-sso_sidecar_session_state=nameless",
+        "__Host-sso_sidecar_session",
         "b=2",
+        "=c=3",
     ] {
         h.append(header::SET_COOKIE, HeaderValue::from_static(v));
     }
     jar.drop_own_set_cookies(&mut h);
     let left: Vec<_> = h.get_all(header::SET_COOKIE).iter().collect();
-    assert_eq!(left, ["a=1; Path=/", "b=2"]);
+    assert_eq!(left, ["a=1; Path=/", "b=2", "=c=3"]);
     let mut none = HeaderMap::new();
     none.append(header::SET_COOKIE, HeaderValue::from_static("a=1"));
     jar.drop_own_set_cookies(&mut none);

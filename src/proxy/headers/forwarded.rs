@@ -77,15 +77,17 @@ pub fn set_forwarded(
     // left out. The upstream trusts only the sidecar (OpenRag's uvicorn, by default), so it
     // takes the right-most entry for the client: were it the ingress, the backend would charge
     // every user's failed authentications to that one address, and one client's junk bearers
-    // would get everyone 429. The client's entry and those left of it are kept as they came.
-    match client_entry_end(&chain, client) {
-        Some(end) => chain.truncate(end),
-        None => {
-            chain.clear();
-            let mut buf = [0u8; 64];
-            chain.push_str(ip_text(client, &mut buf));
-        }
+    // would get everyone 429. The client's entry is written as a plain address (an ingress
+    // may write `ip:port`, a new key for every connection to a backend reading it as text);
+    // those left of it are kept as they came.
+    let before = client_entry_start(&chain, client)
+        .map_or(0, |start| chain[..start.saturating_sub(1)].trim_end().len());
+    chain.truncate(before);
+    if !chain.is_empty() {
+        chain.push_str(", ");
     }
+    let mut buf = [0u8; 64];
+    chain.push_str(ip_text(client, &mut buf));
     if let Ok(v) = HeaderValue::from_str(&chain) {
         headers.insert(X_FORWARDED_FOR, v);
     }
@@ -165,15 +167,16 @@ pub fn client_ip(headers: &HeaderMap, peer: Peer, trusted: &[IpNet]) -> IpAddr {
     last
 }
 
-/// Where the right-most entry of `chain` naming `client` ends: entries right of it are the
-/// trusted hops [`client_ip`] walked over. `None` when no entry names it (the client is the
-/// peer itself, or the walk stopped at an entry that does not read as an address).
-fn client_entry_end(chain: &str, client: IpAddr) -> Option<usize> {
+/// Where the right-most entry of `chain` naming `client` starts (just after its comma):
+/// entries right of it are the trusted hops [`client_ip`] walked over. `None` when no entry
+/// names it (the client is the peer itself, or the walk stopped at an entry that does not read
+/// as an address).
+fn client_entry_start(chain: &str, client: IpAddr) -> Option<usize> {
     let mut end = chain.len();
     loop {
         let start = chain[..end].rfind(',').map_or(0, |i| i + 1);
         if forwarded_address(chain[start..end].trim()) == Some(client) {
-            return Some(chain[..end].trim_end().len());
+            return Some(start);
         }
         if start == 0 {
             return None;

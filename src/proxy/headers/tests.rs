@@ -433,7 +433,7 @@ fn the_forwarded_chain_ends_at_the_client_the_sidecar_found() {
     );
     assert_eq!(
         forwarded(&["6.6.6.6", "198.51.100.7:4711 ", "10.2.3.4, 10.9.9.9"]),
-        "6.6.6.6, 198.51.100.7:4711"
+        "6.6.6.6, 198.51.100.7"
     );
     // Only trusted hops: the farthest is the client.
     assert_eq!(forwarded(&["10.3.3.3, 10.2.3.4"]), "10.3.3.3");
