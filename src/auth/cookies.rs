@@ -194,18 +194,7 @@ impl CookieJar {
         }
         // Once a minute at most: a backend doing it on every response must not flood the log.
         static SAID_AT: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(i64::MIN);
-        let now = crate::clock::now_unix();
-        let said = SAID_AT.load(std::sync::atomic::Ordering::Relaxed);
-        if now.saturating_sub(said) >= 60
-            && SAID_AT
-                .compare_exchange(
-                    said,
-                    now,
-                    std::sync::atomic::Ordering::Relaxed,
-                    std::sync::atomic::Ordering::Relaxed,
-                )
-                .is_ok()
-        {
+        if crate::clock::turn_every(&SAID_AT, 60) {
             tracing::warn!(
                 "the upstream set one of the sidecar's own cookies: dropped (said once a minute)"
             );

@@ -169,7 +169,7 @@ impl Auth {
 /// with "OIDC state cookie missing." and nothing saying why. Either the Host or a forwarded host
 /// (proxies differ in which one carries the browser's) may match.
 fn warn_if_callback_elsewhere(parts: &Parts, redirect_uri: &url::Url) {
-    static LAST: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+    static LAST: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(i64::MIN);
     let Some(callback) = redirect_uri.host_str() else {
         return;
     };
@@ -183,12 +183,9 @@ fn warn_if_callback_elsewhere(parts: &Parts, redirect_uri: &url::Url) {
     if seen.any(|h| h.eq_ignore_ascii_case(callback)) {
         return;
     }
-    let now = now_unix();
-    let last = LAST.load(std::sync::atomic::Ordering::Relaxed);
-    if now - last < 60 {
+    if !crate::clock::turn_every(&LAST, 60) {
         return;
     }
-    LAST.store(now, std::sync::atomic::Ordering::Relaxed);
     tracing::warn!(
         login_host = ?first.unwrap_or_default(),
         callback_host = callback,

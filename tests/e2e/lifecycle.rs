@@ -775,6 +775,33 @@ async fn a_post_logout_uri_on_the_sidecars_own_origin_is_warned_about() {
     );
 }
 
+/// Requests with alice's session on replica a until one is refused (within 12 s), each served
+/// one as alice and never as mallory; the refusal's status.
+async fn served_as_alice_until_refused(m: &MockPair, cookie: &str) -> u16 {
+    let start = std::time::Instant::now();
+    loop {
+        let r = get(
+            &m.a.sidecar.url("/v1/x"),
+            &[("cookie", &session_header(cookie))],
+        )
+        .await
+        .unwrap();
+        if r.status() != 200 {
+            return r.status().as_u16();
+        }
+        let seen = String::from_utf8_lossy(r.body()).into_owned();
+        assert!(
+            seen.contains("alice") && !seen.contains("mallory"),
+            "{seen}"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(12),
+            "no refresh ended the session"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// A refresh whose new ID token names another user (an IdP bug, or a refresh token that is
 /// not this session's) ends the session: the upstream never sees the other user.
 #[tokio::test]
@@ -791,28 +818,7 @@ async fn a_refresh_that_names_another_user_ends_the_session() {
         s.token_response = json!({"access_token": "at2", "token_type": "Bearer",
                                   "expires_in": 600, "id_token": other, "refresh_token": "rt2"})
     });
-    let start = std::time::Instant::now();
-    loop {
-        let r = get(
-            &m.a.sidecar.url("/v1/x"),
-            &[("cookie", &session_header(&cookie))],
-        )
-        .await
-        .unwrap();
-        if r.status() != 200 {
-            break;
-        }
-        let seen = String::from_utf8_lossy(r.body()).into_owned();
-        assert!(
-            seen.contains("alice") && !seen.contains("mallory"),
-            "{seen}"
-        );
-        assert!(
-            start.elapsed() < Duration::from_secs(12),
-            "no refresh ended the session"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    served_as_alice_until_refused(&m, &cookie).await;
     assert!(
         !alive(&m.b.sidecar, &cookie).await,
         "ended on every replica"
@@ -906,22 +912,7 @@ async fn a_refresh_whose_userinfo_names_another_user_ends_the_session() {
             json!({"access_token": "at-2", "token_type": "Bearer", "expires_in": 8, "refresh_token": "rt-2"});
         s.userinfo = json!({"sub": "mallory", "email": "mallory@x.test"});
     });
-    let start = std::time::Instant::now();
-    loop {
-        let r = get(
-            &m.a.sidecar.url("/v1/x"),
-            &[("cookie", &session_header(&cookie))],
-        )
-        .await
-        .unwrap();
-        if r.status() != 200 {
-            assert_eq!(r.status(), 401);
-            break;
-        }
-        assert!(!String::from_utf8_lossy(r.body()).contains("mallory"));
-        assert!(start.elapsed() < Duration::from_secs(12), "never ended");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    assert_eq!(served_as_alice_until_refused(&m, &cookie).await, 401);
     assert!(!alive(&m.b.sidecar, &cookie).await, "on every replica");
 }
 

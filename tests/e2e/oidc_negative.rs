@@ -313,6 +313,14 @@ async fn userinfo_must_name_the_same_subject() {
 async fn the_callbacks_iss_must_be_ours_and_present_when_promised() {
     let s = setup_with(|m| m.iss_parameter = true, &[]).await;
     let ours = format!("&iss={}", urlencode(&s.idp.issuer()));
+    // A callback with a login's state cookie.
+    let with_state = |url: &str, cookie: &str| {
+        let (url, cookie) = (
+            s.sc.sidecar.url(url),
+            format!("sso_sidecar_session_state={cookie}"),
+        );
+        async move { get(&url, &[("cookie", &cookie)]).await.unwrap() }
+    };
     for (extra, ok) in [
         ("&iss=https%3A%2F%2Fevil.example", false),
         ("", false),
@@ -327,12 +335,7 @@ async fn the_callbacks_iss_must_be_ours_and_present_when_promised() {
             "/auth/callback?code=code-1&state={}{extra}",
             urlencode(&state)
         );
-        let r = get(
-            &s.sc.sidecar.url(&url),
-            &[("cookie", &format!("sso_sidecar_session_state={cookie}"))],
-        )
-        .await
-        .unwrap();
+        let r = with_state(&url, &cookie).await;
         if ok {
             assert_eq!(r.status(), 302, "{extra}");
             assert!(set_cookie(&r, "sso_sidecar_session").is_some(), "{extra}");
@@ -345,12 +348,7 @@ async fn the_callbacks_iss_must_be_ours_and_present_when_promised() {
             "/auth/callback?error=access_denied&error_description=Mixed+Up&state={}{extra}",
             urlencode(&state)
         );
-        let r = get(
-            &s.sc.sidecar.url(&url),
-            &[("cookie", &format!("sso_sidecar_session_state={cookie}"))],
-        )
-        .await
-        .unwrap();
+        let r = with_state(&url, &cookie).await;
         let page = String::from_utf8_lossy(r.body()).into_owned();
         assert_eq!(page.contains("Mixed Up"), ok, "{extra}: {page}");
         if !ok {

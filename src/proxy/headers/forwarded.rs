@@ -29,8 +29,9 @@ pub fn set_forwarded(
     client: IpAddr,
     host: Option<HeaderValue>,
 ) {
+    // From an untrusted peer the client is the peer: one address, in both branches.
     let mut buf = [0u8; 64];
-    let ip = ip_text(peer.ip, &mut buf);
+    let ip = ip_text(client, &mut buf);
     if !peer.trusted {
         // None of them is left after this: write ours without looking first.
         remove_folded(headers, &FORWARDING);
@@ -86,8 +87,7 @@ pub fn set_forwarded(
     if !chain.is_empty() {
         chain.push_str(", ");
     }
-    let mut buf = [0u8; 64];
-    chain.push_str(ip_text(client, &mut buf));
+    chain.push_str(ip);
     if let Ok(v) = HeaderValue::from_str(&chain) {
         headers.insert(X_FORWARDED_FOR, v);
     }
