@@ -206,24 +206,37 @@ impl CookieJar {
 /// value as a full parse by the `cookie` crate gives it (`Some(None)`: unreadable). Pairs that
 /// are not UTF-8 are other cookies'.
 fn pair_value(pair: &[u8], name: &str) -> Option<Option<String>> {
-    let pair = std::str::from_utf8(pair).ok()?;
-    let (raw_name, raw_value) = pair.split_once('=').unwrap_or((pair, ""));
+    // On every request, for every cookie the browser sends: the name is compared as bytes
+    // before anything else is looked at, so other cookies cost a scan for `=` and nothing more.
+    let eq = pair.iter().position(|&b| b == b'=');
+    let raw_name = &pair[..eq.unwrap_or(pair.len())];
     // Only the white space a `Cookie` header puts around names (RFC 6265 §5.2: space and
     // tab). `str::trim` would also take off Unicode spaces, and a name that starts with
     // U+2000 does not start with `__Host-` for the browser, which then lets a sibling
     // subdomain set it with a `Domain`: read as ours, it would plant a login state or a
     // session ("cookie chaos"). `strip` still removes such a cookie: removing more is safe.
-    if raw_name.trim_matches([' ', '\t']) != name {
+    if trim_space_tab(raw_name) != name.as_bytes() {
         return None;
     }
+    // Pairs that are not UTF-8 are other cookies', whatever their name.
+    let pair = std::str::from_utf8(pair).ok()?;
+    let raw_value = eq.map_or("", |i| &pair[i + 1..]);
     // Nothing to decode: the value is the trimmed text, as the full parse gives.
-    Some(if pair.contains('=') && !raw_value.contains('%') {
+    Some(if eq.is_some() && !raw_value.contains('%') {
         Some(raw_value.trim().to_owned())
     } else {
         Cookie::parse_encoded(pair.trim())
             .ok()
             .map(|c| c.value().to_owned())
     })
+}
+
+/// `bytes` without the spaces and tabs around it.
+fn trim_space_tab(bytes: &[u8]) -> &[u8] {
+    let st = |b: &u8| *b == b' ' || *b == b'\t';
+    let start = bytes.iter().position(|b| !st(b)).unwrap_or(bytes.len());
+    let end = bytes.iter().rposition(|b| !st(b)).map_or(start, |i| i + 1);
+    &bytes[start..end.max(start)]
 }
 
 #[cfg(test)]
