@@ -336,6 +336,7 @@ pub async fn run(
             metrics.clone(),
         )),
         metrics: Some(metrics.clone()),
+        detached: Some(tunnels.tasks()),
     };
     let admin_opts = server::ServeOptions {
         tls: None,
@@ -353,6 +354,7 @@ pub async fn run(
         // Probes and scrapes: one request at a time. 128 streams a connection would let a
         // client multiply each admin connection into as many readiness checks in flight.
         http2_max_streams: ADMIN_HTTP2_STREAMS,
+        detached: None,
         ..public_opts.clone()
     };
     let public_std = listeners.public.into_std().map_err(StartError::Listen)?;

@@ -155,8 +155,20 @@ fn in_use_hint(e: &std::io::Error) -> &'static str {
     }
 }
 
-/// Completes on SIGTERM (Kubernetes) or SIGINT (Ctrl-C).
+/// Completes on SIGTERM (Kubernetes) or SIGINT (Ctrl-C). A second one ends the process at
+/// once, exit 1, without waiting for the drain: someone at a terminal pressing Ctrl-C again
+/// means it (Kubernetes sends SIGKILL at the end of the grace period instead).
 async fn shutdown_signal() {
+    termination().await;
+    tokio::spawn(async {
+        termination().await;
+        eprintln!("sso-sidecar: a second signal: exiting without waiting for the drain");
+        std::process::exit(1);
+    });
+}
+
+/// The next SIGTERM or SIGINT.
+async fn termination() {
     use tokio::signal::unix::{signal, SignalKind};
     match signal(SignalKind::terminate()) {
         Ok(mut term) => {

@@ -339,7 +339,7 @@ impl Upstream {
                 let upstream_upgrade = hyper::upgrade::on(&mut resp);
                 // The connection now belongs to the tunnel.
                 resp.body_mut().detach();
-                tokio::spawn(tunnel::run(
+                self.tunnels.spawn(tunnel::run(
                     client_upgrade,
                     upstream_upgrade,
                     early_watch,

@@ -32,6 +32,9 @@ pub struct Tunnels {
     held: Arc<Held>,
     /// Tunnels closed for silence (for `/metrics`).
     idled: Counter,
+    /// The tunnels' tasks: they outlive the connection that opened them, so a shutdown's
+    /// drain waits for them as for the connections ([`Tunnels::tasks`]).
+    tasks: tokio_util::task::TaskTracker,
 }
 
 impl Tunnels {
@@ -47,7 +50,22 @@ impl Tunnels {
             idle_timeout,
             held: Held::new(max, refused),
             idled,
+            tasks: tokio_util::task::TaskTracker::new(),
         })
+    }
+
+    /// The tunnels' tasks, for a listener's drain to wait on: without it, a shutdown ended
+    /// every open WebSocket at once (the connection that opened one has ended already).
+    pub fn tasks(&self) -> tokio_util::task::TaskTracker {
+        self.tasks.clone()
+    }
+
+    /// Runs a tunnel on this worker, tracked.
+    pub(super) fn spawn<F>(&self, tunnel: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.tasks.spawn(tunnel);
     }
 
     /// A place for one more tunnel of `holder`, unless it holds its cap already.

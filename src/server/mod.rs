@@ -75,6 +75,9 @@ pub struct ServeOptions {
     /// Connection caps (public listener only).
     pub limiter: Option<Arc<limits::ConnLimiter>>,
     pub metrics: Option<Arc<Metrics>>,
+    /// Tasks a connection leaves running when it ends (WebSocket tunnels): the drain waits
+    /// for them too, within the same deadline.
+    pub detached: Option<tokio_util::task::TaskTracker>,
 }
 
 #[cfg(test)]
@@ -95,6 +98,7 @@ impl ServeOptions {
             http2_ping_interval: None,
             limiter: None,
             metrics: None,
+            detached: None,
         }
     }
 }
@@ -274,12 +278,23 @@ pub async fn serve_balanced<H, F>(
         inbox.close();
     }
     connections.close();
+    // Shared by the workers: each waits for all of them, all within the same deadline.
+    if let Some(detached) = &opts.detached {
+        detached.close();
+    }
     tracing::info!(
         listener = opts.name,
         connections = connections.len(),
+        tunnels = opts.detached.as_ref().map_or(0, |d| d.len()),
         "draining"
     );
-    if tokio::time::timeout(opts.drain_timeout, connections.wait())
+    let everything = async {
+        connections.wait().await;
+        if let Some(detached) = &opts.detached {
+            detached.wait().await;
+        }
+    };
+    if tokio::time::timeout(opts.drain_timeout, everything)
         .await
         .is_err()
     {

@@ -106,3 +106,90 @@ async fn the_drain_deadline_bounds_shutdown() {
         t0.elapsed()
     );
 }
+
+/// A WebSocket open at SIGTERM is in flight like a request: its messages still pass while the
+/// listener drains (the connection that opened it has ended already; its tunnel had been cut
+/// at once), and it is closed at the deadline, which bounds the exit.
+#[tokio::test]
+async fn sigterm_lets_an_open_websocket_carry_on_until_the_deadline() {
+    use tokio::io::AsyncReadExt;
+    let up = Upstream::start();
+    let mut sc = Sidecar::start(&[
+        ("SSO_SIDECAR_UPSTREAM", &up.url()),
+        ("SSO_SIDECAR_SHUTDOWN_TIMEOUT_SECS", "3"),
+    ])
+    .await;
+    let (mut ws, head) = crate::streaming::ws_to(sc.addr, "/ws", "").await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    crate::streaming::ws_echo(&mut ws, "before the signal").await;
+
+    let t0 = std::time::Instant::now();
+    sc.signal("TERM");
+    let addr = sc.addr;
+    wait_until("the listener to close", Duration::from_secs(5), || {
+        std::net::TcpStream::connect(addr).is_err()
+    })
+    .await;
+    crate::streaming::ws_echo(&mut ws, "while the listener drains").await;
+
+    let status = tokio::task::spawn_blocking(move || sc.child.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "exit status after SIGTERM");
+    let waited = t0.elapsed();
+    assert!(
+        waited >= Duration::from_millis(2500) && waited < Duration::from_secs(10),
+        "the drain waits for the tunnel, up to the deadline: {waited:?}"
+    );
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(5), ws.read(&mut buf))
+        .await
+        .expect("the tunnel is closed once the process has exited");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+}
+
+/// A second SIGTERM or SIGINT during the drain ends the process at once, exit 1 (someone at a
+/// terminal pressing Ctrl-C again); the first alone waits for the request in flight.
+#[tokio::test]
+async fn a_second_signal_exits_without_waiting_for_the_drain() {
+    let up = Upstream::start();
+    let mut sc = Sidecar::start(&[
+        ("SSO_SIDECAR_UPSTREAM", &up.url()),
+        ("SSO_SIDECAR_SHUTDOWN_TIMEOUT_SECS", "30"),
+    ])
+    .await;
+    let url = sc.url("/slow?ms=30000");
+    let _stuck = tokio::spawn(async move { get(&url, &[]).await });
+    let admin = sc.admin_url("/metrics");
+    let start = std::time::Instant::now();
+    while in_flight(&String::from_utf8_lossy(
+        get(&admin, &[]).await.unwrap().body(),
+    )) != Some(1)
+    {
+        assert!(start.elapsed() < Duration::from_secs(5));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    sc.signal("INT");
+    let addr = sc.addr;
+    wait_until("the listener to close", Duration::from_secs(5), || {
+        std::net::TcpStream::connect(addr).is_err()
+    })
+    .await;
+    assert!(
+        sc.child.try_wait().unwrap().is_none(),
+        "the first signal waits for the request in flight"
+    );
+    sc.signal("INT");
+    let t0 = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = sc.child.try_wait().unwrap() {
+            break status;
+        }
+        if t0.elapsed() > Duration::from_secs(5) {
+            let _ = sc.child.kill();
+            panic!("a second signal must end the process at once");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status.code(), Some(1));
+}

@@ -170,7 +170,7 @@ pub(crate) async fn ws_to(
 }
 
 /// Sends `msg` as a masked text frame and reads the upstream's echo.
-async fn ws_echo(s: &mut tokio::net::TcpStream, msg: &str) {
+pub(crate) async fn ws_echo(s: &mut tokio::net::TcpStream, msg: &str) {
     let mask = [1u8, 2, 3, 4];
     let mut frame = vec![0x81, 0x80 | msg.len() as u8];
     frame.extend_from_slice(&mask);
