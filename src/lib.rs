@@ -395,7 +395,7 @@ pub async fn run(
         admin_stop_rx,
     ));
 
-    tokio::spawn(reload::run(apps, oidc, config.clone()));
+    tokio::spawn(reload::run(apps, oidc, config.clone(), metrics.clone()));
     shutdown.await;
     tracing::info!(
         deadline_secs = config.shutdown_timeout.as_secs(),

@@ -11,7 +11,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Reloads on SIGHUP and, every `reload_watch_secs` (0: never), when a watched file changed.
-pub async fn run(apps: Vec<Arc<router::App>>, oidc: Option<Arc<router::Oidc>>, current: Config) {
+/// Each attempt is counted on `/metrics` by result: with the watch, reloads happen with nobody
+/// looking, and a refusal is otherwise only a log line.
+pub async fn run(
+    apps: Vec<Arc<router::App>>,
+    oidc: Option<Arc<router::Oidc>>,
+    current: Config,
+    metrics: Arc<crate::metrics::Metrics>,
+) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hup = match signal(SignalKind::hangup()) {
         Ok(s) => Some(s),
@@ -59,7 +66,8 @@ pub async fn run(apps: Vec<Arc<router::App>>, oidc: Option<Arc<router::Oidc>>, c
         // reads (or after) differs from this at the next tick, and is read again. A refused
         // reload is not tried again until a file changes again (or a SIGHUP).
         let before = fingerprint(&watched(&current));
-        apply(&apps, oidc.as_deref(), &mut current);
+        let applied = apply(&apps, oidc.as_deref(), &mut current);
+        metrics.config_reload(if applied { "applied" } else { "refused" });
         seen = before;
         changing = None;
     }
@@ -116,18 +124,19 @@ fn fingerprint(files: &[PathBuf]) -> Vec<Stamp> {
 /// upstream timeout — applies to the next request without dropping a connection; an invalid
 /// configuration is refused with its problems logged and the running one kept, and so is one
 /// that `config::reload_refusal` finds unsafe (the `.env` gone, an allow-list removed
-/// entirely); settings that cannot change live are named.
-fn apply(apps: &[Arc<router::App>], oidc: Option<&router::Oidc>, current: &mut Config) {
+/// entirely); settings that cannot change live are named, and so are the warnings the new
+/// configuration earns (as at start-up). Whether it was applied.
+fn apply(apps: &[Arc<router::App>], oidc: Option<&router::Oidc>, current: &mut Config) -> bool {
     let next = match config::load(config::Inputs::from_process(current.source_file.clone())) {
         Ok(next) => next,
         Err(e) => {
             tracing::error!(problems = ?e.0, "configuration reload refused; the running configuration is kept");
-            return;
+            return false;
         }
     };
     if let Some(why) = config::reload_refusal(current, &next) {
         tracing::error!(problem = %why, "configuration reload refused; the running configuration is kept");
-        return;
+        return false;
     }
     let restart = config::restart_required(current, &next);
     let reloadable = config::Reloadable::under(current, &next);
@@ -137,9 +146,19 @@ fn apply(apps: &[Arc<router::App>], oidc: Option<&router::Oidc>, current: &mut C
     if let Some(oidc) = oidc {
         oidc.reload(&reloadable);
     }
-    if let Err(e) = telemetry::set_level(&reloadable.log_level) {
-        tracing::warn!(error = %e, "log level not changed");
+    match telemetry::set_level(&reloadable.log_level) {
+        Err(e) => tracing::warn!(error = %e, "log level not changed"),
+        Ok(false) if reloadable.log_level != current.log_level && rust_log_set() => {
+            tracing::warn!("log_level not changed: RUST_LOG is set, and it decides")
+        }
+        Ok(_) => {}
     }
+    // What start-up would have said of this configuration (public paths left at OpenRag's
+    // list with identity headers, a rule another shadows…): a reload can bring those about.
+    for w in new_warnings(current, &next) {
+        tracing::warn!("{w}");
+    }
+    current.warnings.clone_from(&next.warnings);
     current.take_reloadable(&next);
     if restart.is_empty() {
         tracing::info!("configuration reloaded");
@@ -149,6 +168,20 @@ fn apply(apps: &[Arc<router::App>], oidc: Option<&router::Oidc>, current: &mut C
             "configuration reloaded; these settings cannot change while running and keep their old values until a restart"
         );
     }
+    true
+}
+
+fn rust_log_set() -> bool {
+    std::env::var_os("RUST_LOG").is_some()
+}
+
+/// The warnings of `next` the running configuration did not have (those it has were said at
+/// start-up or at an earlier reload).
+fn new_warnings<'a>(current: &Config, next: &'a Config) -> Vec<&'a String> {
+    next.warnings
+        .iter()
+        .filter(|w| !current.warnings.contains(w))
+        .collect()
 }
 
 #[cfg(test)]

@@ -38,6 +38,7 @@ pub struct Metrics {
     /// request then costs one atomic add, no hashing and no lock.
     request_counters: Vec<Vec<sharded::Counter>>,
     refreshes: Family<ResultLabel, Counter>,
+    config_reloads: Family<ResultLabel, Counter>,
     logouts: Family<KindLabel, Counter>,
     revoked: Counter,
     logins_refused: Family<ReasonLabel, Counter>,
@@ -100,6 +101,17 @@ impl Metrics {
             "Access-token refreshes, by result (ok, refused: session ended, failed: IdP unreachable)",
             refreshes.clone(),
         );
+        let config_reloads = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "config_reloads",
+            "Configuration reloads (SIGHUP, or a watched file changed), by result (applied, refused: \
+             invalid or unsafe, the running configuration kept)",
+            config_reloads.clone(),
+        );
+        // Both at 0 from the start, so that an alert on a rate sees the first refusal.
+        for result in ["applied", "refused"] {
+            let _ = config_reloads.get_or_create(&ResultLabel { result });
+        }
         let logouts = Family::<KindLabel, Counter>::default();
         registry.register(
             "logouts",
@@ -187,6 +199,7 @@ impl Metrics {
             registry,
             request_counters,
             refreshes,
+            config_reloads,
             logouts,
             revoked,
             logins_refused,
@@ -285,6 +298,13 @@ impl Metrics {
     /// A refresh attempt, by result (`ok`, `refused`, `failed`).
     pub fn refresh(&self, result: &'static str) {
         self.refreshes.get_or_create(&ResultLabel { result }).inc();
+    }
+
+    /// A configuration reload, by result (`applied`, `refused`).
+    pub fn config_reload(&self, result: &'static str) {
+        self.config_reloads
+            .get_or_create(&ResultLabel { result })
+            .inc();
     }
 
     pub fn logout(&self, kind: &'static str) {

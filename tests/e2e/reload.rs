@@ -84,7 +84,8 @@ async fn sighup_applies_valid_changes_live_and_refuses_invalid_ones() {
 
     std::fs::write(
         &file,
-        "upstream_timeout_secs = 5\npreserve_host = true\nlog_level = \"debug\"\n[paths]\npublic = [\"/health_check\", \"/v1/*\"]\n",
+        "upstream_timeout_secs = 5\npreserve_host = true\nlog_level = \"debug\"\n[paths]\npublic = [\"/health_check\", \"/v1/*\"]\n\
+         [[authz.rules]]\npath = \"/admin/*\"\ngroups = [\"a\"]\n[[authz.rules]]\npath = \"/admin\"\ngroups = [\"b\"]\n",
     )
     .unwrap();
     sc.signal("HUP");
@@ -106,11 +107,38 @@ async fn sighup_applies_valid_changes_live_and_refuses_invalid_ones() {
         200,
         "new upstream timeout"
     );
+    // Logged once the workers have the new settings: maybe just after the request above.
+    let start = Instant::now();
+    while !sc.output().contains("configuration reloaded") {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no reload logged"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let logs = sc.output();
     assert!(
         logs.contains("configuration reloaded") && logs.contains("preserve_host"),
         "{logs}"
     );
+    // The warnings start-up would have given this configuration are given by the reload.
+    assert!(
+        logs.contains("authz.rules[1] ('/admin') comes after authz.rules[0]"),
+        "{logs}"
+    );
+    let reloads = |result: &str| {
+        let sc = sc.admin_url("/metrics");
+        let line = format!("sso_sidecar_config_reloads_total{{result=\"{result}\"}} ");
+        async move {
+            let m = get(&sc, &[]).await.unwrap();
+            let text = String::from_utf8_lossy(m.body()).into_owned();
+            text.lines()
+                .find_map(|l| l.strip_prefix(&line).map(str::to_owned))
+                .unwrap_or_else(|| panic!("no {line} in {text}"))
+        }
+    };
+    assert_eq!(reloads("applied").await, "1");
+    assert_eq!(reloads("refused").await, "0");
 
     // An invalid file is refused; the running configuration stays.
     std::fs::write(&file, "upstream_timeout_secs = \"soon\"\nlistne = 1\n").unwrap();
@@ -124,6 +152,7 @@ async fn sighup_applies_valid_changes_live_and_refuses_invalid_ones() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(sc.output().contains("listne"), "the reasons are logged");
+    assert_eq!(reloads("refused").await, "1");
     assert_eq!(
         on_conn(&mut conn, "/v1/open").await,
         200,
