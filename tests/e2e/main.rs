@@ -23,6 +23,7 @@ mod openrag_hardening;
 mod openrag_tokens;
 mod pool;
 mod proxy;
+mod redis_failover;
 mod redis_ha;
 mod reload;
 mod session_attacks;

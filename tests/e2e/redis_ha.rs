@@ -32,7 +32,7 @@ pub fn store(topology: Topology<'_>, ca_pem: Option<Vec<u8>>) -> Store {
     )
 }
 
-fn cli(port: u16, args: &[&str]) -> String {
+pub(crate) fn cli(port: u16, args: &[&str]) -> String {
     let out = Command::new("redis-cli")
         .args(["-p", &port.to_string()])
         .args(args)
@@ -69,7 +69,7 @@ async fn replicated(port: u16) -> String {
     .unwrap()
 }
 
-async fn until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+pub(crate) async fn until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
     while !f() {
         assert!(
@@ -81,7 +81,7 @@ async fn until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
 }
 
 /// redis-server processes killed on drop.
-struct Servers(Vec<Child>);
+pub(crate) struct Servers(pub(crate) Vec<Child>);
 
 impl Drop for Servers {
     fn drop(&mut self) {
@@ -92,7 +92,7 @@ impl Drop for Servers {
     }
 }
 
-fn redis_server(dir: &Path, args: &[&str]) -> Child {
+pub(crate) fn redis_server(dir: &Path, args: &[&str]) -> Child {
     require_tool("redis-server", "redis-server");
     std::fs::create_dir_all(dir).unwrap();
     Command::new("redis-server")
@@ -520,11 +520,11 @@ async fn through_sentinel(
     (idp, key, up, sc)
 }
 
-async fn mock_login(idp: &MockIdp, key: &Key, sc: &Sidecar, sub: &str) -> String {
+pub(crate) async fn mock_login(idp: &MockIdp, key: &Key, sc: &Sidecar, sub: &str) -> String {
     session_header(&idp.login(key, sc, sub, "sid-1").await)
 }
 
-async fn status(sc: &Sidecar, path: &str, headers: &[(&str, &str)]) -> u16 {
+pub(crate) async fn status(sc: &Sidecar, path: &str, headers: &[(&str, &str)]) -> u16 {
     get(&sc.url(path), headers)
         .await
         .map(|r| r.status().as_u16())
@@ -808,7 +808,7 @@ fn signal(server: &Child, sig: &str) {
 }
 
 /// The user's own logout (the confirmation page's button).
-async fn logout(sc: &Sidecar, cookie: &str) -> u16 {
+pub(crate) async fn logout(sc: &Sidecar, cookie: &str) -> u16 {
     let r = send(request(
         "POST",
         &sc.url("/auth/logout"),

@@ -84,7 +84,7 @@ impl RedisStore {
                 Backend::Single {
                     client,
                     config,
-                    conns: PerWorker::new(opts.connections, OnceCell::new),
+                    conns: PerWorker::new(opts.connections, Default::default),
                     tracking,
                 }
             }

@@ -3,8 +3,9 @@
 //!
 //! Connections are made lazily, so the sidecar starts (and reports not-ready) while Redis is
 //! down, and recover by themselves when it returns: the single-server connection manager and the
-//! cluster client reconnect on their own; a Sentinel connection that fails is dropped and the
-//! master asked for again. Every key gets the configured prefix; callers hash-tag their keys
+//! cluster client reconnect on their own (and a single server's connection is made again when
+//! the server behind the address answers as a replica: a failover that kept its clients); a
+//! Sentinel connection that fails is dropped and the master asked for again. Every key gets the configured prefix; callers hash-tag their keys
 //! (`session:{<hash>}`) so one session's keys share a Cluster slot. Errors never echo a URL
 //! (it may hold a password).
 //!
@@ -71,7 +72,7 @@ enum Backend {
         client: redis::Client,
         config: ConnectionManagerConfig,
         /// One per worker thread, and a last one for callers off the workers.
-        conns: PerWorker<OnceCell<ConnectionManager>>,
+        conns: PerWorker<WorkerConn>,
         tracking: Option<Tracking>,
     },
     Cluster {
@@ -109,13 +110,31 @@ macro_rules! with_conn {
                 client,
                 config,
                 conns,
-                ..
+                tracking,
             } => {
-                let mut $c = cached_or_connect(conns.get(), $self.connect_wait, || {
+                let worker = conns.get();
+                let cell = worker.current();
+                let mut $c = cached_or_connect(&cell, $self.connect_wait, || {
                     ConnectionManager::new_with_config(client.clone(), config.clone())
                 })
                 .await?;
-                $body.await.map_err(unavailable)
+                let result = $body.await;
+                if let Err(e) = &result {
+                    if demoted(e) && worker.replace(&cell) {
+                        // The connection manager reconnects only when the connection breaks,
+                        // and a master demoted by a failover behind the same address (a
+                        // Service, a VIP, a managed endpoint) keeps its clients: every write
+                        // would fail for good. Connect again, and track again.
+                        if let Some(t) = tracking {
+                            t.reconnect();
+                        }
+                        tracing::warn!(
+                            error = %e,
+                            "Redis answered as a replica (a failover behind the same address?): connecting again"
+                        );
+                    }
+                }
+                result.map_err(unavailable)
             }
             Backend::Cluster { client, conn } => {
                 let mut $c =
@@ -341,6 +360,34 @@ fn millis(d: Duration) -> u64 {
 
 fn unavailable(e: redis::RedisError) -> StoreError {
     StoreError::Unavailable(e.to_string())
+}
+
+/// A worker's connection to a single server, made again when the server behind the address
+/// turns out to be a replica. The cell is shared while it is current, so that concurrent
+/// requests wait for one connection attempt, not one each.
+#[derive(Default)]
+struct WorkerConn(std::sync::Mutex<std::sync::Arc<OnceCell<ConnectionManager>>>);
+
+impl WorkerConn {
+    fn current(&self) -> std::sync::Arc<OnceCell<ConnectionManager>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Replaces `used` by an empty cell, unless another request did already; whether this did.
+    fn replace(&self, used: &std::sync::Arc<OnceCell<ConnectionManager>>) -> bool {
+        let mut current = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if !std::sync::Arc::ptr_eq(&current, used) {
+            return false;
+        }
+        *current = std::sync::Arc::default();
+        true
+    }
+}
+
+/// Whether the server answered as a replica: a master demoted by a failover (`READONLY` to a
+/// write), or a replica that lost its master (`MASTERDOWN`).
+fn demoted(e: &redis::RedisError) -> bool {
+    matches!(e.code(), Some("READONLY" | "MASTERDOWN"))
 }
 
 /// The connection in `cell`, else one made by `connect` within `wait` (and kept there).

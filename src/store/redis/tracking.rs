@@ -175,6 +175,16 @@ impl Tracking {
         self.slots.get()
     }
 
+    /// Drops this worker's tracked connection, and with it the entries it kept coherent: its
+    /// server turned out to be a replica (a failover behind the same address), which may lag
+    /// or have lost its master. The next read opens one again, to whatever the address is now.
+    pub fn reconnect(&self) {
+        let mut st = self.slot().lock();
+        if let Some(id) = st.conn.as_ref().map(|(id, _)| *id) {
+            st.drop_conn(id);
+        }
+    }
+
     /// Reads answered from the cache and reads that were not, summed over the workers.
     pub fn stats(&self) -> (u64, u64) {
         use std::sync::atomic::Ordering::Relaxed;
