@@ -301,7 +301,13 @@ impl Provider {
     ) -> TokenError {
         match e {
             RequestTokenError::Request(e) => TokenError::Http(e),
-            RequestTokenError::ServerResponse(r) => TokenError::Refused(r.to_string()),
+            RequestTokenError::ServerResponse(r) => {
+                if matches!(r.error(), CoreErrorResponseType::InvalidGrant) {
+                    TokenError::GrantRefused(r.to_string())
+                } else {
+                    TokenError::Refused(r.to_string())
+                }
+            }
             RequestTokenError::Parse(e, body) => {
                 // The crate parses the ID token with the response, and one without `sub` fails
                 // there. When it is genuinely signed, say so (OpenRag has its own message).

@@ -9,7 +9,6 @@
 //! does not: the session lives on until its access token has really expired.
 
 use super::flow::Auth;
-use super::idp_http::IdpHttpError;
 use super::oidc::{now_unix, TokenError};
 use crate::session::{Session, Sessions};
 use crate::store::StoreError;
@@ -441,15 +440,17 @@ struct Renewed {
     profile: Option<serde_json::Map<String, Value>>,
 }
 
-/// `invalid_grant` and every other 4xx answer is the IdP's final word; the rest may pass.
+/// `invalid_grant` (the refresh token is spent, expired or revoked) and a refreshed ID token
+/// judged wrong are the IdP's final word on the session. Anything else may pass, and ending
+/// every session that refreshes meanwhile would log everyone out: a 403, 404 or 405 page from
+/// an ingress or a WAF in front of the IdP during its deploy, `invalid_client` while the
+/// client secret is being rotated. Those sessions live until their access token expires, as
+/// in an outage, and are refreshed again later.
 fn is_definitive(e: &TokenError) -> bool {
     match e {
-        TokenError::Http(IdpHttpError::Status { status, .. }) => {
-            status.is_client_error() && status.as_u16() != 408 && status.as_u16() != 429
-        }
         // A key the JWKS does not (yet) have is the IdP rotating keys, not a refusal.
         TokenError::Jwt(crate::auth::jwt::JwtError::UnknownKey(_)) => false,
-        TokenError::Refused(_) | TokenError::MissingSub => true,
+        TokenError::GrantRefused(_) | TokenError::MissingSub => true,
         TokenError::Claims(_) | TokenError::Jwt(_) => true,
         _ => false,
     }
@@ -458,6 +459,7 @@ fn is_definitive(e: &TokenError) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::idp_http::IdpHttpError;
 
     #[test]
     fn refusals_end_sessions_outages_do_not() {
@@ -468,10 +470,20 @@ mod tests {
                 body: bytes::Bytes::new(),
             })
         };
-        assert!(is_definitive(&status(400)));
-        assert!(is_definitive(&TokenError::Refused("invalid_grant".into())));
-        assert!(is_definitive(&status(401)));
-        assert!(!is_definitive(&status(429)));
+        assert!(is_definitive(&TokenError::GrantRefused(
+            "invalid_grant".into()
+        )));
+        // Not about this grant: the client's configuration, or a page from something in front
+        // of the IdP.
+        assert!(!is_definitive(&TokenError::Refused(
+            "invalid_client".into()
+        )));
+        for s in [403, 404, 405, 408, 429] {
+            assert!(!is_definitive(&status(s)), "{s}");
+        }
+        assert!(!is_definitive(&TokenError::Response(
+            "400 with an HTML body".into()
+        )));
         assert!(!is_definitive(&status(500)));
         assert!(!is_definitive(&status(503)));
         assert!(!is_definitive(&TokenError::Http(IdpHttpError::Transport {

@@ -15,7 +15,12 @@ pub enum TokenError {
     NotLoaded,
     #[error("token endpoint: {0}")]
     Http(#[from] IdpHttpError),
-    /// The IdP's OAuth error answer (`invalid_grant`, …): its final word.
+    /// The IdP's `invalid_grant` (RFC 6749 §5.2: the code or refresh token is invalid,
+    /// expired or revoked): its final word on this grant.
+    #[error("the IdP refused: {0}")]
+    GrantRefused(String),
+    /// Another OAuth error answer (`invalid_client`, `unauthorized_client`…): about the
+    /// client or the request, not this user's grant (a client secret being rotated, say).
     #[error("the IdP refused: {0}")]
     Refused(String),
     #[error("token response: {0}")]

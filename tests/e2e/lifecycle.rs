@@ -1101,6 +1101,44 @@ async fn an_idp_outage_during_refresh_keeps_the_session_an_invalid_grant_ends_it
     );
 }
 
+/// Refusals that are not about the user's grant: `invalid_client` (a client secret being
+/// rotated) and a 403 page from something in front of the IdP. Ending every session that
+/// refreshes meanwhile would log everyone out; they count as failures, and the session lives.
+#[tokio::test]
+async fn a_refusal_that_is_not_invalid_grant_keeps_the_session() {
+    let m = mock_pair(&[]).await;
+    m.idp.set(|s| s.login_expires_in = 8);
+    let failed = r#"sso_sidecar_token_refreshes_total{result="failed"}"#;
+    let refused = r#"sso_sidecar_token_refreshes_total{result="refused"}"#;
+    let cases = [
+        (400, json!({"error": "invalid_client"})),
+        (403, json!("Forbidden")),
+    ];
+    for (n, (status, body)) in cases.into_iter().enumerate() {
+        m.idp.set(|s| s.token_status = 0);
+        let cookie = mock_login(&m, &m.a.sidecar, "alice", &format!("sid-{n}")).await;
+        m.idp.set(|s| {
+            s.token_status = status;
+            s.token_response = body.clone();
+        });
+        let start = std::time::Instant::now();
+        while metric(&metrics(&m.a.sidecar).await, failed) < (n + 1) as f64 {
+            assert!(
+                alive(&m.a.sidecar, &cookie).await,
+                "a {status} {body} ends no session"
+            );
+            assert!(
+                start.elapsed() < Duration::from_secs(12),
+                "no refresh was attempted"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert!(alive(&m.a.sidecar, &cookie).await, "{status} {body}");
+        assert!(alive(&m.b.sidecar, &cookie).await, "{status} {body}");
+        assert_eq!(metric(&metrics(&m.a.sidecar).await, refused), 0.0);
+    }
+}
+
 /// An IdP without an end-session endpoint and no post-logout URI: the logout ends the session
 /// where it stands, and a browser gets a page saying so (an API client, OpenRag's JSON).
 #[tokio::test]
