@@ -5,8 +5,8 @@
 //! is read again, from the store itself rather than any client-side cache (whose invalidation
 //! may still be on its way), because whoever held it may have refreshed already — so with
 //! rotating refresh tokens a burst of requests at expiry spends exactly one refresh token. A
-//! definitive refusal (`invalid_grant` and other 4xx) ends the session; a network error or 5xx
-//! does not: the session lives on until its access token has really expired.
+//! definitive refusal (`invalid_grant`, or a refreshed ID token judged wrong) ends the session;
+//! anything else does not: the session lives on until its access token has really expired.
 
 use super::flow::Auth;
 use super::oidc::{now_unix, TokenError};
@@ -20,9 +20,11 @@ use std::time::{Duration, Instant};
 /// How long a replica may hold the cross-replica refresh lock (crash guard) at least; longer
 /// with a long `idp_timeout_secs` ([`Auth::lock_ttl`]).
 const LOCK_TTL_MIN: Duration = Duration::from_secs(30);
-/// How long a request waits for another replica's refresh before giving up.
-const LOCK_WAIT: Duration = Duration::from_secs(8);
-const LOCK_POLL: Duration = Duration::from_millis(25);
+/// How often a request waiting for another replica's refresh looks again: first soon (a
+/// refresh usually takes a round trip to the IdP), then less often, so that requests waiting
+/// on a slow IdP do not poll the store forty times a second each.
+const LOCK_POLL_FIRST: Duration = Duration::from_millis(25);
+const LOCK_POLL_MAX: Duration = Duration::from_millis(250);
 
 /// Per-process single flight: one async mutex per session being refreshed.
 #[derive(Default)]
@@ -151,7 +153,7 @@ impl Auth {
         let key = Sessions::key_of(id);
         let local = self.inflight.lock_for(&key);
         let _local = local.lock().await;
-        let Some(current) = self.sessions.load_fresh(id, now_unix()).await? else {
+        let Some(mut current) = self.sessions.load_fresh(id, now_unix()).await? else {
             return Ok(None);
         };
         if !needs_refresh(&current, now_unix(), skew) {
@@ -165,6 +167,7 @@ impl Auth {
         let lock_key = crate::store::keys::hashed("lock", &["refresh", &key]);
         let owner = crate::crypto::random_token(16);
         let waited = Instant::now();
+        let mut poll = LOCK_POLL_FIRST;
         loop {
             let store = self.sessions.store();
             match store
@@ -172,6 +175,9 @@ impl Auth {
                 .await
             {
                 Ok(true) => break,
+                // Another replica is refreshing. An access token still valid is served as it
+                // is, without waiting for a slow IdP; one expired waits for the new one.
+                Ok(false) if current.is_live_access(now_unix()) => return Ok(Some(current)),
                 Ok(false) => {}
                 Err(e) => {
                     // A write that timed out may still have been applied: not left to make
@@ -187,16 +193,23 @@ impl Auth {
                     return Err(e);
                 }
             }
-            tokio::time::sleep(LOCK_POLL).await;
-            let Some(current) = self.sessions.load_fresh(id, now_unix()).await? else {
+            tokio::time::sleep(poll).await;
+            poll = (poll * 2).min(LOCK_POLL_MAX);
+            let Some(reloaded) = self.sessions.load_fresh(id, now_unix()).await? else {
                 return Ok(None);
             };
-            if !needs_refresh(&current, now_unix(), skew) {
-                return Ok(Some(current));
+            if !needs_refresh(&reloaded, now_unix(), skew) {
+                return Ok(Some(reloaded));
             }
-            if waited.elapsed() > LOCK_WAIT {
-                // The other replica is stuck; serve what is still valid.
-                return Ok(current.is_live_access(now_unix()).then_some(current));
+            current = reloaded;
+            // The holder's refresh ends within the lock's life, and a lock left by a replica
+            // that died expires then and is taken here: giving up sooner would answer 401 to
+            // a session that is being refreshed (an IdP taking 9 s under a 10 s timeout). Past
+            // that, others keep taking the lock first: "try again", not "log in again".
+            if waited.elapsed() > self.lock_ttl() + LOCK_POLL_MAX * 4 {
+                return Err(StoreError::Unavailable(
+                    "another replica's refresh of this session did not finish".into(),
+                ));
             }
         }
         let result = self.refresh_locked(id, now_unix(), skew).await;

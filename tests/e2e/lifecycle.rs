@@ -1302,3 +1302,47 @@ async fn a_logout_during_a_refresh_stays_a_logout() {
     assert!(!alive(&m.a.sidecar, &cookie).await);
     assert!(!alive(&m.b.sidecar, &cookie).await);
 }
+
+/// A refresh on one replica that waits 9 s on the IdP (under the default 10 s timeout), while
+/// the access token has expired: a request of the same session on the other replica waits for
+/// that refresh and is served with its result. It gave up after 8 s and answered 401, logging
+/// the user out of a session that was being refreshed.
+#[tokio::test]
+async fn a_replica_waits_for_a_slow_refresh_on_another_instead_of_a_401() {
+    let m = mock_pair(&[]).await;
+    m.idp.set(|s| s.login_expires_in = 2);
+    let cookie = mock_login(&m, &m.a.sidecar, "alice", "sid-1").await;
+    let expires = sso_sidecar::auth::oidc::now_unix() + 2;
+    m.idp.set(|s| {
+        s.token_response["expires_in"] = json!(600);
+        s.token_delay_ms = 9000;
+    });
+    let refreshes = || m.idp.state.lock().unwrap().token_requests.len();
+    let before = refreshes();
+    wait_until("the access token expired", Duration::from_secs(5), || {
+        sso_sidecar::auth::oidc::now_unix() > expires
+    })
+    .await;
+    let url = m.a.sidecar.url("/v1/x");
+    let header = session_header(&cookie);
+    let on_a = tokio::spawn(async move { get(&url, &[("cookie", &header)]).await.unwrap() });
+    wait_until("replica A asked the IdP", Duration::from_secs(5), || {
+        refreshes() > before
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let on_b = get(
+        &m.b.sidecar.url("/v1/x"),
+        &[("cookie", &session_header(&cookie))],
+    )
+    .await
+    .unwrap();
+    assert_eq!(on_b.status(), 200, "replica B waited for A's refresh");
+    assert!(
+        started.elapsed() > Duration::from_secs(5),
+        "B answered once the refresh was done, not with the expired token"
+    );
+    assert_eq!(on_a.await.unwrap().status(), 200, "replica A");
+    assert_eq!(refreshes(), before + 1, "one refresh grant for both");
+    assert!(alive(&m.b.sidecar, &cookie).await);
+}
