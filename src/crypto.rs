@@ -6,15 +6,26 @@
 
 use base64::Engine;
 use std::fmt;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 /// The keys from `OIDC_TOKEN_ENCRYPTION_KEY`: comma-separated Fernet keys. The first encrypts,
-/// every key decrypts, so an operator rotates by prepending a new key and later dropping the old.
+/// every key decrypts. Replicas of one deployment must all open what any of them seals, so a
+/// rotation takes three roll-outs: append the new key; move it first; drop the old one once
+/// nothing it sealed is still needed (prepending at once would have the updated replicas seal
+/// what the others cannot open, logging users out during the roll-out).
 pub struct KeyRing {
     ring: fernet::MultiFernet,
     count: usize,
     /// SHA-256 of the keys as given: tells two rings apart (a reload) without keeping them.
     fingerprint: String,
+    /// Values read from the store that no key opens, and when that was last logged.
+    undecryptable: AtomicU64,
+    warned_at: AtomicI64,
 }
+
+/// At most one warning a minute about stored values no key opens: each request of a session
+/// sealed with a removed key would otherwise log one.
+const UNDECRYPTABLE_WARN_EVERY_SECS: i64 = 60;
 
 /// Why a key ring could not be built. Never carries key material.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -52,6 +63,8 @@ impl KeyRing {
             ring: fernet::MultiFernet::new(fernets),
             count,
             fingerprint: digest(&given),
+            undecryptable: AtomicU64::new(0),
+            warned_at: AtomicI64::new(i64::MIN),
         })
     }
 
@@ -82,6 +95,42 @@ impl KeyRing {
     /// [`KeyRing::open`] for a token read as bytes (from the store): `None` when not text.
     pub fn open_bytes(&self, token: &[u8]) -> Option<Vec<u8>> {
         std::str::from_utf8(token).ok().and_then(|t| self.open(t))
+    }
+
+    /// [`KeyRing::open_bytes`] for a value this deployment wrote to its store (not one a client
+    /// sent): one that no key opens means a key was removed too soon, or replicas hold
+    /// different keys, so it is counted and, once a minute at most, logged.
+    pub fn open_stored(&self, token: &[u8]) -> Option<Vec<u8>> {
+        let plain = self.open_bytes(token);
+        if plain.is_none() {
+            let n = self.undecryptable.fetch_add(1, Ordering::Relaxed) + 1;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64);
+            let last = self.warned_at.load(Ordering::Relaxed);
+            if now.saturating_sub(last) >= UNDECRYPTABLE_WARN_EVERY_SECS
+                && self
+                    .warned_at
+                    .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                tracing::warn!(
+                    since_start = n,
+                    "a value in the session store opens with no key of OIDC_TOKEN_ENCRYPTION_KEY \
+                     and is treated as absent (its user logs in again): the key that sealed it \
+                     was removed, or replicas run with different keys. To rotate, add the new \
+                     key last and roll out, then move it first and roll out, and drop the old \
+                     one only after that"
+                );
+            }
+        }
+        plain
+    }
+
+    /// How many stored values no key opened since start
+    /// (`sso_sidecar_store_values_undecryptable_total`).
+    pub fn undecryptable(&self) -> u64 {
+        self.undecryptable.load(Ordering::Relaxed)
     }
 }
 

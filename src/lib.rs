@@ -97,11 +97,13 @@ fn build_oidc(
     });
     store.start_housekeeping();
     let stats = Arc::downgrade(&store);
+    let keys = settings.keys.clone();
     metrics.set_store_source(Box::new(move || {
         let store = stats.upgrade()?;
         Some(metrics::StoreCounts {
             cache: store.cache_stats(),
             short_settles: store.short_settles(),
+            undecryptable: keys.undecryptable(),
         })
     }));
     tracing::info!(

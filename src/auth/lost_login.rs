@@ -45,7 +45,7 @@ impl Auth {
         let marker = crate::store::keys::hashed("state", &["state", &state]);
         let sealed = self.sessions.store().get(&marker).await.ok().flatten();
         let next = sealed
-            .and_then(|v| self.sessions.keys().open(std::str::from_utf8(&v).ok()?))
+            .and_then(|v| self.sessions.keys().open_stored(&v))
             .and_then(|plain| String::from_utf8(plain).ok());
         match next {
             Some(next) => sanitize_next(&next, &self.settings().allowed_redirect_origins),

@@ -16,6 +16,8 @@ pub struct StoreCounts {
     pub cache: Option<(u64, u64)>,
     /// Revocations answered before the replicas asked for acknowledged them.
     pub short_settles: Option<u64>,
+    /// Values read from the store that no key of the ring opens.
+    pub undecryptable: u64,
 }
 
 /// Reads the store's counts; `None` once the store is gone.
@@ -39,7 +41,7 @@ impl Collector for StoreCollector {
         let Some(counts) = self.source.get().and_then(|f| f()) else {
             return Ok(());
         };
-        let mut counters = Vec::with_capacity(3);
+        let mut counters = Vec::with_capacity(4);
         if let Some((hits, misses)) = counts.cache {
             counters.push((
                 "session_cache_hits",
@@ -62,6 +64,12 @@ impl Collector for StoreCollector {
                 short,
             ));
         }
+        counters.push((
+            "store_values_undecryptable",
+            "Values read from the session store that no key of OIDC_TOKEN_ENCRYPTION_KEY opens \
+             (a key removed too soon, or replicas with different keys): treated as absent",
+            counts.undecryptable,
+        ));
         for (name, help, v) in counters {
             let e = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
             ConstCounter::new(v).encode(e)?;

@@ -180,7 +180,7 @@ impl Sessions {
             let Some(sealed) = self.store.get_fresh(&key).await? else {
                 return Ok(None);
             };
-            let Some(before) = self.keys.open_bytes(&sealed) else {
+            let Some(before) = self.keys.open_stored(&sealed) else {
                 return Ok(None);
             };
             let Some(mut s) = serde_json::from_slice::<Session>(&before)
@@ -216,7 +216,7 @@ impl Sessions {
     /// key, unreadable, or sealed for another key.
     fn open(&self, key: &str, sealed: &[u8]) -> Option<Session> {
         self.keys
-            .open_bytes(sealed)
+            .open_stored(sealed)
             .and_then(|p| serde_json::from_slice::<Session>(&p).ok())
             .filter(|s| sealed_for(s, key))
     }

@@ -11,6 +11,7 @@ mod client_cache;
 mod cross_site;
 mod hardening;
 mod in_process;
+mod key_rotation;
 mod lemonldap;
 mod lifecycle;
 mod mock_idp;

@@ -68,7 +68,7 @@ impl OpenRagBridge {
     /// Text sealed with the bridge's keys (a vault value, Chainlit's session cookies).
     pub(super) fn open_sealed(&self, sealed: &[u8]) -> Option<Secret<String>> {
         self.keys
-            .open_bytes(sealed)
+            .open_stored(sealed)
             .and_then(|p| String::from_utf8(p).ok())
             .map(Secret::new)
     }
