@@ -5,7 +5,7 @@ use super::connections::ConnectionLimits;
 use super::settings::{IdentityMode, LogFormat, Settings};
 use super::AuthSettings;
 use ipnet::IpNet;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -54,6 +54,7 @@ impl Settings {
         let listen = socket_addr("listen", &self.listen, problems);
         let admin_listen = socket_addr("admin_listen", &self.admin_listen, problems);
         let upstream = upstream_url(&self.upstream, problems);
+        clashes(listen, admin_listen, upstream.as_ref(), problems);
         let connections = self.connections.validate(problems);
         let identity = super::types::one_of("identity", &self.identity, problems);
         let log_format = super::types::one_of("log_format", &self.log_format, problems);
@@ -160,6 +161,56 @@ fn socket_addr(name: &str, raw: &str, problems: &mut Vec<String>) -> Option<Sock
             ))
         })
         .ok()
+}
+
+/// Addresses that cannot work, said by `check` and at start-up as a configuration error: the
+/// admin listener on the public one's port (its bind would fail with "address in use" after
+/// the public listener is up, as if another process held the port), or an upstream that is
+/// the sidecar's own listener (each request forwarded to itself until the connection limits
+/// give out). Only what can be told without a DNS lookup: IP literals and `localhost`.
+fn clashes(
+    listen: Option<SocketAddr>,
+    admin: Option<SocketAddr>,
+    upstream: Option<&url::Url>,
+    problems: &mut Vec<String>,
+) {
+    let Some(listen) = listen else { return };
+    if let Some(admin) = admin.filter(|a| same_socket(listen, *a)) {
+        problems.push(format!(
+            "listen ({listen}) and admin_listen ({admin}) must not share a port: one \
+             address cannot serve both"
+        ));
+    }
+    let Some(u) = upstream else { return };
+    let ips: Vec<IpAddr> = match u.host() {
+        Some(url::Host::Ipv4(ip)) => vec![ip.into()],
+        Some(url::Host::Ipv6(ip)) => vec![ip.into()],
+        Some(url::Host::Domain(d)) if d.eq_ignore_ascii_case("localhost") => {
+            vec![Ipv4Addr::LOCALHOST.into(), Ipv6Addr::LOCALHOST.into()]
+        }
+        _ => Vec::new(),
+    };
+    let port = u.port_or_known_default().unwrap_or(0);
+    if ips
+        .into_iter()
+        .any(|ip| same_socket(listen, SocketAddr::new(ip, port)))
+    {
+        problems.push(format!(
+            "upstream ({}) is the sidecar's own listen address ({listen}): every request \
+             would be forwarded to the sidecar itself",
+            u.as_str().trim_end_matches('/')
+        ));
+    }
+}
+
+/// Whether two socket addresses meet: the same port (not 0, which the system picks) and
+/// addresses that overlap (equal, or one a wildcard of the other's family; `[::]` is dual
+/// stack, and `0.0.0.0` reaches the local host).
+fn same_socket(a: SocketAddr, b: SocketAddr) -> bool {
+    let covers = |w: IpAddr, x: IpAddr| w.is_unspecified() && (w.is_ipv6() || x.is_ipv4());
+    a.port() == b.port()
+        && a.port() != 0
+        && (a.ip() == b.ip() || covers(a.ip(), b.ip()) || covers(b.ip(), a.ip()))
 }
 
 fn upstream_url(raw: &str, problems: &mut Vec<String>) -> Option<url::Url> {

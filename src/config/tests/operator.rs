@@ -212,3 +212,64 @@ fn openrags_public_paths_left_by_default_in_front_of_another_backend_are_warned_
     ])));
     assert!(!about(warnings(&[("SSO_SIDECAR_IDENTITY", "openrag")])));
 }
+
+/// The admin listener on the public one's port, or an upstream that is the sidecar itself:
+/// refused, naming both settings. What only DNS could tell is left alone.
+#[test]
+fn listeners_and_an_upstream_that_meet_are_refused() {
+    for (listen, admin) in [
+        ("0.0.0.0:8000", "0.0.0.0:8000"),
+        ("0.0.0.0:8000", "127.0.0.1:8000"),
+        ("127.0.0.1:8000", "[::]:8000"),
+        ("[::1]:8000", "[::1]:8000"),
+    ] {
+        let e = problems(&[
+            ("SSO_SIDECAR_LISTEN", listen),
+            ("SSO_SIDECAR_ADMIN_LISTEN", admin),
+        ]);
+        assert!(
+            e.contains("listen (") && e.contains("admin_listen ("),
+            "{listen} {admin}: {e}"
+        );
+    }
+    for (listen, admin) in [
+        ("0.0.0.0:8000", "0.0.0.0:9090"),
+        ("127.0.0.1:8000", "127.0.0.2:8000"),
+        ("0.0.0.0:8000", "[::1]:8000"),
+        ("127.0.0.1:0", "127.0.0.1:0"),
+    ] {
+        let e = problems(&[
+            ("SSO_SIDECAR_LISTEN", listen),
+            ("SSO_SIDECAR_ADMIN_LISTEN", admin),
+        ]);
+        assert_eq!(e, "loaded", "{listen} {admin}");
+    }
+    for (listen, upstream) in [
+        ("0.0.0.0:8080", "http://127.0.0.1:8080"),
+        ("127.0.0.1:8080", "http://localhost:8080/"),
+        ("0.0.0.0:80", "http://127.0.0.1"),
+        ("[::]:8443", "https://[::1]:8443/api"),
+        ("127.0.0.1:8080", "http://0.0.0.0:8080"),
+    ] {
+        let e = problems(&[
+            ("SSO_SIDECAR_LISTEN", listen),
+            ("SSO_SIDECAR_UPSTREAM", upstream),
+        ]);
+        assert!(
+            e.contains("upstream (") && e.contains("own listen address"),
+            "{listen} {upstream}: {e}"
+        );
+    }
+    for (listen, upstream) in [
+        ("0.0.0.0:8080", "http://127.0.0.1:8000"),
+        ("127.0.0.1:8080", "http://10.0.0.5:8080"),
+        ("0.0.0.0:8080", "http://openrag:8080"),
+        ("0.0.0.0:443", "https://backend.example.test"),
+    ] {
+        let e = problems(&[
+            ("SSO_SIDECAR_LISTEN", listen),
+            ("SSO_SIDECAR_UPSTREAM", upstream),
+        ]);
+        assert_eq!(e, "loaded", "{listen} {upstream}");
+    }
+}

@@ -41,7 +41,17 @@ impl RedisStore {
     }
 
     pub fn new(opts: RedisOptions<'_>) -> Result<Self, String> {
-        let bad = |e: redis::RedisError| format!("invalid Redis settings ({:?})", e.kind());
+        // The setting at fault and the client's reason when it is one of its fixed texts
+        // ("Missing hostname - InvalidClientConfig"); a reason with details is not shown, as
+        // they may quote the URL, which may hold a password.
+        let setting = match opts.topology {
+            Topology::Single { .. } => "redis_url",
+            _ => "redis_nodes",
+        };
+        let bad = |e: redis::RedisError| match e.detail() {
+            None => format!("{setting} is not usable: {e}"),
+            Some(_) => format!("{setting} is not usable ({:?})", e.kind()),
+        };
         let backend = match opts.topology {
             Topology::Single { url } => {
                 let mut info: redis::ConnectionInfo =
@@ -282,6 +292,28 @@ mod tests {
         assert!(t.nodelay());
         assert_eq!(t.user_timeout(), Some(Duration::from_secs(4)));
         assert!(t.keepalive().is_some());
+    }
+
+    /// A URL the client cannot use is refused naming the setting and the reason, and nothing
+    /// of the URL (it may hold a password).
+    #[test]
+    fn an_unusable_url_names_its_setting_and_why() {
+        for (url, why) in [
+            ("redis://:hunter2@", "did not parse"),
+            ("redis://:hunter2@h:6379/x", "Invalid database number"),
+        ] {
+            let e = RedisStore::new(options(Topology::Single { url }))
+                .map(|_| ())
+                .unwrap_err();
+            assert!(e.starts_with("redis_url is not usable: "), "{e}");
+            assert!(e.contains(why) && !e.contains("hunter2"), "{e}");
+        }
+        let nodes = vec!["redis://:hunter2@h:6379/x".to_owned()];
+        let e = RedisStore::new(options(Topology::Cluster { nodes: &nodes }))
+            .map(|_| ())
+            .unwrap_err();
+        assert!(e.starts_with("redis_nodes is not usable: "), "{e}");
+        assert!(!e.contains("hunter2"), "{e}");
     }
 
     #[test]
