@@ -274,6 +274,9 @@ impl Auth {
                 let Some(s) = self.sessions.amend(id, now, refreshed).await? else {
                     return Ok(None);
                 };
+                if s.refresh_token.as_ref() != Some(&rt) {
+                    self.sessions.after_rotation().await;
+                }
                 tracing::info!(sub = %s.sub, "access token refreshed");
                 let claims = renewed.as_ref().and_then(|r| r.claims.as_ref());
                 if !self

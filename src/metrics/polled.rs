@@ -57,8 +57,8 @@ impl Collector for StoreCollector {
         if let Some(short) = counts.short_settles {
             counters.push((
                 "store_revocations_unreplicated",
-                "Revocations (logouts, sessions ended at a refresh or replaced at a login) \
-                 answered before the Redis replicas asked for (redis_logout_replicas) \
+                "Revocations (logouts, sessions ended at a refresh or replaced at a login, \
+                 refresh tokens rotated) answered before the Redis replicas asked for (redis_logout_replicas) \
                  acknowledged them within redis_logout_wait_ms: a failover then may bring their \
                  sessions back",
                 short,

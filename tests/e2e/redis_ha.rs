@@ -891,6 +891,60 @@ async fn a_logout_through_sentinel_is_answered_once_the_replica_has_it() {
     assert_eq!(status(sc, "/v1/x", &[("cookie", &cookie)]).await, 401);
 }
 
+/// A refresh that rotates the refresh token is answered once the replica has the new one: a
+/// failover right after would otherwise bring back the spent token, and the session's next
+/// refresh would be refused (the user logged out).
+#[tokio::test]
+async fn a_rotating_refresh_through_sentinel_is_answered_once_the_replica_has_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let set = sentinel_set(dir.path()).await;
+    let (idp, key, _up, sc) =
+        through_sentinel(&set, ("SSO_SIDECAR_REDIS_LOGOUT_WAIT_MS", "3000")).await;
+    let sc = &sc.sidecar;
+    idp.set(|s| s.login_expires_in = 2);
+    let id = idp.login(&key, sc, "alice", "sid-1").await;
+    let expires = sso_sidecar::auth::oidc::now_unix() + 2;
+    let cookie = session_header(&id);
+    let stored = format!(
+        "sso-sidecar:{}",
+        sso_sidecar::session::Sessions::key_of(&id)
+    );
+    idp.set(|s| {
+        s.token_response = json!({"access_token": "at-2", "token_type": "Bearer",
+            "expires_in": 600, "refresh_token": "rt-2"});
+    });
+    wait_until("the access token expired", Duration::from_secs(5), || {
+        sso_sidecar::auth::oidc::now_unix() > expires
+    })
+    .await;
+    assert_eq!(replicated(set.master).await, "1");
+    let replica = &set.servers.0[1];
+    signal(replica, "STOP");
+    let headers = [("cookie", cookie.as_str())];
+    let mut out = Box::pin(status(sc, "/v1/x", &headers));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(600), &mut out)
+            .await
+            .is_err(),
+        "the refreshed request waits while the replica cannot acknowledge it"
+    );
+    signal(replica, "CONT");
+    let code = tokio::time::timeout(Duration::from_secs(5), out)
+        .await
+        .expect("answered once the replica is back");
+    assert_eq!(code, 200);
+    assert_eq!(
+        idp.state.lock().unwrap().token_requests.len(),
+        2,
+        "one refresh"
+    );
+    assert_eq!(
+        cli(set.replica, &["get", &stored]),
+        cli(set.master, &["get", &stored]),
+        "the replica has the refreshed session"
+    );
+}
+
 /// Logouts at once share their waits for the replica: a burst costs a couple of `WAIT`s, not
 /// one each (a logout waits for the first round begun after it asked).
 #[tokio::test]

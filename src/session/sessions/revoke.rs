@@ -283,6 +283,20 @@ impl Sessions {
         Ok(existed)
     }
 
+    /// After a refresh that rotated the refresh token: the old one is spent at the IdP, and a
+    /// failover that promoted a replica without the new one would bring it back, so the
+    /// session's next refresh would be refused (`invalid_grant`) and the user logged out. So
+    /// it waits for the replicas as a revocation does (`redis_logout_replicas`).
+    pub async fn after_rotation(&self) {
+        if let Settled::Short { acked } = self.store.after_revocation().await {
+            tracing::warn!(
+                acked,
+                "a refreshed session was answered before the Redis replicas acknowledged it: a \
+                 failover now may bring back its spent refresh token, ending it at its next refresh"
+            );
+        }
+    }
+
     /// After a revocation: waits for the store's replicas to have it, so that a failover
     /// after the answer does not bring the sessions back (`redis_logout_replicas`).
     async fn settle(&self) {
