@@ -57,7 +57,7 @@ struct Opened {
 }
 
 /// Bound of each worker's opened-session cache (about 4.5 KiB an entry, so ~4.5 MiB at most);
-/// it is simply cleared when full.
+/// when full, about an eighth of it is evicted (`per_worker::evict_some`) to make room.
 const OPENED_CACHE_MAX: usize = 1024;
 
 /// What a callback's own calls may add to a login's `login_timeout_secs`
