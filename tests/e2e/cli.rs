@@ -459,14 +459,17 @@ fn unusable_tls_files_exit_78_before_any_port_is_bound() {
     let oidc: Vec<(&str, &str)> = oidc.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let (code, _, err) = run(&["run"], &oidc);
     assert_eq!(code, Some(78), "{err}");
-    says(&err, &["Redis: invalid Redis settings"]);
+    says(
+        &err,
+        &["Redis: redis_url is not usable: Redis URL did not parse"],
+    );
     // `check` names each problem once, though its probes would meet them again.
     let mut with_ca = oidc.clone();
     with_ca.push(("SSO_SIDECAR_IDP_CA_FILE", ca.as_str()));
     let (code, _, err) = run(&["check"], &with_ca);
     assert_eq!(code, Some(78), "{err}");
     assert_eq!(err.matches("ca.pem").count(), 1, "{err}");
-    assert_eq!(err.matches("invalid Redis settings").count(), 1, "{err}");
+    assert_eq!(err.matches("redis_url is not usable").count(), 1, "{err}");
 }
 
 /// A variable that is not UTF-8 (a binary Secret mounted with `envFrom`) is no reason to
