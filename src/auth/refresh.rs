@@ -128,7 +128,7 @@ impl Auth {
         // drain's deadline: the worker's runtime ends then. Also keeps its large state, IdP
         // exchange included, out of every request's future.)
         let (auth, id) = (self.clone(), id.to_owned());
-        tokio::spawn(async move { auth.refresh_session(&id).await })
+        tokio::spawn(async move { auth.refresh_session(&id, session).await })
             .await
             .unwrap_or_else(|e| Err(StoreError::Unavailable(format!("refresh stopped: {e}"))))
     }
@@ -148,11 +148,21 @@ impl Auth {
         needs_refresh(session, now_unix(), skew)
     }
 
-    async fn refresh_session(&self, id: &str) -> Result<Option<Arc<Session>>, StoreError> {
+    async fn refresh_session(
+        &self,
+        id: &str,
+        loaded: Arc<Session>,
+    ) -> Result<Option<Arc<Session>>, StoreError> {
         let skew = self.settings().refresh_skew.as_secs() as i64;
         let key = Sessions::key_of(id);
         let local = self.inflight.lock_for(&key);
-        let _local = local.lock().await;
+        // Another request of the session refreshes it here: one whose access token is still
+        // valid is served as it is, not queued behind a slow IdP; one expired waits.
+        let _local = match local.try_lock() {
+            Ok(guard) => guard,
+            Err(_) if loaded.is_live_access(now_unix()) => return Ok(Some(loaded)),
+            Err(_) => local.lock().await,
+        };
         let Some(mut current) = self.sessions.load_fresh(id, now_unix()).await? else {
             return Ok(None);
         };
@@ -303,6 +313,18 @@ impl Auth {
                 Ok(Some(Arc::new(s)))
             }
             Err(e) if is_definitive(&e) => {
+                // The refusal is about the refresh token sent. Should the lock have expired
+                // while this replica waited on the IdP or the store, another may have refreshed
+                // meanwhile: the session then holds a newer token, and ending it would log out
+                // a user whose refresh succeeded.
+                match self.sessions.load_fresh(id, now_unix()).await? {
+                    Some(cur) if cur.refresh_token.as_ref() != Some(&rt) => {
+                        tracing::info!(sub = %s.sub, "refresh refused, but another replica refreshed the session meanwhile: kept");
+                        return Ok(cur.is_live_access(now_unix()).then_some(cur));
+                    }
+                    Some(_) => {}
+                    None => return Ok(None),
+                }
                 self.metrics.refresh(RefreshResult::Refused.label());
                 self.metrics.sessions_revoked(1);
                 tracing::info!(sub = %s.sub, error = %e, "refresh refused by the IdP: session ended");

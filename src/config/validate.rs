@@ -182,10 +182,16 @@ fn clashes(
         ));
     }
     let Some(u) = upstream else { return };
+    // A connection to a wildcard address goes to the loopback address of its family.
+    let reached = |ip: IpAddr| match ip.to_canonical() {
+        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        other => other,
+    };
     let ips: Vec<IpAddr> = match u.host() {
-        Some(url::Host::Ipv4(ip)) => vec![ip.into()],
-        Some(url::Host::Ipv6(ip)) => vec![ip.into()],
-        Some(url::Host::Domain(d)) if d.eq_ignore_ascii_case("localhost") => {
+        Some(url::Host::Ipv4(ip)) => vec![reached(ip.into())],
+        Some(url::Host::Ipv6(ip)) => vec![reached(ip.into())],
+        Some(url::Host::Domain(d)) if is_localhost(d) => {
             vec![Ipv4Addr::LOCALHOST.into(), Ipv6Addr::LOCALHOST.into()]
         }
         _ => Vec::new(),
@@ -203,14 +209,19 @@ fn clashes(
     }
 }
 
+/// `localhost`, `localhost.` and names under it, which resolve to the loopback addresses.
+fn is_localhost(host: &str) -> bool {
+    let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+    host == "localhost" || host.ends_with(".localhost")
+}
+
 /// Whether two socket addresses meet: the same port (not 0, which the system picks) and
-/// addresses that overlap (equal, or one a wildcard of the other's family; `[::]` is dual
-/// stack, and `0.0.0.0` reaches the local host).
+/// addresses that overlap (equal once IPv4-mapped IPv6 is read as IPv4, or one a wildcard of
+/// the other's family; `[::]` is dual stack, as `server::listen` binds it).
 fn same_socket(a: SocketAddr, b: SocketAddr) -> bool {
-    let covers = |w: IpAddr, x: IpAddr| w.is_unspecified() && (w.is_ipv6() || x.is_ipv4());
-    a.port() == b.port()
-        && a.port() != 0
-        && (a.ip() == b.ip() || covers(a.ip(), b.ip()) || covers(b.ip(), a.ip()))
+    let (x, y) = (a.ip().to_canonical(), b.ip().to_canonical());
+    let covers = |w: IpAddr, v: IpAddr| w.is_unspecified() && (w.is_ipv6() || v.is_ipv4());
+    a.port() == b.port() && a.port() != 0 && (x == y || covers(x, y) || covers(y, x))
 }
 
 fn upstream_url(raw: &str, problems: &mut Vec<String>) -> Option<url::Url> {

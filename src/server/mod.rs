@@ -119,8 +119,13 @@ pub fn listen(addr: SocketAddr, shared: bool) -> std::io::Result<TcpListener> {
     if shared {
         socket.set_reuseport(true)?;
     }
-    // Best effort: a platform without one of these options still serves, with a warning.
     let tuned = socket2::SockRef::from(&socket);
+    // `[::]` takes IPv4 too, whatever the system's default (`net.ipv6.bindv6only`): the
+    // configuration checks count on it (`config::validate`).
+    if addr.is_ipv6() && addr.ip().is_unspecified() {
+        tuned.set_only_v6(false)?;
+    }
+    // Best effort: a platform without one of these options still serves, with a warning.
     if let Err(e) = tuned.set_tcp_keepalive(&KEEPALIVE) {
         tracing::warn!(%addr, error = %e, "TCP keepalive not set on the listener");
     }
@@ -140,6 +145,9 @@ pub fn bind_alone(addr: SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
         tokio::net::TcpSocket::new_v6()?
     };
     socket.set_reuseaddr(true)?;
+    if addr.is_ipv6() && addr.ip().is_unspecified() {
+        socket2::SockRef::from(&socket).set_only_v6(false)?;
+    }
     socket.bind(addr)?;
     Ok(socket)
 }

@@ -27,9 +27,15 @@ impl World {
 
     /// Logs in on `on` and says whether `other` serves that session.
     async fn shared(&self, on: &OidcSidecar, other: &OidcSidecar, sid: &str) -> bool {
+        let cookie = self.login(on, sid).await;
+        alive(&other.sidecar, &cookie).await
+    }
+
+    /// Logs in on `on`: the session cookie.
+    async fn login(&self, on: &OidcSidecar, sid: &str) -> String {
         let cookie = self.idp.login(&self.key, &on.sidecar, "alice", sid).await;
         assert!(alive(&on.sidecar, &cookie).await, "where it logged in");
-        alive(&other.sidecar, &cookie).await
+        cookie
     }
 }
 
@@ -52,29 +58,45 @@ async fn a_key_rotation_in_three_roll_outs_logs_nobody_out_a_hasty_one_says_why(
     );
     let both = |first: &str, second: &str| format!("{first},{second}");
 
-    // 1. The new key appended: everyone still seals with the old one, and opens both.
+    // Before: everyone on the old key.
+    let before = w.login(&w.replica(&old).await, "s0").await;
+    // 1. The new key appended, on some replicas so far: everyone still seals with the old
+    // key, so updated and not yet updated replicas read each other's sessions.
     let (a, b) = (w.replica(&both(&old, &new)).await, w.replica(&old).await);
     assert!(
         w.shared(&a, &b, "s1").await,
-        "appended: old replica reads new"
+        "appended: the old replica reads the updated one's"
     );
-    assert!(
-        w.shared(&b, &a, "s2").await,
-        "appended: new replica reads old"
-    );
-    // 2. Moved first, once every replica has both.
+    assert!(w.shared(&b, &a, "s2").await, "appended: and the other way");
+    assert!(alive(&a.sidecar, &before).await, "a session from before");
+    // 2. Moved first, once every replica has both: what the updated ones seal with the new
+    // key, the others open.
     let b = w.replica(&both(&old, &new)).await;
     let a = w.replica(&both(&new, &old)).await;
+    let sealed_new = w.login(&a, "s3").await;
     assert!(
-        w.shared(&a, &b, "s3").await,
+        alive(&b.sidecar, &sealed_new).await,
         "moved first: the other replica reads it"
     );
     assert!(
         w.shared(&b, &a, "s4").await,
         "moved first: and the other way"
     );
+    assert!(alive(&a.sidecar, &before).await, "a session from before");
     assert_eq!(metric(&metrics(&b.sidecar).await, UNDECRYPTABLE), 0.0);
     assert_eq!(metric(&metrics(&a.sidecar).await, UNDECRYPTABLE), 0.0);
+    // 3. The old key dropped: sessions sealed since step 2 stay; those only the old key
+    // opens are gone, and counted (hence: only after the longest session).
+    let c = w.replica(&new).await;
+    assert!(
+        alive(&c.sidecar, &sealed_new).await,
+        "sealed with the new key"
+    );
+    assert!(
+        !alive(&c.sidecar, &before).await,
+        "sealed with the dropped key"
+    );
+    assert!(metric(&metrics(&c.sidecar).await, UNDECRYPTABLE) >= 1.0);
 
     // Prepended in one step: a replica still on the old key cannot open what the updated one
     // wrote. The user logs in again; the operator is told why.

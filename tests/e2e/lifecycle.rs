@@ -1303,19 +1303,20 @@ async fn a_logout_during_a_refresh_stays_a_logout() {
     assert!(!alive(&m.b.sidecar, &cookie).await);
 }
 
-/// A refresh on one replica that waits 9 s on the IdP (under the default 10 s timeout), while
+/// A refresh on one replica that waits 12 s on the IdP (under a 20 s timeout), while
 /// the access token has expired: a request of the same session on the other replica waits for
 /// that refresh and is served with its result. It gave up after 8 s and answered 401, logging
 /// the user out of a session that was being refreshed.
 #[tokio::test]
 async fn a_replica_waits_for_a_slow_refresh_on_another_instead_of_a_401() {
-    let m = mock_pair(&[]).await;
+    // A 12 s IdP under a 20 s timeout: past the 8 s after which B gave up.
+    let m = mock_pair(&[("SSO_SIDECAR_IDP_TIMEOUT_SECS", "20")]).await;
     m.idp.set(|s| s.login_expires_in = 2);
     let cookie = mock_login(&m, &m.a.sidecar, "alice", "sid-1").await;
     let expires = sso_sidecar::auth::oidc::now_unix() + 2;
     m.idp.set(|s| {
         s.token_response["expires_in"] = json!(600);
-        s.token_delay_ms = 9000;
+        s.token_delay_ms = 12_000;
     });
     let refreshes = || m.idp.state.lock().unwrap().token_requests.len();
     let before = refreshes();
@@ -1339,10 +1340,114 @@ async fn a_replica_waits_for_a_slow_refresh_on_another_instead_of_a_401() {
     .unwrap();
     assert_eq!(on_b.status(), 200, "replica B waited for A's refresh");
     assert!(
-        started.elapsed() > Duration::from_secs(5),
+        started.elapsed() > Duration::from_secs(9),
         "B answered once the refresh was done, not with the expired token"
     );
     assert_eq!(on_a.await.unwrap().status(), 200, "replica A");
     assert_eq!(refreshes(), before + 1, "one refresh grant for both");
     assert!(alive(&m.b.sidecar, &cookie).await);
+}
+
+/// The refresh lock expires while replica A waits on the IdP (here: deleted, as its TTL would
+/// do with a slow store), so replica B takes it and sends the same refresh token. A's refresh
+/// succeeds and writes the new token; then the IdP refuses B's reuse (`invalid_grant`). B must
+/// not end the session the successful refresh just wrote: it ended it, logging the user out.
+#[tokio::test]
+async fn a_refusal_of_a_token_another_replica_already_rotated_ends_nothing() {
+    let m = mock_pair(&[]).await;
+    m.idp.set(|s| s.login_expires_in = 2);
+    let cookie = mock_login(&m, &m.a.sidecar, "alice", "sid-1").await;
+    let expires = sso_sidecar::auth::oidc::now_unix() + 2;
+    m.idp.set(|s| {
+        s.token_response = json!({"access_token": "at-2", "token_type": "Bearer",
+            "expires_in": 600, "refresh_token": "rt-2"});
+        s.token_delay_ms = 2000;
+    });
+    let refreshes = || m.idp.state.lock().unwrap().token_requests.len();
+    let before = refreshes();
+    wait_until("the access token expired", Duration::from_secs(5), || {
+        sso_sidecar::auth::oidc::now_unix() > expires
+    })
+    .await;
+    let request = |sc: &Sidecar| {
+        let (url, header) = (sc.url("/v1/x"), session_header(&cookie));
+        tokio::spawn(async move { get(&url, &[("cookie", &header)]).await.unwrap().status() })
+    };
+    let on_a = request(&m.a.sidecar);
+    wait_until("A asked the IdP", Duration::from_secs(5), || {
+        refreshes() > before
+    })
+    .await;
+    // The lock gone, as if its TTL had run out; B's request waits longer at the IdP.
+    let deleted = m.redis.cli(&[
+        "EVAL",
+        "local n = 0 for _, k in ipairs(redis.call('KEYS', ARGV[1])) do \
+         n = n + redis.call('DEL', k) end return n",
+        "0",
+        "sso-sidecar:lock:*",
+    ]);
+    assert_eq!(deleted, "(integer) 1", "A held one refresh lock");
+    m.idp.set(|s| s.token_delay_ms = 4000);
+    let on_b = request(&m.b.sidecar);
+    wait_until("B asked the IdP too", Duration::from_secs(5), || {
+        refreshes() > before + 1
+    })
+    .await;
+    assert_eq!(on_a.await.unwrap(), 200, "A refreshed");
+    // B's answer, computed when its delay is over: the reused token refused.
+    m.idp.set(|s| {
+        s.token_status = 400;
+        s.token_response = json!({"error": "invalid_grant"});
+    });
+    assert_eq!(
+        on_b.await.unwrap(),
+        200,
+        "B is served the session A refreshed"
+    );
+    assert!(alive(&m.a.sidecar, &cookie).await, "not logged out");
+    assert!(alive(&m.b.sidecar, &cookie).await, "not logged out");
+}
+
+/// While a request refreshes a session whose access token is still valid, the session's other
+/// requests on the same replica are served with it at once, not queued behind a slow IdP.
+#[tokio::test]
+async fn a_slow_refresh_does_not_hold_the_sessions_other_requests() {
+    let m = mock_pair(&[]).await;
+    // 8 s access tokens: a refresh is due in their last quarter, while they are still valid.
+    m.idp.set(|s| s.login_expires_in = 8);
+    let cookie = mock_login(&m, &m.a.sidecar, "alice", "sid-1").await;
+    m.idp.set(|s| {
+        s.token_response = json!({"access_token": "at-2", "token_type": "Bearer",
+            "expires_in": 600, "refresh_token": "rt-2"});
+        s.token_delay_ms = 4000;
+    });
+    let refreshes = || m.idp.state.lock().unwrap().token_requests.len();
+    let before = refreshes();
+    let started = std::time::Instant::now();
+    let refreshing = loop {
+        let (url, header) = (m.a.sidecar.url("/v1/x"), session_header(&cookie));
+        let r = tokio::spawn(async move { get(&url, &[("cookie", &header)]).await.unwrap() });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if refreshes() > before {
+            break r;
+        }
+        assert_eq!(r.await.unwrap().status(), 200);
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no refresh began"
+        );
+    };
+    let asked = std::time::Instant::now();
+    assert!(alive(&m.a.sidecar, &cookie).await);
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "served at once, not after the IdP's 4 s: {:?}",
+        asked.elapsed()
+    );
+    assert!(
+        !refreshing.is_finished(),
+        "the refresh still waits on the IdP"
+    );
+    assert_eq!(refreshing.await.unwrap().status(), 200);
+    assert_eq!(refreshes(), before + 1, "one refresh");
 }

@@ -222,6 +222,7 @@ fn listeners_and_an_upstream_that_meet_are_refused() {
         ("0.0.0.0:8000", "127.0.0.1:8000"),
         ("127.0.0.1:8000", "[::]:8000"),
         ("[::1]:8000", "[::1]:8000"),
+        ("127.0.0.1:8000", "[::ffff:127.0.0.1]:8000"),
     ] {
         let e = problems(&[
             ("SSO_SIDECAR_LISTEN", listen),
@@ -250,6 +251,9 @@ fn listeners_and_an_upstream_that_meet_are_refused() {
         ("0.0.0.0:80", "http://127.0.0.1"),
         ("[::]:8443", "https://[::1]:8443/api"),
         ("127.0.0.1:8080", "http://0.0.0.0:8080"),
+        ("127.0.0.1:8080", "http://[::ffff:127.0.0.1]:8080"),
+        ("127.0.0.1:8080", "http://localhost.:8080"),
+        ("[::]:8080", "http://app.localhost:8080"),
     ] {
         let e = problems(&[
             ("SSO_SIDECAR_LISTEN", listen),
@@ -265,6 +269,9 @@ fn listeners_and_an_upstream_that_meet_are_refused() {
         ("127.0.0.1:8080", "http://10.0.0.5:8080"),
         ("0.0.0.0:8080", "http://openrag:8080"),
         ("0.0.0.0:443", "https://backend.example.test"),
+        // A connection to `[::]` goes to `[::1]`, where nothing of the sidecar listens.
+        ("127.0.0.1:8080", "http://[::]:8080"),
+        ("127.0.0.1:8080", "http://notlocalhost:8080"),
     ] {
         let e = problems(&[
             ("SSO_SIDECAR_LISTEN", listen),
