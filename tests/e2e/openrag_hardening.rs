@@ -383,6 +383,48 @@ async fn a_user_cannot_regenerate_another_users_token_and_their_own_is_adopted_a
     assert_eq!(r.status(), 200, "{}", String::from_utf8_lossy(r.body()));
 }
 
+/// An administrator moves a backend account to another IdP user while the old user's session
+/// lives on (until its next refresh). That session may not regenerate the account's token any
+/// more: it would hand a bearer of someone else's account to the old user, and the new token
+/// would land in the new owner's vault.
+#[tokio::test]
+async fn a_session_from_before_a_relink_cannot_regenerate_the_accounts_token() {
+    let users = json!([
+        seeded("alice", Some(&token(1))),
+        seeded("bob", Some(&token(2)))
+    ]);
+    let w = world_with(
+        Backend::start_with(users, &["--generation", "1.1.8"]),
+        json!({"alice": token(1)}),
+        &[("SSO_SIDECAR_OPENRAG__TOKEN_POLICY", "file")],
+    )
+    .await;
+    let sc = &w.sc.sidecar;
+    let cookie = session_header(&login(sc, "alice", "/").await.cookie);
+    let account = w.backend.user("alice").await.unwrap();
+    let id = account["id"].as_u64().unwrap();
+    w.backend.link(id, "carol").await;
+    reset_log(&w.backend).await;
+
+    let r = regenerate(sc, id, ("cookie", &cookie)).await;
+    assert_eq!(r.status(), 403, "{}", String::from_utf8_lossy(r.body()));
+    assert_eq!(
+        json(&r)["detail"],
+        "Your account has been changed: sign in again"
+    );
+    assert!(
+        logged(&w.backend, |p| p.ends_with("/regenerate_token"))
+            .await
+            .is_empty(),
+        "the request never reached the backend"
+    );
+    assert_eq!(
+        w.backend.user("carol").await.unwrap()["token_sha256"],
+        account["token_sha256"],
+        "the account's token is untouched"
+    );
+}
+
 /// `POST /users/{id}/regenerate_token` through the sidecar, with one credential header.
 async fn regenerate(
     sc: &Sidecar,

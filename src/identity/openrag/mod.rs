@@ -153,9 +153,10 @@ impl OpenRagBridge {
 
     /// Keeps `token` as `sub`'s backend token (it was regenerated through the sidecar, by the
     /// user or an administrator); true when kept. Only while `user` is the account `sub` is
-    /// linked to: a session that began before an administrator moved the link must not put
-    /// the old account's token in the vault of the new one (the session itself keeps it, and
-    /// ends with it).
+    /// linked to: a token regenerated for an account moved meanwhile (by an administrator's
+    /// request that raced the move) must not land in the vault of the account's previous user.
+    /// (A session of that previous user may not regenerate the account's token at all:
+    /// `request::regenerate::self_or_admin`.)
     pub async fn adopt_token(
         &self,
         sub: &str,

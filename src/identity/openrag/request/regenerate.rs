@@ -3,6 +3,7 @@
 //! 2xx answer kept in the vault of the `sub` its account is linked to and in the asking
 //! session when it is its own account.
 
+use super::super::admin::AdminError;
 use super::super::OpenRagBridge;
 use crate::identity::forward::Outcome;
 use crate::identity::{ForwardError, Outbound};
@@ -20,13 +21,33 @@ pub(super) async fn self_or_admin(
     acting: Option<u64>,
     sub: Option<&str>,
 ) -> Result<(), ForwardError> {
-    if target.is_some() && target == acting {
+    // A bearer is the account it names, as the backend says. A session's account is the one
+    // its login resolved, which an administrator may have linked to another user since: it
+    // must still be this user's, or a session from before the move would mint a token for an
+    // account that is someone else's now (and that token would land in their vault).
+    if sub.is_none() && target.is_some() && target == acting {
         return Ok(());
     }
-    let admin = match acting {
-        Some(me) => bridge.is_admin(me).await.map_err(ForwardError::Bridge)?,
-        None => false,
+    let me = match acting {
+        Some(me) => match bridge.admin.get_user(me).await {
+            Ok(u) => Some(u),
+            Err(AdminError::Status { status, .. }) if status == http::StatusCode::NOT_FOUND => None,
+            Err(e) => return Err(ForwardError::Bridge(e.into())),
+        },
+        None => None,
     };
+    if let Some(sub) = sub {
+        if me.as_ref().and_then(|u| u.external_user_id.as_deref()) != Some(sub) {
+            tracing::warn!(sub, acting = ?acting, target = ?target, "refused: this session's backend account is no longer linked to its user");
+            return Err(ForwardError::Forbidden(
+                "Your account has been changed: sign in again",
+            ));
+        }
+        if target.is_some() && target == acting {
+            return Ok(());
+        }
+    }
+    let admin = me.is_some_and(|u| u.is_admin);
     if !admin {
         tracing::warn!(sub, acting = ?acting, target = ?target, "refused: regenerating another user's token takes an administrator");
         return Err(ForwardError::Forbidden(
