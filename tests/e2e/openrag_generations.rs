@@ -110,6 +110,66 @@ async fn openrag_1_1_8s_own_chainlit_login_is_done_for_the_user() {
     );
 }
 
+/// Someone who can write the session store but has not the Fernet key copies alice's sealed
+/// Chainlit session under the key of bob's: bob's requests must not become alice's at
+/// Chainlit. The value names the key it was sealed for, so the copy is refused and bob gets a
+/// Chainlit login of his own.
+#[tokio::test]
+async fn a_chainlit_session_copied_under_another_users_key_is_refused() {
+    let w = world_with(
+        Backend::start_with(
+            json!([
+                seeded("alice", Some(&token(1))),
+                seeded("bob", Some(&token(2)))
+            ]),
+            &["--generation", "1.1.8"],
+        ),
+        json!({"alice": token(1), "bob": token(2)}),
+        &[("SSO_SIDECAR_OPENRAG__TOKEN_POLICY", "file")],
+    )
+    .await;
+    let sc = &w.sc.sidecar;
+    let keys = || w._redis.cli(&["KEYS", "sso-sidecar:chainlit:*"]);
+    let alice = login(sc, "alice", "/").await;
+    let r = as_session(sc, &alice.cookie, "/chainlit/user", "").await;
+    assert_eq!(json(&r)["user"]["external_user_id"], "alice");
+    let alices = keys();
+    let bob = login(sc, "bob", "/").await;
+    let r = as_session(sc, &bob.cookie, "/chainlit/user", "").await;
+    assert_eq!(json(&r)["user"]["external_user_id"], "bob");
+    let unquote = |k: &str| {
+        k.trim()
+            .trim_start_matches(|c: char| c.is_ascii_digit() || c == ')' || c == ' ')
+            .trim_matches('"')
+            .to_owned()
+    };
+    let alices = unquote(&alices);
+    let bobs: Vec<String> = keys()
+        .lines()
+        .map(unquote)
+        .filter(|k| *k != alices)
+        .collect();
+    assert_eq!(bobs.len(), 1, "{bobs:?}");
+    let copied = w._redis.cli(&[
+        "EVAL",
+        "return redis.call('SET', KEYS[2], redis.call('GET', KEYS[1]), 'KEEPTTL')",
+        "2",
+        &alices,
+        &bobs[0],
+    ]);
+    assert_eq!(copied, "OK");
+
+    let r = as_session(sc, &bob.cookie, "/chainlit/user", "").await;
+    assert_eq!(r.status(), 200, "{}", String::from_utf8_lossy(r.body()));
+    assert_eq!(
+        json(&r)["user"]["external_user_id"],
+        "bob",
+        "not alice's session"
+    );
+    let logins = w.backend.requests().await["by_path"]["/chainlit/login"].clone();
+    assert_eq!(logins, 3, "bob logged in to Chainlit again: {logins}");
+}
+
 /// A later-generation backend with alice (token `alice`, vaulted).
 async fn later_with_alice(alice: &str) -> crate::openrag::World {
     world_with(

@@ -89,8 +89,18 @@ impl OpenRagBridge {
     ) -> Result<Option<String>, BridgeError> {
         let key = self.chainlit_key(token);
         if let Some(sealed) = self.store.get(&key).await? {
-            if let Some(pairs) = self.open_sealed(&sealed) {
-                return Ok(Some(pairs.expose().clone()));
+            // Sealed with the key it was written under: a value copied under another token's
+            // key (by someone who can write the store but not seal) would hand that token's
+            // holder this user's Chainlit session. Values without it (earlier versions) are a
+            // new login away.
+            let opened = self.open_sealed(&sealed);
+            match opened.as_ref().and_then(|p| p.expose().split_once('\n')) {
+                Some((k, pairs)) if k == key => return Ok(Some(pairs.to_owned())),
+                Some(_) => tracing::warn!(
+                    "a Chainlit session sealed for another store key was found: refused \
+                     (someone writes the session store who cannot seal; check who can reach Redis)"
+                ),
+                None => {}
             }
         }
         let Some(pairs) = self.admin.chainlit_login(sub, token).await? else {
@@ -101,7 +111,7 @@ impl OpenRagBridge {
             return Ok(None);
         };
         tracing::info!(sub, "logged the user in to Chainlit");
-        let sealed = self.keys.seal(pairs.as_bytes());
+        let sealed = self.keys.seal(format!("{key}\n{pairs}").as_bytes());
         self.store.put(&key, sealed.as_bytes(), SESSION_TTL).await?;
         Ok(Some(pairs))
     }
