@@ -246,6 +246,7 @@ impl App {
             }
             // A preflight is forwarded without its body, if it came with one (`Preflight`).
             let mut without_body = false;
+            let mut judge = None;
             let caller = match decision? {
                 Decision::Login(location) => {
                     let mut r = Response::new(crate::proxy::full(""));
@@ -259,7 +260,10 @@ impl App {
                         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
                     return Ok((r, None));
                 }
-                Decision::Authenticated { session, id } => Caller::Session { session, id },
+                Decision::Authenticated { session, id } => {
+                    judge = auth.stream_judge(&parts);
+                    Caller::Session { session, id }
+                }
                 Decision::Bearer => Caller::Bearer,
                 Decision::Public => Caller::Public,
                 Decision::PublicWithoutCookies => {
@@ -293,6 +297,7 @@ impl App {
                 sessions: &auth.sessions,
                 streams: &oidc.streams,
                 place: std::sync::Mutex::new(place),
+                judge,
             };
             let body: RequestBody = if without_body {
                 Either::Right(http_body_util::Full::default())

@@ -148,6 +148,21 @@ pub fn names_another_method(parts: &http::request::Parts) -> bool {
     taken_as(parts).is_none_or(|m| m.len() > 1)
 }
 
+/// What [`reaches`] reads of a request, copied to judge it again later (a long-lived stream,
+/// [`crate::session::streams::Judge`]): its method, its target and its method-override
+/// headers, no other header (a per-request copy of them all would cost every request).
+pub fn judged_head(parts: &http::request::Parts) -> http::request::Parts {
+    let (mut head, ()) = http::Request::new(()).into_parts();
+    head.method = parts.method.clone();
+    head.uri = parts.uri.clone();
+    for (name, v) in &parts.headers {
+        if METHOD_OVERRIDES.iter().any(|o| folds_to(name.as_str(), o)) {
+            head.headers.append(name.clone(), v.clone());
+        }
+    }
+    head
+}
+
 /// Whether a header names a method (an override header in any spelling), whatever it names.
 pub fn names_method_in_headers(headers: &http::HeaderMap) -> bool {
     headers
@@ -622,6 +637,34 @@ mod tests {
     /// Each method a request may be taken as is judged by the first rule for *that* method: a
     /// narrow rule letting one method through does not decide for another named beside it. A
     /// request naming more methods than any client does is refused where rules apply.
+    /// A stream's request judged again later from its copied head is judged as it was.
+    #[test]
+    fn a_judged_head_is_judged_as_its_request() {
+        let a = Authz {
+            rules: vec![
+                rule("/admin/*", &[http::Method::GET], &["staff"]),
+                rule("/admin/*", &[], &["admins"]),
+            ],
+            ..Authz::default()
+        };
+        let staff = ["staff".to_owned()];
+        for p in [
+            parts("GET", "/admin/ws", &[("cookie", "a=b")]),
+            parts("GET", "/admin/ws", &[("X_HTTP_Method_Override", "DELETE")]),
+            parts("GET", "/admin/ws?_method=DELETE", &[]),
+            parts("GET", "/other/ws", &[("x-http-method", "PUT")]),
+        ] {
+            let head = judged_head(&p);
+            assert!(head.headers.get("cookie").is_none(), "only what is judged");
+            assert_eq!(
+                reaches(&a, &head, &staff),
+                reaches(&a, &p, &staff),
+                "{:?}",
+                p.uri
+            );
+        }
+    }
+
     #[test]
     fn every_method_named_is_judged_by_its_own_first_rule() {
         let a = Authz {

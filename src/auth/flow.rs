@@ -117,6 +117,23 @@ impl Auth {
         decision
     }
 
+    /// With `[[authz.rules]]`, what the streams this session request may open are judged by
+    /// again at each stream check: the rules as they will be then (a reload), the session as the
+    /// store will hold it (a refresh that changed its groups). `None` without rules: nothing to
+    /// ask again, and no copy of the request's head.
+    pub fn stream_judge(self: &Arc<Self>, parts: &Parts) -> Option<crate::session::streams::Judge> {
+        if self.settings().authz.rules.is_empty() {
+            return None;
+        }
+        let head = super::authz::judged_head(parts);
+        let auth = Arc::downgrade(self);
+        Some(Arc::new(move |s: &crate::session::Session| {
+            // Gone (a shutdown): nothing left to judge by, the stream is closing anyway.
+            auth.upgrade()
+                .is_none_or(|a| super::authz::reaches(&a.settings().authz, &head, &s.groups))
+        }))
+    }
+
     /// `GET /auth/login?next=…`
     pub async fn login(
         &self,

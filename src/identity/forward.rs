@@ -64,7 +64,11 @@ pub(super) async fn send(
             inject::inject_headers(h, carrier, t);
         }
     };
-    let watch = || inject.live.map(|id| out.streams.watch(id));
+    let watch = || {
+        inject
+            .live
+            .map(|id| out.streams.watch(id, out.judge.clone()))
+    };
     let holder = || inject.user.map(|sub| out.streams.holder(sub));
     let place = out.take_place();
     let r = out

@@ -83,6 +83,9 @@ pub struct Outbound<'a> {
     /// request's identity was built (when the upstream was busy); the first request sent takes
     /// it (a replay waits for its own).
     pub place: std::sync::Mutex<Option<Place>>,
+    /// For a session's request under a path rule: asks the rules again for each long-lived
+    /// stream it opens ([`crate::session::streams::Judge`]).
+    pub judge: Option<crate::session::streams::Judge>,
 }
 
 impl Outbound<'_> {

@@ -338,26 +338,28 @@ impl Sessions {
         }
     }
 
-    /// When the session with this cookie id ends ([`Session::ends_at`]) if it still exists
-    /// (`None`: ended), read from the store itself (for a check of long-lived streams, not a
-    /// request). A session `used` since the last check (its client's messages on a stream)
-    /// pushes back its idle deadline as a request would.
+    /// The session with this cookie id if it still exists (`None`: ended), read from the
+    /// store itself (for a check of long-lived streams, not a request). A session `used` since
+    /// the last check (its client's messages on a stream) pushes back its idle deadline as a
+    /// request would.
     pub async fn still_there(
         &self,
         id: &str,
         now: i64,
         used: bool,
-    ) -> Result<Option<i64>, StoreError> {
+    ) -> Result<Option<Arc<Session>>, StoreError> {
         let Some(s) = self.load_fresh(id, now).await? else {
             return Ok(None);
         };
-        let expires_at = s.ends_at();
         if !used || self.idle.is_none() {
-            return Ok(Some(expires_at));
+            return Ok(Some(s));
         }
         let key = Self::key_of(id);
-        let kept = self.used(id, &key, Some(s), now, false).await.is_some();
-        Ok(kept.then_some(expires_at))
+        let kept = self
+            .used(id, &key, Some(s.clone()), now, false)
+            .await
+            .is_some();
+        Ok(kept.then_some(s))
     }
 }
 

@@ -11,6 +11,11 @@
 //! check pushes its idle deadline back. Knows sessions and the store; not HTTP (the proxy gets
 //! an opaque signal and a flag).
 //!
+//! A stream admitted by a path rule (`[[authz.rules]]`) carries a judge, which each check asks
+//! again with the session as the store holds it and the rules as they are now: a reload that
+//! tightens the rules, or a refresh (on any replica) that took the user out of the group the
+//! rule asks for, closes that stream, and only that one, at the next check.
+//!
 //! While the store cannot be reached, nothing can be confirmed: a session's streams then stay
 //! open until the session's end (its absolute expiry, or without a refresh token its access
 //! token's, learnt at the last successful check) or until they have gone
@@ -19,7 +24,7 @@
 //! seconds does not cut every chat, yet a logout made during an outage is not ignored for as
 //! long as it lasts.
 
-use super::Sessions;
+use super::{Session, Sessions};
 use crate::clock::now_unix;
 use crate::metrics::Metrics;
 use std::collections::HashMap;
@@ -31,6 +36,10 @@ use tokio_util::sync::CancellationToken;
 
 /// Sessions a revocation pass asks the store about at once.
 const CHECKS_AT_ONCE: usize = 32;
+
+/// Whether a session, as it stands now, may still hold a stream it opened: the path rules of
+/// the request that opened it, asked again (built by the caller, which knows the rules).
+pub type Judge = Arc<dyn Fn(&Session) -> bool + Send + Sync>;
 
 /// The sessions with live streams on this replica.
 #[derive(Default)]
@@ -62,6 +71,9 @@ struct Live {
     /// close), the session's next stream starts a new one, which the old streams' late
     /// unregistering must not count down.
     generation: u64,
+    /// The streams with a judge: their number, their own signal (a child of `end`) and the
+    /// judge.
+    judged: Vec<(u64, CancellationToken, Judge)>,
 }
 
 /// One live stream's registration; dropping it (the stream ended) unregisters it.
@@ -69,6 +81,8 @@ struct Registration {
     streams: Arc<LiveStreams>,
     id: String,
     generation: u64,
+    /// Its number among the judged streams, if it has a judge.
+    judged: Option<u64>,
 }
 
 impl LiveStreams {
@@ -77,10 +91,11 @@ impl LiveStreams {
     }
 
     /// The watch of one new long-lived stream of session `id`: a signal that completes when
-    /// the session ends, which the stream holds for as long as it lives, and the session's
-    /// flag for its client's messages.
-    pub fn watch(self: &Arc<Self>, id: &str) -> crate::proxy::Watch {
-        let (token, client_sent, generation) = {
+    /// the session ends (or, with a `judge`, when the judge no longer admits the session),
+    /// which the stream holds for as long as it lives, and the session's flag for its client's
+    /// messages.
+    pub fn watch(self: &Arc<Self>, id: &str, judge: Option<Judge>) -> crate::proxy::Watch {
+        let (token, client_sent, generation, judged) = {
             let mut map = self.lock();
             let live = map.entry(id.to_owned()).or_insert_with(|| Live {
                 end: CancellationToken::new(),
@@ -89,14 +104,25 @@ impl LiveStreams {
                 confirmed: Instant::now(),
                 expires_at: None,
                 generation: self.generations.fetch_add(1, Ordering::Relaxed),
+                judged: Vec::new(),
             });
             live.count += 1;
-            (live.end.clone(), live.client_sent.clone(), live.generation)
+            let (token, judged) = match judge {
+                Some(judge) => {
+                    let n = self.generations.fetch_add(1, Ordering::Relaxed);
+                    let own = live.end.child_token();
+                    live.judged.push((n, own.clone(), judge));
+                    (own, Some(n))
+                }
+                None => (live.end.clone(), None),
+            };
+            (token, live.client_sent.clone(), live.generation, judged)
         };
         let registration = Registration {
             streams: self.clone(),
             id: id.to_owned(),
             generation,
+            judged,
         };
         crate::proxy::Watch {
             end: Box::pin(async move {
@@ -169,10 +195,11 @@ impl LiveStreams {
             }
             for (id, answer) in answers {
                 let why = match answer {
-                    Ok(Some(expires_at)) => {
-                        if let Some(live) = self.lock().get_mut(&id) {
-                            live.confirmed = Instant::now();
-                            live.expires_at = Some(expires_at);
+                    Ok(Some(session)) => {
+                        let closed = self.confirmed(&id, &session);
+                        if closed > 0 {
+                            metrics.streams_revoked(closed as u64);
+                            tracing::info!(streams = closed, "streams no longer allowed on their paths by [authz] rules: closed");
                         }
                         continue;
                     }
@@ -196,6 +223,26 @@ impl LiveStreams {
         }
     }
 
+    /// Records that the store holds `id` as `session`, and closes the streams whose judge no
+    /// longer admits it: how many.
+    fn confirmed(&self, id: &str, session: &Session) -> usize {
+        let mut map = self.lock();
+        let Some(live) = map.get_mut(id) else {
+            return 0;
+        };
+        live.confirmed = Instant::now();
+        live.expires_at = Some(session.ends_at());
+        let before = live.judged.len();
+        live.judged.retain(|(_, own, judge)| {
+            let admitted = judge(session);
+            if !admitted {
+                own.cancel();
+            }
+            admitted
+        });
+        before - live.judged.len()
+    }
+
     /// Whether the streams of `id`, which the store cannot confirm now, must close: the
     /// session is past its expiry, or went unconfirmed for longer than `outage`.
     fn unconfirmed_too_long(&self, id: &str, outage: Option<Duration>) -> bool {
@@ -215,6 +262,9 @@ impl Drop for Registration {
             .get_mut(&self.id)
             .filter(|l| l.generation == self.generation)
         {
+            if let Some(n) = self.judged {
+                live.judged.retain(|(m, _, _)| *m != n);
+            }
             live.count -= 1;
             if live.count == 0 {
                 map.remove(&self.id);
@@ -230,9 +280,9 @@ mod tests {
     #[tokio::test]
     async fn registrations_come_and_go_with_their_streams() {
         let s = Arc::new(LiveStreams::default());
-        let a = s.watch("one");
-        let b = s.watch("one");
-        let c = s.watch("two");
+        let a = s.watch("one", None);
+        let b = s.watch("one", None);
+        let c = s.watch("two", None);
         assert_eq!(s.count(), 3);
         drop(a);
         assert_eq!(s.count(), 2);
@@ -250,10 +300,10 @@ mod tests {
     #[tokio::test]
     async fn a_closed_streams_late_unregistering_leaves_the_next_stream_watched() {
         let s = Arc::new(LiveStreams::default());
-        let old = s.watch("one");
+        let old = s.watch("one", None);
         let closed = s.lock().remove("one").unwrap();
         closed.end.cancel();
-        let new = s.watch("one");
+        let new = s.watch("one", None);
         drop(old);
         assert_eq!(s.count(), 1, "the new stream is still counted");
         let token = s.lock()["one"].end.clone();
@@ -263,13 +313,43 @@ mod tests {
             .expect("the new stream is told to close");
     }
 
+    /// A judge that no longer admits the session closes its own stream only; one that does
+    /// keeps it; a judged stream that ends leaves the judges.
+    #[tokio::test]
+    async fn a_judge_that_no_longer_admits_closes_its_own_stream_only() {
+        let s = Arc::new(LiveStreams::default());
+        let session = Session::for_tests("alice", now_unix(), 3600);
+        let judge = |admits: bool| -> Judge { Arc::new(move |_: &Session| admits) };
+        let refused = s.watch("one", Some(judge(false)));
+        let admitted = s.watch("one", Some(judge(true)));
+        let plain = s.watch("one", None);
+        let gone = s.watch("one", Some(judge(false)));
+        drop(gone);
+        assert_eq!(s.confirmed("one", &session), 1, "the refused one only");
+        tokio::time::timeout(Duration::from_secs(5), refused.end)
+            .await
+            .expect("told to close");
+        assert_eq!(s.lock()["one"].judged.len(), 1, "the admitted one is left");
+        let (mut admitted, mut plain) = (admitted.end, plain.end);
+        assert!(futures_poll_pending(&mut admitted).await);
+        assert!(futures_poll_pending(&mut plain).await);
+        assert_eq!(s.count(), 2);
+    }
+
+    /// Whether a signal is still waiting (polled once).
+    async fn futures_poll_pending(end: &mut crate::proxy::Abort) -> bool {
+        tokio::time::timeout(Duration::from_millis(50), end.as_mut())
+            .await
+            .is_err()
+    }
+
     /// Unconfirmed sessions: one past its expiry closes at once, one still within it only
     /// once the outage has lasted `outage` (paused clock).
     #[tokio::test(start_paused = true)]
     async fn unconfirmed_streams_close_at_expiry_or_after_the_outage() {
         let s = Arc::new(LiveStreams::default());
-        let _a = s.watch("expired");
-        let _b = s.watch("alive");
+        let _a = s.watch("expired", None);
+        let _b = s.watch("alive", None);
         let outage = Some(Duration::from_secs(30));
         s.lock().get_mut("expired").unwrap().expires_at = Some(now_unix() - 1);
         s.lock().get_mut("alive").unwrap().expires_at = Some(now_unix() + 3600);

@@ -1043,19 +1043,13 @@ async fn an_idp_outage_during_refresh_keeps_the_session_an_invalid_grant_ends_it
         s.token_status = 503;
         s.token_response = json!({"error": "temporarily_unavailable"});
     });
-    let failed = r#"sso_sidecar_token_refreshes_total{result="failed"}"#;
-    let start = std::time::Instant::now();
-    while metric(&metrics(&m.a.sidecar).await, failed) < 1.0 {
-        assert!(
-            alive(&m.a.sidecar, &cookie).await,
-            "a 5xx from the IdP does not end a session whose access token is still valid"
-        );
-        assert!(
-            start.elapsed() < Duration::from_secs(12),
-            "no refresh was attempted"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    alive_until_a_failed_refresh(
+        &m,
+        &cookie,
+        1.0,
+        "a 5xx from the IdP does not end a session whose access token is still valid",
+    )
+    .await;
     let met = metrics(&m.a.sidecar).await;
     assert_eq!(
         metric(
@@ -1101,6 +1095,21 @@ async fn an_idp_outage_during_refresh_keeps_the_session_an_invalid_grant_ends_it
     );
 }
 
+/// Requests the session on replica A, each answered as alive (`why` otherwise), until A has
+/// counted `failed` failed refreshes; within 12 s.
+async fn alive_until_a_failed_refresh(m: &MockPair, cookie: &str, failed: f64, why: &str) {
+    let counted = r#"sso_sidecar_token_refreshes_total{result="failed"}"#;
+    let start = std::time::Instant::now();
+    while metric(&metrics(&m.a.sidecar).await, counted) < failed {
+        assert!(alive(&m.a.sidecar, cookie).await, "{why}");
+        assert!(
+            start.elapsed() < Duration::from_secs(12),
+            "no refresh was attempted"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Refusals that are not about the user's grant: `invalid_client` (a client secret being
 /// rotated) and a 403 page from something in front of the IdP. Ending every session that
 /// refreshes meanwhile would log everyone out; they count as failures, and the session lives.
@@ -1108,7 +1117,6 @@ async fn an_idp_outage_during_refresh_keeps_the_session_an_invalid_grant_ends_it
 async fn a_refusal_that_is_not_invalid_grant_keeps_the_session() {
     let m = mock_pair(&[]).await;
     m.idp.set(|s| s.login_expires_in = 8);
-    let failed = r#"sso_sidecar_token_refreshes_total{result="failed"}"#;
     let refused = r#"sso_sidecar_token_refreshes_total{result="refused"}"#;
     let cases = [
         (400, json!({"error": "invalid_client"})),
@@ -1121,18 +1129,8 @@ async fn a_refusal_that_is_not_invalid_grant_keeps_the_session() {
             s.token_status = status;
             s.token_response = body.clone();
         });
-        let start = std::time::Instant::now();
-        while metric(&metrics(&m.a.sidecar).await, failed) < (n + 1) as f64 {
-            assert!(
-                alive(&m.a.sidecar, &cookie).await,
-                "a {status} {body} ends no session"
-            );
-            assert!(
-                start.elapsed() < Duration::from_secs(12),
-                "no refresh was attempted"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        let why = format!("a {status} {body} ends no session");
+        alive_until_a_failed_refresh(&m, &cookie, (n + 1) as f64, &why).await;
         assert!(alive(&m.a.sidecar, &cookie).await, "{status} {body}");
         assert!(alive(&m.b.sidecar, &cookie).await, "{status} {body}");
         assert_eq!(metric(&metrics(&m.a.sidecar).await, refused), 0.0);

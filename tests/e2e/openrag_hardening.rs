@@ -255,21 +255,26 @@ async fn a_static_slash_redirect_does_not_hand_out_the_injected_token() {
     }
 }
 
+/// OpenRag 1.1.8 with alice and bob seeded, alice's token in the sidecar's token file.
+async fn alice_and_bob_on_1_1_8() -> crate::openrag::World {
+    let users = json!([
+        seeded("alice", Some(&token(1))),
+        seeded("bob", Some(&token(2)))
+    ]);
+    world_with(
+        Backend::start_with(users, &["--generation", "1.1.8"]),
+        json!({"alice": token(1)}),
+        &[("SSO_SIDECAR_OPENRAG__TOKEN_POLICY", "file")],
+    )
+    .await
+}
+
 /// OpenRag 1.1.8 lets any user regenerate — and receive — any user's token. Through the sidecar,
 /// a session regenerates only its own (unless its user is an administrator), and then keeps
 /// working with the new token at once.
 #[tokio::test]
 async fn a_user_cannot_regenerate_another_users_token_and_their_own_is_adopted_at_once() {
-    let users = json!([
-        seeded("alice", Some(&token(1))),
-        seeded("bob", Some(&token(2)))
-    ]);
-    let w = world_with(
-        Backend::start_with(users, &["--generation", "1.1.8"]),
-        json!({"alice": token(1)}),
-        &[("SSO_SIDECAR_OPENRAG__TOKEN_POLICY", "file")],
-    )
-    .await;
+    let w = alice_and_bob_on_1_1_8().await;
     let sc = &w.sc.sidecar;
     let cookie = session_header(&login(sc, "alice", "/").await.cookie);
     let id = |u: &Value| u["id"].as_u64().unwrap();
@@ -389,16 +394,7 @@ async fn a_user_cannot_regenerate_another_users_token_and_their_own_is_adopted_a
 /// would land in the new owner's vault.
 #[tokio::test]
 async fn a_session_from_before_a_relink_cannot_regenerate_the_accounts_token() {
-    let users = json!([
-        seeded("alice", Some(&token(1))),
-        seeded("bob", Some(&token(2)))
-    ]);
-    let w = world_with(
-        Backend::start_with(users, &["--generation", "1.1.8"]),
-        json!({"alice": token(1)}),
-        &[("SSO_SIDECAR_OPENRAG__TOKEN_POLICY", "file")],
-    )
-    .await;
+    let w = alice_and_bob_on_1_1_8().await;
     let sc = &w.sc.sidecar;
     let cookie = session_header(&login(sc, "alice", "/").await.cookie);
     let account = w.backend.user("alice").await.unwrap();

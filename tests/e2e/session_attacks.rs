@@ -687,3 +687,73 @@ async fn the_upstream_cannot_set_the_sidecars_own_cookies() {
         assert_eq!(set, ["theme=dark"], "{path}");
     }
 }
+
+/// A WebSocket a path rule let through is judged again at each stream check: once a reload
+/// rules its path for a group the user is not in, it closes at the next check, while the same
+/// session's stream on a path still allowed stays open. It stayed open until the session
+/// ended (a week).
+#[tokio::test]
+async fn a_stream_no_longer_allowed_by_the_path_rules_closes() {
+    let idp = MockIdp::start().await;
+    let key = Key::new("k1");
+    idp.set(|m| m.jwks = json!({"keys": [key.jwk()]}));
+    let up = Upstream::start();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sso.toml");
+    let rule =
+        |path: &str| format!("[[authz.rules]]\npath = \"{path}\"\ngroups = [\"admins\"]\n\n");
+    std::fs::write(&file, rule("/admin/*")).unwrap();
+    let cfg = file.to_str().unwrap().to_owned();
+    let sc = start_oidc_sidecar(
+        free_port(),
+        &idp.issuer(),
+        &up.url(),
+        &[
+            ("SSO_SIDECAR_CONFIG", &cfg),
+            ("SSO_SIDECAR_CONNECTIONS__REVOCATION_CHECK_MS", "200"),
+        ],
+    )
+    .await;
+    let sc = &sc.sidecar;
+    let cookie = format!(
+        "Cookie: {}\r\n",
+        session_header(&idp.login(&key, sc, "alice", "sid-1").await)
+    );
+    let open = |path: &'static str| {
+        let cookie = cookie.clone();
+        async move {
+            let (mut s, head) = crate::streaming::ws_to(sc.addr, path, &cookie).await;
+            assert!(head.starts_with("HTTP/1.1 101"), "{path}: {head}");
+            crate::streaming::ws_echo(&mut s, "hi").await;
+            s
+        }
+    };
+    let mut ruled = open("/ws").await;
+    let mut other = open("/chat/ws").await;
+
+    std::fs::write(&file, format!("{}{}", rule("/admin/*"), rule("/ws"))).unwrap();
+    sc.signal("HUP");
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut buf = [0u8; 64];
+        loop {
+            match ruled.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the stream on the newly ruled path stayed open"
+    );
+    crate::streaming::ws_echo(&mut other, "still here").await;
+    let met = metrics(sc).await;
+    assert_eq!(
+        metric(&met, "sso_sidecar_streams_revoked_total"),
+        1.0,
+        "{met}"
+    );
+    let (_, head) = crate::streaming::ws_to(sc.addr, "/ws", &cookie).await;
+    assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+}

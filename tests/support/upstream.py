@@ -9,7 +9,7 @@ Binds 127.0.0.1 on the given port (0 = a free one), prints "READY <port>" on std
   GET  /slow?ms=M        answers after M ms
   GET  /status?code=C    answers with status C
   GET  .../set-cookies?c=N=V sets each c as a Set-Cookie line (a backend setting cookies, any name)
-  GET  /ws               WebSocket echo (text and binary frames)
+  GET  /ws, .../ws       WebSocket echo (text and binary frames)
   GET  /switch           101 Switching Protocols (Upgrade: h2c) whatever was asked
   GET  /__conns          {"connections": N}: TCP connections accepted so far
   GET  /__requests       {"requests": [{method, path}]}: every request routed so far
@@ -143,7 +143,7 @@ class Handler(BaseHTTPRequestHandler):
         if path == "/status":
             self.read_body(keep=False)
             return self.send_json({"status": int(q["code"])}, status=int(q["code"]))
-        if path == "/ws" and self.headers.get("Upgrade", "").lower() == "websocket":
+        if (path == "/ws" or path.endswith("/ws")) and self.headers.get("Upgrade", "").lower() == "websocket":
             return self.websocket()
         if path == "/__conns":
             return self.send_json({"connections": Handler.connections})
