@@ -634,9 +634,6 @@ mod tests {
         assert!(reach(&a, &get, "/elsewhere", &g(&[])));
     }
 
-    /// Each method a request may be taken as is judged by the first rule for *that* method: a
-    /// narrow rule letting one method through does not decide for another named beside it. A
-    /// request naming more methods than any client does is refused where rules apply.
     /// A stream's request judged again later from its copied head is judged as it was.
     #[test]
     fn a_judged_head_is_judged_as_its_request() {
@@ -665,6 +662,9 @@ mod tests {
         }
     }
 
+    /// Each method a request may be taken as is judged by the first rule for *that* method: a
+    /// narrow rule letting one method through does not decide for another named beside it. A
+    /// request naming more methods than any client does is refused where rules apply.
     #[test]
     fn every_method_named_is_judged_by_its_own_first_rule() {
         let a = Authz {

@@ -13,8 +13,9 @@
 //!
 //! A stream admitted by a path rule (`[[authz.rules]]`) carries a judge, which each check asks
 //! again with the session as the store holds it and the rules as they are now: a reload that
-//! tightens the rules, or a refresh (on any replica) that took the user out of the group the
-//! rule asks for, closes that stream, and only that one, at the next check.
+//! tightens the rules, or a refresh (on any replica, made by the session's HTTP requests: the
+//! check itself refreshes nothing) that took the user out of the group the rule asks for,
+//! closes that stream, and only that one, at the next check.
 //!
 //! While the store cannot be reached, nothing can be confirmed: a session's streams then stay
 //! open until the session's end (its absolute expiry, or without a refresh token its access

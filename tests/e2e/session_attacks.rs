@@ -757,3 +757,65 @@ async fn a_stream_no_longer_allowed_by_the_path_rules_closes() {
     let (_, head) = crate::streaming::ws_to(sc.addr, "/ws", &cookie).await;
     assert!(head.starts_with("HTTP/1.1 403"), "{head}");
 }
+
+/// The other way a path rule stops admitting a stream: the user leaves the group at the IdP.
+/// A refresh on replica B (claims from userinfo) writes the session's new groups; replica A,
+/// which holds the session's WebSocket on the ruled path, closes it at its next check.
+#[tokio::test]
+async fn a_stream_closes_on_another_replica_once_a_refresh_drops_its_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sso.toml");
+    std::fs::write(
+        &file,
+        "[[authz.rules]]\npath = \"/ws\"\ngroups = [\"admins\"]\n",
+    )
+    .unwrap();
+    let cfg = file.to_str().unwrap().to_owned();
+    let m = mock_pair(&[
+        ("SSO_SIDECAR_CONFIG", &cfg),
+        ("OIDC_CLAIM_SOURCE", "userinfo"),
+        ("SSO_SIDECAR_CONNECTIONS__REVOCATION_CHECK_MS", "200"),
+    ])
+    .await;
+    let info = |groups: serde_json::Value| json!({"sub": "alice", "groups": groups});
+    m.idp.set(|s| {
+        s.login_expires_in = 4;
+        s.userinfo = info(json!(["admins"]));
+    });
+    let cookie = mock_login(&m, &m.a.sidecar, "alice", "sid-1").await;
+    let header = format!("Cookie: {}\r\n", session_header(&cookie));
+    let (mut ws, head) = crate::streaming::ws_to(m.a.sidecar.addr, "/ws", &header).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    crate::streaming::ws_echo(&mut ws, "hi").await;
+
+    m.idp.set(|s| {
+        s.token_response = json!({"access_token": "at-2", "token_type": "Bearer",
+            "expires_in": 600, "refresh_token": "rt-2"});
+        s.userinfo = info(json!(["alumni"]));
+    });
+    let refreshed = || m.idp.state.lock().unwrap().token_requests.len() > 1;
+    let start = Instant::now();
+    while !refreshed() {
+        assert!(alive(&m.b.sidecar, &cookie).await, "no global allow-list");
+        assert!(start.elapsed() < Duration::from_secs(10), "no refresh on B");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut buf = [0u8; 64];
+        loop {
+            match ws.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the stream outlived the group its rule asks for"
+    );
+    assert!(
+        alive(&m.b.sidecar, &cookie).await,
+        "the session itself lives on"
+    );
+}
