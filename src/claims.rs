@@ -15,6 +15,20 @@ pub fn email_unverified(c: &Map<String, Value>) -> bool {
     }
 }
 
+/// Marks the email unverified unless the IdP said `email_verified: true` (or `"true"`), for
+/// `email_verified_required`: an IdP that never sends the claim (Entra ID) may let users set
+/// an address that is not theirs.
+pub fn require_verified_email(c: &mut Map<String, Value>) {
+    let verified = match c.get("email_verified") {
+        Some(Value::Bool(b)) => *b,
+        Some(Value::String(v)) => v.eq_ignore_ascii_case("true"),
+        _ => false,
+    };
+    if !verified {
+        c.insert("email_verified".into(), Value::Bool(false));
+    }
+}
+
 /// The groups claim as OpenRag reads it: a string is one group, a list its strings; `None`
 /// when it is missing, null or of another type (which never prunes a membership).
 pub fn groups(c: &Map<String, Value>, claim: &str) -> Option<Vec<String>> {
@@ -34,6 +48,27 @@ pub fn groups(c: &Map<String, Value>, claim: &str) -> Option<Vec<String>> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_required_verification_discounts_all_but_a_said_true() {
+        for (given, verified) in [
+            (json!({"email": "a@b"}), false),
+            (json!({"email": "a@b", "email_verified": null}), false),
+            (json!({"email": "a@b", "email_verified": "yes"}), false),
+            (json!({"email": "a@b", "email_verified": false}), false),
+            (json!({"email": "a@b", "email_verified": true}), true),
+            (json!({"email": "a@b", "email_verified": "TRUE"}), true),
+        ] {
+            let mut c = given.as_object().unwrap().clone();
+            assert!(
+                !email_unverified(&c)
+                    || given["email_verified"] == json!(false)
+                    || given["email_verified"] == json!("false")
+            );
+            require_verified_email(&mut c);
+            assert_eq!(!email_unverified(&c), verified, "{given}");
+        }
+    }
 
     #[test]
     fn groups_are_a_string_or_a_list_and_nothing_else() {

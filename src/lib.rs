@@ -85,7 +85,8 @@ fn build_oidc(
     let http = auth::idp_http::IdpHttp::new(idp_tls, a.idp_timeout);
     let provider = Arc::new(
         auth::oidc::Provider::new(settings.clone(), a.token_endpoint_auth, http)
-            .with_prompt(a.prompt.clone()),
+            .with_prompt(a.prompt.clone())
+            .with_email_verified_required(a.email_verified_required),
     );
     provider.clone().spawn_discovery(a.discovery_refresh);
 

@@ -46,6 +46,9 @@ pub use crate::config::ClientAuth;
 pub struct Provider {
     /// The authorization request's `prompt` (none by default).
     prompt: Vec<CoreAuthPrompt>,
+    /// `email_verified_required`: every claims map read from the IdP (ID token, userinfo) has
+    /// its email marked unverified unless the IdP said `email_verified: true`.
+    email_verified_required: bool,
     pub settings: OidcSettings,
     client_auth: ClientAuth,
     http: IdpHttp,
@@ -66,6 +69,7 @@ impl Provider {
         Provider {
             settings,
             prompt: Vec::new(),
+            email_verified_required: false,
             client_auth,
             http,
             loaded: RwLock::new(None),
@@ -216,6 +220,22 @@ impl Provider {
         });
     }
 
+    /// The same, counting an email as verified only when the IdP says so (`email_verified_required`).
+    pub fn with_email_verified_required(mut self, required: bool) -> Self {
+        self.email_verified_required = required;
+        self
+    }
+
+    /// What every reader of the IdP's claims sees: with `email_verified_required`, an email
+    /// the IdP did not say is verified is marked unverified, once, here, so the allow-lists,
+    /// the identity headers and the OpenRag bridge all discount it alike.
+    pub(crate) fn as_read(&self, mut claims: Map<String, Value>) -> Map<String, Value> {
+        if self.email_verified_required {
+            crate::claims::require_verified_email(&mut claims);
+        }
+        claims
+    }
+
     /// The same, asking the IdP for `prompt` (validated by the configuration: none, login,
     /// consent, select_account) at every login.
     pub fn with_prompt(mut self, prompt: Option<String>) -> Self {
@@ -346,6 +366,6 @@ impl Provider {
                 openidconnect::UserInfoError::Request(e) => TokenError::Http(e),
                 e => TokenError::Response(format!("userinfo: {e}")),
             })?;
-        as_map(&claims)
+        Ok(self.as_read(as_map(&claims)?))
     }
 }

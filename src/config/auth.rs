@@ -120,6 +120,8 @@ pub struct AuthSettings {
     pub login_timeout: Duration,
     /// The authorization request's `prompt`, when one is configured.
     pub prompt: Option<String>,
+    /// `email_verified_required`: claims without `email_verified: true` are read as unverified.
+    pub email_verified_required: bool,
     /// Front-channel logout may end the sessions of the `sub` named as `sid`.
     pub frontchannel_logout_by_sub: bool,
     /// Where back-channel logouts may come from (client addresses); empty = anywhere.
@@ -264,6 +266,7 @@ impl Settings {
             refresh_skew: Duration::from_secs(self.refresh_skew_secs),
             login_timeout: Duration::from_secs(self.login_timeout_secs),
             prompt,
+            email_verified_required: self.email_verified_required,
             frontchannel_logout_by_sub: self.frontchannel_logout_by_sub,
             backchannel_logout_from,
             redis: redis?,

@@ -96,6 +96,9 @@ pub struct Settings {
     pub login_timeout_secs: u64,
     /// The `prompt` of the authorization request (`consent`, `login`…); empty: none, as OpenRag.
     pub prompt: String,
+    /// An email counts as the user's only when the IdP says `email_verified: true`; by
+    /// default only an explicit `false` discounts it.
+    pub email_verified_required: bool,
     /// Front-channel logout: when no session carries the `sid` sent, end the sessions of the
     /// user whose `sub` it is (LemonLDAP::NG sends the user id as `sid`). Off by default: the
     /// request is unauthenticated, so with it on anyone who knows a user id can log them out.
@@ -229,6 +232,7 @@ impl Default for Settings {
             refresh_skew_secs: 60,
             login_timeout_secs: 600,
             prompt: String::new(),
+            email_verified_required: false,
             frontchannel_logout_by_sub: false,
             backchannel_logout_from: StringList::default(),
             redis_key_prefix: "sso-sidecar:".into(),

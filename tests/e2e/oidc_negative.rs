@@ -605,3 +605,53 @@ async fn a_code_from_another_login_is_refused_by_its_pkce_challenge() {
     let r = get(&sc.url(&mine), &[("cookie", &cookie)]).await.unwrap();
     assert_eq!(r.status(), 302, "{}", String::from_utf8_lossy(r.body()));
 }
+
+/// `email_verified_required`: an ID token's email without `email_verified: true` meets no
+/// email allow-list and is not forwarded; by default only `false` discounts it (as before).
+#[tokio::test]
+async fn an_email_the_idp_does_not_say_is_verified_counts_only_when_not_required() {
+    let domains = ("SSO_SIDECAR_AUTHZ__ALLOWED_EMAIL_DOMAINS", "example.test");
+    for (required, verified, admitted) in [
+        ("false", None, true),
+        ("true", None, false),
+        ("true", Some(json!("false")), false),
+        ("true", Some(json!(true)), true),
+    ] {
+        let s = setup(&[domains, ("SSO_SIDECAR_EMAIL_VERIFIED_REQUIRED", required)]).await;
+        let (state, nonce, cookie) = begin(&s.sc.sidecar).await;
+        let mut c = claims(&s.idp.issuer(), &nonce);
+        if let Some(v) = &verified {
+            c["email_verified"] = v.clone();
+        }
+        let r = finish(&s, &state, &cookie, &s.key.sign(&c), "at").await;
+        let case = format!("required {required}, email_verified {verified:?}");
+        if !admitted {
+            assert_eq!(
+                r.status(),
+                403,
+                "{case}: {}",
+                String::from_utf8_lossy(r.body())
+            );
+            assert!(set_cookie(&r, "sso_sidecar_session").is_none(), "{case}");
+            continue;
+        }
+        assert_eq!(
+            r.status(),
+            302,
+            "{case}: {}",
+            String::from_utf8_lossy(r.body())
+        );
+        let session = set_cookie(&r, "sso_sidecar_session").unwrap();
+        let page = get(
+            &s.sc.sidecar.url("/echo"),
+            &[("cookie", &session_header(&session))],
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            json(&page)["headers"]["x-forwarded-email"][0],
+            "alice@example.test",
+            "{case}"
+        );
+    }
+}

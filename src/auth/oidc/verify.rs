@@ -37,13 +37,15 @@ impl Provider {
         access_token: Option<&str>,
     ) -> Result<Map<String, Value>, TokenError> {
         let loaded = self.loaded()?;
-        match verify_id_token(&loaded.client, id_token, nonce, access_token, now_unix()) {
-            Err(TokenError::Jwt(JwtError::UnknownKey(kid))) => {
-                let loaded = self.refetch_jwks(&loaded, kid, Asker::IdToken).await?;
-                verify_id_token(&loaded.client, id_token, nonce, access_token, now_unix())
-            }
-            other => other,
-        }
+        let claims =
+            match verify_id_token(&loaded.client, id_token, nonce, access_token, now_unix()) {
+                Err(TokenError::Jwt(JwtError::UnknownKey(kid))) => {
+                    let loaded = self.refetch_jwks(&loaded, kid, Asker::IdToken).await?;
+                    verify_id_token(&loaded.client, id_token, nonce, access_token, now_unix())
+                }
+                other => other,
+            }?;
+        Ok(self.as_read(claims))
     }
 
     /// Verifies a JWS from the IdP that the crate has no verifier for (a logout token) against
