@@ -117,9 +117,9 @@ impl Auth {
         decision
     }
 
-    /// With `[[authz.rules]]`, what the streams this session request may open are judged by
-    /// again at each stream check: the rules as they will be then (a reload), the session as the
-    /// store will hold it (a refresh that changed its groups). `None` without rules: nothing to
+    /// With `[[authz.rules]]`, the judge of the streams this session request may open, asked
+    /// again at each stream check with the rules as they are then (a reload) and the session as
+    /// the store holds it (a refresh that changed its groups). `None` without rules: nothing to
     /// ask again, and no copy of the request's head.
     pub fn stream_judge(self: &Arc<Self>, parts: &Parts) -> Option<crate::session::streams::Judge> {
         if self.settings().authz.rules.is_empty() {
