@@ -189,3 +189,57 @@ async fn a_login_writes_its_indexes_before_its_session() {
     assert!(indexed(":sid:") < session_set.unwrap());
     assert!(indexed(":sub:") < session_set.unwrap());
 }
+
+/// An IdP that names another session of its own (`sid`) in the ID token of a refresh: its
+/// back-channel logout names that `sid`, and must end the session on every replica. Before,
+/// the session was indexed under its login's `sid` only, and outlived the logout.
+#[tokio::test]
+async fn a_logout_naming_the_sid_a_refresh_brought_ends_the_session() {
+    use crate::oidc_support::CLIENT_ID;
+    use std::time::{Duration, Instant};
+    let m = mock_pair(&[]).await;
+    // 8 s access tokens: a refresh is due in their last quarter.
+    m.idp.set(|s| s.login_expires_in = 8);
+    let cookie = mock_login(&m, &m.a.sidecar, "alice", "sid-1").await;
+    // Bob's tokens last 600 s: no refresh (which would name Alice) touches his session.
+    m.idp.set(|s| s.login_expires_in = 0);
+    let kept = mock_login(&m, &m.b.sidecar, "bob", "sid-9").await;
+    let now = sso_sidecar::auth::oidc::now_unix();
+    let id_token = m.key.sign(
+        &json!({"iss": m.idp.issuer(), "sub": "alice", "aud": CLIENT_ID,
+                                      "exp": now + 600, "iat": now, "sid": "sid-2"}),
+    );
+    m.idp.set(|s| {
+        s.token_response = json!({"access_token": "at2", "token_type": "Bearer",
+                                  "expires_in": 600, "id_token": id_token, "refresh_token": "rt2"})
+    });
+    let refreshed = || {
+        let s = m.idp.state.lock().unwrap();
+        s.token_requests
+            .iter()
+            .any(|r| r.contains("grant_type=refresh_token"))
+    };
+    let started = Instant::now();
+    // Until a request has been served after the refresh (so its result is stored).
+    loop {
+        let was = refreshed();
+        assert!(alive(&m.a.sidecar, &cookie).await, "the session lives on");
+        if was {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "no refresh");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut c = logout_claims(&m);
+    c["sid"] = json!("sid-2");
+    assert_eq!(
+        post_logout(&m.b.sidecar, &m.key.sign(&c)).await.status(),
+        200
+    );
+    assert!(!alive(&m.a.sidecar, &cookie).await, "ended on replica A");
+    assert!(!alive(&m.b.sidecar, &cookie).await, "ended on replica B");
+    assert!(
+        alive(&m.a.sidecar, &kept).await,
+        "another IdP session ended"
+    );
+}

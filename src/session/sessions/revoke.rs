@@ -41,7 +41,7 @@ const RECORD_TRIES: usize = 8;
 
 impl Sessions {
     /// The record that an IdP session was ended by a logout.
-    fn ended_sid(iss: &str, sid: &str) -> String {
+    pub(super) fn ended_sid(iss: &str, sid: &str) -> String {
         crate::store::keys::hashed("sid-ended", &["sid-ended", iss, sid])
     }
 

@@ -577,3 +577,33 @@ async fn a_login_without_sid_racing_a_logout_naming_a_sid_and_its_user_keeps_not
         "a login with a sid of its own"
     );
 }
+
+/// A refresh whose ID token names another IdP session: the session joins that `sid`'s index (a
+/// logout naming it ends the session), one made without a `sid` leaves its user's sid-less
+/// index, and a logout of the new `sid` handled before the index had it is reported.
+#[tokio::test]
+async fn a_session_follows_the_sid_its_refresh_names() {
+    let s = sessions();
+    let mut made = session(100);
+    made.sid = None;
+    let id = s.create(&made, 100, 100).await.unwrap().unwrap();
+    made.sid = Some("sid-2".into());
+    s.save(&id, &made, 100).await.unwrap();
+    assert!(!s.follow_sid(&id, &made, true, 100).await.unwrap());
+    let sidless = Sessions::sidless_index("https://idp", "alice");
+    assert!(s.store.index_members(&sidless).await.unwrap().is_empty());
+    assert_eq!(
+        s.revoke_sid("https://idp", "sid-2", SIGNED).await.unwrap(),
+        1
+    );
+    assert!(s.load(&id, 100).await.unwrap().is_none());
+
+    let id = s.create(&session(100), 100, 100).await.unwrap().unwrap();
+    assert_eq!(
+        s.revoke_sid("https://idp", "sid-3", SIGNED).await.unwrap(),
+        0
+    );
+    let mut next = session(100);
+    next.sid = Some("sid-3".into());
+    assert!(s.follow_sid(&id, &next, false, 100).await.unwrap());
+}
