@@ -272,6 +272,12 @@ impl Auth {
                     self.sessions.end(id, &s).await?;
                     return Ok(None);
                 }
+                if s.sid != loaded.sid && self.sessions.join_sid(id, &s, now).await? {
+                    self.metrics.sessions_revoked(1);
+                    tracing::info!(sub = %s.sub, "the IdP session named at refresh was logged out meanwhile: session ended");
+                    self.sessions.end(id, &s).await?;
+                    return Ok(None);
+                }
                 // What the refresh changed, onto the session as it stands now: the identity
                 // bridge may have given it another backend token meanwhile. (Logged out while
                 // the IdP answered: stay logged out.)
@@ -287,16 +293,8 @@ impl Auth {
                 if s.refresh_token.as_ref() != Some(&rt) {
                     self.sessions.after_rotation().await;
                 }
-                if s.sid != loaded.sid
-                    && self
-                        .sessions
-                        .follow_sid(id, &s, loaded.sid.is_none(), now_unix())
-                        .await?
-                {
-                    self.metrics.sessions_revoked(1);
-                    tracing::info!(sub = %s.sub, "the IdP session named at refresh was logged out meanwhile: session ended");
-                    self.sessions.end(id, &s).await?;
-                    return Ok(None);
+                if loaded.sid.is_none() && s.sid.is_some() {
+                    self.sessions.leave_sidless(id, &s).await;
                 }
                 tracing::info!(sub = %s.sub, "access token refreshed");
                 let claims = renewed.as_ref().and_then(|r| r.claims.as_ref());
@@ -396,7 +394,7 @@ impl Auth {
             }
             s.id_token = id_token.clone();
             // An IdP may name another session of its own at refresh: its back-channel logout
-            // will name that one (`Sessions::follow_sid`). Without a `sid`, the old one holds.
+            // will name that one (`Sessions::join_sid`). Without a `sid`, the old one holds.
             if let Some(sid) = claims.get("sid").and_then(Value::as_str) {
                 s.sid = Some(sid.to_owned());
             }

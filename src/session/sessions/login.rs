@@ -45,18 +45,17 @@ impl Sessions {
         Ok(Some(id))
     }
 
-    /// After a refresh whose ID token names another IdP session (`sid`) than the session
-    /// held: the IdP's back-channel logout will name the new one, so the session joins that
-    /// `sid`'s index (and stays in the old one's: a logout of either ends it). A session made
-    /// without a `sid` leaves its user's sid-less index, which only a logout naming an unknown
-    /// `sid` reads. As at login (`create`), the index first, then the record: a logout of the
-    /// new `sid` handled meanwhile either finds the session there or is found here. `true`:
-    /// that logout happened, and the session must end.
-    pub async fn follow_sid(
+    /// Before a refresh whose ID token names another IdP session (`sid`) than the session held
+    /// is stored: the IdP's back-channel logout will name the new one, so the session joins
+    /// that `sid`'s index (and stays in the old one's: a logout of either ends it). As at login
+    /// (`create`), the index before the session that names it, so that no failure between
+    /// the two leaves a session with a `sid` no index holds; and the index before the record:
+    /// a logout of the new `sid` handled meanwhile either finds the session there or is found
+    /// here. `true`: that logout happened, and the session must end.
+    pub async fn join_sid(
         &self,
         id: &str,
         session: &Session,
-        was_sidless: bool,
         now: i64,
     ) -> Result<bool, StoreError> {
         let Some(sid) = &session.sid else {
@@ -67,14 +66,17 @@ impl Sessions {
         self.store
             .index_add(&Self::sid_index(&session.iss, sid), &member, ttl)
             .await?;
-        if was_sidless {
-            let sidless = Self::sidless_index(&session.iss, &session.sub);
-            if let Err(e) = self.store.index_remove(&sidless, &member).await {
-                tracing::debug!(error = %e, "a session with a sid stays in the sid-less index");
-            }
-        }
         let record = Self::ended_sid(&session.iss, sid);
         Ok(self.store.get_fresh(&record).await?.is_some())
+    }
+
+    /// After a session made without a `sid` was stored with one (`join_sid`): it leaves its
+    /// user's sid-less index, which only a logout naming an unknown `sid` reads. Best effort.
+    pub async fn leave_sidless(&self, id: &str, session: &Session) {
+        let sidless = Self::sidless_index(&session.iss, &session.sub);
+        if let Err(e) = self.store.index_remove(&sidless, &Self::key_of(id)).await {
+            tracing::debug!(error = %e, "a session with a sid stays in the sid-less index");
+        }
     }
 
     /// Ends `session`'s user's oldest live sessions beyond `keep` (never `member`, the one just

@@ -588,8 +588,9 @@ async fn a_session_follows_the_sid_its_refresh_names() {
     made.sid = None;
     let id = s.create(&made, 100, 100).await.unwrap().unwrap();
     made.sid = Some("sid-2".into());
+    assert!(!s.join_sid(&id, &made, 100).await.unwrap());
     s.save(&id, &made, 100).await.unwrap();
-    assert!(!s.follow_sid(&id, &made, true, 100).await.unwrap());
+    s.leave_sidless(&id, &made).await;
     let sidless = Sessions::sidless_index("https://idp", "alice");
     assert!(s.store.index_members(&sidless).await.unwrap().is_empty());
     assert_eq!(
@@ -605,5 +606,5 @@ async fn a_session_follows_the_sid_its_refresh_names() {
     );
     let mut next = session(100);
     next.sid = Some("sid-3".into());
-    assert!(s.follow_sid(&id, &next, false, 100).await.unwrap());
+    assert!(s.join_sid(&id, &next, 100).await.unwrap());
 }
