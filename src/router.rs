@@ -270,6 +270,12 @@ impl App {
                     parts.headers.remove(header::COOKIE);
                     Caller::Public
                 }
+                Decision::PreflightAnswered(headers) => {
+                    let mut r = Response::new(crate::proxy::full(""));
+                    *r.status_mut() = StatusCode::NO_CONTENT;
+                    *r.headers_mut() = headers;
+                    return Ok((r, None));
+                }
                 Decision::Preflight => {
                     crate::auth::cross_site::as_preflight(&mut parts);
                     without_body = true;

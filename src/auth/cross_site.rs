@@ -25,7 +25,7 @@
 use super::gate::{self, Decision};
 pub use crate::config::origins::TrustedOrigins;
 use crate::config::PathSettings;
-use http::{header, request::Parts, HeaderName, Method};
+use http::{header, request::Parts, HeaderMap, HeaderName, HeaderValue, Method};
 
 /// Read on every request with a session: a name made once, not parsed per lookup.
 static SEC_FETCH_SITE: HeaderName = HeaderName::from_static("sec-fetch-site");
@@ -84,6 +84,58 @@ pub fn trusted_preflight(parts: &Parts, trusted: &TrustedOrigins) -> bool {
             .is_some_and(|o| trusted.contains(o.as_bytes()))
         && !h.contains_key(header::AUTHORIZATION)
         && !super::authz::names_method_in_headers(h)
+}
+
+/// The sidecar's own answer to a trusted preflight (without `forward_preflights`): nothing
+/// reaches the upstream. A listed origin may send the request it names with the session (as
+/// `trusted_origins` says), so the answer allows that method and those headers, for ten
+/// minutes. With `*` (the cross-site check off, which trusts no origin in particular), it
+/// allows nothing: any site could otherwise send credentialed JSON, `PUT` or `DELETE`
+/// requests, which until then only the upstream's own CORS answer could allow.
+pub fn preflight_answer(parts: &Parts, trusted: &TrustedOrigins) -> HeaderMap {
+    let mut out = HeaderMap::new();
+    out.insert(
+        header::VARY,
+        HeaderValue::from_static(
+            "origin, access-control-request-method, access-control-request-headers",
+        ),
+    );
+    let h = &parts.headers;
+    let (TrustedOrigins::These(_), Some(origin), Some(method)) = (
+        trusted,
+        h.get(header::ORIGIN),
+        h.get(header::ACCESS_CONTROL_REQUEST_METHOD),
+    ) else {
+        return out;
+    };
+    // A method is one token; headers a list of them (anything else is no browser's).
+    if !is_token(method.as_bytes()) {
+        return out;
+    }
+    out.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+    out.insert(
+        header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+        HeaderValue::from_static("true"),
+    );
+    out.insert(header::ACCESS_CONTROL_ALLOW_METHODS, method.clone());
+    if let Some(asked) = h.get(header::ACCESS_CONTROL_REQUEST_HEADERS) {
+        let listed = asked.as_bytes().split(|&b| b == b',');
+        if listed.map(<[u8]>::trim_ascii).all(is_token) {
+            out.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, asked.clone());
+        }
+    }
+    out.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("600"),
+    );
+    out
+}
+
+/// An HTTP token (RFC 9110 §5.6.2): a method, or a header's name.
+fn is_token(b: &[u8]) -> bool {
+    !b.is_empty()
+        && b.iter()
+            .all(|&c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c))
 }
 
 /// A trusted preflight as it goes on, without identity: without cookies, without a body (a
@@ -344,5 +396,36 @@ mod tests {
         p.uri = "/v1/x?_method=DELETE".parse().unwrap();
         as_preflight(&mut p);
         assert_eq!(p.uri, "/v1/x");
+    }
+
+    #[test]
+    fn a_preflight_answered_here_allows_what_a_listed_origin_asks_only() {
+        let trusted = TrustedOrigins::These(vec!["https://ui.example.com".into()]);
+        let ui = ("origin", "https://ui.example.com");
+        let asked = |method: &'static str, headers: &'static str| {
+            let acrm = ("access-control-request-method", method);
+            parts(
+                "OPTIONS",
+                &[ui, acrm, ("access-control-request-headers", headers)],
+            )
+        };
+        let a = preflight_answer(&asked("PUT", "content-type, x-csrf"), &trusted);
+        assert_eq!(a["access-control-allow-origin"], "https://ui.example.com");
+        assert_eq!(a["access-control-allow-credentials"], "true");
+        assert_eq!(a["access-control-allow-methods"], "PUT");
+        assert_eq!(a["access-control-allow-headers"], "content-type, x-csrf");
+        assert_eq!(a["access-control-max-age"], "600");
+        assert!(a.contains_key("vary"));
+        // Not a list of header names: those are not allowed (the method still is).
+        let a = preflight_answer(&asked("PUT", "content-type, x y"), &trusted);
+        assert!(!a.contains_key("access-control-allow-headers"));
+        // Not a method: nothing is allowed.
+        let a = preflight_answer(&asked("PUT X", "a"), &trusted);
+        assert!(!a.contains_key("access-control-allow-origin"));
+        // `*`: the check is off, but no origin is allowed anything.
+        let a = preflight_answer(&asked("PUT", "a"), &TrustedOrigins::Any);
+        assert!(!a.contains_key("access-control-allow-origin"));
+        assert!(!a.contains_key("access-control-allow-credentials"));
+        assert!(a.contains_key("vary"));
     }
 }

@@ -76,7 +76,11 @@ impl Auth {
         let settings = self.settings();
         let paths = &settings.paths;
         if super::cross_site::trusted_preflight(parts, &settings.trusted_origins) {
-            return Ok(Decision::Preflight);
+            if settings.forward_preflights {
+                return Ok(Decision::Preflight);
+            }
+            let answer = super::cross_site::preflight_answer(parts, &settings.trusted_origins);
+            return Ok(Decision::PreflightAnswered(answer));
         }
         let decision = match gate::decide(parts, paths, &self.cookies, &self.sessions, now_unix())
             .await?

@@ -22,10 +22,13 @@ pub enum Decision {
     /// Forward without identity and without any cookie: a request from another site to a
     /// public path, whose cookies (ours, or the upstream's own session) must not act for it.
     PublicWithoutCookies,
-    /// A trusted origin's CORS preflight: forward without identity, without any cookie and
-    /// without a body (a browser's preflight has none; anything sent with one is not a
-    /// browser's, and an `OPTIONS` handler upstream must not get unauthenticated data).
+    /// A trusted origin's CORS preflight, with `forward_preflights`: forward without
+    /// identity, without any cookie and without a body (a browser's preflight has none;
+    /// anything sent with one is not a browser's, and an `OPTIONS` handler upstream must not
+    /// get unauthenticated data).
     Preflight,
+    /// A trusted origin's CORS preflight, answered here (204) with these headers.
+    PreflightAnswered(http::HeaderMap),
     /// Forward as this user; `id` is the session's cookie id.
     Authenticated {
         session: std::sync::Arc<Session>,
@@ -43,6 +46,7 @@ impl std::fmt::Debug for Decision {
             Decision::Public => f.write_str("Public"),
             Decision::PublicWithoutCookies => f.write_str("PublicWithoutCookies"),
             Decision::Preflight => f.write_str("Preflight"),
+            Decision::PreflightAnswered(h) => f.debug_tuple("PreflightAnswered").field(h).finish(),
             Decision::Authenticated { session, .. } => f
                 .debug_struct("Authenticated")
                 .field("session", session)

@@ -111,6 +111,8 @@ pub struct AuthSettings {
     pub allowed_redirect_origins: Vec<String>,
     /// Origins whose pages may act with the user's session besides our own (`auth::cross_site`).
     pub trusted_origins: super::origins::TrustedOrigins,
+    /// `forward_preflights`: trusted origins' CORS preflights go to the upstream.
+    pub forward_preflights: bool,
     pub token_endpoint_auth: ClientAuth,
     pub idp_ca_file: Option<PathBuf>,
     pub idp_timeout: Duration,
@@ -259,6 +261,7 @@ impl Settings {
                 .then_some(self.max_sessions_per_user),
             allowed_redirect_origins: origins,
             trusted_origins,
+            forward_preflights: self.forward_preflights,
             token_endpoint_auth,
             idp_ca_file,
             idp_timeout: Duration::from_secs(self.idp_timeout_secs),

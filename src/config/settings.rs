@@ -80,6 +80,10 @@ pub struct Settings {
     /// Other origins whose pages may send requests with the user's session (credentialed
     /// CORS from a front end of ours); `*` turns the cross-site check off.
     pub trusted_origins: StringList,
+    /// Forward trusted origins' CORS preflights to the upstream, which answers them, instead
+    /// of answering them here. Off by default: a preflight carries no credential, and a
+    /// backend that runs its handlers for `OPTIONS` would serve an anonymous client.
+    pub forward_preflights: bool,
     /// `auto`, `client_secret_basic` or `client_secret_post`.
     pub token_endpoint_auth: String,
     /// PEM CA bundle trusted for the IdP; system roots when unset.
@@ -225,6 +229,7 @@ impl Default for Settings {
             max_sessions_per_user: 50,
             allowed_redirect_origins: StringList::default(),
             trusted_origins: StringList::default(),
+            forward_preflights: false,
             token_endpoint_auth: "auto".into(),
             idp_ca_file: None,
             idp_timeout_secs: 10,

@@ -335,6 +335,7 @@ async fn path_rules_refuse_before_the_upstream_and_reload_on_sighup() {
             ("SSO_SIDECAR_CONFIG", &cfg),
             ("SSO_SIDECAR_PATHS__BEARER_PASSTHROUGH", "true"),
             ("SSO_SIDECAR_TRUSTED_ORIGINS", "https://ui.example.test"),
+            ("SSO_SIDECAR_FORWARD_PREFLIGHTS", "true"),
         ],
     )
     .await;

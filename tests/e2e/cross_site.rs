@@ -237,19 +237,32 @@ async fn trusted_origins_may_act_as_the_user() {
     assert_eq!(status_of(sc, "POST", "/echo/c", &cookie, &port).await, 403);
 
     let any = [("SSO_SIDECAR_TRUSTED_ORIGINS", "*")];
-    let (_up, open, cookie) = signed_in(&idp, &key, &any).await;
+    let (up, open, cookie) = signed_in(&idp, &key, &any).await;
     let open = &open.sidecar;
     let evil = cors("https://evil.test");
     assert_eq!(
         status_of(open, "POST", "/echo/d", &cookie, &evil).await,
         200
     );
+    // The check off trusts no origin in particular: a preflight is answered, allowing nothing
+    // (a site's credentialed `PUT` would follow), and reaches nothing upstream.
+    let before = up.paths().await.len();
+    let h = [
+        ("origin", "https://evil.test"),
+        ("access-control-request-method", "PUT"),
+    ];
+    let r = send(request("OPTIONS", &open.url("/echo/e"), &h, body("")))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert!(r.headers().get("access-control-allow-origin").is_none());
+    assert_eq!(up.paths().await.len(), before);
 }
 
 /// What a refused request becomes: with a bearer token, the token alone (no identity from the
 /// cookie); on a public path, a harmless request without any cookie (the upstream's own
 /// session cookie would act for it as well), anything else 403. Trusted origins' CORS
-/// preflights reach the upstream; `Origin` checks follow the public origin behind an ingress
+/// preflights are answered by the sidecar (with `forward_preflights`, by the upstream); `Origin` checks follow the public origin behind an ingress
 /// that rewrites `Host`; and refusals do not spend the visitor's failure budget.
 #[tokio::test]
 async fn refused_requests_carry_nothing_of_the_user() {
@@ -299,26 +312,54 @@ async fn refused_requests_carry_nothing_of_the_user() {
     assert_eq!(echo(&r)["authorization"], json!(["Bearer t0k3n"]));
     assert!(echo(&r).get("x-forwarded-user").is_none(), "{}", echo(&r));
 
-    // CORS preflights: a trusted origin's reaches the upstream, without identity; another's
-    // is what any request without a session is.
-    let preflight = |origin: &'static str| {
+    // CORS preflights: a trusted origin's is answered by the sidecar, and reaches nothing
+    // upstream (a backend running its handler for OPTIONS would serve an anonymous client);
+    // another's is what any request without a session is.
+    let preflight = |sc: &Sidecar, origin: &'static str| {
         request(
             "OPTIONS",
             &sc.url("/echo/preflight"),
             &[
                 ("origin", origin),
                 ("access-control-request-method", "PUT"),
+                ("access-control-request-headers", "content-type"),
                 ("sec-fetch-mode", "cors"),
             ],
             body(""),
         )
     };
-    let r = send(preflight("https://ui.example.test")).await.unwrap();
+    let before = up.paths().await.len();
+    let r = send(preflight(sc, "https://ui.example.test"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let h = r.headers();
+    assert_eq!(h["access-control-allow-origin"], "https://ui.example.test");
+    assert_eq!(h["access-control-allow-credentials"], "true");
+    assert_eq!(h["access-control-allow-methods"], "PUT");
+    assert_eq!(h["access-control-allow-headers"], "content-type");
+    assert_eq!(
+        up.paths().await.len(),
+        before,
+        "the preflight reached the upstream"
+    );
+    let r = send(preflight(sc, "https://evil.test")).await.unwrap();
+    assert_eq!(r.status(), 401);
+    // `forward_preflights`: the upstream answers them, without identity.
+    let env = [
+        ("SSO_SIDECAR_TRUSTED_ORIGINS", "https://ui.example.test"),
+        ("SSO_SIDECAR_FORWARD_PREFLIGHTS", "true"),
+    ];
+    let (_up, fwd, _) = signed_in(&idp, &key, &env).await;
+    let fwd = &fwd.sidecar;
+    let r = send(preflight(fwd, "https://ui.example.test"))
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(json(&r)["method"], "OPTIONS");
     // A browser's preflight has no body; a client that sends one with it does not get it to
     // the upstream's OPTIONS handler unauthenticated.
-    let mut with_body = preflight("https://ui.example.test");
+    let mut with_body = preflight(fwd, "https://ui.example.test");
     *with_body.body_mut() = body("{\"delete\": \"everything\"}");
     let r = send(with_body).await.unwrap();
     assert_eq!(r.status(), 200);
@@ -326,7 +367,7 @@ async fn refused_requests_carry_nothing_of_the_user() {
     assert!(json(&r)["headers"]
         .get("content-length")
         .is_none_or(|v| v[0] == "0"));
-    let r = send(preflight("https://evil.test")).await.unwrap();
+    let r = send(preflight(fwd, "https://evil.test")).await.unwrap();
     assert_eq!(r.status(), 401);
 
     // No Fetch Metadata, Host rewritten by an ingress: the redirect URI's origin is ours.
