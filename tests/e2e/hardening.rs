@@ -522,9 +522,13 @@ async fn traversal_forms_other_backends_resolve_are_refused() {
     // Ordinary public paths still pass.
     let r = get(&sc.url("/assets/app.js"), &[]).await.unwrap();
     assert_eq!(r.status(), 200);
-    // A trusted origin's CORS preflight (forwarded without a session) is no way around it.
-    let (_idp, _up, sc) =
-        oidc_world(&[("SSO_SIDECAR_TRUSTED_ORIGINS", "https://ui.example.test")]).await;
+    // A trusted origin's CORS preflight (with `forward_preflights`, forwarded without a
+    // session) is no way around it.
+    let (_idp, _up, sc) = oidc_world(&[
+        ("SSO_SIDECAR_TRUSTED_ORIGINS", "https://ui.example.test"),
+        ("SSO_SIDECAR_FORWARD_PREFLIGHTS", "true"),
+    ])
+    .await;
     let preflight = |path: &str| {
         format!(
             "OPTIONS {path} HTTP/1.1\r\nHost: app\r\nOrigin: https://ui.example.test\r\n\
