@@ -71,8 +71,8 @@ pub fn admits(a: &Authz, claims: &Map<String, Value>) -> Result<(), Refusal> {
 ///   methods it names in `X-HTTP-Method-Override`, `X-HTTP-Method`, `X-Method-Override` (in
 ///   any spelling a backend folds to these: `X_HTTP_Method`) or a `_method` query parameter
 ///   (Rails, Laravel, Symfony, Express's `method-override`; its name decoded, and `.method`,
-///   which PHP reads as `_method`); a rule for `GET` also covers `HEAD`, which servers answer
-///   with the `GET` handler;
+///   which PHP reads as `_method`); a rule for `GET` also covers the methods a backend
+///   may answer with its `GET` handler ([`read_as_get`]);
 /// - its path as sent, without `;` parameters (Tomcat and Spring drop them: `/admin;x/users`
 ///   is `/admin/users` there), in lower case (Express and ASP.NET route case-insensitively),
 ///   without one trailing slash (Express's default routing serves `/a/` as `/a`; and the
@@ -109,13 +109,23 @@ pub fn bearer_may_reach(a: &Authz, parts: &http::request::Parts) -> bool {
     a.bearer_on_ruled_paths == BearerOnRuled::Pass || reaches(a, parts, &[])
 }
 
+/// Whether a backend may answer method `m` with its `GET` handler: `HEAD` (every server), and
+/// `OPTIONS` and methods outside HTTP's own (`PROPFIND`, `FOO`), which a handler that does not
+/// look at the method (Go's `http.HandleFunc`, Django function views, Express `app.all`, PHP)
+/// serves as it serves a `GET`. So a rule for `GET` covers them too.
+fn read_as_get(m: &str) -> bool {
+    !["GET", "POST", "PUT", "DELETE", "PATCH"]
+        .iter()
+        .any(|k| k.eq_ignore_ascii_case(m))
+}
+
 /// [`reaches`] for one reading of the path, compared as sent or ignoring ASCII case.
 fn reaches_as(a: &Authz, methods: &[Cow<str>], path: &str, fold: bool, groups: &[String]) -> bool {
     let covers = |ruled: &[http::Method]| {
         ruled.is_empty()
             || methods.iter().any(|m| {
                 ruled.iter().any(|r| r.as_str().eq_ignore_ascii_case(m))
-                    || (m.eq_ignore_ascii_case("HEAD") && ruled.contains(&http::Method::GET))
+                    || (read_as_get(m) && ruled.contains(&http::Method::GET))
             })
     };
     for rule in &a.rules {
@@ -754,6 +764,12 @@ mod tests {
         };
         let staff = ["staff".to_owned()];
         assert!(!reach(&a, &http::Method::HEAD, "/reports/q3", &staff));
+        // Nor as any method a handler blind to methods serves as a `GET`.
+        for m in ["OPTIONS", "PROPFIND", "FOO", "options"] {
+            let m = http::Method::from_bytes(m.as_bytes()).unwrap();
+            assert!(!reach(&a, &m, "/reports/q3", &staff), "{m}");
+        }
+        assert!(reach(&a, &http::Method::POST, "/reports/q3", &staff));
         assert!(reach(
             &a,
             &http::Method::HEAD,
