@@ -38,6 +38,8 @@ struct Loaded {
     discovered: ProviderMetadataWithLogout,
     client: RelyingParty,
     jwks: Jwks,
+    /// The client secret goes by HTTP Basic (else in the form body).
+    basic: bool,
 }
 
 pub use super::tokens::{TokenError, TokenResponse};
@@ -180,6 +182,7 @@ impl Provider {
             discovered,
             client,
             jwks,
+            basic: use_basic,
         })
     }
 
@@ -324,6 +327,20 @@ impl Provider {
             RequestTokenError::ServerResponse(r) => {
                 if matches!(r.error(), CoreErrorResponseType::InvalidGrant) {
                     TokenError::GrantRefused(r.to_string())
+                } else if matches!(r.error(), CoreErrorResponseType::InvalidClient) {
+                    // The operator's to mend, and the IdP's answer seldom says how: a wrong
+                    // secret, or the secret sent another way than the client is registered
+                    // for (OpenRag always sends it in the form body).
+                    let (how, other) = if loaded.basic {
+                        ("by HTTP Basic", "client_secret_post")
+                    } else {
+                        ("in the form body", "client_secret_basic")
+                    };
+                    TokenError::Refused(format!(
+                        "{r} (check OIDC_CLIENT_ID and OIDC_CLIENT_SECRET; the secret was sent \
+                         {how}: if the IdP's client is registered for the other way, set \
+                         SSO_SIDECAR_TOKEN_ENDPOINT_AUTH={other})"
+                    ))
                 } else {
                     TokenError::Refused(r.to_string())
                 }

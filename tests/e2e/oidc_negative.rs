@@ -655,3 +655,42 @@ async fn an_email_the_idp_does_not_say_is_verified_counts_only_when_not_required
         );
     }
 }
+
+/// A code exchange the IdP refuses as `invalid_client` (a wrong secret, or the secret sent
+/// another way than the client is registered for: OpenRag sends it in the form body) says
+/// in the log what to check and which setting sends it the other way; the user sees the
+/// generic answer, and the secret is logged nowhere.
+#[tokio::test]
+async fn an_invalid_client_answer_says_what_to_check() {
+    for (auth, other) in [
+        ("client_secret_basic", "client_secret_post"),
+        ("client_secret_post", "client_secret_basic"),
+    ] {
+        let s = setup(&[("SSO_SIDECAR_TOKEN_ENDPOINT_AUTH", auth)]).await;
+        s.idp.set(|m| {
+            m.token_status = 401;
+            m.token_response = json!({"error": "invalid_client"});
+        });
+        let (state, _, cookie) = begin(&s.sc.sidecar).await;
+        let r = get(
+            &s.sc.sidecar.url(&format!(
+                "/auth/callback?code=code-1&state={}",
+                urlencode(&state)
+            )),
+            &[("cookie", &format!("sso_sidecar_session_state={cookie}"))],
+        )
+        .await
+        .unwrap();
+        refused(&r, "OIDC code exchange failed", auth);
+        let log = s.sc.sidecar.output();
+        let hint = format!("SSO_SIDECAR_TOKEN_ENDPOINT_AUTH={other}");
+        assert!(
+            log.contains("OIDC_CLIENT_SECRET") && log.contains(&hint),
+            "{auth}: {log}"
+        );
+        assert!(
+            !log.contains(CLIENT_SECRET),
+            "{auth}: the secret was logged"
+        );
+    }
+}
