@@ -18,7 +18,14 @@ static RELOAD: std::sync::OnceLock<Reloader> = std::sync::OnceLock::new();
 
 /// Installs the global subscriber. Logs go to stdout, as containers expect.
 pub fn init(format: LogFormat, default_level: &str) {
-    let filter = EnvFilter::try_from_default_env()
+    let from_env = EnvFilter::try_from_default_env();
+    // Set but unreadable: said once the subscriber is up, or the operator who set it to see
+    // more would see the usual level and no reason why.
+    let unreadable = match (&from_env, std::env::var_os("RUST_LOG")) {
+        (Err(e), Some(_)) => Some(e.to_string()),
+        _ => None,
+    };
+    let filter = from_env
         .or_else(|_| EnvFilter::builder().parse(default_level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     // The reload handle's type names the whole subscriber, so each format gets its own.
@@ -49,6 +56,9 @@ pub fn init(format: LogFormat, default_level: &str) {
             }));
             let _ = builder.try_init();
         }
+    }
+    if let Some(e) = unreadable {
+        tracing::warn!(error = %e, "RUST_LOG is not a filter the sidecar can read: the configured log_level is used");
     }
 }
 

@@ -357,7 +357,8 @@ pub fn load(inputs: Inputs) -> Result<Config, ConfigErrors> {
                     warnings.push(format!(
                         "AUTH_MODE is not set and no .env was found at {}: the sidecar passes every \
                          request through and authenticates nothing (set AUTH_MODE=oidc, or \
-                         SSO_SIDECAR_ENV_FILE to OpenRag's .env)",
+                         SSO_SIDECAR_ENV_FILE to the sidecar's .env, with OpenRag's SSO \
+                         variables)",
                         env_path.display()
                     ));
                 }
@@ -369,6 +370,9 @@ pub fn load(inputs: Inputs) -> Result<Config, ConfigErrors> {
             }
             warnings.extend(suggest::trusting_everyone(&v.proxy.trusted_proxies));
             warnings.extend(suggest::shadowed_rules(&v.auth.authz.rules));
+            // Quotes kept by the environment fail nothing at start-up when the value is a
+            // secret: the first login would, with the IdP's `invalid_client`.
+            warnings.extend(quoted_in_environment(&inputs.env));
             let mut auth = v.auth;
             // As OpenRag does: its admin UI's origin is one a login may return to.
             if let Some(ui) = vars.non_empty("INDEXERUI_URL") {

@@ -551,3 +551,19 @@ async fn a_second_sidecar_on_the_same_port_fails_instead_of_sharing_it() {
     let r = get(&first.url("/echo"), &[]).await.unwrap();
     assert_eq!(r.status(), 200);
 }
+
+/// A `RUST_LOG` the sidecar cannot read is said at start-up (the configured level is used);
+/// before, it was ignored without a word, and the operator who set it saw no more than before.
+#[tokio::test]
+async fn an_unreadable_rust_log_is_said() {
+    let up = Upstream::start();
+    let sc = Sidecar::start(&[
+        ("SSO_SIDECAR_UPSTREAM", &up.url()),
+        ("RUST_LOG", "nonsense==="),
+    ])
+    .await;
+    let out = sc.output();
+    assert!(out.contains("RUST_LOG is not a filter"), "{out}");
+    let fine = Sidecar::start(&[("SSO_SIDECAR_UPSTREAM", &up.url())]).await;
+    assert!(!fine.output().contains("RUST_LOG is not"));
+}

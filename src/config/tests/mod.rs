@@ -293,6 +293,28 @@ fn a_refused_configuration_names_the_files_it_read() {
     );
 }
 
+/// A quoted value that fails nothing at start-up (a secret: the IdP refuses it at the first
+/// login) is warned about, naming the variable, never the value.
+#[test]
+fn quotes_kept_by_the_environment_are_warned_about_when_nothing_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = load(inputs(
+        dir.path(),
+        None,
+        &[
+            ("AUTH_MODE", "token"),
+            ("OIDC_CLIENT_SECRET", "\"s3cret-value\""),
+        ],
+    ))
+    .unwrap();
+    let all = c.warnings.join("\n");
+    assert!(
+        all.contains("OIDC_CLIENT_SECRET is wrapped in quotes"),
+        "{all}"
+    );
+    assert!(!all.contains("s3cret-value"), "{all}");
+}
+
 /// A value quoted in the process environment (docker --env-file keeps the quotes) fails as it
 /// would, with a line saying the quotes are the cause.
 #[test]
