@@ -109,10 +109,7 @@ impl Auth {
         }
         self.metrics.logout("rp");
         let settings = &self.provider.settings;
-        let post_logout = settings
-            .post_logout_redirect_uri
-            .as_ref()
-            .map(|u| u.to_string());
+        let post_logout = settings.post_logout_redirect_uri_as_written.clone();
         let end_session = self
             .provider
             .metadata()

@@ -162,7 +162,7 @@ impl Provider {
                     || m.iter().any(|a| a == "client_secret_basic")
             }
         };
-        let redirect = RedirectUrl::new(self.settings.redirect_uri.to_string())
+        let redirect = RedirectUrl::new(self.settings.redirect_uri_as_written.clone())
             .map_err(|e| format!("redirect URI: {e}"))?;
         let client = RelyingParty::from_provider_metadata(
             discovered.clone().set_jwks(jwks.clone()),

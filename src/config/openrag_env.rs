@@ -40,10 +40,17 @@ pub struct OidcSettings {
     pub client_id: String,
     pub client_secret: Secret<String>,
     pub redirect_uri: Url,
+    /// `OIDC_REDIRECT_URI` as written (trimmed): what goes to the IdP, as OpenRag sends it. An
+    /// IdP comparing it with the registered URI byte for byte must not see it re-serialised
+    /// (a host in lower case, `:443` dropped).
+    pub redirect_uri_as_written: String,
     pub keys: Arc<KeyRing>,
     pub scopes: String,
     pub claim_source: ClaimSource,
     pub post_logout_redirect_uri: Option<Url>,
+    /// `OIDC_POST_LOGOUT_REDIRECT_URI` as written, for the same reason: re-serialised,
+    /// `https://intranet.mycorp.com` would go as `https://intranet.mycorp.com/`.
+    pub post_logout_redirect_uri_as_written: Option<String>,
 }
 
 /// Everything read from OpenRag's variable names.
@@ -238,9 +245,15 @@ fn parse_oidc(vars: &Vars, problems: &mut Vec<String>) -> Option<OidcSettings> {
         client_id: vars.non_empty("OIDC_CLIENT_ID")?.to_owned(),
         client_secret: Secret::new(vars.non_empty("OIDC_CLIENT_SECRET")?.to_owned()),
         redirect_uri: redirect_uri?,
+        redirect_uri_as_written: vars.non_empty("OIDC_REDIRECT_URI")?.to_owned(),
         keys: Arc::new(keys?),
         scopes,
         claim_source: claim_source?,
+        post_logout_redirect_uri_as_written: post_logout_redirect_uri
+            .is_some()
+            .then(|| vars.non_empty("OIDC_POST_LOGOUT_REDIRECT_URI"))
+            .flatten()
+            .map(str::to_owned),
         post_logout_redirect_uri,
     })
 }

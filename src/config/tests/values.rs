@@ -653,3 +653,40 @@ fn an_exact_rule_a_prefix_rule_shadows_is_warned_about() {
         c.warnings
     );
 }
+
+/// The redirect URIs go to the IdP as written, as OpenRag sends them: an IdP comparing them
+/// with its registration byte for byte must not see a host in lower case, `:443` dropped, or a
+/// `/` added.
+#[test]
+fn redirect_uris_are_kept_as_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = crate::crypto::generate_key();
+    let c = load(inputs(
+        dir.path(),
+        None,
+        &[
+            ("AUTH_MODE", "oidc"),
+            ("OIDC_ENDPOINT", "https://idp.example"),
+            ("OIDC_CLIENT_ID", "rp"),
+            ("OIDC_CLIENT_SECRET", "client-secret-value"),
+            (
+                "OIDC_REDIRECT_URI",
+                " https://RAG.example:443/auth/callback ",
+            ),
+            ("OIDC_POST_LOGOUT_REDIRECT_URI", "https://intranet.example"),
+            ("OIDC_TOKEN_ENCRYPTION_KEY", &key),
+            ("SSO_SIDECAR_IDENTITY", "headers"),
+        ],
+    ))
+    .unwrap();
+    let o = c.openrag_env.oidc.unwrap();
+    assert_eq!(
+        o.redirect_uri_as_written,
+        "https://RAG.example:443/auth/callback"
+    );
+    assert_eq!(o.redirect_uri.host_str(), Some("rag.example"));
+    assert_eq!(
+        o.post_logout_redirect_uri_as_written.as_deref(),
+        Some("https://intranet.example")
+    );
+}
