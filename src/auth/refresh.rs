@@ -26,6 +26,10 @@ const LOCK_TTL_MIN: Duration = Duration::from_secs(30);
 const LOCK_POLL_FIRST: Duration = Duration::from_millis(25);
 const LOCK_POLL_MAX: Duration = Duration::from_millis(250);
 
+/// How long a refresh's result waits at most between two tries to write it
+/// ([`kept_through_store_errors`]).
+const WRITE_RETRY_MAX: Duration = Duration::from_secs(2);
+
 /// Per-process single flight: one async mutex per session being refreshed.
 #[derive(Default)]
 pub struct InFlight {
@@ -238,6 +242,8 @@ impl Auth {
         now: i64,
         skew: i64,
     ) -> Result<Option<Arc<Session>>, StoreError> {
+        // Taken just before: the lock is this replica's until then, short of a margin.
+        let lock_held_until = Instant::now() + self.lock_ttl().saturating_sub(LOCK_TTL_MIN / 10);
         let Some(loaded) = self.sessions.load_fresh(id, now).await? else {
             return Ok(None);
         };
@@ -272,7 +278,11 @@ impl Auth {
                     self.sessions.end(id, &s).await?;
                     return Ok(None);
                 }
-                if s.sid != loaded.sid && self.sessions.join_sid(id, &s, now).await? {
+                // From here, the IdP has spent the old refresh token: a write the store fails
+                // is tried again while the lock holds (no other replica refreshes meanwhile).
+                let until = lock_held_until;
+                let joined = || self.sessions.join_sid(id, &s, now);
+                if s.sid != loaded.sid && kept_through_store_errors(until, joined).await? {
                     self.metrics.sessions_revoked(1);
                     tracing::info!(sub = %s.sub, "the IdP session named at refresh was logged out meanwhile: session ended");
                     self.sessions.end(id, &s).await?;
@@ -287,7 +297,8 @@ impl Auth {
                     cur.backend_token = token;
                     cur.backend_user_id = user;
                 };
-                let Some(s) = self.sessions.amend(id, now, refreshed).await? else {
+                let write = || self.sessions.amend(id, now, &refreshed);
+                let Some(s) = kept_through_store_errors(until, write).await? else {
                     return Ok(None);
                 };
                 if s.refresh_token.as_ref() != Some(&rt) {
@@ -505,6 +516,30 @@ fn is_definitive(e: &TokenError) -> bool {
         TokenError::GrantRefused(_) | TokenError::MissingSub => true,
         TokenError::Claims(_) | TokenError::Jwt(_) => true,
         _ => false,
+    }
+}
+
+/// `write` until it succeeds, or until `until` (the refresh lock's end) is too close for
+/// another try. For the writes that keep a refresh's result: the IdP has spent the old refresh
+/// token, so a store blip (a failover, a restart, a full Redis) that lost the new one would
+/// leave the spent one stored, and the session's next refresh would end it (`invalid_grant`).
+/// The request that refreshes waits meanwhile, as it would for a slow IdP.
+async fn kept_through_store_errors<T, F, Fut>(until: Instant, mut write: F) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match write().await {
+            Ok(v) => return Ok(v),
+            Err(e) if Instant::now() + pause < until => {
+                tracing::warn!(error = %e, "a refreshed session could not be stored: tried again while its refresh lock holds");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(WRITE_RETRY_MAX);
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
 

@@ -1032,6 +1032,75 @@ async fn a_full_redis_keeps_a_session_due_for_refresh_until_its_access_token_exp
     assert!(refreshed >= 2, "the code, then a refresh: {refreshed}");
 }
 
+/// Redis refusing writes (full, `noeviction`) just as the IdP answers a refresh: the IdP has
+/// spent the old refresh token, so the new tokens are written once Redis takes writes again,
+/// and the session's next refresh does not spend the old one a second time (an IdP that
+/// rotates refresh tokens refuses it, `invalid_grant`, and the user is logged out). Before,
+/// the write failed once, the request got 503, and the next request refreshed again with the
+/// spent token.
+#[tokio::test]
+async fn a_refresh_whose_write_the_store_refuses_keeps_its_new_tokens() {
+    let m = mock_pair(&[]).await;
+    m.idp.set(|s| s.login_expires_in = 8);
+    let cookie = mock_login(&m, &m.a.sidecar, "alice", "sid-1").await;
+    m.idp.set(|s| {
+        s.token_response = json!({"access_token": "at-2", "token_type": "Bearer",
+                                  "expires_in": 600, "refresh_token": "rt-2"});
+        s.token_delay_ms = 1500;
+    });
+    let refreshes = |m: &MockPair| -> Vec<String> {
+        let s = m.idp.state.lock().unwrap();
+        let grants = s.token_requests.iter();
+        grants
+            .filter(|r| r.contains("grant_type=refresh_token"))
+            .cloned()
+            .collect()
+    };
+    // Until a request finds the refresh due and waits on the IdP: then Redis refuses writes.
+    let started = std::time::Instant::now();
+    let refreshing = loop {
+        let url = m.a.sidecar.url("/v1/x");
+        let header = session_header(&cookie);
+        let r = tokio::spawn(async move { get(&url, &[("cookie", &header)]).await.unwrap() });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if !refreshes(&m).is_empty() {
+            break r;
+        }
+        assert_eq!(r.await.unwrap().status(), 200);
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no refresh began"
+        );
+    };
+    m.redis
+        .cli(&["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
+    m.redis.cli(&["CONFIG", "SET", "maxmemory", "1"]);
+    // The IdP answers meanwhile (1.5 s); the write is refused for a while after.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    m.redis.cli(&["CONFIG", "SET", "maxmemory", "0"]);
+    assert_eq!(
+        refreshing.await.unwrap().status(),
+        200,
+        "the refreshing request"
+    );
+    m.idp.set(|s| s.token_delay_ms = 0);
+    for _ in 0..5 {
+        assert!(alive(&m.a.sidecar, &cookie).await);
+        assert!(alive(&m.b.sidecar, &cookie).await);
+    }
+    let all = refreshes(&m);
+    assert_eq!(
+        all.len(),
+        1,
+        "the spent refresh token was sent again: {all:?}"
+    );
+    assert!(m
+        .a
+        .sidecar
+        .output()
+        .contains("tried again while its refresh lock holds"));
+}
+
 #[tokio::test]
 async fn an_idp_outage_during_refresh_keeps_the_session_an_invalid_grant_ends_it() {
     // An 8 s access token: a refresh is due in its last quarter (2 s), while it is still valid.
