@@ -1049,3 +1049,43 @@ async fn logouts_at_once_share_their_wait_for_the_replica() {
         "the later logout had a round of its own"
     );
 }
+
+/// A master that refuses writes (full, `noeviction`) has answered them: its connection is
+/// kept. Before, every refused write dropped it, and the next request made a sentinel query
+/// and a new connection (every request queued behind that while Redis stayed full).
+#[tokio::test]
+async fn a_full_master_behind_sentinel_keeps_its_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let set = sentinel_set(dir.path()).await;
+    let (idp, key, _up, sc) = through_sentinel(&set, ("RUST_LOG", "info")).await;
+    let sc = &sc.sidecar;
+    let cookie = mock_login(&idp, &key, sc, "alice").await;
+    assert_eq!(status(sc, "/v1/x", &[("cookie", &cookie)]).await, 200);
+    let received = || {
+        let stats = cli(set.master, &["info", "stats"]);
+        let line = stats
+            .lines()
+            .find_map(|l| l.strip_prefix("total_connections_received:"));
+        line.and_then(|n| n.trim().parse::<u64>().ok()).unwrap()
+    };
+    cli(
+        set.master,
+        &["config", "set", "maxmemory-policy", "noeviction"],
+    );
+    cli(set.master, &["config", "set", "maxmemory", "1"]);
+    let before = received();
+    for i in 0..5 {
+        let sid = format!("sid-{i}");
+        let r = idp
+            .login_until_callback(&key, sc, "bob", &sid, "")
+            .await
+            .await;
+        assert_eq!(r.status(), 503, "{}", String::from_utf8_lossy(r.body()));
+    }
+    // One more for this count's own connection; none for the sidecar.
+    let made = received() - before;
+    assert!(made <= 2, "{made} connections for 5 refused writes");
+    cli(set.master, &["config", "set", "maxmemory", "0"]);
+    assert_eq!(status(sc, "/v1/x", &[("cookie", &cookie)]).await, 200);
+    mock_login(&idp, &key, sc, "bob").await;
+}

@@ -162,9 +162,14 @@ macro_rules! with_conn {
                     }
                 };
                 let result = $body.await;
-                if result.is_err() {
-                    // The master may have moved: ask the sentinels again next time.
-                    *conn.lock().await = None;
+                if let Err(e) = &result {
+                    // The master may have moved: ask the sentinels again next time. Not for an
+                    // answer the master gave (a full Redis refusing writes, a script's error):
+                    // the connection is fine, and dropping it would queue every request
+                    // behind a sentinel query while it lasts.
+                    if settle::dead(e) || e.is_timeout() || e.code() == Some("MASTERDOWN") {
+                        *conn.lock().await = None;
+                    }
                 }
                 result.map_err(unavailable)
             }

@@ -174,7 +174,7 @@ impl Settle {
 /// Whether `e` says the connection is no use any more, rather than Redis refusing the command:
 /// gone, or to a master demoted to a replica by a failover that kept its clients (`READONLY`;
 /// the connection is made again through the sentinels, or to the address, next time).
-fn dead(e: &redis::RedisError) -> bool {
+pub(super) fn dead(e: &redis::RedisError) -> bool {
     e.is_io_error()
         || e.is_connection_dropped()
         || e.is_unrecoverable_error()
