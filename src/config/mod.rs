@@ -341,6 +341,7 @@ pub fn load(inputs: Inputs) -> Result<Config, ConfigErrors> {
             if openrag.auth_mode == AuthMode::Oidc && v.identity == IdentityMode::Headers {
                 warnings.extend(suggest::bridge_only(&vars));
                 warnings.extend(suggest::openrag_public_paths(&raw));
+                warnings.extend(suggest::headers_to_another_host(&raw.upstream));
             }
             warnings.extend(suggest::unused_by_mode(
                 &raw,

@@ -214,6 +214,25 @@ pub fn openrag_public_paths(raw: &Settings) -> Option<String> {
     })
 }
 
+/// Identity headers sent to a backend on another host: whoever else reaches that backend can
+/// send `X-Forwarded-User` too, and the sidecar has no way to prove its requests are its own.
+pub fn headers_to_another_host(upstream: &str) -> Option<String> {
+    let u = url::Url::parse(upstream).ok()?;
+    let local = match u.host()? {
+        url::Host::Domain(d) => d == "localhost",
+        url::Host::Ipv4(ip) => ip.is_loopback(),
+        url::Host::Ipv6(ip) => ip.is_loopback(),
+    };
+    (!local).then(|| {
+        format!(
+            "identity = \"headers\" and the upstream {upstream} is not on this host: make it \
+             accept requests from the sidecar only (a NetworkPolicy, a firewall, a listener on \
+             a private interface), or any client that reaches it can name any user in the \
+             identity headers"
+        )
+    })
+}
+
 /// `OIDC_POST_LOGOUT_REDIRECT_URI` on the sidecar's own origin: after logout the user lands
 /// on a protected page and is signed in again at once (a re-login loop).
 pub fn relogin_loop(o: &super::openrag_env::OidcSettings) -> Option<String> {

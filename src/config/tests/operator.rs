@@ -213,6 +213,32 @@ fn openrags_public_paths_left_by_default_in_front_of_another_backend_are_warned_
     assert!(!about(warnings(&[("SSO_SIDECAR_IDENTITY", "openrag")])));
 }
 
+/// Identity headers to a backend on another host: anything else that reaches it can name a
+/// user too. Said; not for a backend on this host, nor with the bridge (bearer tokens).
+#[test]
+fn identity_headers_to_another_host_are_warned_about() {
+    let about = |w: Vec<String>| w.iter().any(|w| w.contains("is not on this host"));
+    let headers = ("SSO_SIDECAR_IDENTITY", "headers");
+    assert!(about(warnings(&[
+        headers,
+        ("SSO_SIDECAR_UPSTREAM", "http://my-app.ns.svc:8080")
+    ])));
+    for local in [
+        "http://127.0.0.1:8080",
+        "http://localhost:9000",
+        "http://[::1]:80",
+    ] {
+        assert!(
+            !about(warnings(&[headers, ("SSO_SIDECAR_UPSTREAM", local)])),
+            "{local}"
+        );
+    }
+    assert!(!about(warnings(&[
+        ("SSO_SIDECAR_IDENTITY", "openrag"),
+        ("SSO_SIDECAR_UPSTREAM", "http://my-app.ns.svc:8080")
+    ])));
+}
+
 /// The admin listener on the public one's port, or an upstream that is the sidecar itself:
 /// refused, naming both settings. What only DNS could tell is left alone.
 #[test]
