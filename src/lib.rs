@@ -182,11 +182,13 @@ pub async fn run(
     // Several crates could enable different rustls providers; pick ring explicitly.
     let _ = rustls::crypto::ring::default_provider().install_default();
 
-    let tls = match &config.tls {
-        Some(t) => Some(Arc::new(
-            tls::server_config(&t.cert_file, &t.key_file).map_err(StartError::Tls)?,
-        )),
-        None => None,
+    let (tls, certificate) = match &config.tls {
+        Some(t) => {
+            let (server, cert) =
+                tls::server_config(&t.cert_file, &t.key_file).map_err(StartError::Tls)?;
+            (Some(Arc::new(server)), Some(cert))
+        }
+        None => (None, None),
     };
     let client_tls = tls::client_config(config.proxy.upstream_ca_file.as_deref())
         .map_err(StartError::Upstream)?;
@@ -398,7 +400,8 @@ pub async fn run(
         admin_stop_rx,
     ));
 
-    tokio::spawn(reload::run(apps, oidc, config.clone(), metrics.clone()));
+    let reload = reload::run(apps, oidc, certificate, config.clone(), metrics.clone());
+    tokio::spawn(reload);
     shutdown.await;
     tracing::info!(
         deadline_secs = config.shutdown_timeout.as_secs(),

@@ -1,5 +1,6 @@
 //! Reloading the configuration while running: on SIGHUP, and, with `reload_watch_secs`, when
-//! a file it was read from changes (the TOML file, the `.env` file, `authz.allowed_emails_file`)
+//! a file it was read from changes (the TOML file, the `.env` file, `authz.allowed_emails_file`,
+//! the TLS certificate and key, which are read again at every reload)
 //! — in a Kubernetes pod nothing sends a signal, and a ConfigMap mounted as files changes under
 //! the process. What a reload may change, and what it refuses, is `config::reload`'s model;
 //! this module only decides when, and hands the result to the workers. No request handling.
@@ -12,10 +13,13 @@ use std::time::Duration;
 
 /// Reloads on SIGHUP and, every `reload_watch_secs` (0: never), when a watched file changed.
 /// Each attempt is counted on `/metrics` by result: with the watch, reloads happen with nobody
-/// looking, and a refusal is otherwise only a log line.
+/// looking, and a refusal is otherwise only a log line. `certificate`, the TLS listener's, is
+/// read again at each reload, and its files are watched with the others (cert-manager renews
+/// it in place).
 pub async fn run(
     apps: Vec<Arc<router::App>>,
     oidc: Option<Arc<router::Oidc>>,
+    certificate: Option<Arc<crate::tls::Certificate>>,
     current: Config,
     metrics: Arc<crate::metrics::Metrics>,
 ) {
@@ -66,6 +70,17 @@ pub async fn run(
         // reads (or after) differs from this at the next tick, and is read again. A refused
         // reload is not tried again until a file changes again (or a SIGHUP).
         let before = fingerprint(&watched(&current));
+        if let Some(cert) = &certificate {
+            match cert.reload() {
+                Ok(true) => tracing::info!(
+                    "the TLS certificate was read again: served from the next connection on"
+                ),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "the TLS certificate could not be read again: the one served so far is kept")
+                }
+            }
+        }
         let applied = apply(&apps, oidc.as_deref(), &mut current);
         metrics.config_reload(if applied { "applied" } else { "refused" });
         seen = before;
@@ -98,6 +113,9 @@ fn watched(c: &Config) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = c.source_file.iter().chain(&c.env_file).cloned().collect();
     if let Some(f) = &c.raw.0.authz.allowed_emails_file {
         files.push(PathBuf::from(f));
+    }
+    if let Some(t) = &c.tls {
+        files.extend([t.cert_file.clone(), t.key_file.clone()]);
     }
     files
 }

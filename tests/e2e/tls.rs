@@ -84,3 +84,82 @@ async fn tls_listener_and_https_upstream_with_a_private_ca() {
     let r = get(&untrusting.url("/echo"), &[]).await.unwrap();
     assert_eq!(r.status(), 502);
 }
+
+/// A client trusting only the CA in `ca`, to the sidecar's TLS port: whether it gets a 200.
+async fn trusted_through(ca: &Path, port: u16) -> bool {
+    let client_tls = sso_sidecar::tls::client_config(Some(ca)).unwrap();
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(client_tls)
+        .https_only()
+        .enable_http1()
+        .build();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build::<_, TestBody>(connector);
+    let url = format!("https://127.0.0.1:{port}/echo/tls");
+    let r = client.request(request("GET", &url, &[], body(""))).await;
+    r.is_ok_and(|r| r.status() == 200)
+}
+
+/// A certificate renewed in place (cert-manager writes the Secret's new files under the same
+/// paths) is served from the next connection on, found by `reload_watch_secs`; one that cannot
+/// be used (a key for another certificate) is refused and the one served kept. Before, the
+/// certificate read at start was served until a restart, expired or not.
+#[tokio::test]
+async fn a_certificate_renewed_in_place_is_served_without_a_restart() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let (first, second) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    make_certs(first.path());
+    make_certs(second.path());
+    let served = tempfile::tempdir().unwrap();
+    let at = |f: &str| served.path().join(f);
+    // Written whole, by rename, as a Secret's volume is updated.
+    let put = |from: &Path, to: &str| {
+        std::fs::copy(from, at(&format!("{to}.new"))).unwrap();
+        std::fs::rename(at(&format!("{to}.new")), at(to)).unwrap();
+    };
+    put(&first.path().join("server.pem"), "tls.crt");
+    put(&first.path().join("server.key"), "tls.key");
+    let up = Upstream::start();
+    let sc = Sidecar::start(&[
+        ("SSO_SIDECAR_UPSTREAM", &up.url()),
+        (
+            "SSO_SIDECAR_TLS__CERT_FILE",
+            at("tls.crt").to_str().unwrap(),
+        ),
+        ("SSO_SIDECAR_TLS__KEY_FILE", at("tls.key").to_str().unwrap()),
+        ("SSO_SIDECAR_RELOAD_WATCH_SECS", "1"),
+    ])
+    .await;
+    let (ca1, ca2) = (first.path().join("ca.pem"), second.path().join("ca.pem"));
+    let port = sc.addr.port();
+    assert!(trusted_through(&ca1, port).await);
+    assert!(!trusted_through(&ca2, port).await);
+
+    // A key that is not the certificate's: refused, the first pair still served.
+    put(&second.path().join("server.pem"), "tls.crt");
+    let started = std::time::Instant::now();
+    while !sc.output().contains("could not be read again") {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "{}",
+            sc.output()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(trusted_through(&ca1, port).await);
+
+    put(&second.path().join("server.key"), "tls.key");
+    let started = std::time::Instant::now();
+    while !trusted_through(&ca2, port).await {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "{}",
+            sc.output()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        !trusted_through(&ca1, port).await,
+        "the old certificate is still served"
+    );
+}
