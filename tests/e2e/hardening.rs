@@ -904,3 +904,49 @@ async fn http2_rapid_reset_closes_the_connection() {
         200
     );
 }
+
+/// Slowloris: a request head sent a byte at a time, each in time for every other deadline, is
+/// closed once `header_read_timeout_secs` is over, not when the client is done trickling.
+#[tokio::test]
+async fn a_request_head_trickled_past_its_deadline_is_closed() {
+    let up = Upstream::start();
+    let sc = Sidecar::start(&[
+        ("SSO_SIDECAR_UPSTREAM", &up.url()),
+        ("SSO_SIDECAR_CONNECTIONS__HEADER_READ_TIMEOUT_SECS", "2"),
+    ])
+    .await;
+    let mut s = TcpStream::connect(sc.addr).await.unwrap();
+    s.write_all(b"GET /echo/slow HTTP/1.1\r\nHost: app\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut closed_at = None;
+    while started.elapsed() < Duration::from_secs(10) {
+        if s.write_all(b"X-Slow: a\r\n").await.is_err() {
+            closed_at = Some(started.elapsed());
+            break;
+        }
+        let mut buf = [0u8; 512];
+        match tokio::time::timeout(Duration::from_millis(400), s.read(&mut buf)).await {
+            // An answer (408) or the end of the connection: either way, closed.
+            Ok(_) => {
+                closed_at = Some(started.elapsed());
+                break;
+            }
+            Err(_) => {}
+        }
+    }
+    let at = closed_at.expect("the trickled head was read for 10 s");
+    assert!(
+        at >= Duration::from_millis(1500),
+        "closed too early: {at:?}"
+    );
+    assert!(at < Duration::from_secs(5), "closed late: {at:?}");
+    // A head sent at once is served on a new connection.
+    let r = exchange(
+        sc.addr,
+        b"GET /echo/ok HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&r), "200", "{r}");
+}
