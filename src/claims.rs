@@ -24,7 +24,9 @@ pub fn require_verified_email(c: &mut Map<String, Value>) {
         Some(Value::String(v)) => v.eq_ignore_ascii_case("true"),
         _ => false,
     };
-    if !verified {
+    // Claims that name no email say nothing of one: marked, they would discount the email
+    // userinfo adds to a profile-less ID token (`profile::read`), verified or not.
+    if !verified && c.contains_key("email") {
         c.insert("email_verified".into(), Value::Bool(false));
     }
 }
@@ -68,6 +70,12 @@ mod tests {
             require_verified_email(&mut c);
             assert_eq!(!email_unverified(&c), verified, "{given}");
         }
+        let mut none = json!({"sub": "a"}).as_object().unwrap().clone();
+        require_verified_email(&mut none);
+        assert!(
+            !none.contains_key("email_verified"),
+            "no email, nothing said of one"
+        );
     }
 
     #[test]

@@ -611,20 +611,31 @@ async fn a_code_from_another_login_is_refused_by_its_pkce_challenge() {
 #[tokio::test]
 async fn an_email_the_idp_does_not_say_is_verified_counts_only_when_not_required() {
     let domains = ("SSO_SIDECAR_AUTHZ__ALLOWED_EMAIL_DOMAINS", "example.test");
-    for (required, verified, admitted) in [
-        ("false", None, true),
-        ("true", None, false),
-        ("true", Some(json!("false")), false),
-        ("true", Some(json!(true)), true),
+    // `thin`: an ID token without profile claims (LemonLDAP::NG's), completed from userinfo,
+    // which says the email is verified: that counts (the ID token, which says nothing of an
+    // email, must not mark userinfo's unverified).
+    for (required, verified, admitted, thin) in [
+        ("false", None, true, false),
+        ("true", None, false, false),
+        ("true", Some(json!("false")), false, false),
+        ("true", Some(json!(true)), true, false),
+        ("true", Some(json!(true)), true, true),
     ] {
         let s = setup(&[domains, ("SSO_SIDECAR_EMAIL_VERIFIED_REQUIRED", required)]).await;
         let (state, nonce, cookie) = begin(&s.sc.sidecar).await;
         let mut c = claims(&s.idp.issuer(), &nonce);
-        if let Some(v) = &verified {
+        if let Some(v) = verified.as_ref().filter(|_| !thin) {
             c["email_verified"] = v.clone();
         }
+        if thin {
+            c.as_object_mut().unwrap().remove("email");
+            s.idp.set(|m| {
+                m.userinfo = json!({"sub": "alice", "email": "alice@example.test",
+                                    "email_verified": verified.clone()})
+            });
+        }
         let r = finish(&s, &state, &cookie, &s.key.sign(&c), "at").await;
-        let case = format!("required {required}, email_verified {verified:?}");
+        let case = format!("required {required}, email_verified {verified:?}, thin {thin}");
         if !admitted {
             assert_eq!(
                 r.status(),
