@@ -330,6 +330,18 @@ impl Upstream {
                     "the upstream switched protocols unasked",
                 )));
             }
+            if resp.headers().contains_key(header::TRANSFER_ENCODING) {
+                // Framed by its transfer coding, which overrides `Content-Length` (RFC 9112
+                // §6.3; a proxy must drop that header): hyper read it as chunked, and a length
+                // left in would have the client cut it short. A coding besides `chunked` is
+                // this hop's and taken off with it: passed on, the bytes would be garbage.
+                if !only_chunked(resp.headers()) {
+                    return Err(ProxyError::Unavailable(pool::SendError::Protocol(
+                        "the upstream sent a transfer coding other than chunked",
+                    )));
+                }
+                resp.headers_mut().remove(header::CONTENT_LENGTH);
+            }
             headers::remove_hop_by_hop(resp.headers_mut());
             if let (true, Some(client_upgrade), Some(permit)) = (switching, client_upgrade, tunnel)
             {
@@ -393,4 +405,18 @@ fn is_event_stream(h: &http::HeaderMap) -> bool {
             .get(..17)
             .is_some_and(|p| p.eq_ignore_ascii_case(b"text/event-stream"))
     })
+}
+
+/// Whether the `Transfer-Encoding` lines name `chunked` and nothing else.
+fn only_chunked(h: &http::HeaderMap) -> bool {
+    let mut codings = h
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|c| !c.is_empty());
+    codings
+        .next()
+        .is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"))
+        && codings.next().is_none()
 }

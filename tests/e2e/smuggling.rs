@@ -267,3 +267,59 @@ impl http_body::Body for Frames {
         std::task::Poll::Ready(self.0.pop_front().map(Ok))
     }
 }
+
+/// An upstream that answers every request with `raw`, on every connection.
+async fn answering(raw: &'static [u8]) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 8192];
+                while let Ok(n) = sock.read(&mut buf).await {
+                    if n == 0 {
+                        return;
+                    }
+                    seen.extend_from_slice(&buf[..n]);
+                    if complete(&seen) {
+                        seen.clear();
+                        if sock.write_all(raw).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    url
+}
+
+/// A response framed both ways (`Transfer-Encoding: chunked` and a `Content-Length`): the
+/// transfer coding wins (RFC 9112 §6.3) and the length is dropped, so the client gets the whole
+/// body; before, the length went on and the answer was cut short. A coding besides `chunked`
+/// (taken off with this hop's framing, its bytes would be garbage) gets 502.
+#[tokio::test]
+async fn a_response_framed_two_ways_reaches_the_client_whole() {
+    let body: &'static [u8] = Box::leak(
+        format!(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 10\r\n\r\n\
+             1388\r\n{}\r\n0\r\n\r\n",
+            "a".repeat(5000)
+        )
+        .into_bytes()
+        .into_boxed_slice(),
+    );
+    let sc = Sidecar::start(&[("SSO_SIDECAR_UPSTREAM", &answering(body).await)]).await;
+    let r = get(&sc.url("/x"), &[]).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.body().len(), 5000, "cut short");
+    assert!(r
+        .headers()
+        .get("content-length")
+        .is_none_or(|v| v == "5000"));
+    let gzip = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+    let sc = Sidecar::start(&[("SSO_SIDECAR_UPSTREAM", &answering(gzip).await)]).await;
+    let r = get(&sc.url("/x"), &[]).await.unwrap();
+    assert_eq!(r.status(), 502);
+}
