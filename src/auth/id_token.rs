@@ -97,6 +97,9 @@ pub fn verify_id_token(
         ClaimsVerificationError::SignatureVerification(
             SignatureVerificationError::NoMatchingKey,
         ) => TokenError::Jwt(JwtError::UnknownKey(token_kid(id_token))),
+        ClaimsVerificationError::SignatureVerification(
+            SignatureVerificationError::AmbiguousKeyId(_),
+        ) => TokenError::Jwt(JwtError::AmbiguousKey),
         e => TokenError::Claims(e.to_string()),
     })?;
     // The crate leaves `azp` to its users: several audiences need it, and it must be us.

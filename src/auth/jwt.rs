@@ -53,6 +53,10 @@ pub enum JwtError {
     UnknownKey(Option<String>),
     #[error("signature does not verify")]
     BadSignature,
+    /// No `kid`, and several keys of the JWKS could have signed it (OIDC Core §10.1 wants a
+    /// `kid` then): an IdP in the middle of a rotation, not a forgery.
+    #[error("the token names no kid and several keys could have signed it")]
+    AmbiguousKey,
     /// RFC 7515 §4.1.11: a recipient must refuse a token whose `crit` header names extensions
     /// it does not understand, and this one understands none.
     #[error("critical header extensions are not supported")]

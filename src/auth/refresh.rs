@@ -511,8 +511,11 @@ struct Renewed {
 /// in an outage, and are refreshed again later.
 fn is_definitive(e: &TokenError) -> bool {
     match e {
-        // A key the JWKS does not (yet) have is the IdP rotating keys, not a refusal.
-        TokenError::Jwt(crate::auth::jwt::JwtError::UnknownKey(_)) => false,
+        // A key the JWKS does not (yet) have, or a token without `kid` that several of its
+        // keys could have signed, is the IdP rotating keys, not a refusal.
+        TokenError::Jwt(
+            crate::auth::jwt::JwtError::UnknownKey(_) | crate::auth::jwt::JwtError::AmbiguousKey,
+        ) => false,
         TokenError::GrantRefused(_) | TokenError::MissingSub => true,
         TokenError::Claims(_) | TokenError::Jwt(_) => true,
         _ => false,
@@ -573,6 +576,11 @@ mod tests {
         )));
         assert!(!is_definitive(&status(500)));
         assert!(!is_definitive(&status(503)));
+        // The IdP rotating keys: judged again later, not taken for a forgery.
+        use crate::auth::jwt::JwtError;
+        assert!(!is_definitive(&TokenError::Jwt(JwtError::AmbiguousKey)));
+        assert!(!is_definitive(&TokenError::Jwt(JwtError::UnknownKey(None))));
+        assert!(is_definitive(&TokenError::Jwt(JwtError::BadSignature)));
         assert!(!is_definitive(&TokenError::Http(IdpHttpError::Transport {
             service: "the IdP",
             source: "refused".into(),

@@ -1032,6 +1032,49 @@ async fn a_full_redis_keeps_a_session_due_for_refresh_until_its_access_token_exp
     assert!(refreshed >= 2, "the code, then a refresh: {refreshed}");
 }
 
+/// A refreshed ID token without `kid`, while the JWKS holds two keys that could have signed it
+/// (an IdP in the middle of a rotation; OIDC Core wants a `kid` then): not taken for a forgery.
+/// The new tokens are kept and the session lives, unconfirmed, as when the JWKS is down; before,
+/// the session was ended.
+#[tokio::test]
+async fn a_refreshed_id_token_without_kid_among_two_keys_ends_nothing() {
+    let m = mock_pair(&[]).await;
+    m.idp.set(|s| s.login_expires_in = 8);
+    // Both keys published, and the sidecar made to fetch them (a login signed with the new one).
+    let next = Key::new("k2");
+    m.idp
+        .set(|s| s.jwks = json!({"keys": [m.key.jwk(), next.jwk()]}));
+    let cookie = m.idp.login(&next, &m.a.sidecar, "alice", "sid-1").await;
+    let now = sso_sidecar::auth::oidc::now_unix();
+    let kidless = m.key.sign_with_header(
+        &json!({"alg": "ES256", "typ": "JWT"}),
+        &json!({"iss": m.idp.issuer(), "sub": "alice", "aud": CLIENT_ID,
+                "exp": now + 600, "iat": now, "sid": "sid-1"}),
+    );
+    m.idp.set(|s| {
+        s.token_response = json!({"access_token": "at2", "token_type": "Bearer",
+            "expires_in": 600, "id_token": kidless, "refresh_token": "rt2"});
+    });
+    let refreshed = || {
+        let s = m.idp.state.lock().unwrap();
+        s.token_requests
+            .iter()
+            .any(|r| r.contains("grant_type=refresh_token"))
+    };
+    let started = std::time::Instant::now();
+    loop {
+        let was = refreshed();
+        assert!(alive(&m.a.sidecar, &cookie).await, "ended by the refresh");
+        if was {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "no refresh");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(alive(&m.b.sidecar, &cookie).await);
+    assert!(m.a.sidecar.output().contains("cannot be verified now"));
+}
+
 /// Redis refusing writes (full, `noeviction`) just as the IdP answers a refresh: the IdP has
 /// spent the old refresh token, so the new tokens are written once Redis takes writes again,
 /// and the session's next refresh does not spend the old one a second time (an IdP that
