@@ -166,7 +166,7 @@ fn apply(apps: &[Arc<router::App>], oidc: Option<&router::Oidc>, current: &mut C
     }
     match telemetry::set_level(&reloadable.log_level) {
         Err(e) => tracing::warn!(error = %e, "log level not changed"),
-        Ok(false) if reloadable.log_level != current.log_level && rust_log_set() => {
+        Ok(false) if reloadable.log_level != current.log_level && telemetry::rust_log_decides() => {
             tracing::warn!("log_level not changed: RUST_LOG is set, and it decides")
         }
         Ok(_) => {}
@@ -187,10 +187,6 @@ fn apply(apps: &[Arc<router::App>], oidc: Option<&router::Oidc>, current: &mut C
         );
     }
     true
-}
-
-fn rust_log_set() -> bool {
-    std::env::var_os("RUST_LOG").is_some()
 }
 
 /// The warnings of `next` the running configuration did not have (those it has were said at

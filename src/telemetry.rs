@@ -16,6 +16,15 @@ type Reloader = Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync>;
 /// Swaps the log filter of the installed subscriber (configuration reload).
 static RELOAD: std::sync::OnceLock<Reloader> = std::sync::OnceLock::new();
 
+/// Whether `RUST_LOG` set the filter at start-up (set and readable): it then wins over
+/// `log_level`, at start-up and at every reload.
+static FROM_RUST_LOG: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether `RUST_LOG` decides the log level ([`FROM_RUST_LOG`]).
+pub fn rust_log_decides() -> bool {
+    FROM_RUST_LOG.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Installs the global subscriber. Logs go to stdout, as containers expect.
 pub fn init(format: LogFormat, default_level: &str) {
     let from_env = EnvFilter::try_from_default_env();
@@ -25,6 +34,7 @@ pub fn init(format: LogFormat, default_level: &str) {
         (Err(e), Some(_)) => Some(e.to_string()),
         _ => None,
     };
+    FROM_RUST_LOG.store(from_env.is_ok(), std::sync::atomic::Ordering::Relaxed);
     let filter = from_env
         .or_else(|_| EnvFilter::builder().parse(default_level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
@@ -62,9 +72,9 @@ pub fn init(format: LogFormat, default_level: &str) {
     }
 }
 
-/// Applies a new `log_level`, unless `RUST_LOG` (which wins at start-up) is set.
+/// Applies a new `log_level`, unless `RUST_LOG` (which wins at start-up) set the filter.
 pub fn set_level(level: &str) -> Result<bool, String> {
-    if std::env::var_os("RUST_LOG").is_some() {
+    if rust_log_decides() {
         return Ok(false);
     }
     let filter = EnvFilter::builder()

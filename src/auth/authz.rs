@@ -71,8 +71,9 @@ pub fn admits(a: &Authz, claims: &Map<String, Value>) -> Result<(), Refusal> {
 ///   methods it names in `X-HTTP-Method-Override`, `X-HTTP-Method`, `X-Method-Override` (in
 ///   any spelling a backend folds to these: `X_HTTP_Method`) or a `_method` query parameter
 ///   (Rails, Laravel, Symfony, Express's `method-override`; its name decoded, and `.method`,
-///   which PHP reads as `_method`); a rule for `GET` also covers the methods a backend
-///   may answer with its `GET` handler ([`read_as_get`]);
+///   which PHP reads as `_method`); a rule for `GET` also covers `HEAD`, which servers answer
+///   with the `GET` handler, and a method a handler blind to methods may serve as a `GET`
+///   ([`read_as_get`]) must pass as a `GET` too;
 /// - its path as sent, without `;` parameters (Tomcat and Spring drop them: `/admin;x/users`
 ///   is `/admin/users` there), in lower case (Express and ASP.NET route case-insensitively),
 ///   without one trailing slash (Express's default routing serves `/a/` as `/a`; and the
@@ -87,9 +88,15 @@ pub fn reaches(a: &Authz, parts: &http::request::Parts, groups: &[String]) -> bo
     if a.rules.is_empty() {
         return true;
     }
-    let Some(methods) = taken_as(parts) else {
+    let Some(mut methods) = taken_as(parts) else {
         return false; // no backend's reading of it can be judged
     };
+    // A method a handler blind to methods serves as a `GET` is judged as one too, besides as
+    // itself (as itself: a rule further down, for every method, may be stricter than the one
+    // for `GET`).
+    if methods.iter().any(|m| read_as_get(m)) && !methods.iter().any(|m| m == "GET") {
+        methods.push(Cow::Borrowed("GET"));
+    }
     // Each method on its own, since each is a request some backend may run: the first rule
     // matching *that* method decides (one walk for all would let a narrow rule matching one
     // name, `[GET] → staff`, decide for a DELETE named beside it).
@@ -109,12 +116,13 @@ pub fn bearer_may_reach(a: &Authz, parts: &http::request::Parts) -> bool {
     a.bearer_on_ruled_paths == BearerOnRuled::Pass || reaches(a, parts, &[])
 }
 
-/// Whether a backend may answer method `m` with its `GET` handler: `HEAD` (every server), and
-/// `OPTIONS` and methods outside HTTP's own (`PROPFIND`, `FOO`), which a handler that does not
-/// look at the method (Go's `http.HandleFunc`, Django function views, Express `app.all`, PHP)
-/// serves as it serves a `GET`. So a rule for `GET` covers them too.
+/// Whether a backend may answer method `m` with its `GET` handler: `OPTIONS` and methods
+/// outside HTTP's own (`PROPFIND`, `FOO`), which a handler that does not look at the method
+/// (Go's `http.HandleFunc`, Django function views, Express `app.all`, PHP) serves as it serves
+/// a `GET`. Such a request must pass the rules as a `GET` too. (`HEAD` is a `GET` to every
+/// server: a rule for `GET` covers it, [`reaches_as`].)
 fn read_as_get(m: &str) -> bool {
-    !["GET", "POST", "PUT", "DELETE", "PATCH"]
+    !["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH"]
         .iter()
         .any(|k| k.eq_ignore_ascii_case(m))
 }
@@ -125,7 +133,7 @@ fn reaches_as(a: &Authz, methods: &[Cow<str>], path: &str, fold: bool, groups: &
         ruled.is_empty()
             || methods.iter().any(|m| {
                 ruled.iter().any(|r| r.as_str().eq_ignore_ascii_case(m))
-                    || (read_as_get(m) && ruled.contains(&http::Method::GET))
+                    || (m.eq_ignore_ascii_case("HEAD") && ruled.contains(&http::Method::GET))
             })
     };
     for rule in &a.rules {
@@ -770,6 +778,41 @@ mod tests {
             assert!(!reach(&a, &m, "/reports/q3", &staff), "{m}");
         }
         assert!(reach(&a, &http::Method::POST, "/reports/q3", &staff));
+        // Judged as itself too: a `GET` rule does not decide for it where a stricter rule for
+        // every method follows (a WebDAV reader's MKCOL).
+        let dav = Authz {
+            rules: vec![
+                PathRule {
+                    path: "/dav/*".into(),
+                    methods: vec![http::Method::GET],
+                    groups: vec!["readers".into()],
+                },
+                PathRule {
+                    path: "/dav/*".into(),
+                    methods: vec![],
+                    groups: vec!["writers".into()],
+                },
+            ],
+            ..Authz::default()
+        };
+        let readers = ["readers".to_owned()];
+        let writers = ["writers".to_owned()];
+        for m in ["MKCOL", "PROPFIND", "OPTIONS"] {
+            let m = http::Method::from_bytes(m.as_bytes()).unwrap();
+            assert!(!reach(&dav, &m, "/dav/x", &readers), "{m}");
+            assert!(
+                !reach(&dav, &m, "/dav/x", &writers),
+                "{m}: as a GET, not a reader"
+            );
+        }
+        assert!(reach(&dav, &http::Method::GET, "/dav/x", &readers));
+        let both = ["readers".to_owned(), "writers".to_owned()];
+        assert!(reach(
+            &dav,
+            &http::Method::from_bytes(b"MKCOL").unwrap(),
+            "/dav/x",
+            &both
+        ));
         assert!(reach(
             &a,
             &http::Method::HEAD,

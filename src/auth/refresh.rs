@@ -527,6 +527,11 @@ fn is_definitive(e: &TokenError) -> bool {
 /// token, so a store blip (a failover, a restart, a full Redis) that lost the new one would
 /// leave the spent one stored, and the session's next refresh would end it (`invalid_grant`).
 /// The request that refreshes waits meanwhile, as it would for a slow IdP.
+///
+/// A try is not cut at `until`: one that lands after the lock expired is still better than
+/// none (lost, the new tokens log the user out for certain at the next refresh), and a replica
+/// that took the expired lock and had its spent token refused re-reads the session and keeps
+/// it when the token has changed meanwhile (`refresh_locked`).
 async fn kept_through_store_errors<T, F, Fut>(until: Instant, mut write: F) -> Result<T, StoreError>
 where
     F: FnMut() -> Fut,

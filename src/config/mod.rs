@@ -370,6 +370,9 @@ pub fn load(inputs: Inputs) -> Result<Config, ConfigErrors> {
                 warnings.extend(suggest::relogin_loop(o));
             }
             warnings.extend(suggest::trusting_everyone(&v.proxy.trusted_proxies));
+            if openrag.auth_mode == AuthMode::Oidc {
+                warnings.extend(suggest::preflights_refused(&v.auth));
+            }
             warnings.extend(suggest::shadowed_rules(&v.auth.authz.rules));
             // Quotes kept by the environment fail nothing at start-up when the value is a
             // secret: the first login would, with the IdP's `invalid_client`.

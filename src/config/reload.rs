@@ -176,13 +176,17 @@ fn openrag_changes(a: &super::OpenRagVars, b: &super::OpenRagVars) -> Vec<String
                 "OIDC_CLIENT_SECRET",
                 secret(Some(&x.client_secret), Some(&y.client_secret)),
             );
-            check("OIDC_REDIRECT_URI", x.redirect_uri != y.redirect_uri);
+            // As written: that is what the IdP is sent, and compares byte for byte.
+            check(
+                "OIDC_REDIRECT_URI",
+                x.redirect_uri_as_written != y.redirect_uri_as_written,
+            );
             check("OIDC_TOKEN_ENCRYPTION_KEY", !x.keys.same_keys(&y.keys));
             check("OIDC_SCOPES", x.scopes != y.scopes);
             check("OIDC_CLAIM_SOURCE", debug(&x.claim_source, &y.claim_source));
             check(
                 "OIDC_POST_LOGOUT_REDIRECT_URI",
-                x.post_logout_redirect_uri != y.post_logout_redirect_uri,
+                x.post_logout_redirect_uri_as_written != y.post_logout_redirect_uri_as_written,
             );
         }
         (x, y) => check("OIDC_* variables", x.is_some() != y.is_some()),

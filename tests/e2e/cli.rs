@@ -557,13 +557,34 @@ async fn a_second_sidecar_on_the_same_port_fails_instead_of_sharing_it() {
 #[tokio::test]
 async fn an_unreadable_rust_log_is_said() {
     let up = Upstream::start();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sso.toml");
+    std::fs::write(&file, "log_level = \"info\"\n").unwrap();
     let sc = Sidecar::start(&[
         ("SSO_SIDECAR_UPSTREAM", &up.url()),
+        ("SSO_SIDECAR_CONFIG", file.to_str().unwrap()),
         ("RUST_LOG", "nonsense==="),
     ])
     .await;
     let out = sc.output();
     assert!(out.contains("RUST_LOG is not a filter"), "{out}");
+    // And a reload's log_level applies, as the configured one did at start-up.
+    std::fs::write(&file, "log_level = \"debug\"\n").unwrap();
+    sc.signal("HUP");
+    let started = std::time::Instant::now();
+    while !sc.output().contains("configuration reloaded") {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "{}",
+            sc.output()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        !sc.output().contains("RUST_LOG is set, and it decides"),
+        "{}",
+        sc.output()
+    );
     let fine = Sidecar::start(&[("SSO_SIDECAR_UPSTREAM", &up.url())]).await;
     assert!(!fine.output().contains("RUST_LOG is not"));
 }

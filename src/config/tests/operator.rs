@@ -239,6 +239,22 @@ fn identity_headers_to_another_host_are_warned_about() {
     ])));
 }
 
+/// `trusted_origins = "*"` leaves every preflight answered with nothing allowed unless they
+/// are forwarded: said, naming both ways out; not with listed origins, nor when forwarded.
+#[test]
+fn preflights_refused_under_a_star_are_warned_about() {
+    let about = |w: Vec<String>| w.iter().any(|w| w.contains("forward_preflights is off"));
+    assert!(about(warnings(&[("SSO_SIDECAR_TRUSTED_ORIGINS", "*")])));
+    assert!(!about(warnings(&[
+        ("SSO_SIDECAR_TRUSTED_ORIGINS", "*"),
+        ("SSO_SIDECAR_FORWARD_PREFLIGHTS", "true")
+    ])));
+    assert!(!about(warnings(&[(
+        "SSO_SIDECAR_TRUSTED_ORIGINS",
+        "https://ui.example.test"
+    )])));
+}
+
 /// The admin listener on the public one's port, or an upstream that is the sidecar itself:
 /// refused, naming both settings. What only DNS could tell is left alone.
 #[test]

@@ -661,24 +661,32 @@ fn an_exact_rule_a_prefix_rule_shadows_is_warned_about() {
 fn redirect_uris_are_kept_as_written() {
     let dir = tempfile::tempdir().unwrap();
     let key = crate::crypto::generate_key();
-    let c = load(inputs(
-        dir.path(),
-        None,
-        &[
-            ("AUTH_MODE", "oidc"),
-            ("OIDC_ENDPOINT", "https://idp.example"),
-            ("OIDC_CLIENT_ID", "rp"),
-            ("OIDC_CLIENT_SECRET", "client-secret-value"),
-            (
-                "OIDC_REDIRECT_URI",
-                " https://RAG.example:443/auth/callback ",
-            ),
-            ("OIDC_POST_LOGOUT_REDIRECT_URI", "https://intranet.example"),
-            ("OIDC_TOKEN_ENCRYPTION_KEY", &key),
-            ("SSO_SIDECAR_IDENTITY", "headers"),
-        ],
-    ))
-    .unwrap();
+    let with = |redirect: &'static str| {
+        load(inputs(
+            dir.path(),
+            None,
+            &[
+                ("AUTH_MODE", "oidc"),
+                ("OIDC_ENDPOINT", "https://idp.example"),
+                ("OIDC_CLIENT_ID", "rp"),
+                ("OIDC_CLIENT_SECRET", "client-secret-value"),
+                ("OIDC_REDIRECT_URI", redirect),
+                ("OIDC_POST_LOGOUT_REDIRECT_URI", "https://intranet.example"),
+                ("OIDC_TOKEN_ENCRYPTION_KEY", &key),
+                ("SSO_SIDECAR_IDENTITY", "headers"),
+            ],
+        ))
+        .unwrap()
+    };
+    let c = with(" https://RAG.example:443/auth/callback ");
+    // Another spelling of the same URL is another value for the IdP: a reload says that it
+    // needs a restart.
+    let respelt = with("https://rag.example/auth/callback");
+    let restart = restart_required(&c, &respelt);
+    assert!(
+        restart.iter().any(|k| k == "OIDC_REDIRECT_URI"),
+        "{restart:?}"
+    );
     let o = c.openrag_env.oidc.unwrap();
     assert_eq!(
         o.redirect_uri_as_written,
