@@ -416,6 +416,20 @@ pub fn token_mode_ignores(
     out
 }
 
+/// `trusted_origins = "*"` without `forward_preflights`: the sidecar answers every CORS
+/// preflight allowing nothing (it trusts no origin in particular), so every cross-origin
+/// request that needs one fails in the browser, whatever the backend's CORS policy says.
+pub fn preflights_refused(a: &super::AuthSettings) -> Option<String> {
+    (a.trusted_origins == super::origins::TrustedOrigins::Any && !a.forward_preflights).then(|| {
+        "trusted_origins is \"*\" and forward_preflights is off: the sidecar answers every CORS \
+         preflight itself, allowing nothing, so cross-origin requests that need one fail in the \
+         browser; list the origins in trusted_origins (their preflights are then allowed), or \
+         set forward_preflights = true (SSO_SIDECAR_FORWARD_PREFLIGHTS) if the backend answers \
+         OPTIONS without running its handlers"
+            .to_string()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -500,18 +514,4 @@ mod tests {
         );
         assert!(w[1].contains("did you mean OIDC_SCOPES"), "{w:?}");
     }
-}
-
-/// `trusted_origins = "*"` without `forward_preflights`: the sidecar answers every CORS
-/// preflight allowing nothing (it trusts no origin in particular), so every cross-origin
-/// request that needs one fails in the browser, whatever the backend's CORS policy says.
-pub fn preflights_refused(a: &super::AuthSettings) -> Option<String> {
-    (a.trusted_origins == super::origins::TrustedOrigins::Any && !a.forward_preflights).then(|| {
-        "trusted_origins is \"*\" and forward_preflights is off: the sidecar answers every CORS \
-         preflight itself, allowing nothing, so cross-origin requests that need one fail in the \
-         browser; list the origins in trusted_origins (their preflights are then allowed), or \
-         set forward_preflights = true (SSO_SIDECAR_FORWARD_PREFLIGHTS) if the backend answers \
-         OPTIONS without running its handlers"
-            .to_string()
-    })
 }
