@@ -302,6 +302,31 @@ pub(crate) async fn log_out(sc: &Sidecar, cookie: &str) {
     );
 }
 
+/// The refresh grants the mock IdP has been sent so far (their form bodies).
+pub(crate) fn refresh_grants(m: &MockPair) -> Vec<String> {
+    let s = m.idp.state.lock().unwrap();
+    let grants = s.token_requests.iter();
+    grants
+        .filter(|r| r.contains("grant_type=refresh_token"))
+        .cloned()
+        .collect()
+}
+
+/// Requests of `cookie` on replica A, each of which must be served, until one has been served
+/// after the mock IdP was sent a refresh grant (so the refresh's result is stored).
+pub(crate) async fn served_until_refreshed(m: &MockPair, cookie: &str) {
+    let started = std::time::Instant::now();
+    loop {
+        let was = !refresh_grants(m).is_empty();
+        assert!(alive(&m.a.sidecar, cookie).await, "the session ended");
+        if was {
+            return;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "no refresh");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 pub(crate) async fn alive(sc: &Sidecar, cookie: &str) -> bool {
     get(&sc.url("/v1/x"), &[("cookie", &session_header(cookie))])
         .await
@@ -940,14 +965,7 @@ async fn a_refresh_whose_id_token_cannot_be_verified_yet_keeps_its_new_refresh_t
         s.token_response = json!({"access_token": "at2", "token_type": "Bearer",
             "expires_in": 600, "id_token": signed(&rotated), "refresh_token": "rt2"});
     });
-    let refreshes = |m: &MockPair| -> Vec<String> {
-        let s = m.idp.state.lock().unwrap();
-        s.token_requests
-            .iter()
-            .filter(|r| r.contains("grant_type=refresh_token"))
-            .cloned()
-            .collect()
-    };
+    let refreshes = refresh_grants;
     while refreshes(&m).is_empty() {
         assert!(alive(&m.a.sidecar, &cookie).await, "the session lives on");
         assert!(logged_in.elapsed() < Duration::from_secs(30), "no refresh");
@@ -1055,22 +1073,7 @@ async fn a_refreshed_id_token_without_kid_among_two_keys_ends_nothing() {
         s.token_response = json!({"access_token": "at2", "token_type": "Bearer",
             "expires_in": 600, "id_token": kidless, "refresh_token": "rt2"});
     });
-    let refreshed = || {
-        let s = m.idp.state.lock().unwrap();
-        s.token_requests
-            .iter()
-            .any(|r| r.contains("grant_type=refresh_token"))
-    };
-    let started = std::time::Instant::now();
-    loop {
-        let was = refreshed();
-        assert!(alive(&m.a.sidecar, &cookie).await, "ended by the refresh");
-        if was {
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(20), "no refresh");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    served_until_refreshed(&m, &cookie).await;
     assert!(alive(&m.b.sidecar, &cookie).await);
     assert!(m.a.sidecar.output().contains("cannot be verified now"));
 }
@@ -1091,14 +1094,7 @@ async fn a_refresh_whose_write_the_store_refuses_keeps_its_new_tokens() {
                                   "expires_in": 600, "refresh_token": "rt-2"});
         s.token_delay_ms = 1500;
     });
-    let refreshes = |m: &MockPair| -> Vec<String> {
-        let s = m.idp.state.lock().unwrap();
-        let grants = s.token_requests.iter();
-        grants
-            .filter(|r| r.contains("grant_type=refresh_token"))
-            .cloned()
-            .collect()
-    };
+    let refreshes = refresh_grants;
     // Until a request finds the refresh due and waits on the IdP: then Redis refuses writes.
     let started = std::time::Instant::now();
     let refreshing = loop {

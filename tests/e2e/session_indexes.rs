@@ -196,7 +196,6 @@ async fn a_login_writes_its_indexes_before_its_session() {
 #[tokio::test]
 async fn a_logout_naming_the_sid_a_refresh_brought_ends_the_session() {
     use crate::oidc_support::CLIENT_ID;
-    use std::time::{Duration, Instant};
     let m = mock_pair(&[]).await;
     // 8 s access tokens: a refresh is due in their last quarter.
     m.idp.set(|s| s.login_expires_in = 8);
@@ -213,23 +212,7 @@ async fn a_logout_naming_the_sid_a_refresh_brought_ends_the_session() {
         s.token_response = json!({"access_token": "at2", "token_type": "Bearer",
                                   "expires_in": 600, "id_token": id_token, "refresh_token": "rt2"})
     });
-    let refreshed = || {
-        let s = m.idp.state.lock().unwrap();
-        s.token_requests
-            .iter()
-            .any(|r| r.contains("grant_type=refresh_token"))
-    };
-    let started = Instant::now();
-    // Until a request has been served after the refresh (so its result is stored).
-    loop {
-        let was = refreshed();
-        assert!(alive(&m.a.sidecar, &cookie).await, "the session lives on");
-        if was {
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(20), "no refresh");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    crate::lifecycle::served_until_refreshed(&m, &cookie).await;
     let mut c = logout_claims(&m);
     c["sid"] = json!("sid-2");
     assert_eq!(

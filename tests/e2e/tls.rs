@@ -28,6 +28,23 @@ fn make_certs(dir: &Path) {
     );
 }
 
+/// An HTTP/1.1 client over TLS trusting only the CA in `ca`.
+fn https_client(
+    ca: &Path,
+) -> hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    TestBody,
+> {
+    let client_tls = sso_sidecar::tls::client_config(Some(ca)).unwrap();
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(client_tls)
+        .https_only()
+        .enable_http1()
+        .build();
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build::<_, TestBody>(connector)
+}
+
 #[tokio::test]
 async fn tls_listener_and_https_upstream_with_a_private_ca() {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -47,14 +64,7 @@ async fn tls_listener_and_https_upstream_with_a_private_ca() {
     ])
     .await;
 
-    let client_tls = sso_sidecar::tls::client_config(Some(Path::new(&p("ca.pem")))).unwrap();
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(client_tls)
-        .https_only()
-        .enable_http1()
-        .build();
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build::<_, TestBody>(connector);
+    let client = https_client(Path::new(&p("ca.pem")));
     let url = format!("https://127.0.0.1:{}/echo/tls", sc.addr.port());
     let resp = client
         .request(request("GET", &url, &[], body("")))
@@ -87,16 +97,10 @@ async fn tls_listener_and_https_upstream_with_a_private_ca() {
 
 /// A client trusting only the CA in `ca`, to the sidecar's TLS port: whether it gets a 200.
 async fn trusted_through(ca: &Path, port: u16) -> bool {
-    let client_tls = sso_sidecar::tls::client_config(Some(ca)).unwrap();
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(client_tls)
-        .https_only()
-        .enable_http1()
-        .build();
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build::<_, TestBody>(connector);
     let url = format!("https://127.0.0.1:{port}/echo/tls");
-    let r = client.request(request("GET", &url, &[], body(""))).await;
+    let r = https_client(ca)
+        .request(request("GET", &url, &[], body("")))
+        .await;
     r.is_ok_and(|r| r.status() == 200)
 }
 
