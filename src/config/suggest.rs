@@ -218,12 +218,7 @@ pub fn openrag_public_paths(raw: &Settings) -> Option<String> {
 /// send `X-Forwarded-User` too, and the sidecar has no way to prove its requests are its own.
 pub fn headers_to_another_host(upstream: &str) -> Option<String> {
     let u = url::Url::parse(upstream).ok()?;
-    let local = match u.host()? {
-        url::Host::Domain(d) => d == "localhost",
-        url::Host::Ipv4(ip) => ip.is_loopback(),
-        url::Host::Ipv6(ip) => ip.is_loopback(),
-    };
-    (!local).then(|| {
+    (u.host().is_some() && !on_this_host(&u)).then(|| {
         format!(
             "identity = \"headers\" and the upstream {upstream} is not on this host: make it \
              accept requests from the sidecar only (a NetworkPolicy, a firewall, a listener on \
@@ -340,13 +335,17 @@ fn plain_http_beyond_loopback(url: &str) -> bool {
     let Ok(u) = url::Url::parse(url) else {
         return false;
     };
-    let loopback = match u.host() {
+    u.scheme() == "http" && !on_this_host(&u)
+}
+
+/// Whether `u`'s host is this machine's loopback (`localhost`, `127.0.0.0/8`, `::1`).
+fn on_this_host(u: &url::Url) -> bool {
+    match u.host() {
         Some(url::Host::Domain(d)) => d == "localhost",
         Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
         Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
         None => false,
-    };
-    u.scheme() == "http" && !loopback
+    }
 }
 
 /// `trusted_proxies` holding every address (`0.0.0.0/0`, `::/0`): any client may then name

@@ -571,15 +571,8 @@ async fn an_unreadable_rust_log_is_said() {
     // And a reload's log_level applies, as the configured one did at start-up.
     std::fs::write(&file, "log_level = \"debug\"\n").unwrap();
     sc.signal("HUP");
-    let started = std::time::Instant::now();
-    while !sc.output().contains("configuration reloaded") {
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(10),
-            "{}",
-            sc.output()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let reloaded = || sc.output().contains("configuration reloaded");
+    crate::redis_ha::until("the reload", 10, reloaded).await;
     assert!(
         !sc.output().contains("RUST_LOG is set, and it decides"),
         "{}",

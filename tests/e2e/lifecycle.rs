@@ -327,6 +327,30 @@ pub(crate) async fn served_until_refreshed(m: &MockPair, cookie: &str) {
     }
 }
 
+/// Requests of `cookie` on replica A, each of which must be served, until one finds the
+/// session due for a refresh and waits on the mock IdP (slowed by the test): that request,
+/// still under way.
+pub(crate) async fn refresh_under_way(
+    m: &MockPair,
+    cookie: &str,
+) -> tokio::task::JoinHandle<http::Response<bytes::Bytes>> {
+    let before = refresh_grants(m).len();
+    let started = std::time::Instant::now();
+    loop {
+        let (url, header) = (m.a.sidecar.url("/v1/x"), session_header(cookie));
+        let r = tokio::spawn(async move { get(&url, &[("cookie", &header)]).await.unwrap() });
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if refresh_grants(m).len() > before {
+            return r;
+        }
+        assert_eq!(r.await.unwrap().status(), 200);
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no refresh began"
+        );
+    }
+}
+
 pub(crate) async fn alive(sc: &Sidecar, cookie: &str) -> bool {
     get(&sc.url("/v1/x"), &[("cookie", &session_header(cookie))])
         .await
@@ -1096,21 +1120,7 @@ async fn a_refresh_whose_write_the_store_refuses_keeps_its_new_tokens() {
     });
     let refreshes = refresh_grants;
     // Until a request finds the refresh due and waits on the IdP: then Redis refuses writes.
-    let started = std::time::Instant::now();
-    let refreshing = loop {
-        let url = m.a.sidecar.url("/v1/x");
-        let header = session_header(&cookie);
-        let r = tokio::spawn(async move { get(&url, &[("cookie", &header)]).await.unwrap() });
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        if !refreshes(&m).is_empty() {
-            break r;
-        }
-        assert_eq!(r.await.unwrap().status(), 200);
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "no refresh began"
-        );
-    };
+    let refreshing = refresh_under_way(&m, &cookie).await;
     m.redis
         .cli(&["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
     m.redis.cli(&["CONFIG", "SET", "maxmemory", "1"]);
@@ -1376,24 +1386,8 @@ async fn a_logout_during_a_refresh_stays_a_logout() {
             json!({"access_token": "at-2", "token_type": "Bearer", "expires_in": 8, "refresh_token": "rt-2"});
         s.token_delay_ms = 2000;
     });
-    let refreshes = || m.idp.state.lock().unwrap().token_requests.len();
-    let before = refreshes();
     // Until a request finds the refresh due and waits on the IdP.
-    let started = std::time::Instant::now();
-    let refreshing = loop {
-        let url = m.a.sidecar.url("/v1/x");
-        let header = session_header(&cookie);
-        let r = tokio::spawn(async move { get(&url, &[("cookie", &header)]).await.unwrap() });
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        if refreshes() > before {
-            break r;
-        }
-        assert_eq!(r.await.unwrap().status(), 200);
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "no refresh began"
-        );
-    };
+    let refreshing = refresh_under_way(&m, &cookie).await;
     log_out(&m.b.sidecar, &cookie).await;
     assert!(
         !refreshing.is_finished(),
@@ -1528,20 +1522,7 @@ async fn a_slow_refresh_does_not_hold_the_sessions_other_requests() {
     });
     let refreshes = || m.idp.state.lock().unwrap().token_requests.len();
     let before = refreshes();
-    let started = std::time::Instant::now();
-    let refreshing = loop {
-        let (url, header) = (m.a.sidecar.url("/v1/x"), session_header(&cookie));
-        let r = tokio::spawn(async move { get(&url, &[("cookie", &header)]).await.unwrap() });
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        if refreshes() > before {
-            break r;
-        }
-        assert_eq!(r.await.unwrap().status(), 200);
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "no refresh began"
-        );
-    };
+    let refreshing = refresh_under_way(&m, &cookie).await;
     let asked = std::time::Instant::now();
     assert!(alive(&m.a.sidecar, &cookie).await);
     assert!(

@@ -141,15 +141,8 @@ async fn a_certificate_renewed_in_place_is_served_without_a_restart() {
 
     // A key that is not the certificate's: refused, the first pair still served.
     put(&second.path().join("server.pem"), "tls.crt");
-    let started = std::time::Instant::now();
-    while !sc.output().contains("could not be read again") {
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(10),
-            "{}",
-            sc.output()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    let refused = || sc.output().contains("could not be read again");
+    crate::redis_ha::until("the unusable pair refused", 10, refused).await;
     assert!(trusted_through(&ca1, port).await);
 
     put(&second.path().join("server.key"), "tls.key");
