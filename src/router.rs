@@ -16,8 +16,8 @@ use crate::identity::headers::HeaderIdentity;
 use crate::identity::{Caller, Identity, Outbound, Outcome};
 use crate::metrics::Metrics;
 use crate::proxy::headers::{self, Peer};
-use crate::proxy::Upstream;
 use crate::proxy::{Body, RequestBody};
+use crate::proxy::{Holder, Upstream};
 use crate::ratelimit::{Kind, RateLimiter};
 use crate::server::ConnInfo;
 use crate::session::LiveStreams;
@@ -282,16 +282,22 @@ impl App {
                     Caller::Public
                 }
             };
-            // While every place under the upstream cap is taken, the place first: requests
-            // queue here holding their head and session, and build the identity's state (a
-            // boxed future of ~2.6 KB) only once they can be sent. Otherwise the send takes
-            // one as a pass-through request does (one atomic read more, nothing to hand over).
-            let place = if self.upstream.is_full() {
-                Some(
-                    self.upstream
-                        .place(|| crate::proxy::head_bytes(&parts))
-                        .await?,
-                )
+            // While a request could have to wait for a place under the upstream cap (every
+            // place taken, or a client holding its share), the place first: requests queue
+            // here holding their head and session, and build the identity's state (a boxed
+            // future of ~2.6 KB) only once they can be sent. Otherwise the send takes one as
+            // a pass-through request does (one atomic read more, nothing to hand over).
+            let place = if self.upstream.is_tight() {
+                let holder = match &caller {
+                    Caller::Session { session, .. } => {
+                        Holder::Session(oidc.streams.holder(&session.sub))
+                    }
+                    Caller::Bearer | Caller::Public => Holder::Address(
+                        client.unwrap_or_else(|| self.upstream.client_ip(&parts.headers, peer)),
+                    ),
+                };
+                let head = || crate::proxy::head_bytes(&parts);
+                Some(self.upstream.place(head, holder).await?)
             } else {
                 None
             };

@@ -43,6 +43,13 @@ pub struct ConnectionSettings {
     /// WebSocket tunnels do not count, nor event streams once their response has begun (up to
     /// `proxy::STREAMS_PER_PLACE` per place): they last as long as their clients.
     pub upstream_max_per_worker: usize,
+    /// The share of a worker's upstream places one client (a signed-in user with all their
+    /// sessions, or an address without a session: IPv6 by its /64, read through
+    /// `trusted_proxies`) may hold at once, in percent (at least one place). Its requests
+    /// beyond wait for one of its own to end, even while places are free: a client whose
+    /// requests the backend answers slowly cannot hold every place. While every place is
+    /// taken, requests are served in turn by client. 100 = no share.
+    pub upstream_client_share_percent: u8,
     /// KiB of request heads one worker holds waiting for an upstream connection while every
     /// one is taken (an HTTP/2 connection may queue 128 heads of up to 32 KiB); a request
     /// beyond is answered 503 at once.
@@ -119,6 +126,7 @@ impl Default for ConnectionSettings {
             max_per_ip: 512,
             admin_max: 256,
             upstream_max_per_worker: 64,
+            upstream_client_share_percent: 75,
             upstream_queue_kib: 16 * 1024,
             revocation_check_ms: 2000,
             revocation_outage_secs: 30,
@@ -151,6 +159,8 @@ pub struct ConnectionLimits {
     pub max_per_ip: Option<usize>,
     pub admin_max: usize,
     pub upstream_max_per_worker: usize,
+    /// Percent of a worker's upstream places one client may hold (1-100).
+    pub upstream_client_share: u8,
     /// Bytes.
     pub upstream_queue: usize,
     pub revocation_check: Duration,
@@ -202,6 +212,12 @@ impl ConnectionSettings {
                 self.revocation_check_ms
             ));
         }
+        if !(1..=100).contains(&self.upstream_client_share_percent) {
+            problems.push(format!(
+                "connections.upstream_client_share_percent must be between 1 and 100, got {}",
+                self.upstream_client_share_percent
+            ));
+        }
         let balance = super::types::one_of("connections.balance", &self.balance, problems);
         if problems.len() > before {
             return None;
@@ -219,6 +235,7 @@ impl ConnectionSettings {
             max_per_ip: cap(self.max_per_ip),
             admin_max: self.admin_max,
             upstream_max_per_worker: self.upstream_max_per_worker,
+            upstream_client_share: self.upstream_client_share_percent,
             upstream_queue: self.upstream_queue_kib.saturating_mul(1024),
             revocation_check: Duration::from_millis(self.revocation_check_ms),
             revocation_outage: (self.revocation_outage_secs > 0)
@@ -258,10 +275,11 @@ mod tests {
             first_byte_timeout_secs: 0,
             max: 0,
             revocation_check_ms: 10,
+            upstream_client_share_percent: 0,
             ..Default::default()
         };
         assert!(bad.validate(&mut problems).is_none());
-        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert_eq!(problems.len(), 4, "{problems:?}");
         assert!(problems[0].contains("connections.first_byte_timeout_secs"));
     }
 }

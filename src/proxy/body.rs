@@ -70,7 +70,7 @@ pub struct Progress {
     /// The request's place under the upstream cap once its response has ended before it: the
     /// place is given back when the body is (this note is dropped with it), not before, or
     /// early answers would let one client keep any number of connections busy past the cap.
-    held: Mutex<Option<tokio::sync::OwnedSemaphorePermit>>,
+    held: Mutex<Option<super::pool::CapPermit>>,
     /// The body's place under its holder's cap of bodies on their way upstream: given back
     /// when the body is through, or when the exchange ends without it.
     share: Mutex<Option<super::holders::Share>>,
@@ -121,7 +121,7 @@ impl Progress {
     }
 
     /// Keeps `permit` until the body is done with.
-    pub fn hold(&self, permit: tokio::sync::OwnedSemaphorePermit) {
+    pub fn hold(&self, permit: super::pool::CapPermit) {
         *self.held.lock().unwrap_or_else(|p| p.into_inner()) = Some(permit);
     }
 }

@@ -23,6 +23,17 @@ pub enum Holder {
     Address(IpAddr),
 }
 
+impl Holder {
+    /// The holder as its caps count it: an IPv6 address by its /64, so a client cannot take
+    /// a share per address it owns.
+    pub fn as_client(self) -> Holder {
+        match self {
+            Holder::Address(ip) => Holder::Address(crate::ratelimit::client_block(ip)),
+            h => h,
+        }
+    }
+}
+
 /// Counts of one kind of thing held, by holder, with a cap for a session and one for an
 /// address. Shared by every worker: a client's connections land on any of them.
 pub struct Held {
@@ -55,12 +66,10 @@ impl Held {
 
     /// A place for one more of `holder`'s, unless it holds its cap already.
     pub fn admit(self: &Arc<Self>, holder: Holder) -> Option<Share> {
-        let (holder, max) = match holder {
-            Holder::Address(ip) => (
-                Holder::Address(crate::ratelimit::client_block(ip)),
-                self.max[1],
-            ),
-            h => (h, self.max[0]),
+        let holder = holder.as_client();
+        let max = match holder {
+            Holder::Address(_) => self.max[1],
+            Holder::Session(_) => self.max[0],
         };
         let mut held = self.lock();
         let n = held.entry(holder).or_insert(0);

@@ -91,7 +91,7 @@ impl Upstream {
     pub fn new(
         settings: &ProxySettings,
         tls: rustls::ClientConfig,
-        max_busy: usize,
+        [max_busy, share_percent]: [usize; 2],
         queued: prometheus_client::metrics::counter::Counter,
         per_client: PerClient,
         queue_bytes: usize,
@@ -125,7 +125,7 @@ impl Upstream {
                 target,
                 settings.idle_timeout,
                 MAX_IDLE,
-                max_busy,
+                (max_busy, share_percent.min(100) as u8),
                 queued,
                 slow_reads,
             ),
@@ -168,24 +168,30 @@ impl Upstream {
         Duration::from_millis(self.timeout_ms.load(std::sync::atomic::Ordering::Relaxed))
     }
 
-    /// Whether every place under the cap is taken (a request would wait for one now).
-    pub fn is_full(&self) -> bool {
-        self.pool.is_full()
+    /// Whether a request could have to wait for a place now: every place taken, or a client
+    /// holding its share of them.
+    pub fn is_tight(&self) -> bool {
+        self.pool.is_tight()
     }
 
-    /// Waits for a place under the cap (at once if one is free), for a request whose head
-    /// takes `head()` bytes ([`head_bytes`], counted only if it must wait). The upstream
-    /// timeout runs from here: a request that waits its whole length is answered 504. While
-    /// every place is taken, the heads waiting on this worker are held to their budget: a
-    /// request beyond it is refused at once (503), or queued clients could hold any amount of
-    /// memory.
-    pub async fn place(&self, head: impl FnOnce() -> usize) -> Result<Place, ProxyError> {
+    /// Waits for a place under the cap for `holder` (at once if it may take one: a place is
+    /// free and it holds less than its share), for a request whose head takes `head()` bytes
+    /// ([`head_bytes`], counted only if it must wait). The upstream timeout runs from here: a
+    /// request that waits its whole length is answered 504. While requests wait, their heads
+    /// on this worker are held to their budget: a request beyond it is refused at once (503),
+    /// or queued clients could hold any amount of memory.
+    pub async fn place(
+        &self,
+        head: impl FnOnce() -> usize,
+        holder: Holder,
+    ) -> Result<Place, ProxyError> {
         let deadline = tokio::time::Instant::now() + self.timeout();
-        if let Some(permit) = self.pool.try_permit() {
+        let holder = holder.as_client();
+        if let Some(permit) = self.pool.try_permit(holder) {
             return Ok(Place { permit, deadline });
         }
         let _waiting = self.queued.join(head()).ok_or(ProxyError::Busy)?;
-        match tokio::time::timeout_at(deadline, self.pool.permit()).await {
+        match tokio::time::timeout_at(deadline, self.pool.permit(holder)).await {
             Err(_) => Err(ProxyError::Timeout),
             Ok(Err(e)) => Err(ProxyError::Unavailable(e)),
             Ok(Ok(permit)) => Ok(Place { permit, deadline }),
@@ -202,9 +208,10 @@ impl Upstream {
     /// caller's identity) cannot be removed by a client naming them in `Connection`. `watch` is
     /// asked, only for a long-lived response (a WebSocket tunnel, `text/event-stream`), for the
     /// signal that ends it early and the flag that notes the client's messages; for a WebSocket
-    /// handshake, before it is forwarded. `holder` is asked, only for a WebSocket handshake, a
-    /// request whose body streams or an event stream's answer, for the user the request holds
-    /// its places as (an opaque number; none: the client's address holds them), as each
+    /// handshake, before it is forwarded. `holder` is asked, once, for the user the request holds
+    /// its places as (an opaque number; none: the client's address holds them): for its place
+    /// under the cap, unless `place` is given, where a client holds at most its share; for a
+    /// WebSocket handshake, a request whose body streams or an event stream's answer, as each
     /// holder has a cap of tunnels, of bodies on their way upstream and of event streams (over
     /// it: 429; for the first two before the upstream sees anything, for an event stream with
     /// its upstream connection closed).
@@ -272,7 +279,7 @@ impl Upstream {
                 mut deadline,
             } = match place {
                 Some(p) => p,
-                None => self.place(|| head_bytes(&parts)).await?,
+                None => self.place(|| head_bytes(&parts), who()).await?,
             };
             // A body's place under its holder's cap, held until the body is through (or the
             // exchange ends): taken once the request has its upstream place (a request waiting

@@ -796,3 +796,142 @@ async fn a_replay_after_a_refused_token_gets_a_place_under_a_cap_of_one() {
         start.elapsed()
     );
 }
+
+/// A sidecar with one worker and `cap` upstream places, which believes the `X-Forwarded-For`
+/// of its clients here (so each test client is whom it says), and `extra`.
+async fn shared_out(up: &Upstream, cap: &str, extra: &[(&str, &str)]) -> Sidecar {
+    let mut env = vec![
+        ("SSO_SIDECAR_UPSTREAM", up.url()),
+        ("SSO_SIDECAR_WORKERS", "1".into()),
+        ("SSO_SIDECAR_TRUSTED_PROXIES", "127.0.0.1/32".into()),
+        (
+            "SSO_SIDECAR_CONNECTIONS__UPSTREAM_MAX_PER_WORKER",
+            cap.into(),
+        ),
+    ];
+    env.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    Sidecar::start(&env).await
+}
+
+/// Sends `path` as the client at `address`, in the background.
+fn as_client(
+    sc: &Sidecar,
+    path: &str,
+    address: &'static str,
+) -> tokio::task::JoinHandle<http::StatusCode> {
+    let url = sc.url(path);
+    tokio::spawn(async move {
+        get(&url, &[("x-forwarded-for", address)])
+            .await
+            .unwrap()
+            .status()
+    })
+}
+
+/// Until the sidecar has made `n` requests wait for a place in all (30 s at most).
+async fn queued(sc: &Sidecar, n: f64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let waited = metric(&metrics(sc).await, "sso_sidecar_upstream_queued_total");
+        if waited >= n {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{waited} requests waited for a place, not {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Until the upstream has seen `n` requests for `path` (30 s at most).
+async fn seen(up: &Upstream, path: &str, n: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while up.paths().await.iter().filter(|p| *p == path).count() < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{path} not seen {n} times"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// One client whose requests the backend answers slowly (or an attacker asking for such
+/// answers) holds at most its share of the upstream places (75 % by default: 3 of 4): its
+/// requests beyond wait, the place left stays free, and another client's request is served at
+/// once rather than behind requests that take minutes.
+#[tokio::test]
+async fn a_client_holds_at_most_its_share_of_the_upstream_places() {
+    let up = Upstream::start();
+    let sc = shared_out(&up, "4", &[]).await;
+    let hog: Vec<_> = (0..5)
+        .map(|i| as_client(&sc, &format!("/slow?ms=60000&i={i}"), "10.1.0.1"))
+        .collect();
+    seen(&up, "/slow", 3).await;
+    queued(&sc, 2.0).await;
+    let started = std::time::Instant::now();
+    let r = get(&sc.url("/echo"), &[("x-forwarded-for", "10.2.0.1")])
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "served at once, not after the other client's minute"
+    );
+    let slow = up.paths().await.iter().filter(|p| *p == "/slow").count();
+    assert_eq!(slow, 3, "the first client's others still wait");
+    // The same client from another address of its IPv6 /64 is the same client.
+    let sc6 = shared_out(&up, "4", &[]).await;
+    let hog6: Vec<_> = (0..4)
+        .map(|i| as_client(&sc6, &format!("/slow?ms=60000&v6={i}"), "2001:db8:1:2::a"))
+        .collect();
+    queued(&sc6, 1.0).await;
+    let _more = as_client(&sc6, "/slow?ms=60000&v6=more", "2001:db8:1:2::b");
+    queued(&sc6, 2.0).await;
+    let r = get(&sc6.url("/echo"), &[("x-forwarded-for", "2001:db8:9::1")])
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "another /64 is another client");
+    for h in hog.into_iter().chain(hog6) {
+        h.abort();
+    }
+}
+
+/// While every place is taken, requests wait in turn by client: one client's queued requests
+/// do not put another's behind them. Client A holds both places and queues three more; B
+/// queues one after them. When A's two end, the first place goes to A's first waiting request
+/// and the second to B's, before A's others (one line, first come first served, would have
+/// served A's three first). No share here, to see the turns alone.
+#[tokio::test]
+async fn waiting_requests_are_served_in_turn_by_client() {
+    let up = Upstream::start();
+    let share = [(
+        "SSO_SIDECAR_CONNECTIONS__UPSTREAM_CLIENT_SHARE_PERCENT",
+        "100",
+    )];
+    let sc = shared_out(&up, "2", &share).await;
+    let mut all: Vec<_> = (0..2)
+        .map(|i| as_client(&sc, &format!("/slow?ms=1500&held={i}"), "10.1.0.1"))
+        .collect();
+    seen(&up, "/slow", 2).await;
+    for i in 0..3 {
+        all.push(as_client(&sc, &format!("/echo/a{i}"), "10.1.0.1"));
+        queued(&sc, f64::from(i + 1)).await;
+    }
+    all.push(as_client(&sc, "/echo/b", "10.2.0.1"));
+    queued(&sc, 4.0).await;
+    for h in all {
+        assert_eq!(h.await.unwrap(), 200);
+    }
+    let order: Vec<String> = up
+        .paths()
+        .await
+        .into_iter()
+        .filter(|p| p.starts_with("/echo/"))
+        .collect();
+    // Two places are given a moment apart, and their requests may reach the upstream in
+    // either order: B's is among the first two, A's others come after.
+    assert_eq!(order.len(), 4, "{order:?}");
+    assert!(order[..2].contains(&"/echo/b".to_owned()), "{order:?}");
+}

@@ -10,7 +10,8 @@ use tokio::net::TcpSocket;
 const CUT: &str = "sso_sidecar_connections_timed_out_total{reason=\"slow_read\"}";
 
 /// A sidecar with one worker, 4 upstream places, and at most 2 responses held up per address
-/// (for 1 s).
+/// (for 1 s). Every client here is one address, which may take every place (no share): the
+/// cut alone is under test.
 async fn sidecar(up: &Upstream) -> Sidecar {
     sidecar_with(up, "4").await
 }
@@ -20,6 +21,7 @@ async fn sidecar_with(up: &Upstream, places: &str) -> Sidecar {
         ("SSO_SIDECAR_UPSTREAM", &up.url()),
         ("SSO_SIDECAR_WORKERS", "1"),
         ("SSO_SIDECAR_CONNECTIONS__UPSTREAM_MAX_PER_WORKER", places),
+        ("SSO_SIDECAR_CONNECTIONS__UPSTREAM_CLIENT_SHARE_PERCENT", "100"),
         ("SSO_SIDECAR_CONNECTIONS__MAX_SLOW_READS_PER_ADDRESS", "2"),
         ("SSO_SIDECAR_CONNECTIONS__SLOW_READ_SECS", "1"),
         ("SSO_SIDECAR_UPSTREAM_TIMEOUT_SECS", "30"),

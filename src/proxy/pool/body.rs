@@ -18,7 +18,7 @@ pub struct UpstreamBody {
     conn: Option<(Conn, Arc<Pool>)>,
     done: bool,
     /// This request's place under the pool's cap, given back with the body.
-    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    _permit: Option<super::CapPermit>,
     /// Ends the body early when it fires (a long-lived stream whose reason to exist ended).
     abort: Option<crate::proxy::Abort>,
     /// The request body's progress, when it streamed: it may outlive the response.
@@ -39,7 +39,7 @@ impl UpstreamBody {
         inner: Incoming,
         conn: Conn,
         pool: &Arc<Pool>,
-        permit: tokio::sync::OwnedSemaphorePermit,
+        permit: super::CapPermit,
         request: Option<Arc<Progress>>,
     ) -> Self {
         UpstreamBody {
@@ -63,7 +63,7 @@ impl UpstreamBody {
     }
 
     /// This request's place under the pool's cap, wherever it is kept now.
-    fn take_permit(&mut self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    fn take_permit(&mut self) -> Option<super::CapPermit> {
         self._permit
             .take()
             .or_else(|| self.tracked.as_ref().and_then(|(t, _)| t.take_permit()))
@@ -84,7 +84,7 @@ impl UpstreamBody {
         self._share = Some(share);
         let Some((_, pool)) = &self.conn else { return };
         if let Ok(place) = pool.streams.clone().try_acquire_owned() {
-            self._permit = Some(place);
+            self._permit = Some(super::CapPermit::stream(place));
         }
     }
 

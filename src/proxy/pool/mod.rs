@@ -13,6 +13,7 @@
 //! was sent. Knows nothing of headers or URIs beyond what it is handed.
 
 use crate::proxy::body::Outgoing;
+use crate::proxy::holders::Holder;
 use http::{Request, Response, Uri};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_rustls::HttpsConnector;
@@ -24,8 +25,10 @@ use std::time::Duration;
 use tower_service::Service;
 
 mod body;
+mod places;
 pub mod slow;
 pub use body::UpstreamBody;
+pub use places::{CapPermit, Places};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -45,10 +48,6 @@ pub enum SendError {
     #[error("{0}")]
     Protocol(&'static str),
 }
-
-/// A request's place under its worker's cap on upstream requests in flight, taken before the
-/// request is sent ([`Pool::permit`]) and given back when its response body ends.
-pub struct CapPermit(tokio::sync::OwnedSemaphorePermit);
 
 /// An upstream connection: where requests go in, and the task that drives it (aborted to
 /// close it at once, whatever it is waiting for).
@@ -88,11 +87,11 @@ pub struct Pool {
     idle_timeout: Duration,
     max_idle: usize,
     idle: Mutex<Idle>,
-    /// One permit per request in flight upstream. A new connection is only opened when no idle
-    /// one is left, so open connections never outnumber the permits, but for event streams
-    /// (which move to `streams` once their response begins, [`UpstreamBody::leave_cap`]) and
-    /// tunnels (which leave the pool).
-    busy: Arc<tokio::sync::Semaphore>,
+    /// One place per request in flight upstream, shared out among clients ([`Places`]). A new
+    /// connection is only opened when no idle one is left, so open connections never
+    /// outnumber the places, but for event streams (which move to `streams` once their
+    /// response begins, [`UpstreamBody::leave_cap`]) and tunnels (which leave the pool).
+    places: Arc<Places>,
     /// Places for event streams, [`STREAMS_PER_PLACE`] per place under the cap: open streams
     /// do not make other requests wait, yet one client's HTTP/2 streams cannot open connections
     /// without bound (once these are taken, a stream keeps its place under the cap).
@@ -108,19 +107,19 @@ impl Pool {
         target: Uri,
         idle_timeout: Duration,
         max_idle: usize,
-        max_busy: usize,
+        (max_busy, share_percent): (usize, u8),
         queued: prometheus_client::metrics::counter::Counter,
         slow: Arc<slow::SlowReads>,
     ) -> Arc<Self> {
-        let busy = Arc::new(tokio::sync::Semaphore::new(max_busy.max(1)));
-        slow.places(busy.clone());
+        let places = Places::new(max_busy, share_percent);
+        slow.places(places.clone());
         Arc::new(Pool {
             connector,
             target,
             idle_timeout,
             max_idle,
             idle: Mutex::new(Idle::default()),
-            busy,
+            places,
             streams: Arc::new(tokio::sync::Semaphore::new(
                 max_busy.max(1).saturating_mul(STREAMS_PER_PLACE),
             )),
@@ -142,7 +141,7 @@ impl Pool {
     pub fn send(
         self: &Arc<Self>,
         mut req: Request<Outgoing>,
-        CapPermit(permit): CapPermit,
+        permit: CapPermit,
     ) -> impl std::future::Future<Output = Result<Response<UpstreamBody>, SendError>> + '_ {
         async move {
             // A reused connection the upstream has just closed refuses the request unsent: try the
@@ -167,27 +166,28 @@ impl Pool {
         }
     }
 
-    /// A place under the cap if one is free now.
-    pub fn try_permit(&self) -> Option<CapPermit> {
-        self.busy.clone().try_acquire_owned().ok().map(CapPermit)
+    /// A place under the cap for `holder`, if it may take one now.
+    pub fn try_permit(&self, holder: Holder) -> Option<CapPermit> {
+        self.places.try_take(holder)
     }
 
-    /// A place under the cap: at once if one is free, else once a request in flight ends
-    /// (counted in `sso_sidecar_upstream_queued_total`).
-    pub async fn permit(&self) -> Result<CapPermit, SendError> {
-        if let Some(p) = self.try_permit() {
+    /// A place under the cap for `holder`: at once if it may take one, else once one is given
+    /// to it (counted in `sso_sidecar_upstream_queued_total`).
+    pub async fn permit(&self, holder: Holder) -> Result<CapPermit, SendError> {
+        if let Some(p) = self.try_permit(holder) {
             return Ok(p);
         }
         self.queued.inc();
-        let permit = self.busy.clone().acquire_owned().await;
-        permit
-            .map(CapPermit)
-            .map_err(|e| SendError::Connect(Box::new(e)))
+        self.places
+            .take(holder)
+            .await
+            .map_err(|()| SendError::Protocol("the upstream pool is gone"))
     }
 
-    /// Whether every place under the cap is taken.
-    pub fn is_full(&self) -> bool {
-        self.busy.available_permits() == 0
+    /// Whether a request could have to wait for a place now (none free, or a client holding
+    /// its share).
+    pub fn is_tight(&self) -> bool {
+        self.places.is_tight()
     }
 
     /// The newest idle connection that is still open and ready for a request.
@@ -316,7 +316,7 @@ mod tests {
         let target: Uri = "http://127.0.0.1:9".parse().unwrap();
         let held = crate::proxy::Held::new([None, None], Default::default());
         let slow = slow::SlowReads::new(held, None, Default::default());
-        Pool::new(connector, target, idle, 4, 4, Default::default(), slow)
+        Pool::new(connector, target, idle, 4, (4, 100), Default::default(), slow)
     }
 
     #[test]

@@ -18,6 +18,7 @@
 //! One sweep a second per worker while bodies are watched; the request path only counts polls.
 //! Knows nothing of HTTP beyond the body it is handed.
 
+use super::{CapPermit, Places};
 use crate::proxy::holders::{Held, Holder, Share};
 use prometheus_client::metrics::counter::Counter;
 use std::net::IpAddr;
@@ -25,7 +26,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// How often the bodies are looked at.
 const SWEEP: Duration = Duration::from_secs(1);
@@ -54,7 +54,7 @@ pub struct Tracked {
     /// The waker of whoever polls the body (the client connection), woken in turn.
     client: Mutex<Option<Waker>>,
     /// The body's place under the cap, given back with the body, or when it is cut.
-    permit: Mutex<Option<OwnedSemaphorePermit>>,
+    permit: Mutex<Option<CapPermit>>,
     /// The upstream connection's task, aborted to cut the body; `None` once the body is gone
     /// (its connection may serve another request).
     task: Mutex<Option<tokio::task::AbortHandle>>,
@@ -99,7 +99,7 @@ impl Tracked {
         self.slice.load(Ordering::Relaxed)
     }
 
-    pub fn take_permit(&self) -> Option<OwnedSemaphorePermit> {
+    pub fn take_permit(&self) -> Option<CapPermit> {
         self.permit.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
@@ -187,7 +187,7 @@ pub struct SlowReads {
     after: Option<u32>,
     list: Mutex<List>,
     /// The pool's places under its cap: a held-up response is cut only while none is free.
-    places: OnceLock<Arc<Semaphore>>,
+    places: OnceLock<Arc<Places>>,
 }
 
 impl SlowReads {
@@ -207,7 +207,7 @@ impl SlowReads {
     }
 
     /// The places of the pool whose bodies these are (set once, by the pool).
-    pub fn places(&self, places: Arc<Semaphore>) {
+    pub fn places(&self, places: Arc<Places>) {
         let _ = self.places.set(places);
     }
 
@@ -221,7 +221,7 @@ impl SlowReads {
     pub fn watch(
         self: &Arc<Self>,
         reader: IpAddr,
-        permit: &mut Option<OwnedSemaphorePermit>,
+        permit: &mut Option<CapPermit>,
         task: tokio::task::AbortHandle,
     ) -> Option<Arc<Tracked>> {
         self.after?;
@@ -257,10 +257,7 @@ impl SlowReads {
         let Some(after) = self.after else {
             return false;
         };
-        let full = self
-            .places
-            .get()
-            .is_some_and(|p| p.available_permits() == 0);
+        let full = self.places.get().is_some_and(|p| p.is_full());
         let mut cut = Vec::new();
         let mut list = self.lock();
         list.watched.retain_mut(|w| {
