@@ -290,7 +290,7 @@ impl App {
             let place = if self.upstream.is_tight() {
                 let holder = match &caller {
                     Caller::Session { session, .. } => {
-                        Holder::Session(oidc.streams.holder(&session.sub))
+                        Holder::Session(oidc.streams.holder_of(session))
                     }
                     Caller::Bearer | Caller::Public => Holder::Address(
                         client.unwrap_or_else(|| self.upstream.client_ip(&parts.headers, peer)),

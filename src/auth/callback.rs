@@ -274,6 +274,7 @@ impl Auth {
             backend_token: backend.token,
             sealed_for: None,
             identity_headers: Default::default(),
+            holder: Default::default(),
         };
         super::profile::apply(&mut session, &profile, &settings.authz.groups_claim);
         let created = self

@@ -36,9 +36,10 @@ pub(super) struct Inject<'a> {
     pub token: Option<(Carrier, &'a str)>,
     /// The session cookie id whose end closes a tunnel or event stream of this request.
     pub live: Option<&'a str>,
-    /// The signed-in user (`sub`) whose share of tunnels, uploads and event streams the
-    /// request takes: one user's sessions share it, or signing in again would double it.
-    pub user: Option<&'a str>,
+    /// The session whose user (`sub`) holds the request's places: its share of the upstream
+    /// places, of tunnels, uploads and event streams. One user's sessions share it, or
+    /// signing in again would double it.
+    pub user: Option<&'a Session>,
 }
 
 /// Forwards with the sidecar's cookies and client identity headers removed, then `inject`.
@@ -69,7 +70,7 @@ pub(super) async fn send(
             .live
             .map(|id| out.streams.watch(id, out.judge.clone()))
     };
-    let holder = || inject.user.map(|sub| out.streams.holder(sub));
+    let holder = || inject.user.map(|s| out.streams.holder_of(s));
     let place = out.take_place();
     let r = out
         .upstream
@@ -159,7 +160,7 @@ pub(super) async fn as_headers(
                 session: Some(&session),
                 token: None,
                 live: Some(&id),
-                user: Some(&session.sub),
+                user: Some(&session),
             };
             send(out, names, parts, body, inject).await
         }

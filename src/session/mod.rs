@@ -59,6 +59,10 @@ pub struct Session {
     /// by every later request of this opened session (never stored).
     #[serde(skip)]
     pub identity_headers: Memo<Box<[Option<http::HeaderValue>]>>,
+    /// The opaque number its user holds places as ([`streams::LiveStreams::holder_of`]),
+    /// worked out on the first request that needs it (never stored).
+    #[serde(skip)]
+    pub holder: Memo<u64>,
 }
 
 /// A value derived from a session and kept with it, computed at most once. A clone starts
@@ -133,6 +137,7 @@ impl Session {
             backend_token: None,
             sealed_for: None,
             identity_headers: Memo::default(),
+            holder: Memo::default(),
         }
     }
 }
@@ -184,6 +189,7 @@ mod tests {
             backend_token: Some("or-secret".into()),
             sealed_for: None,
             identity_headers: Memo::default(),
+            holder: Memo::default(),
         };
         let shown = format!("{s:?}");
         assert!(shown.contains("alice"), "{shown}");

@@ -142,6 +142,12 @@ impl LiveStreams {
         std::hash::BuildHasher::hash_one(&self.holder_key, sub)
     }
 
+    /// [`LiveStreams::holder`] of an opened session's user, worked out once per opened session
+    /// (every request of it asks, for its place under the upstream cap).
+    pub fn holder_of(&self, session: &super::Session) -> u64 {
+        *session.holder.get_or_init(|| self.holder(&session.sub))
+    }
+
     /// Live streams on this replica (for tests and metrics).
     pub fn count(&self) -> usize {
         self.lock().values().map(|l| l.count).sum()

@@ -67,7 +67,7 @@ pub(crate) async fn as_user(
         session: None,
         token: Some((carrier, t)),
         live: Some(id),
-        user: Some(&session.sub),
+        user: Some(&session),
     };
     let mut first = send(out, names, parts, body, as_token(&token)).await?;
     if regenerates.is_some() {
@@ -141,7 +141,7 @@ async fn as_chainlit_user(
             .as_deref()
             .map(|c| (inject::Carrier::ChainlitSession, c)),
         live: Some(id),
-        user: Some(&session.sub),
+        user: Some(&session),
     };
     let user_info = parts.method == Method::GET && parts.uri.path() == "/chainlit/user";
     let mut parts = parts;
