@@ -50,9 +50,9 @@ pub struct ConnectionSettings {
     /// requests the backend answers slowly cannot hold every place. While every place is
     /// taken, requests are served in turn by client. 100 = no share.
     pub upstream_client_share_percent: u8,
-    /// KiB of request heads one worker holds waiting for an upstream connection while every
-    /// one is taken (an HTTP/2 connection may queue 128 heads of up to 32 KiB); a request
-    /// beyond is answered 503 at once.
+    /// KiB of request heads one worker holds waiting for an upstream connection (every one
+    /// taken, or their client at its share; an HTTP/2 connection may queue 128 heads of up to
+    /// 32 KiB), one client at most its share of it; a request beyond is answered 503 at once.
     pub upstream_queue_kib: usize,
     /// Milliseconds between two checks that the sessions of live WebSocket tunnels and event
     /// streams still exist; a revoked session's streams are closed at the next check.

@@ -140,7 +140,7 @@ impl Upstream {
             tunnels,
             uploads,
             streams,
-            queued: Queue::new(queue_bytes),
+            queued: Queue::new(queue_bytes, share_percent.min(100) as u8),
         })
     }
 
@@ -178,8 +178,9 @@ impl Upstream {
     /// free and it holds less than its share), for a request whose head takes `head()` bytes
     /// ([`head_bytes`], counted only if it must wait). The upstream timeout runs from here: a
     /// request that waits its whole length is answered 504. While requests wait, their heads
-    /// on this worker are held to their budget: a request beyond it is refused at once (503),
-    /// or queued clients could hold any amount of memory.
+    /// on this worker are held to their budget, and each client's to its share of it: a
+    /// request beyond is refused at once (503), or queued clients could hold any amount of
+    /// memory, or one client the whole budget.
     pub async fn place(
         &self,
         head: impl FnOnce() -> usize,
@@ -190,7 +191,7 @@ impl Upstream {
         if let Some(permit) = self.pool.try_permit(holder) {
             return Ok(Place { permit, deadline });
         }
-        let _waiting = self.queued.join(head()).ok_or(ProxyError::Busy)?;
+        let _waiting = self.queued.join(head(), holder).ok_or(ProxyError::Busy)?;
         match tokio::time::timeout_at(deadline, self.pool.permit(holder)).await {
             Err(_) => Err(ProxyError::Timeout),
             Ok(Err(e)) => Err(ProxyError::Unavailable(e)),

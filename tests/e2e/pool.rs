@@ -160,7 +160,8 @@ async fn serve(sock: tokio::net::TcpStream, after: After) {
     }
 }
 
-/// A sidecar with one worker (so one pool) and a cap of `cap` upstream connections.
+/// A sidecar with one worker (so one pool) and a cap of `cap` upstream connections, all of
+/// which one client may take (every client here is one address): the cap alone is under test.
 async fn capped(up: &Upstream, cap: usize) -> Sidecar {
     Sidecar::start(&[
         ("SSO_SIDECAR_UPSTREAM", &up.url()),
@@ -169,6 +170,7 @@ async fn capped(up: &Upstream, cap: usize) -> Sidecar {
             "SSO_SIDECAR_CONNECTIONS__UPSTREAM_MAX_PER_WORKER",
             &cap.to_string(),
         ),
+        ("SSO_SIDECAR_CONNECTIONS__UPSTREAM_CLIENT_SHARE_PERCENT", "100"),
     ])
     .await
 }
@@ -279,6 +281,8 @@ async fn early_answers_keep_their_place_under_the_cap_until_the_body_is_cut() {
         ("SSO_SIDECAR_UPSTREAM", &up.url()),
         ("SSO_SIDECAR_WORKERS", "1"),
         ("SSO_SIDECAR_CONNECTIONS__UPSTREAM_MAX_PER_WORKER", "2"),
+        // One client (one address) may take both places: the cap alone is under test.
+        ("SSO_SIDECAR_CONNECTIONS__UPSTREAM_CLIENT_SHARE_PERCENT", "100"),
         ("SSO_SIDECAR_UPSTREAM_TIMEOUT_SECS", "2"),
     ])
     .await;
@@ -429,6 +433,11 @@ async fn the_heads_waiting_for_a_place_are_held_to_their_budget() {
         ("SSO_SIDECAR_WORKERS", "1"),
         ("SSO_SIDECAR_CONNECTIONS__UPSTREAM_MAX_PER_WORKER", "1"),
         ("SSO_SIDECAR_CONNECTIONS__UPSTREAM_QUEUE_KIB", "64"),
+        // Every client here is one address: the whole budget is its (no share).
+        (
+            "SSO_SIDECAR_CONNECTIONS__UPSTREAM_CLIENT_SHARE_PERCENT",
+            "100",
+        ),
     ])
     .await;
     let slow_url = sc.url("/slow?ms=10000");

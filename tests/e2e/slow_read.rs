@@ -21,7 +21,10 @@ async fn sidecar_with(up: &Upstream, places: &str) -> Sidecar {
         ("SSO_SIDECAR_UPSTREAM", &up.url()),
         ("SSO_SIDECAR_WORKERS", "1"),
         ("SSO_SIDECAR_CONNECTIONS__UPSTREAM_MAX_PER_WORKER", places),
-        ("SSO_SIDECAR_CONNECTIONS__UPSTREAM_CLIENT_SHARE_PERCENT", "100"),
+        (
+            "SSO_SIDECAR_CONNECTIONS__UPSTREAM_CLIENT_SHARE_PERCENT",
+            "100",
+        ),
         ("SSO_SIDECAR_CONNECTIONS__MAX_SLOW_READS_PER_ADDRESS", "2"),
         ("SSO_SIDECAR_CONNECTIONS__SLOW_READ_SECS", "1"),
         ("SSO_SIDECAR_UPSTREAM_TIMEOUT_SECS", "30"),

@@ -141,7 +141,7 @@ async fn as_chainlit_user(
             .as_deref()
             .map(|c| (inject::Carrier::ChainlitSession, c)),
         live: Some(id),
-        user: Some(&session),
+        user: Some(session),
     };
     let user_info = parts.method == Method::GET && parts.uri.path() == "/chainlit/user";
     let mut parts = parts;

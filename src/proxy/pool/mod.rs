@@ -316,7 +316,15 @@ mod tests {
         let target: Uri = "http://127.0.0.1:9".parse().unwrap();
         let held = crate::proxy::Held::new([None, None], Default::default());
         let slow = slow::SlowReads::new(held, None, Default::default());
-        Pool::new(connector, target, idle, 4, (4, 100), Default::default(), slow)
+        Pool::new(
+            connector,
+            target,
+            idle,
+            4,
+            (4, 100),
+            Default::default(),
+            slow,
+        )
     }
 
     #[test]
