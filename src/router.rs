@@ -165,6 +165,9 @@ impl App {
                 names.strip(h);
             }
         };
+        if self.upstream.is_tight() {
+            untrusted_forwarder(req.headers(), peer);
+        }
         let r = self
             .upstream
             .forward(req, peer, None, prepare, || None, || None)
@@ -288,6 +291,7 @@ impl App {
             // future of ~2.6 KB) only once they can be sent. Otherwise the send takes one as
             // a pass-through request does (one atomic read more, nothing to hand over).
             let place = if self.upstream.is_tight() {
+                untrusted_forwarder(&parts.headers, peer);
                 let holder = match &caller {
                     Caller::Session { session, .. } => {
                         Holder::Session(oidc.streams.holder_of(session))
@@ -405,9 +409,11 @@ fn refused_early(req: &Request<Incoming>) -> Option<Error> {
 
 /// Warns, once per process, that a peer outside `trusted_proxies` sends `X-Forwarded-For`: an
 /// ingress or load balancer that is not listed makes every client behind it one address, so
-/// they all share one rate-limit budget (one user's failures can lock everyone out). Only for
-/// peers on internal addresses, where ingresses live: a client on the internet that sends the
-/// header is not a proxy to list, and must not spend the one warning.
+/// they all share one rate-limit budget (one user's failures can lock everyone out) and, when
+/// they have no session, one share of the upstream connections. Asked where those are spent: at
+/// the sidecar's routes, and while requests could have to wait for an upstream connection.
+/// Only for peers on internal addresses, where ingresses live: a client on the internet that
+/// sends the header is not a proxy to list, and must not spend the one warning.
 fn untrusted_forwarder(headers: &http::HeaderMap, peer: headers::Peer) {
     static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     if peer.trusted
@@ -421,7 +427,8 @@ fn untrusted_forwarder(headers: &http::HeaderMap, peer: headers::Peer) {
     tracing::warn!(
         peer = %peer.ip,
         "a request from {} carries X-Forwarded-For, but {} is not in trusted_proxies: the rate \
-         limits count every client behind it as one address. If it is your ingress or load \
+         limits, and the per-client share of upstream connections of callers without a \
+         session, count every client behind it as one address. If it is your ingress or load \
          balancer, list it (SSO_SIDECAR_TRUSTED_PROXIES); said once",
         peer.ip,
         peer.ip

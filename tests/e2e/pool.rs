@@ -170,7 +170,10 @@ async fn capped(up: &Upstream, cap: usize) -> Sidecar {
             "SSO_SIDECAR_CONNECTIONS__UPSTREAM_MAX_PER_WORKER",
             &cap.to_string(),
         ),
-        ("SSO_SIDECAR_CONNECTIONS__UPSTREAM_CLIENT_SHARE_PERCENT", "100"),
+        (
+            "SSO_SIDECAR_CONNECTIONS__UPSTREAM_CLIENT_SHARE_PERCENT",
+            "100",
+        ),
     ])
     .await
 }
@@ -282,7 +285,10 @@ async fn early_answers_keep_their_place_under_the_cap_until_the_body_is_cut() {
         ("SSO_SIDECAR_WORKERS", "1"),
         ("SSO_SIDECAR_CONNECTIONS__UPSTREAM_MAX_PER_WORKER", "2"),
         // One client (one address) may take both places: the cap alone is under test.
-        ("SSO_SIDECAR_CONNECTIONS__UPSTREAM_CLIENT_SHARE_PERCENT", "100"),
+        (
+            "SSO_SIDECAR_CONNECTIONS__UPSTREAM_CLIENT_SHARE_PERCENT",
+            "100",
+        ),
         ("SSO_SIDECAR_UPSTREAM_TIMEOUT_SECS", "2"),
     ])
     .await;
@@ -943,4 +949,39 @@ async fn waiting_requests_are_served_in_turn_by_client() {
     // either order: B's is among the first two, A's others come after.
     assert_eq!(order.len(), 4, "{order:?}");
     assert!(order[..2].contains(&"/echo/b".to_owned()), "{order:?}");
+}
+
+/// Behind an ingress missing from `trusted_proxies`, every caller without a session is one
+/// client (the ingress's address) for the upstream shares too: with 2 places, one caller's
+/// slow request holds its share, and another's waits for it. The operator is told, once, when
+/// a request comes while requests could have to wait.
+#[tokio::test]
+async fn an_unlisted_ingress_is_warned_about_when_its_callers_share_one_client_share() {
+    let up = Upstream::start();
+    let sc = Sidecar::start(&[
+        ("SSO_SIDECAR_UPSTREAM", &up.url()),
+        ("SSO_SIDECAR_WORKERS", "1"),
+        ("SSO_SIDECAR_CONNECTIONS__UPSTREAM_MAX_PER_WORKER", "2"),
+    ])
+    .await;
+    let warning = "is not in trusted_proxies";
+    let slow = as_client(&sc, "/slow?ms=2000", "10.1.0.1");
+    seen(&up, "/slow", 1).await;
+    assert!(!sc.output().contains(warning), "{}", sc.output());
+    let r = get(&sc.url("/echo"), &[("x-forwarded-for", "10.2.0.1")])
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(slow.await.unwrap(), 200);
+    wait_until("the warning", Duration::from_secs(10), || {
+        sc.output().contains(warning)
+    })
+    .await;
+    assert!(
+        sc.output()
+            .contains("per-client share of upstream connections"),
+        "{}",
+        sc.output()
+    );
+    assert_eq!(sc.output().matches(warning).count(), 1);
 }
