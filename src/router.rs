@@ -133,7 +133,15 @@ impl App {
             let client = limits.map(|_| self.upstream.client_ip(req.headers(), peer));
             let mut result = match (refused_early(&req), &self.oidc) {
                 (Some(e), _) => Err(e),
-                (None, None) => self.proxy(req.map(Either::Left), peer).await,
+                (None, None) => {
+                    // Where every caller without a session is one client's share, an ingress
+                    // left out of `trusted_proxies` shows (said before the proxy's future is
+                    // built: inside it, the check would keep the request twice).
+                    if self.upstream.is_tight() {
+                        untrusted_forwarder(req.headers(), peer);
+                    }
+                    self.proxy(req.map(Either::Left), peer).await
+                }
                 (None, Some(oidc)) => self.authenticated(oidc, req, peer, client).await,
             };
             // The sidecar's own 401s and 403s spend the client's failure budget. (The limiter's
@@ -165,9 +173,6 @@ impl App {
                 names.strip(h);
             }
         };
-        if self.upstream.is_tight() {
-            untrusted_forwarder(req.headers(), peer);
-        }
         let r = self
             .upstream
             .forward(req, peer, None, prepare, || None, || None)
