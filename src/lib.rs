@@ -239,10 +239,10 @@ pub async fn run(
         let upstream = proxy::Upstream::new(
             &config.proxy,
             client_tls.clone(),
-            [
+            (
                 config.connections.upstream_max_per_worker,
-                usize::from(config.connections.upstream_client_share),
-            ],
+                config.connections.upstream_client_share,
+            ),
             metrics.upstream_queued_counter(),
             proxy::PerClient {
                 tunnels: tunnels.clone(),

@@ -91,7 +91,7 @@ impl Upstream {
     pub fn new(
         settings: &ProxySettings,
         tls: rustls::ClientConfig,
-        [max_busy, share_percent]: [usize; 2],
+        (max_busy, share_percent): (usize, u8),
         queued: prometheus_client::metrics::counter::Counter,
         per_client: PerClient,
         queue_bytes: usize,
@@ -125,7 +125,7 @@ impl Upstream {
                 target,
                 settings.idle_timeout,
                 MAX_IDLE,
-                (max_busy, share_percent.min(100) as u8),
+                (max_busy, share_percent),
                 queued,
                 slow_reads,
             ),
@@ -140,7 +140,7 @@ impl Upstream {
             tunnels,
             uploads,
             streams,
-            queued: Queue::new(queue_bytes, share_percent.min(100) as u8),
+            queued: Queue::new(queue_bytes, share_percent),
         })
     }
 
