@@ -173,6 +173,87 @@ async fn a_revoked_session_closes_its_streams_on_the_replica_that_holds_them() {
     );
 }
 
+/// An event stream the upstream answers before it has the request body (a POST whose answer
+/// streams at once), its session then revoked while the client still owes most of the body:
+/// the stream ends, and its upstream connection is closed at once. Before, the connection was
+/// only kept out of the pool: it stayed open, holding its place under the cap, with nothing
+/// watching the body, for as long as the client left it unfinished.
+#[tokio::test]
+async fn a_revoked_event_stream_closes_its_upstream_connection_with_its_body_unfinished() {
+    // The upstream answers an event stream before reading anything of the body, then writes an
+    // event every 100 ms; it reports when the sidecar closes the connection.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = format!("http://{}", listener.local_addr().unwrap());
+    let (closed_tx, closed) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let (mut sock, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = sock.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the request head");
+            head.extend_from_slice(&buf[..n]);
+        }
+        let answer = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
+                       transfer-encoding: chunked\r\n\r\n";
+        sock.write_all(answer).await.unwrap();
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                r = sock.read(&mut buf) => if matches!(r, Ok(0) | Err(_)) { break },
+                _ = tick.tick() => if sock.write_all(b"7\r\ndata:x\n\r\n").await.is_err() { break },
+            }
+        }
+        let _ = closed_tx.send(());
+    });
+    let idp = MockIdp::start().await;
+    let key = Key::new("k1");
+    idp.set(|m| m.jwks = json!({"keys": [key.jwk()]}));
+    let sc = start_oidc_sidecar(
+        free_port(),
+        &idp.issuer(),
+        &up,
+        &[("SSO_SIDECAR_CONNECTIONS__REVOCATION_CHECK_MS", "200")],
+    )
+    .await;
+    let sc = &sc.sidecar;
+    let cookie = idp.login(&key, sc, "alice", "sid-1").await;
+
+    let mut client = TcpStream::connect(sc.addr).await.unwrap();
+    let head = format!(
+        "POST /events HTTP/1.1\r\nHost: app\r\nCookie: {}\r\nSec-Fetch-Site: same-origin\r\n\
+         Content-Length: 100000\r\n\r\nx",
+        session_header(&cookie)
+    );
+    client.write_all(head.as_bytes()).await.unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("data:x") {
+        let n = tokio::time::timeout(Duration::from_secs(10), client.read(&mut buf))
+            .await
+            .expect("the event stream's first event")
+            .unwrap();
+        assert!(n > 0, "closed before the first event");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let seen = String::from_utf8_lossy(&seen).into_owned();
+    assert!(seen.starts_with("HTTP/1.1 200"), "{seen}");
+    assert!(seen.contains("text/event-stream"), "{seen}");
+
+    crate::lifecycle::log_out(sc, &cookie).await;
+    let revoked = Instant::now();
+    // The client keeps its connection and never sends the rest of the body.
+    tokio::time::timeout(Duration::from_secs(5), closed)
+        .await
+        .expect("the upstream connection stayed open after the stream's session was revoked")
+        .unwrap();
+    println!(
+        "FIGURE upstream connection closed {:?} after the revocation",
+        revoked.elapsed()
+    );
+    drop(client);
+}
+
 /// With `session_idle_timeout_secs`, a WebSocket's messages are use of its session: a user who
 /// only chats over an open WebSocket stays logged in past the timeout, on every replica. Its
 /// heartbeats are not: once only they flow (an unattended tab), the session ends after the

@@ -138,7 +138,12 @@ impl http_body::Body for UpstreamBody {
         if let Some(abort) = this.abort.as_mut() {
             if abort.as_mut().poll(cx).is_ready() {
                 this.abort = None;
-                this.conn = None;
+                // Closed at once, not merely kept out of the pool: a request body still on its
+                // way (a client trickling it, or stalled) would otherwise keep the connection,
+                // and the place that goes with it, with no watch on its progress.
+                if let Some((conn, _)) = this.conn.take() {
+                    conn.task.abort();
+                }
                 this.done = true;
                 return Poll::Ready(None);
             }
