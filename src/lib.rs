@@ -379,7 +379,7 @@ pub async fn run(
         .enumerate()
     {
         // Boxed: the request future is several KB, and hyper moves it more than once.
-        let handler = move |req, conn| Box::pin(app.clone().handle(req, conn));
+        let handler = move |req, conn| router::boxed(|| app.clone().handle(req, conn));
         public.push(
             server::workers::spawn(
                 i,

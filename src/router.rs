@@ -325,9 +325,10 @@ impl App {
             } else {
                 Either::Left(body)
             };
-            let forward = oidc.identity.forward(out, parts, body, caller);
-            // Boxed: the identity's future is large, and hyper moves the request future around.
-            let mut outcome = Box::pin(forward).await?;
+            // Boxed: the identity's future is large (4 KB), and kept out of the request future
+            // every connection holds while it waits.
+            let forward = boxed(|| oidc.identity.forward(out, parts, body, caller));
+            let mut outcome = forward.await?;
             auth.cookies.drop_own_set_cookies(outcome.0.headers_mut());
             Ok(outcome)
         }
@@ -361,6 +362,16 @@ impl App {
             }
         }
     }
+}
+
+/// `make()`'s future in a box of its own, allocated before the future is built so that the
+/// future can be built in it: boxed after it is built (`Box::pin(fut)`), a future is built on
+/// the stack and copied over whole, whichever of its states is live (4 KB for the identity's
+/// on every authenticated request, a memcpy that profiled at about 1% of the CPU).
+#[inline(always)]
+pub fn boxed<F: std::future::Future>(make: impl FnOnce() -> F) -> std::pin::Pin<Box<F>> {
+    let slot = Box::<F>::new_uninit();
+    Box::into_pin(Box::write(slot, make()))
 }
 
 /// Whether the sidecar itself answered 401 or 403 (not the upstream), or refused a credential
