@@ -124,27 +124,46 @@ async fn responses_held_up_by_their_clients_are_cut_beyond_the_addresss_cap() {
     assert_eq!(cut(&sc).await, n);
 }
 
-/// Held-up responses over the address's cap cost nobody anything while places are free: none
-/// is cut (a legitimate slow download beyond the cap is left alone), nor counted as cut.
+/// Held-up responses over the address's cap cost nobody anything while no request waits for
+/// their places: none is cut (a legitimate slow download beyond the cap is left alone), nor
+/// counted as cut, even with every place taken. Before, every place taken was enough. A
+/// request that then comes has to wait: for it, one is cut, and it is served.
 #[tokio::test]
-async fn held_up_responses_are_cut_only_while_every_place_is_taken() {
+async fn held_up_responses_are_cut_only_for_a_request_that_waits() {
     let up = Upstream::start();
-    let sc = sidecar_with(&up, "8").await;
+    let sc = sidecar(&up).await;
     let mut clients = Vec::new();
     for _ in 0..4 {
         clients.push(slow_client(&sc, "/download?size=16777216").await);
     }
+    let read_a_little = |clients: &mut Vec<tokio::net::TcpStream>| {
+        let clients = std::mem::take(clients);
+        async move {
+            let mut clients = clients;
+            for c in &mut clients {
+                let mut buf = [0u8; 64];
+                let _ = tokio::time::timeout(Duration::from_millis(20), c.read(&mut buf)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            clients
+        }
+    };
     let until = Instant::now() + Duration::from_secs(5);
     while Instant::now() < until {
-        for c in &mut clients {
-            let mut buf = [0u8; 64];
-            let _ = tokio::time::timeout(Duration::from_millis(20), c.read(&mut buf)).await;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        clients = read_a_little(&mut clients).await;
     }
     assert_eq!(cut(&sc).await, 0.0, "nothing cut, nothing counted");
-    let r = get(&sc.url("/echo/free"), &[]).await.unwrap();
-    assert_eq!(r.status(), 200);
+    let waiting = tokio::spawn({
+        let url = sc.url("/echo/free");
+        async move { get(&url, &[]).await.unwrap().status() }
+    });
+    let until = Instant::now() + Duration::from_secs(10);
+    while !waiting.is_finished() {
+        assert!(Instant::now() < until, "the waiting request was not served");
+        clients = read_a_little(&mut clients).await;
+    }
+    assert_eq!(waiting.await.unwrap(), 200);
+    assert!(cut(&sc).await >= 1.0, "a held-up response was cut for it");
 }
 
 /// Answers whose upstream pauses longer than the slow-read time (an LLM thinking between

@@ -59,6 +59,14 @@ impl CapPermit {
     pub fn stream(permit: tokio::sync::OwnedSemaphorePermit) -> Self {
         CapPermit(Kind::Stream(permit))
     }
+
+    /// Who holds this place under the cap (none in the streams' allowance).
+    pub fn holder(&self) -> Option<Holder> {
+        match &self.0 {
+            Kind::Cap(_, holder) => Some(*holder),
+            Kind::Stream(_) => None,
+        }
+    }
 }
 
 impl Drop for CapPermit {
@@ -134,9 +142,18 @@ impl Places {
         self.tight.load(Ordering::Relaxed)
     }
 
-    /// Whether no place is free.
-    pub fn is_full(&self) -> bool {
-        self.lock().free == 0
+    /// Whether a place `holder` gave back would go to a waiting request at once: none is free,
+    /// and a request waits whose holder would be under its share then (`holder`'s own, or
+    /// another's under its share already). A place taken from a body held up by its client
+    /// ([`super::slow`]) is only worth taking then: freed for clients at their share, it
+    /// would stay free.
+    pub fn is_wanted_from(&self, holder: Holder) -> bool {
+        let s = self.lock();
+        let held = |h: &Holder| s.held.iter().find(|(x, _)| x == h).map_or(0, |(_, n)| *n);
+        s.free == 0
+            && s.waiting.iter().any(|(h, queue)| {
+                (*h == holder || held(h) < self.share) && queue.iter().any(|tx| !tx.is_closed())
+            })
     }
 
     fn take_locked(self: &Arc<Self>, s: &mut State, holder: Holder) -> Option<CapPermit> {
@@ -232,6 +249,9 @@ impl Places {
                 s.turns.push_back(holder);
             } else {
                 s.waiting.remove(&holder);
+                if s.waiting.is_empty() {
+                    s.shrink();
+                }
             }
             if let Some(tx) = tx {
                 return Some((holder, tx));
@@ -260,6 +280,19 @@ impl State {
         self.turns.retain(|h| waiting.contains_key(h));
         self.queued = left;
         self.sweep_at = (left * 2).max(FIRST_SWEEP);
+        if self.waiting.is_empty() {
+            self.shrink();
+        }
+    }
+
+    /// Nobody waits: the tables a spike of waiting clients grew go back to a small size.
+    fn shrink(&mut self) {
+        if self.waiting.capacity() > FIRST_SWEEP {
+            self.waiting.shrink_to(FIRST_SWEEP);
+        }
+        if self.turns.capacity() > FIRST_SWEEP {
+            self.turns.shrink_to(FIRST_SWEEP);
+        }
     }
 }
 

@@ -36,7 +36,7 @@ fn a_client_holds_at_most_its_share_and_the_rest_stays_for_others() {
         "A's fourth waits, a place free or not"
     );
     let b = p.try_take(B).expect("the place left is B's to take");
-    assert!(p.try_take(B).is_none() && p.is_full());
+    assert!(p.try_take(B).is_none() && p.lock().free == 0);
     drop(b);
     drop(a);
     assert_eq!((held(&p, A), p.lock().free), (0, 4));
@@ -117,4 +117,60 @@ async fn a_request_no_longer_waiting_neither_keeps_a_place_nor_piles_up() {
     }
     let s = p.lock();
     assert!(s.queued <= 2 * FIRST_SWEEP, "{} entries kept", s.queued);
+}
+
+#[tokio::test]
+async fn the_waiting_tables_shrink_once_nobody_waits() {
+    let p = Places::new(1, 100);
+    let holding = p.try_take(Holder::Session(0)).unwrap();
+    let mut waits: Vec<_> = (1..=1000)
+        .map(|i| Box::pin(p.take(Holder::Session(i))))
+        .collect();
+    for w in &mut waits {
+        assert!(now(w.as_mut()).is_none());
+    }
+    assert!(p.lock().waiting.capacity() >= 1000);
+    drop(waits);
+    drop(holding);
+    let s = p.lock();
+    assert_eq!((s.free, s.waiting.len()), (1, 0));
+    assert!(
+        s.waiting.capacity() <= 2 * FIRST_SWEEP,
+        "{}",
+        s.waiting.capacity()
+    );
+    assert!(
+        s.turns.capacity() <= 2 * FIRST_SWEEP,
+        "{}",
+        s.turns.capacity()
+    );
+}
+
+/// A body held up by its client is cut to free its place only for a request that would take
+/// that place: none while nobody waits, nor for a client at its share (unless the place is its
+/// own), nor for a request no longer waiting.
+#[tokio::test]
+async fn a_place_is_wanted_only_by_a_request_that_could_take_it() {
+    let p = Places::new(4, 50);
+    let _a: Vec<_> = (0..2).map(|_| p.try_take(A).unwrap()).collect();
+    let b: Vec<_> = (0..2).map(|_| p.try_take(B).unwrap()).collect();
+    assert!(
+        !p.is_wanted_from(A) && !p.is_wanted_from(B),
+        "every place taken, nobody waiting"
+    );
+    let mut more_a = Box::pin(p.take(A));
+    assert!(now(more_a.as_mut()).is_none());
+    assert!(p.is_wanted_from(A), "a place of A's own would go to A");
+    assert!(
+        !p.is_wanted_from(B),
+        "B's would stay free: A is at its share"
+    );
+    let mut c = Box::pin(p.take(C));
+    assert!(now(c.as_mut()).is_none());
+    assert!(p.is_wanted_from(B), "C, under its share, would take B's");
+    drop(c);
+    assert!(!p.is_wanted_from(B), "C no longer waits");
+    let mut b = b;
+    drop(b.pop());
+    assert!(!p.is_wanted_from(A), "a place is free");
 }

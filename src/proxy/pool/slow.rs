@@ -99,6 +99,12 @@ impl Tracked {
         self.slice.load(Ordering::Relaxed)
     }
 
+    /// Who holds the body's place under the cap, while it has one.
+    fn holder(&self) -> Option<Holder> {
+        let permit = self.permit.lock().unwrap_or_else(|p| p.into_inner());
+        permit.as_ref().and_then(CapPermit::holder)
+    }
+
     pub fn take_permit(&self) -> Option<CapPermit> {
         self.permit.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
@@ -257,7 +263,6 @@ impl SlowReads {
         let Some(after) = self.after else {
             return false;
         };
-        let full = self.places.get().is_some_and(|p| p.is_full());
         let mut cut = Vec::new();
         let mut list = self.lock();
         list.watched.retain_mut(|w| {
@@ -300,9 +305,15 @@ impl SlowReads {
                 w.share = Some(share);
                 return true;
             }
-            // Over its address's cap: cut while requests wait for a place (a legitimate slow
-            // download beyond the cap costs nobody anything until then).
-            if !full {
+            // Over its address's cap: cut while a request waits that its place would go to (a
+            // legitimate slow download beyond the cap costs nobody anything until then, and
+            // nor does it while the only requests waiting are of clients at their share).
+            let wanted = body.holder().is_some_and(|h| {
+                self.places
+                    .get()
+                    .is_some_and(|places| places.is_wanted_from(h))
+            });
+            if !wanted {
                 return true;
             }
             if body.cut() {
