@@ -8,10 +8,10 @@
 //! client has not asked for more for a second is handed its data in slices of [`SLICE`] from
 //! then on (what its client takes then shows, however large the upstream's reads); one whose
 //! client took less than a slice in `after` counts as held up, and takes a share of its
-//! reader's cap of such bodies ([`Held`], by client address). While every place under the cap
-//! is taken (requests wait), a held-up body over its address's cap is cut: its upstream
-//! connection closed, its place given back, its client's answer ended as broken (an error,
-//! never a clean end). A body waiting on its upstream (an LLM thinking between tokens) holds
+//! reader's cap of such bodies ([`Held`], by client address). While a request waits that its
+//! place would go to ([`Places::is_wanted_from`]), a held-up body over its address's cap is
+//! cut: its upstream connection closed, its place given back, its client's answer ended as
+//! broken (an error, never a clean end). A body waiting on its upstream (an LLM thinking between tokens) holds
 //! nothing up, whatever its client does (it is the upstream side's waker, so it knows whose
 //! turn it is); a legitimate slow download beyond the cap is cut only under that pressure.
 //!
