@@ -92,8 +92,9 @@ pub struct ConnectionSettings {
     /// Responses that clients at one address (IPv6: its /64; read through `trusted_proxies`)
     /// may hold up at once on a replica: a response whose client takes less than 16 KiB of it
     /// in `slow_read_secs` (its upstream not being the slow side). Each holds an upstream
-    /// place; while every place is taken, the ones beyond are cut (their upstream connections
-    /// closed, their clients' answers ended as broken). 0 = no cap.
+    /// place; the ones beyond are cut for a request waiting that their place would go to
+    /// (their upstream connections closed, their clients' answers ended as broken). 0 = no
+    /// cap.
     pub max_slow_reads_per_address: usize,
     /// The time in which a response's client must take 16 KiB of it not to hold it up.
     pub slow_read_secs: u64,

@@ -79,6 +79,25 @@ impl Drop for CapPermit {
     }
 }
 
+/// Who waits for a place, seen at one moment ([`Places::wanted`]).
+pub struct Wanted {
+    /// No place is free.
+    full: bool,
+    /// A request waits whose holder is under its share (it waits for a free place).
+    under_share: bool,
+    /// Holders at their share with a request waiting (for one of their own places).
+    at_share: Vec<Holder>,
+}
+
+impl Wanted {
+    /// Whether a place `holder` gave back would go to a waiting request at once: one of its
+    /// own (at its share: free places or not, it waits for one of its own), or, with no place
+    /// free, another's under its share.
+    pub fn from(&self, holder: Holder) -> bool {
+        self.at_share.contains(&holder) || (self.full && self.under_share)
+    }
+}
+
 /// The first count at which waiting entries are cleared of requests no longer waiting.
 const FIRST_SWEEP: usize = 64;
 
@@ -142,18 +161,27 @@ impl Places {
         self.tight.load(Ordering::Relaxed)
     }
 
-    /// Whether a place `holder` gave back would go to a waiting request at once: none is free,
-    /// and a request waits whose holder would be under its share then (`holder`'s own, or
-    /// another's under its share already). A place taken from a body held up by its client
-    /// ([`super::slow`]) is only worth taking then: freed for clients at their share, it
-    /// would stay free.
-    pub fn is_wanted_from(&self, holder: Holder) -> bool {
+    /// Who waits now, to tell whose given-back place would go to a waiting request at once
+    /// ([`Wanted::from`]). A place taken from a body held up by its client ([`super::slow`])
+    /// is only worth taking then: freed for clients at their share, it would stay free.
+    pub fn wanted(&self) -> Wanted {
         let s = self.lock();
-        let held = |h: &Holder| s.held.iter().find(|(x, _)| x == h).map_or(0, |(_, n)| *n);
-        s.free == 0
-            && s.waiting.iter().any(|(h, queue)| {
-                (*h == holder || held(h) < self.share) && queue.iter().any(|tx| !tx.is_closed())
-            })
+        let mut w = Wanted {
+            full: s.free == 0,
+            under_share: false,
+            at_share: Vec::new(),
+        };
+        for (h, queue) in &s.waiting {
+            if !queue.iter().any(|tx| !tx.is_closed()) {
+                continue;
+            }
+            let held = s.held.iter().find(|(x, _)| x == h).map_or(0, |(_, n)| *n);
+            match held >= self.share {
+                true => w.at_share.push(*h),
+                false => w.under_share = true,
+            }
+        }
+        w
     }
 
     fn take_locked(self: &Arc<Self>, s: &mut State, holder: Holder) -> Option<CapPermit> {

@@ -148,29 +148,33 @@ async fn the_waiting_tables_shrink_once_nobody_waits() {
 
 /// A body held up by its client is cut to free its place only for a request that would take
 /// that place: none while nobody waits, nor for a client at its share (unless the place is its
-/// own), nor for a request no longer waiting.
+/// own, free places or not), nor for a request no longer waiting.
 #[tokio::test]
 async fn a_place_is_wanted_only_by_a_request_that_could_take_it() {
     let p = Places::new(4, 50);
     let _a: Vec<_> = (0..2).map(|_| p.try_take(A).unwrap()).collect();
     let b: Vec<_> = (0..2).map(|_| p.try_take(B).unwrap()).collect();
     assert!(
-        !p.is_wanted_from(A) && !p.is_wanted_from(B),
+        !p.wanted().from(A) && !p.wanted().from(B),
         "every place taken, nobody waiting"
     );
     let mut more_a = Box::pin(p.take(A));
     assert!(now(more_a.as_mut()).is_none());
-    assert!(p.is_wanted_from(A), "a place of A's own would go to A");
+    assert!(p.wanted().from(A), "a place of A's own would go to A");
     assert!(
-        !p.is_wanted_from(B),
+        !p.wanted().from(B),
         "B's would stay free: A is at its share"
     );
     let mut c = Box::pin(p.take(C));
     assert!(now(c.as_mut()).is_none());
-    assert!(p.is_wanted_from(B), "C, under its share, would take B's");
+    assert!(p.wanted().from(B), "C, under its share, would take B's");
     drop(c);
-    assert!(!p.is_wanted_from(B), "C no longer waits");
+    assert!(!p.wanted().from(B), "C no longer waits");
     let mut b = b;
     drop(b.pop());
-    assert!(!p.is_wanted_from(A), "a place is free");
+    assert!(
+        p.wanted().from(A),
+        "a place free, A at its share still waits for one of its own"
+    );
+    assert!(!p.wanted().from(B), "a place is free for anyone else");
 }

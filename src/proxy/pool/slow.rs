@@ -9,9 +9,9 @@
 //! then on (what its client takes then shows, however large the upstream's reads); one whose
 //! client took less than a slice in `after` counts as held up, and takes a share of its
 //! reader's cap of such bodies ([`Held`], by client address). While a request waits that its
-//! place would go to ([`Places::is_wanted_from`]), a held-up body over its address's cap is
-//! cut: its upstream connection closed, its place given back, its client's answer ended as
-//! broken (an error, never a clean end). A body waiting on its upstream (an LLM thinking between tokens) holds
+//! place would go to ([`Places::wanted`]), a held-up body over its address's cap is cut: its
+//! upstream connection closed, its place given back, its client's answer ended as broken (an
+//! error, never a clean end). A body waiting on its upstream (an LLM thinking between tokens) holds
 //! nothing up, whatever its client does (it is the upstream side's waker, so it knows whose
 //! turn it is); a legitimate slow download beyond the cap is cut only under that pressure.
 //!
@@ -192,7 +192,8 @@ pub struct SlowReads {
     /// Sweeps a body may wait on its client before it needs a share (`None`: no watch).
     after: Option<u32>,
     list: Mutex<List>,
-    /// The pool's places under its cap: a held-up response is cut only while none is free.
+    /// The pool's places under its cap: a held-up response is cut only for a request waiting
+    /// that its place would go to.
     places: OnceLock<Arc<Places>>,
 }
 
@@ -264,6 +265,7 @@ impl SlowReads {
             return false;
         };
         let mut cut = Vec::new();
+        let mut wanted = None;
         let mut list = self.lock();
         list.watched.retain_mut(|w| {
             // Gone (or its body is, while hyper still holds its waker): its share goes with it.
@@ -308,17 +310,19 @@ impl SlowReads {
             // Over its address's cap: cut while a request waits that its place would go to (a
             // legitimate slow download beyond the cap costs nobody anything until then, and
             // nor does it while the only requests waiting are of clients at their share).
-            let wanted = body.holder().is_some_and(|h| {
-                self.places
-                    .get()
-                    .is_some_and(|places| places.is_wanted_from(h))
-            });
-            if !wanted {
+            // Looked at once a sweep, and again after a cut (which served a waiting request):
+            // not once per body, under the locks requests take.
+            let Some(places) = self.places.get() else {
+                return true;
+            };
+            let now = wanted.get_or_insert_with(|| places.wanted());
+            if !body.holder().is_some_and(|h| now.from(h)) {
                 return true;
             }
             if body.cut() {
                 self.cut.inc();
                 cut.push(body.reader);
+                wanted = None;
             }
             false
         });
