@@ -255,6 +255,7 @@ impl App {
             // A preflight is forwarded without its body, if it came with one (`Preflight`).
             let mut without_body = false;
             let mut judge = None;
+            let mut public = false;
             let caller = match decision? {
                 Decision::Login(location) => {
                     let mut r = Response::new(crate::proxy::full(""));
@@ -273,9 +274,13 @@ impl App {
                     Caller::Session { session, id }
                 }
                 Decision::Bearer => Caller::Bearer,
-                Decision::Public => Caller::Public,
+                Decision::Public => {
+                    public = true;
+                    Caller::Public
+                }
                 Decision::PublicWithoutCookies => {
                     parts.headers.remove(header::COOKIE);
+                    public = true;
                     Caller::Public
                 }
                 Decision::PreflightAnswered(headers) => {
@@ -319,6 +324,7 @@ impl App {
                 streams: &oidc.streams,
                 place: std::sync::Mutex::new(place),
                 judge,
+                public_judge: public.then(|| auth.public_judge(&parts)),
             };
             let body: RequestBody = if without_body {
                 Either::Right(http_body_util::Full::default())

@@ -138,6 +138,20 @@ impl Auth {
         }))
     }
 
+    /// For a stream opened on a public path: whether its path is still public under the
+    /// settings as they are now ([`gate::is_public`]); a reload may have put it behind a login.
+    pub fn public_judge(self: &Arc<Self>, parts: &Parts) -> crate::session::streams::PublicJudge {
+        let uri = parts.uri.clone();
+        let html = crate::error::wants_html(&parts.headers);
+        let bearer = crate::proxy::headers::bearer(&parts.headers).is_some();
+        let auth = Arc::downgrade(self);
+        Arc::new(move || {
+            // Gone (a shutdown): the stream is closing anyway.
+            auth.upgrade()
+                .is_none_or(|a| gate::is_public(uri.path(), html, bearer, &a.settings().paths))
+        })
+    }
+
     /// `GET /auth/login?next=…`
     pub async fn login(
         &self,

@@ -197,13 +197,20 @@ pub async fn decide(
     without_session(parts, paths)
 }
 
+/// Whether a request without a session for `path` (asking for HTML or not, with a bearer
+/// credential or not) is public under `paths`: the first thing [`without_session`] decides,
+/// and what a stream opened on a public path is asked again after a reload.
+pub fn is_public(path: &str, html: bool, bearer: bool, paths: &PathSettings) -> bool {
+    let bearer = paths.bearer_passthrough != Some(false) && bearer;
+    let html_login = html && !bearer && path_matches(&paths.html_login.0, path);
+    path_matches(&paths.public.0, path) && !html_login
+}
+
 /// The decision for a request that has no (longer a) valid session.
 pub fn without_session(parts: &Parts, paths: &PathSettings) -> Result<Decision, Error> {
     let path = parts.uri.path();
-    let html_login = wants_html(&parts.headers)
-        && !passes_bearer(parts, paths)
-        && path_matches(&paths.html_login.0, path);
-    if path_matches(&paths.public.0, path) && !html_login {
+    let bearer = crate::proxy::headers::bearer(&parts.headers).is_some();
+    if is_public(path, wants_html(&parts.headers), bearer, paths) {
         return Ok(Decision::Public);
     }
     if passes_bearer(parts, paths) || has_token_query(parts, paths) {

@@ -65,10 +65,12 @@ pub(super) async fn send(
             inject::inject_headers(h, carrier, t);
         }
     };
-    let watch = || {
-        inject
-            .live
-            .map(|id| out.streams.watch(id, out.judge.clone()))
+    let watch = || match inject.live {
+        Some(id) => Some(out.streams.watch(id, out.judge.clone())),
+        None => out
+            .public_judge
+            .clone()
+            .map(|j| out.streams.watch_public(j)),
     };
     let holder = || inject.user.map(|s| out.streams.holder_of(s));
     let place = out.take_place();

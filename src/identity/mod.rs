@@ -86,6 +86,9 @@ pub struct Outbound<'a> {
     /// For a session's request under a path rule: asks the rules again for each long-lived
     /// stream it opens ([`crate::session::streams::Judge`]).
     pub judge: Option<crate::session::streams::Judge>,
+    /// For a request on a public path: asks whether the path is still public for each
+    /// long-lived stream it opens ([`crate::session::streams::PublicJudge`]).
+    pub public_judge: Option<crate::session::streams::PublicJudge>,
 }
 
 impl Outbound<'_> {

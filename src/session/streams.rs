@@ -15,7 +15,9 @@
 //! again with the session as the store holds it and the rules as they are now: a reload that
 //! tightens the rules, or a refresh (on any replica, made by the session's HTTP requests: the
 //! check itself refreshes nothing) that took the user out of the group the rule asks for,
-//! closes that stream, and only that one, at the next check.
+//! closes that stream, and only that one, at the next check. A stream opened without a session
+//! on a public path carries a judge too, asked at each check whether the path is still public:
+//! a reload that takes the path out of `paths.public` closes it.
 //!
 //! While the store cannot be reached, nothing can be confirmed: a session's streams then stay
 //! open until the session's end (its absolute expiry, or without a refresh token its access
@@ -42,11 +44,18 @@ const CHECKS_AT_ONCE: usize = 32;
 /// the request that opened it, asked again (built by the caller, which knows the rules).
 pub type Judge = Arc<dyn Fn(&Session) -> bool + Send + Sync>;
 
-/// The sessions with live streams on this replica.
+/// Whether a stream opened on a public path without a session may stay open: its path is
+/// still public under the settings as they are now (built by the caller, which knows them).
+pub type PublicJudge = Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// The sessions with live streams on this replica, and the streams opened on public paths.
 #[derive(Default)]
 pub struct LiveStreams {
     /// Session cookie id → its streams.
     by_session: Mutex<HashMap<String, Live>>,
+    /// Streams opened on public paths: each check asks their judges again, and a reload that
+    /// put a path behind a login closes the streams open on it.
+    public: Mutex<Vec<(u64, CancellationToken, PublicJudge)>>,
     /// Keys the number that names a user to the proxy (their tunnels, bodies on their way
     /// upstream and event streams are capped per holder) without handing it the `sub`.
     holder_key: std::hash::RandomState,
@@ -80,10 +89,12 @@ struct Live {
 /// One live stream's registration; dropping it (the stream ended) unregisters it.
 struct Registration {
     streams: Arc<LiveStreams>,
+    /// Its session's cookie id; empty for a stream on a public path.
     id: String,
     generation: u64,
-    /// Its number among the judged streams, if it has a judge.
+    /// Its number among the judged streams (or the public ones), if it has a judge.
     judged: Option<u64>,
+    public: bool,
 }
 
 impl LiveStreams {
@@ -124,14 +135,46 @@ impl LiveStreams {
             id: id.to_owned(),
             generation,
             judged,
+            public: false,
         };
-        crate::proxy::Watch {
-            end: Box::pin(async move {
-                let _registration = registration;
-                token.cancelled().await;
-            }),
-            client_sent,
-        }
+        watch_until(registration, token, client_sent)
+    }
+
+    /// The watch of a new long-lived stream on a public path, without a session: a signal that
+    /// completes once `judge` says the path is no longer public (after a reload).
+    pub fn watch_public(self: &Arc<Self>, judge: PublicJudge) -> crate::proxy::Watch {
+        let n = self.generations.fetch_add(1, Ordering::Relaxed);
+        let token = CancellationToken::new();
+        self.public_streams().push((n, token.clone(), judge));
+        let registration = Registration {
+            streams: self.clone(),
+            id: String::new(),
+            generation: 0,
+            judged: Some(n),
+            public: true,
+        };
+        watch_until(registration, token, Arc::default())
+    }
+
+    fn public_streams(
+        &self,
+    ) -> std::sync::MutexGuard<'_, Vec<(u64, CancellationToken, PublicJudge)>> {
+        self.public.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Closes the streams on public paths whose judge says the path is no longer public: how
+    /// many.
+    fn judge_public(&self) -> usize {
+        let mut public = self.public_streams();
+        let before = public.len();
+        public.retain(|(_, token, judge)| {
+            let still = judge();
+            if !still {
+                token.cancel();
+            }
+            still
+        });
+        before - public.len()
     }
 
     /// The opaque number that names a user (`sub`) to the proxy, which caps what one holder
@@ -150,7 +193,7 @@ impl LiveStreams {
 
     /// Live streams on this replica (for tests and metrics).
     pub fn count(&self) -> usize {
-        self.lock().values().map(|l| l.count).sum()
+        self.lock().values().map(|l| l.count).sum::<usize>() + self.public_streams().len()
     }
 
     /// Checks every `period` that each session with live streams still exists; closes the
@@ -168,6 +211,14 @@ impl LiveStreams {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
+            let closed = self.judge_public();
+            if closed > 0 {
+                metrics.streams_revoked(closed as u64);
+                tracing::info!(
+                    streams = closed,
+                    "streams on paths no longer public (paths.public) without a session: closed"
+                );
+            }
             let due: Vec<(String, bool)> = self
                 .lock()
                 .iter()
@@ -262,8 +313,30 @@ impl LiveStreams {
     }
 }
 
+/// A stream's watch: `token`'s signal, holding `registration` for as long as the stream lives.
+fn watch_until(
+    registration: Registration,
+    token: CancellationToken,
+    client_sent: Arc<AtomicBool>,
+) -> crate::proxy::Watch {
+    crate::proxy::Watch {
+        end: Box::pin(async move {
+            let _registration = registration;
+            token.cancelled().await;
+        }),
+        client_sent,
+    }
+}
+
 impl Drop for Registration {
     fn drop(&mut self) {
+        if self.public {
+            let n = self.judged;
+            self.streams
+                .public_streams()
+                .retain(|(m, _, _)| Some(*m) != n);
+            return;
+        }
         let mut map = self.streams.lock();
         if let Some(live) = map
             .get_mut(&self.id)
@@ -281,90 +354,5 @@ impl Drop for Registration {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn registrations_come_and_go_with_their_streams() {
-        let s = Arc::new(LiveStreams::default());
-        let a = s.watch("one", None);
-        let b = s.watch("one", None);
-        let c = s.watch("two", None);
-        assert_eq!(s.count(), 3);
-        drop(a);
-        assert_eq!(s.count(), 2);
-        drop(c);
-        assert_eq!(s.lock().len(), 1);
-        let token = s.lock()["one"].end.clone();
-        token.cancel();
-        b.end.await;
-        assert_eq!(s.count(), 0, "a finished signal unregisters");
-    }
-
-    /// A check removed a session's entry (its streams told to close) and the session opened a
-    /// new stream before the old ones unregistered: their unregistering leaves the new stream
-    /// watched, so a later revocation still closes it.
-    #[tokio::test]
-    async fn a_closed_streams_late_unregistering_leaves_the_next_stream_watched() {
-        let s = Arc::new(LiveStreams::default());
-        let old = s.watch("one", None);
-        let closed = s.lock().remove("one").unwrap();
-        closed.end.cancel();
-        let new = s.watch("one", None);
-        drop(old);
-        assert_eq!(s.count(), 1, "the new stream is still counted");
-        let token = s.lock()["one"].end.clone();
-        token.cancel();
-        tokio::time::timeout(Duration::from_secs(5), new.end)
-            .await
-            .expect("the new stream is told to close");
-    }
-
-    /// A judge that no longer admits the session closes its own stream only; one that does
-    /// keeps it; a judged stream that ends leaves the judges.
-    #[tokio::test]
-    async fn a_judge_that_no_longer_admits_closes_its_own_stream_only() {
-        let s = Arc::new(LiveStreams::default());
-        let session = Session::for_tests("alice", now_unix(), 3600);
-        let judge = |admits: bool| -> Judge { Arc::new(move |_: &Session| admits) };
-        let refused = s.watch("one", Some(judge(false)));
-        let admitted = s.watch("one", Some(judge(true)));
-        let plain = s.watch("one", None);
-        let gone = s.watch("one", Some(judge(false)));
-        drop(gone);
-        assert_eq!(s.confirmed("one", &session), 1, "the refused one only");
-        tokio::time::timeout(Duration::from_secs(5), refused.end)
-            .await
-            .expect("told to close");
-        assert_eq!(s.lock()["one"].judged.len(), 1, "the admitted one is left");
-        let (mut admitted, mut plain) = (admitted.end, plain.end);
-        assert!(futures_poll_pending(&mut admitted).await);
-        assert!(futures_poll_pending(&mut plain).await);
-        assert_eq!(s.count(), 2);
-    }
-
-    /// Whether a signal is still waiting (polled once).
-    async fn futures_poll_pending(end: &mut crate::proxy::Abort) -> bool {
-        tokio::time::timeout(Duration::from_millis(50), end.as_mut())
-            .await
-            .is_err()
-    }
-
-    /// Unconfirmed sessions: one past its expiry closes at once, one still within it only
-    /// once the outage has lasted `outage` (paused clock).
-    #[tokio::test(start_paused = true)]
-    async fn unconfirmed_streams_close_at_expiry_or_after_the_outage() {
-        let s = Arc::new(LiveStreams::default());
-        let _a = s.watch("expired", None);
-        let _b = s.watch("alive", None);
-        let outage = Some(Duration::from_secs(30));
-        s.lock().get_mut("expired").unwrap().expires_at = Some(now_unix() - 1);
-        s.lock().get_mut("alive").unwrap().expires_at = Some(now_unix() + 3600);
-        assert!(s.unconfirmed_too_long("expired", outage));
-        assert!(!s.unconfirmed_too_long("alive", outage));
-        tokio::time::advance(Duration::from_secs(31)).await;
-        assert!(s.unconfirmed_too_long("alive", outage));
-        assert!(!s.unconfirmed_too_long("alive", None), "0: never");
-        assert!(!s.unconfirmed_too_long("gone", outage));
-    }
-}
+#[path = "streams_tests.rs"]
+mod tests;

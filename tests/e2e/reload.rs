@@ -446,3 +446,72 @@ async fn a_changed_file_is_reloaded_without_a_signal_when_watched() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A stream opened without a session on a public path (a WebSocket, an event stream) closes
+/// once a reload takes its path out of `paths.public`: the path now needs the login its client
+/// never showed. A stream on a path still public stays open. Before, such streams stayed open
+/// for as long as their clients liked.
+#[tokio::test]
+async fn streams_on_a_path_a_reload_takes_out_of_public_close() {
+    let idp = MockIdp::start().await;
+    idp.set(|m| m.jwks = json!({"keys": [Key::new("k").jwk()]}));
+    let up = Upstream::start();
+    let toml = |public: &str| {
+        format!("[connections]\nrevocation_check_ms = 200\n[paths]\npublic = [{public}]\n")
+    };
+    let (dir, sc) = with_file(&idp, &up, &toml("\"/health_check\", \"/ws\", \"/sse\"")).await;
+    let sc = &sc.sidecar;
+
+    let mut ws = tokio::net::TcpStream::connect(sc.addr).await.unwrap();
+    ws.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: app\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = ws.read(&mut buf).await.unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let sse = client()
+        .request(request(
+            "GET",
+            &sc.url("/sse?n=100000&interval_ms=100"),
+            &[],
+            body(""),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(sse.status(), 200);
+    let mut sse = sse.into_body();
+
+    std::fs::write(
+        dir.path().join("sso.toml"),
+        toml("\"/health_check\", \"/sse\""),
+    )
+    .unwrap();
+    sc.signal("HUP");
+    let reloaded = Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match ws.read(&mut buf).await {
+                Ok(0) | Err(_) => return reloaded.elapsed(),
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .expect("the WebSocket on /ws stayed open after /ws stopped being public");
+    println!("FIGURE WebSocket closed {closed:?} after the SIGHUP");
+    // The event stream's path is still public: it carries on through more checks.
+    let until = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < until {
+        let frame = http_body_util::BodyExt::frame(&mut sse).await;
+        assert!(
+            frame.is_some_and(|f| f.is_ok()),
+            "the stream on a path still public ended"
+        );
+    }
+    let m = metrics(sc).await;
+    assert_eq!(metric(&m, "sso_sidecar_streams_revoked_total"), 1.0, "{m}");
+}
