@@ -324,7 +324,7 @@ impl App {
                 streams: &oidc.streams,
                 place: std::sync::Mutex::new(place),
                 judge,
-                public_judge: public.then(|| auth.public_judge(&parts)),
+                public_judge: public.then(|| auth.public_judge(&parts)).flatten(),
             };
             let body: RequestBody = if without_body {
                 Either::Right(http_body_util::Full::default())

@@ -140,16 +140,29 @@ impl Auth {
 
     /// For a stream opened on a public path: whether its path is still public under the
     /// settings as they are now ([`gate::is_public`]); a reload may have put it behind a login.
-    pub fn public_judge(self: &Arc<Self>, parts: &Parts) -> crate::session::streams::PublicJudge {
-        let uri = parts.uri.clone();
+    /// `None` for a request let through on other grounds than its path being public, which
+    /// the judge would not know to admit: one with a bearer credential (the backend's to
+    /// judge, as on any path), a cross-site request sent on without its cookies.
+    pub fn public_judge(
+        self: &Arc<Self>,
+        parts: &Parts,
+    ) -> Option<crate::session::streams::PublicJudge> {
         let html = crate::error::wants_html(&parts.headers);
-        let bearer = crate::proxy::headers::bearer(&parts.headers).is_some();
+        {
+            let settings = self.settings();
+            if gate::passes_bearer(parts, &settings.paths)
+                || !gate::is_public(parts.uri.path(), html, false, &settings.paths)
+            {
+                return None;
+            }
+        }
+        let uri = parts.uri.clone();
         let auth = Arc::downgrade(self);
-        Arc::new(move || {
+        Some(Arc::new(move || {
             // Gone (a shutdown): the stream is closing anyway.
             auth.upgrade()
-                .is_none_or(|a| gate::is_public(uri.path(), html, bearer, &a.settings().paths))
-        })
+                .is_none_or(|a| gate::is_public(uri.path(), html, false, &a.settings().paths))
+        }))
     }
 
     /// `GET /auth/login?next=…`

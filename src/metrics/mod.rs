@@ -169,7 +169,7 @@ impl Metrics {
         let streams_revoked = Counter::default();
         registry.register(
             "streams_revoked",
-            "WebSocket tunnels and event streams closed because their session ended",
+            "WebSocket tunnels and event streams closed because their session ended, or their path no longer admits them (path rules, paths.public)",
             streams_revoked.clone(),
         );
         let cross_site_refused = Counter::default();

@@ -462,17 +462,23 @@ async fn streams_on_a_path_a_reload_takes_out_of_public_close() {
     let (dir, sc) = with_file(&idp, &up, &toml("\"/health_check\", \"/ws\", \"/sse\"")).await;
     let sc = &sc.sidecar;
 
-    let mut ws = tokio::net::TcpStream::connect(sc.addr).await.unwrap();
-    ws.write_all(
-        b"GET /ws HTTP/1.1\r\nHost: app\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-    )
-    .await
-    .unwrap();
+    let open_ws = |extra: &'static str| async move {
+        let mut ws = tokio::net::TcpStream::connect(sc.addr).await.unwrap();
+        let head = format!(
+            "GET /ws HTTP/1.1\r\nHost: app\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+        );
+        ws.write_all(head.as_bytes()).await.unwrap();
+        let mut buf = [0u8; 1024];
+        let n = ws.read(&mut buf).await.unwrap();
+        let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        ws
+    };
+    let mut ws = open_ws("").await;
+    // With a bearer credential: the backend's to judge on any path, so not closed.
+    let mut with_bearer = open_ws("Authorization: Bearer t\r\n").await;
     let mut buf = [0u8; 1024];
-    let n = ws.read(&mut buf).await.unwrap();
-    let head = String::from_utf8_lossy(&buf[..n]).into_owned();
-    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     let sse = client()
         .request(request(
             "GET",
@@ -506,12 +512,28 @@ async fn streams_on_a_path_a_reload_takes_out_of_public_close() {
     // The event stream's path is still public: it carries on through more checks.
     let until = Instant::now() + Duration::from_secs(1);
     while Instant::now() < until {
-        let frame = http_body_util::BodyExt::frame(&mut sse).await;
+        let frame = tokio::time::timeout(
+            Duration::from_secs(2),
+            http_body_util::BodyExt::frame(&mut sse),
+        )
+        .await
+        .expect("the stream on a path still public stalled");
         assert!(
             frame.is_some_and(|f| f.is_ok()),
             "the stream on a path still public ended"
         );
     }
+    // The WebSocket with a bearer is still open: a frame makes the round trip.
+    with_bearer
+        .write_all(&[0x81, 0x82, 1, 2, 3, 4, b'h' ^ 1, b'i' ^ 2])
+        .await
+        .unwrap();
+    let mut echo = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(5), with_bearer.read_exact(&mut echo))
+        .await
+        .expect("the WebSocket with a bearer stalled")
+        .expect("the WebSocket with a bearer was closed");
+    assert_eq!(&echo, &[0x81, 2, b'h', b'i']);
     let m = metrics(sc).await;
     assert_eq!(metric(&m, "sso_sidecar_streams_revoked_total"), 1.0, "{m}");
 }
