@@ -142,7 +142,8 @@ impl Auth {
     /// settings as they are now ([`gate::is_public`]); a reload may have put it behind a login.
     /// `None` for a request let through on other grounds than its path being public, which
     /// the judge would not know to admit: one with a bearer credential (the backend's to
-    /// judge, as on any path), a cross-site request sent on without its cookies.
+    /// judge, as on any path), a cross-site request sent on without its cookies on a path that
+    /// is not public for it (an `html_login` page asked for as HTML).
     pub fn public_judge(
         self: &Arc<Self>,
         parts: &Parts,
