@@ -15,9 +15,10 @@
 //! again with the session as the store holds it and the rules as they are now: a reload that
 //! tightens the rules, or a refresh (on any replica, made by the session's HTTP requests: the
 //! check itself refreshes nothing) that took the user out of the group the rule asks for,
-//! closes that stream, and only that one, at the next check. A stream opened without a session
-//! on a public path carries a judge too, asked at each check whether the path is still public:
-//! a reload that takes the path out of `paths.public` closes it.
+//! closes that stream, and only that one, at the next check. A stream opened on a public path
+//! (no session looked at, no bearer credential) carries a judge too, asked at each check
+//! whether the path is still public: a reload that takes the path out of `paths.public` closes
+//! it.
 //!
 //! While the store cannot be reached, nothing can be confirmed: a session's streams then stay
 //! open until the session's end (its absolute expiry, or without a refresh token its access
