@@ -693,12 +693,18 @@ async fn an_invalid_client_answer_says_what_to_check() {
         .await
         .unwrap();
         refused(&r, "OIDC code exchange failed", auth);
-        let log = s.sc.sidecar.output();
         let hint = format!("SSO_SIDECAR_TOKEN_ENDPOINT_AUTH={other}");
-        assert!(
-            log.contains("OIDC_CLIENT_SECRET") && log.contains(&hint),
-            "{auth}: {log}"
-        );
+        // The log line may reach the test's reader after the response does.
+        wait_until(
+            &format!("{auth}: the hint logged"),
+            std::time::Duration::from_secs(5),
+            || {
+                let log = s.sc.sidecar.output();
+                log.contains("OIDC_CLIENT_SECRET") && log.contains(&hint)
+            },
+        )
+        .await;
+        let log = s.sc.sidecar.output();
         assert!(
             !log.contains(CLIENT_SECRET),
             "{auth}: the secret was logged"
