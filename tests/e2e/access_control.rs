@@ -200,7 +200,7 @@ async fn without_super_admin_mode_the_sync_is_refused_and_the_login_goes_on() {
     assert!(memberships(&w.backend, alice).await.is_empty());
     // A second login: the refusal is logged at WARN once per partition.
     login(sc, "alice", "/").await;
-    let out = sc.output();
+    let out = sc.logged("SUPER_ADMIN_MODE=true").await;
     assert_eq!(
         out.matches("SUPER_ADMIN_MODE=true").count(),
         1,

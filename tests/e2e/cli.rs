@@ -566,8 +566,7 @@ async fn an_unreadable_rust_log_is_said() {
         ("RUST_LOG", "nonsense==="),
     ])
     .await;
-    let out = sc.output();
-    assert!(out.contains("RUST_LOG is not a filter"), "{out}");
+    sc.logged("RUST_LOG is not a filter").await;
     // And a reload's log_level applies, as the configured one did at start-up.
     std::fs::write(&file, "log_level = \"debug\"\n").unwrap();
     sc.signal("HUP");

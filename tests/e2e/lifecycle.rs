@@ -816,11 +816,7 @@ async fn a_post_logout_uri_on_the_sidecars_own_origin_is_warned_about() {
         &[("OIDC_POST_LOGOUT_REDIRECT_URI", &own)],
     )
     .await;
-    assert!(
-        sc.sidecar.output().contains("re-login loop"),
-        "{}",
-        sc.sidecar.output()
-    );
+    sc.sidecar.logged("re-login loop").await;
 }
 
 /// Requests with alice's session on replica a until one is refused (within 12 s), each served
@@ -1036,7 +1032,7 @@ async fn a_refresh_whose_id_token_cannot_be_verified_yet_keeps_its_new_refresh_t
         alive(&m.b.sidecar, &cookie).await,
         "alive on the other replica"
     );
-    assert!(m.a.sidecar.output().contains("cannot be verified now"));
+    m.a.sidecar.logged("cannot be verified now").await;
 }
 
 /// A Redis that refuses writes (full, `noeviction`) still answers reads: a session due for a
@@ -1060,11 +1056,7 @@ async fn a_full_redis_keeps_a_session_due_for_refresh_until_its_access_token_exp
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    assert!(m
-        .a
-        .sidecar
-        .output()
-        .contains("cannot take the refresh lock"));
+    m.a.sidecar.logged("cannot take the refresh lock").await;
     m.redis.cli(&["CONFIG", "SET", "maxmemory", "0"]);
     assert!(
         alive(&m.a.sidecar, &cookie).await,
@@ -1099,7 +1091,7 @@ async fn a_refreshed_id_token_without_kid_among_two_keys_ends_nothing() {
     });
     served_until_refreshed(&m, &cookie).await;
     assert!(alive(&m.b.sidecar, &cookie).await);
-    assert!(m.a.sidecar.output().contains("cannot be verified now"));
+    m.a.sidecar.logged("cannot be verified now").await;
 }
 
 /// Redis refusing writes (full, `noeviction`) just as the IdP answers a refresh: the IdP has
@@ -1143,11 +1135,9 @@ async fn a_refresh_whose_write_the_store_refuses_keeps_its_new_tokens() {
         1,
         "the spent refresh token was sent again: {all:?}"
     );
-    assert!(m
-        .a
-        .sidecar
-        .output()
-        .contains("tried again while its refresh lock holds"));
+    m.a.sidecar
+        .logged("tried again while its refresh lock holds")
+        .await;
 }
 
 #[tokio::test]

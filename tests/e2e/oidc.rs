@@ -231,10 +231,9 @@ async fn redis_holds_nothing_readable() {
     // occurs by chance in Fernet ciphertext (about one dump in fifty).
     assert!(!has_jwt(&dump), "a JWT is stored in clear:\n{dump}");
     // Nor do the logs: no session id, no ID token, no Fernet key, no client secret.
-    let logs = sc.output();
-    assert!(logs.contains("OIDC login success"), "{logs}");
+    sc.logged("OIDC login success").await;
     // The login's destination is logged by its path only: its query is the user's (a search).
-    assert!(logs.contains("/docs/q3-report"), "{logs}");
+    let logs = sc.logged("/docs/q3-report").await;
     assert!(!logs.contains("where-bob-was-going"), "{logs}");
     for secret in [
         a.cookie.as_str(),
@@ -541,13 +540,11 @@ async fn memory_store_logs_in_too_and_says_it_is_single_replica() {
     .await
     .unwrap();
     assert_eq!(json(&r)["headers"]["x-forwarded-user"][0], "erin");
-    let out = sc.sidecar.output();
-    assert!(out.contains("OIDC authentication mode enabled"), "{out}");
-    assert!(
-        out.contains("sessions are kept in memory: run a single replica"),
-        "{out}"
-    );
-    assert!(out.contains(r#""session_store":"memory""#), "{out}");
+    sc.sidecar.logged("OIDC authentication mode enabled").await;
+    sc.sidecar
+        .logged("sessions are kept in memory: run a single replica")
+        .await;
+    sc.sidecar.logged(r#""session_store":"memory""#).await;
 }
 
 /// The memory store's workers keep their own copies of a busy session: after a logout, the

@@ -707,6 +707,8 @@ async fn acl_credentials_are_read_from_files() {
         status(&sc.sidecar, "/v1/x", &[("cookie", &cookie)]).await,
         200
     );
+    // The request's access line, so the log is read up to it.
+    sc.sidecar.logged(r#""path":"/v1/x""#).await;
     assert!(
         !sc.sidecar.output().contains("acl-password-0123"),
         "the password never reaches the logs"

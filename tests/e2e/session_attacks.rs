@@ -612,11 +612,7 @@ async fn a_bare_id_token_gets_its_profile_from_userinfo() {
     .await
     .unwrap();
     assert!(json(&r)["headers"].get("x-forwarded-email").is_none());
-    assert!(m
-        .a
-        .sidecar
-        .output()
-        .contains("userinfo names another subject"));
+    m.a.sidecar.logged("userinfo names another subject").await;
 }
 
 /// A session holds at most `max_uploads_per_session` request bodies on their way upstream at

@@ -259,6 +259,25 @@ impl Sidecar {
         self.output.lock().unwrap().clone()
     }
 
+    /// The output once it contains `needle` (polled every 20 ms, for up to 10 s): a log line
+    /// reaches `output()` through a reader thread, maybe after the response that followed it
+    /// has reached the test.
+    pub async fn logged(&self, needle: &str) -> String {
+        let deadline = Duration::from_secs(10);
+        let start = Instant::now();
+        loop {
+            let out = self.output();
+            if out.contains(needle) {
+                return out;
+            }
+            assert!(
+                start.elapsed() < deadline,
+                "timed out after {deadline:?} waiting for {needle:?} in the log:\n{out}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub fn signal(&self, sig: &str) {
         let ok = Command::new("kill")
             .arg(format!("-{sig}"))
