@@ -86,6 +86,7 @@ fn build_oidc(
     let provider = Arc::new(
         auth::oidc::Provider::new(settings.clone(), a.token_endpoint_auth, http)
             .with_prompt(a.prompt.clone())
+            .with_max_age(a.max_age)
             .with_email_verified_required(a.email_verified_required),
     );
     provider.clone().spawn_discovery(a.discovery_refresh);

@@ -205,6 +205,25 @@ impl Auth {
             .filter(|s| !s.is_empty())
             .ok_or(bad("ID token missing 'sub' claim."))?
             .to_owned();
+        // `auth_max_age_secs`: the login asked the IdP for an authentication that recent; an
+        // IdP that ignores `max_age` (or keeps no `auth_time`) must not pass an older one off.
+        if let Some(max_age) = self.provider.max_age() {
+            let within = super::id_token::authenticated_within(&claims, max_age, now_unix());
+            if let Err(why) = within {
+                self.metrics.login_refused("stale_authentication");
+                tracing::warn!(
+                    sub = %sub,
+                    reason = %why,
+                    auth_max_age_secs = max_age.as_secs(),
+                    "OIDC login refused: the IdP did not show an authentication within \
+                     auth_max_age_secs (does it honour max_age and send auth_time?)"
+                );
+                return Err(CallbackError::Idp(
+                    "The identity provider did not confirm a recent sign-in: sign in again."
+                        .to_owned(),
+                ));
+            }
+        }
         let profile =
             super::profile::read(&self.provider, &sub, &claims, &tokens.access_token, false)
                 .await

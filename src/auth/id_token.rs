@@ -129,6 +129,53 @@ pub fn verify_id_token(
     as_map(claims)
 }
 
+/// Why an ID token does not show an authentication within the `max_age` the login asked for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum StaleAuth {
+    /// No `auth_time` (OIDC Core §3.1.2.1 makes it required when `max_age` was sent).
+    Missing,
+    /// An `auth_time` this many seconds old, beyond `max_age` and [`CLOCK_SKEW_SECS`].
+    Old(i64),
+    /// An `auth_time` further ahead of our clock than [`CLOCK_SKEW_SECS`]: a clock that far
+    /// off could make any authentication look recent.
+    Future(i64),
+}
+
+impl std::fmt::Display for StaleAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StaleAuth::Missing => f.write_str("the ID token has no auth_time"),
+            StaleAuth::Old(age) => write!(f, "auth_time is {age} s old"),
+            StaleAuth::Future(ahead) => write!(f, "auth_time is {ahead} s in the future"),
+        }
+    }
+}
+
+/// Whether verified `claims` say the user authenticated at the IdP within `max_age` of `now`
+/// (OIDC Core §3.1.3.7, item 13), give or take [`CLOCK_SKEW_SECS`].
+pub fn authenticated_within(
+    claims: &Map<String, Value>,
+    max_age: std::time::Duration,
+    now: i64,
+) -> Result<(), StaleAuth> {
+    let at = match claims.get("auth_time") {
+        Some(Value::Number(n)) => n
+            .as_i64()
+            .or_else(|| n.as_f64().filter(|f| f.is_finite()).map(|f| f as i64)),
+        _ => None,
+    }
+    .ok_or(StaleAuth::Missing)?;
+    let age = now.saturating_sub(at);
+    let max_age = i64::try_from(max_age.as_secs()).unwrap_or(i64::MAX);
+    if age > max_age.saturating_add(CLOCK_SKEW_SECS) {
+        Err(StaleAuth::Old(age))
+    } else if age < -CLOCK_SKEW_SECS {
+        Err(StaleAuth::Future(-age))
+    } else {
+        Ok(())
+    }
+}
+
 /// The `kid` a token's header names, for the JWKS re-fetch log.
 fn token_kid(token: &str) -> Option<String> {
     jwt::header(token).ok().and_then(|h| h.kid)

@@ -48,6 +48,9 @@ pub use crate::config::ClientAuth;
 pub struct Provider {
     /// The authorization request's `prompt` (none by default).
     prompt: Vec<CoreAuthPrompt>,
+    /// The authorization request's `max_age` (`auth_max_age_secs`; none by default): the
+    /// callback then requires an `auth_time` within it.
+    max_age: Option<Duration>,
     /// `email_verified_required`: every claims map read from the IdP (ID token, userinfo) has
     /// its email marked unverified unless the IdP said `email_verified: true`.
     email_verified_required: bool,
@@ -71,6 +74,7 @@ impl Provider {
         Provider {
             settings,
             prompt: Vec::new(),
+            max_age: None,
             email_verified_required: false,
             client_auth,
             http,
@@ -256,6 +260,17 @@ impl Provider {
         self
     }
 
+    /// The same, asking the IdP for `max_age` at every login.
+    pub fn with_max_age(mut self, max_age: Option<Duration>) -> Self {
+        self.max_age = max_age;
+        self
+    }
+
+    /// The `max_age` every login asks for, if any.
+    pub fn max_age(&self) -> Option<Duration> {
+        self.max_age
+    }
+
     /// The authorization request URL, with the S256 challenge of `verifier`.
     pub fn authorize_url(&self, state: &str, nonce: &str, verifier: &str) -> Option<String> {
         let loaded = self.current()?;
@@ -281,6 +296,9 @@ impl Provider {
         // consent (OIDC Core §11) need `prompt = "consent"`.
         for p in &self.prompt {
             req = req.add_prompt(p.clone());
+        }
+        if let Some(max_age) = self.max_age {
+            req = req.set_max_age(max_age);
         }
         Some(req.url().0.into())
     }

@@ -122,6 +122,8 @@ pub struct AuthSettings {
     pub login_timeout: Duration,
     /// The authorization request's `prompt`, when one is configured.
     pub prompt: Option<String>,
+    /// The authorization request's `max_age` (`auth_max_age_secs`), when one is configured.
+    pub max_age: Option<Duration>,
     /// `email_verified_required`: claims without `email_verified: true` are read as unverified.
     pub email_verified_required: bool,
     /// Front-channel logout may end the sessions of the `sub` named as `sid`.
@@ -238,6 +240,11 @@ impl Settings {
             }
         }
         let prompt = (!prompt.is_empty()).then(|| prompt.join(" "));
+        // A year: longer says nothing an IdP's own session does not (and keeps `auth_time`
+        // arithmetic far from overflow).
+        if self.auth_max_age_secs > 31_536_000 {
+            problems.push("auth_max_age_secs must be at most 31536000 (a year)".to_string());
+        }
         let backchannel_logout_from = super::validate::networks(
             "backchannel_logout_from",
             &self.backchannel_logout_from,
@@ -269,6 +276,8 @@ impl Settings {
             refresh_skew: Duration::from_secs(self.refresh_skew_secs),
             login_timeout: Duration::from_secs(self.login_timeout_secs),
             prompt,
+            max_age: (self.auth_max_age_secs > 0)
+                .then(|| Duration::from_secs(self.auth_max_age_secs)),
             email_verified_required: self.email_verified_required,
             frontchannel_logout_by_sub: self.frontchannel_logout_by_sub,
             backchannel_logout_from,

@@ -100,6 +100,10 @@ pub struct Settings {
     pub login_timeout_secs: u64,
     /// The `prompt` of the authorization request (`consent`, `login`…); empty: none, as OpenRag.
     pub prompt: String,
+    /// OIDC `max_age` of the authorization request: the IdP must have authenticated the user
+    /// within this many seconds (or do it again), and the ID token's `auth_time` must say so;
+    /// 0: not asked.
+    pub auth_max_age_secs: u64,
     /// An email counts as the user's only when the IdP says `email_verified: true`; by
     /// default only an explicit `false` discounts it.
     pub email_verified_required: bool,
@@ -237,6 +241,7 @@ impl Default for Settings {
             refresh_skew_secs: 60,
             login_timeout_secs: 600,
             prompt: String::new(),
+            auth_max_age_secs: 0,
             email_verified_required: false,
             frontchannel_logout_by_sub: false,
             backchannel_logout_from: StringList::default(),

@@ -127,7 +127,7 @@ impl Metrics {
         let logins_refused = Family::<ReasonLabel, Counter>::default();
         registry.register(
             "logins_refused",
-            "Logins refused after the IdP authenticated the user (or sessions ended at a refresh), by reason (group, email, email_unverified, not_registered, no_token, email_conflict, idp_session_ended)",
+            "Logins refused after the IdP authenticated the user (or sessions ended at a refresh), by reason (group, email, email_unverified, not_registered, no_token, email_conflict, idp_session_ended, stale_authentication)",
             logins_refused.clone(),
         );
         let rate_limited = Family::<KindLabel, Counter>::default();

@@ -547,6 +547,53 @@ async fn memory_store_logs_in_too_and_says_it_is_single_replica() {
     sc.sidecar.logged(r#""session_store":"memory""#).await;
 }
 
+/// `auth_max_age_secs` against the real IdP: a login within `max_age` of the IdP's own
+/// authentication is signed in silently (its session's user stays the first one, whoever the
+/// flow would type in); once `max_age` has passed, the IdP asks for a login again, and the
+/// sidecar accepts the fresh `auth_time` it then sends.
+#[tokio::test]
+async fn the_real_idp_authenticates_again_once_auth_max_age_has_passed() {
+    let (_idp, _up, sc) = memory_world(&[("SSO_SIDECAR_AUTH_MAX_AGE_SECS", "10")]).await;
+    let sc = &sc.sidecar;
+    let jar_dir = tempfile::tempdir().unwrap();
+    let jar = jar_dir.path().join("idp-cookies.txt");
+    let jar = Some(jar.to_str().unwrap());
+    let user = |l: Login| async move {
+        let r = get(&sc.url("/echo"), &[("cookie", &session_header(&l.cookie))])
+            .await
+            .unwrap();
+        json(&r)["headers"]["x-forwarded-user"][0].clone()
+    };
+    let first = std::time::Instant::now();
+    assert_eq!(
+        user(login_with_jar(sc, "erin", "/", jar).await).await,
+        "erin"
+    );
+    // Within max_age: the IdP's session answers, no login form (so not "frank").
+    let again = login_with_jar(sc, "frank", "/", jar).await;
+    assert!(
+        first.elapsed().as_secs() < 10,
+        "too slow to tell: {:?}",
+        first.elapsed()
+    );
+    assert_eq!(user(again).await, "erin");
+    // The time max_age is about to pass: nothing to poll for.
+    tokio::time::sleep(std::time::Duration::from_secs(11).saturating_sub(first.elapsed())).await;
+    assert_eq!(
+        user(login_with_jar(sc, "frank", "/", jar).await).await,
+        "frank"
+    );
+    let m = metrics(sc).await;
+    assert_eq!(
+        metric(
+            &m,
+            r#"sso_sidecar_logins_refused_total{reason="stale_authentication"}"#
+        ),
+        0.0,
+        "{m}"
+    );
+}
+
 /// The memory store's workers keep their own copies of a busy session: after a logout, the
 /// replayed cookie must be refused on every worker, whichever one served the session before.
 #[tokio::test]

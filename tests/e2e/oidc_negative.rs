@@ -711,3 +711,84 @@ async fn an_invalid_client_answer_says_what_to_check() {
         );
     }
 }
+
+/// `auth_max_age_secs`: every login asks for `max_age`, and an ID token whose `auth_time` is
+/// missing, older than that (beyond the 60 s of skew) or ahead of the clock is refused with no
+/// session, counted and logged with what to check; a recent one logs in. Without the setting
+/// nothing is asked, and no `auth_time` is needed (the other tests' logins).
+#[tokio::test]
+async fn auth_max_age_asks_for_and_holds_the_idp_to_a_recent_authentication() {
+    let s = setup(&[("SSO_SIDECAR_AUTH_MAX_AGE_SECS", "600")]).await;
+    let iss = s.idp.issuer();
+    let asked = |sc: &Sidecar| {
+        let sc = sc.url("/auth/login?next=/");
+        async move {
+            let r = get(&sc, &[]).await.unwrap();
+            let loc = url::Url::parse(&location(&r)).unwrap();
+            let max_age = loc.query_pairs().find(|(k, _)| k == "max_age");
+            max_age.map(|(_, v)| v.into_owned())
+        }
+    };
+    assert_eq!(asked(&s.sc.sidecar).await.as_deref(), Some("600"));
+    let now = sso_sidecar::auth::oidc::now_unix();
+    let stale = "The identity provider did not confirm a recent sign-in: sign in again.";
+    for (case, auth_time, message) in [
+        ("no auth_time", None, stale),
+        (
+            "an authentication 11 minutes old",
+            Some(json!(now - 665)),
+            stale,
+        ),
+        (
+            "an authentication ahead of the clock",
+            Some(json!(now + 3600)),
+            stale,
+        ),
+        // Not a NumericDate: the crate refuses the token's claims.
+        (
+            "auth_time as a string",
+            Some(json!(now.to_string())),
+            "OIDC code exchange failed",
+        ),
+    ] {
+        let (state, nonce, cookie) = begin(&s.sc.sidecar).await;
+        let mut c = claims(&iss, &nonce);
+        if let Some(t) = auth_time {
+            c["auth_time"] = t;
+        }
+        let r = finish(&s, &state, &cookie, &s.key.sign(&c), "at").await;
+        refused(&r, message, case);
+    }
+    let m = metrics(&s.sc.sidecar).await;
+    assert_eq!(
+        metric(
+            &m,
+            r#"sso_sidecar_logins_refused_total{reason="stale_authentication"}"#
+        ),
+        3.0,
+        "{m}"
+    );
+    s.sc.sidecar.logged("does it honour max_age").await;
+
+    // Ten minutes ago, and a second ago: both recent enough.
+    for age in [600, 1] {
+        let (state, nonce, cookie) = begin(&s.sc.sidecar).await;
+        let mut c = claims(&iss, &nonce);
+        c["auth_time"] = json!(sso_sidecar::auth::oidc::now_unix() - age);
+        let r = finish(&s, &state, &cookie, &s.key.sign(&c), "at").await;
+        assert_eq!(
+            r.status(),
+            302,
+            "{age} s: {}",
+            String::from_utf8_lossy(r.body())
+        );
+        assert!(set_cookie(&r, "sso_sidecar_session").is_some(), "{age} s");
+    }
+
+    let plain = setup(&[]).await;
+    assert_eq!(
+        asked(&plain.sc.sidecar).await,
+        None,
+        "not asked unless configured"
+    );
+}

@@ -174,3 +174,36 @@ fn extreme_times_do_not_panic() {
         let _ = s.check(&c);
     }
 }
+
+/// `auth_time` as the crate hands it back (through its own claim types): within `max_age` and
+/// the clock skew passes; older, ahead of the clock or missing does not.
+#[test]
+fn auth_time_must_fall_within_max_age() {
+    let s = signer();
+    let max_age = std::time::Duration::from_secs(300);
+    let skew = CLOCK_SKEW_SECS;
+    let at = |auth_time: Value| {
+        let mut c = good();
+        c["auth_time"] = auth_time;
+        authenticated_within(&s.check(&c).unwrap(), max_age, NOW)
+    };
+    assert_eq!(at(json!(NOW)), Ok(()));
+    assert_eq!(at(json!(NOW - 300 - skew)), Ok(()));
+    assert_eq!(at(json!(NOW - 301 - skew)), Err(StaleAuth::Old(301 + skew)));
+    assert_eq!(at(json!(NOW + skew)), Ok(()));
+    assert_eq!(at(json!(NOW + skew + 1)), Err(StaleAuth::Future(skew + 1)));
+    // A NumericDate may have a fraction.
+    assert_eq!(at(json!(NOW as f64 - 10.5)), Ok(()));
+    let missing = s.check(&good()).unwrap();
+    assert_eq!(
+        authenticated_within(&missing, max_age, NOW),
+        Err(StaleAuth::Missing)
+    );
+    // Not a number: as good as missing.
+    let mut text = Map::new();
+    text.insert("auth_time".into(), json!("900"));
+    assert_eq!(
+        authenticated_within(&text, max_age, NOW),
+        Err(StaleAuth::Missing)
+    );
+}

@@ -308,6 +308,33 @@ fn the_login_timeout_is_a_setting_within_bounds() {
 }
 
 #[test]
+fn auth_max_age_is_off_by_default_and_at_most_a_year() {
+    let dir = tempfile::tempdir().unwrap();
+    let with = |v: &str| {
+        load(inputs(
+            dir.path(),
+            None,
+            &[("SSO_SIDECAR_AUTH_MAX_AGE_SECS", v)],
+        ))
+    };
+    assert_eq!(
+        load(inputs(dir.path(), None, &[])).unwrap().auth.max_age,
+        None
+    );
+    assert_eq!(with("0").unwrap().auth.max_age, None);
+    let hour = with("3600").unwrap().auth.max_age;
+    assert_eq!(hour, Some(std::time::Duration::from_secs(3600)));
+    let e = with("31536001")
+        .err()
+        .unwrap_or_else(|| panic!("more than a year accepted"));
+    assert!(
+        e.to_string()
+            .contains("auth_max_age_secs must be at most 31536000"),
+        "{e}"
+    );
+}
+
+#[test]
 fn the_idle_timeout_is_off_or_within_the_lifetime() {
     let dir = tempfile::tempdir().unwrap();
     let with = |v: &str| {
