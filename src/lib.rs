@@ -157,7 +157,8 @@ fn build_oidc(
             cookies: auth::cookies::CookieJar::new(
                 &a.session_cookie_name,
                 a.cookie_host_prefix && settings.redirect_uri.scheme() == "https",
-            ),
+            )
+            .with_persistent_session(a.session_cookie_persistent),
             settings: per_worker::PerWorker::new(config.workers, || {
                 std::sync::RwLock::new(Arc::new(a.clone()))
             }),

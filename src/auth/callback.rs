@@ -329,7 +329,7 @@ impl Auth {
         r.headers_mut().append(
             header::SET_COOKIE,
             self.cookies
-                .set(&self.cookies.session, &id, session.expires_at - now, secure),
+                .set_session(&id, session.expires_at - now, secure),
         );
         self.identity
             .end_previous_cookies(&parts.headers, r.headers_mut());

@@ -19,6 +19,8 @@ pub struct CookieJar {
     /// The names without the `__Host-` prefix when it is used (a browser may still hold
     /// cookies set before it was turned on): stripped like ours, never read.
     legacy: Option<(String, String)>,
+    /// The session cookie carries `Max-Age` (else the browser keeps it until it closes).
+    persistent_session: bool,
 }
 
 /// The prefix browsers reserve for cookies that are `Secure`, `Path=/` and host-only.
@@ -33,25 +35,45 @@ impl CookieJar {
                 session: format!("{HOST_PREFIX}{session_name}"),
                 state: format!("{HOST_PREFIX}{state}"),
                 legacy: Some((session_name.to_owned(), state)),
+                persistent_session: true,
             }
         } else {
             CookieJar {
                 session: session_name.to_owned(),
                 state,
                 legacy: None,
+                persistent_session: true,
             }
         }
     }
 
     pub fn set(&self, name: &str, value: &str, max_age_secs: i64, secure: bool) -> HeaderValue {
-        let c = Cookie::build((name.to_owned(), value.to_owned()))
+        Self::build(name, value, Some(max_age_secs), secure)
+    }
+
+    /// The same, false: the session cookie is set without `Max-Age`, a browser-session cookie.
+    pub fn with_persistent_session(mut self, persistent: bool) -> Self {
+        self.persistent_session = persistent;
+        self
+    }
+
+    /// The session cookie with `id`, for a session `lifetime_secs` from its end; without
+    /// `Max-Age` when the jar is not persistent. The store ends the session either way.
+    pub fn set_session(&self, id: &str, lifetime_secs: i64, secure: bool) -> HeaderValue {
+        let max_age = self.persistent_session.then_some(lifetime_secs);
+        Self::build(&self.session, id, max_age, secure)
+    }
+
+    fn build(name: &str, value: &str, max_age_secs: Option<i64>, secure: bool) -> HeaderValue {
+        let mut c = Cookie::build((name.to_owned(), value.to_owned()))
             .path("/")
             .http_only(true)
             .same_site(SameSite::Lax)
-            .secure(secure)
-            .max_age(TimeDuration::seconds(max_age_secs.max(1)))
-            .build();
-        HeaderValue::from_str(&c.encoded().to_string())
+            .secure(secure);
+        if let Some(secs) = max_age_secs {
+            c = c.max_age(TimeDuration::seconds(secs.max(1)));
+        }
+        HeaderValue::from_str(&c.build().encoded().to_string())
             .unwrap_or_else(|_| HeaderValue::from_static(""))
     }
 

@@ -103,6 +103,8 @@ pub struct AuthSettings {
     pub session_cookie_name: String,
     /// `__Host-` names for the sidecar's cookies over https.
     pub cookie_host_prefix: bool,
+    /// `session_cookie_persistent`: the session cookie carries `Max-Age`.
+    pub session_cookie_persistent: bool,
     pub session_lifetime: Duration,
     /// A session without a request for this long ends (`session_idle_timeout_secs`, 0 = none).
     pub session_idle_timeout: Option<Duration>,
@@ -261,6 +263,7 @@ impl Settings {
             authz,
             session_cookie_name: name.clone(),
             cookie_host_prefix: self.cookie_host_prefix,
+            session_cookie_persistent: self.session_cookie_persistent,
             session_lifetime: Duration::from_secs(self.session_lifetime_secs),
             session_idle_timeout: (self.session_idle_timeout_secs > 0)
                 .then(|| Duration::from_secs(self.session_idle_timeout_secs)),

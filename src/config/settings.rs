@@ -69,6 +69,10 @@ pub struct Settings {
     /// Over https, name the session and login-state cookies `__Host-<name>`: a cookie no other
     /// host (a sibling subdomain) can set or overwrite.
     pub cookie_host_prefix: bool,
+    /// The session cookie carries `Max-Age` (the session's remaining lifetime, as OpenRag's);
+    /// false: a browser-session cookie, which the browser drops when it closes (the session
+    /// itself still ends at its lifetime).
+    pub session_cookie_persistent: bool,
     /// Absolute session lifetime when the IdP issued a refresh token; never extended.
     pub session_lifetime_secs: u64,
     /// A session unused for this long ends (0: never, as in OpenRag).
@@ -228,6 +232,7 @@ impl Default for Settings {
             tls: TlsSettings::default(),
             session_cookie_name: "sso_sidecar_session".into(),
             cookie_host_prefix: true,
+            session_cookie_persistent: true,
             session_lifetime_secs: 7 * 24 * 3600,
             session_idle_timeout_secs: 0,
             max_sessions_per_user: 50,

@@ -716,6 +716,49 @@ async fn the_authorization_request_carries_no_prompt_unless_configured() {
     }
 }
 
+/// `session_cookie_persistent = false`: the session cookie comes without `Max-Age` or
+/// `Expires` (the browser drops it when it closes), and still signs its requests in; by
+/// default it carries the session's remaining lifetime.
+#[tokio::test]
+async fn a_session_cookie_is_a_browser_session_cookie_when_configured() {
+    for (persistent, max_age) in [("true", true), ("false", false)] {
+        let idp = MockIdp::start().await;
+        let key = Key::new("k1");
+        idp.set(|m| m.jwks = json!({"keys": [key.jwk()]}));
+        let up = Upstream::start();
+        let env = [("SSO_SIDECAR_SESSION_COOKIE_PERSISTENT", persistent)];
+        let sc = start_oidc_sidecar(free_port(), &idp.issuer(), &up.url(), &env).await;
+        let cb = idp
+            .login_until_callback(&key, &sc.sidecar, "alice", "s1", "")
+            .await
+            .await;
+        assert_eq!(cb.status(), 302, "{}", String::from_utf8_lossy(cb.body()));
+        let set: Vec<_> = cb
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .filter(|v| v.starts_with("sso_sidecar_session="))
+            .collect();
+        assert_eq!(set.len(), 1, "{set:?}");
+        let attrs = set[0].to_ascii_lowercase();
+        assert_eq!(attrs.contains("max-age="), max_age, "{persistent}: {attrs}");
+        assert!(!attrs.contains("expires="), "{persistent}: {attrs}");
+        assert!(
+            attrs.contains("httponly") && attrs.contains("samesite=lax"),
+            "{attrs}"
+        );
+        let cookie = set_cookie(&cb, "sso_sidecar_session").unwrap();
+        let r = get(
+            &sc.sidecar.url("/echo/x"),
+            &[("cookie", &session_header(&cookie))],
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status(), 200, "{persistent}");
+    }
+}
+
 /// With a generic backend (`identity = "headers"`), a browser opening any gated page is sent to
 /// the login; API calls still get 401, never a redirect.
 #[tokio::test]

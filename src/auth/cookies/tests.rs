@@ -227,3 +227,26 @@ fn the_upstreams_set_cookie_for_our_names_is_dropped() {
     jar.drop_own_set_cookies(&mut none);
     assert_eq!(none.get_all(header::SET_COOKIE).iter().count(), 1);
 }
+
+/// The session cookie carries `Max-Age` unless the jar is told otherwise; its other attributes
+/// stay the same either way, and other cookies (the login state) keep theirs.
+#[test]
+fn a_session_cookie_is_persistent_unless_configured() {
+    let persistent = CookieJar::new("sso_sidecar_session", true);
+    let v = persistent.set_session("ID", 3600, true);
+    assert_eq!(
+        v,
+        "__Host-sso_sidecar_session=ID; HttpOnly; SameSite=Lax; Secure; Path=/; Max-Age=3600"
+    );
+    let browser = CookieJar::new("sso_sidecar_session", true).with_persistent_session(false);
+    let v = browser.set_session("ID", 3600, true);
+    assert_eq!(
+        v,
+        "__Host-sso_sidecar_session=ID; HttpOnly; SameSite=Lax; Secure; Path=/"
+    );
+    let state = browser.set(&browser.state, "S", 600, true);
+    assert!(
+        state.to_str().unwrap().ends_with("Max-Age=600"),
+        "{state:?}"
+    );
+}
