@@ -6,6 +6,7 @@
 //! own: the flow's settings and cookies are `Auth`'s (`flow`).
 
 use super::flow::{query, redirect, Auth};
+use super::id_token::StaleAuth;
 use super::login_state::{self, LoginState};
 use super::oidc::{now_unix, TokenError};
 use super::redirect::sanitize_next;
@@ -210,6 +211,24 @@ impl Auth {
         if let Some(max_age) = self.provider.max_age() {
             let within = super::id_token::authenticated_within(&claims, max_age, now_unix());
             if let Err(why) = within {
+                // OIDC Core §3.1.3.7 (13): ask for a new authentication, once, with
+                // `prompt=login`, which an IdP that ignores `max_age` may still honour. An
+                // `auth_time` ahead of our clock would come back the same: refused at once.
+                let retry = !st.reauth && !matches!(why, StaleAuth::Future(_));
+                if retry {
+                    tracing::info!(
+                        sub = %sub,
+                        reason = %why,
+                        auth_max_age_secs = max_age.as_secs(),
+                        "the IdP's authentication is older than auth_max_age_secs: asking it \
+                         to authenticate the user again (prompt=login)"
+                    );
+                    let (again, location) = self
+                        .begin_login(st.next.clone(), true)
+                        .map_err(CallbackError::Other)?;
+                    in_flight.push(again);
+                    return Ok((redirect(&location), in_flight));
+                }
                 self.metrics.login_refused("stale_authentication");
                 tracing::warn!(
                     sub = %sub,

@@ -166,6 +166,31 @@ impl Auth {
         }))
     }
 
+    /// A new login in flight, to `next`, and the IdP's authorization URL to send the browser to
+    /// (`reauth`: with `prompt=login`, a second try after an authentication older than
+    /// `max_age`; a login begun that way is not tried again).
+    pub(super) fn begin_login(
+        &self,
+        next: String,
+        reauth: bool,
+    ) -> Result<(LoginState, String), Error> {
+        let begun_ms = crate::clock::now_unix_ms();
+        let st = LoginState {
+            state: crate::crypto::random_token(32),
+            nonce: crate::crypto::random_token(32),
+            verifier: crate::crypto::random_token(64),
+            next,
+            created: begun_ms.div_euclid(1000),
+            created_ms: Some(begun_ms),
+            reauth,
+        };
+        let location = self
+            .provider
+            .authorize_url(&st.state, &st.nonce, &st.verifier, reauth)
+            .ok_or(Error::IdpUnavailable)?;
+        Ok((st, location))
+    }
+
     /// `GET /auth/login?next=…`
     pub async fn login(
         &self,
@@ -178,19 +203,7 @@ impl Auth {
             q.get("next").map(String::as_str).unwrap_or("/"),
             &self.settings().allowed_redirect_origins,
         );
-        let begun_ms = crate::clock::now_unix_ms();
-        let st = LoginState {
-            state: crate::crypto::random_token(32),
-            nonce: crate::crypto::random_token(32),
-            verifier: crate::crypto::random_token(64),
-            next,
-            created: begun_ms.div_euclid(1000),
-            created_ms: Some(begun_ms),
-        };
-        let location = self
-            .provider
-            .authorize_url(&st.state, &st.nonce, &st.verifier)
-            .ok_or(Error::IdpUnavailable)?;
+        let (st, location) = self.begin_login(next, false)?;
         // The logins this browser already has in flight stay (another tab's).
         let mut states = self
             .cookies

@@ -27,6 +27,10 @@ pub struct LoginState {
     /// (`begun_ms`); absent in the states of earlier versions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_ms: Option<i64>,
+    /// Begun again with `prompt=login` after the IdP's authentication was older than
+    /// `auth_max_age_secs`: if this one is too, the login is refused rather than tried again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reauth: bool,
 }
 
 impl LoginState {
@@ -100,6 +104,7 @@ mod tests {
             next: format!("/{}", "a".repeat(next_len)),
             created,
             created_ms: None,
+            reauth: false,
         }
     }
 

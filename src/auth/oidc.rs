@@ -10,6 +10,7 @@
 //! `iat`, `nonce` and `at_hash`; the IdP client never follows redirects (`idp_http.rs`).
 //! Logout tokens are verified in `jwt.rs`/`backchannel.rs`: the crate has no verifier for them.
 
+mod authorize;
 pub(super) mod verify;
 
 use super::discovery::check_issuer;
@@ -18,13 +19,11 @@ use super::id_token::{as_map, OtherClaims, RelyingParty};
 use super::idp_http::{IdpHttp, IdpHttpError};
 use super::jwt::{self, Jwks};
 use crate::config::OidcSettings;
-use openidconnect::core::{
-    CoreAuthPrompt, CoreErrorResponseType, CoreGenderClaim, CoreResponseType,
-};
+use openidconnect::core::{CoreAuthPrompt, CoreErrorResponseType, CoreGenderClaim};
 use openidconnect::{
-    AccessToken, AuthType, AuthenticationFlow, AuthorizationCode, ClientId, ClientSecret,
-    CsrfToken, Nonce, PkceCodeChallenge, PkceCodeVerifier, ProviderMetadataWithLogout, RedirectUrl,
-    RefreshToken, RequestTokenError, Scope, StandardErrorResponse,
+    AccessToken, AuthType, AuthorizationCode, ClientId, ClientSecret, PkceCodeVerifier,
+    ProviderMetadataWithLogout, RedirectUrl, RefreshToken, RequestTokenError,
+    StandardErrorResponse,
 };
 use serde_json::{Map, Value};
 use std::sync::{Arc, Mutex, RwLock};
@@ -241,66 +240,6 @@ impl Provider {
             crate::claims::require_verified_email(&mut claims);
         }
         claims
-    }
-
-    /// The same, asking the IdP for `prompt` (validated by the configuration: none, login,
-    /// consent, select_account) at every login.
-    pub fn with_prompt(mut self, prompt: Option<String>) -> Self {
-        self.prompt = prompt
-            .iter()
-            .flat_map(|p| p.split_whitespace())
-            .map(|p| match p {
-                "none" => CoreAuthPrompt::None,
-                "login" => CoreAuthPrompt::Login,
-                "consent" => CoreAuthPrompt::Consent,
-                "select_account" => CoreAuthPrompt::SelectAccount,
-                other => CoreAuthPrompt::Extension(other.to_owned()),
-            })
-            .collect();
-        self
-    }
-
-    /// The same, asking the IdP for `max_age` at every login.
-    pub fn with_max_age(mut self, max_age: Option<Duration>) -> Self {
-        self.max_age = max_age;
-        self
-    }
-
-    /// The `max_age` every login asks for, if any.
-    pub fn max_age(&self) -> Option<Duration> {
-        self.max_age
-    }
-
-    /// The authorization request URL, with the S256 challenge of `verifier`.
-    pub fn authorize_url(&self, state: &str, nonce: &str, verifier: &str) -> Option<String> {
-        let loaded = self.current()?;
-        let (state, nonce) = (state.to_owned(), nonce.to_owned());
-        let mut req = loaded
-            .client
-            .authorize_url(
-                AuthenticationFlow::<CoreResponseType>::AuthorizationCode,
-                move || CsrfToken::new(state),
-                move || Nonce::new(nonce),
-            )
-            .set_pkce_challenge(PkceCodeChallenge::from_code_verifier_sha256(
-                &PkceCodeVerifier::new(verifier.to_owned()),
-            ));
-        // The crate always asks for `openid`.
-        for scope in self.settings.scopes.split_whitespace() {
-            if scope != "openid" {
-                req = req.add_scope(Scope::new(scope.to_owned()));
-            }
-        }
-        // None unless configured, as OpenRag: `prompt=consent` makes some IdPs (LemonLDAP::NG)
-        // show their consent page at every login. Those that grant `offline_access` only with
-        // consent (OIDC Core §11) need `prompt = "consent"`.
-        for p in &self.prompt {
-            req = req.add_prompt(p.clone());
-        }
-        if let Some(max_age) = self.max_age {
-            req = req.set_max_age(max_age);
-        }
-        Some(req.url().0.into())
     }
 
     /// Exchanges an authorization code (with its PKCE verifier).

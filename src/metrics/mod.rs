@@ -317,7 +317,8 @@ impl Metrics {
         let _ = self.store_counts.source.set(f);
     }
 
-    /// A login refused (or a session ended at a refresh) by `[authz]` or the identity mode.
+    /// A login refused (or a session ended at a refresh) by `[authz]`, the identity mode or
+    /// `auth_max_age_secs`.
     pub fn login_refused(&self, reason: &'static str) {
         self.logins_refused
             .get_or_create(&ReasonLabel { reason })

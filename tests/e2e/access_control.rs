@@ -200,6 +200,11 @@ async fn without_super_admin_mode_the_sync_is_refused_and_the_login_goes_on() {
     assert!(memberships(&w.backend, alice).await.is_empty());
     // A second login: the refusal is logged at WARN once per partition.
     login(sc, "alice", "/").await;
+    // The group sync's lines come before the login's own success line: both logins' are in.
+    wait_until("both logins logged", Duration::from_secs(10), || {
+        sc.output().matches("OIDC login success").count() >= 2
+    })
+    .await;
     let out = sc.logged("SUPER_ADMIN_MODE=true").await;
     assert_eq!(
         out.matches("SUPER_ADMIN_MODE=true").count(),

@@ -476,6 +476,35 @@ async fn lemonldap_login_with_the_claims_from_userinfo() {
     }
 }
 
+/// `auth_max_age_secs` against LL::NG: its ID token carries the `auth_time` of the login just
+/// made, so a login asking for `max_age` goes through at once (no second try with
+/// `prompt=login`, nothing refused).
+#[tokio::test]
+async fn lemonldap_sends_the_auth_time_a_max_age_login_needs() {
+    let port = free_port();
+    let rp = register(
+        "maxage",
+        RpOptions {
+            redirect_ports: &[port],
+            ..Default::default()
+        },
+    )
+    .await;
+    let up = Upstream::start();
+    let key = sso_sidecar::crypto::generate_key();
+    let env = [("SSO_SIDECAR_AUTH_MAX_AGE_SECS", "60")];
+    let sc = sidecar(port, &rp, &key, &up.url(), &env).await;
+    rp.live().await;
+    let mut jar = Jar::default();
+    let cookie = login(&sc, &mut jar, "dwho", "/echo/x").await;
+    assert_eq!(status(&sc, &cookie).await, 200);
+    let out = sc.output();
+    assert!(
+        !out.contains("asking it to authenticate the user again"),
+        "{out}"
+    );
+}
+
 /// How long the refresh test drives requests (SSO_SIDECAR_TEST_LLNG_REFRESH_SECS overrides,
 /// e.g. 120 for the two minutes).
 fn refresh_run() -> Duration {

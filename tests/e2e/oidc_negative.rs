@@ -5,6 +5,7 @@ use crate::mock_idp::*;
 use crate::oidc_support::*;
 use crate::support::*;
 use serde_json::{json, Value};
+use std::collections::HashMap;
 
 struct Setup {
     idp: MockIdp,
@@ -712,10 +713,24 @@ async fn an_invalid_client_answer_says_what_to_check() {
     }
 }
 
-/// `auth_max_age_secs`: every login asks for `max_age`, and an ID token whose `auth_time` is
-/// missing, older than that (beyond the 60 s of skew) or ahead of the clock is refused with no
-/// session, counted and logged with what to check; a recent one logs in. Without the setting
-/// nothing is asked, and no `auth_time` is needed (the other tests' logins).
+/// The login a callback started again: its authorization URL's query, its state, nonce and
+/// state cookie (the whole cookie: the logins still in flight in it).
+fn begun_again(
+    r: &http::Response<bytes::Bytes>,
+) -> (HashMap<String, String>, (String, String, String)) {
+    let loc = url::Url::parse(&location(r)).unwrap();
+    let q: HashMap<_, _> = loc.query_pairs().into_owned().collect();
+    let cookie = set_cookie(r, "sso_sidecar_session_state").expect("a state cookie");
+    let begun = (q["state"].clone(), q["nonce"].clone(), cookie);
+    (q, begun)
+}
+
+/// `auth_max_age_secs`: every login asks for `max_age`. An ID token whose `auth_time` is
+/// missing or older than that (beyond the 60 s of skew) starts the login again, once, with
+/// `prompt=login` (OIDC Core §3.1.3.7, 13); if that one's is too, or it is ahead of the clock,
+/// the login is refused with no session, counted and logged with what to check. A recent one
+/// (within the skew too) logs in. Without the setting nothing is asked, and no `auth_time` is
+/// needed (the other tests' logins).
 #[tokio::test]
 async fn auth_max_age_asks_for_and_holds_the_idp_to_a_recent_authentication() {
     let s = setup(&[("SSO_SIDECAR_AUTH_MAX_AGE_SECS", "600")]).await;
@@ -730,52 +745,87 @@ async fn auth_max_age_asks_for_and_holds_the_idp_to_a_recent_authentication() {
         }
     };
     assert_eq!(asked(&s.sc.sidecar).await.as_deref(), Some("600"));
-    let now = sso_sidecar::auth::oidc::now_unix();
+    let signed = |nonce: &str, auth_time: Option<i64>| {
+        let mut c = claims(&iss, nonce);
+        if let Some(t) = auth_time {
+            c["auth_time"] = json!(t);
+        }
+        s.key.sign(&c)
+    };
     let stale = "The identity provider did not confirm a recent sign-in: sign in again.";
+    let now = sso_sidecar::auth::oidc::now_unix;
+    // Missing or old: asked again with prompt=login; the same again is refused, a recent one
+    // logs in.
+    for (case, first, second, logs_in) in [
+        ("no auth_time", None, None, false),
+        (
+            "11 minutes old",
+            Some(now() - 665),
+            Some(now() - 665),
+            false,
+        ),
+        (
+            "11 minutes old, then recent",
+            Some(now() - 665),
+            Some(now()),
+            true,
+        ),
+    ] {
+        let (state, nonce, cookie) = begin(&s.sc.sidecar).await;
+        let r = finish(&s, &state, &cookie, &signed(&nonce, first), "at").await;
+        let body = String::from_utf8_lossy(r.body()).into_owned();
+        assert_eq!(r.status(), 302, "{case}: {body}");
+        assert!(set_cookie(&r, "sso_sidecar_session").is_none(), "{case}");
+        assert!(location(&r).starts_with(&iss), "{case}: to the IdP");
+        let (q, (state, nonce, cookie)) = begun_again(&r);
+        let prompt: Vec<_> = q["prompt"].split(' ').collect();
+        assert!(prompt.contains(&"login"), "{case}: {prompt:?}");
+        assert_eq!(q["max_age"], "600", "{case}");
+        let r = finish(&s, &state, &cookie, &signed(&nonce, second), "at").await;
+        if logs_in {
+            let body = String::from_utf8_lossy(r.body()).into_owned();
+            assert_eq!(r.status(), 302, "{case}: {body}");
+            assert_eq!(location(&r), "/done", "{case}: to the first login's next");
+            assert!(set_cookie(&r, "sso_sidecar_session").is_some(), "{case}");
+        } else {
+            refused(&r, stale, case);
+        }
+    }
+    s.sc.sidecar
+        .logged("asking it to authenticate the user again")
+        .await;
+    // Ahead of the clock (asking again would not help), or not a NumericDate (the crate
+    // refuses the token's claims): refused at once.
     for (case, auth_time, message) in [
-        ("no auth_time", None, stale),
+        ("ahead of the clock", json!(now() + 3600), stale),
         (
-            "an authentication 11 minutes old",
-            Some(json!(now - 665)),
-            stale,
-        ),
-        (
-            "an authentication ahead of the clock",
-            Some(json!(now + 3600)),
-            stale,
-        ),
-        // Not a NumericDate: the crate refuses the token's claims.
-        (
-            "auth_time as a string",
-            Some(json!(now.to_string())),
+            "a string",
+            json!(now().to_string()),
             "OIDC code exchange failed",
         ),
     ] {
         let (state, nonce, cookie) = begin(&s.sc.sidecar).await;
         let mut c = claims(&iss, &nonce);
-        if let Some(t) = auth_time {
-            c["auth_time"] = t;
-        }
+        c["auth_time"] = auth_time;
         let r = finish(&s, &state, &cookie, &s.key.sign(&c), "at").await;
         refused(&r, message, case);
     }
     let m = metrics(&s.sc.sidecar).await;
-    assert_eq!(
-        metric(
-            &m,
-            r#"sso_sidecar_logins_refused_total{reason="stale_authentication"}"#
-        ),
-        3.0,
-        "{m}"
-    );
+    let name = r#"sso_sidecar_logins_refused_total{reason="stale_authentication"}"#;
+    assert_eq!(metric(&m, name), 3.0, "{m}");
     s.sc.sidecar.logged("does it honour max_age").await;
 
-    // Ten minutes ago, and a second ago: both recent enough.
-    for age in [600, 1] {
+    // Ten minutes ago, ten and a half (within the skew), and a second ago: recent enough.
+    for age in [600, 630, 1] {
         let (state, nonce, cookie) = begin(&s.sc.sidecar).await;
-        let mut c = claims(&iss, &nonce);
-        c["auth_time"] = json!(sso_sidecar::auth::oidc::now_unix() - age);
-        let r = finish(&s, &state, &cookie, &s.key.sign(&c), "at").await;
+        let r = finish(
+            &s,
+            &state,
+            &cookie,
+            &signed(&nonce, Some(now() - age)),
+            "at",
+        )
+        .await;
         assert_eq!(
             r.status(),
             302,
@@ -786,9 +836,6 @@ async fn auth_max_age_asks_for_and_holds_the_idp_to_a_recent_authentication() {
     }
 
     let plain = setup(&[]).await;
-    assert_eq!(
-        asked(&plain.sc.sidecar).await,
-        None,
-        "not asked unless configured"
-    );
+    let none = asked(&plain.sc.sidecar).await;
+    assert_eq!(none, None, "not asked unless configured");
 }
