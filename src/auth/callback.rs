@@ -213,8 +213,11 @@ impl Auth {
             if let Err(why) = within {
                 // OIDC Core §3.1.3.7 (13): ask for a new authentication, once, with
                 // `prompt=login`, which an IdP that ignores `max_age` may still honour. An
-                // `auth_time` ahead of our clock would come back the same: refused at once.
-                let retry = !st.reauth && !matches!(why, StaleAuth::Future(_));
+                // `auth_time` ahead of our clock would come back the same: refused at once;
+                // so is a login that asked for `prompt=login` (or `none`) already.
+                let retry = !st.reauth
+                    && !matches!(why, StaleAuth::Future(_))
+                    && self.provider.can_force_login();
                 if retry {
                     tracing::info!(
                         sub = %sub,

@@ -794,6 +794,27 @@ async fn auth_max_age_asks_for_and_holds_the_idp_to_a_recent_authentication() {
     s.sc.sidecar
         .logged("asking it to authenticate the user again")
         .await;
+    // Another tab's login in flight stays through the second try, and completes after it;
+    // the first callback, replayed, gets no session.
+    let (a_state, a_nonce, a_cookie) = begin(&s.sc.sidecar).await;
+    let b = get(
+        &s.sc.sidecar.url("/auth/login?next=/b"),
+        &[("cookie", &format!("sso_sidecar_session_state={a_cookie}"))],
+    )
+    .await
+    .unwrap();
+    let (b_query, (b_state, b_nonce, both)) = begun_again(&b);
+    assert!(!b_query.contains_key("prompt") || !b_query["prompt"].contains("login"));
+    let stale_token = signed(&a_nonce, Some(now() - 665));
+    let r = finish(&s, &a_state, &both, &stale_token, "at").await;
+    assert_eq!(r.status(), 302, "{}", String::from_utf8_lossy(r.body()));
+    let (_, (_, _, after)) = begun_again(&r);
+    let replayed = finish(&s, &a_state, &after, &stale_token, "at").await;
+    assert!(set_cookie(&replayed, "sso_sidecar_session").is_none());
+    let r = finish(&s, &b_state, &after, &signed(&b_nonce, Some(now())), "at").await;
+    assert_eq!(r.status(), 302, "{}", String::from_utf8_lossy(r.body()));
+    assert_eq!(location(&r), "/b", "the other tab's login");
+    assert!(set_cookie(&r, "sso_sidecar_session").is_some());
     // Ahead of the clock (asking again would not help), or not a NumericDate (the crate
     // refuses the token's claims): refused at once.
     for (case, auth_time, message) in [
@@ -838,4 +859,18 @@ async fn auth_max_age_asks_for_and_holds_the_idp_to_a_recent_authentication() {
     let plain = setup(&[]).await;
     let none = asked(&plain.sc.sidecar).await;
     assert_eq!(none, None, "not asked unless configured");
+
+    // Logins that ask for `prompt=login` already would get the same answer again, and
+    // `prompt=none` may not be joined by `login`: refused at once.
+    for prompt in ["login consent", "none"] {
+        let s = setup(&[
+            ("SSO_SIDECAR_AUTH_MAX_AGE_SECS", "600"),
+            ("SSO_SIDECAR_PROMPT", prompt),
+        ])
+        .await;
+        let (state, nonce, cookie) = begin(&s.sc.sidecar).await;
+        let token = s.key.sign(&claims(&s.idp.issuer(), &nonce));
+        let r = finish(&s, &state, &cookie, &token, "at").await;
+        refused(&r, stale, prompt);
+    }
 }

@@ -33,6 +33,17 @@ impl Provider {
         self
     }
 
+    /// Whether a login may be begun again with `prompt=login` ([`Self::authorize_url`]'s
+    /// `force_login`): not when every login asks for it already (the same request would get
+    /// the same answer, after a second password prompt), nor with `prompt=none`, which OIDC
+    /// Core §3.1.2.1 forbids beside any other value.
+    pub fn can_force_login(&self) -> bool {
+        !self
+            .prompt
+            .iter()
+            .any(|p| matches!(p, CoreAuthPrompt::Login | CoreAuthPrompt::None))
+    }
+
     /// The `max_age` every login asks for, if any.
     pub fn max_age(&self) -> Option<Duration> {
         self.max_age
@@ -72,7 +83,7 @@ impl Provider {
         for p in &self.prompt {
             req = req.add_prompt(p.clone());
         }
-        if force_login && !self.prompt.contains(&CoreAuthPrompt::Login) {
+        if force_login && self.can_force_login() {
             req = req.add_prompt(CoreAuthPrompt::Login);
         }
         if let Some(max_age) = self.max_age {
