@@ -219,6 +219,7 @@ impl Auth {
                     && !matches!(why, StaleAuth::Future(_))
                     && self.provider.can_force_login();
                 if retry {
+                    self.metrics.login_reauthenticated();
                     tracing::info!(
                         sub = %sub,
                         reason = %why,

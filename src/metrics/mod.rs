@@ -42,6 +42,7 @@ pub struct Metrics {
     logouts: Family<KindLabel, Counter>,
     revoked: Counter,
     logins_refused: Family<ReasonLabel, Counter>,
+    logins_reauthenticated: Counter,
     store_counts: polled::StoreCollector,
     rate_limited: Family<KindLabel, Counter>,
     duration: sharded::Histogram,
@@ -130,6 +131,12 @@ impl Metrics {
             "Logins refused after the IdP authenticated the user (or sessions ended at a refresh), by reason (group, email, email_unverified, not_registered, no_token, email_conflict, idp_session_ended, stale_authentication)",
             logins_refused.clone(),
         );
+        let logins_reauthenticated = Counter::default();
+        registry.register(
+            "logins_reauthenticated",
+            "Logins begun again with prompt=login, the IdP's auth_time being missing or older than auth_max_age_secs",
+            logins_reauthenticated.clone(),
+        );
         let rate_limited = Family::<KindLabel, Counter>::default();
         registry.register(
             "rate_limited",
@@ -203,6 +210,7 @@ impl Metrics {
             logouts,
             revoked,
             logins_refused,
+            logins_reauthenticated,
             store_counts,
             rate_limited,
             duration,
@@ -325,6 +333,11 @@ impl Metrics {
             .inc();
     }
 
+    /// A login begun again with `prompt=login` (`auth_max_age_secs`).
+    pub fn login_reauthenticated(&self) {
+        self.logins_reauthenticated.inc();
+    }
+
     /// A request answered 429, by budget (`auth`, `failure`).
     pub fn rate_limited(&self, kind: &'static str) {
         self.rate_limited.get_or_create(&KindLabel { kind }).inc();
@@ -373,43 +386,4 @@ fn class_index(status: u16) -> usize {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn encodes_requests_by_method_and_status_class() {
-        let m = Metrics::new(2);
-        m.request_started();
-        m.request_finished(&http::Method::GET, 204, Duration::from_millis(3));
-        // Another thread records into the same sums (the in-flight gauge ends at 0).
-        std::thread::scope(|s| {
-            s.spawn(|| m.request_started());
-        });
-        m.request_finished(&http::Method::POST, 503, Duration::from_secs(100));
-        m.upstream_error("timeout");
-        let text = m.encode();
-        assert!(
-            text.contains(r#"sso_sidecar_http_requests_total{method="GET",status="2xx"} 1"#),
-            "{text}"
-        );
-        assert!(
-            text.contains("sso_sidecar_http_requests_in_flight 0"),
-            "{text}"
-        );
-        assert!(
-            text.contains(r#"sso_sidecar_upstream_errors_total{kind="timeout"} 1"#),
-            "{text}"
-        );
-        for line in [
-            // 3 ms: in the 4 ms bucket (0.5 ms × 2^3), not in the 2 ms one; buckets cumulate.
-            r#"sso_sidecar_http_request_duration_seconds_bucket{le="0.002"} 0"#,
-            r#"sso_sidecar_http_request_duration_seconds_bucket{le="0.004"} 1"#,
-            r#"sso_sidecar_http_request_duration_seconds_bucket{le="+Inf"} 2"#,
-            "sso_sidecar_http_request_duration_seconds_count 2",
-            "sso_sidecar_http_request_duration_seconds_sum 100.003",
-            r#"sso_sidecar_http_requests_total{method="POST",status="5xx"} 1"#,
-        ] {
-            assert!(text.contains(line), "{line} missing in\n{text}");
-        }
-    }
-}
+mod tests;

@@ -834,6 +834,9 @@ async fn auth_max_age_asks_for_and_holds_the_idp_to_a_recent_authentication() {
     let m = metrics(&s.sc.sidecar).await;
     let name = r#"sso_sidecar_logins_refused_total{reason="stale_authentication"}"#;
     assert_eq!(metric(&m, name), 3.0, "{m}");
+    // Three second tries above, and the first tab's.
+    let again = "sso_sidecar_logins_reauthenticated_total";
+    assert_eq!(metric(&m, again), 4.0, "{m}");
     s.sc.sidecar.logged("does it honour max_age").await;
 
     // Ten minutes ago, ten and a half (within the skew), and a second ago: recent enough.

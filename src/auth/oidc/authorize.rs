@@ -10,8 +10,8 @@ use openidconnect::{
 use std::time::Duration;
 
 impl Provider {
-    /// The same, asking the IdP for `prompt` (validated by the configuration: none, login,
-    /// consent, select_account) at every login.
+    /// This provider, asking the IdP for `prompt` (validated by the configuration: none,
+    /// login, consent, select_account) at every login.
     pub fn with_prompt(mut self, prompt: Option<String>) -> Self {
         self.prompt = prompt
             .iter()
@@ -27,7 +27,7 @@ impl Provider {
         self
     }
 
-    /// The same, asking the IdP for `max_age` at every login.
+    /// This provider, asking the IdP for `max_age` at every login (`auth_max_age_secs`).
     pub fn with_max_age(mut self, max_age: Option<Duration>) -> Self {
         self.max_age = max_age;
         self
