@@ -160,8 +160,16 @@ fn is_navigation(parts: &Parts) -> bool {
 /// Whether a bearer makes this request the backend's to judge (`paths.bearer_passthrough`;
 /// unset counts as on, OpenRag's way; validated settings always say).
 pub fn passes_bearer(parts: &Parts, paths: &PathSettings) -> bool {
-    paths.bearer_passthrough != Some(false)
-        && crate::proxy::headers::bearer(&parts.headers).is_some()
+    bearer_counts(
+        crate::proxy::headers::bearer(&parts.headers).is_some(),
+        paths,
+    )
+}
+
+/// Whether a request that has (`bearer`) or has not a bearer credential is the backend's to
+/// judge: [`passes_bearer`] once the header has been read.
+fn bearer_counts(bearer: bool, paths: &PathSettings) -> bool {
+    bearer && paths.bearer_passthrough != Some(false)
 }
 
 pub async fn decide(
@@ -201,7 +209,7 @@ pub async fn decide(
 /// credential or not) is public under `paths`: the first thing [`without_session`] decides,
 /// and what a stream opened on a public path is asked again after a reload.
 pub fn is_public(path: &str, html: bool, bearer: bool, paths: &PathSettings) -> bool {
-    let bearer = paths.bearer_passthrough != Some(false) && bearer;
+    let bearer = bearer_counts(bearer, paths);
     let html_login = html && !bearer && path_matches(&paths.html_login.0, path);
     path_matches(&paths.public.0, path) && !html_login
 }
@@ -209,14 +217,16 @@ pub fn is_public(path: &str, html: bool, bearer: bool, paths: &PathSettings) -> 
 /// The decision for a request that has no (longer a) valid session.
 pub fn without_session(parts: &Parts, paths: &PathSettings) -> Result<Decision, Error> {
     let path = parts.uri.path();
+    // Each read once: the header lookups are the work here.
     let bearer = crate::proxy::headers::bearer(&parts.headers).is_some();
-    if is_public(path, wants_html(&parts.headers), bearer, paths) {
+    let html = wants_html(&parts.headers);
+    if is_public(path, html, bearer, paths) {
         return Ok(Decision::Public);
     }
-    if passes_bearer(parts, paths) || has_token_query(parts, paths) {
+    if bearer_counts(bearer, paths) || has_token_query(parts, paths) {
         return Ok(Decision::Bearer);
     }
-    let html_login = wants_html(&parts.headers) && path_matches(&paths.html_login.0, path);
+    let html_login = html && path_matches(&paths.html_login.0, path);
     let browser = paths.browser_login == Some(true) && is_navigation(parts);
     if html_login || browser || path_matches(&paths.ui.0, path) {
         let pq = parts

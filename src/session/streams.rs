@@ -56,7 +56,7 @@ pub struct LiveStreams {
     by_session: Mutex<HashMap<String, Live>>,
     /// Streams opened on public paths: each check asks their judges again, and a reload that
     /// put a path behind a login closes the streams open on it.
-    public: Mutex<Vec<(u64, CancellationToken, PublicJudge)>>,
+    public: Mutex<Vec<Judged<PublicJudge>>>,
     /// Keys the number that names a user to the proxy (their tunnels, bodies on their way
     /// upstream and event streams are capped per holder) without handing it the `sub`.
     holder_key: std::hash::RandomState,
@@ -84,18 +84,44 @@ struct Live {
     generation: u64,
     /// The streams with a judge: their number, their own signal (a child of `end`) and the
     /// judge.
-    judged: Vec<(u64, CancellationToken, Judge)>,
+    judged: Vec<Judged<Judge>>,
 }
 
 /// One live stream's registration; dropping it (the stream ended) unregisters it.
 struct Registration {
     streams: Arc<LiveStreams>,
-    /// Its session's cookie id; empty for a stream on a public path.
-    id: String,
-    generation: u64,
-    /// Its number among the judged streams (or the public ones), if it has a judge.
-    judged: Option<u64>,
-    public: bool,
+    of: Registered,
+}
+
+/// What a stream is registered as.
+enum Registered {
+    /// One of the streams of the session whose cookie id is `id`, counted in its entry of
+    /// `generation`; `judged`: its number among that session's judged streams, if it has a
+    /// judge.
+    Session {
+        id: String,
+        generation: u64,
+        judged: Option<u64>,
+    },
+    /// A stream on a public path, by its number among those.
+    Public(u64),
+}
+
+/// A stream with a judge: its number, its own signal, and the judge.
+type Judged<J> = (u64, CancellationToken, J);
+
+/// Keeps the streams `admits` still admits in `judged` and tells the others to close: how many
+/// were closed.
+fn keep_admitted<J>(judged: &mut Vec<Judged<J>>, admits: impl Fn(&J) -> bool) -> usize {
+    let before = judged.len();
+    judged.retain(|(_, own, judge)| {
+        let admitted = admits(judge);
+        if !admitted {
+            own.cancel();
+        }
+        admitted
+    });
+    before - judged.len()
 }
 
 impl LiveStreams {
@@ -133,10 +159,11 @@ impl LiveStreams {
         };
         let registration = Registration {
             streams: self.clone(),
-            id: id.to_owned(),
-            generation,
-            judged,
-            public: false,
+            of: Registered::Session {
+                id: id.to_owned(),
+                generation,
+                judged,
+            },
         };
         watch_until(registration, token, client_sent)
     }
@@ -149,33 +176,19 @@ impl LiveStreams {
         self.public_streams().push((n, token.clone(), judge));
         let registration = Registration {
             streams: self.clone(),
-            id: String::new(),
-            generation: 0,
-            judged: Some(n),
-            public: true,
+            of: Registered::Public(n),
         };
         watch_until(registration, token, Arc::default())
     }
 
-    fn public_streams(
-        &self,
-    ) -> std::sync::MutexGuard<'_, Vec<(u64, CancellationToken, PublicJudge)>> {
+    fn public_streams(&self) -> std::sync::MutexGuard<'_, Vec<Judged<PublicJudge>>> {
         self.public.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Closes the streams on public paths whose judge says the path is no longer public: how
     /// many.
     fn judge_public(&self) -> usize {
-        let mut public = self.public_streams();
-        let before = public.len();
-        public.retain(|(_, token, judge)| {
-            let still = judge();
-            if !still {
-                token.cancel();
-            }
-            still
-        });
-        before - public.len()
+        keep_admitted(&mut self.public_streams(), |judge| judge())
     }
 
     /// The opaque number that names a user (`sub`) to the proxy, which caps what one holder
@@ -291,15 +304,7 @@ impl LiveStreams {
         };
         live.confirmed = Instant::now();
         live.expires_at = Some(session.ends_at());
-        let before = live.judged.len();
-        live.judged.retain(|(_, own, judge)| {
-            let admitted = judge(session);
-            if !admitted {
-                own.cancel();
-            }
-            admitted
-        });
-        before - live.judged.len()
+        keep_admitted(&mut live.judged, |judge| judge(session))
     }
 
     /// Whether the streams of `id`, which the store cannot confirm now, must close: the
@@ -331,24 +336,25 @@ fn watch_until(
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        if self.public {
-            let n = self.judged;
-            self.streams
-                .public_streams()
-                .retain(|(m, _, _)| Some(*m) != n);
-            return;
-        }
+        let (id, generation, judged) = match &self.of {
+            Registered::Public(n) => {
+                self.streams.public_streams().retain(|(m, _, _)| m != n);
+                return;
+            }
+            Registered::Session {
+                id,
+                generation,
+                judged,
+            } => (id, *generation, *judged),
+        };
         let mut map = self.streams.lock();
-        if let Some(live) = map
-            .get_mut(&self.id)
-            .filter(|l| l.generation == self.generation)
-        {
-            if let Some(n) = self.judged {
+        if let Some(live) = map.get_mut(id).filter(|l| l.generation == generation) {
+            if let Some(n) = judged {
                 live.judged.retain(|(m, _, _)| *m != n);
             }
             live.count -= 1;
             if live.count == 0 {
-                map.remove(&self.id);
+                map.remove(id);
             }
         }
     }
