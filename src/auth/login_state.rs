@@ -63,8 +63,12 @@ pub fn open(keys: &KeyRing, sealed: &str, now: i64, ttl: i64) -> Vec<LoginState>
 /// Seals `states`, dropping the oldest until they are few and small enough. A login that is
 /// too big alone (a `next` that JSON escaping swells: `"` takes two bytes) returns to `/`
 /// after it: a cookie the browser would refuse could never complete.
+///
+/// Oldest by place, not by `created`: each new login is appended to the ones the browser's
+/// cookie holds, so the order is the order they were begun here. `created` comes from the
+/// clock of whichever replica began each one; sorted by it, a login begun on a replica whose
+/// clock is behind the others' would count as the oldest and be dropped at once.
 pub fn seal(keys: &KeyRing, mut states: Vec<LoginState>) -> String {
-    states.sort_by_key(|s| s.created);
     while states.len() > MAX_IN_FLIGHT {
         states.remove(0);
     }
@@ -162,6 +166,17 @@ mod tests {
             1,
             "the one-login format of before"
         );
+    }
+
+    #[test]
+    fn the_login_just_begun_stays_whatever_the_other_replicas_clocks_say() {
+        let keys = KeyRing::parse(&crate::crypto::generate_key()).unwrap();
+        // Four begun on a replica whose clock is 50 s ahead of this one's.
+        let mut states: Vec<_> = (0..4).map(|i| st(&format!("a{i}"), 150 + i, 5)).collect();
+        states.push(st("new", 100, 5));
+        let kept = open(&keys, &seal(&keys, states), 100, 600);
+        let names: Vec<_> = kept.iter().map(|s| s.state.as_str()).collect();
+        assert_eq!(names, ["a1", "a2", "a3", "new"], "the first begun went");
     }
 
     #[test]
