@@ -9,6 +9,7 @@ mod browser_logins;
 mod cli;
 mod client_cache;
 mod cross_site;
+mod demo;
 mod hardening;
 mod in_process;
 mod key_rotation;
