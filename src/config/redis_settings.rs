@@ -207,15 +207,9 @@ impl Settings {
                 return None;
             }
         };
+        // A Cluster waits on each of its masters, if asked: by default none, as a Cluster
+        // may have no replicas, and each revocation would then wait `logout_wait` for nothing.
         let logout_replicas = match (&topology, asked) {
-            (RedisTopology::Cluster { .. }, Some(n)) if n > 0 => {
-                problems.push(
-                    "redis_logout_replicas is not supported with redis_mode = \"cluster\" (a \
-                     session's keys live on several masters); set it to 0"
-                        .to_string(),
-                );
-                return None;
-            }
             (_, Some(n)) => n,
             (RedisTopology::Sentinel { .. }, None) => 1,
             (_, None) => 0,

@@ -25,6 +25,7 @@ mod openrag_hardening;
 mod openrag_tokens;
 mod pool;
 mod proxy;
+mod redis_cluster;
 mod redis_failover;
 mod redis_ha;
 mod reload;

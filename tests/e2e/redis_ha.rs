@@ -45,7 +45,7 @@ pub(crate) fn cli(port: u16, args: &[&str]) -> String {
 /// so far (or after 5 s): `WAIT` covers only the writes of its own connection, so it follows a
 /// write of its own, which comes after all earlier ones in the replication stream. The answer
 /// is the number of replicas that acknowledged.
-async fn replicated(port: u16) -> String {
+pub(crate) async fn replicated(port: u16) -> String {
     tokio::task::spawn_blocking(move || {
         use std::io::Write;
         let mut child = Command::new("redis-cli")
@@ -124,7 +124,20 @@ fn sentinel(dir: &Path, conf: &str) -> Child {
 }
 
 async fn cluster(dir: &Path) -> (Servers, Vec<String>) {
-    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let (servers, ports) = cluster_of(dir, 0).await;
+    (
+        servers,
+        ports
+            .iter()
+            .map(|p| format!("redis://127.0.0.1:{p}"))
+            .collect(),
+    )
+}
+
+/// A Cluster of 3 masters with `replicas` replicas each, ready (every replica in sync): its
+/// servers and their ports.
+pub(crate) async fn cluster_of(dir: &Path, replicas: usize) -> (Servers, Vec<u16>) {
+    let ports: Vec<u16> = (0..3 * (1 + replicas)).map(|_| free_port()).collect();
     let mut servers = Servers(Vec::new());
     for p in &ports {
         let d = dir.join(format!("cl-{p}"));
@@ -158,7 +171,7 @@ async fn cluster(dir: &Path) -> (Servers, Vec<String>) {
         .arg("--cluster")
         .arg("create")
         .args(&addrs)
-        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
         .output()
         .unwrap();
     assert!(
@@ -171,14 +184,13 @@ async fn cluster(dir: &Path) -> (Servers, Vec<String>) {
             cli(*p, &["cluster", "info"]).contains("cluster_state:ok")
         })
         .await;
+        until("replica in sync", 20, || {
+            let role = cli(*p, &["info", "replication"]);
+            role.contains("role:master") || role.contains("master_link_status:up")
+        })
+        .await;
     }
-    (
-        servers,
-        ports
-            .iter()
-            .map(|p| format!("redis://127.0.0.1:{p}"))
-            .collect(),
-    )
+    (servers, ports)
 }
 
 /// A master, one replica and three sentinels watching `mymaster`.
@@ -800,7 +812,7 @@ async fn requests_queued_behind_a_silent_redis_fail_in_bounded_time() {
 }
 
 /// Sends `sig` (`STOP`, `CONT`) to a redis-server.
-fn signal(server: &Child, sig: &str) {
+pub(crate) fn signal(server: &Child, sig: &str) {
     let ok = Command::new("kill")
         .args([&format!("-{sig}"), &server.id().to_string()])
         .status()

@@ -65,15 +65,7 @@ fn secrets_never_appear_in_debug_output() {
 #[test]
 fn redis_settings_of_another_topology_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let cases: [(&[(&str, &str)], &str); 6] = [
-        (
-            &[
-                ("SSO_SIDECAR_REDIS_MODE", "cluster"),
-                ("SSO_SIDECAR_REDIS_NODES", "redis://10.0.0.1:6379"),
-                ("SSO_SIDECAR_REDIS_LOGOUT_REPLICAS", "1"),
-            ],
-            "redis_logout_replicas is not supported with redis_mode = \"cluster\"",
-        ),
+    let cases: [(&[(&str, &str)], &str); 5] = [
         (
             &[
                 ("SSO_SIDECAR_REDIS_MODE", "cluster"),
@@ -123,7 +115,8 @@ fn redis_settings_of_another_topology_are_refused() {
 }
 
 /// A logout waits for one replica by default with Sentinel (a set-up made to fail over), for
-/// none with one server or a Cluster; the setting and the wait are read as given.
+/// none with one server or a Cluster (which may have no replicas); the setting and the wait are
+/// read as given, with a Cluster too (each master's replicas).
 #[test]
 fn logouts_wait_for_a_replica_by_default_with_sentinel_only() {
     let dir = tempfile::tempdir().unwrap();
@@ -150,6 +143,9 @@ fn logouts_wait_for_a_replica_by_default_with_sentinel_only() {
         ("SSO_SIDECAR_REDIS_LOGOUT_WAIT_MS", "250"),
     ]);
     assert_eq!(replicas(&two), (2, 250));
+    let mut cluster_one = cluster.to_vec();
+    cluster_one.push(("SSO_SIDECAR_REDIS_LOGOUT_REPLICAS", "1"));
+    assert_eq!(replicas(&cluster_one), (1, 1000));
     let mut none = sentinel.to_vec();
     none.push(("SSO_SIDECAR_REDIS_LOGOUT_REPLICAS", "0"));
     assert_eq!(replicas(&none), (0, 1000));

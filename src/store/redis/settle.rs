@@ -10,9 +10,16 @@
 //! caller waits for the first round that begins after it asked (one may be under way), so a
 //! burst of logouts costs a couple of rounds, not one `WAIT` each. Owns that connection and
 //! the count of callers answered short; knows nothing of sessions.
+//!
+//! A Cluster's writes are spread over its masters, so there a round waits on each master
+//! ([`cluster`]), and is as short as the shortest.
+
+mod cluster;
 
 use super::{unavailable, Backend, StoreError};
 use redis::aio::MultiplexedConnection;
+use redis::cluster_async::ClusterConnection;
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -44,7 +51,17 @@ pub struct Settle {
 struct Rounds {
     done: u64,
     last: Settled,
-    conn: Option<MultiplexedConnection>,
+    conn: Option<SettleConn>,
+    /// A Cluster's slots → a hash tag that lands on it ([`cluster`]), found once each.
+    tags: HashMap<u16, String>,
+}
+
+/// The connection rounds run on, kept between them.
+pub enum SettleConn {
+    /// To the master: a single server, or the one the sentinels name.
+    Master(MultiplexedConnection),
+    /// To every master of a Cluster: its own, besides the requests' one.
+    Cluster(ClusterConnection),
 }
 
 impl Settle {
@@ -59,6 +76,7 @@ impl Settle {
                 done: 0,
                 last: Settled::NotAsked,
                 conn: None,
+                tags: HashMap::new(),
             }),
             short: AtomicU64::new(0),
         }
@@ -82,7 +100,7 @@ impl Settle {
     /// twenty).
     pub async fn after_writes<F>(&self, limit: Duration, connect: impl Fn() -> F) -> Settled
     where
-        F: Future<Output = Result<MultiplexedConnection, StoreError>>,
+        F: Future<Output = Result<SettleConn, StoreError>>,
     {
         if self.replicas == 0 {
             return Settled::NotAsked;
@@ -96,7 +114,7 @@ impl Settle {
 
     async fn shared_round<F>(&self, limit: Duration, connect: impl Fn() -> F) -> Settled
     where
-        F: Future<Output = Result<MultiplexedConnection, StoreError>>,
+        F: Future<Output = Result<SettleConn, StoreError>>,
     {
         // A round begun after this point covers this caller's writes; one begun before may not.
         let covering = self.begun.load(Ordering::SeqCst) + 1;
@@ -124,7 +142,8 @@ impl Settle {
         outcome
     }
 
-    /// One `SET` then `WAIT` on the round's connection; the replicas that acknowledged. A kept
+    /// One `SET` then `WAIT` on the round's connection (on a Cluster's, on each master); the
+    /// replicas that acknowledged (on a Cluster, the fewest any master had). A kept
     /// connection found dead (Redis's idle `timeout`, the `CLIENT KILL` of a failover, a
     /// restart) is made again once, so that the first logout after a failover is not the one
     /// left unprotected; one that answers with an error (`NOPERM`, `OOM`, `READONLY`) is kept.
@@ -134,30 +153,19 @@ impl Settle {
         connect: impl Fn() -> F,
     ) -> Result<u32, StoreError>
     where
-        F: Future<Output = Result<MultiplexedConnection, StoreError>>,
+        F: Future<Output = Result<SettleConn, StoreError>>,
     {
         let (mut conn, fresh) = match rounds.conn.take() {
             Some(c) => (c, false),
             None => (connect().await?, true),
         };
-        let mut p = redis::pipe();
-        p.cmd("SET")
-            .arg(&self.key)
-            .arg(1)
-            .arg("PX")
-            .arg(60_000)
-            .ignore()
-            .cmd("WAIT")
-            .arg(self.replicas)
-            // Never 0: that waits for ever.
-            .arg(super::millis(self.wait));
-        let mut answer = p.query_async::<(u32,)>(&mut conn).await;
+        let mut answer = self.ask(&mut conn, &mut rounds.tags).await;
         if !fresh && answer.as_ref().is_err_and(dead) {
             conn = connect().await?;
-            answer = p.query_async::<(u32,)>(&mut conn).await;
+            answer = self.ask(&mut conn, &mut rounds.tags).await;
         }
         match answer {
-            Ok((acked,)) => {
+            Ok(acked) => {
                 rounds.conn = Some(conn);
                 Ok(acked)
             }
@@ -167,6 +175,42 @@ impl Settle {
                 }
                 Err(unavailable(e))
             }
+        }
+    }
+}
+
+/// `SET` of `key` then `WAIT` for `replicas` at most `wait`, in one pipeline: the replicas that
+/// acknowledged.
+async fn set_then_wait(
+    conn: &mut impl redis::aio::ConnectionLike,
+    key: &str,
+    replicas: u32,
+    wait: Duration,
+) -> redis::RedisResult<u32> {
+    let mut p = redis::pipe();
+    p.cmd("SET")
+        .arg(key)
+        .arg(1)
+        .arg("PX")
+        .arg(60_000)
+        .ignore()
+        .cmd("WAIT")
+        .arg(replicas)
+        // Never 0: that waits for ever.
+        .arg(super::millis(wait));
+    p.query_async::<(u32,)>(conn).await.map(|(n,)| n)
+}
+
+impl Settle {
+    /// One round's asking on `conn`.
+    async fn ask(
+        &self,
+        conn: &mut SettleConn,
+        tags: &mut HashMap<u16, String>,
+    ) -> redis::RedisResult<u32> {
+        match conn {
+            SettleConn::Master(c) => set_then_wait(c, &self.key, self.replicas, self.wait).await,
+            SettleConn::Cluster(c) => cluster::on_every_master(self, c, tags).await,
         }
     }
 }
@@ -200,10 +244,7 @@ impl super::RedisStore {
     }
 
     /// A connection of its own to the master, for `WAIT`, whose answers may take `limit`.
-    async fn settle_connection(
-        &self,
-        limit: Duration,
-    ) -> Result<MultiplexedConnection, StoreError> {
+    async fn settle_connection(&self, limit: Duration) -> Result<SettleConn, StoreError> {
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.timeout))
             .set_response_timeout(Some(limit));
@@ -211,17 +252,26 @@ impl super::RedisStore {
             Backend::Single { client, .. } => client
                 .get_multiplexed_async_connection_with_config(&config)
                 .await
+                .map(SettleConn::Master)
                 .map_err(unavailable),
             Backend::Sentinel { settle_client, .. } => settle_client
                 .lock()
                 .await
                 .get_async_connection_with_config(&config)
                 .await
+                .map(SettleConn::Master)
                 .map_err(unavailable),
-            // Refused by the settings: a Cluster's keys live on several masters.
-            Backend::Cluster { .. } => Err(StoreError::Unavailable(
-                "waiting for replicas is not supported with a Redis Cluster".into(),
-            )),
+            // A connection of its own: a `WAIT` holds back every command behind it on the
+            // master's connection, which on the requests' one would be every request's.
+            Backend::Cluster { client, .. } => client
+                .get_async_connection_with_config(
+                    redis::cluster::ClusterConfig::new()
+                        .set_connection_timeout(self.timeout)
+                        .set_response_timeout(limit),
+                )
+                .await
+                .map(SettleConn::Cluster)
+                .map_err(unavailable),
         }
     }
 }
