@@ -56,12 +56,13 @@ pub(super) async fn on_every_master(
 }
 
 /// The first slot of each master in a `CLUSTER SLOTS` answer (its ranges are
-/// `[start, end, [host, port, id…], replicas…]`); `None` if it is not one.
+/// `[start, end, [host, port, id…], replicas…]`); `None` if it is not one. Masters are told
+/// apart by their node id: their endpoint may be `?` or a name they share.
 fn first_slots(answer: &Value) -> Option<Vec<u16>> {
     let Value::Array(ranges) = answer else {
         return None;
     };
-    let mut first: HashMap<(Vec<u8>, i64), u16> = HashMap::new();
+    let mut first: HashMap<Vec<u8>, u16> = HashMap::new();
     for range in ranges {
         let Value::Array(fields) = range else {
             return None;
@@ -70,16 +71,22 @@ fn first_slots(answer: &Value) -> Option<Vec<u16>> {
         else {
             return None;
         };
-        let host = match master.first()? {
-            Value::BulkString(b) => b.clone(),
-            Value::SimpleString(s) => s.clone().into_bytes(),
+        let text = |v: Option<&Value>| match v {
+            Some(Value::BulkString(b)) => Some(b.clone()),
+            Some(Value::SimpleString(s)) => Some(s.clone().into_bytes()),
+            _ => None,
+        };
+        // Before Redis 4 there was no id: the endpoint, then.
+        let node = match (text(master.get(2)), text(master.first()), master.get(1)) {
+            (Some(id), ..) => id,
+            (None, Some(mut host), Some(Value::Int(port))) => {
+                host.extend_from_slice(format!(":{port}").as_bytes());
+                host
+            }
             _ => return None,
         };
-        let Some(Value::Int(port)) = master.get(1) else {
-            return None;
-        };
         let start = u16::try_from(*start).ok()?;
-        let slot = first.entry((host, *port)).or_insert(start);
+        let slot = first.entry(node).or_insert(start);
         *slot = (*slot).min(start);
     }
     Some(first.into_values().collect())
@@ -110,11 +117,11 @@ mod tests {
         }
         assert_eq!(tag_for(16384), None);
 
-        let master = |host: &str, port| {
+        let master = |host: &str, port: i64| {
             Value::Array(vec![
                 Value::BulkString(host.into()),
                 Value::Int(port),
-                Value::BulkString(b"id".to_vec()),
+                Value::BulkString(format!("id-{port}").into_bytes()),
             ])
         };
         let range = |start, end, host, port| {
@@ -134,6 +141,30 @@ mod tests {
         let mut firsts = first_slots(&answer).unwrap();
         firsts.sort();
         assert_eq!(firsts, [0, 100, 5461]);
+        // Two masters behind the same unknown endpoint are two masters.
+        let unknown = Value::Array(vec![
+            Value::Array(vec![
+                Value::Int(0),
+                Value::Int(8191),
+                Value::Array(vec![
+                    Value::BulkString(b"?".to_vec()),
+                    Value::Int(6379),
+                    Value::BulkString(b"a".to_vec()),
+                ]),
+            ]),
+            Value::Array(vec![
+                Value::Int(8192),
+                Value::Int(16383),
+                Value::Array(vec![
+                    Value::BulkString(b"?".to_vec()),
+                    Value::Int(6379),
+                    Value::BulkString(b"b".to_vec()),
+                ]),
+            ]),
+        ]);
+        let mut firsts = first_slots(&unknown).unwrap();
+        firsts.sort();
+        assert_eq!(firsts, [0, 8192]);
         assert_eq!(first_slots(&Value::Array(vec![Value::Int(1)])), None);
         assert_eq!(first_slots(&Value::Okay), None);
     }
